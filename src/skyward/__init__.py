@@ -1,0 +1,109 @@
+"""Skyward: run ordinary Python functions on rented machines, over SSH.
+
+    import skyward as sky
+
+    @sky.function
+    def work(x):
+        return x * 2
+
+    with sky.Compute(nodes=2) as pool:       # sky.Local() when no provider is given
+        print(work(21) >> pool)              # 42, on one node
+        print(work(1) @ pool)                # [2, 2], on every node
+
+This is the sync face: calls block and return values. ``skyward_trio`` is the same API for
+trio programs. The pool machinery is imported on first use, so a worker running a function
+that refers to ``sky`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from skyward_trio import (
+    DEFAULT_IMAGE,
+    AcceleratorInfo,
+    ConnectionLostError,
+    Function,
+    Image,
+    InstanceInfo,
+    Local,
+    LogConfig,
+    NetworkInfo,
+    NoActivePoolError,
+    Nodes,
+    Options,
+    PeerInfo,
+    PendingFunction,
+    PendingFunctionGroup,
+    PipIndex,
+    ProviderConfig,
+    ProvisionError,
+    RemoteError,
+    SerializationError,
+    SkywardError,
+    Spec,
+    TaskTimeoutError,
+    TeardownError,
+    VersionMismatchError,
+    Volume,
+    Worker,
+    __version__,
+    accelerators,
+    function,
+    gather,
+    instance_info,
+    is_head,
+    shard,
+    time,
+)
+
+if TYPE_CHECKING:
+    from ._sync import Compute, Pool
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "AcceleratorInfo",
+    "Compute",
+    "ConnectionLostError",
+    "Function",
+    "Image",
+    "InstanceInfo",
+    "Local",
+    "LogConfig",
+    "NetworkInfo",
+    "NoActivePoolError",
+    "Nodes",
+    "Options",
+    "PeerInfo",
+    "PendingFunction",
+    "PendingFunctionGroup",
+    "PipIndex",
+    "Pool",
+    "ProviderConfig",
+    "ProvisionError",
+    "RemoteError",
+    "SerializationError",
+    "SkywardError",
+    "Spec",
+    "TaskTimeoutError",
+    "TeardownError",
+    "VersionMismatchError",
+    "Volume",
+    "Worker",
+    "__version__",
+    "accelerators",
+    "function",
+    "gather",
+    "instance_info",
+    "is_head",
+    "shard",
+    "time",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Compute", "Pool"):
+        from . import _sync
+
+        return getattr(_sync, name)
+    raise AttributeError(f"module 'skyward' has no attribute {name!r}")

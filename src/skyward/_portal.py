@@ -1,0 +1,142 @@
+"""The bridge from the caller's thread to the trio loop that runs the core.
+
+One daemon thread runs ``trio.run`` with a trio-asyncio loop open (asyncssh needs it) and
+a portal task that takes jobs over a memory channel. Jobs are started from inside that
+task, so they inherit the trio-asyncio loop; ``trio.from_thread.run`` would run them in
+a system context that has no asyncio loop, and asyncssh would fail.
+
+The caller's thread only blocks on ``concurrent.futures.Future``s, so this works where
+the main thread already runs an asyncio loop (Jupyter): that loop is never touched.
+Ctrl-C in the caller's thread cancels the job's trio scope (the remote task is told to
+stop), waits for the cancellation to land, then lets ``KeyboardInterrupt`` propagate.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import trio_asyncio
+
+__all__ = ["Job", "Portal", "get_portal"]
+
+# How long Ctrl-C waits for a cancelled job to unwind before giving up on it.
+_CANCEL_GRACE = 30.0
+
+
+class Job:
+    """One coroutine running on the portal's loop, with a future for its outcome."""
+
+    def __init__(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        with self.scope:
+            try:
+                value = await self.fn()
+            except Exception as exc:
+                self.future.set_exception(exc)
+                return
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled):
+                    self.future.set_exception(concurrent.futures.CancelledError())
+                else:
+                    self.future.set_exception(exc)
+                raise
+            self.future.set_result(value)
+        if self.scope.cancelled_caught and not self.future.done():
+            self.future.set_exception(concurrent.futures.CancelledError())
+
+
+class Portal:
+    """A trio loop on a daemon thread, and the way in from other threads."""
+
+    def __init__(self) -> None:
+        self._started = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._send: trio.MemorySendChannel[Job] | None = None
+        self._thread = threading.Thread(target=self._main, name="skyward-trio", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def _main(self) -> None:
+        trio.run(self._serve)
+
+    async def _serve(self) -> None:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            send, receive = trio.open_memory_channel[Job](math.inf)
+            self._send = send
+            self._token = trio.lowlevel.current_trio_token()
+            self._started.set()
+            async for job in receive:
+                nursery.start_soon(job.run)
+
+    def submit(self, fn: Callable[[], Awaitable[Any]]) -> Job:
+        """Start ``fn()`` on the loop; returns at once."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "the sync skyward API was called from inside its own trio loop; "
+                "use skyward_trio from async code"
+            )
+        job = Job(fn)
+        assert self._token is not None and self._send is not None
+        self._token.run_sync_soon(self._send.send_nowait, job)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        assert self._token is not None
+        self._token.run_sync_soon(job.scope.cancel)
+
+    def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``fn()`` on the loop and wait for it; Ctrl-C cancels it, then re-raises."""
+        return self.wait(self.submit(fn))
+
+    def wait(self, job: Job) -> Any:
+        try:
+            return job.future.result()
+        except KeyboardInterrupt:
+            if not job.future.done():
+                self.cancel(job)
+                self._wait_quietly(job)
+            raise
+
+    def run_sync_soon(self, fn: Callable[[], Any]) -> None:
+        assert self._token is not None
+        self._token.run_sync_soon(fn)
+
+    @staticmethod
+    def _wait_quietly(job: Job, timeout: float = _CANCEL_GRACE) -> None:
+        """Wait for a cancelled job to unwind; further Ctrl-Cs do not cut it short."""
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.daemon = True
+        timer.start()
+        try:
+            while not job.future.done() and not deadline.is_set():
+                try:
+                    concurrent.futures.wait([job.future], timeout=0.5)
+                except KeyboardInterrupt:
+                    continue
+        finally:
+            timer.cancel()
+
+
+_lock = threading.Lock()
+_portal: Portal | None = None
+
+
+def get_portal() -> Portal:
+    """The process's portal, started on first use."""
+    global _portal
+    with _lock:
+        if _portal is None or not _portal._thread.is_alive():
+            _portal = Portal()
+        return _portal

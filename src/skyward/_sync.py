@@ -1,0 +1,155 @@
+"""The sync face: ``with sky.Compute(...) as pool`` over the trio core.
+
+Same names and parameters as ``skyward_trio``; calls block and return values. Arguments
+are pickled here, in the caller's thread, so an unpicklable argument fails at once and
+the trio loop never stalls on a big pickle.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import trio
+
+import skyward_trio
+from skyward_trio import PendingFunction, PendingFunctionGroup, Spec
+from skyward_trio._function import active_pool
+from skyward_trio._model import Options
+
+from ._portal import Job, Portal, get_portal
+
+__all__ = ["Compute", "Pool"]
+
+
+class Pool:
+    """A running pool (sync face). Get one from ``with sky.Compute(...) as pool``."""
+
+    def __init__(self, core: skyward_trio.Pool, portal: Portal) -> None:
+        self._core = core
+        self._portal = portal
+
+    @property
+    def job_id(self) -> str:
+        return self._core.job_id
+
+    def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
+        """Run ``pending`` on one node (round-robin, or ``target``: ``"head"`` or an index)."""
+        prepared = self._core.prepare(pending)
+        node = self._core._check_target(target)
+        return self._portal.call(lambda: self._core.run_prepared(prepared, target=node))
+
+    def run_async(
+        self, pending: PendingFunction[Any], *, target: int | str | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """Start ``pending`` without waiting; returns a ``concurrent.futures.Future``."""
+        prepared = self._core.prepare(pending)
+        node = self._core._check_target(target)
+        return self._portal.submit(lambda: self._core.run_prepared(prepared, target=node)).future
+
+    def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
+        """Run ``pending`` on every ready node; results ordered by node index."""
+        prepared = self._core.prepare(pending)
+        return self._portal.call(lambda: self._core.broadcast_prepared(prepared))  # type: ignore[no-any-return]
+
+    def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | Iterator[Any]:
+        """Run a group's calls in parallel: a tuple, or a generator if it streams."""
+        if not isinstance(group, PendingFunctionGroup):
+            raise TypeError(
+                f"run_parallel() needs a group such as `f(x) & g(y)` or sky.gather(...), "
+                f"got {type(group).__qualname__}"
+            )
+        prepared = [self._core.prepare(p) for p in group.items]
+        if group.stream:
+            return self._stream(prepared, group.ordered)
+        return self._portal.call(lambda: self._core.parallel_prepared(prepared))  # type: ignore[no-any-return]
+
+    def _stream(self, prepared: list[Any], ordered: bool) -> Iterator[Any]:
+        async def start() -> skyward_trio.ResultStream:
+            return self._core.stream_prepared(prepared, ordered=ordered)
+
+        stream = self._portal.call(start)
+        try:
+            while True:
+                try:
+                    yield self._portal.call(stream.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.call(stream.aclose)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
+        """``[fn(x) for x in items]`` across the pool, in input order (``fn`` need not be decorated)."""
+        key, payload, timeout = self._core.prepare_map(fn)
+        iterator = iter(items)
+        return self._portal.call(  # type: ignore[no-any-return]
+            lambda: self._core.map_prepared(key, payload, timeout, iterator)
+        )
+
+    def current_nodes(self) -> int:
+        """How many nodes are ready right now."""
+        return self._core.current_nodes()
+
+
+class Compute:
+    """Provision a pool for the ``with`` block and tear it down after.
+
+    ``Compute(provider=..., nodes=..., ...)`` (flat ``Spec`` fields), ``Compute(spec, ...)``
+    (one or more ``Spec``), or ``Compute(name="...")``; with no provider, ``sky.Local()``.
+    Bad arguments raise here, before anything is provisioned. Leaving the block (normally,
+    by an exception or by Ctrl-C) terminates every instance the pool created.
+    """
+
+    def __init__(
+        self, *specs: Spec, name: str | None = None, options: Options | None = None, **kwargs: Any
+    ) -> None:
+        self._core = skyward_trio.Compute(*specs, name=name, options=options, **kwargs)
+        self._portal: Portal | None = None
+        self._job: Job | None = None
+        self._exit: trio.Event | None = None
+        self._token: Any = None
+        self.pool: Pool | None = None
+
+    def __enter__(self) -> Pool:
+        portal = get_portal()
+        ready: concurrent.futures.Future[skyward_trio.Pool] = concurrent.futures.Future()
+
+        async def hold() -> None:
+            exit_event = trio.Event()
+            self._exit = exit_event
+            # Entered and exited in this one task, as trio requires.
+            async with self._core as core_pool:
+                ready.set_result(core_pool)
+                await exit_event.wait()
+
+        job = portal.submit(hold)
+        self._portal, self._job = portal, job
+        try:
+            concurrent.futures.wait([ready, job.future], return_when="FIRST_COMPLETED")
+        except KeyboardInterrupt:
+            portal.cancel(job)
+            portal._wait_quietly(job)
+            raise
+        if not ready.done():
+            job.future.result()  # raises why the pool could not start
+            raise RuntimeError("the pool stopped before it was ready")
+        self.pool = Pool(ready.result(), portal)
+        self._token = active_pool.set(self.pool)
+        return self.pool
+
+    def __exit__(self, *exc_info: Any) -> None:
+        assert self._portal is not None and self._job is not None and self._exit is not None
+        active_pool.reset(self._token)
+        exit_event = self._exit
+        self._portal.run_sync_soon(exit_event.set)
+        self._portal._wait_quietly(self._job, timeout=self._core.options.shutdown_timeout + 30)
+        if not self._job.future.done():
+            raise skyward_trio.TeardownError(
+                "the pool did not finish tearing down in time; instances may still be running",
+                provider="unknown",
+                instance_ids=(),
+            )
+        error = self._job.future.exception()
+        if error is not None and not isinstance(error, concurrent.futures.CancelledError):
+            raise error

@@ -1,0 +1,107 @@
+"""Skyward's trio-native core: ``async with skyward_trio.Compute(...) as pool``.
+
+Layers, lowest first; a module imports only its own layer or lower (``tests/unit/test_layers.py``
+enforces it):
+
+1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
+   ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``
+2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
+3. the worker: ``worker`` (only trio + layers 1-2: it is imported on remote machines)
+4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_providers``,
+   ``_localnode`` (a Local node's SSH server process), ``_connection``
+5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler)
+
+The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
+function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import accelerators, time
+from ._errors import (
+    ConnectionLostError,
+    NoActivePoolError,
+    ProvisionError,
+    RemoteError,
+    SerializationError,
+    SkywardError,
+    TaskTimeoutError,
+    TeardownError,
+    VersionMismatchError,
+)
+from ._function import Function, PendingFunction, PendingFunctionGroup, function, gather
+from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
+from ._model import (
+    DEFAULT_IMAGE,
+    Image,
+    Local,
+    LogConfig,
+    Nodes,
+    Options,
+    PipIndex,
+    ProviderConfig,
+    Spec,
+    Volume,
+    Worker,
+)
+from ._runtime import instance_info, is_head
+from ._shard import shard
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._pool import CancelledCallError, Compute, Future, Pool, ResultStream
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "AcceleratorInfo",
+    "CancelledCallError",
+    "Compute",
+    "ConnectionLostError",
+    "Function",
+    "Future",
+    "Image",
+    "InstanceInfo",
+    "Local",
+    "LogConfig",
+    "NetworkInfo",
+    "NoActivePoolError",
+    "Nodes",
+    "Options",
+    "PeerInfo",
+    "PendingFunction",
+    "PendingFunctionGroup",
+    "PipIndex",
+    "Pool",
+    "ProviderConfig",
+    "ProvisionError",
+    "RemoteError",
+    "ResultStream",
+    "SerializationError",
+    "SkywardError",
+    "Spec",
+    "TaskTimeoutError",
+    "TeardownError",
+    "VersionMismatchError",
+    "Volume",
+    "Worker",
+    "__version__",
+    "accelerators",
+    "function",
+    "gather",
+    "instance_info",
+    "is_head",
+    "shard",
+    "time",
+]
+
+_LAZY = {"CancelledCallError", "Compute", "Future", "Pool", "ResultStream"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import _pool
+
+        return getattr(_pool, name)
+    raise AttributeError(f"module 'skyward_trio' has no attribute {name!r}")

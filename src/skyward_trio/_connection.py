@@ -1,0 +1,195 @@
+"""The client's end of one worker connection: handshake, pipelined calls, results.
+
+Many calls are in flight on one connection. Outgoing frames are queued and written by one
+writer task, which joins whatever accumulated since its last write into one SSH write, so
+a burst of small tasks costs one packet, not one each. Incoming bytes are decoded in the
+transport's data callback and complete the waiting call directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import trio
+
+from . import _serial, _transport, _wire
+from ._errors import ConnectionLostError, ProvisionError, VersionMismatchError
+from ._version import PYTHON_VERSION, __version__
+
+__all__ = ["WorkerConnection"]
+
+_ids = itertools.count(1)
+
+
+class _Slot:
+    __slots__ = ("error", "event", "message")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.message: tuple[Any, ...] | None = None
+        self.error: BaseException | None = None
+
+
+class WorkerConnection:
+    """Calls into one node's worker over an SSH channel."""
+
+    def __init__(self, node: int, ssh: _transport.SSHConnection, socket_path: str) -> None:
+        self.node = node
+        self._ssh = ssh
+        self._socket_path = socket_path
+        self._decoder = _wire.FrameDecoder(expect_hello=True)
+        self._link: _transport.WorkerLink | None = None
+        self._hello: dict[str, Any] | None = None
+        self._hello_event = trio.Event()
+        self._pending: dict[int, _Slot] = {}
+        self._outbox: list[Any] = []
+        self._outbox_event = trio.Event()
+        self._sent_functions: set[str] = set()
+        self.closed = trio.Event()
+        self.worker_pid: int | None = None
+
+    async def open(self, secret: str, *, timeout: float) -> None:
+        """Open the channel and complete the handshake (versions are checked here)."""
+        self._link = await self._ssh.open_unix(self._socket_path, self._on_data)
+        self._link.write(
+            _wire.encode_hello({"secret": secret, "python": PYTHON_VERSION, "skyward": __version__})
+        )
+        with trio.move_on_after(timeout):
+            await self._hello_event.wait()
+        hello = self._hello
+        if hello is None:
+            reason = self._link.close_reason or f"no answer within {timeout:g} s"
+            raise ProvisionError(
+                f"node {self.node}: the worker did not complete the handshake ({reason})",
+                node=self.node,
+                phase="worker",
+            )
+        if not hello.get("ok"):
+            error = str(hello.get("error"))
+            if "version mismatch" in error:
+                raise VersionMismatchError(f"node {self.node}: {error}")
+            raise ProvisionError(f"node {self.node}: {error}", node=self.node, phase="worker")
+        self.worker_pid = hello.get("pid")
+
+    async def serve(self) -> None:
+        """Write queued frames until the link closes. Run it in the node's nursery."""
+        assert self._link is not None
+        link = self._link
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_close, nursery.cancel_scope)
+            while True:
+                await self._outbox_event.wait()
+                self._outbox_event = trio.Event()
+                chunks, self._outbox = self._outbox, []
+                small: list[Any] = []
+                try:
+                    for chunk in chunks:
+                        if len(chunk) < 65536:
+                            small.append(chunk)
+                            continue
+                        if small:
+                            link.write(b"".join(small))
+                            small = []
+                        link.write(chunk)
+                    if small:
+                        link.write(b"".join(small))
+                except _transport.SSHError:
+                    break
+                await link.wait_writable()
+
+    async def _watch_close(self, scope: trio.CancelScope) -> None:
+        assert self._link is not None
+        await self._link.closed.wait()
+        self._fail_all(self._link.close_reason or "connection closed")
+        scope.cancel(reason="worker link closed")
+
+    def _fail_all(self, reason: str) -> None:
+        self.closed.set()
+        error = ConnectionLostError(
+            f"the connection to node {self.node}'s worker was lost ({reason})", node=self.node
+        )
+        for slot in self._pending.values():
+            slot.error = error
+            slot.event.set()
+        self._pending.clear()
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except _wire.ProtocolError as exc:
+            self._fail_all(f"protocol error: {exc}")
+            if self._link is not None:
+                self._link.close()
+            return
+        for msg in messages:
+            if isinstance(msg, dict):
+                self._hello = msg
+                self._hello_event.set()
+                continue
+            slot = self._pending.pop(msg[1], None)
+            if slot is not None:
+                slot.message = msg
+                slot.event.set()
+
+    def _send(self, chunks: list[Any]) -> None:
+        if self.closed.is_set():
+            raise ConnectionLostError(
+                f"the connection to node {self.node}'s worker is closed", node=self.node
+            )
+        self._outbox.extend(chunks)
+        self._outbox_event.set()
+
+    def _function_part(self, fn_key: str, fn_payload: _serial.Payload) -> _serial.Payload | None:
+        if fn_key in self._sent_functions:
+            return None
+        self._sent_functions.add(fn_key)
+        return fn_payload
+
+    async def call(
+        self, fn_key: str, fn_payload: _serial.Payload, args_payload: _serial.Payload
+    ) -> tuple[Any, ...]:
+        """Run one task; return its RESULT message. Cancellation tells the worker."""
+        task_id = next(_ids)
+        message = (
+            _wire.RUN,
+            task_id,
+            fn_key,
+            self._function_part(fn_key, fn_payload),
+            args_payload,
+        )
+        return await self._roundtrip(task_id, _wire.encode(message))
+
+    async def call_batch(
+        self, fn_key: str, fn_payload: _serial.Payload, items_payload: _serial.Payload
+    ) -> tuple[Any, ...]:
+        """Run ``fn`` over a batch of items; return its BATCH_RESULT message."""
+        batch_id = next(_ids)
+        part = self._function_part(fn_key, fn_payload)
+        message = (_wire.BATCH, batch_id, fn_key, part, items_payload)
+        return await self._roundtrip(batch_id, _wire.encode(message))
+
+    async def _roundtrip(self, task_id: int, chunks: list[Any]) -> tuple[Any, ...]:
+        slot = _Slot()
+        self._pending[task_id] = slot
+        try:
+            self._send(chunks)
+            await slot.event.wait()
+        except BaseException:
+            if self._pending.pop(task_id, None) is not None and not self.closed.is_set():
+                # Still running remotely: tell the worker to stop it and drop its result.
+                self._send(_wire.encode((_wire.CANCEL, task_id)))
+            raise
+        if slot.error is not None:
+            raise slot.error
+        assert slot.message is not None
+        return slot.message
+
+    def shutdown(self) -> None:
+        """Ask the worker to exit (best effort; the provider terminates the node anyway)."""
+        if not self.closed.is_set():
+            self._send(_wire.encode((_wire.SHUTDOWN,)))
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()

@@ -1,0 +1,124 @@
+"""Skyward's exception hierarchy.
+
+Every error Skyward raises on purpose is one of these (or a plain ``TypeError`` /
+``ValueError`` for bad arguments, raised before anything is provisioned)::
+
+    SkywardError
+    ├── ProvisionError          a node could not be brought up (names node and phase)
+    ├── VersionMismatchError    worker and client run different Python / Skyward versions
+    ├── ConnectionLostError     the link to a node's worker broke while a task was on it
+    ├── SerializationError      an argument or result could not be pickled (also a TypeError)
+    ├── RemoteError             the remote function raised an exception that does not unpickle here
+    ├── TaskTimeoutError        a task ran past its timeout (also a TimeoutError)
+    ├── NoActivePoolError       ``>> sky`` (or a runtime call) with no pool active (also a RuntimeError)
+    └── TeardownError           instances that could not be confirmed terminated (lists them)
+
+Exceptions raised by *your* function re-raise in the caller with their original type when
+they unpickle here, with the remote traceback and the node index attached as notes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionLostError",
+    "NoActivePoolError",
+    "ProvisionError",
+    "RemoteError",
+    "SerializationError",
+    "SkywardError",
+    "TaskTimeoutError",
+    "TeardownError",
+    "VersionMismatchError",
+]
+
+
+class SkywardError(Exception):
+    """Base class of the errors Skyward raises on purpose."""
+
+
+class ProvisionError(SkywardError):
+    """A node could not be brought up.
+
+    Attributes:
+        node: The node index.
+        phase: What was being done: ``"provision"``, ``"ssh"``, ``"bootstrap"`` or ``"worker"``.
+    """
+
+    def __init__(self, message: str, *, node: int, phase: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.phase = phase
+
+
+class VersionMismatchError(SkywardError):
+    """The worker runs another Python minor version or Skyward version than the client."""
+
+
+class ConnectionLostError(SkywardError):
+    """The connection to a node's worker broke while a task was in flight."""
+
+    def __init__(self, message: str, *, node: int) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class SerializationError(SkywardError, TypeError):
+    """An argument, a function or a result could not be pickled."""
+
+
+class RemoteError(SkywardError):
+    """The remote function raised an exception that could not be re-created here.
+
+    Attributes:
+        type_name: Qualified name of the remote exception's type.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: The formatted remote traceback.
+        node: Index of the node it ran on.
+    """
+
+    def __init__(
+        self, *, type_name: str, remote_message: str, remote_traceback: str, node: int
+    ) -> None:
+        super().__init__(f"{type_name}: {remote_message} (raised on node {node})")
+        self.type_name = type_name
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.node = node
+
+
+class TaskTimeoutError(SkywardError, TimeoutError):
+    """A task ran past its timeout; the remote execution was told to stop.
+
+    Attributes:
+        task: Name of the task's function.
+        node: Index of the node it ran on.
+        timeout: The timeout in seconds.
+    """
+
+    def __init__(self, *, task: str, node: int, timeout: float) -> None:
+        super().__init__(
+            f"task {task!r} on node {node} did not finish within {timeout:g} s; "
+            "raise it with @sky.function(timeout=...) or .with_timeout(...), "
+            "or Options(default_compute_timeout=...)"
+        )
+        self.task = task
+        self.node = node
+        self.timeout = timeout
+
+
+class NoActivePoolError(SkywardError, RuntimeError):
+    """An operation needed an active pool and there was none."""
+
+
+class TeardownError(SkywardError):
+    """Some instances could not be confirmed terminated. They may still be billing.
+
+    Attributes:
+        provider: The provider's name.
+        instance_ids: The instances not confirmed terminated.
+    """
+
+    def __init__(self, message: str, *, provider: str, instance_ids: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.instance_ids = instance_ids

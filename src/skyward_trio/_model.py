@@ -1,0 +1,997 @@
+"""The public model records: what to provision (``Spec``) and how to run it (``Options``).
+
+Every record is a frozen, keyword-only attrs class, checked when it is built: a mistake fails
+on the line that made it, with a message that names the argument, the value received and the
+fix, instead of minutes later at provision time. Change a record with ``attrs.evolve``, which
+runs the same checks.
+
+Sequences given as lists are stored as tuples and mappings as read-only mappings, so records
+stay immutable and hashable (a ``Spec`` can key a dict) whatever the caller passed.
+
+This module is imported on remote workers: it may use only the standard library and attrs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Literal, TypeAlias
+
+import attrs
+
+from skyward_trio import accelerators
+from skyward_trio.accelerators import Accelerator
+
+__all__ = [
+    "ALLOCATION_STRATEGIES",
+    "ARCHITECTURES",
+    "CONSOLE_MODES",
+    "DEFAULT_IMAGE",
+    "EXECUTOR_KINDS",
+    "LOG_LEVELS",
+    "RESERVED_MOUNTS",
+    "SELECTION_STRATEGIES",
+    "SKYWARD_SOURCES",
+    "AllocationStrategy",
+    "Architecture",
+    "ConsoleMode",
+    "ExecutorKind",
+    "Image",
+    "Local",
+    "LogConfig",
+    "LogLevel",
+    "MetricsSetting",
+    "NodeSpec",
+    "Nodes",
+    "Options",
+    "PipIndex",
+    "ProviderConfig",
+    "SelectionStrategy",
+    "SkywardSource",
+    "Spec",
+    "Volume",
+    "Worker",
+    "resolve_compute_args",
+    "to_nodes",
+]
+
+AllocationStrategy: TypeAlias = Literal["spot-if-available", "spot", "on-demand", "cheapest"]
+ALLOCATION_STRATEGIES: tuple[AllocationStrategy, ...] = (
+    "spot-if-available",
+    "spot",
+    "on-demand",
+    "cheapest",
+)
+
+SelectionStrategy: TypeAlias = Literal["cheapest", "first"]
+SELECTION_STRATEGIES: tuple[SelectionStrategy, ...] = ("cheapest", "first")
+
+ExecutorKind: TypeAlias = Literal["auto", "thread", "process"]
+EXECUTOR_KINDS: tuple[ExecutorKind, ...] = ("auto", "thread", "process")
+
+ConsoleMode: TypeAlias = Literal["rich", "minimal", "log", "silent"]
+CONSOLE_MODES: tuple[ConsoleMode, ...] = ("rich", "minimal", "log", "silent")
+
+Architecture: TypeAlias = Literal["x86_64", "arm64"]
+ARCHITECTURES: tuple[Architecture, ...] = ("x86_64", "arm64")
+
+LogLevel: TypeAlias = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+
+SkywardSource: TypeAlias = Literal["auto", "local", "github", "pypi"]
+SKYWARD_SOURCES: tuple[SkywardSource, ...] = ("auto", "local", "github", "pypi")
+
+#: Paths a :class:`Volume` may not be mounted on: the worker's own files live there.
+RESERVED_MOUNTS: frozenset[str] = frozenset({"/", "/opt", "/opt/skyward", "/root", "/tmp"})
+
+#: ``"default"`` (the standard collectors), a sequence of collectors, or None (no metrics).
+MetricsSetting: TypeAlias = Literal["default"] | tuple[object, ...] | None
+
+
+# --- checks shared by the records ---------------------------------------------------------------
+#
+# Checks run in __attrs_post_init__ rather than as attrs validators: one method per record reads
+# top to bottom, and attrs' validator types are invariant in the field type, which would force a
+# validator per field type. Converters run first and pass input they cannot convert through
+# unchanged, so the check that follows can name the argument (a converter never sees its field).
+
+
+def _describe(value: object) -> str:
+    return type(value).__name__
+
+
+def _choices(choices: Iterable[object]) -> str:
+    return ", ".join(repr(choice) for choice in choices)
+
+
+def _is_int(value: object) -> bool:
+    # True and False are ints to Python, but nodes=True is a bug, never a count.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(record: str, arg: str, value: object, *, low: int, fix: str) -> None:
+    if not _is_int(value):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be an int >= {low}, "
+            f"got {_describe(value)}. {fix}"
+        )
+    assert isinstance(value, int)
+    if value < low:
+        raise ValueError(f"{record}({arg}={value!r}): {arg} must be >= {low}. {fix}")
+
+
+def _check_optional_int(record: str, arg: str, value: object, *, low: int, fix: str) -> None:
+    if value is not None:
+        _check_int(record, arg, value, low=low, fix=fix)
+
+
+def _check_seconds(
+    record: str, arg: str, value: object, *, allow_zero: bool = False, optional: bool = False
+) -> None:
+    if value is None and optional:
+        return
+    bound = ">= 0" if allow_zero else "> 0"
+    fix = f"Pass a number of seconds, e.g. {arg}=sky.time.minutes(5)" + (
+        ", or None for the default." if optional else "."
+    )
+    if not _is_number(value):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be a number of seconds {bound}, "
+            f"got {_describe(value)}. {fix}"
+        )
+    assert isinstance(value, int | float)
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{record}({arg}={value!r}): {arg} must be {bound} seconds. {fix}")
+
+
+def _check_choice(record: str, arg: str, value: object, choices: Iterable[str]) -> None:
+    options = tuple(choices)
+    if value in options:
+        return
+    # "debug" for "DEBUG" is the likely slip; show the spelling that works.
+    same = [o for o in options if isinstance(value, str) and o.lower() == value.lower()]
+    example = same[0] if same else options[0]
+    raise ValueError(
+        f"{record}({arg}={value!r}): {arg} must be one of {_choices(options)}. "
+        f"Pass e.g. {arg}={example!r}."
+    )
+
+
+def _check_bool(record: str, arg: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be True or False, got {_describe(value)}."
+        )
+
+
+def _check_str(record: str, arg: str, value: object, *, fix: str, empty_ok: bool = False) -> None:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be a str, got {_describe(value)}. {fix}"
+        )
+    if not empty_ok and not value.strip():
+        raise ValueError(f"{record}({arg}={value!r}): {arg} must not be empty. {fix}")
+
+
+def _check_strings(record: str, arg: str, value: object, *, example: str) -> None:
+    """Checks a field converted by :func:`_str_tuple`; ``example`` is a literal list to show."""
+    fix = f"Pass a list of strings, e.g. {arg}={example}."
+    if not isinstance(value, tuple):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be a list of str, got {_describe(value)}. {fix}"
+        )
+    for item in value:
+        _check_str(record, arg, item, fix=fix)
+
+
+def _check_items(record: str, arg: str, value: object, kind: type, *, example: str) -> None:
+    fix = f"Pass a list of {kind.__name__} objects, e.g. {arg}=[{example}]."
+    if not isinstance(value, tuple):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be a list of {kind.__name__}, "
+            f"got {_describe(value)}. {fix}"
+        )
+    for item in value:
+        if not isinstance(item, kind):
+            raise TypeError(
+                f"{record}({arg}=...): every item of {arg} must be a {kind.__name__}, "
+                f"got {item!r} ({_describe(item)}). {fix}"
+            )
+
+
+# --- converters ---------------------------------------------------------------------------------
+#
+# Plain named functions, one per input type: mypy's attrs plugin types __init__ from them and
+# supports neither generic converters nor converter factories.
+
+
+def _as_tuple(value: object) -> object:
+    # A lone str is iterable too; tuple("torch") would silently become ("t", "o", ...).
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        return value
+    return tuple(value)
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return _as_tuple(value)  # type: ignore[return-value]  # the check that follows rejects it
+
+
+def _path_tuple(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    converted = _as_tuple(value)
+    if not isinstance(converted, tuple):
+        return converted  # type: ignore[return-value]  # the check that follows rejects it
+    return tuple(os.fspath(item) if isinstance(item, os.PathLike) else item for item in converted)
+
+
+def _index_tuple(value: Iterable[PipIndex]) -> tuple[PipIndex, ...]:
+    return _as_tuple(value)  # type: ignore[return-value]  # the check that follows rejects it
+
+
+def _volume_tuple(value: Iterable[Volume]) -> tuple[Volume, ...]:
+    return _as_tuple(value)  # type: ignore[return-value]  # the check that follows rejects it
+
+
+def _object_tuple(value: Iterable[object]) -> tuple[object, ...]:
+    return _as_tuple(value)  # type: ignore[return-value]  # the check that follows rejects it
+
+
+def _whole_seconds(value: float) -> int:
+    # sky.time.minutes(10) is 600.0: a float that is a whole number is taken as that int.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # type: ignore[return-value]  # the check that follows rejects it
+
+
+def _path(value: str | os.PathLike[str]) -> str:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _metrics(value: str | Iterable[object] | None) -> MetricsSetting:
+    if value is None or isinstance(value, str):
+        return value  # type: ignore[return-value]  # Image checks the string is "default"
+    return _object_tuple(value)
+
+
+class _FrozenMap(Mapping[str, str]):
+    """A read-only, hashable ``str -> str`` mapping: what ``Image.env`` holds.
+
+    ``types.MappingProxyType`` would be read-only too, but it is not hashable, and a frozen
+    record that cannot be hashed cannot key a cache of offers or resolved specs.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, str]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def _str_map(value: Mapping[str, str]) -> Mapping[str, str]:
+    if isinstance(value, _FrozenMap) or not isinstance(value, Mapping):
+        return value
+    return _FrozenMap(value)
+
+
+def _check_str_map(record: str, arg: str, value: object, *, example: str) -> None:
+    fix = f"Pass a dict of str to str, e.g. {arg}={example}."
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be a dict, got {_describe(value)}. {fix}"
+        )
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise ValueError(
+                f"{record}({arg}=...): key {key!r} is not a variable name "
+                f"(a non-empty str without '='). {fix}"
+            )
+        if not isinstance(item, str):
+            raise TypeError(
+                f"{record}({arg}=...): the value of {key!r} must be a str, got {item!r} "
+                f"({_describe(item)}). Quote it, e.g. {{{key!r}: {str(item)!r}}}."
+            )
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ProviderConfig:
+    """Base class of provider configs (``sky.Local()``, ``sky.AWS()``, ...).
+
+    A provider config only says where machines come from and with what credentials or
+    region; it holds no connections. Each provider subclasses it as a frozen attrs class.
+    """
+
+
+@attrs.frozen(kw_only=True)
+class Local(ProviderConfig):
+    """The embedded local provider: runs N nodes on this machine.
+
+    Each node is a local "machine" with its own address on 127.0.0.x, its own SSH server and
+    working directory, so a pool on ``Local`` goes through the same SSH, bootstrap and worker
+    path as a cloud pool. It is the provider used when none is given.
+    """
+
+
+# --- nodes --------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Nodes:
+    """How many nodes a pool wants, when it is usable, and how far it may grow.
+
+    Attributes:
+        desired: The target node count, >= 1.
+        max: The ceiling for autoscaling, >= desired; None keeps the pool at ``desired``.
+        min: How many ready nodes make the pool usable, 1..desired; None waits for all
+            ``desired`` (partial readiness when set).
+    """
+
+    desired: int
+    max: int | None = None
+    min: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        fix = "Pass e.g. sky.Nodes(desired=4, min=2, max=8)."
+        _check_int("Nodes", "desired", self.desired, low=1, fix=fix)
+        if self.min is not None:
+            _check_int("Nodes", "min", self.min, low=1, fix=fix)
+            if self.min > self.desired:
+                raise ValueError(
+                    f"Nodes(min={self.min!r}): min must be between 1 and desired "
+                    f"({self.desired}): it is how many ready nodes make the pool usable. "
+                    f"Pass min <= {self.desired}, or raise desired."
+                )
+        if self.max is not None:
+            _check_int("Nodes", "max", self.max, low=1, fix=fix)
+            if self.max < self.desired:
+                raise ValueError(
+                    f"Nodes(max={self.max!r}): max must be >= desired ({self.desired}): it is "
+                    f"the autoscaling ceiling. Pass max >= {self.desired}, or lower desired."
+                )
+
+    @property
+    def ready_at(self) -> int:
+        """How many ready nodes make the pool usable: ``min``, or all ``desired``."""
+        return self.desired if self.min is None else self.min
+
+    @property
+    def ceiling(self) -> int:
+        """The most nodes the pool may hold: ``max``, or ``desired``."""
+        return self.desired if self.max is None else self.max
+
+    @property
+    def is_elastic(self) -> bool:
+        """Whether the pool may autoscale above ``desired``."""
+        return self.ceiling > self.desired
+
+
+NodeSpec: TypeAlias = int | tuple[int, int] | Nodes
+
+_NODES_FORMS = (
+    "nodes= accepts an int (nodes=4: exactly 4), a (low, high) pair (nodes=(2, 8): start at 2, "
+    "autoscale up to 8) or a sky.Nodes (sky.Nodes(desired=8, min=4): usable at 4)"
+)
+
+
+def to_nodes(value: NodeSpec) -> Nodes:
+    """Normalises any accepted ``nodes=`` form to a :class:`Nodes`.
+
+    Args:
+        value: ``4`` (exactly four nodes), ``(2, 8)`` (start at 2, autoscale up to 8, that is
+            ``Nodes(desired=2, max=8)``) or a :class:`Nodes`, returned as is. A two-item list
+            is taken as a pair, since TOML has no tuples.
+
+    Returns:
+        The equivalent :class:`Nodes`.
+
+    Raises:
+        ValueError: ``value`` is none of the three forms, or out of range.
+    """
+    if isinstance(value, Nodes):
+        return value
+    if _is_int(value):
+        assert isinstance(value, int)
+        if value < 1:
+            raise ValueError(f"nodes={value!r}: a node count must be >= 1. {_NODES_FORMS}.")
+        return Nodes(desired=value)
+    if isinstance(value, tuple | list) and len(value) == 2 and all(_is_int(v) for v in value):
+        low, high = value
+        if not 1 <= low <= high:
+            raise ValueError(
+                f"nodes={value!r}: a (low, high) pair needs 1 <= low <= high. "
+                f"Pass e.g. nodes=({max(low, 1)}, {max(low, high, 1)})."
+            )
+        return Nodes(desired=low, max=high)
+    raise ValueError(f"nodes={value!r} ({_describe(value)}) is not a node spec. {_NODES_FORMS}.")
+
+
+# --- image --------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class PipIndex:
+    """A package index scoped to some packages, e.g. PyTorch's CUDA wheels.
+
+    Attributes:
+        url: The index URL.
+        packages: The packages installed from this index (the rest come from PyPI).
+    """
+
+    url: str
+    packages: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        _check_str(
+            "PipIndex",
+            "url",
+            self.url,
+            fix='Pass e.g. url="https://download.pytorch.org/whl/cu121".',
+        )
+        _check_strings("PipIndex", "packages", self.packages, example='["torch", "torchvision"]')
+
+
+@attrs.frozen(kw_only=True)
+class Image:
+    """The environment each worker runs in.
+
+    Attributes:
+        python: ``"auto"`` (this interpreter's ``X.Y``) or a version such as ``"3.13"``.
+        pip: Packages installed with uv.
+        pip_indexes: Package indexes scoped to some packages.
+        apt: System packages installed with apt-get.
+        env: Environment variables exported on the workers.
+        shell_vars: Shell snippets evaluated at bootstrap, whose output becomes the variable.
+        includes: Local directories or ``.py`` files synced to the workers.
+        excludes: Glob patterns skipped within ``includes``.
+        skyward_source: Where workers get Skyward: ``"auto"``, ``"local"``, ``"github"`` or
+            ``"pypi"``.
+        metrics: ``"default"`` for the standard telemetry, a sequence of collectors, or None
+            to collect nothing. Collector objects are defined by ``sky.metrics``; until then
+            the string ``"default"`` stands in for ``sky.metrics.Default()``.
+        bootstrap_timeout: Seconds a node's bootstrap may take.
+    """
+
+    python: str = "auto"
+    pip: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    pip_indexes: tuple[PipIndex, ...] = attrs.field(default=(), converter=_index_tuple)
+    apt: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_str_map)
+    shell_vars: Mapping[str, str] = attrs.field(factory=dict, converter=_str_map)
+    includes: tuple[str, ...] = attrs.field(default=(), converter=_path_tuple)
+    excludes: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    skyward_source: SkywardSource = "auto"
+    metrics: MetricsSetting = attrs.field(default="default", converter=_metrics)
+    bootstrap_timeout: int = attrs.field(default=300, converter=_whole_seconds)
+
+    def __attrs_post_init__(self) -> None:
+        if self.python != "auto" and (
+            not isinstance(self.python, str) or re.fullmatch(r"\d+\.\d+", self.python) is None
+        ):
+            raise ValueError(
+                f"Image(python={self.python!r}): python must be 'auto' or a 'X.Y' version. "
+                'Pass e.g. python="3.13", or python="auto" to match this interpreter.'
+            )
+        _check_strings("Image", "pip", self.pip, example='["torch", "numpy>=2"]')
+        _check_items(
+            "Image", "pip_indexes", self.pip_indexes, PipIndex, example='sky.PipIndex(url="...")'
+        )
+        _check_strings("Image", "apt", self.apt, example='["git", "ffmpeg"]')
+        _check_str_map("Image", "env", self.env, example='{"HF_HOME": "/data/hf"}')
+        _check_str_map("Image", "shell_vars", self.shell_vars, example='{"IP": "hostname -I"}')
+        _check_strings("Image", "includes", self.includes, example='["./src"]')
+        _check_strings("Image", "excludes", self.excludes, example='["*.ckpt"]')
+        _check_choice("Image", "skyward_source", self.skyward_source, SKYWARD_SOURCES)
+        metrics = self.metrics
+        if metrics is not None and metrics != "default" and not isinstance(metrics, tuple):
+            raise ValueError(
+                f"Image(metrics={self.metrics!r}): metrics must be 'default', None or a "
+                "list of collectors. Pass metrics=None to collect nothing."
+            )
+        _check_int(
+            "Image",
+            "bootstrap_timeout",
+            self.bootstrap_timeout,
+            low=1,
+            fix="Pass a whole number of seconds, e.g. bootstrap_timeout=600.",
+        )
+
+    @property
+    def resolved_python(self) -> str:
+        """The ``X.Y`` Python version workers get: ``python``, or this interpreter's if auto."""
+        if self.python == "auto":
+            return f"{sys.version_info.major}.{sys.version_info.minor}"
+        return self.python
+
+
+DEFAULT_IMAGE = Image()
+
+
+# --- volumes ------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Volume:
+    """A bucket mounted as a directory on every worker (FUSE).
+
+    Attributes:
+        bucket: The bucket name.
+        mount: Where it appears on the workers: an absolute path, not one of
+            :data:`RESERVED_MOUNTS` nor inside ``/opt/skyward``.
+        prefix: A folder within the bucket to mount instead of its root.
+        read_only: Whether the mount is read-only.
+        storage: The object-store backend (a ``sky.Storage``); None picks the provider's own.
+    """
+
+    bucket: str
+    mount: str
+    prefix: str = ""
+    read_only: bool = True
+    storage: object | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_str("Volume", "bucket", self.bucket, fix='Pass e.g. bucket="my-data".')
+        fix = 'Pass an absolute path of its own, e.g. mount="/data".'
+        _check_str("Volume", "mount", self.mount, fix=fix)
+        if not posixpath.isabs(self.mount):
+            raise ValueError(
+                f"Volume(mount={self.mount!r}): mount must be an absolute path on the worker. {fix}"
+            )
+        # normpath folds "/opt/" and "//opt" onto "/opt" so they cannot slip past the check.
+        normal = posixpath.normpath(self.mount)
+        if normal.startswith("//"):
+            normal = "/" + normal.lstrip("/")
+        if normal in RESERVED_MOUNTS or normal.startswith("/opt/skyward/"):
+            raise ValueError(
+                f"Volume(mount={self.mount!r}): mount must not be one of "
+                f"{', '.join(sorted(RESERVED_MOUNTS))} or inside /opt/skyward: the worker's own "
+                f"files live there and the mount would hide them. {fix}"
+            )
+        _check_str(
+            "Volume", "prefix", self.prefix, fix='Pass e.g. prefix="datasets/".', empty_ok=True
+        )
+        _check_bool("Volume", "read_only", self.read_only)
+
+
+# --- worker, logging, options -------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Worker:
+    """How each node runs tasks.
+
+    Attributes:
+        concurrency: Tasks run at once per node, >= 1.
+        buffer: Extra tasks sent ahead to each node, >= 0, so short tasks do not wait on a
+            round trip.
+        executor: ``"thread"``, ``"process"`` (for CPU-bound pure Python), or ``"auto"``,
+            which means ``"thread"``.
+        reuse_processes: With the process executor, keep subprocesses between tasks; False
+            starts a fresh one per task (for work that leaks GPU state).
+    """
+
+    concurrency: int = 1
+    buffer: int = 0
+    executor: ExecutorKind = "auto"
+    reuse_processes: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        _check_int(
+            "Worker",
+            "concurrency",
+            self.concurrency,
+            low=1,
+            fix="Pass the number of tasks each node runs at once, e.g. concurrency=4.",
+        )
+        _check_int(
+            "Worker",
+            "buffer",
+            self.buffer,
+            low=0,
+            fix="Pass the number of extra tasks queued per node, e.g. buffer=2 (0 for none).",
+        )
+        _check_choice("Worker", "executor", self.executor, EXECUTOR_KINDS)
+        _check_bool("Worker", "reuse_processes", self.reuse_processes)
+
+    @property
+    def resolved_executor(self) -> Literal["thread", "process"]:
+        """The executor the worker really uses: ``"auto"`` means ``"thread"``."""
+        return "process" if self.executor == "process" else "thread"
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    """Where Skyward's own log goes.
+
+    Attributes:
+        level: The least severe level written: ``"TRACE"``, ``"DEBUG"``, ``"INFO"``,
+            ``"WARNING"`` or ``"ERROR"``.
+        file: The log file (``~`` is expanded when it is opened).
+        console: Whether log records are also shown on the console.
+        rotation: When the file rotates: a size (``"50 MB"``) or an age (``"1 day"``).
+        retention: How many rotated files are kept, >= 1.
+    """
+
+    level: LogLevel = "INFO"
+    file: str = attrs.field(default="~/.skyward/logs/skyward.log", converter=_path)
+    console: bool = True
+    rotation: str = "50 MB"
+    retention: int = 10
+
+    def __attrs_post_init__(self) -> None:
+        _check_choice("LogConfig", "level", self.level, LOG_LEVELS)
+        _check_str("LogConfig", "file", self.file, fix='Pass e.g. file="~/.skyward/logs/run.log".')
+        _check_bool("LogConfig", "console", self.console)
+        _check_str(
+            "LogConfig", "rotation", self.rotation, fix='Pass e.g. rotation="50 MB" or "1 day".'
+        )
+        _check_int(
+            "LogConfig",
+            "retention",
+            self.retention,
+            low=1,
+            fix="Pass how many rotated files to keep, e.g. retention=10.",
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """Operational tuning for a pool; the defaults suit most work.
+
+    Timeouts are seconds (``sky.time.minutes(10)`` reads better than ``600``). Those that
+    default to None take the provider's own default.
+
+    Attributes:
+        selection: With several specs, which wins: ``"cheapest"`` or ``"first"`` viable.
+        worker: Concurrency and executor per node; None means ``Worker()``.
+        provision_timeout: Seconds to wait for an instance to come up.
+        ssh_timeout: Seconds to wait for a node's SSH server.
+        bootstrap_timeout: Seconds a node's bootstrap may take (overrides ``Image``'s).
+        provision_retry_delay: Seconds between provisioning attempts, >= 0.
+        max_provision_attempts: Provisioning attempts per node before giving up, >= 1.
+        ssh_retry_interval: Seconds between SSH connection attempts.
+        default_compute_timeout: Seconds a task may run when its function sets no timeout.
+        autoscale_cooldown: Seconds between two autoscaling decisions, >= 0.
+        autoscale_idle_timeout: Seconds a node stays idle before an elastic pool drops it.
+        reconcile_tick_interval: Seconds between checks of the pool against its target.
+        shutdown_timeout: Seconds teardown may take before stragglers are reported.
+        console: True (the best console for the terminal), False, or one of ``"rich"``,
+            ``"minimal"``, ``"log"``, ``"silent"``.
+        logging: True (a default :class:`LogConfig`), False (off) or a :class:`LogConfig`.
+        cluster: Whether nodes form a cluster (needed by distributed collections); None
+            decides from the pool.
+        retry_on_interruption: Retries per task when its node is preempted, >= 0.
+        health_checker: A periodic probe run on each node; nodes that keep failing it are
+            replaced. None disables health checks.
+    """
+
+    selection: SelectionStrategy = "cheapest"
+    worker: Worker | None = None
+    provision_timeout: float | None = None
+    ssh_timeout: float | None = None
+    bootstrap_timeout: float | None = None
+    provision_retry_delay: float | None = None
+    max_provision_attempts: int | None = None
+    ssh_retry_interval: float | None = None
+    default_compute_timeout: float = 300.0
+    autoscale_cooldown: float = 30.0
+    autoscale_idle_timeout: float = 60.0
+    reconcile_tick_interval: float = 15.0
+    shutdown_timeout: float = 120.0
+    console: bool | ConsoleMode = True
+    logging: LogConfig | bool = True
+    cluster: bool | None = None
+    retry_on_interruption: int = 3
+    health_checker: object | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_choice("Options", "selection", self.selection, SELECTION_STRATEGIES)
+        if self.worker is not None and not isinstance(self.worker, Worker):
+            raise TypeError(
+                f"Options(worker={self.worker!r}): worker must be a sky.Worker or None, got "
+                f"{_describe(self.worker)}. Pass e.g. worker=sky.Worker(concurrency=4)."
+            )
+        for arg in ("provision_timeout", "ssh_timeout", "bootstrap_timeout", "ssh_retry_interval"):
+            _check_seconds("Options", arg, getattr(self, arg), optional=True)
+        _check_seconds(
+            "Options",
+            "provision_retry_delay",
+            self.provision_retry_delay,
+            allow_zero=True,
+            optional=True,
+        )
+        _check_optional_int(
+            "Options",
+            "max_provision_attempts",
+            self.max_provision_attempts,
+            low=1,
+            fix="Pass e.g. max_provision_attempts=3, or None for the default.",
+        )
+        for arg in (
+            "default_compute_timeout",
+            "autoscale_idle_timeout",
+            "reconcile_tick_interval",
+            "shutdown_timeout",
+        ):
+            _check_seconds("Options", arg, getattr(self, arg))
+        _check_seconds("Options", "autoscale_cooldown", self.autoscale_cooldown, allow_zero=True)
+        if not isinstance(self.console, bool) and self.console not in CONSOLE_MODES:
+            raise ValueError(
+                f"Options(console={self.console!r}): console must be True, False or one of "
+                f"{_choices(CONSOLE_MODES)}. Pass e.g. console='log' for plain lines."
+            )
+        if not isinstance(self.logging, bool | LogConfig):
+            raise TypeError(
+                f"Options(logging={self.logging!r}): logging must be True, False or a "
+                f"sky.LogConfig, got {_describe(self.logging)}. "
+                "Pass e.g. logging=sky.LogConfig(level='DEBUG')."
+            )
+        if self.cluster is not None:
+            _check_bool("Options", "cluster", self.cluster)
+        _check_int(
+            "Options",
+            "retry_on_interruption",
+            self.retry_on_interruption,
+            low=0,
+            fix="Pass how many times a preempted task is retried, e.g. retry_on_interruption=3.",
+        )
+
+
+# --- spec ---------------------------------------------------------------------------------------
+
+
+def _accelerator_hint(name: str) -> str:
+    factory = accelerators.by_name(name)
+    if factory is None:
+        return f'sky.accelerators.Custom("{name}")'
+    return f"sky.accelerators.{factory.__name__}()"
+
+
+@attrs.frozen(kw_only=True)
+class Spec:
+    """What to provision: one provider's machines, and what each must carry.
+
+    Attributes:
+        provider: Where machines come from (``sky.Local()``, ``sky.AWS()``, ...).
+        accelerator: What each node carries (``sky.accelerators.A100()``); None for CPU only.
+        nodes: How many nodes; given as ``4``, ``(2, 8)`` or a :class:`Nodes`, stored as
+            :class:`Nodes`.
+        vcpus: The least vCPUs per node.
+        memory_gb: The least RAM per node, in GB.
+        disk_gb: The least disk per node, in GB.
+        architecture: ``"x86_64"`` or ``"arm64"``; None for either.
+        allocation: ``"spot-if-available"``, ``"spot"``, ``"on-demand"`` or ``"cheapest"``.
+        image: The worker environment.
+        region: The provider region; None lets the provider choose.
+        max_hourly_cost: The most to pay per node per hour, in USD.
+        ttl: Seconds nodes live on after their client is gone before they shut themselves
+            down, >= 0; 0 disables the grace period.
+        volumes: Buckets mounted on every node.
+        plugins: Plugins that shape the image, bootstrap and task execution.
+    """
+
+    provider: ProviderConfig
+    accelerator: Accelerator | None = None
+    nodes: Nodes = attrs.field(default=Nodes(desired=1), converter=to_nodes)
+    vcpus: float | None = None
+    memory_gb: float | None = None
+    disk_gb: int | None = None
+    architecture: Architecture | None = None
+    allocation: AllocationStrategy = "spot-if-available"
+    image: Image = DEFAULT_IMAGE
+    region: str | None = None
+    max_hourly_cost: float | None = None
+    ttl: int = attrs.field(default=600, converter=_whole_seconds)
+    volumes: tuple[Volume, ...] = attrs.field(default=(), converter=_volume_tuple)
+    plugins: tuple[object, ...] = attrs.field(default=(), converter=_object_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        self._check_provider()
+        self._check_accelerator()
+        for arg, unit in (("vcpus", "vCPUs"), ("memory_gb", "GB"), ("max_hourly_cost", "USD")):
+            value = getattr(self, arg)
+            if value is None:
+                continue
+            message = (
+                f"Spec({arg}={value!r}): {arg} must be a number > 0 ({unit}) or None. "
+                f"Pass e.g. {arg}=8, or leave it out."
+            )
+            if not _is_number(value):
+                raise TypeError(message)
+            if not value > 0:
+                raise ValueError(message)
+        _check_optional_int(
+            "Spec", "disk_gb", self.disk_gb, low=1, fix="Pass e.g. disk_gb=200, or leave it out."
+        )
+        if self.architecture is not None:
+            _check_choice("Spec", "architecture", self.architecture, ARCHITECTURES)
+        _check_choice("Spec", "allocation", self.allocation, ALLOCATION_STRATEGIES)
+        if not isinstance(self.image, Image):
+            raise TypeError(
+                f"Spec(image={self.image!r}): image must be a sky.Image, got "
+                f"{_describe(self.image)}. Pass e.g. image=sky.Image(pip=['torch'])."
+            )
+        if self.region is not None:
+            _check_str("Spec", "region", self.region, fix='Pass e.g. region="us-east-1".')
+        _check_int(
+            "Spec",
+            "ttl",
+            self.ttl,
+            low=0,
+            fix="Pass whole seconds, e.g. ttl=600 (ttl=0 disables the grace period).",
+        )
+        _check_items(
+            "Spec",
+            "volumes",
+            self.volumes,
+            Volume,
+            example='sky.Volume(bucket="my-data", mount="/data")',
+        )
+        if not isinstance(self.plugins, tuple):
+            raise TypeError(
+                f"Spec(plugins={self.plugins!r}): plugins must be a list, got "
+                f"{_describe(self.plugins)}. Pass e.g. plugins=[sky.plugins.torch()]."
+            )
+
+    def _check_provider(self) -> None:
+        provider: object = self.provider
+        # The bare base class configures nothing: only its subclasses are providers.
+        if isinstance(provider, ProviderConfig) and type(provider) is not ProviderConfig:
+            return
+        if (
+            isinstance(provider, type)
+            and issubclass(provider, ProviderConfig)
+            and provider is not ProviderConfig
+        ):
+            raise TypeError(
+                f"Spec(provider={provider.__name__}): provider must be a provider config "
+                f"instance, not the class. Call it: provider=sky.{provider.__name__}()."
+            )
+        raise TypeError(
+            f"Spec(provider={provider!r}): provider must be a provider config such as "
+            f"sky.Local() or sky.AWS(), got {_describe(provider)}. "
+            "Pass provider=sky.Local() or sky.AWS()."
+        )
+
+    def _check_accelerator(self) -> None:
+        accelerator: object = self.accelerator
+        if accelerator is None or isinstance(accelerator, Accelerator):
+            return
+        if isinstance(accelerator, str):
+            raise TypeError(
+                f"Spec(accelerator={accelerator!r}): accelerator must be an Accelerator object; "
+                "a string is accepted only in skyward.toml. "
+                f"Pass accelerator={_accelerator_hint(accelerator)}."
+            )
+        name = getattr(accelerator, "__name__", None)
+        if callable(accelerator) and isinstance(name, str) and accelerators.by_name(name):
+            raise TypeError(
+                f"Spec(accelerator=sky.accelerators.{name}): that is the factory, not an "
+                f"accelerator. Call it: accelerator=sky.accelerators.{name}()."
+            )
+        raise TypeError(
+            f"Spec(accelerator={accelerator!r}): accelerator must be an Accelerator or None, "
+            f"got {_describe(accelerator)}. Pass e.g. accelerator=sky.accelerators.A100()."
+        )
+
+
+# --- Compute(...) arguments ---------------------------------------------------------------------
+
+_SPEC_FIELDS = tuple(field.name for field in attrs.fields(Spec))
+_OPTIONS_FIELDS = frozenset(field.name for field in attrs.fields(Options))
+
+
+def resolve_compute_args(
+    specs: tuple[object, ...], name: str | None, kwargs: Mapping[str, object]
+) -> tuple[tuple[Spec, ...], bool]:
+    """Applies the rules of ``Compute(*specs, name=None, options=..., **kwargs)``.
+
+    ``Compute`` takes one of three mutually exclusive forms: flat ``Spec`` fields as keyword
+    arguments, one or more positional :class:`Spec` objects (fallback across providers), or
+    ``name=`` for a pool defined in ``skyward.toml``. With nothing at all, it is one
+    ``Local()`` node.
+
+    Args:
+        specs: The positional arguments.
+        name: The ``name=`` argument.
+        kwargs: The other keyword arguments (not ``options``).
+
+    Returns:
+        The specs to provision, in order, and whether the provider was defaulted to
+        :class:`Local` because none was given.
+
+    Raises:
+        TypeError: A positional argument is not a ``Spec``; forms are mixed; or a keyword is
+            not a ``Spec`` field (``Options`` fields are pointed to ``sky.Options``).
+        ValueError: ``name=`` is given: named pools are not supported yet.
+    """
+    checked: list[Spec] = []
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, Spec):
+            raise TypeError(_positional_hint(index, spec))
+        checked.append(spec)
+
+    unknown = [key for key in kwargs if key not in _SPEC_FIELDS]
+    if unknown:
+        raise TypeError(_unknown_kwargs_hint(unknown))
+    if name is not None and (specs or kwargs):
+        clashes = (["positional Spec objects"] if specs else []) + [f"{k}=" for k in kwargs]
+        raise TypeError(
+            f"Compute(name={name!r}) cannot be combined with {', '.join(clashes)}: a named "
+            "pool takes everything from skyward.toml. Pass name= alone, or drop it and pass "
+            "the specs or keyword arguments."
+        )
+    if specs and kwargs:
+        raise TypeError(
+            f"Compute() got positional Spec objects and Spec fields as keyword arguments "
+            f"({', '.join(kwargs)}): use one form. Put those fields inside each "
+            "sky.Spec(...), or drop the positional specs."
+        )
+    if name is not None:
+        raise ValueError(
+            f"Compute(name={name!r}): named pools from skyward.toml are not supported yet. "
+            "Pass provider=... (and the other Spec fields) instead, e.g. "
+            "sky.Compute(provider=sky.Local(), nodes=2)."
+        )
+    if checked:
+        return tuple(checked), False
+
+    fields = dict(kwargs)
+    defaulted = "provider" not in fields
+    if defaulted:
+        fields["provider"] = Local()
+    # kwargs is untyped user input; Spec's own checks are what validate it.
+    build: Callable[..., Spec] = Spec
+    return (build(**fields),), defaulted
+
+
+def _positional_hint(index: int, value: object) -> str:
+    message = (
+        f"Compute() got {value!r} ({_describe(value)}) as positional argument {index + 1}; "
+        "positional arguments must be sky.Spec objects."
+    )
+    if isinstance(value, ProviderConfig):
+        return f"{message} Pass the provider by keyword: provider={value!r}."
+    if isinstance(value, Options):
+        return f"{message} Pass it by keyword: options={value!r}."
+    if isinstance(value, Accelerator):
+        return f"{message} Pass it by keyword: accelerator={value!r}."
+    if isinstance(value, str):
+        return f"{message} For a pool from skyward.toml pass name={value!r}."
+    return f"{message} Pass e.g. sky.Compute(sky.Spec(provider=sky.AWS()))."
+
+
+def _unknown_kwargs_hint(unknown: list[str]) -> str:
+    listed = ", ".join(unknown)
+    message = f"Compute() got unexpected keyword argument(s): {listed}."
+    on_options = [key for key in unknown if key in _OPTIONS_FIELDS]
+    if on_options:
+        knobs = ", ".join(f"{key}=..." for key in on_options)
+        verb = "belongs" if len(on_options) == 1 else "belong"
+        message += (
+            f" {', '.join(on_options)} {verb} on sky.Options(...), not on Compute: pass "
+            f"options=sky.Options({knobs})."
+        )
+    return f"{message} Valid Spec keywords: {', '.join(_SPEC_FIELDS)}."

@@ -1,0 +1,809 @@
+"""The supervision core: a pool of nodes, the scheduler, and dispatch.
+
+Structure (every task lives in a nursery owned by the ``async with`` that made the pool)::
+
+    Compute.__aenter__ -> pool nursery
+        ├── one supervisor per node: provision -> SSH -> bootstrap -> worker -> serve
+        └── work nursery: tasks started by run_async / streaming gather
+    Compute.__aexit__  -> cancel work, stop workers, terminate every instance (shielded,
+                          bounded, loud), then close the nursery
+
+Calls made with ``await pool.run(...)`` run in the caller's own task; the scheduler gives
+each node ``Worker.concurrency + Worker.buffer`` slots and ``run`` picks ready nodes
+round-robin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import secrets
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from . import _serial, _transport
+from ._bootstrap import READY_MARK, worker_bootstrap
+from ._connection import WorkerConnection
+from ._errors import (
+    ProvisionError,
+    RemoteError,
+    SerializationError,
+    TaskTimeoutError,
+    TeardownError,
+)
+from ._function import (
+    Function,
+    PendingFunction,
+    PendingFunctionGroup,
+    active_pool,
+)
+from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
+from ._model import Local, Nodes, Options, Spec, Worker, resolve_compute_args
+from ._providers import Cluster, Instance, open_cluster
+
+__all__ = ["Compute", "Future", "Pool", "PreparedCall", "ResultStream"]
+
+HEAD_PORT = 29500
+_BIG_RESULT = 4 * 1024 * 1024
+
+
+@attrs.frozen
+class PreparedCall:
+    """A pending call, serialized and ready to send."""
+
+    fn_key: str
+    fn_payload: _serial.Payload
+    args_payload: _serial.Payload
+    name: str
+    timeout: float | None
+
+
+class _Functions:
+    """Each function is pickled once per pool (with its closure and globals at that time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[Any, str, _serial.Payload]] = {}
+        self._counter = itertools.count()
+
+    def get(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload]:
+        with self._lock:
+            entry = self._entries.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                return entry[1], entry[2]
+        name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        try:
+            payload = _serial.dumps(fn)
+        except Exception as exc:
+            raise SerializationError(
+                f"function {name!r} cannot be pickled ({exc}); define it at module level "
+                "and avoid capturing locks, sockets or open files in its closure"
+            ) from exc
+        with self._lock:
+            key = f"{next(self._counter)}:{name}"
+            self._entries[id(fn)] = (fn, key, payload)
+        return key, payload
+
+
+def _dump_args(pending: PendingFunction[Any]) -> _serial.Payload:
+    try:
+        return _serial.dumps((pending.args, pending.kwargs))
+    except Exception as exc:
+        culprit = _find_unpicklable(pending)
+        raise SerializationError(
+            f"{culprit} of {pending.name}() cannot be pickled ({type(exc).__name__}: {exc}); "
+            "pass plain data (numbers, strings, arrays, dicts) or objects that pickle"
+        ) from exc
+
+
+def _find_unpicklable(pending: PendingFunction[Any]) -> str:
+    try:
+        names = list(inspect.signature(pending.fn).parameters)
+    except (TypeError, ValueError):
+        names = []
+    for i, arg in enumerate(pending.args):
+        try:
+            _serial.dumps(arg)
+        except Exception:
+            label = f" {names[i]!r}" if i < len(names) else ""
+            return f"argument{label} (position {i})"
+    for key, value in pending.kwargs.items():
+        try:
+            _serial.dumps(value)
+        except Exception:
+            return f"keyword argument {key!r}"
+    return "an argument"
+
+
+def _rebuild_error(info: Any, node: int, task: str) -> BaseException:
+    payload, type_name, message, tb = info
+    exc: BaseException | None = None
+    if payload is not None:
+        try:
+            exc = _serial.loads(payload)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        return RemoteError(
+            type_name=type_name, remote_message=message, remote_traceback=tb, node=node
+        )
+    exc.add_note(f"[skyward] raised by {task}() on node {node}; remote traceback:\n{tb.rstrip()}")
+    return exc
+
+
+class _Node:
+    __slots__ = ("capacity", "conn", "index", "inflight", "instance", "ssh")
+
+    def __init__(
+        self,
+        index: int,
+        instance: Instance,
+        ssh: _transport.SSHConnection,
+        conn: WorkerConnection,
+        capacity: int,
+    ) -> None:
+        self.index = index
+        self.instance = instance
+        self.ssh = ssh
+        self.conn = conn
+        self.capacity = capacity
+        self.inflight = 0
+
+
+def _batch_size(per_item_s: float | None, bytes_per_item: float | None) -> int:
+    """How many map items to send in the next batch.
+
+    Aim for batches of about 20 ms of work and at most ~2 MB, so tiny tasks travel
+    thousands per message while long ones still spread one per slot. (A fixed chunk size,
+    as in ProcessPoolExecutor.map, is either slow for tiny tasks or unbalanced for long ones.)
+    """
+    if per_item_s is None:
+        return 1
+    n = 0.02 / max(per_item_s, 1e-7)
+    if bytes_per_item:
+        n = min(n, 2e6 / bytes_per_item)
+    return int(max(1, min(n, 8192)))
+
+
+class Future:
+    """The handle of a call started with ``run_async`` (``p > pool``) on a trio pool."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._done = trio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._scope = trio.CancelScope()
+        self._cancelled = False
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> bool:
+        """Cancel the call (the worker is told to stop it). False if already done."""
+        if self.done():
+            return False
+        self._cancelled = True
+        self._scope.cancel(reason="Future.cancel()")
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    async def result(self) -> Any:
+        """Wait for the call and return its value (or raise its error)."""
+        await self._done.wait()
+        if self._cancelled:
+            raise CancelledCallError(self.name)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class CancelledCallError(Exception):
+    """``result()`` of a ``Future`` that was cancelled."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the call to {name}() was cancelled")
+
+
+class ResultStream:
+    """Results of a streaming ``gather`` as they complete (an async iterator).
+
+    ``ordered=True`` yields in submission order. Leaving early (``aclose()``, or
+    ``async with``) cancels the calls still running.
+    """
+
+    def __init__(self, count: int, ordered: bool) -> None:
+        self._count = count
+        self._ordered = ordered
+        self._send, self._receive = trio.open_memory_channel[tuple[int, bool, Any]](count)
+        self._scope = trio.CancelScope()
+        self._buffer: dict[int, tuple[bool, Any]] = {}
+        self._next = 0
+        self._yielded = 0
+
+    def __aiter__(self) -> ResultStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._yielded >= self._count:
+            raise StopAsyncIteration
+        if self._ordered:
+            while self._next not in self._buffer:
+                index, ok, value = await self._receive.receive()
+                self._buffer[index] = (ok, value)
+            ok, value = self._buffer.pop(self._next)
+            self._next += 1
+        else:
+            _, ok, value = await self._receive.receive()
+        self._yielded += 1
+        if not ok:
+            self._scope.cancel(reason="a streamed call failed")
+            raise value
+        return value
+
+    async def aclose(self) -> None:
+        self._scope.cancel(reason="stream closed")
+
+    async def __aenter__(self) -> ResultStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Pool:
+    """A running pool. Get one from ``async with skyward_trio.Compute(...) as pool``."""
+
+    def __init__(self, spec: Spec, options: Options, nodes: Nodes, *, job_id: str) -> None:
+        self.spec = spec
+        self.options = options
+        self.nodes = nodes
+        self.job_id = job_id
+        self.worker_config = options.worker or Worker()
+        self._functions = _Functions()
+        self._ready: dict[int, _Node] = {}
+        self._changed = trio.Event()
+        self._rr = 0
+        self._work: trio.Nursery | None = None
+        self._closing = False
+
+    # -- public API (the sync face mirrors these names and parameters) --------------------
+
+    async def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
+        """Run ``pending`` on one node (round-robin, or ``target``: ``"head"`` or an index)."""
+        return await self.run_prepared(self.prepare(pending), target=self._check_target(target))
+
+    async def run_async(
+        self, pending: PendingFunction[Any], *, target: int | str | None = None
+    ) -> Future:
+        """Start ``pending`` without waiting; returns a ``Future`` (``await fut.result()``)."""
+        prepared = self.prepare(pending)
+        return self.start_prepared(prepared, target=self._check_target(target))
+
+    async def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
+        """Run ``pending`` on every ready node; results ordered by node index."""
+        prepared = self.prepare(pending)
+        return await self.broadcast_prepared(prepared)
+
+    async def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | ResultStream:
+        """Run a group's calls in parallel: a tuple, or a ``ResultStream`` if it streams."""
+        prepared = [self.prepare(p) for p in group.items]
+        if group.stream:
+            return self.stream_prepared(prepared, ordered=group.ordered)
+        return await self.parallel_prepared(prepared)
+
+    async def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
+        """``[fn(x) for x in items]`` across the pool, in input order.
+
+        ``fn`` need not be decorated. Items are pickled a batch at a time as they are
+        sent, not all up front; tiny tasks travel thousands per message.
+        """
+        key, fn_payload, timeout = self.prepare_map(fn)
+        return await self.map_prepared(key, fn_payload, timeout, iter(items))
+
+    def current_nodes(self) -> int:
+        """How many nodes are ready right now."""
+        return len(self._ready)
+
+    # -- building blocks (also used by the sync face) -------------------------------------
+
+    def prepare(self, pending: PendingFunction[Any]) -> PreparedCall:
+        """Serialize a call (thread-safe; the sync face calls it in the user's thread)."""
+        if not isinstance(pending, PendingFunction):
+            raise TypeError(
+                f"expected a pending call such as f(x) from a @sky.function, "
+                f"got {type(pending).__qualname__}"
+            )
+        key, fn_payload = self._functions.get(pending.fn)
+        return PreparedCall(key, fn_payload, _dump_args(pending), pending.name, pending.timeout)
+
+    def prepare_map(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload, float | None]:
+        timeout = None
+        if isinstance(fn, Function):
+            fn, timeout = fn.fn, fn.timeout
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable, got {type(fn).__qualname__}")
+        key, payload = self._functions.get(fn)
+        return key, payload, timeout
+
+    def _check_target(self, target: int | str | None) -> int | None:
+        if target is None:
+            return None
+        if target == "head":
+            return 0
+        if isinstance(target, bool) or not isinstance(target, int):
+            raise ValueError(f'target must be None, "head" or a node index, got {target!r}')
+        if not 0 <= target < self.nodes.desired:
+            raise ValueError(
+                f"target={target} is not a node of this pool; it has nodes 0..{self.nodes.desired - 1}"
+            )
+        return target
+
+    async def run_prepared(self, call: PreparedCall, *, target: int | None = None) -> Any:
+        node = await self._acquire(target)
+        timeout = call.timeout or self.options.default_compute_timeout
+        try:
+            try:
+                with trio.fail_after(timeout):
+                    msg = await node.conn.call(call.fn_key, call.fn_payload, call.args_payload)
+            except trio.TooSlowError:
+                raise TaskTimeoutError(task=call.name, node=node.index, timeout=timeout) from None
+        finally:
+            self._release(node)
+        _, _, ok, payload, _ = msg
+        if not ok:
+            raise _rebuild_error(payload, node.index, call.name)
+        if _serial.payload_size(payload) > _BIG_RESULT:
+            return await trio.to_thread.run_sync(_serial.loads, payload)
+        return _serial.loads(payload)
+
+    def start_prepared(self, call: PreparedCall, *, target: int | None = None) -> Future:
+        future = Future(call.name)
+
+        async def runner() -> None:
+            with future._scope:
+                try:
+                    future._value = await self.run_prepared(call, target=target)
+                except Exception as exc:
+                    future._error = exc
+            future._done.set()
+
+        self._work_nursery().start_soon(runner)
+        return future
+
+    async def broadcast_prepared(self, call: PreparedCall) -> list[Any]:
+        indices = sorted(self._ready)
+        if not indices:
+            await self._acquire_any_ready()
+            indices = sorted(self._ready)
+        return await _run_all([lambda i=i: self.run_prepared(call, target=i) for i in indices])
+
+    async def parallel_prepared(self, calls: list[PreparedCall]) -> tuple[Any, ...]:
+        return tuple(await _run_all([lambda c=c: self.run_prepared(c) for c in calls]))
+
+    def stream_prepared(self, calls: list[PreparedCall], *, ordered: bool) -> ResultStream:
+        stream = ResultStream(len(calls), ordered)
+
+        async def one(index: int, call: PreparedCall) -> None:
+            try:
+                value = await self.run_prepared(call)
+            except Exception as exc:
+                stream._send.send_nowait((index, False, exc))
+            else:
+                stream._send.send_nowait((index, True, value))
+
+        async def all_of_them() -> None:
+            with stream._scope:
+                async with trio.open_nursery() as nursery:
+                    for i, call in enumerate(calls):
+                        nursery.start_soon(one, i, call)
+
+        self._work_nursery().start_soon(all_of_them)
+        return stream
+
+    async def map_prepared(
+        self, key: str, fn_payload: _serial.Payload, timeout: float | None, items: Any
+    ) -> list[Any]:
+        results: list[Any] = []
+        per_item: float | None = None
+        bytes_per_item: float | None = None
+        failure: list[BaseException] = []
+        item_timeout = timeout or self.options.default_compute_timeout
+
+        async def run_batch(node: _Node, start: int, count: int, payload: _serial.Payload) -> None:
+            nonlocal per_item
+            try:
+                limit = item_timeout * count
+                try:
+                    with trio.fail_after(limit):
+                        msg = await node.conn.call_batch(key, fn_payload, payload)
+                except trio.TooSlowError:
+                    raise TaskTimeoutError(task="map", node=node.index, timeout=limit) from None
+            finally:
+                self._release(node)
+            _, _, out_payload, elapsed = msg
+            per_item = elapsed / count
+            outcomes = _serial.loads(out_payload)
+            if len(outcomes) != count:  # the function or the batch failed to load
+                outcomes = outcomes * count
+            for offset, (ok, value) in enumerate(outcomes):
+                if ok:
+                    results[start + offset] = value
+                elif not failure:
+                    err = _rebuild_error(value, node.index, "map")
+                    err.add_note(f"[skyward] while mapping item {start + offset}")
+                    failure.append(err)
+                    nursery.cancel_scope.cancel(reason="a mapped item failed")
+                    return
+
+        start = 0
+        async with trio.open_nursery() as nursery:
+            while True:
+                node = await self._acquire(None)
+                size = _batch_size(per_item, bytes_per_item)
+                chunk = list(itertools.islice(items, size))
+                if not chunk:
+                    self._release(node)
+                    break
+                try:
+                    payload = _serial.dumps(chunk)
+                except Exception as exc:
+                    self._release(node)
+                    raise SerializationError(
+                        f"an item among map items {start}..{start + len(chunk) - 1} "
+                        f"cannot be pickled ({exc})"
+                    ) from exc
+                bytes_per_item = _serial.payload_size(payload) / len(chunk)
+                results.extend([None] * len(chunk))
+                nursery.start_soon(run_batch, node, start, len(chunk), payload)
+                start += len(chunk)
+        if failure:
+            raise failure[0]
+        return results
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _pick(self, target: int | None) -> _Node | None:
+        if target is not None:
+            node = self._ready.get(target)
+            return node if node is not None and node.inflight < node.capacity else None
+        order = sorted(self._ready)
+        for k in range(len(order)):
+            node = self._ready[order[(self._rr + k) % len(order)]]
+            if node.inflight < node.capacity:
+                self._rr = (self._rr + k + 1) % len(order)
+                return node
+        return None
+
+    async def _acquire(self, target: int | None) -> _Node:
+        while True:
+            if self._closing:
+                raise RuntimeError("the pool is shutting down; no new calls are accepted")
+            node = self._pick(target)
+            if node is not None:
+                node.inflight += 1
+                return node
+            await self._changed.wait()
+
+    async def _acquire_any_ready(self) -> None:
+        while not self._ready:
+            await self._changed.wait()
+
+    def _release(self, node: _Node) -> None:
+        node.inflight -= 1
+        self._notify()
+
+    def _work_nursery(self) -> trio.Nursery:
+        if self._work is None:
+            raise RuntimeError("the pool is not running")
+        return self._work
+
+
+async def _run_all(thunks: list[Callable[[], Any]]) -> list[Any]:
+    """Run all concurrently; the first failure cancels the rest and is raised as itself."""
+    results: list[Any] = [None] * len(thunks)
+    failure: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        try:
+            results[i] = await thunks[i]()
+        except Exception as exc:
+            if not failure:
+                failure.append(exc)
+            nursery.cancel_scope.cancel(reason="a call in the group failed")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(thunks)):
+            nursery.start_soon(one, i)
+    if failure:
+        raise failure[0]
+    return results
+
+
+def _say(options: Options, message: str) -> None:
+    if options.console is False or options.console == "silent":
+        return
+    print(f"skyward: {message}", file=sys.stderr, flush=True)
+
+
+class Compute:
+    """Provision a pool for the ``async with`` block and tear it down after.
+
+    ``Compute(provider=..., nodes=..., ...)`` (flat ``Spec`` fields), ``Compute(spec, ...)``
+    (one or more ``Spec``), or ``Compute(name="...")``. With no provider, ``Local`` is used.
+    Teardown on exit (normal, error or cancellation) terminates every instance it created.
+    """
+
+    def __init__(
+        self, *specs: Spec, name: str | None = None, options: Options | None = None, **kwargs: Any
+    ) -> None:
+        resolved, defaulted = resolve_compute_args(specs, name, kwargs)
+        if options is None:
+            options = Options()
+        if not isinstance(options, Options):
+            raise TypeError(f"options must be a sky.Options(...), got {type(options).__qualname__}")
+        self.specs = resolved
+        self.options = options
+        self.defaulted_to_local = defaulted
+        self.spec = resolved[0]
+        _check_supported(self.spec)
+        self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
+        self._token: Any = None
+
+    async def __aenter__(self) -> Pool:
+        self._cm = _open_pool(self.spec, self.options, self.defaulted_to_local)
+        pool = await self._cm.__aenter__()
+        self._token = active_pool.set(pool)
+        return pool
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._cm is not None
+        active_pool.reset(self._token)
+        return await self._cm.__aexit__(*exc_info)
+
+
+def _check_supported(spec: Spec) -> None:
+    """Refuse, before anything is provisioned, what this version cannot do."""
+    nodes = spec.nodes
+    if nodes.max is not None and nodes.max != nodes.desired:
+        raise ValueError(
+            f"nodes={nodes!r} asks for an elastic pool (max={nodes.max}); autoscaling is not "
+            f"built yet (see the README's 'not yet' list): pass a fixed count, e.g. nodes={nodes.desired}"
+        )
+    if isinstance(spec.provider, Local) and spec.accelerator is not None:
+        raise ValueError(
+            f"accelerator={spec.accelerator!r}: sky.Local() runs on this machine and provides "
+            "no accelerators; drop accelerator= to test locally, or pick a cloud provider"
+        )
+    if spec.volumes:
+        raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
+    if spec.plugins:
+        raise ValueError("plugins= are not supported yet (see the README's 'not yet' list)")
+
+
+@contextlib.asynccontextmanager
+async def _open_pool(spec: Spec, options: Options, defaulted: bool) -> AsyncIterator[Pool]:
+    job_id = secrets.token_hex(4)
+    nodes = spec.nodes
+    if defaulted:
+        _say(
+            options,
+            f"no provider given: using sky.Local() ({nodes.desired} node(s) on this machine)",
+        )
+    pool = Pool(spec, options, nodes, job_id=job_id)
+    client_key = _transport.generate_key()
+    async with _transport.asyncio_loop():
+        cluster = await open_cluster(
+            spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
+        )
+        supervisor = _Supervisor(pool, cluster, client_key)
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await supervisor.start(nursery)
+                    yield pool
+                except BaseException as exc:
+                    # Re-raised below, outside the nursery, so the caller sees its own
+                    # exception and not an ExceptionGroup around it.
+                    failure = exc
+                finally:
+                    with trio.CancelScope(shield=True):
+                        teardown_error = await supervisor.shutdown()
+                    nursery.cancel_scope.cancel(reason="pool closed")
+        finally:
+            with trio.CancelScope(shield=True):
+                await cluster.aclose()
+    if failure is not None:
+        raise failure
+    if teardown_error is not None:
+        raise teardown_error
+
+
+class _Supervisor:
+    """Brings nodes up, keeps them, and tears everything down."""
+
+    def __init__(self, pool: Pool, cluster: Cluster, client_key: Any) -> None:
+        self.pool = pool
+        self.cluster = cluster
+        self.client_key = client_key
+        self.secret = secrets.token_urlsafe(32)
+        self.instances: dict[int, Instance] = {}
+        self.failures: dict[int, BaseException] = {}
+        self.connections: dict[int, _transport.SSHConnection] = {}
+        self._provisioned = trio.Event()
+        self._changed = trio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        pool = self.pool
+        pool._work = await nursery.start(_work_nursery)
+        desired = pool.nodes.desired
+        needed = pool.nodes.min or desired
+        for i in range(desired):
+            nursery.start_soon(self._node, i)
+        while len(pool._ready) < needed:
+            if self.failures:
+                index = min(self.failures)
+                raise self.failures[index]
+            await self._changed.wait()
+
+    async def _node(self, i: int) -> None:
+        pool = self.pool
+        options = pool.options
+        phase = "provision"
+        try:
+            with trio.fail_after(options.provision_timeout or 300):
+                instance = await self.cluster.provision(i)
+            self.instances[i] = instance
+            if len(self.instances) == pool.nodes.desired:
+                self._provisioned.set()
+            # Every node's worker learns all peers' addresses, so wait for all of them.
+            await self._provisioned.wait()
+            phase = "ssh"
+            ssh = await self._connect(instance)
+            self.connections[i] = ssh
+            phase = "bootstrap"
+            config = self._worker_config(instance)
+            script = worker_bootstrap(
+                workdir=instance.workdir,
+                python=instance.python,
+                secret=self.secret,
+                config=config,
+                start_timeout=30,
+            )
+            timeout = options.bootstrap_timeout or pool.spec.image.bootstrap_timeout
+            rc, out, err = await ssh.run("bash -s", input=script.encode(), timeout=timeout)
+            if rc != 0 or READY_MARK.encode() not in out:
+                raise RuntimeError(
+                    f"bootstrap exited with status {rc}: {err.decode(errors='replace').strip()}"
+                )
+            phase = "worker"
+            conn = WorkerConnection(i, ssh, f"{instance.workdir}/worker.sock")
+            await conn.open(self.secret, timeout=30)
+        except Exception as exc:
+            if not isinstance(exc, ProvisionError):
+                detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+                exc = ProvisionError(
+                    f"node {i} failed during {phase}: {detail}", node=i, phase=phase
+                )
+            self.failures[i] = exc
+            self._notify()
+            return
+        capacity = pool.worker_config.concurrency + pool.worker_config.buffer
+        node = _Node(i, instance, ssh, conn, capacity)
+        pool._ready[i] = node
+        pool._notify()
+        self._notify()
+        await conn.serve()
+        # The link closed. During teardown that is expected; otherwise the node is lost.
+        pool._ready.pop(i, None)
+        pool._notify()
+        if not pool._closing:
+            _say(pool.options, f"lost node {i}: {conn._link.close_reason if conn._link else ''}")
+
+    async def _connect(self, instance: Instance) -> _transport.SSHConnection:
+        options = self.pool.options
+        deadline = trio.current_time() + (options.ssh_timeout or 60)
+        delay = options.ssh_retry_interval or 0.2
+        while True:
+            try:
+                return await _transport.connect(
+                    instance.host,
+                    instance.port,
+                    username=instance.username,
+                    client_key=self.client_key,
+                    host_key=instance.host_key,
+                    timeout=max(1.0, deadline - trio.current_time()),
+                )
+            except _transport.SSHError:
+                if trio.current_time() + delay >= deadline:
+                    raise
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    def _worker_config(self, instance: Instance) -> dict[str, Any]:
+        pool = self.pool
+        head = self.instances[0]
+        accel = pool.spec.accelerator
+        info = InstanceInfo(
+            node=instance.node,
+            worker=0,
+            total_nodes=pool.nodes.desired,
+            workers_per_node=1,
+            accelerators=float(accel.count) if accel else 0.0,
+            total_accelerators=float(accel.count) * pool.nodes.desired if accel else 0.0,
+            head_addr=head.private_ip,
+            head_port=HEAD_PORT,
+            job_id=pool.job_id,
+            peers=tuple(
+                PeerInfo(node=k, private_ip=inst.private_ip, public_ip=inst.public_ip)
+                for k, inst in sorted(self.instances.items())
+            ),
+            accelerator=(
+                AcceleratorInfo(type=accel.name, count=accel.count) if accel is not None else None
+            ),
+        )
+        return {
+            "info": to_dict(info),
+            "concurrency": pool.worker_config.concurrency,
+            "executor": pool.worker_config.resolved_executor,
+        }
+
+    async def shutdown(self) -> TeardownError | None:
+        """Cancel work, stop workers, terminate every instance. Shielded by the caller."""
+        pool = self.pool
+        pool._closing = True
+        if pool._work is not None:
+            pool._work.cancel_scope.cancel(reason="pool closing")
+        for node in list(pool._ready.values()):
+            with contextlib.suppress(Exception):
+                node.conn.shutdown()
+        with trio.move_on_after(1):
+            for node in list(pool._ready.values()):
+                await node.conn.closed.wait()
+        for ssh in self.connections.values():
+            await ssh.aclose()
+        failed: list[str] = []
+
+        async def terminate(instance: Instance) -> None:
+            try:
+                await self.cluster.terminate(instance)
+            except Exception as exc:
+                failed.append(f"{instance.id} ({exc})")
+
+        with trio.move_on_after(pool.options.shutdown_timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                for instance in self.instances.values():
+                    nursery.start_soon(terminate, instance)
+        if scope.cancelled_caught:
+            failed.append(f"timed out after {pool.options.shutdown_timeout:g} s")
+        if failed:
+            return TeardownError(
+                f"could not confirm that these {self.cluster.name} instances are terminated "
+                f"(they may still be running): {', '.join(failed)}",
+                provider=self.cluster.name,
+                instance_ids=tuple(self.instances[i].id for i in self.instances),
+            )
+        return None
+
+
+async def _work_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()

@@ -1,0 +1,176 @@
+"""Providers: where nodes come from. Today: ``Local``, the embedded default.
+
+A provider's cluster object provisions one instance per node, reports what the client
+needs to reach it (address, port, host key, interpreter, working directory) and
+terminates it. Terminate is confirmed: an instance that cannot be confirmed gone is an
+error the pool reports, never silence.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+import trio
+
+from . import _transport
+from ._model import Local, ProviderConfig
+
+__all__ = ["Cluster", "Instance", "LocalCluster", "open_cluster"]
+
+
+@attrs.frozen(kw_only=True)
+class Instance:
+    """A provisioned machine, as the client sees it."""
+
+    id: str
+    node: int
+    host: str
+    port: int
+    username: str
+    host_key: str  # public key, OpenSSH one-line form
+    private_ip: str
+    public_ip: str | None
+    python: str  # interpreter the worker runs with
+    workdir: str
+
+
+class Cluster(Protocol):
+    """One pool's view of a provider."""
+
+    name: str
+
+    async def provision(self, node: int) -> Instance: ...
+    async def terminate(self, instance: Instance) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key: str) -> Cluster:
+    """Open the cluster object of the provider ``config`` names."""
+    if isinstance(config, Local):
+        return LocalCluster(config, job_id=job_id, client_public_key=client_public_key)
+    raise TypeError(
+        f"provider {type(config).__qualname__} is not available in this version; "
+        "use provider=sky.Local() (see the README's 'not yet' list)"
+    )
+
+
+class LocalCluster:
+    """``sky.Local()``: each node is an SSH server process on its own 127.0.0.x address."""
+
+    name = "local"
+
+    def __init__(self, config: Local, *, job_id: str, client_public_key: str) -> None:
+        self.config = config
+        self.job_id = job_id
+        self._client_public_key = client_public_key
+        self.root = Path(tempfile.mkdtemp(prefix=f"skyward-{job_id}-"))
+        self._procs: dict[str, trio.Process] = {}
+
+    async def provision(self, node: int) -> Instance:
+        directory = self.root / f"node-{node}"
+        # A replacement node starts from a clean directory, like a new machine would.
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(mode=0o700)
+        host_key = _transport.generate_key()
+        (directory / "host_key").write_bytes(_transport.private_openssh(host_key))
+        os.chmod(directory / "host_key", 0o600)
+        (directory / "authorized_keys").write_text(self._client_public_key + "\n")
+        addr = f"127.0.0.{2 + node % 250}"
+        log = open(directory / "sshd.log", "wb")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "skyward_trio._localnode",
+                    "--addr",
+                    addr,
+                    "--dir",
+                    str(directory),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        instance_id = f"local-{self.job_id}-{node}-{proc.pid}"
+        self._procs[instance_id] = proc
+        port = await _read_ready(proc, directory)
+        return Instance(
+            id=instance_id,
+            node=node,
+            host=addr,
+            port=port,
+            username=_username(),
+            host_key=_transport.public_openssh(host_key),
+            private_ip=addr,
+            public_ip=None,
+            python=sys.executable,
+            workdir=str(directory / "work"),
+        )
+
+    async def terminate(self, instance: Instance) -> None:
+        proc = self._procs.get(instance.id)
+        if proc is None:
+            return
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(5):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                with trio.move_on_after(2):
+                    await proc.wait()
+        _kill_worker(Path(instance.workdir))
+        if proc.returncode is None:
+            raise RuntimeError(f"local node process {proc.pid} did not exit")
+        del self._procs[instance.id]
+
+    async def aclose(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _kill_worker(workdir: Path) -> None:
+    """The node process kills its worker on exit; this covers a node that was SIGKILLed."""
+    try:
+        pid = int((workdir / "worker.ready").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if str(workdir).encode() in cmdline:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def _read_ready(proc: trio.Process, directory: Path) -> int:
+    assert proc.stdout is not None
+    buf = b""
+    with trio.move_on_after(30):
+        while b"\n" not in buf:
+            chunk = await proc.stdout.receive_some(256)
+            if not chunk:
+                break
+            buf += chunk
+    line = buf.split(b"\n", 1)[0].decode(errors="replace")
+    if not line.startswith("READY "):
+        log = (directory / "sshd.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"local node server did not start (said {line!r}); its log:\n{log}")
+    return int(line.split()[1])
+
+
+def _username() -> str:
+    import getpass
+
+    return getpass.getuser()

@@ -1,0 +1,175 @@
+"""Sans-I/O framing between the client and a worker.
+
+A frame carries one message: a small header pickled with protocol 5 (builtins only) and
+zero or more out-of-band buffers that travel raw, so a 100 MB array is never copied into
+the header. Layout (little endian)::
+
+    u32 header_len | u32 nbufs | u64 buf_len * nbufs | header | buf_0 | ... | buf_n-1
+
+The first frame on a connection is different: a JSON hello (``encode_hello``), so that
+versions can be checked before either side unpickles anything from the other.
+
+``FrameDecoder`` is fed whatever bytes arrive and returns complete messages. Large
+buffers are received straight into a buffer of their final size, not accumulated and
+sliced (which would copy them twice).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from typing import Any
+
+__all__ = [
+    "BATCH",
+    "BATCH_RESULT",
+    "CANCEL",
+    "RESULT",
+    "RUN",
+    "SHUTDOWN",
+    "FrameDecoder",
+    "encode",
+    "encode_hello",
+]
+
+# Client -> worker.
+RUN = 1  # (RUN, task_id, fn_key, fn_payload | None, args_payload)
+BATCH = 2  # (BATCH, batch_id, fn_key, fn_payload | None, items_payload)
+CANCEL = 3  # (CANCEL, task_id)
+SHUTDOWN = 4  # (SHUTDOWN,)
+# Worker -> client.
+RESULT = 10  # (RESULT, task_id, ok, payload, elapsed_s)
+BATCH_RESULT = 11  # (BATCH_RESULT, batch_id, payload, elapsed_s)
+
+_PREFIX = struct.Struct("<II")
+_LEN = struct.Struct("<Q")
+_HELLO = struct.Struct("<I")
+# Buffers this large are received into their own preallocated bytearray.
+_BIG = 256 * 1024
+MAX_HEADER = 64 * 1024 * 1024
+
+
+def encode(message: tuple[Any, ...]) -> list[bytes | memoryview]:
+    """Encode ``message`` into the chunks of one frame, ready to be written in order.
+
+    ``pickle.PickleBuffer`` objects anywhere in the message travel out of band.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    prefix = _PREFIX.pack(len(header), len(views)) + b"".join(_LEN.pack(v.nbytes) for v in views)
+    return [prefix + header, *views]
+
+
+def encode_hello(payload: dict[str, Any]) -> bytes:
+    """Encode the JSON hello that opens a connection."""
+    data = json.dumps(payload).encode()
+    return _HELLO.pack(len(data)) + data
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+class FrameDecoder:
+    """Turns received bytes into messages. Not thread-safe; one per connection."""
+
+    def __init__(self, *, expect_hello: bool = True) -> None:
+        self._buf = bytearray()
+        self._expect_hello = expect_hello
+        # State of the frame being read: header length, buffer lengths, filled buffers.
+        self._header_len: int | None = None
+        self._buf_lens: list[int] = []
+        self._header: bytes | None = None
+        self._bufs: list[bytearray | bytes] = []
+        self._big: bytearray | None = None
+        self._big_filled = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Feed received bytes; return the messages they complete (the hello as a dict)."""
+        view = memoryview(data).cast("B")
+        out: list[Any] = []
+        if self._big is not None:
+            take = min(view.nbytes, len(self._big) - self._big_filled)
+            self._big[self._big_filled : self._big_filled + take] = view[:take]
+            self._big_filled += take
+            view = view[take:]
+            if self._big_filled < len(self._big):
+                return out
+            self._bufs.append(self._big)
+            self._big = None
+        if view.nbytes:
+            self._buf += view
+        while True:
+            msg, more = self._step()
+            if msg is not None:
+                out.append(msg)
+            if not more:
+                return out
+
+    def _step(self) -> tuple[Any, bool]:
+        """Consume from ``_buf``. Returns (message or None, whether to call again)."""
+        if self._expect_hello:
+            if len(self._buf) < _HELLO.size:
+                return None, False
+            (n,) = _HELLO.unpack_from(self._buf)
+            if n > 1 << 20:
+                raise ProtocolError(f"hello of {n} bytes is not a Skyward hello")
+            if len(self._buf) < _HELLO.size + n:
+                return None, False
+            raw = bytes(self._buf[_HELLO.size : _HELLO.size + n])
+            del self._buf[: _HELLO.size + n]
+            self._expect_hello = False
+            try:
+                hello = json.loads(raw)
+            except ValueError as exc:
+                raise ProtocolError(f"invalid hello: {exc}") from None
+            return hello, True
+        if self._header_len is None:
+            if len(self._buf) < _PREFIX.size:
+                return None, False
+            header_len, nbufs = _PREFIX.unpack_from(self._buf)
+            need = _PREFIX.size + nbufs * _LEN.size
+            if header_len > MAX_HEADER:
+                raise ProtocolError(f"frame header of {header_len} bytes is too large")
+            if len(self._buf) < need:
+                return None, False
+            self._buf_lens = [
+                _LEN.unpack_from(self._buf, _PREFIX.size + i * _LEN.size)[0] for i in range(nbufs)
+            ]
+            self._header_len = header_len
+            del self._buf[:need]
+        if self._header is None:
+            if len(self._buf) < self._header_len:
+                return None, False
+            self._header = bytes(self._buf[: self._header_len])
+            del self._buf[: self._header_len]
+        while len(self._bufs) < len(self._buf_lens):
+            n = self._buf_lens[len(self._bufs)]
+            if n >= _BIG:
+                self._big = bytearray(n)
+                self._big_filled = 0
+                take = min(n, len(self._buf))
+                self._big[:take] = self._buf[:take]
+                del self._buf[:take]
+                self._big_filled = take
+                if take < n:
+                    return None, False
+                self._bufs.append(self._big)
+                self._big = None
+                continue
+            if len(self._buf) < n:
+                return None, False
+            self._bufs.append(bytes(self._buf[:n]))
+            del self._buf[:n]
+        return self._finish(), True
+
+    def _finish(self) -> Any:
+        assert self._header is not None
+        message = pickle.loads(self._header, buffers=self._bufs)
+        self._header_len = None
+        self._header = None
+        self._buf_lens = []
+        self._bufs = []
+        return message
