@@ -1,9 +1,9 @@
 """The bridge from the caller's thread to the trio loop that runs the core.
 
 One daemon thread runs ``trio.run`` with a trio-asyncio loop open (asyncssh needs it) and
-a portal task that takes jobs over a memory channel. Jobs are started from inside that
-task, so they inherit the trio-asyncio loop; ``trio.from_thread.run`` would run them in
-a system context that has no asyncio loop, and asyncssh would fail.
+a nursery that jobs are started in, inside the portal task's context, so they inherit the
+trio-asyncio loop; ``trio.from_thread.run`` would run them in a system context that has
+no asyncio loop, and asyncssh would fail.
 
 The caller's thread only blocks on ``concurrent.futures.Future``s, so this works where
 the main thread already runs an asyncio loop (Jupyter): that loop is never touched.
@@ -14,7 +14,7 @@ stop), waits for the cancellation to land, then lets ``KeyboardInterrupt`` propa
 from __future__ import annotations
 
 import concurrent.futures
-import math
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -62,7 +62,8 @@ class Portal:
     def __init__(self) -> None:
         self._started = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
-        self._send: trio.MemorySendChannel[Job] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._context: contextvars.Context | None = None
         self._thread = threading.Thread(target=self._main, name="skyward-trio", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -72,12 +73,18 @@ class Portal:
 
     async def _serve(self) -> None:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-            send, receive = trio.open_memory_channel[Job](math.inf)
-            self._send = send
+            self._nursery = nursery
+            # Jobs are started from run_sync_soon callbacks, which run in trio's system
+            # context; running the spawn inside this task's context makes the jobs
+            # inherit the trio-asyncio loop (one task hop less than a relay task).
+            self._context = contextvars.copy_context()
             self._token = trio.lowlevel.current_trio_token()
             self._started.set()
-            async for job in receive:
-                nursery.start_soon(job.run)
+            await trio.sleep_forever()
+
+    def _spawn(self, job: Job) -> None:
+        assert self._nursery is not None and self._context is not None
+        self._context.run(self._nursery.start_soon, job.run)
 
     def submit(self, fn: Callable[[], Awaitable[Any]]) -> Job:
         """Start ``fn()`` on the loop; returns at once."""
@@ -87,8 +94,8 @@ class Portal:
                 "use skyward_trio from async code"
             )
         job = Job(fn)
-        assert self._token is not None and self._send is not None
-        self._token.run_sync_soon(self._send.send_nowait, job)
+        assert self._token is not None
+        self._token.run_sync_soon(self._spawn, job)
         return job
 
     def cancel(self, job: Job) -> None:

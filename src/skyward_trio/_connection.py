@@ -1,9 +1,9 @@
 """The client's end of one worker connection: handshake, pipelined calls, results.
 
-Many calls are in flight on one connection. Outgoing frames are queued and written by one
-writer task, which joins whatever accumulated since its last write into one SSH write, so
-a burst of small tasks costs one packet, not one each. Incoming bytes are decoded in the
-transport's data callback and complete the waiting call directly.
+Many calls are in flight on one connection. Frames are written straight from the calling
+task (asyncssh buffers them; a caller waits only when the channel is over its high-water
+mark). Incoming bytes are decoded in the transport's data callback, on the trio thread,
+and complete the waiting call directly: no task switch on either path.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ class WorkerConnection:
         self._hello: dict[str, Any] | None = None
         self._hello_event = trio.Event()
         self._pending: dict[int, _Slot] = {}
-        self._outbox: list[Any] = []
-        self._outbox_event = trio.Event()
         self._sent_functions: set[str] = set()
         self.closed = trio.Event()
         self.worker_pid: int | None = None
@@ -73,36 +71,10 @@ class WorkerConnection:
         self.worker_pid = hello.get("pid")
 
     async def serve(self) -> None:
-        """Write queued frames until the link closes. Run it in the node's nursery."""
-        assert self._link is not None
-        link = self._link
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_close, nursery.cancel_scope)
-            while True:
-                await self._outbox_event.wait()
-                self._outbox_event = trio.Event()
-                chunks, self._outbox = self._outbox, []
-                small: list[Any] = []
-                try:
-                    for chunk in chunks:
-                        if len(chunk) < 65536:
-                            small.append(chunk)
-                            continue
-                        if small:
-                            link.write(b"".join(small))
-                            small = []
-                        link.write(chunk)
-                    if small:
-                        link.write(b"".join(small))
-                except _transport.SSHError:
-                    break
-                await link.wait_writable()
-
-    async def _watch_close(self, scope: trio.CancelScope) -> None:
+        """Watch the link until it closes. Run it in the node's nursery."""
         assert self._link is not None
         await self._link.closed.wait()
         self._fail_all(self._link.close_reason or "connection closed")
-        scope.cancel(reason="worker link closed")
 
     def _fail_all(self, reason: str) -> None:
         self.closed.set()
@@ -133,12 +105,23 @@ class WorkerConnection:
                 slot.event.set()
 
     def _send(self, chunks: list[Any]) -> None:
-        if self.closed.is_set():
+        # asyncssh's write is synchronous (it buffers), so there is no writer task to
+        # hand frames to: one task switch less per call. Small chunks of a frame are
+        # joined so a small message is one SSH packet.
+        if self.closed.is_set() or self._link is None:
             raise ConnectionLostError(
                 f"the connection to node {self.node}'s worker is closed", node=self.node
             )
-        self._outbox.extend(chunks)
-        self._outbox_event.set()
+        try:
+            if len(chunks) == 1:
+                self._link.write(chunks[0])
+            else:
+                for chunk in chunks:
+                    self._link.write(chunk)
+        except _transport.SSHError as exc:
+            raise ConnectionLostError(
+                f"the connection to node {self.node}'s worker was lost ({exc})", node=self.node
+            ) from exc
 
     def _function_part(self, fn_key: str, fn_payload: _serial.Payload) -> _serial.Payload | None:
         if fn_key in self._sent_functions:
@@ -174,6 +157,8 @@ class WorkerConnection:
         self._pending[task_id] = slot
         try:
             self._send(chunks)
+            if self._link is not None and not self._link.writable:
+                await self._link.wait_writable()
             await slot.event.wait()
         except BaseException:
             if self._pending.pop(task_id, None) is not None and not self.closed.is_set():

@@ -215,6 +215,10 @@ class WorkerLink:
             self._lost(str(exc))
             raise SSHError(str(exc)) from exc
 
+    @property
+    def writable(self) -> bool:
+        return self._writable.is_set()
+
     async def wait_writable(self) -> None:
         """Wait until the channel's send buffer has drained below its high-water mark."""
         await self._writable.wait()

@@ -15,7 +15,10 @@ import argparse
 import hmac
 import json
 import os
+import queue
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -113,8 +116,8 @@ class Worker:
         self.config = config
         self._secret = secret
         self.node: int = config["info"]["node"]
-        self._limiter = trio.CapacityLimiter(int(config.get("concurrency", 1)))
         self._cache = _FunctionCache()
+        self._executor = _ThreadExecutor(int(config.get("concurrency", 1)), self._cache)
         self._shutdown = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -156,10 +159,9 @@ class Worker:
                 messages = decoder.feed(data)
             if not await self._handshake(stream, messages.pop(0)):
                 return
-            send, receive = trio.open_memory_channel[list[Any]](1024)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream, receive)
-                session = _Session(self, send, nursery)
+            outbox = _Outbox(stream.socket.fileno())
+            session = _Session(self, outbox)
+            try:
                 for msg in messages:
                     session.dispatch(msg)
                 while True:
@@ -168,8 +170,10 @@ class Worker:
                         break
                     for msg in decoder.feed(data):
                         session.dispatch(msg)
-                # The client is gone: results it was waiting for cannot reach it.
-                nursery.cancel_scope.cancel(reason="client disconnected")
+            finally:
+                # The client is gone: what it was waiting for cannot reach it.
+                session.cancel_all()
+                outbox.close()
 
     async def _handshake(self, stream: trio.SocketStream, hello: Any) -> bool:
         problem = None
@@ -195,97 +199,148 @@ class Worker:
         await stream.send_all(_wire.encode_hello(reply))
         return problem is None
 
-    async def _writer(
-        self, stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[list[Any]]
+
+class _Outbox:
+    """Ordered, thread-safe writes of whole frames to a connection's socket.
+
+    Executor threads write their results here directly, so a result does not hop back
+    to the trio thread first (each cross-thread wake-up costs about 100 µs here). The
+    socket is non-blocking (trio owns it); a writer that meets a full buffer waits for
+    it to drain with ``select`` in its own thread, holding the lock so frames never
+    interleave.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._sock.setblocking(False)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, chunks: list[Any]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if len(chunks) > 1 and sum(len(c) for c in chunks) < 65536:
+                chunks = [b"".join(chunks)]
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk).cast("B")
+                    while view.nbytes:
+                        try:
+                            sent = self._sock.send(view)
+                        except BlockingIOError:
+                            sent = 0
+                        if sent:
+                            view = view[sent:]
+                            continue
+                        select.select([], [self._sock], [], 0.5)
+                        if self._closed:
+                            return
+            except OSError:
+                self._closed = True
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            self._sock.close()
+
+
+class _Task:
+    __slots__ = ("args", "cancelled", "fn_key", "kind", "outbox", "table", "task_id")
+
+    def __init__(
+        self,
+        kind: int,
+        task_id: int,
+        fn_key: str,
+        args: _serial.Payload,
+        outbox: _Outbox,
+        table: dict[int, _Task],
     ) -> None:
-        async for chunks in receive:
-            pending = list(chunks)
-            size = sum(len(c) for c in pending)
-            while size < _COALESCE:
-                try:
-                    more = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                pending.extend(more)
-                size += sum(len(c) for c in more)
-            small: list[Any] = []
-            for chunk in pending:
-                if len(chunk) < 65536:
-                    small.append(chunk)
-                    continue
-                if small:
-                    await stream.send_all(b"".join(small))
-                    small = []
-                await stream.send_all(chunk)
-            if small:
-                await stream.send_all(b"".join(small))
+        self.kind = kind
+        self.task_id = task_id
+        self.fn_key = fn_key
+        self.args = args
+        self.outbox = outbox
+        self.table = table  # the session's live tasks, so CANCEL can find this one
+        self.cancelled = False
+
+
+class _ThreadExecutor:
+    """``concurrency`` long-lived threads that run tasks and send their results.
+
+    Long-lived threads and a plain queue cost one wake-up per task, where
+    ``trio.to_thread`` costs two plus a hop back to trio.
+    """
+
+    def __init__(self, concurrency: int, cache: _FunctionCache) -> None:
+        self._queue: queue.SimpleQueue[_Task] = queue.SimpleQueue()
+        self._cache = cache
+        for i in range(concurrency):
+            threading.Thread(target=self._loop, name=f"skyward-task-{i}", daemon=True).start()
+
+    def submit(self, task: _Task) -> None:
+        self._queue.put(task)
+
+    def _loop(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task.cancelled:
+                task.table.pop(task.task_id, None)
+                continue
+            t0 = time.perf_counter()
+            if task.kind == _wire.RUN:
+                ok, payload = _run_one(self._cache, task.fn_key, task.args)
+                message: tuple[Any, ...] = (
+                    _wire.RESULT,
+                    task.task_id,
+                    ok,
+                    payload,
+                    time.perf_counter() - t0,
+                )
+            else:
+                payload = _run_batch(self._cache, task.fn_key, task.args)
+                message = (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
+            task.table.pop(task.task_id, None)
+            if task.cancelled:
+                continue  # the client gave up on it; a late result is dropped
+            try:
+                frame = _wire.encode(message)
+            except Exception as exc:  # a payload that pickled once always encodes; be loud
+                print(f"skyward worker: cannot encode result: {exc!r}", file=sys.stderr)
+                continue
+            task.outbox.send(frame)
 
 
 class _Session:
     """Dispatches one connection's messages."""
 
-    def __init__(
-        self, worker: Worker, send: trio.MemorySendChannel[list[Any]], nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, worker: Worker, outbox: _Outbox) -> None:
         self._worker = worker
-        self._send = send
-        self._nursery = nursery
-        self._scopes: dict[int, trio.CancelScope] = {}
+        self._outbox = outbox
+        self._tasks: dict[int, _Task] = {}
 
     def dispatch(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
-        if kind == _wire.RUN:
+        if kind in (_wire.RUN, _wire.BATCH):
             _, task_id, fn_key, fn_payload, args_payload = msg
             self._worker._cache.add(fn_key, fn_payload)
-            self._nursery.start_soon(self._run, task_id, fn_key, args_payload)
-        elif kind == _wire.BATCH:
-            _, batch_id, fn_key, fn_payload, items_payload = msg
-            self._worker._cache.add(fn_key, fn_payload)
-            self._nursery.start_soon(self._batch, batch_id, fn_key, items_payload)
+            task = _Task(kind, task_id, fn_key, args_payload, self._outbox, self._tasks)
+            self._tasks[task_id] = task
+            self._worker._executor.submit(task)
         elif kind == _wire.CANCEL:
-            scope = self._scopes.get(msg[1])
-            if scope is not None:
-                scope.cancel(reason="cancelled by the client")
+            task = self._tasks.pop(msg[1], None)
+            if task is not None:
+                task.cancelled = True
         elif kind == _wire.SHUTDOWN:
             self._worker._shutdown.set()
         else:
             raise _wire.ProtocolError(f"unknown message kind {kind!r}")
 
-    async def _run(self, task_id: int, fn_key: str, args_payload: _serial.Payload) -> None:
-        with trio.CancelScope() as scope:
-            self._scopes[task_id] = scope
-            try:
-                t0 = time.perf_counter()
-                ok, payload = await trio.to_thread.run_sync(
-                    _run_one,
-                    self._worker._cache,
-                    fn_key,
-                    args_payload,
-                    limiter=self._worker._limiter,
-                    abandon_on_cancel=True,
-                )
-                elapsed = time.perf_counter() - t0
-            finally:
-                del self._scopes[task_id]
-            await self._send.send(_wire.encode((_wire.RESULT, task_id, ok, payload, elapsed)))
-
-    async def _batch(self, batch_id: int, fn_key: str, items_payload: _serial.Payload) -> None:
-        with trio.CancelScope() as scope:
-            self._scopes[batch_id] = scope
-            try:
-                t0 = time.perf_counter()
-                payload = await trio.to_thread.run_sync(
-                    _run_batch,
-                    self._worker._cache,
-                    fn_key,
-                    items_payload,
-                    limiter=self._worker._limiter,
-                    abandon_on_cancel=True,
-                )
-                elapsed = time.perf_counter() - t0
-            finally:
-                del self._scopes[batch_id]
-            await self._send.send(_wire.encode((_wire.BATCH_RESULT, batch_id, payload, elapsed)))
+    def cancel_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancelled = True
+        self._tasks.clear()
 
 
 def main(argv: list[str] | None = None) -> None:
