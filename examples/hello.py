@@ -11,7 +11,9 @@ import skyward as sky
 @sky.function
 def whoami(greeting: str) -> str:
     info = sky.instance_info()
-    return f"{greeting} from node {info.node}/{info.total_nodes} at {info.peers[info.node].private_ip} on host {socket.gethostname()}"
+    address = info.peers[info.node].private_ip
+    host = socket.gethostname()
+    return f"{greeting} from node {info.node}/{info.total_nodes} at {address} on {host}"
 
 
 @sky.function

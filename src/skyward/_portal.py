@@ -83,7 +83,8 @@ class Portal:
             await trio.sleep_forever()
 
     def _spawn(self, job: Job) -> None:
-        assert self._nursery is not None and self._context is not None
+        assert self._nursery is not None
+        assert self._context is not None
         self._context.run(self._nursery.start_soon, job.run)
 
     def submit(self, fn: Callable[[], Awaitable[Any]]) -> Job:

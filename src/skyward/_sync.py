@@ -80,7 +80,10 @@ class Pool:
             self._portal.call(stream.aclose)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
-        """``[fn(x) for x in items]`` across the pool, in input order (``fn`` need not be decorated)."""
+        """``[fn(x) for x in items]`` across the pool, in input order.
+
+        ``fn`` need not be decorated.
+        """
         key, payload, timeout = self._core.prepare_map(fn)
         iterator = iter(items)
         return self._portal.call(  # type: ignore[no-any-return]
@@ -139,7 +142,9 @@ class Compute:
         return self.pool
 
     def __exit__(self, *exc_info: Any) -> None:
-        assert self._portal is not None and self._job is not None and self._exit is not None
+        assert self._portal is not None
+        assert self._job is not None
+        assert self._exit is not None
         active_pool.reset(self._token)
         exit_event = self._exit
         self._portal.run_sync_soon(exit_event.set)

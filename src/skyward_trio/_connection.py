@@ -47,17 +47,19 @@ class WorkerConnection:
         self.closed = trio.Event()
         self.worker_pid: int | None = None
 
-    async def open(self, secret: str, *, timeout: float) -> None:
-        """Open the channel and complete the handshake (versions are checked here)."""
-        self._link = await self._ssh.open_unix(self._socket_path, self._on_data)
+    async def open(self, secret: str) -> None:
+        """Open the channel and complete the handshake (versions are checked here).
+
+        The caller owns the deadline.
+        """
+        self._link = await self._ssh.open_unix(self._socket_path, self._on_data, self._on_close)
         self._link.write(
             _wire.encode_hello({"secret": secret, "python": PYTHON_VERSION, "skyward": __version__})
         )
-        with trio.move_on_after(timeout):
-            await self._hello_event.wait()
+        await self._hello_event.wait()  # also set when the link closes
         hello = self._hello
         if hello is None:
-            reason = self._link.close_reason or f"no answer within {timeout:g} s"
+            reason = self._link.close_reason or "no answer"
             raise ProvisionError(
                 f"node {self.node}: the worker did not complete the handshake ({reason})",
                 node=self.node,
@@ -71,10 +73,13 @@ class WorkerConnection:
         self.worker_pid = hello.get("pid")
 
     async def serve(self) -> None:
-        """Watch the link until it closes. Run it in the node's nursery."""
+        """Return when the link closes (pending calls have failed by then)."""
         assert self._link is not None
         await self._link.closed.wait()
-        self._fail_all(self._link.close_reason or "connection closed")
+
+    def _on_close(self, reason: str) -> None:
+        self._hello_event.set()
+        self._fail_all(reason)
 
     def _fail_all(self, reason: str) -> None:
         self.closed.set()

@@ -10,7 +10,7 @@ Every error Skyward raises on purpose is one of these (or a plain ``TypeError`` 
     ├── SerializationError      an argument or result could not be pickled (also a TypeError)
     ├── RemoteError             the remote function raised an exception that does not unpickle here
     ├── TaskTimeoutError        a task ran past its timeout (also a TimeoutError)
-    ├── NoActivePoolError       ``>> sky`` (or a runtime call) with no pool active (also a RuntimeError)
+    ├── NoActivePoolError       ``>> sky`` with no pool active (also a RuntimeError)
     └── TeardownError           instances that could not be confirmed terminated (lists them)
 
 Exceptions raised by *your* function re-raise in the caller with their original type when

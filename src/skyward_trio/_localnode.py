@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from pathlib import Path
 
 import asyncssh
@@ -52,7 +51,9 @@ class _Node:
             env={**os.environ, "SKYWARD_NODE_DIR": str(self.directory)},
         )
         self.groups.add(proc.pid)
-        assert proc.stdin and proc.stdout and proc.stderr
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
 
         async def pump_in() -> None:
             assert proc.stdin
@@ -164,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -16,6 +16,7 @@ round-robin.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import secrets
@@ -306,8 +307,8 @@ class Pool:
         ``fn`` need not be decorated. Items are pickled a batch at a time as they are
         sent, not all up front; tiny tasks travel thousands per message.
         """
-        key, fn_payload, timeout = self.prepare_map(fn)
-        return await self.map_prepared(key, fn_payload, timeout, iter(items))
+        key, fn_payload, task_timeout = self.prepare_map(fn)
+        return await self.map_prepared(key, fn_payload, task_timeout, iter(items))
 
     def current_nodes(self) -> int:
         """How many nodes are ready right now."""
@@ -328,7 +329,8 @@ class Pool:
     def prepare_map(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload, float | None]:
         timeout = None
         if isinstance(fn, Function):
-            fn, timeout = fn.fn, fn.timeout
+            timeout = fn.timeout
+            fn = fn.fn
         if not callable(fn):
             raise TypeError(f"map() needs a callable, got {type(fn).__qualname__}")
         key, payload = self._functions.get(fn)
@@ -343,7 +345,8 @@ class Pool:
             raise ValueError(f'target must be None, "head" or a node index, got {target!r}')
         if not 0 <= target < self.nodes.desired:
             raise ValueError(
-                f"target={target} is not a node of this pool; it has nodes 0..{self.nodes.desired - 1}"
+                f"target={target} is not a node of this pool; "
+                f"it has nodes 0..{self.nodes.desired - 1}"
             )
         return target
 
@@ -384,10 +387,12 @@ class Pool:
         if not indices:
             await self._acquire_any_ready()
             indices = sorted(self._ready)
-        return await _run_all([lambda i=i: self.run_prepared(call, target=i) for i in indices])
+        return await _run_all(
+            [functools.partial(self.run_prepared, call, target=i) for i in indices]
+        )
 
     async def parallel_prepared(self, calls: list[PreparedCall]) -> tuple[Any, ...]:
-        return tuple(await _run_all([lambda c=c: self.run_prepared(c) for c in calls]))
+        return tuple(await _run_all([functools.partial(self.run_prepared, c) for c in calls]))
 
     def stream_prepared(self, calls: list[PreparedCall], *, ordered: bool) -> ResultStream:
         stream = ResultStream(len(calls), ordered)
@@ -410,13 +415,13 @@ class Pool:
         return stream
 
     async def map_prepared(
-        self, key: str, fn_payload: _serial.Payload, timeout: float | None, items: Any
+        self, key: str, fn_payload: _serial.Payload, task_timeout: float | None, items: Any
     ) -> list[Any]:
         results: list[Any] = []
         per_item: float | None = None
         bytes_per_item: float | None = None
         failure: list[BaseException] = []
-        item_timeout = timeout or self.options.default_compute_timeout
+        item_timeout = task_timeout or self.options.default_compute_timeout
 
         async def run_batch(node: _Node, start: int, count: int, payload: _serial.Payload) -> None:
             nonlocal per_item
@@ -580,7 +585,8 @@ def _check_supported(spec: Spec) -> None:
     if nodes.max is not None and nodes.max != nodes.desired:
         raise ValueError(
             f"nodes={nodes!r} asks for an elastic pool (max={nodes.max}); autoscaling is not "
-            f"built yet (see the README's 'not yet' list): pass a fixed count, e.g. nodes={nodes.desired}"
+            "built yet (see the README's 'not yet' list): pass a fixed count, "
+            f"e.g. nodes={nodes.desired}"
         )
     if isinstance(spec.provider, Local) and spec.accelerator is not None:
         raise ValueError(
@@ -687,15 +693,16 @@ class _Supervisor:
                 config=config,
                 start_timeout=30,
             )
-            timeout = options.bootstrap_timeout or pool.spec.image.bootstrap_timeout
-            rc, out, err = await ssh.run("bash -s", input=script.encode(), timeout=timeout)
+            with trio.fail_after(options.bootstrap_timeout or pool.spec.image.bootstrap_timeout):
+                rc, out, err = await ssh.run("bash -s", input=script.encode())
             if rc != 0 or READY_MARK.encode() not in out:
                 raise RuntimeError(
                     f"bootstrap exited with status {rc}: {err.decode(errors='replace').strip()}"
                 )
             phase = "worker"
             conn = WorkerConnection(i, ssh, f"{instance.workdir}/worker.sock")
-            await conn.open(self.secret, timeout=30)
+            with trio.fail_after(30):
+                await conn.open(self.secret)
         except Exception as exc:
             if not isinstance(exc, ProvisionError):
                 detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
@@ -719,23 +726,27 @@ class _Supervisor:
 
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
         options = self.pool.options
-        deadline = trio.current_time() + (options.ssh_timeout or 60)
+        limit = options.ssh_timeout or 60
         delay = options.ssh_retry_interval or 0.2
-        while True:
-            try:
-                return await _transport.connect(
-                    instance.host,
-                    instance.port,
-                    username=instance.username,
-                    client_key=self.client_key,
-                    host_key=instance.host_key,
-                    timeout=max(1.0, deadline - trio.current_time()),
-                )
-            except _transport.SSHError:
-                if trio.current_time() + delay >= deadline:
-                    raise
+        last: Exception | None = None
+        with trio.move_on_after(limit):
+            while True:
+                try:
+                    return await _transport.connect(
+                        instance.host,
+                        instance.port,
+                        username=instance.username,
+                        client_key=self.client_key,
+                        host_key=instance.host_key,
+                    )
+                except _transport.SSHError as exc:
+                    last = exc
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5)
+        raise _transport.SSHError(
+            f"no SSH connection to {instance.host}:{instance.port} within {limit:g} s"
+            + (f"; last error: {last}" if last else "")
+        )
 
     def _worker_config(self, instance: Instance) -> dict[str, Any]:
         pool = self.pool

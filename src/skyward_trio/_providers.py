@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -85,7 +85,7 @@ class LocalCluster:
         os.chmod(directory / "host_key", 0o600)
         (directory / "authorized_keys").write_text(self._client_public_key + "\n")
         addr = f"127.0.0.{2 + node % 250}"
-        log = open(directory / "sshd.log", "wb")  # noqa: SIM115 - handed to the child
+        log = _open_log(directory / "sshd.log")
         try:
             proc = await trio.lowlevel.open_process(
                 [
@@ -168,6 +168,11 @@ async def _read_ready(proc: trio.Process, directory: Path) -> int:
         log = (directory / "sshd.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"local node server did not start (said {line!r}); its log:\n{log}")
     return int(line.split()[1])
+
+
+def _open_log(path: Path) -> Any:
+    """A log file handed to the node process as its stderr (closed here once it has it)."""
+    return open(path, "wb")
 
 
 def _username() -> str:

@@ -92,11 +92,13 @@ def dump_exception(exc: BaseException) -> tuple[Payload | None, str, str, str]:
     tb = "".join(traceback.format_exception(exc))
     kind = type(exc)
     name = f"{kind.__module__}.{kind.__qualname__}"
+    payload: Payload | None
     try:
         exc.__traceback__ = None
-        payload: Payload | None = dumps(exc)
+        packed = dumps(exc)
         # An exception that pickles but cannot be rebuilt is as good as unpicklable.
-        loads(payload)
+        loads(packed)
+        payload = packed
     except Exception:
         payload = None
     return payload, name, str(exc), tb

@@ -13,7 +13,7 @@ command, so commands are run with ``create_process`` and closed in a shielded ``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncssh
@@ -75,29 +75,62 @@ async def asyncio_loop() -> AsyncIterator[None]:
         yield
 
 
+class _Cork:
+    """Coalesces the packets of one write into one socket send.
+
+    asyncssh puts an SSH_MSG_IGNORE packet before every data packet it sends, and each
+    packet is its own ``send()``; on loopback every send also wakes the peer. Joining
+    them halves the system calls and wake-ups per message (about 200 µs per round trip
+    here). This hooks asyncssh's private ``_send`` on this one connection object.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._send = conn._send
+        self._buffer: list[bytes] | None = None
+        conn._send = self.send
+
+    def send(self, data: bytes) -> None:
+        if self._buffer is None:
+            self._send(data)
+        else:
+            self._buffer.append(data)
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        if self._buffer is not None:  # already corked by an outer write
+            yield
+            return
+        self._buffer = []
+        try:
+            yield
+        finally:
+            buffer, self._buffer = self._buffer, None
+            if buffer:
+                self._send(b"".join(buffer))
+
+
 class SSHConnection:
     """An authenticated SSH connection to one node."""
 
     def __init__(self, conn: asyncssh.SSHClientConnection, host: str, port: int) -> None:
         self._conn = conn
+        self._cork = _Cork(conn)
         self.host = host
         self.port = port
         self.cipher = str(conn.get_extra_info("send_cipher"))
 
-    async def run(
-        self, command: str, *, input: bytes | None = None, timeout: float
-    ) -> tuple[int, bytes, bytes]:
+    async def run(self, command: str, *, input: bytes | None = None) -> tuple[int, bytes, bytes]:
         """Run ``command``; return ``(exit status, stdout, stderr)``.
 
-        Cancellation (or the timeout) closes the channel; the command's stdin then closes.
+        Cancellation closes the channel (bounded, shielded), so the command's stdin closes.
+        The caller owns the deadline.
         """
         proc = await trio_asyncio.aio_as_trio(self._conn.create_process)(command, encoding=None)
         try:
-            with trio.fail_after(timeout):
-                if input is not None:
-                    proc.stdin.write(input)
-                proc.stdin.write_eof()
-                result = await trio_asyncio.aio_as_trio(proc.wait)()
+            if input is not None:
+                proc.stdin.write(input)
+            proc.stdin.write_eof()
+            result = await trio_asyncio.aio_as_trio(proc.wait)()
             return (
                 result.exit_status if result.exit_status is not None else -1,
                 result.stdout or b"",
@@ -109,9 +142,15 @@ class SSHConnection:
                 # OpenSSH keeps a closed channel open until the command exits: bound it.
                 await trio_asyncio.aio_as_trio(proc.wait_closed)()
 
-    async def open_unix(self, path: str, on_data: Callable[[bytes], None]) -> WorkerLink:
-        """Open a direct-streamlocal channel to the unix socket ``path`` on the node."""
-        link = WorkerLink(on_data)
+    async def open_unix(
+        self, path: str, on_data: Callable[[bytes], None], on_close: Callable[[str], None]
+    ) -> WorkerLink:
+        """Open a direct-streamlocal channel to the unix socket ``path`` on the node.
+
+        ``on_data`` gets each received chunk and ``on_close`` the reason the channel closed,
+        both called on the trio thread.
+        """
+        link = WorkerLink(on_data, on_close, self._cork)
         try:
             chan, _ = await trio_asyncio.aio_as_trio(self._conn.create_unix_connection)(
                 lambda: link._session, path, window=_WINDOW, max_pktsize=_PACKET
@@ -135,29 +174,26 @@ async def connect(
     username: str,
     client_key: asyncssh.SSHKey,
     host_key: str,
-    timeout: float,
 ) -> SSHConnection:
     """Connect and authenticate with ``client_key``, verifying the node's ``host_key``.
 
     ``host_key`` is the node's public key in OpenSSH form; any other key is refused.
+    The caller owns the deadline.
     """
     trusted = asyncssh.import_public_key(host_key)
     try:
-        with trio.fail_after(timeout):
-            conn = await trio_asyncio.aio_as_trio(asyncssh.connect)(
-                host,
-                port,
-                username=username,
-                client_keys=[client_key],
-                known_hosts=([trusted], [], []),
-                encryption_algs=_ciphers(),
-                agent_path=None,
-                config=[],
-                keepalive_interval=15,
-                keepalive_count_max=4,
-            )
-    except trio.TooSlowError:
-        raise SSHError(f"SSH connect to {host}:{port} timed out after {timeout:g} s") from None
+        conn = await trio_asyncio.aio_as_trio(asyncssh.connect)(
+            host,
+            port,
+            username=username,
+            client_keys=[client_key],
+            known_hosts=([trusted], [], []),
+            encryption_algs=_ciphers(),
+            agent_path=None,
+            config=[],
+            keepalive_interval=15,
+            keepalive_count_max=4,
+        )
     except (asyncssh.Error, OSError) as exc:
         raise SSHError(f"SSH connect to {host}:{port} failed: {exc}") from exc
     return SSHConnection(conn, host, port)
@@ -190,8 +226,12 @@ class WorkerLink:
     ``on_data`` is called with each received chunk, on the trio thread.
     """
 
-    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, on_data: Callable[[bytes], None], on_close: Callable[[str], None], cork: _Cork
+    ) -> None:
         self._on_data = on_data
+        self._on_close = on_close
+        self._cork = cork
         self._session = _Session(self)
         self._chan: asyncssh.SSHUNIXChannel[bytes] | None = None
         self._writable = trio.Event()
@@ -200,17 +240,20 @@ class WorkerLink:
         self.close_reason: str | None = None
 
     def _lost(self, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
         self.closed.set()
         self._writable.set()
+        self._on_close(reason)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data`` for sending. Raises ``SSHError`` if the link is closed."""
         if self._chan is None or self.closed.is_set():
             raise SSHError(self.close_reason or "link not open")
         try:
-            self._chan.write(data)
+            with self._cork.corked():
+                self._chan.write(data)
         except OSError as exc:
             self._lost(str(exc))
             raise SSHError(str(exc)) from exc

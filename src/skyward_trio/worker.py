@@ -329,9 +329,9 @@ class _Session:
             self._tasks[task_id] = task
             self._worker._executor.submit(task)
         elif kind == _wire.CANCEL:
-            task = self._tasks.pop(msg[1], None)
-            if task is not None:
-                task.cancelled = True
+            cancelled = self._tasks.pop(msg[1], None)
+            if cancelled is not None:
+                cancelled.cancelled = True
         elif kind == _wire.SHUTDOWN:
             self._worker._shutdown.set()
         else:
@@ -358,4 +358,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
