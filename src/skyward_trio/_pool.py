@@ -47,6 +47,7 @@ from ._function import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import Local, Nodes, Options, Spec, Worker, resolve_compute_args
 from ._providers import Cluster, Instance, open_cluster
+from ._version import PYTHON_VERSION
 
 __all__ = ["Compute", "Future", "Pool", "PreparedCall", "ResultStream"]
 
@@ -562,8 +563,8 @@ class Compute:
         self.specs = resolved
         self.options = options
         self.defaulted_to_local = defaulted
+        _check_supported(resolved, options)
         self.spec = resolved[0]
-        _check_supported(self.spec)
         self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
         self._token: Any = None
 
@@ -579,8 +580,40 @@ class Compute:
         return await self._cm.__aexit__(*exc_info)
 
 
-def _check_supported(spec: Spec) -> None:
-    """Refuse, before anything is provisioned, what this version cannot do."""
+_NOT_YET = "is not built yet (see the README's 'not yet' list)"
+
+
+def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
+    """Refuse, before anything is provisioned, what this version cannot do yet.
+
+    Accepting these and ignoring them would be a silent fallback; the records still
+    validate them, so a config written today keeps working when they land.
+    """
+    if len(specs) > 1:
+        raise ValueError(f"{len(specs)} specs given: multi-spec fallback {_NOT_YET}; pass one Spec")
+    spec = specs[0]
+    worker = options.worker or Worker()
+    if worker.resolved_executor != "thread":
+        raise ValueError(
+            f"Worker(executor={worker.executor!r}): the process executor {_NOT_YET}; "
+            'use executor="thread" (the default)'
+        )
+    if options.health_checker is not None:
+        raise ValueError(f"Options(health_checker=...): health checks {_NOT_YET}")
+    image = spec.image
+    unsupported = [
+        name
+        for name in ("pip", "pip_indexes", "apt", "shell_vars", "includes", "excludes")
+        if getattr(image, name)
+    ]
+    if image.python not in ("auto", PYTHON_VERSION):
+        unsupported.append("python")
+    if unsupported:
+        raise ValueError(
+            f"Image({', '.join(f'{n}=...' for n in unsupported)}): building environments on "
+            f"nodes {_NOT_YET}; today nodes run this interpreter ({PYTHON_VERSION}) with the "
+            "packages installed here, and Image(env=...) is applied"
+        )
     nodes = spec.nodes
     if nodes.max is not None and nodes.max != nodes.desired:
         raise ValueError(
@@ -774,6 +807,7 @@ class _Supervisor:
             "info": to_dict(info),
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,
+            "env": dict(pool.spec.image.env),
         }
 
     async def shutdown(self) -> TeardownError | None:

@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     config = json.loads((directory / "worker.json").read_text())
     secret = (directory / "secret").read_bytes().strip()
     _runtime.set_instance_info(from_dict(config["info"]))
+    os.environ.update(config.get("env", {}))
     os.chdir(directory)
     worker = Worker(directory, config, secret)
     trio.run(worker.serve)

@@ -1,0 +1,39 @@
+"""Sessions: ``nox`` runs them all (tests on 3.11-3.13, lint, typecheck)."""
+
+import glob
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+# pyenv installs each version but selects one; its shims refuse the others. Put every
+# installed 3.11-3.13 on PATH so nox finds all three.
+for _version in PYTHONS:
+    for _bin in sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{_version}.*/bin"))):
+        os.environ["PATH"] = _bin + os.pathsep + os.environ["PATH"]
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite (real Local nodes over real SSH)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff, with the ASYNC rules on."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "examples", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")

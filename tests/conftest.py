@@ -1,0 +1,64 @@
+"""Fixtures for every test: no test may see cloud credentials.
+
+A test that reached a real provider by accident would spend money and leak machines, and
+Local nodes inherit this process's environment, so credentials are removed for the whole
+session (session-scoped fixtures such as a shared pool start with a clean environment too).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Environment variable prefixes (and whole names) of the cloud providers and the services
+# Skyward talks to, or may talk to.
+CREDENTIAL_PREFIXES = (
+    "AWS_",
+    "AZURE_",
+    "CLOUDSDK_",
+    "DATACRUNCH_",
+    "DIGITALOCEAN_",
+    "FLUIDSTACK_",
+    "GCLOUD_",
+    "GCP_",
+    "GOOGLE_",
+    "HF_",
+    "HUGGING_FACE_",
+    "HYPERSTACK_",
+    "JARVIS_",
+    "LAMBDA_",
+    "LINODE_",
+    "OCI_",
+    "PAPERSPACE_",
+    "RUNPOD_",
+    "TENSORDOCK_",
+    "VAST_",
+    "VASTAI_",
+    "VERDA_",
+)
+CREDENTIAL_NAMES = ("KUBECONFIG", "HUGGINGFACE_TOKEN")
+
+
+def _is_credential(name: str) -> bool:
+    upper = name.upper()
+    return upper in CREDENTIAL_NAMES or upper.startswith(CREDENTIAL_PREFIXES)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _strip_cloud_credentials() -> Iterator[None]:
+    """Remove cloud credentials from ``os.environ`` for the whole test session."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if _is_credential(name):
+                mp.delenv(name)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_cloud_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per test as well: a credential set by an earlier test or fixture does not carry over."""
+    for name in list(os.environ):
+        if _is_credential(name):
+            monkeypatch.delenv(name)

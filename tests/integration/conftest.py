@@ -1,0 +1,111 @@
+"""Shared fixtures of the integration suite: real ``sky.Local`` nodes, real SSH, real workers.
+
+Starting a pool costs about a second, so the sync-face tests share one two-node pool for
+the whole session. Tests that need their own pool (teardown, options, the trio face) make
+one.
+
+Test modules are importable here but not on the workers (a worker's ``sys.path`` does not
+hold ``tests/``), so cloudpickle is told to ship each test module's functions and classes
+by value, as it does for a script's ``__main__``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+import skyward as sky
+
+SILENT = sky.Options(console="silent")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ship_test_module_by_value(request: pytest.FixtureRequest) -> Iterator[None]:
+    cloudpickle.register_pickle_by_value(request.module)
+    yield
+    cloudpickle.unregister_pickle_by_value(request.module)
+
+
+@pytest.fixture(scope="session")
+def sync_pool(_strip_cloud_credentials: None) -> Iterator[sky.Pool]:
+    """A two-node sync pool shared by the session.
+
+    It is entered in a context of its own, so it is not the *active* pool of the tests:
+    ``>> sky`` in a test body still means "no pool", and tests dispatch with ``>> pool``.
+    """
+    context = contextvars.copy_context()
+    compute = sky.Compute(nodes=2, options=SILENT)
+    pool = context.run(compute.__enter__)
+    try:
+        yield pool
+    finally:
+        context.run(compute.__exit__, None, None, None)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+class Processes:
+    """Looks at this machine's processes (``/proc``): what a pool started, and whether it ended."""
+
+    @staticmethod
+    def state(pid: int) -> str | None:
+        """The state letter of ``pid`` (``"Z"`` for a zombie), None if there is no such pid."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        # The command name is in parentheses and may hold spaces; the state follows the last ")".
+        return stat.rsplit(")", 1)[1].split()[0]
+
+    def is_running(self, pid: int) -> bool:
+        """Whether ``pid`` is a live process.
+
+        A zombie counts as gone: it has exited and holds nothing. Worker daemons are detached
+        (``setsid``), so once killed they wait for PID 1 to reap them, and some container
+        inits never do.
+        """
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return self.state(pid) not in (None, "Z")
+
+    def wait_until_gone(self, pids: Iterable[int], *, limit: float = 5.0) -> set[int]:
+        """Poll until none of ``pids`` runs (teardown reaps asynchronously); return survivors."""
+        deadline = time.monotonic() + limit
+        survivors = {pid for pid in pids if self.is_running(pid)}
+        while survivors and time.monotonic() < deadline:
+            time.sleep(0.05)
+            survivors = {pid for pid in survivors if self.is_running(pid)}
+        return survivors
+
+    def of_job(self, job_id: str) -> dict[int, str]:
+        """Live processes whose command line names this job's node directories: pid -> cmdline.
+
+        ``sky.Local`` keeps every node under ``$TMPDIR/skyward-<job_id>-*/node-<i>``; the
+        node's SSH server and its worker daemon both carry that path in their arguments.
+        """
+        marker = f"skyward-{job_id}-".encode()
+        found: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and self.is_running(int(entry.name)):
+                found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        return found
+
+
+@pytest.fixture
+def processes() -> Processes:
+    return Processes()

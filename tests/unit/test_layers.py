@@ -1,0 +1,86 @@
+"""The layer map in ``skyward_trio/__init__.py`` holds: no module imports a higher layer."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "skyward_trio"
+
+LAYERS = {
+    "_errors": 1,
+    "_version": 1,
+    "_model": 1,
+    "accelerators": 1,
+    "time": 1,
+    "_info": 1,
+    "_runtime": 1,
+    "_shard": 1,
+    "_function": 1,
+    "_bootstrap": 1,
+    "_wire": 2,
+    "_serial": 2,
+    "worker": 3,
+    "_transport": 4,
+    "_providers": 4,
+    "_localnode": 4,
+    "_connection": 4,
+    "_pool": 5,
+}
+
+
+def _internal_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("skyward_trio."):
+            found.add(node.module.split(".")[1])  # type: ignore[union-attr]
+    return found
+
+
+def test_every_module_has_a_layer() -> None:
+    modules = {p.stem for p in SRC.glob("*.py") if p.stem != "__init__"}
+    assert modules == set(LAYERS), "add new modules to LAYERS and to the map in __init__"
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_imports_go_down_only(module: str) -> None:
+    layer = LAYERS[module]
+    for imported in _internal_imports(SRC / f"{module}.py"):
+        assert LAYERS[imported] <= layer, (
+            f"{module} (layer {layer}) imports {imported} (layer {LAYERS[imported]})"
+        )
+
+
+def test_only_transport_and_localnode_import_asyncssh() -> None:
+    for path in SRC.glob("*.py"):
+        text = path.read_text()
+        if path.stem in ("_transport", "_localnode"):
+            continue
+        assert "import asyncssh" not in text, path.name
+        assert "trio_asyncio" not in text, path.name
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["import skyward_trio.worker", "import skyward; skyward.instance_info; skyward.shard"],
+)
+def test_worker_import_path_is_light(statement: str) -> None:
+    code = (
+        f"{statement}\nimport sys\n"
+        "heavy = {'asyncssh', 'trio_asyncio', 'httpx', 'rich', 'cattrs'} & set(sys.modules)\n"
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
