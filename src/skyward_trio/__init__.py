@@ -23,6 +23,7 @@ from . import accelerators, time
 from ._errors import (
     ConnectionLostError,
     NoActivePoolError,
+    PoolClosedError,
     ProvisionError,
     RemoteError,
     SerializationError,
@@ -74,6 +75,7 @@ __all__ = [
     "PendingFunctionGroup",
     "PipIndex",
     "Pool",
+    "PoolClosedError",
     "ProviderConfig",
     "ProvisionError",
     "RemoteError",

@@ -11,6 +11,7 @@ Every error Skyward raises on purpose is one of these (or a plain ``TypeError`` 
     ├── RemoteError             the remote function raised an exception that does not unpickle here
     ├── TaskTimeoutError        a task ran past its timeout (also a TimeoutError)
     ├── NoActivePoolError       ``>> sky`` with no pool active (also a RuntimeError)
+    ├── PoolClosedError         the pool closed, or lost every node, before a call finished
     └── TeardownError           instances that could not be confirmed terminated (lists them)
 
 Exceptions raised by *your* function re-raise in the caller with their original type when
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "ConnectionLostError",
     "NoActivePoolError",
+    "PoolClosedError",
     "ProvisionError",
     "RemoteError",
     "SerializationError",
@@ -108,6 +110,10 @@ class TaskTimeoutError(SkywardError, TimeoutError):
 
 class NoActivePoolError(SkywardError, RuntimeError):
     """An operation needed an active pool and there was none."""
+
+
+class PoolClosedError(SkywardError):
+    """The pool closed (or lost every node) before a call could finish."""
 
 
 class TeardownError(SkywardError):

@@ -32,6 +32,7 @@ from . import _serial, _transport
 from ._bootstrap import READY_MARK, worker_bootstrap
 from ._connection import WorkerConnection
 from ._errors import (
+    PoolClosedError,
     ProvisionError,
     RemoteError,
     SerializationError,
@@ -237,14 +238,20 @@ class ResultStream:
     async def __anext__(self) -> Any:
         if self._yielded >= self._count:
             raise StopAsyncIteration
-        if self._ordered:
-            while self._next not in self._buffer:
-                index, ok, value = await self._receive.receive()
-                self._buffer[index] = (ok, value)
-            ok, value = self._buffer.pop(self._next)
-            self._next += 1
-        else:
-            _, ok, value = await self._receive.receive()
+        try:
+            if self._ordered:
+                while self._next not in self._buffer:
+                    index, ok, value = await self._receive.receive()
+                    self._buffer[index] = (ok, value)
+                ok, value = self._buffer.pop(self._next)
+                self._next += 1
+            else:
+                _, ok, value = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise PoolClosedError(
+                f"the stream ended after {self._yielded} of {self._count} results "
+                "(it was closed, or the pool closed)"
+            ) from None
         self._yielded += 1
         if not ok:
             self._scope.cancel(reason="a streamed call failed")
@@ -276,6 +283,7 @@ class Pool:
         self._rr = 0
         self._work: trio.Nursery | None = None
         self._closing = False
+        self._live = nodes.desired  # nodes not (yet) failed or lost
 
     # -- public API (the sync face mirrors these names and parameters) --------------------
 
@@ -373,12 +381,25 @@ class Pool:
         future = Future(call.name)
 
         async def runner() -> None:
-            with future._scope:
-                try:
-                    future._value = await self.run_prepared(call, target=target)
-                except Exception as exc:
-                    future._error = exc
-            future._done.set()
+            try:
+                with future._scope:
+                    try:
+                        future._value = await self.run_prepared(call, target=target)
+                    except Exception as exc:
+                        future._error = exc
+            finally:
+                # Also when the pool closes under it: waiters must not hang.
+                if (
+                    not future._done.is_set()
+                    and future._error is None
+                    and future._scope.cancel_called
+                ):
+                    future._cancelled = True
+                elif not future._done.is_set() and self._closing and future._error is None:
+                    future._error = PoolClosedError(
+                        f"the pool closed before {call.name}() finished"
+                    )
+                future._done.set()
 
         self._work_nursery().start_soon(runner)
         return future
@@ -407,10 +428,12 @@ class Pool:
                 stream._send.send_nowait((index, True, value))
 
         async def all_of_them() -> None:
-            with stream._scope:
-                async with trio.open_nursery() as nursery:
-                    for i, call in enumerate(calls):
-                        nursery.start_soon(one, i, call)
+            # Closing the channel ends the consumer's wait even if the pool closes first.
+            async with stream._send:
+                with stream._scope:
+                    async with trio.open_nursery() as nursery:
+                        for i, call in enumerate(calls):
+                            nursery.start_soon(one, i, call)
 
         self._work_nursery().start_soon(all_of_them)
         return stream
@@ -496,7 +519,12 @@ class Pool:
     async def _acquire(self, target: int | None) -> _Node:
         while True:
             if self._closing:
-                raise RuntimeError("the pool is shutting down; no new calls are accepted")
+                raise PoolClosedError("the pool is shutting down; no new calls are accepted")
+            if not self._ready and self._live == 0:
+                raise PoolClosedError(
+                    "no nodes are left in the pool (every node failed or was lost); "
+                    "see the messages above for why"
+                )
             node = self._pick(target)
             if node is not None:
                 node.inflight += 1
@@ -505,6 +533,8 @@ class Pool:
 
     async def _acquire_any_ready(self) -> None:
         while not self._ready:
+            if self._closing or self._live == 0:
+                raise PoolClosedError("no nodes are ready, and none are coming up")
             await self._changed.wait()
 
     def _release(self, node: _Node) -> None:
@@ -743,7 +773,11 @@ class _Supervisor:
                     f"node {i} failed during {phase}: {detail}", node=i, phase=phase
                 )
             self.failures[i] = exc
+            pool._live -= 1
+            pool._notify()
             self._notify()
+            if pool._ready:  # the pool is already in use: say so instead of raising
+                _say(pool.options, str(exc))
             return
         capacity = pool.worker_config.concurrency + pool.worker_config.buffer
         node = _Node(i, instance, ssh, conn, capacity)
@@ -753,6 +787,7 @@ class _Supervisor:
         await conn.serve()
         # The link closed. During teardown that is expected; otherwise the node is lost.
         pool._ready.pop(i, None)
+        pool._live -= 1
         pool._notify()
         if not pool._closing:
             _say(pool.options, f"lost node {i}: {conn._link.close_reason if conn._link else ''}")
