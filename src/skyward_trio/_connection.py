@@ -8,7 +8,9 @@ and complete the waiting call directly: no task switch on either path.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import secrets
 from typing import Any
 
 import trio
@@ -40,6 +42,8 @@ class WorkerConnection:
         self._socket_path = socket_path
         self._decoder = _wire.FrameDecoder(expect_hello=True)
         self._link: _transport.WorkerLink | None = None
+        self._control: _transport.WorkerLink | None = None
+        self._session_id = secrets.token_hex(8)
         self._hello: dict[str, Any] | None = None
         self._hello_event = trio.Event()
         self._pending: dict[int, _Slot] = {}
@@ -48,18 +52,47 @@ class WorkerConnection:
         self.worker_pid: int | None = None
 
     async def open(self, secret: str) -> None:
-        """Open the channel and complete the handshake (versions are checked here).
+        """Open the data and control channels and complete both handshakes.
 
-        The caller owns the deadline.
+        The secret and versions are checked here, before anything is unpickled. The
+        control channel carries cancellations: the worker reads it even while every one
+        of its task threads is busy. The caller owns the deadline.
         """
+        hello = {
+            "secret": secret,
+            "python": PYTHON_VERSION,
+            "skyward": __version__,
+            "session": self._session_id,
+        }
         self._link = await self._ssh.open_unix(self._socket_path, self._on_data, self._on_close)
-        self._link.write(
-            _wire.encode_hello({"secret": secret, "python": PYTHON_VERSION, "skyward": __version__})
-        )
+        self._link.write(_wire.encode_hello({**hello, "role": "data"}))
         await self._hello_event.wait()  # also set when the link closes
-        hello = self._hello
+        self._check_hello(self._hello, self._link)
+        self._dispatch(self._decoder.release())
+
+        control_hello: list[dict[str, Any]] = []
+        control_decoder = _wire.FrameDecoder(expect_hello=True)
+        answered = trio.Event()
+
+        def on_control_data(data: bytes) -> None:
+            for msg in control_decoder.feed(data):
+                control_hello.append(msg)
+                answered.set()
+
+        def on_control_close(reason: str) -> None:
+            answered.set()
+            self._on_close(f"control channel: {reason}")
+
+        self._control = await self._ssh.open_unix(
+            self._socket_path, on_control_data, on_control_close
+        )
+        self._control.write(_wire.encode_hello({**hello, "role": "control"}))
+        await answered.wait()
+        self._check_hello(control_hello[0] if control_hello else None, self._control)
+
+    def _check_hello(self, hello: dict[str, Any] | None, link: _transport.WorkerLink) -> None:
         if hello is None:
-            reason = self._link.close_reason or "no answer"
+            reason = link.close_reason or "no answer"
             raise ProvisionError(
                 f"node {self.node}: the worker did not complete the handshake ({reason})",
                 node=self.node,
@@ -99,6 +132,9 @@ class WorkerConnection:
             if self._link is not None:
                 self._link.close()
             return
+        self._dispatch(messages)
+
+    def _dispatch(self, messages: list[Any]) -> None:
         for msg in messages:
             if isinstance(msg, dict):
                 self._hello = msg
@@ -166,14 +202,19 @@ class WorkerConnection:
                 await self._link.wait_writable()
             await slot.event.wait()
         except BaseException:
-            if self._pending.pop(task_id, None) is not None and not self.closed.is_set():
-                # Still running remotely: tell the worker to stop it and drop its result.
-                self._send(_wire.encode((_wire.CANCEL, task_id)))
+            if self._pending.pop(task_id, None) is not None:
+                self.cancel(task_id)
             raise
         if slot.error is not None:
             raise slot.error
         assert slot.message is not None
         return slot.message
+
+    def cancel(self, task_id: int) -> None:
+        """Tell the worker to drop a task (and free its slot if it is running)."""
+        if self._control is not None and not self.closed.is_set():
+            with contextlib.suppress(_transport.SSHError):
+                self._control.write(b"".join(_wire.encode((_wire.CANCEL, task_id))))
 
     def shutdown(self) -> None:
         """Ask the worker to exit (best effort; the provider terminates the node anyway)."""
@@ -181,5 +222,6 @@ class WorkerConnection:
             self._send(_wire.encode((_wire.SHUTDOWN,)))
 
     def close(self) -> None:
-        if self._link is not None:
-            self._link.close()
+        for link in (self._link, self._control):
+            if link is not None:
+                link.close()

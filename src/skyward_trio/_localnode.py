@@ -90,13 +90,14 @@ class _Node:
         process.exit(rc if rc >= 0 else 128 - rc)
 
     def kill_everything(self) -> None:
-        ready = self.directory / "worker.ready"
-        if ready.exists():
+        # Workers are started detached (their own session), so they are not in the
+        # process groups below: find each by the pid file it writes in its directory.
+        for ready in self.directory.glob("**/worker.ready"):
             try:
                 pid = int(ready.read_text().strip())
-            except ValueError:
-                pid = 0
-            if pid and _is_worker_of(pid, self.directory):
+            except (OSError, ValueError):
+                continue
+            if _is_worker_of(pid, ready.parent):
                 _kill_group(pid, signal.SIGKILL)
         for pgid in list(self.groups):
             _kill_group(pgid, signal.SIGKILL)

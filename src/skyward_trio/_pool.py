@@ -305,6 +305,11 @@ class Pool:
 
     async def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | ResultStream:
         """Run a group's calls in parallel: a tuple, or a ``ResultStream`` if it streams."""
+        if not isinstance(group, PendingFunctionGroup):
+            raise TypeError(
+                f"run_parallel() needs a group such as `f(x) & g(y)` or sky.gather(...), "
+                f"got {type(group).__qualname__}"
+            )
         prepared = [self.prepare(p) for p in group.items]
         if group.stream:
             return self.stream_prepared(prepared, ordered=group.ordered)

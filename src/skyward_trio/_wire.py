@@ -7,7 +7,8 @@ the header. Layout (little endian)::
     u32 header_len | u32 nbufs | u64 buf_len * nbufs | header | buf_0 | ... | buf_n-1
 
 The first frame on a connection is different: a JSON hello (``encode_hello``), so that
-versions can be checked before either side unpickles anything from the other.
+the secret and versions can be checked before either side unpickles anything from the
+other. The decoder stops after the hello and holds whatever follows until ``release()``.
 
 ``FrameDecoder`` is fed whatever bytes arrive and returns complete messages. Large
 buffers are received straight into a buffer of their final size, not accumulated and
@@ -78,6 +79,7 @@ class FrameDecoder:
     def __init__(self, *, expect_hello: bool = True) -> None:
         self._buf = bytearray()
         self._expect_hello = expect_hello
+        self._held = False
         # State of the frame being read: header length, buffer lengths, filled buffers.
         self._header_len: int | None = None
         self._buf_lens: list[int] = []
@@ -108,8 +110,15 @@ class FrameDecoder:
             if not more:
                 return out
 
+    def release(self) -> list[Any]:
+        """The hello was accepted: decode the frames held after it and go on decoding."""
+        self._held = False
+        return self.feed(b"")
+
     def _step(self) -> tuple[Any, bool]:
         """Consume from ``_buf``. Returns (message or None, whether to call again)."""
+        if self._held:
+            return None, False
         if self._expect_hello:
             if len(self._buf) < _HELLO.size:
                 return None, False
@@ -121,11 +130,12 @@ class FrameDecoder:
             raw = bytes(self._buf[_HELLO.size : _HELLO.size + n])
             del self._buf[: _HELLO.size + n]
             self._expect_hello = False
+            self._held = True  # nothing after the hello is unpickled before it is accepted
             try:
                 hello = json.loads(raw)
             except ValueError as exc:
                 raise ProtocolError(f"invalid hello: {exc}") from None
-            return hello, True
+            return hello, False
         if self._header_len is None:
             if len(self._buf) < _PREFIX.size:
                 return None, False

@@ -118,6 +118,7 @@ class Worker:
         self._secret = secret
         self.node: int = config["info"]["node"]
         self._cache = _FunctionCache()
+        self._sessions: dict[str, _Session] = {}
         self._shutdown = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -157,17 +158,43 @@ class Worker:
                 if not data:
                     return
                 messages = decoder.feed(data)
-            if not await self._handshake(stream, messages.pop(0)):
+            hello = messages[0]
+            if not await self._handshake(stream, hello):
+                return
+            session_id = str(hello.get("session", ""))
+            if hello.get("role") == "control":
+                await self._control(stream, decoder, session_id)
                 return
             token = trio.lowlevel.current_trio_token()
             done = trio.Event()
-            session = _Session(self, stream.socket.fileno(), decoder, messages, token, done)
+            session = _Session(self, stream.socket.fileno(), decoder, token, done)
+            self._sessions[session_id] = session
             session.start()
             try:
                 await done.wait()
             finally:
                 # Worker shutdown, or the client left: stop reading, drop what is queued.
                 session.close()
+                if self._sessions.get(session_id) is session:
+                    del self._sessions[session_id]
+
+    async def _control(
+        self, stream: trio.SocketStream, decoder: _wire.FrameDecoder, session_id: str
+    ) -> None:
+        """A session's control channel, read by the trio thread even when every task
+        thread is busy: cancellations take effect at once."""
+        messages = decoder.release()
+        while True:
+            for msg in messages:
+                session = self._sessions.get(session_id)
+                if msg[0] == _wire.CANCEL and session is not None:
+                    session.cancel(msg[1])
+                elif msg[0] == _wire.SHUTDOWN:
+                    self._shutdown.set()
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            messages = decoder.feed(data)
 
     async def _handshake(self, stream: trio.SocketStream, hello: Any) -> bool:
         problem = None
@@ -195,7 +222,7 @@ class Worker:
 
 
 class _Task:
-    __slots__ = ("args", "cancelled", "fn_key", "kind", "task_id")
+    __slots__ = ("args", "cancelled", "fn_key", "kind", "running", "task_id")
 
     def __init__(self, kind: int, task_id: int, fn_key: str, args: _serial.Payload) -> None:
         self.kind = kind
@@ -203,6 +230,7 @@ class _Task:
         self.fn_key = fn_key
         self.args = args
         self.cancelled = False
+        self.running = False
 
 
 class _Session:
@@ -224,7 +252,6 @@ class _Session:
         worker: Worker,
         fd: int,
         decoder: _wire.FrameDecoder,
-        pending: list[Any],
         token: trio.lowlevel.TrioToken,
         done: trio.Event,
     ) -> None:
@@ -239,16 +266,43 @@ class _Session:
         self._queue: collections.deque[_Task] = collections.deque()
         self._live: dict[int, _Task] = {}
         self._closed = False
-        self._threads = int(worker.config.get("concurrency", 1))
-        self._running = self._threads
+        self._target = int(worker.config.get("concurrency", 1))
+        self._alive = 0
         self._count_lock = threading.Lock()
-        for msg in pending:
+        # Cancellations that overtook their task (they travel on another channel).
+        self._precancelled: set[int] = set()
+        self._precancelled_order: collections.deque[int] = collections.deque()
+        for msg in decoder.release():
             self._dispatch(msg)
 
     def start(self) -> None:
-        for i in range(self._threads):
-            name = f"skyward-node{self._worker.node}-slot{i}"
-            threading.Thread(target=self._loop, name=name, daemon=True).start()
+        for _ in range(self._target):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with self._count_lock:
+            self._alive += 1
+            number = self._alive
+        name = f"skyward-node{self._worker.node}-thread{number}"
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def cancel(self, task_id: int) -> None:
+        """Drop a task (from the trio thread, via the control channel).
+
+        A queued task is skipped. A running one cannot be stopped (threads cannot be
+        killed): its result is dropped, and a new thread takes its place so the slot is
+        free again; the old thread ends when the task returns.
+        """
+        task = self._live.pop(task_id, None)
+        if task is None:
+            self._precancelled.add(task_id)  # its RUN may still be on its way
+            self._precancelled_order.append(task_id)
+            if len(self._precancelled_order) > 4096:
+                self._precancelled.discard(self._precancelled_order.popleft())
+            return
+        task.cancelled = True
+        if task.running and not self._closed:
+            self._spawn()
 
     def close(self) -> None:
         self._closed = True
@@ -265,10 +319,14 @@ class _Session:
                 if task is None:
                     return
                 self._execute(task)
+                if task.cancelled:
+                    with self._count_lock:
+                        if self._alive > self._target:
+                            return  # a replacement took this thread's place
         finally:
             with self._count_lock:
-                self._running -= 1
-                last = self._running == 0
+                self._alive -= 1
+                last = self._alive == 0
             if last:
                 self._sock.close()
                 self._token.run_sync_soon(self._done.set)
@@ -302,6 +360,9 @@ class _Session:
         if kind in (_wire.RUN, _wire.BATCH):
             _, task_id, fn_key, fn_payload, args_payload = msg
             self._worker._cache.add(fn_key, fn_payload)
+            if task_id in self._precancelled:
+                self._precancelled.discard(task_id)
+                return
             task = _Task(kind, task_id, fn_key, args_payload)
             self._live[task_id] = task
             self._queue.append(task)
@@ -315,6 +376,7 @@ class _Session:
             raise _wire.ProtocolError(f"unknown message kind {kind!r}")
 
     def _execute(self, task: _Task) -> None:
+        task.running = True
         t0 = time.perf_counter()
         cache = self._worker._cache
         if task.kind == _wire.RUN:

@@ -1,0 +1,156 @@
+"""What makes a ``sky.Local`` node a real machine: its own address, loopback-only listening,
+verified host keys, and no processes left behind when the client dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+import skyward as sky
+import skyward_trio
+from skyward_trio import _transport
+
+QUIET = skyward_trio.Options(console="silent")
+
+
+def _pids_of(job_id: str) -> list[int]:
+    marker = f"skyward-{job_id}-".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _listening_addresses(pids: list[int]) -> set[str]:
+    """Local addresses of the TCP sockets these processes listen on (IPv4 and IPv6)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A = LISTEN
+                addresses.add(local.split(":")[0])
+    return addresses
+
+
+async def test_nodes_listen_on_their_own_loopback_address_only() -> None:
+    async with skyward_trio.Compute(provider=skyward_trio.Local(), nodes=2, options=QUIET) as pool:
+        pids = _pids_of(pool.job_id)
+        listening = _listening_addresses(pids)
+    # 127.0.0.2 and 127.0.0.3, as /proc/net/tcp writes them (little-endian hex).
+    assert listening == {"0200007F", "0300007F"}
+
+
+async def test_a_wrong_host_key_is_refused() -> None:
+    async with skyward_trio.Compute(provider=skyward_trio.Local(), nodes=1, options=QUIET) as pool:
+        node = pool._ready[0]
+        impostor = _transport.public_openssh(_transport.generate_key())
+        with pytest.raises(_transport.SSHError, match="Host key"):
+            await _transport.connect(
+                node.instance.host,
+                node.instance.port,
+                username=node.instance.username,
+                client_key=_transport.generate_key(),
+                host_key=impostor,
+            )
+
+
+async def test_an_unknown_client_key_is_refused() -> None:
+    async with skyward_trio.Compute(provider=skyward_trio.Local(), nodes=1, options=QUIET) as pool:
+        node = pool._ready[0]
+        with pytest.raises(_transport.SSHError, match=r"[Pp]ermission denied"):
+            await _transport.connect(
+                node.instance.host,
+                node.instance.port,
+                username=node.instance.username,
+                client_key=_transport.generate_key(),
+                host_key=node.instance.host_key,
+            )
+
+
+KILLED_CLIENT = textwrap.dedent(
+    """
+    import time
+    import skyward as sky
+
+    with sky.Compute(provider=sky.Local(), nodes=2, options=sky.Options(console="silent")) as pool:
+        print(pool.job_id, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_nodes_go_away_when_the_client_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(KILLED_CLIENT)
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        job_id = proc.stdout.readline().strip()
+        assert len(_pids_of(job_id)) == 4  # two SSH servers, two workers
+        proc.send_signal(signal.SIGKILL)  # no teardown runs in the client
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while _pids_of(job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _pids_of(job_id) == []
+
+
+def test_sync_face_inside_a_running_asyncio_loop() -> None:
+    """Like a Jupyter cell: blocking calls from a thread whose asyncio loop is running."""
+
+    @sky.function
+    def double(x: int) -> int:
+        return 2 * x
+
+    async def cell() -> tuple[int, list[int], asyncio.AbstractEventLoop]:
+        loop = asyncio.get_running_loop()
+        with sky.Compute(provider=sky.Local(), nodes=2, options=QUIET) as pool:
+            one = double(21) >> pool
+            every = double(1) @ pool
+        assert asyncio.get_running_loop() is loop  # the caller's loop was not touched
+        return one, every, loop
+
+    one, every, loop = asyncio.run(cell())
+    assert one == 42
+    assert every == [2, 2]
+    assert loop.is_closed()  # asyncio.run closed its own loop normally
+
+
+def test_trio_face_runs_inside_an_existing_trio_asyncio_loop() -> None:
+    import trio_asyncio
+
+    @skyward_trio.function
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    async def main() -> int:
+        async with (
+            trio_asyncio.open_loop(),
+            skyward_trio.Compute(provider=skyward_trio.Local(), options=QUIET) as pool,
+        ):
+            return int(await (add(2, 3) >> pool))
+
+    assert trio.run(main) == 5
