@@ -848,6 +848,7 @@ class _Supervisor:
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,
             "env": dict(pool.spec.image.env),
+            "sys_path": list(instance.sys_path),
         }
 
     async def shutdown(self) -> TeardownError | None:

@@ -40,6 +40,9 @@ class Instance:
     public_ip: str | None
     python: str  # interpreter the worker runs with
     workdir: str
+    # Import path the worker starts with: Local nodes share this machine's files, so they
+    # get the client's sys.path and can import the same modules (your own included).
+    sys_path: tuple[str, ...] = ()
 
 
 class Cluster(Protocol):
@@ -117,6 +120,7 @@ class LocalCluster:
             public_ip=None,
             python=sys.executable,
             workdir=str(directory / "work"),
+            sys_path=tuple(os.path.abspath(p) if p == "" else p for p in sys.path),
         )
 
     async def terminate(self, instance: Instance) -> None:

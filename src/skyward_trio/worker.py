@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     directory: Path = args.dir
     config = json.loads((directory / "worker.json").read_text())
     secret = (directory / "secret").read_bytes().strip()
+    for entry in reversed(config.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
     _runtime.set_instance_info(from_dict(config["info"]))
     os.environ.update(config.get("env", {}))
     os.chdir(directory)

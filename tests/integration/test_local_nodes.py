@@ -154,3 +154,21 @@ def test_trio_face_runs_inside_an_existing_trio_asyncio_loop() -> None:
             return int(await (add(2, 3) >> pool))
 
     assert trio.run(main) == 5
+
+
+def test_workers_import_your_modules_from_the_client_import_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Local node shares this machine's files: a module of yours, importable here, is
+    importable on the node, so functions from it travel by reference."""
+    (tmp_path / "my_project_helpers.py").write_text(
+        "import os\n\ndef where(x):\n    return (x * 2, os.environ.get('SKYWARD_NODE_DIR', ''))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_project_helpers  # type: ignore[import-not-found]
+
+    with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
+        value, _ = sky.function(my_project_helpers.where)(21) >> pool
+        loaded = sky.function(lambda: "my_project_helpers" in sys.modules)() >> pool
+    assert value == 42
+    assert loaded
