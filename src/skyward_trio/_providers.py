@@ -120,7 +120,7 @@ class LocalCluster:
             public_ip=None,
             python=sys.executable,
             workdir=str(directory / "work"),
-            sys_path=tuple(os.path.abspath(p) if p == "" else p for p in sys.path),
+            sys_path=_client_sys_path(),
         )
 
     async def terminate(self, instance: Instance) -> None:
@@ -172,6 +172,12 @@ async def _read_ready(proc: trio.Process, directory: Path) -> int:
         log = (directory / "sshd.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"local node server did not start (said {line!r}); its log:\n{log}")
     return int(line.split()[1])
+
+
+def _client_sys_path() -> tuple[str, ...]:
+    """This process's import path, with "" (the current directory) made absolute."""
+    cwd = os.getcwd()
+    return tuple(cwd if entry == "" else entry for entry in sys.path)
 
 
 def _open_log(path: Path) -> Any:
