@@ -172,3 +172,26 @@ def test_workers_import_your_modules_from_the_client_import_path(
         loaded = sky.function(lambda: "my_project_helpers" in sys.modules)() >> pool
     assert value == 42
     assert loaded
+
+
+async def test_ssh_prefers_aes128_gcm_and_default_provider_is_announced(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    async with skyward_trio.Compute(nodes=1) as pool:  # no provider: Local, and it says so
+        assert pool._ready[0].ssh.cipher == "aes128-gcm@openssh.com"
+    assert "no provider given: using sky.Local()" in capfd.readouterr().err
+
+
+async def test_partial_readiness_starts_at_min_and_the_rest_join() -> None:
+    nodes = skyward_trio.Nodes(desired=3, min=1)
+    async with skyward_trio.Compute(
+        provider=skyward_trio.Local(), nodes=nodes, options=QUIET
+    ) as pool:
+        assert pool.current_nodes() >= 1
+        while pool.current_nodes() < 3:
+            await pool._changed.wait()
+        assert sorted(await (skyward_trio.function(_node_index)() @ pool)) == [0, 1, 2]
+
+
+def _node_index() -> int:
+    return skyward_trio.instance_info().node

@@ -1,0 +1,52 @@
+"""Pure decisions of the core: map batch sizing and the bootstrap script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from skyward_trio._bootstrap import READY_MARK, worker_bootstrap
+from skyward_trio._pool import _batch_size
+
+
+def test_first_batch_is_one_item() -> None:
+    assert _batch_size(None, None) == 1
+
+
+def test_tiny_tasks_travel_thousands_per_message() -> None:
+    assert _batch_size(2e-6, 20.0) == 8192  # capped
+    assert 1990 <= _batch_size(1e-5, 20.0) <= 2000  # about 20 ms of work
+
+
+def test_long_tasks_go_one_at_a_time() -> None:
+    assert _batch_size(0.5, 20.0) == 1
+
+
+def test_big_items_cap_the_batch_by_bytes() -> None:
+    assert _batch_size(1e-6, 100_000.0) == 20  # about 2 MB per message
+
+
+def test_bootstrap_script_is_valid_bash_and_keeps_the_secret_off_the_command_line() -> None:
+    script = worker_bootstrap(
+        workdir="/tmp/node dir/work",
+        python="/usr/bin/python3",
+        secret="s3cret-value",
+        config={"info": {"node": 0}, "env": {"A": "it's"}},
+        start_timeout=5,
+    )
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    assert "s3cret-value" in script  # written to a file from stdin, never an argument
+    assert "'/tmp/node dir/work'" in script  # quoted
+    assert "setsid" in script
+    assert READY_MARK in script
+    body = script.split("cat > worker.json <<'SKYWARD_EOF_7f3a'\n", 1)[1].split("\nSKYWARD", 1)[0]
+    assert json.loads(body) == {"info": {"node": 0}, "env": {"A": "it's"}}
+
+
+def test_bootstrap_refuses_a_payload_containing_its_terminator() -> None:
+    with pytest.raises(ValueError, match="terminator"):
+        worker_bootstrap(
+            workdir="/w", python="p", secret="SKYWARD_EOF_7f3a", config={}, start_timeout=1
+        )
