@@ -36,6 +36,7 @@ from ._errors import (
     ProvisionError,
     RemoteError,
     SerializationError,
+    SkywardError,
     TaskTimeoutError,
     TeardownError,
 )
@@ -209,7 +210,7 @@ class Future:
         return self._value
 
 
-class CancelledCallError(Exception):
+class CancelledCallError(SkywardError):
     """``result()`` of a ``Future`` that was cancelled."""
 
     def __init__(self, name: str) -> None:
