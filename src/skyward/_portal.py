@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -87,6 +88,12 @@ class Portal:
         assert self._context is not None
         self._context.run(self._nursery.start_soon, job.run)
 
+    def spawn(self, fn: Callable[[], Awaitable[Any]]) -> Job:
+        """Start ``fn()`` as a job; call this on the loop's own thread."""
+        job = Job(fn)
+        self._spawn(job)
+        return job
+
     def submit(self, fn: Callable[[], Awaitable[Any]]) -> Job:
         """Start ``fn()`` on the loop; returns at once."""
         if threading.current_thread() is self._thread:
@@ -123,18 +130,17 @@ class Portal:
     @staticmethod
     def _wait_quietly(job: Job, timeout: float = _CANCEL_GRACE) -> None:
         """Wait for a cancelled job to unwind; further Ctrl-Cs do not cut it short."""
-        deadline = threading.Event()
-        timer = threading.Timer(timeout, deadline.set)
-        timer.daemon = True
-        timer.start()
-        try:
-            while not job.future.done() and not deadline.is_set():
-                try:
-                    concurrent.futures.wait([job.future], timeout=0.5)
-                except KeyboardInterrupt:
-                    continue
-        finally:
-            timer.cancel()
+        Portal.wait_quietly(job.future, timeout)
+
+    @staticmethod
+    def wait_quietly(future: concurrent.futures.Future[Any], timeout: float) -> None:
+        """Wait for ``future`` up to ``timeout`` s; further Ctrl-Cs do not cut it short."""
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            try:
+                concurrent.futures.wait([future], timeout=0.5)
+            except KeyboardInterrupt:
+                continue
 
 
 _lock = threading.Lock()

@@ -17,6 +17,7 @@ import skyward_trio
 from skyward_trio import PendingFunction, PendingFunctionGroup, Spec
 from skyward_trio._function import active_pool
 from skyward_trio._model import Options
+from skyward_trio._pool import Inflight, Outcome, PreparedCall
 
 from ._portal import Job, Portal, get_portal
 
@@ -38,7 +39,7 @@ class Pool:
         """Run ``pending`` on one node (round-robin, or ``target``: ``"head"`` or an index)."""
         prepared = self._core.prepare(pending)
         node = self._core._check_target(target)
-        return self._portal.call(lambda: self._core.run_prepared(prepared, target=node))
+        return _SyncCall(self._core, self._portal, prepared, node).result()
 
     def run_async(
         self, pending: PendingFunction[Any], *, target: int | str | None = None
@@ -93,6 +94,79 @@ class Pool:
     def current_nodes(self) -> int:
         """How many nodes are ready right now."""
         return self._core.current_nodes()
+
+
+class _SyncCall:
+    """One blocking call, started straight from the portal's callback.
+
+    When a node has a free slot the call is sent from the callback itself and its reply
+    completes a ``concurrent.futures.Future`` from the transport's data callback: no trio
+    task is spawned or scheduled on either path, and the result is unpickled here, in
+    the caller's thread. With every slot busy it waits for one in a task.
+    """
+
+    def __init__(
+        self,
+        core: skyward_trio.Pool,
+        portal: Portal,
+        prepared: PreparedCall,
+        target: int | None,
+    ) -> None:
+        self._core = core
+        self._portal = portal
+        self._prepared = prepared
+        self._target = target
+        self._done: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self._inflight: Inflight | None = None
+        self._waiting: Job | None = None
+        self._cancelled = False
+
+    def _on_done(self, outcome: Outcome) -> None:
+        self._done.set_result(outcome)
+
+    def _start(self) -> None:  # on the trio thread
+        if self._cancelled:
+            return
+        try:
+            self._inflight = self._core.try_start(self._prepared, self._target, self._on_done)
+        except Exception as exc:
+            self._done.set_exception(exc)
+            return
+        if self._inflight is None:
+            self._waiting = self._portal.spawn(self._start_when_free)
+
+    async def _start_when_free(self) -> None:
+        try:
+            self._inflight = await self._core.start(self._prepared, self._target, self._on_done)
+        except Exception as exc:
+            self._done.set_exception(exc)
+        if self._cancelled and self._inflight is not None:
+            self._inflight.cancel()
+
+    def _cancel(self) -> None:  # on the trio thread
+        self._cancelled = True
+        if self._inflight is not None:
+            self._inflight.cancel()
+        elif self._waiting is not None:
+            self._portal.cancel(self._waiting)
+            if not self._done.done():
+                self._done.set_exception(KeyboardInterrupt())
+        elif not self._done.done():
+            self._done.set_exception(KeyboardInterrupt())
+
+    def result(self) -> Any:
+        self._portal.run_sync_soon(self._start)
+        try:
+            message, node, error = self._done.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: tell the worker, free the slot, then let the interrupt propagate.
+            self._portal.run_sync_soon(self._cancel)
+            self._portal.wait_quietly(self._done, timeout=10)
+            raise
+        if error is not None:
+            raise error
+        assert message is not None
+        return self._core.finish(self._prepared, message, node)
 
 
 class Compute:

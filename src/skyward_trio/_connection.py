@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -24,6 +25,10 @@ __all__ = ["WorkerConnection"]
 _ids = itertools.count(1)
 
 
+#: Called once with the worker's reply message, or with the error that ended the wait.
+Callback = Callable[[tuple[Any, ...] | None, BaseException | None], None]
+
+
 class _Slot:
     __slots__ = ("error", "event", "message")
 
@@ -31,6 +36,11 @@ class _Slot:
         self.event = trio.Event()
         self.message: tuple[Any, ...] | None = None
         self.error: BaseException | None = None
+
+    def __call__(self, message: tuple[Any, ...] | None, error: BaseException | None) -> None:
+        self.message = message
+        self.error = error
+        self.event.set()
 
 
 class WorkerConnection:
@@ -46,7 +56,7 @@ class WorkerConnection:
         self._session_id = secrets.token_hex(8)
         self._hello: dict[str, Any] | None = None
         self._hello_event = trio.Event()
-        self._pending: dict[int, _Slot] = {}
+        self._pending: dict[int, Callback] = {}
         self._sent_functions: set[str] = set()
         self.closed = trio.Event()
         self.worker_pid: int | None = None
@@ -119,10 +129,9 @@ class WorkerConnection:
         error = ConnectionLostError(
             f"the connection to node {self.node}'s worker was lost ({reason})", node=self.node
         )
-        for slot in self._pending.values():
-            slot.error = error
-            slot.event.set()
-        self._pending.clear()
+        pending, self._pending = self._pending, {}
+        for callback in pending.values():
+            callback(None, error)
 
     def _on_data(self, data: bytes) -> None:
         try:
@@ -140,10 +149,9 @@ class WorkerConnection:
                 self._hello = msg
                 self._hello_event.set()
                 continue
-            slot = self._pending.pop(msg[1], None)
-            if slot is not None:
-                slot.message = msg
-                slot.event.set()
+            callback = self._pending.pop(msg[1], None)
+            if callback is not None:
+                callback(msg, None)
 
     def _send(self, chunks: list[Any]) -> None:
         # asyncssh's write is synchronous (it buffers), so there is no writer task to
@@ -170,10 +178,18 @@ class WorkerConnection:
         self._sent_functions.add(fn_key)
         return fn_payload
 
-    async def call(
-        self, fn_key: str, fn_payload: _serial.Payload, args_payload: _serial.Payload
-    ) -> tuple[Any, ...]:
-        """Run one task; return its RESULT message. Cancellation tells the worker."""
+    def call_nowait(
+        self,
+        fn_key: str,
+        fn_payload: _serial.Payload,
+        args_payload: _serial.Payload,
+        callback: Callback,
+    ) -> int:
+        """Send one task; ``callback`` gets its RESULT message. Returns the task id.
+
+        Synchronous (no task is spawned and nothing awaits), so the sync face can start a
+        call straight from the portal's callback. Use ``forget`` to give up on it.
+        """
         task_id = next(_ids)
         message = (
             _wire.RUN,
@@ -182,7 +198,18 @@ class WorkerConnection:
             self._function_part(fn_key, fn_payload),
             args_payload,
         )
-        return await self._roundtrip(task_id, _wire.encode(message))
+        self._pending[task_id] = callback
+        try:
+            self._send(_wire.encode(message))
+        except BaseException:
+            del self._pending[task_id]
+            raise
+        return task_id
+
+    def forget(self, task_id: int) -> None:
+        """Stop waiting for a task and tell the worker to drop it (and free its slot)."""
+        if self._pending.pop(task_id, None) is not None:
+            self.cancel(task_id)
 
     async def call_batch(
         self, fn_key: str, fn_payload: _serial.Payload, items_payload: _serial.Payload
