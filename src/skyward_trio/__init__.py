@@ -6,7 +6,7 @@ enforces it):
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
    ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
-3. the worker: ``worker`` (only trio + layers 1-2: it is imported on remote machines)
+3. the worker: ``_execute``, ``worker`` (only trio + layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_providers``,
    ``_localnode`` (a Local node's SSH server process), ``_connection``
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler)

@@ -29,84 +29,11 @@ from typing import Any
 import trio
 
 from . import _runtime, _serial, _wire
+from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["main"]
-
-_COALESCE = 256 * 1024
-
-
-class _FunctionCache:
-    """Unpickled functions by key; each is unpickled once, in a worker thread."""
-
-    def __init__(self) -> None:
-        self._payloads: dict[str, _serial.Payload] = {}
-        self._functions: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def add(self, key: str, payload: _serial.Payload | None) -> None:
-        if payload is not None and key not in self._functions:
-            self._payloads[key] = payload
-
-    def get(self, key: str) -> Any:
-        """Return the function for ``key`` (call from a worker thread)."""
-        with self._lock:
-            fn = self._functions.get(key)
-            if fn is None:
-                fn = _serial.loads(self._payloads.pop(key))
-                self._functions[key] = fn
-            return fn
-
-
-def _run_one(cache: _FunctionCache, fn_key: str, args_payload: _serial.Payload) -> tuple[bool, Any]:
-    try:
-        fn = cache.get(fn_key)
-        args, kwargs = _serial.loads(args_payload)
-        value = fn(*args, **kwargs)
-    except BaseException as exc:  # user code: report everything, including SystemExit
-        return False, _serial.dump_exception(exc)
-    try:
-        return True, _serial.dumps(value)
-    except Exception as exc:
-        return False, _result_pickle_error(value, exc)
-
-
-def _result_pickle_error(value: Any, exc: Exception) -> Any:
-    err = TypeError(
-        f"the function returned a {type(value).__qualname__} that cannot be pickled "
-        f"({exc}); return plain data (numbers, strings, arrays, dicts) instead"
-    )
-    return _serial.dump_exception(err)
-
-
-def _run_batch(cache: _FunctionCache, fn_key: str, items_payload: _serial.Payload) -> Any:
-    try:
-        fn = cache.get(fn_key)
-        items = _serial.loads(items_payload)
-    except BaseException as exc:
-        failure = (False, _serial.dump_exception(exc))
-        return _serial.dumps([failure])
-    results: list[tuple[bool, Any]] = []
-    for item in items:
-        try:
-            results.append((True, fn(item)))
-        except BaseException as exc:  # user code
-            results.append((False, _serial.dump_exception(exc)))
-    try:
-        return _serial.dumps(results)
-    except Exception:
-        # One bad result must not sink the batch: find it, report it, keep the rest.
-        fixed: list[tuple[bool, Any]] = []
-        for ok, value in results:
-            if ok:
-                try:
-                    _serial.dumps(value)
-                except Exception as exc:
-                    fixed.append((False, _result_pickle_error(value, exc)))
-                    continue
-            fixed.append((ok, value))
-        return _serial.dumps(fixed)
 
 
 class Worker:
@@ -117,7 +44,7 @@ class Worker:
         self.config = config
         self._secret = secret
         self.node: int = config["info"]["node"]
-        self._cache = _FunctionCache()
+        self._cache = FunctionCache()
         self._sessions: dict[str, _Session] = {}
         self._shutdown = trio.Event()
 
@@ -380,7 +307,7 @@ class _Session:
         t0 = time.perf_counter()
         cache = self._worker._cache
         if task.kind == _wire.RUN:
-            ok, payload = _run_one(cache, task.fn_key, task.args)
+            ok, payload = run_one(cache, task.fn_key, task.args)
             message: tuple[Any, ...] = (
                 _wire.RESULT,
                 task.task_id,
@@ -389,7 +316,7 @@ class _Session:
                 time.perf_counter() - t0,
             )
         else:
-            payload = _run_batch(cache, task.fn_key, task.args)
+            payload = run_batch(cache, task.fn_key, task.args)
             message = (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
         self._live.pop(task.task_id, None)
         if task.cancelled or self._closed:

@@ -24,6 +24,7 @@ LAYERS = {
     "_bootstrap": 1,
     "_wire": 2,
     "_serial": 2,
+    "_execute": 3,
     "worker": 3,
     "_transport": 4,
     "_providers": 4,
