@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from skyward_trio import (
     DEFAULT_IMAGE,
     AcceleratorInfo,
+    CallbackWriter,
     ConnectionLostError,
     Function,
     Image,
@@ -54,7 +55,11 @@ from skyward_trio import (
     gather,
     instance_info,
     is_head,
+    redirect_output,
     shard,
+    silent,
+    stderr,
+    stdout,
     time,
 )
 
@@ -64,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IMAGE",
     "AcceleratorInfo",
+    "CallbackWriter",
     "Compute",
     "ConnectionLostError",
     "Function",
@@ -98,7 +104,11 @@ __all__ = [
     "gather",
     "instance_info",
     "is_head",
+    "redirect_output",
     "shard",
+    "silent",
+    "stderr",
+    "stdout",
     "time",
 ]
 

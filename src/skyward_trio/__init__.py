@@ -4,7 +4,7 @@ Layers, lowest first; a module imports only its own layer or lower (``tests/unit
 enforces it):
 
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
-   ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``
+   ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``, ``_capture``, ``_output``
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker: ``_execute``, ``worker`` (only trio + layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_providers``,
@@ -47,6 +47,7 @@ from ._model import (
     Volume,
     Worker,
 )
+from ._output import CallbackWriter, redirect_output, silent, stderr, stdout
 from ._runtime import instance_info, is_head
 from ._shard import shard
 from ._version import __version__
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IMAGE",
     "AcceleratorInfo",
+    "CallbackWriter",
     "CancelledCallError",
     "Compute",
     "ConnectionLostError",
@@ -94,7 +96,11 @@ __all__ = [
     "gather",
     "instance_info",
     "is_head",
+    "redirect_output",
     "shard",
+    "silent",
+    "stderr",
+    "stdout",
     "time",
 ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,14 @@ class _Slot:
         self.event.set()
 
 
+def _print_output(node: int, stream: str, text: str) -> None:
+    """Print a task's output here, each line prefixed with its node."""
+    target = sys.stdout if stream == "stdout" else sys.stderr
+    lines = text.splitlines()
+    target.write("".join(f"[node {node}] {line}\n" for line in lines))
+    target.flush()
+
+
 class WorkerConnection:
     """Calls into one node's worker over an SSH channel."""
 
@@ -60,6 +69,8 @@ class WorkerConnection:
         self._sent_functions: set[str] = set()
         self.closed = trio.Event()
         self.worker_pid: int | None = None
+        #: Receives ``(node, "stdout" | "stderr", text)`` for each chunk of task output.
+        self.on_output: Callable[[int, str, str], None] = _print_output
 
     async def open(self, secret: str) -> None:
         """Open the data and control channels and complete both handshakes.
@@ -148,6 +159,10 @@ class WorkerConnection:
             if isinstance(msg, dict):
                 self._hello = msg
                 self._hello_event.set()
+                continue
+            if msg[0] == _wire.OUTPUT:
+                if msg[1] in self._pending:  # a cancelled task's output is dropped too
+                    self.on_output(self.node, msg[2], msg[3])
                 continue
             callback = self._pending.pop(msg[1], None)
             if callback is not None:

@@ -724,6 +724,10 @@ async def _run_all(thunks: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
+def _drop_output(node: int, stream: str, text: str) -> None:
+    """Where task output goes with ``console="silent"``."""
+
+
 def _say(options: Options, message: str) -> None:
     if options.console is False or options.console == "silent":
         return
@@ -921,6 +925,8 @@ class _Supervisor:
                 )
             phase = "worker"
             conn = WorkerConnection(i, ssh, f"{instance.workdir}/worker.sock")
+            if options.console is False or options.console == "silent":
+                conn.on_output = _drop_output
             with trio.fail_after(30):
                 await conn.open(self.secret)
         except Exception as exc:

@@ -26,6 +26,7 @@ __all__ = [
     "BATCH",
     "BATCH_RESULT",
     "CANCEL",
+    "OUTPUT",
     "RESULT",
     "RUN",
     "SHUTDOWN",
@@ -42,6 +43,7 @@ SHUTDOWN = 4  # (SHUTDOWN,)
 # Worker -> client.
 RESULT = 10  # (RESULT, task_id, ok, payload, elapsed_s)
 BATCH_RESULT = 11  # (BATCH_RESULT, batch_id, payload, elapsed_s)
+OUTPUT = 12  # (OUTPUT, task_id, "stdout" | "stderr", text): a task's output, as written
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")

@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from . import _runtime, _serial, _wire
+from . import _capture, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._version import PYTHON_VERSION, __version__
@@ -306,21 +306,28 @@ class _Session:
         task.running = True
         t0 = time.perf_counter()
         cache = self._worker._cache
-        if task.kind == _wire.RUN:
-            ok, payload = run_one(cache, task.fn_key, task.args)
-            message: tuple[Any, ...] = (
-                _wire.RESULT,
-                task.task_id,
-                ok,
-                payload,
-                time.perf_counter() - t0,
-            )
-        else:
-            payload = run_batch(cache, task.fn_key, task.args)
-            message = (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
+        output = _TaskOutput(self, task)
+        with _capture.route(output.write):
+            if task.kind == _wire.RUN:
+                ok, payload = run_one(cache, task.fn_key, task.args)
+                message: tuple[Any, ...] = (
+                    _wire.RESULT,
+                    task.task_id,
+                    ok,
+                    payload,
+                    time.perf_counter() - t0,
+                )
+            else:
+                payload = run_batch(cache, task.fn_key, task.args)
+                message = (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
+        output.flush()
         self._live.pop(task.task_id, None)
         if task.cancelled or self._closed:
             return  # the client gave up on it: a late result is dropped
+        self.send(message)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send one frame (from any thread; frames never interleave)."""
         frame = _wire.encode(message)
         if len(frame) > 1 and sum(len(c) for c in frame) < 65536:
             frame = [b"".join(frame)]
@@ -330,6 +337,37 @@ class _Session:
                     self._sock.sendall(chunk)
             except OSError:
                 self.close()
+
+
+class _TaskOutput:
+    """A task's stdout/stderr, sent to the client a line at a time as it is written."""
+
+    _LIMIT = 8192
+
+    def __init__(self, session: _Session, task: _Task) -> None:
+        self._session = session
+        self._task = task
+        self._pending = {"stdout": "", "stderr": ""}
+
+    def write(self, stream: str, text: str) -> None:
+        data = self._pending[stream] + text
+        # Whole lines go now (streamed, not at the end); a partial line waits for the rest.
+        cut = data.rfind("\n") + 1
+        if len(data) > self._LIMIT:
+            cut = len(data)
+        self._pending[stream] = data[cut:]
+        if cut:
+            self._emit(stream, data[:cut])
+
+    def flush(self) -> None:
+        for stream, text in self._pending.items():
+            if text:
+                self._pending[stream] = ""
+                self._emit(stream, text)
+
+    def _emit(self, stream: str, text: str) -> None:
+        if not self._task.cancelled:
+            self._session.send((_wire.OUTPUT, self._task.task_id, stream, text))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -345,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.path.insert(0, entry)
     _runtime.set_instance_info(from_dict(config["info"]))
     os.environ.update(config.get("env", {}))
+    _capture.install()
     os.chdir(directory)
     worker = Worker(directory, config, secret)
     trio.run(worker.serve)

@@ -22,6 +22,8 @@ LAYERS = {
     "_shard": 1,
     "_function": 1,
     "_bootstrap": 1,
+    "_capture": 1,
+    "_output": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
