@@ -8,16 +8,17 @@ the trio loop never stalls on a big pickle.
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import trio
 
 import skyward_trio
-from skyward_trio import PendingFunction, PendingFunctionGroup, Spec
+from skyward_trio import PendingFunction, PendingFunctionGroup, Spec, _serial
 from skyward_trio._function import active_pool
 from skyward_trio._model import Options
-from skyward_trio._pool import Inflight, Outcome, PreparedCall
+from skyward_trio._pool import _CREDIT_BATCH, Inflight, Outcome, PreparedCall
 
 from ._portal import Job, Portal, get_portal
 
@@ -39,19 +40,24 @@ class Pool:
         """Run ``pending`` on one node (round-robin, or ``target``: ``"head"`` or an index)."""
         prepared = self._core.prepare(pending)
         node = self._core._check_target(target)
-        return _SyncCall(self._core, self._portal, prepared, node).result()
+        call = _SyncCall(self._core, self._portal, prepared, node)
+        if prepared.stream:
+            return call.items()
+        return call.result()
 
     def run_async(
         self, pending: PendingFunction[Any], *, target: int | str | None = None
     ) -> concurrent.futures.Future[Any]:
         """Start ``pending`` without waiting; returns a ``concurrent.futures.Future``."""
         prepared = self._core.prepare(pending)
+        prepared.refuse_stream("`>` (run_async)")
         node = self._core._check_target(target)
         return self._portal.submit(lambda: self._core.run_prepared(prepared, target=node)).future
 
     def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node; results ordered by node index."""
         prepared = self._core.prepare(pending)
+        prepared.refuse_stream("`@` (broadcast)")
         return self._portal.call(lambda: self._core.broadcast_prepared(prepared))  # type: ignore[no-any-return]
 
     def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | Iterator[Any]:
@@ -62,6 +68,8 @@ class Pool:
                 f"got {type(group).__qualname__}"
             )
         prepared = [self._core.prepare(p) for p in group.items]
+        for call in prepared:
+            call.refuse_stream("a group (run_parallel)")
         if group.stream:
             return self._stream(prepared, group.ordered)
         return self._portal.call(lambda: self._core.parallel_prepared(prepared))  # type: ignore[no-any-return]
@@ -117,31 +125,52 @@ class _SyncCall:
         self._prepared = prepared
         self._target = target
         self._done: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self._items: queue.SimpleQueue[tuple[bool, Any]] | None = None
         self._inflight: Inflight | None = None
         self._waiting: Job | None = None
         self._cancelled = False
 
     def _on_done(self, outcome: Outcome) -> None:
-        self._done.set_result(outcome)
+        if self._items is not None:
+            self._items.put((False, outcome))
+        if not self._done.done():
+            self._done.set_result(outcome)
+
+    def _on_item(self, payload: Any) -> None:
+        assert self._items is not None
+        self._items.put((True, payload))
+
+    def _item_sink(self) -> Any:
+        return self._on_item if self._items is not None else None
 
     def _start(self) -> None:  # on the trio thread
         if self._cancelled:
             return
         try:
-            self._inflight = self._core.try_start(self._prepared, self._target, self._on_done)
+            self._inflight = self._core.try_start(
+                self._prepared, self._target, self._on_done, self._item_sink()
+            )
         except Exception as exc:
-            self._done.set_exception(exc)
+            self._fail(exc)
             return
         if self._inflight is None:
             self._waiting = self._portal.spawn(self._start_when_free)
 
     async def _start_when_free(self) -> None:
         try:
-            self._inflight = await self._core.start(self._prepared, self._target, self._on_done)
+            self._inflight = await self._core.start(
+                self._prepared, self._target, self._on_done, self._item_sink()
+            )
         except Exception as exc:
-            self._done.set_exception(exc)
+            self._fail(exc)
         if self._cancelled and self._inflight is not None:
             self._inflight.cancel()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._items is not None:
+            self._items.put((False, (None, -1, error)))
+        if not self._done.done():
+            self._done.set_exception(error)
 
     def _cancel(self) -> None:  # on the trio thread
         self._cancelled = True
@@ -149,10 +178,42 @@ class _SyncCall:
             self._inflight.cancel()
         elif self._waiting is not None:
             self._portal.cancel(self._waiting)
-            if not self._done.done():
-                self._done.set_exception(KeyboardInterrupt())
-        elif not self._done.done():
-            self._done.set_exception(KeyboardInterrupt())
+            self._fail(KeyboardInterrupt())
+        else:
+            self._fail(KeyboardInterrupt())
+
+    def items(self) -> Iterator[Any]:
+        """The items of a generator function's call, as the node yields them."""
+        self._items = queue.SimpleQueue()
+        self._portal.run_sync_soon(self._start)
+        return self._iterate(self._items)
+
+    def _iterate(self, items: queue.SimpleQueue[tuple[bool, Any]]) -> Iterator[Any]:
+        read = 0
+        finished = False
+        try:
+            while True:
+                is_item, value = items.get()
+                if is_item:
+                    read += 1
+                    if read % _CREDIT_BATCH == 0:
+                        self._portal.run_sync_soon(self._credit)
+                    yield _serial.loads(value)
+                    continue
+                finished = True
+                message, node, error = value
+                if error is not None:
+                    raise error
+                self._core.finish(self._prepared, message, node)  # raises a remote error
+                return
+        finally:
+            if not finished:
+                # Left early (break, an exception, Ctrl-C): stop the generator on the node.
+                self._portal.run_sync_soon(self._cancel)
+
+    def _credit(self) -> None:  # on the trio thread
+        if self._inflight is not None and not self._inflight.finished:
+            self._inflight.node.conn.credit(self._inflight.task_id, _CREDIT_BATCH)
 
     def result(self) -> Any:
         self._portal.run_sync_soon(self._start)

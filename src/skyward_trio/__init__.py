@@ -53,7 +53,7 @@ from ._shard import shard
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._pool import CancelledCallError, Compute, Future, Pool, ResultStream
+    from ._pool import CancelledCallError, Compute, Future, ItemStream, Pool, ResultStream
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -66,6 +66,7 @@ __all__ = [
     "Future",
     "Image",
     "InstanceInfo",
+    "ItemStream",
     "Local",
     "LogConfig",
     "NetworkInfo",
@@ -104,7 +105,7 @@ __all__ = [
     "time",
 ]
 
-_LAZY = {"CancelledCallError", "Compute", "Future", "Pool", "ResultStream"}
+_LAZY = {"CancelledCallError", "Compute", "Future", "ItemStream", "Pool", "ResultStream"}
 
 
 def __getattr__(name: str) -> Any:

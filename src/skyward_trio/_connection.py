@@ -66,6 +66,7 @@ class WorkerConnection:
         self._hello: dict[str, Any] | None = None
         self._hello_event = trio.Event()
         self._pending: dict[int, Callback] = {}
+        self._items: dict[int, Callable[[_serial.Payload], None]] = {}
         self._sent_functions: set[str] = set()
         self.closed = trio.Event()
         self.worker_pid: int | None = None
@@ -140,6 +141,7 @@ class WorkerConnection:
         error = ConnectionLostError(
             f"the connection to node {self.node}'s worker was lost ({reason})", node=self.node
         )
+        self._items.clear()
         pending, self._pending = self._pending, {}
         for callback in pending.values():
             callback(None, error)
@@ -164,6 +166,12 @@ class WorkerConnection:
                 if msg[1] in self._pending:  # a cancelled task's output is dropped too
                     self.on_output(self.node, msg[2], msg[3])
                 continue
+            if msg[0] == _wire.ITEM:
+                on_item = self._items.get(msg[1])
+                if on_item is not None:
+                    on_item(msg[2])
+                continue
+            self._items.pop(msg[1], None)
             callback = self._pending.pop(msg[1], None)
             if callback is not None:
                 callback(msg, None)
@@ -199,11 +207,14 @@ class WorkerConnection:
         fn_payload: _serial.Payload,
         args_payload: _serial.Payload,
         callback: Callback,
+        on_item: Callable[[_serial.Payload], None] | None = None,
     ) -> int:
         """Send one task; ``callback`` gets its RESULT message. Returns the task id.
 
         Synchronous (no task is spawned and nothing awaits), so the sync face can start a
-        call straight from the portal's callback. Use ``forget`` to give up on it.
+        call straight from the portal's callback. Use ``forget`` to give up on it. With
+        ``on_item`` the call streams: each item a generator yields is passed to it (grant
+        more with ``credit``), and the RESULT ends the stream.
         """
         task_id = next(_ids)
         message = (
@@ -212,19 +223,30 @@ class WorkerConnection:
             fn_key,
             self._function_part(fn_key, fn_payload),
             args_payload,
+            on_item is not None,
         )
         self._pending[task_id] = callback
+        if on_item is not None:
+            self._items[task_id] = on_item
         try:
             self._send(_wire.encode(message))
         except BaseException:
             del self._pending[task_id]
+            self._items.pop(task_id, None)
             raise
         return task_id
 
     def forget(self, task_id: int) -> None:
         """Stop waiting for a task and tell the worker to drop it (and free its slot)."""
+        self._items.pop(task_id, None)
         if self._pending.pop(task_id, None) is not None:
             self.cancel(task_id)
+
+    def credit(self, task_id: int, count: int) -> None:
+        """Let a streaming task send ``count`` more items (we consumed that many)."""
+        if self._control is not None and not self.closed.is_set():
+            with contextlib.suppress(_transport.SSHError):
+                self._control.write(b"".join(_wire.encode((_wire.CREDIT, task_id, count))))
 
     async def call_batch(
         self, fn_key: str, fn_payload: _serial.Payload, items_payload: _serial.Payload

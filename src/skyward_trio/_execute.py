@@ -6,12 +6,14 @@ Layer 3: stdlib, cloudpickle and lz4 (through ``_serial``) only; imported on nod
 
 from __future__ import annotations
 
+import inspect
 import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 from . import _serial
 
-__all__ = ["FunctionCache", "run_batch", "run_one"]
+__all__ = ["FunctionCache", "ItemSink", "run_batch", "run_one"]
 
 
 class FunctionCache:
@@ -36,17 +38,53 @@ class FunctionCache:
             return fn
 
 
-def run_one(cache: FunctionCache, fn_key: str, args_payload: _serial.Payload) -> tuple[bool, Any]:
+#: Sends one streamed item's payload; returns False when the client no longer wants more.
+ItemSink = Callable[[_serial.Payload], bool]
+
+
+def run_one(
+    cache: FunctionCache,
+    fn_key: str,
+    args_payload: _serial.Payload,
+    on_item: ItemSink | None = None,
+) -> tuple[bool, Any]:
+    """Run one call; return ``(True, result payload)`` or ``(False, exception info)``.
+
+    With ``on_item``, a generator's items are sent one by one as they are produced, and
+    the result is the generator's return value.
+    """
     try:
         fn = cache.get(fn_key)
         args, kwargs = _serial.loads(args_payload)
         value = fn(*args, **kwargs)
+        if on_item is not None and inspect.isgenerator(value):
+            value = _stream(value, on_item)
     except BaseException as exc:  # user code: report everything, including SystemExit
         return False, _serial.dump_exception(exc)
     try:
         return True, _serial.dumps(value)
     except Exception as exc:
         return False, _result_pickle_error(value, exc)
+
+
+def _stream(generator: Generator[Any, Any, Any], on_item: ItemSink) -> Any:
+    try:
+        while True:
+            try:
+                item = next(generator)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                payload = _serial.dumps(item)
+            except Exception as exc:
+                raise TypeError(
+                    f"the generator yielded a {type(item).__qualname__} that cannot be "
+                    f"pickled ({exc}); yield plain data (numbers, strings, arrays, dicts)"
+                ) from None
+            if not on_item(payload):
+                return None  # the client stopped reading (or cancelled): stop producing
+    finally:
+        generator.close()
 
 
 def _result_pickle_error(value: Any, exc: Exception) -> Any:

@@ -53,7 +53,7 @@ from ._model import Local, Nodes, Options, Spec, Worker, resolve_compute_args
 from ._providers import Cluster, Instance, open_cluster
 from ._version import PYTHON_VERSION
 
-__all__ = ["Compute", "Future", "Pool", "PreparedCall", "ResultStream"]
+__all__ = ["Compute", "Future", "ItemStream", "Pool", "PreparedCall", "ResultStream"]
 
 HEAD_PORT = 29500
 _BIG_RESULT = 4 * 1024 * 1024
@@ -68,6 +68,14 @@ class PreparedCall:
     args_payload: _serial.Payload
     name: str
     timeout: float | None
+    stream: bool = False  # a generator function: its items stream back as they come
+
+    def refuse_stream(self, how: str) -> None:
+        if self.stream:
+            raise TypeError(
+                f"{self.name}() is a generator function: its items stream back with `>>` "
+                f"(pool.run), which returns an iterator; {how} does not stream"
+            )
 
 
 class _Functions:
@@ -268,6 +276,67 @@ class _Deadlines:
             self._wakeup = trio.Event()
 
 
+#: Streamed items the client reads before it lets the node send that many more.
+_CREDIT_BATCH = 32
+
+
+class ItemStream:
+    """The items of a generator function dispatched with ``>>``, as the node yields them.
+
+    An async iterator (``async for item in await (gen() >> pool)``). The node runs at most
+    a window of items ahead of what you have read; ``aclose()`` (or leaving an
+    ``async with``) stops the generator on the node. The call's timeout covers the whole
+    stream.
+    """
+
+    def __init__(self, pool: Pool, call: PreparedCall) -> None:
+        self._pool = pool
+        self._call = call
+        self._send, self._receive = trio.open_memory_channel[tuple[bool, Any]](math.inf)
+        self._inflight: Inflight | None = None
+        self._read = 0
+        self._finished = False
+
+    def _on_item(self, payload: _serial.Payload) -> None:
+        self._send.send_nowait((True, payload))
+
+    def _on_done(self, outcome: Outcome) -> None:
+        self._send.send_nowait((False, outcome))
+
+    def __aiter__(self) -> ItemStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._finished:
+            raise StopAsyncIteration
+        is_item, value = await self._receive.receive()
+        if is_item:
+            self._read += 1
+            if self._read % _CREDIT_BATCH == 0 and self._inflight is not None:
+                self._inflight.node.conn.credit(self._inflight.task_id, _CREDIT_BATCH)
+            return _serial.loads(value)
+        self._finished = True
+        message, node, error = value
+        if error is not None:
+            raise error
+        _, _, ok, payload, _ = message
+        if not ok:
+            raise _rebuild_error(payload, node, self._call.name)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop reading: the generator on the node is stopped and its slot freed."""
+        if not self._finished and self._inflight is not None:
+            self._finished = True
+            self._inflight.cancel()
+
+    async def __aenter__(self) -> ItemStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class Future:
     """The handle of a call started with ``run_async`` (``p > pool``) on a trio pool."""
 
@@ -383,19 +452,29 @@ class Pool:
     # -- public API (the sync face mirrors these names and parameters) --------------------
 
     async def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
-        """Run ``pending`` on one node (round-robin, or ``target``: ``"head"`` or an index)."""
-        return await self.run_prepared(self.prepare(pending), target=self._check_target(target))
+        """Run ``pending`` on one node (round-robin, or ``target``: ``"head"`` or an index).
+
+        For a generator function, returns an ``ItemStream`` (an async iterator) of its items
+        as the node yields them.
+        """
+        prepared = self.prepare(pending)
+        node = self._check_target(target)
+        if prepared.stream:
+            return await self.stream_items(prepared, target=node)
+        return await self.run_prepared(prepared, target=node)
 
     async def run_async(
         self, pending: PendingFunction[Any], *, target: int | str | None = None
     ) -> Future:
         """Start ``pending`` without waiting; returns a ``Future`` (``await fut.result()``)."""
         prepared = self.prepare(pending)
+        prepared.refuse_stream("`>` (run_async)")
         return self.start_prepared(prepared, target=self._check_target(target))
 
     async def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node; results ordered by node index."""
         prepared = self.prepare(pending)
+        prepared.refuse_stream("`@` (broadcast)")
         return await self.broadcast_prepared(prepared)
 
     async def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | ResultStream:
@@ -406,6 +485,8 @@ class Pool:
                 f"got {type(group).__qualname__}"
             )
         prepared = [self.prepare(p) for p in group.items]
+        for call in prepared:
+            call.refuse_stream("a group (run_parallel)")
         if group.stream:
             return self.stream_prepared(prepared, ordered=group.ordered)
         return await self.parallel_prepared(prepared)
@@ -433,7 +514,14 @@ class Pool:
                 f"got {type(pending).__qualname__}"
             )
         key, fn_payload = self._functions.get(pending.fn)
-        return PreparedCall(key, fn_payload, _dump_args(pending), pending.name, pending.timeout)
+        return PreparedCall(
+            key,
+            fn_payload,
+            _dump_args(pending),
+            pending.name,
+            pending.timeout,
+            stream=inspect.isgeneratorfunction(pending.fn),
+        )
 
     def prepare_map(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload, float | None]:
         timeout = None
@@ -442,6 +530,11 @@ class Pool:
             fn = fn.fn
         if not callable(fn):
             raise TypeError(f"map() needs a callable, got {type(fn).__qualname__}")
+        if inspect.isgeneratorfunction(fn):
+            raise TypeError(
+                f"map() needs a function that returns a value; {fn.__qualname__}() is a "
+                "generator function (dispatch it with `>>` to stream its items)"
+            )
         key, payload = self._functions.get(fn)
         return key, payload, timeout
 
@@ -493,8 +586,18 @@ class Pool:
             raise _rebuild_error(payload, node, call.name)
         return _serial.loads(payload)
 
+    async def stream_items(self, call: PreparedCall, *, target: int | None = None) -> ItemStream:
+        """Start a generator function's call; its items arrive on the returned stream."""
+        stream = ItemStream(self, call)
+        stream._inflight = await self.start(call, target, stream._on_done, stream._on_item)
+        return stream
+
     def try_start(
-        self, call: PreparedCall, target: int | None, on_done: Callable[[Outcome], None]
+        self,
+        call: PreparedCall,
+        target: int | None,
+        on_done: Callable[[Outcome], None],
+        on_item: Callable[[_serial.Payload], None] | None = None,
     ) -> Inflight | None:
         """Start ``call`` now if a node has a free slot, else return None. Synchronous.
 
@@ -506,23 +609,31 @@ class Pool:
         if node is None:
             return None
         node.inflight += 1
-        return self._start_on(node, call, on_done)
+        return self._start_on(node, call, on_done, on_item)
 
     async def start(
-        self, call: PreparedCall, target: int | None, on_done: Callable[[Outcome], None]
+        self,
+        call: PreparedCall,
+        target: int | None,
+        on_done: Callable[[Outcome], None],
+        on_item: Callable[[_serial.Payload], None] | None = None,
     ) -> Inflight:
         """``try_start``, waiting for a free slot if there is none."""
         node = await self._acquire(target)
-        return self._start_on(node, call, on_done)
+        return self._start_on(node, call, on_done, on_item)
 
     def _start_on(
-        self, node: _Node, call: PreparedCall, on_done: Callable[[Outcome], None]
+        self,
+        node: _Node,
+        call: PreparedCall,
+        on_done: Callable[[Outcome], None],
+        on_item: Callable[[_serial.Payload], None] | None = None,
     ) -> Inflight:
         timeout = call.timeout or self.options.default_compute_timeout
         inflight = Inflight(self, node, call, timeout, on_done)
         try:
             inflight.task_id = node.conn.call_nowait(
-                call.fn_key, call.fn_payload, call.args_payload, inflight._reply
+                call.fn_key, call.fn_payload, call.args_payload, inflight._reply, on_item
             )
         except BaseException:
             self._release(node)

@@ -26,6 +26,8 @@ __all__ = [
     "BATCH",
     "BATCH_RESULT",
     "CANCEL",
+    "CREDIT",
+    "ITEM",
     "OUTPUT",
     "RESULT",
     "RUN",
@@ -36,14 +38,16 @@ __all__ = [
 ]
 
 # Client -> worker.
-RUN = 1  # (RUN, task_id, fn_key, fn_payload | None, args_payload)
+RUN = 1  # (RUN, task_id, fn_key, fn_payload | None, args_payload, stream: bool)
 BATCH = 2  # (BATCH, batch_id, fn_key, fn_payload | None, items_payload)
 CANCEL = 3  # (CANCEL, task_id)
 SHUTDOWN = 4  # (SHUTDOWN,)
+CREDIT = 5  # (CREDIT, task_id, n): the client consumed n streamed items; send n more
 # Worker -> client.
 RESULT = 10  # (RESULT, task_id, ok, payload, elapsed_s)
 BATCH_RESULT = 11  # (BATCH_RESULT, batch_id, payload, elapsed_s)
 OUTPUT = 12  # (OUTPUT, task_id, "stdout" | "stderr", text): a task's output, as written
+ITEM = 13  # (ITEM, task_id, payload): one item a streaming task yielded
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import hmac
 import json
 import os
@@ -34,6 +35,8 @@ from ._info import from_dict
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["main"]
+
+_STREAM_WINDOW = 64
 
 
 class Worker:
@@ -116,6 +119,8 @@ class Worker:
                 session = self._sessions.get(session_id)
                 if msg[0] == _wire.CANCEL and session is not None:
                     session.cancel(msg[1])
+                elif msg[0] == _wire.CREDIT and session is not None:
+                    session.credit(msg[1], msg[2])
                 elif msg[0] == _wire.SHUTDOWN:
                     self._shutdown.set()
             data = await stream.receive_some(65536)
@@ -149,7 +154,7 @@ class Worker:
 
 
 class _Task:
-    __slots__ = ("args", "cancelled", "fn_key", "kind", "running", "task_id")
+    __slots__ = ("args", "cancelled", "credits", "fn_key", "kind", "running", "stream", "task_id")
 
     def __init__(self, kind: int, task_id: int, fn_key: str, args: _serial.Payload) -> None:
         self.kind = kind
@@ -158,6 +163,9 @@ class _Task:
         self.args = args
         self.cancelled = False
         self.running = False
+        self.stream = False
+        # Streamed items the client still has room for; it grants more as it reads them.
+        self.credits = threading.Semaphore(_STREAM_WINDOW)
 
 
 class _Session:
@@ -285,12 +293,13 @@ class _Session:
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind in (_wire.RUN, _wire.BATCH):
-            _, task_id, fn_key, fn_payload, args_payload = msg
+            task_id, fn_key, fn_payload, args_payload = msg[1:5]
             self._worker._cache.add(fn_key, fn_payload)
             if task_id in self._precancelled:
                 self._precancelled.discard(task_id)
                 return
             task = _Task(kind, task_id, fn_key, args_payload)
+            task.stream = kind == _wire.RUN and bool(msg[5])
             self._live[task_id] = task
             self._queue.append(task)
         elif kind == _wire.CANCEL:
@@ -309,7 +318,8 @@ class _Session:
         output = _TaskOutput(self, task)
         with _capture.route(output.write):
             if task.kind == _wire.RUN:
-                ok, payload = run_one(cache, task.fn_key, task.args)
+                sink = functools.partial(self._send_item, task) if task.stream else None
+                ok, payload = run_one(cache, task.fn_key, task.args, sink)
                 message: tuple[Any, ...] = (
                     _wire.RESULT,
                     task.task_id,
@@ -325,6 +335,22 @@ class _Session:
         if task.cancelled or self._closed:
             return  # the client gave up on it: a late result is dropped
         self.send(message)
+
+    def _send_item(self, task: _Task, payload: _serial.Payload) -> bool:
+        """Send one streamed item once the client has room for it; False if it left."""
+        while not task.credits.acquire(timeout=0.5):
+            if task.cancelled or self._closed:
+                return False
+        if task.cancelled or self._closed:
+            return False
+        self.send((_wire.ITEM, task.task_id, payload))
+        return True
+
+    def credit(self, task_id: int, count: int) -> None:
+        """The client read ``count`` more streamed items of ``task_id``."""
+        task = self._live.get(task_id)
+        if task is not None:
+            task.credits.release(count)
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Send one frame (from any thread; frames never interleave)."""
