@@ -52,7 +52,7 @@ class Pool:
         prepared = self._core.prepare(pending)
         prepared.refuse_stream("`>` (run_async)")
         node = self._core._check_target(target)
-        return self._portal.submit(lambda: self._core.run_prepared(prepared, target=node)).future
+        return _SyncCall(self._core, self._portal, prepared, node).future()
 
     def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node; results ordered by node index."""
@@ -129,12 +129,15 @@ class _SyncCall:
         self._inflight: Inflight | None = None
         self._waiting: Job | None = None
         self._cancelled = False
+        self._future: CallFuture | None = None
 
     def _on_done(self, outcome: Outcome) -> None:
         if self._items is not None:
             self._items.put((False, outcome))
         if not self._done.done():
             self._done.set_result(outcome)
+        if self._future is not None:
+            self._future._settle(outcome)
 
     def _on_item(self, payload: Any) -> None:
         assert self._items is not None
@@ -171,6 +174,8 @@ class _SyncCall:
             self._items.put((False, (None, -1, error)))
         if not self._done.done():
             self._done.set_exception(error)
+        if self._future is not None:
+            self._future._settle((None, -1, error))
 
     def _cancel(self) -> None:  # on the trio thread
         self._cancelled = True
@@ -181,6 +186,12 @@ class _SyncCall:
             self._fail(KeyboardInterrupt())
         else:
             self._fail(KeyboardInterrupt())
+
+    def future(self) -> CallFuture:
+        """Start the call and return its future at once (``p > pool``)."""
+        self._future = CallFuture(self)
+        self._portal.run_sync_soon(self._start)
+        return self._future
 
     def items(self) -> Iterator[Any]:
         """The items of a generator function's call, as the node yields them."""
@@ -228,6 +239,41 @@ class _SyncCall:
             raise error
         assert message is not None
         return self._core.finish(self._prepared, message, node)
+
+
+class CallFuture(concurrent.futures.Future[Any]):
+    """The ``concurrent.futures.Future`` of ``p > pool``; ``cancel()`` reaches the node.
+
+    It stays pending until the call ends (``running()`` is False meanwhile), so that
+    ``cancel()`` works at any time before the result arrives: the worker drops the task
+    and frees its slot — a task already running in a thread finishes unobserved, since
+    Python threads cannot be killed — and the result, if it comes, is discarded.
+    """
+
+    def __init__(self, call: _SyncCall) -> None:
+        super().__init__()
+        self._call = call
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        self._call._portal.run_sync_soon(self._call._cancel)
+        return True
+
+    def _settle(self, outcome: Outcome) -> None:  # on the trio thread
+        if self.done():
+            return  # cancelled: a late result is dropped
+        message, node, error = outcome
+        if error is not None:
+            self.set_exception(error)
+            return
+        assert message is not None
+        try:
+            value = self._call._core.finish(self._call._prepared, message, node)
+        except BaseException as exc:  # the remote exception, re-raised by result()
+            self.set_exception(exc)
+            return
+        self.set_result(value)
 
 
 class Compute:
