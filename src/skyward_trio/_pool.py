@@ -24,6 +24,8 @@ import math
 import secrets
 import sys
 import threading
+import types
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -95,25 +97,75 @@ class _Functions:
         try:
             payload = _serial.dumps(fn)
         except Exception as exc:
+            culprit = _find_unpicklable_capture(fn)
             raise SerializationError(
-                f"function {name!r} cannot be pickled ({exc}); define it at module level "
-                "and avoid capturing locks, sockets or open files in its closure"
+                f"function {name!r} cannot be pickled: {culprit or 'it'} does not pickle "
+                f"({type(exc).__name__}: {exc}); pass such things as arguments that pickle, "
+                "or create them inside the function (locks, sockets, open files, clients)"
             ) from exc
+        _warn_if_big(payload, f"function {name!r} (with what it captures)")
         with self._lock:
             key = f"{next(self._counter)}:{name}"
             self._entries[id(fn)] = (fn, key, payload)
         return key, payload
 
 
+def _find_unpicklable_capture(fn: Any) -> str | None:
+    """Which variable a function captures (closure cell or global) fails to pickle."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    captured: list[tuple[str, str, Any]] = []
+    for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
+        try:
+            captured.append(("captured variable", var, cell.cell_contents))
+        except ValueError:  # an empty cell
+            continue
+    module_globals = getattr(fn, "__globals__", {})
+    for var in code.co_names:
+        if var in module_globals:
+            captured.append(("global", var, module_globals[var]))
+    for kind, var, value in captured:
+        if isinstance(value, types.ModuleType):
+            continue  # modules travel by reference
+        try:
+            _serial.dumps(value)
+        except Exception:
+            return f"the {kind} {var!r} (a {type(value).__qualname__})"
+    return None
+
+
+# Bigger argument or function payloads than this get a warning: SSH moves about
+# 100-300 MB/s, and the data is sent again with every call.
+BIG_PAYLOAD = 256 * 1024 * 1024
+
+
+class LargePayloadWarning(UserWarning):
+    """A call ships a lot of data with every dispatch."""
+
+
+def _warn_if_big(payload: _serial.Payload, what: str) -> None:
+    size = _serial.payload_size(payload)
+    if size > BIG_PAYLOAD:
+        warnings.warn(
+            f"{what} is {size / 2**20:,.0f} MB, sent over SSH with every call; put large "
+            "data in object storage or a sky.Volume and pass its path instead",
+            LargePayloadWarning,
+            stacklevel=4,
+        )
+
+
 def _dump_args(pending: PendingFunction[Any]) -> _serial.Payload:
     try:
-        return _serial.dumps((pending.args, pending.kwargs))
+        payload = _serial.dumps((pending.args, pending.kwargs))
     except Exception as exc:
         culprit = _find_unpicklable(pending)
         raise SerializationError(
             f"{culprit} of {pending.name}() cannot be pickled ({type(exc).__name__}: {exc}); "
             "pass plain data (numbers, strings, arrays, dicts) or objects that pickle"
         ) from exc
+    _warn_if_big(payload, f"the arguments of {pending.name}()")
+    return payload
 
 
 def _find_unpicklable(pending: PendingFunction[Any]) -> str:
@@ -126,12 +178,12 @@ def _find_unpicklable(pending: PendingFunction[Any]) -> str:
             _serial.dumps(arg)
         except Exception:
             label = f" {names[i]!r}" if i < len(names) else ""
-            return f"argument{label} (position {i})"
+            return f"argument{label} (position {i}, a {type(arg).__qualname__})"
     for key, value in pending.kwargs.items():
         try:
             _serial.dumps(value)
         except Exception:
-            return f"keyword argument {key!r}"
+            return f"keyword argument {key!r} (a {type(value).__qualname__})"
     return "an argument"
 
 
