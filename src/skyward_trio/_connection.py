@@ -44,6 +44,27 @@ class _Slot:
         self.event.set()
 
 
+class Credits:
+    """How many more items may be sent; ``take`` waits for some."""
+
+    def __init__(self, initial: int) -> None:
+        self._available = initial
+        self._changed = trio.Event()
+
+    def grant(self, count: int) -> None:
+        self._available += count
+        self._changed.set()
+
+    async def take(self, most: int) -> int:
+        """Wait until some room is free; take up to ``most`` of it."""
+        while self._available <= 0:
+            self._changed = trio.Event()
+            await self._changed.wait()
+        taken = min(most, self._available)
+        self._available -= taken
+        return taken
+
+
 def _print_output(node: int, stream: str, text: str) -> None:
     """Print a task's output here, each line prefixed with its node."""
     target = sys.stdout if stream == "stdout" else sys.stderr
@@ -67,6 +88,7 @@ class WorkerConnection:
         self._hello_event = trio.Event()
         self._pending: dict[int, Callback] = {}
         self._items: dict[int, Callable[[_serial.Payload], None]] = {}
+        self._input_credits: dict[tuple[int, int], Credits] = {}
         self._sent_functions: set[str] = set()
         self.closed = trio.Event()
         self.worker_pid: int | None = None
@@ -166,6 +188,11 @@ class WorkerConnection:
                 if msg[1] in self._pending:  # a cancelled task's output is dropped too
                     self.on_output(self.node, msg[2], msg[3])
                 continue
+            if msg[0] == _wire.INPUT_CREDIT:
+                credits = self._input_credits.get((msg[1], msg[2]))
+                if credits is not None:
+                    credits.grant(msg[3])
+                continue
             if msg[0] == _wire.ITEM:
                 on_item = self._items.get(msg[1])
                 if on_item is not None:
@@ -241,6 +268,34 @@ class WorkerConnection:
         self._items.pop(task_id, None)
         if self._pending.pop(task_id, None) is not None:
             self.cancel(task_id)
+
+    def input_credits(self, task_id: int, slot: int, window: int) -> Credits:
+        """Room to send items of a streamed argument; the node grants more as it reads."""
+        credits = Credits(window)
+        self._input_credits[(task_id, slot)] = credits
+        return credits
+
+    def drop_input_credits(self, task_id: int, slot: int) -> None:
+        self._input_credits.pop((task_id, slot), None)
+
+    def send_input(self, task_id: int, slot: int, payloads: list[_serial.Payload]) -> None:
+        self._write_control(_wire.encode((_wire.INPUT, task_id, slot, payloads)))
+
+    def end_input(self, task_id: int, slot: int) -> None:
+        self._write_control(_wire.encode((_wire.INPUT_END, task_id, slot)))
+
+    def _write_control(self, chunks: list[Any]) -> None:
+        if self._control is None or self.closed.is_set():
+            raise ConnectionLostError(
+                f"the connection to node {self.node}'s worker is closed", node=self.node
+            )
+        try:
+            for chunk in chunks:
+                self._control.write(chunk)
+        except _transport.SSHError as exc:
+            raise ConnectionLostError(
+                f"the connection to node {self.node}'s worker was lost ({exc})", node=self.node
+            ) from exc
 
     def credit(self, task_id: int, count: int) -> None:
         """Let a streaming task send ``count`` more items (we consumed that many)."""

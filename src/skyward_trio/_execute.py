@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from . import _serial
 
-__all__ = ["FunctionCache", "ItemSink", "run_batch", "run_one"]
+__all__ = ["FunctionCache", "InputSource", "ItemSink", "StreamedInput", "run_batch", "run_one"]
 
 
 class FunctionCache:
@@ -42,11 +42,41 @@ class FunctionCache:
 ItemSink = Callable[[_serial.Payload], bool]
 
 
+class StreamedInput:
+    """Stands, in a call's pickled arguments, for an ``Iterator[T]`` argument whose items
+    follow separately; the node replaces it with an iterator that fills as they arrive."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StreamedInput, (self.slot,))
+
+
+#: Gives the iterator of a streamed argument by its slot.
+InputSource = Callable[[int], Iterator[Any]]
+
+
+def _with_inputs(
+    args: tuple[Any, ...], kwargs: dict[str, Any], inputs: InputSource | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if inputs is None:
+        return args, kwargs
+
+    def resolve(value: Any) -> Any:
+        return inputs(value.slot) if isinstance(value, StreamedInput) else value
+
+    return tuple(resolve(a) for a in args), {k: resolve(v) for k, v in kwargs.items()}
+
+
 def run_one(
     cache: FunctionCache,
     fn_key: str,
     args_payload: _serial.Payload,
     on_item: ItemSink | None = None,
+    inputs: InputSource | None = None,
 ) -> tuple[bool, Any]:
     """Run one call; return ``(True, result payload)`` or ``(False, exception info)``.
 
@@ -55,7 +85,8 @@ def run_one(
     """
     try:
         fn = cache.get(fn_key)
-        args, kwargs = _serial.loads(args_payload)
+        raw_args, raw_kwargs = _serial.loads(args_payload)
+        args, kwargs = _with_inputs(raw_args, raw_kwargs, inputs)
         value = fn(*args, **kwargs)
         if on_item is not None and inspect.isgenerator(value):
             value = _stream(value, on_item)

@@ -15,6 +15,7 @@ round-robin.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import functools
 import heapq
@@ -25,8 +26,9 @@ import secrets
 import sys
 import threading
 import types
+import typing
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -44,6 +46,7 @@ from ._errors import (
     TaskTimeoutError,
     TeardownError,
 )
+from ._execute import StreamedInput
 from ._function import (
     Function,
     PendingFunction,
@@ -71,6 +74,8 @@ class PreparedCall:
     name: str
     timeout: float | None
     stream: bool = False  # a generator function: its items stream back as they come
+    # Iterables of the Iterator[T] arguments, by slot: their items follow the call.
+    inputs: tuple[Iterable[Any], ...] = ()
 
     def refuse_stream(self, how: str) -> None:
         if self.stream:
@@ -86,6 +91,7 @@ class _Functions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[int, tuple[Any, str, _serial.Payload]] = {}
+        self._streamed: dict[int, tuple[Any, tuple[str, ...]]] = {}
         self._counter = itertools.count()
 
     def get(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload]:
@@ -108,6 +114,56 @@ class _Functions:
             key = f"{next(self._counter)}:{name}"
             self._entries[id(fn)] = (fn, key, payload)
         return key, payload
+
+    def streamed_params(self, fn: Callable[..., Any]) -> tuple[str, ...]:
+        """Names of the parameters annotated ``Iterator[T]`` (their items are streamed)."""
+        found = self._streamed.get(id(fn))
+        if found is None or found[0] is not fn:
+            found = (fn, _iterator_params(fn))
+            self._streamed[id(fn)] = found
+        return found[1]
+
+
+def _iterator_params(fn: Callable[..., Any]) -> tuple[str, ...]:
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable string annotations: read them as text
+        hints = dict(getattr(fn, "__annotations__", {}))
+    names = []
+    for name, annotation in hints.items():
+        if name == "return":
+            continue
+        if isinstance(annotation, str):
+            text = annotation.replace(" ", "")
+            if text.split("[")[0] in ("Iterator", "typing.Iterator", "collections.abc.Iterator"):
+                names.append(name)
+        elif (typing.get_origin(annotation) or annotation) is collections.abc.Iterator:
+            names.append(name)
+    return tuple(names)
+
+
+def _split_inputs(
+    pending: PendingFunction[Any], streamed: tuple[str, ...]
+) -> tuple[PendingFunction[Any], tuple[Iterable[Any], ...]]:
+    """Put a placeholder where each ``Iterator[T]`` argument was; return the iterables."""
+    try:
+        bound = inspect.signature(pending.fn).bind(*pending.args, **pending.kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{pending.name}(): {exc}") from None
+    inputs: list[Iterable[Any]] = []
+    for name in streamed:
+        if name not in bound.arguments:
+            continue
+        value = bound.arguments[name]
+        if not isinstance(value, collections.abc.Iterable):
+            raise TypeError(
+                f"argument {name!r} of {pending.name}() is annotated Iterator[...], so its "
+                "items are streamed to the node; pass an iterable, "
+                f"not a {type(value).__qualname__}"
+            )
+        bound.arguments[name] = StreamedInput(len(inputs))
+        inputs.append(value)
+    return attrs.evolve(pending, args=bound.args, kwargs=bound.kwargs), tuple(inputs)
 
 
 def _find_unpicklable_capture(fn: Any) -> str | None:
@@ -241,10 +297,53 @@ def _batch_size(per_item_s: float | None, bytes_per_item: float | None) -> int:
 Outcome = tuple[tuple[Any, ...] | None, int, BaseException | None]
 
 
+_INPUT_WINDOW = 256  # Iterator[T] items sent ahead of what the node has read
+_INPUT_CHUNK = 128  # most items taken from the caller's iterable per trip to a thread
+
+
+async def _feed_one(inflight: Inflight, slot: int, iterable: Iterable[Any]) -> None:
+    conn = inflight.node.conn
+    task_id = inflight.task_id
+    credits = conn.input_credits(task_id, slot, _INPUT_WINDOW)
+    iterator = iter(iterable)
+    chunk = 1
+    try:
+        while True:
+            room = await credits.take(chunk)
+            # The caller's iterable may block (files, queues): read and pickle it off the
+            # loop. A slow source goes one item per trip, so each is sent as soon as it
+            # exists; a fast one in growing chunks, so the trips do not dominate.
+            started = trio.current_time()
+            payloads = await trio.to_thread.run_sync(_take_payloads, iterator, room)
+            elapsed = trio.current_time() - started
+            if payloads:
+                conn.send_input(task_id, slot, payloads)
+            if len(payloads) < room:
+                conn.end_input(task_id, slot)
+                return
+            chunk = min(chunk * 2, _INPUT_CHUNK) if elapsed < 0.005 else 1
+    finally:
+        conn.drop_input_credits(task_id, slot)
+
+
+def _take_payloads(iterator: Iterator[Any], count: int) -> list[_serial.Payload]:
+    return [_serial.dumps(item) for item in itertools.islice(iterator, count)]
+
+
 class Inflight:
     """A call on its way: sent to a node, waiting for its reply, its deadline or cancel()."""
 
-    __slots__ = ("call", "deadline", "finished", "node", "on_done", "pool", "task_id", "timeout")
+    __slots__ = (
+        "call",
+        "deadline",
+        "feeders",
+        "finished",
+        "node",
+        "on_done",
+        "pool",
+        "task_id",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -262,9 +361,12 @@ class Inflight:
         self.on_done = on_done
         self.task_id = 0
         self.finished = False
+        self.feeders: trio.CancelScope | None = None
 
     def _end(self, outcome: Outcome) -> None:
         self.finished = True
+        if self.feeders is not None:
+            self.feeders.cancel(reason="the call ended")
         self.pool._release(self.node)
         self.pool._deadlines.finished()
         self.on_done(outcome)
@@ -566,6 +668,10 @@ class Pool:
                 f"got {type(pending).__qualname__}"
             )
         key, fn_payload = self._functions.get(pending.fn)
+        streamed = self._functions.streamed_params(pending.fn)
+        inputs: tuple[Iterable[Any], ...] = ()
+        if streamed:
+            pending, inputs = _split_inputs(pending, streamed)
         return PreparedCall(
             key,
             fn_payload,
@@ -573,6 +679,7 @@ class Pool:
             pending.name,
             pending.timeout,
             stream=inspect.isgeneratorfunction(pending.fn),
+            inputs=inputs,
         )
 
     def prepare_map(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload, float | None]:
@@ -691,7 +798,31 @@ class Pool:
             self._release(node)
             raise
         self._deadlines.add(inflight)
+        if call.inputs:
+            self._work_nursery().start_soon(self._feed_inputs, inflight)
         return inflight
+
+    async def _feed_inputs(self, inflight: Inflight) -> None:
+        """Send the items of a call's ``Iterator[T]`` arguments while it runs."""
+        with trio.CancelScope() as scope:
+            inflight.feeders = scope
+            if inflight.finished:
+                return
+            try:
+                async with trio.open_nursery() as nursery:
+                    for slot, iterable in enumerate(inflight.call.inputs):
+                        nursery.start_soon(_feed_one, inflight, slot, iterable)
+            except Exception as exc:
+                # The caller's own iterable failed: the call fails with that exception.
+                while isinstance(exc, BaseExceptionGroup) and isinstance(
+                    exc.exceptions[0], Exception
+                ):
+                    exc = exc.exceptions[0]
+                exc.add_note(
+                    f"[skyward] raised by an iterable passed to {inflight.call.name}() "
+                    "for an Iterator[...] parameter; the call was cancelled"
+                )
+                inflight.cancel(exc)
 
     def start_prepared(self, call: PreparedCall, *, target: int | None = None) -> Future:
         future = Future(call.name)

@@ -27,6 +27,9 @@ __all__ = [
     "BATCH_RESULT",
     "CANCEL",
     "CREDIT",
+    "INPUT",
+    "INPUT_CREDIT",
+    "INPUT_END",
     "ITEM",
     "OUTPUT",
     "RESULT",
@@ -43,11 +46,14 @@ BATCH = 2  # (BATCH, batch_id, fn_key, fn_payload | None, items_payload)
 CANCEL = 3  # (CANCEL, task_id)
 SHUTDOWN = 4  # (SHUTDOWN,)
 CREDIT = 5  # (CREDIT, task_id, n): the client consumed n streamed items; send n more
+INPUT = 6  # (INPUT, task_id, slot, [payload, ...]): items of an Iterator[T] argument (control)
+INPUT_END = 7  # (INPUT_END, task_id, slot): that argument has no more items (control)
 # Worker -> client.
 RESULT = 10  # (RESULT, task_id, ok, payload, elapsed_s)
 BATCH_RESULT = 11  # (BATCH_RESULT, batch_id, payload, elapsed_s)
 OUTPUT = 12  # (OUTPUT, task_id, "stdout" | "stderr", text): a task's output, as written
 ITEM = 13  # (ITEM, task_id, payload): one item a streaming task yielded
+INPUT_CREDIT = 14  # (INPUT_CREDIT, task_id, slot, n): the task read n input items; send more
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")

@@ -19,11 +19,13 @@ import hmac
 import json
 import os
 import pickle
+import queue
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,10 @@ class Worker:
                     session.cancel(msg[1])
                 elif msg[0] == _wire.CREDIT and session is not None:
                     session.credit(msg[1], msg[2])
+                elif msg[0] == _wire.INPUT and session is not None:
+                    session.input_queue(msg[1], msg[2]).put_many(msg[3])
+                elif msg[0] == _wire.INPUT_END and session is not None:
+                    session.input_queue(msg[1], msg[2]).end()
                 elif msg[0] == _wire.SHUTDOWN:
                     self._shutdown.set()
             data = await stream.receive_some(65536)
@@ -207,6 +213,10 @@ class _Session:
         # Cancellations that overtook their task (they travel on another channel).
         self._precancelled: set[int] = set()
         self._precancelled_order: collections.deque[int] = collections.deque()
+        # Items of Iterator[T] arguments, by (task id, argument slot); they come on the
+        # control channel and may arrive before their task.
+        self._inputs: dict[tuple[int, int], _Input] = {}
+        self._inputs_lock = threading.Lock()
         for msg in decoder.release():
             self._dispatch(msg)
 
@@ -319,7 +329,8 @@ class _Session:
         with _capture.route(output.write):
             if task.kind == _wire.RUN:
                 sink = functools.partial(self._send_item, task) if task.stream else None
-                ok, payload = run_one(cache, task.fn_key, task.args, sink)
+                inputs = functools.partial(self._input_iterator, task)
+                ok, payload = run_one(cache, task.fn_key, task.args, sink, inputs)
                 message: tuple[Any, ...] = (
                     _wire.RESULT,
                     task.task_id,
@@ -331,10 +342,15 @@ class _Session:
                 payload = run_batch(cache, task.fn_key, task.args)
                 message = (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
         output.flush()
+        if self._inputs:
+            self._drop_inputs(task.task_id)
         self._live.pop(task.task_id, None)
         if task.cancelled or self._closed:
             return  # the client gave up on it: a late result is dropped
         self.send(message)
+
+    def _input_iterator(self, task: _Task, slot: int) -> Iterator[Any]:
+        return self.input_queue(task.task_id, slot).iterate(task)
 
     def _send_item(self, task: _Task, payload: _serial.Payload) -> bool:
         """Send one streamed item once the client has room for it; False if it left."""
@@ -345,6 +361,18 @@ class _Session:
             return False
         self.send((_wire.ITEM, task.task_id, payload))
         return True
+
+    def input_queue(self, task_id: int, slot: int) -> _Input:
+        with self._inputs_lock:
+            found = self._inputs.get((task_id, slot))
+            if found is None:
+                found = self._inputs[(task_id, slot)] = _Input(self, task_id, slot)
+            return found
+
+    def _drop_inputs(self, task_id: int) -> None:
+        with self._inputs_lock:
+            for key in [k for k in self._inputs if k[0] == task_id]:
+                self._inputs.pop(key).close()
 
     def credit(self, task_id: int, count: int) -> None:
         """The client read ``count`` more streamed items of ``task_id``."""
@@ -363,6 +391,50 @@ class _Session:
                     self._sock.sendall(chunk)
             except OSError:
                 self.close()
+
+
+class InputCancelled(Exception):
+    """The task reading a streamed argument was cancelled."""
+
+
+class _Input:
+    """The items of one ``Iterator[T]`` argument, filled from the control channel."""
+
+    _END = object()
+    _WINDOW_BATCH = 64  # the client sends at most 256 ahead; grant more every 64 read
+
+    def __init__(self, session: _Session, task_id: int, slot: int) -> None:
+        self._session = session
+        self._task_id = task_id
+        self._slot = slot
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def put_many(self, payloads: list[_serial.Payload]) -> None:
+        for payload in payloads:
+            self._queue.put(payload)
+
+    def end(self) -> None:
+        self._queue.put(self._END)
+
+    def close(self) -> None:
+        self._queue.put(self._END)
+
+    def iterate(self, task: _Task) -> Iterator[Any]:
+        read = 0
+        while True:
+            try:
+                payload = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if task.cancelled:
+                    raise InputCancelled("the call was cancelled") from None
+                continue
+            if payload is self._END:
+                return
+            read += 1
+            if read % self._WINDOW_BATCH == 0:
+                message = (_wire.INPUT_CREDIT, self._task_id, self._slot, self._WINDOW_BATCH)
+                self._session.send(message)
+            yield _serial.loads(payload)
 
 
 class _TaskOutput:
