@@ -38,6 +38,7 @@ from . import _serial, _transport
 from ._bootstrap import READY_MARK, worker_bootstrap
 from ._connection import WorkerConnection
 from ._errors import (
+    ConnectionLostError,
     PoolClosedError,
     ProvisionError,
     RemoteError,
@@ -257,6 +258,14 @@ def _rebuild_error(info: Any, node: int, task: str) -> BaseException:
         )
     exc.add_note(f"[skyward] raised by {task}() on node {node}; remote traceback:\n{tb.rstrip()}")
     return exc
+
+
+class _Waiter:
+    __slots__ = ("event", "node")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.node: _Node | None = None
 
 
 class _Node:
@@ -602,6 +611,8 @@ class Pool:
         self._closing = False
         self._live = nodes.desired  # nodes not (yet) failed or lost
         self._deadlines = _Deadlines()
+        self._waiting_any: collections.deque[_Waiter] = collections.deque()
+        self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
 
     # -- public API (the sync face mirrors these names and parameters) --------------------
 
@@ -948,8 +959,40 @@ class Pool:
     # -- scheduling ------------------------------------------------------------------------
 
     def _notify(self) -> None:
+        """Nodes joined, left or freed a slot: wake whoever waits for that."""
         self._changed.set()
         self._changed = trio.Event()
+        self._serve_waiters()
+
+    def _serve_waiters(self) -> None:
+        # Waiters queue in order and are handed a slot directly. (Waking every waiter on
+        # every freed slot, and letting them race, costs O(waiters) per release: 2,000
+        # queued `>` calls made that quadratic.)
+        if self._closing or (not self._ready and self._live == 0):
+            for waiter in [*self._waiting_any, *(w for q in self._waiting_for.values() for w in q)]:
+                waiter.event.set()  # it re-checks and raises PoolClosedError
+            self._waiting_any.clear()
+            self._waiting_for.clear()
+            return
+        for index, queue in list(self._waiting_for.items()):
+            while queue:
+                node = self._pick(index)
+                if node is None:
+                    break
+                self._hand(queue.popleft(), node)
+            if not queue:
+                del self._waiting_for[index]
+        while self._waiting_any:
+            node = self._pick(None)
+            if node is None:
+                break
+            self._hand(self._waiting_any.popleft(), node)
+
+    @staticmethod
+    def _hand(waiter: _Waiter, node: _Node) -> None:
+        node.inflight += 1
+        waiter.node = node
+        waiter.event.set()
 
     def _pick(self, target: int | None) -> _Node | None:
         if target is not None:
@@ -973,13 +1016,33 @@ class Pool:
             )
 
     async def _acquire(self, target: int | None) -> _Node:
-        while True:
-            self._check_open()
+        """A slot on a ready node (``target``, or the next round-robin), in arrival order."""
+        self._check_open()
+        queue = self._waiting_any if target is None else self._waiting_for.get(target)
+        if not queue:  # nobody is ahead of us
             node = self._pick(target)
             if node is not None:
                 node.inflight += 1
                 return node
-            await self._changed.wait()
+        waiter = _Waiter()
+        if target is None:
+            self._waiting_any.append(waiter)
+        else:
+            self._waiting_for.setdefault(target, collections.deque()).append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.node is not None:
+                self._release(waiter.node)  # handed a slot just as we were cancelled
+            else:
+                waiting = self._waiting_any if target is None else self._waiting_for.get(target)
+                if waiting is not None and waiter in waiting:
+                    waiting.remove(waiter)
+            raise
+        if waiter.node is None:
+            self._check_open()  # woken because the pool is closing or empty
+            raise PoolClosedError("the pool could not give this call a node")
+        return waiter.node
 
     async def _acquire_any_ready(self) -> None:
         while not self._ready:
@@ -989,7 +1052,8 @@ class Pool:
 
     def _release(self, node: _Node) -> None:
         node.inflight -= 1
-        self._notify()
+        if self._waiting_any or self._waiting_for:
+            self._serve_waiters()
 
     def _work_nursery(self) -> trio.Nursery:
         if self._work is None:
@@ -1309,8 +1373,9 @@ class _Supervisor:
         pool._closing = True
         if pool._work is not None:
             pool._work.cancel_scope.cancel(reason="pool closing")
+        pool._notify()  # calls waiting for a slot now fail with PoolClosedError
         for node in list(pool._ready.values()):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(ConnectionLostError):  # already gone: nothing to stop
                 node.conn.shutdown()
         with trio.move_on_after(1):
             for node in list(pool._ready.values()):

@@ -237,7 +237,9 @@ def test_default_compute_timeout(release: Path) -> None:
 
 
 def test_unpicklable_argument_fails_before_sending(sync_pool: sky.Pool) -> None:
-    with pytest.raises(sky.SerializationError, match=r"argument 'lock' \(position 0\)") as caught:
+    with pytest.raises(
+        sky.SerializationError, match=r"argument 'lock' \(position 0, a lock\)"
+    ) as caught:
         takes_lock(threading.Lock()) >> sync_pool
     assert isinstance(caught.value, TypeError)
     assert "takes_lock" in str(caught.value)
