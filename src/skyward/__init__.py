@@ -64,12 +64,15 @@ from skyward_trio import (
 )
 
 if TYPE_CHECKING:
+    from skyward_trio import ChildDied
+
     from ._sync import Compute, Pool
 
 __all__ = [
     "DEFAULT_IMAGE",
     "AcceleratorInfo",
     "CallbackWriter",
+    "ChildDied",
     "Compute",
     "ConnectionLostError",
     "Function",
@@ -114,6 +117,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ChildDied":
+        import skyward_trio
+
+        return skyward_trio.ChildDied
     if name in ("Compute", "Pool"):
         from . import _sync
 

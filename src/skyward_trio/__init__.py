@@ -6,7 +6,8 @@ enforces it):
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
    ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``, ``_capture``, ``_output``
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
-3. the worker: ``_execute``, ``worker`` (only trio + layers 1-2: imported on remote machines)
+3. the worker: ``_execute``, ``_procpool``, ``_procchild``, ``worker`` (only trio + layers 1-2:
+   imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_providers``,
    ``_localnode`` (a Local node's SSH server process), ``_connection``
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler)
@@ -54,12 +55,14 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._pool import CancelledCallError, Compute, Future, ItemStream, Pool, ResultStream
+    from ._procpool import ChildDied
 
 __all__ = [
     "DEFAULT_IMAGE",
     "AcceleratorInfo",
     "CallbackWriter",
     "CancelledCallError",
+    "ChildDied",
     "Compute",
     "ConnectionLostError",
     "Function",
@@ -109,6 +112,10 @@ _LAZY = {"CancelledCallError", "Compute", "Future", "ItemStream", "Pool", "Resul
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ChildDied":
+        from ._procpool import ChildDied
+
+        return ChildDied
     if name in _LAZY:
         from . import _pool
 

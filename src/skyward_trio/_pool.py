@@ -1140,12 +1140,6 @@ def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
     if len(specs) > 1:
         raise ValueError(f"{len(specs)} specs given: multi-spec fallback {_NOT_YET}; pass one Spec")
     spec = specs[0]
-    worker = options.worker or Worker()
-    if worker.resolved_executor != "thread":
-        raise ValueError(
-            f"Worker(executor={worker.executor!r}): the process executor {_NOT_YET}; "
-            'use executor="thread" (the default)'
-        )
     if options.health_checker is not None:
         raise ValueError(f"Options(health_checker=...): health checks {_NOT_YET}")
     image = spec.image
@@ -1363,6 +1357,7 @@ class _Supervisor:
             "info": to_dict(info),
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,
+            "reuse_processes": pool.worker_config.reuse_processes,
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),
         }

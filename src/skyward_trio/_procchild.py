@@ -5,18 +5,25 @@ to the worker over one end of a ``socket.socketpair()`` (fd ``N``) with ``_wire`
 never over its stdout: file descriptors 1 and 2 are pipes the worker reads, so whatever a
 task writes there (``print``, C code, subprocesses) reaches the task's output live.
 
-Protocol, one frame each way per task::
+Protocol, one frame each way per task, plus one exchange per streamed item::
 
     worker -> child   (INIT, {"sys_path": [...], "info": {...}, "one_shot": bool})  once, first
-    worker -> child   (TASK, kind, fn_key, fn_payload | None, args_payload)
+    worker -> child   (TASK, kind, fn_key, fn_payload | None, args_payload, stream, inputs)
+    child  -> worker  (ITEM, payload)      if stream: one per item a generator yields,
+    worker -> child   (ACK, more)          answered before the generator goes on
+    child  -> worker  (NEXT, slot)         if inputs: the task wants the next item of the
+    worker -> child   (INPUT, payload)     ``Iterator[T]`` argument in ``slot``,
+                    | (INPUT_END,)         or there are no more
     child  -> worker  (DONE, result, functions_received)
 
 ``kind`` is ``_wire.RUN`` or ``_wire.BATCH``; ``result`` is what ``_execute.run_one`` or
 ``run_batch`` returned. ``fn_payload`` is sent only the first time this child sees
-``fn_key``. The child exits when the socket reaches EOF, after one task when ``one_shot``,
-and when the worker dies (see ``_watch_parent``).
+``fn_key``. ``more`` is what the worker's item sink returned: False stops the generator.
+The child exits when the socket reaches EOF, after one task when ``one_shot``, and when
+the worker dies (see ``_watch_parent``).
 
-Layer 3: stdlib, ``_wire``, ``_execute``, ``_runtime``, ``_info``, ``_capture``; never trio.
+Layer 3: stdlib, ``_wire``, ``_serial``, ``_execute``, ``_runtime``, ``_info``, ``_capture``;
+never trio.
 """
 
 from __future__ import annotations
@@ -29,17 +36,23 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from . import _capture, _execute, _runtime, _wire
+from . import _capture, _execute, _runtime, _serial, _wire
 from ._info import from_dict
 
-__all__ = ["DONE", "INIT", "TASK", "main"]
+__all__ = ["ACK", "DONE", "INIT", "INPUT", "INPUT_END", "ITEM", "NEXT", "TASK", "main"]
 
 # Message kinds of the worker <-> child channel (not the client wire; small ints like _wire's).
 INIT = 100
 TASK = 101
 DONE = 102
+ITEM = 103
+ACK = 104
+NEXT = 105
+INPUT = 106
+INPUT_END = 107
 
 # Exit status when the worker that started this child has gone away.
 ORPHANED = 70
@@ -69,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     _runtime.set_instance_info(from_dict(config["info"]))
-    _serve(channel, one_shot=bool(config["one_shot"]))
+    try:
+        _serve(channel, one_shot=bool(config["one_shot"]))
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the worker closed the channel while a reply was on its way: it is going
 
 
 def _serve(channel: _Channel, *, one_shot: bool) -> None:
@@ -79,15 +95,17 @@ def _serve(channel: _Channel, *, one_shot: bool) -> None:
         message = channel.receive()
         if message is None:
             return  # the worker closed the channel: done
-        kind, task_kind, fn_key, fn_payload, args_payload = message
-        if kind != TASK:
-            raise _wire.ProtocolError(f"expected a TASK message, got kind {kind!r}")
+        if message[0] != TASK:
+            raise _wire.ProtocolError(f"expected a TASK message, got kind {message[0]!r}")
+        _, task_kind, fn_key, fn_payload, args_payload, stream, inputs = message
         if fn_payload is not None:
             cache.add(fn_key, fn_payload)
             received += 1
         result: Any
         if task_kind == _wire.RUN:
-            result = _execute.run_one(cache, fn_key, args_payload)
+            sink = channel.send_item if stream else None
+            source = channel.input if inputs else None
+            result = _execute.run_one(cache, fn_key, args_payload, sink, source)
         else:
             result = _execute.run_batch(cache, fn_key, args_payload)
         # Everything the task wrote must be in the pipes before the reply is: the worker
@@ -117,6 +135,29 @@ class _Channel:
                 return None
             self._pending.extend(self._decoder.feed(data))
         return self._pending.pop(0)
+
+    def send_item(self, payload: Any) -> bool:
+        """Hand one yielded item to the worker; False when no more are wanted."""
+        self.send((ITEM, payload))
+        reply = self.receive()
+        if reply is None:
+            return False  # the worker is gone: stop the generator
+        if reply[0] != ACK:
+            raise _wire.ProtocolError(f"expected an ACK message, got kind {reply[0]!r}")
+        return bool(reply[1])
+
+    def input(self, slot: int) -> Iterator[Any]:
+        """The items of the ``Iterator[T]`` argument in ``slot``, asked for one at a time."""
+        while True:
+            self.send((NEXT, slot))
+            reply = self.receive()
+            if reply is None:
+                raise EOFError("the worker closed the channel while the task read its input")
+            if reply[0] == INPUT_END:
+                return
+            if reply[0] != INPUT:
+                raise _wire.ProtocolError(f"expected an INPUT message, got kind {reply[0]!r}")
+            yield _serial.loads(reply[1])
 
     def send(self, message: tuple[Any, ...]) -> None:
         frame = _wire.encode(message)

@@ -34,6 +34,7 @@ import trio
 from . import _capture, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
+from ._procpool import ChildDied, ProcessExecutor
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["main"]
@@ -50,6 +51,17 @@ class Worker:
         self._secret = secret
         self.node: int = config["info"]["node"]
         self._cache = FunctionCache()
+        self._executor: ProcessExecutor | None = None
+        # Under the process executor every new child needs the pickled function.
+        self._fn_payloads: dict[str, _serial.Payload] = {}
+        if config.get("executor") == "process":
+            self._executor = ProcessExecutor(
+                size=int(config.get("concurrency", 1)),
+                reuse=bool(config.get("reuse_processes", True)),
+                sys_path=list(config.get("sys_path", [])),
+                env=dict(config.get("env", {})),
+                info=config["info"],
+            )
         self._sessions: dict[str, _Session] = {}
         self._shutdown = trio.Event()
 
@@ -246,13 +258,19 @@ class _Session:
                 self._precancelled.discard(self._precancelled_order.popleft())
             return
         task.cancelled = True
-        if task.running and not self._closed:
+        executor = self._worker._executor
+        if executor is not None:
+            executor.cancel(task)  # kills its subprocess (hard cancellation); run() returns
+        elif task.running and not self._closed:
             self._spawn()
 
     def close(self) -> None:
         self._closed = True
-        for task in self._live.values():
+        executor = self._worker._executor
+        for task in list(self._live.values()):
             task.cancelled = True
+            if executor is not None:
+                executor.cancel(task)  # nobody will read its result: free the child
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
@@ -304,7 +322,11 @@ class _Session:
         kind = msg[0]
         if kind in (_wire.RUN, _wire.BATCH):
             task_id, fn_key, fn_payload, args_payload = msg[1:5]
-            self._worker._cache.add(fn_key, fn_payload)
+            if self._worker._executor is not None:
+                if fn_payload is not None:
+                    self._worker._fn_payloads.setdefault(fn_key, fn_payload)
+            else:
+                self._worker._cache.add(fn_key, fn_payload)
             if task_id in self._precancelled:
                 self._precancelled.discard(task_id)
                 return
@@ -313,9 +335,7 @@ class _Session:
             self._live[task_id] = task
             self._queue.append(task)
         elif kind == _wire.CANCEL:
-            cancelled = self._live.pop(msg[1], None)
-            if cancelled is not None:
-                cancelled.cancelled = True
+            self.cancel(msg[1])
         elif kind == _wire.SHUTDOWN:
             self._token.run_sync_soon(self._worker._shutdown.set)
         else:
@@ -326,21 +346,23 @@ class _Session:
         t0 = time.perf_counter()
         cache = self._worker._cache
         output = _TaskOutput(self, task)
-        with _capture.route(output.write):
-            if task.kind == _wire.RUN:
-                sink = functools.partial(self._send_item, task) if task.stream else None
-                inputs = functools.partial(self._input_iterator, task)
-                ok, payload = run_one(cache, task.fn_key, task.args, sink, inputs)
-                message: tuple[Any, ...] = (
-                    _wire.RESULT,
-                    task.task_id,
-                    ok,
-                    payload,
-                    time.perf_counter() - t0,
-                )
-            else:
-                payload = run_batch(cache, task.fn_key, task.args)
-                message = (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
+        sink = functools.partial(self._send_item, task) if task.stream else None
+        if self._worker._executor is not None:
+            message = self._execute_in_process(task, output, sink, t0)
+        else:
+            with _capture.route(output.write):
+                if task.kind == _wire.RUN:
+                    inputs = functools.partial(self._input_iterator, task)
+                    ok, payload = run_one(cache, task.fn_key, task.args, sink, inputs)
+                    message = (_wire.RESULT, task.task_id, ok, payload, time.perf_counter() - t0)
+                else:
+                    payload = run_batch(cache, task.fn_key, task.args)
+                    message = (
+                        _wire.BATCH_RESULT,
+                        task.task_id,
+                        payload,
+                        time.perf_counter() - t0,
+                    )
         output.flush()
         if self._inputs:
             self._drop_inputs(task.task_id)
@@ -348,6 +370,42 @@ class _Session:
         if task.cancelled or self._closed:
             return  # the client gave up on it: a late result is dropped
         self.send(message)
+
+    def _execute_in_process(
+        self, task: _Task, output: _TaskOutput, sink: Any, t0: float
+    ) -> tuple[Any, ...]:
+        executor = self._worker._executor
+        assert executor is not None
+        fn_payload = self._worker._fn_payloads[task.fn_key]
+        try:
+            if task.kind == _wire.RUN:
+                inputs = functools.partial(self._input_payloads, task)
+                ok, payload = executor.run(
+                    task,
+                    _wire.RUN,
+                    task.fn_key,
+                    fn_payload,
+                    task.args,
+                    output.write,
+                    on_item=sink,
+                    inputs=inputs,
+                )
+                return (_wire.RESULT, task.task_id, ok, payload, time.perf_counter() - t0)
+            payload = executor.run(
+                task, _wire.BATCH, task.fn_key, fn_payload, task.args, output.write
+            )
+            return (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
+        except (ChildDied, InputCancelled) as exc:
+            # The subprocess died (or was killed because the task was cancelled): this
+            # task fails with why; the node keeps serving with a new subprocess.
+            info = _serial.dump_exception(exc)
+            if task.kind == _wire.RUN:
+                return (_wire.RESULT, task.task_id, False, info, time.perf_counter() - t0)
+            failed = _serial.dumps([(False, info)])
+            return (_wire.BATCH_RESULT, task.task_id, failed, time.perf_counter() - t0)
+
+    def _input_payloads(self, task: _Task, slot: int) -> Iterator[Any]:
+        return self.input_queue(task.task_id, slot).iterate(task, raw=True)
 
     def _input_iterator(self, task: _Task, slot: int) -> Iterator[Any]:
         return self.input_queue(task.task_id, slot).iterate(task)
@@ -419,7 +477,8 @@ class _Input:
     def close(self) -> None:
         self._queue.put(self._END)
 
-    def iterate(self, task: _Task) -> Iterator[Any]:
+    def iterate(self, task: _Task, *, raw: bool = False) -> Iterator[Any]:
+        """The items as they arrive (``raw``: their payloads, for a subprocess to load)."""
         read = 0
         while True:
             try:
@@ -434,7 +493,7 @@ class _Input:
             if read % self._WINDOW_BATCH == 0:
                 message = (_wire.INPUT_CREDIT, self._task_id, self._slot, self._WINDOW_BATCH)
                 self._session.send(message)
-            yield _serial.loads(payload)
+            yield payload if raw else _serial.loads(payload)
 
 
 class _TaskOutput:
@@ -484,7 +543,11 @@ def main(argv: list[str] | None = None) -> None:
     _capture.install()
     os.chdir(directory)
     worker = Worker(directory, config, secret)
-    trio.run(worker.serve)
+    try:
+        trio.run(worker.serve)
+    finally:
+        if worker._executor is not None:
+            worker._executor.close()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ LAYERS = {
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
+    "_procchild": 3,
+    "_procpool": 3,
     "worker": 3,
     "_transport": 4,
     "_providers": 4,
