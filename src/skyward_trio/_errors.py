@@ -10,6 +10,7 @@ Every error Skyward raises on purpose is one of these (or a plain ``TypeError`` 
     ├── SerializationError      an argument or result could not be pickled (also a TypeError)
     ├── RemoteError             the remote function raised an exception that does not unpickle here
     ├── TaskTimeoutError        a task ran past its timeout (also a TimeoutError)
+    ├── ChildDied               (in ``_procpool``) a process-executor subprocess died
     ├── NoActivePoolError       ``>> sky`` with no pool active (also a RuntimeError)
     ├── PoolClosedError         the pool closed, or lost every node, before a call finished
     └── TeardownError           instances that could not be confirmed terminated (lists them)

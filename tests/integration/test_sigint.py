@@ -11,21 +11,36 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     import skyward as sky
 
     @sky.function
-    def slow():
+    def slow(pid_file):
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
         time.sleep(60)
         return "finished"
 
-    with sky.Compute(provider=sky.Local(), nodes=2, options=sky.Options(console="silent")) as pool:
+    worker = sky.Worker(executor=sys.argv[1])
+    options = sky.Options(console="silent", worker=worker)
+    with sky.Compute(provider=sky.Local(), nodes=2, options=options) as pool:
         print(pool.job_id, flush=True)
-        print(slow() >> pool, flush=True)
+        print(slow(sys.argv[2]) >> pool, flush=True)
     """
 )
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (orphans here may wait unreaped under a PID 1 that never reaps)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _processes_of(job_id: str) -> list[int]:
@@ -43,24 +58,26 @@ def _processes_of(job_id: str) -> list[int]:
     return found
 
 
-def test_ctrl_c_cancels_and_tears_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_ctrl_c_cancels_and_tears_down(tmp_path: Path, executor: str) -> None:
     script = tmp_path / "long_job.py"
     script.write_text(SCRIPT)
+    pid_file = tmp_path / "task.pid"
     with subprocess.Popen(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), executor, str(pid_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     ) as proc:
         try:
-            _interrupt_and_check(proc)
+            _interrupt_and_check(proc, pid_file)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
 
 
-def _interrupt_and_check(proc: subprocess.Popen[str]) -> None:
+def _interrupt_and_check(proc: subprocess.Popen[str], pid_file: Path) -> None:
     assert proc.stdout is not None
     job_id = proc.stdout.readline().strip()
     assert job_id, proc.stderr.read() if proc.stderr else ""
@@ -69,7 +86,10 @@ def _interrupt_and_check(proc: subprocess.Popen[str]) -> None:
     while len(_processes_of(job_id)) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(_processes_of(job_id)) == 4
-    time.sleep(0.5)
+    while not pid_file.exists() or not pid_file.read_text():  # the task is running
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    task_pid = int(pid_file.read_text())
     proc.send_signal(signal.SIGINT)
     rc = proc.wait(timeout=60)
     stderr = proc.stderr.read() if proc.stderr else ""
@@ -78,3 +98,5 @@ def _interrupt_and_check(proc: subprocess.Popen[str]) -> None:
     assert "finished" not in proc.stdout.read()
     # Teardown finished before the script exited: nothing of this pool is left.
     assert _processes_of(job_id) == []
+    # The process that ran the task (the worker, or its subprocess) is gone too.
+    assert not _running(task_pid)
