@@ -117,6 +117,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "testing":
+        import skyward_trio.testing
+
+        return skyward_trio.testing
     if name == "ChildDied":
         import skyward_trio
 

@@ -10,7 +10,7 @@ enforces it):
    imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_providers``,
    ``_localnode`` (a Local node's SSH server process), ``_connection``
-5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler)
+5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``testing`` (the fault kit)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.

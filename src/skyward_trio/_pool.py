@@ -62,6 +62,8 @@ from ._version import PYTHON_VERSION
 __all__ = ["Compute", "Future", "ItemStream", "Pool", "PreparedCall", "ResultStream"]
 
 HEAD_PORT = 29500
+# A node index is replaced at most this often (Options.max_provision_attempts overrides).
+_REPLACEMENTS = 5
 _BIG_RESULT = 4 * 1024 * 1024
 
 
@@ -343,13 +345,16 @@ class Inflight:
     """A call on its way: sent to a node, waiting for its reply, its deadline or cancel()."""
 
     __slots__ = (
+        "attempts",
         "call",
         "deadline",
         "feeders",
         "finished",
+        "holding",
         "node",
         "on_done",
         "pool",
+        "target",
         "task_id",
         "timeout",
     )
@@ -361,6 +366,7 @@ class Inflight:
         call: PreparedCall,
         timeout: float,
         on_done: Callable[[Outcome], None],
+        target: int | None = None,
     ) -> None:
         self.pool = pool
         self.node = node
@@ -368,21 +374,77 @@ class Inflight:
         self.timeout = timeout
         self.deadline = trio.current_time() + timeout
         self.on_done = on_done
+        self.target = target
         self.task_id = 0
         self.finished = False
+        self.holding = True  # holds a slot on self.node
+        self.attempts: list[str] = []  # why earlier attempts were interrupted
         self.feeders: trio.CancelScope | None = None
 
     def _end(self, outcome: Outcome) -> None:
         self.finished = True
         if self.feeders is not None:
             self.feeders.cancel(reason="the call ended")
-        self.pool._release(self.node)
+        if self.holding:
+            self.holding = False
+            self.pool._release(self.node)
         self.pool._deadlines.finished()
         self.on_done(outcome)
 
     def _reply(self, message: tuple[Any, ...] | None, error: BaseException | None) -> None:
-        if not self.finished:
-            self._end((message, self.node.index, error))
+        if self.finished:
+            return
+        if isinstance(error, ConnectionLostError) and self._retryable():
+            self._requeue(error)
+            return
+        if isinstance(error, ConnectionLostError):
+            error = self._interrupted(error)
+        self._end((message, self.node.index, error))
+
+    def _retryable(self) -> bool:
+        # A stream that delivered items, or inputs already consumed, cannot be replayed.
+        return (
+            not self.call.stream
+            and not self.call.inputs
+            and not self.pool._closing
+            and len(self.attempts) < self.pool.options.retry_on_interruption
+        )
+
+    def _interrupted(self, last: BaseException) -> ConnectionLostError:
+        history = "; ".join([*self.attempts, f"node {self.node.index}: {last}"])
+        count = len(self.attempts) + 1
+        return ConnectionLostError(
+            f"{self.call.name}() was interrupted {count} time{'s' if count > 1 else ''}, "
+            f"more than Options(retry_on_interruption={self.pool.options.retry_on_interruption}) "
+            f"allows: {history}",
+            node=self.node.index,
+        )
+
+    def _requeue(self, error: BaseException) -> None:
+        """The node was lost with the call on it: send it again, to another node."""
+        self.attempts.append(f"node {self.node.index}: {error}")
+        self.holding = False
+        self.pool._release(self.node)
+        self.pool._work_nursery().start_soon(self._resend)
+
+    async def _resend(self) -> None:
+        try:
+            node = await self.pool._acquire(self.target)
+        except PoolClosedError as exc:
+            if not self.finished:
+                self._end((None, self.node.index, self._interrupted(exc)))
+            return
+        if self.finished:  # cancelled or expired while it waited
+            self.pool._release(node)
+            return
+        self.node = node
+        self.holding = True
+        try:
+            self.task_id = node.conn.call_nowait(
+                self.call.fn_key, self.call.fn_payload, self.call.args_payload, self._reply
+            )
+        except ConnectionLostError as exc:
+            self._reply(None, exc)
 
     def cancel(self, error: BaseException | None = None) -> None:
         """Give up on the call: the worker drops it and frees its slot. Idempotent."""
@@ -611,6 +673,7 @@ class Pool:
         self._closing = False
         self._live = nodes.desired  # nodes not (yet) failed or lost
         self._deadlines = _Deadlines()
+        self._supervisor: _Supervisor | None = None
         self._waiting_any: collections.deque[_Waiter] = collections.deque()
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
 
@@ -731,7 +794,7 @@ class Pool:
             outcome.append(result)
             done.set()
 
-        inflight = self._start_on(node, call, finished)
+        inflight = self._start_on(node, call, finished, target=target)
         try:
             await done.wait()
         except BaseException:
@@ -779,7 +842,7 @@ class Pool:
         if node is None:
             return None
         node.inflight += 1
-        return self._start_on(node, call, on_done, on_item)
+        return self._start_on(node, call, on_done, on_item, target)
 
     async def start(
         self,
@@ -790,7 +853,7 @@ class Pool:
     ) -> Inflight:
         """``try_start``, waiting for a free slot if there is none."""
         node = await self._acquire(target)
-        return self._start_on(node, call, on_done, on_item)
+        return self._start_on(node, call, on_done, on_item, target)
 
     def _start_on(
         self,
@@ -798,9 +861,10 @@ class Pool:
         call: PreparedCall,
         on_done: Callable[[Outcome], None],
         on_item: Callable[[_serial.Payload], None] | None = None,
+        target: int | None = None,
     ) -> Inflight:
         timeout = call.timeout or self.options.default_compute_timeout
-        inflight = Inflight(self, node, call, timeout, on_done)
+        inflight = Inflight(self, node, call, timeout, on_done, target)
         try:
             inflight.task_id = node.conn.call_nowait(
                 call.fn_key, call.fn_payload, call.args_payload, inflight._reply, on_item
@@ -905,17 +969,49 @@ class Pool:
         failure: list[BaseException] = []
         item_timeout = task_timeout or self.options.default_compute_timeout
 
+        def fail(error: BaseException) -> None:
+            if not failure:
+                failure.append(error)
+                nursery.cancel_scope.cancel(reason="a mapped item failed")
+
         async def run_batch(node: _Node, start: int, count: int, payload: _serial.Payload) -> None:
             nonlocal per_item
-            try:
-                limit = item_timeout * count
+            limit = item_timeout * count
+            attempts: list[str] = []
+            while True:
                 try:
                     with trio.fail_after(limit):
                         msg = await node.conn.call_batch(key, fn_payload, payload)
                 except trio.TooSlowError:
-                    raise TaskTimeoutError(task="map", node=node.index, timeout=limit) from None
-            finally:
+                    self._release(node)
+                    fail(TaskTimeoutError(task="map", node=node.index, timeout=limit))
+                    return
+                except ConnectionLostError as exc:
+                    # The node was lost with the batch on it: send it to another node.
+                    self._release(node)
+                    attempts.append(f"node {node.index}: {exc}")
+                    retries = self.options.retry_on_interruption
+                    if len(attempts) > retries or self._closing:
+                        fail(
+                            ConnectionLostError(
+                                f"map items {start}..{start + count - 1} were interrupted "
+                                f"{len(attempts)} times, more than Options(retry_on_"
+                                f"interruption={retries}) allows: {'; '.join(attempts)}",
+                                node=node.index,
+                            )
+                        )
+                        return
+                    try:
+                        node = await self._acquire(None)
+                    except PoolClosedError as closed:
+                        fail(closed)
+                        return
+                    continue
+                except BaseException:
+                    self._release(node)
+                    raise
                 self._release(node)
+                break
             _, _, out_payload, elapsed = msg
             per_item = elapsed / count
             outcomes = _serial.loads(out_payload)
@@ -927,8 +1023,7 @@ class Pool:
                 elif not failure:
                     err = _rebuild_error(value, node.index, "map")
                     err.add_note(f"[skyward] while mapping item {start + offset}")
-                    failure.append(err)
-                    nursery.cancel_scope.cancel(reason="a mapped item failed")
+                    fail(err)
                     return
 
         start = 0
@@ -1224,6 +1319,9 @@ class _Supervisor:
         self.instances: dict[int, Instance] = {}
         self.failures: dict[int, BaseException] = {}
         self.connections: dict[int, _transport.SSHConnection] = {}
+        self.replacements: dict[int, int] = {}
+        self.unconfirmed: list[str] = []  # lost instances not confirmed terminated
+        self._nursery: trio.Nursery | None = None
         self._provisioned = trio.Event()
         self._changed = trio.Event()
 
@@ -1233,6 +1331,8 @@ class _Supervisor:
 
     async def start(self, nursery: trio.Nursery) -> None:
         pool = self.pool
+        self._nursery = nursery
+        pool._supervisor = self
         pool._work = await nursery.start(_work_nursery)
         await nursery.start(pool._deadlines.watch)
         desired = pool.nodes.desired
@@ -1300,12 +1400,42 @@ class _Supervisor:
         pool._notify()
         self._notify()
         await conn.serve()
-        # The link closed. During teardown that is expected; otherwise the node is lost.
+        # The link closed. During teardown that is expected; otherwise the node is lost:
+        # its calls are sent again elsewhere (Inflight._requeue) and it is replaced.
         pool._ready.pop(i, None)
-        pool._live -= 1
-        pool._notify()
-        if not pool._closing:
-            _say(pool.options, f"lost node {i}: {conn._link.close_reason if conn._link else ''}")
+        if pool._closing:
+            return
+        reason = (conn._link.close_reason if conn._link else None) or "the link closed"
+        await self._replace(i, instance, ssh, reason)
+
+    async def _replace(
+        self, i: int, lost: Instance, ssh: _transport.SSHConnection, reason: str
+    ) -> None:
+        pool = self.pool
+        self.replacements[i] = self.replacements.get(i, 0) + 1
+        limit = pool.options.max_provision_attempts or _REPLACEMENTS
+        if self.replacements[i] > limit:
+            pool._live -= 1
+            pool._notify()
+            _say(pool.options, f"lost node {i} ({reason}); not replacing it: lost {limit} times")
+            await self._retire(lost, ssh)
+            return
+        _say(pool.options, f"lost node {i} ({reason}); replacing it")
+        pool._notify()  # calls pinned elsewhere may proceed; waiters re-check
+        await self._retire(lost, ssh)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._node, i)
+
+    async def _retire(self, instance: Instance, ssh: _transport.SSHConnection) -> None:
+        """Close and terminate a lost node's instance, so it does not keep billing."""
+        await ssh.aclose()
+        with trio.move_on_after(self.pool.options.shutdown_timeout) as scope:
+            try:
+                await self.cluster.terminate(instance)
+            except Exception as exc:  # reported at teardown, as TeardownError
+                self.unconfirmed.append(f"{instance.id} ({exc})")
+        if scope.cancelled_caught:
+            self.unconfirmed.append(f"{instance.id} (terminate timed out)")
 
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
         options = self.pool.options
@@ -1391,6 +1521,7 @@ class _Supervisor:
                     nursery.start_soon(terminate, instance)
         if scope.cancelled_caught:
             failed.append(f"timed out after {pool.options.shutdown_timeout:g} s")
+        failed.extend(self.unconfirmed)
         if failed:
             return TeardownError(
                 f"could not confirm that these {self.cluster.name} instances are terminated "

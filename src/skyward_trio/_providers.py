@@ -46,7 +46,12 @@ class Instance:
 
 
 class Cluster(Protocol):
-    """One pool's view of a provider."""
+    """One pool's view of a provider.
+
+    ``terminate`` must confirm the instance is gone or raise. ``aclose`` must end anything
+    the cluster started that was never handed out as an instance or never terminated
+    (a provision cancelled half-way, say): nothing it created may outlive the pool.
+    """
 
     name: str
 
@@ -141,6 +146,16 @@ class LocalCluster:
         del self._procs[instance.id]
 
     async def aclose(self) -> None:
+        """Kill what is left (a node still being provisioned when the pool closed), then
+        remove the pool's directory."""
+        for proc in list(self._procs.values()):
+            if proc.returncode is None:
+                proc.kill()
+                with trio.move_on_after(2):
+                    await proc.wait()
+        for worker_ready in self.root.glob("node-*/work/worker.ready"):
+            _kill_worker(worker_ready.parent)
+        self._procs.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

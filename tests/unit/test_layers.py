@@ -35,6 +35,7 @@ LAYERS = {
     "_localnode": 4,
     "_connection": 4,
     "_pool": 5,
+    "testing": 5,
 }
 
 
