@@ -117,7 +117,7 @@ class Portal:
     def wait(self, job: Job) -> Any:
         try:
             return job.future.result()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or SystemExit from SIGTERM: stop the job first
             if not job.future.done():
                 self.cancel(job)
                 self._wait_quietly(job)

@@ -7,8 +7,13 @@ the trio loop never stalls on a big pickle.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
+import contextlib
 import queue
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -230,8 +235,8 @@ class _SyncCall:
         self._portal.run_sync_soon(self._start)
         try:
             message, node, error = self._done.result()
-        except KeyboardInterrupt:
-            # Ctrl-C: tell the worker, free the slot, then let the interrupt propagate.
+        except BaseException:
+            # Ctrl-C (or SIGTERM): tell the worker, free the slot, then let it propagate.
             self._portal.run_sync_soon(self._cancel)
             self._portal.wait_quietly(self._done, timeout=10)
             raise
@@ -320,13 +325,20 @@ class Compute:
             raise RuntimeError("the pool stopped before it was ready")
         self.pool = Pool(ready.result(), portal)
         self._token = active_pool.set(self.pool)
+        _opened(self)
         return self.pool
 
     def __exit__(self, *exc_info: Any) -> None:
         assert self._portal is not None
         assert self._job is not None
         assert self._exit is not None
-        active_pool.reset(self._token)
+        if self not in _open_pools:
+            return  # already closed (by the atexit hook)
+        _closed(self)
+        if self._token is not None:
+            with contextlib.suppress(ValueError):  # reset from another context (atexit)
+                active_pool.reset(self._token)
+            self._token = None
         exit_event = self._exit
         self._portal.run_sync_soon(exit_event.set)
         self._portal._wait_quietly(self._job, timeout=self._core.options.shutdown_timeout + 30)
@@ -339,3 +351,50 @@ class Compute:
         error = self._job.future.exception()
         if error is not None and not isinstance(error, concurrent.futures.CancelledError):
             raise error
+
+
+# -- pools left open at exit, and SIGTERM ----------------------------------------------------
+
+_open_pools: list[Compute] = []
+_hooks_lock = threading.Lock()
+_atexit_registered = False
+_previous_sigterm: Any = None
+
+
+def _opened(compute: Compute) -> None:
+    global _atexit_registered, _previous_sigterm
+    with _hooks_lock:
+        _open_pools.append(compute)
+        if not _atexit_registered:
+            atexit.register(_close_open_pools)
+            _atexit_registered = True
+        # SIGTERM's default action kills the process with no teardown: the nodes would
+        # keep running (and billing). While a pool is open it raises SystemExit instead,
+        # which leaves the `with` block like any exception. Only the default is replaced.
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main and len(_open_pools) == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            _previous_sigterm = signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _closed(compute: Compute) -> None:
+    global _previous_sigterm
+    with _hooks_lock:
+        if compute in _open_pools:
+            _open_pools.remove(compute)
+        restore = not _open_pools and _previous_sigterm is not None
+        if restore and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _previous_sigterm)
+            _previous_sigterm = None
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _close_open_pools() -> None:
+    """At interpreter exit, tear down pools whose `with` block never ended."""
+    for compute in list(reversed(_open_pools)):
+        try:
+            compute.__exit__(None, None, None)
+        except skyward_trio.TeardownError as exc:
+            print(f"skyward: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -32,6 +33,11 @@ SCRIPT = textwrap.dedent(
         print(slow(sys.argv[2]) >> pool, flush=True)
     """
 )
+
+
+def _pool_dirs(job_id: str) -> list[Path]:
+    """The pool's Local directories; the client's teardown removes them."""
+    return list(Path(tempfile.gettempdir()).glob(f"skyward-{job_id}-*"))
 
 
 def _running(pid: int) -> bool:
@@ -100,3 +106,48 @@ def _interrupt_and_check(proc: subprocess.Popen[str], pid_file: Path) -> None:
     assert _processes_of(job_id) == []
     # The process that ran the task (the worker, or its subprocess) is gone too.
     assert not _running(task_pid)
+
+
+def test_sigterm_tears_the_pool_down(tmp_path: Path) -> None:
+    script = tmp_path / "long_job.py"
+    script.write_text(SCRIPT)
+    pid_file = tmp_path / "task.pid"
+    with subprocess.Popen(
+        [sys.executable, str(script), "thread", str(pid_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        job_id = proc.stdout.readline().strip()
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert _processes_of(job_id) == []
+    assert _pool_dirs(job_id) == []  # the client's teardown ran (not just the nodes' own exit)
+
+
+LEFT_OPEN = textwrap.dedent(
+    """
+    import skyward as sky
+
+    pool = sky.Compute(provider=sky.Local(), nodes=2, options=sky.Options(console="silent"))
+    print(pool.__enter__().job_id, flush=True)
+    # ...and the script ends without leaving the pool: the atexit hook tears it down.
+    """
+)
+
+
+def test_a_pool_left_open_is_torn_down_at_exit(tmp_path: Path) -> None:
+    script = tmp_path / "left_open.py"
+    script.write_text(LEFT_OPEN)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    job_id = done.stdout.strip()
+    assert job_id
+    assert _processes_of(job_id) == []
+    assert _pool_dirs(job_id) == []  # the atexit hook's teardown ran
