@@ -198,34 +198,11 @@ class _SyncCall:
         self._portal.run_sync_soon(self._start)
         return self._future
 
-    def items(self) -> Iterator[Any]:
+    def items(self) -> ItemIterator:
         """The items of a generator function's call, as the node yields them."""
         self._items = queue.SimpleQueue()
         self._portal.run_sync_soon(self._start)
-        return self._iterate(self._items)
-
-    def _iterate(self, items: queue.SimpleQueue[tuple[bool, Any]]) -> Iterator[Any]:
-        read = 0
-        finished = False
-        try:
-            while True:
-                is_item, value = items.get()
-                if is_item:
-                    read += 1
-                    if read % _CREDIT_BATCH == 0:
-                        self._portal.run_sync_soon(self._credit)
-                    yield _serial.loads(value)
-                    continue
-                finished = True
-                message, node, error = value
-                if error is not None:
-                    raise error
-                self._core.finish(self._prepared, message, node)  # raises a remote error
-                return
-        finally:
-            if not finished:
-                # Left early (break, an exception, Ctrl-C): stop the generator on the node.
-                self._portal.run_sync_soon(self._cancel)
+        return ItemIterator(self, self._items)
 
     def _credit(self) -> None:  # on the trio thread
         if self._inflight is not None and not self._inflight.finished:
@@ -244,6 +221,53 @@ class _SyncCall:
             raise error
         assert message is not None
         return self._core.finish(self._prepared, message, node)
+
+
+class ItemIterator(Iterator[Any]):
+    """The items of a generator function dispatched with ``>>``, as the node yields them.
+
+    Leaving early — ``break``, an exception, Ctrl-C, ``close()``, or dropping the iterator
+    unread — stops the generator on the node and frees its slot.
+    """
+
+    def __init__(self, call: _SyncCall, items: queue.SimpleQueue[tuple[bool, Any]]) -> None:
+        self._call = call
+        self._items = items
+        self._read = 0
+        self._finished = False
+
+    def __iter__(self) -> ItemIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        try:
+            is_item, value = self._items.get()
+        except BaseException:
+            self.close()  # Ctrl-C (or SIGTERM) while waiting: stop it on the node
+            raise
+        if is_item:
+            self._read += 1
+            if self._read % _CREDIT_BATCH == 0:
+                self._call._portal.run_sync_soon(self._call._credit)
+            return _serial.loads(value)
+        self._finished = True
+        message, node, error = value
+        if error is not None:
+            raise error
+        self._call._core.finish(self._call._prepared, message, node)  # raises a remote error
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop reading: the generator on the node is stopped and its slot freed."""
+        if not self._finished:
+            self._finished = True
+            self._call._portal.run_sync_soon(self._call._cancel)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the portal's loop already ended
+            self.close()
 
 
 class CallFuture(concurrent.futures.Future[Any]):
@@ -301,6 +325,11 @@ class Compute:
         self.pool: Pool | None = None
 
     def __enter__(self) -> Pool:
+        if self in _open_pools:
+            raise RuntimeError(
+                "this Compute is already open; one Compute makes one pool at a time "
+                "(create another sky.Compute(...) for a second pool)"
+            )
         portal = get_portal()
         ready: concurrent.futures.Future[skyward_trio.Pool] = concurrent.futures.Future()
 

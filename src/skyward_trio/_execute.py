@@ -29,12 +29,20 @@ class FunctionCache:
             self._payloads[key] = payload
 
     def get(self, key: str) -> Any:
-        """Return the function for ``key`` (call from a worker thread)."""
+        """Return the function for ``key`` (call from a worker thread).
+
+        A function that fails to unpickle keeps its payload, so every call fails with
+        the same error (the client sends the function only once per connection).
+        """
         with self._lock:
             fn = self._functions.get(key)
             if fn is None:
-                fn = _serial.loads(self._payloads.pop(key))
+                payload = self._payloads.get(key)
+                if payload is None:
+                    raise LookupError(f"the worker never received function {key!r}")
+                fn = _serial.loads(payload)
                 self._functions[key] = fn
+                del self._payloads[key]
             return fn
 
 

@@ -254,7 +254,8 @@ def _rebuild_error(info: Any, node: int, task: str) -> BaseException:
             exc = _serial.loads(payload)
         except Exception:
             exc = None
-    if not isinstance(exc, BaseException):
+    # These would end your program or an iteration here, not report a failed call.
+    if not isinstance(exc, Exception) or isinstance(exc, StopIteration | StopAsyncIteration):
         return RemoteError(
             type_name=type_name, remote_message=message, remote_traceback=tb, node=node
         )
@@ -674,6 +675,7 @@ class Pool:
         self._live = nodes.desired  # nodes not (yet) failed or lost
         self._deadlines = _Deadlines()
         self._supervisor: _Supervisor | None = None
+        self._gone: set[int] = set()  # node indices lost for good (not replaced)
         self._waiting_any: collections.deque[_Waiter] = collections.deque()
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
 
@@ -837,7 +839,7 @@ class Pool:
         ``on_done`` gets ``(RESULT message, node, None)`` or ``(None, node, error)``
         exactly once: on the reply, the timeout, a lost connection or ``cancel()``.
         """
-        self._check_open()
+        self._check_open(target)
         node = self._pick(target)
         if node is None:
             return None
@@ -1039,10 +1041,13 @@ class Pool:
                     payload = _serial.dumps(chunk)
                 except Exception as exc:
                     self._release(node)
-                    raise SerializationError(
+                    error = SerializationError(
                         f"an item among map items {start}..{start + len(chunk) - 1} "
-                        f"cannot be pickled ({exc})"
-                    ) from exc
+                        f"cannot be pickled ({type(exc).__name__}: {exc})"
+                    )
+                    error.__cause__ = exc
+                    fail(error)  # raised below, as itself, once the batches in flight stop
+                    break
                 bytes_per_item = _serial.payload_size(payload) / len(chunk)
                 results.extend([None] * len(chunk))
                 nursery.start_soon(run_batch, node, start, len(chunk), payload)
@@ -1070,6 +1075,11 @@ class Pool:
             self._waiting_for.clear()
             return
         for index, queue in list(self._waiting_for.items()):
+            if index in self._gone:
+                for waiter in queue:
+                    waiter.event.set()  # it re-checks and raises PoolClosedError
+                del self._waiting_for[index]
+                continue
             while queue:
                 node = self._pick(index)
                 if node is None:
@@ -1090,18 +1100,27 @@ class Pool:
         waiter.event.set()
 
     def _pick(self, target: int | None) -> _Node | None:
+        # A node whose link just broke stays in _ready until its supervisor notices; it
+        # must not be picked (a re-sent call would fail on it again at once).
         if target is not None:
             node = self._ready.get(target)
-            return node if node is not None and node.inflight < node.capacity else None
+            if node is None or node.inflight >= node.capacity or node.conn.closed.is_set():
+                return None
+            return node
         order = sorted(self._ready)
         for k in range(len(order)):
             node = self._ready[order[(self._rr + k) % len(order)]]
-            if node.inflight < node.capacity:
+            if node.inflight < node.capacity and not node.conn.closed.is_set():
                 self._rr = (self._rr + k + 1) % len(order)
                 return node
         return None
 
-    def _check_open(self) -> None:
+    def _check_open(self, target: int | None = None) -> None:
+        if target is not None and target in self._gone:
+            raise PoolClosedError(
+                f"node {target} is gone for good (it was lost and could not be replaced); "
+                "pin calls to another node or leave target=None"
+            )
         if self._closing:
             raise PoolClosedError("the pool is shutting down; no new calls are accepted")
         if not self._ready and self._live == 0:
@@ -1112,7 +1131,7 @@ class Pool:
 
     async def _acquire(self, target: int | None) -> _Node:
         """A slot on a ready node (``target``, or the next round-robin), in arrival order."""
-        self._check_open()
+        self._check_open(target)
         queue = self._waiting_any if target is None else self._waiting_for.get(target)
         if not queue:  # nobody is ahead of us
             node = self._pick(target)
@@ -1135,7 +1154,7 @@ class Pool:
                     waiting.remove(waiter)
             raise
         if waiter.node is None:
-            self._check_open()  # woken because the pool is closing or empty
+            self._check_open(target)  # woken because the pool is closing, empty, or its node gone
             raise PoolClosedError("the pool could not give this call a node")
         return waiter.node
 
@@ -1212,6 +1231,11 @@ class Compute:
         self._token: Any = None
 
     async def __aenter__(self) -> Pool:
+        if self._cm is not None:
+            raise RuntimeError(
+                "this Compute is already open; one Compute makes one pool at a time "
+                "(create another skyward_trio.Compute(...) for a second pool)"
+            )
         self._cm = _open_pool(self.spec, self.options, self.defaulted_to_local)
         pool = await self._cm.__aenter__()
         self._token = active_pool.set(pool)
@@ -1219,8 +1243,9 @@ class Compute:
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         assert self._cm is not None
+        cm, self._cm = self._cm, None
         active_pool.reset(self._token)
-        return await self._cm.__aexit__(*exc_info)
+        return await cm.__aexit__(*exc_info)
 
 
 _NOT_YET = "is not built yet (see the README's 'not yet' list)"
@@ -1416,6 +1441,7 @@ class _Supervisor:
         limit = pool.options.max_provision_attempts or _REPLACEMENTS
         if self.replacements[i] > limit:
             pool._live -= 1
+            pool._gone.add(i)
             pool._notify()
             _say(pool.options, f"lost node {i} ({reason}); not replacing it: lost {limit} times")
             await self._retire(lost, ssh)

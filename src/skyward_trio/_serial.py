@@ -89,7 +89,7 @@ def dump_exception(exc: BaseException) -> tuple[Payload | None, str, str, str]:
 
     Returns ``(payload or None, qualified type name, str(exc), formatted traceback)``.
     """
-    tb = "".join(traceback.format_exception(exc))
+    tb = _clip("".join(traceback.format_exception(exc)))
     kind = type(exc)
     name = f"{kind.__module__}.{kind.__qualname__}"
     payload: Payload | None
@@ -101,4 +101,15 @@ def dump_exception(exc: BaseException) -> tuple[Payload | None, str, str, str]:
         payload = packed
     except Exception:
         payload = None
-    return payload, name, str(exc), tb
+    return payload, name, _clip(str(exc)), tb
+
+
+_CLIP = 64 * 1024
+
+
+def _clip(text: str) -> str:
+    """Texts that travel in a frame's header stay small (the whole exception is in its payload)."""
+    if len(text) <= _CLIP:
+        return text
+    half = _CLIP // 2
+    return f"{text[:half]}\n[... {len(text) - _CLIP:,} characters cut ...]\n{text[-half:]}"

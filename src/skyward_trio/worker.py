@@ -500,6 +500,7 @@ class _TaskOutput:
     """A task's stdout/stderr, sent to the client a line at a time as it is written."""
 
     _LIMIT = 8192
+    _PIECE = 1 << 20
 
     def __init__(self, session: _Session, task: _Task) -> None:
         self._session = session
@@ -523,8 +524,12 @@ class _TaskOutput:
                 self._emit(stream, text)
 
     def _emit(self, stream: str, text: str) -> None:
-        if not self._task.cancelled:
-            self._session.send((_wire.OUTPUT, self._task.task_id, stream, text))
+        # Output travels in frame headers, which have a size limit: send it in pieces.
+        for start in range(0, len(text), self._PIECE):
+            if self._task.cancelled:
+                return
+            piece = text[start : start + self._PIECE]
+            self._session.send((_wire.OUTPUT, self._task.task_id, stream, piece))
 
 
 def main(argv: list[str] | None = None) -> None:
