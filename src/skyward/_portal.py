@@ -128,19 +128,28 @@ class Portal:
         self._token.run_sync_soon(fn)
 
     @staticmethod
-    def _wait_quietly(job: Job, timeout: float = _CANCEL_GRACE) -> None:
+    def _wait_quietly(
+        job: Job, timeout: float = _CANCEL_GRACE
+    ) -> KeyboardInterrupt | SystemExit | None:
         """Wait for a cancelled job to unwind; further Ctrl-Cs do not cut it short."""
-        Portal.wait_quietly(job.future, timeout)
+        return Portal.wait_quietly(job.future, timeout)
 
     @staticmethod
-    def wait_quietly(future: concurrent.futures.Future[Any], timeout: float) -> None:
-        """Wait for ``future`` up to ``timeout`` s; further Ctrl-Cs do not cut it short."""
+    def wait_quietly(
+        future: concurrent.futures.Future[Any], timeout: float
+    ) -> KeyboardInterrupt | SystemExit | None:
+        """Wait for ``future`` up to ``timeout`` s; Ctrl-C and SIGTERM do not cut it short.
+
+        Returns the first such interruption, for the caller to raise once done.
+        """
+        interrupted: KeyboardInterrupt | SystemExit | None = None
         deadline = time.monotonic() + timeout
         while not future.done() and time.monotonic() < deadline:
             try:
                 concurrent.futures.wait([future], timeout=0.5)
-            except KeyboardInterrupt:
-                continue
+            except (KeyboardInterrupt, SystemExit) as exc:
+                interrupted = interrupted or exc
+        return interrupted
 
 
 _lock = threading.Lock()

@@ -322,6 +322,7 @@ class Compute:
         self._job: Job | None = None
         self._exit: trio.Event | None = None
         self._token: Any = None
+        self._leaving = False
         self.pool: Pool | None = None
 
     def __enter__(self) -> Pool:
@@ -345,7 +346,7 @@ class Compute:
         self._portal, self._job = portal, job
         try:
             concurrent.futures.wait([ready, job.future], return_when="FIRST_COMPLETED")
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or SystemExit from SIGTERM: stop starting it
             portal.cancel(job)
             portal._wait_quietly(job)
             raise
@@ -361,16 +362,24 @@ class Compute:
         assert self._portal is not None
         assert self._job is not None
         assert self._exit is not None
-        if self not in _open_pools:
-            return  # already closed (by the atexit hook)
-        _closed(self)
+        if self not in _open_pools or self._leaving:
+            return  # already closed, or closing (the atexit hook)
+        self._leaving = True
         if self._token is not None:
             with contextlib.suppress(ValueError):  # reset from another context (atexit)
                 active_pool.reset(self._token)
             self._token = None
         exit_event = self._exit
         self._portal.run_sync_soon(exit_event.set)
-        self._portal._wait_quietly(self._job, timeout=self._core.options.shutdown_timeout + 30)
+        try:
+            # Teardown is not cut short by Ctrl-C or SIGTERM; they are raised after it.
+            interrupted = self._portal._wait_quietly(
+                self._job, timeout=self._core.options.shutdown_timeout + 30
+            )
+        finally:
+            # Only now: the SIGTERM handler stays in place while teardown runs.
+            _closed(self)
+            self._leaving = False
         if not self._job.future.done():
             raise skyward_trio.TeardownError(
                 "the pool did not finish tearing down in time; instances may still be running",
@@ -380,6 +389,8 @@ class Compute:
         error = self._job.future.exception()
         if error is not None and not isinstance(error, concurrent.futures.CancelledError):
             raise error
+        if interrupted is not None:
+            raise interrupted
 
 
 # -- pools left open at exit, and SIGTERM ----------------------------------------------------

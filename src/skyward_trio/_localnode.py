@@ -52,7 +52,12 @@ class _Node:
             stderr=asyncio.subprocess.PIPE,
             cwd=self.directory,
             start_new_session=True,
-            env={**os.environ, "SKYWARD_NODE_DIR": str(self.directory)},
+            env={
+                **os.environ,
+                "SKYWARD_NODE_DIR": str(self.directory),
+                # The worker watches this "machine" and exits with it.
+                "SKYWARD_NODE_PID": str(os.getpid()),
+            },
         )
         self.groups.add(proc.pid)
         assert proc.stdin is not None

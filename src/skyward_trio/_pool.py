@@ -290,6 +290,23 @@ class _Node:
         self.inflight = 0
 
 
+class _UnpicklableBatch(Exception):
+    def __init__(self, count: int, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.count = count
+        self.cause = cause
+
+
+def _take_batch(items: Iterator[Any], size: int) -> tuple[list[Any], _serial.Payload | None]:
+    chunk = list(itertools.islice(items, size))
+    if not chunk:
+        return chunk, None
+    try:
+        return chunk, _serial.dumps(chunk)
+    except Exception as exc:
+        raise _UnpicklableBatch(len(chunk), exc) from exc
+
+
 def _batch_size(per_item_s: float | None, bytes_per_item: float | None) -> int:
     """How many map items to send in the next batch.
 
@@ -402,6 +419,18 @@ class Inflight:
             error = self._interrupted(error)
         self._end((message, self.node.index, error))
 
+    def _why_not_resent(self) -> str:
+        if self.call.stream:
+            return "a generator's items already sent cannot be replayed, so it is not sent again"
+        if self.call.inputs:
+            return "its Iterator[...] inputs were consumed, so it is not sent again"
+        if self.pool._closing:
+            return "the pool is closing"
+        return (
+            f"that is more than Options(retry_on_interruption="
+            f"{self.pool.options.retry_on_interruption}) allows"
+        )
+
     def _retryable(self) -> bool:
         # A stream that delivered items, or inputs already consumed, cannot be replayed.
         return (
@@ -415,9 +444,8 @@ class Inflight:
         history = "; ".join([*self.attempts, f"node {self.node.index}: {last}"])
         count = len(self.attempts) + 1
         return ConnectionLostError(
-            f"{self.call.name}() was interrupted {count} time{'s' if count > 1 else ''}, "
-            f"more than Options(retry_on_interruption={self.pool.options.retry_on_interruption}) "
-            f"allows: {history}",
+            f"{self.call.name}() was interrupted {count} time{'s' if count > 1 else ''}; "
+            f"{self._why_not_resent()}: {history}",
             node=self.node.index,
         )
 
@@ -1033,21 +1061,28 @@ class Pool:
             while True:
                 node = await self._acquire(None)
                 size = _batch_size(per_item, bytes_per_item)
-                chunk = list(itertools.islice(items, size))
+                try:
+                    # The caller's iterable may block (files, queues, generators doing
+                    # I/O): read and pickle it in a thread, never on the loop.
+                    chunk, payload = await trio.to_thread.run_sync(_take_batch, items, size)
+                except BaseException as exc:
+                    self._release(node)
+                    if not isinstance(exc, Exception):
+                        raise
+                    if isinstance(exc, _UnpicklableBatch):
+                        error: BaseException = SerializationError(
+                            f"an item among map items {start}..{start + exc.count - 1} "
+                            f"cannot be pickled ({type(exc.cause).__name__}: {exc.cause})"
+                        )
+                        error.__cause__ = exc.cause
+                    else:
+                        error = exc  # the items iterable itself raised
+                    fail(error)  # raised below, as itself, once the batches in flight stop
+                    break
                 if not chunk:
                     self._release(node)
                     break
-                try:
-                    payload = _serial.dumps(chunk)
-                except Exception as exc:
-                    self._release(node)
-                    error = SerializationError(
-                        f"an item among map items {start}..{start + len(chunk) - 1} "
-                        f"cannot be pickled ({type(exc).__name__}: {exc})"
-                    )
-                    error.__cause__ = exc
-                    fail(error)  # raised below, as itself, once the batches in flight stop
-                    break
+                assert payload is not None
                 bytes_per_item = _serial.payload_size(payload) / len(chunk)
                 results.extend([None] * len(chunk))
                 nursery.start_soon(run_batch, node, start, len(chunk), payload)
@@ -1345,6 +1380,7 @@ class _Supervisor:
         self.failures: dict[int, BaseException] = {}
         self.connections: dict[int, _transport.SSHConnection] = {}
         self.replacements: dict[int, int] = {}
+        self.attempts: dict[int, int] = {}  # failed start attempts per node index
         self.unconfirmed: list[str] = []  # lost instances not confirmed terminated
         self._nursery: trio.Nursery | None = None
         self._provisioned = trio.Event()
@@ -1365,22 +1401,28 @@ class _Supervisor:
         for i in range(desired):
             nursery.start_soon(self._node, i)
         while len(pool._ready) < needed:
-            if self.failures:
-                index = min(self.failures)
-                raise self.failures[index]
+            if len(self.failures) > desired - needed:  # `needed` nodes can no longer come up
+                raise self.failures[min(self.failures)]
             await self._changed.wait()
+
+    def _check_provisioned(self) -> None:
+        # Every worker learns all peers' addresses at bootstrap, so bootstraps wait until
+        # each node has an instance or has failed for good.
+        desired = self.pool.nodes.desired
+        if all(k in self.instances or k in self.failures for k in range(desired)):
+            self._provisioned.set()
 
     async def _node(self, i: int) -> None:
         pool = self.pool
         options = pool.options
         phase = "provision"
+        instance: Instance | None = None
+        ssh: _transport.SSHConnection | None = None
         try:
             with trio.fail_after(options.provision_timeout or 300):
                 instance = await self.cluster.provision(i)
             self.instances[i] = instance
-            if len(self.instances) == pool.nodes.desired:
-                self._provisioned.set()
-            # Every node's worker learns all peers' addresses, so wait for all of them.
+            self._check_provisioned()
             await self._provisioned.wait()
             phase = "ssh"
             ssh = await self._connect(instance)
@@ -1412,12 +1454,7 @@ class _Supervisor:
                 exc = ProvisionError(
                     f"node {i} failed during {phase}: {detail}", node=i, phase=phase
                 )
-            self.failures[i] = exc
-            pool._live -= 1
-            pool._notify()
-            self._notify()
-            if pool._ready:  # the pool is already in use: say so instead of raising
-                _say(pool.options, str(exc))
+            await self._failed(i, exc, instance, ssh)
             return
         capacity = pool.worker_config.concurrency + pool.worker_config.buffer
         node = _Node(i, instance, ssh, conn, capacity)
@@ -1432,6 +1469,35 @@ class _Supervisor:
             return
         reason = (conn._link.close_reason if conn._link else None) or "the link closed"
         await self._replace(i, instance, ssh, reason)
+
+    async def _failed(
+        self,
+        i: int,
+        error: ProvisionError,
+        instance: Instance | None,
+        ssh: _transport.SSHConnection | None,
+    ) -> None:
+        """Node ``i`` could not be brought up: try again, or give it up for good."""
+        pool = self.pool
+        if instance is not None:
+            self.instances.pop(i, None)
+            await self._retire(instance, ssh)  # a half-made node must not keep billing
+        self.attempts[i] = self.attempts.get(i, 0) + 1
+        limit = pool.options.max_provision_attempts or 1
+        if self.attempts[i] < limit and not pool._closing:
+            _say(pool.options, f"{error}; trying again ({self.attempts[i]}/{limit})")
+            await trio.sleep(pool.options.provision_retry_delay or 0)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._node, i)
+            return
+        self.failures[i] = error
+        pool._live -= 1
+        pool._gone.add(i)
+        self._check_provisioned()
+        pool._notify()
+        self._notify()
+        if pool._ready:  # the pool is already in use: say so instead of raising
+            _say(pool.options, str(error))
 
     async def _replace(
         self, i: int, lost: Instance, ssh: _transport.SSHConnection, reason: str
@@ -1452,9 +1518,10 @@ class _Supervisor:
         assert self._nursery is not None
         self._nursery.start_soon(self._node, i)
 
-    async def _retire(self, instance: Instance, ssh: _transport.SSHConnection) -> None:
+    async def _retire(self, instance: Instance, ssh: _transport.SSHConnection | None) -> None:
         """Close and terminate a lost node's instance, so it does not keep billing."""
-        await ssh.aclose()
+        if ssh is not None:
+            await ssh.aclose()
         with trio.move_on_after(self.pool.options.shutdown_timeout) as scope:
             try:
                 await self.cluster.terminate(instance)
@@ -1514,6 +1581,7 @@ class _Supervisor:
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,
             "reuse_processes": pool.worker_config.reuse_processes,
+            "lease_seconds": pool.spec.ttl,
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),
         }

@@ -84,6 +84,13 @@ class LocalCluster:
 
     async def provision(self, node: int) -> Instance:
         directory = self.root / f"node-{node}"
+        socket_path = directory / "work" / "worker.sock"
+        if len(str(socket_path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+            raise RuntimeError(
+                f"the worker's socket path would be {len(str(socket_path))} bytes long "
+                f"({socket_path}), over the 107 a unix socket allows; set TMPDIR to a "
+                "shorter directory"
+            )
         # A replacement node starts from a clean directory, like a new machine would.
         if directory.exists():
             shutil.rmtree(directory)
@@ -143,7 +150,7 @@ class LocalCluster:
         _kill_worker(Path(instance.workdir))
         if proc.returncode is None:
             raise RuntimeError(f"local node process {proc.pid} did not exit")
-        del self._procs[instance.id]
+        self._procs.pop(instance.id, None)  # terminate may run twice at once (retire, teardown)
 
     async def aclose(self) -> None:
         """Kill what is left (a node still being provisioned when the pool closed), then

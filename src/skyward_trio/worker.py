@@ -34,10 +34,23 @@ import trio
 from . import _capture, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
-from ._procpool import ChildDied, ProcessExecutor
+from ._procpool import ProcessExecutor
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["main"]
+
+_WATCH_INTERVAL = 0.5
+_FIRST_CONNECT = 60.0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: orphans may never be reaped here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
 
 _STREAM_WINDOW = 64
 
@@ -63,6 +76,7 @@ class Worker:
                 info=config["info"],
             )
         self._sessions: dict[str, _Session] = {}
+        self._last_client: float | None = None
         self._shutdown = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -75,12 +89,48 @@ class Worker:
         listener = trio.SocketListener(sock)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+            nursery.start_soon(self._watchdog)
             nursery.start_soon(self._accept_loop, listener, nursery)
             (self.directory / "worker.ready").write_text(str(os.getpid()))
             task_status.started()
             await self._shutdown.wait()
             nursery.cancel_scope.cancel(reason="worker shutdown")
         sock_path.unlink(missing_ok=True)
+
+    async def _watchdog(self) -> None:
+        """End the worker when its machine is gone or its client stopped coming back.
+
+        The lease: after ``lease_seconds`` (``Spec.ttl``) with no client connected, the
+        worker stops — and on ``Local`` takes its node down with it — so a client that
+        died without tearing down does not leave nodes running. Before the first client
+        connects, start-up gets ``_FIRST_CONNECT`` seconds instead.
+        """
+        node_pid = int(os.environ.get("SKYWARD_NODE_PID", "0") or 0)
+        lease = float(self.config.get("lease_seconds", 600))
+        started = time.monotonic()
+        while True:
+            await trio.sleep(_WATCH_INTERVAL)
+            if node_pid and not _alive(node_pid):
+                print("skyward worker: its node is gone; exiting", file=sys.stderr)
+                self._shutdown.set()
+                return
+            if self._sessions:
+                self._last_client = time.monotonic()
+                continue
+            if self._last_client is None:
+                expired = time.monotonic() - started > max(lease, _FIRST_CONNECT)
+            else:
+                expired = time.monotonic() - self._last_client > lease
+            if expired:
+                print(
+                    f"skyward worker: no client for {lease:g} s (the lease); exiting",
+                    file=sys.stderr,
+                )
+                if node_pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(node_pid, signal.SIGTERM)
+                self._shutdown.set()
+                return
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -113,6 +163,7 @@ class Worker:
             done = trio.Event()
             session = _Session(self, stream.socket.fileno(), decoder, token, done)
             self._sessions[session_id] = session
+            self._last_client = time.monotonic()
             session.start()
             try:
                 await done.wait()
@@ -121,6 +172,7 @@ class Worker:
                 session.close()
                 if self._sessions.get(session_id) is session:
                     del self._sessions[session_id]
+                self._last_client = time.monotonic()
 
     async def _control(
         self, stream: trio.SocketStream, decoder: _wire.FrameDecoder, session_id: str
@@ -395,9 +447,9 @@ class _Session:
                 task, _wire.BATCH, task.fn_key, fn_payload, task.args, output.write
             )
             return (_wire.BATCH_RESULT, task.task_id, payload, time.perf_counter() - t0)
-        except (ChildDied, InputCancelled) as exc:
-            # The subprocess died (or was killed because the task was cancelled): this
-            # task fails with why; the node keeps serving with a new subprocess.
+        except Exception as exc:
+            # The subprocess died (or was killed because the task was cancelled), or none
+            # could be started: this task fails with why; the node keeps serving.
             info = _serial.dump_exception(exc)
             if task.kind == _wire.RUN:
                 return (_wire.RESULT, task.task_id, False, info, time.perf_counter() - t0)

@@ -104,7 +104,10 @@ def test_too_many_interruptions_fail_with_every_attempt_listed(tmp_path: Path) -
         future = pool.run_async(_mark_then_sleep("once", str(tmp_path), 5.0), target=0)
         _wait(lambda: _started(tmp_path, "once"), "the call to start")
         testing.preempt(pool, 0)
-        with pytest.raises(sky.ConnectionLostError, match=r"interrupted 1 time, .*node 0"):
+        with pytest.raises(
+            sky.ConnectionLostError,
+            match=r"interrupted 1 time; that is more than .*retry_on_interruption=0.*node 0",
+        ):
             future.result(timeout=60)
 
 
