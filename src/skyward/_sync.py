@@ -364,20 +364,19 @@ class Compute:
         assert self._exit is not None
         if self not in _open_pools or self._leaving:
             return  # already closed, or closing (the atexit hook)
+        # A SIGTERM from here on waits until the teardown is over (see _sigterm).
         self._leaving = True
-        if self._token is not None:
-            with contextlib.suppress(ValueError):  # reset from another context (atexit)
-                active_pool.reset(self._token)
-            self._token = None
-        exit_event = self._exit
-        self._portal.run_sync_soon(exit_event.set)
         try:
-            # Teardown is not cut short by Ctrl-C or SIGTERM; they are raised after it.
+            if self._token is not None:
+                with contextlib.suppress(ValueError):  # reset from another context (atexit)
+                    active_pool.reset(self._token)
+                self._token = None
+            self._portal.run_sync_soon(self._exit.set)
+            # Teardown is not cut short by Ctrl-C either; it is raised after it.
             interrupted = self._portal._wait_quietly(
                 self._job, timeout=self._core.options.shutdown_timeout + 30
             )
         finally:
-            # Only now: the SIGTERM handler stays in place while teardown runs.
             _closed(self)
             self._leaving = False
         if not self._job.future.done():
@@ -391,6 +390,8 @@ class Compute:
             raise error
         if interrupted is not None:
             raise interrupted
+        if not any(c._leaving for c in _open_pools) and _sigterm_deferred():
+            raise SystemExit(128 + signal.SIGTERM)  # the SIGTERM that waited for teardown
 
 
 # -- pools left open at exit, and SIGTERM ----------------------------------------------------
@@ -427,8 +428,23 @@ def _closed(compute: Compute) -> None:
             _previous_sigterm = None
 
 
+_deferred: list[int] = []  # a SIGTERM that came while a pool was tearing down
+
+
 def _sigterm(signum: int, frame: Any) -> None:
+    if any(c._leaving for c in _open_pools):
+        # Exiting now would abandon the teardown (and leave instances running): finish
+        # it first; Compute.__exit__ raises SystemExit once it is done.
+        _deferred.append(signum)
+        return
     raise SystemExit(128 + signum)
+
+
+def _sigterm_deferred() -> bool:
+    if _deferred:
+        _deferred.clear()
+        return True
+    return False
 
 
 def _close_open_pools() -> None:
