@@ -205,18 +205,18 @@ class WorkerConnection:
 
     def _send(self, chunks: list[Any]) -> None:
         # asyncssh's write is synchronous (it buffers), so there is no writer task to
-        # hand frames to: one task switch less per call. Small chunks of a frame are
-        # joined so a small message is one SSH packet.
-        if self.closed.is_set() or self._link is None:
+        # hand frames to: one task switch less per call. A frame is one chunk unless it
+        # carries out-of-band buffers, which are written as they are, uncopied.
+        self._write(self._link, chunks)
+
+    def _write(self, link: _transport.WorkerLink | None, chunks: list[Any]) -> None:
+        if link is None or self.closed.is_set():
             raise ConnectionLostError(
                 f"the connection to node {self.node}'s worker is closed", node=self.node
             )
         try:
-            if len(chunks) == 1:
-                self._link.write(chunks[0])
-            else:
-                for chunk in chunks:
-                    self._link.write(chunk)
+            for chunk in chunks:
+                link.write(chunk)
         except _transport.SSHError as exc:
             raise ConnectionLostError(
                 f"the connection to node {self.node}'s worker was lost ({exc})", node=self.node
@@ -285,17 +285,7 @@ class WorkerConnection:
         self._write_control(_wire.encode((_wire.INPUT_END, task_id, slot)))
 
     def _write_control(self, chunks: list[Any]) -> None:
-        if self._control is None or self.closed.is_set():
-            raise ConnectionLostError(
-                f"the connection to node {self.node}'s worker is closed", node=self.node
-            )
-        try:
-            for chunk in chunks:
-                self._control.write(chunk)
-        except _transport.SSHError as exc:
-            raise ConnectionLostError(
-                f"the connection to node {self.node}'s worker was lost ({exc})", node=self.node
-            ) from exc
+        self._write(self._control, chunks)
 
     def credit(self, task_id: int, count: int) -> None:
         """Let a streaming task send ``count`` more items (we consumed that many)."""
