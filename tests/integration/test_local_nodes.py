@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -116,6 +118,9 @@ def test_nodes_go_away_when_the_client_is_killed(tmp_path: Path) -> None:
     while _pids_of(job_id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _pids_of(job_id) == []
+    # The client died before its teardown could remove the pool's directory.
+    for leftover in Path(tempfile.gettempdir()).glob(f"skyward-{job_id}-*"):
+        shutil.rmtree(leftover)
 
 
 def test_sync_face_inside_a_running_asyncio_loop() -> None:
