@@ -700,12 +700,16 @@ class Pool:
         self._rr = 0
         self._work: trio.Nursery | None = None
         self._closing = False
-        self._live = nodes.desired  # nodes not (yet) failed or lost
         self._deadlines = _Deadlines()
         self._supervisor: _Supervisor | None = None
         self._gone: set[int] = set()  # node indices lost for good (not replaced)
         self._waiting_any: collections.deque[_Waiter] = collections.deque()
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
+
+    @property
+    def _live(self) -> int:
+        """Nodes that are ready or may still become so (not gone for good)."""
+        return self.nodes.desired - len(self._gone)
 
     # -- public API (the sync face mirrors these names and parameters) --------------------
 
@@ -1384,11 +1388,6 @@ class _Supervisor:
         self.unconfirmed: list[str] = []  # lost instances not confirmed terminated
         self._nursery: trio.Nursery | None = None
         self._provisioned = trio.Event()
-        self._changed = trio.Event()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def start(self, nursery: trio.Nursery) -> None:
         pool = self.pool
@@ -1403,7 +1402,7 @@ class _Supervisor:
         while len(pool._ready) < needed:
             if len(self.failures) > desired - needed:  # `needed` nodes can no longer come up
                 raise self.failures[min(self.failures)]
-            await self._changed.wait()
+            await pool._changed.wait()
 
     def _check_provisioned(self) -> None:
         # Every worker learns all peers' addresses at bootstrap, so bootstraps wait until
@@ -1460,7 +1459,6 @@ class _Supervisor:
         node = _Node(i, instance, ssh, conn, capacity)
         pool._ready[i] = node
         pool._notify()
-        self._notify()
         await conn.serve()
         # The link closed. During teardown that is expected; otherwise the node is lost:
         # its calls are sent again elsewhere (Inflight._requeue) and it is replaced.
@@ -1491,11 +1489,9 @@ class _Supervisor:
             self._nursery.start_soon(self._node, i)
             return
         self.failures[i] = error
-        pool._live -= 1
         pool._gone.add(i)
         self._check_provisioned()
         pool._notify()
-        self._notify()
         if pool._ready:  # the pool is already in use: say so instead of raising
             _say(pool.options, str(error))
 
@@ -1506,7 +1502,6 @@ class _Supervisor:
         self.replacements[i] = self.replacements.get(i, 0) + 1
         limit = pool.options.max_provision_attempts or _REPLACEMENTS
         if self.replacements[i] > limit:
-            pool._live -= 1
             pool._gone.add(i)
             pool._notify()
             _say(pool.options, f"lost node {i} ({reason}); not replacing it: lost {limit} times")
