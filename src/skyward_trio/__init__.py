@@ -8,7 +8,8 @@ enforces it):
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker: ``_execute``, ``_procpool``, ``_procchild``, ``worker`` (only trio + layers 1-2:
    imported on remote machines)
-4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_providers``,
+4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshcork``,
+   ``_providers``,
    ``_localnode`` (a Local node's SSH server process), ``_connection``
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``testing`` (the fault kit)
 

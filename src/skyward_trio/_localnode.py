@@ -20,16 +20,17 @@ import contextlib
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import asyncssh
+
+from skyward_trio._sshcork import cork_packets
 
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 
 
 class _Server(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        _PacketCork(conn)
+        cork_packets(conn)
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         return True
@@ -110,36 +111,6 @@ class _Node:
                 _kill_group(pid, signal.SIGKILL)
         for pgid in list(self.groups):
             _kill_group(pgid, signal.SIGKILL)
-
-
-class _PacketCork:
-    """Sends each packet asyncssh makes, with the SSH_MSG_IGNORE it puts before it, in one
-    socket send instead of two (hooks this one connection's private methods)."""
-
-    def __init__(self, conn: Any) -> None:
-        self._send = conn._send
-        self._send_packet = conn.send_packet
-        self._buffer: list[bytes] | None = None
-        conn._send = self.send
-        conn.send_packet = self.send_packet
-
-    def send(self, data: bytes) -> None:
-        if self._buffer is None:
-            self._send(data)
-        else:
-            self._buffer.append(data)
-
-    def send_packet(self, *args: Any, **kwargs: Any) -> None:
-        if self._buffer is not None:  # the nested IGNORE packet
-            self._send_packet(*args, **kwargs)
-            return
-        self._buffer = []
-        try:
-            self._send_packet(*args, **kwargs)
-        finally:
-            buffer, self._buffer = self._buffer, None
-            if buffer:
-                self._send(b"".join(buffer))
 
 
 def _is_worker_of(pid: int, directory: Path) -> bool:

@@ -13,13 +13,15 @@ command, so commands are run with ``create_process`` and closed in a shielded ``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncssh
 import trio
 import trio_asyncio
 from asyncssh.encryption import get_default_encryption_algs
+
+from ._sshcork import cork_packets
 
 __all__ = [
     "ClientKey",
@@ -75,46 +77,12 @@ async def asyncio_loop() -> AsyncIterator[None]:
         yield
 
 
-class _Cork:
-    """Coalesces the packets of one write into one socket send.
-
-    asyncssh puts an SSH_MSG_IGNORE packet before every data packet it sends, and each
-    packet is its own ``send()``; on loopback every send also wakes the peer. Joining
-    them halves the system calls and wake-ups per message (about 200 µs per round trip
-    here). This hooks asyncssh's private ``_send`` on this one connection object.
-    """
-
-    def __init__(self, conn: Any) -> None:
-        self._send = conn._send
-        self._buffer: list[bytes] | None = None
-        conn._send = self.send
-
-    def send(self, data: bytes) -> None:
-        if self._buffer is None:
-            self._send(data)
-        else:
-            self._buffer.append(data)
-
-    @contextlib.contextmanager
-    def corked(self) -> Iterator[None]:
-        if self._buffer is not None:  # already corked by an outer write
-            yield
-            return
-        self._buffer = []
-        try:
-            yield
-        finally:
-            buffer, self._buffer = self._buffer, None
-            if buffer:
-                self._send(b"".join(buffer))
-
-
 class SSHConnection:
     """An authenticated SSH connection to one node."""
 
     def __init__(self, conn: asyncssh.SSHClientConnection, host: str, port: int) -> None:
         self._conn = conn
-        self._cork = _Cork(conn)
+        cork_packets(conn)
         self.host = host
         self.port = port
         self.cipher = str(conn.get_extra_info("send_cipher"))
@@ -150,7 +118,7 @@ class SSHConnection:
         ``on_data`` gets each received chunk and ``on_close`` the reason the channel closed,
         both called on the trio thread.
         """
-        link = WorkerLink(on_data, on_close, self._cork)
+        link = WorkerLink(on_data, on_close)
         try:
             chan, _ = await trio_asyncio.aio_as_trio(self._conn.create_unix_connection)(
                 lambda: link._session, path, window=_WINDOW, max_pktsize=_PACKET
@@ -226,12 +194,9 @@ class WorkerLink:
     ``on_data`` is called with each received chunk, on the trio thread.
     """
 
-    def __init__(
-        self, on_data: Callable[[bytes], None], on_close: Callable[[str], None], cork: _Cork
-    ) -> None:
+    def __init__(self, on_data: Callable[[bytes], None], on_close: Callable[[str], None]) -> None:
         self._on_data = on_data
         self._on_close = on_close
-        self._cork = cork
         self._session = _Session(self)
         self._chan: asyncssh.SSHUNIXChannel[bytes] | None = None
         self._writable = trio.Event()
@@ -252,8 +217,7 @@ class WorkerLink:
         if self._chan is None or self.closed.is_set():
             raise SSHError(self.close_reason or "link not open")
         try:
-            with self._cork.corked():
-                self._chan.write(data)
+            self._chan.write(data)
         except OSError as exc:
             self._lost(str(exc))
             raise SSHError(str(exc)) from exc

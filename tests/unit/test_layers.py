@@ -30,6 +30,7 @@ LAYERS = {
     "_procchild": 3,
     "_procpool": 3,
     "worker": 3,
+    "_sshcork": 4,
     "_transport": 4,
     "_providers": 4,
     "_localnode": 4,
