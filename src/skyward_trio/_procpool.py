@@ -684,12 +684,9 @@ class _Child:
                         data = b""
                     if not data:
                         return None
-                    messages = self._decoder.feed(data)
-                    if messages:
-                        # The child flushed its output before replying: take all of it now.
-                        self.drain(on_output)
-                        self._pending.extend(messages[1:])
-                        return tuple(messages[0])
+                    reply = self._reply(data, on_output)
+                    if reply is not None:
+                        return reply
                 elif fd == self._pidfd:
                     return self._last_reply(on_output)
                 else:
@@ -704,11 +701,19 @@ class _Child:
                 return None
             if not data:
                 return None
-            messages = self._decoder.feed(data)
-            if messages:
-                self.drain(on_output)
-                self._pending.extend(messages[1:])
-                return tuple(messages[0])
+            reply = self._reply(data, on_output)
+            if reply is not None:
+                return reply
+
+    def _reply(self, data: bytes, on_output: OutputCallback) -> tuple[Any, ...] | None:
+        """Feed channel bytes; the first complete reply, if they finish one."""
+        messages = self._decoder.feed(data)
+        if not messages:
+            return None
+        # The child flushed its output before replying: take all of it now.
+        self.drain(on_output)
+        self._pending.extend(messages[1:])
+        return tuple(messages[0])
 
     def _read(self, fd: int, sink: OutputCallback) -> bool:
         """Read one chunk from a pipe into ``sink``; False when nothing is left for now."""
