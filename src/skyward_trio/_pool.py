@@ -93,15 +93,15 @@ class _Functions:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[int, tuple[Any, str, _serial.Payload]] = {}
-        self._streamed: dict[int, tuple[Any, tuple[str, ...]]] = {}
+        self._entries: dict[int, _FunctionEntry] = {}
         self._counter = itertools.count()
 
-    def get(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload]:
+    def get(self, fn: Callable[..., Any]) -> _FunctionEntry:
+        """The function's key, its payload and its ``Iterator[T]`` parameters."""
         with self._lock:
             entry = self._entries.get(id(fn))
-            if entry is not None and entry[0] is fn:
-                return entry[1], entry[2]
+            if entry is not None and entry.fn is fn:
+                return entry
         name = getattr(fn, "__qualname__", type(fn).__qualname__)
         try:
             payload = _serial.dumps(fn)
@@ -113,18 +113,19 @@ class _Functions:
                 "or create them inside the function (locks, sockets, open files, clients)"
             ) from exc
         _warn_if_big(payload, f"function {name!r} (with what it captures)")
+        streamed = _iterator_params(fn)
         with self._lock:
-            key = f"{next(self._counter)}:{name}"
-            self._entries[id(fn)] = (fn, key, payload)
-        return key, payload
+            entry = _FunctionEntry(fn, f"{next(self._counter)}:{name}", payload, streamed)
+            self._entries[id(fn)] = entry
+        return entry
 
-    def streamed_params(self, fn: Callable[..., Any]) -> tuple[str, ...]:
-        """Names of the parameters annotated ``Iterator[T]`` (their items are streamed)."""
-        found = self._streamed.get(id(fn))
-        if found is None or found[0] is not fn:
-            found = (fn, _iterator_params(fn))
-            self._streamed[id(fn)] = found
-        return found[1]
+
+@attrs.frozen
+class _FunctionEntry:
+    fn: Any  # kept so its id() is not reused while the pool lives
+    key: str
+    payload: _serial.Payload
+    streamed: tuple[str, ...]  # parameters annotated Iterator[T]: their items are streamed
 
 
 def _iterator_params(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -775,14 +776,13 @@ class Pool:
                 f"expected a pending call such as f(x) from a @sky.function, "
                 f"got {type(pending).__qualname__}"
             )
-        key, fn_payload = self._functions.get(pending.fn)
-        streamed = self._functions.streamed_params(pending.fn)
+        entry = self._functions.get(pending.fn)
         inputs: tuple[Iterable[Any], ...] = ()
-        if streamed:
-            pending, inputs = _split_inputs(pending, streamed)
+        if entry.streamed:
+            pending, inputs = _split_inputs(pending, entry.streamed)
         return PreparedCall(
-            key,
-            fn_payload,
+            entry.key,
+            entry.payload,
             _dump_args(pending),
             pending.name,
             pending.timeout,
@@ -802,8 +802,8 @@ class Pool:
                 f"map() needs a function that returns a value; {fn.__qualname__}() is a "
                 "generator function (dispatch it with `>>` to stream its items)"
             )
-        key, payload = self._functions.get(fn)
-        return key, payload, timeout
+        entry = self._functions.get(fn)
+        return entry.key, entry.payload, timeout
 
     def _check_target(self, target: int | str | None) -> int | None:
         if target is None:
