@@ -134,15 +134,16 @@ class _SyncCall:
         self._inflight: Inflight | None = None
         self._waiting: Job | None = None
         self._cancelled = False
-        self._future: CallFuture | None = None
+        # Where the call's outcome goes: result() waits on _done; items() and future()
+        # point this at their queue or future.
+        self._deliver: Callable[[Outcome], None] = self._complete
 
-    def _on_done(self, outcome: Outcome) -> None:
-        if self._items is not None:
-            self._items.put((False, outcome))
+    def _complete(self, outcome: Outcome) -> None:
         if not self._done.done():
             self._done.set_result(outcome)
-        if self._future is not None:
-            self._future._settle(outcome)
+
+    def _on_done(self, outcome: Outcome) -> None:
+        self._deliver(outcome)
 
     def _on_item(self, payload: Any) -> None:
         assert self._items is not None
@@ -175,12 +176,7 @@ class _SyncCall:
             self._inflight.cancel()
 
     def _fail(self, error: BaseException) -> None:
-        if self._items is not None:
-            self._items.put((False, (None, -1, error)))
-        if not self._done.done():
-            self._done.set_exception(error)
-        if self._future is not None:
-            self._future._settle((None, -1, error))
+        self._deliver((None, -1, error))
 
     def _cancel(self) -> None:  # on the trio thread
         self._cancelled = True
@@ -194,15 +190,18 @@ class _SyncCall:
 
     def future(self) -> CallFuture:
         """Start the call and return its future at once (``p > pool``)."""
-        self._future = CallFuture(self)
+        future = CallFuture(self)
+        self._deliver = future._settle
         self._portal.run_sync_soon(self._start)
-        return self._future
+        return future
 
     def items(self) -> ItemIterator:
         """The items of a generator function's call, as the node yields them."""
-        self._items = queue.SimpleQueue()
+        items: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._items = items
+        self._deliver = lambda outcome: items.put((False, outcome))
         self._portal.run_sync_soon(self._start)
-        return ItemIterator(self, self._items)
+        return ItemIterator(self, items)
 
     def _credit(self) -> None:  # on the trio thread
         if self._inflight is not None and not self._inflight.finished:
