@@ -40,6 +40,25 @@ def _pool_dirs(job_id: str) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"skyward-{job_id}-*"))
 
 
+def _node_roles(job_id: str) -> tuple[int, int]:
+    """(SSH servers, workers) of this pool that are running."""
+    servers = 0
+    for pid in _processes_of(job_id):
+        try:
+            if b"skyward_trio._localnode" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                servers += 1
+        except OSError:
+            continue
+    workers = 0
+    for directory in _pool_dirs(job_id):
+        for ready in directory.glob("node-*/work/worker.ready"):
+            try:
+                workers += _running(int(ready.read_text()))
+            except (OSError, ValueError):
+                continue
+    return servers, workers
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (orphans here may wait unreaped under a PID 1 that never reaps)."""
     try:
@@ -87,11 +106,13 @@ def _interrupt_and_check(proc: subprocess.Popen[str], pid_file: Path) -> None:
     assert proc.stdout is not None
     job_id = proc.stdout.readline().strip()
     assert job_id, proc.stderr.read() if proc.stderr else ""
-    # Two SSH servers and two workers are up, and the task has been sent.
+    # Two SSH servers and two workers are up, and the task has been sent. (Counted by
+    # role: a worker forking a process-executor child briefly shows a third copy of its
+    # own command line.)
     deadline = time.monotonic() + 30
-    while len(_processes_of(job_id)) < 4 and time.monotonic() < deadline:
+    while _node_roles(job_id) != (2, 2) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(_processes_of(job_id)) == 4
+    assert _node_roles(job_id) == (2, 2)
     while not pid_file.exists() or not pid_file.read_text():  # the task is running
         assert time.monotonic() < deadline
         time.sleep(0.02)
