@@ -92,7 +92,11 @@ class Processes:
         ``sky.Local`` keeps every node under ``$TMPDIR/skyward-<job_id>-*/node-<i>``; the
         node's SSH server and its worker daemon both carry that path in their arguments.
         """
-        marker = f"skyward-{job_id}-".encode()
+        return self.mentioning(f"skyward-{job_id}-")
+
+    def mentioning(self, text: str) -> dict[int, str]:
+        """Live processes whose command line contains ``text``: pid -> cmdline."""
+        marker = text.encode()
         found: dict[int, str] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():

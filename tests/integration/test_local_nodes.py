@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,6 @@ import skyward_trio
 from skyward_trio import _transport
 
 QUIET = skyward_trio.Options(console="silent")
-
-
-def _pids_of(job_id: str) -> list[int]:
-    marker = f"skyward-{job_id}-".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def _listening_addresses(pids: list[int]) -> set[str]:
@@ -58,9 +44,9 @@ def _listening_addresses(pids: list[int]) -> set[str]:
     return addresses
 
 
-async def test_nodes_listen_on_their_own_loopback_address_only() -> None:
+async def test_nodes_listen_on_their_own_loopback_address_only(processes) -> None:
     async with skyward_trio.Compute(provider=skyward_trio.Local(), nodes=2, options=QUIET) as pool:
-        pids = _pids_of(pool.job_id)
+        pids = list(processes.of_job(pool.job_id))
         listening = _listening_addresses(pids)
     # 127.0.0.2 and 127.0.0.3, as /proc/net/tcp writes them (little-endian hex).
     assert listening == {"0200007F", "0300007F"}
@@ -105,19 +91,17 @@ KILLED_CLIENT = textwrap.dedent(
 )
 
 
-def test_nodes_go_away_when_the_client_is_killed(tmp_path: Path) -> None:
+def test_nodes_go_away_when_the_client_is_killed(tmp_path: Path, processes) -> None:
     script = tmp_path / "client.py"
     script.write_text(KILLED_CLIENT)
     with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         job_id = proc.stdout.readline().strip()
-        assert len(_pids_of(job_id)) == 4  # two SSH servers, two workers
+        assert len(processes.of_job(job_id)) == 4  # two SSH servers, two workers
         proc.send_signal(signal.SIGKILL)  # no teardown runs in the client
         proc.wait()
-    deadline = time.monotonic() + 15
-    while _pids_of(job_id) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _pids_of(job_id) == []
+    assert not processes.wait_until_gone(processes.of_job(job_id), limit=15)
+    assert processes.of_job(job_id) == {}
     # The client died before its teardown could remove the pool's directory.
     for leftover in Path(tempfile.gettempdir()).glob(f"skyward-{job_id}-*"):
         shutil.rmtree(leftover)

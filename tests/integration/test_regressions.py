@@ -285,20 +285,6 @@ SIGTERM_WHILE_LEAVING = textwrap.dedent(
 )
 
 
-def _processes_under(path: Path) -> list[int]:
-    marker = str(path).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.parametrize(
     "script", [SIGTERM_WHILE_ENTERING, SIGTERM_WHILE_LEAVING], ids=["entering", "leaving"]
 )
@@ -323,7 +309,7 @@ def test_sigterm_never_leaves_a_pool_behind(tmp_path: Path, processes, script: s
         )
         assert proc.stdout.splitlines()[:1] == ["open"], proc.stderr[-2000:]
         assert proc.returncode != 0  # it was terminated
-        processes.wait_until_gone(_processes_under(tmpdir), limit=10)
+        processes.wait_until_gone(processes.mentioning(str(tmpdir)), limit=10)
         left = sorted(p.name for p in tmpdir.glob("skyward-*"))
         assert left == [], proc.stderr[-2000:]
     finally:

@@ -3,7 +3,6 @@ every Local node process (SSH server and worker) is gone before the script exits
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,51 +40,21 @@ def _pool_dirs(job_id: str) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"skyward-{job_id}-*"))
 
 
-def _node_roles(job_id: str) -> tuple[int, int]:
+def _node_roles(processes: Any, job_id: str) -> tuple[int, int]:
     """(SSH servers, workers) of this pool that are running."""
-    servers = 0
-    for pid in _processes_of(job_id):
-        try:
-            if b"skyward_trio._localnode" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                servers += 1
-        except OSError:
-            continue
+    servers = sum("skyward_trio._localnode" in line for line in processes.of_job(job_id).values())
     workers = 0
     for directory in _pool_dirs(job_id):
         for ready in directory.glob("node-*/work/worker.ready"):
             try:
-                workers += _running(int(ready.read_text()))
+                workers += processes.is_running(int(ready.read_text()))
             except (OSError, ValueError):
                 continue
     return servers, workers
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (orphans here may wait unreaped under a PID 1 that never reaps)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _processes_of(job_id: str) -> list[int]:
-    """Pids whose command line mentions this pool's Local directories."""
-    marker = f"skyward-{job_id}-".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.parametrize("executor", ["thread", "process"])
-def test_ctrl_c_cancels_and_tears_down(tmp_path: Path, executor: str) -> None:
+def test_ctrl_c_cancels_and_tears_down(tmp_path: Path, executor: str, processes: Any) -> None:
     script = tmp_path / "long_job.py"
     script.write_text(SCRIPT)
     pid_file = tmp_path / "task.pid"
@@ -95,14 +65,14 @@ def test_ctrl_c_cancels_and_tears_down(tmp_path: Path, executor: str) -> None:
         text=True,
     ) as proc:
         try:
-            _interrupt_and_check(proc, pid_file)
+            _interrupt_and_check(proc, pid_file, processes)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
 
 
-def _interrupt_and_check(proc: subprocess.Popen[str], pid_file: Path) -> None:
+def _interrupt_and_check(proc: subprocess.Popen[str], pid_file: Path, processes: Any) -> None:
     assert proc.stdout is not None
     job_id = proc.stdout.readline().strip()
     assert job_id, proc.stderr.read() if proc.stderr else ""
@@ -110,9 +80,9 @@ def _interrupt_and_check(proc: subprocess.Popen[str], pid_file: Path) -> None:
     # role: a worker forking a process-executor child briefly shows a third copy of its
     # own command line.)
     deadline = time.monotonic() + 30
-    while _node_roles(job_id) != (2, 2) and time.monotonic() < deadline:
+    while _node_roles(processes, job_id) != (2, 2) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _node_roles(job_id) == (2, 2)
+    assert _node_roles(processes, job_id) == (2, 2)
     while not pid_file.exists() or not pid_file.read_text():  # the task is running
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -124,12 +94,12 @@ def _interrupt_and_check(proc: subprocess.Popen[str], pid_file: Path) -> None:
     assert "KeyboardInterrupt" in stderr
     assert "finished" not in proc.stdout.read()
     # Teardown finished before the script exited: nothing of this pool is left.
-    assert _processes_of(job_id) == []
+    assert processes.of_job(job_id) == {}
     # The process that ran the task (the worker, or its subprocess) is gone too.
-    assert not _running(task_pid)
+    assert not processes.is_running(task_pid)
 
 
-def test_sigterm_tears_the_pool_down(tmp_path: Path) -> None:
+def test_sigterm_tears_the_pool_down(tmp_path: Path, processes: Any) -> None:
     script = tmp_path / "long_job.py"
     script.write_text(SCRIPT)
     pid_file = tmp_path / "task.pid"
@@ -147,7 +117,7 @@ def test_sigterm_tears_the_pool_down(tmp_path: Path) -> None:
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert _processes_of(job_id) == []
+    assert processes.of_job(job_id) == {}
     assert _pool_dirs(job_id) == []  # the client's teardown ran (not just the nodes' own exit)
 
 
@@ -162,7 +132,7 @@ LEFT_OPEN = textwrap.dedent(
 )
 
 
-def test_a_pool_left_open_is_torn_down_at_exit(tmp_path: Path) -> None:
+def test_a_pool_left_open_is_torn_down_at_exit(tmp_path: Path, processes: Any) -> None:
     script = tmp_path / "left_open.py"
     script.write_text(LEFT_OPEN)
     done = subprocess.run(
@@ -170,5 +140,5 @@ def test_a_pool_left_open_is_torn_down_at_exit(tmp_path: Path) -> None:
     )
     job_id = done.stdout.strip()
     assert job_id
-    assert _processes_of(job_id) == []
+    assert processes.of_job(job_id) == {}
     assert _pool_dirs(job_id) == []  # the atexit hook's teardown ran
