@@ -24,7 +24,6 @@ from asyncssh.encryption import get_default_encryption_algs
 from ._sshcork import cork_packets
 
 __all__ = [
-    "ClientKey",
     "SSHConnection",
     "SSHError",
     "WorkerLink",
@@ -41,9 +40,6 @@ _PACKET = 128 * 1024
 
 class SSHError(Exception):
     """An SSH operation failed (connect, auth, host key, channel)."""
-
-
-ClientKey = asyncssh.SSHKey
 
 
 def generate_key() -> asyncssh.SSHKey:
