@@ -22,7 +22,7 @@ import trio
 import skyward_trio
 from skyward_trio import PendingFunction, PendingFunctionGroup, Spec, _serial
 from skyward_trio._function import active_pool
-from skyward_trio._model import Options
+from skyward_trio._model import Nodes, Options
 from skyward_trio._pool import _CREDIT_BATCH, Inflight, Outcome, PreparedCall
 
 from ._portal import Job, Portal, get_portal
@@ -105,8 +105,21 @@ class Pool:
         )
 
     def current_nodes(self) -> int:
-        """How many nodes are ready right now."""
+        """How many nodes are ready right now (nodes being scaled down do not count)."""
         return self._core.current_nodes()
+
+    def resize(self, nodes: int | Nodes) -> None:
+        """Change the pool's target now; nodes start or leave in the background.
+
+        ``resize(6)`` aims at 6 nodes (an elastic pool keeps its ``max``, which must allow
+        it); ``resize(sky.Nodes(desired=2, max=8))`` also changes the autoscaling range.
+        Nodes that leave take no new calls and stop once their calls finish.
+        """
+
+        async def resize() -> None:
+            self._core.resize(nodes)
+
+        self._portal.call(resize)
 
 
 class _SyncCall:

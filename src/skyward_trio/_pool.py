@@ -35,6 +35,7 @@ import attrs
 import trio
 
 from . import _serial, _transport
+from ._autoscale import Autoscaler, Load
 from ._bootstrap import READY_MARK, worker_bootstrap
 from ._connection import WorkerConnection
 from ._errors import (
@@ -273,7 +274,7 @@ class _Waiter:
 
 
 class _Node:
-    __slots__ = ("capacity", "conn", "index", "inflight", "instance", "ssh")
+    __slots__ = ("capacity", "conn", "drained", "index", "inflight", "instance", "last_used", "ssh")
 
     def __init__(
         self,
@@ -289,6 +290,8 @@ class _Node:
         self.conn = conn
         self.capacity = capacity
         self.inflight = 0
+        self.last_used = trio.current_time()  # when its last call ended (autoscaling)
+        self.drained: trio.Event | None = None  # set once idle, while being scaled down
 
 
 class _UnpicklableBatch(Exception):
@@ -703,14 +706,15 @@ class Pool:
         self._closing = False
         self._deadlines = _Deadlines()
         self._supervisor: _Supervisor | None = None
-        self._gone: set[int] = set()  # node indices lost for good (not replaced)
+        self._wanted: set[int] = set(range(nodes.desired))  # the indices of the target
+        self._gone: set[int] = set()  # wanted indices lost for good (not replaced)
         self._waiting_any: collections.deque[_Waiter] = collections.deque()
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
 
     @property
     def _live(self) -> int:
         """Nodes that are ready or may still become so (not gone for good)."""
-        return self.nodes.desired - len(self._gone)
+        return len(self._wanted) - len(self._gone)
 
     # -- public API (the sync face mirrors these names and parameters) --------------------
 
@@ -764,8 +768,19 @@ class Pool:
         return await self.map_prepared(key, fn_payload, task_timeout, iter(items))
 
     def current_nodes(self) -> int:
-        """How many nodes are ready right now."""
+        """How many nodes are ready right now (nodes being scaled down do not count)."""
         return len(self._ready)
+
+    def resize(self, nodes: int | Nodes) -> None:
+        """Change the pool's target now; nodes start or leave in the background.
+
+        ``resize(6)`` aims at 6 nodes (an elastic pool keeps its ``max``, which must
+        allow it); ``resize(sky.Nodes(desired=2, max=8))`` also changes the autoscaling
+        range. Nodes that leave take no new calls and stop once their calls finish.
+        """
+        if self._supervisor is None or self._closing:
+            raise PoolClosedError("the pool is not running; resize() needs an open pool")
+        self._supervisor.resize(_resize_target(self.nodes, nodes))
 
     # -- building blocks (also used by the sync face) -------------------------------------
 
@@ -812,10 +827,9 @@ class Pool:
             return 0
         if isinstance(target, bool) or not isinstance(target, int):
             raise ValueError(f'target must be None, "head" or a node index, got {target!r}')
-        if not 0 <= target < self.nodes.desired:
+        if target not in self._wanted:
             raise ValueError(
-                f"target={target} is not a node of this pool; "
-                f"it has nodes 0..{self.nodes.desired - 1}"
+                f"target={target} is not a node of this pool; it has nodes {_spans(self._wanted)}"
             )
         return target
 
@@ -1114,7 +1128,7 @@ class Pool:
             self._waiting_for.clear()
             return
         for index, queue in list(self._waiting_for.items()):
-            if index in self._gone:
+            if index in self._gone or index not in self._wanted:
                 for waiter in queue:
                     waiter.event.set()  # it re-checks and raises PoolClosedError
                 del self._waiting_for[index]
@@ -1159,6 +1173,11 @@ class Pool:
             raise PoolClosedError(
                 f"node {target} is gone for good (it was lost and could not be replaced); "
                 "pin calls to another node or leave target=None"
+            )
+        if target is not None and target not in self._wanted:
+            raise PoolClosedError(
+                f"node {target} left the pool (it was scaled down); pin calls to one of "
+                f"nodes {_spans(self._wanted)} or leave target=None"
             )
         if self._closing:
             raise PoolClosedError("the pool is shutting down; no new calls are accepted")
@@ -1205,13 +1224,52 @@ class Pool:
 
     def _release(self, node: _Node) -> None:
         node.inflight -= 1
+        if not node.inflight:
+            node.last_used = trio.current_time()
+            if node.drained is not None:
+                node.drained.set()
         if self._waiting_any or self._waiting_for:
             self._serve_waiters()
+
+    def _load(self) -> Load:
+        return Load(
+            target=len(self._wanted),
+            ready=len(self._ready),
+            queued=len(self._waiting_any),
+            capacity=self.worker_config.concurrency + self.worker_config.buffer,
+            last_used=[None if n.inflight else n.last_used for n in self._ready.values()],
+        )
 
     def _work_nursery(self) -> trio.Nursery:
         if self._work is None:
             raise RuntimeError("the pool is not running")
         return self._work
+
+
+def _resize_target(current: Nodes, nodes: int | Nodes) -> Nodes:
+    """What ``pool.resize(nodes)`` aims at, or a ValueError saying how to ask for it."""
+    if isinstance(nodes, Nodes):
+        return nodes
+    if isinstance(nodes, bool) or not isinstance(nodes, int):
+        raise TypeError(
+            f"resize() takes a node count or a sky.Nodes(...), got {type(nodes).__qualname__}"
+        )
+    if nodes < 1:
+        raise ValueError(f"resize({nodes}): a pool needs at least 1 node; pass resize(1) or more")
+    if current.max is not None and nodes > current.max:
+        raise ValueError(
+            f"resize({nodes}) is above this elastic pool's max={current.max}; pass "
+            f"resize(sky.Nodes(desired={nodes}, max={nodes})) to raise the ceiling too"
+        )
+    return Nodes(desired=nodes, max=current.max)
+
+
+def _spans(indices: Iterable[int]) -> str:
+    """``0..3`` for a contiguous set of node indices, else ``0, 2, 5``."""
+    ordered = sorted(indices)
+    if ordered and ordered[-1] - ordered[0] == len(ordered) - 1 and len(ordered) > 1:
+        return f"{ordered[0]}..{ordered[-1]}"
+    return ", ".join(map(str, ordered))
 
 
 async def _run_all(thunks: list[Callable[[], Any]]) -> list[Any]:
@@ -1315,13 +1373,6 @@ def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
             f"nodes {_NOT_YET}; today nodes run this interpreter ({PYTHON_VERSION}) with the "
             "packages installed here, and Image(env=...) is applied"
         )
-    nodes = spec.nodes
-    if nodes.max is not None and nodes.max != nodes.desired:
-        raise ValueError(
-            f"nodes={nodes!r} asks for an elastic pool (max={nodes.max}); autoscaling is not "
-            "built yet (see the README's 'not yet' list): pass a fixed count, "
-            f"e.g. nodes={nodes.desired}"
-        )
     if isinstance(spec.provider, Local) and spec.accelerator is not None:
         raise ValueError(
             f"accelerator={spec.accelerator!r}: sky.Local() runs on this machine and provides "
@@ -1388,6 +1439,16 @@ class _Supervisor:
         self.unconfirmed: list[str] = []  # lost instances not confirmed terminated
         self._nursery: trio.Nursery | None = None
         self._provisioned = trio.Event()
+        self._initial = range(pool.nodes.desired)
+        self._running: set[int] = set()  # indices with a live _keep task
+        self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
+        options = pool.options
+        self.autoscaler = Autoscaler(
+            pool.nodes.desired,
+            pool.nodes.ceiling,
+            cooldown=options.autoscale_cooldown,
+            idle_timeout=options.autoscale_idle_timeout,
+        )
 
     async def start(self, nursery: trio.Nursery) -> None:
         pool = self.pool
@@ -1396,22 +1457,37 @@ class _Supervisor:
         pool._work = await nursery.start(_work_nursery)
         await nursery.start(pool._deadlines.watch)
         desired = pool.nodes.desired
-        needed = pool.nodes.min or desired
-        for i in range(desired):
-            nursery.start_soon(self._node, i)
+        needed = pool.nodes.ready_at
+        for i in self._initial:
+            self._spawn(i)
+        nursery.start_soon(self._autoscale)
         while len(pool._ready) < needed:
             if len(self.failures) > desired - needed:  # `needed` nodes can no longer come up
                 raise self.failures[min(self.failures)]
             await pool._changed.wait()
 
     def _check_provisioned(self) -> None:
-        # Every worker learns all peers' addresses at bootstrap, so bootstraps wait until
-        # each node has an instance or has failed for good.
-        desired = self.pool.nodes.desired
-        if all(k in self.instances or k in self.failures for k in range(desired)):
+        # Every worker learns all peers' addresses at bootstrap, so the first bootstraps
+        # wait until each first node has an instance, has failed for good, or left.
+        wanted = self.pool._wanted
+        if all(k in self.instances or k in self.failures or k not in wanted for k in self._initial):
             self._provisioned.set()
 
-    async def _node(self, i: int) -> None:
+    def _spawn(self, i: int) -> None:
+        assert self._nursery is not None
+        self._running.add(i)
+        self._nursery.start_soon(self._keep, i)
+
+    async def _keep(self, i: int) -> None:
+        """Node ``i``'s whole life: up, serving, replaced when lost, until it is not wanted."""
+        try:
+            while await self._node(i):
+                pass
+        finally:
+            self._running.discard(i)
+
+    async def _node(self, i: int) -> bool:
+        """Bring node ``i`` up and serve it until its link closes; True: run it again."""
         pool = self.pool
         options = pool.options
         phase = "provision"
@@ -1453,20 +1529,29 @@ class _Supervisor:
                 exc = ProvisionError(
                     f"node {i} failed during {phase}: {detail}", node=i, phase=phase
                 )
-            await self._failed(i, exc, instance, ssh)
-            return
+            return await self._failed(i, exc, instance, ssh)
+        if i not in pool._wanted:  # scaled down while it was coming up
+            with contextlib.suppress(ConnectionLostError):
+                conn.shutdown()
+            await self._leave(i, instance, ssh)
+            return False
         capacity = pool.worker_config.concurrency + pool.worker_config.buffer
         node = _Node(i, instance, ssh, conn, capacity)
         pool._ready[i] = node
         pool._notify()
         await conn.serve()
-        # The link closed. During teardown that is expected; otherwise the node is lost:
-        # its calls are sent again elsewhere (Inflight._requeue) and it is replaced.
+        # The link closed. During teardown, or after a scale-down drained the node, that
+        # is expected; otherwise the node is lost: its calls are sent again elsewhere
+        # (Inflight._requeue) and it is replaced.
         pool._ready.pop(i, None)
+        self._draining.pop(i, None)
         if pool._closing:
-            return
+            return False
+        if i not in pool._wanted:
+            await self._leave(i, instance, ssh)
+            return False
         reason = (conn._link.close_reason if conn._link else None) or "the link closed"
-        await self._replace(i, instance, ssh, reason)
+        return await self._replace(i, instance, ssh, reason)
 
     async def _failed(
         self,
@@ -1474,30 +1559,34 @@ class _Supervisor:
         error: ProvisionError,
         instance: Instance | None,
         ssh: _transport.SSHConnection | None,
-    ) -> None:
-        """Node ``i`` could not be brought up: try again, or give it up for good."""
+    ) -> bool:
+        """Node ``i`` could not be brought up: True to try again, or give it up for good."""
         pool = self.pool
+        self.connections.pop(i, None)
         if instance is not None:
             self.instances.pop(i, None)
             await self._retire(instance, ssh)  # a half-made node must not keep billing
+        if i not in pool._wanted:  # scaled down meanwhile: nothing to retry
+            self._check_provisioned()
+            return False
         self.attempts[i] = self.attempts.get(i, 0) + 1
         limit = pool.options.max_provision_attempts or 1
         if self.attempts[i] < limit and not pool._closing:
             _say(pool.options, f"{error}; trying again ({self.attempts[i]}/{limit})")
             await trio.sleep(pool.options.provision_retry_delay or 0)
-            assert self._nursery is not None
-            self._nursery.start_soon(self._node, i)
-            return
+            return i in pool._wanted and not pool._closing
         self.failures[i] = error
         pool._gone.add(i)
         self._check_provisioned()
         pool._notify()
         if pool._ready:  # the pool is already in use: say so instead of raising
             _say(pool.options, str(error))
+        return False
 
     async def _replace(
         self, i: int, lost: Instance, ssh: _transport.SSHConnection, reason: str
-    ) -> None:
+    ) -> bool:
+        """Node ``i`` was lost: True to bring up a replacement with the same index."""
         pool = self.pool
         self.replacements[i] = self.replacements.get(i, 0) + 1
         limit = pool.options.max_provision_attempts or _REPLACEMENTS
@@ -1506,12 +1595,84 @@ class _Supervisor:
             pool._notify()
             _say(pool.options, f"lost node {i} ({reason}); not replacing it: lost {limit} times")
             await self._retire(lost, ssh)
-            return
+            return False
         _say(pool.options, f"lost node {i} ({reason}); replacing it")
         pool._notify()  # calls pinned elsewhere may proceed; waiters re-check
         await self._retire(lost, ssh)
+        return True
+
+    async def _leave(
+        self, i: int, instance: Instance, ssh: _transport.SSHConnection | None
+    ) -> None:
+        """Node ``i`` left by a scale-down: stop billing for it."""
+        self.instances.pop(i, None)
+        self.connections.pop(i, None)
+        await self._retire(instance, ssh)
+
+    # -- elastic pools ---------------------------------------------------------------------
+
+    def resize(self, nodes: Nodes) -> None:
+        pool = self.pool
+        pool.nodes = nodes
+        self.autoscaler.bounds(nodes.desired, nodes.ceiling, trio.current_time())
+        self._scale_to(nodes.desired, "resize()")
+
+    async def _autoscale(self) -> None:
+        pool = self.pool
+        while not pool._closing:
+            await trio.sleep(pool.options.reconcile_tick_interval)
+            if self.autoscaler.floor == self.autoscaler.ceiling:
+                continue  # a fixed pool
+            load = pool._load()
+            target = self.autoscaler.decide(trio.current_time(), load)
+            if target > load.target:
+                self._scale_to(target, f"{load.queued} call(s) waiting for a slot")
+            elif target < load.target:
+                idle = pool.options.autoscale_idle_timeout
+                self._scale_to(target, f"node(s) idle for {idle:g} s")
+
+    def _scale_to(self, count: int, why: str) -> None:
+        pool = self.pool
+        wanted = pool._wanted
+        if count == len(wanted):
+            return
+        _say(pool.options, f"scaling from {len(wanted)} to {count} node(s): {why}")
+        if count > len(wanted):
+            free = (k for k in itertools.count() if k not in wanted and k not in self._running)
+            for i in itertools.islice(free, count - len(wanted)):
+                wanted.add(i)
+                self._spawn(i)
+            return
         assert self._nursery is not None
-        self._nursery.start_soon(self._node, i)
+        for i in self._victims(len(wanted) - count):
+            wanted.discard(i)
+            pool._gone.discard(i)
+            node = pool._ready.pop(i, None)
+            if node is not None:
+                self._draining[i] = node
+                self._nursery.start_soon(self._drain, node)
+        self._check_provisioned()
+        pool._notify()  # calls pinned to a node that left fail with PoolClosedError
+
+    def _victims(self, count: int) -> list[int]:
+        """Which nodes leave first: lost ones, then starting ones, then the longest idle."""
+        pool = self.pool
+
+        def rank(i: int) -> tuple[Any, ...]:
+            node = pool._ready.get(i)
+            state = 0 if i in pool._gone else 1 if node is None else 2 if not node.inflight else 3
+            busy = (node.inflight, node.last_used) if node is not None else (0, 0.0)
+            return (i == 0, state, *busy, -i)  # the head (node 0) stays while it can
+
+        return sorted(pool._wanted, key=rank)[:count]
+
+    async def _drain(self, node: _Node) -> None:
+        """Let a node that left finish its calls, then stop its worker."""
+        if node.inflight:
+            node.drained = trio.Event()
+            await node.drained.wait()
+        with contextlib.suppress(ConnectionLostError):
+            node.conn.shutdown()
 
     async def _retire(self, instance: Instance, ssh: _transport.SSHConnection | None) -> None:
         """Close and terminate a lost node's instance, so it does not keep billing."""
@@ -1556,10 +1717,10 @@ class _Supervisor:
         info = InstanceInfo(
             node=instance.node,
             worker=0,
-            total_nodes=pool.nodes.desired,
+            total_nodes=len(pool._wanted),
             workers_per_node=1,
             accelerators=float(accel.count) if accel else 0.0,
-            total_accelerators=float(accel.count) * pool.nodes.desired if accel else 0.0,
+            total_accelerators=float(accel.count) * len(pool._wanted) if accel else 0.0,
             head_addr=head.private_ip,
             head_port=HEAD_PORT,
             job_id=pool.job_id,
@@ -1588,11 +1749,12 @@ class _Supervisor:
         if pool._work is not None:
             pool._work.cancel_scope.cancel(reason="pool closing")
         pool._notify()  # calls waiting for a slot now fail with PoolClosedError
-        for node in list(pool._ready.values()):
+        nodes = [*pool._ready.values(), *self._draining.values()]
+        for node in nodes:
             with contextlib.suppress(ConnectionLostError):  # already gone: nothing to stop
                 node.conn.shutdown()
         with trio.move_on_after(1):
-            for node in list(pool._ready.values()):
+            for node in nodes:
                 await node.conn.closed.wait()
         for ssh in self.connections.values():
             await ssh.aclose()

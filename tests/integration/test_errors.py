@@ -290,7 +290,6 @@ COMPUTES = pytest.mark.parametrize(
         ({"nodes": 0}, ValueError, "nodes=0"),
         ({"nodes": (3, 2)}, ValueError, r"1 <= low <= high"),
         ({"nodes": "4"}, ValueError, "is not a node spec"),
-        ({"nodes": (1, 4)}, ValueError, "autoscaling is not built yet"),
         (
             {"allocation": "bogus"},
             ValueError,

@@ -24,6 +24,7 @@ LAYERS = {
     "_bootstrap": 1,
     "_capture": 1,
     "_output": 1,
+    "_autoscale": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
