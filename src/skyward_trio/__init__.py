@@ -5,7 +5,7 @@ enforces it):
 
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
    ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``, ``_capture``, ``_output``,
-   ``_autoscale``
+   ``_autoscale``, ``_cost``
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker: ``_execute``, ``_procpool``, ``_procchild``, ``worker`` (only trio + layers 1-2:
    imported on remote machines)

@@ -38,6 +38,7 @@ from . import _serial, _transport
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import READY_MARK, worker_bootstrap
 from ._connection import WorkerConnection
+from ._cost import Ledger
 from ._errors import (
     ConnectionLostError,
     PoolClosedError,
@@ -1439,6 +1440,7 @@ class _Supervisor:
         self.unconfirmed: list[str] = []  # lost instances not confirmed terminated
         self._nursery: trio.Nursery | None = None
         self._provisioned = trio.Event()
+        self.ledger = Ledger()  # what the instances cost; shown when the pool closes
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
@@ -1497,6 +1499,7 @@ class _Supervisor:
             with trio.fail_after(options.provision_timeout or 300):
                 instance = await self.cluster.provision(i)
             self.instances[i] = instance
+            self.ledger.start(instance.id, instance.hourly_price, trio.current_time())
             self._check_provisioned()
             await self._provisioned.wait()
             phase = "ssh"
@@ -1683,6 +1686,8 @@ class _Supervisor:
                 await self.cluster.terminate(instance)
             except Exception as exc:  # reported at teardown, as TeardownError
                 self.unconfirmed.append(f"{instance.id} ({exc})")
+            else:
+                self.ledger.stop(instance.id, trio.current_time())
         if scope.cancelled_caught:
             self.unconfirmed.append(f"{instance.id} (terminate timed out)")
 
@@ -1765,6 +1770,8 @@ class _Supervisor:
                 await self.cluster.terminate(instance)
             except Exception as exc:
                 failed.append(f"{instance.id} ({exc})")
+            else:
+                self.ledger.stop(instance.id, trio.current_time())
 
         with trio.move_on_after(pool.options.shutdown_timeout) as scope:
             async with trio.open_nursery() as nursery:
@@ -1773,6 +1780,11 @@ class _Supervisor:
         if scope.cancelled_caught:
             failed.append(f"timed out after {pool.options.shutdown_timeout:g} s")
         failed.extend(self.unconfirmed)
+        if self.ledger.instances:
+            _say(
+                pool.options,
+                f"pool {pool.job_id} closed: {self.ledger.summary(trio.current_time())}",
+            )
         if failed:
             return TeardownError(
                 f"could not confirm that these {self.cluster.name} instances are terminated "

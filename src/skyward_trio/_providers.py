@@ -43,6 +43,7 @@ class Instance:
     # Import path the worker starts with: Local nodes share this machine's files, so they
     # get the client's sys.path and can import the same modules (your own included).
     sys_path: tuple[str, ...] = ()
+    hourly_price: float = 0.0  # USD per hour its provider bills (the offer's price); Local: 0
 
 
 class Cluster(Protocol):

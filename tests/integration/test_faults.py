@@ -116,3 +116,20 @@ def test_the_fault_kit_refuses_what_it_cannot_do(pool: sky.Pool) -> None:
         testing.preempt(pool, 7)
     with pytest.raises(TypeError, match="pool"):
         testing.kill_worker(object(), 0)
+
+
+def test_on_exit_the_pool_reports_every_instance_it_paid_for(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with sky.Compute(provider=sky.Local(), nodes=2) as pool:
+        testing.preempt(pool, 1)
+        supervisor = pool._core._supervisor
+        assert supervisor is not None
+        _wait(lambda: supervisor.ledger.instances == 3, "a replacement to be provisioned")
+        _wait(lambda: pool.current_nodes() == 2, "the replacement node")
+    lines = capsys.readouterr().err.splitlines()
+    summary = [line for line in lines if f"pool {pool.job_id} closed:" in line]
+    # Two nodes and one replacement, each billed from provisioned to terminated; Local is free.
+    assert len(summary) == 1, lines
+    assert " 3 instance(s) up " in summary[0]
+    assert summary[0].endswith("cost about $0.00")

@@ -25,6 +25,7 @@ LAYERS = {
     "_capture": 1,
     "_output": 1,
     "_autoscale": 1,
+    "_cost": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
