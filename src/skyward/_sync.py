@@ -21,6 +21,7 @@ import trio
 
 import skyward_trio
 from skyward_trio import PendingFunction, PendingFunctionGroup, Spec, _serial
+from skyward_trio._events import Event
 from skyward_trio._function import active_pool
 from skyward_trio._model import Nodes, Options
 from skyward_trio._pool import _CREDIT_BATCH, Inflight, Outcome, PreparedCall
@@ -107,6 +108,26 @@ class Pool:
     def current_nodes(self) -> int:
         """How many nodes are ready right now (nodes being scaled down do not count)."""
         return self._core.current_nodes()
+
+    def events(self) -> Iterator[Event]:
+        """The pool's events, in order: its lifecycle so far, then each as it happens.
+
+        A generator that blocks for the next event and ends when the pool closes (after
+        ``ClusterDestroyed``); read it in another thread while this one uses the pool.
+        """
+
+        async def subscribe() -> skyward_trio.EventStream:
+            return self._core.events()
+
+        stream = self._portal.call(subscribe)
+        try:
+            while True:
+                try:
+                    yield self._portal.call(stream.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.call(stream.aclose)
 
     def resize(self, nodes: int | Nodes) -> None:
         """Change the pool's target now; nodes start or leave in the background.

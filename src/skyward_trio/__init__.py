@@ -35,6 +35,23 @@ from ._errors import (
     TeardownError,
     VersionMismatchError,
 )
+from ._events import (
+    BootstrapProgress,
+    ClusterDestroyed,
+    ClusterProvisioned,
+    ClusterReady,
+    ClusterRequested,
+    Error,
+    Event,
+    InstanceBootstrapped,
+    InstanceDestroyed,
+    InstancePreempted,
+    InstanceProvisioned,
+    InstanceReplaced,
+    Log,
+    TaskCompleted,
+    TaskStarted,
+)
 from ._function import Function, PendingFunction, PendingFunctionGroup, function, gather
 from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
@@ -56,23 +73,38 @@ from ._shard import shard
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._eventbus import EventStream
     from ._pool import CancelledCallError, Compute, Future, ItemStream, Pool, ResultStream
     from ._procpool import ChildDied
 
 __all__ = [
     "DEFAULT_IMAGE",
     "AcceleratorInfo",
+    "BootstrapProgress",
     "CallbackWriter",
     "CancelledCallError",
     "ChildDied",
+    "ClusterDestroyed",
+    "ClusterProvisioned",
+    "ClusterReady",
+    "ClusterRequested",
     "Compute",
     "ConnectionLostError",
+    "Error",
+    "Event",
+    "EventStream",
     "Function",
     "Future",
     "Image",
+    "InstanceBootstrapped",
+    "InstanceDestroyed",
     "InstanceInfo",
+    "InstancePreempted",
+    "InstanceProvisioned",
+    "InstanceReplaced",
     "ItemStream",
     "Local",
+    "Log",
     "LogConfig",
     "NetworkInfo",
     "NoActivePoolError",
@@ -91,6 +123,8 @@ __all__ = [
     "SerializationError",
     "SkywardError",
     "Spec",
+    "TaskCompleted",
+    "TaskStarted",
     "TaskTimeoutError",
     "TeardownError",
     "VersionMismatchError",
@@ -111,6 +145,7 @@ __all__ = [
 ]
 
 _LAZY = {"CancelledCallError", "Compute", "Future", "ItemStream", "Pool", "ResultStream"}
+_LAZY_EVENTS = {"EventStream"}
 
 
 def __getattr__(name: str) -> Any:
@@ -122,4 +157,8 @@ def __getattr__(name: str) -> Any:
         from . import _pool
 
         return getattr(_pool, name)
+    if name in _LAZY_EVENTS:
+        from . import _eventbus
+
+        return getattr(_eventbus, name)
     raise AttributeError(f"module 'skyward_trio' has no attribute {name!r}")

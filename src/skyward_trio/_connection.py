@@ -21,7 +21,7 @@ from . import _serial, _transport, _wire
 from ._errors import ConnectionLostError, ProvisionError, VersionMismatchError
 from ._version import PYTHON_VERSION, __version__
 
-__all__ = ["WorkerConnection"]
+__all__ = ["WorkerConnection", "print_output"]
 
 _ids = itertools.count(1)
 
@@ -65,7 +65,7 @@ class Credits:
         return taken
 
 
-def _print_output(node: int, stream: str, text: str) -> None:
+def print_output(node: int, stream: str, text: str) -> None:
     """Print a task's output here, each line prefixed with its node."""
     target = sys.stdout if stream == "stdout" else sys.stderr
     lines = text.splitlines()
@@ -93,7 +93,7 @@ class WorkerConnection:
         self.closed = trio.Event()
         self.worker_pid: int | None = None
         #: Receives ``(node, "stdout" | "stderr", text)`` for each chunk of task output.
-        self.on_output: Callable[[int, str, str], None] = _print_output
+        self.on_output: Callable[[int, str, str], None] = print_output
 
     async def open(self, secret: str) -> None:
         """Open the data and control channels and complete both handshakes.

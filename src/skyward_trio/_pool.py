@@ -37,7 +37,7 @@ import trio
 from . import _serial, _transport
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import READY_MARK, worker_bootstrap
-from ._connection import WorkerConnection
+from ._connection import WorkerConnection, print_output
 from ._cost import Ledger
 from ._errors import (
     ConnectionLostError,
@@ -48,6 +48,24 @@ from ._errors import (
     SkywardError,
     TaskTimeoutError,
     TeardownError,
+)
+from ._eventbus import EventBus, EventStream
+from ._events import (
+    BootstrapProgress,
+    ClusterDestroyed,
+    ClusterProvisioned,
+    ClusterReady,
+    ClusterRequested,
+    Error,
+    Event,
+    InstanceBootstrapped,
+    InstanceDestroyed,
+    InstancePreempted,
+    InstanceProvisioned,
+    InstanceReplaced,
+    Log,
+    TaskCompleted,
+    TaskStarted,
 )
 from ._execute import StreamedInput
 from ._function import (
@@ -266,6 +284,27 @@ def _rebuild_error(info: Any, node: int, task: str) -> BaseException:
     return exc
 
 
+_batch_ids = itertools.count(1)
+
+
+@attrs.frozen
+class _BatchEvents:
+    started: TaskStarted
+    at: float
+
+    def completed(self, ok: bool, now: float) -> TaskCompleted:
+        s = self.started
+        return TaskCompleted(
+            job_id=s.job_id,
+            node=s.node,
+            task=s.task,
+            task_id=s.task_id,
+            ok=ok,
+            seconds=now - self.at,
+            count=s.count,
+        )
+
+
 class _Waiter:
     __slots__ = ("event", "node")
 
@@ -377,6 +416,7 @@ class Inflight:
         "node",
         "on_done",
         "pool",
+        "started",
         "target",
         "task_id",
         "timeout",
@@ -403,9 +443,36 @@ class Inflight:
         self.holding = True  # holds a slot on self.node
         self.attempts: list[str] = []  # why earlier attempts were interrupted
         self.feeders: trio.CancelScope | None = None
+        self.started = 0.0  # when it was sent, if someone watches the pool's events
+
+    def _sent(self) -> None:
+        events = self.pool._events
+        if events.watched:
+            self.started = trio.current_time()
+            events.emit(
+                TaskStarted(
+                    job_id=self.pool.job_id,
+                    node=self.node.index,
+                    task=self.call.name,
+                    task_id=id(self),
+                )
+            )
 
     def _end(self, outcome: Outcome) -> None:
         self.finished = True
+        events = self.pool._events
+        if events.watched and self.started:
+            message, node, error = outcome
+            events.emit(
+                TaskCompleted(
+                    job_id=self.pool.job_id,
+                    node=node,
+                    task=self.call.name,
+                    task_id=id(self),
+                    ok=error is None and message is not None and bool(message[2]),
+                    seconds=trio.current_time() - self.started,
+                )
+            )
         if self.feeders is not None:
             self.feeders.cancel(reason="the call ended")
         if self.holding:
@@ -479,6 +546,8 @@ class Inflight:
             )
         except ConnectionLostError as exc:
             self._reply(None, exc)
+        else:
+            self._sent()
 
     def cancel(self, error: BaseException | None = None) -> None:
         """Give up on the call: the worker drops it and frees its slot. Idempotent."""
@@ -711,6 +780,7 @@ class Pool:
         self._gone: set[int] = set()  # wanted indices lost for good (not replaced)
         self._waiting_any: collections.deque[_Waiter] = collections.deque()
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
+        self._events = EventBus(job_id)
 
     @property
     def _live(self) -> int:
@@ -771,6 +841,14 @@ class Pool:
     def current_nodes(self) -> int:
         """How many nodes are ready right now (nodes being scaled down do not count)."""
         return len(self._ready)
+
+    def events(self) -> EventStream:
+        """The pool's events, in order: its lifecycle so far, then each as it happens.
+
+        ``async for event in pool.events(): ...`` ends when the pool closes (after
+        ``ClusterDestroyed``); ``await stream.aclose()`` stops reading earlier.
+        """
+        return self._events.subscribe()
 
     def resize(self, nodes: int | Nodes) -> None:
         """Change the pool's target now; nodes start or leave in the background.
@@ -921,6 +999,7 @@ class Pool:
         except BaseException:
             self._release(node)
             raise
+        inflight._sent()
         self._deadlines.add(inflight)
         if call.inputs:
             self._work_nursery().start_soon(self._feed_inputs, inflight)
@@ -1028,6 +1107,7 @@ class Pool:
             limit = item_timeout * count
             attempts: list[str] = []
             while True:
+                sent = self._batch_sent(node, count)
                 try:
                     with trio.fail_after(limit):
                         msg = await node.conn.call_batch(key, fn_payload, payload)
@@ -1066,6 +1146,9 @@ class Pool:
             outcomes = _serial.loads(out_payload)
             if len(outcomes) != count:  # the function or the batch failed to load
                 outcomes = outcomes * count
+            if sent is not None:
+                ok = all(good for good, _ in outcomes)
+                self._events.emit(sent.completed(ok, trio.current_time()))
             for offset, (ok, value) in enumerate(outcomes):
                 if ok:
                     results[start + offset] = value
@@ -1109,6 +1192,15 @@ class Pool:
         if failure:
             raise failure[0]
         return results
+
+    def _batch_sent(self, node: _Node, count: int) -> _BatchEvents | None:
+        if not self._events.watched:
+            return None
+        started = TaskStarted(
+            job_id=self.job_id, node=node.index, task="map", task_id=next(_batch_ids), count=count
+        )
+        self._events.emit(started)
+        return _BatchEvents(started, trio.current_time())
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -1294,10 +1386,6 @@ async def _run_all(thunks: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
-def _drop_output(node: int, stream: str, text: str) -> None:
-    """Where task output goes with ``console="silent"``."""
-
-
 def _say(options: Options, message: str) -> None:
     if options.console is False or options.console == "silent":
         return
@@ -1400,6 +1488,7 @@ async def _open_pool(spec: Spec, options: Options, defaulted: bool) -> AsyncIter
         cluster = await open_cluster(
             spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
         )
+        pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
         supervisor = _Supervisor(pool, cluster, client_key)
         failure: BaseException | None = None
         try:
@@ -1441,6 +1530,7 @@ class _Supervisor:
         self._nursery: trio.Nursery | None = None
         self._provisioned = trio.Event()
         self.ledger = Ledger()  # what the instances cost; shown when the pool closes
+        self._lost: dict[int, str] = {}  # index -> the lost instance a new one replaces
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
@@ -1467,13 +1557,17 @@ class _Supervisor:
             if len(self.failures) > desired - needed:  # `needed` nodes can no longer come up
                 raise self.failures[min(self.failures)]
             await pool._changed.wait()
+        pool._events.emit(ClusterReady(job_id=pool.job_id, nodes=len(pool._ready)))
 
     def _check_provisioned(self) -> None:
         # Every worker learns all peers' addresses at bootstrap, so the first bootstraps
         # wait until each first node has an instance, has failed for good, or left.
         wanted = self.pool._wanted
+        if self._provisioned.is_set():
+            return
         if all(k in self.instances or k in self.failures or k not in wanted for k in self._initial):
             self._provisioned.set()
+            self._emit(ClusterProvisioned, instances=len(self.instances))
 
     def _spawn(self, i: int) -> None:
         assert self._nursery is not None
@@ -1495,17 +1589,26 @@ class _Supervisor:
         phase = "provision"
         instance: Instance | None = None
         ssh: _transport.SSHConnection | None = None
+        began = trio.current_time()
         try:
             with trio.fail_after(options.provision_timeout or 300):
                 instance = await self.cluster.provision(i)
             self.instances[i] = instance
             self.ledger.start(instance.id, instance.hourly_price, trio.current_time())
+            self._emit(
+                InstanceProvisioned,
+                node=i,
+                instance_id=instance.id,
+                hourly_price=instance.hourly_price,
+            )
             self._check_provisioned()
             await self._provisioned.wait()
             phase = "ssh"
+            self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
             ssh = await self._connect(instance)
             self.connections[i] = ssh
             phase = "bootstrap"
+            self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
             config = self._worker_config(instance)
             script = worker_bootstrap(
                 workdir=instance.workdir,
@@ -1521,9 +1624,9 @@ class _Supervisor:
                     f"bootstrap exited with status {rc}: {err.decode(errors='replace').strip()}"
                 )
             phase = "worker"
+            self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
             conn = WorkerConnection(i, ssh, f"{instance.workdir}/worker.sock")
-            if options.console is False or options.console == "silent":
-                conn.on_output = _drop_output
+            conn.on_output = self._on_output
             with trio.fail_after(30):
                 await conn.open(self.secret)
         except Exception as exc:
@@ -1541,6 +1644,15 @@ class _Supervisor:
         capacity = pool.worker_config.concurrency + pool.worker_config.buffer
         node = _Node(i, instance, ssh, conn, capacity)
         pool._ready[i] = node
+        self._emit(
+            InstanceBootstrapped,
+            node=i,
+            instance_id=instance.id,
+            seconds=trio.current_time() - began,
+        )
+        lost = self._lost.pop(i, None)
+        if lost is not None:
+            self._emit(InstanceReplaced, node=i, old_instance_id=lost, instance_id=instance.id)
         pool._notify()
         await conn.serve()
         # The link closed. During teardown, or after a scale-down drained the node, that
@@ -1579,6 +1691,7 @@ class _Supervisor:
             await trio.sleep(pool.options.provision_retry_delay or 0)
             return i in pool._wanted and not pool._closing
         self.failures[i] = error
+        self._emit(Error, message=str(error), node=i)
         pool._gone.add(i)
         self._check_provisioned()
         pool._notify()
@@ -1591,6 +1704,7 @@ class _Supervisor:
     ) -> bool:
         """Node ``i`` was lost: True to bring up a replacement with the same index."""
         pool = self.pool
+        self._emit(InstancePreempted, node=i, instance_id=lost.id, reason=reason)
         self.replacements[i] = self.replacements.get(i, 0) + 1
         limit = pool.options.max_provision_attempts or _REPLACEMENTS
         if self.replacements[i] > limit:
@@ -1602,6 +1716,7 @@ class _Supervisor:
         _say(pool.options, f"lost node {i} ({reason}); replacing it")
         pool._notify()  # calls pinned elsewhere may proceed; waiters re-check
         await self._retire(lost, ssh)
+        self._lost[i] = lost.id
         return True
 
     async def _leave(
@@ -1687,7 +1802,7 @@ class _Supervisor:
             except Exception as exc:  # reported at teardown, as TeardownError
                 self.unconfirmed.append(f"{instance.id} ({exc})")
             else:
-                self.ledger.stop(instance.id, trio.current_time())
+                self._destroyed(instance)
         if scope.cancelled_caught:
             self.unconfirmed.append(f"{instance.id} (terminate timed out)")
 
@@ -1771,7 +1886,7 @@ class _Supervisor:
             except Exception as exc:
                 failed.append(f"{instance.id} ({exc})")
             else:
-                self.ledger.stop(instance.id, trio.current_time())
+                self._destroyed(instance)
 
         with trio.move_on_after(pool.options.shutdown_timeout) as scope:
             async with trio.open_nursery() as nursery:
@@ -1780,19 +1895,41 @@ class _Supervisor:
         if scope.cancelled_caught:
             failed.append(f"timed out after {pool.options.shutdown_timeout:g} s")
         failed.extend(self.unconfirmed)
+        now = trio.current_time()
         if self.ledger.instances:
-            _say(
-                pool.options,
-                f"pool {pool.job_id} closed: {self.ledger.summary(trio.current_time())}",
-            )
+            _say(pool.options, f"pool {pool.job_id} closed: {self.ledger.summary(now)}")
+        error = None
         if failed:
-            return TeardownError(
+            error = TeardownError(
                 f"could not confirm that these {self.cluster.name} instances are terminated "
                 f"(they may still be running): {', '.join(failed)}",
                 provider=self.cluster.name,
                 instance_ids=tuple(self.instances[i].id for i in self.instances),
             )
-        return None
+            self._emit(Error, message=str(error))
+        self._emit(
+            ClusterDestroyed,
+            instances=self.ledger.instances,
+            instance_seconds=self.ledger.seconds(now),
+            cost=self.ledger.cost(now),
+        )
+        pool._events.close()
+        return error
+
+    def _emit(self, kind: type[Event], **fields: Any) -> None:
+        self.pool._events.emit(kind(job_id=self.pool.job_id, **fields))
+
+    def _destroyed(self, instance: Instance) -> None:
+        self.ledger.stop(instance.id, trio.current_time())
+        self._emit(InstanceDestroyed, node=instance.node, instance_id=instance.id)
+
+    def _on_output(self, node: int, stream: str, text: str) -> None:
+        """A function's output: printed here (unless the console is silent) and an event."""
+        pool = self.pool
+        if pool._events.watched:
+            pool._events.emit(Log(job_id=pool.job_id, node=node, stream=stream, text=text))
+        if not (pool.options.console is False or pool.options.console == "silent"):
+            print_output(node, stream, text)
 
 
 async def _work_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

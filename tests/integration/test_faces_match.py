@@ -14,7 +14,7 @@ import skyward
 import skyward_trio
 
 POOL_METHODS = ("run", "run_async", "broadcast", "run_parallel", "map", "current_nodes")
-TRIO_ONLY = {"Future", "ItemStream", "ResultStream", "CancelledCallError"}
+TRIO_ONLY = {"Future", "ItemStream", "ResultStream", "CancelledCallError", "EventStream"}
 
 
 def _parameters(fn: object) -> list[tuple[str, inspect._ParameterKind, object]]:

@@ -26,6 +26,7 @@ LAYERS = {
     "_output": 1,
     "_autoscale": 1,
     "_cost": 1,
+    "_events": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
@@ -39,6 +40,7 @@ LAYERS = {
     "_connection": 4,
     "_pool": 5,
     "testing": 5,
+    "_eventbus": 5,
 }
 
 

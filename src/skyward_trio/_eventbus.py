@@ -1,0 +1,110 @@
+"""One pool's event stream: the supervisor emits, each ``pool.events()`` reader receives.
+
+Emitting never blocks and never waits for a reader. A reader first gets the pool's
+lifecycle so far (task and log events are not kept), then every event as it happens. A
+reader that falls more than ``_BACKLOG`` events behind loses the oldest and is told so by
+an ``Error`` event, never silently.
+
+Layer 5 (trio only, with the event records).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Final
+
+import trio
+
+from ._events import Error, Event, Log, TaskCompleted, TaskStarted
+
+__all__ = ["EventBus", "EventStream"]
+
+_BACKLOG: Final = 100_000
+_NOT_KEPT = (TaskStarted, TaskCompleted, Log)  # many, and of no use to a late reader
+
+
+class EventBus:
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._lifecycle: list[Event] = []
+        self._readers: set[EventStream] = set()
+        self._closed = False
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone reads: per-task events are only built then."""
+        return bool(self._readers)
+
+    def emit(self, event: Event) -> None:
+        if not isinstance(event, _NOT_KEPT):
+            self._lifecycle.append(event)
+        for reader in self._readers:
+            reader._push(event)
+
+    def subscribe(self) -> EventStream:
+        stream = EventStream(self, self._lifecycle)
+        if self._closed:
+            stream._end()
+        else:
+            self._readers.add(stream)
+        return stream
+
+    def close(self) -> None:
+        """The pool is gone: readers get what is queued, then the end of the stream."""
+        self._closed = True
+        for reader in self._readers:
+            reader._end()
+        self._readers.clear()
+
+
+class EventStream:
+    """``async for event in pool.events()``: the pool's events, in order, until it closes."""
+
+    def __init__(self, bus: EventBus, backlog: list[Event]) -> None:
+        self._bus = bus
+        self._queue: collections.deque[Event] = collections.deque(backlog)
+        self._wake = trio.Event()
+        self._ended = False
+        self._dropped = 0
+
+    def _push(self, event: Event) -> None:
+        if len(self._queue) >= _BACKLOG:
+            self._queue.popleft()
+            self._dropped += 1
+        self._queue.append(event)
+        self._wake.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._wake.set()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        await trio.lowlevel.checkpoint()  # a busy pool must not starve the reader's peers
+        while not self._queue:
+            if self._ended:
+                raise StopAsyncIteration
+            await self._wake.wait()
+            self._wake = trio.Event()
+        if self._dropped:
+            count, self._dropped = self._dropped, 0
+            return Error(
+                job_id=self._bus.job_id,
+                message=f"{count} events were dropped: this pool.events() reader fell more "
+                f"than {_BACKLOG:,} events behind",
+            )
+        return self._queue.popleft()
+
+    async def aclose(self) -> None:
+        """Stop reading; the pool stops queueing events for this reader."""
+        self._bus._readers.discard(self)
+        self._end()
+        self._queue.clear()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

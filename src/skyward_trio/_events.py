@@ -1,0 +1,167 @@
+"""What happens in a pool, as frozen records: ``pool.events()`` yields them in order.
+
+Every event carries the pool's ``job_id`` and ``time`` (seconds since the epoch, when it
+happened). Lifecycle events follow a pool from ``ClusterRequested`` to
+``ClusterDestroyed``; a node goes ``InstanceProvisioned`` → ``BootstrapProgress`` (each
+phase) → ``InstanceBootstrapped``, and when lost ``InstancePreempted`` →
+``InstanceReplaced`` (or only ``InstanceDestroyed`` when it is not replaced).
+
+Layer 1: stdlib and attrs only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+from ._model import Nodes
+
+__all__ = [
+    "BootstrapProgress",
+    "ClusterDestroyed",
+    "ClusterProvisioned",
+    "ClusterReady",
+    "ClusterRequested",
+    "Error",
+    "Event",
+    "InstanceBootstrapped",
+    "InstanceDestroyed",
+    "InstancePreempted",
+    "InstanceProvisioned",
+    "InstanceReplaced",
+    "Log",
+    "TaskCompleted",
+    "TaskStarted",
+]
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Base of every event: which pool, and when."""
+
+    job_id: str
+    time: float = attrs.field(factory=time.time)
+
+
+@attrs.frozen(kw_only=True)
+class ClusterRequested(Event):
+    """The pool was asked for: ``provider`` (its name) and the node target."""
+
+    provider: str
+    nodes: Nodes
+
+
+@attrs.frozen(kw_only=True)
+class InstanceProvisioned(Event):
+    """The provider handed out an instance for node ``node``."""
+
+    node: int
+    instance_id: str
+    hourly_price: float
+
+
+@attrs.frozen(kw_only=True)
+class ClusterProvisioned(Event):
+    """Every first node has an instance (or failed for good): bootstraps may begin."""
+
+    instances: int
+
+
+@attrs.frozen(kw_only=True)
+class BootstrapProgress(Event):
+    """Node ``node`` entered a start-up phase: ``"ssh"``, ``"bootstrap"`` or ``"worker"``."""
+
+    node: int
+    instance_id: str
+    phase: str
+
+
+@attrs.frozen(kw_only=True)
+class InstanceBootstrapped(Event):
+    """Node ``node``'s worker is up and takes calls; ``seconds`` since provisioning began."""
+
+    node: int
+    instance_id: str
+    seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class ClusterReady(Event):
+    """Enough nodes are ready for the pool to be used (``Nodes.min``, or all)."""
+
+    nodes: int
+
+
+@attrs.frozen(kw_only=True)
+class InstancePreempted(Event):
+    """Node ``node`` was lost (machine reclaimed, worker gone, link dead): ``reason``."""
+
+    node: int
+    instance_id: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class InstanceReplaced(Event):
+    """A new instance took lost node ``node``'s place and is ready."""
+
+    node: int
+    old_instance_id: str
+    instance_id: str
+
+
+@attrs.frozen(kw_only=True)
+class InstanceDestroyed(Event):
+    """Node ``node``'s instance was terminated (confirmed by its provider)."""
+
+    node: int
+    instance_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ClusterDestroyed(Event):
+    """The pool closed: how many instances it ran, for how long in all, at what cost."""
+
+    instances: int
+    instance_seconds: float
+    cost: float
+
+
+@attrs.frozen(kw_only=True)
+class TaskStarted(Event):
+    """A call (or a ``map`` batch of ``count`` items) was sent to node ``node``."""
+
+    node: int
+    task: str
+    task_id: int
+    count: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class TaskCompleted(Event):
+    """That call ended: ``ok`` unless it raised, timed out or was cancelled."""
+
+    node: int
+    task: str
+    task_id: int
+    ok: bool
+    seconds: float
+    count: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class Log(Event):
+    """Text a function printed on node ``node`` (``stream``: ``"stdout"``/``"stderr"``)."""
+
+    node: int
+    stream: str
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class Error(Event):
+    """Something failed that the pool survives or reports: ``message`` (and the node)."""
+
+    message: str
+    node: int | None = None
