@@ -92,39 +92,38 @@ def _kill(pid: int) -> None:
         pass  # already gone: the fault happened anyway
 
 
-@contextlib.contextmanager
-def fail_provisioning(*, node: int, times: int | None = None) -> Iterator[LocalFault]:
+def fail_provisioning(
+    *, node: int, times: int | None = None
+) -> contextlib.AbstractContextManager[LocalFault]:
     """Make provisioning node ``node`` fail, as a provider out of capacity does.
 
     Applies to the ``sky.Local()`` pools started inside the block: the first ``times``
     attempts to provision node ``node`` (every attempt if None) fail before any machine
     is made. ``Options(max_provision_attempts=...)`` then tries again, and with
-    ``Nodes(min=...)`` the pool may start without the node. Yields the fault; its
-    ``fired`` says how many attempts it failed.
+    ``Nodes(min=...)`` the pool may start without the node. ``with ... as fault``:
+    ``fault.fired`` says how many attempts it failed.
     """
-    with _armed("provision", "fail_provisioning", node, times) as fault:
-        yield fault
+    return _armed(_fault("provision", "fail_provisioning", node, times))
 
 
-@contextlib.contextmanager
-def hang_bootstrap(*, node: int, times: int | None = None) -> Iterator[LocalFault]:
+def hang_bootstrap(
+    *, node: int, times: int | None = None
+) -> contextlib.AbstractContextManager[LocalFault]:
     """Make node ``node``'s bootstrap never finish, as a stuck set-up script does.
 
     Applies to the ``sky.Local()`` pools started inside the block: for the first ``times``
     instances of node ``node`` (every one if None) the machine comes up and accepts SSH,
     but the bootstrap it is sent never runs nor answers, so
     ``Options(bootstrap_timeout=...)`` (else ``Image(bootstrap_timeout=...)``) fires and
-    the node fails with a ``ProvisionError`` in phase ``"bootstrap"``. Yields the fault;
-    its ``fired`` says how many instances it hung.
+    the node fails with a ``ProvisionError`` in phase ``"bootstrap"``. ``with ... as
+    fault``: ``fault.fired`` says how many instances it hung.
     """
-    with _armed("bootstrap", "hang_bootstrap", node, times) as fault:
-        yield fault
+    return _armed(_fault("bootstrap", "hang_bootstrap", node, times))
 
 
-@contextlib.contextmanager
-def _armed(
+def _fault(
     kind: Literal["provision", "bootstrap"], name: str, node: int, times: int | None
-) -> Iterator[LocalFault]:
+) -> LocalFault:
     if isinstance(node, bool) or not isinstance(node, int) or node < 0:
         raise ValueError(f"{name}(node={node!r}): node must be a node index (an int >= 0)")
     if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
@@ -132,7 +131,12 @@ def _armed(
             f"{name}(times={times!r}): times must be an int >= 1 (how many attempts fail), "
             "or None for every attempt"
         )
-    fault = LocalFault(kind=kind, node=node, times=times)
+    return LocalFault(kind=kind, node=node, times=times, armed=False)
+
+
+@contextlib.contextmanager
+def _armed(fault: LocalFault) -> Iterator[LocalFault]:
+    fault.armed = True
     ARMED_FAULTS.append(fault)
     try:
         yield fault

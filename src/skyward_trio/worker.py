@@ -240,7 +240,7 @@ class Worker:
             return False, "the worker has no probe to run"
         if self._probe_started is not None:
             running = time.monotonic() - self._probe_started
-            return False, f"the previous probe is still running ({running:.0f} s)"
+            return False, f"the previous probe has not returned after {running:.1f} s"
         self._probe_started = time.monotonic()
         return await trio.to_thread.run_sync(self._call_probe, probe, abandon_on_cancel=True)
 
