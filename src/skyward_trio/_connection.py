@@ -91,7 +91,6 @@ class WorkerConnection:
         self._input_credits: dict[tuple[int, int], Credits] = {}
         self._sent_functions: set[str] = set()
         self._probes: dict[int, _Slot] = {}
-        self._probe_sent = False
         self.closed = trio.Event()
         self.worker_pid: int | None = None
         #: Receives ``(node, "stdout" | "stderr", text)`` for each chunk of task output.
@@ -362,10 +361,9 @@ class WorkerConnection:
         slot = _Slot()
         self._probes[probe_id] = slot
         try:
-            # The worker keeps the probe: it is sent with the first request only.
-            part = None if self._probe_sent else payload
-            self._write_control(_wire.encode((_wire.PROBE, probe_id, part)))
-            self._probe_sent = True
+            # Sent every time (a probe is small, and seconds apart): a worker that was
+            # restarted or reconnected needs no state to answer.
+            self._write_control(_wire.encode((_wire.PROBE, probe_id, payload)))
             await slot.event.wait()
         finally:
             self._probes.pop(probe_id, None)

@@ -2,7 +2,7 @@
 
 The probe itself runs on the node (``worker.Worker._run_probe``); this module holds the
 client's side of the decision, apart from any connection, so its timing is tested with
-trio's ``MockClock`` (``tests/unit/test_health.py``).
+trio's ``MockClock`` (``tests/unit/test_health_watch.py``).
 """
 
 from __future__ import annotations

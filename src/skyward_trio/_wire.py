@@ -57,7 +57,7 @@ OUTPUT = 12  # (OUTPUT, task_id, "stdout" | "stderr", text): a task's output, as
 ITEM = 13  # (ITEM, task_id, payload): one item a streaming task yielded
 INPUT_CREDIT = 14  # (INPUT_CREDIT, task_id, slot, n): the task read n input items; send more
 # Health probes, both ways on the control channel, so they never wait behind tasks.
-PROBE = 20  # (PROBE, probe_id, probe_payload | None): run the pool's health probe
+PROBE = 20  # (PROBE, probe_id, probe_payload): run the pool's health probe
 PROBE_RESULT = 21  # (PROBE_RESULT, probe_id, ok: bool, why it failed: str)
 
 _PREFIX = struct.Struct("<II")

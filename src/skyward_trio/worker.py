@@ -83,8 +83,7 @@ class Worker:
         self._sessions: dict[str, _Session] = {}
         self._last_client: float | None = None
         self._shutdown = trio.Event()
-        self._probe: Callable[[], object] | None = None  # the pool's health probe, once sent
-        self._probe_started: float | None = None  # while a probe runs (maybe hung)
+        self._probe_started: float | None = None  # while a health probe runs (maybe hung)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = self.directory / "worker.sock"
@@ -220,32 +219,29 @@ class Worker:
         self,
         reply: Callable[[tuple[Any, ...]], Awaitable[None]],
         probe_id: int,
-        payload: _serial.Payload | None,
+        payload: _serial.Payload,
     ) -> None:
         ok, why = await self._run_probe(payload)
         await reply((_wire.PROBE_RESULT, probe_id, ok, why))
 
-    async def _run_probe(self, payload: _serial.Payload | None) -> tuple[bool, str]:
+    async def _run_probe(self, payload: _serial.Payload) -> tuple[bool, str]:
         """Run the health probe in a thread of its own (never one of the task threads, so a
-        busy node still answers). One probe runs at a time: while a hung one still runs,
-        the next fails at once instead of piling up threads."""
-        if payload is not None:
-            try:
-                self._probe = _serial.loads(payload)
-            except Exception as exc:
-                why = _short(f"{type(exc).__name__}: {exc}")
-                return False, f"the probe could not be loaded on the node: {why}"
-        probe = self._probe
-        if probe is None:
-            return False, "the worker has no probe to run"
+        busy node still answers; nor the trio thread, which reads the control channel).
+        One probe runs at a time: while a hung one still runs, the next fails at once
+        instead of piling up threads."""
         if self._probe_started is not None:
             running = time.monotonic() - self._probe_started
             return False, f"the previous probe has not returned after {running:.1f} s"
         self._probe_started = time.monotonic()
-        return await trio.to_thread.run_sync(self._call_probe, probe, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(self._call_probe, payload, abandon_on_cancel=True)
 
-    def _call_probe(self, probe: Callable[[], object]) -> tuple[bool, str]:
+    def _call_probe(self, payload: _serial.Payload) -> tuple[bool, str]:
         try:
+            try:
+                probe = _serial.loads(payload)
+            except Exception as exc:
+                why = _short(f"{type(exc).__name__}: {exc}")
+                return False, f"the probe could not be loaded on the node: {why}"
             value = probe()
             if value:
                 return True, ""
