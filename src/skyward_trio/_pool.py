@@ -1488,7 +1488,7 @@ class _Supervisor:
         pool._notify()
         async with trio.open_nursery() as watchers:  # what watches the node ends with it
             if self.probe is not None:
-                watchers.start_soon(self._health, node, self.probe)
+                watchers.start_soon(self._watch_health, node, self.probe)
             await conn.serve()
             watchers.cancel_scope.cancel(reason=f"node {i}'s link closed")
         # The link closed. During teardown that is expected; otherwise the node is lost:
@@ -1499,7 +1499,7 @@ class _Supervisor:
         reason = (conn._link.close_reason if conn._link else None) or "the link closed"
         await self._replace(i, instance, ssh, reason)
 
-    async def _health(self, node: _Node, probe: _serial.Payload) -> None:
+    async def _watch_health(self, node: _Node, probe: _serial.Payload) -> None:
         """Probe the node; when it fails too often, close its link with why, so it is lost
         like any other (its calls are sent again elsewhere and it is replaced)."""
         pool = self.pool
