@@ -12,7 +12,8 @@ enforces it):
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshcork``,
    ``_providers``,
    ``_localnode`` (a Local node's SSH server process), ``_connection``
-5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``testing`` (the fault kit)
+5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``_health`` (health checks);
+   ``testing`` (the fault kit)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
@@ -56,6 +57,7 @@ from ._function import Function, PendingFunction, PendingFunctionGroup, function
 from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
     DEFAULT_IMAGE,
+    HealthChecker,
     Image,
     Local,
     LogConfig,
@@ -95,6 +97,7 @@ __all__ = [
     "EventStream",
     "Function",
     "Future",
+    "HealthChecker",
     "Image",
     "InstanceBootstrapped",
     "InstanceDestroyed",

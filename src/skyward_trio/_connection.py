@@ -90,6 +90,7 @@ class WorkerConnection:
         self._items: dict[int, Callable[[_serial.Payload], None]] = {}
         self._input_credits: dict[tuple[int, int], Credits] = {}
         self._sent_functions: set[str] = set()
+        self._probes: dict[int, _Slot] = {}
         self.closed = trio.Event()
         self.worker_pid: int | None = None
         #: Receives ``(node, "stdout" | "stderr", text)`` for each chunk of task output.
@@ -119,9 +120,17 @@ class WorkerConnection:
         answered = trio.Event()
 
         def on_control_data(data: bytes) -> None:
-            for msg in control_decoder.feed(data):
-                control_hello.append(msg)
-                answered.set()
+            try:
+                messages = control_decoder.feed(data)
+            except _wire.ProtocolError as exc:
+                self.close(f"protocol error on the control channel: {exc}")
+                return
+            for msg in messages:
+                if isinstance(msg, dict):
+                    control_hello.append(msg)
+                    answered.set()
+                else:
+                    self._on_control_message(msg)
 
         def on_control_close(reason: str) -> None:
             answered.set()
@@ -133,6 +142,14 @@ class WorkerConnection:
         self._control.write(_wire.encode_hello({**hello, "role": "control"}))
         await answered.wait()
         self._check_hello(control_hello[0] if control_hello else None, self._control)
+        for msg in control_decoder.release():
+            self._on_control_message(msg)
+
+    def _on_control_message(self, msg: tuple[Any, ...]) -> None:
+        if msg[0] == _wire.PROBE_RESULT:
+            slot = self._probes.pop(msg[1], None)
+            if slot is not None:
+                slot(msg, None)
 
     def _check_hello(self, hello: dict[str, Any] | None, link: _transport.WorkerLink) -> None:
         if hello is None:
@@ -165,7 +182,9 @@ class WorkerConnection:
         )
         self._items.clear()
         pending, self._pending = self._pending, {}
-        for callback in pending.values():
+        probes, self._probes = self._probes, {}
+        callbacks: list[Callback] = [*pending.values(), *probes.values()]
+        for callback in callbacks:
             callback(None, error)
 
     def _on_data(self, data: bytes) -> None:
@@ -330,7 +349,32 @@ class WorkerConnection:
         if not self.closed.is_set():
             self._send(_wire.encode((_wire.SHUTDOWN,)))
 
-    def close(self) -> None:
+    async def probe(self, payload: _serial.Payload) -> str | None:
+        """Run the pool's health probe on the worker: None if it passed, else why it failed.
+
+        The probe travels on the control channel and runs in a thread of its own on the
+        worker, so a node whose task slots are all busy answers too. The caller owns the
+        deadline; cancelling stops the wait (a late answer is dropped). Raises
+        ``ConnectionLostError`` if the link is closed or closes meanwhile.
+        """
+        probe_id = next(_ids)
+        slot = _Slot()
+        self._probes[probe_id] = slot
+        try:
+            # Sent every time (a probe is small, and seconds apart): a worker that was
+            # restarted or reconnected needs no state to answer.
+            self._write_control(_wire.encode((_wire.PROBE, probe_id, payload)))
+            await slot.event.wait()
+        finally:
+            self._probes.pop(probe_id, None)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.message is not None
+        _, _, ok, why = slot.message
+        return None if ok else str(why)
+
+    def close(self, reason: str = "closed by the client") -> None:
+        """Close both channels; pending calls fail with ``ConnectionLostError(reason)``."""
         for link in (self._link, self._control):
             if link is not None:
-                link.close()
+                link.close(reason)

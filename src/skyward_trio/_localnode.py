@@ -37,12 +37,18 @@ class _Server(asyncssh.SSHServer):
 
 
 class _Node:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, hang_commands: bool = False) -> None:
         self.directory = directory
+        self.hang_commands = hang_commands
         self.groups: set[int] = set()
         self.stopping = asyncio.Event()
 
     async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if self.hang_commands:
+            # sky.testing.hang_bootstrap: a command is taken and never run nor answered,
+            # as on a machine whose set-up is stuck, until the client gives up on it.
+            await process.wait_closed()
+            return
         command = process.command or "exec bash -l"
         proc = await asyncio.create_subprocess_exec(
             "bash",
@@ -127,8 +133,8 @@ def _kill_group(pgid: int, sig: int = signal.SIGTERM) -> None:
         os.killpg(pgid, sig)
 
 
-async def _serve(addr: str, directory: Path) -> None:
-    node = _Node(directory)
+async def _serve(addr: str, directory: Path, *, hang_commands: bool) -> None:
+    node = _Node(directory, hang_commands=hang_commands)
     parent = os.getppid()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -171,8 +177,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m skyward_trio._localnode")
     parser.add_argument("--addr", required=True)
     parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument(
+        "--hang-commands",
+        action="store_true",
+        help="never run commands nor answer them (sky.testing.hang_bootstrap)",
+    )
     args = parser.parse_args()
-    asyncio.run(_serve(args.addr, args.dir))
+    asyncio.run(_serve(args.addr, args.dir, hang_commands=args.hang_commands))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ __all__ = [
     "Architecture",
     "ConsoleMode",
     "ExecutorKind",
+    "HealthChecker",
     "Image",
     "Local",
     "LogConfig",
@@ -656,6 +657,47 @@ class LogConfig:
         )
 
 
+@attrs.frozen
+class HealthChecker:
+    """A probe run on every node, beside its tasks; a node that keeps failing it is replaced.
+
+    ``probe`` is a picklable callable with no arguments, run in each node's worker every
+    ``interval`` seconds in a thread of its own, so a node whose task slots are all busy
+    still answers. A probe passes when it returns a truthy value and fails when it returns
+    a falsy one, raises, or does not answer within ``timeout`` seconds. After ``failures``
+    failed probes in a row the node is treated as lost: its calls are sent to other nodes
+    and it is replaced.
+
+    Attributes:
+        probe: ``() -> object``, e.g. a function that checks the GPU still answers.
+        interval: Seconds from one probe's answer to the next probe, > 0.
+        failures: Failed probes in a row that make a node unhealthy, >= 1.
+        timeout: Seconds a probe may take before it counts as failed, > 0.
+    """
+
+    probe: Callable[[], object]
+    interval: float = attrs.field(default=30.0, kw_only=True)
+    failures: int = attrs.field(default=3, kw_only=True)
+    timeout: float = attrs.field(default=10.0, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not callable(self.probe):
+            raise TypeError(
+                f"HealthChecker(probe={self.probe!r}): probe must be a callable taking no "
+                f"arguments, got {_describe(self.probe)}. Pass e.g. "
+                "probe=lambda: torch.cuda.is_available()."
+            )
+        _check_seconds("HealthChecker", "interval", self.interval)
+        _check_int(
+            "HealthChecker",
+            "failures",
+            self.failures,
+            low=1,
+            fix="Pass how many failed probes in a row make a node unhealthy, e.g. failures=3.",
+        )
+        _check_seconds("HealthChecker", "timeout", self.timeout)
+
+
 @attrs.frozen(kw_only=True)
 class Options:
     """Operational tuning for a pool; the defaults suit most work.
@@ -683,8 +725,8 @@ class Options:
         cluster: Whether nodes form a cluster (needed by distributed collections); None
             decides from the pool.
         retry_on_interruption: Retries per task when its node is preempted, >= 0.
-        health_checker: A periodic probe run on each node; nodes that keep failing it are
-            replaced. None disables health checks.
+        health_checker: A :class:`HealthChecker`: a periodic probe run on each node; nodes
+            that keep failing it are replaced. None disables health checks.
     """
 
     selection: SelectionStrategy = "cheapest"
@@ -704,7 +746,7 @@ class Options:
     logging: LogConfig | bool = True
     cluster: bool | None = None
     retry_on_interruption: int = 3
-    health_checker: object | None = None
+    health_checker: HealthChecker | None = None
 
     def __attrs_post_init__(self) -> None:
         _check_choice("Options", "selection", self.selection, SELECTION_STRATEGIES)
@@ -757,6 +799,12 @@ class Options:
             low=0,
             fix="Pass how many times a preempted task is retried, e.g. retry_on_interruption=3.",
         )
+        if self.health_checker is not None and not isinstance(self.health_checker, HealthChecker):
+            raise TypeError(
+                f"Options(health_checker={self.health_checker!r}): health_checker must be a "
+                f"sky.HealthChecker or None, got {_describe(self.health_checker)}. Pass e.g. "
+                "health_checker=sky.HealthChecker(probe, interval=30, failures=3)."
+            )
 
 
 # --- spec ---------------------------------------------------------------------------------------

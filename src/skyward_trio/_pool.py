@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import _serial, _transport
+from . import _health, _serial, _transport
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import READY_MARK, worker_bootstrap
 from ._connection import WorkerConnection, print_output
@@ -1386,6 +1386,27 @@ async def _run_all(thunks: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
+def _timed_out(phase: str, pool: Pool) -> str:
+    """Why a start-up phase ran out of time, and which knob gives it more."""
+    options = pool.options
+    if phase == "provision":
+        return (
+            f"did not finish within {options.provision_timeout or 300:g} s; "
+            "give it longer with Options(provision_timeout=...)"
+        )
+    if phase == "bootstrap":
+        if options.bootstrap_timeout is not None:
+            return (
+                f"did not finish within Options(bootstrap_timeout="
+                f"{options.bootstrap_timeout:g}) seconds; raise it if the node needs longer"
+            )
+        return (
+            f"did not finish within Image(bootstrap_timeout={pool.spec.image.bootstrap_timeout})"
+            " seconds; raise it (or Options(bootstrap_timeout=...)) if the node needs longer"
+        )
+    return "timed out"
+
+
 def _say(options: Options, message: str) -> None:
     if options.console is False or options.console == "silent":
         return
@@ -1413,6 +1434,8 @@ class Compute:
         self.defaulted_to_local = defaulted
         _check_supported(resolved, options)
         self.spec = resolved[0]
+        checker = options.health_checker
+        self._probe = _health.probe_payload(checker) if checker is not None else None
         self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
         self._token: Any = None
 
@@ -1422,7 +1445,7 @@ class Compute:
                 "this Compute is already open; one Compute makes one pool at a time "
                 "(create another skyward_trio.Compute(...) for a second pool)"
             )
-        self._cm = _open_pool(self.spec, self.options, self.defaulted_to_local)
+        self._cm = _open_pool(self.spec, self.options, self.defaulted_to_local, self._probe)
         pool = await self._cm.__aenter__()
         self._token = active_pool.set(pool)
         return pool
@@ -1446,8 +1469,6 @@ def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
     if len(specs) > 1:
         raise ValueError(f"{len(specs)} specs given: multi-spec fallback {_NOT_YET}; pass one Spec")
     spec = specs[0]
-    if options.health_checker is not None:
-        raise ValueError(f"Options(health_checker=...): health checks {_NOT_YET}")
     image = spec.image
     unsupported = [
         name
@@ -1474,7 +1495,9 @@ def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _open_pool(spec: Spec, options: Options, defaulted: bool) -> AsyncIterator[Pool]:
+async def _open_pool(
+    spec: Spec, options: Options, defaulted: bool, probe: _serial.Payload | None
+) -> AsyncIterator[Pool]:
     job_id = secrets.token_hex(4)
     nodes = spec.nodes
     if defaulted:
@@ -1489,7 +1512,7 @@ async def _open_pool(spec: Spec, options: Options, defaulted: bool) -> AsyncIter
             spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
         )
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
-        supervisor = _Supervisor(pool, cluster, client_key)
+        supervisor = _Supervisor(pool, cluster, client_key, probe)
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -1516,10 +1539,13 @@ async def _open_pool(spec: Spec, options: Options, defaulted: bool) -> AsyncIter
 class _Supervisor:
     """Brings nodes up, keeps them, and tears everything down."""
 
-    def __init__(self, pool: Pool, cluster: Cluster, client_key: Any) -> None:
+    def __init__(
+        self, pool: Pool, cluster: Cluster, client_key: Any, probe: _serial.Payload | None
+    ) -> None:
         self.pool = pool
         self.cluster = cluster
         self.client_key = client_key
+        self.probe = probe  # Options.health_checker's probe, pickled
         self.secret = secrets.token_urlsafe(32)
         self.instances: dict[int, Instance] = {}
         self.failures: dict[int, BaseException] = {}
@@ -1631,7 +1657,8 @@ class _Supervisor:
                 await conn.open(self.secret)
         except Exception as exc:
             if not isinstance(exc, ProvisionError):
-                detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+                too_slow = isinstance(exc, trio.TooSlowError)
+                detail = _timed_out(phase, pool) if too_slow else str(exc)
                 exc = ProvisionError(
                     f"node {i} failed during {phase}: {detail}", node=i, phase=phase
                 )
@@ -1654,7 +1681,11 @@ class _Supervisor:
         if lost is not None:
             self._emit(InstanceReplaced, node=i, old_instance_id=lost, instance_id=instance.id)
         pool._notify()
-        await conn.serve()
+        async with trio.open_nursery() as watchers:  # what watches the node ends with it
+            if self.probe is not None:
+                watchers.start_soon(self._watch_health, node, self.probe)
+            await conn.serve()
+            watchers.cancel_scope.cancel(reason=f"node {i}'s link closed")
         # The link closed. During teardown, or after a scale-down drained the node, that
         # is expected; otherwise the node is lost: its calls are sent again elsewhere
         # (Inflight._requeue) and it is replaced.
@@ -1667,6 +1698,21 @@ class _Supervisor:
             return False
         reason = (conn._link.close_reason if conn._link else None) or "the link closed"
         return await self._replace(i, instance, ssh, reason)
+
+    async def _watch_health(self, node: _Node, probe: _serial.Payload) -> None:
+        """Probe the node; when it fails too often, close its link with why, so it is lost
+        like any other (its calls are sent again elsewhere and it is replaced)."""
+        pool = self.pool
+        checker = pool.options.health_checker
+        assert checker is not None
+        try:
+            reason = await _health.watch(
+                checker, functools.partial(node.conn.probe, probe), lambda: pool._closing
+            )
+        except ConnectionLostError:
+            return  # the node is lost anyway; _node handles that
+        if reason is not None:
+            node.conn.close(reason)
 
     async def _failed(
         self,
@@ -1695,8 +1741,10 @@ class _Supervisor:
         pool._gone.add(i)
         self._check_provisioned()
         pool._notify()
-        if pool._ready:  # the pool is already in use: say so instead of raising
-            _say(pool.options, str(error))
+        needed = pool.nodes.ready_at
+        if pool._ready or len(self.failures) <= pool.nodes.desired - needed:
+            # The pool is in use, or can come up without this node: say so, not raise.
+            _say(pool.options, f"{error}; carrying on without node {i}")
         return False
 
     async def _replace(

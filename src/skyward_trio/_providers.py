@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
@@ -23,7 +23,7 @@ import trio
 from . import _transport
 from ._model import Local, ProviderConfig
 
-__all__ = ["Cluster", "Instance", "LocalCluster", "open_cluster"]
+__all__ = ["ARMED_FAULTS", "Cluster", "Instance", "LocalCluster", "LocalFault", "open_cluster"]
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +71,36 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
     )
 
 
+@attrs.define(kw_only=True)
+class LocalFault:
+    """A start-up fault armed for ``sky.Local()`` nodes by the fault kit (``testing``).
+
+    It applies to the pools whose cluster opened while it was armed, and only while it
+    stays armed; ``times`` (None: every one) attempts of node ``node`` are hit.
+    """
+
+    kind: Literal["provision", "bootstrap"]
+    node: int
+    times: int | None
+    #: How many attempts it has hit so far.
+    fired: int = 0
+    armed: bool = True
+
+    def hits(self, kind: str, node: int) -> bool:
+        """Whether this attempt of ``node`` at ``kind`` fails (and count it if so)."""
+        if not self.armed or kind != self.kind or node != self.node:
+            return False
+        if self.times is not None and self.fired >= self.times:
+            return False
+        self.fired += 1
+        return True
+
+
+#: Faults armed now (the fault kit adds and removes them); each cluster copies the list
+#: when it opens, so arming one does not touch pools already running.
+ARMED_FAULTS: list[LocalFault] = []
+
+
 class LocalCluster:
     """``sky.Local()``: each node is an SSH server process on its own 127.0.0.x address."""
 
@@ -82,8 +112,17 @@ class LocalCluster:
         self._client_public_key = client_public_key
         self.root = Path(tempfile.mkdtemp(prefix=f"skyward-{job_id}-"))
         self._procs: dict[str, trio.Process] = {}
+        self._faults = list(ARMED_FAULTS)
+
+    def _fault(self, kind: str, node: int) -> bool:
+        return any(fault.hits(kind, node) for fault in self._faults)
 
     async def provision(self, node: int) -> Instance:
+        if self._fault("provision", node):
+            raise RuntimeError(
+                f"the provider has no capacity for node {node} "
+                "(a fault injected by sky.testing.fail_provisioning)"
+            )
         directory = self.root / f"node-{node}"
         socket_path = directory / "work" / "worker.sock"
         if len(str(socket_path)) > 100:  # AF_UNIX paths are limited to 108 bytes
@@ -101,18 +140,14 @@ class LocalCluster:
         os.chmod(directory / "host_key", 0o600)
         (directory / "authorized_keys").write_text(self._client_public_key + "\n")
         addr = f"127.0.0.{2 + node % 250}"
+        command = [sys.executable, "-m", "skyward_trio._localnode", "--addr", addr]
+        command += ["--dir", str(directory)]
+        if self._fault("bootstrap", node):
+            command.append("--hang-commands")
         log = _open_log(directory / "sshd.log")
         try:
             proc = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "skyward_trio._localnode",
-                    "--addr",
-                    addr,
-                    "--dir",
-                    str(directory),
-                ],
+                command,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,

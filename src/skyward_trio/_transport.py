@@ -226,7 +226,8 @@ class WorkerLink:
         """Wait until the channel's send buffer has drained below its high-water mark."""
         await self._writable.wait()
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed by the client") -> None:
+        """Close the channel; ``on_close`` gets ``reason``."""
         if self._chan is not None:
             self._chan.close()
-        self._lost("closed by the client")
+        self._lost(reason)

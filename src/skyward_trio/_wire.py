@@ -32,6 +32,8 @@ __all__ = [
     "INPUT_END",
     "ITEM",
     "OUTPUT",
+    "PROBE",
+    "PROBE_RESULT",
     "RESULT",
     "RUN",
     "SHUTDOWN",
@@ -54,6 +56,9 @@ BATCH_RESULT = 11  # (BATCH_RESULT, batch_id, payload, elapsed_s)
 OUTPUT = 12  # (OUTPUT, task_id, "stdout" | "stderr", text): a task's output, as written
 ITEM = 13  # (ITEM, task_id, payload): one item a streaming task yielded
 INPUT_CREDIT = 14  # (INPUT_CREDIT, task_id, slot, n): the task read n input items; send more
+# Health probes, both ways on the control channel, so they never wait behind tasks.
+PROBE = 20  # (PROBE, probe_id, probe_payload): run the pool's health probe
+PROBE_RESULT = 21  # (PROBE_RESULT, probe_id, ok: bool, why it failed: str)
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")

@@ -9,20 +9,31 @@ Use it to test your own retry and checkpoint logic the way a spot market will::
         testing.preempt(pool, 1)          # node 1 vanishes, as a reclaimed spot instance
         future.result()                   # re-queued on a node that is still there
 
-Each function acts at once and returns; detection, re-queueing and replacement then run
-as they would for a real fault. They work on both faces' pools, for ``Local`` only.
+``preempt`` and ``kill_worker`` act at once and return; detection, re-queueing and
+replacement then run as they would for a real fault. They work on both faces' pools, for
+``Local`` only.
+
+Start-up faults happen while ``Compute`` is being entered, before there is a pool to act
+on, so they are context managers armed around it::
+
+    with testing.fail_provisioning(node=1, times=1):
+        with sky.Compute(provider=sky.Local(), nodes=2,
+                         options=sky.Options(max_provision_attempts=2)) as pool:
+            ...                           # node 1 came up on its second attempt
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from ._pool import Pool
-from ._providers import LocalCluster
+from ._providers import ARMED_FAULTS, LocalCluster, LocalFault
 
-__all__ = ["kill_worker", "preempt"]
+__all__ = ["LocalFault", "fail_provisioning", "hang_bootstrap", "kill_worker", "preempt"]
 
 
 def _core(pool: Any) -> Pool:
@@ -79,3 +90,56 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # already gone: the fault happened anyway
+
+
+def fail_provisioning(
+    *, node: int, times: int | None = None
+) -> contextlib.AbstractContextManager[LocalFault]:
+    """Make provisioning node ``node`` fail, as a provider out of capacity does.
+
+    Applies to the ``sky.Local()`` pools started inside the block: the first ``times``
+    attempts to provision node ``node`` (every attempt if None) fail before any machine
+    is made. ``Options(max_provision_attempts=...)`` then tries again, and with
+    ``Nodes(min=...)`` the pool may start without the node. ``with ... as fault``:
+    ``fault.fired`` says how many attempts it failed.
+    """
+    return _armed(_fault("provision", "fail_provisioning", node, times))
+
+
+def hang_bootstrap(
+    *, node: int, times: int | None = None
+) -> contextlib.AbstractContextManager[LocalFault]:
+    """Make node ``node``'s bootstrap never finish, as a stuck set-up script does.
+
+    Applies to the ``sky.Local()`` pools started inside the block: for the first ``times``
+    instances of node ``node`` (every one if None) the machine comes up and accepts SSH,
+    but the bootstrap it is sent never runs nor answers, so
+    ``Options(bootstrap_timeout=...)`` (else ``Image(bootstrap_timeout=...)``) fires and
+    the node fails with a ``ProvisionError`` in phase ``"bootstrap"``. ``with ... as
+    fault``: ``fault.fired`` says how many instances it hung.
+    """
+    return _armed(_fault("bootstrap", "hang_bootstrap", node, times))
+
+
+def _fault(
+    kind: Literal["provision", "bootstrap"], name: str, node: int, times: int | None
+) -> LocalFault:
+    if isinstance(node, bool) or not isinstance(node, int) or node < 0:
+        raise ValueError(f"{name}(node={node!r}): node must be a node index (an int >= 0)")
+    if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+        raise ValueError(
+            f"{name}(times={times!r}): times must be an int >= 1 (how many attempts fail), "
+            "or None for every attempt"
+        )
+    return LocalFault(kind=kind, node=node, times=times, armed=False)
+
+
+@contextlib.contextmanager
+def _armed(fault: LocalFault) -> Iterator[LocalFault]:
+    fault.armed = True
+    ARMED_FAULTS.append(fault)
+    try:
+        yield fault
+    finally:
+        fault.armed = False
+        ARMED_FAULTS.remove(fault)

@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,11 @@ def _alive(pid: int) -> bool:
 _STREAM_WINDOW = 64
 
 
+def _short(text: str) -> str:
+    """Cut a probe's failure text to a size that reads well in one line of the console."""
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class Worker:
     """One node's worker: accepts client connections and runs their tasks."""
 
@@ -78,6 +83,7 @@ class Worker:
         self._sessions: dict[str, _Session] = {}
         self._last_client: float | None = None
         self._shutdown = trio.Event()
+        self._probe_started: float | None = None  # while a health probe runs (maybe hung)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = self.directory / "worker.sock"
@@ -178,25 +184,72 @@ class Worker:
         self, stream: trio.SocketStream, decoder: _wire.FrameDecoder, session_id: str
     ) -> None:
         """A session's control channel, read by the trio thread even when every task
-        thread is busy: cancellations take effect at once."""
+        thread is busy: cancellations take effect at once, and health probes are answered."""
+        send_lock = trio.Lock()
+
+        async def reply(message: tuple[Any, ...]) -> None:
+            async with send_lock:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(b"".join(_wire.encode(message)))
+
         messages = decoder.release()
-        while True:
-            for msg in messages:
-                session = self._sessions.get(session_id)
-                if msg[0] == _wire.CANCEL and session is not None:
-                    session.cancel(msg[1])
-                elif msg[0] == _wire.CREDIT and session is not None:
-                    session.credit(msg[1], msg[2])
-                elif msg[0] == _wire.INPUT and session is not None:
-                    session.input_queue(msg[1], msg[2]).put_many(msg[3])
-                elif msg[0] == _wire.INPUT_END and session is not None:
-                    session.input_queue(msg[1], msg[2]).end()
-                elif msg[0] == _wire.SHUTDOWN:
-                    self._shutdown.set()
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            messages = decoder.feed(data)
+        async with trio.open_nursery() as probes:
+            while True:
+                for msg in messages:
+                    session = self._sessions.get(session_id)
+                    if msg[0] == _wire.CANCEL and session is not None:
+                        session.cancel(msg[1])
+                    elif msg[0] == _wire.CREDIT and session is not None:
+                        session.credit(msg[1], msg[2])
+                    elif msg[0] == _wire.INPUT and session is not None:
+                        session.input_queue(msg[1], msg[2]).put_many(msg[3])
+                    elif msg[0] == _wire.INPUT_END and session is not None:
+                        session.input_queue(msg[1], msg[2]).end()
+                    elif msg[0] == _wire.PROBE:
+                        probes.start_soon(self._answer_probe, reply, msg[1], msg[2])
+                    elif msg[0] == _wire.SHUTDOWN:
+                        self._shutdown.set()
+                data = await stream.receive_some(65536)
+                if not data:
+                    probes.cancel_scope.cancel(reason="the client left")
+                    return
+                messages = decoder.feed(data)
+
+    async def _answer_probe(
+        self,
+        reply: Callable[[tuple[Any, ...]], Awaitable[None]],
+        probe_id: int,
+        payload: _serial.Payload,
+    ) -> None:
+        ok, why = await self._run_probe(payload)
+        await reply((_wire.PROBE_RESULT, probe_id, ok, why))
+
+    async def _run_probe(self, payload: _serial.Payload) -> tuple[bool, str]:
+        """Run the health probe in a thread of its own (never one of the task threads, so a
+        busy node still answers; nor the trio thread, which reads the control channel).
+        One probe runs at a time: while a hung one still runs, the next fails at once
+        instead of piling up threads."""
+        if self._probe_started is not None:
+            running = time.monotonic() - self._probe_started
+            return False, f"the previous probe has not returned after {running:.1f} s"
+        self._probe_started = time.monotonic()
+        return await trio.to_thread.run_sync(self._call_probe, payload, abandon_on_cancel=True)
+
+    def _call_probe(self, payload: _serial.Payload) -> tuple[bool, str]:
+        try:
+            try:
+                probe = _serial.loads(payload)
+            except Exception as exc:
+                why = _short(f"{type(exc).__name__}: {exc}")
+                return False, f"the probe could not be loaded on the node: {why}"
+            value = probe()
+            if value:
+                return True, ""
+            return False, f"the probe returned {_short(repr(value))}"
+        except Exception as exc:
+            return False, f"the probe raised {_short(f'{type(exc).__name__}: {exc}')}"
+        finally:
+            self._probe_started = None
 
     async def _handshake(self, stream: trio.SocketStream, hello: Any) -> bool:
         problem = None

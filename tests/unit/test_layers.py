@@ -38,6 +38,7 @@ LAYERS = {
     "_providers": 4,
     "_localnode": 4,
     "_connection": 4,
+    "_health": 5,
     "_pool": 5,
     "testing": 5,
     "_eventbus": 5,

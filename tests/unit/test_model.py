@@ -21,6 +21,7 @@ from skyward_trio._model import (
     LOG_LEVELS,
     SELECTION_STRATEGIES,
     SKYWARD_SOURCES,
+    HealthChecker,
     Image,
     Local,
     LogConfig,
@@ -548,11 +549,71 @@ def test_options_accepts_the_documented_values() -> None:
         ({"shutdown_timeout": -5}, ValueError, r"shutdown_timeout must be > 0"),
         ({"cluster": "yes"}, TypeError, r"cluster must be True or False"),
         ({"retry_on_interruption": -1}, ValueError, r"retry_on_interruption must be >= 0"),
+        (
+            {"health_checker": print},
+            TypeError,
+            r"Options\(health_checker=.*\): health_checker must be a sky.HealthChecker or None"
+            r".*sky.HealthChecker\(probe, interval=30, failures=3\)",
+        ),
     ],
 )
 def test_options_rejects_bad_input(kwargs: dict[str, object], error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         Options(**kwargs)  # type: ignore[arg-type]
+
+
+def _gpu_ok() -> bool:
+    return True
+
+
+def test_health_checker_defaults_and_options() -> None:
+    checker = HealthChecker(_gpu_ok)
+    assert (checker.probe, checker.interval, checker.failures, checker.timeout) == (
+        _gpu_ok,
+        30.0,
+        3,
+        10.0,
+    )
+    assert HealthChecker(_gpu_ok, interval=0.5, failures=1, timeout=60).failures == 1
+    assert Options(health_checker=checker).health_checker is checker
+    with pytest.raises(TypeError):
+        HealthChecker(_gpu_ok, 5.0)  # type: ignore[misc]  # only the probe is positional
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        checker.failures = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"probe": "torch.cuda.is_available"},
+            TypeError,
+            r"HealthChecker\(probe='torch.cuda.is_available'\): probe must be a callable "
+            r"taking no arguments, got str",
+        ),
+        (
+            {"interval": 0},
+            ValueError,
+            r"HealthChecker\(interval=0\): interval must be > 0 seconds.*interval=",
+        ),
+        ({"interval": "30"}, TypeError, r"interval must be a number of seconds > 0, got str"),
+        (
+            {"failures": 0},
+            ValueError,
+            r"HealthChecker\(failures=0\): failures must be >= 1.*failures=3",
+        ),
+        ({"failures": 1.5}, TypeError, r"failures must be an int >= 1, got float"),
+        ({"failures": True}, TypeError, r"failures must be an int >= 1, got bool"),
+        ({"timeout": -1}, ValueError, r"HealthChecker\(timeout=-1\): timeout must be > 0"),
+        ({"timeout": None}, TypeError, r"timeout must be a number of seconds > 0, got NoneType"),
+    ],
+)
+def test_health_checker_rejects_bad_input(
+    kwargs: dict[str, object], error: type, match: str
+) -> None:
+    fields: dict[str, object] = {"probe": _gpu_ok, **kwargs}
+    with pytest.raises(error, match=match):
+        HealthChecker(**fields)  # type: ignore[arg-type]
 
 
 # --- spec ---------------------------------------------------------------------------------------
