@@ -62,3 +62,12 @@ def _no_cloud_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if _is_credential(name):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _home_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A throwaway home: pools log to ``~/.skyward/logs`` by default, never the real one."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        yield

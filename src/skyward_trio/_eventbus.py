@@ -11,6 +11,7 @@ Layer 5 (trio only, with the event records).
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -28,18 +29,33 @@ class EventBus:
         self.job_id = job_id
         self._lifecycle: list[Event] = []
         self._readers: set[EventStream] = set()
+        self._listeners: dict[Callable[[Event], None], bool] = {}  # -> wants task events
         self._closed = False
 
     @property
     def watched(self) -> bool:
-        """Whether anyone reads: per-task events are only built then."""
-        return bool(self._readers)
+        """Whether anyone wants task events: they are only built then."""
+        return bool(self._readers) or any(self._listeners.values())
+
+    @property
+    def heard(self) -> bool:
+        """Whether anyone at all listens: ``Log`` events are only built then."""
+        return bool(self._readers) or bool(self._listeners)
 
     def emit(self, event: Event) -> None:
-        if not isinstance(event, _NOT_KEPT):
+        kept = not isinstance(event, _NOT_KEPT)
+        if kept:
             self._lifecycle.append(event)
         for reader in self._readers:
             reader._push(event)
+        for listener, tasks in self._listeners.items():
+            if kept or tasks or isinstance(event, Log):
+                listener(event)
+
+    def listen(self, listener: Callable[[Event], None], *, tasks: bool) -> None:
+        """Call ``listener`` on the trio thread with each event from now on (it must not
+        block); with ``tasks``, ``TaskStarted``/``TaskCompleted`` too."""
+        self._listeners[listener] = tasks
 
     def subscribe(self) -> EventStream:
         stream = EventStream(self, self._lifecycle)
@@ -55,6 +71,7 @@ class EventBus:
         for reader in self._readers:
             reader._end()
         self._readers.clear()
+        self._listeners.clear()
 
 
 class EventStream:

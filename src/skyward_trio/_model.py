@@ -648,6 +648,7 @@ class LogConfig:
         _check_str(
             "LogConfig", "rotation", self.rotation, fix='Pass e.g. rotation="50 MB" or "1 day".'
         )
+        parse_rotation(self.rotation)
         _check_int(
             "LogConfig",
             "retention",
@@ -655,6 +656,41 @@ class LogConfig:
             low=1,
             fix="Pass how many rotated files to keep, e.g. retention=10.",
         )
+
+
+_SIZES = {"B": 1, "KB": 1_000, "MB": 1_000_000, "GB": 1_000_000_000}
+_AGES = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3_600,
+    "day": 86_400,
+    "week": 604_800,
+}
+
+
+def parse_rotation(text: str) -> tuple[Literal["size", "age"], int]:
+    """``"50 MB"`` → ``("size", 50_000_000)``; ``"1 day"`` → ``("age", 86_400)``.
+
+    Raises:
+        ValueError: Naming the forms it accepts.
+    """
+    number, _, unit = text.strip().partition(" ")
+    unit = unit.strip()
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if amount > 0:
+        if unit.upper() in _SIZES:
+            return "size", int(amount * _SIZES[unit.upper()])
+        age = unit.lower().removesuffix("s")
+        if age in _AGES:
+            return "age", max(1, int(amount * _AGES[age]))
+    raise ValueError(
+        f"LogConfig(rotation={text!r}): rotation must be a size such as '50 MB' "
+        f"(units {', '.join(_SIZES)}) or an age such as '1 day' (units "
+        f"{', '.join(_AGES)}, singular or plural), with a number > 0."
+    )
 
 
 @attrs.frozen

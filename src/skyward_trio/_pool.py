@@ -21,8 +21,10 @@ import functools
 import heapq
 import inspect
 import itertools
+import logging
 import math
 import secrets
+import shlex
 import sys
 import threading
 import types
@@ -34,7 +36,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import _health, _serial, _transport
+from . import _health, _logging, _serial, _transport
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import READY_MARK, worker_bootstrap
 from ._connection import WorkerConnection, print_output
@@ -75,7 +77,7 @@ from ._function import (
     active_pool,
 )
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
-from ._model import Local, Nodes, Options, Spec, Worker, resolve_compute_args
+from ._model import Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
 from ._providers import Cluster, Instance, open_cluster
 from ._version import PYTHON_VERSION
 
@@ -284,7 +286,7 @@ def _rebuild_error(info: Any, node: int, task: str) -> BaseException:
     return exc
 
 
-_batch_ids = itertools.count(1)
+_task_ids = itertools.count(1)  # TaskStarted/TaskCompleted pair up by these
 
 
 @attrs.frozen
@@ -410,6 +412,7 @@ class Inflight:
         "attempts",
         "call",
         "deadline",
+        "event_id",
         "feeders",
         "finished",
         "holding",
@@ -444,17 +447,19 @@ class Inflight:
         self.attempts: list[str] = []  # why earlier attempts were interrupted
         self.feeders: trio.CancelScope | None = None
         self.started = 0.0  # when it was sent, if someone watches the pool's events
+        self.event_id = 0
 
     def _sent(self) -> None:
         events = self.pool._events
         if events.watched:
             self.started = trio.current_time()
+            self.event_id = self.event_id or next(_task_ids)
             events.emit(
                 TaskStarted(
                     job_id=self.pool.job_id,
                     node=self.node.index,
                     task=self.call.name,
-                    task_id=id(self),
+                    task_id=self.event_id,
                 )
             )
 
@@ -468,7 +473,7 @@ class Inflight:
                     job_id=self.pool.job_id,
                     node=node,
                     task=self.call.name,
-                    task_id=id(self),
+                    task_id=self.event_id,
                     ok=error is None and message is not None and bool(message[2]),
                     seconds=trio.current_time() - self.started,
                 )
@@ -781,6 +786,7 @@ class Pool:
         self._waiting_any: collections.deque[_Waiter] = collections.deque()
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
         self._events = EventBus(job_id)
+        self._log = _logging.PoolLog(job_id, enabled=False)  # Options(logging=...) opens it
 
     @property
     def _live(self) -> int:
@@ -1197,7 +1203,7 @@ class Pool:
         if not self._events.watched:
             return None
         started = TaskStarted(
-            job_id=self.job_id, node=node.index, task="map", task_id=next(_batch_ids), count=count
+            job_id=self.job_id, node=node.index, task="map", task_id=next(_task_ids), count=count
         )
         self._events.emit(started)
         return _BatchEvents(started, trio.current_time())
@@ -1507,12 +1513,15 @@ async def _open_pool(
         )
     pool = Pool(spec, options, nodes, job_id=job_id)
     client_key = _transport.generate_key()
-    async with _transport.asyncio_loop():
+    secret = secrets.token_urlsafe(32)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(_pool_log(pool, secret))
+        await stack.enter_async_context(_transport.asyncio_loop())
         cluster = await open_cluster(
             spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
         )
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
-        supervisor = _Supervisor(pool, cluster, client_key, probe)
+        supervisor = _Supervisor(pool, cluster, client_key, probe, secret)
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -1536,17 +1545,96 @@ async def _open_pool(
         raise teardown_error
 
 
+@contextlib.contextmanager
+def _pool_log(pool: Pool, secret: str) -> Iterator[None]:
+    """The pool's ``Options(logging=...)``: events and diagnostics to the log file."""
+    hidden = [
+        secret,
+        *_logging.secret_looking(pool.spec.image.env),
+        *_logging.secret_fields(pool.spec.provider),
+    ]
+    setting = pool.options.logging
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_logging.hiding(hidden))
+        if setting is not False:
+            config = setting if isinstance(setting, LogConfig) else LogConfig()
+            pool._log = stack.enter_context(_logging.open_log(config, pool.job_id))
+            listener = functools.partial(_log_event, pool._log)
+            pool._events.listen(listener, tasks=pool._log.wants(logging.DEBUG))
+        yield
+
+
+def _log_event(log: _logging.PoolLog, event: Event) -> None:
+    if isinstance(event, Log):
+        for line in event.text.splitlines():
+            log.log(
+                logging.INFO,
+                "pool %s: node %d %s: %s",
+                event.job_id,
+                event.node,
+                event.stream,
+                line,
+                event=True,
+            )
+        return
+    if isinstance(event, TaskStarted | TaskCompleted):
+        level = logging.DEBUG
+    elif isinstance(event, Error | InstancePreempted):
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    fields = attrs.asdict(event, recurse=False)
+    detail = " ".join(f"{k}={v!r}" for k, v in fields.items() if k not in ("job_id", "time"))
+    log.log(level, "pool %s: %s %s", event.job_id, type(event).__name__, detail, event=True)
+
+
+def _log_output(log: _logging.PoolLog, node: int, what: str, output: bytes) -> None:
+    if log.wants(logging.DEBUG):
+        for line in output.decode(errors="replace").splitlines():
+            log.debug("node %d %s: %s", node, what, line)
+
+
+_WORKER_LOG_TAIL = 256 * 1024
+
+
+async def _fetch_worker_log(
+    log: _logging.PoolLog, instance: Instance, ssh: _transport.SSHConnection
+) -> None:
+    """Copy the end of a node's worker log into the log file, before its node goes."""
+    if not log.wants(logging.INFO):
+        return
+    command = f"tail -c {_WORKER_LOG_TAIL} {shlex.quote(instance.workdir)}/worker.log"
+    with trio.move_on_after(2):
+        try:
+            rc, out, _ = await ssh.run(command)
+        except Exception as exc:  # the node may be gone already: its log with it
+            log.debug("node %d: could not read worker.log (%s)", instance.node, exc)
+            return
+        if rc == 0 and out:
+            log.info(
+                "node %d worker.log (%s):\n%s",
+                instance.node,
+                instance.id,
+                out.decode(errors="replace").rstrip(),
+            )
+
+
 class _Supervisor:
     """Brings nodes up, keeps them, and tears everything down."""
 
     def __init__(
-        self, pool: Pool, cluster: Cluster, client_key: Any, probe: _serial.Payload | None
+        self,
+        pool: Pool,
+        cluster: Cluster,
+        client_key: Any,
+        probe: _serial.Payload | None,
+        secret: str,
     ) -> None:
         self.pool = pool
         self.cluster = cluster
         self.client_key = client_key
         self.probe = probe  # Options.health_checker's probe, pickled
-        self.secret = secrets.token_urlsafe(32)
+        self.secret = secret  # proves to each worker that the client is ours
         self.instances: dict[int, Instance] = {}
         self.failures: dict[int, BaseException] = {}
         self.connections: dict[int, _transport.SSHConnection] = {}
@@ -1645,6 +1733,7 @@ class _Supervisor:
             )
             with trio.fail_after(options.bootstrap_timeout or pool.spec.image.bootstrap_timeout):
                 rc, out, err = await ssh.run("bash -s", input=script.encode())
+            _log_output(pool._log, i, "bootstrap", out + err)
             if rc != 0 or READY_MARK.encode() not in out:
                 raise RuntimeError(
                     f"bootstrap exited with status {rc}: {err.decode(errors='replace').strip()}"
@@ -1843,6 +1932,7 @@ class _Supervisor:
     async def _retire(self, instance: Instance, ssh: _transport.SSHConnection | None) -> None:
         """Close and terminate a lost node's instance, so it does not keep billing."""
         if ssh is not None:
+            await _fetch_worker_log(self.pool._log, instance, ssh)
             await ssh.aclose()
         with trio.move_on_after(self.pool.options.shutdown_timeout) as scope:
             try:
@@ -1871,6 +1961,14 @@ class _Supervisor:
                     )
                 except _transport.SSHError as exc:
                     last = exc
+                    self.pool._log.debug(
+                        "node %d: no SSH connection to %s:%d yet (%s); retrying in %.1f s",
+                        instance.node,
+                        instance.host,
+                        instance.port,
+                        exc,
+                        delay,
+                    )
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5)
         raise _transport.SSHError(
@@ -1924,6 +2022,10 @@ class _Supervisor:
         with trio.move_on_after(1):
             for node in nodes:
                 await node.conn.closed.wait()
+        async with trio.open_nursery() as nursery:
+            for i, ssh in self.connections.items():
+                if i in self.instances:
+                    nursery.start_soon(_fetch_worker_log, pool._log, self.instances[i], ssh)
         for ssh in self.connections.values():
             await ssh.aclose()
         failed: list[str] = []
@@ -1965,6 +2067,8 @@ class _Supervisor:
         return error
 
     def _emit(self, kind: type[Event], **fields: Any) -> None:
+        if kind is Error:
+            fields["message"] = _logging.redact(fields["message"])
         self.pool._events.emit(kind(job_id=self.pool.job_id, **fields))
 
     def _destroyed(self, instance: Instance) -> None:
@@ -1974,7 +2078,8 @@ class _Supervisor:
     def _on_output(self, node: int, stream: str, text: str) -> None:
         """A function's output: printed here (unless the console is silent) and an event."""
         pool = self.pool
-        if pool._events.watched:
+        text = _logging.redact(text)  # a credential printed by a function is not shown
+        if pool._events.heard:
             pool._events.emit(Log(job_id=pool.job_id, node=node, stream=stream, text=text))
         if not (pool.options.console is False or pool.options.console == "silent"):
             print_output(node, stream, text)

@@ -27,6 +27,7 @@ LAYERS = {
     "_autoscale": 1,
     "_cost": 1,
     "_events": 1,
+    "_logging": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
