@@ -3,38 +3,231 @@
 Pure text building, so it is unit-tested without I/O. The script is sent on the command's
 stdin (``bash -s``), never on its command line, so the pool secret does not show in ``ps``.
 It is idempotent: running it twice leaves one worker (the old one is stopped first).
+
+With an :class:`Environment` the script first builds the image's environment, in named
+phases it announces on stdout (``SKYWARD_PHASE <name>``): ``uv`` (found on the node, or
+installed from the package index with pip), ``venv`` (a virtual environment per image
+hash, built once under ``~/.skyward/envs`` and reused: a second node or pool skips it),
+``includes`` (the ``Image.includes`` files unpacked under the work directory) and
+``shell_vars``. A phase that fails exits with ``SKYWARD_FAILED <name>`` on stderr.
 """
 
 from __future__ import annotations
 
+import base64
+import fnmatch
+import hashlib
+import io
 import json
+import os
 import shlex
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["READY_MARK", "worker_bootstrap"]
+import attrs
+
+__all__ = [
+    "FAILED_MARK",
+    "PHASE_MARK",
+    "READY_MARK",
+    "Environment",
+    "env_hash",
+    "pack_includes",
+    "requirement_name",
+    "worker_bootstrap",
+]
 
 READY_MARK = "SKYWARD_WORKER_READY"
+PHASE_MARK = "SKYWARD_PHASE "
+FAILED_MARK = "SKYWARD_FAILED "
 _EOF = "SKYWARD_EOF_7f3a"
 
 
+@attrs.frozen(kw_only=True)
+class Environment:
+    """What the image asks of a node beyond a worker: packages, files, variables.
+
+    Attributes:
+        pip: Requirements installed with uv into the image's virtual environment.
+        indexes: ``(url, packages)``: those packages are looked up on that index first.
+        base_paths: Import paths the environment also sees, after its own packages (a
+            ``sky.Local()`` node's environment reaches this process's packages, Skyward
+            included, this way).
+        includes: A gzipped tar of ``Image.includes``, or empty.
+        shell_vars: Variables set from shell snippets evaluated on the node.
+        key: The environment's hash: the same key means the same environment.
+    """
+
+    pip: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    base_paths: tuple[str, ...] = ()
+    includes: bytes = b""
+    shell_vars: Mapping[str, str] = attrs.field(factory=dict)
+    key: str = ""
+
+
+def env_hash(python: str, pip: Sequence[str], indexes: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """The key of a virtual environment: the interpreter and what is installed in it."""
+    spec = json.dumps([python, list(pip), [[u, list(p)] for u, p in indexes]])
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def pack_includes(includes: Iterable[str], excludes: Iterable[str]) -> bytes:
+    """``includes`` (directories and files) as a gzipped tar, each under its own name.
+
+    A path whose name, or whose path inside its include, matches an ``excludes`` glob is
+    left out, and so is Python's ``__pycache__``.
+
+    Raises:
+        FileNotFoundError: An include that does not exist, named.
+    """
+    patterns = [*excludes, "__pycache__", "*.pyc"]
+
+    def skipped(relative: str) -> bool:
+        name = relative.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(relative, p) for p in patterns)
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for include in includes:
+            root = Path(include).expanduser()
+            if not root.exists():
+                raise FileNotFoundError(
+                    f"Image(includes=[{include!r}]): {root} does not exist; includes are "
+                    "paths on this machine (directories or files), relative to the current "
+                    f"directory ({os.getcwd()})"
+                )
+            root = root.resolve()
+            tar.add(root, arcname=root.name, recursive=False)
+            if root.is_dir():
+                for path in sorted(root.rglob("*")):
+                    relative = path.relative_to(root).as_posix()
+                    if any(skipped(part) for part in _prefixes(relative)):
+                        continue
+                    tar.add(path, arcname=f"{root.name}/{relative}", recursive=False)
+    return buffer.getvalue()
+
+
+def _prefixes(relative: str) -> list[str]:
+    parts = relative.split("/")
+    return ["/".join(parts[: k + 1]) for k in range(len(parts))]
+
+
+_INDENT = "\n    "
+
+
+def _environment_steps(env: Environment, python: str) -> tuple[str, str]:
+    """Shell steps that build ``env``, and the interpreter the worker then runs."""
+    steps: list[str] = []
+    py = shlex.quote(python)
+    if env.pip:
+        envs = '"$HOME/.skyward/envs"'
+        venv = f'"$HOME/.skyward/envs/{env.key}"'
+        install: list[str] = []
+        scoped = {pkg for _, pkgs in env.indexes for pkg in pkgs}
+        for url, packages in env.indexes:
+            chosen = [r for r in env.pip if requirement_name(r) in packages]
+            if chosen:
+                install.append(
+                    f'"$UV" pip install --quiet --python {venv}/bin/python '
+                    f"--index {shlex.quote(url)} --index-strategy first-index "
+                    + " ".join(shlex.quote(r) for r in chosen)
+                )
+        rest = [r for r in env.pip if requirement_name(r) not in scoped]
+        if rest:
+            install.append(
+                f'"$UV" pip install --quiet --python {venv}/bin/python '
+                + " ".join(shlex.quote(r) for r in rest)
+            )
+        pth = "\n".join(env.base_paths)
+        steps.append(f"""phase uv
+UV=$(command -v uv || true)
+if [ -z "$UV" ]; then
+  UV="$HOME/.skyward/tools/uv/bin/uv"
+  mkdir -p "$HOME/.skyward/tools"
+  (
+    flock 8
+    if [ ! -x "$UV" ]; then
+      {py} -m pip install --quiet --disable-pip-version-check --target "$HOME/.skyward/tools/uv" uv
+    fi
+  ) 8>"$HOME/.skyward/tools/uv.lock"
+fi
+phase venv
+mkdir -p {envs}
+(
+  flock 9
+  if [ ! -f {venv}/.skyward-complete ]; then
+    rm -rf {venv}
+    "$UV" venv --quiet --python {py} {venv}
+    {_INDENT.join(install)}
+    site=$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    printf '{pth}\n' > "$site/skyward-base.pth"
+    touch {venv}/.skyward-complete
+  else
+    echo "environment {env.key} is already built: skipped"
+  fi
+) 9>{venv}.lock""")
+        py = f"{venv}/bin/python"
+    if env.includes:
+        blob = base64.b64encode(env.includes).decode()
+        steps.append(f"""phase includes
+rm -rf includes
+mkdir includes
+base64 -d > includes.tar.gz <<'{_EOF}'
+{blob}
+{_EOF}
+tar -xzf includes.tar.gz -C includes
+rm includes.tar.gz""")
+    if env.shell_vars:
+        lines = ["phase shell_vars"]
+        for name, snippet in env.shell_vars.items():
+            lines.append(f"{name}=$( {snippet} )")
+            lines.append(f"export {name}")
+        steps.append("\n".join(lines))
+    return "\n".join(steps), py
+
+
+def requirement_name(requirement: str) -> str:
+    """The project name of a requirement such as ``numpy>=2`` (normalised)."""
+    name = requirement.strip()
+    for stop in "<>=!~;[ @":
+        name = name.split(stop, 1)[0]
+    return name.lower().replace("_", "-")
+
+
 def worker_bootstrap(
-    *, workdir: str, python: str, secret: str, config: dict[str, Any], start_timeout: float
+    *,
+    workdir: str,
+    python: str,
+    secret: str,
+    config: dict[str, Any],
+    start_timeout: float,
+    environment: Environment | None = None,
 ) -> str:
     """A bash script that installs the worker's files in ``workdir`` and starts it detached.
 
     It prints ``READY_MARK`` once the worker listens, or exits non-zero with the worker's
-    log on stderr.
+    log on stderr (and ``FAILED_MARK`` with the phase that failed).
     """
     d = shlex.quote(workdir)
-    py = shlex.quote(python)
     payload = json.dumps(config, indent=1)
     if _EOF in payload or _EOF in secret:
         raise ValueError("bootstrap payload contains the heredoc terminator")
     steps = max(1, int(start_timeout / 0.02))
-    return f"""set -eu
+    setup, py = "", shlex.quote(python)
+    if environment is not None:
+        setup, py = _environment_steps(environment, python)
+    return f"""set -eEu
 umask 077
+current=setup
+phase() {{ current=$1; echo "{PHASE_MARK}$1"; }}
+trap 'echo "{FAILED_MARK}$current" >&2' ERR
 mkdir -p {d}
 cd {d}
+{setup}
+current=start
 if [ -f worker.ready ]; then
   old=$(cat worker.ready)
   if tr '\\0' ' ' < /proc/$old/cmdline 2>/dev/null | grep -q -- "--dir {workdir}"; then

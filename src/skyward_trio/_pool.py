@@ -23,6 +23,7 @@ import inspect
 import itertools
 import logging
 import math
+import os
 import secrets
 import shlex
 import sys
@@ -38,7 +39,16 @@ import trio
 
 from . import _health, _logging, _serial, _transport
 from ._autoscale import Autoscaler, Load
-from ._bootstrap import READY_MARK, worker_bootstrap
+from ._bootstrap import (
+    FAILED_MARK,
+    PHASE_MARK,
+    READY_MARK,
+    Environment,
+    env_hash,
+    pack_includes,
+    requirement_name,
+    worker_bootstrap,
+)
 from ._connection import WorkerConnection, print_output
 from ._cost import Ledger
 from ._errors import (
@@ -1475,20 +1485,7 @@ def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
     if len(specs) > 1:
         raise ValueError(f"{len(specs)} specs given: multi-spec fallback {_NOT_YET}; pass one Spec")
     spec = specs[0]
-    image = spec.image
-    unsupported = [
-        name
-        for name in ("pip", "pip_indexes", "apt", "shell_vars", "includes", "excludes")
-        if getattr(image, name)
-    ]
-    if image.python not in ("auto", PYTHON_VERSION):
-        unsupported.append("python")
-    if unsupported:
-        raise ValueError(
-            f"Image({', '.join(f'{n}=...' for n in unsupported)}): building environments on "
-            f"nodes {_NOT_YET}; today nodes run this interpreter ({PYTHON_VERSION}) with the "
-            "packages installed here, and Image(env=...) is applied"
-        )
+    _check_image(spec)
     if isinstance(spec.provider, Local) and spec.accelerator is not None:
         raise ValueError(
             f"accelerator={spec.accelerator!r}: sky.Local() runs on this machine and provides "
@@ -1498,6 +1495,44 @@ def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
         raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
     if spec.plugins:
         raise ValueError("plugins= are not supported yet (see the README's 'not yet' list)")
+
+
+def _check_image(spec: Spec) -> None:
+    image = spec.image
+    if image.python not in ("auto", PYTHON_VERSION):
+        raise ValueError(
+            f"Image(python={image.python!r}): this client runs Python {PYTHON_VERSION}, and "
+            "a function pickled by one Python version cannot run on another (cloudpickle "
+            "ships bytecode). Run the client with Python "
+            f"{image.python}, or pass python='auto'."
+        )
+    unknown = sorted(
+        {pkg for index in image.pip_indexes for pkg in index.packages}
+        - {requirement_name(r) for r in image.pip}
+    )
+    if unknown:
+        raise ValueError(
+            f"Image(pip_indexes=...) names {', '.join(map(repr, unknown))}, which "
+            "Image(pip=[...]) does not install; add them to pip, or drop them from the index"
+        )
+    for include in image.includes:
+        if not os.path.exists(os.path.expanduser(include)):
+            raise FileNotFoundError(
+                f"Image(includes=[{include!r}]): no such file or directory here (relative to "
+                f"{os.getcwd()}); includes are paths on this machine"
+            )
+    if isinstance(spec.provider, Local):
+        if image.apt:
+            raise ValueError(
+                f"Image(apt={list(image.apt)!r}): sky.Local() runs on this machine and never "
+                "runs apt-get on it; install system packages yourself, or use a remote provider"
+            )
+        if image.skyward_source not in ("auto", "local"):
+            raise ValueError(
+                f"Image(skyward_source={image.skyward_source!r}): sky.Local() nodes run the "
+                "Skyward installed here; skyward_source applies to remote machines. Pass "
+                "'auto' or 'local'."
+            )
 
 
 @contextlib.asynccontextmanager
@@ -1588,6 +1623,16 @@ def _log_event(log: _logging.PoolLog, event: Event) -> None:
     log.log(level, "pool %s: %s %s", event.job_id, type(event).__name__, detail, event=True)
 
 
+def _bootstrap_failure(status: int, stderr: bytes) -> str:
+    """Which phase of the bootstrap failed, and the last lines it wrote."""
+    lines = stderr.decode(errors="replace").splitlines()
+    failed = [line[len(FAILED_MARK) :] for line in lines if line.startswith(FAILED_MARK)]
+    tail = [line for line in lines if not line.startswith(FAILED_MARK)][-15:]
+    where = f" in its {failed[-1]!r} phase" if failed else ""
+    output = "\n".join(tail).strip() or "(no output)"
+    return f"the bootstrap script failed{where} (exit status {status}); its last lines:\n{output}"
+
+
 def _log_output(log: _logging.PoolLog, node: int, what: str, output: bytes) -> None:
     if log.wants(logging.DEBUG):
         for line in output.decode(errors="replace").splitlines():
@@ -1645,6 +1690,7 @@ class _Supervisor:
         self._provisioned = trio.Event()
         self.ledger = Ledger()  # what the instances cost; shown when the pool closes
         self._lost: dict[int, str] = {}  # index -> the lost instance a new one replaces
+        self._includes: bytes | None = None  # Image.includes, packed
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
@@ -1724,20 +1770,28 @@ class _Supervisor:
             phase = "bootstrap"
             self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
             config = self._worker_config(instance)
+            environment = await self._environment(instance)
+            if environment is not None and environment.includes:
+                config["sys_path"].insert(0, f"{instance.workdir}/includes")
             script = worker_bootstrap(
                 workdir=instance.workdir,
                 python=instance.python,
                 secret=self.secret,
                 config=config,
                 start_timeout=30,
+                environment=environment,
             )
+
+            def on_line(line: bytes) -> None:
+                if line.startswith(PHASE_MARK.encode()):
+                    name = line[len(PHASE_MARK) :].decode().strip()
+                    self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=name)
+
             with trio.fail_after(options.bootstrap_timeout or pool.spec.image.bootstrap_timeout):
-                rc, out, err = await ssh.run("bash -s", input=script.encode())
+                rc, out, err = await ssh.run("bash -s", input=script.encode(), on_line=on_line)
             _log_output(pool._log, i, "bootstrap", out + err)
             if rc != 0 or READY_MARK.encode() not in out:
-                raise RuntimeError(
-                    f"bootstrap exited with status {rc}: {err.decode(errors='replace').strip()}"
-                )
+                raise RuntimeError(_bootstrap_failure(rc, err))
             phase = "worker"
             self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
             conn = WorkerConnection(i, ssh, f"{instance.workdir}/worker.sock")
@@ -1974,6 +2028,26 @@ class _Supervisor:
         raise _transport.SSHError(
             f"no SSH connection to {instance.host}:{instance.port} within {limit:g} s"
             + (f"; last error: {last}" if last else "")
+        )
+
+    async def _environment(self, instance: Instance) -> Environment | None:
+        """What the image asks of this node beyond a worker, or None for nothing."""
+        image = self.pool.spec.image
+        if not (image.pip or image.includes or image.shell_vars):
+            return None
+        if self._includes is None:  # packed once per pool, in a thread: it reads files
+            self._includes = await trio.to_thread.run_sync(
+                pack_includes, image.includes, image.excludes
+            )
+        indexes = tuple((index.url, index.packages) for index in image.pip_indexes)
+        base = instance.sys_path
+        return Environment(
+            pip=image.pip,
+            indexes=tuple((url, tuple(requirement_name(p) for p in pkgs)) for url, pkgs in indexes),
+            base_paths=base,
+            includes=self._includes if image.includes else b"",
+            shell_vars=dict(image.shell_vars),
+            key=env_hash(instance.python, [*image.pip, *base], indexes),
         )
 
     def _worker_config(self, instance: Instance) -> dict[str, Any]:

@@ -73,6 +73,22 @@ async def asyncio_loop() -> AsyncIterator[None]:
         yield
 
 
+async def _read_lines(proc: Any, on_line: Callable[[bytes], None]) -> tuple[bytes, bytes]:
+    """Read a process's stdout a line at a time (and its stderr beside it) until both end."""
+    stdout = bytearray()
+    stderr: list[bytes] = []
+
+    async def drain_stderr() -> None:
+        stderr.append(await trio_asyncio.aio_as_trio(proc.stderr.read)())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain_stderr)
+        while line := await trio_asyncio.aio_as_trio(proc.stdout.readline)():
+            stdout += line
+            on_line(line)
+    return bytes(stdout), b"".join(stderr)
+
+
 class SSHConnection:
     """An authenticated SSH connection to one node."""
 
@@ -83,9 +99,16 @@ class SSHConnection:
         self.port = port
         self.cipher = str(conn.get_extra_info("send_cipher"))
 
-    async def run(self, command: str, *, input: bytes | None = None) -> tuple[int, bytes, bytes]:
+    async def run(
+        self,
+        command: str,
+        *,
+        input: bytes | None = None,
+        on_line: Callable[[bytes], None] | None = None,
+    ) -> tuple[int, bytes, bytes]:
         """Run ``command``; return ``(exit status, stdout, stderr)``.
 
+        With ``on_line``, each stdout line is also handed to it as it arrives.
         Cancellation closes the channel (bounded, shielded), so the command's stdin closes.
         The caller owns the deadline.
         """
@@ -94,12 +117,14 @@ class SSHConnection:
             if input is not None:
                 proc.stdin.write(input)
             proc.stdin.write_eof()
-            result = await trio_asyncio.aio_as_trio(proc.wait)()
-            return (
-                result.exit_status if result.exit_status is not None else -1,
-                result.stdout or b"",
-                result.stderr or b"",
-            )
+            if on_line is None:
+                result = await trio_asyncio.aio_as_trio(proc.wait)()
+                stdout, stderr = result.stdout or b"", result.stderr or b""
+            else:
+                stdout, stderr = await _read_lines(proc, on_line)
+                result = await trio_asyncio.aio_as_trio(proc.wait)()
+            status = result.exit_status
+            return (status if status is not None else -1, stdout, stderr)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 proc.close()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
-from skyward_trio._bootstrap import READY_MARK, worker_bootstrap
+from skyward_trio._bootstrap import (
+    READY_MARK,
+    Environment,
+    env_hash,
+    pack_includes,
+    worker_bootstrap,
+)
 from skyward_trio._pool import _batch_size
 
 
@@ -50,3 +59,47 @@ def test_bootstrap_refuses_a_payload_containing_its_terminator() -> None:
         worker_bootstrap(
             workdir="/w", python="p", secret="SKYWARD_EOF_7f3a", config={}, start_timeout=1
         )
+
+
+def test_an_environment_adds_its_phases_and_runs_the_worker_from_the_venv(tmp_path: Path) -> None:
+    env = Environment(
+        pip=("numpy==2.1.0", "torch"),
+        indexes=(("https://download.pytorch.org/whl/cpu", ("torch",)),),
+        base_paths=("/client/site-packages",),
+        includes=pack_includes([], []),
+        shell_vars={"SHA": "git rev-parse HEAD"},
+        key="abc123",
+    )
+    script = worker_bootstrap(
+        workdir="/w",
+        python="/usr/bin/python3",
+        secret="s",
+        config={},
+        start_timeout=1,
+        environment=env,
+    )
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    phases = [line.split()[1] for line in script.splitlines() if line.startswith("phase ")]
+    assert phases == ["uv", "venv", "includes", "shell_vars"]
+    torch = next(line for line in script.splitlines() if "--index " in line)
+    assert torch.endswith("https://download.pytorch.org/whl/cpu --index-strategy first-index torch")
+    assert '"$HOME/.skyward/envs/abc123"/bin/python -m skyward_trio.worker' in script
+    assert "/client/site-packages" in script  # the venv's .pth reaches this process's packages
+    assert env_hash("/usr/bin/python3", ["a"], []) != env_hash("/usr/bin/python3", ["b"], [])
+
+
+def test_includes_are_packed_under_their_names_without_excluded_files(tmp_path: Path) -> None:
+    package = tmp_path / "lib"
+    (package / "sub" / "__pycache__").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "model.ckpt").write_text("big")
+    (package / "sub" / "code.py").write_text("")
+    (package / "sub" / "__pycache__" / "code.cpython-311.pyc").write_text("")
+    single = tmp_path / "helper.py"
+    single.write_text("X = 1\n")
+    packed = pack_includes([str(package), str(single)], ["*.ckpt"])
+    with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+        names = sorted(tar.getnames())
+    assert names == ["helper.py", "lib", "lib/__init__.py", "lib/sub", "lib/sub/code.py"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pack_includes([str(tmp_path / "missing")], [])
