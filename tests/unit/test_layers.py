@@ -28,6 +28,7 @@ LAYERS = {
     "_cost": 1,
     "_events": 1,
     "_logging": 1,
+    "_envcheck": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
