@@ -35,6 +35,7 @@ from ._errors import (
     TaskTimeoutError,
     TeardownError,
     VersionMismatchError,
+    VersionMismatchWarning,
 )
 from ._events import (
     BootstrapProgress,
@@ -131,6 +132,7 @@ __all__ = [
     "TaskTimeoutError",
     "TeardownError",
     "VersionMismatchError",
+    "VersionMismatchWarning",
     "Volume",
     "Worker",
     "__version__",

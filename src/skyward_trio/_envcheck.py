@@ -13,6 +13,7 @@ Layer 1.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import sys
@@ -92,13 +93,15 @@ def _distributions() -> Mapping[str, list[str]]:
     return importlib.metadata.packages_distributions()
 
 
-def module_versions(names: Iterable[str]) -> dict[str, str | None]:
+def module_versions(names: Iterable[str], *, fresh: bool = True) -> dict[str, str | None]:
     """The installed version of each top-level module here, or None when it is absent.
 
-    Read from package metadata without importing anything; a module that is importable
-    but has no metadata (a local package) is reported as ``""``.
+    Read from package metadata; a module without metadata (a local package) is imported
+    for its ``__version__``, or reported as ``""``. ``fresh`` re-reads the
+    installed distributions (a worker's environment may have changed since).
     """
-    _distributions.cache_clear()  # a worker's environment may have changed since
+    if fresh:
+        _distributions.cache_clear()
     result: dict[str, str | None] = {}
     for name in names:
         result[name] = _version(name)
@@ -111,13 +114,15 @@ def _version(name: str) -> str | None:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
-    module = sys.modules.get(name)
-    if module is not None:
-        return str(getattr(module, "__version__", ""))
     try:
-        return "" if importlib.util.find_spec(name) is not None else None
-    except (ImportError, ValueError):
-        return None
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            return None
+        # No package metadata (a local package): its __version__, importing it if need be
+        # (the function's unpickling would import it anyway).
+        module = importlib.import_module(name)
+    except Exception:
+        return ""  # it is there, but says nothing of its version
+    return str(getattr(module, "__version__", ""))
 
 
 class Verdict:

@@ -32,6 +32,7 @@ __all__ = [
     "TaskTimeoutError",
     "TeardownError",
     "VersionMismatchError",
+    "VersionMismatchWarning",
 ]
 
 
@@ -54,7 +55,13 @@ class ProvisionError(SkywardError):
 
 
 class VersionMismatchError(SkywardError):
-    """The worker runs another Python minor version or Skyward version than the client."""
+    """A node cannot run what the client sends: another Python minor version or Skyward
+    version, or a module a function refers to is missing there or has another major
+    version."""
+
+
+class VersionMismatchWarning(UserWarning):
+    """A module a function refers to has another minor version on a node: it runs anyway."""
 
 
 class ConnectionLostError(SkywardError):

@@ -31,10 +31,11 @@ import threading
 import types
 import typing
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
+import cloudpickle
 import trio
 
 from . import _health, _logging, _serial, _transport
@@ -51,6 +52,7 @@ from ._bootstrap import (
 )
 from ._connection import WorkerConnection, print_output
 from ._cost import Ledger
+from ._envcheck import compare, module_versions, referenced_modules
 from ._errors import (
     ConnectionLostError,
     PoolClosedError,
@@ -60,6 +62,8 @@ from ._errors import (
     SkywardError,
     TaskTimeoutError,
     TeardownError,
+    VersionMismatchError,
+    VersionMismatchWarning,
 )
 from ._eventbus import EventBus, EventStream
 from ._events import (
@@ -126,6 +130,7 @@ class _Functions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[int, _FunctionEntry] = {}
+        self._by_key: dict[str, _FunctionEntry] = {}
         self._counter = itertools.count()
 
     def get(self, fn: Callable[..., Any]) -> _FunctionEntry:
@@ -146,10 +151,19 @@ class _Functions:
             ) from exc
         _warn_if_big(payload, f"function {name!r} (with what it captures)")
         streamed = _iterator_params(fn)
+        needs = module_versions(
+            referenced_modules(fn, cloudpickle.list_registry_pickle_by_value()), fresh=False
+        )
         with self._lock:
-            entry = _FunctionEntry(fn, f"{next(self._counter)}:{name}", payload, streamed)
+            key = f"{next(self._counter)}:{name}"
+            entry = _FunctionEntry(fn, key, payload, streamed, needs)
             self._entries[id(fn)] = entry
+            self._by_key[key] = entry
         return entry
+
+    def needs(self, key: str) -> Mapping[str, str | None]:
+        """The versions here of the modules function ``key`` refers to."""
+        return self._by_key[key].needs
 
 
 @attrs.frozen
@@ -158,6 +172,7 @@ class _FunctionEntry:
     key: str
     payload: _serial.Payload
     streamed: tuple[str, ...]  # parameters annotated Iterator[T]: their items are streamed
+    needs: Mapping[str, str | None]  # modules it refers to -> their version here
 
 
 def _iterator_params(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -326,7 +341,19 @@ class _Waiter:
 
 
 class _Node:
-    __slots__ = ("capacity", "conn", "drained", "index", "inflight", "instance", "last_used", "ssh")
+    __slots__ = (
+        "capacity",
+        "checking",
+        "conn",
+        "drained",
+        "index",
+        "inflight",
+        "instance",
+        "last_used",
+        "refused",
+        "ssh",
+        "verified",
+    )
 
     def __init__(
         self,
@@ -344,6 +371,10 @@ class _Node:
         self.inflight = 0
         self.last_used = trio.current_time()  # when its last call ended (autoscaling)
         self.drained: trio.Event | None = None  # set once idle, while being scaled down
+        # The environment handshake, per function key: checked fine, being checked, refused.
+        self.verified: set[str] = set()
+        self.checking: dict[str, trio.Event] = {}
+        self.refused: dict[str, VersionMismatchError] = {}
 
 
 class _UnpicklableBatch(Exception):
@@ -545,7 +576,11 @@ class Inflight:
 
     async def _resend(self) -> None:
         try:
-            node = await self.pool._acquire(self.target)
+            node = await self.pool._acquire_checked(self.target, self.call.fn_key)
+        except VersionMismatchError as exc:
+            if not self.finished:
+                self._end((None, self.node.index, exc))
+            return
         except PoolClosedError as exc:
             if not self.finished:
                 self._end((None, self.node.index, self._interrupted(exc)))
@@ -929,7 +964,7 @@ class Pool:
         return target
 
     async def run_prepared(self, call: PreparedCall, *, target: int | None = None) -> Any:
-        node = await self._acquire(target)
+        node = await self._acquire_checked(target, call.fn_key)
         done = trio.Event()
         outcome: list[Outcome] = []
 
@@ -982,8 +1017,10 @@ class Pool:
         """
         self._check_open(target)
         node = self._pick(target)
-        if node is None:
-            return None
+        if node is None or (
+            call.fn_key not in node.verified and self._functions.needs(call.fn_key)
+        ):
+            return None  # no free slot, or the node's environment is not checked yet
         node.inflight += 1
         return self._start_on(node, call, on_done, on_item, target)
 
@@ -995,7 +1032,7 @@ class Pool:
         on_item: Callable[[_serial.Payload], None] | None = None,
     ) -> Inflight:
         """``try_start``, waiting for a free slot if there is none."""
-        node = await self._acquire(target)
+        node = await self._acquire_checked(target, call.fn_key)
         return self._start_on(node, call, on_done, on_item, target)
 
     def _start_on(
@@ -1123,6 +1160,14 @@ class Pool:
             limit = item_timeout * count
             attempts: list[str] = []
             while True:
+                try:
+                    await self._verify(node, key)
+                except BaseException as exc:
+                    self._release(node)
+                    if isinstance(exc, VersionMismatchError | ConnectionLostError):
+                        fail(exc)
+                        return
+                    raise
                 sent = self._batch_sent(node, count)
                 try:
                     with trio.fail_after(limit):
@@ -1330,6 +1375,83 @@ class Pool:
             if self._closing or self._live == 0:
                 raise PoolClosedError("no nodes are ready, and none are coming up")
             await self._changed.wait()
+
+    async def _acquire_checked(self, target: int | None, key: str) -> _Node:
+        """A slot on a ready node whose environment can run function ``key``."""
+        node = await self._acquire(target)
+        try:
+            await self._verify(node, key)
+        except BaseException:
+            self._release(node)
+            raise
+        return node
+
+    async def _verify(self, node: _Node, key: str) -> None:
+        """The environment handshake for function ``key`` on ``node``, once per pair.
+
+        Raises:
+            VersionMismatchError: A module it refers to is missing on the node, or has
+                another major version there (a minor difference is a warning).
+        """
+        needs = self._functions.needs(key)
+        if not needs or key in node.verified:
+            return
+        checking = node.checking.get(key)
+        if checking is not None:
+            await checking.wait()
+        elif key not in node.refused:
+            node.checking[key] = checking = trio.Event()
+            try:
+                there = await self._module_versions(node, list(needs))
+                verdict = compare(dict(needs), there, node.index)
+                name = key.partition(":")[2]
+                if verdict.errors:
+                    node.refused[key] = VersionMismatchError(
+                        f"node {node.index} cannot run {name}(): modules it refers to differ "
+                        "there in a way that breaks loading it:\n  - "
+                        + "\n  - ".join(verdict.errors)
+                    )
+                else:
+                    node.verified.add(key)
+                    if verdict.warnings:
+                        warnings.warn(
+                            f"{name}() runs on node {node.index} with other versions of "
+                            f"modules it refers to: {'; '.join(verdict.warnings)}",
+                            VersionMismatchWarning,
+                            stacklevel=1,
+                        )
+            finally:
+                del node.checking[key]
+                checking.set()
+        if key in node.refused:
+            raise node.refused[key]
+
+    async def _module_versions(self, node: _Node, names: list[str]) -> dict[str, str | None]:
+        """Ask the node's worker which versions of ``names`` it has (a call of its own)."""
+        entry = self._functions.get(module_versions)
+        done = trio.Event()
+        outcome: list[tuple[tuple[Any, ...] | None, BaseException | None]] = []
+
+        def reply(message: tuple[Any, ...] | None, error: BaseException | None) -> None:
+            outcome.append((message, error))
+            done.set()
+
+        args = _serial.dumps(((names,), {}))
+        task_id = node.conn.call_nowait(entry.key, entry.payload, args, reply)
+        try:
+            with trio.fail_after(60):
+                await done.wait()
+        except BaseException:
+            node.conn.forget(task_id)
+            raise
+        message, error = outcome[0]
+        if error is not None:
+            raise error
+        assert message is not None
+        _, _, ok, payload, _ = message
+        if not ok:
+            raise _rebuild_error(payload, node.index, "module_versions")
+        return dict(_serial.loads(payload))
 
     def _release(self, node: _Node) -> None:
         node.inflight -= 1

@@ -31,21 +31,25 @@ def _pid() -> int:
 
 
 @sky.function
-def _span(seconds: float) -> tuple[int, float, float]:
-    start = time.time()
-    end = start + seconds
-    while time.time() < end:  # pure-Python busy work: holds the GIL
-        pass
-    return os.getpid(), start, time.time()
+def _meet(me: str, other: str, directory: str) -> tuple[int, bool]:
+    """Hold the GIL in a busy loop until the other task has started too (or 30 s pass)."""
+    Path(directory, me).touch()
+    deadline = time.time() + 30
+    while not Path(directory, other).exists():  # pure-Python busy work: holds the GIL
+        if time.time() > deadline:
+            return os.getpid(), False
+    return os.getpid(), True
 
 
-def test_cpu_bound_tasks_run_in_parallel_subprocesses(pool: sky.Pool) -> None:
-    (pid_a, start_a, end_a), (pid_b, start_b, end_b) = (_span(0.5) & _span(0.5)) >> pool
+def test_cpu_bound_tasks_run_in_parallel_subprocesses(pool: sky.Pool, tmp_path: Path) -> None:
+    where = str(tmp_path)
+    (pid_a, met_a), (pid_b, met_b) = (_meet("a", "b", where) & _meet("b", "a", where)) >> pool
     assert pid_a != pid_b
     assert os.getpid() not in (pid_a, pid_b)
-    # Two GIL-holding loops in one process would run one after the other.
-    assert start_b < end_a
-    assert start_a < end_b
+    # Two GIL-holding loops in one process would run one after the other: the first would
+    # never see the second start.
+    assert met_a
+    assert met_b
 
 
 def test_subprocesses_are_reused(pool: sky.Pool) -> None:
