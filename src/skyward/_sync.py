@@ -14,7 +14,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import trio
@@ -84,7 +84,11 @@ class Pool:
         async def start() -> skyward_trio.ResultStream:
             return self._core.stream_prepared(prepared, ordered=ordered)
 
-        stream = self._portal.call(start)
+        return self._iterate(start)
+
+    def _iterate(self, open_stream: Callable[[], Awaitable[Any]]) -> Iterator[Any]:
+        """A blocking generator over an async iterator that lives on the trio thread."""
+        stream = self._portal.call(open_stream)
         try:
             while True:
                 try:
@@ -119,15 +123,7 @@ class Pool:
         async def subscribe() -> skyward_trio.EventStream:
             return self._core.events()
 
-        stream = self._portal.call(subscribe)
-        try:
-            while True:
-                try:
-                    yield self._portal.call(stream.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._portal.call(stream.aclose)
+        return self._iterate(subscribe)
 
     def resize(self, nodes: int | Nodes) -> None:
         """Change the pool's target now; nodes start or leave in the background.
