@@ -5,22 +5,30 @@ lifecycle so far (task and log events are not kept), then every event as it happ
 reader that falls more than ``_BACKLOG`` events behind loses the oldest and is told so by
 an ``Error`` event, never silently.
 
+The consoles are listeners instead (``listen``): called as each event is emitted, so a
+function's output is shown before its call returns and no task wakes per event.
+
 Layer 5 (trio only, with the event records).
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Final
 
 import trio
 
-from ._events import Error, Event, Log, TaskCompleted, TaskStarted
+from ._events import Error, Event, Log, TaskCompleted, TaskStarted, WorkSubmitted
 
-__all__ = ["EventBus", "EventStream"]
+__all__ = ["EventBus", "EventStream", "Listener"]
 
 _BACKLOG: Final = 100_000
-_NOT_KEPT = (TaskStarted, TaskCompleted, Log)  # many, and of no use to a late reader
+# Many, and of no use to a late reader.
+_NOT_KEPT = (TaskStarted, TaskCompleted, Log, WorkSubmitted)
+
+#: Called with each event as it is emitted, on the pool's trio thread; must not block.
+Listener = Callable[[Event], None]
 
 
 class EventBus:
@@ -28,18 +36,32 @@ class EventBus:
         self.job_id = job_id
         self._lifecycle: list[Event] = []
         self._readers: set[EventStream] = set()
+        self._listeners: list[Listener] = []
         self._closed = False
 
     @property
     def watched(self) -> bool:
-        """Whether anyone reads: per-task events are only built then."""
-        return bool(self._readers)
+        """Whether anyone reads or listens: per-task events are only built then."""
+        return bool(self._readers or self._listeners)
 
     def emit(self, event: Event) -> None:
         if not isinstance(event, _NOT_KEPT):
             self._lifecycle.append(event)
         for reader in self._readers:
             reader._push(event)
+        for listener in self._listeners:
+            listener(event)
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` with the lifecycle so far, then with each event as it is emitted.
+
+        It runs inside ``emit`` (from the transport's callbacks too), so it must be quick
+        and must not block; it is dropped when the bus closes.
+        """
+        for event in self._lifecycle:
+            listener(event)
+        if not self._closed:
+            self._listeners.append(listener)
 
     def subscribe(self) -> EventStream:
         stream = EventStream(self, self._lifecycle)
@@ -55,6 +77,7 @@ class EventBus:
         for reader in self._readers:
             reader._end()
         self._readers.clear()
+        self._listeners.clear()
 
 
 class EventStream:

@@ -42,6 +42,7 @@ LAYERS = {
     "_pool": 5,
     "testing": 5,
     "_eventbus": 5,
+    "_console": 5,
 }
 
 
