@@ -42,6 +42,7 @@ from ._events import (
     ClusterProvisioned,
     ClusterReady,
     ClusterRequested,
+    ClusterScaled,
     Error,
     Event,
     InstanceBootstrapped,
@@ -52,6 +53,7 @@ from ._events import (
     Log,
     TaskCompleted,
     TaskStarted,
+    WorkSubmitted,
 )
 from ._function import Function, PendingFunction, PendingFunctionGroup, function, gather
 from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
@@ -90,6 +92,7 @@ __all__ = [
     "ClusterProvisioned",
     "ClusterReady",
     "ClusterRequested",
+    "ClusterScaled",
     "Compute",
     "ConnectionLostError",
     "Error",
@@ -132,6 +135,7 @@ __all__ = [
     "TeardownError",
     "VersionMismatchError",
     "Volume",
+    "WorkSubmitted",
     "Worker",
     "__version__",
     "accelerators",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import math
 import os
 import re
@@ -150,6 +151,7 @@ class Tally:
         self.output: collections.deque[tuple[int, str]] = collections.deque(maxlen=_OUTPUT_LINES)
         self.closed: ClusterDestroyed | None = None
         self.window_start = self.opened
+        self.window_last = self.opened  # when the window's last task ended
         self.window_done = 0
         self.window_total: int | None = 0  # None: a map over an iterable with no length
         self.changed = True
@@ -169,7 +171,8 @@ class Tally:
         total = self.window_total
         if total is not None:
             total = max(total, done + self.in_flight)
-        elapsed = now - self.window_start
+        # An idle window's rate is its work's, not one that decays while nothing runs.
+        elapsed = (now if self.running else self.window_last) - self.window_start
         return done, total, done / elapsed if elapsed > 0 else 0.0
 
     def cost(self, now: float) -> float:
@@ -195,6 +198,7 @@ class Tally:
             else:
                 self.failed += event.count
             self.window_done += event.count
+            self.window_last = event.time
         elif isinstance(event, Log):
             for line in event.text.splitlines():
                 self.output.append((event.node, plain(line)))
@@ -235,6 +239,7 @@ class Tally:
 
     def _new_window(self, now: float, total: int | None) -> None:
         self.window_start, self.window_done, self.window_total = now, 0, total
+        self.window_last = now
 
     def _node(self, index: int, now: float) -> NodeView:
         view = self.nodes.get(index)
@@ -415,16 +420,20 @@ class LiveConsole:
         self._minimal = mode == "minimal"
         self._console = console
         self._defaulted = defaulted_to_local
-        self._live = Live(
-            console=console,
-            auto_refresh=False,  # redrawn by run(), on the trio thread, never concurrently
-            transient=False,
-            # The user's prints go above the display; stdout only when it is the terminal
-            # too, so output piped to a file stays there.
-            redirect_stdout=_is_tty(sys.stdout),
-            redirect_stderr=True,
-        )
-        self._live.start()
+        self._live: Live | _CellDisplay
+        if console.is_jupyter:
+            self._live = _CellDisplay()
+        else:
+            self._live = Live(
+                console=console,
+                auto_refresh=False,  # redrawn by run(), on the trio thread, never concurrently
+                transient=False,
+                # The user's prints go above the display; stdout only when it is the
+                # terminal too, so output piped to a file stays there.
+                redirect_stdout=_is_tty(sys.stdout),
+                redirect_stderr=True,
+            )
+            self._live.start()
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, TaskStarted) or (isinstance(event, TaskCompleted) and event.ok):
@@ -469,8 +478,8 @@ class LiveConsole:
     def _status(self, now: float) -> str:
         tally = self.tally
         return (
-            f"{tally.ready}/{tally.target} nodes ready · {tally.in_flight} running · "
-            f"{tally.done} done · {tally.failed} failed · "
+            f"{tally.ready}/{tally.target} nodes ready · {tally.in_flight:,} running · "
+            f"{tally.done:,} done · {tally.failed:,} failed · "
             f"{_cost.dollars(tally.cost(now))}"
         )
 
@@ -519,8 +528,8 @@ class LiveConsole:
             nodes.add_row(str(index), view.instance_id or "-", state, _clock(now - view.since))
         parts: list[RenderableType] = [nodes, Text("")]
         tasks = Text("tasks  ", style="bold")
-        tasks.append(f"{tally.in_flight} running · {tally.done} done · ", style="")
-        tasks.append(f"{tally.failed} failed", style="red" if tally.failed else "")
+        tasks.append(f"{tally.in_flight:,} running · {tally.done:,} done · ")
+        tasks.append(f"{tally.failed:,} failed", style="red" if tally.failed else "")
         parts.append(tasks)
         progress = self._progress(now)
         if progress is not None:
@@ -539,6 +548,29 @@ class LiveConsole:
         if tally.closed is not None:
             title += " · closed"
         return Panel(Group(*parts), title=title, subtitle=footer, title_align="left")
+
+
+class _CellDisplay:
+    """Under Jupyter: one output of the cell, redrawn in place (IPython's ``display_id``).
+
+    rich's ``Live`` draws there only with ipywidgets installed; a display handle needs
+    nothing but IPython, which a kernel has. Notices print below it, as cell output.
+    """
+
+    def __init__(self) -> None:
+        from rich.text import Text
+
+        self._display = importlib.import_module("IPython.display")
+        self._handle = self._display.display(Text("skyward"), display_id=True)
+
+    def update(self, renderable: RenderableType, *, refresh: bool) -> None:
+        from rich.padding import Padding
+
+        # Padding is a JupyterMixin: IPython shows it as rich's HTML (a Group is not one).
+        self._handle.update(Padding(renderable, 0))
+
+    def stop(self) -> None:
+        """The last drawing stays in the cell."""
 
 
 def _rich_console() -> Console:
