@@ -13,7 +13,7 @@ enforces it):
    ``_providers``,
    ``_localnode`` (a Local node's SSH server process), ``_connection``
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``_health`` (health checks);
-   ``testing`` (the fault kit)
+   ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.

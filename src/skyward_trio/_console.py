@@ -353,8 +353,8 @@ class LogConsole:
         self._beat_at = time.time()
 
     def on_event(self, event: Event) -> None:
-        if isinstance(event, TaskStarted):  # the common case first: a count, no line
-            self.tally.update(event)
+        if isinstance(event, TaskStarted) or (isinstance(event, TaskCompleted) and event.ok):
+            self.tally.update(event)  # the common case first: a count, no line
             return
         lines = describe(event, self.tally)
         self.tally.update(event)
