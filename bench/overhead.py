@@ -2,6 +2,7 @@
 
     python bench/overhead.py            # about 1-2 minutes on 2 cores
     python bench/overhead.py --reps 5
+    python bench/overhead.py --console log 2>/dev/null   # with a console (default: silent)
 
 Prints one table: (1) round trip of one no-op ``>>`` on a 1-node Local pool, (2)
 ``pool.map`` of 10,000 no-op items on 2 Local nodes, (3) a 100 MB numpy array sent and
@@ -29,9 +30,6 @@ def noop(x: object) -> object:
     return x
 
 
-QUIET = sky.Options(console="silent")
-
-
 def median_rtt(call: Callable[[int], object], n: int = 300, warmup: int = 50) -> float:
     for i in range(warmup):
         call(i)
@@ -57,16 +55,16 @@ def bench_ppe(big: np.ndarray) -> dict[str, float]:
     return {"rtt": rtt, "map": rate, "big": big_rt}
 
 
-def bench_skyward(big: np.ndarray) -> dict[str, float]:
+def bench_skyward(big: np.ndarray, options: sky.Options) -> dict[str, float]:
     fn = sky.function(noop)
-    with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
+    with sky.Compute(provider=sky.Local(), nodes=1, options=options) as pool:
         rtt = median_rtt(lambda i: fn(i) >> pool)
         (fn(big[:10]) >> pool)
         t0 = time.perf_counter()
         out = fn(big) >> pool
         big_rt = time.perf_counter() - t0
         assert np.array_equal(out, big)
-    with sky.Compute(provider=sky.Local(), nodes=2, options=QUIET) as pool:
+    with sky.Compute(provider=sky.Local(), nodes=2, options=options) as pool:
         pool.map(noop, range(200))
         t0 = time.perf_counter()
         result = pool.map(noop, range(10_000))
@@ -75,11 +73,11 @@ def bench_skyward(big: np.ndarray) -> dict[str, float]:
     return {"rtt": rtt, "map": rate, "big": big_rt}
 
 
-def bench_trio_rtt() -> float:
+def bench_trio_rtt(options: sky.Options) -> float:
     fn = skyward_trio.function(noop)
 
     async def main() -> float:
-        async with skyward_trio.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
+        async with skyward_trio.Compute(provider=sky.Local(), nodes=1, options=options) as pool:
             for i in range(50):
                 await (fn(i) >> pool)
             samples = []
@@ -92,9 +90,9 @@ def bench_trio_rtt() -> float:
     return trio.run(main)
 
 
-def bench_ready(nodes: int) -> float:
+def bench_ready(nodes: int, options: sky.Options) -> float:
     t0 = time.perf_counter()
-    with sky.Compute(provider=sky.Local(), nodes=nodes, options=QUIET) as pool:
+    with sky.Compute(provider=sky.Local(), nodes=nodes, options=options) as pool:
         ready = time.perf_counter() - t0
         assert pool.current_nodes() == nodes
     return ready
@@ -103,7 +101,14 @@ def bench_ready(nodes: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--console",
+        default="silent",
+        choices=["silent", "log", "rich", "minimal"],
+        help="Options(console=...) of Skyward's pools (default: silent)",
+    )
     args = parser.parse_args()
+    options = sky.Options(console=args.console)
     big = np.random.default_rng(0).random(100 * 1024 * 1024 // 8)  # 100 MB of float64
     runs: dict[str, list[float]] = {}
 
@@ -114,9 +119,9 @@ def main() -> None:
     for rep in range(args.reps):  # interleaved, so drift in machine load hits both sides
         print(f"repetition {rep + 1}/{args.reps} ...", flush=True)
         add("ppe", bench_ppe(big))
-        add("sky", bench_skyward(big))
-        add("sky", {"trio_rtt": bench_trio_rtt()})
-        add("sky", {"ready2": bench_ready(2), "ready8": bench_ready(8)})
+        add("sky", bench_skyward(big, options))
+        add("sky", {"trio_rtt": bench_trio_rtt(options)})
+        add("sky", {"ready2": bench_ready(2, options), "ready8": bench_ready(8, options)})
     m = {key: statistics.median(values) for key, values in runs.items()}
     rows = [
         (
@@ -152,7 +157,8 @@ def main() -> None:
     ]
     print()
     print(
-        f"| measurement (median of {args.reps}) | Skyward | ProcessPoolExecutor(2) "
+        f"| measurement (median of {args.reps}, console={args.console}) | Skyward "
+        "| ProcessPoolExecutor(2) "
         "| ratio | target |"
     )
     print("|---|---|---|---|---|")

@@ -14,7 +14,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sized
 from typing import Any
 
 import trio
@@ -104,9 +104,10 @@ class Pool:
         ``fn`` need not be decorated.
         """
         key, payload, timeout = self._core.prepare_map(fn)
+        total = len(items) if isinstance(items, Sized) else None
         iterator = iter(items)
         return self._portal.call(  # type: ignore[no-any-return]
-            lambda: self._core.map_prepared(key, payload, timeout, iterator)
+            lambda: self._core.map_prepared(key, payload, timeout, iterator, total)
         )
 
     def current_nodes(self) -> int:

@@ -13,7 +13,7 @@ enforces it):
    ``_providers``,
    ``_localnode`` (a Local node's SSH server process), ``_connection``
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``_health`` (health checks);
-   ``testing`` (the fault kit)
+   ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
@@ -43,6 +43,7 @@ from ._events import (
     ClusterProvisioned,
     ClusterReady,
     ClusterRequested,
+    ClusterScaled,
     Error,
     Event,
     InstanceBootstrapped,
@@ -53,6 +54,7 @@ from ._events import (
     Log,
     TaskCompleted,
     TaskStarted,
+    WorkSubmitted,
 )
 from ._function import Function, PendingFunction, PendingFunctionGroup, function, gather
 from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
@@ -91,6 +93,7 @@ __all__ = [
     "ClusterProvisioned",
     "ClusterReady",
     "ClusterRequested",
+    "ClusterScaled",
     "Compute",
     "ConnectionLostError",
     "Error",
@@ -134,6 +137,7 @@ __all__ = [
     "VersionMismatchError",
     "VersionMismatchWarning",
     "Volume",
+    "WorkSubmitted",
     "Worker",
     "__version__",
     "accelerators",

@@ -38,16 +38,18 @@ class Ledger:
         running = sum(price * (now - since) / 3600 for price, since in self._open.values())
         return self._closed_cost + running
 
-    def summary(self, now: float) -> str:
-        cost = self.cost(now)
-        dollars = f"${cost:.2f}" if cost == 0 or cost >= 0.01 else f"${cost:.4f}"
-        return (
-            f"{self.instances} instance(s) up {_duration(self.seconds(now))} in all, "
-            f"cost about {dollars}"
-        )
+
+def summary(instances: int, seconds: float, cost: float) -> str:
+    """What a closed pool ran and cost, in words (``ClusterDestroyed``'s fields)."""
+    return f"{instances} instance(s) up {duration(seconds)} in all, cost about {dollars(cost)}"
 
 
-def _duration(seconds: float) -> str:
+def dollars(cost: float) -> str:
+    """``$1.95``; small amounts keep four decimals, so a cheap pool does not read as free."""
+    return f"${cost:.2f}" if cost == 0 or cost >= 0.01 else f"${cost:.4f}"
+
+
+def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     if seconds < 3600:

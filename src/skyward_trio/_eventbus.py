@@ -5,6 +5,9 @@ lifecycle so far (task and log events are not kept), then every event as it happ
 reader that falls more than ``_BACKLOG`` events behind loses the oldest and is told so by
 an ``Error`` event, never silently.
 
+The consoles are listeners instead (``listen``): called as each event is emitted, so a
+function's output is shown before its call returns and no task wakes per event.
+
 Layer 5 (trio only, with the event records).
 """
 
@@ -16,12 +19,16 @@ from typing import Final
 
 import trio
 
-from ._events import Error, Event, Log, TaskCompleted, TaskStarted
+from ._events import Error, Event, Log, TaskCompleted, TaskStarted, WorkSubmitted
 
-__all__ = ["EventBus", "EventStream"]
+__all__ = ["EventBus", "EventStream", "Listener"]
 
 _BACKLOG: Final = 100_000
-_NOT_KEPT = (TaskStarted, TaskCompleted, Log)  # many, and of no use to a late reader
+# Many, and of no use to a late reader.
+_NOT_KEPT = (TaskStarted, TaskCompleted, Log, WorkSubmitted)
+
+#: Called with each event as it is emitted, on the pool's trio thread; must not block.
+Listener = Callable[[Event], None]
 
 
 class EventBus:
@@ -29,7 +36,7 @@ class EventBus:
         self.job_id = job_id
         self._lifecycle: list[Event] = []
         self._readers: set[EventStream] = set()
-        self._listeners: dict[Callable[[Event], None], bool] = {}  # -> wants task events
+        self._listeners: dict[Listener, bool] = {}  # -> whether it wants task events
         self._closed = False
 
     @property
@@ -52,10 +59,17 @@ class EventBus:
             if kept or tasks or isinstance(event, Log):
                 listener(event)
 
-    def listen(self, listener: Callable[[Event], None], *, tasks: bool) -> None:
-        """Call ``listener`` on the trio thread with each event from now on (it must not
-        block); with ``tasks``, ``TaskStarted``/``TaskCompleted`` too."""
-        self._listeners[listener] = tasks
+    def listen(self, listener: Listener, *, tasks: bool = True) -> None:
+        """Call ``listener`` with the lifecycle so far, then with each event as it is emitted
+        (``TaskStarted``/``TaskCompleted`` only with ``tasks``).
+
+        It runs inside ``emit`` (from the transport's callbacks too), so it must be quick
+        and must not block; it is dropped when the bus closes.
+        """
+        for event in self._lifecycle:
+            listener(event)
+        if not self._closed:
+            self._listeners[listener] = tasks
 
     def subscribe(self) -> EventStream:
         stream = EventStream(self, self._lifecycle)

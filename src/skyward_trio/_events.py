@@ -23,6 +23,7 @@ __all__ = [
     "ClusterProvisioned",
     "ClusterReady",
     "ClusterRequested",
+    "ClusterScaled",
     "Error",
     "Event",
     "InstanceBootstrapped",
@@ -33,6 +34,7 @@ __all__ = [
     "Log",
     "TaskCompleted",
     "TaskStarted",
+    "WorkSubmitted",
 ]
 
 
@@ -94,6 +96,15 @@ class ClusterReady(Event):
 
 
 @attrs.frozen(kw_only=True)
+class ClusterScaled(Event):
+    """The pool's target went from ``previous`` to ``target`` nodes, for ``reason``."""
+
+    previous: int
+    target: int
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
 class InstancePreempted(Event):
     """Node ``node`` was lost (machine reclaimed, worker gone, link dead): ``reason``."""
 
@@ -148,6 +159,19 @@ class TaskCompleted(Event):
     ok: bool
     seconds: float
     count: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class WorkSubmitted(Event):
+    """A ``map`` of ``count`` items, or a group of ``count`` calls, was submitted.
+
+    ``task`` is ``"map"``, ``"gather"`` (a group: ``gather``, ``&``) or ``"broadcast"``
+    (``@``); ``count`` is None for a ``map`` over an iterable with no length. The consoles
+    use it for a progress bar's total and its ETA.
+    """
+
+    task: str
+    count: int | None
 
 
 @attrs.frozen(kw_only=True)

@@ -755,8 +755,10 @@ class Options:
         autoscale_idle_timeout: Seconds a node stays idle before an elastic pool drops it.
         reconcile_tick_interval: Seconds between checks of the pool against its target.
         shutdown_timeout: Seconds teardown may take before stragglers are reported.
-        console: True (the best console for the terminal), False, or one of ``"rich"``,
-            ``"minimal"``, ``"log"``, ``"silent"``.
+        console: What the pool shows while it runs: ``"rich"`` (a live panel),
+            ``"minimal"`` (two live lines), ``"log"`` (plain lines on stderr) or
+            ``"silent"``; True picks ``"rich"`` on a terminal or in Jupyter and ``"log"``
+            when stderr is a pipe or a file; False is ``"silent"``.
         logging: True (a default :class:`LogConfig`), False (off) or a :class:`LogConfig`.
         cluster: Whether nodes form a cluster (needed by distributed collections); None
             decides from the pool.

@@ -26,7 +26,6 @@ import math
 import os
 import secrets
 import shlex
-import sys
 import threading
 import types
 import typing
@@ -38,7 +37,7 @@ import attrs
 import cloudpickle
 import trio
 
-from . import _health, _logging, _serial, _transport
+from . import _console, _health, _logging, _serial, _transport
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import (
     FAILED_MARK,
@@ -50,7 +49,7 @@ from ._bootstrap import (
     requirement_name,
     worker_bootstrap,
 )
-from ._connection import WorkerConnection, print_output
+from ._connection import WorkerConnection
 from ._cost import Ledger
 from ._envcheck import compare, module_versions, referenced_modules
 from ._errors import (
@@ -72,6 +71,7 @@ from ._events import (
     ClusterProvisioned,
     ClusterReady,
     ClusterRequested,
+    ClusterScaled,
     Error,
     Event,
     InstanceBootstrapped,
@@ -82,6 +82,7 @@ from ._events import (
     Log,
     TaskCompleted,
     TaskStarted,
+    WorkSubmitted,
 )
 from ._execute import StreamedInput
 from ._function import (
@@ -887,7 +888,8 @@ class Pool:
         sent, not all up front; tiny tasks travel thousands per message.
         """
         key, fn_payload, task_timeout = self.prepare_map(fn)
-        return await self.map_prepared(key, fn_payload, task_timeout, iter(items))
+        total = len(items) if isinstance(items, collections.abc.Sized) else None
+        return await self.map_prepared(key, fn_payload, task_timeout, iter(items), total)
 
     def current_nodes(self) -> int:
         """How many nodes are ready right now (nodes being scaled down do not count)."""
@@ -1112,15 +1114,18 @@ class Pool:
         if not indices:
             await self._acquire_any_ready()
             indices = sorted(self._ready)
+        self._submitted("broadcast", len(indices))
         return await _run_all(
             [functools.partial(self.run_prepared, call, target=i) for i in indices]
         )
 
     async def parallel_prepared(self, calls: list[PreparedCall]) -> tuple[Any, ...]:
+        self._submitted("gather", len(calls))
         return tuple(await _run_all([functools.partial(self.run_prepared, c) for c in calls]))
 
     def stream_prepared(self, calls: list[PreparedCall], *, ordered: bool) -> ResultStream:
         stream = ResultStream(len(calls), ordered)
+        self._submitted("gather", len(calls))
 
         async def one(index: int, call: PreparedCall) -> None:
             try:
@@ -1142,8 +1147,14 @@ class Pool:
         return stream
 
     async def map_prepared(
-        self, key: str, fn_payload: _serial.Payload, task_timeout: float | None, items: Any
+        self,
+        key: str,
+        fn_payload: _serial.Payload,
+        task_timeout: float | None,
+        items: Any,
+        total: int | None = None,
     ) -> list[Any]:
+        self._submitted("map", total)
         results: list[Any] = []
         per_item: float | None = None
         bytes_per_item: float | None = None
@@ -1159,6 +1170,7 @@ class Pool:
             nonlocal per_item
             limit = item_timeout * count
             attempts: list[str] = []
+            sent: _BatchEvents | None = None
             while True:
                 try:
                     await self._verify(node, key)
@@ -1168,7 +1180,7 @@ class Pool:
                         fail(exc)
                         return
                     raise
-                sent = self._batch_sent(node, count)
+                sent = self._batch_sent(node, count, sent)
                 try:
                     with trio.fail_after(limit):
                         msg = await node.conn.call_batch(key, fn_payload, payload)
@@ -1254,14 +1266,22 @@ class Pool:
             raise failure[0]
         return results
 
-    def _batch_sent(self, node: _Node, count: int) -> _BatchEvents | None:
+    def _batch_sent(
+        self, node: _Node, count: int, previous: _BatchEvents | None
+    ) -> _BatchEvents | None:
         if not self._events.watched:
             return None
+        # A batch sent again keeps its task_id: one TaskCompleted ends all its attempts.
+        task_id = previous.started.task_id if previous is not None else next(_task_ids)
         started = TaskStarted(
-            job_id=self.job_id, node=node.index, task="map", task_id=next(_task_ids), count=count
+            job_id=self.job_id, node=node.index, task="map", task_id=task_id, count=count
         )
         self._events.emit(started)
         return _BatchEvents(started, trio.current_time())
+
+    def _submitted(self, task: str, count: int | None) -> None:
+        if self._events.watched:
+            self._events.emit(WorkSubmitted(job_id=self.job_id, task=task, count=count))
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -1545,12 +1565,6 @@ def _timed_out(phase: str, pool: Pool) -> str:
     return "timed out"
 
 
-def _say(options: Options, message: str) -> None:
-    if options.console is False or options.console == "silent":
-        return
-    print(f"skyward: {message}", file=sys.stderr, flush=True)
-
-
 class Compute:
     """Provision a pool for the ``async with`` block and tear it down after.
 
@@ -1663,16 +1677,14 @@ async def _open_pool(
 ) -> AsyncIterator[Pool]:
     job_id = secrets.token_hex(4)
     nodes = spec.nodes
-    if defaulted:
-        _say(
-            options,
-            f"no provider given: using sky.Local() ({nodes.desired} node(s) on this machine)",
-        )
     pool = Pool(spec, options, nodes, job_id=job_id)
     client_key = _transport.generate_key()
     secret = secrets.token_urlsafe(32)
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(_pool_log(pool, secret))
+        await stack.enter_async_context(
+            _console.shown(options.console, pool._events, defaulted_to_local=defaulted)
+        )
         await stack.enter_async_context(_transport.asyncio_loop())
         cluster = await open_cluster(
             spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
@@ -1998,18 +2010,19 @@ class _Supervisor:
         self.attempts[i] = self.attempts.get(i, 0) + 1
         limit = pool.options.max_provision_attempts or 1
         if self.attempts[i] < limit and not pool._closing:
-            _say(pool.options, f"{error}; trying again ({self.attempts[i]}/{limit})")
+            self._emit(Error, message=f"{error}; trying again ({self.attempts[i]}/{limit})", node=i)
             await trio.sleep(pool.options.provision_retry_delay or 0)
             return i in pool._wanted and not pool._closing
         self.failures[i] = error
-        self._emit(Error, message=str(error), node=i)
-        pool._gone.add(i)
-        self._check_provisioned()
-        pool._notify()
         needed = pool.nodes.ready_at
         if pool._ready or len(self.failures) <= pool.nodes.desired - needed:
             # The pool is in use, or can come up without this node: say so, not raise.
-            _say(pool.options, f"{error}; carrying on without node {i}")
+            self._emit(Error, message=f"{error}; carrying on without node {i}", node=i)
+        else:
+            self._emit(Error, message=str(error), node=i)
+        pool._gone.add(i)
+        self._check_provisioned()
+        pool._notify()
         return False
 
     async def _replace(
@@ -2023,10 +2036,9 @@ class _Supervisor:
         if self.replacements[i] > limit:
             pool._gone.add(i)
             pool._notify()
-            _say(pool.options, f"lost node {i} ({reason}); not replacing it: lost {limit} times")
+            self._emit(Error, message=f"not replacing node {i}: lost {limit} times", node=i)
             await self._retire(lost, ssh)
             return False
-        _say(pool.options, f"lost node {i} ({reason}); replacing it")
         pool._notify()  # calls pinned elsewhere may proceed; waiters re-check
         await self._retire(lost, ssh)
         self._lost[i] = lost.id
@@ -2067,7 +2079,7 @@ class _Supervisor:
         wanted = pool._wanted
         if count == len(wanted):
             return
-        _say(pool.options, f"scaling from {len(wanted)} to {count} node(s): {why}")
+        self._emit(ClusterScaled, previous=len(wanted), target=count, reason=why)
         if count > len(wanted):
             free = (k for k in itertools.count() if k not in wanted and k not in self._running)
             for i in itertools.islice(free, count - len(wanted)):
@@ -2242,8 +2254,6 @@ class _Supervisor:
             failed.append(f"timed out after {pool.options.shutdown_timeout:g} s")
         failed.extend(self.unconfirmed)
         now = trio.current_time()
-        if self.ledger.instances:
-            _say(pool.options, f"pool {pool.job_id} closed: {self.ledger.summary(now)}")
         error = None
         if failed:
             error = TeardownError(
@@ -2272,13 +2282,11 @@ class _Supervisor:
         self._emit(InstanceDestroyed, node=instance.node, instance_id=instance.id)
 
     def _on_output(self, node: int, stream: str, text: str) -> None:
-        """A function's output: printed here (unless the console is silent) and an event."""
+        """A function's output: a ``Log`` event, which the console (unless silent) shows."""
         pool = self.pool
         text = _logging.redact(text)  # a credential printed by a function is not shown
         if pool._events.heard:
             pool._events.emit(Log(job_id=pool.job_id, node=node, stream=stream, text=text))
-        if not (pool.options.console is False or pool.options.console == "silent"):
-            print_output(node, stream, text)
 
 
 async def _work_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

@@ -92,6 +92,13 @@ def test_resize_grows_and_shrinks_a_fixed_pool(processes: Any) -> None:
         pool.resize(2)  # the index that left is free again
         _wait(lambda: pool.current_nodes() == 2, "two nodes after resize(2)")
         assert _node_index() @ pool == [0, 1]
+    # After the pool closed, pool.events() still replays its lifecycle.
+    scaled = [e for e in pool.events() if isinstance(e, sky.ClusterScaled)]
+    assert [(e.previous, e.target, e.reason) for e in scaled] == [
+        (1, 3, "resize()"),
+        (3, 1, "resize()"),
+        (1, 2, "resize()"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,12 @@ async def test_trio_face_events_follow_the_pool_from_request_to_destroyed() -> N
     assert [(e.task, e.ok) for e in tasks[:2]] == [("_shout", True), ("_boom", False)]
     assert sum(e.count for e in tasks if e.task == "map") == 500
     assert all(e.ok for e in tasks if e.task == "map")
+    submitted = [e for e in during if isinstance(e, skyward_trio.WorkSubmitted)]
+    assert [(e.task, e.count) for e in submitted] == [("map", 500)]  # its size, for progress
+    first_batch = next(
+        e for e in during if isinstance(e, skyward_trio.TaskStarted) and e.task == "map"
+    )
+    assert during.index(submitted[0]) < during.index(first_batch)
     started = {e.task_id for e in during if isinstance(e, skyward_trio.TaskStarted)}
     assert {e.task_id for e in tasks} == started  # every started task completed, once
     logs = [e for e in during if isinstance(e, skyward_trio.Log)]

@@ -128,7 +128,8 @@ def test_on_exit_the_pool_reports_every_instance_it_paid_for(
         _wait(lambda: supervisor.ledger.instances == 3, "a replacement to be provisioned")
         _wait(lambda: pool.current_nodes() == 2, "the replacement node")
     lines = capsys.readouterr().err.splitlines()
-    summary = [line for line in lines if f"pool {pool.job_id} closed:" in line]
+    assert any(line.endswith(f"(job {pool.job_id})") for line in lines), lines
+    summary = [line for line in lines if "  pool  closed: " in line]
     # Two nodes and one replacement, each billed from provisioned to terminated; Local is free.
     assert len(summary) == 1, lines
     assert " 3 instance(s) up " in summary[0]

@@ -79,7 +79,7 @@ def test_a_node_failing_its_probe_is_replaced_and_its_calls_run_elsewhere(
         assert sorted(_node_index() @ pool) == [0, 1]
         assert {int(name.split(".")[0]) for name in os.listdir(records)} == set(items)
     reason = f"health check failed 2 times in a row: {SICK[marker]}"
-    assert f"lost node 1 ({reason}" in capsys.readouterr().err
+    assert f"  node 1  lost ({reason}" in capsys.readouterr().err  # the log console says why
 
 
 def _count_probe() -> bool:

@@ -1,9 +1,14 @@
-"""A task's stdout/stderr comes back live, line by line, prefixed with its node, and the
-output-control decorators filter it on the node."""
+"""A task's stdout/stderr comes back live, line by line, labelled with its node, and the
+output-control decorators filter it on the node.
+
+Under pytest stderr is not a terminal, so the default console is the ``log`` one: every
+line of remote output is written to stderr as ``HH:MM:SS  node <i>  <line>``.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +25,11 @@ def loud_pool() -> Iterator[sky.Pool]:
     options = sky.Options(worker=sky.Worker(concurrency=2))
     with sky.Compute(provider=sky.Local(), nodes=2, options=options) as pool:
         yield pool
+
+
+def _labelled(node: int, text: str) -> re.Pattern[str]:
+    """A log console line of remote output from ``node``."""
+    return re.compile(rf"^\d\d:\d\d:\d\d  node {node}  {re.escape(text)}$", re.MULTILINE)
 
 
 def _wait_for(capfd: pytest.CaptureFixture[str], text: str, seen: list[str]) -> None:
@@ -49,11 +59,11 @@ def test_output_streams_while_the_task_runs(
     future = _print_then_wait(str(marker)) > loud_pool
     seen: list[str] = []
     # The line arrives while the task is still blocked on a file only we create.
-    _wait_for(capfd, "] waiting for the marker", seen)
+    _wait_for(capfd, "  waiting for the marker", seen)
     assert not future.done()
     marker.touch()
     assert future.result(timeout=30) == "finished"
-    _wait_for(capfd, "] done", seen)
+    _wait_for(capfd, "  done", seen)
 
 
 @sky.function
@@ -64,16 +74,16 @@ def _both_streams() -> int:
     return sky.instance_info().node
 
 
-def test_lines_are_prefixed_with_the_node_and_keep_their_stream(
+def test_lines_are_labelled_with_their_node_before_the_call_returns(
     loud_pool: sky.Pool, capfd: pytest.CaptureFixture[str]
 ) -> None:
     node = loud_pool.run(_both_streams(), target=1)
-    out, err = capfd.readouterr()
+    out, err = capfd.readouterr()  # no waiting: the lines are written before the result
     assert node == 1
-    assert "[node 1] on stdout\n" in out
-    assert "[node 1] no newline at the end\n" in out
-    assert "[node 1] on stderr\n" in err
-    assert "on stderr" not in out
+    assert _labelled(1, "on stdout").search(err), err
+    assert _labelled(1, "no newline at the end").search(err), err
+    assert _labelled(1, "on stderr").search(err), err
+    assert "on stdout" not in out  # the log console writes every line to stderr
 
 
 @sky.stdout(only="head")
@@ -94,18 +104,18 @@ def _stderr_node_one() -> int:
 
 def test_stdout_and_stderr_filters(loud_pool: sky.Pool, capfd: pytest.CaptureFixture[str]) -> None:
     _stdout_head_only() @ loud_pool
-    out, err = capfd.readouterr()
-    assert "[node 0] stdout of node 0" in out
-    assert "stdout of node 1" not in out
-    assert "stderr of node 0" in err  # only stdout was filtered
-    assert "stderr of node 1" in err
+    _, err = capfd.readouterr()
+    assert _labelled(0, "stdout of node 0").search(err), err
+    assert "stdout of node 1" not in err
+    assert _labelled(0, "stderr of node 0").search(err), err  # only stdout was filtered
+    assert _labelled(1, "stderr of node 1").search(err), err
 
     _stderr_node_one() @ loud_pool  # the decorator below @sky.function works too
-    out, err = capfd.readouterr()
+    _, err = capfd.readouterr()
     assert "err-from-1" in err
     assert "err-from-0" not in err
-    assert "out-from-0" in out
-    assert "out-from-1" in out
+    assert "out-from-0" in err
+    assert "out-from-1" in err
 
 
 @sky.silent
@@ -143,9 +153,9 @@ def _redirected() -> list[str]:
 
 def test_redirect_output_on_a_node(loud_pool: sky.Pool, capfd: pytest.CaptureFixture[str]) -> None:
     assert _redirected() >> loud_pool == ["captured", "from stderr", "partial"]
-    out, _ = capfd.readouterr()
-    assert "captured" not in out
-    assert "] after the block" in out
+    out, err = capfd.readouterr()
+    assert "captured" not in out + err
+    assert re.search(r"  node \d  after the block$", err, re.MULTILINE), err
 
 
 def test_redirect_output_locally() -> None:
@@ -180,10 +190,10 @@ def test_concurrent_tasks_on_one_node_keep_their_own_lines(
     assert (a.result(timeout=30), b.result(timeout=30)) == ("alpha", "beta")
     _wait_for(capfd, "beta-second", seen)
     _wait_for(capfd, "alpha-second", seen)
-    lines = "".join(seen).splitlines()
+    text = "".join(seen)
     for tag in ("alpha", "beta"):
-        assert f"[node 0] {tag}-first" in lines
-        assert f"[node 0] {tag}-second" in lines
+        assert _labelled(0, f"{tag}-first").search(text), text
+        assert _labelled(0, f"{tag}-second").search(text), text
 
 
 def test_console_silent_prints_no_task_output(capfd: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from skyward_trio._cost import Ledger
+from skyward_trio._cost import Ledger, summary
 
 
 def test_cost_is_price_times_seconds_up_per_instance() -> None:
@@ -16,12 +16,20 @@ def test_cost_is_price_times_seconds_up_per_instance() -> None:
     assert ledger.seconds(now=1000.0) == pytest.approx(1000 + 900)
     assert ledger.cost(now=1000.0) == pytest.approx(1.0 + 0.45)
     assert ledger.cost(now=2000.0) == pytest.approx(1.0 + 0.95)  # b still bills
-    assert ledger.summary(now=2000.0) == "2 instance(s) up 48.3 min in all, cost about $1.95"
+    assert (
+        summary(ledger.instances, ledger.seconds(2000.0), ledger.cost(2000.0))
+        == "2 instance(s) up 48.3 min in all, cost about $1.95"
+    )
 
 
 def test_free_instances_and_small_amounts() -> None:
     ledger = Ledger()
     ledger.start("local-0", 0.0, now=0.0)
-    assert ledger.summary(now=2.5) == "1 instance(s) up 2.5 s in all, cost about $0.00"
+    assert (
+        summary(ledger.instances, ledger.seconds(2.5), ledger.cost(2.5))
+        == "1 instance(s) up 2.5 s in all, cost about $0.00"
+    )
     ledger.start("cheap", 0.36, now=0.0)
-    assert ledger.summary(now=10.0).endswith("cost about $0.0010")
+    assert summary(ledger.instances, ledger.seconds(10.0), ledger.cost(10.0)).endswith(
+        "cost about $0.0010"
+    )

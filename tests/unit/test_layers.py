@@ -44,6 +44,7 @@ LAYERS = {
     "_pool": 5,
     "testing": 5,
     "_eventbus": 5,
+    "_console": 5,
 }
 
 

@@ -1,0 +1,147 @@
+"""What the consoles make of events: the tally (nodes, tasks, progress, cost) and the lines."""
+
+from __future__ import annotations
+
+import pytest
+
+import skyward_trio as st
+from skyward_trio import _console
+from skyward_trio._console import Tally, describe, plain
+
+JOB = "abcd1234"
+
+
+def _feed(tally: Tally, *events: st.Event) -> list[tuple[str, str]]:
+    lines: list[tuple[str, str]] = []
+    for event in events:
+        lines.extend(describe(event, tally))
+        tally.update(event)
+    return lines
+
+
+def _started(task_id: int, count: int, at: float, node: int = 0) -> st.TaskStarted:
+    return st.TaskStarted(job_id=JOB, time=at, node=node, task="map", task_id=task_id, count=count)
+
+
+def _completed(task_id: int, count: int, at: float, ok: bool = True) -> st.TaskCompleted:
+    return st.TaskCompleted(
+        job_id=JOB, time=at, node=0, task="map", task_id=task_id, ok=ok, seconds=1.0, count=count
+    )
+
+
+def test_progress_counts_items_against_the_submitted_total() -> None:
+    tally = Tally()
+    _feed(
+        tally,
+        st.WorkSubmitted(job_id=JOB, time=10.0, task="map", count=100),
+        _started(1, 60, 10.0),
+        _started(2, 40, 10.0),
+        _completed(1, 60, 11.0),
+    )
+    assert tally.in_flight == 40
+    assert tally.progress(now=12.0) == (60, 100, 30.0)
+    # Batch 2's node was lost: it is sent again under the same id, and ends once.
+    _feed(tally, _started(2, 40, 12.0, node=1), _completed(2, 40, 14.0, ok=False))
+    assert (tally.in_flight, tally.done, tally.failed) == (0, 60, 40)
+    # Idle: the rate is the work's (100 items in 4 s), not one that decays afterwards.
+    assert tally.progress(now=100.0) == (100, 100, 25.0)
+    # The next submission opens a new window; a map over a generator has no total.
+    _feed(tally, st.WorkSubmitted(job_id=JOB, time=200.0, task="map", count=None))
+    assert tally.progress(now=201.0) == (0, None, 0.0)
+
+
+def test_single_calls_count_toward_a_total_of_what_is_known() -> None:
+    tally = Tally()
+    _feed(tally, _started(7, 1, 0.0), _started(8, 1, 0.0))
+    assert tally.progress(now=1.0) == (0, 2, 0.0)
+    _feed(tally, _completed(7, 1, 1.0))
+    assert tally.progress(now=1.0) == (1, 2, 1.0)
+
+
+def test_node_states_follow_a_node_through_loss_and_replacement() -> None:
+    tally = Tally()
+    nodes = st.Nodes(desired=2)
+    lines = _feed(
+        tally,
+        st.ClusterRequested(job_id=JOB, time=0.0, provider="local", nodes=nodes),
+        st.InstanceProvisioned(job_id=JOB, time=1.0, node=1, instance_id="a", hourly_price=3.6),
+        st.BootstrapProgress(job_id=JOB, time=2.0, node=1, instance_id="a", phase="ssh"),
+    )
+    assert (tally.nodes[0].state, tally.nodes[1].state) == ("provisioning", "connecting")
+    assert lines == [
+        ("pool", f"requested 2 node(s) from local (job {JOB})"),
+        ("node 1", "instance a provisioned ($3.60/h)"),
+        ("node 1", "connecting"),
+    ]
+    lines = _feed(
+        tally,
+        st.InstanceBootstrapped(job_id=JOB, time=3.0, node=1, instance_id="a", seconds=2.0),
+        st.InstancePreempted(job_id=JOB, time=4.0, node=1, instance_id="a", reason="gone"),
+        st.InstanceDestroyed(job_id=JOB, time=1001.0, node=1, instance_id="a"),
+    )
+    assert tally.nodes[1].state == "lost"
+    assert lines == [
+        ("node 1", "ready (2.0 s)"),
+        ("node 1", "lost (gone)"),
+        ("node 1", "instance a terminated"),
+    ]
+    lines = _feed(
+        tally,
+        st.InstanceProvisioned(job_id=JOB, time=1002.0, node=1, instance_id="b", hourly_price=0),
+        st.InstanceBootstrapped(job_id=JOB, time=1003.0, node=1, instance_id="b", seconds=1.0),
+        st.InstanceReplaced(job_id=JOB, time=1003.0, node=1, old_instance_id="a", instance_id="b"),
+    )
+    assert lines[0] == ("node 1", "replacement instance b provisioned ($0.00/h)")
+    assert (tally.nodes[1].state, tally.nodes[1].replaced, tally.ready) == ("ready", 1, 1)
+    assert tally.cost(now=5000.0) == pytest.approx(1.0)  # $3.60/h for 1,000 s
+    _feed(tally, st.InstanceDestroyed(job_id=JOB, time=1010.0, node=1, instance_id="b"))
+    assert tally.nodes[1].state == "terminated"
+
+
+def test_lines_for_failures_scaling_errors_and_the_close() -> None:
+    tally = Tally()
+    assert _feed(
+        tally,
+        _completed(3, 250, 1.0, ok=False),
+        st.TaskCompleted(
+            job_id=JOB, time=1.0, node=2, task="train", task_id=9, ok=False, seconds=0.5
+        ),
+        st.ClusterScaled(job_id=JOB, time=1.0, previous=1, target=3, reason="4 call(s) waiting"),
+        st.Error(job_id=JOB, time=1.0, message="node 2 failed during ssh: refused", node=2),
+        st.Error(job_id=JOB, time=1.0, message="a reader fell behind"),
+        st.ClusterDestroyed(job_id=JOB, time=1.0, instances=3, instance_seconds=90.0, cost=0.5),
+        st.Log(job_id=JOB, time=1.0, node=0, stream="stdout", text="one\n\x1b[31mtwo\x1b[0m\n"),
+        _completed(4, 1, 1.0),
+    ) == [
+        ("node 0", "a map batch of 250 item(s) failed after 1.00 s"),
+        ("node 2", "train() failed after 0.50 s"),
+        ("pool", "scaling from 1 to 3 node(s): 4 call(s) waiting"),
+        ("node 2", "node 2 failed during ssh: refused"),
+        ("pool", "a reader fell behind"),
+        ("pool", "closed: 3 instance(s) up 1.5 min in all, cost about $0.50"),
+        ("node 0", "one"),
+        ("node 0", "two"),
+    ]
+    assert list(tally.output) == [(0, "one"), (0, "two")]
+    assert tally.target == 3
+
+
+def test_plain_strips_terminal_codes() -> None:
+    assert plain("\x1b[1;32mok\x1b[0m 100%\x1b[K") == "ok 100%"
+    assert plain("no codes") == "no codes"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", ""])
+def test_heartbeat_interval_refuses_what_is_not_a_positive_number(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_console.INTERVAL_ENV, value)
+    with pytest.raises(ValueError, match=r"SKYWARD_LOG_METRICS_INTERVAL=.*must be a number"):
+        _console.heartbeat_interval()
+
+
+def test_heartbeat_interval_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_console.INTERVAL_ENV, raising=False)
+    assert _console.heartbeat_interval() == 30.0
+    monkeypatch.setenv(_console.INTERVAL_ENV, "2.5")
+    assert _console.heartbeat_interval() == 2.5
