@@ -65,6 +65,18 @@ HEAD_PORT = 29500
 # A node index is replaced at most this often (Options.max_provision_attempts overrides).
 _REPLACEMENTS = 5
 _BIG_RESULT = 4 * 1024 * 1024
+# How long a node whose connection dropped gets to come back before it counts as lost
+# (Options.ssh_timeout, when smaller, caps it). Long enough for a network blip or a
+# restarted router; short enough that calls on a dead node go elsewhere within seconds
+# (and a node its provider reports gone is lost at once, without waiting).
+RECONNECT_WINDOW = 10.0
+# A worker keeps a dropped session this much longer than the client tries to resume it.
+_RESUME_MARGIN = 5.0
+
+
+def reconnect_window(options: Options) -> float:
+    """Seconds the pool tries to reconnect a dropped node before it is lost."""
+    return min(RECONNECT_WINDOW, options.ssh_timeout or RECONNECT_WINDOW)
 
 
 @attrs.frozen
@@ -1139,17 +1151,17 @@ class Pool:
         waiter.event.set()
 
     def _pick(self, target: int | None) -> _Node | None:
-        # A node whose link just broke stays in _ready until its supervisor notices; it
-        # must not be picked (a re-sent call would fail on it again at once).
+        # A node whose link is down stays in _ready while its supervisor reconnects; it
+        # is not picked meanwhile (its calls wait for the link, or for another node).
         if target is not None:
             node = self._ready.get(target)
-            if node is None or node.inflight >= node.capacity or node.conn.closed.is_set():
+            if node is None or node.inflight >= node.capacity or not node.conn.usable:
                 return None
             return node
         order = sorted(self._ready)
         for k in range(len(order)):
             node = self._ready[order[(self._rr + k) % len(order)]]
-            if node.inflight < node.capacity and not node.conn.closed.is_set():
+            if node.inflight < node.capacity and node.conn.usable:
                 self._rr = (self._rr + k + 1) % len(order)
                 return node
         return None
@@ -1459,14 +1471,25 @@ class _Supervisor:
         node = _Node(i, instance, ssh, conn, capacity)
         pool._ready[i] = node
         pool._notify()
-        await conn.serve()
-        # The link closed. During teardown that is expected; otherwise the node is lost:
-        # its calls are sent again elsewhere (Inflight._requeue) and it is replaced.
+        while True:
+            await conn.serve()
+            # The link went down. During teardown that is expected. Otherwise the node
+            # may still be there: reconnect and resume (its calls wait, their results
+            # are replayed). If it cannot be reached in time, or the worker lost the
+            # session, the node is lost: its calls are sent again elsewhere
+            # (Inflight._requeue) and it is replaced.
+            if pool._closing or conn.closed.is_set():
+                break
+            why_lost = await self._reconnect(node)
+            if why_lost is None:
+                pool._notify()  # its free slots count again
+                continue
+            conn.lose(why_lost)
+            break
         pool._ready.pop(i, None)
         if pool._closing:
             return
-        reason = (conn._link.close_reason if conn._link else None) or "the link closed"
-        await self._replace(i, instance, ssh, reason)
+        await self._replace(i, instance, node.ssh, conn.down_reason or "the link closed")
 
     async def _failed(
         self,
@@ -1525,6 +1548,52 @@ class _Supervisor:
         if scope.cancelled_caught:
             self.unconfirmed.append(f"{instance.id} (terminate timed out)")
 
+    async def _reconnect(self, node: _Node) -> str | None:
+        """Bring a node's dropped worker link back; None once it is back, else why not.
+
+        Tries with backoff for the reconnect window. The provider is asked first each
+        time: an instance it reports gone (preempted, terminated) is lost at once.
+        """
+        conn = node.conn
+        instance = node.instance
+        window = reconnect_window(self.pool.options)
+        why = conn.down_reason or "the link closed"
+        delay = 0.05
+        with trio.move_on_after(window):
+            while True:
+                if not await self.cluster.alive(instance):
+                    return f"{why}; {self.cluster.name} reports instance {instance.id} gone"
+                try:
+                    ssh = await _transport.connect(
+                        instance.host,
+                        instance.port,
+                        username=instance.username,
+                        client_key=self.client_key,
+                        host_key=instance.host_key,
+                    )
+                except _transport.SSHError as exc:
+                    why = f"{conn.down_reason}; reconnecting: {exc}"
+                else:
+                    try:
+                        await conn.resume(ssh)
+                    except ConnectionLostError as exc:
+                        await ssh.aclose()
+                        return f"{conn.down_reason}; {exc}"
+                    except (ProvisionError, _transport.SSHError) as exc:
+                        await ssh.aclose()  # dropped again while resuming: try again
+                        why = f"{conn.down_reason}; resuming: {exc}"
+                    except BaseException:
+                        await ssh.aclose()
+                        raise
+                    else:
+                        old, node.ssh = node.ssh, ssh
+                        self.connections[node.index] = ssh
+                        await old.aclose()
+                        return None
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return f"{why}; not reconnected within {window:g} s"
+
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
         options = self.pool.options
         limit = options.ssh_timeout or 60
@@ -1577,6 +1646,7 @@ class _Supervisor:
             "executor": pool.worker_config.resolved_executor,
             "reuse_processes": pool.worker_config.reuse_processes,
             "lease_seconds": pool.spec.ttl,
+            "reconnect_seconds": reconnect_window(pool.options) + _RESUME_MARGIN,
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),
         }
@@ -1593,7 +1663,8 @@ class _Supervisor:
                 node.conn.shutdown()
         with trio.move_on_after(1):
             for node in list(pool._ready.values()):
-                await node.conn.closed.wait()
+                if node.conn.usable:  # one reconnecting has nobody to say goodbye to
+                    await node.conn.closed.wait()
         for ssh in self.connections.values():
             await ssh.aclose()
         failed: list[str] = []

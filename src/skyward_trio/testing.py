@@ -7,14 +7,17 @@ Use it to test your own retry and checkpoint logic the way a spot market will::
     with sky.Compute(provider=sky.Local(), nodes=2) as pool:
         future = long_job() > pool
         testing.preempt(pool, 1)          # node 1 vanishes, as a reclaimed spot instance
-        future.result()                   # re-queued on a node that is still there
+        testing.drop_connection(pool, 0)  # node 0's connection breaks; the node stays
+        future.result()                   # re-queued, or replayed after a reconnect
 
-Each function acts at once and returns; detection, re-queueing and replacement then run
-as they would for a real fault. They work on both faces' pools, for ``Local`` only.
+Each function acts at once and returns; detection, reconnection, re-queueing and
+replacement then run as they would for a real fault. They work on both faces' pools,
+for ``Local`` only.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 from ._pool import Pool
 from ._providers import LocalCluster
 
-__all__ = ["kill_worker", "preempt"]
+__all__ = ["drop_connection", "kill_worker", "preempt", "stall_connection"]
 
 
 def _core(pool: Any) -> Pool:
@@ -72,6 +75,44 @@ def kill_worker(pool: Any, node: int) -> None:
     if not ready.conn.worker_pid:
         raise RuntimeError(f"node {node}'s worker pid is not known")
     _kill(ready.conn.worker_pid)
+
+
+def drop_connection(pool: Any, node: int) -> None:
+    """Break the client's connection to node ``node``, as a network fault does.
+
+    The TCP connection to the node's SSH server is shut down both ways at once: both
+    ends see it end, and nothing else dies (the worker keeps running its calls). The
+    pool reconnects, the worker replays the results the client missed, and calls that
+    never reached it are sent again, so nothing runs twice.
+    """
+    core = _core(pool)
+    ready = _ready_node(core, node)
+    _cluster(core)
+    ready.ssh.break_connection()
+
+
+def stall_connection(pool: Any, node: int, seconds: float) -> None:
+    """Freeze node ``node``'s connection for ``seconds``, then let traffic flow again.
+
+    The node's SSH server is stopped (SIGSTOP) and resumed (SIGCONT) ``seconds`` later:
+    the TCP connection stays up, but no bytes flow either way meanwhile, as on a
+    congested or flapping link. The worker keeps running. Returns at once. A stall
+    shorter than the SSH keepalive (60 s) only delays calls; a longer one makes the
+    pool reconnect, and then declare the node lost.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(
+            f"stall_connection(seconds={seconds!r}): seconds must be a number, "
+            f"got {type(seconds).__qualname__}"
+        )
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(
+            f"stall_connection(seconds={seconds!r}): seconds must be > 0 and finite, "
+            "e.g. seconds=2"
+        )
+    core = _core(pool)
+    ready = _ready_node(core, node)
+    _cluster(core).stall(ready.instance, float(seconds))
 
 
 def _kill(pid: int) -> None:
