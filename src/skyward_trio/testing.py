@@ -107,8 +107,7 @@ def stall_connection(pool: Any, node: int, seconds: float) -> None:
         )
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError(
-            f"stall_connection(seconds={seconds!r}): seconds must be > 0 and finite, "
-            "e.g. seconds=2"
+            f"stall_connection(seconds={seconds!r}): seconds must be > 0 and finite, e.g. seconds=2"
         )
     core = _core(pool)
     ready = _ready_node(core, node)

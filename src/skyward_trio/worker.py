@@ -313,9 +313,7 @@ class _Session:
         self._unacked_lock = threading.Lock()
         self._sent = 0  # frames sent in this session
         self._received = 0  # frames received in this session
-        self._unacked: collections.deque[tuple[int, list[bytes | memoryview]]] = (
-            collections.deque()
-        )
+        self._unacked: collections.deque[tuple[int, list[bytes | memoryview]]] = collections.deque()
         self._queue: collections.deque[_Task] = collections.deque()
         self._live: dict[int, _Task] = {}
         self._closed = False
