@@ -1396,6 +1396,7 @@ class _Supervisor:
         self.failures: dict[int, BaseException] = {}
         self.connections: dict[int, _transport.SSHConnection] = {}
         self.replacements: dict[int, int] = {}
+        self.restarts: dict[int, int] = {}  # workers started again in place, per index
         self.attempts: dict[int, int] = {}  # failed start attempts per node index
         self.unconfirmed: list[str] = []  # lost instances not confirmed terminated
         self._nursery: trio.Nursery | None = None
@@ -1438,7 +1439,55 @@ class _Supervisor:
             phase = "ssh"
             ssh = await self._connect(instance)
             self.connections[i] = ssh
-            phase = "bootstrap"
+            conn = await self._start_worker(instance, ssh)
+        except Exception as exc:
+            if not isinstance(exc, ProvisionError):
+                detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+                exc = ProvisionError(
+                    f"node {i} failed during {phase}: {detail}", node=i, phase=phase
+                )
+            await self._failed(i, exc, instance, ssh)
+            return
+        capacity = pool.worker_config.concurrency + pool.worker_config.buffer
+        node = _Node(i, instance, ssh, conn, capacity)
+        pool._ready[i] = node
+        pool._notify()
+        while True:
+            await conn.serve()
+            # The link went down. During teardown that is expected. Otherwise the node
+            # may still be there: reconnect and resume (its calls wait, their results
+            # are replayed). If the SSH server answers but the worker is gone, a new
+            # worker starts on the same instance. If the node cannot be reached in time,
+            # the node is lost: its calls are sent again elsewhere (Inflight._requeue)
+            # and it is replaced.
+            if pool._closing or conn.closed.is_set():
+                break
+            why_lost, ssh_up = await self._reconnect(node)
+            if why_lost is None:
+                pool._notify()  # its free slots count again
+                continue
+            if ssh_up is not None:
+                restarted = await self._restart_worker(node, ssh_up, why_lost)
+                if restarted is not None:
+                    node, conn = restarted, restarted.conn
+                    continue
+            conn.lose(why_lost)
+            break
+        pool._ready.pop(i, None)
+        if pool._closing:
+            return
+        await self._replace(i, instance, node.ssh, conn.down_reason or "the link closed")
+
+    async def _start_worker(
+        self, instance: Instance, ssh: _transport.SSHConnection
+    ) -> WorkerConnection:
+        """Bootstrap the worker over ``ssh`` (one already there is stopped first) and
+        open a session with it."""
+        pool = self.pool
+        options = pool.options
+        i = instance.node
+        phase = "bootstrap"
+        try:
             config = self._worker_config(instance)
             script = worker_bootstrap(
                 workdir=instance.workdir,
@@ -1460,36 +1509,45 @@ class _Supervisor:
             with trio.fail_after(30):
                 await conn.open(self.secret)
         except Exception as exc:
-            if not isinstance(exc, ProvisionError):
-                detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-                exc = ProvisionError(
-                    f"node {i} failed during {phase}: {detail}", node=i, phase=phase
-                )
-            await self._failed(i, exc, instance, ssh)
-            return
-        capacity = pool.worker_config.concurrency + pool.worker_config.buffer
-        node = _Node(i, instance, ssh, conn, capacity)
-        pool._ready[i] = node
+            if isinstance(exc, ProvisionError):
+                raise
+            detail = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            raise ProvisionError(
+                f"node {i} failed during {phase}: {detail}", node=i, phase=phase
+            ) from exc
+        return conn
+
+    async def _restart_worker(
+        self, node: _Node, ssh: _transport.SSHConnection, why: str
+    ) -> _Node | None:
+        """Start a new worker on a node whose SSH server answers but whose worker is gone.
+
+        The calls it had are sent again (Inflight._requeue: they may have run, the worker
+        died with them); the node keeps its index and instance. Returns the node with
+        its new worker, or None (``ssh`` closed) when that fails or happened too often.
+        """
+        pool = self.pool
+        i = node.index
+        self.restarts[i] = self.restarts.get(i, 0) + 1
+        limit = pool.options.max_provision_attempts or _REPLACEMENTS
+        node.conn.lose(why)
+        if self.restarts[i] > limit:
+            _say(pool.options, f"node {i}'s worker is gone ({why}); restarted {limit} times")
+            await ssh.aclose()
+            return None
+        _say(pool.options, f"node {i}'s worker is gone ({why}); starting a new one")
+        try:
+            conn = await self._start_worker(node.instance, ssh)
+        except ProvisionError as exc:
+            _say(pool.options, str(exc))
+            await ssh.aclose()
+            return None
+        await node.ssh.aclose()
+        self.connections[i] = ssh
+        restarted = _Node(i, node.instance, ssh, conn, node.capacity)
+        pool._ready[i] = restarted
         pool._notify()
-        while True:
-            await conn.serve()
-            # The link went down. During teardown that is expected. Otherwise the node
-            # may still be there: reconnect and resume (its calls wait, their results
-            # are replayed). If it cannot be reached in time, or the worker lost the
-            # session, the node is lost: its calls are sent again elsewhere
-            # (Inflight._requeue) and it is replaced.
-            if pool._closing or conn.closed.is_set():
-                break
-            why_lost = await self._reconnect(node)
-            if why_lost is None:
-                pool._notify()  # its free slots count again
-                continue
-            conn.lose(why_lost)
-            break
-        pool._ready.pop(i, None)
-        if pool._closing:
-            return
-        await self._replace(i, instance, node.ssh, conn.down_reason or "the link closed")
+        return restarted
 
     async def _failed(
         self,
@@ -1548,11 +1606,14 @@ class _Supervisor:
         if scope.cancelled_caught:
             self.unconfirmed.append(f"{instance.id} (terminate timed out)")
 
-    async def _reconnect(self, node: _Node) -> str | None:
-        """Bring a node's dropped worker link back; None once it is back, else why not.
+    async def _reconnect(self, node: _Node) -> tuple[str | None, _transport.SSHConnection | None]:
+        """Bring a node's dropped worker link back.
 
-        Tries with backoff for the reconnect window. The provider is asked first each
-        time: an instance it reports gone (preempted, terminated) is lost at once.
+        Returns ``(None, None)`` once it is back; ``(why, ssh)`` when the SSH server
+        answers (on ``ssh``, left open) but the worker no longer has the session; and
+        ``(why, None)`` when the node is lost. Tries with backoff for the reconnect
+        window. The provider is asked first each time: an instance it reports gone
+        (preempted, terminated) is lost at once.
         """
         conn = node.conn
         instance = node.instance
@@ -1562,7 +1623,7 @@ class _Supervisor:
         with trio.move_on_after(window):
             while True:
                 if not await self.cluster.alive(instance):
-                    return f"{why}; {self.cluster.name} reports instance {instance.id} gone"
+                    return f"{why}; {self.cluster.name} reports instance {instance.id} gone", None
                 try:
                     ssh = await _transport.connect(
                         instance.host,
@@ -1577,8 +1638,7 @@ class _Supervisor:
                     try:
                         await conn.resume(ssh)
                     except ConnectionLostError as exc:
-                        await ssh.aclose()
-                        return f"{conn.down_reason}; {exc}"
+                        return f"{conn.down_reason}; {exc}", ssh
                     except (ProvisionError, _transport.SSHError) as exc:
                         await ssh.aclose()  # dropped again while resuming: try again
                         why = f"{conn.down_reason}; resuming: {exc}"
@@ -1589,10 +1649,10 @@ class _Supervisor:
                         old, node.ssh = node.ssh, ssh
                         self.connections[node.index] = ssh
                         await old.aclose()
-                        return None
+                        return None, None
                 await trio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        return f"{why}; not reconnected within {window:g} s"
+        return f"{why}; not reconnected within {window:g} s", None
 
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
         options = self.pool.options

@@ -68,7 +68,8 @@ def preempt(pool: Any, node: int) -> None:
 def kill_worker(pool: Any, node: int) -> None:
     """Kill node ``node``'s worker process (SIGKILL), as a crash or the OOM killer would.
 
-    The machine itself stays up; the pool treats the node as lost and replaces it.
+    The machine itself stays up: the pool starts a new worker on it (same node index,
+    same instance) and sends the calls the dead worker had to it or to other nodes.
     """
     core = _core(pool)
     ready = _ready_node(core, node)

@@ -229,3 +229,20 @@ async def test_the_trio_face_reconnects_too(tmp_path: Path) -> None:
     assert _runs(tmp_path, "t") == 1
     executed = sorted(int(n.split(".")[0]) for n in os.listdir(tmp_path) if n[0] != "t")
     assert executed == items
+
+
+@sky.function
+def _machine_and_worker() -> tuple[int, int]:
+    return int(os.environ["SKYWARD_NODE_PID"]), os.getpid()
+
+
+def test_a_crashed_worker_is_restarted_on_the_same_node(pool: sky.Pool, tmp_path: Path) -> None:
+    before = _machine_and_worker() @ pool
+    future = pool.run_async(_mark_then_sleep("crash", str(tmp_path), 1.0), target=1)
+    _wait(lambda: _runs(tmp_path, "crash") == 1, "the call to start")
+    testing.kill_worker(pool, 1)
+    assert future.result(timeout=60) == ("crash", 1)  # sent again, to the new worker
+    after = _machine_and_worker() @ pool
+    assert after[0] == before[0]
+    assert after[1][0] == before[1][0]  # the same machine: not replaced
+    assert after[1][1] != before[1][1]  # a new worker
