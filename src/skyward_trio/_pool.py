@@ -1538,9 +1538,11 @@ class _Supervisor:
         _say(pool.options, f"node {i}'s worker is gone ({why}); starting a new one")
         try:
             conn = await self._start_worker(node.instance, ssh)
-        except ProvisionError as exc:
-            _say(pool.options, str(exc))
+        except BaseException as exc:
             await ssh.aclose()
+            if not isinstance(exc, ProvisionError):
+                raise
+            _say(pool.options, str(exc))
             return None
         await node.ssh.aclose()
         self.connections[i] = ssh
@@ -1725,6 +1727,8 @@ class _Supervisor:
             for node in list(pool._ready.values()):
                 if node.conn.usable:  # one reconnecting has nobody to say goodbye to
                     await node.conn.closed.wait()
+        for node in list(pool._ready.values()):
+            node.conn.lose("the pool closed")  # calls waiting for a reconnection end too
         for ssh in self.connections.values():
             await ssh.aclose()
         failed: list[str] = []

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -19,6 +20,9 @@ import trio
 import skyward as sky
 import skyward_trio
 from skyward import testing
+
+if TYPE_CHECKING:
+    from conftest import Processes
 
 QUIET = sky.Options(console="silent")
 
@@ -246,3 +250,16 @@ def test_a_crashed_worker_is_restarted_on_the_same_node(pool: sky.Pool, tmp_path
     assert after[0] == before[0]
     assert after[1][0] == before[1][0]  # the same machine: not replaced
     assert after[1][1] != before[1][1]  # a new worker
+
+
+@pytest.mark.parametrize("fault", ["drop_connection", "kill_worker"])
+def test_closing_while_a_node_recovers_leaves_nothing_running(
+    processes: Processes, tmp_path: Path, fault: str
+) -> None:
+    with sky.Compute(provider=sky.Local(), nodes=2, options=QUIET) as pool:
+        job = pool.job_id
+        pending = pool.run_async(_mark_then_sleep("left", str(tmp_path), 30), target=1)
+        _wait(lambda: _runs(tmp_path, "left") == 1, "the call to start")
+        getattr(testing, fault)(pool, 1)
+    assert isinstance(pending.exception(timeout=0), sky.SkywardError)  # ended, not hung
+    assert not processes.wait_until_gone(processes.of_job(job))
