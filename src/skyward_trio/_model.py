@@ -667,7 +667,8 @@ class Options:
         selection: With several specs, which wins: ``"cheapest"`` or ``"first"`` viable.
         worker: Concurrency and executor per node; None means ``Worker()``.
         provision_timeout: Seconds to wait for an instance to come up.
-        ssh_timeout: Seconds to wait for a node's SSH server.
+        ssh_timeout: Seconds to wait for a node's SSH server (when under 10, also how
+            long a node whose connection dropped gets to come back before it is lost).
         bootstrap_timeout: Seconds a node's bootstrap may take (overrides ``Image``'s).
         provision_retry_delay: Seconds between provisioning attempts, >= 0.
         max_provision_attempts: Provisioning attempts per node before giving up, >= 1.

@@ -20,6 +20,8 @@ import trio
 import skyward as sky
 import skyward_trio
 from skyward import testing
+from skyward_trio import _connection, _serial
+from skyward_trio._connection import WorkerConnection
 
 if TYPE_CHECKING:
     from conftest import Processes
@@ -263,3 +265,57 @@ def test_closing_while_a_node_recovers_leaves_nothing_running(
         getattr(testing, fault)(pool, 1)
     assert isinstance(pending.exception(timeout=0), sky.SkywardError)  # ended, not hung
     assert not processes.wait_until_gone(processes.of_job(job))
+
+
+def test_a_session_resumes_on_a_new_link_replaying_and_resending(
+    pool: sky.Pool, tmp_path: Path
+) -> None:
+    # One level down, deterministically: a second session with node 0's worker whose link
+    # is closed while a call runs. The call finishes while nobody listens; a call is made
+    # while the link is down. On resume the first result is replayed, the second call is
+    # sent (it never reached the worker), and each ran once.
+    core = pool._core  # type: ignore[attr-defined]
+    node = core._ready[0]
+    secret = (Path(node.instance.workdir) / "secret").read_text().strip()
+    replies: dict[str, tuple[object, ...] | BaseException | None] = {}
+    arrived = {"replayed": trio.Event(), "late": trio.Event()}
+
+    def reply_to(tag: str) -> _connection.Callback:
+        def callback(message: tuple[object, ...] | None, error: BaseException | None) -> None:
+            replies[tag] = error or message  # checked below, not in the transport's callback
+            arrived[tag].set()
+
+        return callback
+
+    def send(conn: WorkerConnection, tag: str, seconds: float) -> None:
+        call = core.prepare(_mark_then_sleep(tag, str(tmp_path), seconds))
+        conn.call_nowait(call.fn_key, call.fn_payload, call.args_payload, reply_to(tag))
+
+    async def scenario() -> None:
+        conn = WorkerConnection(0, node.ssh, f"{node.instance.workdir}/worker.sock")
+        try:
+            with trio.fail_after(30):
+                await conn.open(secret)
+                send(conn, "replayed", 0.3)
+                await trio.to_thread.run_sync(
+                    _wait, lambda: _runs(tmp_path, "replayed") == 1, "the call to start"
+                )
+                assert conn._link is not None
+                conn._link.close()  # the link drops with the call running
+                assert not conn.usable
+                send(conn, "late", 0)  # kept for the resume: nothing is sent while down
+                await trio.sleep(0.6)  # the first result is made while nobody listens
+                assert not replies
+                await conn.resume(node.ssh)
+                await arrived["replayed"].wait()
+                await arrived["late"].wait()
+        finally:
+            conn.close()
+
+    pool._portal.call(scenario)  # type: ignore[attr-defined]
+    for tag in ("replayed", "late"):
+        reply = replies[tag]
+        assert isinstance(reply, tuple), reply
+        assert _serial.loads(reply[3]) == (tag, 0)
+    assert _runs(tmp_path, "replayed") == 1
+    assert _runs(tmp_path, "late") == 1
