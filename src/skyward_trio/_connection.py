@@ -217,6 +217,8 @@ class WorkerConnection:
             self._link.write(_wire.encode_hello(data_hello))
             await self._hello_event.wait()  # also set when the link closes
             reply = self._check_hello(self._hello, self._link)
+            if resume and not reply.get("resumed"):
+                return reply  # the worker has no such session, and closes this link
             self._dispatch(self._decoder.release())
 
             control_hello: list[dict[str, Any]] = []

@@ -41,6 +41,7 @@ __all__ = ["main"]
 
 _WATCH_INTERVAL = 0.5
 _FIRST_CONNECT = 60.0
+_RECONNECT = 15.0  # how long a dropped session is kept, unless the client says otherwise
 
 
 def _alive(pid: int) -> bool:
@@ -105,12 +106,13 @@ class Worker:
         The lease: after ``lease_seconds`` (``Spec.ttl``) with no client connected, the
         worker stops — and on ``Local`` takes its node down with it — so a client that
         died without tearing down does not leave nodes running. A client whose connection
-        dropped gets at least ``reconnect_seconds`` to come back for its session. Before
-        the first client connects, start-up gets ``_FIRST_CONNECT`` seconds instead.
+        dropped gets at least ``reconnect_seconds`` to come back for its session; after
+        that the session and its tasks are dropped. Before the first client connects,
+        start-up gets ``_FIRST_CONNECT`` seconds instead.
         """
         node_pid = int(os.environ.get("SKYWARD_NODE_PID", "0") or 0)
         lease = float(self.config.get("lease_seconds", 600))
-        reconnect = float(self.config.get("reconnect_seconds", 0))
+        reconnect = float(self.config.get("reconnect_seconds", _RECONNECT))
         started = time.monotonic()
         while True:
             await trio.sleep(_WATCH_INTERVAL)
@@ -118,6 +120,11 @@ class Worker:
                 print("skyward worker: its node is gone; exiting", file=sys.stderr)
                 self._shutdown.set()
                 return
+            for session_id, session in list(self._sessions.items()):
+                if session.detached_for() > reconnect:
+                    # Its client did not come back in time (it gave the node up): drop it.
+                    session.close()
+                    del self._sessions[session_id]
             if any(session.attached for session in self._sessions.values()):
                 self._last_client = time.monotonic()
                 continue
@@ -167,11 +174,13 @@ class Worker:
             if resuming:
                 # A client back after a dropped connection: its old connection may not
                 # have ended here yet; end it, so the count of frames received is final.
-                if session is not None and session.closed:
-                    session = None
-                reply["resumed"] = session is not None
                 if session is not None:
-                    reply["received"] = await trio.to_thread.run_sync(session.detach)
+                    received = await trio.to_thread.run_sync(session.detach)
+                    if session.closed:
+                        session = None
+                    else:
+                        reply["received"] = received
+                reply["resumed"] = session is not None
             await self._reply_hello(stream, problem, reply)
             if problem is not None:
                 return
@@ -305,6 +314,7 @@ class _Session:
         self._decoder = _wire.FrameDecoder(expect_hello=False)
         self._ended: trio.Event | None = None  # set when the current connection ends
         self.attached = False
+        self._detached_at: float | None = None  # when the last connection ended
         # Lock order: send, then read, then cond; the unacked lock is taken alone.
         self._cond = threading.Condition()  # attached/closed changes; the leader waits on it
         self._read_lock = threading.Lock()  # held while the leader reads and dispatches
@@ -369,6 +379,7 @@ class _Session:
                 return
             with self._cond:
                 self.attached = True
+                self._detached_at = None
                 self._cond.notify_all()
             for msg in decoder.release():
                 self._dispatch(msg)
@@ -385,6 +396,8 @@ class _Session:
         with self._read_lock:
             if sock is not None:
                 self._lost(sock)
+            with self._cond:
+                self._detached_at = time.monotonic()  # claimed: not expired before attach
             return self._received
 
     def _lost(self, sock: socket.socket) -> None:
@@ -393,6 +406,7 @@ class _Session:
             if sock is not self._sock or not self.attached:
                 return
             self.attached = False
+            self._detached_at = time.monotonic()
             ended = self._ended
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
@@ -402,6 +416,11 @@ class _Session:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def detached_for(self) -> float:
+        """Seconds since the connection ended (0 while attached)."""
+        detached_at = self._detached_at
+        return 0.0 if detached_at is None else time.monotonic() - detached_at
 
     def ack(self, count: int) -> None:
         """The client received the session's first ``count`` frames: forget them."""

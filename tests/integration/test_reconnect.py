@@ -319,3 +319,28 @@ def test_a_session_resumes_on_a_new_link_replaying_and_resending(
         assert _serial.loads(reply[3]) == (tag, 0)
     assert _runs(tmp_path, "replayed") == 1
     assert _runs(tmp_path, "late") == 1
+
+
+def test_a_session_not_resumed_in_time_is_dropped_by_the_worker(tmp_path: Path) -> None:
+    # Options(ssh_timeout=0.5): the pool tries to reconnect for 0.5 s, so the worker keeps
+    # a dropped session 5.5 s; a client back later is told the session is gone (and the
+    # pool would start a new worker).
+    options = sky.Options(console="silent", ssh_timeout=0.5)
+    with sky.Compute(provider=sky.Local(), nodes=1, options=options) as pool:
+        node = pool._core._ready[0]  # type: ignore[attr-defined]
+        secret = (Path(node.instance.workdir) / "secret").read_text().strip()
+
+        async def scenario() -> None:
+            conn = WorkerConnection(0, node.ssh, f"{node.instance.workdir}/worker.sock")
+            try:
+                with trio.fail_after(30):
+                    await conn.open(secret)
+                    assert conn._link is not None
+                    conn._link.close()
+                    await trio.sleep(7)
+                    with pytest.raises(sky.ConnectionLostError, match="no longer has this"):
+                        await conn.resume(node.ssh)
+            finally:
+                conn.close()
+
+        pool._portal.call(scenario)  # type: ignore[attr-defined]
