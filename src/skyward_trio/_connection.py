@@ -531,7 +531,8 @@ class WorkerConnection:
             self._write_data(_wire.encode((_wire.SHUTDOWN,)))
 
     def close(self) -> None:
-        self._close_links()
+        """Close both channels and end the session here for good."""
+        self.lose("the connection was closed by the client")
 
 
 class _Frame:
