@@ -151,8 +151,9 @@ class WorkerConnection:
 
         The worker replays what it sent that was not received here; calls whose frames
         did not reach it are sent again (they never ran there). Raises
-        ``ConnectionLostError`` when the worker no longer has the session (it restarted
-        or is gone), ``SSHError`` when it cannot be reached. The caller owns the deadline.
+        ``ConnectionLostError`` when the worker does not answer or no longer has the
+        session, ``ProvisionError`` when the new link dropped while it opened (try
+        again). The caller owns the deadline.
         """
         self._ssh = ssh
         try:
@@ -165,7 +166,8 @@ class WorkerConnection:
         if not reply.get("resumed"):
             self._close_links()
             raise ConnectionLostError(
-                f"node {self.node}'s worker no longer has this session (it was restarted)",
+                f"node {self.node}'s worker no longer has this session (it was restarted, "
+                "or the session expired)",
                 node=self.node,
             )
         arrived = int(reply["received"])

@@ -1641,7 +1641,7 @@ class _Supervisor:
                         await conn.resume(ssh)
                     except ConnectionLostError as exc:
                         return f"{conn.down_reason}; {exc}", ssh
-                    except (ProvisionError, _transport.SSHError) as exc:
+                    except ProvisionError as exc:
                         await ssh.aclose()  # dropped again while resuming: try again
                         why = f"{conn.down_reason}; resuming: {exc}"
                     except BaseException:
