@@ -76,7 +76,7 @@ def _print_output(node: int, stream: str, text: str) -> None:
 
 #: Acknowledge received frames after this many, or this many bytes (the worker keeps
 #: each frame until then), or after this many seconds of quiet.
-_ACK_FRAMES = 64
+_ACK_FRAMES = 256
 _ACK_BYTES = 8 * 1024 * 1024
 _ACK_INTERVAL = 1.0
 
