@@ -254,7 +254,14 @@ def test_a_crashed_worker_is_restarted_on_the_same_node(pool: sky.Pool, tmp_path
     assert after[1][1] != before[1][1]  # a new worker
 
 
-@pytest.mark.parametrize("fault", ["drop_connection", "kill_worker"])
+FAULTS = {
+    "drop": lambda pool: testing.drop_connection(pool, 1),
+    "kill_worker": lambda pool: testing.kill_worker(pool, 1),
+    "stall": lambda pool: testing.stall_connection(pool, 1, 60),  # thawed by teardown
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_closing_while_a_node_recovers_leaves_nothing_running(
     processes: Processes, tmp_path: Path, fault: str
 ) -> None:
@@ -262,7 +269,7 @@ def test_closing_while_a_node_recovers_leaves_nothing_running(
         job = pool.job_id
         pending = pool.run_async(_mark_then_sleep("left", str(tmp_path), 30), target=1)
         _wait(lambda: _runs(tmp_path, "left") == 1, "the call to start")
-        getattr(testing, fault)(pool, 1)
+        FAULTS[fault](pool)
     assert isinstance(pending.exception(timeout=0), sky.SkywardError)  # ended, not hung
     assert not processes.wait_until_gone(processes.of_job(job))
 
