@@ -476,6 +476,11 @@ class Inflight:
             if not self.finished:
                 self._end((None, self.node.index, self._interrupted(exc)))
             return
+        except BaseException:  # cancelled: the pool is closing; the caller must hear of it
+            if not self.finished:
+                closed = PoolClosedError("the pool closed while the call waited for a node")
+                self._end((None, self.node.index, self._interrupted(closed)))
+            raise
         if self.finished:  # cancelled or expired while it waited
             self.pool._release(node)
             return
@@ -1461,6 +1466,7 @@ class _Supervisor:
             # the node is lost: its calls are sent again elsewhere (Inflight._requeue)
             # and it is replaced.
             if pool._closing or conn.closed.is_set():
+                conn.lose("the pool closed" if pool._closing else "the link closed")
                 break
             why_lost, ssh_up = await self._reconnect(node)
             if why_lost is None:
