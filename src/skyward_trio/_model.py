@@ -788,7 +788,8 @@ class Spec:
         region: The provider region; None lets the provider choose.
         max_hourly_cost: The most to pay per node per hour, in USD.
         ttl: Seconds nodes live on after their client is gone before they shut themselves
-            down, >= 0; 0 disables the grace period.
+            down, >= 0; 0 disables the grace period. A worker whose client's connection
+            dropped still waits the reconnect window plus 5 s (15 s) for it.
         volumes: Buckets mounted on every node.
         plugins: Plugins that shape the image, bootstrap and task execution.
     """
