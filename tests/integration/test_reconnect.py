@@ -111,13 +111,20 @@ def test_a_call_pinned_to_a_reconnecting_node_waits_for_it(pool: sky.Pool, tmp_p
 def test_a_stall_shorter_than_the_keepalive_only_delays_calls(
     pool: sky.Pool, tmp_path: Path
 ) -> None:
-    workers = _worker_pid() @ pool
+    before = _machine_and_worker() @ pool
+    ssh_server = Path(f"/proc/{before[1][0]}/stat")
     future = pool.run_async(_mark_then_sleep("stalled", str(tmp_path), 0.5), target=1)
     _wait(lambda: _runs(tmp_path, "stalled") == 1, "the call to start")
-    testing.stall_connection(pool, 1, 2)
+    testing.stall_connection(pool, 1, 3)
+    _wait(lambda: _state(ssh_server) == "T", "node 1's SSH server to be stopped")
     assert future.result(timeout=60) == ("stalled", 1)
+    assert _state(ssh_server) != "T"  # resumed by itself
     assert _runs(tmp_path, "stalled") == 1
-    assert _worker_pid() @ pool == workers
+    assert _machine_and_worker() @ pool == before
+
+
+def _state(stat: Path) -> str:
+    return stat.read_text().rsplit(")", 1)[1].split()[0]
 
 
 @sky.function
