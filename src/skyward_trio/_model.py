@@ -745,7 +745,8 @@ class Options:
         selection: With several specs, which wins: ``"cheapest"`` or ``"first"`` viable.
         worker: Concurrency and executor per node; None means ``Worker()``.
         provision_timeout: Seconds to wait for an instance to come up.
-        ssh_timeout: Seconds to wait for a node's SSH server.
+        ssh_timeout: Seconds to wait for a node's SSH server (when under 10, also how
+            long a node whose connection dropped gets to come back before it is lost).
         bootstrap_timeout: Seconds a node's bootstrap may take (overrides ``Image``'s).
         provision_retry_delay: Seconds between provisioning attempts, >= 0.
         max_provision_attempts: Provisioning attempts per node before giving up, >= 1.
@@ -873,7 +874,8 @@ class Spec:
         region: The provider region; None lets the provider choose.
         max_hourly_cost: The most to pay per node per hour, in USD.
         ttl: Seconds nodes live on after their client is gone before they shut themselves
-            down, >= 0; 0 disables the grace period.
+            down, >= 0; 0 disables the grace period. A worker whose client's connection
+            dropped still waits the reconnect window plus 5 s (15 s) for it.
         volumes: Buckets mounted on every node.
         plugins: Plugins that shape the image, bootstrap and task execution.
     """

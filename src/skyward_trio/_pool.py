@@ -102,6 +102,18 @@ HEAD_PORT = 29500
 # A node index is replaced at most this often (Options.max_provision_attempts overrides).
 _REPLACEMENTS = 5
 _BIG_RESULT = 4 * 1024 * 1024
+# How long a node whose connection dropped gets to come back before it counts as lost
+# (Options.ssh_timeout, when smaller, caps it). Long enough for a network blip or a
+# restarted router; short enough that calls on a dead node go elsewhere within seconds
+# (and a node its provider reports gone is lost at once, without waiting).
+RECONNECT_WINDOW = 10.0
+# A worker keeps a dropped session this much longer than the client tries to resume it.
+_RESUME_MARGIN = 5.0
+
+
+def reconnect_window(options: Options) -> float:
+    """Seconds the pool tries to reconnect a dropped node before it is lost."""
+    return min(RECONNECT_WINDOW, options.ssh_timeout or RECONNECT_WINDOW)
 
 
 @attrs.frozen
@@ -586,6 +598,11 @@ class Inflight:
             if not self.finished:
                 self._end((None, self.node.index, self._interrupted(exc)))
             return
+        except BaseException:  # cancelled: the pool is closing; the caller must hear of it
+            if not self.finished:
+                closed = PoolClosedError("the pool closed while the call waited for a node")
+                self._end((None, self.node.index, self._interrupted(closed)))
+            raise
         if self.finished:  # cancelled or expired while it waited
             self.pool._release(node)
             return
@@ -1327,17 +1344,17 @@ class Pool:
         waiter.event.set()
 
     def _pick(self, target: int | None) -> _Node | None:
-        # A node whose link just broke stays in _ready until its supervisor notices; it
-        # must not be picked (a re-sent call would fail on it again at once).
+        # A node whose link is down stays in _ready while its supervisor reconnects; it
+        # is not picked meanwhile (its calls wait for the link, or for another node).
         if target is not None:
             node = self._ready.get(target)
-            if node is None or node.inflight >= node.capacity or node.conn.closed.is_set():
+            if node is None or node.inflight >= node.capacity or not node.conn.usable:
                 return None
             return node
         order = sorted(self._ready)
         for k in range(len(order)):
             node = self._ready[order[(self._rr + k) % len(order)]]
-            if node.inflight < node.capacity and not node.conn.closed.is_set():
+            if node.inflight < node.capacity and node.conn.usable:
                 self._rr = (self._rr + k + 1) % len(order)
                 return node
         return None
@@ -1818,6 +1835,7 @@ class _Supervisor:
         self.failures: dict[int, BaseException] = {}
         self.connections: dict[int, _transport.SSHConnection] = {}
         self.replacements: dict[int, int] = {}
+        self.restarts: dict[int, int] = {}  # workers started again in place, per index
         self.attempts: dict[int, int] = {}  # failed start attempts per node index
         self.unconfirmed: list[str] = []  # lost instances not confirmed terminated
         self._nursery: trio.Nursery | None = None
@@ -1877,7 +1895,7 @@ class _Supervisor:
             self._running.discard(i)
 
     async def _node(self, i: int) -> bool:
-        """Bring node ``i`` up and serve it until its link closes; True: run it again."""
+        """Bring node ``i`` up and serve it until it is lost or leaves; True: run it again."""
         pool = self.pool
         options = pool.options
         phase = "provision"
@@ -1901,8 +1919,89 @@ class _Supervisor:
             self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
             ssh = await self._connect(instance)
             self.connections[i] = ssh
-            phase = "bootstrap"
-            self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
+            conn = await self._start_worker(instance, ssh)
+        except Exception as exc:
+            if not isinstance(exc, ProvisionError):
+                too_slow = isinstance(exc, trio.TooSlowError)
+                detail = _timed_out(phase, pool) if too_slow else str(exc)
+                exc = ProvisionError(
+                    f"node {i} failed during {phase}: {detail}", node=i, phase=phase
+                )
+            return await self._failed(i, exc, instance, ssh)
+        if i not in pool._wanted:  # scaled down while it was coming up
+            with contextlib.suppress(ConnectionLostError):
+                conn.shutdown()
+            await self._leave(i, instance, ssh)
+            return False
+        capacity = pool.worker_config.concurrency + pool.worker_config.buffer
+        node = _Node(i, instance, ssh, conn, capacity)
+        pool._ready[i] = node
+        self._emit(
+            InstanceBootstrapped,
+            node=i,
+            instance_id=instance.id,
+            seconds=trio.current_time() - began,
+        )
+        lost = self._lost.pop(i, None)
+        if lost is not None:
+            self._emit(InstanceReplaced, node=i, old_instance_id=lost, instance_id=instance.id)
+        pool._notify()
+        node = await self._serve(node)
+        # The node is lost, closed by the pool, or drained after a scale-down. Only a lost
+        # node is replaced (its calls were sent again elsewhere: Inflight._requeue).
+        pool._ready.pop(i, None)
+        self._draining.pop(i, None)
+        if pool._closing:
+            return False
+        if i not in pool._wanted:
+            await self._leave(i, instance, node.ssh)
+            return False
+        reason = node.conn.down_reason or "the link closed"
+        return await self._replace(i, instance, node.ssh, reason)
+
+    async def _serve(self, node: _Node) -> _Node:
+        """Serve a ready node through dropped links, until its session is over for good.
+
+        When the link goes down the node may still be there: reconnect and resume (its
+        calls wait, their results are replayed). If the SSH server answers but the worker
+        is gone, a new worker starts on the same instance. Returns the node as it ended
+        (a restart makes a new one), its connection lost.
+        """
+        pool = self.pool
+        while True:
+            conn = node.conn
+            async with trio.open_nursery() as watchers:  # what watches the link ends with it
+                if self.probe is not None:
+                    watchers.start_soon(self._watch_health, node, self.probe)
+                await conn.serve()
+                watchers.cancel_scope.cancel(reason=f"node {node.index}'s link went down")
+            if pool._closing or conn.closed.is_set() or node.index not in pool._wanted:
+                if not conn.closed.is_set():
+                    conn.lose("the pool closed" if pool._closing else "the node left the pool")
+                return node
+            why_lost, ssh_up = await self._reconnect(node)
+            if why_lost is None:
+                pool._notify()  # its free slots count again
+                continue
+            if ssh_up is not None:
+                restarted = await self._restart_worker(node, ssh_up, why_lost)
+                if restarted is not None:
+                    node = restarted
+                    continue
+            conn.lose(why_lost)
+            return node
+
+    async def _start_worker(
+        self, instance: Instance, ssh: _transport.SSHConnection
+    ) -> WorkerConnection:
+        """Bootstrap the worker over ``ssh`` (one already there is stopped first) and
+        open a session with it."""
+        pool = self.pool
+        options = pool.options
+        i = instance.node
+        phase = "bootstrap"
+        self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
+        try:
             config = self._worker_config(instance)
             environment = await self._environment(instance)
             if environment is not None and environment.includes:
@@ -1933,51 +2032,52 @@ class _Supervisor:
             with trio.fail_after(30):
                 await conn.open(self.secret)
         except Exception as exc:
+            if isinstance(exc, ProvisionError):
+                raise
+            too_slow = isinstance(exc, trio.TooSlowError)
+            detail = _timed_out(phase, pool) if too_slow else str(exc)
+            raise ProvisionError(
+                f"node {i} failed during {phase}: {detail}", node=i, phase=phase
+            ) from exc
+        return conn
+
+    async def _restart_worker(
+        self, node: _Node, ssh: _transport.SSHConnection, why: str
+    ) -> _Node | None:
+        """Start a new worker on a node whose SSH server answers but whose worker is gone.
+
+        The calls it had are sent again (Inflight._requeue: they may have run, the worker
+        died with them); the node keeps its index and instance. Returns the node with
+        its new worker, or None (``ssh`` closed) when that fails or happened too often.
+        """
+        pool = self.pool
+        i = node.index
+        self.restarts[i] = self.restarts.get(i, 0) + 1
+        limit = pool.options.max_provision_attempts or _REPLACEMENTS
+        node.conn.lose(why)
+        if self.restarts[i] > limit:
+            message = f"node {i}'s worker is gone ({why}); restarted {limit} times already"
+            self._emit(Error, message=message, node=i)
+            await ssh.aclose()
+            return None
+        self._emit(Error, message=f"node {i}'s worker is gone ({why}); starting a new one", node=i)
+        try:
+            conn = await self._start_worker(node.instance, ssh)
+        except BaseException as exc:
+            await ssh.aclose()
             if not isinstance(exc, ProvisionError):
-                too_slow = isinstance(exc, trio.TooSlowError)
-                detail = _timed_out(phase, pool) if too_slow else str(exc)
-                exc = ProvisionError(
-                    f"node {i} failed during {phase}: {detail}", node=i, phase=phase
-                )
-            return await self._failed(i, exc, instance, ssh)
-        if i not in pool._wanted:  # scaled down while it was coming up
-            with contextlib.suppress(ConnectionLostError):
-                conn.shutdown()
-            await self._leave(i, instance, ssh)
-            return False
-        capacity = pool.worker_config.concurrency + pool.worker_config.buffer
-        node = _Node(i, instance, ssh, conn, capacity)
-        pool._ready[i] = node
-        self._emit(
-            InstanceBootstrapped,
-            node=i,
-            instance_id=instance.id,
-            seconds=trio.current_time() - began,
-        )
-        lost = self._lost.pop(i, None)
-        if lost is not None:
-            self._emit(InstanceReplaced, node=i, old_instance_id=lost, instance_id=instance.id)
+                raise
+            self._emit(Error, message=str(exc), node=i)
+            return None
+        await node.ssh.aclose()
+        self.connections[i] = ssh
+        restarted = _Node(i, node.instance, ssh, conn, node.capacity)
+        pool._ready[i] = restarted
         pool._notify()
-        async with trio.open_nursery() as watchers:  # what watches the node ends with it
-            if self.probe is not None:
-                watchers.start_soon(self._watch_health, node, self.probe)
-            await conn.serve()
-            watchers.cancel_scope.cancel(reason=f"node {i}'s link closed")
-        # The link closed. During teardown, or after a scale-down drained the node, that
-        # is expected; otherwise the node is lost: its calls are sent again elsewhere
-        # (Inflight._requeue) and it is replaced.
-        pool._ready.pop(i, None)
-        self._draining.pop(i, None)
-        if pool._closing:
-            return False
-        if i not in pool._wanted:
-            await self._leave(i, instance, ssh)
-            return False
-        reason = (conn._link.close_reason if conn._link else None) or "the link closed"
-        return await self._replace(i, instance, ssh, reason)
+        return restarted
 
     async def _watch_health(self, node: _Node, probe: _serial.Payload) -> None:
-        """Probe the node; when it fails too often, close its link with why, so it is lost
+        """Probe the node; when it fails too often, end its session with why, so it is lost
         like any other (its calls are sent again elsewhere and it is replaced)."""
         pool = self.pool
         checker = pool.options.health_checker
@@ -1987,7 +2087,7 @@ class _Supervisor:
                 checker, functools.partial(node.conn.probe, probe), lambda: pool._closing
             )
         except ConnectionLostError:
-            return  # the node is lost anyway; _node handles that
+            return  # the link went down: _serve reconnects (and watches again) or loses it
         if reason is not None:
             node.conn.close(reason)
 
@@ -2132,6 +2232,54 @@ class _Supervisor:
         if scope.cancelled_caught:
             self.unconfirmed.append(f"{instance.id} (terminate timed out)")
 
+    async def _reconnect(self, node: _Node) -> tuple[str | None, _transport.SSHConnection | None]:
+        """Bring a node's dropped worker link back.
+
+        Returns ``(None, None)`` once it is back; ``(why, ssh)`` when the SSH server
+        answers (on ``ssh``, left open) but the worker no longer has the session; and
+        ``(why, None)`` when the node is lost. Tries with backoff for the reconnect
+        window. The provider is asked first each time: an instance it reports gone
+        (preempted, terminated) is lost at once.
+        """
+        conn = node.conn
+        instance = node.instance
+        window = reconnect_window(self.pool.options)
+        why = conn.down_reason or "the link closed"
+        delay = 0.05
+        with trio.move_on_after(window):
+            while True:
+                if not await self.cluster.alive(instance):
+                    return f"{why}; {self.cluster.name} reports instance {instance.id} gone", None
+                try:
+                    ssh = await _transport.connect(
+                        instance.host,
+                        instance.port,
+                        username=instance.username,
+                        client_key=self.client_key,
+                        host_key=instance.host_key,
+                    )
+                except _transport.SSHError as exc:
+                    why = f"{conn.down_reason}; reconnecting: {exc}"
+                else:
+                    try:
+                        await conn.resume(ssh)
+                    except ConnectionLostError as exc:
+                        return f"{conn.down_reason}; {exc}", ssh
+                    except ProvisionError as exc:
+                        await ssh.aclose()  # dropped again while resuming: try again
+                        why = f"{conn.down_reason}; resuming: {exc}"
+                    except BaseException:
+                        await ssh.aclose()
+                        raise
+                    else:
+                        old, node.ssh = node.ssh, ssh
+                        self.connections[node.index] = ssh
+                        await old.aclose()
+                        return None, None
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return f"{why}; not reconnected within {window:g} s", None
+
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
         options = self.pool.options
         limit = options.ssh_timeout or 60
@@ -2212,6 +2360,7 @@ class _Supervisor:
             "executor": pool.worker_config.resolved_executor,
             "reuse_processes": pool.worker_config.reuse_processes,
             "lease_seconds": pool.spec.ttl,
+            "reconnect_seconds": reconnect_window(pool.options) + _RESUME_MARGIN,
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),
         }
@@ -2229,7 +2378,10 @@ class _Supervisor:
                 node.conn.shutdown()
         with trio.move_on_after(1):
             for node in nodes:
-                await node.conn.closed.wait()
+                if node.conn.usable:  # one reconnecting has nobody to say goodbye to
+                    await node.conn.closed.wait()
+        for node in nodes:
+            node.conn.lose("the pool closed")  # calls waiting for a reconnection end too
         async with trio.open_nursery() as nursery:
             for i, ssh in self.connections.items():
                 if i in self.instances:

@@ -8,12 +8,14 @@ error the pool reports, never silence.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -52,11 +54,14 @@ class Cluster(Protocol):
     ``terminate`` must confirm the instance is gone or raise. ``aclose`` must end anything
     the cluster started that was never handed out as an instance or never terminated
     (a provision cancelled half-way, say): nothing it created may outlive the pool.
+    ``alive`` says whether the provider still has the instance running (False once it
+    is preempted or terminated): the pool asks before it tries to reconnect to a node.
     """
 
     name: str
 
     async def provision(self, node: int) -> Instance: ...
+    async def alive(self, instance: Instance) -> bool: ...
     async def terminate(self, instance: Instance) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -113,6 +118,7 @@ class LocalCluster:
         self.root = Path(tempfile.mkdtemp(prefix=f"skyward-{job_id}-"))
         self._procs: dict[str, trio.Process] = {}
         self._faults = list(ARMED_FAULTS)
+        self._stalls: dict[str, threading.Timer] = {}  # by instance id: pending SIGCONTs
 
     def _fault(self, kind: str, node: int) -> bool:
         return any(fault.hits(kind, node) for fault in self._faults)
@@ -171,12 +177,41 @@ class LocalCluster:
             sys_path=_client_sys_path(),
         )
 
+    async def alive(self, instance: Instance) -> bool:
+        """Whether the node's process runs (a frozen one does: it is stalled, not gone)."""
+        proc = self._procs.get(instance.id)
+        return proc is not None and proc.returncode is None
+
+    def stall(self, instance: Instance, seconds: float) -> None:
+        """Freeze the node's SSH server (SIGSTOP) and thaw it ``seconds`` later (SIGCONT).
+
+        Returns at once; thread-safe. The TCP connection stays up but nothing is read or
+        sent on it; the worker keeps running behind the frozen server.
+        """
+        proc = self._procs.get(instance.id)
+        if proc is None or proc.returncode is not None:
+            raise ValueError(f"instance {instance.id} is not running")
+        timer = threading.Timer(seconds, self._thaw, (instance.id, proc.pid))
+        timer.daemon = True
+        previous = self._stalls.pop(instance.id, None)
+        if previous is not None:
+            previous.cancel()
+        self._stalls[instance.id] = timer
+        os.kill(proc.pid, signal.SIGSTOP)
+        timer.start()
+
+    def _thaw(self, instance_id: str, pid: int) -> None:
+        if self._stalls.pop(instance_id, None) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     async def terminate(self, instance: Instance) -> None:
         proc = self._procs.get(instance.id)
         if proc is None:
             return
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
+            self._thaw(instance.id, proc.pid)  # a frozen process does not act on SIGTERM
             with trio.move_on_after(5):
                 await proc.wait()
             if proc.returncode is None:
@@ -191,6 +226,9 @@ class LocalCluster:
     async def aclose(self) -> None:
         """Kill what is left (a node still being provisioned when the pool closed), then
         remove the pool's directory."""
+        for timer in list(self._stalls.values()):
+            timer.cancel()
+        self._stalls.clear()
         for proc in list(self._procs.values()):
             if proc.returncode is None:
                 proc.kill()

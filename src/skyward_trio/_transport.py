@@ -13,6 +13,7 @@ command, so commands are run with ``create_process`` and closed in a shielded ``
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -148,6 +149,17 @@ class SSHConnection:
             raise SSHError(f"could not open {path} on {self.host}:{self.port}: {exc}") from exc
         link._chan = chan
         return link
+
+    def break_connection(self) -> None:
+        """Shut the TCP socket down both ways at once, as a network fault would.
+
+        Both ends see the connection end; no SSH goodbye is sent. Thread-safe (one system
+        call on the socket), so the fault kit may call it from any thread.
+        """
+        sock = self._conn.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already gone: the fault happened anyway
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def aclose(self) -> None:
         """Close the connection (bounded; safe to call twice)."""

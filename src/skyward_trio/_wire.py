@@ -23,6 +23,7 @@ import struct
 from typing import Any
 
 __all__ = [
+    "ACK",
     "BATCH",
     "BATCH_RESULT",
     "CANCEL",
@@ -47,9 +48,10 @@ RUN = 1  # (RUN, task_id, fn_key, fn_payload | None, args_payload, stream: bool)
 BATCH = 2  # (BATCH, batch_id, fn_key, fn_payload | None, items_payload)
 CANCEL = 3  # (CANCEL, task_id)
 SHUTDOWN = 4  # (SHUTDOWN,)
-CREDIT = 5  # (CREDIT, task_id, n): the client consumed n streamed items; send n more
+CREDIT = 5  # (CREDIT, task_id, total): the client consumed `total` streamed items so far
 INPUT = 6  # (INPUT, task_id, slot, [payload, ...]): items of an Iterator[T] argument (control)
 INPUT_END = 7  # (INPUT_END, task_id, slot): that argument has no more items (control)
+ACK = 8  # (ACK, n): the client received the session's first n worker frames (control)
 # Worker -> client.
 RESULT = 10  # (RESULT, task_id, ok, payload, elapsed_s)
 BATCH_RESULT = 11  # (BATCH_RESULT, batch_id, payload, elapsed_s)

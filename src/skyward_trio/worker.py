@@ -41,6 +41,7 @@ __all__ = ["main"]
 
 _WATCH_INTERVAL = 0.5
 _FIRST_CONNECT = 60.0
+_RECONNECT = 15.0  # how long a dropped session is kept, unless the client says otherwise
 
 
 def _alive(pid: int) -> bool:
@@ -101,6 +102,8 @@ class Worker:
             task_status.started()
             await self._shutdown.wait()
             nursery.cancel_scope.cancel(reason="worker shutdown")
+        for session in self._sessions.values():
+            session.close()
         sock_path.unlink(missing_ok=True)
 
     async def _watchdog(self) -> None:
@@ -108,11 +111,14 @@ class Worker:
 
         The lease: after ``lease_seconds`` (``Spec.ttl``) with no client connected, the
         worker stops — and on ``Local`` takes its node down with it — so a client that
-        died without tearing down does not leave nodes running. Before the first client
-        connects, start-up gets ``_FIRST_CONNECT`` seconds instead.
+        died without tearing down does not leave nodes running. A client whose connection
+        dropped gets at least ``reconnect_seconds`` to come back for its session; after
+        that the session and its tasks are dropped. Before the first client connects,
+        start-up gets ``_FIRST_CONNECT`` seconds instead.
         """
         node_pid = int(os.environ.get("SKYWARD_NODE_PID", "0") or 0)
         lease = float(self.config.get("lease_seconds", 600))
+        reconnect = float(self.config.get("reconnect_seconds", _RECONNECT))
         started = time.monotonic()
         while True:
             await trio.sleep(_WATCH_INTERVAL)
@@ -120,16 +126,22 @@ class Worker:
                 print("skyward worker: its node is gone; exiting", file=sys.stderr)
                 self._shutdown.set()
                 return
-            if self._sessions:
+            for session_id, session in list(self._sessions.items()):
+                if session.detached_for() > reconnect:
+                    # Its client did not come back in time (it gave the node up): drop it.
+                    session.close()
+                    del self._sessions[session_id]
+            if any(session.attached for session in self._sessions.values()):
                 self._last_client = time.monotonic()
                 continue
+            grace = max(lease, reconnect) if self._sessions else lease
             if self._last_client is None:
                 expired = time.monotonic() - started > max(lease, _FIRST_CONNECT)
             else:
-                expired = time.monotonic() - self._last_client > lease
+                expired = time.monotonic() - self._last_client > grace
             if expired:
                 print(
-                    f"skyward worker: no client for {lease:g} s (the lease); exiting",
+                    f"skyward worker: no client for {grace:g} s (the lease); exiting",
                     file=sys.stderr,
                 )
                 if node_pid:
@@ -159,26 +171,43 @@ class Worker:
                     return
                 messages = decoder.feed(data)
             hello = messages[0]
-            if not await self._handshake(stream, hello):
+            problem = self._check_hello(hello)
+            session_id = str(hello.get("session", "")) if problem is None else ""
+            data_role = hello.get("role") != "control"
+            resuming = problem is None and data_role and bool(hello.get("resume"))
+            session = self._sessions.get(session_id) if resuming else None
+            reply: dict[str, Any] = {}
+            if resuming:
+                # A client back after a dropped connection: its old connection may not
+                # have ended here yet; end it, so the count of frames received is final.
+                if session is not None:
+                    received = await trio.to_thread.run_sync(session.detach)
+                    if session.closed:
+                        session = None
+                    else:
+                        reply["received"] = received
+                reply["resumed"] = session is not None
+            await self._reply_hello(stream, problem, reply)
+            if problem is not None:
                 return
-            session_id = str(hello.get("session", ""))
-            if hello.get("role") == "control":
+            if not data_role:
                 await self._control(stream, decoder, session_id)
                 return
-            token = trio.lowlevel.current_trio_token()
-            done = trio.Event()
-            session = _Session(self, stream.socket.fileno(), decoder, token, done)
-            self._sessions[session_id] = session
+            if resuming and session is None:
+                return  # the client learned that its session is gone
+            fresh = session is None
+            if session is None:
+                session = _Session(self, trio.lowlevel.current_trio_token())
+                self._sessions[session_id] = session
+            ended = trio.Event()
+            replay_after = int(hello.get("received", 0))
+            fd = stream.socket.fileno()
+            await trio.to_thread.run_sync(session.attach, fd, decoder, replay_after, ended)
+            if fresh:
+                session.start()
             self._last_client = time.monotonic()
-            session.start()
-            try:
-                await done.wait()
-            finally:
-                # Worker shutdown, or the client left: stop reading, drop what is queued.
-                session.close()
-                if self._sessions.get(session_id) is session:
-                    del self._sessions[session_id]
-                self._last_client = time.monotonic()
+            await ended.wait()
+            self._last_client = time.monotonic()
 
     async def _control(
         self, stream: trio.SocketStream, decoder: _wire.FrameDecoder, session_id: str
@@ -197,7 +226,9 @@ class Worker:
             while True:
                 for msg in messages:
                     session = self._sessions.get(session_id)
-                    if msg[0] == _wire.CANCEL and session is not None:
+                    if msg[0] == _wire.ACK and session is not None:
+                        session.ack(msg[1])
+                    elif msg[0] == _wire.CANCEL and session is not None:
                         session.cancel(msg[1])
                     elif msg[0] == _wire.CREDIT and session is not None:
                         session.credit(msg[1], msg[2])
@@ -251,19 +282,24 @@ class Worker:
         finally:
             self._probe_started = None
 
-    async def _handshake(self, stream: trio.SocketStream, hello: Any) -> bool:
-        problem = None
+    def _check_hello(self, hello: Any) -> str | None:
+        """Why the connection is refused, or None: checked before anything is unpickled."""
         if not isinstance(hello, dict) or not hmac.compare_digest(
             str(hello.get("secret", "")).encode(), self._secret
         ):
-            problem = "authentication failed: wrong pool secret"
-        elif hello.get("python") != PYTHON_VERSION or hello.get("skyward") != __version__:
-            problem = (
+            return "authentication failed: wrong pool secret"
+        if hello.get("python") != PYTHON_VERSION or hello.get("skyward") != __version__:
+            return (
                 f"version mismatch: the client runs Python {hello.get('python')} with "
                 f"Skyward {hello.get('skyward')}, this worker runs Python {PYTHON_VERSION} "
                 f"with Skyward {__version__}; both must match (cloudpickled code does not "
                 "survive a change of Python minor version)"
             )
+        return None
+
+    async def _reply_hello(
+        self, stream: trio.SocketStream, problem: str | None, extra: dict[str, Any]
+    ) -> None:
         reply = {
             "ok": problem is None,
             "error": problem,
@@ -271,13 +307,23 @@ class Worker:
             "skyward": __version__,
             "node": self.node,
             "pid": os.getpid(),
+            **extra,
         }
         await stream.send_all(_wire.encode_hello(reply))
-        return problem is None
 
 
 class _Task:
-    __slots__ = ("args", "cancelled", "credits", "fn_key", "kind", "running", "stream", "task_id")
+    __slots__ = (
+        "args",
+        "cancelled",
+        "credits",
+        "fn_key",
+        "granted",
+        "kind",
+        "running",
+        "stream",
+        "task_id",
+    )
 
     def __init__(self, kind: int, task_id: int, fn_key: str, args: _serial.Payload) -> None:
         self.kind = kind
@@ -289,10 +335,11 @@ class _Task:
         self.stream = False
         # Streamed items the client still has room for; it grants more as it reads them.
         self.credits = threading.Semaphore(_STREAM_WINDOW)
+        self.granted = 0  # items the client said it has read (its CREDITs are totals)
 
 
 class _Session:
-    """One client connection, served by ``concurrency`` threads in leader/follower style.
+    """One client session, served by ``concurrency`` threads in leader/follower style.
 
     One thread at a time (the leader) reads the socket. When it has a task it hands the
     reading over to the next thread and runs the task itself, then writes the result to
@@ -303,24 +350,33 @@ class _Session:
 
     A running task cannot be interrupted (Python threads cannot be killed): a CANCEL for
     it marks it so its result is dropped; one still queued is skipped.
+
+    The session outlives its connection, so a dropped SSH connection costs no work. Frames
+    each way are numbered by their order in the session (no number travels: the streams
+    are ordered). Every frame sent is kept until the client acknowledges it (a cumulative
+    ACK on the control channel, sent lazily); every frame received is counted. When the
+    connection drops, tasks keep running and their results are kept. A client that comes
+    back with the session's id learns how many of its frames arrived (it sends the rest
+    again) and says how many it received; the rest are replayed (``attach``).
     """
 
-    def __init__(
-        self,
-        worker: Worker,
-        fd: int,
-        decoder: _wire.FrameDecoder,
-        token: trio.lowlevel.TrioToken,
-        done: trio.Event,
-    ) -> None:
+    def __init__(self, worker: Worker, token: trio.lowlevel.TrioToken) -> None:
         self._worker = worker
-        self._sock = socket.socket(fileno=os.dup(fd))
-        self._sock.setblocking(True)
-        self._decoder = decoder
         self._token = token
-        self._done = done
+        self._sock: socket.socket | None = None
+        self._decoder = _wire.FrameDecoder(expect_hello=False)
+        self._ended: trio.Event | None = None  # set when the current connection ends
+        self.attached = False
+        self._detached_at: float | None = None  # when the last connection ended
+        # Lock order: send, then read, then cond; the unacked lock is taken alone.
+        self._cond = threading.Condition()  # attached/closed changes; the leader waits on it
+        self._read_lock = threading.Lock()  # held while the leader reads and dispatches
         self._leader = threading.Lock()
         self._send_lock = threading.Lock()
+        self._unacked_lock = threading.Lock()
+        self._sent = 0  # frames sent in this session
+        self._received = 0  # frames received in this session
+        self._unacked: collections.deque[tuple[int, list[bytes | memoryview]]] = collections.deque()
         self._queue: collections.deque[_Task] = collections.deque()
         self._live: dict[int, _Task] = {}
         self._closed = False
@@ -334,8 +390,6 @@ class _Session:
         # control channel and may arrive before their task.
         self._inputs: dict[tuple[int, int], _Input] = {}
         self._inputs_lock = threading.Lock()
-        for msg in decoder.release():
-            self._dispatch(msg)
 
     def start(self) -> None:
         for _ in range(self._target):
@@ -347,6 +401,85 @@ class _Session:
             number = self._alive
         name = f"skyward-node{self._worker.node}-thread{number}"
         threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def attach(
+        self, fd: int, decoder: _wire.FrameDecoder, replay_after: int, ended: trio.Event
+    ) -> None:
+        """Serve the session on a new connection (a thread; blocking).
+
+        Frames after the first ``replay_after`` (what the client received) are replayed
+        first; nothing new is sent before them.
+        """
+        sock = socket.socket(fileno=os.dup(fd))
+        sock.setblocking(True)
+        with self._send_lock, self._read_lock:
+            old = self._sock
+            with self._cond:
+                self._sock = sock
+                self._decoder = decoder
+                self._ended = ended
+            if old is not None:
+                old.close()
+            self.ack(replay_after)
+            with self._unacked_lock:
+                replay = [frame for _, frame in self._unacked]
+            try:
+                for frame in replay:
+                    for chunk in frame:
+                        sock.sendall(chunk)
+            except OSError:
+                self._token.run_sync_soon(ended.set)
+                return
+            with self._cond:
+                self.attached = True
+                self._detached_at = None
+                self._cond.notify_all()
+            for msg in decoder.release():
+                self._dispatch(msg)
+
+    def detach(self) -> int:
+        """End the current connection; return how many frames the session received.
+
+        Blocking (a thread). After it returns nothing more is read until ``attach``.
+        """
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a leader blocked reading it
+        with self._read_lock:
+            if sock is not None:
+                self._lost(sock)
+            with self._cond:
+                self._detached_at = time.monotonic()  # claimed: not expired before attach
+            return self._received
+
+    def _lost(self, sock: socket.socket) -> None:
+        """The connection ``sock`` ended: tasks go on, and results wait for the client."""
+        with self._cond:
+            if sock is not self._sock or not self.attached:
+                return
+            self.attached = False
+            self._detached_at = time.monotonic()
+            ended = self._ended
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        if ended is not None:
+            self._token.run_sync_soon(ended.set)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def detached_for(self) -> float:
+        """Seconds since the connection ended (0 while attached)."""
+        detached_at = self._detached_at
+        return 0.0 if detached_at is None else time.monotonic() - detached_at
+
+    def ack(self, count: int) -> None:
+        """The client received the session's first ``count`` frames: forget them."""
+        with self._unacked_lock:
+            while self._unacked and self._unacked[0][0] <= count:
+                self._unacked.popleft()
 
     def cancel(self, task_id: int) -> None:
         """Drop a task (from the trio thread, via the control channel).
@@ -370,14 +503,17 @@ class _Session:
             self._spawn()
 
     def close(self) -> None:
+        """End the session for good (the worker stops): queued and running tasks are dropped."""
         self._closed = True
         executor = self._worker._executor
         for task in list(self._live.values()):
             task.cancelled = True
             if executor is not None:
                 executor.cancel(task)  # nobody will read its result: free the child
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        with self._cond:
+            self._cond.notify_all()
+        if self._sock is not None:
+            self._lost(self._sock)
 
     def _loop(self) -> None:
         try:
@@ -395,35 +531,45 @@ class _Session:
             with self._count_lock:
                 self._alive -= 1
                 last = self._alive == 0
-            if last:
+            if last and self._sock is not None:
                 self._sock.close()
-                self._token.run_sync_soon(self._done.set)
 
     def _next(self) -> _Task | None:
-        """Called by the leader: the next task to run, reading the socket if needed."""
+        """Called by the leader: the next task to run, reading the socket if needed.
+
+        While the connection is down it waits for the client to come back.
+        """
         while True:
             while self._queue:
                 task = self._queue.popleft()
                 if not task.cancelled:
                     return task
+            with self._cond:
+                while not self.attached and not self._closed:
+                    self._cond.wait()
             if self._closed:
                 return None
-            try:
-                data = self._sock.recv(1 << 20)
-            except OSError:
-                data = b""
-            if not data:
-                self.close()
-                return None
-            try:
-                for msg in self._decoder.feed(data):
-                    self._dispatch(msg)
-            except (_wire.ProtocolError, ValueError, pickle.UnpicklingError) as exc:
-                print(f"skyward worker: bad frame from the client: {exc!r}", file=sys.stderr)
-                self.close()
-                return None
+            with self._read_lock:
+                sock, decoder = self._sock, self._decoder
+                if sock is None or not self.attached:
+                    continue
+                try:
+                    data = sock.recv(1 << 20)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._lost(sock)
+                    continue
+                try:
+                    for msg in decoder.feed(data):
+                        self._dispatch(msg)
+                except (_wire.ProtocolError, ValueError, pickle.UnpicklingError) as exc:
+                    print(f"skyward worker: bad frame from the client: {exc!r}", file=sys.stderr)
+                    self.close()
+                    return None
 
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
+        self._received += 1
         kind = msg[0]
         if kind in (_wire.RUN, _wire.BATCH):
             task_id, fn_key, fn_payload, args_payload = msg[1:5]
@@ -537,23 +683,35 @@ class _Session:
             for key in [k for k in self._inputs if k[0] == task_id]:
                 self._inputs.pop(key).close()
 
-    def credit(self, task_id: int, count: int) -> None:
-        """The client read ``count`` more streamed items of ``task_id``."""
+    def credit(self, task_id: int, total: int) -> None:
+        """The client has read ``total`` streamed items of ``task_id`` (a total, so a
+        CREDIT sent again after a reconnect grants nothing twice)."""
         task = self._live.get(task_id)
-        if task is not None:
-            task.credits.release(count)
+        if task is not None and total > task.granted:
+            task.credits.release(total - task.granted)
+            task.granted = total
 
     def send(self, message: tuple[Any, ...]) -> None:
-        """Send one frame (from any thread; frames never interleave)."""
+        """Send one frame (from any thread; frames never interleave).
+
+        It is kept until the client acknowledges it; while the connection is down it is
+        only kept, for the replay.
+        """
         frame = _wire.encode(message)
         if len(frame) > 1 and sum(len(c) for c in frame) < 65536:
             frame = [b"".join(frame)]
         with self._send_lock:
+            self._sent += 1
+            with self._unacked_lock:
+                self._unacked.append((self._sent, frame))
+            sock = self._sock
+            if not self.attached or sock is None:
+                return
             try:
                 for chunk in frame:
-                    self._sock.sendall(chunk)
+                    sock.sendall(chunk)
             except OSError:
-                self.close()
+                self._lost(sock)
 
 
 class InputCancelled(Exception):

@@ -139,10 +139,11 @@ def test_a_slow_map_input_does_not_stall_other_calls(sync_pool: sky.Pool) -> Non
 def test_closing_right_after_a_node_loss_terminates_cleanly(processes) -> None:
     # Node 0's lost instance is being retired (terminated) when the block ends; teardown
     # terminates it too, and LocalCluster.terminate's `del self._procs[id]` raises KeyError.
+    # (A preempted node is lost; a killed worker is now restarted on its node instead.)
     with sky.Compute(nodes=1, options=QUIET) as pool:
         job = pool.job_id
         core = pool._core
-        sky.testing.kill_worker(pool, 0)
+        sky.testing.preempt(pool, 0)
         _wait_until(lambda: 0 not in core._ready)
     assert not processes.wait_until_gone(processes.of_job(job))
 

@@ -1,4 +1,5 @@
-"""Pure decisions of the core: map batch sizing and the bootstrap script."""
+"""Pure decisions of the core: map batch sizing, the reconnect window and the bootstrap
+script."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from skyward_trio._bootstrap import (
     pack_includes,
     worker_bootstrap,
 )
-from skyward_trio._pool import _batch_size
+from skyward_trio._model import Options
+from skyward_trio._pool import RECONNECT_WINDOW, _batch_size, reconnect_window
 
 
 def test_first_batch_is_one_item() -> None:
@@ -35,6 +37,12 @@ def test_long_tasks_go_one_at_a_time() -> None:
 
 def test_big_items_cap_the_batch_by_bytes() -> None:
     assert _batch_size(1e-6, 100_000.0) == 20  # about 2 MB per message
+
+
+def test_a_dropped_node_gets_the_reconnect_window_capped_by_ssh_timeout() -> None:
+    assert reconnect_window(Options()) == RECONNECT_WINDOW == 10.0
+    assert reconnect_window(Options(ssh_timeout=3)) == 3.0
+    assert reconnect_window(Options(ssh_timeout=120)) == RECONNECT_WINDOW
 
 
 def test_bootstrap_script_is_valid_bash_and_keeps_the_secret_off_the_command_line() -> None:
