@@ -21,6 +21,7 @@ import functools
 import heapq
 import inspect
 import itertools
+import json
 import logging
 import math
 import secrets
@@ -39,6 +40,7 @@ import trio
 from . import _health, _logging, _serial, _transport
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import READY_MARK, worker_bootstrap
+from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consistency
 from ._connection import WorkerConnection, print_output
 from ._cost import Ledger
 from ._errors import (
@@ -79,6 +81,7 @@ from ._function import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
 from ._providers import Cluster, Instance, open_cluster
+from ._storelink import ClientStore, StoreLink
 from ._version import PYTHON_VERSION
 
 __all__ = ["Compute", "Future", "ItemStream", "Pool", "PreparedCall", "ResultStream"]
@@ -787,6 +790,7 @@ class Pool:
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
         self._events = EventBus(job_id)
         self._log = _logging.PoolLog(job_id, enabled=False)  # Options(logging=...) opens it
+        self._store = ClientStore()  # the collections store, on node 0 (see _collections)
 
     @property
     def _live(self) -> int:
@@ -866,6 +870,29 @@ class Pool:
         if self._supervisor is None or self._closing:
             raise PoolClosedError("the pool is not running; resize() needs an open pool")
         self._supervisor.resize(_resize_target(self.nodes, nodes))
+
+    # Distributed collections from the client. (Named after builtins: they come after
+    # every method whose annotations name ``dict`` or ``set``.)
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name``, as ``sky.counter(name)`` in a running function.
+
+        Its methods' ``_async`` variants are awaited here (``await c.increment_async()``).
+        """
+        check_consistency("pool.counter", name, consistency)
+        return Counter(self._store, name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
+        return Queue(self._store, name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
+        return Barrier(self._store, name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name`` (``async with pool.lock(name): ...``)."""
+        return Lock(self._store, name, timeout)
 
     # -- building blocks (also used by the sync face) -------------------------------------
 
@@ -1344,6 +1371,17 @@ class Pool:
             raise RuntimeError("the pool is not running")
         return self._work
 
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name``, as ``sky.dict(name)`` in a running function
+        (``await d.get_async(k)``, ``await d.setitem_async(k, v)``, ...)."""
+        check_consistency("pool.dict", name, consistency)
+        return Dict(self._store, name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
+        check_consistency("pool.set", name, consistency)
+        return Set(self._store, name)
+
 
 def _resize_target(current: Nodes, nodes: int | Nodes) -> Nodes:
     """What ``pool.resize(nodes)`` aims at, or a ValueError saying how to ask for it."""
@@ -1744,6 +1782,7 @@ class _Supervisor:
             conn.on_output = self._on_output
             with trio.fail_after(30):
                 await conn.open(self.secret)
+            await self._reach_store(i, instance, ssh)
         except Exception as exc:
             if not isinstance(exc, ProvisionError):
                 too_slow = isinstance(exc, trio.TooSlowError)
@@ -1775,6 +1814,8 @@ class _Supervisor:
                 watchers.start_soon(self._watch_health, node, self.probe)
             await conn.serve()
             watchers.cancel_scope.cancel(reason=f"node {i}'s link closed")
+        if i == 0:
+            pool._store.detach(f"node 0 was lost ({conn._link.close_reason if conn._link else ''})")
         # The link closed. During teardown, or after a scale-down drained the node, that
         # is expected; otherwise the node is lost: its calls are sent again elsewhere
         # (Inflight._requeue) and it is replaced.
@@ -1976,6 +2017,42 @@ class _Supervisor:
             + (f"; last error: {last}" if last else "")
         )
 
+    async def _reach_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:
+        """Before node ``i`` takes calls, tell it where the collections store listens.
+
+        Node 0 runs the store: the client opens its link to it there and tells every node
+        already up (a replaced node 0 has a new, empty store at a new port). Other nodes
+        are told when they come up, or by node 0 when it does.
+        """
+        store = self.pool._store
+        if i == 0:
+            link = StoreLink()
+            with trio.fail_after(30):
+                endpoint = await link.open(ssh, f"{instance.workdir}/worker.sock", self.secret)
+            store.attach(link, endpoint)
+            for node in list(self.pool._ready.values()):
+                await self._tell_store(node.instance, node.ssh, endpoint)
+        if store.endpoint is not None:
+            await self._tell_store(instance, ssh, store.endpoint)
+
+    async def _tell_store(
+        self, instance: Instance, ssh: _transport.SSHConnection, endpoint: tuple[str, int]
+    ) -> None:
+        d = shlex.quote(instance.workdir)
+        data = json.dumps({"host": endpoint[0], "port": endpoint[1]}).encode()
+        # Written whole, then renamed: a task never reads half an address.
+        command = f"cat > {d}/store.json.tmp && mv {d}/store.json.tmp {d}/store.json"
+        try:
+            with trio.fail_after(30):
+                rc, _, err = await ssh.run(command, input=data)
+        except (_transport.SSHError, trio.TooSlowError) as exc:
+            rc, err = -1, str(exc).encode()
+        if rc != 0:
+            # That node is going away (its calls are sent elsewhere); nothing else to do.
+            self.pool._log.debug(
+                "node %d: could not write the store's address: %s", instance.node, err
+            )
+
     def _worker_config(self, instance: Instance) -> dict[str, Any]:
         pool = self.pool
         head = self.instances[0]
@@ -2000,6 +2077,8 @@ class _Supervisor:
         )
         return {
             "info": to_dict(info),
+            # The collections store runs on the head node, on its private address.
+            "store_host": instance.private_ip if instance.node == 0 else None,
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,
             "reuse_processes": pool.worker_config.reuse_processes,
@@ -2012,6 +2091,7 @@ class _Supervisor:
         """Cancel work, stop workers, terminate every instance. Shielded by the caller."""
         pool = self.pool
         pool._closing = True
+        pool._store.close()
         if pool._work is not None:
             pool._work.cancel_scope.cancel(reason="pool closing")
         pool._notify()  # calls waiting for a slot now fail with PoolClosedError

@@ -31,10 +31,11 @@ from typing import Any
 
 import trio
 
-from . import _capture, _runtime, _serial, _wire
+from . import _capture, _collections, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._procpool import ProcessExecutor
+from ._store import Store
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["main"]
@@ -84,6 +85,9 @@ class Worker:
         self._last_client: float | None = None
         self._shutdown = trio.Event()
         self._probe_started: float | None = None  # while a health probe runs (maybe hung)
+        # The pool's collections store, on the head node: on its private address only.
+        store_host = config.get("store_host")
+        self._store = Store(secret) if store_host else None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = self.directory / "worker.sock"
@@ -97,6 +101,8 @@ class Worker:
             nursery.start_soon(self._watch_signals, nursery.cancel_scope)
             nursery.start_soon(self._watchdog)
             nursery.start_soon(self._accept_loop, listener, nursery)
+            if self._store is not None:
+                await nursery.start(self._store.listen, self.config["store_host"])
             (self.directory / "worker.ready").write_text(str(os.getpid()))
             task_status.started()
             await self._shutdown.wait()
@@ -162,6 +168,9 @@ class Worker:
             if not await self._handshake(stream, hello):
                 return
             session_id = str(hello.get("session", ""))
+            if hello.get("role") == _collections.ROLE and self._store is not None:
+                await self._store.serve(stream, decoder, "the client")
+                return
             if hello.get("role") == "control":
                 await self._control(stream, decoder, session_id)
                 return
@@ -650,6 +659,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.path.insert(0, entry)
     _runtime.set_instance_info(from_dict(config["info"]))
     os.environ.update(config.get("env", {}))
+    # Collections find the store's address and the secret here (children inherit it).
+    os.environ[_collections.WORKER_DIR_ENV] = str(directory.resolve())
     _capture.install()
     os.chdir(directory)
     worker = Worker(directory, config, secret)
