@@ -58,7 +58,7 @@ ROLE = "store"
 
 # Operations: (request_id, op, name, *args) -> (request_id, ok, value).
 ADDRESS = 0  # () -> (host, port) the store listens on for the nodes
-CANCEL = 1  # (request_id of a waiting op) -> None: stop waiting, hand it nothing more
+CANCEL = 1  # (request_id of a waiting op) -> whether it was still waiting (it gets nothing)
 D_GET = 10  # (key) -> (found, value)
 D_SET = 11  # (key, value) -> None
 D_DEL = 12  # (key) -> found
@@ -75,6 +75,7 @@ C_SET = 32  # (value) -> None
 Q_PUT = 40  # (value) -> None
 Q_GET = 41  # (timeout | None) -> value; waits
 Q_LEN = 42  # () -> int
+Q_RETURN = 43  # (value) -> None: put back at the head (a get was cancelled as it was answered)
 B_WAIT = 50  # (n) -> the phase released; waits
 L_ACQUIRE = 60  # (token, timeout | None) -> None; waits
 L_RELEASE = 61  # (token) -> None

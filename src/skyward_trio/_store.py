@@ -232,7 +232,7 @@ class Store:
             wait = conn.waits.pop(args[0], None)
             if wait is not None:
                 wait.done = True
-            conn.reply(request, None)
+            conn.reply(request, wait is not None)
         elif op == ops.D_GET:
             found = self._dicts[name].get(_key(args[0], name))
             conn.reply(request, (found is not None, found))
@@ -273,6 +273,9 @@ class Store:
             conn.reply(request, None)
         elif op == ops.Q_GET:
             self._get(conn, request, name, args[0], nursery)
+        elif op == ops.Q_RETURN:
+            self._put(name, _rewrap(args[0]), front=True)
+            conn.reply(request, None)
         elif op == ops.Q_LEN:
             conn.reply(request, len(self._queues[name].items))
         elif op == ops.B_WAIT:
@@ -315,14 +318,17 @@ class Store:
         wait.conn.waits.pop(wait.request, None)
         return True
 
-    def _put(self, name: str, value: _serial.Payload) -> None:
+    def _put(self, name: str, value: _serial.Payload, *, front: bool = False) -> None:
         queue = self._queues[name]
         while queue.getters:
             wait = queue.getters.popleft()
             if self._settle(wait):
                 wait.conn.reply(wait.request, value)
                 return
-        queue.items.append(value)
+        if front:
+            queue.items.appendleft(value)
+        else:
+            queue.items.append(value)
 
     def _get(
         self, conn: _Conn, request: int, name: str, timeout: float | None, nursery: trio.Nursery

@@ -9,6 +9,7 @@ the nodes (``ADDRESS``), which the client then writes on every node.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any
 
@@ -40,6 +41,10 @@ class StoreLink:
         self._answered = trio.Event()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Slot] = {}
+        # Waiting operations cancelled here whose answer may already be on its way: an
+        # item or a lock granted to them is given back when that answer comes.
+        self._abandoned: dict[int, tuple[int, str, tuple[Any, ...]]] = {}
+        self._cancels: dict[int, int] = {}  # CANCEL request -> the request it cancels
         self.closed = trio.Event()
         self.close_reason = ""
 
@@ -79,6 +84,27 @@ class StoreLink:
             if slot is not None:
                 slot.message = message
                 slot.done.set()
+            elif message[0] in self._abandoned:
+                self._give_back(message, *self._abandoned.pop(message[0]))
+            elif message[0] in self._cancels:
+                cancelled = self._cancels.pop(message[0])
+                if message[2]:  # it was still waiting: no answer will come for it
+                    self._abandoned.pop(cancelled, None)
+
+    def _give_back(
+        self, message: tuple[Any, ...], op: int, name: str, args: tuple[Any, ...]
+    ) -> None:
+        """A cancelled wait was answered anyway: return what it was given."""
+        _, ok, value = message
+        if not ok or self.closed.is_set():
+            return
+        # If the link breaks meanwhile, the store frees the lock itself (the item is lost
+        # with the link, as with any reader that vanished holding it).
+        with contextlib.suppress(ConnectionLostError):
+            if op == ops.Q_GET:
+                self._write((next(self._ids), ops.Q_RETURN, name, value))
+            elif op == ops.L_ACQUIRE:
+                self._write((next(self._ids), ops.L_RELEASE, name, args[0]))
 
     def _on_close(self, reason: str) -> None:
         self.close_reason = reason
@@ -103,7 +129,12 @@ class StoreLink:
             await slot.done.wait()
         except BaseException:
             if self._pending.pop(request, None) is not None and not self.closed.is_set():
-                self._write((next(self._ids), ops.CANCEL, name, request))
+                if op in (ops.Q_GET, ops.L_ACQUIRE):
+                    self._abandoned[request] = (op, name, args)
+                cancel = next(self._ids)
+                self._cancels[cancel] = request
+                with contextlib.suppress(ConnectionLostError):  # closed: nothing to cancel
+                    self._write((cancel, ops.CANCEL, name, request))
             raise
         if slot.message is None:
             raise self._lost()

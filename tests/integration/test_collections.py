@@ -257,5 +257,10 @@ async def test_trio_face_collections_are_awaited() -> None:
         async with pool.lock(name):
             await pool.dict(name).setitem_async("k", "v")
         assert await pool.dict(name).get_async("k") == "v"
+        queue = pool.queue(name)
+        with trio.move_on_after(0.2):
+            await queue.get_async()  # cancelled while it waits: it takes nothing
+        await queue.put_async("kept")
+        assert await queue.len_async() == 1
         with pytest.raises(RuntimeError, match="await its _async variant"):
             counter.value  # noqa: B018 - the blocking read refuses on the trio loop

@@ -221,3 +221,13 @@ async def test_the_store_listens_on_the_given_address_only_and_checks_the_secret
             assert "wrong pool secret" in answer[0]["error"]
             assert await stream.receive_some() == b""  # and it hangs up
         nursery.cancel_scope.cancel()
+
+
+async def test_a_returned_item_goes_back_to_the_head_of_the_queue(
+    connect: Callable[[], Peer],
+) -> None:
+    peer = connect()
+    await peer.call(ops.Q_PUT, "q", _serial.dumps("second"))
+    await peer.call(ops.Q_RETURN, "q", _serial.dumps("first"))
+    assert _serial.loads(await peer.call(ops.Q_GET, "q", None)) == "first"
+    assert await peer.call(ops.CANCEL, "q", 12345) is False  # nothing waits under that id
