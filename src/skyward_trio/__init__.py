@@ -9,7 +9,8 @@ enforces it):
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
-   ``sky.dict`` ... ``sky.lock`` factories), ``_store`` (the store service) (only trio +
+   ``sky.dict`` ... ``sky.lock`` factories), ``_eventual`` (``consistency="eventual"``),
+   ``_store`` (the store service) (only trio +
    layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshcork``,
    ``_providers``,

@@ -48,6 +48,7 @@ __all__ = [
     "Queue",
     "Set",
     "check_consistency",
+    "eventual_backend",
     "in_thread",
     "node_backend",
     "raise_failure",
@@ -59,6 +60,7 @@ ROLE = "store"
 # Operations: (request_id, op, name, *args) -> (request_id, ok, value).
 ADDRESS = 0  # () -> (host, port) the store listens on for the nodes
 CANCEL = 1  # (request_id of a waiting op) -> whether it was still waiting (it gets nothing)
+BATCH = 2  # ([(op, name, args), ...]) -> None: writes of eventual collections, in order
 D_GET = 10  # (key) -> (found, value)
 D_SET = 11  # (key, value) -> None
 D_DEL = 12  # (key) -> found
@@ -92,16 +94,11 @@ _CONSISTENCY = ("strong", "eventual")
 
 
 def check_consistency(factory: str, name: str, consistency: str | None) -> None:
-    """Refuse a consistency that is unknown, or not built yet (``"eventual"``)."""
+    """Refuse a consistency that is neither None, ``"strong"`` nor ``"eventual"``."""
     if consistency not in (None, *_CONSISTENCY):
         raise ValueError(
             f"{factory}({name!r}, consistency={consistency!r}): consistency must be None, "
             '"strong" or "eventual"'
-        )
-    if consistency == "eventual":
-        raise ValueError(
-            f'{factory}({name!r}, consistency="eventual"): eventual consistency is not built '
-            "yet (see the README's 'not yet' list); leave consistency=None (strong)"
         )
 
 
@@ -630,3 +627,18 @@ def node_backend(factory: str, name: str) -> NodeBackend:
         if _backend is None:
             _backend = NodeBackend(Path(directory))
         return _backend
+
+
+_eventual: Backend | None = None
+
+
+def eventual_backend(factory: str, name: str) -> Backend:
+    """This process's backend for ``consistency="eventual"`` (see ``_eventual``)."""
+    global _eventual
+    strong = node_backend(factory, name)
+    from ._eventual import EventualBackend
+
+    with _backend_lock:
+        if _eventual is None:
+            _eventual = EventualBackend(strong)
+        return _eventual

@@ -9,6 +9,7 @@ Layer 3: imported inside running functions on nodes.
 from __future__ import annotations
 
 from ._collections import (
+    Backend,
     Barrier,
     Counter,
     Dict,
@@ -16,10 +17,18 @@ from ._collections import (
     Queue,
     Set,
     check_consistency,
+    eventual_backend,
     node_backend,
 )
 
 __all__ = ["barrier", "counter", "dict", "lock", "queue", "set"]
+
+
+def _backend(factory: str, name: str, consistency: str | None) -> Backend:
+    check_consistency(factory, name, consistency)
+    if consistency == "eventual":
+        return eventual_backend(factory, name)
+    return node_backend(factory, name)
 
 
 def dict(name: str, *, consistency: str | None = None) -> Dict:
@@ -29,20 +38,17 @@ def dict(name: str, *, consistency: str | None = None) -> Dict:
         NoActivePoolError: Outside a function running on a pool (use ``pool.dict(name)``
             in the client).
     """
-    check_consistency("sky.dict", name, consistency)
-    return Dict(node_backend("sky.dict", name), name)
+    return Dict(_backend("sky.dict", name, consistency), name)
 
 
 def set(name: str, *, consistency: str | None = None) -> Set:
     """The pool's set called ``name``. Raises ``NoActivePoolError`` off the pool."""
-    check_consistency("sky.set", name, consistency)
-    return Set(node_backend("sky.set", name), name)
+    return Set(_backend("sky.set", name, consistency), name)
 
 
 def counter(name: str, *, consistency: str | None = None) -> Counter:
     """The pool's counter called ``name`` (0 on first use). ``NoActivePoolError`` off the pool."""
-    check_consistency("sky.counter", name, consistency)
-    return Counter(node_backend("sky.counter", name), name)
+    return Counter(_backend("sky.counter", name, consistency), name)
 
 
 def queue(name: str) -> Queue:

@@ -73,6 +73,12 @@ class _Conn:
             self._send.send_nowait((request, False, (kind, message)))
 
 
+def _nobody() -> _Conn:
+    conn = _Conn("a batch")
+    conn.closed = True  # its replies go nowhere: a batch is answered once, as a whole
+    return conn
+
+
 class _Wait:
     """An operation that answers later: a queue get, a lock acquire or a barrier wait."""
 
@@ -233,6 +239,8 @@ class Store:
             if wait is not None:
                 wait.done = True
             conn.reply(request, wait is not None)
+        elif op == ops.BATCH:
+            self._batch(conn, request, args[0], nursery)
         elif op == ops.D_GET:
             found = self._dicts[name].get(_key(args[0], name))
             conn.reply(request, (found is not None, found))
@@ -286,6 +294,29 @@ class Store:
             self._release(conn, request, name, str(args[0]))
         else:
             raise _Refused("ValueError", f"unknown collections operation {op!r}")
+
+    def _batch(
+        self,
+        conn: _Conn,
+        request: int,
+        batch: list[tuple[int, str, tuple[Any, ...]]],
+        nursery: trio.Nursery,
+    ) -> None:
+        """Apply an eventual collection's writes in order; say which were refused."""
+        refused = []
+        nobody = _nobody()
+        for op, name, args in batch:
+            if op not in _BATCHABLE:
+                refused.append(f"operation {op!r} cannot be batched")
+                continue
+            try:
+                self._do(nobody, 0, op, name, list(args), nursery)
+            except _Refused as exc:
+                refused.append(str(exc))
+        if refused:
+            conn.fail(request, "ValueError", "; ".join(refused))
+        else:
+            conn.reply(request, None)
 
     def _park(
         self,
@@ -409,6 +440,12 @@ class _Refused(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+# Writes that answer nothing the writer waits for: what an eventual collection batches.
+_BATCHABLE = frozenset(
+    {ops.D_SET, ops.D_DEL, ops.D_UPDATE, ops.S_ADD, ops.S_DISCARD, ops.C_ADD, ops.C_SET}
+)
 
 
 def _key(payload: _serial.Payload, name: str) -> Any:

@@ -177,11 +177,36 @@ def test_client_errors_name_the_problem(pool: sky.Pool) -> None:
         pool.dict(name)[[1]] = 1
     with pytest.raises(RuntimeError, match="is not held by this Lock object"):
         pool.lock(name).release()
-    with pytest.raises(ValueError, match='consistency="eventual"'):
-        pool.dict(name, consistency="eventual")
+    with pytest.raises(ValueError, match='consistency must be None, "strong" or "eventual"'):
+        pool.dict(name, consistency="weak")
     holder, other = pool.lock(name), pool.lock(name, timeout=0.05)
     with holder, pytest.raises(TimeoutError, match="was not free within its timeout"):
         other.acquire()
+
+
+@sky.function
+def bump_eventually(name: str, times: int) -> tuple[int, bool]:
+    counter = sky.counter(name, consistency="eventual")
+    seen = sky.dict(name, consistency="eventual")
+    for _ in range(times):
+        counter.increment()
+    node = sky.instance_info().node
+    seen[node] = True
+    return node, seen[node] is True  # a process reads its own writes at once
+
+
+def test_eventual_collections_lose_no_write(pool: sky.Pool) -> None:
+    name, tasks, times = _name(), 8, 200
+    results = sky.gather(*[bump_eventually(name, times) for _ in range(tasks)]) >> pool
+    assert {node for node, _ in results} == {0, 1}
+    assert all(own_write for _, own_write in results)
+    # Writes reach the store a batch at a time, a little after the tasks return.
+    counter, seen = pool.counter(name), pool.dict(name)
+    deadline = time.monotonic() + GUARD
+    while counter.value != tasks * times or seen.get(0) is None or seen.get(1) is None:
+        assert counter.value <= tasks * times, "an increment was applied twice"
+        assert time.monotonic() < deadline, f"only {counter.value} increments arrived"
+        time.sleep(0.02)
 
 
 @sky.function

@@ -35,6 +35,7 @@ LAYERS = {
     "_procpool": 3,
     "worker": 3,
     "_collections": 3,
+    "_eventual": 3,
     "_shared": 3,
     "_store": 3,
     "_storelink": 4,
