@@ -253,7 +253,7 @@ def take_lock(name: str) -> int:
         return sky.instance_info().node
 
 
-def test_a_lock_held_on_a_node_that_died_is_released() -> None:
+def test_a_lock_held_on_a_node_that_died_is_released_and_a_new_head_has_a_new_store() -> None:
     name = _name()
     with sky.Compute(nodes=2, options=SILENT) as pool:
         held = pool.run_async(hold_lock(name), target=1)
@@ -265,6 +265,13 @@ def test_a_lock_held_on_a_node_that_died_is_released() -> None:
         testing.preempt(pool, 1)
         assert pool.run(take_lock(name), target=0) == 0
         assert held.result(timeout=GUARD) == "sent again"
+        # The store lives on node 0: lost with it, then a new, empty one on its replacement,
+        # which the client and the other nodes find.
+        testing.preempt(pool, 0)
+        assert pool.run(bump(name, 2), target=0) == (0, [1, 2])  # waits for the new node 0
+        assert pool.run(bump(name, 3), target=1) == (1, [3, 4, 5])
+        assert pool.counter(name).value == 5
+        assert pool.dict(name).get("holder") is None
 
 
 async def test_trio_face_collections_are_awaited() -> None:
