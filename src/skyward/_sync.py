@@ -154,7 +154,8 @@ class Pool:
 
         self._portal.call(resize)
 
-    # Distributed collections from the client. (Named after builtins: they come last.)
+    # Distributed collections from the client. ``dict`` and ``set`` close the class:
+    # named after builtins, they would shadow them in the annotations that follow.
 
     def counter(self, name: str, *, consistency: str | None = None) -> Counter:
         """The pool's counter ``name``, as ``sky.counter(name)`` in a running function."""

@@ -871,8 +871,8 @@ class Pool:
             raise PoolClosedError("the pool is not running; resize() needs an open pool")
         self._supervisor.resize(_resize_target(self.nodes, nodes))
 
-    # Distributed collections from the client. (Named after builtins: they come after
-    # every method whose annotations name ``dict`` or ``set``.)
+    # Distributed collections from the client. ``dict`` and ``set`` close the class:
+    # named after builtins, they would shadow them in the annotations that follow.
 
     def counter(self, name: str, *, consistency: str | None = None) -> Counter:
         """The pool's counter ``name``, as ``sky.counter(name)`` in a running function.
@@ -1815,7 +1815,7 @@ class _Supervisor:
             await conn.serve()
             watchers.cancel_scope.cancel(reason=f"node {i}'s link closed")
         if i == 0:
-            pool._store.detach(f"node 0 was lost ({conn._link.close_reason if conn._link else ''})")
+            pool._store.detach("node 0 was lost")  # its replacement runs a new store
         # The link closed. During teardown, or after a scale-down drained the node, that
         # is expected; otherwise the node is lost: its calls are sent again elsewhere
         # (Inflight._requeue) and it is replaced.

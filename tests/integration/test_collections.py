@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
 import uuid
@@ -207,6 +208,41 @@ def test_eventual_collections_lose_no_write(pool: sky.Pool) -> None:
         assert counter.value <= tasks * times, "an increment was applied twice"
         assert time.monotonic() < deadline, f"only {counter.value} increments arrived"
         time.sleep(0.02)
+
+
+@sky.function
+def bump_and_exit(name: str, times: int) -> None:
+    counter = sky.counter(name, consistency="eventual")
+    for _ in range(times):
+        counter.increment()
+
+
+def test_a_subprocess_that_ends_sends_its_last_batch_first() -> None:
+    name = _name()
+    worker = sky.Worker(executor="process", reuse_processes=False)
+    with sky.Compute(nodes=1, options=sky.Options(console="silent", worker=worker)) as pool:
+        for _ in range(3):
+            pool.run(bump_and_exit(name, 100))  # each in a fresh subprocess that then exits
+        counter = pool.counter(name)
+        deadline = time.monotonic() + GUARD
+        while counter.value != 300:
+            assert time.monotonic() < deadline, f"only {counter.value} increments arrived"
+            time.sleep(0.02)
+
+
+@sky.function
+def lock_and_die(name: str) -> None:
+    sky.lock(name).acquire()
+    os._exit(3)
+
+
+def test_a_lock_held_by_a_subprocess_that_died_is_released(pool: sky.Pool) -> None:
+    if pool._core.worker_config.resolved_executor != "process":
+        pytest.skip("a task thread cannot die alone: see the node-loss test")
+    name = _name()
+    with pytest.raises(sky.ChildDied):
+        pool.run(lock_and_die(name))
+    assert pool.run(take_lock(name)) in (0, 1)
 
 
 @sky.function
