@@ -4,10 +4,13 @@ A proxy (``Dict``, ``Set``, ``Counter``, ``Queue``, ``Barrier``, ``Lock``) turns
 method into one request to the pool's store (``_store.Store``, on the head node's worker)
 and decodes the reply. Where the request travels is the proxy's backend:
 
-- on a node (task threads and process-executor children alike), ``NodeBackend``: one TCP
-  connection per process to the store's private address, authenticated with the pool
-  secret, shared by the task threads (replies are matched to requests by id);
-- in the client, the pool's link through the head node's SSH connection (``_storelink``).
+- on a node (task threads and process-executor children alike), ``NodeBackend``: one
+  connection per process, authenticated with the pool secret, shared by the task threads
+  (replies are matched to requests by id): over TCP to node 0's private address, or, when
+  the client runs the store, to a unix socket the client listens on through the node's
+  SSH connection;
+- in the client, the pool's link through node 0's SSH connection (``_storelink``), or
+  the store itself when it runs there (``_store.LocalClient``).
 
 Messages are ``_wire`` frames: ``(request_id, op, name, *args)`` one way and
 ``(request_id, ok, value)`` back, where a failed ``value`` is ``(error kind, message)``.
@@ -497,8 +500,8 @@ class _Connection:
     def _lost(self) -> ConnectionLostError:
         return ConnectionLostError(
             f"the connection to the pool's collections store ({self._where}) was lost "
-            f"({self.broken}); the operation may or may not have been applied. The store "
-            "lives on the head node (node 0): its state is lost with it",
+            f"({self.broken}); the operation may or may not have been applied (a store "
+            "that runs on node 0 loses its state with that node)",
             node=0,
         )
 
@@ -566,26 +569,41 @@ class NodeBackend:
         while time.monotonic() < deadline:
             try:
                 endpoint = json.loads((self._directory / ENDPOINT_FILE).read_text())
-                host, port = str(endpoint["host"]), int(endpoint["port"])
+                address: str | tuple[str, int] = (
+                    str(endpoint["path"])
+                    if "path" in endpoint
+                    else (str(endpoint["host"]), int(endpoint["port"]))
+                )
             except (OSError, ValueError, KeyError):
                 time.sleep(0.05)
                 continue
             try:
-                return self._open(host, port)
+                return self._open(address)
             except OSError as exc:
                 # A replaced head node has a new store: wait for the client to write it.
-                last = f"connecting to {host}:{port} failed: {exc}"
+                last = f"connecting to {address} failed: {exc}"
                 time.sleep(0.2)
         raise ConnectionLostError(
             f"could not reach the pool's collections store within {_FIND_STORE:g} s: {last}",
             node=0,
         )
 
-    def _open(self, host: str, port: int) -> _Connection:
+    def _open(self, address: str | tuple[str, int]) -> _Connection:
+        """Connect to the store: over TCP on node 0, or, when the client runs it, to the
+        unix socket the client listens on here through its SSH connection."""
         secret = (self._directory / "secret").read_text().strip()
-        sock = socket.create_connection((host, port), timeout=_CONNECT)
-        try:
+        if isinstance(address, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(_CONNECT)
+            try:
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(address, timeout=_CONNECT)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
             hello = {
                 "secret": secret,
                 "python": PYTHON_VERSION,
@@ -606,7 +624,8 @@ class NodeBackend:
         except BaseException:
             sock.close()
             raise
-        return _Connection(sock, decoder, f"{host}:{port}")
+        where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+        return _Connection(sock, decoder, where)
 
 
 _backend: NodeBackend | None = None

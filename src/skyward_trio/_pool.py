@@ -81,6 +81,7 @@ from ._function import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
 from ._providers import Cluster, Instance, open_cluster
+from ._store import LocalClient, Store
 from ._storelink import ClientStore, StoreLink
 from ._version import PYTHON_VERSION
 
@@ -1683,6 +1684,8 @@ class _Supervisor:
         self._provisioned = trio.Event()
         self.ledger = Ledger()  # what the instances cost; shown when the pool closes
         self._lost: dict[int, str] = {}  # index -> the lost instance a new one replaces
+        # The collections store runs on node 0 when nodes reach each other, else here.
+        self.store = None if cluster.peers_reachable else Store(secret.encode())
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
@@ -1700,6 +1703,10 @@ class _Supervisor:
         pool._supervisor = self
         pool._work = await nursery.start(_work_nursery)
         await nursery.start(pool._deadlines.watch)
+        if self.store is not None:
+            local = LocalClient(self.store)
+            await nursery.start(local.run)
+            pool._store.attach(local, None)
         desired = pool.nodes.desired
         needed = pool.nodes.ready_at
         for i in self._initial:
@@ -1814,7 +1821,7 @@ class _Supervisor:
                 watchers.start_soon(self._watch_health, node, self.probe)
             await conn.serve()
             watchers.cancel_scope.cancel(reason=f"node {i}'s link closed")
-        if i == 0:
+        if i == 0 and self.store is None:
             pool._store.detach("node 0 was lost")  # its replacement runs a new store
         # The link closed. During teardown, or after a scale-down drained the node, that
         # is expected; otherwise the node is lost: its calls are sent again elsewhere
@@ -2024,6 +2031,9 @@ class _Supervisor:
         already up (a replaced node 0 has a new, empty store at a new port). Other nodes
         are told when they come up, or by node 0 when it does.
         """
+        if self.store is not None:
+            await self._serve_store(i, instance, ssh)
+            return
         store = self.pool._store
         if i == 0:
             link = StoreLink()
@@ -2035,11 +2045,30 @@ class _Supervisor:
         if store.endpoint is not None:
             await self._tell_store(instance, ssh, store.endpoint)
 
+    async def _serve_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:
+        """The store runs here: listen on a unix socket on node ``i`` through its SSH
+        connection (the node's connections to it come back as SSH channels)."""
+        assert self.store is not None
+        assert self._nursery is not None
+        path = f"{instance.workdir}/store.sock"
+        with trio.fail_after(30):
+            # A node that replaced one in the same directory may find its socket file.
+            await ssh.run(f"rm -f {shlex.quote(path)}")
+            serve = functools.partial(self.store.serve_new, where=f"node {i}")
+            await ssh.serve_unix(path, serve, self._nursery)
+        await self._tell_store(instance, ssh, {"path": path})
+
     async def _tell_store(
-        self, instance: Instance, ssh: _transport.SSHConnection, endpoint: tuple[str, int]
+        self,
+        instance: Instance,
+        ssh: _transport.SSHConnection,
+        endpoint: tuple[str, int] | dict[str, str],
     ) -> None:
         d = shlex.quote(instance.workdir)
-        data = json.dumps({"host": endpoint[0], "port": endpoint[1]}).encode()
+        where = (
+            endpoint if isinstance(endpoint, dict) else {"host": endpoint[0], "port": endpoint[1]}
+        )
+        data = json.dumps(where).encode()
         # Written whole, then renamed: a task never reads half an address.
         command = f"cat > {d}/store.json.tmp && mv {d}/store.json.tmp {d}/store.json"
         try:
@@ -2078,7 +2107,9 @@ class _Supervisor:
         return {
             "info": to_dict(info),
             # The collections store runs on the head node, on its private address.
-            "store_host": instance.private_ip if instance.node == 0 else None,
+            "store_host": (
+                instance.private_ip if instance.node == 0 and self.store is None else None
+            ),
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,
             "reuse_processes": pool.worker_config.reuse_processes,

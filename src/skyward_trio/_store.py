@@ -1,10 +1,12 @@
 """The pool's collections store: one trio service holding every named collection.
 
-It runs in the head node's worker (node 0) and listens on that node's private address
-only, on a port the kernel picks; the client learns the port through the worker's unix
-socket (``role: "store"``, op ``ADDRESS``) and tells the other nodes. Every connection
-starts with the same JSON hello as a worker connection: the pool secret and both ends'
-versions, checked before anything is unpickled.
+Where nodes reach each other's private addresses, it runs in the head node's worker
+(node 0) and listens on that node's private address only, on a port the kernel picks;
+the client learns the port through the worker's unix socket (``role: "store"``, op
+``ADDRESS``) and tells the other nodes. Elsewhere (standalone machines) it runs in the
+client, which listens on a unix socket on each node through that node's SSH connection.
+Every connection starts with the same JSON hello as a worker connection: the pool secret
+and both ends' versions, checked before anything is unpickled.
 
 One trio thread applies every operation, in the order it reads them: that total order is
 what makes the collections linearizable (``consistency="strong"``). Operations that wait
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import collections
 import hmac
+import itertools
 import math
 import pickle
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -30,7 +34,7 @@ from . import _collections as ops
 from . import _serial, _wire
 from ._version import PYTHON_VERSION, __version__
 
-__all__ = ["Store", "hello_problem"]
+__all__ = ["LocalClient", "Store", "hello_problem"]
 
 # A node that vanishes without closing its connection (a reclaimed machine sends no FIN)
 # is noticed by TCP keepalive after about IDLE + INTERVAL * COUNT seconds.
@@ -55,26 +59,26 @@ def hello_problem(hello: Any, secret: bytes) -> str | None:
 
 
 class _Conn:
-    """One connection's outgoing replies, and what it holds or waits for."""
+    """One connection: where its replies go, and what it holds or waits for."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, deliver: Callable[[tuple[Any, ...]], None]) -> None:
         self.where = where
         self.closed = False
         self.waits: dict[int, _Wait] = {}
         self.locks: set[str] = set()
-        self._send, self.outgoing = trio.open_memory_channel[tuple[Any, ...]](math.inf)
+        self._deliver = deliver
 
     def reply(self, request: int, value: Any) -> None:
         if not self.closed:
-            self._send.send_nowait((request, True, value))
+            self._deliver((request, True, value))
 
     def fail(self, request: int, kind: str, message: str) -> None:
         if not self.closed:
-            self._send.send_nowait((request, False, (kind, message)))
+            self._deliver((request, False, (kind, message)))
 
 
 def _nobody() -> _Conn:
-    conn = _Conn("a batch")
+    conn = _Conn("a batch", lambda message: None)
     conn.closed = True  # its replies go nowhere: a batch is answered once, as a whole
     return conn
 
@@ -157,6 +161,11 @@ class Store:
         ):
             if hasattr(socket, option):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        host, port = sock.getpeername()[:2]
+        await self.serve_new(stream, f"{host}:{port}")
+
+    async def serve_new(self, stream: trio.abc.Stream, where: str) -> None:
+        """Check a new connection's hello, then answer it until it closes; closes it."""
         async with stream:
             decoder = _wire.FrameDecoder(expect_hello=True)
             messages: list[Any] = []
@@ -169,15 +178,15 @@ class Store:
             answer = {"ok": problem is None, "error": problem, "role": ops.ROLE}
             await stream.send_all(_wire.encode_hello(answer))
             if problem is None:
-                host, port = sock.getpeername()[:2]
-                await self.serve(stream, decoder, f"{host}:{port}")
+                await self.serve(stream, decoder, where)
 
     async def serve(self, stream: trio.abc.Stream, decoder: _wire.FrameDecoder, where: str) -> None:
         """Answer one connection whose hello was accepted, until it closes."""
-        conn = _Conn(where)
+        send, outgoing = trio.open_memory_channel[tuple[Any, ...]](math.inf)
+        conn = _Conn(where, send.send_nowait)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_replies, stream, conn)
+                nursery.start_soon(self._send_replies, stream, outgoing)
                 messages = decoder.release()
                 while True:
                     for message in messages:
@@ -196,8 +205,10 @@ class Store:
         finally:
             self._forget(conn)
 
-    async def _send_replies(self, stream: trio.abc.Stream, conn: _Conn) -> None:
-        async for message in conn.outgoing:
+    async def _send_replies(
+        self, stream: trio.abc.Stream, outgoing: trio.MemoryReceiveChannel[tuple[Any, ...]]
+    ) -> None:
+        async for message in outgoing:
             chunks = _wire.encode(message)
             try:
                 await stream.send_all(b"".join(chunks))
@@ -457,3 +468,83 @@ def _key(payload: _serial.Payload, name: str) -> Any:
             f"a key of {name!r} could not be unpickled on the head node ({exc}); keys and "
             "set members must be importable there (plain data, or your own installed code)",
         ) from None
+
+
+class _Slot:
+    __slots__ = ("done", "message")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.message: tuple[Any, ...] | None = None
+
+
+class LocalClient:
+    """The client's own connection to a store it runs itself (the client placement).
+
+    Requests are applied in this trio thread, with no wire in between; the interface is
+    the one the client's link to a store on node 0 has (``call``, ``closed``, ``close``).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._conn = _Conn("the client", self._deliver)
+        self._pending: dict[int, _Slot] = {}
+        self._ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self.closed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery the client's timed waits live in, until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.close()
+
+    def close(self, reason: str = "closed by the client") -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self._store._forget(self._conn)
+            pending, self._pending = self._pending, {}
+            for slot in pending.values():
+                slot.done.set()
+
+    def _deliver(self, message: tuple[Any, ...]) -> None:
+        slot = self._pending.pop(message[0], None)
+        if slot is not None:
+            slot.message = message
+            slot.done.set()
+
+    async def call(self, op: int, name: str, *args: Any) -> Any:
+        """One operation; its value, or the error it carries raised here.
+
+        Cancelled while it waits, it takes nothing: a wait still parked is withdrawn, and
+        an item or lock granted at that very moment is given back.
+        """
+        assert self._nursery is not None, "LocalClient.run() has not started"
+        if self.closed.is_set():
+            raise RuntimeError("the pool's collections store is closed")
+        request = next(self._ids)
+        slot = self._pending[request] = _Slot()
+        self._store._apply(self._conn, (request, op, name, *args), self._nursery)
+        try:
+            await slot.done.wait()
+        except BaseException:
+            self._pending.pop(request, None)
+            if slot.message is None:
+                self._store._apply(self._conn, (0, ops.CANCEL, name, request), self._nursery)
+            elif slot.message[1] and op == ops.Q_GET:
+                self._store._apply(
+                    self._conn, (0, ops.Q_RETURN, name, slot.message[2]), self._nursery
+                )
+            elif slot.message[1] and op == ops.L_ACQUIRE:
+                self._store._apply(self._conn, (0, ops.L_RELEASE, name, args[0]), self._nursery)
+            raise
+        if slot.message is None:
+            raise RuntimeError("the pool's collections store is closed")
+        _, ok, value = slot.message
+        if not ok:
+            ops.raise_failure(value)
+        return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -169,6 +169,13 @@ class StoreLink:
 _WAIT_FOR_STORE = 300.0
 
 
+class _Link(Protocol):
+    closed: trio.Event
+
+    async def call(self, op: int, name: str, *args: Any) -> Any: ...
+    def close(self, reason: str = ...) -> None: ...
+
+
 class ClientStore:
     """The pool's store as the client sees it: the link while the head node is up.
 
@@ -178,13 +185,15 @@ class ClientStore:
     """
 
     def __init__(self) -> None:
-        self.link: StoreLink | None = None
+        self.link: _Link | None = None
+        # Where node 0's store listens (None when the store runs in the client).
         self.endpoint: tuple[str, int] | None = None
         self._changed = trio.Event()
         self._closed = False
 
-    def attach(self, link: StoreLink, endpoint: tuple[str, int]) -> None:
-        """The head node's store is up (again, after a replacement: a new, empty one)."""
+    def attach(self, link: _Link, endpoint: tuple[str, int] | None) -> None:
+        """The store is up: node 0's (again, after a replacement: a new, empty one), or
+        the client's own (``endpoint`` None)."""
         self.link, self.endpoint = link, endpoint
         self._changed.set()
         self._changed = trio.Event()

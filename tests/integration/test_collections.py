@@ -6,6 +6,7 @@ node's death."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import threading
@@ -26,10 +27,25 @@ SILENT = sky.Options(console="silent")
 GUARD = 120
 
 
-@pytest.fixture(scope="module", params=["thread", "process"])
+def _placed(placement: str) -> contextlib.AbstractContextManager[object]:
+    """Where the store runs: on node 0, or in the client (as for standalone machines)."""
+    return testing.standalone_nodes() if placement == "client" else contextlib.nullcontext()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("thread", "head"), ("process", "head"), ("thread", "client"), ("process", "client")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def pool(request: pytest.FixtureRequest) -> Iterator[sky.Pool]:
-    worker = sky.Worker(concurrency=3, executor=request.param)
-    with sky.Compute(nodes=2, options=sky.Options(console="silent", worker=worker)) as pool:
+    executor, placement = request.param
+    worker = sky.Worker(concurrency=3, executor=executor)
+    with contextlib.ExitStack() as stack:
+        # Armed only while the pool opens: the other tests' pools must not see it.
+        with _placed(placement):
+            options = sky.Options(console="silent", worker=worker)
+            pool = stack.enter_context(sky.Compute(nodes=2, options=options))
+        assert (pool._core._supervisor.store is not None) == (placement == "client")
         yield pool
 
 
@@ -289,9 +305,10 @@ def take_lock(name: str) -> int:
         return sky.instance_info().node
 
 
-def test_a_lock_held_on_a_node_that_died_is_released_and_a_new_head_has_a_new_store() -> None:
+@pytest.mark.parametrize("placement", ["head", "client"])
+def test_a_lock_held_on_a_node_that_died_is_released_and_node_0_loss(placement: str) -> None:
     name = _name()
-    with sky.Compute(nodes=2, options=SILENT) as pool:
+    with _placed(placement), sky.Compute(nodes=2, options=SILENT) as pool:
         held = pool.run_async(hold_lock(name), target=1)
         holder = pool.dict(name)
         deadline = time.monotonic() + GUARD
@@ -301,13 +318,13 @@ def test_a_lock_held_on_a_node_that_died_is_released_and_a_new_head_has_a_new_st
         testing.preempt(pool, 1)
         assert pool.run(take_lock(name), target=0) == 0
         assert held.result(timeout=GUARD) == "sent again"
-        # The store lives on node 0: lost with it, then a new, empty one on its replacement,
-        # which the client and the other nodes find.
+        # On node 0, the store is lost with it, then a new, empty one runs on its
+        # replacement, which the client and the other nodes find. In the client, it stays.
         testing.preempt(pool, 0)
         assert pool.run(bump(name, 2), target=0) == (0, [1, 2])  # waits for the new node 0
         assert pool.run(bump(name, 3), target=1) == (1, [3, 4, 5])
         assert pool.counter(name).value == 5
-        assert pool.dict(name).get("holder") is None
+        assert pool.dict(name).get("holder") == (None if placement == "head" else 1)
 
 
 async def test_trio_face_collections_are_awaited() -> None:

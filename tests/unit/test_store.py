@@ -13,7 +13,7 @@ import trio.testing
 
 from skyward_trio import _collections as ops
 from skyward_trio import _serial, _wire
-from skyward_trio._store import Store, hello_problem
+from skyward_trio._store import LocalClient, Store, hello_problem
 from skyward_trio._version import PYTHON_VERSION, __version__
 
 
@@ -231,3 +231,23 @@ async def test_a_returned_item_goes_back_to_the_head_of_the_queue(
     await peer.call(ops.Q_RETURN, "q", _serial.dumps("first"))
     assert _serial.loads(await peer.call(ops.Q_GET, "q", None)) == "first"
     assert await peer.call(ops.CANCEL, "q", 12345) is False  # nothing waits under that id
+
+
+async def test_the_clients_own_connection_when_it_runs_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Store(b"secret")
+    local = LocalClient(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(local.run)
+        assert await local.call(ops.C_ADD, "c", 2) == 2
+        await local.call(ops.L_ACQUIRE, "l", "mine", None)
+        with trio.move_on_after(1):
+            await local.call(ops.Q_GET, "q", None)  # cancelled while it waits: takes nothing
+        await local.call(ops.Q_PUT, "q", _serial.dumps("kept"))
+        assert await local.call(ops.Q_LEN, "q") == 1
+        with pytest.raises(TimeoutError):
+            await local.call(ops.L_ACQUIRE, "l", "other", 5.0)
+        local.close()  # the pool closes: the client's lock is released
+        nursery.cancel_scope.cancel()
+    assert store._locks["l"].owner is None
