@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import queue
 import signal
 import sys
@@ -21,10 +22,21 @@ import trio
 
 import skyward_trio
 from skyward_trio import PendingFunction, PendingFunctionGroup, Spec, _serial
+from skyward_trio._collections import (
+    Barrier,
+    Counter,
+    Dict,
+    Lock,
+    Queue,
+    Set,
+    check_consistency,
+    in_thread,
+)
 from skyward_trio._events import Event
 from skyward_trio._function import active_pool
 from skyward_trio._model import Nodes, Options
 from skyward_trio._pool import _CREDIT_BATCH, Inflight, Outcome, PreparedCall
+from skyward_trio._storelink import ClientStore
 
 from ._portal import Job, Portal, get_portal
 
@@ -138,6 +150,54 @@ class Pool:
             self._core.resize(nodes)
 
         self._portal.call(resize)
+
+    # Distributed collections from the client. ``dict`` and ``set`` close the class:
+    # named after builtins, they would shadow them in the annotations that follow.
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name``, as ``sky.counter(name)`` in a running function."""
+        check_consistency("pool.counter", name, consistency)
+        return Counter(self._collections(), name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name``, as ``sky.queue(name)`` in a running function."""
+        return Queue(self._collections(), name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants."""
+        return Barrier(self._collections(), name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name``, as ``sky.lock(name)`` in a running function."""
+        return Lock(self._collections(), name, timeout)
+
+    def _collections(self) -> _PortalStore:
+        return _PortalStore(self._core._store, self._portal)
+
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name``, as ``sky.dict(name)`` in a running function."""
+        check_consistency("pool.dict", name, consistency)
+        return Dict(self._collections(), name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name``, as ``sky.set(name)`` in a running function."""
+        check_consistency("pool.set", name, consistency)
+        return Set(self._collections(), name)
+
+
+class _PortalStore:
+    """Collections from the user's thread: each operation runs on the portal's trio loop;
+    an ``_async`` variant runs that blocking call off the caller's own event loop."""
+
+    def __init__(self, store: ClientStore, portal: Portal) -> None:
+        self._store = store
+        self._portal = portal
+
+    def call(self, op: int, name: str, *args: Any) -> Any:
+        return self._portal.call(lambda: self._store.call_async(op, name, *args))
+
+    async def call_async(self, op: int, name: str, *args: Any) -> Any:
+        return await in_thread(functools.partial(self.call, op, name, *args))
 
 
 class _SyncCall:

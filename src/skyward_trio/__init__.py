@@ -7,11 +7,15 @@ enforces it):
    ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``, ``_capture``, ``_output``,
    ``_autoscale``, ``_cost``
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
-3. the worker: ``_execute``, ``_procpool``, ``_procchild``, ``worker`` (only trio + layers 1-2:
-   imported on remote machines)
+3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
+   ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
+   ``sky.dict`` ... ``sky.lock`` factories), ``_eventual`` (``consistency="eventual"``),
+   ``_store`` (the store service) (only trio +
+   layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshcork``,
    ``_providers``,
-   ``_localnode`` (a Local node's SSH server process), ``_connection``
+   ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
+   client's link to the store)
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``_health`` (health checks);
    ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 
@@ -75,6 +79,7 @@ from ._model import (
 from ._output import CallbackWriter, redirect_output, silent, stderr, stdout
 from ._runtime import instance_info, is_head
 from ._shard import shard
+from ._shared import barrier, counter, dict, lock, queue, set
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -141,11 +146,17 @@ __all__ = [
     "Worker",
     "__version__",
     "accelerators",
+    "barrier",
+    "counter",
+    "dict",
     "function",
     "gather",
     "instance_info",
     "is_head",
+    "lock",
+    "queue",
     "redirect_output",
+    "set",
     "shard",
     "silent",
     "stderr",

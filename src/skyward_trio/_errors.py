@@ -71,6 +71,15 @@ class ConnectionLostError(SkywardError):
         super().__init__(message)
         self.node = node
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised on a node too (a collection whose store went away): it must unpickle in
+        # the client with its own type, and ``node`` is keyword-only.
+        return (_connection_lost, (str(self), self.node))
+
+
+def _connection_lost(message: str, node: int) -> ConnectionLostError:
+    return ConnectionLostError(message, node=node)
+
 
 class SerializationError(SkywardError, TypeError):
     """An argument, a function or a result could not be pickled."""

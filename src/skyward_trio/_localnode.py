@@ -35,6 +35,10 @@ class _Server(asyncssh.SSHServer):
     def unix_connection_requested(self, dest_path: str) -> bool:
         return True
 
+    def unix_server_requested(self, listen_path: str) -> bool:
+        # The client serves the collections store here when it runs it (see _store).
+        return True
+
 
 class _Node:
     def __init__(self, directory: Path, *, hang_commands: bool = False) -> None:

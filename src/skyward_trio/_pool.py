@@ -21,6 +21,7 @@ import functools
 import heapq
 import inspect
 import itertools
+import json
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ from ._bootstrap import (
     requirement_name,
     worker_bootstrap,
 )
+from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consistency
 from ._connection import WorkerConnection
 from ._cost import Ledger
 from ._envcheck import compare, module_versions, referenced_modules
@@ -94,6 +96,8 @@ from ._function import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
 from ._providers import Cluster, Instance, open_cluster
+from ._store import LocalClient, Store
+from ._storelink import ClientStore, StoreLink
 from ._version import PYTHON_VERSION
 
 __all__ = ["Compute", "Future", "ItemStream", "Pool", "PreparedCall", "ResultStream"]
@@ -850,6 +854,7 @@ class Pool:
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
         self._events = EventBus(job_id)
         self._log = _logging.PoolLog(job_id, enabled=False)  # Options(logging=...) opens it
+        self._store = ClientStore()  # the collections store, on node 0 (see _collections)
 
     @property
     def _live(self) -> int:
@@ -930,6 +935,29 @@ class Pool:
         if self._supervisor is None or self._closing:
             raise PoolClosedError("the pool is not running; resize() needs an open pool")
         self._supervisor.resize(_resize_target(self.nodes, nodes))
+
+    # Distributed collections from the client. ``dict`` and ``set`` close the class:
+    # named after builtins, they would shadow them in the annotations that follow.
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name``, as ``sky.counter(name)`` in a running function.
+
+        Its methods' ``_async`` variants are awaited here (``await c.increment_async()``).
+        """
+        check_consistency("pool.counter", name, consistency)
+        return Counter(self._store, name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
+        return Queue(self._store, name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
+        return Barrier(self._store, name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name`` (``async with pool.lock(name): ...``)."""
+        return Lock(self._store, name, timeout)
 
     # -- building blocks (also used by the sync face) -------------------------------------
 
@@ -1513,6 +1541,17 @@ class Pool:
             raise RuntimeError("the pool is not running")
         return self._work
 
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name``, as ``sky.dict(name)`` in a running function
+        (``await d.get_async(k)``, ``await d.setitem_async(k, v)``, ...)."""
+        check_consistency("pool.dict", name, consistency)
+        return Dict(self._store, name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
+        check_consistency("pool.set", name, consistency)
+        return Set(self._store, name)
+
 
 def _resize_target(current: Nodes, nodes: int | Nodes) -> Nodes:
     """What ``pool.resize(nodes)`` aims at, or a ValueError saying how to ask for it."""
@@ -1843,6 +1882,8 @@ class _Supervisor:
         self.ledger = Ledger()  # what the instances cost; shown when the pool closes
         self._lost: dict[int, str] = {}  # index -> the lost instance a new one replaces
         self._includes: bytes | None = None  # Image.includes, packed
+        # The collections store runs on node 0 when nodes reach each other, else here.
+        self.store = None if cluster.peers_reachable else Store(secret.encode())
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
@@ -1860,6 +1901,10 @@ class _Supervisor:
         pool._supervisor = self
         pool._work = await nursery.start(_work_nursery)
         await nursery.start(pool._deadlines.watch)
+        if self.store is not None:
+            local = LocalClient(self.store)
+            await nursery.start(local.run)
+            pool._store.attach(local, None)
         desired = pool.nodes.desired
         needed = pool.nodes.ready_at
         for i in self._initial:
@@ -1947,6 +1992,8 @@ class _Supervisor:
             self._emit(InstanceReplaced, node=i, old_instance_id=lost, instance_id=instance.id)
         pool._notify()
         node = await self._serve(node)
+        if i == 0 and self.store is None:
+            pool._store.detach("node 0 was lost")  # its replacement runs a new store
         # The node is lost, closed by the pool, or drained after a scale-down. Only a lost
         # node is replaced (its calls were sent again elsewhere: Inflight._requeue).
         pool._ready.pop(i, None)
@@ -1981,6 +2028,8 @@ class _Supervisor:
                 return node
             why_lost, ssh_up = await self._reconnect(node)
             if why_lost is None:
+                # The store's links through the old SSH connection went with it.
+                await self._reach_store(node.index, node.instance, node.ssh)
                 pool._notify()  # its free slots count again
                 continue
             if ssh_up is not None:
@@ -2031,6 +2080,7 @@ class _Supervisor:
             conn.on_output = self._on_output
             with trio.fail_after(30):
                 await conn.open(self.secret)
+            await self._reach_store(i, instance, ssh)
         except Exception as exc:
             if isinstance(exc, ProvisionError):
                 raise
@@ -2332,6 +2382,64 @@ class _Supervisor:
             key=env_hash(instance.python, [*image.pip, *base], indexes),
         )
 
+    async def _reach_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:
+        """Before node ``i`` takes calls, tell it where the collections store listens.
+
+        Node 0 runs the store: the client opens its link to it there and tells every node
+        already up (a replaced node 0 has a new, empty store at a new port). Other nodes
+        are told when they come up, or by node 0 when it does.
+        """
+        if self.store is not None:
+            await self._serve_store(i, instance, ssh)
+            return
+        store = self.pool._store
+        if i == 0:
+            link = StoreLink()
+            with trio.fail_after(30):
+                endpoint = await link.open(ssh, f"{instance.workdir}/worker.sock", self.secret)
+            store.attach(link, endpoint)
+            for node in list(self.pool._ready.values()):
+                await self._tell_store(node.instance, node.ssh, endpoint)
+        if store.endpoint is not None:
+            await self._tell_store(instance, ssh, store.endpoint)
+
+    async def _serve_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:
+        """The store runs here: listen on a unix socket on node ``i`` through its SSH
+        connection (the node's connections to it come back as SSH channels)."""
+        assert self.store is not None
+        assert self._nursery is not None
+        path = f"{instance.workdir}/store.sock"
+        with trio.fail_after(30):
+            # A node that replaced one in the same directory may find its socket file.
+            await ssh.run(f"rm -f {shlex.quote(path)}")
+            serve = functools.partial(self.store.serve_new, where=f"node {i}")
+            await ssh.serve_unix(path, serve, self._nursery)
+        await self._tell_store(instance, ssh, {"path": path})
+
+    async def _tell_store(
+        self,
+        instance: Instance,
+        ssh: _transport.SSHConnection,
+        endpoint: tuple[str, int] | dict[str, str],
+    ) -> None:
+        d = shlex.quote(instance.workdir)
+        where = (
+            endpoint if isinstance(endpoint, dict) else {"host": endpoint[0], "port": endpoint[1]}
+        )
+        data = json.dumps(where).encode()
+        # Written whole, then renamed: a task never reads half an address.
+        command = f"cat > {d}/store.json.tmp && mv {d}/store.json.tmp {d}/store.json"
+        try:
+            with trio.fail_after(30):
+                rc, _, err = await ssh.run(command, input=data)
+        except (_transport.SSHError, trio.TooSlowError) as exc:
+            rc, err = -1, str(exc).encode()
+        if rc != 0:
+            # That node is going away (its calls are sent elsewhere); nothing else to do.
+            self.pool._log.debug(
+                "node %d: could not write the store's address: %s", instance.node, err
+            )
+
     def _worker_config(self, instance: Instance) -> dict[str, Any]:
         pool = self.pool
         head = self.instances[0]
@@ -2356,6 +2464,10 @@ class _Supervisor:
         )
         return {
             "info": to_dict(info),
+            # The collections store runs on the head node, on its private address.
+            "store_host": (
+                instance.private_ip if instance.node == 0 and self.store is None else None
+            ),
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,
             "reuse_processes": pool.worker_config.reuse_processes,
@@ -2369,6 +2481,7 @@ class _Supervisor:
         """Cancel work, stop workers, terminate every instance. Shielded by the caller."""
         pool = self.pool
         pool._closing = True
+        pool._store.close()
         if pool._work is not None:
             pool._work.cancel_scope.cancel(reason="pool closing")
         pool._notify()  # calls waiting for a slot now fail with PoolClosedError

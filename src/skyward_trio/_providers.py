@@ -59,6 +59,9 @@ class Cluster(Protocol):
     """
 
     name: str
+    #: Whether nodes reach each other's private addresses: then the collections store
+    #: runs on node 0, else in the client.
+    peers_reachable: bool
 
     async def provision(self, node: int) -> Instance: ...
     async def alive(self, instance: Instance) -> bool: ...
@@ -84,7 +87,7 @@ class LocalFault:
     stays armed; ``times`` (None: every one) attempts of node ``node`` are hit.
     """
 
-    kind: Literal["provision", "bootstrap"]
+    kind: Literal["provision", "bootstrap", "standalone"]
     node: int
     times: int | None
     #: How many attempts it has hit so far.
@@ -119,6 +122,8 @@ class LocalCluster:
         self._procs: dict[str, trio.Process] = {}
         self._faults = list(ARMED_FAULTS)
         self._stalls: dict[str, threading.Timer] = {}  # by instance id: pending SIGCONTs
+        # Local nodes share loopback; the fault kit can make them pass for standalone ones.
+        self.peers_reachable = not any(f.kind == "standalone" for f in self._faults)
 
     def _fault(self, kind: str, node: int) -> bool:
         return any(fault.hits(kind, node) for fault in self._faults)

@@ -13,8 +13,9 @@ command, so commands are run with ``create_process`` and closed in a shielded ``
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncssh
@@ -25,6 +26,7 @@ from asyncssh.encryption import get_default_encryption_algs
 from ._sshcork import cork_packets
 
 __all__ = [
+    "ChannelStream",
     "SSHConnection",
     "SSHError",
     "WorkerLink",
@@ -161,6 +163,29 @@ class SSHConnection:
             with contextlib.suppress(OSError):  # already gone: the fault happened anyway
                 sock.shutdown(socket.SHUT_RDWR)
 
+    async def serve_unix(
+        self,
+        path: str,
+        handler: Callable[[ChannelStream], Awaitable[None]],
+        nursery: trio.Nursery,
+    ) -> None:
+        """Listen on the unix socket ``path`` on the node; each connection made to it
+        there reaches the client as a ``ChannelStream``, served by ``handler`` in a task
+        of ``nursery``. The listener ends with the SSH connection.
+        """
+
+        def session() -> _StreamSession:
+            stream = ChannelStream()
+            nursery.start_soon(handler, stream)
+            return stream._session
+
+        try:
+            await trio_asyncio.aio_as_trio(self._conn.create_unix_server)(
+                session, path, window=_WINDOW, max_pktsize=_PACKET
+            )
+        except (asyncssh.Error, OSError) as exc:
+            raise SSHError(f"could not listen on {path} on {self.host}:{self.port}: {exc}") from exc
+
     async def aclose(self) -> None:
         """Close the connection (bounded; safe to call twice)."""
         with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -268,3 +293,63 @@ class WorkerLink:
         if self._chan is not None:
             self._chan.close()
         self._lost(reason)
+
+
+class _StreamSession(asyncssh.SSHUNIXSession[bytes]):
+    def __init__(self, stream: ChannelStream) -> None:
+        self._stream = stream
+
+    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
+        self._stream._chan = chan
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self._stream._received.send_nowait(data)
+
+    def eof_received(self) -> bool:
+        self._stream._received.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream._received.close()
+        self._stream._writable.set()
+
+    def pause_writing(self) -> None:
+        self._stream._writable = trio.Event()
+
+    def resume_writing(self) -> None:
+        self._stream._writable.set()
+
+
+class ChannelStream(trio.abc.Stream):
+    """An SSH channel the node opened to the client, as a trio stream.
+
+    What arrives is queued unbounded: it carries small requests to the collections store.
+    """
+
+    def __init__(self) -> None:
+        self._session = _StreamSession(self)
+        self._chan: asyncssh.SSHUNIXChannel[bytes] | None = None
+        self._received, self._incoming = trio.open_memory_channel[bytes](math.inf)
+        self._writable = trio.Event()
+        self._writable.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._chan is None or self._chan.is_closing():
+            raise trio.BrokenResourceError("the SSH channel is closed")
+        self._chan.write(bytes(data))
+        await self._writable.wait()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._writable.wait()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return await self._incoming.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return b""
+
+    async def aclose(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
+        self._received.close()
+        await trio.lowlevel.checkpoint()

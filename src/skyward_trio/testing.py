@@ -43,6 +43,7 @@ __all__ = [
     "kill_worker",
     "preempt",
     "stall_connection",
+    "standalone_nodes",
 ]
 
 
@@ -167,6 +168,18 @@ def hang_bootstrap(
     fault``: ``fault.fired`` says how many instances it hung.
     """
     return _armed(_fault("bootstrap", "hang_bootstrap", node, times))
+
+
+def standalone_nodes() -> contextlib.AbstractContextManager[LocalFault]:
+    """Make ``sky.Local()`` nodes pass for machines that cannot reach each other.
+
+    Applies to the ``sky.Local()`` pools started inside the block: their provider reports
+    that nodes do not share a private network, as with standalone machines, so the pool
+    runs its collections store in the client (reached through each node's SSH
+    connection) instead of on node 0. The nodes are still on loopback; only where the
+    store runs changes. ``fault.fired`` stays 0.
+    """
+    return _armed(LocalFault(kind="standalone", node=0, times=None, armed=False))
 
 
 def _fault(

@@ -31,10 +31,11 @@ from typing import Any
 
 import trio
 
-from . import _capture, _runtime, _serial, _wire
+from . import _capture, _collections, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._procpool import ProcessExecutor
+from ._store import Store
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["main"]
@@ -85,6 +86,9 @@ class Worker:
         self._last_client: float | None = None
         self._shutdown = trio.Event()
         self._probe_started: float | None = None  # while a health probe runs (maybe hung)
+        # The pool's collections store, on the head node: on its private address only.
+        store_host = config.get("store_host")
+        self._store = Store(secret) if store_host else None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = self.directory / "worker.sock"
@@ -98,6 +102,8 @@ class Worker:
             nursery.start_soon(self._watch_signals, nursery.cancel_scope)
             nursery.start_soon(self._watchdog)
             nursery.start_soon(self._accept_loop, listener, nursery)
+            if self._store is not None:
+                await nursery.start(self._store.listen, self.config["store_host"])
             (self.directory / "worker.ready").write_text(str(os.getpid()))
             task_status.started()
             await self._shutdown.wait()
@@ -173,7 +179,7 @@ class Worker:
             hello = messages[0]
             problem = self._check_hello(hello)
             session_id = str(hello.get("session", "")) if problem is None else ""
-            data_role = hello.get("role") != "control"
+            data_role = hello.get("role") not in ("control", _collections.ROLE)
             resuming = problem is None and data_role and bool(hello.get("resume"))
             session = self._sessions.get(session_id) if resuming else None
             reply: dict[str, Any] = {}
@@ -189,6 +195,10 @@ class Worker:
                 reply["resumed"] = session is not None
             await self._reply_hello(stream, problem, reply)
             if problem is not None:
+                return
+            if hello.get("role") == _collections.ROLE:
+                if self._store is not None:
+                    await self._store.serve(stream, decoder, "the client")
                 return
             if not data_role:
                 await self._control(stream, decoder, session_id)
@@ -808,6 +818,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.path.insert(0, entry)
     _runtime.set_instance_info(from_dict(config["info"]))
     os.environ.update(config.get("env", {}))
+    # Collections find the store's address and the secret here (children inherit it).
+    os.environ[_collections.WORKER_DIR_ENV] = str(directory.resolve())
     _capture.install()
     os.chdir(directory)
     worker = Worker(directory, config, secret)

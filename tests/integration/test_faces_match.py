@@ -71,3 +71,15 @@ def test_shared_names_are_the_same_objects_except_the_faces() -> None:
         assert getattr(skyward, name) is getattr(skyward_trio, name), name
     for name in faces:
         assert getattr(skyward, name) is not getattr(skyward_trio, name), name
+
+
+@pytest.mark.parametrize("name", ["dict", "set", "counter", "queue", "barrier", "lock"])
+def test_collection_accessors_match_and_match_the_factories(name: str) -> None:
+    sync_method = getattr(skyward.Pool, name)
+    trio_method = getattr(skyward_trio.Pool, name)
+    assert _parameters(sync_method) == _parameters(trio_method)
+    # pool.dict(name) takes what sky.dict(name) takes (after self).
+    assert _parameters(sync_method)[1:] == _parameters(getattr(skyward, name))
+    # Both return proxies at once; their methods (or _async variants) do the talking.
+    assert not inspect.iscoroutinefunction(sync_method)
+    assert not inspect.iscoroutinefunction(trio_method)

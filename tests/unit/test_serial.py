@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 
-from skyward_trio import _serial, _wire
+from skyward_trio import ConnectionLostError, _serial, _wire
 
 
 def _roundtrip_through_wire(payload: _serial.Payload) -> _serial.Payload:
@@ -74,3 +74,10 @@ def test_dump_exception_keeps_what_survives() -> None:
     payload, name, message, tb = _serial.dump_exception(_NeedsTwoArgs(1, 2))
     assert payload is None
     assert name.endswith("_NeedsTwoArgs")
+
+
+def test_connection_lost_error_keeps_its_type_and_node_through_pickling() -> None:
+    # A node raises it when its collections store goes away; the client re-raises it.
+    error = _serial.loads(_serial.dumps(ConnectionLostError("store gone", node=0)))
+    assert type(error) is ConnectionLostError
+    assert (str(error), error.node) == ("store gone", 0)

@@ -1,0 +1,351 @@
+"""Distributed collections on real Local nodes (2 nodes, both executors): the concurrency
+invariants (every increment counted, a queue's items once each in FIFO order, mutual
+exclusion, a barrier that waits for all), the client's view, and a lock freed by a
+node's death."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+import skyward as sky
+import skyward_trio
+from skyward import testing
+
+SILENT = sky.Options(console="silent")
+# Hang guards only: nothing here is expected to take more than a few seconds.
+GUARD = 120
+
+
+def _placed(placement: str) -> contextlib.AbstractContextManager[object]:
+    """Where the store runs: on node 0, or in the client (as for standalone machines)."""
+    return testing.standalone_nodes() if placement == "client" else contextlib.nullcontext()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("thread", "head"), ("process", "head"), ("thread", "client"), ("process", "client")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def pool(request: pytest.FixtureRequest) -> Iterator[sky.Pool]:
+    executor, placement = request.param
+    worker = sky.Worker(concurrency=3, executor=executor)
+    with contextlib.ExitStack() as stack:
+        # Armed only while the pool opens: the other tests' pools must not see it.
+        with _placed(placement):
+            options = sky.Options(console="silent", worker=worker)
+            pool = stack.enter_context(sky.Compute(nodes=2, options=options))
+        assert (pool._core._supervisor.store is not None) == (placement == "client")
+        yield pool
+
+
+def _name() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@sky.function
+def bump(name: str, times: int) -> tuple[int, list[int]]:
+    counter = sky.counter(name)
+    return sky.instance_info().node, [counter.increment() for _ in range(times)]
+
+
+def test_a_counter_counts_every_increment(pool: sky.Pool) -> None:
+    name, tasks, times = _name(), 8, 25
+    results = sky.gather(*[bump(name, times) for _ in range(tasks)]) >> pool
+    assert {node for node, _ in results} == {0, 1}
+    assert pool.counter(name).value == tasks * times
+    # Each increment saw a value no other did: they were applied one at a time.
+    seen = sorted(value for _, values in results for value in values)
+    assert seen == list(range(1, tasks * times + 1))
+
+
+@sky.function
+def fill(name: str, count: int) -> int:
+    queue = sky.queue(name)
+    for item in range(count):
+        queue.put({"item": item})
+    return sky.instance_info().node
+
+
+@sky.function
+def drain(name: str, count: int) -> tuple[int, list[int]]:
+    queue = sky.queue(name)
+    return sky.instance_info().node, [queue.get(timeout=GUARD)["item"] for _ in range(count)]
+
+
+def test_a_queue_filled_on_one_node_and_drained_on_another(pool: sky.Pool) -> None:
+    name, count = _name(), 300
+    drained = pool.run_async(drain(name, count), target=1)  # waits for items that come later
+    assert pool.run(fill(name, count), target=0) == 0
+    node, items = drained.result(timeout=GUARD)
+    assert node == 1
+    assert items == list(range(count))  # each item once, in FIFO order
+    assert pool.queue(name).empty()
+
+
+@sky.function
+def critical(name: str, rounds: int) -> list[tuple[int, float, float]]:
+    inside = sky.counter(f"{name}-inside")
+    spans = []
+    for _ in range(rounds):
+        with sky.lock(name, timeout=GUARD):
+            start = time.monotonic()
+            occupants = inside.increment()
+            time.sleep(0.002)
+            inside.decrement()
+            spans.append((occupants, start, time.monotonic()))
+    return spans
+
+
+def test_a_lock_gives_mutual_exclusion(pool: sky.Pool) -> None:
+    name = _name()
+    results = sky.gather(*[critical(name, 10) for _ in range(6)]) >> pool
+    spans = sorted(span for spans in results for span in spans)
+    assert len(spans) == 60
+    assert all(occupants == 1 for occupants, _, _ in spans)
+    # Local nodes share this machine's monotonic clock: no two critical sections overlap.
+    ordered = sorted((start, end) for _, start, end in spans)
+    for (_, end), (next_start, _) in itertools.pairwise(ordered):
+        assert end <= next_start
+
+
+@sky.function
+def meet(name: str, me: str, other: str) -> tuple[int, list[tuple[int, bool]]]:
+    seen = sky.dict(f"{name}-arrived")
+    barrier = sky.barrier(name, n=2)
+    phases = []
+    for phase in range(2):
+        seen[(me, phase)] = True
+        released = barrier.wait()
+        phases.append((released, seen.get((other, phase), False)))
+    return sky.instance_info().node, phases
+
+
+def test_a_barrier_releases_both_nodes_and_not_before(pool: sky.Pool) -> None:
+    name = _name()
+    first = pool.run_async(meet(name, "a", "b"), target=0)
+    arrived = pool.dict(f"{name}-arrived")
+    deadline = time.monotonic() + GUARD
+    while ("a", 0) not in arrived:
+        assert time.monotonic() < deadline, "the first task never reached the barrier"
+        time.sleep(0.02)
+    assert not first.done()  # alone at the barrier: it waits
+    second = pool.run(meet(name, "b", "a"), target=1)
+    # Each was released only after the other had arrived, in both phases of the barrier.
+    assert first.result(timeout=GUARD) == (0, [(0, True), (1, True)])
+    assert second == (1, [(0, True), (1, True)])
+
+
+@sky.function
+def read_back(name: str) -> dict[str, Any]:
+    d, s, q = sky.dict(name), sky.set(name), sky.queue(name)
+    return {"x": d["x"], "member": "m" in s, "size": len(s), "item": q.get(timeout=GUARD)}
+
+
+def test_the_client_and_the_nodes_see_the_same_collections(pool: sky.Pool) -> None:
+    name = _name()
+    d, s, q, c = pool.dict(name), pool.set(name), pool.queue(name), pool.counter(name)
+    d["x"] = [1, 2, 3]
+    d.update({"y": 2, "z": 3})
+    d.update([("w", 4)])
+    s.add("m")
+    s.add("m")
+    q.put("hello")
+    assert pool.run(read_back(name)) == {"x": [1, 2, 3], "member": True, "size": 1, "item": "hello"}
+    assert "y" in d
+    assert d.get("nope", 7) == 7
+    assert d.pop("z") == 3
+    assert d.pop("z", None) is None
+    del d["y"]
+    with pytest.raises(KeyError):
+        d["y"]
+    with pytest.raises(KeyError):
+        del d["y"]
+    s.discard("m")
+    s.discard("absent")
+    assert len(s) == 0
+    assert "m" not in s
+    assert c.increment(5) == 5
+    assert c.decrement() == 4
+    assert int(c) == 4
+    c.reset(10)
+    assert c.value == 10
+    assert q.empty()
+    assert len(q) == 0
+    with pytest.raises(TimeoutError, match="found no item"):
+        q.get(timeout=0.05)
+
+
+def test_client_errors_name_the_problem(pool: sky.Pool) -> None:
+    name = _name()
+    with pytest.raises(sky.SerializationError, match="value of type lock cannot be pickled"):
+        pool.dict(name)["k"] = threading.Lock()
+    with pytest.raises(TypeError, match="key \\[1\\] is unhashable"):
+        pool.dict(name)[[1]] = 1
+    with pytest.raises(RuntimeError, match="is not held by this Lock object"):
+        pool.lock(name).release()
+    with pytest.raises(ValueError, match='consistency must be None, "strong" or "eventual"'):
+        pool.dict(name, consistency="weak")
+    holder, other = pool.lock(name), pool.lock(name, timeout=0.05)
+    with holder, pytest.raises(TimeoutError, match="was not free within its timeout"):
+        other.acquire()
+
+
+@sky.function
+def bump_eventually(name: str, times: int) -> tuple[int, bool]:
+    counter = sky.counter(name, consistency="eventual")
+    seen = sky.dict(name, consistency="eventual")
+    for _ in range(times):
+        counter.increment()
+    node = sky.instance_info().node
+    seen[node] = True
+    return node, seen[node] is True  # a process reads its own writes at once
+
+
+def test_eventual_collections_lose_no_write(pool: sky.Pool) -> None:
+    name, tasks, times = _name(), 8, 200
+    results = sky.gather(*[bump_eventually(name, times) for _ in range(tasks)]) >> pool
+    assert {node for node, _ in results} == {0, 1}
+    assert all(own_write for _, own_write in results)
+    # Writes reach the store a batch at a time, a little after the tasks return.
+    counter, seen = pool.counter(name), pool.dict(name)
+    deadline = time.monotonic() + GUARD
+    while counter.value != tasks * times or seen.get(0) is None or seen.get(1) is None:
+        assert counter.value <= tasks * times, "an increment was applied twice"
+        assert time.monotonic() < deadline, f"only {counter.value} increments arrived"
+        time.sleep(0.02)
+
+
+@sky.function
+def bump_and_exit(name: str, times: int) -> None:
+    counter = sky.counter(name, consistency="eventual")
+    for _ in range(times):
+        counter.increment()
+
+
+def test_a_subprocess_that_ends_sends_its_last_batch_first() -> None:
+    name = _name()
+    worker = sky.Worker(executor="process", reuse_processes=False)
+    with sky.Compute(nodes=1, options=sky.Options(console="silent", worker=worker)) as pool:
+        for _ in range(3):
+            pool.run(bump_and_exit(name, 100))  # each in a fresh subprocess that then exits
+        counter = pool.counter(name)
+        deadline = time.monotonic() + GUARD
+        while counter.value != 300:
+            assert time.monotonic() < deadline, f"only {counter.value} increments arrived"
+            time.sleep(0.02)
+
+
+@sky.function
+def lock_and_die(name: str) -> None:
+    sky.lock(name).acquire()
+    os._exit(3)
+
+
+def test_a_lock_held_by_a_subprocess_that_died_is_released(pool: sky.Pool) -> None:
+    if pool._core.worker_config.resolved_executor != "process":
+        pytest.skip("a task thread cannot die alone: see the node-loss test")
+    name = _name()
+    with pytest.raises(sky.ChildDied):
+        pool.run(lock_and_die(name))
+    assert pool.run(take_lock(name)) in (0, 1)
+
+
+@sky.function
+def with_event_loops(name: str) -> tuple[int, int]:
+    async def under_trio() -> int:
+        d = sky.dict(name)
+        await d.setitem_async("k", 1)
+        async with sky.lock(name):
+            return int(await d.getitem_async("k")) + await sky.counter(name).increment_async()
+
+    async def under_asyncio() -> int:
+        q = sky.queue(name)
+        await q.put_async(41)
+        return int(await q.get_async(timeout=GUARD)) + await sky.counter(name).value_async()
+
+    return trio.run(under_trio), asyncio.run(under_asyncio())
+
+
+def test_async_variants_inside_a_running_function(pool: sky.Pool) -> None:
+    assert pool.run(with_event_loops(_name())) == (2, 42)
+
+
+def test_collections_outside_a_running_function_need_a_pool() -> None:
+    with pytest.raises(sky.NoActivePoolError, match=r"sky.counter\('c'\) needs an active pool"):
+        sky.counter("c")
+    with pytest.raises(sky.NoActivePoolError, match=r"use pool.lock\('l'\)"):
+        sky.lock("l")
+
+
+@sky.function
+def hold_lock(name: str) -> str:
+    if sky.counter(f"{name}-runs").increment() > 1:
+        return "sent again"  # the re-sent call, on the replacement node: let it finish
+    lock = sky.lock(name)
+    lock.acquire()
+    sky.dict(name)["holder"] = sky.instance_info().node
+    time.sleep(GUARD)
+    return "held to the end"
+
+
+@sky.function
+def take_lock(name: str) -> int:
+    with sky.lock(name, timeout=GUARD):
+        return sky.instance_info().node
+
+
+@pytest.mark.parametrize("placement", ["head", "client"])
+def test_a_lock_held_on_a_node_that_died_is_released_and_node_0_loss(placement: str) -> None:
+    name = _name()
+    with _placed(placement), sky.Compute(nodes=2, options=SILENT) as pool:
+        held = pool.run_async(hold_lock(name), target=1)
+        holder = pool.dict(name)
+        deadline = time.monotonic() + GUARD
+        while holder.get("holder") is None:
+            assert time.monotonic() < deadline, "the lock was never taken"
+            time.sleep(0.02)
+        testing.preempt(pool, 1)
+        assert pool.run(take_lock(name), target=0) == 0
+        assert held.result(timeout=GUARD) == "sent again"
+        # On node 0, the store is lost with it, then a new, empty one runs on its
+        # replacement, which the client and the other nodes find. In the client, it stays.
+        testing.preempt(pool, 0)
+        assert pool.run(bump(name, 2), target=0) == (0, [1, 2])  # waits for the new node 0
+        assert pool.run(bump(name, 3), target=1) == (1, [3, 4, 5])
+        assert pool.counter(name).value == 5
+        assert pool.dict(name).get("holder") == (None if placement == "head" else 1)
+
+
+async def test_trio_face_collections_are_awaited() -> None:
+    @skyward_trio.function
+    def add(name: str) -> int:
+        return skyward_trio.counter(name).increment(2)
+
+    name = _name()
+    options = skyward_trio.Options(console="silent")
+    async with skyward_trio.Compute(nodes=1, options=options) as pool:
+        counter = pool.counter(name)
+        assert await counter.increment_async() == 1
+        assert await (add(name) >> pool) == 3
+        assert await counter.value_async() == 3
+        async with pool.lock(name):
+            await pool.dict(name).setitem_async("k", "v")
+        assert await pool.dict(name).get_async("k") == "v"
+        queue = pool.queue(name)
+        with trio.move_on_after(0.2):
+            await queue.get_async()  # cancelled while it waits: it takes nothing
+        await queue.put_async("kept")
+        assert await queue.len_async() == 1
+        with pytest.raises(RuntimeError, match="await its _async variant"):
+            counter.value  # noqa: B018 - the blocking read refuses on the trio loop

@@ -1,0 +1,253 @@
+"""The collections store's semantics, over in-memory streams (no nodes): waits, timeouts
+(virtual time), and what a closing connection gives back."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from skyward_trio import _collections as ops
+from skyward_trio import _serial, _wire
+from skyward_trio._store import LocalClient, Store, hello_problem
+from skyward_trio._version import PYTHON_VERSION, __version__
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class Peer:
+    """One connection to the store, as a node's process has."""
+
+    def __init__(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+        self._stream = stream
+        self.scope = scope  # cancelling it closes the connection, as a dying node does
+        self._decoder = _wire.FrameDecoder(expect_hello=False)
+        self._ids = itertools.count(1)
+        self._replies: dict[int, tuple[bool, Any]] = {}
+
+    async def send(self, op: int, name: str, *args: Any) -> int:
+        request = next(self._ids)
+        await self._stream.send_all(b"".join(_wire.encode((request, op, name, *args))))
+        return request
+
+    async def reply(self, request: int) -> tuple[bool, Any]:
+        while request not in self._replies:
+            for message in self._decoder.feed(await self._stream.receive_some()):
+                self._replies[message[0]] = (message[1], message[2])
+        return self._replies.pop(request)
+
+    async def call(self, op: int, name: str, *args: Any) -> Any:
+        ok, value = await self.reply(await self.send(op, name, *args))
+        if not ok:
+            ops.raise_failure(value)
+        return value
+
+    def answered(self, request: int) -> bool:
+        return request in self._replies
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[], Peer]]:
+    store = Store(b"secret")
+    async with trio.open_nursery() as nursery:
+
+        def connect() -> Peer:
+            client, server = trio.testing.memory_stream_pair()
+            scope = trio.CancelScope()
+
+            async def serve() -> None:
+                with scope:
+                    await store.serve(server, _wire.FrameDecoder(expect_hello=False), "peer")
+
+            nursery.start_soon(serve)
+            return Peer(client, scope)
+
+        yield connect
+        nursery.cancel_scope.cancel()
+
+
+def key(value: Any) -> _serial.Payload:
+    return _serial.dumps(value)
+
+
+async def test_dict_set_and_counter_operations(connect: Callable[[], Peer]) -> None:
+    peer = connect()
+    await peer.call(ops.D_SET, "d", key((1, "a")), _serial.dumps([1, 2]))
+    found, value = await peer.call(ops.D_GET, "d", key((1, "a")))
+    assert found
+    assert _serial.loads(value) == [1, 2]
+    assert await peer.call(ops.D_HAS, "d", key(1.0)) is False
+    assert await peer.call(ops.D_DEL, "d", key((1, "a"))) is True
+    assert await peer.call(ops.D_DEL, "d", key((1, "a"))) is False
+    await peer.call(ops.S_ADD, "s", key(1))
+    await peer.call(ops.S_ADD, "s", key(1.0))  # equal members are one member, as in a set
+    assert await peer.call(ops.S_LEN, "s") == 1
+    assert await peer.call(ops.C_ADD, "c", 5) == 5
+    assert await peer.call(ops.C_ADD, "c", -2) == 3
+    # Different kinds of collection with one name are different collections.
+    assert await peer.call(ops.C_GET, "d") == 0
+
+
+async def test_a_queue_get_waits_for_a_put_and_items_go_out_in_order(
+    connect: Callable[[], Peer],
+) -> None:
+    reader, writer = connect(), connect()
+    waiting = await reader.send(ops.Q_GET, "q", None)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not reader.answered(waiting)
+    for item in range(3):
+        await writer.call(ops.Q_PUT, "q", _serial.dumps(item))
+    ok, value = await reader.reply(waiting)
+    assert ok
+    assert _serial.loads(value) == 0
+    assert [_serial.loads(await reader.call(ops.Q_GET, "q", None)) for _ in range(2)] == [1, 2]
+
+
+async def test_a_queue_get_times_out_and_later_items_are_kept(
+    connect: Callable[[], Peer], autojump_clock: trio.testing.MockClock
+) -> None:
+    peer = connect()
+    start = trio.current_time()
+    with pytest.raises(TimeoutError, match=r"sky.queue\('q'\).get\(timeout=5.0\)"):
+        await peer.call(ops.Q_GET, "q", 5.0)
+    assert trio.current_time() - start == 5.0
+    await peer.call(ops.Q_PUT, "q", _serial.dumps("kept"))
+    assert await peer.call(ops.Q_LEN, "q") == 1
+
+
+async def test_an_item_is_not_handed_to_a_closed_or_cancelled_reader(
+    connect: Callable[[], Peer],
+) -> None:
+    gone, cancelled, writer = connect(), connect(), connect()
+    await gone.send(ops.Q_GET, "q", None)
+    waiting = await cancelled.send(ops.Q_GET, "q", None)
+    await trio.testing.wait_all_tasks_blocked()
+    gone.scope.cancel()
+    await cancelled.call(ops.CANCEL, "q", waiting)
+    await writer.call(ops.Q_PUT, "q", _serial.dumps("x"))
+    assert await writer.call(ops.Q_LEN, "q") == 1
+
+
+async def test_a_lock_is_exclusive_and_passes_to_the_next_waiter(
+    connect: Callable[[], Peer],
+) -> None:
+    first, second = connect(), connect()
+    await first.call(ops.L_ACQUIRE, "l", "t1", None)
+    waiting = await second.send(ops.L_ACQUIRE, "l", "t2", None)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not second.answered(waiting)
+    with pytest.raises(RuntimeError, match="does not hold the lock"):
+        await second.call(ops.L_RELEASE, "l", "t2")
+    await first.call(ops.L_RELEASE, "l", "t1")
+    assert await second.reply(waiting) == (True, None)
+
+
+async def test_a_lock_acquire_times_out(
+    connect: Callable[[], Peer], autojump_clock: trio.testing.MockClock
+) -> None:
+    holder, other = connect(), connect()
+    await holder.call(ops.L_ACQUIRE, "l", "t1", None)
+    start = trio.current_time()
+    with pytest.raises(TimeoutError, match=r"sky.lock\('l'\) was not free"):
+        await other.call(ops.L_ACQUIRE, "l", "t2", 30.0)
+    assert trio.current_time() - start == 30.0
+    # The timed-out waiter is not handed the lock later.
+    await holder.call(ops.L_RELEASE, "l", "t1")
+    await holder.call(ops.L_ACQUIRE, "l", "t3", 0.0)
+
+
+async def test_a_closed_connection_releases_its_locks(connect: Callable[[], Peer]) -> None:
+    holder, waiter = connect(), connect()
+    await holder.call(ops.L_ACQUIRE, "l", "t1", None)
+    waiting = await waiter.send(ops.L_ACQUIRE, "l", "t2", None)
+    await trio.testing.wait_all_tasks_blocked()
+    holder.scope.cancel()  # the holder's node died
+    assert await waiter.reply(waiting) == (True, None)
+
+
+async def test_a_barrier_releases_all_at_n_and_is_reusable(connect: Callable[[], Peer]) -> None:
+    a, b = connect(), connect()
+    first = await a.send(ops.B_WAIT, "b", 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not a.answered(first)
+    assert await b.call(ops.B_WAIT, "b", 2) == 0
+    assert await a.reply(first) == (True, 0)
+    second = await a.send(ops.B_WAIT, "b", 2)
+    assert await b.call(ops.B_WAIT, "b", 2) == 1
+    assert await a.reply(second) == (True, 1)
+    with pytest.raises(ValueError, match="made with n=2"):
+        await a.call(ops.B_WAIT, "b", 3)
+
+
+async def test_a_participant_that_left_does_not_count(connect: Callable[[], Peer]) -> None:
+    gone, a, b = connect(), connect(), connect()
+    await gone.send(ops.B_WAIT, "b", 2)
+    await trio.testing.wait_all_tasks_blocked()
+    gone.scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    first = await a.send(ops.B_WAIT, "b", 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not a.answered(first)
+    assert await b.call(ops.B_WAIT, "b", 2) == 0
+
+
+def test_hello_needs_the_secret_and_matching_versions() -> None:
+    good = {"secret": "s3", "python": PYTHON_VERSION, "skyward": __version__}
+    assert hello_problem(good, b"s3") is None
+    assert "wrong pool secret" in str(hello_problem({**good, "secret": "nope"}, b"s3"))
+    assert "version mismatch" in str(hello_problem({**good, "skyward": "0.0"}, b"s3"))
+
+
+async def test_the_store_listens_on_the_given_address_only_and_checks_the_secret() -> None:
+    store = Store(b"s3")
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(store.listen, "127.0.0.1")
+        assert host == "127.0.0.1"
+        async with await trio.open_tcp_stream(host, port) as stream:
+            hello = {"secret": "wrong", "python": PYTHON_VERSION, "skyward": __version__}
+            await stream.send_all(_wire.encode_hello(hello))
+            decoder = _wire.FrameDecoder(expect_hello=True)
+            answer: list[Any] = []
+            while not answer:
+                answer = decoder.feed(await stream.receive_some())
+            assert answer[0]["ok"] is False
+            assert "wrong pool secret" in answer[0]["error"]
+            assert await stream.receive_some() == b""  # and it hangs up
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_returned_item_goes_back_to_the_head_of_the_queue(
+    connect: Callable[[], Peer],
+) -> None:
+    peer = connect()
+    await peer.call(ops.Q_PUT, "q", _serial.dumps("second"))
+    await peer.call(ops.Q_RETURN, "q", _serial.dumps("first"))
+    assert _serial.loads(await peer.call(ops.Q_GET, "q", None)) == "first"
+    assert await peer.call(ops.CANCEL, "q", 12345) is False  # nothing waits under that id
+
+
+async def test_the_clients_own_connection_when_it_runs_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Store(b"secret")
+    local = LocalClient(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(local.run)
+        assert await local.call(ops.C_ADD, "c", 2) == 2
+        await local.call(ops.L_ACQUIRE, "l", "mine", None)
+        with trio.move_on_after(1):
+            await local.call(ops.Q_GET, "q", None)  # cancelled while it waits: takes nothing
+        await local.call(ops.Q_PUT, "q", _serial.dumps("kept"))
+        assert await local.call(ops.Q_LEN, "q") == 1
+        with pytest.raises(TimeoutError):
+            await local.call(ops.L_ACQUIRE, "l", "other", 5.0)
+        local.close()  # the pool closes: the client's lock is released
+        nursery.cancel_scope.cancel()
+    assert store._locks["l"].owner is None
