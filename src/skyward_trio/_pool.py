@@ -2026,6 +2026,10 @@ class _Supervisor:
                 if not conn.closed.is_set():
                     conn.lose("the pool closed" if pool._closing else "the node left the pool")
                 return node
+            if node.index == 0 and self.store is None:
+                # The client's link to the store went with the connection: new operations
+                # wait for the link the reconnection (or a new node 0) brings.
+                pool._store.detach(f"node 0's connection dropped ({conn.down_reason})")
             why_lost, ssh_up = await self._reconnect(node)
             if why_lost is None:
                 # The store's links through the old SSH connection went with it.

@@ -115,7 +115,10 @@ class SSHConnection:
         Cancellation closes the channel (bounded, shielded), so the command's stdin closes.
         The caller owns the deadline.
         """
-        proc = await trio_asyncio.aio_as_trio(self._conn.create_process)(command, encoding=None)
+        try:
+            proc = await trio_asyncio.aio_as_trio(self._conn.create_process)(command, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise SSHError(f"could not run a command on {self.host}:{self.port}: {exc}") from exc
         try:
             if input is not None:
                 proc.stdin.write(input)

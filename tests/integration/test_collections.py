@@ -327,6 +327,23 @@ def test_a_lock_held_on_a_node_that_died_is_released_and_node_0_loss(placement: 
         assert pool.dict(name).get("holder") == (None if placement == "head" else 1)
 
 
+@pytest.mark.parametrize("placement", ["head", "client"])
+def test_collections_keep_their_state_across_a_dropped_connection(placement: str) -> None:
+    name = _name()
+    with _placed(placement), sky.Compute(nodes=2, options=SILENT) as pool:
+        assert pool.run(bump(name, 2), target=1) == (1, [1, 2])
+        for node in (0, 1):  # the client's way to the store went through node 0 or both
+            conn = pool._core._ready[node].conn
+            testing.drop_connection(pool, node)
+            deadline = time.monotonic() + GUARD
+            while conn.down_reason is None or not pool._core._ready[node].conn.usable:
+                assert time.monotonic() < deadline, f"node {node} did not reconnect"
+                time.sleep(0.02)
+        assert pool.counter(name).value == 2  # reached again, and nothing was lost
+        assert pool.run(bump(name, 1), target=0) == (0, [3])
+        assert pool.counter(name).value == 3
+
+
 async def test_trio_face_collections_are_awaited() -> None:
     @skyward_trio.function
     def add(name: str) -> int:
