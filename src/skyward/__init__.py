@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from skyward_trio import (
     DEFAULT_IMAGE,
+    SSH,
     AcceleratorInfo,
     BootstrapProgress,
     CallbackWriter,
@@ -58,6 +59,7 @@ from skyward_trio import (
     SerializationError,
     SkywardError,
     Spec,
+    SSHHost,
     TaskCompleted,
     TaskStarted,
     TaskTimeoutError,
@@ -87,6 +89,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",
     "CallbackWriter",
@@ -124,6 +127,7 @@ __all__ = [
     "ProviderConfig",
     "ProvisionError",
     "RemoteError",
+    "SSHHost",
     "SerializationError",
     "SkywardError",
     "Spec",

@@ -10,7 +10,7 @@ enforces it):
 3. the worker: ``_execute``, ``_procpool``, ``_procchild``, ``worker`` (only trio + layers 1-2:
    imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshcork``,
-   ``_providers``,
+   ``_providers`` (``Local`` and ``SSH``), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``_health`` (health checks);
    ``testing`` (the fault kit)
@@ -58,6 +58,7 @@ from ._function import Function, PendingFunction, PendingFunctionGroup, function
 from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
     DEFAULT_IMAGE,
+    SSH,
     HealthChecker,
     Image,
     Local,
@@ -67,6 +68,7 @@ from ._model import (
     PipIndex,
     ProviderConfig,
     Spec,
+    SSHHost,
     Volume,
     Worker,
 )
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",
     "CallbackWriter",
@@ -124,6 +127,7 @@ __all__ = [
     "ProvisionError",
     "RemoteError",
     "ResultStream",
+    "SSHHost",
     "SerializationError",
     "SkywardError",
     "Spec",

@@ -91,8 +91,9 @@ from ._function import (
     active_pool,
 )
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
-from ._model import Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
-from ._providers import Cluster, Instance, open_cluster
+from ._model import SSH, Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
+from ._providers import Cluster, Instance, open_cluster, resolve_key
+from ._source import SkywardPackage, check_source, skyward_package
 from ._version import PYTHON_VERSION
 
 __all__ = ["Compute", "Future", "ItemStream", "Pool", "PreparedCall", "ResultStream"]
@@ -1643,6 +1644,22 @@ def _check_image(spec: Spec) -> None:
                 f"Image(includes=[{include!r}]): no such file or directory here (relative to "
                 f"{os.getcwd()}); includes are paths on this machine"
             )
+    if isinstance(spec.provider, SSH):
+        hosts = len(spec.provider.hosts)
+        most = max(spec.nodes.desired, spec.nodes.max or 0)
+        if most > hosts:
+            raise ValueError(
+                f"nodes={most}: sky.SSH gives one node per host and has {hosts} host(s) "
+                f"({', '.join(h.host for h in spec.provider.hosts)}); add hosts to "
+                f"SSH(hosts=[...]), or pass nodes={hosts}"
+            )
+        resolve_key(spec.provider)
+        if image.apt:
+            raise ValueError(
+                f"Image(apt={list(image.apt)!r}): apt {_NOT_YET} on sky.SSH hosts; install "
+                "system packages on your machines yourself"
+            )
+        check_source(image.skyward_source)
     if isinstance(spec.provider, Local):
         if image.apt:
             raise ValueError(
@@ -1813,6 +1830,7 @@ class _Supervisor:
         self.ledger = Ledger()  # what the instances cost; shown when the pool closes
         self._lost: dict[int, str] = {}  # index -> the lost instance a new one replaces
         self._includes: bytes | None = None  # Image.includes, packed
+        self._skyward: SkywardPackage | None = None  # what remote nodes install Skyward from
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
@@ -1897,7 +1915,7 @@ class _Supervisor:
                 config["sys_path"].insert(0, f"{instance.workdir}/includes")
             script = worker_bootstrap(
                 workdir=instance.workdir,
-                python=instance.python,
+                python=instance.python or "python3",  # None: the environment finds one
                 secret=self.secret,
                 config=config,
                 start_timeout=30,
@@ -2125,6 +2143,9 @@ class _Supervisor:
         limit = options.ssh_timeout or 60
         delay = options.ssh_retry_interval or 0.2
         last: Exception | None = None
+        key = self.client_key
+        if instance.client_key is not None:  # the user's own key (sky.SSH)
+            key = _transport.read_key(instance.client_key)
         with trio.move_on_after(limit):
             while True:
                 try:
@@ -2132,7 +2153,7 @@ class _Supervisor:
                         instance.host,
                         instance.port,
                         username=instance.username,
-                        client_key=self.client_key,
+                        client_key=key,
                         host_key=instance.host_key,
                     )
                 except _transport.SSHError as exc:
@@ -2153,23 +2174,37 @@ class _Supervisor:
         )
 
     async def _environment(self, instance: Instance) -> Environment | None:
-        """What the image asks of this node beyond a worker, or None for nothing."""
+        """What the image asks of this node beyond a worker, or None for nothing.
+
+        A remote machine (``instance.python`` None) always gets one: it needs a Python of
+        this client's version and Skyward itself, per ``Image.skyward_source``.
+        """
         image = self.pool.spec.image
-        if not (image.pip or image.includes or image.shell_vars):
+        remote = instance.python is None
+        if not (remote or image.pip or image.includes or image.shell_vars):
             return None
         if self._includes is None:  # packed once per pool, in a thread: it reads files
             self._includes = await trio.to_thread.run_sync(
                 pack_includes, image.includes, image.excludes
             )
+        package = SkywardPackage()
+        if remote:
+            if self._skyward is None:  # may build a wheel: once per pool, in a thread
+                self._skyward = await trio.to_thread.run_sync(skyward_package, image.skyward_source)
+            package = self._skyward
         indexes = tuple((index.url, index.packages) for index in image.pip_indexes)
         base = instance.sys_path
+        pip = (*image.pip, *package.requirements)
+        python = PYTHON_VERSION if instance.python is None else instance.python
         return Environment(
-            pip=image.pip,
+            pip=pip,
             indexes=tuple((url, tuple(requirement_name(p) for p in pkgs)) for url, pkgs in indexes),
             base_paths=base,
             includes=self._includes if image.includes else b"",
             shell_vars=dict(image.shell_vars),
-            key=env_hash(instance.python, [*image.pip, *base], indexes),
+            key=env_hash(python, [*pip, *base, *([package.key] if remote else [])], indexes),
+            python_version=PYTHON_VERSION if remote else None,
+            wheels=package.wheels,
         )
 
     def _worker_config(self, instance: Instance) -> dict[str, Any]:
