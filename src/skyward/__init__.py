@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from skyward_trio import (
     DEFAULT_IMAGE,
+    SSH,
     AcceleratorInfo,
     BootstrapProgress,
     CallbackWriter,
@@ -59,6 +60,7 @@ from skyward_trio import (
     SerializationError,
     SkywardError,
     Spec,
+    SSHHost,
     TaskCompleted,
     TaskStarted,
     TaskTimeoutError,
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",
     "CallbackWriter",
@@ -133,6 +136,7 @@ __all__ = [
     "ProviderConfig",
     "ProvisionError",
     "RemoteError",
+    "SSHHost",
     "SerializationError",
     "SkywardError",
     "Spec",

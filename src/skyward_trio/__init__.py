@@ -13,7 +13,7 @@ enforces it):
    ``_store`` (the store service) (only trio +
    layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshcork``,
-   ``_providers``,
+   ``_providers`` (``Local`` and ``SSH``), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)
 5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``_health`` (health checks);
@@ -64,6 +64,7 @@ from ._function import Function, PendingFunction, PendingFunctionGroup, function
 from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
     DEFAULT_IMAGE,
+    SSH,
     HealthChecker,
     Image,
     Local,
@@ -73,6 +74,7 @@ from ._model import (
     PipIndex,
     ProviderConfig,
     Spec,
+    SSHHost,
     Volume,
     Worker,
 )
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",
     "CallbackWriter",
@@ -132,6 +135,7 @@ __all__ = [
     "ProvisionError",
     "RemoteError",
     "ResultStream",
+    "SSHHost",
     "SerializationError",
     "SkywardError",
     "Spec",

@@ -9,7 +9,10 @@ phases it announces on stdout (``SKYWARD_PHASE <name>``): ``uv`` (found on the n
 installed from the package index with pip), ``venv`` (a virtual environment per image
 hash, built once under ``~/.skyward/envs`` and reused: a second node or pool skips it),
 ``includes`` (the ``Image.includes`` files unpacked under the work directory) and
-``shell_vars``. A phase that fails exits with ``SKYWARD_FAILED <name>`` on stderr.
+``shell_vars``. On a remote machine a ``python`` phase comes first: it finds an
+interpreter of the client's ``X.Y`` there (or, only when none matches, has uv install
+one), and the venv also gets Skyward itself (a shipped wheel, or a pinned version).
+A phase that fails exits with ``SKYWARD_FAILED <name>`` on stderr.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class Environment:
         includes: A gzipped tar of ``Image.includes``, or empty.
         shell_vars: Variables set from shell snippets evaluated on the node.
         key: The environment's hash: the same key means the same environment.
+        python_version: ``X.Y`` to find on the node (a remote machine); None: the
+            interpreter the script is given is used as it is (a Local node).
+        wheels: ``(file name, content)`` of wheels shipped in the script and installed
+            into the environment (Skyward's own, for ``skyward_source="local"``).
     """
 
     pip: tuple[str, ...] = ()
@@ -66,6 +73,8 @@ class Environment:
     includes: bytes = b""
     shell_vars: Mapping[str, str] = attrs.field(factory=dict)
     key: str = ""
+    python_version: str | None = None
+    wheels: tuple[tuple[str, bytes], ...] = ()
 
 
 def env_hash(python: str, pip: Sequence[str], indexes: Iterable[tuple[str, Sequence[str]]]) -> str:
@@ -122,7 +131,10 @@ def _environment_steps(env: Environment, python: str) -> tuple[str, str]:
     """Shell steps that build ``env``, and the interpreter the worker then runs."""
     steps: list[str] = []
     py = shlex.quote(python)
-    if env.pip:
+    if env.python_version is not None:
+        steps.append(_find_python(env.python_version))
+        py = '"$PY"'
+    if env.pip or env.wheels:
         envs = '"$HOME/.skyward/envs"'
         venv = f'"$HOME/.skyward/envs/{env.key}"'
         install: list[str] = []
@@ -135,13 +147,23 @@ def _environment_steps(env: Environment, python: str) -> tuple[str, str]:
                     f"--index {shlex.quote(url)} --index-strategy first-index "
                     + " ".join(shlex.quote(r) for r in chosen)
                 )
-        rest = [r for r in env.pip if requirement_name(r) not in scoped]
+        rest = [shlex.quote(r) for r in env.pip if requirement_name(r) not in scoped]
+        wheels = f"{venv}/wheels"  # in the environment, under its lock
+        for name, _ in env.wheels:
+            rest.append(f"{wheels}/{shlex.quote(name)}")
         if rest:
-            install.append(
-                f'"$UV" pip install --quiet --python {venv}/bin/python '
-                + " ".join(shlex.quote(r) for r in rest)
-            )
+            pip = f'"$UV" pip install --quiet --python {venv}/bin/python '
+            install.append(pip + " ".join(rest))
         pth = "\n".join(env.base_paths)
+        for name, data in env.wheels:
+            blob = base64.b64encode(data).decode()
+            install.insert(
+                0,
+                f"""mkdir -p {wheels}
+base64 -d > {wheels}/{shlex.quote(name)} <<'{_EOF}'
+{blob}
+{_EOF}""",
+            )
         steps.append(f"""phase uv
 UV=$(command -v uv || true)
 if [ -z "$UV" ]; then
@@ -187,6 +209,44 @@ rm includes.tar.gz""")
             lines.append(f"export {name}")
         steps.append("\n".join(lines))
     return "\n".join(steps), py
+
+
+def _find_python(version: str) -> str:
+    """Shell steps that set ``PY`` to an interpreter of ``version`` on the node.
+
+    One already there is preferred (any on ``PATH`` named ``pythonX.Y``, ``python3`` or
+    ``python``); uv downloads one only when none matches, since a function pickled by one
+    Python version cannot run on another.
+    """
+    v = shlex.quote(version)
+    return f"""phase python
+PY=
+for candidate in python{version} python3 python; do
+  found=$(command -v "$candidate" || true)
+  [ -n "$found" ] || continue
+  said=$("$found" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+  if [ "$said" = {v} ]; then
+    PY=$found
+    break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "no Python {version} on PATH here: installing one with uv"
+  BOOT=$(command -v python3 || command -v python || true)
+  UV=$(command -v uv || true)
+  if [ -z "$UV" ]; then
+    if [ -z "$BOOT" ]; then
+      echo "this machine has neither Python nor uv: install python{version} (or uv) on it" >&2
+      false
+    fi
+    "$BOOT" -m pip install --quiet --disable-pip-version-check --target "$HOME/.skyward/tools/uv" uv
+    UV="$HOME/.skyward/tools/uv/bin/uv"
+  fi
+  "$UV" python install --quiet {v}
+  PY=$("$UV" python find {v})
+fi
+echo "Python {version}: $PY"
+"""
 
 
 def requirement_name(requirement: str) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "RESERVED_MOUNTS",
     "SELECTION_STRATEGIES",
     "SKYWARD_SOURCES",
+    "SSH",
     "AllocationStrategy",
     "Architecture",
     "ConsoleMode",
@@ -51,6 +52,7 @@ __all__ = [
     "Options",
     "PipIndex",
     "ProviderConfig",
+    "SSHHost",
     "SelectionStrategy",
     "SkywardSource",
     "Spec",
@@ -334,6 +336,110 @@ class Local(ProviderConfig):
     working directory, so a pool on ``Local`` goes through the same SSH, bootstrap and worker
     path as a cloud pool. It is the provider used when none is given.
     """
+
+
+_HOST_FIX = 'Pass e.g. hosts=["gpu1", "alice@gpu2:2222"] or hosts=[sky.SSHHost(host="gpu1")].'
+
+
+def _check_port(record: str, value: object) -> None:
+    fix = "Pass the port sshd listens on, e.g. port=22."
+    _check_int(record, "port", value, low=1, fix=fix)
+    assert isinstance(value, int)
+    if value > 65535:
+        raise ValueError(f"{record}(port={value!r}): a port is at most 65535. {fix}")
+
+
+@attrs.frozen(kw_only=True)
+class SSHHost:
+    """One machine of ``sky.SSH``: its address, and the user and port if not the pool's.
+
+    Attributes:
+        host: A host name or address, as ``ssh`` would take it.
+        user: The login user; None takes ``SSH.user``.
+        port: The sshd port; None takes ``SSH.port``.
+    """
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_str("SSHHost", "host", self.host, fix=_HOST_FIX)
+        if any(c.isspace() for c in self.host) or self.host.startswith("-"):
+            raise ValueError(
+                f"SSHHost(host={self.host!r}): not a host name or address. {_HOST_FIX}"
+            )
+        if self.user is not None:
+            _check_str("SSHHost", "user", self.user, fix='Pass e.g. user="alice", or None.')
+        if self.port is not None:
+            _check_port("SSHHost", self.port)
+
+    @classmethod
+    def parse(cls, text: str) -> SSHHost:
+        """``host``, ``user@host``, ``host:port`` or ``user@[v6addr]:port`` as a record."""
+        _check_str("SSH", "hosts", text, fix=_HOST_FIX)
+        user, _, rest = text.rpartition("@")
+        port: int | None = None
+        if rest.startswith("["):  # an IPv6 address, bracketed to carry a port
+            host, _, tail = rest[1:].partition("]")
+            if tail:
+                port = _parse_port(text, tail.removeprefix(":"))
+        elif rest.count(":") == 1:
+            host, _, tail = rest.partition(":")
+            port = _parse_port(text, tail)
+        else:
+            host = rest
+        return cls(host=host, user=user or None, port=port)
+
+
+def _parse_port(text: str, port: str) -> int:
+    if not port.isdigit():
+        raise ValueError(
+            f"SSH(hosts=[{text!r}]): {port!r} is not a port number; hosts are "
+            f"'user@host:port' with user and port optional. {_HOST_FIX}"
+        )
+    return int(port)
+
+
+def _host_tuple(value: Iterable[str | SSHHost]) -> tuple[SSHHost, ...]:
+    converted = _as_tuple(value)
+    if not isinstance(converted, tuple):
+        return converted  # type: ignore[return-value]  # the check that follows rejects it
+    return tuple(SSHHost.parse(h) if isinstance(h, str) else h for h in converted)
+
+
+@attrs.frozen(kw_only=True)
+class SSH(ProviderConfig):
+    """Machines you already have, reached with your own SSH key: each host is one node.
+
+    Attributes:
+        hosts: ``"user@host:port"`` strings (user and port optional) or ``SSHHost``
+            records, one per node, in node order.
+        user: The login user of hosts that name none; None: your user name here.
+        port: The sshd port of hosts that name none.
+        key: Your private key file; None: the first of ``~/.ssh/id_ed25519``,
+            ``~/.ssh/id_ecdsa`` and ``~/.ssh/id_rsa`` that exists.
+    """
+
+    hosts: tuple[SSHHost, ...] = attrs.field(converter=_host_tuple)
+    user: str | None = None
+    port: int = 22
+    key: str | None = attrs.field(default=None, converter=attrs.converters.optional(_path))
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.hosts, str):
+            raise TypeError(
+                f"SSH(hosts={self.hosts!r}): hosts is a list, one host per node. "
+                f"Pass hosts=[{self.hosts!r}]."
+            )
+        _check_items("SSH", "hosts", self.hosts, SSHHost, example='"gpu1", "alice@gpu2:2222"')
+        if not self.hosts:
+            raise ValueError(f"SSH(hosts=[]): give at least one host. {_HOST_FIX}")
+        if self.user is not None:
+            _check_str("SSH", "user", self.user, fix='Pass e.g. user="alice", or None.')
+        _check_port("SSH", self.port)
+        if self.key is not None:
+            _check_str("SSH", "key", self.key, fix='Pass e.g. key="~/.ssh/id_ed25519".')
 
 
 # --- nodes --------------------------------------------------------------------------------------

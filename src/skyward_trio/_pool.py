@@ -94,8 +94,9 @@ from ._function import (
     active_pool,
 )
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
-from ._model import Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
-from ._providers import Cluster, Instance, open_cluster
+from ._model import SSH, Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
+from ._providers import Cluster, Instance, open_cluster, resolve_key
+from ._source import SkywardPackage, check_source, skyward_package
 from ._store import LocalClient, Store
 from ._storelink import ClientStore, StoreLink
 from ._version import PYTHON_VERSION
@@ -1713,6 +1714,22 @@ def _check_image(spec: Spec) -> None:
                 f"Image(includes=[{include!r}]): no such file or directory here (relative to "
                 f"{os.getcwd()}); includes are paths on this machine"
             )
+    if isinstance(spec.provider, SSH):
+        hosts = len(spec.provider.hosts)
+        most = max(spec.nodes.desired, spec.nodes.max or 0)
+        if most > hosts:
+            raise ValueError(
+                f"nodes={most}: sky.SSH gives one node per host and has {hosts} host(s) "
+                f"({', '.join(h.host for h in spec.provider.hosts)}); add hosts to "
+                f"SSH(hosts=[...]), or pass nodes={hosts}"
+            )
+        resolve_key(spec.provider)
+        if image.apt:
+            raise ValueError(
+                f"Image(apt={list(image.apt)!r}): apt {_NOT_YET} on sky.SSH hosts; install "
+                "system packages on your machines yourself"
+            )
+        check_source(image.skyward_source)
     if isinstance(spec.provider, Local):
         if image.apt:
             raise ValueError(
@@ -1884,6 +1901,7 @@ class _Supervisor:
         self._includes: bytes | None = None  # Image.includes, packed
         # The collections store runs on node 0 when nodes reach each other, else here.
         self.store = None if cluster.peers_reachable else Store(secret.encode())
+        self._skyward: SkywardPackage | None = None  # what remote nodes install Skyward from
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
@@ -2061,7 +2079,7 @@ class _Supervisor:
                 config["sys_path"].insert(0, f"{instance.workdir}/includes")
             script = worker_bootstrap(
                 workdir=instance.workdir,
-                python=instance.python,
+                python=instance.python or "python3",  # None: the environment finds one
                 secret=self.secret,
                 config=config,
                 start_timeout=30,
@@ -2309,7 +2327,7 @@ class _Supervisor:
                         instance.host,
                         instance.port,
                         username=instance.username,
-                        client_key=self.client_key,
+                        client_key=self._key_for(instance),
                         host_key=instance.host_key,
                     )
                 except _transport.SSHError as exc:
@@ -2334,11 +2352,18 @@ class _Supervisor:
                 delay = min(delay * 2, 1.0)
         return f"{why}; not reconnected within {window:g} s", None
 
+    def _key_for(self, instance: Instance) -> Any:
+        """The key the client logs in with: the pool's own, or the user's (``sky.SSH``)."""
+        if instance.client_key is not None:
+            return _transport.read_key(instance.client_key)
+        return self.client_key
+
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
         options = self.pool.options
         limit = options.ssh_timeout or 60
         delay = options.ssh_retry_interval or 0.2
         last: Exception | None = None
+        key = self._key_for(instance)
         with trio.move_on_after(limit):
             while True:
                 try:
@@ -2346,7 +2371,7 @@ class _Supervisor:
                         instance.host,
                         instance.port,
                         username=instance.username,
-                        client_key=self.client_key,
+                        client_key=key,
                         host_key=instance.host_key,
                     )
                 except _transport.SSHError as exc:
@@ -2367,23 +2392,37 @@ class _Supervisor:
         )
 
     async def _environment(self, instance: Instance) -> Environment | None:
-        """What the image asks of this node beyond a worker, or None for nothing."""
+        """What the image asks of this node beyond a worker, or None for nothing.
+
+        A remote machine (``instance.python`` None) always gets one: it needs a Python of
+        this client's version and Skyward itself, per ``Image.skyward_source``.
+        """
         image = self.pool.spec.image
-        if not (image.pip or image.includes or image.shell_vars):
+        remote = instance.python is None
+        if not (remote or image.pip or image.includes or image.shell_vars):
             return None
         if self._includes is None:  # packed once per pool, in a thread: it reads files
             self._includes = await trio.to_thread.run_sync(
                 pack_includes, image.includes, image.excludes
             )
+        package = SkywardPackage()
+        if remote:
+            if self._skyward is None:  # may build a wheel: once per pool, in a thread
+                self._skyward = await trio.to_thread.run_sync(skyward_package, image.skyward_source)
+            package = self._skyward
         indexes = tuple((index.url, index.packages) for index in image.pip_indexes)
         base = instance.sys_path
+        pip = (*image.pip, *package.requirements)
+        python = PYTHON_VERSION if instance.python is None else instance.python
         return Environment(
-            pip=image.pip,
+            pip=pip,
             indexes=tuple((url, tuple(requirement_name(p) for p in pkgs)) for url, pkgs in indexes),
             base_paths=base,
             includes=self._includes if image.includes else b"",
             shell_vars=dict(image.shell_vars),
-            key=env_hash(instance.python, [*image.pip, *base], indexes),
+            key=env_hash(python, [*pip, *base, *([package.key] if remote else [])], indexes),
+            python_version=PYTHON_VERSION if remote else None,
+            wheels=package.wheels,
         )
 
     async def _reach_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:

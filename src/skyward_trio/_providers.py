@@ -1,4 +1,4 @@
-"""Providers: where nodes come from. Today: ``Local``, the embedded default.
+"""Providers: where nodes come from: ``Local`` (the embedded default) and ``SSH``.
 
 A provider's cluster object provisions one instance per node, reports what the client
 needs to reach it (address, port, host key, interpreter, working directory) and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,19 @@ import attrs
 import trio
 
 from . import _transport
-from ._model import Local, ProviderConfig
+from ._model import SSH, Local, ProviderConfig
 
-__all__ = ["ARMED_FAULTS", "Cluster", "Instance", "LocalCluster", "LocalFault", "open_cluster"]
+__all__ = [
+    "ARMED_FAULTS",
+    "Cluster",
+    "HostKeyError",
+    "Instance",
+    "LocalCluster",
+    "LocalFault",
+    "SSHCluster",
+    "open_cluster",
+    "resolve_key",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -40,12 +51,17 @@ class Instance:
     host_key: str  # public key, OpenSSH one-line form
     private_ip: str
     public_ip: str | None
-    python: str  # interpreter the worker runs with
+    # Interpreter the worker runs with; None: a remote machine, where the bootstrap finds
+    # one of the client's X.Y and builds the environment (Skyward included) with it.
+    python: str | None
     workdir: str
     # Import path the worker starts with: Local nodes share this machine's files, so they
     # get the client's sys.path and can import the same modules (your own included).
     sys_path: tuple[str, ...] = ()
     hourly_price: float = 0.0  # USD per hour its provider bills (the offer's price); Local: 0
+    # Private key file the client authenticates with; None: the pool's own generated key
+    # (which the provider installed on the machine, as Local does).
+    client_key: str | None = None
 
 
 class Cluster(Protocol):
@@ -73,9 +89,11 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
     """Open the cluster object of the provider ``config`` names."""
     if isinstance(config, Local):
         return LocalCluster(config, job_id=job_id, client_public_key=client_public_key)
+    if isinstance(config, SSH):
+        return SSHCluster(config, job_id=job_id)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
-        "use provider=sky.Local() (see the README's 'not yet' list)"
+        "use provider=sky.Local() or sky.SSH(hosts=[...]) (see the README's 'not yet' list)"
     )
 
 
@@ -290,3 +308,239 @@ def _username() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+# --- sky.SSH ------------------------------------------------------------------------------------
+
+_DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+SSH_KNOWN_HOSTS = "~/.ssh/known_hosts"
+SKYWARD_KNOWN_HOSTS = "~/.skyward/known_hosts"
+
+
+class HostKeyError(Exception):
+    """A machine presented a host key other than the one a known_hosts file trusts."""
+
+
+def resolve_key(config: SSH) -> str:
+    """The private key file ``config`` authenticates with (``key``, or the first default).
+
+    Raises:
+        FileNotFoundError: No such key, naming every path looked at and the fix.
+    """
+    if config.key is not None:
+        path = os.path.expanduser(config.key)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"SSH(key={config.key!r}): no such file ({path}). Pass the path of the "
+                "private key you log in to these hosts with."
+            )
+        return path
+    for candidate in _DEFAULT_KEYS:
+        path = os.path.expanduser(candidate)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"sky.SSH(): no private key given and none of {', '.join(_DEFAULT_KEYS)} exists. "
+        "Pass SSH(key='/path/to/private_key'), or create one with ssh-keygen -t ed25519 and "
+        "add its .pub to each host's ~/.ssh/authorized_keys."
+    )
+
+
+def _known_hosts_name(host: str, port: int) -> str:
+    """How OpenSSH names ``host:port`` in a known_hosts file."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+async def verified_host_key(host: str, port: int) -> str:
+    """The host key of ``host:port``, verified, or pinned if the machine is new to us.
+
+    ``~/.ssh/known_hosts`` (what ``ssh`` trusts) is consulted first, then Skyward's own
+    ``~/.skyward/known_hosts``; a machine in neither is pinned in the latter on first use.
+    A key neither file trusts is never accepted: there is no switch to turn this off.
+
+    Raises:
+        HostKeyError: The machine's key is not the trusted one, naming file and line.
+    """
+    for path in _known_hosts_files():
+        known = _transport.known_host_keys(path, host, port)
+        if not known:
+            continue
+        offered = await _transport.fetch_host_key(host, port, like=[k for _, k in known])
+        if offered is not None and offered in {k for _, k in known}:
+            return offered
+        lines = ", ".join(str(n) for n, _ in known)
+        name = _known_hosts_name(host, port)
+        what = (
+            offered.split()[0] + " key " + _transport.fingerprint(offered)
+            if offered
+            else "no key of the types listed there"
+        )
+        raise HostKeyError(
+            f"the host key of {host}:{port} does not match {path} line {lines}: the machine "
+            f"offered {what}. Someone may be intercepting the connection; if instead the "
+            f"machine was reinstalled and you trust its new key, delete line {lines} of "
+            f"{path} (ssh-keygen -R {shlex.quote(name)} -f {path}) and connect again."
+        )
+    offered = await _transport.fetch_host_key(host, port, like=[])
+    assert offered is not None
+    _pin(host, port, offered)
+    return offered
+
+
+def _known_hosts_files() -> tuple[str, str]:
+    return os.path.expanduser(SSH_KNOWN_HOSTS), os.path.expanduser(SKYWARD_KNOWN_HOSTS)
+
+
+def _pin(host: str, port: int, key: str) -> None:
+    """Trust ``key`` for ``host:port`` from now on (Skyward's known_hosts)."""
+    path = os.path.expanduser(SKYWARD_KNOWN_HOSTS)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(f"{_known_hosts_name(host, port)} {key}\n")
+
+
+# Stops the worker (and what it started: it leads its own process group) and removes the
+# work directory. Then whatever still runs in that directory goes too: OpenSSH ends a
+# command neither when its channel nor when its connection closes, so a bootstrap cut
+# short by its timeout would run on.
+# It prints a mark only when the directory is gone, so "terminated" is confirmed, never
+# assumed. The machine itself is left running: it is the user's.
+_CLEANUP = """d={workdir}
+if [ -f "$d/worker.ready" ]; then
+  pid=$(cat "$d/worker.ready")
+  mine() {{ tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q -- "--dir $d"; }}
+  if mine; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    i=0
+    while mine && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+    if mine; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+fi
+for p in /proc/[0-9]*; do
+  case "$(readlink "$p/cwd" 2>/dev/null)" in
+    "$d"|"$d"/*|"$d (deleted)") kill -KILL "${{p#/proc/}}" 2>/dev/null || true ;;
+  esac
+done
+rm -rf "$d"
+[ ! -e "$d" ] && echo {mark}
+"""
+_GONE = "SKYWARD_CLEANED"
+
+
+class SSHCluster:
+    """``sky.SSH(hosts=...)``: node i is the i-th host; provisioning only selects it.
+
+    Each node gets a work directory ``~/.skyward/jobs/<job>-<node>`` on its host;
+    terminating stops the worker and removes that directory, never the machine.
+    """
+
+    name = "ssh"
+    # Whether your machines reach each other is not known here: the collections store
+    # then runs in the client, which every node reaches through its own SSH connection.
+    peers_reachable = False
+
+    def __init__(self, config: SSH, *, job_id: str) -> None:
+        self.config = config
+        self.job_id = job_id
+        self.key_path = resolve_key(config)
+        self._key = _transport.read_key(self.key_path)
+        self._user = config.user or _username()
+        self._live: dict[str, Instance] = {}
+        self._serial = 0
+
+    def _address(self, node: int) -> tuple[str, int, str]:
+        if node >= len(self.config.hosts):
+            raise RuntimeError(
+                f"sky.SSH has {len(self.config.hosts)} host(s), so there is no node {node}; "
+                "add hosts to SSH(hosts=[...]), or ask for fewer nodes"
+            )
+        entry = self.config.hosts[node]
+        return entry.host, entry.port or self.config.port, entry.user or self._user
+
+    async def alive(self, instance: Instance) -> bool:
+        """Your machines have no provider to ask: whether one is still there is for the
+        reconnection to find out."""
+        return True
+
+    async def _connect(self, instance: Instance) -> _transport.SSHConnection:
+        return await _transport.connect(
+            instance.host,
+            instance.port,
+            username=instance.username,
+            client_key=self._key,
+            host_key=instance.host_key,
+        )
+
+    async def provision(self, node: int) -> Instance:
+        """Verify the host's key, log in once to learn its home directory."""
+        host, port, user = self._address(node)
+        host_key = await verified_host_key(host, port)
+        ssh = await _transport.connect(
+            host, port, username=user, client_key=self._key, host_key=host_key
+        )
+        try:
+            rc, out, err = await ssh.run('printf "%s\\n" "$HOME"')
+        finally:
+            await ssh.aclose()
+        home = out.decode(errors="replace").strip()
+        if rc != 0 or not home.startswith("/"):
+            raise RuntimeError(
+                f"{user}@{host}:{port} did not say its home directory (exit status {rc}): "
+                f"{err.decode(errors='replace').strip()}"
+            )
+        workdir = f"{home}/.skyward/jobs/{self.job_id}-{node}"
+        if len(workdir) + len("/worker.sock") > 100:  # AF_UNIX paths are limited to 108 bytes
+            raise RuntimeError(
+                f"the worker's socket path on {host} would be {workdir}/worker.sock, over "
+                "the 107 bytes a unix socket allows; log in as a user with a shorter home"
+            )
+        self._serial += 1
+        instance = Instance(
+            id=f"ssh-{self.job_id}-{node}-{self._serial}",
+            node=node,
+            host=host,
+            port=port,
+            username=user,
+            host_key=host_key,
+            private_ip=host,
+            public_ip=host,
+            python=None,
+            workdir=workdir,
+            client_key=self.key_path,
+        )
+        self._live[instance.id] = instance
+        return instance
+
+    async def terminate(self, instance: Instance) -> None:
+        """Stop the worker and remove the work directory; confirm it or raise."""
+        # The pool reports a failure here itself; aclose is for what it never knew of.
+        self._live.pop(instance.id, None)
+        ssh = await self._connect(instance)
+        try:
+            script = _CLEANUP.format(workdir=shlex.quote(instance.workdir), mark=_GONE)
+            rc, out, err = await ssh.run("bash -s", input=script.encode())
+        finally:
+            await ssh.aclose()
+        if rc != 0 or _GONE.encode() not in out:
+            raise RuntimeError(
+                f"could not clean up {instance.workdir} on {instance.host}:{instance.port} "
+                f"(exit status {rc}): {err.decode(errors='replace').strip()}"
+            )
+
+    async def aclose(self) -> None:
+        """Clean up after instances handed out and never terminated (a provision that
+        finished as the pool was cancelled); raise naming any that could not be."""
+        failed: list[str] = []
+        for instance in list(self._live.values()):
+            with trio.move_on_after(10) as scope:
+                try:
+                    await self.terminate(instance)
+                except (OSError, RuntimeError, _transport.SSHError) as exc:
+                    failed.append(f"{instance.id} ({exc})")
+            if scope.cancelled_caught:
+                failed.append(f"{instance.id} (no answer within 10 s)")
+        if failed:
+            raise RuntimeError(
+                "sky.SSH could not stop Skyward's worker and remove its directory on: "
+                + "; ".join(failed)
+            )

@@ -13,6 +13,7 @@ command, so commands are run with ``create_process`` and closed in a shielded ``
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,7 +33,11 @@ __all__ = [
     "WorkerLink",
     "asyncio_loop",
     "connect",
+    "fetch_host_key",
+    "fingerprint",
     "generate_key",
+    "known_host_keys",
+    "read_key",
 ]
 
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
@@ -59,6 +64,89 @@ def public_openssh(key: asyncssh.SSHKey) -> str:
 def private_openssh(key: asyncssh.SSHKey) -> bytes:
     data: bytes = key.export_private_key("openssh")
     return data
+
+
+def fingerprint(public: str) -> str:
+    """The SHA256 fingerprint ``ssh-keygen -l`` shows for a public key in OpenSSH form."""
+    return str(asyncssh.import_public_key(public).get_fingerprint("sha256"))
+
+
+def read_key(path: str) -> asyncssh.SSHKey:
+    """The private key in the file ``path`` (OpenSSH or PEM form, not passphrase-protected).
+
+    Raises:
+        SSHError: The file cannot be read or holds no usable private key, with the path.
+    """
+    try:
+        return asyncssh.read_private_key(path)
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise SSHError(
+            f"could not load the SSH private key {path}: {exc}. Pass SSH(key=...) a private "
+            "key file without a passphrase (the one your ssh uses for these hosts)"
+        ) from exc
+
+
+def known_host_keys(path: str, host: str, port: int) -> list[tuple[int, str]]:
+    """The keys that ``path`` (an OpenSSH known_hosts file) trusts for ``host:port``.
+
+    Returns ``(line number, public key in OpenSSH form)`` pairs, so a mismatch can name
+    the line to fix. Hashed host names match too; a missing file trusts nothing.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            lines = file.read().splitlines()
+    except FileNotFoundError:
+        return []
+    try:
+        addr = str(ipaddress.ip_address(host))
+    except ValueError:
+        addr = ""  # a name: matched by name only
+    found: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith(("#", "@")):
+            continue
+        try:
+            entry = asyncssh.import_known_hosts(line)
+            trusted = entry.match(host, addr, port)[0]
+            # asyncssh falls back to a port-less entry; OpenSSH names a port other than
+            # 22 as [host]:port only, and so do we.
+            if port != 22 and entry.match(host, addr, None)[0]:
+                continue
+        except (asyncssh.Error, ValueError):
+            continue  # a line OpenSSH would skip too
+        for key in {public_openssh(k) for k in trusted}:
+            found.append((number, key))
+    return found
+
+
+async def fetch_host_key(host: str, port: int, *, like: list[str]) -> str | None:
+    """The host key ``host:port`` presents, before any authentication.
+
+    With ``like`` (public keys in OpenSSH form), the server is asked for a key of one of
+    their types, so it is compared with a key of the same kind. None: it has none of them.
+    The caller owns the deadline.
+
+    Raises:
+        SSHError: No SSH server answered there.
+    """
+    algorithms: list[str] = []
+    for text in like:
+        for alg in asyncssh.import_public_key(text).sig_algorithms:
+            if alg.decode() not in algorithms:
+                algorithms.append(alg.decode())
+    try:
+        key = await trio_asyncio.aio_as_trio(asyncssh.get_server_host_key)(
+            host, port, server_host_key_algs=algorithms or (), config=[]
+        )
+    except asyncssh.KeyExchangeFailed as exc:
+        if algorithms:
+            return None
+        raise SSHError(f"no key exchange with the SSH server at {host}:{port}: {exc}") from exc
+    except (asyncssh.Error, OSError) as exc:
+        raise SSHError(f"no SSH server answered at {host}:{port}: {exc}") from exc
+    if key is None:
+        raise SSHError(f"the SSH server at {host}:{port} presented no host key")
+    return public_openssh(key)
 
 
 def _ciphers() -> list[str]:

@@ -43,6 +43,7 @@ LAYERS = {
     "_sshcork": 4,
     "_transport": 4,
     "_providers": 4,
+    "_source": 4,
     "_localnode": 4,
     "_connection": 4,
     "_health": 5,

@@ -1,0 +1,401 @@
+"""``sky.SSH`` against real OpenSSH: two ``sshd`` processes started here, on 127.0.0.2 and
+127.0.0.3, each with its own host key, an authorized key made for the test and its own home
+directory (``SetEnv HOME``), so each is a separate "machine" that shares nothing with this
+client but the package index. Their ``PATH`` holds this interpreter's Python version, so the
+bootstrap finds one there; the environment (six, Skyward's wheel) is built once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy
+import pytest
+
+import skyward as sky
+
+if TYPE_CHECKING:
+    from conftest import Processes
+
+SSHD = "/usr/sbin/sshd"
+QUIET = sky.Options(console="silent")
+
+
+@attrs.frozen
+class Machine:
+    """One sshd "machine": where it listens, its home directory and its host key."""
+
+    addr: str
+    port: int
+    home: Path
+    host_key: Path
+    pid: int
+
+    @property
+    def jobs(self) -> Path:
+        return self.home / ".skyward" / "jobs"
+
+
+@attrs.frozen
+class Machines:
+    a: Machine
+    b: Machine
+    key: Path
+    root: Path
+
+    def provider(self, *machines: Machine) -> sky.SSH:
+        chosen = machines or (self.a, self.b)
+        return sky.SSH(hosts=[f"{m.addr}:{m.port}" for m in chosen], key=str(self.key))
+
+
+def _need_sshd() -> None:
+    if os.path.exists(SSHD):
+        return
+    message = f"{SSHD} is missing (apt-get install -y openssh-server)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}: CI must run the sky.SSH tests")
+    pytest.skip(message)
+
+
+def _free_port(addr: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((addr, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+def _start_sshd(root: Path, name: str, addr: str, authorized: Path, *, port: int = 0) -> Machine:
+    """A private sshd (no system config touched) that runs until stopped by its pid."""
+    directory = root / name
+    home = directory / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    host_key = directory / "host_ed25519"
+    if not host_key.exists():
+        _keygen(host_key)
+    port = port or _free_port(addr)
+    python_dir = os.path.dirname(sys._base_executable)  # this Python's version is "installed"
+    config = directory / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress {addr}\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {authorized}\nPidFile none\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
+        "AllowStreamLocalForwarding yes\nPermitUserEnvironment no\n"
+        f"SetEnv {_set_env(home, python_dir, root / 'uv-cache')}\n"
+    )
+    if os.getuid() == 0:  # as root, sshd wants its privilege-separation directory
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
+    log = directory / "sshd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
+    deadline = time.monotonic() + 10
+    while b"Server listening" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"sshd did not start: {log.read_text()}")
+        time.sleep(0.02)
+    _RUNNING[proc.pid] = proc
+    return Machine(addr=addr, port=port, home=home, host_key=host_key, pid=proc.pid)
+
+
+_RUNNING: dict[int, subprocess.Popen[bytes]] = {}
+
+# How this client reaches the package index (a proxy's CA, a mirror): the machines reach it
+# the same way, as a lab's machines would be set up for their network.
+_INDEX_SETTINGS = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "PIP_CERT",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_NATIVE_TLS",
+)
+
+
+def _set_env(home: Path, python_dir: str, uv_cache: Path) -> str:
+    """sshd's ``SetEnv`` line: the machine's home, PATH, uv cache and index settings."""
+    values = {
+        "HOME": str(home),
+        "PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin",
+        "UV_CACHE_DIR": str(uv_cache),  # shared by the machines: one download per session
+    }
+    values |= {name: os.environ[name] for name in _INDEX_SETTINGS if name in os.environ}
+    return " ".join(f'"{name}={value}"' for name, value in values.items())
+
+
+def _stop(machine: Machine) -> None:
+    proc = _RUNNING.pop(machine.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
+    _need_sshd()
+    root = tmp_path_factory.mktemp("ssh")
+    key = root / "client_ed25519"
+    _keygen(key)
+    authorized = root / "authorized_keys"
+    shutil.copy(key.with_suffix(".pub"), authorized)
+    started: list[Machine] = []
+    try:
+        started.append(_start_sshd(root, "a", "127.0.0.2", authorized))
+        started.append(_start_sshd(root, "b", "127.0.0.3", authorized))
+        yield Machines(a=started[0], b=started[1], key=key, root=root)
+    finally:
+        for machine in started:
+            _stop(machine)
+
+
+@pytest.fixture(scope="module")
+def mylib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    package = tmp_path_factory.mktemp("includes") / "sshlib_7f3a"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 42\n")
+    return package
+
+
+@pytest.fixture(scope="module")
+def ssh_pool(machines: Machines, mylib: Path) -> Iterator[sky.Pool]:
+    image = sky.Image(pip=["six==1.16.0"], env={"GREETING": "hi"}, includes=[str(mylib)])
+    with sky.Compute(provider=machines.provider(), nodes=2, image=image, options=QUIET) as pool:
+        yield pool
+
+
+@sky.function
+def _where() -> dict[str, Any]:
+    import six  # type: ignore[import-untyped]
+    import sshlib_7f3a  # type: ignore[import-not-found]
+
+    return {
+        "node": sky.instance_info().node,
+        "home": os.environ["HOME"],
+        "python": sys.executable,
+        "version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "six": six.__version__,
+        "greeting": os.environ.get("GREETING"),
+        "included": sshlib_7f3a.VALUE,
+        "cwd": os.getcwd(),
+    }
+
+
+@sky.function
+def _square(x: int) -> int:
+    return x * x
+
+
+@sky.function
+def _node_of(x: int) -> tuple[int, int]:
+    return sky.instance_info().node, x
+
+
+@sky.function
+def _uses_numpy() -> int:
+    return int(numpy.int64(3))  # numpy is here, not on the machines
+
+
+def test_each_host_is_a_node_with_the_image_built_there(
+    ssh_pool: sky.Pool, machines: Machines
+) -> None:
+    per_node = _where() @ ssh_pool
+    assert [r["node"] for r in per_node] == [0, 1]
+    for result, machine in zip(per_node, (machines.a, machines.b), strict=True):
+        assert result["home"] == str(machine.home)  # it ran on that machine
+        envs = machine.home / ".skyward" / "envs"
+        assert Path(result["python"]).is_relative_to(envs)  # the venv built there
+        assert result["version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+        assert result["six"] == "1.16.0"
+        assert result["greeting"] == "hi"
+        assert result["included"] == 42
+        assert Path(result["cwd"]).parent == machine.jobs
+        # Skyward itself came from a wheel of this checkout (skyward_source="auto").
+        (wheel,) = envs.glob("*/wheels/skyward-*.whl")
+        assert wheel.name.startswith(f"skyward-{sky.__version__}-")
+
+
+def test_every_operator_dispatches_over_openssh(ssh_pool: sky.Pool) -> None:
+    assert _square(7) >> ssh_pool == 49
+    assert _square(3) @ ssh_pool == [9, 9]
+    assert (_square(2) & _square(5)) >> ssh_pool == (4, 25)
+    assert (_square(6) > ssh_pool).result(timeout=60) == 36
+    assert sky.gather(_square(1), _square(2), _square(3)) >> ssh_pool == (1, 4, 9)
+    streamed = sky.gather(_square(4), _square(5), stream=True) >> ssh_pool
+    assert list(streamed) == [16, 25]
+    assert ssh_pool.map(_square.fn, range(200)) == [x * x for x in range(200)]
+    nodes = {node for node, _ in ssh_pool.map(_node_of.fn, range(64))}
+    assert nodes == {0, 1}  # both machines took part
+    assert ssh_pool.run(_node_of(1), target=1) == (1, 1)
+
+
+def test_the_handshake_refuses_a_module_missing_on_the_machines(ssh_pool: sky.Pool) -> None:
+    expected = (
+        rf"numpy {re.escape(numpy.__version__)} here, not installed on node \d: "
+        rf'add Image\(pip=\["numpy=={re.escape(numpy.__version__)}"\]\)'
+    )
+    with pytest.raises(sky.VersionMismatchError, match=expected):
+        _uses_numpy() >> ssh_pool
+
+
+@sky.function
+def _count(name: str, times: int) -> int:
+    counter = sky.counter(name)
+    for _ in range(times):
+        counter.increment()
+    return sky.instance_info().node
+
+
+def test_collections_work_on_your_own_machines(ssh_pool: sky.Pool) -> None:
+    # Nothing says your machines reach each other: the store runs in the client, and each
+    # node reaches it through its own SSH connection (OpenSSH streamlocal forwarding).
+    assert ssh_pool._core._supervisor is not None
+    assert ssh_pool._core._supervisor.store is not None
+    nodes = sky.gather(*[_count("ssh-hits", 25) for _ in range(4)]) >> ssh_pool
+    assert set(nodes) == {0, 1}
+    assert ssh_pool.counter("ssh-hits").value == 100
+
+
+def test_host_keys_are_pinned_on_first_use(ssh_pool: sky.Pool, machines: Machines) -> None:
+    pinned = (Path.home() / ".skyward" / "known_hosts").read_text().splitlines()
+    for machine in (machines.a, machines.b):
+        public = " ".join(machine.host_key.with_suffix(".pub").read_text().split()[:2])
+        assert f"[{machine.addr}]:{machine.port} {public}" in pinned
+
+
+def _refused_with(provider: sky.SSH, pattern: str) -> None:
+    with (
+        pytest.raises(sky.ProvisionError, match=pattern),
+        sky.Compute(provider=provider, nodes=1, options=QUIET),
+    ):
+        pytest.fail("the pool came up with a host key nobody trusts")
+
+
+def test_a_changed_host_key_is_refused_with_the_line_to_fix(
+    machines: Machines, tmp_path: Path, processes: Processes
+) -> None:
+    authorized = machines.root / "authorized_keys"
+    machine = _start_sshd(tmp_path, "c", "127.0.0.3", authorized)
+    try:
+        provider = machines.provider(machine)
+        name = f"[{machine.addr}]:{machine.port}"
+        other = tmp_path / "other"
+        _keygen(other)
+        wrong = " ".join(other.with_suffix(".pub").read_text().split()[:2])
+        # Pinned by Skyward earlier, and the machine's key changed since: refused.
+        pins = Path.home() / ".skyward" / "known_hosts"
+        with pins.open("a") as file:
+            file.write(f"{name} {wrong}\n")
+        line = len(pins.read_text().splitlines())
+        _refused_with(
+            provider,
+            rf"the host key of {machine.addr}:{machine.port} does not match "
+            rf"{re.escape(str(pins))} line {line}: .*ssh-keygen -R",
+        )
+        # What ssh itself trusts comes first, and is held to the same rule.
+        known = Path.home() / ".ssh" / "known_hosts"
+        known.parent.mkdir(exist_ok=True)
+        known.write_text(f"# a comment\n{name} {wrong}\n")
+        _refused_with(provider, rf"does not match {re.escape(str(known))} line 2:")
+        known.unlink()
+    finally:
+        _stop(machine)
+    assert not processes.mentioning(str(tmp_path))
+
+
+def test_teardown_leaves_no_process_and_no_work_directory(
+    machines: Machines, processes: Processes
+) -> None:
+    with sky.Compute(provider=machines.provider(), nodes=2, options=QUIET) as pool:
+        workdirs = [Path(r["cwd"]) for r in _cwd() @ pool]
+        pids = [r["pid"] for r in _cwd() @ pool]
+        assert all(d.is_dir() for d in workdirs)
+        assert processes.mentioning(str(workdirs[0]))  # the worker, while the pool is open
+    assert not any(d.exists() for d in workdirs)
+    assert not processes.wait_until_gone(pids)
+    for workdir in workdirs:  # this pool's: the module's shared pool is still open
+        assert not processes.mentioning(str(workdir))
+    for machine in (machines.a, machines.b):
+        assert processes.is_running(machine.pid)  # the machine (its sshd) is left running
+
+
+def test_a_killed_worker_is_restarted_on_its_host_and_no_call_is_lost(
+    machines: Machines, processes: Processes
+) -> None:
+    with sky.Compute(provider=machines.provider(), nodes=2, options=QUIET) as pool:
+        before = _cwd() @ pool
+        sky.testing.kill_worker(pool, 1)
+        # Calls on the dead worker are sent again; every result arrives once, in order.
+        assert pool.map(_square.fn, range(100)) == [x * x for x in range(100)]
+        supervisor = pool._core._supervisor
+        assert supervisor is not None
+        deadline = time.monotonic() + 120  # a hang guard only
+        while True:
+            node = pool._core._ready.get(1)
+            if node is not None and node.conn.usable and node.conn.worker_pid != before[1]["pid"]:
+                break
+            assert time.monotonic() < deadline, "node 1's worker was not restarted"
+            time.sleep(0.05)
+        after = _cwd() @ pool
+        assert supervisor.ledger.instances == 2  # restarted in place: no new machine
+    assert after[1]["pid"] != before[1]["pid"]
+    assert Path(after[1]["cwd"]).parent == machines.b.jobs  # the same host, a fresh worker
+    assert not processes.wait_until_gone([r["pid"] for r in (*before, *after)])
+    assert not any(Path(r["cwd"]).exists() for r in (*before, *after))
+
+
+def test_a_bootstrap_cut_short_leaves_nothing_running_on_the_host(
+    machines: Machines, processes: Processes, tmp_path: Path
+) -> None:
+    # OpenSSH ends neither a command whose channel closes nor one whose connection
+    # closes: teardown must find what a bootstrap that timed out left running.
+    marker = "7f3a-stuck"
+    started = tmp_path / "started"
+    stuck = f"touch {started}; exec -a {marker} sleep 300"
+    image = sky.Image(shell_vars={"STUCK": stuck}, bootstrap_timeout=15)  # the venv is built by now
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    before = set(machines.a.jobs.iterdir()) if machines.a.jobs.exists() else set()
+    with (
+        pytest.raises(sky.ProvisionError, match=r"node 0 failed during bootstrap"),
+        sky.Compute(provider=machines.provider(machines.a), nodes=1, image=image, options=options),
+    ):
+        pytest.fail("the pool came up with a bootstrap that never ends")
+    assert started.exists()  # the bootstrap did reach the stuck step
+    assert not processes.wait_until_gone(processes.mentioning(marker))
+    assert set(machines.a.jobs.iterdir()) == before  # its work directory is gone too
+
+
+@sky.function
+def _cwd() -> dict[str, Any]:
+    return {"cwd": os.getcwd(), "pid": os.getpid()}
+
+
+def test_a_missing_sshd_skips_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "SSHD", "/nonexistent/sshd")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI must run the sky\.SSH tests"):
+        _need_sshd()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _need_sshd()
