@@ -17,11 +17,11 @@ if __name__ == "__main__":
     # file would stand in for the standard library's ``collections``.
     del sys.path[0]
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import time
 
-import skyward as sky  # noqa: E402
+import skyward as sky
 
 
 @sky.function

@@ -82,7 +82,8 @@ def test_log_console_lines_reach_a_file_while_the_script_runs(tmp_path: Path) ->
                 return re.search(pattern, log.read_text(), re.MULTILINE) is not None
 
             _wait(lambda: seen(rf"^{STAMP}  node \d  hello there from node \d$"), "output")
-            _wait(lambda: seen(rf"^{STAMP}  pool  \d/2 nodes ready, .* tasks/s, "), "heartbeat")
+            # A heartbeat once both nodes are ready (earlier ones may say 0/2 or 1/2).
+            _wait(lambda: seen(rf"^{STAMP}  pool  2/2 nodes ready, .* tasks/s, "), "heartbeat")
             assert process.poll() is None, "the script ended before its lines were checked"
             marker.touch()
             out, _ = process.communicate(timeout=120)
