@@ -20,7 +20,6 @@ Layer 3: trio, ``_wire``, ``_serial`` and ``_collections`` only (it runs in the 
 from __future__ import annotations
 
 import collections
-import hmac
 import itertools
 import math
 import pickle
@@ -32,9 +31,8 @@ import trio
 
 from . import _collections as ops
 from . import _serial, _wire
-from ._version import PYTHON_VERSION, __version__
 
-__all__ = ["LocalClient", "Store", "hello_problem"]
+__all__ = ["LocalClient", "Store", "hello_problem", "receive_hello"]
 
 # A node that vanishes without closing its connection (a reclaimed machine sends no FIN)
 # is noticed by TCP keepalive after about IDLE + INTERVAL * COUNT seconds.
@@ -44,18 +42,21 @@ _KEEPALIVE_COUNT = 3
 
 
 def hello_problem(hello: Any, secret: bytes) -> str | None:
-    """Why a connection's hello is refused, or None."""
-    if not isinstance(hello, dict) or not hmac.compare_digest(
-        str(hello.get("secret", "")).encode(), secret
-    ):
-        return "authentication failed: wrong pool secret"
-    if hello.get("python") != PYTHON_VERSION or hello.get("skyward") != __version__:
-        return (
-            f"version mismatch: the peer runs Python {hello.get('python')} with Skyward "
-            f"{hello.get('skyward')}, the store runs Python {PYTHON_VERSION} with Skyward "
-            f"{__version__}; both must match"
-        )
-    return None
+    """Why a connection to the store is refused, or None."""
+    return _wire.hello_problem(hello, secret, they="the peer", we="the store")
+
+
+async def receive_hello(stream: trio.abc.Stream) -> tuple[Any, _wire.FrameDecoder] | None:
+    """A new connection's hello (its first frame) and the decoder holding what followed
+    it, or None if the peer left first."""
+    decoder = _wire.FrameDecoder(expect_hello=True)
+    messages: list[Any] = []
+    while not messages:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        messages = decoder.feed(data)
+    return messages[0], decoder
 
 
 class _Conn:
@@ -167,14 +168,11 @@ class Store:
     async def serve_new(self, stream: trio.abc.Stream, where: str) -> None:
         """Check a new connection's hello, then answer it until it closes; closes it."""
         async with stream:
-            decoder = _wire.FrameDecoder(expect_hello=True)
-            messages: list[Any] = []
-            while not messages:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                messages = decoder.feed(data)
-            problem = hello_problem(messages[0], self._secret)
+            received = await receive_hello(stream)
+            if received is None:
+                return
+            hello, decoder = received
+            problem = hello_problem(hello, self._secret)
             answer = {"ok": problem is None, "error": problem, "role": ops.ROLE}
             await stream.send_all(_wire.encode_hello(answer))
             if problem is None:

@@ -17,10 +17,13 @@ sliced (which would copy them twice).
 
 from __future__ import annotations
 
+import hmac
 import json
 import pickle
 import struct
 from typing import Any
+
+from ._version import PYTHON_VERSION, __version__
 
 __all__ = [
     "ACK",
@@ -86,6 +89,25 @@ def encode_hello(payload: dict[str, Any]) -> bytes:
     """Encode the JSON hello that opens a connection."""
     data = json.dumps(payload).encode()
     return _HELLO.pack(len(data)) + data
+
+
+def hello_problem(hello: Any, secret: bytes, *, they: str, we: str, why: str = "") -> str | None:
+    """Why a connection's hello is refused (wrong secret, other versions), or None.
+
+    Checked before anything the peer sends is unpickled. ``they``/``we`` name the two
+    ends in the message; ``why`` says what a version mismatch would break.
+    """
+    if not isinstance(hello, dict) or not hmac.compare_digest(
+        str(hello.get("secret", "")).encode(), secret
+    ):
+        return "authentication failed: wrong pool secret"
+    if hello.get("python") != PYTHON_VERSION or hello.get("skyward") != __version__:
+        return (
+            f"version mismatch: {they} runs Python {hello.get('python')} with Skyward "
+            f"{hello.get('skyward')}, {we} runs Python {PYTHON_VERSION} with Skyward "
+            f"{__version__}; both must match{why}"
+        )
+    return None
 
 
 class ProtocolError(Exception):

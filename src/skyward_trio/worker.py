@@ -15,7 +15,6 @@ import argparse
 import collections
 import contextlib
 import functools
-import hmac
 import json
 import os
 import pickle
@@ -35,7 +34,7 @@ from . import _capture, _collections, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._procpool import ProcessExecutor
-from ._store import Store
+from ._store import Store, receive_hello
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["main"]
@@ -169,15 +168,17 @@ class Worker:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            decoder = _wire.FrameDecoder(expect_hello=True)
-            messages: list[Any] = []
-            while not messages:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                messages = decoder.feed(data)
-            hello = messages[0]
-            problem = self._check_hello(hello)
+            opened = await receive_hello(stream)
+            if opened is None:
+                return
+            hello, decoder = opened
+            problem = _wire.hello_problem(
+                hello,
+                self._secret,
+                they="the client",
+                we="this worker",
+                why=" (cloudpickled code does not survive a change of Python minor version)",
+            )
             session_id = str(hello.get("session", "")) if problem is None else ""
             data_role = hello.get("role") not in ("control", _collections.ROLE)
             resuming = problem is None and data_role and bool(hello.get("resume"))
@@ -291,21 +292,6 @@ class Worker:
             return False, f"the probe raised {_short(f'{type(exc).__name__}: {exc}')}"
         finally:
             self._probe_started = None
-
-    def _check_hello(self, hello: Any) -> str | None:
-        """Why the connection is refused, or None: checked before anything is unpickled."""
-        if not isinstance(hello, dict) or not hmac.compare_digest(
-            str(hello.get("secret", "")).encode(), self._secret
-        ):
-            return "authentication failed: wrong pool secret"
-        if hello.get("python") != PYTHON_VERSION or hello.get("skyward") != __version__:
-            return (
-                f"version mismatch: the client runs Python {hello.get('python')} with "
-                f"Skyward {hello.get('skyward')}, this worker runs Python {PYTHON_VERSION} "
-                f"with Skyward {__version__}; both must match (cloudpickled code does not "
-                "survive a change of Python minor version)"
-            )
-        return None
 
     async def _reply_hello(
         self, stream: trio.SocketStream, problem: str | None, extra: dict[str, Any]
