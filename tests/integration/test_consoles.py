@@ -3,6 +3,7 @@ recording rich console, ``silent``, and how ``console=True`` chooses."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pty
@@ -11,11 +12,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from waiting import wait_until
 
 import skyward as sky
 from skyward import testing
@@ -53,12 +55,7 @@ print("script done")
 """
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+_wait = functools.partial(wait_until, timeout=60, every=0.05)
 
 
 def test_log_console_lines_reach_a_file_while_the_script_runs(tmp_path: Path) -> None:

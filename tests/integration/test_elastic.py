@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
+from waiting import wait_until
 
 import skyward as sky
 import skyward_trio
@@ -33,12 +35,7 @@ def _node_index() -> int:
     return sky.instance_info().node
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+_wait = functools.partial(wait_until, timeout=60, every=0.05)
 
 
 def _node_processes(processes: Any, job_id: str, node: int) -> dict[int, str]:

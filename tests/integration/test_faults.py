@@ -3,12 +3,14 @@ the node is replaced. Faults come from the fault kit (``sky.testing``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 import skyward as sky
 from skyward import testing
@@ -22,12 +24,7 @@ def pool() -> Iterator[sky.Pool]:
         yield pool
 
 
-def _wait(condition: object, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+_wait = functools.partial(wait_until, timeout=30, every=0.02)
 
 
 @sky.function

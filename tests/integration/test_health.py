@@ -9,12 +9,14 @@ clean directory, healthy.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 import skyward as sky
 
@@ -47,12 +49,7 @@ def _node_index() -> int:
     return sky.instance_info().node
 
 
-def _wait(condition: object, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+_wait = functools.partial(wait_until, timeout=60, every=0.02)
 
 
 @pytest.mark.parametrize("marker", sorted(SICK))

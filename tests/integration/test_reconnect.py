@@ -8,6 +8,7 @@ checked on the node's side, not inferred from the results.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+from waiting import wait_until
 
 import skyward as sky
 import skyward_trio
@@ -35,12 +37,7 @@ def pool() -> Iterator[sky.Pool]:
         yield pool
 
 
-def _wait(condition: object, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+_wait = functools.partial(wait_until, timeout=30, every=0.01)
 
 
 def _runs(directory: Path, tag: str) -> int:
