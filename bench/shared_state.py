@@ -1,6 +1,6 @@
 """Distributed collections: operations per second on 2 Local nodes, strong vs eventual.
 
-    python bench/collections.py            # about half a minute on 2 cores
+    python bench/shared_state.py            # about half a minute on 2 cores
 
 One task per node (``@ pool``) runs a loop of collection operations at the same time as
 the other. A rate counts every operation of both nodes over the wall time from the
