@@ -12,7 +12,7 @@ enforces it):
    ``sky.dict`` ... ``sky.lock`` factories), ``_eventual`` (``consistency="eventual"``),
    ``_store`` (the store service) (only trio +
    layers 1-2: imported on remote machines)
-4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshcork``,
+4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)

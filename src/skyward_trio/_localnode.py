@@ -23,14 +23,14 @@ from pathlib import Path
 
 import asyncssh
 
-from skyward_trio._sshcork import cork_packets
+from skyward_trio._sshtrim import trim
 
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 
 
 class _Server(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        cork_packets(conn)
+        trim(conn)
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         return True

@@ -40,7 +40,7 @@ LAYERS = {
     "_shared": 3,
     "_store": 3,
     "_storelink": 4,
-    "_sshcork": 4,
+    "_sshtrim": 4,
     "_transport": 4,
     "_providers": 4,
     "_source": 4,
