@@ -4,13 +4,13 @@ Layers, lowest first; a module imports only its own layer or lower (``tests/unit
 enforces it):
 
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
-   ``_info``, ``_runtime``, ``_shard``, ``_function``, ``_bootstrap``, ``_capture``, ``_output``,
-   ``_autoscale``, ``_cost``
+   ``metrics`` (the collectors of ``Image(metrics=...)``), ``_info``, ``_runtime``, ``_shard``,
+   ``_function``, ``_bootstrap``, ``_capture``, ``_output``, ``_autoscale``, ``_cost``
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
    ``sky.dict`` ... ``sky.lock`` factories), ``_eventual`` (``consistency="eventual"``),
-   ``_store`` (the store service) (only trio +
+   ``_store`` (the store service), ``_sampler`` (a worker's metric sampler) (only trio +
    layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_source`` (where remote nodes get Skyward),
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import accelerators, time
+from . import accelerators, metrics, time
 from ._errors import (
     ConnectionLostError,
     NoActivePoolError,
@@ -56,6 +56,7 @@ from ._events import (
     InstanceProvisioned,
     InstanceReplaced,
     Log,
+    Metric,
     TaskCompleted,
     TaskStarted,
     WorkSubmitted,
@@ -121,6 +122,7 @@ __all__ = [
     "Local",
     "Log",
     "LogConfig",
+    "Metric",
     "NetworkInfo",
     "NoActivePoolError",
     "Nodes",
@@ -158,6 +160,7 @@ __all__ = [
     "instance_info",
     "is_head",
     "lock",
+    "metrics",
     "queue",
     "redirect_output",
     "set",

@@ -29,6 +29,8 @@ _ids = itertools.count(1)
 
 #: Called once with the worker's reply message, or with the error that ended the wait.
 Callback = Callable[[tuple[Any, ...] | None, BaseException | None], None]
+#: Receives ``(node, samples, problems)`` for each batch of metrics (``_wire.METRICS``).
+MetricsCallback = Callable[[int, list[tuple[Any, ...]], list[str]], None]
 
 
 class _Slot:
@@ -130,6 +132,7 @@ class WorkerConnection:
         self.worker_pid: int | None = None
         #: Receives ``(node, "stdout" | "stderr", text)`` for each chunk of task output.
         self.on_output: Callable[[int, str, str], None] = print_output
+        self._on_metrics: MetricsCallback | None = None
 
     @property
     def usable(self) -> bool:
@@ -274,6 +277,8 @@ class WorkerConnection:
             slot = self._probes.pop(msg[1], None)
             if slot is not None:
                 slot(msg, None)
+        elif msg[0] == _wire.METRICS and self._on_metrics is not None:
+            self._on_metrics(self.node, msg[1], msg[2])
 
     def _check_hello(
         self, hello: dict[str, Any] | None, link: _transport.WorkerLink
@@ -552,6 +557,13 @@ class WorkerConnection:
         """
         self._cancels.append(task_id)
         self._write_control(_wire.encode((_wire.CANCEL, task_id)))
+
+    def stream_metrics(self, callback: MetricsCallback) -> None:
+        """Have the worker send its metric samples on this link's control channel, to
+        ``callback``. Asked again after each reconnection (a new control channel); a
+        worker that samples nothing (``Image(metrics=None)``) ignores it."""
+        self._on_metrics = callback
+        self._write_control(_wire.encode((_wire.METRICS_ON,)))
 
     def shutdown(self) -> None:
         """Ask the worker to exit (best effort; the provider terminates the node anyway)."""

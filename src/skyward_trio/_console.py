@@ -4,9 +4,11 @@
 
 - ``"log"``: append-only ``HH:MM:SS  <label>  <message>`` lines on stderr, flushed per
   line, no ANSI codes: lifecycle, failures, scaling, remote output, and a heartbeat every
-  ``SKYWARD_LOG_METRICS_INTERVAL`` seconds (default 30). For pipes, CI and log files.
-- ``"rich"``: a live layout (nodes and their states, tasks, a progress bar with rate and
-  ETA, recent remote output, cost) on stderr, or in the cell under Jupyter.
+  ``SKYWARD_LOG_METRICS_INTERVAL`` seconds (default 30), with the nodes' mean CPU, memory
+  and GPU use. For pipes, CI and log files.
+- ``"rich"``: a live layout (nodes with their states and CPU/memory/GPU use, tasks, a
+  progress bar with rate and ETA, recent remote output, cost) on stderr, or in the cell
+  under Jupyter.
 - ``"minimal"``: two lines updated in place; notices and remote output scroll above.
 - ``"silent"`` / ``False``: nothing.
 - ``True``: ``"rich"`` when stderr is a terminal or under Jupyter, else ``"log"``.
@@ -55,6 +57,7 @@ from ._events import (
     InstanceProvisioned,
     InstanceReplaced,
     Log,
+    Metric,
     TaskCompleted,
     TaskStarted,
     WorkSubmitted,
@@ -130,6 +133,21 @@ class NodeView:
     replaced: int = 0  # how many times a new instance took its place
 
 
+@attrs.frozen
+class Usage:
+    """A node's latest CPU, memory and GPU figures (None: not sampled); memory in MiB."""
+
+    cpu: float | None
+    memory: float | None  # percent
+    memory_used: float | None
+    memory_total: float | None
+    gpus: int
+    gpu: float | None  # mean utilization over its GPUs
+    gpu_memory: float | None  # summed over its GPUs
+    gpu_memory_total: float | None
+    gpu_temp: float | None  # the hottest
+
+
 class Tally:
     """What a pool's events say so far: node states, task counts, progress and cost.
 
@@ -154,6 +172,8 @@ class Tally:
         self.window_last = self.opened  # when the window's last task ended
         self.window_done = 0
         self.window_total: int | None = 0  # None: a map over an iterable with no length
+        # Each node's latest Metric values, by (name, GPU index); dropped when it goes.
+        self.metrics: dict[int, dict[tuple[str, int | None], float]] = {}
         self.changed = True
 
     @property
@@ -199,6 +219,8 @@ class Tally:
                 self.failed += event.count
             self.window_done += event.count
             self.window_last = event.time
+        elif isinstance(event, Metric):
+            self.metrics.setdefault(event.node, {})[(event.name, event.gpu)] = event.value
         elif isinstance(event, Log):
             for line in event.text.splitlines():
                 self.output.append((event.node, plain(line)))
@@ -224,11 +246,13 @@ class Tally:
             self._node(event.node, event.time).replaced += 1
         elif isinstance(event, InstancePreempted):
             self._enter(event.node, "lost", event.time)
+            self.metrics.pop(event.node, None)
         elif isinstance(event, InstanceDestroyed):
             self.ledger.stop(event.instance_id, event.time)
             view = self._node(event.node, event.time)
             if view.state != "lost" and view.instance_id == event.instance_id:
                 self._enter(event.node, "terminated", event.time)
+                self.metrics.pop(event.node, None)
         elif isinstance(event, Error):
             if event.node is not None and self._node(event.node, event.time).state != "ready":
                 self._enter(event.node, "failed", event.time)
@@ -251,12 +275,55 @@ class Tally:
         view = self._node(index, now)
         view.state, view.since = state, now
 
+    def usage(self, index: int) -> Usage | None:
+        """Node ``index``'s latest figures, or None before its first ``Metric``."""
+        values = self.metrics.get(index)
+        if not values:
+            return None
+
+        def per_gpu(name: str) -> list[float]:
+            return [v for (n, gpu), v in values.items() if n == name and gpu is not None]
+
+        used, total = values.get(("memory_used", None)), values.get(("memory_total", None))
+        memory = values.get(("memory", None))
+        if memory is None and used is not None and total:
+            memory = 100.0 * used / total
+        util, gpu_used = per_gpu("gpu"), per_gpu("gpu_memory")
+        gpu_total, temps = per_gpu("gpu_memory_total"), per_gpu("gpu_temp")
+        return Usage(
+            cpu=values.get(("cpu", None)),
+            memory=memory,
+            memory_used=used,
+            memory_total=total,
+            gpus=max(len(util), len(gpu_used), len(gpu_total), len(temps)),
+            gpu=sum(util) / len(util) if util else None,
+            gpu_memory=sum(gpu_used) if gpu_used else None,
+            gpu_memory_total=sum(gpu_total) if gpu_total else None,
+            gpu_temp=max(temps) if temps else None,
+        )
+
+    def usage_summary(self) -> str:
+        """The nodes' mean CPU, memory and GPU use (``"cpu 23%, mem 41%"``), or ``""``."""
+        usages = [u for u in map(self.usage, sorted(self.metrics)) if u is not None]
+        parts = []
+        for label, values in (
+            ("cpu", [u.cpu for u in usages]),
+            ("mem", [u.memory for u in usages]),
+            ("gpu", [u.gpu for u in usages]),
+        ):
+            known = [v for v in values if v is not None]
+            if known:
+                parts.append(f"{label} {sum(known) / len(known):.0f}%")
+        return ", ".join(parts)
+
     def heartbeat(self, rate: float, now: float) -> str:
-        return (
+        line = (
             f"{self.ready}/{self.target} nodes ready, {self.in_flight} running, "
             f"{self.done} done, {self.failed} failed, {rate:.1f} tasks/s, "
             f"{_cost.dollars(self.cost(now))} so far"
         )
+        usage = self.usage_summary()
+        return f"{line}; node mean {usage}" if usage else line
 
 
 def plain(text: str) -> str:
@@ -266,7 +333,7 @@ def plain(text: str) -> str:
 
 def describe(event: Event, tally: Tally) -> list[tuple[str, str]]:
     """The ``(label, message)`` lines an event reads as; call it before ``tally.update``."""
-    if isinstance(event, TaskStarted | WorkSubmitted):
+    if isinstance(event, TaskStarted | WorkSubmitted | Metric):
         return []
     if isinstance(event, Log):
         return [(f"node {event.node}", plain(line)) for line in event.text.splitlines()]
@@ -326,6 +393,35 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def _gib(used: float, total: float) -> str:
+    return f"{used / 1024:.1f}/{total / 1024:.1f} GiB"
+
+
+def _memory_cell(usage: Usage | None) -> str:
+    """``"25% 2.0/8.0 GiB"``, or what of it was sampled."""
+    if usage is None:
+        return "-"
+    if usage.memory_used is not None and usage.memory_total:
+        return f"{_percent(usage.memory)} {_gib(usage.memory_used, usage.memory_total)}"
+    return _percent(usage.memory)
+
+
+def _gpu_cell(usage: Usage | None) -> str:
+    """``"2× 87% 24.0/160.0 GiB 65°C"``: utilization, memory and the hottest GPU's heat."""
+    if usage is None or not usage.gpus:
+        return "-"
+    parts = [f"{usage.gpus}×" if usage.gpus > 1 else "", _percent(usage.gpu)]
+    if usage.gpu_memory is not None and usage.gpu_memory_total:
+        parts.append(_gib(usage.gpu_memory, usage.gpu_memory_total))
+    if usage.gpu_temp is not None:
+        parts.append(f"{usage.gpu_temp:.0f}°C")
+    return " ".join(part for part in parts if part)
+
+
 def _default_notice(tally: Tally) -> str:
     return f"no provider given: using sky.Local() ({tally.target} node(s) on this machine)"
 
@@ -353,7 +449,9 @@ class LogConsole:
         self._beat_at = time.time()
 
     def on_event(self, event: Event) -> None:
-        if isinstance(event, TaskStarted) or (isinstance(event, TaskCompleted) and event.ok):
+        if isinstance(event, TaskStarted | Metric) or (
+            isinstance(event, TaskCompleted) and event.ok
+        ):
             self.tally.update(event)  # the common case first: a count, no line
             return
         lines = describe(event, self.tally)
@@ -436,7 +534,9 @@ class LiveConsole:
             self._live.start()
 
     def on_event(self, event: Event) -> None:
-        if isinstance(event, TaskStarted) or (isinstance(event, TaskCompleted) and event.ok):
+        if isinstance(event, TaskStarted | Metric) or (
+            isinstance(event, TaskCompleted) and event.ok
+        ):
             self.tally.update(event)  # the common case first: a count, no line
             return
         notices: list[tuple[str, str]] = []
@@ -477,11 +577,13 @@ class LiveConsole:
 
     def _status(self, now: float) -> str:
         tally = self.tally
-        return (
+        status = (
             f"{tally.ready}/{tally.target} nodes ready · {tally.in_flight:,} running · "
             f"{tally.done:,} done · {tally.failed:,} failed · "
             f"{_cost.dollars(tally.cost(now))}"
         )
+        usage = tally.usage_summary() if self._minimal else ""
+        return f"{status} · {usage.replace(', ', ' · ')}" if usage else status
 
     def _progress(self, now: float) -> RenderableType | None:
         from rich.progress_bar import ProgressBar
@@ -521,11 +623,30 @@ class LiveConsole:
         for name, justify in (("node", "right"), ("instance", "left"), ("state", "left")):
             nodes.add_column(name, justify=justify)  # type: ignore[arg-type]
         nodes.add_column("for", justify="right")
+        usages = {index: tally.usage(index) for index in tally.nodes}
+        sampled = any(u is not None for u in usages.values())
+        gpus = any(u is not None and u.gpus for u in usages.values())
+        if sampled:
+            nodes.add_column("cpu", justify="right")
+            nodes.add_column("mem", justify="right")
+        if gpus:
+            nodes.add_column("gpu", justify="left")
         for index, view in sorted(tally.nodes.items()):
             state = Text(view.state, style=_STATE_STYLES.get(view.state, "yellow"))
             if view.replaced:
                 state.append(f" (replaced ×{view.replaced})", style="dim")
-            nodes.add_row(str(index), view.instance_id or "-", state, _clock(now - view.since))
+            cells: list[str | Text] = [
+                str(index),
+                view.instance_id or "-",
+                state,
+                _clock(now - view.since),
+            ]
+            usage = usages[index]
+            if sampled:
+                cells += [_percent(None if usage is None else usage.cpu), _memory_cell(usage)]
+            if gpus:
+                cells.append(_gpu_cell(usage))
+            nodes.add_row(*cells)
         parts: list[RenderableType] = [nodes, Text("")]
         tasks = Text("tasks  ", style="bold")
         tasks.append(f"{tally.in_flight:,} running · {tally.done:,} done · ")

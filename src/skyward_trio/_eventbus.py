@@ -1,7 +1,7 @@
 """One pool's event stream: the supervisor emits, each ``pool.events()`` reader receives.
 
 Emitting never blocks and never waits for a reader. A reader first gets the pool's
-lifecycle so far (task and log events are not kept), then every event as it happens. A
+lifecycle so far (task, log and metric events are not kept), then every event as it happens. A
 reader that falls more than ``_BACKLOG`` events behind loses the oldest and is told so by
 an ``Error`` event, never silently.
 
@@ -19,13 +19,13 @@ from typing import Final
 
 import trio
 
-from ._events import Error, Event, Log, TaskCompleted, TaskStarted, WorkSubmitted
+from ._events import Error, Event, Log, Metric, TaskCompleted, TaskStarted, WorkSubmitted
 
 __all__ = ["EventBus", "EventStream", "Listener"]
 
 _BACKLOG: Final = 100_000
 # Many, and of no use to a late reader.
-_NOT_KEPT = (TaskStarted, TaskCompleted, Log, WorkSubmitted)
+_NOT_KEPT = (TaskStarted, TaskCompleted, Log, WorkSubmitted, Metric)
 
 #: Called with each event as it is emitted, on the pool's trio thread; must not block.
 Listener = Callable[[Event], None]

@@ -32,6 +32,7 @@ __all__ = [
     "InstanceProvisioned",
     "InstanceReplaced",
     "Log",
+    "Metric",
     "TaskCompleted",
     "TaskStarted",
     "WorkSubmitted",
@@ -181,6 +182,19 @@ class Log(Event):
     node: int
     stream: str
     text: str
+
+
+@attrs.frozen(kw_only=True)
+class Metric(Event):
+    """A value node ``node`` sampled at ``time`` (its clock): ``name`` (e.g. ``"cpu"``,
+    ``"disk:/"``, a ``Custom`` name) in ``unit``; for GPU metrics ``gpu`` is the GPU's
+    index. See ``sky.metrics``."""
+
+    node: int
+    name: str
+    value: float
+    unit: str = ""
+    gpu: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -24,6 +24,7 @@ from typing import Literal, TypeAlias
 import attrs
 
 from skyward_trio import accelerators
+from skyward_trio import metrics as sky_metrics
 from skyward_trio.accelerators import Accelerator
 
 __all__ = [
@@ -91,8 +92,8 @@ SKYWARD_SOURCES: tuple[SkywardSource, ...] = ("auto", "local", "github", "pypi")
 #: Paths a :class:`Volume` may not be mounted on: the worker's own files live there.
 RESERVED_MOUNTS: frozenset[str] = frozenset({"/", "/opt", "/opt/skyward", "/root", "/tmp"})
 
-#: ``"default"`` (the standard collectors), a sequence of collectors, or None (no metrics).
-MetricsSetting: TypeAlias = Literal["default"] | tuple[object, ...] | None
+#: ``Image.metrics``: collectors from ``sky.metrics`` (``Default()`` among them), or None.
+MetricsSetting: TypeAlias = tuple[sky_metrics.Collector | sky_metrics.Default, ...] | None
 
 
 # --- checks shared by the records ---------------------------------------------------------------
@@ -257,10 +258,42 @@ def _path(value: str | os.PathLike[str]) -> str:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def _metrics(value: str | Iterable[object] | None) -> MetricsSetting:
-    if value is None or isinstance(value, str):
-        return value  # type: ignore[return-value]  # Image checks the string is "default"
-    return _object_tuple(value)
+_Collectors: TypeAlias = sky_metrics.Collector | sky_metrics.Default
+
+
+def _metrics(value: _Collectors | Iterable[_Collectors] | None) -> MetricsSetting:
+    if value is None:
+        return None
+    if isinstance(value, sky_metrics.Collector | sky_metrics.Default):
+        return (value,)
+    return _as_tuple(value)  # type: ignore[return-value]  # the check that follows rejects it
+
+
+def _check_metrics(value: object) -> None:
+    fix = (
+        "Pass a collector, a list of them, e.g. metrics=[sky.metrics.CPU(), "
+        'sky.metrics.Disk("/data")], sky.metrics.Default(), or None to sample nothing.'
+    )
+    if value is None:
+        return
+    if not isinstance(value, tuple):
+        raise TypeError(
+            f"Image(metrics={value!r}): metrics must be collectors from sky.metrics, "
+            f"got {_describe(value)}. {fix}"
+        )
+    for item in value:
+        concrete = isinstance(item, sky_metrics.Default) or (
+            isinstance(item, sky_metrics.Collector) and bool(item.metric)
+        )
+        if not concrete:
+            raise TypeError(
+                f"Image(metrics=...): every item of metrics must be a collector from "
+                f"sky.metrics, got {item!r} ({_describe(item)}). {fix}"
+            )
+    try:
+        sky_metrics.expand(value)
+    except ValueError as exc:
+        raise ValueError(f"Image(metrics=...): {exc}.") from None
 
 
 class _FrozenMap(Mapping[str, str]):
@@ -575,9 +608,10 @@ class Image:
         excludes: Glob patterns skipped within ``includes``.
         skyward_source: Where workers get Skyward: ``"auto"``, ``"local"``, ``"github"`` or
             ``"pypi"``.
-        metrics: ``"default"`` for the standard telemetry, a sequence of collectors, or None
-            to collect nothing. Collector objects are defined by ``sky.metrics``; until then
-            the string ``"default"`` stands in for ``sky.metrics.Default()``.
+        metrics: What each worker samples and streams back as ``Metric`` events: a
+            collector from ``sky.metrics``, a list of them, ``sky.metrics.Default()`` (the
+            standard set, the default), or None to sample nothing. Stored as a tuple. It
+            is not part of the environment's hash: changing it rebuilds nothing.
         bootstrap_timeout: Seconds a node's bootstrap may take.
     """
 
@@ -590,7 +624,7 @@ class Image:
     includes: tuple[str, ...] = attrs.field(default=(), converter=_path_tuple)
     excludes: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     skyward_source: SkywardSource = "auto"
-    metrics: MetricsSetting = attrs.field(default="default", converter=_metrics)
+    metrics: MetricsSetting = attrs.field(default=(sky_metrics.Default(),), converter=_metrics)
     bootstrap_timeout: int = attrs.field(default=300, converter=_whole_seconds)
 
     def __attrs_post_init__(self) -> None:
@@ -611,12 +645,7 @@ class Image:
         _check_strings("Image", "includes", self.includes, example='["./src"]')
         _check_strings("Image", "excludes", self.excludes, example='["*.ckpt"]')
         _check_choice("Image", "skyward_source", self.skyward_source, SKYWARD_SOURCES)
-        metrics = self.metrics
-        if metrics is not None and metrics != "default" and not isinstance(metrics, tuple):
-            raise ValueError(
-                f"Image(metrics={self.metrics!r}): metrics must be 'default', None or a "
-                "list of collectors. Pass metrics=None to collect nothing."
-            )
+        _check_metrics(self.metrics)
         _check_int(
             "Image",
             "bootstrap_timeout",

@@ -38,7 +38,7 @@ import attrs
 import cloudpickle
 import trio
 
-from . import _console, _health, _logging, _serial, _transport
+from . import _console, _health, _logging, _serial, _transport, metrics
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import (
     FAILED_MARK,
@@ -82,6 +82,7 @@ from ._events import (
     InstanceProvisioned,
     InstanceReplaced,
     Log,
+    Metric,
     TaskCompleted,
     TaskStarted,
     WorkSubmitted,
@@ -96,6 +97,7 @@ from ._function import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import SSH, Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
 from ._providers import Cluster, Instance, open_cluster, resolve_key
+from ._sampler import to_config
 from ._source import SkywardPackage, check_source, skyward_package
 from ._store import LocalClient, Store
 from ._storelink import ClientStore, StoreLink
@@ -1819,7 +1821,9 @@ def _log_event(log: _logging.PoolLog, event: Event) -> None:
                 event=True,
             )
         return
-    if isinstance(event, TaskStarted | TaskCompleted):
+    if isinstance(event, Metric):
+        level = _logging.TRACE
+    elif isinstance(event, TaskStarted | TaskCompleted):
         level = logging.DEBUG
     elif isinstance(event, Error | InstancePreempted):
         level = logging.WARNING
@@ -2038,6 +2042,8 @@ class _Supervisor:
             async with trio.open_nursery() as watchers:  # what watches the link ends with it
                 if self.probe is not None:
                     watchers.start_soon(self._watch_health, node, self.probe)
+                if pool.spec.image.metrics is not None:
+                    conn.stream_metrics(self._on_metrics)  # a ready node: no earlier
                 await conn.serve()
                 watchers.cancel_scope.cancel(reason=f"node {node.index}'s link went down")
             if pool._closing or conn.closed.is_set() or node.index not in pool._wanted:
@@ -2518,6 +2524,7 @@ class _Supervisor:
             "reconnect_seconds": reconnect_window(pool.options) + _RESUME_MARGIN,
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),
+            "metrics": to_config(metrics.expand(pool.spec.image.metrics)),
         }
 
     async def shutdown(self) -> TeardownError | None:
@@ -2595,6 +2602,22 @@ class _Supervisor:
         text = _logging.redact(text)  # a credential printed by a function is not shown
         if pool._events.heard:
             pool._events.emit(Log(job_id=pool.job_id, node=node, stream=stream, text=text))
+
+    def _on_metrics(self, node: int, samples: list[tuple[Any, ...]], problems: list[str]) -> None:
+        """A batch of node ``node``'s metrics: ``Metric`` events, and an ``Error`` for each
+        collector that stopped working."""
+        for problem in problems:
+            self._emit(Error, message=problem, node=node)
+        events = self.pool._events
+        if not events.heard:
+            return
+        job_id = self.pool.job_id
+        for name, value, unit, gpu, when in samples:
+            events.emit(
+                Metric(
+                    job_id=job_id, time=when, node=node, name=name, value=value, unit=unit, gpu=gpu
+                )
+            )
 
 
 async def _work_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

@@ -35,6 +35,8 @@ __all__ = [
     "INPUT_CREDIT",
     "INPUT_END",
     "ITEM",
+    "METRICS",
+    "METRICS_ON",
     "OUTPUT",
     "PROBE",
     "PROBE_RESULT",
@@ -64,6 +66,10 @@ INPUT_CREDIT = 14  # (INPUT_CREDIT, task_id, slot, n): the task read n input ite
 # Health probes, both ways on the control channel, so they never wait behind tasks.
 PROBE = 20  # (PROBE, probe_id, probe_payload): run the pool's health probe
 PROBE_RESULT = 21  # (PROBE_RESULT, probe_id, ok: bool, why it failed: str)
+# Metrics, on the control channel: the client asks for them once the node is ready, and
+# the worker's sampler sends what it collected in batches (samples are not replayed).
+METRICS_ON = 30  # (METRICS_ON,): send metric samples on this channel from now on
+METRICS = 31  # (METRICS, [(name, value, unit, gpu index | None, time), ...], [problem, ...])
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")

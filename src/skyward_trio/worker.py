@@ -34,6 +34,7 @@ from . import _capture, _collections, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._procpool import ProcessExecutor
+from ._sampler import Sampler, from_config
 from ._store import Store, receive_hello
 from ._version import PYTHON_VERSION, __version__
 
@@ -88,6 +89,9 @@ class Worker:
         # The pool's collections store, on the head node: on its private address only.
         store_host = config.get("store_host")
         self._store = Store(secret) if store_host else None
+        # Image(metrics=None) writes no collectors: nothing is sampled at all.
+        collectors = config.get("metrics")
+        self._sampler = Sampler(from_config(collectors)) if collectors else None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = self.directory / "worker.sock"
@@ -103,6 +107,8 @@ class Worker:
             nursery.start_soon(self._accept_loop, listener, nursery)
             if self._store is not None:
                 await nursery.start(self._store.listen, self.config["store_host"])
+            if self._sampler is not None:
+                nursery.start_soon(self._sampler.run)
             (self.directory / "worker.ready").write_text(str(os.getpid()))
             task_status.started()
             await self._shutdown.wait()
@@ -224,7 +230,8 @@ class Worker:
         self, stream: trio.SocketStream, decoder: _wire.FrameDecoder, session_id: str
     ) -> None:
         """A session's control channel, read by the trio thread even when every task
-        thread is busy: cancellations take effect at once, and health probes are answered."""
+        thread is busy: cancellations take effect at once, health probes are answered,
+        and metric samples go out once the client asks for them."""
         send_lock = trio.Lock()
 
         async def reply(message: tuple[Any, ...]) -> None:
@@ -233,6 +240,21 @@ class Worker:
                     await stream.send_all(b"".join(_wire.encode(message)))
 
         messages = decoder.release()
+        try:
+            await self._serve_control(stream, decoder, session_id, reply, messages)
+        finally:
+            if self._sampler is not None:
+                self._sampler.detach(reply)
+
+    async def _serve_control(
+        self,
+        stream: trio.SocketStream,
+        decoder: _wire.FrameDecoder,
+        session_id: str,
+        reply: Callable[[tuple[Any, ...]], Awaitable[None]],
+        messages: list[Any],
+    ) -> None:
+        """Read the control channel until the client leaves."""
         async with trio.open_nursery() as probes:
             while True:
                 for msg in messages:
@@ -249,6 +271,8 @@ class Worker:
                         session.input_queue(msg[1], msg[2]).end()
                     elif msg[0] == _wire.PROBE:
                         probes.start_soon(self._answer_probe, reply, msg[1], msg[2])
+                    elif msg[0] == _wire.METRICS_ON and self._sampler is not None:
+                        self._sampler.attach(reply)
                     elif msg[0] == _wire.SHUTDOWN:
                         self._shutdown.set()
                 data = await stream.receive_some(65536)

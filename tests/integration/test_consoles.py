@@ -26,6 +26,8 @@ from skyward_trio import _console
 STAMP = r"\d\d:\d\d:\d\d"
 # Every line of the log console: time, label, message, two spaces between the columns.
 LOG_LINE = re.compile(rf"^{STAMP}  (pool|node \d+)  \S.*$")
+# The heartbeat's metrics: the nodes' mean use (no GPU here).
+USAGE = r"node mean cpu \d+%, mem \d+%"
 
 SCRIPT = """
 import os, sys, time
@@ -79,8 +81,10 @@ def test_log_console_lines_reach_a_file_while_the_script_runs(tmp_path: Path) ->
                 return re.search(pattern, log.read_text(), re.MULTILINE) is not None
 
             _wait(lambda: seen(rf"^{STAMP}  node \d  hello there from node \d$"), "output")
-            # A heartbeat once both nodes are ready (earlier ones may say 0/2 or 1/2).
+            # A heartbeat once both nodes are ready (earlier ones may say 0/2 or 1/2), with
+            # the nodes' CPU and memory once their first CPU samples came (after 3 s).
             _wait(lambda: seen(rf"^{STAMP}  pool  2/2 nodes ready, .* tasks/s, "), "heartbeat")
+            _wait(lambda: seen(rf"^{STAMP}  pool  2/2 .* so far; {USAGE}$"), "metrics")
             assert process.poll() is None, "the script ended before its lines were checked"
             marker.touch()
             out, _ = process.communicate(timeout=120)
@@ -120,7 +124,8 @@ def test_log_console_lines_reach_a_file_while_the_script_runs(tmp_path: Path) ->
     assert order == sorted(order), text
     assert first(r"node \d  a warning") > 0  # stderr lines too
     heartbeat = (
-        r"pool  2/2 nodes ready, \d+ running, \d+ done, \d+ failed, \d+\.\d tasks/s, \$0\.00 so far"
+        r"pool  2/2 nodes ready, \d+ running, \d+ done, \d+ failed, \d+\.\d tasks/s, "
+        rf"\$0\.00 so far(; {USAGE})?"
     )
     assert first(heartbeat) > order[7]
 
@@ -194,6 +199,8 @@ def test_rich_console_draws_a_whole_pool_life(recording: Console) -> None:
     assert re.search(rf"{STAMP}  node 1  lost \(", text)
     assert re.search(rf"{STAMP}  pool  closed: 3 instance\(s\) up ", text)
     assert "2/2 nodes ready" in text
+    # Each node's memory, from its first samples (CPU needs two, 3 s apart).
+    assert re.search(r"│ +\d  local-\S+ +ready +[\d:]+ +(\d+%|-) +\d+% [\d.]+/[\d.]+ GiB", text)
 
 
 def test_minimal_console_draws_a_few_lines_and_prints_output_above(recording: Console) -> None:

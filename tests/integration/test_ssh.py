@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,6 +249,31 @@ def test_every_operator_dispatches_over_openssh(ssh_pool: sky.Pool) -> None:
     nodes = {node for node, _ in ssh_pool.map(_node_of.fn, range(64))}
     assert nodes == {0, 1}  # both machines took part
     assert ssh_pool.run(_node_of(1), target=1) == (1, 1)
+
+
+def test_metrics_come_back_from_your_own_machines(ssh_pool: sky.Pool) -> None:
+    # The default collectors sample on every host; the first memory sample of each comes
+    # within one 3 s interval. The reader stops once it has both (the pool runs on).
+    memory: dict[int, sky.Metric] = {}
+    stream = ssh_pool.events()
+
+    def read() -> None:
+        for event in stream:
+            if isinstance(event, sky.Metric) and event.name == "memory_used":
+                memory[event.node] = event
+                if len(memory) == 2:
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=60)  # a hang guard, not a timing check
+    assert not reader.is_alive(), f"metrics came from nodes {sorted(memory)} only"
+    stream.close()
+    for event in memory.values():
+        assert event.unit == "MiB"
+        assert (
+            0 < event.value * 1024 * 1024 < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        )
 
 
 def test_the_handshake_refuses_a_module_missing_on_the_machines(ssh_pool: sky.Pool) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import re
+from collections.abc import Callable
+
 import pytest
+from rich.console import Console
 
 import skyward_trio as st
 from skyward_trio import _console
@@ -145,3 +150,107 @@ def test_heartbeat_interval_default_and_override(monkeypatch: pytest.MonkeyPatch
     assert _console.heartbeat_interval() == 30.0
     monkeypatch.setenv(_console.INTERVAL_ENV, "2.5")
     assert _console.heartbeat_interval() == 2.5
+
+
+def _metric(node: int, name: str, value: float, gpu: int | None = None) -> st.Metric:
+    return st.Metric(job_id=JOB, time=5.0, node=node, name=name, value=value, gpu=gpu)
+
+
+def _two_nodes_sampled(tally: Tally) -> None:
+    _feed(
+        tally,
+        st.ClusterRequested(job_id=JOB, time=0.0, provider="local", nodes=st.Nodes(desired=2)),
+        _metric(0, "cpu", 20.0),
+        _metric(0, "cpu", 30.0),  # the latest value counts
+        _metric(0, "memory_used", 2048.0),
+        _metric(0, "memory_total", 8192.0),
+        _metric(0, "gpu", 90.0, gpu=0),
+        _metric(0, "gpu", 70.0, gpu=1),
+        _metric(0, "gpu_memory", 1024.0, gpu=0),
+        _metric(0, "gpu_memory", 3072.0, gpu=1),
+        _metric(0, "gpu_memory_total", 40960.0, gpu=0),
+        _metric(0, "gpu_memory_total", 40960.0, gpu=1),
+        _metric(0, "gpu_temp", 61.0, gpu=0),
+        _metric(0, "gpu_temp", 66.0, gpu=1),
+        _metric(1, "cpu", 50.0),
+        _metric(1, "memory", 75.0),
+        _metric(1, "queue_depth", 3.0),  # a Custom metric: kept, not summed up
+    )
+
+
+def test_metrics_make_no_line_and_sum_up_per_node() -> None:
+    tally = Tally()
+    _two_nodes_sampled(tally)
+    assert describe(_metric(0, "cpu", 1.0), tally) == []
+    zero = tally.usage(0)
+    assert zero is not None
+    assert (zero.cpu, zero.memory, zero.memory_used, zero.memory_total) == (30.0, 25.0, 2048, 8192)
+    assert (zero.gpus, zero.gpu, zero.gpu_memory, zero.gpu_memory_total) == (2, 80.0, 4096, 81920)
+    assert zero.gpu_temp == 66.0  # the hottest
+    one = tally.usage(1)
+    assert one is not None
+    assert (one.cpu, one.memory, one.memory_used, one.gpus, one.gpu) == (50.0, 75.0, None, 0, None)
+    assert tally.usage(2) is None
+    assert tally.usage_summary() == "cpu 40%, mem 50%, gpu 80%"  # means over the nodes
+
+
+def test_the_heartbeat_adds_the_nodes_mean_use_once_there_is_any() -> None:
+    tally = Tally()
+    _feed(
+        tally,
+        st.ClusterRequested(job_id=JOB, time=0.0, provider="local", nodes=st.Nodes(desired=1)),
+    )
+    plain_beat = "0/1 nodes ready, 0 running, 0 done, 0 failed, 0.0 tasks/s, $0.00 so far"
+    assert tally.heartbeat(0.0, now=1.0) == plain_beat
+    _two_nodes_sampled(tally)
+    assert tally.heartbeat(0.0, now=1.0) == (
+        "0/2 nodes ready, 0 running, 0 done, 0 failed, 0.0 tasks/s, $0.00 so far; "
+        "node mean cpu 40%, mem 50%, gpu 80%"
+    )
+
+
+def test_a_lost_or_terminated_node_drops_its_figures() -> None:
+    tally = Tally()
+    _two_nodes_sampled(tally)
+    _feed(
+        tally,
+        st.InstanceProvisioned(job_id=JOB, time=1.0, node=1, instance_id="b", hourly_price=0.0),
+        st.InstancePreempted(job_id=JOB, time=6.0, node=0, instance_id="a", reason="gone"),
+        st.InstanceDestroyed(job_id=JOB, time=7.0, node=1, instance_id="b"),
+    )
+    assert tally.usage(0) is None
+    assert tally.usage(1) is None
+    assert tally.usage_summary() == ""
+
+
+def _drawn(mode: str, tally_events: Callable[[Tally], None]) -> str:
+    console = Console(record=True, file=io.StringIO(), force_terminal=True, width=140)
+    live = _console.LiveConsole(mode, console, defaulted_to_local=False)  # type: ignore[arg-type]
+    tally_events(live.tally)
+    live.close()
+    return console.export_text()
+
+
+def test_rich_shows_each_nodes_cpu_memory_and_gpus() -> None:
+    text = _drawn("rich", _two_nodes_sampled)
+    header = next(line for line in text.splitlines() if "instance" in line)
+    assert header.split() == ["│", "node", "instance", "state", "for", "cpu", "mem", "gpu", "│"]
+    assert re.search(
+        r"│ +0 +- +provisioning +\S+ +30% +25% 2\.0/8\.0 GiB +2× 80% 4\.0/80\.0 GiB 66°C", text
+    )
+    assert re.search(r"│ +1 +- +provisioning +\S+ +50% +75% +- +│", text)
+
+
+def test_rich_without_metrics_draws_no_usage_columns_and_minimal_a_compact_form() -> None:
+    def requested(tally: Tally) -> None:
+        tally.update(
+            st.ClusterRequested(job_id=JOB, time=0.0, provider="local", nodes=st.Nodes(desired=1))
+        )
+
+    header = next(line for line in _drawn("rich", requested).splitlines() if "instance" in line)
+    assert header.split() == ["│", "node", "instance", "state", "for", "│"]
+    minimal = _drawn("minimal", _two_nodes_sampled)
+    assert (
+        "0/2 nodes ready · 0 running · 0 done · 0 failed · $0.00 · cpu 40% · mem 50% · gpu 80%"
+        in (minimal)
+    )

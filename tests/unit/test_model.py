@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from skyward_trio import accelerators
+from skyward_trio import metrics as sky_metrics
 from skyward_trio._model import (
     ALLOCATION_STRATEGIES,
     ARCHITECTURES,
@@ -195,7 +196,7 @@ def test_image_defaults_match_the_reference() -> None:
     assert image.includes == ()
     assert image.excludes == ()
     assert image.skyward_source == "auto"
-    assert image.metrics == "default"
+    assert image.metrics == (sky_metrics.Default(),)
     assert image.bootstrap_timeout == 300
     assert image == DEFAULT_IMAGE
 
@@ -211,7 +212,7 @@ def test_image_converts_sequences_and_freezes_mappings() -> None:
         shell_vars={"IP": "hostname -I"},
         includes=["./src", pathlib.Path("lib")],
         excludes=["*.ckpt"],
-        metrics=[object, "cpu"],
+        metrics=[sky_metrics.CPU(), sky_metrics.Disk("/data")],
         bootstrap_timeout=600.0,
     )
     assert image.pip == ("torch", "transformers")
@@ -219,7 +220,7 @@ def test_image_converts_sequences_and_freezes_mappings() -> None:
     assert image.apt == ("git",)
     assert image.includes == ("./src", "lib")
     assert image.excludes == ("*.ckpt",)
-    assert image.metrics == (object, "cpu")
+    assert image.metrics == (sky_metrics.CPU(), sky_metrics.Disk("/data"))
     assert image.bootstrap_timeout == 600
     assert type(image.bootstrap_timeout) is int
     assert image.env["HF_HOME"] == "/data/hf"
@@ -253,6 +254,13 @@ def test_image_is_hashable_and_picklable() -> None:
 
 def test_image_metrics_may_be_disabled() -> None:
     assert Image(metrics=None).metrics is None
+
+
+def test_image_takes_one_collector_or_the_default_set_as_a_tuple() -> None:
+    assert Image(metrics=sky_metrics.GPU()).metrics == (sky_metrics.GPU(),)
+    assert Image(metrics=sky_metrics.Default(interval=1)).metrics == (
+        sky_metrics.Default(interval=1),
+    )
 
 
 def test_image_resolved_python() -> None:
@@ -296,10 +304,16 @@ def test_image_resolved_python() -> None:
         ),
         (
             {"metrics": "all"},
-            ValueError,
-            r"Image\(metrics='all'\): metrics must be 'default', None",
+            TypeError,
+            r"Image\(metrics='all'\): metrics must be collectors from sky.metrics, got str",
         ),
-        ({"metrics": 3}, ValueError, r"metrics=None"),
+        ({"metrics": 3}, TypeError, r"got int. .* or None to sample nothing"),
+        ({"metrics": [object]}, TypeError, r"every item of metrics must be a collector"),
+        (
+            {"metrics": [sky_metrics.CPU(), sky_metrics.CPU(interval=1)]},
+            ValueError,
+            r"Image\(metrics=...\): CPU\(interval=3.0\) and CPU\(interval=1\) both report 'cpu'",
+        ),
         ({"bootstrap_timeout": 0}, ValueError, r"bootstrap_timeout must be >= 1"),
         (
             {"bootstrap_timeout": 90.5},
