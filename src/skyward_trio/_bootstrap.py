@@ -5,11 +5,12 @@ stdin (``bash -s``), never on its command line, so the pool secret does not show
 It is idempotent: running it twice leaves one worker (the old one is stopped first).
 
 With an :class:`Environment` the script first builds the image's environment, in named
-phases it announces on stdout (``SKYWARD_PHASE <name>``): ``uv`` (found on the node, or
+phases it announces on stdout (``SKYWARD_PHASE <name>``): ``apt`` (a remote machine's
+system packages, first: the rest may need them), ``uv`` (found on the node, or
 installed from the package index with pip), ``venv`` (a virtual environment per image
 hash, built once under ``~/.skyward/envs`` and reused: a second node or pool skips it),
 ``includes`` (the ``Image.includes`` files unpacked under the work directory) and
-``shell_vars``. On a remote machine a ``python`` phase comes first: it finds an
+``shell_vars``. On a remote machine a ``python`` phase comes before ``uv``: it finds an
 interpreter of the client's ``X.Y`` there (or, only when none matches, has uv install
 one), and the venv also gets Skyward itself (a shipped wheel, or a pinned version).
 A phase that fails exits with ``SKYWARD_FAILED <name>`` on stderr.
@@ -65,6 +66,9 @@ class Environment:
             interpreter the script is given is used as it is (a Local node).
         wheels: ``(file name, content)`` of wheels shipped in the script and installed
             into the environment (Skyward's own, for ``skyward_source="local"``).
+        apt: System packages installed with apt-get (a remote machine only).
+        apt_wait: Seconds apt-get waits for the dpkg lock that another apt or dpkg (an
+            unattended upgrade on a fresh machine) holds.
     """
 
     pip: tuple[str, ...] = ()
@@ -75,12 +79,22 @@ class Environment:
     key: str = ""
     python_version: str | None = None
     wheels: tuple[tuple[str, bytes], ...] = ()
+    apt: tuple[str, ...] = ()
+    apt_wait: int = 300
 
 
-def env_hash(python: str, pip: Sequence[str], indexes: Iterable[tuple[str, Sequence[str]]]) -> str:
-    """The key of a virtual environment: the interpreter and what is installed in it."""
-    spec = json.dumps([python, list(pip), [[u, list(p)] for u, p in indexes]])
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+def env_hash(
+    python: str,
+    pip: Sequence[str],
+    indexes: Iterable[tuple[str, Sequence[str]]],
+    apt: Sequence[str] = (),
+) -> str:
+    """The key of an image's environment: the interpreter, what is installed in it, and
+    the system packages it is built on (a package built from source links against them)."""
+    parts: list[object] = [python, list(pip), [[u, list(p)] for u, p in indexes]]
+    if apt:  # keys of images without apt stay what they were: their environments still match
+        parts.append(list(apt))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def pack_includes(includes: Iterable[str], excludes: Iterable[str]) -> bytes:
@@ -131,12 +145,15 @@ def _environment_steps(env: Environment, python: str) -> tuple[str, str]:
     """Shell steps that build ``env``, and the interpreter the worker then runs."""
     steps: list[str] = []
     py = shlex.quote(python)
+    venv = f'"$HOME/.skyward/envs/{env.key}"'
+    if env.apt:
+        built = f"{venv}/.skyward-complete" if env.pip or env.wheels else None
+        steps.append(_apt_steps(env.apt, env.apt_wait, built=built))
     if env.python_version is not None:
         steps.append(_find_python(env.python_version))
         py = '"$PY"'
     if env.pip or env.wheels:
         envs = '"$HOME/.skyward/envs"'
-        venv = f'"$HOME/.skyward/envs/{env.key}"'
         install: list[str] = []
         scoped = {pkg for _, pkgs in env.indexes for pkg in pkgs}
         for url, packages in env.indexes:
@@ -209,6 +226,65 @@ rm includes.tar.gz""")
             lines.append(f"export {name}")
         steps.append("\n".join(lines))
     return "\n".join(steps), py
+
+
+def _apt_steps(packages: Sequence[str], wait: int, *, built: str | None) -> str:
+    """Shell steps that install ``packages`` with apt-get, unless there is nothing to do.
+
+    A machine where this image's environment is complete (the marker file ``built``)
+    installed them before; one where ``dpkg-query`` finds each installed needs neither
+    root nor the network. Otherwise apt-get runs as root or through ``sudo -n`` (a
+    password prompt would hang a script nobody watches), non-interactively, and waits up
+    to ``wait`` seconds for the dpkg lock (``DPkg::Lock::Timeout``, apt >= 1.9.11).
+    """
+    names = " ".join(shlex.quote(p) for p in packages)
+    shown = " ".join(packages)
+    apt = f'$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -q -o "DPkg::Lock::Timeout={wait}"'
+    keep = "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+    yourself = "install them yourself and drop them from Image(apt=...)"
+    no_apt = (
+        "Image(apt=...) needs apt-get, and this machine has none (not Debian or Ubuntu): "
+        f"{yourself}"
+    )
+    no_root = (
+        "Image(apt=...) installs$missing with apt-get, which needs root: $(id -un) is not "
+        "root and may not sudo without a password here. Log in as root, give $(id -un) "
+        f"passwordless sudo (sudo -n), or {yourself}"
+    )
+    body = f"""missing=
+for package in {names}; do
+  if ! dpkg-query -W -f='${{Status}}' "$package" 2>/dev/null | grep -qx 'install ok installed'
+  then
+    missing="$missing $package"
+  fi
+done
+if [ -z "$missing" ]; then
+  echo "apt: {shown} already installed: nothing to do"
+else
+  if ! command -v apt-get >/dev/null; then
+    echo "{no_apt}" >&2
+    false
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    SUDO=
+  elif sudo -n true 2>/dev/null; then
+    SUDO="sudo -n"
+  else
+    echo "{no_root}" >&2
+    false
+  fi
+  echo "apt: installing$missing"
+  {apt} update
+  {apt} -y {keep} install $missing
+fi"""
+    if built is not None:
+        indented = body.replace("\n", "\n  ")
+        body = f"""if [ -f {built} ]; then
+  echo "apt: this image is installed here already, {shown} with it: skipped"
+else
+  {indented}
+fi"""
+    return f"phase apt\n{body}"
 
 
 def _find_python(version: str) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "ARCHITECTURES",
     "CONSOLE_MODES",
     "DEFAULT_IMAGE",
+    "DEFAULT_SSH_CONFIG",
     "EXECUTOR_KINDS",
     "LOG_LEVELS",
     "RESERVED_MOUNTS",
@@ -371,6 +372,9 @@ class Local(ProviderConfig):
     """
 
 
+#: The OpenSSH client config ``sky.SSH`` reads by default (a missing one is no error).
+DEFAULT_SSH_CONFIG = "~/.ssh/config"
+
 _HOST_FIX = 'Pass e.g. hosts=["gpu1", "alice@gpu2:2222"] or hosts=[sky.SSHHost(host="gpu1")].'
 
 
@@ -445,19 +449,35 @@ def _host_tuple(value: Iterable[str | SSHHost]) -> tuple[SSHHost, ...]:
 class SSH(ProviderConfig):
     """Machines you already have, reached with your own SSH key: each host is one node.
 
+    What is given here wins over ``ssh_config``, which wins over the defaults, as with
+    ``ssh -l user -p port -i key``.
+
     Attributes:
         hosts: ``"user@host:port"`` strings (user and port optional) or ``SSHHost``
-            records, one per node, in node order.
-        user: The login user of hosts that name none; None: your user name here.
-        port: The sshd port of hosts that name none.
-        key: Your private key file; None: the first of ``~/.ssh/id_ed25519``,
-            ``~/.ssh/id_ecdsa`` and ``~/.ssh/id_rsa`` that exists.
+            records, one per node, in node order; a host may be an alias of
+            ``ssh_config``.
+        user: The login user of hosts that name none; None: the config's ``User``, else
+            your user name here.
+        port: The sshd port of hosts that name none; None: the config's ``Port``, else 22.
+        key: Your private key file, the only one offered; None: the SSH agent's keys
+            (``SSH_AUTH_SOCK``), then the config's ``IdentityFile`` for the host, else the
+            first of ``~/.ssh/id_ed25519``, ``~/.ssh/id_ecdsa`` and ``~/.ssh/id_rsa``
+            that exist.
+        ssh_config: The OpenSSH client config read for ``HostName``, ``User``, ``Port``
+            and ``IdentityFile``; None reads none.
+        passphrase_env: The name of an environment variable holding the passphrase of
+            your passphrase-protected key (the name, never the passphrase: it stays out
+            of reprs, configs and logs); None: such a key is left to the SSH agent.
     """
 
     hosts: tuple[SSHHost, ...] = attrs.field(converter=_host_tuple)
     user: str | None = None
-    port: int = 22
+    port: int | None = None
     key: str | None = attrs.field(default=None, converter=attrs.converters.optional(_path))
+    ssh_config: str | None = attrs.field(
+        default=DEFAULT_SSH_CONFIG, converter=attrs.converters.optional(_path)
+    )
+    passphrase_env: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.hosts, str):
@@ -470,9 +490,24 @@ class SSH(ProviderConfig):
             raise ValueError(f"SSH(hosts=[]): give at least one host. {_HOST_FIX}")
         if self.user is not None:
             _check_str("SSH", "user", self.user, fix='Pass e.g. user="alice", or None.')
-        _check_port("SSH", self.port)
+        if self.port is not None:
+            _check_port("SSH", self.port)
         if self.key is not None:
             _check_str("SSH", "key", self.key, fix='Pass e.g. key="~/.ssh/id_ed25519".')
+        if self.ssh_config is not None:
+            _check_str(
+                "SSH", "ssh_config", self.ssh_config, fix='Pass e.g. ssh_config="~/.ssh/config".'
+            )
+        name = self.passphrase_env
+        if name is not None and (
+            not isinstance(name, str) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is None
+        ):
+            # The value is not echoed: a passphrase passed here by mistake stays unseen.
+            raise ValueError(
+                "SSH(passphrase_env=...): not the name of an environment variable (letters, "
+                "digits and _). Pass the variable's name, e.g. "
+                'passphrase_env="SKYWARD_KEY_PASSPHRASE", never the passphrase itself.'
+            )
 
 
 # --- nodes --------------------------------------------------------------------------------------

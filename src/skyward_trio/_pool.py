@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shlex
 import threading
@@ -95,8 +96,18 @@ from ._function import (
     active_pool,
 )
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
-from ._model import SSH, Local, LogConfig, Nodes, Options, Spec, Worker, resolve_compute_args
-from ._providers import Cluster, Instance, open_cluster, resolve_key
+from ._model import (
+    SSH,
+    Local,
+    LogConfig,
+    Nodes,
+    Options,
+    ProviderConfig,
+    Spec,
+    Worker,
+    resolve_compute_args,
+)
+from ._providers import Cluster, Instance, open_cluster, ssh_targets
 from ._sampler import to_config
 from ._source import SkywardPackage, check_source, skyward_package
 from ._store import LocalClient, Store
@@ -1725,12 +1736,13 @@ def _check_image(spec: Spec) -> None:
                 f"({', '.join(h.host for h in spec.provider.hosts)}); add hosts to "
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
-        resolve_key(spec.provider)
-        if image.apt:
-            raise ValueError(
-                f"Image(apt={list(image.apt)!r}): apt {_NOT_YET} on sky.SSH hosts; install "
-                "system packages on your machines yourself"
-            )
+        ssh_targets(spec.provider)  # every host resolves and has something to log in with
+        for package in image.apt:
+            if _APT_PACKAGE.fullmatch(package) is None:
+                raise ValueError(
+                    f"Image(apt=[{package!r}]): not a Debian package name (optionally with "
+                    "=version or /release). Pass package names, e.g. apt=['git', 'ffmpeg']."
+                )
         check_source(image.skyward_source)
     if isinstance(spec.provider, Local):
         if image.apt:
@@ -1744,6 +1756,11 @@ def _check_image(spec: Spec) -> None:
                 "Skyward installed here; skyward_source applies to remote machines. Pass "
                 "'auto' or 'local'."
             )
+
+
+# A package as apt-get install takes it: name[:arch][=version|/release]. Nothing a
+# shell would expand, nothing apt-get would read as an option.
+_APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9+.:~_-]+)?")
 
 
 @contextlib.asynccontextmanager
@@ -1789,6 +1806,13 @@ async def _open_pool(
         raise teardown_error
 
 
+def _login_secrets(provider: ProviderConfig) -> list[str]:
+    """The passphrase ``sky.SSH(passphrase_env=...)`` names: never written to the log."""
+    if isinstance(provider, SSH) and provider.passphrase_env is not None:
+        return [os.environ.get(provider.passphrase_env, "")]
+    return []
+
+
 @contextlib.contextmanager
 def _pool_log(pool: Pool, secret: str) -> Iterator[None]:
     """The pool's ``Options(logging=...)``: events and diagnostics to the log file."""
@@ -1796,6 +1820,7 @@ def _pool_log(pool: Pool, secret: str) -> Iterator[None]:
         secret,
         *_logging.secret_looking(pool.spec.image.env),
         *_logging.secret_fields(pool.spec.provider),
+        *_login_secrets(pool.spec.provider),
     ]
     setting = pool.options.logging
     with contextlib.ExitStack() as stack:
@@ -1882,13 +1907,14 @@ class _Supervisor:
         self,
         pool: Pool,
         cluster: Cluster,
-        client_key: Any,
+        client_key: _transport.SSHKey,
         probe: _serial.Payload | None,
         secret: str,
     ) -> None:
         self.pool = pool
         self.cluster = cluster
-        self.client_key = client_key
+        # The pool's own key (installed on the nodes by their provider): no agent, ever.
+        self._pool_login = _transport.Login(keys=(client_key,))
         self.probe = probe  # Options.health_checker's probe, pickled
         self.secret = secret  # proves to each worker that the client is ours
         self.instances: dict[int, Instance] = {}
@@ -2333,7 +2359,7 @@ class _Supervisor:
                         instance.host,
                         instance.port,
                         username=instance.username,
-                        client_key=self._key_for(instance),
+                        login=self._login_for(instance),
                         host_key=instance.host_key,
                     )
                 except _transport.SSHError as exc:
@@ -2358,18 +2384,16 @@ class _Supervisor:
                 delay = min(delay * 2, 1.0)
         return f"{why}; not reconnected within {window:g} s", None
 
-    def _key_for(self, instance: Instance) -> Any:
-        """The key the client logs in with: the pool's own, or the user's (``sky.SSH``)."""
-        if instance.client_key is not None:
-            return _transport.read_key(instance.client_key)
-        return self.client_key
+    def _login_for(self, instance: Instance) -> _transport.Login:
+        """How the client logs in: with the pool's own key, or as the user (``sky.SSH``)."""
+        return instance.login or self._pool_login
 
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
         options = self.pool.options
         limit = options.ssh_timeout or 60
         delay = options.ssh_retry_interval or 0.2
         last: Exception | None = None
-        key = self._key_for(instance)
+        login = self._login_for(instance)
         with trio.move_on_after(limit):
             while True:
                 try:
@@ -2377,7 +2401,7 @@ class _Supervisor:
                         instance.host,
                         instance.port,
                         username=instance.username,
-                        client_key=key,
+                        login=login,
                         host_key=instance.host_key,
                     )
                 except _transport.SSHError as exc:
@@ -2420,15 +2444,19 @@ class _Supervisor:
         base = instance.sys_path
         pip = (*image.pip, *package.requirements)
         python = PYTHON_VERSION if instance.python is None else instance.python
+        identity = [*pip, *base, *([package.key] if remote else [])]
         return Environment(
             pip=pip,
             indexes=tuple((url, tuple(requirement_name(p) for p in pkgs)) for url, pkgs in indexes),
             base_paths=base,
             includes=self._includes if image.includes else b"",
             shell_vars=dict(image.shell_vars),
-            key=env_hash(python, [*pip, *base, *([package.key] if remote else [])], indexes),
+            key=env_hash(python, identity, indexes, image.apt),
             python_version=PYTHON_VERSION if remote else None,
             wheels=package.wheels,
+            apt=image.apt,
+            # apt-get may wait for the dpkg lock as long as the whole bootstrap may take.
+            apt_wait=math.ceil(self.pool.options.bootstrap_timeout or image.bootstrap_timeout),
         )
 
     async def _reach_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:

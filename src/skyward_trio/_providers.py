@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ import attrs
 import trio
 
 from . import _transport
-from ._model import SSH, Local, ProviderConfig
+from ._model import DEFAULT_SSH_CONFIG, SSH, Local, ProviderConfig
 
 __all__ = [
     "ARMED_FAULTS",
@@ -34,8 +35,9 @@ __all__ = [
     "LocalCluster",
     "LocalFault",
     "SSHCluster",
+    "SSHTarget",
     "open_cluster",
-    "resolve_key",
+    "ssh_targets",
 ]
 
 
@@ -59,9 +61,9 @@ class Instance:
     # get the client's sys.path and can import the same modules (your own included).
     sys_path: tuple[str, ...] = ()
     hourly_price: float = 0.0  # USD per hour its provider bills (the offer's price); Local: 0
-    # Private key file the client authenticates with; None: the pool's own generated key
-    # (which the provider installed on the machine, as Local does).
-    client_key: str | None = None
+    # How the client logs in; None: with the pool's own generated key (which the
+    # provider installed on the machine, as Local does).
+    login: _transport.Login | None = None
 
 
 class Cluster(Protocol):
@@ -90,7 +92,8 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
     if isinstance(config, Local):
         return LocalCluster(config, job_id=job_id, client_public_key=client_public_key)
     if isinstance(config, SSH):
-        return SSHCluster(config, job_id=job_id)
+        targets = await trio.to_thread.run_sync(ssh_targets, config)
+        return SSHCluster(config, job_id=job_id, targets=targets)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local() or sky.SSH(hosts=[...]) (see the README's 'not yet' list)"
@@ -321,28 +324,178 @@ class HostKeyError(Exception):
     """A machine presented a host key other than the one a known_hosts file trusts."""
 
 
-def resolve_key(config: SSH) -> str:
-    """The private key file ``config`` authenticates with (``key``, or the first default).
+@attrs.frozen(kw_only=True)
+class SSHTarget:
+    """One host of ``sky.SSH``, resolved: where to connect, as whom, and with what."""
+
+    host: str
+    port: int
+    user: str
+    login: _transport.Login
+
+
+def ssh_targets(config: SSH) -> list[SSHTarget]:
+    """Each host of ``config`` resolved the way ``ssh`` would: what ``config`` says, then
+    ``ssh_config``, then the defaults. Keys are read (and decrypted) once each. Blocking
+    (it reads files and may run a key's KDF): run it in a thread from async code.
 
     Raises:
-        FileNotFoundError: No such key, naming every path looked at and the fix.
+        FileNotFoundError: A key or config file named that does not exist, or nothing at
+            all to log in with, naming what was looked for and the fix.
+        ValueError: A passphrase-protected key with no passphrase (and no agent to hold
+            it), an unset ``passphrase_env`` variable, or a config file that does not parse.
+        _transport.SSHError: A key file that cannot be loaded, or a passphrase that does
+            not decrypt it.
     """
+    config_file = _config_file(config)
+    passphrase = _passphrase(config)
+    keys: dict[str, _transport.SSHKey] = {}
+    targets = []
+    for entry in config.hosts:
+        user = entry.user or config.user
+        port = entry.port or config.port
+        said = _transport.HostConfig(host=entry.host)
+        if config_file is not None:
+            try:
+                said = _transport.host_config(config_file, entry.host, user=user, port=port)
+            except ValueError as exc:
+                raise ValueError(
+                    f"SSH(ssh_config={config.ssh_config!r}): {exc}. Fix the file, or pass "
+                    "ssh_config=None to read none"
+                ) from exc
+        login = _login(config, said.identity_files, passphrase, keys)
+        targets.append(
+            SSHTarget(
+                host=said.host,
+                port=port or said.port or 22,
+                user=user or said.user or _username(),
+                login=login,
+            )
+        )
+    return targets
+
+
+def _passphrase(config: SSH) -> str | None:
+    """The passphrase ``config.passphrase_env`` names, or None when it names none.
+
+    Raises:
+        ValueError: The variable is not set (or empty), with the fix.
+    """
+    name = config.passphrase_env
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ValueError(
+            f"SSH(passphrase_env={name!r}): the environment variable {name} is not set here. "
+            f"Set it to your key's passphrase before starting Python (read -s {name}; "
+            f"export {name}), or ssh-add the key to your SSH agent and drop passphrase_env."
+        )
+    return value
+
+
+def _config_file(config: SSH) -> str | None:
+    """The config file to read: None when there is none (a missing default is fine)."""
+    if config.ssh_config is None:
+        return None
+    path = os.path.expanduser(config.ssh_config)
+    if os.path.isfile(path):
+        return path
+    if config.ssh_config == DEFAULT_SSH_CONFIG:
+        return None
+    raise FileNotFoundError(
+        f"SSH(ssh_config={config.ssh_config!r}): no such file ({path}). Pass the path of "
+        "your OpenSSH client config, or ssh_config=None to read none."
+    )
+
+
+def _agent_socket() -> str | None:
+    """The running SSH agent's socket (``SSH_AUTH_SOCK``), if there is one."""
+    path = os.environ.get("SSH_AUTH_SOCK")
+    if not path:
+        return None
+    try:
+        return path if stat.S_ISSOCK(os.stat(path).st_mode) else None
+    except OSError:
+        return None  # a stale variable, as ssh sees it: no agent
+
+
+_PASSPHRASE_FIX = (
+    "ssh-add it to your SSH agent (with SSH_AUTH_SOCK set here), or pass "
+    "SSH(passphrase_env='NAME') naming an environment variable that holds its passphrase"
+)
+
+
+def _login(
+    config: SSH,
+    identity_files: tuple[str, ...],
+    passphrase: str | None,
+    keys: dict[str, _transport.SSHKey],
+) -> _transport.Login:
+    """What to log in with: ``key`` alone, else the agent and the identity files."""
+
+    def load(path: str) -> _transport.SSHKey:
+        if path not in keys:
+            try:
+                keys[path] = _transport.read_key(path, passphrase)
+            except _transport.EncryptedKeyError:
+                raise
+            except _transport.SSHError as exc:
+                fix = (
+                    f"check the file, and the passphrase in ${config.passphrase_env}"
+                    if passphrase is not None
+                    else "check the file, or pass SSH(key=...) the key you log in with"
+                )
+                raise _transport.SSHError(f"{exc}. sky.SSH logs in with it: {fix}") from exc
+        return keys[path]
+
     if config.key is not None:
         path = os.path.expanduser(config.key)
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"SSH(key={config.key!r}): no such file ({path}). Pass the path of the "
-                "private key you log in to these hosts with."
+                "private key you log in to these hosts with, or leave key unset to use "
+                "your SSH agent and ~/.ssh."
             )
-        return path
-    for candidate in _DEFAULT_KEYS:
-        path = os.path.expanduser(candidate)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(
-        f"sky.SSH(): no private key given and none of {', '.join(_DEFAULT_KEYS)} exists. "
-        "Pass SSH(key='/path/to/private_key'), or create one with ssh-keygen -t ed25519 and "
-        "add its .pub to each host's ~/.ssh/authorized_keys."
+        try:
+            return _transport.Login(keys=(load(path),), tried=f"the key {path}")
+        except _transport.EncryptedKeyError:
+            raise ValueError(
+                f"SSH(key={config.key!r}): {path} is passphrase-protected and no passphrase "
+                f"was given. Pass SSH(passphrase_env='NAME') naming an environment variable "
+                "that holds its passphrase, or ssh-add it to your SSH agent and leave key "
+                "unset."
+            ) from None
+    agent = _agent_socket()
+    named = identity_files or tuple(os.path.expanduser(k) for k in _DEFAULT_KEYS)
+    used: list[str] = []
+    skipped: list[str] = []
+    for path in named:
+        if not os.path.isfile(path):
+            continue
+        try:
+            load(path)
+        except _transport.EncryptedKeyError:
+            skipped.append(path)
+        else:
+            used.append(path)
+    if not used and agent is None:
+        if skipped:
+            raise ValueError(
+                f"sky.SSH(): {skipped[0]} is passphrase-protected, no passphrase was given "
+                f"and no SSH agent is running (SSH_AUTH_SOCK is not set). {_PASSPHRASE_FIX}."
+            )
+        looked = ", ".join(identity_files) if identity_files else ", ".join(_DEFAULT_KEYS)
+        raise FileNotFoundError(
+            f"sky.SSH(): no private key given, no SSH agent running (SSH_AUTH_SOCK is not "
+            f"set) and none of {looked} exists. Pass SSH(key='/path/to/private_key'), start "
+            "an agent and ssh-add your key, or create one with ssh-keygen -t ed25519 and add "
+            "its .pub to each host's ~/.ssh/authorized_keys."
+        )
+    tried = ([f"the SSH agent's keys ({agent})"] if agent else []) + used
+    tried += [f"not {path} (passphrase-protected: {_PASSPHRASE_FIX})" for path in skipped]
+    return _transport.Login(
+        keys=tuple(keys[path] for path in used), agent=agent, tried=", ".join(tried)
     )
 
 
@@ -439,23 +592,20 @@ class SSHCluster:
     # then runs in the client, which every node reaches through its own SSH connection.
     peers_reachable = False
 
-    def __init__(self, config: SSH, *, job_id: str) -> None:
+    def __init__(self, config: SSH, *, job_id: str, targets: list[SSHTarget]) -> None:
         self.config = config
         self.job_id = job_id
-        self.key_path = resolve_key(config)
-        self._key = _transport.read_key(self.key_path)
-        self._user = config.user or _username()
+        self._targets = targets  # one per host, from ssh_targets(config)
         self._live: dict[str, Instance] = {}
         self._serial = 0
 
-    def _address(self, node: int) -> tuple[str, int, str]:
-        if node >= len(self.config.hosts):
+    def _target(self, node: int) -> SSHTarget:
+        if node >= len(self._targets):
             raise RuntimeError(
-                f"sky.SSH has {len(self.config.hosts)} host(s), so there is no node {node}; "
+                f"sky.SSH has {len(self._targets)} host(s), so there is no node {node}; "
                 "add hosts to SSH(hosts=[...]), or ask for fewer nodes"
             )
-        entry = self.config.hosts[node]
-        return entry.host, entry.port or self.config.port, entry.user or self._user
+        return self._targets[node]
 
     async def alive(self, instance: Instance) -> bool:
         """Your machines have no provider to ask: whether one is still there is for the
@@ -463,20 +613,22 @@ class SSHCluster:
         return True
 
     async def _connect(self, instance: Instance) -> _transport.SSHConnection:
+        assert instance.login is not None
         return await _transport.connect(
             instance.host,
             instance.port,
             username=instance.username,
-            client_key=self._key,
+            login=instance.login,
             host_key=instance.host_key,
         )
 
     async def provision(self, node: int) -> Instance:
         """Verify the host's key, log in once to learn its home directory."""
-        host, port, user = self._address(node)
+        target = self._target(node)
+        host, port, user = target.host, target.port, target.user
         host_key = await verified_host_key(host, port)
         ssh = await _transport.connect(
-            host, port, username=user, client_key=self._key, host_key=host_key
+            host, port, username=user, login=target.login, host_key=host_key
         )
         try:
             rc, out, err = await ssh.run('printf "%s\\n" "$HOME"')
@@ -506,7 +658,7 @@ class SSHCluster:
             public_ip=host,
             python=None,
             workdir=workdir,
-            client_key=self.key_path,
+            login=target.login,
         )
         self._live[instance.id] = instance
         return instance

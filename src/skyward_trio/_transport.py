@@ -17,30 +17,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import getpass
 import ipaddress
 import math
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeAlias, cast
 
 import asyncssh
+import attrs
 import trio
 import trio_asyncio
+from asyncssh.config import SSHClientConfig
 from asyncssh.encryption import get_default_encryption_algs
 
 from ._sshtrim import trim
 
 __all__ = [
     "ChannelStream",
+    "EncryptedKeyError",
+    "HostConfig",
+    "Login",
     "SSHConnection",
     "SSHError",
+    "SSHKey",
     "WorkerLink",
     "asyncio_loop",
     "connect",
     "fetch_host_key",
     "fingerprint",
     "generate_key",
+    "host_config",
     "known_host_keys",
     "read_key",
 ]
@@ -51,8 +60,81 @@ _WINDOW = 16 * 1024 * 1024
 _PACKET = 128 * 1024
 
 
+#: A private key, as the other modules name it without importing asyncssh.
+SSHKey: TypeAlias = asyncssh.SSHKey
+
+
 class SSHError(Exception):
     """An SSH operation failed (connect, auth, host key, channel)."""
+
+
+class EncryptedKeyError(SSHError):
+    """A private key file is passphrase-protected and no passphrase was given."""
+
+
+@attrs.frozen(kw_only=True)
+class Login:
+    """How the client proves who it is to a machine.
+
+    Attributes:
+        keys: Private keys, already decrypted; never shown (``repr`` leaves them out).
+        agent: The SSH agent's socket, whose keys are offered before ``keys``; None: no
+            agent. Pool-internal logins (a pool's own key) never have one.
+        tried: What this login offers, in words, for the error a refusing machine gets.
+    """
+
+    keys: tuple[asyncssh.SSHKey, ...] = attrs.field(default=(), repr=False)
+    agent: str | None = None
+    tried: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class HostConfig:
+    """What an OpenSSH client config file says about one host (None: it says nothing).
+
+    Attributes:
+        host: The address to connect to (``HostName``, else the name given).
+        port: ``Port``.
+        user: ``User``.
+        identity_files: ``IdentityFile`` entries, ``~`` expanded, in order.
+    """
+
+    host: str
+    port: int | None = None
+    user: str | None = None
+    identity_files: tuple[str, ...] = ()
+
+
+def host_config(path: str, host: str, *, user: str | None, port: int | None) -> HostConfig:
+    """Read the OpenSSH client config ``path`` for ``host`` (a name or an alias).
+
+    ``user`` and ``port``, when given, win over the file (and ``Match user`` sees them),
+    as ``ssh -l user -p port`` would. Only ``HostName``, ``Port``, ``User`` and
+    ``IdentityFile`` are taken from it.
+
+    Raises:
+        ValueError: The file does not parse, naming file and line.
+    """
+    config = SSHClientConfig.load(
+        None,
+        [path],
+        False,  # reload
+        False,  # canonical
+        False,  # final
+        getpass.getuser(),
+        user if user is not None else (),
+        host,
+        port if port is not None else (),
+    )
+    said_port = config.get("Port")
+    said_user = config.get("User")
+    files = cast("list[str]", config.get("IdentityFile", []))
+    return HostConfig(
+        host=str(config.get("Hostname", host)),
+        port=int(cast(int, said_port)) if said_port is not None else None,
+        user=str(said_user) if said_user is not None else None,
+        identity_files=tuple(str(Path(f).expanduser()) for f in files),
+    )
 
 
 def generate_key() -> asyncssh.SSHKey:
@@ -76,19 +158,26 @@ def fingerprint(public: str) -> str:
     return str(asyncssh.import_public_key(public).get_fingerprint("sha256"))
 
 
-def read_key(path: str) -> asyncssh.SSHKey:
-    """The private key in the file ``path`` (OpenSSH or PEM form, not passphrase-protected).
+def read_key(path: str, passphrase: str | None = None) -> asyncssh.SSHKey:
+    """The private key in the file ``path`` (OpenSSH or PEM form), decrypted with
+    ``passphrase`` if it is passphrase-protected.
 
     Raises:
-        SSHError: The file cannot be read or holds no usable private key, with the path.
+        EncryptedKeyError: The key is passphrase-protected and ``passphrase`` is None.
+        SSHError: The file cannot be read, holds no usable private key, or ``passphrase``
+            does not decrypt it, with the path (never the passphrase).
     """
     try:
-        return asyncssh.read_private_key(path)
-    except (OSError, asyncssh.KeyImportError) as exc:
-        raise SSHError(
-            f"could not load the SSH private key {path}: {exc}. Pass SSH(key=...) a private "
-            "key file without a passphrase (the one your ssh uses for these hosts)"
-        ) from exc
+        return asyncssh.read_private_key(path, passphrase)
+    except asyncssh.KeyEncryptionError as exc:
+        raise SSHError(f"the passphrase given does not decrypt the SSH key {path} ({exc})") from exc
+    except asyncssh.KeyImportError as exc:
+        # asyncssh says so in words only; its own key loader matches the same prefix.
+        if passphrase is None and str(exc).startswith("Passphrase"):
+            raise EncryptedKeyError(f"the SSH key {path} is passphrase-protected") from exc
+        raise SSHError(f"could not load the SSH private key {path}: {exc}") from exc
+    except OSError as exc:
+        raise SSHError(f"could not load the SSH private key {path}: {exc}") from exc
 
 
 def known_host_keys(path: str, host: str, port: int) -> list[tuple[int, str]]:
@@ -294,21 +383,35 @@ async def connect(
     port: int,
     *,
     username: str,
-    client_key: asyncssh.SSHKey,
+    login: Login,
     host_key: str,
 ) -> SSHConnection:
-    """Connect and authenticate with ``client_key``, verifying the node's ``host_key``.
+    """Connect and authenticate with ``login``, verifying the node's ``host_key``.
 
     ``host_key`` is the node's public key in OpenSSH form; any other key is refused.
-    The caller owns the deadline.
+    asyncssh reads no config file and no agent of its own here (``config=[]``,
+    ``agent_path=None``): the agent's keys are fetched only for a login that names an
+    agent, and offered with the login's own keys. The caller owns the deadline.
     """
     trusted = asyncssh.import_public_key(host_key)
+    agent: asyncssh.SSHAgentClient | None = None
+    keys: list[asyncssh.SSHKey | asyncssh.SSHKeyPair] = list(login.keys)
     try:
+        if login.agent is not None:
+            agent, held = await _agent_keys(login.agent)
+            keys[:0] = held
+        if not keys:
+            said = "holds no key" if agent is not None else "did not answer"
+            raise SSHError(
+                f"nothing to log in to {host}:{port} with: the SSH agent at {login.agent} "
+                f"{said} and no key file could be used (offered: {login.tried}). ssh-add "
+                "your key, or pass SSH(key=...)"
+            )
         conn = await trio_asyncio.aio_as_trio(asyncssh.connect)(
             host,
             port,
             username=username,
-            client_keys=[client_key],
+            client_keys=keys,
             known_hosts=([trusted], [], []),
             encryption_algs=_ciphers(),
             agent_path=None,
@@ -317,9 +420,34 @@ async def connect(
             keepalive_count_max=4,
             tunnel=_TrioTCP(),
         )
+    except asyncssh.PermissionDenied as exc:
+        tried = f" (offered: {login.tried})" if login.tried else ""
+        raise SSHError(
+            f"SSH connect to {host}:{port} failed: {username} was refused{tried}: {exc}"
+        ) from exc
     except (asyncssh.Error, OSError) as exc:
         raise SSHError(f"SSH connect to {host}:{port} failed: {exc}") from exc
+    finally:
+        if agent is not None:  # its keys sign during authentication only
+            agent.close()
     return SSHConnection(conn, host, port)
+
+
+async def _agent_keys(
+    path: str,
+) -> tuple[asyncssh.SSHAgentClient | None, list[asyncssh.SSHKeyPair]]:
+    """The keys the SSH agent at ``path`` holds, and the open agent client that signs
+    with them; an agent that does not answer holds none (the other keys may still do)."""
+    try:
+        agent = await trio_asyncio.aio_as_trio(asyncssh.connect_agent)(path)
+    except (asyncssh.Error, OSError):
+        return None, []
+    try:
+        held = await trio_asyncio.aio_as_trio(agent.get_keys)()
+    except (asyncssh.Error, OSError, ValueError):
+        agent.close()
+        return None, []
+    return agent, list(held)
 
 
 class _Session(asyncssh.SSHUNIXSession[bytes]):

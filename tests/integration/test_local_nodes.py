@@ -61,7 +61,7 @@ async def test_a_wrong_host_key_is_refused() -> None:
                 node.instance.host,
                 node.instance.port,
                 username=node.instance.username,
-                client_key=_transport.generate_key(),
+                login=_transport.Login(keys=(_transport.generate_key(),)),
                 host_key=impostor,
             )
 
@@ -74,7 +74,7 @@ async def test_an_unknown_client_key_is_refused() -> None:
                 node.instance.host,
                 node.instance.port,
                 username=node.instance.username,
-                client_key=_transport.generate_key(),
+                login=_transport.Login(keys=(_transport.generate_key(),)),
                 host_key=node.instance.host_key,
             )
 

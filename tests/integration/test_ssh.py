@@ -3,10 +3,17 @@
 directory (``SetEnv HOME``), so each is a separate "machine" that shares nothing with this
 client but the package index. Their ``PATH`` holds this interpreter's Python version, so the
 bootstrap finds one there; the environment (six, Skyward's wheel) is built once per session.
+
+Their apt reads an empty source list (``APT_CONFIG``, lists and cache under the test's
+directory): ``Image(apt=...)`` runs the real apt-get and dpkg of this machine, which has no
+package source to reach and installs nothing new — the tests ask only for packages that are
+installed, or for one that does not exist.
 """
 
 from __future__ import annotations
 
+import fcntl
+import getpass
 import os
 import re
 import shutil
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy
 import pytest
+from waiting import wait_until
 
 import skyward as sky
 
@@ -96,7 +104,7 @@ def _start_sshd(root: Path, name: str, addr: str, authorized: Path, *, port: int
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
         "AllowStreamLocalForwarding yes\nPermitUserEnvironment no\n"
-        f"SetEnv {_set_env(home, python_dir, root / 'uv-cache')}\n"
+        f"SetEnv {_set_env(home, python_dir, root / 'uv-cache', _offline_apt(root))}\n"
     )
     if os.getuid() == 0:  # as root, sshd wants its privilege-separation directory
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -132,15 +140,34 @@ _INDEX_SETTINGS = (
 )
 
 
-def _set_env(home: Path, python_dir: str, uv_cache: Path) -> str:
-    """sshd's ``SetEnv`` line: the machine's home, PATH, uv cache and index settings."""
+def _set_env(home: Path, python_dir: str, uv_cache: Path, apt_config: Path) -> str:
+    """sshd's ``SetEnv`` line: the machine's home, PATH, uv cache, apt and index settings."""
     values = {
         "HOME": str(home),
         "PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin",
         "UV_CACHE_DIR": str(uv_cache),  # shared by the machines: one download per session
+        "APT_CONFIG": str(apt_config),
     }
     values |= {name: os.environ[name] for name in _INDEX_SETTINGS if name in os.environ}
     return " ".join(f'"{name}={value}"' for name, value in values.items())
+
+
+def _offline_apt(root: Path) -> Path:
+    """An apt configuration with no package source, whose lists, cache and logs live under
+    ``root``: ``apt-get update`` needs no network, and nothing of the host's apt changes."""
+    apt = root / "apt"
+    for sub in ("lists/partial", "cache/archives/partial", "log", "sources.list.d"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").touch()
+    config = apt / "apt.conf"
+    config.write_text(
+        f'Dir::Etc::SourceList "{apt}/sources.list";\n'
+        f'Dir::Etc::SourceParts "{apt}/sources.list.d";\n'
+        f'Dir::State::Lists "{apt}/lists";\n'
+        f'Dir::Cache "{apt}/cache";\n'
+        f'Dir::Log "{apt}/log";\n'
+    )
+    return config
 
 
 def _stop(machine: Machine) -> None:
@@ -425,3 +452,271 @@ def test_a_missing_sshd_skips_here_and_fails_under_ci(monkeypatch: pytest.Monkey
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         _need_sshd()
+
+
+# -- Image(apt=...) ------------------------------------------------------------------------------
+
+DPKG_LOCK = "/var/lib/dpkg/lock-frontend"
+
+
+def _need_apt() -> None:
+    if shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
+        pytest.skip("Image(apt=...) needs a Debian or Ubuntu machine (apt-get, dpkg-query)")
+
+
+def _debug_log(path: Path) -> sky.Options:
+    return sky.Options(
+        console="silent",
+        max_provision_attempts=1,
+        logging=sky.LogConfig(file=str(path), level="DEBUG", console=False),
+    )
+
+
+def test_apt_packages_already_installed_leave_the_apt_phase_nothing_to_do(
+    machines: Machines, tmp_path: Path
+) -> None:
+    _need_apt()
+    image = sky.Image(apt=["openssh-server"])
+    provider = machines.provider(machines.a)
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    with sky.Compute(provider=provider, nodes=1, image=image, options=_debug_log(first)) as pool:
+        assert _square(3) >> pool == 9
+    log = first.read_text()
+    assert "node 0 bootstrap: SKYWARD_PHASE apt" in log
+    assert "apt: openssh-server already installed: nothing to do" in log
+    assert "apt: installing" not in log  # neither apt-get update nor install ran
+    # The same image on the same machine: its environment is there, apt is not even asked.
+    with sky.Compute(provider=provider, nodes=1, image=image, options=_debug_log(second)) as pool:
+        assert _square(4) >> pool == 16
+    assert "apt: this image is installed here already, openssh-server with it: skipped" in (
+        second.read_text()
+    )
+
+
+def test_a_package_apt_does_not_know_fails_the_apt_phase_with_apts_message(
+    machines: Machines, tmp_path: Path
+) -> None:
+    _need_apt()
+    image = sky.Image(apt=["skyward-no-such-package-7f3a"])
+    pattern = (
+        r"node 0 failed during bootstrap: the bootstrap script failed in its 'apt' phase "
+        r"\(exit status \d+\); its last lines:\n.*"
+        r"E: Unable to locate package skyward-no-such-package-7f3a"
+    )
+    with (
+        pytest.raises(sky.ProvisionError, match=re.compile(pattern, re.DOTALL)),
+        sky.Compute(
+            provider=machines.provider(machines.a),
+            nodes=1,
+            image=image,
+            options=_debug_log(tmp_path / "log"),
+        ),
+    ):
+        pytest.fail("the pool came up without its apt package")
+
+
+def _waiting_for_the_lock(processes: Processes) -> bool:
+    """Whether an apt-get of the bootstrap is in its wait for the dpkg lock (asleep between
+    tries: nothing else puts apt-get to sleep)."""
+    for pid in processes.mentioning("DPkg::Lock::Timeout="):
+        try:
+            if "nanosleep" in Path(f"/proc/{pid}/wchan").read_text():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_the_apt_phase_waits_for_the_dpkg_lock_and_then_succeeds(
+    machines: Machines, tmp_path: Path, processes: Processes
+) -> None:
+    _need_apt()
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "openssh-server"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # Pinned to the version installed: dpkg-query does not find it by that name, so
+    # apt-get runs, takes the lock, and has nothing to change.
+    image = sky.Image(apt=[f"openssh-server={version}"])
+    log = tmp_path / "log"
+    results: dict[str, object] = {}
+
+    def run_pool() -> None:
+        try:
+            provider = machines.provider(machines.a)
+            with sky.Compute(provider=provider, nodes=1, image=image, options=_debug_log(log)) as p:
+                results["value"] = _square(6) >> p
+        except BaseException as exc:
+            results["error"] = exc
+
+    # Held the way dpkg holds it: an fcntl write lock on lock-frontend, released on close.
+    lock = os.open(DPKG_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+    pool = threading.Thread(target=run_pool)
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        pool.start()
+        wait_until(
+            lambda: _waiting_for_the_lock(processes) or not pool.is_alive(),
+            "apt-get to wait for the dpkg lock",
+            timeout=180,
+            every=0.05,
+        )
+        time.sleep(2)  # held a couple of seconds more: apt-get keeps waiting
+        assert pool.is_alive(), results
+    finally:
+        os.close(lock)
+    pool.join(timeout=180)
+    assert not pool.is_alive()
+    assert results == {"value": 36}
+    text = log.read_text()
+    assert f"Could not get lock {DPKG_LOCK}. It is held by process {os.getpid()}" in text
+    assert f"openssh-server is already the newest version ({version})" in text
+    # Nothing of this test holds the lock any more.
+    probe = os.open(DPKG_LOCK, os.O_RDWR)
+    try:
+        fcntl.lockf(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
+
+
+# -- logging in like ssh: the agent, ~/.ssh/config, passphrases ----------------------------------
+
+
+@pytest.fixture
+def bare_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home with an empty ~/.ssh and no SSH agent: only what a test adds logs in."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+@pytest.fixture
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real ssh-agent of this test's own, named by SSH_AUTH_SOCK; stopped by its pid."""
+    path = str(tmp_path / "agent.sock")
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", path], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: os.path.exists(path), "ssh-agent to listen", timeout=30, every=0.02)
+        monkeypatch.setenv("SSH_AUTH_SOCK", path)
+        yield path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _homes(pool: sky.Pool) -> list[str]:
+    return [r["home"] for r in _home() @ pool]
+
+
+@sky.function
+def _home() -> dict[str, Any]:
+    return {"home": os.environ["HOME"]}
+
+
+def test_with_no_key_given_the_ssh_agent_logs_in(
+    machines: Machines, bare_home: Path, agent: str
+) -> None:
+    subprocess.run(
+        ["ssh-add", "-q", str(machines.key)],
+        env={**os.environ, "SSH_AUTH_SOCK": agent},
+        check=True,
+        capture_output=True,
+    )
+    assert not list((bare_home / ".ssh").iterdir())  # no key file here: only the agent has it
+    provider = sky.SSH(hosts=[f"{machines.a.addr}:{machines.a.port}"])
+    with sky.Compute(provider=provider, nodes=1, options=QUIET) as pool:
+        assert _homes(pool) == [str(machines.a.home)]
+
+
+def test_an_empty_agent_is_refused_naming_what_was_offered(
+    machines: Machines, bare_home: Path, agent: str
+) -> None:
+    provider = sky.SSH(hosts=[f"{machines.a.addr}:{machines.a.port}"])
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    with (
+        pytest.raises(
+            sky.ProvisionError,
+            match=rf"the SSH agent at {re.escape(agent)} holds no key and no key file could "
+            r"be used \(offered: the SSH agent's keys .*\)\. ssh-add your key, or pass "
+            r"SSH\(key=\.\.\.\)",
+        ),
+        sky.Compute(provider=provider, nodes=1, options=options),
+    ):
+        pytest.fail("the pool came up with nothing to log in with")
+
+
+def test_a_refused_login_names_every_key_offered(
+    machines: Machines, bare_home: Path, agent: str
+) -> None:
+    stranger = bare_home / ".ssh" / "id_ed25519"
+    _keygen(stranger)  # authorized nowhere
+    provider = sky.SSH(hosts=[f"{machines.a.addr}:{machines.a.port}"])
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    with (
+        pytest.raises(
+            sky.ProvisionError,
+            match=rf"{getpass.getuser()} was refused \(offered: the SSH agent's keys "
+            rf"\({re.escape(agent)}\), {re.escape(str(stranger))}\)",
+        ),
+        sky.Compute(provider=provider, nodes=1, options=options),
+    ):
+        pytest.fail("the pool came up with a key the machine does not accept")
+
+
+def test_ssh_config_aliases_resolve_and_explicit_arguments_win(
+    machines: Machines, bare_home: Path
+) -> None:
+    me = getpass.getuser()
+    (bare_home / ".ssh" / "config").write_text(
+        f"Host skyward-a\n"
+        f"  HostName {machines.a.addr}\n"
+        f"  Port {machines.a.port}\n"
+        f"  User {me}\n"
+        f"  IdentityFile {machines.key}\n"
+        f"Host skyward-b\n"
+        f"  HostName {machines.b.addr}\n"
+        f"  IdentityFile {machines.key}\n"
+        # Everything below is overridden by what sky.SSH is given.
+        f"Host *\n"
+        f"  Port 1\n"
+        f"  User nobody-7f3a\n"
+    )
+    provider = sky.SSH(hosts=["skyward-a", f"{me}@skyward-b:{machines.b.port}"])
+    with sky.Compute(provider=provider, nodes=2, options=QUIET) as pool:
+        assert _homes(pool) == [str(machines.a.home), str(machines.b.home)]
+    # Host keys are pinned under the address the alias stands for, as ssh records them.
+    pinned = (bare_home / ".skyward" / "known_hosts").read_text()
+    assert f"[{machines.a.addr}]:{machines.a.port} " in pinned
+    assert "skyward-a" not in pinned
+    # A pool's connections to its own nodes read no config: Local nodes ignore "Port 1".
+    with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
+        assert _square(2) >> pool == 4
+
+
+def test_a_passphrase_protected_key_logs_in_with_its_passphrase(
+    machines: Machines, bare_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = "7f3a correct horse battery"
+    locked = bare_home / "locked_ed25519"
+    shutil.copy(machines.key, locked)  # the authorized key, with a passphrase now
+    subprocess.run(
+        ["ssh-keygen", "-q", "-p", "-P", "", "-N", secret, "-f", str(locked)],
+        check=True,
+        capture_output=True,
+    )
+    host = f"{machines.a.addr}:{machines.a.port}"
+    with pytest.raises(ValueError, match=r"is passphrase-protected and no passphrase was given"):
+        sky.Compute(provider=sky.SSH(hosts=[host], key=str(locked)), nodes=1)
+    monkeypatch.setenv("SKYWARD_TEST_KEY_PASSPHRASE", secret)
+    provider = sky.SSH(hosts=[host], key=str(locked), passphrase_env="SKYWARD_TEST_KEY_PASSPHRASE")
+    log = tmp_path / "log"
+    options = sky.Options(
+        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
+    )
+    with sky.Compute(provider=provider, nodes=1, options=options) as pool:
+        assert _homes(pool) == [str(machines.a.home)]
+    assert secret not in log.read_text()

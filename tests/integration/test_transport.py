@@ -191,7 +191,7 @@ async def test_socket_transport_echoes_a_large_payload_and_sees_the_peer_go() ->
             "127.0.0.1",
             port,
             username="test",
-            client_key=keys.client,
+            login=_transport.Login(keys=(keys.client,)),
             host_key=_transport.public_openssh(keys.host),
         )
         conn = ssh._conn

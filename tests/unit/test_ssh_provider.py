@@ -1,5 +1,6 @@
 """``sky.SSH`` without machines: the records, what ``Compute`` refuses before anything starts,
-known_hosts lookups, how a node finds its Python, and where it gets Skyward."""
+how each host resolves (``~/.ssh/config``, keys, passphrases, the agent), known_hosts lookups,
+how a node finds its Python and installs apt packages, and where it gets Skyward."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import base64
 import hashlib
 import hmac
 import os
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +21,14 @@ import pytest
 import skyward as sky
 import skyward_trio
 from skyward_trio import _source, _transport
-from skyward_trio._bootstrap import Environment, _find_python, worker_bootstrap
-from skyward_trio._providers import resolve_key
+from skyward_trio._bootstrap import (
+    Environment,
+    _apt_steps,
+    _find_python,
+    env_hash,
+    worker_bootstrap,
+)
+from skyward_trio._providers import ssh_targets
 
 
 @pytest.fixture
@@ -35,7 +46,8 @@ def test_hosts_parse_from_strings_and_records() -> None:
         sky.SSHHost(host="::1", port=23),
         sky.SSHHost(host="gpu3", port=7),
     )
-    assert (ssh.port, ssh.user, ssh.key) == (22, None, None)
+    assert (ssh.port, ssh.user, ssh.key, ssh.passphrase_env) == (None, None, None, None)
+    assert ssh.ssh_config == "~/.ssh/config"
     assert (skyward_trio.SSH, skyward_trio.SSHHost) == (sky.SSH, sky.SSHHost)
 
 
@@ -53,6 +65,13 @@ def test_hosts_parse_from_strings_and_records() -> None:
         ({"hosts": ["gpu1"], "port": 70000}, ValueError, r"a port is at most 65535"),
         ({"hosts": ["gpu1"], "user": ""}, ValueError, r"SSH\(user=''\): user must not be empty"),
         ({"hosts": [3]}, TypeError, r"every item of hosts must be a SSHHost"),
+        ({"hosts": ["h"], "ssh_config": ""}, ValueError, r"ssh_config must not be empty"),
+        (
+            {"hosts": ["h"], "passphrase_env": "hunter2 secret!"},
+            ValueError,
+            r"^SSH\(passphrase_env=\.\.\.\): not the name of an environment variable .*"
+            r"never the passphrase itself\.$",  # and the value given is not repeated
+        ),
     ],
 )
 def test_bad_ssh_arguments_are_refused_with_the_fix(
@@ -68,30 +87,148 @@ def test_compute_refuses_more_nodes_than_hosts_before_anything_starts(key: str) 
         sky.Compute(provider=provider, nodes=3)
     with pytest.raises(ValueError, match=r"nodes=4: .* pass nodes=2"):
         sky.Compute(provider=provider, nodes=sky.Nodes(desired=1, max=4))
-    with pytest.raises(ValueError, match=r"Image\(apt=\['git'\]\): apt is not built yet"):
-        sky.Compute(provider=provider, nodes=1, image=sky.Image(apt=["git"]))
+    with pytest.raises(ValueError, match=r"Image\(apt=\['-y'\]\): not a Debian package name"):
+        sky.Compute(provider=provider, nodes=1, image=sky.Image(apt=["-y"]))
+    with pytest.raises(ValueError, match=r"Image\(apt=\['\$\(reboot\)'\]\): not a Debian"):
+        sky.Compute(provider=provider, nodes=1, image=sky.Image(apt=["$(reboot)"]))
+    apt = ["git", "libpq-dev:amd64", "python3.12=3.12.3-1", "ffmpeg/bookworm-backports"]
+    sky.Compute(provider=provider, nodes=1, image=sky.Image(apt=apt))
     with pytest.raises(ValueError, match=r'skyward_source="github"\) is not supported'):
         sky.Compute(provider=provider, nodes=1, image=sky.Image(skyward_source="github"))
     sky.Compute(provider=provider, nodes=2)  # nothing starts before it is entered
 
 
-def test_the_key_is_the_one_given_or_the_first_default_that_exists(
-    key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty home and no SSH agent: each test adds what it needs."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+@pytest.fixture
+def agent_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A unix socket named by ``SSH_AUTH_SOCK``: what tells an agent is running."""
+    path = str(tmp_path / "agent.sock")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(path)
+        monkeypatch.setenv("SSH_AUTH_SOCK", path)
+        yield path
+
+
+def _keygen(path: Path, passphrase: str = "") -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(path)], check=True
+    )
+    return path
+
+
+def _only(provider: sky.SSH) -> _transport.Login:
+    (target,) = ssh_targets(provider)
+    return target.login
+
+
+def test_without_key_agent_or_default_key_the_error_names_each_fix(home: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"SSH\(key='/nope'\): no such file"):
         sky.Compute(provider=sky.SSH(hosts=["h"], key="/nope"), nodes=1)
-    looked_for = r"none of ~/.ssh/id_ed25519, ~/.ssh/id_ecdsa, ~/.ssh/id_rsa exists"
+    looked_for = (
+        r"no private key given, no SSH agent running \(SSH_AUTH_SOCK is not set\) and none of "
+        r"~/.ssh/id_ed25519, ~/.ssh/id_ecdsa, ~/.ssh/id_rsa exists.*ssh-add"
+    )
     with pytest.raises(FileNotFoundError, match=looked_for):
         sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
-    ssh_dir = tmp_path / "home" / ".ssh"
-    ssh_dir.mkdir(parents=True)
-    (ssh_dir / "id_rsa").write_text("x")
-    (ssh_dir / "id_ecdsa").write_text("x")
-    assert resolve_key(sky.SSH(hosts=["h"])) == str(ssh_dir / "id_ecdsa")
-    assert resolve_key(sky.SSH(hosts=["h"], key=key)) == key
+    (home / ".ssh" / "id_rsa").write_text("not a key")
     with pytest.raises(_transport.SSHError, match=r"could not load the SSH private key .*id_rsa"):
-        _transport.read_key(str(ssh_dir / "id_rsa"))
+        sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
+
+
+def test_the_default_keys_that_exist_are_offered_and_encrypted_ones_left_to_the_agent(
+    home: Path, agent_socket: str
+) -> None:
+    ecdsa = _keygen(home / ".ssh" / "id_ecdsa")
+    rsa = _keygen(home / ".ssh" / "id_rsa", passphrase="correct horse")
+    login = _only(sky.SSH(hosts=["h"]))
+    assert login.agent == agent_socket
+    assert len(login.keys) == 1
+    assert login.tried.startswith(f"the SSH agent's keys ({agent_socket}), {ecdsa}, not {rsa}")
+    assert "passphrase-protected: ssh-add it" in login.tried
+    assert "keys=" not in repr(login)  # key material is never shown
+    # A key given is the only one offered: neither the agent nor the defaults.
+    given = _keygen(home / "given")
+    login = _only(sky.SSH(hosts=["h"], key=str(given)))
+    assert (len(login.keys), login.agent, login.tried) == (1, None, f"the key {given}")
+
+
+def test_the_agent_alone_is_enough(home: Path, agent_socket: str) -> None:
+    login = _only(sky.SSH(hosts=["h"]))
+    assert (login.keys, login.agent) == ((), agent_socket)
+    sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)  # accepted before anything starts
+
+
+def test_a_passphrase_protected_key_needs_its_passphrase_or_the_agent(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "correct horse battery"
+    key = str(_keygen(home / "locked", passphrase=secret))
+    with pytest.raises(
+        ValueError,
+        match=r"SSH\(key='.*locked'\): .*locked is passphrase-protected and no passphrase was "
+        r"given. Pass SSH\(passphrase_env='NAME'\) .* or ssh-add it to your SSH agent",
+    ):
+        sky.Compute(provider=sky.SSH(hosts=["h"], key=key), nodes=1)
+    provider = sky.SSH(hosts=["h"], key=key, passphrase_env="SKYWARD_TEST_PASSPHRASE")
+    assert "correct" not in repr(provider)
+    with pytest.raises(
+        ValueError, match=r"the environment variable SKYWARD_TEST_PASSPHRASE is not set here"
+    ):
+        sky.Compute(provider=provider, nodes=1)
+    monkeypatch.setenv("SKYWARD_TEST_PASSPHRASE", "wrong")
+    with pytest.raises(_transport.SSHError, match=r"does not decrypt .*SKYWARD_TEST_PASSPHRASE"):
+        sky.Compute(provider=provider, nodes=1)
+    monkeypatch.setenv("SKYWARD_TEST_PASSPHRASE", secret)
+    assert len(_only(provider).keys) == 1
+    # A default key that is locked, with no agent to hold it: the error says both fixes.
+    os.rename(key, home / ".ssh" / "id_ed25519")
+    with pytest.raises(
+        ValueError,
+        match=r"id_ed25519 is passphrase-protected, no passphrase was given and no SSH agent "
+        r"is running \(SSH_AUTH_SOCK is not set\). ssh-add it .*passphrase_env='NAME'",
+    ):
+        sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
+
+
+def test_ssh_config_resolves_aliases_and_explicit_arguments_win(home: Path) -> None:
+    work = _keygen(home / ".ssh" / "work_key")
+    _keygen(home / ".ssh" / "id_ed25519")
+    (home / ".ssh" / "config").write_text(
+        "Host gpu-box\n"
+        "  HostName 10.1.2.3\n"
+        "  Port 2222\n"
+        "  User carol\n"
+        "  IdentityFile ~/.ssh/work_key\n"
+        "Host *\n"
+        "  User dave\n"
+    )
+    alias, plain = ssh_targets(sky.SSH(hosts=["gpu-box", "other"]))
+    assert (alias.host, alias.port, alias.user) == ("10.1.2.3", 2222, "carol")
+    assert alias.login.tried == str(work)  # the config's IdentityFile, not the defaults
+    assert (plain.host, plain.port, plain.user) == ("other", 22, "dave")
+    assert plain.login.tried == str(home / ".ssh" / "id_ed25519")
+    # Given in the host string, or to SSH: wins over the file, as with ssh -l/-p/-i.
+    (given,) = ssh_targets(sky.SSH(hosts=["erin@gpu-box:2200"]))
+    assert (given.host, given.port, given.user) == ("10.1.2.3", 2200, "erin")
+    (given,) = ssh_targets(sky.SSH(hosts=["gpu-box"], user="frank", port=2201))
+    assert (given.host, given.port, given.user) == ("10.1.2.3", 2201, "frank")
+    (unread,) = ssh_targets(sky.SSH(hosts=["gpu-box"], ssh_config=None))
+    assert (unread.host, unread.port) == ("gpu-box", 22)
+    with pytest.raises(FileNotFoundError, match=r"SSH\(ssh_config='/nope'\): no such file"):
+        sky.Compute(provider=sky.SSH(hosts=["h"], ssh_config="/nope"), nodes=1)
+    broken = home / "broken_config"
+    broken.write_text("Host x\n  Port notaport\n")
+    with pytest.raises(ValueError, match=rf"{broken} line 2: .* pass ssh_config=None"):
+        sky.Compute(provider=sky.SSH(hosts=["x"], ssh_config=str(broken)), nodes=1)
 
 
 def test_known_hosts_lines_match_plain_bracketed_and_hashed_names(tmp_path: Path) -> None:
@@ -196,3 +333,126 @@ def test_local_without_a_development_install_is_refused(monkeypatch: pytest.Monk
         _source.check_source("local")
     assert _source.skyward_package("auto").requirements[0] == f"skyward=={sky.__version__}"
     assert sys.modules["skyward_trio._source"] is _source
+
+
+def _apt(
+    tmp_path: Path,
+    *,
+    uid: int,
+    installed: set[str],
+    sudo_ok: bool = True,
+    apt: bool = True,
+    built: bool = False,
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the ``apt`` phase with fake ``id``, ``sudo``, ``dpkg-query`` and ``apt-get`` (which
+    record their calls): never the machine's own."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("grep", "env", "cat", "true"):
+        os.symlink(shutil.which(tool) or tool, bin_dir / tool)
+    log = tmp_path / "calls.log"
+    _fake(bin_dir, "id", f'if [ "$1" = -u ]; then echo {uid}; else echo alice; fi')
+    _fake(
+        bin_dir,
+        "sudo",
+        f'echo "sudo $*" >> {log}\n' + ('shift; exec "$@"' if sudo_ok else "exit 1"),
+    )
+    status = " ".join(sorted(installed))
+    _fake(
+        bin_dir,
+        "dpkg-query",
+        f'echo "dpkg-query $*" >> {log}\n'
+        f'case " {status} " in *" ${{@: -1}} "*) echo "install ok installed" ;; '
+        '*) echo "deinstall ok config-files" ;; esac',
+    )
+    if apt:
+        _fake(bin_dir, "apt-get", f'echo "apt-get DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> {log}')
+    marker = tmp_path / "complete"
+    if built:
+        marker.touch()
+    steps = _apt_steps(["git", "ffmpeg"], 42, built=shlex.quote(str(marker)))
+    script = (
+        "set -eEu\ncurrent=setup\n"
+        'phase() { current=$1; echo "SKYWARD_PHASE $1"; }\n'
+        "trap 'echo \"SKYWARD_FAILED $current\" >&2' ERR\n"
+        f"{steps}\necho DONE\n"
+    )
+    done = subprocess.run(
+        [shutil.which("bash") or "bash", "-c", script],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    return done, calls
+
+
+def test_apt_does_nothing_when_every_package_is_installed(tmp_path: Path) -> None:
+    done, calls = _apt(tmp_path, uid=1000, installed={"git", "ffmpeg"}, sudo_ok=False)
+    assert done.returncode == 0, done.stderr
+    assert "apt: git ffmpeg already installed: nothing to do" in done.stdout
+    assert calls == ["dpkg-query -W -f=${Status} git", "dpkg-query -W -f=${Status} ffmpeg"]
+
+
+def test_apt_is_skipped_where_the_image_is_built(tmp_path: Path) -> None:
+    done, calls = _apt(tmp_path, uid=1000, installed=set(), built=True)
+    assert done.returncode == 0, done.stderr
+    assert "apt: this image is installed here already, git ffmpeg with it: skipped" in done.stdout
+    assert calls == []
+
+
+def test_apt_installs_what_is_missing_as_root_noninteractively_waiting_for_the_lock(
+    tmp_path: Path,
+) -> None:
+    done, calls = _apt(tmp_path, uid=0, installed={"git"})
+    assert done.returncode == 0, done.stderr
+    assert "apt: installing ffmpeg" in done.stdout
+    apt = "apt-get DEBIAN_FRONTEND=noninteractive -q -o DPkg::Lock::Timeout=42"
+    keep = "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+    assert calls[2:] == [f"{apt} update", f"{apt} -y {keep} install ffmpeg"]
+
+
+def test_apt_goes_through_passwordless_sudo_for_another_user(tmp_path: Path) -> None:
+    done, calls = _apt(tmp_path, uid=1000, installed=set())
+    assert done.returncode == 0, done.stderr
+    apt = "env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=42"
+    assert calls[2] == "sudo -n true"
+    assert calls[3] == f"sudo -n {apt} update"
+    assert calls[5].endswith("install git ffmpeg")
+
+
+def test_apt_without_root_or_sudo_fails_in_its_phase_naming_the_fix(tmp_path: Path) -> None:
+    done, calls = _apt(tmp_path, uid=1000, installed={"git"}, sudo_ok=False)
+    assert done.returncode != 0
+    assert "SKYWARD_FAILED apt" in done.stderr
+    assert (
+        "Image(apt=...) installs ffmpeg with apt-get, which needs root: alice is not root and "
+        "may not sudo without a password here. Log in as root, give alice passwordless sudo "
+        "(sudo -n), or install them yourself and drop them from Image(apt=...)"
+    ) in done.stderr
+    assert not any(call.startswith("apt-get") for call in calls)
+
+
+def test_apt_on_a_machine_without_apt_get_says_so(tmp_path: Path) -> None:
+    done, _ = _apt(tmp_path, uid=0, installed=set(), apt=False)
+    assert done.returncode != 0
+    assert "SKYWARD_FAILED apt" in done.stderr
+    assert "needs apt-get, and this machine has none (not Debian or Ubuntu)" in done.stderr
+
+
+def test_apt_comes_first_and_is_part_of_the_environment_key() -> None:
+    env = Environment(pip=("six",), key="k2", python_version="3.12", apt=("git",), apt_wait=7)
+    script = worker_bootstrap(
+        workdir="/w", python="python3", secret="s", config={}, start_timeout=1, environment=env
+    )
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    phases = [line.split()[1] for line in script.splitlines() if line.startswith("phase ")]
+    assert phases == ["apt", "python", "uv", "venv"]
+    assert 'if [ -f "$HOME/.skyward/envs/k2"/.skyward-complete ]; then' in script
+    plain = env_hash("3.12", ["six"], [])
+    assert plain == env_hash("3.12", ["six"], [], ())  # images without apt keep their key
+    assert env_hash("3.12", ["six"], [], ["git"]) not in (
+        plain,
+        env_hash("3.12", ["six"], [], ["vim"]),
+    )
