@@ -358,6 +358,7 @@ def test_a_changed_host_key_is_refused_with_the_line_to_fix(
         wrong = " ".join(other.with_suffix(".pub").read_text().split()[:2])
         # Pinned by Skyward earlier, and the machine's key changed since: refused.
         pins = Path.home() / ".skyward" / "known_hosts"
+        pins.parent.mkdir(parents=True, exist_ok=True)  # no pool pinned anything yet
         with pins.open("a") as file:
             file.write(f"{name} {wrong}\n")
         line = len(pins.read_text().splitlines())
