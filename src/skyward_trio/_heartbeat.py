@@ -9,7 +9,7 @@ SSH keepalive. The client asks the node's SSH server before it gives up (it wait
 for a lost one.
 
 The decision is kept apart from any connection, so its timing is tested with trio's
-``MockClock`` (``tests/unit/test_heartbeat.py``).
+``MockClock`` (``tests/unit/test_silence.py``).
 """
 
 from __future__ import annotations
