@@ -285,7 +285,11 @@ class Worker:
                         tasks.start_soon(self._answer_probe, reply, msg[1], msg[2])
                     elif msg[0] == _wire.SHUTDOWN:
                         self._shutdown.set()
-                data = await stream.receive_some(65536)
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    # Reset: the far end closed with beats of ours unread. Gone all the same.
+                    data = b""
                 if not data:
                     tasks.cancel_scope.cancel(reason="the client left")
                     return
