@@ -128,6 +128,34 @@ def test_a_long_stall_mid_map_loses_the_node_within_the_stall_and_delivers_each_
     assert max(elsewhere.values()) == 1
 
 
+def test_a_stall_past_the_limit_but_within_the_window_resumes_with_each_item_run_once(
+    pool: sky.Pool, tmp_path: Path
+) -> None:
+    # 9 s: past the heartbeat's 5 s (the worker detaches the session, the client lets the
+    # link go), but over before the reconnect window ends: the pool reconnects to the same
+    # worker, which replays what it made meanwhile. Nothing is lost or run twice.
+    core = pool._core  # type: ignore[attr-defined]
+    ssh = core._ready[1].ssh
+    workers = _worker_pid() @ pool
+    items = list(range(3000))
+    result: list[Any] = []
+    mapper = threading.Thread(
+        target=lambda: result.extend(pool.map(lambda x: _record(x, str(tmp_path)), items)),
+        daemon=True,
+    )
+    mapper.start()
+    _wait(lambda: len(os.listdir(tmp_path)) > 300, "the map to get going")
+    testing.stall_connection(pool, 1, 9)
+    mapper.join(timeout=60)
+    assert not mapper.is_alive(), "the map did not finish"
+    assert [value for value, _, _ in result] == [x * 3 for x in items]
+    ran = collections.Counter(int(name.split(".")[0]) for name in os.listdir(tmp_path))
+    assert sorted(ran) == items
+    assert max(ran.values()) == 1  # replayed, not run again
+    assert core._ready[1].ssh is not ssh  # the link was let go, and taken up again ...
+    assert _worker_pid() @ pool == workers  # ... with the same worker: nothing replaced
+
+
 @sky.function
 def _hold_the_gil(seconds: int) -> tuple[int, int]:
     """Sleep in C with the GIL held (ctypes.PyDLL keeps it), as a long C extension call
