@@ -128,6 +128,15 @@ def test_a_long_stall_mid_map_loses_the_node_within_the_stall_and_delivers_each_
     assert max(elsewhere.values()) == 1
 
 
+@sky.function
+def _mark_then_wait_for_gate(tag: str, directory: str) -> tuple[str, int]:
+    Path(directory, f"{tag}.started").touch()
+    while not Path(directory, "gate").exists():
+        time.sleep(0.01)
+    Path(directory, f"{tag}.done").touch()
+    return tag, sky.instance_info().node
+
+
 def test_a_stall_past_the_limit_but_within_the_window_resumes_with_each_item_run_once(
     pool: sky.Pool, tmp_path: Path
 ) -> None:
@@ -145,15 +154,25 @@ def test_a_stall_past_the_limit_but_within_the_window_resumes_with_each_item_run
     )
     mapper.start()
     _wait(lambda: len(os.listdir(tmp_path)) > 300, "the map to get going")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # A call on node 1 for sure, whose result is made during the stall.
+    pinned = pool.run_async(_mark_then_wait_for_gate("pinned", str(marks)), target=1)
+    _wait((marks / "pinned.started").exists, "the pinned call to start")
     testing.stall_connection(pool, 1, 9)
+    (marks / "gate").touch()
+    assert pinned.result(timeout=60) == ("pinned", 1)
     mapper.join(timeout=60)
     assert not mapper.is_alive(), "the map did not finish"
     assert [value for value, _, _ in result] == [x * 3 for x in items]
-    ran = collections.Counter(int(name.split(".")[0]) for name in os.listdir(tmp_path))
+    ran = collections.Counter(
+        int(name.split(".")[0]) for name in os.listdir(tmp_path) if name != "marks"
+    )
     assert sorted(ran) == items
     assert max(ran.values()) == 1  # replayed, not run again
-    assert core._ready[1].ssh is not ssh  # the link was let go, and taken up again ...
-    assert _worker_pid() @ pool == workers  # ... with the same worker: nothing replaced
+    assert sorted(p.name for p in marks.iterdir()) == ["gate", "pinned.done", "pinned.started"]
+    assert _worker_pid() @ pool == workers  # the same workers: nothing replaced ...
+    assert core._ready[1].ssh is not ssh  # ... but the link was let go and taken up again
 
 
 @sky.function
@@ -197,15 +216,6 @@ def test_a_worker_silent_because_a_task_holds_its_gil_is_not_lost(pool: sky.Pool
     assert conn._generation == generation  # ... not even a dropped link
     assert conn.usable
     assert _worker_pid() @ pool == workers  # nor a new worker or node
-
-
-@sky.function
-def _mark_then_wait_for_gate(tag: str, directory: str) -> tuple[str, int]:
-    Path(directory, f"{tag}.started").touch()
-    while not Path(directory, "gate").exists():
-        time.sleep(0.01)
-    Path(directory, f"{tag}.done").touch()
-    return tag, sky.instance_info().node
 
 
 def test_a_worker_detaches_a_silent_client_which_resumes_with_its_result(
