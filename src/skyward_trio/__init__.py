@@ -5,7 +5,8 @@ enforces it):
 
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
    ``metrics`` (the collectors of ``Image(metrics=...)``), ``_info``, ``_runtime``, ``_shard``,
-   ``_function``, ``_bootstrap``, ``_capture``, ``_output``, ``_autoscale``, ``_cost``
+   ``_function``, ``_bootstrap``, ``_capture``, ``_output``, ``_autoscale``, ``_cost``,
+   ``_heartbeat`` (when the other end of a session went silent)
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the

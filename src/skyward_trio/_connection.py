@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from . import _serial, _transport, _wire
+from . import _heartbeat, _serial, _transport, _wire
 from ._errors import ConnectionLostError, ProvisionError, VersionMismatchError
 from ._version import PYTHON_VERSION, __version__
 
@@ -77,10 +77,10 @@ def print_output(node: int, stream: str, text: str) -> None:
 
 
 #: Acknowledge received frames after this many, or this many bytes (the worker keeps
-#: each frame until then), or after this many seconds of quiet.
+#: each frame until then), or at the next heartbeat.
 _ACK_FRAMES = 256
 _ACK_BYTES = 8 * 1024 * 1024
-_ACK_INTERVAL = 1.0
+_BEAT = b"".join(_wire.encode((_wire.BEAT,)))
 
 
 class WorkerConnection:
@@ -91,9 +91,9 @@ class WorkerConnection:
     acknowledges it, so results are replayed, not lost and not computed again. Frames are
     numbered by their order in the session, on both sides, without a number on the wire;
     the acknowledgement is cumulative and lazy (every ``_ACK_FRAMES`` frames or
-    ``_ACK_BYTES`` bytes, and after ``_ACK_INTERVAL`` s of quiet), so it costs no round
-    trip. While the link is down, ``usable`` is False and calls wait here; ``lose``
-    ends the session for good and fails them.
+    ``_ACK_BYTES`` bytes, and at each heartbeat), so it costs no round trip. While the
+    link is down, ``usable`` is False and calls wait here; ``lose`` ends the session for
+    good and fails them.
     """
 
     def __init__(self, node: int, ssh: _transport.SSHConnection, socket_path: str) -> None:
@@ -113,6 +113,7 @@ class WorkerConnection:
         self._input_credits: dict[tuple[int, int], Credits] = {}
         self._sent_functions: set[str] = set()
         self._probes: dict[int, _Slot] = {}
+        self._heard = 0  # chunks received on either channel: what the heartbeat listens to
         # The session's frame counts, and what each call's frame needs for a resend.
         self._received = 0
         self._acked = 0
@@ -234,6 +235,7 @@ class WorkerConnection:
             def on_control_data(data: bytes) -> None:
                 if generation != self._generation:
                     return
+                self._heard += 1
                 try:
                     messages = control_decoder.feed(data)
                 except _wire.ProtocolError as exc:
@@ -301,14 +303,48 @@ class WorkerConnection:
     async def serve(self) -> None:
         """Return when the link goes down (``down_reason`` says why).
 
-        Meanwhile, acknowledge what arrived whenever the link has been quiet for a while,
-        so the worker frees it.
+        Meanwhile, beat on the control channel every ``_heartbeat.BEAT_INTERVAL`` (and
+        acknowledge what arrived, so the worker frees it), and listen for the worker's
+        beats: a worker not heard from for ``_heartbeat.SILENCE_LIMIT`` whose node's SSH
+        server does not answer either is cut off, and the link is treated as dropped.
+        The worker watches for the client's silence from its first beat, so the beats
+        start here, when the session is in use, not while it is being set up.
         """
-        while not self._link_down.is_set():
-            with trio.move_on_after(_ACK_INTERVAL):
-                await self._link_down.wait()
-            if self._received > self._acked:
-                self._ack()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_worker)
+            while not self._link_down.is_set():
+                self._write_control([_BEAT])
+                with trio.move_on_after(_heartbeat.BEAT_INTERVAL):
+                    await self._link_down.wait()
+                if self._received > self._acked:
+                    self._ack()
+            nursery.cancel_scope.cancel(reason="the link went down")
+
+    async def _watch_worker(self) -> None:
+        why: list[str] = []
+
+        async def node_answers() -> bool:
+            # An answer means the node is there and its worker silent because it is busy
+            # (a task holding the GIL in C code stops every thread of it), not cut off:
+            # a worker that stays that way is for the health check to judge.
+            with trio.move_on_after(_heartbeat.CHECK_TIMEOUT):
+                try:
+                    link = await self._ssh.open_unix(self._socket_path, _ignore, _ignore)
+                except _transport.SSHError as exc:
+                    why.append(f"its socket does not answer ({exc})")
+                    return False
+                link.close()
+                return True
+            why.append(
+                f"the node's SSH server did not answer within {_heartbeat.CHECK_TIMEOUT:g} s"
+            )
+            return False
+
+        await _heartbeat.wait_for_silence(lambda: self._heard, still_there=node_answers)
+        self._on_close(
+            f"nothing heard from the worker for {_heartbeat.SILENCE_LIMIT:g} s "
+            f"(heartbeat), and {why[-1]}"
+        )
 
     def _on_close(self, reason: str) -> None:
         self._hello_event.set()
@@ -368,6 +404,7 @@ class WorkerConnection:
                 link.close()
 
     def _on_data(self, data: bytes) -> None:
+        self._heard += 1
         try:
             messages = self._decoder.feed(data)
         except _wire.ProtocolError as exc:
@@ -600,6 +637,10 @@ class WorkerConnection:
         """Close both channels and end the session here for good; pending calls fail with
         ``ConnectionLostError(reason)``."""
         self.lose(reason)
+
+
+def _ignore(_: object) -> None:
+    """Takes the data and the close of the link that only checks a silent node answers."""
 
 
 class _Frame:

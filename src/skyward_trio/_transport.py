@@ -58,6 +58,14 @@ _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
 # A bigger receive window and packets speed up results coming back (server -> client).
 _WINDOW = 16 * 1024 * 1024
 _PACKET = 128 * 1024
+# A server that sends nothing for (_KEEPALIVE_COUNT + 1) * _KEEPALIVE_INTERVAL seconds
+# while asked every _KEEPALIVE_INTERVAL is gone: the connection is closed, 20-25 s after
+# it fell silent (the timer is re-armed lazily: _sshtrim). The
+# worker heartbeat (_heartbeat) notices a silent node sooner; this covers the
+# connections and channels that have no worker session (bootstrap, commands, the
+# collections store's channels).
+_KEEPALIVE_INTERVAL = 5
+_KEEPALIVE_COUNT = 3
 
 
 #: A private key, as the other modules name it without importing asyncssh.
@@ -416,8 +424,8 @@ async def connect(
             encryption_algs=_ciphers(),
             agent_path=None,
             config=[],
-            keepalive_interval=15,
-            keepalive_count_max=4,
+            keepalive_interval=_KEEPALIVE_INTERVAL,
+            keepalive_count_max=_KEEPALIVE_COUNT,
             tunnel=_TrioTCP(),
         )
     except asyncssh.PermissionDenied as exc:

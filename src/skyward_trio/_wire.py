@@ -29,6 +29,7 @@ __all__ = [
     "ACK",
     "BATCH",
     "BATCH_RESULT",
+    "BEAT",
     "CANCEL",
     "CREDIT",
     "INPUT",
@@ -57,6 +58,8 @@ CREDIT = 5  # (CREDIT, task_id, total): the client consumed `total` streamed ite
 INPUT = 6  # (INPUT, task_id, slot, [payload, ...]): items of an Iterator[T] argument (control)
 INPUT_END = 7  # (INPUT_END, task_id, slot): that argument has no more items (control)
 ACK = 8  # (ACK, n): the client received the session's first n worker frames (control)
+# Both ways, on the control channel: "still here", every _heartbeat.BEAT_INTERVAL.
+BEAT = 9  # (BEAT,)
 # Worker -> client.
 RESULT = 10  # (RESULT, task_id, ok, payload, elapsed_s)
 BATCH_RESULT = 11  # (BATCH_RESULT, batch_id, payload, elapsed_s)

@@ -117,8 +117,9 @@ def stall_connection(pool: Any, node: int, seconds: float) -> None:
     The node's SSH server is stopped (SIGSTOP) and resumed (SIGCONT) ``seconds`` later:
     the TCP connection stays up, but no bytes flow either way meanwhile, as on a
     congested or flapping link. The worker keeps running. Returns at once. A stall
-    shorter than the SSH keepalive (60 s) only delays calls; a longer one makes the
-    pool reconnect, and then declare the node lost.
+    shorter than the heartbeat's limit (5 s) only delays calls; after a longer one the
+    pool treats the link as dropped (about 7 s) and reconnects, or, when the stall
+    outlasts the reconnect window too, declares the node lost and replaces it.
     """
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise TypeError(

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from . import _capture, _collections, _runtime, _serial, _wire
+from . import _capture, _collections, _heartbeat, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._procpool import ProcessExecutor
@@ -231,7 +231,11 @@ class Worker:
     ) -> None:
         """A session's control channel, read by the trio thread even when every task
         thread is busy: cancellations take effect at once, health probes are answered,
-        and metric samples go out once the client asks for them."""
+        heartbeats go both ways, and metric samples go out once the client asks for them.
+        From the client's first beat on, a client not heard from for
+        ``_heartbeat.SILENCE_LIMIT`` seconds is cut off: its session is detached as if the
+        link had dropped (the reconnect window and the lease start counting), and this
+        channel ends."""
         send_lock = trio.Lock()
 
         async def reply(message: tuple[Any, ...]) -> None:
@@ -239,47 +243,79 @@ class Worker:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(b"".join(_wire.encode(message)))
 
+        chunks = 0  # read here; with the data channel's, what the heartbeat hears
+        beating = trio.Event()
+
+        def heard() -> int:
+            session = self._sessions.get(session_id)
+            return chunks + (session.heard if session is not None else 0)
+
+        async def watch_client() -> None:
+            await beating.wait()
+            session = self._sessions.get(session_id)
+            # Only the session's newest beating control channel may detach it: an older
+            # one may linger (its SSH server has not closed it yet) after the client came
+            # back on a new connection.
+            pairing = session.pair_control() if session is not None else 0
+            await _heartbeat.wait_for_silence(heard)
+            current = self._sessions.get(session_id)
+            if current is not None and current.paired(pairing):
+                print(
+                    f"skyward worker: nothing heard from the client for "
+                    f"{_heartbeat.SILENCE_LIMIT:g} s; its session is detached until it "
+                    "comes back",
+                    file=sys.stderr,
+                )
+                current.drop_link()
+            tasks.cancel_scope.cancel(reason="the client went silent")
+
         messages = decoder.release()
         try:
-            await self._serve_control(stream, decoder, session_id, reply, messages)
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(self._beat, reply)
+                tasks.start_soon(watch_client)
+                while True:
+                    for msg in messages:
+                        session = self._sessions.get(session_id)
+                        if msg[0] == _wire.ACK and session is not None:
+                            session.ack(msg[1])
+                        elif msg[0] == _wire.CANCEL and session is not None:
+                            session.cancel(msg[1])
+                        elif msg[0] == _wire.CREDIT and session is not None:
+                            session.credit(msg[1], msg[2])
+                        elif msg[0] == _wire.INPUT and session is not None:
+                            session.input_queue(msg[1], msg[2]).put_many(msg[3])
+                        elif msg[0] == _wire.INPUT_END and session is not None:
+                            session.input_queue(msg[1], msg[2]).end()
+                        elif msg[0] == _wire.BEAT:
+                            beating.set()
+                        elif msg[0] == _wire.PROBE:
+                            tasks.start_soon(self._answer_probe, reply, msg[1], msg[2])
+                        elif msg[0] == _wire.METRICS_ON and self._sampler is not None:
+                            self._sampler.attach(reply)
+                        elif msg[0] == _wire.SHUTDOWN:
+                            self._shutdown.set()
+                    try:
+                        data = await stream.receive_some(65536)
+                    except trio.BrokenResourceError:
+                        # Reset: the far end closed with beats of ours unread. Gone all the same.
+                        data = b""
+                    if not data:
+                        tasks.cancel_scope.cancel(reason="the client left")
+                        return
+                    chunks += 1
+                    messages = decoder.feed(data)
         finally:
             if self._sampler is not None:
                 self._sampler.detach(reply)
 
-    async def _serve_control(
-        self,
-        stream: trio.SocketStream,
-        decoder: _wire.FrameDecoder,
-        session_id: str,
-        reply: Callable[[tuple[Any, ...]], Awaitable[None]],
-        messages: list[Any],
-    ) -> None:
-        """Read the control channel until the client leaves."""
-        async with trio.open_nursery() as probes:
-            while True:
-                for msg in messages:
-                    session = self._sessions.get(session_id)
-                    if msg[0] == _wire.ACK and session is not None:
-                        session.ack(msg[1])
-                    elif msg[0] == _wire.CANCEL and session is not None:
-                        session.cancel(msg[1])
-                    elif msg[0] == _wire.CREDIT and session is not None:
-                        session.credit(msg[1], msg[2])
-                    elif msg[0] == _wire.INPUT and session is not None:
-                        session.input_queue(msg[1], msg[2]).put_many(msg[3])
-                    elif msg[0] == _wire.INPUT_END and session is not None:
-                        session.input_queue(msg[1], msg[2]).end()
-                    elif msg[0] == _wire.PROBE:
-                        probes.start_soon(self._answer_probe, reply, msg[1], msg[2])
-                    elif msg[0] == _wire.METRICS_ON and self._sampler is not None:
-                        self._sampler.attach(reply)
-                    elif msg[0] == _wire.SHUTDOWN:
-                        self._shutdown.set()
-                data = await stream.receive_some(65536)
-                if not data:
-                    probes.cancel_scope.cancel(reason="the client left")
-                    return
-                messages = decoder.feed(data)
+    @staticmethod
+    async def _beat(reply: Callable[[tuple[Any, ...]], Awaitable[None]]) -> None:
+        """Tell the client this worker is there, from the trio thread, which runs while
+        every task thread is busy."""
+        while True:
+            await reply((_wire.BEAT,))
+            await trio.sleep(_heartbeat.BEAT_INTERVAL)
 
     async def _answer_probe(
         self,
@@ -387,6 +423,8 @@ class _Session:
         self._decoder = _wire.FrameDecoder(expect_hello=False)
         self._ended: trio.Event | None = None  # set when the current connection ends
         self.attached = False
+        self.heard = 0  # chunks read on the data channel (the heartbeat counts them)
+        self._controls = 0  # control channels that beat for this session, so far
         self._detached_at: float | None = None  # when the last connection ended
         # Lock order: send, then read, then cond; the unacked lock is taken alone.
         self._cond = threading.Condition()  # attached/closed changes; the leader waits on it
@@ -472,6 +510,26 @@ class _Session:
             with self._cond:
                 self._detached_at = time.monotonic()  # claimed: not expired before attach
             return self._received
+
+    def pair_control(self) -> int:
+        """A control channel of this session started beating: its number, for ``paired``."""
+        self._controls += 1
+        return self._controls
+
+    def paired(self, number: int) -> bool:
+        """Whether control channel ``number`` is the last that started beating."""
+        return number == self._controls
+
+    def drop_link(self) -> None:
+        """Treat the current connection as dropped (its client went silent): tasks go on,
+        results wait for the client, and the session counts as detached from now on.
+
+        Non-blocking (the trio thread calls it); a leader blocked reading the connection
+        wakes up to find it gone.
+        """
+        sock = self._sock
+        if sock is not None:
+            self._lost(sock)
 
     def _lost(self, sock: socket.socket) -> None:
         """The connection ``sock`` ended: tasks go on, and results wait for the client."""
@@ -580,6 +638,7 @@ class _Session:
                 if not data:
                     self._lost(sock)
                     continue
+                self.heard += 1
                 try:
                     for msg in decoder.feed(data):
                         self._dispatch(msg)

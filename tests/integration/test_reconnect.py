@@ -105,19 +105,26 @@ def test_a_call_pinned_to_a_reconnecting_node_waits_for_it(pool: sky.Pool, tmp_p
     assert _runs(tmp_path, "pinned") == 1
 
 
-def test_a_stall_shorter_than_the_keepalive_only_delays_calls(
+def test_a_stall_shorter_than_the_heartbeat_limit_only_delays_calls(
     pool: sky.Pool, tmp_path: Path
 ) -> None:
     before = _machine_and_worker() @ pool
+    node = pool._core._ready[1]  # type: ignore[attr-defined]
+    ssh, generation = node.ssh, node.conn._generation
     ssh_server = Path(f"/proc/{before[1][0]}/stat")
     future = pool.run_async(_mark_then_sleep("stalled", str(tmp_path), 0.5), target=1)
     _wait(lambda: _runs(tmp_path, "stalled") == 1, "the call to start")
-    testing.stall_connection(pool, 1, 3)
+    testing.stall_connection(pool, 1, 2)  # under the heartbeat's 5 s
     _wait(lambda: _state(ssh_server) == "T", "node 1's SSH server to be stopped")
     assert future.result(timeout=60) == ("stalled", 1)
     assert _state(ssh_server) != "T"  # resumed by itself
     assert _runs(tmp_path, "stalled") == 1
     assert _machine_and_worker() @ pool == before
+    # Not even a dropped link: the same connection, neither end let go of it.
+    assert pool._core._ready[1] is node  # type: ignore[attr-defined]
+    assert node.ssh is ssh
+    assert node.conn._generation == generation
+    assert node.conn.usable
 
 
 def _state(stat: Path) -> str:

@@ -30,6 +30,7 @@ LAYERS = {
     "_events": 1,
     "_logging": 1,
     "_envcheck": 1,
+    "_heartbeat": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,
