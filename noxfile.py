@@ -28,8 +28,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff, with the ASYNC rules on."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "examples", "bench", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "examples", "bench", "scripts", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "scripts", "noxfile.py")
 
 
 @nox.session(python="3.11")
