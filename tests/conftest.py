@@ -1,4 +1,4 @@
-"""Fixtures for every test: no test may see cloud credentials.
+"""Fixtures for every test: no test may see cloud credentials; `bare_home` for SSH logins.
 
 A test that reached a real provider by accident would spend money and leak machines, and
 Local nodes inherit this process's environment, so credentials are removed for the whole
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,13 @@ def _home_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(home))
         yield
+
+
+@pytest.fixture
+def bare_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home with an empty ~/.ssh and no SSH agent: only what a test adds logs in."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home

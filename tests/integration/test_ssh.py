@@ -586,16 +586,6 @@ def test_the_apt_phase_waits_for_the_dpkg_lock_and_then_succeeds(
 
 
 @pytest.fixture
-def bare_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A home with an empty ~/.ssh and no SSH agent: only what a test adds logs in."""
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    return home
-
-
-@pytest.fixture
 def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A real ssh-agent of this test's own, named by SSH_AUTH_SOCK; stopped by its pid."""
     path = str(tmp_path / "agent.sock")

@@ -99,16 +99,6 @@ def test_compute_refuses_more_nodes_than_hosts_before_anything_starts(key: str) 
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty home and no SSH agent: each test adds what it needs."""
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    return home
-
-
-@pytest.fixture
 def agent_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A unix socket named by ``SSH_AUTH_SOCK``: what tells an agent is running."""
     path = str(tmp_path / "agent.sock")
@@ -130,7 +120,7 @@ def _only(provider: sky.SSH) -> _transport.Login:
     return target.login
 
 
-def test_without_key_agent_or_default_key_the_error_names_each_fix(home: Path) -> None:
+def test_without_key_agent_or_default_key_the_error_names_each_fix(bare_home: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"SSH\(key='/nope'\): no such file"):
         sky.Compute(provider=sky.SSH(hosts=["h"], key="/nope"), nodes=1)
     looked_for = (
@@ -139,16 +129,16 @@ def test_without_key_agent_or_default_key_the_error_names_each_fix(home: Path) -
     )
     with pytest.raises(FileNotFoundError, match=looked_for):
         sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
-    (home / ".ssh" / "id_rsa").write_text("not a key")
+    (bare_home / ".ssh" / "id_rsa").write_text("not a key")
     with pytest.raises(_transport.SSHError, match=r"could not load the SSH private key .*id_rsa"):
         sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
 
 
 def test_the_default_keys_that_exist_are_offered_and_encrypted_ones_left_to_the_agent(
-    home: Path, agent_socket: str
+    bare_home: Path, agent_socket: str
 ) -> None:
-    ecdsa = _keygen(home / ".ssh" / "id_ecdsa")
-    rsa = _keygen(home / ".ssh" / "id_rsa", passphrase="correct horse")
+    ecdsa = _keygen(bare_home / ".ssh" / "id_ecdsa")
+    rsa = _keygen(bare_home / ".ssh" / "id_rsa", passphrase="correct horse")
     login = _only(sky.SSH(hosts=["h"]))
     assert login.agent == agent_socket
     assert len(login.keys) == 1
@@ -156,22 +146,22 @@ def test_the_default_keys_that_exist_are_offered_and_encrypted_ones_left_to_the_
     assert "passphrase-protected: ssh-add it" in login.tried
     assert "keys=" not in repr(login)  # key material is never shown
     # A key given is the only one offered: neither the agent nor the defaults.
-    given = _keygen(home / "given")
+    given = _keygen(bare_home / "given")
     login = _only(sky.SSH(hosts=["h"], key=str(given)))
     assert (len(login.keys), login.agent, login.tried) == (1, None, f"the key {given}")
 
 
-def test_the_agent_alone_is_enough(home: Path, agent_socket: str) -> None:
+def test_the_agent_alone_is_enough(bare_home: Path, agent_socket: str) -> None:
     login = _only(sky.SSH(hosts=["h"]))
     assert (login.keys, login.agent) == ((), agent_socket)
     sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)  # accepted before anything starts
 
 
 def test_a_passphrase_protected_key_needs_its_passphrase_or_the_agent(
-    home: Path, monkeypatch: pytest.MonkeyPatch
+    bare_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = "correct horse battery"
-    key = str(_keygen(home / "locked", passphrase=secret))
+    key = str(_keygen(bare_home / "locked", passphrase=secret))
     with pytest.raises(
         ValueError,
         match=r"SSH\(key='.*locked'\): .*locked is passphrase-protected and no passphrase was "
@@ -190,7 +180,7 @@ def test_a_passphrase_protected_key_needs_its_passphrase_or_the_agent(
     monkeypatch.setenv("SKYWARD_TEST_PASSPHRASE", secret)
     assert len(_only(provider).keys) == 1
     # A default key that is locked, with no agent to hold it: the error says both fixes.
-    os.rename(key, home / ".ssh" / "id_ed25519")
+    os.rename(key, bare_home / ".ssh" / "id_ed25519")
     with pytest.raises(
         ValueError,
         match=r"id_ed25519 is passphrase-protected, no passphrase was given and no SSH agent "
@@ -199,10 +189,10 @@ def test_a_passphrase_protected_key_needs_its_passphrase_or_the_agent(
         sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
 
 
-def test_ssh_config_resolves_aliases_and_explicit_arguments_win(home: Path) -> None:
-    work = _keygen(home / ".ssh" / "work_key")
-    _keygen(home / ".ssh" / "id_ed25519")
-    (home / ".ssh" / "config").write_text(
+def test_ssh_config_resolves_aliases_and_explicit_arguments_win(bare_home: Path) -> None:
+    work = _keygen(bare_home / ".ssh" / "work_key")
+    _keygen(bare_home / ".ssh" / "id_ed25519")
+    (bare_home / ".ssh" / "config").write_text(
         "Host gpu-box\n"
         "  HostName 10.1.2.3\n"
         "  Port 2222\n"
@@ -215,7 +205,7 @@ def test_ssh_config_resolves_aliases_and_explicit_arguments_win(home: Path) -> N
     assert (alias.host, alias.port, alias.user) == ("10.1.2.3", 2222, "carol")
     assert alias.login.tried == str(work)  # the config's IdentityFile, not the defaults
     assert (plain.host, plain.port, plain.user) == ("other", 22, "dave")
-    assert plain.login.tried == str(home / ".ssh" / "id_ed25519")
+    assert plain.login.tried == str(bare_home / ".ssh" / "id_ed25519")
     # Given in the host string, or to SSH: wins over the file, as with ssh -l/-p/-i.
     (given,) = ssh_targets(sky.SSH(hosts=["erin@gpu-box:2200"]))
     assert (given.host, given.port, given.user) == ("10.1.2.3", 2200, "erin")
@@ -225,7 +215,7 @@ def test_ssh_config_resolves_aliases_and_explicit_arguments_win(home: Path) -> N
     assert (unread.host, unread.port) == ("gpu-box", 22)
     with pytest.raises(FileNotFoundError, match=r"SSH\(ssh_config='/nope'\): no such file"):
         sky.Compute(provider=sky.SSH(hosts=["h"], ssh_config="/nope"), nodes=1)
-    broken = home / "broken_config"
+    broken = bare_home / "broken_config"
     broken.write_text("Host x\n  Port notaport\n")
     with pytest.raises(ValueError, match=rf"{broken} line 2: .* pass ssh_config=None"):
         sky.Compute(provider=sky.SSH(hosts=["x"], ssh_config=str(broken)), nodes=1)
