@@ -24,12 +24,15 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+LINTED = ("src", "tests", "examples", "bench", "scripts", "noxfile.py")
+
+
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff, with the ASYNC rules on."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "examples", "bench", "scripts", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "scripts", "noxfile.py")
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session(python="3.11")

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
@@ -96,36 +95,32 @@ async def _echo_through(conn: asyncssh.SSHClientConnection, payloads: list[bytes
     return b"ok"
 
 
-def test_no_ignore_packets_under_an_aead_cipher() -> None:
-    async def main() -> tuple[list[int], str]:
-        keys = _Keys()
-        server = await _listen(keys)
-        port = server.sockets[0].getsockname()[1]
-        async with await _connect(keys, port, encryption_algs=["aes128-gcm@openssh.com"]) as conn:
-            types, _ = _record(conn)
-            await _echo_through(conn, [b"x" * 100] * 20)
-            cipher = conn.get_extra_info("send_cipher")
-        server.close()
-        return types, cipher
+async def _trimmed_echo(encryption: str) -> tuple[list[int], list[bytes], str]:
+    """Echo 20 small writes over a trimmed connection using ``encryption``; return the
+    packet types asyncssh sent, each send(), and the cipher it negotiated."""
+    keys = _Keys()
+    server = await _listen(keys)
+    port = server.sockets[0].getsockname()[1]
+    async with await _connect(keys, port, encryption_algs=[encryption]) as conn:
+        types, sends = _record(conn)
+        await _echo_through(conn, [b"x" * 100] * 20)
+        cipher = conn.get_extra_info("send_cipher")
+    server.close()
+    return types, sends, cipher
 
-    types, cipher = asyncio.run(main())
+
+async def test_no_ignore_packets_under_an_aead_cipher() -> None:
+    async with trio_asyncio.open_loop():
+        types, _, cipher = await trio_asyncio.aio_as_trio(_trimmed_echo)("aes128-gcm@openssh.com")
     assert cipher == "aes128-gcm@openssh.com"
     assert types.count(MSG_CHANNEL_DATA) >= 20
     assert MSG_IGNORE not in types
 
 
-def test_ignore_packets_kept_and_sent_with_their_packet_under_other_ciphers() -> None:
-    async def main() -> tuple[list[int], list[bytes]]:
-        keys = _Keys()
-        server = await _listen(keys)
-        port = server.sockets[0].getsockname()[1]
-        async with await _connect(keys, port, encryption_algs=["aes128-ctr"]) as conn:
-            types, sends = _record(conn)
-            await _echo_through(conn, [b"x" * 100] * 20)
-        server.close()
-        return types, sends
-
-    types, sends = asyncio.run(main())
+async def test_ignore_packets_kept_and_sent_with_their_packet_under_other_ciphers() -> None:
+    async with trio_asyncio.open_loop():
+        types, sends, cipher = await trio_asyncio.aio_as_trio(_trimmed_echo)("aes128-ctr")
+    assert cipher == "aes128-ctr"
     data = types.count(MSG_CHANNEL_DATA)
     assert data >= 20
     # Every packet after the handshake has its IGNORE, and each pair went in one send().
