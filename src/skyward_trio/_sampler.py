@@ -53,23 +53,7 @@ GPU_FIELDS: Final[dict[type[metrics.Collector], str]] = {
     metrics.GPUMemoryTotal: "memory.total",
     metrics.GPUTemp: "temperature.gpu",
 }
-_KINDS: Final = {
-    cls.__name__: cls
-    for cls in (
-        metrics.CPU,
-        metrics.Memory,
-        metrics.MemoryUsed,
-        metrics.MemoryTotal,
-        metrics.GPU,
-        metrics.GPUMemory,
-        metrics.GPUMemoryTotal,
-        metrics.GPUTemp,
-        metrics.Disk,
-        metrics.NetworkRx,
-        metrics.NetworkTx,
-        metrics.Custom,
-    )
-}
+_KINDS: Final = {kind.__name__: kind for kind in metrics.KINDS}
 _KEPT: Final = 4096  # samples kept while no client reads them; the oldest go first
 _PROBLEMS_KEPT: Final = 64
 _GATHER: Final = 0.2  # seconds a batch waits for the samples taken with its first

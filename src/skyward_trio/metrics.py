@@ -220,21 +220,21 @@ class NetworkTx(_Network):
     _METRIC = "network_tx"
 
 
-#: Names the built-in collectors report; a ``Custom`` metric may not take one.
-BUILT_IN = frozenset(
-    {
-        "cpu",
-        "memory",
-        "memory_used",
-        "memory_total",
-        "gpu",
-        "gpu_memory",
-        "gpu_memory_total",
-        "gpu_temp",
-        "network_rx",
-        "network_tx",
-    }
+#: The collectors whose metric has a fixed name.
+_FIXED: tuple[type[Collector], ...] = (
+    CPU,
+    Memory,
+    MemoryUsed,
+    MemoryTotal,
+    GPU,
+    GPUMemory,
+    GPUMemoryTotal,
+    GPUTemp,
+    NetworkRx,
+    NetworkTx,
 )
+#: Names the built-in collectors report; a ``Custom`` metric may not take one.
+BUILT_IN = frozenset(kind._METRIC for kind in _FIXED)
 
 
 @attrs.frozen
@@ -277,6 +277,10 @@ class Custom(Collector):
     @property
     def metric(self) -> str:
         return self.name
+
+
+#: Every kind of collector (what a worker's config names).
+KINDS: tuple[type[Collector], ...] = (*_FIXED, Disk, Custom)
 
 
 @attrs.frozen(kw_only=True)
