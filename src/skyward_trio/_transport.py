@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import getpass
 import ipaddress
+import itertools
 import math
 import socket
 from collections import deque
@@ -712,7 +713,7 @@ class _SocketTransport(asyncio.Transport):
                     return
                 await trio.lowlevel.wait_writable(self._sock)
                 try:
-                    sent = self._sock.sendmsg(list(self._queued)[:_IOV])
+                    sent = self._sock.sendmsg(itertools.islice(self._queued, _IOV))
                 except (BlockingIOError, InterruptedError):
                     continue
                 self._size -= sent
