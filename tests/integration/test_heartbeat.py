@@ -86,6 +86,21 @@ class _Events:
         return None
 
 
+def _start_map(
+    pool: sky.Pool, items: list[int], directory: Path
+) -> tuple[threading.Thread, list[Any]]:
+    """``pool.map`` over ``items`` in a thread, each execution recorded in ``directory``;
+    returns once 300 have run. The results land in the list when the map ends."""
+    result: list[Any] = []
+    mapper = threading.Thread(
+        target=lambda: result.extend(pool.map(lambda x: _record(x, str(directory)), items)),
+        daemon=True,
+    )
+    mapper.start()
+    _wait(lambda: len(os.listdir(directory)) > 300, "the map to get going")
+    return mapper, result
+
+
 def test_a_long_stall_mid_map_loses_the_node_within_the_stall_and_delivers_each_item_once(
     tmp_path: Path,
 ) -> None:
@@ -95,13 +110,7 @@ def test_a_long_stall_mid_map_loses_the_node_within_the_stall_and_delivers_each_
     with sky.Compute(provider=sky.Local(), nodes=2, options=options) as pool:
         events = _Events(pool)
         stalled_worker = (_worker_pid() @ pool)[1]
-        result: list[Any] = []
-        mapper = threading.Thread(
-            target=lambda: result.extend(pool.map(lambda x: _record(x, str(tmp_path)), items)),
-            daemon=True,
-        )
-        mapper.start()
-        _wait(lambda: len(os.listdir(tmp_path)) > 300, "the map to get going")
+        mapper, result = _start_map(pool, items, tmp_path)
         stall_ends = time.monotonic() + stall
         testing.stall_connection(pool, 1, stall)
         mapper.join(timeout=stall)
@@ -147,13 +156,7 @@ def test_a_stall_past_the_limit_but_within_the_window_resumes_with_each_item_run
     ssh = core._ready[1].ssh
     workers = _worker_pid() @ pool
     items = list(range(3000))
-    result: list[Any] = []
-    mapper = threading.Thread(
-        target=lambda: result.extend(pool.map(lambda x: _record(x, str(tmp_path)), items)),
-        daemon=True,
-    )
-    mapper.start()
-    _wait(lambda: len(os.listdir(tmp_path)) > 300, "the map to get going")
+    mapper, result = _start_map(pool, items, tmp_path)
     marks = tmp_path / "marks"
     marks.mkdir()
     # A call on node 1 for sure, whose result is made during the stall.
