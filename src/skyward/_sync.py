@@ -54,6 +54,11 @@ class Pool:
     def job_id(self) -> str:
         return self._core.job_id
 
+    @property
+    def spec(self) -> skyward_trio.Spec:
+        """The spec this pool runs on: with several, the one that came up."""
+        return self._core.spec
+
     def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
         """Run ``pending`` on one node (round-robin, or ``target``: ``"head"`` or an index)."""
         prepared = self._core.prepare(pending)

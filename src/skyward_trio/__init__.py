@@ -6,7 +6,8 @@ enforces it):
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
    ``metrics`` (the collectors of ``Image(metrics=...)``), ``_info``, ``_runtime``, ``_shard``,
    ``_function``, ``_bootstrap``, ``_capture``, ``_output``, ``_autoscale``, ``_cost``,
-   ``_heartbeat`` (when the other end of a session went silent)
+   ``_heartbeat`` (when the other end of a session went silent), ``_offers`` (offers
+   against specs, and which spec to try first)
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
@@ -32,6 +33,7 @@ from . import accelerators, metrics, time
 from ._errors import (
     ConnectionLostError,
     NoActivePoolError,
+    NoOfferError,
     PoolClosedError,
     ProvisionError,
     RemoteError,
@@ -126,6 +128,7 @@ __all__ = [
     "Metric",
     "NetworkInfo",
     "NoActivePoolError",
+    "NoOfferError",
     "Nodes",
     "Options",
     "PeerInfo",

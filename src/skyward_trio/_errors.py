@@ -5,6 +5,7 @@ Every error Skyward raises on purpose is one of these (or a plain ``TypeError`` 
 
     SkywardError
     ├── ProvisionError          a node could not be brought up (names node and phase)
+    ├── NoOfferError            no spec can be met by its provider's offers (also a ValueError)
     ├── VersionMismatchError    worker and client run different Python / Skyward versions
     ├── ConnectionLostError     the link to a node's worker broke while a task was on it
     ├── SerializationError      an argument or result could not be pickled (also a TypeError)
@@ -21,9 +22,12 @@ they unpickle here, with the remote traceback and the node index attached as not
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConnectionLostError",
     "NoActivePoolError",
+    "NoOfferError",
     "PoolClosedError",
     "ProvisionError",
     "RemoteError",
@@ -46,12 +50,42 @@ class ProvisionError(SkywardError):
     Attributes:
         node: The node index.
         phase: What was being done: ``"provision"``, ``"ssh"``, ``"bootstrap"`` or ``"worker"``.
+        attempts: With several specs that all failed, each one's error in the order tried
+            (``node`` and ``phase`` are the last one's); else empty.
     """
 
-    def __init__(self, message: str, *, node: int, phase: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: int,
+        phase: str,
+        attempts: tuple[ProvisionError, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.node = node
         self.phase = phase
+        self.attempts = attempts
+
+
+class NoOfferError(SkywardError, ValueError):
+    """No spec can be met by its provider's offers; nothing was provisioned.
+
+    Attributes:
+        reasons: Per spec, in order, the constraint it could not meet.
+    """
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.reasons = tuple(reasons)
+        if len(self.reasons) == 1:
+            message = f"nothing can satisfy {self.reasons[0]}"
+        else:
+            lines = "\n".join(f"  - {reason}" for reason in self.reasons)
+            message = f"none of the {len(self.reasons)} specs can be satisfied:\n{lines}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.reasons,))
 
 
 class VersionMismatchError(SkywardError):

@@ -32,14 +32,14 @@ import threading
 import types
 import typing
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 import cloudpickle
 import trio
 
-from . import _console, _health, _logging, _serial, _transport, metrics
+from . import _console, _health, _logging, _offers, _serial, _transport, metrics
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import (
     FAILED_MARK,
@@ -107,7 +107,7 @@ from ._model import (
     Worker,
     resolve_compute_args,
 )
-from ._providers import Cluster, Instance, open_cluster, ssh_targets
+from ._providers import Cluster, Instance, offers, open_cluster, ssh_targets
 from ._sampler import to_config
 from ._source import SkywardPackage, check_source, skyward_package
 from ._store import LocalClient, Store
@@ -1655,7 +1655,6 @@ class Compute:
         self.options = options
         self.defaulted_to_local = defaulted
         _check_supported(resolved, options)
-        self.spec = resolved[0]
         checker = options.health_checker
         self._probe = _health.probe_payload(checker) if checker is not None else None
         self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
@@ -1667,8 +1666,9 @@ class Compute:
                 "this Compute is already open; one Compute makes one pool at a time "
                 "(create another skyward_trio.Compute(...) for a second pool)"
             )
-        self._cm = _open_pool(self.spec, self.options, self.defaulted_to_local, self._probe)
-        pool = await self._cm.__aenter__()
+        self._cm, pool = await _open_first(
+            self.specs, self.options, self.defaulted_to_local, self._probe
+        )
         self._token = active_pool.set(pool)
         return pool
 
@@ -1679,7 +1679,62 @@ class Compute:
         return await cm.__aexit__(*exc_info)
 
 
-_NOT_YET = "is not built yet (see the README's 'not yet' list)"
+#: A spec whose pool failed in these phases is given up for the next one: its provider
+#: had no machine for it, or the machine never answered. A failure to build the
+#: environment (bootstrap) is raised at once: the next spec would most likely fail alike.
+_FALLBACK_PHASES = ("provision", "ssh")
+
+
+async def _open_first(
+    specs: Sequence[Spec], options: Options, defaulted: bool, probe: _serial.Payload | None
+) -> tuple[contextlib.AbstractAsyncContextManager[Pool], Pool]:
+    """Open a pool on the first spec that comes up, in the order ``Options.selection`` says.
+
+    Every spec's offers are checked before anything is provisioned: a spec nothing can
+    satisfy is skipped (said on the console), and when none can be, nothing starts.
+
+    Raises:
+        NoOfferError: No spec can be satisfied.
+        ProvisionError: Every spec that could be failed to come up; ``attempts`` holds
+            each one's error.
+    """
+    offered = [await offers(spec.provider) for spec in specs]
+    choices, skipped = _offers.plan(specs, offered, options.selection)
+    notes = [f"skipped {reason}" for reason in skipped]
+    attempts: list[ProvisionError] = []
+    for number, choice in enumerate(choices, 1):
+        cm = _open_pool(choice.spec, options, defaulted, probe, notes=notes)
+        try:
+            return cm, await cm.__aenter__()
+        except ProvisionError as exc:
+            if len(specs) == 1 or exc.phase not in _FALLBACK_PHASES:
+                raise
+            where = _offers.describe(choice.index, choice.spec, len(specs))
+            attempts.append(exc)
+            notes = [f"{where} failed ({exc}); trying the next spec"]
+            if number == len(choices):
+                raise _all_failed(specs, choices, attempts, skipped) from exc
+    raise AssertionError("plan() returns at least one choice")
+
+
+def _all_failed(
+    specs: Sequence[Spec],
+    choices: Sequence[_offers.Choice],
+    attempts: Sequence[ProvisionError],
+    skipped: Sequence[str],
+) -> ProvisionError:
+    lines = [
+        f"  - {_offers.describe(c.index, c.spec, len(specs))}: {exc}"
+        for c, exc in zip(choices, attempts, strict=True)
+    ]
+    lines += [f"  - {reason} (not tried)" for reason in skipped]
+    last = attempts[-1]
+    return ProvisionError(
+        "every spec failed to come up, in the order tried:\n" + "\n".join(lines),
+        node=last.node,
+        phase=last.phase,
+        attempts=tuple(attempts),
+    )
 
 
 def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
@@ -1688,9 +1743,11 @@ def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
     Accepting these and ignoring them would be a silent fallback; the records still
     validate them, so a config written today keeps working when they land.
     """
-    if len(specs) > 1:
-        raise ValueError(f"{len(specs)} specs given: multi-spec fallback {_NOT_YET}; pass one Spec")
-    spec = specs[0]
+    for spec in specs:
+        _check_spec(spec)
+
+
+def _check_spec(spec: Spec) -> None:
     _check_image(spec)
     if isinstance(spec.provider, Local) and spec.accelerator is not None:
         raise ValueError(
@@ -1765,7 +1822,12 @@ _APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9+.:
 
 @contextlib.asynccontextmanager
 async def _open_pool(
-    spec: Spec, options: Options, defaulted: bool, probe: _serial.Payload | None
+    spec: Spec,
+    options: Options,
+    defaulted: bool,
+    probe: _serial.Payload | None,
+    *,
+    notes: Sequence[str] = (),
 ) -> AsyncIterator[Pool]:
     job_id = secrets.token_hex(4)
     nodes = spec.nodes
@@ -1781,6 +1843,8 @@ async def _open_pool(
         cluster = await open_cluster(
             spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
         )
+        for note in notes:  # what happened to the specs tried or skipped before this one
+            pool._events.emit(Error(job_id=job_id, message=note))
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
         supervisor = _Supervisor(pool, cluster, client_key, probe, secret)
         failure: BaseException | None = None

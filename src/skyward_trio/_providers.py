@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -26,6 +27,7 @@ import trio
 
 from . import _transport
 from ._model import DEFAULT_SSH_CONFIG, SSH, Local, ProviderConfig
+from ._offers import Offer
 
 __all__ = [
     "ARMED_FAULTS",
@@ -36,6 +38,7 @@ __all__ = [
     "LocalFault",
     "SSHCluster",
     "SSHTarget",
+    "offers",
     "open_cluster",
     "ssh_targets",
 ]
@@ -97,6 +100,42 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local() or sky.SSH(hosts=[...]) (see the README's 'not yet' list)"
+    )
+
+
+async def offers(config: ProviderConfig) -> list[Offer]:
+    """What the provider ``config`` names can start, per node, and at what price.
+
+    ``Local`` nodes share this machine, so its one offer is this machine as it is now
+    (free disk, not total). ``SSH`` hosts are the user's and cost nothing; what they have
+    is not known before connecting.
+    """
+    if isinstance(config, Local):
+        return [this_machine("sky.Local()")]
+    if isinstance(config, SSH):
+        hosts = len(config.hosts)
+        return [Offer(provider="sky.SSH()", name=f"{hosts} host(s)", on_demand_price=0.0)]
+    raise TypeError(f"provider {type(config).__qualname__} is not available in this version")
+
+
+def this_machine(provider: str) -> Offer:
+    """This machine as an offer: nodes that run on it (``Local``) have what it has."""
+    try:
+        vcpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        vcpus = os.cpu_count() or 1
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    disk = shutil.disk_usage(tempfile.gettempdir()).free
+    machine = platform.machine().lower()
+    architecture = {"amd64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
+    return Offer(
+        provider=provider,
+        name="this machine",
+        vcpus=vcpus,
+        memory_gb=round(memory / 1e9, 1),
+        disk_gb=round(disk / 1e9, 1),
+        architecture=architecture,
+        on_demand_price=0.0,
     )
 
 

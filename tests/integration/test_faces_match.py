@@ -39,9 +39,10 @@ def test_sync_methods_block_and_trio_methods_are_awaited(name: str) -> None:
 def test_sync_pool_has_no_public_method_the_trio_pool_lacks() -> None:
     sync_public = {n for n in vars(skyward.Pool) if not n.startswith("_")}
     trio_public = {n for n in vars(skyward_trio.Pool) if not n.startswith("_")}
-    # job_id is a property on the sync pool and an attribute set in the trio pool's __init__.
-    assert sync_public - trio_public == {"job_id"}
-    assert "job_id" in inspect.signature(skyward_trio.Pool).parameters
+    # job_id and spec are properties on the sync pool and attributes set in the trio
+    # pool's __init__.
+    assert sync_public - trio_public == {"job_id", "spec"}
+    assert {"job_id", "spec"} <= set(inspect.signature(skyward_trio.Pool).parameters)
 
 
 def test_compute_has_the_same_signature() -> None:

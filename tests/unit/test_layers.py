@@ -31,6 +31,7 @@ LAYERS = {
     "_logging": 1,
     "_envcheck": 1,
     "_heartbeat": 1,
+    "_offers": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,

@@ -1,0 +1,195 @@
+"""What a provider can offer, and which of several specs to try first.
+
+A provider lists :class:`Offer` s (a kind of machine, what it has, and what it costs spot
+and on demand); a :class:`~skyward_trio.Spec` narrows them down with its ``allocation``,
+``max_hourly_cost``, ``region``, ``vcpus``, ``memory_gb``, ``disk_gb`` and
+``architecture``. :func:`plan` turns ``Compute``'s specs into the order they are tried in,
+or fails, before anything is provisioned, with the constraint each spec could not meet.
+
+Layer 1: pure decisions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from ._errors import NoOfferError
+from ._model import SelectionStrategy, Spec
+
+__all__ = ["Choice", "NoOfferError", "Offer", "choose", "describe", "plan"]
+
+
+@attrs.frozen(kw_only=True)
+class Offer:
+    """A kind of machine a provider can start, per node.
+
+    A hardware field that is None is not known before a machine is up (a ``sky.SSH`` host):
+    a spec that asks for a minimum of it cannot be promised. A price that is None means the
+    provider has no such capacity (no spot market, say).
+
+    Attributes:
+        provider: The provider's name, as users write it (``"sky.Local()"``).
+        name: What the machine is (an instance type, ``"this machine"``).
+        vcpus: vCPUs per node.
+        memory_gb: RAM per node, in GB.
+        disk_gb: Disk per node, in GB.
+        architecture: ``"x86_64"`` or ``"arm64"``.
+        regions: The regions it is offered in; empty: the provider has no regions.
+        spot_price: USD per node-hour on the spot market.
+        on_demand_price: USD per node-hour on demand.
+    """
+
+    provider: str
+    name: str
+    vcpus: float | None = None
+    memory_gb: float | None = None
+    disk_gb: float | None = None
+    architecture: str | None = None
+    regions: tuple[str, ...] = ()
+    spot_price: float | None = None
+    on_demand_price: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Choice:
+    """A spec that can be met, with the offer it gets and at what price.
+
+    Attributes:
+        index: The spec's place among ``Compute``'s specs (0-based).
+        spec: The spec.
+        offer: Its cheapest offer that meets every constraint.
+        spot: Whether that offer is taken on the spot market.
+        hourly_price: USD per node-hour.
+    """
+
+    index: int
+    spec: Spec
+    offer: Offer
+    spot: bool
+    hourly_price: float
+
+    @property
+    def pool_price(self) -> float:
+        """USD per hour for the pool's initial nodes: what ``selection="cheapest"`` ranks."""
+        return self.hourly_price * self.spec.nodes.desired
+
+
+def describe(index: int, spec: Spec, total: int) -> str:
+    """``spec 2 of 3 (sky.SSH())``, or ``the spec (sky.Local())`` when there is one."""
+    provider = f"sky.{type(spec.provider).__name__}()"
+    return f"spec {index + 1} of {total} ({provider})" if total > 1 else f"the spec ({provider})"
+
+
+def _price(offer: Offer, spec: Spec) -> tuple[float, bool] | str:
+    """The offer's price per node-hour under the spec's ``allocation``, and whether it is
+    spot; or why the allocation cannot be had."""
+    spot, on_demand = offer.spot_price, offer.on_demand_price
+    allocation = spec.allocation
+    if allocation == "spot":
+        if spot is None:
+            return f"allocation='spot': {offer.provider} has no spot capacity"
+        return spot, True
+    if allocation == "on-demand":
+        if on_demand is None:
+            return f"allocation='on-demand': {offer.provider} has no on-demand capacity"
+        return on_demand, False
+    if allocation == "spot-if-available" and spot is not None:
+        return spot, True
+    if allocation == "cheapest" and spot is not None and (on_demand is None or spot <= on_demand):
+        return spot, True
+    if on_demand is None:
+        return f"allocation={allocation!r}: {offer.provider} offers no capacity"
+    return on_demand, False
+
+
+_MINIMUMS = (
+    ("vcpus", "vCPUs", " vCPUs"),
+    ("memory_gb", "GB of memory", " GB"),
+    ("disk_gb", "GB of disk", " GB"),
+)
+
+
+def _unmet(offer: Offer, spec: Spec) -> str | None:
+    """The first hardware or place constraint of ``spec`` that ``offer`` does not meet."""
+    for field, what, unit in _MINIMUMS:
+        wanted = getattr(spec, field)
+        if wanted is None:
+            continue
+        has = getattr(offer, field)
+        if has is None:
+            return (
+                f"{field}={wanted:g}: {offer.provider} cannot tell its machines' {what} before "
+                f"they are up; drop {field}= for this provider"
+            )
+        if has < wanted:
+            return f"{field}={wanted:g}: {offer.name} has {has:g}{unit}"
+    if spec.architecture is not None:
+        if offer.architecture is None:
+            return (
+                f"architecture={spec.architecture!r}: {offer.provider} cannot tell its "
+                "machines' architecture before they are up; drop architecture= for this provider"
+            )
+        if offer.architecture != spec.architecture:
+            return f"architecture={spec.architecture!r}: {offer.name} is {offer.architecture}"
+    if spec.region is not None and spec.region not in offer.regions:
+        if not offer.regions:
+            return f"region={spec.region!r}: {offer.provider} has no regions; drop region="
+        listed = ", ".join(map(repr, offer.regions))
+        return f"region={spec.region!r}: {offer.name} is offered in {listed}"
+    return None
+
+
+def choose(index: int, spec: Spec, offers: Sequence[Offer], total: int = 1) -> Choice | str:
+    """The cheapest of ``offers`` that meets ``spec``, or why none does (naming the spec
+    and the constraint)."""
+    best: Choice | None = None
+    why: list[str] = []
+    for offer in offers:
+        unmet = _unmet(offer, spec)
+        priced = _price(offer, spec) if unmet is None else unmet
+        if isinstance(priced, str):
+            why.append(priced)
+            continue
+        price, spot = priced
+        if spec.max_hourly_cost is not None and price > spec.max_hourly_cost:
+            why.append(
+                f"max_hourly_cost={spec.max_hourly_cost:g}: {offer.name} costs "
+                f"${price:g}/h{' on spot' if spot else ''}"
+            )
+            continue
+        if best is None or price < best.hourly_price:
+            best = Choice(index=index, spec=spec, offer=offer, spot=spot, hourly_price=price)
+    if best is not None:
+        return best
+    if not offers:
+        why.append(f"{spec.provider!r} has no offers")
+    # One reason per distinct constraint: a catalog of similar machines fails alike.
+    return f"{describe(index, spec, total)}: {'; '.join(dict.fromkeys(why))}"
+
+
+def plan(
+    specs: Sequence[Spec], offers: Sequence[Sequence[Offer]], selection: SelectionStrategy
+) -> tuple[list[Choice], list[str]]:
+    """The specs that can be met, in the order to try them, and why the others cannot.
+
+    ``selection="first"`` keeps the given order; ``"cheapest"`` sorts by what the pool's
+    initial nodes cost per hour (ties keep the given order).
+
+    Raises:
+        NoOfferError: No spec can be met.
+    """
+    choices: list[Choice] = []
+    skipped: list[str] = []
+    for index, (spec, spec_offers) in enumerate(zip(specs, offers, strict=True)):
+        choice = choose(index, spec, spec_offers, len(specs))
+        if isinstance(choice, str):
+            skipped.append(choice)
+        else:
+            choices.append(choice)
+    if not choices:
+        raise NoOfferError(skipped)
+    if selection == "cheapest":
+        choices.sort(key=lambda c: c.pool_price)
+    return choices, skipped

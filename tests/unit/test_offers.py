@@ -1,0 +1,183 @@
+"""Offers against specs: allocation prices, hardware and place constraints, the cost cap,
+and the order ``selection`` tries several specs in (``skyward_trio._offers``)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import skyward_trio as st
+from skyward_trio._offers import Offer, choose, plan
+
+LOCAL = st.Local()
+
+
+def offer(name: str = "m5", **fields: object) -> Offer:
+    values: dict[str, object] = {
+        "provider": "sky.Cloud()",
+        "name": name,
+        "vcpus": 8,
+        "memory_gb": 32.0,
+        "disk_gb": 100.0,
+        "architecture": "x86_64",
+        "regions": ("us-east-1", "eu-west-1"),
+        "spot_price": 0.5,
+        "on_demand_price": 1.5,
+    }
+    return Offer(**(values | fields))  # type: ignore[arg-type]
+
+
+def spec(**fields: object) -> st.Spec:
+    return st.Spec(provider=LOCAL, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("allocation", "spot_price", "on_demand_price", "expected"),
+    [
+        ("spot-if-available", 0.5, 1.5, (0.5, True)),
+        ("spot-if-available", None, 1.5, (1.5, False)),
+        ("spot", 0.5, 1.5, (0.5, True)),
+        ("on-demand", 0.5, 1.5, (1.5, False)),
+        ("cheapest", 0.5, 1.5, (0.5, True)),
+        ("cheapest", 2.0, 1.5, (1.5, False)),
+        ("cheapest", 0.5, None, (0.5, True)),
+        ("cheapest", None, 1.5, (1.5, False)),
+    ],
+)
+def test_the_allocation_decides_which_price_is_taken(
+    allocation: str, spot_price: float | None, on_demand_price: float | None, expected: tuple
+) -> None:
+    chosen = choose(
+        0,
+        spec(allocation=allocation),
+        [offer(spot_price=spot_price, on_demand_price=on_demand_price)],
+    )
+    assert not isinstance(chosen, str), chosen
+    assert (chosen.hourly_price, chosen.spot) == expected
+
+
+@pytest.mark.parametrize(
+    ("allocation", "spot_price", "on_demand_price", "reason"),
+    [
+        ("spot", None, 1.5, "allocation='spot': sky.Cloud() has no spot capacity"),
+        ("on-demand", 0.5, None, "allocation='on-demand': sky.Cloud() has no on-demand capacity"),
+        (
+            "spot-if-available",
+            None,
+            None,
+            "allocation='spot-if-available': sky.Cloud() offers no capacity",
+        ),
+    ],
+)
+def test_an_allocation_the_offer_cannot_give_is_the_reason(
+    allocation: str, spot_price: float | None, on_demand_price: float | None, reason: str
+) -> None:
+    chosen = choose(
+        0,
+        spec(allocation=allocation),
+        [offer(spot_price=spot_price, on_demand_price=on_demand_price)],
+    )
+    assert chosen == f"the spec (sky.Local()): {reason}"
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"vcpus": 16}, "vcpus=16: m5 has 8 vCPUs"),
+        ({"memory_gb": 64}, "memory_gb=64: m5 has 32 GB"),
+        ({"disk_gb": 500}, "disk_gb=500: m5 has 100 GB"),
+        ({"architecture": "arm64"}, "architecture='arm64': m5 is x86_64"),
+        (
+            {"region": "ap-south-1"},
+            "region='ap-south-1': m5 is offered in 'us-east-1', 'eu-west-1'",
+        ),
+        ({"max_hourly_cost": 0.25}, "max_hourly_cost=0.25: m5 costs $0.5/h on spot"),
+    ],
+)
+def test_each_constraint_a_spec_sets_filters_offers_and_names_itself(
+    fields: dict[str, object], reason: str
+) -> None:
+    assert choose(0, spec(**fields), [offer()]) == f"the spec (sky.Local()): {reason}"
+    # The same constraint, met: the offer is taken.
+    met = {"vcpus": 8, "memory_gb": 32, "disk_gb": 100, "architecture": "x86_64"}
+    fitting = spec(**{k: met.get(k, v) for k, v in fields.items()})
+    within = offer(regions=("ap-south-1",), spot_price=0.2)
+    assert not isinstance(choose(0, fitting, [within]), str)
+
+
+def test_unknown_hardware_cannot_be_promised_and_says_to_drop_the_constraint() -> None:
+    unknown = offer(vcpus=None, architecture=None, regions=())
+    assert choose(0, spec(vcpus=4), [unknown]) == (
+        "the spec (sky.Local()): vcpus=4: sky.Cloud() cannot tell its machines' vCPUs before "
+        "they are up; drop vcpus= for this provider"
+    )
+    assert "cannot tell its machines' architecture" in str(
+        choose(0, spec(architecture="x86_64"), [unknown])
+    )
+    assert choose(0, spec(region="us-east-1"), [unknown]) == (
+        "the spec (sky.Local()): region='us-east-1': sky.Cloud() has no regions; drop region="
+    )
+    # What is not asked for need not be known.
+    assert not isinstance(choose(0, spec(), [unknown]), str)
+
+
+def test_a_spec_gets_its_cheapest_offer_that_meets_every_constraint() -> None:
+    small = offer("small", vcpus=2, spot_price=0.1)
+    big = offer("big", vcpus=32, spot_price=0.9)
+    medium = offer("medium", vcpus=16, spot_price=0.4)
+    chosen = choose(0, spec(vcpus=8), [small, big, medium])
+    assert not isinstance(chosen, str)
+    assert (chosen.offer.name, chosen.hourly_price) == ("medium", 0.4)
+
+
+def test_the_reasons_of_several_offers_are_listed_once_each() -> None:
+    offers = [offer("a", vcpus=2), offer("b", vcpus=4), offer("c", vcpus=64, spot_price=9.0)]
+    assert choose(2, spec(vcpus=8, max_hourly_cost=1), offers, total=3) == (
+        "spec 3 of 3 (sky.Local()): vcpus=8: a has 2 vCPUs; vcpus=8: b has 4 vCPUs; "
+        "max_hourly_cost=1: c costs $9/h on spot"
+    )
+
+
+def test_cheapest_ranks_specs_by_what_their_initial_nodes_cost_per_hour() -> None:
+    specs = [spec(nodes=4), spec(nodes=1), spec(nodes=2)]
+    offers = [[offer(spot_price=1.0)], [offer(spot_price=3.5)], [offer(spot_price=1.0)]]
+    choices, skipped = plan(specs, offers, "cheapest")
+    # 4 x 1.0, 1 x 3.5, 2 x 1.0
+    assert [c.index for c in choices] == [2, 1, 0]
+    assert [c.pool_price for c in choices] == [2.0, 3.5, 4.0]
+    assert skipped == []
+
+
+def test_ties_and_first_keep_the_given_order() -> None:
+    specs = [spec(), spec(), spec()]
+    offers = [[offer(spot_price=2.0)], [offer(spot_price=1.0)], [offer(spot_price=1.0)]]
+    assert [c.index for c in plan(specs, offers, "first")[0]] == [0, 1, 2]
+    assert [c.index for c in plan(specs, offers, "cheapest")[0]] == [1, 2, 0]
+
+
+def test_specs_nothing_can_satisfy_are_skipped_with_their_reason() -> None:
+    specs = [spec(vcpus=64), spec()]
+    choices, skipped = plan(specs, [[offer()], [offer()]], "cheapest")
+    assert [c.index for c in choices] == [1]
+    assert skipped == ["spec 1 of 2 (sky.Local()): vcpus=64: m5 has 8 vCPUs"]
+
+
+def test_when_no_spec_can_be_satisfied_one_error_lists_each() -> None:
+    specs = [spec(vcpus=64), spec(allocation="spot")]
+    with pytest.raises(st.NoOfferError) as caught:
+        plan(specs, [[offer()], [offer(spot_price=None)]], "first")
+    assert str(caught.value) == (
+        "none of the 2 specs can be satisfied:\n"
+        "  - spec 1 of 2 (sky.Local()): vcpus=64: m5 has 8 vCPUs\n"
+        "  - spec 2 of 2 (sky.Local()): allocation='spot': sky.Cloud() has no spot capacity"
+    )
+    assert isinstance(caught.value, ValueError)
+    assert len(caught.value.reasons) == 2
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (str(again), again.reasons) == (str(caught.value), caught.value.reasons)
+
+
+def test_a_provider_with_no_offers_is_a_reason_too() -> None:
+    with pytest.raises(st.NoOfferError, match=r"nothing can satisfy the spec \(sky.Local\(\)\): "):
+        plan([spec()], [[]], "cheapest")
