@@ -106,8 +106,8 @@ def _price(offer: Offer, spec: Spec) -> tuple[float, bool] | str:
 
 _MINIMUMS = (
     ("vcpus", "vCPUs", " vCPUs"),
-    ("memory_gb", "GB of memory", " GB"),
-    ("disk_gb", "GB of disk", " GB"),
+    ("memory_gb", "memory", " GB"),
+    ("disk_gb", "disk", " GB"),
 )
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +150,43 @@ async def test_the_trio_face_falls_back_the_same_way(node_root: Path) -> None:
             assert pool.spec == one
             assert await (_node_index() >> pool) == 0
     assert fault.fired == 1
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_ssh_host_that_does_not_answer_gives_way_to_local(
+    node_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    port = _closed_port()
+    down = sky.Spec(provider=sky.SSH(hosts=[f"127.0.0.1:{port}"], key=str(key), ssh_config=None))
+    local = sky.Spec(provider=sky.Local())
+    options = sky.Options(console="log", max_provision_attempts=1, selection="first")
+    with sky.Compute(down, local, options=options) as pool:
+        assert pool.spec == local
+        assert _node_index() >> pool == 0
+    assert (
+        f"spec 1 of 2 (sky.SSH()) failed (node 0 failed during provision: no SSH server "
+        f"answered at 127.0.0.1:{port}"
+    ) in capfd.readouterr().err
+
+
+def test_ssh_hosts_cannot_promise_hardware_they_were_not_asked_about(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    hosts = sky.SSH(hosts=["127.0.0.1"], key=str(key), ssh_config=None)
+    with (
+        pytest.raises(sky.NoOfferError) as caught,
+        sky.Compute(provider=hosts, memory_gb=16, options=sky.Options(console="silent")),
+    ):
+        pytest.fail("sky.SSH promised memory it never measured")
+    assert str(caught.value) == (
+        "nothing can satisfy the spec (sky.SSH()): memory_gb=16: sky.SSH() cannot tell its "
+        "machines' memory before they are up; drop memory_gb= for this provider"
+    )
