@@ -30,6 +30,7 @@ from skyward_trio import (
     ClusterReady,
     ClusterRequested,
     ClusterScaled,
+    ConfigError,
     ConnectionLostError,
     Error,
     Event,
@@ -93,7 +94,7 @@ from skyward_trio import (
 )
 
 if TYPE_CHECKING:
-    from skyward_trio import ChildDied
+    from skyward_trio import ChildDied, config
 
     from ._sync import Compute, Pool
 
@@ -110,6 +111,7 @@ __all__ = [
     "ClusterRequested",
     "ClusterScaled",
     "Compute",
+    "ConfigError",
     "ConnectionLostError",
     "Error",
     "Event",
@@ -155,6 +157,7 @@ __all__ = [
     "__version__",
     "accelerators",
     "barrier",
+    "config",
     "counter",
     "dict",
     "function",
@@ -179,6 +182,10 @@ def __getattr__(name: str) -> Any:
         import skyward_trio.testing
 
         return skyward_trio.testing
+    if name == "config":
+        import skyward_trio.config
+
+        return skyward_trio.config
     if name == "ChildDied":
         import skyward_trio
 

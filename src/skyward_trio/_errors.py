@@ -4,6 +4,7 @@ Every error Skyward raises on purpose is one of these (or a plain ``TypeError`` 
 ``ValueError`` for bad arguments, raised before anything is provisioned)::
 
     SkywardError
+    ├── ConfigError             skyward.toml is wrong or lacks the pool (lists every problem)
     ├── ProvisionError          a node could not be brought up (names node and phase)
     ├── VersionMismatchError    worker and client run different Python / Skyward versions
     ├── ConnectionLostError     the link to a node's worker broke while a task was on it
@@ -22,6 +23,7 @@ they unpickle here, with the remote traceback and the node index attached as not
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "ConnectionLostError",
     "NoActivePoolError",
     "PoolClosedError",
@@ -38,6 +40,28 @@ __all__ = [
 
 class SkywardError(Exception):
     """Base class of the errors Skyward raises on purpose."""
+
+
+class ConfigError(SkywardError):
+    """A configuration file is wrong, or names no such pool.
+
+    Every problem found is listed at once, so that one edit can fix them all.
+
+    Attributes:
+        problems: One line per problem: ``<file>: <key path>: <what is wrong>``.
+    """
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        if len(problems) == 1:
+            message = problems[0]
+        else:
+            listed = "\n".join(f"  {problem}" for problem in problems)
+            message = f"{len(problems)} problems in the Skyward configuration:\n{listed}"
+        super().__init__(message)
+        self.problems = problems
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ConfigError, (self.problems,))
 
 
 class ProvisionError(SkywardError):
