@@ -27,6 +27,7 @@ function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import accelerators, metrics, time
@@ -187,9 +188,8 @@ def __getattr__(name: str) -> Any:
 
         return ChildDied
     if name == "config":
-        from . import config
-
-        return config
+        # Not `from . import config`: that asks this __getattr__ for it again, endlessly.
+        return importlib.import_module(".config", __name__)
     if name in _LAZY:
         from . import _pool
 

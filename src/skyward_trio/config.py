@@ -416,10 +416,12 @@ class _Reader:
             except (TypeError, ValueError) as exc:
                 named = re.match(r"\w+\((\w+)=", str(exc))
                 key = named.group(1) if named else None
-                if key is None or key not in kwargs or _required(make, key):
+                if key is None or key not in kwargs:
                     self.problem(at, str(exc), whole_table=True)
                     return _FAILED
                 self.problem((*at, key), str(exc))
+                if _required(make, key):
+                    return _FAILED  # the record cannot be built without it to check the rest
                 del kwargs[key]
                 failed = True
                 continue
