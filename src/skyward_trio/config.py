@@ -588,10 +588,9 @@ class _Reader:
             options = self.build(at, Options, options_kwargs)
             ok = ok and options is not _FAILED
         defaulted = "provider" not in table
-        if defaulted:
-            spec_kwargs["provider"] = Local()
-        if "provider" not in spec_kwargs:
-            return None
+        # Local stands in for a provider that failed (ok is False then), so that the other
+        # Spec fields are still checked and reported in the same pass.
+        spec_kwargs.setdefault("provider", Local())
         spec = self.build(at, Spec, spec_kwargs)
         if spec is _FAILED or not ok:
             return None

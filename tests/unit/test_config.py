@@ -344,6 +344,13 @@ def test_an_unknown_provider_name_lists_the_defined_ones(project: Path) -> None:
     ]
 
 
+def test_the_other_fields_of_a_pool_with_a_bad_provider_are_still_checked(
+    project: Path,
+) -> None:
+    found = problems(project, '[pools.train]\nprovider = "nowhere"\nttl = -1\n')
+    assert [line.split(": ")[1] for line in found] == ["pools.train.provider", "pools.train.ttl"]
+
+
 def test_a_bare_type_that_needs_fields_says_to_define_a_table(project: Path) -> None:
     (found,) = problems(project, '[pools.train]\nprovider = "ssh"\n')
     assert "type 'ssh' needs fields (hosts): define them in a [providers.NAME] table" in found
