@@ -30,6 +30,7 @@ from skyward_trio import (
     ClusterReady,
     ClusterRequested,
     ClusterScaled,
+    ConfigError,
     ConnectionLostError,
     Error,
     Event,
@@ -94,7 +95,7 @@ from skyward_trio import (
 )
 
 if TYPE_CHECKING:
-    from skyward_trio import ChildDied
+    from skyward_trio import ChildDied, config
 
     from ._sync import Compute, Pool
 
@@ -111,6 +112,7 @@ __all__ = [
     "ClusterRequested",
     "ClusterScaled",
     "Compute",
+    "ConfigError",
     "ConnectionLostError",
     "Error",
     "Event",
@@ -157,6 +159,7 @@ __all__ = [
     "__version__",
     "accelerators",
     "barrier",
+    "config",
     "counter",
     "dict",
     "function",
@@ -181,6 +184,10 @@ def __getattr__(name: str) -> Any:
         import skyward_trio.testing
 
         return skyward_trio.testing
+    if name == "config":
+        import skyward_trio.config
+
+        return skyward_trio.config
     if name == "ChildDied":
         import skyward_trio
 

@@ -18,8 +18,9 @@ enforces it):
    ``_providers`` (``Local`` and ``SSH``), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)
-5. supervision: ``_pool`` (``Compute``, ``Pool``, scheduler); ``_health`` (health checks);
-   ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
+5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_pool``
+   (``Compute``, ``Pool``, scheduler); ``_health`` (health checks); ``testing`` (the fault
+   kit); ``_eventbus`` (events); ``_console`` (the consoles)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
@@ -27,10 +28,12 @@ function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import accelerators, metrics, time
 from ._errors import (
+    ConfigError,
     ConnectionLostError,
     NoActivePoolError,
     NoOfferError,
@@ -89,6 +92,7 @@ from ._shared import barrier, counter, dict, lock, queue, set
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from . import config
     from ._eventbus import EventStream
     from ._pool import CancelledCallError, Compute, Future, ItemStream, Pool, ResultStream
     from ._procpool import ChildDied
@@ -107,6 +111,7 @@ __all__ = [
     "ClusterRequested",
     "ClusterScaled",
     "Compute",
+    "ConfigError",
     "ConnectionLostError",
     "Error",
     "Event",
@@ -157,6 +162,7 @@ __all__ = [
     "__version__",
     "accelerators",
     "barrier",
+    "config",
     "counter",
     "dict",
     "function",
@@ -184,6 +190,9 @@ def __getattr__(name: str) -> Any:
         from ._procpool import ChildDied
 
         return ChildDied
+    if name == "config":
+        # Not `from . import config`: that asks this __getattr__ for it again, endlessly.
+        return importlib.import_module(".config", __name__)
     if name in _LAZY:
         from . import _pool
 

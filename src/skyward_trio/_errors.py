@@ -4,6 +4,7 @@ Every error Skyward raises on purpose is one of these (or a plain ``TypeError`` 
 ``ValueError`` for bad arguments, raised before anything is provisioned)::
 
     SkywardError
+    ├── ConfigError             skyward.toml is wrong or lacks the pool (lists every problem)
     ├── ProvisionError          a node could not be brought up (names node and phase)
     ├── NoOfferError            no spec can be met by its provider's offers (also a ValueError)
     ├── VersionMismatchError    worker and client run different Python / Skyward versions
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "ConfigError",
     "ConnectionLostError",
     "NoActivePoolError",
     "NoOfferError",
@@ -42,6 +44,28 @@ __all__ = [
 
 class SkywardError(Exception):
     """Base class of the errors Skyward raises on purpose."""
+
+
+class ConfigError(SkywardError):
+    """A configuration file is wrong, or names no such pool.
+
+    Every problem found is listed at once, so that one edit can fix them all.
+
+    Attributes:
+        problems: One line per problem: ``<file>: <key path>: <what is wrong>``.
+    """
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        if len(problems) == 1:
+            message = problems[0]
+        else:
+            listed = "\n".join(f"  {problem}" for problem in problems)
+            message = f"{len(problems)} problems in the Skyward configuration:\n{listed}"
+        super().__init__(message)
+        self.problems = problems
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ConfigError, (self.problems,))
 
 
 class ProvisionError(SkywardError):

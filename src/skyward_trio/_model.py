@@ -34,7 +34,9 @@ __all__ = [
     "DEFAULT_IMAGE",
     "DEFAULT_SSH_CONFIG",
     "EXECUTOR_KINDS",
+    "KNOWN_PROVIDER_TYPES",
     "LOG_LEVELS",
+    "PROVIDER_TYPES",
     "RESERVED_MOUNTS",
     "SELECTION_STRATEGIES",
     "SKYWARD_SOURCES",
@@ -508,6 +510,31 @@ class SSH(ProviderConfig):
                 "digits and _). Pass the variable's name, e.g. "
                 'passphrase_env="SKYWARD_KEY_PASSPHRASE", never the passphrase itself.'
             )
+
+
+#: The provider configs a ``[providers.NAME]`` table of skyward.toml names by its ``type``.
+PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {"local": Local, "ssh": SSH}
+
+#: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are
+#: refused as "not available yet" rather than as unknown.
+KNOWN_PROVIDER_TYPES: tuple[str, ...] = (
+    "local",
+    "ssh",
+    "container",
+    "aws",
+    "gcp",
+    "hyperstack",
+    "jarvislabs",
+    "lambda",
+    "massed_compute",
+    "novita",
+    "tensordock",
+    "vastai",
+    "runpod",
+    "scaleway",
+    "verda",
+    "vultr",
+)
 
 
 # --- nodes --------------------------------------------------------------------------------------
@@ -1178,12 +1205,12 @@ def resolve_compute_args(
 
     Returns:
         The specs to provision, in order, and whether the provider was defaulted to
-        :class:`Local` because none was given.
+        :class:`Local` because none was given. With ``name=`` there are none: the caller
+        loads that pool with ``skyward_trio.config``.
 
     Raises:
         TypeError: A positional argument is not a ``Spec``; forms are mixed; or a keyword is
             not a ``Spec`` field (``Options`` fields are pointed to ``sky.Options``).
-        ValueError: ``name=`` is given: named pools are not supported yet.
     """
     checked: list[Spec] = []
     for index, spec in enumerate(specs):
@@ -1208,11 +1235,8 @@ def resolve_compute_args(
             "sky.Spec(...), or drop the positional specs."
         )
     if name is not None:
-        raise ValueError(
-            f"Compute(name={name!r}): named pools from skyward.toml are not supported yet. "
-            "Pass provider=... (and the other Spec fields) instead, e.g. "
-            "sky.Compute(provider=sky.Local(), nodes=2)."
-        )
+        # The named pool is read from skyward.toml by skyward_trio.config, a layer above.
+        return (), False
     if checked:
         return tuple(checked), False
 

@@ -39,7 +39,7 @@ import attrs
 import cloudpickle
 import trio
 
-from . import _console, _health, _logging, _offers, _serial, _transport, metrics
+from . import _console, _health, _logging, _offers, _serial, _transport, config, metrics
 from ._autoscale import Autoscaler, Load
 from ._bootstrap import (
     FAILED_MARK,
@@ -1639,14 +1639,18 @@ class Compute:
     """Provision a pool for the ``async with`` block and tear it down after.
 
     ``Compute(provider=..., nodes=..., ...)`` (flat ``Spec`` fields), ``Compute(spec, ...)``
-    (one or more ``Spec``), or ``Compute(name="...")``. With no provider, ``Local`` is used.
-    Teardown on exit (normal, error or cancellation) terminates every instance it created.
+    (one or more ``Spec``), or ``Compute(name="...")`` (a ``[pools.NAME]`` table of
+    ``skyward.toml``, read here: see ``skyward_trio.config``). With no provider, ``Local``
+    is used. Teardown on exit (normal, error or cancellation) terminates every instance it created.
     """
 
     def __init__(
         self, *specs: Spec, name: str | None = None, options: Options | None = None, **kwargs: Any
     ) -> None:
         resolved, defaulted = resolve_compute_args(specs, name, kwargs)
+        if name is not None:
+            spec, options, defaulted = config.named(name, options)
+            resolved = (spec,)
         if options is None:
             options = Options()
         if not isinstance(options, Options):

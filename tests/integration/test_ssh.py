@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -376,6 +377,38 @@ def test_a_changed_host_key_is_refused_with_the_line_to_fix(
     finally:
         _stop(machine)
     assert not processes.mentioning(str(tmp_path))
+
+
+@sky.function
+def _home_and_greeting() -> tuple[str, str | None]:
+    return os.environ["HOME"], os.environ.get("GREETING")
+
+
+def test_a_named_pool_from_skyward_toml_runs_on_the_hosts_it_names(
+    machines: Machines, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = machines.a, machines.b
+    toml = textwrap.dedent(
+        f"""
+        [providers.lab]
+        type = "ssh"
+        hosts = ["{a.addr}:{a.port}", {{ host = "{b.addr}", port = {b.port} }}]
+        key = "{machines.key}"
+
+        [pools.lab]
+        provider = "lab"
+        nodes = 2
+        console = "silent"
+        image.env.GREETING = "from skyward.toml"
+        """
+    )
+    (tmp_path / "skyward.toml").write_text(toml)
+    monkeypatch.chdir(tmp_path)
+    with sky.Compute(name="lab") as pool:
+        assert _home_and_greeting() @ pool == [
+            (str(a.home), "from skyward.toml"),
+            (str(b.home), "from skyward.toml"),
+        ]
 
 
 def test_teardown_leaves_no_process_and_no_work_directory(

@@ -50,6 +50,7 @@ LAYERS = {
     "_source": 4,
     "_localnode": 4,
     "_connection": 4,
+    "config": 5,
     "_health": 5,
     "_pool": 5,
     "testing": 5,

@@ -871,11 +871,9 @@ def test_name_with_specs_or_kwargs_names_what_clashed() -> None:
         resolve_compute_args((), "train", {"nodes": 2, "region": "x"})
 
 
-def test_named_pools_are_not_supported_yet() -> None:
-    with pytest.raises(
-        ValueError, match=r"named pools from skyward.toml are not supported yet.*provider="
-    ):
-        resolve_compute_args((), "train", {})
+def test_a_name_alone_resolves_no_spec_here() -> None:
+    # skyward_trio.config (a layer above) loads the named pool: tests/unit/test_config.py.
+    assert resolve_compute_args((), "train", {}) == ((), False)
 
 
 def test_unknown_kwargs_list_the_valid_ones() -> None:
