@@ -608,10 +608,18 @@ if [ -f "$d/worker.ready" ]; then
     if mine; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
   fi
 fi
-for p in /proc/[0-9]*; do
-  case "$(readlink "$p/cwd" 2>/dev/null)" in
-    "$d"|"$d"/*|"$d (deleted)") kill -KILL "${{p#/proc/}}" 2>/dev/null || true ;;
-  esac
+# Again until a pass finds none: a process forked after a pass listed /proc (a bootstrap
+# cut short starts more) is not in that list, and outlives its parent.
+i=0
+while [ $i -lt 20 ]; do
+  found=0
+  for p in /proc/[0-9]*; do
+    case "$(readlink "$p/cwd" 2>/dev/null)" in
+      "$d"|"$d"/*|"$d (deleted)") kill -KILL "${{p#/proc/}}" 2>/dev/null && found=1 ;;
+    esac
+  done
+  [ $found = 0 ] && break
+  i=$((i+1))
 done
 rm -rf "$d"
 [ ! -e "$d" ] && echo {mark}
