@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from . import _transport
-from ._model import DEFAULT_SSH_CONFIG, SSH, Local, ProviderConfig
+from ._model import DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig
 
 __all__ = [
     "ARMED_FAULTS",
@@ -94,9 +94,16 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
     if isinstance(config, SSH):
         targets = await trio.to_thread.run_sync(ssh_targets, config)
         return SSHCluster(config, job_id=job_id, targets=targets)
+    if isinstance(config, Container):
+        from ._container import ContainerCluster  # it builds on this module's Instance
+
+        return await ContainerCluster.open(
+            config, job_id=job_id, client_public_key=client_public_key
+        )
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
-        "use provider=sky.Local() or sky.SSH(hosts=[...]) (see the README's 'not yet' list)"
+        "use provider=sky.Local(), sky.SSH(hosts=[...]) or sky.Container() "
+        "(see the README's 'not yet' list)"
     )
 
 
