@@ -151,6 +151,17 @@ async def _engine(binary: str, *args: str, limit: float | None = 120) -> tuple[i
     )
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists here (a reused pid reads as running: kept, safely)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def _last_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "(it said nothing)"
@@ -204,7 +215,39 @@ class ContainerCluster:
                 f"({config.binary} info: {_last_line(err)}). Start its daemon (systemctl "
                 "start docker), or check that you may use it (the docker group, or root)."
             )
-        return cls(config, job_id=job_id, client_public_key=client_public_key, binary=binary)
+        cluster = cls(config, job_id=job_id, client_public_key=client_public_key, binary=binary)
+        await cluster.prune_stale_networks()
+        return cluster
+
+    async def prune_stale_networks(self) -> list[str]:
+        """Remove the networks that pools of clients on this machine left behind when
+        they died (their containers are gone with their lease); the names removed.
+
+        Only networks whose creator (``skyward.client=<host>:<pid>``) ran on this host
+        and whose process is gone, and only once no container uses them (the engine
+        refuses to remove one in use: it is left for a later pool).
+        """
+        names = await self._remaining("network", "skyward.client")
+        if not names:
+            return []
+        rc, out, _ = await _engine(
+            self._binary,
+            "network",
+            "inspect",
+            "--format",
+            '{{.Name}} {{index .Labels "skyward.client"}}',
+            *names,
+        )
+        removed = []
+        for line in out.splitlines() if rc == 0 else []:
+            name, _, client = line.strip().partition(" ")
+            host, _, pid = client.rpartition(":")
+            if host != socket.gethostname() or not pid.isdigit() or _running(int(pid)):
+                continue
+            rc, _, _ = await _engine(self._binary, "network", "rm", name)
+            if rc == 0:
+                removed.append(name)
+        return removed
 
     async def _ensure_network(self) -> None:
         async with self._network_lock:
