@@ -41,11 +41,17 @@ fi
 cp "$UV" "$R/usr/local/bin/uv"
 
 # 3. Interpreters: the bootstrap looks for pythonX.Y on PATH (sshd's PATH has /usr/local/bin).
+#    Without what a node never uses: the tests, the static library, and the packages
+#    installed here (nodes install into a venv of their own).
 for prefix in "$@"; do
   mkdir -p "$R$(dirname "$prefix")"
   rm -rf "${R:?}$prefix"
   tar -C "$(dirname "$prefix")" --exclude='*/test' --exclude='*/idlelib' --exclude='*/tkinter' \
-      --exclude='__pycache__' -cf - "$(basename "$prefix")" | tar -C "$R$(dirname "$prefix")" -xf -
+      --exclude='__pycache__' --exclude='*.a' --exclude='*/site-packages/*' \
+      -cf - "$(basename "$prefix")" | tar -C "$R$(dirname "$prefix")" -xf -
+  # Any login user may run it (pyenv keeps it under root's home, mode 700).
+  d=$(dirname "$prefix")
+  while [ "$d" != / ]; do chmod o+x "$R$d"; d=$(dirname "$d"); done
   for exe in "$prefix"/bin/python3.*; do
     [[ "${exe##*/}" =~ ^python3\.[0-9]+$ ]] || continue
     ln -sf "$exe" "$R/usr/local/bin/$(basename "$exe")"

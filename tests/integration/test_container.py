@@ -199,9 +199,13 @@ def test_a_two_node_pool_runs_on_two_containers_and_leaves_nothing(podman: Podma
 
 
 async def test_the_host_key_is_each_containers_own_and_is_checked(podman: Podman) -> None:
-    async with skyward_trio.Compute(provider=podman.provider(), nodes=2, options=QUIET) as pool:
+    # A user the image does not have is created in each container, and logged in as.
+    provider = podman.provider(ssh_user="alice")
+    async with skyward_trio.Compute(provider=provider, nodes=2, options=QUIET) as pool:
         assert pool._supervisor is not None
         a, b = pool._supervisor.instances[0], pool._supervisor.instances[1]
+        assert a.username == "alice"
+        assert a.workdir.startswith("/home/alice/.skyward/jobs/")
         assert a.host == b.host == "127.0.0.1"
         assert a.host_key != b.host_key  # made in each container as it started
         offered = await _transport.fetch_host_key(a.host, a.port, like=[])
@@ -270,7 +274,8 @@ _CLIENT = """
 import sys, time
 import skyward as sky
 provider = sky.Container(image=sys.argv[1], binary="podman")
-with sky.Compute(provider=provider, ttl=0, options=sky.Options(console="silent")) as pool:
+options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
+with sky.Compute(provider=provider, ttl=0, options=options) as pool:
     print(pool.job_id, flush=True)
     time.sleep(600)
 """
