@@ -12,9 +12,8 @@
 #                  copied to the same absolute path inside the image, its pythonX.Y linked
 #                  into /usr/local/bin, where the bootstrap looks for the client's X.Y
 # Env: MIRROR (default http://deb.debian.org/debian); CA_DIR (extra CA certificates to
-#      trust, default /usr/local/share/ca-certificates); WHEELHOUSE (a directory of
-#      wheels baked into /opt/wheelhouse, which uv then installs from, offline: for
-#      machines whose containers cannot reach the package index).
+#      trust, default /usr/local/share/ca-certificates). The containers fetch Skyward's
+#      dependencies from the package index through the bridge network, with these CAs.
 # podman itself is configured by the caller (CONTAINERS_CONF, CONTAINERS_STORAGE_CONF).
 set -euo pipefail
 WORKDIR=$1; IMAGE=$2; UV=$3; shift 3
@@ -65,16 +64,7 @@ chroot "$R" update-ca-certificates >/dev/null
 mkdir -p "$R/etc/uv"
 echo 'native-tls = true' > "$R/etc/uv/uv.toml"
 
-# 5. A wheelhouse, when the package index is out of the containers' reach.
-rm -rf "$R/opt/wheelhouse"
-if [ -n "${WHEELHOUSE:-}" ]; then
-  mkdir -p "$R/opt/wheelhouse"
-  cp "$WHEELHOUSE"/*.whl "$R/opt/wheelhouse/"
-  printf 'native-tls = true\noffline = true\nno-index = true\nfind-links = ["/opt/wheelhouse"]\n' \
-    > "$R/etc/uv/uv.toml"
-fi
-
-# 6. Import (replacing an image of the same name).
+# 5. Import (replacing an image of the same name).
 podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
 tar -C "$R" -c . | podman import --change 'CMD ["/bin/bash"]' - "$IMAGE" >/dev/null
 echo "built $IMAGE"

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "container"
 QUIET = sky.Options(console="silent")
 NEEDED = ("podman", "runc", "debootstrap")
+REPOSITORY = "localhost/skyward-test-node"
 
 
 @attrs.frozen
@@ -112,7 +113,7 @@ def podman() -> Iterator[Podman]:
     for part in (script.read_bytes(), (SCRIPTS / "containers.conf").read_bytes()):
         identity.update(part)
     identity.update(" ".join(map(str, pythons)).encode())
-    image = f"localhost/skyward-test-node:{identity.hexdigest()[:12]}"
+    image = f"{REPOSITORY}:{identity.hexdigest()[:12]}"
     with pytest.MonkeyPatch.context() as mp:
         for name, value in _configure(workdir).items():
             mp.setenv(name, value)
@@ -127,6 +128,10 @@ def podman() -> Iterator[Podman]:
                     stdout=subprocess.DEVNULL,
                 )
                 print(f"built {image} in {time.monotonic() - began:.0f} s")
+            listed = _podman("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+            stale = [i for i in listed if i.startswith(f"{REPOSITORY}:") and i != image]
+            if stale:  # built by an older script: only this one is used any more
+                _podman("rmi", "--force", *stale)
         yield Podman(image=image, workdir=workdir)
 
 
