@@ -7,7 +7,8 @@ enforces it):
    ``metrics`` (the collectors of ``Image(metrics=...)``), ``_info``, ``_runtime``, ``_shard``,
    ``_function``, ``_bootstrap``, ``_capture``, ``_output``, ``_autoscale``, ``_cost``,
    ``_heartbeat`` (when the other end of a session went silent), ``_offers`` (offers
-   against specs, and which spec to try first)
+   against specs, and which spec to try first), ``containers`` (image references for
+   ``sky.Container`` and the clouds)
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
@@ -15,9 +16,9 @@ enforces it):
    ``_store`` (the store service), ``_sampler`` (a worker's metric sampler) (only trio +
    layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
-   ``_providers`` (``Local`` and ``SSH``), ``_source`` (where remote nodes get Skyward),
-   ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
-   client's link to the store)
+   ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_source``
+   (where remote nodes get Skyward), ``_localnode`` (a Local node's SSH server process),
+   ``_connection``, ``_storelink`` (the client's link to the store)
 5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_pool``
    (``Compute``, ``Pool``, scheduler); ``_health`` (health checks); ``testing`` (the fault
    kit); ``_eventbus`` (events); ``_console`` (the consoles)
@@ -31,7 +32,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import accelerators, metrics, time
+from . import accelerators, containers, metrics, time
 from ._errors import (
     ConfigError,
     ConnectionLostError,
@@ -72,6 +73,7 @@ from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
     DEFAULT_IMAGE,
     SSH,
+    Container,
     HealthChecker,
     Image,
     Local,
@@ -90,6 +92,7 @@ from ._runtime import instance_info, is_head
 from ._shard import shard
 from ._shared import barrier, counter, dict, lock, queue, set
 from ._version import __version__
+from .containers import DockerImage
 
 if TYPE_CHECKING:
     from . import config
@@ -113,6 +116,8 @@ __all__ = [
     "Compute",
     "ConfigError",
     "ConnectionLostError",
+    "Container",
+    "DockerImage",
     "Error",
     "Event",
     "EventStream",
@@ -163,6 +168,7 @@ __all__ = [
     "accelerators",
     "barrier",
     "config",
+    "containers",
     "counter",
     "dict",
     "function",

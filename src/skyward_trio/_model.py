@@ -26,11 +26,13 @@ import attrs
 from skyward_trio import accelerators
 from skyward_trio import metrics as sky_metrics
 from skyward_trio.accelerators import Accelerator
+from skyward_trio.containers import DockerImage, check_reference
 
 __all__ = [
     "ALLOCATION_STRATEGIES",
     "ARCHITECTURES",
     "CONSOLE_MODES",
+    "DEFAULT_CONTAINER_IMAGE",
     "DEFAULT_IMAGE",
     "DEFAULT_SSH_CONFIG",
     "EXECUTOR_KINDS",
@@ -44,6 +46,7 @@ __all__ = [
     "AllocationStrategy",
     "Architecture",
     "ConsoleMode",
+    "Container",
     "ExecutorKind",
     "HealthChecker",
     "Image",
@@ -512,8 +515,73 @@ class SSH(ProviderConfig):
             )
 
 
+#: ``sky.Container``'s image: the client's Python, on Debian (the engine pulls it).
+DEFAULT_CONTAINER_IMAGE = "python:{python_version}-slim"
+
+# A login name as useradd takes it: nothing a shell or sshd_config would read otherwise.
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+@attrs.frozen(kw_only=True)
+class Container(ProviderConfig):
+    """Nodes in containers on this machine, started with Docker or Podman.
+
+    Each node is a container running sshd on a private network of the pool's own,
+    reached over SSH on a port published on 127.0.0.1 only, like any remote machine;
+    the containers and the network are removed when the pool closes.
+
+    Attributes:
+        image: The image each node runs: a reference (``"python:3.12-slim"``) or a
+            ``sky.containers`` image. ``{python_version}`` in it is replaced with this
+            client's ``X.Y``. It needs ``/bin/sh``, and sshd or apt-get to install it
+            with; and a Python of the client's ``X.Y`` (else python3 and network
+            access, for uv to fetch one).
+        ssh_user: Who the client logs in as (created in the container when missing).
+        binary: The Docker-compatible command line: ``"docker"``, ``"podman"``, or a path.
+    """
+
+    image: str | DockerImage = DEFAULT_CONTAINER_IMAGE
+    ssh_user: str = "root"
+    binary: str = "docker"
+
+    def __attrs_post_init__(self) -> None:
+        fix = "Pass e.g. image='python:3.12-slim' or image=sky.containers.cuda('12.9')."
+        if not isinstance(self.image, str | DockerImage):
+            raise TypeError(
+                f"Container(image={self.image!r}): image must be a str or a "
+                f"sky.DockerImage, got {_describe(self.image)}. {fix}"
+            )
+        if isinstance(self.image, str):
+            _check_str("Container", "image", self.image, fix=fix)
+            problem = check_reference(self.image)
+            if problem is not None:
+                raise ValueError(f"Container(image={self.image!r}): {problem}. {fix}")
+        user_fix = "Pass a login name, e.g. ssh_user='root' (the default) or 'ubuntu'."
+        _check_str("Container", "ssh_user", self.ssh_user, fix=user_fix)
+        if _USER_NAME.fullmatch(self.ssh_user) is None:
+            raise ValueError(
+                f"Container(ssh_user={self.ssh_user!r}): not a login name (lower-case "
+                f"letters, digits, _ and -, at most 32). {user_fix}"
+            )
+        binary_fix = "Pass binary='docker', binary='podman', or the path of either."
+        _check_str("Container", "binary", self.binary, fix=binary_fix)
+        if any(c.isspace() for c in self.binary) or self.binary.startswith("-"):
+            raise ValueError(
+                f"Container(binary={self.binary!r}): a command name or path, without "
+                f"arguments. {binary_fix}"
+            )
+
+    def image_reference(self, python_version: str) -> str:
+        """The image to run, for a client on Python ``python_version``."""
+        return str(self.image).replace("{python_version}", python_version)
+
+
 #: The provider configs a ``[providers.NAME]`` table of skyward.toml names by its ``type``.
-PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {"local": Local, "ssh": SSH}
+PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
+    "local": Local,
+    "ssh": SSH,
+    "container": Container,
+}
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are
 #: refused as "not available yet" rather than as unknown.

@@ -53,6 +53,7 @@ from ._bootstrap import (
 )
 from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consistency
 from ._connection import WorkerConnection
+from ._container import check_container
 from ._cost import Ledger
 from ._envcheck import compare, module_versions, referenced_modules
 from ._errors import (
@@ -98,6 +99,7 @@ from ._function import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import (
     SSH,
+    Container,
     Local,
     LogConfig,
     Nodes,
@@ -1758,6 +1760,8 @@ def _check_spec(spec: Spec) -> None:
             f"accelerator={spec.accelerator!r}: sky.Local() runs on this machine and provides "
             "no accelerators; drop accelerator= to test locally, or pick a cloud provider"
         )
+    if isinstance(spec.provider, Container):
+        check_container(spec)
     if spec.volumes:
         raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
     if spec.plugins:
@@ -1798,6 +1802,7 @@ def _check_image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
+    if isinstance(spec.provider, SSH | Container):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(

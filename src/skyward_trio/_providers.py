@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from . import _transport
-from ._model import DEFAULT_SSH_CONFIG, SSH, Local, ProviderConfig
+from ._model import DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig
 from ._offers import Offer
 
 __all__ = [
@@ -97,21 +97,30 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
     if isinstance(config, SSH):
         targets = await trio.to_thread.run_sync(ssh_targets, config)
         return SSHCluster(config, job_id=job_id, targets=targets)
+    if isinstance(config, Container):
+        from ._container import ContainerCluster  # it builds on this module's Instance
+
+        return await ContainerCluster.open(
+            config, job_id=job_id, client_public_key=client_public_key
+        )
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
-        "use provider=sky.Local() or sky.SSH(hosts=[...]) (see the README's 'not yet' list)"
+        "use provider=sky.Local(), sky.SSH(hosts=[...]) or sky.Container() "
+        "(see the README's 'not yet' list)"
     )
 
 
 async def offers(config: ProviderConfig) -> list[Offer]:
     """What the provider ``config`` names can start, per node, and at what price.
 
-    ``Local`` nodes share this machine, so its one offer is this machine as it is now
-    (free disk, not total). ``SSH`` hosts are the user's and cost nothing; what they have
-    is not known before connecting.
+    ``Local`` nodes and ``Container`` nodes share this machine, so their one offer is this
+    machine as it is now (free disk, not total). ``SSH`` hosts are the user's and cost
+    nothing; what they have is not known before connecting.
     """
     if isinstance(config, Local):
         return [this_machine("sky.Local()")]
+    if isinstance(config, Container):
+        return [this_machine("sky.Container()")]
     if isinstance(config, SSH):
         hosts = len(config.hosts)
         return [Offer(provider="sky.SSH()", name=f"{hosts} host(s)", on_demand_price=0.0)]

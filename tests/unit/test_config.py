@@ -326,6 +326,33 @@ def test_providers_are_built_and_named_by_pools(project: Path) -> None:
     assert loaded.pools["default"].provider_defaulted
 
 
+def test_container_providers_are_built_from_a_table_or_the_bare_type(project: Path) -> None:
+    loaded = load(
+        project,
+        """
+        [providers.box]
+        type = "container"
+        image = "localhost/node:py{python_version}"
+        binary = "podman"
+        ssh_user = "alice"
+
+        [pools.boxed]
+        provider = "box"
+        nodes = 2
+
+        [pools.plain]
+        provider = "container"
+        """,
+    )
+    box = sky.Container(
+        image="localhost/node:py{python_version}", binary="podman", ssh_user="alice"
+    )
+    assert loaded.pools["boxed"].spec.provider == box
+    assert loaded.pools["plain"].spec.provider == sky.Container()
+    bad = problems(project, '[providers.box]\ntype = "container"\nbinary = "podman -v"\n')
+    assert [line.split(": ")[:2] for line in bad] == [[str(project), "providers.box.binary"]]
+
+
 def test_an_unknown_provider_name_lists_the_defined_ones(project: Path) -> None:
     found = problems(
         project,
@@ -340,7 +367,7 @@ def test_an_unknown_provider_name_lists_the_defined_ones(project: Path) -> None:
     assert found == [
         f"{project}: pools.train.provider: no provider 'labb'; did you mean 'lab'? the "
         "[providers.NAME] tables defined are 'lab', and a type that needs no fields may be "
-        "named without one: 'local'"
+        "named without one: 'local', 'container'"
     ]
 
 
@@ -362,7 +389,7 @@ def test_cloud_types_are_known_but_not_available_yet(project: Path, kind: str) -
     assert found == (
         f"{project}: providers.cloud.type: provider type {kind!r} is not available yet in this "
         "version of Skyward (see the README's 'Not yet' list); the types available are "
-        "'local', 'ssh'"
+        "'local', 'ssh', 'container'"
     )
     (found,) = problems(project, f'[pools.p]\nprovider = "{kind}"\n')
     assert f"provider type {kind!r} is not available yet" in found
@@ -388,8 +415,8 @@ def test_provider_table_errors(project: Path) -> None:
     )
     assert found == [
         f"{project}: providers.a.type: unknown provider type 'lokal'; did you mean 'local'? "
-        "the types are 'local', 'ssh'",
-        f"{project}: providers.b: missing key 'type': one of 'local', 'ssh'",
+        "the types are 'local', 'ssh', 'container'",
+        f"{project}: providers.b: missing key 'type': one of 'local', 'ssh', 'container'",
         f"{project}: providers.c.hosts[1]: SSH(hosts=['gpu2:22x']): '22x' is not a port "
         "number; hosts are 'user@host:port' with user and port optional. Pass e.g. "
         'hosts=["gpu1", "alice@gpu2:2222"] or hosts=[sky.SSHHost(host="gpu1")].',
