@@ -116,6 +116,20 @@ def _minor(helper: str, arg: str, value: object, known: Mapping[str, object]) ->
     return minor
 
 
+def _patch_release(helper: str, family: str, version: str, minor: str, last: str) -> str:
+    """``X.Y.Z`` for ``version``: ``X.Y`` is its last patch ``last``; a patch past it is
+    refused."""
+    if version.count(".") < 2:
+        return last
+    patch = version.split(".")[2]
+    if not patch.isdigit() or int(patch) > int(last.split(".")[2]):
+        raise ValueError(
+            f"containers.{helper}(version={version!r}): {family} {minor}'s releases go up "
+            f"to {last}. Pass e.g. version={minor!r} (its last patch, {last})."
+        )
+    return version
+
+
 # nvidia/cuda: minor release -> (last patch, Ubuntu releases it was published for).
 _CUDA: dict[str, tuple[str, tuple[str, ...]]] = {
     "11.8": ("11.8.0", ("18.04", "20.04", "22.04")),
@@ -147,16 +161,7 @@ def cuda(version: str, variant: str = "devel", ubuntu: str | None = None) -> Doc
     takes the newest release that version was published for."""
     minor = _minor("cuda", "version", version, _CUDA)
     last, releases = _CUDA[minor]
-    if version.count(".") == 2:
-        patch = version.split(".")[2]
-        if not patch.isdigit() or int(patch) > int(last.split(".")[2]):
-            raise ValueError(
-                f"containers.cuda(version={version!r}): CUDA {minor}'s releases go up to "
-                f"{last}. Pass e.g. version={minor!r} (its last patch, {last})."
-            )
-        full = version
-    else:
-        full = last
+    full = _patch_release("cuda", "CUDA", version, minor, last)
     if variant not in _CUDA_VARIANTS:
         raise ValueError(
             f"containers.cuda(variant={variant!r}): variant must be one of "
@@ -209,13 +214,7 @@ def pytorch(version: str, cuda: str | None = None, variant: str = "runtime") -> 
     ``runtime`` or ``devel``."""
     minor = _minor("pytorch", "version", version, _PYTORCH)
     last, cudnn, builds = _PYTORCH[minor]
-    full = version if version.count(".") == 2 else last
-    patch = full.split(".")[2]
-    if not patch.isdigit() or int(patch) > int(last.split(".")[2]):
-        raise ValueError(
-            f"containers.pytorch(version={version!r}): PyTorch {minor}'s releases go up to "
-            f"{last}. Pass e.g. version={minor!r}."
-        )
+    full = _patch_release("pytorch", "PyTorch", version, minor, last)
     chosen = builds[-1] if cuda is None else cuda
     if chosen not in builds:
         raise ValueError(
