@@ -18,7 +18,7 @@ import attrs
 from ._errors import NoOfferError
 from ._model import SelectionStrategy, Spec
 
-__all__ = ["Choice", "NoOfferError", "Offer", "choose", "describe", "plan"]
+__all__ = ["Catalog", "Choice", "Offer", "choose", "describe", "plan"]
 
 
 @attrs.frozen(kw_only=True)
@@ -141,27 +141,54 @@ def _unmet(offer: Offer, spec: Spec) -> str | None:
     return None
 
 
-def choose(index: int, spec: Spec, offers: Sequence[Offer], total: int = 1) -> Choice | str:
-    """The cheapest of ``offers`` that meets ``spec``, or why none does (naming the spec
-    and the constraint)."""
+@attrs.frozen(kw_only=True)
+class Catalog:
+    """What one spec's provider offers.
+
+    Attributes:
+        offers: The kinds of machine it can start.
+        every: The offers are the very machines the nodes get, one each in order (your
+            ``sky.SSH`` hosts, measured): each must meet the spec, not just one.
+        error: Why the offers could not be listed (a host that did not answer); the spec
+            is then skipped with it.
+    """
+
+    offers: tuple[Offer, ...] = ()
+    every: bool = False
+    error: str | None = None
+
+
+def _judge(offer: Offer, spec: Spec) -> tuple[float, bool] | str:
+    """The offer's price per node-hour and whether it is spot, or the constraint it fails."""
+    unmet = _unmet(offer, spec)
+    priced = _price(offer, spec) if unmet is None else unmet
+    if isinstance(priced, str):
+        return priced
+    price, spot = priced
+    if spec.max_hourly_cost is not None and price > spec.max_hourly_cost:
+        return (
+            f"max_hourly_cost={spec.max_hourly_cost:g}: {offer.name} costs "
+            f"${price:g}/h{' on spot' if spot else ''}"
+        )
+    return priced
+
+
+def choose(
+    index: int, spec: Spec, offers: Sequence[Offer], total: int = 1, *, every: bool = False
+) -> Choice | str:
+    """The cheapest of ``offers`` that meets ``spec`` (with ``every``, the dearest, once
+    each meets it), or why none does (naming the spec and the constraint)."""
     best: Choice | None = None
     why: list[str] = []
     for offer in offers:
-        unmet = _unmet(offer, spec)
-        priced = _price(offer, spec) if unmet is None else unmet
-        if isinstance(priced, str):
-            why.append(priced)
+        judged = _judge(offer, spec)
+        if isinstance(judged, str):
+            why.append(judged)
             continue
-        price, spot = priced
-        if spec.max_hourly_cost is not None and price > spec.max_hourly_cost:
-            why.append(
-                f"max_hourly_cost={spec.max_hourly_cost:g}: {offer.name} costs "
-                f"${price:g}/h{' on spot' if spot else ''}"
-            )
-            continue
-        if best is None or price < best.hourly_price:
+        price, spot = judged
+        if best is None or (price > best.hourly_price if every else price < best.hourly_price):
             best = Choice(index=index, spec=spec, offer=offer, spot=spot, hourly_price=price)
-    if best is not None:
+    if best is not None and not (every and why):
         return best
     if not offers:
         why.append(f"{spec.provider!r} has no offers")
@@ -170,10 +197,13 @@ def choose(index: int, spec: Spec, offers: Sequence[Offer], total: int = 1) -> C
 
 
 def plan(
-    specs: Sequence[Spec], offers: Sequence[Sequence[Offer]], selection: SelectionStrategy
+    specs: Sequence[Spec],
+    catalogs: Sequence[Catalog | Sequence[Offer]],
+    selection: SelectionStrategy,
 ) -> tuple[list[Choice], list[str]]:
     """The specs that can be met, in the order to try them, and why the others cannot.
 
+    ``catalogs`` holds each spec's :class:`Catalog` (or just its offers).
     ``selection="first"`` keeps the given order; ``"cheapest"`` sorts by what the pool's
     initial nodes cost per hour (ties keep the given order).
 
@@ -182,8 +212,12 @@ def plan(
     """
     choices: list[Choice] = []
     skipped: list[str] = []
-    for index, (spec, spec_offers) in enumerate(zip(specs, offers, strict=True)):
-        choice = choose(index, spec, spec_offers, len(specs))
+    for index, (spec, given) in enumerate(zip(specs, catalogs, strict=True)):
+        catalog = given if isinstance(given, Catalog) else Catalog(offers=tuple(given))
+        if catalog.error is not None:
+            skipped.append(f"{describe(index, spec, len(specs))}: {catalog.error}")
+            continue
+        choice = choose(index, spec, catalog.offers, len(specs), every=catalog.every)
         if isinstance(choice, str):
             skipped.append(choice)
         else:

@@ -1704,7 +1704,14 @@ async def _open_first(
         ProvisionError: Every spec that could be failed to come up; ``attempts`` holds
             each one's error.
     """
-    offered = [await offers(spec.provider) for spec in specs]
+    offered = [
+        await offers(
+            spec.provider,
+            measure=_asks_hardware(spec),
+            count=max(spec.nodes.desired, spec.nodes.max or 0),
+        )
+        for spec in specs
+    ]
     choices, skipped = _offers.plan(specs, offered, options.selection)
     notes = [f"skipped {reason}" for reason in skipped]
     attempts: list[ProvisionError] = []
@@ -1721,6 +1728,12 @@ async def _open_first(
             if number == len(choices):
                 raise _all_failed(specs, choices, attempts, skipped) from exc
     raise AssertionError("plan() returns at least one choice")
+
+
+def _asks_hardware(spec: Spec) -> bool:
+    """Whether ``spec`` sets a minimum a ``sky.SSH`` host must be measured for."""
+    wanted = (spec.vcpus, spec.memory_gb, spec.disk_gb, spec.architecture)
+    return any(value is not None for value in wanted)
 
 
 def _all_failed(

@@ -27,7 +27,7 @@ import trio
 
 from . import _transport
 from ._model import DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig
-from ._offers import Offer
+from ._offers import Catalog, Offer
 
 __all__ = [
     "ARMED_FAULTS",
@@ -110,21 +110,87 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
     )
 
 
-async def offers(config: ProviderConfig) -> list[Offer]:
+async def offers(
+    config: ProviderConfig, *, measure: bool = False, count: int | None = None
+) -> Catalog:
     """What the provider ``config`` names can start, per node, and at what price.
 
     ``Local`` nodes and ``Container`` nodes share this machine, so their one offer is this
     machine as it is now (free disk, not total). ``SSH`` hosts are the user's and cost
-    nothing; what they have is not known before connecting.
+    nothing; what they have is not known before connecting, so with ``measure`` the
+    first ``count`` hosts (all if None) are logged in to and measured, each its own offer.
     """
     if isinstance(config, Local):
-        return [this_machine("sky.Local()")]
+        return Catalog(offers=(this_machine("sky.Local()"),))
     if isinstance(config, Container):
-        return [this_machine("sky.Container()")]
+        return Catalog(offers=(this_machine("sky.Container()"),))
     if isinstance(config, SSH):
-        hosts = len(config.hosts)
-        return [Offer(provider="sky.SSH()", name=f"{hosts} host(s)", on_demand_price=0.0)]
+        if not measure:
+            hosts = len(config.hosts)
+            unknown = Offer(provider="sky.SSH()", name=f"{hosts} host(s)", on_demand_price=0.0)
+            return Catalog(offers=(unknown,))
+        targets = (await trio.to_thread.run_sync(ssh_targets, config))[:count]
+        measured: list[Offer | None] = [None] * len(targets)
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, target in enumerate(targets):
+                    nursery.start_soon(_measure_into, measured, i, target)
+        except* (OSError, RuntimeError, _transport.SSHError, HostKeyError) as group:
+            failure = group.exceptions[0]
+        if failure is not None:  # the spec is skipped, saying why
+            return Catalog(error=f"its hosts could not be measured: {failure}")
+        return Catalog(offers=tuple(m for m in measured if m is not None), every=True)
     raise TypeError(f"provider {type(config).__qualname__} is not available in this version")
+
+
+# One line each: vCPUs, MemTotal in kB, free kB under $HOME, the machine's architecture.
+_MEASURE = (
+    "nproc; awk '/^MemTotal:/ {print $2}' /proc/meminfo; "
+    "df -Pk \"$HOME\" | awk 'NR == 2 {print $4}'; uname -m"
+)
+
+
+async def _measure_into(measured: list[Offer | None], i: int, target: SSHTarget) -> None:
+    measured[i] = await _measure(target)
+
+
+async def _measure(target: SSHTarget) -> Offer:
+    """Log in to ``target`` (its host key verified, as for a node) and read what it has.
+
+    Raises:
+        RuntimeError: The host did not say (not Linux, say), naming it.
+    """
+    where = f"{target.user}@{target.host}:{target.port}"
+    host_key = await verified_host_key(target.host, target.port)
+    ssh = await _transport.connect(
+        target.host, target.port, username=target.user, login=target.login, host_key=host_key
+    )
+    try:
+        rc, out, err = await ssh.run(_MEASURE)
+    finally:
+        await ssh.aclose()
+    lines = out.decode(errors="replace").split()
+    if rc != 0 or len(lines) != 4 or not all(x.isdigit() for x in lines[:3]):
+        raise RuntimeError(
+            f"could not measure {where} (nproc, /proc/meminfo, df, uname; exit status {rc}): "
+            f"{err.decode(errors='replace').strip() or out.decode(errors='replace').strip()}"
+        )
+    return Offer(
+        provider="sky.SSH()",
+        name=f"host {target.host}",
+        vcpus=int(lines[0]),
+        memory_gb=round(int(lines[1]) * 1024 / 1e9, 1),
+        disk_gb=round(int(lines[2]) * 1024 / 1e9, 1),
+        architecture=_architecture(lines[3]),
+        on_demand_price=0.0,
+    )
+
+
+def _architecture(machine: str) -> str:
+    """``uname -m`` as ``Spec.architecture`` says it."""
+    machine = machine.lower()
+    return {"amd64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def this_machine(provider: str) -> Offer:
@@ -135,8 +201,7 @@ def this_machine(provider: str) -> Offer:
         vcpus = os.cpu_count() or 1
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     disk = shutil.disk_usage(tempfile.gettempdir()).free
-    machine = platform.machine().lower()
-    architecture = {"amd64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
+    architecture = _architecture(platform.machine())
     return Offer(
         provider=provider,
         name="this machine",

@@ -177,16 +177,27 @@ def test_an_ssh_host_that_does_not_answer_gives_way_to_local(
     ) in capfd.readouterr().err
 
 
-def test_ssh_hosts_cannot_promise_hardware_they_were_not_asked_about(tmp_path: Path) -> None:
+def test_ssh_hosts_that_cannot_be_measured_are_skipped_saying_why(
+    node_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    hosts = sky.SSH(hosts=["127.0.0.1"], key=str(key), ssh_config=None)
+    port = _closed_port()
+    hosts = sky.SSH(hosts=[f"127.0.0.1:{port}"], key=str(key), ssh_config=None)
     with (
         pytest.raises(sky.NoOfferError) as caught,
         sky.Compute(provider=hosts, memory_gb=16, options=sky.Options(console="silent")),
     ):
         pytest.fail("sky.SSH promised memory it never measured")
-    assert str(caught.value) == (
-        "nothing can satisfy the spec (sky.SSH()): memory_gb=16: sky.SSH() cannot tell its "
-        "machines' memory before they are up; drop memory_gb= for this provider"
+    assert str(caught.value).startswith(
+        "nothing can satisfy the spec (sky.SSH()): its hosts could not be measured: no SSH "
+        f"server answered at 127.0.0.1:{port}: "
+    )
+    local = sky.Spec(provider=sky.Local())
+    with sky.Compute(
+        sky.Spec(provider=hosts, vcpus=1), local, options=sky.Options(console="log")
+    ) as pool:
+        assert pool.spec == local
+    assert "skipped spec 1 of 2 (sky.SSH()): its hosts could not be measured" in (
+        capfd.readouterr().err
     )

@@ -411,6 +411,36 @@ def test_a_named_pool_from_skyward_toml_runs_on_the_hosts_it_names(
         ]
 
 
+def test_hardware_minimums_are_measured_on_each_host_before_anything_starts(
+    machines: Machines, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The two "machines" are this one: nproc, /proc/meminfo and uname say what it has.
+    cpus = len(os.sched_getaffinity(0))
+    arch = {"amd64": "x86_64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    too_many = sky.Spec(provider=machines.provider(), nodes=2, vcpus=cpus + 1)
+    fits = sky.Spec(
+        provider=machines.provider(),
+        nodes=2,
+        vcpus=cpus,
+        memory_gb=0.5,
+        disk_gb=1,
+        architecture=arch,  # type: ignore[arg-type]
+    )
+    options = sky.Options(console="log", selection="first")
+    with sky.Compute(too_many, fits, options=options) as pool:
+        assert pool.spec == fits
+        assert len(_home_and_greeting() @ pool) == 2
+    assert (
+        f"skipped spec 1 of 2 (sky.SSH()): vcpus={cpus + 1}: host {machines.a.addr} has "
+        f"{cpus} vCPUs; vcpus={cpus + 1}: host {machines.b.addr} has {cpus} vCPUs"
+    ) in capfd.readouterr().err
+    with (
+        pytest.raises(sky.NoOfferError, match=rf"memory_gb=100000: host {machines.a.addr} has"),
+        sky.Compute(provider=machines.provider(machines.a), memory_gb=100_000, options=QUIET),
+    ):
+        pytest.fail("a host was taken that has less memory than asked for")
+
+
 def test_teardown_leaves_no_process_and_no_work_directory(
     machines: Machines, processes: Processes
 ) -> None:

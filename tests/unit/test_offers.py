@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 import skyward_trio as st
-from skyward_trio._offers import Offer, choose, plan
+from skyward_trio._offers import Catalog, Offer, choose, plan
 
 LOCAL = st.Local()
 
@@ -181,3 +181,28 @@ def test_when_no_spec_can_be_satisfied_one_error_lists_each() -> None:
 def test_a_provider_with_no_offers_is_a_reason_too() -> None:
     with pytest.raises(st.NoOfferError, match=r"nothing can satisfy the spec \(sky.Local\(\)\): "):
         plan([spec()], [[]], "cheapest")
+
+
+def test_with_every_each_machine_must_meet_the_spec_and_the_dearest_is_the_price() -> None:
+    hosts = [
+        offer("host a", vcpus=16, spot_price=None, on_demand_price=0.0),
+        offer("host b", vcpus=4, spot_price=None, on_demand_price=0.5),
+    ]
+    met = choose(0, spec(vcpus=4), hosts, every=True)
+    assert not isinstance(met, str)
+    assert (met.offer.name, met.hourly_price) == ("host b", 0.5)
+    assert choose(0, spec(vcpus=8), hosts, every=True) == (
+        "the spec (sky.Local()): vcpus=8: host b has 4 vCPUs"
+    )
+    # Without every, one machine that fits is enough.
+    assert not isinstance(choose(0, spec(vcpus=8), hosts), str)
+
+
+def test_a_catalog_that_could_not_be_listed_skips_its_spec_with_the_error() -> None:
+    catalogs = [Catalog(error="its hosts could not be measured: no answer"), [offer()]]
+    choices, skipped = plan([spec(), spec()], catalogs, "first")
+    assert [c.index for c in choices] == [1]
+    assert skipped == ["spec 1 of 2 (sky.Local()): its hosts could not be measured: no answer"]
+    every = Catalog(offers=(offer("x", vcpus=2), offer("y", vcpus=64)), every=True)
+    with pytest.raises(st.NoOfferError, match="vcpus=8: x has 2 vCPUs"):
+        plan([spec(vcpus=8)], [every], "first")
