@@ -18,7 +18,7 @@ import attrs
 from ._errors import NoOfferError
 from ._model import SelectionStrategy, Spec
 
-__all__ = ["Catalog", "Choice", "Offer", "choose", "describe", "plan"]
+__all__ = ["Catalog", "Choice", "Offer", "asks_hardware", "choose", "describe", "plan"]
 
 
 @attrs.frozen(kw_only=True)
@@ -109,6 +109,12 @@ _MINIMUMS = (
     ("memory_gb", "memory", " GB"),
     ("disk_gb", "disk", " GB"),
 )
+
+
+def asks_hardware(spec: Spec) -> bool:
+    """Whether ``spec`` sets a hardware constraint (one an offer must know its value for)."""
+    minimums = (getattr(spec, field) for field, _, _ in _MINIMUMS)
+    return spec.architecture is not None or any(value is not None for value in minimums)
 
 
 def _unmet(offer: Offer, spec: Spec) -> str | None:

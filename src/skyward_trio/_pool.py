@@ -1707,8 +1707,8 @@ async def _open_first(
     offered = [
         await offers(
             spec.provider,
-            measure=_asks_hardware(spec),
-            count=max(spec.nodes.desired, spec.nodes.max or 0),
+            measure=_offers.asks_hardware(spec),
+            count=spec.nodes.ceiling,
         )
         for spec in specs
     ]
@@ -1728,12 +1728,6 @@ async def _open_first(
             if number == len(choices):
                 raise _all_failed(specs, choices, attempts, skipped) from exc
     raise AssertionError("plan() returns at least one choice")
-
-
-def _asks_hardware(spec: Spec) -> bool:
-    """Whether ``spec`` sets a minimum a ``sky.SSH`` host must be measured for."""
-    wanted = (spec.vcpus, spec.memory_gb, spec.disk_gb, spec.architecture)
-    return any(value is not None for value in wanted)
 
 
 def _all_failed(
@@ -1807,7 +1801,7 @@ def _check_image(spec: Spec) -> None:
             )
     if isinstance(spec.provider, SSH):
         hosts = len(spec.provider.hosts)
-        most = max(spec.nodes.desired, spec.nodes.max or 0)
+        most = spec.nodes.ceiling
         if most > hosts:
             raise ValueError(
                 f"nodes={most}: sky.SSH gives one node per host and has {hosts} host(s) "

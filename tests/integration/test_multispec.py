@@ -152,20 +152,23 @@ async def test_the_trio_face_falls_back_the_same_way(node_root: Path) -> None:
     assert fault.fired == 1
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
+@pytest.fixture
+def unanswered(tmp_path: Path) -> tuple[sky.SSH, int]:
+    """A ``sky.SSH`` host with a key to log in with, on a loopback port nothing listens on
+    (bound, then released), and that port."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        port = int(probe.getsockname()[1])
+    return sky.SSH(hosts=[f"127.0.0.1:{port}"], key=str(key), ssh_config=None), port
 
 
 def test_an_ssh_host_that_does_not_answer_gives_way_to_local(
-    node_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    node_root: Path, unanswered: tuple[sky.SSH, int], capfd: pytest.CaptureFixture[str]
 ) -> None:
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    port = _closed_port()
-    down = sky.Spec(provider=sky.SSH(hosts=[f"127.0.0.1:{port}"], key=str(key), ssh_config=None))
+    hosts, port = unanswered
+    down = sky.Spec(provider=hosts)
     local = sky.Spec(provider=sky.Local())
     options = sky.Options(console="log", max_provision_attempts=1, selection="first")
     with sky.Compute(down, local, options=options) as pool:
@@ -178,12 +181,9 @@ def test_an_ssh_host_that_does_not_answer_gives_way_to_local(
 
 
 def test_ssh_hosts_that_cannot_be_measured_are_skipped_saying_why(
-    node_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    node_root: Path, unanswered: tuple[sky.SSH, int], capfd: pytest.CaptureFixture[str]
 ) -> None:
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    port = _closed_port()
-    hosts = sky.SSH(hosts=[f"127.0.0.1:{port}"], key=str(key), ssh_config=None)
+    hosts, port = unanswered
     with (
         pytest.raises(sky.NoOfferError) as caught,
         sky.Compute(provider=hosts, memory_gb=16, options=sky.Options(console="silent")),

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 import skyward_trio as st
-from skyward_trio._offers import Catalog, Offer, choose, plan
+from skyward_trio._offers import Catalog, Offer, asks_hardware, choose, plan
 
 LOCAL = st.Local()
 
@@ -206,3 +206,14 @@ def test_a_catalog_that_could_not_be_listed_skips_its_spec_with_the_error() -> N
     every = Catalog(offers=(offer("x", vcpus=2), offer("y", vcpus=64)), every=True)
     with pytest.raises(st.NoOfferError, match="vcpus=8: x has 2 vCPUs"):
         plan([spec(vcpus=8)], [every], "first")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"vcpus": 2}, {"memory_gb": 4}, {"disk_gb": 10}, {"architecture": "arm64"}],
+)
+def test_a_hardware_minimum_is_what_asks_for_machines_to_be_measured(
+    fields: dict[str, object],
+) -> None:
+    assert asks_hardware(spec(**fields))
+    assert not asks_hardware(spec(region="us-east-1", max_hourly_cost=1, allocation="spot"))
