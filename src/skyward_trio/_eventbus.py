@@ -1,9 +1,11 @@
 """One pool's event stream: the supervisor emits, each ``pool.events()`` reader receives.
 
 Emitting never blocks and never waits for a reader. A reader first gets the pool's
-lifecycle so far (task, log and metric events are not kept), then every event as it happens. A
-reader that falls more than ``_BACKLOG`` events behind loses the oldest and is told so by
-an ``Error`` event, never silently.
+lifecycle so far (task and log events are not kept), then the latest ``Metric`` of each
+node's metrics (a memory total is sampled once a minute: a reader that came after it must
+not wait that long), then every event as it happens. A reader that falls more than
+``_BACKLOG`` events behind loses the oldest and is told so by an ``Error`` event, never
+silently.
 
 The consoles are listeners instead (``listen``): called as each event is emitted, so a
 function's output is shown before its call returns and no task wakes per event.
@@ -19,7 +21,17 @@ from typing import Final
 
 import trio
 
-from ._events import Error, Event, Log, Metric, TaskCompleted, TaskStarted, WorkSubmitted
+from ._events import (
+    Error,
+    Event,
+    InstanceDestroyed,
+    InstancePreempted,
+    Log,
+    Metric,
+    TaskCompleted,
+    TaskStarted,
+    WorkSubmitted,
+)
 
 __all__ = ["EventBus", "EventStream", "Listener"]
 
@@ -35,6 +47,8 @@ class EventBus:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self._lifecycle: list[Event] = []
+        # The latest sample of each metric of each node: (node, name, gpu) -> Metric.
+        self._metrics: dict[tuple[int, str, int | None], Metric] = {}
         self._readers: set[EventStream] = set()
         self._listeners: dict[Listener, bool] = {}  # -> whether it wants task events
         self._closed = False
@@ -53,6 +67,12 @@ class EventBus:
         kept = not isinstance(event, _NOT_KEPT)
         if kept:
             self._lifecycle.append(event)
+            if isinstance(event, InstancePreempted | InstanceDestroyed):
+                # What the node's machine measured is no longer the node's: a replacement
+                # under the same index samples its own.
+                self._metrics = {k: m for k, m in self._metrics.items() if k[0] != event.node}
+        elif isinstance(event, Metric):
+            self._metrics[(event.node, event.name, event.gpu)] = event
         for reader in self._readers:
             reader._push(event)
         for listener, tasks in self._listeners.items():
@@ -60,24 +80,29 @@ class EventBus:
                 listener(event)
 
     def listen(self, listener: Listener, *, tasks: bool = True) -> None:
-        """Call ``listener`` with the lifecycle so far, then with each event as it is emitted
-        (``TaskStarted``/``TaskCompleted`` only with ``tasks``).
+        """Call ``listener`` with the lifecycle so far (and, with ``tasks``, the latest
+        metrics), then with each event as it is emitted (``TaskStarted``/``TaskCompleted``
+        and ``Metric`` only with ``tasks``).
 
         It runs inside ``emit`` (from the transport's callbacks too), so it must be quick
         and must not block; it is dropped when the bus closes.
         """
-        for event in self._lifecycle:
+        for event in self._so_far() if tasks else self._lifecycle:
             listener(event)
         if not self._closed:
             self._listeners[listener] = tasks
 
     def subscribe(self) -> EventStream:
-        stream = EventStream(self, self._lifecycle)
+        stream = EventStream(self, self._so_far())
         if self._closed:
             stream._end()
         else:
             self._readers.add(stream)
         return stream
+
+    def _so_far(self) -> list[Event]:
+        """What a new reader gets first: the lifecycle, then each metric's latest sample."""
+        return [*self._lifecycle, *self._metrics.values()]
 
     def close(self) -> None:
         """The pool is gone: readers get what is queued, then the end of the stream."""

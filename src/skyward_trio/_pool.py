@@ -2716,9 +2716,7 @@ class _Supervisor:
         collector that stopped working."""
         for problem in problems:
             self._emit(Error, message=problem, node=node)
-        events = self.pool._events
-        if not events.heard:
-            return
+        events = self.pool._events  # built unheard too: a later reader gets the latest
         job_id = self.pool.job_id
         for name, value, unit, gpu, when in samples:
             events.emit(

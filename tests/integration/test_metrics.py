@@ -116,6 +116,34 @@ async def test_default_metrics_arrive_from_every_node_with_plausible_values() ->
     assert [c["kind"] for c in config["metrics"]][:3] == ["CPU", "Memory", "MemoryUsed"]
 
 
+async def test_a_reader_that_comes_later_gets_each_metrics_latest_sample_at_once() -> None:
+    # The memory total is sampled once a minute: a reader that subscribes after a sample
+    # gets it replayed, not a minute later.
+    image = st.Image(metrics=[metrics.MemoryTotal(), metrics.CPU(interval=0.5)])
+    async with st.Compute(provider=st.Local(), nodes=2, image=image, options=QUIET) as pool:
+        with trio.fail_after(30):  # a hang guard: a missing replay would wait out the minute
+            first = await _read_until(pool, lambda seen: _names(seen) == {"memory_total", "cpu"})
+            totals = {e.node: e for e in first if e.name == "memory_total"}
+            assert set(totals) == {0, 1}
+            later = await _read_until(
+                pool, lambda seen: {e.node for e in seen if e.name == "memory_total"} == {0, 1}
+            )
+    replayed = {e.node: e for e in later if e.name == "memory_total"}
+    assert replayed == totals  # the very samples the first reader saw, not new ones
+
+
+async def _read_until(pool: st.Pool, enough: Callable[[list[Any]], bool]) -> list[Any]:
+    """Read a new ``pool.events()`` until the ``Metric`` events seen are ``enough``."""
+    seen: list[Any] = []
+    async with pool.events() as stream:
+        async for event in stream:
+            if isinstance(event, st.Metric):
+                seen.append(event)
+                if enough(seen):
+                    return seen
+    raise AssertionError(f"the pool closed first; metrics seen: {seen}")
+
+
 def _this_machines_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
