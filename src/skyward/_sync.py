@@ -43,6 +43,52 @@ from ._portal import Job, Portal, get_portal
 __all__ = ["Compute", "Pool"]
 
 
+class EventIterator(Iterator[Event]):
+    """``pool.events()`` in the sync face: a subscription made at once, read by blocking.
+
+    Events queue from the moment it is made (a reader thread may start later); ``close()``
+    or leaving its ``with`` block stops the queueing, and so does losing the last
+    reference to it.
+    """
+
+    def __init__(self, portal: Portal, stream: skyward_trio.EventStream) -> None:
+        self._portal = portal
+        self._stream = stream
+        self._closed = False
+
+    def __iter__(self) -> EventIterator:
+        return self
+
+    def __next__(self) -> Event:
+        if self._closed:
+            raise StopIteration
+        try:
+            return self._portal.call(self._stream.__anext__)  # type: ignore[no-any-return]
+        except StopAsyncIteration:
+            self._closed = True  # the pool closed: the bus has let the stream go
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop reading: the pool stops queueing events for this iterator."""
+        if not self._closed:
+            self._closed = True
+            self._portal.call(self._stream.aclose)
+
+    def __enter__(self) -> EventIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Possibly on the trio thread itself (garbage collection runs anywhere): hand the
+        # detaching to the loop rather than wait for it; a loop that is gone detached all.
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._portal.run_sync_soon(self._stream.detach)
+
+
 class Pool:
     """A running pool (sync face). Get one from ``with sky.Compute(...) as pool``."""
 
@@ -131,17 +177,19 @@ class Pool:
         """How many nodes are ready right now (nodes being scaled down do not count)."""
         return self._core.current_nodes()
 
-    def events(self) -> Iterator[Event]:
+    def events(self) -> EventIterator:
         """The pool's events, in order: its lifecycle so far, then each as it happens.
 
-        A generator that blocks for the next event and ends when the pool closes (after
-        ``ClusterDestroyed``); read it in another thread while this one uses the pool.
+        Subscribed when called, so nothing that happens after this call is missed however
+        late the first ``next()`` comes. An iterator that blocks for the next event and
+        ends when the pool closes (after ``ClusterDestroyed``); read it in another thread
+        while this one uses the pool. ``close()`` (or a ``with`` block) stops reading.
         """
 
         async def subscribe() -> skyward_trio.EventStream:
             return self._core.events()
 
-        return self._iterate(subscribe)
+        return EventIterator(self._portal, self._portal.call(subscribe))
 
     def resize(self, nodes: int | Nodes) -> None:
         """Change the pool's target now; nodes start or leave in the background.

@@ -155,6 +155,10 @@ class EventStream:
 
     async def aclose(self) -> None:
         """Stop reading; the pool stops queueing events for this reader."""
+        self.detach()
+
+    def detach(self) -> None:
+        """``aclose`` without awaiting: for the pool's own trio thread only."""
         self._bus._readers.discard(self)
         self._end()
         self._queue.clear()

@@ -148,3 +148,31 @@ def test_a_reader_that_stops_early_detaches() -> None:
         stream.close()
         assert not pool._core._events.watched
         assert _shout("x") >> pool == "x"
+
+
+def test_the_sync_iterator_subscribes_when_made_not_when_first_read() -> None:
+    with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
+        with pool.events() as stream:
+            assert pool._core._events.watched  # before any next()
+            assert _shout("early") >> pool == "early"
+            seen: list[Any] = []
+            for event in stream:  # read only now, after the call returned
+                seen.append(event)
+                if isinstance(event, sky.TaskCompleted):
+                    break
+        assert not pool._core._events.watched
+    kinds = _kinds(seen)
+    assert kinds.index("ClusterReady") < kinds.index("TaskStarted") < kinds.index("TaskCompleted")
+    assert any(isinstance(e, sky.Log) and e.text == "early\n" for e in seen)
+
+
+def test_a_sync_iterator_dropped_unread_stops_queueing() -> None:
+    with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
+        stream = pool.events()
+        assert pool._core._events.watched
+        del stream  # never read, never closed
+        # The loop detaches it soon after (the collector hands it over, never waits).
+        deadline = time.monotonic() + 10
+        while pool._core._events.watched and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not pool._core._events.watched

@@ -8,8 +8,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from waiting import wait_until
-
 import skyward as sky
 from skyward_trio import _logging
 
@@ -32,10 +30,9 @@ def test_the_log_file_has_the_pool_its_output_and_no_secret(tmp_path: Path) -> N
     image = sky.Image(env={"HF_TOKEN": FAKE_TOKEN})
     seen: list[Any] = []
     with sky.Compute(provider=sky.Local(), nodes=2, image=image, options=options) as pool:
-        reader = threading.Thread(target=lambda: seen.extend(pool.events()), daemon=True)
+        stream = pool.events()  # subscribed here: the task's output comes after
+        reader = threading.Thread(target=lambda: seen.extend(stream), daemon=True)
         reader.start()
-        # Subscribed once the history replays: the task's output comes after that.
-        wait_until(lambda: seen, "the event reader to subscribe", timeout=30, every=0.02)
         assert _chatty() >> pool == len(FAKE_TOKEN)  # the node does get the real value
         secret = pool._core._supervisor.secret
     reader.join(timeout=30)
