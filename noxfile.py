@@ -17,11 +17,18 @@ for _version in PYTHONS:
         os.environ["PATH"] = _bin + os.pathsep + os.environ["PATH"]
 
 
+# Two pytest workers (these machines have two cores; the suite spends about a third of its
+# time waiting on SSH, sleeps and subprocesses), each taking whole files: a file's tests
+# share its module fixtures, and test_ssh.py's apt tests take the real dpkg lock in turn.
+# `nox -s tests-3.11 -- -n 0` runs in one process.
+PARALLEL = ("-n", "2", "--dist", "loadfile")
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite (real Local nodes over real SSH)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *PARALLEL, *session.posargs)
 
 
 LINTED = ("src", "tests", "examples", "bench", "scripts", "noxfile.py")
