@@ -1651,8 +1651,7 @@ class Compute:
     ) -> None:
         resolved, defaulted = resolve_compute_args(specs, name, kwargs)
         if name is not None:
-            spec, options, defaulted = config.named(name, options)
-            resolved = (spec,)
+            resolved, options, defaulted = config.named(name, options)
         if options is None:
             options = Options()
         if not isinstance(options, Options):

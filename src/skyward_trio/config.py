@@ -18,7 +18,10 @@ Two files are read: ``./skyward.toml`` (the project: the working directory when 
 loaded) over ``~/.skyward/defaults.toml`` (global). The project wins key by key: tables
 merge recursively, arrays and scalars are replaced whole. Either file may be missing.
 
-:func:`validate` reads both and returns every pool as a ready :class:`~skyward_trio.Spec`
+A pool may list specs to fall back on, ``[[pools.NAME.specs]]`` tables of the Spec
+fields that differ; the pool's own Spec fields are what they share.
+
+:func:`validate` reads both and returns every pool with its :class:`~skyward_trio.Spec` list
 and :class:`~skyward_trio.Options`, or raises :class:`~skyward_trio.ConfigError` listing
 every problem as ``<file>: <key path>: <what is wrong>``. ``python -m skyward_trio.config
 validate`` prints the same.
@@ -101,7 +104,8 @@ class NamedPool:
 
     Attributes:
         name: The pool's name.
-        spec: What to provision.
+        specs: What to provision: one spec, or one per ``[[pools.NAME.specs]]`` table (each
+            over the pool's own Spec fields), tried as ``Options.selection`` says.
         options: The pool's ``Options``, or None when the table sets no ``Options`` field
             (``Compute(name=..., options=...)`` is allowed only then).
         provider_defaulted: Whether the table names no provider, so ``Local`` is used.
@@ -109,7 +113,7 @@ class NamedPool:
     """
 
     name: str
-    spec: Spec
+    specs: tuple[Spec, ...]
     options: Options | None
     provider_defaulted: bool
     files: tuple[str, ...]
@@ -206,12 +210,12 @@ def validate(
     return config
 
 
-def named(name: object, options: Options | None) -> tuple[Spec, Options, bool]:
+def named(name: object, options: Options | None) -> tuple[tuple[Spec, ...], Options, bool]:
     """What ``Compute(name=name, options=options)`` provisions, from the configuration.
 
     Returns:
-        The spec, the options (the pool's, else ``options``, else the defaults) and whether
-        the provider was defaulted to ``Local``.
+        The specs (several with ``[[pools.NAME.specs]]``), the options (the pool's, else
+        ``options``, else the defaults) and whether the provider was defaulted to ``Local``.
 
     Raises:
         TypeError: ``name`` is not a str, or ``options`` is given for a pool that sets
@@ -237,7 +241,7 @@ def named(name: object, options: Options | None) -> tuple[Spec, Options, bool]:
             "two would silently win. Set every option in the file, or none there and all "
             "in options=."
         )
-    return pool.spec, pool.options or options or Options(), pool.provider_defaulted
+    return pool.specs, pool.options or options or Options(), pool.provider_defaulted
 
 
 # --- reading and merging ------------------------------------------------------------------------
@@ -560,23 +564,14 @@ class _Reader:
             return None
         elsewhere = {field.name: f"[{_dotted((*at, 'image'))}]" for field in attrs.fields(Image)}
         elsewhere |= {field.name: f"[{_dotted((*at, 'worker'))}]" for field in attrs.fields(Worker)}
-        ok = self.keys(at, table, (*_SPEC_FIELDS, *_OPTIONS_FIELDS), elsewhere=elsewhere)
-        convert: dict[str, _Convert] = {
-            "provider": lambda at, v: self.provider_ref(at, v, providers),
-            "accelerator": self.accelerator,
-            "nodes": self.nodes,
-            "image": self.image,
-            "volumes": self.array(self.volume, 'volumes = [{ bucket = "data", mount = "/data" }]'),
-            "plugins": self.not_built("plugins are"),
-            "worker": self.sub(Worker, "Worker fields (concurrency, executor, ...)"),
-            "logging": self.logging,
-            "health_checker": self.health_checker,
-        }
+        allowed = (*_SPEC_FIELDS, *_OPTIONS_FIELDS, "specs")
+        ok = self.keys(at, table, allowed, elsewhere=elsewhere)
+        convert = self._pool_converters(providers)
         spec_kwargs: dict[str, Any] = {}
         options_kwargs: dict[str, Any] = {}
         for key, item in table.items():
             hook = convert.get(key)
-            built = item if hook is None else hook((*at, key), item)
+            built = item if key == "specs" or hook is None else hook((*at, key), item)
             if built is _FAILED:
                 ok = False
             elif key in _SPEC_FIELDS:
@@ -587,20 +582,87 @@ class _Reader:
         if options_kwargs:
             options = self.build(at, Options, options_kwargs)
             ok = ok and options is not _FAILED
-        defaulted = "provider" not in table
-        # Local stands in for a provider that failed (ok is False then), so that the other
-        # Spec fields are still checked and reported in the same pass.
-        spec_kwargs.setdefault("provider", Local())
-        spec = self.build(at, Spec, spec_kwargs)
-        if spec is _FAILED or not ok:
+        # Each [[pools.NAME.specs]] table over the pool's own Spec fields, key by key.
+        alternatives: list[dict[str, Any]] = [{}]
+        if "specs" in table:
+            found = self.alternatives(at, table["specs"], convert)
+            if found is None:
+                return None
+            alternatives, specs_ok = found
+            ok = ok and specs_ok
+        specs: list[Spec] = []
+        for index, own in enumerate(alternatives):
+            kwargs = spec_kwargs | own
+            # Local stands in for a provider that failed (ok is False then), so that the
+            # other Spec fields are still checked and reported in the same pass.
+            kwargs.setdefault("provider", Local())
+            where = at if "specs" not in table else (*at, "specs", index)
+            spec = self.build(where, Spec, kwargs)
+            if spec is _FAILED:
+                ok = False
+            specs.append(spec)
+        if not ok:
             return None
+        defaulted = "provider" not in table and not any("provider" in a for a in alternatives)
         return NamedPool(
             name=name,
-            spec=spec,
+            specs=tuple(specs),
             options=options,
             provider_defaulted=defaulted,
             files=self.files(at),
         )
+
+    def alternatives(
+        self, at: _Key, value: object, convert: Mapping[str, _Convert]
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        """The converted Spec fields of each ``[[pools.NAME.specs]]`` table, in order, and
+        whether all of them converted; None when ``specs`` is not an array of tables."""
+        here = (*at, "specs")
+        example = (
+            f"[[{_dotted(here)}]] tables, each with the Spec fields that differ "
+            '(provider = "aws", accelerator = "A100", ...)'
+        )
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            self.problem(here, f"expected {example}, got {_toml_type(value)}")
+            return None
+        if not value:
+            self.problem(here, f"expected at least one spec: {example}; or drop the key")
+            return None
+        pool_level = f"[{_dotted(at)}]: Options are the pool's, not a spec's"
+        elsewhere = dict.fromkeys(_OPTIONS_FIELDS, pool_level)
+        ok = True
+        found: list[dict[str, Any]] = []
+        for index, item in enumerate(value):
+            where = (*here, index)
+            image_fields = {f.name: f"[{_dotted((*where, 'image'))}]" for f in attrs.fields(Image)}
+            ok = self.keys(where, item, _SPEC_FIELDS, elsewhere=elsewhere | image_fields) and ok
+            own: dict[str, Any] = {}
+            for key, field_value in item.items():
+                if key not in _SPEC_FIELDS:
+                    continue
+                hook = convert.get(key)
+                built = field_value if hook is None else hook((*where, key), field_value)
+                if built is _FAILED:
+                    ok = False
+                else:
+                    own[key] = built
+            found.append(own)
+        return found, ok
+
+    def _pool_converters(
+        self, providers: Mapping[str, ProviderConfig | None]
+    ) -> dict[str, _Convert]:
+        return {
+            "provider": lambda at, v: self.provider_ref(at, v, providers),
+            "accelerator": self.accelerator,
+            "nodes": self.nodes,
+            "image": self.image,
+            "volumes": self.array(self.volume, 'volumes = [{ bucket = "data", mount = "/data" }]'),
+            "plugins": self.not_built("plugins are"),
+            "worker": self.sub(Worker, "Worker fields (concurrency, executor, ...)"),
+            "logging": self.logging,
+            "health_checker": self.health_checker,
+        }
 
     def provider_ref(
         self, at: _Key, value: object, providers: Mapping[str, ProviderConfig | None]

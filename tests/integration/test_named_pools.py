@@ -8,6 +8,8 @@ what runs is the merge of both.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -80,3 +82,40 @@ def test_a_broken_file_fails_at_the_with_line(project: Path) -> None:
         sky.Compute(name="pair"),
     ):
         pytest.fail("the pool must not open")
+
+
+def test_a_named_pools_specs_fall_back_in_order(project: Path, tmp_path: Path) -> None:
+    # The first spec's only host is a loopback port nothing listens on: the pool comes up
+    # on the next spec, as it does with several Specs in Python.
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    (project / "skyward.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [providers.down]
+            type = "ssh"
+            hosts = ["127.0.0.1:{port}"]
+            key = "{key}"
+            ssh_config = false
+
+            [pools.pair]
+            console = "silent"
+            max_provision_attempts = 1
+            selection = "first"
+
+            [[pools.pair.specs]]
+            provider = "down"
+            nodes = 1
+
+            [[pools.pair.specs]]
+            provider = "here"
+            """
+        )
+    )
+    with sky.Compute(name="pair") as pool:
+        assert pool.spec.provider == sky.Local()
+        assert pool.spec.nodes == sky.Nodes(desired=2)  # the global file's, under the spec
+        assert greeting() @ pool == [(i, "from the global file", "global") for i in (0, 1)]

@@ -105,10 +105,10 @@ def test_the_project_wins_key_by_key_tables_merge_and_arrays_are_replaced(projec
         """,
     )
     train = loaded.pools["train"]
-    assert train.spec.nodes == sky.Nodes(desired=2)  # scalar: the project's
-    assert train.spec.ttl == 60  # kept from the global file
-    assert train.spec.image.pip == ("numpy",)  # array: replaced whole
-    assert dict(train.spec.image.env) == {"A": "global", "B": "project"}  # table: merged
+    assert train.specs[0].nodes == sky.Nodes(desired=2)  # scalar: the project's
+    assert train.specs[0].ttl == 60  # kept from the global file
+    assert train.specs[0].image.pip == ("numpy",)  # array: replaced whole
+    assert dict(train.specs[0].image.env) == {"A": "global", "B": "project"}  # table: merged
     assert sorted(loaded.pools) == ["other", "train"]
     assert train.files == (str(project.parent.parent / "home" / "defaults.toml"), str(project))
 
@@ -164,7 +164,7 @@ def test_unknown_keys_are_errors_with_a_suggestion(project: Path) -> None:
         "in [pools.train.worker]",
         f"{project}: pools.train.pip: unknown key 'pip' here: it belongs in [pools.train.image]",
         f"{project}: pools.train.zzz: unknown key 'zzz'; valid keys: "
-        + ", ".join((*config._SPEC_FIELDS, *config._OPTIONS_FIELDS)),
+        + ", ".join((*config._SPEC_FIELDS, *config._OPTIONS_FIELDS, "specs")),
         f"{project}: pools.train.image.pipp: unknown key 'pipp'; did you mean 'pip'?",
         f"{project}: pools.train.worker.concurency: unknown key 'concurency'; "
         "did you mean 'concurrency'?",
@@ -268,7 +268,7 @@ def test_problems_of_many_pools_and_providers_come_in_one_error(project: Path) -
     ],
 )
 def test_the_three_node_forms(project: Path, toml: str, nodes: sky.Nodes) -> None:
-    assert load(project, f"[pools.p]\nnodes = {toml}\n").pools["p"].spec.nodes == nodes
+    assert load(project, f"[pools.p]\nnodes = {toml}\n").pools["p"].specs[0].nodes == nodes
 
 
 @pytest.mark.parametrize(
@@ -319,10 +319,10 @@ def test_providers_are_built_and_named_by_pools(project: Path) -> None:
         user="bob",
         ssh_config=None,
     )
-    assert loaded.pools["train"].spec.provider is lab
-    assert loaded.pools["here"].spec.provider == sky.Local()
+    assert loaded.pools["train"].specs[0].provider is lab
+    assert loaded.pools["here"].specs[0].provider == sky.Local()
     assert not loaded.pools["here"].provider_defaulted
-    assert loaded.pools["default"].spec.provider == sky.Local()
+    assert loaded.pools["default"].specs[0].provider == sky.Local()
     assert loaded.pools["default"].provider_defaulted
 
 
@@ -347,8 +347,8 @@ def test_container_providers_are_built_from_a_table_or_the_bare_type(project: Pa
     box = sky.Container(
         image="localhost/node:py{python_version}", binary="podman", ssh_user="alice"
     )
-    assert loaded.pools["boxed"].spec.provider == box
-    assert loaded.pools["plain"].spec.provider == sky.Container()
+    assert loaded.pools["boxed"].specs[0].provider == box
+    assert loaded.pools["plain"].specs[0].provider == sky.Container()
     bad = problems(project, '[providers.box]\ntype = "container"\nbinary = "podman -v"\n')
     assert [line.split(": ")[:2] for line in bad] == [[str(project), "providers.box.binary"]]
 
@@ -446,7 +446,7 @@ def test_provider_table_errors(project: Path) -> None:
 def test_accelerator_strings_and_tables(
     project: Path, toml: str, expected: accelerators.Accelerator
 ) -> None:
-    assert load(project, f"[pools.p]\naccelerator = {toml}\n").pools["p"].spec.accelerator == (
+    assert load(project, f"[pools.p]\naccelerator = {toml}\n").pools["p"].specs[0].accelerator == (
         expected
     )
 
@@ -508,17 +508,17 @@ def test_a_pool_holds_a_spec_and_its_options(project: Path) -> None:
         """,
     )  # fmt: skip
     train = loaded.pools["train"]
-    assert train.spec.nodes == sky.Nodes(desired=1, max=3)
-    assert (train.spec.region, train.spec.ttl) == ("eu", 0)
-    assert train.spec.image.pip_indexes == (
+    assert train.specs[0].nodes == sky.Nodes(desired=1, max=3)
+    assert (train.specs[0].region, train.specs[0].ttl) == ("eu", 0)
+    assert train.specs[0].image.pip_indexes == (
         sky.PipIndex(url="https://download.pytorch.org/whl/cu121", packages=["torch"]),
     )
-    assert train.spec.image.metrics == (
+    assert train.specs[0].image.metrics == (
         sky_metrics.Default(),
         sky_metrics.CPU(interval=1),
         sky_metrics.Custom("q", "echo 1"),
     )
-    assert train.spec.volumes == (sky.Volume(bucket="data", mount="/data", read_only=False),)
+    assert train.specs[0].volumes == (sky.Volume(bucket="data", mount="/data", read_only=False),)
     assert train.options == sky.Options(
         console="silent",
         retry_on_interruption=5,
@@ -527,7 +527,7 @@ def test_a_pool_holds_a_spec_and_its_options(project: Path) -> None:
     )
     assert loaded.pools["plain"].options is None  # no Options field set: options= is free
     quiet = loaded.pools["quiet"]
-    assert quiet.spec.image.metrics is None
+    assert quiet.specs[0].image.metrics is None
     assert quiet.options == sky.Options(logging=False)
     home = project.parent.parent / "home" / "defaults.toml"
     assert loaded.summary() == f"OK: {home}, {project}: 3 pools (train, plain, quiet), 0 providers"
@@ -539,9 +539,101 @@ def test_relative_includes_are_relative_to_their_files_folder(project: Path) -> 
         '[pools.a]\nimage.includes = ["src", "/abs/lib"]\n',
         defaults='[pools.b]\nimage.includes = ["shared"]\n',
     )
-    assert loaded.pools["a"].spec.image.includes == (str(project.parent / "src"), "/abs/lib")
+    assert loaded.pools["a"].specs[0].image.includes == (str(project.parent / "src"), "/abs/lib")
     home = project.parent.parent / "home"
-    assert loaded.pools["b"].spec.image.includes == (str(home / "shared"),)
+    assert loaded.pools["b"].specs[0].image.includes == (str(home / "shared"),)
+
+
+def test_specs_tables_are_tried_in_order_each_over_the_pools_own_fields(project: Path) -> None:
+    loaded = load(
+        project,
+        """
+        [providers.lab]
+        type = "ssh"
+        hosts = ["gpu1", "gpu2"]
+
+        [pools.train]
+        nodes = 2
+        ttl = 30
+        image = { pip = ["numpy"] }
+        selection = "cheapest"
+
+        [[pools.train.specs]]
+        provider = "lab"
+        vcpus = 8
+
+        [[pools.train.specs]]
+        nodes = 1
+        image = { env = { A = "1" } }
+        """,
+    )
+    train = loaded.pools["train"]
+    lab = loaded.providers["lab"]
+    image = sky.Image(pip=["numpy"])
+    assert train.specs == (
+        sky.Spec(provider=lab, nodes=2, ttl=30, image=image, vcpus=8),
+        # A key a spec sets replaces the pool's whole (image too); the rest is the pool's.
+        sky.Spec(provider=sky.Local(), nodes=1, ttl=30, image=sky.Image(env={"A": "1"})),
+    )
+    assert train.options == sky.Options(selection="cheapest")
+    assert not train.provider_defaulted  # one of them names its provider
+    both = load(project, "[pools.p]\n[[pools.p.specs]]\nnodes = 1\n[[pools.p.specs]]\nttl = 0\n")
+    assert both.pools["p"].provider_defaulted
+
+
+def test_the_projects_specs_replace_the_global_ones_whole(project: Path) -> None:
+    loaded = load(
+        project,
+        "[pools.train]\n[[pools.train.specs]]\nnodes = 3\n",
+        defaults="[pools.train]\nttl = 5\n[[pools.train.specs]]\nnodes = 1\n"
+        "[[pools.train.specs]]\nnodes = 2\n",
+    )
+    assert loaded.pools["train"].specs == (sky.Spec(provider=sky.Local(), nodes=3, ttl=5),)
+
+
+def test_specs_errors_name_the_spec_and_key(project: Path) -> None:
+    found = problems(
+        project,
+        """
+        [pools.train]
+        nodes = 2
+
+        [[pools.train.specs]]
+        nodes = 0
+        console = "log"
+        pip = ["torch"]
+
+        [[pools.train.specs]]
+        provider = "nowhere"
+        accelerator = "A1000"
+
+        [pools.flat]
+        specs = ["aws"]
+
+        [pools.empty]
+        specs = []
+        """,
+    )
+    p = str(project)
+    assert found[:5] == [
+        f"{p}: pools.train.specs[0].console: unknown key 'console' here: it belongs in "
+        "[pools.train]: Options are the pool's, not a spec's",
+        f"{p}: pools.train.specs[0].pip: unknown key 'pip' here: it belongs in "
+        "[pools.train.specs[0].image]",
+        f"{p}: pools.train.specs[0].nodes: a node count must be >= 1, got 0; "
+        + config._NODES_FORMS,
+        found[3],  # the unknown provider, with the names defined (tested above)
+        found[4],  # the unknown accelerator, with close names (tested above)
+    ]
+    assert found[3].startswith(f"{p}: pools.train.specs[1].provider: no provider 'nowhere'")
+    assert found[4].startswith(f"{p}: pools.train.specs[1].accelerator: ")
+    assert found[5:] == [
+        f"{p}: pools.flat.specs: expected [[pools.flat.specs]] tables, each with the Spec "
+        'fields that differ (provider = "aws", accelerator = "A100", ...), got an array',
+        f"{p}: pools.empty.specs: expected at least one spec: [[pools.empty.specs]] tables, "
+        'each with the Spec fields that differ (provider = "aws", accelerator = "A100", ...); '
+        "or drop the key",
+    ]
 
 
 def test_a_missing_pool_lists_the_defined_pools_and_files(project: Path) -> None:
@@ -574,6 +666,17 @@ def test_compute_name_loads_the_pool_before_provisioning(in_project: Path, face:
     assert core.specs == (sky.Spec(provider=sky.Local(), nodes=3),)
     assert core.options == sky.Options(console="log")
     assert core.defaulted_to_local
+    write(
+        in_project,
+        "[pools.train]\nnodes = 3\n[[pools.train.specs]]\nttl = 1\n[[pools.train.specs]]\n"
+        "[pools.free]\nnodes = 2\n",
+    )
+    several = face(name="train")
+    several = getattr(several, "_core", several)
+    assert several.specs == (
+        sky.Spec(provider=sky.Local(), nodes=3, ttl=1),
+        sky.Spec(provider=sky.Local(), nodes=3),
+    )
     free = face(name="free", options=sky.Options(console="silent"))
     free = getattr(free, "_core", free)
     assert free.options == sky.Options(console="silent")
