@@ -122,7 +122,10 @@ async def test_a_reader_that_comes_later_gets_each_metrics_latest_sample_at_once
     image = st.Image(metrics=[metrics.MemoryTotal(), metrics.CPU(interval=0.5)])
     async with st.Compute(provider=st.Local(), nodes=2, image=image, options=QUIET) as pool:
         with trio.fail_after(30):  # a hang guard: a missing replay would wait out the minute
-            first = await _read_until(pool, lambda seen: _names(seen) == {"memory_total", "cpu"})
+            first = await _read_until(
+                pool,
+                lambda seen: all(_names(seen, node) == {"memory_total", "cpu"} for node in (0, 1)),
+            )
             totals = {e.node: e for e in first if e.name == "memory_total"}
             assert set(totals) == {0, 1}
             later = await _read_until(
