@@ -19,9 +19,10 @@ enforces it):
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_source``
    (where remote nodes get Skyward), ``_localnode`` (a Local node's SSH server process),
    ``_connection``, ``_storelink`` (the client's link to the store)
-5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_pool``
-   (``Compute``, ``Pool``, scheduler); ``_health`` (health checks); ``testing`` (the fault
-   kit); ``_eventbus`` (events); ``_console`` (the consoles)
+5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_pool`` (``Pool``,
+   scheduler); ``_supervisor`` (brings nodes up, replaces lost ones, tears down);
+   ``_compute`` (``Compute``: opens and closes a pool); ``_health`` (health checks);
+   ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
@@ -96,8 +97,9 @@ from .containers import DockerImage
 
 if TYPE_CHECKING:
     from . import config
+    from ._compute import Compute
     from ._eventbus import EventStream
-    from ._pool import CancelledCallError, Compute, Future, ItemStream, Pool, ResultStream
+    from ._pool import CancelledCallError, Future, ItemStream, Pool, ResultStream
     from ._procpool import ChildDied
 
 __all__ = [
@@ -187,7 +189,8 @@ __all__ = [
     "time",
 ]
 
-_LAZY = {"CancelledCallError", "Compute", "Future", "ItemStream", "Pool", "ResultStream"}
+_LAZY = {"CancelledCallError", "Future", "ItemStream", "Pool", "ResultStream"}
+_LAZY_COMPUTE = {"Compute"}
 _LAZY_EVENTS = {"EventStream"}
 
 
@@ -203,6 +206,10 @@ def __getattr__(name: str) -> Any:
         from . import _pool
 
         return getattr(_pool, name)
+    if name in _LAZY_COMPUTE:
+        from . import _compute
+
+        return getattr(_compute, name)
     if name in _LAZY_EVENTS:
         from . import _eventbus
 

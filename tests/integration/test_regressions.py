@@ -80,7 +80,7 @@ SITECUSTOMIZE = textwrap.dedent(
 async def test_min_nodes_pool_starts_when_another_nodes_bootstrap_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # "Nodes(desired=4, min=2) ... usable at 2" (guide). _Supervisor.start raised the first
+    # "Nodes(desired=4, min=2) ... usable at 2" (guide). Supervisor.start raised the first
     # node failure while fewer than `min` nodes were ready, even though enough nodes were
     # still coming.
     site = tmp_path / "site"
@@ -304,7 +304,7 @@ FAIL_NODE_1_ON_SIGNAL = textwrap.dedent(
 def test_a_call_pinned_to_a_node_that_failed_to_start_does_not_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A node whose start fails after the pool is ready (_Supervisor._node's except branch)
+    # A node whose start fails after the pool is ready (Supervisor._node's except branch)
     # lowers _live but is not put in Pool._gone, so waiters pinned to it are never woken and
     # new calls pinned to it queue forever.
     site = tmp_path / "site"

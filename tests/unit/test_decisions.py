@@ -19,7 +19,8 @@ from skyward_trio._bootstrap import (
     worker_bootstrap,
 )
 from skyward_trio._model import Options
-from skyward_trio._pool import RECONNECT_WINDOW, _batch_size, reconnect_window
+from skyward_trio._pool import _batch_size
+from skyward_trio._supervisor import RECONNECT_WINDOW, reconnect_window
 
 
 def test_first_batch_is_one_item() -> None:

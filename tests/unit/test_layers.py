@@ -55,6 +55,8 @@ LAYERS = {
     "config": 5,
     "_health": 5,
     "_pool": 5,
+    "_supervisor": 5,
+    "_compute": 5,
     "testing": 5,
     "_eventbus": 5,
     "_console": 5,

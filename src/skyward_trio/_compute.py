@@ -1,0 +1,363 @@
+"""``Compute``: open a pool for an ``async with`` block and tear it down after.
+
+Structure (every task lives in a nursery owned by the ``async with`` that made the pool)::
+
+    Compute.__aenter__ -> pool nursery
+        ├── one supervisor per node: provision -> SSH -> bootstrap -> worker -> serve
+        └── work nursery: tasks started by run_async / streaming gather
+    Compute.__aexit__  -> cancel work, stop workers, terminate every instance (shielded,
+                          bounded, loud), then close the nursery
+
+Before anything is provisioned, the specs are checked and their offers ranked; the pool
+comes up on the first spec that can (``Options.selection``), with its log file and console.
+It is the entry point on top of ``_pool`` and ``_supervisor``, kept apart so that neither
+of them imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from . import _console, _health, _logging, _offers, _serial, _transport, config
+from ._bootstrap import requirement_name
+from ._container import check_container
+from ._errors import ProvisionError
+from ._events import (
+    ClusterRequested,
+    Error,
+    Event,
+    InstancePreempted,
+    Log,
+    Metric,
+    TaskCompleted,
+    TaskStarted,
+)
+from ._function import active_pool
+from ._model import (
+    SSH,
+    Container,
+    Local,
+    LogConfig,
+    Options,
+    ProviderConfig,
+    Spec,
+    resolve_compute_args,
+)
+from ._pool import Pool
+from ._providers import offers, open_cluster, ssh_targets
+from ._source import check_source
+from ._supervisor import Supervisor
+from ._version import PYTHON_VERSION
+
+__all__ = ["Compute"]
+
+
+class Compute:
+    """Provision a pool for the ``async with`` block and tear it down after.
+
+    ``Compute(provider=..., nodes=..., ...)`` (flat ``Spec`` fields), ``Compute(spec, ...)``
+    (one or more ``Spec``), or ``Compute(name="...")`` (a ``[pools.NAME]`` table of
+    ``skyward.toml``, read here: see ``skyward_trio.config``). With no provider, ``Local``
+    is used. Teardown on exit (normal, error or cancellation) terminates every instance it created.
+    """
+
+    def __init__(
+        self, *specs: Spec, name: str | None = None, options: Options | None = None, **kwargs: Any
+    ) -> None:
+        resolved, defaulted = resolve_compute_args(specs, name, kwargs)
+        if name is not None:
+            resolved, options, defaulted = config.named(name, options)
+        if options is None:
+            options = Options()
+        if not isinstance(options, Options):
+            raise TypeError(f"options must be a sky.Options(...), got {type(options).__qualname__}")
+        self.specs = resolved
+        self.options = options
+        self.defaulted_to_local = defaulted
+        _check_supported(resolved, options)
+        checker = options.health_checker
+        self._probe = _health.probe_payload(checker) if checker is not None else None
+        self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
+        self._token: Any = None
+
+    async def __aenter__(self) -> Pool:
+        if self._cm is not None:
+            raise RuntimeError(
+                "this Compute is already open; one Compute makes one pool at a time "
+                "(create another skyward_trio.Compute(...) for a second pool)"
+            )
+        self._cm, pool = await _open_first(
+            self.specs, self.options, self.defaulted_to_local, self._probe
+        )
+        self._token = active_pool.set(pool)
+        return pool
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._cm is not None
+        cm, self._cm = self._cm, None
+        active_pool.reset(self._token)
+        return await cm.__aexit__(*exc_info)
+
+
+#: A spec whose pool failed in these phases is given up for the next one: its provider
+#: had no machine for it, or the machine never answered. A failure to build the
+#: environment (bootstrap) is raised at once: the next spec would most likely fail alike.
+_FALLBACK_PHASES = ("provision", "ssh")
+
+
+async def _open_first(
+    specs: Sequence[Spec], options: Options, defaulted: bool, probe: _serial.Payload | None
+) -> tuple[contextlib.AbstractAsyncContextManager[Pool], Pool]:
+    """Open a pool on the first spec that comes up, in the order ``Options.selection`` says.
+
+    Every spec's offers are checked before anything is provisioned: a spec nothing can
+    satisfy is skipped (said on the console), and when none can be, nothing starts.
+
+    Raises:
+        NoOfferError: No spec can be satisfied.
+        ProvisionError: Every spec that could be failed to come up; ``attempts`` holds
+            each one's error.
+    """
+    offered = [
+        await offers(
+            spec.provider,
+            measure=_offers.asks_hardware(spec),
+            count=spec.nodes.ceiling,
+        )
+        for spec in specs
+    ]
+    choices, skipped = _offers.plan(specs, offered, options.selection)
+    notes = [f"skipped {reason}" for reason in skipped]
+    attempts: list[ProvisionError] = []
+    for number, choice in enumerate(choices, 1):
+        cm = _open_pool(choice.spec, options, defaulted, probe, notes=notes)
+        try:
+            return cm, await cm.__aenter__()
+        except ProvisionError as exc:
+            if len(specs) == 1 or exc.phase not in _FALLBACK_PHASES:
+                raise
+            where = _offers.describe(choice.index, choice.spec, len(specs))
+            attempts.append(exc)
+            notes = [f"{where} failed ({exc}); trying the next spec"]
+            if number == len(choices):
+                raise _all_failed(specs, choices, attempts, skipped) from exc
+    raise AssertionError("plan() returns at least one choice")
+
+
+def _all_failed(
+    specs: Sequence[Spec],
+    choices: Sequence[_offers.Choice],
+    attempts: Sequence[ProvisionError],
+    skipped: Sequence[str],
+) -> ProvisionError:
+    lines = [
+        f"  - {_offers.describe(c.index, c.spec, len(specs))}: {exc}"
+        for c, exc in zip(choices, attempts, strict=True)
+    ]
+    lines += [f"  - {reason} (not tried)" for reason in skipped]
+    last = attempts[-1]
+    return ProvisionError(
+        "every spec failed to come up, in the order tried:\n" + "\n".join(lines),
+        node=last.node,
+        phase=last.phase,
+        attempts=tuple(attempts),
+    )
+
+
+def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
+    """Refuse, before anything is provisioned, what this version cannot do yet.
+
+    Accepting these and ignoring them would be a silent fallback; the records still
+    validate them, so a config written today keeps working when they land.
+    """
+    for spec in specs:
+        _check_spec(spec)
+
+
+def _check_spec(spec: Spec) -> None:
+    _check_image(spec)
+    if isinstance(spec.provider, Local) and spec.accelerator is not None:
+        raise ValueError(
+            f"accelerator={spec.accelerator!r}: sky.Local() runs on this machine and provides "
+            "no accelerators; drop accelerator= to test locally, or pick a cloud provider"
+        )
+    if isinstance(spec.provider, Container):
+        check_container(spec)
+    if spec.volumes:
+        raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
+    if spec.plugins:
+        raise ValueError("plugins= are not supported yet (see the README's 'not yet' list)")
+
+
+def _check_image(spec: Spec) -> None:
+    image = spec.image
+    if image.python not in ("auto", PYTHON_VERSION):
+        raise ValueError(
+            f"Image(python={image.python!r}): this client runs Python {PYTHON_VERSION}, and "
+            "a function pickled by one Python version cannot run on another (cloudpickle "
+            "ships bytecode). Run the client with Python "
+            f"{image.python}, or pass python='auto'."
+        )
+    unknown = sorted(
+        {pkg for index in image.pip_indexes for pkg in index.packages}
+        - {requirement_name(r) for r in image.pip}
+    )
+    if unknown:
+        raise ValueError(
+            f"Image(pip_indexes=...) names {', '.join(map(repr, unknown))}, which "
+            "Image(pip=[...]) does not install; add them to pip, or drop them from the index"
+        )
+    for include in image.includes:
+        if not os.path.exists(os.path.expanduser(include)):
+            raise FileNotFoundError(
+                f"Image(includes=[{include!r}]): no such file or directory here (relative to "
+                f"{os.getcwd()}); includes are paths on this machine"
+            )
+    if isinstance(spec.provider, SSH):
+        hosts = len(spec.provider.hosts)
+        most = spec.nodes.ceiling
+        if most > hosts:
+            raise ValueError(
+                f"nodes={most}: sky.SSH gives one node per host and has {hosts} host(s) "
+                f"({', '.join(h.host for h in spec.provider.hosts)}); add hosts to "
+                f"SSH(hosts=[...]), or pass nodes={hosts}"
+            )
+        ssh_targets(spec.provider)  # every host resolves and has something to log in with
+    if isinstance(spec.provider, SSH | Container):
+        for package in image.apt:
+            if _APT_PACKAGE.fullmatch(package) is None:
+                raise ValueError(
+                    f"Image(apt=[{package!r}]): not a Debian package name (optionally with "
+                    "=version or /release). Pass package names, e.g. apt=['git', 'ffmpeg']."
+                )
+        check_source(image.skyward_source)
+    if isinstance(spec.provider, Local):
+        if image.apt:
+            raise ValueError(
+                f"Image(apt={list(image.apt)!r}): sky.Local() runs on this machine and never "
+                "runs apt-get on it; install system packages yourself, or use a remote provider"
+            )
+        if image.skyward_source not in ("auto", "local"):
+            raise ValueError(
+                f"Image(skyward_source={image.skyward_source!r}): sky.Local() nodes run the "
+                "Skyward installed here; skyward_source applies to remote machines. Pass "
+                "'auto' or 'local'."
+            )
+
+
+# A package as apt-get install takes it: name[:arch][=version|/release]. Nothing a
+# shell would expand, nothing apt-get would read as an option.
+_APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9+.:~_-]+)?")
+
+
+@contextlib.asynccontextmanager
+async def _open_pool(
+    spec: Spec,
+    options: Options,
+    defaulted: bool,
+    probe: _serial.Payload | None,
+    *,
+    notes: Sequence[str] = (),
+) -> AsyncIterator[Pool]:
+    job_id = secrets.token_hex(4)
+    nodes = spec.nodes
+    pool = Pool(spec, options, nodes, job_id=job_id)
+    client_key = _transport.generate_key()
+    secret = secrets.token_urlsafe(32)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(_pool_log(pool, secret))
+        await stack.enter_async_context(
+            _console.shown(options.console, pool._events, defaulted_to_local=defaulted)
+        )
+        await stack.enter_async_context(_transport.asyncio_loop())
+        cluster = await open_cluster(
+            spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
+        )
+        for note in notes:  # what happened to the specs tried or skipped before this one
+            pool._events.emit(Error(job_id=job_id, message=note))
+        pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
+        supervisor = Supervisor(pool, cluster, client_key, probe, secret)
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await supervisor.start(nursery)
+                    yield pool
+                except BaseException as exc:
+                    # Re-raised below, outside the nursery, so the caller sees its own
+                    # exception and not an ExceptionGroup around it.
+                    failure = exc
+                finally:
+                    with trio.CancelScope(shield=True):
+                        teardown_error = await supervisor.shutdown()
+                    nursery.cancel_scope.cancel(reason="pool closed")
+        finally:
+            with trio.CancelScope(shield=True):
+                await cluster.aclose()
+    if failure is not None:
+        raise failure
+    if teardown_error is not None:
+        raise teardown_error
+
+
+def _login_secrets(provider: ProviderConfig) -> list[str]:
+    """The passphrase ``sky.SSH(passphrase_env=...)`` names: never written to the log."""
+    if isinstance(provider, SSH) and provider.passphrase_env is not None:
+        return [os.environ.get(provider.passphrase_env, "")]
+    return []
+
+
+@contextlib.contextmanager
+def _pool_log(pool: Pool, secret: str) -> Iterator[None]:
+    """The pool's ``Options(logging=...)``: events and diagnostics to the log file."""
+    hidden = [
+        secret,
+        *_logging.secret_looking(pool.spec.image.env),
+        *_logging.secret_fields(pool.spec.provider),
+        *_login_secrets(pool.spec.provider),
+    ]
+    setting = pool.options.logging
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_logging.hiding(hidden))
+        if setting is not False:
+            config = setting if isinstance(setting, LogConfig) else LogConfig()
+            pool._log = stack.enter_context(_logging.open_log(config, pool.job_id))
+            listener = functools.partial(_log_event, pool._log)
+            pool._events.listen(listener, tasks=pool._log.wants(logging.DEBUG))
+        yield
+
+
+def _log_event(log: _logging.PoolLog, event: Event) -> None:
+    if isinstance(event, Log):
+        for line in event.text.splitlines():
+            log.log(
+                logging.INFO,
+                "pool %s: node %d %s: %s",
+                event.job_id,
+                event.node,
+                event.stream,
+                line,
+                event=True,
+            )
+        return
+    if isinstance(event, Metric):
+        level = _logging.TRACE
+    elif isinstance(event, TaskStarted | TaskCompleted):
+        level = logging.DEBUG
+    elif isinstance(event, Error | InstancePreempted):
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    fields = attrs.asdict(event, recurse=False)
+    detail = " ".join(f"{k}={v!r}" for k, v in fields.items() if k not in ("job_id", "time"))
+    log.log(level, "pool %s: %s %s", event.job_id, type(event).__name__, detail, event=True)
