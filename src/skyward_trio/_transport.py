@@ -762,8 +762,14 @@ class _TrioTCP:
         self, factory: Any, host: str, port: int
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
         sock = await trio_asyncio.trio_as_aio(_open)(host, port)
-        protocol = factory()
-        transport = _SocketTransport(sock, protocol)
+        try:
+            protocol = factory()
+            # Raises (ENOTCONN from getpeername) when the peer reset the connection at
+            # once, as a container's published port does before its sshd listens.
+            transport = _SocketTransport(sock, protocol)
+        except BaseException:
+            sock.close()  # not the transport's yet: a failed attempt must not leak its fd
+            raise
         transport.start()
         return transport, protocol
 

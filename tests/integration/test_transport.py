@@ -3,7 +3,8 @@
 - ``_sshtrim``: no SSH_MSG_IGNORE under an AEAD cipher, one ``send()`` per packet under
   any other, and a lazy keepalive that still notices a silent peer.
 - ``_transport``'s socket (read and written by trio, not trio-asyncio): a large echo
-  through flow control, and the peer going away.
+  through flow control, the peer going away, and a connection that fails before SSH
+  starts closing its socket.
 """
 
 from __future__ import annotations
@@ -199,3 +200,32 @@ async def test_socket_transport_echoes_a_large_payload_and_sees_the_peer_go() ->
         with trio.fail_after(30):  # hang guard
             await trio_asyncio.aio_as_trio(conn.wait_closed)()
         server.close()
+
+
+async def test_a_connection_that_fails_before_ssh_starts_closes_its_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A peer that resets at once makes building the transport fail (ENOTCONN): the socket
+    # it opened must be closed then, not left to the garbage collector (an fd per attempt).
+    def refuse() -> Any:
+        raise ConnectionResetError("the peer reset the connection")
+
+    opened: list[Any] = []
+    real_open = _transport._open
+
+    async def spy(host: str, port: int) -> Any:
+        opened.append(await real_open(host, port))
+        return opened[-1]
+
+    monkeypatch.setattr(_transport, "_open", spy)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio_asyncio.open_loop():
+        with pytest.raises(ConnectionResetError):
+            await trio_asyncio.aio_as_trio(_transport._TrioTCP().create_connection)(
+                refuse, "127.0.0.1", port
+            )
+    [sock] = opened
+    assert sock.fileno() == -1  # closed
+    for listener in listeners:
+        await listener.aclose()
