@@ -19,7 +19,8 @@ enforces it):
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_source``
    (where remote nodes get Skyward), ``_localnode`` (a Local node's SSH server process),
    ``_connection``, ``_storelink`` (the client's link to the store)
-5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_pool`` (``Pool``,
+5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_checks`` (what
+   ``Compute`` refuses before provisioning); ``_pool`` (``Pool``,
    scheduler); ``_supervisor`` (brings nodes up, replaces lost ones, tears down);
    ``_compute`` (``Compute``: opens and closes a pool); ``_health`` (health checks);
    ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -29,8 +28,7 @@ import attrs
 import trio
 
 from . import _console, _health, _logging, _offers, _serial, _transport, config
-from ._bootstrap import requirement_name
-from ._container import check_container
+from ._checks import check_specs
 from ._errors import ProvisionError
 from ._events import (
     ClusterRequested,
@@ -45,8 +43,6 @@ from ._events import (
 from ._function import active_pool
 from ._model import (
     SSH,
-    Container,
-    Local,
     LogConfig,
     Options,
     ProviderConfig,
@@ -54,10 +50,8 @@ from ._model import (
     resolve_compute_args,
 )
 from ._pool import Pool
-from ._providers import offers, open_cluster, ssh_targets
-from ._source import check_source
+from ._providers import offers, open_cluster
 from ._supervisor import Supervisor
-from ._version import PYTHON_VERSION
 
 __all__ = ["Compute"]
 
@@ -84,7 +78,7 @@ class Compute:
         self.specs = resolved
         self.options = options
         self.defaulted_to_local = defaulted
-        _check_supported(resolved, options)
+        check_specs(resolved)
         checker = options.health_checker
         self._probe = _health.probe_payload(checker) if checker is not None else None
         self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
@@ -172,92 +166,6 @@ def _all_failed(
         phase=last.phase,
         attempts=tuple(attempts),
     )
-
-
-def _check_supported(specs: tuple[Spec, ...], options: Options) -> None:
-    """Refuse, before anything is provisioned, what this version cannot do yet.
-
-    Accepting these and ignoring them would be a silent fallback; the records still
-    validate them, so a config written today keeps working when they land.
-    """
-    for spec in specs:
-        _check_spec(spec)
-
-
-def _check_spec(spec: Spec) -> None:
-    _check_image(spec)
-    if isinstance(spec.provider, Local) and spec.accelerator is not None:
-        raise ValueError(
-            f"accelerator={spec.accelerator!r}: sky.Local() runs on this machine and provides "
-            "no accelerators; drop accelerator= to test locally, or pick a cloud provider"
-        )
-    if isinstance(spec.provider, Container):
-        check_container(spec)
-    if spec.volumes:
-        raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
-    if spec.plugins:
-        raise ValueError("plugins= are not supported yet (see the README's 'not yet' list)")
-
-
-def _check_image(spec: Spec) -> None:
-    image = spec.image
-    if image.python not in ("auto", PYTHON_VERSION):
-        raise ValueError(
-            f"Image(python={image.python!r}): this client runs Python {PYTHON_VERSION}, and "
-            "a function pickled by one Python version cannot run on another (cloudpickle "
-            "ships bytecode). Run the client with Python "
-            f"{image.python}, or pass python='auto'."
-        )
-    unknown = sorted(
-        {pkg for index in image.pip_indexes for pkg in index.packages}
-        - {requirement_name(r) for r in image.pip}
-    )
-    if unknown:
-        raise ValueError(
-            f"Image(pip_indexes=...) names {', '.join(map(repr, unknown))}, which "
-            "Image(pip=[...]) does not install; add them to pip, or drop them from the index"
-        )
-    for include in image.includes:
-        if not os.path.exists(os.path.expanduser(include)):
-            raise FileNotFoundError(
-                f"Image(includes=[{include!r}]): no such file or directory here (relative to "
-                f"{os.getcwd()}); includes are paths on this machine"
-            )
-    if isinstance(spec.provider, SSH):
-        hosts = len(spec.provider.hosts)
-        most = spec.nodes.ceiling
-        if most > hosts:
-            raise ValueError(
-                f"nodes={most}: sky.SSH gives one node per host and has {hosts} host(s) "
-                f"({', '.join(h.host for h in spec.provider.hosts)}); add hosts to "
-                f"SSH(hosts=[...]), or pass nodes={hosts}"
-            )
-        ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container):
-        for package in image.apt:
-            if _APT_PACKAGE.fullmatch(package) is None:
-                raise ValueError(
-                    f"Image(apt=[{package!r}]): not a Debian package name (optionally with "
-                    "=version or /release). Pass package names, e.g. apt=['git', 'ffmpeg']."
-                )
-        check_source(image.skyward_source)
-    if isinstance(spec.provider, Local):
-        if image.apt:
-            raise ValueError(
-                f"Image(apt={list(image.apt)!r}): sky.Local() runs on this machine and never "
-                "runs apt-get on it; install system packages yourself, or use a remote provider"
-            )
-        if image.skyward_source not in ("auto", "local"):
-            raise ValueError(
-                f"Image(skyward_source={image.skyward_source!r}): sky.Local() nodes run the "
-                "Skyward installed here; skyward_source applies to remote machines. Pass "
-                "'auto' or 'local'."
-            )
-
-
-# A package as apt-get install takes it: name[:arch][=version|/release]. Nothing a
-# shell would expand, nothing apt-get would read as an option.
-_APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9+.:~_-]+)?")
 
 
 @contextlib.asynccontextmanager

@@ -46,6 +46,7 @@ import attrs
 
 from . import accelerators
 from . import metrics as sky_metrics
+from ._checks import check_spec
 from ._errors import ConfigError
 from ._model import (
     KNOWN_PROVIDER_TYPES,
@@ -63,6 +64,7 @@ from ._model import (
     Volume,
     Worker,
 )
+from ._transport import SSHError
 
 __all__ = ["DEFAULTS_FILE", "PROJECT_FILE", "Config", "NamedPool", "main", "validate"]
 
@@ -174,7 +176,9 @@ def validate(
     project: str | os.PathLike[str] | None = None,
     defaults: str | os.PathLike[str] | None = None,
 ) -> Config:
-    """Reads and checks the project file over the global one.
+    """Reads and checks the project file over the global one, and every pool in them as
+    ``Compute`` checks its specs before provisioning (on this machine: the files an image
+    includes, the SSH keys a host logs in with, the container engine's command).
 
     Args:
         project: The project file; None is ``./skyward.toml``, which may be missing.
@@ -187,6 +191,28 @@ def validate(
     Raises:
         ConfigError: Listing every problem found, each with its file and key path.
     """
+    config = _load(project, defaults)
+    problems = []
+    for pool in config.pools.values():
+        for index, spec in enumerate(pool.specs):
+            try:
+                check_spec(spec)
+            except (ValueError, OSError, SSHError) as exc:
+                where = f"pools.{_bare(pool.name)}"
+                if len(pool.specs) > 1:
+                    where += f".specs[{index}]"
+                problems.append(f"{' and '.join(pool.files)}: {where}: {exc}")
+    if problems:
+        raise ConfigError(tuple(problems))
+    return config
+
+
+def _load(
+    project: str | os.PathLike[str] | None, defaults: str | os.PathLike[str] | None
+) -> Config:
+    """``validate`` without the pools' ``Compute`` checks, which ``Compute`` runs on the
+    pool it opens only: a pool that cannot work on this machine must not refuse the
+    others of a file shared by several people."""
     sources = (
         _source(defaults, DEFAULTS_FILE, lambda: Path(os.path.expanduser(DEFAULTS_FILE))),
         _source(project, PROJECT_FILE, lambda: Path.cwd() / PROJECT_FILE),
@@ -227,7 +253,7 @@ def named(name: object, options: Options | None) -> tuple[tuple[Spec, ...], Opti
             f"Compute(name={name!r}): name must be a str naming a [pools.NAME] table of "
             f'skyward.toml, got {type(name).__name__}. Pass e.g. name="train".'
         )
-    pool = validate().pool(name)
+    pool = _load(None, None).pool(name)
     if pool.options is not None and options is not None:
         fields = [
             field.name

@@ -34,9 +34,11 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def load(project: Path, text: str = "", defaults: str = "") -> Config:
-    """Writes the project and the global file (empty unless given) and validates them."""
+    """Writes the project and the global file (empty unless given) and reads them as
+    ``validate`` does, without its pools' ``Compute`` checks (tested on their own below):
+    the reading is tested with pools that need what this machine lacks (SSH keys, GPUs)."""
     write(project, text)
-    return validate(project, write(project.parent.parent / "home" / "defaults.toml", defaults))
+    return config._load(project, write(project.parent.parent / "home" / "defaults.toml", defaults))
 
 
 def problems(project: Path, text: str, defaults: str = "") -> list[str]:
@@ -707,6 +709,57 @@ def test_config_error_is_public_and_pickles() -> None:
     error = pickle.loads(pickle.dumps(sky.ConfigError(("a: b: c", "d: e: f"))))
     assert error.problems == ("a: b: c", "d: e: f")
     assert str(error).startswith("2 problems")
+
+
+# -- validate: what Compute would refuse ---------------------------------------------------------
+
+
+def test_validate_runs_computes_checks_on_every_pool(
+    project: Path, bare_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        project,
+        """
+        [providers.lab]
+        type = "ssh"
+        hosts = ["gpu1"]
+
+        [pools.gpu]
+        accelerator = "A100"
+
+        [pools.remote]
+        provider = "lab"
+
+        [pools.pair]
+        [[pools.pair.specs]]
+        [[pools.pair.specs]]
+        image = { includes = ["missing"] }
+
+        [pools.fine]
+        nodes = 2
+        """,
+    )
+    monkeypatch.chdir(project.parent)
+    home = write(
+        bare_home / ".skyward" / "defaults.toml", '[pools.fine2]\nimage.includes = ["."]\n'
+    )
+    with pytest.raises(sky.ConfigError) as raised:
+        validate(project, home)
+    found = raised.value.problems
+    assert [line.split(": ")[:2] for line in found] == [
+        [str(project), "pools.gpu"],
+        [str(project), "pools.remote"],
+        [str(project), "pools.pair.specs[1]"],
+    ]
+    assert "sky.Local() runs on this machine and provides no accelerators" in found[0]
+    assert "no private key given, no SSH agent running" in found[1]
+    assert f"Image(includes=['{project.parent / 'missing'}']): no such file" in found[2]
+    # Compute opens a pool of the same file (./skyward.toml over ~/.skyward/defaults.toml):
+    # only its own specs are checked.
+    core = skyward_trio.Compute(name="fine")
+    assert core.specs == (sky.Spec(provider=sky.Local(), nodes=2),)
+    with pytest.raises(ValueError, match="provides no accelerators"):
+        skyward_trio.Compute(name="gpu")
 
 
 # -- python -m skyward_trio.config validate ------------------------------------------------------

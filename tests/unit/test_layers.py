@@ -53,6 +53,7 @@ LAYERS = {
     "_localnode": 4,
     "_connection": 4,
     "config": 5,
+    "_checks": 5,
     "_health": 5,
     "_pool": 5,
     "_supervisor": 5,

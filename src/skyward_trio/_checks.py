@@ -1,0 +1,118 @@
+"""What ``Compute`` refuses before anything is provisioned, beyond the records' own checks.
+
+The records (``Spec``, ``Image``, ...) check each field alone. These checks need more: two
+fields together (an accelerator on ``sky.Local()``), this client (its Python version), or
+this machine (the files an image includes, the SSH keys and config a host logs in with, the
+container engine's command). Fields not built yet are refused here too: accepting and
+ignoring them would be a silent fallback, and the records keep validating them, so a
+config written today keeps working when they land.
+
+``Compute`` runs them on its specs; ``config.validate`` on every pool of the files.
+
+Layer 5: it reads the providers' configs (layer 4) and is used by ``_compute`` and
+``config``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+from ._bootstrap import requirement_name
+from ._container import check_container
+from ._model import SSH, Container, Local, Spec
+from ._providers import ssh_targets
+from ._source import check_source
+from ._version import PYTHON_VERSION
+
+__all__ = ["check_spec", "check_specs"]
+
+
+def check_specs(specs: Iterable[Spec]) -> None:
+    """Refuse, before anything is provisioned, what cannot work (see the module)."""
+    for spec in specs:
+        check_spec(spec)
+
+
+def check_spec(spec: Spec) -> None:
+    """Refuse ``spec`` if it cannot work from here (see the module).
+
+    Raises:
+        ValueError: A field its provider cannot honour, or one not built yet.
+        FileNotFoundError: A file it names (an include, an SSH key) is not on this machine.
+        SSHError: An SSH key that cannot be loaded or decrypted.
+    """
+    _image(spec)
+    if isinstance(spec.provider, Local) and spec.accelerator is not None:
+        raise ValueError(
+            f"accelerator={spec.accelerator!r}: sky.Local() runs on this machine and provides "
+            "no accelerators; drop accelerator= to test locally, or pick a cloud provider"
+        )
+    if isinstance(spec.provider, Container):
+        check_container(spec)
+    if spec.volumes:
+        raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
+    if spec.plugins:
+        raise ValueError("plugins= are not supported yet (see the README's 'not yet' list)")
+
+
+def _image(spec: Spec) -> None:
+    image = spec.image
+    if image.python not in ("auto", PYTHON_VERSION):
+        raise ValueError(
+            f"Image(python={image.python!r}): this client runs Python {PYTHON_VERSION}, and "
+            "a function pickled by one Python version cannot run on another (cloudpickle "
+            "ships bytecode). Run the client with Python "
+            f"{image.python}, or pass python='auto'."
+        )
+    unknown = sorted(
+        {pkg for index in image.pip_indexes for pkg in index.packages}
+        - {requirement_name(r) for r in image.pip}
+    )
+    if unknown:
+        raise ValueError(
+            f"Image(pip_indexes=...) names {', '.join(map(repr, unknown))}, which "
+            "Image(pip=[...]) does not install; add them to pip, or drop them from the index"
+        )
+    for include in image.includes:
+        if not os.path.exists(os.path.expanduser(include)):
+            raise FileNotFoundError(
+                f"Image(includes=[{include!r}]): no such file or directory here (relative to "
+                f"{os.getcwd()}); includes are paths on this machine"
+            )
+    if isinstance(spec.provider, SSH):
+        hosts = len(spec.provider.hosts)
+        most = spec.nodes.ceiling
+        if most > hosts:
+            raise ValueError(
+                f"nodes={most}: sky.SSH gives one node per host and has {hosts} host(s) "
+                f"({', '.join(h.host for h in spec.provider.hosts)}); add hosts to "
+                f"SSH(hosts=[...]), or pass nodes={hosts}"
+            )
+        ssh_targets(spec.provider)  # every host resolves and has something to log in with
+    if isinstance(spec.provider, SSH | Container):
+        for package in image.apt:
+            if _APT_PACKAGE.fullmatch(package) is None:
+                raise ValueError(
+                    f"Image(apt=[{package!r}]): not a Debian package name (optionally with "
+                    "=version or /release). Pass package names, e.g. apt=['git', 'ffmpeg']."
+                )
+        check_source(image.skyward_source)
+    if isinstance(spec.provider, Local):
+        if image.apt:
+            raise ValueError(
+                f"Image(apt={list(image.apt)!r}): sky.Local() runs on this machine and never "
+                "runs apt-get on it; install system packages yourself, or use a remote provider"
+            )
+        if image.skyward_source not in ("auto", "local"):
+            raise ValueError(
+                f"Image(skyward_source={image.skyward_source!r}): sky.Local() nodes run the "
+                "Skyward installed here; skyward_source applies to remote machines. Pass "
+                "'auto' or 'local'."
+            )
+
+
+# A package as apt-get install takes it: name[:arch][=version|/release]. Nothing a
+# shell would expand, nothing apt-get would read as an option.
+_APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9+.:~_-]+)?")
