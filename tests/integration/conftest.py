@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextvars
 import os
+import socket
+import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,6 +48,18 @@ def sync_pool(_strip_cloud_credentials: None) -> Iterator[sky.Pool]:
         yield pool
     finally:
         context.run(compute.__exit__, None, None, None)
+
+
+@pytest.fixture
+def unanswered(tmp_path: Path) -> tuple[sky.SSH, int]:
+    """A ``sky.SSH`` host with a key to log in with, on a loopback port nothing listens on
+    (bound, then released), and that port: a spec whose machine never answers."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    return sky.SSH(hosts=[f"127.0.0.1:{port}"], key=str(key), ssh_config=None), port
 
 
 # -- processes ---------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,18 +148,6 @@ async def test_the_trio_face_falls_back_the_same_way(node_root: Path) -> None:
             assert pool.spec == one
             assert await (_node_index() >> pool) == 0
     assert fault.fired == 1
-
-
-@pytest.fixture
-def unanswered(tmp_path: Path) -> tuple[sky.SSH, int]:
-    """A ``sky.SSH`` host with a key to log in with, on a loopback port nothing listens on
-    (bound, then released), and that port."""
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    return sky.SSH(hosts=[f"127.0.0.1:{port}"], key=str(key), ssh_config=None), port
 
 
 def test_an_ssh_host_that_does_not_answer_gives_way_to_local(

@@ -8,8 +8,6 @@ what runs is the merge of both.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -84,21 +82,19 @@ def test_a_broken_file_fails_at_the_with_line(project: Path) -> None:
         pytest.fail("the pool must not open")
 
 
-def test_a_named_pools_specs_fall_back_in_order(project: Path, tmp_path: Path) -> None:
+def test_a_named_pools_specs_fall_back_in_order(
+    project: Path, unanswered: tuple[sky.SSH, int]
+) -> None:
     # The first spec's only host is a loopback port nothing listens on: the pool comes up
     # on the next spec, as it does with several Specs in Python.
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    down, port = unanswered
     (project / "skyward.toml").write_text(
         textwrap.dedent(
             f"""
             [providers.down]
             type = "ssh"
             hosts = ["127.0.0.1:{port}"]
-            key = "{key}"
+            key = "{down.key}"
             ssh_config = false
 
             [pools.pair]
