@@ -457,6 +457,24 @@ class _Reader:
                 continue
             return _FAILED if failed else built
 
+    def fields(
+        self, at: _Key, table: _Table, keys: Sequence[str], convert: Mapping[str, _Convert]
+    ) -> tuple[dict[str, Any], bool]:
+        """The values of ``table`` under ``keys``, each through its converter in
+        ``convert`` (as written when it has none), and whether none of them failed."""
+        converted: dict[str, Any] = {}
+        ok = True
+        for key, value in table.items():
+            if key not in keys:
+                continue
+            hook = convert.get(key)
+            built = value if hook is None else hook((*at, key), value)
+            if built is _FAILED:
+                ok = False
+            else:
+                converted[key] = built
+        return converted, ok
+
     def record(
         self,
         at: _Key,
@@ -474,16 +492,8 @@ class _Reader:
         allowed = [field.name for field in attrs.fields(cls)]
         required = _required_fields(cls)
         ok = self.keys(at, table, allowed, required=required, elsewhere=elsewhere)
-        kwargs: dict[str, Any] = {}
-        for key, value in table.items():
-            if key not in allowed:
-                continue
-            hook = (convert or {}).get(key)
-            converted = value if hook is None else hook((*at, key), value)
-            if converted is _FAILED:
-                ok = False
-                continue
-            kwargs[key] = converted
+        kwargs, all_converted = self.fields(at, table, allowed, convert or {})
+        ok = ok and all_converted
         if any(key not in kwargs for key in required):
             return _FAILED
         built = self.build(at, cls, kwargs)
@@ -593,17 +603,11 @@ class _Reader:
         allowed = (*_SPEC_FIELDS, *_OPTIONS_FIELDS, "specs")
         ok = self.keys(at, table, allowed, elsewhere=elsewhere)
         convert = self._pool_converters(providers)
-        spec_kwargs: dict[str, Any] = {}
-        options_kwargs: dict[str, Any] = {}
-        for key, item in table.items():
-            hook = convert.get(key)
-            built = item if key == "specs" or hook is None else hook((*at, key), item)
-            if built is _FAILED:
-                ok = False
-            elif key in _SPEC_FIELDS:
-                spec_kwargs[key] = built
-            elif key in _OPTIONS_FIELDS:
-                options_kwargs[key] = built
+        # In the table's order, so that its problems are reported in that order.
+        values, all_converted = self.fields(at, table, (*_SPEC_FIELDS, *_OPTIONS_FIELDS), convert)
+        ok = ok and all_converted
+        spec_kwargs = {key: value for key, value in values.items() if key in _SPEC_FIELDS}
+        options_kwargs = {key: value for key, value in values.items() if key in _OPTIONS_FIELDS}
         options: Options | None = None
         if options_kwargs:
             options = self.build(at, Options, options_kwargs)
@@ -662,16 +666,8 @@ class _Reader:
             where = (*here, index)
             image_fields = {f.name: f"[{_dotted((*where, 'image'))}]" for f in attrs.fields(Image)}
             ok = self.keys(where, item, _SPEC_FIELDS, elsewhere=elsewhere | image_fields) and ok
-            own: dict[str, Any] = {}
-            for key, field_value in item.items():
-                if key not in _SPEC_FIELDS:
-                    continue
-                hook = convert.get(key)
-                built = field_value if hook is None else hook((*where, key), field_value)
-                if built is _FAILED:
-                    ok = False
-                else:
-                    own[key] = built
+            own, all_converted = self.fields(where, item, _SPEC_FIELDS, convert)
+            ok = ok and all_converted
             found.append(own)
         return found, ok
 
