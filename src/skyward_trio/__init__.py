@@ -190,9 +190,16 @@ __all__ = [
     "time",
 ]
 
-_LAZY = {"CancelledCallError", "Future", "ItemStream", "Pool", "ResultStream"}
-_LAZY_COMPUTE = {"Compute"}
-_LAZY_EVENTS = {"EventStream"}
+#: Names loaded on first use (see above), and the module each comes from.
+_LAZY = {
+    "CancelledCallError": "_pool",
+    "Future": "_pool",
+    "ItemStream": "_pool",
+    "Pool": "_pool",
+    "ResultStream": "_pool",
+    "Compute": "_compute",
+    "EventStream": "_eventbus",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -203,16 +210,7 @@ def __getattr__(name: str) -> Any:
     if name == "config":
         # Not `from . import config`: that asks this __getattr__ for it again, endlessly.
         return importlib.import_module(".config", __name__)
-    if name in _LAZY:
-        from . import _pool
-
-        return getattr(_pool, name)
-    if name in _LAZY_COMPUTE:
-        from . import _compute
-
-        return getattr(_compute, name)
-    if name in _LAZY_EVENTS:
-        from . import _eventbus
-
-        return getattr(_eventbus, name)
+    module = _LAZY.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(f".{module}", __name__), name)
     raise AttributeError(f"module 'skyward_trio' has no attribute {name!r}")
