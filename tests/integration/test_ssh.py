@@ -17,7 +17,6 @@ import getpass
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy
 import pytest
+import sshd
+from sshd import Machine, keygen, need_sshd, start_sshd, stop
 from waiting import wait_until
 
 import skyward as sky
@@ -37,23 +38,7 @@ import skyward as sky
 if TYPE_CHECKING:
     from conftest import Processes
 
-SSHD = "/usr/sbin/sshd"
 QUIET = sky.Options(console="silent")
-
-
-@attrs.frozen
-class Machine:
-    """One sshd "machine": where it listens, its home directory and its host key."""
-
-    addr: str
-    port: int
-    home: Path
-    host_key: Path
-    pid: int
-
-    @property
-    def jobs(self) -> Path:
-        return self.home / ".skyward" / "jobs"
 
 
 @attrs.frozen
@@ -68,135 +53,22 @@ class Machines:
         return sky.SSH(hosts=[f"{m.addr}:{m.port}" for m in chosen], key=str(self.key))
 
 
-def _need_sshd() -> None:
-    if os.path.exists(SSHD):
-        return
-    message = f"{SSHD} is missing (apt-get install -y openssh-server)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}: CI must run the sky.SSH tests")
-    pytest.skip(message)
-
-
-def _free_port(addr: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((addr, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
-def _start_sshd(root: Path, name: str, addr: str, authorized: Path, *, port: int = 0) -> Machine:
-    """A private sshd (no system config touched) that runs until stopped by its pid."""
-    directory = root / name
-    home = directory / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    host_key = directory / "host_ed25519"
-    if not host_key.exists():
-        _keygen(host_key)
-    port = port or _free_port(addr)
-    python_dir = os.path.dirname(sys._base_executable)  # this Python's version is "installed"
-    config = directory / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress {addr}\nHostKey {host_key}\n"
-        f"AuthorizedKeysFile {authorized}\nPidFile none\nPubkeyAuthentication yes\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
-        "AllowStreamLocalForwarding yes\nPermitUserEnvironment no\n"
-        f"SetEnv {_set_env(home, python_dir, root / 'uv-cache', _offline_apt(root))}\n"
-    )
-    if os.getuid() == 0:  # as root, sshd wants its privilege-separation directory
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
-    log = directory / "sshd.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
-    deadline = time.monotonic() + 10
-    while b"Server listening" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"sshd did not start: {log.read_text()}")
-        time.sleep(0.02)
-    _RUNNING[proc.pid] = proc
-    return Machine(addr=addr, port=port, home=home, host_key=host_key, pid=proc.pid)
-
-
-_RUNNING: dict[int, subprocess.Popen[bytes]] = {}
-
-# How this client reaches the package index (a proxy's CA, a mirror): the machines reach it
-# the same way, as a lab's machines would be set up for their network.
-_INDEX_SETTINGS = (
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "PIP_CERT",
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "UV_INDEX_URL",
-    "UV_DEFAULT_INDEX",
-    "UV_EXTRA_INDEX_URL",
-    "UV_NATIVE_TLS",
-)
-
-
-def _set_env(home: Path, python_dir: str, uv_cache: Path, apt_config: Path) -> str:
-    """sshd's ``SetEnv`` line: the machine's home, PATH, uv cache, apt and index settings."""
-    values = {
-        "HOME": str(home),
-        "PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin",
-        "UV_CACHE_DIR": str(uv_cache),  # shared by the machines: one download per session
-        "APT_CONFIG": str(apt_config),
-    }
-    values |= {name: os.environ[name] for name in _INDEX_SETTINGS if name in os.environ}
-    return " ".join(f'"{name}={value}"' for name, value in values.items())
-
-
-def _offline_apt(root: Path) -> Path:
-    """An apt configuration with no package source, whose lists, cache and logs live under
-    ``root``: ``apt-get update`` needs no network, and nothing of the host's apt changes."""
-    apt = root / "apt"
-    for sub in ("lists/partial", "cache/archives/partial", "log", "sources.list.d"):
-        (apt / sub).mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").touch()
-    config = apt / "apt.conf"
-    config.write_text(
-        f'Dir::Etc::SourceList "{apt}/sources.list";\n'
-        f'Dir::Etc::SourceParts "{apt}/sources.list.d";\n'
-        f'Dir::State::Lists "{apt}/lists";\n'
-        f'Dir::Cache "{apt}/cache";\n'
-        f'Dir::Log "{apt}/log";\n'
-    )
-    return config
-
-
-def _stop(machine: Machine) -> None:
-    proc = _RUNNING.pop(machine.pid)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def machines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
-    _need_sshd()
+    need_sshd()
     root = tmp_path_factory.mktemp("ssh")
     key = root / "client_ed25519"
-    _keygen(key)
+    keygen(key)
     authorized = root / "authorized_keys"
     shutil.copy(key.with_suffix(".pub"), authorized)
     started: list[Machine] = []
     try:
-        started.append(_start_sshd(root, "a", "127.0.0.2", authorized))
-        started.append(_start_sshd(root, "b", "127.0.0.3", authorized))
+        started.append(start_sshd(root, "a", "127.0.0.2", authorized))
+        started.append(start_sshd(root, "b", "127.0.0.3", authorized))
         yield Machines(a=started[0], b=started[1], key=key, root=root)
     finally:
         for machine in started:
-            _stop(machine)
+            stop(machine)
 
 
 @pytest.fixture(scope="module")
@@ -350,12 +222,12 @@ def test_a_changed_host_key_is_refused_with_the_line_to_fix(
     machines: Machines, tmp_path: Path, processes: Processes
 ) -> None:
     authorized = machines.root / "authorized_keys"
-    machine = _start_sshd(tmp_path, "c", "127.0.0.3", authorized)
+    machine = start_sshd(tmp_path, "c", "127.0.0.3", authorized)
     try:
         provider = machines.provider(machine)
         name = f"[{machine.addr}]:{machine.port}"
         other = tmp_path / "other"
-        _keygen(other)
+        keygen(other)
         wrong = " ".join(other.with_suffix(".pub").read_text().split()[:2])
         # Pinned by Skyward earlier, and the machine's key changed since: refused.
         pins = Path.home() / ".skyward" / "known_hosts"
@@ -375,7 +247,7 @@ def test_a_changed_host_key_is_refused_with_the_line_to_fix(
         _refused_with(provider, rf"does not match {re.escape(str(known))} line 2:")
         known.unlink()
     finally:
-        _stop(machine)
+        stop(machine)
     assert not processes.mentioning(str(tmp_path))
 
 
@@ -509,13 +381,13 @@ def _cwd() -> dict[str, Any]:
 
 
 def test_a_missing_sshd_skips_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys.modules[__name__], "SSHD", "/nonexistent/sshd")
+    monkeypatch.setattr(sshd, "SSHD", "/nonexistent/sshd")
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=r"CI must run the sky\.SSH tests"):
-        _need_sshd()
+        need_sshd()
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
-        _need_sshd()
+        need_sshd()
 
 
 # -- Image(apt=...) ------------------------------------------------------------------------------
@@ -707,7 +579,7 @@ def test_a_refused_login_names_every_key_offered(
     machines: Machines, bare_home: Path, agent: str
 ) -> None:
     stranger = bare_home / ".ssh" / "id_ed25519"
-    _keygen(stranger)  # authorized nowhere
+    keygen(stranger)  # authorized nowhere
     provider = sky.SSH(hosts=[f"{machines.a.addr}:{machines.a.port}"])
     options = sky.Options(console="silent", max_provision_attempts=1)
     with (
