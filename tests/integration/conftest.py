@@ -21,6 +21,8 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+import sshd
+from fake_runpod import FakeRunPod
 
 import skyward as sky
 
@@ -127,3 +129,15 @@ class Processes:
 @pytest.fixture
 def processes() -> Processes:
     return Processes()
+
+
+# -- a fake RunPod -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_runpod(tmp_path: Path) -> Iterator[FakeRunPod]:
+    """A fake RunPod API (``fake_runpod.py``) whose pods are sshd machines under this test's
+    directory; every pod ends with the test."""
+    sshd.need_sshd()
+    with FakeRunPod(root=tmp_path / "runpod") as api:
+        yield api

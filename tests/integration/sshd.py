@@ -71,14 +71,16 @@ def start_sshd(
     port: int = 0,
     extra_env: Mapping[str, str] = {},
     path_prefix: Sequence[str] = (),
+    home: Path | None = None,
 ) -> Machine:
     """A private sshd (no system config touched) that runs until stopped by its pid.
 
     ``extra_env`` joins the sessions' environment (``SetEnv``); ``path_prefix`` comes first
-    on their ``PATH``.
+    on their ``PATH``. ``home`` defaults to ``root/name/home``; a worker's socket lives under
+    it, so it must stay short (a unix socket's path holds at most 107 bytes).
     """
     directory = root / name
-    home = directory / "home"
+    home = home or directory / "home"
     home.mkdir(parents=True, exist_ok=True)
     host_key = directory / "host_ed25519"
     if not host_key.exists():

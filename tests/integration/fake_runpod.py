@@ -1,0 +1,758 @@
+"""A fake of RunPod's API for the tests, whose pods are real sshd "machines".
+
+``sky.RunPod`` cannot reach RunPod from the tests, so it is tested against this: a local HTTP
+server that answers the subset of RunPod's REST API (``/v1/pods``) and GraphQL API
+(``gpuTypes``) that the provider uses, the way RunPod documents them. Each pod it creates is a
+private ``sshd`` (``sshd.start_sshd``) on its own loopback address, 127.0.0.100 upward, so a
+pool provisions through the API, logs in over SSH, bootstraps and runs workers end to end.
+
+A pod is like a RunPod container: the ``PUBLIC_KEY`` of its create is the only key that logs
+in (no key, no way in), as the user running the tests (root in CI, as on RunPod). Its home is
+its own and short, as ``/root`` is (``$TMPDIR/runpod-*``, moved to ``root/<pod id>/home`` when
+the fake is left, for a look after the test). ``RUNPOD_POD_ID`` and a pod-scoped
+``RUNPOD_API_KEY`` are in its sessions' environment, and ``runpodctl`` is first on its PATH.
+The rest of the create's ``env`` is not: RunPod's images export only ``RUNPOD_*`` variables
+to SSH sessions. Ending a pod (delete, stop, preemption) ends every process it started, not
+only its sshd: the sshd's descendants, and any process whose environment holds the pod's
+``RUNPOD_POD_ID`` (a daemon that detached with ``setsid`` keeps its environment), as a
+container's processes end with it. Processes are ended by pid, never by name.
+
+The fake is stricter than RunPod in one way: a create with a field it does not know is a 400
+naming the field, so that a misspelt field fails here instead of being ignored there.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import shutil
+import signal
+import string
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+import pytest
+import sshd
+from sshd import Machine
+
+NO_INSTANCES = (
+    "create pod: There are no longer any instances available with the requested "
+    "specifications. Please refresh and try again."
+)
+SOMETHING_WENT_WRONG = "create pod: Something went wrong. Please try again later."
+FIRST_POD_ADDRESS = 100  # 127.0.0.100; sky.Local nodes use 127.0.0.2 upward
+
+DEFAULT_GPU_TYPES: tuple[dict[str, Any], ...] = (
+    {
+        "id": "NVIDIA A100 80GB PCIe",
+        "displayName": "A100 PCIe",
+        "memoryInGb": 80,
+        "secureCloud": True,
+        "communityCloud": True,
+        "securePrice": 1.64,
+        "communityPrice": 1.19,
+        "secureSpotPrice": 0.82,
+        "communitySpotPrice": 0.6,
+        "maxGpuCount": 8,
+    },
+    {
+        "id": "NVIDIA A100-SXM4-80GB",
+        "displayName": "A100 SXM",
+        "memoryInGb": 80,
+        "secureCloud": True,
+        "communityCloud": True,
+        "securePrice": 1.89,
+        "communityPrice": 1.39,
+        "secureSpotPrice": 0.95,
+        "communitySpotPrice": 0.7,
+        "maxGpuCount": 8,
+    },
+    {
+        "id": "NVIDIA H100 80GB HBM3",
+        "displayName": "H100 SXM",
+        "memoryInGb": 80,
+        "secureCloud": True,
+        "communityCloud": True,
+        "securePrice": 2.99,
+        "communityPrice": 2.69,
+        "secureSpotPrice": 1.75,
+        "communitySpotPrice": 1.5,
+        "maxGpuCount": 8,
+    },
+    {
+        "id": "NVIDIA GeForce RTX 4090",
+        "displayName": "RTX 4090",
+        "memoryInGb": 24,
+        "secureCloud": True,
+        "communityCloud": True,
+        "securePrice": 0.69,
+        "communityPrice": 0.34,
+        "secureSpotPrice": 0.35,
+        "communitySpotPrice": 0.2,
+        "maxGpuCount": 8,
+    },
+    {
+        "id": "NVIDIA L4",
+        "displayName": "L4",
+        "memoryInGb": 24,
+        "secureCloud": True,
+        "communityCloud": False,  # secure cloud only: a COMMUNITY create skips it
+        "securePrice": 0.43,
+        "communityPrice": None,
+        "secureSpotPrice": 0.22,
+        "communitySpotPrice": None,
+        "maxGpuCount": 4,
+    },
+)
+DEFAULT_CAPACITY = 1000  # pods of each type that can start unless the test says otherwise
+
+# The pod's runpodctl: `remove pod <id>` and `stop pod <id>` only, with the pod-scoped key.
+RUNPODCTL = '''#!{python}
+"""runpodctl of a fake RunPod pod: `runpodctl remove pod <id>`, `runpodctl stop pod <id>`."""
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+REST_URL = {rest_url!r}
+
+
+def main(argv):
+    if len(argv) != 3 or argv[0] not in ("remove", "stop") or argv[1] != "pod":
+        print("usage: runpodctl remove pod <id> | runpodctl stop pod <id>", file=sys.stderr)
+        return 2
+    verb, pod = argv[0], argv[2]
+    key = os.environ.get("RUNPOD_API_KEY")
+    if not key:
+        print("runpodctl: RUNPOD_API_KEY is not set", file=sys.stderr)
+        return 1
+    if verb == "remove":
+        request = urllib.request.Request(f"{{REST_URL}}/pods/{{pod}}", method="DELETE")
+    else:
+        request = urllib.request.Request(f"{{REST_URL}}/pods/{{pod}}/stop", method="POST")
+    request.add_header("Authorization", f"Bearer {{key}}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))  # loopback only
+    try:
+        with opener.open(request, timeout=30) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        print(f"runpodctl: {{verb}} pod {{pod}}: {{error.code}} {{detail}}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"runpodctl: {{verb}} pod {{pod}}: {{error}}", file=sys.stderr)
+        return 1
+    print(f'pod "{{pod}}" {{"removed" if verb == "remove" else "stopped"}}', flush=True)
+    return 0
+
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@attrs.frozen
+class Recorded:
+    """One request the fake received, as it arrived (header names in lower case)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any  # the parsed JSON, or None without a body (or with one that is not JSON)
+
+
+@attrs.define
+class FakePod:
+    """A pod the fake created: its create's JSON, its sshd machine and its state.
+
+    ``running`` says whether its processes still run; a pod ends once (delete, stop or
+    preemption), and its ``machine`` stays as a record of where it was.
+    """
+
+    id: str
+    name: str
+    body: dict[str, Any]
+    machine: Machine
+    gpu_type_id: str
+    cost_per_hr: float
+    key: str  # the pod-scoped API key in its RUNPOD_API_KEY
+    ready_at: float  # time.monotonic() after which GET shows its address
+    status: str = "RUNNING"  # desiredStatus: RUNNING, EXITED, or TERMINATED once deleted
+    deleted: bool = False
+    running: bool = True
+
+
+@attrs.frozen
+class _Answer:
+    status: int
+    payload: object  # JSON, or None for an empty body
+    then: Callable[[], None] | None = None  # run once the answer is sent
+
+
+class FakeRunPod:
+    """RunPod's REST and GraphQL APIs on ``127.0.0.1``, with sshd machines for pods.
+
+    Use it as a context manager; leaving it stops the server and ends every pod (by pid).
+    A failure inside the fake is answered with a 500 and kept in ``errors``; leaving the
+    context then raises, so it cannot pass unseen.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        gpu_types: Sequence[Mapping[str, Any]] = DEFAULT_GPU_TYPES,
+        capacity: Mapping[str, int] = {},
+        start_delay: float = 0.0,
+    ) -> None:
+        """``capacity``: how many more pods of a GPU type can start (a type not named:
+        ``DEFAULT_CAPACITY``). ``start_delay``: seconds after a create during which GET
+        shows the pod RUNNING with no ``publicIp`` and no ``portMappings`` yet."""
+        self.root = root
+        self.api_key = "rpa_" + secrets.token_hex(16)
+        self.gpu_types: list[dict[str, Any]] = [dict(gpu) for gpu in gpu_types]
+        self.capacity: dict[str, int] = {gpu["id"]: DEFAULT_CAPACITY for gpu in self.gpu_types}
+        self.capacity |= capacity
+        self.start_delay = start_delay
+        self.requests: list[Recorded] = []
+        self.pods: dict[str, FakePod] = {}
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0  # requests being answered, their after-steps included
+        self._closed = False
+        self._failures: list[tuple[int, str]] = []
+        self._next_address = FIRST_POD_ADDRESS
+        self._server = _Server(self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # how soon leaving the fake stops the server
+            name="fake-runpod",
+            daemon=True,
+        )
+        port = self._server.server_address[1]
+        self.rest_url = f"http://127.0.0.1:{port}/v1"
+        self.graphql_url = f"http://127.0.0.1:{port}/graphql"
+
+    def __enter__(self) -> FakeRunPod:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self._closed = True  # requests still arriving are answered 503
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._active == 0, timeout=60):
+                self.errors.append(f"{self._active} requests were still being answered")
+            ending = [pod for pod in self.pods.values() if pod.running]
+            for pod in ending:
+                pod.running = False
+        for pod in ending:
+            self._end(pod, abrupt=False)
+        for pod in self.pods.values():
+            _keep_home(pod.machine.home, self.root / pod.id / "home")
+        if self.errors and exc is None:
+            raise AssertionError("the fake RunPod failed:\n" + "\n".join(self.errors))
+
+    # -- what tests do to it ------------------------------------------------------------------
+
+    def live(self) -> list[FakePod]:
+        """Pods not deleted, in the order they were created."""
+        with self._lock:
+            return [pod for pod in self.pods.values() if not pod.deleted]
+
+    def preempt(self, pod_id: str) -> None:
+        """Interrupt the pod as RunPod interrupts a spot pod: every process of it is killed
+        at once, and it stays, EXITED."""
+        with self._lock:
+            pod = self._live_pod(pod_id)
+            pod.status = "EXITED"
+            running, pod.running = pod.running, False
+        if running:
+            self._end(pod, abrupt=True)
+
+    def fail_creates(self, n: int, status: int = 500, message: str = SOMETHING_WENT_WRONG) -> None:
+        """The next ``n`` creates with a valid body fail with ``status`` and ``message``."""
+        with self._lock:
+            self._failures.extend([(status, message)] * n)
+
+    def _live_pod(self, pod_id: str) -> FakePod:
+        pod = self.pods.get(pod_id)
+        if pod is None or pod.deleted:
+            known = ", ".join(p.id for p in self.pods.values() if not p.deleted) or "none"
+            raise ValueError(f"no live pod {pod_id!r} (live pods: {known})")
+        return pod
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _serve(self, handler: _Handler) -> None:
+        url = urllib.parse.urlsplit(handler.path)
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        with self._lock:
+            self.requests.append(Recorded(handler.command, url.path, query, headers, body))
+            self._active += 1
+        try:
+            answer = self._answer(handler.command, url.path, query, headers, raw, body)
+            try:
+                _send(handler, answer.status, answer.payload)
+            finally:  # a pod marked ended is ended, even if the asker hung up
+                if answer.then is not None:
+                    answer.then()
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        raw: bytes,
+        body: Any,
+    ) -> _Answer:
+        try:
+            with self._lock:
+                closed = self._closed
+            if closed:
+                return _Answer(503, {"error": "the fake RunPod is shutting down"})
+            caller = self._caller(headers.get("authorization", ""))
+            if caller is None:
+                return _Answer(401, {"error": "unauthorized"})
+            route = _route(method, path)
+            if route is None:
+                return _Answer(404, {"error": f"not found: {method} {path}"})
+            action, pod_id = route
+            if caller != "account" and (action not in ("delete", "stop") or caller != pod_id):
+                return _Answer(401, {"error": "unauthorized"})  # a pod's key ends only its pod
+            if raw and body is None:
+                return _Answer(400, {"error": "body: not JSON"})
+            if action == "create":
+                return self._create(body)
+            if action == "list":
+                return self._list(query)
+            if action == "get":
+                return self._get(pod_id)
+            if action == "delete":
+                return self._delete(pod_id, from_pod=caller == pod_id)
+            if action == "stop":
+                return self._stop(pod_id, from_pod=caller == pod_id)
+            return self._graphql(body)
+        except Exception as error:  # answered 500, and raised when the fake is left
+            message = f"{method} {path}: {type(error).__name__}: {error}"
+            with self._lock:
+                self.errors.append(message)
+            return _Answer(500, {"error": f"the fake RunPod failed: {message}"})
+
+    def _caller(self, authorization: str) -> str | None:
+        """Who asks: "account" for the API key, a pod's id for its pod-scoped key, else None."""
+        scheme, _, key = authorization.partition(" ")
+        if scheme != "Bearer" or not key:
+            return None
+        given = key.encode()  # bytes: compare_digest refuses str that is not ASCII
+        if secrets.compare_digest(given, self.api_key.encode()):
+            return "account"
+        with self._lock:
+            for pod in self.pods.values():
+                if secrets.compare_digest(given, pod.key.encode()):
+                    return pod.id
+        return None
+
+    # -- REST -----------------------------------------------------------------------------------
+
+    def _create(self, body: Any) -> _Answer:
+        # One create at a time, under the lock, sshd start included: leaving the fake then
+        # waits for a create in flight, and no pod starts after the fake has ended them all.
+        with self._lock:
+            problem = _body_problem(body, {gpu["id"] for gpu in self.gpu_types})
+            if problem is not None:
+                return _Answer(400, {"error": problem})
+            if self._failures:
+                status, message = self._failures.pop(0)
+                return _Answer(status, {"error": message})
+            chosen = self._choose(body)
+            if chosen is None:
+                return _Answer(500, {"error": NO_INSTANCES})
+            gpu_type_id, cost = chosen
+            pod = self._start_pod(body, gpu_type_id, cost)
+            self.capacity[gpu_type_id] -= 1
+            self.pods[pod.id] = pod
+            return _Answer(201, self._pod_json(pod))
+
+    def _choose(self, body: dict[str, Any]) -> tuple[str, float] | None:
+        """The first of the create's GPU types that can start a pod, and its cost per hour."""
+        cloud = body.get("cloudType", "SECURE")
+        spot = body.get("interruptible", False)
+        price_field = {
+            ("SECURE", False): "securePrice",
+            ("SECURE", True): "secureSpotPrice",
+            ("COMMUNITY", False): "communityPrice",
+            ("COMMUNITY", True): "communitySpotPrice",
+        }[(cloud, spot)]
+        types = {gpu["id"]: gpu for gpu in self.gpu_types}
+        for gpu_type_id in body["gpuTypeIds"]:
+            gpu = types[gpu_type_id]
+            offered = gpu["secureCloud"] if cloud == "SECURE" else gpu["communityCloud"]
+            price = gpu[price_field]
+            if (
+                offered
+                and price is not None
+                and body["gpuCount"] <= gpu["maxGpuCount"]
+                and self.capacity.get(gpu_type_id, 0) > 0
+            ):
+                return gpu_type_id, round(price * body["gpuCount"], 4)
+        return None
+
+    def _start_pod(self, body: dict[str, Any], gpu_type_id: str, cost: float) -> FakePod:
+        if self._next_address > 254:
+            raise RuntimeError("the fake RunPod has no loopback address left for a pod")
+        address = f"127.0.0.{self._next_address}"
+        self._next_address += 1
+        pod_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(13))
+        key = "rpa_" + secrets.token_hex(16)
+        directory = self.root / pod_id
+        bin_dir = directory / "bin"
+        bin_dir.mkdir(parents=True)
+        runpodctl = bin_dir / "runpodctl"
+        runpodctl.write_text(RUNPODCTL.format(python=sys.executable, rest_url=self.rest_url))
+        runpodctl.chmod(0o755)
+        authorized = directory / "authorized_keys"  # what RunPod's images do with PUBLIC_KEY
+        public_key = body.get("env", {}).get("PUBLIC_KEY", "")
+        authorized.write_text(f"{public_key}\n" if public_key else "")
+        # A short home, as RunPod's /root: a worker's socket lives under it, and a unix
+        # socket's path holds 107 bytes, which a home under a test's directory would exceed.
+        home = Path(tempfile.mkdtemp(prefix="runpod-"))
+        try:
+            machine = sshd.start_sshd(
+                self.root,
+                pod_id,
+                address,
+                authorized,
+                extra_env={"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": key},
+                path_prefix=[str(bin_dir)],
+                home=home,
+            )
+        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
+            raise RuntimeError(str(error)) from None
+        return FakePod(
+            id=pod_id,
+            name=body["name"],
+            body=body,
+            machine=machine,
+            gpu_type_id=gpu_type_id,
+            cost_per_hr=cost,
+            key=key,
+            ready_at=time.monotonic() + self.start_delay,
+        )
+
+    def _list(self, query: dict[str, list[str]]) -> _Answer:
+        names = query.get("name")
+        with self._lock:
+            pods = [
+                self._pod_json(pod)
+                for pod in self.pods.values()
+                if not pod.deleted and (names is None or pod.name in names)
+            ]
+        return _Answer(200, pods)
+
+    def _get(self, pod_id: str) -> _Answer:
+        with self._lock:
+            pod = self.pods.get(pod_id)
+            if pod is None or pod.deleted:
+                return _Answer(404, {"error": "pod not found"})
+            return _Answer(200, self._pod_json(pod))
+
+    def _delete(self, pod_id: str, *, from_pod: bool) -> _Answer:
+        with self._lock:
+            pod = self.pods.get(pod_id)
+            if pod is None or pod.deleted:
+                return _Answer(404, {"error": "pod not found"})
+            pod.deleted, pod.status = True, "TERMINATED"
+            running, pod.running = pod.running, False
+        return self._ending(pod, running=running, from_pod=from_pod, payload=None)
+
+    def _stop(self, pod_id: str, *, from_pod: bool) -> _Answer:
+        with self._lock:
+            pod = self.pods.get(pod_id)
+            if pod is None or pod.deleted:
+                return _Answer(404, {"error": "pod not found"})
+            pod.status = "EXITED"
+            running, pod.running = pod.running, False
+            payload = self._pod_json(pod)
+        return self._ending(pod, running=running, from_pod=from_pod, payload=payload)
+
+    def _ending(self, pod: FakePod, *, running: bool, from_pod: bool, payload: object) -> _Answer:
+        """Answer a delete or stop. From outside, the pod has ended when the answer comes;
+        from inside (its runpodctl), the pod ends after answering, or the answer would die
+        with the process that asked."""
+        if not running:
+            return _Answer(200, payload)
+        if from_pod:
+            return _Answer(200, payload, then=lambda: self._end(pod, abrupt=False))
+        self._end(pod, abrupt=False)
+        return _Answer(200, payload)
+
+    def _pod_json(self, pod: FakePod) -> dict[str, Any]:
+        ready = pod.status == "RUNNING" and time.monotonic() >= pod.ready_at
+        return {
+            "id": pod.id,
+            "name": pod.name,
+            "image": pod.body["imageName"],
+            "desiredStatus": pod.status,
+            "publicIp": pod.machine.addr if ready else None,
+            "portMappings": {"22": pod.machine.port} if ready else None,
+            "costPerHr": pod.cost_per_hr,
+            "gpuCount": pod.body["gpuCount"],
+            "interruptible": pod.body.get("interruptible", False),
+            "machine": {"gpuTypeId": pod.gpu_type_id},
+            "env": dict(pod.body.get("env", {})),
+        }
+
+    # -- GraphQL --------------------------------------------------------------------------------
+
+    def _graphql(self, body: Any) -> _Answer:
+        query = body.get("query") if isinstance(body, dict) else None
+        if not isinstance(query, str):
+            return _Answer(400, {"errors": [{"message": 'expected a JSON body {"query": "..."}'}]})
+        if "gpuTypes" not in query:
+            message = "the fake RunPod answers only gpuTypes queries"
+            return _Answer(400, {"errors": [{"message": message}]})
+        with self._lock:
+            return _Answer(200, {"data": {"gpuTypes": [dict(gpu) for gpu in self.gpu_types]}})
+
+    # -- ending pods ----------------------------------------------------------------------------
+
+    def _end(self, pod: FakePod, *, abrupt: bool) -> None:
+        """End every process of the pod by pid: SIGKILL if ``abrupt``, else SIGTERM and
+        SIGKILL for what is left after a grace period (as ``docker stop`` does)."""
+        marker = f"RUNPOD_POD_ID={pod.id}".encode()
+        pids = _pod_processes(pod.machine.pid, marker)  # before the listener's children orphan
+        _signal(pids - {pod.machine.pid}, signal.SIGKILL if abrupt else signal.SIGTERM)
+        if abrupt:
+            _signal({pod.machine.pid}, signal.SIGKILL)
+        sshd.stop(pod.machine)  # and reaped
+        deadline = time.monotonic() + 10
+        killed = abrupt
+        while True:
+            survivors = {pid for pid in pids if _is_running(pid)} | _pod_processes(0, marker)
+            if not survivors:
+                return
+            if time.monotonic() > deadline:
+                if killed:
+                    with self._lock:
+                        self.errors.append(f"pod {pod.id}: processes {sorted(survivors)} survived")
+                    return
+                killed, deadline = True, time.monotonic() + 10
+                _signal(survivors, signal.SIGKILL)
+            time.sleep(0.05)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, api: FakeRunPod) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.api = api
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def _handle(self) -> None:
+        self.server.api._serve(self)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are kept in ``FakeRunPod.requests``; stderr stays quiet."""
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
+    data = b"" if payload is None else json.dumps(payload).encode()
+    handler.send_response(status)
+    if payload is not None:
+        handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+    handler.wfile.flush()
+
+
+def _route(method: str, path: str) -> tuple[str, str] | None:
+    """(action, pod id) for a request the fake answers, None for any other."""
+    parts = path.strip("/").split("/")
+    if parts == ["graphql"] and method == "POST":
+        return "graphql", ""
+    if parts[:2] != ["v1", "pods"]:
+        return None
+    routes = {
+        (2, "POST"): "create",
+        (2, "GET"): "list",
+        (3, "GET"): "get",
+        (3, "DELETE"): "delete",
+    }
+    if len(parts) == 4 and parts[3] == "stop" and method == "POST":
+        return "stop", parts[2]
+    action = routes.get((len(parts), method))
+    if action is None:
+        return None
+    return action, parts[2] if len(parts) == 3 else ""
+
+
+_CREATE_FIELDS = {
+    "name",
+    "imageName",
+    "gpuTypeIds",
+    "gpuCount",
+    "cloudType",
+    "interruptible",
+    "ports",
+    "env",
+    "containerDiskInGb",
+    "supportPublicIp",
+    "dataCenterIds",
+}
+
+
+def _body_problem(body: Any, gpu_type_ids: set[str]) -> str | None:
+    """What is wrong with a create's body, as ``"<field>: <why>"``; None if nothing."""
+    if not isinstance(body, dict):
+        return "body: expected a JSON object"
+    unknown = sorted(set(body) - _CREATE_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(_CREATE_FIELDS))
+        return f"{unknown[0]}: not a field the fake RunPod knows ({known})"
+    for field in ("name", "imageName", "gpuTypeIds", "gpuCount"):
+        if field not in body:
+            return f"{field}: required"
+    checks: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("name", _is_text, "a non-empty string"),
+        ("imageName", _is_text, "a non-empty string"),
+        ("gpuTypeIds", lambda v: _is_list_of_text(v) and len(v) > 0, "a non-empty list of ids"),
+        ("gpuCount", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("cloudType", lambda v: v in ("SECURE", "COMMUNITY"), '"SECURE" or "COMMUNITY"'),
+        ("interruptible", lambda v: isinstance(v, bool), "true or false"),
+        ("supportPublicIp", lambda v: isinstance(v, bool), "true or false"),
+        ("ports", _is_list_of_text, 'a list of strings like "22/tcp"'),
+        ("env", _is_text_map, "an object of string values"),
+        ("containerDiskInGb", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("dataCenterIds", _is_list_of_text, "a list of strings"),
+    ]
+    for field, check, expected in checks:
+        if field in body and not check(body[field]):
+            return f"{field}: expected {expected}, got {json.dumps(body[field])}"
+    for gpu_type_id in body["gpuTypeIds"]:
+        if gpu_type_id not in gpu_type_ids:
+            return f"gpuTypeIds: unknown GPU type {gpu_type_id!r}"
+    return None
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_list_of_text(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_text_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def _proc_entries() -> Iterator[tuple[int, int, list[bytes]]]:
+    """(pid, parent pid, environment) of every live process this user can read."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
+        if fields[0] != "Z":
+            yield int(entry.name), int(fields[1]), environ.split(b"\0")
+
+
+def _pod_processes(listener: int, marker: bytes) -> set[int]:
+    """The pod's processes: ``listener`` (its sshd; 0 for none) and its descendants, and
+    every process whose environment holds ``marker``, with their descendants."""
+    children: dict[int, list[int]] = {}
+    found = {listener} if listener else set()
+    for pid, parent, environ in _proc_entries():
+        children.setdefault(parent, []).append(pid)
+        if marker in environ:
+            found.add(pid)
+    pending = list(found)
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    found.discard(os.getpid())
+    return {pid for pid in found if pid == listener or _is_running(pid)}
+
+
+def _is_running(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie has ended (its parent may never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _keep_home(home: Path, kept: Path) -> None:
+    """Move a pod's home (outside ``root``, to keep it short) into ``root`` for a look after
+    the test; where that is another file system, remove it."""
+    try:
+        home.rename(kept)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        shutil.rmtree(home)
+
+
+def _signal(pids: set[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # ended on its own meanwhile
