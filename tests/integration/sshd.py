@@ -80,6 +80,7 @@ def start_sshd(
     it, so it must stay short (a unix socket's path holds at most 107 bytes).
     """
     directory = root / name
+    directory.mkdir(parents=True, exist_ok=True)
     home = home or directory / "home"
     home.mkdir(parents=True, exist_ok=True)
     host_key = directory / "host_ed25519"
