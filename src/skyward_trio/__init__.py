@@ -16,7 +16,8 @@ enforces it):
    ``_store`` (the store service), ``_sampler`` (a worker's metric sampler) (only trio +
    layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
-   ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_source``
+   ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
+   (``sky.RunPod``), ``_source``
    (where remote nodes get Skyward), ``_localnode`` (a Local node's SSH server process),
    ``_connection``, ``_storelink`` (the client's link to the store)
 5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_checks`` (what
@@ -84,6 +85,7 @@ from ._model import (
     Options,
     PipIndex,
     ProviderConfig,
+    RunPod,
     Spec,
     SSHHost,
     Volume,
@@ -154,6 +156,7 @@ __all__ = [
     "ProvisionError",
     "RemoteError",
     "ResultStream",
+    "RunPod",
     "SSHHost",
     "SerializationError",
     "SkywardError",

@@ -15,13 +15,14 @@ Layer 5: it reads the providers' configs (layer 4) and is used by ``_compute`` a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
 
 from ._bootstrap import requirement_name
 from ._container import check_container
-from ._model import SSH, Container, Local, Spec
+from ._model import SSH, Container, Local, RunPod, Spec
 from ._providers import ssh_targets
 from ._source import check_source
 from ._version import PYTHON_VERSION
@@ -51,6 +52,8 @@ def check_spec(spec: Spec) -> None:
         )
     if isinstance(spec.provider, Container):
         check_container(spec)
+    if isinstance(spec.provider, RunPod):
+        _runpod(spec)
     if spec.volumes:
         raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
     if spec.plugins:
@@ -116,3 +119,23 @@ def _image(spec: Spec) -> None:
 # A package as apt-get install takes it: name[:arch][=version|/release]. Nothing a
 # shell would expand, nothing apt-get would read as an option.
 _APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9+.:~_-]+)?")
+
+
+def _runpod(spec: Spec) -> None:
+    """RunPod rents GPU pods by whole GPUs."""
+    accelerator = spec.accelerator
+    if accelerator is None:
+        raise ValueError(
+            "sky.RunPod() rents GPU pods and this spec asks for no accelerator; pass e.g. "
+            "accelerator=sky.accelerators.RTX_4090() (CPU pods are not supported yet)"
+        )
+    if accelerator.count != int(accelerator.count):
+        raise ValueError(
+            f"accelerator={accelerator.name}(count={accelerator.count:g}): RunPod rents whole "
+            f"GPUs; pass count={max(1, int(accelerator.count))} or more"
+        )
+    if spec.disk_gb is not None:
+        raise ValueError(
+            f"disk_gb={spec.disk_gb:g}: sky.RunPod() sizes each pod's disk itself; drop "
+            f"disk_gb= and pass RunPod(container_disk_gb={math.ceil(spec.disk_gb)})"
+        )

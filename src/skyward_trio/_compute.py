@@ -42,10 +42,12 @@ from ._events import (
 )
 from ._function import active_pool
 from ._model import (
+    RUNPOD_API_KEY_ENV,
     SSH,
     LogConfig,
     Options,
     ProviderConfig,
+    RunPod,
     Spec,
     resolve_compute_args,
 )
@@ -127,6 +129,7 @@ async def _open_first(
             spec.provider,
             measure=_offers.asks_hardware(spec),
             count=spec.nodes.ceiling,
+            accelerators=spec.accelerator.count if spec.accelerator is not None else 1,
         )
         for spec in specs
     ]
@@ -134,7 +137,7 @@ async def _open_first(
     notes = [f"skipped {reason}" for reason in skipped]
     attempts: list[ProvisionError] = []
     for number, choice in enumerate(choices, 1):
-        cm = _open_pool(choice.spec, options, defaulted, probe, notes=notes)
+        cm = _open_pool(choice, options, defaulted, probe, notes=notes)
         try:
             return cm, await cm.__aenter__()
         except ProvisionError as exc:
@@ -170,13 +173,14 @@ def _all_failed(
 
 @contextlib.asynccontextmanager
 async def _open_pool(
-    spec: Spec,
+    choice: _offers.Choice,
     options: Options,
     defaulted: bool,
     probe: _serial.Payload | None,
     *,
     notes: Sequence[str] = (),
 ) -> AsyncIterator[Pool]:
+    spec = choice.spec
     job_id = secrets.token_hex(4)
     nodes = spec.nodes
     pool = Pool(spec, options, nodes, job_id=job_id)
@@ -189,7 +193,7 @@ async def _open_pool(
         )
         await stack.enter_async_context(_transport.asyncio_loop())
         cluster = await open_cluster(
-            spec.provider, job_id=job_id, client_public_key=_transport.public_openssh(client_key)
+            spec.provider, job_id=job_id, client_key=client_key, choice=choice
         )
         for note in notes:  # what happened to the specs tried or skipped before this one
             pool._events.emit(Error(job_id=job_id, message=note))
@@ -219,9 +223,12 @@ async def _open_pool(
 
 
 def _login_secrets(provider: ProviderConfig) -> list[str]:
-    """The passphrase ``sky.SSH(passphrase_env=...)`` names: never written to the log."""
+    """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
+    names, ``RUNPOD_API_KEY``. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
+    if isinstance(provider, RunPod):
+        return [os.environ.get(RUNPOD_API_KEY_ENV, "")]
     return []
 
 

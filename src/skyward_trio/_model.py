@@ -576,11 +576,118 @@ class Container(ProviderConfig):
         return str(self.image).replace("{python_version}", python_version)
 
 
+#: ``sky.RunPod``'s image: RunPod's PyTorch image, which starts sshd with the pod's
+#: ``PUBLIC_KEY`` (the bootstrap fetches the client's Python with uv when it differs).
+DEFAULT_RUNPOD_IMAGE = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
+
+#: Where ``sky.RunPod`` reads its API key when none is passed.
+RUNPOD_API_KEY_ENV = "RUNPOD_API_KEY"
+
+_HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+
+def _check_url(record: str, name: str, value: object, *, fix: str) -> None:
+    _check_str(record, name, value, fix=fix)
+    assert isinstance(value, str)
+    if _HTTP_URL.fullmatch(value) is None:
+        raise ValueError(f"{record}({name}={value!r}): not an http(s) URL. {fix}")
+
+
+@attrs.frozen(kw_only=True)
+class RunPod(ProviderConfig):
+    """GPU pods rented from RunPod, through its public REST and GraphQL APIs.
+
+    Each node is one pod running ``container_image`` with the spec's accelerators; the
+    client reaches it over SSH on the pod's public IP (RunPod's images start sshd with the
+    ``PUBLIC_KEY`` the pool passes). Pods are deleted when the pool closes, and a pod
+    whose client vanished deletes itself once ``Spec.ttl`` runs out.
+
+    Attributes:
+        api_key: Your RunPod API key; None reads ``RUNPOD_API_KEY``. It is sent only in
+            the ``Authorization`` header and never appears in reprs, logs or events.
+        container_image: The image each pod runs: a reference or a ``sky.containers``
+            image (``{python_version}`` is replaced with this client's ``X.Y``). It must
+            start sshd with ``PUBLIC_KEY``, as RunPod's own images do.
+        cloud_type: ``"secure"`` (RunPod's data centres) or ``"community"`` (hosts of
+            its community cloud; cheaper, less reliable).
+        container_disk_gb: The pod's disk in GB when the spec sets no ``disk_gb``.
+        api_url: The REST API's base URL.
+        graphql_url: The GraphQL API's URL (GPU types and their prices).
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    container_image: str | DockerImage = DEFAULT_RUNPOD_IMAGE
+    cloud_type: Literal["secure", "community"] = "secure"
+    container_disk_gb: int = 50
+    api_url: str = "https://rest.runpod.io/v1"
+    graphql_url: str = "https://api.runpod.io/graphql"
+
+    def __attrs_post_init__(self) -> None:
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            # The value is not echoed: it is a credential.
+            raise ValueError(
+                "RunPod(api_key=...): the API key must be a non-empty string. Pass "
+                f"api_key=os.environ['{RUNPOD_API_KEY_ENV}'], or leave it None to read "
+                f"{RUNPOD_API_KEY_ENV}."
+            )
+        fix = (
+            "Pass e.g. container_image=sky.containers.runpod_pytorch('2.8') or a reference "
+            "such as 'runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04'."
+        )
+        image = self.container_image
+        if not isinstance(image, str | DockerImage):
+            raise TypeError(
+                f"RunPod(container_image={image!r}): must be a str or a sky.DockerImage, got "
+                f"{_describe(image)}. {fix}"
+            )
+        if isinstance(image, str):
+            _check_str("RunPod", "container_image", image, fix=fix)
+            problem = check_reference(image)
+            if problem is not None:
+                raise ValueError(f"RunPod(container_image={image!r}): {problem}. {fix}")
+        if self.cloud_type not in ("secure", "community"):
+            raise ValueError(
+                f"RunPod(cloud_type={self.cloud_type!r}): one of 'secure' or 'community'. "
+                "Pass cloud_type='secure' (the default) or 'community'."
+            )
+        _check_int(
+            "RunPod",
+            "container_disk_gb",
+            self.container_disk_gb,
+            low=1,
+            fix="Pass whole GB, e.g. container_disk_gb=50.",
+        )
+        for name in ("api_url", "graphql_url"):
+            default = attrs.fields_dict(RunPod)[name].default
+            fix = f"Pass the API's URL, e.g. {name}={default!r}."
+            _check_url("RunPod", name, getattr(self, name), fix=fix)
+
+    def image_reference(self, python_version: str) -> str:
+        """The image each pod runs, for a client on Python ``python_version``."""
+        return str(self.container_image).replace("{python_version}", python_version)
+
+    def resolved_api_key(self) -> str:
+        """The API key: the one given, else ``RUNPOD_API_KEY``.
+
+        Raises:
+            ValueError: Neither is set, saying how to set one.
+        """
+        key = self.api_key or os.environ.get(RUNPOD_API_KEY_ENV, "")
+        if not key:
+            raise ValueError(
+                f"sky.RunPod(): no API key: {RUNPOD_API_KEY_ENV} is not set and api_key= was "
+                "not given. Create a key at https://www.runpod.io/console/user/settings and "
+                f"export {RUNPOD_API_KEY_ENV}=..., or pass sky.RunPod(api_key=...)."
+            )
+        return key
+
+
 #: The provider configs a ``[providers.NAME]`` table of skyward.toml names by its ``type``.
 PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "local": Local,
     "ssh": SSH,
     "container": Container,
+    "runpod": RunPod,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

@@ -17,6 +17,7 @@ import attrs
 
 from ._errors import NoOfferError
 from ._model import SelectionStrategy, Spec
+from .accelerators import Accelerator
 
 __all__ = ["Catalog", "Choice", "Offer", "asks_hardware", "choose", "describe", "plan"]
 
@@ -39,6 +40,9 @@ class Offer:
         regions: The regions it is offered in; empty: the provider has no regions.
         spot_price: USD per node-hour on the spot market.
         on_demand_price: USD per node-hour on demand.
+        accelerator: The accelerator it carries (its ``count``: how many per node), or
+            None when that is not known before a machine is up (a ``sky.SSH`` host) or it
+            has none: a spec's ``accelerator`` is then not judged here.
     """
 
     provider: str
@@ -50,6 +54,7 @@ class Offer:
     regions: tuple[str, ...] = ()
     spot_price: float | None = None
     on_demand_price: float | None = None
+    accelerator: Accelerator | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -117,8 +122,28 @@ def asks_hardware(spec: Spec) -> bool:
     return spec.architecture is not None or any(value is not None for value in minimums)
 
 
+def _unmet_accelerator(offer: Offer, spec: Spec) -> str | None:
+    """Why ``offer`` does not carry the spec's accelerator, in words shared by every such
+    offer (a catalog of many GPU types then gives one reason, not one per type)."""
+    wanted, has = spec.accelerator, offer.accelerator
+    if wanted is None or has is None:
+        return None
+    if has.name != wanted.name:
+        return f"accelerator={wanted.name}: {offer.provider} offers no {wanted.name}"
+    if wanted.memory_gb is not None and wanted.memory_gb != has.memory_gb:
+        return f"accelerator={wanted.name}: {offer.provider} offers no {wanted.memory} one"
+    if wanted.form_factor is not None and wanted.form_factor != has.form_factor:
+        return f"accelerator={wanted.name}: {offer.provider} offers no {wanted.form_factor} one"
+    if wanted.count > has.count:
+        return f"accelerator={wanted.name}: {offer.name} comes at most {has.count:g} per node"
+    return None
+
+
 def _unmet(offer: Offer, spec: Spec) -> str | None:
     """The first hardware or place constraint of ``spec`` that ``offer`` does not meet."""
+    unmet = _unmet_accelerator(offer, spec)
+    if unmet is not None:
+        return unmet
     for field, what, unit in _MINIMUMS:
         wanted = getattr(spec, field)
         if wanted is None:

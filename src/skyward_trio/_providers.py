@@ -26,8 +26,8 @@ import attrs
 import trio
 
 from . import _transport
-from ._model import DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig
-from ._offers import Catalog, Offer
+from ._model import DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig, RunPod
+from ._offers import Catalog, Choice, Offer
 
 __all__ = [
     "ARMED_FAULTS",
@@ -67,6 +67,9 @@ class Instance:
     # How the client logs in; None: with the pool's own generated key (which the
     # provider installed on the machine, as Local does).
     login: _transport.Login | None = None
+    # A shell command the worker runs when its lease (Spec.ttl) runs out with no client,
+    # to stop the machine itself (a cloud pod deletes itself); None: the worker only exits.
+    on_lease_expiry: str | None = None
 
 
 class Cluster(Protocol):
@@ -90,8 +93,19 @@ class Cluster(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key: str) -> Cluster:
-    """Open the cluster object of the provider ``config`` names."""
+async def open_cluster(
+    config: ProviderConfig,
+    *,
+    job_id: str,
+    client_key: _transport.SSHKey,
+    choice: Choice | None = None,
+) -> Cluster:
+    """Open the cluster object of the provider ``config`` names.
+
+    ``client_key`` is the pool's own key, which the provider installs on its machines;
+    ``choice`` is the offer the pool was planned on (a cloud provider rents that one).
+    """
+    client_public_key = _transport.public_openssh(client_key)
     if isinstance(config, Local):
         return LocalCluster(config, job_id=job_id, client_public_key=client_public_key)
     if isinstance(config, SSH):
@@ -103,17 +117,29 @@ async def open_cluster(config: ProviderConfig, *, job_id: str, client_public_key
         return await ContainerCluster.open(
             config, job_id=job_id, client_public_key=client_public_key
         )
+    if isinstance(config, RunPod):
+        from ._runpod import RunPodCluster  # it builds on this module's Instance
+
+        if choice is None:
+            raise ValueError("sky.RunPod() rents the offer the pool was planned on: pass choice")
+        return RunPodCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
-        "use provider=sky.Local(), sky.SSH(hosts=[...]) or sky.Container() "
+        "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container() or sky.RunPod() "
         "(see the README's 'not yet' list)"
     )
 
 
 async def offers(
-    config: ProviderConfig, *, measure: bool = False, count: int | None = None
+    config: ProviderConfig,
+    *,
+    measure: bool = False,
+    count: int | None = None,
+    accelerators: float = 1,
 ) -> Catalog:
     """What the provider ``config`` names can start, per node, and at what price.
+
+    A cloud provider lists its machine types, priced for nodes of ``accelerators`` GPUs.
 
     ``Local`` nodes and ``Container`` nodes share this machine, so their one offer is this
     machine as it is now (free disk, not total). ``SSH`` hosts are the user's and cost
@@ -124,6 +150,10 @@ async def offers(
         return Catalog(offers=(this_machine("sky.Local()"),))
     if isinstance(config, Container):
         return Catalog(offers=(this_machine("sky.Container()"),))
+    if isinstance(config, RunPod):
+        from ._runpod import catalog
+
+        return await catalog(config, gpus=accelerators)
     if isinstance(config, SSH):
         if not measure:
             hosts = len(config.hosts)

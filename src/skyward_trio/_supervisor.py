@@ -793,6 +793,7 @@ class Supervisor:
             "executor": pool.worker_config.resolved_executor,
             "reuse_processes": pool.worker_config.reuse_processes,
             "lease_seconds": pool.spec.ttl,
+            "on_lease_expiry": instance.on_lease_expiry,
             "reconnect_seconds": reconnect_window(pool.options) + _RESUME_MARGIN,
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),

@@ -57,6 +57,26 @@ def _alive(pid: int) -> bool:
 _STREAM_WINDOW = 64
 
 
+async def _run_expiry(command: str) -> None:
+    """Run the machine's stop command (``Instance.on_lease_expiry``); say how it went."""
+    print(f"skyward worker: stopping the machine: {command}", file=sys.stderr)
+    try:
+        with trio.move_on_after(120):
+            done = await trio.run_process(
+                ["/bin/sh", "-c", command], capture_stdout=True, capture_stderr=True, check=False
+            )
+            said = (done.stderr or done.stdout).decode(errors="replace").strip()
+            if done.returncode != 0:
+                print(
+                    f"skyward worker: the stop command failed ({done.returncode}): {said}",
+                    file=sys.stderr,
+                )
+            return
+        print("skyward worker: the stop command did not finish in 120 s", file=sys.stderr)
+    except OSError as exc:
+        print(f"skyward worker: could not run the stop command: {exc}", file=sys.stderr)
+
+
 def _short(text: str) -> str:
     """Cut a probe's failure text to a size that reads well in one line of the console."""
     return text if len(text) <= 300 else text[:297] + "..."
@@ -158,6 +178,9 @@ class Worker:
                 if node_pid:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(node_pid, signal.SIGTERM)
+                command = self.config.get("on_lease_expiry")
+                if command:  # the machine stops itself: nothing left to bill
+                    await _run_expiry(str(command))
                 self._shutdown.set()
                 return
 

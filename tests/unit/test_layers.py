@@ -49,6 +49,7 @@ LAYERS = {
     "_transport": 4,
     "_providers": 4,
     "_container": 4,
+    "_runpod": 4,
     "_source": 4,
     "_localnode": 4,
     "_connection": 4,

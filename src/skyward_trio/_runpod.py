@@ -1,0 +1,417 @@
+"""``sky.RunPod``: GPU pods rented through RunPod's public APIs.
+
+RunPod's GraphQL API lists the GPU types with their prices per GPU-hour (secure or
+community cloud; on demand, or spot as an "interruptible" pod); its REST API creates,
+reads and deletes pods. Each node is one pod: the client creates it with the pool's
+public key in ``PUBLIC_KEY`` (RunPod's images start sshd with it), waits until the pod
+has a public address and its SSH port answers, pins the host key it presents then (RunPod
+does not publish it, so the first answer is trusted for that pod only: trust on first
+use, never a known_hosts entry a later pod on the same address could reuse) and logs in
+once to learn the home directory.
+
+Nothing is left billing: every pod this cluster creates is named
+``skyward-<job>-<node>-<n>``; ``terminate`` deletes a pod and confirms it gone, and
+``aclose`` deletes every pod of the job still listed, including one whose create request
+was cut short before its answer came. A pod whose client vanished deletes itself when
+the worker's lease (``Spec.ttl``) runs out, with ``runpodctl`` inside the pod.
+
+The API key travels only in the ``Authorization`` header; errors quote RunPod's answer,
+which never holds it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from . import _transport, accelerators
+from ._model import RunPod
+from ._offers import Catalog, Choice, Offer
+from ._providers import Instance
+from ._version import PYTHON_VERSION
+from .accelerators import Accelerator
+
+__all__ = ["GPU_TYPES", "RunPodCluster", "RunPodError", "catalog"]
+
+#: RunPod's GPU type ids and what each is, per GPU. Types not listed here are not offered
+#: (an accelerator Skyward cannot name could not be asked for).
+GPU_TYPES: Mapping[str, Accelerator] = {
+    "NVIDIA A100 80GB PCIe": accelerators.A100(form_factor="PCIe"),
+    "NVIDIA A100-SXM4-80GB": accelerators.A100(form_factor="SXM"),
+    "NVIDIA H100 PCIe": accelerators.H100(form_factor="PCIe"),
+    "NVIDIA H100 80GB HBM3": accelerators.H100(form_factor="SXM"),
+    "NVIDIA H100 NVL": accelerators.H100(form_factor="NVL"),
+    "NVIDIA H200": accelerators.H200(form_factor="SXM"),
+    "NVIDIA B200": accelerators.B200(),
+    "NVIDIA A40": accelerators.A40(),
+    "NVIDIA L4": accelerators.L4(),
+    "NVIDIA L40": accelerators.L40(),
+    "NVIDIA L40S": accelerators.L40S(),
+    "NVIDIA RTX A6000": accelerators.RTX_A6000(),
+    "NVIDIA RTX 6000 Ada Generation": accelerators.RTX_6000_Ada(),
+    "NVIDIA GeForce RTX 4090": accelerators.RTX_4090(),
+    "NVIDIA GeForce RTX 5090": accelerators.RTX_5090(),
+    "AMD Instinct MI300X OAM": accelerators.MI300X(),
+}
+
+_GPU_TYPES_QUERY = (
+    "query GpuTypes { gpuTypes { id displayName memoryInGb secureCloud communityCloud "
+    "securePrice communityPrice secureSpotPrice communitySpotPrice maxGpuCount } }"
+)
+
+#: How long one API request may take before it counts as failed.
+_REQUEST_TIMEOUT = 30.0
+#: The pod is polled this often (at first more often) until it has an address.
+_POLL_EVERY = 2.0
+#: The command a pod runs to delete itself when the worker's lease runs out.
+_SELF_DELETE = 'runpodctl remove pod "$RUNPOD_POD_ID"'
+
+
+class RunPodError(RuntimeError):
+    """RunPod's API refused a request or could not be reached; the message quotes it."""
+
+
+def _json(response: httpx.Response) -> Any:
+    """The response's JSON, or None when it is not JSON (a proxy's error page, say)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _describe_failure(response: httpx.Response) -> str:
+    """RunPod's own words for a failed request (its JSON ``error``, else the body)."""
+    text = response.text.strip()
+    body = _json(response)
+    if isinstance(body, dict):
+        if isinstance(body.get("error"), str):
+            text = body["error"]
+        elif isinstance(body.get("errors"), list) and body["errors"]:
+            text = "; ".join(str(e.get("message", e)) for e in body["errors"])
+    return text[:500] or f"HTTP {response.status_code}"
+
+
+class _API:
+    """RunPod's REST and GraphQL APIs, with the key in the Authorization header only."""
+
+    def __init__(self, config: RunPod) -> None:
+        self.config = config
+        self._client = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {config.resolved_api_key()}"},
+            timeout=_REQUEST_TIMEOUT,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
+        """One request; a refused key or no answer is a RunPodError saying so."""
+        try:
+            response = await self._client.request(method, url, json=json)
+        except httpx.HTTPError as exc:
+            raise RunPodError(f"RunPod's API at {url} did not answer: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise RunPodError(
+                f"RunPod refused the API key ({response.status_code}: "
+                f"{_describe_failure(response)}); check RUNPOD_API_KEY or RunPod(api_key=...) "
+                "and that the key may manage pods"
+            )
+        return response
+
+    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+        """A REST request, ``path`` under ``api_url``."""
+        return await self._send(method, self.config.api_url.rstrip("/") + path, json=json)
+
+    async def gpu_types(self) -> list[dict[str, Any]]:
+        """The GraphQL ``gpuTypes``: RunPod's GPU types with their prices per GPU-hour."""
+        response = await self._send(
+            "POST", self.config.graphql_url, json={"query": _GPU_TYPES_QUERY}
+        )
+        body = _json(response) if response.status_code == 200 else None
+        types = body.get("data", {}).get("gpuTypes") if isinstance(body, dict) else None
+        if not isinstance(types, list):
+            raise RunPodError(
+                f"RunPod did not list its GPU types ({response.status_code}: "
+                f"{_describe_failure(response)})"
+            )
+        return [t for t in types if isinstance(t, dict)]
+
+
+def _offer(config: RunPod, entry: Mapping[str, Any], gpus: int) -> Offer | None:
+    """One GPU type as an offer of nodes with ``gpus`` of it, or None if not offered."""
+    kind = GPU_TYPES.get(str(entry.get("id")))
+    if kind is None:
+        return None
+    cloud = config.cloud_type  # "secure" or "community"
+    if entry.get(f"{cloud}Cloud") is False:
+        return None
+
+    def price(field: str) -> float | None:
+        value = entry.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return round(float(value) * gpus, 4)
+        return None
+
+    most = entry.get("maxGpuCount")
+    return Offer(
+        provider="sky.RunPod()",
+        name=str(entry["id"]),
+        on_demand_price=price(f"{cloud}Price"),
+        spot_price=price(f"{cloud}SpotPrice"),
+        # A type RunPod gives no maximum for: 8, the most a RunPod machine carries.
+        accelerator=attrs.evolve(kind, count=most if isinstance(most, int) and most > 0 else 8),
+    )
+
+
+async def catalog(config: RunPod, *, gpus: float) -> Catalog:
+    """RunPod's GPU types as offers, priced per node of ``gpus`` GPUs.
+
+    Raises:
+        ValueError: No API key is set (a setting to fix, not a spec to skip).
+    """
+    config.resolved_api_key()  # before any request: the fix is the user's
+    api = _API(config)
+    try:
+        types = await api.gpu_types()
+    except RunPodError as exc:
+        return Catalog(error=str(exc))
+    finally:
+        await api.aclose()
+    whole = max(1, math.ceil(gpus))
+    offers = (_offer(config, entry, whole) for entry in types)
+    return Catalog(offers=tuple(o for o in offers if o is not None))
+
+
+@attrs.frozen
+class _Pod:
+    """What the REST API says of one pod."""
+
+    id: str
+    status: str  # desiredStatus: RUNNING, EXITED, TERMINATED
+    public_ip: str | None
+    ssh_port: int | None
+
+
+def _pod(body: object) -> _Pod:
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise RunPodError(f"RunPod answered with no pod: {str(body)[:300]}")
+    mappings = body.get("portMappings")
+    port = mappings.get("22") if isinstance(mappings, dict) else None
+    ip = body.get("publicIp")
+    return _Pod(
+        id=body["id"],
+        status=str(body.get("desiredStatus", "")),
+        public_ip=ip if isinstance(ip, str) and ip else None,
+        ssh_port=port if isinstance(port, int) and not isinstance(port, bool) else None,
+    )
+
+
+class RunPodCluster:
+    """One pool's pods on RunPod (see the module)."""
+
+    name = "runpod"
+    # Pods of one account do not reach each other's private addresses: the collections
+    # store runs in the client.
+    peers_reachable = False
+
+    def __init__(
+        self,
+        config: RunPod,
+        *,
+        job_id: str,
+        client_key: _transport.SSHKey,
+        choice: Choice,
+        python_version: str = PYTHON_VERSION,
+    ) -> None:
+        accelerator = choice.spec.accelerator
+        assert accelerator is not None  # check_spec refuses a RunPod spec without one
+        self.config = config
+        self.job_id = job_id
+        self._choice = choice
+        self._gpus = max(1, math.ceil(accelerator.count))
+        self._image = config.image_reference(python_version)
+        self._public_key = _transport.public_openssh(client_key)
+        self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
+        self._api = _API(config)
+        self._serial = 0
+        self._live: dict[str, int] = {}  # pod id -> node: created, not yet confirmed gone
+
+    @property
+    def _prefix(self) -> str:
+        return f"skyward-{self.job_id}-"
+
+    def _body(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "imageName": self._image,
+            "gpuTypeIds": [self._choice.offer.name],
+            "gpuCount": self._gpus,
+            "cloudType": self.config.cloud_type.upper(),
+            "interruptible": self._choice.spot,
+            "ports": ["22/tcp"],
+            "env": {"PUBLIC_KEY": self._public_key},
+            "containerDiskInGb": self.config.container_disk_gb,
+            "supportPublicIp": True,
+        }
+
+    async def provision(self, node: int) -> Instance:
+        """Create a pod, wait for its SSH port, pin its host key and learn its home."""
+        self._serial += 1
+        name = f"{self._prefix}{node}-{self._serial}"
+        response = await self._api.request("POST", "/pods", json=self._body(name))
+        if response.status_code not in (200, 201):
+            raise RunPodError(
+                f"RunPod did not create a pod of {self._gpus} x {self._choice.offer.name} "
+                f"({response.status_code}: {_describe_failure(response)})"
+            )
+        pod = _pod(_json(response))
+        self._live[pod.id] = node
+        host, port = await self._address(pod)
+        host_key = await self._host_key(host, port)
+        home = await self._home(host, port, host_key)
+        workdir = f"{home}/.skyward/jobs/{self.job_id}-{node}"
+        return Instance(
+            id=pod.id,
+            node=node,
+            host=host,
+            port=port,
+            username="root",
+            host_key=host_key,
+            private_ip=host,
+            public_ip=host,
+            python=None,
+            workdir=workdir,
+            hourly_price=self._choice.hourly_price,
+            on_lease_expiry=_SELF_DELETE,  # login: None, the pool's own key (PUBLIC_KEY)
+        )
+
+    async def _get(self, pod_id: str) -> _Pod | None:
+        """The pod as RunPod sees it now; None once it is gone."""
+        response = await self._api.request("GET", f"/pods/{pod_id}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RunPodError(
+                f"RunPod did not say how pod {pod_id} is ({response.status_code}: "
+                f"{_describe_failure(response)})"
+            )
+        return _pod(_json(response))
+
+    async def _address(self, pod: _Pod) -> tuple[str, int]:
+        """Poll until the pod has a public IP and port 22 mapped (the caller's deadline)."""
+        delay = 0.2
+        while True:
+            if pod.status in ("EXITED", "TERMINATED"):
+                raise RunPodError(f"pod {pod.id} stopped before it came up ({pod.status})")
+            if pod.public_ip is not None and pod.ssh_port is not None:
+                return pod.public_ip, pod.ssh_port
+            await trio.sleep(delay)
+            delay = min(delay * 2, _POLL_EVERY)
+            now = await self._get(pod.id)
+            if now is None:
+                raise RunPodError(f"pod {pod.id} was deleted before it came up")
+            pod = now
+
+    async def _host_key(self, host: str, port: int) -> str:
+        """The key sshd presents once it answers: pinned for this pod (first use)."""
+        delay = 0.2
+        while True:
+            try:
+                key = await _transport.fetch_host_key(host, port, like=[])
+            except _transport.SSHError:
+                await trio.sleep(delay)  # the container is still starting sshd
+                delay = min(delay * 2, _POLL_EVERY)
+                continue
+            assert key is not None  # like=[] accepts any key type
+            return key
+
+    async def _home(self, host: str, port: int, host_key: str) -> str:
+        ssh = await _transport.connect(
+            host, port, username="root", login=self._login, host_key=host_key
+        )
+        try:
+            rc, out, err = await ssh.run('printf "%s\\n" "$HOME"')
+        finally:
+            await ssh.aclose()
+        home = out.decode(errors="replace").strip()
+        if rc != 0 or not home.startswith("/"):
+            raise RunPodError(
+                f"the pod at {host}:{port} did not say its home directory (exit status "
+                f"{rc}): {err.decode(errors='replace').strip()}"
+            )
+        return home
+
+    async def alive(self, instance: Instance) -> bool:
+        """Whether RunPod still runs the pod (False once it is interrupted or deleted)."""
+        try:
+            pod = await self._get(instance.id)
+        except RunPodError:
+            return True  # the API did not answer: the reconnection finds out
+        return pod is not None and pod.status == "RUNNING"
+
+    async def terminate(self, instance: Instance) -> None:
+        """Delete the pod and confirm RunPod no longer lists it; raise otherwise."""
+        await self._delete(instance.id)
+
+    async def _delete(self, pod_id: str) -> None:
+        response = await self._api.request("DELETE", f"/pods/{pod_id}")
+        if response.status_code not in (200, 202, 204, 404):
+            raise RunPodError(
+                f"RunPod did not delete pod {pod_id} ({response.status_code}: "
+                f"{_describe_failure(response)}); delete it in RunPod's console"
+            )
+        pod = await self._get(pod_id)
+        if pod is not None and pod.status != "TERMINATED":
+            raise RunPodError(
+                f"RunPod still lists pod {pod_id} as {pod.status} after deleting it; "
+                "delete it in RunPod's console"
+            )
+        self._live.pop(pod_id, None)
+
+    async def aclose(self) -> None:
+        """Delete every pod of this job still there, those never handed out included (a
+        create cut short before RunPod answered); raise naming any left."""
+        failed: list[str] = []
+        try:
+            with trio.move_on_after(60) as scope:
+                unlisted = await self._find_strays()
+                if unlisted is not None:
+                    failed.append(unlisted)
+                for pod_id in list(self._live):
+                    try:
+                        await self._delete(pod_id)
+                    except RunPodError as exc:
+                        failed.append(f"{pod_id} ({exc})")
+            if scope.cancelled_caught:
+                failed.append("no answer from RunPod within 60 s")
+        finally:
+            await self._api.aclose()
+        if failed:
+            raise RunPodError(
+                "sky.RunPod could not confirm every pod of this pool deleted; these may "
+                f"still bill: {'; '.join(failed)}. Check RunPod's console for pods named "
+                f"{self._prefix}*"
+            )
+
+    async def _find_strays(self) -> str | None:
+        """Add the job's pods RunPod lists to those to delete; or say why it could not
+        list them (a pod created but never answered for may then be left)."""
+        try:
+            listed = await self._api.request("GET", "/pods")
+        except RunPodError as exc:
+            return f"the job's pods could not be listed: {exc}"
+        pods = _json(listed) if listed.status_code == 200 else None
+        if not isinstance(pods, list):
+            return f"the job's pods could not be listed ({listed.status_code}: " + (
+                f"{_describe_failure(listed)})"
+            )
+        for body in pods:
+            if isinstance(body, dict) and str(body.get("name", "")).startswith(self._prefix):
+                self._live.setdefault(str(body.get("id")), -1)
+        return None

@@ -1,0 +1,304 @@
+"""``sky.RunPod`` end to end against a fake RunPod (``fake_runpod.py``): the provider lists
+GPU types and prices over GraphQL, creates, reads and deletes pods over REST, and each pod
+is a real OpenSSH ``sshd`` on loopback that the pool logs in to, bootstraps and runs
+workers on. Nothing here reaches RunPod; no address but loopback is contacted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sshd
+import trio
+from fake_runpod import NO_INSTANCES, FakeRunPod
+from waiting import wait_until
+
+import skyward as sky
+import skyward_trio
+from skyward_trio._model import Spec
+from skyward_trio._offers import Choice
+from skyward_trio._runpod import RunPodCluster, catalog
+from skyward_trio._transport import asyncio_loop, generate_key
+
+QUIET = sky.Options(console="silent")
+
+
+def provider(api: FakeRunPod, **fields: Any) -> sky.RunPod:
+    return sky.RunPod(
+        api_key=api.api_key, api_url=api.rest_url, graphql_url=api.graphql_url, **fields
+    )
+
+
+@pytest.fixture(scope="module")
+def runpod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRunPod]:
+    """One fake for the module (its uv cache is shared by the pods: one download each)."""
+    sshd.need_sshd()
+    if os.getuid() != 0:  # RunPod pods log in as root; the fake's sshd takes only this user
+        message = "sky.RunPod logs in to pods as root: run the tests as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with FakeRunPod(root=tmp_path_factory.mktemp("runpod")) as api:
+        yield api
+
+
+@sky.function
+def _where() -> dict[str, Any]:
+    return {
+        "node": sky.instance_info().node,
+        "home": os.environ["HOME"],
+        "pod": os.environ.get("RUNPOD_POD_ID"),
+        "version": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
+
+
+@sky.function
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_a_pool_of_pods_runs_and_every_pod_is_deleted(runpod: FakeRunPod, tmp_path: Path) -> None:
+    log = tmp_path / "pool.log"
+    options = sky.Options(
+        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
+    )
+    first = len(runpod.requests)
+    with sky.Compute(
+        provider=provider(runpod),
+        accelerator=sky.accelerators.RTX_4090(count=2),
+        nodes=2,
+        allocation="on-demand",
+        options=options,
+    ) as pool:
+        per_node = _where() @ pool
+        assert sorted(_square(x) >> pool for x in range(4)) == [0, 1, 4, 9]
+        pods = {pod.id: pod for pod in runpod.live()}
+    assert [r["node"] for r in per_node] == [0, 1]
+    for result in per_node:
+        pod = pods[result["pod"]]  # it ran in that pod, in its own home
+        assert result["home"] == str(pod.machine.home)
+        assert result["version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+        assert pod.body["gpuTypeIds"] == ["NVIDIA GeForce RTX 4090"]
+        assert pod.body["gpuCount"] == 2
+        assert pod.body["interruptible"] is False
+        assert pod.body["cloudType"] == "SECURE"
+        assert pod.body["ports"] == ["22/tcp"]
+        assert pod.body["env"]["PUBLIC_KEY"].startswith("ssh-ed25519 ")
+        assert pod.name.startswith(f"skyward-{pool.job_id}-")
+    assert len(pods) == 2
+    assert not runpod.live(), "a pod outlived its pool"
+    # The key: in the Authorization header of every request, nowhere else, never logged.
+    sent = runpod.requests[first:]
+    assert {r.headers.get("authorization") for r in sent} == {f"Bearer {runpod.api_key}"}
+    for request in sent:
+        assert runpod.api_key not in f"{request.path} {request.query} {request.body}"
+    text = log.read_text()
+    assert "InstanceProvisioned" in text
+    assert runpod.api_key not in text
+
+
+def test_the_pools_price_is_runpods_for_its_gpus(runpod: FakeRunPod) -> None:
+    with sky.Compute(
+        provider=provider(runpod),
+        accelerator=sky.accelerators.A100(form_factor="SXM"),
+        allocation="spot",
+        options=QUIET,
+    ) as pool:
+        events = pool.events()
+        provisioned = next(e for e in events if isinstance(e, sky.InstanceProvisioned))
+        events.close()
+        (pod,) = runpod.live()
+    assert provisioned.hourly_price == pytest.approx(0.95)  # the SXM board's spot price
+    assert pod.body["interruptible"] is True
+    assert pod.body["gpuTypeIds"] == ["NVIDIA A100-SXM4-80GB"]
+
+
+def test_no_capacity_gives_way_to_the_next_spec(runpod: FakeRunPod) -> None:
+    created = len(runpod.pods)
+    runpod.capacity["NVIDIA L4"], had = 0, runpod.capacity["NVIDIA L4"]
+    try:
+        with sky.Compute(
+            sky.Spec(provider=provider(runpod), accelerator=sky.accelerators.L4()),
+            sky.Spec(provider=sky.Local()),
+            options=sky.Options(console="silent", selection="first"),
+        ) as pool:
+            events = pool.events()
+            notes = []
+            for event in events:
+                if isinstance(event, sky.Error):
+                    notes.append(event.message)
+                if isinstance(event, sky.ClusterReady):
+                    break
+            events.close()
+            assert pool.spec.provider == sky.Local()
+    finally:
+        runpod.capacity["NVIDIA L4"] = had
+    assert any(NO_INSTANCES in note for note in notes), notes
+    assert len(runpod.pods) == created  # no pod was made, so none is left
+
+
+def test_a_wrong_key_is_refused_before_any_pod(runpod: FakeRunPod) -> None:
+    wrong = sky.RunPod(api_key="rpa_wrong", api_url=runpod.rest_url, graphql_url=runpod.graphql_url)
+    creates = [r for r in runpod.requests if r.method == "POST" and r.path.endswith("/pods")]
+    with (
+        pytest.raises(sky.NoOfferError, match="RunPod refused the API key"),
+        sky.Compute(provider=wrong, accelerator=sky.accelerators.L4(), options=QUIET),
+    ):
+        pytest.fail("a pool came up with a wrong key")
+    after = [r for r in runpod.requests if r.method == "POST" and r.path.endswith("/pods")]
+    assert after == creates
+
+
+def test_no_key_at_all_says_how_to_set_one(
+    runpod: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    keyless = sky.RunPod(api_url=runpod.rest_url, graphql_url=runpod.graphql_url)
+    seen = len(runpod.requests)
+    with (
+        pytest.raises(ValueError, match="export RUNPOD_API_KEY"),
+        sky.Compute(provider=keyless, accelerator=sky.accelerators.L4(), options=QUIET),
+    ):
+        pytest.fail("a pool came up with no key")
+    assert len(runpod.requests) == seen
+
+
+def test_a_pool_cancelled_while_pods_start_leaves_none(runpod: FakeRunPod) -> None:
+    runpod.start_delay = 3600.0  # the pods never get an address
+    created = set(runpod.pods)
+
+    def two_created() -> None:
+        wait_until(
+            lambda: len(set(runpod.pods) - created) == 2, "two pods created", timeout=60, every=0.05
+        )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_created() -> None:
+                await trio.to_thread.run_sync(two_created)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(cancel_once_created)
+            async with skyward_trio.Compute(
+                provider=provider(runpod), accelerator=sky.accelerators.L4(), nodes=2, options=QUIET
+            ):
+                pytest.fail("the pool came up with pods that have no address")
+
+    try:
+        trio.run(main)
+    finally:
+        runpod.start_delay = 0.0
+    assert len(set(runpod.pods) - created) == 2
+    assert not runpod.live()
+
+
+def test_a_pod_created_but_never_answered_is_found_by_name_and_deleted(
+    runpod: FakeRunPod,
+) -> None:
+    """A create cut short before RunPod answered leaves a pod the pool never heard of:
+    closing the cluster lists the job's pods by name and deletes it."""
+    config = provider(runpod)
+    spec = Spec(provider=config, accelerator=sky.accelerators.L4())
+
+    async def main() -> None:
+        async with asyncio_loop():
+            offers = (await catalog(config, gpus=1)).offers
+            offer = next(o for o in offers if o.name == "NVIDIA L4")
+            choice = Choice(index=0, spec=spec, offer=offer, spot=False, hourly_price=0.43)
+            cluster = RunPodCluster(
+                config, job_id="c0ffee00", client_key=generate_key(), choice=choice
+            )
+            async with httpx.AsyncClient() as client:
+                body = {
+                    "name": "skyward-c0ffee00-0-1",
+                    "imageName": config.image_reference("3.11"),
+                    "gpuTypeIds": ["NVIDIA L4"],
+                    "gpuCount": 1,
+                }
+                sent = await client.post(
+                    f"{runpod.rest_url}/pods",
+                    json=body,
+                    headers={"Authorization": f"Bearer {runpod.api_key}"},
+                )
+                assert sent.status_code == 201, sent.text
+            await cluster.aclose()
+
+    before = {pod.id for pod in runpod.live()}
+    trio.run(main)
+    assert {pod.id for pod in runpod.live()} == before
+
+
+def test_an_interrupted_spot_pod_is_replaced_and_its_calls_sent_again(
+    runpod: FakeRunPod,
+) -> None:
+    with sky.Compute(
+        provider=provider(runpod),
+        accelerator=sky.accelerators.RTX_4090(),
+        allocation="spot",
+        options=QUIET,
+    ) as pool:
+        events = pool.events()
+        first = _where() >> pool
+        runpod.preempt(first["pod"])
+        second = _where() >> pool  # sent to the replacement once it is up
+        kinds = []
+        for event in events:
+            kinds.append(type(event).__name__)
+            if isinstance(event, sky.InstanceReplaced):
+                break
+        events.close()
+    assert second["pod"] != first["pod"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert runpod.pods[first["pod"]].status == "EXITED" or runpod.pods[first["pod"]].deleted
+    assert not runpod.live()
+
+
+_CLIENT = """
+import sys, time
+import skyward as sky
+provider = sky.RunPod(api_key=sys.argv[1], api_url=sys.argv[2], graphql_url=sys.argv[3])
+options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
+with sky.Compute(provider=provider, accelerator=sky.accelerators.L4(), ttl=0,
+                 options=options) as pool:
+    print(pool.job_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_pods_of_a_client_that_died_delete_themselves(runpod: FakeRunPod) -> None:
+    before = {pod.id for pod in runpod.live()}
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_CLIENT),
+            runpod.api_key,
+            runpod.rest_url,
+            runpod.graphql_url,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as client:
+        try:
+            assert client.stdout is not None
+            job = client.stdout.readline().strip()
+            assert job, "the client did not start its pool"
+            (pod,) = [p for p in runpod.live() if p.id not in before]
+            assert pod.name.startswith(f"skyward-{job}-")
+        finally:
+            client.send_signal(signal.SIGKILL)  # no teardown: only the lease is left
+    # The worker gives its client the reconnect window, then runs runpodctl in the pod.
+    wait_until(lambda: pod.deleted, "the pod deleted by itself", timeout=120, every=0.5)
+    deletes = [r for r in runpod.requests if r.method == "DELETE" and pod.id in r.path]
+    assert deletes
+    assert deletes[0].headers["authorization"] == f"Bearer {pod.key}"

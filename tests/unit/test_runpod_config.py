@@ -1,0 +1,182 @@
+"""``sky.RunPod``'s pure parts: its config, its GPU types as offers, what ``Compute`` refuses
+before anything is rented, and ``[providers.X] type = "runpod"`` in skyward.toml.
+
+Provisioning through the API runs against a fake RunPod in
+``tests/integration/test_runpod.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import skyward as sky
+from skyward_trio import _checks, config
+from skyward_trio._offers import choose, plan
+from skyward_trio._runpod import GPU_TYPES, _offer
+
+KEY = "rpa_unit_test_key_0123456789"
+
+
+def entry(gpu_id: str, **fields: object) -> dict[str, object]:
+    """A GraphQL ``gpuTypes`` entry as RunPod returns it."""
+    values: dict[str, object] = {
+        "id": gpu_id,
+        "displayName": gpu_id.removeprefix("NVIDIA "),
+        "memoryInGb": 80,
+        "secureCloud": True,
+        "communityCloud": True,
+        "securePrice": 2.0,
+        "communityPrice": 1.5,
+        "secureSpotPrice": 1.0,
+        "communitySpotPrice": 0.75,
+        "maxGpuCount": 8,
+    }
+    return values | fields
+
+
+def test_the_api_key_is_never_shown() -> None:
+    provider = sky.RunPod(api_key=KEY)
+    assert KEY not in repr(provider)
+    assert KEY not in repr(sky.Spec(provider=provider, accelerator=sky.accelerators.L4()))
+    with pytest.raises(ValueError, match="non-empty string") as raised:
+        sky.RunPod(api_key="")
+    assert "api_key=os.environ" in str(raised.value)
+
+
+def test_the_key_comes_from_the_environment_or_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    assert sky.RunPod().resolved_api_key() == KEY
+    assert sky.RunPod(api_key="given").resolved_api_key() == "given"
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    with pytest.raises(ValueError, match="export RUNPOD_API_KEY"):
+        sky.RunPod().resolved_api_key()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"cloud_type": "cheap"}, ValueError, "one of 'secure' or 'community'"),
+        ({"container_disk_gb": 0}, ValueError, "container_disk_gb=50"),
+        ({"container_image": 3}, TypeError, "must be a str or a sky.DockerImage"),
+        ({"container_image": "Bad Image"}, ValueError, "container_image="),
+        ({"api_url": "rest.runpod.io"}, ValueError, "not an http"),
+        ({"graphql_url": ""}, ValueError, "graphql_url"),
+    ],
+)
+def test_bad_settings_name_the_argument_and_the_fix(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        sky.RunPod(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_image_takes_the_clients_python_version() -> None:
+    provider = sky.RunPod(container_image="me/img:py{python_version}")
+    assert provider.image_reference("3.12") == "me/img:py3.12"
+    assert sky.RunPod().image_reference("3.12").startswith("runpod/pytorch:")
+
+
+def test_gpu_types_become_offers_priced_per_node() -> None:
+    provider = sky.RunPod(api_key=KEY)
+    offer = _offer(provider, entry("NVIDIA H100 80GB HBM3"), gpus=4)
+    assert offer is not None
+    assert offer.name == "NVIDIA H100 80GB HBM3"
+    assert (offer.on_demand_price, offer.spot_price) == (8.0, 4.0)  # secure, 4 GPUs
+    assert offer.accelerator == sky.accelerators.H100(form_factor="SXM", count=8)
+    community = _offer(sky.RunPod(cloud_type="community"), entry("NVIDIA L4"), gpus=1)
+    assert community is not None
+    assert (community.on_demand_price, community.spot_price) == (1.5, 0.75)
+    # Unknown to Skyward, not in this cloud, or without a price: not offered as such.
+    assert _offer(provider, entry("NVIDIA Quantum 9000"), gpus=1) is None
+    assert _offer(provider, entry("NVIDIA L4", secureCloud=False), gpus=1) is None
+    no_spot = _offer(provider, entry("NVIDIA L4", secureSpotPrice=None), gpus=1)
+    assert no_spot is not None
+    assert no_spot.spot_price is None
+
+
+def test_every_gpu_type_is_an_accelerator_skyward_names() -> None:
+    for gpu_id, accelerator in GPU_TYPES.items():
+        assert sky.accelerators.by_name(accelerator.name) is not None, gpu_id
+
+
+def test_the_spec_picks_its_accelerator_among_the_types() -> None:
+    provider = sky.RunPod(api_key=KEY)
+    offers = [
+        o
+        for o in (
+            _offer(provider, entry("NVIDIA A100 80GB PCIe", securePrice=1.6), gpus=2),
+            _offer(provider, entry("NVIDIA A100-SXM4-80GB", securePrice=1.9), gpus=2),
+            _offer(provider, entry("NVIDIA GeForce RTX 4090", securePrice=0.7), gpus=2),
+        )
+        if o is not None
+    ]
+    any_a100 = sky.Spec(
+        provider=provider, accelerator=sky.accelerators.A100(count=2), allocation="on-demand"
+    )
+    chosen = choose(0, any_a100, offers)
+    assert not isinstance(chosen, str), chosen
+    assert (chosen.offer.name, chosen.hourly_price) == ("NVIDIA A100 80GB PCIe", 3.2)
+    sxm = sky.Spec(
+        provider=provider,
+        accelerator=sky.accelerators.A100(count=2, form_factor="SXM"),
+        allocation="on-demand",
+    )
+    chosen = choose(0, sxm, offers)
+    assert not isinstance(chosen, str)
+    assert chosen.offer.name == "NVIDIA A100-SXM4-80GB"
+
+
+def test_an_accelerator_no_type_has_fails_with_one_reason() -> None:
+    provider = sky.RunPod(api_key=KEY)
+    offers = [
+        o
+        for o in (_offer(provider, entry(gpu_id), gpus=1) for gpu_id in GPU_TYPES)
+        if o is not None and o.accelerator is not None and o.accelerator.name != "T4"
+    ]
+    wanted = sky.Spec(provider=provider, accelerator=sky.accelerators.T4())
+    with pytest.raises(sky.NoOfferError) as raised:
+        plan([wanted], [offers], "cheapest")
+    message = str(raised.value)
+    assert message.count("offers no T4") == 1, message
+    nine = sky.Spec(provider=provider, accelerator=sky.accelerators.L4(count=9))
+    said = choose(0, nine, offers)
+    assert isinstance(said, str)
+    assert "at most 8 per node" in said
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({}, "asks for no accelerator"),
+        ({"accelerator": sky.accelerators.L4(count=0.5)}, "rents whole GPUs; pass count=1"),
+        (
+            {"accelerator": sky.accelerators.L4(), "disk_gb": 120},
+            r"RunPod\(container_disk_gb=120\)",
+        ),
+    ],
+)
+def test_compute_refuses_what_runpod_cannot_rent(fields: dict[str, object], match: str) -> None:
+    spec = sky.Spec(provider=sky.RunPod(api_key=KEY), **fields)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        _checks.check_spec(spec)
+
+
+def test_skyward_toml_names_a_runpod_provider(tmp_path: Path) -> None:
+    project = tmp_path / "proj" / "skyward.toml"
+    project.parent.mkdir()
+    project.write_text(
+        '[providers.rp]\ntype = "runpod"\ncloud_type = "community"\n'
+        '[pools.train]\nprovider = "rp"\naccelerator = "RTX_4090"\nnodes = 2\n'
+    )
+    home = tmp_path / "home" / "defaults.toml"
+    home.parent.mkdir()
+    home.write_text("")
+    loaded = config._load(project, home)
+    assert loaded.providers["rp"] == sky.RunPod(cloud_type="community")
+    (spec,) = loaded.pools["train"].specs
+    assert spec.accelerator == sky.accelerators.RTX_4090()
+    assert spec.provider == sky.RunPod(cloud_type="community")
