@@ -40,6 +40,7 @@ __all__ = [
     "SSHTarget",
     "offers",
     "open_cluster",
+    "remote_workdir",
     "ssh_targets",
 ]
 
@@ -695,6 +696,36 @@ def _pin(host: str, port: int, key: str) -> None:
         file.write(f"{_known_hosts_name(host, port)} {key}\n")
 
 
+async def remote_workdir(
+    host: str, port: int, *, user: str, login: _transport.Login, host_key: str, name: str
+) -> str:
+    """Log in once to learn the home directory; the node's work directory is
+    ``~/.skyward/jobs/<name>`` there.
+
+    Raises:
+        RuntimeError: The machine did not say its home, or the worker's socket path there
+            would be too long for a unix socket.
+    """
+    ssh = await _transport.connect(host, port, username=user, login=login, host_key=host_key)
+    try:
+        rc, out, err = await ssh.run('printf "%s\\n" "$HOME"')
+    finally:
+        await ssh.aclose()
+    home = out.decode(errors="replace").strip()
+    if rc != 0 or not home.startswith("/"):
+        raise RuntimeError(
+            f"{user}@{host}:{port} did not say its home directory (exit status {rc}): "
+            f"{err.decode(errors='replace').strip()}"
+        )
+    workdir = f"{home}/.skyward/jobs/{name}"
+    if len(workdir) + len("/worker.sock") > 100:  # AF_UNIX paths are limited to 108 bytes
+        raise RuntimeError(
+            f"the worker's socket path on {host} would be {workdir}/worker.sock, over "
+            "the 107 bytes a unix socket allows; log in as a user with a shorter home"
+        )
+    return workdir
+
+
 # Stops the worker (and what it started: it leads its own process group) and removes the
 # work directory. Then whatever still runs in that directory goes too: OpenSSH ends a
 # command neither when its channel nor when its connection closes, so a bootstrap cut
@@ -778,25 +809,14 @@ class SSHCluster:
         target = self._target(node)
         host, port, user = target.host, target.port, target.user
         host_key = await verified_host_key(host, port)
-        ssh = await _transport.connect(
-            host, port, username=user, login=target.login, host_key=host_key
+        workdir = await remote_workdir(
+            host,
+            port,
+            user=user,
+            login=target.login,
+            host_key=host_key,
+            name=f"{self.job_id}-{node}",
         )
-        try:
-            rc, out, err = await ssh.run('printf "%s\\n" "$HOME"')
-        finally:
-            await ssh.aclose()
-        home = out.decode(errors="replace").strip()
-        if rc != 0 or not home.startswith("/"):
-            raise RuntimeError(
-                f"{user}@{host}:{port} did not say its home directory (exit status {rc}): "
-                f"{err.decode(errors='replace').strip()}"
-            )
-        workdir = f"{home}/.skyward/jobs/{self.job_id}-{node}"
-        if len(workdir) + len("/worker.sock") > 100:  # AF_UNIX paths are limited to 108 bytes
-            raise RuntimeError(
-                f"the worker's socket path on {host} would be {workdir}/worker.sock, over "
-                "the 107 bytes a unix socket allows; log in as a user with a shorter home"
-            )
         self._serial += 1
         instance = Instance(
             id=f"ssh-{self.job_id}-{node}-{self._serial}",

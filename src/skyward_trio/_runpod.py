@@ -32,7 +32,7 @@ import trio
 from . import _transport, accelerators
 from ._model import RunPod
 from ._offers import Catalog, Choice, Offer
-from ._providers import Instance
+from ._providers import Instance, remote_workdir
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
@@ -274,8 +274,14 @@ class RunPodCluster:
         self._live[pod.id] = node
         host, port = await self._address(pod)
         host_key = await self._host_key(host, port)
-        home = await self._home(host, port, host_key)
-        workdir = f"{home}/.skyward/jobs/{self.job_id}-{node}"
+        workdir = await remote_workdir(
+            host,
+            port,
+            user="root",
+            login=self._login,
+            host_key=host_key,
+            name=f"{self.job_id}-{node}",
+        )
         return Instance(
             id=pod.id,
             node=node,
@@ -330,22 +336,6 @@ class RunPodCluster:
                 continue
             assert key is not None  # like=[] accepts any key type
             return key
-
-    async def _home(self, host: str, port: int, host_key: str) -> str:
-        ssh = await _transport.connect(
-            host, port, username="root", login=self._login, host_key=host_key
-        )
-        try:
-            rc, out, err = await ssh.run('printf "%s\\n" "$HOME"')
-        finally:
-            await ssh.aclose()
-        home = out.decode(errors="replace").strip()
-        if rc != 0 or not home.startswith("/"):
-            raise RunPodError(
-                f"the pod at {host}:{port} did not say its home directory (exit status "
-                f"{rc}): {err.decode(errors='replace').strip()}"
-            )
-        return home
 
     async def alive(self, instance: Instance) -> bool:
         """Whether RunPod still runs the pod (False once it is interrupted or deleted)."""

@@ -7,10 +7,7 @@ workers on. Nothing here reaches RunPod; no address but loopback is contacted.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ import httpx
 import pytest
 import sshd
 import trio
+from clients import killed_client
 from fake_runpod import NO_INSTANCES, FakeRunPod
 from waiting import wait_until
 
@@ -277,26 +275,10 @@ with sky.Compute(provider=provider, accelerator=sky.accelerators.L4(), ttl=0,
 
 def test_the_pods_of_a_client_that_died_delete_themselves(runpod: FakeRunPod) -> None:
     before = {pod.id for pod in runpod.live()}
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(_CLIENT),
-            runpod.api_key,
-            runpod.rest_url,
-            runpod.graphql_url,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as client:
-        try:
-            assert client.stdout is not None
-            job = client.stdout.readline().strip()
-            assert job, "the client did not start its pool"
-            (pod,) = [p for p in runpod.live() if p.id not in before]
-            assert pod.name.startswith(f"skyward-{job}-")
-        finally:
-            client.send_signal(signal.SIGKILL)  # no teardown: only the lease is left
+    args = (runpod.api_key, runpod.rest_url, runpod.graphql_url)
+    with killed_client(_CLIENT, *args) as job:  # no teardown: only the lease is left
+        (pod,) = [p for p in runpod.live() if p.id not in before]
+        assert pod.name.startswith(f"skyward-{job}-")
     # The worker gives its client the reconnect window, then runs runpodctl in the pod.
     wait_until(lambda: pod.deleted, "the pod deleted by itself", timeout=120, every=0.5)
     deletes = [r for r in runpod.requests if r.method == "DELETE" and pod.id in r.path]
