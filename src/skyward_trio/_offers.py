@@ -67,6 +67,9 @@ class Choice:
         offer: Its cheapest offer that meets every constraint.
         spot: Whether that offer is taken on the spot market.
         hourly_price: USD per node-hour.
+        also: The spec's other offers, taken the same way (spot or not), cheapest first:
+            a provider that takes a list at create (RunPod's GPU types) falls back to
+            them when the chosen one has no capacity left.
     """
 
     index: int
@@ -74,6 +77,7 @@ class Choice:
     offer: Offer
     spot: bool
     hourly_price: float
+    also: tuple[Offer, ...] = ()
 
     @property
     def pool_price(self) -> float:
@@ -211,16 +215,24 @@ def choose(
     each meets it), or why none does (naming the spec and the constraint)."""
     best: Choice | None = None
     why: list[str] = []
+    met: list[tuple[float, bool, Offer]] = []
     for offer in offers:
         judged = _judge(offer, spec)
         if isinstance(judged, str):
             why.append(judged)
             continue
         price, spot = judged
+        met.append((price, spot, offer))
         if best is None or (price > best.hourly_price if every else price < best.hourly_price):
             best = Choice(index=index, spec=spec, offer=offer, spot=spot, hourly_price=price)
     if best is not None and not (every and why):
-        return best
+        if every:
+            return best
+        others = sorted(
+            (m for m in met if m[2] is not best.offer and m[1] == best.spot),
+            key=lambda m: m[0],
+        )
+        return attrs.evolve(best, also=tuple(offer for _, _, offer in others))
     if not offers:
         why.append(f"{spec.provider!r} has no offers")
     # One reason per distinct constraint: a catalog of similar machines fails alike.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 import httpx
@@ -143,6 +143,10 @@ class _API:
         return [t for t in types if isinstance(t, dict)]
 
 
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _offer(config: RunPod, entry: Mapping[str, Any], gpus: int) -> Offer | None:
     """One GPU type as an offer of nodes with ``gpus`` of it, or None if not offered."""
     kind = GPU_TYPES.get(str(entry.get("id")))
@@ -154,7 +158,7 @@ def _offer(config: RunPod, entry: Mapping[str, Any], gpus: int) -> Offer | None:
 
     def price(field: str) -> float | None:
         value = entry.get(field)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if _is_number(value) and value > 0:
             return round(float(value) * gpus, 4)
         return None
 
@@ -196,6 +200,7 @@ class _Pod:
     status: str  # desiredStatus: RUNNING, EXITED, TERMINATED
     public_ip: str | None
     ssh_port: int | None
+    cost_per_hour: float | None  # what RunPod bills for it (costPerHr), when it says
 
 
 def _pod(body: object) -> _Pod:
@@ -204,11 +209,13 @@ def _pod(body: object) -> _Pod:
     mappings = body.get("portMappings")
     port = mappings.get("22") if isinstance(mappings, dict) else None
     ip = body.get("publicIp")
+    cost = body.get("costPerHr")
     return _Pod(
         id=body["id"],
         status=str(body.get("desiredStatus", "")),
         public_ip=ip if isinstance(ip, str) and ip else None,
         ssh_port=port if isinstance(port, int) and not isinstance(port, bool) else None,
+        cost_per_hour=float(cost) if _is_number(cost) and cost > 0 else None,
     )
 
 
@@ -235,6 +242,7 @@ class RunPodCluster:
         self.job_id = job_id
         self._choice = choice
         self._gpus = max(1, math.ceil(accelerator.count))
+        self._gpu_types = [offer.name for offer in (choice.offer, *choice.also)]
         self._image = config.image_reference(python_version)
         self._public_key = _transport.public_openssh(client_key)
         self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
@@ -250,7 +258,9 @@ class RunPodCluster:
         return {
             "name": name,
             "imageName": self._image,
-            "gpuTypeIds": [self._choice.offer.name],
+            # The chosen type first, then the spec's other types, cheapest first: RunPod
+            # takes the first with capacity left.
+            "gpuTypeIds": self._gpu_types,
             "gpuCount": self._gpus,
             "cloudType": self.config.cloud_type.upper(),
             "interruptible": self._choice.spot,
@@ -267,8 +277,9 @@ class RunPodCluster:
         response = await self._api.request("POST", "/pods", json=self._body(name))
         if response.status_code not in (200, 201):
             raise RunPodError(
-                f"RunPod did not create a pod of {self._gpus} x {self._choice.offer.name} "
-                f"({response.status_code}: {_describe_failure(response)})"
+                f"RunPod did not create a pod of {self._gpus} x "
+                f"{' or '.join(self._gpu_types)} ({response.status_code}: "
+                f"{_describe_failure(response)})"
             )
         pod = _pod(_json(response))
         self._live[pod.id] = node
@@ -293,7 +304,7 @@ class RunPodCluster:
             public_ip=host,
             python=None,
             workdir=workdir,
-            hourly_price=self._choice.hourly_price,
+            hourly_price=pod.cost_per_hour or self._choice.hourly_price,
             on_lease_expiry=_SELF_DELETE,  # login: None, the pool's own key (PUBLIC_KEY)
         )
 

@@ -120,6 +120,30 @@ def test_the_pools_price_is_runpods_for_its_gpus(runpod: FakeRunPod) -> None:
     assert pod.body["gpuTypeIds"] == ["NVIDIA A100-SXM4-80GB"]
 
 
+def test_a_type_out_of_capacity_gives_way_to_the_specs_next_type(runpod: FakeRunPod) -> None:
+    """A100() takes either board: the cheaper (PCIe) is asked for first, the SXM one next,
+    and the pool is billed what RunPod says the pod costs."""
+    pcie, sxm = "NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"
+    runpod.capacity[pcie], had = 0, runpod.capacity[pcie]
+    try:
+        with sky.Compute(
+            provider=provider(runpod),
+            accelerator=sky.accelerators.A100(),
+            allocation="on-demand",
+            options=QUIET,
+        ) as pool:
+            events = pool.events()
+            provisioned = next(e for e in events if isinstance(e, sky.InstanceProvisioned))
+            events.close()
+            (pod,) = runpod.live()
+            assert _square(3) >> pool == 9
+    finally:
+        runpod.capacity[pcie] = had
+    assert pod.body["gpuTypeIds"] == [pcie, sxm]
+    assert pod.gpu_type_id == sxm
+    assert provisioned.hourly_price == pytest.approx(1.89)  # the SXM board's, not the PCIe's
+
+
 def test_no_capacity_gives_way_to_the_next_spec(runpod: FakeRunPod) -> None:
     created = len(runpod.pods)
     runpod.capacity["NVIDIA L4"], had = 0, runpod.capacity["NVIDIA L4"]

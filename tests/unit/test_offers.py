@@ -217,3 +217,21 @@ def test_a_hardware_minimum_is_what_asks_for_machines_to_be_measured(
 ) -> None:
     assert asks_hardware(spec(**fields))
     assert not asks_hardware(spec(region="us-east-1", max_hourly_cost=1, allocation="spot"))
+
+
+def test_the_other_offers_that_meet_a_spec_follow_the_chosen_one_taken_alike() -> None:
+    offers = [
+        offer("dear", spot_price=None, on_demand_price=3.0),
+        offer("cheap", spot_price=None, on_demand_price=1.0),
+        offer("small", vcpus=2, on_demand_price=0.5),
+        offer("mid", spot_price=None, on_demand_price=2.0),
+        offer("spot", spot_price=0.1, on_demand_price=9.0),
+    ]
+    chosen = choose(0, spec(allocation="on-demand", vcpus=4), offers)
+    assert not isinstance(chosen, str), chosen
+    assert chosen.offer.name == "cheap"
+    assert [o.name for o in chosen.also] == ["mid", "dear", "spot"]  # by price; small fails
+    cheapest = choose(0, spec(allocation="cheapest", vcpus=4), offers)
+    assert not isinstance(cheapest, str), cheapest
+    assert (cheapest.offer.name, cheapest.spot) == ("spot", True)
+    assert cheapest.also == ()  # the others are on demand: not taken alike

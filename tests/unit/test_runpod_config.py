@@ -120,6 +120,8 @@ def test_the_spec_picks_its_accelerator_among_the_types() -> None:
     chosen = choose(0, any_a100, offers)
     assert not isinstance(chosen, str), chosen
     assert (chosen.offer.name, chosen.hourly_price) == ("NVIDIA A100 80GB PCIe", 3.2)
+    # The other A100 follows, for a create to fall back to; the RTX 4090 is no A100.
+    assert [o.name for o in chosen.also] == ["NVIDIA A100-SXM4-80GB"]
     sxm = sky.Spec(
         provider=provider,
         accelerator=sky.accelerators.A100(count=2, form_factor="SXM"),
