@@ -21,6 +21,7 @@ which never holds it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
@@ -283,16 +284,27 @@ class RunPodCluster:
             )
         pod = _pod(_json(response))
         self._live[pod.id] = node
-        host, port = await self._address(pod)
-        host_key = await self._host_key(host, port)
-        workdir = await remote_workdir(
-            host,
-            port,
-            user="root",
-            login=self._login,
-            host_key=host_key,
-            name=f"{self.job_id}-{node}",
-        )
+        try:
+            host, port = await self._address(pod)
+            host_key = await self._host_key(host, port)
+            workdir = await remote_workdir(
+                host,
+                port,
+                user="root",
+                login=self._login,
+                host_key=host_key,
+                name=f"{self.job_id}-{node}",
+            )
+        except BaseException:
+            # A pod that never came up must not bill while the node is tried again; one
+            # not confirmed gone here stays listed for aclose.
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(30),
+                contextlib.suppress(RunPodError),
+            ):
+                await self._delete(pod.id)
+            raise
         return Instance(
             id=pod.id,
             node=node,

@@ -224,6 +224,34 @@ def test_a_pool_cancelled_while_pods_start_leaves_none(runpod: FakeRunPod) -> No
     assert not runpod.live()
 
 
+def test_a_pod_that_never_comes_up_is_deleted_before_the_next_try(runpod: FakeRunPod) -> None:
+    runpod.start_delay = 3600.0  # the pods never get an address
+    first, before = len(runpod.requests), set(runpod.pods)
+    options = sky.Options(console="silent", provision_timeout=1, max_provision_attempts=2)
+    try:
+        with (
+            pytest.raises(sky.ProvisionError, match="provision"),
+            sky.Compute(
+                provider=provider(runpod), accelerator=sky.accelerators.L4(), options=options
+            ),
+        ):
+            pytest.fail("the pool came up with pods that have no address")
+    finally:
+        runpod.start_delay = 0.0
+    made = [pod_id for pod_id in runpod.pods if pod_id not in before]
+    assert len(made) == 2, made
+    calls = [
+        (r.method, r.path)
+        for r in runpod.requests[first:]
+        if r.method != "GET" and r.path.startswith("/v1/pods")
+    ]
+    second = [i for i, (method, _) in enumerate(calls) if method == "POST"][1]
+    assert ("DELETE", f"/v1/pods/{made[0]}") in calls[:second], (
+        f"the first pod still billed while the second was made: {calls}"
+    )
+    assert not runpod.live()
+
+
 def test_a_pod_created_but_never_answered_is_found_by_name_and_deleted(
     runpod: FakeRunPod,
 ) -> None:
