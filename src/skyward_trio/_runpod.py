@@ -285,6 +285,7 @@ class RunPodCluster:
         pod = _pod(_json(response))
         self._live[pod.id] = node
         try:
+            self._check_price(pod)
             host, port = await self._address(pod)
             host_key = await self._host_key(host, port)
             workdir = await remote_workdir(
@@ -319,6 +320,17 @@ class RunPodCluster:
             hourly_price=pod.cost_per_hour or self._choice.hourly_price,
             on_lease_expiry=_SELF_DELETE,  # login: None, the pool's own key (PUBLIC_KEY)
         )
+
+    def _check_price(self, pod: _Pod) -> None:
+        """Refuse a pod RunPod bills above ``Spec.max_hourly_cost`` (its prices moved since
+        they were listed): it is deleted before it runs anything."""
+        cap = self._choice.spec.max_hourly_cost
+        if cap is not None and pod.cost_per_hour is not None and pod.cost_per_hour > cap:
+            raise RunPodError(
+                f"RunPod bills pod {pod.id} ${pod.cost_per_hour:g}/h, over "
+                f"max_hourly_cost={cap:g} (its price rose since it was listed); the pod was "
+                "deleted. Raise max_hourly_cost or try again later"
+            )
 
     async def _get(self, pod_id: str) -> _Pod | None:
         """The pod as RunPod sees it now; None once it is gone."""

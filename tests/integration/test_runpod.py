@@ -252,26 +252,29 @@ def test_a_pod_that_never_comes_up_is_deleted_before_the_next_try(runpod: FakeRu
     assert not runpod.live()
 
 
+async def _l4_cluster(api: FakeRunPod, job_id: str, **spec_fields: Any) -> RunPodCluster:
+    """A cluster planned on the fake's L4, as Compute would open it (in an asyncio loop)."""
+    config = provider(api)
+    spec = Spec(provider=config, accelerator=sky.accelerators.L4(), **spec_fields)
+    offers = (await catalog(config, gpus=1)).offers
+    offer = next(o for o in offers if o.name == "NVIDIA L4")
+    choice = Choice(index=0, spec=spec, offer=offer, spot=False, hourly_price=0.43)
+    return RunPodCluster(config, job_id=job_id, client_key=generate_key(), choice=choice)
+
+
 def test_a_pod_created_but_never_answered_is_found_by_name_and_deleted(
     runpod: FakeRunPod,
 ) -> None:
     """A create cut short before RunPod answered leaves a pod the pool never heard of:
     closing the cluster lists the job's pods by name and deletes it."""
-    config = provider(runpod)
-    spec = Spec(provider=config, accelerator=sky.accelerators.L4())
 
     async def main() -> None:
         async with asyncio_loop():
-            offers = (await catalog(config, gpus=1)).offers
-            offer = next(o for o in offers if o.name == "NVIDIA L4")
-            choice = Choice(index=0, spec=spec, offer=offer, spot=False, hourly_price=0.43)
-            cluster = RunPodCluster(
-                config, job_id="c0ffee00", client_key=generate_key(), choice=choice
-            )
+            cluster = await _l4_cluster(runpod, "c0ffee00")
             async with httpx.AsyncClient() as client:
                 body = {
                     "name": "skyward-c0ffee00-0-1",
-                    "imageName": config.image_reference("3.11"),
+                    "imageName": cluster.config.image_reference("3.11"),
                     "gpuTypeIds": ["NVIDIA L4"],
                     "gpuCount": 1,
                 }
@@ -286,6 +289,25 @@ def test_a_pod_created_but_never_answered_is_found_by_name_and_deleted(
     before = {pod.id for pod in runpod.live()}
     trio.run(main)
     assert {pod.id for pod in runpod.live()} == before
+
+
+def test_a_pod_billed_over_the_cap_is_deleted_before_it_runs(runpod: FakeRunPod) -> None:
+    """RunPod's price rose between listing and create (the fake bills the L4 $0.43/h,
+    the cap is $0.40): the pod is refused and deleted."""
+    made = set(runpod.pods)
+
+    async def main() -> None:
+        async with asyncio_loop():
+            cluster = await _l4_cluster(runpod, "5a1e0000", max_hourly_cost=0.4)
+            try:
+                with pytest.raises(RuntimeError, match=r"\$0\.43/h, over max_hourly_cost=0\.4"):
+                    await cluster.provision(0)
+            finally:
+                await cluster.aclose()
+
+    trio.run(main)
+    (pod_id,) = set(runpod.pods) - made
+    assert runpod.pods[pod_id].deleted
 
 
 def test_an_interrupted_spot_pod_is_replaced_and_its_calls_sent_again(
