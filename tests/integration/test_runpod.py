@@ -17,7 +17,7 @@ import pytest
 import sshd
 import trio
 from clients import killed_client
-from fake_runpod import NO_INSTANCES, FakeRunPod
+from fake_runpod import NO_INSTANCES, FakePod, FakeRunPod
 from waiting import wait_until
 
 import skyward as sky
@@ -104,17 +104,26 @@ def test_a_pool_of_pods_runs_and_every_pod_is_deleted(runpod: FakeRunPod, tmp_pa
     assert runpod.api_key not in text
 
 
-def test_the_pools_price_is_runpods_for_its_gpus(runpod: FakeRunPod) -> None:
+def _one_pod(
+    api: FakeRunPod, accelerator: sky.accelerators.Accelerator, allocation: str
+) -> tuple[sky.InstanceProvisioned, FakePod]:
+    """Open a one-node pool, run a call on it; its provisioning event and its pod."""
     with sky.Compute(
-        provider=provider(runpod),
-        accelerator=sky.accelerators.A100(form_factor="SXM"),
-        allocation="spot",
+        provider=provider(api),
+        accelerator=accelerator,
+        allocation=allocation,  # type: ignore[arg-type]
         options=QUIET,
     ) as pool:
         events = pool.events()
         provisioned = next(e for e in events if isinstance(e, sky.InstanceProvisioned))
         events.close()
-        (pod,) = runpod.live()
+        (pod,) = api.live()
+        assert _square(3) >> pool == 9
+    return provisioned, pod
+
+
+def test_the_pools_price_is_runpods_for_its_gpus(runpod: FakeRunPod) -> None:
+    provisioned, pod = _one_pod(runpod, sky.accelerators.A100(form_factor="SXM"), "spot")
     assert provisioned.hourly_price == pytest.approx(0.95)  # the SXM board's spot price
     assert pod.body["interruptible"] is True
     assert pod.body["gpuTypeIds"] == ["NVIDIA A100-SXM4-80GB"]
@@ -126,17 +135,7 @@ def test_a_type_out_of_capacity_gives_way_to_the_specs_next_type(runpod: FakeRun
     pcie, sxm = "NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"
     runpod.capacity[pcie], had = 0, runpod.capacity[pcie]
     try:
-        with sky.Compute(
-            provider=provider(runpod),
-            accelerator=sky.accelerators.A100(),
-            allocation="on-demand",
-            options=QUIET,
-        ) as pool:
-            events = pool.events()
-            provisioned = next(e for e in events if isinstance(e, sky.InstanceProvisioned))
-            events.close()
-            (pod,) = runpod.live()
-            assert _square(3) >> pool == 9
+        provisioned, pod = _one_pod(runpod, sky.accelerators.A100(), "on-demand")
     finally:
         runpod.capacity[pcie] = had
     assert pod.body["gpuTypeIds"] == [pcie, sxm]
