@@ -213,26 +213,20 @@ def choose(
 ) -> Choice | str:
     """The cheapest of ``offers`` that meets ``spec`` (with ``every``, the dearest, once
     each meets it), or why none does (naming the spec and the constraint)."""
-    best: Choice | None = None
     why: list[str] = []
-    met: list[tuple[float, bool, Offer]] = []
+    met: list[tuple[float, bool, Offer]] = []  # price, spot, offer: those that meet it
     for offer in offers:
         judged = _judge(offer, spec)
         if isinstance(judged, str):
             why.append(judged)
-            continue
-        price, spot = judged
-        met.append((price, spot, offer))
-        if best is None or (price > best.hourly_price if every else price < best.hourly_price):
-            best = Choice(index=index, spec=spec, offer=offer, spot=spot, hourly_price=price)
-    if best is not None and not (every and why):
-        if every:
-            return best
-        others = sorted(
-            (m for m in met if m[2] is not best.offer and m[1] == best.spot),
-            key=lambda m: m[0],
-        )
-        return attrs.evolve(best, also=tuple(offer for _, _, offer in others))
+        else:
+            met.append((*judged, offer))
+    if met and not (every and why):
+        # The first of the cheapest (with every, of the dearest): ties keep the given order.
+        price, spot, offer = (max if every else min)(met, key=lambda m: m[0])
+        by_price = sorted(met, key=lambda m: m[0])
+        also = () if every else tuple(o for _, s, o in by_price if o is not offer and s == spot)
+        return Choice(index=index, spec=spec, offer=offer, spot=spot, hourly_price=price, also=also)
     if not offers:
         why.append(f"{spec.provider!r} has no offers")
     # One reason per distinct constraint: a catalog of similar machines fails alike.
