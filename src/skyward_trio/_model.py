@@ -522,6 +522,25 @@ DEFAULT_CONTAINER_IMAGE = "python:{python_version}-slim"
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
+def _check_image(record: str, arg: str, value: object, *, fix: str) -> None:
+    """A container image: a reference ``docker pull`` takes, or a ``sky.DockerImage``."""
+    if not isinstance(value, str | DockerImage):
+        raise TypeError(
+            f"{record}({arg}={value!r}): {arg} must be a str or a sky.DockerImage, got "
+            f"{_describe(value)}. {fix}"
+        )
+    if isinstance(value, str):
+        _check_str(record, arg, value, fix=fix)
+        problem = check_reference(value)
+        if problem is not None:
+            raise ValueError(f"{record}({arg}={value!r}): {problem}. {fix}")
+
+
+def _for_python(image: str | DockerImage, python_version: str) -> str:
+    """The image's reference with ``{python_version}`` replaced by the client's ``X.Y``."""
+    return str(image).replace("{python_version}", python_version)
+
+
 @attrs.frozen(kw_only=True)
 class Container(ProviderConfig):
     """Nodes in containers on this machine, started with Docker or Podman.
@@ -546,16 +565,7 @@ class Container(ProviderConfig):
 
     def __attrs_post_init__(self) -> None:
         fix = "Pass e.g. image='python:3.12-slim' or image=sky.containers.cuda('12.9')."
-        if not isinstance(self.image, str | DockerImage):
-            raise TypeError(
-                f"Container(image={self.image!r}): image must be a str or a "
-                f"sky.DockerImage, got {_describe(self.image)}. {fix}"
-            )
-        if isinstance(self.image, str):
-            _check_str("Container", "image", self.image, fix=fix)
-            problem = check_reference(self.image)
-            if problem is not None:
-                raise ValueError(f"Container(image={self.image!r}): {problem}. {fix}")
+        _check_image("Container", "image", self.image, fix=fix)
         user_fix = "Pass a login name, e.g. ssh_user='root' (the default) or 'ubuntu'."
         _check_str("Container", "ssh_user", self.ssh_user, fix=user_fix)
         if _USER_NAME.fullmatch(self.ssh_user) is None:
@@ -573,7 +583,7 @@ class Container(ProviderConfig):
 
     def image_reference(self, python_version: str) -> str:
         """The image to run, for a client on Python ``python_version``."""
-        return str(self.image).replace("{python_version}", python_version)
+        return _for_python(self.image, python_version)
 
 
 #: ``sky.RunPod``'s image: RunPod's PyTorch image, which starts sshd with the pod's
@@ -634,22 +644,8 @@ class RunPod(ProviderConfig):
             "Pass e.g. container_image=sky.containers.runpod_pytorch('2.8') or a reference "
             "such as 'runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04'."
         )
-        image = self.container_image
-        if not isinstance(image, str | DockerImage):
-            raise TypeError(
-                f"RunPod(container_image={image!r}): must be a str or a sky.DockerImage, got "
-                f"{_describe(image)}. {fix}"
-            )
-        if isinstance(image, str):
-            _check_str("RunPod", "container_image", image, fix=fix)
-            problem = check_reference(image)
-            if problem is not None:
-                raise ValueError(f"RunPod(container_image={image!r}): {problem}. {fix}")
-        if self.cloud_type not in ("secure", "community"):
-            raise ValueError(
-                f"RunPod(cloud_type={self.cloud_type!r}): one of 'secure' or 'community'. "
-                "Pass cloud_type='secure' (the default) or 'community'."
-            )
+        _check_image("RunPod", "container_image", self.container_image, fix=fix)
+        _check_choice("RunPod", "cloud_type", self.cloud_type, ("secure", "community"))
         _check_int(
             "RunPod",
             "container_disk_gb",
@@ -664,7 +660,7 @@ class RunPod(ProviderConfig):
 
     def image_reference(self, python_version: str) -> str:
         """The image each pod runs, for a client on Python ``python_version``."""
-        return str(self.container_image).replace("{python_version}", python_version)
+        return _for_python(self.container_image, python_version)
 
     def resolved_api_key(self) -> str:
         """The API key: the one given, else ``RUNPOD_API_KEY``.

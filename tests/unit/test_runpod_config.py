@@ -59,7 +59,7 @@ def test_the_key_comes_from_the_environment_or_a_clear_error(
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"cloud_type": "cheap"}, ValueError, "one of 'secure' or 'community'"),
+        ({"cloud_type": "cheap"}, ValueError, "must be one of 'secure', 'community'"),
         ({"container_disk_gb": 0}, ValueError, "container_disk_gb=50"),
         ({"container_image": 3}, TypeError, "must be a str or a sky.DockerImage"),
         ({"container_image": "Bad Image"}, ValueError, "container_image="),
