@@ -99,7 +99,7 @@ async def open_cluster(
     *,
     job_id: str,
     client_key: _transport.SSHKey,
-    choice: Choice | None = None,
+    choice: Choice,
 ) -> Cluster:
     """Open the cluster object of the provider ``config`` names.
 
@@ -121,8 +121,6 @@ async def open_cluster(
     if isinstance(config, RunPod):
         from ._runpod import RunPodCluster  # it builds on this module's Instance
 
-        if choice is None:
-            raise ValueError("sky.RunPod() rents the offer the pool was planned on: pass choice")
         return RunPodCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeGuard
 
 import attrs
@@ -71,6 +71,14 @@ _REQUEST_TIMEOUT = 30.0
 _POLL_EVERY = 2.0
 #: The command a pod runs to delete itself when the worker's lease runs out.
 _SELF_DELETE = 'runpodctl remove pod "$RUNPOD_POD_ID"'
+
+
+def _delays() -> Iterator[float]:
+    """How long to wait between polls: from 0.2 s, doubling up to ``_POLL_EVERY``."""
+    delay = 0.2
+    while True:
+        yield delay
+        delay = min(delay * 2, _POLL_EVERY)
 
 
 class RunPodError(RuntimeError):
@@ -174,6 +182,11 @@ def _offer(config: RunPod, entry: Mapping[str, Any], gpus: int) -> Offer | None:
     )
 
 
+def _whole_gpus(count: float) -> int:
+    """GPUs per pod: RunPod rents whole ones (a fractional count is refused before)."""
+    return max(1, math.ceil(count))
+
+
 async def catalog(config: RunPod, *, gpus: float) -> Catalog:
     """RunPod's GPU types as offers, priced per node of ``gpus`` GPUs.
 
@@ -188,8 +201,7 @@ async def catalog(config: RunPod, *, gpus: float) -> Catalog:
         return Catalog(error=str(exc))
     finally:
         await api.aclose()
-    whole = max(1, math.ceil(gpus))
-    offers = (_offer(config, entry, whole) for entry in types)
+    offers = (_offer(config, entry, _whole_gpus(gpus)) for entry in types)
     return Catalog(offers=tuple(o for o in offers if o is not None))
 
 
@@ -242,14 +254,14 @@ class RunPodCluster:
         self.config = config
         self.job_id = job_id
         self._choice = choice
-        self._gpus = max(1, math.ceil(accelerator.count))
+        self._gpus = _whole_gpus(accelerator.count)
         self._gpu_types = [offer.name for offer in (choice.offer, *choice.also)]
         self._image = config.image_reference(python_version)
         self._public_key = _transport.public_openssh(client_key)
         self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
         self._api = _API(config)
         self._serial = 0
-        self._live: dict[str, int] = {}  # pod id -> node: created, not yet confirmed gone
+        self._live: set[str] = set()  # pod ids created and not yet confirmed gone
 
     @property
     def _prefix(self) -> str:
@@ -283,7 +295,7 @@ class RunPodCluster:
                 f"{_describe_failure(response)})"
             )
         pod = _pod(_json(response))
-        self._live[pod.id] = node
+        self._live.add(pod.id)
         try:
             self._check_price(pod)
             host, port = await self._address(pod)
@@ -346,14 +358,13 @@ class RunPodCluster:
 
     async def _address(self, pod: _Pod) -> tuple[str, int]:
         """Poll until the pod has a public IP and port 22 mapped (the caller's deadline)."""
-        delay = 0.2
+        delays = _delays()
         while True:
             if pod.status in ("EXITED", "TERMINATED"):
                 raise RunPodError(f"pod {pod.id} stopped before it came up ({pod.status})")
             if pod.public_ip is not None and pod.ssh_port is not None:
                 return pod.public_ip, pod.ssh_port
-            await trio.sleep(delay)
-            delay = min(delay * 2, _POLL_EVERY)
+            await trio.sleep(next(delays))
             now = await self._get(pod.id)
             if now is None:
                 raise RunPodError(f"pod {pod.id} was deleted before it came up")
@@ -361,13 +372,12 @@ class RunPodCluster:
 
     async def _host_key(self, host: str, port: int) -> str:
         """The key sshd presents once it answers: pinned for this pod (first use)."""
-        delay = 0.2
+        delays = _delays()
         while True:
             try:
                 key = await _transport.fetch_host_key(host, port, like=[])
             except _transport.SSHError:
-                await trio.sleep(delay)  # the container is still starting sshd
-                delay = min(delay * 2, _POLL_EVERY)
+                await trio.sleep(next(delays))  # the container is still starting sshd
                 continue
             assert key is not None  # like=[] accepts any key type
             return key
@@ -397,7 +407,7 @@ class RunPodCluster:
                 f"RunPod still lists pod {pod_id} as {pod.status} after deleting it; "
                 "delete it in RunPod's console"
             )
-        self._live.pop(pod_id, None)
+        self._live.discard(pod_id)
 
     async def aclose(self) -> None:
         """Delete every pod of this job still there, those never handed out included (a
@@ -438,5 +448,5 @@ class RunPodCluster:
             )
         for body in pods:
             if isinstance(body, dict) and str(body.get("name", "")).startswith(self._prefix):
-                self._live.setdefault(str(body.get("id")), -1)
+                self._live.add(str(body.get("id")))
         return None
