@@ -101,8 +101,18 @@ def _describe_failure(response: httpx.Response) -> str:
         if isinstance(body.get("error"), str):
             text = body["error"]
         elif isinstance(body.get("errors"), list) and body["errors"]:
-            text = "; ".join(str(e.get("message", e)) for e in body["errors"])
+            text = "; ".join(
+                str(e.get("message", e) if isinstance(e, dict) else e) for e in body["errors"]
+            )
     return text[:500] or f"HTTP {response.status_code}"
+
+
+def _gpu_types_in(body: object) -> list[dict[str, Any]] | None:
+    """The ``gpuTypes`` of a GraphQL answer, or None when it has none (GraphQL answers an
+    error with ``"data": null`` and its ``errors``, still with status 200)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    types = data.get("gpuTypes") if isinstance(data, dict) else None
+    return [t for t in types if isinstance(t, dict)] if isinstance(types, list) else None
 
 
 class _API:
@@ -142,14 +152,13 @@ class _API:
         response = await self._send(
             "POST", self.config.graphql_url, json={"query": _GPU_TYPES_QUERY}
         )
-        body = _json(response) if response.status_code == 200 else None
-        types = body.get("data", {}).get("gpuTypes") if isinstance(body, dict) else None
-        if not isinstance(types, list):
+        types = _gpu_types_in(_json(response)) if response.status_code == 200 else None
+        if types is None:
             raise RunPodError(
                 f"RunPod did not list its GPU types ({response.status_code}: "
                 f"{_describe_failure(response)})"
             )
-        return [t for t in types if isinstance(t, dict)]
+        return types
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:

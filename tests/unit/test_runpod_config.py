@@ -14,7 +14,7 @@ import pytest
 import skyward as sky
 from skyward_trio import _checks, config
 from skyward_trio._offers import choose, plan
-from skyward_trio._runpod import GPU_TYPES, _offer
+from skyward_trio._runpod import GPU_TYPES, _gpu_types_in, _offer
 
 KEY = "rpa_unit_test_key_0123456789"
 
@@ -182,3 +182,12 @@ def test_skyward_toml_names_a_runpod_provider(tmp_path: Path) -> None:
     (spec,) = loaded.pools["train"].specs
     assert spec.accelerator == sky.accelerators.RTX_4090()
     assert spec.provider == sky.RunPod(cloud_type="community")
+
+
+def test_a_graphql_error_answer_has_no_gpu_types() -> None:
+    l4 = entry("NVIDIA L4")
+    assert _gpu_types_in({"data": {"gpuTypes": [l4, "junk"]}}) == [l4]
+    # GraphQL answers an error with status 200, "data": null and its errors.
+    assert _gpu_types_in({"data": None, "errors": [{"message": "unauthorized"}]}) is None
+    assert _gpu_types_in({"data": {"gpuTypes": None}}) is None
+    assert _gpu_types_in(None) is None
