@@ -12,7 +12,6 @@ by value, as it does for a script's ``__main__``.
 from __future__ import annotations
 
 import contextvars
-import os
 import socket
 import subprocess
 import time
@@ -20,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cloudpickle
+import procs
 import pytest
 import sshd
 from fake_runpod import FakeRunPod
@@ -73,25 +73,12 @@ class Processes:
     @staticmethod
     def state(pid: int) -> str | None:
         """The state letter of ``pid`` (``"Z"`` for a zombie), None if there is no such pid."""
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        # The command name is in parentheses and may hold spaces; the state follows the last ")".
-        return stat.rsplit(")", 1)[1].split()[0]
+        return procs.state(pid)
 
-    def is_running(self, pid: int) -> bool:
-        """Whether ``pid`` is a live process.
-
-        A zombie counts as gone: it has exited and holds nothing. Worker daemons are detached
-        (``setsid``), so once killed they wait for PID 1 to reap them, and some container
-        inits never do.
-        """
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return self.state(pid) not in (None, "Z")
+    @staticmethod
+    def is_running(pid: int) -> bool:
+        """Whether ``pid`` is a live process (a zombie counts as gone)."""
+        return procs.is_running(pid)
 
     def wait_until_gone(self, pids: Iterable[int], *, limit: float = 5.0) -> set[int]:
         """Poll until none of ``pids`` runs (teardown reaps asynchronously); return survivors."""

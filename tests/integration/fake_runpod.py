@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Any
 
 import attrs
+import procs
 import pytest
 import sshd
 from sshd import Machine
@@ -564,7 +565,7 @@ class FakeRunPod:
         deadline = time.monotonic() + 10
         killed = abrupt
         while True:
-            survivors = {pid for pid in pids if _is_running(pid)} | _pod_processes(0, marker)
+            survivors = {pid for pid in pids if procs.is_running(pid)} | _pod_processes(0, marker)
             if not survivors:
                 return
             if time.monotonic() > deadline:
@@ -727,16 +728,7 @@ def _pod_processes(listener: int, marker: bytes) -> set[int]:
                 found.add(child)
                 pending.append(child)
     found.discard(os.getpid())
-    return {pid for pid in found if pid == listener or _is_running(pid)}
-
-
-def _is_running(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie has ended (its parent may never reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return {pid for pid in found if pid == listener or procs.is_running(pid)}
 
 
 def _keep_home(home: Path, kept: Path) -> None:
