@@ -98,6 +98,8 @@ from skyward_trio import (
     time,
 )
 
+from . import plugins
+
 if TYPE_CHECKING:
     from skyward_trio import ChildDied, config
 
@@ -176,6 +178,7 @@ __all__ = [
     "is_head",
     "lock",
     "metrics",
+    "plugins",
     "queue",
     "redirect_output",
     "set",

@@ -35,6 +35,7 @@ from skyward_trio._collections import (
 from skyward_trio._events import Event
 from skyward_trio._function import active_pool
 from skyward_trio._model import Nodes, Options
+from skyward_trio._plugin import client_hooks
 from skyward_trio._pool import _CREDIT_BATCH, Inflight, Outcome, PreparedCall
 from skyward_trio._storelink import ClientStore
 
@@ -461,6 +462,8 @@ class Compute:
         self, *specs: Spec, name: str | None = None, options: Options | None = None, **kwargs: Any
     ) -> None:
         self._core = skyward_trio.Compute(*specs, name=name, options=options, **kwargs)
+        self._core.enter_client_hooks = False  # entered here, with the pool this block gets
+        self._client_hooks: contextlib.AbstractContextManager[None] | None = None
         self._portal: Portal | None = None
         self._job: Job | None = None
         self._exit: trio.Event | None = None
@@ -499,9 +502,24 @@ class Compute:
         self.pool = Pool(ready.result(), portal)
         self._token = active_pool.set(self.pool)
         _opened(self)
+        hooks = client_hooks(self.pool.spec, self.pool)
+        try:
+            hooks.__enter__()
+        except BaseException:
+            self._close()
+            raise
+        self._client_hooks = hooks
         return self.pool
 
     def __exit__(self, *exc_info: Any) -> None:
+        hooks, self._client_hooks = self._client_hooks, None
+        try:
+            if hooks is not None:
+                hooks.__exit__(*exc_info)  # what it returns cannot hide the block's error
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         assert self._portal is not None
         assert self._job is not None
         assert self._exit is not None

@@ -8,12 +8,14 @@ enforces it):
    ``_function``, ``_bootstrap``, ``_capture``, ``_output``, ``_autoscale``, ``_cost``,
    ``_heartbeat`` (when the other end of a session went silent), ``_offers`` (offers
    against specs, and which spec to try first), ``containers`` (image references for
-   ``sky.Container`` and the clouds)
+   ``sky.Container`` and the clouds), ``_plugin`` (the ``Plugin`` record and its client
+   hooks' calls), ``plugins`` (the built-in plugins)
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
    ``sky.dict`` ... ``sky.lock`` factories), ``_eventual`` (``consistency="eventual"``),
-   ``_store`` (the store service), ``_sampler`` (a worker's metric sampler) (only trio +
+   ``_store`` (the store service), ``_sampler`` (a worker's metric sampler), ``_pluginrun``
+   (the plugins' hooks on a node) (only trio +
    layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
@@ -35,7 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import accelerators, containers, metrics, time
+from . import accelerators, containers, metrics, plugins, time
 from ._errors import (
     ConfigError,
     ConnectionLostError,
@@ -183,6 +185,7 @@ __all__ = [
     "is_head",
     "lock",
     "metrics",
+    "plugins",
     "queue",
     "redirect_output",
     "set",

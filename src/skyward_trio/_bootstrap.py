@@ -341,8 +341,13 @@ def worker_bootstrap(
     config: dict[str, Any],
     start_timeout: float,
     environment: Environment | None = None,
+    plugin_ops: Sequence[str] = (),
 ) -> str:
     """A bash script that installs the worker's files in ``workdir`` and starts it detached.
+
+    ``plugin_ops`` (the plugins' bootstrap commands) run after the environment is built,
+    in phase ``plugins``, each in its own ``bash -c`` in ``workdir``, with ``SKYWARD_PYTHON``
+    set to the worker's interpreter.
 
     It prints ``READY_MARK`` once the worker listens, or exits non-zero with the worker's
     log on stderr (and ``FAILED_MARK`` with the phase that failed).
@@ -355,6 +360,9 @@ def worker_bootstrap(
     setup, py = "", shlex.quote(python)
     if environment is not None:
         setup, py = _environment_steps(environment, python)
+    if plugin_ops:
+        ops = "\n".join(f"SKYWARD_PYTHON={py} bash -c {shlex.quote(op)}" for op in plugin_ops)
+        setup = f"{setup}\nphase plugins\n{ops}"
     return f"""set -eEu
 umask 077
 current=setup

@@ -56,8 +56,6 @@ def check_spec(spec: Spec) -> None:
         _runpod(spec)
     if spec.volumes:
         raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
-    if spec.plugins:
-        raise ValueError("plugins= are not supported yet (see the README's 'not yet' list)")
 
 
 def _image(spec: Spec) -> None:

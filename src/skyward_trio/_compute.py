@@ -51,9 +51,11 @@ from ._model import (
     Spec,
     resolve_compute_args,
 )
+from ._plugin import bootstrap_ops, client_hooks, transformed
+from ._pluginrun import pack
 from ._pool import Pool
 from ._providers import offers, open_cluster
-from ._supervisor import Supervisor
+from ._supervisor import NodePluginPlan, Supervisor
 
 __all__ = ["Compute"]
 
@@ -77,14 +79,22 @@ class Compute:
             options = Options()
         if not isinstance(options, Options):
             raise TypeError(f"options must be a sky.Options(...), got {type(options).__qualname__}")
+        # The image each spec's plugins make is the one checked, and the one nodes get.
+        resolved = tuple(transformed(spec) for spec in resolved)
         self.specs = resolved
         self.options = options
         self.defaulted_to_local = defaulted
         check_specs(resolved)
+        for spec in resolved:
+            pack(spec.plugins)  # hooks that cannot travel to the nodes fail here, not there
         checker = options.health_checker
         self._probe = _health.probe_payload(checker) if checker is not None else None
         self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
         self._token: Any = None
+        # The plugins' around_client hooks get the pool the user holds: this one, or the
+        # sync face's, which enters them itself (and sets this False).
+        self.enter_client_hooks = True
+        self._client_hooks: contextlib.AbstractContextManager[None] | None = None
 
     async def __aenter__(self) -> Pool:
         if self._cm is not None:
@@ -95,6 +105,15 @@ class Compute:
         self._cm, pool = await _open_first(
             self.specs, self.options, self.defaulted_to_local, self._probe
         )
+        if self.enter_client_hooks:
+            hooks = client_hooks(pool.spec, pool)
+            try:
+                hooks.__enter__()
+            except BaseException as exc:
+                cm, self._cm = self._cm, None
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            self._client_hooks = hooks
         self._token = active_pool.set(pool)
         return pool
 
@@ -102,6 +121,13 @@ class Compute:
         assert self._cm is not None
         cm, self._cm = self._cm, None
         active_pool.reset(self._token)
+        hooks, self._client_hooks = self._client_hooks, None
+        if hooks is not None:
+            try:
+                hooks.__exit__(*exc_info)  # what it returns cannot hide the block's error
+            except BaseException as exc:
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
         return await cm.__aexit__(*exc_info)
 
 
@@ -181,6 +207,7 @@ async def _open_pool(
     notes: Sequence[str] = (),
 ) -> AsyncIterator[Pool]:
     spec = choice.spec
+    plugins = NodePluginPlan(ops=bootstrap_ops(spec), hooks=pack(spec.plugins))
     job_id = secrets.token_hex(4)
     nodes = spec.nodes
     pool = Pool(spec, options, nodes, job_id=job_id)
@@ -198,7 +225,7 @@ async def _open_pool(
         for note in notes:  # what happened to the specs tried or skipped before this one
             pool._events.emit(Error(job_id=job_id, message=note))
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
-        supervisor = Supervisor(pool, cluster, client_key, probe, secret)
+        supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins)
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:

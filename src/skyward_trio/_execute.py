@@ -17,9 +17,14 @@ __all__ = ["FunctionCache", "InputSource", "ItemSink", "StreamedInput", "run_bat
 
 
 class FunctionCache:
-    """Unpickled functions by key; each is unpickled once, in a worker thread."""
+    """Unpickled functions by key; each is unpickled once, in a worker thread.
 
-    def __init__(self) -> None:
+    ``wrap`` (the plugins' wrappers, see ``_pluginrun``) is applied to each function as it
+    is unpickled.
+    """
+
+    def __init__(self, wrap: Callable[[Any], Any] | None = None) -> None:
+        self._wrap = wrap
         self._payloads: dict[str, _serial.Payload] = {}
         self._functions: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -41,6 +46,8 @@ class FunctionCache:
                 if payload is None:
                     raise LookupError(f"the worker never received function {key!r}")
                 fn = _serial.loads(payload)
+                if self._wrap is not None:
+                    fn = self._wrap(fn)
                 self._functions[key] = fn
                 del self._payloads[key]
             return fn

@@ -25,6 +25,7 @@ import attrs
 
 from skyward_trio import accelerators
 from skyward_trio import metrics as sky_metrics
+from skyward_trio._plugin import Plugin
 from skyward_trio.accelerators import Accelerator
 from skyward_trio.containers import DockerImage, check_reference
 
@@ -249,7 +250,7 @@ def _volume_tuple(value: Iterable[Volume]) -> tuple[Volume, ...]:
     return _as_tuple(value)  # type: ignore[return-value]  # the check that follows rejects it
 
 
-def _object_tuple(value: Iterable[object]) -> tuple[object, ...]:
+def _plugin_tuple(value: Iterable[Plugin]) -> tuple[Plugin, ...]:
     return _as_tuple(value)  # type: ignore[return-value]  # the check that follows rejects it
 
 
@@ -1261,7 +1262,7 @@ class Spec:
     max_hourly_cost: float | None = None
     ttl: int = attrs.field(default=600, converter=_whole_seconds)
     volumes: tuple[Volume, ...] = attrs.field(default=(), converter=_volume_tuple)
-    plugins: tuple[object, ...] = attrs.field(default=(), converter=_object_tuple)
+    plugins: tuple[Plugin, ...] = attrs.field(default=(), converter=_plugin_tuple)
 
     def __attrs_post_init__(self) -> None:
         self._check_provider()
@@ -1305,11 +1306,7 @@ class Spec:
             Volume,
             example='sky.Volume(bucket="my-data", mount="/data")',
         )
-        if not isinstance(self.plugins, tuple):
-            raise TypeError(
-                f"Spec(plugins={self.plugins!r}): plugins must be a list, got "
-                f"{_describe(self.plugins)}. Pass e.g. plugins=[sky.plugins.torch()]."
-            )
+        _check_items("Spec", "plugins", self.plugins, Plugin, example="sky.plugins.torch()")
 
     def _check_provider(self) -> None:
         provider: object = self.provider

@@ -7,7 +7,8 @@ task writes there (``print``, C code, subprocesses) reaches the task's output li
 
 Protocol, one frame each way per task, plus one exchange per streamed item::
 
-    worker -> child   (INIT, {"sys_path": [...], "info": {...}, "one_shot": bool})  once, first
+    worker -> child   (INIT, {"sys_path": [...], "info": {...}, "one_shot": bool,
+                             "plugins": str | None})                          once, first
     worker -> child   (TASK, kind, fn_key, fn_payload | None, args_payload, stream, inputs)
     child  -> worker  (ITEM, payload)      if stream: one per item a generator yields,
     worker -> child   (ACK, more)          answered before the generator goes on
@@ -22,13 +23,15 @@ Protocol, one frame each way per task, plus one exchange per streamed item::
 The child exits when the socket reaches EOF, after one task when ``one_shot``, and when
 the worker dies (see ``_watch_parent``).
 
-Layer 3: stdlib, ``_wire``, ``_serial``, ``_execute``, ``_runtime``, ``_info``, ``_capture``;
-never trio.
+Layer 3: stdlib, ``_wire``, ``_serial``, ``_execute``, ``_runtime``, ``_info``, ``_capture``,
+``_pluginrun``; never trio.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import select
 import signal
@@ -36,11 +39,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _capture, _execute, _runtime, _serial, _wire
 from ._info import from_dict
+from ._pluginrun import NodePlugins
 
 __all__ = ["ACK", "DONE", "INIT", "INPUT", "INPUT_END", "ITEM", "NEXT", "TASK", "main"]
 
@@ -81,15 +85,22 @@ def main(argv: list[str] | None = None) -> None:
     for entry in reversed(config["sys_path"]):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    _runtime.set_instance_info(from_dict(config["info"]))
-    try:
-        _serve(channel, one_shot=bool(config["one_shot"]))
-    except (BrokenPipeError, ConnectionResetError):
-        return  # the worker closed the channel while a reply was on its way: it is going
+    info = from_dict(config["info"])
+    _runtime.set_instance_info(info)
+    plugins = NodePlugins.unpack(config.get("plugins"))
+    with contextlib.ExitStack() as stack:
+        wrap = None
+        if plugins is not None:
+            plugins.enter_process(stack, info)
+            wrap = functools.partial(plugins.wrap, gate=plugins.wait_process)
+        try:
+            _serve(channel, one_shot=bool(config["one_shot"]), wrap=wrap)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the worker closed the channel while a reply was on its way: it is going
 
 
-def _serve(channel: _Channel, *, one_shot: bool) -> None:
-    cache = _execute.FunctionCache()
+def _serve(channel: _Channel, *, one_shot: bool, wrap: Callable[[Any], Any] | None) -> None:
+    cache = _execute.FunctionCache(wrap)
     received = 0
     while True:
         message = channel.receive()

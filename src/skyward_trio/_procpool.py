@@ -201,6 +201,7 @@ class ProcessExecutor:
             starts, so they also reach the task's own subprocesses).
         info: The node's ``InstanceInfo`` in ``_info.to_dict`` form, installed in each
             child so ``sky.instance_info()`` works there.
+        plugins: The plugins' node hooks (``_pluginrun.pack``), or None.
     """
 
     def __init__(
@@ -211,13 +212,17 @@ class ProcessExecutor:
         sys_path: list[str],
         env: dict[str, str],
         info: dict[str, Any],
+        plugins: str | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"ProcessExecutor size must be at least 1; got {size}")
         self._size = size
         self._reuse = reuse
         self._env = dict(env)
-        self._init = (INIT, {"sys_path": list(sys_path), "info": info, "one_shot": not reuse})
+        self._init = (
+            INIT,
+            {"sys_path": list(sys_path), "info": info, "one_shot": not reuse, "plugins": plugins},
+        )
         # notify_all, never notify: a woken waiter may leave (cancelled) without taking
         # the child or slot it was woken for, and a single wake-up would then be lost.
         self._cond = threading.Condition(threading.Lock())

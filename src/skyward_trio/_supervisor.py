@@ -20,6 +20,7 @@ import math
 import shlex
 from typing import Any
 
+import attrs
 import trio
 
 from . import _health, _logging, _serial, _transport, metrics
@@ -144,6 +145,19 @@ async def _fetch_worker_log(
             )
 
 
+@attrs.frozen
+class NodePluginPlan:
+    """What the pool's plugins ask of each node.
+
+    Attributes:
+        ops: Shell commands the bootstrap runs after the environment (phase ``plugins``).
+        hooks: The node hooks, packed for the worker's config (``_pluginrun.pack``).
+    """
+
+    ops: tuple[str, ...] = ()
+    hooks: str | None = None
+
+
 class Supervisor:
     """Brings nodes up, keeps them, and tears everything down."""
 
@@ -154,8 +168,10 @@ class Supervisor:
         client_key: _transport.SSHKey,
         probe: _serial.Payload | None,
         secret: str,
+        plugins: NodePluginPlan = NodePluginPlan(),
     ) -> None:
         self.pool = pool
+        self.plugins = plugins
         self.cluster = cluster
         # The pool's own key (installed on the nodes by their provider): no agent, ever.
         self._pool_login = _transport.Login(keys=(client_key,))
@@ -360,6 +376,7 @@ class Supervisor:
                 config=config,
                 start_timeout=30,
                 environment=environment,
+                plugin_ops=self.plugins.ops,
             )
 
             def on_line(line: bytes) -> None:
@@ -798,6 +815,7 @@ class Supervisor:
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),
             "metrics": to_config(metrics.expand(pool.spec.image.metrics)),
+            "plugins": self.plugins.hooks,
         }
 
     async def shutdown(self) -> TeardownError | None:

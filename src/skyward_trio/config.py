@@ -680,7 +680,9 @@ class _Reader:
             "nodes": self.nodes,
             "image": self.image,
             "volumes": self.array(self.volume, 'volumes = [{ bucket = "data", mount = "/data" }]'),
-            "plugins": self.not_built("plugins are"),
+            "plugins": self.not_built(
+                "plugins in skyward.toml are", fix="pass plugins=[...] to Compute in Python"
+            ),
             "worker": self.sub(Worker, "Worker fields (concurrency, executor, ...)"),
             "logging": self.logging,
             "health_checker": self.health_checker,
@@ -855,9 +857,10 @@ class _Reader:
         )
         return _FAILED
 
-    def not_built(self, what: str) -> _Convert:
+    def not_built(self, what: str, *, fix: str = "") -> _Convert:
         def refuse(at: _Key, value: object) -> Any:
-            self.problem(at, f"{what} not built yet (see the README's 'Not yet' list)")
+            also = f"; {fix}" if fix else ""
+            self.problem(at, f"{what} not built yet (see the README's 'Not yet' list){also}")
             return _FAILED
 
         return refuse

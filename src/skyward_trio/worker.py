@@ -33,6 +33,7 @@ import trio
 from . import _capture, _collections, _heartbeat, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
+from ._pluginrun import NodePlugins
 from ._procpool import ProcessExecutor
 from ._sampler import Sampler, from_config
 from ._store import Store, receive_hello
@@ -90,7 +91,13 @@ class Worker:
         self.config = config
         self._secret = secret
         self.node: int = config["info"]["node"]
-        self._cache = FunctionCache()
+        # The plugins' hooks: around_app entered as the worker starts, their wrappers
+        # around each function (tasks wait for around_app; see _pluginrun).
+        self._plugins = NodePlugins.unpack(config.get("plugins"))
+        wrap = None
+        if self._plugins is not None:
+            wrap = functools.partial(self._plugins.wrap, gate=self._plugins.wait_app)
+        self._cache = FunctionCache(wrap)
         self._executor: ProcessExecutor | None = None
         # Under the process executor every new child needs the pickled function.
         self._fn_payloads: dict[str, _serial.Payload] = {}
@@ -101,6 +108,7 @@ class Worker:
                 sys_path=list(config.get("sys_path", [])),
                 env=dict(config.get("env", {})),
                 info=config["info"],
+                plugins=config.get("plugins"),
             )
         self._sessions: dict[str, _Session] = {}
         self._last_client: float | None = None
@@ -129,12 +137,16 @@ class Worker:
                 await nursery.start(self._store.listen, self.config["store_host"])
             if self._sampler is not None:
                 nursery.start_soon(self._sampler.run)
+            if self._plugins is not None:
+                self._plugins.start_app(from_dict(self.config["info"]))
             (self.directory / "worker.ready").write_text(str(os.getpid()))
             task_status.started()
             await self._shutdown.wait()
             nursery.cancel_scope.cancel(reason="worker shutdown")
         for session in self._sessions.values():
             session.close()
+        if self._plugins is not None:
+            await trio.to_thread.run_sync(self._plugins.stop_app)
         sock_path.unlink(missing_ok=True)
 
     async def _watchdog(self) -> None:
@@ -731,6 +743,8 @@ class _Session:
         assert executor is not None
         fn_payload = self._worker._fn_payloads[task.fn_key]
         try:
+            if self._worker._plugins is not None:
+                self._worker._plugins.wait_app()
             if task.kind == _wire.RUN:
                 inputs = functools.partial(self._input_payloads, task)
                 ok, payload = executor.run(

@@ -68,10 +68,16 @@ def test_every_exported_name_resolves(module: object) -> None:
 
 def test_shared_names_are_the_same_objects_except_the_faces() -> None:
     faces = {"Compute", "Pool"}
-    for name in set(skyward.__all__) - faces:
+    modules = {"plugins"}  # skyward.plugins is a module of its own, for `from skyward.plugins`
+    for name in set(skyward.__all__) - faces - modules:
         assert getattr(skyward, name) is getattr(skyward_trio, name), name
     for name in faces:
         assert getattr(skyward, name) is not getattr(skyward_trio, name), name
+    for module in modules:
+        sync_module, trio_module = getattr(skyward, module), getattr(skyward_trio, module)
+        assert sync_module.__all__ == trio_module.__all__
+        for name in sync_module.__all__:
+            assert getattr(sync_module, name) is getattr(trio_module, name), f"{module}.{name}"
 
 
 @pytest.mark.parametrize("name", ["dict", "set", "counter", "queue", "barrier", "lock"])

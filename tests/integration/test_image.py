@@ -48,7 +48,8 @@ def test_pip_packages_come_from_a_venv_built_once_per_image() -> None:
     for node in (0, 1):
         mine = [phase for n, phase in phases if n == node]
         assert mine == ["ssh", "bootstrap", "uv", "venv", "worker"]
-    (built,) = envs.glob("*/.skyward-complete")
+    # Other tests of this session (their own images) may have built environments too.
+    built = envs / Path(results[0][1]).relative_to(envs).parts[0] / ".skyward-complete"
     stamp = built.stat().st_mtime_ns
     # What is sampled is no part of the environment: other metrics reuse it too.
     again = sky.Image(pip=["six==1.16.0"], metrics=sky.metrics.CPU())

@@ -208,7 +208,12 @@ def test_unknown_keys_are_errors_with_a_suggestion(project: Path) -> None:
             "mount must not be one of",
         ),
         ('volumes = [{ bucket = "b" }]', "pools.train.volumes[0]", "missing key 'mount'"),
-        ("plugins = []", "pools.train.plugins", "plugins are not built yet"),
+        (
+            "plugins = []",
+            "pools.train.plugins",
+            "plugins in skyward.toml are not built yet (see the README's 'Not yet' list); "
+            "pass plugins=[...] to Compute in Python",
+        ),
         (
             'volumes = [{ bucket = "b", mount = "/data", storage = "s3" }]',
             "pools.train.volumes[0].storage",

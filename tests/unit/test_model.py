@@ -36,6 +36,7 @@ from skyward_trio._model import (
     resolve_compute_args,
     to_nodes,
 )
+from skyward_trio._plugin import Plugin
 
 
 @attrs.frozen(kw_only=True)
@@ -656,7 +657,7 @@ def test_spec_defaults_match_the_reference() -> None:
 
 def test_spec_normalises_nodes_and_converts_sequences() -> None:
     volume = Volume(bucket="b", mount="/data")
-    plugin = object()
+    plugin = Plugin.create("p")
     made = spec(
         accelerator=accelerators.A100(count=8),
         nodes=(2, 8),
@@ -789,7 +790,8 @@ def test_spec_accelerator_of_another_type() -> None:
             r"volumes must be a list of Volume, got Volume",
         ),
         ({"volumes": ["/data"]}, TypeError, r"every item of volumes must be a Volume"),
-        ({"plugins": 3}, TypeError, r"Spec\(plugins=3\): plugins must be a list"),
+        ({"plugins": 3}, TypeError, r"Spec\(plugins=3\): plugins must be a list of Plugin"),
+        ({"plugins": ["torch"]}, TypeError, r"every item of plugins must be a Plugin"),
     ],
 )
 def test_spec_rejects_bad_input(kwargs: dict[str, object], error: type, match: str) -> None:

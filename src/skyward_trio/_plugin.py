@@ -1,0 +1,225 @@
+"""What a plugin is: a name and six optional hooks, and what its hooks are shown.
+
+A plugin composes what a framework needs from a pool: packages in the image, shell steps
+at bootstrap, a wrapper around each task, set-up once per worker or per executor
+subprocess, and something held on the client while the pool is open. Its hooks run in
+three places: on the client (``transform``, ``bootstrap``, ``around_client``), in each
+node's worker (``decorate``, ``around_app``) and in each process-executor subprocess
+(``around_process``). The node's hooks travel pickled (cloudpickle), so they may be
+closures, but whatever they refer to must be importable on the node.
+
+Layer 1: stdlib and attrs only; imported on nodes (the built-in plugins' hooks are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._info import InstanceInfo
+    from ._model import Image, Nodes, ProviderConfig, Spec
+    from .accelerators import Accelerator
+
+__all__ = ["HOOKS", "Cluster", "Plugin", "bootstrap_ops", "client_hooks", "transformed"]
+
+
+@attrs.frozen(kw_only=True)
+class Cluster:
+    """The pool a plugin's hooks are shaping, as its spec describes it.
+
+    Attributes:
+        spec: The pool's spec. Image transforms see it as it was given; the other hooks
+            see it with the image the transforms made.
+    """
+
+    spec: Spec
+
+    @property
+    def nodes(self) -> Nodes:
+        """How many nodes the pool asks for."""
+        return self.spec.nodes
+
+    @property
+    def accelerator(self) -> Accelerator | None:
+        """The accelerator each node has, or None."""
+        return self.spec.accelerator
+
+    @property
+    def provider(self) -> ProviderConfig:
+        """Where the nodes come from."""
+        return self.spec.provider
+
+
+#: Each hook field, and the builder that sets it.
+HOOKS = {
+    "transform": "with_image_transform",
+    "bootstrap": "with_bootstrap",
+    "decorate": "with_decorator",
+    "around_app": "with_around_app",
+    "around_process": "with_around_process",
+    "around_client": "with_around_client",
+}
+
+
+def _hook(instance: Plugin, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"Plugin {instance.name!r}: {HOOKS[attribute.name]}(...) takes a function, got "
+            f"{type(value).__qualname__}"
+        )
+
+
+@attrs.frozen
+class Plugin:
+    """A plugin: a name and the hooks it sets (each optional).
+
+    Build one with ``Plugin.create(name)`` and the ``with_*`` builders; each builder
+    returns a new plugin, and setting a hook twice keeps the last.
+
+    Attributes:
+        name: What the plugin is called in errors and logs.
+        transform: ``(Image, Cluster) -> Image``, on the client before anything starts:
+            the image the pool's nodes get. Plugins transform in the order given.
+        bootstrap: ``Cluster -> Sequence[str]``, on the client: shell commands each node
+            runs after its environment is built and before its worker starts (phase
+            ``plugins``), in the worker's directory.
+        decorate: ``fn -> fn``, on each node: wraps every function the pool runs there.
+            The first plugin's wrapper is the outermost.
+        around_app: ``InstanceInfo -> context manager``, on each node: entered once per
+            worker, before its first task runs, and exited when the worker stops.
+        around_process: ``InstanceInfo -> context manager``, on each node: entered once
+            in each subprocess of ``Worker(executor="process")``, before its first task.
+        around_client: ``(pool, Cluster) -> context manager``, on the client: entered
+            once the pool is ready, exited before it is torn down. ``pool`` is the pool
+            the ``with`` (or ``async with``) block gets.
+    """
+
+    name: str = attrs.field()
+    transform: Callable[[Image, Cluster], Image] | None = attrs.field(
+        default=None, validator=_hook, kw_only=True
+    )
+    bootstrap: Callable[[Cluster], Sequence[str]] | None = attrs.field(
+        default=None, validator=_hook, kw_only=True
+    )
+    decorate: Callable[[Callable[..., Any]], Callable[..., Any]] | None = attrs.field(
+        default=None, validator=_hook, kw_only=True
+    )
+    around_app: Callable[[InstanceInfo], AbstractContextManager[Any]] | None = attrs.field(
+        default=None, validator=_hook, kw_only=True
+    )
+    around_process: Callable[[InstanceInfo], AbstractContextManager[Any]] | None = attrs.field(
+        default=None, validator=_hook, kw_only=True
+    )
+    around_client: Callable[[Any, Cluster], AbstractContextManager[Any]] | None = attrs.field(
+        default=None, validator=_hook, kw_only=True
+    )
+
+    @name.validator
+    def _check_name(self, attribute: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"Plugin.create({value!r}): a plugin needs a name, a non-empty string. "
+                'Pass e.g. Plugin.create("my-plugin").'
+            )
+
+    @classmethod
+    def create(cls, name: str) -> Plugin:
+        """A plugin called ``name`` with no hooks yet."""
+        return cls(name)
+
+    def with_image_transform(self, fn: Callable[[Image, Cluster], Image]) -> Plugin:
+        """Set ``transform``: ``(Image, Cluster) -> Image``."""
+        return attrs.evolve(self, transform=fn)
+
+    def with_bootstrap(self, fn: Callable[[Cluster], Sequence[str]]) -> Plugin:
+        """Set ``bootstrap``: ``Cluster -> Sequence[str]`` of shell commands."""
+        return attrs.evolve(self, bootstrap=fn)
+
+    def with_decorator(self, fn: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Plugin:
+        """Set ``decorate``: ``fn -> fn``, around every function run on a node."""
+        return attrs.evolve(self, decorate=fn)
+
+    def with_around_app(self, fn: Callable[[InstanceInfo], AbstractContextManager[Any]]) -> Plugin:
+        """Set ``around_app``: ``InstanceInfo -> context manager``, once per worker."""
+        return attrs.evolve(self, around_app=fn)
+
+    def with_around_process(
+        self, fn: Callable[[InstanceInfo], AbstractContextManager[Any]]
+    ) -> Plugin:
+        """Set ``around_process``: ``InstanceInfo -> context manager``, once per subprocess."""
+        return attrs.evolve(self, around_process=fn)
+
+    def with_around_client(
+        self, fn: Callable[[Any, Cluster], AbstractContextManager[Any]]
+    ) -> Plugin:
+        """Set ``around_client``: ``(pool, Cluster) -> context manager``, on the client."""
+        return attrs.evolve(self, around_client=fn)
+
+
+# --- on the client --------------------------------------------------------------------------
+
+
+def transformed(spec: Spec) -> Spec:
+    """``spec`` with the image its plugins' ``transform`` hooks make, in their order.
+
+    Raises:
+        TypeError: A transform that returned something other than an Image.
+    """
+    from ._model import Image
+
+    image = spec.image
+    cluster = Cluster(spec=spec)
+    for plugin in spec.plugins:
+        if plugin.transform is None:
+            continue
+        image = plugin.transform(image, cluster)
+        if not isinstance(image, Image):
+            raise TypeError(
+                f"plugin {plugin.name!r}: its image transform returned "
+                f"{type(image).__qualname__}, not a sky.Image; return the image it was given, "
+                "changed with attrs.evolve(image, ...)"
+            )
+    if image is spec.image:
+        return spec
+    return attrs.evolve(spec, image=image)
+
+
+def bootstrap_ops(spec: Spec) -> tuple[str, ...]:
+    """The shell commands the ``bootstrap`` hooks of ``spec``'s plugins give, in order.
+
+    Raises:
+        TypeError: A hook that gave something other than a list of strings.
+    """
+    cluster = Cluster(spec=spec)
+    ops: list[str] = []
+    for plugin in spec.plugins:
+        if plugin.bootstrap is None:
+            continue
+        given = plugin.bootstrap(cluster)
+        if isinstance(given, str) or not all(isinstance(op, str) for op in given):
+            raise TypeError(
+                f"plugin {plugin.name!r}: its bootstrap hook returned {given!r}; return a "
+                'list (or tuple) of shell commands, e.g. ("nvidia-smi -L",)'
+            )
+        ops.extend(given)
+    return tuple(ops)
+
+
+def client_hooks(spec: Spec, pool: Any) -> AbstractContextManager[None]:
+    """Every plugin's ``around_client`` for ``pool``, entered in order, exited in reverse."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def entered() -> Iterator[None]:
+        cluster = Cluster(spec=spec)
+        with contextlib.ExitStack() as stack:
+            for plugin in spec.plugins:
+                if plugin.around_client is not None:
+                    stack.enter_context(plugin.around_client(pool, cluster))
+            yield
+
+    return entered()

@@ -1,0 +1,303 @@
+"""Plugins on ``sky.Local()`` nodes: each hook where it runs, in order, with its failures
+named; the built-in torch and joblib plugins end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from needs import unavailable
+
+import skyward as sky
+import skyward_trio
+from skyward.plugins import Cluster, Plugin
+
+QUIET = sky.Options(console="silent")
+
+
+# --- a plugin with every hook ---------------------------------------------------------------
+
+
+def _tag(label: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return [label, fn(*args, **kwargs)]
+
+        return wrapper
+
+    return decorate
+
+
+@contextmanager
+def _app(info: Any) -> Iterator[None]:
+    os.environ["PLUGIN_APP"] = f"entered on node {info.node} of {info.total_nodes}"
+    # Where the hook ran: a thread of the worker's own, not the task's.
+    os.environ["PLUGIN_APP_THREAD"] = threading.current_thread().name
+    yield
+
+
+@contextmanager
+def _process(info: Any) -> Iterator[None]:
+    os.environ["PLUGIN_PROCESS"] = f"{os.getpid()} on node {info.node}"
+    yield
+
+
+def _everything(record: list[str]) -> Plugin:
+    def transform(image: sky.Image, cluster: Cluster) -> sky.Image:
+        record.append(f"transform: {cluster.nodes.desired} nodes")
+        return attrs.evolve(image, env={**image.env, "FROM_TRANSFORM": "yes"})
+
+    def bootstrap(cluster: Cluster) -> tuple[str, ...]:
+        record.append("bootstrap")
+        return ("echo first > plugin-ops.txt", 'echo "$SKYWARD_PYTHON" >> plugin-ops.txt')
+
+    @contextmanager
+    def client(pool: Any, cluster: Cluster) -> Iterator[None]:
+        record.append(f"client entered with {type(pool).__module__}.{type(pool).__name__}")
+        yield
+        record.append("client exited")
+
+    return (
+        Plugin.create("everything")
+        .with_image_transform(transform)
+        .with_bootstrap(bootstrap)
+        .with_decorator(_tag("outer"))
+        .with_around_app(_app)
+        .with_around_process(_process)
+        .with_around_client(client)
+    )
+
+
+@sky.function
+def _what_the_node_sees() -> dict[str, Any]:
+    return {
+        "app": os.environ.get("PLUGIN_APP"),
+        "app_thread": os.environ.get("PLUGIN_APP_THREAD"),
+        "process": os.environ.get("PLUGIN_PROCESS"),
+        "transform": os.environ.get("FROM_TRANSFORM"),
+        "ops": Path("plugin-ops.txt").read_text().split("\n")[:2],
+        "pid": os.getpid(),
+    }
+
+
+def test_every_hook_runs_where_and_when_it_says() -> None:
+    record: list[str] = []
+    plugins = [_everything(record), Plugin.create("inner").with_decorator(_tag("inner"))]
+    compute = sky.Compute(provider=sky.Local(), nodes=2, plugins=plugins, options=QUIET)
+    assert record == ["transform: 2 nodes"]  # at Compute(...), before anything starts
+    with compute as pool:
+        assert record[1:] == ["bootstrap", "client entered with skyward._sync.Pool"]
+        results = _what_the_node_sees() @ pool
+    assert record[-1] == "client exited"
+    for node, (outer, (inner, seen)) in enumerate(results):
+        assert (outer, inner) == ("outer", "inner")  # the first plugin's wrapper is outermost
+        assert seen["app"] == f"entered on node {node} of 2"
+        assert seen["app_thread"] == "skyward-plugins"
+        assert seen["process"] is None  # the thread executor has no subprocesses
+        assert seen["transform"] == "yes"
+        first, python = seen["ops"]
+        assert first == "first"
+        assert os.path.basename(python).startswith("python")
+
+
+def test_around_process_runs_in_each_subprocess_of_the_process_executor() -> None:
+    record: list[str] = []
+    options = sky.Options(console="silent", worker=sky.Worker(executor="process", concurrency=2))
+    with sky.Compute(provider=sky.Local(), plugins=[_everything(record)], options=options) as pool:
+        results = sky.gather(*(_what_the_node_sees() for _ in range(4))) >> pool
+    for outer, seen in results:
+        assert outer == "outer"
+        assert seen["process"] == f"{seen['pid']} on node 0"  # entered in that subprocess
+        assert seen["app"] == "entered on node 0 of 1"  # the worker's, inherited
+
+
+@sky.function
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_a_failed_around_app_fails_each_task_with_its_plugin_named() -> None:
+    @contextmanager
+    def broken(info: Any) -> Iterator[None]:
+        raise OSError("no rendezvous for you")
+        yield
+
+    plugin = Plugin.create("broken").with_around_app(broken)
+    with sky.Compute(provider=sky.Local(), plugins=[plugin], options=QUIET) as pool:
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="plugin 'broken' failed to set up") as caught:
+                _double(2) >> pool
+            assert "OSError: no rendezvous for you" in str(caught.value)
+
+
+def test_a_failed_bootstrap_command_fails_the_node_in_the_plugins_phase() -> None:
+    plugin = Plugin.create("ops").with_bootstrap(lambda cluster: ["echo nope >&2; exit 3"])
+    compute = sky.Compute(provider=sky.Local(), plugins=[plugin], options=QUIET)
+    with pytest.raises(sky.ProvisionError) as caught, compute:
+        pass
+    message = str(caught.value)
+    assert "its 'plugins' phase" in message
+    assert "nope" in message
+
+
+def test_bad_plugins_are_refused_before_anything_starts() -> None:
+    lock = threading.Lock()
+
+    @contextmanager
+    def holds_a_lock(info: Any) -> Iterator[None]:
+        with lock:
+            yield
+
+    with pytest.raises(TypeError, match=r"plugin 'locked': its node hooks .* cannot be pickled"):
+        sky.Compute(plugins=[Plugin.create("locked").with_around_app(holds_a_lock)])
+    with pytest.raises(TypeError, match=r"image transform returned dict, not a sky\.Image"):
+        sky.Compute(plugins=[Plugin.create("t").with_image_transform(lambda i, c: {})])
+    with pytest.raises(TypeError, match="every item of plugins must be a Plugin"):
+        sky.Compute(plugins=["torch"])
+    # What a transform adds is checked like the user's own image: Local runs no apt.
+    apt = Plugin.create("apt").with_image_transform(lambda i, c: attrs.evolve(i, apt=("git",)))
+    with pytest.raises(ValueError, match=r"Image\(apt=\['git'\]\): sky.Local\(\) .* never"):
+        sky.Compute(plugins=[apt])
+
+
+def test_a_failed_around_client_tears_the_pool_down() -> None:
+    @contextmanager
+    def refuses(pool: Any, cluster: Cluster) -> Iterator[None]:
+        raise LookupError("no backend")
+        yield
+
+    plugin = Plugin.create("client").with_around_client(refuses)
+    compute = sky.Compute(provider=sky.Local(), plugins=[plugin], options=QUIET)
+    with pytest.raises(LookupError, match="no backend"), compute:
+        pytest.fail("the block must not run")
+    assert compute.pool is not None
+    with pytest.raises(sky.PoolClosedError):
+        _double(1) >> compute.pool
+
+
+async def test_the_trio_face_hands_around_client_its_own_pool() -> None:
+    seen: list[object] = []
+
+    @contextmanager
+    def client(pool: Any, cluster: Cluster) -> Iterator[None]:
+        seen.append(pool)
+        yield
+
+    plugin = Plugin.create("client").with_around_client(client)
+    compute = skyward_trio.Compute(provider=sky.Local(), plugins=[plugin], options=QUIET)
+    async with compute as pool:
+        assert seen == [pool]
+        assert await pool.run(_double(4)) == 8
+    await trio.lowlevel.checkpoint()
+
+
+# --- built-ins ------------------------------------------------------------------------------
+
+
+@sky.function
+def _rendezvous() -> dict[str, str | None]:
+    keys = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    return {key: os.environ.get(key) for key in keys}
+
+
+def test_torch_gives_each_node_its_rendezvous_environment() -> None:
+    # version=None: this test's machine cannot reach PyTorch's index; the env is the point.
+    torch = sky.plugins.torch(version=None)
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[torch], options=QUIET) as pool:
+        results = _rendezvous() @ pool
+    head = results[0]["MASTER_ADDR"]
+    assert head is not None
+    assert head.startswith("127.")
+    for node, env in enumerate(results):
+        assert env == {
+            "MASTER_ADDR": head,
+            "MASTER_PORT": "29500",
+            "WORLD_SIZE": "2",
+            "RANK": str(node),
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+        }
+
+
+def _need_torch() -> None:
+    """PyTorch (its CPU build) is installed for the Python 3.11 tests only (noxfile.py)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if sys.version_info[:2] == (3, 11):
+            unavailable("torch is not installed (pip install torch==2.13.0)", suite="torch")
+        pytest.skip("torch is installed for the Python 3.11 tests only (noxfile.py)")
+
+
+@sky.function
+def _all_reduce() -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    info = sky.instance_info()
+    dist.init_process_group(backend="gloo")
+    try:
+        tensor = torch.tensor([float(info.node + 1)])
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torch_ddp_all_reduce_across_two_nodes() -> None:
+    _need_torch()
+    torch = sky.plugins.torch(version=None, backend="gloo")
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[torch], options=QUIET) as pool:
+        assert _all_reduce() @ pool == [[3.0], [3.0]]
+
+
+def test_torch_refuses_a_backend_the_node_cannot_run() -> None:
+    _need_torch()
+    torch = sky.plugins.torch(version=None, backend="nccl")  # this machine has no CUDA
+    # A CPU build has no nccl at all; a CUDA build on a machine without GPUs, no device.
+    refused = pytest.raises(RuntimeError, match=r"torch\(backend='nccl'\): .* node 0 .*(nccl|CUDA)")
+    with sky.Compute(provider=sky.Local(), plugins=[torch], options=QUIET) as pool, refused:
+        _double(1) >> pool
+
+
+def _where_raw(x: int) -> tuple[int, int, int]:
+    return x, sky.instance_info().node, os.getpid()
+
+
+_where = sky.function(_where_raw)
+
+
+def test_joblib_parallel_runs_on_the_pool_inside_the_block() -> None:
+    joblib = pytest.importorskip("joblib")
+    with sky.Compute(
+        provider=sky.Local(), nodes=2, plugins=[sky.plugins.joblib()], options=QUIET
+    ) as pool:
+        results = joblib.Parallel(n_jobs=-1)(joblib.delayed(_where_raw)(x) for x in range(8))
+        pids = {pid for _, _, pid in _where(0) @ pool}
+    assert [x for x, _, _ in results] == list(range(8))
+    assert {node for _, node, _ in results} == {0, 1}
+    assert {pid for _, _, pid in results} <= pids  # run by the nodes' workers
+    # The block is over: joblib is back to its own backend.
+    assert joblib.Parallel(n_jobs=1)(joblib.delayed(abs)(-1) for _ in range(1)) == [1]
+
+
+def test_the_torch_ddp_example_trains_two_ranks_to_the_same_weights() -> None:
+    _need_torch()
+    example = Path(__file__).resolve().parents[2] / "examples" / "torch_ddp.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
+    assert len(ranks) == 2, done.stdout
+    weights = {line.split("weights ")[1] for line in ranks}
+    assert weights == {"[2.000, -3.000]"}  # DDP kept them equal, and they learned the truth
