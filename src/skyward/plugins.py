@@ -4,6 +4,6 @@
 other built-ins are described there.
 """
 
-from skyward_trio.plugins import Cluster, Plugin, joblib, keras, sklearn, torch
+from skyward_trio.plugins import BUILT_IN, Cluster, Plugin, jax, joblib, keras, sklearn, torch
 
-__all__ = ["Cluster", "Plugin", "joblib", "keras", "sklearn", "torch"]
+__all__ = ["BUILT_IN", "Cluster", "Plugin", "jax", "joblib", "keras", "sklearn", "torch"]

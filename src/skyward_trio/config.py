@@ -65,6 +65,7 @@ from ._model import (
     Worker,
 )
 from ._transport import SSHError
+from .plugins import BUILT_IN
 
 __all__ = ["DEFAULTS_FILE", "PROJECT_FILE", "Config", "NamedPool", "main", "validate"]
 
@@ -680,8 +681,8 @@ class _Reader:
             "nodes": self.nodes,
             "image": self.image,
             "volumes": self.array(self.volume, 'volumes = [{ bucket = "data", mount = "/data" }]'),
-            "plugins": self.not_built(
-                "plugins in skyward.toml are", fix="pass plugins=[...] to Compute in Python"
+            "plugins": self.array(
+                self.plugin, 'plugins = ["joblib", { kind = "torch", backend = "nccl" }]'
             ),
             "worker": self.sub(Worker, "Worker fields (concurrency, executor, ...)"),
             "logging": self.logging,
@@ -834,6 +835,35 @@ class _Reader:
             self.problem(at, f"unknown collector kind {kind!r}; {hint}the kinds are {kinds}")
             return _FAILED
         return self.record(at, cls, fields)
+
+    def plugin(self, at: _Key, value: object) -> Any:
+        """A built-in plugin: its name, or a table of ``kind =`` and its arguments."""
+        kinds = ", ".join(repr(kind) for kind in BUILT_IN)
+        if isinstance(value, str):
+            kind, arguments = value, {}
+        elif isinstance(value, dict) and "kind" in value:
+            kind = value["kind"]
+            arguments = {key: item for key, item in value.items() if key != "kind"}
+        else:
+            self.problem(
+                at,
+                f"expected a built-in plugin ({kinds}), or a table with kind = and its "
+                "arguments (a plugin of your own is passed to Compute in Python)",
+            )
+            return _FAILED
+        make = BUILT_IN.get(kind) if isinstance(kind, str) else None
+        if make is None:
+            close = difflib.get_close_matches(str(kind), BUILT_IN, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            self.problem(
+                at,
+                f"unknown plugin {kind!r}; {hint}the built-in ones are {kinds} (a plugin of "
+                "your own is passed to Compute in Python)",
+            )
+            return _FAILED
+        if not self.keys(at, arguments, list(inspect.signature(make).parameters)):
+            return _FAILED
+        return self.build(at, make, arguments)
 
     def volume(self, at: _Key, value: object) -> Any:
         table = self.table(at, value, "Volume fields (bucket, mount, prefix, read_only)")

@@ -1,7 +1,8 @@
 """Plugins: what a framework needs from a pool, given once in ``Compute(plugins=[...])``.
 
-Built in: :func:`torch`, :func:`keras`, :func:`joblib` and :func:`sklearn`. Write your own
-with :class:`Plugin` (``Plugin.create(name)`` and its ``with_*`` builders).
+Built in: :func:`torch`, :func:`jax`, :func:`keras`, :func:`joblib` and :func:`sklearn`
+(:data:`BUILT_IN`, by the names ``skyward.toml`` uses). Write your own with :class:`Plugin`
+(``Plugin.create(name)`` and its ``with_*`` builders).
 
 The hooks that run on nodes (the built-ins' ``around_app``, ``around_process`` and
 ``decorate``) are defined here at module level, so they travel by reference and the node
@@ -24,7 +25,7 @@ from ._info import InstanceInfo
 from ._model import Image, PipIndex
 from ._plugin import Cluster, Plugin
 
-__all__ = ["Cluster", "Plugin", "joblib", "keras", "sklearn", "torch"]
+__all__ = ["BUILT_IN", "Cluster", "Plugin", "jax", "joblib", "keras", "sklearn", "torch"]
 
 
 # --- shared ---------------------------------------------------------------------------------
@@ -209,6 +210,74 @@ def _check_torch_backend(backend: str, node: int) -> None:
         )
 
 
+# --- jax ------------------------------------------------------------------------------------
+
+#: Where JAX's coordinator listens on the head node: ``InstanceInfo.head_port`` + this.
+JAX_PORT_OFFSET = 1
+
+
+def jax(*, cuda: str = "cu124", version: str | None = "latest") -> Plugin:
+    """JAX on every node, and ``jax.distributed`` initialized across them.
+
+    With more than one node, each worker calls ``jax.distributed.initialize`` as it
+    starts (coordinator: the head node, at ``InstanceInfo.head_port + 1``; one process
+    per node, this node's index as its id), so ``jax.devices()`` lists every node's
+    devices and collectives span the pool; it shuts down when the worker stops. Tasks wait
+    until every node has joined. Use the thread executor (the default): JAX allows one
+    process per node in the group.
+
+    Args:
+        cuda: The CUDA version of the build for nodes with an NVIDIA accelerator
+            (``"cu124"``: ``jax[cuda12]``); TPU nodes get ``jax[tpu]``, others the CPU build.
+        version: ``"latest"``, a version (``"0.6.2"``) or a specifier; None installs no
+            JAX (the image already does).
+    """
+    if not isinstance(cuda, str) or not re.fullmatch(r"cu\d{2,3}", cuda):
+        raise ValueError(
+            f'sky.plugins.jax(cuda={cuda!r}): cuda must name a CUDA build such as "cu124" '
+            '(jax[cuda12] serves every CUDA 12). Pass e.g. cuda="cu128".'
+        )
+    _check_version("jax", "version", version)
+
+    def transform(image: Image, cluster: Cluster) -> Image:
+        if version is None:
+            return image
+        accelerator = cluster.accelerator
+        if accelerator is None:
+            extra = ""
+        elif accelerator.name.startswith("TPU"):
+            extra = "[tpu]"
+        elif accelerator.name in _NOT_CUDA:
+            raise ValueError(
+                f"sky.plugins.jax() installs JAX's CUDA, TPU or CPU builds, which do not drive "
+                f"{accelerator.name}: install the build for it with Image(pip=[...]) and "
+                "pass sky.plugins.jax(version=None)"
+            )
+        else:
+            extra = f"[cuda{cuda[2:4]}]"
+        return _with_packages(image, [_requirement(f"jax{extra}", version)])
+
+    return Plugin.create("jax").with_image_transform(transform).with_around_app(_jax_setup)
+
+
+@contextmanager
+def _jax_setup(info: InstanceInfo) -> Iterator[None]:
+    if info.total_nodes < 2:
+        yield
+        return
+    import jax as jax_module
+
+    jax_module.distributed.initialize(
+        coordinator_address=f"{info.head_addr}:{info.head_port + JAX_PORT_OFFSET}",
+        num_processes=info.total_nodes,
+        process_id=info.node,
+    )
+    try:
+        yield
+    finally:
+        jax_module.distributed.shutdown()
+
+
 # --- keras ----------------------------------------------------------------------------------
 
 _KERAS_BACKENDS = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
@@ -350,3 +419,13 @@ def _skyward_backend_class() -> type:
 
     _BACKEND = SkywardBackend
     return _BACKEND
+
+
+#: The built-in plugins by name, as ``plugins = [...]`` in ``skyward.toml`` names them.
+BUILT_IN: dict[str, Callable[..., Plugin]] = {
+    "torch": torch,
+    "jax": jax,
+    "keras": keras,
+    "joblib": joblib,
+    "sklearn": sklearn,
+}

@@ -269,6 +269,38 @@ def test_torch_refuses_a_backend_the_node_cannot_run() -> None:
         _double(1) >> pool
 
 
+def _need_jax() -> None:
+    """JAX (its CPU build) is installed for the Python 3.11 tests only (noxfile.py)."""
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        if sys.version_info[:2] == (3, 11):
+            unavailable("jax is not installed (pip install jax)", suite="jax")
+        pytest.skip("jax is installed for the Python 3.11 tests only (noxfile.py)")
+
+
+@sky.function
+def _gathered() -> tuple[int, int, list[list[float]]]:
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import multihost_utils
+
+    mine = jnp.array([sky.instance_info().node + 1.0])
+    return (
+        jax.process_index(),
+        jax.process_count(),
+        multihost_utils.process_allgather(mine).tolist(),
+    )
+
+
+def test_jax_distributed_spans_the_nodes() -> None:
+    _need_jax()
+    jax = sky.plugins.jax(version=None)
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[jax], options=QUIET) as pool:
+        results = _gathered() @ pool
+    assert results == [(0, 2, [[1.0], [2.0]]), (1, 2, [[1.0], [2.0]])]
+
+
 def _where_raw(x: int) -> tuple[int, int, int]:
     return x, sky.instance_info().node, os.getpid()
 

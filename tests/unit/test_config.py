@@ -208,12 +208,18 @@ def test_unknown_keys_are_errors_with_a_suggestion(project: Path) -> None:
             "mount must not be one of",
         ),
         ('volumes = [{ bucket = "b" }]', "pools.train.volumes[0]", "missing key 'mount'"),
+        ('plugins = ["torchh"]', "pools.train.plugins[0]", "did you mean 'torch'?"),
         (
-            "plugins = []",
-            "pools.train.plugins",
-            "plugins in skyward.toml are not built yet (see the README's 'Not yet' list); "
-            "pass plugins=[...] to Compute in Python",
+            'plugins = [{ kind = "keras", bakend = "jax" }]',
+            "pools.train.plugins[0].bakend",
+            "unknown key 'bakend'; did you mean 'backend'?",
         ),
+        (
+            'plugins = [{ kind = "torch", backend = "nvlink" }]',
+            "pools.train.plugins[0]",
+            "backend must be one of 'nccl', 'gloo', 'mpi'",
+        ),
+        ("plugins = [3]", "pools.train.plugins[0]", "a plugin of your own is passed to Compute"),
         (
             'volumes = [{ bucket = "b", mount = "/data", storage = "s3" }]',
             "pools.train.volumes[0].storage",
@@ -481,6 +487,21 @@ def test_accelerator_errors(project: Path, toml: str, path: str, expected: str) 
 
 
 # -- what a pool holds ---------------------------------------------------------------------------
+
+
+def test_plugins_are_built_in_ones_by_name_or_table(project: Path) -> None:
+    loaded = load(
+        project,
+        """
+        [pools.train]
+        plugins = ["joblib", { kind = "torch", backend = "nccl", version = "2.8.0" }]
+        """,
+    )
+    joblib, torch = loaded.pools["train"].specs[0].plugins
+    assert (joblib.name, torch.name) == ("joblib", "torch")
+    assert torch.transform is not None
+    image = torch.transform(sky.Image(), sky.plugins.Cluster(spec=sky.Spec(provider=sky.Local())))
+    assert image.pip == ("torch==2.8.0",)
 
 
 def test_a_pool_holds_a_spec_and_its_options(project: Path) -> None:

@@ -217,6 +217,32 @@ def test_built_in_arguments_are_checked(call: Callable[[], Any], message: str) -
         call()
 
 
+def test_jax_installs_the_build_for_the_nodes_accelerator() -> None:
+    runpod = sky.RunPod(api_key="k")
+    gpu = _transform(
+        sky.plugins.jax(cuda="cu126"), provider=runpod, accelerator=sky.accelerators.L4()
+    )
+    assert gpu.pip == ("jax[cuda12]",)
+    assert _transform(sky.plugins.jax(version="0.6.2")).pip == ("jax==0.6.2",)
+    mine = sky.Image(pip=["jax[cuda12]==0.6.0"])
+    assert _transform(sky.plugins.jax(), mine).pip == ("jax[cuda12]==0.6.0",)
+    assert _transform(sky.plugins.jax(version=None), mine) is mine
+    with pytest.raises(ValueError, match="do not drive MI250"):
+        _transform(sky.plugins.jax(), provider=runpod, accelerator=sky.accelerators.MI250())
+    with pytest.raises(ValueError, match='cuda must name a CUDA build such as "cu124"'):
+        sky.plugins.jax(cuda="12")
+
+
+def test_every_built_in_is_listed_by_name() -> None:
+    assert {name: make().name for name, make in sky.plugins.BUILT_IN.items()} == {
+        "torch": "torch",
+        "jax": "jax",
+        "keras": "keras",
+        "joblib": "joblib",
+        "sklearn": "sklearn",
+    }
+
+
 def test_keras_sets_its_backend_and_installs_it() -> None:
     image = _transform(sky.plugins.keras(backend="torch"), sky.Image(env={"A": "1"}))
     assert image.pip == ("keras", "torch")
