@@ -98,7 +98,7 @@ from skyward_trio import (
     time,
 )
 
-from . import plugins
+from . import plugins, storage
 
 if TYPE_CHECKING:
     from skyward_trio import ChildDied, config
@@ -186,6 +186,7 @@ __all__ = [
     "silent",
     "stderr",
     "stdout",
+    "storage",
     "time",
 ]
 

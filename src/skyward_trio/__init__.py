@@ -9,7 +9,8 @@ enforces it):
    ``_heartbeat`` (when the other end of a session went silent), ``_offers`` (offers
    against specs, and which spec to try first), ``containers`` (image references for
    ``sky.Container`` and the clouds), ``_plugin`` (the ``Plugin`` record and its client
-   hooks' calls), ``plugins`` (the built-in plugins)
+   hooks' calls), ``plugins`` (the built-in plugins), ``storage`` (the S3-compatible
+   client; httpx is imported when one opens)
 2. wire: ``_wire`` (sans-I/O framing), ``_serial`` (cloudpickle + lz4 payloads)
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
@@ -37,7 +38,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import accelerators, containers, metrics, plugins, time
+from . import accelerators, containers, metrics, plugins, storage, time
 from ._errors import (
     ConfigError,
     ConnectionLostError,
@@ -193,6 +194,7 @@ __all__ = [
     "silent",
     "stderr",
     "stdout",
+    "storage",
     "time",
 ]
 

@@ -12,14 +12,17 @@ import pytest
 import skyward as sky
 
 QUIET = sky.Options(console="silent")
-SIX = sky.Image(pip=["six==1.16.0"])  # small, pure Python, and not installed here
+# Small, pure Python, and installed here by nothing (six is: moto's dependencies bring it).
+ISO = sky.Image(pip=["iso8601==2.1.0"])
 
 
 @sky.function
-def _six() -> tuple[str, str]:
-    import six
+def _iso() -> tuple[str, str]:
+    import importlib.metadata
 
-    return six.__version__, six.__file__
+    import iso8601
+
+    return importlib.metadata.version("iso8601"), iso8601.__file__
 
 
 @sky.function
@@ -36,14 +39,14 @@ def _events_of(pool: Any) -> list[Any]:
 
 def test_pip_packages_come_from_a_venv_built_once_per_image() -> None:
     with pytest.raises(ModuleNotFoundError):  # not here: the node's copy is the one used
-        import six  # type: ignore[import-untyped]  # noqa: F401
-    with sky.Compute(provider=sky.Local(), nodes=2, image=SIX, options=QUIET) as pool:
-        results = _six() @ pool
+        import iso8601  # noqa: F401
+    with sky.Compute(provider=sky.Local(), nodes=2, image=ISO, options=QUIET) as pool:
+        results = _iso() @ pool
         phases = [
             (e.node, e.phase) for e in _events_of(pool) if isinstance(e, sky.BootstrapProgress)
         ]
     envs = Path.home() / ".skyward" / "envs"
-    assert [version for version, _ in results] == ["1.16.0", "1.16.0"]
+    assert [version for version, _ in results] == ["2.1.0", "2.1.0"]
     assert all(Path(path).is_relative_to(envs) for _, path in results)
     for node in (0, 1):
         mine = [phase for n, phase in phases if n == node]
@@ -52,9 +55,9 @@ def test_pip_packages_come_from_a_venv_built_once_per_image() -> None:
     built = envs / Path(results[0][1]).relative_to(envs).parts[0] / ".skyward-complete"
     stamp = built.stat().st_mtime_ns
     # What is sampled is no part of the environment: other metrics reuse it too.
-    again = sky.Image(pip=["six==1.16.0"], metrics=sky.metrics.CPU())
+    again = sky.Image(pip=["iso8601==2.1.0"], metrics=sky.metrics.CPU())
     with sky.Compute(provider=sky.Local(), nodes=1, image=again, options=QUIET) as pool:
-        assert _six() >> pool == results[0]
+        assert _iso() >> pool == results[0]
     assert built.stat().st_mtime_ns == stamp  # the second pool reused it
 
 

@@ -35,6 +35,7 @@ LAYERS = {
     "containers": 1,
     "_plugin": 1,
     "plugins": 1,
+    "storage": 1,
     "_wire": 2,
     "_serial": 2,
     "_execute": 3,

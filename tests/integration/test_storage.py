@@ -1,0 +1,187 @@
+"""``sky.storage`` against moto's S3 server on loopback: both clients, multipart uploads,
+paging, errors, and a function on a node writing a checkpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import server as moto_server
+
+import skyward as sky
+from skyward_trio.storage import AsyncStorageClient, StorageClient
+
+KEYS = {"access_key": "testing", "secret_key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(endpoint: str, request: pytest.FixtureRequest) -> str:
+    name = f"b-{request.node.name[:40].lower().replace('_', '-')}"
+    _boto(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def _boto(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _store(endpoint: str) -> sky.storage.Storage:
+    return sky.storage.S3(endpoint=endpoint, **KEYS)
+
+
+def test_upload_ls_exists_download_rm(endpoint: str, bucket: str, tmp_path: Path) -> None:
+    model = tmp_path / "model.pt"
+    model.write_bytes(os.urandom(300_000))
+    (tmp_path / "notes v2+.txt").write_text("ü")
+    with _store(endpoint) as s3:
+        assert s3.upload(bucket, model, key="checkpoints/model.pt") == "checkpoints/model.pt"
+        assert s3.upload(bucket, tmp_path / "notes v2+.txt") == "notes v2+.txt"
+        assert s3.ls(bucket) == ["checkpoints/model.pt", "notes v2+.txt"]
+        assert s3.ls(bucket, prefix="checkpoints/") == ["checkpoints/model.pt"]
+        assert s3.exists(bucket, "checkpoints/model.pt")
+        assert not s3.exists(bucket, "checkpoints/other.pt")
+        got = s3.download(bucket, "checkpoints/model.pt", tmp_path / "out" / "model.pt")
+        assert got.read_bytes() == model.read_bytes()
+        assert s3.download(bucket, "notes v2+.txt", tmp_path / "n.txt").read_text() == "ü"
+        s3.rm(bucket, "checkpoints/model.pt")
+        s3.rm(bucket, "checkpoints/model.pt")  # already gone: nothing happens
+        assert s3.ls(bucket) == ["notes v2+.txt"]
+    # What boto3 reads is what went up.
+    body = _boto(endpoint).get_object(Bucket=bucket, Key="notes v2+.txt")["Body"].read()
+    assert body == "ü".encode()
+
+
+def test_a_large_file_goes_up_in_parts(endpoint: str, bucket: str, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(11 * 1024 * 1024))
+    storage = _store(endpoint)
+    client = StorageClient(storage, ("testing", "testing"), part_size=5 * 1024 * 1024)
+    client._open()
+    try:
+        client.upload(bucket, big)
+    finally:
+        client.close()
+    head = _boto(endpoint).head_object(Bucket=bucket, Key="big.bin")
+    assert head["ContentLength"] == big.stat().st_size
+    assert head["ETag"].strip('"').endswith("-3")  # three parts
+    with storage as s3:
+        assert s3.download(bucket, "big.bin", tmp_path / "back.bin").read_bytes() == (
+            big.read_bytes()
+        )
+
+
+def test_listing_follows_every_page(
+    endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boto = _boto(endpoint)
+    for n in range(7):
+        boto.put_object(Bucket=bucket, Key=f"runs/{n}", Body=b"x")
+    monkeypatch.setattr("skyward_trio.storage._PAGE", 3)  # three pages
+    with _store(endpoint) as s3:
+        assert s3.ls(bucket, prefix="runs/") == [f"runs/{n}" for n in range(7)]
+
+
+def test_errors_name_the_object_and_the_stores_reason(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    with _store(endpoint) as s3:
+        with pytest.raises(sky.storage.StorageError, match="NoSuchKey") as missing:
+            s3.download(bucket, "nope.pt", tmp_path / "nope.pt")
+        assert missing.value.status == 404
+        assert "download of" in str(missing.value)
+        assert not (tmp_path / "nope.pt").exists()
+        assert list(tmp_path.iterdir()) == []  # nor the partial file
+        with pytest.raises(sky.storage.StorageError, match="NoSuchBucket"):
+            s3.ls("no-such-bucket-7f3a")
+        with pytest.raises(sky.storage.StorageError, match="no bucket 'no-such-bucket-7f3a'"):
+            s3.exists("no-such-bucket-7f3a", "k")
+        with pytest.raises(FileNotFoundError, match="no such file here"):
+            s3.upload(bucket, tmp_path / "missing.pt")
+    with pytest.raises(RuntimeError, match="closed"):
+        s3.ls(bucket)
+
+
+def test_a_store_that_does_not_answer_is_a_storage_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once it closes
+    with (
+        sky.storage.S3(endpoint=f"http://127.0.0.1:{port}", **KEYS) as s3,
+        pytest.raises(sky.storage.StorageError, match=r"listing of .* failed: ConnectError"),
+    ):
+        s3.ls("data")
+
+
+async def test_the_trio_client_does_the_same(endpoint: str, bucket: str, tmp_path: Path) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(12 * 1024 * 1024))
+
+    async def key() -> str:  # an awaitable credential, as a secrets manager would give
+        return "testing"
+
+    storage = sky.storage.S3(endpoint=endpoint, access_key=key, secret_key="testing")
+    async with storage as s3:
+        assert isinstance(s3, AsyncStorageClient)
+        assert await s3.upload(bucket, data, key="one/d.bin") == "one/d.bin"
+        assert await s3.ls(bucket, prefix="one/") == ["one/d.bin"]
+        assert await s3.exists(bucket, "one/d.bin")
+        back = await s3.download(bucket, "one/d.bin", tmp_path / "back.bin")
+        assert back.read_bytes() == data.read_bytes()
+        await s3.rm(bucket, "one/d.bin")
+        assert not await s3.exists(bucket, "one/d.bin")
+    client = AsyncStorageClient(storage, ("testing", "testing"), part_size=5 * 1024 * 1024)
+    client._open()
+    try:
+        await client.upload(bucket, data, key="parts.bin")
+    finally:
+        await client.aclose()
+    head = _boto(endpoint).head_object(Bucket=bucket, Key="parts.bin")
+    assert head["ETag"].strip('"').endswith("-3")
+    with pytest.raises(TypeError, match="use `async with`"), storage:
+        pass
+
+
+@sky.function
+def _checkpoint(endpoint: str, bucket: str) -> list[str]:
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), f"node-{sky.instance_info().node}.pt")
+    with open(path, "wb") as file:
+        file.write(b"weights")
+    # The keys come from the node's environment (Image(env=...)).
+    with sky.storage.S3(endpoint=endpoint) as s3:
+        s3.upload(bucket, path, key=f"ckpt/{os.path.basename(path)}")
+        return s3.ls(bucket, prefix="ckpt/")
+
+
+def test_a_function_on_a_node_writes_a_checkpoint(endpoint: str, bucket: str) -> None:
+    image = sky.Image(env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    options = sky.Options(console="silent")
+    with sky.Compute(provider=sky.Local(), nodes=2, image=image, options=options) as pool:
+        _checkpoint(endpoint, bucket) @ pool
+    listed = _boto(endpoint).list_objects_v2(Bucket=bucket, Prefix="ckpt/")
+    assert sorted(item["Key"] for item in listed["Contents"]) == [
+        "ckpt/node-0.pt",
+        "ckpt/node-1.pt",
+    ]

@@ -1,0 +1,105 @@
+"""``sky.storage``'s records and its request signing, without a store."""
+
+from __future__ import annotations
+
+import datetime
+
+import botocore.auth as botocore_auth
+import botocore.awsrequest as botocore_awsrequest
+import botocore.credentials as botocore_credentials
+import pytest
+
+import skyward as sky
+from skyward_trio.storage import _Requests, sign
+
+NOW = datetime.datetime(2026, 11, 29, 12, 30, 5, tzinfo=datetime.UTC)
+
+
+def _botocore(method: str, url: str, body: bytes) -> str:
+    """The Authorization header botocore's S3 signer computes for the same request."""
+    request = botocore_awsrequest.AWSRequest(method=method, url=url, data=body)
+    credentials = botocore_credentials.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCY")
+    signer = botocore_auth.S3SigV4Auth(credentials, "s3", "eu-west-1")
+    stamp = NOW.strftime("%Y%m%dT%H%M%SZ")
+    request.context["timestamp"] = stamp
+    request.headers["X-Amz-Content-SHA256"] = signer.payload(request)
+    request.headers["X-Amz-Date"] = stamp
+    canonical = signer.canonical_request(request)
+    signature = signer.signature(signer.string_to_sign(request, canonical), request)
+    return (
+        f"AWS4-HMAC-SHA256 Credential={signer.scope(request)}, "
+        f"SignedHeaders={signer.signed_headers(signer.headers_to_sign(request))}, "
+        f"Signature={signature}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "bucket", "key", "query", "body"),
+    [
+        ("GET", "data", "", {"list-type": "2", "prefix": "runs/a b+c/", "max-keys": "1000"}, b""),
+        ("PUT", "data", "checkpoints/model v2.pt", None, b"weights" * 1000),
+        ("PUT", "data", "big.bin", {"partNumber": "3", "uploadId": "x/y+z=="}, b"part"),
+        ("POST", "data", "big.bin", {"uploads": ""}, b""),
+        ("HEAD", "my.bucket", "a/ü/~name", None, b""),
+    ],
+)
+def test_requests_are_signed_as_botocore_signs_them(
+    method: str, bucket: str, key: str, query: dict[str, str] | None, body: bytes
+) -> None:
+    storage = sky.storage.Storage(
+        endpoint="https://s3.eu-west-1.amazonaws.com", path_style=True, region="eu-west-1"
+    )
+    url = _Requests(storage, ("AKIDEXAMPLE", "x")).url(bucket, key, query)
+    ours = sign(
+        method,
+        url,
+        body=body,
+        access_key="AKIDEXAMPLE",
+        secret_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCY",
+        region="eu-west-1",
+        now=NOW,
+    )
+    assert ours["authorization"] == _botocore(method, url, body)
+
+
+def test_buckets_are_addressed_by_host_unless_path_style() -> None:
+    aws = _Requests(sky.storage.S3(region="eu-west-1"), ("a", "b"))
+    assert aws.url("data", "x/y z") == "https://data.s3.eu-west-1.amazonaws.com/x/y%20z"
+    r2 = _Requests(sky.storage.R2(account_id="acct", access_key="a", secret_key="b"), ("a", "b"))
+    assert r2.url("data", "k", {"uploads": ""}) == (
+        "https://acct.r2.cloudflarestorage.com/data/k?uploads="
+    )
+
+
+def test_presets_point_at_their_services_and_hide_their_keys() -> None:
+    presets = {
+        sky.storage.S3(region="us-west-2"): ("https://s3.us-west-2.amazonaws.com", "us-west-2"),
+        sky.storage.GCS(access_key="a", secret_key="s3cr3t"): (
+            "https://storage.googleapis.com",
+            "auto",
+        ),
+        sky.storage.Wasabi(region="eu-central-1", access_key="a", secret_key="s3cr3t"): (
+            "https://s3.eu-central-1.wasabisys.com",
+            "eu-central-1",
+        ),
+        sky.storage.Backblaze(region="us-west-004", key_id="a", app_key="s3cr3t"): (
+            "https://s3.us-west-004.backblazeb2.com",
+            "us-west-004",
+        ),
+    }
+    for storage, (endpoint, region) in presets.items():
+        assert (storage.endpoint, storage.region) == (endpoint, region)
+        assert "s3cr3t" not in repr(storage)
+
+
+def test_bad_records_are_refused() -> None:
+    with pytest.raises(ValueError, match="endpoint must be an http"):
+        sky.storage.Storage(endpoint="s3.amazonaws.com")
+    with pytest.raises(TypeError, match="a key is a str or a function"):
+        sky.storage.Storage(endpoint="https://x", access_key=3)  # type: ignore[arg-type]
+
+
+def test_missing_keys_say_where_they_come_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    with pytest.raises(ValueError, match="AWS_ACCESS_KEY_ID is not set"), sky.storage.S3():
+        pass
