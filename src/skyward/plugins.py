@@ -4,6 +4,7 @@
 other built-ins are described there.
 """
 
-from skyward_trio.plugins import BUILT_IN, Cluster, Plugin, jax, joblib, keras, sklearn, torch
+from skyward_trio import plugins as _plugins
+from skyward_trio.plugins import *  # noqa: F403  (the same names, for `from skyward.plugins`)
 
-__all__ = ["BUILT_IN", "Cluster", "Plugin", "jax", "joblib", "keras", "sklearn", "torch"]
+__all__ = _plugins.__all__

@@ -4,28 +4,7 @@
 the presets and the client are described there.
 """
 
-from skyward_trio.storage import (
-    GCS,
-    R2,
-    S3,
-    AsyncStorageClient,
-    Backblaze,
-    Credential,
-    Storage,
-    StorageClient,
-    StorageError,
-    Wasabi,
-)
+from skyward_trio import storage as _storage
+from skyward_trio.storage import *  # noqa: F403  (the same names, for `from skyward.storage`)
 
-__all__ = [
-    "GCS",
-    "R2",
-    "S3",
-    "AsyncStorageClient",
-    "Backblaze",
-    "Credential",
-    "Storage",
-    "StorageClient",
-    "StorageError",
-    "Wasabi",
-]
+__all__ = _storage.__all__

@@ -27,7 +27,7 @@ import tempfile
 import types
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -199,13 +199,7 @@ def S3(
     """Amazon S3 in ``region``; keys from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
     unless given. ``endpoint`` points it elsewhere (an S3-compatible store, path style)."""
     if endpoint is not None:
-        return Storage(
-            endpoint=endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            path_style=True,
-            region=region,
-        )
+        return _path_style(endpoint, access_key, secret_key, region)
     return Storage(
         endpoint=f"https://s3.{region}.amazonaws.com",
         access_key=access_key,
@@ -216,43 +210,34 @@ def S3(
 
 def R2(*, account_id: str, access_key: Credential, secret_key: Credential) -> Storage:
     """Cloudflare R2 of ``account_id``."""
-    return Storage(
-        endpoint=f"https://{account_id}.r2.cloudflarestorage.com",
-        access_key=access_key,
-        secret_key=secret_key,
-        path_style=True,
-        region="auto",
-    )
+    return _path_style(f"https://{account_id}.r2.cloudflarestorage.com", access_key, secret_key)
 
 
 def GCS(*, access_key: Credential, secret_key: Credential) -> Storage:
     """Google Cloud Storage through its XML API, with HMAC keys."""
-    return Storage(
-        endpoint="https://storage.googleapis.com",
-        access_key=access_key,
-        secret_key=secret_key,
-        path_style=True,
-        region="auto",
-    )
+    return _path_style("https://storage.googleapis.com", access_key, secret_key)
 
 
 def Wasabi(*, region: str, access_key: Credential, secret_key: Credential) -> Storage:
     """Wasabi in ``region``."""
-    return Storage(
-        endpoint=f"https://s3.{region}.wasabisys.com",
-        access_key=access_key,
-        secret_key=secret_key,
-        path_style=True,
-        region=region,
-    )
+    return _path_style(f"https://s3.{region}.wasabisys.com", access_key, secret_key, region)
 
 
 def Backblaze(*, region: str, key_id: Credential, app_key: Credential) -> Storage:
     """Backblaze B2's S3-compatible API in ``region`` (e.g. ``"us-west-004"``)."""
+    return _path_style(f"https://s3.{region}.backblazeb2.com", key_id, app_key, region)
+
+
+def _path_style(
+    endpoint: str,
+    access_key: Credential | None,
+    secret_key: Credential | None,
+    region: str = "auto",
+) -> Storage:
     return Storage(
-        endpoint=f"https://s3.{region}.backblazeb2.com",
-        access_key=key_id,
-        secret_key=app_key,
+        endpoint=endpoint,
+        access_key=access_key,
+        secret_key=secret_key,
         path_style=True,
         region=region,
     )
@@ -431,6 +416,97 @@ def _source(local_path: str | os.PathLike[str], key: str | None) -> tuple[Path, 
     return path, key if key is not None else path.name
 
 
+# --- operations (sans I/O) ------------------------------------------------------------------
+#
+# Each operation is a generator: it yields the requests to send, each with the statuses it
+# accepts, is sent back the answer, and returns the result. The blocking and the trio
+# client only drive them (downloads, which stream into a file, excepted).
+
+_Answer: TypeAlias = "httpx.Response"
+_Operation: TypeAlias = "Generator[tuple[_Request, str, tuple[int, ...]], _Answer, Any]"
+
+
+def _upload(r: _Requests, bucket: str, path: Path, key: str, part_size: int) -> _Operation:
+    what = f"upload of {path} to {bucket}/{key}"
+    if path.stat().st_size <= part_size:
+        yield r.request("PUT", bucket, key, body=path.read_bytes()), what, (200,)
+        return key
+    started = yield r.request("POST", bucket, key, query={"uploads": ""}), what, (200,)
+    upload = _upload_id(started.content)
+    try:
+        etags = []
+        for number, chunk in enumerate(_chunks(path, part_size), 1):
+            query = {"partNumber": str(number), "uploadId": upload}
+            part = yield r.request("PUT", bucket, key, query=query, body=chunk), what, (200,)
+            etags.append(part.headers.get("etag", ""))
+        body = _complete_body(etags)
+        yield r.request("POST", bucket, key, query={"uploadId": upload}, body=body), what, (200,)
+    except BaseException:
+        # The parts sent so far are billed until the upload is aborted.
+        abort = r.request("DELETE", bucket, key, query={"uploadId": upload})
+        try:
+            yield abort, f"abort of {what}", (200, 204)
+        except StorageError:
+            pass  # the first error is the one to see
+        raise
+    return key
+
+
+def _ls(r: _Requests, bucket: str, prefix: str) -> _Operation:
+    keys: list[str] = []
+    token: str | None = None
+    while True:
+        query = {"list-type": "2", "prefix": prefix, "max-keys": str(_PAGE)}
+        if token:
+            query["continuation-token"] = token
+        answer = yield (
+            r.request("GET", bucket, query=query),
+            f"listing of {bucket}/{prefix}",
+            (200,),
+        )
+        page, token = _listed(answer.content)
+        keys.extend(page)
+        if token is None:
+            return keys
+
+
+def _exists(r: _Requests, bucket: str, key: str) -> _Operation:
+    what = f"check of {bucket}/{key}"
+    answer = yield r.request("HEAD", bucket, key), what, (200, 404)
+    if answer.status_code == 404:
+        # No such key, or no such bucket: HEAD has no body to tell them apart.
+        there = yield r.request("HEAD", bucket), f"check of {bucket}", (200, 404)
+        if there.status_code == 404:
+            raise StorageError(f"{what} failed: no bucket {bucket!r}", status=404)
+    return answer.status_code == 200
+
+
+def _rm(r: _Requests, bucket: str, key: str) -> _Operation:
+    yield r.request("DELETE", bucket, key), f"removal of {bucket}/{key}", (200, 204)
+
+
+def _partial(target: Path) -> str:
+    """A temporary file beside ``target`` that a download fills before it is renamed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    return partial
+
+
+def _step(operation: _Operation, answer: Any, failure: BaseException | None) -> tuple[bool, Any]:
+    """Advance ``operation`` with an answer (or the failure to raise in it): ``(True,
+    result)`` once it returns, else ``(False, (request, what, ok))``. The generator's end
+    is returned, not raised: a StopIteration cannot cross a thread and a coroutine."""
+    try:
+        step = operation.throw(failure) if failure is not None else operation.send(answer)
+    except StopIteration as done:
+        return True, done.value
+    return False, step
+
+
+_CLOSED = "this storage client is closed: use it inside `with storage:` (or `async with`)"
+
+
 # --- clients --------------------------------------------------------------------------------
 
 
@@ -452,22 +528,30 @@ class StorageClient:
             self._http.close()
             self._http = None
 
-    def _send(
-        self, request: _Request, what: str, *, ok: tuple[int, ...] = (200,)
-    ) -> httpx.Response:
-        if self._http is None:
-            raise RuntimeError("this storage client is closed: use it inside `with storage:`")
+    def _run(self, operation: _Operation) -> Any:
         import httpx
 
-        try:
-            response = self._http.request(
-                request.method, request.url, headers=dict(request.headers), content=request.body
-            )
-        except httpx.HTTPError as exc:
-            raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code not in ok:
-            raise _failure(response, what)
-        return response
+        answer: Any = None
+        failure: BaseException | None = None
+        while True:
+            finished, step = _step(operation, answer, failure)
+            if finished:
+                return step
+            request, what, ok = step
+            answer, failure = None, None
+            if self._http is None:
+                failure = RuntimeError(_CLOSED)
+                continue
+            try:
+                answer = self._http.request(
+                    request.method, request.url, headers=dict(request.headers), content=request.body
+                )
+            except httpx.HTTPError as exc:
+                failure = StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
+                failure.__cause__ = exc
+                continue
+            if answer.status_code not in ok:
+                failure = _failure(answer, what)
 
     def upload(
         self, bucket: str, local_path: str | os.PathLike[str], *, key: str | None = None
@@ -475,102 +559,58 @@ class StorageClient:
         """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key."""
         path, key = _source(local_path, key)
         _check_names(bucket, key)
-        what = f"upload of {path} to {bucket}/{key}"
-        r = self._requests
-        if path.stat().st_size <= self._part_size:
-            self._send(r.request("PUT", bucket, key, body=path.read_bytes()), what)
-            return key
-        started = self._send(r.request("POST", bucket, key, query={"uploads": ""}), what)
-        upload = _upload_id(started.content)
-        try:
-            etags = []
-            for number, chunk in enumerate(_chunks(path, self._part_size), 1):
-                query = {"partNumber": str(number), "uploadId": upload}
-                part = self._send(r.request("PUT", bucket, key, query=query, body=chunk), what)
-                etags.append(part.headers.get("etag", ""))
-            body = _complete_body(etags)
-            self._send(r.request("POST", bucket, key, query={"uploadId": upload}, body=body), what)
-        except BaseException:
-            abort = r.request("DELETE", bucket, key, query={"uploadId": upload})
-            try:
-                self._send(abort, f"abort of {what}", ok=(200, 204))
-            except StorageError:
-                pass  # the first error is the one to see
-            raise
-        return key
+        return str(self._run(_upload(self._requests, bucket, path, key, self._part_size)))
 
     def download(self, bucket: str, key: str, local_path: str | os.PathLike[str]) -> Path:
         """Download ``key`` to ``local_path`` (its folder is made); returns the path."""
-        _check_names(bucket, key)
-        target = Path(local_path).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        request = self._requests.request("GET", bucket, key)
-        what = f"download of {bucket}/{key}"
-        if self._http is None:
-            raise RuntimeError("this storage client is closed: use it inside `with storage:`")
         import httpx
 
-        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        _check_names(bucket, key)
+        if self._http is None:
+            raise RuntimeError(_CLOSED)
+        target = Path(local_path).expanduser()
+        request = self._requests.request("GET", bucket, key)
+        what = f"download of {bucket}/{key}"
+        partial = _partial(target)
         try:
-            with os.fdopen(fd, "wb") as file:
-                try:
-                    with self._http.stream(
-                        "GET", request.url, headers=dict(request.headers)
-                    ) as response:
-                        if response.status_code != 200:
-                            response.read()
-                            raise _failure(response, what)
-                        for chunk in response.iter_bytes(1 << 20):
-                            file.write(chunk)
-                except httpx.HTTPError as exc:
-                    raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            with (
+                open(partial, "wb") as file,
+                self._http.stream("GET", request.url, headers=dict(request.headers)) as answer,
+            ):
+                if answer.status_code != 200:
+                    answer.read()
+                    raise _failure(answer, what)
+                for chunk in answer.iter_bytes(1 << 20):
+                    file.write(chunk)
             os.replace(partial, target)
+        except httpx.HTTPError as exc:
+            os.unlink(partial)
+            raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
         except BaseException:
-            Path(partial).unlink(missing_ok=True)
+            os.unlink(partial)
             raise
         return target
 
     def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""
         _check_names(bucket)
-        keys: list[str] = []
-        token: str | None = None
-        while True:
-            query = {"list-type": "2", "prefix": prefix, "max-keys": str(_PAGE)}
-            if token:
-                query["continuation-token"] = token
-            request = self._requests.request("GET", bucket, query=query)
-            page, token = _listed(self._send(request, f"listing of {bucket}/{prefix}").content)
-            keys.extend(page)
-            if token is None:
-                return keys
+        return list(self._run(_ls(self._requests, bucket, prefix)))
 
     def exists(self, bucket: str, key: str) -> bool:
-        """Whether ``key`` is in ``bucket``."""
+        """Whether ``key`` is in ``bucket`` (a missing bucket is a StorageError)."""
         _check_names(bucket, key)
-        request = self._requests.request("HEAD", bucket, key)
-        response = self._send(request, f"check of {bucket}/{key}", ok=(200, 404))
-        if response.status_code == 404 and not self._bucket_exists(bucket):
-            raise StorageError(f"check of {bucket}/{key} failed: no bucket {bucket!r}", status=404)
-        return response.status_code == 200
-
-    def _bucket_exists(self, bucket: str) -> bool:
-        request = self._requests.request("HEAD", bucket)
-        return self._send(request, f"check of {bucket}", ok=(200, 404)).status_code == 200
+        return bool(self._run(_exists(self._requests, bucket, key)))
 
     def rm(self, bucket: str, key: str) -> None:
         """Delete ``key`` from ``bucket`` (nothing happens if it is not there)."""
         _check_names(bucket, key)
-        self._send(
-            self._requests.request("DELETE", bucket, key),
-            f"removal of {bucket}/{key}",
-            ok=(200, 204),
-        )
+        self._run(_rm(self._requests, bucket, key))
 
 
 class AsyncStorageClient:
     """A trio client of one :class:`Storage`, from ``async with storage as s3``: the
-    methods of :class:`StorageClient`, awaited."""
+    methods of :class:`StorageClient`, awaited. Files are read and written in trio's
+    worker threads."""
 
     def __init__(self, storage: Storage, keys: tuple[str, str], part_size: int = PART_SIZE) -> None:
         self._requests = _Requests(storage, keys)
@@ -587,62 +627,51 @@ class AsyncStorageClient:
             await self._http.aclose()
             self._http = None
 
-    async def _send(
-        self, request: _Request, what: str, *, ok: tuple[int, ...] = (200,)
-    ) -> httpx.Response:
-        if self._http is None:
-            raise RuntimeError("this storage client is closed: use it inside `async with storage:`")
+    async def _run(self, operation: _Operation) -> Any:
         import httpx
+        import trio
 
-        try:
-            response = await self._http.request(
-                request.method, request.url, headers=dict(request.headers), content=request.body
-            )
-        except httpx.HTTPError as exc:
-            raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-        if response.status_code not in ok:
-            raise _failure(response, what)
-        return response
+        answer: Any = None
+        failure: BaseException | None = None
+        # Once cancelled, the operation's last steps (an upload's abort) run shielded: the
+        # parts already sent would be billed until the upload is aborted.
+        shielded = False
+        while True:
+            with trio.CancelScope(shield=shielded):
+                # The operation reads the file it uploads: off the trio thread.
+                finished, step = await trio.to_thread.run_sync(_step, operation, answer, failure)
+            if finished:
+                return step
+            request, what, ok = step
+            answer, failure = None, None
+            if self._http is None:
+                failure = RuntimeError(_CLOSED)
+                continue
+            try:
+                with trio.CancelScope(shield=shielded):
+                    answer = await self._http.request(
+                        request.method,
+                        request.url,
+                        headers=dict(request.headers),
+                        content=request.body,
+                    )
+            except httpx.HTTPError as exc:
+                failure = StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
+                failure.__cause__ = exc
+                continue
+            except BaseException as exc:  # cancelled: raised in the operation, which cleans up
+                failure, shielded = exc, True
+                continue
+            if answer.status_code not in ok:
+                failure = _failure(answer, what)
 
     async def upload(
         self, bucket: str, local_path: str | os.PathLike[str], *, key: str | None = None
     ) -> str:
         """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key."""
-        import trio
-
         path, key = _source(local_path, key)
         _check_names(bucket, key)
-        what = f"upload of {path} to {bucket}/{key}"
-        r = self._requests
-        size = path.stat().st_size
-        if size <= self._part_size:
-            body = await trio.Path(path).read_bytes()
-            await self._send(r.request("PUT", bucket, key, body=body), what)
-            return key
-        started = await self._send(r.request("POST", bucket, key, query={"uploads": ""}), what)
-        upload = _upload_id(started.content)
-        try:
-            etags = []
-            async with await trio.open_file(path, "rb") as file:
-                number = 0
-                while chunk := await file.read(self._part_size):
-                    number += 1
-                    query = {"partNumber": str(number), "uploadId": upload}
-                    request = r.request("PUT", bucket, key, query=query, body=chunk)
-                    etags.append((await self._send(request, what)).headers.get("etag", ""))
-            body = _complete_body(etags)
-            await self._send(
-                r.request("POST", bucket, key, query={"uploadId": upload}, body=body), what
-            )
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                abort = r.request("DELETE", bucket, key, query={"uploadId": upload})
-                try:
-                    await self._send(abort, f"abort of {what}", ok=(200, 204))
-                except StorageError:
-                    pass  # the first error is the one to see
-            raise
-        return key
+        return str(await self._run(_upload(self._requests, bucket, path, key, self._part_size)))
 
     async def download(self, bucket: str, key: str, local_path: str | os.PathLike[str]) -> Path:
         """Download ``key`` to ``local_path`` (its folder is made); returns the path."""
@@ -650,65 +679,42 @@ class AsyncStorageClient:
         import trio
 
         _check_names(bucket, key)
-        target = await trio.Path(local_path).expanduser()
-        await target.parent.mkdir(parents=True, exist_ok=True)
+        if self._http is None:
+            raise RuntimeError(_CLOSED)
+        target = Path(await trio.Path(local_path).expanduser())
         request = self._requests.request("GET", bucket, key)
         what = f"download of {bucket}/{key}"
-        if self._http is None:
-            raise RuntimeError("this storage client is closed: use it inside `async with storage:`")
-        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.close(fd)
+        partial = await trio.to_thread.run_sync(_partial, target)
         try:
-            async with await trio.open_file(partial, "wb") as file:
-                try:
-                    async with self._http.stream(
-                        "GET", request.url, headers=dict(request.headers)
-                    ) as response:
-                        if response.status_code != 200:
-                            await response.aread()
-                            raise _failure(response, what)
-                        async for chunk in response.aiter_bytes(1 << 20):
-                            await file.write(chunk)
-                except httpx.HTTPError as exc:
-                    raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            async with (
+                await trio.open_file(partial, "wb") as file,
+                self._http.stream("GET", request.url, headers=dict(request.headers)) as answer,
+            ):
+                if answer.status_code != 200:
+                    await answer.aread()
+                    raise _failure(answer, what)
+                async for chunk in answer.aiter_bytes(1 << 20):
+                    await file.write(chunk)
             os.replace(partial, target)
+        except httpx.HTTPError as exc:
+            os.unlink(partial)
+            raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             os.unlink(partial)
             raise
-        return Path(target)
+        return target
 
     async def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""
         _check_names(bucket)
-        keys: list[str] = []
-        token: str | None = None
-        while True:
-            query = {"list-type": "2", "prefix": prefix, "max-keys": str(_PAGE)}
-            if token:
-                query["continuation-token"] = token
-            request = self._requests.request("GET", bucket, query=query)
-            response = await self._send(request, f"listing of {bucket}/{prefix}")
-            page, token = _listed(response.content)
-            keys.extend(page)
-            if token is None:
-                return keys
+        return list(await self._run(_ls(self._requests, bucket, prefix)))
 
     async def exists(self, bucket: str, key: str) -> bool:
-        """Whether ``key`` is in ``bucket``."""
+        """Whether ``key`` is in ``bucket`` (a missing bucket is a StorageError)."""
         _check_names(bucket, key)
-        request = self._requests.request("HEAD", bucket, key)
-        response = await self._send(request, f"check of {bucket}/{key}", ok=(200, 404))
-        if response.status_code == 404:
-            head = self._requests.request("HEAD", bucket)
-            found = await self._send(head, f"check of {bucket}", ok=(200, 404))
-            if found.status_code == 404:
-                raise StorageError(
-                    f"check of {bucket}/{key} failed: no bucket {bucket!r}", status=404
-                )
-        return response.status_code == 200
+        return bool(await self._run(_exists(self._requests, bucket, key)))
 
     async def rm(self, bucket: str, key: str) -> None:
         """Delete ``key`` from ``bucket`` (nothing happens if it is not there)."""
         _check_names(bucket, key)
-        request = self._requests.request("DELETE", bucket, key)
-        await self._send(request, f"removal of {bucket}/{key}", ok=(200, 204))
+        await self._run(_rm(self._requests, bucket, key))

@@ -185,3 +185,34 @@ def test_a_function_on_a_node_writes_a_checkpoint(endpoint: str, bucket: str) ->
         "ckpt/node-0.pt",
         "ckpt/node-1.pt",
     ]
+
+
+def test_a_failed_multipart_upload_is_aborted(endpoint: str, bucket: str, tmp_path: Path) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(3 * 1024 * 1024))
+    # Parts under 5 MiB (but the last) are refused when the upload is completed.
+    client = StorageClient(_store(endpoint), ("testing", "testing"), part_size=1024 * 1024)
+    client._open()
+    try:
+        with pytest.raises(sky.storage.StorageError, match="EntityTooSmall"):
+            client.upload(bucket, data)
+    finally:
+        client.close()
+    boto = _boto(endpoint)
+    assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert boto.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
+async def test_a_failed_trio_multipart_upload_is_aborted(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(3 * 1024 * 1024))
+    client = AsyncStorageClient(_store(endpoint), ("testing", "testing"), part_size=1024 * 1024)
+    client._open()
+    try:
+        with pytest.raises(sky.storage.StorageError, match="EntityTooSmall"):
+            await client.upload(bucket, data)
+    finally:
+        await client.aclose()
+    assert _boto(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
