@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from ._bootstrap import requirement_name
 from ._container import check_container
 from ._model import SSH, Container, Local, RunPod, Spec
+from ._plugin import collective
 from ._providers import ssh_targets
 from ._source import check_source
 from ._version import PYTHON_VERSION
@@ -54,6 +55,15 @@ def check_spec(spec: Spec) -> None:
         check_container(spec)
     if isinstance(spec.provider, RunPod):
         _runpod(spec)
+    fixed = collective(spec)
+    nodes = spec.nodes
+    partial = nodes.min is not None and nodes.min < nodes.desired
+    if fixed is not None and (nodes.ceiling != nodes.desired or partial):
+        raise ValueError(
+            f"nodes={nodes!r} with plugin {fixed.name!r}: its nodes join one group whose size "
+            "is fixed when they join, and a pool that grows or starts with fewer nodes would "
+            f"hang it at its first collective; pass a fixed count, e.g. nodes={nodes.desired}"
+        )
     if spec.volumes:
         raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
 

@@ -24,7 +24,15 @@ if TYPE_CHECKING:
     from ._model import Image, Nodes, ProviderConfig, Spec
     from .accelerators import Accelerator
 
-__all__ = ["HOOKS", "Cluster", "Plugin", "bootstrap_ops", "client_hooks", "transformed"]
+__all__ = [
+    "HOOKS",
+    "Cluster",
+    "Plugin",
+    "bootstrap_ops",
+    "client_hooks",
+    "collective",
+    "transformed",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +104,9 @@ class Plugin:
         around_client: ``(pool, Cluster) -> context manager``, on the client: entered
             once the pool is ready, exited before it is torn down. ``pool`` is the pool
             the ``with`` (or ``async with``) block gets.
+        collective: The nodes join one group whose size is fixed when they join (a
+            ``torch.distributed`` or ``jax.distributed`` world): such a pool cannot grow
+            or shrink, so elastic ``nodes=`` and ``pool.resize`` are refused.
     """
 
     name: str = attrs.field()
@@ -117,6 +128,7 @@ class Plugin:
     around_client: Callable[[Any, Cluster], AbstractContextManager[Any]] | None = attrs.field(
         default=None, validator=_hook, kw_only=True
     )
+    collective: bool = attrs.field(default=False, kw_only=True)
 
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: object) -> None:
@@ -127,9 +139,11 @@ class Plugin:
             )
 
     @classmethod
-    def create(cls, name: str) -> Plugin:
-        """A plugin called ``name`` with no hooks yet."""
-        return cls(name)
+    def create(cls, name: str, *, collective: bool = False) -> Plugin:
+        """A plugin called ``name`` with no hooks yet (see ``collective`` above)."""
+        if not isinstance(collective, bool):
+            raise TypeError(f"Plugin.create({name!r}, collective={collective!r}): True or False")
+        return cls(name, collective=collective)
 
     def with_image_transform(self, fn: Callable[[Image, Cluster], Image]) -> Plugin:
         """Set ``transform``: ``(Image, Cluster) -> Image``."""
@@ -161,6 +175,11 @@ class Plugin:
 
 
 # --- on the client --------------------------------------------------------------------------
+
+
+def collective(spec: Spec) -> Plugin | None:
+    """The first of ``spec``'s plugins that fixes the pool's size, or None."""
+    return next((plugin for plugin in spec.plugins if plugin.collective), None)
 
 
 def transformed(spec: Spec) -> Spec:

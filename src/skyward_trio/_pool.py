@@ -51,6 +51,7 @@ from ._events import TaskCompleted, TaskStarted, WorkSubmitted
 from ._execute import StreamedInput
 from ._function import Function, PendingFunction, PendingFunctionGroup
 from ._model import Nodes, Options, Spec, Worker
+from ._plugin import collective
 from ._providers import Instance
 from ._storelink import ClientStore
 
@@ -876,6 +877,12 @@ class Pool:
         """
         if self._supervisor is None or self._closing:
             raise PoolClosedError("the pool is not running; resize() needs an open pool")
+        fixed = collective(self.spec)
+        if fixed is not None:
+            raise ValueError(
+                f"resize({nodes!r}): this pool runs plugin {fixed.name!r}, whose nodes joined "
+                "one group of a fixed size; open a new pool with the size you want"
+            )
         self._supervisor.resize(_resize_target(self.nodes, nodes))
 
     # Distributed collections from the client. ``dict`` and ``set`` close the class:

@@ -148,7 +148,7 @@ def torch(
 
     setup = _torch_setup if backend is None else _torch_setup_checked(backend)
     return (
-        Plugin.create("torch")
+        Plugin.create("torch", collective=True)
         .with_image_transform(transform)
         .with_around_app(setup)
         .with_around_process(setup)
@@ -257,7 +257,11 @@ def jax(*, cuda: str = "cu124", version: str | None = "latest") -> Plugin:
             extra = f"[cuda{cuda[2:4]}]"
         return _with_packages(image, [_requirement(f"jax{extra}", version)])
 
-    return Plugin.create("jax").with_image_transform(transform).with_around_app(_jax_setup)
+    return (
+        Plugin.create("jax", collective=True)
+        .with_image_transform(transform)
+        .with_around_app(_jax_setup)
+    )
 
 
 @contextmanager

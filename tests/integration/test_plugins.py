@@ -214,6 +214,8 @@ def test_torch_gives_each_node_its_rendezvous_environment() -> None:
     torch = sky.plugins.torch(version=None)
     with sky.Compute(provider=sky.Local(), nodes=2, plugins=[torch], options=QUIET) as pool:
         results = _rendezvous() @ pool
+        with pytest.raises(ValueError, match="plugin 'torch', whose nodes joined one group"):
+            pool.resize(3)  # the rendezvous fixed the world's size
     head = results[0]["MASTER_ADDR"]
     assert head is not None
     assert head.startswith("127.")

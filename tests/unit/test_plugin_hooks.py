@@ -253,3 +253,20 @@ def test_joblib_and_sklearn_install_what_their_backend_needs() -> None:
     assert _transform(sky.plugins.joblib(version="1.4.2")).pip == ("joblib==1.4.2",)
     assert _transform(sky.plugins.sklearn()).pip == ("scikit-learn", "joblib")
     assert sky.plugins.sklearn().around_client is sky.plugins.joblib().around_client
+
+
+@pytest.mark.parametrize(
+    "nodes", [sky.Nodes(desired=2, max=4), sky.Nodes(desired=4, min=2), (2, 8)], ids=str
+)
+def test_collective_plugins_refuse_pools_that_change_size(nodes: Any) -> None:
+    for plugin in (sky.plugins.torch(version=None), sky.plugins.jax(version=None)):
+        assert plugin.collective
+        with pytest.raises(ValueError, match=f"with plugin '{plugin.name}': its nodes join"):
+            sky.Compute(provider=sky.Local(), nodes=nodes, plugins=[plugin])
+    # Others may grow and shrink; a fixed count is fine for every plugin.
+    sky.Compute(provider=sky.Local(), nodes=nodes, plugins=[sky.plugins.joblib()])
+    sky.Compute(
+        provider=sky.Local(), nodes=sky.Nodes(desired=2, min=2), plugins=[sky.plugins.torch()]
+    )
+    with pytest.raises(TypeError, match="collective='yes'"):
+        Plugin.create("p", collective="yes")  # type: ignore[arg-type]
