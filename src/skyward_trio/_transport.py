@@ -322,6 +322,9 @@ class SSHConnection:
                 result = await trio_asyncio.aio_as_trio(proc.wait)()
             status = result.exit_status
             return (status if status is not None else -1, stdout, stderr)
+        except (asyncssh.Error, OSError) as exc:
+            # The channel closed under the command: its connection is going (a node leaving).
+            raise SSHError(f"a command on {self.host}:{self.port} lost its channel: {exc}") from exc
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 proc.close()
