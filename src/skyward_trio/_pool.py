@@ -216,7 +216,7 @@ def _warn_if_big(payload: _serial.Payload, what: str) -> None:
     if size > BIG_PAYLOAD:
         warnings.warn(
             f"{what} is {size / 2**20:,.0f} MB, sent over SSH with every call; put large "
-            "data in object storage or a sky.Volume and pass its path instead",
+            "data in object storage (sky.storage) and pass its key instead",
             LargePayloadWarning,
             stacklevel=4,
         )

@@ -335,3 +335,21 @@ def test_the_torch_ddp_example_trains_two_ranks_to_the_same_weights() -> None:
     assert len(ranks) == 2, done.stdout
     weights = {line.split("weights ")[1] for line in ranks}
     assert weights == {"[2.000, -3.000]"}  # DDP kept them equal, and they learned the truth
+
+
+async def test_a_failed_around_client_tears_the_trio_pool_down() -> None:
+    seen: list[Any] = []
+
+    @contextmanager
+    def refuses(pool: Any, cluster: Cluster) -> Iterator[None]:
+        seen.append(pool)
+        raise LookupError("no backend")
+        yield
+
+    plugin = Plugin.create("client").with_around_client(refuses)
+    compute = skyward_trio.Compute(provider=sky.Local(), plugins=[plugin], options=QUIET)
+    with pytest.raises(LookupError, match="no backend"):
+        async with compute:
+            pytest.fail("the block must not run")
+    with pytest.raises(sky.PoolClosedError):
+        await seen[0].run(_double(2))

@@ -64,5 +64,5 @@ def test_a_result_that_does_not_pickle_comes_back_as_an_error_naming_its_type(
 
 def test_big_payloads_warn(sync_pool: sky.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_pool, "BIG_PAYLOAD", 100_000)
-    with pytest.warns(_pool.LargePayloadWarning, match="sky.Volume"):
+    with pytest.warns(_pool.LargePayloadWarning, match="sky.storage"):
         assert _takes(os.urandom(200_000)) >> sync_pool == 1
