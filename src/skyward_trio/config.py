@@ -817,53 +817,58 @@ class _Reader:
         return self.array(self.collector, example)(at, value)
 
     def collector(self, at: _Key, value: object) -> Any:
-        kinds = ", ".join(repr(kind) for kind in _COLLECTORS)
+        found = self.kinded(
+            at,
+            value,
+            _COLLECTORS,
+            expected="expected a collector kind ({kinds}), or a table with kind = and its fields",
+            unknown="unknown collector kind {kind!r}; {hint}the kinds are {kinds}",
+        )
+        if found is None:
+            return _FAILED
+        cls, fields = found
+        return self.record(at, cls, fields)
+
+    def plugin(self, at: _Key, value: object) -> Any:
+        """A built-in plugin: its name, or a table of ``kind =`` and its arguments."""
+        yours = "(a plugin of your own is passed to Compute in Python)"
+        found = self.kinded(
+            at,
+            value,
+            BUILT_IN,
+            expected="expected a built-in plugin ({kinds}), or a table with kind = and its "
+            f"arguments {yours}",
+            unknown=f"unknown plugin {{kind!r}}; {{hint}}the built-in ones are {{kinds}} {yours}",
+        )
+        if found is None:
+            return _FAILED
+        make, arguments = found
+        if not self.keys(at, arguments, list(inspect.signature(make).parameters)):
+            return _FAILED
+        return self.build(at, make, arguments)
+
+    def kinded(
+        self, at: _Key, value: object, kinds: Mapping[str, Any], *, expected: str, unknown: str
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """What ``value`` names in ``kinds`` (``"cpu"``, or ``{ kind = "disk", path = ... }``)
+        and the rest of its table; None once reported. ``expected`` and ``unknown`` are the
+        messages, formatted with ``kinds``, ``kind`` and ``hint``."""
+        listed = ", ".join(repr(kind) for kind in kinds)
         if isinstance(value, str):
             kind, fields = value, {}
         elif isinstance(value, dict) and "kind" in value:
             kind = value["kind"]
             fields = {key: item for key, item in value.items() if key != "kind"}
         else:
-            self.problem(
-                at, f"expected a collector kind ({kinds}), or a table with kind = and its fields"
-            )
-            return _FAILED
-        cls = _COLLECTORS.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            close = difflib.get_close_matches(str(kind), _COLLECTORS, n=1)
+            self.problem(at, expected.format(kinds=listed))
+            return None
+        chosen = kinds.get(kind) if isinstance(kind, str) else None
+        if chosen is None:
+            close = difflib.get_close_matches(str(kind), kinds, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            self.problem(at, f"unknown collector kind {kind!r}; {hint}the kinds are {kinds}")
-            return _FAILED
-        return self.record(at, cls, fields)
-
-    def plugin(self, at: _Key, value: object) -> Any:
-        """A built-in plugin: its name, or a table of ``kind =`` and its arguments."""
-        kinds = ", ".join(repr(kind) for kind in BUILT_IN)
-        if isinstance(value, str):
-            kind, arguments = value, {}
-        elif isinstance(value, dict) and "kind" in value:
-            kind = value["kind"]
-            arguments = {key: item for key, item in value.items() if key != "kind"}
-        else:
-            self.problem(
-                at,
-                f"expected a built-in plugin ({kinds}), or a table with kind = and its "
-                "arguments (a plugin of your own is passed to Compute in Python)",
-            )
-            return _FAILED
-        make = BUILT_IN.get(kind) if isinstance(kind, str) else None
-        if make is None:
-            close = difflib.get_close_matches(str(kind), BUILT_IN, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            self.problem(
-                at,
-                f"unknown plugin {kind!r}; {hint}the built-in ones are {kinds} (a plugin of "
-                "your own is passed to Compute in Python)",
-            )
-            return _FAILED
-        if not self.keys(at, arguments, list(inspect.signature(make).parameters)):
-            return _FAILED
-        return self.build(at, make, arguments)
+            self.problem(at, unknown.format(kind=kind, hint=hint, kinds=listed))
+            return None
+        return chosen, fields
 
     def volume(self, at: _Key, value: object) -> Any:
         table = self.table(at, value, "Volume fields (bucket, mount, prefix, read_only)")
