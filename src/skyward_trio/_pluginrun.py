@@ -69,7 +69,7 @@ class NodePlugins:
         self._entered = threading.Event()
         self._stop = threading.Event()
         self._failure: BaseException | None = None
-        self._failed_plugin = ""
+        self._failed = ""  # which plugin, and where it was being set up
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -94,13 +94,7 @@ class NodePlugins:
 
     def _hold_app(self, apps: list[tuple[str, Any]], info: Any) -> None:
         with contextlib.ExitStack() as stack:
-            for name, app in apps:
-                try:
-                    stack.enter_context(app(info))
-                except BaseException as exc:
-                    self._failure, self._failed_plugin = exc, name
-                    break
-            self._entered.set()
+            self._enter(stack, apps, info, "this worker (around_app)")
             self._stop.wait()
             try:
                 stack.close()
@@ -115,11 +109,7 @@ class NodePlugins:
             RuntimeError: One of them raised (chained): the plugin and the hook, named.
         """
         self._entered.wait()
-        if self._failure is not None:
-            raise RuntimeError(
-                f"plugin {self._failed_plugin!r} failed to set up this worker (around_app): "
-                f"{type(self._failure).__name__}: {self._failure}"
-            ) from self._failure
+        self._raise_failure()
 
     def stop_app(self, timeout: float = 10) -> None:
         """Exit the ``around_app`` hooks (in their thread); wait up to ``timeout`` s."""
@@ -131,23 +121,32 @@ class NodePlugins:
 
     def enter_process(self, stack: contextlib.ExitStack, info: Any) -> None:
         """Enter each ``around_process`` on ``stack``; one that raises makes every task of
-        this subprocess fail with its error (see :meth:`wait_app`)."""
-        for name, _, _, around in self._hooks:
-            if around is None:
-                continue
-            try:
-                stack.enter_context(around(info))
-            except BaseException as exc:
-                self._failure, self._failed_plugin = exc, name
-                break
-        self._entered.set()
+        this subprocess fail with its error (see :meth:`wait_process`)."""
+        arounds = [(name, around) for name, _, _, around in self._hooks if around is not None]
+        self._enter(stack, arounds, info, "this subprocess (around_process)")
 
     def wait_process(self) -> None:
         """Raise what an ``around_process`` raised, if one did."""
+        self._raise_failure()
+
+    # --- entering, for both -----------------------------------------------------------------
+
+    def _enter(
+        self, stack: contextlib.ExitStack, hooks: list[tuple[str, Any]], info: Any, where: str
+    ) -> None:
+        """Enter each hook on ``stack`` until one raises; then tasks raise its error."""
+        for name, hook in hooks:
+            try:
+                stack.enter_context(hook(info))
+            except BaseException as exc:
+                self._failure, self._failed = exc, f"plugin {name!r} failed to set up {where}"
+                break
+        self._entered.set()
+
+    def _raise_failure(self) -> None:
         if self._failure is not None:
             raise RuntimeError(
-                f"plugin {self._failed_plugin!r} failed to set up this subprocess "
-                f"(around_process): {type(self._failure).__name__}: {self._failure}"
+                f"{self._failed}: {type(self._failure).__name__}: {self._failure}"
             ) from self._failure
 
     # --- decorate ---------------------------------------------------------------------------

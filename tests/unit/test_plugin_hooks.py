@@ -270,3 +270,20 @@ def test_collective_plugins_refuse_pools_that_change_size(nodes: Any) -> None:
     )
     with pytest.raises(TypeError, match="collective='yes'"):
         Plugin.create("p", collective="yes")  # type: ignore[arg-type]
+
+
+def test_a_failed_around_process_fails_that_subprocess_tasks_with_its_plugin_named() -> None:
+    @contextlib.contextmanager
+    def broken(info: InstanceInfo) -> Iterator[None]:
+        raise OSError("no device")
+        yield
+
+    plugins = NodePlugins([("gpu", None, None, broken)])
+    with contextlib.ExitStack() as stack:
+        plugins.enter_process(stack, _info(0, 1))
+    with pytest.raises(
+        RuntimeError, match=r"^plugin 'gpu' failed to set up this subprocess \(around_process\): "
+    ) as caught:
+        plugins.wait_process()
+    assert str(caught.value).endswith("OSError: no device")
+    assert isinstance(caught.value.__cause__, OSError)
