@@ -3,6 +3,7 @@ named; the built-in torch and joblib plugins end to end."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -230,14 +231,15 @@ def test_torch_gives_each_node_its_rendezvous_environment() -> None:
         }
 
 
-def _need_torch() -> None:
-    """PyTorch (its CPU build) is installed for the Python 3.11 tests only (noxfile.py)."""
+def _need(module: str, pin: str) -> None:
+    """PyTorch and JAX (their CPU builds) are installed for the Python 3.11 tests only
+    (noxfile.py): missing there, fail under CI; elsewhere, skip."""
     try:
-        import torch  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         if sys.version_info[:2] == (3, 11):
-            unavailable("torch is not installed (pip install torch==2.13.0)", suite="torch")
-        pytest.skip("torch is installed for the Python 3.11 tests only (noxfile.py)")
+            unavailable(f"{module} is not installed (pip install {pin})", suite=module)
+        pytest.skip(f"{module} is installed for the Python 3.11 tests only (noxfile.py)")
 
 
 @sky.function
@@ -256,29 +258,19 @@ def _all_reduce() -> list[float]:
 
 
 def test_torch_ddp_all_reduce_across_two_nodes() -> None:
-    _need_torch()
+    _need("torch", "torch==2.13.0")
     torch = sky.plugins.torch(version=None, backend="gloo")
     with sky.Compute(provider=sky.Local(), nodes=2, plugins=[torch], options=QUIET) as pool:
         assert _all_reduce() @ pool == [[3.0], [3.0]]
 
 
 def test_torch_refuses_a_backend_the_node_cannot_run() -> None:
-    _need_torch()
+    _need("torch", "torch==2.13.0")
     torch = sky.plugins.torch(version=None, backend="nccl")  # this machine has no CUDA
     # A CPU build has no nccl at all; a CUDA build on a machine without GPUs, no device.
     refused = pytest.raises(RuntimeError, match=r"torch\(backend='nccl'\): .* node 0 .*(nccl|CUDA)")
     with sky.Compute(provider=sky.Local(), plugins=[torch], options=QUIET) as pool, refused:
         _double(1) >> pool
-
-
-def _need_jax() -> None:
-    """JAX (its CPU build) is installed for the Python 3.11 tests only (noxfile.py)."""
-    try:
-        import jax  # noqa: F401
-    except ImportError:
-        if sys.version_info[:2] == (3, 11):
-            unavailable("jax is not installed (pip install jax)", suite="jax")
-        pytest.skip("jax is installed for the Python 3.11 tests only (noxfile.py)")
 
 
 @sky.function
@@ -296,7 +288,7 @@ def _gathered() -> tuple[int, int, list[list[float]]]:
 
 
 def test_jax_distributed_spans_the_nodes() -> None:
-    _need_jax()
+    _need("jax", "jax==0.10.2")
     jax = sky.plugins.jax(version=None)
     with sky.Compute(provider=sky.Local(), nodes=2, plugins=[jax], options=QUIET) as pool:
         results = _gathered() @ pool
@@ -325,7 +317,7 @@ def test_joblib_parallel_runs_on_the_pool_inside_the_block() -> None:
 
 
 def test_the_torch_ddp_example_trains_two_ranks_to_the_same_weights() -> None:
-    _need_torch()
+    _need("torch", "torch==2.13.0")
     example = Path(__file__).resolve().parents[2] / "examples" / "torch_ddp.py"
     done = subprocess.run(
         [sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=False
