@@ -85,8 +85,8 @@ class Compute:
         self.options = options
         self.defaulted_to_local = defaulted
         check_specs(resolved)
-        for spec in resolved:
-            pack(spec.plugins)  # hooks that cannot travel to the nodes fail here, not there
+        # Packed once, here: hooks that cannot travel to the nodes fail now, not there.
+        self._node_hooks = [pack(spec.plugins) for spec in resolved]
         checker = options.health_checker
         self._probe = _health.probe_payload(checker) if checker is not None else None
         self._cm: contextlib.AbstractAsyncContextManager[Pool] | None = None
@@ -103,7 +103,7 @@ class Compute:
                 "(create another skyward_trio.Compute(...) for a second pool)"
             )
         self._cm, pool = await _open_first(
-            self.specs, self.options, self.defaulted_to_local, self._probe
+            self.specs, self.options, self.defaulted_to_local, self._probe, self._node_hooks
         )
         if self.enter_client_hooks:
             hooks = client_hooks(pool.spec, pool)
@@ -138,9 +138,15 @@ _FALLBACK_PHASES = ("provision", "ssh")
 
 
 async def _open_first(
-    specs: Sequence[Spec], options: Options, defaulted: bool, probe: _serial.Payload | None
+    specs: Sequence[Spec],
+    options: Options,
+    defaulted: bool,
+    probe: _serial.Payload | None,
+    node_hooks: Sequence[str | None],
 ) -> tuple[contextlib.AbstractAsyncContextManager[Pool], Pool]:
     """Open a pool on the first spec that comes up, in the order ``Options.selection`` says.
+
+    ``node_hooks`` are each spec's plugin hooks, packed (``_pluginrun.pack``).
 
     Every spec's offers are checked before anything is provisioned: a spec nothing can
     satisfy is skipped (said on the console), and when none can be, nothing starts.
@@ -163,7 +169,8 @@ async def _open_first(
     notes = [f"skipped {reason}" for reason in skipped]
     attempts: list[ProvisionError] = []
     for number, choice in enumerate(choices, 1):
-        cm = _open_pool(choice, options, defaulted, probe, notes=notes)
+        plugins = NodePluginPlan(ops=bootstrap_ops(choice.spec), hooks=node_hooks[choice.index])
+        cm = _open_pool(choice, options, defaulted, probe, plugins, notes=notes)
         try:
             return cm, await cm.__aenter__()
         except ProvisionError as exc:
@@ -203,11 +210,11 @@ async def _open_pool(
     options: Options,
     defaulted: bool,
     probe: _serial.Payload | None,
+    plugins: NodePluginPlan,
     *,
     notes: Sequence[str] = (),
 ) -> AsyncIterator[Pool]:
     spec = choice.spec
-    plugins = NodePluginPlan(ops=bootstrap_ops(spec), hooks=pack(spec.plugins))
     job_id = secrets.token_hex(4)
     nodes = spec.nodes
     pool = Pool(spec, options, nodes, job_id=job_id)
