@@ -554,28 +554,11 @@ class FakeRunPod:
     # -- ending pods ----------------------------------------------------------------------------
 
     def _end(self, pod: FakePod, *, abrupt: bool) -> None:
-        """End every process of the pod by pid: SIGKILL if ``abrupt``, else SIGTERM and
-        SIGKILL for what is left after a grace period (as ``docker stop`` does)."""
-        marker = f"RUNPOD_POD_ID={pod.id}".encode()
-        pids = _pod_processes(pod.machine.pid, marker)  # before the listener's children orphan
-        _signal(pids - {pod.machine.pid}, signal.SIGKILL if abrupt else signal.SIGTERM)
-        if abrupt:
-            _signal({pod.machine.pid}, signal.SIGKILL)
-        sshd.stop(pod.machine)  # and reaped
-        deadline = time.monotonic() + 10
-        killed = abrupt
-        while True:
-            survivors = {pid for pid in pids if procs.is_running(pid)} | _pod_processes(0, marker)
-            if not survivors:
-                return
-            if time.monotonic() > deadline:
-                if killed:
-                    with self._lock:
-                        self.errors.append(f"pod {pod.id}: processes {sorted(survivors)} survived")
-                    return
-                killed, deadline = True, time.monotonic() + 10
-                _signal(survivors, signal.SIGKILL)
-            time.sleep(0.05)
+        """End every process of the pod by pid (``_end_machine``)."""
+        survivors = _end_machine(pod.machine, f"RUNPOD_POD_ID={pod.id}".encode(), abrupt=abrupt)
+        if survivors:
+            with self._lock:
+                self.errors.append(f"pod {pod.id}: processes {sorted(survivors)} survived")
 
 
 class _Server(ThreadingHTTPServer):
@@ -729,6 +712,29 @@ def _pod_processes(listener: int, marker: bytes) -> set[int]:
                 pending.append(child)
     found.discard(os.getpid())
     return {pid for pid in found if pid == listener or procs.is_running(pid)}
+
+
+def _end_machine(machine: Machine, marker: bytes, *, abrupt: bool) -> set[int]:
+    """End every process of a machine by pid (its sshd, their descendants, and whatever holds
+    ``marker`` in its environment): SIGKILL if ``abrupt``, else SIGTERM and SIGKILL for what is
+    left after a grace period (as ``docker stop`` does). The pids that survived even SIGKILL."""
+    pids = _pod_processes(machine.pid, marker)  # before the listener's children orphan
+    _signal(pids - {machine.pid}, signal.SIGKILL if abrupt else signal.SIGTERM)
+    if abrupt:
+        _signal({machine.pid}, signal.SIGKILL)
+    sshd.stop(machine)  # and reaped
+    deadline = time.monotonic() + 10
+    killed = abrupt
+    while True:
+        survivors = {pid for pid in pids if procs.is_running(pid)} | _pod_processes(0, marker)
+        if not survivors:
+            return set()
+        if time.monotonic() > deadline:
+            if killed:
+                return survivors
+            killed, deadline = True, time.monotonic() + 10
+            _signal(survivors, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _keep_home(home: Path, kept: Path) -> None:
