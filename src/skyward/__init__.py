@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from skyward_trio import (
+    AWS,
     DEFAULT_IMAGE,
     SSH,
     AcceleratorInfo,
@@ -106,6 +107,7 @@ if TYPE_CHECKING:
     from ._sync import Compute, Pool
 
 __all__ = [
+    "AWS",
     "DEFAULT_IMAGE",
     "SSH",
     "AcceleratorInfo",

@@ -77,6 +77,7 @@ from ._events import (
 from ._function import Function, PendingFunction, PendingFunctionGroup, function, gather
 from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
+    AWS,
     DEFAULT_IMAGE,
     SSH,
     Container,
@@ -109,6 +110,7 @@ if TYPE_CHECKING:
     from ._procpool import ChildDied
 
 __all__ = [
+    "AWS",
     "DEFAULT_IMAGE",
     "SSH",
     "AcceleratorInfo",

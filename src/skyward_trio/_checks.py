@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from ._bootstrap import requirement_name
 from ._container import check_container
-from ._model import SSH, Container, Local, RunPod, Spec
+from ._model import AWS, SSH, Container, Local, RunPod, Spec
 from ._plugin import collective
 from ._providers import ssh_targets
 from ._source import check_source
@@ -55,6 +55,8 @@ def check_spec(spec: Spec) -> None:
         check_container(spec)
     if isinstance(spec.provider, RunPod):
         _runpod(spec)
+    if isinstance(spec.provider, AWS):
+        _aws(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -102,7 +104,7 @@ def _image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container):
+    if isinstance(spec.provider, SSH | Container | AWS):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(
@@ -146,4 +148,14 @@ def _runpod(spec: Spec) -> None:
         raise ValueError(
             f"disk_gb={spec.disk_gb:g}: sky.RunPod() sizes each pod's disk itself; drop "
             f"disk_gb= and pass RunPod(container_disk_gb={math.ceil(spec.disk_gb)})"
+        )
+
+
+def _aws(spec: Spec) -> None:
+    """EC2 instances carry whole GPUs, several to a type."""
+    accelerator = spec.accelerator
+    if accelerator is not None and accelerator.count != int(accelerator.count):
+        raise ValueError(
+            f"accelerator={accelerator.name}(count={accelerator.count:g}): an EC2 instance "
+            f"carries whole GPUs; pass count={max(1, int(accelerator.count))} or more"
         )

@@ -42,6 +42,7 @@ from ._events import (
 )
 from ._function import active_pool
 from ._model import (
+    AWS,
     RUNPOD_API_KEY_ENV,
     SSH,
     LogConfig,
@@ -162,6 +163,7 @@ async def _open_first(
             measure=_offers.asks_hardware(spec),
             count=spec.nodes.ceiling,
             accelerators=spec.accelerator.count if spec.accelerator is not None else 1,
+            accelerator=spec.accelerator,
         )
         for spec in specs
     ]
@@ -258,11 +260,13 @@ async def _open_pool(
 
 def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
-    names, ``RUNPOD_API_KEY``. Never written to the log."""
+    names, ``RUNPOD_API_KEY``, AWS's secret key and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
         return [os.environ.get(RUNPOD_API_KEY_ENV, "")]
+    if isinstance(provider, AWS):
+        return [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return []
 
 

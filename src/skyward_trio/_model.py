@@ -13,6 +13,7 @@ This module is imported on remote workers: it may use only the standard library 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import posixpath
@@ -32,6 +33,7 @@ from skyward_trio.containers import DockerImage, check_reference
 __all__ = [
     "ALLOCATION_STRATEGIES",
     "ARCHITECTURES",
+    "AWS",
     "CONSOLE_MODES",
     "DEFAULT_CONTAINER_IMAGE",
     "DEFAULT_IMAGE",
@@ -679,12 +681,108 @@ class RunPod(ProviderConfig):
         return key
 
 
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+_AWS_ID = {
+    "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
+    "subnet_id": re.compile(r"subnet-[0-9a-f]{8,17}"),
+    "security_group_id": re.compile(r"sg-[0-9a-f]{8,17}"),
+}
+_AWS_ID_EXAMPLE = {
+    "ami": "ami-0123456789abcdef0",
+    "subnet_id": "subnet-0123456789abcdef0",
+    "security_group_id": "sg-0123456789abcdef0",
+}
+
+
+@attrs.frozen(kw_only=True)
+class AWS(ProviderConfig):
+    """EC2 instances rented from Amazon Web Services, through EC2's API (boto3).
+
+    Each node is one instance of the cheapest instance type that meets the spec (its GPUs
+    listed by EC2, its price by AWS's Price List API; spot prices from EC2's history). The
+    pool's public key and a host key made for the instance travel in its user data
+    (cloud-init), so the client knows the host key before it connects. An instance whose
+    client vanished shuts itself down once ``Spec.ttl`` runs out, and is launched so that
+    a shutdown terminates it. Credentials come from boto3's usual chain (environment,
+    ``~/.aws``, an instance role), or the named ``profile``.
+
+    Attributes:
+        region: The region instances run in.
+        ami: The machine image; None: AWS's Deep Learning Base AMI (Ubuntu 22.04, NVIDIA
+            driver and CUDA) for GPU nodes, Canonical's Ubuntu 22.04 for CPU nodes,
+            looked up in AWS's public SSM parameters.
+        username: Who the client logs in as: the image's default user, to whom cloud-init
+            gives the pool's key (``"ubuntu"`` on both default images).
+        subnet_id: The subnet instances launch in; None: the region's default VPC. The
+            client connects to an instance's public IP, or its private IP when it has none
+            (a client inside the VPC, or on a VPN to it).
+        security_group_id: The group instances get; None: a group named ``skyward`` in
+            the VPC, created once and kept, that lets in SSH from ``ssh_cidr`` and any
+            traffic between its own members (so nodes reach each other).
+        ssh_cidr: Where SSH may come from, in the group Skyward creates.
+        instance_profile: An IAM instance profile (name or ARN) the instances run with,
+            for S3 and other AWS access from your functions.
+        profile: A named profile of ``~/.aws/config``; None: boto3's default chain.
+        endpoint_url: Where AWS's APIs are reached; None: AWS itself (a VPC endpoint or
+            an emulator otherwise).
+    """
+
+    region: str = "us-east-1"
+    ami: str | None = None
+    username: str = "ubuntu"
+    subnet_id: str | None = None
+    security_group_id: str | None = None
+    ssh_cidr: str = "0.0.0.0/0"
+    instance_profile: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_str("AWS", "region", self.region, fix="Pass e.g. region='us-east-1'.")
+        if _AWS_REGION.fullmatch(self.region) is None:
+            raise ValueError(
+                f"AWS(region={self.region!r}): not an AWS region name. Pass e.g. "
+                "region='us-east-1' or region='eu-west-1'."
+            )
+        for name, pattern in _AWS_ID.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            fix = f"Pass e.g. {name}={_AWS_ID_EXAMPLE[name]!r}, or None."
+            _check_str("AWS", name, value, fix=fix)
+            if pattern.fullmatch(value) is None:
+                raise ValueError(f"AWS({name}={value!r}): not an EC2 id of that kind. {fix}")
+        user_fix = "Pass the image's login name, e.g. username='ubuntu' or 'ec2-user'."
+        _check_str("AWS", "username", self.username, fix=user_fix)
+        if _USER_NAME.fullmatch(self.username) is None:
+            raise ValueError(
+                f"AWS(username={self.username!r}): not a login name (lower-case letters, "
+                f"digits, _ and -, at most 32). {user_fix}"
+            )
+        cidr_fix = "Pass an IPv4 network, e.g. ssh_cidr='203.0.113.7/32' (your address)."
+        _check_str("AWS", "ssh_cidr", self.ssh_cidr, fix=cidr_fix)
+        try:
+            ipaddress.IPv4Network(self.ssh_cidr)
+        except ValueError as exc:
+            raise ValueError(f"AWS(ssh_cidr={self.ssh_cidr!r}): {exc}. {cidr_fix}") from None
+        for name, fix in (
+            ("instance_profile", "Pass a profile's name or ARN, e.g. instance_profile='ml-s3'."),
+            ("profile", "Pass a profile of ~/.aws/config, e.g. profile='work'."),
+        ):
+            if getattr(self, name) is not None:
+                _check_str("AWS", name, getattr(self, name), fix=fix)
+        if self.endpoint_url is not None:
+            fix = "Pass the API's URL, e.g. endpoint_url='https://ec2.us-east-1.amazonaws.com'."
+            _check_url("AWS", "endpoint_url", self.endpoint_url, fix=fix)
+
+
 #: The provider configs a ``[providers.NAME]`` table of skyward.toml names by its ``type``.
 PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "local": Local,
     "ssh": SSH,
     "container": Container,
     "runpod": RunPod,
+    "aws": AWS,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

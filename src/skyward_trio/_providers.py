@@ -26,8 +26,9 @@ import attrs
 import trio
 
 from . import _transport
-from ._model import DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig, RunPod
+from ._model import AWS, DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig, RunPod
 from ._offers import Catalog, Choice, Offer
+from .accelerators import Accelerator
 
 __all__ = [
     "ARMED_FAULTS",
@@ -122,9 +123,14 @@ async def open_cluster(
         from ._runpod import RunPodCluster  # it builds on this module's Instance
 
         return RunPodCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, AWS):
+        from ._aws import AWSCluster  # it builds on this module's Instance
+
+        return AWSCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
-        "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container() or sky.RunPod() "
+        "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod() or "
+        "sky.AWS() "
         "(see the README's 'not yet' list)"
     )
 
@@ -135,10 +141,12 @@ async def offers(
     measure: bool = False,
     count: int | None = None,
     accelerators: float = 1,
+    accelerator: Accelerator | None = None,
 ) -> Catalog:
     """What the provider ``config`` names can start, per node, and at what price.
 
-    A cloud provider lists its machine types, priced for nodes of ``accelerators`` GPUs.
+    A cloud provider lists its machine types, priced for nodes of ``accelerators`` GPUs
+    (AWS: the instance types that carry ``accelerator``, or CPU types when it is None).
 
     ``Local`` nodes and ``Container`` nodes share this machine, so their one offer is this
     machine as it is now (free disk, not total). ``SSH`` hosts are the user's and cost
@@ -153,6 +161,10 @@ async def offers(
         from ._runpod import catalog
 
         return await catalog(config, gpus=accelerators)
+    if isinstance(config, AWS):
+        from ._aws import catalog as aws_catalog
+
+        return await aws_catalog(config, accelerator=accelerator)
     if isinstance(config, SSH):
         if not measure:
             hosts = len(config.hosts)

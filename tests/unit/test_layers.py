@@ -54,6 +54,7 @@ LAYERS = {
     "_providers": 4,
     "_container": 4,
     "_runpod": 4,
+    "_aws": 4,
     "_source": 4,
     "_localnode": 4,
     "_connection": 4,

@@ -1,0 +1,372 @@
+"""``sky.AWS`` end to end against a fake AWS (``fake_aws.py``): moto's EC2 and SSM, a fake
+Price List API, and a hypervisor that makes each running instance a real OpenSSH ``sshd``
+on its private (loopback) address, with the host key and authorized key its user data
+gave cloud-init. The pool lists and prices instance types, launches, logs in, bootstraps
+and runs workers. Nothing here reaches AWS; no address but loopback is contacted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sshd
+import trio
+from clients import killed_client
+from fake_aws import FakeAWS
+from needs import unavailable
+from waiting import wait_until
+
+import skyward as sky
+import skyward_trio
+from skyward_trio import _transport
+from skyward_trio._aws import DEFAULT_AMI_PARAMETERS, AWSCluster, catalog
+from skyward_trio._model import Spec
+from skyward_trio._offers import Choice
+from skyward_trio._providers import HostKeyError
+from skyward_trio._transport import asyncio_loop, generate_key
+
+QUIET = sky.Options(console="silent")
+A = sky.accelerators
+
+
+def provider(aws: FakeAWS, **fields: Any) -> sky.AWS:
+    """The fake's region and subnet (instances get loopback addresses there, and no public
+    IP), logging in as the user the fake's machines take."""
+    return sky.AWS(
+        region=aws.region,
+        endpoint_url=aws.endpoint_url,
+        subnet_id=aws.subnet_id,
+        username="root",
+        **fields,
+    )
+
+
+_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-0123456789",
+    # boto3 must never ask the instance metadata service (not loopback) for anything.
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAWS]:
+    """One fake for the module (its uv cache is shared by the machines)."""
+    sshd.need_sshd()
+    if os.getuid() != 0:  # its machines listen on port 22 and take the test user only
+        unavailable(
+            "the fake AWS's machines listen on port 22: run the tests as root", suite="sky.AWS"
+        )
+    with FakeAWS(root=tmp_path_factory.mktemp("aws")) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fake_credentials(_no_cloud_credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake's credentials, after every real one was removed (the clients killed below
+    inherit them)."""
+    for name, value in _CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+@sky.function
+def _where() -> dict[str, Any]:
+    return {
+        "node": sky.instance_info().node,
+        "instance": os.environ.get("FAKE_EC2_INSTANCE_ID"),
+        "version": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
+
+
+@sky.function
+def _square(x: int) -> int:
+    return x * x
+
+
+def _runs(aws: FakeAWS, since: int) -> list[dict[str, Any]]:
+    return [params for action, params in aws.requests[since:] if action == "RunInstances"]
+
+
+def _state(aws: FakeAWS, instance_id: str) -> str:
+    answer = aws.ec2().describe_instances(InstanceIds=[instance_id])
+    return str(answer["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+
+def test_a_pool_of_two_instances_runs_and_every_instance_is_terminated(
+    aws: FakeAWS, tmp_path: Path
+) -> None:
+    log = tmp_path / "pool.log"
+    options = sky.Options(
+        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
+    )
+    since = len(aws.requests)
+    with sky.Compute(
+        provider=provider(aws),
+        accelerator=A.A10G(),
+        nodes=2,
+        allocation="on-demand",
+        options=options,
+    ) as pool:
+        per_node = _where() @ pool
+        assert sorted(_square(x) >> pool for x in range(4)) == [0, 1, 4, 9]
+        events = pool.events()
+        provisioned = []
+        for event in events:  # the stream replays what happened, then waits for more
+            if isinstance(event, sky.InstanceProvisioned):
+                provisioned.append(event)
+                if len(provisioned) == 2:
+                    break
+        events.close()
+        job = pool.job_id
+    assert [r["node"] for r in per_node] == [0, 1]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert {r["version"] for r in per_node} == {version}
+    instances = {r["instance"] for r in per_node}
+    assert len(instances) == 2
+    assert None not in instances
+    for instance_id in instances:
+        assert _state(aws, instance_id) in ("shutting-down", "terminated")
+    # The cheapest type with one A10G, at its on-demand price.
+    assert [e.hourly_price for e in provisioned] == [pytest.approx(1.006)] * 2
+    runs = _runs(aws, since)
+    assert len(runs) == 2
+    for params in runs:
+        assert params["InstanceType"] == "g5.xlarge"
+        assert params["InstanceInitiatedShutdownBehavior"] == "terminate"
+        assert params["SubnetId"] == aws.subnet_id
+        assert params["ImageId"] == aws.ami_id
+        assert "InstanceMarketOptions.MarketType" not in params
+        assert params["ClientToken"].startswith(f"skyward-{job}-")
+        data = base64.b64decode(params["UserData"]).decode()
+        assert data.startswith("#cloud-config\n")
+        assert json.loads(data.split("\n", 1)[1])["ssh_authorized_keys"][0].startswith(
+            "ssh-ed25519 "
+        )
+    # The default image came from the Deep Learning AMI's public parameter.
+    asked = [p.get("Name") for a, p in aws.requests[since:] if a.endswith("GetParameter")]
+    assert asked == [DEFAULT_AMI_PARAMETERS[True, "x86_64"]]
+    # Its group: SSH in, and anything between members.
+    (group,) = aws.ec2().describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["skyward"]}]
+    )["SecurityGroups"]
+    rules = group["IpPermissions"]
+    assert any(r.get("FromPort") == 22 and r["IpRanges"][0]["CidrIp"] == "0.0.0.0/0" for r in rules)
+    assert any(r["IpProtocol"] == "-1" and r["UserIdGroupPairs"] for r in rules)
+    assert "testing-secret-0123456789" not in log.read_text()
+
+
+def test_the_catalog_lists_the_accelerators_types_at_their_prices(aws: FakeAWS) -> None:
+    async def main() -> None:
+        a100 = await catalog(provider(aws), accelerator=A.A100())
+        by_name = {o.name: o for o in a100.offers}
+        assert set(by_name) == {"p4d.24xlarge", "p4de.24xlarge"}
+        assert by_name["p4d.24xlarge"].accelerator == A.A100(
+            count=8, memory="40GB", form_factor="SXM"
+        )
+        assert by_name["p4de.24xlarge"].on_demand_price == pytest.approx(27.447)
+        assert by_name["p4d.24xlarge"].vcpus == 96
+        assert by_name["p4d.24xlarge"].regions == ("us-east-1",)
+        assert by_name["p4d.24xlarge"].spot_price is not None  # EC2's spot history (moto's)
+        cpu = await catalog(provider(aws), accelerator=None)
+        names = {o.name for o in cpu.offers}
+        # The families Skyward offers CPU nodes from, priced by the Price List only.
+        assert {"m7i.large", "c7i.xlarge", "m7g.large"} <= names
+        assert all(o.accelerator is None for o in cpu.offers)
+        assert {o.architecture for o in cpu.offers if o.name == "m7g.large"} == {"arm64"}
+        assert "g5.xlarge" not in names
+
+    trio.run(main)
+
+
+def test_a_spec_the_offers_cannot_meet_fails_before_anything_is_launched(aws: FakeAWS) -> None:
+    since = len(aws.requests)
+    with (
+        pytest.raises(sky.NoOfferError, match=r"max_hourly_cost=10: p4d\.24xlarge costs"),
+        sky.Compute(
+            provider=provider(aws),
+            accelerator=A.A100(memory="40GB"),
+            allocation="on-demand",
+            max_hourly_cost=10,
+            options=QUIET,
+        ),
+    ):
+        pytest.fail("a pool came up over its cap")
+    assert not _runs(aws, since)
+
+
+def test_a_type_out_of_capacity_gives_way_to_the_specs_next_type(aws: FakeAWS) -> None:
+    since = len(aws.requests)
+    aws.refuse_capacity("g5.xlarge")
+    try:
+        with sky.Compute(
+            provider=provider(aws), accelerator=A.A10G(), allocation="on-demand", options=QUIET
+        ) as pool:
+            events = pool.events()
+            provisioned = next(e for e in events if isinstance(e, sky.InstanceProvisioned))
+            events.close()
+            assert _square(5) >> pool == 25
+    finally:
+        aws.restore_capacity("g5.xlarge")
+    kinds = [params["InstanceType"] for params in _runs(aws, since)]
+    assert kinds[0] == "g5.xlarge", kinds
+    assert kinds[-1] == "g5.2xlarge", kinds
+    assert provisioned.hourly_price == pytest.approx(1.212)  # the type it got, not the first
+
+
+def test_a_cpu_pool_on_spot_gets_the_ubuntu_image_and_a_spot_instance(aws: FakeAWS) -> None:
+    since = len(aws.requests)
+    with sky.Compute(
+        provider=provider(aws), vcpus=4, allocation="spot", disk_gb=120, options=QUIET
+    ) as pool:
+        assert _square(7) >> pool == 49
+    (params,) = _runs(aws, since)
+    assert params["InstanceMarketOptions.MarketType"] == "spot"
+    assert params["BlockDeviceMapping.1.DeviceName"] == "/dev/sda1"
+    assert params["BlockDeviceMapping.1.Ebs.VolumeSize"] == "120"
+    asked = [p.get("Name") for a, p in aws.requests[since:] if a.endswith("GetParameter")]
+    assert asked == [DEFAULT_AMI_PARAMETERS[False, "x86_64"]]
+
+
+def test_a_pool_cancelled_while_instances_start_leaves_none(aws: FakeAWS) -> None:
+    aws.start_delay = 3600.0  # the machines never answer
+    since = len(aws.requests)
+
+    def two_launched() -> None:
+        wait_until(lambda: len(_runs(aws, since)) == 2, "two launches", timeout=60, every=0.05)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_launched() -> None:
+                await trio.to_thread.run_sync(two_launched)
+                await trio.sleep(0.5)  # their answers come back
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(cancel_once_launched)
+            async with skyward_trio.Compute(
+                provider=provider(aws), accelerator=A.T4(), nodes=2, options=QUIET
+            ):
+                pytest.fail("the pool came up with machines that never answered")
+
+    try:
+        trio.run(main)
+    finally:
+        aws.start_delay = 0.0
+    assert not aws.live()
+
+
+async def _cluster(aws: FakeAWS, job_id: str) -> AWSCluster:
+    """A cluster planned on the fake's T4 type, as Compute would open it."""
+    config = provider(aws)
+    spec = Spec(provider=config, accelerator=A.T4())
+    offers = (await catalog(config, accelerator=A.T4())).offers
+    offer = next(o for o in offers if o.name == "g4dn.xlarge")
+    choice = Choice(index=0, spec=spec, offer=offer, spot=False, hourly_price=0.526)
+    return AWSCluster(config, job_id=job_id, client_key=generate_key(), choice=choice)
+
+
+JOB_TAG = {"Key": "skyward:job", "Value": "c0ffee00"}
+
+
+def test_an_instance_launched_but_never_answered_is_found_by_its_tag(aws: FakeAWS) -> None:
+    """A launch whose answer never came leaves an instance the pool never heard of:
+    closing the cluster lists the job's instances by tag and terminates it."""
+
+    async def main() -> str:
+        async with asyncio_loop():
+            cluster = await _cluster(aws, "c0ffee00")
+            instance = await cluster.provision(0)
+            assert await cluster.alive(instance)
+            stray = aws.ec2().run_instances(
+                ImageId=aws.ami_id,
+                InstanceType="g4dn.xlarge",
+                MinCount=1,
+                MaxCount=1,
+                SubnetId=aws.subnet_id,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [JOB_TAG]}],
+            )["Instances"][0]["InstanceId"]
+            await cluster.aclose()
+            assert _state(aws, instance.id) in ("shutting-down", "terminated")
+            return str(stray)
+
+    stray = trio.run(main)
+    assert _state(aws, stray) in ("shutting-down", "terminated")
+
+
+def test_an_interrupted_spot_instance_is_replaced_and_its_calls_sent_again(aws: FakeAWS) -> None:
+    with sky.Compute(
+        provider=provider(aws), accelerator=A.T4(), allocation="spot", options=QUIET
+    ) as pool:
+        events = pool.events()
+        first = _where() >> pool
+        aws.preempt(first["instance"])
+        second = _where() >> pool  # sent to the replacement once it is up
+        kinds = []
+        for event in events:
+            kinds.append(type(event).__name__)
+            if isinstance(event, sky.InstanceReplaced):
+                break
+        events.close()
+    assert second["instance"] != first["instance"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not aws.live()
+
+
+_CLIENT = """
+import sys, time
+import skyward as sky
+provider = sky.AWS(region=sys.argv[1], endpoint_url=sys.argv[2], subnet_id=sys.argv[3],
+                   username="root")
+options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
+with sky.Compute(provider=provider, accelerator=sky.accelerators.T4(), ttl=0,
+                 options=options) as pool:
+    print(pool.job_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_instances_of_a_client_that_died_terminate_themselves(aws: FakeAWS) -> None:
+    before = set(aws.live())
+    with killed_client(_CLIENT, aws.region, aws.endpoint_url, aws.subnet_id):
+        (instance_id,) = set(aws.live()) - before
+    # The worker gives its client the reconnect window, then shuts the machine down: EC2
+    # terminates an instance launched to end on shutdown.
+    wait_until(
+        lambda: _state(aws, instance_id) == "terminated",
+        "the instance terminated by its own shutdown",
+        timeout=120,
+        every=0.5,
+    )
+
+
+def test_a_machine_presenting_another_host_key_is_refused(aws: FakeAWS) -> None:
+    """An instance booted without the user data (so with a host key of its own) stands in
+    for a machine whose cloud-init did not install the key the pool made for it."""
+    launched = aws.ec2().run_instances(
+        ImageId=aws.ami_id,
+        InstanceType="g4dn.xlarge",
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=aws.subnet_id,
+    )["Instances"][0]
+    instance_id, address = launched["InstanceId"], launched["PrivateIpAddress"]
+    wait_until(lambda: instance_id in aws.machines, "its machine", timeout=60, every=0.05)
+    expected = _transport.public_openssh(generate_key())
+
+    async def main() -> None:
+        async with asyncio_loop():
+            cluster = await _cluster(aws, "0badc0de")
+            with pytest.raises(HostKeyError, match=f"instance {instance_id} at {address}"):
+                await cluster._sshd_answers(instance_id, address, expected)
+
+    try:
+        trio.run(main)
+    finally:
+        aws.ec2().terminate_instances(InstanceIds=[instance_id])
