@@ -26,7 +26,6 @@ Credentials are boto3's; nothing here logs or quotes them.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import json
@@ -39,7 +38,7 @@ import trio
 from . import _transport, accelerators
 from ._model import AWS
 from ._offers import Catalog, Choice, Offer
-from ._providers import HostKeyError, Instance, remote_workdir
+from ._providers import HostKeyError, Instance, ended_on_failure, remote_workdir
 from .accelerators import Accelerator
 
 __all__ = ["CPU_FAMILIES", "AWSCluster", "AWSError", "catalog", "gpu_accelerator"]
@@ -604,7 +603,7 @@ class AWSCluster:
         instance_id, kind = await self._launch(
             api, network, node, user_data(self._public_key, host_key)
         )
-        try:
+        async with ended_on_failure(lambda: self._terminate(api, instance_id), AWSError):
             described = await self._running(api, instance_id)
             private_ip = str(described.get("PrivateIpAddress") or "")
             public_ip = described.get("PublicIpAddress") or None
@@ -621,16 +620,6 @@ class AWSCluster:
                 host_key=host_public,
                 name=f"{self.job_id}-{node}",
             )
-        except BaseException:
-            # An instance that never came up must not bill while the node is tried
-            # again; one not confirmed ending here stays listed for aclose.
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(30),
-                contextlib.suppress(AWSError),
-            ):
-                await self._terminate(api, instance_id)
-            raise
         shutdown = "shutdown -h now" if user == "root" else "sudo -n shutdown -h now"
         return Instance(
             id=instance_id,

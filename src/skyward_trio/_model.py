@@ -525,6 +525,15 @@ DEFAULT_CONTAINER_IMAGE = "python:{python_version}-slim"
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
+def _check_login(record: str, arg: str, value: object, *, fix: str) -> None:
+    _check_str(record, arg, value, fix=fix)
+    if _USER_NAME.fullmatch(str(value)) is None:
+        raise ValueError(
+            f"{record}({arg}={value!r}): not a login name (lower-case letters, digits, _ "
+            f"and -, at most 32). {fix}"
+        )
+
+
 def _check_image(record: str, arg: str, value: object, *, fix: str) -> None:
     """A container image: a reference ``docker pull`` takes, or a ``sky.DockerImage``."""
     if not isinstance(value, str | DockerImage):
@@ -570,12 +579,7 @@ class Container(ProviderConfig):
         fix = "Pass e.g. image='python:3.12-slim' or image=sky.containers.cuda('12.9')."
         _check_image("Container", "image", self.image, fix=fix)
         user_fix = "Pass a login name, e.g. ssh_user='root' (the default) or 'ubuntu'."
-        _check_str("Container", "ssh_user", self.ssh_user, fix=user_fix)
-        if _USER_NAME.fullmatch(self.ssh_user) is None:
-            raise ValueError(
-                f"Container(ssh_user={self.ssh_user!r}): not a login name (lower-case "
-                f"letters, digits, _ and -, at most 32). {user_fix}"
-            )
+        _check_login("Container", "ssh_user", self.ssh_user, fix=user_fix)
         binary_fix = "Pass binary='docker', binary='podman', or the path of either."
         _check_str("Container", "binary", self.binary, fix=binary_fix)
         if any(c.isspace() for c in self.binary) or self.binary.startswith("-"):
@@ -753,12 +757,7 @@ class AWS(ProviderConfig):
             if pattern.fullmatch(value) is None:
                 raise ValueError(f"AWS({name}={value!r}): not an EC2 id of that kind. {fix}")
         user_fix = "Pass the image's login name, e.g. username='ubuntu' or 'ec2-user'."
-        _check_str("AWS", "username", self.username, fix=user_fix)
-        if _USER_NAME.fullmatch(self.username) is None:
-            raise ValueError(
-                f"AWS(username={self.username!r}): not a login name (lower-case letters, "
-                f"digits, _ and -, at most 32). {user_fix}"
-            )
+        _check_login("AWS", "username", self.username, fix=user_fix)
         cidr_fix = "Pass an IPv4 network, e.g. ssh_cidr='203.0.113.7/32' (your address)."
         _check_str("AWS", "ssh_cidr", self.ssh_cidr, fix=cidr_fix)
         try:

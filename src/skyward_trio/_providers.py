@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -39,6 +40,7 @@ __all__ = [
     "LocalFault",
     "SSHCluster",
     "SSHTarget",
+    "ended_on_failure",
     "offers",
     "open_cluster",
     "remote_workdir",
@@ -704,6 +706,22 @@ def _pin(host: str, port: int, key: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path, "a", encoding="utf-8") as file:
         file.write(f"{_known_hosts_name(host, port)} {key}\n")
+
+
+@contextlib.asynccontextmanager
+async def ended_on_failure(
+    end: Callable[[], Awaitable[None]], errors: type[Exception]
+) -> AsyncIterator[None]:
+    """Bring a machine up in the block; should it fail (or be cancelled), ``end`` the
+    machine before the error goes on: one that never came up must not bill while its
+    node is tried again. Shielded, within 30 s; an ``errors`` it raises is dropped (the
+    machine is then still listed for the cluster's ``aclose``)."""
+    try:
+        yield
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(30), contextlib.suppress(errors):
+            await end()
+        raise
 
 
 async def remote_workdir(

@@ -21,7 +21,6 @@ which never holds it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeGuard
@@ -33,7 +32,7 @@ import trio
 from . import _transport, accelerators
 from ._model import RunPod
 from ._offers import Catalog, Choice, Offer
-from ._providers import Instance, remote_workdir
+from ._providers import Instance, ended_on_failure, remote_workdir
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
@@ -305,7 +304,7 @@ class RunPodCluster:
             )
         pod = _pod(_json(response))
         self._live.add(pod.id)
-        try:
+        async with ended_on_failure(lambda: self._delete(pod.id), RunPodError):
             self._check_price(pod)
             host, port = await self._address(pod)
             host_key = await self._host_key(host, port)
@@ -317,16 +316,6 @@ class RunPodCluster:
                 host_key=host_key,
                 name=f"{self.job_id}-{node}",
             )
-        except BaseException:
-            # A pod that never came up must not bill while the node is tried again; one
-            # not confirmed gone here stays listed for aclose.
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(30),
-                contextlib.suppress(RunPodError),
-            ):
-                await self._delete(pod.id)
-            raise
         return Instance(
             id=pod.id,
             node=node,

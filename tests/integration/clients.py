@@ -1,4 +1,5 @@
-"""A client process that dies outright, for the tests of what the lease cleans up."""
+"""What the providers' tests do alike: a client process that dies outright (for what the
+lease cleans up), and a call sent across a preemption."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import skyward as sky
 
 
 @contextlib.contextmanager
@@ -25,3 +29,22 @@ def killed_client(script: str, *args: str) -> Iterator[str]:
             yield job
         finally:
             client.send_signal(signal.SIGKILL)
+
+
+def across_a_preemption(
+    pool: sky.Pool, where: Callable[[], Any], preempt: Callable[[Any], None]
+) -> tuple[Any, Any, list[str]]:
+    """Run ``where()`` on the pool, ``preempt`` the node it ran on (given that result), and
+    run it again: it is sent to the replacement once that is up. Both results, and the
+    kinds of the pool's events up to the replacement."""
+    events = pool.events()
+    first = where() >> pool
+    preempt(first)
+    second = where() >> pool
+    kinds = []
+    for event in events:
+        kinds.append(type(event).__name__)
+        if isinstance(event, sky.InstanceReplaced):
+            break
+    events.close()
+    return first, second, kinds

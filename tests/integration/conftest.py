@@ -22,6 +22,7 @@ import cloudpickle
 import procs
 import pytest
 import sshd
+from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
 from fake_runpod import FakeRunPod
 
 import skyward as sky
@@ -128,3 +129,19 @@ def fake_runpod(tmp_path: Path) -> Iterator[FakeRunPod]:
     sshd.need_sshd()
     with FakeRunPod(root=tmp_path / "runpod") as api:
         yield api
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAWS]:
+    """One fake AWS for a module (its machines share a uv cache: one download each)."""
+    need_fake_aws()
+    with FakeAWS(root=tmp_path_factory.mktemp("aws")) as fake:
+        yield fake
+
+
+@pytest.fixture
+def aws_credentials(_no_cloud_credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake AWS's credentials, set once every real one is removed (a client process
+    the test starts inherits them)."""
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)

@@ -50,7 +50,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,8 +60,9 @@ import boto3
 import pytest
 import sshd
 from botocore.exceptions import ClientError
-from fake_runpod import _end_machine, _keep_home
+from fake_runpod import FakeHandler, FakeServer, _end_machine, _keep_home
 from moto.server import ThreadedMotoServer
+from needs import unavailable
 from sshd import Machine
 
 DEFAULT_PRICES: Mapping[str, float] = {  # USD per hour, us-east-1, Linux, on demand
@@ -222,6 +223,26 @@ _octets_lock = threading.Lock()
 _octets_in_use: set[int] = set()  # the K of each fake entered: their subnets never overlap
 
 
+#: What boto3 signs with against the fake (moto takes any credentials; boto3 wants some).
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-0123456789",
+    # boto3 must never ask the instance metadata service (not loopback) for anything.
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def need_fake_aws() -> None:
+    """Skip where the fake's machines cannot run (under CI, fail): without sshd, or not as
+    root (they listen on port 22 and take the test user only)."""
+    sshd.need_sshd()
+    if os.getuid() != 0:
+        unavailable(
+            "the fake AWS's machines listen on port 22 and log in as root: run the tests as root",
+            suite="sky.AWS",
+        )
+
+
 @attrs.frozen
 class _Reply:
     """An answer of the front server; ``forwarded`` ones carry moto's headers as they came."""
@@ -273,7 +294,7 @@ class FakeAWS:
         self._moto_server: ThreadedMotoServer | None = None
         self._moto_address = ("", 0)
         self._moto: Any = None  # a boto3 EC2 client on moto itself
-        self._server: _Server | None = None
+        self._server: FakeServer | None = None
         self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> FakeAWS:
@@ -325,7 +346,7 @@ class FakeAWS:
         )["ImageId"]
         for name in PUBLIC_AMI_PARAMETERS:
             self.public_parameters.setdefault(name, self.ami_id)
-        self._server = _Server(self)
+        self._server = FakeServer(self._serve)
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
         serve = threading.Thread(
             target=self._server.serve_forever,
@@ -412,7 +433,7 @@ class FakeAWS:
 
     # -- the front server ----------------------------------------------------------------------
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: FakeHandler) -> None:
         url = urllib.parse.urlsplit(handler.path)
         if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
             _send(handler, _json_reply(411, {"message": "the fake AWS needs a Content-Length"}))
@@ -436,7 +457,7 @@ class FakeAWS:
 
     def _answer(
         self,
-        handler: _Handler,
+        handler: FakeHandler,
         url: urllib.parse.SplitResult,
         target: str,
         action: str,
@@ -458,7 +479,7 @@ class FakeAWS:
             return self._no_capacity(params)
         return self._forward(handler, raw)
 
-    def _forward(self, handler: _Handler, raw: bytes) -> _Reply:
+    def _forward(self, handler: FakeHandler, raw: bytes) -> _Reply:
         """The request, sent to moto as it came (``raw`` may be a rewritten body)."""
         connection = http.client.HTTPConnection(*self._moto_address, timeout=60)
         try:
@@ -561,7 +582,7 @@ class FakeAWS:
             "DataType": "text",
         }
 
-    def _get_parameters(self, handler: _Handler, request: dict[str, Any]) -> _Reply:
+    def _get_parameters(self, handler: FakeHandler, request: dict[str, Any]) -> _Reply:
         """The public names answered here, the others by moto (asked for those only)."""
         names: list[str] = request["Names"]
         public = [name for name in names if name in self.public_parameters]
@@ -783,26 +804,6 @@ class FakeAWS:
         with self._lock:
             if message not in self.errors:  # a fault the hypervisor meets every round, once
                 self.errors.append(message)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, aws: FakeAWS) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.aws = aws
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def _handle(self) -> None:
-        self.server.aws._serve(self)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Requests are kept in ``FakeAWS.requests``; stderr stays quiet."""
 
 
 def _send(handler: BaseHTTPRequestHandler, reply: _Reply) -> None:

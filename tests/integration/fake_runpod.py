@@ -236,7 +236,7 @@ class FakeRunPod:
         self._closed = False
         self._failures: list[tuple[int, str]] = []
         self._next_address = FIRST_POD_ADDRESS
-        self._server = _Server(self)
+        self._server = FakeServer(self._serve)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},  # how soon leaving the fake stops the server
@@ -307,7 +307,7 @@ class FakeRunPod:
 
     # -- serving ------------------------------------------------------------------------------
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: FakeHandler) -> None:
         url = urllib.parse.urlsplit(handler.path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
@@ -561,24 +561,26 @@ class FakeRunPod:
                 self.errors.append(f"pod {pod.id}: processes {sorted(survivors)} survived")
 
 
-class _Server(ThreadingHTTPServer):
+class FakeServer(ThreadingHTTPServer):
+    """A fake API's HTTP server on 127.0.0.1 (a free port): every request goes to ``serve``."""
+
     daemon_threads = True
 
-    def __init__(self, api: FakeRunPod) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.api = api
+    def __init__(self, serve: Callable[[FakeHandler], None]) -> None:
+        super().__init__(("127.0.0.1", 0), FakeHandler)
+        self.serve = serve
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class FakeHandler(BaseHTTPRequestHandler):
+    server: FakeServer
 
     def _handle(self) -> None:
-        self.server.api._serve(self)
+        self.server.serve(self)
 
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = _handle
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Requests are kept in ``FakeRunPod.requests``; stderr stays quiet."""
+        """The fakes keep their requests themselves; stderr stays quiet."""
 
 
 def _send(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:

@@ -11,16 +11,13 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sshd
 import trio
-from clients import killed_client
-from fake_aws import FakeAWS
-from needs import unavailable
+from clients import across_a_preemption, killed_client
+from fake_aws import FAKE_CREDENTIALS, FakeAWS
 from waiting import wait_until
 
 import skyward as sky
@@ -48,32 +45,7 @@ def provider(aws: FakeAWS, **fields: Any) -> sky.AWS:
     )
 
 
-_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing-secret-0123456789",
-    # boto3 must never ask the instance metadata service (not loopback) for anything.
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
-@pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAWS]:
-    """One fake for the module (its uv cache is shared by the machines)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:  # its machines listen on port 22 and take the test user only
-        unavailable(
-            "the fake AWS's machines listen on port 22: run the tests as root", suite="sky.AWS"
-        )
-    with FakeAWS(root=tmp_path_factory.mktemp("aws")) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _fake_credentials(_no_cloud_credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fake's credentials, after every real one was removed (the clients killed below
-    inherit them)."""
-    for name, value in _CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
+pytestmark = pytest.mark.usefixtures("aws_credentials")
 
 
 @sky.function
@@ -159,7 +131,7 @@ def test_a_pool_of_two_instances_runs_and_every_instance_is_terminated(
     rules = group["IpPermissions"]
     assert any(r.get("FromPort") == 22 and r["IpRanges"][0]["CidrIp"] == "0.0.0.0/0" for r in rules)
     assert any(r["IpProtocol"] == "-1" and r["UserIdGroupPairs"] for r in rules)
-    assert "testing-secret-0123456789" not in log.read_text()
+    assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in log.read_text()
 
 
 def test_the_catalog_lists_the_accelerators_types_at_their_prices(aws: FakeAWS) -> None:
@@ -275,6 +247,20 @@ async def _cluster(aws: FakeAWS, job_id: str) -> AWSCluster:
 JOB_TAG = {"Key": "skyward:job", "Value": "c0ffee00"}
 
 
+def _launch(aws: FakeAWS, **params: Any) -> dict[str, Any]:
+    """An instance launched behind the pool's back (straight on moto), in the fake's subnet."""
+    return dict(
+        aws.ec2().run_instances(
+            ImageId=aws.ami_id,
+            InstanceType="g4dn.xlarge",
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=aws.subnet_id,
+            **params,
+        )["Instances"][0]
+    )
+
+
 def test_an_instance_launched_but_never_answered_is_found_by_its_tag(aws: FakeAWS) -> None:
     """A launch whose answer never came leaves an instance the pool never heard of:
     closing the cluster lists the job's instances by tag and terminates it."""
@@ -284,14 +270,9 @@ def test_an_instance_launched_but_never_answered_is_found_by_its_tag(aws: FakeAW
             cluster = await _cluster(aws, "c0ffee00")
             instance = await cluster.provision(0)
             assert await cluster.alive(instance)
-            stray = aws.ec2().run_instances(
-                ImageId=aws.ami_id,
-                InstanceType="g4dn.xlarge",
-                MinCount=1,
-                MaxCount=1,
-                SubnetId=aws.subnet_id,
-                TagSpecifications=[{"ResourceType": "instance", "Tags": [JOB_TAG]}],
-            )["Instances"][0]["InstanceId"]
+            stray = _launch(
+                aws, TagSpecifications=[{"ResourceType": "instance", "Tags": [JOB_TAG]}]
+            )["InstanceId"]
             await cluster.aclose()
             assert _state(aws, instance.id) in ("shutting-down", "terminated")
             return str(stray)
@@ -304,16 +285,9 @@ def test_an_interrupted_spot_instance_is_replaced_and_its_calls_sent_again(aws: 
     with sky.Compute(
         provider=provider(aws), accelerator=A.T4(), allocation="spot", options=QUIET
     ) as pool:
-        events = pool.events()
-        first = _where() >> pool
-        aws.preempt(first["instance"])
-        second = _where() >> pool  # sent to the replacement once it is up
-        kinds = []
-        for event in events:
-            kinds.append(type(event).__name__)
-            if isinstance(event, sky.InstanceReplaced):
-                break
-        events.close()
+        first, second, kinds = across_a_preemption(
+            pool, _where, lambda ran: aws.preempt(ran["instance"])
+        )
     assert second["instance"] != first["instance"]
     assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
     assert not aws.live()
@@ -349,13 +323,7 @@ def test_the_instances_of_a_client_that_died_terminate_themselves(aws: FakeAWS) 
 def test_a_machine_presenting_another_host_key_is_refused(aws: FakeAWS) -> None:
     """An instance booted without the user data (so with a host key of its own) stands in
     for a machine whose cloud-init did not install the key the pool made for it."""
-    launched = aws.ec2().run_instances(
-        ImageId=aws.ami_id,
-        InstanceType="g4dn.xlarge",
-        MinCount=1,
-        MaxCount=1,
-        SubnetId=aws.subnet_id,
-    )["Instances"][0]
+    launched = _launch(aws)
     instance_id, address = launched["InstanceId"], launched["PrivateIpAddress"]
     wait_until(lambda: instance_id in aws.machines, "its machine", timeout=60, every=0.05)
     expected = _transport.public_openssh(generate_key())

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,9 @@ import asyncssh
 import boto3
 import procs
 import pytest
-import sshd
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from fake_aws import PUBLIC_AMI_PARAMETERS, FakeAWS
-from needs import unavailable
 from sshd import Machine
 from waiting import wait_until
 
@@ -40,21 +36,7 @@ LINUX = {
 }
 
 
-@pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAWS]:
-    """One fake for the module: its machines log in as root and listen on port 22."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable("the fake AWS's machines log in as root: run the tests as root", suite="AWS")
-    with FakeAWS(root=tmp_path_factory.mktemp("aws")) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _credentials(_no_cloud_credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto takes any credentials; boto3 wants some (set after the conftest strips them)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+pytestmark = pytest.mark.usefixtures("aws_credentials")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import sshd
 import trio
-from clients import killed_client
+from clients import across_a_preemption, killed_client
 from fake_runpod import NO_INSTANCES, FakePod, FakeRunPod
 from needs import unavailable
 from waiting import wait_until
@@ -316,16 +316,9 @@ def test_an_interrupted_spot_pod_is_replaced_and_its_calls_sent_again(
         allocation="spot",
         options=QUIET,
     ) as pool:
-        events = pool.events()
-        first = _where() >> pool
-        runpod.preempt(first["pod"])
-        second = _where() >> pool  # sent to the replacement once it is up
-        kinds = []
-        for event in events:
-            kinds.append(type(event).__name__)
-            if isinstance(event, sky.InstanceReplaced):
-                break
-        events.close()
+        first, second, kinds = across_a_preemption(
+            pool, _where, lambda ran: runpod.preempt(ran["pod"])
+        )
     assert second["pod"] != first["pod"]
     assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
     assert runpod.pods[first["pod"]].status == "EXITED" or runpod.pods[first["pod"]].deleted
