@@ -122,7 +122,7 @@ def _boto3() -> Any:
 class _API:
     """boto3's EC2, SSM and Price List clients of one config, called from trio."""
 
-    def __init__(self, config: AWS) -> None:
+    def __init__(self, config: AWS, region: str) -> None:
         """Blocking (boto3 reads ``~/.aws``): build it in a thread (:meth:`open`).
 
         Raises:
@@ -133,7 +133,7 @@ class _API:
         from botocore.exceptions import ProfileNotFound
 
         try:
-            session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+            session = boto3.session.Session(profile_name=config.profile, region_name=region)
         except ProfileNotFound:
             raise ValueError(
                 f"sky.AWS(profile={config.profile!r}): no such profile in ~/.aws/config or "
@@ -157,8 +157,8 @@ class _API:
         )
 
     @classmethod
-    async def open(cls, config: AWS) -> _API:
-        return await trio.to_thread.run_sync(cls, config)
+    async def open(cls, config: AWS, region: str) -> _API:
+        return await trio.to_thread.run_sync(cls, config, region)
 
     async def call(self, client: Any, operation: str, **params: Any) -> Any:
         """One API call, in a thread; AWS's refusal is an AWSError with its code."""
@@ -341,19 +341,23 @@ async def _spot(api: _API, names: Sequence[str]) -> dict[str, float]:
     return prices
 
 
-async def catalog(config: AWS, *, accelerator: Accelerator | None) -> Catalog:
-    """The instance types a spec asking for ``accelerator`` may get, priced per node.
+async def catalog(
+    config: AWS, *, accelerator: Accelerator | None, region: str | None = None
+) -> Catalog:
+    """The instance types a spec asking for ``accelerator`` may get in ``region`` (the
+    spec's; None: the provider's), priced per node.
 
     Raises:
         ValueError: No credentials, or an unknown profile (a setting to fix, not a spec
             to skip).
         ImportError: boto3 is not installed.
     """
-    api = await _API.open(config)
+    region = region or config.region
+    api = await _API.open(config, region)
     try:
         types = await _types(api, accelerator)
         names = [t.name for t in types]
-        on_demand = await _on_demand(api, config.region, names) if names else {}
+        on_demand = await _on_demand(api, region, names) if names else {}
         priced = [t for t in types if t.name in on_demand]
         spot = await _spot(api, [t.name for t in priced]) if priced else {}
     except AWSError as exc:
@@ -369,7 +373,7 @@ async def catalog(config: AWS, *, accelerator: Accelerator | None) -> Catalog:
                 memory_gb=t.memory_gb,
                 disk_gb=_EBS_MAX_GB,
                 architecture=t.architecture,
-                regions=(config.region,),
+                regions=(region,),
                 spot_price=spot.get(t.name),
                 on_demand_price=on_demand[t.name],
                 accelerator=t.accelerator,
@@ -413,6 +417,8 @@ class AWSCluster:
     ) -> None:
         self.config = config
         self.job_id = job_id
+        # The region the offer was priced in: the spec's, else the provider's.
+        self.region = choice.offer.regions[0] if choice.offer.regions else config.region
         # Nodes reach each other in the group Skyward makes; of a group of yours nothing
         # is known, so the collections store then runs in the client.
         self.peers_reachable = config.security_group_id is None
@@ -436,7 +442,7 @@ class AWSCluster:
         node that needs them."""
         async with self._ready:
             if self._api is None:
-                self._api = await _API.open(self.config)
+                self._api = await _API.open(self.config, self.region)
             if self._network is None:
                 self._network = await self._find_network(self._api)
             return self._api, self._network
@@ -452,7 +458,7 @@ class AWSCluster:
             )
             if not vpcs.get("Vpcs"):
                 raise AWSError(
-                    f"region {config.region} has no default VPC to launch in; pass "
+                    f"region {self.region} has no default VPC to launch in; pass "
                     "sky.AWS(subnet_id='subnet-...') with a subnet of yours"
                 )
             vpc_id = vpcs["Vpcs"][0]["VpcId"]
@@ -460,7 +466,7 @@ class AWSCluster:
         ami = config.ami or await self._default_ami(api)
         images = await api.call(api.ec2, "describe_images", ImageIds=[ami])
         if not images.get("Images"):
-            raise AWSError(f"no image {ami} in {config.region}; pass sky.AWS(ami=...) one there")
+            raise AWSError(f"no image {ami} in {self.region}; pass sky.AWS(ami=...) one there")
         root = images["Images"][0].get("RootDeviceName")
         return _Network(config.subnet_id, group, ami, root if isinstance(root, str) else None)
 
@@ -540,13 +546,14 @@ class AWSCluster:
         if network.subnet_id is not None:
             params["SubnetId"] = network.subnet_id
         if self._choice.spot:
-            params["InstanceMarketOptions"] = {
-                "MarketType": "spot",
-                "SpotOptions": {
-                    "SpotInstanceType": "one-time",
-                    "InstanceInterruptionBehavior": "terminate",
-                },
+            spot: dict[str, str] = {
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate",
             }
+            cap = self._choice.spec.max_hourly_cost
+            if cap is not None:  # EC2 then never bills above it, nor starts when it cannot
+                spot["MaxPrice"] = f"{cap:.4f}"
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
         disk = self._choice.spec.disk_gb
         if disk is not None and network.root_device is not None:
             params["BlockDeviceMappings"] = [
@@ -750,7 +757,7 @@ class AWSCluster:
             raise AWSError(
                 "sky.AWS could not confirm every instance of this pool terminated; these "
                 f"may still bill: {'; '.join(failed)}. Check the EC2 console in "
-                f"{self.config.region} for instances tagged skyward:job={self.job_id}"
+                f"{self.region} for instances tagged skyward:job={self.job_id}"
             )
 
     async def _find_strays(self, api: _API) -> str | None:

@@ -164,6 +164,7 @@ async def _open_first(
             count=spec.nodes.ceiling,
             accelerators=spec.accelerator.count if spec.accelerator is not None else 1,
             accelerator=spec.accelerator,
+            region=spec.region,
         )
         for spec in specs
     ]

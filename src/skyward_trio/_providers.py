@@ -144,11 +144,13 @@ async def offers(
     count: int | None = None,
     accelerators: float = 1,
     accelerator: Accelerator | None = None,
+    region: str | None = None,
 ) -> Catalog:
     """What the provider ``config`` names can start, per node, and at what price.
 
     A cloud provider lists its machine types, priced for nodes of ``accelerators`` GPUs
-    (AWS: the instance types that carry ``accelerator``, or CPU types when it is None).
+    (AWS: the instance types that carry ``accelerator``, or CPU types when it is None, in
+    the spec's ``region`` when it names one).
 
     ``Local`` nodes and ``Container`` nodes share this machine, so their one offer is this
     machine as it is now (free disk, not total). ``SSH`` hosts are the user's and cost
@@ -166,7 +168,7 @@ async def offers(
     if isinstance(config, AWS):
         from ._aws import catalog as aws_catalog
 
-        return await aws_catalog(config, accelerator=accelerator)
+        return await aws_catalog(config, accelerator=accelerator, region=region)
     if isinstance(config, SSH):
         if not measure:
             hosts = len(config.hosts)

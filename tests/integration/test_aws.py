@@ -153,6 +153,11 @@ def test_the_catalog_lists_the_accelerators_types_at_their_prices(aws: FakeAWS) 
         assert all(o.accelerator is None for o in cpu.offers)
         assert {o.architecture for o in cpu.offers if o.name == "m7g.large"} == {"arm64"}
         assert "g5.xlarge" not in names
+        # The spec's region, priced there.
+        ireland = await catalog(provider(aws), accelerator=A.A10G(), region="eu-west-1")
+        g5 = next(o for o in ireland.offers if o.name == "g5.xlarge")
+        assert g5.regions == ("eu-west-1",)
+        assert g5.on_demand_price == pytest.approx(1.006 * 1.2)
 
     trio.run(main)
 
@@ -192,14 +197,21 @@ def test_a_type_out_of_capacity_gives_way_to_the_specs_next_type(aws: FakeAWS) -
     assert provisioned.hourly_price == pytest.approx(1.212)  # the type it got, not the first
 
 
-def test_a_cpu_pool_on_spot_gets_the_ubuntu_image_and_a_spot_instance(aws: FakeAWS) -> None:
+def test_a_cpu_pool_on_spot_gets_the_ubuntu_image_and_a_capped_spot_instance(aws: FakeAWS) -> None:
     since = len(aws.requests)
     with sky.Compute(
-        provider=provider(aws), vcpus=4, allocation="spot", disk_gb=120, options=QUIET
+        provider=provider(aws),
+        vcpus=4,
+        allocation="spot",
+        disk_gb=120,
+        max_hourly_cost=0.5,
+        options=QUIET,
     ) as pool:
         assert _square(7) >> pool == 49
     (params,) = _runs(aws, since)
     assert params["InstanceMarketOptions.MarketType"] == "spot"
+    # EC2 never bills the spot instance above the cap.
+    assert params["InstanceMarketOptions.SpotOptions.MaxPrice"] == "0.5000"
     assert params["BlockDeviceMapping.1.DeviceName"] == "/dev/sda1"
     assert params["BlockDeviceMapping.1.Ebs.VolumeSize"] == "120"
     asked = [p.get("Name") for a, p in aws.requests[since:] if a.endswith("GetParameter")]
