@@ -79,6 +79,23 @@ _NO_CAPACITY = frozenset(
     }
 )
 
+#: What to do about AWS's refusals that are the account's to fix.
+_HINTS: Mapping[str, str] = {
+    "VcpuLimitExceeded": (
+        "; ask for a higher vCPU quota for this instance family in the Service Quotas console "
+        "(new accounts start at 0 for GPU families), or pick a smaller accelerator count"
+    ),
+    "MaxSpotInstanceCountExceeded": "; raise the spot vCPU quota in the Service Quotas console",
+    "UnauthorizedOperation": (
+        "; the credentials' IAM policy must allow it (docs/providers.md lists what sky.AWS calls)"
+    ),
+    "AccessDeniedException": (
+        "; the credentials' IAM policy must allow it (docs/providers.md lists what sky.AWS calls)"
+    ),
+    "AuthFailure": "; check the AWS credentials (aws sts get-caller-identity)",
+    "OptInRequired": "; the account has not enabled this region or service",
+}
+
 #: The largest root volume EBS makes, in GB: what an offer's disk can be.
 _EBS_MAX_GB = 16_384
 #: Instance types priced per Price List request (its ANY_OF filter takes a list).
@@ -170,8 +187,9 @@ class _API:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "")) or None
+            hint = _HINTS.get(code or "", "")
             raise AWSError(
-                f"AWS refused {operation} ({code}: {error.get('Message', '')})", code
+                f"AWS refused {operation} ({code}: {error.get('Message', '')}){hint}", code
             ) from None
         except BotoCoreError as exc:
             raise AWSError(f"AWS did not answer {operation}: {exc}") from None

@@ -4,8 +4,8 @@
 process, holds the state of EC2 and SSM. In front of it, a server on 127.0.0.1 (where every
 boto3 client of a test points its ``endpoint_url``) answers what moto lacks or cannot do: the
 Pricing API's ``GetProducts``, SSM's public parameters under ``/aws/service`` (the AMI ids),
-and a ``RunInstances`` refused for capacity. It forwards the rest to moto byte for byte, and
-records every request.
+and a ``RunInstances`` refused for capacity or quota. It forwards the rest to moto byte for
+byte, and records every request.
 
 At start the fake makes a VPC ``127.K.0.0/16`` and a subnet ``127.K.0.0/24`` (K random):
 moto gives the instances launched there private addresses on loopback, and no public one.
@@ -279,7 +279,8 @@ class FakeAWS:
         self.vpc_id = ""
         self.subnet_id = ""
         self.ami_id = ""
-        self.refused: set[str] = set()  # instance types with no capacity
+        # Instance types whose RunInstances is refused, and AWS's error code for it.
+        self.refused: dict[str, str] = {}
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._ending: Counter[str] = Counter()  # instances whose machine is being ended
@@ -418,11 +419,18 @@ class FakeAWS:
         """Make every ``RunInstances`` of ``instance_type`` fail as AWS's do when a zone has
         none left (``InsufficientInstanceCapacity``), until ``restore_capacity``."""
         with self._lock:
-            self.refused.add(instance_type)
+            self.refused[instance_type] = "InsufficientInstanceCapacity"
+
+    def refuse_quota(self, instance_type: str) -> None:
+        """Make every ``RunInstances`` of ``instance_type`` fail as AWS's do when the account's
+        vCPU quota for its family is used up (``VcpuLimitExceeded``; 0 on a new account),
+        until ``restore_capacity``."""
+        with self._lock:
+            self.refused[instance_type] = "VcpuLimitExceeded"
 
     def restore_capacity(self, instance_type: str) -> None:
         with self._lock:
-            self.refused.discard(instance_type)
+            self.refused.pop(instance_type, None)
 
     def preempt(self, instance_id: str) -> None:
         """Interrupt the instance as AWS interrupts a spot instance, with no notice: it is
@@ -476,7 +484,7 @@ class FakeAWS:
         if target == "AmazonSSM.GetParameters" and _is_names(params.get("Names")):
             return self._get_parameters(handler, params)
         if action == "RunInstances" and params.get("InstanceType") in self.refused:
-            return self._no_capacity(params)
+            return self._refusal(params, self.refused[params["InstanceType"]])
         return self._forward(handler, raw)
 
     def _forward(self, handler: FakeHandler, raw: bytes) -> _Reply:
@@ -604,19 +612,27 @@ class FakeAWS:
 
     # -- EC2 ----------------------------------------------------------------------------------
 
-    def _no_capacity(self, params: dict[str, Any]) -> _Reply:
+    def _refusal(self, params: dict[str, Any], code: str) -> _Reply:
+        """AWS's answer to a launch refused with ``code``: a server error (500) for no
+        capacity, a client error (400) for a quota."""
         zone = params.get("Placement.AvailabilityZone") or self._zone
+        status = 500 if code == "InsufficientInstanceCapacity" else 400
         message = (
             f"We currently do not have sufficient {params['InstanceType']} capacity in the "
             f"Availability Zone you requested ({zone}). Our system will be working on "
             "provisioning additional capacity."
+            if status == 500
+            else "You have requested more vCPU capacity than your current vCPU limit of 0 "
+            "allows for the instance bucket that the specified instance type belongs to. "
+            "Please visit http://aws.amazon.com/contact-us/ec2-request to request an "
+            "adjustment to this limit."
         )
         body = (
             '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
-            f"<Code>InsufficientInstanceCapacity</Code><Message>{message}</Message>"
+            f"<Code>{code}</Code><Message>{message}</Message>"
             f"</Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
         )
-        return _Reply(500, body.encode(), (("Content-Type", "text/xml;charset=UTF-8"),))
+        return _Reply(status, body.encode(), (("Content-Type", "text/xml;charset=UTF-8"),))
 
     def _shutdown(self, instance_id: str) -> _Reply:
         """A machine's OS shut down: EC2 stops or terminates its instance. The machine ends

@@ -197,6 +197,23 @@ def test_a_type_out_of_capacity_gives_way_to_the_specs_next_type(aws: FakeAWS) -
     assert provisioned.hourly_price == pytest.approx(1.212)  # the type it got, not the first
 
 
+def test_a_quota_of_zero_fails_the_node_saying_where_to_raise_it(aws: FakeAWS) -> None:
+    """A new account's GPU vCPU quota is 0: the launch is refused, not retried as if the
+    type had no capacity, and the error says where the quota is raised."""
+    aws.refuse_quota("g4dn.xlarge")
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    try:
+        with (
+            pytest.raises(sky.ProvisionError, match="VcpuLimitExceeded") as raised,
+            sky.Compute(provider=provider(aws), accelerator=A.T4(), options=options),
+        ):
+            pytest.fail("a pool came up past a quota of 0")
+    finally:
+        aws.restore_capacity("g4dn.xlarge")
+    assert "Service Quotas console" in str(raised.value)
+    assert not aws.live()
+
+
 def test_a_cpu_pool_on_spot_gets_the_ubuntu_image_and_a_capped_spot_instance(aws: FakeAWS) -> None:
     since = len(aws.requests)
     with sky.Compute(
