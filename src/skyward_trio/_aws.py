@@ -442,7 +442,11 @@ class AWSCluster:
         self.peers_reachable = config.security_group_id is None
         self._choice = choice
         spot = choice.spot
-        self._offers = [choice.offer, *choice.also]  # cheapest first after the chosen
+        # The chosen type, then the spec's others, cheapest first: those of its
+        # architecture only, as the image is made for one.
+        self._offers = [
+            o for o in (choice.offer, *choice.also) if o.architecture == choice.offer.architecture
+        ]
         self._prices = {
             o.name: (o.spot_price if spot else o.on_demand_price) or choice.hourly_price
             for o in self._offers

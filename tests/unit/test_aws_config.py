@@ -18,6 +18,7 @@ import trio
 import skyward as sky
 from skyward_trio import _checks, _transport, config
 from skyward_trio._aws import (
+    AWSCluster,
     _hourly_usd,
     _instance_type,
     _price_filters,
@@ -25,6 +26,7 @@ from skyward_trio._aws import (
     gpu_accelerator,
     user_data,
 )
+from skyward_trio._offers import Choice, Offer
 
 A = sky.accelerators
 
@@ -217,3 +219,27 @@ def test_a_providers_table_of_type_aws(tmp_path: Path) -> None:
     project.write_text('[providers.cloud]\ntype = "aws"\nregion = "mars-1"\n')
     with pytest.raises(sky.ConfigError, match=r"providers\.cloud\.region: AWS"):
         config.validate(project, tmp_path / "defaults.toml")
+
+
+def test_a_type_out_of_capacity_gives_way_only_to_types_the_image_runs_on() -> None:
+    """T4 comes on x86_64 (g4dn) and on arm64 (g5g): the image is made for the chosen
+    type's architecture, so only types of that one are tried after it."""
+
+    def offer(name: str, price: float, arch: str) -> Offer:
+        return Offer(
+            provider="sky.AWS()",
+            name=name,
+            architecture=arch,
+            regions=("us-east-1",),
+            on_demand_price=price,
+            accelerator=A.T4(),
+        )
+
+    chosen = offer("g4dn.xlarge", 0.526, "x86_64")
+    also = (offer("g5g.xlarge", 0.42, "arm64"), offer("g4dn.2xlarge", 0.752, "x86_64"))
+    spec = sky.Spec(provider=sky.AWS(), accelerator=A.T4())
+    choice = Choice(index=0, spec=spec, offer=chosen, spot=False, hourly_price=0.526, also=also)
+    cluster = AWSCluster(
+        sky.AWS(), job_id="0a0b0c0d", client_key=_transport.generate_key(), choice=choice
+    )
+    assert [o.name for o in cluster._offers] == ["g4dn.xlarge", "g4dn.2xlarge"]
