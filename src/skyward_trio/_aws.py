@@ -41,7 +41,15 @@ from ._offers import Catalog, Choice, Offer
 from ._providers import HostKeyError, Instance, ended_on_failure, remote_workdir
 from .accelerators import Accelerator
 
-__all__ = ["CPU_FAMILIES", "AWSCluster", "AWSError", "catalog", "gpu_accelerator"]
+__all__ = [
+    "CPU_FAMILIES",
+    "NEURON",
+    "AWSCluster",
+    "AWSError",
+    "catalog",
+    "gpu_accelerator",
+    "neuron_accelerator",
+]
 
 #: Instance families offered to a spec with no accelerator: current general-purpose,
 #: compute- and memory-optimised ones, on Intel and on Graviton.
@@ -247,6 +255,27 @@ _GPUS: Mapping[str, Callable[[int, float], Accelerator]] = {
 }
 
 
+#: AWS's own chips, by the name EC2's ``NeuronInfo`` gives them. They need an image with
+#: the Neuron driver, which ``AWS.ami`` must name (Skyward picks none for them).
+NEURON: Mapping[str, Callable[..., Accelerator]] = {
+    "Trainium2": accelerators.Trainium2,
+    "Inferentia2": accelerators.Inferentia2,
+}
+
+
+def neuron_accelerator(neuron_info: Mapping[str, Any]) -> Accelerator | None:
+    """What an instance type's ``NeuronInfo`` (from EC2) carries, with its count; None for
+    a chip Skyward has no accelerator for (the first Trainium)."""
+    devices = neuron_info.get("NeuronDevices") or []
+    if len(devices) != 1:
+        return None
+    count = devices[0].get("Count")
+    make = NEURON.get(str(devices[0].get("Name")))
+    if make is None or not isinstance(count, int) or count < 1:
+        return None
+    return make(count=count)
+
+
 @attrs.frozen
 class _Type:
     """What EC2 says of one instance type."""
@@ -266,19 +295,30 @@ def _instance_type(entry: Mapping[str, Any]) -> _Type | None:
     arch = next((a for a in ("x86_64", "arm64") if a in arches), None)
     if arch is None or name.endswith(".metal") or entry.get("BareMetal"):
         return None
-    gpu_info = entry.get("GpuInfo")
+    gpu_info, neuron_info = entry.get("GpuInfo"), entry.get("NeuronInfo")
     return _Type(
         name=name,
         vcpus=float(entry.get("VCpuInfo", {}).get("DefaultVCpus", 0)),
         memory_gb=round(entry.get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024, 2),
         architecture=arch,
-        accelerator=gpu_accelerator(gpu_info) if gpu_info else None,
+        accelerator=(
+            gpu_accelerator(gpu_info)
+            if gpu_info
+            else neuron_accelerator(neuron_info)
+            if neuron_info
+            else None
+        ),
     )
 
 
 async def _types(api: _API, wanted: Accelerator | None) -> list[_Type]:
     """The instance types a spec asking for ``wanted`` may get."""
-    patterns = ["p*", "g*"] if wanted is not None else [f"{f}.*" for f in CPU_FAMILIES]
+    if wanted is None:
+        patterns = [f"{f}.*" for f in CPU_FAMILIES]
+    elif wanted.name in NEURON:
+        patterns = ["trn*", "inf*"]
+    else:
+        patterns = ["p*", "g*"]
     listed = await api.pages(
         api.ec2,
         "describe_instance_types",

@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Iterable
 
+from ._aws import NEURON
 from ._bootstrap import requirement_name
 from ._container import check_container
 from ._model import AWS, SSH, Container, Local, RunPod, Spec
@@ -152,10 +153,21 @@ def _runpod(spec: Spec) -> None:
 
 
 def _aws(spec: Spec) -> None:
-    """EC2 instances carry whole GPUs, several to a type."""
+    """EC2 instances carry whole GPUs, several to a type; AWS's own chips need an image
+    with their driver, which Skyward does not pick."""
     accelerator = spec.accelerator
-    if accelerator is not None and accelerator.count != int(accelerator.count):
+    if accelerator is None:
+        return
+    if accelerator.count != int(accelerator.count):
         raise ValueError(
             f"accelerator={accelerator.name}(count={accelerator.count:g}): an EC2 instance "
             f"carries whole GPUs; pass count={max(1, int(accelerator.count))} or more"
+        )
+    assert isinstance(spec.provider, AWS)
+    if accelerator.name in NEURON and spec.provider.ami is None:
+        raise ValueError(
+            f"accelerator={accelerator.name}(): its instances need an image with AWS's Neuron "
+            "driver, and sky.AWS() picks none for them; pass sky.AWS(ami=...) a Neuron Deep "
+            "Learning AMI of your region (aws ssm get-parameters-by-path --recursive --path "
+            "/aws/service/neuron lists them)"
         )

@@ -153,6 +153,12 @@ def test_the_catalog_lists_the_accelerators_types_at_their_prices(aws: FakeAWS) 
         assert all(o.accelerator is None for o in cpu.offers)
         assert {o.architecture for o in cpu.offers if o.name == "m7g.large"} == {"arm64"}
         assert "g5.xlarge" not in names
+        # AWS's own chips, from EC2's NeuronInfo (priced when the Price List has them).
+        aws.set_price("trn2.48xlarge", 44.7)
+        trainium = await catalog(provider(aws), accelerator=A.Trainium2())
+        assert [(o.name, o.accelerator) for o in trainium.offers] == [
+            ("trn2.48xlarge", A.Trainium2(count=16))
+        ]
         # The spec's region, priced there.
         ireland = await catalog(provider(aws), accelerator=A.A10G(), region="eu-west-1")
         g5 = next(o for o in ireland.offers if o.name == "g5.xlarge")

@@ -24,6 +24,7 @@ from skyward_trio._aws import (
     _price_filters,
     catalog,
     gpu_accelerator,
+    neuron_accelerator,
     user_data,
 )
 from skyward_trio._offers import Choice, Offer
@@ -243,3 +244,26 @@ def test_a_type_out_of_capacity_gives_way_only_to_types_the_image_runs_on() -> N
         sky.AWS(), job_id="0a0b0c0d", client_key=_transport.generate_key(), choice=choice
     )
     assert [o.name for o in cluster._offers] == ["g4dn.xlarge", "g4dn.2xlarge"]
+
+
+@pytest.mark.parametrize(
+    ("devices", "expected"),
+    [
+        ([{"Name": "Trainium2", "Count": 16}], A.Trainium2(count=16)),
+        ([{"Name": "Inferentia2", "Count": 1}], A.Inferentia2(count=1)),
+        ([{"Name": "Trainium", "Count": 16}], None),  # the first Trainium: no accelerator
+        ([], None),
+    ],
+)
+def test_aws_chips_become_accelerators(
+    devices: list[dict[str, Any]], expected: sky.accelerators.Accelerator | None
+) -> None:
+    assert neuron_accelerator({"NeuronDevices": devices}) == expected
+
+
+def test_aws_chips_need_an_image_named_before_renting() -> None:
+    spec = sky.Spec(provider=sky.AWS(), accelerator=A.Trainium2(count=16))
+    with pytest.raises(ValueError, match=r"pass sky\.AWS\(ami=\.\.\.\) a Neuron Deep Learning AMI"):
+        _checks.check_spec(spec)
+    neuron = sky.AWS(ami="ami-0123456789abcdef0")
+    _checks.check_spec(sky.Spec(provider=neuron, accelerator=A.Inferentia2()))
