@@ -308,26 +308,15 @@ class FakeRunPod:
     # -- serving ------------------------------------------------------------------------------
 
     def _serve(self, handler: FakeHandler) -> None:
-        url = urllib.parse.urlsplit(handler.path)
-        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
-        headers = {name.lower(): value for name, value in handler.headers.items()}
+        request, raw = _read(handler)
         with self._lock:
-            self.requests.append(Recorded(handler.command, url.path, query, headers, body))
+            self.requests.append(request)
             self._active += 1
         try:
-            answer = self._answer(handler.command, url.path, query, headers, raw, body)
-            try:
-                _send(handler, answer.status, answer.payload)
-            finally:  # a pod marked ended is ended, even if the asker hung up
-                if answer.then is not None:
-                    answer.then()
+            answer = self._answer(
+                request.method, request.path, request.query, request.headers, raw, request.body
+            )
+            _reply(handler, answer)  # a pod marked ended is ended, even if the asker hung up
         finally:
             with self._idle:
                 self._active -= 1
@@ -592,6 +581,32 @@ def _send(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None
     handler.end_headers()
     handler.wfile.write(data)
     handler.wfile.flush()
+
+
+def _read(handler: BaseHTTPRequestHandler) -> tuple[Recorded, bytes]:
+    """A request as the fakes record it, and its body's bytes: a body that is not JSON is
+    recorded as None, and the bytes tell it from no body at all."""
+    url = urllib.parse.urlsplit(handler.path)
+    query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+    raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+    body: Any = None
+    if raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+    headers = {name.lower(): value for name, value in handler.headers.items()}
+    return Recorded(handler.command, url.path, query, headers, body), raw
+
+
+def _reply(handler: BaseHTTPRequestHandler, answer: _Answer) -> None:
+    """Send ``answer``, then run its after-step even if the asker hung up: what it ends
+    (a machine that asked to end itself) must end."""
+    try:
+        _send(handler, answer.status, answer.payload)
+    finally:
+        if answer.then is not None:
+            answer.then()
 
 
 def _route(method: str, path: str) -> tuple[str, str] | None:
