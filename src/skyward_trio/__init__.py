@@ -92,6 +92,7 @@ from ._model import (
     RunPod,
     Spec,
     SSHHost,
+    VastAI,
     Volume,
     Worker,
 )
@@ -170,6 +171,7 @@ __all__ = [
     "TaskStarted",
     "TaskTimeoutError",
     "TeardownError",
+    "VastAI",
     "VersionMismatchError",
     "VersionMismatchWarning",
     "Volume",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -38,7 +38,7 @@ import trio
 from . import _transport, accelerators
 from ._model import AWS
 from ._offers import Catalog, Choice, Offer
-from ._providers import HostKeyError, Instance, ended_on_failure, remote_workdir
+from ._providers import HostKeyError, Instance, ended_on_failure, poll_delays, remote_workdir
 from .accelerators import Accelerator
 
 __all__ = [
@@ -108,8 +108,6 @@ _HINTS: Mapping[str, str] = {
 _EBS_MAX_GB = 16_384
 #: Instance types priced per Price List request (its ANY_OF filter takes a list).
 _PRICE_BATCH = 20
-#: The instance is polled this often (at first more often) until it runs and sshd answers.
-_POLL_EVERY = 2.0
 _SSH_PORT = 22
 
 
@@ -124,14 +122,6 @@ class AWSError(RuntimeError):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _delays() -> Iterator[float]:
-    """How long to wait between polls: from 0.2 s, doubling up to ``_POLL_EVERY``."""
-    delay = 0.2
-    while True:
-        yield delay
-        delay = min(delay * 2, _POLL_EVERY)
 
 
 def _boto3() -> Any:
@@ -721,7 +711,7 @@ class AWSCluster:
 
     async def _running(self, api: _API, instance_id: str) -> dict[str, Any]:
         """Poll until the instance runs (the caller's deadline)."""
-        delays = _delays()
+        delays = poll_delays()
         while True:
             # Just launched, EC2 may not list it yet (its API is eventually consistent).
             described = await self._describe(api, instance_id)
@@ -739,7 +729,7 @@ class AWSCluster:
 
     async def _sshd_answers(self, instance_id: str, host: str, expected: str) -> None:
         """Poll until sshd answers at ``host``; refuse a host key other than ``expected``."""
-        delays = _delays()
+        delays = poll_delays()
         while True:
             try:
                 presented = await _transport.fetch_host_key(host, _SSH_PORT, like=[expected])

@@ -23,11 +23,12 @@ from collections.abc import Iterable
 from ._aws import NEURON
 from ._bootstrap import requirement_name
 from ._container import check_container
-from ._model import AWS, SSH, Container, Local, RunPod, Spec
+from ._model import AWS, SSH, Container, Local, RunPod, Spec, VastAI
 from ._plugin import collective
 from ._providers import ssh_targets
 from ._source import check_source
 from ._version import PYTHON_VERSION
+from .accelerators import Accelerator
 
 __all__ = ["check_spec", "check_specs"]
 
@@ -58,6 +59,8 @@ def check_spec(spec: Spec) -> None:
         _runpod(spec)
     if isinstance(spec.provider, AWS):
         _aws(spec)
+    if isinstance(spec.provider, VastAI):
+        _vastai(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -105,7 +108,7 @@ def _image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container | AWS):
+    if isinstance(spec.provider, SSH | Container | AWS | VastAI):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(
@@ -132,6 +135,14 @@ def _image(spec: Spec) -> None:
 _APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?([=/][A-Za-z0-9+.:~_-]+)?")
 
 
+def _whole(accelerator: Accelerator, why: str) -> None:
+    if accelerator.count != int(accelerator.count):
+        raise ValueError(
+            f"accelerator={accelerator.name}(count={accelerator.count:g}): {why}; pass "
+            f"count={max(1, int(accelerator.count))} or more"
+        )
+
+
 def _runpod(spec: Spec) -> None:
     """RunPod rents GPU pods by whole GPUs."""
     accelerator = spec.accelerator
@@ -140,11 +151,7 @@ def _runpod(spec: Spec) -> None:
             "sky.RunPod() rents GPU pods and this spec asks for no accelerator; pass e.g. "
             "accelerator=sky.accelerators.RTX_4090() (CPU pods are not supported yet)"
         )
-    if accelerator.count != int(accelerator.count):
-        raise ValueError(
-            f"accelerator={accelerator.name}(count={accelerator.count:g}): RunPod rents whole "
-            f"GPUs; pass count={max(1, int(accelerator.count))} or more"
-        )
+    _whole(accelerator, "RunPod rents whole GPUs")
     if spec.disk_gb is not None:
         raise ValueError(
             f"disk_gb={spec.disk_gb:g}: sky.RunPod() sizes each pod's disk itself; drop "
@@ -158,11 +165,7 @@ def _aws(spec: Spec) -> None:
     accelerator = spec.accelerator
     if accelerator is None:
         return
-    if accelerator.count != int(accelerator.count):
-        raise ValueError(
-            f"accelerator={accelerator.name}(count={accelerator.count:g}): an EC2 instance "
-            f"carries whole GPUs; pass count={max(1, int(accelerator.count))} or more"
-        )
+    _whole(accelerator, "an EC2 instance carries whole GPUs")
     assert isinstance(spec.provider, AWS)
     if accelerator.name in NEURON and spec.provider.ami is None:
         raise ValueError(
@@ -171,3 +174,14 @@ def _aws(spec: Spec) -> None:
             "Learning AMI of your region (aws ssm get-parameters-by-path --recursive --path "
             "/aws/service/neuron lists them)"
         )
+
+
+def _vastai(spec: Spec) -> None:
+    """Vast rents GPU machines by whole GPUs."""
+    accelerator = spec.accelerator
+    if accelerator is None:
+        raise ValueError(
+            "sky.VastAI() rents GPU machines and this spec asks for no accelerator; pass e.g. "
+            "accelerator=sky.accelerators.RTX_4090()"
+        )
+    _whole(accelerator, "Vast.ai rents whole GPUs")

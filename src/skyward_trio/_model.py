@@ -66,6 +66,7 @@ __all__ = [
     "SelectionStrategy",
     "SkywardSource",
     "Spec",
+    "VastAI",
     "Volume",
     "Worker",
     "resolve_compute_args",
@@ -610,6 +611,26 @@ def _check_url(record: str, name: str, value: object, *, fix: str) -> None:
         raise ValueError(f"{record}({name}={value!r}): not an http(s) URL. {fix}")
 
 
+def _check_key(record: str, key: object, env: str) -> None:
+    if key is not None and (not isinstance(key, str) or not key):
+        # The value is not echoed: it is a credential.
+        raise ValueError(
+            f"{record}(api_key=...): the API key must be a non-empty string. Pass "
+            f"api_key=os.environ['{env}'], or leave it None to read {env}."
+        )
+
+
+def _resolved_key(record: str, key: str | None, env: str, where: str) -> str:
+    """The API key given, else the one in ``env``; neither is an error saying how to set one."""
+    found = key or os.environ.get(env, "")
+    if not found:
+        raise ValueError(
+            f"sky.{record}(): no API key: {env} is not set and api_key= was not given. "
+            f"Create a key at {where} and export {env}=..., or pass sky.{record}(api_key=...)."
+        )
+    return found
+
+
 @attrs.frozen(kw_only=True)
 class RunPod(ProviderConfig):
     """GPU pods rented from RunPod, through its public REST and GraphQL APIs.
@@ -640,13 +661,7 @@ class RunPod(ProviderConfig):
     graphql_url: str = "https://api.runpod.io/graphql"
 
     def __attrs_post_init__(self) -> None:
-        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
-            # The value is not echoed: it is a credential.
-            raise ValueError(
-                "RunPod(api_key=...): the API key must be a non-empty string. Pass "
-                f"api_key=os.environ['{RUNPOD_API_KEY_ENV}'], or leave it None to read "
-                f"{RUNPOD_API_KEY_ENV}."
-            )
+        _check_key("RunPod", self.api_key, RUNPOD_API_KEY_ENV)
         fix = (
             "Pass e.g. container_image=sky.containers.runpod_pytorch('2.8') or a reference "
             "such as 'runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04'."
@@ -675,14 +690,84 @@ class RunPod(ProviderConfig):
         Raises:
             ValueError: Neither is set, saying how to set one.
         """
-        key = self.api_key or os.environ.get(RUNPOD_API_KEY_ENV, "")
-        if not key:
+        return _resolved_key(
+            "RunPod",
+            self.api_key,
+            RUNPOD_API_KEY_ENV,
+            "https://www.runpod.io/console/user/settings",
+        )
+
+
+#: ``sky.VastAI``'s image: PyTorch's own (Vast's SSH launch mode adds sshd to any image;
+#: the bootstrap fetches the client's Python with uv when the image's differs).
+DEFAULT_VASTAI_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+
+#: Where ``sky.VastAI`` reads its API key when none is passed.
+VASTAI_API_KEY_ENV = "VAST_API_KEY"
+
+
+@attrs.frozen(kw_only=True)
+class VastAI(ProviderConfig):
+    """GPU machines rented on Vast.ai's marketplace, through its REST API.
+
+    Each node is one instance of ``docker_image`` on the cheapest machine offered with the
+    spec's GPUs (on demand, or as an interruptible instance at the machine's minimum bid
+    for spot); the client reaches it over SSH with the pool's own key, attached to the
+    instance. Instances are destroyed when the pool closes, and one whose client vanished
+    destroys itself once ``Spec.ttl`` runs out (with the key Vast gives each instance).
+
+    Attributes:
+        api_key: Your Vast.ai API key; None reads ``VAST_API_KEY``. It is sent only in the
+            ``Authorization`` header and never appears in reprs, logs or events.
+        docker_image: The image each instance runs: a reference or a ``sky.containers``
+            image (``{python_version}`` is replaced with this client's ``X.Y``).
+        disk_gb: Each instance's disk, in GB, when the spec sets no ``disk_gb``.
+        verified_only: Rent only machines Vast has verified.
+        min_reliability: The least reliability score (0 to 1) a machine may have.
+        api_url: The REST API's base URL.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    docker_image: str | DockerImage = DEFAULT_VASTAI_IMAGE
+    disk_gb: int = 50
+    verified_only: bool = True
+    min_reliability: float = 0.95
+    api_url: str = "https://console.vast.ai/api/v0"
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("VastAI", self.api_key, VASTAI_API_KEY_ENV)
+        fix = (
+            "Pass e.g. docker_image=sky.containers.pytorch('2.8', cuda='12.8') or a reference "
+            "such as 'pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime'."
+        )
+        _check_image("VastAI", "docker_image", self.docker_image, fix=fix)
+        _check_int("VastAI", "disk_gb", self.disk_gb, low=1, fix="Pass whole GB, e.g. disk_gb=50.")
+        _check_bool("VastAI", "verified_only", self.verified_only)
+        if not _is_number(self.min_reliability) or not 0 <= self.min_reliability <= 1:
             raise ValueError(
-                f"sky.RunPod(): no API key: {RUNPOD_API_KEY_ENV} is not set and api_key= was "
-                "not given. Create a key at https://www.runpod.io/console/user/settings and "
-                f"export {RUNPOD_API_KEY_ENV}=..., or pass sky.RunPod(api_key=...)."
+                f"VastAI(min_reliability={self.min_reliability!r}): a score from 0 to 1. "
+                "Pass e.g. min_reliability=0.95."
             )
-        return key
+        _check_url(
+            "VastAI",
+            "api_url",
+            self.api_url,
+            fix="Pass e.g. api_url='https://console.vast.ai/api/v0'.",
+        )
+
+    def image_reference(self, python_version: str) -> str:
+        """The image each instance runs, for a client on Python ``python_version``."""
+        return _for_python(self.docker_image, python_version)
+
+    def resolved_api_key(self) -> str:
+        """The API key: the one given, else ``VAST_API_KEY``.
+
+        Raises:
+            ValueError: Neither is set, saying how to set one.
+        """
+        return _resolved_key(
+            "VastAI", self.api_key, VASTAI_API_KEY_ENV, "https://cloud.vast.ai/manage-keys/"
+        )
 
 
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
@@ -782,6 +867,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "container": Container,
     "runpod": RunPod,
     "aws": AWS,
+    "vastai": VastAI,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

@@ -19,17 +19,20 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 import trio
 
 from . import _transport
-from ._model import AWS, DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig, RunPod
+from ._model import AWS, DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig, RunPod, VastAI
 from ._offers import Catalog, Choice, Offer
 from .accelerators import Accelerator
+
+if TYPE_CHECKING:
+    import httpx  # the cloud providers' client; this module never makes a request
 
 __all__ = [
     "ARMED_FAULTS",
@@ -41,9 +44,12 @@ __all__ = [
     "SSHCluster",
     "SSHTarget",
     "ended_on_failure",
+    "first_host_key",
     "offers",
     "open_cluster",
+    "poll_delays",
     "remote_workdir",
+    "response_json",
     "ssh_targets",
 ]
 
@@ -125,14 +131,18 @@ async def open_cluster(
         from ._runpod import RunPodCluster  # it builds on this module's Instance
 
         return RunPodCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, VastAI):
+        from ._vastai import VastAICluster  # it builds on this module's Instance
+
+        return VastAICluster(config, job_id=job_id, client_key=client_key, choice=choice)
     if isinstance(config, AWS):
         from ._aws import AWSCluster  # it builds on this module's Instance
 
         return AWSCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
-        "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod() or "
-        "sky.AWS() "
+        "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
+        "sky.AWS() or sky.VastAI() "
         "(see the README's 'not yet' list)"
     )
 
@@ -165,6 +175,10 @@ async def offers(
         from ._runpod import catalog
 
         return await catalog(config, gpus=accelerators)
+    if isinstance(config, VastAI):
+        from ._vastai import catalog as vastai_catalog
+
+        return await vastai_catalog(config, accelerator=accelerator, gpus=accelerators)
     if isinstance(config, AWS):
         from ._aws import catalog as aws_catalog
 
@@ -708,6 +722,38 @@ def _pin(host: str, port: int, key: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path, "a", encoding="utf-8") as file:
         file.write(f"{_known_hosts_name(host, port)} {key}\n")
+
+
+def response_json(response: httpx.Response) -> Any:
+    """A cloud API's answer as JSON, or None when it is not JSON (a proxy's error page)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def poll_delays(most: float = 2.0) -> Iterator[float]:
+    """How long to wait between polls of a cloud API or a booting machine: from 0.2 s,
+    doubling up to ``most``."""
+    delay = 0.2
+    while True:
+        yield delay
+        delay = min(delay * 2, most)
+
+
+async def first_host_key(host: str, port: int) -> str:
+    """The host key sshd presents at ``host:port`` once it answers (the caller's deadline):
+    for a machine whose provider publishes none, pinned for that machine only (trust on
+    first use, never a known_hosts entry a later machine on the address could reuse)."""
+    delays = poll_delays()
+    while True:
+        try:
+            key = await _transport.fetch_host_key(host, port, like=[])
+        except _transport.SSHError:
+            await trio.sleep(next(delays))  # the machine is still starting sshd
+            continue
+        assert key is not None  # like=[] accepts any key type
+        return key
 
 
 @contextlib.asynccontextmanager

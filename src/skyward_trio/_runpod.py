@@ -22,7 +22,7 @@ which never holds it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 import attrs
@@ -32,7 +32,14 @@ import trio
 from . import _transport, accelerators
 from ._model import RunPod
 from ._offers import Catalog, Choice, Offer
-from ._providers import Instance, ended_on_failure, remote_workdir
+from ._providers import (
+    Instance,
+    ended_on_failure,
+    first_host_key,
+    poll_delays,
+    remote_workdir,
+    response_json,
+)
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
@@ -66,36 +73,18 @@ _GPU_TYPES_QUERY = (
 
 #: How long one API request may take before it counts as failed.
 _REQUEST_TIMEOUT = 30.0
-#: The pod is polled this often (at first more often) until it has an address.
-_POLL_EVERY = 2.0
 #: The command a pod runs to delete itself when the worker's lease runs out.
 _SELF_DELETE = 'runpodctl remove pod "$RUNPOD_POD_ID"'
-
-
-def _delays() -> Iterator[float]:
-    """How long to wait between polls: from 0.2 s, doubling up to ``_POLL_EVERY``."""
-    delay = 0.2
-    while True:
-        yield delay
-        delay = min(delay * 2, _POLL_EVERY)
 
 
 class RunPodError(RuntimeError):
     """RunPod's API refused a request or could not be reached; the message quotes it."""
 
 
-def _json(response: httpx.Response) -> Any:
-    """The response's JSON, or None when it is not JSON (a proxy's error page, say)."""
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _describe_failure(response: httpx.Response) -> str:
     """RunPod's own words for a failed request (its JSON ``error``, else the body)."""
     text = response.text.strip()
-    body = _json(response)
+    body = response_json(response)
     if isinstance(body, dict):
         if isinstance(body.get("error"), str):
             text = body["error"]
@@ -151,7 +140,7 @@ class _API:
         response = await self._send(
             "POST", self.config.graphql_url, json={"query": _GPU_TYPES_QUERY}
         )
-        types = _gpu_types_in(_json(response)) if response.status_code == 200 else None
+        types = _gpu_types_in(response_json(response)) if response.status_code == 200 else None
         if types is None:
             raise RunPodError(
                 f"RunPod did not list its GPU types ({response.status_code}: "
@@ -302,12 +291,12 @@ class RunPodCluster:
                 f"{' or '.join(self._gpu_types)} ({response.status_code}: "
                 f"{_describe_failure(response)})"
             )
-        pod = _pod(_json(response))
+        pod = _pod(response_json(response))
         self._live.add(pod.id)
         async with ended_on_failure(lambda: self._delete(pod.id), RunPodError):
             self._check_price(pod)
             host, port = await self._address(pod)
-            host_key = await self._host_key(host, port)
+            host_key = await first_host_key(host, port)
             workdir = await remote_workdir(
                 host,
                 port,
@@ -352,11 +341,11 @@ class RunPodCluster:
                 f"RunPod did not say how pod {pod_id} is ({response.status_code}: "
                 f"{_describe_failure(response)})"
             )
-        return _pod(_json(response))
+        return _pod(response_json(response))
 
     async def _address(self, pod: _Pod) -> tuple[str, int]:
         """Poll until the pod has a public IP and port 22 mapped (the caller's deadline)."""
-        delays = _delays()
+        delays = poll_delays()
         while True:
             if pod.status in ("EXITED", "TERMINATED"):
                 raise RunPodError(f"pod {pod.id} stopped before it came up ({pod.status})")
@@ -367,18 +356,6 @@ class RunPodCluster:
             if now is None:
                 raise RunPodError(f"pod {pod.id} was deleted before it came up")
             pod = now
-
-    async def _host_key(self, host: str, port: int) -> str:
-        """The key sshd presents once it answers: pinned for this pod (first use)."""
-        delays = _delays()
-        while True:
-            try:
-                key = await _transport.fetch_host_key(host, port, like=[])
-            except _transport.SSHError:
-                await trio.sleep(next(delays))  # the container is still starting sshd
-                continue
-            assert key is not None  # like=[] accepts any key type
-            return key
 
     async def alive(self, instance: Instance) -> bool:
         """Whether RunPod still runs the pod (False once it is interrupted or deleted)."""
@@ -439,7 +416,7 @@ class RunPodCluster:
             listed = await self._api.request("GET", "/pods")
         except RunPodError as exc:
             return f"the job's pods could not be listed: {exc}"
-        pods = _json(listed) if listed.status_code == 200 else None
+        pods = response_json(listed) if listed.status_code == 200 else None
         if not isinstance(pods, list):
             return f"the job's pods could not be listed ({listed.status_code}: " + (
                 f"{_describe_failure(listed)})"

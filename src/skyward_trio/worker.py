@@ -64,7 +64,13 @@ async def _run_expiry(command: str) -> None:
     try:
         with trio.move_on_after(120):
             done = await trio.run_process(
-                ["/bin/sh", "-c", command], capture_stdout=True, capture_stderr=True, check=False
+                ["/bin/sh", "-c", command],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                # The worker's own interpreter, for a command that needs one (the image's
+                # may lack curl, or even python3 on PATH).
+                env={**os.environ, "SKYWARD_PYTHON": sys.executable},
             )
             said = (done.stderr or done.stdout).decode(errors="replace").strip()
             if done.returncode != 0:

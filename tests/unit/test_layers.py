@@ -55,6 +55,7 @@ LAYERS = {
     "_container": 4,
     "_runpod": 4,
     "_aws": 4,
+    "_vastai": 4,
     "_source": 4,
     "_localnode": 4,
     "_connection": 4,
