@@ -208,6 +208,10 @@ def _judge(offer: Offer, spec: Spec) -> tuple[float, bool] | str:
     return priced
 
 
+#: The most reasons one spec's refusal lists.
+_MOST_REASONS = 5
+
+
 def choose(
     index: int, spec: Spec, offers: Sequence[Offer], total: int = 1, *, every: bool = False
 ) -> Choice | str:
@@ -229,8 +233,14 @@ def choose(
         return Choice(index=index, spec=spec, offer=offer, spot=spot, hourly_price=price, also=also)
     if not offers:
         why.append(f"{spec.provider!r} has no offers")
-    # One reason per distinct constraint: a catalog of similar machines fails alike.
-    return f"{describe(index, spec, total)}: {'; '.join(dict.fromkeys(why))}"
+    # One reason per distinct constraint: a catalog of similar machines fails alike. A
+    # marketplace lists hundreds of machines, each failing in words of its own: the
+    # first few (the cheapest, as listed) say enough.
+    reasons = list(dict.fromkeys(why))
+    if len(reasons) > _MOST_REASONS:
+        more = len(reasons) - _MOST_REASONS
+        reasons = [*reasons[:_MOST_REASONS], f"and {more} more offer(s) like these"]
+    return f"{describe(index, spec, total)}: {'; '.join(reasons)}"
 
 
 def plan(

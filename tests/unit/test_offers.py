@@ -139,6 +139,15 @@ def test_the_reasons_of_several_offers_are_listed_once_each() -> None:
     )
 
 
+def test_a_marketplace_of_machines_each_failing_alike_lists_the_first_few() -> None:
+    offers = [offer(f"machine {n}", on_demand_price=2.0 + n) for n in range(200)]
+    why = choose(0, spec(max_hourly_cost=1, allocation="on-demand"), offers)
+    assert isinstance(why, str)
+    assert why.count("max_hourly_cost=1:") == 5
+    assert why.startswith("the spec (sky.Local()): max_hourly_cost=1: machine 0 costs $2/h")
+    assert why.endswith("; and 195 more offer(s) like these")
+
+
 def test_cheapest_ranks_specs_by_what_their_initial_nodes_cost_per_hour() -> None:
     specs = [spec(nodes=4), spec(nodes=1), spec(nodes=2)]
     offers = [[offer(spot_price=1.0)], [offer(spot_price=3.5)], [offer(spot_price=1.0)]]
