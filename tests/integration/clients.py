@@ -1,5 +1,6 @@
 """What the providers' tests do alike: a client process that dies outright (for what the
-lease cleans up), and a call sent across a preemption."""
+lease cleans up), a pool cancelled while its machines start, and a call sent across a
+preemption."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+import trio
+from waiting import wait_until
+
 import skyward as sky
+import skyward_trio
 
 
 @contextlib.contextmanager
@@ -48,3 +54,44 @@ def across_a_preemption(
             break
     events.close()
     return first, second, kinds
+
+
+def lease_client(provider: str, accelerator: str) -> str:
+    """A client script that opens a one-node pool on ``provider`` (Python source, the
+    script's ``sys.argv`` at hand) with ``ttl=0`` and a short reconnect window, prints its
+    job id and sleeps: for ``killed_client``."""
+    return f"""
+import sys, time
+import skyward as sky
+provider = {provider}
+options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
+with sky.Compute(provider=provider, accelerator={accelerator}, ttl=0,
+                 options=options) as pool:
+    print(pool.job_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def cancel_once(
+    started: Callable[[], bool], what: str, provider: sky.ProviderConfig, **spec: Any
+) -> None:
+    """Open a pool of ``spec`` on ``provider`` (in trio) and cancel it once ``started()``
+    holds (its machines asked for, not up): what is left is the test's to check."""
+
+    def wait() -> None:
+        wait_until(started, what, timeout=60, every=0.05)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_started() -> None:
+                await trio.to_thread.run_sync(wait)
+                await trio.sleep(0.5)  # the answers to what was asked come back
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(cancel_once_started)
+            options = sky.Options(console="silent")
+            async with skyward_trio.Compute(provider=provider, options=options, **spec):
+                pytest.fail("the pool came up with machines that never did")
+
+    trio.run(main)

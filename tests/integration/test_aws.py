@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import trio
-from clients import across_a_preemption, killed_client
+from clients import across_a_preemption, cancel_once, killed_client, lease_client
 from fake_aws import FAKE_CREDENTIALS, FakeAWS
 from waiting import wait_until
 
 import skyward as sky
-import skyward_trio
 from skyward_trio import _transport
 from skyward_trio._aws import DEFAULT_AMI_PARAMETERS, AWSCluster, catalog
 from skyward_trio._model import Spec
@@ -245,25 +244,14 @@ def test_a_pool_cancelled_while_instances_start_leaves_none(aws: FakeAWS) -> Non
     aws.start_delay = 3600.0  # the machines never answer
     since = len(aws.requests)
 
-    def two_launched() -> None:
-        wait_until(lambda: len(_runs(aws, since)) == 2, "two launches", timeout=60, every=0.05)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-
-            async def cancel_once_launched() -> None:
-                await trio.to_thread.run_sync(two_launched)
-                await trio.sleep(0.5)  # their answers come back
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(cancel_once_launched)
-            async with skyward_trio.Compute(
-                provider=provider(aws), accelerator=A.T4(), nodes=2, options=QUIET
-            ):
-                pytest.fail("the pool came up with machines that never answered")
-
     try:
-        trio.run(main)
+        cancel_once(
+            lambda: len(_runs(aws, since)) == 2,
+            "two launches",
+            provider(aws),
+            accelerator=A.T4(),
+            nodes=2,
+        )
     finally:
         aws.start_delay = 0.0
     assert not aws.live()
@@ -328,17 +316,10 @@ def test_an_interrupted_spot_instance_is_replaced_and_its_calls_sent_again(aws: 
     assert not aws.live()
 
 
-_CLIENT = """
-import sys, time
-import skyward as sky
-provider = sky.AWS(region=sys.argv[1], endpoint_url=sys.argv[2], subnet_id=sys.argv[3],
-                   username="root")
-options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
-with sky.Compute(provider=provider, accelerator=sky.accelerators.T4(), ttl=0,
-                 options=options) as pool:
-    print(pool.job_id, flush=True)
-    time.sleep(600)
-"""
+_CLIENT = lease_client(
+    'sky.AWS(region=sys.argv[1], endpoint_url=sys.argv[2], subnet_id=sys.argv[3], username="root")',
+    "sky.accelerators.T4()",
+)
 
 
 def test_the_instances_of_a_client_that_died_terminate_themselves(aws: FakeAWS) -> None:

@@ -16,13 +16,12 @@ import httpx
 import pytest
 import sshd
 import trio
-from clients import across_a_preemption, killed_client
+from clients import across_a_preemption, cancel_once, killed_client, lease_client
 from fake_runpod import NO_INSTANCES, FakePod, FakeRunPod
 from needs import unavailable
 from waiting import wait_until
 
 import skyward as sky
-import skyward_trio
 from skyward_trio._model import Spec
 from skyward_trio._offers import Choice
 from skyward_trio._runpod import RunPodCluster, catalog
@@ -195,26 +194,14 @@ def test_a_pool_cancelled_while_pods_start_leaves_none(runpod: FakeRunPod) -> No
     runpod.start_delay = 3600.0  # the pods never get an address
     created = set(runpod.pods)
 
-    def two_created() -> None:
-        wait_until(
-            lambda: len(set(runpod.pods) - created) == 2, "two pods created", timeout=60, every=0.05
-        )
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-
-            async def cancel_once_created() -> None:
-                await trio.to_thread.run_sync(two_created)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(cancel_once_created)
-            async with skyward_trio.Compute(
-                provider=provider(runpod), accelerator=sky.accelerators.L4(), nodes=2, options=QUIET
-            ):
-                pytest.fail("the pool came up with pods that have no address")
-
     try:
-        trio.run(main)
+        cancel_once(
+            lambda: len(set(runpod.pods) - created) == 2,
+            "two pods created",
+            provider(runpod),
+            accelerator=sky.accelerators.L4(),
+            nodes=2,
+        )
     finally:
         runpod.start_delay = 0.0
     assert len(set(runpod.pods) - created) == 2
@@ -325,16 +312,10 @@ def test_an_interrupted_spot_pod_is_replaced_and_its_calls_sent_again(
     assert not runpod.live()
 
 
-_CLIENT = """
-import sys, time
-import skyward as sky
-provider = sky.RunPod(api_key=sys.argv[1], api_url=sys.argv[2], graphql_url=sys.argv[3])
-options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
-with sky.Compute(provider=provider, accelerator=sky.accelerators.L4(), ttl=0,
-                 options=options) as pool:
-    print(pool.job_id, flush=True)
-    time.sleep(600)
-"""
+_CLIENT = lease_client(
+    "sky.RunPod(api_key=sys.argv[1], api_url=sys.argv[2], graphql_url=sys.argv[3])",
+    "sky.accelerators.L4()",
+)
 
 
 def test_the_pods_of_a_client_that_died_delete_themselves(runpod: FakeRunPod) -> None:

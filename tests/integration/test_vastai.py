@@ -15,12 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from clients import across_a_preemption, killed_client
+from clients import across_a_preemption, cancel_once, killed_client, lease_client
 from fake_vastai import FakeVastAI, need_fake_vastai
 from waiting import wait_until
 
 import skyward as sky
-import skyward_trio
 from skyward_trio._model import Spec
 from skyward_trio._offers import Choice
 from skyward_trio._transport import asyncio_loop, generate_key
@@ -164,30 +163,14 @@ def test_a_pool_cancelled_while_instances_start_leaves_none(vast: FakeVastAI) ->
     vast.start_delay = 3600.0  # the instances never run
     since = len(vast.requests)
 
-    def two_created() -> None:
-        wait_until(
+    try:
+        cancel_once(
             lambda: len(_requests(vast, since, "PUT", "/api/v0/asks/")) == 2,
             "two instances created",
-            timeout=60,
-            every=0.05,
+            provider(vast),
+            accelerator=A.RTX_4090(),
+            nodes=2,
         )
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-
-            async def cancel_once_created() -> None:
-                await trio.to_thread.run_sync(two_created)
-                await trio.sleep(0.5)  # their answers come back
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(cancel_once_created)
-            async with skyward_trio.Compute(
-                provider=provider(vast), accelerator=A.RTX_4090(), nodes=2, options=QUIET
-            ):
-                pytest.fail("the pool came up with instances that never ran")
-
-    try:
-        trio.run(main)
     finally:
         vast.start_delay = 0.0
     assert not _live(vast)
@@ -231,16 +214,9 @@ def test_an_outbid_instance_is_replaced_and_its_calls_sent_again(vast: FakeVastA
     assert not _live(vast)
 
 
-_CLIENT = """
-import sys, time
-import skyward as sky
-provider = sky.VastAI(api_key=sys.argv[1], api_url=sys.argv[2])
-options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
-with sky.Compute(provider=provider, accelerator=sky.accelerators.RTX_4090(), ttl=0,
-                 options=options) as pool:
-    print(pool.job_id, flush=True)
-    time.sleep(600)
-"""
+_CLIENT = lease_client(
+    "sky.VastAI(api_key=sys.argv[1], api_url=sys.argv[2])", "sky.accelerators.RTX_4090()"
+)
 
 
 def test_the_instances_of_a_client_that_died_destroy_themselves(vast: FakeVastAI) -> None:
