@@ -1,6 +1,6 @@
 """What the providers' tests do alike: a client process that dies outright (for what the
-lease cleans up), a pool cancelled while its machines start, and a call sent across a
-preemption."""
+lease cleans up), a pool cancelled while its machines start, a call sent across a
+preemption, and an asyncio coroutine (an asyncssh session) run from a test."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio_asyncio
 from waiting import wait_until
 
 import skyward as sky
@@ -95,3 +96,27 @@ def cancel_once(
                 pytest.fail("the pool came up with machines that never did")
 
     trio.run(main)
+
+
+T = TypeVar("T")
+
+
+def asyncio_run(make: Callable[[], Awaitable[T]]) -> T:
+    """``asyncio.run(make())`` for a test process that also runs trio-asyncio: on Python
+    3.12 its event loop policy leaves a plain ``asyncio.run`` with no loop to create tasks
+    on (asyncssh's key exchange fails), so the coroutine runs in a trio-asyncio loop."""
+
+    async def main() -> T:
+        async with trio_asyncio.open_loop():
+            result: T = await trio_asyncio.aio_as_trio(make)()
+            return result
+
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:  # trio-asyncio's nurseries wrap the coroutine's error
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if isinstance(error, BaseExceptionGroup):
+            raise
+        raise error from None

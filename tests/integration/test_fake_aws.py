@@ -9,7 +9,6 @@ asyncssh, as root (the tests run as root in CI).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
@@ -23,6 +22,7 @@ import procs
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from clients import asyncio_run
 from fake_aws import PUBLIC_AMI_PARAMETERS, FakeAWS
 from sshd import Machine
 from waiting import wait_until
@@ -133,7 +133,7 @@ def _ssh(
         ) as connection:
             return await connection.run(command, check=False, timeout=60)
 
-    return asyncio.run(run())
+    return asyncio_run(run)
 
 
 def _daemon(machine: Machine, keys: tuple[asyncssh.SSHKey, asyncssh.SSHKey]) -> int:

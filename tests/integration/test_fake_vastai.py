@@ -8,7 +8,6 @@ root in CI).
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 import httpx
 import pytest
+from clients import asyncio_run
 from fake_vastai import DEFAULT_MARKET, NO_SUCH_ASK, FakeVastAI, need_fake_vastai
 from waiting import wait_until
 
@@ -123,7 +123,7 @@ def _login(
         ) as connection:
             return await connection.run(command, check=False, timeout=60)
 
-    return asyncio.run(session())
+    return asyncio_run(session)
 
 
 def _detached(shown: dict[str, Any], key: asyncssh.SSHKey) -> int:
