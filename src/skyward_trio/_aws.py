@@ -506,7 +506,7 @@ class AWSCluster:
             vpc_id = subnets["Subnets"][0]["VpcId"]
         else:
             vpcs = await api.call(
-                api.ec2, "describe_vpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}]
+                api.ec2, "describe_vpcs", Filters=[{"Name": "is-default", "Values": ["true"]}]
             )
             if not vpcs.get("Vpcs"):
                 raise AWSError(

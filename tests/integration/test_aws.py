@@ -125,7 +125,10 @@ def test_a_pool_of_two_instances_runs_and_every_instance_is_terminated(
     assert asked == [DEFAULT_AMI_PARAMETERS[True, "x86_64"]]
     # Its group: SSH in, and anything between members.
     (group,) = aws.ec2().describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": ["skyward"]}]
+        Filters=[
+            {"Name": "group-name", "Values": ["skyward"]},
+            {"Name": "vpc-id", "Values": [aws.vpc_id]},
+        ]
     )["SecurityGroups"]
     rules = group["IpPermissions"]
     assert any(r.get("FromPort") == 22 and r["IpRanges"][0]["CidrIp"] == "0.0.0.0/0" for r in rules)
@@ -354,3 +357,29 @@ def test_a_machine_presenting_another_host_key_is_refused(aws: FakeAWS) -> None:
         trio.run(main)
     finally:
         aws.ec2().terminate_instances(InstanceIds=[instance_id])
+
+
+def test_with_no_subnet_the_default_vpc_gets_the_group(aws: FakeAWS) -> None:
+    """No launch here: the default VPC's instances would have addresses that are not
+    loopback, which the tests never contact."""
+    (default,) = aws.ec2().describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])[
+        "Vpcs"
+    ]
+
+    async def main() -> None:
+        config = sky.AWS(region=aws.region, endpoint_url=aws.endpoint_url, ami=aws.ami_id)
+        spec = Spec(provider=config, accelerator=A.T4())
+        offer = next(
+            o for o in (await catalog(config, accelerator=A.T4())).offers if o.name == "g4dn.xlarge"
+        )
+        choice = Choice(index=0, spec=spec, offer=offer, spot=False, hourly_price=0.526)
+        cluster = AWSCluster(config, job_id="d0d0d0d0", client_key=generate_key(), choice=choice)
+        _, network = await cluster._prepared()
+        assert network.subnet_id is None  # EC2 picks one of the default VPC's
+        (group,) = aws.ec2().describe_security_groups(GroupIds=[network.security_group_id])[
+            "SecurityGroups"
+        ]
+        assert (group["GroupName"], group["VpcId"]) == ("skyward", default["VpcId"])
+        await cluster.aclose()
+
+    trio.run(main)
