@@ -54,6 +54,8 @@ from skyward_trio import (
     NoActivePoolError,
     Nodes,
     NoOfferError,
+    Offer,
+    Offers,
     Options,
     PeerInfo,
     PendingFunction,
@@ -101,6 +103,7 @@ from skyward_trio import (
 )
 
 from . import plugins, storage
+from ._offers import offers
 
 if TYPE_CHECKING:
     from skyward_trio import ChildDied, config
@@ -144,6 +147,8 @@ __all__ = [
     "NoActivePoolError",
     "NoOfferError",
     "Nodes",
+    "Offer",
+    "Offers",
     "Options",
     "PeerInfo",
     "PendingFunction",
@@ -182,6 +187,7 @@ __all__ = [
     "is_head",
     "lock",
     "metrics",
+    "offers",
     "plugins",
     "queue",
     "redirect_output",

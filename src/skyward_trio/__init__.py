@@ -21,7 +21,8 @@ enforces it):
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
-   ``_vastai`` (``sky.VastAI``), ``_source`` (where remote nodes get Skyward),
+   ``_vastai`` (``sky.VastAI``), ``_market`` (``offers()``: the providers' listings,
+   cached), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)
 5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_checks`` (what
@@ -97,6 +98,7 @@ from ._model import (
     Volume,
     Worker,
 )
+from ._offers import Offer, Offers
 from ._output import CallbackWriter, redirect_output, silent, stderr, stdout
 from ._runtime import instance_info, is_head
 from ._shard import shard
@@ -108,6 +110,7 @@ if TYPE_CHECKING:
     from . import config
     from ._compute import Compute
     from ._eventbus import EventStream
+    from ._market import offers
     from ._pool import CancelledCallError, Future, ItemStream, Pool, ResultStream
     from ._procpool import ChildDied
 
@@ -152,6 +155,8 @@ __all__ = [
     "NoActivePoolError",
     "NoOfferError",
     "Nodes",
+    "Offer",
+    "Offers",
     "Options",
     "PeerInfo",
     "PendingFunction",
@@ -191,6 +196,7 @@ __all__ = [
     "is_head",
     "lock",
     "metrics",
+    "offers",
     "plugins",
     "queue",
     "redirect_output",
@@ -212,6 +218,7 @@ _LAZY = {
     "ResultStream": "_pool",
     "Compute": "_compute",
     "EventStream": "_eventbus",
+    "offers": "_market",
 }
 
 

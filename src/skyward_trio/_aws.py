@@ -301,9 +301,12 @@ def _instance_type(entry: Mapping[str, Any]) -> _Type | None:
     )
 
 
-async def _types(api: _API, wanted: Accelerator | None) -> list[_Type]:
-    """The instance types a spec asking for ``wanted`` may get."""
-    if wanted is None:
+async def _types(api: _API, wanted: Accelerator | None, *, everything: bool = False) -> list[_Type]:
+    """The instance types a spec asking for ``wanted`` may get; with ``everything``, every
+    type Skyward knows (GPU, Neuron and CPU) when ``wanted`` is None."""
+    if wanted is None and everything:
+        patterns = ["p*", "g*", "trn*", "inf*", *(f"{f}.*" for f in CPU_FAMILIES)]
+    elif wanted is None:
         patterns = [f"{f}.*" for f in CPU_FAMILIES]
     elif wanted.name in NEURON:
         patterns = ["trn*", "inf*"]
@@ -316,6 +319,11 @@ async def _types(api: _API, wanted: Accelerator | None) -> list[_Type]:
         Filters=[{"Name": "instance-type", "Values": patterns}],
     )
     types = [t for t in map(_instance_type, listed) if t is not None]
+    if wanted is None and everything:
+        # A GPU family name also matches the odd CPU type (g-something): those whose
+        # family is not a CPU family carry an accelerator or are left out.
+        cpu = tuple(f"{f}." for f in CPU_FAMILIES)
+        return [t for t in types if t.accelerator is not None or t.name.startswith(cpu)]
     if wanted is None:
         return [t for t in types if t.accelerator is None]
     return [t for t in types if t.accelerator is not None and t.accelerator.name == wanted.name]
@@ -390,10 +398,15 @@ async def _spot(api: _API, names: Sequence[str]) -> dict[str, float]:
 
 
 async def catalog(
-    config: AWS, *, accelerator: Accelerator | None, region: str | None = None
+    config: AWS,
+    *,
+    accelerator: Accelerator | None,
+    region: str | None = None,
+    everything: bool = False,
 ) -> Catalog:
     """The instance types a spec asking for ``accelerator`` may get in ``region`` (the
-    spec's; None: the provider's), priced per node.
+    spec's; None: the provider's), priced per node; with ``everything`` and no
+    accelerator, every type Skyward knows.
 
     Raises:
         ValueError: No credentials, or an unknown profile (a setting to fix, not a spec
@@ -403,7 +416,7 @@ async def catalog(
     region = region or config.region
     api = await _API.open(config, region)
     try:
-        types = await _types(api, accelerator)
+        types = await _types(api, accelerator, everything=everything)
         names = [t.name for t in types]
         on_demand = await _on_demand(api, region, names) if names else {}
         priced = [t for t in types if t.name in on_demand]

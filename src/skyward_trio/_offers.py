@@ -11,15 +11,26 @@ Layer 1: pure decisions, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Literal, TypeAlias, overload
 
 import attrs
 
 from ._errors import NoOfferError
-from ._model import SelectionStrategy, Spec
+from ._model import PROVIDER_TYPES, Architecture, SelectionStrategy, Spec
 from .accelerators import Accelerator
 
-__all__ = ["Catalog", "Choice", "Offer", "asks_hardware", "choose", "describe", "plan"]
+__all__ = [
+    "Catalog",
+    "Choice",
+    "Offer",
+    "Offers",
+    "Pricing",
+    "asks_hardware",
+    "choose",
+    "describe",
+    "plan",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -126,10 +137,10 @@ def asks_hardware(spec: Spec) -> bool:
     return spec.architecture is not None or any(value is not None for value in minimums)
 
 
-def _unmet_accelerator(offer: Offer, spec: Spec) -> str | None:
-    """Why ``offer`` does not carry the spec's accelerator, in words shared by every such
-    offer (a catalog of many GPU types then gives one reason, not one per type)."""
-    wanted, has = spec.accelerator, offer.accelerator
+def _unmet_accelerator(offer: Offer, wanted: Accelerator | None) -> str | None:
+    """Why ``offer`` does not carry the ``wanted`` accelerator, in words shared by every
+    such offer (a catalog of many GPU types then gives one reason, not one per type)."""
+    has = offer.accelerator
     if wanted is None or has is None:
         return None
     if has.name != wanted.name:
@@ -145,7 +156,7 @@ def _unmet_accelerator(offer: Offer, spec: Spec) -> str | None:
 
 def _unmet(offer: Offer, spec: Spec) -> str | None:
     """The first hardware or place constraint of ``spec`` that ``offer`` does not meet."""
-    unmet = _unmet_accelerator(offer, spec)
+    unmet = _unmet_accelerator(offer, spec.accelerator)
     if unmet is not None:
         return unmet
     for field, what, unit in _MINIMUMS:
@@ -274,3 +285,158 @@ def plan(
     if selection == "cheapest":
         choices.sort(key=lambda c: c.pool_price)
     return choices, skipped
+
+
+#: How ``Offers`` prices an offer: the cheaper of its spot and on-demand prices, or one.
+Pricing: TypeAlias = Literal["cheapest", "spot", "on-demand"]
+
+
+def _provider_label(kind: str) -> str:
+    """``"aws"`` as offers name their provider: ``"sky.AWS()"``."""
+    cls = PROVIDER_TYPES.get(kind.lower()) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(
+            f"provider({kind!r}): not a provider type; the types are "
+            f"{', '.join(map(repr, PROVIDER_TYPES))}"
+        )
+    return f"sky.{cls.__name__}()"
+
+
+def _number(method: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{method}({value!r}): pass a number >= 0")
+    return float(value)
+
+
+@attrs.frozen(kw_only=True)
+class Offers(Sequence[Offer]):
+    """What providers offer, as listed by ``offers()``, and a query over it.
+
+    Each method returns a new ``Offers`` narrowed down, so they chain::
+
+        h100 = await skyward_trio.offers([sky.AWS(), sky.RunPod()],
+                                         accelerator=sky.accelerators.H100(count=8))
+        for offer in h100.spot().max_price(30).cheapest(3):
+            print(offer.provider, offer.name, h100.price(offer))
+
+    Prices are USD per node-hour; a node has what an offer lists.
+
+    Attributes:
+        offers: The offers, in the order listed (``cheapest`` sorts them).
+        errors: ``(provider, why)`` for each provider whose offers could not be listed:
+            they are missing from ``offers``, not empty.
+        fetched_at: When the oldest of these listings was fetched (``time.time()``);
+            listings are cached for ``max_age`` seconds.
+        pricing: ``"cheapest"`` (an offer's cheaper price, spot or on demand), ``"spot"``
+            or ``"on-demand"``: set by :meth:`spot` and :meth:`on_demand`, used by
+            :meth:`price`, :meth:`max_price` and :meth:`cheapest`.
+    """
+
+    offers: tuple[Offer, ...] = ()
+    errors: tuple[tuple[str, str], ...] = ()
+    fetched_at: float | None = None
+    pricing: Pricing = "cheapest"
+
+    def __len__(self) -> int:
+        return len(self.offers)
+
+    @overload
+    def __getitem__(self, index: int) -> Offer: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Offers: ...
+
+    def __getitem__(self, index: int | slice) -> Offer | Offers:
+        if isinstance(index, slice):
+            return self._keep(self.offers[index])
+        return self.offers[index]
+
+    def __iter__(self) -> Iterator[Offer]:
+        return iter(self.offers)
+
+    def __repr__(self) -> str:
+        providers = ", ".join(dict.fromkeys(o.provider for o in self.offers)) or "no provider"
+        failed = f"; {len(self.errors)} provider(s) failed" if self.errors else ""
+        return f"<Offers: {len(self.offers)} from {providers}, priced {self.pricing}{failed}>"
+
+    def _keep(self, offers: Iterable[Offer], pricing: Pricing | None = None) -> Offers:
+        return attrs.evolve(self, offers=tuple(offers), pricing=pricing or self.pricing)
+
+    def price(self, offer: Offer) -> float | None:
+        """USD per node-hour of ``offer`` as this query prices it; None if it has none."""
+        if self.pricing == "spot":
+            return offer.spot_price
+        if self.pricing == "on-demand":
+            return offer.on_demand_price
+        prices = [p for p in (offer.spot_price, offer.on_demand_price) if p is not None]
+        return min(prices) if prices else None
+
+    def where(self, keep: Callable[[Offer], bool]) -> Offers:
+        """The offers for which ``keep(offer)`` is true."""
+        if not callable(keep):
+            raise TypeError(f"where({keep!r}): pass a function of an Offer, such as lambda o: ...")
+        return self._keep(o for o in self.offers if keep(o))
+
+    def accelerator(self, wanted: Accelerator) -> Offers:
+        """The offers whose nodes carry ``wanted``: its model, and its memory, form factor
+        and count where it sets them (``sky.accelerators.H100(count=8)``)."""
+        if not isinstance(wanted, Accelerator):
+            raise TypeError(
+                f"accelerator({wanted!r}): pass an accelerator record, such as "
+                "sky.accelerators.H100() (strings are taken by the `sky offers` command)"
+            )
+        return self.where(lambda o: o.accelerator is not None and not _unmet_accelerator(o, wanted))
+
+    def provider(self, *kinds: str) -> Offers:
+        """The offers of these providers, named by type as in skyward.toml (``"aws"``)."""
+        if not kinds:
+            raise ValueError('provider(): name at least one provider type, such as "aws"')
+        labels = {_provider_label(kind) for kind in kinds}
+        return self.where(lambda o: o.provider in labels)
+
+    def spot(self) -> Offers:
+        """The offers with spot capacity, priced on the spot market."""
+        return self._keep((o for o in self.offers if o.spot_price is not None), "spot")
+
+    def on_demand(self) -> Offers:
+        """The offers with on-demand capacity, priced on demand."""
+        return self._keep((o for o in self.offers if o.on_demand_price is not None), "on-demand")
+
+    def max_price(self, usd: float) -> Offers:
+        """The offers that cost at most ``usd`` per node-hour (as :meth:`price` says)."""
+        most = _number("max_price", usd)
+        return self.where(lambda o: (p := self.price(o)) is not None and p <= most)
+
+    def region(self, name: str) -> Offers:
+        """The offers available in region ``name``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f'region({name!r}): pass a region name, such as "us-east-1"')
+        return self.where(lambda o: name in o.regions)
+
+    def architecture(self, name: Architecture) -> Offers:
+        """The offers whose nodes are ``"x86_64"`` or ``"arm64"``."""
+        if name not in ("x86_64", "arm64"):
+            raise ValueError(f'architecture({name!r}): pass "x86_64" or "arm64"')
+        return self.where(lambda o: o.architecture == name)
+
+    def min_vcpus(self, n: float) -> Offers:
+        """The offers whose nodes have at least ``n`` vCPUs (known before they are up)."""
+        least = _number("min_vcpus", n)
+        return self.where(lambda o: o.vcpus is not None and o.vcpus >= least)
+
+    def min_memory(self, gb: float) -> Offers:
+        """The offers whose nodes have at least ``gb`` GB of RAM."""
+        least = _number("min_memory", gb)
+        return self.where(lambda o: o.memory_gb is not None and o.memory_gb >= least)
+
+    def cheapest(self, n: int | None = None) -> Offers:
+        """The offers cheapest first (ties keep their order; unpriced ones last), the
+        first ``n`` of them when given."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"cheapest({n!r}): pass a whole number >= 1, or nothing for all")
+
+        def key(offer: Offer) -> tuple[bool, float]:
+            price = self.price(offer)
+            return (price is None, price or 0.0)
+
+        return self._keep(sorted(self.offers, key=key)[:n])

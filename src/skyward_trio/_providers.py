@@ -155,12 +155,15 @@ async def offers(
     accelerators: float = 1,
     accelerator: Accelerator | None = None,
     region: str | None = None,
+    everything: bool = False,
 ) -> Catalog:
     """What the provider ``config`` names can start, per node, and at what price.
 
     A cloud provider lists its machine types, priced for nodes of ``accelerators`` GPUs
     (AWS: the instance types that carry ``accelerator``, or CPU types when it is None, in
-    the spec's ``region`` when it names one).
+    the spec's ``region`` when it names one). With ``everything`` and no ``accelerator``,
+    a provider whose listing depends on the accelerator lists all it has (``sky offers``);
+    a spec with no accelerator gets CPU machines, or none on a GPU-only provider.
 
     ``Local`` nodes and ``Container`` nodes share this machine, so their one offer is this
     machine as it is now (free disk, not total). ``SSH`` hosts are the user's and cost
@@ -178,11 +181,15 @@ async def offers(
     if isinstance(config, VastAI):
         from ._vastai import catalog as vastai_catalog
 
-        return await vastai_catalog(config, accelerator=accelerator, gpus=accelerators)
+        return await vastai_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
     if isinstance(config, AWS):
         from ._aws import catalog as aws_catalog
 
-        return await aws_catalog(config, accelerator=accelerator, region=region)
+        return await aws_catalog(
+            config, accelerator=accelerator, region=region, everything=everything
+        )
     if isinstance(config, SSH):
         if not measure:
             hosts = len(config.hosts)

@@ -169,13 +169,16 @@ def _offer(config: RunPod, entry: Mapping[str, Any], gpus: int) -> Offer | None:
         return None
 
     most = entry.get("maxGpuCount")
+    # A type RunPod gives no maximum for: 8, the most a RunPod machine carries.
+    most = most if isinstance(most, int) and most > 0 else 8
     return Offer(
         provider="sky.RunPod()",
         name=str(entry["id"]),
         on_demand_price=price(f"{cloud}Price"),
         spot_price=price(f"{cloud}SpotPrice"),
-        # A type RunPod gives no maximum for: 8, the most a RunPod machine carries.
-        accelerator=attrs.evolve(kind, count=most if isinstance(most, int) and most > 0 else 8),
+        # The pod it prices has `gpus` of them; more than a pod can carry is the most it
+        # can, so a spec asking for more is refused saying so.
+        accelerator=attrs.evolve(kind, count=min(gpus, most)),
     )
 
 

@@ -148,10 +148,15 @@ def _whole_gpus(count: float) -> int:
     return max(1, math.ceil(count))
 
 
-def _query(config: VastAI, accelerator: Accelerator, gpus: int) -> dict[str, Any]:
-    """Vast's search for free machines with ``gpus`` of the accelerator's model, cheapest
-    first (each offer carries its on-demand price and its least interruptible bid)."""
-    names = [name for name, make in GPU_NAMES.items() if make(80_000).name == accelerator.name]
+def _query(config: VastAI, accelerator: Accelerator | None, gpus: int) -> dict[str, Any]:
+    """Vast's search for free machines with ``gpus`` of the accelerator's model (None: of
+    any model Skyward knows), cheapest first (each offer carries its on-demand price and
+    its least interruptible bid)."""
+    names = [
+        name
+        for name, make in GPU_NAMES.items()
+        if accelerator is None or make(80_000).name == accelerator.name
+    ]
     query: dict[str, Any] = {
         "gpu_name": {"in": names},
         "num_gpus": {"eq": gpus},
@@ -200,14 +205,17 @@ def _ask(offer: Offer) -> int:
     return int(offer.name.rsplit("(ask ", 1)[1].rstrip(")"))
 
 
-async def catalog(config: VastAI, *, accelerator: Accelerator | None, gpus: float) -> Catalog:
-    """The machines offered now with ``accelerator`` (``gpus`` of them), each an offer.
+async def catalog(
+    config: VastAI, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
+) -> Catalog:
+    """The machines offered now with ``accelerator`` (``gpus`` of them), each an offer;
+    with ``everything`` and no accelerator, those of any GPU model Skyward knows.
 
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
     config.resolved_api_key()
-    if accelerator is None:
+    if accelerator is None and not everything:
         return Catalog(error="sky.VastAI() rents GPU machines: pass an accelerator")
     api = _API(config)
     try:

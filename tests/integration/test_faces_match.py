@@ -67,7 +67,7 @@ def test_every_exported_name_resolves(module: object) -> None:
 
 
 def test_shared_names_are_the_same_objects_except_the_faces() -> None:
-    faces = {"Compute", "Pool"}
+    faces = {"Compute", "Pool", "offers"}
     # skyward.plugins and skyward.storage are modules of their own, for `from skyward.X import`
     modules = {"plugins", "storage"}
     for name in set(skyward.__all__) - faces - modules:
@@ -91,3 +91,9 @@ def test_collection_accessors_match_and_match_the_factories(name: str) -> None:
     # Both return proxies at once; their methods (or _async variants) do the talking.
     assert not inspect.iscoroutinefunction(sync_method)
     assert not inspect.iscoroutinefunction(trio_method)
+
+
+def test_offers_takes_the_same_arguments_in_both_faces() -> None:
+    assert _parameters(skyward.offers) == _parameters(skyward_trio.offers)  # defaults too
+    assert not inspect.iscoroutinefunction(skyward.offers)
+    assert inspect.iscoroutinefunction(skyward_trio.offers)

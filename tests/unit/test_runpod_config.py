@@ -86,7 +86,12 @@ def test_gpu_types_become_offers_priced_per_node() -> None:
     assert offer is not None
     assert offer.name == "NVIDIA H100 80GB HBM3"
     assert (offer.on_demand_price, offer.spot_price) == (8.0, 4.0)  # secure, 4 GPUs
-    assert offer.accelerator == sky.accelerators.H100(form_factor="SXM", count=8)
+    assert offer.accelerator == sky.accelerators.H100(form_factor="SXM", count=4)
+    # More than a pod carries: the most it can (a spec asking for more is refused).
+    most = _offer(provider, entry("NVIDIA H100 80GB HBM3"), gpus=9)
+    assert most is not None
+    assert most.accelerator is not None
+    assert most.accelerator.count == 8
     community = _offer(sky.RunPod(cloud_type="community"), entry("NVIDIA L4"), gpus=1)
     assert community is not None
     assert (community.on_demand_price, community.spot_price) == (1.5, 0.75)
@@ -145,7 +150,9 @@ def test_an_accelerator_no_type_has_fails_with_one_reason() -> None:
     message = str(raised.value)
     assert message.count("offers no T4") == 1, message
     nine = sky.Spec(provider=provider, accelerator=sky.accelerators.L4(count=9))
-    said = choose(0, nine, offers)
+    # The catalog a spec gets is priced for its count.
+    for_nine = [o for o in (_offer(provider, entry(gpu_id), gpus=9) for gpu_id in GPU_TYPES) if o]
+    said = choose(0, nine, for_nine)
     assert isinstance(said, str)
     assert "at most 8 per node" in said
 

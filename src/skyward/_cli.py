@@ -1,0 +1,306 @@
+"""The ``sky`` command: offers, configuration, the log, the version.
+
+    sky offers list runpod vastai --accelerator H100 --count 8 --spot --cheapest 5
+    sky offers fetch aws                   # refresh the cached listing
+    sky config validate                    # ./skyward.toml over ~/.skyward/defaults.toml
+    sky config show
+    sky log --follow                       # the pool log, as it is written
+    sky version
+
+A provider is named as in ``skyward.toml``: a ``[providers.NAME]`` table, or a type
+(``aws``, ``runpod``, ``vastai``, ...) with its defaults and the credentials in the
+environment. Exit status: 0, 1 when something failed (a provider's listing included),
+2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import cattrs
+
+import skyward_trio
+from skyward_trio import ConfigError, Offer, Offers, ProviderConfig, accelerators
+from skyward_trio._model import PROVIDER_TYPES
+from skyward_trio.accelerators import Accelerator
+
+from ._offers import offers
+
+__all__ = ["main"]
+
+_LOG_FILE = "~/.skyward/logs/skyward.log"
+
+
+class _Refused(Exception):
+    """A command line that names something that does not exist: said, exit status 2."""
+
+
+def _providers(names: Sequence[str], args: argparse.Namespace) -> list[ProviderConfig]:
+    """The providers ``names`` stand for: skyward.toml's first, then types; all of the
+    file's when none is named."""
+    from skyward_trio import config as sky_config
+
+    loaded = sky_config.validate(args.project, args.defaults)
+    if not names:
+        if not loaded.providers:
+            types = ", ".join(PROVIDER_TYPES)
+            raise _Refused(
+                "name a provider (sky offers list runpod): skyward.toml defines none "
+                f"([providers.NAME] tables); the types are {types}"
+            )
+        return list(loaded.providers.values())
+    found: list[ProviderConfig] = []
+    for name in names:
+        if name in loaded.providers:
+            found.append(loaded.providers[name])
+        elif name.lower() in PROVIDER_TYPES:
+            found.append(PROVIDER_TYPES[name.lower()]())
+        else:
+            defined = ", ".join(loaded.providers) or "none"
+            raise _Refused(
+                f"no provider {name!r}: not a [providers.NAME] table (defined: {defined}) nor "
+                f"a type ({', '.join(PROVIDER_TYPES)})"
+            )
+    return found
+
+
+def _accelerator(args: argparse.Namespace) -> Accelerator | None:
+    if args.accelerator is None:
+        if args.memory is not None or args.count != 1:
+            raise _Refused("--count and --memory need --accelerator (--accelerator A100 --count 8)")
+        return None
+    factory = accelerators.by_name(args.accelerator)
+    if factory is None:
+        from skyward_trio.config import _unknown_accelerator
+
+        raise _Refused(f"--accelerator: {_unknown_accelerator(args.accelerator)}")
+    fields: dict[str, Any] = {"count": args.count}
+    if args.memory is not None:
+        fields["memory"] = args.memory
+    try:
+        return factory(**fields)
+    except (TypeError, ValueError) as exc:
+        raise _Refused(f"--accelerator {args.accelerator}: {exc}") from None
+
+
+def _query(args: argparse.Namespace) -> Offers:
+    listed = offers(
+        _providers(args.providers, args),
+        accelerator=_accelerator(args),
+        region=args.region,
+        max_age=0 if args.command == "fetch" or args.refresh else args.max_age,
+    )
+    if args.spot:
+        listed = listed.spot()
+    elif args.on_demand:
+        listed = listed.on_demand()
+    if args.max_price is not None:
+        listed = listed.max_price(args.max_price)
+    return listed.cheapest(args.cheapest)
+
+
+def _gpus(offer: Offer) -> str:
+    kind = offer.accelerator
+    if kind is None:
+        return "-"
+    variant = " ".join(v for v in (kind.form_factor, kind.memory) if v)
+    return f"{kind.count:g}× {kind.name}" + (f" {variant}" if variant else "")
+
+
+def _usd(price: float | None) -> str:
+    return "-" if price is None else f"${price:,.4g}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _age(fetched_at: float | None) -> str:
+    if fetched_at is None:
+        return "nothing fetched"
+    seconds = max(0, round(time.time() - fetched_at))
+    return f"fetched {seconds} s ago" if seconds < 120 else f"fetched {seconds // 60} min ago"
+
+
+def _table(listed: Offers, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(listed)} offer(s), {_age(listed.fetched_at)}, USD per node-hour")
+    for column in ("provider", "offer", "accelerators", "vCPUs", "memory GB", "regions"):
+        table.add_column(column)
+    table.add_column("spot", justify="right")
+    table.add_column("on demand", justify="right")
+    for offer in listed:
+        regions = ", ".join(offer.regions[:3]) + (" ..." if len(offer.regions) > 3 else "")
+        table.add_row(
+            offer.provider,
+            offer.name,
+            _gpus(offer),
+            _number(offer.vcpus),
+            _number(offer.memory_gb),
+            regions or "-",
+            _usd(offer.spot_price),
+            _usd(offer.on_demand_price),
+        )
+    # Piped, a table as wide as it needs (up to 200 columns) rather than 80 and wrapped.
+    Console(file=out, width=None if out.isatty() else 200).print(table)
+
+
+def _offers(args: argparse.Namespace) -> int:
+    listed = _query(args)
+    if args.command == "fetch":
+        providers = ", ".join(dict.fromkeys(o.provider for o in listed)) or "no provider"
+        print(f"fetched {len(listed)} offer(s) from {providers}")
+    elif args.json:
+        rows = [
+            {**cattrs.unstructure(offer), "price": listed.price(offer), "pricing": listed.pricing}
+            for offer in listed
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        _table(listed, sys.stdout)
+    for provider, why in listed.errors:
+        print(f"{provider}: {why}", file=sys.stderr)
+    return 1 if listed.errors else 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from skyward_trio import config as sky_config
+
+    loaded = sky_config.validate(args.project, args.defaults)
+    if args.command == "validate":
+        print(loaded.summary())
+        return 0
+    print(f"# read: {', '.join(loaded.files) or 'no configuration file'}")
+    for name, provider in loaded.providers.items():
+        print(f"providers.{name}: {provider!r}")
+    for name, pool in loaded.pools.items():
+        for index, spec in enumerate(pool.specs):
+            at = f"pools.{name}" + (f".specs[{index}]" if len(pool.specs) > 1 else "")
+            print(f"{at}: {spec!r}")
+        if pool.options is not None:
+            print(f"pools.{name}.options: {pool.options!r}")
+    return 0
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    with path.open(errors="replace") as log:
+        return log.readlines()[-lines:] if lines else []
+
+
+def _log(args: argparse.Namespace) -> int:
+    path = Path(os.path.expanduser(args.file))
+    if not path.exists():
+        print(
+            f"no log at {path}: pools write it when they run (Options(logging=...) "
+            "names another file: pass it with --file)",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.writelines(_tail(path, args.lines))
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    with path.open(errors="replace") as log:
+        log.seek(0, os.SEEK_END)
+        while True:
+            line = log.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            elif path.stat().st_size < log.tell():  # rotated: the new file from its start
+                log.close()
+                log = path.open(errors="replace")
+            else:
+                time.sleep(0.2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sky", description="Skyward: offers, configuration and logs."
+    )
+    commands = parser.add_subparsers(dest="group", required=True)
+
+    commands.add_parser("version", help="print the version")
+
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument("--project", help="the project file (default ./skyward.toml)")
+    files.add_argument("--defaults", help="the global file (default ~/.skyward/defaults.toml)")
+
+    offer = commands.add_parser("offers", help="what providers offer, and at what price")
+    offer_commands = offer.add_subparsers(dest="command", required=True)
+    asked = argparse.ArgumentParser(add_help=False, parents=[files])
+    asked.add_argument(
+        "providers", nargs="*", help="[providers.NAME] tables or types (default: the file's)"
+    )
+    asked.add_argument("--accelerator", help="a model of sky.accelerators (H100, A100, L4, ...)")
+    asked.add_argument("--count", type=int, default=1, help="accelerators per node (default 1)")
+    asked.add_argument("--memory", help="the accelerator's memory (80GB)")
+    asked.add_argument("--region", help="the AWS region to price (default: the provider's)")
+    shown = offer_commands.add_parser(
+        "list", parents=[asked], help="list offers (from the cache when fresh)"
+    )
+    pricing = shown.add_mutually_exclusive_group()
+    pricing.add_argument("--spot", action="store_true", help="spot offers, priced so")
+    pricing.add_argument("--on-demand", action="store_true", help="on-demand offers, priced so")
+    shown.add_argument("--max-price", type=float, help="USD per node-hour, at most")
+    shown.add_argument("--cheapest", type=int, help="the N cheapest only")
+    shown.add_argument(
+        "--max-age", type=float, default=900.0, help="seconds a cached listing is used (900)"
+    )
+    shown.add_argument("--refresh", action="store_true", help="fetch now, whatever the cache")
+    shown.add_argument("--json", action="store_true", help="JSON, one object per offer")
+    offer_commands.add_parser("fetch", parents=[asked], help="fetch listings now and cache them")
+
+    config = commands.add_parser("config", help="check or show skyward.toml")
+    config_commands = config.add_subparsers(dest="command", required=True)
+    config_commands.add_parser("validate", parents=[files], help="check the files")
+    config_commands.add_parser("show", parents=[files], help="every provider and pool, built")
+
+    log = commands.add_parser("log", help="show the pool log (~/.skyward/logs/skyward.log)")
+    log.add_argument("--file", default=_LOG_FILE, help=f"the log file (default {_LOG_FILE})")
+    log.add_argument("-n", "--lines", type=int, default=50, help="lines to show first (50)")
+    log.add_argument("-f", "--follow", action="store_true", help="then print lines as they come")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one ``sky`` command; returns its exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.group == "offers" and args.command == "fetch":
+        args.spot = args.on_demand = args.refresh = False
+        args.max_price = args.cheapest = None
+    try:
+        if args.group == "version":
+            print(f"skyward {skyward_trio.__version__}")
+            return 0
+        if args.group == "offers":
+            return _offers(args)
+        if args.group == "config":
+            return _config(args)
+        return _log(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except _Refused as exc:
+        parser.exit(2, f"sky: {exc}\n")
+    except (TypeError, ValueError, ImportError) as exc:  # a provider not set up, say
+        print(f"sky: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main_exit() -> None:
+    """The ``sky`` console script."""
+    sys.exit(main())

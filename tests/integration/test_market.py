@@ -1,0 +1,213 @@
+"""``sky.offers``: what providers offer, fetched from the fake clouds' APIs and cached in
+``~/.skyward/offers.sqlite``. Nothing here reaches a real cloud; only loopback is contacted.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sshd
+from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
+from fake_runpod import FakeRunPod
+from fake_vastai import FakeVastAI, need_fake_vastai
+
+import skyward as sky
+import skyward_trio
+
+A = sky.accelerators
+
+
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A home per test (its tmp_path): each starts with no cached listing."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def runpod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRunPod]:
+    sshd.need_sshd()
+    with FakeRunPod(root=tmp_path_factory.mktemp("runpod")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def vast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVastAI]:
+    need_fake_vastai()
+    with FakeVastAI(root=tmp_path_factory.mktemp("vast")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAWS]:
+    need_fake_aws()
+    with FakeAWS(root=tmp_path_factory.mktemp("aws")) as fake:
+        yield fake
+
+
+def _runpod(api: FakeRunPod) -> sky.RunPod:
+    return sky.RunPod(api_key=api.api_key, api_url=api.rest_url, graphql_url=api.graphql_url)
+
+
+def _vast(api: FakeVastAI) -> sky.VastAI:
+    return sky.VastAI(api_key=api.api_key, api_url=api.api_url)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_runpod_lists_every_gpu_type_priced_per_node(runpod: FakeRunPod) -> None:
+    listed = sky.offers(_runpod(runpod))
+    names = {offer.name for offer in listed}
+    assert {"NVIDIA H100 80GB HBM3", "NVIDIA L4", "NVIDIA GeForce RTX 4090"} <= names
+    assert all(o.accelerator is not None and o.accelerator.count == 1 for o in listed)
+    assert listed.errors == ()
+    # Nodes of four H100s: only that type, priced for four of them.
+    four = sky.offers(_runpod(runpod), accelerator=A.H100(count=4), max_age=0)
+    (h100,) = four
+    assert h100.accelerator == A.H100(count=4, form_factor="SXM")
+    one_gpu = listed.accelerator(A.H100())[0]
+    assert h100.on_demand_price == pytest.approx(4 * (one_gpu.on_demand_price or 0))
+
+
+def test_a_listing_is_cached_until_it_is_older_than_max_age(
+    runpod: FakeRunPod, tmp_path: Path
+) -> None:
+    first = sky.offers(_runpod(runpod))
+    asked = len(runpod.requests)
+    again = sky.offers(_runpod(runpod))
+    assert len(runpod.requests) == asked  # from ~/.skyward/offers.sqlite
+    assert list(again) == list(first)
+    assert again.fetched_at == first.fetched_at
+    fresh = sky.offers(_runpod(runpod), max_age=0)
+    assert len(runpod.requests) > asked
+    assert fresh.fetched_at is not None
+    assert first.fetched_at is not None
+    assert fresh.fetched_at > first.fetched_at
+    # Another question (an accelerator) is another listing.
+    asked = len(runpod.requests)
+    sky.offers(_runpod(runpod), accelerator=A.L4())
+    assert len(runpod.requests) > asked
+    cache = tmp_path / ".skyward" / "offers.sqlite"  # the test's home
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    with sqlite3.connect(cache) as db:
+        stored = " ".join(str(row) for row in db.execute("SELECT * FROM listings"))
+    assert runpod.api_key not in stored
+    assert "NVIDIA L4" in stored
+
+
+def test_vastai_lists_each_free_machine_it_would_rent(vast: FakeVastAI) -> None:
+    listed = sky.offers(_vast(vast))
+    asks = sorted(offer.name for offer in listed)
+    # One-GPU machines, verified and reliable enough (the provider's defaults), of the
+    # models Skyward knows (no RTX 3090 in sky.accelerators).
+    assert asks == [
+        "A100 SXM4 x1 (ask 5005)",
+        "H100 SXM x1 (ask 5007)",
+        "L40S x1 (ask 5010)",
+        "RTX 4090 x1 (ask 5001)",
+        "RTX 4090 x1 (ask 5003)",
+    ]
+    eight = sky.offers(_vast(vast), accelerator=A.A100(count=8))
+    assert [(o.name, o.on_demand_price, o.spot_price) for o in eight] == [
+        ("A100 SXM4 x8 (ask 5006)", 8.8, 4.8)
+    ]
+    assert [o.name for o in listed.region("DE").spot().cheapest()] == [
+        "RTX 4090 x1 (ask 5003)",
+        "L40S x1 (ask 5010)",
+    ]
+
+
+def test_aws_lists_gpu_neuron_and_cpu_types_with_their_prices(
+    fake_aws: FakeAWS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    config = sky.AWS(region=fake_aws.region, endpoint_url=fake_aws.endpoint_url)
+    listed = sky.offers(config)
+    by_name = {offer.name: offer for offer in listed}
+    assert {"p5.48xlarge", "g5.xlarge", "m7i.large", "m7g.large"} <= set(by_name)
+    assert by_name["p5.48xlarge"].accelerator == A.H100(count=8, form_factor="SXM")
+    assert by_name["m7g.large"].accelerator is None
+    assert by_name["m7g.large"].architecture == "arm64"
+    assert by_name["g5.xlarge"].on_demand_price == pytest.approx(1.006)
+    assert all(offer.regions == (fake_aws.region,) for offer in listed)
+    cheapest_gpu = listed.where(lambda o: o.accelerator is not None).on_demand().cheapest(1)
+    assert [o.name for o in cheapest_gpu] == ["g4dn.xlarge"]
+    # A spec-like question asks AWS for those types only.
+    assert {o.name for o in sky.offers(config, accelerator=A.H100(count=8))} == {"p5.48xlarge"}
+
+
+def test_several_providers_are_listed_together_and_a_failing_one_is_reported(
+    runpod: FakeRunPod, vast: FakeVastAI
+) -> None:
+    down = sky.RunPod(
+        api_key="rp-test",
+        api_url=f"http://127.0.0.1:{_closed_port()}/v1",
+        graphql_url=f"http://127.0.0.1:{_closed_port()}/graphql",
+    )
+    listed = sky.offers([sky.Local(), _vast(vast), down])
+    assert {offer.provider for offer in listed} == {"sky.Local()", "sky.VastAI()"}
+    ((provider, why),) = listed.errors
+    assert provider == "sky.RunPod()"
+    assert "did not answer" in why
+    assert "1 provider(s) failed" in repr(listed)
+    # A failed listing is not cached: the next call asks again (and is told the same).
+    assert sky.offers(down).errors
+    h100 = sky.offers([_runpod(runpod), _vast(vast)], accelerator=A.H100())
+    assert {o.provider for o in h100} == {"sky.RunPod()", "sky.VastAI()"}
+    assert h100.cheapest()[0].name == "H100 SXM x1 (ask 5007)"
+
+
+async def test_the_trio_face_gives_the_same_listing(vast: FakeVastAI) -> None:
+    listed = await skyward_trio.offers([_vast(vast)], accelerator=A.RTX_4090())
+    assert isinstance(listed, skyward_trio.Offers)
+    assert [o.name for o in listed.cheapest()] == [
+        "RTX 4090 x1 (ask 5001)",
+        "RTX 4090 x1 (ask 5003)",
+    ]
+
+
+def test_a_provider_that_is_not_set_up_is_refused_before_anything_is_fetched(
+    vast: FakeVastAI,
+) -> None:
+    asked = len(vast.requests)
+    with pytest.raises(ValueError, match="VAST_API_KEY"):
+        sky.offers(sky.VastAI(api_url=vast.api_url))
+    assert len(vast.requests) == asked
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sky.offers("aws"), TypeError, r"pass a provider or a list of them"),  # type: ignore[arg-type]
+        (lambda: sky.offers([]), TypeError, r"pass a provider or a list of them"),
+        (lambda: sky.offers([sky.Local(), "aws"]), TypeError, r"'aws' is not a provider"),  # type: ignore[list-item]
+        (lambda: sky.offers(sky.Local(), accelerator="H100"), TypeError, r"H100\(count=8\)"),  # type: ignore[arg-type]
+        (
+            lambda: sky.offers(sky.Local(), accelerator=A.H100(count=0.5)),
+            ValueError,
+            r"rent whole accelerators",
+        ),
+        (lambda: sky.offers(sky.Local(), max_age=-1), ValueError, r"max_age=-1"),
+        (lambda: sky.offers(sky.Local(), region=""), ValueError, r"region=''"),
+    ],
+)
+def test_bad_arguments_are_refused(call: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()  # type: ignore[operator]
+
+
+def test_local_lists_this_machine() -> None:
+    (machine,) = sky.offers(sky.Local())
+    assert machine.name == "this machine"
+    assert machine.on_demand_price == 0.0
+    assert machine.vcpus is not None
+    assert machine.vcpus >= 1
