@@ -24,6 +24,7 @@ import pytest
 import sshd
 from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
 from fake_runpod import FakeRunPod
+from fake_vastai import FakeVastAI, need_fake_vastai
 
 import skyward as sky
 
@@ -128,6 +129,14 @@ def fake_runpod(tmp_path: Path) -> Iterator[FakeRunPod]:
     directory; every pod ends with the test."""
     sshd.need_sshd()
     with FakeRunPod(root=tmp_path / "runpod") as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def vast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVastAI]:
+    """One fake Vast.ai for a module (its uv cache is shared by the machines)."""
+    need_fake_vastai()
+    with FakeVastAI(root=tmp_path_factory.mktemp("vast")) as api:
         yield api
 
 

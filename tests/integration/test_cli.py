@@ -9,50 +9,49 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sshd
 from fake_runpod import FakeRunPod
 from waiting import wait_until
 
 import skyward as sky
 
 
-@pytest.fixture(scope="module")
-def runpod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRunPod]:
-    sshd.need_sshd()
-    with FakeRunPod(root=tmp_path_factory.mktemp("runpod")) as api:
-        yield api
-
-
 @pytest.fixture
-def project(tmp_path: Path, runpod: FakeRunPod) -> Path:
+def project(tmp_path: Path, fake_runpod: FakeRunPod) -> Path:
     """A project directory whose skyward.toml names the fake RunPod as ``rp``."""
     (tmp_path / "home").mkdir()
     (tmp_path / "skyward.toml").write_text(
-        f'[providers.rp]\ntype = "runpod"\napi_url = "{runpod.rest_url}"\n'
-        f'graphql_url = "{runpod.graphql_url}"\n\n'
+        f'[providers.rp]\ntype = "runpod"\napi_url = "{fake_runpod.rest_url}"\n'
+        f'graphql_url = "{fake_runpod.graphql_url}"\n\n'
         '[pools.train]\nprovider = "rp"\naccelerator = "H100"\nnodes = 2\n'
     )
     return tmp_path
 
 
-def _env(project: Path, runpod: FakeRunPod) -> dict[str, str]:
-    return {**os.environ, "HOME": str(project / "home"), "RUNPOD_API_KEY": runpod.api_key}
+class Sky:
+    """Runs ``sky`` (``python -m skyward``) in the project, with the fake's key."""
+
+    def __init__(self, project: Path, api: FakeRunPod) -> None:
+        self.project, self.api = project, api
+        self.env = {**os.environ, "HOME": str(project / "home"), "RUNPOD_API_KEY": api.api_key}
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "skyward", *args],
+            cwd=self.project,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
 
-def sky_command(project: Path, runpod: FakeRunPod, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "skyward", *args],
-        cwd=project,
-        env=_env(project, runpod),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+@pytest.fixture
+def sky_command(project: Path, fake_runpod: FakeRunPod) -> Sky:
+    return Sky(project, fake_runpod)
 
 
 def test_the_sky_script_is_installed() -> None:
@@ -62,49 +61,47 @@ def test_the_sky_script_is_installed() -> None:
     assert script.value == "skyward._cli:main_exit"
 
 
-def test_version(project: Path, runpod: FakeRunPod) -> None:
-    done = sky_command(project, runpod, "version")
+def test_version(sky_command: Sky) -> None:
+    done = sky_command("version")
     assert (done.returncode, done.stdout) == (0, f"skyward {sky.__version__}\n")
 
 
-def test_offers_list_as_json_and_as_a_table(project: Path, runpod: FakeRunPod) -> None:
-    done = sky_command(
-        project, runpod, "offers", "list", "rp", "--accelerator", "h100", "--count", "2", "--json"
-    )
+def test_offers_list_as_json_and_as_a_table(sky_command: Sky) -> None:
+    done = sky_command("offers", "list", "rp", "--accelerator", "h100", "--count", "2", "--json")
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(done.stdout)
     assert row["name"] == "NVIDIA H100 80GB HBM3"
     assert row["accelerator"]["count"] == 2
     assert row["pricing"] == "cheapest"
     assert row["price"] == min(row["spot_price"], row["on_demand_price"])
-    table = sky_command(project, runpod, "offers", "list", "--on-demand", "--cheapest", "2")
+    table = sky_command("offers", "list", "--on-demand", "--cheapest", "2")
     assert table.returncode == 0, table.stderr
     assert "2 offer(s)" in table.stdout
     assert "sky.RunPod()" in table.stdout
-    assert runpod.api_key not in table.stdout + table.stderr
+    assert sky_command.api.api_key not in table.stdout + table.stderr
 
 
-def test_offers_fetch_refreshes_the_cache(project: Path, runpod: FakeRunPod) -> None:
-    sky_command(project, runpod, "offers", "list", "rp")
-    asked = len(runpod.requests)
-    cached = sky_command(project, runpod, "offers", "list", "rp")
+def test_offers_fetch_refreshes_the_cache(sky_command: Sky) -> None:
+    sky_command("offers", "list", "rp")
+    asked = len(sky_command.api.requests)
+    cached = sky_command("offers", "list", "rp")
     assert cached.returncode == 0
-    assert len(runpod.requests) == asked
-    fetched = sky_command(project, runpod, "offers", "fetch", "rp")
+    assert len(sky_command.api.requests) == asked
+    fetched = sky_command("offers", "fetch", "rp")
     assert fetched.returncode == 0, fetched.stderr
     assert fetched.stdout.startswith("fetched ")
     assert "from sky.RunPod()" in fetched.stdout
-    assert len(runpod.requests) > asked
+    assert len(sky_command.api.requests) > asked
 
 
 def test_a_failing_provider_is_named_and_fails_the_command(
-    project: Path, runpod: FakeRunPod
+    sky_command: Sky,
 ) -> None:
-    (project / "skyward.toml").write_text(
+    (sky_command.project / "skyward.toml").write_text(
         '[providers.down]\ntype = "runpod"\napi_url = "http://127.0.0.1:9/v1"\n'
         'graphql_url = "http://127.0.0.1:9/graphql"\n'
     )
-    done = sky_command(project, runpod, "offers", "list", "down", "local")
+    done = sky_command("offers", "list", "down", "local")
     assert done.returncode == 1
     assert "sky.Local()" in done.stdout
     assert "sky.RunPod(): RunPod's API at http://127.0.0.1:9/graphql did not answer" in (
@@ -126,61 +123,53 @@ def test_a_failing_provider_is_named_and_fails_the_command(
     ],
 )
 def test_a_bad_command_line_says_what_to_fix(
-    project: Path, runpod: FakeRunPod, args: tuple[str, ...], said: str
+    sky_command: Sky, args: tuple[str, ...], said: str
 ) -> None:
-    done = sky_command(project, runpod, *args)
+    done = sky_command(*args)
     assert done.returncode == 2
     assert said in done.stderr
     assert len(done.stdout) == 0
 
 
-def test_a_provider_without_its_key_is_refused(project: Path, runpod: FakeRunPod) -> None:
-    env = _env(project, runpod)
-    del env["RUNPOD_API_KEY"]
-    done = subprocess.run(
-        [sys.executable, "-m", "skyward", "offers", "list", "rp"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def test_a_provider_without_its_key_is_refused(sky_command: Sky) -> None:
+    del sky_command.env["RUNPOD_API_KEY"]
+    done = sky_command("offers", "list", "rp")
     assert done.returncode == 1
     assert "RUNPOD_API_KEY is not set" in done.stderr
 
 
-def test_config_validate_and_show(project: Path, runpod: FakeRunPod) -> None:
-    valid = sky_command(project, runpod, "config", "validate")
+def test_config_validate_and_show(sky_command: Sky) -> None:
+    valid = sky_command("config", "validate")
     assert valid.returncode == 0, valid.stderr
     assert valid.stdout.startswith("OK: ")
     assert "1 pool (train), 1 provider (rp)" in valid.stdout
-    shown = sky_command(project, runpod, "config", "show")
+    shown = sky_command("config", "show")
     assert shown.returncode == 0, shown.stderr
     assert "providers.rp: RunPod(" in shown.stdout
     assert "pools.train: Spec(" in shown.stdout
-    assert runpod.api_key not in shown.stdout
-    (project / "skyward.toml").write_text('[pools.train]\nnodes = "two"\n')
-    broken = sky_command(project, runpod, "config", "validate")
+    assert sky_command.api.api_key not in shown.stdout
+    (sky_command.project / "skyward.toml").write_text('[pools.train]\nnodes = "two"\n')
+    broken = sky_command("config", "validate")
     assert broken.returncode == 1
     assert "pools.train.nodes" in broken.stderr
 
 
-def test_log_shows_the_last_lines_and_follows(project: Path, runpod: FakeRunPod) -> None:
-    missing = sky_command(project, runpod, "log")
+def test_log_shows_the_last_lines_and_follows(sky_command: Sky) -> None:
+    missing = sky_command("log")
     assert missing.returncode == 1
     assert "no log at" in missing.stderr
+    project = sky_command.project
     log = project / "home" / ".skyward" / "logs" / "skyward.log"
     log.parent.mkdir(parents=True)
     log.write_text("".join(f"line {i}\n" for i in range(10)))
-    done = sky_command(project, runpod, "log", "-n", "2")
+    done = sky_command("log", "-n", "2")
     assert (done.returncode, done.stdout) == (0, "line 8\nline 9\n")
     out = project / "followed.txt"
     with out.open("w") as sink:
         follower = subprocess.Popen(
             [sys.executable, "-m", "skyward", "log", "-n", "1", "--follow"],
             cwd=project,
-            env=_env(project, runpod),
+            env=sky_command.env,
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

@@ -7,14 +7,12 @@ from __future__ import annotations
 import socket
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sshd
-from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
+from fake_aws import FakeAWS
 from fake_runpod import FakeRunPod
-from fake_vastai import FakeVastAI, need_fake_vastai
+from fake_vastai import FakeVastAI
 
 import skyward as sky
 import skyward_trio
@@ -26,27 +24,6 @@ A = sky.accelerators
 def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A home per test (its tmp_path): each starts with no cached listing."""
     monkeypatch.setenv("HOME", str(tmp_path))
-
-
-@pytest.fixture(scope="module")
-def runpod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRunPod]:
-    sshd.need_sshd()
-    with FakeRunPod(root=tmp_path_factory.mktemp("runpod")) as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
-def vast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVastAI]:
-    need_fake_vastai()
-    with FakeVastAI(root=tmp_path_factory.mktemp("vast")) as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
-def fake_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAWS]:
-    need_fake_aws()
-    with FakeAWS(root=tmp_path_factory.mktemp("aws")) as fake:
-        yield fake
 
 
 def _runpod(api: FakeRunPod) -> sky.RunPod:
@@ -63,14 +40,14 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_runpod_lists_every_gpu_type_priced_per_node(runpod: FakeRunPod) -> None:
-    listed = sky.offers(_runpod(runpod))
+def test_runpod_lists_every_gpu_type_priced_per_node(fake_runpod: FakeRunPod) -> None:
+    listed = sky.offers(_runpod(fake_runpod))
     names = {offer.name for offer in listed}
     assert {"NVIDIA H100 80GB HBM3", "NVIDIA L4", "NVIDIA GeForce RTX 4090"} <= names
     assert all(o.accelerator is not None and o.accelerator.count == 1 for o in listed)
     assert listed.errors == ()
     # Nodes of four H100s: only that type, priced for four of them.
-    four = sky.offers(_runpod(runpod), accelerator=A.H100(count=4), max_age=0)
+    four = sky.offers(_runpod(fake_runpod), accelerator=A.H100(count=4), max_age=0)
     (h100,) = four
     assert h100.accelerator == A.H100(count=4, form_factor="SXM")
     one_gpu = listed.accelerator(A.H100())[0]
@@ -78,28 +55,28 @@ def test_runpod_lists_every_gpu_type_priced_per_node(runpod: FakeRunPod) -> None
 
 
 def test_a_listing_is_cached_until_it_is_older_than_max_age(
-    runpod: FakeRunPod, tmp_path: Path
+    fake_runpod: FakeRunPod, tmp_path: Path
 ) -> None:
-    first = sky.offers(_runpod(runpod))
-    asked = len(runpod.requests)
-    again = sky.offers(_runpod(runpod))
-    assert len(runpod.requests) == asked  # from ~/.skyward/offers.sqlite
+    first = sky.offers(_runpod(fake_runpod))
+    asked = len(fake_runpod.requests)
+    again = sky.offers(_runpod(fake_runpod))
+    assert len(fake_runpod.requests) == asked  # from ~/.skyward/offers.sqlite
     assert list(again) == list(first)
     assert again.fetched_at == first.fetched_at
-    fresh = sky.offers(_runpod(runpod), max_age=0)
-    assert len(runpod.requests) > asked
+    fresh = sky.offers(_runpod(fake_runpod), max_age=0)
+    assert len(fake_runpod.requests) > asked
     assert fresh.fetched_at is not None
     assert first.fetched_at is not None
     assert fresh.fetched_at > first.fetched_at
     # Another question (an accelerator) is another listing.
-    asked = len(runpod.requests)
-    sky.offers(_runpod(runpod), accelerator=A.L4())
-    assert len(runpod.requests) > asked
+    asked = len(fake_runpod.requests)
+    sky.offers(_runpod(fake_runpod), accelerator=A.L4())
+    assert len(fake_runpod.requests) > asked
     cache = tmp_path / ".skyward" / "offers.sqlite"  # the test's home
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
     with sqlite3.connect(cache) as db:
         stored = " ".join(str(row) for row in db.execute("SELECT * FROM listings"))
-    assert runpod.api_key not in stored
+    assert fake_runpod.api_key not in stored
     assert "NVIDIA L4" in stored
 
 
@@ -125,12 +102,9 @@ def test_vastai_lists_each_free_machine_it_would_rent(vast: FakeVastAI) -> None:
     ]
 
 
-def test_aws_lists_gpu_neuron_and_cpu_types_with_their_prices(
-    fake_aws: FakeAWS, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    config = sky.AWS(region=fake_aws.region, endpoint_url=fake_aws.endpoint_url)
+@pytest.mark.usefixtures("aws_credentials")
+def test_aws_lists_gpu_neuron_and_cpu_types_with_their_prices(aws: FakeAWS) -> None:
+    config = sky.AWS(region=aws.region, endpoint_url=aws.endpoint_url)
     listed = sky.offers(config)
     by_name = {offer.name: offer for offer in listed}
     assert {"p5.48xlarge", "g5.xlarge", "m7i.large", "m7g.large"} <= set(by_name)
@@ -138,7 +112,7 @@ def test_aws_lists_gpu_neuron_and_cpu_types_with_their_prices(
     assert by_name["m7g.large"].accelerator is None
     assert by_name["m7g.large"].architecture == "arm64"
     assert by_name["g5.xlarge"].on_demand_price == pytest.approx(1.006)
-    assert all(offer.regions == (fake_aws.region,) for offer in listed)
+    assert all(offer.regions == (aws.region,) for offer in listed)
     cheapest_gpu = listed.where(lambda o: o.accelerator is not None).on_demand().cheapest(1)
     assert [o.name for o in cheapest_gpu] == ["g4dn.xlarge"]
     # A spec-like question asks AWS for those types only.
@@ -146,7 +120,7 @@ def test_aws_lists_gpu_neuron_and_cpu_types_with_their_prices(
 
 
 def test_several_providers_are_listed_together_and_a_failing_one_is_reported(
-    runpod: FakeRunPod, vast: FakeVastAI
+    fake_runpod: FakeRunPod, vast: FakeVastAI
 ) -> None:
     down = sky.RunPod(
         api_key="rp-test",
@@ -161,7 +135,7 @@ def test_several_providers_are_listed_together_and_a_failing_one_is_reported(
     assert "1 provider(s) failed" in repr(listed)
     # A failed listing is not cached: the next call asks again (and is told the same).
     assert sky.offers(down).errors
-    h100 = sky.offers([_runpod(runpod), _vast(vast)], accelerator=A.H100())
+    h100 = sky.offers([_runpod(fake_runpod), _vast(vast)], accelerator=A.H100())
     assert {o.provider for o in h100} == {"sky.RunPod()", "sky.VastAI()"}
     assert h100.cheapest()[0].name == "H100 SXM x1 (ask 5007)"
 

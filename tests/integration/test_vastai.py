@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import trio
 from clients import across_a_preemption, cancel_once, killed_client, lease_client
-from fake_vastai import FakeVastAI, need_fake_vastai
+from fake_vastai import FakeVastAI
 from waiting import wait_until
 
 import skyward as sky
@@ -31,14 +30,6 @@ A = sky.accelerators
 
 def provider(api: FakeVastAI, **fields: Any) -> sky.VastAI:
     return sky.VastAI(api_key=api.api_key, api_url=api.api_url, **fields)
-
-
-@pytest.fixture(scope="module")
-def vast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVastAI]:
-    """One fake for the module (its uv cache is shared by the machines)."""
-    need_fake_vastai()
-    with FakeVastAI(root=tmp_path_factory.mktemp("vast")) as api:
-        yield api
 
 
 @sky.function
