@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import accelerators, containers, metrics, plugins, storage, time
 from ._errors import (
+    BudgetExceededError,
     ConfigError,
     ConnectionLostError,
     NoActivePoolError,
@@ -120,6 +121,7 @@ __all__ = [
     "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",
+    "BudgetExceededError",
     "CallbackWriter",
     "CancelledCallError",
     "ChildDied",

@@ -33,6 +33,10 @@ class Ledger:
         """Instance-seconds so far, all instances together."""
         return self._closed_seconds + sum(now - since for _, since in self._open.values())
 
+    def hourly(self) -> float:
+        """Dollars per hour the instances up now cost, together."""
+        return sum(price for price, _ in self._open.values())
+
     def cost(self, now: float) -> float:
         """Dollars so far, all instances together."""
         running = sum(price * (now - since) / 3600 for price, since in self._open.values())

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BudgetExceededError",
     "ConfigError",
     "ConnectionLostError",
     "NoActivePoolError",
@@ -189,6 +190,29 @@ class NoActivePoolError(SkywardError, RuntimeError):
 
 class PoolClosedError(SkywardError):
     """The pool closed (or lost every node) before a call could finish."""
+
+
+class BudgetExceededError(PoolClosedError):
+    """The pool's instances cost ``Options(max_cost=...)``: it stopped, and every instance
+    was terminated. Calls in flight and calls made since fail with it.
+
+    Attributes:
+        max_cost: The cap, in USD.
+        spent: What the pool's instances had cost when it stopped, in USD.
+    """
+
+    def __init__(self, max_cost: float, spent: float, instances: int) -> None:
+        self.max_cost = max_cost
+        self.spent = spent
+        self.instances = instances
+        super().__init__(
+            f"the pool reached Options(max_cost={max_cost:g}): its instances had cost "
+            f"${spent:.2f}, so it stopped and its {instances} instance(s) were terminated; "
+            "raise max_cost to let a pool run longer"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.max_cost, self.spent, self.instances))
 
 
 class TeardownError(SkywardError):

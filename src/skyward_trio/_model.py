@@ -1318,6 +1318,12 @@ class Options:
         retry_on_interruption: Retries per task when its node is preempted, >= 0.
         health_checker: A :class:`HealthChecker`: a periodic probe run on each node; nodes
             that keep failing it are replaced. None disables health checks.
+        max_cost: The most the pool may cost in all, in USD: every instance's hourly
+            price for as long as it is up (until its termination is confirmed). At 80 %
+            an ``Error`` event warns; when reached, the pool stops: every instance is
+            terminated at once, and calls in flight or made since raise
+            :class:`BudgetExceededError`. None: no cap (``Spec.max_hourly_cost`` still
+            caps each node's price).
     """
 
     selection: SelectionStrategy = "cheapest"
@@ -1338,9 +1344,17 @@ class Options:
     cluster: bool | None = None
     retry_on_interruption: int = 3
     health_checker: HealthChecker | None = None
+    max_cost: float | None = None
 
     def __attrs_post_init__(self) -> None:
         _check_choice("Options", "selection", self.selection, SELECTION_STRATEGIES)
+        if self.max_cost is not None and (not _is_number(self.max_cost) or not self.max_cost > 0):
+            message = (
+                f"Options(max_cost={self.max_cost!r}): max_cost must be a number of USD > 0 "
+                "or None. Pass e.g. max_cost=50 to stop the pool once its instances have "
+                "cost $50."
+            )
+            raise (ValueError if _is_number(self.max_cost) else TypeError)(message)
         if self.worker is not None and not isinstance(self.worker, Worker):
             raise TypeError(
                 f"Options(worker={self.worker!r}): worker must be a sky.Worker or None, got "

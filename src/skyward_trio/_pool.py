@@ -25,7 +25,7 @@ import types
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import cloudpickle
@@ -37,6 +37,7 @@ from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consis
 from ._connection import WorkerConnection
 from ._envcheck import compare, module_versions, referenced_modules
 from ._errors import (
+    BudgetExceededError,
     ConnectionLostError,
     PoolClosedError,
     RemoteError,
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
     from ._supervisor import Supervisor
 
 __all__ = ["Future", "ItemStream", "Pool", "PreparedCall", "ResultStream"]
+
+E = TypeVar("E", bound=BaseException | None)
 
 _BIG_RESULT = 4 * 1024 * 1024
 
@@ -466,9 +469,10 @@ class Inflight:
 
     def _end(self, outcome: Outcome) -> None:
         self.finished = True
+        message, node, error = outcome
+        outcome = (message, node, self.pool._stopped_instead(error))
         events = self.pool._events
         if events.watched and self.started:
-            message, node, error = outcome
             events.emit(
                 TaskCompleted(
                     job_id=self.pool.job_id,
@@ -789,6 +793,8 @@ class Pool:
         self._rr = 0
         self._work: trio.Nursery | None = None
         self._closing = False
+        # Why the pool stopped before its block ended (Options.max_cost reached), if it did.
+        self._stopped: BudgetExceededError | None = None
         self._deadlines = _Deadlines()
         self._supervisor: Supervisor | None = None
         self._wanted: set[int] = set(range(nodes.desired))  # the indices of the target
@@ -1095,8 +1101,8 @@ class Pool:
                 ):
                     future._cancelled = True
                 elif not future._done.is_set() and self._closing and future._error is None:
-                    future._error = PoolClosedError(
-                        f"the pool closed before {call.name}() finished"
+                    future._error = self._stopped_instead(
+                        PoolClosedError(f"the pool closed before {call.name}() finished")
                     )
                 future._done.set()
 
@@ -1157,7 +1163,7 @@ class Pool:
 
         def fail(error: BaseException) -> None:
             if not failure:
-                failure.append(error)
+                failure.append(self._stopped_instead(error))
                 nursery.cancel_scope.cancel(reason="a mapped item failed")
 
         async def run_batch(node: _Node, start: int, count: int, payload: _serial.Payload) -> None:
@@ -1336,6 +1342,16 @@ class Pool:
                 return node
         return None
 
+    def _stopped_instead(self, error: E) -> E | BudgetExceededError:
+        """Why the pool stopped (``Options.max_cost``), in place of an error its stop
+        caused: a call it cut off, or one made since, says so."""
+        stopped = self._stopped
+        if stopped is None or not isinstance(error, ConnectionLostError | PoolClosedError):
+            return error
+        fresh = BudgetExceededError(stopped.max_cost, stopped.spent, stopped.instances)
+        fresh.__cause__ = error if isinstance(error, ConnectionLostError) else None
+        return fresh
+
     def _check_open(self, target: int | None = None) -> None:
         if target is not None and target in self._gone:
             raise PoolClosedError(
@@ -1348,7 +1364,9 @@ class Pool:
                 f"nodes {_spans(self._wanted)} or leave target=None"
             )
         if self._closing:
-            raise PoolClosedError("the pool is shutting down; no new calls are accepted")
+            raise self._stopped_instead(
+                PoolClosedError("the pool is shutting down; no new calls are accepted")
+            )
         if not self._ready and self._live == 0:
             raise PoolClosedError(
                 "no nodes are left in the pool (every node failed or was lost); "
@@ -1387,7 +1405,9 @@ class Pool:
     async def _acquire_any_ready(self) -> None:
         while not self._ready:
             if self._closing or self._live == 0:
-                raise PoolClosedError("no nodes are ready, and none are coming up")
+                raise self._stopped_instead(
+                    PoolClosedError("no nodes are ready, and none are coming up")
+                )
             await self._changed.wait()
 
     async def _acquire_checked(self, target: int | None, key: str) -> _Node:

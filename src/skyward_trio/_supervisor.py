@@ -36,8 +36,8 @@ from ._bootstrap import (
     worker_bootstrap,
 )
 from ._connection import WorkerConnection
-from ._cost import Ledger
-from ._errors import ConnectionLostError, ProvisionError, TeardownError
+from ._cost import Ledger, dollars
+from ._errors import BudgetExceededError, ConnectionLostError, ProvisionError, TeardownError
 from ._events import (
     BootstrapProgress,
     ClusterDestroyed,
@@ -187,6 +187,8 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._provisioned = trio.Event()
         self.ledger = Ledger()  # what the instances cost; shown when the pool closes
+        self._shut: trio.Event | None = None  # set once shutdown() has run to its end
+        self._teardown_error: TeardownError | None = None
         self._lost: dict[int, str] = {}  # index -> the lost instance a new one replaces
         self._includes: bytes | None = None  # Image.includes, packed
         # The collections store runs on node 0 when nodes reach each other, else here.
@@ -218,7 +220,11 @@ class Supervisor:
         for i in self._initial:
             self._spawn(i)
         nursery.start_soon(self._autoscale)
+        if pool.options.max_cost is not None:
+            nursery.start_soon(self._watch_cost, pool.options.max_cost)
         while len(pool._ready) < needed:
+            if pool._stopped is not None:  # Options.max_cost reached while it started
+                raise pool._stopped
             if len(self.failures) > desired - needed:  # `needed` nodes can no longer come up
                 raise self.failures[min(self.failures)]
             await pool._changed.wait()
@@ -258,8 +264,12 @@ class Supervisor:
         try:
             with trio.fail_after(options.provision_timeout or 300):
                 instance = await self.cluster.provision(i)
-            self.instances[i] = instance
             self.ledger.start(instance.id, instance.hourly_price, trio.current_time())
+            if pool._closing:  # the pool stopped (Options.max_cost) while it started
+                with trio.CancelScope(shield=True):  # bounded by shutdown_timeout
+                    await self._retire(instance, None)
+                return False
+            self.instances[i] = instance
             self._emit(
                 InstanceProvisioned,
                 node=i,
@@ -818,8 +828,46 @@ class Supervisor:
             "plugins": self.plugins.hooks,
         }
 
+    async def _watch_cost(self, most: float) -> None:
+        """``Options.max_cost``: a warning at 80 %; at 100 % the pool stops, its instances
+        terminated at once rather than when its block ends."""
+        warned = False
+        while True:
+            now = trio.current_time()
+            spent = self.ledger.cost(now)
+            if spent >= most:
+                break
+            if not warned and spent >= 0.8 * most:
+                warned = True
+                self._emit(
+                    Error,
+                    message=f"the pool has cost {dollars(spent)} of Options(max_cost="
+                    f"{most:g}); it stops, terminating its instances, when it reaches it",
+                )
+            rate = self.ledger.hourly() / 3600  # dollars per second now
+            # Until the cap would be reached at this rate; at most a second, so that an
+            # instance started meanwhile counts soon.
+            await trio.sleep(1.0 if rate == 0 else min(1.0, max(0.01, (most - spent) / rate)))
+        stopped = BudgetExceededError(most, spent, len(self.instances))
+        self.pool._stopped = stopped
+        self._emit(Error, message=str(stopped))
+        with trio.CancelScope(shield=True):  # half a teardown would leave machines billing
+            await self.shutdown()
+
     async def shutdown(self) -> TeardownError | None:
-        """Cancel work, stop workers, terminate every instance. Shielded by the caller."""
+        """Cancel work, stop workers, terminate every instance (once: a later call waits
+        for the first and gives its outcome). Shielded by the caller."""
+        if self._shut is not None:
+            await self._shut.wait()
+            return self._teardown_error
+        self._shut = trio.Event()
+        try:
+            self._teardown_error = await self._shutdown()
+        finally:
+            self._shut.set()
+        return self._teardown_error
+
+    async def _shutdown(self) -> TeardownError | None:
         pool = self.pool
         pool._closing = True
         pool._store.close()
