@@ -21,8 +21,8 @@ enforces it):
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
-   ``_vastai`` (``sky.VastAI``), ``_market`` (``offers()``: the providers' listings,
-   cached), ``_source`` (where remote nodes get Skyward),
+   ``_vastai`` (``sky.VastAI``), ``_lambda`` (``sky.Lambda``), ``_market`` (``offers()``:
+   the providers' listings, cached), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)
 5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_checks`` (what
@@ -86,6 +86,7 @@ from ._model import (
     Container,
     HealthChecker,
     Image,
+    Lambda,
     Local,
     LogConfig,
     Nodes,
@@ -149,6 +150,7 @@ __all__ = [
     "InstanceProvisioned",
     "InstanceReplaced",
     "ItemStream",
+    "Lambda",
     "Local",
     "Log",
     "LogConfig",

@@ -38,7 +38,7 @@ import trio
 from . import _transport, accelerators
 from ._model import AWS
 from ._offers import Catalog, Choice, Offer
-from ._providers import HostKeyError, Instance, ended_on_failure, poll_delays, remote_workdir
+from ._providers import Instance, ended_on_failure, given_host_key, poll_delays, remote_workdir
 from .accelerators import Accelerator
 
 __all__ = [
@@ -682,7 +682,7 @@ class AWSCluster:
             host = public_ip or private_ip
             if not host:
                 raise AWSError(f"instance {instance_id} runs with no IP address to reach it at")
-            await self._sshd_answers(instance_id, host, host_public)
+            await given_host_key(instance_id, host, _SSH_PORT, host_public)
             user = self.config.username
             workdir = await remote_workdir(
                 host,
@@ -739,25 +739,6 @@ class AWSCluster:
                     f"{': ' + reason if reason else ''})"
                 )
             await trio.sleep(next(delays))
-
-    async def _sshd_answers(self, instance_id: str, host: str, expected: str) -> None:
-        """Poll until sshd answers at ``host``; refuse a host key other than ``expected``."""
-        delays = poll_delays()
-        while True:
-            try:
-                presented = await _transport.fetch_host_key(host, _SSH_PORT, like=[expected])
-            except _transport.SSHError:
-                await trio.sleep(next(delays))  # still booting
-                continue
-            if presented is None or presented.split()[:2] != expected.split()[:2]:
-                shown = _transport.fingerprint(presented) if presented else "no ed25519 key"
-                raise HostKeyError(
-                    f"instance {instance_id} at {host} presented host key {shown}, not the "
-                    f"one Skyward gave it ({_transport.fingerprint(expected)}): its image's "
-                    "cloud-init did not install it, or another machine answers there; the "
-                    "instance was terminated"
-                )
-            return
 
     async def alive(self, instance: Instance) -> bool:
         """Whether EC2 still runs the instance (False once it is interrupted or ended)."""

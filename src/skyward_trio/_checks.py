@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ._aws import NEURON
 from ._bootstrap import requirement_name
 from ._container import check_container
-from ._model import AWS, SSH, Container, Local, RunPod, Spec, VastAI
+from ._model import AWS, SSH, Container, Lambda, Local, RunPod, Spec, VastAI
 from ._plugin import collective
 from ._providers import ssh_targets
 from ._source import check_source
@@ -61,6 +61,8 @@ def check_spec(spec: Spec) -> None:
         _aws(spec)
     if isinstance(spec.provider, VastAI):
         _vastai(spec)
+    if isinstance(spec.provider, Lambda):
+        _lambda(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -108,7 +110,7 @@ def _image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container | AWS | VastAI):
+    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(
@@ -185,3 +187,14 @@ def _vastai(spec: Spec) -> None:
             "accelerator=sky.accelerators.RTX_4090()"
         )
     _whole(accelerator, "Vast.ai rents whole GPUs")
+
+
+def _lambda(spec: Spec) -> None:
+    """Lambda rents GPU instances by whole GPUs, each type with its own disk."""
+    accelerator = spec.accelerator
+    if accelerator is None:
+        raise ValueError(
+            "sky.Lambda() rents GPU instances and this spec asks for no accelerator; pass e.g. "
+            "accelerator=sky.accelerators.A100()"
+        )
+    _whole(accelerator, "Lambda rents whole GPUs")

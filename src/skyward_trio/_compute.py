@@ -43,9 +43,11 @@ from ._events import (
 from ._function import active_pool
 from ._model import (
     AWS,
+    LAMBDA_API_KEY_ENV,
     RUNPOD_API_KEY_ENV,
     SSH,
     VASTAI_API_KEY_ENV,
+    Lambda,
     LogConfig,
     Options,
     ProviderConfig,
@@ -263,14 +265,16 @@ async def _open_pool(
 
 def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
-    names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, AWS's secret key and session token. Never
-    written to the log."""
+    names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, AWS's secret key and
+    session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
         return [os.environ.get(RUNPOD_API_KEY_ENV, "")]
     if isinstance(provider, VastAI):
         return [os.environ.get(VASTAI_API_KEY_ENV, "")]
+    if isinstance(provider, Lambda):
+        return [os.environ.get(LAMBDA_API_KEY_ENV, "")]
     if isinstance(provider, AWS):
         return [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return []

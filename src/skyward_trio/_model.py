@@ -53,6 +53,7 @@ __all__ = [
     "ExecutorKind",
     "HealthChecker",
     "Image",
+    "Lambda",
     "Local",
     "LogConfig",
     "LogLevel",
@@ -770,6 +771,66 @@ class VastAI(ProviderConfig):
         )
 
 
+#: Where ``sky.Lambda`` reads its API key when none is passed.
+LAMBDA_API_KEY_ENV = "LAMBDA_API_KEY"
+
+# A Lambda Cloud region's name: us-east-1, europe-central-1, asia-northeast-2, ...
+_LAMBDA_REGION = re.compile(r"[a-z]+(-[a-z]+)*-\d+")
+
+
+@attrs.frozen(kw_only=True)
+class Lambda(ProviderConfig):
+    """GPU instances rented from Lambda Cloud (On-Demand Cloud), through its API v1.
+
+    Each node is one instance of the cheapest instance type with the spec's GPUs
+    (``gpu_<N>x_<model>``), launched in a region that has capacity (the next region, then
+    the next type, when Lambda has none left). The pool's public key is registered as the
+    SSH key ``skyward-<job>`` and a host key made for the instance travels in its cloud-init
+    user data, so the client knows the host key before it connects. Instances are
+    terminated and the key deleted when the pool closes. An instance whose client vanished
+    is NOT terminated by itself (Lambda gives an instance no credential of its own, and an
+    OS shutdown does not end its billing): see docs/providers.md.
+
+    Attributes:
+        api_key: Your Lambda Cloud API key; None reads ``LAMBDA_API_KEY``. It is sent only
+            in the ``Authorization`` header and never appears in reprs, logs or events.
+        region: The region instances launch in; None: any region with capacity.
+        username: Who the client logs in as: the Lambda Stack image's ``ubuntu``.
+        api_url: The API's base URL.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    region: str | None = None
+    username: str = "ubuntu"
+    api_url: str = "https://cloud.lambda.ai/api/v1"
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("Lambda", self.api_key, LAMBDA_API_KEY_ENV)
+        if self.region is not None:
+            fix = "Pass e.g. region='us-east-1', or None for any region with capacity."
+            _check_str("Lambda", "region", self.region, fix=fix)
+            if _LAMBDA_REGION.fullmatch(self.region) is None:
+                raise ValueError(f"Lambda(region={self.region!r}): not a region name. {fix}")
+        user_fix = "Pass the image's login name, e.g. username='ubuntu' (the default)."
+        _check_login("Lambda", "username", self.username, fix=user_fix)
+        _check_url(
+            "Lambda",
+            "api_url",
+            self.api_url,
+            fix="Pass e.g. api_url='https://cloud.lambda.ai/api/v1'.",
+        )
+
+    def resolved_api_key(self) -> str:
+        """The API key: the one given, else ``LAMBDA_API_KEY``.
+
+        Raises:
+            ValueError: Neither is set, saying how to set one.
+        """
+        return _resolved_key(
+            "Lambda", self.api_key, LAMBDA_API_KEY_ENV, "https://cloud.lambda.ai/api-keys"
+        )
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -868,6 +929,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "runpod": RunPod,
     "aws": AWS,
     "vastai": VastAI,
+    "lambda": Lambda,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

@@ -27,7 +27,17 @@ import attrs
 import trio
 
 from . import _transport
-from ._model import AWS, DEFAULT_SSH_CONFIG, SSH, Container, Local, ProviderConfig, RunPod, VastAI
+from ._model import (
+    AWS,
+    DEFAULT_SSH_CONFIG,
+    SSH,
+    Container,
+    Lambda,
+    Local,
+    ProviderConfig,
+    RunPod,
+    VastAI,
+)
 from ._offers import Catalog, Choice, Offer
 from .accelerators import Accelerator
 
@@ -45,6 +55,7 @@ __all__ = [
     "SSHTarget",
     "ended_on_failure",
     "first_host_key",
+    "given_host_key",
     "offers",
     "open_cluster",
     "poll_delays",
@@ -139,10 +150,14 @@ async def open_cluster(
         from ._aws import AWSCluster  # it builds on this module's Instance
 
         return AWSCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, Lambda):
+        from ._lambda import LambdaCluster  # it builds on this module's Instance
+
+        return LambdaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
-        "sky.AWS() or sky.VastAI() "
+        "sky.AWS(), sky.VastAI() or sky.Lambda() "
         "(see the README's 'not yet' list)"
     )
 
@@ -189,6 +204,12 @@ async def offers(
 
         return await aws_catalog(
             config, accelerator=accelerator, region=region, everything=everything
+        )
+    if isinstance(config, Lambda):
+        from ._lambda import catalog as lambda_catalog
+
+        return await lambda_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):
         if not measure:
@@ -761,6 +782,32 @@ async def first_host_key(host: str, port: int) -> str:
             continue
         assert key is not None  # like=[] accepts any key type
         return key
+
+
+async def given_host_key(instance_id: str, host: str, port: int, expected: str) -> None:
+    """Poll until sshd answers at ``host:port`` (the caller's deadline), and refuse a host
+    key other than ``expected``: the one made for the machine and given to it in its
+    cloud-init user data, so it is known before the first connection.
+
+    Raises:
+        HostKeyError: The machine presented another key, naming both fingerprints.
+    """
+    delays = poll_delays()
+    while True:
+        try:
+            presented = await _transport.fetch_host_key(host, port, like=[expected])
+        except _transport.SSHError:
+            await trio.sleep(next(delays))  # still booting
+            continue
+        if presented is None or presented.split()[:2] != expected.split()[:2]:
+            shown = _transport.fingerprint(presented) if presented else "no ed25519 key"
+            raise HostKeyError(
+                f"instance {instance_id} at {host} presented host key {shown}, not the "
+                f"one Skyward gave it ({_transport.fingerprint(expected)}): its image's "
+                "cloud-init did not install it, or another machine answers there; the "
+                "instance was terminated"
+            )
+        return
 
 
 @contextlib.asynccontextmanager

@@ -49,10 +49,9 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import attrs
@@ -60,7 +59,7 @@ import boto3
 import pytest
 import sshd
 from botocore.exceptions import ClientError
-from fake_runpod import FakeHandler, FakeServer, _end_machine, _keep_home
+from fake_cloud import FakeCloud, FakeHandler
 from moto.server import ThreadedMotoServer
 from needs import unavailable
 from sshd import Machine
@@ -254,71 +253,52 @@ class _Reply:
     then: Callable[[], None] | None = None  # run once the answer is sent
 
 
-class FakeAWS:
+class FakeAWS(FakeCloud):
     """EC2, SSM and the Pricing API at ``endpoint_url``, with sshd machines for instances.
 
     Use it as a context manager; leaving it ends every machine (by pid) and stops both
     servers. A failure inside the fake (a request it could not answer, a machine that did not
     start, processes that survived) is kept in ``errors``; leaving then raises, so it cannot
-    pass unseen.
+    pass unseen (``fake_cloud.FakeCloud``).
     """
 
+    title = "the fake AWS"
     region = REGION
 
     def __init__(self, root: Path, *, prices: Mapping[str, float] | None = None) -> None:
         """``prices``: USD per hour of each instance type (us-east-1, Linux, on demand),
         instead of ``DEFAULT_PRICES``."""
-        self.root = root
+        # Reentrant: a request and the hypervisor each take it again inside their steps.
+        super().__init__(root, lock=threading.RLock())
         self.prices: dict[str, float] = dict(DEFAULT_PRICES if prices is None else prices)
         self.start_delay = 0.0  # seconds from "running" in moto to the machine's start
         self.public_parameters: dict[str, str] = {}  # SSM names under /aws/ -> value
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.machines: dict[str, Machine] = {}  # live machines by instance id
-        self.errors: list[str] = []
         self.endpoint_url = ""
         self.vpc_id = ""
         self.subnet_id = ""
         self.ami_id = ""
         # Instance types whose RunInstances is refused, and AWS's error code for it.
         self.refused: dict[str, str] = {}
-        self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)
         self._ending: Counter[str] = Counter()  # instances whose machine is being ended
         self._changes = 0  # claims so far: a hypervisor round that saw fewer starts nothing
         self._since: dict[str, float] = {}  # when the hypervisor first saw each one running
         self._failed: set[str] = set()  # instances whose machine could not start
         self._homes: dict[str, Path] = {}  # kept across a stop and start, as a root volume
         self._specs: dict[str, dict[str, str]] = {}  # vcpu, memory, gpu of each type
-        self._stopping = threading.Event()
         self._octet = 0
         self._zone = ""
         self._moto_server: ThreadedMotoServer | None = None
         self._moto_address = ("", 0)
         self._moto: Any = None  # a boto3 EC2 client on moto itself
-        self._server: FakeServer | None = None
-        self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> FakeAWS:
+    def _open(self) -> None:
         with _octets_lock:
             first = not _octets_in_use
             self._octet = secrets.choice(sorted(set(range(16, 251)) - _octets_in_use))
             _octets_in_use.add(self._octet)
-        try:
-            self._start(reset=first)
-        except BaseException:
-            self._close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._close()
-        if self.errors and exc is None:
-            raise AssertionError("the fake AWS failed:\n" + "\n".join(self.errors))
+        self._start(reset=first)
 
     def _start(self, *, reset: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -347,36 +327,26 @@ class FakeAWS:
         )["ImageId"]
         for name in PUBLIC_AMI_PARAMETERS:
             self.public_parameters.setdefault(name, self.ami_id)
-        self._server = FakeServer(self._serve)
-        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        serve = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # how soon leaving the fake stops the server
-            name="fake-aws",
-            daemon=True,
+        self.endpoint_url = self._listen(self._serve, "fake-aws")
+        self._threads.append(
+            threading.Thread(target=self._watch, name="fake-aws-hypervisor", daemon=True)
         )
-        watch = threading.Thread(target=self._watch, name="fake-aws-hypervisor", daemon=True)
-        for thread in (serve, watch):
-            thread.start()
-            self._threads.append(thread)
 
-    def _close(self) -> None:
-        """Stop the hypervisor and the servers and end every machine; each step runs only if
-        its part was started, so a failed ``__enter__`` cleans up too."""
-        self._stopping.set()
-        if self._server is not None and self._threads:  # shutdown() waits for serve_forever
-            self._server.shutdown()
-        if self._server is not None:
-            self._server.server_close()
-        for thread in self._threads:
-            thread.join()
-        with self._idle:  # a machine that asked to shut down may still be ending
-            if not self._idle.wait_for(lambda: not self._ending, timeout=60):
-                self.errors.append(f"machines {sorted(self._ending)} were still ending")
+    def _busy(self) -> str | None:
+        # A machine that asked to shut down may still be ending.
+        return f"machines {sorted(self._ending)} were still ending" if self._ending else None
+
+    def _end_all(self) -> None:
         for instance_id in list(self.machines):
             with self._claimed(instance_id) as machine:
                 pass
             self._end(instance_id, machine, abrupt=False)
+
+    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
+        return list(self._homes.items())
+
+    def _release(self) -> None:
+        """Stop moto (once started) and free the fake's loopback block."""
         if self._moto_server is not None:
             if self._moto is not None:
                 self._moto.close()
@@ -384,8 +354,6 @@ class FakeAWS:
             # stop() leaves the listening socket open; closed here, or it leaks a warning.
             if self._moto_server._server is not None:
                 self._moto_server._server.server_close()
-        for instance_id, home in self._homes.items():
-            _keep_home(home, self.root / instance_id / "home")
         self._homes.clear()
         with _octets_lock:
             _octets_in_use.discard(self._octet)
@@ -803,9 +771,7 @@ class FakeAWS:
         try:
             if machine is not None:
                 marker = f"FAKE_EC2_INSTANCE_ID={instance_id}".encode()
-                survivors = _end_machine(machine, marker, abrupt=abrupt)
-                if survivors:
-                    self._error(f"instance {instance_id}: processes {sorted(survivors)} survived")
+                self._end_processes(machine, marker, f"instance {instance_id}", abrupt=abrupt)
         finally:
             with self._idle:
                 self._finish(instance_id)

@@ -23,28 +23,31 @@ naming the field, so that a misspelt field fails here instead of being ignored t
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import secrets
-import shutil
-import signal
 import string
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import attrs
-import procs
 import pytest
 import sshd
+from fake_cloud import (
+    FakeCloud,
+    FakeHandler,
+    Recorded,
+    _Answer,
+    _is_int,
+    _is_list_of_text,
+    _is_text,
+    _is_text_map,
+    _read,
+    _reply,
+)
 from sshd import Machine
 
 NO_INSTANCES = (
@@ -163,17 +166,6 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-@attrs.frozen
-class Recorded:
-    """One request the fake received, as it arrived (header names in lower case)."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: Any  # the parsed JSON, or None without a body (or with one that is not JSON)
-
-
 @attrs.define
 class FakePod:
     """A pod the fake created: its create's JSON, its sshd machine and its state.
@@ -195,20 +187,15 @@ class FakePod:
     running: bool = True
 
 
-@attrs.frozen
-class _Answer:
-    status: int
-    payload: object  # JSON, or None for an empty body
-    then: Callable[[], None] | None = None  # run once the answer is sent
-
-
-class FakeRunPod:
+class FakeRunPod(FakeCloud):
     """RunPod's REST and GraphQL APIs on ``127.0.0.1``, with sshd machines for pods.
 
     Use it as a context manager; leaving it stops the server and ends every pod (by pid).
     A failure inside the fake is answered with a 500 and kept in ``errors``; leaving the
-    context then raises, so it cannot pass unseen.
+    context then raises, so it cannot pass unseen (``fake_cloud.FakeCloud``).
     """
+
+    title = "the fake RunPod"
 
     def __init__(
         self,
@@ -221,7 +208,7 @@ class FakeRunPod:
         """``capacity``: how many more pods of a GPU type can start (a type not named:
         ``DEFAULT_CAPACITY``). ``start_delay``: seconds after a create during which GET
         shows the pod RUNNING with no ``publicIp`` and no ``portMappings`` yet."""
-        self.root = root
+        super().__init__(root)
         self.api_key = "rpa_" + secrets.token_hex(16)
         self.gpu_types: list[dict[str, Any]] = [dict(gpu) for gpu in gpu_types]
         self.capacity: dict[str, int] = {gpu["id"]: DEFAULT_CAPACITY for gpu in self.gpu_types}
@@ -229,52 +216,22 @@ class FakeRunPod:
         self.start_delay = start_delay
         self.requests: list[Recorded] = []
         self.pods: dict[str, FakePod] = {}
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._active = 0  # requests being answered, their after-steps included
-        self._closed = False
         self._failures: list[tuple[int, str]] = []
         self._next_address = FIRST_POD_ADDRESS
-        self._server = FakeServer(self._serve)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # how soon leaving the fake stops the server
-            name="fake-runpod",
-            daemon=True,
-        )
-        port = self._server.server_address[1]
-        self.rest_url = f"http://127.0.0.1:{port}/v1"
-        self.graphql_url = f"http://127.0.0.1:{port}/graphql"
+        url = self._listen(self._serve, "fake-runpod")
+        self.rest_url = f"{url}/v1"
+        self.graphql_url = f"{url}/graphql"
 
-    def __enter__(self) -> FakeRunPod:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _end_all(self) -> None:
         with self._lock:
-            self._closed = True  # requests still arriving are answered 503
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._active == 0, timeout=60):
-                self.errors.append(f"{self._active} requests were still being answered")
             ending = [pod for pod in self.pods.values() if pod.running]
             for pod in ending:
                 pod.running = False
         for pod in ending:
             self._end(pod, abrupt=False)
-        for pod in self.pods.values():
-            _keep_home(pod.machine.home, self.root / pod.id / "home")
-        if self.errors and exc is None:
-            raise AssertionError("the fake RunPod failed:\n" + "\n".join(self.errors))
+
+    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
+        return [(pod.id, pod.machine.home) for pod in self.pods.values()]
 
     # -- what tests do to it ------------------------------------------------------------------
 
@@ -311,16 +268,11 @@ class FakeRunPod:
         request, raw = _read(handler)
         with self._lock:
             self.requests.append(request)
-            self._active += 1
-        try:
+        with self._answering():
             answer = self._answer(
                 request.method, request.path, request.query, request.headers, raw, request.body
             )
             _reply(handler, answer)  # a pod marked ended is ended, even if the asker hung up
-        finally:
-            with self._idle:
-                self._active -= 1
-                self._idle.notify_all()
 
     def _answer(
         self,
@@ -544,69 +496,9 @@ class FakeRunPod:
 
     def _end(self, pod: FakePod, *, abrupt: bool) -> None:
         """End every process of the pod by pid (``_end_machine``)."""
-        survivors = _end_machine(pod.machine, f"RUNPOD_POD_ID={pod.id}".encode(), abrupt=abrupt)
-        if survivors:
-            with self._lock:
-                self.errors.append(f"pod {pod.id}: processes {sorted(survivors)} survived")
-
-
-class FakeServer(ThreadingHTTPServer):
-    """A fake API's HTTP server on 127.0.0.1 (a free port): every request goes to ``serve``."""
-
-    daemon_threads = True
-
-    def __init__(self, serve: Callable[[FakeHandler], None]) -> None:
-        super().__init__(("127.0.0.1", 0), FakeHandler)
-        self.serve = serve
-
-
-class FakeHandler(BaseHTTPRequestHandler):
-    server: FakeServer
-
-    def _handle(self) -> None:
-        self.server.serve(self)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """The fakes keep their requests themselves; stderr stays quiet."""
-
-
-def _send(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
-    data = b"" if payload is None else json.dumps(payload).encode()
-    handler.send_response(status)
-    if payload is not None:
-        handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
-    handler.wfile.flush()
-
-
-def _read(handler: BaseHTTPRequestHandler) -> tuple[Recorded, bytes]:
-    """A request as the fakes record it, and its body's bytes: a body that is not JSON is
-    recorded as None, and the bytes tell it from no body at all."""
-    url = urllib.parse.urlsplit(handler.path)
-    query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-    raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-    body: Any = None
-    if raw:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-    headers = {name.lower(): value for name, value in handler.headers.items()}
-    return Recorded(handler.command, url.path, query, headers, body), raw
-
-
-def _reply(handler: BaseHTTPRequestHandler, answer: _Answer) -> None:
-    """Send ``answer``, then run its after-step even if the asker hung up: what it ends
-    (a machine that asked to end itself) must end."""
-    try:
-        _send(handler, answer.status, answer.payload)
-    finally:
-        if answer.then is not None:
-            answer.then()
+        self._end_processes(
+            pod.machine, f"RUNPOD_POD_ID={pod.id}".encode(), f"pod {pod.id}", abrupt=abrupt
+        )
 
 
 def _route(method: str, path: str) -> tuple[str, str] | None:
@@ -676,98 +568,3 @@ def _body_problem(body: Any, gpu_type_ids: set[str]) -> str | None:
         if gpu_type_id not in gpu_type_ids:
             return f"gpuTypeIds: unknown GPU type {gpu_type_id!r}"
     return None
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and value != ""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_list_of_text(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def _is_text_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
-
-
-# -- processes ------------------------------------------------------------------------------------
-
-
-def _proc_entries() -> Iterator[tuple[int, int, list[bytes]]]:
-    """(pid, parent pid, environment) of every live process this user can read."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
-        if fields[0] != "Z":
-            yield int(entry.name), int(fields[1]), environ.split(b"\0")
-
-
-def _pod_processes(listener: int, marker: bytes) -> set[int]:
-    """The pod's processes: ``listener`` (its sshd; 0 for none) and its descendants, and
-    every process whose environment holds ``marker``, with their descendants."""
-    children: dict[int, list[int]] = {}
-    found = {listener} if listener else set()
-    for pid, parent, environ in _proc_entries():
-        children.setdefault(parent, []).append(pid)
-        if marker in environ:
-            found.add(pid)
-    pending = list(found)
-    while pending:
-        for child in children.get(pending.pop(), []):
-            if child not in found:
-                found.add(child)
-                pending.append(child)
-    found.discard(os.getpid())
-    return {pid for pid in found if pid == listener or procs.is_running(pid)}
-
-
-def _end_machine(machine: Machine, marker: bytes, *, abrupt: bool) -> set[int]:
-    """End every process of a machine by pid (its sshd, their descendants, and whatever holds
-    ``marker`` in its environment): SIGKILL if ``abrupt``, else SIGTERM and SIGKILL for what is
-    left after a grace period (as ``docker stop`` does). The pids that survived even SIGKILL."""
-    pids = _pod_processes(machine.pid, marker)  # before the listener's children orphan
-    _signal(pids - {machine.pid}, signal.SIGKILL if abrupt else signal.SIGTERM)
-    if abrupt:
-        _signal({machine.pid}, signal.SIGKILL)
-    sshd.stop(machine)  # and reaped
-    deadline = time.monotonic() + 10
-    killed = abrupt
-    while True:
-        survivors = {pid for pid in pids if procs.is_running(pid)} | _pod_processes(0, marker)
-        if not survivors:
-            return set()
-        if time.monotonic() > deadline:
-            if killed:
-                return survivors
-            killed, deadline = True, time.monotonic() + 10
-            _signal(survivors, signal.SIGKILL)
-        time.sleep(0.05)
-
-
-def _keep_home(home: Path, kept: Path) -> None:
-    """Move a pod's home (outside ``root``, to keep it short) into ``root`` for a look after
-    the test; where that is another file system, remove it."""
-    try:
-        home.rename(kept)
-    except OSError as error:
-        if error.errno != errno.EXDEV:
-            raise
-        shutil.rmtree(home)
-
-
-def _signal(pids: set[int], signum: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass  # ended on its own meanwhile

@@ -24,33 +24,28 @@ so that a misspelt field fails here instead of being ignored there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import operator
 import os
 import re
 import secrets
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import attrs
 import pytest
 import sshd
-from fake_runpod import (
+from fake_cloud import (
+    FakeCloud,
     FakeHandler,
-    FakeServer,
     Recorded,
     _Answer,
-    _end_machine,
     _is_int,
     _is_text,
     _is_text_map,
-    _keep_home,
     _read,
     _reply,
 )
@@ -190,13 +185,15 @@ class _Refused(Exception):
         self.msg = msg
 
 
-class FakeVastAI:
+class FakeVastAI(FakeCloud):
     """Vast.ai's REST API v0 at ``api_url`` on ``127.0.0.1``, with sshd machines for instances.
 
     Use it as a context manager; leaving it stops the server and ends every machine (by pid).
     A failure inside the fake is answered with a 500 and kept in ``errors``; leaving the
-    context then raises, so it cannot pass unseen.
+    context then raises, so it cannot pass unseen (``fake_cloud.FakeCloud``).
     """
+
+    title = "the fake Vast.ai"
 
     def __init__(
         self,
@@ -207,56 +204,26 @@ class FakeVastAI:
     ) -> None:
         """``market``: the offers (copied; ``self.market`` may be changed). ``start_delay``:
         seconds after a create during which GET shows the instance not yet running."""
-        self.root = root
+        super().__init__(root)
         self.api_key = "vast_" + secrets.token_hex(16)
         self.market: list[dict[str, Any]] = [dict(offer) for offer in market]
         self.start_delay = start_delay
         self.requests: list[Recorded] = []
         self.instances: dict[int, FakeInstance] = {}
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0  # requests being answered, their after-steps included
-        self._closed = False
         self._failures: list[tuple[str, str]] = []
         self._next_id = FIRST_INSTANCE_ID
-        self._server = FakeServer(self._serve)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # how soon leaving the fake stops the server
-            name="fake-vastai",
-            daemon=True,
-        )
-        self.api_url = f"http://127.0.0.1:{self._server.server_address[1]}/api/v0"
+        self.api_url = self._listen(self._serve, "fake-vastai") + "/api/v0"
 
-    def __enter__(self) -> FakeVastAI:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _end_all(self) -> None:
         with self._lock:
-            self._closed = True  # what still arrives is answered 503
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout=60):
-                self.errors.append(f"{self._in_flight} requests were still being answered")
             ending = [instance for instance in self.instances.values() if instance.running]
             for instance in ending:
                 instance.running = False
         for instance in ending:
             self._end(instance, abrupt=False)
-        for instance in self.instances.values():
-            _keep_home(instance.machine.home, self.root / str(instance.id) / "home")
-        if self.errors and exc is None:
-            raise AssertionError("the fake Vast.ai failed:\n" + "\n".join(self.errors))
+
+    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
+        return [(str(i.id), i.machine.home) for i in self.instances.values()]
 
     # -- what tests do to it ------------------------------------------------------------------
 
@@ -294,21 +261,10 @@ class FakeVastAI:
 
     def _serve(self, handler: FakeHandler) -> None:
         request, raw = _read(handler)
-        with self._answering(request):
-            _reply(handler, self._answer(request, raw))
-
-    @contextlib.contextmanager
-    def _answering(self, request: Recorded) -> Iterator[None]:
-        """Record the request, and count it in flight (leaving the fake waits for it)."""
         with self._lock:
             self.requests.append(request)
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+        with self._answering():
+            _reply(handler, self._answer(request, raw))
 
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
         method, path = request.method, request.path
@@ -503,12 +459,7 @@ class FakeVastAI:
     def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
         """End every process of the instance by pid (``_end_machine``)."""
         marker = f"CONTAINER_ID={instance.id}".encode()
-        survivors = _end_machine(instance.machine, marker, abrupt=abrupt)
-        if survivors:
-            with self._lock:
-                self.errors.append(
-                    f"instance {instance.id}: processes {sorted(survivors)} survived"
-                )
+        self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
 
 
 def _json(instance: FakeInstance) -> dict[str, Any]:

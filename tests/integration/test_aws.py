@@ -25,7 +25,7 @@ from skyward_trio import _transport
 from skyward_trio._aws import DEFAULT_AMI_PARAMETERS, AWSCluster, catalog
 from skyward_trio._model import Spec
 from skyward_trio._offers import Choice
-from skyward_trio._providers import HostKeyError
+from skyward_trio._providers import HostKeyError, given_host_key
 from skyward_trio._transport import asyncio_loop, generate_key
 
 QUIET = sky.Options(console="silent")
@@ -349,9 +349,8 @@ def test_a_machine_presenting_another_host_key_is_refused(aws: FakeAWS) -> None:
 
     async def main() -> None:
         async with asyncio_loop():
-            cluster = await _cluster(aws, "0badc0de")
             with pytest.raises(HostKeyError, match=f"instance {instance_id} at {address}"):
-                await cluster._sshd_answers(instance_id, address, expected)
+                await given_host_key(instance_id, address, 22, expected)
 
     try:
         trio.run(main)

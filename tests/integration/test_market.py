@@ -7,10 +7,12 @@ from __future__ import annotations
 import socket
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fake_aws import FakeAWS
+from fake_lambda import FakeLambda, need_fake_lambda
 from fake_runpod import FakeRunPod
 from fake_vastai import FakeVastAI
 
@@ -24,6 +26,13 @@ A = sky.accelerators
 def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A home per test (its tmp_path): each starts with no cached listing."""
     monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def fake_lambda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeLambda]:
+    need_fake_lambda()
+    with FakeLambda(root=tmp_path_factory.mktemp("lambda")) as api:
+        yield api
 
 
 def _runpod(api: FakeRunPod) -> sky.RunPod:
@@ -138,6 +147,30 @@ def test_several_providers_are_listed_together_and_a_failing_one_is_reported(
     h100 = sky.offers([_runpod(fake_runpod), _vast(vast)], accelerator=A.H100())
     assert {o.provider for o in h100} == {"sky.RunPod()", "sky.VastAI()"}
     assert h100.cheapest()[0].name == "H100 SXM x1 (ask 5007)"
+
+
+def test_lambda_lists_every_type_it_names_with_its_regions(fake_lambda: FakeLambda) -> None:
+    config = sky.Lambda(api_key=fake_lambda.api_key, api_url=fake_lambda.api_url)
+    listed = sky.offers(config)
+    by_name = {offer.name: offer for offer in listed}
+    # Every count; the RTX 6000 (no such model in sky.accelerators) is left out.
+    assert set(by_name) == {
+        "gpu_1x_a10",
+        "gpu_1x_a100",
+        "gpu_1x_a100_sxm4",
+        "gpu_2x_a100_sxm4",
+        "gpu_8x_a100_80gb_sxm4",
+        "gpu_1x_h100_pcie",
+        "gpu_1x_h100_sxm5",
+        "gpu_1x_gh200",
+    }
+    assert by_name["gpu_1x_gh200"].architecture == "arm64"
+    assert by_name["gpu_1x_h100_pcie"].regions == ("us-west-3", "us-south-1")
+    assert by_name["gpu_1x_a10"].on_demand_price == pytest.approx(0.75)
+    assert by_name["gpu_1x_a10"].spot_price is None
+    # Asked for two A100 40GB per node: the type with exactly two.
+    two = sky.offers(config, accelerator=A.A100(count=2, memory="40GB"))
+    assert [o.name for o in two] == ["gpu_2x_a100_sxm4"]
 
 
 async def test_the_trio_face_gives_the_same_listing(vast: FakeVastAI) -> None:

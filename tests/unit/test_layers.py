@@ -56,6 +56,7 @@ LAYERS = {
     "_runpod": 4,
     "_aws": 4,
     "_vastai": 4,
+    "_lambda": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,

@@ -1,0 +1,561 @@
+"""``sky.Lambda``: GPU instances rented from Lambda Cloud, through its public API v1.
+
+Lambda lists its instance types (``gpu_<N>x_<model>``), each with its GPUs, vCPUs, RAM,
+disk, price per hour and the regions that have capacity for it now; each type with GPUs
+Skyward can name becomes one :class:`Offer`. A node is one instance of the cheapest type
+with the spec's GPUs: launched in the first region with capacity, and when Lambda
+refuses for capacity, in the next region, then as the next type (``Choice.also``).
+
+Lambda takes one SSH key per launch, by name: the pool's public key is registered once as
+``skyward-<job>`` and deleted when the pool closes. The launch also carries cloud-init
+user data (``_aws.user_data``) with a host key made for the instance, so the client
+verifies the host key from its first connection, as for ``sky.AWS``.
+
+Nothing is left billing by a pool that closes: every instance is named
+``skyward-<job>-<node>-<n>``; ``terminate`` terminates an instance and confirms it
+terminated (or gone), and ``aclose`` terminates every instance of the job still listed,
+one whose launch was cut short before its answer included. An instance whose client
+vanished is not ended by itself: Lambda gives an instance no credential of its own, an OS
+shutdown does not end its billing, and the account's key is not shipped to the node. The
+worker exits when its lease runs out; the instance bills until it is terminated (the
+docs say so).
+
+The API key travels only in the ``Authorization`` header; errors quote Lambda's answer,
+which never holds it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from . import _transport, accelerators
+from ._aws import user_data
+from ._model import Lambda
+from ._offers import Catalog, Choice, Offer
+from ._providers import (
+    Instance,
+    ended_on_failure,
+    given_host_key,
+    poll_delays,
+    remote_workdir,
+    response_json,
+)
+from .accelerators import Accelerator
+
+__all__ = ["GPU_MODELS", "LambdaCluster", "LambdaError", "catalog"]
+
+#: What follows ``gpu_<N>x_`` in Lambda's instance type names, and the GPU it is. Types not
+#: listed here are not offered (an accelerator Skyward cannot name could not be asked for).
+GPU_MODELS: Mapping[str, Accelerator] = {
+    "a10": accelerators.A10(),
+    "a100": accelerators.A100(memory="40GB", form_factor="PCIe"),
+    "a100_sxm4": accelerators.A100(memory="40GB", form_factor="SXM"),
+    "a100_80gb_pcie": accelerators.A100(memory="80GB", form_factor="PCIe"),
+    "a100_80gb_sxm4": accelerators.A100(memory="80GB", form_factor="SXM"),
+    "a6000": accelerators.RTX_A6000(),
+    "h100_pcie": accelerators.H100(form_factor="PCIe"),
+    "h100_sxm5": accelerators.H100(form_factor="SXM"),
+    "gh200": accelerators.GH200(),
+    "b200_sxm6": accelerators.B200(),
+    "v100": accelerators.V100(form_factor="SXM"),
+    "v100_n": accelerators.V100(form_factor="SXM"),
+}
+#: Grace Hopper machines are arm64; the others x86_64.
+_ARM64 = frozenset({"gh200"})
+_TYPE_NAME = re.compile(r"gpu_([0-9]+)x_([a-z0-9_]+)")
+_GIB = 2**30 / 1e9  # GB in a GiB
+
+#: How long one API request may take before it counts as failed.
+_REQUEST_TIMEOUT = 30.0
+#: Lambda's error codes this module acts on.
+NO_CAPACITY = "instance-operations/launch/insufficient-capacity"
+QUOTA = "global/quota-exceeded"
+INVALID_KEY = "global/invalid-api-key"
+#: How often a launch refused for its rate (Lambda allows about one launch per 10 s) is
+#: tried again before the refusal stands.
+_RATE_RETRIES = 6
+#: How long a terminated instance may show "terminating" before that is an error.
+_TERMINATE_WAIT = 60.0
+
+
+class LambdaError(RuntimeError):
+    """Lambda's API refused a request or could not be reached; the message quotes it."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    body = response_json(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _describe_failure(response: httpx.Response) -> str:
+    """Lambda's own words for a failed request (its error's code, message and suggestion),
+    else the body."""
+    body = response_json(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        words = [str(error.get(k)) for k in ("code", "message", "suggestion") if error.get(k)]
+        if words:
+            return ": ".join(words)[:500]
+    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+
+
+def _data(response: httpx.Response) -> Any:
+    """The ``data`` of a successful answer, or None."""
+    body = response_json(response)
+    return body.get("data") if isinstance(body, dict) else None
+
+
+class _API:
+    """Lambda's API v1, with the key in the Authorization header only."""
+
+    def __init__(self, config: Lambda) -> None:
+        self.config = config
+        self._client = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {config.resolved_api_key()}"},
+            timeout=_REQUEST_TIMEOUT,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+        """One request, ``path`` under ``api_url``; a refused key or no answer says so."""
+        url = self.config.api_url.rstrip("/") + path
+        try:
+            response = await self._client.request(method, url, json=json)
+        except httpx.HTTPError as exc:
+            raise LambdaError(f"Lambda's API at {url} did not answer: {exc}") from exc
+        code = _error_code(response)
+        # A 403 with a code of its own (a used-up quota) is that refusal, not the key's.
+        if (
+            code == INVALID_KEY
+            or response.status_code == 401
+            or (response.status_code == 403 and code is None)
+        ):
+            raise LambdaError(
+                f"Lambda refused the API key ({response.status_code}: "
+                f"{_describe_failure(response)}); check LAMBDA_API_KEY or "
+                "Lambda(api_key=...), and make a new key at https://cloud.lambda.ai/api-keys "
+                "if it was deleted",
+                code,
+            )
+        return response
+
+    async def instance_types(self) -> list[dict[str, Any]]:
+        response = await self.request("GET", "/instance-types")
+        data = _data(response)
+        if response.status_code != 200 or not isinstance(data, dict):
+            raise LambdaError(
+                f"Lambda did not list its instance types ({response.status_code}: "
+                f"{_describe_failure(response)})"
+            )
+        return [entry for entry in data.values() if isinstance(entry, dict)]
+
+
+def _whole_gpus(count: float) -> int:
+    """GPUs per instance: Lambda rents whole ones (a fractional count is refused before)."""
+    return max(1, math.ceil(count))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def _offer(config: Lambda, entry: Mapping[str, Any]) -> Offer | None:
+    """One instance type as an offer, or None if its GPUs are not ones Skyward names.
+
+    Its regions are those with capacity now (the configured one only, when set); a type
+    with capacity nowhere has no price, so a spec's refusal says Lambda has none.
+    """
+    kind = entry.get("instance_type")
+    if not isinstance(kind, dict):
+        return None
+    name = str(kind.get("name", ""))
+    parsed = _TYPE_NAME.fullmatch(name)
+    if parsed is None or parsed[2] not in GPU_MODELS:
+        return None
+    given = kind.get("specs")
+    specs: Mapping[str, Any] = given if isinstance(given, dict) else {}
+    gpus = specs.get("gpus")
+    count = gpus if isinstance(gpus, int) and gpus > 0 else int(parsed[1])
+    listed = entry.get("regions_with_capacity_available")
+    regions = tuple(
+        str(r["name"])
+        for r in (listed if isinstance(listed, list) else [])
+        if isinstance(r, dict)
+        and isinstance(r.get("name"), str)
+        and config.region in (None, r["name"])
+    )
+    cents = _number(kind.get("price_cents_per_hour"))
+    memory, disk = _number(specs.get("memory_gib")), _number(specs.get("storage_gib"))
+    return Offer(
+        provider="sky.Lambda()",
+        name=name,
+        vcpus=_number(specs.get("vcpus")),
+        memory_gb=round(memory * _GIB, 1) if memory else None,
+        disk_gb=round(disk * _GIB, 1) if disk else None,
+        architecture="arm64" if parsed[2] in _ARM64 else "x86_64",
+        regions=regions,
+        on_demand_price=cents / 100 if cents is not None and regions else None,
+        accelerator=attrs.evolve(GPU_MODELS[parsed[2]], count=count),
+    )
+
+
+async def catalog(
+    config: Lambda, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
+) -> Catalog:
+    """Lambda's instance types with ``gpus`` of ``accelerator``'s model, each an offer;
+    with ``everything`` and no accelerator, every type with GPUs Skyward names.
+
+    Raises:
+        ValueError: No API key is set (a setting to fix, not a spec to skip).
+    """
+    config.resolved_api_key()  # before any request: the fix is the user's
+    if accelerator is None and not everything:
+        return Catalog(error="sky.Lambda() rents GPU instances: pass an accelerator")
+    api = _API(config)
+    try:
+        types = await api.instance_types()
+    except LambdaError as exc:
+        return Catalog(error=str(exc))
+    finally:
+        await api.aclose()
+    wanted = _whole_gpus(gpus)
+    offers = (_offer(config, entry) for entry in types)
+    return Catalog(
+        offers=tuple(
+            o
+            for o in offers
+            if o is not None
+            and o.accelerator is not None
+            and (accelerator is None or o.accelerator.count == wanted)
+        )
+    )
+
+
+@attrs.frozen
+class _Instance:
+    """What the API says of one instance."""
+
+    id: str
+    name: str
+    status: str  # booting, active, unhealthy, terminating, terminated
+    ip: str | None
+    private_ip: str | None
+
+
+def _instance(body: object) -> _Instance | None:
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        return None
+    ip, private_ip = body.get("ip"), body.get("private_ip")
+    return _Instance(
+        id=body["id"],
+        name=str(body.get("name") or ""),
+        status=str(body.get("status", "")),
+        ip=ip if isinstance(ip, str) and ip else None,
+        private_ip=private_ip if isinstance(private_ip, str) and private_ip else None,
+    )
+
+
+class LambdaCluster:
+    """One pool's instances on Lambda Cloud (see the module)."""
+
+    name = "lambda"
+    # Instances reach each other only through their public addresses, and sshd is the one
+    # port open to them: the collections store runs in the client.
+    peers_reachable = False
+
+    def __init__(
+        self, config: Lambda, *, job_id: str, client_key: _transport.SSHKey, choice: Choice
+    ) -> None:
+        self.config = config
+        self.job_id = job_id
+        self._choice = choice
+        self._offers = [choice.offer, *choice.also]  # cheapest first after the chosen
+        self._public_key = _transport.public_openssh(client_key)
+        self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
+        self._api = _API(config)
+        self._key_lock = trio.Lock()
+        self._key_id: str | None = None  # the registered SSH key's id, once registered
+        self._serial = 0
+        self._live: set[str] = set()  # instance ids launched and not confirmed terminated
+
+    @property
+    def _prefix(self) -> str:
+        return f"skyward-{self.job_id}-"
+
+    @property
+    def _key_name(self) -> str:
+        return f"skyward-{self.job_id}"
+
+    async def _registered_key(self) -> str:
+        """The pool's SSH key's name at Lambda, registered by the first node that needs it."""
+        async with self._key_lock:
+            if self._key_id is None:
+                key = {"name": self._key_name, "public_key": self._public_key}
+                response = await self._api.request("POST", "/ssh-keys", json=key)
+                data = _data(response)
+                if response.status_code != 200 or not isinstance(data, dict) or "id" not in data:
+                    raise LambdaError(
+                        f"Lambda did not register the pool's SSH key {self._key_name} "
+                        f"({response.status_code}: {_describe_failure(response)})",
+                        _error_code(response),
+                    )
+                self._key_id = str(data["id"])
+        return self._key_name
+
+    def _regions(self, offer: Offer) -> Sequence[str]:
+        region = self._choice.spec.region
+        return [r for r in offer.regions if region in (None, r)]
+
+    async def _launch(self, node: int, data: str) -> tuple[str, Offer]:
+        """Launch one instance of the first type and region with capacity: its id and type."""
+        key = await self._registered_key()
+        self._serial += 1
+        name = f"{self._prefix}{node}-{self._serial}"
+        refused: list[str] = []
+        for offer in self._offers:
+            for region in self._regions(offer):
+                body = {
+                    "region_name": region,
+                    "instance_type_name": offer.name,
+                    "ssh_key_names": [key],
+                    "quantity": 1,
+                    "name": name,
+                    "user_data": data,
+                }
+                response = await self._launch_once(body)
+                ids = (_data(response) or {}).get("instance_ids") if response.is_success else None
+                if isinstance(ids, list) and len(ids) == 1 and isinstance(ids[0], str):
+                    self._live.add(ids[0])
+                    return ids[0], offer
+                code = _error_code(response)
+                if code == NO_CAPACITY:
+                    refused.append(f"{offer.name} in {region}")
+                    continue
+                raise LambdaError(self._refusal(offer, region, response, code), code)
+        raise LambdaError(
+            "Lambda has no capacity now for any instance type and region of this spec "
+            f"(refused: {', '.join(refused) or 'none listed with capacity'}); try again later, "
+            "or widen the spec (another accelerator, region=None)",
+            NO_CAPACITY,
+        )
+
+    async def _launch_once(self, body: dict[str, Any]) -> httpx.Response:
+        """POST the launch; one refused for its rate is sent again after the wait Lambda
+        asks (``Retry-After``), else 10 s."""
+        for _ in range(_RATE_RETRIES):
+            response = await self._api.request("POST", "/instance-operations/launch", json=body)
+            if response.status_code != 429:
+                return response
+            after = response.headers.get("retry-after", "")
+            await trio.sleep(float(after) if after.isdigit() else 10.0)
+        return response
+
+    @staticmethod
+    def _refusal(offer: Offer, region: str, response: httpx.Response, code: str | None) -> str:
+        said = f"({response.status_code}: {_describe_failure(response)})"
+        if code == QUOTA:
+            return (
+                f"Lambda refused to launch {offer.name} in {region}: the account's instance "
+                f"quota is used up {said}. Terminate instances you no longer need, or ask "
+                "Lambda's support to raise the quota (it grows as invoices are paid)"
+            )
+        if response.status_code == 429:
+            return f"Lambda kept refusing to launch {offer.name} for its rate limit {said}"
+        return f"Lambda did not launch {offer.name} in {region} {said}"
+
+    async def provision(self, node: int) -> Instance:
+        """Launch an instance, wait until it is active and sshd answers with the host key it
+        was given, and learn its home."""
+        host_key = _transport.generate_key()
+        host_public = _transport.public_openssh(host_key)
+        instance_id, offer = await self._launch(node, user_data(self._public_key, host_key))
+        async with ended_on_failure(lambda: self._terminate([instance_id]), LambdaError):
+            running = await self._active(instance_id)
+            assert running.ip is not None
+            await given_host_key(instance_id, running.ip, 22, host_public)
+            user = self.config.username
+            workdir = await remote_workdir(
+                running.ip,
+                22,
+                user=user,
+                login=self._login,
+                host_key=host_public,
+                name=f"{self.job_id}-{node}",
+            )
+        return Instance(
+            id=instance_id,
+            node=node,
+            host=running.ip,
+            port=22,
+            username=user,
+            host_key=host_public,
+            private_ip=running.private_ip or running.ip,
+            public_ip=running.ip,
+            python=None,
+            workdir=workdir,
+            hourly_price=offer.on_demand_price or self._choice.hourly_price,
+            # No on_lease_expiry: nothing on the instance can terminate it (see the module).
+        )
+
+    async def _get(self, instance_id: str) -> _Instance | None:
+        """The instance as Lambda sees it now; None once it is gone."""
+        response = await self._api.request("GET", f"/instances/{instance_id}")
+        if response.status_code == 404:
+            return None
+        found = _instance(_data(response)) if response.status_code == 200 else None
+        if found is None:
+            raise LambdaError(
+                f"Lambda did not say how instance {instance_id} is ({response.status_code}: "
+                f"{_describe_failure(response)})"
+            )
+        return found
+
+    async def _active(self, instance_id: str) -> _Instance:
+        """Poll until the instance is active with an IP (the caller's deadline)."""
+        delays = poll_delays()
+        while True:
+            now = await self._get(instance_id)
+            if now is None:
+                raise LambdaError(f"instance {instance_id} was terminated before it came up")
+            if now.status in ("unhealthy", "terminating", "terminated"):
+                raise LambdaError(f"instance {instance_id} ended before it came up ({now.status})")
+            if now.status == "active" and now.ip is not None:
+                return now
+            await trio.sleep(next(delays))
+
+    async def alive(self, instance: Instance) -> bool:
+        """Whether Lambda still runs the instance (False once unhealthy or terminated)."""
+        try:
+            now = await self._get(instance.id)
+        except LambdaError:
+            return True  # the API did not answer: the reconnection finds out
+        return now is not None and now.status in ("booting", "active")
+
+    async def terminate(self, instance: Instance) -> None:
+        """Terminate the instance and confirm Lambda has it terminated; raise otherwise."""
+        await self._terminate([instance.id])
+
+    async def _terminate(self, ids: Sequence[str]) -> None:
+        response = await self._api.request(
+            "POST", "/instance-operations/terminate", json={"instance_ids": list(ids)}
+        )
+        if response.status_code not in (200, 404):
+            raise LambdaError(
+                f"Lambda did not terminate {', '.join(ids)} ({response.status_code}: "
+                f"{_describe_failure(response)}); terminate them in Lambda's console"
+            )
+        for instance_id in ids:
+            await self._terminated(instance_id)
+            self._live.discard(instance_id)
+
+    async def _terminated(self, instance_id: str) -> None:
+        """Wait while the instance shows "terminating"; raise unless it ends terminated or
+        gone."""
+        delays = poll_delays()
+        now: _Instance | None = None
+        with trio.move_on_after(_TERMINATE_WAIT):
+            while True:
+                now = await self._get(instance_id)
+                if now is None or now.status == "terminated":
+                    return
+                if now.status != "terminating":
+                    break
+                await trio.sleep(next(delays))
+        raise LambdaError(
+            f"Lambda still lists instance {instance_id} as "
+            f"{now.status if now is not None else 'unknown'} after terminating it; terminate "
+            "it in Lambda's console"
+        )
+
+    async def aclose(self) -> None:
+        """Terminate every instance of this job still there, those never handed out
+        included (a launch whose answer never came), and delete the pool's SSH key; raise
+        naming anything left."""
+        failed: list[str] = []
+        try:
+            with trio.move_on_after(120) as scope:
+                unlisted = await self._find_strays()
+                if unlisted is not None:
+                    failed.append(unlisted)
+                for instance_id in sorted(self._live):
+                    try:
+                        await self._terminate([instance_id])
+                    except LambdaError as exc:
+                        failed.append(f"{instance_id} ({exc})")
+                try:
+                    await self._delete_key()
+                except LambdaError as exc:
+                    failed.append(f"the SSH key {self._key_name} ({exc})")
+            if scope.cancelled_caught:
+                failed.append("no answer from Lambda within 120 s")
+        finally:
+            await self._api.aclose()
+        if failed:
+            raise LambdaError(
+                "sky.Lambda could not confirm every instance of this pool terminated and its "
+                f"SSH key deleted; these may still bill: {'; '.join(failed)}. Check Lambda's "
+                f"console for instances named {self._prefix}* and the key {self._key_name}"
+            )
+
+    async def _find_strays(self) -> str | None:
+        """Add the job's instances Lambda lists to those to terminate; or say why it could
+        not list them (an instance launched but never answered for may then be left)."""
+        try:
+            listed = await self._api.request("GET", "/instances")
+        except LambdaError as exc:
+            return f"the job's instances could not be listed: {exc}"
+        found = _data(listed)
+        if listed.status_code != 200 or not isinstance(found, list):
+            return f"the job's instances could not be listed ({listed.status_code}: " + (
+                f"{_describe_failure(listed)})"
+            )
+        for entry in found:
+            instance = _instance(entry)
+            if (
+                instance is not None
+                and instance.name.startswith(self._prefix)
+                and instance.status != "terminated"
+            ):
+                self._live.add(instance.id)
+        return None
+
+    async def _delete_key(self) -> None:
+        """Delete the pool's SSH key: the one registered, and any of its name (a register
+        whose answer never came)."""
+        ids = {self._key_id} if self._key_id is not None else set()
+        listed = await self._api.request("GET", "/ssh-keys")
+        keys = _data(listed)
+        if listed.status_code != 200 or not isinstance(keys, list):
+            raise LambdaError(
+                f"Lambda did not list the SSH keys ({listed.status_code}: "
+                f"{_describe_failure(listed)})"
+            )
+        ids |= {
+            str(k["id"]) for k in keys if isinstance(k, dict) and k.get("name") == self._key_name
+        }
+        for key_id in sorted(ids):
+            response = await self._api.request("DELETE", f"/ssh-keys/{key_id}")
+            if response.status_code not in (200, 204, 404):
+                raise LambdaError(
+                    f"Lambda did not delete it ({response.status_code}: "
+                    f"{_describe_failure(response)})"
+                )
+        self._key_id = None

@@ -1,0 +1,458 @@
+"""A fake of Lambda Cloud's API v1 for the tests, whose instances are real sshd "machines".
+
+``sky.Lambda`` cannot reach Lambda from the tests, so it is tested against this: a local HTTP
+server that answers the subset of Lambda Cloud's API (``/api/v1``) the provider uses, the way
+Lambda documents it: list instance types (with the regions that have capacity), launch,
+list, get and terminate instances, and register, list and delete SSH keys. Answers carry
+``{"data": ...}``; errors ``{"error": {"code", "message", "suggestion"}}``.
+
+Each instance is a private ``sshd`` (``sshd.start_sshd``) on port 22 of its own loopback
+address, 127.3.0.10 upward (the other fakes use 127.0.0.100+, 127.0.0.150+ and 127.K.0.x
+with K from 16), set up as Lambda's cloud-init sets up its Ubuntu image: the launch's one
+SSH key (by name) is authorized, and so are the ``ssh_authorized_keys`` of its user data
+(``#cloud-config`` then one JSON object), whose ``ssh_keys.ed25519_private`` becomes sshd's
+host key. Its sessions are those of the user running the tests (root, so that port 22
+binds): the provider logs in as ``Lambda(username="root")`` here, as ``ubuntu`` on Lambda.
+Its home is short and its own (``$TMPDIR/lambda-*``, moved to ``root/<id>/home`` when the
+fake is left). Terminating or killing an instance ends every process of it, by pid.
+
+The fake is stricter than Lambda: a body with a field it does not know is a 400 naming the
+field, so that a misspelt field fails here instead of being ignored there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import sshd
+from fake_aws import _write_secret
+from fake_cloud import (
+    FakeCloud,
+    FakeHandler,
+    Recorded,
+    _Answer,
+    _is_int,
+    _is_list_of_text,
+    _is_text,
+    _read,
+    _reply,
+)
+from needs import unavailable
+from sshd import Machine
+
+NO_CAPACITY = "instance-operations/launch/insufficient-capacity"
+FIRST_ADDRESS = 10  # 127.3.0.10
+
+
+def _type(name: str, gpu: str, gpus: int, cents: int, vcpus: int, regions: Sequence[str]) -> Any:
+    """One instance type as ``GET /instance-types`` lists it (GiB of memory and disk)."""
+    return {
+        "instance_type": {
+            "name": name,
+            "description": f"{gpus}x {gpu}",
+            "gpu_description": gpu,
+            "price_cents_per_hour": cents,
+            "specs": {
+                "vcpus": vcpus,
+                "memory_gib": 200 * gpus,
+                "storage_gib": 512 * gpus,
+                "gpus": gpus,
+            },
+        },
+        "regions_with_capacity_available": [
+            {"name": region, "description": region} for region in regions
+        ],
+    }
+
+
+DEFAULT_TYPES: tuple[dict[str, Any], ...] = (
+    _type("gpu_1x_a10", "A10 (24 GB PCIe)", 1, 75, 30, ["us-east-1"]),
+    _type("gpu_1x_a100", "A100 (40 GB PCIe)", 1, 129, 30, ["us-west-1"]),
+    _type("gpu_1x_a100_sxm4", "A100 (40 GB SXM4)", 1, 129, 30, ["us-east-1", "us-west-2"]),
+    _type("gpu_2x_a100_sxm4", "A100 (40 GB SXM4)", 2, 258, 60, ["us-east-1"]),
+    _type("gpu_8x_a100_80gb_sxm4", "A100 (80 GB SXM4)", 8, 1432, 240, []),
+    _type("gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 1, 249, 26, ["us-west-3", "us-south-1"]),
+    _type("gpu_1x_h100_sxm5", "H100 (80 GB SXM5)", 1, 329, 26, ["us-south-1"]),
+    _type("gpu_1x_gh200", "GH200 (96 GB)", 1, 149, 64, ["us-east-3"]),
+    _type("gpu_1x_rtx6000", "RTX 6000 (24 GB)", 1, 50, 14, ["us-east-1"]),
+)
+
+
+def need_fake_lambda() -> None:
+    """Skip where the fake's machines cannot run (under CI, fail): without sshd, or not as
+    root (they listen on port 22)."""
+    sshd.need_sshd()
+    if os.getuid() != 0:
+        unavailable(
+            "the fake Lambda's machines listen on port 22: run the tests as root",
+            suite="sky.Lambda",
+        )
+
+
+@attrs.define
+class FakeInstance:
+    """An instance the fake launched: its launch's JSON, its sshd machine and its state.
+
+    ``running`` says whether its processes still run; an instance ends once (terminated or
+    killed), and its ``machine`` stays as a record of where it was.
+    """
+
+    id: str
+    body: dict[str, Any]
+    machine: Machine
+    ready_at: float  # time.monotonic() after which it is active, with an IP
+    status: str = "booting"  # then active; unhealthy once killed; terminated
+    running: bool = True
+
+    @property
+    def name(self) -> str:
+        return str(self.body.get("name", ""))
+
+    def shown_status(self) -> str:
+        if self.status == "booting" and time.monotonic() >= self.ready_at:
+            self.status = "active"
+        return self.status
+
+
+class _Refused(Exception):
+    """A request the fake answers with an error in Lambda's shape."""
+
+    def __init__(self, message: str, code: str = "global/invalid-parameters", status: int = 400):
+        super().__init__(message)
+        self.message, self.code, self.status = message, code, status
+
+
+class FakeLambda(FakeCloud):
+    """Lambda Cloud's API v1 at ``api_url`` on ``127.0.0.1``, with sshd machines for
+    instances (``fake_cloud.FakeCloud``: leaving it ends every machine, by pid)."""
+
+    title = "the fake Lambda"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        instance_types: Sequence[Mapping[str, Any]] = DEFAULT_TYPES,
+        start_delay: float = 0.0,
+    ) -> None:
+        """``instance_types``: what ``GET /instance-types`` lists (copied; changeable).
+        ``start_delay``: seconds after a launch during which the instance is booting."""
+        super().__init__(root)
+        self.api_key = "secret_fake_" + secrets.token_hex(16)
+        self.instance_types: list[dict[str, Any]] = [
+            json.loads(json.dumps(t)) for t in instance_types
+        ]
+        self.start_delay = start_delay
+        self.requests: list[Recorded] = []
+        self.instances: dict[str, FakeInstance] = {}
+        self.ssh_keys: dict[str, dict[str, str]] = {}  # by id
+        self.full: set[tuple[str, str]] = set()  # (type, region): launches refused there
+        self._failures: list[tuple[int, str] | None] = []  # None: that launch succeeds
+        self._next_address = FIRST_ADDRESS
+        self.api_url = self._listen(self._serve, "fake-lambda") + "/api/v1"
+
+    # -- what tests do to it ------------------------------------------------------------------
+
+    def live(self) -> list[FakeInstance]:
+        """Instances not terminated (unhealthy ones included: they still bill), in launch
+        order."""
+        with self._lock:
+            return [i for i in self.instances.values() if i.status != "terminated"]
+
+    def fail_launches(
+        self, n: int, *, code: str = NO_CAPACITY, status: int = 400, after: int = 0
+    ) -> None:
+        """After ``after`` more launches, the next ``n`` with a valid body are refused with
+        ``code``."""
+        with self._lock:
+            self._failures.extend([None] * after + [(status, code)] * n)
+
+    def kill(self, instance_id: str) -> None:
+        """The instance's machine dies at once (every process killed); Lambda then shows it
+        ``unhealthy`` until it is terminated, and still bills it."""
+        with self._lock:
+            instance = self.instances[instance_id]
+            if instance.status == "terminated":
+                raise ValueError(f"instance {instance_id} is terminated")
+            instance.status = "unhealthy"
+            running, instance.running = instance.running, False
+        if running:
+            self._end(instance, abrupt=True)
+
+    # -- FakeCloud -------------------------------------------------------------------------------
+
+    def _end_all(self) -> None:
+        with self._lock:
+            ending = [i for i in self.instances.values() if i.running]
+            for instance in ending:
+                instance.running = False
+        for instance in ending:
+            self._end(instance, abrupt=False)
+
+    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
+        return [(i.id, i.machine.home) for i in self.instances.values()]
+
+    def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
+        marker = f"FAKE_LAMBDA_INSTANCE_ID={instance.id}".encode()
+        self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def _serve(self, handler: FakeHandler) -> None:
+        request, raw = _read(handler)
+        with self._lock:
+            self.requests.append(request)
+        with self._answering():
+            _reply(handler, self._answer(request, raw))
+
+    def _answer(self, request: Recorded, raw: bytes) -> _Answer:
+        method, path = request.method, request.path
+        try:
+            with self._lock:
+                closed = self._closed
+            if closed:
+                raise _Refused("the fake Lambda is shutting down", "global/unknown", 503)
+            given = request.headers.get("authorization", "").encode()
+            if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                raise _Refused("API key was invalid, expired, or deleted.", _INVALID_KEY, 401)
+            if raw and request.body is None:
+                raise _Refused("body: not JSON")
+            if request.query:
+                raise _Refused(f"{sorted(request.query)[0]}: not a query parameter it knows")
+            parts = path.strip("/").split("/")
+            if parts[:2] != ["api", "v1"]:
+                raise _Refused(f"not found: {method} {path}", "global/object-does-not-exist", 404)
+            return self._route(method, parts[2:], request.body)
+        except _Refused as refused:
+            return _error(refused.status, refused.code, refused.message)
+        except Exception as error:  # answered 500, and raised when the fake is left
+            message = f"{method} {path}: {type(error).__name__}: {error}"
+            with self._lock:
+                self.errors.append(message)
+            return _error(500, "global/unknown", f"the fake Lambda failed: {message}")
+
+    def _route(self, method: str, rest: list[str], body: Any) -> _Answer:
+        if rest == ["instance-types"] and method == "GET":
+            with self._lock:
+                types = {t["instance_type"]["name"]: t for t in self.instance_types}
+                return _Answer(200, {"data": json.loads(json.dumps(types))})
+        if rest == ["instance-operations", "launch"] and method == "POST":
+            return self._launch(body)
+        if rest == ["instance-operations", "terminate"] and method == "POST":
+            return self._terminate(body)
+        if rest == ["instances"] and method == "GET":
+            with self._lock:
+                shown = [self._json(i) for i in self.instances.values() if i.status != "terminated"]
+            return _Answer(200, {"data": shown})
+        if len(rest) == 2 and rest[0] == "instances" and method == "GET":
+            with self._lock:
+                instance = self.instances.get(rest[1])
+                if instance is None:
+                    raise _Refused("Instance not found", "global/object-does-not-exist", 404)
+                return _Answer(200, {"data": self._json(instance)})
+        if rest == ["ssh-keys"] and method == "GET":
+            with self._lock:
+                return _Answer(200, {"data": [dict(k) for k in self.ssh_keys.values()]})
+        if rest == ["ssh-keys"] and method == "POST":
+            return self._add_key(body)
+        if len(rest) == 2 and rest[0] == "ssh-keys" and method == "DELETE":
+            with self._lock:
+                if self.ssh_keys.pop(rest[1], None) is None:
+                    raise _Refused("SSH key not found", "global/object-does-not-exist", 404)
+            return _Answer(200, {"data": {}})
+        raise _Refused(
+            f"not found: {method} /{'/'.join(rest)}", "global/object-does-not-exist", 404
+        )
+
+    # -- SSH keys --------------------------------------------------------------------------------
+
+    def _add_key(self, body: Any) -> _Answer:
+        _check(body, _KEY_FIELDS, required=("name",))
+        if "public_key" not in body:
+            raise _Refused("public_key: the fake Lambda does not generate keys; pass one")
+        with self._lock:
+            if any(k["name"] == body["name"] for k in self.ssh_keys.values()):
+                raise _Refused(
+                    f"name: an SSH key named {body['name']!r} exists", "global/duplicate"
+                )
+            key_id = secrets.token_hex(16)
+            key = {"id": key_id, "name": body["name"], "public_key": body["public_key"].strip()}
+            self.ssh_keys[key_id] = key
+            return _Answer(200, {"data": dict(key)})
+
+    # -- instances -------------------------------------------------------------------------------
+
+    def _launch(self, body: Any) -> _Answer:
+        _check(
+            body, _LAUNCH_FIELDS, required=("region_name", "instance_type_name", "ssh_key_names")
+        )
+        if len(body["ssh_key_names"]) != 1:
+            raise _Refused("ssh_key_names: exactly one SSH key must be specified")
+        if body.get("quantity", 1) != 1:
+            raise _Refused("quantity: the fake Lambda launches one instance at a time")
+        # One launch at a time, under the lock, sshd start included: leaving the fake then
+        # waits for a launch in flight, and no machine starts after the fake ended them all.
+        with self._lock:
+            kinds = {t["instance_type"]["name"]: t for t in self.instance_types}
+            kind, region = body["instance_type_name"], body["region_name"]
+            if kind not in kinds:
+                raise _Refused(f"instance_type_name: no instance type {kind!r}")
+            keys = [k for k in self.ssh_keys.values() if k["name"] == body["ssh_key_names"][0]]
+            if not keys:
+                raise _Refused(f"ssh_key_names: no SSH key named {body['ssh_key_names'][0]!r}")
+            failure = self._failures.pop(0) if self._failures else None
+            if failure is not None:
+                status, code = failure
+                raise _Refused(_MESSAGES.get(code, code), code, status)
+            regions = [r["name"] for r in kinds[kind]["regions_with_capacity_available"]]
+            if region not in regions or (kind, region) in self.full:
+                raise _Refused(_MESSAGES[NO_CAPACITY], NO_CAPACITY)
+            instance = self._start(body, keys[0]["public_key"])
+            self.instances[instance.id] = instance
+            return _Answer(200, {"data": {"instance_ids": [instance.id]}})
+
+    def _start(self, body: dict[str, Any], public_key: str) -> FakeInstance:
+        if self._next_address > 254:
+            raise RuntimeError("the fake Lambda has no loopback address left for an instance")
+        address = f"127.3.0.{self._next_address}"
+        self._next_address += 1
+        instance_id = secrets.token_hex(16)
+        directory = self.root / instance_id
+        directory.mkdir(parents=True)
+        config = _cloud_config(body.get("user_data", ""))
+        private = (config.get("ssh_keys") or {}).get("ed25519_private")
+        if isinstance(private, str) and private.strip():
+            _write_secret(directory / "host_ed25519", private)  # start_sshd keeps it
+        extra = [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
+        authorized = directory / "authorized_keys"
+        authorized.write_text("".join(f"{line}\n" for line in [public_key, *extra]))
+        # A short home, as /home/ubuntu: a worker's socket lives under it, and a unix
+        # socket's path holds 107 bytes, which a home under a test's directory would exceed.
+        home = Path(tempfile.mkdtemp(prefix="lambda-"))
+        try:
+            machine = sshd.start_sshd(
+                self.root,
+                instance_id,
+                address,
+                authorized,
+                port=22,
+                extra_env={"FAKE_LAMBDA_INSTANCE_ID": instance_id},
+                home=home,
+            )
+        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
+            raise RuntimeError(str(error)) from None
+        return FakeInstance(
+            id=instance_id,
+            body=body,
+            machine=machine,
+            ready_at=time.monotonic() + self.start_delay,
+        )
+
+    def _terminate(self, body: Any) -> _Answer:
+        _check(
+            body, {"instance_ids": (_is_list_of_text, "a list of instance ids")}, ("instance_ids",)
+        )
+        with self._lock:
+            unknown = [i for i in body["instance_ids"] if i not in self.instances]
+            if unknown:
+                raise _Refused(
+                    f"instance_ids: no instance {unknown[0]!r}",
+                    status=404,
+                    code="global/object-does-not-exist",
+                )
+            ending = [self.instances[i] for i in body["instance_ids"]]
+            for instance in ending:
+                instance.status = "terminated"
+            running = [i for i in ending if i.running]
+            for instance in running:
+                instance.running = False
+            shown = [self._json(i) for i in ending]
+        for instance in running:
+            self._end(instance, abrupt=False)
+        return _Answer(200, {"data": {"terminated_instances": shown}})
+
+    def _json(self, instance: FakeInstance) -> dict[str, Any]:
+        """The instance as GET shows it: an IP once it is active."""
+        status = instance.shown_status()
+        kinds = {t["instance_type"]["name"]: t for t in self.instance_types}
+        kind = kinds[instance.body["instance_type_name"]]["instance_type"]
+        up = status in ("active", "unhealthy")
+        return {
+            "id": instance.id,
+            "name": instance.name,
+            "ip": instance.machine.addr if up else None,
+            "private_ip": instance.machine.addr if up else None,
+            "status": status,
+            "ssh_key_names": list(instance.body["ssh_key_names"]),
+            "file_system_names": list(instance.body.get("file_system_names", [])),
+            "region": {"name": instance.body["region_name"], "description": ""},
+            "instance_type": dict(kind),
+            "hostname": instance.body.get("hostname") or instance.id[:12],
+            "is_reserved": False,
+        }
+
+
+_INVALID_KEY = "global/invalid-api-key"
+_MESSAGES = {
+    NO_CAPACITY: "Not enough capacity to fulfill launch request.",
+    "global/quota-exceeded": "Quota exceeded: you have reached your instance limit.",
+}
+
+_Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
+_KEY_FIELDS: _Checks = {
+    "name": (_is_text, "a non-empty string"),
+    "public_key": (_is_text, "an OpenSSH public key line"),
+}
+_LAUNCH_FIELDS: _Checks = {
+    "region_name": (_is_text, "a region's name"),
+    "instance_type_name": (_is_text, "an instance type's name"),
+    "ssh_key_names": (_is_list_of_text, "a list of one SSH key's name"),
+    "file_system_names": (_is_list_of_text, "a list of file systems' names"),
+    "quantity": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "name": (lambda v: isinstance(v, str) and len(v) <= 64, "a string of at most 64"),
+    "hostname": (_is_text, "a hostname"),
+    "user_data": (lambda v: isinstance(v, str) and len(v) <= 1 << 20, "text of at most 1 MB"),
+    "image": (lambda v: isinstance(v, dict), 'an object like {"family": "lambda-stack-22-04"}'),
+    "tags": (lambda v: isinstance(v, list), "a list of key/value objects"),
+}
+
+
+def _check(body: Any, fields: _Checks, required: Sequence[str]) -> None:
+    """Refuse a body naming its first wrong field."""
+    if not isinstance(body, dict):
+        raise _Refused("body: expected a JSON object")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise _Refused(f"{unknown[0]}: not a field the fake Lambda knows ({', '.join(fields)})")
+    for field in required:
+        if field not in body:
+            raise _Refused(f"{field}: required")
+    for field, value in body.items():
+        check, expected = fields[field]
+        if not check(value):
+            raise _Refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
+
+
+def _cloud_config(text: str) -> dict[str, Any]:
+    """User data as cloud-init reads it here: ``#cloud-config`` then one JSON object (which
+    is YAML); anything else configures nothing."""
+    first, _, rest = text.partition("\n")
+    try:
+        config = json.loads(rest) if first.strip() == "#cloud-config" else None
+    except ValueError:
+        config = None
+    return config if isinstance(config, dict) else {}
+
+
+def _error(status: int, code: str, message: str) -> _Answer:
+    """An error as Lambda's API sends it."""
+    return _Answer(status, {"error": {"code": code, "message": message}})
