@@ -41,6 +41,7 @@ from ._model import Lambda
 from ._offers import Catalog, Choice, Offer
 from ._providers import (
     Instance,
+    KeyedAPI,
     ended_on_failure,
     given_host_key,
     poll_delays,
@@ -72,8 +73,6 @@ _ARM64 = frozenset({"gh200"})
 _TYPE_NAME = re.compile(r"gpu_([0-9]+)x_([a-z0-9_]+)")
 _GIB = 2**30 / 1e9  # GB in a GiB
 
-#: How long one API request may take before it counts as failed.
-_REQUEST_TIMEOUT = 30.0
 #: Lambda's error codes this module acts on.
 NO_CAPACITY = "instance-operations/launch/insufficient-capacity"
 QUOTA = "global/quota-exceeded"
@@ -118,42 +117,27 @@ def _data(response: httpx.Response) -> Any:
     return body.get("data") if isinstance(body, dict) else None
 
 
-class _API:
-    """Lambda's API v1, with the key in the Authorization header only."""
+class _API(KeyedAPI[Lambda]):
+    """Lambda's API v1."""
 
-    def __init__(self, config: Lambda) -> None:
-        self.config = config
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {config.resolved_api_key()}"},
-            timeout=_REQUEST_TIMEOUT,
-            follow_redirects=False,
-        )
+    cloud = "Lambda"
+    error = LambdaError
+    key_fix = (
+        "check LAMBDA_API_KEY or Lambda(api_key=...), and make a new key at "
+        "https://cloud.lambda.ai/api-keys if it was deleted"
+    )
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
+    def describe(self, response: httpx.Response) -> str:
+        return _describe_failure(response)
 
-    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
-        """One request, ``path`` under ``api_url``; a refused key or no answer says so."""
-        url = self.config.api_url.rstrip("/") + path
-        try:
-            response = await self._client.request(method, url, json=json)
-        except httpx.HTTPError as exc:
-            raise LambdaError(f"Lambda's API at {url} did not answer: {exc}") from exc
-        code = _error_code(response)
+    def key_refused(self, response: httpx.Response) -> bool:
         # A 403 with a code of its own (a used-up quota) is that refusal, not the key's.
-        if (
-            code == INVALID_KEY
-            or response.status_code == 401
-            or (response.status_code == 403 and code is None)
-        ):
-            raise LambdaError(
-                f"Lambda refused the API key ({response.status_code}: "
-                f"{_describe_failure(response)}); check LAMBDA_API_KEY or "
-                "Lambda(api_key=...), and make a new key at https://cloud.lambda.ai/api-keys "
-                "if it was deleted",
-                code,
-            )
-        return response
+        code = _error_code(response)
+        status = response.status_code
+        return code == INVALID_KEY or status == 401 or (status == 403 and code is None)
+
+    def failure(self, message: str, response: httpx.Response | None = None) -> Exception:
+        return LambdaError(message, None if response is None else _error_code(response))
 
     async def instance_types(self) -> list[dict[str, Any]]:
         response = await self.request("GET", "/instance-types")

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import attrs
 import trio
@@ -42,13 +42,15 @@ from ._offers import Catalog, Choice, Offer
 from .accelerators import Accelerator
 
 if TYPE_CHECKING:
-    import httpx  # the cloud providers' client; this module never makes a request
+    import httpx  # the cloud providers' client: imported when a cloud pool opens
 
 __all__ = [
+    "API_TIMEOUT",
     "ARMED_FAULTS",
     "Cluster",
     "HostKeyError",
     "Instance",
+    "KeyedAPI",
     "LocalCluster",
     "LocalFault",
     "SSHCluster",
@@ -750,6 +752,79 @@ def _pin(host: str, port: int, key: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path, "a", encoding="utf-8") as file:
         file.write(f"{_known_hosts_name(host, port)} {key}\n")
+
+
+#: How long one request to a cloud's API may take before it counts as failed.
+API_TIMEOUT = 30.0
+
+
+class _KeyedConfig(Protocol):
+    """A provider config whose API takes a key: ``sky.RunPod``, ``VastAI``, ``Lambda``."""
+
+    @property
+    def api_url(self) -> str: ...
+
+    def resolved_api_key(self) -> str: ...
+
+
+C = TypeVar("C", bound=_KeyedConfig)
+
+
+class KeyedAPI(Generic[C]):
+    """A cloud's HTTP API, with the key in the Authorization header only (never in a URL,
+    a body or a message). A subclass names the cloud, its error, how it words a failure
+    and how to fix a refused key."""
+
+    #: The cloud, as messages name it (``"RunPod"``).
+    cloud: ClassVar[str]
+    #: What a failed request raises.
+    error: ClassVar[type[Exception]]
+    #: How to fix a refused key, the end of that message.
+    key_fix: ClassVar[str]
+
+    def __init__(self, config: C) -> None:
+        import httpx
+
+        self.config = config
+        self._client = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {config.resolved_api_key()}"},
+            timeout=API_TIMEOUT,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def describe(self, response: httpx.Response) -> str:
+        """The cloud's own words for a failed request (its JSON error, else the body)."""
+        return response.text.strip()[:500] or f"HTTP {response.status_code}"
+
+    def key_refused(self, response: httpx.Response) -> bool:
+        return response.status_code in (401, 403)
+
+    def failure(self, message: str, response: httpx.Response | None = None) -> Exception:
+        """The error a failed request raises (``response``: what was answered, if any)."""
+        return self.error(message)
+
+    async def send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
+        """One request; a refused key or no answer is the cloud's error, saying so."""
+        import httpx
+
+        try:
+            response = await self._client.request(method, url, json=json)
+        except httpx.HTTPError as exc:
+            raise self.failure(f"{self.cloud}'s API at {url} did not answer: {exc}") from exc
+        if self.key_refused(response):
+            raise self.failure(
+                f"{self.cloud} refused the API key ({response.status_code}: "
+                f"{self.describe(response)}); {self.key_fix}",
+                response,
+            )
+        return response
+
+    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+        """A request to ``path`` under the config's ``api_url``."""
+        return await self.send(method, self.config.api_url.rstrip("/") + path, json=json)
 
 
 def response_json(response: httpx.Response) -> Any:

@@ -34,6 +34,7 @@ from ._model import RunPod
 from ._offers import Catalog, Choice, Offer
 from ._providers import (
     Instance,
+    KeyedAPI,
     ended_on_failure,
     first_host_key,
     poll_delays,
@@ -71,8 +72,6 @@ _GPU_TYPES_QUERY = (
     "securePrice communityPrice secureSpotPrice communitySpotPrice maxGpuCount } }"
 )
 
-#: How long one API request may take before it counts as failed.
-_REQUEST_TIMEOUT = 30.0
 #: The command a pod runs to delete itself when the worker's lease runs out.
 _SELF_DELETE = 'runpodctl remove pod "$RUNPOD_POD_ID"'
 
@@ -103,41 +102,19 @@ def _gpu_types_in(body: object) -> list[dict[str, Any]] | None:
     return [t for t in types if isinstance(t, dict)] if isinstance(types, list) else None
 
 
-class _API:
-    """RunPod's REST and GraphQL APIs, with the key in the Authorization header only."""
+class _API(KeyedAPI[RunPod]):
+    """RunPod's REST and GraphQL APIs."""
 
-    def __init__(self, config: RunPod) -> None:
-        self.config = config
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {config.resolved_api_key()}"},
-            timeout=_REQUEST_TIMEOUT,
-            follow_redirects=False,
-        )
+    cloud = "RunPod"
+    error = RunPodError
+    key_fix = "check RUNPOD_API_KEY or RunPod(api_key=...) and that the key may manage pods"
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def _send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
-        """One request; a refused key or no answer is a RunPodError saying so."""
-        try:
-            response = await self._client.request(method, url, json=json)
-        except httpx.HTTPError as exc:
-            raise RunPodError(f"RunPod's API at {url} did not answer: {exc}") from exc
-        if response.status_code in (401, 403):
-            raise RunPodError(
-                f"RunPod refused the API key ({response.status_code}: "
-                f"{_describe_failure(response)}); check RUNPOD_API_KEY or RunPod(api_key=...) "
-                "and that the key may manage pods"
-            )
-        return response
-
-    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
-        """A REST request, ``path`` under ``api_url``."""
-        return await self._send(method, self.config.api_url.rstrip("/") + path, json=json)
+    def describe(self, response: httpx.Response) -> str:
+        return _describe_failure(response)
 
     async def gpu_types(self) -> list[dict[str, Any]]:
         """The GraphQL ``gpuTypes``: RunPod's GPU types with their prices per GPU-hour."""
-        response = await self._send(
+        response = await self.send(
             "POST", self.config.graphql_url, json={"query": _GPU_TYPES_QUERY}
         )
         types = _gpu_types_in(response_json(response)) if response.status_code == 200 else None

@@ -35,6 +35,7 @@ from ._model import VastAI
 from ._offers import Catalog, Choice, Offer
 from ._providers import (
     Instance,
+    KeyedAPI,
     ended_on_failure,
     first_host_key,
     poll_delays,
@@ -77,8 +78,6 @@ GPU_NAMES: Mapping[str, Callable[[float], Accelerator]] = {
     "Tesla V100": lambda mb: accelerators.V100(),
 }
 
-#: How long one API request may take before it counts as failed.
-_REQUEST_TIMEOUT = 30.0
 #: The most machines one search lists (cheapest first).
 _SEARCH_LIMIT = 200
 #: What an instance runs to destroy itself when the worker's lease runs out: the
@@ -103,33 +102,15 @@ def _describe_failure(response: httpx.Response) -> str:
     return response.text.strip()[:500] or f"HTTP {response.status_code}"
 
 
-class _API:
-    """Vast's REST API, with the key in the Authorization header only."""
+class _API(KeyedAPI[VastAI]):
+    """Vast's REST API."""
 
-    def __init__(self, config: VastAI) -> None:
-        self.config = config
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {config.resolved_api_key()}"},
-            timeout=_REQUEST_TIMEOUT,
-            follow_redirects=False,
-        )
+    cloud = "Vast.ai"
+    error = VastAIError
+    key_fix = "check VAST_API_KEY or VastAI(api_key=...)"
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
-        """One request, ``path`` under ``api_url``; a refused key or no answer says so."""
-        url = self.config.api_url.rstrip("/") + path
-        try:
-            response = await self._client.request(method, url, json=json)
-        except httpx.HTTPError as exc:
-            raise VastAIError(f"Vast.ai's API at {url} did not answer: {exc}") from exc
-        if response.status_code in (401, 403):
-            raise VastAIError(
-                f"Vast.ai refused the API key ({response.status_code}: "
-                f"{_describe_failure(response)}); check VAST_API_KEY or VastAI(api_key=...)"
-            )
-        return response
+    def describe(self, response: httpx.Response) -> str:
+        return _describe_failure(response)
 
     async def search(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         response = await self.request("POST", "/bundles/", json=query)
