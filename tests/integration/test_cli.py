@@ -180,6 +180,18 @@ def test_log_shows_the_last_lines_and_follows(sky_command: Sky) -> None:
         wait_until(
             lambda: out.read_text() == "line 9\nline 10\n", "a new line", timeout=60, every=0.1
         )
+        # Rotated as the pool log rotates: renamed, with a line the follower has not read
+        # yet, and a new file in its place.
+        with log.open("a") as more:
+            more.write("line 11\n")
+        log.rename(log.with_name("skyward.log.1"))
+        log.write_text("line 12\n")
+        wait_until(
+            lambda: out.read_text().endswith("line 10\nline 11\nline 12\n"),
+            "the rest of the old file, then the new one",
+            timeout=60,
+            every=0.1,
+        )
     finally:
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=30) == 130
