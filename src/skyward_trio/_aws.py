@@ -675,7 +675,7 @@ class AWSCluster:
         instance_id, kind = await self._launch(
             api, network, node, user_data(self._public_key, host_key)
         )
-        async with ended_on_failure(lambda: self._terminate(api, instance_id), AWSError):
+        async with ended_on_failure(lambda: self._terminate_all(api, [instance_id]), AWSError):
             described = await self._running(api, instance_id)
             private_ip = str(described.get("PrivateIpAddress") or "")
             public_ip = described.get("PublicIpAddress") or None
@@ -753,10 +753,7 @@ class AWSCluster:
     async def terminate(self, instance: Instance) -> None:
         """Terminate the instance and confirm EC2 has it ending; raise otherwise."""
         api, _ = await self._prepared()
-        await self._terminate(api, instance.id)
-
-    async def _terminate(self, api: _API, instance_id: str) -> None:
-        await self._terminate_all(api, [instance_id])
+        await self._terminate_all(api, [instance.id])
 
     async def _terminate_all(self, api: _API, ids: Sequence[str]) -> None:
         try:

@@ -54,6 +54,7 @@ class Offer:
         accelerator: The accelerator it carries (its ``count``: how many per node), or
             None when that is not known before a machine is up (a ``sky.SSH`` host) or it
             has none: a spec's ``accelerator`` is then not judged here.
+        ref: The provider's own id for it, when renting it needs one (a Vast.ai ask).
     """
 
     provider: str
@@ -66,6 +67,7 @@ class Offer:
     spot_price: float | None = None
     on_demand_price: float | None = None
     accelerator: Accelerator | None = None
+    ref: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -160,7 +160,7 @@ def _number(value: object) -> float | None:
 
 
 def _offer(entry: Mapping[str, Any]) -> Offer | None:
-    """One machine as an offer (its name carries the ask id), or None if not offered."""
+    """One machine as an offer (its ``ref``: the ask id), or None if not offered."""
     make = GPU_NAMES.get(str(entry.get("gpu_name")))
     ask, gpus = entry.get("id"), entry.get("num_gpus")
     if make is None or not isinstance(ask, int) or not isinstance(gpus, int) or gpus < 1:
@@ -178,12 +178,15 @@ def _offer(entry: Mapping[str, Any]) -> Offer | None:
         spot_price=_number(entry.get("min_bid")),
         on_demand_price=_number(entry.get("dph_total")),
         accelerator=attrs.evolve(make(ram), count=gpus),
+        ref=str(ask),
     )
 
 
 def _ask(offer: Offer) -> int:
-    """The ask id an offer's name carries (``... (ask 123)``)."""
-    return int(offer.name.rsplit("(ask ", 1)[1].rstrip(")"))
+    """The ask id of an offer :func:`_offer` made."""
+    if offer.ref is None or not offer.ref.isdigit():
+        raise ValueError(f"{offer.name}: not a Vast.ai machine listed by its search")
+    return int(offer.ref)
 
 
 async def catalog(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import skyward as sky
@@ -77,7 +78,9 @@ def test_a_machine_is_an_offer_with_what_it_has_and_its_prices() -> None:
     assert (offer.on_demand_price, offer.spot_price) == (2.2, 1.2)
     assert offer.architecture == "x86_64"
     assert offer.regions == ("US",)
-    assert _ask(offer) == 4242
+    assert (offer.ref, _ask(offer)) == ("4242", 4242)
+    with pytest.raises(ValueError, match=r"not a Vast\.ai machine listed by its search"):
+        _ask(attrs.evolve(offer, ref=None))
     small = _offer(machine(gpu_ram=40960, gpu_name="A100 PCIE"))
     assert small is not None
     assert small.accelerator == A.A100(count=2, memory="40GB", form_factor="PCIe")
