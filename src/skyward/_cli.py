@@ -2,6 +2,7 @@
 
     sky offers list runpod vastai --accelerator H100 --count 8 --spot --cheapest 5
     sky offers fetch aws                   # refresh the cached listing
+    sky providers check runpod             # is the key set up, does the API answer?
     sky config validate                    # ./skyward.toml over ~/.skyward/defaults.toml
     sky config show
     sky log --follow                       # the pool log, as it is written
@@ -52,7 +53,7 @@ def _providers(names: Sequence[str], args: argparse.Namespace) -> list[ProviderC
         if not loaded.providers:
             types = ", ".join(PROVIDER_TYPES)
             raise _Refused(
-                "name a provider (sky offers list runpod): skyward.toml defines none "
+                "name a provider, e.g. runpod: skyward.toml defines none "
                 f"([providers.NAME] tables); the types are {types}"
             )
         return list(loaded.providers.values())
@@ -191,6 +192,35 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _providers_command(args: argparse.Namespace) -> int:
+    from skyward_trio import config as sky_config
+    from skyward_trio._model import KNOWN_PROVIDER_TYPES
+
+    if args.command == "list":
+        loaded = sky_config.validate(args.project, args.defaults)
+        for name, provider in loaded.providers.items():
+            print(f"{name}: {provider!r}")
+        available = ", ".join(PROVIDER_TYPES)
+        later = ", ".join(t for t in KNOWN_PROVIDER_TYPES if t not in PROVIDER_TYPES)
+        print(f"# types: {available}" + (f" (not yet: {later})" if later else ""))
+        return 0
+    failed = 0
+    for provider in _providers(args.providers, args):
+        label = f"sky.{type(provider).__name__}()"
+        try:
+            listed = offers(provider, max_age=0)
+        except (TypeError, ValueError, ImportError) as exc:
+            print(f"{label}: not set up: {exc}")
+            failed += 1
+            continue
+        if listed.errors:
+            print(f"{label}: failed: {listed.errors[0][1]}")
+            failed += 1
+        else:
+            print(f"{label}: OK, {len(listed)} offer(s)")
+    return 1 if failed else 0
+
+
 def _tail(path: Path, lines: int) -> list[str]:
     with path.open(errors="replace") as log:
         return log.readlines()[-lines:] if lines else []
@@ -260,6 +290,18 @@ def _parser() -> argparse.ArgumentParser:
     shown.add_argument("--json", action="store_true", help="JSON, one object per offer")
     offer_commands.add_parser("fetch", parents=[asked], help="fetch listings now and cache them")
 
+    providers = commands.add_parser("providers", help="the providers, and whether they answer")
+    provider_commands = providers.add_subparsers(dest="command", required=True)
+    provider_commands.add_parser(
+        "list", parents=[files], help="skyward.toml's providers and the types there are"
+    )
+    checked = provider_commands.add_parser(
+        "check", parents=[files], help="list each one's offers now: its key works, its API answers"
+    )
+    checked.add_argument(
+        "providers", nargs="*", help="[providers.NAME] tables or types (default: the file's)"
+    )
+
     config = commands.add_parser("config", help="check or show skyward.toml")
     config_commands = config.add_subparsers(dest="command", required=True)
     config_commands.add_parser("validate", parents=[files], help="check the files")
@@ -287,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _offers(args)
         if args.group == "config":
             return _config(args)
+        if args.group == "providers":
+            return _providers_command(args)
         return _log(args)
     except ConfigError as exc:
         for problem in exc.problems:

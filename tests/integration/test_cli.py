@@ -138,6 +138,33 @@ def test_a_provider_without_its_key_is_refused(sky_command: Sky) -> None:
     assert "RUNPOD_API_KEY is not set" in done.stderr
 
 
+def test_providers_list_and_check(sky_command: Sky) -> None:
+    listed = sky_command("providers", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "rp: RunPod(" in listed.stdout
+    assert "# types: local, ssh, container, runpod, aws, vastai" in listed.stdout
+    assert sky_command.api.api_key not in listed.stdout
+    checked = sky_command("providers", "check", "rp", "local")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == [
+        "sky.RunPod(): OK, 5 offer(s)",
+        "sky.Local(): OK, 1 offer(s)",
+    ]
+    (sky_command.project / "skyward.toml").write_text(
+        '[providers.down]\ntype = "runpod"\napi_url = "http://127.0.0.1:9/v1"\n'
+        'graphql_url = "http://127.0.0.1:9/graphql"\n'
+    )
+    del sky_command.env["RUNPOD_API_KEY"]
+    keyless = sky_command("providers", "check")  # every provider of the file
+    assert keyless.returncode == 1
+    assert keyless.stdout.startswith("sky.RunPod(): not set up: ")
+    assert "RUNPOD_API_KEY is not set" in keyless.stdout
+    sky_command.env["RUNPOD_API_KEY"] = "rp-test"
+    down = sky_command("providers", "check", "down")
+    assert down.returncode == 1
+    assert down.stdout.startswith("sky.RunPod(): failed: RunPod's API at ")
+
+
 def test_config_validate_and_show(sky_command: Sky) -> None:
     valid = sky_command("config", "validate")
     assert valid.returncode == 0, valid.stderr
