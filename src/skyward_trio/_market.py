@@ -11,13 +11,14 @@ Layer 4: it drives the providers' catalogs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cattrs
@@ -86,14 +87,16 @@ class _Cache:
     def __init__(self, path: Path) -> None:
         self.path = path.expanduser()  # a string operation: the disk is not touched
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """The file, open for one transaction (committed when it ends well), then closed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS listings "
-            "(key TEXT PRIMARY KEY, fetched_at REAL NOT NULL, offers TEXT NOT NULL)"
-        )
-        return db
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS listings "
+                "(key TEXT PRIMARY KEY, fetched_at REAL NOT NULL, offers TEXT NOT NULL)"
+            )
+            yield db
 
     def get(self, key: str, max_age: float) -> tuple[float, tuple[Offer, ...]] | None:
         """A listing fetched less than ``max_age`` seconds ago, or None."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import stat
@@ -83,7 +84,7 @@ def test_a_listing_is_cached_until_it_is_older_than_max_age(
     assert len(fake_runpod.requests) > asked
     cache = tmp_path / ".skyward" / "offers.sqlite"  # the test's home
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
-    with sqlite3.connect(cache) as db:
+    with contextlib.closing(sqlite3.connect(cache)) as db:
         stored = " ".join(str(row) for row in db.execute("SELECT * FROM listings"))
     assert fake_runpod.api_key not in stored
     assert "NVIDIA L4" in stored
