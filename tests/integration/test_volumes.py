@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Machines, boto_s3, two_machines
 from needs import unavailable
 
 import skyward as sky
+from conftest import Machines, boto_s3, two_machines
 
 SECRET = "fake-secret-9c41e7d2b5"  # moto takes any key: this one must never be seen
 QUIET = sky.Options(console="silent")
@@ -114,13 +114,15 @@ def test_two_nodes_read_and_write_through_their_mounts_and_leave_nothing_behind(
         sky.function(write)(f"{out}/result.txt", "written on node 1") >> pool
         mode, s3fs_lines = sky.function(secrets_seen)() >> pool
         assert mode == "0o600"
-        assert s3fs_lines and not any(SECRET in line for line in s3fs_lines)
+        assert s3fs_lines
+        assert not any(SECRET in line for line in s3fs_lines)
         assert all(len(_mounts(m.pid)) == 2 for m in (hosts.a, hosts.b))
     with _store(endpoint) as s3:
         got = s3.download("vol-out", "result.txt", tmp_path / "result.txt")
     assert got.read_text() == "written on node 1"
     # Teardown: unmounted on both machines, no s3fs left, keys gone with the work directory.
-    assert _mounts(hosts.a.pid) == [] and _mounts(hosts.b.pid) == []
+    assert _mounts(hosts.a.pid) == []
+    assert _mounts(hosts.b.pid) == []
     assert _s3fs_processes(tmp_path) == []
     text = log.read_text()
     assert "volumes" in text  # the bootstrap phase is in the log
@@ -136,12 +138,14 @@ def test_a_wrong_bucket_fails_the_bootstrap_naming_the_volume(
     with pytest.raises(sky.ProvisionError) as failed:
         sky.Compute(provider=hosts.provider(hosts.a), volumes=[volume], options=QUIET).__enter__()
     message = str(failed.value)
-    assert "node 0" in message and "'volumes' phase" in message
+    assert "node 0" in message
+    assert "'volumes' phase" in message
     assert "Volume(bucket='no-such-bucket'" in message
     assert re.search(
         r"s3fs could not mount it; its last lines:\n.*bucket or key not found", message, re.S
     )
-    assert _mounts(hosts.a.pid) == [] and _s3fs_processes(tmp_path) == []
+    assert _mounts(hosts.a.pid) == []
+    assert _s3fs_processes(tmp_path) == []
 
 
 def test_a_non_empty_mount_directory_is_refused(
@@ -163,7 +167,7 @@ def test_what_cannot_mount_is_refused_before_anything_starts(
     volume = sky.Volume(bucket="b", mount=str(tmp_path / "m"), storage=_store(endpoint))
     with pytest.raises(ValueError, match=r"sky.Local\(\) nodes are processes on this machine"):
         sky.Compute(provider=sky.Local(), volumes=[volume], options=QUIET)
-    with pytest.raises(ValueError, match="sky.Container starts its containers without /dev/fuse"):
+    with pytest.raises(ValueError, match=r"sky\.Container starts its containers without /dev/fuse"):
         sky.Compute(provider=sky.Container(), volumes=[volume], options=QUIET)
     own = sky.Volume(bucket="b", mount=str(tmp_path / "m"))
     with pytest.raises(ValueError, match=r"SSH has none; pass storage=sky.storage.R2\(...\)"):
