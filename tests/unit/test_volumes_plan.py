@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
+import trio
 
 import skyward as sky
 from skyward_trio._checks import check_spec
+from skyward_trio._compute import _volume_mounts
 from skyward_trio._volumes import Mount, mount_steps
 
 KEY = "secret-key-0d1f7a"
@@ -62,3 +65,37 @@ def test_aws_without_storage_is_accepted_and_a_store_must_be_a_storage() -> None
     spaced = sky.Volume(bucket="b", mount="/my data", storage=sky.storage.S3())
     with pytest.raises(ValueError, match="no spaces"):
         check_spec(sky.Spec(provider=sky.AWS(), volumes=[spaced]))
+
+
+def test_aws_mounts_s3_in_its_region_with_the_profile_or_this_clients_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIACLIENT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEY)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    volume = sky.Volume(bucket="b", mount="/data")
+    spec = sky.Spec(provider=sky.AWS(region="eu-west-1"), volumes=[volume])
+    (mount,) = trio.run(_volume_mounts, spec)
+    assert (mount.url, mount.region, mount.path_style) == (
+        "https://s3.eu-west-1.amazonaws.com",
+        "eu-west-1",
+        False,
+    )
+    assert mount.keys == ("AKIACLIENT", KEY)
+    profiled = attrs.evolve(spec, provider=sky.AWS(region="eu-west-1", instance_profile="ml"))
+    assert trio.run(_volume_mounts, profiled)[0].keys is None
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "tok")
+    with pytest.raises(ValueError, match="temporary"):
+        trio.run(_volume_mounts, spec)
+
+
+def test_a_storages_key_functions_are_called_on_the_client() -> None:
+    store = sky.storage.R2(account_id="acct", access_key="id", secret_key=lambda: KEY)
+    spec = sky.Spec(
+        provider=sky.SSH(hosts=["127.0.0.9"]),
+        volumes=[sky.Volume(bucket="b", mount="/data", storage=store)],
+    )
+    (mount,) = trio.run(_volume_mounts, spec)
+    assert mount.keys == ("id", KEY)
+    assert mount.path_style == store.path_style
+    assert mount.url == store.endpoint.rstrip("/")
