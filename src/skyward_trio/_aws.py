@@ -49,6 +49,7 @@ __all__ = [
     "catalog",
     "gpu_accelerator",
     "neuron_accelerator",
+    "volume_keys",
 ]
 
 #: Instance families offered to a spec with no accelerator: current general-purpose,
@@ -132,6 +133,36 @@ def _boto3() -> Any:
             "sky.AWS() needs boto3, which is not installed: pip install 'skyward[aws]'"
         ) from None
     return boto3
+
+
+def volume_keys(config: AWS) -> tuple[str, str]:
+    """The keys a node's ``sky.Volume`` mounts sign with when ``config`` gives the nodes no
+    instance profile: this client's own (boto3's), copied to the node. Blocking (boto3
+    reads ``~/.aws``): call it in a thread.
+
+    Raises:
+        ValueError: No credentials, or temporary ones (s3fs's password file holds no
+            session token), with the fix.
+    """
+    boto3 = _boto3()
+    session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+    found = session.get_credentials()
+    if found is None:
+        raise ValueError(
+            "sky.Volume(storage=None) on sky.AWS() mounts S3 with this client's AWS keys, "
+            "and none were found: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pass "
+            "sky.AWS(instance_profile=...) (the nodes sign with their own role), or pass "
+            "Volume(storage=sky.storage.S3(...))"
+        )
+    keys = found.get_frozen_credentials()
+    if keys.token:
+        raise ValueError(
+            "sky.Volume(storage=None) on sky.AWS(): this client's AWS credentials are "
+            "temporary (they carry a session token), which s3fs's password file cannot "
+            "hold; pass sky.AWS(instance_profile=...) (the nodes sign with their own role), "
+            "or Volume(storage=sky.storage.S3(access_key=..., secret_key=...))"
+        )
+    return str(keys.access_key), str(keys.secret_key)
 
 
 class _API:

@@ -13,6 +13,8 @@ hash, built once under ``~/.skyward/envs`` and reused: a second node or pool ski
 ``shell_vars``. On a remote machine a ``python`` phase comes before ``uv``: it finds an
 interpreter of the client's ``X.Y`` there (or, only when none matches, has uv install
 one), and the venv also gets Skyward itself (a shipped wheel, or a pinned version).
+After them, once an old worker has stopped, a ``volumes`` phase mounts the spec's
+``sky.Volume`` buckets (``_volumes``).
 A phase that fails exits with ``SKYWARD_FAILED <name>`` on stderr.
 """
 
@@ -342,8 +344,12 @@ def worker_bootstrap(
     start_timeout: float,
     environment: Environment | None = None,
     plugin_ops: Sequence[str] = (),
+    volumes: str = "",
 ) -> str:
     """A bash script that installs the worker's files in ``workdir`` and starts it detached.
+
+    ``volumes`` (``_volumes.mount_steps``) runs after a worker already there has stopped
+    (it unmounts its volumes as it exits), just before the new one starts.
 
     ``plugin_ops`` (the plugins' bootstrap commands) run after the environment is built,
     in phase ``plugins``, each in its own ``bash -c`` in ``workdir``, with ``SKYWARD_PYTHON``
@@ -363,6 +369,7 @@ def worker_bootstrap(
     if plugin_ops:
         ops = "\n".join(f"SKYWARD_PYTHON={py} bash -c {shlex.quote(op)}" for op in plugin_ops)
         setup = f"{setup}\nphase plugins\n{ops}"
+    mounts = f"d={d}\n{volumes}" if volumes else ""
     return f"""set -eEu
 umask 077
 current=setup
@@ -376,9 +383,13 @@ if [ -f worker.ready ]; then
   old=$(cat worker.ready)
   if tr '\\0' ' ' < /proc/$old/cmdline 2>/dev/null | grep -q -- "--dir {workdir}"; then
     kill "$old" 2>/dev/null || true
+    i=0
+    while kill -0 "$old" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
   fi
   rm -f worker.ready
 fi
+{mounts}
+current=start
 cat > secret <<'{_EOF}'
 {secret}
 {_EOF}

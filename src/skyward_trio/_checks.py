@@ -3,9 +3,9 @@
 The records (``Spec``, ``Image``, ...) check each field alone. These checks need more: two
 fields together (an accelerator on ``sky.Local()``), this client (its Python version), or
 this machine (the files an image includes, the SSH keys and config a host logs in with, the
-container engine's command). Fields not built yet are refused here too: accepting and
-ignoring them would be a silent fallback, and the records keep validating them, so a
-config written today keeps working when they land.
+container engine's command), or a provider's reach (what volumes it can mount). Fields not
+built yet are refused here too: accepting and ignoring them would be a silent fallback, and
+the records keep validating them, so a config written today keeps working when they land.
 
 ``Compute`` runs them on its specs; ``config.validate`` on every pool of the files.
 
@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import re
 from collections.abc import Iterable
 
 from ._aws import NEURON
 from ._bootstrap import requirement_name
 from ._container import check_container
-from ._model import AWS, SSH, Container, Lambda, Local, RunPod, Spec, VastAI
+from ._model import AWS, SSH, Container, Lambda, Local, RunPod, Spec, VastAI, Volume
 from ._plugin import collective
 from ._providers import ssh_targets
 from ._source import check_source
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
+from .storage import Storage
 
 __all__ = ["check_spec", "check_specs"]
 
@@ -73,7 +75,55 @@ def check_spec(spec: Spec) -> None:
             f"hang it at its first collective; pass a fixed count, e.g. nodes={nodes.desired}"
         )
     if spec.volumes:
-        raise ValueError("volumes= are not supported yet (see the README's 'not yet' list)")
+        _volumes(spec)
+
+
+def _volumes(spec: Spec) -> None:
+    """Volumes are mounted with s3fs on machines Skyward logs in to; each needs a store."""
+    provider = spec.provider
+    first = spec.volumes[0]
+    if isinstance(provider, Local):
+        raise ValueError(
+            f"volumes=[{first!r}, ...]: sky.Local() nodes are processes on this machine, and "
+            "Skyward mounts nothing on it; use sky.SSH or a cloud provider, or read the "
+            "bucket with sky.storage inside the function"
+        )
+    if isinstance(provider, Container):
+        raise ValueError(
+            f"volumes=[{first!r}, ...]: sky.Container starts its containers without "
+            "/dev/fuse or the SYS_ADMIN capability, so s3fs cannot mount in them; use "
+            "sky.SSH or a cloud provider, or read the bucket with sky.storage inside the "
+            "function"
+        )
+    seen: dict[str, Volume] = {}
+    for volume in spec.volumes:
+        if volume.storage is not None and not isinstance(volume.storage, Storage):
+            raise TypeError(
+                f"Volume(storage={volume.storage!r}): storage is a sky.storage.Storage, e.g. "
+                "sky.storage.R2(...), or None for the provider's own object store"
+            )
+        if volume.storage is None and not isinstance(provider, AWS):
+            raise ValueError(
+                f"{volume!r}: storage=None mounts the provider's own object store, and "
+                f"{type(provider).__name__} has none; pass storage=sky.storage.R2(...) (or "
+                "S3, GCS, Wasabi, Backblaze)"
+            )
+        if _BLANK.search(volume.mount) or _BLANK.search(volume.bucket + volume.prefix):
+            raise ValueError(
+                f"{volume!r}: mount, bucket and prefix must hold no spaces, backslashes or "
+                "control characters (FUSE's mount table cannot show them); pick another path"
+            )
+        mount = posixpath.normpath(volume.mount)
+        for other, taken in seen.items():
+            if mount == other or mount.startswith(other + "/") or other.startswith(mount + "/"):
+                raise ValueError(
+                    f"{volume!r} and {taken!r}: one mount is inside the other; give each "
+                    "volume a directory of its own"
+                )
+        seen[mount] = volume
+
+
+_BLANK = re.compile(r"[\s\\\x00-\x1f]")
 
 
 def _image(spec: Spec) -> None:

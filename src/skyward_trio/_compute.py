@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from . import _console, _health, _logging, _offers, _serial, _transport, config
+from ._aws import volume_keys
 from ._checks import check_specs
 from ._errors import ProvisionError
 from ._events import (
@@ -61,6 +62,8 @@ from ._pluginrun import pack
 from ._pool import Pool
 from ._providers import offers, open_cluster
 from ._supervisor import NodePluginPlan, Supervisor
+from ._volumes import Mount
+from .storage import Storage, resolved_keys
 
 __all__ = ["Compute"]
 
@@ -227,8 +230,10 @@ async def _open_pool(
     pool = Pool(spec, options, nodes, job_id=job_id)
     client_key = _transport.generate_key()
     secret = secrets.token_urlsafe(32)
+    mounts = await _volume_mounts(spec)
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(_pool_log(pool, secret))
+        stack.enter_context(_logging.hiding(k for m in mounts if m.keys for k in m.keys))
         await stack.enter_async_context(
             _console.shown(options.console, pool._events, defaulted_to_local=defaulted)
         )
@@ -239,7 +244,7 @@ async def _open_pool(
         for note in notes:  # what happened to the specs tried or skipped before this one
             pool._events.emit(Error(job_id=job_id, message=note))
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
-        supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins)
+        supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins, mounts)
         failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -261,6 +266,42 @@ async def _open_pool(
         raise failure
     if teardown_error is not None:
         raise teardown_error
+
+
+async def _volume_mounts(spec: Spec) -> tuple[Mount, ...]:
+    """``spec.volumes`` as the nodes mount them, keys resolved here (a function that
+    returns one is called now, on this client: the node gets the key, never the function).
+
+    ``storage=None`` on ``sky.AWS``: S3 in the provider's region, signed with the nodes'
+    instance profile when they have one, else with this client's boto3 keys.
+    """
+    mounts = []
+    for volume in spec.volumes:
+        storage = volume.storage
+        if isinstance(storage, Storage):
+            url, path_style, region = storage.endpoint, storage.path_style, storage.region
+            keys: tuple[str, str] | None = await resolved_keys(storage)
+        else:
+            provider = spec.provider
+            assert isinstance(provider, AWS)  # _checks refuses the rest
+            region, path_style = provider.region, False
+            url = f"https://s3.{region}.amazonaws.com"
+            keys = None
+            if provider.instance_profile is None:
+                keys = await trio.to_thread.run_sync(volume_keys, provider)
+        mounts.append(
+            Mount(
+                bucket=volume.bucket,
+                prefix=volume.prefix,
+                mount=volume.mount,
+                read_only=volume.read_only,
+                url=url.rstrip("/"),
+                path_style=path_style,
+                region=region,
+                keys=keys,
+            )
+        )
+    return tuple(mounts)
 
 
 def _login_secrets(provider: ProviderConfig) -> list[str]:

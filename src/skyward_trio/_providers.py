@@ -39,6 +39,7 @@ from ._model import (
     VastAI,
 )
 from ._offers import Catalog, Choice, Offer
+from ._volumes import UNMOUNT_SH
 from .accelerators import Accelerator
 
 if TYPE_CHECKING:
@@ -948,6 +949,9 @@ if [ -f "$d/worker.ready" ]; then
     if mine; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
   fi
 fi
+# sky.Volume mounts the worker did not get to unmount (it was killed): unmounted now,
+# before their directory goes.
+{unmount}
 # Again until a pass finds none: a process forked after a pass listed /proc (a bootstrap
 # cut short starts more) is not in that list, and outlives its parent.
 i=0
@@ -1045,7 +1049,9 @@ class SSHCluster:
         self._live.pop(instance.id, None)
         ssh = await self._connect(instance)
         try:
-            script = _CLEANUP.format(workdir=shlex.quote(instance.workdir), mark=_GONE)
+            script = _CLEANUP.format(
+                workdir=shlex.quote(instance.workdir), mark=_GONE, unmount=UNMOUNT_SH
+            )
             rc, out, err = await ssh.run("bash -s", input=script.encode())
         finally:
             await ssh.aclose()

@@ -63,6 +63,7 @@ from ._source import SkywardPackage, skyward_package
 from ._store import LocalClient, Store
 from ._storelink import StoreLink
 from ._version import PYTHON_VERSION
+from ._volumes import Mount, mount_steps
 
 __all__ = ["Supervisor"]
 
@@ -169,9 +170,11 @@ class Supervisor:
         probe: _serial.Payload | None,
         secret: str,
         plugins: NodePluginPlan = NodePluginPlan(),
+        mounts: tuple[Mount, ...] = (),
     ) -> None:
         self.pool = pool
         self.plugins = plugins
+        self.mounts = mounts  # spec.volumes, keys resolved: mounted by each bootstrap
         self.cluster = cluster
         # The pool's own key (installed on the nodes by their provider): no agent, ever.
         self._pool_login = _transport.Login(keys=(client_key,))
@@ -387,6 +390,7 @@ class Supervisor:
                 start_timeout=30,
                 environment=environment,
                 plugin_ops=self.plugins.ops,
+                volumes=mount_steps(self.mounts),
             )
 
             def on_line(line: bytes) -> None:
@@ -715,6 +719,9 @@ class Supervisor:
         base = instance.sys_path
         pip = (*image.pip, *package.requirements)
         python = PYTHON_VERSION if instance.python is None else instance.python
+        apt = image.apt
+        if self.mounts and "s3fs" not in apt:
+            apt = (*apt, "s3fs")  # the volumes phase mounts with it
         identity = [*pip, *base, *([package.key] if remote else [])]
         return Environment(
             pip=pip,
@@ -722,10 +729,10 @@ class Supervisor:
             base_paths=base,
             includes=self._includes if image.includes else b"",
             shell_vars=dict(image.shell_vars),
-            key=env_hash(python, identity, indexes, image.apt),
+            key=env_hash(python, identity, indexes, apt),
             python_version=PYTHON_VERSION if remote else None,
             wheels=package.wheels,
-            apt=image.apt,
+            apt=apt,
             # apt-get may wait for the dpkg lock as long as the whole bootstrap may take.
             apt_wait=math.ceil(self.pool.options.bootstrap_timeout or image.bootstrap_timeout),
         )

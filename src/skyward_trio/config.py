@@ -874,7 +874,16 @@ class _Reader:
         table = self.table(at, value, "Volume fields (bucket, mount, prefix, read_only)")
         if table is None:
             return _FAILED
-        return self.record(at, Volume, table, convert={"storage": self.not_built("storage is")})
+        return self.record(at, Volume, table, convert={"storage": self.volume_storage})
+
+    def volume_storage(self, at: _Key, value: object) -> Any:
+        self.problem(
+            at,
+            "a volume's storage holds keys (or functions returning them), which a file "
+            "should not: leave storage out (a pool on sky.AWS mounts S3 in its region), or "
+            "pass volumes=[sky.Volume(..., storage=sky.storage.R2(...))] to Compute",
+        )
+        return _FAILED
 
     def logging(self, at: _Key, value: object) -> Any:
         if isinstance(value, bool):
@@ -891,14 +900,6 @@ class _Reader:
             "sky.HealthChecker(...), ...) to Compute(name=...)",
         )
         return _FAILED
-
-    def not_built(self, what: str, *, fix: str = "") -> _Convert:
-        def refuse(at: _Key, value: object) -> Any:
-            also = f"; {fix}" if fix else ""
-            self.problem(at, f"{what} not built yet (see the README's 'Not yet' list){also}")
-            return _FAILED
-
-        return refuse
 
 
 def _types() -> str:

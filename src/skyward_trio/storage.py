@@ -127,9 +127,7 @@ class Storage:
         _pop(self).close()
 
     async def __aenter__(self) -> AsyncStorageClient:
-        keys = _keys(self, awaitable=True)
-        resolved = tuple([await k if inspect.isawaitable(k) else k for k in keys])
-        client = AsyncStorageClient(self, resolved)
+        client = AsyncStorageClient(self, await resolved_keys(self))
         client._open()
         _push(self, client)
         return client
@@ -159,6 +157,14 @@ def _pop(storage: Storage) -> Any:
         opened[id(storage)] = tuple(rest)
     _OPEN.set(opened)
     return client
+
+
+async def resolved_keys(storage: Storage) -> tuple[str, str]:
+    """``(access key, secret key)`` of ``storage``: given, returned by its functions
+    (awaited when they return an awaitable), or read from the environment."""
+    keys = _keys(storage, awaitable=True)
+    access, secret = [await k if inspect.isawaitable(k) else k for k in keys]
+    return str(access), str(secret)
 
 
 def _keys(storage: Storage, *, awaitable: bool) -> tuple[Any, Any]:

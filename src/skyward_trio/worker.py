@@ -21,6 +21,7 @@ import pickle
 import queue
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from ._procpool import ProcessExecutor
 from ._sampler import Sampler, from_config
 from ._store import Store, receive_hello
 from ._version import PYTHON_VERSION, __version__
+from ._volumes import unmount_command
 
 __all__ = ["main"]
 
@@ -940,6 +942,19 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if worker._executor is not None:
             worker._executor.close()
+        _unmount_volumes(directory)
+
+
+def _unmount_volumes(directory: Path) -> None:
+    """Unmount the node's ``sky.Volume`` mounts (the bootstrap mounted them for this
+    worker): nothing stays mounted, nor any s3fs running, once the worker is gone."""
+    if not (directory / "volumes").is_dir():
+        return
+    done = subprocess.run(
+        unmount_command(str(directory.resolve())), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or done.stderr.strip():
+        print(f"skyward worker: unmounting volumes: {done.stderr.strip()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

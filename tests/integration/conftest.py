@@ -11,13 +11,18 @@ by value, as it does for a script's ``__main__``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import attrs
+import boto3
 import cloudpickle
 import procs
 import pytest
@@ -25,10 +30,77 @@ import sshd
 from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
 from fake_runpod import FakeRunPod
 from fake_vastai import FakeVastAI, need_fake_vastai
+from moto import server as moto_server
+from sshd import Machine, keygen, need_sshd, start_sshd, stop
 
 import skyward as sky
 
 SILENT = sky.Options(console="silent")
+
+
+@attrs.frozen
+class Machines:
+    a: Machine
+    b: Machine
+    key: Path
+    root: Path
+
+    def provider(self, *machines: Machine) -> sky.SSH:
+        chosen = machines or (self.a, self.b)
+        return sky.SSH(hosts=[f"{m.addr}:{m.port}" for m in chosen], key=str(self.key))
+
+
+@contextlib.contextmanager
+def two_machines(root: Path, *, own_mounts: bool = False) -> Iterator[Machines]:
+    """Two OpenSSH machines, on 127.0.0.2 and 127.0.0.3, stopped on leaving."""
+    need_sshd()
+    key = root / "client_ed25519"
+    keygen(key)
+    authorized = root / "authorized_keys"
+    shutil.copy(key.with_suffix(".pub"), authorized)
+    started: list[Machine] = []
+    try:
+        for name, addr in (("a", "127.0.0.2"), ("b", "127.0.0.3")):
+            started.append(start_sshd(root, name, addr, authorized, own_mounts=own_mounts))
+        yield Machines(a=started[0], b=started[1], key=key, root=root)
+    finally:
+        for machine in started:
+            stop(machine)
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
+    with two_machines(tmp_path_factory.mktemp("ssh")) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1, one per module."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(endpoint: str, request: pytest.FixtureRequest) -> str:
+    """A new bucket named after the test."""
+    name = f"b-{request.node.name[:40].lower().replace('_', '-')}"
+    boto_s3(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def boto_s3(endpoint: str) -> Any:
+    """boto3's S3 client of moto's server at ``endpoint`` (a second opinion on the store)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

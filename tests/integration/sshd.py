@@ -70,12 +70,15 @@ def start_sshd(
     extra_env: Mapping[str, str] = {},
     path_prefix: Sequence[str] = (),
     home: Path | None = None,
+    own_mounts: bool = False,
 ) -> Machine:
     """A private sshd (no system config touched) that runs until stopped by its pid.
 
     ``extra_env`` joins the sessions' environment (``SetEnv``); ``path_prefix`` comes first
     on their ``PATH``. ``home`` defaults to ``root/name/home``; a worker's socket lives under
     it, so it must stay short (a unix socket's path holds at most 107 bytes).
+    ``own_mounts`` runs it in a mount namespace of its own (``unshare``): what it mounts
+    (``sky.Volume``) only it sees, as on a machine of its own, and nothing outlives it.
     """
     directory = root / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -108,7 +111,9 @@ def start_sshd(
     subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
     log = directory / "sshd.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
+        wrap = ["unshare", "--mount", "--propagation", "private"] if own_mounts else []
+        command = [*wrap, SSHD, "-D", "-e", "-f", str(config)]
+        proc = subprocess.Popen(command, stdout=out, stderr=out)
     deadline = time.monotonic() + 10
     while b"Server listening" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:

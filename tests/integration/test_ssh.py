@@ -26,49 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import numpy
 import pytest
 import sshd
-from sshd import Machine, keygen, need_sshd, start_sshd, stop
+from sshd import keygen, need_sshd, start_sshd, stop
 from waiting import wait_until
 
 import skyward as sky
 
 if TYPE_CHECKING:
-    from conftest import Processes
+    from conftest import Machines, Processes
 
 QUIET = sky.Options(console="silent")
-
-
-@attrs.frozen
-class Machines:
-    a: Machine
-    b: Machine
-    key: Path
-    root: Path
-
-    def provider(self, *machines: Machine) -> sky.SSH:
-        chosen = machines or (self.a, self.b)
-        return sky.SSH(hosts=[f"{m.addr}:{m.port}" for m in chosen], key=str(self.key))
-
-
-@pytest.fixture(scope="module")
-def machines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
-    need_sshd()
-    root = tmp_path_factory.mktemp("ssh")
-    key = root / "client_ed25519"
-    keygen(key)
-    authorized = root / "authorized_keys"
-    shutil.copy(key.with_suffix(".pub"), authorized)
-    started: list[Machine] = []
-    try:
-        started.append(start_sshd(root, "a", "127.0.0.2", authorized))
-        started.append(start_sshd(root, "b", "127.0.0.3", authorized))
-        yield Machines(a=started[0], b=started[1], key=key, root=root)
-    finally:
-        for machine in started:
-            stop(machine)
 
 
 @pytest.fixture(scope="module")

@@ -4,44 +4,15 @@ paging, errors, and a function on a node writing a checkpoint."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-from moto import server as moto_server
 
 import skyward as sky
+from conftest import boto_s3
 from skyward_trio.storage import AsyncStorageClient, StorageClient
 
 KEYS = {"access_key": "testing", "secret_key": "testing"}
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(endpoint: str, request: pytest.FixtureRequest) -> str:
-    name = f"b-{request.node.name[:40].lower().replace('_', '-')}"
-    _boto(endpoint).create_bucket(Bucket=name)
-    return name
-
-
-def _boto(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 def _store(endpoint: str) -> sky.storage.Storage:
@@ -66,7 +37,7 @@ def test_upload_ls_exists_download_rm(endpoint: str, bucket: str, tmp_path: Path
         s3.rm(bucket, "checkpoints/model.pt")  # already gone: nothing happens
         assert s3.ls(bucket) == ["notes v2+.txt"]
     # What boto3 reads is what went up.
-    body = _boto(endpoint).get_object(Bucket=bucket, Key="notes v2+.txt")["Body"].read()
+    body = boto_s3(endpoint).get_object(Bucket=bucket, Key="notes v2+.txt")["Body"].read()
     assert body == "ü".encode()
 
 
@@ -80,7 +51,7 @@ def test_a_large_file_goes_up_in_parts(endpoint: str, bucket: str, tmp_path: Pat
         client.upload(bucket, big)
     finally:
         client.close()
-    head = _boto(endpoint).head_object(Bucket=bucket, Key="big.bin")
+    head = boto_s3(endpoint).head_object(Bucket=bucket, Key="big.bin")
     assert head["ContentLength"] == big.stat().st_size
     assert head["ETag"].strip('"').endswith("-3")  # three parts
     with storage as s3:
@@ -92,7 +63,7 @@ def test_a_large_file_goes_up_in_parts(endpoint: str, bucket: str, tmp_path: Pat
 def test_listing_follows_every_page(
     endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    boto = _boto(endpoint)
+    boto = boto_s3(endpoint)
     for n in range(7):
         boto.put_object(Bucket=bucket, Key=f"runs/{n}", Body=b"x")
     monkeypatch.setattr("skyward_trio.storage._PAGE", 3)  # three pages
@@ -156,7 +127,7 @@ async def test_the_trio_client_does_the_same(endpoint: str, bucket: str, tmp_pat
         await client.upload(bucket, data, key="parts.bin")
     finally:
         await client.aclose()
-    head = _boto(endpoint).head_object(Bucket=bucket, Key="parts.bin")
+    head = boto_s3(endpoint).head_object(Bucket=bucket, Key="parts.bin")
     assert head["ETag"].strip('"').endswith("-3")
     with pytest.raises(TypeError, match="use `async with`"), storage:
         pass
@@ -180,7 +151,7 @@ def test_a_function_on_a_node_writes_a_checkpoint(endpoint: str, bucket: str) ->
     options = sky.Options(console="silent")
     with sky.Compute(provider=sky.Local(), nodes=2, image=image, options=options) as pool:
         _checkpoint(endpoint, bucket) @ pool
-    listed = _boto(endpoint).list_objects_v2(Bucket=bucket, Prefix="ckpt/")
+    listed = boto_s3(endpoint).list_objects_v2(Bucket=bucket, Prefix="ckpt/")
     assert sorted(item["Key"] for item in listed["Contents"]) == [
         "ckpt/node-0.pt",
         "ckpt/node-1.pt",
@@ -198,7 +169,7 @@ def test_a_failed_multipart_upload_is_aborted(endpoint: str, bucket: str, tmp_pa
             client.upload(bucket, data)
     finally:
         client.close()
-    boto = _boto(endpoint)
+    boto = boto_s3(endpoint)
     assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert boto.list_objects_v2(Bucket=bucket).get("Contents", []) == []
 
@@ -215,4 +186,4 @@ async def test_a_failed_trio_multipart_upload_is_aborted(
             await client.upload(bucket, data)
     finally:
         await client.aclose()
-    assert _boto(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert boto_s3(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -223,7 +223,7 @@ def test_unknown_keys_are_errors_with_a_suggestion(project: Path) -> None:
         (
             'volumes = [{ bucket = "b", mount = "/data", storage = "s3" }]',
             "pools.train.volumes[0].storage",
-            "storage is not built yet",
+            "a volume's storage holds keys",
         ),
         ("health_checker = 1", "pools.train.health_checker", "cannot hold"),
     ],

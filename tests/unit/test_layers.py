@@ -23,6 +23,7 @@ LAYERS = {
     "_shard": 1,
     "_function": 1,
     "_bootstrap": 1,
+    "_volumes": 1,
     "_capture": 1,
     "_output": 1,
     "_autoscale": 1,
