@@ -195,15 +195,22 @@ def _whole(accelerator: Accelerator, why: str) -> None:
         )
 
 
+def _gpus(spec: Spec, rents: str, example: str, note: str = "") -> Accelerator:
+    """The spec's accelerator, for a provider that rents GPU machines only."""
+    if spec.accelerator is None:
+        raise ValueError(
+            f"{rents} and this spec asks for no accelerator; pass e.g. "
+            f"accelerator=sky.accelerators.{example}(){note}"
+        )
+    return spec.accelerator
+
+
 def _runpod(spec: Spec) -> None:
     """RunPod rents GPU pods by whole GPUs."""
-    accelerator = spec.accelerator
-    if accelerator is None:
-        raise ValueError(
-            "sky.RunPod() rents GPU pods and this spec asks for no accelerator; pass e.g. "
-            "accelerator=sky.accelerators.RTX_4090() (CPU pods are not supported yet)"
-        )
-    _whole(accelerator, "RunPod rents whole GPUs")
+    _whole(
+        _gpus(spec, "sky.RunPod() rents GPU pods", "RTX_4090", " (CPU pods are not supported yet)"),
+        "RunPod rents whole GPUs",
+    )
     if spec.disk_gb is not None:
         raise ValueError(
             f"disk_gb={spec.disk_gb:g}: sky.RunPod() sizes each pod's disk itself; drop "
@@ -230,21 +237,9 @@ def _aws(spec: Spec) -> None:
 
 def _vastai(spec: Spec) -> None:
     """Vast rents GPU machines by whole GPUs."""
-    accelerator = spec.accelerator
-    if accelerator is None:
-        raise ValueError(
-            "sky.VastAI() rents GPU machines and this spec asks for no accelerator; pass e.g. "
-            "accelerator=sky.accelerators.RTX_4090()"
-        )
-    _whole(accelerator, "Vast.ai rents whole GPUs")
+    _whole(_gpus(spec, "sky.VastAI() rents GPU machines", "RTX_4090"), "Vast.ai rents whole GPUs")
 
 
 def _lambda(spec: Spec) -> None:
     """Lambda rents GPU instances by whole GPUs, each type with its own disk."""
-    accelerator = spec.accelerator
-    if accelerator is None:
-        raise ValueError(
-            "sky.Lambda() rents GPU instances and this spec asks for no accelerator; pass e.g. "
-            "accelerator=sky.accelerators.A100()"
-        )
-    _whole(accelerator, "Lambda rents whole GPUs")
+    _whole(_gpus(spec, "sky.Lambda() rents GPU instances", "A100"), "Lambda rents whole GPUs")
