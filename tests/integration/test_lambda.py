@@ -8,7 +8,6 @@ loopback is contacted.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client
 from fake_cloud import _pod_processes
-from fake_lambda import FakeLambda, need_fake_lambda
+from fake_lambda import FakeLambda
 from waiting import wait_until
 
 import skyward as sky
@@ -27,14 +26,6 @@ A = sky.accelerators
 
 def provider(api: FakeLambda, **fields: Any) -> sky.Lambda:
     return sky.Lambda(api_key=api.api_key, api_url=api.api_url, username="root", **fields)
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeLambda]:
-    """One fake for the module (its uv cache is shared by the machines)."""
-    need_fake_lambda()
-    with FakeLambda(root=tmp_path_factory.mktemp("lambda")) as api:
-        yield api
 
 
 @sky.function
@@ -60,25 +51,25 @@ def _launches(api: FakeLambda, since: int) -> list[Any]:
 
 
 def test_a_pool_of_two_instances_runs_and_everything_is_terminated(
-    fake: FakeLambda, tmp_path: Path
+    fake_lambda: FakeLambda, tmp_path: Path
 ) -> None:
     log = tmp_path / "pool.log"
     options = sky.Options(
         console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
     )
-    since = len(fake.requests)
+    since = len(fake_lambda.requests)
     with sky.Compute(
-        provider=provider(fake), accelerator=A.H100(), nodes=2, options=options
+        provider=provider(fake_lambda), accelerator=A.H100(), nodes=2, options=options
     ) as pool:
         per_node = _where() @ pool
         assert sorted(_square(x) >> pool for x in range(4)) == [0, 1, 4, 9]
         job = pool.job_id
-        live = _live(fake)
-        (key,) = fake.ssh_keys.values()
+        live = _live(fake_lambda)
+        (key,) = fake_lambda.ssh_keys.values()
     assert [r["node"] for r in per_node] == [0, 1]
     assert {r["instance"] for r in per_node} == live
-    assert not _live(fake) & live, "an instance outlived its pool"
-    launches = _launches(fake, since)
+    assert not _live(fake_lambda) & live, "an instance outlived its pool"
+    launches = _launches(fake_lambda, since)
     # The cheapest H100 type with one GPU, in its first region with capacity.
     assert [(b["instance_type_name"], b["region_name"]) for b in launches] == [
         ("gpu_1x_h100_pcie", "us-west-3")
@@ -86,36 +77,42 @@ def test_a_pool_of_two_instances_runs_and_everything_is_terminated(
     assert {b["ssh_key_names"][0] for b in launches} == {f"skyward-{job}"} == {key["name"]}
     assert all(b["name"].startswith(f"skyward-{job}-") for b in launches)
     assert all(b["user_data"].startswith("#cloud-config\n") for b in launches)
-    assert not fake.ssh_keys, "the pool's SSH key outlived it"
-    sent = fake.requests[since:]
-    assert {r.headers.get("authorization") for r in sent} == {f"Bearer {fake.api_key}"}
-    assert fake.api_key not in log.read_text()
-    assert fake.api_key not in repr(provider(fake))
+    assert not fake_lambda.ssh_keys, "the pool's SSH key outlived it"
+    sent = fake_lambda.requests[since:]
+    assert {r.headers.get("authorization") for r in sent} == {f"Bearer {fake_lambda.api_key}"}
+    assert fake_lambda.api_key not in log.read_text()
+    assert fake_lambda.api_key not in repr(provider(fake_lambda))
 
 
-def test_no_capacity_falls_back_to_the_next_region_then_the_next_type(fake: FakeLambda) -> None:
-    fake.full |= {("gpu_1x_h100_pcie", "us-west-3"), ("gpu_1x_h100_pcie", "us-south-1")}
-    since = len(fake.requests)
+def test_no_capacity_falls_back_to_the_next_region_then_the_next_type(
+    fake_lambda: FakeLambda,
+) -> None:
+    fake_lambda.full |= {("gpu_1x_h100_pcie", "us-west-3"), ("gpu_1x_h100_pcie", "us-south-1")}
+    since = len(fake_lambda.requests)
     try:
-        with sky.Compute(provider=provider(fake), accelerator=A.H100(), options=QUIET) as pool:
+        with sky.Compute(
+            provider=provider(fake_lambda), accelerator=A.H100(), options=QUIET
+        ) as pool:
             assert _square(5) >> pool == 25
     finally:
-        fake.full.clear()
-    assert [(b["instance_type_name"], b["region_name"]) for b in _launches(fake, since)] == [
+        fake_lambda.full.clear()
+    assert [(b["instance_type_name"], b["region_name"]) for b in _launches(fake_lambda, since)] == [
         ("gpu_1x_h100_pcie", "us-west-3"),
         ("gpu_1x_h100_pcie", "us-south-1"),
         ("gpu_1x_h100_sxm5", "us-south-1"),
     ]
-    assert not fake.live()
+    assert not fake_lambda.live()
 
 
-def test_a_quota_refusal_mid_pool_ends_what_started_and_says_the_fix(fake: FakeLambda) -> None:
+def test_a_quota_refusal_mid_pool_ends_what_started_and_says_the_fix(
+    fake_lambda: FakeLambda,
+) -> None:
     options = sky.Options(console="silent", max_provision_attempts=1)
-    fake.fail_launches(1, code="global/quota-exceeded", status=403, after=1)
+    fake_lambda.fail_launches(1, code="global/quota-exceeded", status=403, after=1)
     with (
         pytest.raises(sky.ProvisionError, match="quota") as raised,
         sky.Compute(
-            provider=provider(fake),
+            provider=provider(fake_lambda),
             accelerator=A.A10(),
             nodes=2,
             options=options,
@@ -123,79 +120,79 @@ def test_a_quota_refusal_mid_pool_ends_what_started_and_says_the_fix(fake: FakeL
     ):
         pytest.fail("a pool came up past its quota")
     assert "ask Lambda's support" in str(raised.value)
-    assert not fake.live()
-    assert not fake.ssh_keys
+    assert not fake_lambda.live()
+    assert not fake_lambda.ssh_keys
 
 
 def test_bad_settings_fail_before_anything_is_launched(
-    fake: FakeLambda, monkeypatch: pytest.MonkeyPatch
+    fake_lambda: FakeLambda, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    since = len(fake.requests)
+    since = len(fake_lambda.requests)
     with pytest.raises(ValueError, match="Lambda rents whole GPUs"):
-        sky.Compute(provider=provider(fake), accelerator=A.A10(count=0.5), options=QUIET)
+        sky.Compute(provider=provider(fake_lambda), accelerator=A.A10(count=0.5), options=QUIET)
     with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(fake), options=QUIET)
+        sky.Compute(provider=provider(fake_lambda), options=QUIET)
     monkeypatch.delenv("LAMBDA_API_KEY", raising=False)
-    keyless = sky.Lambda(api_url=fake.api_url)
+    keyless = sky.Lambda(api_url=fake_lambda.api_url)
     with (
         pytest.raises(ValueError, match="export LAMBDA_API_KEY"),
         sky.Compute(provider=keyless, accelerator=A.A10(), options=QUIET),
     ):
         pytest.fail("a pool came up with no key")
-    wrong = sky.Lambda(api_key="secret_wrong", api_url=fake.api_url)
+    wrong = sky.Lambda(api_key="secret_wrong", api_url=fake_lambda.api_url)
     with (
         pytest.raises(sky.NoOfferError, match="Lambda refused the API key") as raised,
         sky.Compute(provider=wrong, accelerator=A.A10(), options=QUIET),
     ):
         pytest.fail("a pool came up with a wrong key")
     assert "secret_wrong" not in str(raised.value)
-    assert not _launches(fake, since)
+    assert not _launches(fake_lambda, since)
 
 
-def test_a_pool_cancelled_while_instances_start_leaves_none(fake: FakeLambda) -> None:
-    fake.start_delay = 3600.0  # the instances never become active
-    since = len(fake.requests)
+def test_a_pool_cancelled_while_instances_start_leaves_none(fake_lambda: FakeLambda) -> None:
+    fake_lambda.start_delay = 3600.0  # the instances never become active
+    since = len(fake_lambda.requests)
     try:
         cancel_once(
-            lambda: len(_launches(fake, since)) == 2,
+            lambda: len(_launches(fake_lambda, since)) == 2,
             "two instances launched",
-            provider(fake),
+            provider(fake_lambda),
             accelerator=A.A10(),
             nodes=2,
         )
     finally:
-        fake.start_delay = 0.0
-    assert not fake.live()
-    assert not fake.ssh_keys
+        fake_lambda.start_delay = 0.0
+    assert not fake_lambda.live()
+    assert not fake_lambda.ssh_keys
 
 
-def test_a_launch_whose_answer_never_came_is_found_by_name(fake: FakeLambda) -> None:
+def test_a_launch_whose_answer_never_came_is_found_by_name(fake_lambda: FakeLambda) -> None:
     """An instance of the job's name the pool never heard of is terminated at its close."""
-    with sky.Compute(provider=provider(fake), accelerator=A.A10(), options=QUIET) as pool:
-        (key,) = fake.ssh_keys.values()
+    with sky.Compute(provider=provider(fake_lambda), accelerator=A.A10(), options=QUIET) as pool:
+        (key,) = fake_lambda.ssh_keys.values()
         sent = httpx.post(
-            f"{fake.api_url}/instance-operations/launch",
+            f"{fake_lambda.api_url}/instance-operations/launch",
             json={
                 "region_name": "us-east-1",
                 "instance_type_name": "gpu_1x_a10",
                 "ssh_key_names": [key["name"]],
                 "name": f"skyward-{pool.job_id}-0-99",
             },
-            headers={"Authorization": f"Bearer {fake.api_key}"},
+            headers={"Authorization": f"Bearer {fake_lambda.api_key}"},
         )
         assert sent.status_code == 200, sent.text
-        assert len(fake.live()) == 2
-    assert not fake.live()
+        assert len(fake_lambda.live()) == 2
+    assert not fake_lambda.live()
 
 
-def test_a_killed_instance_is_replaced_and_its_call_sent_again(fake: FakeLambda) -> None:
-    with sky.Compute(provider=provider(fake), accelerator=A.A10(), options=QUIET) as pool:
+def test_a_killed_instance_is_replaced_and_its_call_sent_again(fake_lambda: FakeLambda) -> None:
+    with sky.Compute(provider=provider(fake_lambda), accelerator=A.A10(), options=QUIET) as pool:
         first, second, kinds = across_a_preemption(
-            pool, _where, lambda ran: fake.kill(ran["instance"])
+            pool, _where, lambda ran: fake_lambda.kill(ran["instance"])
         )
     assert second["instance"] != first["instance"]
     assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
-    assert not fake.live()  # the unhealthy one was terminated too
+    assert not fake_lambda.live()  # the unhealthy one was terminated too
 
 
 _CLIENT = lease_client(
@@ -205,13 +202,13 @@ _CLIENT = lease_client(
 
 
 def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
-    fake: FakeLambda,
+    fake_lambda: FakeLambda,
 ) -> None:
     """The documented limit: the worker exits when its lease runs out, but nothing on the
     instance can terminate it, so Lambda still lists it (and bills it) until someone does."""
-    before = _live(fake)
-    with killed_client(_CLIENT, fake.api_key, fake.api_url):
-        (instance_id,) = _live(fake) - before
+    before = _live(fake_lambda)
+    with killed_client(_CLIENT, fake_lambda.api_key, fake_lambda.api_url):
+        (instance_id,) = _live(fake_lambda) - before
     marker = f"FAKE_LAMBDA_INSTANCE_ID={instance_id}".encode()
     wait_until(
         lambda: not _pod_processes(0, marker),
@@ -219,11 +216,11 @@ def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
         timeout=120,
         every=0.5,
     )
-    assert instance_id in _live(fake)
-    assert fake.instances[instance_id].shown_status() == "active"
+    assert instance_id in _live(fake_lambda)
+    assert fake_lambda.instances[instance_id].shown_status() == "active"
     terminated = httpx.post(
-        f"{fake.api_url}/instance-operations/terminate",
+        f"{fake_lambda.api_url}/instance-operations/terminate",
         json={"instance_ids": [instance_id]},
-        headers={"Authorization": f"Bearer {fake.api_key}"},
+        headers={"Authorization": f"Bearer {fake_lambda.api_key}"},
     )
     assert terminated.status_code == 200

@@ -8,12 +8,11 @@ import contextlib
 import socket
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fake_aws import FakeAWS
-from fake_lambda import FakeLambda, need_fake_lambda
+from fake_lambda import FakeLambda
 from fake_runpod import FakeRunPod
 from fake_vastai import FakeVastAI
 
@@ -27,13 +26,6 @@ A = sky.accelerators
 def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A home per test (its tmp_path): each starts with no cached listing."""
     monkeypatch.setenv("HOME", str(tmp_path))
-
-
-@pytest.fixture(scope="module")
-def fake_lambda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeLambda]:
-    need_fake_lambda()
-    with FakeLambda(root=tmp_path_factory.mktemp("lambda")) as api:
-        yield api
 
 
 def _runpod(api: FakeRunPod) -> sky.RunPod:
