@@ -69,6 +69,7 @@ from skyward_trio import (
     RemoteError,
     RunPod,
     SerializationError,
+    ServerError,
     SkywardError,
     Spec,
     SSHHost,
@@ -110,6 +111,7 @@ from ._offers import offers
 if TYPE_CHECKING:
     from skyward_trio import ChildDied, config
 
+    from ._client import Client
     from ._sync import Compute, Pool
 
 __all__ = [
@@ -121,6 +123,7 @@ __all__ = [
     "BudgetExceededError",
     "CallbackWriter",
     "ChildDied",
+    "Client",
     "ClusterDestroyed",
     "ClusterProvisioned",
     "ClusterReady",
@@ -166,6 +169,7 @@ __all__ = [
     "RunPod",
     "SSHHost",
     "SerializationError",
+    "ServerError",
     "SkywardError",
     "Spec",
     "TaskCompleted",
@@ -218,6 +222,10 @@ def __getattr__(name: str) -> Any:
         import skyward_trio
 
         return skyward_trio.ChildDied
+    if name == "Client":
+        from ._client import Client
+
+        return Client
     if name in ("Compute", "Pool"):
         from . import _sync
 

@@ -1,5 +1,10 @@
-"""The ``sky`` command: offers, configuration, the log, the version.
+"""The ``sky`` command: the pool server, offers, configuration, the log, the version.
 
+    sky server start                       # a background process that holds pools
+    sky compute create train               # [pools.train] of ./skyward.toml, held there
+    sky compute list                       # then sky.Client("train") in any script
+    sky compute delete train               # its machines terminated
+    sky server stop                        # every pool closed, then the server exits
     sky offers list runpod vastai --accelerator H100 --count 8 --spot --cheapest 5
     sky offers fetch aws                   # refresh the cached listing
     sky providers check runpod             # is the key set up, does the API answer?
@@ -28,7 +33,8 @@ from typing import Any, TextIO
 import cattrs
 
 import skyward_trio
-from skyward_trio import ConfigError, Offer, Offers, ProviderConfig, accelerators
+from skyward_trio import ConfigError, Offer, Offers, ProviderConfig, SkywardError, accelerators
+from skyward_trio._cost import duration
 from skyward_trio._model import PROVIDER_TYPES
 from skyward_trio.accelerators import Accelerator
 
@@ -221,6 +227,79 @@ def _providers_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _pool_line(pool: dict[str, Any]) -> str:
+    nodes = pool.get("nodes")
+    count = f"{nodes['ready']}/{nodes['desired']} node(s)" if nodes else "-"
+    cost = pool.get("cost_usd")
+    return (
+        f"{pool['name']:<16} {pool['state']:<9} {pool['provider']:<10} {count:<13} "
+        f"{'-' if cost is None else _usd(cost):<8} {duration(time.time() - pool['created'])}"
+    )
+
+
+def _server(args: argparse.Namespace) -> int:
+    from . import _client
+
+    if args.command == "start":
+        new = _client.start_server(port=args.port)
+        print(
+            f"skyward server started: {new['url']} (pid {new['pid']}); its log: {_client.LOG_FILE}"
+        )
+        return 0
+    if args.command == "stop":
+        closed = _client.stop_server()
+        print("skyward server stopped" + (f"; closed {', '.join(closed)}" if closed else ""))
+        return 0
+    state = _client.server_state()
+    if state is None:
+        print("skyward server: not running (start it with `sky server start`)")
+        return 1
+    status = _client.request("GET", "/status")
+    print(
+        f"skyward server {status['version']}: running at {state['url']} (pid "
+        f"{status['pid']}, up {duration(time.time() - status['started'])}), "
+        f"{len(status['pools'])} pool(s)"
+    )
+    for pool in status["pools"]:
+        print(f"  {_pool_line(pool)}")
+    return 0
+
+
+def _compute(args: argparse.Namespace) -> int:
+    from skyward_trio import config as sky_config
+
+    from . import _client
+
+    if args.command == "create":
+        specs, options, _ = sky_config.named(
+            args.name, None, project=args.project, defaults=args.defaults
+        )
+        if _client.server_state() is None:
+            raise _client.ServerError(
+                "the Skyward server is not running; start it with `sky server start`"
+            )
+        print(f"creating pool {args.name} (its progress: sky log --file {_client.LOG_FILE} -f)")
+        made = _client.request_create(args.name, specs, options)
+        nodes = made.get("nodes") or {"ready": 0}
+        print(f"pool {args.name} ready: {nodes['ready']} node(s) on {made['provider']}")
+        return 0
+    if args.command == "list":
+        pools = _client.request("GET", "/pools")
+        if args.json:
+            print(json.dumps(pools, indent=2))
+            return 0
+        print(f"{'NAME':<16} {'STATE':<9} {'PROVIDER':<10} {'NODES':<13} {'COST':<8} AGE")
+        for pool in pools:
+            print(_pool_line(pool))
+        return 0
+    if args.command == "get":
+        print(json.dumps(_client.request("GET", f"/pools/{args.name}"), indent=2))
+        return 0
+    _client.request("DELETE", f"/pools/{args.name}")
+    print(f"pool {args.name} closed; its machines are terminated")
+    return 0
+
+
 def _tail(path: Path, lines: int) -> list[str]:
     with path.open(errors="replace") as log:
         return log.readlines()[-lines:] if lines else []
@@ -255,7 +334,7 @@ def _log(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sky", description="Skyward: offers, configuration and logs."
+        prog="sky", description="Skyward: the pool server, offers, configuration and logs."
     )
     commands = parser.add_subparsers(dest="group", required=True)
 
@@ -264,6 +343,26 @@ def _parser() -> argparse.ArgumentParser:
     files = argparse.ArgumentParser(add_help=False)
     files.add_argument("--project", help="the project file (default ./skyward.toml)")
     files.add_argument("--defaults", help="the global file (default ~/.skyward/defaults.toml)")
+
+    server = commands.add_parser("server", help="the background process that holds pools")
+    server_commands = server.add_subparsers(dest="command", required=True)
+    started = server_commands.add_parser("start", help="start it (on 127.0.0.1)")
+    started.add_argument("--port", type=int, default=0, help="its TCP port (default: any free)")
+    server_commands.add_parser("stop", help="close every pool it holds, then stop it")
+    server_commands.add_parser("status", help="whether it runs, and its pools")
+
+    compute = commands.add_parser("compute", help="pools the server holds")
+    compute_commands = compute.add_subparsers(dest="command", required=True)
+    created = compute_commands.add_parser(
+        "create", parents=[files], help="create [pools.NAME] of skyward.toml on the server"
+    )
+    created.add_argument("name", help="a [pools.NAME] table of skyward.toml")
+    listed = compute_commands.add_parser("list", help="the pools the server holds")
+    listed.add_argument("--json", action="store_true", help="as JSON")
+    got = compute_commands.add_parser("get", help="one pool, as JSON")
+    got.add_argument("name")
+    deleted = compute_commands.add_parser("delete", help="close a pool: terminate its machines")
+    deleted.add_argument("name")
 
     offer = commands.add_parser("offers", help="what providers offer, and at what price")
     offer_commands = offer.add_subparsers(dest="command", required=True)
@@ -331,10 +430,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config(args)
         if args.group == "providers":
             return _providers_command(args)
+        if args.group == "server":
+            return _server(args)
+        if args.group == "compute":
+            return _compute(args)
         return _log(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 1
+    except SkywardError as exc:  # the server not running, or refusing
+        print(f"sky: {exc}", file=sys.stderr)
         return 1
     except _Refused as exc:
         parser.exit(2, f"sky: {exc}\n")
@@ -343,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sky ... | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def main_exit() -> None:

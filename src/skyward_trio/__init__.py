@@ -31,6 +31,8 @@ enforces it):
    scheduler); ``_supervisor`` (brings nodes up, replaces lost ones, tears down);
    ``_compute`` (``Compute``: opens and closes a pool); ``_health`` (health checks);
    ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
+6. the pool server: ``_server`` (``sky server start``: holds pools by name, relays
+   ``sky.Client``'s calls)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
@@ -52,6 +54,7 @@ from ._errors import (
     ProvisionError,
     RemoteError,
     SerializationError,
+    ServerError,
     SkywardError,
     TaskTimeoutError,
     TeardownError,
@@ -176,6 +179,7 @@ __all__ = [
     "RunPod",
     "SSHHost",
     "SerializationError",
+    "ServerError",
     "SkywardError",
     "Spec",
     "TaskCompleted",

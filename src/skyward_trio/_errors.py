@@ -35,6 +35,7 @@ __all__ = [
     "ProvisionError",
     "RemoteError",
     "SerializationError",
+    "ServerError",
     "SkywardError",
     "TaskTimeoutError",
     "TeardownError",
@@ -213,6 +214,11 @@ class BudgetExceededError(PoolClosedError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.max_cost, self.spent, self.instances))
+
+
+class ServerError(SkywardError):
+    """The pool server (``sky server start``) is not running, refused a request, or does
+    not hold the pool asked for. The message says which, and what to do."""
 
 
 class TeardownError(SkywardError):

@@ -90,11 +90,14 @@ class PreparedCall:
 class _Functions:
     """Each function is pickled once per pool (with its closure and globals at that time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         self._lock = threading.Lock()
         self._entries: dict[int, _FunctionEntry] = {}
         self._by_key: dict[str, _FunctionEntry] = {}
         self._counter = itertools.count()
+        # Keys are "<prefix><n>:<qualname>": a client of the server (sky.Client) picks a
+        # prefix of its own, so functions relayed from several clients never share a key.
+        self._prefix = prefix
 
     def get(self, fn: Callable[..., Any]) -> _FunctionEntry:
         """The function's key, its payload and its ``Iterator[T]`` parameters."""
@@ -118,7 +121,7 @@ class _Functions:
             referenced_modules(fn, cloudpickle.list_registry_pickle_by_value()), fresh=False
         )
         with self._lock:
-            key = f"{next(self._counter)}:{name}"
+            key = f"{self._prefix}{next(self._counter)}:{name}"
             entry = _FunctionEntry(fn, key, payload, streamed, needs)
             self._entries[id(fn)] = entry
             self._by_key[key] = entry
@@ -127,6 +130,33 @@ class _Functions:
     def needs(self, key: str) -> Mapping[str, str | None]:
         """The versions here of the modules function ``key`` refers to."""
         return self._by_key[key].needs
+
+    def adopt(self, key: str, payload: _serial.Payload, needs: Mapping[str, str | None]) -> None:
+        """Take a function another process pickled (the server relays ``sky.Client``'s)."""
+        with self._lock:
+            if key not in self._by_key:
+                self._by_key[key] = _FunctionEntry(None, key, payload, (), dict(needs))
+
+    def prepare(self, pending: PendingFunction[Any]) -> PreparedCall:
+        """Serialize a call (thread-safe)."""
+        if not isinstance(pending, PendingFunction):
+            raise TypeError(
+                f"expected a pending call such as f(x) from a @sky.function, "
+                f"got {type(pending).__qualname__}"
+            )
+        entry = self.get(pending.fn)
+        inputs: tuple[Iterable[Any], ...] = ()
+        if entry.streamed:
+            pending, inputs = _split_inputs(pending, entry.streamed)
+        return PreparedCall(
+            entry.key,
+            entry.payload,
+            _dump_args(pending),
+            pending.name,
+            pending.timeout,
+            stream=inspect.isgeneratorfunction(pending.fn),
+            inputs=inputs,
+        )
 
 
 @attrs.frozen
@@ -918,24 +948,7 @@ class Pool:
 
     def prepare(self, pending: PendingFunction[Any]) -> PreparedCall:
         """Serialize a call (thread-safe; the sync face calls it in the user's thread)."""
-        if not isinstance(pending, PendingFunction):
-            raise TypeError(
-                f"expected a pending call such as f(x) from a @sky.function, "
-                f"got {type(pending).__qualname__}"
-            )
-        entry = self._functions.get(pending.fn)
-        inputs: tuple[Iterable[Any], ...] = ()
-        if entry.streamed:
-            pending, inputs = _split_inputs(pending, entry.streamed)
-        return PreparedCall(
-            entry.key,
-            entry.payload,
-            _dump_args(pending),
-            pending.name,
-            pending.timeout,
-            stream=inspect.isgeneratorfunction(pending.fn),
-            inputs=inputs,
-        )
+        return self._functions.prepare(pending)
 
     def prepare_map(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload, float | None]:
         timeout = None
@@ -966,6 +979,20 @@ class Pool:
         return target
 
     async def run_prepared(self, call: PreparedCall, *, target: int | None = None) -> Any:
+        message, index = await self.run_raw(call, target=target)
+        _, _, ok, payload, _ = message
+        if ok and _serial.payload_size(payload) > _BIG_RESULT:
+            return await trio.to_thread.run_sync(self.finish, call, message, index)
+        return self.finish(call, message, index)
+
+    async def run_raw(
+        self, call: PreparedCall, *, target: int | None = None
+    ) -> tuple[tuple[Any, ...], int]:
+        """Run ``call``; its RESULT message undecoded, and the node that ran it.
+
+        Raises what the pool raises for the call (a timeout, a closed pool, a lost node
+        past its retries), not the function's own exception: that is in the message.
+        """
         node = await self._acquire_checked(target, call.fn_key)
         done = trio.Event()
         outcome: list[Outcome] = []
@@ -984,10 +1011,7 @@ class Pool:
         if error is not None:
             raise error
         assert message is not None
-        _, _, ok, payload, _ = message
-        if ok and _serial.payload_size(payload) > _BIG_RESULT:
-            return await trio.to_thread.run_sync(self.finish, call, message, index)
-        return self.finish(call, message, index)
+        return message, index
 
     def finish(self, call: PreparedCall, message: tuple[Any, ...], node: int) -> Any:
         """Decode a RESULT message: the value, or the remote exception raised here.

@@ -237,8 +237,15 @@ def _load(
     return config
 
 
-def named(name: object, options: Options | None) -> tuple[tuple[Spec, ...], Options, bool]:
-    """What ``Compute(name=name, options=options)`` provisions, from the configuration.
+def named(
+    name: object,
+    options: Options | None,
+    *,
+    project: str | os.PathLike[str] | None = None,
+    defaults: str | os.PathLike[str] | None = None,
+) -> tuple[tuple[Spec, ...], Options, bool]:
+    """What ``Compute(name=name, options=options)`` provisions, from the configuration
+    (``project`` and ``defaults`` as ``validate`` takes them).
 
     Returns:
         The specs (several with ``[[pools.NAME.specs]]``), the options (the pool's, else
@@ -254,7 +261,7 @@ def named(name: object, options: Options | None) -> tuple[tuple[Spec, ...], Opti
             f"Compute(name={name!r}): name must be a str naming a [pools.NAME] table of "
             f'skyward.toml, got {type(name).__name__}. Pass e.g. name="train".'
         )
-    pool = _load(None, None).pool(name)
+    pool = _load(project, defaults).pool(name)
     if pool.options is not None and options is not None:
         fields = [
             field.name

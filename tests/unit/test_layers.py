@@ -71,6 +71,7 @@ LAYERS = {
     "testing": 5,
     "_eventbus": 5,
     "_console": 5,
+    "_server": 6,
 }
 
 

@@ -1,0 +1,565 @@
+"""The pool server: ``python -m skyward_trio._server``, which ``sky server start`` runs.
+
+A long-lived process on this machine that holds pools by name (``sky compute create
+NAME``), so that scripts, notebooks and the ``sky`` command use machines that are already
+up instead of provisioning their own each time. ``sky.Client(NAME)`` sends it calls.
+
+It speaks HTTP on 127.0.0.1 only, one request per connection (h11, on trio). Every
+request carries the token of the state file (``~/.skyward/server.json``, mode 0600, which
+also holds the address and the process id): calls carry pickles that run code on the
+nodes, so nothing unauthenticated is read. The server relays calls: the function and its
+arguments are pickled by the client and the result by the node, and the server unpickles
+neither (so a client's modules need not import here). It does unpickle the specs of
+``sky compute create``: Skyward's own records, and plugins pickled by value.
+
+A client that hangs up cancels its call (the node is told); ``sky server stop``, SIGTERM
+and SIGINT close every pool and terminate its machines before the process exits. A server
+that dies without closing them leaves nodes that end themselves when their lease runs out
+(``Spec.ttl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import json
+import os
+import pickle
+import secrets
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cloudpickle
+import h11
+import trio
+
+from . import _serial, _transport
+from ._compute import Compute
+from ._model import Options, Spec
+from ._pool import Pool, PreparedCall
+from ._version import __version__
+
+__all__ = [
+    "FRAME",
+    "LOG_FILE",
+    "STATE_FILE",
+    "join_payload",
+    "main",
+    "pack",
+    "split_payload",
+    "unpack",
+]
+
+STATE_FILE = "~/.skyward/server.json"
+LOG_FILE = "~/.skyward/logs/server.log"
+
+#: The media type of a frame: a 4-byte length, a JSON header, then the blobs it lists.
+FRAME = "application/x-skyward-frame"
+
+_MAX_HEAD = 64 * 1024  # a request line and headers, at most
+
+
+# -- frames: a JSON header and binary blobs, no pickle on the HTTP layer -------------------------
+
+
+def pack(header: dict[str, Any], blobs: Sequence[Any] = ()) -> list[Any]:
+    """A frame's parts, to send one after another (blobs are not copied)."""
+    views = [memoryview(b).cast("B") for b in blobs]  # released once sent
+    head = json.dumps({**header, "blobs": [v.nbytes for v in views]}).encode()
+    return [len(head).to_bytes(4, "big"), head, *views]
+
+
+def unpack(body: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[bytes]]:
+    """A frame's header and its blobs.
+
+    Raises:
+        ValueError: ``body`` is not a whole frame.
+    """
+    view = memoryview(body).cast("B")
+    if view.nbytes < 4:
+        raise ValueError("the frame is shorter than its length field")
+    size = int.from_bytes(view[:4], "big")
+    try:
+        header = json.loads(bytes(view[4 : 4 + size]))
+    except ValueError as exc:
+        raise ValueError(f"the frame's header is not JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("blobs"), list):
+        raise ValueError("the frame's header lists no blobs")
+    blobs, at = [], 4 + size
+    for length in header["blobs"]:
+        if not isinstance(length, int) or length < 0 or at + length > view.nbytes:
+            raise ValueError("the frame is shorter than the blobs its header lists")
+        blobs.append(bytes(view[at : at + length]))
+        at += length
+    if at != view.nbytes:
+        raise ValueError("the frame is longer than the blobs its header lists")
+    return header, blobs
+
+
+def _raw(part: Any) -> memoryview:
+    return part.raw() if isinstance(part, pickle.PickleBuffer) else memoryview(part)
+
+
+def split_payload(payload: _serial.Payload) -> tuple[dict[str, Any], list[memoryview]]:
+    """A payload as a header entry and blobs (the head first, then its buffers)."""
+    head, head_z, bufs, flags = payload
+    return {"z": head_z, "flags": list(flags)}, [_raw(head), *(_raw(b) for b in bufs)]
+
+
+def join_payload(meta: Any, blobs: Sequence[bytes]) -> _serial.Payload:
+    """The payload ``split_payload`` made, its buffers out of band again."""
+    if not isinstance(meta, dict) or len(blobs) != 1 + len(meta.get("flags", ())):
+        raise ValueError("a payload's header does not match its blobs")
+    head, *bufs = blobs
+    return (
+        pickle.PickleBuffer(head),
+        bool(meta["z"]),
+        [pickle.PickleBuffer(b) for b in bufs],
+        [bool(f) for f in meta["flags"]],
+    )
+
+
+# -- the state file ------------------------------------------------------------------------------
+
+
+def state_path() -> Path:
+    return Path(os.path.expanduser(STATE_FILE))
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(state, out)
+    os.replace(fresh, path)
+
+
+def _forget_state(path: Path) -> None:
+    """Remove the state file, if it is still this process's."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.frozen
+class _Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> _Request | None:
+    body = bytearray()
+    request: h11.Request | None = None
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(1 << 16)
+            conn.receive_data(data)  # b"" is the end of the stream
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            assert request is not None
+            headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+            return _Request(request.method.decode(), request.target.decode(), headers, bytes(body))
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+async def _respond(
+    conn: h11.Connection, stream: trio.SocketStream, status: int, kind: str, parts: list[Any]
+) -> None:
+    length = sum(memoryview(p).nbytes for p in parts)
+    headers = [
+        ("content-type", kind),
+        ("content-length", str(length)),
+        ("connection", "close"),
+        ("server", f"skyward/{__version__}"),
+    ]
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+    for part in parts:
+        # Through h11 (it counts against content-length), but not joined: not copied.
+        for piece in conn.send_with_data_passthrough(h11.Data(data=part)) or ():
+            await stream.send_all(piece)
+    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+def _json(status: int, body: Any) -> tuple[int, str, list[Any]]:
+    return status, "application/json", [json.dumps(body).encode()]
+
+
+def _error(status: int, message: str, kind: str = "") -> tuple[int, str, list[Any]]:
+    return _json(status, {"error": message, **({"type": kind} if kind else {})})
+
+
+def _raised(exc: BaseException) -> tuple[int, str, list[Any]]:
+    """A call's failure in the pool (not in the function): the exception, pickled."""
+    try:
+        meta, blobs = split_payload(_serial.dumps(exc))
+        header: dict[str, Any] = {"raised": meta}
+    except Exception:
+        header, blobs = {"raised_text": f"{type(exc).__name__}: {exc}"}, []
+    return 200, FRAME, pack(header, blobs)
+
+
+# -- the pools -----------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Held:
+    name: str
+    compute: Compute
+    created: float
+    pool: Pool | None = None
+    closing: trio.Event = attrs.Factory(trio.Event)
+    closed: trio.Event = attrs.Factory(trio.Event)
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+
+    def summary(self) -> dict[str, Any]:
+        spec = self.compute.specs[0] if self.pool is None else self.pool.spec
+        out: dict[str, Any] = {
+            "name": self.name,
+            "state": "closing"
+            if self.closing.is_set()
+            else ("ready" if self.pool is not None else "starting"),
+            "provider": type(spec.provider).__name__,
+            "accelerator": None if spec.accelerator is None else str(spec.accelerator),
+            "created": self.created,
+        }
+        pool = self.pool
+        if pool is not None:
+            out.update(
+                job_id=pool.job_id,
+                nodes={"ready": pool.current_nodes(), "desired": len(pool._wanted)},
+            )
+            supervisor = pool._supervisor
+            if supervisor is not None:
+                out["cost_usd"] = round(supervisor.ledger.cost(trio.current_time()), 4)
+        return out
+
+
+class Server:
+    """The pools this process holds, and the HTTP routes that reach them."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.pools: dict[str, _Held] = {}
+        self.started = time.time()
+        self.stopping = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, listeners: list[trio.SocketListener]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(trio.serve_listeners, self._connection, listeners)
+            await self.stopping.wait()
+            await self.close_all()
+            nursery.cancel_scope.cancel()
+
+    async def close_all(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for held in list(self.pools.values()):
+                nursery.start_soon(self._close, held)
+
+    async def _close(self, held: _Held) -> None:
+        if held.pool is None:
+            held.scope.cancel()  # still coming up: stop, and tear down what started
+        held.closing.set()
+        await held.closed.wait()
+
+    # -- one connection, one request -------------------------------------------------------------
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        try:
+            request = await _read_request(conn, stream)
+            if request is None:
+                return
+            status, kind, parts = await self._route(request, stream)
+            await _respond(conn, stream, status, kind, parts)
+        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client sent nonsense or went away: nobody to answer
+        except Exception:
+            # A fault here must not end the server and the pools it holds: log it, and
+            # answer if the response has not begun.
+            traceback.print_exc(file=sys.stderr)
+            if conn.our_state is h11.SEND_RESPONSE:
+                status, kind, parts = _error(
+                    500, "the server failed; see ~/.skyward/logs/server.log"
+                )
+                with contextlib.suppress(Exception):
+                    await _respond(conn, stream, status, kind, parts)
+        finally:
+            await stream.aclose()
+
+    async def _route(
+        self, request: _Request, stream: trio.SocketStream
+    ) -> tuple[int, str, list[Any]]:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            return _error(
+                401,
+                "no valid token: the server's token is in ~/.skyward/server.json "
+                "(sky.Client reads it there)",
+            )
+        parts = [p for p in request.path.split("?")[0].split("/") if p]
+        try:
+            return await self._dispatch(request.method, parts, request, stream)
+        except _BadRequest as exc:
+            return _error(exc.status, str(exc))
+
+    async def _dispatch(
+        self, method: str, parts: list[str], request: _Request, stream: trio.SocketStream
+    ) -> tuple[int, str, list[Any]]:
+        if parts == ["status"] and method == "GET":
+            return _json(200, self.status())
+        if parts == ["shutdown"] and method == "POST":
+            self.stopping.set()
+            return _json(200, {"stopping": True, "pools": sorted(self.pools)})
+        if parts == ["pools"] and method == "GET":
+            return _json(200, [h.summary() for h in self.pools.values()])
+        if parts == ["pools"] and method == "POST":
+            return await _while_connected(stream, lambda: self._create(request.body))
+        if len(parts) == 2 and parts[0] == "pools":
+            held = self._held(parts[1])
+            if method == "GET":
+                return _json(200, held.summary())
+            if method == "DELETE":
+                await self._close(held)
+                return _json(200, {"deleted": held.name})
+        calling = len(parts) == 3 and parts[0] == "pools" and parts[2] in ("run", "broadcast")
+        if calling and method == "POST":
+            pool = self._ready(parts[1])
+            return await _while_connected(stream, lambda: self._call(pool, parts[2], request.body))
+        raise _BadRequest(404, f"no route {method} {request.path}")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": self.started,
+            "pools": [h.summary() for h in self.pools.values()],
+        }
+
+    def _held(self, name: str) -> _Held:
+        held = self.pools.get(name)
+        if held is None:
+            held_names = ", ".join(sorted(self.pools)) or "none"
+            raise _BadRequest(
+                404,
+                f"the server holds no pool {name!r} (it holds: {held_names}); "
+                f"create it with `sky compute create {name}`",
+            )
+        return held
+
+    def _ready(self, name: str) -> Pool:
+        held = self._held(name)
+        if held.pool is None or held.closing.is_set():
+            state = "closing" if held.closing.is_set() else "still starting"
+            raise _BadRequest(409, f"pool {name!r} is {state}")
+        return held.pool
+
+    # -- creating and holding a pool -------------------------------------------------------------
+
+    async def _create(self, body: bytes) -> tuple[int, str, list[Any]]:
+        try:
+            header, blobs = unpack(body)
+            name = header.get("name")
+            specs, options = cloudpickle.loads(blobs[0])
+        except Exception as exc:
+            raise _BadRequest(400, f"not a pool to create: {exc}") from None
+        if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
+            raise _BadRequest(400, f"a pool's name is a word such as 'train'; got {name!r}")
+        if name in self.pools:
+            raise _BadRequest(409, f"the server already holds a pool {name!r}")
+        if not isinstance(specs, tuple) or not all(isinstance(s, Spec) for s in specs):
+            raise _BadRequest(400, "a pool to create needs a tuple of Spec")
+        if not isinstance(options, Options):
+            raise _BadRequest(400, "a pool to create needs its Options")
+        try:
+            compute = Compute(*specs, options=options)
+        except (TypeError, ValueError) as exc:
+            return _error(400, str(exc), type(exc).__name__)
+        held = _Held(name, compute, time.time())
+        self.pools[name] = held
+        assert self._nursery is not None
+        try:
+            await self._nursery.start(self._hold, held)
+        except Exception as exc:
+            return _error(422, str(exc), type(exc).__name__)
+        if held.pool is None:
+            return _error(409, f"pool {name!r} was closed while it came up")
+        return _json(200, held.summary())
+
+    async def _hold(self, held: _Held, *, task_status: trio.TaskStatus[None]) -> None:
+        started = False
+        try:
+            with held.scope:
+                async with held.compute as pool:
+                    held.pool = pool
+                    started = True
+                    task_status.started()
+                    await held.closing.wait()
+        except Exception as exc:
+            if not started:
+                raise
+            print(f"pool {held.name}: closed with an error: {exc!r}", file=sys.stderr, flush=True)
+        finally:
+            if self.pools.get(held.name) is held:
+                del self.pools[held.name]
+            held.closed.set()
+            if not started and held.scope.cancelled_caught:
+                # Closed (by `sky compute delete` or the server stopping) while it came up.
+                task_status.started()
+
+    # -- relaying a call -------------------------------------------------------------------------
+
+    async def _call(self, pool: Pool, how: str, body: bytes) -> tuple[int, str, list[Any]]:
+        try:
+            header, blobs = unpack(body)
+            n_fn = 1 + len(header["fn"]["flags"])
+            fn = join_payload(header["fn"], blobs[:n_fn])
+            args = join_payload(header["args"], blobs[n_fn:])
+            key, name, needs = str(header["key"]), str(header["name"]), header["needs"]
+            timeout, target = header.get("timeout"), header.get("target")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _BadRequest(400, f"not a call: {exc}") from None
+        if not isinstance(needs, dict):
+            raise _BadRequest(400, "not a call: needs is not a mapping")
+        pool._functions.adopt(key, fn, needs)
+        call = PreparedCall(key, fn, args, name, timeout)
+        try:
+            if how == "run":
+                results = [await pool.run_raw(call, target=pool._check_target(target))]
+            else:
+                results = await _broadcast(pool, call)
+        except Exception as exc:
+            return _raised(exc)
+        out_header: dict[str, Any] = {"results": []}
+        out_blobs: list[memoryview] = []
+        for message, node in results:
+            _, _, ok, payload, _ = message
+            if ok:
+                meta, parts = split_payload(payload)
+                out_header["results"].append({"ok": True, "node": node, "payload": meta})
+            else:
+                error, type_name, text, tb = payload
+                failed: dict[str, Any] | None = None
+                parts = []
+                if error is not None:
+                    failed, parts = split_payload(error)
+                out_header["results"].append(
+                    {"ok": False, "node": node, "payload": failed, "error": [type_name, text, tb]}
+                )
+            out_blobs += parts
+        return 200, FRAME, pack(out_header, out_blobs)
+
+
+async def _broadcast(pool: Pool, call: PreparedCall) -> list[tuple[tuple[Any, ...], int]]:
+    """``pool.broadcast_prepared``, each node's message undecoded."""
+    indices = sorted(pool._ready)
+    if not indices:
+        await pool._acquire_any_ready()
+        indices = sorted(pool._ready)
+    results: list[tuple[tuple[Any, ...], int] | None] = [None] * len(indices)
+
+    async def one(at: int, node: int) -> None:
+        results[at] = await pool.run_raw(call, target=node)
+
+    async with trio.open_nursery() as nursery:
+        for at, node in enumerate(indices):
+            nursery.start_soon(one, at, node)
+    return [r for r in results if r is not None]
+
+
+async def _while_connected(
+    stream: trio.SocketStream, work: Callable[[], Awaitable[tuple[int, str, list[Any]]]]
+) -> tuple[int, str, list[Any]]:
+    """Run ``work``; cancel it if the client hangs up first (it sends nothing more)."""
+    outcome: list[tuple[int, str, list[Any]]] = []
+    failed: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await stream.receive_some(1 << 10):
+                    pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        try:
+            outcome.append(await work())
+        except Exception as exc:  # raised as itself, not in a group
+            failed.append(exc)
+        nursery.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    if not outcome:
+        raise trio.BrokenResourceError("the client hung up")
+    return outcome[0]
+
+
+# -- python -m skyward_trio._server --------------------------------------------------------------
+
+
+async def _serve(port: int, state: Path) -> None:
+    token = secrets.token_urlsafe(32)
+    server = Server(token)
+    async with _transport.asyncio_loop():
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        bound = listeners[0].socket.getsockname()[1]
+        _write_state(
+            state,
+            {"url": f"http://127.0.0.1:{bound}", "pid": os.getpid(), "token": token},
+        )
+        print(f"skyward server {__version__}: listening on 127.0.0.1:{bound}", flush=True)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def on_signals() -> None:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for signum in signals:
+                            print(f"skyward server: {signal.Signals(signum).name}: stopping")
+                            server.stopping.set()
+
+                nursery.start_soon(on_signals)
+                await server.serve(listeners)
+                nursery.cancel_scope.cancel()
+        finally:
+            _forget_state(state)
+    print("skyward server: stopped; every pool closed", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m skyward_trio._server")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
+    parser.add_argument("--state", default=STATE_FILE, help=f"the state file ({STATE_FILE})")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started it may close
+    trio.run(_serve, args.port, Path(os.path.expanduser(args.state)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The pool server, run as users run it: ``sky server start`` (a detached process),
+``sky compute create`` of a Local pool from skyward.toml, and ``sky.Client`` in scripts
+of their own (so their functions are ``__main__``'s, pickled by value). Each test has its
+own home, so its own state file, log and server; each server is stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from procs import is_running
+from waiting import wait_until
+
+TOML = """\
+[pools.p]
+provider = "local"
+nodes = 2
+worker = { concurrency = 1 }
+"""
+
+
+class Home:
+    """A project with a two-node Local pool ``p``, and a home of its own."""
+
+    def __init__(self, root: Path) -> None:
+        self.project = root
+        self.home = root / "home"
+        self.home.mkdir()
+        (root / "skyward.toml").write_text(TOML)
+        self.env = {**os.environ, "HOME": str(self.home)}
+
+    def sky(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "skyward", *args],
+            cwd=self.project,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        done = self.sky(*args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def script(self, code: str, *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        path = self.project / "script.py"
+        path.write_text(textwrap.dedent(code))
+        return subprocess.run(
+            [sys.executable, str(path)],
+            cwd=self.project,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def client_refusal(self, name: str) -> str:
+        """What ``sky.Client(name)`` raises, in a script of its own."""
+        done = self.script(
+            f"""
+            import skyward as sky
+            try:
+                sky.Client({name!r})
+            except sky.ServerError as exc:
+                print(exc)
+            """
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / ".skyward" / "server.json"
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.state_file.read_text())  # type: ignore[no-any-return]
+
+    @property
+    def log(self) -> str:
+        return (self.home / ".skyward" / "logs" / "server.log").read_text()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Home]:
+    made = Home(tmp_path)
+    yield made
+    if made.state_file.exists():
+        pid = made.state()["pid"]
+        if is_running(pid):
+            made.sky("server", "stop")
+        if is_running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def pool(home: Home) -> Home:
+    """A running server holding pool ``p``."""
+    home.ok("server", "start")
+    assert "pool p ready: 2 node(s) on Local" in home.ok("compute", "create", "p")
+    return home
+
+
+def test_the_server_starts_holds_a_pool_and_stops(home: Home) -> None:
+    started = home.ok("server", "start")
+    state = home.state()
+    assert f"started: {state['url']} (pid {state['pid']})" in started
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", state["url"])
+    assert stat.S_IMODE(home.state_file.stat().st_mode) == 0o600
+    again = home.sky("server", "start")
+    assert again.returncode == 1
+    assert f"already runs (pid {state['pid']}" in again.stderr
+
+    home.ok("compute", "create", "p")
+    listed = json.loads(home.ok("compute", "list", "--json"))
+    assert [(p["name"], p["state"], p["provider"], p["nodes"]) for p in listed] == [
+        ("p", "ready", "Local", {"ready": 2, "desired": 2})
+    ]
+    assert json.loads(home.ok("compute", "get", "p"))["job_id"] == listed[0]["job_id"]
+    table = home.ok("compute", "list")
+    assert table.splitlines()[0].split() == ["NAME", "STATE", "PROVIDER", "NODES", "COST", "AGE"]
+    assert table.splitlines()[1].split()[:4] == ["p", "ready", "Local", "2/2"]
+    status = home.ok("server", "status")
+    assert f"running at {state['url']}" in status
+    assert "1 pool(s)" in status
+
+    twice = home.sky("compute", "create", "p")
+    assert twice.returncode == 1
+    assert "already holds a pool 'p'" in twice.stderr
+
+    # Stopping closes the pool it holds: its Local nodes' processes end.
+    nodes = [int(pid) for pid in re.findall(r"instance local-\w+-\d-(\d+) provisioned", home.log)]
+    assert len(nodes) == 2
+    assert all(is_running(pid) for pid in nodes)
+    assert home.ok("server", "stop") == "skyward server stopped; closed p\n"
+    assert not is_running(state["pid"])
+    assert not home.state_file.exists()
+    wait_until(
+        lambda: not any(is_running(pid) for pid in nodes),
+        "the pool's nodes to end",
+        timeout=30,
+        every=0.1,
+    )
+    assert "pool  closed: 2 instance(s)" in home.log
+    stopped = home.sky("server", "status")
+    assert (stopped.returncode, stopped.stdout) == (
+        1,
+        "skyward server: not running (start it with `sky server start`)\n",
+    )
+
+
+def test_commands_need_a_running_server(home: Home) -> None:
+    for args in (("compute", "list"), ("compute", "create", "p"), ("server", "stop")):
+        done = home.sky(*args)
+        assert done.returncode == 1, args
+        assert "start it with `sky server start`" in done.stderr, args
+    said = home.client_refusal("p")
+    assert "not running" in said
+    assert "sky server start" in said
+
+
+def test_a_pool_not_in_the_file_is_refused_before_the_server_is_asked(home: Home) -> None:
+    home.ok("server", "start")
+    done = home.sky("compute", "create", "nope")
+    assert done.returncode == 1
+    assert "no pool 'nope'" in done.stderr
+    assert "[pools.nope]" in done.stderr
+    assert json.loads(home.ok("compute", "list", "--json")) == []
+
+
+_CLIENT_SCRIPT = """
+import json
+import skyward as sky
+
+@sky.function
+def square(x):
+    return x * x
+
+@sky.function
+def where():
+    return sky.instance_info().node
+
+@sky.function
+def fail():
+    raise KeyError("missing")
+
+with sky.Client("p") as pool:
+    out = {
+        "run": square(7) >> pool,
+        "head": where() >> sky,
+        "pinned": pool.run(where(), target=1),
+        "broadcast": where() @ pool,
+        "future": (square(3) > pool).result(),
+        "group": list((square(1) & square(2) & square(3)) >> pool),
+        "streamed": sorted(sky.gather(square(4), square(5), stream=True) >> pool),
+        "info": pool.info()["state"],
+    }
+    try:
+        fail() >> pool
+    except KeyError as exc:
+        out["error"] = [repr(exc), exc.__notes__[0].splitlines()[0]]
+    try:
+        pool.run(where(), target=5)
+    except ValueError as exc:
+        out["bad target"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_a_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
+    done = pool.script(_CLIENT_SCRIPT)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["run"] == 49
+    assert out["head"] in (0, 1)
+    assert out["pinned"] == 1
+    assert out["broadcast"] == [0, 1]
+    assert out["future"] == 9
+    assert out["group"] == [1, 4, 9]
+    assert out["streamed"] == [16, 25]
+    assert out["info"] == "ready"
+    assert out["error"][0] == "KeyError('missing')"
+    note = r"\[skyward\] raised by fail\(\) on node \d; remote traceback:"
+    assert re.fullmatch(note, out["error"][1])
+    assert "target=5 is not a node of this pool" in out["bad target"]
+
+
+def test_arrays_travel_both_ways(pool: Home) -> None:
+    done = pool.script(
+        """
+        import numpy as np
+        import skyward as sky
+
+        @sky.function
+        def double(a):
+            return a * 2
+
+        data = np.arange(2_000_000, dtype=np.float64)
+        with sky.Client("p") as pool:
+            back = double(data) >> pool
+        print(bool((back == data * 2).all()), back.dtype, back.shape)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True float64 (2000000,)\n"
+
+
+def test_a_client_for_a_pool_the_server_lacks_is_told_which_it_has(pool: Home) -> None:
+    said = pool.client_refusal("other")
+    assert "no pool 'other' (it holds: p)" in said
+    assert "sky compute create other" in said
+
+
+def test_requests_without_the_token_are_refused(pool: Home) -> None:
+    url = pool.state()["url"]
+    for headers in ({}, {"authorization": "Bearer not-the-token"}):
+        answer = httpx.get(f"{url}/pools", headers=headers)
+        assert answer.status_code == 401
+        assert "~/.skyward/server.json" in answer.json()["error"]
+    garbage = httpx.post(
+        f"{url}/pools/p/run",
+        content=b"\x00\x00\x00\x05nope!",
+        headers={"authorization": f"Bearer {pool.state()['token']}"},
+    )
+    assert garbage.status_code == 400
+    assert "not a call" in garbage.json()["error"]
+    # The server carries on.
+    assert json.loads(pool.ok("compute", "get", "p"))["state"] == "ready"
+
+
+def test_a_client_that_hangs_up_cancels_its_call(pool: Home) -> None:
+    started = pool.project / "started"
+    hanging = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import time
+                import skyward as sky
+
+                @sky.function
+                def slow():
+                    open({str(started)!r}, "w").close()
+                    time.sleep(300)
+
+                with sky.Client("p") as pool:
+                    slow() >> pool
+                """
+            ),
+        ],
+        env=pool.env,
+        cwd=pool.project,
+    )
+    try:
+        wait_until(started.exists, "the slow call to start", timeout=60, every=0.1)
+    finally:
+        hanging.kill()
+        hanging.wait()
+    # Each node runs one call at a time: a call on every node goes through only once the
+    # hung-up call's slot is freed, long before its 300 s are up.
+    done = pool.script(
+        """
+        import skyward as sky
+
+        @sky.function
+        def node():
+            return sky.instance_info().node
+
+        with sky.Client("p") as pool:
+            print(node() @ pool)
+        """,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "[0, 1]\n"), done.stderr
+
+
+def test_deleting_a_pool_ends_its_nodes_and_its_clients(pool: Home) -> None:
+    nodes = [int(pid) for pid in re.findall(r"instance local-\w+-\d-(\d+) provisioned", pool.log)]
+    assert pool.ok("compute", "delete", "p") == "pool p closed; its machines are terminated\n"
+    wait_until(
+        lambda: not any(is_running(pid) for pid in nodes),
+        "the pool's nodes to end",
+        timeout=30,
+        every=0.1,
+    )
+    assert json.loads(pool.ok("compute", "list", "--json")) == []
+    gone = pool.sky("compute", "delete", "p")
+    assert gone.returncode == 1
+    assert "holds no pool 'p'" in gone.stderr

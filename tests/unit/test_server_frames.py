@@ -1,0 +1,60 @@
+"""The pool server's frames: a JSON header and binary blobs, and payloads through them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skyward_trio import _serial
+from skyward_trio._server import join_payload, pack, split_payload, unpack
+
+
+def _bytes(parts: list[object]) -> bytes:
+    return b"".join(bytes(p) for p in parts)  # type: ignore[call-overload]
+
+
+def test_a_frame_carries_its_header_and_blobs() -> None:
+    header, blobs = unpack(_bytes(pack({"name": "p"}, [b"one", b"", bytearray(b"three")])))
+    assert header == {"name": "p", "blobs": [3, 0, 5]}
+    assert blobs == [b"one", b"", b"three"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"small": [1, 2, 3]},
+        np.arange(300_000, dtype=np.float64),  # out-of-band buffers
+        np.zeros(200_000, dtype=np.int64),  # compressed buffers
+        "x" * 20_000,  # a compressed head
+    ],
+    ids=["small", "buffer", "compressed", "head"],
+)
+def test_a_payload_travels_through_a_frame_unchanged(value: object) -> None:
+    meta, parts = split_payload(_serial.dumps(value))
+    header, blobs = unpack(_bytes(pack({"payload": meta}, parts)))
+    back = _serial.loads(join_payload(header["payload"], blobs))
+    if isinstance(value, np.ndarray):
+        assert np.array_equal(back, value)
+    else:
+        assert back == value
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"\x00\x00", "shorter than its length field"),
+        (b"\x00\x00\x00\x04nope", "not JSON"),
+        (b"\x00\x00\x00\x02{}", "lists no blobs"),
+        (b'\x00\x00\x00\x0d{"blobs":[5]}abc', "shorter than the blobs"),
+        (b'\x00\x00\x00\x0d{"blobs":[1]}abc', "longer than the blobs"),
+    ],
+)
+def test_a_broken_frame_is_refused_saying_how(body: bytes, said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        unpack(body)
+
+
+def test_a_payload_whose_header_does_not_match_its_blobs_is_refused() -> None:
+    meta, parts = split_payload(_serial.dumps(np.arange(100_000)))
+    with pytest.raises(ValueError, match="does not match its blobs"):
+        join_payload(meta, [bytes(parts[0])])
