@@ -3,6 +3,7 @@
     sky server start                       # a background process that holds pools
     sky compute create train               # [pools.train] of ./skyward.toml, held there
     sky compute list                       # then sky.Client("train") in any script
+    sky compute view train                 # its events as log lines, as they happen
     sky compute delete train               # its machines terminated
     sky server stop                        # every pool closed, then the server exits
     sky offers list runpod vastai --accelerator H100 --count 8 --spot --cheapest 5
@@ -292,11 +293,28 @@ def _compute(args: argparse.Namespace) -> int:
         for pool in pools:
             print(_pool_line(pool))
         return 0
+    if args.command == "view":
+        return _view(args.name)
     if args.command == "get":
         print(json.dumps(_client.request("GET", f"/pools/{args.name}"), indent=2))
         return 0
     _client.request("DELETE", f"/pools/{args.name}")
     print(f"pool {args.name} closed; its machines are terminated")
+    return 0
+
+
+def _view(name: str) -> int:
+    """Print a pool's events as the log console does, until it closes or Ctrl-C."""
+    from skyward_trio._console import LogConsole, heartbeat_interval
+
+    from . import _client
+
+    console = LogConsole(interval=heartbeat_interval(), defaulted_to_local=False, out=sys.stdout)
+    with _client.Client(name) as pool:
+        for event in pool.events():
+            console.on_event(event)
+            console.beat_if_due(time.time())
+    print(f"pool {name} closed")
     return 0
 
 
@@ -361,6 +379,10 @@ def _parser() -> argparse.ArgumentParser:
     listed.add_argument("--json", action="store_true", help="as JSON")
     got = compute_commands.add_parser("get", help="one pool, as JSON")
     got.add_argument("name")
+    viewed = compute_commands.add_parser(
+        "view", help="follow a pool: its events as log lines, until it closes or Ctrl-C"
+    )
+    viewed.add_argument("name")
     deleted = compute_commands.add_parser("delete", help="close a pool: terminate its machines")
     deleted.add_argument("name")
 

@@ -25,13 +25,14 @@ from typing import Any
 
 import httpx
 
-from skyward_trio import PendingFunction, PendingFunctionGroup, ServerError, _serial
+from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError, _serial
 from skyward_trio._function import active_pool
 from skyward_trio._pool import PreparedCall, _Functions, _rebuild_error
 from skyward_trio._server import (
     FRAME,
     LOG_FILE,
     STATE_FILE,
+    event_from_json,
     join_payload,
     pack,
     split_payload,
@@ -193,12 +194,15 @@ def _request(
             "(`sky server status`)"
         ) from exc
     if response.status_code != 200:
-        try:
-            said = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            said = response.text
-        raise ServerError(f"the Skyward server refused {method} {path}: {said}")
+        raise ServerError(f"the Skyward server refused {method} {path}: {_said(response)}")
     return response
+
+
+def _said(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text
 
 
 def _frame_bytes(parts: list[Any]) -> bytes:
@@ -274,6 +278,30 @@ class Client:
             self._state, "GET", f"/pools/{self.name}", client=self._http
         ).json()
         return answer
+
+    def events(self) -> Iterator[Event]:
+        """The pool's events, as ``pool.events()`` gives them: its life so far, then each
+        as it happens, until the pool closes. Closing the iterator (or leaving a ``for``
+        early) ends the subscription."""
+        headers = {"authorization": f"Bearer {self._state['token']}"}
+        url = f"{self._state['url']}/pools/{self.name}/events"
+        try:
+            with self._http.stream(
+                "GET", url, headers=headers, timeout=httpx.Timeout(_CONNECT, read=None)
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise ServerError(
+                        f"the Skyward server refused the events of {self.name!r}: {_said(response)}"
+                    )
+                for line in response.iter_lines():
+                    if line:
+                        yield event_from_json(line)
+        except httpx.TransportError as exc:
+            raise ServerError(
+                f"the Skyward server at {self._state['url']} went away ({exc}); "
+                "see `sky server status`"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"<sky.Client {self.name!r} at {self._state['url']}>"

@@ -35,7 +35,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
 
 import attrs
 import trio
@@ -440,8 +440,11 @@ class _View(Protocol):
 class LogConsole:
     """``HH:MM:SS  <label>  <message>`` lines on stderr, each written and flushed at once."""
 
-    def __init__(self, *, interval: float, defaulted_to_local: bool) -> None:
+    def __init__(
+        self, *, interval: float, defaulted_to_local: bool, out: TextIO | None = None
+    ) -> None:
         self.tally = Tally()
+        self._out = out  # None: sys.stderr, looked up per line (tests swap it)
         self._interval = interval
         self._defaulted = defaulted_to_local
         self._quiet = False
@@ -464,9 +467,10 @@ class LogConsole:
     def _write(self, when: float, label: str, message: str) -> None:
         if self._quiet:
             return
+        out = sys.stderr if self._out is None else self._out
         try:
-            sys.stderr.write(f"{_stamp(when)}  {label}  {message}\n")
-            sys.stderr.flush()
+            out.write(f"{_stamp(when)}  {label}  {message}\n")
+            out.flush()
         except (OSError, ValueError):
             # stderr closed, or a pipe whose reader left (`| head`): the console goes
             # quiet and the pool carries on.
@@ -476,11 +480,19 @@ class LogConsole:
         """Write the heartbeat every interval until cancelled (when the pool has closed)."""
         while True:
             await trio.sleep(self._interval)
-            now = time.time()
-            finished = self.tally.done + self.tally.failed
-            rate = (finished - self._beat_done) / max(now - self._beat_at, 1e-9)
-            self._beat_done, self._beat_at = finished, now
-            self._write(now, "pool", self.tally.heartbeat(rate, now))
+            self.beat(time.time())
+
+    def beat(self, now: float) -> None:
+        """Write the heartbeat line: tasks done and their rate since the last, usage."""
+        finished = self.tally.done + self.tally.failed
+        rate = (finished - self._beat_done) / max(now - self._beat_at, 1e-9)
+        self._beat_done, self._beat_at = finished, now
+        self._write(now, "pool", self.tally.heartbeat(rate, now))
+
+    def beat_if_due(self, now: float) -> None:
+        """``beat`` if an interval has passed since the last (for a reader without a loop)."""
+        if now - self._beat_at >= self._interval:
+            self.beat(now)
 
     def close(self) -> None:
         """Nothing to tidy: every line is already written."""

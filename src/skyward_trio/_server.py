@@ -33,15 +33,17 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+import cattrs
 import cloudpickle
 import h11
 import trio
 
-from . import _serial, _transport
+from . import _events, _serial, _transport
 from ._compute import Compute
+from ._events import Event
 from ._model import Options, Spec
 from ._pool import Pool, PreparedCall
 from ._version import __version__
@@ -50,6 +52,8 @@ __all__ = [
     "FRAME",
     "LOG_FILE",
     "STATE_FILE",
+    "event_from_json",
+    "event_json",
     "join_payload",
     "main",
     "pack",
@@ -59,6 +63,8 @@ __all__ = [
 
 STATE_FILE = "~/.skyward/server.json"
 LOG_FILE = "~/.skyward/logs/server.log"
+
+T = TypeVar("T")
 
 #: The media type of a frame: a 4-byte length, a JSON header, then the blobs it lists.
 FRAME = "application/x-skyward-frame"
@@ -124,6 +130,33 @@ def join_payload(meta: Any, blobs: Sequence[bytes]) -> _serial.Payload:
         [pickle.PickleBuffer(b) for b in bufs],
         [bool(f) for f in meta["flags"]],
     )
+
+
+# -- events as JSON lines ------------------------------------------------------------------------
+
+_events_converter = cattrs.Converter()
+
+
+def event_json(event: Event) -> bytes:
+    """One event as a JSON line: its fields and its type's name."""
+    fields = _events_converter.unstructure(event)
+    return json.dumps({"type": type(event).__name__, **fields}).encode() + b"\n"
+
+
+def event_from_json(line: bytes | str) -> Event:
+    """The event ``event_json`` wrote.
+
+    Raises:
+        ValueError: Not an event line (a type Skyward has no event of, or bad fields).
+    """
+    data = json.loads(line)
+    kind = getattr(_events, str(data.pop("type", "")), None)
+    if not (isinstance(kind, type) and issubclass(kind, Event)):
+        raise ValueError(f"not an event: {line!r}")
+    try:
+        return _events_converter.structure(data, kind)
+    except Exception as exc:
+        raise ValueError(f"not a {kind.__name__} event: {exc}") from None
 
 
 # -- the state file ------------------------------------------------------------------------------
@@ -203,6 +236,34 @@ async def _respond(
         for piece in conn.send_with_data_passthrough(h11.Data(data=part)) or ():
             await stream.send_all(piece)
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+@attrs.frozen
+class _Events:
+    """A response that streams a pool's events, a JSON line each, until it closes."""
+
+    pool: Pool
+
+
+async def _stream_events(conn: h11.Connection, stream: trio.SocketStream, pool: Pool) -> None:
+    headers = [
+        ("content-type", "application/x-ndjson"),
+        ("transfer-encoding", "chunked"),
+        ("connection", "close"),
+        ("server", f"skyward/{__version__}"),
+    ]
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
+    events = pool.events()
+
+    async def relay() -> None:
+        async for event in events:
+            await stream.send_all(conn.send(h11.Data(data=event_json(event))) or b"")
+        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+    try:
+        await _while_connected(stream, relay)
+    finally:
+        await events.aclose()
 
 
 def _json(status: int, body: Any) -> tuple[int, str, list[Any]]:
@@ -296,8 +357,11 @@ class Server:
             request = await _read_request(conn, stream)
             if request is None:
                 return
-            status, kind, parts = await self._route(request, stream)
-            await _respond(conn, stream, status, kind, parts)
+            answer = await self._route(request, stream)
+            if isinstance(answer, _Events):
+                await _stream_events(conn, stream, answer.pool)
+            else:
+                await _respond(conn, stream, *answer)
         except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client sent nonsense or went away: nobody to answer
         except Exception:
@@ -315,7 +379,7 @@ class Server:
 
     async def _route(
         self, request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]]:
+    ) -> tuple[int, str, list[Any]] | _Events:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return _error(
@@ -331,7 +395,7 @@ class Server:
 
     async def _dispatch(
         self, method: str, parts: list[str], request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]]:
+    ) -> tuple[int, str, list[Any]] | _Events:
         if parts == ["status"] and method == "GET":
             return _json(200, self.status())
         if parts == ["shutdown"] and method == "POST":
@@ -348,6 +412,8 @@ class Server:
             if method == "DELETE":
                 await self._close(held)
                 return _json(200, {"deleted": held.name})
+        if len(parts) == 3 and parts[0] == "pools" and parts[2] == "events" and method == "GET":
+            return _Events(self._ready(parts[1]))
         calling = len(parts) == 3 and parts[0] == "pools" and parts[2] in ("run", "broadcast")
         if calling and method == "POST":
             pool = self._ready(parts[1])
@@ -493,11 +559,9 @@ async def _broadcast(pool: Pool, call: PreparedCall) -> list[tuple[tuple[Any, ..
     return [r for r in results if r is not None]
 
 
-async def _while_connected(
-    stream: trio.SocketStream, work: Callable[[], Awaitable[tuple[int, str, list[Any]]]]
-) -> tuple[int, str, list[Any]]:
+async def _while_connected(stream: trio.SocketStream, work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work``; cancel it if the client hangs up first (it sends nothing more)."""
-    outcome: list[tuple[int, str, list[Any]]] = []
+    outcome: list[T] = []
     failed: list[Exception] = []
     async with trio.open_nursery() as nursery:
 

@@ -342,3 +342,61 @@ def test_deleting_a_pool_ends_its_nodes_and_its_clients(pool: Home) -> None:
     gone = pool.sky("compute", "delete", "p")
     assert gone.returncode == 1
     assert "holds no pool 'p'" in gone.stderr
+
+
+def test_view_follows_a_pool_until_it_closes(pool: Home) -> None:
+    out = pool.project / "view.out"
+    with out.open("w") as sink:
+        view = subprocess.Popen(
+            [sys.executable, "-m", "skyward", "compute", "view", "p"],
+            cwd=pool.project,
+            env=pool.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Its history first, then what happens while it watches.
+        wait_until(
+            lambda: "pool  ready: 2 node(s)" in out.read_text(),
+            "the history",
+            timeout=30,
+            every=0.1,
+        )
+        done = pool.script(
+            """
+            import skyward as sky
+
+            @sky.function
+            def hello():
+                print("hello from", sky.instance_info().node)
+
+            with sky.Client("p") as pool:
+                events = pool.events()
+                seen = [type(next(events)).__name__]  # subscribed: the history comes first
+                hello() @ pool
+                for event in events:
+                    seen.append(type(event).__name__)
+                    if event.__class__ is sky.TaskCompleted:
+                        break
+                events.close()
+                print(seen[0], seen[-1])
+            """
+        )
+        assert (done.returncode, done.stdout) == (0, "ClusterRequested TaskCompleted\n"), (
+            done.stderr
+        )
+        wait_until(
+            lambda: re.search(r"\d\d:\d\d:\d\d  node 1  hello from 1\n", out.read_text()),
+            "the task's output in the view",
+            timeout=30,
+            every=0.1,
+        )
+        pool.ok("compute", "delete", "p")
+        assert view.wait(timeout=30) == 0
+    finally:
+        if view.poll() is None:
+            view.kill()
+            view.wait()
+    lines = out.read_text().splitlines()
+    assert lines[-1] == "pool p closed"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d  pool  closed: 2 instance\(s\) .*", lines[-2])
