@@ -280,9 +280,12 @@ def _compute(args: argparse.Namespace) -> int:
                 "the Skyward server is not running; start it with `sky server start`"
             )
         print(f"creating pool {args.name} (its progress: sky log --file {_client.LOG_FILE} -f)")
-        made = _client.request_create(args.name, specs, options)
+        made = _client.request_create(args.name, specs, options, idle_timeout=args.idle_timeout)
         nodes = made.get("nodes") or {"ready": 0}
-        print(f"pool {args.name} ready: {nodes['ready']} node(s) on {made['provider']}")
+        idle = ""
+        if args.idle_timeout is not None:
+            idle = f"; closed after {duration(args.idle_timeout)} without a call"
+        print(f"pool {args.name} ready: {nodes['ready']} node(s) on {made['provider']}{idle}")
         return 0
     if args.command == "list":
         pools = _client.request("GET", "/pools")
@@ -301,6 +304,25 @@ def _compute(args: argparse.Namespace) -> int:
     _client.request("DELETE", f"/pools/{args.name}")
     print(f"pool {args.name} closed; its machines are terminated")
     return 0
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    """``--idle-timeout``: ``90`` or ``90s``, ``30m``, ``2h``, ``1d``."""
+    number = text.strip().rstrip("smhdin")
+    unit = text.strip()[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds (90) or a number and a unit "
+            "(90s, 30m, 2h, 1d), above 0"
+        )
+    return value
 
 
 def _view(name: str) -> int:
@@ -375,6 +397,12 @@ def _parser() -> argparse.ArgumentParser:
         "create", parents=[files], help="create [pools.NAME] of skyward.toml on the server"
     )
     created.add_argument("name", help="a [pools.NAME] table of skyward.toml")
+    created.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        metavar="DURATION",
+        help="close it after this long without a call: 90 (seconds), 30m, 2h, 1d",
+    )
     listed = compute_commands.add_parser("list", help="the pools the server holds")
     listed.add_argument("--json", action="store_true", help="as JSON")
     got = compute_commands.add_parser("get", help="one pool, as JSON")

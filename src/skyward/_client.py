@@ -209,15 +209,20 @@ def _frame_bytes(parts: list[Any]) -> bytes:
     return b"".join(bytes(p) for p in parts)
 
 
-def request_create(name: str, specs: tuple[Any, ...], options: Any) -> dict[str, Any]:
-    """Ask the server to create and hold pool ``name``; its summary once ready."""
+def request_create(
+    name: str, specs: tuple[Any, ...], options: Any, *, idle_timeout: float | None = None
+) -> dict[str, Any]:
+    """Ask the server to create and hold pool ``name``; its summary once ready.
+
+    ``idle_timeout``: seconds without a call after which the server closes it.
+    """
     import cloudpickle
 
     state = server_state()
     if state is None:
         raise _not_running()
     blob = cloudpickle.dumps((specs, options))
-    content = _frame_bytes(pack({"name": name}, [blob]))
+    content = _frame_bytes(pack({"name": name, "idle_timeout": idle_timeout}, [blob]))
     answer: dict[str, Any] = _request(
         state, "POST", "/pools", content=content, read_timeout=None
     ).json()

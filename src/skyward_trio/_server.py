@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -292,10 +292,26 @@ class _Held:
     name: str
     compute: Compute
     created: float
+    idle_timeout: float | None = None  # seconds without calls after which it is closed
     pool: Pool | None = None
     closing: trio.Event = attrs.Factory(trio.Event)
     closed: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    calls: int = 0  # in flight
+    used: float = attrs.Factory(trio.current_time)  # when the last call ended (trio's clock)
+
+    def idle(self) -> float:
+        """Seconds since the last call ended; 0 while one runs."""
+        return 0.0 if self.calls else trio.current_time() - self.used
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
+            self.used = trio.current_time()
 
     def summary(self) -> dict[str, Any]:
         spec = self.compute.specs[0] if self.pool is None else self.pool.spec
@@ -307,6 +323,9 @@ class _Held:
             "provider": type(spec.provider).__name__,
             "accelerator": None if spec.accelerator is None else str(spec.accelerator),
             "created": self.created,
+            "idle_timeout": self.idle_timeout,
+            "idle_seconds": round(self.idle(), 1),
+            "calls_in_flight": self.calls,
         }
         pool = self.pool
         if pool is not None:
@@ -413,11 +432,11 @@ class Server:
                 await self._close(held)
                 return _json(200, {"deleted": held.name})
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "events" and method == "GET":
-            return _Events(self._ready(parts[1]))
+            return _Events(self._pool(parts[1]))
         calling = len(parts) == 3 and parts[0] == "pools" and parts[2] in ("run", "broadcast")
         if calling and method == "POST":
-            pool = self._ready(parts[1])
-            return await _while_connected(stream, lambda: self._call(pool, parts[2], request.body))
+            held = self._ready(parts[1])
+            return await _while_connected(stream, lambda: self._call(held, parts[2], request.body))
         raise _BadRequest(404, f"no route {method} {request.path}")
 
     def status(self) -> dict[str, Any]:
@@ -439,12 +458,17 @@ class Server:
             )
         return held
 
-    def _ready(self, name: str) -> Pool:
+    def _ready(self, name: str) -> _Held:
         held = self._held(name)
         if held.pool is None or held.closing.is_set():
             state = "closing" if held.closing.is_set() else "still starting"
             raise _BadRequest(409, f"pool {name!r} is {state}")
-        return held.pool
+        return held
+
+    def _pool(self, name: str) -> Pool:
+        pool = self._ready(name).pool
+        assert pool is not None
+        return pool
 
     # -- creating and holding a pool -------------------------------------------------------------
 
@@ -463,11 +487,18 @@ class Server:
             raise _BadRequest(400, "a pool to create needs a tuple of Spec")
         if not isinstance(options, Options):
             raise _BadRequest(400, "a pool to create needs its Options")
+        idle_timeout = header.get("idle_timeout")
+        if idle_timeout is not None and (
+            isinstance(idle_timeout, bool)
+            or not isinstance(idle_timeout, int | float)
+            or idle_timeout <= 0
+        ):
+            raise _BadRequest(400, f"idle_timeout must be seconds > 0; got {idle_timeout!r}")
         try:
             compute = Compute(*specs, options=options)
         except (TypeError, ValueError) as exc:
             return _error(400, str(exc), type(exc).__name__)
-        held = _Held(name, compute, time.time())
+        held = _Held(name, compute, time.time(), idle_timeout)
         self.pools[name] = held
         assert self._nursery is not None
         try:
@@ -482,11 +513,15 @@ class Server:
         started = False
         try:
             with held.scope:
-                async with held.compute as pool:
+                async with held.compute as pool, trio.open_nursery() as watching:
                     held.pool = pool
+                    held.used = trio.current_time()
                     started = True
                     task_status.started()
+                    if held.idle_timeout is not None:
+                        watching.start_soon(_close_when_idle, held, held.idle_timeout)
                     await held.closing.wait()
+                    watching.cancel_scope.cancel()
         except Exception as exc:
             if not started:
                 raise
@@ -501,7 +536,9 @@ class Server:
 
     # -- relaying a call -------------------------------------------------------------------------
 
-    async def _call(self, pool: Pool, how: str, body: bytes) -> tuple[int, str, list[Any]]:
+    async def _call(self, held: _Held, how: str, body: bytes) -> tuple[int, str, list[Any]]:
+        assert held.pool is not None
+        pool = held.pool
         try:
             header, blobs = unpack(body)
             n_fn = 1 + len(header["fn"]["flags"])
@@ -516,10 +553,11 @@ class Server:
         pool._functions.adopt(key, fn, needs)
         call = PreparedCall(key, fn, args, name, timeout)
         try:
-            if how == "run":
-                results = [await pool.run_raw(call, target=pool._check_target(target))]
-            else:
-                results = await _broadcast(pool, call)
+            with held.calling():
+                if how == "run":
+                    results = [await pool.run_raw(call, target=pool._check_target(target))]
+                else:
+                    results = await _broadcast(pool, call)
         except Exception as exc:
             return _raised(exc)
         out_header: dict[str, Any] = {"results": []}
@@ -540,6 +578,20 @@ class Server:
                 )
             out_blobs += parts
         return 200, FRAME, pack(out_header, out_blobs)
+
+
+async def _close_when_idle(held: _Held, after: float) -> None:
+    """Close ``held`` once no call has run on it for ``after`` seconds."""
+    while True:
+        await trio.sleep(max(0.05, held.used + after - trio.current_time()))
+        if not held.calls and trio.current_time() - held.used >= after:
+            print(
+                f"pool {held.name}: no call for {after:g} s (its idle timeout): closing it",
+                file=sys.stderr,
+                flush=True,
+            )
+            held.closing.set()
+            return
 
 
 async def _broadcast(pool: Pool, call: PreparedCall) -> list[tuple[tuple[Any, ...], int]]:

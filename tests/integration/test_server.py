@@ -400,3 +400,45 @@ def test_view_follows_a_pool_until_it_closes(pool: Home) -> None:
     lines = out.read_text().splitlines()
     assert lines[-1] == "pool p closed"
     assert re.fullmatch(r"\d\d:\d\d:\d\d  pool  closed: 2 instance\(s\) .*", lines[-2])
+
+
+def test_a_pool_with_an_idle_timeout_closes_once_unused_and_never_mid_call(home: Home) -> None:
+    home.ok("server", "start")
+    bad = home.sky("compute", "create", "p", "--idle-timeout", "soon")
+    assert bad.returncode == 2
+    assert "'soon' is not a duration" in bad.stderr
+    made = home.ok("compute", "create", "p", "--idle-timeout", "2h")
+    assert made.endswith("pool p ready: 2 node(s) on Local; closed after 2.00 h without a call\n")
+    assert json.loads(home.ok("compute", "get", "p"))["idle_timeout"] == 7200
+    home.ok("compute", "delete", "p")
+    # Created and called from one script, so the call starts well within the timeout; a
+    # call longer than the timeout keeps the pool open while it runs.
+    done = home.script(
+        """
+        import time
+        import skyward as sky
+        from skyward._client import request_create
+
+        @sky.function
+        def slow():
+            time.sleep(5)
+            return "done"
+
+        request_create(
+            "q",
+            (sky.Spec(provider=sky.Local(), nodes=1),),
+            sky.Options(console="silent"),
+            idle_timeout=2,
+        )
+        with sky.Client("q") as pool:
+            print(slow() >> pool)
+        """
+    )
+    assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+    wait_until(
+        lambda: json.loads(home.ok("compute", "list", "--json")) == [],
+        "the idle pool to close",
+        timeout=60,
+        every=0.2,
+    )
+    assert "pool q: no call for 2 s (its idle timeout): closing it" in home.log
