@@ -22,11 +22,19 @@ import pytest
 from procs import is_running
 from waiting import wait_until
 
+from conftest import Processes
+
 TOML = """\
 [pools.p]
 provider = "local"
 nodes = 2
 worker = { concurrency = 1 }
+
+[pools.leased]  # its nodes end themselves at once when their client is gone
+provider = "local"
+nodes = 2
+ttl = 0
+ssh_timeout = 0.5
 """
 
 
@@ -442,3 +450,18 @@ def test_a_pool_with_an_idle_timeout_closes_once_unused_and_never_mid_call(home:
         every=0.2,
     )
     assert "pool q: no call for 2 s (its idle timeout): closing it" in home.log
+
+
+def test_a_killed_server_leaves_no_node_running(home: Home, processes: Processes) -> None:
+    home.ok("server", "start")
+    home.ok("compute", "create", "leased")
+    job = json.loads(home.ok("compute", "get", "leased"))["job_id"]
+    nodes = processes.of_job(job)
+    assert nodes
+    server = home.state()["pid"]
+    os.kill(server, signal.SIGKILL)  # no teardown: the nodes' lease is all that is left
+    assert not processes.wait_until_gone(nodes, limit=60)
+    assert home.sky("server", "status").returncode == 1
+    # The dead server's state file is no obstacle to a new one.
+    home.ok("server", "start")
+    assert home.state()["pid"] != server
