@@ -4,7 +4,8 @@ A long-lived process on this machine that holds pools by name (``sky compute cre
 NAME``), so that scripts, notebooks and the ``sky`` command use machines that are already
 up instead of provisioning their own each time. ``sky.Client(NAME)`` sends it calls.
 
-It speaks HTTP on 127.0.0.1 only, one request per connection (h11, on trio). Every
+It speaks HTTP/1.1 on 127.0.0.1 only (h11, on trio; a connection is kept for the next
+request). Every
 request carries the token of the state file (``~/.skyward/server.json``, mode 0600, which
 also holds the address and the process id): calls carry pickles that run code on the
 nodes, so nothing unauthenticated is read. The server relays calls: the function and its
@@ -196,7 +197,7 @@ class _Request:
     method: str
     path: str
     headers: dict[str, str]
-    body: bytes
+    body: bytearray
 
 
 async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> _Request | None:
@@ -205,7 +206,7 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> _Req
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(1 << 16)
+            data = await stream.receive_some(1 << 20)
             conn.receive_data(data)  # b"" is the end of the stream
             continue
         if isinstance(event, h11.Request):
@@ -215,7 +216,7 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> _Req
         elif isinstance(event, h11.EndOfMessage):
             assert request is not None
             headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-            return _Request(request.method.decode(), request.target.decode(), headers, bytes(body))
+            return _Request(request.method.decode(), request.target.decode(), headers, body)
         elif isinstance(event, h11.ConnectionClosed):
             return None
 
@@ -227,7 +228,6 @@ async def _respond(
     headers = [
         ("content-type", kind),
         ("content-length", str(length)),
-        ("connection", "close"),
         ("server", f"skyward/{__version__}"),
     ]
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
@@ -373,14 +373,18 @@ class Server:
     async def _connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         try:
-            request = await _read_request(conn, stream)
-            if request is None:
-                return
-            answer = await self._route(request, stream)
-            if isinstance(answer, _Events):
-                await _stream_events(conn, stream, answer.pool)
-            else:
+            while True:  # requests one after another, while the client keeps it open
+                request = await _read_request(conn, stream)
+                if request is None:
+                    return
+                answer = await self._route(request, stream)
+                if isinstance(answer, _Events):
+                    await _stream_events(conn, stream, answer.pool)
+                    return
                 await _respond(conn, stream, *answer)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # the client asked to close
+                conn.start_next_cycle()
         except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client sent nonsense or went away: nobody to answer
         except Exception:
@@ -472,7 +476,7 @@ class Server:
 
     # -- creating and holding a pool -------------------------------------------------------------
 
-    async def _create(self, body: bytes) -> tuple[int, str, list[Any]]:
+    async def _create(self, body: bytearray) -> tuple[int, str, list[Any]]:
         try:
             header, blobs = unpack(body)
             name = header.get("name")
@@ -536,7 +540,7 @@ class Server:
 
     # -- relaying a call -------------------------------------------------------------------------
 
-    async def _call(self, held: _Held, how: str, body: bytes) -> tuple[int, str, list[Any]]:
+    async def _call(self, held: _Held, how: str, body: bytearray) -> tuple[int, str, list[Any]]:
         assert held.pool is not None
         pool = held.pool
         try:
