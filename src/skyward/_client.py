@@ -13,32 +13,35 @@ it to a node; the result comes back pickled and is rebuilt here.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError, _serial
-from skyward_trio._function import active_pool
-from skyward_trio._pool import PreparedCall, _Functions, _rebuild_error
-from skyward_trio._server import (
-    FRAME,
-    LOG_FILE,
-    STATE_FILE,
-    event_from_json,
-    join_payload,
-    pack,
-    split_payload,
-    state_path,
-    unpack,
+from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError
+from skyward_trio._client import (
+    CONNECT_TIMEOUT,
+    call_request,
+    call_results,
+    check_target,
+    client_functions,
+    client_state,
+    events_refused,
+    not_running,
+    prepare,
+    refused,
+    server_gone,
+    server_state,
 )
+from skyward_trio._client import alive as _alive
+from skyward_trio._function import active_pool
+from skyward_trio._pool import PreparedCall
+from skyward_trio._server import FRAME, LOG_FILE, event_from_json, pack, state_path
 
 __all__ = [
     "LOG_FILE",
@@ -50,44 +53,6 @@ __all__ = [
     "start_server",
     "stop_server",
 ]
-
-_CONNECT = 10.0  # seconds to reach the server; a call itself may take as long as it takes
-
-
-def server_state() -> dict[str, Any] | None:
-    """The running server's ``{"url", "pid", "token"}``, or None when none runs."""
-    path = state_path()
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or not _alive(state.get("pid")):
-        return None
-    return state
-
-
-def _alive(pid: object) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc here: kill(0) is all there is
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _not_running() -> ServerError:
-    return ServerError(
-        f"the Skyward server is not running (no live server in {STATE_FILE}); "
-        "start it with `sky server start`"
-    )
 
 
 def _log_tail(lines: int = 20) -> str:
@@ -151,7 +116,7 @@ def stop_server(*, timeout: float = 600.0) -> list[str]:
     """
     state = server_state()
     if state is None:
-        raise _not_running()
+        raise not_running()
     answer = _request(state, "POST", "/shutdown")
     pools: list[str] = answer.json()["pools"]
     deadline = time.monotonic() + timeout
@@ -177,7 +142,7 @@ def _request(
     headers = {"authorization": f"Bearer {state['token']}"}
     if content is not None:
         headers["content-type"] = FRAME
-    timeout = httpx.Timeout(_CONNECT, read=read_timeout)
+    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=read_timeout)
     try:
         if client is None:
             with httpx.Client(timeout=timeout) as one:
@@ -194,15 +159,8 @@ def _request(
             "(`sky server status`)"
         ) from exc
     if response.status_code != 200:
-        raise ServerError(f"the Skyward server refused {method} {path}: {_said(response)}")
+        raise ServerError(f"the Skyward server refused {method} {path}: {refused(response)}")
     return response
-
-
-def _said(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return response.text
 
 
 def _frame_bytes(parts: list[Any]) -> bytes:
@@ -220,7 +178,7 @@ def request_create(
 
     state = server_state()
     if state is None:
-        raise _not_running()
+        raise not_running()
     blob = cloudpickle.dumps((specs, options))
     content = _frame_bytes(pack({"name": name, "idle_timeout": idle_timeout}, [blob]))
     answer: dict[str, Any] = _request(
@@ -233,7 +191,7 @@ def request(method: str, path: str) -> Any:
     """A control request to the running server (``sky compute list``, ...): its JSON."""
     state = server_state()
     if state is None:
-        raise _not_running()
+        raise not_running()
     return _request(state, method, path, read_timeout=None).json()
 
 
@@ -255,20 +213,10 @@ class Client:
     """
 
     def __init__(self, name: str, *, url: str | None = None) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"Client(name=...) names a pool the server holds; got {name!r}")
-        state = server_state()
-        if state is None:
-            raise _not_running()
-        if url is not None and url.rstrip("/") != state["url"]:
-            raise ServerError(
-                f"Client(url={url!r}): the server this user runs listens on {state['url']} "
-                f"({STATE_FILE}); only that server's token is known here"
-            )
+        self._state = client_state(name, url, "sky.Client")
         self.name = name
-        self._state = state
         self._http = httpx.Client()
-        self._functions = _Functions(prefix=f"c{uuid.uuid4().hex[:12]}-")
+        self._functions = client_functions()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._token: Any = None
         try:
@@ -292,21 +240,16 @@ class Client:
         url = f"{self._state['url']}/pools/{self.name}/events"
         try:
             with self._http.stream(
-                "GET", url, headers=headers, timeout=httpx.Timeout(_CONNECT, read=None)
+                "GET", url, headers=headers, timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None)
             ) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise ServerError(
-                        f"the Skyward server refused the events of {self.name!r}: {_said(response)}"
-                    )
+                    raise events_refused(self.name, response)
                 for line in response.iter_lines():
                     if line:
                         yield event_from_json(line)
         except httpx.TransportError as exc:
-            raise ServerError(
-                f"the Skyward server at {self._state['url']} went away ({exc}); "
-                "see `sky server status`"
-            ) from exc
+            raise server_gone(self._state["url"], exc) from exc
 
     def __repr__(self) -> str:
         return f"<sky.Client {self.name!r} at {self._state['url']}>"
@@ -332,22 +275,20 @@ class Client:
 
     def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
         """Run ``pending`` on one node of the pool (``>>``), or on ``target``."""
-        call = self._prepare(pending, "`>>` through sky.Client")
-        if isinstance(target, bool) or not (target in (None, "head") or isinstance(target, int)):
-            raise ValueError(f'target must be None, "head" or a node index, got {target!r}')
-        return self._send("run", call, target)[0]
+        check_target(target)
+        return self._send("run", prepare(self._functions, pending), target)[0]
 
     def run_async(
         self, pending: PendingFunction[Any], *, target: int | str | None = None
     ) -> concurrent.futures.Future[Any]:
         """Start ``pending`` without waiting (``>``); a ``concurrent.futures.Future``."""
-        call = self._prepare(pending, "`>` (run_async)")
+        check_target(target)
+        call = prepare(self._functions, pending)
         return self._pool().submit(self._send_one, call, target)
 
     def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node (``@``); results ordered by node index."""
-        call = self._prepare(pending, "`@` (broadcast)")
-        return self._send("broadcast", call, None)
+        return self._send("broadcast", prepare(self._functions, pending), None)
 
     def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | Iterator[Any]:
         """Run a group's calls in parallel: a tuple, or an iterator with ``stream=True``."""
@@ -356,7 +297,7 @@ class Client:
                 f"run_parallel() needs a group such as `f(x) & g(y)` or sky.gather(...), "
                 f"got {type(group).__qualname__}"
             )
-        calls = [self._prepare(p, "a group (run_parallel)") for p in group.items]
+        calls = [prepare(self._functions, p) for p in group.items]
         futures = [self._pool().submit(self._send_one, call, None) for call in calls]
         if group.stream:
             return _streamed(futures, group.ordered)
@@ -376,62 +317,19 @@ class Client:
             )
         return self._threads
 
-    def _prepare(self, pending: PendingFunction[Any], how: str) -> PreparedCall:
-        call = self._functions.prepare(pending)
-        if call.stream:
-            raise TypeError(
-                f"{call.name}() is a generator function: sky.Client does not stream items "
-                "yet; return a list, or use the pool itself (sky.Compute)"
-            )
-        if call.inputs:
-            raise TypeError(
-                f"{call.name}() takes Iterator[...] arguments: sky.Client does not stream "
-                "them yet; pass a list, or use the pool itself (sky.Compute)"
-            )
-        return call
-
     def _send_one(self, call: PreparedCall, target: int | str | None) -> Any:
         return self._send("run", call, target)[0]
 
     def _send(self, how: str, call: PreparedCall, target: int | str | None) -> list[Any]:
-        fn_meta, fn_blobs = split_payload(call.fn_payload)
-        args_meta, args_blobs = split_payload(call.args_payload)
-        header = {
-            "key": call.fn_key,
-            "name": call.name,
-            "timeout": call.timeout,
-            "target": target,
-            "needs": dict(self._functions.needs(call.fn_key)),
-            "fn": fn_meta,
-            "args": args_meta,
-        }
-        content = _frame_bytes(pack(header, [*fn_blobs, *args_blobs]))
         response = _request(
             self._state,
             "POST",
             f"/pools/{self.name}/{how}",
-            content=content,
+            content=call_request(self._functions, call, target),
             read_timeout=None,
             client=self._http,
         )
-        answer, blobs = unpack(response.content)
-        if "raised" in answer:
-            raise _serial.loads(join_payload(answer["raised"], blobs))
-        if "raised_text" in answer:
-            raise ServerError(f"the call failed on the server: {answer['raised_text']}")
-        values = []
-        at = 0
-        for result in answer["results"]:
-            meta = result["payload"]
-            count = 0 if meta is None else 1 + len(meta["flags"])
-            payload = None if meta is None else join_payload(meta, blobs[at : at + count])
-            at += count
-            if result["ok"]:
-                values.append(_serial.loads(payload))  # type: ignore[arg-type]
-            else:
-                type_name, text, tb = result["error"]
-                raise _rebuild_error((payload, type_name, text, tb), result["node"], call.name)
-        return values
+        return call_results(response.content, call.name)
 
 
 def _streamed(futures: list[concurrent.futures.Future[Any]], ordered: bool) -> Iterator[Any]:

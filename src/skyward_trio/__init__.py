@@ -32,7 +32,8 @@ enforces it):
    ``_compute`` (``Compute``: opens and closes a pool); ``_health`` (health checks);
    ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 6. the pool server: ``_server`` (``sky server start``: holds pools by name, relays
-   ``sky.Client``'s calls)
+   clients' calls), ``_client`` (``Client``: a pool the server holds, from trio; what
+   both faces' clients share)
 
 The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
 function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
@@ -114,6 +115,7 @@ from .containers import DockerImage
 
 if TYPE_CHECKING:
     from . import config
+    from ._client import Client
     from ._compute import Compute
     from ._eventbus import EventStream
     from ._market import offers
@@ -130,6 +132,7 @@ __all__ = [
     "CallbackWriter",
     "CancelledCallError",
     "ChildDied",
+    "Client",
     "ClusterDestroyed",
     "ClusterProvisioned",
     "ClusterReady",
@@ -226,6 +229,7 @@ _LAZY = {
     "Pool": "_pool",
     "ResultStream": "_pool",
     "Compute": "_compute",
+    "Client": "_client",
     "EventStream": "_eventbus",
     "offers": "_market",
 }

@@ -15,8 +15,6 @@ import skyward_trio
 
 POOL_METHODS = ("run", "run_async", "broadcast", "run_parallel", "map", "current_nodes")
 TRIO_ONLY = {"Future", "ItemStream", "ResultStream", "CancelledCallError", "EventStream"}
-# sky.Client reaches the pool server over HTTP, blocking; the trio face has none yet.
-SYNC_ONLY = {"Client"}
 
 
 def _parameters(fn: object) -> list[tuple[str, inspect._ParameterKind, object]]:
@@ -57,7 +55,7 @@ def test_all_lists_agree_except_trio_only_names() -> None:
     sync_names = set(skyward.__all__)
     trio_names = set(skyward_trio.__all__)
     assert trio_names - sync_names == TRIO_ONLY
-    assert sync_names - trio_names == SYNC_ONLY
+    assert sync_names - trio_names == set()
     assert len(skyward.__all__) == len(sync_names)
     assert len(skyward_trio.__all__) == len(trio_names)
 
@@ -69,10 +67,10 @@ def test_every_exported_name_resolves(module: object) -> None:
 
 
 def test_shared_names_are_the_same_objects_except_the_faces() -> None:
-    faces = {"Compute", "Pool", "offers"}
+    faces = {"Compute", "Pool", "Client", "offers"}
     # skyward.plugins and skyward.storage are modules of their own, for `from skyward.X import`
     modules = {"plugins", "storage"}
-    for name in set(skyward.__all__) - faces - modules - SYNC_ONLY:
+    for name in set(skyward.__all__) - faces - modules:
         assert getattr(skyward, name) is getattr(skyward_trio, name), name
     for name in faces:
         assert getattr(skyward, name) is not getattr(skyward_trio, name), name

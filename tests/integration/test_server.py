@@ -465,3 +465,70 @@ def test_a_killed_server_leaves_no_node_running(home: Home, processes: Processes
     # The dead server's state file is no obstacle to a new one.
     home.ok("server", "start")
     assert home.state()["pid"] != server
+
+
+_TRIO_CLIENT_SCRIPT = """
+import json
+import trio
+import skyward_trio as st
+
+@st.function
+def square(x):
+    return x * x
+
+@st.function
+def where():
+    return st.instance_info().node
+
+@st.function
+def fail():
+    raise KeyError("missing")
+
+async def main():
+    async with st.Client("p") as pool:
+        out = {"run": await (square(7) >> pool), "head": await (where() >> st)}
+        out["pinned"] = await pool.run(where(), target=1)
+        out["broadcast"] = await (where() @ pool)
+        future = await (square(3) > pool)
+        out["future"] = await future.result()
+        out["group"] = list(await ((square(1) & square(2) & square(3)) >> pool))
+        stream = await (st.gather(square(4), square(5), stream=True) >> pool)
+        out["streamed"] = [value async for value in stream]
+        out["info"] = (await pool.info())["state"]
+        try:
+            await (fail() >> pool)
+        except KeyError as exc:
+            out["error"] = repr(exc)
+        events = pool.events()
+        out["first event"] = type(await events.__anext__()).__name__
+        await events.aclose()
+    try:
+        async with st.Client("other"):
+            pass
+    except st.ServerError as exc:
+        out["other"] = str(exc)
+    print(json.dumps(out))
+
+trio.run(main)
+"""
+
+
+def test_a_trio_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
+    done = pool.script(_TRIO_CLIENT_SCRIPT)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out.pop("head") in (0, 1)
+    assert out.pop("other").endswith(
+        "no pool 'other' (it holds: p); create it with `sky compute create other`"
+    )
+    assert out == {
+        "run": 49,
+        "pinned": 1,
+        "broadcast": [0, 1],
+        "future": 9,
+        "group": [1, 4, 9],
+        "streamed": [16, 25],
+        "info": "ready",
+        "error": "KeyError('missing')",
+        "first event": "ClusterRequested",
+    }

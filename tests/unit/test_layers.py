@@ -72,6 +72,7 @@ LAYERS = {
     "_eventbus": 5,
     "_console": 5,
     "_server": 6,
+    "_client": 6,
 }
 
 

@@ -1,0 +1,411 @@
+"""``skyward_trio.Client``: a pool the server holds, used like a pool from a trio program;
+and what both faces' clients share (the state file, a call's request, its answer).
+
+    async with skyward_trio.Client("train") as pool:
+        value = await (work(21) >> pool)
+
+Calls are pickled in the client's process (as a pool of one's own pickles them) and the
+server relays them to a node: it unpickles neither the call nor its result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import _serial
+from ._errors import ServerError
+from ._events import Event
+from ._function import PendingFunction, PendingFunctionGroup, active_pool
+from ._pool import Future, PreparedCall, _Functions, _rebuild_error
+from ._server import (
+    FRAME,
+    STATE_FILE,
+    event_from_json,
+    join_payload,
+    pack,
+    split_payload,
+    state_path,
+    unpack,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "Client",
+    "alive",
+    "call_request",
+    "call_results",
+    "check_target",
+    "client_functions",
+    "client_state",
+    "events_refused",
+    "not_running",
+    "prepare",
+    "refused",
+    "server_gone",
+    "server_state",
+]
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach the server; a call may take as long as it takes
+
+
+def server_state() -> dict[str, Any] | None:
+    """The running server's ``{"url", "pid", "token"}``, or None when none runs."""
+    try:
+        state = json.loads(state_path().read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not alive(state.get("pid")):
+        return None
+    return state
+
+
+def alive(pid: object) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc here: kill(0) is all there is
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def not_running() -> ServerError:
+    return ServerError(
+        f"the Skyward server is not running (no live server in {STATE_FILE}); "
+        "start it with `sky server start`"
+    )
+
+
+def client_state(name: object, url: str | None, face: str) -> dict[str, Any]:
+    """The server a client of pool ``name`` reaches (checked before any I/O)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{face}(name=...) names a pool the server holds; got {name!r}")
+    state = server_state()
+    if state is None:
+        raise not_running()
+    if url is not None and url.rstrip("/") != state["url"]:
+        raise ServerError(
+            f"{face}(url={url!r}): the server this user runs listens on {state['url']} "
+            f"({STATE_FILE}); only that server's token is known here"
+        )
+    return state
+
+
+def client_functions() -> _Functions:
+    """A client's function table: keys of its own, never shared with another client's."""
+    return _Functions(prefix=f"c{uuid.uuid4().hex[:12]}-")
+
+
+def prepare(functions: _Functions, pending: PendingFunction[Any]) -> PreparedCall:
+    """``pending`` pickled for the server; what it cannot relay yet is refused, saying so."""
+    call = functions.prepare(pending)
+    if call.stream:
+        raise TypeError(
+            f"{call.name}() is a generator function: a Client does not stream items yet; "
+            "return a list, or use a pool of your own (Compute)"
+        )
+    if call.inputs:
+        raise TypeError(
+            f"{call.name}() takes Iterator[...] arguments: a Client does not stream them "
+            "yet; pass a list, or use a pool of your own (Compute)"
+        )
+    return call
+
+
+def check_target(target: object) -> None:
+    if isinstance(target, bool) or not (target in (None, "head") or isinstance(target, int)):
+        raise ValueError(f'target must be None, "head" or a node index, got {target!r}')
+
+
+def call_request(functions: _Functions, call: PreparedCall, target: int | str | None) -> bytes:
+    """The body of a run or broadcast request for ``call``."""
+    fn_meta, fn_blobs = split_payload(call.fn_payload)
+    args_meta, args_blobs = split_payload(call.args_payload)
+    header = {
+        "key": call.fn_key,
+        "name": call.name,
+        "timeout": call.timeout,
+        "target": target,
+        "needs": dict(functions.needs(call.fn_key)),
+        "fn": fn_meta,
+        "args": args_meta,
+    }
+    return b"".join(bytes(p) for p in pack(header, [*fn_blobs, *args_blobs]))
+
+
+def call_results(content: bytes, name: str) -> list[Any]:
+    """The values a run or broadcast answer carries; raises the call's error, rebuilt."""
+    answer, blobs = unpack(content)
+    if "raised" in answer:
+        raise _serial.loads(join_payload(answer["raised"], blobs))
+    if "raised_text" in answer:
+        raise ServerError(f"the call failed on the server: {answer['raised_text']}")
+    values = []
+    at = 0
+    for result in answer["results"]:
+        meta = result["payload"]
+        count = 0 if meta is None else 1 + len(meta["flags"])
+        payload = None if meta is None else join_payload(meta, blobs[at : at + count])
+        at += count
+        if result["ok"]:
+            values.append(_serial.loads(payload))  # type: ignore[arg-type]
+        else:
+            type_name, text, tb = result["error"]
+            raise _rebuild_error((payload, type_name, text, tb), result["node"], name)
+    return values
+
+
+def events_refused(name: str, response: Any) -> ServerError:
+    return ServerError(f"the Skyward server refused the events of {name!r}: {refused(response)}")
+
+
+def server_gone(url: str, exc: Exception) -> ServerError:
+    return ServerError(f"the Skyward server at {url} went away ({exc}); see `sky server status`")
+
+
+def refused(response: Any) -> str:
+    """What an error answer of the server says."""
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return str(response.text)
+
+
+class Client:
+    """A pool the server holds (``sky compute create NAME``), reached from trio by its name.
+
+    ``async with skyward_trio.Client(name) as pool:`` then ``await (f(x) >> pool)``,
+    ``await (f(x) @ pool)``, ``fut = await (f(x) > pool)``, ``await ((f(x) & g(y)) >>
+    pool)`` and ``async for event in pool.events()``, as on a pool of your own. Leaving the
+    block ends this client's connection and its calls; the pool stays up on the server.
+
+    Args:
+        name: The pool's name on the server.
+        url: The server's address; by default, and to find its token, the state file
+            (``~/.skyward/server.json``) of the server this user runs.
+
+    Raises:
+        ServerError: No server runs (at construction), or it holds no pool ``name`` (on
+            entering the block).
+    """
+
+    def __init__(self, name: str, *, url: str | None = None) -> None:
+        self._state = client_state(name, url, "skyward_trio.Client")
+        self.name = name
+        self._functions = client_functions()
+        self._http: Any = None  # an httpx.AsyncClient while the block is open
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+        self._token: Any = None
+
+    def __repr__(self) -> str:
+        return f"<skyward_trio.Client {self.name!r} at {self._state['url']}>"
+
+    async def __aenter__(self) -> Client:
+        import httpx
+
+        self._http = httpx.AsyncClient()
+        try:
+            await self.info()  # the pool exists, or this raises saying why
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._http.aclose()
+            self._http = None
+            raise
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        self._token = active_pool.set(self)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._token is not None:
+            active_pool.reset(self._token)
+            self._token = None
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()  # calls started with `>` end with the block
+        cm, self._nursery_cm, self._nursery = self._nursery_cm, None, None
+        try:
+            # Not given the block's error: that one propagates as itself, ungrouped.
+            await cm.__aexit__(None, None, None)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._http.aclose()
+            self._http = None
+
+    def _open(self) -> Any:
+        if self._http is None:
+            raise RuntimeError(
+                f"use the client inside `async with skyward_trio.Client({self.name!r}) as pool:`"
+            )
+        return self._http
+
+    async def _request(self, method: str, path: str, content: bytes | None = None) -> Any:
+        import httpx
+
+        headers = {"authorization": f"Bearer {self._state['token']}"}
+        if content is not None:
+            headers["content-type"] = FRAME
+        try:
+            response = await self._open().request(
+                method,
+                self._state["url"] + path,
+                content=content,
+                headers=headers,
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            )
+        except httpx.TransportError as exc:
+            raise ServerError(
+                f"the Skyward server at {self._state['url']} did not answer ({exc}); is it "
+                "running? (`sky server status`)"
+            ) from exc
+        if response.status_code != 200:
+            raise ServerError(f"the Skyward server refused {method} {path}: {refused(response)}")
+        return response
+
+    async def info(self) -> dict[str, Any]:
+        """What the server says of the pool: state, provider, nodes, cost so far."""
+        answer: dict[str, Any] = (await self._request("GET", f"/pools/{self.name}")).json()
+        return answer
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The pool's events: its life so far, then each as it happens, until it closes."""
+        import httpx
+
+        headers = {"authorization": f"Bearer {self._state['token']}"}
+        url = f"{self._state['url']}/pools/{self.name}/events"
+        try:
+            async with self._open().stream(
+                "GET", url, headers=headers, timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None)
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise events_refused(self.name, response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield event_from_json(line)
+        except httpx.TransportError as exc:
+            raise server_gone(self._state["url"], exc) from exc
+
+    # -- the operators ---------------------------------------------------------------------------
+
+    async def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
+        """Run ``pending`` on one node of the pool (``>>``), or on ``target``."""
+        check_target(target)
+        return (await self._send("run", prepare(self._functions, pending), target))[0]
+
+    async def run_async(
+        self, pending: PendingFunction[Any], *, target: int | str | None = None
+    ) -> Future:
+        """Start ``pending`` without waiting (``>``); ``await future.result()``."""
+        check_target(target)
+        call = prepare(self._functions, pending)
+        future = Future(call.name)
+        self._open()
+        assert self._nursery is not None
+
+        async def runner() -> None:
+            try:
+                with future._scope:
+                    try:
+                        future._value = (await self._send("run", call, target))[0]
+                    except Exception as exc:
+                        future._error = exc
+            finally:
+                future._cancelled = future._scope.cancel_called and future._error is None
+                future._done.set()
+
+        self._nursery.start_soon(runner)
+        return future
+
+    async def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
+        """Run ``pending`` on every ready node (``@``); results ordered by node index."""
+        return await self._send("broadcast", prepare(self._functions, pending), None)
+
+    async def run_parallel(
+        self, group: PendingFunctionGroup
+    ) -> tuple[Any, ...] | AsyncIterator[Any]:
+        """Run a group's calls at once: a tuple, or with ``stream=True`` an async iterator."""
+        if not isinstance(group, PendingFunctionGroup):
+            raise TypeError(
+                f"run_parallel() needs a group such as `f(x) & g(y)` or gather(...), "
+                f"got {type(group).__qualname__}"
+            )
+        calls = [prepare(self._functions, p) for p in group.items]
+        if group.stream:
+            return self._streamed(calls, group.ordered)
+        results: list[Any] = [None] * len(calls)
+
+        async def one(index: int, call: PreparedCall) -> None:
+            results[index] = (await self._send("run", call, None))[0]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, call in enumerate(calls):
+                    nursery.start_soon(one, index, call)
+        except BaseExceptionGroup as group_error:  # the first failure, as itself
+            raise group_error.exceptions[0] from None
+        return tuple(results)
+
+    def _streamed(self, calls: list[PreparedCall], ordered: bool) -> AsyncIterator[Any]:
+        """Start ``calls`` in the client's nursery; their results as they come (or in
+        order). Leaving the iteration early cancels the ones still running."""
+        self._open()
+        assert self._nursery is not None
+        send, receive = trio.open_memory_channel[tuple[int, bool, Any]](len(calls))
+        scope = trio.CancelScope()
+
+        async def one(index: int, call: PreparedCall) -> None:
+            try:
+                value = (await self._send("run", call, None))[0]
+            except Exception as exc:
+                send.send_nowait((index, False, exc))
+            else:
+                send.send_nowait((index, True, value))
+
+        async def all_of_them() -> None:
+            with scope:  # entered once, here: the iteration's end cancels it
+                async with trio.open_nursery() as nursery:
+                    for index, call in enumerate(calls):
+                        nursery.start_soon(one, index, call)
+
+        self._nursery.start_soon(all_of_them)
+
+        async def results() -> AsyncIterator[Any]:
+            waiting: dict[int, tuple[bool, Any]] = {}
+            next_index = 0
+            try:
+                for _ in calls:
+                    index, ok, value = await receive.receive()
+                    waiting[index] = (ok, value)
+                    ready = [index] if not ordered else []
+                    while ordered and next_index in waiting:
+                        ready.append(next_index)
+                        next_index += 1
+                    for at in ready:
+                        ok, value = waiting.pop(at)
+                        if not ok:
+                            raise value
+                        yield value
+            finally:
+                scope.cancel()
+
+        return results()
+
+    async def _send(self, how: str, call: PreparedCall, target: int | str | None) -> list[Any]:
+        content = call_request(self._functions, call, target)
+        response = await self._request("POST", f"/pools/{self.name}/{how}", content)
+        return call_results(response.content, call.name)
