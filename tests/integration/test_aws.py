@@ -444,6 +444,29 @@ def test_a_call_the_reclaimed_machine_takes_with_it_is_sent_again_once(
     assert not aws.live()
 
 
+def test_node_0_holding_the_store_is_drained_but_serves_until_its_machine_goes(
+    aws: FakeAWS,
+) -> None:
+    """Functions on other nodes may be using the collections store on node 0: it is not
+    retired early, only drained, until its machine goes."""
+    with _spot_pair(aws) as pool:
+        seen = _Seen(pool)
+        placed = {r["node"]: r["instance"] for r in _where() @ pool}
+        aws.warn(placed[0])
+        seen.first(sky.InstanceInterrupting, 0)
+        assert {(_where() >> pool)["instance"] for _ in range(6)} == {placed[1]}
+        # An idle node 1 would have been retired by now (test above); node 0 is not.
+        assert not seen.of(sky.InstancePreempted, 0)
+        counter = pool.counter("calls")  # the store on node 0 still answers
+        counter.increment(2)
+        assert counter.value == 2
+        aws.preempt(placed[0])
+        replaced = seen.first(sky.InstanceReplaced, 0)
+        assert pool.run(_where(), target=0)["instance"] == replaced.instance_id
+        seen.close()
+    assert not aws.live()
+
+
 def _node_of(aws: FakeAWS, instance_id: str) -> int:
     """The pool node an instance was launched for (its ``skyward:node`` tag)."""
     (reservation,) = aws.ec2().describe_instances(InstanceIds=[instance_id])["Reservations"]
