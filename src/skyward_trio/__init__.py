@@ -16,7 +16,8 @@ enforces it):
 3. the worker and the collections store: ``_execute``, ``_procpool``, ``_procchild``, ``worker``,
    ``_collections`` (the proxies and a node's connection to the store), ``_shared`` (the
    ``sky.dict`` ... ``sky.lock`` factories), ``_eventual`` (``consistency="eventual"``),
-   ``_store`` (the store service), ``_sampler`` (a worker's metric sampler), ``_pluginrun``
+   ``_store`` (the store service), ``_sampler`` (a worker's metric sampler), ``_notices``
+   (a worker's watch for its machine's spot interruption notice), ``_pluginrun``
    (the plugins' hooks on a node) (only trio +
    layers 1-2: imported on remote machines)
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
@@ -73,6 +74,7 @@ from ._events import (
     Event,
     InstanceBootstrapped,
     InstanceDestroyed,
+    InstanceInterrupting,
     InstancePreempted,
     InstanceProvisioned,
     InstanceReplaced,
@@ -153,6 +155,7 @@ __all__ = [
     "InstanceBootstrapped",
     "InstanceDestroyed",
     "InstanceInfo",
+    "InstanceInterrupting",
     "InstancePreempted",
     "InstanceProvisioned",
     "InstanceReplaced",

@@ -21,6 +21,12 @@ lease (``Spec.ttl``) runs out ends the instance and its bill. ``terminate`` conf
 instance shutting down or terminated (EC2 bills neither); ``aclose`` terminates every
 instance of the job EC2 still lists, one whose launch answer never came included.
 
+**Spot notices.** A spot instance's worker watches EC2's metadata service for the
+two-minute interruption notice (``_notices``) and passes it to the client, which drains
+the node (``InstanceInterrupting``). Launches leave ``MetadataOptions`` at the image's
+defaults: the watch asks IMDSv2-style, which works whether tokens are required or not,
+from the instance itself (one hop).
+
 Credentials are boto3's; nothing here logs or quotes them.
 """
 
@@ -737,6 +743,10 @@ class AWSCluster:
             workdir=workdir,
             hourly_price=self._prices[kind],
             on_lease_expiry=shutdown,
+            # EC2 warns a spot instance two minutes before it reclaims it (worker.py
+            # watches IMDS for it; EC2's MetadataOptions are left at their defaults, which
+            # the watch works with).
+            interruption_notices="aws" if self._choice.spot else None,
         )
 
     async def _describe(self, api: _API, instance_id: str) -> dict[str, Any] | None:

@@ -35,6 +35,7 @@ from ._events import (
     ClusterRequested,
     Error,
     Event,
+    InstanceInterrupting,
     InstancePreempted,
     Log,
     Metric,
@@ -358,7 +359,7 @@ def _log_event(log: _logging.PoolLog, event: Event) -> None:
         level = _logging.TRACE
     elif isinstance(event, TaskStarted | TaskCompleted):
         level = logging.DEBUG
-    elif isinstance(event, Error | InstancePreempted):
+    elif isinstance(event, Error | InstanceInterrupting | InstancePreempted):
         level = logging.WARNING
     else:
         level = logging.INFO

@@ -134,6 +134,11 @@ class WorkerConnection:
         #: Receives ``(node, "stdout" | "stderr", text)`` for each chunk of task output.
         self.on_output: Callable[[int, str, str], None] = print_output
         self._on_metrics: MetricsCallback | None = None
+        #: The provider's interruption notice the worker passed on (``_wire.NOTICE``):
+        #: ``(action, at)``, the first one; the worker sends it on every control channel.
+        self.notice: tuple[str, float] | None = None
+        #: Called once, when ``notice`` is first set.
+        self.on_notice: Callable[[], None] | None = None
 
     @property
     def usable(self) -> bool:
@@ -281,6 +286,10 @@ class WorkerConnection:
                 slot(msg, None)
         elif msg[0] == _wire.METRICS and self._on_metrics is not None:
             self._on_metrics(self.node, msg[1], msg[2])
+        elif msg[0] == _wire.NOTICE and self.notice is None:
+            self.notice = (str(msg[1]), float(msg[2]))
+            if self.on_notice is not None:
+                self.on_notice()
 
     def _check_hello(
         self, hello: dict[str, Any] | None, link: _transport.WorkerLink

@@ -53,6 +53,7 @@ from ._events import (
     Event,
     InstanceBootstrapped,
     InstanceDestroyed,
+    InstanceInterrupting,
     InstancePreempted,
     InstanceProvisioned,
     InstanceReplaced,
@@ -76,6 +77,8 @@ _IDLE_REDRAW: Final = 1.0  # redraw this often anyway: clocks, rates and ETA mov
 _OUTPUT_LINES: Final = 8  # remote output lines the rich layout keeps in view
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
 _PHASES: Final = {"ssh": "connecting", "bootstrap": "bootstrapping", "worker": "starting worker"}
+# Who reclaims an instance after an InstanceInterrupting, by provider (ClusterRequested's).
+_RECLAIMERS: Final = {"aws": "AWS reclaims spot instance"}
 
 
 def resolve(console: bool | ConsoleMode) -> ConsoleMode:
@@ -127,7 +130,7 @@ def heartbeat_interval() -> float:
 class NodeView:
     """One node as a console shows it."""
 
-    state: str  # provisioning, provisioned, connecting, bootstrapping, ..., ready, lost
+    state: str  # provisioning, provisioned, connecting, bootstrapping, ..., ready, draining, lost
     since: float  # when it entered that state
     instance_id: str = ""
     replaced: int = 0  # how many times a new instance took its place
@@ -244,6 +247,9 @@ class Tally:
             self._enter(event.node, "ready", event.time)
         elif isinstance(event, InstanceReplaced):
             self._node(event.node, event.time).replaced += 1
+        elif isinstance(event, InstanceInterrupting):
+            if self._node(event.node, event.time).instance_id == event.instance_id:
+                self._enter(event.node, "draining", event.time)
         elif isinstance(event, InstancePreempted):
             self._enter(event.node, "lost", event.time)
             self.metrics.pop(event.node, None)
@@ -365,6 +371,10 @@ def describe(event: Event, tally: Tally) -> list[tuple[str, str]]:
         return [(f"node {event.node}", f"ready ({event.seconds:.1f} s)")]
     if isinstance(event, ClusterReady):
         return [("pool", f"ready: {event.nodes} node(s)")]
+    if isinstance(event, InstanceInterrupting):
+        who = _RECLAIMERS.get(tally.provider, "the provider reclaims instance")
+        when = f"at {_stamp(event.at)} ({event.action})"
+        return [(f"node {event.node}", f"{who} {event.instance_id} {when}; draining")]
     if isinstance(event, InstancePreempted):
         return [(f"node {event.node}", f"lost ({event.reason})")]
     if isinstance(event, InstanceReplaced):
@@ -501,6 +511,7 @@ class LogConsole:
 # Events a live console also prints above its display, as they are worth keeping.
 _NOTICES = (
     Error,
+    InstanceInterrupting,
     InstancePreempted,
     InstanceReplaced,
     ClusterScaled,
@@ -509,6 +520,7 @@ _NOTICES = (
 )
 _STATE_STYLES: Final = {
     "ready": "green",
+    "draining": "bold magenta",
     "lost": "bold red",
     "failed": "bold red",
     "terminated": "dim",
@@ -518,7 +530,7 @@ _STATE_STYLES: Final = {
 class LiveConsole:
     """A rich live display: the full layout (``"rich"``) or two lines (``"minimal"``).
 
-    Notices (lost and replaced nodes, errors, scaling, the closing summary) are printed
+    Notices (reclaimed, lost and replaced nodes, errors, scaling, the closing summary) are printed
     above the display, so they stay in the scrollback; ``"minimal"`` prints remote output
     there too, ``"rich"`` keeps its last lines in the layout.
     """

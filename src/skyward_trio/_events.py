@@ -4,7 +4,9 @@ Every event carries the pool's ``job_id`` and ``time`` (seconds since the epoch,
 happened). Lifecycle events follow a pool from ``ClusterRequested`` to
 ``ClusterDestroyed``; a node goes ``InstanceProvisioned`` → ``BootstrapProgress`` (each
 phase) → ``InstanceBootstrapped``, and when lost ``InstancePreempted`` →
-``InstanceReplaced`` (or only ``InstanceDestroyed`` when it is not replaced).
+``InstanceReplaced`` (or only ``InstanceDestroyed`` when it is not replaced). A node whose
+provider warned that it will reclaim the machine (AWS spot) is ``InstanceInterrupting``
+before it is lost.
 
 Layer 1: stdlib and attrs only.
 """
@@ -28,6 +30,7 @@ __all__ = [
     "Event",
     "InstanceBootstrapped",
     "InstanceDestroyed",
+    "InstanceInterrupting",
     "InstancePreempted",
     "InstanceProvisioned",
     "InstanceReplaced",
@@ -103,6 +106,25 @@ class ClusterScaled(Event):
     previous: int
     target: int
     reason: str
+
+
+@attrs.frozen(kw_only=True)
+class InstanceInterrupting(Event):
+    """Node ``node``'s provider will reclaim its instance at ``at`` (seconds since the
+    epoch) by ``action`` (``"terminate"``, ``"stop"`` or ``"hibernate"``): an AWS spot
+    interruption notice, about two minutes ahead.
+
+    The node is drained: it takes no new calls (they go to other nodes, or wait for its
+    replacement); its calls in flight keep running, and one the machine takes with it is
+    sent again (``Options.retry_on_interruption``). Once idle it is retired, and replaced,
+    without waiting for the machine to go (except node 0 while it holds the pool's
+    collections store). ``InstancePreempted`` follows either way.
+    """
+
+    node: int
+    instance_id: str
+    action: str
+    at: float
 
 
 @attrs.frozen(kw_only=True)

@@ -343,6 +343,7 @@ class _Node:
         "inflight",
         "instance",
         "last_used",
+        "reclaimed",
         "refused",
         "ssh",
         "verified",
@@ -364,6 +365,9 @@ class _Node:
         self.inflight = 0
         self.last_used = trio.current_time()  # when its last call ended (autoscaling)
         self.drained: trio.Event | None = None  # set once idle, while being scaled down
+        # Set when its provider said it reclaims the machine soon (InstanceInterrupting):
+        # the node is drained, so no call is started on it any more.
+        self.reclaimed = trio.Event()
         # The environment handshake, per function key: checked fine, being checked, refused.
         self.verified: set[str] = set()
         self.checking: dict[str, trio.Event] = {}
@@ -1352,16 +1356,22 @@ class Pool:
 
     def _pick(self, target: int | None) -> _Node | None:
         # A node whose link is down stays in _ready while its supervisor reconnects; it
-        # is not picked meanwhile (its calls wait for the link, or for another node).
+        # is not picked meanwhile (its calls wait for the link, or for another node). Nor
+        # is one being reclaimed: calls pinned to it wait for its replacement.
         if target is not None:
             node = self._ready.get(target)
-            if node is None or node.inflight >= node.capacity or not node.conn.usable:
+            if (
+                node is None
+                or node.inflight >= node.capacity
+                or not node.conn.usable
+                or node.reclaimed.is_set()
+            ):
                 return None
             return node
         order = sorted(self._ready)
         for k in range(len(order)):
             node = self._ready[order[(self._rr + k) % len(order)]]
-            if node.inflight < node.capacity and node.conn.usable:
+            if node.inflight < node.capacity and node.conn.usable and not node.reclaimed.is_set():
                 self._rr = (self._rr + k + 1) % len(order)
                 return node
         return None

@@ -94,6 +94,9 @@ class Instance:
     # A shell command the worker runs when its lease (Spec.ttl) runs out with no client,
     # to stop the machine itself (a cloud pod deletes itself); None: the worker only exits.
     on_lease_expiry: str | None = None
+    # Whose interruption notices the worker watches for: "aws" (a spot instance: EC2's
+    # metadata service warns two minutes ahead); None: the provider gives none.
+    interruption_notices: str | None = None
 
 
 class Cluster(Protocol):

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shlex
+import time
 from typing import Any
 
 import attrs
@@ -48,6 +49,7 @@ from ._events import (
     Event,
     InstanceBootstrapped,
     InstanceDestroyed,
+    InstanceInterrupting,
     InstancePreempted,
     InstanceProvisioned,
     InstanceReplaced,
@@ -200,6 +202,7 @@ class Supervisor:
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
+        self._warned: set[str] = set()  # instances whose interruption notice was emitted
         options = pool.options
         self.autoscaler = Autoscaler(
             pool.nodes.desired,
@@ -311,6 +314,8 @@ class Supervisor:
         lost = self._lost.pop(i, None)
         if lost is not None:
             self._emit(InstanceReplaced, node=i, old_instance_id=lost, instance_id=instance.id)
+        if conn.notice is not None:  # it came while the worker's session opened
+            self._reclaim(node, *conn.notice)
         pool._notify()
         node = await self._serve(node)
         if i == 0 and self.store is None:
@@ -341,6 +346,7 @@ class Supervisor:
             async with trio.open_nursery() as watchers:  # what watches the link ends with it
                 if self.probe is not None:
                     watchers.start_soon(self._watch_health, node, self.probe)
+                watchers.start_soon(self._retire_reclaimed, node)
                 if pool.spec.image.metrics is not None:
                     conn.stream_metrics(self._on_metrics)  # a ready node: no earlier
                 await conn.serve()
@@ -407,6 +413,7 @@ class Supervisor:
             self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
             conn = WorkerConnection(i, ssh, f"{instance.workdir}/worker.sock")
             conn.on_output = self._on_output
+            conn.on_notice = functools.partial(self._on_notice, i, conn)
             with trio.fail_after(30):
                 await conn.open(self.secret)
             await self._reach_store(i, instance, ssh)
@@ -451,7 +458,11 @@ class Supervisor:
         await node.ssh.aclose()
         self.connections[i] = ssh
         restarted = _Node(i, node.instance, ssh, conn, node.capacity)
+        if node.reclaimed.is_set():  # its machine still goes: the new worker is drained too
+            restarted.reclaimed.set()
         pool._ready[i] = restarted
+        if conn.notice is not None:
+            self._reclaim(restarted, *conn.notice)
         pool._notify()
         return restarted
 
@@ -469,6 +480,62 @@ class Supervisor:
             return  # the link went down: _serve reconnects (and watches again) or loses it
         if reason is not None:
             node.conn.close(reason)
+
+    def _on_notice(self, i: int, conn: WorkerConnection) -> None:
+        """Node ``i``'s worker passed on its provider's interruption notice (``conn.notice``).
+
+        A node that is not serving on ``conn`` yet is drained when it is (``_node``).
+        """
+        node = self.pool._ready.get(i)
+        if node is not None and node.conn is conn and conn.notice is not None:
+            self._reclaim(node, *conn.notice)
+
+    def _reclaim(self, node: _Node, action: str, at: float) -> None:
+        """The provider reclaims ``node``'s machine at ``at``: drain it (no call starts
+        there any more; those in flight go on), and say so once per instance.
+
+        Its replacement is not started here: a node index has one instance at a time
+        (its address, its worker's config, the peers' list), so a second one would need
+        its own index. The node is retired once idle instead (``_retire_reclaimed``),
+        which starts the replacement then, without waiting for the machine to go.
+        """
+        if node.reclaimed.is_set():
+            return
+        node.reclaimed.set()
+        if node.instance.id not in self._warned:
+            self._warned.add(node.instance.id)
+            self._emit(
+                InstanceInterrupting,
+                node=node.index,
+                instance_id=node.instance.id,
+                action=action,
+                at=at,
+            )
+        self.pool._notify()  # nothing new goes there; waiters look again
+
+    async def _retire_reclaimed(self, node: _Node) -> None:
+        """Once a reclaimed node is idle, end its session: it is lost now rather than when
+        its machine goes, so its replacement starts sooner (and its calls can go nowhere
+        else meanwhile). Node 0 holding the pool's collections store serves on until its
+        machine goes: functions on other nodes may still be using the store."""
+        await node.reclaimed.wait()
+        if node.index == 0 and self.store is None:
+            return
+        while node.inflight:
+            if node.drained is None or node.drained.is_set():
+                node.drained = trio.Event()
+            await node.drained.wait()
+        if self.pool._closing or node.conn.closed.is_set():
+            return
+        notice = node.conn.notice
+        when = ""
+        if notice is not None:
+            at = time.strftime("%H:%M:%S UTC", time.gmtime(notice[1]))
+            when = f" at {at} ({notice[0]})"
+        node.conn.close(
+            f"{self.cluster.name} reclaims instance {node.instance.id}{when}; retired once "
+            "its calls were done"
+        )
 
     async def _failed(
         self,
@@ -828,6 +895,7 @@ class Supervisor:
             "reuse_processes": pool.worker_config.reuse_processes,
             "lease_seconds": pool.spec.ttl,
             "on_lease_expiry": instance.on_lease_expiry,
+            "interruption_notices": instance.interruption_notices,
             "reconnect_seconds": reconnect_window(pool.options) + _RESUME_MARGIN,
             "env": dict(pool.spec.image.env),
             "sys_path": list(instance.sys_path),

@@ -38,6 +38,7 @@ __all__ = [
     "ITEM",
     "METRICS",
     "METRICS_ON",
+    "NOTICE",
     "OUTPUT",
     "PROBE",
     "PROBE_RESULT",
@@ -73,6 +74,10 @@ PROBE_RESULT = 21  # (PROBE_RESULT, probe_id, ok: bool, why it failed: str)
 # the worker's sampler sends what it collected in batches (samples are not replayed).
 METRICS_ON = 30  # (METRICS_ON,): send metric samples on this channel from now on
 METRICS = 31  # (METRICS, [(name, value, unit, gpu index | None, time), ...], [problem, ...])
+# The provider will reclaim the machine (an AWS spot interruption notice), on the control
+# channel: sent on every control channel opened once the worker has seen it, so a client
+# that was away when it came hears it on its return (the client keeps the first).
+NOTICE = 40  # (NOTICE, action: "terminate" | "stop" | "hibernate", at: seconds since the epoch)
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")

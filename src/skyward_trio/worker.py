@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from . import _capture, _collections, _heartbeat, _runtime, _serial, _wire
+from . import _capture, _collections, _heartbeat, _notices, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._pluginrun import NodePlugins
@@ -128,6 +128,10 @@ class Worker:
         # Image(metrics=None) writes no collectors: nothing is sampled at all.
         collectors = config.get("metrics")
         self._sampler = Sampler(from_config(collectors)) if collectors else None
+        # The provider's interruption notice (AWS spot), once seen: every control channel
+        # opened from then on tells its client (_tell_notice).
+        self._notice: _notices.Notice | None = None
+        self._noticed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = self.directory / "worker.sock"
@@ -145,6 +149,8 @@ class Worker:
                 await nursery.start(self._store.listen, self.config["store_host"])
             if self._sampler is not None:
                 nursery.start_soon(self._sampler.run)
+            if self.config.get("interruption_notices") == "aws":
+                nursery.start_soon(self._watch_notices)
             if self._plugins is not None:
                 self._plugins.start_app(from_dict(self.config["info"]))
             (self.directory / "worker.ready").write_text(str(os.getpid()))
@@ -203,6 +209,31 @@ class Worker:
                     await _run_expiry(str(command))
                 self._shutdown.set()
                 return
+
+    async def _watch_notices(self) -> None:
+        """Watch IMDS for the machine's spot interruption notice (``_notices``); once it
+        comes, every client's control channel is told (``_tell_notice``)."""
+        service = _notices.MetadataService(_notices.endpoint())
+        notice = await _notices.watch(service)
+        if notice is None:
+            return
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(notice.at))
+        print(
+            f"skyward worker: AWS reclaims this machine at {when} ({notice.action}); "
+            "telling the client",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._notice = notice
+        self._noticed.set()
+
+    async def _tell_notice(self, reply: Callable[[tuple[Any, ...]], Awaitable[None]]) -> None:
+        """Send the interruption notice on one control channel, once it is known. Each
+        new channel sends it again: a client that was away when it came hears it when it
+        comes back (it keeps the first)."""
+        await self._noticed.wait()
+        assert self._notice is not None
+        await reply((_wire.NOTICE, self._notice.action, self._notice.at))
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -274,7 +305,8 @@ class Worker:
     ) -> None:
         """A session's control channel, read by the trio thread even when every task
         thread is busy: cancellations take effect at once, health probes are answered,
-        heartbeats go both ways, and metric samples go out once the client asks for them.
+        heartbeats go both ways, metric samples go out once the client asks for them, and
+        the machine's interruption notice goes out once it is seen.
         From the client's first beat on, a client not heard from for
         ``_heartbeat.SILENCE_LIMIT`` seconds is cut off: its session is detached as if the
         link had dropped (the reconnect window and the lease start counting), and this
@@ -317,6 +349,7 @@ class Worker:
             async with trio.open_nursery() as tasks:
                 tasks.start_soon(self._beat, reply)
                 tasks.start_soon(watch_client)
+                tasks.start_soon(self._tell_notice, reply)
                 while True:
                     for msg in messages:
                         session = self._sessions.get(session_id)

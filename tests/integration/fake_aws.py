@@ -25,6 +25,16 @@ machine ends, by pid: its sshd, their descendants and any process whose environm
 its ``FAKE_EC2_INSTANCE_ID``. A stopped instance that starts again gets its machine back,
 home included, as an EBS root volume survives a stop.
 
+Each machine has its own instance metadata service (IMDS), as an EC2 instance does: an HTTP
+server on the machine's private address (a free port), which its sessions find at
+``AWS_EC2_METADATA_SERVICE_ENDPOINT`` (sshd's ``SetEnv``; botocore's name for it). It is
+IMDSv2 with tokens required: ``PUT /latest/api/token`` (with
+``X-aws-ec2-metadata-token-ttl-seconds``) gives a token, and every ``GET`` without a valid
+``X-aws-ec2-metadata-token`` is answered 401. It answers ``meta-data/instance-id`` and
+``meta-data/spot/instance-action``: 404 until ``FakeAWS.warn`` schedules the instance's
+interruption, then ``{"action": ..., "time": ...}``, as EC2 does two minutes before it
+reclaims a spot instance. Nothing here ever contacts EC2's real IMDS (169.254.169.254).
+
 moto's state is one per process: the first fake entered resets it; a fake entered while
 another runs shares it (each hypervisor watches only its own VPC).
 """
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import http.client
 import ipaddress
@@ -50,7 +61,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +105,7 @@ TICK = 0.05  # how often the hypervisor looks at the instances, in seconds
 ON_DEMAND = "JRTCKXETXF"  # AWS's offer term code of on-demand prices
 PER_HOUR = "6YS6EN2CT7"  # AWS's rate code of an on-demand hourly price
 PUBLISHED = 1793491200.0  # 2026-11-01T00:00:00Z: when the public parameters "changed"
+SPOT_ACTIONS = ("terminate", "stop", "hibernate")  # what a spot interruption does
 
 # The Linux on-demand product of a type, and the decoys beside it that a request missing one
 # filter would wrongly match: (attributes changed, price factor). Decoy prices differ, so a
@@ -292,6 +304,11 @@ class FakeAWS(FakeCloud):
         self._moto_server: ThreadedMotoServer | None = None
         self._moto_address = ("", 0)
         self._moto: Any = None  # a boto3 EC2 client on moto itself
+        self._metadata: dict[str, _MetadataServer] = {}  # each machine's IMDS
+        # spot/instance-action of the instances FakeAWS.warn was told of
+        self._notices: dict[str, dict[str, str]] = {}
+        #: IMDS requests answered, per instance: (method, path, status).
+        self.metadata_requests: dict[str, list[tuple[str, str, int]]] = {}
 
     def _open(self) -> None:
         with _octets_lock:
@@ -346,7 +363,9 @@ class FakeAWS(FakeCloud):
         return list(self._homes.items())
 
     def _release(self) -> None:
-        """Stop moto (once started) and free the fake's loopback block."""
+        """Stop moto (once started), any IMDS left, and free the fake's loopback block."""
+        for instance_id in list(self._metadata):
+            self._stop_metadata(instance_id)
         if self._moto_server is not None:
             if self._moto is not None:
                 self._moto.close()
@@ -399,6 +418,18 @@ class FakeAWS(FakeCloud):
     def restore_capacity(self, instance_type: str) -> None:
         with self._lock:
             self.refused.pop(instance_type, None)
+
+    def warn(self, instance_id: str, seconds: float = 120, action: str = "terminate") -> None:
+        """Schedule the instance's interruption as EC2 announces a spot instance's: from now
+        on its machine's IMDS answers ``spot/instance-action`` with ``action`` at ``seconds``
+        from now. Nothing else happens: the interruption itself is ``preempt``'s."""
+        if action not in SPOT_ACTIONS:
+            raise ValueError(f"action: expected one of {SPOT_ACTIONS}, got {action!r}")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+        with self._lock:
+            if instance_id not in self.machines:
+                raise ValueError(f"instance {instance_id} has no machine: it is not running")
+            self._notices[instance_id] = {"action": action, "time": when}
 
     def preempt(self, instance_id: str) -> None:
         """Interrupt the instance as AWS interrupts a spot instance, with no notice: it is
@@ -717,16 +748,88 @@ class FakeAWS(FakeCloud):
         # socket's path holds 107 bytes, which a home under a test's directory would exceed.
         home = self._homes.get(instance_id) or Path(tempfile.mkdtemp(prefix="ec2-"))
         self._homes[instance_id] = home
-        return sshd.start_sshd(
-            self.root,
-            instance_id,
-            address,
-            directory / "authorized_keys",
-            port=22,
-            extra_env={"FAKE_EC2_INSTANCE_ID": instance_id},
-            path_prefix=[str(bin_dir)],
-            home=home,
+        metadata = self._start_metadata(instance_id, address)
+        try:
+            return sshd.start_sshd(
+                self.root,
+                instance_id,
+                address,
+                directory / "authorized_keys",
+                port=22,
+                extra_env={
+                    "FAKE_EC2_INSTANCE_ID": instance_id,
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata,
+                },
+                path_prefix=[str(bin_dir)],
+                home=home,
+            )
+        except BaseException:
+            self._stop_metadata(instance_id)
+            raise
+
+    # -- each machine's instance metadata service ------------------------------------------------
+
+    def _start_metadata(self, instance_id: str, address: str) -> str:
+        """Start the machine's IMDS on its address (a free port); its URL."""
+        server = _MetadataServer(address, functools.partial(self._metadata_answer, instance_id))
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-imds-{instance_id}",
+            daemon=True,
         )
+        server.thread = thread
+        with self._lock:
+            self._metadata[instance_id] = server
+        thread.start()
+        return f"http://{address}:{server.server_address[1]}"
+
+    def _stop_metadata(self, instance_id: str) -> None:
+        """Stop the machine's IMDS (its notice goes with it: a machine started again has
+        none), and wait for its thread."""
+        with self._lock:
+            server = self._metadata.pop(instance_id, None)
+            self._notices.pop(instance_id, None)
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if server.thread is not None:
+            server.thread.join()
+
+    def _metadata_answer(self, instance_id: str, method: str, path: str, headers: Any) -> _Reply:
+        """The answer of the instance's IMDS, recorded in ``metadata_requests``."""
+        reply = self._metadata_reply(instance_id, method, path, headers)
+        with self._lock:
+            self.metadata_requests.setdefault(instance_id, []).append((method, path, reply.status))
+        return reply
+
+    def _metadata_reply(self, instance_id: str, method: str, path: str, headers: Any) -> _Reply:
+        """IMDSv2, tokens required: a token for a PUT of ``/latest/api/token``; for a GET
+        with one of its tokens, the instance id or the spot interruption notice."""
+        with self._lock:
+            server = self._metadata.get(instance_id)
+            notice = self._notices.get(instance_id)
+        if server is None:  # stopping
+            return _Reply(503, b"")
+        if path == "/latest/api/token":
+            if method != "PUT":
+                return _Reply(405, b"")
+            ttl = headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+            if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                return _Reply(400, b"")
+            token = secrets.token_urlsafe(32)
+            server.tokens.add(token)
+            return _Reply(200, token.encode(), (("Content-Type", "text/plain"),))
+        if method != "GET":
+            return _Reply(405, b"")
+        if headers.get("X-aws-ec2-metadata-token", "") not in server.tokens:
+            return _Reply(401, b"")
+        if path == "/latest/meta-data/instance-id":
+            return _Reply(200, instance_id.encode(), (("Content-Type", "text/plain"),))
+        if path == "/latest/meta-data/spot/instance-action" and notice is not None:
+            return _Reply(200, json.dumps(notice).encode(), (("Content-Type", "text/plain"),))
+        return _Reply(404, b"")
 
     def _cloud_config(self, instance_id: str) -> tuple[dict[str, Any], str]:
         """The instance's user data as cloud-init reads it (``#cloud-config``, then one JSON
@@ -767,11 +870,12 @@ class FakeAWS(FakeCloud):
             raise
 
     def _end(self, instance_id: str, machine: Machine | None, *, abrupt: bool) -> None:
-        """End every process of a claimed machine by pid (``_end_machine``)."""
+        """End every process of a claimed machine by pid (``_end_machine``), then its IMDS."""
         try:
             if machine is not None:
                 marker = f"FAKE_EC2_INSTANCE_ID={instance_id}".encode()
                 self._end_processes(machine, marker, f"instance {instance_id}", abrupt=abrupt)
+            self._stop_metadata(instance_id)
         finally:
             with self._idle:
                 self._finish(instance_id)
@@ -786,6 +890,33 @@ class FakeAWS(FakeCloud):
         with self._lock:
             if message not in self.errors:  # a fault the hypervisor meets every round, once
                 self.errors.append(message)
+
+
+class _MetadataServer(ThreadingHTTPServer):
+    """One machine's IMDS: every request goes to ``answer(method, path, headers)``."""
+
+    daemon_threads = True
+
+    def __init__(self, address: str, answer: Callable[[str, str, Any], _Reply]) -> None:
+        super().__init__((address, 0), _MetadataHandler)
+        self.answer = answer
+        self.tokens: set[str] = set()  # the tokens it gave (they never expire here)
+        self.thread: threading.Thread | None = None
+
+
+class _MetadataHandler(BaseHTTPRequestHandler):
+    server: _MetadataServer
+
+    def _handle(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = urllib.parse.urlsplit(self.path).path
+        reply = self.server.answer(self.command, path, self.headers)
+        _send(self, reply)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the fake's answers are its own business."""
 
 
 def _send(handler: BaseHTTPRequestHandler, reply: _Reply) -> None:

@@ -11,6 +11,9 @@ import base64
 import json
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +319,189 @@ def test_an_interrupted_spot_instance_is_replaced_and_its_calls_sent_again(aws: 
         )
     assert second["instance"] != first["instance"]
     assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not aws.live()
+
+
+@sky.function
+def _held(gate: str, runs: str) -> dict[str, Any]:
+    """Note where it runs (a line in ``runs``), wait for ``gate`` to exist, say where it ran.
+
+    The fake's machines are processes of this host: they see the test's files."""
+    where = os.environ.get("FAKE_EC2_INSTANCE_ID")
+    with open(runs, "a") as file:
+        file.write(f"{where}\n")
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+    return {"node": sky.instance_info().node, "instance": where}
+
+
+class _Seen:
+    """A pool's events, read as they come by a thread of their own."""
+
+    def __init__(self, pool: sky.Pool) -> None:
+        self.events: list[sky.Event] = []
+        self._stream = pool.events()
+        self._reader = threading.Thread(target=self._read, args=(self._stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: Iterator[sky.Event]) -> None:
+        for event in stream:
+            self.events.append(event)
+
+    def of(self, kind: type[Any], node: int) -> list[Any]:
+        return [e for e in list(self.events) if isinstance(e, kind) and e.node == node]
+
+    def first(self, kind: type[Any], node: int) -> Any:
+        wait_until(
+            lambda: self.of(kind, node), f"{kind.__name__} of node {node}", timeout=60, every=0.05
+        )
+        return self.of(kind, node)[0]
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _spot_pair(aws: FakeAWS) -> sky.Compute:
+    """Two spot nodes with four slots each: a busy node still has room for more calls."""
+    return sky.Compute(
+        provider=provider(aws),
+        accelerator=A.T4(),
+        nodes=2,
+        allocation="spot",
+        options=sky.Options(console="silent", worker=sky.Worker(concurrency=4)),
+    )
+
+
+def _runs_of(runs: Path) -> list[str]:
+    return runs.read_text().splitlines() if runs.exists() else []
+
+
+def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
+    aws: FakeAWS, tmp_path: Path
+) -> None:
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    with _spot_pair(aws) as pool:
+        seen = _Seen(pool)
+        placed = {r["node"]: r["instance"] for r in _where() @ pool}
+        long = pool.run_async(_held(str(gate), str(runs)), target=1)
+        wait_until(lambda: _runs_of(runs), "the long call to start", timeout=60, every=0.05)
+        aws.warn(placed[1])
+        notice = seen.first(sky.InstanceInterrupting, 1)
+        assert (notice.instance_id, notice.action) == (placed[1], "terminate")
+        assert notice.time < notice.at <= notice.time + 120  # two minutes ahead, at most
+        # Node 1 has three free slots, but new calls all go to node 0.
+        assert {(_where() >> pool)["instance"] for _ in range(6)} == {placed[0]}
+        gate.touch()
+        assert long.result() == {"node": 1, "instance": placed[1]}
+        # Idle and drained, the node is retired without waiting for its machine to go,
+        # and replaced.
+        lost = seen.first(sky.InstancePreempted, 1)
+        assert lost.instance_id == placed[1]
+        assert f"aws reclaims instance {placed[1]} at " in lost.reason
+        replaced = seen.first(sky.InstanceReplaced, 1)
+        assert replaced.old_instance_id == placed[1]
+        again = pool.run(_where(), target=1)
+        assert again["instance"] == replaced.instance_id != placed[1]
+        seen.close()
+    assert _runs_of(runs) == [placed[1]]  # the long call ran once
+    assert len(seen.of(sky.InstanceInterrupting, 1)) == 1
+    assert not seen.of(sky.InstanceInterrupting, 0)
+    assert not aws.live()
+    # The worker read IMDS the v2 way: a token first, then reads carrying it (none refused).
+    statuses = [(method, status) for method, _, status in aws.metadata_requests[placed[1]]]
+    assert statuses[0] == ("PUT", 200)
+    assert ("GET", 404) in statuses
+    assert ("GET", 200) in statuses
+    assert all(status in (200, 404) for _, status in statuses)
+
+
+def test_a_call_the_reclaimed_machine_takes_with_it_is_sent_again_once(
+    aws: FakeAWS, tmp_path: Path
+) -> None:
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    with _spot_pair(aws) as pool:
+        seen = _Seen(pool)
+        placed = {r["node"]: r["instance"] for r in _where() @ pool}
+        long = pool.run_async(_held(str(gate), str(runs)), target=None)
+        wait_until(lambda: _runs_of(runs), "the long call to start", timeout=60, every=0.05)
+        (first,) = _runs_of(runs)
+        node = next(k for k, instance in placed.items() if instance == first)
+        aws.warn(first)
+        seen.first(sky.InstanceInterrupting, node)
+        aws.preempt(first)  # before the call is done
+        wait_until(
+            lambda: len(_runs_of(runs)) == 2, "the call to run again", timeout=60, every=0.05
+        )
+        gate.touch()
+        result = long.result()
+        # Sent again to the node that was not reclaimed (the other one's replacement
+        # may not be up yet).
+        assert _runs_of(runs) == [first, placed[1 - node]]
+        assert result == {"node": 1 - node, "instance": placed[1 - node]}
+        replaced = seen.first(sky.InstanceReplaced, node)
+        assert pool.run(_where(), target=node)["instance"] == replaced.instance_id
+        seen.close()
+    assert not aws.live()
+
+
+def test_node_0_holding_the_store_is_drained_but_serves_until_its_machine_goes(
+    aws: FakeAWS,
+) -> None:
+    """Functions on other nodes may be using the collections store on node 0: it is not
+    retired early, only drained, until its machine goes."""
+    with _spot_pair(aws) as pool:
+        seen = _Seen(pool)
+        placed = {r["node"]: r["instance"] for r in _where() @ pool}
+        aws.warn(placed[0])
+        seen.first(sky.InstanceInterrupting, 0)
+        assert {(_where() >> pool)["instance"] for _ in range(6)} == {placed[1]}
+        # An idle node 1 would have been retired by now (test above); node 0 is not.
+        assert not seen.of(sky.InstancePreempted, 0)
+        counter = pool.counter("calls")  # the store on node 0 still answers
+        counter.increment(2)
+        assert counter.value == 2
+        aws.preempt(placed[0])
+        replaced = seen.first(sky.InstanceReplaced, 0)
+        assert pool.run(_where(), target=0)["instance"] == replaced.instance_id
+        seen.close()
+    assert not aws.live()
+
+
+def _node_of(aws: FakeAWS, instance_id: str) -> int:
+    """The pool node an instance was launched for (its ``skyward:node`` tag)."""
+    (reservation,) = aws.ec2().describe_instances(InstanceIds=[instance_id])["Reservations"]
+    tags = {t["Key"]: t["Value"] for t in reservation["Instances"][0].get("Tags", [])}
+    return int(tags["skyward:node"])
+
+
+def test_a_notice_that_came_before_the_client_connected_reaches_it(aws: FakeAWS) -> None:
+    """The worker tells every client connection of the notice, so one that came while no
+    client was connected (here: before the first) is heard all the same."""
+    earlier = set(aws.machines) | set(aws.live())  # an earlier test's, maybe still ending
+    warned: list[str] = []
+
+    def node_1_is_up() -> bool:
+        fresh = [i for i in list(aws.machines) if i not in earlier]
+        warned[:] = [i for i in fresh if _node_of(aws, i) == 1]
+        return bool(warned)
+
+    def warn_node_1_first_thing() -> None:
+        wait_until(node_1_is_up, "node 1's machine", timeout=60, every=0.01)
+        aws.warn(warned[0])
+
+    warner = threading.Thread(target=warn_node_1_first_thing, daemon=True)
+    warner.start()
+    with _spot_pair(aws) as pool:
+        warner.join()
+        seen = _Seen(pool)
+        notice = seen.first(sky.InstanceInterrupting, 1)
+        assert notice.instance_id == warned[0]
+        # Idle from the start: retired and replaced at once.
+        replaced = seen.first(sky.InstanceReplaced, 1)
+        assert replaced.old_instance_id == warned[0]
+        assert warned[0] not in {r["instance"] for r in _where() @ pool}
+        seen.close()
+    assert len(seen.of(sky.InstanceInterrupting, 1)) == 1
     assert not aws.live()
 
 

@@ -9,8 +9,10 @@ asyncssh, as root (the tests run as root in CI).
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -503,3 +505,74 @@ def test_a_machine_that_cannot_start_is_an_error(tmp_path: Path) -> None:
         f"instance {launched['InstanceId']}: its machine at {address}:22 did not start: "
         f"port 22 on {address} cannot be bound ("
     )
+
+
+# -- each machine's instance metadata service ----------------------------------------------------
+
+# Run on a machine: read IMDS (at AWS_EC2_METADATA_SERVICE_ENDPOINT) as its argument says,
+# print the endpoint, then one line per read: "status body".
+_IMDS_READ = """
+import os, sys, urllib.error, urllib.request
+base = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def read(method, path, headers):
+    request = urllib.request.Request(base + path, method=method, headers=headers)
+    try:
+        with opener.open(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+print(base)
+action = "/latest/meta-data/spot/instance-action"
+print(*read("GET", action, {}))
+status, token = read("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+print(status, "token" if token else "")
+print(*read("PUT", "/latest/api/token", {}))
+for path in ("/latest/meta-data/instance-id", action):
+    print(*read("GET", path, {"X-aws-ec2-metadata-token": token}))
+"""
+
+
+def _imds(machine: Machine, keys: tuple[asyncssh.SSHKey, asyncssh.SSHKey]) -> list[str]:
+    done = _ssh(machine, keys, f"python3 -c {shlex.quote(_IMDS_READ)}")
+    assert done.exit_status == 0, done.stderr
+    return str(done.stdout).splitlines()
+
+
+def test_each_machine_has_its_own_imds_with_tokens_and_warn_schedules_its_notice(
+    aws: FakeAWS, keys: tuple[asyncssh.SSHKey, asyncssh.SSHKey]
+) -> None:
+    spot = {"InstanceMarketOptions": {"MarketType": "spot"}}
+    first = _launch(aws, _user_data(keys), **spot)["InstanceId"]
+    second = _launch(aws, _user_data(keys), **spot)["InstanceId"]
+    machines = {i: _machine(aws, i) for i in (first, second)}
+    before = {i: _imds(m, keys) for i, m in machines.items()}
+    for instance_id, lines in before.items():
+        endpoint, no_token, token, no_ttl, my_id, action = lines
+        # On the machine's own address, a free port: loopback only.
+        assert endpoint.startswith(f"http://{machines[instance_id].addr}:")
+        assert (no_token, token, no_ttl) == ("401 ", "200 token", "400 ")
+        assert my_id == f"200 {instance_id}"
+        assert action == "404 "  # no interruption scheduled
+    assert before[first][0] != before[second][0]
+
+    now = time.time()
+    aws.warn(first, seconds=90, action="hibernate")
+    status, body = _imds(machines[first], keys)[-1].split(" ", 1)
+    assert status == "200"
+    notice = json.loads(body)
+    assert notice["action"] == "hibernate"
+    at = calendar.timegm(time.strptime(notice["time"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert now + 88 <= at <= time.time() + 91
+    assert _imds(machines[second], keys)[-1] == "404 "  # the other one is not warned
+
+    with pytest.raises(ValueError, match=r"action: expected one of .*got 'reboot'"):
+        aws.warn(second, action="reboot")
+    aws.preempt(first)
+    assert ("GET", "/latest/meta-data/spot/instance-action", 200) in aws.metadata_requests[first]
+    with pytest.raises(ValueError, match=f"instance {first} has no machine"):
+        aws.warn(first)
+    # Its IMDS ended with it.
+    host, port = before[first][0].removeprefix("http://").rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), 5):
+        pass

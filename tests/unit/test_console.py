@@ -6,6 +6,7 @@ import io
 import re
 from collections.abc import Callable
 
+import attrs
 import pytest
 from rich.console import Console
 
@@ -254,3 +255,72 @@ def test_rich_without_metrics_draws_no_usage_columns_and_minimal_a_compact_form(
         "0/2 nodes ready · 0 running · 0 done · 0 failed · $0.00 · cpu 40% · mem 50% · gpu 80%"
         in (minimal)
     )
+
+
+# An AWS pool of two ready nodes, whose node 1 is told it will be reclaimed.
+RECLAIMED: tuple[st.Event, ...] = (
+    st.ClusterRequested(job_id=JOB, time=0.0, provider="aws", nodes=st.Nodes(desired=2)),
+    st.InstanceProvisioned(job_id=JOB, time=1.0, node=0, instance_id="i-0a", hourly_price=0),
+    st.InstanceBootstrapped(job_id=JOB, time=1.0, node=0, instance_id="i-0a", seconds=1.0),
+    st.InstanceProvisioned(job_id=JOB, time=1.0, node=1, instance_id="i-1b", hourly_price=0),
+    st.InstanceBootstrapped(job_id=JOB, time=2.0, node=1, instance_id="i-1b", seconds=1.0),
+    st.InstanceInterrupting(
+        job_id=JOB, time=3.0, node=1, instance_id="i-1b", action="terminate", at=123.0
+    ),
+)
+
+
+def test_the_log_console_prints_when_and_how_a_node_is_reclaimed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = _console.LogConsole(interval=30.0, defaulted_to_local=False)
+    for event in RECLAIMED:
+        log.on_event(event)
+    lines = capsys.readouterr().err.splitlines()
+    stamp = _console._stamp  # local time, as every line's own stamp
+    assert lines[-1] == (
+        f"{stamp(3.0)}  node 1  AWS reclaims spot instance i-1b at {stamp(123.0)} "
+        "(terminate); draining"
+    )
+    tally = log.tally
+    assert (tally.nodes[0].state, tally.nodes[1].state, tally.ready) == ("ready", "draining", 1)
+
+
+def test_a_notice_names_no_cloud_but_aws_and_spares_a_replaced_instance() -> None:
+    tally = Tally()
+    _feed(
+        tally,
+        st.ClusterRequested(job_id=JOB, time=0.0, provider="gcp", nodes=st.Nodes(desired=1)),
+        st.InstanceProvisioned(job_id=JOB, time=1.0, node=0, instance_id="new", hourly_price=0),
+        st.InstanceBootstrapped(job_id=JOB, time=1.0, node=0, instance_id="new", seconds=1.0),
+    )
+    late = st.InstanceInterrupting(
+        job_id=JOB, time=2.0, node=0, instance_id="old", action="stop", at=60.0
+    )
+    tally.update(late)
+    assert tally.nodes[0].state == "ready"  # the notice was an earlier instance's
+    notice = attrs.evolve(late, instance_id="new")
+    assert _feed(tally, notice) == [
+        (
+            "node 0",
+            f"the provider reclaims instance new at {_console._stamp(60.0)} (stop); draining",
+        )
+    ]
+    assert tally.nodes[0].state == "draining"
+
+
+def test_rich_shows_a_draining_node_and_minimal_prints_the_notice() -> None:
+    def reclaimed(tally: Tally) -> None:
+        _feed(tally, *RECLAIMED)
+
+    rich = _drawn("rich", reclaimed)
+    assert re.search(r"│ +1 +i-1b +draining +", rich)
+    assert "1/2 nodes ready" in rich
+    console = Console(record=True, file=io.StringIO(), force_terminal=True, width=140)
+    minimal = _console.LiveConsole("minimal", console, defaulted_to_local=False)
+    for event in RECLAIMED:
+        minimal.on_event(event)
+    minimal.close()
+    text = console.export_text()
+    assert "node 1  AWS reclaims spot instance i-1b at " in text
+    assert "1/2 nodes ready" in text

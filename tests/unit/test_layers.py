@@ -48,6 +48,7 @@ LAYERS = {
     "_shared": 3,
     "_store": 3,
     "_sampler": 3,
+    "_notices": 3,
     "_pluginrun": 3,
     "_storelink": 4,
     "_sshtrim": 4,
