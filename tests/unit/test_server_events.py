@@ -17,6 +17,9 @@ EVENTS = [
         job_id="j", time=5.0, node=1, task="f", task_id=7, ok=False, seconds=0.25, count=1
     ),
     st.WorkSubmitted(job_id="j", time=6.0, task="map", count=None),
+    st.InstanceInterrupting(
+        job_id="j", time=7.0, node=1, instance_id="i-0abc", action="terminate", at=127.0
+    ),
 ]
 
 
