@@ -407,7 +407,13 @@ def test_shutdown_inside_terminates_or_stops_as_the_instance_says(
             _ssh(machine, keys, "sudo shutdown -h now" if behaviour == "stop" else "poweroff")
     for behaviour, instance_id in launched.items():
         _ended(aws, instance_id, machines[behaviour])
-        assert not procs.is_running(daemons[behaviour])
+        # The machine's sshd goes first; its other processes are being ended meanwhile.
+        wait_until(
+            lambda b=behaviour: not procs.is_running(daemons[b]),
+            f"the {behaviour} machine's daemon to end",
+            timeout=30,
+            every=0.05,
+        )
         assert ("POST /_fake/shutdown", {"instance": instance_id}) in aws.requests
     assert _state(aws, launched["terminate"]) == "terminated"
     assert _state(aws, launched["stop"]) == "stopped"
