@@ -113,6 +113,7 @@ if TYPE_CHECKING:
     from skyward_trio import ChildDied, config
 
     from ._client import Client
+    from ._session import Session
     from ._sync import Compute, Pool
 
 __all__ = [
@@ -172,6 +173,7 @@ __all__ = [
     "SSHHost",
     "SerializationError",
     "ServerError",
+    "Session",
     "SkywardError",
     "Spec",
     "TaskCompleted",
@@ -228,6 +230,10 @@ def __getattr__(name: str) -> Any:
         from ._client import Client
 
         return Client
+    if name == "Session":
+        from ._session import Session
+
+        return Session
     if name in ("Compute", "Pool"):
         from . import _sync
 

@@ -470,6 +470,8 @@ class Compute:
         self._token: Any = None
         self._leaving = False
         self.pool: Pool | None = None
+        # Whether `>> sky` reaches this pool inside the block (sky.Session's pools: no).
+        self.activates = True
 
     def __enter__(self) -> Pool:
         if self in _open_pools:
@@ -500,7 +502,8 @@ class Compute:
             job.future.result()  # raises why the pool could not start
             raise RuntimeError("the pool stopped before it was ready")
         self.pool = Pool(ready.result(), portal)
-        self._token = active_pool.set(self.pool)
+        if self.activates:
+            self._token = active_pool.set(self.pool)
         _opened(self)
         hooks = client_hooks(self.pool.spec, self.pool)
         try:

@@ -30,7 +30,8 @@ enforces it):
 5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_checks`` (what
    ``Compute`` refuses before provisioning); ``_pool`` (``Pool``,
    scheduler); ``_supervisor`` (brings nodes up, replaces lost ones, tears down);
-   ``_compute`` (``Compute``: opens and closes a pool); ``_health`` (health checks);
+   ``_compute`` (``Compute``: opens and closes a pool); ``_session`` (``Session``: pools
+   opened and closed at any point); ``_health`` (health checks);
    ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 6. the pool server: ``_server`` (``sky server start``: holds pools by name, relays
    clients' calls), ``_client`` (``Client``: a pool the server holds, from trio; what
@@ -123,6 +124,7 @@ if TYPE_CHECKING:
     from ._market import offers
     from ._pool import CancelledCallError, Future, ItemStream, Pool, ResultStream
     from ._procpool import ChildDied
+    from ._session import Session
 
 __all__ = [
     "AWS",
@@ -186,6 +188,7 @@ __all__ = [
     "SSHHost",
     "SerializationError",
     "ServerError",
+    "Session",
     "SkywardError",
     "Spec",
     "TaskCompleted",
@@ -232,6 +235,7 @@ _LAZY = {
     "Pool": "_pool",
     "ResultStream": "_pool",
     "Compute": "_compute",
+    "Session": "_session",
     "Client": "_client",
     "EventStream": "_eventbus",
     "offers": "_market",

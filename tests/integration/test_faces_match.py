@@ -67,7 +67,7 @@ def test_every_exported_name_resolves(module: object) -> None:
 
 
 def test_shared_names_are_the_same_objects_except_the_faces() -> None:
-    faces = {"Compute", "Pool", "Client", "offers"}
+    faces = {"Compute", "Pool", "Client", "Session", "offers"}
     # skyward.plugins and skyward.storage are modules of their own, for `from skyward.X import`
     modules = {"plugins", "storage"}
     for name in set(skyward.__all__) - faces - modules:

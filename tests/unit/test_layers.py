@@ -72,6 +72,7 @@ LAYERS = {
     "testing": 5,
     "_eventbus": 5,
     "_console": 5,
+    "_session": 5,
     "_server": 6,
     "_client": 6,
 }
