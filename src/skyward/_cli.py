@@ -279,8 +279,11 @@ def _compute(args: argparse.Namespace) -> int:
             raise _client.ServerError(
                 "the Skyward server is not running; start it with `sky server start`"
             )
-        print(f"creating pool {args.name} (its progress: sky log --file {_client.LOG_FILE} -f)")
-        made = _client.request_create(args.name, specs, options, idle_timeout=args.idle_timeout)
+        print(f"creating pool {args.name}", flush=True)
+        console = _log_lines()
+        made = _client.request_create(
+            args.name, specs, options, idle_timeout=args.idle_timeout, on_event=console.on_event
+        )
         nodes = made.get("nodes") or {"ready": 0}
         idle = ""
         if args.idle_timeout is not None:
@@ -325,13 +328,18 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _view(name: str) -> int:
-    """Print a pool's events as the log console does, until it closes or Ctrl-C."""
+def _log_lines() -> Any:
+    """A log console writing to stdout (events as ``HH:MM:SS  <label>  <message>`` lines)."""
     from skyward_trio._console import LogConsole, heartbeat_interval
 
+    return LogConsole(interval=heartbeat_interval(), defaulted_to_local=False, out=sys.stdout)
+
+
+def _view(name: str) -> int:
+    """Print a pool's events as the log console does, until it closes or Ctrl-C."""
     from . import _client
 
-    console = LogConsole(interval=heartbeat_interval(), defaulted_to_local=False, out=sys.stdout)
+    console = _log_lines()
     with _client.Client(name) as pool:
         for event in pool.events():
             console.on_event(event)

@@ -13,11 +13,12 @@ it to a node; the result comes back pickled and is rebuilt here.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,20 @@ def _frame_bytes(parts: list[Any]) -> bytes:
 
 
 def request_create(
-    name: str, specs: tuple[Any, ...], options: Any, *, idle_timeout: float | None = None
+    name: str,
+    specs: tuple[Any, ...],
+    options: Any,
+    *,
+    idle_timeout: float | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> dict[str, Any]:
     """Ask the server to create and hold pool ``name``; its summary once ready.
 
     ``idle_timeout``: seconds without a call after which the server closes it.
+    ``on_event``: called with each of the pool's events while it comes up.
+
+    Raises:
+        ServerError: No server runs, it refused the pool, or the pool did not come up.
     """
     import cloudpickle
 
@@ -181,10 +191,40 @@ def request_create(
         raise not_running()
     blob = cloudpickle.dumps((specs, options))
     content = _frame_bytes(pack({"name": name, "idle_timeout": idle_timeout}, [blob]))
-    answer: dict[str, Any] = _request(
-        state, "POST", "/pools", content=content, read_timeout=None
-    ).json()
-    return answer
+    if on_event is None:
+        answer: dict[str, Any] = _request(
+            state, "POST", "/pools", content=content, read_timeout=None
+        ).json()
+        return answer
+    headers = {"authorization": f"Bearer {state['token']}", "content-type": FRAME}
+    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
+    try:
+        with (
+            httpx.Client(timeout=timeout) as http,
+            http.stream(
+                "POST", f"{state['url']}/pools?follow=1", content=content, headers=headers
+            ) as response,
+        ):
+            if response.status_code != 200:
+                response.read()
+                raise ServerError(f"the Skyward server refused POST /pools: {refused(response)}")
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                kind = json.loads(line).get("type")
+                if kind in ("Created", "Failed"):
+                    made: dict[str, Any] = json.loads(line)
+                    del made["type"]
+                    if kind == "Failed":
+                        raise ServerError(
+                            f"pool {name!r} did not come up: {made.get('kind') or 'Error'}: "
+                            f"{made['error']}"
+                        )
+                    return made
+                on_event(event_from_json(line))
+    except httpx.TransportError as exc:
+        raise server_gone(state["url"], exc) from exc
+    raise server_gone(state["url"], ConnectionError("the answer ended early"))
 
 
 def request(method: str, path: str) -> Any:

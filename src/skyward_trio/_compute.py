@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -103,6 +103,9 @@ class Compute:
         # The plugins' around_client hooks get the pool the user holds: this one, or the
         # sync face's, which enters them itself (and sets this False).
         self.enter_client_hooks = True
+        # Called with each pool as it is made, before anything starts (one per spec tried):
+        # the pool server follows a pool's events while it comes up.
+        self.on_pool: Callable[[Pool], None] | None = None
         self._client_hooks: contextlib.AbstractContextManager[None] | None = None
 
     async def __aenter__(self) -> Pool:
@@ -112,7 +115,12 @@ class Compute:
                 "(create another skyward_trio.Compute(...) for a second pool)"
             )
         self._cm, pool = await _open_first(
-            self.specs, self.options, self.defaulted_to_local, self._probe, self._node_hooks
+            self.specs,
+            self.options,
+            self.defaulted_to_local,
+            self._probe,
+            self._node_hooks,
+            on_pool=self.on_pool,
         )
         if self.enter_client_hooks:
             hooks = client_hooks(pool.spec, pool)
@@ -152,6 +160,8 @@ async def _open_first(
     defaulted: bool,
     probe: _serial.Payload | None,
     node_hooks: Sequence[str | None],
+    *,
+    on_pool: Callable[[Pool], None] | None = None,
 ) -> tuple[contextlib.AbstractAsyncContextManager[Pool], Pool]:
     """Open a pool on the first spec that comes up, in the order ``Options.selection`` says.
 
@@ -181,7 +191,7 @@ async def _open_first(
     attempts: list[ProvisionError] = []
     for number, choice in enumerate(choices, 1):
         plugins = NodePluginPlan(ops=bootstrap_ops(choice.spec), hooks=node_hooks[choice.index])
-        cm = _open_pool(choice, options, defaulted, probe, plugins, notes=notes)
+        cm = _open_pool(choice, options, defaulted, probe, plugins, notes=notes, on_pool=on_pool)
         try:
             return cm, await cm.__aenter__()
         except ProvisionError as exc:
@@ -224,11 +234,14 @@ async def _open_pool(
     plugins: NodePluginPlan,
     *,
     notes: Sequence[str] = (),
+    on_pool: Callable[[Pool], None] | None = None,
 ) -> AsyncIterator[Pool]:
     spec = choice.spec
     job_id = secrets.token_hex(4)
     nodes = spec.nodes
     pool = Pool(spec, options, nodes, job_id=job_id)
+    if on_pool is not None:
+        on_pool(pool)
     client_key = _transport.generate_key()
     secret = secrets.token_urlsafe(32)
     mounts = await _volume_mounts(spec)

@@ -92,6 +92,10 @@ class EventBus:
         if not self._closed:
             self._listeners[listener] = tasks
 
+    def unlisten(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (one that is not listening is ignored)."""
+        self._listeners.pop(listener, None)
+
     def subscribe(self) -> EventStream:
         stream = EventStream(self, self._so_far())
         if self._closed:

@@ -245,14 +245,24 @@ class _Events:
     pool: Pool
 
 
+@attrs.frozen
+class _Creating:
+    """A create request that follows the pool's events while it comes up (``?follow=1``)."""
+
+    held: _Held
+
+
+#: The head of a response of JSON lines, as long as it lasts.
+_STREAMED = [
+    ("content-type", "application/x-ndjson"),
+    ("transfer-encoding", "chunked"),
+    ("connection", "close"),
+    ("server", f"skyward/{__version__}"),
+]
+
+
 async def _stream_events(conn: h11.Connection, stream: trio.SocketStream, pool: Pool) -> None:
-    headers = [
-        ("content-type", "application/x-ndjson"),
-        ("transfer-encoding", "chunked"),
-        ("connection", "close"),
-        ("server", f"skyward/{__version__}"),
-    ]
-    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=_STREAMED)) or b"")
     events = pool.events()
 
     async def relay() -> None:
@@ -297,6 +307,7 @@ class _Held:
     closing: trio.Event = attrs.Factory(trio.Event)
     closed: trio.Event = attrs.Factory(trio.Event)
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    began: bool = False  # its holding task ran (so it unregisters itself when done)
     calls: int = 0  # in flight
     used: float = attrs.Factory(trio.current_time)  # when the last call ended (trio's clock)
 
@@ -381,6 +392,9 @@ class Server:
                 if isinstance(answer, _Events):
                     await _stream_events(conn, stream, answer.pool)
                     return
+                if isinstance(answer, _Creating):
+                    await self._stream_create(conn, stream, answer.held)
+                    return
                 await _respond(conn, stream, *answer)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # the client asked to close
@@ -402,7 +416,7 @@ class Server:
 
     async def _route(
         self, request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return _error(
@@ -418,7 +432,7 @@ class Server:
 
     async def _dispatch(
         self, method: str, parts: list[str], request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating:
         if parts == ["status"] and method == "GET":
             return _json(200, self.status())
         if parts == ["shutdown"] and method == "POST":
@@ -427,7 +441,13 @@ class Server:
         if parts == ["pools"] and method == "GET":
             return _json(200, [h.summary() for h in self.pools.values()])
         if parts == ["pools"] and method == "POST":
-            return await _while_connected(stream, lambda: self._create(request.body))
+            held = self._to_create(request.body)
+            if "follow=1" in request.path.partition("?")[2].split("&"):
+                return _Creating(held)
+            try:
+                return await _while_connected(stream, lambda: self._create(held))
+            finally:
+                self._forget(held)  # if it never began
         if len(parts) == 2 and parts[0] == "pools":
             held = self._held(parts[1])
             if method == "GET":
@@ -476,7 +496,8 @@ class Server:
 
     # -- creating and holding a pool -------------------------------------------------------------
 
-    async def _create(self, body: bytearray) -> tuple[int, str, list[Any]]:
+    def _to_create(self, body: bytearray) -> _Held:
+        """The pool a create request asks for, checked and registered (as starting)."""
         try:
             header, blobs = unpack(body)
             name = header.get("name")
@@ -501,19 +522,92 @@ class Server:
         try:
             compute = Compute(*specs, options=options)
         except (TypeError, ValueError) as exc:
-            return _error(400, str(exc), type(exc).__name__)
+            raise _BadRequest(400, f"{type(exc).__name__}: {exc}") from None
         held = _Held(name, compute, time.time(), idle_timeout)
         self.pools[name] = held
+        return held
+
+    async def _start(self, held: _Held) -> dict[str, Any]:
+        """Bring ``held`` up; its summary once ready, or why not (``error`` and ``type``)."""
         assert self._nursery is not None
         try:
             await self._nursery.start(self._hold, held)
-        except Exception as exc:
-            return _error(422, str(exc), type(exc).__name__)
+        except BaseException as exc:
+            self._forget(held)
+            if not isinstance(exc, Exception):
+                raise
+            return {"error": str(exc), "type": type(exc).__name__}
         if held.pool is None:
-            return _error(409, f"pool {name!r} was closed while it came up")
-        return _json(200, held.summary())
+            return {"error": f"pool {held.name!r} was closed while it came up"}
+        return held.summary()
+
+    def _forget(self, held: _Held) -> None:
+        """Unregister ``held`` if its holding task never ran (cancelled before it began)."""
+        if not held.began and self.pools.get(held.name) is held:
+            del self.pools[held.name]
+            held.closed.set()
+
+    async def _create(self, held: _Held) -> tuple[int, str, list[Any]]:
+        made = await self._start(held)
+        return _json(422 if "error" in made else 200, made)
+
+    async def _stream_create(
+        self, conn: h11.Connection, stream: trio.SocketStream, held: _Held
+    ) -> None:
+        """Bring ``held`` up, streaming its events as JSON lines while it does; the last
+        line is ``{"type": "Created", ...summary}`` or ``{"type": "Failed", "error": ...,
+        "kind": exception type}``."""
+        lines: list[bytes] = []
+        wake = trio.Event()
+        buses: list[Any] = []
+
+        def listener(event: Event) -> None:
+            lines.append(event_json(event))
+            wake.set()
+
+        def on_pool(pool: Pool) -> None:  # each spec tried makes a pool of its own
+            buses.append(pool._events)
+            pool._events.listen(listener, tasks=False)
+
+        held.compute.on_pool = on_pool
+        made: dict[str, Any] = {}
+
+        async def start() -> None:
+            made.update(await self._start(held))
+            wake.set()
+
+        async def relay() -> None:
+            nonlocal wake
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(start)
+                while True:
+                    await wake.wait()
+                    wake = trio.Event()
+                    finished = bool(made)  # before sending: more may come meanwhile
+                    batch, lines[:] = b"".join(lines), []
+                    if batch:
+                        await stream.send_all(conn.send(h11.Data(data=batch)) or b"")
+                    if finished and not lines:
+                        break
+            if "error" in made:
+                final = {"type": "Failed", "error": made["error"], "kind": made.get("type")}
+            else:
+                final = {**made, "type": "Created"}
+            last = json.dumps(final).encode() + b"\n"
+            await stream.send_all(conn.send(h11.Data(data=last)) or b"")
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+        try:
+            head = h11.Response(status_code=200, headers=_STREAMED)
+            await stream.send_all(conn.send(head) or b"")
+            await _while_connected(stream, relay)
+        finally:
+            for bus in buses:
+                bus.unlisten(listener)
+            self._forget(held)
 
     async def _hold(self, held: _Held, *, task_status: trio.TaskStatus[None]) -> None:
+        held.began = True
         started = False
         try:
             with held.scope:

@@ -532,3 +532,58 @@ def test_a_trio_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> No
         "error": "KeyError('missing')",
         "first event": "ClusterRequested",
     }
+
+
+def test_create_streams_the_pools_progress_then_says_it_is_ready(home: Home) -> None:
+    home.ok("server", "start")
+    lines = home.ok("compute", "create", "p").splitlines()
+    assert lines[0] == "creating pool p"
+    assert lines[-1] == "pool p ready: 2 node(s) on Local"
+    stamped = [line.split("  ", 2)[1:] for line in lines[1:-1]]
+    assert ["pool", "requested 2 node(s) from local"] in [[a, b.split(" (")[0]] for a, b in stamped]
+    assert stamped[-1] == ["pool", "ready: 2 node(s)"]
+    assert any(label == "node 1" and said.startswith("ready (") for label, said in stamped)
+
+
+def test_a_pool_that_fails_to_come_up_is_reported_with_its_events(tmp_path: Path) -> None:
+    """The server in this process (so ``sky.testing`` reaches its Local pools), asked over
+    HTTP to create a pool whose only node cannot be provisioned."""
+    import cloudpickle
+    import trio
+
+    import skyward as sky
+    from skyward_trio._server import Server, pack
+    from skyward_trio._transport import asyncio_loop
+
+    async def main() -> tuple[list[dict[str, Any]], list[str]]:
+        server = Server("secret")
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        spec = sky.Spec(provider=sky.Local(), nodes=1)
+        options = sky.Options(console="silent", logging=False)
+        parts = pack({"name": "bad"}, [cloudpickle.dumps(((spec,), options))])
+        headers = {"authorization": "Bearer secret"}
+        async with asyncio_loop(), trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve, listeners)
+            async with httpx.AsyncClient(timeout=60) as http:
+                with sky.testing.fail_provisioning(node=0):
+                    async with http.stream(
+                        "POST",
+                        f"{url}/pools?follow=1",
+                        content=b"".join(bytes(p) for p in parts),
+                        headers=headers,
+                    ) as answer:
+                        lines = [json.loads(line) async for line in answer.aiter_lines() if line]
+                held = (await http.get(f"{url}/pools", headers=headers)).json()
+            server.stopping.set()
+        return lines, held
+
+    lines, held = trio.run(main)
+    *events, last = lines
+    assert last["type"] == "Failed"
+    assert last["kind"] == "ProvisionError"
+    assert "fail_provisioning" in last["error"]
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "ClusterRequested"
+    assert "Error" in kinds
+    assert held == []  # nothing is left registered
