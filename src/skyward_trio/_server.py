@@ -5,10 +5,9 @@ NAME``), so that scripts, notebooks and the ``sky`` command use machines that ar
 up instead of provisioning their own each time. ``sky.Client(NAME)`` sends it calls.
 
 It speaks HTTP/1.1 on 127.0.0.1 only (h11, on trio; a connection is kept for the next
-request). Every
-request carries the token of the state file (``~/.skyward/server.json``, mode 0600, which
-also holds the address and the process id): calls carry pickles that run code on the
-nodes, so nothing unauthenticated is read. The server relays calls: the function and its
+request). Every request carries the token of the state file (``~/.skyward/server.json``,
+mode 0600, which also holds the address and the process id): calls carry pickles that run
+code on the nodes, so nothing unauthenticated is read. The server relays calls: the function and its
 arguments are pickled by the client and the result by the node, and the server unpickles
 neither (so a client's modules need not import here). It does unpickle the specs of
 ``sky compute create``: Skyward's own records, and plugins pickled by value.
