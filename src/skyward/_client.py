@@ -80,9 +80,9 @@ def start_server(*, port: int = 0, timeout: float = 30.0) -> dict[str, Any]:
     path.unlink(missing_ok=True)  # a dead server's
     log = Path(os.path.expanduser(LOG_FILE))
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "skyward_trio._server", "--port", str(port)],
+            [sys.executable, "-m", "skyward_trio._server", "--port", str(port), "--log", str(log)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -736,7 +736,42 @@ async def _while_connected(stream: trio.SocketStream, work: Callable[[], Awaitab
 # -- python -m skyward_trio._server --------------------------------------------------------------
 
 
-async def _serve(port: int, state: Path) -> None:
+#: The server's log (its stdout and stderr) is rotated past this size, keeping this many.
+LOG_MAX_BYTES = 50_000_000
+LOG_KEEP = 5
+_LOG_CHECK = 2.0  # seconds between size checks
+
+
+def rotate_log(path: Path, max_bytes: int, keep: int) -> bool:
+    """If this process's stdout (``path``) has reached ``max_bytes``, move it to ``path.1``
+    (shifting older ones up to ``path.<keep>``) and carry on in a new ``path``."""
+    if os.fstat(1).st_size < max_bytes:
+        return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for k in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{k}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{k + 1}"))
+    if path.exists():
+        path.replace(path.with_name(f"{path.name}.1"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    return True
+
+
+async def _keep_log(path: Path, max_bytes: int, keep: int) -> None:
+    while True:
+        await trio.sleep(_LOG_CHECK)
+        if rotate_log(path, max_bytes, keep):
+            print(f"skyward server: {path} rotated (at {max_bytes} bytes)", flush=True)
+
+
+async def _serve(port: int, state: Path, log: tuple[Path, int, int] | None = None) -> None:
     token = secrets.token_urlsafe(32)
     server = Server(token)
     async with _transport.asyncio_loop():
@@ -757,6 +792,8 @@ async def _serve(port: int, state: Path) -> None:
                             server.stopping.set()
 
                 nursery.start_soon(on_signals)
+                if log is not None:
+                    nursery.start_soon(_keep_log, *log)
                 await server.serve(listeners)
                 nursery.cancel_scope.cancel()
         finally:
@@ -768,9 +805,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skyward_trio._server")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
     parser.add_argument("--state", default=STATE_FILE, help=f"the state file ({STATE_FILE})")
+    parser.add_argument(
+        "--log", help="the file this process's stdout and stderr go to, to rotate it"
+    )
+    parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
+    parser.add_argument("--log-keep", type=int, default=LOG_KEEP)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started it may close
-    trio.run(_serve, args.port, Path(os.path.expanduser(args.state)))
+    log = None
+    if args.log is not None:
+        log = (Path(os.path.expanduser(args.log)), args.log_max_bytes, max(1, args.log_keep))
+    trio.run(_serve, args.port, Path(os.path.expanduser(args.state)), log)
     return 0
 
 

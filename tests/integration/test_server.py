@@ -587,3 +587,42 @@ def test_a_pool_that_fails_to_come_up_is_reported_with_its_events(tmp_path: Path
     assert kinds[0] == "ClusterRequested"
     assert "Error" in kinds
     assert held == []  # nothing is left registered
+
+
+def test_the_servers_log_is_rotated_past_its_size(home: Home) -> None:
+    log = home.home / "server.log"
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "skyward_trio._server",
+                "--log",
+                str(log),
+                "--log-max-bytes",
+                "200",
+                "--log-keep",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=home.env,
+        )
+    try:
+        wait_until(home.state_file.exists, "the server to start", timeout=30, every=0.05)
+        rotated = [log.with_name("server.log.1"), log.with_name("server.log.2")]
+        home.ok("compute", "create", "p")  # its console lines go to the log: about 1 kB
+        wait_until(rotated[0].exists, "a rotation", timeout=30, every=0.1)
+        home.ok("compute", "delete", "p")  # its lines and the rotation's: over 200 bytes
+        wait_until(rotated[1].exists, "a second rotation", timeout=30, every=0.1)
+        assert not log.with_name("server.log.3").exists()  # --log-keep 2
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        home.ok("server", "stop")
+        assert server.wait(timeout=30) == 0
+        said = "".join(p.read_text() for p in (*reversed(rotated), log) if p.exists())
+        assert "rotated (at 200 bytes)" in said
+        assert said.rstrip().endswith("skyward server: stopped; every pool closed")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
