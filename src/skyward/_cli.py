@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import attrs
 import cattrs
 
 import skyward_trio
@@ -279,6 +280,7 @@ def _compute(args: argparse.Namespace) -> int:
             raise _client.ServerError(
                 "the Skyward server is not running; start it with `sky server start`"
             )
+        specs = tuple(_keyed(spec) for spec in specs)
         print(f"creating pool {args.name}", flush=True)
         console = _log_lines()
         made = _client.request_create(
@@ -326,6 +328,20 @@ def _seconds(text: str) -> float:
             "(90s, 30m, 2h, 1d), above 0"
         )
     return value
+
+
+def _keyed(spec: Any) -> Any:
+    """``spec`` with its provider's API key read here, from this shell's environment, when
+    the file names none: the server (started from another shell, maybe) need not have it.
+    Left unset when this shell has none either (the server's own may)."""
+    provider = spec.provider
+    if getattr(provider, "api_key", "") is not None or not hasattr(provider, "resolved_api_key"):
+        return spec
+    try:
+        key = provider.resolved_api_key()
+    except ValueError:
+        return spec
+    return attrs.evolve(spec, provider=attrs.evolve(provider, api_key=key))
 
 
 def _log_lines() -> Any:

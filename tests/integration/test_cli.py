@@ -222,3 +222,33 @@ def test_log_shows_the_last_lines_and_follows(sky_command: Sky) -> None:
     finally:
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=30) == 130
+
+
+def test_compute_create_takes_the_api_key_from_its_own_shell(sky_command: Sky) -> None:
+    """The server was started without RUNPOD_API_KEY; the shell that creates the pool has
+    it, and the pool comes up on the fake RunPod with it."""
+    with (sky_command.project / "skyward.toml").open("a") as toml:
+        toml.write('\n[pools.one]\nprovider = "rp"\naccelerator = "H100"\nnodes = 1\n')
+    keyless = {k: v for k, v in sky_command.env.items() if k != "RUNPOD_API_KEY"}
+    started = subprocess.run(
+        [sys.executable, "-m", "skyward", "server", "start"],
+        cwd=sky_command.project,
+        env=keyless,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        made = sky_command("compute", "create", "one")
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert made.stdout.endswith("pool one ready: 1 node(s) on RunPod\n")
+        assert sky_command.api.api_key not in made.stdout + made.stderr
+        assert len(sky_command.api.live()) == 1
+        assert sky_command("compute", "delete", "one").returncode == 0
+        assert not sky_command.api.live()
+    finally:
+        sky_command("server", "stop")
+    log = (sky_command.project / "home" / ".skyward" / "logs" / "server.log").read_text()
+    assert sky_command.api.api_key not in log
