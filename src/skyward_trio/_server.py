@@ -43,6 +43,7 @@ import trio
 
 from . import _events, _serial, _transport
 from ._compute import Compute
+from ._errors import PoolClosedError
 from ._events import Event
 from ._model import Options, Spec
 from ._pool import Pool, PreparedCall
@@ -656,6 +657,12 @@ class Server:
                 else:
                     results = await _broadcast(pool, call)
         except Exception as exc:
+            if held.closing.is_set() and not isinstance(exc, PoolClosedError):
+                # Deleted, or the server stopping, under the call: say that, not how it broke.
+                exc = PoolClosedError(
+                    f"pool {held.name!r} was closed (sky compute delete, or the server "
+                    f"stopping) while {name}() ran: {exc}"
+                )
             return _raised(exc)
         out_header: dict[str, Any] = {"results": []}
         out_blobs: list[memoryview] = []

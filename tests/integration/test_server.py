@@ -626,3 +626,39 @@ def test_the_servers_log_is_rotated_past_its_size(home: Home) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_deleting_a_pool_under_a_call_fails_the_call_saying_so(pool: Home) -> None:
+    started = pool.project / "started"
+    script = pool.project / "slow.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import time
+            import skyward as sky
+
+            @sky.function
+            def slow():
+                open({str(started)!r}, "w").close()
+                time.sleep(300)
+
+            with sky.Client("p") as pool:
+                try:
+                    slow() >> pool
+                except sky.PoolClosedError as exc:
+                    print(type(exc).__name__, exc)
+            """
+        )
+    )
+    with subprocess.Popen(
+        [sys.executable, str(script)], env=pool.env, stdout=subprocess.PIPE, text=True
+    ) as caller:
+        try:
+            wait_until(started.exists, "the slow call to start", timeout=60, every=0.1)
+            pool.ok("compute", "delete", "p")
+            out, _ = caller.communicate(timeout=60)
+        finally:
+            if caller.poll() is None:
+                caller.kill()
+    assert caller.returncode == 0
+    assert out.startswith("PoolClosedError "), out
