@@ -23,21 +23,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-
-
-def noop(x: object) -> object:
-    return x
-
-
-def median_rtt(call: Callable[[int], object], n: int = 300, warmup: int = 30) -> float:
-    for i in range(warmup):
-        call(i)
-    samples = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        call(i)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+from overhead import median_rtt, noop  # this folder is on sys.path: the script's own
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -66,16 +52,16 @@ def main() -> None:
         )
         for _ in range(args.reps):
             with sky.Client("bench") as client:
-                rtt = median_rtt(lambda i: remote(i) >> client)
+                rtt = median_rtt(lambda i: remote(i) >> client, warmup=30)
                 array = timed(lambda: remote(big) >> client)
             rows["client"].append((rtt, array))
             options = sky.Options(console="silent")
             with sky.Compute(provider=sky.Local(), nodes=1, options=options) as pool:
-                rtt = median_rtt(lambda i: remote(i) >> pool)
+                rtt = median_rtt(lambda i: remote(i) >> pool, warmup=30)
                 array = timed(lambda: remote(big) >> pool)
             rows["pool"].append((rtt, array))
             with concurrent.futures.ProcessPoolExecutor(2) as ex:
-                rtt = median_rtt(lambda i: ex.submit(noop, i).result())
+                rtt = median_rtt(lambda i: ex.submit(noop, i).result(), warmup=30)
                 array = timed(lambda: ex.submit(noop, big).result())
             rows["peer"].append((rtt, array))
     finally:

@@ -276,10 +276,7 @@ def _compute(args: argparse.Namespace) -> int:
         specs, options, _ = sky_config.named(
             args.name, None, project=args.project, defaults=args.defaults
         )
-        if _client.server_state() is None:
-            raise _client.ServerError(
-                "the Skyward server is not running; start it with `sky server start`"
-            )
+        _client.running_state()  # before anything is sent
         specs = tuple(_keyed(spec) for spec in specs)
         print(f"creating pool {args.name}", flush=True)
         console = _log_lines()

@@ -33,16 +33,24 @@ from skyward_trio._client import (
     client_functions,
     client_state,
     events_refused,
-    not_running,
+    headers,
     prepare,
-    refused,
+    request_refused,
+    running_state,
     server_gone,
+    server_silent,
     server_state,
 )
 from skyward_trio._client import alive as _alive
 from skyward_trio._function import active_pool
 from skyward_trio._pool import PreparedCall
-from skyward_trio._server import FRAME, LOG_FILE, event_from_json, pack, state_path
+from skyward_trio._server import (
+    LOG_FILE,
+    event_from_fields,
+    event_from_json,
+    frame,
+    state_path,
+)
 
 __all__ = [
     "LOG_FILE",
@@ -50,6 +58,7 @@ __all__ = [
     "ServerError",
     "request",
     "request_create",
+    "running_state",
     "server_state",
     "start_server",
     "stop_server",
@@ -115,9 +124,7 @@ def stop_server(*, timeout: float = 600.0) -> list[str]:
     Raises:
         ServerError: None runs, or it did not exit within ``timeout`` seconds.
     """
-    state = server_state()
-    if state is None:
-        raise not_running()
+    state = running_state()
     answer = _request(state, "POST", "/shutdown")
     pools: list[str] = answer.json()["pools"]
     deadline = time.monotonic() + timeout
@@ -140,32 +147,21 @@ def _request(
     read_timeout: float | None = 60.0,
     client: httpx.Client | None = None,
 ) -> httpx.Response:
-    headers = {"authorization": f"Bearer {state['token']}"}
-    if content is not None:
-        headers["content-type"] = FRAME
+    sent = headers(state, framed=content is not None)
     timeout = httpx.Timeout(CONNECT_TIMEOUT, read=read_timeout)
     try:
         if client is None:
             with httpx.Client(timeout=timeout) as one:
-                response = one.request(
-                    method, state["url"] + path, content=content, headers=headers
-                )
+                response = one.request(method, state["url"] + path, content=content, headers=sent)
         else:
             response = client.request(
-                method, state["url"] + path, content=content, headers=headers, timeout=timeout
+                method, state["url"] + path, content=content, headers=sent, timeout=timeout
             )
     except httpx.TransportError as exc:
-        raise ServerError(
-            f"the Skyward server at {state['url']} did not answer ({exc}); is it running? "
-            "(`sky server status`)"
-        ) from exc
+        raise server_silent(state["url"], exc) from exc
     if response.status_code != 200:
-        raise ServerError(f"the Skyward server refused {method} {path}: {refused(response)}")
+        raise request_refused(method, path, response)
     return response
-
-
-def _frame_bytes(parts: list[Any]) -> bytes:
-    return b"".join(bytes(p) for p in parts)
 
 
 def request_create(
@@ -186,42 +182,42 @@ def request_create(
     """
     import cloudpickle
 
-    state = server_state()
-    if state is None:
-        raise not_running()
+    state = running_state()
     blob = cloudpickle.dumps((specs, options))
-    content = _frame_bytes(pack({"name": name, "idle_timeout": idle_timeout}, [blob]))
+    content = frame({"name": name, "idle_timeout": idle_timeout}, [blob])
     if on_event is None:
         answer: dict[str, Any] = _request(
             state, "POST", "/pools", content=content, read_timeout=None
         ).json()
         return answer
-    headers = {"authorization": f"Bearer {state['token']}", "content-type": FRAME}
     timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
     try:
         with (
             httpx.Client(timeout=timeout) as http,
             http.stream(
-                "POST", f"{state['url']}/pools?follow=1", content=content, headers=headers
+                "POST",
+                f"{state['url']}/pools?follow=1",
+                content=content,
+                headers=headers(state, framed=True),
             ) as response,
         ):
             if response.status_code != 200:
                 response.read()
-                raise ServerError(f"the Skyward server refused POST /pools: {refused(response)}")
+                raise request_refused("POST", "/pools", response)
             for line in response.iter_lines():
                 if not line:
                     continue
-                kind = json.loads(line).get("type")
-                if kind in ("Created", "Failed"):
-                    made: dict[str, Any] = json.loads(line)
-                    del made["type"]
-                    if kind == "Failed":
-                        raise ServerError(
-                            f"pool {name!r} did not come up: {made.get('kind') or 'Error'}: "
-                            f"{made['error']}"
-                        )
-                    return made
-                on_event(event_from_json(line))
+                data: dict[str, Any] = json.loads(line)
+                kind = data.get("type")
+                if kind == "Failed":
+                    raise ServerError(
+                        f"pool {name!r} did not come up: {data.get('kind') or 'Error'}: "
+                        f"{data['error']}"
+                    )
+                if kind == "Created":
+                    del data["type"]
+                    return data
+                on_event(event_from_fields(data))
     except httpx.TransportError as exc:
         raise server_gone(state["url"], exc) from exc
     raise server_gone(state["url"], ConnectionError("the answer ended early"))
@@ -229,9 +225,7 @@ def request_create(
 
 def request(method: str, path: str) -> Any:
     """A control request to the running server (``sky compute list``, ...): its JSON."""
-    state = server_state()
-    if state is None:
-        raise not_running()
+    state = running_state()
     return _request(state, method, path, read_timeout=None).json()
 
 
@@ -276,11 +270,11 @@ class Client:
         """The pool's events, as ``pool.events()`` gives them: its life so far, then each
         as it happens, until the pool closes. Closing the iterator (or leaving a ``for``
         early) ends the subscription."""
-        headers = {"authorization": f"Bearer {self._state['token']}"}
         url = f"{self._state['url']}/pools/{self.name}/events"
+        timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
         try:
             with self._http.stream(
-                "GET", url, headers=headers, timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None)
+                "GET", url, headers=headers(self._state), timeout=timeout
             ) as response:
                 if response.status_code != 200:
                     response.read()

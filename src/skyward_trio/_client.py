@@ -28,8 +28,8 @@ from ._server import (
     FRAME,
     STATE_FILE,
     event_from_json,
+    frame,
     join_payload,
-    pack,
     split_payload,
     state_path,
     unpack,
@@ -45,10 +45,13 @@ __all__ = [
     "client_functions",
     "client_state",
     "events_refused",
-    "not_running",
+    "headers",
     "prepare",
     "refused",
+    "request_refused",
+    "running_state",
     "server_gone",
+    "server_silent",
     "server_state",
 ]
 
@@ -83,20 +86,26 @@ def alive(pid: object) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def not_running() -> ServerError:
-    return ServerError(
-        f"the Skyward server is not running (no live server in {STATE_FILE}); "
-        "start it with `sky server start`"
-    )
+def running_state() -> dict[str, Any]:
+    """``server_state()`` of the server that must be running.
+
+    Raises:
+        ServerError: None runs, saying how to start one.
+    """
+    state = server_state()
+    if state is None:
+        raise ServerError(
+            f"the Skyward server is not running (no live server in {STATE_FILE}); "
+            "start it with `sky server start`"
+        )
+    return state
 
 
 def client_state(name: object, url: str | None, face: str) -> dict[str, Any]:
     """The server a client of pool ``name`` reaches (checked before any I/O)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"{face}(name=...) names a pool the server holds; got {name!r}")
-    state = server_state()
-    if state is None:
-        raise not_running()
+    state = running_state()
     if url is not None and url.rstrip("/") != state["url"]:
         raise ServerError(
             f"{face}(url={url!r}): the server this user runs listens on {state['url']} "
@@ -144,7 +153,7 @@ def call_request(functions: _Functions, call: PreparedCall, target: int | str | 
         "fn": fn_meta,
         "args": args_meta,
     }
-    return b"".join(bytes(p) for p in pack(header, [*fn_blobs, *args_blobs]))
+    return frame(header, [*fn_blobs, *args_blobs])
 
 
 def call_results(content: bytes, name: str) -> list[Any]:
@@ -167,6 +176,24 @@ def call_results(content: bytes, name: str) -> list[Any]:
             type_name, text, tb = result["error"]
             raise _rebuild_error((payload, type_name, text, tb), result["node"], name)
     return values
+
+
+def headers(state: dict[str, Any], *, framed: bool = False) -> dict[str, str]:
+    """A request's headers: the server's token, and the frame's type when it carries one."""
+    out = {"authorization": f"Bearer {state['token']}"}
+    if framed:
+        out["content-type"] = FRAME
+    return out
+
+
+def server_silent(url: str, exc: Exception) -> ServerError:
+    return ServerError(
+        f"the Skyward server at {url} did not answer ({exc}); is it running? (`sky server status`)"
+    )
+
+
+def request_refused(method: str, path: str, response: Any) -> ServerError:
+    return ServerError(f"the Skyward server refused {method} {path}: {refused(response)}")
 
 
 def events_refused(name: str, response: Any) -> ServerError:
@@ -256,24 +283,18 @@ class Client:
     async def _request(self, method: str, path: str, content: bytes | None = None) -> Any:
         import httpx
 
-        headers = {"authorization": f"Bearer {self._state['token']}"}
-        if content is not None:
-            headers["content-type"] = FRAME
         try:
             response = await self._open().request(
                 method,
                 self._state["url"] + path,
                 content=content,
-                headers=headers,
+                headers=headers(self._state, framed=content is not None),
                 timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
             )
         except httpx.TransportError as exc:
-            raise ServerError(
-                f"the Skyward server at {self._state['url']} did not answer ({exc}); is it "
-                "running? (`sky server status`)"
-            ) from exc
+            raise server_silent(self._state["url"], exc) from exc
         if response.status_code != 200:
-            raise ServerError(f"the Skyward server refused {method} {path}: {refused(response)}")
+            raise request_refused(method, path, response)
         return response
 
     async def info(self) -> dict[str, Any]:
@@ -285,11 +306,11 @@ class Client:
         """The pool's events: its life so far, then each as it happens, until it closes."""
         import httpx
 
-        headers = {"authorization": f"Bearer {self._state['token']}"}
         url = f"{self._state['url']}/pools/{self.name}/events"
+        timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
         try:
             async with self._open().stream(
-                "GET", url, headers=headers, timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None)
+                "GET", url, headers=headers(self._state), timeout=timeout
             ) as response:
                 if response.status_code != 200:
                     await response.aread()

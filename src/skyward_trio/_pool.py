@@ -364,7 +364,7 @@ class _Node:
         self.capacity = capacity
         self.inflight = 0
         self.last_used = trio.current_time()  # when its last call ended (autoscaling)
-        self.drained: trio.Event | None = None  # set once idle, while being scaled down
+        self.drained: trio.Event | None = None  # set once idle, while someone waits (until_idle)
         # Set when its provider said it reclaims the machine soon (InstanceInterrupting):
         # the node is drained, so no call is started on it any more.
         self.reclaimed = trio.Event()
@@ -372,6 +372,14 @@ class _Node:
         self.verified: set[str] = set()
         self.checking: dict[str, trio.Event] = {}
         self.refused: dict[str, VersionMismatchError] = {}
+
+    async def until_idle(self) -> None:
+        """Return once no call is in flight here (a scale-down, a reclaimed machine).
+        Waiters share one event, which ``Pool._release`` sets as the last call ends."""
+        while self.inflight:
+            if self.drained is None or self.drained.is_set():
+                self.drained = trio.Event()
+            await self.drained.wait()
 
 
 class _UnpicklableBatch(Exception):
@@ -1138,14 +1146,24 @@ class Pool:
         return future
 
     async def broadcast_prepared(self, call: PreparedCall) -> list[Any]:
+        indices = await self._broadcast_to()
+        return await _run_all(
+            [functools.partial(self.run_prepared, call, target=i) for i in indices]
+        )
+
+    async def broadcast_raw(self, call: PreparedCall) -> list[tuple[tuple[Any, ...], int]]:
+        """``broadcast_prepared``, each node's RESULT message undecoded (``run_raw``)."""
+        indices = await self._broadcast_to()
+        return await _run_all([functools.partial(self.run_raw, call, target=i) for i in indices])
+
+    async def _broadcast_to(self) -> list[int]:
+        """The nodes a broadcast goes to: those ready now (waiting for one if none is)."""
         indices = sorted(self._ready)
         if not indices:
             await self._acquire_any_ready()
             indices = sorted(self._ready)
         self._submitted("broadcast", len(indices))
-        return await _run_all(
-            [functools.partial(self.run_prepared, call, target=i) for i in indices]
-        )
+        return indices
 
     async def parallel_prepared(self, calls: list[PreparedCall]) -> tuple[Any, ...]:
         self._submitted("gather", len(calls))

@@ -53,8 +53,10 @@ __all__ = [
     "FRAME",
     "LOG_FILE",
     "STATE_FILE",
+    "event_from_fields",
     "event_from_json",
     "event_json",
+    "frame",
     "join_payload",
     "main",
     "pack",
@@ -81,6 +83,11 @@ def pack(header: dict[str, Any], blobs: Sequence[Any] = ()) -> list[Any]:
     views = [memoryview(b).cast("B") for b in blobs]  # released once sent
     head = json.dumps({**header, "blobs": [v.nbytes for v in views]}).encode()
     return [len(head).to_bytes(4, "big"), head, *views]
+
+
+def frame(header: dict[str, Any], blobs: Sequence[Any] = ()) -> bytes:
+    """A frame as one buffer (``pack``'s parts joined: the blobs copied once)."""
+    return b"".join(pack(header, blobs))
 
 
 def unpack(body: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[bytes]]:
@@ -150,10 +157,14 @@ def event_from_json(line: bytes | str) -> Event:
     Raises:
         ValueError: Not an event line (a type Skyward has no event of, or bad fields).
     """
-    data = json.loads(line)
+    return event_from_fields(json.loads(line))
+
+
+def event_from_fields(data: dict[str, Any]) -> Event:
+    """The event of an ``event_json`` line, parsed (``data`` loses its ``type``)."""
     kind = getattr(_events, str(data.pop("type", "")), None)
     if not (isinstance(kind, type) and issubclass(kind, Event)):
-        raise ValueError(f"not an event: {line!r}")
+        raise ValueError(f"not an event: {data!r}")
     try:
         return _events_converter.structure(data, kind)
     except Exception as exc:
@@ -655,7 +666,7 @@ class Server:
                 if how == "run":
                     results = [await pool.run_raw(call, target=pool._check_target(target))]
                 else:
-                    results = await _broadcast(pool, call)
+                    results = await pool.broadcast_raw(call)
         except Exception as exc:
             if held.closing.is_set() and not isinstance(exc, PoolClosedError):
                 # Deleted, or the server stopping, under the call: say that, not how it broke.
@@ -696,23 +707,6 @@ async def _close_when_idle(held: _Held, after: float) -> None:
             )
             held.closing.set()
             return
-
-
-async def _broadcast(pool: Pool, call: PreparedCall) -> list[tuple[tuple[Any, ...], int]]:
-    """``pool.broadcast_prepared``, each node's message undecoded."""
-    indices = sorted(pool._ready)
-    if not indices:
-        await pool._acquire_any_ready()
-        indices = sorted(pool._ready)
-    results: list[tuple[tuple[Any, ...], int] | None] = [None] * len(indices)
-
-    async def one(at: int, node: int) -> None:
-        results[at] = await pool.run_raw(call, target=node)
-
-    async with trio.open_nursery() as nursery:
-        for at, node in enumerate(indices):
-            nursery.start_soon(one, at, node)
-    return [r for r in results if r is not None]
 
 
 async def _while_connected(stream: trio.SocketStream, work: Callable[[], Awaitable[T]]) -> T:

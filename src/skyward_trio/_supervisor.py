@@ -521,10 +521,7 @@ class Supervisor:
         await node.reclaimed.wait()
         if node.index == 0 and self.store is None:
             return
-        while node.inflight:
-            if node.drained is None or node.drained.is_set():
-                node.drained = trio.Event()
-            await node.drained.wait()
+        await node.until_idle()
         if self.pool._closing or node.conn.closed.is_set():
             return
         notice = node.conn.notice
@@ -657,9 +654,7 @@ class Supervisor:
 
     async def _drain(self, node: _Node) -> None:
         """Let a node that left finish its calls, then stop its worker."""
-        if node.inflight:
-            node.drained = trio.Event()
-            await node.drained.wait()
+        await node.until_idle()
         with contextlib.suppress(ConnectionLostError):
             node.conn.shutdown()
 

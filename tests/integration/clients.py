@@ -1,6 +1,7 @@
 """What the providers' tests do alike: a client process that dies outright (for what the
 lease cleans up), a pool cancelled while its machines start, a call sent across a
-preemption, and an asyncio coroutine (an asyncssh session) run from a test."""
+preemption, and an asyncio coroutine (an asyncssh session) run from a test; and the
+``sky`` command run as users run it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -19,6 +21,21 @@ from waiting import wait_until
 
 import skyward as sky
 import skyward_trio
+
+
+def run_sky(
+    project: Path, env: Mapping[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``sky ARGS`` (``python -m skyward``, the ``sky`` script's code) in ``project``."""
+    return subprocess.run(
+        [sys.executable, "-m", "skyward", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ and runs workers. Nothing here reaches AWS; no address but loopback is contacted
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import os
 import sys
@@ -376,15 +377,23 @@ def _runs_of(runs: Path) -> list[str]:
     return runs.read_text().splitlines() if runs.exists() else []
 
 
+def _long_call(
+    pool: sky.Pool, gate: Path, runs: Path, target: int | None
+) -> tuple[dict[int, str], concurrent.futures.Future[Any]]:
+    """Each node's instance, and a ``_held`` call started on ``target`` (once it runs)."""
+    placed = {r["node"]: r["instance"] for r in _where() @ pool}
+    long = pool.run_async(_held(str(gate), str(runs)), target=target)
+    wait_until(lambda: _runs_of(runs), "the long call to start", timeout=60, every=0.05)
+    return placed, long
+
+
 def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
     aws: FakeAWS, tmp_path: Path
 ) -> None:
     gate, runs = tmp_path / "gate", tmp_path / "runs"
     with _spot_pair(aws) as pool:
         seen = _Seen(pool)
-        placed = {r["node"]: r["instance"] for r in _where() @ pool}
-        long = pool.run_async(_held(str(gate), str(runs)), target=1)
-        wait_until(lambda: _runs_of(runs), "the long call to start", timeout=60, every=0.05)
+        placed, long = _long_call(pool, gate, runs, target=1)
         aws.warn(placed[1])
         notice = seen.first(sky.InstanceInterrupting, 1)
         assert (notice.instance_id, notice.action) == (placed[1], "terminate")
@@ -421,9 +430,7 @@ def test_a_call_the_reclaimed_machine_takes_with_it_is_sent_again_once(
     gate, runs = tmp_path / "gate", tmp_path / "runs"
     with _spot_pair(aws) as pool:
         seen = _Seen(pool)
-        placed = {r["node"]: r["instance"] for r in _where() @ pool}
-        long = pool.run_async(_held(str(gate), str(runs)), target=None)
-        wait_until(lambda: _runs_of(runs), "the long call to start", timeout=60, every=0.05)
+        placed, long = _long_call(pool, gate, runs, target=None)
         (first,) = _runs_of(runs)
         node = next(k for k, instance in placed.items() if instance == first)
         aws.warn(first)

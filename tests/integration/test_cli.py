@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clients import run_sky
 from fake_runpod import FakeRunPod
 from waiting import wait_until
 
@@ -38,15 +39,7 @@ class Sky:
         self.env = {**os.environ, "HOME": str(project / "home"), "RUNPOD_API_KEY": api.api_key}
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "skyward", *args],
-            cwd=self.project,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_sky(self.project, self.env, *args)
 
 
 @pytest.fixture
@@ -230,15 +223,7 @@ def test_compute_create_takes_the_api_key_from_its_own_shell(sky_command: Sky) -
     with (sky_command.project / "skyward.toml").open("a") as toml:
         toml.write('\n[pools.one]\nprovider = "rp"\naccelerator = "H100"\nnodes = 1\n')
     keyless = {k: v for k, v in sky_command.env.items() if k != "RUNPOD_API_KEY"}
-    started = subprocess.run(
-        [sys.executable, "-m", "skyward", "server", "start"],
-        cwd=sky_command.project,
-        env=keyless,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    started = run_sky(sky_command.project, keyless, "server", "start", timeout=60)
     assert started.returncode == 0, started.stderr
     try:
         made = sky_command("compute", "create", "one")

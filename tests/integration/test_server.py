@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from clients import run_sky
 from procs import is_running
 from waiting import wait_until
 
@@ -48,16 +49,8 @@ class Home:
         (root / "skyward.toml").write_text(TOML)
         self.env = {**os.environ, "HOME": str(self.home)}
 
-    def sky(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "skyward", *args],
-            cwd=self.project,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+    def sky(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_sky(self.project, self.env, *args)
 
     def ok(self, *args: str) -> str:
         done = self.sky(*args)
@@ -190,22 +183,25 @@ def test_a_pool_not_in_the_file_is_refused_before_the_server_is_asked(home: Home
     assert json.loads(home.ok("compute", "list", "--json")) == []
 
 
-_CLIENT_SCRIPT = """
-import json
-import skyward as sky
-
-@sky.function
+# The functions both faces' client scripts call, on the face named {m}.
+_FUNCTIONS = """
+@{m}.function
 def square(x):
     return x * x
 
-@sky.function
+@{m}.function
 def where():
-    return sky.instance_info().node
+    return {m}.instance_info().node
 
-@sky.function
+@{m}.function
 def fail():
     raise KeyError("missing")
+"""
 
+_CLIENT_SCRIPT = (
+    "import json\nimport skyward as sky\n"
+    + _FUNCTIONS.format(m="sky")
+    + """
 with sky.Client("p") as pool:
     out = {
         "run": square(7) >> pool,
@@ -227,6 +223,7 @@ with sky.Client("p") as pool:
         out["bad target"] = str(exc)
 print(json.dumps(out))
 """
+)
 
 
 def test_a_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
@@ -290,27 +287,25 @@ def test_requests_without_the_token_are_refused(pool: Home) -> None:
     assert json.loads(pool.ok("compute", "get", "p"))["state"] == "ready"
 
 
+def _slow_caller(started: Path, call: str) -> str:
+    """A script whose ``slow()`` makes ``started`` and sleeps 300 s; it runs ``call``."""
+    return f"""
+import time
+import skyward as sky
+
+@sky.function
+def slow():
+    open({str(started)!r}, "w").close()
+    time.sleep(300)
+
+with sky.Client("p") as pool:
+{textwrap.indent(textwrap.dedent(call), "    ")}"""
+
+
 def test_a_client_that_hangs_up_cancels_its_call(pool: Home) -> None:
     started = pool.project / "started"
     hanging = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                f"""
-                import time
-                import skyward as sky
-
-                @sky.function
-                def slow():
-                    open({str(started)!r}, "w").close()
-                    time.sleep(300)
-
-                with sky.Client("p") as pool:
-                    slow() >> pool
-                """
-            ),
-        ],
+        [sys.executable, "-c", _slow_caller(started, "slow() >> pool")],
         env=pool.env,
         cwd=pool.project,
     )
@@ -467,23 +462,10 @@ def test_a_killed_server_leaves_no_node_running(home: Home, processes: Processes
     assert home.state()["pid"] != server
 
 
-_TRIO_CLIENT_SCRIPT = """
-import json
-import trio
-import skyward_trio as st
-
-@st.function
-def square(x):
-    return x * x
-
-@st.function
-def where():
-    return st.instance_info().node
-
-@st.function
-def fail():
-    raise KeyError("missing")
-
+_TRIO_CLIENT_SCRIPT = (
+    "import json\nimport trio\nimport skyward_trio as st\n"
+    + _FUNCTIONS.format(m="st")
+    + """
 async def main():
     async with st.Client("p") as pool:
         out = {"run": await (square(7) >> pool), "head": await (where() >> st)}
@@ -511,6 +493,7 @@ async def main():
 
 trio.run(main)
 """
+)
 
 
 def test_a_trio_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
@@ -552,7 +535,7 @@ def test_a_pool_that_fails_to_come_up_is_reported_with_its_events(tmp_path: Path
     import trio
 
     import skyward as sky
-    from skyward_trio._server import Server, pack
+    from skyward_trio._server import Server, frame
     from skyward_trio._transport import asyncio_loop
 
     async def main() -> tuple[list[dict[str, Any]], list[str]]:
@@ -561,7 +544,7 @@ def test_a_pool_that_fails_to_come_up_is_reported_with_its_events(tmp_path: Path
         url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
         spec = sky.Spec(provider=sky.Local(), nodes=1)
         options = sky.Options(console="silent", logging=False)
-        parts = pack({"name": "bad"}, [cloudpickle.dumps(((spec,), options))])
+        body = frame({"name": "bad"}, [cloudpickle.dumps(((spec,), options))])
         headers = {"authorization": "Bearer secret"}
         async with asyncio_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(server.serve, listeners)
@@ -570,7 +553,7 @@ def test_a_pool_that_fails_to_come_up_is_reported_with_its_events(tmp_path: Path
                     async with http.stream(
                         "POST",
                         f"{url}/pools?follow=1",
-                        content=b"".join(bytes(p) for p in parts),
+                        content=body,
                         headers=headers,
                     ) as answer:
                         lines = [json.loads(line) async for line in answer.aiter_lines() if line]
@@ -632,22 +615,14 @@ def test_deleting_a_pool_under_a_call_fails_the_call_saying_so(pool: Home) -> No
     started = pool.project / "started"
     script = pool.project / "slow.py"
     script.write_text(
-        textwrap.dedent(
-            f"""
-            import time
-            import skyward as sky
-
-            @sky.function
-            def slow():
-                open({str(started)!r}, "w").close()
-                time.sleep(300)
-
-            with sky.Client("p") as pool:
-                try:
-                    slow() >> pool
-                except sky.PoolClosedError as exc:
-                    print(type(exc).__name__, exc)
+        _slow_caller(
+            started,
             """
+            try:
+                slow() >> pool
+            except sky.PoolClosedError as exc:
+                print(type(exc).__name__, exc)
+            """,
         )
     )
     with subprocess.Popen(

@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 
 from skyward_trio import _serial
-from skyward_trio._server import join_payload, pack, split_payload, unpack
-
-
-def _bytes(parts: list[object]) -> bytes:
-    return b"".join(bytes(p) for p in parts)  # type: ignore[call-overload]
+from skyward_trio._server import frame, join_payload, split_payload, unpack
 
 
 def test_a_frame_carries_its_header_and_blobs() -> None:
-    header, blobs = unpack(_bytes(pack({"name": "p"}, [b"one", b"", bytearray(b"three")])))
+    header, blobs = unpack(frame({"name": "p"}, [b"one", b"", bytearray(b"three")]))
     assert header == {"name": "p", "blobs": [3, 0, 5]}
     assert blobs == [b"one", b"", b"three"]
 
@@ -31,7 +27,7 @@ def test_a_frame_carries_its_header_and_blobs() -> None:
 )
 def test_a_payload_travels_through_a_frame_unchanged(value: object) -> None:
     meta, parts = split_payload(_serial.dumps(value))
-    header, blobs = unpack(_bytes(pack({"payload": meta}, parts)))
+    header, blobs = unpack(frame({"payload": meta}, parts))
     back = _serial.loads(join_payload(header["payload"], blobs))
     if isinstance(value, np.ndarray):
         assert np.array_equal(back, value)
