@@ -505,7 +505,7 @@ class Compute:
         if self.activates:
             self._token = active_pool.set(self.pool)
         _opened(self)
-        hooks = client_hooks(self.pool.spec, self.pool)
+        hooks = client_hooks(self.pool.spec, self.pool, self._core.options.worker)
         try:
             hooks.__enter__()
         except BaseException:

@@ -34,6 +34,8 @@ from typing import Any
 
 import attrs
 
+from ._plugin import LaunchCommand
+
 __all__ = [
     "FAILED_MARK",
     "PHASE_MARK",
@@ -335,6 +337,22 @@ def requirement_name(requirement: str) -> str:
     return name.lower().replace("_", "-")
 
 
+def worker_command(workdir: str) -> LaunchCommand:
+    """The command that starts the worker in ``workdir``, as launchers are given it."""
+    return LaunchCommand(("python", "-m", "skyward_trio.worker", "--dir", workdir))
+
+
+def _launch_line(launch: LaunchCommand, base: LaunchCommand, python: str) -> str:
+    """``launch`` as a shell command line: ``base``'s ``python`` (the first time ``base``
+    appears in it whole) is ``python``, a shell word already quoted."""
+    argv, n = launch.argv, len(base.argv)
+    at = next(i for i in range(len(argv) - n + 1) if argv[i : i + n] == base.argv)
+    words = [python if i == at else shlex.quote(word) for i, word in enumerate(argv)]
+    if launch.env:
+        words = ["env", *(shlex.quote(f"{k}={v}") for k, v in launch.env.items()), *words]
+    return " ".join(words)
+
+
 def worker_bootstrap(
     *,
     workdir: str,
@@ -345,6 +363,7 @@ def worker_bootstrap(
     environment: Environment | None = None,
     plugin_ops: Sequence[str] = (),
     volumes: str = "",
+    launch: LaunchCommand | None = None,
 ) -> str:
     """A bash script that installs the worker's files in ``workdir`` and starts it detached.
 
@@ -354,6 +373,10 @@ def worker_bootstrap(
     ``plugin_ops`` (the plugins' bootstrap commands) run after the environment is built,
     in phase ``plugins``, each in its own ``bash -c`` in ``workdir``, with ``SKYWARD_PYTHON``
     set to the worker's interpreter.
+
+    ``launch`` is the worker's command as the plugins' launchers made it from
+    :func:`worker_command` (None: that command as it is); its ``python`` is the worker's
+    interpreter.
 
     It prints ``READY_MARK`` once the worker listens, or exits non-zero with the worker's
     log on stderr (and ``FAILED_MARK`` with the phase that failed).
@@ -370,6 +393,8 @@ def worker_bootstrap(
         ops = "\n".join(f"SKYWARD_PYTHON={py} bash -c {shlex.quote(op)}" for op in plugin_ops)
         setup = f"{setup}\nphase plugins\n{ops}"
     mounts = f"d={d}\n{volumes}" if volumes else ""
+    base = worker_command(workdir)
+    start = _launch_line(launch or base, base, py)
     return f"""set -eEu
 umask 077
 current=setup
@@ -396,7 +421,7 @@ cat > secret <<'{_EOF}'
 cat > worker.json <<'{_EOF}'
 {payload}
 {_EOF}
-setsid {py} -m skyward_trio.worker --dir {d} </dev/null >worker.log 2>&1 &
+setsid {start} </dev/null >worker.log 2>&1 &
 pid=$!
 i=0
 while [ $i -lt {steps} ]; do

@@ -89,7 +89,7 @@ class Compute:
         if not isinstance(options, Options):
             raise TypeError(f"options must be a sky.Options(...), got {type(options).__qualname__}")
         # The image each spec's plugins make is the one checked, and the one nodes get.
-        resolved = tuple(transformed(spec) for spec in resolved)
+        resolved = tuple(transformed(spec, options.worker) for spec in resolved)
         self.specs = resolved
         self.options = options
         self.defaulted_to_local = defaulted
@@ -123,7 +123,7 @@ class Compute:
             on_pool=self.on_pool,
         )
         if self.enter_client_hooks:
-            hooks = client_hooks(pool.spec, pool)
+            hooks = client_hooks(pool.spec, pool, self.options.worker)
             try:
                 hooks.__enter__()
             except BaseException as exc:
@@ -190,7 +190,9 @@ async def _open_first(
     notes = [f"skipped {reason}" for reason in skipped]
     attempts: list[ProvisionError] = []
     for number, choice in enumerate(choices, 1):
-        plugins = NodePluginPlan(ops=bootstrap_ops(choice.spec), hooks=node_hooks[choice.index])
+        plugins = NodePluginPlan(
+            ops=bootstrap_ops(choice.spec, options.worker), hooks=node_hooks[choice.index]
+        )
         cm = _open_pool(choice, options, defaulted, probe, plugins, notes=notes, on_pool=on_pool)
         try:
             return cm, await cm.__aenter__()

@@ -1,19 +1,21 @@
-"""What a plugin is: a name and six optional hooks, and what its hooks are shown.
+"""What a plugin is: a name and seven optional hooks, and what its hooks are shown.
 
 A plugin composes what a framework needs from a pool: packages in the image, shell steps
-at bootstrap, a wrapper around each task, set-up once per worker or per executor
-subprocess, and something held on the client while the pool is open. Its hooks run in
-three places: on the client (``transform``, ``bootstrap``, ``around_client``), in each
-node's worker (``decorate``, ``around_app``) and in each process-executor subprocess
-(``around_process``). The node's hooks travel pickled (cloudpickle), so they may be
-closures, but whatever they refer to must be importable on the node.
+at bootstrap, the command that starts each node's worker, a wrapper around each task,
+set-up once per worker or per executor subprocess, and something held on the client while
+the pool is open. Its hooks run in three places: on the client (``transform``,
+``bootstrap``, ``launcher``, ``around_client``), in each node's worker (``decorate``,
+``around_app``) and in each process-executor subprocess (``around_process``). The node's
+hooks travel pickled (cloudpickle), so they may be closures, but whatever they refer to
+must be importable on the node.
 
 Layer 1: stdlib and attrs only; imported on nodes (the built-in plugins' hooks are).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -21,18 +23,27 @@ import attrs
 
 if TYPE_CHECKING:
     from ._info import InstanceInfo
-    from ._model import Image, Nodes, ProviderConfig, Spec
+    from ._model import Image, Nodes, ProviderConfig, Spec, Worker
     from .accelerators import Accelerator
 
 __all__ = [
     "HOOKS",
     "Cluster",
+    "LaunchCommand",
+    "LaunchContext",
     "Plugin",
     "bootstrap_ops",
     "client_hooks",
     "collective",
+    "launch_command",
     "transformed",
 ]
+
+
+def _default_worker() -> Worker:
+    from ._model import Worker
+
+    return Worker()
 
 
 @attrs.frozen(kw_only=True)
@@ -42,9 +53,12 @@ class Cluster:
     Attributes:
         spec: The pool's spec. Image transforms see it as it was given; the other hooks
             see it with the image the transforms made.
+        worker: How each node's worker runs tasks (``Options(worker=...)``: its
+            concurrency and executor).
     """
 
     spec: Spec
+    worker: Worker = attrs.field(factory=_default_worker)
 
     @property
     def nodes(self) -> Nodes:
@@ -70,6 +84,7 @@ HOOKS = {
     "around_app": "with_around_app",
     "around_process": "with_around_process",
     "around_client": "with_around_client",
+    "launcher": "with_launcher",
 }
 
 
@@ -104,6 +119,11 @@ class Plugin:
         around_client: ``(pool, Cluster) -> context manager``, on the client: entered
             once the pool is ready, exited before it is torn down. ``pool`` is the pool
             the ``with`` (or ``async with``) block gets.
+        launcher: ``(LaunchCommand, LaunchContext) -> LaunchCommand``, on the client as
+            each node's worker is started: the command that starts it, wrapped (a
+            profiler, ``numactl``, ``nice``) or with variables added. The command it is
+            given must stay in the one it returns, unbroken. The first plugin's wrapper is
+            the outermost.
         collective: The nodes join one group whose size is fixed when they join (a
             ``torch.distributed`` or ``jax.distributed`` world): such a pool cannot grow
             or shrink, so elastic ``nodes=`` and ``pool.resize`` are refused.
@@ -126,6 +146,9 @@ class Plugin:
         default=None, validator=_hook, kw_only=True
     )
     around_client: Callable[[Any, Cluster], AbstractContextManager[Any]] | None = attrs.field(
+        default=None, validator=_hook, kw_only=True
+    )
+    launcher: Callable[[LaunchCommand, LaunchContext], LaunchCommand] | None = attrs.field(
         default=None, validator=_hook, kw_only=True
     )
     collective: bool = attrs.field(default=False, kw_only=True)
@@ -173,6 +196,86 @@ class Plugin:
         """Set ``around_client``: ``(pool, Cluster) -> context manager``, on the client."""
         return attrs.evolve(self, around_client=fn)
 
+    def with_launcher(self, fn: Callable[[LaunchCommand, LaunchContext], LaunchCommand]) -> Plugin:
+        """Set ``launcher``: ``(LaunchCommand, LaunchContext) -> LaunchCommand``."""
+        return attrs.evolve(self, launcher=fn)
+
+
+# --- the worker's launch command ------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _argv(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"LaunchCommand(argv={value!r}): argv must be a list or tuple of strings, the "
+            'command word by word, e.g. ("nice", "-n", "10", *command.argv)'
+        )
+    argv = tuple(value)
+    bad = [word for word in argv if not isinstance(word, str) or not word or "\0" in word]
+    if not argv or bad:
+        raise ValueError(
+            f"LaunchCommand(argv={value!r}): argv must be a non-empty list of non-empty "
+            f"strings{f'; not {bad[0]!r}' if bad else ''}"
+        )
+    return argv
+
+
+def _env(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"LaunchCommand(env={value!r}): env must be a mapping of variable names to "
+            'strings, e.g. {"NCCL_DEBUG": "INFO"}'
+        )
+    env = dict(value)
+    for key, item in env.items():
+        if not isinstance(key, str) or not _NAME.fullmatch(key):
+            raise ValueError(
+                f"LaunchCommand(env=...): {key!r} is not a variable name (letters, digits "
+                "and _, not starting with a digit)"
+            )
+        if not isinstance(item, str) or "\0" in item:
+            raise TypeError(
+                f"LaunchCommand(env=...): {key}={item!r}: values must be strings; pass "
+                f"{key}={str(item)!r}"
+            )
+    return env
+
+
+@attrs.frozen
+class LaunchCommand:
+    """The command that starts a node's worker, and variables it is started with.
+
+    A launcher returns a new one, e.g. ``attrs.evolve(command, argv=("nice", "-n", "10",
+    *command.argv))``. ``argv[0]`` of the command Skyward gives is ``python``: the
+    bootstrap puts the worker's own interpreter (the image's environment) in its place.
+
+    Attributes:
+        argv: The command, word by word (no shell: each word is passed as it is).
+        env: Variables the worker's process gets, on top of the node's environment and
+            the image's ``env``.
+    """
+
+    argv: tuple[str, ...] = attrs.field(converter=_argv)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_env)
+
+
+@attrs.frozen(kw_only=True)
+class LaunchContext:
+    """Where a launcher's command will run.
+
+    Attributes:
+        info: The node's place in the pool, as ``sky.instance_info()`` will say on it
+            (its index, the head's address, the peers).
+        cluster: The pool (its spec, with the image the transforms made, and its worker).
+        workdir: The worker's directory on the node (the command runs in it).
+    """
+
+    info: InstanceInfo
+    cluster: Cluster
+    workdir: str
+
 
 # --- on the client --------------------------------------------------------------------------
 
@@ -182,7 +285,7 @@ def collective(spec: Spec) -> Plugin | None:
     return next((plugin for plugin in spec.plugins if plugin.collective), None)
 
 
-def transformed(spec: Spec) -> Spec:
+def transformed(spec: Spec, worker: Worker | None = None) -> Spec:
     """``spec`` with the image its plugins' ``transform`` hooks make, in their order.
 
     Raises:
@@ -191,7 +294,7 @@ def transformed(spec: Spec) -> Spec:
     from ._model import Image
 
     image = spec.image
-    cluster = Cluster(spec=spec)
+    cluster = _cluster(spec, worker)
     for plugin in spec.plugins:
         if plugin.transform is None:
             continue
@@ -207,13 +310,17 @@ def transformed(spec: Spec) -> Spec:
     return attrs.evolve(spec, image=image)
 
 
-def bootstrap_ops(spec: Spec) -> tuple[str, ...]:
+def _cluster(spec: Spec, worker: Worker | None) -> Cluster:
+    return Cluster(spec=spec) if worker is None else Cluster(spec=spec, worker=worker)
+
+
+def bootstrap_ops(spec: Spec, worker: Worker | None = None) -> tuple[str, ...]:
     """The shell commands the ``bootstrap`` hooks of ``spec``'s plugins give, in order.
 
     Raises:
         TypeError: A hook that gave something other than a list of strings.
     """
-    cluster = Cluster(spec=spec)
+    cluster = _cluster(spec, worker)
     ops: list[str] = []
     for plugin in spec.plugins:
         if plugin.bootstrap is None:
@@ -228,13 +335,52 @@ def bootstrap_ops(spec: Spec) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def client_hooks(spec: Spec, pool: Any) -> AbstractContextManager[None]:
+def launch_command(spec: Spec, base: LaunchCommand, context: LaunchContext) -> LaunchCommand:
+    """``base`` through each plugin's ``launcher``, the last plugin's first (so the first
+    plugin's wrapper is the outermost).
+
+    Raises:
+        TypeError: A launcher that returned something other than a LaunchCommand.
+        ValueError: A launcher whose command no longer holds the one it was given,
+            unbroken (it must wrap the worker's command, not replace it).
+    """
+    command = base
+    for plugin in reversed(spec.plugins):
+        if plugin.launcher is None:
+            continue
+        given = plugin.launcher(command, context)
+        if not isinstance(given, LaunchCommand):
+            raise TypeError(
+                f"plugin {plugin.name!r}: its launcher returned {type(given).__qualname__}, "
+                "not a LaunchCommand; return the command it was given, changed with "
+                "attrs.evolve(command, argv=(...), env={...})"
+            )
+        if not _holds(given.argv, command.argv):
+            raise ValueError(
+                f"plugin {plugin.name!r}: its launcher returned {list(given.argv)}, which "
+                f"does not run the command it was given ({list(command.argv)}); a launcher "
+                "wraps the worker's command: keep it whole, e.g. "
+                'argv=("nice", "-n", "10", *command.argv)'
+            )
+        command = given
+    return command
+
+
+def _holds(argv: tuple[str, ...], inner: tuple[str, ...]) -> bool:
+    """Whether ``inner`` appears in ``argv`` as one unbroken run."""
+    n = len(inner)
+    return any(argv[i : i + n] == inner for i in range(len(argv) - n + 1))
+
+
+def client_hooks(
+    spec: Spec, pool: Any, worker: Worker | None = None
+) -> AbstractContextManager[None]:
     """Every plugin's ``around_client`` for ``pool``, entered in order, exited in reverse."""
     import contextlib
 
     @contextlib.contextmanager
     def entered() -> Iterator[None]:
-        cluster = Cluster(spec=spec)
+        cluster = _cluster(spec, worker)
         with contextlib.ExitStack() as stack:
             for plugin in spec.plugins:
                 if plugin.around_client is not None:

@@ -35,6 +35,7 @@ from ._bootstrap import (
     pack_includes,
     requirement_name,
     worker_bootstrap,
+    worker_command,
 )
 from ._connection import WorkerConnection
 from ._cost import Ledger, dollars
@@ -58,6 +59,8 @@ from ._events import (
 )
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import Nodes, Options
+from ._plugin import Cluster as PluginCluster
+from ._plugin import LaunchCommand, LaunchContext, launch_command
 from ._pool import Pool, _Node
 from ._providers import Cluster, Instance
 from ._sampler import to_config
@@ -384,7 +387,9 @@ class Supervisor:
         phase = "bootstrap"
         self._emit(BootstrapProgress, node=i, instance_id=instance.id, phase=phase)
         try:
-            config = self._worker_config(instance)
+            info = self._instance_info(instance)
+            config = self._worker_config(instance, info)
+            launch = self._launch_command(instance, info)
             environment = await self._environment(instance)
             if environment is not None and environment.includes:
                 config["sys_path"].insert(0, f"{instance.workdir}/includes")
@@ -397,6 +402,7 @@ class Supervisor:
                 environment=environment,
                 plugin_ops=self.plugins.ops,
                 volumes=mount_steps(self.mounts),
+                launch=launch,
             )
 
             def on_line(line: bytes) -> None:
@@ -857,11 +863,24 @@ class Supervisor:
                 "node %d: could not write the store's address: %s", instance.node, err
             )
 
-    def _worker_config(self, instance: Instance) -> dict[str, Any]:
+    def _launch_command(self, instance: Instance, info: InstanceInfo) -> LaunchCommand | None:
+        """The command that starts ``instance``'s worker, through the plugins' launchers;
+        None when no plugin has one."""
+        spec = self.pool.spec
+        if not any(plugin.launcher for plugin in spec.plugins):
+            return None
+        context = LaunchContext(
+            info=info,
+            cluster=PluginCluster(spec=spec, worker=self.pool.worker_config),
+            workdir=instance.workdir,
+        )
+        return launch_command(spec, worker_command(instance.workdir), context)
+
+    def _instance_info(self, instance: Instance) -> InstanceInfo:
         pool = self.pool
         head = self.instances[0]
         accel = pool.spec.accelerator
-        info = InstanceInfo(
+        return InstanceInfo(
             node=instance.node,
             worker=0,
             total_nodes=len(pool._wanted),
@@ -879,6 +898,9 @@ class Supervisor:
                 AcceleratorInfo(type=accel.name, count=accel.count) if accel is not None else None
             ),
         )
+
+    def _worker_config(self, instance: Instance, info: InstanceInfo) -> dict[str, Any]:
+        pool = self.pool
         return {
             "info": to_dict(info),
             # The collections store runs on the head node, on its private address.

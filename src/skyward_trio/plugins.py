@@ -2,7 +2,8 @@
 
 Built in: :func:`torch`, :func:`jax`, :func:`keras`, :func:`joblib` and :func:`sklearn`
 (:data:`BUILT_IN`, by the names ``skyward.toml`` uses). Write your own with :class:`Plugin`
-(``Plugin.create(name)`` and its ``with_*`` builders).
+(``Plugin.create(name)`` and its ``with_*`` builders; ``with_launcher`` takes and returns a
+:class:`LaunchCommand`).
 
 The hooks that run on nodes (the built-ins' ``around_app``, ``around_process`` and
 ``decorate``) are defined here at module level, so they travel by reference and the node
@@ -23,9 +24,20 @@ import attrs
 
 from ._info import InstanceInfo
 from ._model import Image, PipIndex
-from ._plugin import Cluster, Plugin
+from ._plugin import Cluster, LaunchCommand, LaunchContext, Plugin
 
-__all__ = ["BUILT_IN", "Cluster", "Plugin", "jax", "joblib", "keras", "sklearn", "torch"]
+__all__ = [
+    "BUILT_IN",
+    "Cluster",
+    "LaunchCommand",
+    "LaunchContext",
+    "Plugin",
+    "jax",
+    "joblib",
+    "keras",
+    "sklearn",
+    "torch",
+]
 
 
 # --- shared ---------------------------------------------------------------------------------

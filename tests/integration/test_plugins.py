@@ -20,7 +20,7 @@ from needs import unavailable
 
 import skyward as sky
 import skyward_trio
-from skyward.plugins import Cluster, Plugin
+from skyward.plugins import Cluster, LaunchCommand, LaunchContext, Plugin
 
 QUIET = sky.Options(console="silent")
 
@@ -345,3 +345,65 @@ async def test_a_failed_around_client_tears_the_trio_pool_down() -> None:
             pytest.fail("the block must not run")
     with pytest.raises(sky.PoolClosedError):
         await seen[0].run(_double(2))
+
+
+# --- with_launcher --------------------------------------------------------------------------
+
+
+def _nice(command: LaunchCommand, context: LaunchContext) -> LaunchCommand:
+    node = str(context.info.node)
+    return attrs.evolve(
+        command,
+        argv=("nice", "-n", "3", *command.argv),
+        env={**command.env, "LAUNCHED_NODE": node},
+    )
+
+
+def _shell(command: LaunchCommand, context: LaunchContext) -> LaunchCommand:
+    # A wrapper of its own: writes a file in the worker's directory, then runs the worker.
+    script = 'echo "wrapped in $PWD" > launcher-ran; exec "$@"'
+    concurrency = str(context.cluster.worker.concurrency)
+    return attrs.evolve(
+        command,
+        argv=("sh", "-c", script, "sh", *command.argv),
+        env={**command.env, "LAUNCH_CONCURRENCY": concurrency},
+    )
+
+
+@sky.function
+def _how_the_worker_was_launched() -> dict[str, Any]:
+    return {
+        "nice": os.nice(0),
+        "node": os.environ.get("LAUNCHED_NODE"),
+        "concurrency": os.environ.get("LAUNCH_CONCURRENCY"),
+        "wrapped": Path("launcher-ran").read_text().strip(),
+        "cwd": os.getcwd(),
+    }
+
+
+def test_launchers_wrap_the_command_that_starts_each_worker() -> None:
+    plugins = [
+        Plugin.create("nice").with_launcher(_nice),
+        Plugin.create("shell").with_launcher(_shell),
+    ]
+    options = sky.Options(console="silent", worker=sky.Worker(concurrency=3))
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=plugins, options=options) as pool:
+        results = _how_the_worker_was_launched() @ pool
+    for node, seen in enumerate(results):
+        assert seen["nice"] == os.nice(0) + 3
+        assert seen["node"] == str(node)
+        assert seen["concurrency"] == "3"  # the pool's Worker, as the launcher saw it
+        assert seen["wrapped"] == f"wrapped in {seen['cwd']}"
+
+
+def test_a_launcher_that_replaces_the_worker_fails_the_node_naming_it() -> None:
+    def replaces(command: LaunchCommand, context: LaunchContext) -> LaunchCommand:
+        return LaunchCommand(("sleep", "60"))
+
+    plugin = Plugin.create("rogue").with_launcher(replaces)
+    compute = sky.Compute(provider=sky.Local(), plugins=[plugin], options=QUIET)
+    with pytest.raises(sky.ProvisionError) as caught, compute:
+        pytest.fail("the block must not run")
+    message = str(caught.value)
+    assert "plugin 'rogue': its launcher returned ['sleep', '60']" in message
+    assert "keep it whole" in message
