@@ -371,8 +371,8 @@ def worker_bootstrap(
     (it unmounts its volumes as it exits), just before the new one starts.
 
     ``plugin_ops`` (the plugins' bootstrap commands) run after the environment is built,
-    in phase ``plugins``, each in its own ``bash -c`` in ``workdir``, with ``SKYWARD_PYTHON``
-    set to the worker's interpreter.
+    in phase ``plugins``, each in its own ``bash -c`` in ``workdir``, with the image's
+    ``env`` (``config["env"]``) and ``SKYWARD_PYTHON`` set to the worker's interpreter.
 
     ``launch`` is the worker's command as the plugins' launchers made it from
     :func:`worker_command` (None: that command as it is); its ``python`` is the worker's
@@ -390,7 +390,10 @@ def worker_bootstrap(
     if environment is not None:
         setup, py = _environment_steps(environment, python)
     if plugin_ops:
-        ops = "\n".join(f"SKYWARD_PYTHON={py} bash -c {shlex.quote(op)}" for op in plugin_ops)
+        image_env = "".join(f"{shlex.quote(f'{k}={v}')} " for k, v in config.get("env", {}).items())
+        ops = "\n".join(
+            f"env {image_env}SKYWARD_PYTHON={py} bash -c {shlex.quote(op)}" for op in plugin_ops
+        )
         setup = f"{setup}\nphase plugins\n{ops}"
     mounts = f"d={d}\n{volumes}" if volumes else ""
     base = worker_command(workdir)

@@ -8,7 +8,7 @@ task writes there (``print``, C code, subprocesses) reaches the task's output li
 Protocol, one frame each way per task, plus one exchange per streamed item::
 
     worker -> child   (INIT, {"sys_path": [...], "info": {...}, "one_shot": bool,
-                             "plugins": str | None})                          once, first
+                             "plugins": str | None, "slot": int, "slots": int})   once, first
     worker -> child   (TASK, kind, fn_key, fn_payload | None, args_payload, stream, inputs)
     child  -> worker  (ITEM, payload)      if stream: one per item a generator yields,
     worker -> child   (ACK, more)          answered before the generator goes on
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.path.insert(0, entry)
     info = from_dict(config["info"])
     _runtime.set_instance_info(info)
+    _runtime.set_process_slot(config.get("slot"), config.get("slots"))
     plugins = NodePlugins.unpack(config.get("plugins"))
     with contextlib.ExitStack() as stack:
         wrap = None

@@ -231,6 +231,9 @@ class ProcessExecutor:
         self._retiring: list[_Child] = []
         # Children started (or being started) and not yet discarded or retired.
         self._count = 0
+        # Each child holds a slot, 0 .. size - 1, from its start until it leaves the count:
+        # its index among the children alive at once (``process_slot()`` in it).
+        self._free_slots = set(range(size))
         self._closed = False
 
     # --- public ------------------------------------------------------------------------
@@ -298,7 +301,7 @@ class ProcessExecutor:
             # A callback raised, or a protocol error: the child is mid-task, so it goes.
             with self._cond:
                 del self._runs[task_id]
-                self._count -= 1
+                self._leave(child)
                 self._cond.notify_all()
             child.kill()
             child.reap()
@@ -340,7 +343,8 @@ class ProcessExecutor:
             self._closed = True
             idle, self._idle = self._idle, []
             retiring, self._retiring = self._retiring, []
-            self._count -= len(idle)
+            for child in idle:
+                self._leave(child)
             busy: list[_Child] = []
             for entry in self._runs.values():
                 if entry.kill_reason is None:
@@ -434,7 +438,7 @@ class ProcessExecutor:
             if reason is None:
                 entry.child = child
                 return child
-            self._count -= 1
+            self._leave(child)
         child.kill()
         child.reap()
         child.close_fds()
@@ -453,7 +457,7 @@ class ProcessExecutor:
                 return child
             # Died while idle (e.g. a start-up failure of a spare): replace it silently;
             # a child that cannot start at all fails the run that gets a fresh one.
-            self._count -= 1
+            self._leave(child)
             dead.append(child)
         return None
 
@@ -473,13 +477,13 @@ class ProcessExecutor:
                     self._retiring.append(child)
                     # A one-shot child leaves the count when it replies, and a spare takes
                     # its place at once so the next task finds an interpreter ready.
-                    self._count -= 1
+                    self._leave(child)
                     if not self._closed and self._count < self._size:
                         self._count += 1
                         spare = True
                 self._cond.notify_all()
             else:
-                self._count -= 1
+                self._leave(child)
                 self._cond.notify_all()
         if replied and reason is None:
             if spare:
@@ -510,7 +514,7 @@ class ProcessExecutor:
                 self._idle.append(child)
                 self._cond.notify_all()
                 return
-            self._count -= 1
+            self._leave(child)
         child.kill()
         child.reap()
         child.close_fds()
@@ -530,7 +534,23 @@ class ProcessExecutor:
         self._retiring = keep
         return finished
 
+    def _leave(self, child: _Child) -> None:
+        """``child`` no longer counts: its slot is free (call under the lock)."""
+        self._count -= 1
+        self._free_slots.add(child.slot)
+
     def _start(self) -> _Child:
+        with self._cond:
+            slot = min(self._free_slots)  # _count was raised for this child: one is free
+            self._free_slots.discard(slot)
+        try:
+            return self._spawn(slot)
+        except BaseException:
+            with self._cond:
+                self._free_slots.add(slot)
+            raise
+
+    def _spawn(self, slot: int) -> _Child:
         parent_end, child_end = socket.socketpair()
         try:
             proc = subprocess.Popen(
@@ -555,10 +575,11 @@ class ProcessExecutor:
             raise
         finally:
             child_end.close()
-        child = _Child(proc, parent_end)
+        child = _Child(proc, parent_end, slot)
+        kind, config = self._init
         try:
             # Sent now, read by the child once its imports are done: starting is not waited for.
-            child.send(self._init)
+            child.send((kind, {**config, "slot": slot, "slots": self._size}))
         except OSError:
             pass  # it died at once: the run that takes it sees the death and its exit code
         return child
@@ -572,9 +593,10 @@ class _Child:
     is safe until ``close_fds`` (which happens only after the child left ``_runs``).
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, slot: int) -> None:
         assert proc.stdout is not None
         assert proc.stderr is not None
+        self.slot = slot
         self.proc = proc
         self.pid = proc.pid
         self.sock = sock

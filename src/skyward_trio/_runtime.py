@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from skyward_trio._info import InstanceInfo
 
-__all__ = ["instance_info", "is_head", "set_instance_info"]
+__all__ = ["instance_info", "is_head", "process_slot", "set_instance_info", "set_process_slot"]
 
 # A plain module global rather than a ContextVar: the worker may run tasks on
 # threads or in a thread pool, which would not inherit a ContextVar set by the
@@ -31,6 +31,23 @@ def set_instance_info(info: InstanceInfo | None) -> None:
     """
     global _current
     _current = info
+
+
+_slot: tuple[int, int] | None = None
+
+
+def set_process_slot(slot: int | None, slots: int | None) -> None:
+    """Install this process-executor subprocess's slot (None, None: not one)."""
+    global _slot
+    _slot = None if slot is None or slots is None else (slot, slots)
+
+
+def process_slot() -> tuple[int, int] | None:
+    """In a subprocess of ``Worker(executor="process")``: its slot, ``0 .. size - 1``
+    (unique among the subprocesses alive at once on the node; a replacement takes the
+    slot of the one it replaces), and ``size``, the worker's concurrency. None elsewhere.
+    """
+    return _slot
 
 
 def instance_info() -> InstanceInfo:

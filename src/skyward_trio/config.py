@@ -850,7 +850,21 @@ class _Reader:
         if found is None:
             return _FAILED
         make, arguments = found
-        if not self.keys(at, arguments, list(inspect.signature(make).parameters)):
+        parameters = inspect.signature(make).parameters
+        if not self.keys(at, arguments, list(parameters)):
+            return _FAILED
+        needed = [
+            name
+            for name, parameter in parameters.items()
+            if parameter.default is inspect.Parameter.empty and name not in arguments
+        ]
+        if needed:
+            kind = make.__name__
+            self.problem(
+                at,
+                f"plugin {kind!r} needs {', '.join(needed)}: write it as a table, e.g. "
+                f'{{ kind = "{kind}", {needed[0]} = ... }}',
+            )
             return _FAILED
         return self.build(at, make, arguments)
 

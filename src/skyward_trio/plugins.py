@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,9 +34,12 @@ __all__ = [
     "LaunchCommand",
     "LaunchContext",
     "Plugin",
+    "cuml",
     "jax",
     "joblib",
     "keras",
+    "mig",
+    "mps",
     "sklearn",
     "torch",
 ]
@@ -437,6 +442,331 @@ def _skyward_backend_class() -> type:
     return _BACKEND
 
 
+# --- NVIDIA: MPS, MIG and cuML -------------------------------------------------------------
+
+#: Accelerators that are not NVIDIA GPUs.
+_NOT_NVIDIA = _NOT_CUDA
+#: NVIDIA GPUs that cannot be partitioned with MIG (those that can: A100, A800, A30,
+#: H100, H200, GH200, B100, B200, GB200, RTX PRO 6000; a Custom name is not checked).
+_NO_MIG = (
+    "A40", "A10", "A10G", "A16", "L4", "L40", "L40S", "T4", "V100", "P100",
+    "RTX_4090", "RTX_5090", "RTX_A6000", "RTX_6000_Ada",
+)  # fmt: skip
+
+
+def _nvidia_only(plugin: str, cluster: Cluster) -> None:
+    accelerator = cluster.accelerator
+    if accelerator is not None and accelerator.name in _NOT_NVIDIA:
+        raise ValueError(
+            f"sky.plugins.{plugin}() drives NVIDIA GPUs, and this pool asks for "
+            f"{accelerator.name}: remove the plugin, or ask for an NVIDIA accelerator"
+        )
+
+
+#: Where the MPS control daemon and its clients meet, unless the image's env says.
+MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"
+MPS_LOG_DIRECTORY = "/tmp/nvidia-mps-log"
+_MPS_CONTROL = "nvidia-cuda-mps-control"
+_MEMORY_LIMIT = re.compile(r"\d+=\d+(\.\d+)?[KMGT]B?(,\d+=\d+(\.\d+)?[KMGT]B?)*", re.IGNORECASE)
+
+
+def mps(
+    *, active_thread_percentage: int | None = None, pinned_memory_limit: str | None = None
+) -> Plugin:
+    """NVIDIA's Multi-Process Service on every node, so concurrent tasks share its GPUs.
+
+    Each worker starts the MPS control daemon as it starts (or uses the one already
+    running with the same pipe directory) and stops the one it started when it stops;
+    its tasks, and the subprocesses of ``Worker(executor="process")``, are MPS clients.
+    Pair it with ``Worker(concurrency=N)``: without MPS, CUDA time-slices the processes.
+
+    The pipe and log directories are ``CUDA_MPS_PIPE_DIRECTORY`` and
+    ``CUDA_MPS_LOG_DIRECTORY`` from the image's env, else ``/tmp/nvidia-mps`` and
+    ``/tmp/nvidia-mps-log`` (MPS's own defaults).
+
+    Args:
+        active_thread_percentage: The share of each GPU's threads one client may use,
+            1-100 (``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``); None leaves MPS's default.
+        pinned_memory_limit: The device memory each client may allocate, per GPU:
+            ``"0=2G"`` (2 GB on GPU 0), ``"0=8G,1=8G"`` (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``).
+    """
+    if active_thread_percentage is not None and (
+        isinstance(active_thread_percentage, bool)
+        or not isinstance(active_thread_percentage, int)
+        or not 1 <= active_thread_percentage <= 100
+    ):
+        raise ValueError(
+            f"sky.plugins.mps(active_thread_percentage={active_thread_percentage!r}): a whole "
+            "percentage from 1 to 100, or None. Pass e.g. active_thread_percentage=25 for "
+            "four tasks to a GPU."
+        )
+    if pinned_memory_limit is not None and (
+        not isinstance(pinned_memory_limit, str) or not _MEMORY_LIMIT.fullmatch(pinned_memory_limit)
+    ):
+        raise ValueError(
+            f"sky.plugins.mps(pinned_memory_limit={pinned_memory_limit!r}): GPU=amount pairs "
+            'separated by commas, the amount with its unit (K, M, G or T). Pass e.g. "0=2G" '
+            'for 2 GB on GPU 0, or "0=8G,1=8G".'
+        )
+    clients: dict[str, str] = {}
+    if active_thread_percentage is not None:
+        clients["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(active_thread_percentage)
+    if pinned_memory_limit is not None:
+        clients["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = pinned_memory_limit
+
+    def transform(image: Image, cluster: Cluster) -> Image:
+        _nvidia_only("mps", cluster)
+        return image
+
+    def bootstrap(cluster: Cluster) -> tuple[str, ...]:
+        return (
+            f"command -v {_MPS_CONTROL} >/dev/null || {{ "
+            f"echo \"sky.plugins.mps(): {_MPS_CONTROL} is not on this node's PATH ($PATH); "
+            "MPS comes with NVIDIA's driver: run on a node with an NVIDIA GPU and its "
+            'driver" >&2; exit 1; }',
+        )
+
+    @contextmanager
+    def app(info: InstanceInfo) -> Iterator[None]:
+        with _mps_daemon(clients):
+            yield
+
+    @contextmanager
+    def process(info: InstanceInfo) -> Iterator[None]:
+        os.environ.update(_mps_environment(clients))
+        yield
+
+    return (
+        Plugin.create("mps")
+        .with_image_transform(transform)
+        .with_bootstrap(bootstrap)
+        .with_around_app(app)
+        .with_around_process(process)
+    )
+
+
+def _mps_environment(clients: dict[str, str]) -> dict[str, str]:
+    return {
+        "CUDA_MPS_PIPE_DIRECTORY": os.environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DIRECTORY),
+        "CUDA_MPS_LOG_DIRECTORY": os.environ.get("CUDA_MPS_LOG_DIRECTORY", MPS_LOG_DIRECTORY),
+        **clients,
+    }
+
+
+def _mps_control(command: str | None, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``nvidia-cuda-mps-control -d`` (None), or ``command`` sent to the running daemon."""
+    argv = [_MPS_CONTROL, "-d"] if command is None else [_MPS_CONTROL]
+    return subprocess.run(
+        argv,
+        input=None if command is None else f"{command}\n",
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@contextmanager
+def _mps_daemon(clients: dict[str, str]) -> Iterator[None]:
+    """The MPS control daemon, running while the block is: started unless one already
+    answers on the pipe directory, and then stopped at the end."""
+    env = _mps_environment(clients)
+    for variable in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+        os.makedirs(env[variable], exist_ok=True)
+    # The daemon is started without the client limits: they are each client's own.
+    daemon_env = {k: v for k, v in env.items() if k not in clients}
+    started = False
+    if _mps_control("get_server_list", daemon_env).returncode != 0:
+        done = _mps_control(None, daemon_env)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{_MPS_CONTROL} -d failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip() or 'no output'}"
+            )
+        started = True
+        deadline = time.monotonic() + 10
+        while _mps_control("get_server_list", daemon_env).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the MPS control daemon did not answer within 10 s of starting; see "
+                    f"its log in {env['CUDA_MPS_LOG_DIRECTORY']}"
+                )
+            time.sleep(0.1)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        if started:
+            _mps_control("quit", daemon_env)
+
+
+_MIG_PROFILE = re.compile(r"\d+g\.\d+gb(\+(me|gfx|me\.all))?")
+
+
+def mig(profile: str) -> Plugin:
+    """NVIDIA MIG: each node's GPU cut into slices of ``profile``, one to each subprocess.
+
+    For ``Worker(executor="process", concurrency=N)``: the node's bootstrap puts GPU 0 in
+    MIG mode and makes N GPU instances of ``profile`` (each with its compute instance),
+    unless exactly those are there; each subprocess then sees only its slice
+    (``CUDA_VISIBLE_DEVICES`` is the slice's ``MIG-`` UUID) and is a worker of its own:
+    ``sky.instance_info()`` says ``workers_per_node=N`` and ``worker`` = its slice.
+
+    Turning MIG mode on needs root on the machine itself: providers that run nodes in
+    containers (RunPod, Vast.ai) cannot, and some GPUs need a reset first; the node fails
+    in its ``plugins`` phase saying so.
+
+    Args:
+        profile: The MIG profile every slice is cut to, as ``nvidia-smi mig -lgip`` names
+            it: ``"3g.40gb"`` (an A100 80GB in two), ``"1g.10gb"``, ``"1g.18gb"`` (an
+            H200 in seven).
+    """
+    if not isinstance(profile, str) or not _MIG_PROFILE.fullmatch(profile):
+        raise ValueError(
+            f"sky.plugins.mig({profile!r}): profile must name a MIG profile as nvidia-smi "
+            'does, such as "3g.40gb" or "1g.10gb" (nvidia-smi mig -lgip lists a GPU\'s). '
+            'Pass e.g. sky.plugins.mig("3g.40gb").'
+        )
+
+    def transform(image: Image, cluster: Cluster) -> Image:
+        _nvidia_only("mig", cluster)
+        accelerator = cluster.accelerator
+        if accelerator is not None and accelerator.name in _NO_MIG:
+            raise ValueError(
+                f"sky.plugins.mig({profile!r}): {accelerator.name} GPUs have no MIG; ask for "
+                "one that has (A100, A30, H100, H200, B200), or use sky.plugins.mps() to "
+                "share a GPU between tasks"
+            )
+        if accelerator is not None and accelerator.count != 1:
+            raise ValueError(
+                f"sky.plugins.mig({profile!r}) partitions one GPU per node; this pool asks "
+                f"for {accelerator.count:g} per node. Ask for count=1."
+            )
+        if cluster.worker.resolved_executor != "process":
+            raise ValueError(
+                f"sky.plugins.mig({profile!r}) gives each subprocess of the process executor "
+                "a slice of its own; this pool runs tasks in threads. Pass "
+                'options=sky.Options(worker=sky.Worker(executor="process", concurrency=N)), '
+                "N the number of slices."
+            )
+        return image
+
+    def bootstrap(cluster: Cluster) -> tuple[str, ...]:
+        return (_mig_steps(profile, cluster.worker.concurrency),)
+
+    @contextmanager
+    def process(info: InstanceInfo) -> Iterator[None]:
+        _mig_pin(info)
+        yield
+
+    return (
+        Plugin.create("mig")
+        .with_image_transform(transform)
+        .with_bootstrap(bootstrap)
+        .with_around_process(process)
+    )
+
+
+def _mig_steps(profile: str, slices: int) -> str:
+    """The shell steps that leave GPU 0 in MIG mode with ``slices`` slices of ``profile``."""
+    wanted = ",".join([profile] * slices)
+    return f"""set -e
+mode() {{ nvidia-smi -i 0 --query-gpu=mig.mode.current --format=csv,noheader | tr -d ' '; }}
+if [ "$(mode)" != Enabled ]; then
+  nvidia-smi -i 0 -mig 1 >&2 || true  # its own words, then ours below
+  if [ "$(mode)" != Enabled ]; then
+    echo "sky.plugins.mig(): GPU 0's MIG mode is '$(mode)' after nvidia-smi -i 0 -mig 1." >&2
+    echo "Turning it on takes root on the machine itself (not a container), no process on" >&2
+    echo "the GPU, and on some GPUs a reset (nvidia-smi -i 0 -r) or a reboot." >&2
+    exit 1
+  fi
+fi
+listing=$(nvidia-smi -L)
+slices=$(echo "$listing" | grep -c '(UUID: MIG-' || true)
+same=$(echo "$listing" | grep -c 'MIG {profile} ' || true)
+if [ "$slices" != {slices} ] || [ "$same" != {slices} ]; then
+  nvidia-smi mig -i 0 -dci >/dev/null 2>&1 || true
+  nvidia-smi mig -i 0 -dgi >/dev/null 2>&1 || true
+  nvidia-smi mig -i 0 -cgi {wanted} -C >&2
+else
+  echo "GPU 0 already has {slices} MIG slice(s) of {profile}: kept"
+fi"""
+
+
+def _mig_pin(info: InstanceInfo) -> None:
+    """Give this subprocess its slice: the MIG device at its slot."""
+    from . import _runtime
+
+    slot = _runtime.process_slot()
+    if slot is None:
+        raise RuntimeError(
+            "sky.plugins.mig() pins a slice in each subprocess of the process executor; "
+            "this is not one"
+        )
+    index, slices = slot
+    listing = subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if listing.returncode != 0:
+        raise RuntimeError(
+            f"nvidia-smi -L failed (exit {listing.returncode}): "
+            f"{(listing.stderr or listing.stdout).strip() or 'no output'}"
+        )
+    uuids = re.findall(r"\(UUID: (MIG-[^)\s]+)\)", listing.stdout)
+    if len(uuids) < slices:
+        raise RuntimeError(
+            f"this node's GPU has {len(uuids)} MIG slice(s) and the worker runs {slices} "
+            f"subprocesses, one to a slice; nvidia-smi -L says:\n{listing.stdout.strip()}"
+        )
+    os.environ["CUDA_VISIBLE_DEVICES"] = uuids[index]
+    _runtime.set_instance_info(attrs.evolve(info, worker=index, workers_per_node=slices))
+
+
+def cuml(*, cuda: str = "cu12") -> Plugin:
+    """RAPIDS cuML on every node, with scikit-learn's estimators running on the GPU.
+
+    Installs ``cuml-cu12`` (per ``cuda``) from NVIDIA's package index and turns on
+    ``cuml.accel`` in each worker and subprocess before its first task, so unchanged
+    scikit-learn code (``from sklearn.cluster import KMeans``) runs on the node's GPU
+    where cuML supports the estimator and its arguments, and on the CPU otherwise.
+
+    Args:
+        cuda: The CUDA major version of the wheel: ``"cu12"`` or ``"cu13"``.
+    """
+    if cuda not in ("cu12", "cu13"):
+        raise ValueError(
+            f"sky.plugins.cuml(cuda={cuda!r}): cuML publishes wheels for CUDA 12 and 13: "
+            'pass cuda="cu12" or cuda="cu13".'
+        )
+    package = f"cuml-{cuda}"
+
+    def transform(image: Image, cluster: Cluster) -> Image:
+        _nvidia_only("cuml", cluster)
+        if cluster.accelerator is None:
+            raise ValueError(
+                "sky.plugins.cuml() runs scikit-learn on NVIDIA GPUs, and this pool asks for "
+                "no accelerator: pass accelerator=sky.accelerators.L4() (or another NVIDIA "
+                "GPU), or use sky.plugins.sklearn() for CPUs"
+            )
+        return _with_packages(image, [package], index="https://pypi.nvidia.com")
+
+    return (
+        Plugin.create("cuml")
+        .with_image_transform(transform)
+        .with_around_app(_cuml_accel)
+        .with_around_process(_cuml_accel)
+    )
+
+
+@contextmanager
+def _cuml_accel(info: InstanceInfo) -> Iterator[None]:
+    import cuml.accel  # type: ignore[import-not-found]
+
+    cuml.accel.install()
+    yield
+
+
 #: The built-in plugins by name, as ``plugins = [...]`` in ``skyward.toml`` names them.
 BUILT_IN: dict[str, Callable[..., Plugin]] = {
     "torch": torch,
@@ -444,4 +774,7 @@ BUILT_IN: dict[str, Callable[..., Plugin]] = {
     "keras": keras,
     "joblib": joblib,
     "sklearn": sklearn,
+    "mps": mps,
+    "mig": mig,
+    "cuml": cuml,
 }

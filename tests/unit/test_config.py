@@ -220,6 +220,12 @@ def test_unknown_keys_are_errors_with_a_suggestion(project: Path) -> None:
             "backend must be one of 'nccl', 'gloo', 'mpi'",
         ),
         ("plugins = [3]", "pools.train.plugins[0]", "a plugin of your own is passed to Compute"),
+        ('plugins = ["mig"]', "pools.train.plugins[0]", "plugin 'mig' needs profile: write"),
+        (
+            'plugins = [{ kind = "mps", active_thread_percentage = 0 }]',
+            "pools.train.plugins[0]",
+            "a whole percentage from 1 to 100",
+        ),
         (
             'volumes = [{ bucket = "b", mount = "/data", storage = "s3" }]',
             "pools.train.volumes[0].storage",
@@ -503,6 +509,22 @@ def test_plugins_are_built_in_ones_by_name_or_table(project: Path) -> None:
     assert torch.transform is not None
     image = torch.transform(sky.Image(), sky.plugins.Cluster(spec=sky.Spec(provider=sky.Local())))
     assert image.pip == ("torch==2.8.0",)
+
+
+def test_the_gpu_plugins_take_their_arguments_from_a_table(project: Path) -> None:
+    loaded = load(
+        project,
+        """
+        [pools.gpu]
+        worker = { concurrency = 2, executor = "process" }
+        plugins = [
+            { kind = "mig", profile = "3g.40gb" },
+            { kind = "mps", active_thread_percentage = 50 },
+            { kind = "cuml", cuda = "cu13" },
+        ]
+        """,
+    )
+    assert [p.name for p in loaded.pools["gpu"].specs[0].plugins] == ["mig", "mps", "cuml"]
 
 
 def test_a_pool_holds_a_spec_and_its_options(project: Path) -> None:

@@ -74,11 +74,12 @@ def test_transforms_run_in_order_and_bootstrap_ops_are_strings() -> None:
 
 def test_bootstrap_ops_run_in_their_own_phase_after_the_environment() -> None:
     script = worker_bootstrap(
-        workdir="/w", python="python3", secret="s", config={}, start_timeout=5,
-        plugin_ops=("echo 'hi there'",),
+        workdir="/w", python="python3", secret="s", config={"env": {"A": "b c"}},
+        start_timeout=5, plugin_ops=("echo 'hi there'",),
     )  # fmt: skip
     phase = script.index("phase plugins")
-    assert script.index("SKYWARD_PYTHON=python3 bash -c 'echo '\"'\"'hi there'\"'\"''") > phase
+    op = "env 'A=b c' SKYWARD_PYTHON=python3 bash -c 'echo '\"'\"'hi there'\"'\"''"
+    assert script.index(op) > phase  # with the image's env
     assert phase < script.index("setsid")
     assert "phase plugins" not in worker_bootstrap(
         workdir="/w", python="python3", secret="s", config={}, start_timeout=5
@@ -234,12 +235,17 @@ def test_jax_installs_the_build_for_the_nodes_accelerator() -> None:
 
 
 def test_every_built_in_is_listed_by_name() -> None:
-    assert {name: make().name for name, make in sky.plugins.BUILT_IN.items()} == {
+    needs = {"mig": ("3g.40gb",)}  # its profile is positional, and has no default
+    made = {name: make(*needs.get(name, ())) for name, make in sky.plugins.BUILT_IN.items()}
+    assert {name: plugin.name for name, plugin in made.items()} == {
         "torch": "torch",
         "jax": "jax",
         "keras": "keras",
         "joblib": "joblib",
         "sklearn": "sklearn",
+        "mps": "mps",
+        "mig": "mig",
+        "cuml": "cuml",
     }
 
 

@@ -346,6 +346,68 @@ def test_without_reuse_every_task_gets_a_fresh_child(make: Harness) -> None:
     assert len(ex.children()) == 1  # the spare, ready for the next task
 
 
+def _slot(directory: str) -> tuple[int, tuple[int, int] | None]:
+    """This child's pid and slot, once two children have started (so both are in use)."""
+    from skyward_trio import _runtime
+
+    Path(directory, str(os.getpid())).touch()
+    deadline = time.monotonic() + 20
+    while len(os.listdir(directory)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid(), _runtime.process_slot()
+
+
+def _all_gone(status: str) -> bool:
+    """Whether a /proc status is a zombie's whose every thread has exited."""
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return fields["State"].split()[0] == "Z" and fields["Threads"].strip() == "1"
+
+
+def _two_at_once(ex: ProcessExecutor, directory: Path) -> dict[int, tuple[int, int] | None]:
+    directory.mkdir()
+    results: list[tuple[int, tuple[int, int] | None]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(call(ex, _slot, str(directory))))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return dict(results)
+
+
+def test_each_child_holds_a_slot_and_a_replacement_takes_the_one_freed(
+    make: Harness, tmp_path: Path
+) -> None:
+    from skyward_trio import _runtime
+
+    ex = make(size=2)
+    first = _two_at_once(ex, tmp_path / "first")
+    assert sorted(first.values()) == [(0, 2), (1, 2)]  # type: ignore[type-var]
+    assert _runtime.process_slot() is None  # not in a subprocess
+    # The child in slot 0 dies while idle; the one started in its place takes slot 0.
+    (dead,) = [pid for pid, slot in first.items() if slot == (0, 2)]
+    (alive,) = [pid for pid, slot in first.items() if slot == (1, 2)]
+    os.kill(dead, signal.SIGKILL)
+    status = Path(f"/proc/{dead}/status")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _all_gone(status.read_text()):
+        time.sleep(0.01)  # until it is a zombie: dead, and not yet reaped by its Popen
+    second = _two_at_once(ex, tmp_path / "second")
+    assert second[alive] == (1, 2)
+    (new,) = set(second) - {alive}
+    assert new != dead
+    assert second[new] == (0, 2)
+
+
+def test_one_shot_children_reuse_the_slots(make: Harness) -> None:
+    from skyward_trio import _runtime
+
+    ex = make(reuse=False)
+    assert [call(ex, _runtime.process_slot) for _ in range(3)] == [(0, 1)] * 3
+
+
 # --- deaths and cancellation -----------------------------------------------------------
 
 
