@@ -17,8 +17,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import httpx
 from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError
 from skyward_trio._client import (
     CONNECT_TIMEOUT,
+    MAP_CONCURRENCY,
     call_request,
     call_results,
     check_target,
@@ -34,6 +36,7 @@ from skyward_trio._client import (
     client_state,
     events_refused,
     headers,
+    mapped,
     prepare,
     request_refused,
     running_state,
@@ -341,6 +344,38 @@ class Client:
             for f in futures:
                 f.cancel()
             raise
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
+        """``[fn(x) for x in items]`` across the pool, in input order: one call per item,
+        up to ``MAP_CONCURRENCY`` at once. ``fn`` need not be decorated. The first call
+        that fails raises, and those not yet sent are not sent."""
+        wrapped = mapped(fn)
+        source = enumerate(items)
+        lock = threading.Lock()  # the senders take items in turn
+        results: dict[int, Any] = {}
+        failed = threading.Event()
+
+        def sender() -> None:
+            while not failed.is_set():
+                with lock:
+                    taken = next(source, None)
+                if taken is None:
+                    return
+                index, item = taken
+                try:
+                    call = prepare(self._functions, wrapped(item))
+                    results[index] = self._send_one(call, None)
+                except BaseException:
+                    failed.set()
+                    raise
+
+        futures = [self._pool().submit(sender) for _ in range(MAP_CONCURRENCY)]
+        for future in concurrent.futures.as_completed(futures):
+            error = future.exception()
+            if error is not None:
+                failed.set()
+                raise error
+        return [results[index] for index in range(len(results))]
 
     # -- the wire --------------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ server relays them to a node: it unpickles neither the call nor its result.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import trio
 from . import _serial
 from ._errors import ServerError
 from ._events import Event
-from ._function import PendingFunction, PendingFunctionGroup, active_pool
+from ._function import Function, PendingFunction, PendingFunctionGroup, active_pool, function
 from ._pool import Future, PreparedCall, _Functions, _rebuild_error
 from ._server import (
     FRAME,
@@ -37,6 +38,7 @@ from ._server import (
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "MAP_CONCURRENCY",
     "Client",
     "alive",
     "call_request",
@@ -46,6 +48,7 @@ __all__ = [
     "client_state",
     "events_refused",
     "headers",
+    "mapped",
     "prepare",
     "refused",
     "request_refused",
@@ -133,6 +136,25 @@ def prepare(functions: _Functions, pending: PendingFunction[Any]) -> PreparedCal
             "yet; pass a list, or use a pool of your own (Compute)"
         )
     return call
+
+
+#: How many of a ``map``'s calls a client has in flight at once; the server queues the
+#: ones the pool has no slot for yet.
+MAP_CONCURRENCY = 32
+
+
+def mapped(fn: Callable[..., Any]) -> Function[Any]:
+    """``fn`` as a ``@sky.function`` (as it is, if it is one) for ``map``; one that cannot
+    be mapped is refused."""
+    plain = fn.fn if isinstance(fn, Function) else fn
+    if not callable(plain):
+        raise TypeError(f"map() needs a callable, got {type(fn).__qualname__}")
+    if inspect.isgeneratorfunction(plain):
+        raise TypeError(
+            f"map() needs a function that returns a value; {plain.__qualname__}() is a "
+            "generator function"
+        )
+    return fn if isinstance(fn, Function) else function(fn)
 
 
 def check_target(target: object) -> None:
@@ -380,6 +402,27 @@ class Client:
         except BaseExceptionGroup as group_error:  # the first failure, as itself
             raise group_error.exceptions[0] from None
         return tuple(results)
+
+    async def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
+        """``[fn(x) for x in items]`` across the pool, in input order: one call per item,
+        up to ``MAP_CONCURRENCY`` at once. ``fn`` need not be decorated. The first call
+        that fails raises, and the rest are cancelled."""
+        wrapped = mapped(fn)
+        results: dict[int, Any] = {}
+        source = enumerate(items)  # shared by the senders: trio switches only at awaits
+
+        async def sender() -> None:
+            for index, item in source:
+                call = prepare(self._functions, wrapped(item))
+                results[index] = (await self._send("run", call, None))[0]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(MAP_CONCURRENCY):
+                    nursery.start_soon(sender)
+        except BaseExceptionGroup as group_error:  # the first failure, as itself
+            raise group_error.exceptions[0] from None
+        return [results[index] for index in range(len(results))]
 
     def _streamed(self, calls: list[PreparedCall], ordered: bool) -> AsyncIterator[Any]:
         """Start ``calls`` in the client's nursery; their results as they come (or in

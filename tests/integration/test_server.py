@@ -193,6 +193,22 @@ def square(x):
 def where():
     return {m}.instance_info().node
 
+def plus_one(x):
+    return x + 1
+
+def slow_where(x):
+    import time
+    time.sleep(0.05)
+    return {m}.instance_info().node
+
+def fail_at_7(x):
+    if x == 7:
+        raise KeyError(x)
+    return x
+
+def items():
+    yield 1
+
 @{m}.function
 def fail():
     raise KeyError("missing")
@@ -212,7 +228,19 @@ with sky.Client("p") as pool:
         "group": list((square(1) & square(2) & square(3)) >> pool),
         "streamed": sorted(sky.gather(square(4), square(5), stream=True) >> pool),
         "info": pool.info()["state"],
+        "map": pool.map(plus_one, range(100)) == list(range(1, 101)),
+        "map decorated": pool.map(square, [1, 2, 3]),
+        "map empty": pool.map(square, []),
+        "map nodes": sorted(set(pool.map(slow_where, range(40)))),
     }
+    try:
+        pool.map(fail_at_7, range(50))
+    except KeyError as exc:
+        out["map error"] = repr(exc)
+    try:
+        pool.map(items, [1])
+    except TypeError as exc:
+        out["map generator"] = str(exc)
     try:
         fail() >> pool
     except KeyError as exc:
@@ -242,6 +270,12 @@ def test_a_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
     note = r"\[skyward\] raised by fail\(\) on node \d; remote traceback:"
     assert re.fullmatch(note, out["error"][1])
     assert "target=5 is not a node of this pool" in out["bad target"]
+    assert out["map"] is True
+    assert out["map decorated"] == [1, 4, 9]
+    assert out["map empty"] == []
+    assert out["map nodes"] == [0, 1]  # the calls spread over the nodes
+    assert out["map error"] == "KeyError(7)"
+    assert "items() is a generator function" in out["map generator"]
 
 
 def test_arrays_travel_both_ways(pool: Home) -> None:
@@ -477,6 +511,13 @@ async def main():
         stream = await (st.gather(square(4), square(5), stream=True) >> pool)
         out["streamed"] = [value async for value in stream]
         out["info"] = (await pool.info())["state"]
+        out["map"] = await pool.map(plus_one, range(100)) == list(range(1, 101))
+        out["map decorated"] = await pool.map(square, [1, 2, 3])
+        out["map nodes"] = sorted(set(await pool.map(slow_where, range(40))))
+        try:
+            await pool.map(fail_at_7, range(50))
+        except KeyError as exc:
+            out["map error"] = repr(exc)
         try:
             await (fail() >> pool)
         except KeyError as exc:
@@ -512,6 +553,10 @@ def test_a_trio_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> No
         "group": [1, 4, 9],
         "streamed": [16, 25],
         "info": "ready",
+        "map": True,
+        "map decorated": [1, 4, 9],
+        "map nodes": [0, 1],
+        "map error": "KeyError(7)",
         "error": "KeyError('missing')",
         "first event": "ClusterRequested",
     }
