@@ -29,6 +29,7 @@ from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerErr
 from skyward_trio._client import (
     CONNECT_TIMEOUT,
     MAP_CONCURRENCY,
+    FrameReader,
     call_request,
     call_results,
     check_target,
@@ -43,6 +44,8 @@ from skyward_trio._client import (
     server_gone,
     server_silent,
     server_state,
+    stream_cut,
+    streamed_frame,
 )
 from skyward_trio._client import alive as _alive
 from skyward_trio._function import active_pool
@@ -311,21 +314,26 @@ class Client:
     # -- the operators ---------------------------------------------------------------------------
 
     def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
-        """Run ``pending`` on one node of the pool (``>>``), or on ``target``."""
+        """Run ``pending`` on one node of the pool (``>>``), or on ``target``: its value,
+        or for a generator function an iterator of its items as the node yields them."""
         check_target(target)
-        return self._send("run", prepare(self._functions, pending), target)[0]
+        call = prepare(self._functions, pending)
+        if call.stream:
+            return self._items(call, target)
+        return self._send("run", call, target)[0]
 
     def run_async(
         self, pending: PendingFunction[Any], *, target: int | str | None = None
     ) -> concurrent.futures.Future[Any]:
         """Start ``pending`` without waiting (``>``); a ``concurrent.futures.Future``."""
         check_target(target)
-        call = prepare(self._functions, pending)
+        call = prepare(self._functions, pending, how="`>` (run_async)")
         return self._pool().submit(self._send_one, call, target)
 
     def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node (``@``); results ordered by node index."""
-        return self._send("broadcast", prepare(self._functions, pending), None)
+        call = prepare(self._functions, pending, how="`@` (broadcast)")
+        return self._send("broadcast", call, None)
 
     def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | Iterator[Any]:
         """Run a group's calls in parallel: a tuple, or an iterator with ``stream=True``."""
@@ -334,7 +342,7 @@ class Client:
                 f"run_parallel() needs a group such as `f(x) & g(y)` or sky.gather(...), "
                 f"got {type(group).__qualname__}"
             )
-        calls = [prepare(self._functions, p) for p in group.items]
+        calls = [prepare(self._functions, p, how="a group") for p in group.items]
         futures = [self._pool().submit(self._send_one, call, None) for call in calls]
         if group.stream:
             return _streamed(futures, group.ordered)
@@ -385,6 +393,42 @@ class Client:
                 max_workers=32, thread_name_prefix="sky-client"
             )
         return self._threads
+
+    def _items(self, call: PreparedCall, target: int | str | None) -> Iterator[Any]:
+        """Start a generator function's call; an iterator of its items as the node yields
+        them. Closing it (or leaving its ``for``) stops the generator on the node."""
+        path = f"/pools/{self.name}/stream"
+        request = self._http.build_request(
+            "POST",
+            self._state["url"] + path,
+            content=call_request(self._functions, call, target),
+            headers=headers(self._state, framed=True),
+            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        if response.status_code != 200:
+            response.read()
+            response.close()
+            raise request_refused("POST", path, response)
+        return self._read_items(response, call.name)
+
+    def _read_items(self, response: httpx.Response, name: str) -> Iterator[Any]:
+        try:
+            reader = FrameReader()
+            for chunk in response.iter_raw():
+                for data in reader.feed(chunk):
+                    is_item, value = streamed_frame(data, name)
+                    if not is_item:
+                        return
+                    yield value
+        except httpx.TransportError as exc:
+            raise server_gone(self._state["url"], exc) from exc
+        finally:
+            response.close()
+        raise stream_cut(self._state["url"], name)
 
     def _send_one(self, call: PreparedCall, target: int | str | None) -> Any:
         return self._send("run", call, target)[0]

@@ -40,6 +40,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "MAP_CONCURRENCY",
     "Client",
+    "FrameReader",
     "alive",
     "call_request",
     "call_results",
@@ -56,6 +57,8 @@ __all__ = [
     "server_gone",
     "server_silent",
     "server_state",
+    "stream_cut",
+    "streamed_frame",
 ]
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server; a call may take as long as it takes
@@ -122,14 +125,17 @@ def client_functions() -> _Functions:
     return _Functions(prefix=f"c{uuid.uuid4().hex[:12]}-")
 
 
-def prepare(functions: _Functions, pending: PendingFunction[Any]) -> PreparedCall:
-    """``pending`` pickled for the server; what it cannot relay yet is refused, saying so."""
+def prepare(
+    functions: _Functions, pending: PendingFunction[Any], *, how: str | None = None
+) -> PreparedCall:
+    """``pending`` pickled for the server; what it cannot relay yet is refused, saying so.
+
+    ``how`` names the operation when it is not ``>>``: a generator function streams its
+    items with ``>>`` only.
+    """
     call = functions.prepare(pending)
-    if call.stream:
-        raise TypeError(
-            f"{call.name}() is a generator function: a Client does not stream items yet; "
-            "return a list, or use a pool of your own (Compute)"
-        )
+    if how is not None:
+        call.refuse_stream(how)
     if call.inputs:
         raise TypeError(
             f"{call.name}() takes Iterator[...] arguments: a Client does not stream them "
@@ -176,6 +182,51 @@ def call_request(functions: _Functions, call: PreparedCall, target: int | str | 
         "args": args_meta,
     }
     return frame(header, [*fn_blobs, *args_blobs])
+
+
+class FrameReader:
+    """Splits a stream of bytes into the frames it carries (each says its own length)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The frames ``data`` completes, in order."""
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= 4:
+            size = int.from_bytes(self._buffer[:4], "big")
+            if len(self._buffer) < 4 + size:
+                break
+            header = json.loads(bytes(self._buffer[4 : 4 + size]))
+            total = 4 + size + sum(header["blobs"])
+            if len(self._buffer) < total:
+                break
+            frames.append(bytes(self._buffer[:total]))
+            del self._buffer[:total]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a frame not yet whole."""
+        return len(self._buffer)
+
+
+def streamed_frame(content: bytes, name: str) -> tuple[bool, Any]:
+    """``(True, item)`` for an item of a streamed call; ``(False, None)`` for its end (or
+    the call's error, raised)."""
+    header, blobs = unpack(content)
+    if "item" in header:
+        return True, _serial.loads(join_payload(header["item"], blobs))
+    call_results(content, name)
+    return False, None
+
+
+def stream_cut(url: str, name: str) -> ServerError:
+    return ServerError(
+        f"the server at {url} ended {name}()'s stream of items before the call ended "
+        "(did it stop? see ~/.skyward/logs/server.log)"
+    )
 
 
 def call_results(content: bytes, name: str) -> list[Any]:
@@ -346,16 +397,64 @@ class Client:
     # -- the operators ---------------------------------------------------------------------------
 
     async def run(self, pending: PendingFunction[Any], *, target: int | str | None = None) -> Any:
-        """Run ``pending`` on one node of the pool (``>>``), or on ``target``."""
+        """Run ``pending`` on one node of the pool (``>>``), or on ``target``: its value,
+        or for a generator function an async iterator of its items as the node yields them
+        (``aclose()`` it, or leave its ``async for`` with ``aclosing``, to stop the
+        generator on the node)."""
         check_target(target)
-        return (await self._send("run", prepare(self._functions, pending), target))[0]
+        call = prepare(self._functions, pending)
+        if call.stream:
+            return await self._items(call, target)
+        return (await self._send("run", call, target))[0]
+
+    async def _items(self, call: PreparedCall, target: int | str | None) -> AsyncIterator[Any]:
+        """Start a generator function's call; an async iterator of its items as the node
+        yields them. ``aclose()`` stops the generator on the node."""
+        import httpx
+
+        path = f"/pools/{self.name}/stream"
+        client = self._open()
+        request = client.build_request(
+            "POST",
+            self._state["url"] + path,
+            content=call_request(self._functions, call, target),
+            headers=headers(self._state, framed=True),
+            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        if response.status_code != 200:
+            await response.aread()
+            await response.aclose()
+            raise request_refused("POST", path, response)
+        return self._read_items(response, call.name)
+
+    async def _read_items(self, response: Any, name: str) -> AsyncIterator[Any]:
+        import httpx
+
+        try:
+            reader = FrameReader()
+            async for chunk in response.aiter_raw():
+                for data in reader.feed(chunk):
+                    is_item, value = streamed_frame(data, name)
+                    if not is_item:
+                        return
+                    yield value
+        except httpx.TransportError as exc:
+            raise server_gone(self._state["url"], exc) from exc
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+        raise stream_cut(self._state["url"], name)
 
     async def run_async(
         self, pending: PendingFunction[Any], *, target: int | str | None = None
     ) -> Future:
         """Start ``pending`` without waiting (``>``); ``await future.result()``."""
         check_target(target)
-        call = prepare(self._functions, pending)
+        call = prepare(self._functions, pending, how="`>` (run_async)")
         future = Future(call.name)
         self._open()
         assert self._nursery is not None
@@ -376,7 +475,8 @@ class Client:
 
     async def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node (``@``); results ordered by node index."""
-        return await self._send("broadcast", prepare(self._functions, pending), None)
+        call = prepare(self._functions, pending, how="`@` (broadcast)")
+        return await self._send("broadcast", call, None)
 
     async def run_parallel(
         self, group: PendingFunctionGroup
@@ -387,7 +487,7 @@ class Client:
                 f"run_parallel() needs a group such as `f(x) & g(y)` or gather(...), "
                 f"got {type(group).__qualname__}"
             )
-        calls = [prepare(self._functions, p) for p in group.items]
+        calls = [prepare(self._functions, p, how="a group") for p in group.items]
         if group.stream:
             return self._streamed(calls, group.ordered)
         results: list[Any] = [None] * len(calls)

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import hmac
 import json
+import math
 import os
 import pickle
 import secrets
@@ -46,7 +47,7 @@ from ._compute import Compute
 from ._errors import PoolClosedError
 from ._events import Event
 from ._model import Options, Spec
-from ._pool import Pool, PreparedCall
+from ._pool import Inflight, Pool, PreparedCall
 from ._version import __version__
 
 __all__ = [
@@ -263,6 +264,27 @@ class _Creating:
     held: _Held
 
 
+#: The head of a response of frames, as long as a generator function yields items.
+_STREAMED_FRAMES = [
+    ("content-type", FRAME),
+    ("transfer-encoding", "chunked"),
+    ("connection", "close"),
+    ("server", f"skyward/{__version__}"),
+]
+
+#: Items sent to a client before the node may run that many more ahead.
+_CREDIT_BATCH = 32
+
+
+@attrs.frozen
+class _Streaming:
+    """A generator function's call, whose items the response streams."""
+
+    held: _Held
+    call: PreparedCall
+    target: Any
+
+
 #: The head of a response of JSON lines, as long as it lasts.
 _STREAMED = [
     ("content-type", "application/x-ndjson"),
@@ -406,6 +428,9 @@ class Server:
                 if isinstance(answer, _Creating):
                     await self._stream_create(conn, stream, answer.held)
                     return
+                if isinstance(answer, _Streaming):
+                    await self._stream_call(conn, stream, answer)
+                    return
                 await _respond(conn, stream, *answer)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # the client asked to close
@@ -427,7 +452,7 @@ class Server:
 
     async def _route(
         self, request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events | _Creating:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return _error(
@@ -443,7 +468,7 @@ class Server:
 
     async def _dispatch(
         self, method: str, parts: list[str], request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events | _Creating:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming:
         if parts == ["status"] and method == "GET":
             return _json(200, self.status())
         if parts == ["shutdown"] and method == "POST":
@@ -468,6 +493,10 @@ class Server:
                 return _json(200, {"deleted": held.name})
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "events" and method == "GET":
             return _Events(self._pool(parts[1]))
+        if len(parts) == 3 and parts[0] == "pools" and parts[2] == "stream" and method == "POST":
+            held = self._ready(parts[1])
+            call, target = self._parse_call(held, request.body, stream=True)
+            return _Streaming(held, call, target)
         calling = len(parts) == 3 and parts[0] == "pools" and parts[2] in ("run", "broadcast")
         if calling and method == "POST":
             held = self._ready(parts[1])
@@ -645,7 +674,10 @@ class Server:
 
     # -- relaying a call -------------------------------------------------------------------------
 
-    async def _call(self, held: _Held, how: str, body: bytearray) -> tuple[int, str, list[Any]]:
+    def _parse_call(
+        self, held: _Held, body: bytearray, *, stream: bool = False
+    ) -> tuple[PreparedCall, Any]:
+        """The call a request carries (its function adopted by the pool), and its target."""
         assert held.pool is not None
         pool = held.pool
         try:
@@ -660,7 +692,13 @@ class Server:
         if not isinstance(needs, dict):
             raise _BadRequest(400, "not a call: needs is not a mapping")
         pool._functions.adopt(key, fn, needs)
-        call = PreparedCall(key, fn, args, name, timeout)
+        return PreparedCall(key, fn, args, name, timeout, stream=stream), target
+
+    async def _call(self, held: _Held, how: str, body: bytearray) -> tuple[int, str, list[Any]]:
+        assert held.pool is not None
+        pool = held.pool
+        call, target = self._parse_call(held, body)
+        name = call.name
         try:
             with held.calling():
                 if how == "run":
@@ -668,31 +706,96 @@ class Server:
                 else:
                     results = await pool.broadcast_raw(call)
         except Exception as exc:
-            if held.closing.is_set() and not isinstance(exc, PoolClosedError):
-                # Deleted, or the server stopping, under the call: say that, not how it broke.
-                exc = PoolClosedError(
-                    f"pool {held.name!r} was closed (sky compute delete, or the server "
-                    f"stopping) while {name}() ran: {exc}"
-                )
-            return _raised(exc)
-        out_header: dict[str, Any] = {"results": []}
-        out_blobs: list[memoryview] = []
-        for message, node in results:
-            _, _, ok, payload, _ = message
-            if ok:
-                meta, parts = split_payload(payload)
-                out_header["results"].append({"ok": True, "node": node, "payload": meta})
-            else:
-                error, type_name, text, tb = payload
-                failed: dict[str, Any] | None = None
-                parts = []
-                if error is not None:
-                    failed, parts = split_payload(error)
-                out_header["results"].append(
-                    {"ok": False, "node": node, "payload": failed, "error": [type_name, text, tb]}
-                )
-            out_blobs += parts
-        return 200, FRAME, pack(out_header, out_blobs)
+            return _raised(_closed_under(held, name, exc))
+        return 200, FRAME, _results(results)
+
+    async def _stream_call(
+        self, conn: h11.Connection, stream: trio.SocketStream, streaming: _Streaming
+    ) -> None:
+        """Relay a generator function's items as they come, a frame each (``{"item": ...}``
+        and its blobs), then the frame a run answers with. The node runs a window ahead of
+        what has been sent; a client that hangs up stops the generator."""
+        held, call, target = streaming.held, streaming.call, streaming.target
+        assert held.pool is not None
+        pool = held.pool
+        send, receive = trio.open_memory_channel[tuple[bool, Any]](math.inf)
+        inflight: Inflight | None = None
+
+        async def write(parts: list[Any]) -> None:
+            for part in parts:
+                for piece in conn.send_with_data_passthrough(h11.Data(data=part)) or ():
+                    await stream.send_all(piece)
+
+        async def relay() -> None:
+            nonlocal inflight
+            await stream.send_all(
+                conn.send(h11.Response(status_code=200, headers=_STREAMED_FRAMES)) or b""
+            )
+            with held.calling():
+                try:
+                    inflight = await pool.start(
+                        call,
+                        pool._check_target(target),
+                        lambda outcome: send.send_nowait((False, outcome)),
+                        lambda payload: send.send_nowait((True, payload)),
+                    )
+                    sent = 0
+                    while True:
+                        is_item, value = await receive.receive()
+                        if not is_item:
+                            break
+                        meta, blobs = split_payload(value)
+                        await write(pack({"item": meta}, blobs))
+                        sent += 1
+                        if sent % _CREDIT_BATCH == 0:
+                            inflight.node.conn.credit(inflight.task_id, _CREDIT_BATCH)
+                    message, node, error = value
+                    if error is not None:
+                        raise error
+                    last = _results([(message, node)])
+                except Exception as exc:
+                    last = _raised(_closed_under(held, call.name, exc))[2]
+            await write(last)
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+        try:
+            await _while_connected(stream, relay)
+        finally:
+            if inflight is not None and not inflight.finished:
+                inflight.cancel()  # the client went away: the generator on the node stops
+
+
+def _closed_under(held: _Held, name: str, exc: Exception) -> Exception:
+    """``exc``, or, when ``held`` was deleted (or the server stopped) under the call, the
+    PoolClosedError that says so rather than how the call broke."""
+    if held.closing.is_set() and not isinstance(exc, PoolClosedError):
+        return PoolClosedError(
+            f"pool {held.name!r} was closed (sky compute delete, or the server "
+            f"stopping) while {name}() ran: {exc}"
+        )
+    return exc
+
+
+def _results(results: list[tuple[tuple[Any, ...], int]]) -> list[Any]:
+    """The frame that answers a run or broadcast: each node's RESULT, its payload's blobs."""
+    out_header: dict[str, Any] = {"results": []}
+    out_blobs: list[memoryview] = []
+    for message, node in results:
+        _, _, ok, payload, _ = message
+        if ok:
+            meta, parts = split_payload(payload)
+            out_header["results"].append({"ok": True, "node": node, "payload": meta})
+        else:
+            error, type_name, text, tb = payload
+            failed: dict[str, Any] | None = None
+            parts = []
+            if error is not None:
+                failed, parts = split_payload(error)
+            out_header["results"].append(
+                {"ok": False, "node": node, "payload": failed, "error": [type_name, text, tb]}
+            )
+        out_blobs += parts
+    return pack(out_header, out_blobs)
 
 
 async def _close_when_idle(held: _Held, after: float) -> None:

@@ -210,6 +210,16 @@ def items():
     yield 1
 
 @{m}.function
+def squares(n):
+    for i in range(n):
+        yield i * i
+
+@{m}.function
+def breaks(n):
+    yield from range(n)
+    raise ValueError("no more")
+
+@{m}.function
 def fail():
     raise KeyError("missing")
 """
@@ -241,6 +251,21 @@ with sky.Client("p") as pool:
         pool.map(items, [1])
     except TypeError as exc:
         out["map generator"] = str(exc)
+    out["items"] = list(squares(100) >> pool)
+    endless = squares(10**9) >> pool
+    out["first items"] = [next(endless) for _ in range(3)]
+    endless.close()  # the generator stops on its node, and frees its slot
+    out["after close"] = where() @ pool  # needs a slot on every node
+    got = []
+    try:
+        for item in breaks(3) >> pool:
+            got.append(item)
+    except ValueError as exc:
+        out["broken"] = [got, repr(exc)]
+    try:
+        squares(3) @ pool
+    except TypeError as exc:
+        out["broadcast items"] = str(exc)
     try:
         fail() >> pool
     except KeyError as exc:
@@ -276,6 +301,11 @@ def test_a_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
     assert out["map nodes"] == [0, 1]  # the calls spread over the nodes
     assert out["map error"] == "KeyError(7)"
     assert "items() is a generator function" in out["map generator"]
+    assert out["items"] == [i * i for i in range(100)]
+    assert out["first items"] == [0, 1, 4]
+    assert out["after close"] == [0, 1]
+    assert out["broken"] == [[0, 1, 2], "ValueError('no more')"]
+    assert "its items stream back with `>>`" in out["broadcast items"]
 
 
 def test_arrays_travel_both_ways(pool: Home) -> None:
@@ -518,6 +548,17 @@ async def main():
             await pool.map(fail_at_7, range(50))
         except KeyError as exc:
             out["map error"] = repr(exc)
+        out["items"] = [item async for item in await (squares(50) >> pool)]
+        endless = await (squares(10**9) >> pool)
+        out["first items"] = [await endless.__anext__() for _ in range(3)]
+        await endless.aclose()
+        out["after close"] = await (where() @ pool)
+        got = []
+        try:
+            async for item in await (breaks(2) >> pool):
+                got.append(item)
+        except ValueError as exc:
+            out["broken"] = [got, repr(exc)]
         try:
             await (fail() >> pool)
         except KeyError as exc:
@@ -557,6 +598,10 @@ def test_a_trio_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> No
         "map decorated": [1, 4, 9],
         "map nodes": [0, 1],
         "map error": "KeyError(7)",
+        "items": [i * i for i in range(50)],
+        "first items": [0, 1, 4],
+        "after close": [0, 1],
+        "broken": [[0, 1], "ValueError('no more')"],
         "error": "KeyError('missing')",
         "first event": "ClusterRequested",
     }

@@ -54,3 +54,20 @@ def test_a_payload_whose_header_does_not_match_its_blobs_is_refused() -> None:
     meta, parts = split_payload(_serial.dumps(np.arange(100_000)))
     with pytest.raises(ValueError, match="does not match its blobs"):
         join_payload(meta, [bytes(parts[0])])
+
+
+def test_a_frame_reader_finds_each_frame_however_the_bytes_are_cut() -> None:
+    from skyward_trio._client import FrameReader
+
+    frames = [frame({"item": i}, [b"x" * i, b"yz"]) for i in range(5)] + [frame({"end": 1})]
+    stream = b"".join(frames)
+    for cut in (1, 3, 7, len(stream)):
+        reader = FrameReader()
+        found = []
+        for at in range(0, len(stream), cut):
+            found += reader.feed(stream[at : at + cut])
+        assert found == frames
+        assert reader.pending == 0
+    reader = FrameReader()
+    assert reader.feed(stream[:-1]) == frames[:-1]
+    assert reader.pending == len(frames[-1]) - 1
