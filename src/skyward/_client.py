@@ -45,7 +45,7 @@ from skyward_trio._client import (
     server_silent,
     server_state,
     stream_cut,
-    streamed_frame,
+    streamed_items,
 )
 from skyward_trio._client import alive as _alive
 from skyward_trio._function import active_pool
@@ -419,11 +419,11 @@ class Client:
         try:
             reader = FrameReader()
             for chunk in response.iter_raw():
-                for data in reader.feed(chunk):
-                    is_item, value = streamed_frame(data, name)
-                    if not is_item:
-                        return
-                    yield value
+                items, end = streamed_items(reader, chunk)
+                yield from items
+                if end is not None:
+                    call_results(end, name)
+                    return
         except httpx.TransportError as exc:
             raise server_gone(self._state["url"], exc) from exc
         finally:

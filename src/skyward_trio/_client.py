@@ -10,7 +10,6 @@ server relays them to a node: it unpickles neither the call nor its result.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import uuid
@@ -23,7 +22,14 @@ import trio
 from . import _serial
 from ._errors import ServerError
 from ._events import Event
-from ._function import Function, PendingFunction, PendingFunctionGroup, active_pool, function
+from ._function import (
+    Function,
+    PendingFunction,
+    PendingFunctionGroup,
+    active_pool,
+    function,
+    mappable,
+)
 from ._pool import Future, PreparedCall, _Functions, _rebuild_error
 from ._server import (
     FRAME,
@@ -58,7 +64,7 @@ __all__ = [
     "server_silent",
     "server_state",
     "stream_cut",
-    "streamed_frame",
+    "streamed_items",
 ]
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server; a call may take as long as it takes
@@ -151,16 +157,9 @@ MAP_CONCURRENCY = 32
 
 def mapped(fn: Callable[..., Any]) -> Function[Any]:
     """``fn`` as a ``@sky.function`` (as it is, if it is one) for ``map``; one that cannot
-    be mapped is refused."""
-    plain = fn.fn if isinstance(fn, Function) else fn
-    if not callable(plain):
-        raise TypeError(f"map() needs a callable, got {type(fn).__qualname__}")
-    if inspect.isgeneratorfunction(plain):
-        raise TypeError(
-            f"map() needs a function that returns a value; {plain.__qualname__}() is a "
-            "generator function"
-        )
-    return fn if isinstance(fn, Function) else function(fn)
+    be mapped is refused (``mappable``)."""
+    plain, timeout = mappable(fn)
+    return fn if isinstance(fn, Function) else function(plain, timeout=timeout)
 
 
 def check_target(target: object) -> None:
@@ -212,14 +211,16 @@ class FrameReader:
         return len(self._buffer)
 
 
-def streamed_frame(content: bytes, name: str) -> tuple[bool, Any]:
-    """``(True, item)`` for an item of a streamed call; ``(False, None)`` for its end (or
-    the call's error, raised)."""
-    header, blobs = unpack(content)
-    if "item" in header:
-        return True, _serial.loads(join_payload(header["item"], blobs))
-    call_results(content, name)
-    return False, None
+def streamed_items(reader: FrameReader, chunk: bytes) -> tuple[list[Any], bytes | None]:
+    """The items of a streamed call that ``chunk`` completes, and the frame that ends the
+    call if it came with them (``call_results`` reads it: it raises the call's error)."""
+    items: list[Any] = []
+    for content in reader.feed(chunk):
+        header, blobs = unpack(content)
+        if "item" not in header:
+            return items, content
+        items.append(_serial.loads(join_payload(header["item"], blobs)))
+    return items, None
 
 
 def stream_cut(url: str, name: str) -> ServerError:
@@ -437,11 +438,12 @@ class Client:
         try:
             reader = FrameReader()
             async for chunk in response.aiter_raw():
-                for data in reader.feed(chunk):
-                    is_item, value = streamed_frame(data, name)
-                    if not is_item:
-                        return
-                    yield value
+                items, end = streamed_items(reader, chunk)
+                for item in items:
+                    yield item
+                if end is not None:
+                    call_results(end, name)
+                    return
         except httpx.TransportError as exc:
             raise server_gone(self._state["url"], exc) from exc
         finally:

@@ -8,6 +8,7 @@ to the pool that is active in the current context.
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -25,6 +26,7 @@ __all__ = [
     "active_pool",
     "function",
     "gather",
+    "mappable",
 ]
 
 T = TypeVar("T")
@@ -189,3 +191,24 @@ def function(fn: Callable[..., T] | None = None, *, timeout: float | None = None
         checked = _check_timeout(timeout)
         return lambda f: Function(f, checked)
     return Function(fn, timeout)
+
+
+def mappable(fn: Callable[..., Any]) -> tuple[Callable[..., Any], float | None]:
+    """What ``map(fn, items)`` runs per item, and its timeout (``@sky.function``'s, if
+    ``fn`` is one).
+
+    Raises:
+        TypeError: ``fn`` is not callable, or is a generator function.
+    """
+    timeout = None
+    if isinstance(fn, Function):
+        timeout = fn.timeout
+        fn = fn.fn
+    if not callable(fn):
+        raise TypeError(f"map() needs a callable, got {type(fn).__qualname__}")
+    if inspect.isgeneratorfunction(fn):
+        raise TypeError(
+            f"map() needs a function that returns a value; {fn.__qualname__}() is a "
+            "generator function (dispatch it with `>>` to stream its items)"
+        )
+    return fn, timeout

@@ -50,7 +50,7 @@ from ._errors import (
 from ._eventbus import EventBus, EventStream
 from ._events import TaskCompleted, TaskStarted, WorkSubmitted
 from ._execute import StreamedInput
-from ._function import Function, PendingFunction, PendingFunctionGroup
+from ._function import PendingFunction, PendingFunctionGroup, mappable
 from ._model import Nodes, Options, Spec, Worker
 from ._plugin import collective
 from ._providers import Instance
@@ -963,17 +963,7 @@ class Pool:
         return self._functions.prepare(pending)
 
     def prepare_map(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload, float | None]:
-        timeout = None
-        if isinstance(fn, Function):
-            timeout = fn.timeout
-            fn = fn.fn
-        if not callable(fn):
-            raise TypeError(f"map() needs a callable, got {type(fn).__qualname__}")
-        if inspect.isgeneratorfunction(fn):
-            raise TypeError(
-                f"map() needs a function that returns a value; {fn.__qualname__}() is a "
-                "generator function (dispatch it with `>>` to stream its items)"
-            )
+        fn, timeout = mappable(fn)
         entry = self._functions.get(fn)
         return entry.key, entry.payload, timeout
 
