@@ -4,6 +4,7 @@
     sky compute create train               # [pools.train] of ./skyward.toml, held there
     sky compute list                       # then sky.Client("train") in any script
     sky compute view train                 # its events as log lines, as they happen
+    sky compute run train fit.py --lr 3e-4 # fit.py here; its `>> sky` runs on train
     sky compute delete train               # its machines terminated
     sky server stop                        # every pool closed, then the server exits
     sky offers list runpod vastai --accelerator H100 --count 8 --spot --cheapest 5
@@ -25,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -300,11 +303,58 @@ def _compute(args: argparse.Namespace) -> int:
         return 0
     if args.command == "view":
         return _view(args.name)
+    if args.command == "run":
+        return _run(args.name, args.command_line)
     if args.command == "get":
         print(json.dumps(_client.request("GET", f"/pools/{args.name}"), indent=2))
         return 0
     _client.request("DELETE", f"/pools/{args.name}")
     print(f"pool {args.name} closed; its machines are terminated")
+    return 0
+
+
+def _run(name: str, command_line: list[str]) -> int:
+    """Run a script (or ``-m module``) here, as ``python`` would, inside ``with
+    sky.Client(name):``: its ``>> sky`` and ``@ sky`` reach the pool the server holds."""
+    from . import _client
+
+    if command_line[:1] == ["--"]:
+        command_line = command_line[1:]
+    module = command_line[1] if command_line[:1] == ["-m"] and len(command_line) > 1 else None
+    if not command_line or (command_line[0] == "-m" and module is None):
+        raise _Refused(
+            f"sky compute run {name}: name a script to run: `sky compute run {name} train.py "
+            f"[ARGS...]`, or a module: `sky compute run {name} -m package.module [ARGS...]`"
+        )
+    if module is None and not Path(command_line[0]).is_file():
+        raise _Refused(f"sky compute run {name}: no script {command_line[0]!r} here")
+    client = _client.Client(name)
+    client.info()  # the pool is there, or this says which the server holds
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    try:
+        with client:
+            if module is not None:
+                sys.argv = [module, *command_line[2:]]
+                sys.path.insert(0, os.getcwd())
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            else:
+                script = command_line[0]
+                sys.argv = [script, *command_line[1:]]
+                sys.path.insert(0, str(Path(script).resolve().parent))
+                runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        client.close()
     return 0
 
 
@@ -432,6 +482,15 @@ def _parser() -> argparse.ArgumentParser:
         "view", help="follow a pool: its events as log lines, until it closes or Ctrl-C"
     )
     viewed.add_argument("name")
+    ran = compute_commands.add_parser(
+        "run",
+        help="run a Python script here whose `>> sky` and `@ sky` reach a pool the server holds",
+        usage="sky compute run NAME (SCRIPT | -m MODULE) [ARGS ...]",
+    )
+    ran.add_argument("name", help="a pool the server holds")
+    ran.add_argument(
+        "command_line", nargs=argparse.REMAINDER, help="SCRIPT [ARGS ...] or -m MODULE [ARGS ...]"
+    )
     deleted = compute_commands.add_parser("delete", help="close a pool: terminate its machines")
     deleted.add_argument("name")
 

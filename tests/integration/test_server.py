@@ -727,3 +727,53 @@ def test_deleting_a_pool_under_a_call_fails_the_call_saying_so(pool: Home) -> No
                 caller.kill()
     assert caller.returncode == 0
     assert out.startswith("PoolClosedError "), out
+
+
+_RUN_SCRIPT = """
+import sys
+import skyward as sky
+
+@sky.function
+def where(x):
+    return sky.instance_info().node, 2 * x
+
+print("argv", sys.argv[1:])
+print("one", where(21) >> sky)
+print("all", where(1) @ sky)
+if sys.argv[1:] == ["fail"]:
+    raise LookupError("from the script")
+sys.exit(int(sys.argv[1]) if sys.argv[1:] else 0)
+"""
+
+
+def test_compute_run_runs_a_script_whose_calls_reach_the_pool(pool: Home) -> None:
+    folder = pool.project / "job"
+    folder.mkdir()
+    (folder / "fit.py").write_text(_RUN_SCRIPT)
+    done = pool.sky("compute", "run", "p", "job/fit.py", "3")
+    assert done.returncode == 3, done.stderr  # the script's own exit status
+    lines = done.stdout.splitlines()
+    assert lines[0] == "argv ['3']"
+    assert lines[1] in ("one (0, 42)", "one (1, 42)")
+    assert lines[2] == "all [(0, 2), (1, 2)]"
+    failed = pool.sky("compute", "run", "p", "job/fit.py", "fail")
+    assert failed.returncode == 1
+    assert "LookupError: from the script" in failed.stderr
+    assert 'fit.py", line' in failed.stderr  # the script's traceback
+    (pool.project / "fitmod.py").write_text(_RUN_SCRIPT)
+    as_module = pool.sky("compute", "run", "p", "-m", "fitmod")  # from the project's folder
+    assert as_module.returncode == 0, as_module.stderr
+    assert as_module.stdout.splitlines()[2] == "all [(0, 2), (1, 2)]"
+
+
+def test_compute_run_says_what_it_needs(pool: Home) -> None:
+    missing = pool.sky("compute", "run", "other", "x.py")
+    assert missing.returncode == 2
+    assert "no script 'x.py' here" in missing.stderr
+    (pool.project / "x.py").write_text("")
+    missing = pool.sky("compute", "run", "other", "x.py")
+    assert missing.returncode == 1
+    assert "no pool 'other' (it holds: p)" in missing.stderr
+    bare = pool.sky("compute", "run", "p")
+    assert bare.returncode == 2
+    assert "name a script to run: `sky compute run p train.py [ARGS...]`" in bare.stderr
