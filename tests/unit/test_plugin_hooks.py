@@ -240,6 +240,7 @@ def test_every_built_in_is_listed_by_name() -> None:
         "keras": "keras",
         "joblib": "joblib",
         "sklearn": "sklearn",
+        "accelerate": "accelerate",
     }
 
 
