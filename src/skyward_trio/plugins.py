@@ -529,9 +529,9 @@ def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dic
     Only the variables it sets or changes are returned; ``os.environ`` is not changed.
 
     Raises:
-        RuntimeError: accelerate cannot be imported (or is not 1.x), refuses the config
-            (its error chained), or the config spans the nodes through a GPU this node
-            does not have.
+        RuntimeError: accelerate's launcher cannot be imported, accelerate refuses the
+            config (its error chained), or the config spans the nodes through a GPU this
+            node does not have.
     """
     where = f"sky.plugins.accelerate(config=...) on node {info.node}"
     try:
@@ -546,12 +546,20 @@ def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dic
         ) from exc
     found = accelerate_module.__version__
     settings = dict(config)
+    several = info.total_nodes > 1
+    device = several and _accelerate_device()
     if "distributed_type" not in settings:
-        if info.total_nodes == 1:
-            settings["distributed_type"] = "NO"
-        else:
-            settings["distributed_type"] = "MULTI_GPU" if _accelerate_device() else "MULTI_CPU"
-    if settings["distributed_type"] == "MULTI_CPU":
+        settings["distributed_type"] = ("MULTI_GPU" if device else "MULTI_CPU") if several else "NO"
+    kind = settings["distributed_type"]
+    if several and kind not in ("NO", "MULTI_CPU") and not device:
+        raise RuntimeError(
+            f"{where}: distributed_type {kind!r} joins the nodes through a GPU (or another "
+            f"accelerator), and node {info.node} has none that accelerate can use: "
+            "Accelerator() would run alone there (and Accelerator(cpu=True) would join the "
+            f"others but ignore {kind}). On CPU nodes leave distributed_type out, or pass "
+            '"MULTI_CPU"; or ask Compute for an accelerator'
+        )
+    if kind == "MULTI_CPU":
         settings.setdefault("use_cpu", True)  # as `accelerate config` writes it
     try:
         with tempfile.TemporaryDirectory(prefix="skyward-accelerate-") as folder:
@@ -604,17 +612,7 @@ def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dic
         ) from exc
     except Exception as exc:
         raise _accelerate_refused(where, found, exc) from exc
-    added = {key: value for key, value in env.items() if os.environ.get(key) != value}
-    kind = settings["distributed_type"]
-    if info.total_nodes > 1 and kind not in ("NO", "MULTI_CPU") and not _accelerate_device():
-        raise RuntimeError(
-            f"{where}: distributed_type {kind!r} joins the nodes through a GPU (or another "
-            f"accelerator), and node {info.node} has none that accelerate can use: "
-            f"Accelerator() would run alone there (and with cpu=True, leave {kind} out). On "
-            'CPU nodes leave distributed_type out, or pass "MULTI_CPU"; or ask Compute for '
-            "an accelerator"
-        )
-    return added
+    return {key: value for key, value in env.items() if os.environ.get(key) != value}
 
 
 def _accelerate_refused(where: str, found: str, exc: Exception) -> RuntimeError:

@@ -238,4 +238,4 @@ def test_what_accelerate_refuses_is_named_with_accelerates_reason() -> None:
         accelerate_environment({"fsdp_confg": {}}, _info(0, 2))
     assert isinstance(caught.value.__cause__, ValueError)
     with pytest.raises(RuntimeError, match="DEEPSPEED needs DeepSpeed on the node"):
-        accelerate_environment({"distributed_type": "DEEPSPEED"}, _info(0, 2))
+        accelerate_environment({"distributed_type": "DEEPSPEED"}, _info(0, 1))
