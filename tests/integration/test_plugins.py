@@ -339,6 +339,19 @@ def test_accelerate_joins_the_nodes_in_one_process_group() -> None:
     )
 
 
+def test_accelerate_runs_under_the_process_executor() -> None:
+    _need("torch", "torch==2.13.0")
+    _need("accelerate", "accelerate==1.15.0")
+    accelerate = sky.plugins.accelerate({"mixed_precision": "bf16"}, version=None)
+    options = sky.Options(console="silent", worker=sky.Worker(executor="process"))
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[accelerate], options=options) as pool:
+        results = _accelerated() @ pool
+    assert [(r["process_index"], r["mixed_precision"], r["gathered"]) for r in results] == [
+        (0, "bf16", [1.0, 2.0]),
+        (1, "bf16", [1.0, 2.0]),
+    ]
+
+
 @sky.function
 def _train_one_step() -> dict[str, Any]:
     import torch
