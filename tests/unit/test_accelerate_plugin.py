@@ -9,11 +9,12 @@ import sys
 from typing import Any
 
 import pytest
+from test_plugin_hooks import _info
 
 import skyward as sky
 from skyward.plugins import Cluster
 from skyward_trio import plugins as plugins_module
-from skyward_trio._info import InstanceInfo, PeerInfo
+from skyward_trio._info import InstanceInfo
 from skyward_trio._plugin import transformed
 from skyward_trio._pluginrun import pack
 from skyward_trio.plugins import accelerate_environment, torch_environment
@@ -158,14 +159,6 @@ def _need_accelerate() -> None:
         if sys.version_info[:2] == (3, 11) and os.environ.get("CI") == "true":
             pytest.fail("accelerate is not installed (pip install accelerate==1.15.0)")
         pytest.skip("accelerate is installed for the Python 3.11 tests only (noxfile.py)")
-
-
-def _info(node: int, total: int) -> InstanceInfo:
-    peers = [PeerInfo(node=k, private_ip=f"10.0.0.{k + 1}") for k in range(total)]
-    return InstanceInfo(
-        node=node, total_nodes=total, head_addr="10.0.0.1", head_port=29500, job_id="j",
-        peers=peers,
-    )  # fmt: skip
 
 
 @pytest.fixture
