@@ -24,6 +24,7 @@ for _version in PYTHONS:
 PARALLEL = ("-n", "2", "--dist", "loadfile")
 TORCH = "torch==2.13.0"
 JAX = "jax==0.10.2"
+ACCELERATE = "accelerate==1.15.0"
 
 
 @nox.session(python=PYTHONS)
@@ -31,11 +32,11 @@ def tests(session: nox.Session) -> None:
     """The test suite (real Local nodes over real SSH)."""
     session.install("-e", ".[test]")
     if session.python == "3.11":
-        # For the torch and jax plugins' multi-node tests: these machines hold PyTorch's
-        # CPU build for 3.11 only, where pip finds it (elsewhere pip downloads a CUDA
-        # build of several GB); JAX's CPU build is about 600 MB installed. On 3.12 and
-        # 3.13 those tests skip.
-        session.install(TORCH, JAX)
+        # For the torch, jax and accelerate plugins' multi-node tests: these machines hold
+        # PyTorch's CPU build for 3.11 only, where pip finds it (elsewhere pip downloads a
+        # CUDA build of several GB); JAX's CPU build is about 600 MB installed. On 3.12
+        # and 3.13 those tests skip.
+        session.install(TORCH, JAX, ACCELERATE)
     session.run("pytest", *PARALLEL, *session.posargs)
 
 

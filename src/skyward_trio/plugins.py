@@ -1,9 +1,9 @@
 """Plugins: what a framework needs from a pool, given once in ``Compute(plugins=[...])``.
 
-Built in: :func:`torch`, :func:`jax`, :func:`keras`, :func:`joblib` and :func:`sklearn`
-(:data:`BUILT_IN`, by the names ``skyward.toml`` uses). Write your own with :class:`Plugin`
-(``Plugin.create(name)`` and its ``with_*`` builders; ``with_launcher`` takes and returns a
-:class:`LaunchCommand`).
+Built in: :func:`torch`, :func:`jax`, :func:`accelerate`, :func:`keras`, :func:`joblib`,
+:func:`sklearn`, :func:`mps`, :func:`mig` and :func:`cuml` (:data:`BUILT_IN`, by the names
+``skyward.toml`` uses). Write your own with :class:`Plugin` (``Plugin.create(name)`` and its
+``with_*`` builders; ``with_launcher`` takes and returns a :class:`LaunchCommand`).
 
 The hooks that run on nodes (the built-ins' ``around_app``, ``around_process`` and
 ``decorate``) are defined here at module level, so they travel by reference and the node
@@ -14,11 +14,13 @@ Layer 1: stdlib, attrs, ``_model`` and ``_plugin``; imported on nodes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "LaunchCommand",
     "LaunchContext",
     "Plugin",
+    "accelerate",
     "cuml",
     "jax",
     "joblib",
@@ -297,6 +300,356 @@ def _jax_setup(info: InstanceInfo) -> Iterator[None]:
         yield
     finally:
         jax_module.distributed.shutdown()
+
+
+# --- accelerate -----------------------------------------------------------------------------
+
+#: The ``accelerate config`` keys Skyward sets from the pool, and what it sets each to.
+_ACCELERATE_TOPOLOGY = {
+    "num_machines": "the node count",
+    "machine_rank": "each node's index",
+    "main_process_ip": "the head node's address",
+    "main_process_port": "InstanceInfo.head_port",
+}
+#: accelerate 1.x's ``DistributedType`` values (``XLA`` is refused: see below).
+_ACCELERATE_TYPES = (
+    "NO",
+    "MULTI_CPU",
+    "MULTI_GPU",
+    "FSDP",
+    "DEEPSPEED",
+    "MEGATRON_LM",
+    "MULTI_XPU",
+    "MULTI_NPU",
+    "MULTI_MLU",
+    "MULTI_SDAA",
+    "MULTI_MUSA",
+    "MULTI_HPU",
+    "MULTI_NEURON",
+)
+_ACCELERATE_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+#: What each top-level key of the config must be, where it must be one thing.
+_ACCELERATE_KINDS: dict[str, tuple[type, ...]] = {
+    "compute_environment": (str,),
+    "distributed_type": (str,),
+    "mixed_precision": (str,),
+    "num_processes": (int,),
+    "gpu_ids": (str, int),
+    "rdzv_backend": (str,),
+    "main_training_function": (str,),
+    "use_cpu": (bool,),
+    "debug": (bool,),
+    "enable_cpu_affinity": (bool,),
+    "downcast_bf16": (bool,),
+    "same_network": (bool,),
+    "fsdp_config": (dict,),
+    "deepspeed_config": (dict,),
+    "dynamo_config": (dict,),
+    "fp8_config": (dict,),
+    "parallelism_config": (dict,),
+    "megatron_lm_config": (dict,),
+    "mpirun_config": (dict,),
+}
+
+
+def accelerate(
+    config: Mapping[str, Any] | None = None, *, version: str | None = "latest"
+) -> Plugin:
+    """Hugging Face Accelerate on every node, each worker set up as one rank of the pool.
+
+    ``accelerate launch`` starts a script once per rank and exits when it returns; a
+    Skyward worker is one long-lived process per node that runs many functions, so it
+    cannot be wrapped by it. Instead each worker gets the environment ``accelerate
+    launch`` would give the process it starts for that node's rank, worked out on the
+    node by accelerate's own launcher code from ``config`` (as ``accelerate launch
+    --config_file F --num_machines N --machine_rank R --main_process_ip HEAD
+    --main_process_port P --num_processes N`` would), plus ``torch.distributed``'s
+    rendezvous variables (see :func:`torch_environment`). So ``Accelerator()`` in a
+    function broadcast with ``@`` joins one process group across the nodes: one rank per
+    node (``num_processes`` is the node count), the backend accelerate picks for the
+    node (gloo on CPU nodes). The process group and accelerate's state then live as long
+    as the worker: later functions' ``Accelerator()`` reuse them (so they cannot ask for
+    other settings, such as another ``mixed_precision``, than the first one's).
+
+    With no ``distributed_type`` in ``config`` a pool of several nodes gets
+    ``"MULTI_GPU"`` on nodes with a GPU and ``"MULTI_CPU"`` (with ``use_cpu``) on
+    others; one node gets ``"NO"``. A config accelerate on the node refuses, or one
+    that needs a GPU on nodes without one, fails every task with why.
+
+    Installs ``accelerate`` (and ``deepspeed`` for ``distributed_type="DEEPSPEED"``)
+    unless the image or a plugin before this one names it. Accelerate needs PyTorch: list
+    :func:`torch` before this plugin to choose its build (CUDA or CPU, from PyTorch's
+    index); alone, pip brings PyTorch's default build from PyPI with accelerate.
+
+    Args:
+        config: The settings ``accelerate config`` writes, as a dict (its YAML file,
+            loaded): ``distributed_type``, ``mixed_precision``, ``fsdp_config``,
+            ``deepspeed_config``, ``dynamo_config``, ... ``num_processes``, if given,
+            must be the pool's node count. ``num_machines``, ``machine_rank``,
+            ``main_process_ip`` and ``main_process_port`` are set from the pool and
+            refused here. None: accelerate's defaults, as above.
+        version: ``"latest"``, a version (``"1.15.0"``) or a specifier (``">=1.10"``) of
+            accelerate to install; None installs nothing (the image has it). Needs
+            accelerate 1.x on the nodes.
+    """
+    settings = _accelerate_config(config)
+    _check_version("accelerate", "version", version)
+    packages = [] if version is None else [_requirement("accelerate", version)]
+    if packages and settings.get("distributed_type") == "DEEPSPEED":
+        packages.append("deepspeed")
+    processes = settings.get("num_processes")
+
+    def transform(image: Image, cluster: Cluster) -> Image:
+        nodes = cluster.nodes.desired
+        if processes is not None and processes != nodes:
+            raise ValueError(
+                f"sky.plugins.accelerate(config={{'num_processes': {processes!r}, ...}}): the "
+                f"pool has {nodes} node{'s' if nodes != 1 else ''}, and Skyward runs one rank "
+                f"per node, so num_processes is {nodes}. Leave num_processes out, or pass "
+                f"nodes={processes} to Compute."
+            )
+        if not packages:
+            return image
+        return _with_packages(image, packages)
+
+    setup = _accelerate_setup(settings)
+    return (
+        Plugin.create("accelerate", collective=True)
+        .with_image_transform(transform)
+        .with_around_app(setup)
+        .with_around_process(setup)
+    )
+
+
+def _accelerate_config(config: object) -> dict[str, Any]:
+    """``config`` checked as far as it can be off the node, as plain JSON data."""
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"sky.plugins.accelerate(config={config!r}): config must be a dict of the settings "
+            "`accelerate config` writes (its YAML file, loaded), or None. Pass e.g. "
+            'config={"mixed_precision": "bf16"}.'
+        )
+    settings: dict[str, Any] = _accelerate_plain(config, "config")
+    for key, value in settings.items():
+        where = f"sky.plugins.accelerate(config={{{key!r}: {value!r}, ...}})"
+        if key in _ACCELERATE_TOPOLOGY:
+            raise ValueError(
+                f"{where}: {key} is set by Skyward from the pool ({_ACCELERATE_TOPOLOGY[key]}); "
+                f"leave {key} out of config."
+            )
+        kinds = _ACCELERATE_KINDS.get(key)
+        if kinds is not None and (
+            not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))
+        ):
+            named = " or ".join("a dict" if kind is dict else kind.__name__ for kind in kinds)
+            raise ValueError(f"{where}: {key} must be {named}, got {type(value).__name__}.")
+    _accelerate_refusals(settings)
+    return settings
+
+
+def _accelerate_refusals(settings: dict[str, Any]) -> None:
+    """What ``accelerate config`` may write but this plugin cannot do, each with why."""
+    where = "sky.plugins.accelerate(config={{{key!r}: {value!r}, ...}})".format
+    kind = settings.get("distributed_type")
+    if kind == "XLA":
+        raise ValueError(
+            f"{where(key='distributed_type', value=kind)}: accelerate launches TPU processes "
+            "with torch_xla's own spawner, which this plugin does not set up. Use "
+            "sky.plugins.jax() on TPUs, or leave distributed_type out."
+        )
+    if kind is not None and kind not in _ACCELERATE_TYPES:
+        raise ValueError(
+            f"{where(key='distributed_type', value=kind)}: distributed_type must be one of "
+            f"{', '.join(map(repr, _ACCELERATE_TYPES))} (accelerate's names), or left out. "
+            'Pass e.g. "FSDP".'
+        )
+    precision = settings.get("mixed_precision")
+    if precision is not None and precision.lower() not in _ACCELERATE_PRECISIONS:
+        raise ValueError(
+            f"{where(key='mixed_precision', value=precision)}: mixed_precision must be one "
+            f'of {", ".join(map(repr, _ACCELERATE_PRECISIONS))}. Pass e.g. "bf16".'
+        )
+    environment = settings.get("compute_environment", "LOCAL_MACHINE")
+    if environment != "LOCAL_MACHINE":
+        raise ValueError(
+            f"{where(key='compute_environment', value=environment)}: Skyward's nodes are the "
+            'compute environment; leave compute_environment out (or "LOCAL_MACHINE").'
+        )
+    if settings.get("mpirun_config"):
+        raise ValueError(
+            f"{where(key='mpirun_config', value=settings['mpirun_config'])}: Skyward starts "
+            "the ranks itself, one per node, so accelerate's mpirun launcher has nothing to "
+            "start; leave mpirun_config out."
+        )
+    if "gradient_accumulation_steps" in settings:
+        steps = settings["gradient_accumulation_steps"]
+        raise ValueError(
+            f"{where(key='gradient_accumulation_steps', value=steps)}: accelerate's config "
+            "has no top-level gradient_accumulation_steps (accelerate would refuse the "
+            "file). Put it in deepspeed_config for DeepSpeed, or pass "
+            f"Accelerator(gradient_accumulation_steps={steps!r}) in your function."
+        )
+
+
+def _accelerate_plain(value: object, where: str) -> Any:
+    """``value`` as JSON data (what a YAML config file holds), or a ValueError at ``where``."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        plain: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(
+                    f"sky.plugins.accelerate(config=...): {where} has the key {key!r}; the "
+                    "keys of accelerate's config are strings. Pass e.g. "
+                    'config={"mixed_precision": "bf16"}.'
+                )
+            plain[key] = _accelerate_plain(item, f"{where}[{key!r}]")
+        return plain
+    if isinstance(value, list | tuple):
+        return [_accelerate_plain(item, f"{where}[{k}]") for k, item in enumerate(value)]
+    raise ValueError(
+        f"sky.plugins.accelerate(config=...): {where} is {type(value).__qualname__}; a config "
+        "holds what a YAML file can (strings, numbers, booleans, lists, dicts, None). Pass "
+        "it as one of those."
+    )
+
+
+def _accelerate_setup(config: dict[str, Any]) -> Callable[[InstanceInfo], Any]:
+    @contextmanager
+    def setup(info: InstanceInfo) -> Iterator[None]:
+        os.environ.update(torch_environment(info))
+        os.environ.update(accelerate_environment(config, info))
+        yield
+
+    return setup
+
+
+def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dict[str, str]:
+    """What ``accelerate launch`` would add to the environment of the process it starts
+    for this node's rank, given ``config`` (checked) and the pool's topology.
+
+    Runs on the node, with accelerate's own launcher code: the config is written to a
+    file, ``accelerate launch``'s parser and checks read it with the topology flags, and
+    the launcher it would pick (simple, multi-GPU or DeepSpeed) makes the environment.
+    Only the variables it sets or changes are returned; ``os.environ`` is not changed.
+
+    Raises:
+        RuntimeError: accelerate's launcher cannot be imported, accelerate refuses the
+            config (its error chained), or the config spans the nodes through a GPU this
+            node does not have.
+    """
+    where = f"sky.plugins.accelerate(config=...) on node {info.node}"
+    try:
+        import accelerate as accelerate_module
+        from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+        from accelerate.utils import launch as launching
+    except ImportError as exc:
+        raise RuntimeError(
+            f"{where}: accelerate's launcher cannot be imported ({type(exc).__name__}: {exc}); "
+            "install accelerate 1.x on the nodes (sky.plugins.accelerate() does, unless "
+            "version=None)"
+        ) from exc
+    found = accelerate_module.__version__
+    settings = dict(config)
+    several = info.total_nodes > 1
+    device = several and _accelerate_device()
+    if "distributed_type" not in settings:
+        settings["distributed_type"] = ("MULTI_GPU" if device else "MULTI_CPU") if several else "NO"
+    kind = settings["distributed_type"]
+    if several and kind not in ("NO", "MULTI_CPU") and not device:
+        raise RuntimeError(
+            f"{where}: distributed_type {kind!r} joins the nodes through a GPU (or another "
+            f"accelerator), and node {info.node} has none that accelerate can use: "
+            "Accelerator() would run alone there (and Accelerator(cpu=True) would join the "
+            f"others but ignore {kind}). On CPU nodes leave distributed_type out, or pass "
+            '"MULTI_CPU"; or ask Compute for an accelerator'
+        )
+    if kind == "MULTI_CPU":
+        settings.setdefault("use_cpu", True)  # as `accelerate config` writes it
+    try:
+        with tempfile.TemporaryDirectory(prefix="skyward-accelerate-") as folder:
+            path = os.path.join(folder, "accelerate_config.json")
+            with open(path, "w", encoding="utf-8") as file:
+                json.dump(settings, file)
+            flags = launch_command_parser().parse_args(
+                [
+                    *("--config_file", path),
+                    *("--num_machines", str(info.total_nodes)),
+                    *("--machine_rank", str(info.node)),
+                    *("--main_process_ip", info.head_addr),
+                    *("--main_process_port", str(info.head_port)),
+                    *("--num_processes", str(info.total_nodes)),
+                    "skyward-function",  # the script argument: never run
+                ]
+            )
+            flags, defaults, precision_from_config = _validate_launch_command(flags)
+    except Exception as exc:
+        raise _accelerate_refused(where, found, exc) from exc
+    # The launcher accelerate.commands.launch.launch_command would pick.
+    deepspeed = flags.use_deepspeed and not flags.cpu
+    if deepspeed:
+        from accelerate.utils import is_deepspeed_available
+
+        if not is_deepspeed_available():
+            raise RuntimeError(
+                f"{where}: distributed_type DEEPSPEED needs DeepSpeed on the node, and it is "
+                "not installed: let sky.plugins.accelerate() install it (version= not None), "
+                'or add Image(pip=["deepspeed"])'
+            )
+        fields = list(defaults.deepspeed_config) if defaults is not None else []
+        if precision_from_config:
+            fields.append("mixed_precision")
+        flags.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    try:
+        if deepspeed:
+            env = _accelerate_p2p(launching.prepare_deepspeed_cmd_env(flags)[1])
+        elif (flags.use_fsdp or flags.use_megatron_lm or flags.multi_gpu) and not flags.cpu:
+            env = _accelerate_p2p(launching.prepare_multi_gpu_env(flags))
+        elif flags.tpu and not flags.cpu:
+            raise ValueError("accelerate's TPU launcher is not one this plugin sets up")
+        else:
+            env = launching.prepare_simple_launcher_cmd_env(flags)[1]
+    except ConnectionError as exc:
+        raise RuntimeError(
+            f"{where}: port {info.head_port} on the head node is in use, so the ranks cannot "
+            f"meet there (accelerate: {exc}); on sky.Local() run one torch or accelerate "
+            "pool at a time"
+        ) from exc
+    except Exception as exc:
+        raise _accelerate_refused(where, found, exc) from exc
+    return {key: value for key, value in env.items() if os.environ.get(key) != value}
+
+
+def _accelerate_refused(where: str, found: str, exc: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"{where}: accelerate {found} refused the config (written to a file for "
+        f"`accelerate launch --config_file`): {type(exc).__name__}: {exc}"
+    )
+
+
+def _accelerate_p2p(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with NCCL's P2P and IB off on GPUs without them, as accelerate's GPU
+    launchers do (RTX 4000 series)."""
+    from accelerate.utils import check_cuda_p2p_ib_support
+
+    if not check_cuda_p2p_ib_support():
+        env.setdefault("NCCL_P2P_DISABLE", "1")
+        env.setdefault("NCCL_IB_DISABLE", "1")
+    return env
+
+
+def _accelerate_device() -> bool:
+    """Whether this node has a device accelerate would put a rank on (not the CPU)."""
+    import accelerate.utils as utilities
+    import torch as torch_module
+
+    if torch_module.cuda.is_available():
+        return True
+    kinds = ("xpu", "npu", "mlu", "musa", "sdaa", "hpu", "neuron")
+    return any(getattr(utilities, f"is_{kind}_available", lambda: False)() for kind in kinds)
 
 
 # --- keras ----------------------------------------------------------------------------------
@@ -777,4 +1130,5 @@ BUILT_IN: dict[str, Callable[..., Plugin]] = {
     "mps": mps,
     "mig": mig,
     "cuml": cuml,
+    "accelerate": accelerate,
 }

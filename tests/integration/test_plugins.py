@@ -295,6 +295,122 @@ def test_jax_distributed_spans_the_nodes() -> None:
     assert results == [(0, 2, [[1.0], [2.0]]), (1, 2, [[1.0], [2.0]])]
 
 
+@sky.function
+def _accelerated() -> dict[str, Any]:
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()  # no cpu=True: the plugin's environment says so
+    node = sky.instance_info().node
+    return {
+        "num_processes": accelerator.num_processes,
+        "process_index": accelerator.process_index,
+        "distributed_type": accelerator.distributed_type.value,
+        "backend": accelerator.state.backend,
+        "mixed_precision": accelerator.mixed_precision,
+        "gathered": accelerator.gather(torch.tensor([node + 1.0])).tolist(),
+    }
+
+
+def test_accelerate_joins_the_nodes_in_one_process_group() -> None:
+    _need("torch", "torch==2.13.0")
+    _need("accelerate", "accelerate==1.15.0")
+    plugins = [
+        sky.plugins.torch(version=None, backend="gloo"),
+        sky.plugins.accelerate(version=None),
+    ]
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=plugins, options=QUIET) as pool:
+        first = _accelerated() @ pool
+        again = _accelerated() @ pool  # the worker's process group and state live on
+    assert (
+        first
+        == again
+        == [
+            {
+                "num_processes": 2,
+                "process_index": node,
+                "distributed_type": "MULTI_CPU",
+                "backend": "gloo",
+                "mixed_precision": "no",
+                "gathered": [1.0, 2.0],
+            }
+            for node in range(2)
+        ]
+    )
+
+
+def test_accelerate_runs_under_the_process_executor() -> None:
+    _need("torch", "torch==2.13.0")
+    _need("accelerate", "accelerate==1.15.0")
+    accelerate = sky.plugins.accelerate({"mixed_precision": "bf16"}, version=None)
+    options = sky.Options(console="silent", worker=sky.Worker(executor="process"))
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[accelerate], options=options) as pool:
+        results = _accelerated() @ pool
+    assert [(r["process_index"], r["mixed_precision"], r["gathered"]) for r in results] == [
+        (0, "bf16", [1.0, 2.0]),
+        (1, "bf16", [1.0, 2.0]),
+    ]
+
+
+@sky.function
+def _train_one_step() -> dict[str, Any]:
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    with accelerator.autocast():  # (a prepared model's outputs are cast back to float32)
+        dtype = str(torch.nn.Linear(1, 1)(torch.ones(1, 1)).dtype)
+    x = torch.tensor([[float(sky.instance_info().node + 1)]])  # 1.0 on node 0, 2.0 on 1
+    accelerator.backward(model(x).sum())  # this rank's gradient: x
+    optimizer.step()
+    return {
+        "mixed_precision": accelerator.mixed_precision,
+        "autocast_dtype": dtype,
+        "wrapped_in": type(model).__name__,
+        "weight": accelerator.unwrap_model(model).weight.item(),
+        "env": os.environ.get("ACCELERATE_MIXED_PRECISION"),
+    }
+
+
+def test_accelerate_config_reaches_the_accelerator_on_each_node() -> None:
+    _need("torch", "torch==2.13.0")
+    _need("accelerate", "accelerate==1.15.0")
+    accelerate = sky.plugins.accelerate(
+        {"distributed_type": "MULTI_CPU", "mixed_precision": "bf16", "num_processes": 2},
+        version=None,
+    )
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[accelerate], options=QUIET) as pool:
+        results = _train_one_step() @ pool
+    for result in results:
+        assert result == {
+            "mixed_precision": "bf16",
+            "autocast_dtype": "torch.bfloat16",
+            "wrapped_in": "DistributedDataParallel",
+            # DDP averaged the two ranks' gradients (1 and 2): 1 - 0.5 * 1.5 on both.
+            "weight": 0.25,
+            "env": "bf16",
+        }
+
+
+def test_a_config_accelerate_refuses_on_the_node_fails_each_task() -> None:
+    _need("accelerate", "accelerate==1.15.0")
+    accelerate = sky.plugins.accelerate({"fsdp_confg": {}}, version=None)  # a typo
+    refused = (
+        r"plugin 'accelerate' failed to set up this worker \(around_app\): RuntimeError: "
+        r"sky\.plugins\.accelerate\(config=\.\.\.\) on node 0: accelerate 1\.\S+ refused the "
+        r"config .*unknown keys \(\['fsdp_confg'\]\)"
+    )
+    with sky.Compute(provider=sky.Local(), plugins=[accelerate], options=QUIET) as pool:
+        for _ in range(2):  # every task, not only the first
+            with pytest.raises(RuntimeError, match=refused):
+                _double(1) >> pool
+
+
 def _where_raw(x: int) -> tuple[int, int, int]:
     return x, sky.instance_info().node, os.getpid()
 

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import attrs
 import pytest
 
 import skyward as sky
@@ -525,6 +526,35 @@ def test_the_gpu_plugins_take_their_arguments_from_a_table(project: Path) -> Non
         """,
     )
     assert [p.name for p in loaded.pools["gpu"].specs[0].plugins] == ["mig", "mps", "cuml"]
+
+
+def test_accelerate_takes_its_config_as_a_table(project: Path) -> None:
+    loaded = load(
+        project,
+        """
+        [pools.train]
+        nodes = 2
+        plugins = [
+            { kind = "accelerate", config = { mixed_precision = "bf16", num_processes = 2 } },
+        ]
+        """,
+    )
+    spec = loaded.pools["train"].specs[0]
+    (accelerate,) = spec.plugins
+    assert (accelerate.name, accelerate.collective) == ("accelerate", True)
+    assert accelerate.transform is not None
+    cluster = sky.plugins.Cluster
+    assert accelerate.transform(sky.Image(), cluster(spec=spec)).pip == ("accelerate",)
+    with pytest.raises(ValueError, match="'num_processes': 2"):  # the table reached it
+        accelerate.transform(
+            sky.Image(), cluster(spec=attrs.evolve(spec, nodes=sky.Nodes(desired=3)))
+        )
+    (found,) = problems(
+        project,
+        '[pools.train]\nplugins = [{ kind = "accelerate", config = { num_machines = 2 } }]\n',
+    )
+    assert found.startswith(f"{project}: pools.train.plugins[0]: ")
+    assert "num_machines is set by Skyward from the pool" in found
 
 
 def test_a_pool_holds_a_spec_and_its_options(project: Path) -> None:

@@ -246,6 +246,7 @@ def test_every_built_in_is_listed_by_name() -> None:
         "mps": "mps",
         "mig": "mig",
         "cuml": "cuml",
+        "accelerate": "accelerate",
     }
 
 
