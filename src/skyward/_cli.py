@@ -378,17 +378,34 @@ def _seconds(text: str) -> float:
 
 
 def _keyed(spec: Any) -> Any:
-    """``spec`` with its provider's API key read here, from this shell's environment, when
-    the file names none: the server (started from another shell, maybe) need not have it.
-    Left unset when this shell has none either (the server's own may)."""
+    """``spec`` with the keys ``skyward.toml`` names read here, from this shell's
+    environment: its provider's API key when the file names none, and its volumes'
+    storage keys (``access_key_env``...). The server (started from another shell, maybe)
+    need not have them. A key this shell lacks is left to the server's own."""
     provider = spec.provider
-    if getattr(provider, "api_key", "") is not None or not hasattr(provider, "resolved_api_key"):
-        return spec
-    try:
-        key = provider.resolved_api_key()
-    except ValueError:
-        return spec
-    return attrs.evolve(spec, provider=attrs.evolve(provider, api_key=key))
+    if getattr(provider, "api_key", "") is None and hasattr(provider, "resolved_api_key"):
+        try:
+            spec = attrs.evolve(
+                spec, provider=attrs.evolve(provider, api_key=provider.resolved_api_key())
+            )
+        except ValueError:
+            pass
+    volumes = tuple(_volume_keyed(volume) for volume in spec.volumes)
+    return attrs.evolve(spec, volumes=volumes) if volumes != spec.volumes else spec
+
+
+def _volume_keyed(volume: Any) -> Any:
+    from skyward_trio.storage import EnvKey
+
+    storage = volume.storage
+    if storage is None:
+        return volume
+    read = {}
+    for field in ("access_key", "secret_key"):
+        key = getattr(storage, field)
+        if isinstance(key, EnvKey) and key.name in os.environ:
+            read[field] = os.environ[key.name]
+    return attrs.evolve(volume, storage=attrs.evolve(storage, **read)) if read else volume
 
 
 def _log_lines() -> Any:

@@ -898,13 +898,58 @@ class _Reader:
         return self.record(at, Volume, table, convert={"storage": self.volume_storage})
 
     def volume_storage(self, at: _Key, value: object) -> Any:
-        self.problem(
+        """A storage preset by ``kind``, its keys named by environment variables
+        (``access_key_env``, ``secret_key_env``): a file names keys, never holds them."""
+        from .storage import PRESETS, EnvKey
+
+        found = self.kinded(
             at,
-            "a volume's storage holds keys (or functions returning them), which a file "
-            "should not: leave storage out (a pool on sky.AWS mounts S3 in its region), or "
-            "pass volumes=[sky.Volume(..., storage=sky.storage.R2(...))] to Compute",
+            value,
+            PRESETS,
+            expected="expected a table: a storage preset ({kinds}) as kind =, its arguments, "
+            "and the variables holding its keys (access_key_env, secret_key_env)",
+            unknown="unknown storage {kind!r}; {hint}the presets are {kinds}",
         )
-        return _FAILED
+        if found is None:
+            return _FAILED
+        make, fields = found
+        kind, name = make.__name__, next(k for k, v in PRESETS.items() if v is make)
+        parameters = inspect.signature(make).parameters
+        # The preset's two key arguments (Backblaze calls them key_id and app_key).
+        key_args = [arg for arg in parameters if arg in _KEY_ARGS]
+        held = [arg for arg in key_args if arg in fields]
+        if held:
+            self.problem(
+                (*at, held[0]),
+                "a file should not hold keys: name the variables that hold them, "
+                f'access_key_env = "..." and secret_key_env = "..." (or pass '
+                f"storage=sky.storage.{kind}(...) to Compute in Python)",
+            )
+            return _FAILED
+        args = [arg for arg in parameters if arg not in key_args]
+        env_keys = ("access_key_env", "secret_key_env")
+        if not self.keys(at, fields, [*args, *env_keys]):
+            return _FAILED
+        named = {key: fields.pop(key) for key in env_keys if key in fields}
+        for key, variable in named.items():
+            if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
+                self.problem(
+                    (*at, key),
+                    f"expected the name of an environment variable, got {variable!r}",
+                )
+                return _FAILED
+        keyless = all(parameters[arg].default is None for arg in key_args)  # S3: AWS_* vars
+        if len(named) == 1 or (not named and not keyless):
+            self.problem(
+                at,
+                f"storage {name!r} needs both its keys named: access_key_env and "
+                "secret_key_env, the variables that hold them",
+            )
+            return _FAILED
+        for i, env_key in enumerate(env_keys):
+            if env_key in named:
+                fields[key_args[i]] = EnvKey(named[env_key])
+        return self.build(at, make, fields)
 
     def logging(self, at: _Key, value: object) -> Any:
         if isinstance(value, bool):
@@ -929,6 +974,11 @@ def _types() -> str:
 
 def _required_fields(cls: type) -> tuple[str, ...]:
     return tuple(field.name for field in attrs.fields(cls) if field.default is attrs.NOTHING)
+
+
+#: The arguments of a storage preset that hold keys.
+_KEY_ARGS = ("access_key", "secret_key", "key_id", "app_key")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _required(make: Callable[..., Any], key: str) -> bool:

@@ -43,6 +43,7 @@ __all__ = [
     "AsyncStorageClient",
     "Backblaze",
     "Credential",
+    "EnvKey",
     "Storage",
     "StorageClient",
     "StorageError",
@@ -190,6 +191,23 @@ def _keys(storage: Storage, *, awaitable: bool) -> tuple[Any, Any]:
             )
         found.append(value)
     return found[0], found[1]
+
+
+@attrs.frozen
+class EnvKey:
+    """A key read from the environment variable ``name`` when it is needed (a
+    ``Credential``): how ``skyward.toml`` names a storage's keys without holding them."""
+
+    name: str
+
+    def __call__(self) -> str:
+        value = os.environ.get(self.name)
+        if value is None:
+            raise ValueError(
+                f"Storage key: the variable {self.name} (named in skyward.toml) is not set; "
+                f"export {self.name}=... in the shell that opens the pool"
+            )
+        return value
 
 
 # --- presets --------------------------------------------------------------------------------
@@ -724,3 +742,13 @@ class AsyncStorageClient:
         """Delete ``key`` from ``bucket`` (nothing happens if it is not there)."""
         _check_names(bucket, key)
         await self._run(_rm(self._requests, bucket, key))
+
+
+#: The presets by the names ``skyward.toml`` uses (``storage = { kind = "r2", ... }``).
+PRESETS: dict[str, Callable[..., Storage]] = {
+    "s3": S3,
+    "r2": R2,
+    "gcs": GCS,
+    "wasabi": Wasabi,
+    "backblaze": Backblaze,
+}

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import attrs
 import pytest
+import trio
 
 import skyward as sky
 import skyward_trio
 from skyward_trio import accelerators, config
 from skyward_trio import metrics as sky_metrics
 from skyward_trio.config import Config, validate
+from skyward_trio.storage import resolved_keys
 
 
 def write(path: Path, text: str) -> Path:
@@ -228,9 +230,32 @@ def test_unknown_keys_are_errors_with_a_suggestion(project: Path) -> None:
             "a whole percentage from 1 to 100",
         ),
         (
-            'volumes = [{ bucket = "b", mount = "/data", storage = "s3" }]',
+            'volumes = [{ bucket = "b", mount = "/data", storage = "r2" }]',
             "pools.train.volumes[0].storage",
-            "a volume's storage holds keys",
+            "storage 'r2' needs both its keys named: access_key_env and secret_key_env",
+        ),
+        (
+            'volumes = [{ bucket = "b", mount = "/d", storage = { kind = "gcs", '
+            'access_key = "GOOG1E", secret_key_env = "S" } }]',
+            "pools.train.volumes[0].storage.access_key",
+            "a file should not hold keys: name the variables that hold them",
+        ),
+        (
+            'volumes = [{ bucket = "b", mount = "/d", storage = { kind = "s3", '
+            'access_key_env = "A" } }]',
+            "pools.train.volumes[0].storage",
+            "needs both its keys named",
+        ),
+        (
+            'volumes = [{ bucket = "b", mount = "/d", storage = { kind = "wasabi", '
+            'region = "us-east-1", access_key_env = "1A", secret_key_env = "S" } }]',
+            "pools.train.volumes[0].storage.access_key_env",
+            "expected the name of an environment variable, got '1A'",
+        ),
+        (
+            'volumes = [{ bucket = "b", mount = "/d", storage = { kind = "minio" } }]',
+            "pools.train.volumes[0].storage",
+            "unknown storage 'minio'",
         ),
         ("health_checker = 1", "pools.train.health_checker", "cannot hold"),
     ],
@@ -557,6 +582,50 @@ def test_accelerate_takes_its_config_as_a_table(project: Path) -> None:
     assert "num_machines is set by Skyward from the pool" in found
 
 
+def test_a_volumes_storage_names_the_variables_that_hold_its_keys(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = load(
+        project,
+        """
+        [[pools.data.volumes]]
+        bucket = "b"
+        mount = "/r2"
+        storage.kind = "r2"
+        storage.account_id = "acct"
+        storage.access_key_env = "MY_R2_KEY"
+        storage.secret_key_env = "MY_R2_SECRET"
+
+        [[pools.data.volumes]]
+        bucket = "c"
+        mount = "/b2"
+        storage = { kind = "backblaze", region = "us-west-004", access_key_env = "B2_ID", \
+secret_key_env = "B2_KEY" }
+
+        [[pools.data.volumes]]
+        bucket = "d"
+        mount = "/s3"
+        storage = { kind = "s3", region = "eu-west-1" }
+        """,
+    )
+    r2, b2, s3 = (volume.storage for volume in loaded.pools["data"].specs[0].volumes)
+    assert r2 == attrs.evolve(
+        sky.storage.R2(account_id="acct", access_key="x", secret_key="y"),
+        access_key=sky.storage.EnvKey("MY_R2_KEY"),
+        secret_key=sky.storage.EnvKey("MY_R2_SECRET"),
+    )
+    assert b2.endpoint == "https://s3.us-west-004.backblazeb2.com"
+    assert s3 == sky.storage.S3(region="eu-west-1")  # keys: AWS_ACCESS_KEY_ID and its pair
+    monkeypatch.setenv("MY_R2_KEY", "key-from-the-shell")
+    monkeypatch.delenv("MY_R2_SECRET", raising=False)
+    with pytest.raises(
+        ValueError, match=r"the variable MY_R2_SECRET \(named in skyward\.toml\) is not set; export"
+    ):
+        trio.run(resolved_keys, r2)
+    monkeypatch.setenv("MY_R2_SECRET", "its-secret")
+    assert trio.run(resolved_keys, r2) == ("key-from-the-shell", "its-secret")
+
+
 def test_a_pool_holds_a_spec_and_its_options(project: Path) -> None:
     loaded = load(
         project,
@@ -880,3 +949,24 @@ def test_python_dash_m_validate(in_project: Path) -> None:
         check=True,
     )
     assert run.stdout == "OK: skyward.toml: 1 pool (a), 0 providers\n"
+
+
+def test_sky_compute_create_reads_the_named_keys_in_its_own_shell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The specs go to the server, which may run from another shell: ``sky compute
+    create`` reads the variables ``skyward.toml`` names where it runs, when it can."""
+    from skyward._cli import _keyed
+
+    named = sky.storage.R2(
+        account_id="a", access_key=sky.storage.EnvKey("K1"), secret_key=sky.storage.EnvKey("K2")
+    )
+    volume = sky.Volume(bucket="b", mount="/data", storage=named)
+    spec = sky.Spec(provider=sky.SSH(hosts=["h"]), volumes=[volume])
+    monkeypatch.setenv("K1", "one")
+    monkeypatch.delenv("K2", raising=False)
+    (keyed,) = _keyed(spec).volumes
+    assert keyed.storage.access_key == "one"
+    assert keyed.storage.secret_key == sky.storage.EnvKey("K2")  # left to the server's shell
+    monkeypatch.delenv("K1")
+    assert _keyed(spec) is spec  # nothing to read here
