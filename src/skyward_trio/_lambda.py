@@ -277,6 +277,8 @@ class LambdaCluster:
         self._api = _API(config)
         self._key_lock = trio.Lock()
         self._key_id: str | None = None  # the registered SSH key's id, once registered
+        self._file_system_lock = trio.Lock()
+        self._file_system_checked = False
         self._serial = 0
         self._live: set[str] = set()  # instance ids launched and not confirmed terminated
 
@@ -304,6 +306,43 @@ class LambdaCluster:
                 self._key_id = str(data["id"])
         return self._key_name
 
+    async def _file_system(self) -> str:
+        """The configured file system's name, once Lambda has shown it exists in the
+        configured region (asked once per pool)."""
+        name, region = self.config.file_system, self.config.region
+        assert name is not None  # Lambda() needs region= with file_system=
+        assert region is not None
+        async with self._file_system_lock:
+            if not self._file_system_checked:
+                response = await self._api.request("GET", "/file-systems")
+                listed = _data(response)
+                if response.status_code != 200 or not isinstance(listed, list):
+                    raise LambdaError(
+                        f"Lambda did not list its file systems ({response.status_code}: "
+                        f"{_describe_failure(response)})",
+                        _error_code(response),
+                    )
+                found = [f for f in listed if isinstance(f, dict) and f.get("name") == name]
+                if not found:
+                    have = ", ".join(
+                        f"{f.get('name')} ({(f.get('region') or {}).get('name')})"
+                        for f in listed
+                        if isinstance(f, dict)
+                    )
+                    raise LambdaError(
+                        f"Lambda has no file system {name!r} (it has: {have or 'none'}); "
+                        "create it in Lambda's console, or fix Lambda(file_system=...)"
+                    )
+                where = (found[0].get("region") or {}).get("name")
+                if where != region:
+                    raise LambdaError(
+                        f"Lambda's file system {name!r} is in {where}, and this pool launches "
+                        f"in {region}: pass Lambda(region={where!r}) (a file system attaches "
+                        "only in its region)"
+                    )
+                self._file_system_checked = True
+        return name
+
     def _regions(self, offer: Offer) -> Sequence[str]:
         region = self._choice.spec.region
         return [r for r in offer.regions if region in (None, r)]
@@ -324,6 +363,8 @@ class LambdaCluster:
                     "name": name,
                     "user_data": data,
                 }
+                if self.config.file_system is not None:
+                    body["file_system_names"] = [await self._file_system()]
                 response = await self._launch_once(body)
                 ids = (_data(response) or {}).get("instance_ids") if response.is_success else None
                 if isinstance(ids, list) and len(ids) == 1 and isinstance(ids[0], str):

@@ -776,6 +776,8 @@ LAMBDA_API_KEY_ENV = "LAMBDA_API_KEY"
 
 # A Lambda Cloud region's name: us-east-1, europe-central-1, asia-northeast-2, ...
 _LAMBDA_REGION = re.compile(r"[a-z]+(-[a-z]+)*-\d+")
+# A Lambda file system's name, as Lambda takes it.
+_LAMBDA_FILE_SYSTEM = re.compile(r"[a-zA-Z][0-9a-zA-Z-]{0,59}")
 
 
 @attrs.frozen(kw_only=True)
@@ -795,12 +797,16 @@ class Lambda(ProviderConfig):
         api_key: Your Lambda Cloud API key; None reads ``LAMBDA_API_KEY``. It is sent only
             in the ``Authorization`` header and never appears in reprs, logs or events.
         region: The region instances launch in; None: any region with capacity.
+        file_system: A persistent file system of yours to attach to every instance, by
+            name; it is mounted at ``/lambda/nfs/<name>``. A file system attaches only in
+            its own region: ``region`` must name it.
         username: Who the client logs in as: the Lambda Stack image's ``ubuntu``.
         api_url: The API's base URL.
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
     region: str | None = None
+    file_system: str | None = None
     username: str = "ubuntu"
     api_url: str = "https://cloud.lambda.ai/api/v1"
 
@@ -811,6 +817,20 @@ class Lambda(ProviderConfig):
             _check_str("Lambda", "region", self.region, fix=fix)
             if _LAMBDA_REGION.fullmatch(self.region) is None:
                 raise ValueError(f"Lambda(region={self.region!r}): not a region name. {fix}")
+        if self.file_system is not None:
+            fix = "Pass the name of one of your file systems (Lambda's console lists them)."
+            _check_str("Lambda", "file_system", self.file_system, fix=fix)
+            if _LAMBDA_FILE_SYSTEM.fullmatch(self.file_system) is None:
+                raise ValueError(
+                    f"Lambda(file_system={self.file_system!r}): not a file system's name "
+                    f"(a letter, then letters, digits and hyphens, at most 60). {fix}"
+                )
+            if self.region is None:
+                raise ValueError(
+                    f"Lambda(file_system={self.file_system!r}) needs region=, the file "
+                    "system's region: a file system attaches only to instances in its region. "
+                    "Pass e.g. region='us-east-1'."
+                )
         user_fix = "Pass the image's login name, e.g. username='ubuntu' (the default)."
         _check_login("Lambda", "username", self.username, fix=user_fix)
         _check_url(

@@ -322,3 +322,24 @@ def _signal(pids: set[int], signum: signal.Signals) -> None:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass  # ended on its own meanwhile
+
+
+def free_ssh_address(prefix: str, first: int) -> int:
+    """The first ``prefix.N`` (N from ``first`` to 254) whose port 22 is free now: another
+    fake in another test process (or checkout) may hold the same range at the same time.
+
+    Raises:
+        RuntimeError: None is free.
+    """
+    import socket
+
+    for number in range(first, 255):
+        with socket.socket() as probe:
+            try:
+                probe.bind((f"{prefix}.{number}", 22))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            return number
+    raise RuntimeError(f"no loopback address {prefix}.{first}-254 has port 22 free")

@@ -45,6 +45,7 @@ from fake_cloud import (
     _is_text,
     _read,
     _reply,
+    free_ssh_address,
 )
 from needs import unavailable
 from sshd import Machine
@@ -156,6 +157,7 @@ class FakeLambda(FakeCloud):
         self.instances: dict[str, FakeInstance] = {}
         self.ssh_keys: dict[str, dict[str, str]] = {}  # by id
         self.full: set[tuple[str, str]] = set()  # (type, region): launches refused there
+        self.file_systems: list[dict[str, Any]] = []  # what GET /file-systems lists
         self._failures: list[tuple[int, str] | None] = []  # None: that launch succeeds
         self._next_address = FIRST_ADDRESS
         self.api_url = self._listen(self._serve, "fake-lambda") + "/api/v1"
@@ -167,6 +169,22 @@ class FakeLambda(FakeCloud):
         order."""
         with self._lock:
             return [i for i in self.instances.values() if i.status != "terminated"]
+
+    def add_file_system(self, name: str, region: str) -> dict[str, Any]:
+        """A persistent file system named ``name`` in ``region``, as Lambda lists it."""
+        system = {
+            "id": secrets.token_hex(16),
+            "name": name,
+            "created": "2026-11-30T10:00:00.000Z",
+            "created_by": {"id": "user", "email": "user@example.com", "status": "active"},
+            "mount_point": f"/lambda/nfs/{name}",
+            "region": {"name": region, "description": region},
+            "is_in_use": False,
+            "bytes_used": 0,
+        }
+        with self._lock:
+            self.file_systems.append(system)
+        return system
 
     def fail_launches(
         self, n: int, *, code: str = NO_CAPACITY, status: int = 400, after: int = 0
@@ -259,6 +277,9 @@ class FakeLambda(FakeCloud):
                 if instance is None:
                     raise _Refused("Instance not found", "global/object-does-not-exist", 404)
                 return _Answer(200, {"data": self._json(instance)})
+        if rest == ["file-systems"] and method == "GET":
+            with self._lock:
+                return _Answer(200, {"data": json.loads(json.dumps(self.file_systems))})
         if rest == ["ssh-keys"] and method == "GET":
             with self._lock:
                 return _Answer(200, {"data": [dict(k) for k in self.ssh_keys.values()]})
@@ -313,6 +334,18 @@ class FakeLambda(FakeCloud):
             if failure is not None:
                 status, code = failure
                 raise _Refused(_MESSAGES.get(code, code), code, status)
+            names = body.get("file_system_names", [])
+            if len(names) > 1:
+                raise _Refused("file_system_names: at most one file system may be specified")
+            for name in names:
+                found = [f for f in self.file_systems if f["name"] == name]
+                if not found:
+                    raise _Refused(f"file_system_names: no file system named {name!r}")
+                if found[0]["region"]["name"] != region:
+                    raise _Refused(
+                        f"file_system_names: file system {name!r} is in "
+                        f"{found[0]['region']['name']}, not {region}"
+                    )
             regions = [r["name"] for r in kinds[kind]["regions_with_capacity_available"]]
             if region not in regions or (kind, region) in self.full:
                 raise _Refused(_MESSAGES[NO_CAPACITY], NO_CAPACITY)
@@ -321,10 +354,9 @@ class FakeLambda(FakeCloud):
             return _Answer(200, {"data": {"instance_ids": [instance.id]}})
 
     def _start(self, body: dict[str, Any], public_key: str) -> FakeInstance:
-        if self._next_address > 254:
-            raise RuntimeError("the fake Lambda has no loopback address left for an instance")
-        address = f"127.3.0.{self._next_address}"
-        self._next_address += 1
+        number = free_ssh_address("127.3.0", self._next_address)
+        address = f"127.3.0.{number}"
+        self._next_address = number + 1
         instance_id = secrets.token_hex(16)
         directory = self.root / instance_id
         directory.mkdir(parents=True)

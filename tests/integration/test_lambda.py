@@ -224,3 +224,50 @@ def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
         headers={"Authorization": f"Bearer {fake_lambda.api_key}"},
     )
     assert terminated.status_code == 200
+
+
+def test_a_file_system_is_attached_to_every_instance_in_its_region(
+    fake_lambda: FakeLambda,
+) -> None:
+    fake_lambda.add_file_system("datasets", "us-south-1")
+    fake_lambda.add_file_system("scratch", "us-west-3")
+    since = len(fake_lambda.requests)
+    with sky.Compute(
+        provider=provider(fake_lambda, region="us-south-1", file_system="datasets"),
+        accelerator=A.H100(),
+        nodes=2,
+        options=QUIET,
+    ) as pool:
+        assert _square(3) >> pool == 9
+    launches = _launches(fake_lambda, since)
+    assert [(b["region_name"], b["file_system_names"]) for b in launches] == [
+        ("us-south-1", ["datasets"])
+    ] * 2
+    listed = [r for r in fake_lambda.requests[since:] if r.path.endswith("/file-systems")]
+    assert len(listed) == 1  # asked once per pool
+    assert not fake_lambda.live()
+    # One that is not there, or not in the pool's region, is said before any launch.
+    since = len(fake_lambda.requests)
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    for fields, said in [
+        (
+            {"region": "us-south-1", "file_system": "models"},
+            r"Lambda has no file system 'models' \(it has: datasets \(us-south-1\), "
+            r"scratch \(us-west-3\)\)",
+        ),
+        (
+            {"region": "us-south-1", "file_system": "scratch"},
+            r"file system 'scratch' is in us-west-3, and this pool launches in us-south-1: "
+            r"pass Lambda\(region='us-west-3'\)",
+        ),
+    ]:
+        with (
+            pytest.raises(sky.ProvisionError, match=said),
+            sky.Compute(
+                provider=provider(fake_lambda, **fields), accelerator=A.H100(), options=options
+            ),
+        ):
+            pytest.fail("a pool came up without its file system")
+    assert not _launches(fake_lambda, since)
+    assert not fake_lambda.live()
+    fake_lambda.file_systems.clear()

@@ -42,6 +42,13 @@ def test_the_api_key_is_never_shown_and_comes_from_the_environment(
         ({"region": 1}, TypeError, "region"),
         ({"username": "Root User"}, ValueError, "not a login name"),
         ({"api_url": "cloud.lambda.ai"}, ValueError, "not an http"),
+        ({"file_system": "datasets"}, ValueError, r"needs region=, the file system's region"),
+        (
+            {"file_system": "my data", "region": "us-east-1"},
+            ValueError,
+            r"file_system='my data'\): not a file system's name",
+        ),
+        ({"file_system": 3, "region": "us-east-1"}, TypeError, "file_system"),
     ],
 )
 def test_bad_fields_are_refused_naming_the_fix(
