@@ -130,3 +130,37 @@ def test_an_instance_is_a_machine_with_its_keys_and_terminate_ends_it(fake: Fake
     assert _call(fake, "DELETE", f"/ssh-keys/{key_id}")[0] == 200
     assert "machine" not in json.dumps(_call(fake, "GET", "/ssh-keys")[1])
     assert fake.instances[instance_id].machine.pid not in sshd.RUNNING  # its sshd ended
+
+
+def test_file_systems_are_listed_and_a_launch_names_one_in_its_region(fake: FakeLambda) -> None:
+    fake.add_file_system("shared", "us-east-1")
+    try:
+        status, answer = _call(fake, "GET", "/file-systems")
+        assert status == 200
+        (listed,) = answer["data"]
+        assert (listed["name"], listed["region"]["name"], listed["mount_point"]) == (
+            "shared",
+            "us-east-1",
+            "/lambda/nfs/shared",
+        )
+        _key(fake, "fs")
+        launch = {
+            "region_name": "us-east-1",
+            "instance_type_name": "gpu_1x_a10",
+            "ssh_key_names": ["fs"],
+        }
+        for names, said in [
+            (["shared", "shared"], "at most one file system"),
+            (["other"], "no file system named 'other'"),
+        ]:
+            status, answer = _call(
+                fake, "POST", "/instance-operations/launch", {**launch, "file_system_names": names}
+            )
+            assert (status, said in answer["error"]["message"]) == (400, True), answer
+        elsewhere = {**launch, "region_name": "us-west-1", "file_system_names": ["shared"]}
+        status, answer = _call(fake, "POST", "/instance-operations/launch", elsewhere)
+        assert status == 400
+        assert "is in us-east-1, not us-west-1" in answer["error"]["message"]
+        assert not fake.live()
+    finally:
+        fake.file_systems.clear()
