@@ -23,7 +23,13 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import cloudpickle
+import overhead
 from overhead import median_rtt, noop  # this folder is on sys.path: the script's own
+
+# The nodes (started by the server, from another folder) cannot import this folder's
+# modules: noop travels by value.
+cloudpickle.register_pickle_by_value(overhead)
 
 
 def timed(call: Callable[[], object]) -> float:
