@@ -28,10 +28,11 @@ import httpx
 from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError
 from skyward_trio._client import (
     CONNECT_TIMEOUT,
+    END,
+    ITEM,
     MAP_CONCURRENCY,
     FrameReader,
     call_request,
-    call_results,
     check_target,
     client_functions,
     client_state,
@@ -39,13 +40,13 @@ from skyward_trio._client import (
     headers,
     mapped,
     prepare,
+    read_frame,
     request_refused,
     running_state,
     server_gone,
     server_silent,
     server_state,
     stream_cut,
-    streamed_items,
 )
 from skyward_trio._client import alive as _alive
 from skyward_trio._function import active_pool
@@ -419,11 +420,12 @@ class Client:
         try:
             reader = FrameReader()
             for chunk in response.iter_raw():
-                items, end = streamed_items(reader, chunk)
-                yield from items
-                if end is not None:
-                    call_results(end, name)
-                    return
+                for content in reader.feed(chunk):
+                    kind, value = read_frame(content, name)
+                    if kind == ITEM:
+                        yield value
+                    elif kind == END:
+                        return
         except httpx.TransportError as exc:
             raise server_gone(self._state["url"], exc) from exc
         finally:
@@ -434,15 +436,30 @@ class Client:
         return self._send("run", call, target)[0]
 
     def _send(self, how: str, call: PreparedCall, target: int | str | None) -> list[Any]:
-        response = _request(
-            self._state,
-            "POST",
-            f"/pools/{self.name}/{how}",
-            content=call_request(self._functions, call, target),
-            read_timeout=None,
-            client=self._http,
-        )
-        return call_results(response.content, call.name)
+        """Send a run or broadcast; print its output as it comes; its values."""
+        path = f"/pools/{self.name}/{how}"
+        try:
+            with self._http.stream(
+                "POST",
+                self._state["url"] + path,
+                content=call_request(self._functions, call, target),
+                headers=headers(self._state, framed=True),
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise request_refused("POST", path, response)
+                reader = FrameReader()
+                ended = False
+                for chunk in response.iter_raw():  # to its end: the connection is kept
+                    for content in reader.feed(chunk):
+                        kind, values = read_frame(content, call.name)
+                        ended = kind == END
+                if ended:
+                    return values  # type: ignore[no-any-return]
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        raise stream_cut(self._state["url"], call.name)
 
 
 def _streamed(futures: list[concurrent.futures.Future[Any]], ordered: bool) -> Iterator[Any]:

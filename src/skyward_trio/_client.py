@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "headers",
     "mapped",
     "prepare",
+    "read_frame",
     "refused",
     "request_refused",
     "running_state",
@@ -64,7 +66,6 @@ __all__ = [
     "server_silent",
     "server_state",
     "stream_cut",
-    "streamed_items",
 ]
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server; a call may take as long as it takes
@@ -211,16 +212,25 @@ class FrameReader:
         return len(self._buffer)
 
 
-def streamed_items(reader: FrameReader, chunk: bytes) -> tuple[list[Any], bytes | None]:
-    """The items of a streamed call that ``chunk`` completes, and the frame that ends the
-    call if it came with them (``call_results`` reads it: it raises the call's error)."""
-    items: list[Any] = []
-    for content in reader.feed(chunk):
-        header, blobs = unpack(content)
-        if "item" not in header:
-            return items, content
-        items.append(_serial.loads(join_payload(header["item"], blobs)))
-    return items, None
+#: What a frame of a call's answer is: the call's output (printed here), one of a
+#: generator's items, or the end (the call's results).
+OUTPUT, ITEM, END = "output", "item", "end"
+
+
+def read_frame(content: bytes, name: str) -> tuple[str, Any]:
+    """One frame of a call's answer: ``(OUTPUT, None)`` once its text is written to this
+    process's stdout or stderr, as the function wrote it; ``(ITEM, value)``; or ``(END,
+    values)`` (``call_results``: the call's error is raised)."""
+    header, blobs = unpack(content)
+    if "output" in header:
+        _, stream, text = header["output"]
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        out.write(text)
+        out.flush()
+        return OUTPUT, None
+    if "item" in header:
+        return ITEM, _serial.loads(join_payload(header["item"], blobs))
+    return END, call_results(content, name)
 
 
 def stream_cut(url: str, name: str) -> ServerError:
@@ -438,12 +448,12 @@ class Client:
         try:
             reader = FrameReader()
             async for chunk in response.aiter_raw():
-                items, end = streamed_items(reader, chunk)
-                for item in items:
-                    yield item
-                if end is not None:
-                    call_results(end, name)
-                    return
+                for content in reader.feed(chunk):
+                    kind, value = read_frame(content, name)
+                    if kind == ITEM:
+                        yield value
+                    elif kind == END:
+                        return
         except httpx.TransportError as exc:
             raise server_gone(self._state["url"], exc) from exc
         finally:
@@ -572,6 +582,29 @@ class Client:
         return results()
 
     async def _send(self, how: str, call: PreparedCall, target: int | str | None) -> list[Any]:
-        content = call_request(self._functions, call, target)
-        response = await self._request("POST", f"/pools/{self.name}/{how}", content)
-        return call_results(response.content, call.name)
+        """Send a run or broadcast; print its output as it comes; its values."""
+        import httpx
+
+        path = f"/pools/{self.name}/{how}"
+        try:
+            async with self._open().stream(
+                "POST",
+                self._state["url"] + path,
+                content=call_request(self._functions, call, target),
+                headers=headers(self._state, framed=True),
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise request_refused("POST", path, response)
+                reader = FrameReader()
+                ended = False
+                async for chunk in response.aiter_raw():  # to its end: the connection is kept
+                    for content in reader.feed(chunk):
+                        kind, values = read_frame(content, call.name)
+                        ended = kind == END
+                if ended:
+                    return values  # type: ignore[no-any-return]
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        raise stream_cut(self._state["url"], call.name)

@@ -110,6 +110,8 @@ class WorkerConnection:
         self._hello_event = trio.Event()
         self._pending: dict[int, Callback] = {}
         self._items: dict[int, Callable[[_serial.Payload], None]] = {}
+        # Calls whose output also goes to a sink of their own (a pool server's client).
+        self._outputs: dict[int, Callable[[str, str], None]] = {}
         self._input_credits: dict[tuple[int, int], Credits] = {}
         self._sent_functions: set[str] = set()
         self._probes: dict[int, _Slot] = {}
@@ -393,6 +395,7 @@ class WorkerConnection:
             f"the connection to node {self.node}'s worker was lost ({reason})", node=self.node
         )
         self._items.clear()
+        self._outputs.clear()
         self._frames.clear()
         self._orphans.clear()
         self._credited.clear()
@@ -441,6 +444,9 @@ class WorkerConnection:
             if msg[0] == _wire.OUTPUT:
                 if msg[1] in self._pending:  # a cancelled task's output is dropped too
                     self.on_output(self.node, msg[2], msg[3])
+                    sink = self._outputs.get(msg[1])
+                    if sink is not None:
+                        sink(msg[2], msg[3])
                 continue
             if msg[0] == _wire.INPUT_CREDIT:
                 credits = self._input_credits.get((msg[1], msg[2]))
@@ -460,6 +466,7 @@ class WorkerConnection:
     def _drop(self, task_id: int) -> None:
         """Forget what a finished or abandoned call kept here."""
         self._items.pop(task_id, None)
+        self._outputs.pop(task_id, None)
         self._frames.pop(task_id, None)
         if self._credited:
             self._credited.pop(task_id, None)
@@ -498,8 +505,12 @@ class WorkerConnection:
         args_payload: _serial.Payload,
         callback: Callback,
         on_item: Callable[[_serial.Payload], None] | None = None,
+        on_output: Callable[[str, str], None] | None = None,
     ) -> int:
         """Send one task; ``callback`` gets its RESULT message. Returns the task id.
+
+        ``on_output`` gets the task's output, ``(stream, text)``, as it comes (besides
+        ``self.on_output``, which gets every task's).
 
         Synchronous (no task is spawned and nothing awaits), so the sync face can start a
         call straight from the portal's callback. Use ``forget`` to give up on it. With
@@ -512,11 +523,14 @@ class WorkerConnection:
         self._pending[task_id] = callback
         if on_item is not None:
             self._items[task_id] = on_item
+        if on_output is not None:
+            self._outputs[task_id] = on_output
         try:
             self._send(task_id, _wire.encode(message), None if part is None else fn_key)
         except BaseException:
             del self._pending[task_id]
             self._items.pop(task_id, None)
+            self._outputs.pop(task_id, None)
             raise
         return task_id
 

@@ -416,6 +416,8 @@ def _batch_size(per_item_s: float | None, bytes_per_item: float | None) -> int:
 
 #: How a call ended: ``(RESULT message, node, None)`` or ``(None, node, error)``.
 Outcome = tuple[tuple[Any, ...] | None, int, BaseException | None]
+#: Gets a call's output as it comes: ``(node, stream, text)``.
+OutputSink = Callable[[int, str, str], None]
 
 
 _INPUT_WINDOW = 256  # Iterator[T] items sent ahead of what the node has read
@@ -464,6 +466,7 @@ class Inflight:
         "holding",
         "node",
         "on_done",
+        "on_output",
         "pool",
         "started",
         "target",
@@ -479,9 +482,11 @@ class Inflight:
         timeout: float,
         on_done: Callable[[Outcome], None],
         target: int | None = None,
+        on_output: OutputSink | None = None,
     ) -> None:
         self.pool = pool
         self.node = node
+        self.on_output = on_output
         self.call = call
         self.timeout = timeout
         self.deadline = trio.current_time() + timeout
@@ -603,12 +608,23 @@ class Inflight:
         self.holding = True
         try:
             self.task_id = node.conn.call_nowait(
-                self.call.fn_key, self.call.fn_payload, self.call.args_payload, self._reply
+                self.call.fn_key,
+                self.call.fn_payload,
+                self.call.args_payload,
+                self._reply,
+                on_output=self._output_sink(),
             )
         except ConnectionLostError as exc:
             self._reply(None, exc)
         else:
             self._sent()
+
+    def _output_sink(self) -> Callable[[str, str], None] | None:
+        """Where this attempt's output goes besides the pool's events: ``on_output`` with
+        the node it runs on."""
+        if self.on_output is None:
+            return None
+        return functools.partial(self.on_output, self.node.index)
 
     def cancel(self, error: BaseException | None = None) -> None:
         """Give up on the call: the worker drops it and frees its slot. Idempotent."""
@@ -988,9 +1004,14 @@ class Pool:
         return self.finish(call, message, index)
 
     async def run_raw(
-        self, call: PreparedCall, *, target: int | None = None
+        self,
+        call: PreparedCall,
+        *,
+        target: int | None = None,
+        on_output: OutputSink | None = None,
     ) -> tuple[tuple[Any, ...], int]:
         """Run ``call``; its RESULT message undecoded, and the node that ran it.
+        ``on_output`` gets its output, ``(node, stream, text)``, as it comes.
 
         Raises what the pool raises for the call (a timeout, a closed pool, a lost node
         past its retries), not the function's own exception: that is in the message.
@@ -1003,7 +1024,7 @@ class Pool:
             outcome.append(result)
             done.set()
 
-        inflight = self._start_on(node, call, finished, target=target)
+        inflight = self._start_on(node, call, finished, target=target, on_output=on_output)
         try:
             await done.wait()
         except BaseException:
@@ -1058,10 +1079,11 @@ class Pool:
         target: int | None,
         on_done: Callable[[Outcome], None],
         on_item: Callable[[_serial.Payload], None] | None = None,
+        on_output: OutputSink | None = None,
     ) -> Inflight:
         """``try_start``, waiting for a free slot if there is none."""
         node = await self._acquire_checked(target, call.fn_key)
-        return self._start_on(node, call, on_done, on_item, target)
+        return self._start_on(node, call, on_done, on_item, target, on_output)
 
     def _start_on(
         self,
@@ -1070,12 +1092,18 @@ class Pool:
         on_done: Callable[[Outcome], None],
         on_item: Callable[[_serial.Payload], None] | None = None,
         target: int | None = None,
+        on_output: OutputSink | None = None,
     ) -> Inflight:
         timeout = call.timeout or self.options.default_compute_timeout
-        inflight = Inflight(self, node, call, timeout, on_done, target)
+        inflight = Inflight(self, node, call, timeout, on_done, target, on_output)
         try:
             inflight.task_id = node.conn.call_nowait(
-                call.fn_key, call.fn_payload, call.args_payload, inflight._reply, on_item
+                call.fn_key,
+                call.fn_payload,
+                call.args_payload,
+                inflight._reply,
+                on_item,
+                on_output=inflight._output_sink(),
             )
         except BaseException:
             self._release(node)
@@ -1141,10 +1169,14 @@ class Pool:
             [functools.partial(self.run_prepared, call, target=i) for i in indices]
         )
 
-    async def broadcast_raw(self, call: PreparedCall) -> list[tuple[tuple[Any, ...], int]]:
+    async def broadcast_raw(
+        self, call: PreparedCall, *, on_output: OutputSink | None = None
+    ) -> list[tuple[tuple[Any, ...], int]]:
         """``broadcast_prepared``, each node's RESULT message undecoded (``run_raw``)."""
         indices = await self._broadcast_to()
-        return await _run_all([functools.partial(self.run_raw, call, target=i) for i in indices])
+        return await _run_all(
+            [functools.partial(self.run_raw, call, target=i, on_output=on_output) for i in indices]
+        )
 
     async def _broadcast_to(self) -> list[int]:
         """The nodes a broadcast goes to: those ready now (waiting for one if none is)."""

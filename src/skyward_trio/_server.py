@@ -29,6 +29,7 @@ import os
 import pickle
 import secrets
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -276,6 +277,25 @@ _STREAMED_FRAMES = [
 _CREDIT_BATCH = 32
 
 
+#: The head of a run's or broadcast's answer: frames (its output, then its results), on
+#: a connection kept for the next request.
+_FRAMES_KEPT = [
+    ("content-type", FRAME),
+    ("transfer-encoding", "chunked"),
+    ("server", f"skyward/{__version__}"),
+]
+
+
+@attrs.frozen
+class _Calling:
+    """A run or broadcast, whose answer the response streams (its output first)."""
+
+    held: _Held
+    how: str
+    call: PreparedCall
+    target: Any
+
+
 @attrs.frozen
 class _Streaming:
     """A generator function's call, whose items the response streams."""
@@ -431,6 +451,12 @@ class Server:
                 if isinstance(answer, _Streaming):
                     await self._stream_call(conn, stream, answer)
                     return
+                if isinstance(answer, _Calling):
+                    await self._relay_call(conn, stream, answer)
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        return
+                    conn.start_next_cycle()
+                    continue
                 await _respond(conn, stream, *answer)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # the client asked to close
@@ -452,7 +478,7 @@ class Server:
 
     async def _route(
         self, request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming | _Calling:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return _error(
@@ -468,7 +494,7 @@ class Server:
 
     async def _dispatch(
         self, method: str, parts: list[str], request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming | _Calling:
         if parts == ["status"] and method == "GET":
             return _json(200, self.status())
         if parts == ["shutdown"] and method == "POST":
@@ -500,7 +526,8 @@ class Server:
         calling = len(parts) == 3 and parts[0] == "pools" and parts[2] in ("run", "broadcast")
         if calling and method == "POST":
             held = self._ready(parts[1])
-            return await _while_connected(stream, lambda: self._call(held, parts[2], request.body))
+            call, target = self._parse_call(held, request.body)
+            return _Calling(held, parts[2], call, target)
         raise _BadRequest(404, f"no route {method} {request.path}")
 
     def status(self) -> dict[str, Any]:
@@ -694,20 +721,49 @@ class Server:
         pool._functions.adopt(key, fn, needs)
         return PreparedCall(key, fn, args, name, timeout, stream=stream), target
 
-    async def _call(self, held: _Held, how: str, body: bytearray) -> tuple[int, str, list[Any]]:
+    async def _relay_call(
+        self, conn: h11.Connection, stream: trio.SocketStream, calling: _Calling
+    ) -> None:
+        """Answer a run or broadcast: the call's output as it comes, a frame each
+        (``{"output": [node, stream, text]}``), then the frame with its results. The
+        connection stays open for the client's next request."""
+        held, call = calling.held, calling.call
         assert held.pool is not None
         pool = held.pool
-        call, target = self._parse_call(held, body)
-        name = call.name
-        try:
-            with held.calling():
-                if how == "run":
-                    results = [await pool.run_raw(call, target=pool._check_target(target))]
-                else:
-                    results = await pool.broadcast_raw(call)
-        except Exception as exc:
-            return _raised(_closed_under(held, name, exc))
-        return 200, FRAME, _results(results)
+        send, receive = trio.open_memory_channel[list[Any]](math.inf)
+        head: list[bytes] = [conn.send(h11.Response(status_code=200, headers=_FRAMES_KEPT)) or b""]
+
+        def on_output(node: int, name: str, text: str) -> None:
+            send.send_nowait(pack({"output": [node, name, text]}))
+
+        async def write_output(gone: trio.CancelScope) -> None:
+            """Each output frame as it comes (the response's head with the first)."""
+            try:
+                async for parts in receive:
+                    await _send_pieces(stream, [*head, *_data(conn, parts)])
+                    head.clear()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                gone.cancel(reason="the client hung up")
+
+        async def work() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_output, nursery.cancel_scope)
+                with held.calling():
+                    try:
+                        if calling.how == "run":
+                            target = pool._check_target(calling.target)
+                            results = [await pool.run_raw(call, target=target, on_output=on_output)]
+                        else:
+                            results = await pool.broadcast_raw(call, on_output=on_output)
+                        last = _results(results)
+                    except Exception as exc:
+                        last = _raised(_closed_under(held, call.name, exc))[2]
+                send.close()  # the writer sends what is queued, then ends
+            pieces = [*head, *_data(conn, last)]
+            pieces.append(conn.send(h11.EndOfMessage()) or b"")
+            await _send_pieces(stream, pieces)  # one send, unless the results are large
+
+        await _while_connected(stream, work)
 
     async def _stream_call(
         self, conn: h11.Connection, stream: trio.SocketStream, streaming: _Streaming
@@ -722,9 +778,10 @@ class Server:
         inflight: Inflight | None = None
 
         async def write(parts: list[Any]) -> None:
-            for part in parts:
-                for piece in conn.send_with_data_passthrough(h11.Data(data=part)) or ():
-                    await stream.send_all(piece)
+            await _write(conn, stream, parts)
+
+        def on_output(node: int, name: str, text: str) -> None:
+            send.send_nowait((True, pack({"output": [node, name, text]})))
 
         async def relay() -> None:
             nonlocal inflight
@@ -738,12 +795,16 @@ class Server:
                         pool._check_target(target),
                         lambda outcome: send.send_nowait((False, outcome)),
                         lambda payload: send.send_nowait((True, payload)),
+                        on_output,
                     )
                     sent = 0
                     while True:
                         is_item, value = await receive.receive()
                         if not is_item:
                             break
+                        if isinstance(value, list):  # output, packed already
+                            await write(value)
+                            continue
                         meta, blobs = split_payload(value)
                         await write(pack({"item": meta}, blobs))
                         sent += 1
@@ -763,6 +824,40 @@ class Server:
         finally:
             if inflight is not None and not inflight.finished:
                 inflight.cancel()  # the client went away: the generator on the node stops
+
+
+async def _write(conn: h11.Connection, stream: trio.SocketStream, parts: list[Any]) -> None:
+    """A frame's parts as data of a chunked response."""
+    await _send_pieces(stream, _data(conn, parts))
+
+
+def _data(conn: h11.Connection, parts: list[Any]) -> list[Any]:
+    """A frame's parts as the pieces of chunked data h11 frames them in (not copied)."""
+    return [
+        piece
+        for part in parts
+        for piece in conn.send_with_data_passthrough(h11.Data(data=part)) or ()
+    ]
+
+
+#: Pieces smaller than this are joined into one send; larger ones go as they are.
+_COALESCE = 64 * 1024
+
+
+async def _send_pieces(stream: trio.SocketStream, pieces: list[Any]) -> None:
+    """Send ``pieces`` in order, joining runs of small ones: a response that fits one
+    packet goes in one send, and a large payload is not copied."""
+    small: list[Any] = []
+    for piece in pieces:
+        if memoryview(piece).nbytes < _COALESCE:
+            small.append(piece)
+            continue
+        if small:
+            await stream.send_all(b"".join(small))
+            small = []
+        await stream.send_all(piece)
+    if small:
+        await stream.send_all(b"".join(small))
 
 
 def _closed_under(held: _Held, name: str, exc: Exception) -> Exception:
@@ -813,15 +908,20 @@ async def _close_when_idle(held: _Held, after: float) -> None:
 
 
 async def _while_connected(stream: trio.SocketStream, work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work``; cancel it if the client hangs up first (it sends nothing more)."""
+    """Run ``work``; cancel it if the client hangs up first.
+
+    The watch only peeks: a client sends nothing while it waits for an answer, so bytes
+    that arrive are its next request (once the answer is out), left for the next read,
+    and only the end of the stream means it went away.
+    """
     outcome: list[T] = []
     failed: list[Exception] = []
     async with trio.open_nursery() as nursery:
 
         async def watch() -> None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                while await stream.receive_some(1 << 10):
-                    pass
+            with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                if await stream.socket.recv(1, socket.MSG_PEEK):
+                    return  # its next request: not gone
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch)

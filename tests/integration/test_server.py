@@ -449,9 +449,10 @@ def test_view_follows_a_pool_until_it_closes(pool: Home) -> None:
                 print(seen[0], seen[-1])
             """
         )
-        assert (done.returncode, done.stdout) == (0, "ClusterRequested TaskCompleted\n"), (
-            done.stderr
-        )
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()  # the calls' own output, printed by the client too
+        assert sorted(lines[:2]) == ["hello from 0", "hello from 1"]
+        assert lines[2:] == ["ClusterRequested TaskCompleted"]
         wait_until(
             lambda: re.search(r"\d\d:\d\d:\d\d  node 1  hello from 1\n", out.read_text()),
             "the task's output in the view",
@@ -777,3 +778,60 @@ def test_compute_run_says_what_it_needs(pool: Home) -> None:
     bare = pool.sky("compute", "run", "p")
     assert bare.returncode == 2
     assert "name a script to run: `sky compute run p train.py [ARGS...]`" in bare.stderr
+
+
+def test_a_clients_calls_print_their_output_where_it_runs(pool: Home) -> None:
+    done = pool.script(
+        """
+        import sys
+        import skyward as sky
+
+        @sky.function
+        def talk(word):
+            node = sky.instance_info().node
+            print(f"{word} on stdout from node {node}")
+            print(f"{word} on stderr", file=sys.stderr)
+            return word
+
+        @sky.function
+        def count(n):
+            for i in range(n):
+                print(f"yielding {i}")
+                yield i
+
+        with sky.Client("p") as pool:
+            print("value", talk("one") >> pool)
+            print("values", talk("all") @ pool)
+            print("items", list(count(2) >> pool))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert out[0] in ("one on stdout from node 0", "one on stdout from node 1")
+    assert out[1] == "value one"  # the output came before the value
+    assert sorted(out[2:4]) == ["all on stdout from node 0", "all on stdout from node 1"]
+    assert out[4:] == ["values ['all', 'all']", "yielding 0", "yielding 1", "items [0, 1]"]
+    assert done.stderr.count("one on stderr") == 1
+    assert done.stderr.count("all on stderr") == 2
+
+
+def test_a_trio_clients_calls_print_their_output_too(pool: Home) -> None:
+    done = pool.script(
+        """
+        import trio
+        import skyward_trio as st
+
+        @st.function
+        def talk():
+            print("said on the node")
+            return 7
+
+        async def main():
+            async with st.Client("p") as pool:
+                print("value", await (talk() >> pool))
+
+        trio.run(main)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["said on the node", "value 7"]
