@@ -21,9 +21,10 @@ Nothing is left billing by a pool that closes: every VM is named
 ``skyward-<job>-<node>-<n>``; ``terminate`` deletes a VM and confirms it is gone, and
 ``aclose`` deletes every VM of the job still listed, one whose create was cut short
 before its answer included. A VM whose client vanished is not ended by itself: Hyperstack
-gives a VM no credential of its own, an OS shutdown leaves it SHUTOFF and (by Hyperstack's
-billing docs) still billed, and the account's key is not shipped to the node. The worker
-exits when its lease runs out; the VM bills until it is deleted (the docs say so).
+gives a VM no credential of its own, an OS shutdown leaves it SHUTOFF, not deleted (and,
+as far as Hyperstack's docs say, still billed), and the account's key is not shipped to
+the node. The worker exits when its lease runs out; the VM bills until it is deleted (the
+docs say so).
 
 The API key travels only in the ``api_key`` header; errors quote Hyperstack's answer,
 which never holds it.

@@ -855,7 +855,7 @@ class Hyperstack(ProviderConfig):
     a public (floating) IP and a firewall rule that lets SSH in from ``ssh_cidr``. VMs are
     deleted and the keypairs with them when the pool closes. A VM whose client vanished is
     NOT deleted by itself (Hyperstack gives a VM no credential of its own, and an OS
-    shutdown leaves it billing): see docs/providers.md.
+    shutdown does not delete it): see docs/providers.md.
 
     Attributes:
         api_key: Your Hyperstack API key; None reads ``HYPERSTACK_API_KEY``. It is sent only
