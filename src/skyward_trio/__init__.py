@@ -23,7 +23,8 @@ enforces it):
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
-   ``_vastai`` (``sky.VastAI``), ``_lambda`` (``sky.Lambda``), ``_market`` (``offers()``:
+   ``_vastai`` (``sky.VastAI``), ``_lambda`` (``sky.Lambda``), ``_hyperstack``
+   (``sky.Hyperstack``), ``_market`` (``offers()``:
    the providers' listings, cached), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)
@@ -93,6 +94,7 @@ from ._model import (
     SSH,
     Container,
     HealthChecker,
+    Hyperstack,
     Image,
     Lambda,
     Local,
@@ -153,6 +155,7 @@ __all__ = [
     "Function",
     "Future",
     "HealthChecker",
+    "Hyperstack",
     "Image",
     "InstanceBootstrapped",
     "InstanceDestroyed",

@@ -24,7 +24,18 @@ from collections.abc import Iterable
 from ._aws import NEURON
 from ._bootstrap import requirement_name
 from ._container import check_container
-from ._model import AWS, SSH, Container, Lambda, Local, RunPod, Spec, VastAI, Volume
+from ._model import (
+    AWS,
+    SSH,
+    Container,
+    Hyperstack,
+    Lambda,
+    Local,
+    RunPod,
+    Spec,
+    VastAI,
+    Volume,
+)
 from ._plugin import collective
 from ._providers import ssh_targets
 from ._source import check_source
@@ -65,6 +76,8 @@ def check_spec(spec: Spec) -> None:
         _vastai(spec)
     if isinstance(spec.provider, Lambda):
         _lambda(spec)
+    if isinstance(spec.provider, Hyperstack):
+        _hyperstack(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -160,7 +173,7 @@ def _image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda):
+    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(
@@ -243,3 +256,16 @@ def _vastai(spec: Spec) -> None:
 def _lambda(spec: Spec) -> None:
     """Lambda rents GPU instances by whole GPUs, each type with its own disk."""
     _whole(_gpus(spec, "sky.Lambda() rents GPU instances", "A100"), "Lambda rents whole GPUs")
+
+
+def _hyperstack(spec: Spec) -> None:
+    """Hyperstack rents GPU VMs by whole GPUs, each flavor with its own disk."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.Hyperstack() rents GPU virtual machines",
+            "H100",
+            " (its CPU flavors are not supported yet)",
+        ),
+        "Hyperstack rents whole GPUs",
+    )

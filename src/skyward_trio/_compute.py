@@ -45,10 +45,12 @@ from ._events import (
 from ._function import active_pool
 from ._model import (
     AWS,
+    HYPERSTACK_API_KEY_ENV,
     LAMBDA_API_KEY_ENV,
     RUNPOD_API_KEY_ENV,
     SSH,
     VASTAI_API_KEY_ENV,
+    Hyperstack,
     Lambda,
     LogConfig,
     Options,
@@ -322,8 +324,8 @@ async def _volume_mounts(spec: Spec) -> tuple[Mount, ...]:
 
 def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
-    names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, AWS's secret key and
-    session token. Never written to the log."""
+    names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, ``HYPERSTACK_API_KEY``,
+    AWS's secret key and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
@@ -332,6 +334,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(VASTAI_API_KEY_ENV, "")]
     if isinstance(provider, Lambda):
         return [os.environ.get(LAMBDA_API_KEY_ENV, "")]
+    if isinstance(provider, Hyperstack):
+        return [os.environ.get(HYPERSTACK_API_KEY_ENV, "")]
     if isinstance(provider, AWS):
         return [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return []

@@ -52,6 +52,7 @@ __all__ = [
     "Container",
     "ExecutorKind",
     "HealthChecker",
+    "Hyperstack",
     "Image",
     "Lambda",
     "Local",
@@ -851,6 +852,92 @@ class Lambda(ProviderConfig):
         )
 
 
+#: Where ``sky.Hyperstack`` reads its API key when none is passed.
+HYPERSTACK_API_KEY_ENV = "HYPERSTACK_API_KEY"
+
+#: ``sky.Hyperstack``'s image: Hyperstack's Ubuntu 22.04 with the NVIDIA driver and CUDA.
+DEFAULT_HYPERSTACK_IMAGE = "Ubuntu Server 22.04 LTS R535 CUDA 12.2"
+
+# A Hyperstack region's name: CANADA-1, NORWAY-1, US-1, ...
+_HYPERSTACK_REGION = re.compile(r"[A-Z]+(-[A-Z]+)*-\d+")
+
+
+@attrs.frozen(kw_only=True)
+class Hyperstack(ProviderConfig):
+    """GPU virtual machines rented from Hyperstack (NexGen Cloud), through its Infrahub API.
+
+    Each node is one VM of the cheapest flavor with the spec's GPUs (``n3-H100x1``, ...)
+    that is in stock, in a region that has it (the next region, then the next flavor, when
+    Hyperstack has none left). VMs live in an environment per region named
+    ``skyward-<region>`` (made once and kept); the pool's public key is imported there as
+    the keypair ``skyward-<job>-<region>``, and a host key made for the VM travels in its
+    cloud-init user data, so the client knows the host key before it connects. Each VM gets
+    a public (floating) IP and a firewall rule that lets SSH in from ``ssh_cidr``. VMs are
+    deleted and the keypairs with them when the pool closes. A VM whose client vanished is
+    NOT deleted by itself (Hyperstack gives a VM no credential of its own, and an OS
+    shutdown does not delete it): see docs/providers.md.
+
+    Attributes:
+        api_key: Your Hyperstack API key; None reads ``HYPERSTACK_API_KEY``. It is sent only
+            in the ``api_key`` header and never appears in reprs, logs or events.
+        region: The region VMs launch in (``"CANADA-1"``, ``"NORWAY-1"``, ``"US-1"``);
+            None: any region with stock.
+        image: The OS image VMs boot, by Hyperstack's name for it (``GET /core/images``).
+        username: Who the client logs in as: the Ubuntu images' ``ubuntu``.
+        ssh_cidr: Where SSH may come from, in the firewall rule each VM is created with.
+        api_url: The API's base URL.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    region: str | None = None
+    image: str = DEFAULT_HYPERSTACK_IMAGE
+    username: str = "ubuntu"
+    ssh_cidr: str = "0.0.0.0/0"
+    api_url: str = "https://infrahub-api.nexgencloud.com/v1"
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("Hyperstack", self.api_key, HYPERSTACK_API_KEY_ENV)
+        if self.region is not None:
+            fix = "Pass e.g. region='CANADA-1', or None for any region with stock."
+            _check_str("Hyperstack", "region", self.region, fix=fix)
+            if _HYPERSTACK_REGION.fullmatch(self.region) is None:
+                raise ValueError(
+                    f"Hyperstack(region={self.region!r}): not a region name (upper case, "
+                    f"as Hyperstack writes them). {fix}"
+                )
+        image_fix = (
+            f"Pass an image's name as Hyperstack lists it, e.g. image={DEFAULT_HYPERSTACK_IMAGE!r}."
+        )
+        _check_str("Hyperstack", "image", self.image, fix=image_fix)
+        user_fix = "Pass the image's login name, e.g. username='ubuntu' (the default)."
+        _check_login("Hyperstack", "username", self.username, fix=user_fix)
+        cidr_fix = "Pass an IPv4 network, e.g. ssh_cidr='203.0.113.7/32' (your address)."
+        _check_str("Hyperstack", "ssh_cidr", self.ssh_cidr, fix=cidr_fix)
+        try:
+            ipaddress.IPv4Network(self.ssh_cidr)
+        except ValueError as exc:
+            raise ValueError(f"Hyperstack(ssh_cidr={self.ssh_cidr!r}): {exc}. {cidr_fix}") from None
+        _check_url(
+            "Hyperstack",
+            "api_url",
+            self.api_url,
+            fix="Pass e.g. api_url='https://infrahub-api.nexgencloud.com/v1'.",
+        )
+
+    def resolved_api_key(self) -> str:
+        """The API key: the one given, else ``HYPERSTACK_API_KEY``.
+
+        Raises:
+            ValueError: Neither is set, saying how to set one.
+        """
+        return _resolved_key(
+            "Hyperstack",
+            self.api_key,
+            HYPERSTACK_API_KEY_ENV,
+            "https://console.hyperstack.cloud (API Keys)",
+        )
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -950,6 +1037,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "aws": AWS,
     "vastai": VastAI,
     "lambda": Lambda,
+    "hyperstack": Hyperstack,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

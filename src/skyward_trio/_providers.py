@@ -32,6 +32,7 @@ from ._model import (
     DEFAULT_SSH_CONFIG,
     SSH,
     Container,
+    Hyperstack,
     Lambda,
     Local,
     ProviderConfig,
@@ -160,10 +161,14 @@ async def open_cluster(
         from ._lambda import LambdaCluster  # it builds on this module's Instance
 
         return LambdaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, Hyperstack):
+        from ._hyperstack import HyperstackCluster  # it builds on this module's Instance
+
+        return HyperstackCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
-        "sky.AWS(), sky.VastAI() or sky.Lambda() "
+        "sky.AWS(), sky.VastAI(), sky.Lambda() or sky.Hyperstack() "
         "(see the README's 'not yet' list)"
     )
 
@@ -215,6 +220,12 @@ async def offers(
         from ._lambda import catalog as lambda_catalog
 
         return await lambda_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, Hyperstack):
+        from ._hyperstack import catalog as hyperstack_catalog
+
+        return await hyperstack_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):
@@ -763,7 +774,8 @@ API_TIMEOUT = 30.0
 
 
 class _KeyedConfig(Protocol):
-    """A provider config whose API takes a key: ``sky.RunPod``, ``VastAI``, ``Lambda``."""
+    """A provider config whose API takes a key: ``sky.RunPod``, ``VastAI``, ``Lambda``,
+    ``Hyperstack``."""
 
     @property
     def api_url(self) -> str: ...
@@ -775,9 +787,9 @@ C = TypeVar("C", bound=_KeyedConfig)
 
 
 class KeyedAPI(Generic[C]):
-    """A cloud's HTTP API, with the key in the Authorization header only (never in a URL,
-    a body or a message). A subclass names the cloud, its error, how it words a failure
-    and how to fix a refused key."""
+    """A cloud's HTTP API, with the key in one header only (``Authorization`` unless the
+    subclass names another; never in a URL, a body or a message). A subclass names the
+    cloud, its error, how it words a failure and how to fix a refused key."""
 
     #: The cloud, as messages name it (``"RunPod"``).
     cloud: ClassVar[str]
@@ -791,13 +803,17 @@ class KeyedAPI(Generic[C]):
 
         self.config = config
         self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {config.resolved_api_key()}"},
+            headers=self.key_headers(config.resolved_api_key()),
             timeout=API_TIMEOUT,
             follow_redirects=False,
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    def key_headers(self, key: str) -> dict[str, str]:
+        """The headers that carry the key (a bearer token unless the cloud says otherwise)."""
+        return {"Authorization": f"Bearer {key}"}
 
     def describe(self, response: httpx.Response) -> str:
         """The cloud's own words for a failed request (its JSON error, else the body)."""

@@ -28,6 +28,7 @@ import procs
 import pytest
 import sshd
 from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
+from fake_hyperstack import FakeHyperstack, need_fake_hyperstack
 from fake_lambda import FakeLambda, need_fake_lambda
 from fake_runpod import FakeRunPod
 from fake_vastai import FakeVastAI, need_fake_vastai
@@ -218,6 +219,14 @@ def fake_lambda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeLambda
     """One fake Lambda Cloud for a module (its uv cache is shared by the machines)."""
     need_fake_lambda()
     with FakeLambda(root=tmp_path_factory.mktemp("lambda")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_hyperstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHyperstack]:
+    """One fake Hyperstack for a module (its uv cache is shared by the machines)."""
+    need_fake_hyperstack()
+    with FakeHyperstack(root=tmp_path_factory.mktemp("hyperstack")) as api:
         yield api
 
 

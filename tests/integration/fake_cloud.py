@@ -5,8 +5,9 @@ its own) on 127.0.0.1; leaving it refuses what still arrives, stops the server, 
 the requests being answered, ends every machine still running (by pid), keeps each
 machine's home under ``root`` for a look after the test, and raises if anything failed
 inside the fake (a failure is answered 500 and kept in ``errors``), so that it cannot pass
-unseen. The fakes (``fake_runpod``, ``fake_vastai``, ``fake_aws``, ``fake_lambda``) say
-only what is theirs: how they answer, which machines are running, how one ends.
+unseen. The fakes (``fake_runpod``, ``fake_vastai``, ``fake_aws``, ``fake_lambda``,
+``fake_hyperstack``) say only what is theirs: how they answer, which machines are running,
+how one ends.
 
 Below the class, what their servers share (reading a request, replying, checking JSON
 values) and how a machine ends: every process of it, by pid, never by name.

@@ -59,6 +59,7 @@ LAYERS = {
     "_aws": 4,
     "_vastai": 4,
     "_lambda": 4,
+    "_hyperstack": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
