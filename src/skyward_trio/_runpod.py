@@ -182,8 +182,8 @@ def _offer(config: RunPod, entry: Mapping[str, Any], gpus: int) -> Offer | None:
 
 def cpu_vcpu_counts(least: int, most: int) -> list[int]:
     """The vCPU counts a CPU pod of a flavor allowing ``least`` to ``most`` may have: the
-    powers of two in that range (RunPod's catalog takes a vCPU count only as a power of
-    two; a count between two would be refused, not rounded)."""
+    powers of two in that range (RunPod's catalog documents its vCPU counts as powers of
+    two; a count between two is not offered, so a spec asking for one gets the next)."""
     counts: list[int] = []
     count = 1
     while count <= most:
