@@ -219,11 +219,24 @@ def _gpus(spec: Spec, rents: str, example: str, note: str = "") -> Accelerator:
 
 
 def _runpod(spec: Spec) -> None:
-    """RunPod rents GPU pods by whole GPUs."""
-    _whole(
-        _gpus(spec, "sky.RunPod() rents GPU pods", "RTX_4090", " (CPU pods are not supported yet)"),
-        "RunPod rents whole GPUs",
-    )
+    """RunPod rents GPU pods by whole GPUs, and CPU pods (a spec with no accelerator) on
+    demand in its secure cloud only: it prices them nowhere else."""
+    provider = spec.provider
+    assert isinstance(provider, RunPod)
+    if spec.accelerator is not None:
+        _whole(spec.accelerator, "RunPod rents whole GPUs")
+    elif spec.allocation == "spot":
+        raise ValueError(
+            "allocation='spot': sky.RunPod() rents CPU pods (this spec asks for no "
+            "accelerator) on demand only; RunPod has no spot price for them. Pass "
+            "allocation='on-demand', or an accelerator= for a spot GPU pod"
+        )
+    elif provider.cloud_type != "secure":
+        raise ValueError(
+            f"RunPod(cloud_type={provider.cloud_type!r}): RunPod rents CPU pods (this spec "
+            "asks for no accelerator) in its secure cloud only; pass "
+            "RunPod(cloud_type='secure'), or an accelerator= for a community GPU pod"
+        )
     if spec.disk_gb is not None:
         raise ValueError(
             f"disk_gb={spec.disk_gb:g}: sky.RunPod() sizes each pod's disk itself; drop "

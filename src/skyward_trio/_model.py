@@ -635,12 +635,14 @@ def _resolved_key(record: str, key: str | None, env: str, where: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class RunPod(ProviderConfig):
-    """GPU pods rented from RunPod, through its public REST and GraphQL APIs.
+    """GPU or CPU pods rented from RunPod, through its public REST and GraphQL APIs.
 
-    Each node is one pod running ``container_image`` with the spec's accelerators; the
-    client reaches it over SSH on the pod's public IP (RunPod's images start sshd with the
-    ``PUBLIC_KEY`` the pool passes). Pods are deleted when the pool closes, and a pod
-    whose client vanished deletes itself once ``Spec.ttl`` runs out.
+    Each node is one pod running ``container_image``: a GPU pod with the spec's
+    accelerators, or, for a spec with no accelerator, a CPU pod of the cheapest CPU flavor
+    and vCPU count that meets its ``vcpus`` and ``memory_gb``. The client reaches it over
+    SSH on the pod's public IP (RunPod's images start sshd with the ``PUBLIC_KEY`` the pool
+    passes). Pods are deleted when the pool closes, and a pod whose client vanished
+    deletes itself once ``Spec.ttl`` runs out.
 
     Attributes:
         api_key: Your RunPod API key; None reads ``RUNPOD_API_KEY``. It is sent only in
@@ -649,10 +651,12 @@ class RunPod(ProviderConfig):
             image (``{python_version}`` is replaced with this client's ``X.Y``). It must
             start sshd with ``PUBLIC_KEY``, as RunPod's own images do.
         cloud_type: ``"secure"`` (RunPod's data centres) or ``"community"`` (hosts of
-            its community cloud; cheaper, less reliable).
+            its community cloud; cheaper, less reliable; GPU pods only: RunPod prices its
+            CPU pods in the secure cloud alone).
         container_disk_gb: The pod's disk in GB when the spec sets no ``disk_gb``.
-        api_url: The REST API's base URL.
+        api_url: The REST API's base URL (pods).
         graphql_url: The GraphQL API's URL (GPU types and their prices).
+        catalog_url: The REST API v2's base URL (CPU flavors and their prices).
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -661,6 +665,7 @@ class RunPod(ProviderConfig):
     container_disk_gb: int = 50
     api_url: str = "https://rest.runpod.io/v1"
     graphql_url: str = "https://api.runpod.io/graphql"
+    catalog_url: str = "https://api.runpod.io/v2"
 
     def __attrs_post_init__(self) -> None:
         _check_key("RunPod", self.api_key, RUNPOD_API_KEY_ENV)
@@ -677,7 +682,7 @@ class RunPod(ProviderConfig):
             low=1,
             fix="Pass whole GB, e.g. container_disk_gb=50.",
         )
-        for name in ("api_url", "graphql_url"):
+        for name in ("api_url", "graphql_url", "catalog_url"):
             default = attrs.fields_dict(RunPod)[name].default
             fix = f"Pass the API's URL, e.g. {name}={default!r}."
             _check_url("RunPod", name, getattr(self, name), fix=fix)

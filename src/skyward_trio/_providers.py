@@ -203,7 +203,9 @@ async def offers(
     if isinstance(config, RunPod):
         from ._runpod import catalog
 
-        return await catalog(config, gpus=accelerators)
+        return await catalog(
+            config, gpus=accelerators, accelerator=accelerator, everything=everything
+        )
     if isinstance(config, VastAI):
         from ._vastai import catalog as vastai_catalog
 

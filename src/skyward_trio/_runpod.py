@@ -1,8 +1,12 @@
-"""``sky.RunPod``: GPU pods rented through RunPod's public APIs.
+"""``sky.RunPod``: GPU and CPU pods rented through RunPod's public APIs.
 
 RunPod's GraphQL API lists the GPU types with their prices per GPU-hour (secure or
-community cloud; on demand, or spot as an "interruptible" pod); its REST API creates,
-reads and deletes pods. Each node is one pod: the client creates it with the pool's
+community cloud; on demand, or spot as an "interruptible" pod); its REST API v2 catalog
+lists the CPU flavors, each with its vCPU range, its RAM per vCPU and its price per
+vCPU-hour (secure cloud, on demand only); its REST API v1 creates, reads and deletes
+pods. A spec with an accelerator gets a GPU pod; one without gets a CPU pod
+(``computeType: "CPU"``) of the cheapest flavor and vCPU count meeting its ``vcpus`` and
+``memory_gb``. Each node is one pod: the client creates it with the pool's
 public key in ``PUBLIC_KEY`` (RunPod's images start sshd with it), waits until the pod
 has a public address and its SSH port answers, pins the host key it presents then (RunPod
 does not publish it, so the first answer is trusted for that pod only: trust on first
@@ -44,7 +48,7 @@ from ._providers import (
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
-__all__ = ["GPU_TYPES", "RunPodCluster", "RunPodError", "catalog"]
+__all__ = ["GPU_TYPES", "RunPodCluster", "RunPodError", "catalog", "cpu_vcpu_counts"]
 
 #: RunPod's GPU type ids and what each is, per GPU. Types not listed here are not offered
 #: (an accelerator Skyward cannot name could not be asked for).
@@ -74,6 +78,10 @@ _GPU_TYPES_QUERY = (
 
 #: The command a pod runs to delete itself when the worker's lease runs out.
 _SELF_DELETE = 'runpodctl remove pod "$RUNPOD_POD_ID"'
+
+
+#: What RunPod's CPU pods run on (the CPU types RunPod lists are Intel and AMD ones).
+_CPU_ARCHITECTURE = "x86_64"
 
 
 class RunPodError(RuntimeError):
@@ -125,6 +133,19 @@ class _API(KeyedAPI[RunPod]):
             )
         return types
 
+    async def cpu_types(self) -> list[dict[str, Any]]:
+        """The v2 catalog's ``cpus``: RunPod's CPU flavors with their prices per vCPU-hour."""
+        url = self.config.catalog_url.rstrip("/") + "/catalog/cpus"
+        response = await self.send("GET", url)
+        body = response_json(response) if response.status_code == 200 else None
+        flavors = body.get("cpus") if isinstance(body, dict) else None
+        if not isinstance(flavors, list):
+            raise RunPodError(
+                f"RunPod did not list its CPU flavors ({response.status_code}: "
+                f"{_describe_failure(response)})"
+            )
+        return [f for f in flavors if isinstance(f, dict)]
+
 
 def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -159,27 +180,94 @@ def _offer(config: RunPod, entry: Mapping[str, Any], gpus: int) -> Offer | None:
     )
 
 
+def cpu_vcpu_counts(least: int, most: int) -> list[int]:
+    """The vCPU counts a CPU pod of a flavor allowing ``least`` to ``most`` may have: the
+    powers of two in that range (RunPod's catalog documents its vCPU counts as powers of
+    two; a count between two is not offered, so a spec asking for one gets the next)."""
+    counts: list[int] = []
+    count = 1
+    while count <= most:
+        if count >= least:
+            counts.append(count)
+        count *= 2
+    return counts
+
+
+def _cpu_offers(config: RunPod, entry: Mapping[str, Any]) -> list[Offer]:
+    """One CPU flavor as offers, one per vCPU count it allows; none if it is not offered
+    (secure cloud only: RunPod prices its CPU pods nowhere else), or not priced or sized."""
+    flavor = entry.get("id")
+    vcpu = entry.get("vcpu")
+    price = entry.get("price")
+    ram = entry.get("ramGbPerVcpu")
+    per_vcpu = price.get("securePerVcpu") if isinstance(price, dict) else None
+    least = vcpu.get("min") if isinstance(vcpu, dict) else None
+    most = vcpu.get("max") if isinstance(vcpu, dict) else None
+    if (
+        config.cloud_type != "secure"
+        or not isinstance(flavor, str)
+        or not flavor
+        or not (_is_number(per_vcpu) and per_vcpu > 0)
+        or not (_is_number(ram) and ram > 0)
+        or not (isinstance(least, int) and isinstance(most, int))
+    ):
+        return []
+    return [
+        Offer(
+            provider="sky.RunPod()",
+            # RunPod's own name for such a pod: flavor, vCPUs, GB of RAM (cpu3c-8-16).
+            name=f"{flavor}-{count}-{count * ram:g}",
+            vcpus=count,
+            memory_gb=count * ram,
+            architecture=_CPU_ARCHITECTURE,
+            on_demand_price=round(per_vcpu * count, 4),
+            ref=flavor,
+        )
+        for count in cpu_vcpu_counts(least, most)
+    ]
+
+
 def _whole_gpus(count: float) -> int:
     """GPUs per pod: RunPod rents whole ones (a fractional count is refused before)."""
     return max(1, math.ceil(count))
 
 
-async def catalog(config: RunPod, *, gpus: float) -> Catalog:
-    """RunPod's GPU types as offers, priced per node of ``gpus`` GPUs.
+async def catalog(
+    config: RunPod,
+    *,
+    gpus: float,
+    accelerator: Accelerator | None = None,
+    everything: bool = False,
+) -> Catalog:
+    """RunPod's pods as offers: for a spec asking for an ``accelerator``, its GPU types
+    priced per node of ``gpus`` GPUs; for one asking for none, its CPU pods (each flavor
+    at each vCPU count it allows); with ``everything`` and no accelerator, both.
+
+    A CPU offer carries no accelerator, which a spec's ``accelerator`` does not judge
+    (``_offers``): GPU and CPU offers are never listed together for a spec.
 
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
     config.resolved_api_key()  # before any request: the fix is the user's
+    want_gpus = accelerator is not None or everything
+    want_cpus = accelerator is None
     api = _API(config)
+    offers: list[Offer] = []
     try:
-        types = await api.gpu_types()
+        if want_gpus:
+            types = await api.gpu_types()
+            listed = (_offer(config, entry, _whole_gpus(gpus)) for entry in types)
+            offers += [o for o in listed if o is not None]
+        if want_cpus:
+            cpus = [o for entry in await api.cpu_types() for o in _cpu_offers(config, entry)]
+            # The biggest first: a spec none can meet is told first what the most is.
+            offers += sorted(cpus, key=lambda o: (-(o.vcpus or 0), -(o.memory_gb or 0)))
     except RunPodError as exc:
         return Catalog(error=str(exc))
     finally:
         await api.aclose()
-    offers = (_offer(config, entry, _whole_gpus(gpus)) for entry in types)
-    return Catalog(offers=tuple(o for o in offers if o is not None))
+    return Catalog(offers=tuple(offers))
 
 
 @attrs.frozen
@@ -227,12 +315,20 @@ class RunPodCluster:
         python_version: str = PYTHON_VERSION,
     ) -> None:
         accelerator = choice.spec.accelerator
-        assert accelerator is not None  # check_spec refuses a RunPod spec without one
         self.config = config
         self.job_id = job_id
         self._choice = choice
-        self._gpus = _whole_gpus(accelerator.count)
-        self._gpu_types = [offer.name for offer in (choice.offer, *choice.also)]
+        # A GPU pod: its count, and the spec's GPU types, cheapest first. A CPU pod: its
+        # vCPU count, and the flavors that give it and meet the spec, cheapest first.
+        self._gpus = _whole_gpus(accelerator.count) if accelerator is not None else 0
+        self._vcpus = int(choice.offer.vcpus or 0) if accelerator is None else 0
+        offers = (choice.offer, *choice.also)
+        self._gpu_types = [o.name for o in offers] if accelerator is not None else []
+        self._cpu_flavors = list(
+            dict.fromkeys(
+                str(o.ref) for o in offers if accelerator is None and o.vcpus == self._vcpus
+            )
+        )
         self._image = config.image_reference(python_version)
         self._public_key = _transport.public_openssh(client_key)
         self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
@@ -244,20 +340,44 @@ class RunPodCluster:
     def _prefix(self) -> str:
         return f"skyward-{self.job_id}-"
 
+    @property
+    def _what(self) -> str:
+        """The pod this cluster creates, in words (``2 x NVIDIA L4``, ``CPU pod of 8
+        vCPUs (cpu3c or cpu5c)``)."""
+        if self._gpu_types:
+            return f"{self._gpus} x {' or '.join(self._gpu_types)}"
+        return f"CPU pod of {self._vcpus} vCPUs ({' or '.join(self._cpu_flavors)})"
+
     def _body(self, name: str) -> dict[str, Any]:
-        return {
+        common = {
             "name": name,
             "imageName": self._image,
+            "ports": ["22/tcp"],
+            "env": {"PUBLIC_KEY": self._public_key},
+            "containerDiskInGb": self.config.container_disk_gb,
+            "supportPublicIp": True,
+        }
+        if not self._gpu_types:
+            # RunPod gives the pod the flavor's RAM per vCPU; there is nothing to ask of
+            # memory. No interruptible: CPU pods have no spot price (check_spec refuses
+            # allocation="spot" for them), and secure cloud only (cloud_type="community"
+            # is refused likewise).
+            return common | {
+                "computeType": "CPU",
+                # The chosen flavor first, then the spec's others at this vCPU count,
+                # cheapest first, tried in that order ("custom"), not by availability.
+                "cpuFlavorIds": self._cpu_flavors,
+                "cpuFlavorPriority": "custom",
+                "vcpuCount": self._vcpus,
+                "cloudType": "SECURE",
+            }
+        return common | {
             # The chosen type first, then the spec's other types, cheapest first: RunPod
             # takes the first with capacity left.
             "gpuTypeIds": self._gpu_types,
             "gpuCount": self._gpus,
             "cloudType": self.config.cloud_type.upper(),
             "interruptible": self._choice.spot,
-            "ports": ["22/tcp"],
-            "env": {"PUBLIC_KEY": self._public_key},
-            "containerDiskInGb": self.config.container_disk_gb,
-            "supportPublicIp": True,
         }
 
     async def provision(self, node: int) -> Instance:
@@ -267,8 +387,7 @@ class RunPodCluster:
         response = await self._api.request("POST", "/pods", json=self._body(name))
         if response.status_code not in (200, 201):
             raise RunPodError(
-                f"RunPod did not create a pod of {self._gpus} x "
-                f"{' or '.join(self._gpu_types)} ({response.status_code}: "
+                f"RunPod did not create a pod of {self._what} ({response.status_code}: "
                 f"{_describe_failure(response)})"
             )
         pod = _pod(response_json(response))

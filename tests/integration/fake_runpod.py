@@ -1,8 +1,11 @@
 """A fake of RunPod's API for the tests, whose pods are real sshd "machines".
 
 ``sky.RunPod`` cannot reach RunPod from the tests, so it is tested against this: a local HTTP
-server that answers the subset of RunPod's REST API (``/v1/pods``) and GraphQL API
-(``gpuTypes``) that the provider uses, the way RunPod documents them. Each pod it creates is a
+server that answers the subset of RunPod's REST API (``/v1/pods``), REST API v2 catalog
+(``/v2/catalog/cpus``) and GraphQL API (``gpuTypes``) that the provider uses, the way RunPod
+documents them. A pod is a GPU pod, or a CPU pod (``computeType: "CPU"``, with
+``cpuFlavorIds`` and ``vcpuCount``; its RAM is the flavor's ``ramGbPerVcpu`` times its vCPUs,
+its price the flavor's ``securePerVcpu`` times them). Each pod it creates is a
 private ``sshd`` (``sshd.start_sshd``) on its own loopback address, 127.0.0.100 upward, so a
 pool provisions through the API, logs in over SSH, bootstraps and runs workers end to end.
 
@@ -18,7 +21,15 @@ only its sshd: the sshd's descendants, and any process whose environment holds t
 container's processes end with it. Processes are ended by pid, never by name.
 
 The fake is stricter than RunPod in one way: a create with a field it does not know is a 400
-naming the field, so that a misspelt field fails here instead of being ignored there.
+naming the field, so that a misspelt field fails here instead of being ignored there. A CPU
+create with a GPU field (``gpuTypeIds``, ``gpuCount``, ``interruptible``) is one, too: RunPod
+documents that it ignores them for a CPU pod, which would hide a body meant for a GPU pod.
+
+Assumed, not documented by RunPod (``docs/providers.md`` lists what to verify): a CPU pod's
+``vcpuCount`` is a power of two inside its flavor's ``vcpu`` range (the catalog documents
+that for its availability filter); CPU pods are secure cloud only and never interruptible
+(RunPod prices them nowhere else; a COMMUNITY or interruptible CPU create is a 400 here);
+``cpuFlavorPriority`` either way tries the flavors in the order given.
 """
 
 from __future__ import annotations
@@ -119,6 +130,43 @@ DEFAULT_GPU_TYPES: tuple[dict[str, Any], ...] = (
         "maxGpuCount": 4,
     },
 )
+#: RunPod's CPU flavors as its REST API v2 catalog lists them (``GET /v2/catalog/cpus``).
+DEFAULT_CPU_TYPES: tuple[dict[str, Any], ...] = (
+    {
+        "id": "cpu3c",
+        "name": "Compute-Optimized",
+        "group": "Gen 3",
+        "vcpu": {"min": 2, "max": 32},
+        "ramGbPerVcpu": 2,
+        "price": {"securePerVcpu": 0.03, "serverlessPerVcpu": 0.05},
+    },
+    {
+        "id": "cpu3g",
+        "name": "General Purpose",
+        "group": "Gen 3",
+        "vcpu": {"min": 2, "max": 32},
+        "ramGbPerVcpu": 4,
+        "price": {"securePerVcpu": 0.04, "serverlessPerVcpu": 0.06},
+    },
+    {
+        "id": "cpu3m",
+        "name": "Memory-Optimized",
+        "group": "Gen 3",
+        "vcpu": {"min": 2, "max": 16},
+        "ramGbPerVcpu": 8,
+        "price": {"securePerVcpu": 0.06, "serverlessPerVcpu": 0.08},
+    },
+    {
+        "id": "cpu5c",
+        "name": "Compute-Optimized",
+        "group": "Gen 5",
+        "vcpu": {"min": 2, "max": 32},
+        "ramGbPerVcpu": 2,
+        "price": {"securePerVcpu": 0.035, "serverlessPerVcpu": 0.055},
+    },
+)
+#: The CPU flavor ids RunPod's REST API v1 takes in ``cpuFlavorIds`` (its documented enum).
+CPU_FLAVOR_IDS = ("cpu3c", "cpu3g", "cpu3m", "cpu5c", "cpu5g", "cpu5m")
 DEFAULT_CAPACITY = 1000  # pods of each type that can start unless the test says otherwise
 
 # The pod's runpodctl: `remove pod <id>` and `stop pod <id>` only, with the pod-scoped key.
@@ -178,7 +226,8 @@ class FakePod:
     name: str
     body: dict[str, Any]
     machine: Machine
-    gpu_type_id: str
+    gpu_type_id: str | None  # None for a CPU pod
+    cpu_flavor_id: str | None  # None for a GPU pod
     cost_per_hr: float
     key: str  # the pod-scoped API key in its RUNPOD_API_KEY
     ready_at: float  # time.monotonic() after which GET shows its address
@@ -202,16 +251,19 @@ class FakeRunPod(FakeCloud):
         *,
         root: Path,
         gpu_types: Sequence[Mapping[str, Any]] = DEFAULT_GPU_TYPES,
+        cpu_types: Sequence[Mapping[str, Any]] = DEFAULT_CPU_TYPES,
         capacity: Mapping[str, int] = {},
         start_delay: float = 0.0,
     ) -> None:
-        """``capacity``: how many more pods of a GPU type can start (a type not named:
-        ``DEFAULT_CAPACITY``). ``start_delay``: seconds after a create during which GET
-        shows the pod RUNNING with no ``publicIp`` and no ``portMappings`` yet."""
+        """``capacity``: how many more pods of a GPU type or CPU flavor can start (one not
+        named: ``DEFAULT_CAPACITY``). ``start_delay``: seconds after a create during which
+        GET shows the pod RUNNING with no ``publicIp`` and no ``portMappings`` yet."""
         super().__init__(root)
         self.api_key = "rpa_" + secrets.token_hex(16)
         self.gpu_types: list[dict[str, Any]] = [dict(gpu) for gpu in gpu_types]
-        self.capacity: dict[str, int] = {gpu["id"]: DEFAULT_CAPACITY for gpu in self.gpu_types}
+        self.cpu_types: list[dict[str, Any]] = [dict(cpu) for cpu in cpu_types]
+        kinds = [*self.gpu_types, *self.cpu_types]
+        self.capacity: dict[str, int] = {kind["id"]: DEFAULT_CAPACITY for kind in kinds}
         self.capacity |= capacity
         self.start_delay = start_delay
         self.requests: list[Recorded] = []
@@ -221,6 +273,7 @@ class FakeRunPod(FakeCloud):
         url = self._listen(self._serve, "fake-runpod")
         self.rest_url = f"{url}/v1"
         self.graphql_url = f"{url}/graphql"
+        self.catalog_url = f"{url}/v2"
 
     def _end_all(self) -> None:
         with self._lock:
@@ -301,6 +354,9 @@ class FakeRunPod(FakeCloud):
                 return _Answer(400, {"error": "body: not JSON"})
             if action == "create":
                 return self._create(body)
+            if action == "cpus":
+                with self._lock:
+                    return _Answer(200, {"cpus": [dict(cpu) for cpu in self.cpu_types]})
             if action == "list":
                 return self._list(query)
             if action == "get":
@@ -336,18 +392,22 @@ class FakeRunPod(FakeCloud):
         # One create at a time, under the lock, sshd start included: leaving the fake then
         # waits for a create in flight, and no pod starts after the fake has ended them all.
         with self._lock:
-            problem = _body_problem(body, {gpu["id"] for gpu in self.gpu_types})
+            cpu = isinstance(body, dict) and body.get("computeType") == "CPU"
+            if cpu:
+                problem = _cpu_body_problem(body, {flavor["id"] for flavor in self.cpu_types})
+            else:
+                problem = _body_problem(body, {gpu["id"] for gpu in self.gpu_types})
             if problem is not None:
                 return _Answer(400, {"error": problem})
             if self._failures:
                 status, message = self._failures.pop(0)
                 return _Answer(status, {"error": message})
-            chosen = self._choose(body)
+            chosen = self._choose_cpu(body) if cpu else self._choose(body)
             if chosen is None:
                 return _Answer(500, {"error": NO_INSTANCES})
-            gpu_type_id, cost = chosen
-            pod = self._start_pod(body, gpu_type_id, cost)
-            self.capacity[gpu_type_id] -= 1
+            kind, cost = chosen
+            pod = self._start_pod(body, kind, cost, cpu=cpu)
+            self.capacity[kind] -= 1
             self.pods[pod.id] = pod
             return _Answer(201, self._pod_json(pod))
 
@@ -375,7 +435,21 @@ class FakeRunPod(FakeCloud):
                 return gpu_type_id, round(price * body["gpuCount"], 4)
         return None
 
-    def _start_pod(self, body: dict[str, Any], gpu_type_id: str, cost: float) -> FakePod:
+    def _choose_cpu(self, body: dict[str, Any]) -> tuple[str, float] | None:
+        """The first of the create's CPU flavors that gives its vCPU count and can start a
+        pod, and what the pod costs per hour (the flavor's price per vCPU-hour times them)."""
+        flavors = {flavor["id"]: flavor for flavor in self.cpu_types}
+        vcpus = body["vcpuCount"]
+        for flavor_id in body["cpuFlavorIds"]:
+            flavor = flavors[flavor_id]
+            if (
+                flavor["vcpu"]["min"] <= vcpus <= flavor["vcpu"]["max"]
+                and self.capacity.get(flavor_id, 0) > 0
+            ):
+                return flavor_id, round(flavor["price"]["securePerVcpu"] * vcpus, 4)
+        return None
+
+    def _start_pod(self, body: dict[str, Any], kind: str, cost: float, *, cpu: bool) -> FakePod:
         if self._next_address > 254:
             raise RuntimeError("the fake RunPod has no loopback address left for a pod")
         address = f"127.0.0.{self._next_address}"
@@ -411,7 +485,8 @@ class FakeRunPod(FakeCloud):
             name=body["name"],
             body=body,
             machine=machine,
-            gpu_type_id=gpu_type_id,
+            gpu_type_id=None if cpu else kind,
+            cpu_flavor_id=kind if cpu else None,
             cost_per_hr=cost,
             key=key,
             ready_at=time.monotonic() + self.start_delay,
@@ -466,7 +541,7 @@ class FakeRunPod(FakeCloud):
 
     def _pod_json(self, pod: FakePod) -> dict[str, Any]:
         ready = pod.status == "RUNNING" and time.monotonic() >= pod.ready_at
-        return {
+        shown = {
             "id": pod.id,
             "name": pod.name,
             "image": pod.body["imageName"],
@@ -474,10 +549,20 @@ class FakeRunPod(FakeCloud):
             "publicIp": pod.machine.addr if ready else None,
             "portMappings": {"22": pod.machine.port} if ready else None,
             "costPerHr": pod.cost_per_hr,
-            "gpuCount": pod.body["gpuCount"],
             "interruptible": pod.body.get("interruptible", False),
-            "machine": {"gpuTypeId": pod.gpu_type_id},
             "env": dict(pod.body.get("env", {})),
+        }
+        if pod.cpu_flavor_id is not None:
+            flavor = next(f for f in self.cpu_types if f["id"] == pod.cpu_flavor_id)
+            vcpus = pod.body["vcpuCount"]
+            return shown | {
+                "cpuFlavorId": pod.cpu_flavor_id,
+                "vcpuCount": vcpus,
+                "memoryInGb": flavor["ramGbPerVcpu"] * vcpus,
+            }
+        return shown | {
+            "gpuCount": pod.body["gpuCount"],
+            "machine": {"gpuTypeId": pod.gpu_type_id},
         }
 
     # -- GraphQL --------------------------------------------------------------------------------
@@ -506,6 +591,8 @@ def _route(method: str, path: str) -> tuple[str, str] | None:
     parts = path.strip("/").split("/")
     if parts == ["graphql"] and method == "POST":
         return "graphql", ""
+    if parts == ["v2", "catalog", "cpus"] and method == "GET":
+        return "cpus", ""
     if parts[:2] != ["v1", "pods"]:
         return None
     routes = {
@@ -534,6 +621,7 @@ _CREATE_FIELDS = {
     "containerDiskInGb",
     "supportPublicIp",
     "dataCenterIds",
+    "computeType",
 }
 
 
@@ -549,6 +637,7 @@ def _body_problem(body: Any, gpu_type_ids: set[str]) -> str | None:
         if field not in body:
             return f"{field}: required"
     checks: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("computeType", lambda v: v == "GPU", '"GPU" or "CPU"'),
         ("name", _is_text, "a non-empty string"),
         ("imageName", _is_text, "a non-empty string"),
         ("gpuTypeIds", lambda v: _is_list_of_text(v) and len(v) > 0, "a non-empty list of ids"),
@@ -567,4 +656,64 @@ def _body_problem(body: Any, gpu_type_ids: set[str]) -> str | None:
     for gpu_type_id in body["gpuTypeIds"]:
         if gpu_type_id not in gpu_type_ids:
             return f"gpuTypeIds: unknown GPU type {gpu_type_id!r}"
+    return None
+
+
+_CPU_CREATE_FIELDS = {
+    "name",
+    "imageName",
+    "computeType",
+    "cpuFlavorIds",
+    "cpuFlavorPriority",
+    "vcpuCount",
+    "cloudType",
+    "ports",
+    "env",
+    "containerDiskInGb",
+    "supportPublicIp",
+    "dataCenterIds",
+}
+
+
+def _is_power_of_two(value: Any) -> bool:
+    return _is_int(value) and value >= 1 and value & (value - 1) == 0
+
+
+def _cpu_body_problem(body: dict[str, Any], flavor_ids: set[str]) -> str | None:
+    """What is wrong with a CPU pod's create (``computeType: "CPU"``), as ``"<field>:
+    <why>"``; None if nothing. A GPU field in it is refused, not ignored (the module)."""
+    unknown = sorted(set(body) - _CPU_CREATE_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(_CPU_CREATE_FIELDS))
+        return f"{unknown[0]}: not a field the fake RunPod knows for a CPU pod ({known})"
+    for field in ("name", "imageName", "cpuFlavorIds", "vcpuCount"):
+        if field not in body:
+            return f"{field}: required for a CPU pod"
+    checks: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("name", _is_text, "a non-empty string"),
+        ("imageName", _is_text, "a non-empty string"),
+        (
+            "cpuFlavorIds",
+            lambda v: _is_list_of_text(v) and len(v) > 0 and set(v) <= set(CPU_FLAVOR_IDS),
+            f"a non-empty list of {', '.join(CPU_FLAVOR_IDS)}",
+        ),
+        (
+            "cpuFlavorPriority",
+            lambda v: v in ("availability", "custom"),
+            '"availability" or "custom"',
+        ),
+        ("vcpuCount", _is_power_of_two, "a power of two"),
+        ("cloudType", lambda v: v == "SECURE", '"SECURE" (CPU pods run in the secure cloud only)'),
+        ("supportPublicIp", lambda v: isinstance(v, bool), "true or false"),
+        ("ports", _is_list_of_text, 'a list of strings like "22/tcp"'),
+        ("env", _is_text_map, "an object of string values"),
+        ("containerDiskInGb", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("dataCenterIds", _is_list_of_text, "a list of strings"),
+    ]
+    for field, check, expected in checks:
+        if field in body and not check(body[field]):
+            return f"{field}: expected {expected}, got {json.dumps(body[field])}"
+    for flavor_id in body["cpuFlavorIds"]:
+        if flavor_id not in flavor_ids:
+            return f"cpuFlavorIds: RunPod lists no CPU flavor {flavor_id!r} now"
     return None

@@ -32,7 +32,12 @@ def runpod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRunPod]:
 
 def _pool(api: FakeRunPod, max_cost: float) -> sky.Compute:
     return sky.Compute(
-        provider=sky.RunPod(api_key=api.api_key, api_url=api.rest_url, graphql_url=api.graphql_url),
+        provider=sky.RunPod(
+            api_key=api.api_key,
+            api_url=api.rest_url,
+            graphql_url=api.graphql_url,
+            catalog_url=api.catalog_url,
+        ),
         accelerator=sky.accelerators.A100(form_factor="PCIe"),
         allocation="on-demand",
         options=sky.Options(console="silent", max_cost=max_cost),

@@ -25,7 +25,8 @@ def project(tmp_path: Path, fake_runpod: FakeRunPod) -> Path:
     (tmp_path / "home").mkdir()
     (tmp_path / "skyward.toml").write_text(
         f'[providers.rp]\ntype = "runpod"\napi_url = "{fake_runpod.rest_url}"\n'
-        f'graphql_url = "{fake_runpod.graphql_url}"\n\n'
+        f'graphql_url = "{fake_runpod.graphql_url}"\n'
+        f'catalog_url = "{fake_runpod.catalog_url}"\n\n'
         '[pools.train]\nprovider = "rp"\naccelerator = "H100"\nnodes = 2\n'
     )
     return tmp_path
@@ -67,6 +68,13 @@ def test_offers_list_as_json_and_as_a_table(sky_command: Sky) -> None:
     assert row["accelerator"]["count"] == 2
     assert row["pricing"] == "cheapest"
     assert row["price"] == min(row["spot_price"], row["on_demand_price"])
+    # Without an accelerator, RunPod's CPU pods are listed too, each flavor at each size.
+    every = sky_command("offers", "list", "rp", "--json")
+    assert every.returncode == 0, every.stderr
+    cpu = {row["name"]: row for row in json.loads(every.stdout) if row["accelerator"] is None}
+    assert len(cpu) == 19
+    assert (cpu["cpu3c-8-16"]["vcpus"], cpu["cpu3c-8-16"]["memory_gb"]) == (8, 16)
+    assert (cpu["cpu3c-8-16"]["on_demand_price"], cpu["cpu3c-8-16"]["spot_price"]) == (0.24, None)
     table = sky_command("offers", "list", "--on-demand", "--cheapest", "2")
     assert table.returncode == 0, table.stderr
     assert "2 offer(s)" in table.stdout
@@ -93,6 +101,7 @@ def test_a_failing_provider_is_named_and_fails_the_command(
     (sky_command.project / "skyward.toml").write_text(
         '[providers.down]\ntype = "runpod"\napi_url = "http://127.0.0.1:9/v1"\n'
         'graphql_url = "http://127.0.0.1:9/graphql"\n'
+        'catalog_url = "http://127.0.0.1:9/v2"\n'
     )
     done = sky_command("offers", "list", "down", "local")
     assert done.returncode == 1
@@ -140,12 +149,13 @@ def test_providers_list_and_check(sky_command: Sky) -> None:
     checked = sky_command("providers", "check", "rp", "local")
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.splitlines() == [
-        "sky.RunPod(): OK, 5 offer(s)",
+        "sky.RunPod(): OK, 24 offer(s)",  # 5 GPU types, 19 CPU flavor sizes
         "sky.Local(): OK, 1 offer(s)",
     ]
     (sky_command.project / "skyward.toml").write_text(
         '[providers.down]\ntype = "runpod"\napi_url = "http://127.0.0.1:9/v1"\n'
         'graphql_url = "http://127.0.0.1:9/graphql"\n'
+        'catalog_url = "http://127.0.0.1:9/v2"\n'
     )
     del sky_command.env["RUNPOD_API_KEY"]
     keyless = sky_command("providers", "check")  # every provider of the file

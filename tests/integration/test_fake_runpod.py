@@ -55,6 +55,24 @@ def _body(key: Path | None, **fields: Any) -> dict[str, Any]:
     } | fields
 
 
+def _cpu_body(key: Path | None, **fields: Any) -> dict[str, Any]:
+    """A CPU pod's create as ``sky.RunPod`` sends it, with ``fields`` changed."""
+    env = {"PUBLIC_KEY": key.with_suffix(".pub").read_text().strip()} if key else {}
+    return {
+        "name": "skyward-cpu-test",
+        "imageName": "runpod/base:0.7.0-ubuntu2204",
+        "computeType": "CPU",
+        "cpuFlavorIds": ["cpu3c"],
+        "cpuFlavorPriority": "custom",
+        "vcpuCount": 8,
+        "cloudType": "SECURE",
+        "ports": ["22/tcp"],
+        "env": env,
+        "containerDiskInGb": 20,
+        "supportPublicIp": True,
+    } | fields
+
+
 def _call(
     api: FakeRunPod, method: str, url: str, *, key: str | None = "account", body: Any = None
 ) -> httpx.Response:
@@ -447,3 +465,114 @@ def test_a_failure_inside_the_fake_is_a_500_and_fails_the_test_on_leaving(
     with pytest.raises(AssertionError, match=r"the fake RunPod failed:\nPOST /v1/pods: KeyError"):
         api.__exit__(None, None, None)
     assert api.pods == {}
+
+
+def test_a_cpu_pod_is_its_flavor_at_its_vcpu_count_priced_per_vcpu(
+    fake_runpod: FakeRunPod, key: Path, processes: Processes
+) -> None:
+    api = fake_runpod
+    created = _create(api, _cpu_body(key))
+    pod_id = created["id"]
+    # RAM: the flavor's ramGbPerVcpu (2) times the vCPUs; price: securePerVcpu (0.03) times.
+    assert (created["cpuFlavorId"], created["vcpuCount"], created["memoryInGb"]) == ("cpu3c", 8, 16)
+    assert created["costPerHr"] == pytest.approx(0.24)
+    assert "gpuCount" not in created
+    assert "machine" not in created
+    assert _get(api, pod_id).json() == created
+    answer = _ssh(key, created, "echo $RUNPOD_POD_ID $(command -v runpodctl)")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split() == [pod_id, str(api.root / pod_id / "bin" / "runpodctl")]
+    pod = api.pods[pod_id]
+    assert (pod.cpu_flavor_id, pod.gpu_type_id) == ("cpu3c", None)
+    assert _call(api, "DELETE", f"{api.rest_url}/pods/{pod_id}").status_code == 200
+    assert not processes.is_running(pod.machine.pid)
+    assert _get(api, pod_id).status_code == 404
+
+
+def test_cpu_flavors_are_tried_in_order_if_they_give_the_vcpus_and_have_capacity(
+    fake_runpod: FakeRunPod,
+) -> None:
+    api = fake_runpod
+    # cpu3m gives 2 to 16 vCPUs: 32 of them come from the next flavor, cpu3g.
+    created = _create(api, _cpu_body(None, cpuFlavorIds=["cpu3m", "cpu3g"], vcpuCount=32))
+    assert (created["cpuFlavorId"], created["memoryInGb"]) == ("cpu3g", 128)
+    assert created["costPerHr"] == pytest.approx(0.04 * 32)
+    api.capacity["cpu3g"] = 0
+    for body in (
+        _cpu_body(None, cpuFlavorIds=["cpu3m", "cpu3g"], vcpuCount=32),  # none gives it now
+        _cpu_body(None, vcpuCount=64),  # more than cpu3c gives
+    ):
+        response = _call(api, "POST", f"{api.rest_url}/pods", body=body)
+        assert (response.status_code, response.json()) == (500, {"error": NO_INSTANCES})
+    # availability or custom: the fake tries the flavors in the order given either way.
+    either = _create(
+        api,
+        _cpu_body(
+            None, cpuFlavorIds=["cpu5c", "cpu3c"], vcpuCount=2, cpuFlavorPriority="availability"
+        ),
+    )
+    assert (either["cpuFlavorId"], either["costPerHr"]) == ("cpu5c", pytest.approx(0.07))
+    assert len(api.live()) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"gpuTypeIds": [A100]}, "gpuTypeIds: not a field the fake RunPod knows for a CPU pod"),
+        ({"gpuCount": 1}, "gpuCount: not a field the fake RunPod knows for a CPU pod"),
+        ({"interruptible": True}, "interruptible: not a field the fake RunPod knows for a CPU"),
+        ({"vcpuCount": None}, "vcpuCount: expected a power of two, got null"),
+        ({"vcpuCount": 6}, "vcpuCount: expected a power of two, got 6"),
+        ({"vcpuCount": True}, "vcpuCount: expected a power of two, got true"),
+        ({"cpuFlavorIds": []}, "cpuFlavorIds: expected a non-empty list of cpu3c, cpu3g"),
+        ({"cpuFlavorIds": ["cpu9x"]}, "cpuFlavorIds: expected a non-empty list of cpu3c"),
+        ({"cpuFlavorIds": ["cpu5m"]}, "cpuFlavorIds: RunPod lists no CPU flavor 'cpu5m' now"),
+        ({"cpuFlavorPriority": "price"}, 'cpuFlavorPriority: expected "availability" or "custom"'),
+        ({"cloudType": "COMMUNITY"}, 'cloudType: expected "SECURE" (CPU pods run in the secure'),
+        ({"computeType": "TPU"}, 'computeType: expected "GPU" or "CPU", got "TPU"'),
+    ],
+)
+def test_a_bad_cpu_create_is_a_400_naming_the_field(
+    fake_runpod: FakeRunPod, fields: dict[str, Any], error: str
+) -> None:
+    body = _cpu_body(None, **fields)
+    if fields.get("computeType") == "TPU":
+        body = _body(None, computeType="TPU")  # not CPU: read as a GPU create
+    response = _call(fake_runpod, "POST", f"{fake_runpod.rest_url}/pods", body=body)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(error)
+    assert fake_runpod.pods == {}
+
+
+def test_a_cpu_create_without_a_required_field_is_a_400(fake_runpod: FakeRunPod) -> None:
+    for field in ("name", "imageName", "cpuFlavorIds", "vcpuCount"):
+        body = _cpu_body(None)
+        del body[field]
+        response = _call(fake_runpod, "POST", f"{fake_runpod.rest_url}/pods", body=body)
+        assert (response.status_code, response.json()) == (
+            400,
+            {"error": f"{field}: required for a CPU pod"},
+        )
+    # A GPU create may say what it is.
+    gpu = _call(
+        fake_runpod, "POST", f"{fake_runpod.rest_url}/pods", body=_body(None, computeType="GPU")
+    )
+    assert gpu.status_code == 201, gpu.text
+    assert len(fake_runpod.pods) == 1
+
+
+def test_the_v2_catalog_lists_cpu_flavors_to_the_api_key_only(fake_runpod: FakeRunPod) -> None:
+    api = fake_runpod
+    listed = _call(api, "GET", f"{api.catalog_url}/catalog/cpus")
+    assert listed.status_code == 200
+    cpus = listed.json()["cpus"]
+    assert cpus == api.cpu_types
+    assert {"cpu3c", "cpu3g", "cpu3m", "cpu5c"} == {cpu["id"] for cpu in cpus}
+    fields = {"id", "name", "group", "vcpu", "ramGbPerVcpu", "price"}
+    assert all(set(cpu) == fields for cpu in cpus)
+    assert all(set(cpu["vcpu"]) == {"min", "max"} for cpu in cpus)
+    assert all(cpu["price"]["securePerVcpu"] > 0 for cpu in cpus)
+    refused = _call(api, "GET", f"{api.catalog_url}/catalog/cpus", key=None)
+    assert (refused.status_code, refused.json()) == (401, {"error": "unauthorized"})
+    other = _call(api, "GET", f"{api.catalog_url}/catalog/gpus")
+    assert other.status_code == 404

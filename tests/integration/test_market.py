@@ -29,7 +29,12 @@ def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _runpod(api: FakeRunPod) -> sky.RunPod:
-    return sky.RunPod(api_key=api.api_key, api_url=api.rest_url, graphql_url=api.graphql_url)
+    return sky.RunPod(
+        api_key=api.api_key,
+        api_url=api.rest_url,
+        graphql_url=api.graphql_url,
+        catalog_url=api.catalog_url,
+    )
 
 
 def _vast(api: FakeVastAI) -> sky.VastAI:
@@ -43,10 +48,13 @@ def _closed_port() -> int:
 
 
 def test_runpod_lists_every_gpu_type_priced_per_node(fake_runpod: FakeRunPod) -> None:
-    listed = sky.offers(_runpod(fake_runpod))
+    everything = sky.offers(_runpod(fake_runpod))
+    listed = everything.where(lambda o: o.accelerator is not None)
     names = {offer.name for offer in listed}
     assert {"NVIDIA H100 80GB HBM3", "NVIDIA L4", "NVIDIA GeForce RTX 4090"} <= names
     assert all(o.accelerator is not None and o.accelerator.count == 1 for o in listed)
+    # Beside them, its CPU pods (sizes of its CPU flavors; test_runpod.py has the rest).
+    assert "cpu3c-8-16" in {o.name for o in everything if o.accelerator is None}
     assert listed.errors == ()
     # Nodes of four H100s: only that type, priced for four of them.
     four = sky.offers(_runpod(fake_runpod), accelerator=A.H100(count=4), max_age=0)
@@ -128,6 +136,7 @@ def test_several_providers_are_listed_together_and_a_failing_one_is_reported(
         api_key="rp-test",
         api_url=f"http://127.0.0.1:{_closed_port()}/v1",
         graphql_url=f"http://127.0.0.1:{_closed_port()}/graphql",
+        catalog_url=f"http://127.0.0.1:{_closed_port()}/v2",
     )
     listed = sky.offers([sky.Local(), _vast(vast), down])
     assert {offer.provider for offer in listed} == {"sky.Local()", "sky.VastAI()"}

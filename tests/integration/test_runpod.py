@@ -1,11 +1,13 @@
 """``sky.RunPod`` end to end against a fake RunPod (``fake_runpod.py``): the provider lists
-GPU types and prices over GraphQL, creates, reads and deletes pods over REST, and each pod
+GPU types and prices over GraphQL and CPU flavors and prices from the REST API v2 catalog,
+creates (GPU and CPU pods), reads and deletes pods over REST, and each pod
 is a real OpenSSH ``sshd`` on loopback that the pool logs in to, bootstraps and runs
 workers on. Nothing here reaches RunPod; no address but loopback is contacted.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -27,12 +29,17 @@ from skyward_trio._offers import Choice
 from skyward_trio._runpod import RunPodCluster, catalog
 from skyward_trio._transport import asyncio_loop, generate_key
 
+A = sky.accelerators
 QUIET = sky.Options(console="silent")
 
 
 def provider(api: FakeRunPod, **fields: Any) -> sky.RunPod:
     return sky.RunPod(
-        api_key=api.api_key, api_url=api.rest_url, graphql_url=api.graphql_url, **fields
+        api_key=api.api_key,
+        api_url=api.rest_url,
+        graphql_url=api.graphql_url,
+        catalog_url=api.catalog_url,
+        **fields,
     )
 
 
@@ -240,7 +247,7 @@ async def _l4_cluster(api: FakeRunPod, job_id: str, **spec_fields: Any) -> RunPo
     """A cluster planned on the fake's L4, as Compute would open it (in an asyncio loop)."""
     config = provider(api)
     spec = Spec(provider=config, accelerator=sky.accelerators.L4(), **spec_fields)
-    offers = (await catalog(config, gpus=1)).offers
+    offers = (await catalog(config, gpus=1, accelerator=spec.accelerator)).offers
     offer = next(o for o in offers if o.name == "NVIDIA L4")
     choice = Choice(index=0, spec=spec, offer=offer, spot=False, hourly_price=0.43)
     return RunPodCluster(config, job_id=job_id, client_key=generate_key(), choice=choice)
@@ -312,20 +319,139 @@ def test_an_interrupted_spot_pod_is_replaced_and_its_calls_sent_again(
     assert not runpod.live()
 
 
-_CLIENT = lease_client(
-    "sky.RunPod(api_key=sys.argv[1], api_url=sys.argv[2], graphql_url=sys.argv[3])",
-    "sky.accelerators.L4()",
+_PROVIDER = (
+    "sky.RunPod(api_key=sys.argv[1], api_url=sys.argv[2], graphql_url=sys.argv[3], "
+    "catalog_url=sys.argv[4])"
 )
 
 
-def test_the_pods_of_a_client_that_died_delete_themselves(runpod: FakeRunPod) -> None:
+@pytest.mark.parametrize("accelerator", ["sky.accelerators.L4()", "None"], ids=["gpu", "cpu"])
+def test_the_pods_of_a_client_that_died_delete_themselves(
+    runpod: FakeRunPod, accelerator: str
+) -> None:
     before = {pod.id for pod in runpod.live()}
-    args = (runpod.api_key, runpod.rest_url, runpod.graphql_url)
-    with killed_client(_CLIENT, *args) as job:  # no teardown: only the lease is left
+    args = (runpod.api_key, runpod.rest_url, runpod.graphql_url, runpod.catalog_url)
+    client = lease_client(_PROVIDER, accelerator)
+    with killed_client(client, *args) as job:  # no teardown: only the lease is left
         (pod,) = [p for p in runpod.live() if p.id not in before]
         assert pod.name.startswith(f"skyward-{job}-")
+        assert (pod.cpu_flavor_id is None) == (accelerator != "None")
     # The worker gives its client the reconnect window, then runs runpodctl in the pod.
     wait_until(lambda: pod.deleted, "the pod deleted by itself", timeout=120, every=0.5)
     deletes = [r for r in runpod.requests if r.method == "DELETE" and pod.id in r.path]
     assert deletes
     assert deletes[0].headers["authorization"] == f"Bearer {pod.key}"
+
+
+# -- CPU pods --------------------------------------------------------------------------------
+
+
+def test_a_pool_of_cpu_pods_gets_the_cheapest_flavor_meeting_the_spec(
+    runpod: FakeRunPod,
+) -> None:
+    """8 vCPUs and 32 GB: cpu3g's 8 vCPUs (4 GB each, $0.32/h) beat cpu3m's 8 ($0.48/h) and
+    cpu3c's 16 ($0.48/h); cpu3m is the create's fallback, as it gives 8 vCPUs too."""
+    first = len(runpod.requests)
+    with sky.Compute(
+        provider=provider(runpod), vcpus=8, memory_gb=32, nodes=2, options=QUIET
+    ) as pool:
+        events = pool.events()
+        provisioned = list(
+            itertools.islice((e for e in events if isinstance(e, sky.InstanceProvisioned)), 2)
+        )
+        events.close()
+        per_node = _where() @ pool
+        assert sorted(_square(x) >> pool for x in range(4)) == [0, 1, 4, 9]
+        pods = {pod.id: pod for pod in runpod.live()}
+    assert [r["node"] for r in per_node] == [0, 1]
+    assert {r["pod"] for r in per_node} == set(pods)
+    for pod in pods.values():
+        assert pod.body == {
+            "name": pod.name,
+            "imageName": pod.body["imageName"],
+            "computeType": "CPU",
+            "cpuFlavorIds": ["cpu3g", "cpu3m"],
+            "cpuFlavorPriority": "custom",
+            "vcpuCount": 8,
+            "cloudType": "SECURE",
+            "ports": ["22/tcp"],
+            "env": {"PUBLIC_KEY": pod.body["env"]["PUBLIC_KEY"]},
+            "containerDiskInGb": 50,
+            "supportPublicIp": True,
+        }
+        assert pod.cpu_flavor_id == "cpu3g"
+        assert pod.cost_per_hr == pytest.approx(0.32)
+        assert pod.deleted
+    assert [e.hourly_price for e in provisioned] == [pytest.approx(0.32)] * 2
+    # Listing asked the catalog for CPU flavors only: no GPU types for a CPU spec.
+    asked = [(r.method, r.path) for r in runpod.requests[first:]]
+    assert ("GET", "/v2/catalog/cpus") in asked
+    assert ("POST", "/graphql") not in asked
+
+
+def test_a_cpu_flavor_out_of_capacity_gives_way_to_the_next_at_its_price(
+    runpod: FakeRunPod,
+) -> None:
+    runpod.capacity["cpu3g"], had = 0, runpod.capacity["cpu3g"]
+    try:
+        with sky.Compute(provider=provider(runpod), vcpus=8, memory_gb=32, options=QUIET) as pool:
+            events = pool.events()
+            provisioned = next(e for e in events if isinstance(e, sky.InstanceProvisioned))
+            events.close()
+            (pod,) = runpod.live()
+            assert _square(5) >> pool == 25
+    finally:
+        runpod.capacity["cpu3g"] = had
+    assert (pod.body["cpuFlavorIds"], pod.cpu_flavor_id) == (["cpu3g", "cpu3m"], "cpu3m")
+    assert provisioned.hourly_price == pytest.approx(0.48)  # what RunPod bills cpu3m-8
+    assert not runpod.live()
+
+
+def test_offers_list_cpu_flavors_with_their_prices_beside_gpu_types(
+    runpod: FakeRunPod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # its own offers cache
+    listed = sky.offers([provider(runpod)], max_age=0)
+    assert listed.errors == ()
+    cpu = {o.name: o for o in listed if o.accelerator is None}
+    assert {"cpu3c-2-4", "cpu3c-32-64", "cpu3g-8-32", "cpu3m-16-128", "cpu5c-8-16"} <= set(cpu)
+    assert "cpu3m-32-256" not in cpu  # cpu3m gives at most 16 vCPUs
+    eight = cpu["cpu3g-8-32"]
+    assert (eight.vcpus, eight.memory_gb, eight.architecture) == (8, 32, "x86_64")
+    assert (eight.on_demand_price, eight.spot_price, eight.ref) == (0.32, None, "cpu3g")
+    assert {o.provider for o in cpu.values()} == {"sky.RunPod()"}
+    assert [o.name for o in listed.where(lambda o: o.accelerator is None).cheapest(2)] == [
+        "cpu3c-2-4",
+        "cpu5c-2-4",
+    ]
+    assert [o.name for o in listed.min_vcpus(8).min_memory(64).cheapest(1)] == ["cpu3m-8-64"]
+    # The GPU types are still there, and an accelerator narrows to them.
+    assert "NVIDIA L4" in {o.name for o in listed}
+    assert [o.name for o in sky.offers(provider(runpod), accelerator=A.L4(), max_age=0)] == [
+        "NVIDIA L4"
+    ]
+    # In the community cloud, RunPod rents no CPU pods: none are listed.
+    community = sky.offers(provider(runpod, cloud_type="community"), max_age=0)
+    assert community.errors == ()
+    assert all(o.accelerator is not None for o in community)
+
+
+def test_a_cpu_spec_runpod_cannot_meet_is_refused_before_any_pod(runpod: FakeRunPod) -> None:
+    creates = [r for r in runpod.requests if r.method == "POST" and r.path.endswith("/pods")]
+    for fields, error, said in (
+        ({"vcpus": 64}, sky.NoOfferError, "vcpus=64: cpu3c-32-64 has 32 vCPUs"),
+        ({"memory_gb": 512}, sky.NoOfferError, "memory_gb=512: cpu3g-32-128 has 128 GB"),
+        ({"architecture": "arm64"}, sky.NoOfferError, "architecture='arm64': cpu3c-32-64 is"),
+        ({"allocation": "spot"}, ValueError, "allocation='spot': sky.RunPod() rents CPU pods"),
+        (
+            {"provider": provider(runpod, cloud_type="community")},
+            ValueError,
+            "RunPod rents CPU pods (this spec asks for no accelerator) in its secure cloud",
+        ),
+    ):
+        spec: dict[str, Any] = {"provider": provider(runpod), **fields}
+        with pytest.raises(error) as raised, sky.Compute(**spec, options=QUIET):
+            pytest.fail(f"a pool came up for {fields}")
+        assert said in str(raised.value)
+    after = [r for r in runpod.requests if r.method == "POST" and r.path.endswith("/pods")]
+    assert after == creates

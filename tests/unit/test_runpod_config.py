@@ -14,7 +14,7 @@ import pytest
 import skyward as sky
 from skyward_trio import _checks, config
 from skyward_trio._offers import choose, plan
-from skyward_trio._runpod import GPU_TYPES, _gpu_types_in, _offer
+from skyward_trio._runpod import GPU_TYPES, _cpu_offers, _gpu_types_in, _offer, cpu_vcpu_counts
 
 KEY = "rpa_unit_test_key_0123456789"
 
@@ -34,6 +34,18 @@ def entry(gpu_id: str, **fields: object) -> dict[str, object]:
         "maxGpuCount": 8,
     }
     return values | fields
+
+
+def flavor(flavor_id: str, ram: float, per_vcpu: float, least: int = 2, most: int = 32) -> dict:
+    """A v2 catalog ``cpus`` entry as RunPod returns it."""
+    return {
+        "id": flavor_id,
+        "name": "Compute-Optimized",
+        "group": "Gen 3",
+        "vcpu": {"min": least, "max": most},
+        "ramGbPerVcpu": ram,
+        "price": {"securePerVcpu": per_vcpu, "serverlessPerVcpu": per_vcpu * 2},
+    }
 
 
 def test_the_api_key_is_never_shown() -> None:
@@ -65,6 +77,7 @@ def test_the_key_comes_from_the_environment_or_a_clear_error(
         ({"container_image": "Bad Image"}, ValueError, "container_image="),
         ({"api_url": "rest.runpod.io"}, ValueError, "not an http"),
         ({"graphql_url": ""}, ValueError, "graphql_url"),
+        ({"catalog_url": "api.runpod.io/v2"}, ValueError, "catalog_url='https://api.runpod.io/v2'"),
     ],
 )
 def test_bad_settings_name_the_argument_and_the_fix(
@@ -157,10 +170,94 @@ def test_an_accelerator_no_type_has_fails_with_one_reason() -> None:
     assert "at most 8 per node" in said
 
 
+def test_cpu_flavors_become_offers_one_per_vcpu_count() -> None:
+    provider = sky.RunPod(api_key=KEY)
+    assert cpu_vcpu_counts(2, 32) == [2, 4, 8, 16, 32]
+    assert cpu_vcpu_counts(3, 24) == [4, 8, 16]  # powers of two only, inside the range
+    assert cpu_vcpu_counts(64, 32) == []
+    offers = _cpu_offers(provider, flavor("cpu3g", ram=4, per_vcpu=0.04, least=2, most=8))
+    assert [(o.name, o.vcpus, o.memory_gb, o.on_demand_price) for o in offers] == [
+        ("cpu3g-2-8", 2, 8, 0.08),
+        ("cpu3g-4-16", 4, 16, 0.16),
+        ("cpu3g-8-32", 8, 32, 0.32),
+    ]
+    assert {(o.ref, o.spot_price, o.accelerator, o.architecture) for o in offers} == {
+        ("cpu3g", None, None, "x86_64")
+    }
+    # Not in the secure cloud, without a price, RAM or vCPU range: not offered.
+    community = sky.RunPod(api_key=KEY, cloud_type="community")
+    assert _cpu_offers(community, flavor("cpu3c", ram=2, per_vcpu=0.03)) == []
+    assert _cpu_offers(provider, flavor("cpu3c", ram=2, per_vcpu=0)) == []
+    assert _cpu_offers(provider, {**flavor("cpu3c", 2, 0.03), "ramGbPerVcpu": None}) == []
+    assert _cpu_offers(provider, {**flavor("cpu3c", 2, 0.03), "vcpu": None}) == []
+    assert _cpu_offers(provider, {**flavor("cpu3c", 2, 0.03), "price": {}}) == []
+
+
+def _cpu_catalog(provider: sky.RunPod) -> list[object]:
+    return [
+        *_cpu_offers(provider, flavor("cpu3c", ram=2, per_vcpu=0.03)),
+        *_cpu_offers(provider, flavor("cpu3g", ram=4, per_vcpu=0.04)),
+        *_cpu_offers(provider, flavor("cpu3m", ram=8, per_vcpu=0.06, most=16)),
+        *_cpu_offers(provider, flavor("cpu5g", ram=4, per_vcpu=0.05)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("vcpus", "memory_gb", "chosen", "price", "also"),
+    [
+        # Then the others meeting it, cheapest first, ties as listed (a create falls back
+        # on those of the same vCPU count).
+        (8, None, "cpu3c-8-16", 0.24, ["cpu3g-8-32", "cpu5g-8-32", "cpu3c-16-32"]),
+        (8, 32, "cpu3g-8-32", 0.32, ["cpu5g-8-32", "cpu3c-16-32", "cpu3m-8-64"]),
+        # 6 vCPUs are no count RunPod rents: 8 are the fewest that meet it.
+        (6, None, "cpu3c-8-16", 0.24, ["cpu3g-8-32", "cpu5g-8-32", "cpu3c-16-32"]),
+        # 64 GB: cpu3m's 8 vCPUs (0.48) beat cpu3g's 16 (0.64) and cpu3c's 32 (0.96).
+        (None, 64, "cpu3m-8-64", 0.48, ["cpu3g-16-64", "cpu5g-16-64", "cpu3c-32-64"]),
+    ],
+)
+def test_the_cheapest_flavor_and_vcpu_count_meeting_the_spec_is_chosen(
+    vcpus: float | None,
+    memory_gb: float | None,
+    chosen: str,
+    price: float,
+    also: list[str],
+) -> None:
+    provider = sky.RunPod(api_key=KEY)
+    spec = sky.Spec(provider=provider, vcpus=vcpus, memory_gb=memory_gb)
+    _checks.check_spec(spec)  # a CPU spec is one RunPod can rent
+    choice = choose(0, spec, _cpu_catalog(provider))  # type: ignore[arg-type]
+    assert not isinstance(choice, str), choice
+    assert (choice.offer.name, choice.hourly_price, choice.spot) == (chosen, price, False)
+    assert [o.name for o in choice.also[:3]] == also
+
+
+def test_more_than_any_flavor_gives_is_refused_before_anything_starts() -> None:
+    provider = sky.RunPod(api_key=KEY)
+    listed = sorted(_cpu_catalog(provider), key=lambda o: -o.vcpus)  # type: ignore[attr-defined]
+    for fields, said in (
+        ({"vcpus": 64}, "vcpus=64: cpu3c-32-64 has 32 vCPUs"),
+        ({"memory_gb": 512}, "memory_gb=512: cpu3c-32-64 has 64 GB"),
+        ({"vcpus": 8, "max_hourly_cost": 0.1}, "max_hourly_cost=0.1: cpu3c-32-64 costs $0.96/h"),
+    ):
+        spec = sky.Spec(provider=provider, **fields)  # type: ignore[arg-type]
+        with pytest.raises(sky.NoOfferError) as raised:
+            plan([spec], [listed], "cheapest")  # type: ignore[list-item]
+        assert said in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({}, "asks for no accelerator"),
+        (
+            {"allocation": "spot"},
+            r"allocation='spot': sky.RunPod\(\) rents CPU pods .* on demand only; .* "
+            r"Pass allocation='on-demand', or an accelerator= for a spot GPU pod",
+        ),
+        (
+            {"provider": sky.RunPod(api_key=KEY, cloud_type="community")},
+            r"RunPod\(cloud_type='community'\): RunPod rents CPU pods .* secure cloud only; "
+            r"pass RunPod\(cloud_type='secure'\)",
+        ),
         ({"accelerator": sky.accelerators.L4(count=0.5)}, "rents whole GPUs; pass count=1"),
         (
             {"accelerator": sky.accelerators.L4(), "disk_gb": 120},
@@ -169,7 +266,7 @@ def test_an_accelerator_no_type_has_fails_with_one_reason() -> None:
     ],
 )
 def test_compute_refuses_what_runpod_cannot_rent(fields: dict[str, object], match: str) -> None:
-    spec = sky.Spec(provider=sky.RunPod(api_key=KEY), **fields)  # type: ignore[arg-type]
+    spec = sky.Spec(**{"provider": sky.RunPod(api_key=KEY), **fields})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=match):
         _checks.check_spec(spec)
 
