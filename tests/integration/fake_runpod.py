@@ -58,6 +58,7 @@ from fake_cloud import (
     _is_text_map,
     _read,
     _reply,
+    free_ssh_address,
 )
 from sshd import Machine
 
@@ -450,10 +451,9 @@ class FakeRunPod(FakeCloud):
         return None
 
     def _start_pod(self, body: dict[str, Any], kind: str, cost: float, *, cpu: bool) -> FakePod:
-        if self._next_address > 254:
-            raise RuntimeError("the fake RunPod has no loopback address left for a pod")
-        address = f"127.0.0.{self._next_address}"
-        self._next_address += 1
+        number = free_ssh_address("127.0.0", self._next_address)
+        address = f"127.0.0.{number}"
+        self._next_address = number + 1
         pod_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(13))
         key = "rpa_" + secrets.token_hex(16)
         directory = self.root / pod_id

@@ -48,12 +48,14 @@ from fake_cloud import (
     _is_text_map,
     _read,
     _reply,
+    free_ssh_address,
 )
 from needs import unavailable
 from sshd import Machine
 
 FIRST_ADDRESS = 150  # 127.0.0.150; the fake RunPod's pods use 127.0.0.100 upward
 FIRST_INSTANCE_ID = 1000
+_MARKER = "FAKE_VAST_MACHINE"
 NO_SUCH_ASK = "Instance type no longer available."
 DEFAULT_DISK = 10.0  # GB: Vast.ai's when a create names none
 RUNTYPES = ("ssh", "ssh_direct", "ssh_proxy", "jupyter", "jupyter_direct", "jupyter_proxy", "args")
@@ -212,6 +214,7 @@ class FakeVastAI(FakeCloud):
         self.instances: dict[int, FakeInstance] = {}
         self._failures: list[tuple[str, str]] = []
         self._next_id = FIRST_INSTANCE_ID
+        self._next_address = FIRST_ADDRESS
         self.api_url = self._listen(self._serve, "fake-vastai") + "/api/v0"
 
     def _end_all(self) -> None:
@@ -381,9 +384,10 @@ class FakeVastAI(FakeCloud):
         self, offer: dict[str, Any], body: dict[str, Any], dph_total: float
     ) -> FakeInstance:
         instance_id = self._next_id
-        number = FIRST_ADDRESS + instance_id - FIRST_INSTANCE_ID
-        if number > 254:
-            raise RuntimeError("the fake Vast.ai has no loopback address left for an instance")
+        # Not derived from the id: another fake (another test process) may use the same ids,
+        # and hold addresses from the same first one now.
+        number = free_ssh_address("127.0.0", self._next_address)
+        self._next_address = number + 1
         self._next_id += 1
         key = "vasti_" + secrets.token_hex(16)
         directory = self.root / str(instance_id)
@@ -394,6 +398,8 @@ class FakeVastAI(FakeCloud):
         # ("-p 8080:8080") are docker options, not variables.
         env = {name: value for name, value in body.get("env", {}).items() if _is_name(name)}
         env |= {
+            # How its processes are found to end them: unique to this fake, unlike the id.
+            _MARKER: str(directory),
             "CONTAINER_ID": str(instance_id),
             "CONTAINER_API_KEY": key,
             "VAST_CONTAINERLABEL": f"C.{instance_id}",
@@ -458,7 +464,7 @@ class FakeVastAI(FakeCloud):
 
     def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
         """End every process of the instance by pid (``_end_machine``)."""
-        marker = f"CONTAINER_ID={instance.id}".encode()
+        marker = f"{_MARKER}={self.root / str(instance.id)}".encode()
         self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
 
 
