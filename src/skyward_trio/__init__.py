@@ -24,7 +24,7 @@ enforces it):
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
    ``_vastai`` (``sky.VastAI``), ``_lambda`` (``sky.Lambda``), ``_hyperstack``
-   (``sky.Hyperstack``), ``_market`` (``offers()``:
+   (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_market`` (``offers()``:
    the providers' listings, cached), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)
@@ -108,6 +108,7 @@ from ._model import (
     SSHHost,
     VastAI,
     Volume,
+    Vultr,
     Worker,
 )
 from ._offers import Offer, Offers
@@ -202,6 +203,7 @@ __all__ = [
     "VersionMismatchError",
     "VersionMismatchWarning",
     "Volume",
+    "Vultr",
     "WorkSubmitted",
     "Worker",
     "__version__",

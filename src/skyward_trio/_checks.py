@@ -35,6 +35,7 @@ from ._model import (
     Spec,
     VastAI,
     Volume,
+    Vultr,
 )
 from ._plugin import collective
 from ._providers import ssh_targets
@@ -78,6 +79,8 @@ def check_spec(spec: Spec) -> None:
         _lambda(spec)
     if isinstance(spec.provider, Hyperstack):
         _hyperstack(spec)
+    if isinstance(spec.provider, Vultr):
+        _vultr(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -173,7 +176,7 @@ def _image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack):
+    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(
@@ -281,4 +284,17 @@ def _hyperstack(spec: Spec) -> None:
             " (its CPU flavors are not supported yet)",
         ),
         "Hyperstack rents whole GPUs",
+    )
+
+
+def _vultr(spec: Spec) -> None:
+    """Vultr rents Cloud GPU instances by whole GPUs, each plan with its own disk."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.Vultr() rents Cloud GPU instances",
+            "A100",
+            " (its CPU plans are not supported yet)",
+        ),
+        "sky.Vultr() rents whole GPUs (its fractional vGPU plans are not offered)",
     )

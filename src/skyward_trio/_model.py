@@ -70,6 +70,7 @@ __all__ = [
     "Spec",
     "VastAI",
     "Volume",
+    "Vultr",
     "Worker",
     "resolve_compute_args",
     "to_nodes",
@@ -943,6 +944,81 @@ class Hyperstack(ProviderConfig):
         )
 
 
+#: Where ``sky.Vultr`` reads its API key when none is passed.
+VULTR_API_KEY_ENV = "VULTR_API_KEY"
+
+#: ``sky.Vultr``'s operating system: Vultr's ``Ubuntu 22.04 LTS x64`` (``GET /os``).
+DEFAULT_VULTR_OS_ID = 1743
+
+# A Vultr region's id: ewr, lax, ams, ...
+_VULTR_REGION = re.compile(r"[a-z]{3,4}")
+
+
+@attrs.frozen(kw_only=True)
+class Vultr(ProviderConfig):
+    """GPU virtual machines (Cloud GPU, ``vcg`` plans) rented from Vultr, through its API v2.
+
+    Each node is one instance of the cheapest plan with the spec's whole GPUs, created in a
+    region whose availability lists the plan (the next region, then the next plan, when
+    Vultr has none left). The pool's public key is registered as the SSH key
+    ``skyward-<job>`` and a host key made for the instance travels in its cloud-init user
+    data, so the client knows the host key before it connects. Instances are deleted and
+    the key with them when the pool closes. An instance whose client vanished is NOT
+    deleted by itself (Vultr gives an instance no credential of its own, and a stopped
+    instance still bills): see docs/providers.md.
+
+    Attributes:
+        api_key: Your Vultr API key; None reads ``VULTR_API_KEY``. It is sent only in the
+            ``Authorization`` header and never appears in reprs, logs or events. Vultr
+            refuses a key used from an address its access control does not allow.
+        region: The region instances are created in (``ewr``, ``ams``...); None: any region
+            that has the plan.
+        os_id: The operating system instances boot, by Vultr's id for it (``GET /os``).
+        username: Who the client logs in as: ``root`` on Vultr's images.
+        api_url: The API's base URL.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    region: str | None = None
+    os_id: int = DEFAULT_VULTR_OS_ID
+    username: str = "root"
+    api_url: str = "https://api.vultr.com/v2"
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("Vultr", self.api_key, VULTR_API_KEY_ENV)
+        if self.region is not None:
+            fix = "Pass e.g. region='ewr', or None for any region that has the plan."
+            _check_str("Vultr", "region", self.region, fix=fix)
+            if _VULTR_REGION.fullmatch(self.region) is None:
+                raise ValueError(
+                    f"Vultr(region={self.region!r}): not a region id (three or four lower-case "
+                    f"letters, as Vultr writes them). {fix}"
+                )
+        os_fix = f"Pass the id of an OS as Vultr lists it, e.g. os_id={DEFAULT_VULTR_OS_ID}."
+        if not isinstance(self.os_id, int) or isinstance(self.os_id, bool):
+            raise TypeError(
+                f"Vultr(os_id={self.os_id!r}): os_id must be an int, got "
+                f"{_describe(self.os_id)}. {os_fix}"
+            )
+        if self.os_id <= 0:
+            raise ValueError(f"Vultr(os_id={self.os_id!r}): must be above 0. {os_fix}")
+        user_fix = "Pass the image's login name, e.g. username='root' (the default)."
+        _check_login("Vultr", "username", self.username, fix=user_fix)
+        _check_url(
+            "Vultr", "api_url", self.api_url, fix="Pass e.g. api_url='https://api.vultr.com/v2'."
+        )
+
+    def resolved_api_key(self) -> str:
+        """The API key: the one given, else ``VULTR_API_KEY``.
+
+        Raises:
+            ValueError: Neither is set, saying how to set one.
+        """
+        return _resolved_key(
+            "Vultr", self.api_key, VULTR_API_KEY_ENV, "https://my.vultr.com/settings/#settingsapi"
+        )
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -1043,6 +1119,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "vastai": VastAI,
     "lambda": Lambda,
     "hyperstack": Hyperstack,
+    "vultr": Vultr,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are
