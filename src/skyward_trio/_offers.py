@@ -246,6 +246,7 @@ def choose(
         return Choice(index=index, spec=spec, offer=offer, spot=spot, hourly_price=price, also=also)
     if not offers:
         why.append(f"{spec.provider!r} has no offers")
+    fix = _largest(spec, offers, why)
     # One reason per distinct constraint: a catalog of similar machines fails alike. A
     # marketplace lists hundreds of machines, each failing in words of its own: the
     # first few (the cheapest, as listed) say enough.
@@ -253,7 +254,23 @@ def choose(
     if len(reasons) > _MOST_REASONS:
         more = len(reasons) - _MOST_REASONS
         reasons = [*reasons[:_MOST_REASONS], f"and {more} more offer(s) like these"]
-    return f"{describe(index, spec, total)}: {'; '.join(reasons)}"
+    return f"{describe(index, spec, total)}: {'; '.join(reasons)}{fix}"
+
+
+def _largest(spec: Spec, offers: Sequence[Offer], why: Sequence[str]) -> str:
+    """When every offer falls short of the same minimum (``vcpus=``, ``memory_gb=``,
+    ``disk_gb=``), the fix: the most any of them has."""
+    for field, what, unit in _MINIMUMS:
+        wanted = getattr(spec, field)
+        if wanted is None or not why or not all(w.startswith(f"{field}=") for w in why):
+            continue
+        known = [value for o in offers if (value := getattr(o, field)) is not None]
+        if known and max(known) < wanted:
+            return (
+                f". The most {what} any offer here has is {max(known):g}{unit}: ask for "
+                f"{field}={max(known):g} or less, or another provider"
+            )
+    return ""
 
 
 def plan(

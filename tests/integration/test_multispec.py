@@ -82,7 +82,11 @@ def test_when_every_spec_fails_one_error_lists_each_attempt(node_root: Path, pro
         "  - spec 3 of 3 (sky.Local())",
     ]
     assert message.count(failure) == 2
-    assert message.endswith(f"this machine has {_machine_vcpus()} vCPUs (not tried)")
+    assert message.endswith(
+        f"this machine has {_machine_vcpus()} vCPUs. The most vCPUs any offer here has is "
+        f"{_machine_vcpus()} vCPUs: ask for vcpus={_machine_vcpus()} or less, or another "
+        "provider (not tried)"
+    )
     assert [(a.node, a.phase) for a in caught.value.attempts] == [(0, "provision")] * 2
     assert (caught.value.node, caught.value.phase) == (0, "provision")
     assert not processes.wait_until_gone(processes.mentioning(str(node_root)))
@@ -115,7 +119,8 @@ def test_a_spec_nothing_can_satisfy_fails_before_anything_starts(node_root: Path
         pytest.fail("a pool came up with more vCPUs than this machine has")
     assert str(caught.value) == (
         f"nothing can satisfy the spec (sky.Local()): vcpus={_machine_vcpus() + 1}: this "
-        f"machine has {_machine_vcpus()} vCPUs"
+        f"machine has {_machine_vcpus()} vCPUs. The most vCPUs any offer here has is "
+        f"{_machine_vcpus()} vCPUs: ask for vcpus={_machine_vcpus()} or less, or another provider"
     )
     with (
         pytest.raises(sky.NoOfferError, match=r"allocation='spot': sky.Local\(\) has no spot"),

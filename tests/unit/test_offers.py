@@ -98,7 +98,9 @@ def test_an_allocation_the_offer_cannot_give_is_the_reason(
 def test_each_constraint_a_spec_sets_filters_offers_and_names_itself(
     fields: dict[str, object], reason: str
 ) -> None:
-    assert choose(0, spec(**fields), [offer()]) == f"the spec (sky.Local()): {reason}"
+    said = choose(0, spec(**fields), [offer()])
+    assert isinstance(said, str)
+    assert said.startswith(f"the spec (sky.Local()): {reason}")
     # The same constraint, met: the offer is taken.
     met = {"vcpus": 8, "memory_gb": 32, "disk_gb": 100, "architecture": "x86_64"}
     fitting = spec(**{k: met.get(k, v) for k, v in fields.items()})
@@ -139,6 +141,25 @@ def test_the_reasons_of_several_offers_are_listed_once_each() -> None:
     )
 
 
+def test_a_minimum_no_offer_reaches_says_the_most_there_is() -> None:
+    offers = [offer("a", vcpus=2), offer("b", vcpus=32)]
+    assert choose(0, spec(vcpus=64), offers) == (
+        "the spec (sky.Local()): vcpus=64: a has 2 vCPUs; vcpus=64: b has 32 vCPUs. The most "
+        "vCPUs any offer here has is 32 vCPUs: ask for vcpus=32 or less, or another provider"
+    )
+    why = choose(0, spec(memory_gb=512), [offer("a", memory_gb=64.0)])
+    assert isinstance(why, str)
+    assert why.endswith("ask for memory_gb=64 or less, or another provider")
+    # Offers failing on different constraints have no one fix to give.
+    mixed = choose(
+        0,
+        spec(vcpus=64, max_hourly_cost=1),
+        [offer("a", vcpus=2), offer("c", vcpus=64, spot_price=9.0)],
+    )
+    assert isinstance(mixed, str)
+    assert "The most" not in mixed
+
+
 def test_a_marketplace_of_machines_each_failing_alike_lists_the_first_few() -> None:
     offers = [offer(f"machine {n}", on_demand_price=2.0 + n) for n in range(200)]
     why = choose(0, spec(max_hourly_cost=1, allocation="on-demand"), offers)
@@ -169,7 +190,10 @@ def test_specs_nothing_can_satisfy_are_skipped_with_their_reason() -> None:
     specs = [spec(vcpus=64), spec()]
     choices, skipped = plan(specs, [[offer()], [offer()]], "cheapest")
     assert [c.index for c in choices] == [1]
-    assert skipped == ["spec 1 of 2 (sky.Local()): vcpus=64: m5 has 8 vCPUs"]
+    assert skipped == [
+        "spec 1 of 2 (sky.Local()): vcpus=64: m5 has 8 vCPUs. The most vCPUs any offer here "
+        "has is 8 vCPUs: ask for vcpus=8 or less, or another provider"
+    ]
 
 
 def test_when_no_spec_can_be_satisfied_one_error_lists_each() -> None:
@@ -178,7 +202,8 @@ def test_when_no_spec_can_be_satisfied_one_error_lists_each() -> None:
         plan(specs, [[offer()], [offer(spot_price=None)]], "first")
     assert str(caught.value) == (
         "none of the 2 specs can be satisfied:\n"
-        "  - spec 1 of 2 (sky.Local()): vcpus=64: m5 has 8 vCPUs\n"
+        "  - spec 1 of 2 (sky.Local()): vcpus=64: m5 has 8 vCPUs. The most vCPUs any offer "
+        "here has is 8 vCPUs: ask for vcpus=8 or less, or another provider\n"
         "  - spec 2 of 2 (sky.Local()): allocation='spot': sky.Cloud() has no spot capacity"
     )
     assert isinstance(caught.value, ValueError)
