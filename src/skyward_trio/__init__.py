@@ -24,7 +24,7 @@ enforces it):
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
    ``_vastai`` (``sky.VastAI``), ``_lambda`` (``sky.Lambda``), ``_hyperstack``
-   (``sky.Hyperstack``), ``_market`` (``offers()``:
+   (``sky.Hyperstack``), ``_verda`` (``sky.Verda``), ``_market`` (``offers()``:
    the providers' listings, cached), ``_source`` (where remote nodes get Skyward),
    ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
    client's link to the store)
@@ -107,6 +107,7 @@ from ._model import (
     Spec,
     SSHHost,
     VastAI,
+    Verda,
     Volume,
     Worker,
 )
@@ -199,6 +200,7 @@ __all__ = [
     "TaskTimeoutError",
     "TeardownError",
     "VastAI",
+    "Verda",
     "VersionMismatchError",
     "VersionMismatchWarning",
     "Volume",

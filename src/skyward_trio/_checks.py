@@ -34,6 +34,7 @@ from ._model import (
     RunPod,
     Spec,
     VastAI,
+    Verda,
     Volume,
 )
 from ._plugin import collective
@@ -78,6 +79,8 @@ def check_spec(spec: Spec) -> None:
         _lambda(spec)
     if isinstance(spec.provider, Hyperstack):
         _hyperstack(spec)
+    if isinstance(spec.provider, Verda):
+        _verda(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -173,7 +176,7 @@ def _image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack):
+    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack | Verda):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(
@@ -281,4 +284,17 @@ def _hyperstack(spec: Spec) -> None:
             " (its CPU flavors are not supported yet)",
         ),
         "Hyperstack rents whole GPUs",
+    )
+
+
+def _verda(spec: Spec) -> None:
+    """Verda rents GPU instances by whole GPUs, each type with its own disk."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.Verda() rents GPU instances",
+            "H100",
+            " (its CPU instance types are not supported yet)",
+        ),
+        "Verda rents whole GPUs",
     )

@@ -38,6 +38,7 @@ from ._model import (
     ProviderConfig,
     RunPod,
     VastAI,
+    Verda,
 )
 from ._offers import Catalog, Choice, Offer
 from ._volumes import UNMOUNT_SH
@@ -165,10 +166,14 @@ async def open_cluster(
         from ._hyperstack import HyperstackCluster  # it builds on this module's Instance
 
         return HyperstackCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, Verda):
+        from ._verda import VerdaCluster  # it builds on this module's Instance
+
+        return VerdaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
-        "sky.AWS(), sky.VastAI(), sky.Lambda() or sky.Hyperstack() "
+        "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack() or sky.Verda() "
         "(see the README's 'not yet' list)"
     )
 
@@ -228,6 +233,12 @@ async def offers(
         from ._hyperstack import catalog as hyperstack_catalog
 
         return await hyperstack_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, Verda):
+        from ._verda import catalog as verda_catalog
+
+        return await verda_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

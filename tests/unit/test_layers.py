@@ -60,6 +60,7 @@ LAYERS = {
     "_vastai": 4,
     "_lambda": 4,
     "_hyperstack": 4,
+    "_verda": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
