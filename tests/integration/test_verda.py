@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from clients import run_sky
+from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from fake_cloud import _pod_processes
 from fake_verda import IMAGE, FakeVerda
+from waiting import wait_until
 
 import skyward as sky
 
@@ -53,6 +56,19 @@ def _creates(api: FakeVerda, since: int) -> list[Any]:
 def _where_made(api: FakeVerda, since: int) -> list[tuple[str, str]]:
     """(type, location) of each create sent since ``since``."""
     return [(b["instance_type"], b["location_code"]) for b in _creates(api, since)]
+
+
+def _bearer(api: FakeVerda) -> dict[str, str]:
+    """The header of a token of the fake's client, as a person's own tool would send."""
+    token = httpx.post(
+        f"{api.api_url}/oauth2/token",
+        json={
+            "grant_type": "client_credentials",
+            "client_id": api.client_id,
+            "client_secret": api.client_secret,
+        },
+    ).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
@@ -237,3 +253,86 @@ def test_bad_settings_fail_before_anything_is_created(
     assert "wrong-secret" not in str(raised.value)
     assert not _creates(fake_verda, since)
     assert not fake_verda.ssh_keys
+
+
+def test_a_pool_cancelled_while_instances_start_leaves_none(verda: FakeVerda) -> None:
+    verda.start_delay = 3600.0  # the instances never run
+    verda.delete_delay = 1.0  # and show deleting a while once deleted
+    since = len(verda.requests)
+    try:
+        cancel_once(
+            lambda: len(_creates(verda, since)) == 2,
+            "two instances created",
+            provider(verda),
+            accelerator=A.H100(),
+            nodes=2,
+        )
+    finally:
+        verda.start_delay = 0.0
+        verda.delete_delay = 0.0
+    assert not verda.live()
+    assert not verda.ssh_keys
+    assert not verda.scripts
+
+
+def test_a_create_whose_answer_never_came_is_found_by_name(fake_verda: FakeVerda) -> None:
+    """An instance of the job's hostname the pool never heard of is deleted at its close."""
+    with sky.Compute(provider=provider(fake_verda), accelerator=A.H100(), options=QUIET) as pool:
+        (key,) = fake_verda.ssh_keys.values()
+        sent = httpx.post(
+            f"{fake_verda.api_url}/instances",
+            json={
+                "instance_type": "1H100.80S.30V",
+                "image": IMAGE,
+                "ssh_key_ids": [key["id"]],
+                "location_code": "FIN-02",
+                "hostname": f"skyward-{pool.job_id}-0-99",
+                "description": "a create whose answer was lost",
+            },
+            headers=_bearer(fake_verda),
+        )
+        assert sent.status_code == 202, sent.text
+        assert len(fake_verda.live()) == 2
+    assert not fake_verda.live()
+
+
+def test_a_killed_instance_is_replaced_and_its_call_sent_again(fake_verda: FakeVerda) -> None:
+    with sky.Compute(provider=provider(fake_verda), accelerator=A.H100(), options=QUIET) as pool:
+        first, second, kinds = across_a_preemption(
+            pool, _where, lambda ran: fake_verda.kill(ran["instance"])
+        )
+    assert second["instance"] != first["instance"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not fake_verda.live()  # the offline one was deleted too
+
+
+_CLIENT = lease_client(
+    "sky.Verda(client_id=sys.argv[1], client_secret=sys.argv[2], api_url=sys.argv[3])",
+    "sky.accelerators.H100()",
+)
+
+
+def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
+    fake_verda: FakeVerda,
+) -> None:
+    """The documented limit: the worker exits when its lease runs out, but nothing on the
+    instance can delete it, so Verda still lists it (and bills it) until someone does."""
+    before = _live(fake_verda)
+    with killed_client(_CLIENT, fake_verda.client_id, fake_verda.client_secret, fake_verda.api_url):
+        (instance_id,) = _live(fake_verda) - before
+    marker = f"FAKE_VERDA_MACHINE={fake_verda.root / instance_id}".encode()
+    wait_until(
+        lambda: not _pod_processes(0, marker),
+        "the worker exited at the end of its lease",
+        timeout=120,
+        every=0.5,
+    )
+    assert instance_id in _live(fake_verda)
+    assert fake_verda.instances[instance_id].status == "running"
+    deleted = httpx.put(
+        f"{fake_verda.api_url}/instances",
+        json={"action": "delete", "id": instance_id},
+        headers=_bearer(fake_verda),
+    )
+    assert deleted.status_code == 202
+    assert instance_id not in _live(fake_verda)
