@@ -390,6 +390,15 @@ def _keyed(spec: Any) -> Any:
             )
         except ValueError:
             pass
+    if getattr(provider, "client_secret", "") is None and hasattr(provider, "resolved_credentials"):
+        try:  # sky.Verda: an OAuth client's id and secret
+            client_id, secret = provider.resolved_credentials()
+            spec = attrs.evolve(
+                spec,
+                provider=attrs.evolve(provider, client_id=client_id, client_secret=secret),
+            )
+        except ValueError:
+            pass
     volumes = tuple(_volume_keyed(volume) for volume in spec.volumes)
     return attrs.evolve(spec, volumes=volumes) if volumes != spec.volumes else spec
 

@@ -24,10 +24,10 @@ enforces it):
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
    ``_vastai`` (``sky.VastAI``), ``_lambda`` (``sky.Lambda``), ``_hyperstack``
-   (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_market`` (``offers()``:
-   the providers' listings, cached), ``_source`` (where remote nodes get Skyward),
-   ``_localnode`` (a Local node's SSH server process), ``_connection``, ``_storelink`` (the
-   client's link to the store)
+   (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_verda`` (``sky.Verda``),
+   ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
+   nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
+   ``_storelink`` (the client's link to the store)
 5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_checks`` (what
    ``Compute`` refuses before provisioning); ``_pool`` (``Pool``,
    scheduler); ``_supervisor`` (brings nodes up, replaces lost ones, tears down);
@@ -107,6 +107,7 @@ from ._model import (
     Spec,
     SSHHost,
     VastAI,
+    Verda,
     Volume,
     Vultr,
     Worker,
@@ -200,6 +201,7 @@ __all__ = [
     "TaskTimeoutError",
     "TeardownError",
     "VastAI",
+    "Verda",
     "VersionMismatchError",
     "VersionMismatchWarning",
     "Volume",

@@ -34,6 +34,7 @@ from ._model import (
     RunPod,
     Spec,
     VastAI,
+    Verda,
     Volume,
     Vultr,
 )
@@ -81,6 +82,8 @@ def check_spec(spec: Spec) -> None:
         _hyperstack(spec)
     if isinstance(spec.provider, Vultr):
         _vultr(spec)
+    if isinstance(spec.provider, Verda):
+        _verda(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -176,7 +179,9 @@ def _image(spec: Spec) -> None:
                 f"SSH(hosts=[...]), or pass nodes={hosts}"
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
-    if isinstance(spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr):
+    if isinstance(
+        spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda
+    ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
                 raise ValueError(
@@ -297,4 +302,17 @@ def _vultr(spec: Spec) -> None:
             " (its CPU plans are not supported yet)",
         ),
         "sky.Vultr() rents whole GPUs (its fractional vGPU plans are not offered)",
+    )
+
+
+def _verda(spec: Spec) -> None:
+    """Verda rents GPU instances by whole GPUs, each type with its own disk."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.Verda() rents GPU instances",
+            "H100",
+            " (its CPU instance types are not supported yet)",
+        ),
+        "Verda rents whole GPUs",
     )

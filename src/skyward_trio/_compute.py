@@ -50,6 +50,7 @@ from ._model import (
     RUNPOD_API_KEY_ENV,
     SSH,
     VASTAI_API_KEY_ENV,
+    VERDA_CLIENT_SECRET_ENV,
     VULTR_API_KEY_ENV,
     Hyperstack,
     Lambda,
@@ -59,6 +60,7 @@ from ._model import (
     RunPod,
     Spec,
     VastAI,
+    Verda,
     Vultr,
     resolve_compute_args,
 )
@@ -327,8 +329,8 @@ async def _volume_mounts(spec: Spec) -> tuple[Mount, ...]:
 def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
     names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, ``HYPERSTACK_API_KEY``,
-    ``VULTR_API_KEY``,
-    AWS's secret key and session token. Never written to the log."""
+    ``VULTR_API_KEY``, ``VERDA_CLIENT_SECRET``, AWS's secret key and session token. Never
+    written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
@@ -341,6 +343,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(HYPERSTACK_API_KEY_ENV, "")]
     if isinstance(provider, Vultr):
         return [os.environ.get(VULTR_API_KEY_ENV, "")]
+    if isinstance(provider, Verda):
+        return [os.environ.get(VERDA_CLIENT_SECRET_ENV, "")]
     if isinstance(provider, AWS):
         return [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return []

@@ -69,6 +69,7 @@ __all__ = [
     "SkywardSource",
     "Spec",
     "VastAI",
+    "Verda",
     "Volume",
     "Vultr",
     "Worker",
@@ -1019,6 +1020,101 @@ class Vultr(ProviderConfig):
         )
 
 
+#: Where ``sky.Verda`` reads its OAuth client's id and secret when none are passed.
+VERDA_CLIENT_ID_ENV = "VERDA_CLIENT_ID"
+VERDA_CLIENT_SECRET_ENV = "VERDA_CLIENT_SECRET"
+
+#: ``sky.Verda``'s image: Verda's Ubuntu 24.04 with the NVIDIA driver, CUDA and Docker.
+DEFAULT_VERDA_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
+
+# A Verda location's code: FIN-01, FIN-02, ICE-01, ...
+_VERDA_LOCATION = re.compile(r"[A-Z]{2,5}-\d{2}")
+
+
+@attrs.frozen(kw_only=True)
+class Verda(ProviderConfig):
+    """GPU instances rented from Verda (formerly DataCrunch), through its public API.
+
+    Each node is one instance of the cheapest instance type with the spec's GPUs
+    (``1H100.80S.30V``, ...) that Verda has available, in a location that has it (the next
+    location, then the next type, when Verda has none left). The pool's public key is
+    registered as the SSH key ``skyward-<job>``, and a host key made for each instance
+    travels in a startup script of its own, so the client knows the host key before it
+    logs in. Instances are deleted (their OS volumes with them) and the SSH key and
+    scripts with them when the pool closes. An instance whose client vanished is NOT
+    deleted by itself (Verda gives an instance no credential of its own, and an OS shutdown
+    keeps it billing): see docs/providers.md.
+
+    Attributes:
+        client_id: Your API client's id; None reads ``VERDA_CLIENT_ID``.
+        client_secret: Your API client's secret; None reads ``VERDA_CLIENT_SECRET``. It is
+            sent only to the token endpoint, never appears in reprs, logs or events; the
+            bearer token it buys travels in the ``Authorization`` header only.
+        location: The location instances launch in (``"FIN-01"``, ``"ICE-01"``); None: any
+            location with the type available.
+        image: The OS image instances boot, by Verda's name for it (``GET /images``).
+        username: Who the client logs in as: Verda's images log ``root`` in.
+        api_url: The API's base URL.
+    """
+
+    client_id: str | None = attrs.field(default=None, repr=False)
+    client_secret: str | None = attrs.field(default=None, repr=False)
+    location: str | None = None
+    image: str = DEFAULT_VERDA_IMAGE
+    username: str = "root"
+    api_url: str = "https://api.verda.com/v1"
+
+    def __attrs_post_init__(self) -> None:
+        for arg, value, env in (
+            ("client_id", self.client_id, VERDA_CLIENT_ID_ENV),
+            ("client_secret", self.client_secret, VERDA_CLIENT_SECRET_ENV),
+        ):
+            if value is not None and (not isinstance(value, str) or not value):
+                # The value is not echoed: it is a credential.
+                raise ValueError(
+                    f"Verda({arg}=...): must be a non-empty string. Pass "
+                    f"{arg}=os.environ['{env}'], or leave it None to read {env}."
+                )
+        if self.location is not None:
+            fix = "Pass e.g. location='FIN-01', or None for any location with stock."
+            _check_str("Verda", "location", self.location, fix=fix)
+            if _VERDA_LOCATION.fullmatch(self.location) is None:
+                raise ValueError(
+                    f"Verda(location={self.location!r}): not a location code (upper case, "
+                    f"as Verda writes them). {fix}"
+                )
+        image_fix = f"Pass an image's name as Verda lists it, e.g. image={DEFAULT_VERDA_IMAGE!r}."
+        _check_str("Verda", "image", self.image, fix=image_fix)
+        user_fix = "Pass the image's login name, e.g. username='root' (the default)."
+        _check_login("Verda", "username", self.username, fix=user_fix)
+        _check_url(
+            "Verda", "api_url", self.api_url, fix="Pass e.g. api_url='https://api.verda.com/v1'."
+        )
+
+    def resolved_credentials(self) -> tuple[str, str]:
+        """The client's id and secret: those given, else ``VERDA_CLIENT_ID`` and
+        ``VERDA_CLIENT_SECRET``.
+
+        Raises:
+            ValueError: One is missing, saying how to set it.
+        """
+        found = []
+        for arg, value, env in (
+            ("client_id", self.client_id, VERDA_CLIENT_ID_ENV),
+            ("client_secret", self.client_secret, VERDA_CLIENT_SECRET_ENV),
+        ):
+            value = value or os.environ.get(env, "")
+            if not value:
+                raise ValueError(
+                    f"sky.Verda(): no {arg}: {env} is not set and {arg}= was not given. "
+                    "Create an API client at https://console.verda.com (Keys, Cloud API "
+                    f"credentials) and export {VERDA_CLIENT_ID_ENV}=... "
+                    f"{VERDA_CLIENT_SECRET_ENV}=..., or pass sky.Verda({arg}=...)."
+                )
+            found.append(value)
+        return found[0], found[1]
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -1120,6 +1216,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "lambda": Lambda,
     "hyperstack": Hyperstack,
     "vultr": Vultr,
+    "verda": Verda,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

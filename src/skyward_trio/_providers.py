@@ -38,6 +38,7 @@ from ._model import (
     ProviderConfig,
     RunPod,
     VastAI,
+    Verda,
     Vultr,
 )
 from ._offers import Catalog, Choice, Offer
@@ -170,10 +171,14 @@ async def open_cluster(
         from ._vultr import VultrCluster  # it builds on this module's Instance
 
         return VultrCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, Verda):
+        from ._verda import VerdaCluster  # it builds on this module's Instance
+
+        return VerdaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
-        "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack() or sky.Vultr() "
+        "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr() or sky.Verda() "
         "(see the README's 'not yet' list)"
     )
 
@@ -239,6 +244,12 @@ async def offers(
         from ._vultr import catalog as vultr_catalog
 
         return await vultr_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, Verda):
+        from ._verda import catalog as verda_catalog
+
+        return await verda_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

@@ -32,6 +32,7 @@ from fake_hyperstack import FakeHyperstack, need_fake_hyperstack
 from fake_lambda import FakeLambda, need_fake_lambda
 from fake_runpod import FakeRunPod
 from fake_vastai import FakeVastAI, need_fake_vastai
+from fake_verda import FakeVerda, need_fake_verda
 from fake_vultr import FakeVultr, need_fake_vultr
 from moto import server as moto_server
 from sshd import Machine, keygen, need_sshd, start_sshd, stop
@@ -236,6 +237,14 @@ def fake_vultr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVultr]:
     """One fake Vultr for a module (its uv cache is shared by the machines)."""
     need_fake_vultr()
     with FakeVultr(root=tmp_path_factory.mktemp("vultr")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_verda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVerda]:
+    """One fake Verda for a module (its uv cache is shared by the machines)."""
+    need_fake_verda()
+    with FakeVerda(root=tmp_path_factory.mktemp("verda")) as api:
         yield api
 
 

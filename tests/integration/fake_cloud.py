@@ -6,8 +6,8 @@ the requests being answered, ends every machine still running (by pid), keeps ea
 machine's home under ``root`` for a look after the test, and raises if anything failed
 inside the fake (a failure is answered 500 and kept in ``errors``), so that it cannot pass
 unseen. The fakes (``fake_runpod``, ``fake_vastai``, ``fake_aws``, ``fake_lambda``,
-``fake_hyperstack``) say only what is theirs: how they answer, which machines are running,
-how one ends.
+``fake_hyperstack``, ``fake_verda``) say only what is theirs: how they answer, which machines
+are running, how one ends.
 
 Below the class, what their servers share (reading a request, replying, checking JSON
 values) and how a machine ends: every process of it, by pid, never by name.

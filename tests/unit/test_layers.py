@@ -61,6 +61,7 @@ LAYERS = {
     "_lambda": 4,
     "_hyperstack": 4,
     "_vultr": 4,
+    "_verda": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
