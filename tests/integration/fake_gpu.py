@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 NVIDIA_SMI = r"""#!{python}
-import json, os, sys, uuid
+import fcntl, json, os, sys, uuid
 from pathlib import Path
 
-state_file = Path(os.environ["FAKE_GPU_STATE"]) / "mig.json"
+# Several run at once (each subprocess asks for its slice, the sampler for metrics): one
+# at a time, under a lock, and the state is replaced whole, never seen half-written.
+folder = Path(os.environ["FAKE_GPU_STATE"])
+lock = open(folder / "lock", "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
+state_file = folder / "mig.json"
 state = json.loads(state_file.read_text()) if state_file.exists() else {
     "mode": "Disabled", "slices": [], "calls": []
 }
@@ -26,7 +31,9 @@ args = sys.argv[1:]
 state["calls"].append(" ".join(args))
 
 def save():
-    state_file.write_text(json.dumps(state))
+    partial = folder / f"mig.json.{os.getpid()}"
+    partial.write_text(json.dumps(state))
+    os.replace(partial, state_file)
 
 if args[:2] == ["-i", "0"] and args[2:] == [
     "--query-gpu=mig.mode.current", "--format=csv,noheader"
