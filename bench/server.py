@@ -22,8 +22,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import numpy as np
 import cloudpickle
+import numpy as np
 import overhead
 from overhead import median_rtt, noop  # this folder is on sys.path: the script's own
 
