@@ -23,7 +23,8 @@ enforces it):
 4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
-   ``_vastai`` (``sky.VastAI``), ``_lambda`` (``sky.Lambda``), ``_hyperstack``
+   ``_vastai`` (``sky.VastAI``), ``_rented`` (what the clouds below share),
+   ``_lambda`` (``sky.Lambda``), ``_hyperstack``
    (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_verda`` (``sky.Verda``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,

@@ -32,8 +32,7 @@ which never holds it.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -44,15 +43,8 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Hyperstack
 from ._offers import Catalog, Choice, Offer
-from ._providers import (
-    Instance,
-    KeyedAPI,
-    ended_on_failure,
-    given_host_key,
-    poll_delays,
-    remote_workdir,
-    response_json,
-)
+from ._providers import KeyedAPI, response_json
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "HyperstackCluster", "HyperstackError", "catalog"]
@@ -168,27 +160,10 @@ class _API(KeyedAPI[Hyperstack]):
         prices: dict[str, float] = {}
         for entry in listed:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                value = _number(entry.get("value"))
+                value = positive_number(entry.get("value"))
                 if value is not None:
                     prices[entry["name"]] = value
         return prices
-
-
-def _number(value: object) -> float | None:
-    """A positive number, given as one or as its text (the pricebook writes both)."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
-
-
-def _whole_gpus(count: float) -> int:
-    """GPUs per VM: Hyperstack rents whole ones (a fractional count is refused before)."""
-    return max(1, math.ceil(count))
 
 
 def offers_of(
@@ -230,9 +205,9 @@ def offers_of(
             Offer(
                 provider="sky.Hyperstack()",
                 name=name,
-                vcpus=_number(first.get("cpu")),
-                memory_gb=_number(first.get("ram")),
-                disk_gb=_number(first.get("disk")),
+                vcpus=positive_number(first.get("cpu")),
+                memory_gb=positive_number(first.get("ram")),
+                disk_gb=positive_number(first.get("disk")),
                 architecture="x86_64",
                 regions=regions,
                 on_demand_price=round(each * count, 4) if each is not None and regions else None,
@@ -255,21 +230,12 @@ async def catalog(
     if accelerator is None and not everything:
         return Catalog(error="sky.Hyperstack() rents GPU virtual machines: pass an accelerator")
     api = _API(config)
-    try:
+
+    async def listed() -> tuple[Offer, ...]:
         flavors = await api.flavors(config.region)
-        prices = await api.prices()
-    except HyperstackError as exc:
-        return Catalog(error=str(exc))
-    finally:
-        await api.aclose()
-    wanted = _whole_gpus(gpus)
-    return Catalog(
-        offers=tuple(
-            o
-            for o in offers_of(config, flavors, prices)
-            if o.accelerator is not None and (accelerator is None or o.accelerator.count == wanted)
-        )
-    )
+        return offers_of(config, flavors, await api.prices())
+
+    return await gpu_catalog(api, listed, error=HyperstackError, accelerator=accelerator, gpus=gpus)
 
 
 @attrs.frozen
@@ -318,33 +284,24 @@ def _refusal(flavor: str, region: str, response: httpx.Response) -> str:
     return f"Hyperstack did not create {flavor} in {region} {said}"
 
 
-class HyperstackCluster:
+class HyperstackCluster(RentedCluster[Hyperstack, _VM]):
     """One pool's virtual machines on Hyperstack (see the module)."""
 
     name = "hyperstack"
-    # VMs reach each other only through their public addresses, and sshd is the one port
-    # their firewall rule opens: the collections store runs in the client.
-    peers_reachable = False
+    cloud = "Hyperstack"
+    error = HyperstackError
+    thing = "VM"
+    end_wait = _DELETE_WAIT
+    _api: _API
 
     def __init__(
         self, config: Hyperstack, *, job_id: str, client_key: _transport.SSHKey, choice: Choice
     ) -> None:
-        self.config = config
-        self.job_id = job_id
-        self._choice = choice
-        self._offers = [choice.offer, *choice.also]  # cheapest first after the chosen
-        self._public_key = _transport.public_openssh(client_key)
-        self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
+        super().__init__(config, job_id=job_id, client_key=client_key, choice=choice)
         self._api = _API(config)
         self._setup_lock = trio.Lock()
         self._environments: dict[str, str] = {}  # region -> environment name
         self._keypairs: dict[str, str] = {}  # region -> the imported keypair's name
-        self._serial = 0
-        self._live: set[str] = set()  # VM ids created and not confirmed gone
-
-    @property
-    def _prefix(self) -> str:
-        return f"skyward-{self.job_id}-"
 
     def _keypair_name(self, region: str) -> str:
         return f"{self._prefix}{region.lower()}"
@@ -404,10 +361,6 @@ class HyperstackCluster:
                 self._keypairs[region] = name
         return environment, self._keypairs[region]
 
-    def _regions(self, offer: Offer) -> Sequence[str]:
-        region = self._choice.spec.region
-        return [r for r in offer.regions if region in (None, r)]
-
     async def _in_stock(self, flavor: str, region: str) -> bool:
         """Whether Hyperstack still lists ``flavor`` in stock in ``region`` (True when it
         cannot say: the refusal then stands as it was worded)."""
@@ -420,10 +373,9 @@ class HyperstackCluster:
             for f in listed
         )
 
-    async def _launch(self, node: int, data: str) -> tuple[str, Offer]:
+    async def _launch(self, node: int, name: str, host_key: _transport.SSHKey) -> tuple[str, Offer]:
         """Create one VM of the first flavor and region with stock: its id and flavor."""
-        self._serial += 1
-        name = f"{self._prefix}{node}-{self._serial}"
+        data = user_data(self._public_key, host_key)
         sold_out: list[str] = []
         for offer in self._offers:
             for region in self._regions(offer):
@@ -468,149 +420,56 @@ class HyperstackCluster:
             "or widen the spec (another accelerator, region=None)"
         )
 
-    async def provision(self, node: int) -> Instance:
-        """Create a VM, wait until it is active with its public IP and sshd answers with the
-        host key it was given, and learn its home."""
-        host_key = _transport.generate_key()
-        host_public = _transport.public_openssh(host_key)
-        vm_id, offer = await self._launch(node, user_data(self._public_key, host_key))
-        async with ended_on_failure(lambda: self._delete(vm_id), HyperstackError):
-            running = await self._active(vm_id)
-            assert running.floating_ip is not None
-            await given_host_key(vm_id, running.floating_ip, 22, host_public)
-            user = self.config.username
-            workdir = await remote_workdir(
-                running.floating_ip,
-                22,
-                user=user,
-                login=self._login,
-                host_key=host_public,
-                name=f"{self.job_id}-{node}",
-            )
-        return Instance(
-            id=vm_id,
-            node=node,
-            host=running.floating_ip,
-            port=22,
-            username=user,
-            host_key=host_public,
-            private_ip=running.fixed_ip or running.floating_ip,
-            public_ip=running.floating_ip,
-            python=None,
-            workdir=workdir,
-            hourly_price=offer.on_demand_price or self._choice.hourly_price,
-            # No on_lease_expiry: nothing on the VM can delete it (see the module).
-        )
-
-    async def _get(self, vm_id: str) -> _VM | None:
+    async def _get(self, machine_id: str) -> _VM | None:
         """The VM as Hyperstack sees it now; None once it is gone."""
-        response = await self._api.request("GET", f"/core/virtual-machines/{vm_id}")
+        response = await self._api.request("GET", f"/core/virtual-machines/{machine_id}")
         if response.status_code == 404:
             return None
         found = vm_of((_ok(response) or {}).get("instance"))
         if found is None:
-            raise _refused(f"say how VM {vm_id} is", response)
+            raise _refused(f"say how VM {machine_id} is", response)
         return found
 
-    async def _active(self, vm_id: str) -> _VM:
-        """Poll until the VM is active with a public IP (the caller's deadline)."""
-        delays = poll_delays()
-        while True:
-            now = await self._get(vm_id)
-            if now is None:
-                raise HyperstackError(f"VM {vm_id} was deleted before it came up")
-            if now.status not in _UP:
-                raise HyperstackError(f"VM {vm_id} ended before it came up ({now.status})")
-            if now.status == "ACTIVE" and now.floating_ip is not None:
-                return now
-            await trio.sleep(next(delays))
-
-    async def alive(self, instance: Instance) -> bool:
-        """Whether Hyperstack still runs the VM (False once it errs, stops or is gone)."""
-        try:
-            now = await self._get(instance.id)
-        except HyperstackError:
-            return True  # the API did not answer: the reconnection finds out
-        return now is not None and now.status in _UP
-
-    async def terminate(self, instance: Instance) -> None:
-        """Delete the VM and confirm Hyperstack has it gone; raise otherwise."""
-        await self._delete(instance.id)
-
-    async def _delete(self, vm_id: str) -> None:
-        response = await self._api.request("DELETE", f"/core/virtual-machines/{vm_id}")
-        if response.status_code != 404 and _ok(response) is None:
-            raise HyperstackError(
-                f"Hyperstack did not delete VM {vm_id} ({response.status_code}: "
-                f"{_describe_failure(response)}); delete it in Hyperstack's console"
-            )
-        await self._gone(vm_id)
-        self._live.discard(vm_id)
-
-    async def _gone(self, vm_id: str) -> None:
-        """Wait until the VM is no longer listed (or listed DELETED); raise past
-        ``_DELETE_WAIT``."""
-        delays = poll_delays()
-        now: _VM | None = None
-        with trio.move_on_after(_DELETE_WAIT):
-            while True:
-                now = await self._get(vm_id)
-                if now is None or now.status == "DELETED":
-                    return
-                await trio.sleep(next(delays))
-        raise HyperstackError(
-            f"Hyperstack still lists VM {vm_id} as "
-            f"{now.status if now is not None else 'unknown'} {_DELETE_WAIT:g} s after deleting "
-            "it; delete it in Hyperstack's console"
-        )
-
-    async def aclose(self) -> None:
-        """Delete every VM of this job still there, those never handed out included (a
-        create whose answer never came), and the pool's keypairs; raise naming anything
-        left."""
-        failed: list[str] = []
-        try:
-            with trio.move_on_after(2 * _DELETE_WAIT) as scope:
-                unlisted = await self._find_strays()
-                if unlisted is not None:
-                    failed.append(unlisted)
-                for vm_id in sorted(self._live):
-                    try:
-                        await self._delete(vm_id)
-                    except HyperstackError as exc:
-                        failed.append(f"VM {vm_id} ({exc})")
-                try:
-                    await self._delete_keypairs()
-                except HyperstackError as exc:
-                    failed.append(f"the keypairs {self._prefix}* ({exc})")
-            if scope.cancelled_caught:
-                failed.append(f"no answer from Hyperstack within {2 * _DELETE_WAIT:g} s")
-        finally:
-            await self._api.aclose()
-        if failed:
-            raise HyperstackError(
-                "sky.Hyperstack could not confirm every VM of this pool deleted and its "
-                f"keypairs deleted; these may still bill: {'; '.join(failed)}. Check "
-                f"Hyperstack's console for VMs and keypairs named {self._prefix}*"
-            )
-
-    async def _find_strays(self) -> str | None:
-        """Add the job's VMs Hyperstack lists to those to delete; or say why it could not
-        list them (a VM created but never answered for may then be left)."""
-        try:
-            listed = await self._api.request("GET", "/core/virtual-machines")
-        except HyperstackError as exc:
-            return f"the job's VMs could not be listed: {exc}"
-        found = (_ok(listed) or {}).get("instances")
-        if not isinstance(found, list):
-            return f"the job's VMs could not be listed ({listed.status_code}: " + (
-                f"{_describe_failure(listed)})"
-            )
-        for entry in found:
-            vm = vm_of(entry)
-            if vm is not None and vm.name.startswith(self._prefix) and vm.status != "DELETED":
-                self._live.add(vm.id)
+    def _address(self, machine: _VM) -> tuple[str, str] | None:
+        """Up once active with its public IP."""
+        if machine.status == "ACTIVE" and machine.floating_ip is not None:
+            return machine.floating_ip, machine.fixed_ip or machine.floating_ip
         return None
+
+    def _failed(self, machine: _VM) -> str | None:
+        if machine.status not in _UP:
+            return f"VM {machine.id} ended before it came up ({machine.status})"
+        return None
+
+    def _running(self, machine: _VM) -> bool:
+        """False once it errs, stops or is deleted."""
+        return machine.status in _UP
+
+    def _ended(self, machine: _VM) -> bool:
+        return machine.status == "DELETED"
+
+    async def _request_end(self, machine_id: str) -> str | None:
+        response = await self._api.request("DELETE", f"/core/virtual-machines/{machine_id}")
+        if response.status_code == 404 or _ok(response) is not None:
+            return None
+        return f"({response.status_code}: {_describe_failure(response)})"
+
+    async def _listed(self) -> list[_VM]:
+        response = await self._api.request("GET", "/core/virtual-machines")
+        found = (_ok(response) or {}).get("instances")
+        if not isinstance(found, list):
+            raise _refused("list the VMs", response)
+        return [vm for vm in map(vm_of, found) if vm is not None]
+
+    def _releases(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        return [(f"the keypairs {self._prefix}*", self._delete_keypairs)]
+
+    def _left_behind(self, failed: str) -> str:
+        return (
+            "sky.Hyperstack could not confirm every VM of this pool deleted and its "
+            f"keypairs deleted; these may still bill: {failed}. Check Hyperstack's console "
+            f"for VMs and keypairs named {self._prefix}*"
+        )
 
     async def _delete_keypairs(self) -> None:
         """Delete the pool's keypairs: those imported, and any of their names (an import

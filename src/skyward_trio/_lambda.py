@@ -26,9 +26,8 @@ which never holds it.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -39,15 +38,8 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Lambda
 from ._offers import Catalog, Choice, Offer
-from ._providers import (
-    Instance,
-    KeyedAPI,
-    ended_on_failure,
-    given_host_key,
-    poll_delays,
-    remote_workdir,
-    response_json,
-)
+from ._providers import KeyedAPI, response_json
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "LambdaCluster", "LambdaError", "catalog"]
@@ -80,8 +72,6 @@ INVALID_KEY = "global/invalid-api-key"
 #: How often a launch refused for its rate (Lambda allows about one launch per 10 s) is
 #: tried again before the refusal stands.
 _RATE_RETRIES = 6
-#: How long a terminated instance may show "terminating" before that is an error.
-_TERMINATE_WAIT = 60.0
 
 
 class LambdaError(RuntimeError):
@@ -150,17 +140,6 @@ class _API(KeyedAPI[Lambda]):
         return [entry for entry in data.values() if isinstance(entry, dict)]
 
 
-def _whole_gpus(count: float) -> int:
-    """GPUs per instance: Lambda rents whole ones (a fractional count is refused before)."""
-    return max(1, math.ceil(count))
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
-
-
 def _offer(config: Lambda, entry: Mapping[str, Any]) -> Offer | None:
     """One instance type as an offer, or None if its GPUs are not ones Skyward names.
 
@@ -186,12 +165,15 @@ def _offer(config: Lambda, entry: Mapping[str, Any]) -> Offer | None:
         and isinstance(r.get("name"), str)
         and config.region in (None, r["name"])
     )
-    cents = _number(kind.get("price_cents_per_hour"))
-    memory, disk = _number(specs.get("memory_gib")), _number(specs.get("storage_gib"))
+    cents = positive_number(kind.get("price_cents_per_hour"))
+    memory, disk = (
+        positive_number(specs.get("memory_gib")),
+        positive_number(specs.get("storage_gib")),
+    )
     return Offer(
         provider="sky.Lambda()",
         name=name,
-        vcpus=_number(specs.get("vcpus")),
+        vcpus=positive_number(specs.get("vcpus")),
         memory_gb=round(memory * _GIB, 1) if memory else None,
         disk_gb=round(disk * _GIB, 1) if disk else None,
         architecture="arm64" if parsed[2] in _ARM64 else "x86_64",
@@ -214,23 +196,11 @@ async def catalog(
     if accelerator is None and not everything:
         return Catalog(error="sky.Lambda() rents GPU instances: pass an accelerator")
     api = _API(config)
-    try:
-        types = await api.instance_types()
-    except LambdaError as exc:
-        return Catalog(error=str(exc))
-    finally:
-        await api.aclose()
-    wanted = _whole_gpus(gpus)
-    offers = (_offer(config, entry) for entry in types)
-    return Catalog(
-        offers=tuple(
-            o
-            for o in offers
-            if o is not None
-            and o.accelerator is not None
-            and (accelerator is None or o.accelerator.count == wanted)
-        )
-    )
+
+    async def listed() -> list[Offer | None]:
+        return [_offer(config, entry) for entry in await api.instance_types()]
+
+    return await gpu_catalog(api, listed, error=LambdaError, accelerator=accelerator, gpus=gpus)
 
 
 @attrs.frozen
@@ -257,38 +227,24 @@ def _instance(body: object) -> _Instance | None:
     )
 
 
-class LambdaCluster:
+class LambdaCluster(RentedCluster[Lambda, _Instance]):
     """One pool's instances on Lambda Cloud (see the module)."""
 
     name = "lambda"
-    # Instances reach each other only through their public addresses, and sshd is the one
-    # port open to them: the collections store runs in the client.
-    peers_reachable = False
+    cloud = "Lambda"
+    error = LambdaError
+    ending = ("terminate", "terminating", "terminated")
+    _api: _API
 
     def __init__(
         self, config: Lambda, *, job_id: str, client_key: _transport.SSHKey, choice: Choice
     ) -> None:
-        self.config = config
-        self.job_id = job_id
-        self._choice = choice
-        self._offers = [choice.offer, *choice.also]  # cheapest first after the chosen
-        self._public_key = _transport.public_openssh(client_key)
-        self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
+        super().__init__(config, job_id=job_id, client_key=client_key, choice=choice)
         self._api = _API(config)
         self._key_lock = trio.Lock()
         self._key_id: str | None = None  # the registered SSH key's id, once registered
         self._file_system_lock = trio.Lock()
         self._file_system_checked = False
-        self._serial = 0
-        self._live: set[str] = set()  # instance ids launched and not confirmed terminated
-
-    @property
-    def _prefix(self) -> str:
-        return f"skyward-{self.job_id}-"
-
-    @property
-    def _key_name(self) -> str:
-        return f"skyward-{self.job_id}"
 
     async def _registered_key(self) -> str:
         """The pool's SSH key's name at Lambda, registered by the first node that needs it."""
@@ -343,15 +299,10 @@ class LambdaCluster:
                 self._file_system_checked = True
         return name
 
-    def _regions(self, offer: Offer) -> Sequence[str]:
-        region = self._choice.spec.region
-        return [r for r in offer.regions if region in (None, r)]
-
-    async def _launch(self, node: int, data: str) -> tuple[str, Offer]:
+    async def _launch(self, node: int, name: str, host_key: _transport.SSHKey) -> tuple[str, Offer]:
         """Launch one instance of the first type and region with capacity: its id and type."""
         key = await self._registered_key()
-        self._serial += 1
-        name = f"{self._prefix}{node}-{self._serial}"
+        data = user_data(self._public_key, host_key)
         refused: list[str] = []
         for offer in self._offers:
             for region in self._regions(offer):
@@ -406,161 +357,65 @@ class LambdaCluster:
             return f"Lambda kept refusing to launch {offer.name} for its rate limit {said}"
         return f"Lambda did not launch {offer.name} in {region} {said}"
 
-    async def provision(self, node: int) -> Instance:
-        """Launch an instance, wait until it is active and sshd answers with the host key it
-        was given, and learn its home."""
-        host_key = _transport.generate_key()
-        host_public = _transport.public_openssh(host_key)
-        instance_id, offer = await self._launch(node, user_data(self._public_key, host_key))
-        async with ended_on_failure(lambda: self._terminate([instance_id]), LambdaError):
-            running = await self._active(instance_id)
-            assert running.ip is not None
-            await given_host_key(instance_id, running.ip, 22, host_public)
-            user = self.config.username
-            workdir = await remote_workdir(
-                running.ip,
-                22,
-                user=user,
-                login=self._login,
-                host_key=host_public,
-                name=f"{self.job_id}-{node}",
-            )
-        return Instance(
-            id=instance_id,
-            node=node,
-            host=running.ip,
-            port=22,
-            username=user,
-            host_key=host_public,
-            private_ip=running.private_ip or running.ip,
-            public_ip=running.ip,
-            python=None,
-            workdir=workdir,
-            hourly_price=offer.on_demand_price or self._choice.hourly_price,
-            # No on_lease_expiry: nothing on the instance can terminate it (see the module).
-        )
-
-    async def _get(self, instance_id: str) -> _Instance | None:
+    async def _get(self, machine_id: str) -> _Instance | None:
         """The instance as Lambda sees it now; None once it is gone."""
-        response = await self._api.request("GET", f"/instances/{instance_id}")
+        response = await self._api.request("GET", f"/instances/{machine_id}")
         if response.status_code == 404:
             return None
         found = _instance(_data(response)) if response.status_code == 200 else None
         if found is None:
             raise LambdaError(
-                f"Lambda did not say how instance {instance_id} is ({response.status_code}: "
+                f"Lambda did not say how instance {machine_id} is ({response.status_code}: "
                 f"{_describe_failure(response)})"
             )
         return found
 
-    async def _active(self, instance_id: str) -> _Instance:
-        """Poll until the instance is active with an IP (the caller's deadline)."""
-        delays = poll_delays()
-        while True:
-            now = await self._get(instance_id)
-            if now is None:
-                raise LambdaError(f"instance {instance_id} was terminated before it came up")
-            if now.status in ("unhealthy", "terminating", "terminated"):
-                raise LambdaError(f"instance {instance_id} ended before it came up ({now.status})")
-            if now.status == "active" and now.ip is not None:
-                return now
-            await trio.sleep(next(delays))
-
-    async def alive(self, instance: Instance) -> bool:
-        """Whether Lambda still runs the instance (False once unhealthy or terminated)."""
-        try:
-            now = await self._get(instance.id)
-        except LambdaError:
-            return True  # the API did not answer: the reconnection finds out
-        return now is not None and now.status in ("booting", "active")
-
-    async def terminate(self, instance: Instance) -> None:
-        """Terminate the instance and confirm Lambda has it terminated; raise otherwise."""
-        await self._terminate([instance.id])
-
-    async def _terminate(self, ids: Sequence[str]) -> None:
-        response = await self._api.request(
-            "POST", "/instance-operations/terminate", json={"instance_ids": list(ids)}
-        )
-        if response.status_code not in (200, 404):
-            raise LambdaError(
-                f"Lambda did not terminate {', '.join(ids)} ({response.status_code}: "
-                f"{_describe_failure(response)}); terminate them in Lambda's console"
-            )
-        for instance_id in ids:
-            await self._terminated(instance_id)
-            self._live.discard(instance_id)
-
-    async def _terminated(self, instance_id: str) -> None:
-        """Wait while the instance shows "terminating"; raise unless it ends terminated or
-        gone."""
-        delays = poll_delays()
-        now: _Instance | None = None
-        with trio.move_on_after(_TERMINATE_WAIT):
-            while True:
-                now = await self._get(instance_id)
-                if now is None or now.status == "terminated":
-                    return
-                if now.status != "terminating":
-                    break
-                await trio.sleep(next(delays))
-        raise LambdaError(
-            f"Lambda still lists instance {instance_id} as "
-            f"{now.status if now is not None else 'unknown'} after terminating it; terminate "
-            "it in Lambda's console"
-        )
-
-    async def aclose(self) -> None:
-        """Terminate every instance of this job still there, those never handed out
-        included (a launch whose answer never came), and delete the pool's SSH key; raise
-        naming anything left."""
-        failed: list[str] = []
-        try:
-            with trio.move_on_after(120) as scope:
-                unlisted = await self._find_strays()
-                if unlisted is not None:
-                    failed.append(unlisted)
-                for instance_id in sorted(self._live):
-                    try:
-                        await self._terminate([instance_id])
-                    except LambdaError as exc:
-                        failed.append(f"{instance_id} ({exc})")
-                try:
-                    await self._delete_key()
-                except LambdaError as exc:
-                    failed.append(f"the SSH key {self._key_name} ({exc})")
-            if scope.cancelled_caught:
-                failed.append("no answer from Lambda within 120 s")
-        finally:
-            await self._api.aclose()
-        if failed:
-            raise LambdaError(
-                "sky.Lambda could not confirm every instance of this pool terminated and its "
-                f"SSH key deleted; these may still bill: {'; '.join(failed)}. Check Lambda's "
-                f"console for instances named {self._prefix}* and the key {self._key_name}"
-            )
-
-    async def _find_strays(self) -> str | None:
-        """Add the job's instances Lambda lists to those to terminate; or say why it could
-        not list them (an instance launched but never answered for may then be left)."""
-        try:
-            listed = await self._api.request("GET", "/instances")
-        except LambdaError as exc:
-            return f"the job's instances could not be listed: {exc}"
-        found = _data(listed)
-        if listed.status_code != 200 or not isinstance(found, list):
-            return f"the job's instances could not be listed ({listed.status_code}: " + (
-                f"{_describe_failure(listed)})"
-            )
-        for entry in found:
-            instance = _instance(entry)
-            if (
-                instance is not None
-                and instance.name.startswith(self._prefix)
-                and instance.status != "terminated"
-            ):
-                self._live.add(instance.id)
+    def _address(self, machine: _Instance) -> tuple[str, str] | None:
+        if machine.status == "active" and machine.ip is not None:
+            return machine.ip, machine.private_ip or machine.ip
         return None
+
+    def _failed(self, machine: _Instance) -> str | None:
+        if machine.status in ("unhealthy", "terminating", "terminated"):
+            return f"instance {machine.id} ended before it came up ({machine.status})"
+        return None
+
+    def _running(self, machine: _Instance) -> bool:
+        return machine.status in ("booting", "active")
+
+    def _ended(self, machine: _Instance) -> bool:
+        return machine.status == "terminated"
+
+    def _still_ending(self, machine: _Instance) -> bool:
+        return machine.status == "terminating"
+
+    async def _request_end(self, machine_id: str) -> str | None:
+        response = await self._api.request(
+            "POST", "/instance-operations/terminate", json={"instance_ids": [machine_id]}
+        )
+        if response.status_code in (200, 404):
+            return None
+        return f"({response.status_code}: {_describe_failure(response)})"
+
+    async def _listed(self) -> list[_Instance]:
+        response = await self._api.request("GET", "/instances")
+        found = _data(response)
+        if response.status_code != 200 or not isinstance(found, list):
+            raise LambdaError(
+                f"Lambda did not list the instances ({response.status_code}: "
+                f"{_describe_failure(response)})"
+            )
+        return [i for i in map(_instance, found) if i is not None]
+
+    def _releases(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        return [(f"the SSH key {self._key_name}", self._delete_key)]
+
+    def _left_behind(self, failed: str) -> str:
+        return (
+            "sky.Lambda could not confirm every instance of this pool terminated and its "
+            f"SSH key deleted; these may still bill: {failed}. Check Lambda's console for "
+            f"instances named {self._prefix}* and the key {self._key_name}"
+        )
 
     async def _delete_key(self) -> None:
         """Delete the pool's SSH key: the one registered, and any of its name (a register

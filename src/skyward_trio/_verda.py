@@ -36,9 +36,9 @@ exits when its lease runs out; the instance bills until it is deleted (the docs 
 
 from __future__ import annotations
 
-import math
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -48,14 +48,8 @@ import trio
 from . import _transport, accelerators
 from ._model import Verda
 from ._offers import Catalog, Choice, Offer
-from ._providers import (
-    API_TIMEOUT,
-    Instance,
-    ended_on_failure,
-    poll_delays,
-    remote_workdir,
-    response_json,
-)
+from ._providers import API_TIMEOUT, poll_delays, response_json
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "VerdaCluster", "VerdaError", "catalog", "startup_script"]
@@ -221,21 +215,9 @@ class _API:
         return {kind: tuple(codes) for kind, codes in where.items()}
 
 
-def _number(value: object) -> float | None:
-    """A positive number, given as one or as its text (Verda writes prices as text)."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
-
-
 def _size(entry: Mapping[str, Any], field: str, key: str) -> float | None:
     part = entry.get(field)
-    return _number(part.get(key)) if isinstance(part, dict) else None
+    return positive_number(part.get(key)) if isinstance(part, dict) else None
 
 
 def _gpu_of(name: str, entry: Mapping[str, Any]) -> Accelerator | None:
@@ -269,7 +251,7 @@ def offers_of(
         if gpu is None:
             continue
         regions = tuple(r for r in available.get(name, ()) if config.location in (None, r))
-        price = _number(entry.get("price_per_hour"))
+        price = positive_number(entry.get("price_per_hour"))
         found.append(
             Offer(
                 provider="sky.Verda()",
@@ -299,21 +281,12 @@ async def catalog(
     if accelerator is None and not everything:
         return Catalog(error="sky.Verda() rents GPU instances: pass an accelerator")
     api = _API(config)
-    try:
+
+    async def listed() -> tuple[Offer, ...]:
         types = await api.listed("/instance-types", "its instance types")
-        available = await api.availability()
-    except VerdaError as exc:
-        return Catalog(error=str(exc))
-    finally:
-        await api.aclose()
-    wanted = max(1, math.ceil(gpus))
-    return Catalog(
-        offers=tuple(
-            o
-            for o in offers_of(config, types, available)
-            if o.accelerator is not None and (accelerator is None or o.accelerator.count == wanted)
-        )
-    )
+        return offers_of(config, types, await api.availability())
+
+    return await gpu_catalog(api, listed, error=VerdaError, accelerator=accelerator, gpus=gpus)
 
 
 def startup_script(host_key: _transport.SSHKey) -> str:
@@ -358,7 +331,7 @@ class _Machine:
     """What the API says of one instance."""
 
     id: str
-    hostname: str
+    name: str  # its hostname
     status: str  # new, ordered, provisioning, running, offline, error, no_capacity, ...
     ip: str | None
 
@@ -370,7 +343,7 @@ def machine_of(body: object) -> _Machine | None:
     ip = body.get("ip")
     return _Machine(
         id=body["id"],
-        hostname=str(body.get("hostname") or ""),
+        name=str(body.get("hostname") or ""),
         status=str(body.get("status") or "").lower(),
         ip=ip if isinstance(ip, str) and ip else None,
     )
@@ -393,36 +366,22 @@ def _refusal(kind: str, location: str, response: httpx.Response) -> str:
     return f"Verda did not create {kind} in {location} {said}"
 
 
-class VerdaCluster:
+class VerdaCluster(RentedCluster[Verda, _Machine]):
     """One pool's instances on Verda (see the module)."""
 
     name = "verda"
-    # Instances reach each other only through their public addresses, and nothing says
-    # which ports are open between them: the collections store runs in the client.
-    peers_reachable = False
+    cloud = "Verda"
+    error = VerdaError
+    end_wait = _DELETE_WAIT
+    _api: _API
 
     def __init__(
         self, config: Verda, *, job_id: str, client_key: _transport.SSHKey, choice: Choice
     ) -> None:
-        self.config = config
-        self.job_id = job_id
-        self._choice = choice
-        self._offers = [choice.offer, *choice.also]  # cheapest first after the chosen
-        self._public_key = _transport.public_openssh(client_key)
-        self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
+        super().__init__(config, job_id=job_id, client_key=client_key, choice=choice)
         self._api = _API(config)
         self._setup_lock = trio.Lock()
         self._key_id: str | None = None
-        self._serial = 0
-        self._live: set[str] = set()  # instance ids created and not confirmed gone
-
-    @property
-    def _prefix(self) -> str:
-        return f"skyward-{self.job_id}-"
-
-    @property
-    def _key_name(self) -> str:
-        return f"skyward-{self.job_id}"
 
     async def _ssh_key(self) -> str:
         """The id of the pool's SSH key, registered by the first node that needs it."""
@@ -445,20 +404,14 @@ class VerdaCluster:
             raise _refused(f"make the startup script {name}", response)
         return script_id
 
-    def _locations(self, offer: Offer) -> Sequence[str]:
-        region = self._choice.spec.region
-        return [r for r in offer.regions if region in (None, r)]
-
-    async def _launch(self, node: int, host_key: _transport.SSHKey) -> tuple[str, Offer]:
+    async def _launch(self, node: int, name: str, host_key: _transport.SSHKey) -> tuple[str, Offer]:
         """Create one instance of the first type and location with capacity: its id and
         type."""
-        self._serial += 1
-        name = f"{self._prefix}{node}-{self._serial}"
         key_id = await self._ssh_key()
         script_id = await self._script(name, host_key)
         full: list[str] = []
         for offer in self._offers:
-            for location in self._locations(offer):
+            for location in self._regions(offer):
                 body = {
                     "instance_type": offer.name,
                     "image": self.config.image,
@@ -485,153 +438,66 @@ class VerdaCluster:
             "widen the spec (another accelerator, region=None)"
         )
 
-    async def provision(self, node: int) -> Instance:
-        """Create an instance, wait until it runs with its IP and sshd answers with the host
-        key it was given, and learn its home."""
-        host_key = _transport.generate_key()
-        host_public = _transport.public_openssh(host_key)
-        instance_id, offer = await self._launch(node, host_key)
-        async with ended_on_failure(lambda: self._delete(instance_id), VerdaError):
-            running = await self._running(instance_id)
-            assert running.ip is not None
-            await given_host_key(running.ip, 22, host_public)
-            user = self.config.username
-            workdir = await remote_workdir(
-                running.ip,
-                22,
-                user=user,
-                login=self._login,
-                host_key=host_public,
-                name=f"{self.job_id}-{node}",
-            )
-        return Instance(
-            id=instance_id,
-            node=node,
-            host=running.ip,
-            port=22,
-            username=user,
-            host_key=host_public,
-            private_ip=running.ip,
-            public_ip=running.ip,
-            python=None,
-            workdir=workdir,
-            hourly_price=offer.on_demand_price or self._choice.hourly_price,
-            # No on_lease_expiry: nothing on the instance can delete it (see the module).
-        )
+    async def _await_host_key(self, machine_id: str, host: str, expected: str) -> None:
+        await given_host_key(host, 22, expected)
 
-    async def _get(self, instance_id: str) -> _Machine | None:
+    async def _get(self, machine_id: str) -> _Machine | None:
         """The instance as Verda sees it now; None once it is gone."""
-        response = await self._api.request("GET", f"/instances/{instance_id}")
+        response = await self._api.request("GET", f"/instances/{machine_id}")
         if response.status_code == 404:
             return None
         found = machine_of(response_json(response)) if response.status_code == 200 else None
         if found is None:
-            raise _refused(f"say how instance {instance_id} is", response)
+            raise _refused(f"say how instance {machine_id} is", response)
         return found
 
-    async def _running(self, instance_id: str) -> _Machine:
-        """Poll until the instance runs with an IP (the caller's deadline)."""
-        delays = poll_delays()
-        while True:
-            now = await self._get(instance_id)
-            if now is None:
-                raise VerdaError(f"instance {instance_id} was deleted before it came up")
-            if now.status not in _UP:
-                raise VerdaError(f"instance {instance_id} ended before it came up ({now.status})")
-            if now.status == "running" and now.ip is not None:
-                return now
-            await trio.sleep(next(delays))
+    def _address(self, machine: _Machine) -> tuple[str, str] | None:
+        """Up once running with its IP (its only address)."""
+        if machine.status == "running" and machine.ip is not None:
+            return machine.ip, machine.ip
+        return None
 
-    async def alive(self, instance: Instance) -> bool:
-        """Whether Verda still runs the instance (False once it errs, is offline or gone)."""
-        try:
-            now = await self._get(instance.id)
-        except VerdaError:
-            return True  # the API did not answer: the reconnection finds out
-        return now is not None and now.status in _UP
+    def _failed(self, machine: _Machine) -> str | None:
+        if machine.status not in _UP:
+            return f"instance {machine.id} ended before it came up ({machine.status})"
+        return None
 
-    async def terminate(self, instance: Instance) -> None:
-        """Delete the instance and confirm Verda has it gone; raise otherwise."""
-        await self._delete(instance.id)
+    def _running(self, machine: _Machine) -> bool:
+        """False once it errs, is offline or gone."""
+        return machine.status in _UP
 
-    async def _delete(self, instance_id: str) -> None:
+    def _ended(self, machine: _Machine) -> bool:
+        return machine.status in ("deleted", "discontinued")
+
+    async def _request_end(self, machine_id: str) -> str | None:
         # Without volume_ids only the OS volume is deleted (others would be detached and
         # keep billing); Skyward attaches none.
-        body = {"action": "delete", "id": instance_id}
+        body = {"action": "delete", "id": machine_id}
         response = await self._api.request("PUT", "/instances", json=body)
-        if not response.is_success and response.status_code != 404:
-            raise VerdaError(
-                f"Verda did not delete instance {instance_id} ({response.status_code}: "
-                f"{_describe(response)}); delete it in Verda's console"
-            )
-        await self._gone(instance_id)
-        self._live.discard(instance_id)
+        if response.is_success or response.status_code == 404:
+            return None
+        return f"({response.status_code}: {_describe(response)})"
 
-    async def _gone(self, instance_id: str) -> None:
-        """Wait until the instance is no longer there (or listed discontinued); raise past
-        ``_DELETE_WAIT``."""
-        delays = poll_delays()
-        now: _Machine | None = None
-        with trio.move_on_after(_DELETE_WAIT):
-            while True:
-                now = await self._get(instance_id)
-                if now is None or now.status in ("deleted", "discontinued"):
-                    return
-                await trio.sleep(next(delays))
-        raise VerdaError(
-            f"Verda still lists instance {instance_id} as "
-            f"{now.status if now is not None else 'unknown'} {_DELETE_WAIT:g} s after deleting "
-            "it; delete it in Verda's console"
+    async def _listed(self) -> list[_Machine]:
+        found = await self._api.listed("/instances", "the instances")
+        return [m for m in map(machine_of, found) if m is not None]
+
+    def _releases(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        # The scripts first: a script is named after an instance, the key after the job.
+        return [
+            (
+                f"the {what} {self._key_name}*",
+                functools.partial(self._delete_named, path, what),
+            )
+            for path, what in (("/scripts", "startup scripts"), ("/ssh-keys", "SSH key"))
+        ]
+
+    def _left_behind(self, failed: str) -> str:
+        return (
+            "sky.Verda could not confirm every instance of this pool deleted and its SSH "
+            f"key and startup scripts deleted; these may still bill: {failed}. Check Verda's "
+            f"console for instances, SSH keys and scripts named {self._key_name}*"
         )
-
-    async def aclose(self) -> None:
-        """Delete every instance of this job still there, those never handed out included
-        (a create whose answer never came), then the pool's startup scripts and SSH key;
-        raise naming anything left."""
-        failed: list[str] = []
-        try:
-            with trio.move_on_after(2 * _DELETE_WAIT) as scope:
-                unlisted = await self._find_strays()
-                if unlisted is not None:
-                    failed.append(unlisted)
-                for instance_id in sorted(self._live):
-                    try:
-                        await self._delete(instance_id)
-                    except VerdaError as exc:
-                        failed.append(f"instance {instance_id} ({exc})")
-                for path, what in (("/scripts", "startup scripts"), ("/ssh-keys", "SSH key")):
-                    try:
-                        await self._delete_named(path, what)
-                    except VerdaError as exc:
-                        failed.append(f"the {what} {self._key_name}* ({exc})")
-            if scope.cancelled_caught:
-                failed.append(f"no answer from Verda within {2 * _DELETE_WAIT:g} s")
-        finally:
-            await self._api.aclose()
-        if failed:
-            raise VerdaError(
-                "sky.Verda could not confirm every instance of this pool deleted and its SSH "
-                f"key and startup scripts deleted; these may still bill: {'; '.join(failed)}. "
-                f"Check Verda's console for instances, SSH keys and scripts named "
-                f"{self._key_name}*"
-            )
-
-    async def _find_strays(self) -> str | None:
-        """Add the job's instances Verda lists to those to delete; or say why it could not
-        list them (an instance created but never answered for may then be left)."""
-        try:
-            listed = await self._api.listed("/instances", "the instances")
-        except VerdaError as exc:
-            return f"the job's instances could not be listed: {exc}"
-        for entry in listed:
-            found = machine_of(entry)
-            if (
-                found is not None
-                and found.hostname.startswith(self._prefix)
-                and found.status not in ("deleted", "discontinued")
-            ):
-                self._live.add(found.id)
-        return None
 
     async def _delete_named(self, path: str, what: str) -> None:
         """Delete what ``path`` lists under the pool's names: ``skyward-<job>`` and

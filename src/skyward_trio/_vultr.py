@@ -30,8 +30,7 @@ which never holds it.
 from __future__ import annotations
 
 import base64
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -43,15 +42,8 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Vultr
 from ._offers import Catalog, Choice, Offer
-from ._providers import (
-    Instance,
-    KeyedAPI,
-    ended_on_failure,
-    given_host_key,
-    poll_delays,
-    remote_workdir,
-    response_json,
-)
+from ._providers import KeyedAPI, response_json
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_TYPES", "VultrCluster", "VultrError", "catalog"]
@@ -70,8 +62,6 @@ GPU_TYPES: Mapping[str, tuple[Accelerator, int]] = {
 _HOURS_PER_MONTH = 730
 #: What one page of a list holds (Vultr's largest).
 _PER_PAGE = 500
-#: How long a deleted instance may stay listed before that is an error.
-_DELETE_WAIT = 60.0
 
 
 class VultrError(RuntimeError):
@@ -134,12 +124,6 @@ class _API(KeyedAPI[Vultr]):
         return {p for p in plans if isinstance(p, str)}
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
-
-
 def _gpus(plan: Mapping[str, Any]) -> tuple[Accelerator, int] | None:
     """The plan's GPU and how many whole ones it has; None for a GPU Skyward cannot name or a
     fraction of one."""
@@ -154,10 +138,10 @@ def _gpus(plan: Mapping[str, Any]) -> tuple[Accelerator, int] | None:
 
 
 def _price(plan: Mapping[str, Any]) -> float | None:
-    hourly = _number(plan.get("hourly_cost"))
+    hourly = positive_number(plan.get("hourly_cost"))
     if hourly is not None:
         return hourly
-    monthly = _number(plan.get("monthly_cost"))
+    monthly = positive_number(plan.get("monthly_cost"))
     return round(monthly / _HOURS_PER_MONTH, 4) if monthly is not None else None
 
 
@@ -170,11 +154,11 @@ def _offer(plan: Mapping[str, Any], regions: Sequence[str]) -> Offer | None:
         return None
     accelerator, count = gpus
     price = _price(plan)
-    ram, disk = _number(plan.get("ram")), _number(plan.get("disk"))
+    ram, disk = positive_number(plan.get("ram")), positive_number(plan.get("disk"))
     return Offer(
         provider="sky.Vultr()",
         name=plan["id"],
-        vcpus=_number(plan.get("vcpu_count")),
+        vcpus=positive_number(plan.get("vcpu_count")),
         memory_gb=round(ram / 1024, 1) if ram else None,  # Vultr lists RAM in MB
         disk_gb=disk,
         architecture="x86_64",
@@ -206,11 +190,6 @@ async def _offers(api: _API, config: Vultr) -> list[Offer]:
     return found
 
 
-def _whole_gpus(count: float) -> int:
-    """GPUs per instance: whole ones (a fractional count is refused before)."""
-    return max(1, math.ceil(count))
-
-
 async def catalog(
     config: Vultr, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
 ) -> Catalog:
@@ -224,19 +203,8 @@ async def catalog(
     if accelerator is None and not everything:
         return Catalog(error="sky.Vultr() rents Cloud GPU instances: pass an accelerator")
     api = _API(config)
-    try:
-        offers = await _offers(api, config)
-    except VultrError as exc:
-        return Catalog(error=str(exc))
-    finally:
-        await api.aclose()
-    wanted = _whole_gpus(gpus)
-    return Catalog(
-        offers=tuple(
-            o
-            for o in offers
-            if o.accelerator is not None and (accelerator is None or o.accelerator.count == wanted)
-        )
+    return await gpu_catalog(
+        api, lambda: _offers(api, config), error=VultrError, accelerator=accelerator, gpus=gpus
     )
 
 
@@ -245,7 +213,7 @@ class _Instance:
     """What the API says of one instance."""
 
     id: str
-    label: str
+    name: str  # its label
     status: str  # pending, active, suspended, resizing
     power_status: str  # running, stopped
     ip: str | None  # main_ip, once assigned
@@ -258,7 +226,7 @@ def _instance(body: object) -> _Instance | None:
     ip, internal = body.get("main_ip"), body.get("internal_ip")
     return _Instance(
         id=body["id"],
-        label=str(body.get("label") or ""),
+        name=str(body.get("label") or ""),
         status=str(body.get("status", "")),
         power_status=str(body.get("power_status", "")),
         ip=ip if isinstance(ip, str) and ip not in ("", "0.0.0.0") else None,
@@ -279,36 +247,21 @@ def _refusal_fix(message: str) -> str:
     return "fix the request or the account as Vultr says"
 
 
-class VultrCluster:
+class VultrCluster(RentedCluster[Vultr, _Instance]):
     """One pool's instances on Vultr (see the module)."""
 
     name = "vultr"
-    # Instances reach each other only through their public addresses, and sshd is the one
-    # port the pool relies on: the collections store runs in the client.
-    peers_reachable = False
+    cloud = "Vultr"
+    error = VultrError
+    _api: _API
 
     def __init__(
         self, config: Vultr, *, job_id: str, client_key: _transport.SSHKey, choice: Choice
     ) -> None:
-        self.config = config
-        self.job_id = job_id
-        self._choice = choice
-        self._offers = [choice.offer, *choice.also]  # cheapest first after the chosen
-        self._public_key = _transport.public_openssh(client_key)
-        self._login = _transport.Login(keys=(client_key,), tried="the pool's own key")
+        super().__init__(config, job_id=job_id, client_key=client_key, choice=choice)
         self._api = _API(config)
         self._key_lock = trio.Lock()
         self._key_id: str | None = None  # the registered SSH key's id, once registered
-        self._serial = 0
-        self._live: set[str] = set()  # instance ids created and not confirmed deleted
-
-    @property
-    def _prefix(self) -> str:
-        return f"skyward-{self.job_id}-"
-
-    @property
-    def _key_name(self) -> str:
-        return f"skyward-{self.job_id}"
 
     async def _registered_key(self) -> str:
         """The pool's SSH key's id at Vultr, registered by the first node that needs it."""
@@ -326,15 +279,10 @@ class VultrCluster:
                 self._key_id = str(made["id"])
         return self._key_id
 
-    def _regions(self, offer: Offer) -> Sequence[str]:
-        region = self._choice.spec.region
-        return [r for r in offer.regions if region in (None, r)]
-
-    async def _create(self, node: int, data: str) -> tuple[str, Offer]:
+    async def _launch(self, node: int, name: str, host_key: _transport.SSHKey) -> tuple[str, Offer]:
         """Create one instance of the first plan and region that has it: its id and plan."""
         key = await self._registered_key()
-        self._serial += 1
-        label = f"{self._prefix}{node}-{self._serial}"
+        data = user_data(self._public_key, host_key)
         refused: list[str] = []
         for offer in self._offers:
             for region in self._regions(offer):
@@ -343,8 +291,8 @@ class VultrCluster:
                     "plan": offer.name,
                     "os_id": self.config.os_id,
                     "sshkey_id": [key],
-                    "label": label,
-                    "hostname": label,
+                    "label": name,
+                    "hostname": name,
                     "tags": [self._key_name],
                     "user_data": base64.b64encode(data.encode()).decode(),
                 }
@@ -367,147 +315,53 @@ class VultrCluster:
             "or widen the spec (another accelerator, region=None)"
         )
 
-    async def provision(self, node: int) -> Instance:
-        """Create an instance, wait until it runs with an address and sshd answers with the
-        host key it was given, and learn its home."""
-        host_key = _transport.generate_key()
-        host_public = _transport.public_openssh(host_key)
-        instance_id, offer = await self._create(node, user_data(self._public_key, host_key))
-        async with ended_on_failure(lambda: self._delete(instance_id), VultrError):
-            running = await self._running(instance_id)
-            assert running.ip is not None
-            await given_host_key(instance_id, running.ip, 22, host_public)
-            user = self.config.username
-            workdir = await remote_workdir(
-                running.ip,
-                22,
-                user=user,
-                login=self._login,
-                host_key=host_public,
-                name=f"{self.job_id}-{node}",
-            )
-        return Instance(
-            id=instance_id,
-            node=node,
-            host=running.ip,
-            port=22,
-            username=user,
-            host_key=host_public,
-            private_ip=running.private_ip or running.ip,
-            public_ip=running.ip,
-            python=None,
-            workdir=workdir,
-            hourly_price=offer.on_demand_price or self._choice.hourly_price,
-            # No on_lease_expiry: nothing on the instance can delete it (see the module).
-        )
-
-    async def _get(self, instance_id: str) -> _Instance | None:
+    async def _get(self, machine_id: str) -> _Instance | None:
         """The instance as Vultr sees it now; None once it is gone."""
-        response = await self._api.request("GET", f"/instances/{instance_id}")
+        response = await self._api.request("GET", f"/instances/{machine_id}")
         if response.status_code == 404:
             return None
         body = response_json(response)
         found = _instance(body.get("instance") if isinstance(body, dict) else None)
         if response.status_code != 200 or found is None:
-            raise VultrError(f"Vultr did not say how instance {instance_id} is {_said(response)}")
+            raise VultrError(f"Vultr did not say how instance {machine_id} is {_said(response)}")
         return found
 
-    async def _running(self, instance_id: str) -> _Instance:
-        """Poll until the instance is active, running, with an address (the caller's
-        deadline)."""
-        delays = poll_delays()
-        while True:
-            now = await self._get(instance_id)
-            if now is None:
-                raise VultrError(f"instance {instance_id} was deleted before it came up")
-            if now.status == "suspended":
-                raise VultrError(
-                    f"Vultr suspended instance {instance_id} before it came up; see the "
-                    "account's notices at https://my.vultr.com/"
-                )
-            if now.status == "active" and now.power_status == "running" and now.ip is not None:
-                return now
-            await trio.sleep(next(delays))
-
-    async def alive(self, instance: Instance) -> bool:
-        """Whether Vultr still runs the instance (False once stopped, suspended or gone)."""
-        try:
-            now = await self._get(instance.id)
-        except VultrError:
-            return True  # the API did not answer: the reconnection finds out
-        return (
-            now is not None
-            and now.status in ("pending", "active")
-            and now.power_status != "stopped"
-        )
-
-    async def terminate(self, instance: Instance) -> None:
-        """Delete the instance and confirm Vultr no longer has it; raise otherwise."""
-        await self._delete(instance.id)
-
-    async def _delete(self, instance_id: str) -> None:
-        response = await self._api.request("DELETE", f"/instances/{instance_id}")
-        if response.status_code not in (200, 204, 404):
-            raise VultrError(
-                f"Vultr did not delete instance {instance_id} {_said(response)}; delete it "
-                "in Vultr's console"
-            )
-        now: _Instance | None = None
-        delays = poll_delays()
-        with trio.move_on_after(_DELETE_WAIT):
-            while True:
-                now = await self._get(instance_id)
-                if now is None:
-                    self._live.discard(instance_id)
-                    return
-                await trio.sleep(next(delays))
-        raise VultrError(
-            f"Vultr still lists instance {instance_id} ({now.status if now else 'unknown'}) "
-            f"{_DELETE_WAIT:g} s after deleting it; delete it in Vultr's console"
-        )
-
-    async def aclose(self) -> None:
-        """Delete every instance of this job still there, those never handed out included
-        (a create whose answer never came), and the pool's SSH key; raise naming anything
-        left."""
-        failed: list[str] = []
-        try:
-            with trio.move_on_after(120) as scope:
-                unlisted = await self._find_strays()
-                if unlisted is not None:
-                    failed.append(unlisted)
-                for instance_id in sorted(self._live):
-                    try:
-                        await self._delete(instance_id)
-                    except VultrError as exc:
-                        failed.append(f"{instance_id} ({exc})")
-                try:
-                    await self._delete_key()
-                except VultrError as exc:
-                    failed.append(f"the SSH key {self._key_name} ({exc})")
-            if scope.cancelled_caught:
-                failed.append("no answer from Vultr within 120 s")
-        finally:
-            await self._api.aclose()
-        if failed:
-            raise VultrError(
-                "sky.Vultr could not confirm every instance of this pool deleted and its SSH "
-                f"key deleted; these may still bill: {'; '.join(failed)}. Check Vultr's "
-                f"console for instances labelled {self._prefix}* and the key {self._key_name}"
-            )
-
-    async def _find_strays(self) -> str | None:
-        """Add the job's instances Vultr lists to those to delete; or say why it could not
-        list them (an instance created but never answered for may then be left)."""
-        try:
-            listed = await self._api.pages("/instances", "instances")
-        except VultrError as exc:
-            return f"the job's instances could not be listed: {exc}"
-        for entry in listed:
-            instance = _instance(entry)
-            if instance is not None and instance.label.startswith(self._prefix):
-                self._live.add(instance.id)
+    def _address(self, machine: _Instance) -> tuple[str, str] | None:
+        """Up once active and running with an address."""
+        up = machine.status == "active" and machine.power_status == "running"
+        if up and machine.ip is not None:
+            return machine.ip, machine.private_ip or machine.ip
         return None
+
+    def _failed(self, machine: _Instance) -> str | None:
+        if machine.status == "suspended":
+            return (
+                f"Vultr suspended instance {machine.id} before it came up; see the "
+                "account's notices at https://my.vultr.com/"
+            )
+        return None
+
+    def _running(self, machine: _Instance) -> bool:
+        """False once stopped or suspended."""
+        return machine.status in ("pending", "active") and machine.power_status != "stopped"
+
+    async def _request_end(self, machine_id: str) -> str | None:
+        response = await self._api.request("DELETE", f"/instances/{machine_id}")
+        return None if response.status_code in (200, 204, 404) else _said(response)
+
+    async def _listed(self) -> list[_Instance]:
+        found = await self._api.pages("/instances", "instances")
+        return [i for i in map(_instance, found) if i is not None]
+
+    def _releases(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        return [(f"the SSH key {self._key_name}", self._delete_key)]
+
+    def _left_behind(self, failed: str) -> str:
+        return (
+            "sky.Vultr could not confirm every instance of this pool deleted and its SSH "
+            f"key deleted; these may still bill: {failed}. Check Vultr's console for "
+            f"instances labelled {self._prefix}* and the key {self._key_name}"
+        )
 
     async def _delete_key(self) -> None:
         """Delete the pool's SSH key: the one registered, and any of its name (a register

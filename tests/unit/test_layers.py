@@ -58,6 +58,7 @@ LAYERS = {
     "_runpod": 4,
     "_aws": 4,
     "_vastai": 4,
+    "_rented": 4,
     "_lambda": 4,
     "_hyperstack": 4,
     "_vultr": 4,

@@ -115,7 +115,7 @@ def test_an_instance_answer_says_its_status_and_address() -> None:
         {"id": "a1b2", "hostname": "skyward-j-0-1", "status": "running", "ip": "1.2.3.4"}
     )
     assert found is not None
-    assert (found.id, found.hostname, found.status, found.ip) == (
+    assert (found.id, found.name, found.status, found.ip) == (
         "a1b2",
         "skyward-j-0-1",
         "running",

@@ -102,7 +102,7 @@ def test_an_instance_answer_says_its_state_and_address() -> None:
         }
     )
     assert found is not None
-    assert (found.label, found.status, found.power_status, found.ip, found.private_ip) == (
+    assert (found.name, found.status, found.power_status, found.ip, found.private_ip) == (
         "skyward-j-0-1",
         "active",
         "running",
