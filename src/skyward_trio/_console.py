@@ -238,11 +238,14 @@ class Tally:
             for i in range(event.nodes.desired):
                 self.nodes[i] = NodeView("provisioning", event.time)
         elif isinstance(event, InstanceProvisioned):
-            view = self._node(event.node, event.time)
-            view.state, view.since, view.instance_id = "provisioned", event.time, event.instance_id
             self.ledger.start(event.instance_id, event.hourly_price, event.time)
+            if not event.ahead:  # one launched ahead shows once it takes the node over
+                view = self._node(event.node, event.time)
+                view.state, view.since = "provisioned", event.time
+                view.instance_id = event.instance_id
         elif isinstance(event, BootstrapProgress):
             self._enter(event.node, _PHASES.get(event.phase, event.phase), event.time)
+            self._node(event.node, event.time).instance_id = event.instance_id
         elif isinstance(event, InstanceBootstrapped):
             self._enter(event.node, "ready", event.time)
         elif isinstance(event, InstanceReplaced):
@@ -360,8 +363,16 @@ def describe(event: Event, tally: Tally) -> list[tuple[str, str]]:
         ]
     if isinstance(event, InstanceProvisioned):
         known = tally.nodes.get(event.node)
-        what = "replacement " if known is not None and known.state == "lost" else ""
         price = f"${event.hourly_price:.2f}/h"
+        if event.ahead:
+            return [
+                (
+                    f"node {event.node}",
+                    f"replacement instance {event.instance_id} launched ahead ({price}); it "
+                    "takes over when this node goes",
+                )
+            ]
+        what = "replacement " if known is not None and known.state == "lost" else ""
         return [(f"node {event.node}", f"{what}instance {event.instance_id} provisioned ({price})")]
     if isinstance(event, ClusterProvisioned):
         return [("pool", f"{event.instances} instance(s) provisioned; starting them")]

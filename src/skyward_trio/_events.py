@@ -60,11 +60,16 @@ class ClusterRequested(Event):
 
 @attrs.frozen(kw_only=True)
 class InstanceProvisioned(Event):
-    """The provider handed out an instance for node ``node``."""
+    """The provider handed out an instance for node ``node``.
+
+    ``ahead``: launched at the node's interruption notice, while the node still serves;
+    it takes the node over once the node is lost (no second event then).
+    """
 
     node: int
     instance_id: str
     hourly_price: float
+    ahead: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -164,6 +164,15 @@ class NodePluginPlan:
     hooks: str | None = None
 
 
+@attrs.define
+class _Ahead:
+    """A node's replacement, launched at the node's interruption notice."""
+
+    done: trio.Event = attrs.Factory(trio.Event)  # set once launched, or failed
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    instance: Instance | None = None  # once up, until taken up or retired
+
+
 class Supervisor:
     """Brings nodes up, keeps them, and tears everything down."""
 
@@ -206,6 +215,9 @@ class Supervisor:
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
         self._warned: set[str] = set()  # instances whose interruption notice was emitted
+        # Replacements launched at their node's interruption notice, by index: taken up
+        # when the node is lost (_provision), retired if it never is.
+        self._ahead: dict[int, _Ahead] = {}
         options = pool.options
         self.autoscaler = Autoscaler(
             pool.nodes.desired,
@@ -261,6 +273,10 @@ class Supervisor:
                 pass
         finally:
             self._running.discard(i)
+            ahead = self._ahead.pop(i, None)
+            if ahead is not None:  # the node left for good: its replacement is not needed
+                with trio.CancelScope(shield=True):
+                    await self._drop_ahead(ahead)
 
     async def _node(self, i: int) -> bool:
         """Bring node ``i`` up and serve it until it is lost or leaves; True: run it again."""
@@ -272,19 +288,19 @@ class Supervisor:
         began = trio.current_time()
         try:
             with trio.fail_after(options.provision_timeout or 300):
-                instance = await self.cluster.provision(i)
-            self.ledger.start(instance.id, instance.hourly_price, trio.current_time())
+                instance, ahead = await self._provision(i)
             if pool._closing:  # the pool stopped (Options.max_cost) while it started
                 with trio.CancelScope(shield=True):  # bounded by shutdown_timeout
                     await self._retire(instance, None)
                 return False
             self.instances[i] = instance
-            self._emit(
-                InstanceProvisioned,
-                node=i,
-                instance_id=instance.id,
-                hourly_price=instance.hourly_price,
-            )
+            if not ahead:  # one launched ahead was announced then
+                self._emit(
+                    InstanceProvisioned,
+                    node=i,
+                    instance_id=instance.id,
+                    hourly_price=instance.hourly_price,
+                )
             self._check_provisioned()
             await self._provisioned.wait()
             phase = "ssh"
@@ -334,6 +350,62 @@ class Supervisor:
             return False
         reason = node.conn.down_reason or "the link closed"
         return await self._replace(i, instance, node.ssh, reason)
+
+    async def _provision(self, i: int) -> tuple[Instance, bool]:
+        """An instance for node ``i``, and whether it was launched ahead: the one launched
+        at its predecessor's interruption notice when that came up, else a new one. Its
+        cost counts from now (or from when it was launched ahead)."""
+        ahead = self._ahead.get(i)
+        if ahead is not None:
+            await ahead.done.wait()
+            if self._ahead.pop(i, None) is not ahead:
+                # The pool is closing: its shutdown took the replacement over and ends it;
+                # this task is cancelled next.
+                await trio.sleep_forever()
+            if ahead.instance is not None:
+                return ahead.instance, True
+        instance = await self.cluster.provision(i)
+        self.ledger.start(instance.id, instance.hourly_price, trio.current_time())
+        return instance, False
+
+    async def _launch_ahead(self, i: int, ahead: _Ahead) -> None:
+        """Launch node ``i``'s replacement now, while the node's reclaimed machine still
+        serves: the replacement is up when the node is lost, instead of only starting then.
+        It joins the pool (bootstrap, worker) once the node is lost (``_provision``); if
+        launching it fails, the replacement is launched then as usual."""
+        try:
+            with ahead.scope, trio.fail_after(self.pool.options.provision_timeout or 300):
+                instance = await self.cluster.provision(i)
+                self.ledger.start(instance.id, instance.hourly_price, trio.current_time())
+                ahead.instance = instance
+                self._emit(
+                    InstanceProvisioned,
+                    node=i,
+                    instance_id=instance.id,
+                    hourly_price=instance.hourly_price,
+                    ahead=True,
+                )
+                if self.pool._closing or self._ahead.get(i) is not ahead:  # not wanted now
+                    ahead.instance = None
+                    with trio.CancelScope(shield=True):
+                        await self._retire(instance, None)
+        except Exception as exc:
+            self._emit(
+                Error,
+                message=f"node {i}'s replacement could not be launched ahead of its "
+                f"machine's reclaim ({exc}); it is launched when the node is lost",
+                node=i,
+            )
+        finally:
+            ahead.done.set()
+
+    async def _drop_ahead(self, ahead: _Ahead) -> None:
+        """Stop a replacement launched ahead that no node takes up, and end its machine."""
+        ahead.scope.cancel()
+        await ahead.done.wait()
+        instance, ahead.instance = ahead.instance, None
+        if instance is not None:
+            await self._retire(instance, None)
 
     async def _serve(self, node: _Node) -> _Node:
         """Serve a ready node through dropped links, until its session is over for good.
@@ -500,10 +572,10 @@ class Supervisor:
         """The provider reclaims ``node``'s machine at ``at``: drain it (no call starts
         there any more; those in flight go on), and say so once per instance.
 
-        Its replacement is not started here: a node index has one instance at a time
-        (its address, its worker's config, the peers' list), so a second one would need
-        its own index. The node is retired once idle instead (``_retire_reclaimed``),
-        which starts the replacement then, without waiting for the machine to go.
+        Its replacement's machine is launched now (``_launch_ahead``), but joins the pool
+        only once the node is lost: a node index has one worker at a time (its address,
+        its worker's config, the peers' list). The node is retired once idle
+        (``_retire_reclaimed``), without waiting for the machine to go.
         """
         if node.reclaimed.is_set():
             return
@@ -518,6 +590,10 @@ class Supervisor:
                 at=at,
             )
         self.pool._notify()  # nothing new goes there; waiters look again
+        if node.index not in self._ahead and not self.pool._closing:
+            assert self._nursery is not None
+            ahead = self._ahead[node.index] = _Ahead()
+            self._nursery.start_soon(self._launch_ahead, node.index, ahead)
 
     async def _retire_reclaimed(self, node: _Node) -> None:
         """Once a reclaimed node is idle, end its session: it is lost now rather than when
@@ -992,10 +1068,17 @@ class Supervisor:
             else:
                 self._destroyed(instance)
 
+        ahead = [a for a in self._ahead.values()]
+        self._ahead.clear()
+        for launching in ahead:
+            launching.scope.cancel()  # its provision ends the machine it started
         with trio.move_on_after(pool.options.shutdown_timeout) as scope:
             async with trio.open_nursery() as nursery:
                 for instance in self.instances.values():
                     nursery.start_soon(terminate, instance)
+                for launching in ahead:
+                    if launching.instance is not None:
+                        nursery.start_soon(terminate, launching.instance)
         if scope.cancelled_caught:
             failed.append(f"timed out after {pool.options.shutdown_timeout:g} s")
         failed.extend(self.unconfirmed)

@@ -400,15 +400,19 @@ def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
         assert notice.time < notice.at <= notice.time + 120  # two minutes ahead, at most
         # Node 1 has three free slots, but new calls all go to node 0.
         assert {(_where() >> pool)["instance"] for _ in range(6)} == {placed[0]}
+        # Its replacement's machine is launched now, while it still runs the long call.
+        ahead = _launched_ahead(aws, placed)
+        assert _node_of(aws, ahead) == 1
+        assert not seen.of(sky.InstancePreempted, 1)
         gate.touch()
         assert long.result() == {"node": 1, "instance": placed[1]}
         # Idle and drained, the node is retired without waiting for its machine to go,
-        # and replaced.
+        # and replaced by the machine launched ahead.
         lost = seen.first(sky.InstancePreempted, 1)
         assert lost.instance_id == placed[1]
         assert f"aws reclaims instance {placed[1]} at " in lost.reason
         replaced = seen.first(sky.InstanceReplaced, 1)
-        assert replaced.old_instance_id == placed[1]
+        assert (replaced.old_instance_id, replaced.instance_id) == (placed[1], ahead)
         again = pool.run(_where(), target=1)
         assert again["instance"] == replaced.instance_id != placed[1]
         seen.close()
@@ -422,6 +426,53 @@ def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
     assert ("GET", 404) in statuses
     assert ("GET", 200) in statuses
     assert all(status in (200, 404) for _, status in statuses)
+
+
+def _launched_ahead(aws: FakeAWS, placed: dict[int, str]) -> str:
+    """The one machine launched besides the pool's nodes (waited for)."""
+    others: list[str] = []
+
+    def one_more() -> bool:
+        others[:] = [i for i in aws.live() if i not in placed.values()]
+        return len(others) == 1
+
+    wait_until(one_more, "a replacement launched ahead", timeout=60, every=0.05)
+    return others[0]
+
+
+def test_a_replacement_launched_ahead_that_no_node_takes_up_is_terminated(
+    aws: FakeAWS, tmp_path: Path
+) -> None:
+    """The pool closes while the warned node still serves: the machine launched to replace
+    it is terminated with the others, and counted."""
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    with _spot_pair(aws) as pool:
+        seen = _Seen(pool)
+        placed, long = _long_call(pool, gate, runs, target=1)
+        aws.warn(placed[1])
+        ahead = _launched_ahead(aws, placed)
+        wait_until(
+            lambda: (
+                [e.instance_id for e in seen.of(sky.InstanceProvisioned, 1) if e.ahead] == [ahead]
+            ),
+            "the replacement launched ahead to be up",
+            timeout=60,
+            every=0.05,
+        )
+        # The pool closes with the long call still running on node 1.
+    assert isinstance(long.exception(timeout=30), Exception)  # the pool closed under it
+    assert not aws.live()
+    wait_until(
+        lambda: any(isinstance(e, sky.ClusterDestroyed) for e in seen.events),
+        "the pool's end",
+        timeout=30,
+        every=0.05,
+    )
+    ended = {e.instance_id for e in seen.events if isinstance(e, sky.InstanceDestroyed)}
+    assert ahead in ended
+    (destroyed,) = [e for e in seen.events if isinstance(e, sky.ClusterDestroyed)]
+    assert destroyed.instances == 3  # the machine launched ahead is billed, and counted
+    seen.close()
 
 
 def test_a_call_the_reclaimed_machine_takes_with_it_is_sent_again_once(

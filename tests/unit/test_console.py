@@ -324,3 +324,32 @@ def test_rich_shows_a_draining_node_and_minimal_prints_the_notice() -> None:
     text = console.export_text()
     assert "node 1  AWS reclaims spot instance i-1b at " in text
     assert "1/2 nodes ready" in text
+
+
+def test_a_replacement_launched_ahead_bills_at_once_and_shows_when_it_takes_over() -> None:
+    tally = Tally()
+    _feed(tally, *RECLAIMED)
+    ahead = st.InstanceProvisioned(
+        job_id=JOB, time=4.0, node=1, instance_id="i-1c", hourly_price=3.6, ahead=True
+    )
+    assert _feed(tally, ahead) == [
+        (
+            "node 1",
+            "replacement instance i-1c launched ahead ($3.60/h); it takes over when this node goes",
+        )
+    ]
+    node = tally.nodes[1]
+    assert (node.state, node.instance_id) == ("draining", "i-1b")  # the old one still serves
+    assert tally.ledger.cost(3604.0) == pytest.approx(3.6)  # billed from its launch
+    _feed(
+        tally,
+        st.InstancePreempted(job_id=JOB, time=5.0, node=1, instance_id="i-1b", reason="retired"),
+        st.InstanceDestroyed(job_id=JOB, time=5.0, node=1, instance_id="i-1b"),
+        st.BootstrapProgress(job_id=JOB, time=6.0, node=1, instance_id="i-1c", phase="ssh"),
+    )
+    assert tally.nodes[1].instance_id == "i-1c"
+    _feed(
+        tally,
+        st.InstanceBootstrapped(job_id=JOB, time=7.0, node=1, instance_id="i-1c", seconds=3.0),
+    )
+    assert (tally.nodes[1].state, tally.ready) == ("ready", 2)
