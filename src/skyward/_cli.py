@@ -399,6 +399,14 @@ def _keyed(spec: Any) -> Any:
             )
         except ValueError:
             pass
+    if hasattr(provider, "secret_key") and None in (provider.secret_key, provider.project_id):
+        try:  # sky.Scaleway: a secret key and the Project's id
+            secret, project = provider.resolved_credentials()
+            spec = attrs.evolve(
+                spec, provider=attrs.evolve(provider, secret_key=secret, project_id=project)
+            )
+        except ValueError:
+            pass
     volumes = tuple(_volume_keyed(volume) for volume in spec.volumes)
     return attrs.evolve(spec, volumes=volumes) if volumes != spec.volumes else spec
 

@@ -26,6 +26,7 @@ enforces it):
    ``_vastai`` (``sky.VastAI``), ``_rented`` (what the clouds below share),
    ``_lambda`` (``sky.Lambda``), ``_hyperstack``
    (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_verda`` (``sky.Verda``),
+   ``_scaleway`` (``sky.Scaleway``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -105,6 +106,7 @@ from ._model import (
     PipIndex,
     ProviderConfig,
     RunPod,
+    Scaleway,
     Spec,
     SSHHost,
     VastAI,
@@ -192,6 +194,7 @@ __all__ = [
     "ResultStream",
     "RunPod",
     "SSHHost",
+    "Scaleway",
     "SerializationError",
     "ServerError",
     "Session",

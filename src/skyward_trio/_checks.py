@@ -32,6 +32,7 @@ from ._model import (
     Lambda,
     Local,
     RunPod,
+    Scaleway,
     Spec,
     VastAI,
     Verda,
@@ -84,6 +85,8 @@ def check_spec(spec: Spec) -> None:
         _vultr(spec)
     if isinstance(spec.provider, Verda):
         _verda(spec)
+    if isinstance(spec.provider, Scaleway):
+        _scaleway(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -180,7 +183,8 @@ def _image(spec: Spec) -> None:
             )
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
     if isinstance(
-        spec.provider, SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda
+        spec.provider,
+        SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda | Scaleway,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -315,4 +319,17 @@ def _verda(spec: Spec) -> None:
             " (its CPU instance types are not supported yet)",
         ),
         "Verda rents whole GPUs",
+    )
+
+
+def _scaleway(spec: Spec) -> None:
+    """Scaleway rents GPU Instances by whole GPUs."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.Scaleway() rents GPU Instances",
+            "L4",
+            " (its CPU Instance types are not supported yet)",
+        ),
+        "Scaleway rents whole GPUs",
     )

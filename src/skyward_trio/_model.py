@@ -65,6 +65,7 @@ __all__ = [
     "PipIndex",
     "ProviderConfig",
     "SSHHost",
+    "Scaleway",
     "SelectionStrategy",
     "SkywardSource",
     "Spec",
@@ -1115,6 +1116,134 @@ class Verda(ProviderConfig):
         return found[0], found[1]
 
 
+#: Where ``sky.Scaleway`` reads its secret key and its Project when none are passed.
+SCW_SECRET_KEY_ENV = "SCW_SECRET_KEY"
+SCW_DEFAULT_PROJECT_ID_ENV = "SCW_DEFAULT_PROJECT_ID"
+
+#: ``sky.Scaleway``'s image: Scaleway's Ubuntu 24.04 "GPU OS" (NVIDIA driver, CUDA,
+#: Docker), by its marketplace label.
+DEFAULT_SCALEWAY_IMAGE = "ubuntu_noble_gpu_os_13_nvidia"
+
+# A Scaleway zone: fr-par-1, nl-ams-1, pl-waw-2, ...
+_SCALEWAY_ZONE = re.compile(r"[a-z]{2}-[a-z]{3}-\d")
+# A Project's id is a UUID.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@attrs.frozen(kw_only=True)
+class Scaleway(ProviderConfig):
+    """GPU Instances rented from Scaleway, through its Instance API.
+
+    Each node is one GPU Instance of the cheapest commercial type with the spec's GPUs
+    (``L4-1-24G``, ``H100-1-80G``...) in a zone whose availability does not say
+    ``shortage`` (the next zone, then the next type, when Scaleway has none left). The
+    pool's public key is registered as the Project's SSH key ``skyward-<job>`` (Scaleway's
+    images install the Project's keys at boot) and a host key made for the Instance
+    travels in its cloud-init user data, so the client knows the host key before it
+    connects. Instances are terminated, their block volumes deleted and the SSH key with
+    them when the pool closes. An Instance whose client vanished is NOT ended by itself
+    (Scaleway gives an Instance no credential of its own, and a powered-off Instance still
+    bills its volumes and IP): see docs/providers.md.
+
+    Attributes:
+        secret_key: Your API key's secret key; None reads ``SCW_SECRET_KEY``. It is sent
+            only in the ``X-Auth-Token`` header and never appears in reprs, logs or events.
+        project_id: The Project Instances and the SSH key are made in; None reads
+            ``SCW_DEFAULT_PROJECT_ID``.
+        zone: The zone Instances are created in (``"fr-par-2"``); None: any of Scaleway's
+            GPU zones that has the type.
+        image: The image Instances boot, by its marketplace label or id.
+        username: Who the client logs in as: ``root`` on Scaleway's images.
+        api_url: The API's base URL.
+    """
+
+    secret_key: str | None = attrs.field(default=None, repr=False)
+    project_id: str | None = None
+    zone: str | None = None
+    image: str = DEFAULT_SCALEWAY_IMAGE
+    username: str = "root"
+    api_url: str = "https://api.scaleway.com"
+
+    def __attrs_post_init__(self) -> None:
+        if self.secret_key is not None and (
+            not isinstance(self.secret_key, str) or not self.secret_key
+        ):
+            # The value is not echoed: it is a credential.
+            raise ValueError(
+                "Scaleway(secret_key=...): must be a non-empty string. Pass "
+                f"secret_key=os.environ['{SCW_SECRET_KEY_ENV}'], or leave it None to read "
+                f"{SCW_SECRET_KEY_ENV}."
+            )
+        if self.project_id is not None:
+            _check_project(self.project_id, "the argument")
+        if self.zone is not None:
+            fix = "Pass e.g. zone='fr-par-2', or None for any GPU zone that has the type."
+            _check_str("Scaleway", "zone", self.zone, fix=fix)
+            if _SCALEWAY_ZONE.fullmatch(self.zone) is None:
+                raise ValueError(
+                    f"Scaleway(zone={self.zone!r}): not a zone (region and number, lower "
+                    f"case, as Scaleway writes them). {fix}"
+                )
+        image_fix = f"Pass an image's label or id, e.g. image={DEFAULT_SCALEWAY_IMAGE!r}."
+        _check_str("Scaleway", "image", self.image, fix=image_fix)
+        user_fix = "Pass the image's login name, e.g. username='root' (the default)."
+        _check_login("Scaleway", "username", self.username, fix=user_fix)
+        _check_url(
+            "Scaleway",
+            "api_url",
+            self.api_url,
+            fix="Pass e.g. api_url='https://api.scaleway.com'.",
+        )
+
+    def resolved_credentials(self) -> tuple[str, str]:
+        """The secret key and the Project's id: those given, else ``SCW_SECRET_KEY`` and
+        ``SCW_DEFAULT_PROJECT_ID``.
+
+        Raises:
+            ValueError: One is missing (or the Project's id is not one), saying how to fix it.
+        """
+        secret = self.secret_key or os.environ.get(SCW_SECRET_KEY_ENV, "")
+        if not secret:
+            raise ValueError(
+                f"sky.Scaleway(): no secret key: {SCW_SECRET_KEY_ENV} is not set and "
+                "secret_key= was not given. Create an API key at "
+                "https://console.scaleway.com/iam/api-keys and export "
+                f"{SCW_SECRET_KEY_ENV}=..., or pass sky.Scaleway(secret_key=...)."
+            )
+        project = self.project_id or os.environ.get(SCW_DEFAULT_PROJECT_ID_ENV, "")
+        if not project:
+            raise ValueError(
+                f"sky.Scaleway(): no Project: {SCW_DEFAULT_PROJECT_ID_ENV} is not set and "
+                "project_id= was not given. Copy your Project's id from "
+                "https://console.scaleway.com/project/settings and export "
+                f"{SCW_DEFAULT_PROJECT_ID_ENV}=..., or pass sky.Scaleway(project_id=...)."
+            )
+        _check_project(project, SCW_DEFAULT_PROJECT_ID_ENV)
+        return secret, project
+
+    def resolved_api_key(self) -> str:
+        """The secret key (see :meth:`resolved_credentials`).
+
+        Raises:
+            ValueError: It or the Project is missing, saying how to set it.
+        """
+        return self.resolved_credentials()[0]
+
+
+def _check_project(project: object, source: str) -> None:
+    fix = (
+        "Pass the id of a Project (a UUID, from https://console.scaleway.com/project/settings), "
+        f"or leave project_id None to read {SCW_DEFAULT_PROJECT_ID_ENV}."
+    )
+    _check_str("Scaleway", "project_id", project, fix=fix)
+    assert isinstance(project, str)
+    if _UUID.fullmatch(project) is None:
+        raise ValueError(
+            f"Scaleway(project_id={project!r}) (from {source}): not a Project id (a "
+            f"lower-case UUID). {fix}"
+        )
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -1217,6 +1346,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "hyperstack": Hyperstack,
     "vultr": Vultr,
     "verda": Verda,
+    "scaleway": Scaleway,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

@@ -37,6 +37,7 @@ from ._model import (
     Local,
     ProviderConfig,
     RunPod,
+    Scaleway,
     VastAI,
     Verda,
     Vultr,
@@ -175,10 +176,15 @@ async def open_cluster(
         from ._verda import VerdaCluster  # it builds on this module's Instance
 
         return VerdaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, Scaleway):
+        from ._scaleway import ScalewayCluster  # it builds on this module's Instance
+
+        return ScalewayCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
-        "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr() or sky.Verda() "
+        "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda() "
+        "or sky.Scaleway() "
         "(see the README's 'not yet' list)"
     )
 
@@ -250,6 +256,12 @@ async def offers(
         from ._verda import catalog as verda_catalog
 
         return await verda_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, Scaleway):
+        from ._scaleway import catalog as scaleway_catalog
+
+        return await scaleway_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

@@ -31,6 +31,7 @@ from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
 from fake_hyperstack import FakeHyperstack, need_fake_hyperstack
 from fake_lambda import FakeLambda, need_fake_lambda
 from fake_runpod import FakeRunPod
+from fake_scaleway import FakeScaleway, need_fake_scaleway
 from fake_vastai import FakeVastAI, need_fake_vastai
 from fake_verda import FakeVerda, need_fake_verda
 from fake_vultr import FakeVultr, need_fake_vultr
@@ -245,6 +246,14 @@ def fake_verda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVerda]:
     """One fake Verda for a module (its uv cache is shared by the machines)."""
     need_fake_verda()
     with FakeVerda(root=tmp_path_factory.mktemp("verda")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_scaleway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeScaleway]:
+    """One fake Scaleway for a module (its uv cache is shared by the machines)."""
+    need_fake_scaleway()
+    with FakeScaleway(root=tmp_path_factory.mktemp("scaleway")) as api:
         yield api
 
 

@@ -63,6 +63,7 @@ LAYERS = {
     "_hyperstack": 4,
     "_vultr": 4,
     "_verda": 4,
+    "_scaleway": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
