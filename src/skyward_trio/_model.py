@@ -605,6 +605,8 @@ DEFAULT_RUNPOD_IMAGE = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubunt
 
 #: Where ``sky.RunPod`` reads its API key when none is passed.
 RUNPOD_API_KEY_ENV = "RUNPOD_API_KEY"
+# A RunPod data centre's id: EU-RO-1, US-KS-2, EUR-IS-1, CA-MTL-3, ...
+_RUNPOD_DATA_CENTER = re.compile(r"[A-Z]{2,4}-[A-Z]{2,4}-[0-9]+")
 
 _HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 
@@ -657,6 +659,12 @@ class RunPod(ProviderConfig):
             its community cloud; cheaper, less reliable; GPU pods only: RunPod prices its
             CPU pods in the secure cloud alone).
         container_disk_gb: The pod's disk in GB when the spec sets no ``disk_gb``.
+        data_center_ids: The data centres pods may run in (``["EU-RO-1", "US-KS-2"]``),
+            tried in this order; None: any with capacity.
+        network_volume_id: A network volume of yours (its id on RunPod's Storage page)
+            mounted on every pod at ``volume_mount_path``; pods then run in its data
+            centre, which must be one of ``data_center_ids`` when those are given.
+        volume_mount_path: Where the network volume is mounted in each pod.
         api_url: The REST API's base URL (pods).
         graphql_url: The GraphQL API's URL (GPU types and their prices).
         catalog_url: The REST API v2's base URL (CPU flavors and their prices).
@@ -666,6 +674,11 @@ class RunPod(ProviderConfig):
     container_image: str | DockerImage = DEFAULT_RUNPOD_IMAGE
     cloud_type: Literal["secure", "community"] = "secure"
     container_disk_gb: int = 50
+    data_center_ids: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_str_tuple)
+    )
+    network_volume_id: str | None = None
+    volume_mount_path: str = "/workspace"
     api_url: str = "https://rest.runpod.io/v1"
     graphql_url: str = "https://api.runpod.io/graphql"
     catalog_url: str = "https://api.runpod.io/v2"
@@ -685,6 +698,28 @@ class RunPod(ProviderConfig):
             low=1,
             fix="Pass whole GB, e.g. container_disk_gb=50.",
         )
+        if self.data_center_ids is not None:
+            _check_strings("RunPod", "data_center_ids", self.data_center_ids, example='["EU-RO-1"]')
+            for dc in self.data_center_ids:
+                if _RUNPOD_DATA_CENTER.fullmatch(dc) is None:
+                    raise ValueError(
+                        f"RunPod(data_center_ids=...): {dc!r} is not a data centre id; pass "
+                        "ids as RunPod's console lists them, e.g. ['EU-RO-1', 'US-KS-2']."
+                    )
+            if not self.data_center_ids:
+                raise ValueError(
+                    "RunPod(data_center_ids=[]): no data centre could run a pod. Pass one "
+                    "or more, e.g. ['EU-RO-1'], or None for any."
+                )
+        if self.network_volume_id is not None:
+            fix = "Pass the volume's id from RunPod's console (Storage), e.g. 'a1b2c3d4e5'."
+            _check_str("RunPod", "network_volume_id", self.network_volume_id, fix=fix)
+        fix = "Pass an absolute path in the pod, e.g. volume_mount_path='/workspace'."
+        _check_str("RunPod", "volume_mount_path", self.volume_mount_path, fix=fix)
+        if not self.volume_mount_path.startswith("/"):
+            raise ValueError(
+                f"RunPod(volume_mount_path={self.volume_mount_path!r}): not an absolute path. {fix}"
+            )
         for name in ("api_url", "graphql_url", "catalog_url"):
             default = attrs.fields_dict(RunPod)[name].default
             fix = f"Pass the API's URL, e.g. {name}={default!r}."

@@ -335,6 +335,8 @@ class RunPodCluster:
         self._api = _API(config)
         self._serial = 0
         self._live: set[str] = set()  # pod ids created and not yet confirmed gone
+        self._placement_lock = trio.Lock()
+        self._placement: dict[str, Any] | None = None  # where pods go: asked once per pool
 
     @property
     def _prefix(self) -> str:
@@ -380,11 +382,59 @@ class RunPodCluster:
             "interruptible": self._choice.spot,
         }
 
+    async def _placed(self) -> dict[str, Any]:
+        """The create's data centres and network volume (RunPod(data_center_ids=...,
+        network_volume_id=...)): the volume is looked up once per pool, and pods go to its
+        data centre."""
+        config = self.config
+        async with self._placement_lock:
+            if self._placement is None:
+                placement: dict[str, Any] = {}
+                if config.data_center_ids is not None:
+                    # In the order given: "custom" tries them so, not by availability.
+                    placement["dataCenterIds"] = list(config.data_center_ids)
+                    placement["dataCenterPriority"] = "custom"
+                if config.network_volume_id is not None:
+                    home = await self._volume_data_center(config.network_volume_id)
+                    placement |= {
+                        "networkVolumeId": config.network_volume_id,
+                        "volumeMountPath": config.volume_mount_path,
+                        "dataCenterIds": [home],
+                    }
+                self._placement = placement
+            return self._placement
+
+    async def _volume_data_center(self, volume_id: str) -> str:
+        """The data centre of network volume ``volume_id``, which pods must run in."""
+        response = await self._api.request("GET", f"/networkvolumes/{volume_id}")
+        body = response_json(response)
+        home = body.get("dataCenterId") if isinstance(body, dict) else None
+        if response.status_code == 404:
+            raise RunPodError(
+                f"RunPod has no network volume {volume_id!r} in this account; check "
+                "RunPod(network_volume_id=...) against the console's Storage page"
+            )
+        if response.status_code != 200 or not isinstance(home, str) or not home:
+            raise RunPodError(
+                f"RunPod did not say where network volume {volume_id!r} is "
+                f"({response.status_code}: {_describe_failure(response)})"
+            )
+        allowed = self.config.data_center_ids
+        if allowed is not None and home not in allowed:
+            raise RunPodError(
+                f"RunPod's network volume {volume_id!r} is in data centre {home}, not one of "
+                f"data_center_ids={list(allowed)}: a pod mounts a volume only in the volume's "
+                f"data centre. Add {home!r} to data_center_ids, or pass None"
+            )
+        return home
+
     async def provision(self, node: int) -> Instance:
         """Create a pod, wait for its SSH port, pin its host key and learn its home."""
+        placement = await self._placed()
         self._serial += 1
         name = f"{self._prefix}{node}-{self._serial}"
-        response = await self._api.request("POST", "/pods", json=self._body(name))
+        body = self._body(name) | placement
+        response = await self._api.request("POST", "/pods", json=body)
         if response.status_code not in (200, 201):
             raise RunPodError(
                 f"RunPod did not create a pod of {self._what} ({response.status_code}: "

@@ -29,7 +29,11 @@ Assumed, not documented by RunPod (``docs/providers.md`` lists what to verify): 
 ``vcpuCount`` is a power of two inside its flavor's ``vcpu`` range (the catalog documents
 that for its availability filter); CPU pods are secure cloud only and never interruptible
 (RunPod prices them nowhere else; a COMMUNITY or interruptible CPU create is a 400 here);
-``cpuFlavorPriority`` either way tries the flavors in the order given.
+``cpuFlavorPriority`` either way tries the flavors in the order given. Data centres
+(``DATA_CENTERS``; ``full_data_centers`` have no capacity) are tried in the order of a
+create's ``dataCenterIds``; a create with ``networkVolumeId`` lands in the volume's data
+centre (``add_network_volume``), and one whose ``dataCenterIds`` leave it out is a 400. The
+fake records where a pod runs and which volume it mounts; it mounts nothing.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ NO_INSTANCES = (
 )
 SOMETHING_WENT_WRONG = "create pod: Something went wrong. Please try again later."
 FIRST_POD_ADDRESS = 100  # 127.0.0.100; sky.Local nodes use 127.0.0.2 upward
+#: The data centres of the fake, each with capacity unless named in ``full_data_centers``.
+DATA_CENTERS = ("EU-RO-1", "US-KS-2", "US-GA-1")
 
 DEFAULT_GPU_TYPES: tuple[dict[str, Any], ...] = (
     {
@@ -232,6 +238,7 @@ class FakePod:
     cost_per_hr: float
     key: str  # the pod-scoped API key in its RUNPOD_API_KEY
     ready_at: float  # time.monotonic() after which GET shows its address
+    data_center: str  # where it runs
     status: str = "RUNNING"  # desiredStatus: RUNNING, EXITED, or TERMINATED once deleted
     deleted: bool = False
     running: bool = True
@@ -269,6 +276,8 @@ class FakeRunPod(FakeCloud):
         self.start_delay = start_delay
         self.requests: list[Recorded] = []
         self.pods: dict[str, FakePod] = {}
+        self.full_data_centers: set[str] = set()  # no pod starts there
+        self.network_volumes: dict[str, dict[str, Any]] = {}
         self._failures: list[tuple[int, str]] = []
         self._next_address = FIRST_POD_ADDRESS
         url = self._listen(self._serve, "fake-runpod")
@@ -303,6 +312,20 @@ class FakeRunPod(FakeCloud):
             running, pod.running = pod.running, False
         if running:
             self._end(pod, abrupt=True)
+
+    def add_network_volume(self, name: str, data_center: str, size: int = 100) -> str:
+        """A network volume of the account, in ``data_center``: its id."""
+        volume_id = "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10)
+        )
+        with self._lock:
+            self.network_volumes[volume_id] = {
+                "id": volume_id,
+                "name": name,
+                "size": size,
+                "dataCenterId": data_center,
+            }
+        return volume_id
 
     def fail_creates(self, n: int, status: int = 500, message: str = SOMETHING_WENT_WRONG) -> None:
         """The next ``n`` creates with a valid body fail with ``status`` and ``message``."""
@@ -355,6 +378,12 @@ class FakeRunPod(FakeCloud):
                 return _Answer(400, {"error": "body: not JSON"})
             if action == "create":
                 return self._create(body)
+            if action == "volume":
+                with self._lock:
+                    volume = self.network_volumes.get(pod_id)
+                    if volume is None:
+                        return _Answer(404, {"error": "network volume not found"})
+                    return _Answer(200, dict(volume))
             if action == "cpus":
                 with self._lock:
                     return _Answer(200, {"cpus": [dict(cpu) for cpu in self.cpu_types]})
@@ -398,19 +427,53 @@ class FakeRunPod(FakeCloud):
                 problem = _cpu_body_problem(body, {flavor["id"] for flavor in self.cpu_types})
             else:
                 problem = _body_problem(body, {gpu["id"] for gpu in self.gpu_types})
+            if problem is None:
+                problem = self._placement_problem(body)
             if problem is not None:
                 return _Answer(400, {"error": problem})
             if self._failures:
                 status, message = self._failures.pop(0)
                 return _Answer(status, {"error": message})
             chosen = self._choose_cpu(body) if cpu else self._choose(body)
-            if chosen is None:
+            data_center = self._data_center(body)
+            if chosen is None or data_center is None:
                 return _Answer(500, {"error": NO_INSTANCES})
             kind, cost = chosen
-            pod = self._start_pod(body, kind, cost, cpu=cpu)
+            pod = self._start_pod(body, kind, cost, cpu=cpu, data_center=data_center)
             self.capacity[kind] -= 1
             self.pods[pod.id] = pod
             return _Answer(201, self._pod_json(pod))
+
+    def _placement_problem(self, body: dict[str, Any]) -> str | None:
+        """What is wrong with a create's data centres and network volume; None if nothing."""
+        for dc in body.get("dataCenterIds", []):
+            if dc not in DATA_CENTERS:
+                return f"dataCenterIds: unknown data center {dc!r}"
+        volume_id = body.get("networkVolumeId")
+        if volume_id is None:
+            if "volumeMountPath" in body:
+                return "volumeMountPath: given without networkVolumeId"
+            return None
+        volume = self.network_volumes.get(volume_id)
+        if volume is None:
+            return f"networkVolumeId: no network volume {volume_id!r}"
+        listed = body.get("dataCenterIds")
+        if listed is not None and volume["dataCenterId"] not in listed:
+            return (
+                f"networkVolumeId: network volume {volume_id!r} is in "
+                f"{volume['dataCenterId']}, not in dataCenterIds"
+            )
+        return None
+
+    def _data_center(self, body: dict[str, Any]) -> str | None:
+        """Where a pod of the create starts: its network volume's data centre, else the
+        first of its ``dataCenterIds`` (any, without them) with capacity; None: none has."""
+        volume = self.network_volumes.get(body.get("networkVolumeId", ""))
+        if volume is not None:
+            candidates = [volume["dataCenterId"]]
+        else:
+            candidates = list(body.get("dataCenterIds", DATA_CENTERS))
+        return next((dc for dc in candidates if dc not in self.full_data_centers), None)
 
     def _choose(self, body: dict[str, Any]) -> tuple[str, float] | None:
         """The first of the create's GPU types that can start a pod, and its cost per hour."""
@@ -450,7 +513,9 @@ class FakeRunPod(FakeCloud):
                 return flavor_id, round(flavor["price"]["securePerVcpu"] * vcpus, 4)
         return None
 
-    def _start_pod(self, body: dict[str, Any], kind: str, cost: float, *, cpu: bool) -> FakePod:
+    def _start_pod(
+        self, body: dict[str, Any], kind: str, cost: float, *, cpu: bool, data_center: str
+    ) -> FakePod:
         number = free_ssh_address("127.0.0", self._next_address)
         address = f"127.0.0.{number}"
         self._next_address = number + 1
@@ -490,6 +555,7 @@ class FakeRunPod(FakeCloud):
             cost_per_hr=cost,
             key=key,
             ready_at=time.monotonic() + self.start_delay,
+            data_center=data_center,
         )
 
     def _list(self, query: dict[str, list[str]]) -> _Answer:
@@ -593,6 +659,8 @@ def _route(method: str, path: str) -> tuple[str, str] | None:
         return "graphql", ""
     if parts == ["v2", "catalog", "cpus"] and method == "GET":
         return "cpus", ""
+    if len(parts) == 3 and parts[:2] == ["v1", "networkvolumes"] and method == "GET":
+        return "volume", parts[2]
     if parts[:2] != ["v1", "pods"]:
         return None
     routes = {
@@ -621,6 +689,9 @@ _CREATE_FIELDS = {
     "containerDiskInGb",
     "supportPublicIp",
     "dataCenterIds",
+    "dataCenterPriority",
+    "networkVolumeId",
+    "volumeMountPath",
     "computeType",
 }
 
@@ -649,6 +720,9 @@ def _body_problem(body: Any, gpu_type_ids: set[str]) -> str | None:
         ("env", _is_text_map, "an object of string values"),
         ("containerDiskInGb", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         ("dataCenterIds", _is_list_of_text, "a list of strings"),
+        ("dataCenterPriority", lambda v: v in _PRIORITIES, '"availability" or "custom"'),
+        ("networkVolumeId", _is_text, "a non-empty string"),
+        ("volumeMountPath", lambda v: _is_text(v) and v.startswith("/"), "an absolute path"),
     ]
     for field, check, expected in checks:
         if field in body and not check(body[field]):
@@ -672,7 +746,13 @@ _CPU_CREATE_FIELDS = {
     "containerDiskInGb",
     "supportPublicIp",
     "dataCenterIds",
+    "dataCenterPriority",
+    "networkVolumeId",
+    "volumeMountPath",
 }
+
+
+_PRIORITIES = ("availability", "custom")
 
 
 def _is_power_of_two(value: Any) -> bool:
@@ -709,6 +789,9 @@ def _cpu_body_problem(body: dict[str, Any], flavor_ids: set[str]) -> str | None:
         ("env", _is_text_map, "an object of string values"),
         ("containerDiskInGb", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         ("dataCenterIds", _is_list_of_text, "a list of strings"),
+        ("dataCenterPriority", lambda v: v in _PRIORITIES, '"availability" or "custom"'),
+        ("networkVolumeId", _is_text, "a non-empty string"),
+        ("volumeMountPath", lambda v: _is_text(v) and v.startswith("/"), "an absolute path"),
     ]
     for field, check, expected in checks:
         if field in body and not check(body[field]):

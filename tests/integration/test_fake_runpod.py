@@ -576,3 +576,47 @@ def test_the_v2_catalog_lists_cpu_flavors_to_the_api_key_only(fake_runpod: FakeR
     assert (refused.status_code, refused.json()) == (401, {"error": "unauthorized"})
     other = _call(api, "GET", f"{api.catalog_url}/catalog/gpus")
     assert other.status_code == 404
+
+
+def test_data_centres_and_network_volumes_place_a_pod(fake_runpod: FakeRunPod, key: Path) -> None:
+    api = fake_runpod
+    volume = api.add_network_volume("datasets", "US-KS-2")
+    found = _call(api, "GET", f"{api.rest_url}/networkvolumes/{volume}")
+    assert found.json() == {
+        "id": volume,
+        "name": "datasets",
+        "size": 100,
+        "dataCenterId": "US-KS-2",
+    }
+    missing = _call(api, "GET", f"{api.rest_url}/networkvolumes/nosuchvolume")
+    assert missing.status_code == 404
+    assert _call(api, "GET", f"{api.rest_url}/networkvolumes/{volume}", key=None).status_code == 401
+    refused = [
+        ({"dataCenterIds": ["XX-YY-9"]}, "dataCenterIds: unknown data center 'XX-YY-9'"),
+        ({"networkVolumeId": "nosuchvolume"}, "networkVolumeId: no network volume"),
+        (
+            {"networkVolumeId": volume, "dataCenterIds": ["EU-RO-1"]},
+            f"networkVolumeId: network volume {volume!r} is in US-KS-2",
+        ),
+        ({"volumeMountPath": "/data"}, "volumeMountPath: given without networkVolumeId"),
+        ({"networkVolumeId": volume, "volumeMountPath": "data"}, "volumeMountPath: expected"),
+        ({"dataCenterPriority": "cheapest"}, "dataCenterPriority: expected"),
+    ]
+    for fields, error in refused:
+        response = _call(api, "POST", f"{api.rest_url}/pods", body=_body(None, **fields))
+        assert response.status_code == 400, fields
+        assert response.json()["error"].startswith(error)
+    api.full_data_centers.add("EU-RO-1")
+    try:
+        ordered = _body(key, dataCenterIds=["EU-RO-1", "US-GA-1"], dataCenterPriority="custom")
+        _create(api, ordered)
+        (first,) = api.live()
+        assert first.data_center == "US-GA-1"  # the first given with capacity
+        _create(api, _body(key, networkVolumeId=volume, volumeMountPath="/data"))
+        assert api.live()[1].data_center == "US-KS-2"  # the volume's
+        none_left = _body(key, dataCenterIds=["EU-RO-1"])
+        response = _call(api, "POST", f"{api.rest_url}/pods", body=none_left)
+        assert (response.status_code, response.json()) == (500, {"error": NO_INSTANCES})
+    finally:
+        api.full_data_centers.clear()
+    assert len(api.live()) == 2

@@ -455,3 +455,75 @@ def test_a_cpu_spec_runpod_cannot_meet_is_refused_before_any_pod(runpod: FakeRun
         assert said in str(raised.value)
     after = [r for r in runpod.requests if r.method == "POST" and r.path.endswith("/pods")]
     assert after == creates
+
+
+def test_pods_run_in_the_first_data_centre_given_with_capacity(runpod: FakeRunPod) -> None:
+    runpod.full_data_centers.add("EU-RO-1")
+    try:
+        with sky.Compute(
+            provider=provider(runpod, data_center_ids=["EU-RO-1", "US-GA-1"]),
+            accelerator=A.RTX_4090(),
+            options=QUIET,
+        ) as pool:
+            assert _square(4) >> pool == 16
+            (pod,) = runpod.live()
+    finally:
+        runpod.full_data_centers.clear()
+    assert pod.body["dataCenterIds"] == ["EU-RO-1", "US-GA-1"]
+    assert pod.body["dataCenterPriority"] == "custom"  # in the order given
+    assert pod.data_center == "US-GA-1"
+    assert not runpod.live()
+
+
+def test_a_network_volume_puts_every_pod_in_its_data_centre_mounted_where_asked(
+    runpod: FakeRunPod,
+) -> None:
+    volume = runpod.add_network_volume("datasets", "US-KS-2")
+    asked = len(runpod.requests)
+    with sky.Compute(
+        provider=provider(runpod, network_volume_id=volume, volume_mount_path="/data"),
+        accelerator=A.RTX_4090(),
+        nodes=2,
+        options=QUIET,
+    ) as pool:
+        assert [r["node"] for r in _where() @ pool] == [0, 1]
+        pods = runpod.live()
+    looked_up = [r for r in runpod.requests[asked:] if "/networkvolumes/" in r.path]
+    assert len(looked_up) == 1  # once for the pool, not once per pod
+    assert len(pods) == 2
+    for pod in pods:
+        assert (pod.body["networkVolumeId"], pod.body["volumeMountPath"]) == (volume, "/data")
+        assert pod.data_center == "US-KS-2"
+    assert not runpod.live()
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        (
+            {"network_volume_id": "nosuchvolume"},
+            "RunPod has no network volume 'nosuchvolume' in this account",
+        ),
+        (
+            {"network_volume_id": "VOLUME", "data_center_ids": ["EU-RO-1"]},
+            r"is in data centre US-KS-2, not one of data_center_ids=\['EU-RO-1'\].*Add "
+            "'US-KS-2' to data_center_ids",
+        ),
+    ],
+)
+def test_a_network_volume_no_pod_could_mount_is_refused_before_any_pod(
+    runpod: FakeRunPod, fields: dict[str, Any], said: str
+) -> None:
+    if fields["network_volume_id"] == "VOLUME":
+        fields = fields | {"network_volume_id": runpod.add_network_volume("ckpt", "US-KS-2")}
+    created = len(runpod.pods)
+    with (
+        pytest.raises(sky.ProvisionError, match=said),
+        sky.Compute(
+            provider=provider(runpod, **fields),
+            accelerator=A.RTX_4090(),
+            options=sky.Options(console="silent", max_provision_attempts=1),
+        ),
+    ):
+        pytest.fail("a pool came up with a volume no pod could mount")
+    assert len(runpod.pods) == created

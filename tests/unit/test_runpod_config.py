@@ -78,6 +78,11 @@ def test_the_key_comes_from_the_environment_or_a_clear_error(
         ({"api_url": "rest.runpod.io"}, ValueError, "not an http"),
         ({"graphql_url": ""}, ValueError, "graphql_url"),
         ({"catalog_url": "api.runpod.io/v2"}, ValueError, "catalog_url='https://api.runpod.io/v2'"),
+        ({"data_center_ids": "EU-RO-1"}, TypeError, r"data_center_ids=\["),
+        ({"data_center_ids": ["eu-ro-1"]}, ValueError, "not a data centre id.*'EU-RO-1'"),
+        ({"data_center_ids": []}, ValueError, "or None for any"),
+        ({"network_volume_id": ""}, ValueError, "Storage"),
+        ({"volume_mount_path": "data"}, ValueError, "volume_mount_path='/workspace'"),
     ],
 )
 def test_bad_settings_name_the_argument_and_the_fix(
@@ -85,6 +90,12 @@ def test_bad_settings_name_the_argument_and_the_fix(
 ) -> None:
     with pytest.raises(error, match=match):
         sky.RunPod(**kwargs)  # type: ignore[arg-type]
+
+
+def test_data_centres_and_a_network_volume_are_taken_as_given() -> None:
+    provider = sky.RunPod(data_center_ids=["EUR-IS-1", "US-KS-2"], network_volume_id="a1b2c3")
+    assert provider.data_center_ids == ("EUR-IS-1", "US-KS-2")
+    assert (provider.network_volume_id, provider.volume_mount_path) == ("a1b2c3", "/workspace")
 
 
 def test_the_image_takes_the_clients_python_version() -> None:
