@@ -243,6 +243,17 @@ class MachineCloud(FakeCloud, Generic[K, R], abc.ABC):
         if running:
             self._end(record, abrupt=abrupt)
 
+    def _kill(self, machine_id: K, mark: Callable[[R], None]) -> None:
+        """The machine dies at once (every process killed); ``mark`` shows its record as the
+        API shows a machine killed (it raises ``ValueError`` for one that has ended)."""
+
+        def die() -> R:
+            record = self._records()[machine_id]
+            mark(record)
+            return record
+
+        self._end_now(die, abrupt=True)
+
     def _marker_env(self, machine_id: object) -> dict[str, str]:
         """The variable that marks a machine's processes, for its environment."""
         return {self.marker: self._mark(machine_id)}

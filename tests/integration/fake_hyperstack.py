@@ -235,15 +235,7 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
     def kill(self, vm_id: int) -> None:
         """The VM's machine dies at once (every process killed); Hyperstack then shows it
         ``ERROR`` until it is deleted, and still bills it."""
-
-        def die() -> FakeVM:
-            vm = self.vms[vm_id]
-            if vm.deleted_at is not None:
-                raise ValueError(f"VM {vm_id} is deleted")
-            vm.status = "ERROR"
-            return vm
-
-        self._end_now(die, abrupt=True)
+        self._kill(vm_id, _in_error)
 
     # -- MachineCloud ----------------------------------------------------------------------------
 
@@ -528,6 +520,13 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
             "os": "Ubuntu 22.04",
             "created_at": _now(),
         }
+
+
+def _in_error(vm: FakeVM) -> None:
+    """``kill``'s mark: Hyperstack shows a killed VM in ERROR."""
+    if vm.deleted_at is not None:
+        raise ValueError(f"VM {vm.id} is deleted")
+    vm.status = "ERROR"
 
 
 _ENVIRONMENT_FIELDS: Checks = {

@@ -185,15 +185,7 @@ class FakeLambda(MachineCloud[str, FakeInstance]):
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Lambda then shows it
         ``unhealthy`` until it is terminated, and still bills it."""
-
-        def die() -> FakeInstance:
-            instance = self.instances[instance_id]
-            if instance.status == "terminated":
-                raise ValueError(f"instance {instance_id} is terminated")
-            instance.status = "unhealthy"
-            return instance
-
-        self._end_now(die, abrupt=True)
+        self._kill(instance_id, _unhealthy)
 
     # -- MachineCloud ----------------------------------------------------------------------------
 
@@ -380,6 +372,13 @@ class FakeLambda(MachineCloud[str, FakeInstance]):
             "hostname": instance.body.get("hostname") or instance.id[:12],
             "is_reserved": False,
         }
+
+
+def _unhealthy(instance: FakeInstance) -> None:
+    """``kill``'s mark: Lambda shows a killed instance unhealthy."""
+    if instance.status == "terminated":
+        raise ValueError(f"instance {instance.id} is terminated")
+    instance.status = "unhealthy"
 
 
 _INVALID_KEY = "global/invalid-api-key"

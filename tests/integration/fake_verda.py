@@ -216,15 +216,7 @@ class FakeVerda(MachineCloud[str, FakeInstance]):
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Verda then shows it
         ``offline`` until it is deleted, and still bills it."""
-
-        def die() -> FakeInstance:
-            instance = self.instances[instance_id]
-            if instance.deleted_at is not None:
-                raise ValueError(f"instance {instance_id} is deleted")
-            instance.status = "offline"
-            return instance
-
-        self._end_now(die, abrupt=True)
+        self._kill(instance_id, _offline)
 
     # -- MachineCloud ----------------------------------------------------------------------------
 
@@ -495,6 +487,13 @@ class FakeVerda(MachineCloud[str, FakeInstance]):
             "os_volume_id": f"os-{instance.id}",
             "is_spot": False,
         }
+
+
+def _offline(instance: FakeInstance) -> None:
+    """``kill``'s mark: Verda shows a killed instance offline."""
+    if instance.deleted_at is not None:
+        raise ValueError(f"instance {instance.id} is deleted")
+    instance.status = "offline"
 
 
 # The part of a startup script the fake understands: the host key written from a

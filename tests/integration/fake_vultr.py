@@ -197,15 +197,7 @@ class FakeVultr(MachineCloud[str, FakeInstance]):
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Vultr then shows it
         stopped until it is deleted, and still bills it."""
-
-        def die() -> FakeInstance:
-            instance = self.instances[instance_id]
-            if instance.deleted:
-                raise ValueError(f"instance {instance_id} is deleted")
-            instance.power_status = "stopped"
-            return instance
-
-        self._end_now(die, abrupt=True)
+        self._kill(instance_id, _stopped)
 
     # -- MachineCloud ----------------------------------------------------------------------------
 
@@ -427,6 +419,13 @@ class FakeVultr(MachineCloud[str, FakeInstance]):
             "tags": list(instance.body.get("tags", [])),
             "user_scheme": "root",
         }
+
+
+def _stopped(instance: FakeInstance) -> None:
+    """``kill``'s mark: Vultr shows a killed instance stopped."""
+    if instance.deleted:
+        raise ValueError(f"instance {instance.id} is deleted")
+    instance.power_status = "stopped"
 
 
 _KEY_FIELDS: Checks = {
