@@ -1,7 +1,8 @@
 """What the providers' tests do alike: a client process that dies outright (for what the
 lease cleans up), a pool cancelled while its machines start, a call sent across a
-preemption, and an asyncio coroutine (an asyncssh session) run from a test; and the
-``sky`` command run as users run it."""
+preemption, an asyncio coroutine (an asyncssh session) run from a test, and a command run
+on a fake cloud's machine with its host key pinned; and the ``sky`` command run as users
+run it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncssh
 import pytest
 import trio
 import trio_asyncio
@@ -21,6 +23,7 @@ from waiting import wait_until
 
 import skyward as sky
 import skyward_trio
+from skyward_trio import _transport
 
 
 def run_sky(
@@ -137,3 +140,24 @@ def asyncio_run(make: Callable[[], Awaitable[T]]) -> T:
         if isinstance(error, BaseExceptionGroup):
             raise
         raise error from None
+
+
+def printed_over_ssh(
+    address: str, client: asyncssh.SSHKey, host_key: asyncssh.SSHKey, command: str
+) -> str:
+    """What ``command`` prints on the machine at ``address`` (port 22), logged in as root
+    with ``client``, trusting only ``host_key``: a login fails unless the machine's sshd
+    presents it."""
+
+    async def login() -> str:
+        async with asyncssh.connect(
+            address,
+            22,
+            username="root",
+            client_keys=[client],
+            known_hosts=([asyncssh.import_public_key(_transport.public_openssh(host_key))], [], []),
+        ) as conn:
+            done = await conn.run(command, check=True)
+            return str(done.stdout)
+
+    return asyncio_run(login)

@@ -70,7 +70,7 @@ import boto3
 import pytest
 import sshd
 from botocore.exceptions import ClientError
-from fake_cloud import FakeCloud, FakeHandler
+from fake_cloud import FakeCloud, FakeHandler, _write_secret
 from moto.server import ThreadedMotoServer
 from needs import unavailable
 from sshd import Machine
@@ -1090,14 +1090,6 @@ def _offset(token: Any) -> int | None:
 
 def _is_names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(name, str) for name in value)
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write a private key as sshd wants it: readable by its owner only, from the start."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text if text.endswith("\n") else f"{text}\n")
-    path.chmod(0o600)  # an older file keeps its mode through O_CREAT
 
 
 def _post(url: str) -> None:

@@ -6,33 +6,43 @@ the requests being answered, ends every machine still running (by pid), keeps ea
 machine's home under ``root`` for a look after the test, and raises if anything failed
 inside the fake (a failure is answered 500 and kept in ``errors``), so that it cannot pass
 unseen. The fakes (``fake_runpod``, ``fake_vastai``, ``fake_aws``, ``fake_lambda``,
-``fake_hyperstack``, ``fake_verda``) say only what is theirs: how they answer, which machines
-are running, how one ends.
+``fake_hyperstack``, ``fake_vultr``, ``fake_verda``) say only what is theirs: how they answer,
+which machines are running, how one ends.
 
-Below the class, what their servers share (reading a request, replying, checking JSON
-values) and how a machine ends: every process of it, by pid, never by name.
+``MachineCloud`` is the part that all but ``fake_aws`` share on top: a record per machine in
+a dict, each machine's processes marked by a variable of its environment, requests recorded
+and answered with refusals (``Refused``) in the fake's own shape.
+
+Below the classes, what their servers share (reading a request, replying, checking JSON
+values and bodies), how a machine starts (its loopback address, what cloud-init does with its
+user data, its sshd) and how it ends: every process of it, by pid, never by name.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import json
 import os
 import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import attrs
 import procs
+import pytest
 import sshd
+from needs import unavailable
 from sshd import Machine
 
 
@@ -150,6 +160,150 @@ class FakeCloud:
         """Release what the fake holds besides its machines (called last on leaving)."""
 
 
+class Refused(Exception):
+    """A request a fake answers with an error, raised where it is found: its message, the
+    error code of the fake's API (where it has codes) and the HTTP status. The fake's
+    ``_refusal`` gives it the shape of its API's errors."""
+
+    def __init__(self, message: str, code: str = "", status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.code, self.status = message, code, status
+
+
+class MachineRecord(Protocol):
+    """What ``MachineCloud`` needs of a fake's record of one machine.
+
+    ``running`` says whether its processes still run; a machine ends once (each fake says
+    how: deleted, killed, preempted...), and its ``machine`` stays as a record of where it was.
+    """
+
+    @property
+    def id(self) -> object: ...
+
+    @property
+    def machine(self) -> Machine: ...
+
+    running: bool
+
+
+K = TypeVar("K")
+R = TypeVar("R", bound=MachineRecord)
+
+
+class MachineCloud(FakeCloud, Generic[K, R], abc.ABC):
+    """A fake cloud whose machines (sshd on loopback addresses) each have a record (``R``)
+    by id (``K``); subclasses fill in the hooks below.
+
+    Every request is recorded in ``requests`` and answered by ``_answer``, which raises
+    ``Refused`` for an error; what arrives while the fake is left is refused (503), and a
+    failure inside it answered 500 and kept in ``errors``, both in the fake's shape.
+    Every process of a machine holds ``marker=<_mark(its id)>`` in its environment
+    (``_marker_env`` gives it to ``start_machine``): ending it finds them all by that, by pid.
+    """
+
+    #: The variable of a machine's environment that marks its processes.
+    marker: ClassVar[str]
+    #: Whether the marker holds the machine's directory under ``root`` instead of its id:
+    #: for a fake whose ids another fake (in another test process) may use too.
+    mark_by_directory: ClassVar[bool] = False
+    #: What a machine is called in the fake's errors: "instance {id} ...".
+    noun: ClassVar[str] = "instance"
+    #: The error codes of the answers to what arrives while the fake is left (503) and of
+    #: a failure inside it (500), for an API whose errors carry one.
+    closing_code: ClassVar[str] = ""
+    failure_code: ClassVar[str] = ""
+
+    def __init__(self, root: Path, *, lock: threading.Lock | threading.RLock | None = None) -> None:
+        super().__init__(root, lock=lock)
+        self.requests: list[Recorded] = []
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _records(self) -> Mapping[K, R]:
+        """Every machine the fake made (ended ones too), by id, in the order they were made."""
+
+    @abc.abstractmethod
+    def _answer(self, request: Recorded, raw: bytes) -> _Answer:
+        """The answer to a request (the fake is not being left); raise ``Refused`` for an
+        error."""
+
+    @abc.abstractmethod
+    def _refusal(self, refused: Refused) -> _Answer:
+        """``refused`` as the fake's API sends an error."""
+
+    # -- machines -------------------------------------------------------------------------------
+
+    def _end_now(self, find: Callable[[], R], *, abrupt: bool) -> None:
+        """Under the lock, ``find`` a machine's record and mark it as its end shows it (or
+        raise); then end its processes, by pid, outside the lock, if they still ran."""
+        with self._lock:
+            record = find()
+            running, record.running = record.running, False
+        if running:
+            self._end(record, abrupt=abrupt)
+
+    def _kill(self, machine_id: K, mark: Callable[[R], None]) -> None:
+        """The machine dies at once (every process killed); ``mark`` shows its record as the
+        API shows a machine killed (it raises ``ValueError`` for one that has ended)."""
+
+        def die() -> R:
+            record = self._records()[machine_id]
+            mark(record)
+            return record
+
+        self._end_now(die, abrupt=True)
+
+    def _marker_env(self, machine_id: object) -> dict[str, str]:
+        """The variable that marks a machine's processes, for its environment."""
+        return {self.marker: self._mark(machine_id)}
+
+    def _mark(self, machine_id: object) -> str:
+        return str(self.root / str(machine_id)) if self.mark_by_directory else str(machine_id)
+
+    def _end(self, record: R, *, abrupt: bool) -> None:
+        """End every process of the machine by pid (``_end_machine``)."""
+        marker = f"{self.marker}={self._mark(record.id)}".encode()
+        self._end_processes(record.machine, marker, f"{self.noun} {record.id}", abrupt=abrupt)
+
+    def _end_all(self) -> None:
+        with self._lock:
+            ending = [record for record in self._records().values() if record.running]
+            for record in ending:
+                record.running = False
+        for record in ending:
+            self._end(record, abrupt=False)
+
+    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
+        return [(str(r.id), r.machine.home) for r in self._records().values()]
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def _serve(self, handler: FakeHandler) -> None:
+        request, raw = _read(handler)
+        with self._lock:
+            self.requests.append(request)
+        with self._answering():
+            # A machine marked ended is ended (the after-step), even if the asker hung up.
+            _reply(handler, self._answer_or_refuse(request, raw))
+
+    def _answer_or_refuse(self, request: Recorded, raw: bytes) -> _Answer:
+        """``_answer``'s answer, or its refusal in the fake's shape."""
+        try:
+            with self._lock:
+                closed = self._closed
+            if closed:
+                raise Refused(f"{self.title} is shutting down", self.closing_code, 503)
+            return self._answer(request, raw)
+        except Refused as refused:
+            return self._refusal(refused)
+        except Exception as error:  # answered 500, and raised when the fake is left
+            message = f"{request.method} {request.path}: {type(error).__name__}: {error}"
+            with self._lock:
+                self.errors.append(message)
+            return self._refusal(Refused(f"{self.title} failed: {message}", self.failure_code, 500))
+
+
 # -- serving --------------------------------------------------------------------------------------
 
 
@@ -246,6 +400,151 @@ def _is_text_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
 
 
+#: A body's fields: each one's check, and what the check expects (said when it fails).
+Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
+
+
+def check_body(
+    body: Any,
+    fields: Checks,
+    required: Sequence[str],
+    *,
+    title: str,
+    refused: Callable[[str], Refused],
+) -> None:
+    """Refuse a body (``refused``: the fake's 400) naming its first wrong field: a field
+    ``title`` (the fake) does not know, one required and missing, or one its check fails."""
+    if not isinstance(body, dict):
+        raise refused("body: expected a JSON object")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise refused(f"{unknown[0]}: not a field {title} knows ({', '.join(fields)})")
+    for field in required:
+        if field not in body:
+            raise refused(f"{field}: required")
+    for field, value in body.items():
+        check, expected = fields[field]
+        if not check(value):
+            raise refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
+
+
+# -- starting a machine ---------------------------------------------------------------------------
+
+
+def need_root_machines(title: str, suite: str, why: str = "listen on port 22") -> None:
+    """Skip where a fake's machines cannot run (under CI, fail): without sshd, or not as
+    root (``why``: they listen on port 22, or log in as root)."""
+    sshd.need_sshd()
+    if os.getuid() != 0:
+        unavailable(f"{title}'s machines {why}: run the tests as root", suite=suite)
+
+
+class AddressBlocks:
+    """Third octets for one kind of fake, so that two pytest-xdist workers' fakes never bind
+    the same address's port 22: 16 per worker (its number from ``PYTEST_XDIST_WORKER``),
+    one after the other within it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made = 0
+
+    def take(self) -> int:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        with self._lock:
+            made, self._made = self._made, self._made + 1
+        return (int(worker) if worker.isdigit() else 0) % 16 * 16 + made % 16
+
+
+class SshAddresses:
+    """The loopback addresses a fake gives its machines: ``prefix.N``, N from ``first`` up,
+    each after the last one given, skipping any whose port 22 is taken now
+    (``free_ssh_address``)."""
+
+    def __init__(self, prefix: str, first: int) -> None:
+        self.prefix = prefix
+        self._next = first
+
+    def take(self) -> str:
+        """Under the fake's lock: the next address.
+
+        Raises:
+            RuntimeError: None is free.
+        """
+        number = free_ssh_address(self.prefix, self._next)
+        self._next = number + 1
+        return f"{self.prefix}.{number}"
+
+
+def cloud_config(text: str) -> dict[str, Any]:
+    """User data as cloud-init reads it here: ``#cloud-config`` then one JSON object (which
+    is YAML); anything else configures nothing."""
+    first, _, rest = text.partition("\n")
+    try:
+        config = json.loads(rest) if first.strip() == "#cloud-config" else None
+    except ValueError:
+        config = None
+    return config if isinstance(config, dict) else {}
+
+
+def cloud_init(directory: Path, user_data: str, keys: Sequence[str]) -> Path:
+    """Set up a machine's ``directory`` as cloud-init sets up an image from ``user_data``
+    (``cloud_config``): its ``ssh_keys.ed25519_private`` becomes sshd's host key
+    (``start_sshd`` keeps ``host_ed25519``), and ``keys`` (the API's) and its
+    ``ssh_authorized_keys`` are authorized. The authorized keys' file."""
+    config = cloud_config(user_data)
+    private = (config.get("ssh_keys") or {}).get("ed25519_private")
+    if isinstance(private, str) and private.strip():
+        _write_secret(directory / "host_ed25519", private)  # start_sshd keeps it
+    extra = [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
+    authorized = directory / "authorized_keys"
+    authorized.write_text("".join(f"{line}\n" for line in [*keys, *extra]))
+    return authorized
+
+
+def start_machine(
+    root: Path,
+    name: str,
+    address: str,
+    authorized: Path,
+    *,
+    env: Mapping[str, str],
+    home: str,
+    port: int = 0,
+    path_prefix: Sequence[str] = (),
+) -> Machine:
+    """A fake's machine: a private sshd (``sshd.start_sshd``) whose sessions have ``env``,
+    with a short home of its own, ``$TMPDIR/<home>*`` (as ``/root`` or ``/home/ubuntu``: a
+    worker's socket lives under it, and a unix socket's path holds 107 bytes, which a home
+    under a test's directory would exceed).
+
+    Raises:
+        RuntimeError: sshd did not start (``pytest.fail``'s BaseException, made an
+            Exception: the fake answers it 500 and raises it when it is left).
+    """
+    made = Path(tempfile.mkdtemp(prefix=home))
+    try:
+        return sshd.start_sshd(
+            root,
+            name,
+            address,
+            authorized,
+            port=port,
+            extra_env=env,
+            path_prefix=path_prefix,
+            home=made,
+        )
+    except pytest.fail.Exception as error:
+        raise RuntimeError(str(error)) from None
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write a private key as sshd wants it: readable by its owner only, from the start."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text if text.endswith("\n") else f"{text}\n")
+    path.chmod(0o600)  # an older file keeps its mode through O_CREAT
+
+
 # -- processes ------------------------------------------------------------------------------------
 
 
@@ -332,8 +631,6 @@ def free_ssh_address(prefix: str, first: int) -> int:
     Raises:
         RuntimeError: None is free.
     """
-    import socket
-
     for number in range(first, 255):
         with socket.socket() as probe:
             try:

@@ -33,32 +33,28 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import json
-import os
 import secrets
-import tempfile
-import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
-import sshd
-from fake_aws import _write_secret
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    AddressBlocks,
+    Checks,
+    MachineCloud,
     Recorded,
+    Refused,
     _Answer,
     _is_int,
     _is_text,
-    _read,
-    _reply,
+    check_body,
+    cloud_init,
+    need_root_machines,
+    start_machine,
 )
-from needs import unavailable
 from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.4.N.10
@@ -133,39 +129,19 @@ DEFAULT_PRICES: tuple[dict[str, Any], ...] = tuple(
 )
 
 
-_blocks_lock = threading.Lock()
-_blocks_made = 0
-
-
-def _address_block() -> int:
-    """A third octet no other fake Hyperstack on this machine uses now: 16 per pytest-xdist
-    worker (its number from ``PYTEST_XDIST_WORKER``), one after the other within it; so
-    that two workers' fakes never bind the same address's port 22."""
-    global _blocks_made
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    with _blocks_lock:
-        made, _blocks_made = _blocks_made, _blocks_made + 1
-    return (int(worker) if worker.isdigit() else 0) % 16 * 16 + made % 16
+#: The third octets of the fake Hyperstacks' addresses, 127.4.N.x: one each.
+_BLOCKS = AddressBlocks()
 
 
 def need_fake_hyperstack() -> None:
-    """Skip where the fake's machines cannot run (under CI, fail): without sshd, or not as
-    root (they listen on port 22)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable(
-            "the fake Hyperstack's machines listen on port 22: run the tests as root",
-            suite="sky.Hyperstack",
-        )
+    """Skip where the fake's machines cannot listen on port 22 (``need_root_machines``)."""
+    need_root_machines(FakeHyperstack.title, suite="sky.Hyperstack")
 
 
 @attrs.define
 class FakeVM:
-    """A VM the fake created: its create's JSON, its region, its sshd machine and state.
-
-    ``running`` says whether its processes still run; a VM ends once (deleted or killed),
-    and its ``machine`` stays as a record of where it was.
-    """
+    """A VM the fake created: its create's JSON, its region, its sshd machine and state (a
+    ``fake_cloud.MachineRecord``: it ends once, deleted or killed)."""
 
     id: int
     body: dict[str, Any]
@@ -187,19 +163,22 @@ class FakeVM:
         return self.status
 
 
-class _Refused(Exception):
-    """A request the fake answers with an error in Hyperstack's shape."""
+class _Refused(Refused):
+    """A request the fake answers with an error in Hyperstack's shape (its ``code`` the
+    ``error_reason``)."""
 
     def __init__(self, message: str, reason: str = "bad_request", status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.reason, self.status = message, reason, status
+        super().__init__(message, reason, status)
 
 
-class FakeHyperstack(FakeCloud):
+class FakeHyperstack(MachineCloud[int, FakeVM]):
     """Hyperstack's Infrahub API at ``api_url`` on ``127.0.0.1``, with sshd machines for
-    VMs (``fake_cloud.FakeCloud``: leaving it ends every machine, by pid)."""
+    VMs (``fake_cloud.MachineCloud``: leaving it ends every machine, by pid)."""
 
     title = "the fake Hyperstack"
+    marker = "FAKE_HYPERSTACK_VM_ID"
+    noun = "VM"
+    closing_code = failure_code = "internal_error"
 
     def __init__(
         self,
@@ -219,7 +198,6 @@ class FakeHyperstack(FakeCloud):
         self.prices: list[dict[str, Any]] = [copy.deepcopy(dict(p)) for p in prices]
         self.start_delay = start_delay
         self.delete_delay = delete_delay
-        self.requests: list[Recorded] = []
         self.environments: dict[str, dict[str, Any]] = {}  # by name
         self.keypairs: dict[int, dict[str, Any]] = {}  # by id
         self.vms: dict[int, FakeVM] = {}
@@ -227,7 +205,7 @@ class FakeHyperstack(FakeCloud):
         #: listed out of stock there from then on (someone took the last one meanwhile).
         self.sell_out: set[tuple[str, str]] = set()
         self._failures: list[tuple[int, str, str] | None] = []  # None: that create succeeds
-        self._block = _address_block()
+        self._block = _BLOCKS.take()
         self._next_address = FIRST_ADDRESS
         # Ids of its own too: a VM's processes are found (and ended) by their id.
         self._next_id = FIRST_VM_ID + 1000 * self._block
@@ -257,68 +235,35 @@ class FakeHyperstack(FakeCloud):
     def kill(self, vm_id: int) -> None:
         """The VM's machine dies at once (every process killed); Hyperstack then shows it
         ``ERROR`` until it is deleted, and still bills it."""
-        with self._lock:
-            vm = self.vms[vm_id]
-            if vm.deleted_at is not None:
-                raise ValueError(f"VM {vm_id} is deleted")
-            vm.status = "ERROR"
-            running, vm.running = vm.running, False
-        if running:
-            self._end(vm, abrupt=True)
+        self._kill(vm_id, _in_error)
 
-    # -- FakeCloud -------------------------------------------------------------------------------
+    # -- MachineCloud ----------------------------------------------------------------------------
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [vm for vm in self.vms.values() if vm.running]
-            for vm in ending:
-                vm.running = False
-        for vm in ending:
-            self._end(vm, abrupt=False)
+    def _records(self) -> Mapping[int, FakeVM]:
+        return self.vms
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(str(vm.id), vm.machine.home) for vm in self.vms.values()]
-
-    def _end(self, vm: FakeVM, *, abrupt: bool) -> None:
-        marker = f"FAKE_HYPERSTACK_VM_ID={vm.id}".encode()
-        self._end_processes(vm.machine, marker, f"VM {vm.id}", abrupt=abrupt)
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Hyperstack's API sends it."""
+        payload = {"status": False, "message": refused.message, "error_reason": refused.code}
+        return _Answer(refused.status, payload)
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request, raw))
-
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
         method, path = request.method, request.path
-        try:
-            with self._lock:
-                closed = self._closed
-            if closed:
-                raise _Refused("the fake Hyperstack is shutting down", "internal_error", 503)
-            given = request.headers.get("api_key", "").encode()
-            if not secrets.compare_digest(given, self.api_key.encode()):
-                raise _Refused("Invalid or expired API key", "unauthorized", 401)
-            if raw and request.body is None:
-                raise _Refused("body: not JSON")
-            parts = path.strip("/").split("/")
-            if parts[:1] != ["v1"]:
-                raise _Refused(f"not found: {method} {path}", "not_found", 404)
-            allowed = {"region"} if parts[1:] == ["core", "flavors"] else set()
-            unknown = sorted(set(request.query) - allowed)
-            if unknown:
-                raise _Refused(f"{unknown[0]}: not a query parameter it knows")
-            return self._route(method, parts[1:], request.query, request.body)
-        except _Refused as refused:
-            return _error(refused.status, refused.reason, refused.message)
-        except Exception as error:  # answered 500, and raised when the fake is left
-            message = f"{method} {path}: {type(error).__name__}: {error}"
-            with self._lock:
-                self.errors.append(message)
-            return _error(500, "internal_error", f"the fake Hyperstack failed: {message}")
+        given = request.headers.get("api_key", "").encode()
+        if not secrets.compare_digest(given, self.api_key.encode()):
+            raise _Refused("Invalid or expired API key", "unauthorized", 401)
+        if raw and request.body is None:
+            raise _Refused("body: not JSON")
+        parts = path.strip("/").split("/")
+        if parts[:1] != ["v1"]:
+            raise _Refused(f"not found: {method} {path}", "not_found", 404)
+        allowed = {"region"} if parts[1:] == ["core", "flavors"] else set()
+        unknown = sorted(set(request.query) - allowed)
+        if unknown:
+            raise _Refused(f"{unknown[0]}: not a query parameter it knows")
+        return self._route(method, parts[1:], request.query, request.body)
 
     def _route(
         self, method: str, rest: list[str], query: Mapping[str, list[str]], body: Any
@@ -404,13 +349,7 @@ class FakeHyperstack(FakeCloud):
     def _import_keypair(self, body: Any) -> _Answer:
         _check(body, _KEYPAIR_FIELDS, required=("name", "environment_name", "public_key"))
         with self._lock:
-            environment = self.environments.get(body["environment_name"])
-            if environment is None:
-                raise _Refused(
-                    f"environment_name: no environment {body['environment_name']!r}",
-                    "not_found",
-                    404,
-                )
+            environment = self._environment(body["environment_name"])
             if any(
                 k["name"] == body["name"] and k["environment"]["name"] == environment["name"]
                 for k in self.keypairs.values()
@@ -432,6 +371,13 @@ class FakeHyperstack(FakeCloud):
             }
             self.keypairs[key_id] = key
         return _ok("Keypair is imported successfully", keypair=copy.deepcopy(key))
+
+    def _environment(self, name: str) -> dict[str, Any]:
+        """Under the lock: the environment a body names in ``environment_name``."""
+        environment = self.environments.get(name)
+        if environment is None:
+            raise _Refused(f"environment_name: no environment {name!r}", "not_found", 404)
+        return environment
 
     def _delete_keypair(self, given: str) -> _Answer:
         with self._lock:
@@ -460,13 +406,7 @@ class FakeHyperstack(FakeCloud):
         # One create at a time, under the lock, sshd start included: leaving the fake then
         # waits for a create in flight, and no machine starts after the fake ended them all.
         with self._lock:
-            environment = self.environments.get(body["environment_name"])
-            if environment is None:
-                raise _Refused(
-                    f"environment_name: no environment {body['environment_name']!r}",
-                    "not_found",
-                    404,
-                )
+            environment = self._environment(body["environment_name"])
             region = environment["region"]
             listed = self._flavor(body["flavor_name"], region)
             if listed is None:
@@ -508,28 +448,16 @@ class FakeHyperstack(FakeCloud):
         self._next_id += 1
         directory = self.root / str(vm_id)
         directory.mkdir(parents=True)
-        config = _cloud_config(body.get("user_data", ""))
-        private = (config.get("ssh_keys") or {}).get("ed25519_private")
-        if isinstance(private, str) and private.strip():
-            _write_secret(directory / "host_ed25519", private)  # start_sshd keeps it
-        extra = [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
-        authorized = directory / "authorized_keys"
-        authorized.write_text("".join(f"{line}\n" for line in [keypair["public_key"], *extra]))
-        # A short home, as /home/ubuntu: a worker's socket lives under it, and a unix
-        # socket's path holds 107 bytes, which a home under a test's directory would exceed.
-        home = Path(tempfile.mkdtemp(prefix="hyperstack-"))
-        try:
-            machine = sshd.start_sshd(
-                self.root,
-                str(vm_id),
-                address,
-                authorized,
-                port=22,
-                extra_env={"FAKE_HYPERSTACK_VM_ID": str(vm_id)},
-                home=home,
-            )
-        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
-            raise RuntimeError(str(error)) from None
+        authorized = cloud_init(directory, body.get("user_data", ""), [keypair["public_key"]])
+        machine = start_machine(
+            self.root,
+            str(vm_id),
+            address,
+            authorized,
+            port=22,
+            env=self._marker_env(vm_id),
+            home="hyperstack-",  # as /home/ubuntu
+        )
         return FakeVM(
             id=vm_id,
             body=body,
@@ -594,17 +522,23 @@ class FakeHyperstack(FakeCloud):
         }
 
 
-_Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
-_ENVIRONMENT_FIELDS: _Checks = {
+def _in_error(vm: FakeVM) -> None:
+    """``kill``'s mark: Hyperstack shows a killed VM in ERROR."""
+    if vm.deleted_at is not None:
+        raise ValueError(f"VM {vm.id} is deleted")
+    vm.status = "ERROR"
+
+
+_ENVIRONMENT_FIELDS: Checks = {
     "name": (lambda v: _is_text(v) and len(v) <= 50, "a name of at most 50 characters"),
     "region": (_is_text, "a region's name"),
 }
-_KEYPAIR_FIELDS: _Checks = {
+_KEYPAIR_FIELDS: Checks = {
     "name": (lambda v: _is_text(v) and len(v) <= 50, "a name of at most 50 characters"),
     "environment_name": (_is_text, "an environment's name"),
     "public_key": (_is_text, "an OpenSSH public key line"),
 }
-_CREATE_FIELDS: _Checks = {
+_CREATE_FIELDS: Checks = {
     "name": (lambda v: _is_text(v) and len(v) <= 50, "a name of at most 50 characters"),
     "environment_name": (_is_text, "an environment's name"),
     "image_name": (_is_text, "an image's name"),
@@ -637,7 +571,7 @@ def _is_network(value: Any) -> bool:
     return True
 
 
-_RULE_FIELDS: _Checks = {
+_RULE_FIELDS: Checks = {
     "direction": (lambda v: v in ("ingress", "egress"), "ingress or egress"),
     "protocol": (lambda v: v in ("tcp", "udp", "icmp", "any"), "a protocol such as tcp"),
     "ethertype": (lambda v: v in ("IPv4", "IPv6"), "IPv4 or IPv6"),
@@ -647,31 +581,9 @@ _RULE_FIELDS: _Checks = {
 }
 
 
-def _check(body: Any, fields: _Checks, required: Sequence[str]) -> None:
+def _check(body: Any, fields: Checks, required: Sequence[str]) -> None:
     """Refuse a body naming its first wrong field."""
-    if not isinstance(body, dict):
-        raise _Refused("body: expected a JSON object")
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise _Refused(f"{unknown[0]}: not a field the fake Hyperstack knows ({', '.join(fields)})")
-    for field in required:
-        if field not in body:
-            raise _Refused(f"{field}: required")
-    for field, value in body.items():
-        check, expected = fields[field]
-        if not check(value):
-            raise _Refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
-
-
-def _cloud_config(text: str) -> dict[str, Any]:
-    """User data as cloud-init reads it here: ``#cloud-config`` then one JSON object (which
-    is YAML); anything else configures nothing."""
-    first, _, rest = text.partition("\n")
-    try:
-        config = json.loads(rest) if first.strip() == "#cloud-config" else None
-    except ValueError:
-        config = None
-    return config if isinstance(config, dict) else {}
+    check_body(body, fields, required, title=FakeHyperstack.title, refused=_Refused)
 
 
 def _now() -> str:
@@ -681,8 +593,3 @@ def _now() -> str:
 def _ok(message: str, **payload: Any) -> _Answer:
     """A success as Hyperstack's API sends it."""
     return _Answer(200, {"status": True, "message": message, **payload})
-
-
-def _error(status: int, reason: str, message: str) -> _Answer:
-    """An error as Hyperstack's API sends it."""
-    return _Answer(status, {"status": False, "message": message, "error_reason": reason})

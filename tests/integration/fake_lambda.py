@@ -23,31 +23,28 @@ field, so that a misspelt field fails here instead of being ignored there.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
-import sshd
-from fake_aws import _write_secret
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    Checks,
+    MachineCloud,
     Recorded,
+    Refused,
+    SshAddresses,
     _Answer,
     _is_int,
     _is_list_of_text,
     _is_text,
-    _read,
-    _reply,
-    free_ssh_address,
+    check_body,
+    cloud_init,
+    need_root_machines,
+    start_machine,
 )
-from needs import unavailable
 from sshd import Machine
 
 NO_CAPACITY = "instance-operations/launch/insufficient-capacity"
@@ -89,23 +86,14 @@ DEFAULT_TYPES: tuple[dict[str, Any], ...] = (
 
 
 def need_fake_lambda() -> None:
-    """Skip where the fake's machines cannot run (under CI, fail): without sshd, or not as
-    root (they listen on port 22)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable(
-            "the fake Lambda's machines listen on port 22: run the tests as root",
-            suite="sky.Lambda",
-        )
+    """Skip where the fake's machines cannot listen on port 22 (``need_root_machines``)."""
+    need_root_machines(FakeLambda.title, suite="sky.Lambda")
 
 
 @attrs.define
 class FakeInstance:
-    """An instance the fake launched: its launch's JSON, its sshd machine and its state.
-
-    ``running`` says whether its processes still run; an instance ends once (terminated or
-    killed), and its ``machine`` stays as a record of where it was.
-    """
+    """An instance the fake launched: its launch's JSON, its sshd machine and its state (a
+    ``fake_cloud.MachineRecord``: it ends once, terminated or killed)."""
 
     id: str
     body: dict[str, Any]
@@ -124,19 +112,20 @@ class FakeInstance:
         return self.status
 
 
-class _Refused(Exception):
+class _Refused(Refused):
     """A request the fake answers with an error in Lambda's shape."""
 
     def __init__(self, message: str, code: str = "global/invalid-parameters", status: int = 400):
-        super().__init__(message)
-        self.message, self.code, self.status = message, code, status
+        super().__init__(message, code, status)
 
 
-class FakeLambda(FakeCloud):
+class FakeLambda(MachineCloud[str, FakeInstance]):
     """Lambda Cloud's API v1 at ``api_url`` on ``127.0.0.1``, with sshd machines for
-    instances (``fake_cloud.FakeCloud``: leaving it ends every machine, by pid)."""
+    instances (``fake_cloud.MachineCloud``: leaving it ends every machine, by pid)."""
 
     title = "the fake Lambda"
+    marker = "FAKE_LAMBDA_INSTANCE_ID"
+    closing_code = failure_code = "global/unknown"
 
     def __init__(
         self,
@@ -153,13 +142,12 @@ class FakeLambda(FakeCloud):
             json.loads(json.dumps(t)) for t in instance_types
         ]
         self.start_delay = start_delay
-        self.requests: list[Recorded] = []
         self.instances: dict[str, FakeInstance] = {}
         self.ssh_keys: dict[str, dict[str, str]] = {}  # by id
         self.full: set[tuple[str, str]] = set()  # (type, region): launches refused there
         self.file_systems: list[dict[str, Any]] = []  # what GET /file-systems lists
         self._failures: list[tuple[int, str] | None] = []  # None: that launch succeeds
-        self._next_address = FIRST_ADDRESS
+        self._addresses = SshAddresses("127.3.0", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-lambda") + "/api/v1"
 
     # -- what tests do to it ------------------------------------------------------------------
@@ -197,66 +185,33 @@ class FakeLambda(FakeCloud):
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Lambda then shows it
         ``unhealthy`` until it is terminated, and still bills it."""
-        with self._lock:
-            instance = self.instances[instance_id]
-            if instance.status == "terminated":
-                raise ValueError(f"instance {instance_id} is terminated")
-            instance.status = "unhealthy"
-            running, instance.running = instance.running, False
-        if running:
-            self._end(instance, abrupt=True)
+        self._kill(instance_id, _unhealthy)
 
-    # -- FakeCloud -------------------------------------------------------------------------------
+    # -- MachineCloud ----------------------------------------------------------------------------
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [i for i in self.instances.values() if i.running]
-            for instance in ending:
-                instance.running = False
-        for instance in ending:
-            self._end(instance, abrupt=False)
+    def _records(self) -> Mapping[str, FakeInstance]:
+        return self.instances
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(i.id, i.machine.home) for i in self.instances.values()]
-
-    def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
-        marker = f"FAKE_LAMBDA_INSTANCE_ID={instance.id}".encode()
-        self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Lambda's API sends it."""
+        error = {"code": refused.code, "message": refused.message}
+        return _Answer(refused.status, {"error": error})
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request, raw))
-
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
         method, path = request.method, request.path
-        try:
-            with self._lock:
-                closed = self._closed
-            if closed:
-                raise _Refused("the fake Lambda is shutting down", "global/unknown", 503)
-            given = request.headers.get("authorization", "").encode()
-            if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
-                raise _Refused("API key was invalid, expired, or deleted.", _INVALID_KEY, 401)
-            if raw and request.body is None:
-                raise _Refused("body: not JSON")
-            if request.query:
-                raise _Refused(f"{sorted(request.query)[0]}: not a query parameter it knows")
-            parts = path.strip("/").split("/")
-            if parts[:2] != ["api", "v1"]:
-                raise _Refused(f"not found: {method} {path}", "global/object-does-not-exist", 404)
-            return self._route(method, parts[2:], request.body)
-        except _Refused as refused:
-            return _error(refused.status, refused.code, refused.message)
-        except Exception as error:  # answered 500, and raised when the fake is left
-            message = f"{method} {path}: {type(error).__name__}: {error}"
-            with self._lock:
-                self.errors.append(message)
-            return _error(500, "global/unknown", f"the fake Lambda failed: {message}")
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
+            raise _Refused("API key was invalid, expired, or deleted.", _INVALID_KEY, 401)
+        if raw and request.body is None:
+            raise _Refused("body: not JSON")
+        if request.query:
+            raise _Refused(f"{sorted(request.query)[0]}: not a query parameter it knows")
+        parts = path.strip("/").split("/")
+        if parts[:2] != ["api", "v1"]:
+            raise _Refused(f"not found: {method} {path}", "global/object-does-not-exist", 404)
+        return self._route(method, parts[2:], request.body)
 
     def _route(self, method: str, rest: list[str], body: Any) -> _Answer:
         if rest == ["instance-types"] and method == "GET":
@@ -354,34 +309,20 @@ class FakeLambda(FakeCloud):
             return _Answer(200, {"data": {"instance_ids": [instance.id]}})
 
     def _start(self, body: dict[str, Any], public_key: str) -> FakeInstance:
-        number = free_ssh_address("127.3.0", self._next_address)
-        address = f"127.3.0.{number}"
-        self._next_address = number + 1
+        address = self._addresses.take()
         instance_id = secrets.token_hex(16)
         directory = self.root / instance_id
         directory.mkdir(parents=True)
-        config = _cloud_config(body.get("user_data", ""))
-        private = (config.get("ssh_keys") or {}).get("ed25519_private")
-        if isinstance(private, str) and private.strip():
-            _write_secret(directory / "host_ed25519", private)  # start_sshd keeps it
-        extra = [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
-        authorized = directory / "authorized_keys"
-        authorized.write_text("".join(f"{line}\n" for line in [public_key, *extra]))
-        # A short home, as /home/ubuntu: a worker's socket lives under it, and a unix
-        # socket's path holds 107 bytes, which a home under a test's directory would exceed.
-        home = Path(tempfile.mkdtemp(prefix="lambda-"))
-        try:
-            machine = sshd.start_sshd(
-                self.root,
-                instance_id,
-                address,
-                authorized,
-                port=22,
-                extra_env={"FAKE_LAMBDA_INSTANCE_ID": instance_id},
-                home=home,
-            )
-        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
-            raise RuntimeError(str(error)) from None
+        authorized = cloud_init(directory, body.get("user_data", ""), [public_key])
+        machine = start_machine(
+            self.root,
+            instance_id,
+            address,
+            authorized,
+            port=22,
+            env=self._marker_env(instance_id),
+            home="lambda-",  # as /home/ubuntu
+        )
         return FakeInstance(
             id=instance_id,
             body=body,
@@ -433,18 +374,24 @@ class FakeLambda(FakeCloud):
         }
 
 
+def _unhealthy(instance: FakeInstance) -> None:
+    """``kill``'s mark: Lambda shows a killed instance unhealthy."""
+    if instance.status == "terminated":
+        raise ValueError(f"instance {instance.id} is terminated")
+    instance.status = "unhealthy"
+
+
 _INVALID_KEY = "global/invalid-api-key"
 _MESSAGES = {
     NO_CAPACITY: "Not enough capacity to fulfill launch request.",
     "global/quota-exceeded": "Quota exceeded: you have reached your instance limit.",
 }
 
-_Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
-_KEY_FIELDS: _Checks = {
+_KEY_FIELDS: Checks = {
     "name": (_is_text, "a non-empty string"),
     "public_key": (_is_text, "an OpenSSH public key line"),
 }
-_LAUNCH_FIELDS: _Checks = {
+_LAUNCH_FIELDS: Checks = {
     "region_name": (_is_text, "a region's name"),
     "instance_type_name": (_is_text, "an instance type's name"),
     "ssh_key_names": (_is_list_of_text, "a list of one SSH key's name"),
@@ -458,33 +405,6 @@ _LAUNCH_FIELDS: _Checks = {
 }
 
 
-def _check(body: Any, fields: _Checks, required: Sequence[str]) -> None:
+def _check(body: Any, fields: Checks, required: Sequence[str]) -> None:
     """Refuse a body naming its first wrong field."""
-    if not isinstance(body, dict):
-        raise _Refused("body: expected a JSON object")
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise _Refused(f"{unknown[0]}: not a field the fake Lambda knows ({', '.join(fields)})")
-    for field in required:
-        if field not in body:
-            raise _Refused(f"{field}: required")
-    for field, value in body.items():
-        check, expected = fields[field]
-        if not check(value):
-            raise _Refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
-
-
-def _cloud_config(text: str) -> dict[str, Any]:
-    """User data as cloud-init reads it here: ``#cloud-config`` then one JSON object (which
-    is YAML); anything else configures nothing."""
-    first, _, rest = text.partition("\n")
-    try:
-        config = json.loads(rest) if first.strip() == "#cloud-config" else None
-    except ValueError:
-        config = None
-    return config if isinstance(config, dict) else {}
-
-
-def _error(status: int, code: str, message: str) -> _Answer:
-    """An error as Lambda's API sends it."""
-    return _Answer(status, {"error": {"code": code, "message": message}})
+    check_body(body, fields, required, title=FakeLambda.title, refused=_Refused)

@@ -42,27 +42,23 @@ import json
 import secrets
 import string
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
-import sshd
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    MachineCloud,
     Recorded,
+    Refused,
+    SshAddresses,
     _Answer,
     _is_int,
     _is_list_of_text,
     _is_text,
     _is_text_map,
-    _read,
-    _reply,
-    free_ssh_address,
+    start_machine,
 )
 from sshd import Machine
 
@@ -223,11 +219,8 @@ sys.exit(main(sys.argv[1:]))
 
 @attrs.define
 class FakePod:
-    """A pod the fake created: its create's JSON, its sshd machine and its state.
-
-    ``running`` says whether its processes still run; a pod ends once (delete, stop or
-    preemption), and its ``machine`` stays as a record of where it was.
-    """
+    """A pod the fake created: its create's JSON, its sshd machine and its state (a
+    ``fake_cloud.MachineRecord``: it ends once, by delete, stop or preemption)."""
 
     id: str
     name: str
@@ -244,15 +237,15 @@ class FakePod:
     running: bool = True
 
 
-class FakeRunPod(FakeCloud):
-    """RunPod's REST and GraphQL APIs on ``127.0.0.1``, with sshd machines for pods.
-
-    Use it as a context manager; leaving it stops the server and ends every pod (by pid).
-    A failure inside the fake is answered with a 500 and kept in ``errors``; leaving the
-    context then raises, so it cannot pass unseen (``fake_cloud.FakeCloud``).
-    """
+class FakeRunPod(MachineCloud[str, FakePod]):
+    """RunPod's REST and GraphQL APIs on ``127.0.0.1``, with sshd machines for pods
+    (``fake_cloud.MachineCloud``: a context manager; leaving it ends every pod, by pid, and
+    raises what failed inside the fake)."""
 
     title = "the fake RunPod"
+    # Every process a pod started holds it, as a container's environment (see the module).
+    marker = "RUNPOD_POD_ID"
+    noun = "pod"
 
     def __init__(
         self,
@@ -274,27 +267,22 @@ class FakeRunPod(FakeCloud):
         self.capacity: dict[str, int] = {kind["id"]: DEFAULT_CAPACITY for kind in kinds}
         self.capacity |= capacity
         self.start_delay = start_delay
-        self.requests: list[Recorded] = []
         self.pods: dict[str, FakePod] = {}
         self.full_data_centers: set[str] = set()  # no pod starts there
         self.network_volumes: dict[str, dict[str, Any]] = {}
         self._failures: list[tuple[int, str]] = []
-        self._next_address = FIRST_POD_ADDRESS
+        self._addresses = SshAddresses("127.0.0", FIRST_POD_ADDRESS)
         url = self._listen(self._serve, "fake-runpod")
         self.rest_url = f"{url}/v1"
         self.graphql_url = f"{url}/graphql"
         self.catalog_url = f"{url}/v2"
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [pod for pod in self.pods.values() if pod.running]
-            for pod in ending:
-                pod.running = False
-        for pod in ending:
-            self._end(pod, abrupt=False)
+    def _records(self) -> Mapping[str, FakePod]:
+        return self.pods
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(pod.id, pod.machine.home) for pod in self.pods.values()]
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as RunPod's REST API sends it."""
+        return _Answer(refused.status, {"error": refused.message})
 
     # -- what tests do to it ------------------------------------------------------------------
 
@@ -306,12 +294,13 @@ class FakeRunPod(FakeCloud):
     def preempt(self, pod_id: str) -> None:
         """Interrupt the pod as RunPod interrupts a spot pod: every process of it is killed
         at once, and it stays, EXITED."""
-        with self._lock:
+
+        def interrupt() -> FakePod:
             pod = self._live_pod(pod_id)
             pod.status = "EXITED"
-            running, pod.running = pod.running, False
-        if running:
-            self._end(pod, abrupt=True)
+            return pod
+
+        self._end_now(interrupt, abrupt=True)
 
     def add_network_volume(self, name: str, data_center: str, size: int = 100) -> str:
         """A network volume of the account, in ``data_center``: its id."""
@@ -341,66 +330,39 @@ class FakeRunPod(FakeCloud):
 
     # -- serving ------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            answer = self._answer(
-                request.method, request.path, request.query, request.headers, raw, request.body
-            )
-            _reply(handler, answer)  # a pod marked ended is ended, even if the asker hung up
-
-    def _answer(
-        self,
-        method: str,
-        path: str,
-        query: dict[str, list[str]],
-        headers: dict[str, str],
-        raw: bytes,
-        body: Any,
-    ) -> _Answer:
-        try:
+    def _answer(self, request: Recorded, raw: bytes) -> _Answer:
+        method, path, body = request.method, request.path, request.body
+        caller = self._caller(request.headers.get("authorization", ""))
+        if caller is None:
+            return _Answer(401, {"error": "unauthorized"})
+        route = _route(method, path)
+        if route is None:
+            return _Answer(404, {"error": f"not found: {method} {path}"})
+        action, pod_id = route
+        if caller != "account" and (action not in ("delete", "stop") or caller != pod_id):
+            return _Answer(401, {"error": "unauthorized"})  # a pod's key ends only its pod
+        if raw and body is None:
+            return _Answer(400, {"error": "body: not JSON"})
+        if action == "create":
+            return self._create(body)
+        if action == "cpus":
             with self._lock:
-                closed = self._closed
-            if closed:
-                return _Answer(503, {"error": "the fake RunPod is shutting down"})
-            caller = self._caller(headers.get("authorization", ""))
-            if caller is None:
-                return _Answer(401, {"error": "unauthorized"})
-            route = _route(method, path)
-            if route is None:
-                return _Answer(404, {"error": f"not found: {method} {path}"})
-            action, pod_id = route
-            if caller != "account" and (action not in ("delete", "stop") or caller != pod_id):
-                return _Answer(401, {"error": "unauthorized"})  # a pod's key ends only its pod
-            if raw and body is None:
-                return _Answer(400, {"error": "body: not JSON"})
-            if action == "create":
-                return self._create(body)
-            if action == "volume":
-                with self._lock:
-                    volume = self.network_volumes.get(pod_id)
-                    if volume is None:
-                        return _Answer(404, {"error": "network volume not found"})
-                    return _Answer(200, dict(volume))
-            if action == "cpus":
-                with self._lock:
-                    return _Answer(200, {"cpus": [dict(cpu) for cpu in self.cpu_types]})
-            if action == "list":
-                return self._list(query)
-            if action == "get":
-                return self._get(pod_id)
-            if action == "delete":
-                return self._delete(pod_id, from_pod=caller == pod_id)
-            if action == "stop":
-                return self._stop(pod_id, from_pod=caller == pod_id)
-            return self._graphql(body)
-        except Exception as error:  # answered 500, and raised when the fake is left
-            message = f"{method} {path}: {type(error).__name__}: {error}"
+                return _Answer(200, {"cpus": [dict(cpu) for cpu in self.cpu_types]})
+        if action == "volume":
             with self._lock:
-                self.errors.append(message)
-            return _Answer(500, {"error": f"the fake RunPod failed: {message}"})
+                volume = self.network_volumes.get(pod_id)
+                if volume is None:
+                    return _Answer(404, {"error": "network volume not found"})
+                return _Answer(200, dict(volume))
+        if action == "list":
+            return self._list(request.query)
+        if action == "get":
+            return self._get(pod_id)
+        if action == "delete":
+            return self._delete(pod_id, from_pod=caller == pod_id)
+        if action == "stop":
+            return self._stop(pod_id, from_pod=caller == pod_id)
+        return self._graphql(body)
 
     def _caller(self, authorization: str) -> str | None:
         """Who asks: "account" for the API key, a pod's id for its pod-scoped key, else None."""
@@ -516,9 +478,7 @@ class FakeRunPod(FakeCloud):
     def _start_pod(
         self, body: dict[str, Any], kind: str, cost: float, *, cpu: bool, data_center: str
     ) -> FakePod:
-        number = free_ssh_address("127.0.0", self._next_address)
-        address = f"127.0.0.{number}"
-        self._next_address = number + 1
+        address = self._addresses.take()
         pod_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(13))
         key = "rpa_" + secrets.token_hex(16)
         directory = self.root / pod_id
@@ -530,21 +490,15 @@ class FakeRunPod(FakeCloud):
         authorized = directory / "authorized_keys"  # what RunPod's images do with PUBLIC_KEY
         public_key = body.get("env", {}).get("PUBLIC_KEY", "")
         authorized.write_text(f"{public_key}\n" if public_key else "")
-        # A short home, as RunPod's /root: a worker's socket lives under it, and a unix
-        # socket's path holds 107 bytes, which a home under a test's directory would exceed.
-        home = Path(tempfile.mkdtemp(prefix="runpod-"))
-        try:
-            machine = sshd.start_sshd(
-                self.root,
-                pod_id,
-                address,
-                authorized,
-                extra_env={"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": key},
-                path_prefix=[str(bin_dir)],
-                home=home,
-            )
-        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
-            raise RuntimeError(str(error)) from None
+        machine = start_machine(
+            self.root,
+            pod_id,
+            address,
+            authorized,
+            env={**self._marker_env(pod_id), "RUNPOD_API_KEY": key},
+            path_prefix=[str(bin_dir)],
+            home="runpod-",  # as RunPod's /root
+        )
         return FakePod(
             id=pod_id,
             name=body["name"],
@@ -642,14 +596,6 @@ class FakeRunPod(FakeCloud):
             return _Answer(400, {"errors": [{"message": message}]})
         with self._lock:
             return _Answer(200, {"data": {"gpuTypes": [dict(gpu) for gpu in self.gpu_types]}})
-
-    # -- ending pods ----------------------------------------------------------------------------
-
-    def _end(self, pod: FakePod, *, abrupt: bool) -> None:
-        """End every process of the pod by pid (``_end_machine``)."""
-        self._end_processes(
-            pod.machine, f"RUNPOD_POD_ID={pod.id}".encode(), f"pod {pod.id}", abrupt=abrupt
-        )
 
 
 def _route(method: str, path: str) -> tuple[str, str] | None:

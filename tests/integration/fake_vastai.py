@@ -26,36 +26,30 @@ from __future__ import annotations
 
 import json
 import operator
-import os
 import re
 import secrets
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import pytest
-import sshd
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    MachineCloud,
     Recorded,
+    Refused,
+    SshAddresses,
     _Answer,
     _is_int,
     _is_text,
     _is_text_map,
-    _read,
-    _reply,
-    free_ssh_address,
+    need_root_machines,
+    start_machine,
 )
-from needs import unavailable
 from sshd import Machine
 
 FIRST_ADDRESS = 150  # 127.0.0.150; the fake RunPod's pods use 127.0.0.100 upward
 FIRST_INSTANCE_ID = 1000
-_MARKER = "FAKE_VAST_MACHINE"
 NO_SUCH_ASK = "Instance type no longer available."
 DEFAULT_DISK = 10.0  # GB: Vast.ai's when a create names none
 RUNTYPES = ("ssh", "ssh_direct", "ssh_proxy", "jupyter", "jupyter_direct", "jupyter_proxy", "args")
@@ -133,21 +127,14 @@ _SEARCH_KEYS = {"type", "order", "limit", "disable_bundling", "allocated_storage
 def need_fake_vastai() -> None:
     """Skip where the fake's machines cannot run as Vast.ai's do (under CI, fail): without
     sshd, or not as root (Vast.ai's images log in as root, and so does the provider)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable(
-            "the fake Vast.ai's machines log in as root: run the tests as root", suite="sky.VastAI"
-        )
+    need_root_machines(FakeVastAI.title, suite="sky.VastAI", why="log in as root")
 
 
 @attrs.define
 class FakeInstance:
     """An instance the fake created: its create's JSON, its offer as rented, its sshd
-    machine and its state.
-
-    ``running`` says whether its processes still run; an instance ends once (destroyed or
-    preempted), and its ``machine`` stays as a record of where it was.
-    """
+    machine and its state (a ``fake_cloud.MachineRecord``: it ends once, destroyed or
+    preempted)."""
 
     id: int
     offer: dict[str, Any]
@@ -178,24 +165,25 @@ class FakeInstance:
         return "loading" if now >= (self.created_at + self.ready_at) / 2 else None
 
 
-class _Refused(Exception):
-    """A request the fake answers with a 400 (``error``, ``msg``), raised where it is found."""
+class _Refused(Refused):
+    """A request the fake answers with a 400 (``error``: the code, ``msg``), raised where it
+    is found."""
 
     def __init__(self, msg: str, error: str = "invalid_args") -> None:
-        super().__init__(msg)
-        self.error = error
-        self.msg = msg
+        super().__init__(msg, error)
 
 
-class FakeVastAI(FakeCloud):
-    """Vast.ai's REST API v0 at ``api_url`` on ``127.0.0.1``, with sshd machines for instances.
-
-    Use it as a context manager; leaving it stops the server and ends every machine (by pid).
-    A failure inside the fake is answered with a 500 and kept in ``errors``; leaving the
-    context then raises, so it cannot pass unseen (``fake_cloud.FakeCloud``).
-    """
+class FakeVastAI(MachineCloud[int, FakeInstance]):
+    """Vast.ai's REST API v0 at ``api_url`` on ``127.0.0.1``, with sshd machines for
+    instances (``fake_cloud.MachineCloud``: a context manager; leaving it ends every machine,
+    by pid, and raises what failed inside the fake)."""
 
     title = "the fake Vast.ai"
+    # How its processes are found to end them: unique to this fake, unlike the id.
+    marker = "FAKE_VAST_MACHINE"
+    mark_by_directory = True
+    closing_code = "unavailable"
+    failure_code = "internal"
 
     def __init__(
         self,
@@ -210,23 +198,20 @@ class FakeVastAI(FakeCloud):
         self.api_key = "vast_" + secrets.token_hex(16)
         self.market: list[dict[str, Any]] = [dict(offer) for offer in market]
         self.start_delay = start_delay
-        self.requests: list[Recorded] = []
         self.instances: dict[int, FakeInstance] = {}
         self._failures: list[tuple[str, str]] = []
         self._next_id = FIRST_INSTANCE_ID
-        self._next_address = FIRST_ADDRESS
+        # Not derived from the id: another fake (another test process) may use the same ids,
+        # and hold addresses from the same first one now.
+        self._addresses = SshAddresses("127.0.0", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-vastai") + "/api/v0"
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [instance for instance in self.instances.values() if instance.running]
-            for instance in ending:
-                instance.running = False
-        for instance in ending:
-            self._end(instance, abrupt=False)
+    def _records(self) -> Mapping[int, FakeInstance]:
+        return self.instances
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(str(i.id), i.machine.home) for i in self.instances.values()]
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Vast.ai's API sends it."""
+        return _failure(refused.status, refused.code, refused.message)
 
     # -- what tests do to it ------------------------------------------------------------------
 
@@ -238,14 +223,15 @@ class FakeVastAI(FakeCloud):
     def preempt(self, instance_id: int) -> None:
         """Outbid the interruptible instance as Vast.ai's market does: every process of it is
         killed at once, and it stays, exited, until destroyed."""
-        with self._lock:
+
+        def outbid() -> FakeInstance:
             instance = self._live(instance_id)
             if not instance.is_bid:
                 raise ValueError(f"instance {instance_id} is on demand: only a bid is outbid")
             instance.ended_as, instance.intended = "exited", "stopped"
-            running, instance.running = instance.running, False
-        if running:
-            self._end(instance, abrupt=True)
+            return instance
+
+        self._end_now(outbid, abrupt=True)
 
     def fail_creates(self, n: int, error: str = "no_such_ask", msg: str | None = None) -> None:
         """The next ``n`` creates with a valid body fail with a 400 of ``error`` (and ``msg``,
@@ -262,58 +248,39 @@ class FakeVastAI(FakeCloud):
 
     # -- serving ------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request, raw))
-
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
         method, path = request.method, request.path
-        try:
+        caller = self._caller(request.headers.get("authorization", ""))
+        if caller is None:
+            return _failure(401, "invalid_user_key", "Invalid user key")
+        route = _route(method, path)
+        if route is None:
+            return _failure(404, "not_found", f"not found: {method} {path}")
+        action, number = route
+        if caller != "account" and (action not in ("get", "destroy") or caller != number):
+            message = f"this key opens only GET and DELETE of instance {caller}"
+            return _failure(403, "forbidden", message)
+        unknown = sorted(set(request.query) - ({"owner"} if action == "list" else set()))
+        if unknown:
+            raise _Refused(f"{unknown[0]}: not a query parameter the fake Vast.ai knows")
+        if raw and request.body is None:
+            raise _Refused("body: not JSON")
+        if action == "search":
+            return _Answer(200, {"offers": self._search(request.body)})
+        if action == "create":
+            return self._create(number, request.body)
+        if action == "attach":
+            return self._attach(number, request.body)
+        if action == "list":
             with self._lock:
-                closed = self._closed
-            if closed:
-                return _failure(503, "unavailable", "the fake Vast.ai is shutting down")
-            caller = self._caller(request.headers.get("authorization", ""))
-            if caller is None:
-                return _failure(401, "invalid_user_key", "Invalid user key")
-            route = _route(method, path)
-            if route is None:
-                return _failure(404, "not_found", f"not found: {method} {path}")
-            action, number = route
-            if caller != "account" and (action not in ("get", "destroy") or caller != number):
-                message = f"this key opens only GET and DELETE of instance {caller}"
-                return _failure(403, "forbidden", message)
-            unknown = sorted(set(request.query) - ({"owner"} if action == "list" else set()))
-            if unknown:
-                raise _Refused(f"{unknown[0]}: not a query parameter the fake Vast.ai knows")
-            if raw and request.body is None:
-                raise _Refused("body: not JSON")
-            if action == "search":
-                return _Answer(200, {"offers": self._search(request.body)})
-            if action == "create":
-                return self._create(number, request.body)
-            if action == "attach":
-                return self._attach(number, request.body)
-            if action == "list":
-                with self._lock:
-                    shown = [_json(i) for i in self.instances.values() if not i.destroyed]
-                return _Answer(200, {"instances": shown})
-            if action == "get":
-                with self._lock:
-                    instance = self.instances.get(number)
-                    shown_one = None if instance is None or instance.destroyed else _json(instance)
-                return _Answer(200, {"instances": shown_one})  # Vast.ai's "no such instance"
-            return self._destroy(number)
-        except _Refused as refused:
-            return _failure(400, refused.error, refused.msg)
-        except Exception as error:  # answered 500, and raised when the fake is left
-            message = f"{method} {path}: {type(error).__name__}: {error}"
+                shown = [_json(i) for i in self.instances.values() if not i.destroyed]
+            return _Answer(200, {"instances": shown})
+        if action == "get":
             with self._lock:
-                self.errors.append(message)
-            return _failure(500, "internal", f"the fake Vast.ai failed: {message}")
+                instance = self.instances.get(number)
+                shown_one = None if instance is None or instance.destroyed else _json(instance)
+            return _Answer(200, {"instances": shown_one})  # Vast.ai's "no such instance"
+        return self._destroy(number)
 
     def _caller(self, authorization: str) -> Literal["account"] | int | None:
         """Who asks: "account" for the API key, an instance's id for its live key, else None."""
@@ -384,10 +351,7 @@ class FakeVastAI(FakeCloud):
         self, offer: dict[str, Any], body: dict[str, Any], dph_total: float
     ) -> FakeInstance:
         instance_id = self._next_id
-        # Not derived from the id: another fake (another test process) may use the same ids,
-        # and hold addresses from the same first one now.
-        number = free_ssh_address("127.0.0", self._next_address)
-        self._next_address = number + 1
+        address = self._addresses.take()
         self._next_id += 1
         key = "vasti_" + secrets.token_hex(16)
         directory = self.root / str(instance_id)
@@ -397,27 +361,19 @@ class FakeVastAI(FakeCloud):
         # Vast.ai exports the create's variables to SSH sessions; keys that are not names
         # ("-p 8080:8080") are docker options, not variables.
         env = {name: value for name, value in body.get("env", {}).items() if _is_name(name)}
-        env |= {
-            # How its processes are found to end them: unique to this fake, unlike the id.
-            _MARKER: str(directory),
+        env |= self._marker_env(instance_id) | {
             "CONTAINER_ID": str(instance_id),
             "CONTAINER_API_KEY": key,
             "VAST_CONTAINERLABEL": f"C.{instance_id}",
         }
-        # A short home, as Vast.ai's /root: a worker's socket lives under it, and a unix
-        # socket's path holds 107 bytes, which a home under a test's directory would exceed.
-        home = Path(tempfile.mkdtemp(prefix="vast-"))
-        try:
-            machine = sshd.start_sshd(
-                self.root,
-                str(instance_id),
-                f"127.0.0.{number}",
-                authorized,
-                extra_env=env,
-                home=home,
-            )
-        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
-            raise RuntimeError(str(error)) from None
+        machine = start_machine(
+            self.root,
+            str(instance_id),
+            address,
+            authorized,
+            env=env,
+            home="vast-",  # as Vast.ai's /root
+        )
         now = time.monotonic()
         return FakeInstance(
             id=instance_id,
@@ -461,11 +417,6 @@ class FakeVastAI(FakeCloud):
                 offer["rented"] = False
         then = (lambda: self._end(instance, abrupt=False)) if running else None
         return _Answer(200, {"success": True}, then=then)
-
-    def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
-        """End every process of the instance by pid (``_end_machine``)."""
-        marker = f"{_MARKER}={self.root / str(instance.id)}".encode()
-        self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
 
 
 def _json(instance: FakeInstance) -> dict[str, Any]:

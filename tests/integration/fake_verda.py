@@ -36,41 +36,37 @@ seconds, then is not found; a token is refused once ``expire_tokens`` is called.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
-import sshd
-from fake_aws import _write_secret
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    AddressBlocks,
+    Checks,
+    MachineCloud,
     Recorded,
+    Refused,
+    SshAddresses,
     _Answer,
     _is_list_of_text,
     _is_text,
-    _read,
-    _reply,
-    free_ssh_address,
+    _write_secret,
+    check_body,
+    need_root_machines,
+    start_machine,
 )
-from needs import unavailable
 from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.5.N.10
 LOCATIONS = ("FIN-01", "FIN-02", "ICE-01")
 IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
 NO_CAPACITY = "No capacity available"
-_MARKER = "FAKE_VERDA_MACHINE"
 
 
 def _type(name: str, gpu: str, gpus: int, price: str, vcpus: int, ram: int) -> dict[str, Any]:
@@ -106,38 +102,20 @@ DEFAULT_AVAILABILITY: Mapping[str, Sequence[str]] = {
     "ICE-01": ("1H100.80S.32V", "1A10.8V"),
 }
 
-_blocks_lock = threading.Lock()
-_blocks_made = 0
-
-
-def _address_block() -> int:
-    """A third octet no other fake Verda of this test process uses: 16 per pytest-xdist
-    worker (its number from ``PYTEST_XDIST_WORKER``), one after the other within it."""
-    global _blocks_made
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    with _blocks_lock:
-        made, _blocks_made = _blocks_made, _blocks_made + 1
-    return (int(worker) if worker.isdigit() else 0) % 16 * 16 + made % 16
+#: The third octets N of the fake Verdas' addresses, 127.5.N.x: one each.
+_BLOCKS = AddressBlocks()
 
 
 def need_fake_verda() -> None:
-    """Skip where the fake's machines cannot run (under CI, fail): without sshd, or not as
-    root (they listen on port 22)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable(
-            "the fake Verda's machines listen on port 22: run the tests as root",
-            suite="sky.Verda",
-        )
+    """Skip where the fake's machines cannot listen on port 22 (``need_root_machines``)."""
+    need_root_machines(FakeVerda.title, suite="sky.Verda")
 
 
 @attrs.define
 class FakeInstance:
-    """An instance the fake created: its create's JSON, its sshd machine and its state.
-
-    ``running`` says whether its processes still run; an instance ends once (deleted or
-    killed), and its ``machine`` stays as a record of where it was.
-    """
+    """An instance the fake created: its create's JSON, its sshd machine (the one running
+    now: a startup script restarts sshd) and its state (a ``fake_cloud.MachineRecord``: it
+    ends once, deleted or killed)."""
 
     id: str
     body: dict[str, Any]
@@ -155,19 +133,22 @@ class FakeInstance:
         return str(self.body["hostname"])
 
 
-class _Refused(Exception):
+class _Refused(Refused):
     """A request the fake answers with an error in Verda's shape."""
 
     def __init__(self, message: str, code: str = "invalid_request", status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.code, self.status = message, code, status
+        super().__init__(message, code, status)
 
 
-class FakeVerda(FakeCloud):
+class FakeVerda(MachineCloud[str, FakeInstance]):
     """Verda's API v1 at ``api_url`` on ``127.0.0.1``, with sshd machines for instances
-    (``fake_cloud.FakeCloud``: leaving it ends every machine, by pid)."""
+    (``fake_cloud.MachineCloud``: leaving it ends every machine, by pid)."""
 
     title = "the fake Verda"
+    marker = "FAKE_VERDA_MACHINE"
+    mark_by_directory = True
+    closing_code = "service_unavailable"
+    failure_code = "server_error"
 
     def __init__(
         self,
@@ -193,7 +174,6 @@ class FakeVerda(FakeCloud):
         self.start_delay = start_delay
         self.delete_delay = delete_delay
         self.script_delay = script_delay
-        self.requests: list[Recorded] = []
         self.tokens: set[str] = set()  # those still accepted
         self.tokens_given = 0
         self.ssh_keys: dict[str, dict[str, str]] = {}  # by id
@@ -202,8 +182,7 @@ class FakeVerda(FakeCloud):
         #: (type, location): creates of it there are refused for capacity, though listed.
         self.full: set[tuple[str, str]] = set()
         self._failures: list[tuple[int, str, str] | None] = []  # None: that create succeeds
-        self._block = _address_block()
-        self._next_address = FIRST_ADDRESS
+        self._addresses = SshAddresses(f"127.5.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-verda") + "/v1"
         self._threads.append(
             threading.Thread(target=self._run_scripts, name="fake-verda-scripts", daemon=True)
@@ -237,71 +216,37 @@ class FakeVerda(FakeCloud):
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Verda then shows it
         ``offline`` until it is deleted, and still bills it."""
-        with self._lock:
-            instance = self.instances[instance_id]
-            if instance.deleted_at is not None:
-                raise ValueError(f"instance {instance_id} is deleted")
-            instance.status = "offline"
-            running, instance.running = instance.running, False
-        if running:
-            self._end(instance, abrupt=True)
+        self._kill(instance_id, _offline)
 
-    # -- FakeCloud -------------------------------------------------------------------------------
+    # -- MachineCloud ----------------------------------------------------------------------------
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [i for i in self.instances.values() if i.running]
-            for instance in ending:
-                instance.running = False
-        for instance in ending:
-            self._end(instance, abrupt=False)
+    def _records(self) -> Mapping[str, FakeInstance]:
+        return self.instances
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(i.id, i.machine.home) for i in self.instances.values()]
-
-    def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
-        marker = f"{_MARKER}={self.root / instance.id}".encode()
-        self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Verda's API sends it."""
+        return _Answer(refused.status, {"code": refused.code, "message": refused.message})
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request, raw))
-
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
         method, path = request.method, request.path
-        try:
-            with self._lock:
-                closed = self._closed
-            if closed:
-                raise _Refused("the fake Verda is shutting down", "service_unavailable", 503)
-            if raw and request.body is None:
-                raise _Refused("body: not JSON")
-            if request.query:
-                raise _Refused(f"{sorted(request.query)[0]}: not a query parameter it knows")
-            parts = path.strip("/").split("/")
-            if parts[:1] != ["v1"]:
-                raise _Refused(f"not found: {method} {path}", "not_found", 404)
-            rest = parts[1:]
-            if rest == ["oauth2", "token"] and method == "POST":
-                return self._token(request.body)
-            given = request.headers.get("authorization", "")
-            with self._lock:
-                known = given.startswith("Bearer ") and given[7:] in self.tokens
-            if not known:
-                raise _Refused("Invalid or expired access token", "unauthorized_request", 401)
-            return self._route(method, rest, request.body)
-        except _Refused as refused:
-            return _error(refused.status, refused.code, refused.message)
-        except Exception as error:  # answered 500, and raised when the fake is left
-            message = f"{method} {path}: {type(error).__name__}: {error}"
-            with self._lock:
-                self.errors.append(message)
-            return _error(500, "server_error", f"the fake Verda failed: {message}")
+        if raw and request.body is None:
+            raise _Refused("body: not JSON")
+        if request.query:
+            raise _Refused(f"{sorted(request.query)[0]}: not a query parameter it knows")
+        parts = path.strip("/").split("/")
+        if parts[:1] != ["v1"]:
+            raise _Refused(f"not found: {method} {path}", "not_found", 404)
+        rest = parts[1:]
+        if rest == ["oauth2", "token"] and method == "POST":
+            return self._token(request.body)
+        given = request.headers.get("authorization", "")
+        with self._lock:
+            known = given.startswith("Bearer ") and given[7:] in self.tokens
+        if not known:
+            raise _Refused("Invalid or expired access token", "unauthorized_request", 401)
+        return self._route(method, rest, request.body)
 
     def _token(self, body: Any) -> _Answer:
         _check(body, _TOKEN_FIELDS, required=tuple(_TOKEN_FIELDS))
@@ -416,9 +361,7 @@ class FakeVerda(FakeCloud):
             return _Answer(202, instance.id)
 
     def _start(self, body: dict[str, Any], keys: Sequence[str], script: str) -> FakeInstance:
-        number = free_ssh_address(f"127.5.{self._block}", self._next_address)
-        address = f"127.5.{self._block}.{number}"
-        self._next_address = number + 1
+        address = self._addresses.take()
         instance_id = str(uuid.uuid4())
         directory = self.root / instance_id
         directory.mkdir(parents=True)
@@ -441,21 +384,15 @@ class FakeVerda(FakeCloud):
         )
 
     def _machine(self, instance_id: str, address: str, authorized: Path) -> Machine:
-        # A short home, as /root: a worker's socket lives under it, and a unix socket's path
-        # holds 107 bytes, which a home under a test's directory would exceed.
-        home = Path(tempfile.mkdtemp(prefix="verda-"))
-        try:
-            return sshd.start_sshd(
-                self.root,
-                instance_id,
-                address,
-                authorized,
-                port=22,
-                extra_env={_MARKER: str(self.root / instance_id), "FAKE_VERDA_ID": instance_id},
-                home=home,
-            )
-        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
-            raise RuntimeError(str(error)) from None
+        return start_machine(
+            self.root,
+            instance_id,
+            address,
+            authorized,
+            port=22,
+            env={**self._marker_env(instance_id), "FAKE_VERDA_ID": instance_id},
+            home="verda-",  # as /root
+        )
 
     def _run_scripts(self) -> None:
         """Run each startup script once its time has come, until the fake is left."""
@@ -552,6 +489,13 @@ class FakeVerda(FakeCloud):
         }
 
 
+def _offline(instance: FakeInstance) -> None:
+    """``kill``'s mark: Verda shows a killed instance offline."""
+    if instance.deleted_at is not None:
+        raise ValueError(f"instance {instance.id} is deleted")
+    instance.status = "offline"
+
+
 # The part of a startup script the fake understands: the host key written from a
 # here-document.
 _HOST_KEY = re.compile(
@@ -564,10 +508,9 @@ def _script_host_key(script: str) -> str | None:
     return found["key"] + "\n" if found else None
 
 
-_Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
 _TEXT = (_is_text, "a non-empty string")
-_TOKEN_FIELDS: _Checks = {"grant_type": _TEXT, "client_id": _TEXT, "client_secret": _TEXT}
-_CREATE_FIELDS: _Checks = {
+_TOKEN_FIELDS: Checks = {"grant_type": _TEXT, "client_id": _TEXT, "client_secret": _TEXT}
+_CREATE_FIELDS: Checks = {
     "instance_type": _TEXT,
     "image": _TEXT,
     "ssh_key_ids": (lambda v: _is_list_of_text(v) and len(v) > 0, "a list of SSH key ids"),
@@ -590,7 +533,7 @@ _CREATE_REQUIRED = (
     "location_code",
     "ssh_key_ids",
 )
-_ACTION_FIELDS: _Checks = {
+_ACTION_FIELDS: Checks = {
     "action": _TEXT,
     "id": (lambda v: _is_text(v) or (_is_list_of_text(v) and len(v) > 0), "an id or a list of ids"),
     "volume_ids": (lambda v: v is None or _is_list_of_text(v), "a list of volume ids"),
@@ -598,22 +541,6 @@ _ACTION_FIELDS: _Checks = {
 }
 
 
-def _check(body: Any, fields: _Checks, required: Sequence[str]) -> None:
+def _check(body: Any, fields: Checks, required: Sequence[str]) -> None:
     """Refuse a body naming its first wrong field."""
-    if not isinstance(body, dict):
-        raise _Refused("body: expected a JSON object")
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise _Refused(f"{unknown[0]}: not a field the fake Verda knows ({', '.join(fields)})")
-    for field in required:
-        if field not in body:
-            raise _Refused(f"{field}: required")
-    for field, value in body.items():
-        check, expected = fields[field]
-        if not check(value):
-            raise _Refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
-
-
-def _error(status: int, code: str, message: str) -> _Answer:
-    """An error as Verda's API sends it."""
-    return _Answer(status, {"code": code, "message": message})
+    check_body(body, fields, required, title=FakeVerda.title, refused=_Refused)

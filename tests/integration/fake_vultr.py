@@ -28,37 +28,32 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import json
-import os
 import secrets
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
-import sshd
-from fake_aws import _write_secret
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    AddressBlocks,
+    Checks,
+    MachineCloud,
     Recorded,
+    Refused,
+    SshAddresses,
     _Answer,
     _is_int,
     _is_list_of_text,
     _is_text,
-    _read,
-    _reply,
-    free_ssh_address,
+    check_body,
+    cloud_init,
+    need_root_machines,
+    start_machine,
 )
-from needs import unavailable
 from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.6.B.10
-_MARKER = "FAKE_VULTR_MACHINE"
 #: What a create of a plan a region cannot create now is answered (Vultr's words unknown).
 NOT_AVAILABLE = "Plan is not available in the selected region."
 
@@ -108,39 +103,20 @@ DEFAULT_AVAILABILITY: Mapping[str, Sequence[str]] = {
     "sea": [],
 }
 
-_blocks_lock = threading.Lock()
-_blocks_made = 0
-
-
-def _address_block() -> int:
-    """A third octet no other fake Vultr on this machine uses now: 16 per pytest-xdist
-    worker, one after the other within it; so that two workers' fakes never bind the same
-    address's port 22 (and ``free_ssh_address`` skips one held all the same)."""
-    global _blocks_made
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    with _blocks_lock:
-        made, _blocks_made = _blocks_made, _blocks_made + 1
-    return (int(worker) if worker.isdigit() else 0) % 16 * 16 + made % 16
+#: The third octets B of the fake Vultrs' addresses, 127.6.B.x: one each (and
+#: ``SshAddresses`` skips one held all the same).
+_BLOCKS = AddressBlocks()
 
 
 def need_fake_vultr() -> None:
-    """Skip where the fake's machines cannot run (under CI, fail): without sshd, or not as
-    root (they listen on port 22)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable(
-            "the fake Vultr's machines listen on port 22: run the tests as root",
-            suite="sky.Vultr",
-        )
+    """Skip where the fake's machines cannot listen on port 22 (``need_root_machines``)."""
+    need_root_machines(FakeVultr.title, suite="sky.Vultr")
 
 
 @attrs.define
 class FakeInstance:
-    """An instance the fake created: its create's JSON, its sshd machine and its state.
-
-    ``running`` says whether its processes still run; an instance ends once (deleted or
-    killed), and its ``machine`` stays as a record of where it was.
-    """
+    """An instance the fake created: its create's JSON, its sshd machine and its state (a
+    ``fake_cloud.MachineRecord``: it ends once, deleted or killed)."""
 
     id: str
     body: dict[str, Any]
@@ -162,19 +138,20 @@ class FakeInstance:
         return self.status
 
 
-class _Refused(Exception):
-    """A request the fake answers with an error in Vultr's shape."""
+class _Refused(Refused):
+    """A request the fake answers with an error in Vultr's shape (which has no code)."""
 
     def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message, self.status = message, status
+        super().__init__(message, status=status)
 
 
-class FakeVultr(FakeCloud):
+class FakeVultr(MachineCloud[str, FakeInstance]):
     """Vultr's API v2 at ``api_url`` on ``127.0.0.1``, with sshd machines for instances
-    (``fake_cloud.FakeCloud``: leaving it ends every machine, by pid)."""
+    (``fake_cloud.MachineCloud``: leaving it ends every machine, by pid)."""
 
     title = "the fake Vultr"
+    marker = "FAKE_VULTR_MACHINE"
+    mark_by_directory = True
 
     def __init__(
         self,
@@ -194,15 +171,13 @@ class FakeVultr(FakeCloud):
         self.availability: dict[str, list[str]] = {r: list(p) for r, p in availability.items()}
         self.start_delay = start_delay
         self.per_page_max = per_page_max
-        self.requests: list[Recorded] = []
         self.instances: dict[str, FakeInstance] = {}
         self.ssh_keys: dict[str, dict[str, str]] = {}  # by id
         #: (plan, region): the next create of it is refused, and the region's availability
         #: stops listing the plan from then on (someone took the last one meanwhile).
         self.sell_out: set[tuple[str, str]] = set()
         self._failures: list[tuple[int, str] | None] = []  # None: that create succeeds
-        self._block = _address_block()
-        self._next_address = FIRST_ADDRESS
+        self._addresses = SshAddresses(f"127.6.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-vultr") + "/v2"
 
     # -- what tests do to it ------------------------------------------------------------------
@@ -222,64 +197,30 @@ class FakeVultr(FakeCloud):
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Vultr then shows it
         stopped until it is deleted, and still bills it."""
-        with self._lock:
-            instance = self.instances[instance_id]
-            if instance.deleted:
-                raise ValueError(f"instance {instance_id} is deleted")
-            instance.power_status = "stopped"
-            running, instance.running = instance.running, False
-        if running:
-            self._end(instance, abrupt=True)
+        self._kill(instance_id, _stopped)
 
-    # -- FakeCloud -------------------------------------------------------------------------------
+    # -- MachineCloud ----------------------------------------------------------------------------
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [i for i in self.instances.values() if i.running]
-            for instance in ending:
-                instance.running = False
-        for instance in ending:
-            self._end(instance, abrupt=False)
+    def _records(self) -> Mapping[str, FakeInstance]:
+        return self.instances
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(i.id, i.machine.home) for i in self.instances.values()]
-
-    def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
-        marker = f"{_MARKER}={instance.directory}".encode()
-        self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Vultr's API sends it."""
+        return _Answer(refused.status, {"error": refused.message, "status": refused.status})
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request, raw))
-
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
         method, path = request.method, request.path
-        try:
-            with self._lock:
-                closed = self._closed
-            if closed:
-                raise _Refused("the fake Vultr is shutting down", 503)
-            given = request.headers.get("authorization", "").encode()
-            if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
-                raise _Refused("Invalid API token.", 401)
-            if raw and request.body is None:
-                raise _Refused("body: not JSON")
-            parts = path.strip("/").split("/")
-            if parts[:1] != ["v2"]:
-                raise _Refused(f"not found: {method} {path}", 404)
-            return self._route(method, parts[1:], request.body, request.query)
-        except _Refused as refused:
-            return _error(refused.status, refused.message)
-        except Exception as error:  # answered 500, and raised when the fake is left
-            message = f"{method} {path}: {type(error).__name__}: {error}"
-            with self._lock:
-                self.errors.append(message)
-            return _error(500, f"the fake Vultr failed: {message}")
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
+            raise _Refused("Invalid API token.", 401)
+        if raw and request.body is None:
+            raise _Refused("body: not JSON")
+        parts = path.strip("/").split("/")
+        if parts[:1] != ["v2"]:
+            raise _Refused(f"not found: {method} {path}", 404)
+        return self._route(method, parts[1:], request.body, request.query)
 
     def _route(
         self, method: str, rest: list[str], body: Any, query: dict[str, list[str]]
@@ -407,34 +348,20 @@ class FakeVultr(FakeCloud):
             return _Answer(202, {"instance": self._json(instance)})
 
     def _start(self, body: dict[str, Any], keys: list[str], user_data: str) -> FakeInstance:
-        number = free_ssh_address(f"127.6.{self._block}", self._next_address)
-        address = f"127.6.{self._block}.{number}"
-        self._next_address = number + 1
+        address = self._addresses.take()
         instance_id = _uuid()
         directory = self.root / instance_id
         directory.mkdir(parents=True)
-        config = _cloud_config(user_data)
-        private = (config.get("ssh_keys") or {}).get("ed25519_private")
-        if isinstance(private, str) and private.strip():
-            _write_secret(directory / "host_ed25519", private)  # start_sshd keeps it
-        extra = [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
-        authorized = directory / "authorized_keys"
-        authorized.write_text("".join(f"{line}\n" for line in [*keys, *extra]))
-        # A short home, as /root: a worker's socket lives under it, and a unix socket's
-        # path holds 107 bytes, which a home under a test's directory would exceed.
-        home = Path(tempfile.mkdtemp(prefix="vultr-"))
-        try:
-            machine = sshd.start_sshd(
-                self.root,
-                instance_id,
-                address,
-                authorized,
-                port=22,
-                extra_env={_MARKER: str(directory)},
-                home=home,
-            )
-        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
-            raise RuntimeError(str(error)) from None
+        authorized = cloud_init(directory, user_data, keys)
+        machine = start_machine(
+            self.root,
+            instance_id,
+            address,
+            authorized,
+            port=22,
+            env=self._marker_env(instance_id),
+            home="vultr-",  # as /root
+        )
         return FakeInstance(
             id=instance_id,
             body=body,
@@ -494,12 +421,18 @@ class FakeVultr(FakeCloud):
         }
 
 
-_Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
-_KEY_FIELDS: _Checks = {
+def _stopped(instance: FakeInstance) -> None:
+    """``kill``'s mark: Vultr shows a killed instance stopped."""
+    if instance.deleted:
+        raise ValueError(f"instance {instance.id} is deleted")
+    instance.power_status = "stopped"
+
+
+_KEY_FIELDS: Checks = {
     "name": (_is_text, "a non-empty string"),
     "ssh_key": (_is_text, "an OpenSSH public key line"),
 }
-_CREATE_FIELDS: _Checks = {
+_CREATE_FIELDS: Checks = {
     "region": (_is_text, "a region's id"),
     "plan": (_is_text, "a plan's id"),
     "os_id": (lambda v: _is_int(v) and v > 0, "an OS id"),
@@ -519,20 +452,9 @@ _CREATE_FIELDS: _Checks = {
 }
 
 
-def _check(body: Any, fields: _Checks, required: Sequence[str]) -> None:
+def _check(body: Any, fields: Checks, required: Sequence[str]) -> None:
     """Refuse a body naming its first wrong field."""
-    if not isinstance(body, dict):
-        raise _Refused("body: expected a JSON object")
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise _Refused(f"{unknown[0]}: not a field the fake Vultr knows ({', '.join(fields)})")
-    for field in required:
-        if field not in body:
-            raise _Refused(f"{field}: required")
-    for field, value in body.items():
-        check, expected = fields[field]
-        if not check(value):
-            raise _Refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
+    check_body(body, fields, required, title=FakeVultr.title, refused=_Refused)
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:
@@ -542,17 +464,6 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _cloud_config(text: str) -> dict[str, Any]:
-    """User data as cloud-init reads it here: ``#cloud-config`` then one JSON object (which
-    is YAML); anything else configures nothing."""
-    first, _, rest = text.partition("\n")
-    try:
-        config = json.loads(rest) if first.strip() == "#cloud-config" else None
-    except ValueError:
-        config = None
-    return config if isinstance(config, dict) else {}
-
-
 def _uuid() -> str:
     raw = secrets.token_hex(16)
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
@@ -560,8 +471,3 @@ def _uuid() -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
-
-def _error(status: int, message: str) -> _Answer:
-    """An error as Vultr's API sends it."""
-    return _Answer(status, {"error": message, "status": status})

@@ -11,7 +11,7 @@ import asyncssh
 import httpx
 import pytest
 import sshd
-from clients import asyncio_run
+from clients import printed_over_ssh
 from fake_hyperstack import IMAGE, NO_STOCK, FakeHyperstack, need_fake_hyperstack
 
 from skyward_trio import _transport
@@ -161,18 +161,9 @@ def test_a_vm_is_a_machine_with_its_keys_and_delete_ends_it(fake: FakeHyperstack
     ip = shown["instance"]["floating_ip"]
     assert ip.startswith("127.4.")
 
-    async def login() -> str:
-        async with asyncssh.connect(
-            ip,
-            22,
-            username="root",
-            client_keys=[client],
-            known_hosts=([asyncssh.import_public_key(_transport.public_openssh(host_key))], [], []),
-        ) as conn:
-            done = await conn.run('printf %s "$FAKE_HYPERSTACK_VM_ID"', check=True)
-            return str(done.stdout)
-
-    assert asyncio_run(login) == str(vm_id)  # the keypair logs in; the host key is pinned
+    # The keypair logs in; the host key is pinned.
+    printed = printed_over_ssh(ip, client, host_key, 'printf %s "$FAKE_HYPERSTACK_VM_ID"')
+    assert printed == str(vm_id)
     fake.kill(vm_id)
     assert _call(fake, "GET", f"/core/virtual-machines/{vm_id}")[1]["instance"]["status"] == "ERROR"
     assert [vm.id for vm in fake.live()] == [vm_id]  # an ERROR VM still bills

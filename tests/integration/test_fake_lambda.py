@@ -12,7 +12,7 @@ import asyncssh
 import httpx
 import pytest
 import sshd
-from clients import asyncio_run
+from clients import printed_over_ssh
 from fake_lambda import NO_CAPACITY, FakeLambda, need_fake_lambda
 
 from skyward_trio import _transport
@@ -105,18 +105,9 @@ def test_an_instance_is_a_machine_with_its_keys_and_terminate_ends_it(fake: Fake
     ip = shown["data"]["ip"]
     assert ip.startswith("127.3.0.")
 
-    async def login() -> str:
-        async with asyncssh.connect(
-            ip,
-            22,
-            username="root",
-            client_keys=[client],
-            known_hosts=([asyncssh.import_public_key(_transport.public_openssh(host_key))], [], []),
-        ) as conn:
-            done = await conn.run('printf %s "$FAKE_LAMBDA_INSTANCE_ID"', check=True)
-            return str(done.stdout)
-
-    assert asyncio_run(login) == instance_id  # the registered key logs in; the host key is pinned
+    # The registered key logs in; the host key is pinned.
+    printed = printed_over_ssh(ip, client, host_key, 'printf %s "$FAKE_LAMBDA_INSTANCE_ID"')
+    assert printed == instance_id
     fake.kill(instance_id)
     assert _call(fake, "GET", f"/instances/{instance_id}")[1]["data"]["status"] == "unhealthy"
     assert [i.id for i in fake.live()] == [instance_id]  # unhealthy still bills

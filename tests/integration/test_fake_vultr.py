@@ -13,7 +13,7 @@ import asyncssh
 import httpx
 import pytest
 import sshd
-from clients import asyncio_run
+from clients import printed_over_ssh
 from fake_vultr import NOT_AVAILABLE, FakeVultr, need_fake_vultr
 
 from skyward_trio import _transport
@@ -135,19 +135,9 @@ def test_an_instance_is_a_machine_with_its_keys_and_delete_ends_it(fake: FakeVul
     ip = instance["main_ip"]
     assert ip.startswith("127.6.")
 
-    async def login() -> str:
-        async with asyncssh.connect(
-            ip,
-            22,
-            username="root",
-            client_keys=[client],
-            known_hosts=([asyncssh.import_public_key(_transport.public_openssh(host_key))], [], []),
-        ) as conn:
-            done = await conn.run('printf %s "$FAKE_VULTR_MACHINE"', check=True)
-            return str(done.stdout)
-
     # The registered key logs in; the host key is pinned; the marker is the instance's own.
-    assert asyncio_run(login) == str(fake.instances[instance_id].directory)
+    printed = printed_over_ssh(ip, client, host_key, 'printf %s "$FAKE_VULTR_MACHINE"')
+    assert printed == str(fake.instances[instance_id].directory)
     fake.kill(instance_id)
     assert _call(fake, "GET", f"/instances/{instance_id}")[1]["instance"]["power_status"] == (
         "stopped"
