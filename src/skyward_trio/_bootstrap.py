@@ -42,6 +42,7 @@ __all__ = [
     "READY_MARK",
     "Environment",
     "env_hash",
+    "environment_bootstrap",
     "pack_includes",
     "requirement_name",
     "worker_bootstrap",
@@ -353,6 +354,27 @@ def _launch_line(launch: LaunchCommand, base: LaunchCommand, python: str) -> str
     return " ".join(words)
 
 
+def _script_head(d: str) -> str:
+    """A bootstrap script's start: strict bash, phases, and ``d`` (quoted) made and
+    entered."""
+    return f"""set -eEu
+umask 077
+current=setup
+phase() {{ current=$1; echo "{PHASE_MARK}$1"; }}
+trap 'echo "{FAILED_MARK}$current" >&2' ERR
+mkdir -p {d}
+cd {d}"""
+
+
+def environment_bootstrap(*, workdir: str, python: str, environment: Environment) -> str:
+    """A bash script that builds ``environment`` in ``workdir`` and nothing else: for a
+    machine launched ahead of the node it will take over, so that its worker's bootstrap
+    (:func:`worker_bootstrap`, later) finds the environment built. It prints
+    ``READY_MARK`` once done, or exits non-zero naming the phase that failed."""
+    setup, _ = _environment_steps(environment, python)
+    return f"{_script_head(shlex.quote(workdir))}\n{setup}\necho {READY_MARK}\n"
+
+
 def worker_bootstrap(
     *,
     workdir: str,
@@ -398,13 +420,7 @@ def worker_bootstrap(
     mounts = f"d={d}\n{volumes}" if volumes else ""
     base = worker_command(workdir)
     start = _launch_line(launch or base, base, py)
-    return f"""set -eEu
-umask 077
-current=setup
-phase() {{ current=$1; echo "{PHASE_MARK}$1"; }}
-trap 'echo "{FAILED_MARK}$current" >&2' ERR
-mkdir -p {d}
-cd {d}
+    return f"""{_script_head(d)}
 {setup}
 current=start
 if [ -f worker.ready ]; then

@@ -32,6 +32,7 @@ from ._bootstrap import (
     READY_MARK,
     Environment,
     env_hash,
+    environment_bootstrap,
     pack_includes,
     requirement_name,
     worker_bootstrap,
@@ -374,8 +375,9 @@ class Supervisor:
         It joins the pool (bootstrap, worker) once the node is lost (``_provision``); if
         launching it fails, the replacement is launched then as usual."""
         try:
-            with ahead.scope, trio.fail_after(self.pool.options.provision_timeout or 300):
-                instance = await self.cluster.provision(i)
+            with ahead.scope:
+                with trio.fail_after(self.pool.options.provision_timeout or 300):
+                    instance = await self.cluster.provision(i)
                 self.ledger.start(instance.id, instance.hourly_price, trio.current_time())
                 ahead.instance = instance
                 self._emit(
@@ -389,6 +391,8 @@ class Supervisor:
                     ahead.instance = None
                     with trio.CancelScope(shield=True):
                         await self._retire(instance, None)
+                else:
+                    await self._prepare_ahead(instance)
         except Exception as exc:
             self._emit(
                 Error,
@@ -398,6 +402,41 @@ class Supervisor:
             )
         finally:
             ahead.done.set()
+
+    async def _prepare_ahead(self, instance: Instance) -> None:
+        """Build the image's environment on a machine launched ahead, so that taking the
+        node over only starts its worker (its bootstrap finds the environment built). A
+        failure here is not the node's: the bootstrap at take-over builds the environment
+        again, and fails the node if it must."""
+        pool, i = self.pool, instance.node
+        try:
+            environment = await self._environment(instance)
+            if environment is None:
+                return
+            script = environment_bootstrap(
+                workdir=instance.workdir,
+                python=instance.python or "python3",
+                environment=environment,
+            )
+            ssh = await self._connect(instance)
+            try:
+                with trio.fail_after(
+                    pool.options.bootstrap_timeout or pool.spec.image.bootstrap_timeout
+                ):
+                    rc, out, err = await ssh.run("bash -s", input=script.encode())
+            finally:
+                with trio.CancelScope(shield=True):
+                    await ssh.aclose()
+            _log_output(pool._log, i, "environment, built ahead", out + err)
+            if rc != 0 or READY_MARK.encode() not in out:
+                raise RuntimeError(_bootstrap_failure(rc, err))
+        except Exception as exc:
+            self._emit(
+                Error,
+                message=f"node {i}'s replacement {instance.id} did not build its environment "
+                f"ahead ({exc}); it builds it when it takes the node over",
+                node=i,
+            )
 
     async def _drop_ahead(self, ahead: _Ahead) -> None:
         """Stop a replacement launched ahead that no node takes up, and end its machine."""

@@ -400,9 +400,12 @@ def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
         assert notice.time < notice.at <= notice.time + 120  # two minutes ahead, at most
         # Node 1 has three free slots, but new calls all go to node 0.
         assert {(_where() >> pool)["instance"] for _ in range(6)} == {placed[0]}
-        # Its replacement's machine is launched now, while it still runs the long call.
+        # Its replacement's machine is launched now, while it still runs the long call,
+        # and its environment built there.
         ahead = _launched_ahead(aws, placed)
         assert _node_of(aws, ahead) == 1
+        built = _environment_built(aws, ahead)
+        when = built.stat().st_mtime_ns
         assert not seen.of(sky.InstancePreempted, 1)
         gate.touch()
         assert long.result() == {"node": 1, "instance": placed[1]}
@@ -413,6 +416,8 @@ def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
         assert f"aws reclaims instance {placed[1]} at " in lost.reason
         replaced = seen.first(sky.InstanceReplaced, 1)
         assert (replaced.old_instance_id, replaced.instance_id) == (placed[1], ahead)
+        assert built.stat().st_mtime_ns == when  # taking over found it built
+        assert not [e for e in seen.events if isinstance(e, sky.Error)]
         again = pool.run(_where(), target=1)
         assert again["instance"] == replaced.instance_id != placed[1]
         seen.close()
@@ -438,6 +443,20 @@ def _launched_ahead(aws: FakeAWS, placed: dict[int, str]) -> str:
 
     wait_until(one_more, "a replacement launched ahead", timeout=60, every=0.05)
     return others[0]
+
+
+def _environment_built(aws: FakeAWS, instance_id: str) -> Path:
+    """The marker of the environment built on an instance's machine (waited for)."""
+    wait_until(lambda: instance_id in aws.machines, "its machine", timeout=60, every=0.05)
+    envs = aws.machines[instance_id].home / ".skyward" / "envs"
+    wait_until(
+        lambda: list(envs.glob("*/.skyward-complete")),
+        "the environment built ahead",
+        timeout=120,
+        every=0.1,
+    )
+    (marker,) = envs.glob("*/.skyward-complete")
+    return marker
 
 
 def test_a_replacement_launched_ahead_that_no_node_takes_up_is_terminated(
