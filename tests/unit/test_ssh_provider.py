@@ -26,6 +26,7 @@ from skyward_trio._bootstrap import (
     _apt_steps,
     _find_python,
     env_hash,
+    environment_bootstrap,
     worker_bootstrap,
 )
 from skyward_trio._providers import ssh_targets
@@ -305,6 +306,20 @@ def test_a_remote_environment_finds_python_and_installs_the_shipped_wheel() -> N
     wheel = '"$HOME/.skyward/envs/k1"/wheels/skyward-0.1.0-py3-none-any.whl'
     install = next(line for line in script.splitlines() if '"$UV" pip install' in line)
     assert install.endswith(f"six==1.16.0 cloudpickle==3.1.0 {wheel}")
+
+
+def test_an_environment_built_ahead_is_the_bootstraps_environment_steps_alone() -> None:
+    env = Environment(pip=("six==1.16.0",), key="k1", python_version="3.12")
+    ahead = environment_bootstrap(workdir="/w", python="python3", environment=env)
+    full = worker_bootstrap(
+        workdir="/w", python="python3", secret="s", config={}, start_timeout=1, environment=env
+    )
+    subprocess.run(["bash", "-n"], input=ahead, text=True, check=True)
+    steps = ahead.removesuffix("echo SKYWARD_WORKER_READY\n")
+    assert steps in full  # the same steps, so the worker's bootstrap finds them done
+    assert "worker.json" not in ahead  # no worker is started
+    assert "secret" not in ahead
+    assert ahead.endswith("echo SKYWARD_WORKER_READY\n")
 
 
 def test_skyward_source_pins_the_exact_version_or_ships_this_checkout() -> None:
