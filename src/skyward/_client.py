@@ -13,6 +13,7 @@ it to a node; the result comes back pickled and is rebuilt here.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
@@ -27,18 +28,28 @@ import httpx
 
 from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError
 from skyward_trio._client import (
+    BROADCAST,
     CONNECT_TIMEOUT,
     END,
+    FEED,
     ITEM,
     MAP_CONCURRENCY,
+    Feeding,
     FrameReader,
+    SourceFailed,
     call_request,
     check_target,
     client_functions,
     client_state,
     events_refused,
+    feed_answer,
+    feed_end,
+    feed_failed,
+    feed_items,
+    feed_path,
     headers,
     mapped,
+    next_chunk,
     prepare,
     read_frame,
     request_refused,
@@ -47,10 +58,11 @@ from skyward_trio._client import (
     server_silent,
     server_state,
     stream_cut,
+    take_payloads,
 )
 from skyward_trio._client import alive as _alive
 from skyward_trio._function import active_pool
-from skyward_trio._pool import PreparedCall
+from skyward_trio._pool import PreparedCall, RelayedInput
 from skyward_trio._server import (
     LOG_FILE,
     event_from_fields,
@@ -259,6 +271,7 @@ class Client:
         self._http = httpx.Client()
         self._functions = client_functions()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._feeders: list[threading.Thread] = []  # of Iterator[T] arguments; close() joins
         self._token: Any = None
         try:
             self.info()  # the pool exists, or this raises saying why
@@ -310,6 +323,10 @@ class Client:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
+        for thread in self._feeders:
+            # Told to stop when their call ended: each is back once its iterable yields.
+            thread.join()
+        self._feeders.clear()
         self._http.close()
 
     # -- the operators ---------------------------------------------------------------------------
@@ -333,7 +350,7 @@ class Client:
 
     def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node (``@``); results ordered by node index."""
-        call = prepare(self._functions, pending, how="`@` (broadcast)")
+        call = prepare(self._functions, pending, how=BROADCAST)
         return self._send("broadcast", call, None)
 
     def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | Iterator[Any]:
@@ -414,29 +431,50 @@ class Client:
             response.read()
             response.close()
             raise request_refused("POST", path, response)
-        return self._read_items(response, call.name)
+        return self._read_items(response, call)
 
-    def _read_items(self, response: httpx.Response, name: str) -> Iterator[Any]:
+    def _read_items(self, response: httpx.Response, call: PreparedCall) -> Iterator[Any]:
+        feeding = Feeding(call.name)
         try:
             reader = FrameReader()
             for chunk in response.iter_raw():
                 for content in reader.feed(chunk):
-                    kind, value = read_frame(content, name)
-                    if kind == ITEM:
+                    try:
+                        kind, value = read_frame(content, call.name)
+                    except Exception:
+                        feeding.raise_failure()
+                        raise
+                    if kind == FEED:
+                        self._feed(value, call, feeding)
+                    elif kind == ITEM:
                         yield value
                     elif kind == END:
                         return
         except httpx.TransportError as exc:
             raise server_gone(self._state["url"], exc) from exc
         finally:
+            feeding.stopped = True
             response.close()
-        raise stream_cut(self._state["url"], name)
+        raise stream_cut(self._state["url"], call.name)
 
     def _send_one(self, call: PreparedCall, target: int | str | None) -> Any:
         return self._send("run", call, target)[0]
 
     def _send(self, how: str, call: PreparedCall, target: int | str | None) -> list[Any]:
-        """Send a run or broadcast; print its output as it comes; its values."""
+        """Send a run or broadcast; print its output as it comes, and feed its
+        ``Iterator[T]`` arguments while it runs; its values."""
+        feeding = Feeding(call.name)
+        try:
+            return self._answer(how, call, target, feeding)
+        except Exception:
+            feeding.raise_failure()
+            raise
+        finally:
+            feeding.stopped = True
+
+    def _answer(
+        self, how: str, call: PreparedCall, target: int | str | None, feeding: Feeding
+    ) -> list[Any]:
         path = f"/pools/{self.name}/{how}"
         try:
             with self._http.stream(
@@ -454,12 +492,81 @@ class Client:
                 for chunk in response.iter_raw():  # to its end: the connection is kept
                     for content in reader.feed(chunk):
                         kind, values = read_frame(content, call.name)
+                        if kind == FEED:
+                            self._feed(values, call, feeding)
                         ended = kind == END
                 if ended:
                     return values  # type: ignore[no-any-return]
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
         raise stream_cut(self._state["url"], call.name)
+
+    # -- Iterator[T] arguments -------------------------------------------------------------------
+
+    def _feed(self, feed_id: str, call: PreparedCall, feeding: Feeding) -> None:
+        """Start a thread per ``Iterator[T]`` argument of ``call``, feeding its items to
+        ``feed_id`` until the call ends (``feeding.stopped``)."""
+        self._feeders = [t for t in self._feeders if t.is_alive()]
+        for slot, iterable in enumerate(call.inputs):
+            assert not isinstance(iterable, RelayedInput)  # the server's kind
+            thread = threading.Thread(
+                target=self._feed_one,
+                args=(feed_id, slot, iterable, feeding),
+                name=f"sky-feed-{call.name}-{slot}",
+                daemon=True,  # a blocked iterable must not keep the interpreter alive
+            )
+            thread.start()
+            self._feeders.append(thread)
+
+    def _feed_one(self, feed_id: str, slot: int, iterable: Iterable[Any], feeding: Feeding) -> None:
+        """Send ``iterable``'s items, pickled here, while the node has room for them; a
+        request waits on the server until it has. Stops when the call reads no more."""
+        path = feed_path(self.name, feed_id, slot)
+        iterator = iter(iterable)
+        chunk, count = 1, 1
+        try:
+            while not feeding.stopped:
+                started = time.monotonic()
+                try:
+                    payloads = take_payloads(iterator, count)
+                except Exception as exc:
+                    raise SourceFailed(exc) from exc
+                elapsed = time.monotonic() - started
+                room: int | None = 0
+                if payloads:
+                    if feeding.stopped:
+                        return
+                    room = self._feed_request(path, feed_items(payloads))
+                    if room is None:
+                        return  # the call reads no more
+                if len(payloads) < count:  # the iterable ended
+                    self._feed_request(path, feed_end())
+                    return
+                chunk, count = next_chunk(chunk, elapsed, room or 0)
+        except SourceFailed as failed:
+            feeding.failed(failed.error, source=True)
+            self._tell_failed(path, failed.error)
+        except Exception as exc:  # the server refused or lost a request of the feed
+            feeding.failed(exc, source=False)
+            self._tell_failed(path, exc)
+
+    def _tell_failed(self, path: str, exc: Exception) -> None:
+        """Have the server cancel the call, which fails with ``exc`` here."""
+        with contextlib.suppress(ServerError):  # gone: the call's own request says so
+            self._feed_request(path, feed_failed(exc))
+
+    def _feed_request(self, path: str, body: bytes) -> int | None:
+        """Send a feed request; the room the node has, or None if the call reads no more."""
+        try:
+            response = self._http.post(
+                self._state["url"] + path,
+                content=body,
+                headers=headers(self._state, framed=True),
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            )
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        return feed_answer(response, path)
 
 
 def _streamed(futures: list[concurrent.futures.Future[Any]], ordered: bool) -> Iterator[Any]:

@@ -12,6 +12,11 @@ arguments are pickled by the client and the result by the node, and the server u
 neither (so a client's modules need not import here). It does unpickle the specs of
 ``sky compute create``: Skyward's own records, and plugins pickled by value.
 
+A call's ``Iterator[T]`` arguments are fed by the client while it runs, a batch of
+pickled items per request to the call's feed; a request is answered once the node has
+room for its items, so the client reads its iterable a window ahead of the node, as a
+pool of one's own does.
+
 A client that hangs up cancels its call (the node is told); ``sky server stop``, SIGTERM
 and SIGINT close every pool and terminate its machines before the process exits. A server
 that dies without closing them leaves nodes that end themselves when their lease runs out
@@ -48,7 +53,7 @@ from ._compute import Compute
 from ._errors import PoolClosedError
 from ._events import Event
 from ._model import Options, Spec
-from ._pool import Inflight, Pool, PreparedCall
+from ._pool import Inflight, Pool, PreparedCall, RelayedInput
 from ._version import __version__
 
 __all__ = [
@@ -403,12 +408,26 @@ class _Held:
         return out
 
 
+#: The most ``Iterator[T]`` arguments one call may stream (a function has that few).
+_MAX_INPUTS = 64
+
+
+@attrs.frozen
+class _Feed:
+    """A relayed call's ``Iterator[T]`` arguments, which the client feeds by their id
+    (``POST /pools/NAME/feed/ID/SLOT``) while the call runs."""
+
+    pool: str
+    slots: tuple[RelayedInput, ...]
+
+
 class Server:
     """The pools this process holds, and the HTTP routes that reach them."""
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.pools: dict[str, _Held] = {}
+        self.feeds: dict[str, _Feed] = {}
         self.started = time.time()
         self.stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -527,7 +546,16 @@ class Server:
         if calling and method == "POST":
             held = self._ready(parts[1])
             call, target = self._parse_call(held, request.body)
+            if call.inputs and parts[2] == "broadcast":
+                raise _BadRequest(
+                    400, f"{call.name}() streams Iterator[...] arguments: not with `@` here"
+                )
             return _Calling(held, parts[2], call, target)
+        if len(parts) == 5 and parts[0] == "pools" and parts[2] == "feed" and method == "POST":
+            source = self._feed_slot(parts[1], parts[3], parts[4])
+            payloads, failed = _parse_batch(request.body)
+            room = await _while_connected(stream, lambda: source.put(payloads, failed=failed))
+            return _json(200, {"ended": True} if room is None else {"room": room})
         raise _BadRequest(404, f"no route {method} {request.path}")
 
     def status(self) -> dict[str, Any]:
@@ -555,6 +583,32 @@ class Server:
             state = "closing" if held.closing.is_set() else "still starting"
             raise _BadRequest(409, f"pool {name!r} is {state}")
         return held
+
+    def _feed_slot(self, name: str, feed_id: str, slot: str) -> RelayedInput:
+        feed = self.feeds.get(feed_id)
+        if feed is None or feed.pool != name:
+            raise _BadRequest(404, f"no call of pool {name!r} takes the items of feed {feed_id!r}")
+        if not slot.isdigit() or int(slot) >= len(feed.slots):
+            raise _BadRequest(404, f"the call of feed {feed_id!r} has no Iterator slot {slot!r}")
+        return feed.slots[int(slot)]
+
+    @contextlib.contextmanager
+    def _feeding(self, held: _Held, call: PreparedCall) -> Iterator[list[Any]]:
+        """While a call runs, its ``Iterator[T]`` arguments' feed: the frame that tells
+        the client its id (none if it takes no such argument). Then the feed's puts
+        that still wait hear that the call reads no more."""
+        slots = tuple(s for s in call.inputs if isinstance(s, RelayedInput))
+        if not slots:
+            yield []
+            return
+        feed_id = secrets.token_urlsafe(16)
+        self.feeds[feed_id] = _Feed(held.name, slots)
+        try:
+            yield pack({"feed": feed_id, "slots": len(slots)})
+        finally:
+            del self.feeds[feed_id]
+            for slot in slots:
+                slot.end()
 
     def _pool(self, name: str) -> Pool:
         pool = self._ready(name).pool
@@ -714,19 +768,29 @@ class Server:
             args = join_payload(header["args"], blobs[n_fn:])
             key, name, needs = str(header["key"]), str(header["name"]), header["needs"]
             timeout, target = header.get("timeout"), header.get("target")
+            inputs = header.get("inputs", 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise _BadRequest(400, f"not a call: {exc}") from None
         if not isinstance(needs, dict):
             raise _BadRequest(400, "not a call: needs is not a mapping")
+        if (
+            isinstance(inputs, bool)
+            or not isinstance(inputs, int)
+            or not 0 <= inputs <= _MAX_INPUTS
+        ):
+            raise _BadRequest(400, f"not a call: inputs must be 0 to {_MAX_INPUTS}, not {inputs!r}")
         pool._functions.adopt(key, fn, needs)
-        return PreparedCall(key, fn, args, name, timeout, stream=stream), target
+        relayed = tuple(RelayedInput() for _ in range(inputs))
+        return PreparedCall(key, fn, args, name, timeout, stream=stream, inputs=relayed), target
 
     async def _relay_call(
         self, conn: h11.Connection, stream: trio.SocketStream, calling: _Calling
     ) -> None:
-        """Answer a run or broadcast: the call's output as it comes, a frame each
-        (``{"output": [node, stream, text]}``), then the frame with its results. The
-        connection stays open for the client's next request."""
+        """Answer a run or broadcast: for a call with ``Iterator[T]`` arguments first
+        the frame naming their feed (``{"feed": id}``: the client posts their items to
+        it), then the call's output as it comes, a frame each (``{"output": [node,
+        stream, text]}``), then the frame with its results. The connection stays open for
+        the client's next request."""
         held, call = calling.held, calling.call
         assert held.pool is not None
         pool = held.pool
@@ -748,7 +812,9 @@ class Server:
         async def work() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write_output, nursery.cancel_scope)
-                with held.calling():
+                with held.calling(), self._feeding(held, call) as feed:
+                    if feed:
+                        send.send_nowait(feed)  # first: the client feeds it while it runs
                     try:
                         if calling.how == "run":
                             target = pool._check_target(calling.target)
@@ -788,7 +854,9 @@ class Server:
             await stream.send_all(
                 conn.send(h11.Response(status_code=200, headers=_STREAMED_FRAMES)) or b""
             )
-            with held.calling():
+            with held.calling(), self._feeding(held, call) as feed:
+                if feed:
+                    await write(feed)  # first: the client feeds it while it runs
                 try:
                     inflight = await pool.start(
                         call,
@@ -824,6 +892,27 @@ class Server:
         finally:
             if inflight is not None and not inflight.finished:
                 inflight.cancel()  # the client went away: the generator on the node stops
+
+
+def _parse_batch(body: bytearray) -> tuple[list[_serial.Payload] | None, str | None]:
+    """A feed request's items (pickled: passed on as they are), or None when it ends
+    them; and what the client's iterable raised, if that is what it says."""
+    try:
+        header, blobs = unpack(body)
+        if "failed" in header:
+            return None, str(header["failed"])
+        if header.get("end"):
+            return None, None
+        payloads, at = [], 0
+        for meta in header["items"]:
+            count = 1 + len(meta["flags"])
+            payloads.append(join_payload(meta, blobs[at : at + count]))
+            at += count
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _BadRequest(400, f"not a feed's items: {exc}") from None
+    if at != len(blobs) or not payloads:
+        raise _BadRequest(400, "not a feed's items: the blobs do not match the items")
+    return payloads, None
 
 
 async def _write(conn: h11.Connection, stream: trio.SocketStream, parts: list[Any]) -> None:
