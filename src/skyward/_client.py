@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -57,10 +58,21 @@ from skyward_trio._client import (
     server_gone,
     server_silent,
     server_state,
+    store_path,
     stream_cut,
     take_payloads,
 )
 from skyward_trio._client import alive as _alive
+from skyward_trio._collections import (
+    Barrier,
+    Counter,
+    Dict,
+    Lock,
+    Queue,
+    Set,
+    check_consistency,
+    in_thread,
+)
 from skyward_trio._function import active_pool
 from skyward_trio._pool import PreparedCall, RelayedInput
 from skyward_trio._server import (
@@ -69,6 +81,8 @@ from skyward_trio._server import (
     event_from_json,
     frame,
     state_path,
+    store_request,
+    store_value,
 )
 
 __all__ = [
@@ -253,8 +267,10 @@ class Client:
 
     Use it as a pool: ``f(x) >> client``, ``f(x) @ client``, ``f(x) > client``,
     ``(f(x) & g(y)) >> client`` and ``sky.gather(...) >> client``; inside ``with client:``
-    ``>> sky`` reaches it too. Leaving the ``with`` block, or ``close()``, ends this
-    client's connection; the pool stays up until ``sky compute delete NAME``.
+    ``>> sky`` reaches it too. Arguments annotated ``Iterator[T]`` stream to the node, and
+    ``client.dict(name)`` and the others are the pool's collections, as functions running
+    on it see them. Leaving the ``with`` block, or ``close()``, ends this client's
+    connection; the pool stays up until ``sky compute delete NAME``.
 
     Args:
         name: The pool's name on the server.
@@ -272,6 +288,7 @@ class Client:
         self._functions = client_functions()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._feeders: list[threading.Thread] = []  # of Iterator[T] arguments; close() joins
+        self._store = _ServerStore(self)
         self._token: Any = None
         try:
             self.info()  # the pool exists, or this raises saying why
@@ -567,6 +584,66 @@ class Client:
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
         return feed_answer(response, path)
+
+    # -- the pool's collections (``dict`` and ``set`` close the class: named after builtins,
+    # they would shadow them in the annotations that follow) -----------------------------------
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name``, as ``sky.counter(name)`` in a function running on it."""
+        check_consistency("client.counter", name, consistency)
+        return Counter(self._store, name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name``, as ``sky.queue(name)`` in a function running on it."""
+        return Queue(self._store, name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants."""
+        return Barrier(self._store, name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name``, as ``sky.lock(name)`` in a function running on it."""
+        return Lock(self._store, name, timeout)
+
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name``, as ``sky.dict(name)`` in a function running on it."""
+        check_consistency("client.dict", name, consistency)
+        return Dict(self._store, name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name``, as ``sky.set(name)`` in a function running on it."""
+        check_consistency("client.set", name, consistency)
+        return Set(self._store, name)
+
+
+class _ServerStore:
+    """A Client's way to the pool's collections store: each operation a request to the
+    server, which passes it on (keys and values pickled here, unpickled by the store or
+    the reader); an ``_async`` variant runs that blocking request off the caller's own
+    event loop. A request given up while it waits (Ctrl-C in ``queue.get()``) hangs
+    up, and the server cancels the wait."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def call(self, op: int, name: str, *args: Any) -> Any:
+        client = self._client
+        path = store_path(client.name)
+        try:
+            response = client._http.post(
+                client._state["url"] + path,
+                content=store_request(op, name, args),
+                headers=headers(client._state, framed=True),
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            )
+        except httpx.TransportError as exc:
+            raise server_silent(client._state["url"], exc) from exc
+        if response.status_code != 200:
+            raise request_refused("POST", path, response)
+        return store_value(response.content)
+
+    async def call_async(self, op: int, name: str, *args: Any) -> Any:
+        return await in_thread(functools.partial(self.call, op, name, *args))
 
 
 def _streamed(futures: list[concurrent.futures.Future[Any]], ordered: bool) -> Iterator[Any]:

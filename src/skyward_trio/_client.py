@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from . import _serial
+from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consistency
 from ._errors import ServerError
 from ._events import Event
 from ._function import (
@@ -49,6 +50,8 @@ from ._server import (
     join_payload,
     split_payload,
     state_path,
+    store_request,
+    store_value,
     unpack,
 )
 
@@ -82,6 +85,7 @@ __all__ = [
     "server_gone",
     "server_silent",
     "server_state",
+    "store_path",
     "stream_cut",
     "take_payloads",
 ]
@@ -187,6 +191,11 @@ def next_chunk(chunk: int, elapsed: float, room: int) -> tuple[int, int]:
     the node has room for, but one at least (its request then waits for room)."""
     chunk = min(chunk * 2, _INPUT_CHUNK) if elapsed < 0.005 else 1
     return chunk, max(1, min(chunk, room))
+
+
+def store_path(pool: str) -> str:
+    """Where a client sends its pool's collection operations (one request each)."""
+    return f"/pools/{pool}/store"
 
 
 def feed_path(pool: str, feed_id: str, slot: int) -> str:
@@ -404,13 +413,39 @@ def refused(response: Any) -> str:
         return str(response.text)
 
 
+class _ServerStore:
+    """A trio Client's way to the pool's collections store: each operation a request to
+    the server, which passes it on (keys and values pickled here, unpickled by the store
+    or the reader). A request cancelled while it waits (``queue.get_async``,
+    ``lock.acquire_async``) hangs up, and the server cancels the wait."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def call(self, op: int, name: str, *args: Any) -> Any:
+        raise RuntimeError(
+            "this collection belongs to a skyward_trio.Client: a blocking method would stall "
+            "the trio loop; await its _async variant instead (await d.get_async(k), "
+            "await c.increment_async(), async with lock: ...)"
+        )
+
+    async def call_async(self, op: int, name: str, *args: Any) -> Any:
+        client = self._client
+        response = await client._request(
+            "POST", store_path(client.name), store_request(op, name, args)
+        )
+        return store_value(response.content)
+
+
 class Client:
     """A pool the server holds (``sky compute create NAME``), reached from trio by its name.
 
     ``async with skyward_trio.Client(name) as pool:`` then ``await (f(x) >> pool)``,
     ``await (f(x) @ pool)``, ``fut = await (f(x) > pool)``, ``await ((f(x) & g(y)) >>
-    pool)`` and ``async for event in pool.events()``, as on a pool of your own. Leaving the
-    block ends this client's connection and its calls; the pool stays up on the server.
+    pool)`` and ``async for event in pool.events()``, as on a pool of your own; arguments
+    annotated ``Iterator[T]`` stream to the node, and ``pool.dict(name)`` and the others
+    are the pool's collections (their ``_async`` methods awaited). Leaving the block ends
+    this client's connection and its calls; the pool stays up on the server.
 
     Args:
         name: The pool's name on the server.
@@ -426,6 +461,7 @@ class Client:
         self._state = client_state(name, url, "skyward_trio.Client")
         self.name = name
         self._functions = client_functions()
+        self._store = _ServerStore(self)
         self._http: Any = None  # an httpx.AsyncClient while the block is open
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
@@ -822,3 +858,35 @@ class Client:
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
         return feed_answer(response, path)
+
+    # -- the pool's collections (``dict`` and ``set`` close the class: named after builtins,
+    # they would shadow them in the annotations that follow) -----------------------------------
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name``, as ``sky.counter(name)`` in a function running on
+        it (``await c.increment_async()``, ``await c.value_async()``)."""
+        check_consistency("client.counter", name, consistency)
+        return Counter(self._store, name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
+        return Queue(self._store, name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
+        return Barrier(self._store, name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name`` (``async with client.lock(name): ...``)."""
+        return Lock(self._store, name, timeout)
+
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name``, as ``sky.dict(name)`` in a function running on it
+        (``await d.get_async(k)``, ``await d.setitem_async(k, v)``, ...)."""
+        check_consistency("client.dict", name, consistency)
+        return Dict(self._store, name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
+        check_consistency("client.set", name, consistency)
+        return Set(self._store, name)

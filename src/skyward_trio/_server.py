@@ -48,9 +48,10 @@ import cloudpickle
 import h11
 import trio
 
+from . import _collections as ops
 from . import _events, _serial, _transport
 from ._compute import Compute
-from ._errors import PoolClosedError
+from ._errors import ConnectionLostError, PoolClosedError
 from ._events import Event
 from ._model import Options, Spec
 from ._pool import Inflight, Pool, PreparedCall, RelayedInput
@@ -68,6 +69,8 @@ __all__ = [
     "main",
     "pack",
     "split_payload",
+    "store_request",
+    "store_value",
     "unpack",
 ]
 
@@ -145,6 +148,110 @@ def join_payload(meta: Any, blobs: Sequence[bytes]) -> _serial.Payload:
         [pickle.PickleBuffer(b) for b in bufs],
         [bool(f) for f in meta["flags"]],
     )
+
+
+# -- a collection operation: its arguments and its answer, JSON and blobs ------------------------
+
+
+def _is_payload(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 4
+        and isinstance(value[1], bool)
+        and isinstance(value[2], list)
+        and isinstance(value[3], list)
+    )
+
+
+def _to_tree(value: Any, blobs: list[Any]) -> Any:
+    """``value`` (scalars, tuples, lists and payloads: what the store's operations take
+    and give) as JSON, its payloads' bytes appended to ``blobs``."""
+    if _is_payload(value):
+        meta, parts = split_payload(value)
+        blobs += parts
+        return {"p": meta}
+    if isinstance(value, tuple | list):
+        items = [_to_tree(v, blobs) for v in value]
+        return {"t": items} if isinstance(value, tuple) else items
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a collection operation carries no {type(value).__qualname__}")
+
+
+def _from_tree(tree: Any, blobs: list[bytes], at: list[int]) -> Any:
+    if isinstance(tree, dict) and "p" in tree:
+        count = 1 + len(tree["p"]["flags"])
+        start = at[0]
+        at[0] += count
+        return join_payload(tree["p"], blobs[start : start + count])
+    if isinstance(tree, dict) and "t" in tree:
+        return tuple(_from_tree(v, blobs, at) for v in tree["t"])
+    if isinstance(tree, list):
+        return [_from_tree(v, blobs, at) for v in tree]
+    if tree is None or isinstance(tree, bool | int | float | str):
+        return tree
+    raise ValueError(f"not a value of a collection operation: {tree!r}")
+
+
+def _tree(header: dict[str, Any], key: str, blobs: list[bytes]) -> Any:
+    at = [0]
+    value = _from_tree(header[key], blobs, at)
+    if at[0] != len(blobs):
+        raise ValueError("the blobs do not match the values")
+    return value
+
+
+def store_request(op: int, name: str, args: tuple[Any, ...]) -> bytes:
+    """The body of a collection operation sent to the server (keys and values pickled
+    by the client: the server passes them on as they are)."""
+    blobs: list[Any] = []
+    return frame({"op": op, "name": name, "args": _to_tree(args, blobs)}, blobs)
+
+
+def store_value(body: bytes) -> Any:
+    """The value a collection operation's answer carries; raises its error (a builtin
+    as itself, the pool closed or its store lost as Skyward's errors)."""
+    header, blobs = unpack(body)
+    if not header["ok"]:
+        kind, message = header["error"]
+        if kind == "PoolClosedError":
+            raise PoolClosedError(message)
+        if kind == "ConnectionLostError":
+            raise ConnectionLostError(message, node=0)
+        ops.raise_failure((kind, message))
+    return _tree(header, "value", blobs)
+
+
+#: What a client may ask of the store: what the collections' proxies send.
+_STORE_OPS = frozenset(
+    {
+        ops.D_GET, ops.D_SET, ops.D_DEL, ops.D_HAS, ops.D_UPDATE, ops.D_POP,
+        ops.S_ADD, ops.S_DISCARD, ops.S_HAS, ops.S_LEN,
+        ops.C_GET, ops.C_ADD, ops.C_SET,
+        ops.Q_PUT, ops.Q_GET, ops.Q_LEN,
+        ops.B_WAIT,
+        ops.L_ACQUIRE, ops.L_RELEASE,
+    }
+)  # fmt: skip
+
+
+def _parse_store(body: bytearray) -> tuple[int, str, tuple[Any, ...]]:
+    try:
+        header, blobs = unpack(body)
+        op, name, args = header["op"], header["name"], _tree(header, "args", blobs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _BadRequest(400, f"not a collection operation: {exc}") from None
+    if op not in _STORE_OPS or not isinstance(name, str) or not isinstance(args, tuple):
+        raise _BadRequest(400, f"not a collection operation: op {op!r} on {name!r}")
+    return op, name, args
+
+
+def _store_answer(value: Any = None, error: Exception | None = None) -> tuple[int, str, list[Any]]:
+    if error is not None:
+        message = error.args[0] if len(error.args) == 1 else str(error)
+        return 200, FRAME, pack({"ok": False, "error": [type(error).__name__, str(message)]})
+    blobs: list[Any] = []
+    return 200, FRAME, pack({"ok": True, "value": _to_tree(value, blobs)}, blobs)
 
 
 # -- events as JSON lines ------------------------------------------------------------------------
@@ -551,6 +658,16 @@ class Server:
                     400, f"{call.name}() streams Iterator[...] arguments: not with `@` here"
                 )
             return _Calling(held, parts[2], call, target)
+        if len(parts) == 3 and parts[0] == "pools" and parts[2] == "store" and method == "POST":
+            store = self._pool(parts[1])._store
+            op, name, args = _parse_store(request.body)
+            try:
+                value = await _while_connected(stream, lambda: store.call_async(op, name, *args))
+            except trio.BrokenResourceError:
+                raise  # the client hung up: its wait was cancelled, and nobody to answer
+            except Exception as exc:  # the store's refusal, or the pool's: the client's now
+                return _store_answer(error=exc)
+            return _store_answer(value)
         if len(parts) == 5 and parts[0] == "pools" and parts[2] == "feed" and method == "POST":
             source = self._feed_slot(parts[1], parts[3], parts[4])
             payloads, failed = _parse_batch(request.body)

@@ -6,81 +6,17 @@ pool of one's own."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from clients import run_sky
-from procs import is_running
-
-TOML = """\
-[pools.p]
-provider = "local"
-nodes = 2
-worker = { concurrency = 1 }
-"""
-
-
-class Server:
-    """A server started with ``sky server start`` in a home of its own, holding ``p``."""
-
-    def __init__(self, root: Path) -> None:
-        self.project = root
-        (root / "home").mkdir()
-        (root / "skyward.toml").write_text(TOML)
-        self.env = {**os.environ, "HOME": str(root / "home")}
-
-    def ok(self, *args: str) -> str:
-        done = run_sky(self.project, self.env, *args)
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-        return done.stdout
-
-    def script(self, code: str, *, timeout: float = 180) -> dict[str, Any]:
-        """Run ``code`` (given the scratch folder as argv[1]); the JSON it prints."""
-        path = self.project / "script.py"
-        path.write_text(_HELPERS + textwrap.dedent(code))
-        scratch = self.project / "scratch"
-        scratch.mkdir(exist_ok=True)
-        done = subprocess.run(
-            [sys.executable, str(path), str(scratch)],
-            cwd=self.project,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        state = self.project / "home" / ".skyward" / "server.json"
-        if not state.exists():
-            return
-        pid = json.loads(state.read_text())["pid"]
-        if is_running(pid):
-            run_sky(self.project, self.env, "server", "stop")
-        if is_running(pid):
-            os.kill(pid, signal.SIGKILL)
+from served import Server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    made = Server(tmp_path_factory.mktemp("client-inputs"))
-    try:
-        made.ok("server", "start")
-        assert "pool p ready: 2 node(s) on Local" in made.ok("compute", "create", "p")
+    with Server.running(tmp_path_factory.mktemp("client-inputs")) as made:
         yield made
-    finally:
-        made.stop()
 
 
 # What both faces' scripts share: the functions (``__main__``'s: pickled by value) and
@@ -265,7 +201,7 @@ print(json.dumps(out))
 
 
 def test_a_client_streams_iterator_arguments_to_the_node(server: Server) -> None:
-    out = server.script(_SYNC)
+    out = server.script(_HELPERS + _SYNC)
     assert out["sums"] == [sum(range(10_000)), 12, 30, 0]
     assert out["two inputs"] == [sum(range(100)), "abc"]
     assert out["group"] == [3, 6]
@@ -347,7 +283,7 @@ trio.run(main)
 
 
 def test_a_trio_client_streams_iterator_arguments_too(server: Server) -> None:
-    out = server.script(_TRIO)
+    out = server.script(_HELPERS + _TRIO)
     taken = out.pop("taken by abandoned")
     message, notes = out.pop("broken")
     assert message == "the source broke"
@@ -369,7 +305,7 @@ def test_a_trio_client_streams_iterator_arguments_too(server: Server) -> None:
 
 
 def test_a_feed_no_call_reads_is_refused(server: Server) -> None:
-    state = json.loads((server.project / "home" / ".skyward" / "server.json").read_text())
+    state = server.state()
     answer = httpx.post(
         f"{state['url']}/pools/p/feed/nope/0",
         content=b"",
