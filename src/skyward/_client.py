@@ -44,6 +44,7 @@ from skyward_trio._client import (
     client_state,
     events_refused,
     feed_answer,
+    feed_cancel,
     feed_end,
     feed_failed,
     feed_items,
@@ -287,7 +288,9 @@ class Client:
         self._http = httpx.Client()
         self._functions = client_functions()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
-        self._feeders: list[threading.Thread] = []  # of Iterator[T] arguments; close() joins
+        # Iterator[T] arguments being fed: the thread, its feed's path and its call's
+        # Feeding; close() cancels their calls and joins them.
+        self._feeders: list[tuple[threading.Thread, str, Feeding]] = []
         self._store = _ServerStore(self)
         self._token: Any = None
         try:
@@ -340,11 +343,20 @@ class Client:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
-        for thread in self._feeders:
-            # Told to stop when their call ended: each is back once its iterable yields.
-            thread.join()
-        self._feeders.clear()
+        live = [feeder for feeder in self._feeders if feeder[0].is_alive()]
+        for _, path, feeding in live:
+            # A call still running (started with `>`) whose items this client feeds would
+            # wait for them for ever: it is cancelled, as leaving a pool's block does.
+            feeding.stopped = True
+            with contextlib.suppress(ServerError):  # gone: the call ended with it
+                self._feed_request(path, feed_cancel())
+        for _, _, feeding in live:
+            if not feeding.streamed:
+                feeding.ended.wait()  # its answer (CancelledCallError), which comes at once
         self._http.close()
+        for thread, _, _ in live:
+            thread.join()  # each is back once its request is answered or its iterable yields
+        self._feeders.clear()
 
     # -- the operators ---------------------------------------------------------------------------
 
@@ -451,7 +463,7 @@ class Client:
         return self._read_items(response, call)
 
     def _read_items(self, response: httpx.Response, call: PreparedCall) -> Iterator[Any]:
-        feeding = Feeding(call.name)
+        feeding = Feeding(call.name, streamed=True)
         try:
             reader = FrameReader()
             for chunk in response.iter_raw():
@@ -472,6 +484,7 @@ class Client:
         finally:
             feeding.stopped = True
             response.close()
+            feeding.ended.set()
         raise stream_cut(self._state["url"], call.name)
 
     def _send_one(self, call: PreparedCall, target: int | str | None) -> Any:
@@ -488,6 +501,7 @@ class Client:
             raise
         finally:
             feeding.stopped = True
+            feeding.ended.set()
 
     def _answer(
         self, how: str, call: PreparedCall, target: int | str | None, feeding: Feeding
@@ -523,7 +537,7 @@ class Client:
     def _feed(self, feed_id: str, call: PreparedCall, feeding: Feeding) -> None:
         """Start a thread per ``Iterator[T]`` argument of ``call``, feeding its items to
         ``feed_id`` until the call ends (``feeding.stopped``)."""
-        self._feeders = [t for t in self._feeders if t.is_alive()]
+        self._feeders = [feeder for feeder in self._feeders if feeder[0].is_alive()]
         for slot, iterable in enumerate(call.inputs):
             assert not isinstance(iterable, RelayedInput)  # the server's kind
             thread = threading.Thread(
@@ -533,7 +547,7 @@ class Client:
                 daemon=True,  # a blocked iterable must not keep the interpreter alive
             )
             thread.start()
-            self._feeders.append(thread)
+            self._feeders.append((thread, feed_path(self.name, feed_id, slot), feeding))
 
     def _feed_one(self, feed_id: str, slot: int, iterable: Iterable[Any], feeding: Feeding) -> None:
         """Send ``iterable``'s items, pickled here, while the node has room for them; a
@@ -573,7 +587,10 @@ class Client:
             self._feed_request(path, feed_failed(exc))
 
     def _feed_request(self, path: str, body: bytes) -> int | None:
-        """Send a feed request; the room the node has, or None if the call reads no more."""
+        """Send a feed request; the room the node has, or None if the call reads no more
+        (also once this client is closed: close() cancelled the call)."""
+        if self._http.is_closed:
+            return None
         try:
             response = self._http.post(
                 self._state["url"] + path,
@@ -583,6 +600,10 @@ class Client:
             )
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
+        except RuntimeError:
+            if self._http.is_closed:  # closed meanwhile: close() cancelled the call
+                return None
+            raise
         return feed_answer(response, path)
 
     # -- the pool's collections (``dict`` and ``set`` close the class: named after builtins,

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
@@ -70,6 +71,7 @@ __all__ = [
     "client_state",
     "events_refused",
     "feed_answer",
+    "feed_cancel",
     "feed_end",
     "feed_failed",
     "feed_items",
@@ -216,6 +218,11 @@ def feed_end() -> bytes:
     return frame({"end": True})
 
 
+def feed_cancel() -> bytes:
+    """A feed request that cancels the call (its client closed while it ran)."""
+    return frame({"cancel": True})
+
+
 def feed_failed(exc: BaseException) -> bytes:
     return frame({"failed": f"{type(exc).__name__}: {exc}"})
 
@@ -244,10 +251,14 @@ class Feeding:
     """What a call's feeders share: what failed (the call then fails with the first
     error, as in a pool of one's own), and, in the sync face, that they must stop."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, streamed: bool = False) -> None:
         self.name = name
         self.failures: list[Exception] = []
         self.stopped = False  # the call ended: feed no more
+        # The sync face's close() waits for the answer of a call it cancelled (not for a
+        # generator's, which arrives only as its iterator is read).
+        self.streamed = streamed
+        self.ended = threading.Event()
 
     def failed(self, exc: Exception, *, source: bool) -> None:
         if source:

@@ -487,6 +487,8 @@ class RelayedInput:
     def __init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[_Batch](0)
         self._ended = trio.Event()
+        self._inflight: Inflight | None = None  # the call, once it started
+        self._cancelled = False
 
     @property
     def ended(self) -> bool:
@@ -499,13 +501,21 @@ class RelayedInput:
         self._send.close()
         self._receive.close()
 
+    def cancel(self) -> None:
+        """The one feeding it gives the call up (a client that closed): the call is
+        cancelled now, or as soon as it starts, as a caller's that gives up is."""
+        self._cancelled = True
+        if self._inflight is not None:
+            self._inflight.cancel()
+        self.end()
+
     async def put(
         self, payloads: list[_serial.Payload] | None, *, failed: str | None = None
     ) -> int | None:
         """Send ``payloads`` to the node (None: the items ended; ``failed``: the source
-        raised that, and the call is cancelled). How many more items the node takes
-        now, or None if the call reads no more. Cancellable: the batch is then not sent,
-        or sent whole."""
+        raised that, and the call fails with it). How many more items the node takes
+        now, or None if the call reads no more. Cancellable; a batch the feeder has
+        taken is sent whole all the same, while the call runs."""
         batch = _Batch(payloads, failed)
         async with trio.open_nursery() as nursery:
 
@@ -527,6 +537,10 @@ async def _relay_one(inflight: Inflight, slot: int, source: RelayedInput) -> Non
     """Send the batches ``source`` is given to the node, within the node's window."""
     conn = inflight.node.conn
     task_id = inflight.task_id
+    source._inflight = inflight
+    if source._cancelled:
+        inflight.cancel()  # given up before it started
+        return
     credits = conn.input_credits(task_id, slot, _INPUT_WINDOW)
     batch: _Batch | None = None
     try:
@@ -880,6 +894,11 @@ class CancelledCallError(SkywardError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"the call to {name}() was cancelled")
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its name (the server relays it pickled), not from its message.
+        return type(self), (self.name,), self.__dict__
 
 
 class ResultStream:

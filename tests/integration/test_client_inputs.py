@@ -196,6 +196,18 @@ with sky.Client("p") as pool:
     until(lambda: pool.info()["calls_in_flight"] == 0, "the server to end the call")
     out["taken by abandoned"] = settled(endless)
     out["after abandoned"] = total(range(4)) >> pool
+
+endless = Counted()
+with sky.Client("p") as closing:
+    running = total(endless) > closing  # sums for ever: its source never ends
+    until(lambda: endless.taken > 1000, "the endless call to be fed")
+try:
+    running.result(timeout=60)
+except Exception as exc:  # leaving the block cancelled it
+    out["left with a call fed"] = type(exc).__name__
+out["feeders after the block"] = feeders()
+with sky.Client("p") as again:
+    out["after the block"] = total([2]) >> again
 print(json.dumps(out))
 """
 
@@ -228,6 +240,10 @@ def test_a_client_streams_iterator_arguments_to_the_node(server: Server) -> None
     assert out["abandoned"] == 0
     assert out["taken by abandoned"] <= 256 + 128 + 1
     assert out["after abandoned"] == 6
+    # Leaving the block cancels a `>` call it still feeds (else it would wait for ever).
+    assert out["left with a call fed"] == "CancelledCallError"
+    assert out["feeders after the block"] == []
+    assert out["after the block"] == 2
 
 
 _TRIO = """
