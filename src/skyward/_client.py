@@ -13,6 +13,8 @@ it to a node; the result comes back pickled and is rebuilt here.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -27,18 +29,29 @@ import httpx
 
 from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError
 from skyward_trio._client import (
+    BROADCAST,
     CONNECT_TIMEOUT,
     END,
+    FEED,
     ITEM,
     MAP_CONCURRENCY,
+    Feeding,
     FrameReader,
+    SourceFailed,
     call_request,
     check_target,
     client_functions,
     client_state,
     events_refused,
+    feed_answer,
+    feed_cancel,
+    feed_end,
+    feed_failed,
+    feed_items,
+    feed_path,
     headers,
     mapped,
+    next_chunk,
     prepare,
     read_frame,
     request_refused,
@@ -46,17 +59,31 @@ from skyward_trio._client import (
     server_gone,
     server_silent,
     server_state,
+    store_path,
     stream_cut,
+    take_payloads,
 )
 from skyward_trio._client import alive as _alive
+from skyward_trio._collections import (
+    Barrier,
+    Counter,
+    Dict,
+    Lock,
+    Queue,
+    Set,
+    check_consistency,
+    in_thread,
+)
 from skyward_trio._function import active_pool
-from skyward_trio._pool import PreparedCall
+from skyward_trio._pool import PreparedCall, RelayedInput
 from skyward_trio._server import (
     LOG_FILE,
     event_from_fields,
     event_from_json,
     frame,
     state_path,
+    store_request,
+    store_value,
 )
 
 __all__ = [
@@ -241,8 +268,10 @@ class Client:
 
     Use it as a pool: ``f(x) >> client``, ``f(x) @ client``, ``f(x) > client``,
     ``(f(x) & g(y)) >> client`` and ``sky.gather(...) >> client``; inside ``with client:``
-    ``>> sky`` reaches it too. Leaving the ``with`` block, or ``close()``, ends this
-    client's connection; the pool stays up until ``sky compute delete NAME``.
+    ``>> sky`` reaches it too. Arguments annotated ``Iterator[T]`` stream to the node, and
+    ``client.dict(name)`` and the others are the pool's collections, as functions running
+    on it see them. Leaving the ``with`` block, or ``close()``, ends this client's
+    connection; the pool stays up until ``sky compute delete NAME``.
 
     Args:
         name: The pool's name on the server.
@@ -259,6 +288,10 @@ class Client:
         self._http = httpx.Client()
         self._functions = client_functions()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        # Iterator[T] arguments being fed: the thread, its feed's path and its call's
+        # Feeding; close() cancels their calls and joins them.
+        self._feeders: list[tuple[threading.Thread, str, Feeding]] = []
+        self._store = _ServerStore(self)
         self._token: Any = None
         try:
             self.info()  # the pool exists, or this raises saying why
@@ -310,7 +343,20 @@ class Client:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
+        live = [feeder for feeder in self._feeders if feeder[0].is_alive()]
+        for _, path, feeding in live:
+            # A call still running (started with `>`) whose items this client feeds would
+            # wait for them for ever: it is cancelled, as leaving a pool's block does.
+            feeding.stopped = True
+            with contextlib.suppress(ServerError):  # gone: the call ended with it
+                self._feed_request(path, feed_cancel())
+        for _, _, feeding in live:
+            if not feeding.streamed:
+                feeding.ended.wait()  # its answer (CancelledCallError), which comes at once
         self._http.close()
+        for thread, _, _ in live:
+            thread.join()  # each is back once its request is answered or its iterable yields
+        self._feeders.clear()
 
     # -- the operators ---------------------------------------------------------------------------
 
@@ -333,7 +379,7 @@ class Client:
 
     def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node (``@``); results ordered by node index."""
-        call = prepare(self._functions, pending, how="`@` (broadcast)")
+        call = prepare(self._functions, pending, how=BROADCAST)
         return self._send("broadcast", call, None)
 
     def run_parallel(self, group: PendingFunctionGroup) -> tuple[Any, ...] | Iterator[Any]:
@@ -414,29 +460,52 @@ class Client:
             response.read()
             response.close()
             raise request_refused("POST", path, response)
-        return self._read_items(response, call.name)
+        return self._read_items(response, call)
 
-    def _read_items(self, response: httpx.Response, name: str) -> Iterator[Any]:
+    def _read_items(self, response: httpx.Response, call: PreparedCall) -> Iterator[Any]:
+        feeding = Feeding(call.name, streamed=True)
         try:
             reader = FrameReader()
             for chunk in response.iter_raw():
                 for content in reader.feed(chunk):
-                    kind, value = read_frame(content, name)
-                    if kind == ITEM:
+                    try:
+                        kind, value = read_frame(content, call.name)
+                    except Exception:
+                        feeding.raise_failure()
+                        raise
+                    if kind == FEED:
+                        self._feed(value, call, feeding)
+                    elif kind == ITEM:
                         yield value
                     elif kind == END:
                         return
         except httpx.TransportError as exc:
             raise server_gone(self._state["url"], exc) from exc
         finally:
+            feeding.stopped = True
             response.close()
-        raise stream_cut(self._state["url"], name)
+            feeding.ended.set()
+        raise stream_cut(self._state["url"], call.name)
 
     def _send_one(self, call: PreparedCall, target: int | str | None) -> Any:
         return self._send("run", call, target)[0]
 
     def _send(self, how: str, call: PreparedCall, target: int | str | None) -> list[Any]:
-        """Send a run or broadcast; print its output as it comes; its values."""
+        """Send a run or broadcast; print its output as it comes, and feed its
+        ``Iterator[T]`` arguments while it runs; its values."""
+        feeding = Feeding(call.name)
+        try:
+            return self._answer(how, call, target, feeding)
+        except Exception:
+            feeding.raise_failure()
+            raise
+        finally:
+            feeding.stopped = True
+            feeding.ended.set()
+
+    def _answer(
+        self, how: str, call: PreparedCall, target: int | str | None, feeding: Feeding
+    ) -> list[Any]:
         path = f"/pools/{self.name}/{how}"
         try:
             with self._http.stream(
@@ -454,12 +523,148 @@ class Client:
                 for chunk in response.iter_raw():  # to its end: the connection is kept
                     for content in reader.feed(chunk):
                         kind, values = read_frame(content, call.name)
+                        if kind == FEED:
+                            self._feed(values, call, feeding)
                         ended = kind == END
                 if ended:
                     return values  # type: ignore[no-any-return]
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
         raise stream_cut(self._state["url"], call.name)
+
+    # -- Iterator[T] arguments -------------------------------------------------------------------
+
+    def _feed(self, feed_id: str, call: PreparedCall, feeding: Feeding) -> None:
+        """Start a thread per ``Iterator[T]`` argument of ``call``, feeding its items to
+        ``feed_id`` until the call ends (``feeding.stopped``)."""
+        self._feeders = [feeder for feeder in self._feeders if feeder[0].is_alive()]
+        for slot, iterable in enumerate(call.inputs):
+            assert not isinstance(iterable, RelayedInput)  # the server's kind
+            thread = threading.Thread(
+                target=self._feed_one,
+                args=(feed_id, slot, iterable, feeding),
+                name=f"sky-feed-{call.name}-{slot}",
+                daemon=True,  # a blocked iterable must not keep the interpreter alive
+            )
+            thread.start()
+            self._feeders.append((thread, feed_path(self.name, feed_id, slot), feeding))
+
+    def _feed_one(self, feed_id: str, slot: int, iterable: Iterable[Any], feeding: Feeding) -> None:
+        """Send ``iterable``'s items, pickled here, while the node has room for them; a
+        request waits on the server until it has. Stops when the call reads no more."""
+        path = feed_path(self.name, feed_id, slot)
+        iterator = iter(iterable)
+        chunk, count = 1, 1
+        try:
+            while not feeding.stopped:
+                started = time.monotonic()
+                try:
+                    payloads = take_payloads(iterator, count)
+                except Exception as exc:
+                    raise SourceFailed(exc) from exc
+                elapsed = time.monotonic() - started
+                room: int | None = 0
+                if payloads:
+                    if feeding.stopped:
+                        return
+                    room = self._feed_request(path, feed_items(payloads))
+                    if room is None:
+                        return  # the call reads no more
+                if len(payloads) < count:  # the iterable ended
+                    self._feed_request(path, feed_end())
+                    return
+                chunk, count = next_chunk(chunk, elapsed, room or 0)
+        except SourceFailed as failed:
+            feeding.failed(failed.error, source=True)
+            self._tell_failed(path, failed.error)
+        except Exception as exc:  # the server refused or lost a request of the feed
+            feeding.failed(exc, source=False)
+            self._tell_failed(path, exc)
+
+    def _tell_failed(self, path: str, exc: Exception) -> None:
+        """Have the server cancel the call, which fails with ``exc`` here."""
+        with contextlib.suppress(ServerError):  # gone: the call's own request says so
+            self._feed_request(path, feed_failed(exc))
+
+    def _feed_request(self, path: str, body: bytes) -> int | None:
+        """Send a feed request; the room the node has, or None if the call reads no more
+        (also once this client is closed: close() cancelled the call)."""
+        if self._http.is_closed:
+            return None
+        try:
+            response = self._http.post(
+                self._state["url"] + path,
+                content=body,
+                headers=headers(self._state, framed=True),
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            )
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        except RuntimeError:
+            if self._http.is_closed:  # closed meanwhile: close() cancelled the call
+                return None
+            raise
+        return feed_answer(response, path)
+
+    # -- the pool's collections (``dict`` and ``set`` close the class: named after builtins,
+    # they would shadow them in the annotations that follow) -----------------------------------
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name``, as ``sky.counter(name)`` in a function running on it."""
+        check_consistency("client.counter", name, consistency)
+        return Counter(self._store, name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name``, as ``sky.queue(name)`` in a function running on it."""
+        return Queue(self._store, name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants."""
+        return Barrier(self._store, name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name``, as ``sky.lock(name)`` in a function running on it."""
+        return Lock(self._store, name, timeout)
+
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name``, as ``sky.dict(name)`` in a function running on it."""
+        check_consistency("client.dict", name, consistency)
+        return Dict(self._store, name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name``, as ``sky.set(name)`` in a function running on it."""
+        check_consistency("client.set", name, consistency)
+        return Set(self._store, name)
+
+
+class _ServerStore:
+    """A Client's way to the pool's collections store: each operation a request to the
+    server, which passes it on (keys and values pickled here, unpickled by the store or
+    the reader); an ``_async`` variant runs that blocking request off the caller's own
+    event loop. A request given up while it waits (Ctrl-C in ``queue.get()``) hangs
+    up, and the server cancels the wait."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def call(self, op: int, name: str, *args: Any) -> Any:
+        client = self._client
+        path = store_path(client.name)
+        try:
+            response = client._http.post(
+                client._state["url"] + path,
+                content=store_request(op, name, args),
+                headers=headers(client._state, framed=True),
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            )
+        except httpx.TransportError as exc:
+            raise server_silent(client._state["url"], exc) from exc
+        if response.status_code != 200:
+            raise request_refused("POST", path, response)
+        return store_value(response.content)
+
+    async def call_async(self, op: int, name: str, *args: Any) -> Any:
+        return await in_thread(functools.partial(self.call, op, name, *args))
 
 
 def _streamed(futures: list[concurrent.futures.Future[Any]], ordered: bool) -> Iterator[Any]:

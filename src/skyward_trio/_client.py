@@ -10,17 +10,20 @@ server relays them to a node: it unpickles neither the call nor its result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from . import _serial
+from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consistency
 from ._errors import ServerError
 from ._events import Event
 from ._function import (
@@ -31,7 +34,15 @@ from ._function import (
     function,
     mappable,
 )
-from ._pool import Future, PreparedCall, _Functions, _rebuild_error
+from ._pool import (
+    _INPUT_CHUNK,
+    Future,
+    PreparedCall,
+    RelayedInput,
+    _Functions,
+    _rebuild_error,
+    _take_payloads,
+)
 from ._server import (
     FRAME,
     STATE_FILE,
@@ -40,6 +51,8 @@ from ._server import (
     join_payload,
     split_payload,
     state_path,
+    store_request,
+    store_value,
     unpack,
 )
 
@@ -47,7 +60,9 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "MAP_CONCURRENCY",
     "Client",
+    "Feeding",
     "FrameReader",
+    "SourceFailed",
     "alive",
     "call_request",
     "call_results",
@@ -55,8 +70,15 @@ __all__ = [
     "client_functions",
     "client_state",
     "events_refused",
+    "feed_answer",
+    "feed_cancel",
+    "feed_end",
+    "feed_failed",
+    "feed_items",
+    "feed_path",
     "headers",
     "mapped",
+    "next_chunk",
     "prepare",
     "read_frame",
     "refused",
@@ -65,7 +87,9 @@ __all__ = [
     "server_gone",
     "server_silent",
     "server_state",
+    "store_path",
     "stream_cut",
+    "take_payloads",
 ]
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server; a call may take as long as it takes
@@ -135,20 +159,120 @@ def client_functions() -> _Functions:
 def prepare(
     functions: _Functions, pending: PendingFunction[Any], *, how: str | None = None
 ) -> PreparedCall:
-    """``pending`` pickled for the server; what it cannot relay yet is refused, saying so.
+    """``pending`` pickled for the server; what it cannot relay is refused, saying so.
 
     ``how`` names the operation when it is not ``>>``: a generator function streams its
-    items with ``>>`` only.
+    items with ``>>`` only; and ``@`` does not stream ``Iterator[...]`` arguments.
     """
     call = functions.prepare(pending)
     if how is not None:
         call.refuse_stream(how)
-    if call.inputs:
+    if call.inputs and how == BROADCAST:
         raise TypeError(
-            f"{call.name}() takes Iterator[...] arguments: a Client does not stream them "
-            "yet; pass a list, or use a pool of your own (Compute)"
+            f"{call.name}() takes Iterator[...] arguments: a Client streams them to one "
+            "node (`>>`, `>`, groups), not to every node with `@`; pass a list, or use a "
+            "pool of your own (Compute)"
         )
     return call
+
+
+#: ``prepare``'s ``how`` for ``@``.
+BROADCAST = "`@` (broadcast)"
+
+
+# -- Iterator[T] arguments: the client feeds their items while the call runs ---------------------
+
+#: Take the client's items through the pool's own reader and pickler (off the loop: the
+#: iterable may block).
+take_payloads = _take_payloads
+
+
+def next_chunk(chunk: int, elapsed: float, room: int) -> tuple[int, int]:
+    """The next chunk's size as a pool's feeder picks it (doubling while the source is
+    fast, one at a time when it is slow), and how many items to take now: no more than
+    the node has room for, but one at least (its request then waits for room)."""
+    chunk = min(chunk * 2, _INPUT_CHUNK) if elapsed < 0.005 else 1
+    return chunk, max(1, min(chunk, room))
+
+
+def store_path(pool: str) -> str:
+    """Where a client sends its pool's collection operations (one request each)."""
+    return f"/pools/{pool}/store"
+
+
+def feed_path(pool: str, feed_id: str, slot: int) -> str:
+    return f"/pools/{pool}/feed/{feed_id}/{slot}"
+
+
+def feed_items(payloads: list[Any]) -> bytes:
+    """A feed request's body: pickled items, for the server to pass on as they are."""
+    metas, blobs = [], []
+    for payload in payloads:
+        meta, parts = split_payload(payload)
+        metas.append(meta)
+        blobs += parts
+    return frame({"items": metas}, blobs)
+
+
+def feed_end() -> bytes:
+    return frame({"end": True})
+
+
+def feed_cancel() -> bytes:
+    """A feed request that cancels the call (its client closed while it ran)."""
+    return frame({"cancel": True})
+
+
+def feed_failed(exc: BaseException) -> bytes:
+    return frame({"failed": f"{type(exc).__name__}: {exc}"})
+
+
+def feed_answer(response: Any, path: str) -> int | None:
+    """The room a feed request's answer says the node has, or None if the call reads
+    no more (it ended, even before the request came: its feed is gone, 404)."""
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise request_refused("POST", path, response)
+    answer = response.json()
+    return None if answer.get("ended") else int(answer["room"])
+
+
+class SourceFailed(Exception):
+    """An ``Iterator[T]`` argument's iterable raised ``error`` (or its item would not
+    pickle): told apart from a feed request that failed."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Feeding:
+    """What a call's feeders share: what failed (the call then fails with the first
+    error, as in a pool of one's own), and, in the sync face, that they must stop."""
+
+    def __init__(self, name: str, *, streamed: bool = False) -> None:
+        self.name = name
+        self.failures: list[Exception] = []
+        self.stopped = False  # the call ended: feed no more
+        # The sync face's close() waits for the answer of a call it cancelled (not for a
+        # generator's, which arrives only as its iterator is read).
+        self.streamed = streamed
+        self.ended = threading.Event()
+
+    def failed(self, exc: Exception, *, source: bool) -> None:
+        if source:
+            exc.add_note(
+                f"[skyward] raised by an iterable passed to {self.name}() for an "
+                "Iterator[...] parameter; the call was cancelled"
+            )
+        self.failures.append(exc)
+
+    def raise_failure(self) -> None:
+        """Raise the first error an iterable raised, if one did (the call failed because
+        of it: the server's report of that is replaced by the error itself)."""
+        if self.failures:
+            raise self.failures[0]
 
 
 #: How many of a ``map``'s calls a client has in flight at once; the server queues the
@@ -178,6 +302,7 @@ def call_request(functions: _Functions, call: PreparedCall, target: int | str | 
         "timeout": call.timeout,
         "target": target,
         "needs": dict(functions.needs(call.fn_key)),
+        "inputs": len(call.inputs),
         "fn": fn_meta,
         "args": args_meta,
     }
@@ -213,15 +338,18 @@ class FrameReader:
 
 
 #: What a frame of a call's answer is: the call's output (printed here), one of a
-#: generator's items, or the end (the call's results).
-OUTPUT, ITEM, END = "output", "item", "end"
+#: generator's items, the end (the call's results), or the feed its ``Iterator[T]``
+#: arguments' items go to (the first frame, when it has some).
+OUTPUT, ITEM, END, FEED = "output", "item", "end", "feed"
 
 
 def read_frame(content: bytes, name: str) -> tuple[str, Any]:
     """One frame of a call's answer: ``(OUTPUT, None)`` once its text is written to this
-    process's stdout or stderr, as the function wrote it; ``(ITEM, value)``; or ``(END,
-    values)`` (``call_results``: the call's error is raised)."""
+    process's stdout or stderr, as the function wrote it; ``(ITEM, value)``; ``(FEED,
+    feed id)``; or ``(END, values)`` (``call_results``: the call's error is raised)."""
     header, blobs = unpack(content)
+    if "feed" in header:
+        return FEED, str(header["feed"])
     if "output" in header:
         _, stream, text = header["output"]
         out = sys.stderr if stream == "stderr" else sys.stdout
@@ -296,13 +424,39 @@ def refused(response: Any) -> str:
         return str(response.text)
 
 
+class _ServerStore:
+    """A trio Client's way to the pool's collections store: each operation a request to
+    the server, which passes it on (keys and values pickled here, unpickled by the store
+    or the reader). A request cancelled while it waits (``queue.get_async``,
+    ``lock.acquire_async``) hangs up, and the server cancels the wait."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def call(self, op: int, name: str, *args: Any) -> Any:
+        raise RuntimeError(
+            "this collection belongs to a skyward_trio.Client: a blocking method would stall "
+            "the trio loop; await its _async variant instead (await d.get_async(k), "
+            "await c.increment_async(), async with lock: ...)"
+        )
+
+    async def call_async(self, op: int, name: str, *args: Any) -> Any:
+        client = self._client
+        response = await client._request(
+            "POST", store_path(client.name), store_request(op, name, args)
+        )
+        return store_value(response.content)
+
+
 class Client:
     """A pool the server holds (``sky compute create NAME``), reached from trio by its name.
 
     ``async with skyward_trio.Client(name) as pool:`` then ``await (f(x) >> pool)``,
     ``await (f(x) @ pool)``, ``fut = await (f(x) > pool)``, ``await ((f(x) & g(y)) >>
-    pool)`` and ``async for event in pool.events()``, as on a pool of your own. Leaving the
-    block ends this client's connection and its calls; the pool stays up on the server.
+    pool)`` and ``async for event in pool.events()``, as on a pool of your own; arguments
+    annotated ``Iterator[T]`` stream to the node, and ``pool.dict(name)`` and the others
+    are the pool's collections (their ``_async`` methods awaited). Leaving the block ends
+    this client's connection and its calls; the pool stays up on the server.
 
     Args:
         name: The pool's name on the server.
@@ -318,6 +472,7 @@ class Client:
         self._state = client_state(name, url, "skyward_trio.Client")
         self.name = name
         self._functions = client_functions()
+        self._store = _ServerStore(self)
         self._http: Any = None  # an httpx.AsyncClient while the block is open
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
@@ -440,26 +595,34 @@ class Client:
             await response.aread()
             await response.aclose()
             raise request_refused("POST", path, response)
-        return self._read_items(response, call.name)
+        return self._read_items(response, call)
 
-    async def _read_items(self, response: Any, name: str) -> AsyncIterator[Any]:
+    async def _read_items(self, response: Any, call: PreparedCall) -> AsyncIterator[Any]:
         import httpx
 
-        try:
-            reader = FrameReader()
-            async for chunk in response.aiter_raw():
-                for content in reader.feed(chunk):
-                    kind, value = read_frame(content, name)
-                    if kind == ITEM:
-                        yield value
-                    elif kind == END:
-                        return
-        except httpx.TransportError as exc:
-            raise server_gone(self._state["url"], exc) from exc
-        finally:
-            with trio.CancelScope(shield=True):
-                await response.aclose()
-        raise stream_cut(self._state["url"], name)
+        feeding = Feeding(call.name)
+        with self._feeders() as feeders:
+            try:
+                reader = FrameReader()
+                async for chunk in response.aiter_raw():
+                    for content in reader.feed(chunk):
+                        try:
+                            kind, value = read_frame(content, call.name)
+                        except Exception:
+                            feeding.raise_failure()
+                            raise
+                        if kind == FEED:
+                            self._feed(value, call, feeding, feeders)
+                        elif kind == ITEM:
+                            yield value
+                        elif kind == END:
+                            return
+            except httpx.TransportError as exc:
+                raise server_gone(self._state["url"], exc) from exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await response.aclose()
+        raise stream_cut(self._state["url"], call.name)
 
     async def run_async(
         self, pending: PendingFunction[Any], *, target: int | str | None = None
@@ -487,7 +650,7 @@ class Client:
 
     async def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node (``@``); results ordered by node index."""
-        call = prepare(self._functions, pending, how="`@` (broadcast)")
+        call = prepare(self._functions, pending, how=BROADCAST)
         return await self._send("broadcast", call, None)
 
     async def run_parallel(
@@ -582,7 +745,24 @@ class Client:
         return results()
 
     async def _send(self, how: str, call: PreparedCall, target: int | str | None) -> list[Any]:
-        """Send a run or broadcast; print its output as it comes; its values."""
+        """Send a run or broadcast; print its output as it comes, and feed its
+        ``Iterator[T]`` arguments while it runs; its values."""
+        feeding = Feeding(call.name)
+        with self._feeders() as feeders:
+            try:
+                return await self._answer(how, call, target, feeding, feeders)
+            except Exception:
+                feeding.raise_failure()
+                raise
+
+    async def _answer(
+        self,
+        how: str,
+        call: PreparedCall,
+        target: int | str | None,
+        feeding: Feeding,
+        feeders: trio.CancelScope,
+    ) -> list[Any]:
         import httpx
 
         path = f"/pools/{self.name}/{how}"
@@ -602,9 +782,122 @@ class Client:
                 async for chunk in response.aiter_raw():  # to its end: the connection is kept
                     for content in reader.feed(chunk):
                         kind, values = read_frame(content, call.name)
+                        if kind == FEED:
+                            self._feed(values, call, feeding, feeders)
                         ended = kind == END
                 if ended:
                     return values  # type: ignore[no-any-return]
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
         raise stream_cut(self._state["url"], call.name)
+
+    # -- Iterator[T] arguments -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _feeders(self) -> Iterator[trio.CancelScope]:
+        """The scope a call's feeders run in (in the client's nursery, as a pool's run in
+        the pool's): cancelled when the call ends, however it ends."""
+        scope = trio.CancelScope()
+        try:
+            yield scope
+        finally:
+            scope.cancel(reason="the call ended")
+
+    def _feed(
+        self, feed_id: str, call: PreparedCall, feeding: Feeding, scope: trio.CancelScope
+    ) -> None:
+        """Start feeding each of ``call``'s ``Iterator[T]`` arguments to ``feed_id``."""
+        assert self._nursery is not None
+
+        async def feeders() -> None:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    for slot, iterable in enumerate(call.inputs):
+                        assert not isinstance(iterable, RelayedInput)  # the server's kind
+                        nursery.start_soon(self._feed_one, feed_id, slot, iterable, feeding)
+
+        self._nursery.start_soon(feeders)
+
+    async def _feed_one(
+        self, feed_id: str, slot: int, iterable: Iterable[Any], feeding: Feeding
+    ) -> None:
+        """Send ``iterable``'s items, pickled here, while the node has room for them; a
+        request waits on the server until it has. Stops when the call reads no more."""
+        path = feed_path(self.name, feed_id, slot)
+        iterator = iter(iterable)
+        chunk, count = 1, 1
+        try:
+            while True:
+                started = trio.current_time()
+                try:
+                    payloads = await trio.to_thread.run_sync(take_payloads, iterator, count)
+                except Exception as exc:
+                    raise SourceFailed(exc) from exc
+                elapsed = trio.current_time() - started
+                room: int | None = 0
+                if payloads:
+                    room = await self._feed_request(path, feed_items(payloads))
+                    if room is None:
+                        return  # the call reads no more
+                if len(payloads) < count:  # the iterable ended
+                    await self._feed_request(path, feed_end())
+                    return
+                chunk, count = next_chunk(chunk, elapsed, room or 0)
+        except SourceFailed as failed:
+            feeding.failed(failed.error, source=True)
+            await self._tell_failed(path, failed.error)
+        except Exception as exc:  # the server refused or lost a request of the feed
+            feeding.failed(exc, source=False)
+            await self._tell_failed(path, exc)
+
+    async def _tell_failed(self, path: str, exc: Exception) -> None:
+        """Have the server cancel the call, which fails with ``exc`` here."""
+        with contextlib.suppress(ServerError):  # gone: the call's own request says so
+            await self._feed_request(path, feed_failed(exc))
+
+    async def _feed_request(self, path: str, body: bytes) -> int | None:
+        """Send a feed request; the room the node has, or None if the call reads no more."""
+        import httpx
+
+        try:
+            response = await self._open().post(
+                self._state["url"] + path,
+                content=body,
+                headers=headers(self._state, framed=True),
+                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+            )
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        return feed_answer(response, path)
+
+    # -- the pool's collections (``dict`` and ``set`` close the class: named after builtins,
+    # they would shadow them in the annotations that follow) -----------------------------------
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name``, as ``sky.counter(name)`` in a function running on
+        it (``await c.increment_async()``, ``await c.value_async()``)."""
+        check_consistency("client.counter", name, consistency)
+        return Counter(self._store, name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
+        return Queue(self._store, name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
+        return Barrier(self._store, name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name`` (``async with client.lock(name): ...``)."""
+        return Lock(self._store, name, timeout)
+
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name``, as ``sky.dict(name)`` in a function running on it
+        (``await d.get_async(k)``, ``await d.setitem_async(k, v)``, ...)."""
+        check_consistency("client.dict", name, consistency)
+        return Dict(self._store, name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
+        check_consistency("client.set", name, consistency)
+        return Set(self._store, name)

@@ -54,6 +54,11 @@ class Credits:
         self._available = initial
         self._changed = trio.Event()
 
+    @property
+    def available(self) -> int:
+        """Room free now (items that may be sent without waiting)."""
+        return max(0, self._available)
+
     def grant(self, count: int) -> None:
         self._available += count
         self._changed.set()

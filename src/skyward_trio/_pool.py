@@ -59,7 +59,15 @@ from ._storelink import ClientStore
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
 
-__all__ = ["Future", "ItemStream", "Pool", "PreparedCall", "ResultStream"]
+__all__ = [
+    "Future",
+    "ItemStream",
+    "Pool",
+    "PreparedCall",
+    "RelayedInput",
+    "RelayedInputError",
+    "ResultStream",
+]
 
 E = TypeVar("E", bound=BaseException | None)
 
@@ -76,8 +84,9 @@ class PreparedCall:
     name: str
     timeout: float | None
     stream: bool = False  # a generator function: its items stream back as they come
-    # Iterables of the Iterator[T] arguments, by slot: their items follow the call.
-    inputs: tuple[Iterable[Any], ...] = ()
+    # Iterables of the Iterator[T] arguments, by slot: their items follow the call (or,
+    # relayed by the server, batches of a client's items pickled already).
+    inputs: tuple[Iterable[Any] | RelayedInput, ...] = ()
 
     def refuse_stream(self, how: str) -> None:
         if self.stream:
@@ -453,6 +462,109 @@ def _take_payloads(iterator: Iterator[Any], count: int) -> list[_serial.Payload]
     return [_serial.dumps(item) for item in itertools.islice(iterator, count)]
 
 
+class RelayedInputError(SkywardError):
+    """The source of a relayed ``Iterator[T]`` argument (a ``sky.Client``'s iterable)
+    raised: the call is cancelled with this error, which carries what it raised."""
+
+
+@attrs.define(eq=False)
+class _Batch:
+    payloads: list[_serial.Payload] | None  # None: the end of the items
+    failed: str | None = None  # the source raised: what it raised, as text
+    done: trio.Event = attrs.Factory(trio.Event)
+    room: int | None = None  # set once sent: how many more the node takes now
+
+
+class RelayedInput:
+    """An ``Iterator[T]`` argument whose items arrive already pickled, from elsewhere
+    (the server relays a ``sky.Client``'s): a ``PreparedCall.inputs`` entry.
+
+    ``put`` hands a batch over and returns once the node has room for all of it (so the
+    one who puts is held back by the node, as a local iterable is); the pool's feeder for
+    the call takes the batches while the call runs.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[_Batch](0)
+        self._ended = trio.Event()
+        self._inflight: Inflight | None = None  # the call, once it started
+        self._cancelled = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether the call reads no more (it ended, was cancelled, or the items did)."""
+        return self._ended.is_set()
+
+    def end(self) -> None:
+        """No more batches will be taken: a ``put`` waiting now, or later, returns None."""
+        self._ended.set()
+        self._send.close()
+        self._receive.close()
+
+    def cancel(self) -> None:
+        """The one feeding it gives the call up (a client that closed): the call is
+        cancelled now, or as soon as it starts, as a caller's that gives up is."""
+        self._cancelled = True
+        if self._inflight is not None:
+            self._inflight.cancel()
+        self.end()
+
+    async def put(
+        self, payloads: list[_serial.Payload] | None, *, failed: str | None = None
+    ) -> int | None:
+        """Send ``payloads`` to the node (None: the items ended; ``failed``: the source
+        raised that, and the call fails with it). How many more items the node takes
+        now, or None if the call reads no more. Cancellable; a batch the feeder has
+        taken is sent whole all the same, while the call runs."""
+        batch = _Batch(payloads, failed)
+        async with trio.open_nursery() as nursery:
+
+            async def unless_ended() -> None:
+                await self._ended.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(unless_ended)
+            try:
+                await self._send.send(batch)
+                await batch.done.wait()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the call ended before taking it
+            nursery.cancel_scope.cancel()
+        return batch.room
+
+
+async def _relay_one(inflight: Inflight, slot: int, source: RelayedInput) -> None:
+    """Send the batches ``source`` is given to the node, within the node's window."""
+    conn = inflight.node.conn
+    task_id = inflight.task_id
+    source._inflight = inflight
+    if source._cancelled:
+        inflight.cancel()  # given up before it started
+        return
+    credits = conn.input_credits(task_id, slot, _INPUT_WINDOW)
+    batch: _Batch | None = None
+    try:
+        async for batch in source._receive:
+            if batch.failed is not None:
+                raise RelayedInputError(batch.failed)
+            if batch.payloads is None:
+                conn.end_input(task_id, slot)
+                batch.room = 0
+                return
+            pending = batch.payloads
+            while pending:
+                room = await credits.take(len(pending))
+                conn.send_input(task_id, slot, pending[:room])
+                pending = pending[room:]
+            batch.room = credits.available
+            batch.done.set()
+    finally:
+        conn.drop_input_credits(task_id, slot)
+        source.end()
+        if batch is not None:
+            batch.done.set()  # its sender hears the room, or None: the call reads no more
+
+
 class Inflight:
     """A call on its way: sent to a node, waiting for its reply, its deadline or cancel()."""
 
@@ -782,6 +894,11 @@ class CancelledCallError(SkywardError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"the call to {name}() was cancelled")
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its name (the server relays it pickled), not from its message.
+        return type(self), (self.name,), self.__dict__
 
 
 class ResultStream:
@@ -1123,7 +1240,10 @@ class Pool:
             try:
                 async with trio.open_nursery() as nursery:
                     for slot, iterable in enumerate(inflight.call.inputs):
-                        nursery.start_soon(_feed_one, inflight, slot, iterable)
+                        if isinstance(iterable, RelayedInput):
+                            nursery.start_soon(_relay_one, inflight, slot, iterable)
+                        else:
+                            nursery.start_soon(_feed_one, inflight, slot, iterable)
             except Exception as exc:
                 # The caller's own iterable failed: the call fails with that exception.
                 while isinstance(exc, BaseExceptionGroup) and isinstance(

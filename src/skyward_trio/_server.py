@@ -12,6 +12,11 @@ arguments are pickled by the client and the result by the node, and the server u
 neither (so a client's modules need not import here). It does unpickle the specs of
 ``sky compute create``: Skyward's own records, and plugins pickled by value.
 
+A call's ``Iterator[T]`` arguments are fed by the client while it runs, a batch of
+pickled items per request to the call's feed; a request is answered once the node has
+room for its items, so the client reads its iterable a window ahead of the node, as a
+pool of one's own does.
+
 A client that hangs up cancels its call (the node is told); ``sky server stop``, SIGTERM
 and SIGINT close every pool and terminate its machines before the process exits. A server
 that dies without closing them leaves nodes that end themselves when their lease runs out
@@ -43,12 +48,13 @@ import cloudpickle
 import h11
 import trio
 
+from . import _collections as ops
 from . import _events, _serial, _transport
 from ._compute import Compute
-from ._errors import PoolClosedError
+from ._errors import ConnectionLostError, PoolClosedError
 from ._events import Event
 from ._model import Options, Spec
-from ._pool import Inflight, Pool, PreparedCall
+from ._pool import Inflight, Pool, PreparedCall, RelayedInput
 from ._version import __version__
 
 __all__ = [
@@ -63,6 +69,8 @@ __all__ = [
     "main",
     "pack",
     "split_payload",
+    "store_request",
+    "store_value",
     "unpack",
 ]
 
@@ -140,6 +148,110 @@ def join_payload(meta: Any, blobs: Sequence[bytes]) -> _serial.Payload:
         [pickle.PickleBuffer(b) for b in bufs],
         [bool(f) for f in meta["flags"]],
     )
+
+
+# -- a collection operation: its arguments and its answer, JSON and blobs ------------------------
+
+
+def _is_payload(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 4
+        and isinstance(value[1], bool)
+        and isinstance(value[2], list)
+        and isinstance(value[3], list)
+    )
+
+
+def _to_tree(value: Any, blobs: list[Any]) -> Any:
+    """``value`` (scalars, tuples, lists and payloads: what the store's operations take
+    and give) as JSON, its payloads' bytes appended to ``blobs``."""
+    if _is_payload(value):
+        meta, parts = split_payload(value)
+        blobs += parts
+        return {"p": meta}
+    if isinstance(value, tuple | list):
+        items = [_to_tree(v, blobs) for v in value]
+        return {"t": items} if isinstance(value, tuple) else items
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a collection operation carries no {type(value).__qualname__}")
+
+
+def _from_tree(tree: Any, blobs: list[bytes], at: list[int]) -> Any:
+    if isinstance(tree, dict) and "p" in tree:
+        count = 1 + len(tree["p"]["flags"])
+        start = at[0]
+        at[0] += count
+        return join_payload(tree["p"], blobs[start : start + count])
+    if isinstance(tree, dict) and "t" in tree:
+        return tuple(_from_tree(v, blobs, at) for v in tree["t"])
+    if isinstance(tree, list):
+        return [_from_tree(v, blobs, at) for v in tree]
+    if tree is None or isinstance(tree, bool | int | float | str):
+        return tree
+    raise ValueError(f"not a value of a collection operation: {tree!r}")
+
+
+def _tree(header: dict[str, Any], key: str, blobs: list[bytes]) -> Any:
+    at = [0]
+    value = _from_tree(header[key], blobs, at)
+    if at[0] != len(blobs):
+        raise ValueError("the blobs do not match the values")
+    return value
+
+
+def store_request(op: int, name: str, args: tuple[Any, ...]) -> bytes:
+    """The body of a collection operation sent to the server (keys and values pickled
+    by the client: the server passes them on as they are)."""
+    blobs: list[Any] = []
+    return frame({"op": op, "name": name, "args": _to_tree(args, blobs)}, blobs)
+
+
+def store_value(body: bytes) -> Any:
+    """The value a collection operation's answer carries; raises its error (a builtin
+    as itself, the pool closed or its store lost as Skyward's errors)."""
+    header, blobs = unpack(body)
+    if not header["ok"]:
+        kind, message = header["error"]
+        if kind == "PoolClosedError":
+            raise PoolClosedError(message)
+        if kind == "ConnectionLostError":
+            raise ConnectionLostError(message, node=0)
+        ops.raise_failure((kind, message))
+    return _tree(header, "value", blobs)
+
+
+#: What a client may ask of the store: what the collections' proxies send.
+_STORE_OPS = frozenset(
+    {
+        ops.D_GET, ops.D_SET, ops.D_DEL, ops.D_HAS, ops.D_UPDATE, ops.D_POP,
+        ops.S_ADD, ops.S_DISCARD, ops.S_HAS, ops.S_LEN,
+        ops.C_GET, ops.C_ADD, ops.C_SET,
+        ops.Q_PUT, ops.Q_GET, ops.Q_LEN,
+        ops.B_WAIT,
+        ops.L_ACQUIRE, ops.L_RELEASE,
+    }
+)  # fmt: skip
+
+
+def _parse_store(body: bytearray) -> tuple[int, str, tuple[Any, ...]]:
+    try:
+        header, blobs = unpack(body)
+        op, name, args = header["op"], header["name"], _tree(header, "args", blobs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _BadRequest(400, f"not a collection operation: {exc}") from None
+    if op not in _STORE_OPS or not isinstance(name, str) or not isinstance(args, tuple):
+        raise _BadRequest(400, f"not a collection operation: op {op!r} on {name!r}")
+    return op, name, args
+
+
+def _store_answer(value: Any = None, error: Exception | None = None) -> tuple[int, str, list[Any]]:
+    if error is not None:
+        message = error.args[0] if len(error.args) == 1 else str(error)
+        return 200, FRAME, pack({"ok": False, "error": [type(error).__name__, str(message)]})
+    blobs: list[Any] = []
+    return 200, FRAME, pack({"ok": True, "value": _to_tree(value, blobs)}, blobs)
 
 
 # -- events as JSON lines ------------------------------------------------------------------------
@@ -403,12 +515,26 @@ class _Held:
         return out
 
 
+#: The most ``Iterator[T]`` arguments one call may stream (a function has that few).
+_MAX_INPUTS = 64
+
+
+@attrs.frozen
+class _Feed:
+    """A relayed call's ``Iterator[T]`` arguments, which the client feeds by their id
+    (``POST /pools/NAME/feed/ID/SLOT``) while the call runs."""
+
+    pool: str
+    slots: tuple[RelayedInput, ...]
+
+
 class Server:
     """The pools this process holds, and the HTTP routes that reach them."""
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.pools: dict[str, _Held] = {}
+        self.feeds: dict[str, _Feed] = {}
         self.started = time.time()
         self.stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -527,7 +653,29 @@ class Server:
         if calling and method == "POST":
             held = self._ready(parts[1])
             call, target = self._parse_call(held, request.body)
+            if call.inputs and parts[2] == "broadcast":
+                raise _BadRequest(
+                    400, f"{call.name}() streams Iterator[...] arguments: not with `@` here"
+                )
             return _Calling(held, parts[2], call, target)
+        if len(parts) == 3 and parts[0] == "pools" and parts[2] == "store" and method == "POST":
+            store = self._pool(parts[1])._store
+            op, name, args = _parse_store(request.body)
+            try:
+                value = await _while_connected(stream, lambda: store.call_async(op, name, *args))
+            except trio.BrokenResourceError:
+                raise  # the client hung up: its wait was cancelled, and nobody to answer
+            except Exception as exc:  # the store's refusal, or the pool's: the client's now
+                return _store_answer(error=exc)
+            return _store_answer(value)
+        if len(parts) == 5 and parts[0] == "pools" and parts[2] == "feed" and method == "POST":
+            source = self._feed_slot(parts[1], parts[3], parts[4])
+            payloads, failed, cancel = _parse_batch(request.body)
+            if cancel:
+                source.cancel()
+                return _json(200, {"ended": True})
+            room = await _while_connected(stream, lambda: source.put(payloads, failed=failed))
+            return _json(200, {"ended": True} if room is None else {"room": room})
         raise _BadRequest(404, f"no route {method} {request.path}")
 
     def status(self) -> dict[str, Any]:
@@ -555,6 +703,32 @@ class Server:
             state = "closing" if held.closing.is_set() else "still starting"
             raise _BadRequest(409, f"pool {name!r} is {state}")
         return held
+
+    def _feed_slot(self, name: str, feed_id: str, slot: str) -> RelayedInput:
+        feed = self.feeds.get(feed_id)
+        if feed is None or feed.pool != name:
+            raise _BadRequest(404, f"no call of pool {name!r} takes the items of feed {feed_id!r}")
+        if not slot.isdigit() or int(slot) >= len(feed.slots):
+            raise _BadRequest(404, f"the call of feed {feed_id!r} has no Iterator slot {slot!r}")
+        return feed.slots[int(slot)]
+
+    @contextlib.contextmanager
+    def _feeding(self, held: _Held, call: PreparedCall) -> Iterator[list[Any]]:
+        """While a call runs, its ``Iterator[T]`` arguments' feed: the frame that tells
+        the client its id (none if it takes no such argument). Then the feed's puts
+        that still wait hear that the call reads no more."""
+        slots = tuple(s for s in call.inputs if isinstance(s, RelayedInput))
+        if not slots:
+            yield []
+            return
+        feed_id = secrets.token_urlsafe(16)
+        self.feeds[feed_id] = _Feed(held.name, slots)
+        try:
+            yield pack({"feed": feed_id, "slots": len(slots)})
+        finally:
+            del self.feeds[feed_id]
+            for slot in slots:
+                slot.end()
 
     def _pool(self, name: str) -> Pool:
         pool = self._ready(name).pool
@@ -714,19 +888,29 @@ class Server:
             args = join_payload(header["args"], blobs[n_fn:])
             key, name, needs = str(header["key"]), str(header["name"]), header["needs"]
             timeout, target = header.get("timeout"), header.get("target")
+            inputs = header.get("inputs", 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise _BadRequest(400, f"not a call: {exc}") from None
         if not isinstance(needs, dict):
             raise _BadRequest(400, "not a call: needs is not a mapping")
+        if (
+            isinstance(inputs, bool)
+            or not isinstance(inputs, int)
+            or not 0 <= inputs <= _MAX_INPUTS
+        ):
+            raise _BadRequest(400, f"not a call: inputs must be 0 to {_MAX_INPUTS}, not {inputs!r}")
         pool._functions.adopt(key, fn, needs)
-        return PreparedCall(key, fn, args, name, timeout, stream=stream), target
+        relayed = tuple(RelayedInput() for _ in range(inputs))
+        return PreparedCall(key, fn, args, name, timeout, stream=stream, inputs=relayed), target
 
     async def _relay_call(
         self, conn: h11.Connection, stream: trio.SocketStream, calling: _Calling
     ) -> None:
-        """Answer a run or broadcast: the call's output as it comes, a frame each
-        (``{"output": [node, stream, text]}``), then the frame with its results. The
-        connection stays open for the client's next request."""
+        """Answer a run or broadcast: for a call with ``Iterator[T]`` arguments first
+        the frame naming their feed (``{"feed": id}``: the client posts their items to
+        it), then the call's output as it comes, a frame each (``{"output": [node,
+        stream, text]}``), then the frame with its results. The connection stays open for
+        the client's next request."""
         held, call = calling.held, calling.call
         assert held.pool is not None
         pool = held.pool
@@ -748,7 +932,9 @@ class Server:
         async def work() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write_output, nursery.cancel_scope)
-                with held.calling():
+                with held.calling(), self._feeding(held, call) as feed:
+                    if feed:
+                        send.send_nowait(feed)  # first: the client feeds it while it runs
                     try:
                         if calling.how == "run":
                             target = pool._check_target(calling.target)
@@ -788,7 +974,9 @@ class Server:
             await stream.send_all(
                 conn.send(h11.Response(status_code=200, headers=_STREAMED_FRAMES)) or b""
             )
-            with held.calling():
+            with held.calling(), self._feeding(held, call) as feed:
+                if feed:
+                    await write(feed)  # first: the client feeds it while it runs
                 try:
                     inflight = await pool.start(
                         call,
@@ -824,6 +1012,30 @@ class Server:
         finally:
             if inflight is not None and not inflight.finished:
                 inflight.cancel()  # the client went away: the generator on the node stops
+
+
+def _parse_batch(body: bytearray) -> tuple[list[_serial.Payload] | None, str | None, bool]:
+    """A feed request's items (pickled: passed on as they are), or None when it ends
+    them; what the client's iterable raised, if that is what it says; and whether the
+    client gives the call up (it closed)."""
+    try:
+        header, blobs = unpack(body)
+        if "failed" in header:
+            return None, str(header["failed"]), False
+        if header.get("cancel"):
+            return None, None, True
+        if header.get("end"):
+            return None, None, False
+        payloads, at = [], 0
+        for meta in header["items"]:
+            count = 1 + len(meta["flags"])
+            payloads.append(join_payload(meta, blobs[at : at + count]))
+            at += count
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _BadRequest(400, f"not a feed's items: {exc}") from None
+    if at != len(blobs) or not payloads:
+        raise _BadRequest(400, "not a feed's items: the blobs do not match the items")
+    return payloads, None, False
 
 
 async def _write(conn: h11.Connection, stream: trio.SocketStream, parts: list[Any]) -> None:

@@ -93,6 +93,16 @@ def test_collection_accessors_match_and_match_the_factories(name: str) -> None:
     assert not inspect.iscoroutinefunction(trio_method)
 
 
+@pytest.mark.parametrize("name", ["dict", "set", "counter", "queue", "barrier", "lock"])
+def test_a_clients_collection_accessors_are_the_pools(name: str) -> None:
+    sync_method = getattr(skyward.Client, name)
+    trio_method = getattr(skyward_trio.Client, name)
+    assert _parameters(sync_method) == _parameters(trio_method)
+    assert _parameters(sync_method) == _parameters(getattr(skyward.Pool, name))
+    assert not inspect.iscoroutinefunction(sync_method)
+    assert not inspect.iscoroutinefunction(trio_method)
+
+
 def test_offers_takes_the_same_arguments_in_both_faces() -> None:
     assert _parameters(skyward.offers) == _parameters(skyward_trio.offers)  # defaults too
     assert not inspect.iscoroutinefunction(skyward.offers)

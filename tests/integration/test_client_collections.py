@@ -1,0 +1,193 @@
+"""The pool's collections through the pool server: ``client.dict(name)`` and the others
+in a script of its own are the collections a function running on the pool sees by that
+name (a ``sky.Client`` and a ``skyward_trio.Client``), relayed by a server started as
+users start it, holding a Local pool (``sky compute create``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from served import Server
+
+from skyward_trio._server import frame
+
+_FUNCTIONS = """
+import json
+import sys
+
+import skyward as sky
+
+
+@sky.function
+def record(i: int) -> int:
+    sky.counter(PREFIX + "done").increment()
+    sky.dict(PREFIX + "squares")[i] = i * i
+    sky.set(PREFIX + "seen").add(i % 3)
+    sky.queue(PREFIX + "out").put(i)
+    return i
+
+
+@sky.function
+def read_key(key):
+    return sky.dict(PREFIX + "squares")[key]
+
+
+@sky.function
+def take_job():
+    return sky.queue(PREFIX + "jobs").get(timeout=60)
+
+
+@sky.function
+def locked() -> str:
+    with sky.lock(PREFIX + "lock", timeout=0.5):
+        return "got it"
+
+
+@sky.function
+def meet() -> int:
+    return sky.barrier(PREFIX + "meet", 2).wait()
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with Server.running(tmp_path_factory.mktemp("client-collections")) as made:
+        yield made
+
+
+_SYNC = """
+PREFIX = "sync-"
+out = {}
+with sky.Client("p") as pool:
+    assert pool.map(record, range(10)) == list(range(10))
+    out["counter"] = pool.counter(PREFIX + "done").value
+    squares = pool.dict(PREFIX + "squares")
+    out["dict"] = [squares[3], squares.get(11, "none"), 4 in squares, squares.pop(9)]
+    out["popped"] = 9 in squares
+    try:
+        squares["missing"]
+    except KeyError as exc:
+        out["missing"] = repr(exc)
+    squares["from the client"] = [1, 2]
+    out["a node reads"] = read_key("from the client") >> pool
+    seen = pool.set(PREFIX + "seen")
+    out["set"] = [len(seen), 2 in seen, 5 in seen]
+    results = pool.queue(PREFIX + "out")
+    out["queue"] = sorted(results.get(timeout=10) for _ in range(10))
+    out["empty"] = [results.empty(), len(results)]
+    try:
+        results.get(timeout=0.2)
+    except TimeoutError:
+        out["get timed out"] = True
+    pool.queue(PREFIX + "jobs").put({"id": 1})
+    out["a node takes"] = take_job() >> pool
+    with pool.lock(PREFIX + "lock"):
+        try:
+            locked() >> pool
+        except TimeoutError:
+            out["held here"] = True
+    out["released"] = locked() >> pool
+    meeting = meet() > pool
+    out["barrier"] = [pool.barrier(PREFIX + "meet", 2).wait(), meeting.result(timeout=60)]
+    counter = pool.counter(PREFIX + "done")
+    out["counter ops"] = [counter.increment(5), counter.decrement(), int(counter)]
+with sky.Client("p") as again:  # another client, the same collections
+    out["again"] = again.counter(PREFIX + "done").value
+print(json.dumps(out))
+"""
+
+
+def test_a_client_reaches_the_collections_functions_on_the_pool_see(server: Server) -> None:
+    out = server.script(_FUNCTIONS + _SYNC)
+    assert out == {
+        "counter": 10,
+        "dict": [9, "none", True, 81],
+        "popped": False,
+        "missing": "KeyError('missing')",
+        "a node reads": [1, 2],
+        "set": [3, True, False],
+        "queue": list(range(10)),
+        "empty": [True, 0],
+        "get timed out": True,
+        "a node takes": {"id": 1},
+        "held here": True,
+        "released": "got it",
+        "barrier": [0, 0],
+        "counter ops": [15, 14, 14],
+        "again": 14,
+    }
+
+
+_TRIO = """
+import trio
+import skyward_trio as st
+
+PREFIX = "trio-"
+
+
+async def main():
+    out = {}
+    async with st.Client("p") as pool:
+        assert await pool.map(record, range(10)) == list(range(10))
+        counter = pool.counter(PREFIX + "done")
+        out["counter"] = await counter.value_async()
+        try:
+            counter.value
+        except RuntimeError as exc:
+            out["blocking"] = str(exc)
+        squares = pool.dict(PREFIX + "squares")
+        out["dict"] = [await squares.getitem_async(3), await squares.get_async(11, "none")]
+        await squares.setitem_async("from the client", "hello")
+        out["a node reads"] = await (read_key("from the client") >> pool)
+        out["set"] = await pool.set(PREFIX + "seen").len_async()
+        jobs = pool.queue(PREFIX + "jobs")
+        with trio.move_on_after(0.5) as abandoned:
+            await jobs.get_async()  # nothing comes: given up, its wait is cancelled
+        out["abandoned"] = abandoned.cancelled_caught
+        # The server has seen the hang-up long before this (a guard, not a measurement).
+        await trio.sleep(1)
+        await jobs.put_async({"id": 2})
+        out["a node takes"] = await (take_job() >> pool)
+        async with pool.lock(PREFIX + "lock"):
+            try:
+                await (locked() >> pool)
+            except TimeoutError:
+                out["held here"] = True
+        out["released"] = await (locked() >> pool)
+    print(json.dumps(out))
+
+
+trio.run(main)
+"""
+
+
+def test_a_trio_client_reaches_them_too(server: Server) -> None:
+    out = server.script(_FUNCTIONS + _TRIO)
+    assert "await its _async variant" in out.pop("blocking")
+    assert out == {
+        "counter": 10,
+        "dict": [9, "none"],
+        "a node reads": "hello",
+        "set": 3,
+        "abandoned": True,
+        "a node takes": {"id": 2},
+        "held here": True,
+        "released": "got it",
+    }
+
+
+def test_a_collection_operation_the_server_does_not_relay_is_refused(server: Server) -> None:
+    state = server.state()
+    for body, said in [
+        (frame({"op": 0, "name": "x", "args": {"t": []}}), "op 0 on 'x'"),  # ADDRESS
+        (b"nonsense", "not a collection operation"),
+    ]:
+        answer = httpx.post(
+            f"{state['url']}/pools/p/store",
+            content=body,
+            headers={"authorization": f"Bearer {state['token']}"},
+        )
+        assert answer.status_code == 400
+        assert said in answer.json()["error"]
