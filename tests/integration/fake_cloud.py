@@ -175,13 +175,14 @@ class MachineRecord(Protocol):
 
     ``running`` says whether its processes still run; a machine ends once (each fake says
     how: deleted, killed, preempted...), and its ``machine`` stays as a record of where it was.
+    ``machine`` is None until it first runs, for a fake that makes machines stopped.
     """
 
     @property
     def id(self) -> object: ...
 
     @property
-    def machine(self) -> Machine: ...
+    def machine(self) -> Machine | None: ...
 
     running: bool
 
@@ -263,8 +264,10 @@ class MachineCloud(FakeCloud, Generic[K, R], abc.ABC):
 
     def _end(self, record: R, *, abrupt: bool) -> None:
         """End every process of the machine by pid (``_end_machine``)."""
+        machine = record.machine
+        assert machine is not None, f"{self.noun} {record.id} ran without a machine"
         marker = f"{self.marker}={self._mark(record.id)}".encode()
-        self._end_processes(record.machine, marker, f"{self.noun} {record.id}", abrupt=abrupt)
+        self._end_processes(machine, marker, f"{self.noun} {record.id}", abrupt=abrupt)
 
     def _end_all(self) -> None:
         with self._lock:
@@ -275,7 +278,8 @@ class MachineCloud(FakeCloud, Generic[K, R], abc.ABC):
             self._end(record, abrupt=False)
 
     def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(str(r.id), r.machine.home) for r in self._records().values()]
+        records = self._records().values()
+        return [(str(r.id), r.machine.home) for r in records if r.machine is not None]
 
     # -- serving --------------------------------------------------------------------------------
 

@@ -37,36 +37,31 @@ field, so that a misspelt field fails here instead of being ignored there.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import secrets
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
-import sshd
-from fake_aws import _write_secret
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    AddressBlocks,
+    Checks,
+    MachineCloud,
     Recorded,
+    Refused,
+    SshAddresses,
     _Answer,
     _is_list_of_text,
     _is_text,
-    _read,
-    _reply,
-    free_ssh_address,
+    check_body,
+    cloud_init,
+    need_root_machines,
+    start_machine,
 )
-from needs import unavailable
 from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.7.B.10
-_MARKER = "FAKE_SCALEWAY_MACHINE"
 _GB = 1024**3
 
 
@@ -138,40 +133,21 @@ DEFAULT_STOCK: Mapping[str, Mapping[str, str]] = {
     "pl-waw-2": {"L4-1-24G": "scarce", "H100-1-80G": "shortage", "DEV1-S": "available"},
 }
 
-_blocks_lock = threading.Lock()
-_blocks_made = 0
-
-
-def _address_block() -> int:
-    """A third octet no other fake Scaleway on this machine uses now: 16 per
-    pytest-xdist worker, one after the other within it; so that two workers' fakes never
-    bind the same address's port 22 (and ``free_ssh_address`` skips one held all the
-    same)."""
-    global _blocks_made
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    with _blocks_lock:
-        made, _blocks_made = _blocks_made, _blocks_made + 1
-    return (int(worker) if worker.isdigit() else 0) % 16 * 16 + made % 16
+#: The third octets B of the fake Scaleways' addresses, 127.7.B.x: one each (and
+#: ``SshAddresses`` skips one held all the same).
+_BLOCKS = AddressBlocks()
 
 
 def need_fake_scaleway() -> None:
-    """Skip where the fake's machines cannot run (under CI, fail): without sshd, or not as
-    root (they listen on port 22)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable(
-            "the fake Scaleway's machines listen on port 22: run the tests as root",
-            suite="sky.Scaleway",
-        )
+    """Skip where the fake's machines cannot listen on port 22 (``need_root_machines``)."""
+    need_root_machines(FakeScaleway.title, suite="sky.Scaleway")
 
 
 @attrs.define
 class FakeServer:
     """An Instance the fake created: its create's JSON, its state and, once powered on,
-    its sshd machine.
-
-    ``running`` says whether its processes still run; an Instance is deleted once
-    (terminated or deleted), and its ``machine`` stays as a record of where it was.
+    its sshd machine (a ``fake_cloud.MachineRecord``: it is deleted once, terminated or
+    deleted).
     """
 
     id: str
@@ -196,21 +172,27 @@ class FakeServer:
         return self.state
 
 
-class _Refused(Exception):
-    """A request the fake answers with an error in Scaleway's shape."""
+class _Refused(Refused):
+    """A request the fake answers with an error in Scaleway's shape (its ``code`` the
+    ``type``; ``more``: the fields that name what it is about, as ``resource``)."""
 
     def __init__(
         self, message: str, status: int = 400, kind: str = "invalid_arguments", **more: Any
-    ):
-        super().__init__(message)
-        self.message, self.status, self.kind, self.more = message, status, kind, more
+    ) -> None:
+        super().__init__(message, kind, status)
+        self.more = more
 
 
-class FakeScaleway(FakeCloud):
+class FakeScaleway(MachineCloud[str, FakeServer]):
     """Scaleway's APIs at ``api_url`` on ``127.0.0.1``, with sshd machines for Instances
-    (``fake_cloud.FakeCloud``: leaving it ends every machine, by pid)."""
+    (``fake_cloud.MachineCloud``: leaving it ends every machine, by pid)."""
 
     title = "the fake Scaleway"
+    marker = "FAKE_SCALEWAY_MACHINE"
+    mark_by_directory = True
+    noun = "Instance"
+    closing_code = "service_unavailable"
+    failure_code = "internal"
 
     def __init__(
         self,
@@ -234,7 +216,6 @@ class FakeScaleway(FakeCloud):
         self.stock: dict[str, dict[str, str]] = {z: dict(s) for z, s in stock.items()}
         self.start_delay = start_delay
         self.per_page_max = per_page_max
-        self.requests: list[Recorded] = []
         self.servers: dict[str, FakeServer] = {}
         self.volumes: dict[str, dict[str, Any]] = {}  # Block Storage volumes, by id
         self.ssh_keys: dict[str, dict[str, Any]] = {}  # by id
@@ -242,8 +223,7 @@ class FakeScaleway(FakeCloud):
         #: availability says ``shortage`` from then on (someone took the last one).
         self.sell_out: set[tuple[str, str]] = set()
         self._failures: list[_Refused | None] = []  # None: that power-on succeeds
-        self._block = _address_block()
-        self._next_address = FIRST_ADDRESS
+        self._addresses = SshAddresses(f"127.7.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-scaleway")
 
     # -- what tests do to it ------------------------------------------------------------------
@@ -270,72 +250,38 @@ class FakeScaleway(FakeCloud):
     def kill(self, server_id: str) -> None:
         """The Instance's machine dies at once (every process killed); Scaleway then shows
         it stopped until it is deleted."""
-        with self._lock:
-            server = self.servers[server_id]
-            if server.deleted:
-                raise ValueError(f"Instance {server_id} is deleted")
-            server.state = "stopped"
-            running, server.running = server.running, False
-        if running:
-            self._end(server, abrupt=True)
+        self._kill(server_id, _stopped)
 
-    # -- FakeCloud -------------------------------------------------------------------------------
+    # -- MachineCloud ----------------------------------------------------------------------------
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [s for s in self.servers.values() if s.running]
-            for server in ending:
-                server.running = False
-        for server in ending:
-            self._end(server, abrupt=False)
+    def _records(self) -> Mapping[str, FakeServer]:
+        return self.servers
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(s.id, s.machine.home) for s in self.servers.values() if s.machine is not None]
-
-    def _end(self, server: FakeServer, *, abrupt: bool) -> None:
-        assert server.machine is not None
-        marker = f"{_MARKER}={server.directory}".encode()
-        self._end_processes(server.machine, marker, f"Instance {server.id}", abrupt=abrupt)
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Scaleway's APIs send it."""
+        more = refused.more if isinstance(refused, _Refused) else {}
+        return _Answer(refused.status, {"type": refused.code, "message": refused.message, **more})
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request, raw))
-
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
         method, path = request.method, request.path
-        try:
-            with self._lock:
-                closed = self._closed
-            if closed:
-                raise _Refused("the fake Scaleway is shutting down", 503, "service_unavailable")
-            given = request.headers.get("x-auth-token", "").encode()
-            if not secrets.compare_digest(given, self.secret_key.encode()):
-                raise _Refused(
-                    "authentication is denied", 401, "denied_authentication", method="api_key"
-                )
-            parts = path.strip("/").split("/")
-            if parts[:4] == ["instance", "v1", "zones", parts[3] if len(parts) > 3 else ""]:
-                zone = parts[3]
-                if zone not in self.types:
-                    raise _Refused(f"zone: {zone!r} is not a zone", 400)
-                return self._instance_api(method, zone, parts[4:], request, raw)
-            if parts[:3] == ["iam", "v1alpha1", "ssh-keys"]:
-                return self._iam(method, parts[3:], request)
-            if parts[:4] == ["block", "v1alpha1", "zones", parts[3] if len(parts) > 3 else ""]:
-                return self._block_api(method, parts[4:], request.query)
-            raise _Refused(f"not found: {method} {path}", 404, "not_found")
-        except _Refused as refused:
-            return _error(refused)
-        except Exception as error:  # answered 500, and raised when the fake is left
-            message = f"{method} {path}: {type(error).__name__}: {error}"
-            with self._lock:
-                self.errors.append(message)
-            return _error(_Refused(f"the fake Scaleway failed: {message}", 500, "internal"))
+        given = request.headers.get("x-auth-token", "").encode()
+        if not secrets.compare_digest(given, self.secret_key.encode()):
+            raise _Refused(
+                "authentication is denied", 401, "denied_authentication", method="api_key"
+            )
+        parts = path.strip("/").split("/")
+        if parts[:4] == ["instance", "v1", "zones", parts[3] if len(parts) > 3 else ""]:
+            zone = parts[3]
+            if zone not in self.types:
+                raise _Refused(f"zone: {zone!r} is not a zone", 400)
+            return self._instance_api(method, zone, parts[4:], request, raw)
+        if parts[:3] == ["iam", "v1alpha1", "ssh-keys"]:
+            return self._iam(method, parts[3:], request)
+        if parts[:4] == ["block", "v1alpha1", "zones", parts[3] if len(parts) > 3 else ""]:
+            return self._block_api(method, parts[4:], request.query)
+        raise _Refused(f"not found: {method} {path}", 404, "not_found")
 
     def _instance_api(
         self, method: str, zone: str, rest: list[str], request: Recorded, raw: bytes
@@ -461,83 +407,62 @@ class FakeScaleway(FakeCloud):
     def _action(self, server: FakeServer, body: Any) -> _Answer:
         _check(body, _ACTION_FIELDS, required=("action",))
         action = body["action"]
-        with self._lock:
-            state = server.shown_state()
-            if action == "poweron":
-                if state != "stopped":
-                    raise _Refused(
-                        f"Instance is {state}: poweron needs it stopped",
-                        400,
-                        "invalid_request_error",
-                    )
-                failure = self._failures.pop(0) if self._failures else None
-                if failure is not None:
-                    raise failure
-                kind, zone = server.body["commercial_type"], server.zone
-                if (kind, zone) in self.sell_out:
-                    self.sell_out.discard((kind, zone))
-                    self.stock[zone][kind] = "shortage"
-                    raise _Refused(
-                        f"{kind} is out of stock in {zone}",
-                        412,
-                        "out_of_stock",
-                        resource="instance_server",
-                    )
-                if self.stock[zone].get(kind) not in ("available", "scarce"):
-                    raise _Refused(
-                        f"{kind} is out of stock in {zone}",
-                        412,
-                        "out_of_stock",
-                        resource="instance_server",
-                    )
-                # Under the lock, sshd start included: leaving the fake then waits for a
-                # power-on in flight, and no machine starts after the fake ended them all.
+        if action == "poweron":
+            # Under the lock, sshd start included: leaving the fake then waits for a
+            # power-on in flight, and no machine starts after the fake ended them all.
+            with self._lock:
                 self._power_on(server)
-                return _Answer(202, {"task": _task("server_poweron", server)})
-            if action == "terminate":
-                if state != "running":
-                    raise _Refused(
-                        f"Instance is {state}: terminate needs it running",
-                        400,
-                        "invalid_request_error",
-                    )
-                self._gone(server)
-                running, server.running = server.running, False
-            else:
-                raise _Refused(f"action: the fake Scaleway does not do {action!r}")
-        if running:
-            self._end(server, abrupt=False)
+            return _Answer(202, {"task": _task("server_poweron", server)})
+        if action != "terminate":
+            raise _Refused(f"action: the fake Scaleway does not do {action!r}")
+
+        def terminated() -> FakeServer:
+            state = server.shown_state()
+            if state != "running":
+                raise _Refused(
+                    f"Instance is {state}: terminate needs it running",
+                    400,
+                    "invalid_request_error",
+                )
+            self._gone(server)
+            return server
+
+        self._end_now(terminated, abrupt=False)
         return _Answer(202, {"task": _task("server_terminate", server)})
 
     def _power_on(self, server: FakeServer) -> None:
-        number = free_ssh_address(f"127.7.{self._block}", self._next_address)
-        address = f"127.7.{self._block}.{number}"
-        self._next_address = number + 1
-        config = _cloud_config(server.user_data.get("cloud-init", ""))
-        private = (config.get("ssh_keys") or {}).get("ed25519_private")
-        if isinstance(private, str) and private.strip():
-            _write_secret(server.directory / "host_ed25519", private)  # start_sshd keeps it
+        """Under the lock: the stopped Instance becomes a machine, if its zone has its type
+        in stock."""
+        state = server.shown_state()
+        if state != "stopped":
+            raise _Refused(
+                f"Instance is {state}: poweron needs it stopped", 400, "invalid_request_error"
+            )
+        failure = self._failures.pop(0) if self._failures else None
+        if failure is not None:
+            raise failure
+        kind, zone = server.body["commercial_type"], server.zone
+        if (kind, zone) in self.sell_out:  # the last one went since the listing
+            self.sell_out.discard((kind, zone))
+            self.stock[zone][kind] = "shortage"
+        if self.stock[zone].get(kind) not in ("available", "scarce"):
+            raise _Refused(
+                f"{kind} is out of stock in {zone}", 412, "out_of_stock", resource="instance_server"
+            )
+        address = self._addresses.take()
         keys = [
             k["public_key"] for k in self.ssh_keys.values() if k["project_id"] == self.project_id
         ]
-        extra = [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
-        authorized = server.directory / "authorized_keys"
-        authorized.write_text("".join(f"{line}\n" for line in [*keys, *extra]))
-        # A short home, as /root: a worker's socket lives under it, and a unix socket's
-        # path holds 107 bytes, which a home under a test's directory would exceed.
-        home = Path(tempfile.mkdtemp(prefix="scaleway-"))
-        try:
-            server.machine = sshd.start_sshd(
-                self.root,
-                server.id,
-                address,
-                authorized,
-                port=22,
-                extra_env={_MARKER: str(server.directory)},
-                home=home,
-            )
-        except pytest.fail.Exception as error:  # a BaseException: made an Exception here
-            raise RuntimeError(str(error)) from None
+        authorized = cloud_init(server.directory, server.user_data.get("cloud-init", ""), keys)
+        server.machine = start_machine(
+            self.root,
+            server.id,
+            address,
+            authorized,
+            port=22,
+            env=self._marker_env(server.id),
+            home="scaleway-",  # as /root
+        )
         server.state, server.running = "starting", True
         server.ready_at = time.monotonic() + self.start_delay
 
@@ -673,13 +598,19 @@ class FakeScaleway(FakeCloud):
         raise _Refused(f"not found: {method} /block/.../{'/'.join(rest)}", 404, "not_found")
 
 
-_Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
-_KEY_FIELDS: _Checks = {
+def _stopped(server: FakeServer) -> None:
+    """``kill``'s mark: Scaleway shows a killed Instance stopped."""
+    if server.deleted:
+        raise ValueError(f"Instance {server.id} is deleted")
+    server.state = "stopped"
+
+
+_KEY_FIELDS: Checks = {
     "name": (_is_text, "a non-empty string"),
     "public_key": (_is_text, "an OpenSSH public key line"),
     "project_id": (_is_text, "a Project's id"),
 }
-_CREATE_FIELDS: _Checks = {
+_CREATE_FIELDS: Checks = {
     "name": (_is_text, "a name"),
     "commercial_type": (_is_text, "a commercial type"),
     "image": (_is_text, "an image label or id"),
@@ -695,25 +626,14 @@ _CREATE_FIELDS: _Checks = {
     "public_ips": (_is_list_of_text, "a list of flexible IP ids"),
     "protected": (lambda v: isinstance(v, bool), "a boolean"),
 }
-_ACTION_FIELDS: _Checks = {
+_ACTION_FIELDS: Checks = {
     "action": (_is_text, "an action"),
 }
 
 
-def _check(body: Any, fields: _Checks, required: Sequence[str]) -> None:
+def _check(body: Any, fields: Checks, required: Sequence[str]) -> None:
     """Refuse a body naming its first wrong field."""
-    if not isinstance(body, dict):
-        raise _Refused("body: expected a JSON object")
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise _Refused(f"{unknown[0]}: not a field the fake Scaleway knows ({', '.join(fields)})")
-    for field in required:
-        if field not in body:
-            raise _Refused(f"{field}: required")
-    for field, value in body.items():
-        check, expected = fields[field]
-        if not check(value):
-            raise _Refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
+    check_body(body, fields, required, title=FakeScaleway.title, refused=_Refused)
 
 
 def _known(query: dict[str, list[str]], known: set[str]) -> None:
@@ -739,17 +659,6 @@ def _paging(query: dict[str, list[str]], size_name: str, most: int) -> tuple[int
         raise _Refused(f"{size_name}: expected an integer from 1 to 100")
     size_now = min(int(size), most)
     return (int(page) - 1) * size_now, size_now
-
-
-def _cloud_config(text: str) -> dict[str, Any]:
-    """User data as cloud-init reads it here: ``#cloud-config`` then one JSON object (which
-    is YAML); anything else configures nothing."""
-    first, _, rest = text.partition("\n")
-    try:
-        config = json.loads(rest) if first.strip() == "#cloud-config" else None
-    except ValueError:
-        config = None
-    return config if isinstance(config, dict) else {}
 
 
 def _task(kind: str, server: FakeServer) -> dict[str, Any]:
@@ -780,10 +689,3 @@ def _uuid_of(text: str) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime())
-
-
-def _error(refused: _Refused) -> _Answer:
-    """An error as Scaleway's APIs send it."""
-    return _Answer(
-        refused.status, {"type": refused.kind, "message": refused.message, **refused.more}
-    )

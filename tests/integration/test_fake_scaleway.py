@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import asyncssh
 import httpx
 import pytest
 import sshd
-from clients import asyncio_run
+from clients import printed_over_ssh
 from fake_scaleway import FakeScaleway, need_fake_scaleway
 
 from skyward_trio import _transport
@@ -137,19 +136,9 @@ def test_an_instance_is_made_stopped_and_a_machine_at_power_on(fake: FakeScalewa
     assert [s["id"] for s in listed[1]["servers"]] == [server_id]
     assert _call(fake, "GET", f"{ZONE}/servers?tags=other")[1]["servers"] == []
 
-    async def login() -> str:
-        async with asyncssh.connect(
-            ip,
-            22,
-            username="root",
-            client_keys=[client],
-            known_hosts=([asyncssh.import_public_key(_transport.public_openssh(host_key))], [], []),
-        ) as conn:
-            done = await conn.run('printf %s "$FAKE_SCALEWAY_MACHINE"', check=True)
-            return str(done.stdout)
-
     # The Project's key logs in; the host key is pinned; the marker is the Instance's own.
-    assert asyncio_run(login) == str(fake.servers[server_id].directory)
+    printed = printed_over_ssh(ip, client, host_key, 'printf %s "$FAKE_SCALEWAY_MACHINE"')
+    assert printed == str(fake.servers[server_id].directory)
     assert _call(fake, "DELETE", path)[0] == 400  # running
     block = f"/block/v1alpha1/zones/fr-par-2/volumes/{volume['id']}"
     assert _call(fake, "DELETE", block)[0] == 412  # in use
