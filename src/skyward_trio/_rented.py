@@ -1,6 +1,6 @@
 """What the clouds that rent one machine per node through an HTTP API share.
 
-``sky.Lambda``, ``Hyperstack``, ``Vultr`` and ``Verda`` work alike: a node is one machine
+``sky.Lambda``, ``Hyperstack``, ``Vultr``, ``Verda`` and ``Scaleway`` work alike: a node is one machine
 named ``skyward-<job>-<node>-<n>``, launched with the pool's key and a host key made for
 it, polled until it runs with an address, ended by a request and confirmed gone by
 polling again; the pool's close ends every machine of the job the cloud still lists
