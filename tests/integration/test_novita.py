@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import killed_client, lease_client, run_sky
+from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
 from fake_cloud import _pod_processes
 from fake_novita import FakeNovita
 from waiting import wait_until
@@ -227,6 +227,33 @@ def test_a_create_whose_answer_never_came_is_found_by_name(fake_novita: FakeNovi
         assert sent.status_code == 200, sent.text
         assert len(api.live()) == 2
     assert not api.live()
+
+
+def test_a_pool_cancelled_while_instances_start_leaves_none(fake_novita: FakeNovita) -> None:
+    fake_novita.start_delay = 5.0  # both instances are still creating when it is cancelled
+    since = len(fake_novita.requests)
+    try:
+        cancel_once(
+            lambda: len(_creates(fake_novita, since)) == 2,
+            "two instances created",
+            provider(fake_novita),
+            accelerator=A.L40S(),
+            nodes=2,
+        )
+    finally:
+        fake_novita.start_delay = 0.0
+    assert len(_creates(fake_novita, since)) == 2
+    assert not fake_novita.live()
+
+
+def test_a_killed_instance_is_replaced_and_its_call_sent_again(fake_novita: FakeNovita) -> None:
+    with sky.Compute(provider=provider(fake_novita), accelerator=A.L40S(), options=QUIET) as pool:
+        first, second, kinds = across_a_preemption(
+            pool, _where, lambda ran: fake_novita.kill(ran["instance"])
+        )
+    assert second["instance"] != first["instance"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not fake_novita.live()  # the exited one was deleted too
 
 
 _CLIENT = lease_client(
