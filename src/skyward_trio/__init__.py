@@ -27,6 +27,7 @@ enforces it):
    ``_lambda`` (``sky.Lambda``), ``_hyperstack``
    (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_verda`` (``sky.Verda``),
    ``_scaleway`` (``sky.Scaleway``),
+   ``_novita`` (``sky.Novita``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -102,6 +103,7 @@ from ._model import (
     Local,
     LogConfig,
     Nodes,
+    Novita,
     Options,
     PipIndex,
     ProviderConfig,
@@ -179,6 +181,7 @@ __all__ = [
     "NoActivePoolError",
     "NoOfferError",
     "Nodes",
+    "Novita",
     "Offer",
     "Offers",
     "Options",

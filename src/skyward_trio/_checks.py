@@ -31,6 +31,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     Local,
+    Novita,
     RunPod,
     Scaleway,
     Spec,
@@ -87,6 +88,8 @@ def check_spec(spec: Spec) -> None:
         _verda(spec)
     if isinstance(spec.provider, Scaleway):
         _scaleway(spec)
+    if isinstance(spec.provider, Novita):
+        _novita(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -184,7 +187,7 @@ def _image(spec: Spec) -> None:
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
     if isinstance(
         spec.provider,
-        SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda | Scaleway,
+        SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda | Scaleway | Novita,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -332,4 +335,17 @@ def _scaleway(spec: Spec) -> None:
             " (its CPU Instance types are not supported yet)",
         ),
         "Scaleway rents whole GPUs",
+    )
+
+
+def _novita(spec: Spec) -> None:
+    """Novita rents GPU instances by whole GPUs."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.Novita() rents GPU instances",
+            "RTX_4090",
+            " (its CPU instances are not supported yet)",
+        ),
+        "Novita rents whole GPUs",
     )

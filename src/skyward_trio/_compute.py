@@ -47,6 +47,7 @@ from ._model import (
     AWS,
     HYPERSTACK_API_KEY_ENV,
     LAMBDA_API_KEY_ENV,
+    NOVITA_API_KEY_ENV,
     RUNPOD_API_KEY_ENV,
     SCW_SECRET_KEY_ENV,
     SSH,
@@ -56,6 +57,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     LogConfig,
+    Novita,
     Options,
     ProviderConfig,
     RunPod,
@@ -331,8 +333,8 @@ async def _volume_mounts(spec: Spec) -> tuple[Mount, ...]:
 def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
     names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, ``HYPERSTACK_API_KEY``,
-    ``VULTR_API_KEY``, ``VERDA_CLIENT_SECRET``, ``SCW_SECRET_KEY``, AWS's secret key and session
-    token. Never written to the log."""
+    ``VULTR_API_KEY``, ``VERDA_CLIENT_SECRET``, ``SCW_SECRET_KEY``, ``NOVITA_API_KEY``,
+    AWS's secret key and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
@@ -349,6 +351,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(VERDA_CLIENT_SECRET_ENV, "")]
     if isinstance(provider, Scaleway):
         return [os.environ.get(SCW_SECRET_KEY_ENV, "")]
+    if isinstance(provider, Novita):
+        return [os.environ.get(NOVITA_API_KEY_ENV, "")]
     if isinstance(provider, AWS):
         return [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return []

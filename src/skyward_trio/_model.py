@@ -61,6 +61,7 @@ __all__ = [
     "MetricsSetting",
     "NodeSpec",
     "Nodes",
+    "Novita",
     "Options",
     "PipIndex",
     "ProviderConfig",
@@ -1279,6 +1280,99 @@ def _check_project(project: object, source: str) -> None:
         )
 
 
+#: Where ``sky.Novita`` reads its API key when none is passed.
+NOVITA_API_KEY_ENV = "NOVITA_API_KEY"
+
+#: ``sky.Novita``'s image: PyTorch's own (the instance's startup command installs sshd
+#: when the image has none; the bootstrap fetches the client's Python with uv).
+DEFAULT_NOVITA_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+
+
+@attrs.frozen(kw_only=True)
+class Novita(ProviderConfig):
+    """GPU instances rented from Novita AI, through its GPU instance API.
+
+    Each node is one instance of ``docker_image`` on the cheapest GPU product with the
+    spec's GPUs (the next product when Novita has no capacity left for one). Novita runs
+    the image with a startup command of Skyward's that authorizes the pool's public key,
+    installs a host key made for the instance (so the client knows it before it connects)
+    and starts sshd (installing it when the image has none); the client reaches it on the
+    public port Novita maps to its port 22. Instances are deleted when the pool closes. An
+    instance whose client vanished is NOT ended by itself (Novita gives an instance no
+    credential of its own): it bills until it is deleted; see docs/providers.md.
+
+    Attributes:
+        api_key: Your Novita API key; None reads ``NOVITA_API_KEY``. It is sent only in
+            the ``Authorization`` header and never appears in reprs, logs or events.
+        docker_image: The image each instance runs: a reference or a ``sky.containers``
+            image (``{python_version}`` is replaced with this client's ``X.Y``). It needs
+            ``/bin/sh``, and sshd or apt-get to install it with.
+        cluster_id: The cluster (data centre) instances are created in, as Novita's
+            console lists them; None: any cluster Novita picks.
+        rootfs_gb: Each instance's root file system in GB when the spec sets no
+            ``disk_gb`` (Novita takes 10 to 6144).
+        api_url: The GPU instance API's base URL.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    docker_image: str | DockerImage = DEFAULT_NOVITA_IMAGE
+    cluster_id: str | None = None
+    rootfs_gb: int = 60
+    api_url: str = "https://api.novita.ai/gpu-instance/openapi/v1"
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("Novita", self.api_key, NOVITA_API_KEY_ENV)
+        fix = (
+            "Pass e.g. docker_image=sky.containers.pytorch('2.8', cuda='12.8') or a reference "
+            "such as 'pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime'."
+        )
+        _check_image("Novita", "docker_image", self.docker_image, fix=fix)
+        if self.cluster_id is not None:
+            fix = "Pass a cluster's id as Novita's console lists it, or None for any cluster."
+            _check_str("Novita", "cluster_id", self.cluster_id, fix=fix)
+            if any(c.isspace() for c in self.cluster_id):
+                raise ValueError(
+                    f"Novita(cluster_id={self.cluster_id!r}): a cluster's id has no spaces. {fix}"
+                )
+        _check_int(
+            "Novita",
+            "rootfs_gb",
+            self.rootfs_gb,
+            low=10,
+            fix="Pass whole GB from 10 to 6144, e.g. rootfs_gb=60.",
+        )
+        if self.rootfs_gb > 6144:
+            raise ValueError(
+                f"Novita(rootfs_gb={self.rootfs_gb}): Novita takes at most 6144 GB. Pass "
+                "whole GB from 10 to 6144, e.g. rootfs_gb=60."
+            )
+        _check_url(
+            "Novita",
+            "api_url",
+            self.api_url,
+            fix="Pass e.g. api_url='https://api.novita.ai/gpu-instance/openapi/v1'.",
+        )
+
+    @property
+    def username(self) -> str:
+        """Who the client logs in as: root, the container's user."""
+        return "root"
+
+    def image_reference(self, python_version: str) -> str:
+        """The image each instance runs, for a client on Python ``python_version``."""
+        return _for_python(self.docker_image, python_version)
+
+    def resolved_api_key(self) -> str:
+        """The API key: the one given, else ``NOVITA_API_KEY``.
+
+        Raises:
+            ValueError: Neither is set, saying how to set one.
+        """
+        return _resolved_key(
+            "Novita", self.api_key, NOVITA_API_KEY_ENV, "https://novita.ai/settings/key-management"
+        )
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -1382,6 +1476,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "vultr": Vultr,
     "verda": Verda,
     "scaleway": Scaleway,
+    "novita": Novita,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

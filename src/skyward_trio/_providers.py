@@ -35,6 +35,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     Local,
+    Novita,
     ProviderConfig,
     RunPod,
     Scaleway,
@@ -180,11 +181,15 @@ async def open_cluster(
         from ._scaleway import ScalewayCluster  # it builds on this module's Instance
 
         return ScalewayCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, Novita):
+        from ._novita import NovitaCluster  # it builds on this module's Instance
+
+        return NovitaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
-        "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda() "
-        "or sky.Scaleway() "
+        "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda(), "
+        "sky.Scaleway() or sky.Novita() "
         "(see the README's 'not yet' list)"
     )
 
@@ -262,6 +267,12 @@ async def offers(
         from ._scaleway import catalog as scaleway_catalog
 
         return await scaleway_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, Novita):
+        from ._novita import catalog as novita_catalog
+
+        return await novita_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

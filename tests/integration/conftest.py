@@ -30,6 +30,7 @@ import sshd
 from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
 from fake_hyperstack import FakeHyperstack, need_fake_hyperstack
 from fake_lambda import FakeLambda, need_fake_lambda
+from fake_novita import FakeNovita, need_fake_novita
 from fake_runpod import FakeRunPod
 from fake_scaleway import FakeScaleway, need_fake_scaleway
 from fake_vastai import FakeVastAI, need_fake_vastai
@@ -254,6 +255,14 @@ def fake_scaleway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeScal
     """One fake Scaleway for a module (its uv cache is shared by the machines)."""
     need_fake_scaleway()
     with FakeScaleway(root=tmp_path_factory.mktemp("scaleway")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_novita(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeNovita]:
+    """One fake Novita for a module (its uv cache is shared by the machines)."""
+    need_fake_novita()
+    with FakeNovita(root=tmp_path_factory.mktemp("novita")) as api:
         yield api
 
 

@@ -1,0 +1,308 @@
+"""``sky.Novita`` end to end against a fake Novita (``fake_novita.py``): the provider lists the
+GPU products, creates one instance per node whose startup command authorizes the pool's key,
+installs a host key made for it and starts sshd, and each instance is a real OpenSSH
+``sshd`` on loopback, reached at the port its port 22 is mapped to, that the pool logs in
+to, bootstraps and runs workers on. Nothing here reaches Novita; no address but loopback is
+contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from fake_cloud import _pod_processes
+from fake_novita import FakeNovita
+from waiting import wait_until
+
+import skyward as sky
+from skyward_trio import _novita
+
+QUIET = sky.Options(console="silent")
+A = sky.accelerators
+
+
+def provider(api: FakeNovita, **fields: Any) -> sky.Novita:
+    return sky.Novita(api_key=api.api_key, api_url=api.api_url, **fields)
+
+
+@sky.function
+def _where() -> dict[str, Any]:
+    machine = os.environ["FAKE_NOVITA_MACHINE"]
+    return {"node": sky.instance_info().node, "instance": machine.rsplit("/", 1)[-1]}
+
+
+@sky.function
+def _square(x: int) -> int:
+    return x * x
+
+
+def _live(api: FakeNovita) -> set[str]:
+    return {instance.id for instance in api.live()}
+
+
+def _creates(api: FakeNovita, since: int) -> list[dict[str, Any]]:
+    """The body of each create sent since ``since``."""
+    return [
+        r.body
+        for r in api.requests[since:]
+        if r.method == "POST" and r.path.endswith("/gpu/instance/create")
+    ]
+
+
+@pytest.fixture
+def restocked(fake_novita: FakeNovita) -> Iterator[FakeNovita]:
+    """The fake, its capacity as it was once the test is done."""
+    try:
+        yield fake_novita
+    finally:
+        fake_novita.capacity.clear()
+
+
+def test_a_pool_of_two_instances_runs_and_nothing_is_left(
+    fake_novita: FakeNovita, tmp_path: Path
+) -> None:
+    api = fake_novita
+    log = tmp_path / "pool.log"
+    options = sky.Options(
+        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
+    )
+    since = len(api.requests)
+    spec = {"accelerator": A.RTX_4090(), "nodes": 2, "options": options}
+    with sky.Compute(provider=provider(api), **spec) as pool:
+        per_node = _where() @ pool
+        assert sorted(_square(x) >> pool for x in range(4)) == [0, 1, 4, 9]
+        job = pool.job_id
+        live = _live(api)
+    assert [r["node"] for r in per_node] == [0, 1]
+    assert {r["instance"] for r in per_node} == live
+    assert not _live(api) & live, "an instance outlived its pool"
+    creates = _creates(api, since)
+    # The cheapest RTX 4090 product, one GPU, Skyward's startup command in the image.
+    assert [(b["productId"], b["gpuNum"], b["kind"], b["ports"]) for b in creates] == [
+        ("p-4090", 1, "gpu", "22/tcp")
+    ] * 2
+    assert all(b["imageUrl"] == "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime" for b in creates)
+    assert all(b["command"] == _novita.startup_command() for b in creates)
+    assert all(b["name"].startswith(f"skyward-{job}-") for b in creates)
+    assert all("clusterId" not in b for b in creates)
+    # Each instance was given a host key of its own.
+    host_keys = [{e["key"]: e["value"] for e in b["envs"]}["SKYWARD_HOST_KEY"] for b in creates]
+    assert len(set(host_keys)) == 2
+    sent = api.requests[since:]
+    assert {r.headers.get("authorization") for r in sent} == {f"Bearer {api.api_key}"}
+    assert api.api_key not in log.read_text()
+    assert api.api_key not in repr(provider(api))
+
+
+def test_offers_list_each_deployable_product_with_its_price(fake_novita: FakeNovita) -> None:
+    by_ref = {o.ref: o for o in sky.offers(provider(fake_novita))}
+    # The RTX 3090 (which Skyward does not name) and the L40S Novita cannot deploy now are
+    # left out.
+    assert set(by_ref) == {"p-4090", "p-4090-b", "p-h100", "p-a100", "p-l40s"}
+    h100 = by_ref["p-h100"]
+    assert h100.name == "H100 SXM 80GB"
+    assert h100.accelerator == A.H100(form_factor="SXM")
+    assert (h100.on_demand_price, h100.spot_price) == (pytest.approx(2.56), None)
+    assert (h100.vcpus, h100.memory_gb, h100.disk_gb) == (24.0, 240.0, 1000.0)
+    assert h100.regions == ("EU-DE-01",)
+    assert by_ref["p-a100"].accelerator == A.A100(form_factor="SXM", memory="80GB")
+    two = sky.offers(provider(fake_novita), accelerator=A.RTX_4090(count=2))
+    assert [(o.ref, o.on_demand_price, o.vcpus) for o in two] == [
+        ("p-4090", pytest.approx(0.7), 32.0),
+        ("p-4090-b", pytest.approx(0.9), 32.0),
+    ]
+    german = provider(fake_novita, cluster_id="EU-DE-01")
+    found = sky.offers(german, accelerator=A.RTX_4090())
+    assert [o.ref for o in found] == ["p-4090-b"]
+
+
+def test_sky_offers_list_reads_the_key_from_its_shell(
+    fake_novita: FakeNovita, tmp_path: Path
+) -> None:
+    """``sky offers list nv``: the table skyward.toml names, the key from the shell."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "skyward.toml").write_text(
+        f'[providers.nv]\ntype = "novita"\napi_url = "{fake_novita.api_url}"\n'
+    )
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "NOVITA_API_KEY": fake_novita.api_key}
+    done = run_sky(tmp_path, env, "offers", "list", "nv", "--accelerator", "h100", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert set(rows) == {"H100 SXM 80GB"}
+    assert rows["H100 SXM 80GB"]["on_demand_price"] == pytest.approx(2.56)
+    assert fake_novita.api_key not in done.stdout + done.stderr
+
+
+def test_no_capacity_falls_back_to_the_next_product(restocked: FakeNovita) -> None:
+    restocked.capacity["p-4090"] = 0  # sold out between the listing and the create
+    since = len(restocked.requests)
+    with sky.Compute(provider=provider(restocked), accelerator=A.RTX_4090(), options=QUIET) as pool:
+        assert _square(5) >> pool == 25
+        (instance,) = restocked.live()
+    assert [b["productId"] for b in _creates(restocked, since)] == ["p-4090", "p-4090-b"]
+    assert instance.body["productId"] == "p-4090-b"
+    assert not restocked.live()
+
+
+def test_no_capacity_anywhere_says_so(restocked: FakeNovita) -> None:
+    restocked.capacity |= {"p-4090": 0, "p-4090-b": 0}
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    with (
+        pytest.raises(sky.ProvisionError, match="no capacity now for any") as raised,
+        sky.Compute(provider=provider(restocked), accelerator=A.RTX_4090(), options=options),
+    ):
+        pytest.fail("a pool came up with no capacity")
+    assert "RTX 4090 24GB (400: NOT_ENOUGH_RESOURCE" in str(raised.value)
+    assert not restocked.live()
+
+
+def test_a_balance_refusal_mid_pool_ends_what_started_and_says_the_fix(
+    fake_novita: FakeNovita,
+) -> None:
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    fake_novita.fail_creates(
+        1, "insufficient balance, please recharge", reason="BALANCE_NOT_ENOUGH", after=1
+    )
+    with (
+        pytest.raises(sky.ProvisionError, match="insufficient balance") as raised,
+        sky.Compute(
+            provider=provider(fake_novita), accelerator=A.RTX_4090(), nodes=2, options=options
+        ),
+    ):
+        pytest.fail("a pool came up past its balance")
+    assert "add credit to the account" in str(raised.value)
+    assert not fake_novita.live()
+
+
+def test_bad_settings_and_a_wrong_key_fail_before_anything_is_created(
+    fake_novita: FakeNovita, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = fake_novita
+    since = len(api.requests)
+    with pytest.raises(ValueError, match="Novita rents whole GPUs"):
+        sky.Compute(provider=provider(api), accelerator=A.L40S(count=0.5), options=QUIET)
+    with pytest.raises(ValueError, match="asks for no accelerator"):
+        sky.Compute(provider=provider(api), options=QUIET)
+    monkeypatch.delenv("NOVITA_API_KEY", raising=False)
+    keyless = sky.Novita(api_url=api.api_url)
+    with (
+        pytest.raises(ValueError, match="export NOVITA_API_KEY"),
+        sky.Compute(provider=keyless, accelerator=A.L40S(), options=QUIET),
+    ):
+        pytest.fail("a pool came up with no key")
+    wrong = sky.Novita(api_key="sk_WRONGKEY", api_url=api.api_url)
+    with (
+        pytest.raises(sky.NoOfferError, match="Novita refused the API key") as raised,
+        sky.Compute(provider=wrong, accelerator=A.L40S(), options=QUIET),
+    ):
+        pytest.fail("a pool came up with a wrong key")
+    assert "check NOVITA_API_KEY" in str(raised.value)
+    assert "WRONGKEY" not in str(raised.value)
+    assert not _creates(api, since)
+
+
+def test_a_create_whose_answer_never_came_is_found_by_name(fake_novita: FakeNovita) -> None:
+    """An instance of the job's name the pool never heard of is deleted at its close."""
+    api = fake_novita
+    with sky.Compute(provider=provider(api), accelerator=A.L40S(), options=QUIET) as pool:
+        sent = httpx.post(
+            f"{api.api_url}/gpu/instance/create",
+            json={
+                "name": f"skyward-{pool.job_id}-0-99",
+                "productId": "p-l40s",
+                "gpuNum": 1,
+                "rootfsSize": 20,
+                "imageUrl": "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime",
+                "kind": "gpu",
+            },
+            headers={"Authorization": f"Bearer {api.api_key}"},
+        )
+        assert sent.status_code == 200, sent.text
+        assert len(api.live()) == 2
+    assert not api.live()
+
+
+def test_a_pool_cancelled_while_instances_start_leaves_none(fake_novita: FakeNovita) -> None:
+    fake_novita.start_delay = 5.0  # both instances are still creating when it is cancelled
+    since = len(fake_novita.requests)
+    try:
+        cancel_once(
+            lambda: len(_creates(fake_novita, since)) == 2,
+            "two instances created",
+            provider(fake_novita),
+            accelerator=A.L40S(),
+            nodes=2,
+        )
+    finally:
+        fake_novita.start_delay = 0.0
+    assert len(_creates(fake_novita, since)) == 2
+    assert not fake_novita.live()
+
+
+def test_a_killed_instance_is_replaced_and_its_call_sent_again(fake_novita: FakeNovita) -> None:
+    with sky.Compute(provider=provider(fake_novita), accelerator=A.L40S(), options=QUIET) as pool:
+        first, second, kinds = across_a_preemption(
+            pool, _where, lambda ran: fake_novita.kill(ran["instance"])
+        )
+    assert second["instance"] != first["instance"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not fake_novita.live()  # the exited one was deleted too
+
+
+_CLIENT = lease_client(
+    "sky.Novita(api_key=sys.argv[1], api_url=sys.argv[2])", "sky.accelerators.L40S()"
+)
+
+
+def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
+    fake_novita: FakeNovita,
+) -> None:
+    """The documented limit: the worker exits when its lease runs out, but nothing on the
+    instance can end it, so Novita still runs it (and bills it) until someone deletes it."""
+    api = fake_novita
+    before = _live(api)
+    with killed_client(_CLIENT, api.api_key, api.api_url):
+        (instance_id,) = _live(api) - before
+    instance = api.instances[instance_id]
+    marker = f"FAKE_NOVITA_MACHINE={instance.directory}".encode()
+    assert instance.machine is not None
+    wait_until(
+        lambda: not _pod_processes(0, marker) - _container(instance),
+        "the worker exited at the end of its lease",
+        timeout=120,
+        every=0.5,
+    )
+    assert instance_id in _live(api)
+    assert instance.shown_status(api.remove_delay) == "running"
+    ended = httpx.post(
+        f"{api.api_url}/gpu/instance/delete",
+        json={"instanceId": instance_id},
+        headers={"Authorization": f"Bearer {api.api_key}"},
+    )
+    assert ended.status_code == 200
+    assert not api.live()
+
+
+# The command's shells, and the listening sshd (as it titles itself, or before it does).
+_CONTAINER = (b"sh\0-c\0", b"/usr/sbin/sshd\0-f\0", b"sshd: /usr/sbin/sshd -f ")
+
+
+def _container(instance: Any) -> set[int]:
+    """The instance's container's own processes: its command's shells and the listening
+    sshd they exec, which run as long as the container (not the worker)."""
+    found: set[int] = set()
+    for pid in _pod_processes(0, f"FAKE_NOVITA_MACHINE={instance.directory}".encode()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid == instance.machine.pid or command.startswith(_CONTAINER):
+            found.add(pid)
+    return found
