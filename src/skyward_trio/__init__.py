@@ -27,6 +27,7 @@ enforces it):
    ``_lambda`` (``sky.Lambda``), ``_hyperstack``
    (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_verda`` (``sky.Verda``),
    ``_scaleway`` (``sky.Scaleway``),
+   ``_gcp`` (``sky.GCP``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -93,6 +94,7 @@ from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
     AWS,
     DEFAULT_IMAGE,
+    GCP,
     SSH,
     Container,
     HealthChecker,
@@ -136,6 +138,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AWS",
     "DEFAULT_IMAGE",
+    "GCP",
     "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",

@@ -26,6 +26,7 @@ from ._bootstrap import requirement_name
 from ._container import check_container
 from ._model import (
     AWS,
+    GCP,
     SSH,
     Container,
     Hyperstack,
@@ -87,6 +88,8 @@ def check_spec(spec: Spec) -> None:
         _verda(spec)
     if isinstance(spec.provider, Scaleway):
         _scaleway(spec)
+    if isinstance(spec.provider, GCP):
+        _gcp(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -184,7 +187,7 @@ def _image(spec: Spec) -> None:
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
     if isinstance(
         spec.provider,
-        SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda | Scaleway,
+        SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda | Scaleway | GCP,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -332,4 +335,14 @@ def _scaleway(spec: Spec) -> None:
             " (its CPU Instance types are not supported yet)",
         ),
         "Scaleway rents whole GPUs",
+    )
+
+
+def _gcp(spec: Spec) -> None:
+    """Compute Engine rents GPU VMs by whole GPUs."""
+    _whole(
+        _gpus(
+            spec, "sky.GCP() rents GPU VMs", "L4", " (its CPU machine types are not supported yet)"
+        ),
+        "Compute Engine rents whole GPUs",
     )

@@ -30,6 +30,7 @@ from . import _transport
 from ._model import (
     AWS,
     DEFAULT_SSH_CONFIG,
+    GCP,
     SSH,
     Container,
     Hyperstack,
@@ -180,11 +181,15 @@ async def open_cluster(
         from ._scaleway import ScalewayCluster  # it builds on this module's Instance
 
         return ScalewayCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, GCP):
+        from ._gcp import GCPCluster  # it builds on this module's Instance
+
+        return GCPCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
         "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda() "
-        "or sky.Scaleway() "
+        "sky.Scaleway() or sky.GCP() "
         "(see the README's 'not yet' list)"
     )
 
@@ -262,6 +267,12 @@ async def offers(
         from ._scaleway import catalog as scaleway_catalog
 
         return await scaleway_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, GCP):
+        from ._gcp import catalog as gcp_catalog
+
+        return await gcp_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

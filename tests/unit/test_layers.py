@@ -64,6 +64,7 @@ LAYERS = {
     "_vultr": 4,
     "_verda": 4,
     "_scaleway": 4,
+    "_gcp": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
