@@ -28,6 +28,7 @@ import procs
 import pytest
 import sshd
 from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
+from fake_gcp import FakeGCP, need_fake_gcp
 from fake_hyperstack import FakeHyperstack, need_fake_hyperstack
 from fake_lambda import FakeLambda, need_fake_lambda
 from fake_runpod import FakeRunPod
@@ -254,6 +255,14 @@ def fake_scaleway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeScal
     """One fake Scaleway for a module (its uv cache is shared by the machines)."""
     need_fake_scaleway()
     with FakeScaleway(root=tmp_path_factory.mktemp("scaleway")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_gcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGCP]:
+    """One fake GCP for a module (its uv cache is shared by the machines)."""
+    need_fake_gcp()
+    with FakeGCP(root=tmp_path_factory.mktemp("gcp")) as api:
         yield api
 
 
