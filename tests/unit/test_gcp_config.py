@@ -256,3 +256,50 @@ def test_operation_errors_and_failures_are_read_as_google_words_them() -> None:
     )
     assert _gcp._describe_failure(token) == "invalid_grant: Invalid JWT Signature."
     assert "quota" in _gcp._quota_fix("QUOTA_EXCEEDED", "")
+
+
+def test_a_toml_table_makes_a_gcp_provider(tmp_path: Path) -> None:
+    from skyward_trio import config
+
+    project = tmp_path / "skyward.toml"
+    (tmp_path / "defaults.toml").write_text("")
+    project.write_text(
+        '[providers.g]\ntype = "gcp"\nzone = "us-central1-a"\ndisk_gb = 200\n'
+        '[pools.train]\nprovider = "g"\naccelerator = "L4"\n'
+    )
+    (spec,) = config.validate(project, tmp_path / "defaults.toml").pools["train"].specs
+    assert spec.provider == sky.GCP(zone="us-central1-a", disk_gb=200)
+    project.write_text('[providers.g]\ntype = "gcp"\nzone = "Iowa"\n')
+    with pytest.raises(config.ConfigError, match=r"providers\.g\.zone"):
+        config.validate(project, tmp_path / "defaults.toml")
+
+
+def test_the_cli_sends_the_key_of_its_own_shell(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: dict[str, str]
+) -> None:
+    """``sky compute create`` reads GOOGLE_APPLICATION_CREDENTIALS' file where it runs and
+    sends its contents and the project, for a server started elsewhere; a key the spec
+    gives, or none anywhere, is left as it is."""
+    from skyward import _cli
+
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(key))
+    spec = sky.Spec(provider=sky.GCP(zone="us-central1-a"), accelerator=sky.accelerators.L4())
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    sent = _cli._keyed(spec).provider
+    assert (sent.zone, sent.project) == ("us-central1-a", "my-project-1")
+    assert sent.credentials is not None
+    assert json.loads(sent.credentials)["private_key"] == key["private_key"]
+    given = sky.Spec(provider=sky.GCP(credentials="{}"), accelerator=sky.accelerators.L4())
+    assert _cli._keyed(given).provider.credentials == "{}"
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    assert _cli._keyed(spec).provider == sky.GCP(zone="us-central1-a")
+
+
+def test_what_compute_refuses_before_creating() -> None:
+    from skyward_trio import _checks
+
+    with pytest.raises(ValueError, match="rents GPU VMs"):
+        _checks.check_spec(sky.Spec(provider=sky.GCP()))
+    with pytest.raises(ValueError, match="Compute Engine rents whole GPUs"):
+        _checks.check_spec(sky.Spec(provider=sky.GCP(), accelerator=sky.accelerators.T4(count=0.5)))
