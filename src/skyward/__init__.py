@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from skyward_trio import (
     AWS,
     DEFAULT_IMAGE,
+    GCP,
     SSH,
     AcceleratorInfo,
     BootstrapProgress,
@@ -124,6 +125,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AWS",
     "DEFAULT_IMAGE",
+    "GCP",
     "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",

@@ -407,6 +407,15 @@ def _keyed(spec: Any) -> Any:
             )
         except ValueError:
             pass
+    if hasattr(provider, "credentials_file") and provider.credentials is None:
+        try:  # sky.GCP: the service account key's JSON, and the project
+            key, project = provider.resolved_credentials()
+            spec = attrs.evolve(
+                spec,
+                provider=attrs.evolve(provider, credentials=json.dumps(key), project=project),
+            )
+        except ValueError:
+            pass
     volumes = tuple(_volume_keyed(volume) for volume in spec.volumes)
     return attrs.evolve(spec, volumes=volumes) if volumes != spec.volumes else spec
 

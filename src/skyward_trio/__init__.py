@@ -28,6 +28,7 @@ enforces it):
    (``sky.Hyperstack``), ``_vultr`` (``sky.Vultr``), ``_verda`` (``sky.Verda``),
    ``_scaleway`` (``sky.Scaleway``),
    ``_novita`` (``sky.Novita``),
+   ``_gcp`` (``sky.GCP``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -94,6 +95,7 @@ from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
 from ._model import (
     AWS,
     DEFAULT_IMAGE,
+    GCP,
     SSH,
     Container,
     HealthChecker,
@@ -138,6 +140,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AWS",
     "DEFAULT_IMAGE",
+    "GCP",
     "SSH",
     "AcceleratorInfo",
     "BootstrapProgress",

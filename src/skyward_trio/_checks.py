@@ -26,6 +26,7 @@ from ._bootstrap import requirement_name
 from ._container import check_container
 from ._model import (
     AWS,
+    GCP,
     SSH,
     Container,
     Hyperstack,
@@ -90,6 +91,8 @@ def check_spec(spec: Spec) -> None:
         _scaleway(spec)
     if isinstance(spec.provider, Novita):
         _novita(spec)
+    if isinstance(spec.provider, GCP):
+        _gcp(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -187,7 +190,17 @@ def _image(spec: Spec) -> None:
         ssh_targets(spec.provider)  # every host resolves and has something to log in with
     if isinstance(
         spec.provider,
-        SSH | Container | AWS | VastAI | Lambda | Hyperstack | Vultr | Verda | Scaleway | Novita,
+        SSH
+        | Container
+        | AWS
+        | VastAI
+        | Lambda
+        | Hyperstack
+        | Vultr
+        | Verda
+        | Scaleway
+        | Novita
+        | GCP,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -348,4 +361,14 @@ def _novita(spec: Spec) -> None:
             " (its CPU instances are not supported yet)",
         ),
         "Novita rents whole GPUs",
+    )
+
+
+def _gcp(spec: Spec) -> None:
+    """Compute Engine rents GPU VMs by whole GPUs."""
+    _whole(
+        _gpus(
+            spec, "sky.GCP() rents GPU VMs", "L4", " (its CPU machine types are not supported yet)"
+        ),
+        "Compute Engine rents whole GPUs",
     )

@@ -45,6 +45,7 @@ from ._events import (
 from ._function import active_pool
 from ._model import (
     AWS,
+    GCP,
     HYPERSTACK_API_KEY_ENV,
     LAMBDA_API_KEY_ENV,
     NOVITA_API_KEY_ENV,
@@ -353,6 +354,11 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(SCW_SECRET_KEY_ENV, "")]
     if isinstance(provider, Novita):
         return [os.environ.get(NOVITA_API_KEY_ENV, "")]
+    if isinstance(provider, GCP):  # the service account's private key
+        try:
+            return [provider.resolved_credentials()[0]["private_key"]]
+        except ValueError:
+            return []
     if isinstance(provider, AWS):
         return [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return []

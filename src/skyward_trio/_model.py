@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_IMAGE",
     "DEFAULT_SSH_CONFIG",
     "EXECUTOR_KINDS",
+    "GCP",
     "KNOWN_PROVIDER_TYPES",
     "LOG_LEVELS",
     "PROVIDER_TYPES",
@@ -1373,6 +1374,192 @@ class Novita(ProviderConfig):
         )
 
 
+#: Where ``sky.GCP`` reads its service account key and its project when none are passed.
+GOOGLE_APPLICATION_CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+GOOGLE_CLOUD_PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
+
+#: ``sky.GCP``'s image: Google's Deep Learning VM image family on Ubuntu 22.04 with the
+#: NVIDIA driver and CUDA (Ubuntu images run cloud-init on the ``user-data`` metadata).
+DEFAULT_GCP_IMAGE = (
+    "projects/deeplearning-platform-release/global/images/family/"
+    "common-cu128-ubuntu-2204-nvidia-570"
+)
+
+# A Compute Engine zone: us-central1-a, europe-west4-b, ...
+_GCP_ZONE = re.compile(r"[a-z]+-[a-z]+\d+-[a-z]")
+# A project id: 6 to 30 lower-case letters, digits and hyphens, starting with a letter.
+_GCP_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_GCP_KEY_FIELDS = ("client_email", "private_key")
+
+
+@attrs.frozen(kw_only=True)
+class GCP(ProviderConfig):
+    """GPU VMs rented from Google Compute Engine, through its REST API.
+
+    Each node is one VM of the cheapest machine type with the spec's GPUs (an N1 type
+    with attached T4, V100, P100 or P4 GPUs, or an A2, A3 or G2 type, whose GPUs come with
+    it) in a zone that lists it: the next zone, then the next type, when Compute Engine
+    answers ``ZONE_RESOURCE_POOL_EXHAUSTED`` or a quota refusal. The pool's public key
+    goes in the VM's ``ssh-keys`` metadata and a host key made for the VM in its cloud-init
+    ``user-data``, so the client knows the host key before it connects. VMs are deleted
+    when the pool closes. The VM runs as the project's default service account with the
+    compute scope, so a VM whose client vanished deletes itself when its worker's lease
+    runs out: see docs/providers.md.
+
+    Attributes:
+        project: The project VMs are made in; None reads the key file's ``project_id``,
+            else ``GOOGLE_CLOUD_PROJECT``.
+        zone: The zone VMs are created in (``"us-central1-a"``); None: any zone that lists
+            the type.
+        credentials_file: A service account's JSON key file; None reads
+            ``GOOGLE_APPLICATION_CREDENTIALS``.
+        credentials: The JSON key itself, as text (what the CLI sends a server); it is
+            never shown in reprs, logs or events.
+        image: The boot disk's image or image family, as a path or URL.
+        disk_gb: The boot disk's size, in GB.
+        username: Who the client logs in as (the ``ssh-keys`` metadata makes the user).
+        api_url: The Compute Engine API's base URL.
+        billing_url: The Cloud Billing Catalog API's base URL (GPU prices).
+    """
+
+    project: str | None = None
+    zone: str | None = None
+    credentials_file: str | None = None
+    credentials: str | None = attrs.field(default=None, repr=False)
+    image: str = DEFAULT_GCP_IMAGE
+    disk_gb: int = 100
+    username: str = "skyward"
+    api_url: str = "https://compute.googleapis.com/compute/v1"
+    billing_url: str = "https://cloudbilling.googleapis.com/v1"
+
+    def __attrs_post_init__(self) -> None:
+        if self.project is not None:
+            _check_gcp_project(self.project, "the argument")
+        if self.zone is not None:
+            fix = "Pass e.g. zone='us-central1-a', or None for any zone that lists the type."
+            _check_str("GCP", "zone", self.zone, fix=fix)
+            if _GCP_ZONE.fullmatch(self.zone) is None:
+                raise ValueError(
+                    f"GCP(zone={self.zone!r}): not a zone (region and letter, lower case, as "
+                    f"Compute Engine writes them). {fix}"
+                )
+        if self.credentials_file is not None:
+            fix = (
+                "Pass the path of a service account's JSON key file, or leave it None to "
+                f"read {GOOGLE_APPLICATION_CREDENTIALS_ENV}."
+            )
+            _check_str("GCP", "credentials_file", self.credentials_file, fix=fix)
+        if self.credentials is not None and (
+            not isinstance(self.credentials, str) or not self.credentials
+        ):
+            # The value is not echoed: it is a credential.
+            raise ValueError(
+                "GCP(credentials=...): must be a service account's JSON key, as text. Pass "
+                "credentials_file=... instead, or leave both None to read "
+                f"{GOOGLE_APPLICATION_CREDENTIALS_ENV}."
+            )
+        image_fix = f"Pass an image or image family, e.g. image={DEFAULT_GCP_IMAGE!r}."
+        _check_str("GCP", "image", self.image, fix=image_fix)
+        if not _is_int(self.disk_gb) or not 10 <= self.disk_gb <= 65536:
+            raise ValueError(
+                f"GCP(disk_gb={self.disk_gb!r}): the boot disk's size in GB, a whole number "
+                "from 10 to 65536. Pass e.g. disk_gb=100 (the default)."
+            )
+        user_fix = "Pass a login name, e.g. username='skyward' (the default)."
+        _check_login("GCP", "username", self.username, fix=user_fix)
+        for name, value, example in (
+            ("api_url", self.api_url, "https://compute.googleapis.com/compute/v1"),
+            ("billing_url", self.billing_url, "https://cloudbilling.googleapis.com/v1"),
+        ):
+            _check_url("GCP", name, value, fix=f"Pass e.g. {name}={example!r}.")
+
+    def resolved_credentials(self) -> tuple[dict[str, str], str]:
+        """The service account's key (its JSON fields) and the project: those given, else
+        ``GOOGLE_APPLICATION_CREDENTIALS``'s file, and the key's ``project_id`` or
+        ``GOOGLE_CLOUD_PROJECT``.
+
+        Raises:
+            ValueError: The key is missing or not a service account key, or no project is
+                known, saying how to fix it.
+        """
+        text, source = self.credentials, "credentials="
+        if text is None:
+            path = self.credentials_file or os.environ.get(GOOGLE_APPLICATION_CREDENTIALS_ENV)
+            source = (
+                f"credentials_file={path!r}"
+                if self.credentials_file
+                else f"{GOOGLE_APPLICATION_CREDENTIALS_ENV}={path!r}"
+            )
+            if not path:
+                raise ValueError(
+                    f"sky.GCP(): no service account key: {GOOGLE_APPLICATION_CREDENTIALS_ENV} "
+                    "is not set and credentials_file= was not given. Create a key for a "
+                    "service account with the Compute Instance Admin (v1) and Service Account "
+                    "User roles (https://console.cloud.google.com/iam-admin/serviceaccounts), "
+                    f"and export {GOOGLE_APPLICATION_CREDENTIALS_ENV}=/path/to/key.json, or "
+                    "pass sky.GCP(credentials_file=...)."
+                )
+            try:
+                with open(path, encoding="utf-8") as file:
+                    text = file.read()
+            except OSError as exc:
+                raise ValueError(
+                    f"sky.GCP(): {source}: cannot read the key file ({exc.strerror}). Point it "
+                    "at a service account's JSON key file."
+                ) from None
+        key = _service_account(text, source)
+        project = (
+            self.project or key.get("project_id") or os.environ.get(GOOGLE_CLOUD_PROJECT_ENV, "")
+        )
+        if not project:
+            raise ValueError(
+                "sky.GCP(): no project: the key names none, GOOGLE_CLOUD_PROJECT is not set and "
+                f"project= was not given. Export {GOOGLE_CLOUD_PROJECT_ENV}=my-project, or "
+                "pass sky.GCP(project=...)."
+            )
+        _check_gcp_project(project, "the key file or " + GOOGLE_CLOUD_PROJECT_ENV)
+        return key, project
+
+
+def _service_account(text: str, source: str) -> dict[str, str]:
+    """A service account key's fields, checked (never echoing the key)."""
+    import json
+
+    fix = (
+        "Download a JSON key for a service account (IAM > Service accounts > Keys > Add key "
+        "> JSON) and point credentials_file or GOOGLE_APPLICATION_CREDENTIALS at it"
+    )
+    try:
+        key = json.loads(text)
+    except ValueError:
+        key = None
+    if not isinstance(key, dict):
+        raise ValueError(f"sky.GCP(): {source}: not a JSON key file. {fix}.")
+    if key.get("type") != "service_account":
+        raise ValueError(
+            f"sky.GCP(): {source}: a key of type {key.get('type')!r}, not 'service_account' "
+            f"(user credentials from gcloud are not supported). {fix}."
+        )
+    missing = [f for f in _GCP_KEY_FIELDS if not isinstance(key.get(f), str) or not key[f]]
+    if missing:
+        raise ValueError(f"sky.GCP(): {source}: the key has no {missing[0]}. {fix}.")
+    return {k: v for k, v in key.items() if isinstance(v, str)}
+
+
+def _check_gcp_project(project: object, source: str) -> None:
+    fix = (
+        "Pass a project's id (not its name or number), e.g. project='my-project-123', or "
+        f"leave it None to read the key file's or {GOOGLE_CLOUD_PROJECT_ENV}."
+    )
+    _check_str("GCP", "project", project, fix=fix)
+    assert isinstance(project, str)
+    if _GCP_PROJECT.fullmatch(project) is None:
+        raise ValueError(
+            f"GCP(project={project!r}) (from {source}): not a project id (6 to 30 lower-case "
+            f"letters, digits and hyphens, starting with a letter). {fix}"
+        )
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -1477,6 +1664,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "verda": Verda,
     "scaleway": Scaleway,
     "novita": Novita,
+    "gcp": GCP,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

@@ -30,6 +30,7 @@ from . import _transport
 from ._model import (
     AWS,
     DEFAULT_SSH_CONFIG,
+    GCP,
     SSH,
     Container,
     Hyperstack,
@@ -185,11 +186,15 @@ async def open_cluster(
         from ._novita import NovitaCluster  # it builds on this module's Instance
 
         return NovitaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, GCP):
+        from ._gcp import GCPCluster  # it builds on this module's Instance
+
+        return GCPCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
         "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda(), "
-        "sky.Scaleway() or sky.Novita() "
+        "sky.Scaleway(), sky.Novita() or sky.GCP() "
         "(see the README's 'not yet' list)"
     )
 
@@ -273,6 +278,12 @@ async def offers(
         from ._novita import catalog as novita_catalog
 
         return await novita_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, GCP):
+        from ._gcp import catalog as gcp_catalog
+
+        return await gcp_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

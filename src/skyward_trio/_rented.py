@@ -1,15 +1,16 @@
 """What the clouds that rent one machine per node through an HTTP API share.
 
-``sky.Lambda``, ``Hyperstack``, ``Vultr``, ``Verda``, ``Scaleway`` and ``Novita`` work
-alike: a node is one machine named ``skyward-<job>-<node>-<n>``, launched with the pool's
-key and a host key made for it, polled until it runs with an address, ended by a request
-and confirmed gone by polling again; the pool's close ends every machine of the job the
-cloud still lists (one whose launch answer never came included) and removes what the pool
-registered (its SSH key). :class:`RentedCluster` is that life; a subclass says how its
+``sky.Lambda``, ``Hyperstack``, ``Vultr``, ``Verda``, ``Scaleway``, ``Novita`` and ``GCP``
+work alike: a node is one machine named ``skyward-<job>-<node>-<n>``, launched with the
+pool's key and a host key made for it, polled until it runs with an address, ended by a
+request and confirmed gone by polling again; the pool's close ends every machine of the job
+the cloud still lists (one whose launch answer never came included) and removes what the
+pool registered (its SSH key). :class:`RentedCluster` is that life; a subclass says how its
 cloud launches, describes, ends and lists a machine, and words what only it can say.
 
-None of these clouds gives a machine a credential of its own, so none can end a machine
-whose client died: it bills until it is ended (each module and the docs say so).
+None of these clouds but GCP gives a machine a credential of its own, so none can end a
+machine whose client died: it bills until it is ended (each module and the docs say so).
+``_gcp`` adds a lease-expiry command through which a GCE VM deletes itself.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import procs
 import pytest
 import sshd
 from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
+from fake_gcp import FakeGCP, need_fake_gcp
 from fake_hyperstack import FakeHyperstack, need_fake_hyperstack
 from fake_lambda import FakeLambda, need_fake_lambda
 from fake_novita import FakeNovita, need_fake_novita
@@ -263,6 +264,14 @@ def fake_novita(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeNovita
     """One fake Novita for a module (its uv cache is shared by the machines)."""
     need_fake_novita()
     with FakeNovita(root=tmp_path_factory.mktemp("novita")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_gcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGCP]:
+    """One fake GCP for a module (its uv cache is shared by the machines)."""
+    need_fake_gcp()
+    with FakeGCP(root=tmp_path_factory.mktemp("gcp")) as api:
         yield api
 
 
