@@ -287,7 +287,7 @@ def test_problems_of_many_pools_and_providers_come_in_one_error(project: Path) -
             project,
             """
             [providers.cloud]
-            type = "novita"
+            type = "tensordock"
             [pools.a]
             nodes = 0
             [pools.b]
@@ -936,7 +936,7 @@ def test_main_prints_problems_or_a_summary(
 
 
 def test_python_dash_m_validate(in_project: Path) -> None:
-    write(in_project, '[pools.a]\nprovider = "novita"\n')
+    write(in_project, '[pools.a]\nprovider = "tensordock"\n')
     run = subprocess.run(
         [sys.executable, "-m", "skyward_trio.config", "validate"],
         capture_output=True,
@@ -944,7 +944,7 @@ def test_python_dash_m_validate(in_project: Path) -> None:
         check=False,
     )
     assert run.returncode == 1
-    assert run.stderr.startswith("skyward.toml: pools.a.provider: provider type 'novita' is not")
+    assert run.stderr.startswith("skyward.toml: pools.a.provider: provider type 'tensordock' is not")
     write(in_project, "[pools.a]\n")
     run = subprocess.run(
         [sys.executable, "-m", "skyward_trio.config", "validate"],
