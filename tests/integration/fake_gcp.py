@@ -14,19 +14,20 @@ answering a zone Operation; ``zones/{zone}/operations/{name}`` and ``.../wait``.
 ``/billing/v1/services/6F81-5844-456A/skus``: GPU SKUs with their regions and prices.
 Errors are ``{"error": {"code", "message", "status", "errors": [{"reason", ...}]}}``.
 
-Each VM is a private ``sshd`` (``sshd.start_sshd``) on port 22 of its own loopback address
-127.8.B.N (no other fake uses 127.8; B is a block per pytest-xdist worker and fake, N from
-10 up, skipping an address whose port 22 is taken), set up as an Ubuntu GCE image sets
-itself up at boot: the key of its ``ssh-keys`` metadata and the ``ssh_authorized_keys`` of
-its cloud-init ``user-data`` (``#cloud-config`` then one JSON object) are authorized, and
-``ssh_keys.ed25519_private`` becomes sshd's host key. Each VM has its own metadata server
-on its address (a free port), given to its sessions as ``GCE_METADATA_HOST`` (the name
-Google's client libraries read): ``Metadata-Flavor: Google`` required; ``instance/name``,
-``instance/zone``, ``project/project-id`` and, when the VM was given a service account with
-the compute (or cloud-platform) scope, ``instance/service-accounts/default/token``: a token
-the API accepts for the project. Deleting or killing a VM ends every process of it, by pid:
-those whose environment holds ``FAKE_GCP_MACHINE=<its directory under root>``, a marker no
-other fake can share.
+Each VM is a private ``sshd`` (``fake_cloud.start_machine``) on port 22 of its own loopback
+address 127.8.B.N (no other fake uses 127.8; B is a block per pytest-xdist worker and fake,
+N from 10 up, skipping an address whose port 22 is taken), set up as an Ubuntu GCE image
+sets itself up at boot: the key of its ``ssh-keys`` metadata and the
+``ssh_authorized_keys`` of its cloud-init ``user-data`` (``#cloud-config`` then one JSON
+object) are authorized, and ``ssh_keys.ed25519_private`` becomes sshd's host key. Each VM
+has its own metadata server on its address (a free port), given to its sessions as
+``GCE_METADATA_HOST`` (the name Google's client libraries read): ``Metadata-Flavor:
+Google`` required; ``instance/name``, ``instance/zone``, ``project/project-id`` and, when
+the VM was given a service account with the compute (or cloud-platform) scope,
+``instance/service-accounts/default/token``: a token the API accepts for the project.
+Deleting or killing a VM ends every process of it, by pid: those whose environment holds
+``FAKE_GCP_MACHINE=<its directory under root (named by its id)>``, a marker no other fake
+can share.
 
 Capacity is the fake's to say: an insert in a (machine type, zone) of ``exhausted`` answers
 an Operation that ends in ``ZONE_RESOURCE_POOL_EXHAUSTED`` (no VM made); ``fail_inserts``
@@ -40,30 +41,34 @@ import base64
 import copy
 import functools
 import json
-import os
+import re
 import secrets
-import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
-import sshd
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from fake_aws import _write_secret
-from fake_cloud import FakeCloud, FakeHandler, Recorded, _Answer, _read, _reply, free_ssh_address
-from needs import unavailable
+from fake_cloud import (
+    AddressBlocks,
+    MachineCloud,
+    Recorded,
+    Refused,
+    SshAddresses,
+    _Answer,
+    cloud_init,
+    need_root_machines,
+    start_machine,
+)
 from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.8.B.10
-_MARKER = "FAKE_GCP_MACHINE"
 PROJECT = "skyward-fake-123"
 _PROJECT_NUMBER = "123456789012"
 _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -213,26 +218,14 @@ DEFAULT_SKUS: list[dict[str, Any]] = [
     },
 ]
 
-_blocks_lock = threading.Lock()
-_blocks_made = 0
-
-
-def _address_block() -> int:
-    """A third octet no other fake GCP on this machine uses now (16 per xdist worker)."""
-    global _blocks_made
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    with _blocks_lock:
-        made, _blocks_made = _blocks_made, _blocks_made + 1
-    return (int(worker) if worker.isdigit() else 0) % 16 * 16 + made % 16
+#: The third octets B of the fake GCPs' addresses, 127.8.B.x: one each (and
+#: ``SshAddresses`` skips one held all the same).
+_BLOCKS = AddressBlocks()
 
 
 def need_fake_gcp() -> None:
-    """Skip where the fake's machines cannot run (under CI, fail)."""
-    sshd.need_sshd()
-    if os.getuid() != 0:
-        unavailable(
-            "the fake GCP's machines listen on port 22: run the tests as root", suite="sky.GCP"
-        )
+    """Skip where the fake's machines cannot listen on port 22 (``need_root_machines``)."""
+    need_root_machines(FakeGCP.title, suite="sky.GCP")
 
 
 def service_account_key(
@@ -262,13 +255,14 @@ def service_account_key(
 
 @attrs.define
 class FakeVM:
-    """A VM the fake made: its insert's body, its zone and machine; ``deleted`` once gone."""
+    """A VM the fake made: its insert's body, its zone and machine; ``deleted`` once gone
+    (a ``fake_cloud.MachineRecord``; its directory under ``root`` is named by its id)."""
 
+    id: str
     name: str
     zone: str
     body: dict[str, Any]
     directory: Path
-    id: str = attrs.Factory(lambda: str(secrets.randbelow(10**19)))
     machine: Machine | None = None
     metadata: _MetadataServer | None = None
     ready_at: float = 0.0
@@ -287,22 +281,31 @@ class FakeVM:
         return {i["key"]: i["value"] for i in items}
 
 
-class _Refused(Exception):
+class _Refused(Refused):
+    """A request the fake answers with an error in Google's shape (its ``code`` the
+    ``status``, such as ``INVALID_ARGUMENT``; ``reason`` the one of its ``errors``)."""
+
     def __init__(
         self,
         message: str,
-        code: int = 400,
-        status: str = "INVALID_ARGUMENT",
+        status: int = 400,
+        code: str = "INVALID_ARGUMENT",
         reason: str = "invalid",
     ) -> None:
-        super().__init__(message)
-        self.message, self.code, self.status, self.reason = message, code, status, reason
+        super().__init__(message, code, status)
+        self.reason = reason
 
 
-class FakeGCP(FakeCloud):
-    """Google's APIs on 127.0.0.1, with sshd machines for VMs (``fake_cloud.FakeCloud``)."""
+class FakeGCP(MachineCloud[tuple[str, str], FakeVM]):
+    """Google's APIs on 127.0.0.1, with sshd machines for VMs (``fake_cloud.MachineCloud``:
+    leaving it ends every machine, by pid, and its metadata server)."""
 
     title = "the fake GCP"
+    marker = "FAKE_GCP_MACHINE"
+    mark_by_directory = True
+    noun = "VM"
+    closing_code = "UNAVAILABLE"
+    failure_code = "INTERNAL"
 
     def __init__(
         self,
@@ -326,7 +329,6 @@ class FakeGCP(FakeCloud):
         self.skus = copy.deepcopy(skus)
         self.page_size = page_size
         self.start_delay = start_delay
-        self.requests: list[Recorded] = []
         self.tokens: dict[str, float] = {}  # the client's tokens, and when each expires
         self.vm_tokens: dict[str, str] = {}  # each VM's metadata token, to its VM's name
         self.vms: dict[tuple[str, str], FakeVM] = {}  # by (zone, name), deleted ones kept
@@ -334,8 +336,7 @@ class FakeGCP(FakeCloud):
         #: (machine type, zone) with no room: an insert's Operation ends exhausted.
         self.exhausted: set[tuple[str, str]] = set()
         self._quota_failures = 0
-        self._block = _address_block()
-        self._next_address = FIRST_ADDRESS
+        self._addresses = SshAddresses(f"127.8.{_BLOCKS.take()}", FIRST_ADDRESS)
 
     # -- what tests do to it --------------------------------------------------------------------
 
@@ -358,37 +359,24 @@ class FakeGCP(FakeCloud):
 
     def kill(self, zone: str, name: str) -> None:
         """The VM's host dies: every process killed, and the VM shown TERMINATED."""
-        with self._lock:
-            vm = self.vms[(zone, name)]
-            vm.status = "TERMINATED"
-            running, vm.running = vm.running, False
-        if running:
-            self._end(vm, abrupt=True)
+        self._kill((zone, name), _terminated)
 
-    # -- FakeCloud ------------------------------------------------------------------------------
+    # -- MachineCloud ---------------------------------------------------------------------------
+
+    def _records(self) -> Mapping[tuple[str, str], FakeVM]:
+        return self.vms
+
+    def _end(self, record: FakeVM, *, abrupt: bool) -> None:
+        """End the VM's processes (``MachineCloud._end``), then its metadata server."""
+        super()._end(record, abrupt=abrupt)
+        self._stop_metadata(record)
 
     def _end_all(self) -> None:
+        super()._end_all()
         with self._lock:
-            ending = [vm for vm in self.vms.values() if vm.running]
-            for vm in ending:
-                vm.running = False
-        for vm in ending:
-            self._end(vm, abrupt=False)
-        for vm in list(self.vms.values()):
+            vms = list(self.vms.values())
+        for vm in vms:  # a VM that never ran may have one
             self._stop_metadata(vm)
-
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [
-            (vm.directory.name, vm.machine.home)
-            for vm in self.vms.values()
-            if vm.machine is not None
-        ]
-
-    def _end(self, vm: FakeVM, *, abrupt: bool) -> None:
-        if vm.machine is not None:
-            marker = f"{_MARKER}={vm.directory}".encode()
-            self._end_processes(vm.machine, marker, f"VM {vm.name}", abrupt=abrupt)
-        self._stop_metadata(vm)
 
     def _stop_metadata(self, vm: FakeVM) -> None:
         server, vm.metadata = vm.metadata, None
@@ -396,55 +384,44 @@ class FakeGCP(FakeCloud):
             server.shutdown()
             server.server_close()
 
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Google's APIs send it."""
+        reason = refused.reason if isinstance(refused, _Refused) else "backendError"
+        return _Answer(
+            refused.status,
+            {
+                "error": {
+                    "code": refused.status,
+                    "message": refused.message,
+                    "errors": [{"message": refused.message, "domain": "global", "reason": reason}],
+                    "status": refused.code,
+                }
+            },
+        )
+
     # -- serving --------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, raw = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request, raw))
-
     def _answer(self, request: Recorded, raw: bytes) -> _Answer:
-        try:
-            with self._lock:
-                if self._closed:
-                    raise _Refused(
-                        "the fake GCP is shutting down", 503, "UNAVAILABLE", "backendError"
-                    )
-            if request.path == "/token" and request.method == "POST":
-                return self._token(raw)
-            caller = self._caller(request)
-            parts = request.path.strip("/").split("/")
-            if parts[:2] == ["compute", "v1"] and parts[2:3] == ["projects"] and len(parts) > 4:
-                if parts[3] != self.project:
-                    raise _Refused(
-                        f"Permission denied on project {parts[3]}",
-                        403,
-                        "PERMISSION_DENIED",
-                        "forbidden",
-                    )
-                return self._compute(request, parts[4:], caller)
-            if parts[:4] == ["billing", "v1", "services", "6F81-5844-456A"] and parts[4:] == [
-                "skus"
-            ]:
-                if caller is not None:
-                    raise _Refused(
-                        "the VM's token has no billing scope", 403, "PERMISSION_DENIED", "forbidden"
-                    )
-                return self._skus(request.query)
-            raise _Refused(
-                f"not found: {request.method} {request.path}", 404, "NOT_FOUND", "notFound"
-            )
-        except _Refused as refused:
-            return _error(refused)
-        except Exception as error:
-            message = f"{request.method} {request.path}: {type(error).__name__}: {error}"
-            with self._lock:
-                self.errors.append(message)
-            return _error(
-                _Refused(f"the fake GCP failed: {message}", 500, "INTERNAL", "backendError")
-            )
+        if request.path == "/token" and request.method == "POST":
+            return self._token(raw)
+        caller = self._caller(request)
+        parts = request.path.strip("/").split("/")
+        if parts[:2] == ["compute", "v1"] and parts[2:3] == ["projects"] and len(parts) > 4:
+            if parts[3] != self.project:
+                raise _Refused(
+                    f"Permission denied on project {parts[3]}",
+                    403,
+                    "PERMISSION_DENIED",
+                    "forbidden",
+                )
+            return self._compute(request, parts[4:], caller)
+        if parts[:4] == ["billing", "v1", "services", "6F81-5844-456A"] and parts[4:] == ["skus"]:
+            if caller is not None:
+                raise _Refused(
+                    "the VM's token has no billing scope", 403, "PERMISSION_DENIED", "forbidden"
+                )
+            return self._skus(request.query)
+        raise _Refused(f"not found: {request.method} {request.path}", 404, "NOT_FOUND", "notFound")
 
     def _token(self, raw: bytes) -> _Answer:
         """The OAuth2 token endpoint: a service account's signed JWT for a bearer token."""
@@ -641,11 +618,13 @@ class FakeGCP(FakeCloud):
                     f"Quota 'NVIDIA_GPUS' exceeded.  Limit: 0.0 in region "
                     f"{zone.rsplit('-', 1)[0]}.",
                 )
+            vm_id = str(secrets.randbelow(10**19))
             vm = FakeVM(
+                id=vm_id,
                 name=name,
                 zone=zone,
                 body=copy.deepcopy(body),
-                directory=self.root / f"{zone}-{name}-{secrets.token_hex(3)}",
+                directory=self.root / vm_id,
             )
             if error is not None:
                 operation = self._operation(zone, "insert", vm, done=False, error=error)
@@ -685,41 +664,32 @@ class FakeGCP(FakeCloud):
         return dict(operation)
 
     def _boot(self, vm: FakeVM) -> None:
-        number = free_ssh_address(f"127.8.{self._block}", self._next_address)
-        address = f"127.8.{self._block}.{number}"
-        self._next_address = number + 1
+        """Under the lock: the VM's machine, set up from its metadata as an Ubuntu GCE image
+        sets itself up, with its metadata server."""
+        address = self._addresses.take()
         items = vm.metadata_items()
-        config = _cloud_config(items.get("user-data", ""))
-        private = (config.get("ssh_keys") or {}).get("ed25519_private")
-        if isinstance(private, str) and private.strip():
-            _write_secret(vm.directory / "host_ed25519", private)
         keys = [
             line.split(":", 1)[1] for line in items.get("ssh-keys", "").splitlines() if ":" in line
         ]
-        extra = [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
-        authorized = vm.directory / "authorized_keys"
-        authorized.write_text("".join(f"{line}\n" for line in [*keys, *extra]))
+        authorized = cloud_init(vm.directory, items.get("user-data", ""), keys)
         vm.metadata = _MetadataServer(address, functools.partial(self._metadata_answer, vm))
         threading.Thread(
             target=vm.metadata.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
-        home = Path(tempfile.mkdtemp(prefix="gcp-"))
+        host = f"{address}:{vm.metadata.server_address[1]}"
         try:
-            vm.machine = sshd.start_sshd(
+            vm.machine = start_machine(
                 self.root,
-                vm.directory.name,
+                vm.id,
                 address,
                 authorized,
                 port=22,
-                extra_env={
-                    _MARKER: str(vm.directory),
-                    "GCE_METADATA_HOST": f"{address}:{vm.metadata.server_address[1]}",
-                },
-                home=home,
+                env={**self._marker_env(vm.id), "GCE_METADATA_HOST": host},
+                home="gcp-",  # as /root
             )
-        except pytest.fail.Exception as error:
+        except RuntimeError:
             self._stop_metadata(vm)
-            raise RuntimeError(str(error)) from None
+            raise
         vm.running, vm.ready_at = True, time.monotonic() + self.start_delay
 
     def _metadata_answer(
@@ -850,8 +820,6 @@ def _check_insert(body: Any, zone: str) -> None:
         if field not in body:
             raise _Refused(f"Invalid value for field 'resource.{field}': required", 400)
     name = body["name"]
-    import re
-
     if not isinstance(name, str) or re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name) is None:
         raise _Refused(
             f"Invalid value for field 'resource.name': '{name}'. Must be a match of regex "
@@ -922,15 +890,6 @@ def _known(query: dict[str, list[str]], known: set[str]) -> None:
         raise _Refused(f'Invalid JSON payload received. Unknown name "{unknown[0]}"', 400)
 
 
-def _cloud_config(text: str) -> dict[str, Any]:
-    first, _, rest = text.partition("\n")
-    try:
-        config = json.loads(rest) if first.strip() == "#cloud-config" else None
-    except ValueError:
-        config = None
-    return config if isinstance(config, dict) else {}
-
-
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -939,20 +898,9 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime())
 
 
-def _error(refused: _Refused) -> _Answer:
-    return _Answer(
-        refused.code,
-        {
-            "error": {
-                "code": refused.code,
-                "message": refused.message,
-                "errors": [
-                    {"message": refused.message, "domain": "global", "reason": refused.reason}
-                ],
-                "status": refused.status,
-            }
-        },
-    )
+def _terminated(vm: FakeVM) -> None:
+    """``kill``'s mark: Google shows a VM whose host died TERMINATED."""
+    vm.status = "TERMINATED"
 
 
 def vms_named(api: FakeGCP, prefix: str) -> Iterator[FakeVM]:

@@ -41,35 +41,33 @@ field, so that a misspelt field fails here instead of being ignored there.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import sshd
 from fake_cloud import (
-    FakeCloud,
-    FakeHandler,
+    AddressBlocks,
+    Checks,
+    MachineCloud,
     Recorded,
+    Refused,
+    SshAddresses,
     _Answer,
     _is_int,
     _is_text,
-    _read,
-    _reply,
-    free_ssh_address,
+    check_body,
 )
 from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.9.B.10
-_MARKER = "FAKE_NOVITA_MACHINE"
 BASE = "/gpu-instance/openapi/v1"
 NOT_ENOUGH = "not enough resources for this product in the clusters asked for; try later"
 
@@ -133,19 +131,9 @@ DEFAULT_PRODUCTS: tuple[dict[str, Any], ...] = (
     product("p-3090", "RTX 3090 24GB", 0.21, cpu=8, memory=30, disk=100, regions=["US-CA-06"]),
 )
 
-_blocks_lock = threading.Lock()
-_blocks_made = 0
-
-
-def _address_block() -> int:
-    """A third octet no other fake Novita on this machine uses now: 16 per pytest-xdist
-    worker, one after the other within it; so that two workers' fakes never pick the same
-    address (and ``free_ssh_address`` skips one held all the same)."""
-    global _blocks_made
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    with _blocks_lock:
-        made, _blocks_made = _blocks_made, _blocks_made + 1
-    return (int(worker) if worker.isdigit() else 0) % 16 * 16 + made % 16
+#: The third octets B of the fake Novitas' addresses, 127.9.B.x: one each (and
+#: ``SshAddresses`` skips one held all the same).
+_BLOCKS = AddressBlocks()
 
 
 def need_fake_novita() -> None:
@@ -155,10 +143,9 @@ def need_fake_novita() -> None:
 
 @attrs.define
 class FakeInstance:
-    """An instance the fake created: its create's JSON, its state and its machine.
-
-    ``running`` says whether its processes still run; ``deleted_at`` is when it was
-    deleted (it is ``removing`` until ``remove_delay`` later, then gone)."""
+    """An instance the fake created: its create's JSON, its state and its machine (a
+    ``fake_cloud.MachineRecord``); ``deleted_at`` is when it was deleted (it is
+    ``removing`` until ``remove_delay`` later, then gone)."""
 
     id: str
     body: dict[str, Any]
@@ -183,19 +170,23 @@ class FakeInstance:
         return self.status
 
 
-class _Refused(Exception):
-    """A request the fake answers with an error in Novita's shape."""
+class _Refused(Refused):
+    """A request the fake answers with an error in Novita's shape (its ``code`` the
+    ``reason``)."""
 
-    def __init__(self, message: str, status: int = 400, reason: str = "INVALID_ARGUMENT"):
-        super().__init__(message)
-        self.message, self.status, self.reason = message, status, reason
+    def __init__(self, message: str, status: int = 400, reason: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message, reason, status)
 
 
-class FakeNovita(FakeCloud):
+class FakeNovita(MachineCloud[str, FakeInstance]):
     """Novita's GPU instance API at ``api_url`` on ``127.0.0.1``, with sshd machines for
-    instances (``fake_cloud.FakeCloud``: leaving it ends every machine, by pid)."""
+    instances (``fake_cloud.MachineCloud``: leaving it ends every machine, by pid)."""
 
     title = "the fake Novita"
+    marker = "FAKE_NOVITA_MACHINE"
+    mark_by_directory = True
+    closing_code = "UNAVAILABLE"
+    failure_code = "INTERNAL"
 
     def __init__(
         self,
@@ -218,11 +209,9 @@ class FakeNovita(FakeCloud):
         self.start_delay = start_delay
         self.remove_delay = remove_delay
         self.page_max = page_max
-        self.requests: list[Recorded] = []
         self.instances: dict[str, FakeInstance] = {}
         self._failures: list[_Refused | None] = []  # None: that create succeeds
-        self._block = _address_block()
-        self._next_address = FIRST_ADDRESS
+        self._addresses = SshAddresses(f"127.9.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-novita") + BASE
 
     # -- what tests do to it ------------------------------------------------------------------
@@ -243,58 +232,28 @@ class FakeNovita(FakeCloud):
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Novita then shows
         it exited until it is deleted."""
-        with self._lock:
-            instance = self.instances[instance_id]
-            instance.status = "exited"
-            running, instance.running = instance.running, False
-        if running:
-            self._end(instance, abrupt=True)
+        self._kill(instance_id, _exited)
 
-    # -- FakeCloud -------------------------------------------------------------------------------
+    # -- MachineCloud ----------------------------------------------------------------------------
 
-    def _end_all(self) -> None:
-        with self._lock:
-            ending = [i for i in self.instances.values() if i.running]
-            for instance in ending:
-                instance.running = False
-        for instance in ending:
-            self._end(instance, abrupt=False)
+    def _records(self) -> Mapping[str, FakeInstance]:
+        return self.instances
 
-    def _machine_homes(self) -> Iterable[tuple[str, Path]]:
-        return [(i.id, i.machine.home) for i in self.instances.values() if i.machine is not None]
-
-    def _end(self, instance: FakeInstance, *, abrupt: bool) -> None:
-        assert instance.machine is not None
-        marker = f"{_MARKER}={instance.directory}".encode()
-        self._end_processes(instance.machine, marker, f"instance {instance.id}", abrupt=abrupt)
+    def _refusal(self, refused: Refused) -> _Answer:
+        """An error as Novita's API sends it."""
+        return _Answer(
+            refused.status,
+            {"code": refused.status, "reason": refused.code, "message": refused.message},
+        )
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _serve(self, handler: FakeHandler) -> None:
-        request, _ = _read(handler)
-        with self._lock:
-            self.requests.append(request)
-        with self._answering():
-            _reply(handler, self._answer(request))
-
-    def _answer(self, request: Recorded) -> _Answer:
-        try:
-            if self._closed:
-                raise _Refused("the fake is closed", 503, "UNAVAILABLE")
-            if request.headers.get("authorization") != f"Bearer {self.api_key}":
-                raise _Refused("invalid api key", 401, "INVALID_API_KEY")
-            if not request.path.startswith(BASE + "/"):
-                raise _Refused(f"not found: {request.path}", 404, "NOT_FOUND")
-            return self._route(request.method, request.path[len(BASE) :], request)
-        except _Refused as refused:
-            return _Answer(
-                refused.status,
-                {"code": refused.status, "reason": refused.reason, "message": refused.message},
-            )
-        except Exception as error:  # a bug of the fake: answered 500, raised on leaving
-            with self._lock:
-                self.errors.append(f"{request.method} {request.path}: {error!r}")
-            return _Answer(500, {"code": 500, "reason": "INTERNAL", "message": repr(error)})
+    def _answer(self, request: Recorded, raw: bytes) -> _Answer:
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            raise _Refused("invalid api key", 401, "INVALID_API_KEY")
+        if not request.path.startswith(BASE + "/"):
+            raise _Refused(f"not found: {request.path}", 404, "NOT_FOUND")
+        return self._route(request.method, request.path[len(BASE) :], request)
 
     def _route(self, method: str, path: str, request: Recorded) -> _Answer:
         query = request.query
@@ -376,9 +335,7 @@ class FakeNovita(FakeCloud):
     def _start(self, instance: FakeInstance) -> None:
         """Run the instance's command as its container would, with a stand-in ``sshd``
         that listens on the instance's public address and port."""
-        number = free_ssh_address(f"127.9.{self._block}", self._next_address)
-        address = f"127.9.{self._block}.{number}"
-        self._next_address = number + 1
+        address = self._addresses.take()
         port = sshd.free_port(address)
         directory = instance.directory
         directory.mkdir(parents=True)
@@ -389,7 +346,7 @@ class FakeNovita(FakeCloud):
             python_dir,
             self.root / "uv-cache",
             sshd.offline_apt(self.root),
-            extra_env={_MARKER: str(directory)},
+            extra_env=self._marker_env(instance.id),
         )
         config = directory / "sshd_config"
         # No HostKey and no AuthorizedKeysFile: those are the command's to give.
@@ -408,7 +365,7 @@ class FakeNovita(FakeCloud):
         environment |= {
             "HOME": str(home),
             "PATH": f"{image_bin}:/usr/local/bin:/usr/bin:/bin",
-            _MARKER: str(directory),
+            **self._marker_env(instance.id),
         }
         log = directory / "container.log"
         with open(log, "wb") as out:
@@ -459,15 +416,15 @@ class FakeNovita(FakeCloud):
         )
 
     def _delete(self, instance_id: str) -> _Answer:
-        with self._lock:
+        def deleted() -> FakeInstance:
             instance = self.instances.get(instance_id)
             if instance is None or instance.shown_status(self.remove_delay) is None:
                 raise _Refused("instance not found", 404, "INSTANCE_NOT_FOUND")
             if instance.deleted_at is None:
                 instance.deleted_at = time.monotonic()
-            running, instance.running = instance.running, False
-        if running:
-            self._end(instance, abrupt=False)
+            return instance
+
+        self._end_now(deleted, abrupt=False)
         return _Answer(200, {})
 
     def _json(self, instance: FakeInstance, *, listed: bool = False) -> dict[str, Any] | None:
@@ -509,8 +466,7 @@ class FakeNovita(FakeCloud):
         }
 
 
-_Checks = Mapping[str, tuple[Callable[[Any], bool], str]]
-_CREATE_FIELDS: _Checks = {
+_CREATE_FIELDS: Checks = {
     "name": (lambda v: isinstance(v, str) and len(v) <= 255, "a name"),
     "productId": (_is_text, "a product id"),
     "gpuNum": (_is_int, "an integer"),
@@ -526,20 +482,14 @@ _CREATE_FIELDS: _Checks = {
 _CREATE_REQUIRED = ("productId", "gpuNum", "rootfsSize", "imageUrl", "kind")
 
 
-def _check(body: Any, fields: _Checks, required: Sequence[str]) -> None:
+def _exited(instance: FakeInstance) -> None:
+    """``kill``'s mark: Novita shows an instance whose container died exited."""
+    instance.status = "exited"
+
+
+def _check(body: Any, fields: Checks, required: Sequence[str]) -> None:
     """Refuse a body naming its first wrong field."""
-    if not isinstance(body, dict):
-        raise _Refused("body: expected a JSON object")
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise _Refused(f"{unknown[0]}: not a field the fake Novita knows ({', '.join(fields)})")
-    for field in required:
-        if field not in body:
-            raise _Refused(f"{field}: required")
-    for field, value in body.items():
-        check, expected = fields[field]
-        if not check(value):
-            raise _Refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
+    check_body(body, fields, required, title=FakeNovita.title, refused=_Refused)
 
 
 def _known(query: dict[str, list[str]], known: set[str]) -> None:
