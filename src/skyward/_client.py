@@ -41,6 +41,7 @@ from skyward_trio._client import (
     call_request,
     check_target,
     client_functions,
+    client_id,
     client_state,
     events_refused,
     feed_answer,
@@ -59,6 +60,7 @@ from skyward_trio._client import (
     server_gone,
     server_silent,
     server_state,
+    session_path,
     store_path,
     stream_cut,
     take_payloads,
@@ -293,11 +295,34 @@ class Client:
         self._feeders: list[tuple[threading.Thread, str, Feeding]] = []
         self._store = _ServerStore(self)
         self._token: Any = None
+        self._id = client_id()
         try:
             self.info()  # the pool exists, or this raises saying why
+            self._session = self._open_session()
         except BaseException:
             self._http.close()
             raise
+
+    def _open_session(self) -> httpx.Response:
+        """Open this client's session: a request held open while the client lives (no
+        thread reads it). Its end, however this process ends, tells the server to free
+        this client's locks."""
+        path = session_path(self.name)
+        request = self._http.build_request(
+            "POST",
+            self._state["url"] + path,
+            headers=headers(self._state, client=self._id),
+            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        if response.status_code != 200:
+            response.read()
+            response.close()
+            raise request_refused("POST", path, response)
+        return response
 
     def info(self) -> dict[str, Any]:
         """What the server says of the pool: state, provider, nodes, cost so far."""
@@ -339,7 +364,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """End this client's connection (the pool stays up on the server)."""
+        """End this client's connection (the pool stays up on the server); the locks
+        this client holds are released."""
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
@@ -353,6 +379,7 @@ class Client:
         for _, _, feeding in live:
             if not feeding.streamed:
                 feeding.ended.wait()  # its answer (CancelledCallError), which comes at once
+        self._session.close()  # its end releases the locks this client holds
         self._http.close()
         for thread, _, _ in live:
             thread.join()  # each is back once its request is answered or its iterable yields
@@ -654,7 +681,7 @@ class _ServerStore:
             response = client._http.post(
                 client._state["url"] + path,
                 content=store_request(op, name, args),
-                headers=headers(client._state, framed=True),
+                headers=headers(client._state, framed=True, client=client._id),
                 timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
             )
         except httpx.TransportError as exc:
