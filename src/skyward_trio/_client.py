@@ -37,6 +37,7 @@ from ._function import (
 )
 from ._pool import (
     _INPUT_CHUNK,
+    CancelledCallError,
     Future,
     PreparedCall,
     RelayedInput,
@@ -45,6 +46,7 @@ from ._pool import (
     _take_payloads,
 )
 from ._server import (
+    CLIENT_CLOSED,
     CLIENT_HEADER,
     FRAME,
     STATE_FILE,
@@ -69,6 +71,7 @@ __all__ = [
     "call_request",
     "call_results",
     "check_target",
+    "client_closed",
     "client_functions",
     "client_id",
     "client_state",
@@ -405,7 +408,7 @@ def headers(
 ) -> dict[str, str]:
     """A request's headers: the server's token, the frame's type when it carries one, and
     the id of the client it comes from when the server ties it to that client's session
-    (a collection operation)."""
+    (a call, a collection operation)."""
     out = {"authorization": f"Bearer {state['token']}"}
     if framed:
         out["content-type"] = FRAME
@@ -417,6 +420,11 @@ def headers(
 def client_id() -> str:
     """A new client's id, which its session and its requests carry."""
     return secrets.token_urlsafe(16)
+
+
+def client_closed(name: str) -> CancelledCallError:
+    """What a call raises when its client closed while it ran."""
+    return CancelledCallError(name, CLIENT_CLOSED)
 
 
 def server_silent(url: str, exc: Exception) -> ServerError:
@@ -687,14 +695,20 @@ class Client:
         assert self._nursery is not None
 
         async def runner() -> None:
+            ended = False
             try:
                 with future._scope:
                     try:
                         future._value = (await self._send("run", call, target))[0]
                     except Exception as exc:
                         future._error = exc
+                    ended = True
             finally:
-                future._cancelled = future._scope.cancel_called and future._error is None
+                if not ended and future._error is None:
+                    # Future.cancel(), or the block's end (which cancels this nursery).
+                    future._cancelled = True
+                    if not future._scope.cancel_called:
+                        future._why = CLIENT_CLOSED
                 future._done.set()
 
         self._nursery.start_soon(runner)
@@ -823,7 +837,7 @@ class Client:
                 "POST",
                 self._state["url"] + path,
                 content=call_request(self._functions, call, target),
-                headers=headers(self._state, framed=True),
+                headers=headers(self._state, framed=True, client=self._id),
                 timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
             ) as response:
                 if response.status_code != 200:

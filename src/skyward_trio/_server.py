@@ -19,9 +19,10 @@ pool of one's own does.
 
 A client that hangs up cancels its call (the node is told). Each ``Client`` also keeps
 one request open for as long as it lives (its session, ``POST /pools/NAME/session``,
-named by the id its collection requests carry in ``x-skyward-client``): when that
-connection closes (the client closed, or its process died), the server releases the locks
-it holds, as the store does for a node whose connection closed. ``sky server stop``, SIGTERM
+named by the id its other requests carry in ``x-skyward-client``): when that connection
+closes (the client closed, or its process died), the server cancels the client's calls
+still running and releases the locks it holds, as the store does for a node whose
+connection closed. ``sky server stop``, SIGTERM
 and SIGINT close every pool and terminate its machines before the process exits. A server
 that dies without closing them leaves nodes that end themselves when their lease runs out
 (``Spec.ttl``).
@@ -58,10 +59,11 @@ from ._compute import Compute
 from ._errors import ConnectionLostError, PoolClosedError
 from ._events import Event
 from ._model import Options, Spec
-from ._pool import Inflight, Pool, PreparedCall, RelayedInput
+from ._pool import CancelledCallError, Inflight, Pool, PreparedCall, RelayedInput
 from ._version import __version__
 
 __all__ = [
+    "CLIENT_CLOSED",
     "CLIENT_HEADER",
     "FRAME",
     "LOG_FILE",
@@ -91,6 +93,9 @@ _MAX_HEAD = 64 * 1024  # a request line and headers, at most
 
 #: The header naming the client a request comes from (its session's id).
 CLIENT_HEADER = "x-skyward-client"
+
+#: Why a call is cancelled when its client closes (or dies) while it runs.
+CLIENT_CLOSED = "its client closed while it ran"
 
 # How long releasing a gone client's locks may take (the store answers at once, unless
 # its node is being replaced).
@@ -418,6 +423,7 @@ class _Calling:
     how: str
     call: PreparedCall
     target: Any
+    session: _Session | None
 
 
 @attrs.frozen
@@ -538,12 +544,24 @@ class _Held:
 @attrs.define(eq=False)
 class _Session:
     """A client of a pool, while its session request is open: the locks it holds (each
-    by its Lock object's token), released when it goes."""
+    by its Lock object's token) and its calls running, which end with it."""
 
     id: str
     pool: str
     locks: set[tuple[str, str]] = attrs.Factory(set)
+    calls: set[trio.CancelScope] = attrs.Factory(set)
     ended: bool = False
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[trio.CancelScope]:
+        """The scope one of its calls runs in, cancelled if the client goes first."""
+        scope = trio.CancelScope()
+        self.calls.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self.calls.discard(scope)
 
 
 #: The most ``Iterator[T]`` arguments one call may stream (a function has that few).
@@ -692,7 +710,7 @@ class Server:
                 raise _BadRequest(
                     400, f"{call.name}() streams Iterator[...] arguments: not with `@` here"
                 )
-            return _Calling(held, parts[2], call, target)
+            return _Calling(held, parts[2], call, target, self._session(request, held.name))
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "session" and method == "POST":
             return _Present(self._ready(parts[1]), self._open_session(request, parts[1]))
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "store" and method == "POST":
@@ -778,7 +796,7 @@ class Server:
         self, conn: h11.Connection, stream: trio.SocketStream, present: _Present
     ) -> None:
         """Hold a client's session open until it hangs up (or the pool closes); then
-        release the locks it holds."""
+        cancel its calls still running and release the locks it holds."""
         held, session = present.held, present.session
 
         async def hold() -> None:
@@ -792,7 +810,10 @@ class Server:
         finally:
             session.ended = True
             del self.sessions[session.id]
-            await self._release_locks(held.name, session)
+            if not held.closing.is_set():  # else its calls fail saying the pool closed
+                for scope in session.calls:
+                    scope.cancel(reason=f"client {session.id} went away")
+                await self._release_locks(held.name, session)
 
     async def _release_locks(self, pool: str, session: _Session) -> None:
         """Release the locks a gone client held (shielded, bounded: it is teardown)."""
@@ -1059,13 +1080,16 @@ class Server:
                 with held.calling(), self._feeding(held, call) as feed:
                     if feed:
                         send.send_nowait(feed)  # first: the client feeds it while it runs
+                    last = _raised(CancelledCallError(call.name, CLIENT_CLOSED))[2]
                     try:
-                        if calling.how == "run":
-                            target = pool._check_target(calling.target)
-                            results = [await pool.run_raw(call, target=target, on_output=on_output)]
-                        else:
-                            results = await pool.broadcast_raw(call, on_output=on_output)
-                        last = _results(results)
+                        with _client_call(calling.session):
+                            if calling.how == "run":
+                                target = pool._check_target(calling.target)
+                                raw = await pool.run_raw(call, target=target, on_output=on_output)
+                                results = [raw]
+                            else:
+                                results = await pool.broadcast_raw(call, on_output=on_output)
+                            last = _results(results)
                     except Exception as exc:
                         last = _raised(_closed_under(held, call.name, exc))[2]
                 send.close()  # the writer sends what is queued, then ends
@@ -1136,6 +1160,16 @@ class Server:
         finally:
             if inflight is not None and not inflight.finished:
                 inflight.cancel()  # the client went away: the generator on the node stops
+
+
+@contextlib.contextmanager
+def _client_call(session: _Session | None) -> Iterator[None]:
+    """Where a client's call runs: cancelled when the client goes (its session ends)."""
+    if session is None:
+        yield
+        return
+    with session.call():
+        yield
 
 
 def _parse_batch(body: bytearray) -> tuple[list[_serial.Payload] | None, str | None, bool]:
