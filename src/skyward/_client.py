@@ -27,7 +27,13 @@ from typing import Any
 
 import httpx
 
-from skyward_trio import Event, PendingFunction, PendingFunctionGroup, ServerError
+from skyward_trio import (
+    CancelledCallError,
+    Event,
+    PendingFunction,
+    PendingFunctionGroup,
+    ServerError,
+)
 from skyward_trio._client import (
     BROADCAST,
     CONNECT_TIMEOUT,
@@ -40,7 +46,9 @@ from skyward_trio._client import (
     SourceFailed,
     call_request,
     check_target,
+    client_closed,
     client_functions,
+    client_id,
     client_state,
     events_refused,
     feed_answer,
@@ -59,6 +67,7 @@ from skyward_trio._client import (
     server_gone,
     server_silent,
     server_state,
+    session_path,
     store_path,
     stream_cut,
     take_payloads,
@@ -293,11 +302,37 @@ class Client:
         self._feeders: list[tuple[threading.Thread, str, Feeding]] = []
         self._store = _ServerStore(self)
         self._token: Any = None
+        self._id = client_id()
+        # Set by close(): a call still running, or one not yet sent, is cancelled.
+        self._closing = False
+        self._running: list[concurrent.futures.Future[Any]] = []  # started with `>` and co
         try:
             self.info()  # the pool exists, or this raises saying why
+            self._session = self._open_session()
         except BaseException:
             self._http.close()
             raise
+
+    def _open_session(self) -> httpx.Response:
+        """Open this client's session: a request held open while the client lives (no
+        thread reads it). Its end, however this process ends, tells the server to cancel
+        this client's calls and free its locks."""
+        path = session_path(self.name)
+        request = self._http.build_request(
+            "POST",
+            self._state["url"] + path,
+            headers=headers(self._state, client=self._id),
+            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        if response.status_code != 200:
+            response.read()
+            response.close()
+            raise request_refused("POST", path, response)
+        return response
 
     def info(self) -> dict[str, Any]:
         """What the server says of the pool: state, provider, nodes, cost so far."""
@@ -339,9 +374,18 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """End this client's connection (the pool stays up on the server)."""
+        """End this client's connection (the pool stays up on the server).
+
+        Calls started with ``>`` (or in a group, or by ``map``) that still run are
+        cancelled on the node (their futures raise ``CancelledCallError`` saying the
+        client closed), and the locks this client holds are released. Waits at most
+        ``CONNECT_TIMEOUT`` seconds for the server to answer those calls.
+        """
+        if self._closing:
+            return
+        self._closing = True
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown(wait=False)  # those not started raise when they start
             self._threads = None
         live = [feeder for feeder in self._feeders if feeder[0].is_alive()]
         for _, path, feeding in live:
@@ -353,6 +397,11 @@ class Client:
         for _, _, feeding in live:
             if not feeding.streamed:
                 feeding.ended.wait()  # its answer (CancelledCallError), which comes at once
+        # The session's end cancels the calls still running (each is answered with a
+        # CancelledCallError, at once) and releases the locks this client holds.
+        self._session.close()
+        concurrent.futures.wait(self._running, timeout=CONNECT_TIMEOUT)
+        self._running.clear()
         self._http.close()
         for thread, _, _ in live:
             thread.join()  # each is back once its request is answered or its iterable yields
@@ -375,7 +424,7 @@ class Client:
         """Start ``pending`` without waiting (``>``); a ``concurrent.futures.Future``."""
         check_target(target)
         call = prepare(self._functions, pending, how="`>` (run_async)")
-        return self._pool().submit(self._send_one, call, target)
+        return self._submit(self._send_one, call, target)
 
     def broadcast(self, pending: PendingFunction[Any]) -> list[Any]:
         """Run ``pending`` on every ready node (``@``); results ordered by node index."""
@@ -390,7 +439,7 @@ class Client:
                 f"got {type(group).__qualname__}"
             )
         calls = [prepare(self._functions, p, how="a group") for p in group.items]
-        futures = [self._pool().submit(self._send_one, call, None) for call in calls]
+        futures = [self._submit(self._send_one, call, None) for call in calls]
         if group.stream:
             return _streamed(futures, group.ordered)
         try:
@@ -424,7 +473,7 @@ class Client:
                     failed.set()
                     raise
 
-        futures = [self._pool().submit(sender) for _ in range(MAP_CONCURRENCY)]
+        futures = [self._submit(sender) for _ in range(MAP_CONCURRENCY)]
         for future in concurrent.futures.as_completed(futures):
             error = future.exception()
             if error is not None:
@@ -434,7 +483,16 @@ class Client:
 
     # -- the wire --------------------------------------------------------------------------------
 
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args)`` in the client's threads; close() waits for it (bounded)."""
+        future = self._pool().submit(fn, *args)
+        self._running = [f for f in self._running if not f.done()]
+        self._running.append(future)
+        return future
+
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._closing:
+            raise RuntimeError(f"sky.Client({self.name!r}) is closed; open a new one")
         if self._threads is None:
             self._threads = concurrent.futures.ThreadPoolExecutor(
                 max_workers=32, thread_name_prefix="sky-client"
@@ -495,9 +553,15 @@ class Client:
         ``Iterator[T]`` arguments while it runs; its values."""
         feeding = Feeding(call.name)
         try:
+            if self._closing:
+                raise client_closed(call.name)  # queued when close() came: not sent
             return self._answer(how, call, target, feeding)
-        except Exception:
+        except Exception as exc:
             feeding.raise_failure()
+            if self._closing and isinstance(exc, ServerError | CancelledCallError):
+                # What a call cut by close() meets (the server's cancellation, or the
+                # connection closed under it) says so.
+                raise client_closed(call.name) from None
             raise
         finally:
             feeding.stopped = True
@@ -512,7 +576,7 @@ class Client:
                 "POST",
                 self._state["url"] + path,
                 content=call_request(self._functions, call, target),
-                headers=headers(self._state, framed=True),
+                headers=headers(self._state, framed=True, client=self._id),
                 timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
             ) as response:
                 if response.status_code != 200:
@@ -654,7 +718,7 @@ class _ServerStore:
             response = client._http.post(
                 client._state["url"] + path,
                 content=store_request(op, name, args),
-                headers=headers(client._state, framed=True),
+                headers=headers(client._state, framed=True, client=client._id),
                 timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
             )
         except httpx.TransportError as exc:

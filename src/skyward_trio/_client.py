@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import sys
 import threading
 import uuid
@@ -36,6 +37,7 @@ from ._function import (
 )
 from ._pool import (
     _INPUT_CHUNK,
+    CancelledCallError,
     Future,
     PreparedCall,
     RelayedInput,
@@ -44,6 +46,8 @@ from ._pool import (
     _take_payloads,
 )
 from ._server import (
+    CLIENT_CLOSED,
+    CLIENT_HEADER,
     FRAME,
     STATE_FILE,
     event_from_json,
@@ -67,7 +71,9 @@ __all__ = [
     "call_request",
     "call_results",
     "check_target",
+    "client_closed",
     "client_functions",
+    "client_id",
     "client_state",
     "events_refused",
     "feed_answer",
@@ -87,6 +93,7 @@ __all__ = [
     "server_gone",
     "server_silent",
     "server_state",
+    "session_path",
     "store_path",
     "stream_cut",
     "take_payloads",
@@ -198,6 +205,12 @@ def next_chunk(chunk: int, elapsed: float, room: int) -> tuple[int, int]:
 def store_path(pool: str) -> str:
     """Where a client sends its pool's collection operations (one request each)."""
     return f"/pools/{pool}/store"
+
+
+def session_path(pool: str) -> str:
+    """The request a client keeps open while it lives: when it closes (the client closed,
+    or its process died), the server cancels the client's calls and frees its locks."""
+    return f"/pools/{pool}/session"
 
 
 def feed_path(pool: str, feed_id: str, slot: int) -> str:
@@ -390,12 +403,28 @@ def call_results(content: bytes, name: str) -> list[Any]:
     return values
 
 
-def headers(state: dict[str, Any], *, framed: bool = False) -> dict[str, str]:
-    """A request's headers: the server's token, and the frame's type when it carries one."""
+def headers(
+    state: dict[str, Any], *, framed: bool = False, client: str | None = None
+) -> dict[str, str]:
+    """A request's headers: the server's token, the frame's type when it carries one, and
+    the id of the client it comes from when the server ties it to that client's session
+    (a call, a collection operation)."""
     out = {"authorization": f"Bearer {state['token']}"}
     if framed:
         out["content-type"] = FRAME
+    if client is not None:
+        out[CLIENT_HEADER] = client
     return out
+
+
+def client_id() -> str:
+    """A new client's id, which its session and its requests carry."""
+    return secrets.token_urlsafe(16)
+
+
+def client_closed(name: str) -> CancelledCallError:
+    """What a call raises when its client closed while it ran."""
+    return CancelledCallError(name, CLIENT_CLOSED)
 
 
 def server_silent(url: str, exc: Exception) -> ServerError:
@@ -443,7 +472,7 @@ class _ServerStore:
     async def call_async(self, op: int, name: str, *args: Any) -> Any:
         client = self._client
         response = await client._request(
-            "POST", store_path(client.name), store_request(op, name, args)
+            "POST", store_path(client.name), store_request(op, name, args), tied=True
         )
         return store_value(response.content)
 
@@ -473,7 +502,9 @@ class Client:
         self.name = name
         self._functions = client_functions()
         self._store = _ServerStore(self)
+        self._id = client_id()
         self._http: Any = None  # an httpx.AsyncClient while the block is open
+        self._session: Any = None  # its session's response, open while the block is
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._token: Any = None
@@ -487,6 +518,7 @@ class Client:
         self._http = httpx.AsyncClient()
         try:
             await self.info()  # the pool exists, or this raises saying why
+            self._session = await self._open_session()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._http.aclose()
@@ -509,8 +541,31 @@ class Client:
             await cm.__aexit__(None, None, None)
         finally:
             with trio.CancelScope(shield=True):
+                # The session's end frees the locks this client still holds.
+                await self._session.aclose()
                 await self._http.aclose()
-            self._http = None
+            self._http = self._session = None
+
+    async def _open_session(self) -> Any:
+        """Open this client's session: a request held open while the client lives."""
+        import httpx
+
+        path = session_path(self.name)
+        request = self._http.build_request(
+            "POST",
+            self._state["url"] + path,
+            headers=headers(self._state, client=self._id),
+            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise server_silent(self._state["url"], exc) from exc
+        if response.status_code != 200:
+            await response.aread()
+            await response.aclose()
+            raise request_refused("POST", path, response)
+        return response
 
     def _open(self) -> Any:
         if self._http is None:
@@ -519,7 +574,10 @@ class Client:
             )
         return self._http
 
-    async def _request(self, method: str, path: str, content: bytes | None = None) -> Any:
+    async def _request(
+        self, method: str, path: str, content: bytes | None = None, *, tied: bool = False
+    ) -> Any:
+        """One request; ``tied`` ties it to this client's session (its id sent)."""
         import httpx
 
         try:
@@ -527,7 +585,9 @@ class Client:
                 method,
                 self._state["url"] + path,
                 content=content,
-                headers=headers(self._state, framed=content is not None),
+                headers=headers(
+                    self._state, framed=content is not None, client=self._id if tied else None
+                ),
                 timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
             )
         except httpx.TransportError as exc:
@@ -635,14 +695,20 @@ class Client:
         assert self._nursery is not None
 
         async def runner() -> None:
+            ended = False
             try:
                 with future._scope:
                     try:
                         future._value = (await self._send("run", call, target))[0]
                     except Exception as exc:
                         future._error = exc
+                    ended = True
             finally:
-                future._cancelled = future._scope.cancel_called and future._error is None
+                if not ended and future._error is None:
+                    # Future.cancel(), or the block's end (which cancels this nursery).
+                    future._cancelled = True
+                    if not future._scope.cancel_called:
+                        future._why = CLIENT_CLOSED
                 future._done.set()
 
         self._nursery.start_soon(runner)
@@ -771,7 +837,7 @@ class Client:
                 "POST",
                 self._state["url"] + path,
                 content=call_request(self._functions, call, target),
-                headers=headers(self._state, framed=True),
+                headers=headers(self._state, framed=True, client=self._id),
                 timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
             ) as response:
                 if response.status_code != 200:

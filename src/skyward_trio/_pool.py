@@ -864,6 +864,7 @@ class Future:
         self._error: BaseException | None = None
         self._scope = trio.CancelScope()
         self._cancelled = False
+        self._why = ""  # what cancelled it, when not cancel()
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -883,22 +884,24 @@ class Future:
         """Wait for the call and return its value (or raise its error)."""
         await self._done.wait()
         if self._cancelled:
-            raise CancelledCallError(self.name)
+            raise CancelledCallError(self.name, self._why)
         if self._error is not None:
             raise self._error
         return self._value
 
 
 class CancelledCallError(SkywardError):
-    """``result()`` of a ``Future`` that was cancelled."""
+    """``result()`` of a ``Future`` that was cancelled; ``why`` says by what, when it was
+    not ``Future.cancel()`` (a client that closed while the call ran)."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"the call to {name}() was cancelled")
+    def __init__(self, name: str, why: str = "") -> None:
+        super().__init__(f"the call to {name}() was cancelled" + (f": {why}" if why else ""))
         self.name = name
+        self.why = why
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuilt from its name (the server relays it pickled), not from its message.
-        return type(self), (self.name,), self.__dict__
+        return type(self), (self.name, self.why), self.__dict__
 
 
 class ResultStream:

@@ -17,7 +17,12 @@ pickled items per request to the call's feed; a request is answered once the nod
 room for its items, so the client reads its iterable a window ahead of the node, as a
 pool of one's own does.
 
-A client that hangs up cancels its call (the node is told); ``sky server stop``, SIGTERM
+A client that hangs up cancels its call (the node is told). Each ``Client`` also keeps
+one request open for as long as it lives (its session, ``POST /pools/NAME/session``,
+named by the id its other requests carry in ``x-skyward-client``): when that connection
+closes (the client closed, or its process died), the server cancels the client's calls
+still running and releases the locks it holds, as the store does for a node whose
+connection closed. ``sky server stop``, SIGTERM
 and SIGINT close every pool and terminate its machines before the process exits. A server
 that dies without closing them leaves nodes that end themselves when their lease runs out
 (``Spec.ttl``).
@@ -54,10 +59,12 @@ from ._compute import Compute
 from ._errors import ConnectionLostError, PoolClosedError
 from ._events import Event
 from ._model import Options, Spec
-from ._pool import Inflight, Pool, PreparedCall, RelayedInput
+from ._pool import CancelledCallError, Inflight, Pool, PreparedCall, RelayedInput
 from ._version import __version__
 
 __all__ = [
+    "CLIENT_CLOSED",
+    "CLIENT_HEADER",
     "FRAME",
     "LOG_FILE",
     "STATE_FILE",
@@ -83,6 +90,16 @@ T = TypeVar("T")
 FRAME = "application/x-skyward-frame"
 
 _MAX_HEAD = 64 * 1024  # a request line and headers, at most
+
+#: The header naming the client a request comes from (its session's id).
+CLIENT_HEADER = "x-skyward-client"
+
+#: Why a call is cancelled when its client closes (or dies) while it runs.
+CLIENT_CLOSED = "its client closed while it ran"
+
+# How long releasing a gone client's locks may take (the store answers at once, unless
+# its node is being replaced).
+_RELEASE_GRACE = 10.0
 
 
 # -- frames: a JSON header and binary blobs, no pickle on the HTTP layer -------------------------
@@ -406,6 +423,15 @@ class _Calling:
     how: str
     call: PreparedCall
     target: Any
+    session: _Session | None
+
+
+@attrs.frozen
+class _Present:
+    """A client's session: held open while the client lives."""
+
+    held: _Held
+    session: _Session
 
 
 @attrs.frozen
@@ -515,6 +541,29 @@ class _Held:
         return out
 
 
+@attrs.define(eq=False)
+class _Session:
+    """A client of a pool, while its session request is open: the locks it holds (each
+    by its Lock object's token) and its calls running, which end with it."""
+
+    id: str
+    pool: str
+    locks: set[tuple[str, str]] = attrs.Factory(set)
+    calls: set[trio.CancelScope] = attrs.Factory(set)
+    ended: bool = False
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[trio.CancelScope]:
+        """The scope one of its calls runs in, cancelled if the client goes first."""
+        scope = trio.CancelScope()
+        self.calls.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self.calls.discard(scope)
+
+
 #: The most ``Iterator[T]`` arguments one call may stream (a function has that few).
 _MAX_INPUTS = 64
 
@@ -535,6 +584,7 @@ class Server:
         self.token = token
         self.pools: dict[str, _Held] = {}
         self.feeds: dict[str, _Feed] = {}
+        self.sessions: dict[str, _Session] = {}
         self.started = time.time()
         self.stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -577,6 +627,9 @@ class Server:
                 if isinstance(answer, _Streaming):
                     await self._stream_call(conn, stream, answer)
                     return
+                if isinstance(answer, _Present):
+                    await self._hold_session(conn, stream, answer)
+                    return
                 if isinstance(answer, _Calling):
                     await self._relay_call(conn, stream, answer)
                     if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -604,7 +657,7 @@ class Server:
 
     async def _route(
         self, request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming | _Calling:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming | _Calling | _Present:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return _error(
@@ -620,7 +673,7 @@ class Server:
 
     async def _dispatch(
         self, method: str, parts: list[str], request: _Request, stream: trio.SocketStream
-    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming | _Calling:
+    ) -> tuple[int, str, list[Any]] | _Events | _Creating | _Streaming | _Calling | _Present:
         if parts == ["status"] and method == "GET":
             return _json(200, self.status())
         if parts == ["shutdown"] and method == "POST":
@@ -657,16 +710,25 @@ class Server:
                 raise _BadRequest(
                     400, f"{call.name}() streams Iterator[...] arguments: not with `@` here"
                 )
-            return _Calling(held, parts[2], call, target)
+            return _Calling(held, parts[2], call, target, self._session(request, held.name))
+        if len(parts) == 3 and parts[0] == "pools" and parts[2] == "session" and method == "POST":
+            return _Present(self._ready(parts[1]), self._open_session(request, parts[1]))
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "store" and method == "POST":
             store = self._pool(parts[1])._store
             op, name, args = _parse_store(request.body)
+            session = self._session(request, parts[1])
             try:
                 value = await _while_connected(stream, lambda: store.call_async(op, name, *args))
             except trio.BrokenResourceError:
                 raise  # the client hung up: its wait was cancelled, and nobody to answer
             except Exception as exc:  # the store's refusal, or the pool's: the client's now
                 return _store_answer(error=exc)
+            if session is not None and op == ops.L_ACQUIRE:
+                session.locks.add((name, str(args[0])))
+                if session.ended:  # it went while the lock was granted: nobody holds it
+                    await self._release_locks(parts[1], session)
+            elif session is not None and op == ops.L_RELEASE:
+                session.locks.discard((name, str(args[0])))
             return _store_answer(value)
         if len(parts) == 5 and parts[0] == "pools" and parts[2] == "feed" and method == "POST":
             source = self._feed_slot(parts[1], parts[3], parts[4])
@@ -703,6 +765,89 @@ class Server:
             state = "closing" if held.closing.is_set() else "still starting"
             raise _BadRequest(409, f"pool {name!r} is {state}")
         return held
+
+    # -- clients' sessions -----------------------------------------------------------------------
+
+    def _open_session(self, request: _Request, pool: str) -> _Session:
+        client = request.headers.get(CLIENT_HEADER, "")
+        if not (8 <= len(client) <= 64 and client.replace("-", "").replace("_", "").isalnum()):
+            raise _BadRequest(400, f"a session needs a client id ({CLIENT_HEADER}); got {client!r}")
+        if client in self.sessions:
+            raise _BadRequest(409, f"client {client!r} already has a session")
+        session = self.sessions[client] = _Session(client, pool)
+        return session
+
+    def _session(self, request: _Request, pool: str) -> _Session | None:
+        """The session of the client a request names (none named: a request of its own,
+        which nothing ties to a client)."""
+        client = request.headers.get(CLIENT_HEADER)
+        if client is None:
+            return None
+        session = self.sessions.get(client)
+        if session is None or session.pool != pool:
+            raise _BadRequest(
+                409,
+                f"client {client!r} has no session with pool {pool!r} (it closed); "
+                "open a new Client",
+            )
+        return session
+
+    async def _hold_session(
+        self, conn: h11.Connection, stream: trio.SocketStream, present: _Present
+    ) -> None:
+        """Hold a client's session open until it hangs up (or the pool closes); then
+        cancel its calls still running and release the locks it holds."""
+        held, session = present.held, present.session
+
+        async def hold() -> None:
+            head = h11.Response(status_code=200, headers=_STREAMED)
+            await stream.send_all(conn.send(head) or b"")
+            await held.closing.wait()
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+        try:
+            await _while_connected(stream, hold)
+        finally:
+            session.ended = True
+            del self.sessions[session.id]
+            if not held.closing.is_set():  # else its calls fail saying the pool closed
+                for scope in session.calls:
+                    scope.cancel(reason=f"client {session.id} went away")
+                await self._release_locks(held.name, session)
+
+    async def _release_locks(self, pool: str, session: _Session) -> None:
+        """Release the locks a gone client held (shielded, bounded: it is teardown)."""
+        held = self.pools.get(pool)
+        if held is None or held.pool is None or held.closing.is_set() or not session.locks:
+            return  # the pool closes: its locks go with its store
+        store = held.pool._store
+        with trio.move_on_after(_RELEASE_GRACE, shield=True) as late:
+            while session.locks:
+                name, token = session.locks.pop()
+                try:
+                    await store.call_async(ops.L_RELEASE, name, token)
+                except (PoolClosedError, ConnectionLostError, RuntimeError) as exc:
+                    # The pool closed, or node 0's store was lost (and its locks with it).
+                    print(
+                        f"pool {pool}: lock {name!r} of client {session.id}, which closed or "
+                        f"went away, was not released: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                print(
+                    f"pool {pool}: client {session.id} closed or went away holding lock "
+                    f"{name!r}: released",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if late.cancelled_caught:
+            print(
+                f"pool {pool}: the store did not release the locks of client {session.id} "
+                f"within {_RELEASE_GRACE:g} s: {sorted(session.locks)} stay held",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _feed_slot(self, name: str, feed_id: str, slot: str) -> RelayedInput:
         feed = self.feeds.get(feed_id)
@@ -935,13 +1080,16 @@ class Server:
                 with held.calling(), self._feeding(held, call) as feed:
                     if feed:
                         send.send_nowait(feed)  # first: the client feeds it while it runs
+                    last = _raised(CancelledCallError(call.name, CLIENT_CLOSED))[2]
                     try:
-                        if calling.how == "run":
-                            target = pool._check_target(calling.target)
-                            results = [await pool.run_raw(call, target=target, on_output=on_output)]
-                        else:
-                            results = await pool.broadcast_raw(call, on_output=on_output)
-                        last = _results(results)
+                        with _client_call(calling.session):
+                            if calling.how == "run":
+                                target = pool._check_target(calling.target)
+                                raw = await pool.run_raw(call, target=target, on_output=on_output)
+                                results = [raw]
+                            else:
+                                results = await pool.broadcast_raw(call, on_output=on_output)
+                            last = _results(results)
                     except Exception as exc:
                         last = _raised(_closed_under(held, call.name, exc))[2]
                 send.close()  # the writer sends what is queued, then ends
@@ -1012,6 +1160,16 @@ class Server:
         finally:
             if inflight is not None and not inflight.finished:
                 inflight.cancel()  # the client went away: the generator on the node stops
+
+
+@contextlib.contextmanager
+def _client_call(session: _Session | None) -> Iterator[None]:
+    """Where a client's call runs: cancelled when the client goes (its session ends)."""
+    if session is None:
+        yield
+        return
+    with session.call():
+        yield
 
 
 def _parse_batch(body: bytearray) -> tuple[list[_serial.Payload] | None, str | None, bool]:

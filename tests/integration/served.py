@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,17 @@ class Server:
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done.stdout
 
-    def script(self, code: str, *, timeout: float = 180) -> dict[str, Any]:
-        """Run ``code`` (given the scratch folder as argv[1]); the JSON it prints."""
+    def script(
+        self, code: str, *, timeout: float = 180, args: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Run ``code`` (given the scratch folder as argv[1], then ``args``); the JSON it
+        prints."""
         path = self.project / "script.py"
         path.write_text(textwrap.dedent(code))
         scratch = self.project / "scratch"
         scratch.mkdir(exist_ok=True)
         done = subprocess.run(
-            [sys.executable, str(path), str(scratch)],
+            [sys.executable, str(path), str(scratch), *args],
             cwd=self.project,
             env=self.env,
             capture_output=True,

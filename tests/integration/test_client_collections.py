@@ -5,6 +5,10 @@ users start it, holding a Local pool (``sky compute create``)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -191,3 +195,122 @@ def test_a_collection_operation_the_server_does_not_relay_is_refused(server: Ser
         )
         assert answer.status_code == 400
         assert said in answer.json()["error"]
+
+
+# A client that dies, or closes, holding the pool's state: its session (the request it
+# keeps open) ends, and the server frees what it held. SIGKILL runs no teardown at all.
+_HOLDER = {
+    "sync": """
+import sys, threading, time
+import skyward as sky
+
+FACE = sys.argv[2]
+with sky.Client("p") as pool:
+    pool.lock(FACE + "-dead-held").acquire()
+    # Waits it leaves behind: a barrier place and a queue get, still waiting.
+    threading.Thread(target=pool.barrier(FACE + "-dead-meet", 2).wait, daemon=True).start()
+    threading.Thread(target=pool.queue(FACE + "-dead-jobs").get, daemon=True).start()
+    time.sleep(1)  # a guard: those requests have reached the server
+    print("holding", flush=True)
+    time.sleep(600)
+""",
+    "trio": """
+import sys
+import trio
+import skyward_trio as st
+
+FACE = sys.argv[2]
+
+
+async def main():
+    async with st.Client("p") as pool, trio.open_nursery() as nursery:
+        await pool.lock(FACE + "-dead-held").acquire_async()
+        nursery.start_soon(pool.barrier(FACE + "-dead-meet", 2).wait_async)
+        nursery.start_soon(pool.queue(FACE + "-dead-jobs").get_async)
+        await trio.sleep(1)  # a guard: those requests have reached the server
+        print("holding", flush=True)
+        await trio.sleep(600)
+
+
+trio.run(main)
+""",
+}
+
+_TAKER = """
+import concurrent.futures
+import sys
+import time
+
+FACE = sys.argv[2]
+out = {}
+with sky.Client("p") as pool:
+    started = time.monotonic()
+    lock = pool.lock(FACE + "-dead-held", timeout=20)
+    lock.acquire()
+    out["lock free after"] = time.monotonic() - started
+    lock.release()
+    # Had the dead client's place counted, one of these would pass alone and the other
+    # would wait for ever.
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:
+        meeting = [threads.submit(pool.barrier(FACE + "-dead-meet", 2).wait) for _ in range(2)]
+        out["barrier"] = [m.result(timeout=30) for m in meeting]
+    jobs = pool.queue(FACE + "-dead-jobs")
+    jobs.put("job")  # not handed to the dead client's get
+    out["queue"] = jobs.get(timeout=10)
+
+    # A client that closes holding a lock (leaving its block, or close()) frees it.
+    other = sky.Client("p")
+    other.lock(FACE + "-closed").acquire()
+    other.close()
+    started = time.monotonic()
+    pool.lock(FACE + "-closed", timeout=20).acquire()
+    out["closed: free after"] = time.monotonic() - started
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("face", ["sync", "trio"])
+def test_a_client_killed_holding_a_lock_frees_it(server: Server, face: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER[face], "", face],
+        cwd=server.project,
+        env=server.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "holding"
+        finally:
+            os.kill(holder.pid, signal.SIGKILL)  # no teardown runs: its sockets just close
+    out = server.script(_FUNCTIONS + _TAKER, args=[face])
+    assert out["lock free after"] < 5
+    assert out["barrier"] == [0, 0]
+    assert out["queue"] == "job"
+    assert out["closed: free after"] < 5
+
+
+_TRIO_CLOSES = """
+import trio
+import skyward_trio as st
+
+
+async def main():
+    out = {}
+    async with st.Client("p") as pool:
+        await pool.lock("trio-closing").acquire_async()  # not released: the block ends
+    async with st.Client("p") as pool:
+        with trio.fail_after(20):
+            started = trio.current_time()
+            await pool.lock("trio-closing", timeout=20).acquire_async()
+            out["free after"] = trio.current_time() - started
+    print(json.dumps(out))
+
+
+trio.run(main)
+"""
+
+
+def test_a_trio_client_that_closes_holding_a_lock_frees_it(server: Server) -> None:
+    out = server.script(_FUNCTIONS + _TRIO_CLOSES)
+    assert out["free after"] < 5

@@ -329,3 +329,74 @@ def test_a_feed_no_call_reads_is_refused(server: Server) -> None:
     )
     assert answer.status_code == 404
     assert "no call of pool 'p' takes the items of feed 'nope'" in answer.json()["error"]
+
+
+# Leaving the block while a `>` call with no Iterator[T] argument still runs cancels it
+# too, in both faces: its future raises CancelledCallError saying the client closed (not
+# a transport error), the node is told, and the block's end does not wait for the call.
+_CLOSING = """
+import json
+import sys
+import time
+from pathlib import Path
+
+import trio
+import skyward as sky
+import skyward_trio as st
+
+SCRATCH = Path(sys.argv[1])
+
+
+@sky.function
+def waits(marker: str) -> str:
+    while not Path(marker).exists():
+        time.sleep(0.05)
+    return "finished"
+
+
+def until(check, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
+
+
+out = {}
+marker = SCRATCH / "released-at-last"
+with sky.Client("p") as closing:
+    running = waits(str(marker)) > closing
+    until(lambda: closing.info()["calls_in_flight"] == 1, "the call to run")
+try:
+    running.result(timeout=10)
+except Exception as exc:
+    out["sync"] = [type(exc).__name__, str(exc)]
+
+
+async def trio_face():
+    async with st.Client("p") as pool:
+        future = await (waits(str(marker)) > pool)
+        while (await pool.info())["calls_in_flight"] != 1:
+            await trio.sleep(0.05)
+    with trio.fail_after(10):
+        try:
+            await future.result()
+        except Exception as exc:
+            out["trio"] = [type(exc).__name__, str(exc)]
+
+
+trio.run(trio_face)
+with sky.Client("p") as again:
+    until(lambda: again.info()["calls_in_flight"] == 0, "the server to end the calls")
+    out["in flight"] = again.info()["calls_in_flight"]
+marker.touch()
+print(json.dumps(out))
+"""
+
+
+def test_leaving_the_block_cancels_a_call_still_running(server: Server) -> None:
+    out = server.script(_CLOSING)
+    said = [
+        "CancelledCallError",
+        "the call to waits() was cancelled: its client closed while it ran",
+    ]
+    assert out == {"sync": said, "trio": said, "in flight": 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skyward_trio import _serial
+from skyward_trio import CancelledCallError, _serial
 from skyward_trio._server import frame, join_payload, split_payload, unpack
 
 
@@ -71,3 +71,13 @@ def test_a_frame_reader_finds_each_frame_however_the_bytes_are_cut() -> None:
     reader = FrameReader()
     assert reader.feed(stream[:-1]) == frames[:-1]
     assert reader.pending == len(frames[-1]) - 1
+
+
+@pytest.mark.parametrize("why", ["", "its client closed while it ran"])
+def test_a_cancellation_relayed_says_what_cancelled_it_once(why: str) -> None:
+    # The server answers a call its client's end cancelled with the error pickled.
+    error = _serial.loads(_serial.dumps(CancelledCallError("slow", why)))
+    assert isinstance(error, CancelledCallError)
+    assert (error.name, error.why) == ("slow", why)
+    said = "the call to slow() was cancelled"
+    assert str(error) == (f"{said}: {why}" if why else said)
