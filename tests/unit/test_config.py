@@ -944,7 +944,9 @@ def test_python_dash_m_validate(in_project: Path) -> None:
         check=False,
     )
     assert run.returncode == 1
-    assert run.stderr.startswith("skyward.toml: pools.a.provider: provider type 'tensordock' is not")
+    assert run.stderr.startswith(
+        "skyward.toml: pools.a.provider: provider type 'tensordock' is not"
+    )
     write(in_project, "[pools.a]\n")
     run = subprocess.run(
         [sys.executable, "-m", "skyward_trio.config", "validate"],
