@@ -418,7 +418,7 @@ class Supervisor:
                 python=instance.python or "python3",
                 environment=environment,
             )
-            ssh = await self._connect(instance)
+            ssh = await self._connect_once(instance)
             try:
                 with trio.fail_after(
                     pool.options.bootstrap_timeout or pool.spec.image.bootstrap_timeout
@@ -431,12 +431,29 @@ class Supervisor:
             if rc != 0 or READY_MARK.encode() not in out:
                 raise RuntimeError(_bootstrap_failure(rc, err))
         except Exception as exc:
+            if pool._closing:  # its machine is being terminated: nothing to say
+                return
             self._emit(
                 Error,
                 message=f"node {i}'s replacement {instance.id} did not build its environment "
                 f"ahead ({exc}); it builds it when it takes the node over",
                 node=i,
             )
+
+    async def _connect_once(self, instance: Instance) -> _transport.SSHConnection:
+        """One connection attempt to a machine that is up, made whole even if the pool
+        closes meanwhile: an attempt cancelled half-way would leave its socket open. It
+        cannot hold the close up long: it is bounded, and a machine being terminated
+        refuses it at once."""
+        with trio.CancelScope(shield=True), trio.fail_after(30):
+            ssh = await _transport.connect(
+                instance.host,
+                instance.port,
+                username=instance.username,
+                login=self._login_for(instance),
+                host_key=instance.host_key,
+            )
+        return ssh
 
     async def _drop_ahead(self, ahead: _Ahead) -> None:
         """Stop a replacement launched ahead that no node takes up, and end its machine."""

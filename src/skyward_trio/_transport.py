@@ -384,10 +384,13 @@ class SSHConnection:
             raise SSHError(f"could not listen on {path} on {self.host}:{self.port}: {exc}") from exc
 
     async def aclose(self) -> None:
-        """Close the connection (bounded; safe to call twice)."""
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            self._conn.close()
-            await trio_asyncio.aio_as_trio(self._conn.wait_closed)()
+        """Close the connection (bounded; safe to call twice). One the peer does not let
+        close in time (it stopped reading) is dropped, its socket closed all the same."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(2):
+                self._conn.close()
+                await trio_asyncio.aio_as_trio(self._conn.wait_closed)()
+            self._conn.abort()  # nothing left to do once closed; else, close the socket now
 
 
 async def connect(

@@ -460,26 +460,27 @@ def _environment_built(aws: FakeAWS, instance_id: str) -> Path:
 
 
 def test_a_replacement_launched_ahead_that_no_node_takes_up_is_terminated(
-    aws: FakeAWS, tmp_path: Path
+    aws: FakeAWS,
 ) -> None:
-    """The pool closes while the warned node still serves: the machine launched to replace
-    it is terminated with the others, and counted."""
-    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    """Node 0, holding the store, serves on after its notice; the pool closes first: the
+    machine launched to replace it (its environment built) is terminated with the others,
+    and counted."""
     with _spot_pair(aws) as pool:
         seen = _Seen(pool)
-        placed, long = _long_call(pool, gate, runs, target=1)
-        aws.warn(placed[1])
+        placed = {r["node"]: r["instance"] for r in _where() @ pool}
+        aws.warn(placed[0])
         ahead = _launched_ahead(aws, placed)
+        assert _node_of(aws, ahead) == 0
         wait_until(
             lambda: (
-                [e.instance_id for e in seen.of(sky.InstanceProvisioned, 1) if e.ahead] == [ahead]
+                [e.instance_id for e in seen.of(sky.InstanceProvisioned, 0) if e.ahead] == [ahead]
             ),
             "the replacement launched ahead to be up",
             timeout=60,
             every=0.05,
         )
-        # The pool closes with the long call still running on node 1.
-    assert isinstance(long.exception(timeout=30), Exception)  # the pool closed under it
+        _environment_built(aws, ahead)
+        assert not seen.of(sky.InstancePreempted, 0)  # node 0 still serves
     assert not aws.live()
     wait_until(
         lambda: any(isinstance(e, sky.ClusterDestroyed) for e in seen.events),
