@@ -83,6 +83,9 @@ _REPLACEMENTS = 5
 RECONNECT_WINDOW = 10.0
 # A worker keeps a dropped session this much longer than the client tries to resume it.
 _RESUME_MARGIN = 5.0
+# Reconnections in a row that may fail to reach the collections store before the node
+# counts as lost (each drops the link and tries again).
+_STORE_TRIES = 3
 
 
 def reconnect_window(options: Options) -> float:
@@ -472,6 +475,7 @@ class Supervisor:
         (a restart makes a new one), its connection lost.
         """
         pool = self.pool
+        store_failures = 0
         while True:
             conn = node.conn
             async with trio.open_nursery() as watchers:  # what watches the link ends with it
@@ -492,8 +496,22 @@ class Supervisor:
                 pool._store.detach(f"node 0's connection dropped ({conn.down_reason})")
             why_lost, ssh_up = await self._reconnect(node)
             if why_lost is None:
-                # The store's links through the old SSH connection went with it.
-                await self._reach_store(node.index, node.instance, node.ssh)
+                try:
+                    # The store's links through the old SSH connection went with it.
+                    await self._reach_store(node.index, node.instance, node.ssh)
+                except (_transport.SSHError, ConnectionLostError, trio.TooSlowError) as exc:
+                    # Dropped again, or the pool closing: round again, where either is
+                    # seen. A link that stays up but cannot reach the store is dropped, to
+                    # try anew, a few times before the node is given up.
+                    store_failures += 1
+                    why = f"the collections store not reached after reconnecting: {exc}"
+                    if store_failures >= _STORE_TRIES and not pool._closing:
+                        conn.lose(why)
+                        return node
+                    pool._log.debug("node %d: %s", node.index, why)
+                    node.ssh.break_connection()
+                    continue
+                store_failures = 0
                 pool._notify()  # its free slots count again
                 continue
             if ssh_up is not None:

@@ -380,7 +380,9 @@ class SSHConnection:
             await trio_asyncio.aio_as_trio(self._conn.create_unix_server)(
                 session, path, window=_WINDOW, max_pktsize=_PACKET
             )
-        except (asyncssh.Error, OSError) as exc:
+        except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
+            # ChannelListenError is not an asyncssh.Error: the server refused, or this
+            # connection closed before it could ask.
             raise SSHError(f"could not listen on {path} on {self.host}:{self.port}: {exc}") from exc
 
     async def aclose(self) -> None:

@@ -344,6 +344,63 @@ def test_collections_keep_their_state_across_a_dropped_connection(placement: str
         assert pool.counter(name).value == 3
 
 
+def _store_set_up_again(monkeypatch: pytest.MonkeyPatch, before: Any) -> threading.Event:
+    """Run ``before(supervisor, ssh)`` in the trio thread each time the client sets the
+    store up on node 1 after its connection came back; the event is set on the first."""
+    from skyward_trio._supervisor import Supervisor
+
+    original = Supervisor._serve_store
+    calls = itertools.count()
+    entered = threading.Event()
+
+    async def serve_store(self: Supervisor, i: int, instance: Any, ssh: Any) -> None:
+        if i == 1 and next(calls) >= 1:  # the first one is the node coming up
+            entered.set()
+            await before(self, ssh)
+        await original(self, i, instance, ssh)
+
+    monkeypatch.setattr(Supervisor, "_serve_store", serve_store)
+    return entered
+
+
+def test_a_link_dropped_again_before_the_store_listens_is_reconnected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = _name()
+    dropped_again = itertools.count()
+
+    async def drop_once(supervisor: Any, ssh: Any) -> None:
+        if next(dropped_again) == 0:
+            ssh.break_connection()
+
+    entered = _store_set_up_again(monkeypatch, drop_once)
+    with testing.standalone_nodes(), sky.Compute(nodes=2, options=SILENT) as pool:
+        assert pool.run(bump(name, 1), target=1) == (1, [1])
+        testing.drop_connection(pool, 1)
+        assert entered.wait(GUARD)
+        # The second reconnection sets the store up; the node serves, the count kept.
+        assert pool.run(bump(name, 2), target=1) == (1, [2, 3])
+        assert next(dropped_again) >= 2
+        assert pool.counter(name).value == 3
+
+
+def test_a_pool_closed_while_the_store_is_set_up_again_closes_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def wait_for_close(supervisor: Any, ssh: Any) -> None:
+        with trio.fail_after(GUARD):
+            while not supervisor.pool._closing:  # noqa: ASYNC110 (a flag, no event)
+                await trio.sleep(0.01)
+        await ssh.aclose()  # as the close does, before the store could listen
+
+    entered = _store_set_up_again(monkeypatch, wait_for_close)
+    with testing.standalone_nodes(), sky.Compute(nodes=2, options=SILENT) as pool:
+        assert pool.run(bump(_name(), 1), target=1) == (1, [1])
+        testing.drop_connection(pool, 1)
+        assert entered.wait(GUARD)
+    # Leaving the block raised nothing: the interrupted set-up ended with the pool.
+
+
 async def test_trio_face_collections_are_awaited() -> None:
     @skyward_trio.function
     def add(name: str) -> int:

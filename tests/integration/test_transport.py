@@ -161,19 +161,20 @@ async def test_lazy_keepalive_notices_a_silent_peer_only(stall: bool) -> None:
         server = await trio_asyncio.aio_as_trio(_listen)(keys)
         port = server.sockets[0].getsockname()[1]
         async with _proxy(port) as (proxied, go_silent):
+            # Two seconds of silence before giving up: a loaded machine answers sooner.
             conn = await trio_asyncio.aio_as_trio(_connect)(
-                keys, proxied, keepalive_interval=0.2, keepalive_count_max=2
+                keys, proxied, keepalive_interval=0.5, keepalive_count_max=4
             )
             trim(conn)
             await trio_asyncio.aio_as_trio(_echo_through)(conn, [b"x"])
             if stall:
                 go_silent()
-            with trio.move_on_after(2.5 if not stall else 30) as waited:  # hang guard
+            with trio.move_on_after(6 if not stall else 30) as waited:  # hang guard
                 await trio_asyncio.aio_as_trio(conn.wait_closed)()
             closed = not waited.cancelled_caught
             conn.abort()
         server.close()
-    # Idle but answering for 12+ intervals: kept. Silent: closed by the keepalive.
+    # Idle but answering for 12 intervals: kept. Silent: closed by the keepalive.
     assert closed is stall
 
 
@@ -229,3 +230,31 @@ async def test_a_connection_that_fails_before_ssh_starts_closes_its_socket(
     assert sock.fileno() == -1  # closed
     for listener in listeners:
         await listener.aclose()
+
+
+@pytest.mark.parametrize("how", ["refused", "closed"])
+async def test_a_unix_listener_not_made_is_an_ssh_error(how: str) -> None:
+    # asyncssh's ChannelListenError is not an asyncssh.Error: the transport names it as
+    # its own, so the pool treats it as any other failure of the link.
+    keys = _Keys()
+    async with trio_asyncio.open_loop():
+        server = await trio_asyncio.aio_as_trio(_listen)(keys)  # no unix_server_requested
+        port = server.sockets[0].getsockname()[1]
+        ssh = await _transport.connect(
+            "127.0.0.1",
+            port,
+            username="test",
+            login=_transport.Login(keys=(keys.client,)),
+            host_key=_transport.public_openssh(keys.host),
+        )
+        if how == "closed":
+            await ssh.aclose()
+
+        async def handler(stream: Any) -> None:
+            raise AssertionError("nothing connects")
+
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(_transport.SSHError, match="could not listen on /tmp/x"):
+                await ssh.serve_unix("/tmp/x.sock", handler, nursery)
+        await ssh.aclose()
+        server.close()
