@@ -690,6 +690,16 @@ class Inflight:
             node=self.node.index,
         )
 
+    def _not_resent(self, why: PoolClosedError) -> ConnectionLostError:
+        """The call was interrupted (each in ``attempts``) and could not be sent again."""
+        count = len(self.attempts)
+        history = "; ".join([*self.attempts, str(why)])
+        return ConnectionLostError(
+            f"{self.call.name}() was interrupted {count} time{'s' if count > 1 else ''} "
+            f"and could not be sent again: {history}",
+            node=self.node.index,
+        )
+
     def _requeue(self, error: BaseException) -> None:
         """The node was lost with the call on it: send it again, to another node."""
         self.attempts.append(f"node {self.node.index}: {error}")
@@ -706,7 +716,7 @@ class Inflight:
             return
         except PoolClosedError as exc:
             if not self.finished:
-                self._end((None, self.node.index, self._interrupted(exc)))
+                self._end((None, self.node.index, self._not_resent(exc)))
             return
         except BaseException:  # cancelled: the pool is closing; the caller must hear of it
             if not self.finished:

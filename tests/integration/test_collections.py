@@ -345,8 +345,9 @@ def test_collections_keep_their_state_across_a_dropped_connection(placement: str
 
 
 def _store_set_up_again(monkeypatch: pytest.MonkeyPatch, before: Any) -> threading.Event:
-    """Run ``before(supervisor, ssh)`` in the trio thread each time the client sets the
-    store up on node 1 after its connection came back; the event is set on the first."""
+    """Run ``before(supervisor, instance, ssh)`` in the trio thread each time the client
+    sets the store up on node 1 after its connection came back; the event is set on the
+    first."""
     from skyward_trio._supervisor import Supervisor
 
     original = Supervisor._serve_store
@@ -356,7 +357,7 @@ def _store_set_up_again(monkeypatch: pytest.MonkeyPatch, before: Any) -> threadi
     async def serve_store(self: Supervisor, i: int, instance: Any, ssh: Any) -> None:
         if i == 1 and next(calls) >= 1:  # the first one is the node coming up
             entered.set()
-            await before(self, ssh)
+            await before(self, instance, ssh)
         await original(self, i, instance, ssh)
 
     monkeypatch.setattr(Supervisor, "_serve_store", serve_store)
@@ -369,7 +370,7 @@ def test_a_link_dropped_again_before_the_store_listens_is_reconnected(
     name = _name()
     dropped_again = itertools.count()
 
-    async def drop_once(supervisor: Any, ssh: Any) -> None:
+    async def drop_once(supervisor: Any, instance: Any, ssh: Any) -> None:
         if next(dropped_again) == 0:
             ssh.break_connection()
 
@@ -384,10 +385,31 @@ def test_a_link_dropped_again_before_the_store_listens_is_reconnected(
         assert pool.counter(name).value == 3
 
 
+def test_a_node_that_cannot_reach_the_store_after_reconnecting_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = _name()
+    first: list[str] = []
+
+    async def always_drop(supervisor: Any, instance: Any, ssh: Any) -> None:
+        if instance.id == first[0]:  # not its replacement
+            ssh.break_connection()
+
+    entered = _store_set_up_again(monkeypatch, always_drop)
+    with testing.standalone_nodes(), sky.Compute(nodes=2, options=SILENT) as pool:
+        assert pool.run(bump(name, 1), target=1) == (1, [1])
+        first.append(pool._core._ready[1].instance.id)
+        testing.drop_connection(pool, 1)
+        assert entered.wait(GUARD)
+        # Three reconnections could not reach the store: a new node 1 takes over.
+        assert pool.run(bump(name, 1), target=1) == (1, [2])
+        assert pool._core._ready[1].instance.id != first[0]
+
+
 def test_a_pool_closed_while_the_store_is_set_up_again_closes_cleanly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def wait_for_close(supervisor: Any, ssh: Any) -> None:
+    async def wait_for_close(supervisor: Any, instance: Any, ssh: Any) -> None:
         with trio.fail_after(GUARD):
             while not supervisor.pool._closing:  # noqa: ASYNC110 (a flag, no event)
                 await trio.sleep(0.01)

@@ -324,3 +324,48 @@ def test_a_call_pinned_to_a_node_that_failed_to_start_does_not_hang(
             pinned.cancel()
             pytest.fail("a call pinned to node 1, which failed to start, waited forever")
         assert isinstance(error, sky.SkywardError)
+
+
+# -- 8. a pinned call whose node is gone for good blames the retry limit ---------------------
+
+
+FAIL_NODE_1_ONCE_TOLD = textwrap.dedent(
+    """
+    import os
+    _argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
+    _dir = _argv[_argv.index(b"--dir") + 1].decode() if b"--dir" in _argv else ""
+    if b"skyward_trio.worker" in _argv and _dir.endswith("/node-1/work"):
+        if os.path.exists({go!r}):
+            os._exit(3)  # node 1's replacement never starts
+    """
+)
+
+
+@sky.function
+def nap(started: str) -> None:
+    Path(started).touch()
+    time.sleep(60)
+
+
+def test_a_call_pinned_to_a_node_gone_for_good_does_not_blame_the_retry_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call interrupted once on node 1, which could not be replaced, said "interrupted
+    # 2 times; that is more than Options(retry_on_interruption=3) allows".
+    site = tmp_path / "site"
+    site.mkdir()
+    go, started = tmp_path / "fail-node-1", tmp_path / "started"
+    (site / "sitecustomize.py").write_text(FAIL_NODE_1_ONCE_TOLD.format(go=str(go)))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    options = sky.Options(console="silent", max_provision_attempts=1)
+    with sky.Compute(nodes=sky.Nodes(desired=2, min=1), options=options) as pool:
+        pinned = pool.run_async(nap(str(started)), target=1)
+        _wait_until(started.exists)
+        go.touch()
+        sky.testing.preempt(pool, 1)
+        error = pinned.exception(timeout=60)
+    assert isinstance(error, sky.ConnectionLostError)
+    message = str(error)
+    assert "more than Options(retry_on_interruption" not in message
+    assert message.startswith("nap() was interrupted 1 time and could not be sent again: ")
+    assert "node 1 is gone for good" in message
