@@ -532,13 +532,23 @@ class LocalCluster:
         self._stalls.clear()
         for proc in list(self._procs.values()):
             if proc.returncode is None:
+                # SIGTERM first: the node kills the commands it started (a bootstrap
+                # still running would otherwise go on writing in the directory).
+                proc.send_signal(signal.SIGTERM)
+                with trio.move_on_after(2):
+                    await proc.wait()
+            if proc.returncode is None:
                 proc.kill()
                 with trio.move_on_after(2):
                     await proc.wait()
         for worker_ready in self.root.glob("node-*/work/worker.ready"):
             _kill_worker(worker_ready.parent)
         self._procs.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
+        for _ in range(20):  # a process on its way out may still write a file there
+            shutil.rmtree(self.root, ignore_errors=True)
+            if not self.root.exists():
+                break
+            await trio.sleep(0.1)
 
 
 def _kill_worker(workdir: Path) -> None:

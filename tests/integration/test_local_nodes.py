@@ -4,6 +4,7 @@ verified host keys, and no processes left behind when the client dies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio_asyncio
 
 import skyward as sky
 import skyward_trio
@@ -184,3 +186,45 @@ async def test_partial_readiness_starts_at_min_and_the_rest_join() -> None:
 
 def _node_index() -> int:
     return skyward_trio.instance_info().node
+
+
+async def test_closing_the_cluster_stops_a_node_mid_command_and_removes_its_directory(
+    processes,
+) -> None:
+    # A node still being set up when its pool is cancelled is only known to the cluster:
+    # closing it must stop the commands it runs (each in its own session), or a bootstrap
+    # would go on writing in the directory after it was removed.
+    from skyward_trio._providers import LocalCluster
+
+    key = _transport.generate_key()
+    public = _transport.public_openssh(key)
+    cluster = LocalCluster(skyward_trio.Local(), job_id="closing", client_public_key=public)
+    root = cluster.root
+    async with trio_asyncio.open_loop():
+        try:
+            instance = await cluster.provision(0)
+            ssh = await _transport.connect(
+                instance.host,
+                instance.port,
+                username=instance.username,
+                login=_transport.Login(keys=(key,)),
+                host_key=instance.host_key,
+            )
+            marker = root / "node-0" / "work" / "busy"
+
+            async def run_busy() -> None:
+                with contextlib.suppress(_transport.SSHError):  # its node goes under it
+                    await ssh.run(f"while true; do mkdir -p {marker}; sleep 0.01; done")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_busy)
+                with trio.fail_after(30):
+                    while not marker.exists():  # noqa: ASYNC110 (a file, no event)
+                        await trio.sleep(0.01)
+                await cluster.aclose()  # the command still running
+            await ssh.aclose()
+        finally:
+            await cluster.aclose()
+    assert not processes.wait_until_gone(processes.mentioning(str(root)))
+    await trio.sleep(0.2)  # anything left would have written again by now
+    assert not root.exists()
