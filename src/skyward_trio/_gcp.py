@@ -34,6 +34,7 @@ token and deletes the VM through the API, so a VM whose client died does not bil
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import shlex
@@ -50,7 +51,14 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import GCP
 from ._offers import Catalog, Choice, Offer
-from ._providers import API_TIMEOUT, Instance, poll_delays, response_json
+from ._providers import (
+    API_TIMEOUT,
+    Instance,
+    failure_words,
+    poll_delays,
+    response_object,
+    said,
+)
 from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
@@ -123,26 +131,21 @@ class GCPError(RuntimeError):
     """Google's API refused a request or could not be reached; the message quotes it."""
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    body = response_json(response)
-    return body if isinstance(body, dict) else {}
-
-
 def _describe_failure(response: httpx.Response) -> str:
     """Google's own words for a failed request (``error.message`` and its reason)."""
-    error = _body(response).get("error")
+    body = response_object(response)
+    error, words = body.get("error"), None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         reasons = [e.get("reason") for e in error.get("errors") or [] if isinstance(e, dict)]
         reason = next((r for r in reasons if isinstance(r, str)), None)
-        said = error["message"].strip()[:500]
-        return f"{reason}: {said}" if reason else said
-    if isinstance(error, str):  # the token endpoint: {"error": ..., "error_description": ...}
-        return f"{error}: {_body(response).get('error_description', '')}".strip(": ")[:500]
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+        message = error["message"].strip()
+        words = f"{reason}: {message}" if reason else message
+    elif isinstance(error, str):  # the token endpoint: {"error": ..., "error_description": ...}
+        words = f"{error}: {body.get('error_description', '')}".strip(": ")
+    return failure_words(response, words)
 
 
-def _said(response: httpx.Response) -> str:
-    return f"({response.status_code}: {_describe_failure(response)})"
+_said = functools.partial(said, describe=_describe_failure)
 
 
 def _b64(data: bytes) -> str:
@@ -223,7 +226,7 @@ class _API:
             form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"}
             form["assertion"] = assertion
             response = await self._send("POST", self._token_url, data=form)
-            answer = _body(response)
+            answer = response_object(response)
             token = answer.get("access_token")
             if response.status_code != 200 or not isinstance(token, str) or not token:
                 raise GCPError(
@@ -257,7 +260,7 @@ class _API:
             params = {**query, **({"pageToken": token} if token else {})}
             suffix = f"?{urlencode(params)}" if params else ""
             response = await self.request("GET", self.compute(f"/aggregated/{kind}{suffix}"))
-            body = _body(response)
+            body = response_object(response)
             items = body.get("items")
             if response.status_code != 200 or not isinstance(items, dict):
                 raise GCPError(f"Compute Engine did not list the {kind} {_said(response)}")
@@ -279,7 +282,7 @@ class _API:
         while True:
             query = {"currencyCode": "USD", **({"pageToken": token} if token else {})}
             response = await self.request("GET", f"{base}?{urlencode(query)}")
-            body = _body(response)
+            body = response_object(response)
             skus = body.get("skus")
             if response.status_code != 200 or not isinstance(skus, list):
                 raise GCPError(f"the Cloud Billing Catalog did not list prices {_said(response)}")
@@ -295,7 +298,7 @@ def _permission(response: httpx.Response) -> bool:
     not a quota's."""
     if response.status_code == 401:
         return True
-    error = _body(response).get("error")
+    error = response_object(response).get("error")
     status = error.get("status") if isinstance(error, dict) else None
     reasons = [
         e.get("reason")
@@ -599,13 +602,13 @@ class GCPCluster(RentedCluster[GCP, _VM]):
                 if response.status_code == 200:
                     self._live.add(name)
                     self._zone_of[name] = zone
-                    failed = await self._operation(zone, _body(response))
+                    failed = await self._operation(zone, response_object(response))
                     if failed is None:
                         return name, offer
                     await self._end(name)  # an insert that failed may leave a VM listed
                     code, message = failed
                 else:
-                    error = _body(response).get("error") or {}
+                    error = response_object(response).get("error") or {}
                     reasons = [e.get("reason", "") for e in error.get("errors") or []]
                     code = str(next(iter(reasons), "") or error.get("status", ""))
                     message = _describe_failure(response)
@@ -641,7 +644,7 @@ class GCPCluster(RentedCluster[GCP, _VM]):
             response = await self._api.request("POST", url)
             if response.status_code != 200:
                 raise GCPError(f"Compute Engine did not say how {name} went {_said(response)}")
-            operation = _body(response)
+            operation = response_object(response)
             if operation.get("status") != "DONE":
                 await trio.sleep(next(delays))
         return _operation_error(operation)
@@ -653,7 +656,7 @@ class GCPCluster(RentedCluster[GCP, _VM]):
         response = await self._api.request("GET", url)
         if response.status_code == 404:
             return None
-        found = _vm(_body(response), zone)
+        found = _vm(response_object(response), zone)
         if response.status_code != 200 or found is None:
             raise GCPError(f"Compute Engine did not say how VM {machine_id} is {_said(response)}")
         return found
@@ -683,7 +686,7 @@ class GCPCluster(RentedCluster[GCP, _VM]):
             return None
         if response.status_code != 200:
             return _said(response)
-        failed = await self._operation(zone, _body(response))
+        failed = await self._operation(zone, response_object(response))
         if failed is not None and failed[0] != "RESOURCE_NOT_FOUND":
             return f"({failed[0]}: {failed[1]})"
         return None

@@ -43,7 +43,7 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Hyperstack
 from ._offers import Catalog, Choice, Offer
-from ._providers import KeyedAPI, response_json
+from ._providers import KeyedAPI, failure_words, response_json, response_object, said
 from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
@@ -79,37 +79,31 @@ class HyperstackError(RuntimeError):
         self.reason = reason
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    body = response_json(response)
-    return body if isinstance(body, dict) else {}
-
-
 def _reason(response: httpx.Response) -> str | None:
-    reason = _body(response).get("error_reason")
+    reason = response_object(response).get("error_reason")
     return reason if isinstance(reason, str) else None
 
 
 def _describe_failure(response: httpx.Response) -> str:
     """Hyperstack's own words for a failed request (its message and error reason), else
     the body."""
-    body = _body(response)
-    words = [str(body[k]) for k in ("message", "error_reason") if body.get(k)]
-    if words:
-        return ": ".join(words)[:500]
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    body = response_object(response)
+    return failure_words(
+        response, ": ".join(str(body[k]) for k in ("message", "error_reason") if body.get(k))
+    )
 
 
 def _refused(what: str, response: httpx.Response) -> HyperstackError:
     """The error of a request Hyperstack refused: what it did not do, in its words."""
     return HyperstackError(
-        f"Hyperstack did not {what} ({response.status_code}: {_describe_failure(response)})",
+        f"Hyperstack did not {what} {said(response, _describe_failure)}",
         _reason(response),
     )
 
 
 def _ok(response: httpx.Response) -> dict[str, Any] | None:
     """The body of a successful answer (HTTP 2xx with ``"status": true``), or None."""
-    body = _body(response)
+    body = response_object(response)
     return body if response.is_success and body.get("status") is True else None
 
 
@@ -268,20 +262,20 @@ def vm_of(body: object) -> _VM | None:
 
 def _refusal(flavor: str, region: str, response: httpx.Response) -> str:
     """Why a create was refused, with the fix where Hyperstack's words say what it is."""
-    said = f"({response.status_code}: {_describe_failure(response)})"
-    words = said.lower()
+    quoted = said(response, _describe_failure)
+    words = quoted.lower()
     if "quota" in words:
         return (
             f"Hyperstack refused to create {flavor} in {region}: the account's quota is used "
-            f"up {said}. Delete VMs you no longer need, or ask Hyperstack's support to raise "
+            f"up {quoted}. Delete VMs you no longer need, or ask Hyperstack's support to raise "
             "the quota"
         )
     if "balance" in words or "credit" in words:
         return (
             f"Hyperstack refused to create {flavor} in {region}: the account lacks credit "
-            f"{said}. Add credit in Hyperstack's console (Billing)"
+            f"{quoted}. Add credit in Hyperstack's console (Billing)"
         )
-    return f"Hyperstack did not create {flavor} in {region} {said}"
+    return f"Hyperstack did not create {flavor} in {region} {quoted}"
 
 
 class HyperstackCluster(RentedCluster[Hyperstack, _VM]):
@@ -452,7 +446,7 @@ class HyperstackCluster(RentedCluster[Hyperstack, _VM]):
         response = await self._api.request("DELETE", f"/core/virtual-machines/{machine_id}")
         if response.status_code == 404 or _ok(response) is not None:
             return None
-        return f"({response.status_code}: {_describe_failure(response)})"
+        return said(response, _describe_failure)
 
     async def _listed(self) -> list[_VM]:
         response = await self._api.request("GET", "/core/virtual-machines")

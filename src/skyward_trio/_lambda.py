@@ -26,6 +26,7 @@ which never holds it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -38,7 +39,7 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Lambda
 from ._offers import Catalog, Choice, Offer
-from ._providers import KeyedAPI, response_json
+from ._providers import KeyedAPI, failure_words, response_json, response_object, said
 from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
@@ -83,8 +84,7 @@ class LambdaError(RuntimeError):
 
 
 def _error_code(response: httpx.Response) -> str | None:
-    body = response_json(response)
-    error = body.get("error") if isinstance(body, dict) else None
+    error = response_object(response).get("error")
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, str) else None
 
@@ -92,13 +92,14 @@ def _error_code(response: httpx.Response) -> str | None:
 def _describe_failure(response: httpx.Response) -> str:
     """Lambda's own words for a failed request (its error's code, message and suggestion),
     else the body."""
-    body = response_json(response)
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        words = [str(error.get(k)) for k in ("code", "message", "suggestion") if error.get(k)]
-        if words:
-            return ": ".join(words)[:500]
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    error = response_object(response).get("error")
+    if not isinstance(error, dict):
+        return failure_words(response)
+    keys = ("code", "message", "suggestion")
+    return failure_words(response, ": ".join(str(error[k]) for k in keys if error.get(k)))
+
+
+_said = functools.partial(said, describe=_describe_failure)
 
 
 def _data(response: httpx.Response) -> Any:
@@ -133,10 +134,7 @@ class _API(KeyedAPI[Lambda]):
         response = await self.request("GET", "/instance-types")
         data = _data(response)
         if response.status_code != 200 or not isinstance(data, dict):
-            raise LambdaError(
-                f"Lambda did not list its instance types ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise LambdaError(f"Lambda did not list its instance types {_said(response)}")
         return [entry for entry in data.values() if isinstance(entry, dict)]
 
 
@@ -256,7 +254,7 @@ class LambdaCluster(RentedCluster[Lambda, _Instance]):
                 if response.status_code != 200 or not isinstance(data, dict) or "id" not in data:
                     raise LambdaError(
                         f"Lambda did not register the pool's SSH key {self._key_name} "
-                        f"({response.status_code}: {_describe_failure(response)})",
+                        f"{_said(response)}",
                         _error_code(response),
                     )
                 self._key_id = str(data["id"])
@@ -274,8 +272,7 @@ class LambdaCluster(RentedCluster[Lambda, _Instance]):
                 listed = _data(response)
                 if response.status_code != 200 or not isinstance(listed, list):
                     raise LambdaError(
-                        f"Lambda did not list its file systems ({response.status_code}: "
-                        f"{_describe_failure(response)})",
+                        f"Lambda did not list its file systems {_said(response)}",
                         _error_code(response),
                     )
                 found = [f for f in listed if isinstance(f, dict) and f.get("name") == name]
@@ -346,16 +343,16 @@ class LambdaCluster(RentedCluster[Lambda, _Instance]):
 
     @staticmethod
     def _refusal(offer: Offer, region: str, response: httpx.Response, code: str | None) -> str:
-        said = f"({response.status_code}: {_describe_failure(response)})"
+        quoted = _said(response)
         if code == QUOTA:
             return (
                 f"Lambda refused to launch {offer.name} in {region}: the account's instance "
-                f"quota is used up {said}. Terminate instances you no longer need, or ask "
+                f"quota is used up {quoted}. Terminate instances you no longer need, or ask "
                 "Lambda's support to raise the quota (it grows as invoices are paid)"
             )
         if response.status_code == 429:
-            return f"Lambda kept refusing to launch {offer.name} for its rate limit {said}"
-        return f"Lambda did not launch {offer.name} in {region} {said}"
+            return f"Lambda kept refusing to launch {offer.name} for its rate limit {quoted}"
+        return f"Lambda did not launch {offer.name} in {region} {quoted}"
 
     async def _get(self, machine_id: str) -> _Instance | None:
         """The instance as Lambda sees it now; None once it is gone."""
@@ -364,10 +361,7 @@ class LambdaCluster(RentedCluster[Lambda, _Instance]):
             return None
         found = _instance(_data(response)) if response.status_code == 200 else None
         if found is None:
-            raise LambdaError(
-                f"Lambda did not say how instance {machine_id} is ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise LambdaError(f"Lambda did not say how instance {machine_id} is {_said(response)}")
         return found
 
     def _address(self, machine: _Instance) -> tuple[str, str] | None:
@@ -395,16 +389,13 @@ class LambdaCluster(RentedCluster[Lambda, _Instance]):
         )
         if response.status_code in (200, 404):
             return None
-        return f"({response.status_code}: {_describe_failure(response)})"
+        return _said(response)
 
     async def _listed(self) -> list[_Instance]:
         response = await self._api.request("GET", "/instances")
         found = _data(response)
         if response.status_code != 200 or not isinstance(found, list):
-            raise LambdaError(
-                f"Lambda did not list the instances ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise LambdaError(f"Lambda did not list the instances {_said(response)}")
         return [i for i in map(_instance, found) if i is not None]
 
     def _releases(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
@@ -424,18 +415,12 @@ class LambdaCluster(RentedCluster[Lambda, _Instance]):
         listed = await self._api.request("GET", "/ssh-keys")
         keys = _data(listed)
         if listed.status_code != 200 or not isinstance(keys, list):
-            raise LambdaError(
-                f"Lambda did not list the SSH keys ({listed.status_code}: "
-                f"{_describe_failure(listed)})"
-            )
+            raise LambdaError(f"Lambda did not list the SSH keys {_said(listed)}")
         ids |= {
             str(k["id"]) for k in keys if isinstance(k, dict) and k.get("name") == self._key_name
         }
         for key_id in sorted(ids):
             response = await self._api.request("DELETE", f"/ssh-keys/{key_id}")
             if response.status_code not in (200, 204, 404):
-                raise LambdaError(
-                    f"Lambda did not delete it ({response.status_code}: "
-                    f"{_describe_failure(response)})"
-                )
+                raise LambdaError(f"Lambda did not delete it {_said(response)}")
         self._key_id = None

@@ -34,6 +34,7 @@ which never holds it.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -50,9 +51,11 @@ from ._providers import (
     Instance,
     KeyedAPI,
     ended_on_failure,
+    failure_words,
     given_host_key,
     remote_workdir,
-    response_json,
+    response_object,
+    said,
 )
 from ._rented import RentedCluster, gpu_catalog, positive_number, whole_gpus
 from ._version import PYTHON_VERSION
@@ -118,24 +121,20 @@ class NovitaError(RuntimeError):
     """Novita's API refused a request or could not be reached; the message quotes it."""
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    body = response_json(response)
-    return body if isinstance(body, dict) else {}
-
-
 def _describe_failure(response: httpx.Response) -> str:
     """Novita's own words for a failed request (its ``reason`` and ``message``), else the
     body."""
-    body = _body(response)
+    body = response_object(response)
     message, reason = body.get("message"), body.get("reason")
-    if isinstance(message, str) and message.strip():
-        said = message.strip()[:500]
-        return f"{reason}: {said}" if isinstance(reason, str) and reason else said
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    if not isinstance(message, str) or not message.strip():
+        return failure_words(response)
+    text = message.strip()
+    return failure_words(
+        response, f"{reason}: {text}" if isinstance(reason, str) and reason else text
+    )
 
 
-def _said(response: httpx.Response) -> str:
-    return f"({response.status_code}: {_describe_failure(response)})"
+_said = functools.partial(said, describe=_describe_failure)
 
 
 class _API(KeyedAPI[Novita]):
@@ -155,7 +154,7 @@ class _API(KeyedAPI[Novita]):
         """The GPU products (of ``cluster_id`` when given)."""
         query = f"?{urlencode({'clusterId': cluster_id})}" if cluster_id is not None else ""
         response = await self.request("GET", f"/products{query}")
-        listed = _body(response).get("data")
+        listed = response_object(response).get("data")
         if response.status_code != 200 or not isinstance(listed, list):
             raise NovitaError(f"Novita did not list its GPU products {_said(response)}")
         return [p for p in listed if isinstance(p, dict)]
@@ -168,7 +167,7 @@ class _API(KeyedAPI[Novita]):
         while True:
             query = urlencode({"pageSize": _PER_PAGE, "pageNum": page, "name": name})
             response = await self.request("GET", f"/gpu/instances?{query}")
-            listed = _body(response).get("instances")
+            listed = response_object(response).get("instances")
             if response.status_code != 200 or not isinstance(listed, list):
                 raise NovitaError(f"Novita did not list its instances {_said(response)}")
             found.extend(i for i in listed if isinstance(i, dict))
@@ -295,17 +294,17 @@ _NO_MONEY = ("balance", "credit", "recharge", "payment", "arrears")
 
 
 def _refusal_fix(response: httpx.Response) -> str:
-    said = _describe_failure(response).lower()
-    if any(word in said for word in _NO_MONEY):
+    words = _describe_failure(response).lower()
+    if any(word in words for word in _NO_MONEY):
         return "add credit to the account at https://novita.ai/billing"
-    if "quota" in said or "limit" in said:
+    if "quota" in words or "limit" in words:
         return "end instances you no longer need, or ask Novita for a higher limit"
     return "fix the request or the account as Novita says"
 
 
 def _no_capacity(response: httpx.Response) -> bool:
-    said = _describe_failure(response).lower()
-    return not any(w in said for w in _NO_MONEY) and any(w in said for w in _NO_CAPACITY)
+    words = _describe_failure(response).lower()
+    return not any(w in words for w in _NO_MONEY) and any(w in words for w in _NO_CAPACITY)
 
 
 class NovitaCluster(RentedCluster[Novita, _Instance]):
@@ -396,7 +395,7 @@ class NovitaCluster(RentedCluster[Novita, _Instance]):
         for offer in self._offers:
             body = self._create_body(name, offer, host_key)
             response = await self._api.request("POST", "/gpu/instance/create", json=body)
-            made = _body(response).get("id")
+            made = response_object(response).get("id")
             if response.status_code == 200 and isinstance(made, str) and made:
                 self._live.add(made)
                 return made, offer
@@ -419,7 +418,7 @@ class NovitaCluster(RentedCluster[Novita, _Instance]):
         response = await self._api.request("GET", f"/gpu/instance?{query}")
         if response.status_code == 404:
             return None
-        found = _instance(_body(response))
+        found = _instance(response_object(response))
         if response.status_code != 200 or found is None:
             raise NovitaError(f"Novita did not say how instance {machine_id} is {_said(response)}")
         return found

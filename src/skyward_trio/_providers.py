@@ -63,6 +63,7 @@ __all__ = [
     "SSHCluster",
     "SSHTarget",
     "ended_on_failure",
+    "failure_words",
     "first_host_key",
     "given_host_key",
     "offers",
@@ -70,6 +71,8 @@ __all__ = [
     "poll_delays",
     "remote_workdir",
     "response_json",
+    "response_object",
+    "said",
     "ssh_targets",
 ]
 
@@ -885,7 +888,7 @@ class KeyedAPI(Generic[C]):
 
     def describe(self, response: httpx.Response) -> str:
         """The cloud's own words for a failed request (its JSON error, else the body)."""
-        return response.text.strip()[:500] or f"HTTP {response.status_code}"
+        return failure_words(response)
 
     def key_refused(self, response: httpx.Response) -> bool:
         return response.status_code in (401, 403)
@@ -894,18 +897,27 @@ class KeyedAPI(Generic[C]):
         """The error a failed request raises (``response``: what was answered, if any)."""
         return self.error(message)
 
-    async def send(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         """One request; a refused key or no answer is the cloud's error, saying so."""
         import httpx
 
         try:
-            response = await self._client.request(method, url, json=json)
+            response = await self._client.request(
+                method, url, json=json, content=content, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise self.failure(f"{self.cloud}'s API at {url} did not answer: {exc}") from exc
         if self.key_refused(response):
             raise self.failure(
-                f"{self.cloud} refused the API key ({response.status_code}: "
-                f"{self.describe(response)}); {self.key_fix}",
+                f"{self.cloud} refused the API key {said(response, self.describe)}; {self.key_fix}",
                 response,
             )
         return response
@@ -921,6 +933,25 @@ def response_json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def response_object(response: httpx.Response) -> dict[str, Any]:
+    """A cloud API's answer when it is a JSON object, else an empty one."""
+    body = response_json(response)
+    return body if isinstance(body, dict) else {}
+
+
+def failure_words(response: httpx.Response, words: str | None = None) -> str:
+    """What a failed request said, in at most 500 characters: ``words`` (the cloud's own,
+    read from its answer by the caller), else the answer's text, else its status."""
+    if words and words.strip():
+        return words.strip()[:500]
+    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+
+
+def said(response: httpx.Response, describe: Callable[[httpx.Response], str]) -> str:
+    """``(STATUS: WHAT IT SAID)``, to end a sentence about a failed request."""
+    return f"({response.status_code}: {describe(response)})"
 
 
 def poll_delays(most: float = 2.0) -> Iterator[float]:

@@ -25,6 +25,7 @@ which never holds it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
@@ -40,10 +41,13 @@ from ._providers import (
     Instance,
     KeyedAPI,
     ended_on_failure,
+    failure_words,
     first_host_key,
     poll_delays,
     remote_workdir,
     response_json,
+    response_object,
+    said,
 )
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
@@ -90,16 +94,17 @@ class RunPodError(RuntimeError):
 
 def _describe_failure(response: httpx.Response) -> str:
     """RunPod's own words for a failed request (its JSON ``error``, else the body)."""
-    text = response.text.strip()
-    body = response_json(response)
-    if isinstance(body, dict):
-        if isinstance(body.get("error"), str):
-            text = body["error"]
-        elif isinstance(body.get("errors"), list) and body["errors"]:
-            text = "; ".join(
-                str(e.get("message", e) if isinstance(e, dict) else e) for e in body["errors"]
-            )
-    return text[:500] or f"HTTP {response.status_code}"
+    body, words = response_object(response), None
+    if isinstance(body.get("error"), str):
+        words = body["error"]
+    elif isinstance(body.get("errors"), list) and body["errors"]:
+        words = "; ".join(
+            str(e.get("message", e) if isinstance(e, dict) else e) for e in body["errors"]
+        )
+    return failure_words(response, words)
+
+
+_said = functools.partial(said, describe=_describe_failure)
 
 
 def _gpu_types_in(body: object) -> list[dict[str, Any]] | None:
@@ -127,10 +132,7 @@ class _API(KeyedAPI[RunPod]):
         )
         types = _gpu_types_in(response_json(response)) if response.status_code == 200 else None
         if types is None:
-            raise RunPodError(
-                f"RunPod did not list its GPU types ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise RunPodError(f"RunPod did not list its GPU types {_said(response)}")
         return types
 
     async def cpu_types(self) -> list[dict[str, Any]]:
@@ -140,10 +142,7 @@ class _API(KeyedAPI[RunPod]):
         body = response_json(response) if response.status_code == 200 else None
         flavors = body.get("cpus") if isinstance(body, dict) else None
         if not isinstance(flavors, list):
-            raise RunPodError(
-                f"RunPod did not list its CPU flavors ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise RunPodError(f"RunPod did not list its CPU flavors {_said(response)}")
         return [f for f in flavors if isinstance(f, dict)]
 
 
@@ -407,8 +406,7 @@ class RunPodCluster:
     async def _volume_data_center(self, volume_id: str) -> str:
         """The data centre of network volume ``volume_id``, which pods must run in."""
         response = await self._api.request("GET", f"/networkvolumes/{volume_id}")
-        body = response_json(response)
-        home = body.get("dataCenterId") if isinstance(body, dict) else None
+        home = response_object(response).get("dataCenterId")
         if response.status_code == 404:
             raise RunPodError(
                 f"RunPod has no network volume {volume_id!r} in this account; check "
@@ -416,8 +414,7 @@ class RunPodCluster:
             )
         if response.status_code != 200 or not isinstance(home, str) or not home:
             raise RunPodError(
-                f"RunPod did not say where network volume {volume_id!r} is "
-                f"({response.status_code}: {_describe_failure(response)})"
+                f"RunPod did not say where network volume {volume_id!r} is {_said(response)}"
             )
         allowed = self.config.data_center_ids
         if allowed is not None and home not in allowed:
@@ -436,10 +433,7 @@ class RunPodCluster:
         body = self._body(name) | placement
         response = await self._api.request("POST", "/pods", json=body)
         if response.status_code not in (200, 201):
-            raise RunPodError(
-                f"RunPod did not create a pod of {self._what} ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise RunPodError(f"RunPod did not create a pod of {self._what} {_said(response)}")
         pod = _pod(response_json(response))
         self._live.add(pod.id)
         async with ended_on_failure(lambda: self._delete(pod.id), RunPodError):
@@ -486,10 +480,7 @@ class RunPodCluster:
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise RunPodError(
-                f"RunPod did not say how pod {pod_id} is ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise RunPodError(f"RunPod did not say how pod {pod_id} is {_said(response)}")
         return _pod(response_json(response))
 
     async def _address(self, pod: _Pod) -> tuple[str, int]:
@@ -522,8 +513,8 @@ class RunPodCluster:
         response = await self._api.request("DELETE", f"/pods/{pod_id}")
         if response.status_code not in (200, 202, 204, 404):
             raise RunPodError(
-                f"RunPod did not delete pod {pod_id} ({response.status_code}: "
-                f"{_describe_failure(response)}); delete it in RunPod's console"
+                f"RunPod did not delete pod {pod_id} {_said(response)}; "
+                f"delete it in RunPod's console"
             )
         pod = await self._get(pod_id)
         if pod is not None and pod.status != "TERMINATED":
@@ -567,9 +558,7 @@ class RunPodCluster:
             return f"the job's pods could not be listed: {exc}"
         pods = response_json(listed) if listed.status_code == 200 else None
         if not isinstance(pods, list):
-            return f"the job's pods could not be listed ({listed.status_code}: " + (
-                f"{_describe_failure(listed)})"
-            )
+            return f"the job's pods could not be listed {_said(listed)}"
         for body in pods:
             if isinstance(body, dict) and str(body.get("name", "")).startswith(self._prefix):
                 self._live.add(str(body.get("id")))

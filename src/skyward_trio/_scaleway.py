@@ -37,6 +37,7 @@ which never holds it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -50,7 +51,7 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Scaleway
 from ._offers import Catalog, Choice, Offer
-from ._providers import KeyedAPI, poll_delays, response_json
+from ._providers import KeyedAPI, failure_words, poll_delays, response_object, said
 from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
@@ -80,28 +81,22 @@ class ScalewayError(RuntimeError):
     """Scaleway's API refused a request or could not be reached; the message quotes it."""
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    body = response_json(response)
-    return body if isinstance(body, dict) else {}
-
-
 def _describe_failure(response: httpx.Response) -> str:
     """Scaleway's own words for a failed request (its ``message``, and ``type``), else the
     body."""
-    body = _body(response)
+    body = response_object(response)
     message, kind = body.get("message"), body.get("type")
-    if isinstance(message, str) and message.strip():
-        said = message.strip()[:500]
-        return f"{kind}: {said}" if isinstance(kind, str) and kind else said
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    if not isinstance(message, str) or not message.strip():
+        return failure_words(response)
+    text = message.strip()
+    return failure_words(response, f"{kind}: {text}" if isinstance(kind, str) and kind else text)
 
 
-def _said(response: httpx.Response) -> str:
-    return f"({response.status_code}: {_describe_failure(response)})"
+_said = functools.partial(said, describe=_describe_failure)
 
 
 def _out_of_stock(response: httpx.Response) -> bool:
-    return _body(response).get("type") == "out_of_stock"
+    return response_object(response).get("type") == "out_of_stock"
 
 
 class _API(KeyedAPI[Scaleway]):
@@ -130,7 +125,8 @@ class _API(KeyedAPI[Scaleway]):
         """401, or 403 for want of a permission (a 403 for a quota is not the key's)."""
         if response.status_code == 401:
             return True
-        return response.status_code == 403 and _body(response).get("type") == ("permissions_denied")
+        kind = response_object(response).get("type")
+        return response.status_code == 403 and kind == "permissions_denied"
 
     async def zone(self, method: str, zone: str, path: str, *, json: Any = None) -> httpx.Response:
         """A request to the Instance API of ``zone``."""
@@ -139,18 +135,8 @@ class _API(KeyedAPI[Scaleway]):
     async def text(self, zone: str, path: str, text: str) -> httpx.Response:
         """PATCH ``text`` (``text/plain``) to the Instance API of ``zone``."""
         url = f"{self.config.api_url.rstrip('/')}/instance/v1/zones/{zone}{path}"
-        try:
-            response = await self._client.patch(
-                url, content=text.encode(), headers={"Content-Type": "text/plain"}
-            )
-        except httpx.HTTPError as exc:
-            raise ScalewayError(f"Scaleway's API at {url} did not answer: {exc}") from exc
-        if self.key_refused(response):
-            raise ScalewayError(
-                f"Scaleway refused the API key ({response.status_code}: "
-                f"{_describe_failure(response)}); {self.key_fix}"
-            )
-        return response
+        headers = {"Content-Type": "text/plain"}
+        return await self.send("PATCH", url, content=text.encode(), headers=headers)
 
     async def types(self, zone: str) -> dict[str, dict[str, Any]]:
         """The commercial types ``zone`` sells, by name (every page)."""
@@ -169,7 +155,7 @@ class _API(KeyedAPI[Scaleway]):
         while True:
             query = urlencode({"per_page": _PER_PAGE, "page": page})
             response = await self.zone("GET", zone, f"{path}?{query}")
-            entries = _body(response).get("servers")
+            entries = response_object(response).get("servers")
             if response.status_code != 200 or not isinstance(entries, dict):
                 raise ScalewayError(f"Scaleway did not list {what} of {zone} {_said(response)}")
             found.update((k, v) for k, v in entries.items() if isinstance(v, dict))
@@ -186,7 +172,7 @@ class _API(KeyedAPI[Scaleway]):
         while True:
             params = urlencode({**query, size: _PER_PAGE, "page": page})
             response = await self.request("GET", f"{path}?{params}")
-            entries = _body(response).get(field)
+            entries = response_object(response).get(field)
             if response.status_code != 200 or not isinstance(entries, list):
                 raise ScalewayError(f"Scaleway did not list {field} {_said(response)}")
             found.extend(e for e in entries if isinstance(e, dict))
@@ -318,14 +304,14 @@ def _public_ip(body: Mapping[str, Any]) -> str | None:
 
 def _refusal_fix(response: httpx.Response) -> str:
     """What to do about a refused create or power-on, from Scaleway's words for it."""
-    said = _describe_failure(response).lower()
-    if "quota" in said:
+    words = _describe_failure(response).lower()
+    if "quota" in words:
         return (
             "the Organization's quota is reached: end Instances you no longer need, or ask "
             "for a higher quota at https://console.scaleway.com/organization/quotas (new "
             "accounts may have no GPU quota until validated)"
         )
-    if any(word in said for word in ("payment", "billing", "balance", "credit", "funds")):
+    if any(word in words for word in ("payment", "billing", "balance", "credit", "funds")):
         return "add a payment method at https://console.scaleway.com/billing/payment"
     return "fix the request or the account as Scaleway says"
 
@@ -364,7 +350,7 @@ class ScalewayCluster(RentedCluster[Scaleway, _Server]):
                     "project_id": self._api.project,
                 }
                 response = await self._api.request("POST", "/iam/v1alpha1/ssh-keys", json=key)
-                made = _body(response).get("id")
+                made = response_object(response).get("id")
                 if response.status_code not in (200, 201) or not isinstance(made, str):
                     raise ScalewayError(
                         f"Scaleway did not register the pool's SSH key {self._key_name} "
@@ -389,7 +375,7 @@ class ScalewayCluster(RentedCluster[Scaleway, _Server]):
                     "dynamic_ip_required": True,
                 }
                 response = await self._api.zone("POST", zone, "/servers", json=body)
-                made = _server(_body(response).get("server"), zone)
+                made = _server(response_object(response).get("server"), zone)
                 if response.status_code in (200, 201) and made is not None:
                     self._live.add(made.id)
                     self._zone_of[made.id] = zone
@@ -434,7 +420,7 @@ class ScalewayCluster(RentedCluster[Scaleway, _Server]):
         response = await self._api.zone("GET", zone, f"/servers/{machine_id}")
         if response.status_code == 404:
             return None
-        found = _server(_body(response).get("server"), zone)
+        found = _server(response_object(response).get("server"), zone)
         if response.status_code != 200 or found is None:
             raise ScalewayError(
                 f"Scaleway did not say how Instance {machine_id} is {_said(response)}"

@@ -21,6 +21,7 @@ which never holds it.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 from collections.abc import Callable, Mapping
@@ -37,10 +38,13 @@ from ._providers import (
     Instance,
     KeyedAPI,
     ended_on_failure,
+    failure_words,
     first_host_key,
     poll_delays,
     remote_workdir,
     response_json,
+    response_object,
+    said,
 )
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
@@ -96,10 +100,12 @@ class VastAIError(RuntimeError):
 
 def _describe_failure(response: httpx.Response) -> str:
     """Vast's own words for a failed request (its ``msg`` and ``error``, else the body)."""
-    body = response_json(response)
-    if isinstance(body, dict) and (body.get("msg") or body.get("error")):
-        return f"{body.get('error', '')}: {body.get('msg', '')}".strip(": ")[:500]
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    body = response_object(response)
+    words = f"{body.get('error') or ''}: {body.get('msg') or ''}".strip(": ")
+    return failure_words(response, words)
+
+
+_said = functools.partial(said, describe=_describe_failure)
 
 
 class _API(KeyedAPI[VastAI]):
@@ -114,13 +120,9 @@ class _API(KeyedAPI[VastAI]):
 
     async def search(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         response = await self.request("POST", "/bundles/", json=query)
-        body = response_json(response)
-        offers = body.get("offers") if isinstance(body, dict) else None
+        offers = response_object(response).get("offers")
         if response.status_code != 200 or not isinstance(offers, list):
-            raise VastAIError(
-                f"Vast.ai did not list its offers ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise VastAIError(f"Vast.ai did not list its offers {_said(response)}")
         return [o for o in offers if isinstance(o, dict)]
 
 
@@ -315,10 +317,7 @@ class VastAICluster:
             if isinstance(body, dict) and body.get("error") == "no_such_ask":
                 gone.append(offer.name)  # rented by someone else since it was listed
                 continue
-            raise VastAIError(
-                f"Vast.ai did not rent {offer.name} ({response.status_code}: "
-                f"{_describe_failure(response)})"
-            )
+            raise VastAIError(f"Vast.ai did not rent {offer.name} {_said(response)}")
         raise VastAIError(
             "no machine of this spec is left to rent on Vast.ai"
             + (f" ({', '.join(gone)} were rented meanwhile)" if gone else "")
@@ -336,7 +335,7 @@ class VastAICluster:
             if response.status_code != 200:
                 raise VastAIError(
                     f"Vast.ai did not attach the pool's key to instance {instance_id} "
-                    f"({response.status_code}: {_describe_failure(response)})"
+                    f"{_said(response)}"
                 )
             running = await self._running(instance_id)
             self._check_price(running)
@@ -386,8 +385,7 @@ class VastAICluster:
             return None
         if response.status_code != 200:
             raise VastAIError(
-                f"Vast.ai did not say how instance {instance_id} is ({response.status_code}: "
-                f"{_describe_failure(response)})"
+                f"Vast.ai did not say how instance {instance_id} is {_said(response)}"
             )
         return _instance(response_json(response))
 
@@ -422,8 +420,8 @@ class VastAICluster:
         response = await self._api.request("DELETE", f"/instances/{instance_id}/")
         if response.status_code not in (200, 204, 404):
             raise VastAIError(
-                f"Vast.ai did not destroy instance {instance_id} ({response.status_code}: "
-                f"{_describe_failure(response)}); destroy it in Vast's console"
+                f"Vast.ai did not destroy instance {instance_id} {_said(response)}; "
+                f"destroy it in Vast's console"
             )
         if await self._get(instance_id) is not None:
             raise VastAIError(
@@ -464,12 +462,9 @@ class VastAICluster:
             listed = await self._api.request("GET", "/instances/")
         except VastAIError as exc:
             return f"the job's instances could not be listed: {exc}"
-        body = response_json(listed)
-        found = body.get("instances") if isinstance(body, dict) else None
+        found = response_object(listed).get("instances")
         if listed.status_code != 200 or not isinstance(found, list):
-            return f"the job's instances could not be listed ({listed.status_code}: " + (
-                f"{_describe_failure(listed)})"
-            )
+            return f"the job's instances could not be listed {_said(listed)}"
         for entry in found:
             if isinstance(entry, dict) and str(entry.get("label", "")).startswith(self._prefix):
                 self._live.add(int(entry["id"]))

@@ -48,7 +48,14 @@ import trio
 from . import _transport, accelerators
 from ._model import Verda
 from ._offers import Catalog, Choice, Offer
-from ._providers import API_TIMEOUT, poll_delays, response_json
+from ._providers import (
+    API_TIMEOUT,
+    failure_words,
+    poll_delays,
+    response_json,
+    response_object,
+    said,
+)
 from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
@@ -96,19 +103,18 @@ def _code(response: httpx.Response) -> str | None:
 
 def _describe(response: httpx.Response) -> str:
     """Verda's own words for a failed request (``{code, message}``), else the body."""
-    body = response_json(response)
-    if isinstance(body, dict):
-        words = [str(body[k]) for k in ("code", "message") if body.get(k)]
-        if words:
-            return ": ".join(words)[:500]
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    body = response_object(response)
+    return failure_words(
+        response, ": ".join(str(body[k]) for k in ("code", "message") if body.get(k))
+    )
+
+
+_said = functools.partial(said, describe=_describe)
 
 
 def _refused(what: str, response: httpx.Response) -> VerdaError:
     """The error of a request Verda refused: what it did not do, in its words."""
-    return VerdaError(
-        f"Verda did not {what} ({response.status_code}: {_describe(response)})", _code(response)
-    )
+    return VerdaError(f"Verda did not {what} {_said(response)}", _code(response))
 
 
 def _made_id(response: httpx.Response) -> str | None:
@@ -166,8 +172,8 @@ class _API:
             token = answer.get("access_token") if isinstance(answer, dict) else None
             if response.status_code in (400, 401, 403):
                 raise VerdaError(
-                    f"Verda refused the API client's credentials ({response.status_code}: "
-                    f"{_describe(response)}); {_CREDENTIALS_FIX}",
+                    f"Verda refused the API client's credentials {_said(response)}; "
+                    f"{_CREDENTIALS_FIX}",
                     _code(response),
                 )
             if not response.is_success or not isinstance(token, str) or not token:
@@ -190,8 +196,7 @@ class _API:
             if response.status_code != 401:
                 return response
         raise VerdaError(
-            f"Verda refused a fresh access token ({response.status_code}: "
-            f"{_describe(response)}); {_CREDENTIALS_FIX}",
+            f"Verda refused a fresh access token {_said(response)}; {_CREDENTIALS_FIX}",
             _code(response),
         )
 
@@ -351,19 +356,19 @@ def machine_of(body: object) -> _Machine | None:
 
 def _refusal(kind: str, location: str, response: httpx.Response) -> str:
     """Why a create was refused, with the fix where Verda's answer says what it is."""
-    said = f"({response.status_code}: {_describe(response)})"
+    quoted = _said(response)
     code = _code(response)
     if response.status_code == 402 or code == "insufficient_funds":
         return (
             f"Verda refused to create {kind} in {location}: the account's balance is too "
-            f"low {said}. Add funds in Verda's console (Billing)"
+            f"low {quoted}. Add funds in Verda's console (Billing)"
         )
     if response.status_code == 403 or code == "forbidden_action":
         return (
-            f"Verda refused to create {kind} in {location} {said}. If it names a quota or "
+            f"Verda refused to create {kind} in {location} {quoted}. If it names a quota or "
             "limit, delete instances you no longer need or ask Verda's support to raise it"
         )
-    return f"Verda did not create {kind} in {location} {said}"
+    return f"Verda did not create {kind} in {location} {quoted}"
 
 
 class VerdaCluster(RentedCluster[Verda, _Machine]):
@@ -476,7 +481,7 @@ class VerdaCluster(RentedCluster[Verda, _Machine]):
         response = await self._api.request("PUT", "/instances", json=body)
         if response.is_success or response.status_code == 404:
             return None
-        return f"({response.status_code}: {_describe(response)})"
+        return _said(response)
 
     async def _listed(self) -> list[_Machine]:
         found = await self._api.listed("/instances", "the instances")

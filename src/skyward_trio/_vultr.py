@@ -30,6 +30,7 @@ which never holds it.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -42,7 +43,7 @@ from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Vultr
 from ._offers import Catalog, Choice, Offer
-from ._providers import KeyedAPI, response_json
+from ._providers import KeyedAPI, failure_words, response_json, response_object, said
 from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
@@ -70,15 +71,11 @@ class VultrError(RuntimeError):
 
 def _describe_failure(response: httpx.Response) -> str:
     """Vultr's own words for a failed request (its ``error``), else the body."""
-    body = response_json(response)
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, str) and error.strip():
-        return error.strip()[:500]
-    return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    error = response_object(response).get("error")
+    return failure_words(response, error if isinstance(error, str) else None)
 
 
-def _said(response: httpx.Response) -> str:
-    return f"({response.status_code}: {_describe_failure(response)})"
+_said = functools.partial(said, describe=_describe_failure)
 
 
 class _API(KeyedAPI[Vultr]):
@@ -117,8 +114,7 @@ class _API(KeyedAPI[Vultr]):
     async def available(self, region: str) -> set[str]:
         """The plans ``region`` can create now."""
         response = await self.request("GET", f"/regions/{region}/availability?type=vcg")
-        body = response_json(response)
-        plans = body.get("available_plans") if isinstance(body, dict) else None
+        plans = response_object(response).get("available_plans")
         if response.status_code != 200 or not isinstance(plans, list):
             raise VultrError(f"Vultr did not say what {region} has {_said(response)}")
         return {p for p in plans if isinstance(p, str)}
@@ -269,8 +265,7 @@ class VultrCluster(RentedCluster[Vultr, _Instance]):
             if self._key_id is None:
                 key = {"name": self._key_name, "ssh_key": self._public_key}
                 response = await self._api.request("POST", "/ssh-keys", json=key)
-                body = response_json(response)
-                made = body.get("ssh_key") if isinstance(body, dict) else None
+                made = response_object(response).get("ssh_key")
                 if response.status_code not in (200, 201) or not isinstance(made, dict):
                     raise VultrError(
                         f"Vultr did not register the pool's SSH key {self._key_name} "
@@ -297,8 +292,7 @@ class VultrCluster(RentedCluster[Vultr, _Instance]):
                     "user_data": base64.b64encode(data.encode()).decode(),
                 }
                 response = await self._api.request("POST", "/instances", json=body)
-                answer = response_json(response)
-                made = _instance(answer.get("instance") if isinstance(answer, dict) else None)
+                made = _instance(response_object(response).get("instance"))
                 if response.status_code in (200, 201, 202) and made is not None:
                     self._live.add(made.id)
                     return made.id, offer
@@ -320,8 +314,7 @@ class VultrCluster(RentedCluster[Vultr, _Instance]):
         response = await self._api.request("GET", f"/instances/{machine_id}")
         if response.status_code == 404:
             return None
-        body = response_json(response)
-        found = _instance(body.get("instance") if isinstance(body, dict) else None)
+        found = _instance(response_object(response).get("instance"))
         if response.status_code != 200 or found is None:
             raise VultrError(f"Vultr did not say how instance {machine_id} is {_said(response)}")
         return found
