@@ -20,7 +20,7 @@ import posixpath
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Literal, TypeAlias
+from typing import ClassVar, Literal, TypeAlias
 
 import attrs
 
@@ -640,8 +640,26 @@ def _resolved_key(record: str, key: str | None, env: str, where: str) -> str:
     return found
 
 
+class _OneAPIKey:
+    """A cloud reached with one API key: ``api_key``, else the one in ``_key_env``."""
+
+    api_key: str | None
+    #: Where the key is read when none is given, and where a user makes one.
+    _key_env: ClassVar[str]
+    _key_page: ClassVar[str]
+
+    def resolved_api_key(self) -> str:
+        """The API key: the one given, else the one in the provider's environment variable
+        (``RUNPOD_API_KEY``, ``VAST_API_KEY``, ...).
+
+        Raises:
+            ValueError: Neither is set, saying how to set one.
+        """
+        return _resolved_key(type(self).__name__, self.api_key, self._key_env, self._key_page)
+
+
 @attrs.frozen(kw_only=True)
-class RunPod(ProviderConfig):
+class RunPod(_OneAPIKey, ProviderConfig):
     """GPU or CPU pods rented from RunPod, through its public REST and GraphQL APIs.
 
     Each node is one pod running ``container_image``: a GPU pod with the spec's
@@ -671,6 +689,9 @@ class RunPod(ProviderConfig):
         graphql_url: The GraphQL API's URL (GPU types and their prices).
         catalog_url: The REST API v2's base URL (CPU flavors and their prices).
     """
+
+    _key_env = RUNPOD_API_KEY_ENV
+    _key_page = "https://www.runpod.io/console/user/settings"
 
     api_key: str | None = attrs.field(default=None, repr=False)
     container_image: str | DockerImage = DEFAULT_RUNPOD_IMAGE
@@ -731,19 +752,6 @@ class RunPod(ProviderConfig):
         """The image each pod runs, for a client on Python ``python_version``."""
         return _for_python(self.container_image, python_version)
 
-    def resolved_api_key(self) -> str:
-        """The API key: the one given, else ``RUNPOD_API_KEY``.
-
-        Raises:
-            ValueError: Neither is set, saying how to set one.
-        """
-        return _resolved_key(
-            "RunPod",
-            self.api_key,
-            RUNPOD_API_KEY_ENV,
-            "https://www.runpod.io/console/user/settings",
-        )
-
 
 #: ``sky.VastAI``'s image: PyTorch's own (Vast's SSH launch mode adds sshd to any image;
 #: the bootstrap fetches the client's Python with uv when the image's differs).
@@ -754,7 +762,7 @@ VASTAI_API_KEY_ENV = "VAST_API_KEY"
 
 
 @attrs.frozen(kw_only=True)
-class VastAI(ProviderConfig):
+class VastAI(_OneAPIKey, ProviderConfig):
     """GPU machines rented on Vast.ai's marketplace, through its REST API.
 
     Each node is one instance of ``docker_image`` on the cheapest machine offered with the
@@ -773,6 +781,9 @@ class VastAI(ProviderConfig):
         min_reliability: The least reliability score (0 to 1) a machine may have.
         api_url: The REST API's base URL.
     """
+
+    _key_env = VASTAI_API_KEY_ENV
+    _key_page = "https://cloud.vast.ai/manage-keys/"
 
     api_key: str | None = attrs.field(default=None, repr=False)
     docker_image: str | DockerImage = DEFAULT_VASTAI_IMAGE
@@ -806,16 +817,6 @@ class VastAI(ProviderConfig):
         """The image each instance runs, for a client on Python ``python_version``."""
         return _for_python(self.docker_image, python_version)
 
-    def resolved_api_key(self) -> str:
-        """The API key: the one given, else ``VAST_API_KEY``.
-
-        Raises:
-            ValueError: Neither is set, saying how to set one.
-        """
-        return _resolved_key(
-            "VastAI", self.api_key, VASTAI_API_KEY_ENV, "https://cloud.vast.ai/manage-keys/"
-        )
-
 
 #: Where ``sky.Lambda`` reads its API key when none is passed.
 LAMBDA_API_KEY_ENV = "LAMBDA_API_KEY"
@@ -827,7 +828,7 @@ _LAMBDA_FILE_SYSTEM = re.compile(r"[a-zA-Z][0-9a-zA-Z-]{0,59}")
 
 
 @attrs.frozen(kw_only=True)
-class Lambda(ProviderConfig):
+class Lambda(_OneAPIKey, ProviderConfig):
     """GPU instances rented from Lambda Cloud (On-Demand Cloud), through its API v1.
 
     Each node is one instance of the cheapest instance type with the spec's GPUs
@@ -849,6 +850,9 @@ class Lambda(ProviderConfig):
         username: Who the client logs in as: the Lambda Stack image's ``ubuntu``.
         api_url: The API's base URL.
     """
+
+    _key_env = LAMBDA_API_KEY_ENV
+    _key_page = "https://cloud.lambda.ai/api-keys"
 
     api_key: str | None = attrs.field(default=None, repr=False)
     region: str | None = None
@@ -886,16 +890,6 @@ class Lambda(ProviderConfig):
             fix="Pass e.g. api_url='https://cloud.lambda.ai/api/v1'.",
         )
 
-    def resolved_api_key(self) -> str:
-        """The API key: the one given, else ``LAMBDA_API_KEY``.
-
-        Raises:
-            ValueError: Neither is set, saying how to set one.
-        """
-        return _resolved_key(
-            "Lambda", self.api_key, LAMBDA_API_KEY_ENV, "https://cloud.lambda.ai/api-keys"
-        )
-
 
 #: Where ``sky.Hyperstack`` reads its API key when none is passed.
 HYPERSTACK_API_KEY_ENV = "HYPERSTACK_API_KEY"
@@ -908,7 +902,7 @@ _HYPERSTACK_REGION = re.compile(r"[A-Z]+(-[A-Z]+)*-\d+")
 
 
 @attrs.frozen(kw_only=True)
-class Hyperstack(ProviderConfig):
+class Hyperstack(_OneAPIKey, ProviderConfig):
     """GPU virtual machines rented from Hyperstack (NexGen Cloud), through its Infrahub API.
 
     Each node is one VM of the cheapest flavor with the spec's GPUs (``n3-H100x1``, ...)
@@ -932,6 +926,9 @@ class Hyperstack(ProviderConfig):
         ssh_cidr: Where SSH may come from, in the firewall rule each VM is created with.
         api_url: The API's base URL.
     """
+
+    _key_env = HYPERSTACK_API_KEY_ENV
+    _key_page = "https://console.hyperstack.cloud (API Keys)"
 
     api_key: str | None = attrs.field(default=None, repr=False)
     region: str | None = None
@@ -969,19 +966,6 @@ class Hyperstack(ProviderConfig):
             fix="Pass e.g. api_url='https://infrahub-api.nexgencloud.com/v1'.",
         )
 
-    def resolved_api_key(self) -> str:
-        """The API key: the one given, else ``HYPERSTACK_API_KEY``.
-
-        Raises:
-            ValueError: Neither is set, saying how to set one.
-        """
-        return _resolved_key(
-            "Hyperstack",
-            self.api_key,
-            HYPERSTACK_API_KEY_ENV,
-            "https://console.hyperstack.cloud (API Keys)",
-        )
-
 
 #: Where ``sky.Vultr`` reads its API key when none is passed.
 VULTR_API_KEY_ENV = "VULTR_API_KEY"
@@ -994,7 +978,7 @@ _VULTR_REGION = re.compile(r"[a-z]{3,4}")
 
 
 @attrs.frozen(kw_only=True)
-class Vultr(ProviderConfig):
+class Vultr(_OneAPIKey, ProviderConfig):
     """GPU virtual machines (Cloud GPU, ``vcg`` plans) rented from Vultr, through its API v2.
 
     Each node is one instance of the cheapest plan with the spec's whole GPUs, created in a
@@ -1016,6 +1000,9 @@ class Vultr(ProviderConfig):
         username: Who the client logs in as: ``root`` on Vultr's images.
         api_url: The API's base URL.
     """
+
+    _key_env = VULTR_API_KEY_ENV
+    _key_page = "https://my.vultr.com/settings/#settingsapi"
 
     api_key: str | None = attrs.field(default=None, repr=False)
     region: str | None = None
@@ -1045,16 +1032,6 @@ class Vultr(ProviderConfig):
         _check_login("Vultr", "username", self.username, fix=user_fix)
         _check_url(
             "Vultr", "api_url", self.api_url, fix="Pass e.g. api_url='https://api.vultr.com/v2'."
-        )
-
-    def resolved_api_key(self) -> str:
-        """The API key: the one given, else ``VULTR_API_KEY``.
-
-        Raises:
-            ValueError: Neither is set, saying how to set one.
-        """
-        return _resolved_key(
-            "Vultr", self.api_key, VULTR_API_KEY_ENV, "https://my.vultr.com/settings/#settingsapi"
         )
 
 
@@ -1290,7 +1267,7 @@ DEFAULT_NOVITA_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
 
 
 @attrs.frozen(kw_only=True)
-class Novita(ProviderConfig):
+class Novita(_OneAPIKey, ProviderConfig):
     """GPU instances rented from Novita AI, through its GPU instance API.
 
     Each node is one instance of ``docker_image`` on the cheapest GPU product with the
@@ -1314,6 +1291,9 @@ class Novita(ProviderConfig):
             ``disk_gb`` (Novita takes 10 to 6144).
         api_url: The GPU instance API's base URL.
     """
+
+    _key_env = NOVITA_API_KEY_ENV
+    _key_page = "https://novita.ai/settings/key-management"
 
     api_key: str | None = attrs.field(default=None, repr=False)
     docker_image: str | DockerImage = DEFAULT_NOVITA_IMAGE
@@ -1362,16 +1342,6 @@ class Novita(ProviderConfig):
     def image_reference(self, python_version: str) -> str:
         """The image each instance runs, for a client on Python ``python_version``."""
         return _for_python(self.docker_image, python_version)
-
-    def resolved_api_key(self) -> str:
-        """The API key: the one given, else ``NOVITA_API_KEY``.
-
-        Raises:
-            ValueError: Neither is set, saying how to set one.
-        """
-        return _resolved_key(
-            "Novita", self.api_key, NOVITA_API_KEY_ENV, "https://novita.ai/settings/key-management"
-        )
 
 
 #: Where ``sky.GCP`` reads its service account key and its project when none are passed.
