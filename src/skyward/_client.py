@@ -52,7 +52,6 @@ from skyward_trio._client import (
     client_state,
     events_refused,
     feed_answer,
-    feed_cancel,
     feed_end,
     feed_failed,
     feed_items,
@@ -388,21 +387,18 @@ class Client:
             self._threads.shutdown(wait=False)  # those not started raise when they start
             self._threads = None
         live = [feeder for feeder in self._feeders if feeder[0].is_alive()]
-        for _, path, feeding in live:
-            # A call still running (started with `>`) whose items this client feeds would
-            # wait for them for ever: it is cancelled, as leaving a pool's block does.
-            feeding.stopped = True
-            with contextlib.suppress(ServerError):  # gone: the call ended with it
-                self._feed_request(path, feed_cancel())
+        for _, _, feeding in live:
+            feeding.stopped = True  # their threads send no more items
+        # The session's end cancels the calls still running (each is answered with a
+        # CancelledCallError, at once), those whose items this client feeds among them, and
+        # releases the locks this client holds.
+        self._session.close()
         for _, _, feeding in live:
             if not feeding.streamed:
-                feeding.ended.wait()  # its answer (CancelledCallError), which comes at once
-        # The session's end cancels the calls still running (each is answered with a
-        # CancelledCallError, at once) and releases the locks this client holds.
-        self._session.close()
+                feeding.ended.wait(CONNECT_TIMEOUT)  # its answer, which comes at once
         concurrent.futures.wait(self._running, timeout=CONNECT_TIMEOUT)
         self._running.clear()
-        self._http.close()
+        self._http.close()  # a generator's call ends with its connection
         for thread, _, _ in live:
             thread.join()  # each is back once its request is answered or its iterable yields
         self._feeders.clear()

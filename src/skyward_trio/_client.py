@@ -77,7 +77,6 @@ __all__ = [
     "client_state",
     "events_refused",
     "feed_answer",
-    "feed_cancel",
     "feed_end",
     "feed_failed",
     "feed_items",
@@ -229,11 +228,6 @@ def feed_items(payloads: list[Any]) -> bytes:
 
 def feed_end() -> bytes:
     return frame({"end": True})
-
-
-def feed_cancel() -> bytes:
-    """A feed request that cancels the call (its client closed while it ran)."""
-    return frame({"cancel": True})
 
 
 def feed_failed(exc: BaseException) -> bytes:

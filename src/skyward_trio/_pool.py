@@ -487,8 +487,6 @@ class RelayedInput:
     def __init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[_Batch](0)
         self._ended = trio.Event()
-        self._inflight: Inflight | None = None  # the call, once it started
-        self._cancelled = False
 
     @property
     def ended(self) -> bool:
@@ -500,14 +498,6 @@ class RelayedInput:
         self._ended.set()
         self._send.close()
         self._receive.close()
-
-    def cancel(self) -> None:
-        """The one feeding it gives the call up (a client that closed): the call is
-        cancelled now, or as soon as it starts, as a caller's that gives up is."""
-        self._cancelled = True
-        if self._inflight is not None:
-            self._inflight.cancel()
-        self.end()
 
     async def put(
         self, payloads: list[_serial.Payload] | None, *, failed: str | None = None
@@ -537,10 +527,6 @@ async def _relay_one(inflight: Inflight, slot: int, source: RelayedInput) -> Non
     """Send the batches ``source`` is given to the node, within the node's window."""
     conn = inflight.node.conn
     task_id = inflight.task_id
-    source._inflight = inflight
-    if source._cancelled:
-        inflight.cancel()  # given up before it started
-        return
     credits = conn.input_credits(task_id, slot, _INPUT_WINDOW)
     batch: _Batch | None = None
     try:

@@ -732,10 +732,7 @@ class Server:
             return _store_answer(value)
         if len(parts) == 5 and parts[0] == "pools" and parts[2] == "feed" and method == "POST":
             source = self._feed_slot(parts[1], parts[3], parts[4])
-            payloads, failed, cancel = _parse_batch(request.body)
-            if cancel:
-                source.cancel()
-                return _json(200, {"ended": True})
+            payloads, failed = _parse_batch(request.body)
             room = await _while_connected(stream, lambda: source.put(payloads, failed=failed))
             return _json(200, {"ended": True} if room is None else {"room": room})
         raise _BadRequest(404, f"no route {method} {request.path}")
@@ -1172,18 +1169,15 @@ def _client_call(session: _Session | None) -> Iterator[None]:
         yield
 
 
-def _parse_batch(body: bytearray) -> tuple[list[_serial.Payload] | None, str | None, bool]:
+def _parse_batch(body: bytearray) -> tuple[list[_serial.Payload] | None, str | None]:
     """A feed request's items (pickled: passed on as they are), or None when it ends
-    them; what the client's iterable raised, if that is what it says; and whether the
-    client gives the call up (it closed)."""
+    them; and what the client's iterable raised, if that is what it says."""
     try:
         header, blobs = unpack(body)
         if "failed" in header:
-            return None, str(header["failed"]), False
-        if header.get("cancel"):
-            return None, None, True
+            return None, str(header["failed"])
         if header.get("end"):
-            return None, None, False
+            return None, None
         payloads, at = [], 0
         for meta in header["items"]:
             count = 1 + len(meta["flags"])
@@ -1193,7 +1187,7 @@ def _parse_batch(body: bytearray) -> tuple[list[_serial.Payload] | None, str | N
         raise _BadRequest(400, f"not a feed's items: {exc}") from None
     if at != len(blobs) or not payloads:
         raise _BadRequest(400, "not a feed's items: the blobs do not match the items")
-    return payloads, None, False
+    return payloads, None
 
 
 async def _write(conn: h11.Connection, stream: trio.SocketStream, parts: list[Any]) -> None:

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from skyward_trio import _serial
-from skyward_trio._client import feed_cancel, feed_end, feed_failed, feed_items, next_chunk
+from skyward_trio._client import feed_end, feed_failed, feed_items, next_chunk
 from skyward_trio._connection import Credits
 from skyward_trio._pool import RelayedInput, RelayedInputError, _relay_one
 from skyward_trio._server import _BadRequest, _parse_batch
@@ -21,11 +21,8 @@ from skyward_trio._server import _BadRequest, _parse_batch
 def test_items_travel_to_the_server_as_pickled_here() -> None:
     array = np.arange(100_000, dtype=np.float64)  # out-of-band buffers
     values = [1, "two", array]
-    payloads, failed, cancel = _parse_batch(
-        bytearray(feed_items([_serial.dumps(v) for v in values]))
-    )
+    payloads, failed = _parse_batch(bytearray(feed_items([_serial.dumps(v) for v in values])))
     assert failed is None
-    assert not cancel
     assert payloads is not None
     back = [_serial.loads(p) for p in payloads]
     assert back[:2] == [1, "two"]
@@ -33,13 +30,11 @@ def test_items_travel_to_the_server_as_pickled_here() -> None:
 
 
 def test_the_end_and_a_failure_are_batches_of_their_own() -> None:
-    assert _parse_batch(bytearray(feed_end())) == (None, None, False)
+    assert _parse_batch(bytearray(feed_end())) == (None, None)
     assert _parse_batch(bytearray(feed_failed(LookupError("broke")))) == (
         None,
         "LookupError: broke",
-        False,
     )
-    assert _parse_batch(bytearray(feed_cancel())) == (None, None, True)
 
 
 @pytest.mark.parametrize("body", [b"\x00\x00\x00\x02{}", b'\x00\x00\x00\x0b{"blobs":[]}'])
@@ -150,30 +145,3 @@ async def test_a_failed_source_fails_the_feeder_with_what_it_raised() -> None:
             await _relay_one(_Inflight(conn), 0, source)
     assert answered == [None]
     assert conn.ended == []
-
-
-async def test_a_feed_that_gives_up_cancels_the_call() -> None:
-    conn = _Conn()
-    source = RelayedInput()
-    inflight = _Inflight(conn)
-    answered: list[int | None] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_feed, inflight, source)
-        await source.put(list(range(256)))  # the window is full: the next put waits
-
-        async def waiting() -> None:
-            answered.append(await source.put([1]))
-
-        nursery.start_soon(waiting)
-        await trio.testing.wait_all_tasks_blocked()
-        source.cancel()  # without waiting for the node to read
-    assert inflight.cancelled
-    assert answered == [None]
-
-
-async def test_a_call_given_up_before_it_starts_is_cancelled_as_it_starts() -> None:
-    source = RelayedInput()
-    source.cancel()
-    inflight = _Inflight(_Conn())
-    await _relay_one(inflight, 0, source)
-    assert inflight.cancelled
