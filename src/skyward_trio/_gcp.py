@@ -52,8 +52,8 @@ from ._aws import user_data
 from ._model import GCP
 from ._offers import Catalog, Choice, Offer
 from ._providers import (
-    API_TIMEOUT,
     Instance,
+    TokenAPI,
     failure_words,
     poll_delays,
     response_object,
@@ -98,8 +98,6 @@ _SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _VM_SCOPE = "https://www.googleapis.com/auth/compute"
 #: The label every VM of a pool carries, its value the job's id.
 LABEL = "skyward-job"
-#: A token is bought again this long before it expires.
-_TOKEN_MARGIN = 300.0
 #: Operation errors after which the next zone (then type) may still work.
 _TRY_ELSEWHERE = ("ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "STOCKOUT")
 
@@ -185,21 +183,19 @@ def signed_jwt(key: Mapping[str, str], audience: str, now: float) -> str:
     return signing + "." + _b64(signature)
 
 
-class _API:
+class _API(TokenAPI):
     """Compute Engine's and the Billing Catalog's REST APIs, with a bearer token bought
     from the service account's key."""
 
+    cloud = "Google"
+    error = GCPError
+    token_margin = 300.0
+
     def __init__(self, config: GCP) -> None:
+        super().__init__()
         self.config = config
         self._key, self.project = config.resolved_credentials()
         self._token_url = self._key.get("token_uri") or "https://oauth2.googleapis.com/token"
-        self._client = httpx.AsyncClient(timeout=API_TIMEOUT, follow_redirects=False)
-        self._token: str | None = None
-        self._expires = 0.0  # trio.current_time() past which the token is bought again
-        self._token_lock = trio.Lock()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     @property
     def fix(self) -> str:
@@ -210,41 +206,21 @@ class _API:
             "Engine API"
         )
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise GCPError(f"Google's API at {url} did not answer: {exc}") from exc
-
-    async def _bearer(self, *, renew: bool = False) -> str:
-        """A token that is still good (bought now if there is none, it is near its end, or
-        ``renew``)."""
-        async with self._token_lock:
-            if self._token is not None and not renew and trio.current_time() < self._expires:
-                return self._token
-            assertion = signed_jwt(self._key, self._token_url, time.time())
-            form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"}
-            form["assertion"] = assertion
-            response = await self._send("POST", self._token_url, data=form)
-            answer = response_object(response)
-            token = answer.get("access_token")
-            if response.status_code != 200 or not isinstance(token, str) or not token:
-                raise GCPError(
-                    f"Google refused the service account key {_said(response)}; {self.fix}"
-                )
-            seconds = positive_number(answer.get("expires_in")) or 3600.0
-            self._token = token
-            self._expires = trio.current_time() + max(seconds - _TOKEN_MARGIN, seconds / 2)
-            return token
+    async def buy_token(self) -> tuple[str, float | None]:
+        """A token for the service account's signed assertion (RFC 7523)."""
+        assertion = signed_jwt(self._key, self._token_url, time.time())
+        form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer"}
+        form["assertion"] = assertion
+        response = await self.send("POST", self._token_url, data=form)
+        answer = response_object(response)
+        token = answer.get("access_token")
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            raise GCPError(f"Google refused the service account key {_said(response)}; {self.fix}")
+        return token, positive_number(answer.get("expires_in"))
 
     async def request(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
         """A request with a good token; a refused token is bought again once."""
-        for renew in (False, True):
-            token = await self._bearer(renew=renew)
-            headers = {"Authorization": f"Bearer {token}"}
-            response = await self._send(method, url, json=json, headers=headers)
-            if response.status_code != 401:
-                break
+        response = await self.authorized(method, url, json=json)
         if response.status_code in (401, 403) and _permission(response):
             raise GCPError(f"Google refused the request {_said(response)}; {self.fix}")
         return response

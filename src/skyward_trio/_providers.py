@@ -8,6 +8,7 @@ error the pool reports, never silence.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import platform
@@ -62,6 +63,7 @@ __all__ = [
     "LocalFault",
     "SSHCluster",
     "SSHTarget",
+    "TokenAPI",
     "ended_on_failure",
     "failure_words",
     "first_host_key",
@@ -925,6 +927,67 @@ class KeyedAPI(Generic[C]):
     async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
         """A request to ``path`` under the config's ``api_url``."""
         return await self.send(method, self.config.api_url.rstrip("/") + path, json=json)
+
+
+class TokenAPI(abc.ABC):
+    """A cloud's HTTP API reached with a bearer token bought from the user's credentials:
+    bought before the first request, again ``token_margin`` seconds before it expires, and
+    once more when a request is refused with 401 (it expired early). A subclass names the
+    cloud and its error, and buys the token (:meth:`buy_token`)."""
+
+    #: The cloud, as messages name it (``"Verda"``).
+    cloud: ClassVar[str]
+    #: What a failed request raises.
+    error: ClassVar[type[Exception]]
+    #: A token is bought again this long before it expires.
+    token_margin: ClassVar[float]
+
+    def __init__(self) -> None:
+        import httpx
+
+        self._client = httpx.AsyncClient(timeout=API_TIMEOUT, follow_redirects=False)
+        self._token: str | None = None
+        self._expires = 0.0  # trio.current_time() past which the token is bought again
+        self._token_lock = trio.Lock()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, as it is; no answer is the cloud's error, saying so."""
+        import httpx
+
+        try:
+            return await self._client.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self.error(f"{self.cloud}'s API at {url} did not answer: {exc}") from exc
+
+    @abc.abstractmethod
+    async def buy_token(self) -> tuple[str, float | None]:
+        """A new token and how many seconds it lasts (None: not said); raises the cloud's
+        error, saying how to fix the credentials, when they are refused."""
+
+    async def bearer(self, *, renew: bool = False) -> str:
+        """A token that is still good (bought now if there is none, it is near its end, or
+        ``renew``)."""
+        async with self._token_lock:
+            if self._token is not None and not renew and trio.current_time() < self._expires:
+                return self._token
+            token, lasts = await self.buy_token()
+            seconds = lasts or 3600.0
+            self._token = token
+            self._expires = trio.current_time() + max(seconds - self.token_margin, seconds / 2)
+            return token
+
+    async def authorized(self, method: str, url: str, *, json: Any = None) -> httpx.Response:
+        """A request with a good token; a token refused (401) is bought again once. The
+        answer is returned as it is, a second 401 included."""
+        for renew in (False, True):
+            headers = {"Authorization": f"Bearer {await self.bearer(renew=renew)}"}
+            response = await self.send(method, url, json=json, headers=headers)
+            if response.status_code != 401:
+                break
+        return response
 
 
 def response_json(response: httpx.Response) -> Any:

@@ -49,7 +49,7 @@ from . import _transport, accelerators
 from ._model import Verda
 from ._offers import Catalog, Choice, Offer
 from ._providers import (
-    API_TIMEOUT,
+    TokenAPI,
     failure_words,
     poll_delays,
     response_json,
@@ -83,8 +83,6 @@ _TYPE_NAME = re.compile(r"(\d+)([A-Z0-9]+?)\.(.+)")
 _UP = frozenset({"new", "ordered", "validating", "provisioning", "running"})
 #: How long a deleted instance may still be listed before that is an error.
 _DELETE_WAIT = 120.0
-#: A token is bought again this long before Verda says it expires.
-_TOKEN_MARGIN = 60.0
 
 
 class VerdaError(RuntimeError):
@@ -133,68 +131,47 @@ _CREDENTIALS_FIX = (
 )
 
 
-class _API:
+class _API(TokenAPI):
     """Verda's API v1, with a bearer token bought from the client's id and secret."""
 
+    cloud = "Verda"
+    error = VerdaError
+    token_margin = 60.0
+
     def __init__(self, config: Verda) -> None:
+        super().__init__()
         self.config = config
         self._client_id, self._secret = config.resolved_credentials()
-        self._client = httpx.AsyncClient(timeout=API_TIMEOUT, follow_redirects=False)
-        self._token: str | None = None
-        self._expires = 0.0  # trio.current_time() past which the token is bought again
-        self._token_lock = trio.Lock()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     def _url(self, path: str) -> str:
         return self.config.api_url.rstrip("/") + path
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise VerdaError(f"Verda's API at {url} did not answer: {exc}") from exc
-
-    async def _bearer(self, *, renew: bool = False) -> str:
-        """A token that is still good (bought now if there is none, it is near its end, or
-        ``renew``)."""
-        async with self._token_lock:
-            if self._token is not None and not renew and trio.current_time() < self._expires:
-                return self._token
-            body = {
-                "grant_type": "client_credentials",
-                "client_id": self._client_id,
-                "client_secret": self._secret,
-            }
-            response = await self._send("POST", self._url("/oauth2/token"), json=body)
-            answer = response_json(response)
-            token = answer.get("access_token") if isinstance(answer, dict) else None
-            if response.status_code in (400, 401, 403):
-                raise VerdaError(
-                    f"Verda refused the API client's credentials {_said(response)}; "
-                    f"{_CREDENTIALS_FIX}",
-                    _code(response),
-                )
-            if not response.is_success or not isinstance(token, str) or not token:
-                raise _refused("give an access token", response)
-            lifetime = answer.get("expires_in") if isinstance(answer, dict) else None
-            seconds = float(lifetime) if isinstance(lifetime, int | float) else 3600.0
-            self._token = token
-            self._expires = trio.current_time() + max(seconds - _TOKEN_MARGIN, seconds / 2)
-            return token
+    async def buy_token(self) -> tuple[str, float | None]:
+        """A token for the API client's id and secret (grant ``client_credentials``)."""
+        body = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._secret,
+        }
+        response = await self.send("POST", self._url("/oauth2/token"), json=body)
+        answer = response_object(response)
+        token = answer.get("access_token")
+        if response.status_code in (400, 401, 403):
+            raise VerdaError(
+                f"Verda refused the API client's credentials {_said(response)}; {_CREDENTIALS_FIX}",
+                _code(response),
+            )
+        if not response.is_success or not isinstance(token, str) or not token:
+            raise _refused("give an access token", response)
+        lifetime = answer.get("expires_in")
+        return token, float(lifetime) if isinstance(lifetime, int | float) else None
 
     async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
         """A request to ``path`` under the config's ``api_url``, with a good token; a token
         refused (expired early) is bought again once."""
-        url = self._url(path)
-        for renew in (False, True):
-            token = await self._bearer(renew=renew)
-            response = await self._send(
-                method, url, json=json, headers={"Authorization": f"Bearer {token}"}
-            )
-            if response.status_code != 401:
-                return response
+        response = await self.authorized(method, self._url(path), json=json)
+        if response.status_code != 401:
+            return response
         raise VerdaError(
             f"Verda refused a fresh access token {_said(response)}; {_CREDENTIALS_FIX}",
             _code(response),
