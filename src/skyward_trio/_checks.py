@@ -130,6 +130,12 @@ def _volumes(spec: Spec) -> None:
                 f"Volume(storage={volume.storage!r}): storage is a sky.storage.Storage, e.g. "
                 "sky.storage.R2(...), or None for the provider's own object store"
             )
+        if volume.storage is None and isinstance(provider, GCP):
+            raise ValueError(
+                f"{volume!r}: storage=None mounts the provider's own object store with the "
+                "machine's own credentials, which Skyward does on AWS only; for a Cloud "
+                "Storage bucket pass storage=sky.storage.GCS(...) with an HMAC key"
+            )
         if volume.storage is None and not isinstance(provider, AWS):
             raise ValueError(
                 f"{volume!r}: storage=None mounts the provider's own object store, and "

@@ -49,6 +49,16 @@ def test_an_instance_profile_signs_instead_of_keys_and_writable_has_no_ro() -> N
     assert mount_steps([]) == ""
 
 
+def test_gcp_without_storage_is_pointed_at_gcs_with_an_hmac_key() -> None:
+    spec = sky.Spec(
+        provider=sky.GCP(),
+        accelerator=sky.accelerators.T4(),
+        volumes=[sky.Volume(bucket="b", mount="/data")],
+    )
+    with pytest.raises(ValueError, match=r"on AWS only; for a Cloud Storage bucket pass "):
+        check_spec(spec)
+
+
 def test_aws_without_storage_is_accepted_and_a_store_must_be_a_storage() -> None:
     check_spec(sky.Spec(provider=sky.AWS(), volumes=[sky.Volume(bucket="b", mount="/data")]))
     bad = sky.Volume(bucket="b", mount="/data", storage="s3")
