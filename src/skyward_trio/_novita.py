@@ -204,9 +204,7 @@ def _offer(product: Mapping[str, Any], gpus: int) -> Offer | None:
         or per_gpu is None
     ):
         return None
-    # More than an instance can carry is the most it can, so a spec asking for more is
-    # refused saying so.
-    count = min(gpus, MOST_GPUS)
+    count = min(gpus, MOST_GPUS)  # catalog() refuses a spec asking for more
 
     def times(field: str) -> float | None:
         value = positive_number(product.get(field))
@@ -239,8 +237,13 @@ async def catalog(
     config.resolved_api_key()  # before any request: the fix is the user's
     if accelerator is None and not everything:
         return Catalog(error="sky.Novita() rents GPU instances: pass an accelerator")
-    api = _API(config)
     wanted = whole_gpus(gpus)
+    if wanted > MOST_GPUS:
+        return Catalog(
+            error=f"sky.Novita() instances carry at most {MOST_GPUS} GPUs, and {wanted} were "
+            f"asked for each node; ask for {MOST_GPUS} or fewer, and more nodes"
+        )
+    api = _API(config)
 
     async def listed() -> list[Offer | None]:
         return [_offer(p, wanted) for p in await api.products(config.cluster_id)]

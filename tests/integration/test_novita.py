@@ -205,6 +205,11 @@ def test_bad_settings_and_a_wrong_key_fail_before_anything_is_created(
         pytest.fail("a pool came up with a wrong key")
     assert "check NOVITA_API_KEY" in str(raised.value)
     assert "WRONGKEY" not in str(raised.value)
+    with (
+        pytest.raises(sky.NoOfferError, match="instances carry at most 8 GPUs, and 16 were"),
+        sky.Compute(provider=provider(api), accelerator=A.L40S(count=16), options=QUIET),
+    ):
+        pytest.fail("a pool came up with 16 GPUs a node")
     assert not _creates(api, since)
 
 
