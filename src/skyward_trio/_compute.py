@@ -337,7 +337,7 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
     names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, ``HYPERSTACK_API_KEY``,
     ``VULTR_API_KEY``, ``VERDA_CLIENT_SECRET``, ``SCW_SECRET_KEY``, ``NOVITA_API_KEY``,
-    AWS's secret key and session token. Never written to the log."""
+    ``TENSORDOCK_API_TOKEN``, AWS's secret key and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
