@@ -109,6 +109,11 @@ def test_what_compute_refuses_before_creating() -> None:
         _checks.check_spec(sky.Spec(provider=sky.TensorDock()))
     with pytest.raises(ValueError, match=r"TensorDock rents whole GPUs; pass count=1"):
         _checks.check_spec(sky.Spec(provider=sky.TensorDock(), accelerator=A.L40(count=0.5)))
+    own_store = sky.Volume(bucket="data", mount="/data")
+    with pytest.raises(ValueError, match="TensorDock has none; pass storage="):
+        _checks.check_spec(
+            sky.Spec(provider=sky.TensorDock(), accelerator=A.L40(), volumes=[own_store])
+        )
 
 
 def test_a_providers_table_of_type_tensordock(tmp_path: Path) -> None:
