@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import run_sky
+from clients import across_a_preemption, run_sky
 from fake_tensordock import FakeTensorDock
 
 import skyward as sky
@@ -241,3 +241,14 @@ def test_a_vm_whose_create_answer_never_came_is_found_by_name(
         assert sent.status_code == 201, sent.text
         assert len(api.live()) == 2
     assert not api.live()
+
+
+def test_a_killed_vm_is_replaced_and_its_call_sent_again(
+    fake_tensordock: FakeTensorDock,
+) -> None:
+    api = fake_tensordock
+    with sky.Compute(provider=provider(api), accelerator=A.H100(), options=QUIET) as pool:
+        first, second, kinds = across_a_preemption(pool, _where, lambda ran: api.kill(ran["vm"]))
+    assert second["vm"] != first["vm"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not api.live()  # the stopped one was deleted too
