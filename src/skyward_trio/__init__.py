@@ -29,6 +29,7 @@ enforces it):
    ``_scaleway`` (``sky.Scaleway``),
    ``_novita`` (``sky.Novita``),
    ``_gcp`` (``sky.GCP``),
+   ``_tensordock`` (``sky.TensorDock``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -113,6 +114,7 @@ from ._model import (
     Scaleway,
     Spec,
     SSHHost,
+    TensorDock,
     VastAI,
     Verda,
     Volume,
@@ -210,6 +212,7 @@ __all__ = [
     "TaskStarted",
     "TaskTimeoutError",
     "TeardownError",
+    "TensorDock",
     "VastAI",
     "Verda",
     "VersionMismatchError",

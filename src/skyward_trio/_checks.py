@@ -36,6 +36,7 @@ from ._model import (
     RunPod,
     Scaleway,
     Spec,
+    TensorDock,
     VastAI,
     Verda,
     Volume,
@@ -93,6 +94,8 @@ def check_spec(spec: Spec) -> None:
         _novita(spec)
     if isinstance(spec.provider, GCP):
         _gcp(spec)
+    if isinstance(spec.provider, TensorDock):
+        _tensordock(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -206,7 +209,8 @@ def _image(spec: Spec) -> None:
         | Verda
         | Scaleway
         | Novita
-        | GCP,
+        | GCP
+        | TensorDock,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -377,4 +381,17 @@ def _gcp(spec: Spec) -> None:
             spec, "sky.GCP() rents GPU VMs", "L4", " (its CPU machine types are not supported yet)"
         ),
         "Compute Engine rents whole GPUs",
+    )
+
+
+def _tensordock(spec: Spec) -> None:
+    """TensorDock rents GPU VMs by whole GPUs."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.TensorDock() rents GPU VMs",
+            "RTX_4090",
+            " (its CPU-only VMs are not supported yet)",
+        ),
+        "TensorDock rents whole GPUs",
     )

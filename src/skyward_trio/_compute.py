@@ -52,6 +52,7 @@ from ._model import (
     RUNPOD_API_KEY_ENV,
     SCW_SECRET_KEY_ENV,
     SSH,
+    TENSORDOCK_API_TOKEN_ENV,
     VASTAI_API_KEY_ENV,
     VERDA_CLIENT_SECRET_ENV,
     VULTR_API_KEY_ENV,
@@ -64,6 +65,7 @@ from ._model import (
     RunPod,
     Scaleway,
     Spec,
+    TensorDock,
     VastAI,
     Verda,
     Vultr,
@@ -335,7 +337,7 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
     names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, ``HYPERSTACK_API_KEY``,
     ``VULTR_API_KEY``, ``VERDA_CLIENT_SECRET``, ``SCW_SECRET_KEY``, ``NOVITA_API_KEY``,
-    AWS's secret key and session token. Never written to the log."""
+    ``TENSORDOCK_API_TOKEN``, AWS's secret key and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
@@ -354,6 +356,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(SCW_SECRET_KEY_ENV, "")]
     if isinstance(provider, Novita):
         return [os.environ.get(NOVITA_API_KEY_ENV, "")]
+    if isinstance(provider, TensorDock):
+        return [os.environ.get(TENSORDOCK_API_TOKEN_ENV, "")]
     if isinstance(provider, GCP):  # the service account's private key
         try:
             return [provider.resolved_credentials()[0]["private_key"]]

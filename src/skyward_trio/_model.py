@@ -71,6 +71,7 @@ __all__ = [
     "SelectionStrategy",
     "SkywardSource",
     "Spec",
+    "TensorDock",
     "VastAI",
     "Verda",
     "Volume",
@@ -1620,6 +1621,99 @@ class AWS(ProviderConfig):
             _check_url("AWS", "endpoint_url", self.endpoint_url, fix=fix)
 
 
+#: Where ``sky.TensorDock`` reads its API token when none is passed.
+TENSORDOCK_API_TOKEN_ENV = "TENSORDOCK_API_TOKEN"
+
+# A TensorDock location's id, as ``GET /locations`` lists it (a UUID, or a slug).
+_TENSORDOCK_LOCATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+
+
+@attrs.frozen(kw_only=True)
+class TensorDock(_OneAPIKey, ProviderConfig):
+    """GPU virtual machines rented from TensorDock's marketplace, through its API v2.
+
+    Each node is one VM with the spec's GPUs, in the cheapest location that lists them
+    (the next location, then the next GPU model, when TensorDock refuses for capacity). The
+    VM gets a dedicated IP; the pool's public key goes in the create's ``ssh_key`` and a
+    host key made for the VM in its cloud-init, so the client knows the host key before it
+    connects. VMs are deleted when the pool closes. A VM whose client vanished is NOT
+    ended by itself (TensorDock gives a VM no credential of its own): it bills until it is
+    deleted; see docs/providers.md.
+
+    Attributes:
+        api_key: Your TensorDock API token; None reads ``TENSORDOCK_API_TOKEN``. It is sent
+            only in the ``Authorization`` header and never appears in reprs, logs or events.
+        location: The location VMs are created in, by its id as ``GET /locations`` lists
+            it; None: any location that has the GPU.
+        image: The OS image, as TensorDock names it (``ubuntu2404``).
+        storage_gb: Each VM's disk in GB when the spec sets no ``disk_gb`` (TensorDock
+            takes 100 at least).
+        vcpus_per_gpu: vCPUs per GPU asked for (at most what the location deploys).
+        ram_gb_per_gpu: GB of RAM per GPU asked for (at most what the location deploys).
+        username: Who the client logs in as: TensorDock's images' ``user``.
+        api_url: The API v2's base URL.
+    """
+
+    _key_env = TENSORDOCK_API_TOKEN_ENV
+    _key_page = "https://dashboard.tensordock.com/developers"
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    location: str | None = None
+    image: str = "ubuntu2404"
+    storage_gb: int = 100
+    vcpus_per_gpu: int = 8
+    ram_gb_per_gpu: int = 32
+    username: str = "user"
+    api_url: str = "https://dashboard.tensordock.com/api/v2"
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("TensorDock", self.api_key, TENSORDOCK_API_TOKEN_ENV)
+        if self.location is not None:
+            fix = (
+                "Pass a location's id as GET /locations lists it, or location=None for any "
+                "location."
+            )
+            _check_str("TensorDock", "location", self.location, fix=fix)
+            if _TENSORDOCK_LOCATION.fullmatch(self.location) is None:
+                raise ValueError(
+                    f"TensorDock(location={self.location!r}): not a location id (letters, "
+                    f"digits, - and _). {fix}"
+                )
+        image_fix = "Pass an image TensorDock names, e.g. image='ubuntu2404' (the default)."
+        _check_str("TensorDock", "image", self.image, fix=image_fix)
+        if not self.image.strip() or any(c.isspace() for c in self.image):
+            raise ValueError(f"TensorDock(image={self.image!r}): not an image name. {image_fix}")
+        _check_int(
+            "TensorDock",
+            "storage_gb",
+            self.storage_gb,
+            low=100,
+            fix="Pass whole GB, 100 at least (TensorDock's least), e.g. storage_gb=100.",
+        )
+        _check_int(
+            "TensorDock",
+            "vcpus_per_gpu",
+            self.vcpus_per_gpu,
+            low=1,
+            fix="Pass whole vCPUs per GPU, e.g. vcpus_per_gpu=8.",
+        )
+        _check_int(
+            "TensorDock",
+            "ram_gb_per_gpu",
+            self.ram_gb_per_gpu,
+            low=1,
+            fix="Pass whole GB per GPU, e.g. ram_gb_per_gpu=32.",
+        )
+        user_fix = "Pass the image's login name, e.g. username='user' (the default)."
+        _check_login("TensorDock", "username", self.username, fix=user_fix)
+        _check_url(
+            "TensorDock",
+            "api_url",
+            self.api_url,
+            fix="Pass e.g. api_url='https://dashboard.tensordock.com/api/v2'.",
+        )
+
+
 #: The provider configs a ``[providers.NAME]`` table of skyward.toml names by its ``type``.
 PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "local": Local,
@@ -1635,6 +1729,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "scaleway": Scaleway,
     "novita": Novita,
     "gcp": GCP,
+    "tensordock": TensorDock,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are

@@ -41,6 +41,7 @@ from ._model import (
     ProviderConfig,
     RunPod,
     Scaleway,
+    TensorDock,
     VastAI,
     Verda,
     Vultr,
@@ -195,6 +196,10 @@ async def open_cluster(
         from ._gcp import GCPCluster  # it builds on this module's Instance
 
         return GCPCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, TensorDock):
+        from ._tensordock import TensorDockCluster  # it builds on this module's Instance
+
+        return TensorDockCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
@@ -289,6 +294,12 @@ async def offers(
         from ._gcp import catalog as gcp_catalog
 
         return await gcp_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, TensorDock):
+        from ._tensordock import catalog as tensordock_catalog
+
+        return await tensordock_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

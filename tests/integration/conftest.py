@@ -34,6 +34,7 @@ from fake_lambda import FakeLambda, need_fake_lambda
 from fake_novita import FakeNovita, need_fake_novita
 from fake_runpod import FakeRunPod
 from fake_scaleway import FakeScaleway, need_fake_scaleway
+from fake_tensordock import FakeTensorDock, need_fake_tensordock
 from fake_vastai import FakeVastAI, need_fake_vastai
 from fake_verda import FakeVerda, need_fake_verda
 from fake_vultr import FakeVultr, need_fake_vultr
@@ -272,6 +273,14 @@ def fake_gcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGCP]:
     """One fake GCP for a module (its uv cache is shared by the machines)."""
     need_fake_gcp()
     with FakeGCP(root=tmp_path_factory.mktemp("gcp")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_tensordock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeTensorDock]:
+    """One fake TensorDock for a module (its uv cache is shared by the machines)."""
+    need_fake_tensordock()
+    with FakeTensorDock(root=tmp_path_factory.mktemp("tensordock")) as api:
         yield api
 
 
