@@ -29,6 +29,7 @@ enforces it):
    ``_scaleway`` (``sky.Scaleway``),
    ``_novita`` (``sky.Novita``),
    ``_gcp`` (``sky.GCP``),
+   ``_massedcompute`` (``sky.MassedCompute``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -104,6 +105,7 @@ from ._model import (
     Lambda,
     Local,
     LogConfig,
+    MassedCompute,
     Nodes,
     Novita,
     Options,
@@ -179,6 +181,7 @@ __all__ = [
     "Local",
     "Log",
     "LogConfig",
+    "MassedCompute",
     "Metric",
     "NetworkInfo",
     "NoActivePoolError",

@@ -32,6 +32,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     Local,
+    MassedCompute,
     Novita,
     RunPod,
     Scaleway,
@@ -93,6 +94,8 @@ def check_spec(spec: Spec) -> None:
         _novita(spec)
     if isinstance(spec.provider, GCP):
         _gcp(spec)
+    if isinstance(spec.provider, MassedCompute):
+        _massedcompute(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -200,7 +203,8 @@ def _image(spec: Spec) -> None:
         | Verda
         | Scaleway
         | Novita
-        | GCP,
+        | GCP
+        | MassedCompute,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -371,4 +375,12 @@ def _gcp(spec: Spec) -> None:
             spec, "sky.GCP() rents GPU VMs", "L4", " (its CPU machine types are not supported yet)"
         ),
         "Compute Engine rents whole GPUs",
+    )
+
+
+def _massedcompute(spec: Spec) -> None:
+    """Massed Compute rents GPU VMs by whole GPUs."""
+    _whole(
+        _gpus(spec, "sky.MassedCompute() rents GPU instances", "L40S"),
+        "Massed Compute rents whole GPUs",
     )

@@ -37,6 +37,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     Local,
+    MassedCompute,
     Novita,
     ProviderConfig,
     RunPod,
@@ -195,11 +196,16 @@ async def open_cluster(
         from ._gcp import GCPCluster  # it builds on this module's Instance
 
         return GCPCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, MassedCompute):
+        from ._massedcompute import MassedComputeCluster  # it builds on this module's Instance
+
+        return MassedComputeCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
         "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda(), "
-        "sky.Scaleway(), sky.Novita() or sky.GCP() "
+        "sky.Scaleway(), sky.Novita(), sky.GCP() "
+        "or sky.MassedCompute() "
         "(see the README's 'not yet' list)"
     )
 
@@ -289,6 +295,12 @@ async def offers(
         from ._gcp import catalog as gcp_catalog
 
         return await gcp_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, MassedCompute):
+        from ._massedcompute import catalog as massedcompute_catalog
+
+        return await massedcompute_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

@@ -66,6 +66,7 @@ LAYERS = {
     "_scaleway": 4,
     "_novita": 4,
     "_gcp": 4,
+    "_massedcompute": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
