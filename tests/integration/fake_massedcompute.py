@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import procs
 import sshd
 from fake_cloud import (
     AddressBlocks,
@@ -68,6 +70,8 @@ from fake_cloud import (
     _is_int,
     _is_list_of_text,
     _is_text,
+    _pod_processes,
+    _signal,
     check_body,
     need_root_machines,
 )
@@ -98,7 +102,7 @@ def product(
             "specs": {"vcpu_count": vcpus, "memory_gib": memory, "storage_gb": storage},
         },
         "regions_with_capacity_available": [
-            {"name": r, "description": f"{r} (fake)"} for r in regions
+            {"name": r, "description": f"{r} (fake)"} for r in regions if capacity > 0
         ],
         "capacity_available": capacity,
     }
@@ -211,6 +215,28 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
 
     def _refusal(self, refused: Refused) -> _Answer:
         return _Answer(refused.status, {"message": refused.message})
+
+    def _end(self, record: FakeInstance, *, abrupt: bool) -> None:
+        """End the instance's sshd, which the command left running on its own (sshd
+        rewrites its environment as its title, so the marker does not find it: its command
+        line, ``-f <the instance's directory>/sshd_config``, does), with its sessions; then
+        every process of the marker, by pid, as every fake does."""
+        marker = f"{self.marker}={self._mark(record.id)}".encode()
+        found = listeners(record.directory / "sshd_config")
+        pids: set[int] = set()
+        for listener in found:
+            pids |= _pod_processes(listener, marker)
+        _signal(pids, signal.SIGKILL if abrupt else signal.SIGTERM)
+        super()._end(record, abrupt=abrupt)
+        deadline = time.monotonic() + 10
+        while any(procs.is_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal({pid for pid in pids if procs.is_running(pid)}, signal.SIGKILL)
+        time.sleep(0.05)
+        survivors = sorted(pid for pid in pids if procs.is_running(pid))
+        if survivors:
+            with self._lock:
+                self.errors.append(f"instance {record.id}: sshd processes {survivors} survived")
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -397,6 +423,22 @@ def _killed(instance: FakeInstance) -> None:
     """``kill``'s mark: the instance's machine is gone (it shows inactive)."""
     if instance.terminated_at is not None:
         raise ValueError(f"instance {instance.id} was terminated")
+
+
+def listeners(config: Path) -> set[int]:
+    """The sshd processes started with ``-f config`` (their command line, or the title sshd
+    makes of it)."""
+    wanted = (f"-f\0{config}\0".encode(), f"-f {config} ".encode())
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(w in command for w in wanted):
+                found.add(int(entry.name))
+    return found
 
 
 def _listening(address: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import run_sky
+from clients import across_a_preemption, run_sky
 from fake_massedcompute import FakeMassedCompute, need_fake_massedcompute
 
 import skyward as sky
@@ -230,3 +230,13 @@ def test_an_instance_launched_unseen_is_found_by_name_and_terminated(
         assert sent.status_code == 200, sent.text
         assert len(api.live()) == 2
     assert not api.live()
+
+
+def test_a_killed_instance_is_replaced_and_its_call_sent_again(fake_mc: FakeMassedCompute) -> None:
+    with sky.Compute(provider=provider(fake_mc), accelerator=A.RTX_A6000(), options=QUIET) as pool:
+        first, second, kinds = across_a_preemption(
+            pool, _where, lambda ran: fake_mc.kill(ran["instance"])
+        )
+    assert second["instance"] != first["instance"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not fake_mc.live()  # the dead one was terminated too
