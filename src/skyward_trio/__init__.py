@@ -30,6 +30,7 @@ enforces it):
    ``_novita`` (``sky.Novita``),
    ``_gcp`` (``sky.GCP``),
    ``_tensordock`` (``sky.TensorDock``),
+   ``_massedcompute`` (``sky.MassedCompute``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -105,6 +106,7 @@ from ._model import (
     Lambda,
     Local,
     LogConfig,
+    MassedCompute,
     Nodes,
     Novita,
     Options,
@@ -181,6 +183,7 @@ __all__ = [
     "Local",
     "Log",
     "LogConfig",
+    "MassedCompute",
     "Metric",
     "NetworkInfo",
     "NoActivePoolError",

@@ -32,6 +32,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     Local,
+    MassedCompute,
     Novita,
     RunPod,
     Scaleway,
@@ -96,6 +97,8 @@ def check_spec(spec: Spec) -> None:
         _gcp(spec)
     if isinstance(spec.provider, TensorDock):
         _tensordock(spec)
+    if isinstance(spec.provider, MassedCompute):
+        _massedcompute(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -210,7 +213,8 @@ def _image(spec: Spec) -> None:
         | Scaleway
         | Novita
         | GCP
-        | TensorDock,
+        | TensorDock
+        | MassedCompute,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -394,4 +398,12 @@ def _tensordock(spec: Spec) -> None:
             " (its CPU-only VMs are not supported yet)",
         ),
         "TensorDock rents whole GPUs",
+    )
+
+
+def _massedcompute(spec: Spec) -> None:
+    """Massed Compute rents GPU VMs by whole GPUs."""
+    _whole(
+        _gpus(spec, "sky.MassedCompute() rents GPU instances", "L40S"),
+        "Massed Compute rents whole GPUs",
     )

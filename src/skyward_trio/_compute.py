@@ -48,6 +48,7 @@ from ._model import (
     GCP,
     HYPERSTACK_API_KEY_ENV,
     LAMBDA_API_KEY_ENV,
+    MASSED_COMPUTE_API_KEY_ENV,
     NOVITA_API_KEY_ENV,
     RUNPOD_API_KEY_ENV,
     SCW_SECRET_KEY_ENV,
@@ -59,6 +60,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     LogConfig,
+    MassedCompute,
     Novita,
     Options,
     ProviderConfig,
@@ -358,6 +360,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(NOVITA_API_KEY_ENV, "")]
     if isinstance(provider, TensorDock):
         return [os.environ.get(TENSORDOCK_API_TOKEN_ENV, "")]
+    if isinstance(provider, MassedCompute):
+        return [os.environ.get(MASSED_COMPUTE_API_KEY_ENV, "")]
     if isinstance(provider, GCP):  # the service account's private key
         try:
             return [provider.resolved_credentials()[0]["private_key"]]

@@ -59,6 +59,7 @@ __all__ = [
     "Local",
     "LogConfig",
     "LogLevel",
+    "MassedCompute",
     "MetricsSetting",
     "NodeSpec",
     "Nodes",
@@ -1714,6 +1715,74 @@ class TensorDock(_OneAPIKey, ProviderConfig):
         )
 
 
+MASSED_COMPUTE_API_KEY_ENV = "MASSED_COMPUTE_API_KEY"
+#: The image a Massed Compute instance boots when none is given: Ubuntu Server 24.04, as
+#: Massed Compute's own MCP server's end-to-end run launched it (image 184).
+DEFAULT_MASSED_COMPUTE_IMAGE = 184
+
+
+@attrs.frozen(kw_only=True)
+class MassedCompute(_OneAPIKey, ProviderConfig):
+    """GPU VMs rented from Massed Compute, through its VM API v1.
+
+    Each node is one instance (a VM) of the cheapest GPU product with the spec's GPUs that
+    Massed Compute has capacity for (the next product when a launch is refused and the
+    inventory then shows the product out of capacity). The launch's startup ``command`` is
+    Skyward's: it authorizes the pool's public key for root, installs a host key made for
+    the instance (so the client knows it before it connects) and runs sshd on port 22 with
+    them. Instances are terminated when the pool closes. An instance whose client vanished
+    is NOT ended by itself (Massed Compute gives an instance no credential of its own): it
+    bills until it is terminated; see docs/providers.md.
+
+    Attributes:
+        api_key: Your Massed Compute API key; None reads ``MASSED_COMPUTE_API_KEY``. It is
+            sent only in the ``Authorization`` header and never appears in reprs, logs or
+            events.
+        image_id: The VM image each instance boots (``GET /images`` lists them); it needs
+            ``/bin/sh``, ``base64`` and OpenSSH's sshd, as Massed Compute's Ubuntu images have.
+        region: The region instances are launched in (a name the inventory's
+            ``regions_with_capacity_available`` gives, such as ``"us-central-3"``); None:
+            ``"any"``, Massed Compute's pick.
+        api_url: The VM API's base URL.
+    """
+
+    _key_env = MASSED_COMPUTE_API_KEY_ENV
+    _key_page = "https://vm.massedcompute.com (the account's API settings)"
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    image_id: int = DEFAULT_MASSED_COMPUTE_IMAGE
+    region: str | None = None
+    api_url: str = "https://vm.massedcompute.com/api/v1"
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("MassedCompute", self.api_key, MASSED_COMPUTE_API_KEY_ENV)
+        _check_int(
+            "MassedCompute",
+            "image_id",
+            self.image_id,
+            low=1,
+            fix="Pass an image's id as GET /images lists it, e.g. image_id=184.",
+        )
+        if self.region is not None:
+            fix = "Pass a region's name such as 'us-central-3', or None for any region."
+            _check_str("MassedCompute", "region", self.region, fix=fix)
+            if not self.region.strip() or any(c.isspace() for c in self.region):
+                raise ValueError(
+                    f"MassedCompute(region={self.region!r}): a region's name has no spaces. {fix}"
+                )
+        _check_url(
+            "MassedCompute",
+            "api_url",
+            self.api_url,
+            fix="Pass e.g. api_url='https://vm.massedcompute.com/api/v1'.",
+        )
+
+    @property
+    def username(self) -> str:
+        """Who the client logs in as: root, whom Skyward's startup command authorizes."""
+        return "root"
+
+
 #: The provider configs a ``[providers.NAME]`` table of skyward.toml names by its ``type``.
 PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "local": Local,
@@ -1730,6 +1799,7 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "novita": Novita,
     "gcp": GCP,
     "tensordock": TensorDock,
+    "massedcompute": MassedCompute,
 }
 
 #: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are
@@ -1743,7 +1813,7 @@ KNOWN_PROVIDER_TYPES: tuple[str, ...] = (
     "hyperstack",
     "jarvislabs",
     "lambda",
-    "massed_compute",
+    "massedcompute",
     "novita",
     "tensordock",
     "vastai",

@@ -37,6 +37,7 @@ from ._model import (
     Hyperstack,
     Lambda,
     Local,
+    MassedCompute,
     Novita,
     ProviderConfig,
     RunPod,
@@ -200,11 +201,15 @@ async def open_cluster(
         from ._tensordock import TensorDockCluster  # it builds on this module's Instance
 
         return TensorDockCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, MassedCompute):
+        from ._massedcompute import MassedComputeCluster  # it builds on this module's Instance
+
+        return MassedComputeCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
         "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda(), "
-        "sky.Scaleway(), sky.Novita() or sky.GCP() "
+        "sky.Scaleway(), sky.Novita(), sky.GCP(), sky.TensorDock() or sky.MassedCompute() "
         "(see the README's 'not yet' list)"
     )
 
@@ -300,6 +305,12 @@ async def offers(
         from ._tensordock import catalog as tensordock_catalog
 
         return await tensordock_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, MassedCompute):
+        from ._massedcompute import catalog as massedcompute_catalog
+
+        return await massedcompute_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

@@ -413,7 +413,8 @@ def test_an_unknown_provider_name_lists_the_defined_ones(project: Path) -> None:
         f"{project}: pools.train.provider: no provider 'labb'; did you mean 'lab'? the "
         "[providers.NAME] tables defined are 'lab', and a type that needs no fields may be "
         "named without one: 'local', 'container', 'runpod', 'aws', 'vastai', 'lambda', "
-        "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock'"
+        "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock', "
+        "'massedcompute'"
     ]
 
 
@@ -429,14 +430,14 @@ def test_a_bare_type_that_needs_fields_says_to_define_a_table(project: Path) -> 
     assert "type 'ssh' needs fields (hosts): define them in a [providers.NAME] table" in found
 
 
-@pytest.mark.parametrize("kind", ["jarvislabs", "massed_compute"])
+@pytest.mark.parametrize("kind", ["jarvislabs"])
 def test_cloud_types_are_known_but_not_available_yet(project: Path, kind: str) -> None:
     (found,) = problems(project, f'[providers.cloud]\ntype = "{kind}"\n')
     assert found == (
         f"{project}: providers.cloud.type: provider type {kind!r} is not available yet in this "
         "version of Skyward (see the README's 'Not yet' list); the types available are "
         "'local', 'ssh', 'container', 'runpod', 'aws', 'vastai', 'lambda', 'hyperstack', "
-        "'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock'"
+        "'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock', 'massedcompute'"
     )
     (found,) = problems(project, f'[pools.p]\nprovider = "{kind}"\n')
     assert f"provider type {kind!r} is not available yet" in found
@@ -463,10 +464,11 @@ def test_provider_table_errors(project: Path) -> None:
     assert found == [
         f"{project}: providers.a.type: unknown provider type 'lokal'; did you mean 'local'? "
         "the types are 'local', 'ssh', 'container', 'runpod', 'aws', 'vastai', 'lambda', "
-        "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock'",
+        "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock', "
+        "'massedcompute'",
         f"{project}: providers.b: missing key 'type': one of 'local', 'ssh', 'container', "
         "'runpod', 'aws', 'vastai', 'lambda', 'hyperstack', 'vultr', 'verda', 'scaleway', "
-        "'novita', 'gcp', 'tensordock'",
+        "'novita', 'gcp', 'tensordock', 'massedcompute'",
         f"{project}: providers.c.hosts[1]: SSH(hosts=['gpu2:22x']): '22x' is not a port "
         "number; hosts are 'user@host:port' with user and port optional. Pass e.g. "
         'hosts=["gpu1", "alice@gpu2:2222"] or hosts=[sky.SSHHost(host="gpu1")].',

@@ -67,6 +67,7 @@ LAYERS = {
     "_novita": 4,
     "_gcp": 4,
     "_tensordock": 4,
+    "_massedcompute": 4,
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
