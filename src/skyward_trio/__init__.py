@@ -29,6 +29,7 @@ enforces it):
    ``_scaleway`` (``sky.Scaleway``),
    ``_novita`` (``sky.Novita``),
    ``_gcp`` (``sky.GCP``),
+   ``_jarvislabs`` (``sky.JarvisLabs``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -101,6 +102,7 @@ from ._model import (
     HealthChecker,
     Hyperstack,
     Image,
+    JarvisLabs,
     Lambda,
     Local,
     LogConfig,
@@ -175,6 +177,7 @@ __all__ = [
     "InstanceProvisioned",
     "InstanceReplaced",
     "ItemStream",
+    "JarvisLabs",
     "Lambda",
     "Local",
     "Log",

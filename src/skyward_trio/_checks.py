@@ -30,6 +30,7 @@ from ._model import (
     SSH,
     Container,
     Hyperstack,
+    JarvisLabs,
     Lambda,
     Local,
     Novita,
@@ -93,6 +94,8 @@ def check_spec(spec: Spec) -> None:
         _novita(spec)
     if isinstance(spec.provider, GCP):
         _gcp(spec)
+    if isinstance(spec.provider, JarvisLabs):
+        _jarvislabs(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -200,7 +203,8 @@ def _image(spec: Spec) -> None:
         | Verda
         | Scaleway
         | Novita
-        | GCP,
+        | GCP
+        | JarvisLabs,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -371,4 +375,17 @@ def _gcp(spec: Spec) -> None:
             spec, "sky.GCP() rents GPU VMs", "L4", " (its CPU machine types are not supported yet)"
         ),
         "Compute Engine rents whole GPUs",
+    )
+
+
+def _jarvislabs(spec: Spec) -> None:
+    """JarvisLabs rents GPU container instances by whole GPUs."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.JarvisLabs() rents GPU instances",
+            "L4",
+            " (its CPU VMs are not supported yet)",
+        ),
+        "JarvisLabs rents whole GPUs",
     )

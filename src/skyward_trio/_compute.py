@@ -47,6 +47,7 @@ from ._model import (
     AWS,
     GCP,
     HYPERSTACK_API_KEY_ENV,
+    JL_API_KEY_ENV,
     LAMBDA_API_KEY_ENV,
     NOVITA_API_KEY_ENV,
     RUNPOD_API_KEY_ENV,
@@ -56,6 +57,7 @@ from ._model import (
     VERDA_CLIENT_SECRET_ENV,
     VULTR_API_KEY_ENV,
     Hyperstack,
+    JarvisLabs,
     Lambda,
     LogConfig,
     Novita,
@@ -335,6 +337,7 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
     names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, ``HYPERSTACK_API_KEY``,
     ``VULTR_API_KEY``, ``VERDA_CLIENT_SECRET``, ``SCW_SECRET_KEY``, ``NOVITA_API_KEY``,
+    ``JL_API_KEY``,
     AWS's secret key and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
@@ -354,6 +357,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(SCW_SECRET_KEY_ENV, "")]
     if isinstance(provider, Novita):
         return [os.environ.get(NOVITA_API_KEY_ENV, "")]
+    if isinstance(provider, JarvisLabs):
+        return [os.environ.get(JL_API_KEY_ENV, "")]
     if isinstance(provider, GCP):  # the service account's private key
         try:
             return [provider.resolved_credentials()[0]["private_key"]]

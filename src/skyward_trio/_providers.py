@@ -35,6 +35,7 @@ from ._model import (
     SSH,
     Container,
     Hyperstack,
+    JarvisLabs,
     Lambda,
     Local,
     Novita,
@@ -195,11 +196,16 @@ async def open_cluster(
         from ._gcp import GCPCluster  # it builds on this module's Instance
 
         return GCPCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, JarvisLabs):
+        from ._jarvislabs import JarvisLabsCluster  # it builds on this module's Instance
+
+        return JarvisLabsCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
         "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda(), "
-        "sky.Scaleway(), sky.Novita() or sky.GCP() "
+        "sky.Scaleway(), sky.Novita(), sky.GCP() "
+        "or sky.JarvisLabs() "
         "(see the README's 'not yet' list)"
     )
 
@@ -289,6 +295,12 @@ async def offers(
         from ._gcp import catalog as gcp_catalog
 
         return await gcp_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, JarvisLabs):
+        from ._jarvislabs import catalog as jarvislabs_catalog
+
+        return await jarvislabs_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

@@ -414,6 +414,7 @@ def test_an_unknown_provider_name_lists_the_defined_ones(project: Path) -> None:
         "[providers.NAME] tables defined are 'lab', and a type that needs no fields may be "
         "named without one: 'local', 'container', 'runpod', 'aws', 'vastai', 'lambda', "
         "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp'"
+        ", 'jarvislabs'"
     ]
 
 
@@ -437,6 +438,7 @@ def test_cloud_types_are_known_but_not_available_yet(project: Path, kind: str) -
         "version of Skyward (see the README's 'Not yet' list); the types available are "
         "'local', 'ssh', 'container', 'runpod', 'aws', 'vastai', 'lambda', 'hyperstack', "
         "'vultr', 'verda', 'scaleway', 'novita', 'gcp'"
+        ", 'jarvislabs'"
     )
     (found,) = problems(project, f'[pools.p]\nprovider = "{kind}"\n')
     assert f"provider type {kind!r} is not available yet" in found
@@ -463,10 +465,12 @@ def test_provider_table_errors(project: Path) -> None:
     assert found == [
         f"{project}: providers.a.type: unknown provider type 'lokal'; did you mean 'local'? "
         "the types are 'local', 'ssh', 'container', 'runpod', 'aws', 'vastai', 'lambda', "
-        "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp'",
+        "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp'"
+        ", 'jarvislabs'",
         f"{project}: providers.b: missing key 'type': one of 'local', 'ssh', 'container', "
         "'runpod', 'aws', 'vastai', 'lambda', 'hyperstack', 'vultr', 'verda', 'scaleway', "
-        "'novita', 'gcp'",
+        "'novita', 'gcp'"
+        ", 'jarvislabs'",
         f"{project}: providers.c.hosts[1]: SSH(hosts=['gpu2:22x']): '22x' is not a port "
         "number; hosts are 'user@host:port' with user and port optional. Pass e.g. "
         'hosts=["gpu1", "alice@gpu2:2222"] or hosts=[sky.SSHHost(host="gpu1")].',
