@@ -7,12 +7,14 @@ Nothing here reaches JarvisLabs; no address but loopback is contacted.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from clients import across_a_preemption, run_sky
 from fake_jarvislabs import FakeJarvisLabs
 from waiting import wait_until
 
@@ -118,6 +120,22 @@ def test_offers_list_each_gpu_type_free_per_region_with_its_price(
     assert [o.regions for o in mumbai] == [("india-01",)]
 
 
+def test_sky_offers_list_reads_the_key_from_its_shell(
+    fake_jarvislabs: FakeJarvisLabs, tmp_path: Path
+) -> None:
+    """``sky offers list jl``: the table skyward.toml names, the key from the shell."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "skyward.toml").write_text(
+        f'[providers.jl]\ntype = "jarvislabs"\napi_url = "{fake_jarvislabs.api_url}"\n'
+    )
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "JL_API_KEY": fake_jarvislabs.api_key}
+    done = run_sky(tmp_path, env, "offers", "list", "jl", "--accelerator", "h100", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [(r["name"], r["on_demand_price"]) for r in rows] == [("H100", pytest.approx(2.69))]
+    assert fake_jarvislabs.api_key not in done.stdout + done.stderr
+
+
 def test_no_free_gpus_falls_back_to_the_next_offer(fake_jarvislabs: FakeJarvisLabs) -> None:
     api = fake_jarvislabs
     # Taken between the listing and the create.
@@ -196,3 +214,16 @@ def test_a_create_whose_answer_never_came_is_found_by_name(
             every=0.05,
         )
     assert not api.live()
+
+
+def test_a_failed_instance_is_replaced_and_its_call_sent_again(
+    fake_jarvislabs: FakeJarvisLabs,
+) -> None:
+    api = fake_jarvislabs
+    with sky.Compute(provider=provider(api), accelerator=A.RTX_A6000(), options=QUIET) as pool:
+        first, second, kinds = across_a_preemption(
+            pool, _where, lambda ran: api.kill(ran["instance"])
+        )
+    assert second["instance"] != first["instance"]
+    assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
+    assert not api.live()  # the failed one was destroyed too
