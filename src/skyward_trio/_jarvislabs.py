@@ -127,6 +127,16 @@ def _succeeded(body: object) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
+def _not_found(response: httpx.Response) -> bool:
+    """Whether ``GET /users/fetch/<id>`` says the account has no such instance: a 404, or
+    a 200 whose ``success`` is false (the SDK reads both so); any other failure is no
+    answer about it."""
+    if response.status_code == 404:
+        return True
+    body = response_object(response)
+    return response.status_code == 200 and "success" in body and not _succeeded(body)
+
+
 class _API(KeyedAPI[_Access]):
     """JarvisLabs' API: the account's backend, and each region's."""
 
@@ -440,7 +450,7 @@ class JarvisLabsCluster(RentedCluster[JarvisLabs, _Instance]):
         response = await self._api.at(None, "GET", f"/users/fetch/{machine_id}")
         body = response_object(response)
         found = _instance(body.get("instance")) if _succeeded(body) else None
-        if found is None and (response.status_code == 404 or body.get("success") is not None):
+        if _not_found(response):
             if machine_id in self._unseen:
                 return _Instance(machine_id, "", "Creating", None, self._region.get(machine_id))
             return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import skyward as sky
@@ -133,6 +134,19 @@ def test_an_instance_answer_says_its_status_and_ssh_endpoint() -> None:
     )
     assert _jarvislabs._instance({"machine_id": True}) is None
     assert _jarvislabs._instance({"status": "Running"}) is None
+
+
+def test_only_a_404_or_a_declared_failure_says_an_instance_is_gone() -> None:
+    def answer(status: int, body: object) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    assert _jarvislabs._not_found(answer(404, {"message": "Instance not found"}))
+    assert _jarvislabs._not_found(answer(200, {"success": False}))
+    assert _jarvislabs._not_found(answer(200, {"success": "false"}))
+    assert not _jarvislabs._not_found(answer(200, {"success": True, "instance": {}}))
+    # A server error (even one saying success: false) is no answer about the instance.
+    assert not _jarvislabs._not_found(answer(500, {"success": False, "message": "oops"}))
+    assert not _jarvislabs._not_found(answer(503, {}))
 
 
 def test_what_compute_refuses_before_creating() -> None:
