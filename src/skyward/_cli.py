@@ -205,15 +205,12 @@ def _config(args: argparse.Namespace) -> int:
 
 def _providers_command(args: argparse.Namespace) -> int:
     from skyward_trio import config as sky_config
-    from skyward_trio._model import KNOWN_PROVIDER_TYPES
 
     if args.command == "list":
         loaded = sky_config.validate(args.project, args.defaults)
         for name, provider in loaded.providers.items():
             print(f"{name}: {provider!r}")
-        available = ", ".join(PROVIDER_TYPES)
-        later = ", ".join(t for t in KNOWN_PROVIDER_TYPES if t not in PROVIDER_TYPES)
-        print(f"# types: {available}" + (f" (not yet: {later})" if later else ""))
+        print(f"# types: {', '.join(PROVIDER_TYPES)}")
         return 0
     failed = 0
     for provider in _providers(args.providers, args):

@@ -31,6 +31,7 @@ enforces it):
    ``_gcp`` (``sky.GCP``),
    ``_tensordock`` (``sky.TensorDock``),
    ``_massedcompute`` (``sky.MassedCompute``),
+   ``_jarvislabs`` (``sky.JarvisLabs``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
    nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
    ``_storelink`` (the client's link to the store)
@@ -103,6 +104,7 @@ from ._model import (
     HealthChecker,
     Hyperstack,
     Image,
+    JarvisLabs,
     Lambda,
     Local,
     LogConfig,
@@ -179,6 +181,7 @@ __all__ = [
     "InstanceProvisioned",
     "InstanceReplaced",
     "ItemStream",
+    "JarvisLabs",
     "Lambda",
     "Local",
     "Log",

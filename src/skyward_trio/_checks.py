@@ -30,6 +30,7 @@ from ._model import (
     SSH,
     Container,
     Hyperstack,
+    JarvisLabs,
     Lambda,
     Local,
     MassedCompute,
@@ -99,6 +100,8 @@ def check_spec(spec: Spec) -> None:
         _tensordock(spec)
     if isinstance(spec.provider, MassedCompute):
         _massedcompute(spec)
+    if isinstance(spec.provider, JarvisLabs):
+        _jarvislabs(spec)
     fixed = collective(spec)
     nodes = spec.nodes
     partial = nodes.min is not None and nodes.min < nodes.desired
@@ -214,7 +217,8 @@ def _image(spec: Spec) -> None:
         | Novita
         | GCP
         | TensorDock
-        | MassedCompute,
+        | MassedCompute
+        | JarvisLabs,
     ):
         for package in image.apt:
             if _APT_PACKAGE.fullmatch(package) is None:
@@ -406,4 +410,17 @@ def _massedcompute(spec: Spec) -> None:
     _whole(
         _gpus(spec, "sky.MassedCompute() rents GPU instances", "L40S"),
         "Massed Compute rents whole GPUs",
+    )
+
+
+def _jarvislabs(spec: Spec) -> None:
+    """JarvisLabs rents GPU container instances by whole GPUs."""
+    _whole(
+        _gpus(
+            spec,
+            "sky.JarvisLabs() rents GPU instances",
+            "L4",
+            " (its CPU VMs are not supported yet)",
+        ),
+        "JarvisLabs rents whole GPUs",
     )

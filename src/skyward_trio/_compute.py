@@ -47,6 +47,7 @@ from ._model import (
     AWS,
     GCP,
     HYPERSTACK_API_KEY_ENV,
+    JL_API_KEY_ENV,
     LAMBDA_API_KEY_ENV,
     MASSED_COMPUTE_API_KEY_ENV,
     NOVITA_API_KEY_ENV,
@@ -58,6 +59,7 @@ from ._model import (
     VERDA_CLIENT_SECRET_ENV,
     VULTR_API_KEY_ENV,
     Hyperstack,
+    JarvisLabs,
     Lambda,
     LogConfig,
     MassedCompute,
@@ -339,7 +341,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
     """Credentials read from the environment: the passphrase ``sky.SSH(passphrase_env=...)``
     names, ``RUNPOD_API_KEY``, ``VAST_API_KEY``, ``LAMBDA_API_KEY``, ``HYPERSTACK_API_KEY``,
     ``VULTR_API_KEY``, ``VERDA_CLIENT_SECRET``, ``SCW_SECRET_KEY``, ``NOVITA_API_KEY``,
-    ``TENSORDOCK_API_TOKEN``, AWS's secret key and session token. Never written to the log."""
+    ``TENSORDOCK_API_TOKEN``, ``MASSED_COMPUTE_API_KEY``, ``JL_API_KEY``, AWS's secret key
+    and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
     if isinstance(provider, RunPod):
@@ -362,6 +365,8 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
         return [os.environ.get(TENSORDOCK_API_TOKEN_ENV, "")]
     if isinstance(provider, MassedCompute):
         return [os.environ.get(MASSED_COMPUTE_API_KEY_ENV, "")]
+    if isinstance(provider, JarvisLabs):
+        return [os.environ.get(JL_API_KEY_ENV, "")]
     if isinstance(provider, GCP):  # the service account's private key
         try:
             return [provider.resolved_credentials()[0]["private_key"]]

@@ -40,7 +40,6 @@ __all__ = [
     "DEFAULT_SSH_CONFIG",
     "EXECUTOR_KINDS",
     "GCP",
-    "KNOWN_PROVIDER_TYPES",
     "LOG_LEVELS",
     "PROVIDER_TYPES",
     "RESERVED_MOUNTS",
@@ -55,6 +54,7 @@ __all__ = [
     "HealthChecker",
     "Hyperstack",
     "Image",
+    "JarvisLabs",
     "Lambda",
     "Local",
     "LogConfig",
@@ -1532,6 +1532,95 @@ def _check_gcp_project(project: object, source: str) -> None:
         )
 
 
+#: Where ``sky.JarvisLabs`` reads its API key when none is passed (as JarvisLabs' own
+#: ``jl`` CLI and SDK do).
+JL_API_KEY_ENV = "JL_API_KEY"
+
+#: JarvisLabs' regions and the backend each is reached at (its SDK's ``REGION_URLS``):
+#: instances are created, polled and destroyed at their region's backend; the account's
+#: SSH keys, instance list and GPU catalogue at the first.
+JARVISLABS_REGIONS: dict[str, str] = {
+    "india-01": "https://backendprod.jarvislabs.net",
+    "india-noida-01": "https://backendn.jarvislabs.net",
+    "europe-01": "https://backendeu.jarvislabs.net",
+}
+
+
+@attrs.frozen(kw_only=True)
+class JarvisLabs(_OneAPIKey, ProviderConfig):
+    """GPU container instances rented from JarvisLabs.ai, through the HTTP API its
+    ``jarvislabs`` SDK and ``jl`` CLI use.
+
+    Each node is one container instance of ``template`` (JarvisLabs' framework images,
+    ``"pytorch"`` by default, which run sshd) on the cheapest GPU type and region with the
+    spec's GPUs free (the next one when JarvisLabs refuses for want of capacity). The pool's
+    public key is added to the account's SSH keys (as ``skyward-<job>``) for the pool's
+    life; the client logs in as root at the host and port of the instance's ``ssh_str``,
+    trusting the host key the instance first presents for that instance only (JarvisLabs
+    publishes none). Instances are destroyed when the pool closes. An instance whose client
+    vanished is NOT ended by itself (JarvisLabs gives an instance no credential of its
+    own): it bills until it is destroyed; see docs/providers.md.
+
+    Attributes:
+        api_key: Your JarvisLabs API key; None reads ``JL_API_KEY``. It is sent only in
+            the ``Authorization`` header and never appears in reprs, logs or events.
+        region: The region instances are created in (``"india-01"``,
+            ``"india-noida-01"``, ``"europe-01"``); None: any with the GPUs free.
+        template: The framework template each instance runs (``jl templates`` lists
+            them); it must run sshd, as JarvisLabs' framework templates do.
+        storage_gb: Each instance's disk in GB when the spec sets no ``disk_gb``
+            (JarvisLabs' default is 40; europe-01 takes 100 at least).
+        api_url: One backend for every region and the account (a proxy's, or a test
+            server's); None: JarvisLabs' own backend of each region.
+    """
+
+    _key_env = JL_API_KEY_ENV
+    _key_page = "https://jarvislabs.ai/settings/api-keys"
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    region: str | None = None
+    template: str = "pytorch"
+    storage_gb: int = 40
+    api_url: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_key("JarvisLabs", self.api_key, JL_API_KEY_ENV)
+        if self.region is not None:
+            _check_choice("JarvisLabs", "region", self.region, JARVISLABS_REGIONS)
+        fix = "Pass a template id as `jl templates` lists it, e.g. template='pytorch'."
+        _check_str("JarvisLabs", "template", self.template, fix=fix)
+        if self.template == "vm" or not re.fullmatch(r"[A-Za-z0-9._-]+", self.template):
+            raise ValueError(
+                f"JarvisLabs(template={self.template!r}): not a container template id "
+                f"(Skyward rents container instances; VM instances are not supported yet). {fix}"
+            )
+        _check_int(
+            "JarvisLabs",
+            "storage_gb",
+            self.storage_gb,
+            low=20,
+            fix="Pass whole GB, e.g. storage_gb=40 (100 or more in europe-01).",
+        )
+        if self.api_url is not None:
+            _check_url(
+                "JarvisLabs",
+                "api_url",
+                self.api_url,
+                fix="Pass e.g. api_url='https://backendprod.jarvislabs.net', or None.",
+            )
+
+    @property
+    def username(self) -> str:
+        """Who the client logs in as: root, the container's user."""
+        return "root"
+
+    def backend(self, region: str | None = None) -> str:
+        """The base URL for ``region``'s instances (None: the account's own requests)."""
+        if self.api_url is not None:
+            return self.api_url.rstrip("/")
+        return JARVISLABS_REGIONS[region or "india-01"]
+
+
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _AWS_ID = {
     "ami": re.compile(r"ami-[0-9a-f]{8,17}"),
@@ -1800,28 +1889,8 @@ PROVIDER_TYPES: dict[str, type[ProviderConfig]] = {
     "gcp": GCP,
     "tensordock": TensorDock,
     "massedcompute": MassedCompute,
+    "jarvislabs": JarvisLabs,
 }
-
-#: Every provider type skyward.toml knows; those missing from :data:`PROVIDER_TYPES` are
-#: refused as "not available yet" rather than as unknown.
-KNOWN_PROVIDER_TYPES: tuple[str, ...] = (
-    "local",
-    "ssh",
-    "container",
-    "aws",
-    "gcp",
-    "hyperstack",
-    "jarvislabs",
-    "lambda",
-    "massedcompute",
-    "novita",
-    "tensordock",
-    "vastai",
-    "runpod",
-    "scaleway",
-    "verda",
-    "vultr",
-)
 
 
 # --- nodes --------------------------------------------------------------------------------------

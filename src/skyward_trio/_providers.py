@@ -35,6 +35,7 @@ from ._model import (
     SSH,
     Container,
     Hyperstack,
+    JarvisLabs,
     Lambda,
     Local,
     MassedCompute,
@@ -205,11 +206,16 @@ async def open_cluster(
         from ._massedcompute import MassedComputeCluster  # it builds on this module's Instance
 
         return MassedComputeCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    if isinstance(config, JarvisLabs):
+        from ._jarvislabs import JarvisLabsCluster  # it builds on this module's Instance
+
+        return JarvisLabsCluster(config, job_id=job_id, client_key=client_key, choice=choice)
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
         "sky.AWS(), sky.VastAI(), sky.Lambda(), sky.Hyperstack(), sky.Vultr(), sky.Verda(), "
-        "sky.Scaleway(), sky.Novita(), sky.GCP(), sky.TensorDock() or sky.MassedCompute() "
+        "sky.Scaleway(), sky.Novita(), sky.GCP(), sky.TensorDock(), sky.MassedCompute() or "
+        "sky.JarvisLabs() "
         "(see the README's 'not yet' list)"
     )
 
@@ -311,6 +317,12 @@ async def offers(
         from ._massedcompute import catalog as massedcompute_catalog
 
         return await massedcompute_catalog(
+            config, accelerator=accelerator, gpus=accelerators, everything=everything
+        )
+    if isinstance(config, JarvisLabs):
+        from ._jarvislabs import catalog as jarvislabs_catalog
+
+        return await jarvislabs_catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
     if isinstance(config, SSH):

@@ -49,7 +49,6 @@ from . import metrics as sky_metrics
 from ._checks import check_spec
 from ._errors import ConfigError
 from ._model import (
-    KNOWN_PROVIDER_TYPES,
     PROVIDER_TYPES,
     SSH,
     Image,
@@ -573,14 +572,7 @@ class _Reader:
         cls = PROVIDER_TYPES.get(kind)
         if cls is not None:
             return cls
-        if kind in KNOWN_PROVIDER_TYPES:
-            self.problem(
-                at,
-                f"provider type {kind!r} is not available yet in this version of Skyward "
-                f"(see the README's 'Not yet' list); the types available are {_types()}",
-            )
-            return None
-        close = difflib.get_close_matches(kind, KNOWN_PROVIDER_TYPES, n=1)
+        close = difflib.get_close_matches(kind, list(PROVIDER_TYPES), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         self.problem(at, f"unknown provider type {kind!r}; {hint}the types are {_types()}")
         return None
@@ -716,12 +708,6 @@ class _Reader:
                 at,
                 f"type {value!r} needs fields ({', '.join(needs)}): define them in a "
                 f'[providers.NAME] table with type = "{value}", and name that table here',
-            )
-        elif value in KNOWN_PROVIDER_TYPES:
-            self.problem(
-                at,
-                f"provider type {value!r} is not available yet in this version of Skyward "
-                "(see the README's 'Not yet' list)",
             )
         else:
             bare = [

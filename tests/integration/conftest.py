@@ -30,6 +30,7 @@ import sshd
 from fake_aws import FAKE_CREDENTIALS, FakeAWS, need_fake_aws
 from fake_gcp import FakeGCP, need_fake_gcp
 from fake_hyperstack import FakeHyperstack, need_fake_hyperstack
+from fake_jarvislabs import FakeJarvisLabs, need_fake_jarvislabs
 from fake_lambda import FakeLambda, need_fake_lambda
 from fake_novita import FakeNovita, need_fake_novita
 from fake_runpod import FakeRunPod
@@ -265,6 +266,14 @@ def fake_novita(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeNovita
     """One fake Novita for a module (its uv cache is shared by the machines)."""
     need_fake_novita()
     with FakeNovita(root=tmp_path_factory.mktemp("novita")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def fake_jarvislabs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeJarvisLabs]:
+    """One fake JarvisLabs for a module (its uv cache is shared by the machines)."""
+    need_fake_jarvislabs()
+    with FakeJarvisLabs(root=tmp_path_factory.mktemp("jarvislabs")) as api:
         yield api
 
 

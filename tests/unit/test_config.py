@@ -287,7 +287,7 @@ def test_problems_of_many_pools_and_providers_come_in_one_error(project: Path) -
             project,
             """
             [providers.cloud]
-            type = "jarvislabs"
+            type = "lamda"
             [pools.a]
             nodes = 0
             [pools.b]
@@ -414,7 +414,7 @@ def test_an_unknown_provider_name_lists_the_defined_ones(project: Path) -> None:
         "[providers.NAME] tables defined are 'lab', and a type that needs no fields may be "
         "named without one: 'local', 'container', 'runpod', 'aws', 'vastai', 'lambda', "
         "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock', "
-        "'massedcompute'"
+        "'massedcompute', 'jarvislabs'"
     ]
 
 
@@ -428,19 +428,6 @@ def test_the_other_fields_of_a_pool_with_a_bad_provider_are_still_checked(
 def test_a_bare_type_that_needs_fields_says_to_define_a_table(project: Path) -> None:
     (found,) = problems(project, '[pools.train]\nprovider = "ssh"\n')
     assert "type 'ssh' needs fields (hosts): define them in a [providers.NAME] table" in found
-
-
-@pytest.mark.parametrize("kind", ["jarvislabs"])
-def test_cloud_types_are_known_but_not_available_yet(project: Path, kind: str) -> None:
-    (found,) = problems(project, f'[providers.cloud]\ntype = "{kind}"\n')
-    assert found == (
-        f"{project}: providers.cloud.type: provider type {kind!r} is not available yet in this "
-        "version of Skyward (see the README's 'Not yet' list); the types available are "
-        "'local', 'ssh', 'container', 'runpod', 'aws', 'vastai', 'lambda', 'hyperstack', "
-        "'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock', 'massedcompute'"
-    )
-    (found,) = problems(project, f'[pools.p]\nprovider = "{kind}"\n')
-    assert f"provider type {kind!r} is not available yet" in found
 
 
 def test_provider_table_errors(project: Path) -> None:
@@ -465,10 +452,10 @@ def test_provider_table_errors(project: Path) -> None:
         f"{project}: providers.a.type: unknown provider type 'lokal'; did you mean 'local'? "
         "the types are 'local', 'ssh', 'container', 'runpod', 'aws', 'vastai', 'lambda', "
         "'hyperstack', 'vultr', 'verda', 'scaleway', 'novita', 'gcp', 'tensordock', "
-        "'massedcompute'",
+        "'massedcompute', 'jarvislabs'",
         f"{project}: providers.b: missing key 'type': one of 'local', 'ssh', 'container', "
         "'runpod', 'aws', 'vastai', 'lambda', 'hyperstack', 'vultr', 'verda', 'scaleway', "
-        "'novita', 'gcp', 'tensordock', 'massedcompute'",
+        "'novita', 'gcp', 'tensordock', 'massedcompute', 'jarvislabs'",
         f"{project}: providers.c.hosts[1]: SSH(hosts=['gpu2:22x']): '22x' is not a port "
         "number; hosts are 'user@host:port' with user and port optional. Pass e.g. "
         'hosts=["gpu1", "alice@gpu2:2222"] or hosts=[sky.SSHHost(host="gpu1")].',
@@ -938,7 +925,7 @@ def test_main_prints_problems_or_a_summary(
 
 
 def test_python_dash_m_validate(in_project: Path) -> None:
-    write(in_project, '[pools.a]\nprovider = "jarvislabs"\n')
+    write(in_project, '[pools.a]\nprovider = "lamda"\n')
     run = subprocess.run(
         [sys.executable, "-m", "skyward_trio.config", "validate"],
         capture_output=True,
@@ -947,7 +934,7 @@ def test_python_dash_m_validate(in_project: Path) -> None:
     )
     assert run.returncode == 1
     assert run.stderr.startswith(
-        "skyward.toml: pools.a.provider: provider type 'jarvislabs' is not"
+        "skyward.toml: pools.a.provider: no provider 'lamda'; did you mean 'lambda'?"
     )
     write(in_project, "[pools.a]\n")
     run = subprocess.run(

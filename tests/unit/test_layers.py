@@ -65,6 +65,7 @@ LAYERS = {
     "_verda": 4,
     "_scaleway": 4,
     "_novita": 4,
+    "_jarvislabs": 4,
     "_gcp": 4,
     "_tensordock": 4,
     "_massedcompute": 4,
