@@ -50,12 +50,9 @@ from . import _transport, accelerators
 from ._model import JARVISLABS_REGIONS, JarvisLabs
 from ._offers import Catalog, Choice, Offer
 from ._providers import (
-    Instance,
     KeyedAPI,
-    ended_on_failure,
     failure_words,
     first_host_key,
-    remote_workdir,
     response_json,
     response_object,
     said,
@@ -347,39 +344,16 @@ class JarvisLabsCluster(RentedCluster[JarvisLabs, _Instance]):
         self._key_lock = trio.Lock()
         self._key_added = False
 
-    async def provision(self, node: int) -> Instance:
-        """Create an instance, wait until it runs with its SSH endpoint, trust the host key
-        it first presents (for it alone), and learn its home."""
-        self._serial += 1
-        name = f"{self._prefix}{node}-{self._serial}"
-        await self._add_key()
-        instance_id, offer = await self._launch(node, name, _transport.generate_key())
-        async with ended_on_failure(lambda: self._end(instance_id), self.error):
-            await self._until_up(instance_id)
-            host, port = self._ssh[instance_id]
-            host_key = await first_host_key(host, port)
-            workdir = await remote_workdir(
-                host,
-                port,
-                user=self.config.username,
-                login=self._login,
-                host_key=host_key,
-                name=f"{self.job_id}-{node}",
-            )
-        return Instance(
-            id=instance_id,
-            node=node,
-            host=host,
-            port=port,
-            username=self.config.username,
-            host_key=host_key,
-            private_ip=host,
-            public_ip=host,
-            python=None,
-            workdir=workdir,
-            hourly_price=offer.on_demand_price or self._choice.hourly_price,
-            # No on_lease_expiry: nothing on the instance can end it (see the module).
-        )
+    async def _reach(self, machine_id: str) -> tuple[str, int, str]:
+        """Wait until the instance runs with its SSH endpoint (its ``ssh_str``)."""
+        await self._until_up(machine_id)
+        host, port = self._ssh[machine_id]
+        return host, port, host
+
+    async def _pin_host_key(self, machine_id: str, host: str, port: int, given: str) -> str:
+        """JarvisLabs takes no host key: the first one the instance presents is trusted,
+        for it alone."""
+        return await first_host_key(host, port)
 
     async def _add_key(self) -> None:
         """Add the pool's public key to the account's SSH keys, once."""
@@ -417,7 +391,9 @@ class JarvisLabsCluster(RentedCluster[JarvisLabs, _Instance]):
 
     async def _launch(self, node: int, name: str, host_key: _transport.SSHKey) -> tuple[str, Offer]:
         """Create one instance of the first offer and region JarvisLabs has GPUs free for:
-        its id and that offer. (``host_key`` is unused: JarvisLabs takes none.)"""
+        its id and that offer. (``host_key`` is unused: JarvisLabs takes none.) The pool's
+        key is added to the account's SSH keys first."""
+        await self._add_key()
         refused: list[str] = []
         path = f"/templates/{self.config.template}/create"
         for offer in self._offers:
@@ -464,7 +440,7 @@ class JarvisLabsCluster(RentedCluster[JarvisLabs, _Instance]):
         return found
 
     def _address(self, machine: _Instance) -> tuple[str, str] | None:
-        """Up once running with its SSH endpoint (kept for ``provision``)."""
+        """Up once running with its SSH endpoint (kept for ``_reach``)."""
         if machine.status == "Running" and machine.ssh is not None:
             self._ssh[machine.id] = machine.ssh
             return machine.ssh[0], machine.ssh[0]

@@ -48,12 +48,8 @@ from . import _transport, accelerators
 from ._model import Novita
 from ._offers import Catalog, Choice, Offer
 from ._providers import (
-    Instance,
     KeyedAPI,
-    ended_on_failure,
     failure_words,
-    given_host_key,
-    remote_workdir,
     response_object,
     said,
 )
@@ -334,40 +330,11 @@ class NovitaCluster(RentedCluster[Novita, _Instance]):
         self._rootfs = max(10, math.ceil(disk)) if disk is not None else config.rootfs_gb
         self._ssh: dict[str, tuple[str, int]] = {}  # each instance's public SSH endpoint
 
-    async def provision(self, node: int) -> Instance:
-        """Create an instance, wait until it runs with its port 22 mapped and sshd there
-        presents the host key it was given, and learn its home."""
-        host_key = _transport.generate_key()
-        host_public = _transport.public_openssh(host_key)
-        self._serial += 1
-        name = f"{self._prefix}{node}-{self._serial}"
-        instance_id, offer = await self._launch(node, name, host_key)
-        async with ended_on_failure(lambda: self._end(instance_id), self.error):
-            await self._until_up(instance_id)
-            host, port = self._ssh[instance_id]
-            await given_host_key(instance_id, host, port, host_public)
-            workdir = await remote_workdir(
-                host,
-                port,
-                user=self.config.username,
-                login=self._login,
-                host_key=host_public,
-                name=f"{self.job_id}-{node}",
-            )
-        return Instance(
-            id=instance_id,
-            node=node,
-            host=host,
-            port=port,
-            username=self.config.username,
-            host_key=host_public,
-            private_ip=host,
-            public_ip=host,
-            python=None,
-            workdir=workdir,
-            hourly_price=offer.on_demand_price or self._choice.hourly_price,
-            # No on_lease_expiry: nothing on the instance can end it (see the module).
-        )
+    async def _reach(self, machine_id: str) -> tuple[str, int, str]:
+        """Wait until the instance runs with its port 22 mapped: the public endpoint."""
+        await self._until_up(machine_id)
+        host, port = self._ssh[machine_id]
+        return host, port, host
 
     def _create_body(self, name: str, offer: Offer, host_key: _transport.SSHKey) -> dict[str, Any]:
         assert offer.accelerator is not None
@@ -427,7 +394,7 @@ class NovitaCluster(RentedCluster[Novita, _Instance]):
         return found
 
     def _address(self, machine: _Instance) -> tuple[str, str] | None:
-        """Up once running with its port 22 mapped (its endpoint kept for ``provision``)."""
+        """Up once running with its port 22 mapped (its endpoint kept for ``_reach``)."""
         if machine.status == "running" and machine.ssh is not None:
             self._ssh[machine.id] = machine.ssh
             return machine.ssh[0], machine.ssh[0]

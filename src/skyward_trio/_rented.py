@@ -200,9 +200,17 @@ class RentedCluster(ABC, Generic[Config, M]):
     def _left_behind(self, failed: str) -> str:
         """The error's message when the close could not confirm everything gone."""
 
-    async def _await_host_key(self, machine_id: str, host: str, expected: str) -> None:
-        """Wait until sshd on the machine presents the host key it was given."""
-        await given_host_key(machine_id, host, 22, expected)
+    async def _reach(self, machine_id: str) -> tuple[str, int, str]:
+        """Wait until the machine is up: where its sshd answers (host and port), and its
+        private address. Port 22 of its public address unless the cloud maps another."""
+        public, private = await self._until_up(machine_id)
+        return public, 22, private
+
+    async def _pin_host_key(self, machine_id: str, host: str, port: int, given: str) -> str:
+        """The host key the client pins for the machine: the one it was given, once sshd
+        there presents it (a cloud that takes none trusts the first it presents)."""
+        await given_host_key(machine_id, host, port, given)
+        return given
 
     # The life of a machine.
 
@@ -223,31 +231,31 @@ class RentedCluster(ABC, Generic[Config, M]):
         """Launch a machine, wait until it runs with an address and sshd answers with the
         host key it was given, and learn its home."""
         host_key = _transport.generate_key()
-        host_public = _transport.public_openssh(host_key)
         self._serial += 1
         name = f"{self._prefix}{node}-{self._serial}"
         machine_id, offer = await self._launch(node, name, host_key)
         async with ended_on_failure(lambda: self._end(machine_id), self.error):
-            public, private = await self._until_up(machine_id)
-            await self._await_host_key(machine_id, public, host_public)
+            host, port, private = await self._reach(machine_id)
+            given = _transport.public_openssh(host_key)
+            pinned = await self._pin_host_key(machine_id, host, port, given)
             user = self.config.username
             workdir = await remote_workdir(
-                public,
-                22,
+                host,
+                port,
                 user=user,
                 login=self._login,
-                host_key=host_public,
+                host_key=pinned,
                 name=f"{self.job_id}-{node}",
             )
         return Instance(
             id=machine_id,
             node=node,
-            host=public,
-            port=22,
+            host=host,
+            port=port,
             username=user,
-            host_key=host_public,
+            host_key=pinned,
             private_ip=private,
-            public_ip=public,
+            public_ip=host,
             python=None,
             workdir=workdir,
             hourly_price=offer.on_demand_price or self._choice.hourly_price,

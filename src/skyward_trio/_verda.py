@@ -420,8 +420,9 @@ class VerdaCluster(RentedCluster[Verda, _Machine]):
             "widen the spec (another accelerator, region=None)"
         )
 
-    async def _await_host_key(self, machine_id: str, host: str, expected: str) -> None:
-        await given_host_key(host, 22, expected)
+    async def _pin_host_key(self, machine_id: str, host: str, port: int, given: str) -> str:
+        await given_host_key(host, port, given)
+        return given
 
     async def _get(self, machine_id: str) -> _Machine | None:
         """The instance as Verda sees it now; None once it is gone."""
