@@ -46,33 +46,16 @@ from ._function import active_pool
 from ._model import (
     AWS,
     GCP,
-    HYPERSTACK_API_KEY_ENV,
-    JL_API_KEY_ENV,
-    LAMBDA_API_KEY_ENV,
-    MASSED_COMPUTE_API_KEY_ENV,
-    NOVITA_API_KEY_ENV,
-    RUNPOD_API_KEY_ENV,
     SCW_SECRET_KEY_ENV,
     SSH,
-    TENSORDOCK_API_TOKEN_ENV,
-    VASTAI_API_KEY_ENV,
     VERDA_CLIENT_SECRET_ENV,
-    VULTR_API_KEY_ENV,
-    Hyperstack,
-    JarvisLabs,
-    Lambda,
     LogConfig,
-    MassedCompute,
-    Novita,
+    OneAPIKey,
     Options,
     ProviderConfig,
-    RunPod,
     Scaleway,
     Spec,
-    TensorDock,
-    VastAI,
     Verda,
-    Vultr,
     resolve_compute_args,
 )
 from ._plugin import bootstrap_ops, client_hooks, transformed
@@ -345,28 +328,12 @@ def _login_secrets(provider: ProviderConfig) -> list[str]:
     and session token. Never written to the log."""
     if isinstance(provider, SSH) and provider.passphrase_env is not None:
         return [os.environ.get(provider.passphrase_env, "")]
-    if isinstance(provider, RunPod):
-        return [os.environ.get(RUNPOD_API_KEY_ENV, "")]
-    if isinstance(provider, VastAI):
-        return [os.environ.get(VASTAI_API_KEY_ENV, "")]
-    if isinstance(provider, Lambda):
-        return [os.environ.get(LAMBDA_API_KEY_ENV, "")]
-    if isinstance(provider, Hyperstack):
-        return [os.environ.get(HYPERSTACK_API_KEY_ENV, "")]
-    if isinstance(provider, Vultr):
-        return [os.environ.get(VULTR_API_KEY_ENV, "")]
+    if isinstance(provider, OneAPIKey):
+        return [os.environ.get(provider.key_env, "")]
     if isinstance(provider, Verda):
         return [os.environ.get(VERDA_CLIENT_SECRET_ENV, "")]
     if isinstance(provider, Scaleway):
         return [os.environ.get(SCW_SECRET_KEY_ENV, "")]
-    if isinstance(provider, Novita):
-        return [os.environ.get(NOVITA_API_KEY_ENV, "")]
-    if isinstance(provider, TensorDock):
-        return [os.environ.get(TENSORDOCK_API_TOKEN_ENV, "")]
-    if isinstance(provider, MassedCompute):
-        return [os.environ.get(MASSED_COMPUTE_API_KEY_ENV, "")]
-    if isinstance(provider, JarvisLabs):
-        return [os.environ.get(JL_API_KEY_ENV, "")]
     if isinstance(provider, GCP):  # the service account's private key
         try:
             return [provider.resolved_credentials()[0]["private_key"]]

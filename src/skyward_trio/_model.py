@@ -64,6 +64,7 @@ __all__ = [
     "NodeSpec",
     "Nodes",
     "Novita",
+    "OneAPIKey",
     "Options",
     "PipIndex",
     "ProviderConfig",
@@ -642,12 +643,12 @@ def _resolved_key(record: str, key: str | None, env: str, where: str) -> str:
     return found
 
 
-class _OneAPIKey:
-    """A cloud reached with one API key: ``api_key``, else the one in ``_key_env``."""
+class OneAPIKey:
+    """A cloud reached with one API key: ``api_key``, else the one in ``key_env``."""
 
     api_key: str | None
     #: Where the key is read when none is given, and where a user makes one.
-    _key_env: ClassVar[str]
+    key_env: ClassVar[str]
     _key_page: ClassVar[str]
 
     def resolved_api_key(self) -> str:
@@ -657,11 +658,11 @@ class _OneAPIKey:
         Raises:
             ValueError: Neither is set, saying how to set one.
         """
-        return _resolved_key(type(self).__name__, self.api_key, self._key_env, self._key_page)
+        return _resolved_key(type(self).__name__, self.api_key, self.key_env, self._key_page)
 
 
 @attrs.frozen(kw_only=True)
-class RunPod(_OneAPIKey, ProviderConfig):
+class RunPod(OneAPIKey, ProviderConfig):
     """GPU or CPU pods rented from RunPod, through its public REST and GraphQL APIs.
 
     Each node is one pod running ``container_image``: a GPU pod with the spec's
@@ -692,7 +693,7 @@ class RunPod(_OneAPIKey, ProviderConfig):
         catalog_url: The REST API v2's base URL (CPU flavors and their prices).
     """
 
-    _key_env = RUNPOD_API_KEY_ENV
+    key_env = RUNPOD_API_KEY_ENV
     _key_page = "https://www.runpod.io/console/user/settings"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -764,7 +765,7 @@ VASTAI_API_KEY_ENV = "VAST_API_KEY"
 
 
 @attrs.frozen(kw_only=True)
-class VastAI(_OneAPIKey, ProviderConfig):
+class VastAI(OneAPIKey, ProviderConfig):
     """GPU machines rented on Vast.ai's marketplace, through its REST API.
 
     Each node is one instance of ``docker_image`` on the cheapest machine offered with the
@@ -784,7 +785,7 @@ class VastAI(_OneAPIKey, ProviderConfig):
         api_url: The REST API's base URL.
     """
 
-    _key_env = VASTAI_API_KEY_ENV
+    key_env = VASTAI_API_KEY_ENV
     _key_page = "https://cloud.vast.ai/manage-keys/"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -830,7 +831,7 @@ _LAMBDA_FILE_SYSTEM = re.compile(r"[a-zA-Z][0-9a-zA-Z-]{0,59}")
 
 
 @attrs.frozen(kw_only=True)
-class Lambda(_OneAPIKey, ProviderConfig):
+class Lambda(OneAPIKey, ProviderConfig):
     """GPU instances rented from Lambda Cloud (On-Demand Cloud), through its API v1.
 
     Each node is one instance of the cheapest instance type with the spec's GPUs
@@ -853,7 +854,7 @@ class Lambda(_OneAPIKey, ProviderConfig):
         api_url: The API's base URL.
     """
 
-    _key_env = LAMBDA_API_KEY_ENV
+    key_env = LAMBDA_API_KEY_ENV
     _key_page = "https://cloud.lambda.ai/api-keys"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -904,7 +905,7 @@ _HYPERSTACK_REGION = re.compile(r"[A-Z]+(-[A-Z]+)*-\d+")
 
 
 @attrs.frozen(kw_only=True)
-class Hyperstack(_OneAPIKey, ProviderConfig):
+class Hyperstack(OneAPIKey, ProviderConfig):
     """GPU virtual machines rented from Hyperstack (NexGen Cloud), through its Infrahub API.
 
     Each node is one VM of the cheapest flavor with the spec's GPUs (``n3-H100x1``, ...)
@@ -929,7 +930,7 @@ class Hyperstack(_OneAPIKey, ProviderConfig):
         api_url: The API's base URL.
     """
 
-    _key_env = HYPERSTACK_API_KEY_ENV
+    key_env = HYPERSTACK_API_KEY_ENV
     _key_page = "https://console.hyperstack.cloud (API Keys)"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -980,7 +981,7 @@ _VULTR_REGION = re.compile(r"[a-z]{3,4}")
 
 
 @attrs.frozen(kw_only=True)
-class Vultr(_OneAPIKey, ProviderConfig):
+class Vultr(OneAPIKey, ProviderConfig):
     """GPU virtual machines (Cloud GPU, ``vcg`` plans) rented from Vultr, through its API v2.
 
     Each node is one instance of the cheapest plan with the spec's whole GPUs, created in a
@@ -1003,7 +1004,7 @@ class Vultr(_OneAPIKey, ProviderConfig):
         api_url: The API's base URL.
     """
 
-    _key_env = VULTR_API_KEY_ENV
+    key_env = VULTR_API_KEY_ENV
     _key_page = "https://my.vultr.com/settings/#settingsapi"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -1269,7 +1270,7 @@ DEFAULT_NOVITA_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
 
 
 @attrs.frozen(kw_only=True)
-class Novita(_OneAPIKey, ProviderConfig):
+class Novita(OneAPIKey, ProviderConfig):
     """GPU instances rented from Novita AI, through its GPU instance API.
 
     Each node is one instance of ``docker_image`` on the cheapest GPU product with the
@@ -1294,7 +1295,7 @@ class Novita(_OneAPIKey, ProviderConfig):
         api_url: The GPU instance API's base URL.
     """
 
-    _key_env = NOVITA_API_KEY_ENV
+    key_env = NOVITA_API_KEY_ENV
     _key_page = "https://novita.ai/settings/key-management"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -1547,7 +1548,7 @@ JARVISLABS_REGIONS: dict[str, str] = {
 
 
 @attrs.frozen(kw_only=True)
-class JarvisLabs(_OneAPIKey, ProviderConfig):
+class JarvisLabs(OneAPIKey, ProviderConfig):
     """GPU container instances rented from JarvisLabs.ai, through the HTTP API its
     ``jarvislabs`` SDK and ``jl`` CLI use.
 
@@ -1574,7 +1575,7 @@ class JarvisLabs(_OneAPIKey, ProviderConfig):
             server's); None: JarvisLabs' own backend of each region.
     """
 
-    _key_env = JL_API_KEY_ENV
+    key_env = JL_API_KEY_ENV
     _key_page = "https://jarvislabs.ai/settings/api-keys"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -1719,7 +1720,7 @@ _TENSORDOCK_LOCATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
 
 @attrs.frozen(kw_only=True)
-class TensorDock(_OneAPIKey, ProviderConfig):
+class TensorDock(OneAPIKey, ProviderConfig):
     """GPU virtual machines rented from TensorDock's marketplace, through its API v2.
 
     Each node is one VM with the spec's GPUs, in the cheapest location that lists them
@@ -1744,7 +1745,7 @@ class TensorDock(_OneAPIKey, ProviderConfig):
         api_url: The API v2's base URL.
     """
 
-    _key_env = TENSORDOCK_API_TOKEN_ENV
+    key_env = TENSORDOCK_API_TOKEN_ENV
     _key_page = "https://dashboard.tensordock.com/developers"
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -1811,7 +1812,7 @@ DEFAULT_MASSED_COMPUTE_IMAGE = 184
 
 
 @attrs.frozen(kw_only=True)
-class MassedCompute(_OneAPIKey, ProviderConfig):
+class MassedCompute(OneAPIKey, ProviderConfig):
     """GPU VMs rented from Massed Compute, through its VM API v1.
 
     Each node is one instance (a VM) of the cheapest GPU product with the spec's GPUs that
@@ -1835,7 +1836,7 @@ class MassedCompute(_OneAPIKey, ProviderConfig):
         api_url: The VM API's base URL.
     """
 
-    _key_env = MASSED_COMPUTE_API_KEY_ENV
+    key_env = MASSED_COMPUTE_API_KEY_ENV
     _key_page = "https://vm.massedcompute.com (the account's API settings)"
 
     api_key: str | None = attrs.field(default=None, repr=False)
