@@ -436,12 +436,15 @@ async def catalog(
     Raises:
         ValueError: No key or project is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_credentials()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.GCP() rents GPU VMs: pass an accelerator")
-    api = _API(config)
     return await gpu_catalog(
-        api, lambda: _offers(api, config), error=GCPError, accelerator=accelerator, gpus=gpus
+        "sky.GCP() rents GPU VMs",
+        config.resolved_credentials,
+        functools.partial(_API, config),
+        lambda api, wanted: _offers(api, config),
+        error=GCPError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
     )
 
 

@@ -32,6 +32,7 @@ which never holds it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -220,16 +221,21 @@ async def catalog(
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_api_key()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.Hyperstack() rents GPU virtual machines: pass an accelerator")
-    api = _API(config)
 
-    async def listed() -> tuple[Offer, ...]:
+    async def listed(api: _API, wanted: int) -> tuple[Offer, ...]:
         flavors = await api.flavors(config.region)
         return offers_of(config, flavors, await api.prices())
 
-    return await gpu_catalog(api, listed, error=HyperstackError, accelerator=accelerator, gpus=gpus)
+    return await gpu_catalog(
+        "sky.Hyperstack() rents GPU virtual machines",
+        config.resolved_api_key,
+        functools.partial(_API, config),
+        listed,
+        error=HyperstackError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
+    )
 
 
 @attrs.frozen

@@ -57,7 +57,7 @@ from ._providers import (
     response_object,
     said,
 )
-from ._rented import RentedCluster, gpu_catalog, positive_number, whole_gpus
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_TYPES", "JarvisLabsCluster", "JarvisLabsError", "catalog", "ssh_endpoint"]
@@ -239,16 +239,20 @@ async def catalog(
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_api_key()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.JarvisLabs() rents GPU instances: pass an accelerator")
-    api = _API(config)
-    wanted = whole_gpus(gpus)
 
-    async def listed() -> list[Offer | None]:
+    async def listed(api: _API, wanted: int) -> list[Offer | None]:
         return [_offer(row, wanted, config.region) for row in await api.server_meta()]
 
-    return await gpu_catalog(api, listed, error=JarvisLabsError, accelerator=accelerator, gpus=gpus)
+    return await gpu_catalog(
+        "sky.JarvisLabs() rents GPU instances",
+        config.resolved_api_key,
+        functools.partial(_API, config),
+        listed,
+        error=JarvisLabsError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
+    )
 
 
 def ssh_endpoint(command: object) -> tuple[str, int] | None:

@@ -190,15 +190,20 @@ async def catalog(
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_api_key()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.Lambda() rents GPU instances: pass an accelerator")
-    api = _API(config)
 
-    async def listed() -> list[Offer | None]:
+    async def listed(api: _API, wanted: int) -> list[Offer | None]:
         return [_offer(config, entry) for entry in await api.instance_types()]
 
-    return await gpu_catalog(api, listed, error=LambdaError, accelerator=accelerator, gpus=gpus)
+    return await gpu_catalog(
+        "sky.Lambda() rents GPU instances",
+        config.resolved_api_key,
+        functools.partial(_API, config),
+        listed,
+        error=LambdaError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
+    )
 
 
 @attrs.frozen

@@ -49,7 +49,7 @@ from . import _transport, accelerators
 from ._model import MassedCompute
 from ._offers import Catalog, Offer
 from ._providers import KeyedAPI, failure_words, poll_delays, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number, whole_gpus
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "STARTUP", "MassedComputeCluster", "MassedComputeError", "catalog"]
@@ -221,17 +221,19 @@ async def catalog(
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_api_key()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.MassedCompute() rents GPU instances: pass an accelerator")
-    api = _API(config)
-    whole_gpus(gpus)
 
-    async def listed() -> list[Offer | None]:
+    async def listed(api: _API, wanted: int) -> list[Offer | None]:
         return [_offer(e, config.region) for e in (await api.inventory()).values()]
 
     return await gpu_catalog(
-        api, listed, error=MassedComputeError, accelerator=accelerator, gpus=gpus
+        "sky.MassedCompute() rents GPU instances",
+        config.resolved_api_key,
+        functools.partial(_API, config),
+        listed,
+        error=MassedComputeError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
     )
 
 

@@ -53,7 +53,7 @@ from ._providers import (
     response_object,
     said,
 )
-from ._rented import RentedCluster, gpu_catalog, positive_number, whole_gpus
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
@@ -230,21 +230,25 @@ async def catalog(
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_api_key()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.Novita() rents GPU instances: pass an accelerator")
-    wanted = whole_gpus(gpus)
-    if wanted > MOST_GPUS:
-        return Catalog(
-            error=f"sky.Novita() instances carry at most {MOST_GPUS} GPUs, and {wanted} were "
-            f"asked for each node; ask for {MOST_GPUS} or fewer, and more nodes"
-        )
-    api = _API(config)
 
-    async def listed() -> list[Offer | None]:
+    async def listed(api: _API, wanted: int) -> list[Offer | None]:
+        if wanted > MOST_GPUS:  # before any request: no product has more
+            raise NovitaError(
+                f"sky.Novita() instances carry at most {MOST_GPUS} GPUs, and {wanted} were "
+                f"asked for each node; ask for {MOST_GPUS} or fewer, and more nodes"
+            )
         return [_offer(p, wanted) for p in await api.products(config.cluster_id)]
 
-    return await gpu_catalog(api, listed, error=NovitaError, accelerator=accelerator, gpus=gpus)
+    return await gpu_catalog(
+        "sky.Novita() rents GPU instances",
+        config.resolved_api_key,
+        functools.partial(_API, config),
+        listed,
+        error=NovitaError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
+    )
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
 import os
 import platform
 import shlex
@@ -22,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import attrs
@@ -134,6 +136,37 @@ class Cluster(Protocol):
     async def aclose(self) -> None: ...
 
 
+#: The clouds that rent a machine per node, by config type: the module that speaks to each
+#: (imported when a pool or a listing first needs it; it builds on this module's
+#: ``Instance``) and its cluster class. Each module also has the cloud's ``catalog(config,
+#: *, accelerator, gpus, everything)`` (AWS's takes the spec's ``region`` instead of ``gpus``).
+_RENTED: dict[type[ProviderConfig], tuple[str, str]] = {
+    RunPod: ("_runpod", "RunPodCluster"),
+    VastAI: ("_vastai", "VastAICluster"),
+    AWS: ("_aws", "AWSCluster"),
+    Lambda: ("_lambda", "LambdaCluster"),
+    Hyperstack: ("_hyperstack", "HyperstackCluster"),
+    Vultr: ("_vultr", "VultrCluster"),
+    Verda: ("_verda", "VerdaCluster"),
+    Scaleway: ("_scaleway", "ScalewayCluster"),
+    Novita: ("_novita", "NovitaCluster"),
+    GCP: ("_gcp", "GCPCluster"),
+    TensorDock: ("_tensordock", "TensorDockCluster"),
+    MassedCompute: ("_massedcompute", "MassedComputeCluster"),
+    JarvisLabs: ("_jarvislabs", "JarvisLabsCluster"),
+}
+
+
+def _rented_module(config: ProviderConfig) -> tuple[ModuleType, str] | None:
+    """The module of the cloud ``config`` rents from, and its cluster class's name; None
+    for a provider that rents nothing (``Local``, ``SSH``, ``Container``)."""
+    for kind in type(config).__mro__:
+        if kind in _RENTED:
+            name, cluster = _RENTED[kind]
+            return importlib.import_module(f".{name}", __package__), cluster
+    return None
+
+
 async def open_cluster(
     config: ProviderConfig,
     *,
@@ -158,58 +191,13 @@ async def open_cluster(
         return await ContainerCluster.open(
             config, job_id=job_id, client_public_key=client_public_key
         )
-    if isinstance(config, RunPod):
-        from ._runpod import RunPodCluster  # it builds on this module's Instance
-
-        return RunPodCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, VastAI):
-        from ._vastai import VastAICluster  # it builds on this module's Instance
-
-        return VastAICluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, AWS):
-        from ._aws import AWSCluster  # it builds on this module's Instance
-
-        return AWSCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, Lambda):
-        from ._lambda import LambdaCluster  # it builds on this module's Instance
-
-        return LambdaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, Hyperstack):
-        from ._hyperstack import HyperstackCluster  # it builds on this module's Instance
-
-        return HyperstackCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, Vultr):
-        from ._vultr import VultrCluster  # it builds on this module's Instance
-
-        return VultrCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, Verda):
-        from ._verda import VerdaCluster  # it builds on this module's Instance
-
-        return VerdaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, Scaleway):
-        from ._scaleway import ScalewayCluster  # it builds on this module's Instance
-
-        return ScalewayCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, Novita):
-        from ._novita import NovitaCluster  # it builds on this module's Instance
-
-        return NovitaCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, GCP):
-        from ._gcp import GCPCluster  # it builds on this module's Instance
-
-        return GCPCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, TensorDock):
-        from ._tensordock import TensorDockCluster  # it builds on this module's Instance
-
-        return TensorDockCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, MassedCompute):
-        from ._massedcompute import MassedComputeCluster  # it builds on this module's Instance
-
-        return MassedComputeCluster(config, job_id=job_id, client_key=client_key, choice=choice)
-    if isinstance(config, JarvisLabs):
-        from ._jarvislabs import JarvisLabsCluster  # it builds on this module's Instance
-
-        return JarvisLabsCluster(config, job_id=job_id, client_key=client_key, choice=choice)
+    rented = _rented_module(config)
+    if rented is not None:
+        module, name = rented
+        cluster: Cluster = getattr(module, name)(
+            config, job_id=job_id, client_key=client_key, choice=choice
+        )
+        return cluster
     raise TypeError(
         f"provider {type(config).__qualname__} is not available in this version; "
         "use provider=sky.Local(), sky.SSH(hosts=[...]), sky.Container(), sky.RunPod(), "
@@ -247,84 +235,18 @@ async def offers(
         return Catalog(offers=(this_machine("sky.Local()"),))
     if isinstance(config, Container):
         return Catalog(offers=(this_machine("sky.Container()"),))
-    if isinstance(config, RunPod):
-        from ._runpod import catalog
-
-        return await catalog(
-            config, gpus=accelerators, accelerator=accelerator, everything=everything
-        )
-    if isinstance(config, VastAI):
-        from ._vastai import catalog as vastai_catalog
-
-        return await vastai_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, AWS):
+    if isinstance(config, AWS):  # listed by region; an instance type fixes its GPUs
         from ._aws import catalog as aws_catalog
 
         return await aws_catalog(
             config, accelerator=accelerator, region=region, everything=everything
         )
-    if isinstance(config, Lambda):
-        from ._lambda import catalog as lambda_catalog
-
-        return await lambda_catalog(
+    rented = _rented_module(config)
+    if rented is not None:
+        listing: Catalog = await rented[0].catalog(
             config, accelerator=accelerator, gpus=accelerators, everything=everything
         )
-    if isinstance(config, Hyperstack):
-        from ._hyperstack import catalog as hyperstack_catalog
-
-        return await hyperstack_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, Vultr):
-        from ._vultr import catalog as vultr_catalog
-
-        return await vultr_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, Verda):
-        from ._verda import catalog as verda_catalog
-
-        return await verda_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, Scaleway):
-        from ._scaleway import catalog as scaleway_catalog
-
-        return await scaleway_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, Novita):
-        from ._novita import catalog as novita_catalog
-
-        return await novita_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, GCP):
-        from ._gcp import catalog as gcp_catalog
-
-        return await gcp_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, TensorDock):
-        from ._tensordock import catalog as tensordock_catalog
-
-        return await tensordock_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, MassedCompute):
-        from ._massedcompute import catalog as massedcompute_catalog
-
-        return await massedcompute_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
-    if isinstance(config, JarvisLabs):
-        from ._jarvislabs import catalog as jarvislabs_catalog
-
-        return await jarvislabs_catalog(
-            config, accelerator=accelerator, gpus=accelerators, everything=everything
-        )
+        return listing
     if isinstance(config, SSH):
         if not measure:
             hosts = len(config.hosts)

@@ -1,12 +1,15 @@
 """What the clouds that rent one machine per node through an HTTP API share.
 
-``sky.Lambda``, ``Hyperstack``, ``Vultr``, ``Verda``, ``Scaleway``, ``Novita`` and ``GCP``
-work alike: a node is one machine named ``skyward-<job>-<node>-<n>``, launched with the
-pool's key and a host key made for it, polled until it runs with an address, ended by a
-request and confirmed gone by polling again; the pool's close ends every machine of the job
-the cloud still lists (one whose launch answer never came included) and removes what the
-pool registered (its SSH key). :class:`RentedCluster` is that life; a subclass says how its
-cloud launches, describes, ends and lists a machine, and words what only it can say.
+``sky.Lambda``, ``Hyperstack``, ``Vultr``, ``Verda``, ``Scaleway``, ``Novita``, ``GCP``,
+``TensorDock``, ``MassedCompute`` and ``JarvisLabs`` work alike: a node is one machine named
+``skyward-<job>-<node>-<n>``, launched with the pool's key and a host key made for it (or,
+where the cloud takes none, the first it presents), polled until it runs with an address,
+ended by a request and confirmed gone by polling again; the pool's close ends every machine
+of the job the cloud still lists (one whose launch answer never came included) and removes
+what the pool registered (its SSH key). :class:`RentedCluster` is that life; a subclass says
+how its cloud launches, describes, ends and lists a machine, and words what only it can
+say. Their listings share :func:`gpu_catalog`: credentials checked first, a spec without a
+GPU refused, the cloud's offers of that many whole GPUs.
 
 None of these clouds but GCP gives a machine a credential of its own, so none can end a
 machine whose client died: it bills until it is ended (each module and the docs say so).
@@ -59,6 +62,7 @@ class _Closable(Protocol):
 
 
 M = TypeVar("M", bound=Machine)
+A = TypeVar("A", bound=_Closable)
 Config = TypeVar("Config", bound=_Config)
 
 
@@ -82,23 +86,38 @@ def whole_gpus(count: float) -> int:
 
 
 async def gpu_catalog(
-    api: _Closable,
-    listed: Callable[[], Awaitable[Iterable[Offer | None]]],
+    rents: str,
+    credentials: Callable[[], object],
+    api: Callable[[], A],
+    listed: Callable[[A, int], Awaitable[Iterable[Offer | None]]],
     *,
     error: type[Exception],
     accelerator: Accelerator | None,
     gpus: float,
+    everything: bool,
 ) -> Catalog:
-    """The offers ``listed`` gives with ``gpus`` whole GPUs of ``accelerator``'s model
-    (every offer with GPUs when no accelerator is asked for); the cloud's ``error`` becomes
-    the catalog's. ``api`` is closed either way."""
+    """A GPU cloud's listing (its ``catalog``): the offers ``listed`` gives, through the
+    client ``api()`` makes, of machines with ``gpus`` whole GPUs (every offer with GPUs when
+    no accelerator is asked for). The model is judged with the rest of the spec
+    (``_offers``), which says what the cloud has instead.
+
+    ``credentials()`` runs first, before any request: a missing key is a setting the user
+    must fix, raised (``ValueError``), not a cloud to skip. A spec with no accelerator gets
+    no offer, saying what the cloud rents (``rents``: ``"sky.Lambda() rents GPU
+    instances"``), unless ``everything`` is asked for (``sky offers``). The cloud's
+    ``error`` becomes the catalog's; the client is closed either way.
+    """
+    credentials()
+    if accelerator is None and not everything:
+        return Catalog(error=f"{rents}: pass an accelerator")
+    wanted = whole_gpus(gpus)
+    client = api()
     try:
-        offers = await listed()
+        offers = await listed(client, wanted)
     except error as exc:
         return Catalog(error=str(exc))
     finally:
-        await api.aclose()
-    wanted = whole_gpus(gpus)
+        await client.aclose()
     return Catalog(
         offers=tuple(
             o

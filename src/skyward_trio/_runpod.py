@@ -26,7 +26,6 @@ which never holds it.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
@@ -49,6 +48,7 @@ from ._providers import (
     response_object,
     said,
 )
+from ._rented import whole_gpus
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
@@ -226,11 +226,6 @@ def _cpu_offers(config: RunPod, entry: Mapping[str, Any]) -> list[Offer]:
     ]
 
 
-def _whole_gpus(count: float) -> int:
-    """GPUs per pod: RunPod rents whole ones (a fractional count is refused before)."""
-    return max(1, math.ceil(count))
-
-
 async def catalog(
     config: RunPod,
     *,
@@ -256,7 +251,7 @@ async def catalog(
     try:
         if want_gpus:
             types = await api.gpu_types()
-            listed = (_offer(config, entry, _whole_gpus(gpus)) for entry in types)
+            listed = (_offer(config, entry, whole_gpus(gpus)) for entry in types)
             offers += [o for o in listed if o is not None]
         if want_cpus:
             cpus = [o for entry in await api.cpu_types() for o in _cpu_offers(config, entry)]
@@ -319,7 +314,7 @@ class RunPodCluster:
         self._choice = choice
         # A GPU pod: its count, and the spec's GPU types, cheapest first. A CPU pod: its
         # vCPU count, and the flavors that give it and meet the spec, cheapest first.
-        self._gpus = _whole_gpus(accelerator.count) if accelerator is not None else 0
+        self._gpus = whole_gpus(accelerator.count) if accelerator is not None else 0
         self._vcpus = int(choice.offer.vcpus or 0) if accelerator is None else 0
         offers = (choice.offer, *choice.also)
         self._gpu_types = [o.name for o in offers] if accelerator is not None else []

@@ -248,12 +248,15 @@ async def catalog(
     Raises:
         ValueError: No secret key or Project is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_credentials()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.Scaleway() rents GPU Instances: pass an accelerator")
-    api = _API(config)
     return await gpu_catalog(
-        api, lambda: _offers(api, config), error=ScalewayError, accelerator=accelerator, gpus=gpus
+        "sky.Scaleway() rents GPU Instances",
+        config.resolved_credentials,
+        functools.partial(_API, config),
+        lambda api, wanted: _offers(api, config),
+        error=ScalewayError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
     )
 
 

@@ -44,7 +44,7 @@ from ._aws import user_data
 from ._model import TensorDock
 from ._offers import Catalog, Choice, Offer
 from ._providers import KeyedAPI, failure_words, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number, whole_gpus
+from ._rented import RentedCluster, gpu_catalog, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "TensorDockCluster", "TensorDockError", "catalog"]
@@ -196,13 +196,8 @@ async def catalog(
     Raises:
         ValueError: No API token is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_api_key()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.TensorDock() rents GPU VMs: pass an accelerator")
-    api = _API(config)
-    wanted = whole_gpus(gpus)
 
-    async def listed() -> list[Offer | None]:
+    async def listed(api: _API, wanted: int) -> list[Offer | None]:
         found: list[Offer | None] = []
         for location in await api.locations():
             if config.location not in (None, location.get("id")):
@@ -212,7 +207,16 @@ async def catalog(
                 found.append(_offer(config, location, gpu, wanted))
         return found
 
-    return await gpu_catalog(api, listed, error=TensorDockError, accelerator=accelerator, gpus=gpus)
+    return await gpu_catalog(
+        "sky.TensorDock() rents GPU VMs",
+        config.resolved_api_key,
+        functools.partial(_API, config),
+        listed,
+        error=TensorDockError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
+    )
 
 
 @attrs.frozen

@@ -46,6 +46,7 @@ from ._providers import (
     response_object,
     said,
 )
+from ._rented import whole_gpus
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
@@ -126,11 +127,6 @@ class _API(KeyedAPI[VastAI]):
         return [o for o in offers if isinstance(o, dict)]
 
 
-def _whole_gpus(count: float) -> int:
-    """GPUs per instance: Vast rents whole ones (a fractional count is refused before)."""
-    return max(1, math.ceil(count))
-
-
 def _query(config: VastAI, accelerator: Accelerator | None, gpus: int) -> dict[str, Any]:
     """Vast's search for free machines with ``gpus`` of the accelerator's model (None: of
     any model Skyward knows), cheapest first (each offer carries its on-demand price and
@@ -205,7 +201,7 @@ async def catalog(
         return Catalog(error="sky.VastAI() rents GPU machines: pass an accelerator")
     api = _API(config)
     try:
-        listed = await api.search(_query(config, accelerator, _whole_gpus(gpus)))
+        listed = await api.search(_query(config, accelerator, whole_gpus(gpus)))
     except VastAIError as exc:
         return Catalog(error=str(exc))
     finally:

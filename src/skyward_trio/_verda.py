@@ -259,16 +259,21 @@ async def catalog(
     Raises:
         ValueError: No client id or secret is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_credentials()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.Verda() rents GPU instances: pass an accelerator")
-    api = _API(config)
 
-    async def listed() -> tuple[Offer, ...]:
+    async def listed(api: _API, wanted: int) -> tuple[Offer, ...]:
         types = await api.listed("/instance-types", "its instance types")
         return offers_of(config, types, await api.availability())
 
-    return await gpu_catalog(api, listed, error=VerdaError, accelerator=accelerator, gpus=gpus)
+    return await gpu_catalog(
+        "sky.Verda() rents GPU instances",
+        config.resolved_credentials,
+        functools.partial(_API, config),
+        listed,
+        error=VerdaError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
+    )
 
 
 def startup_script(host_key: _transport.SSHKey) -> str:

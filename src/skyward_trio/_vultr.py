@@ -195,12 +195,15 @@ async def catalog(
     Raises:
         ValueError: No API key is set (a setting to fix, not a spec to skip).
     """
-    config.resolved_api_key()  # before any request: the fix is the user's
-    if accelerator is None and not everything:
-        return Catalog(error="sky.Vultr() rents Cloud GPU instances: pass an accelerator")
-    api = _API(config)
     return await gpu_catalog(
-        api, lambda: _offers(api, config), error=VultrError, accelerator=accelerator, gpus=gpus
+        "sky.Vultr() rents Cloud GPU instances",
+        config.resolved_api_key,
+        functools.partial(_API, config),
+        lambda api, wanted: _offers(api, config),
+        error=VultrError,
+        accelerator=accelerator,
+        gpus=gpus,
+        everything=everything,
     )
 
 
