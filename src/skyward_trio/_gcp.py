@@ -39,7 +39,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -681,9 +681,6 @@ class GCPCluster(RentedCluster[GCP, _VM]):
                     self._zone_of.setdefault(vm.id, vm.zone)
                     found.append(vm)
         return found
-
-    def _releases(self) -> Sequence[tuple[str, Callable[[], Awaitable[None]]]]:
-        return ()  # the key travels in each VM's metadata: nothing else was registered
 
     def _left_behind(self, failed: str) -> str:
         return (

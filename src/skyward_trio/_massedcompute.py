@@ -38,7 +38,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -403,13 +403,3 @@ class MassedComputeCluster(RentedCluster[MassedCompute, _Instance]):
     async def _listed(self) -> list[_Instance]:
         found = (_instance(i) for i in await self._api.instances())
         return [i for i in found if i is not None]
-
-    def _releases(self) -> Sequence[tuple[str, Callable[[], Awaitable[None]]]]:
-        return ()  # the pool registers nothing with Massed Compute but its instances
-
-    def _left_behind(self, failed: str) -> str:
-        return (
-            "sky.MassedCompute could not confirm every instance of this pool terminated; "
-            f"these may still bill: {failed}. Check Massed Compute's console for instances "
-            f"named {self._prefix}*"
-        )

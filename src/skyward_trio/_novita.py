@@ -37,7 +37,7 @@ import base64
 import functools
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -426,13 +426,3 @@ class NovitaCluster(RentedCluster[Novita, _Instance]):
         """The instances whose name holds the job's prefix."""
         found = (_instance(i) for i in await self._api.instances(self._prefix))
         return [i for i in found if i is not None]
-
-    def _releases(self) -> Sequence[tuple[str, Callable[[], Awaitable[None]]]]:
-        return ()  # the pool registers nothing with Novita but its instances
-
-    def _left_behind(self, failed: str) -> str:
-        return (
-            "sky.Novita could not confirm every instance of this pool deleted; these may "
-            f"still bill: {failed}. Check Novita's console for instances named "
-            f"{self._prefix}*"
-        )

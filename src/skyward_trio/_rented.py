@@ -210,14 +210,20 @@ class RentedCluster(ABC, Generic[Config, M]):
     async def _listed(self) -> Sequence[M]:
         """Every machine the account has (raises the cloud's error)."""
 
-    @abstractmethod
     def _releases(self) -> Sequence[tuple[str, Callable[[], Awaitable[None]]]]:
         """What the pool registered besides its machines, to remove when it closes: each
-        as (what it is, for a message; how to remove it)."""
+        as (what it is, for a message; how to remove it). None here: a cloud whose pool
+        registers something (an SSH key) says what."""
+        return ()
 
-    @abstractmethod
     def _left_behind(self, failed: str) -> str:
-        """The error's message when the close could not confirm everything gone."""
+        """The error's message when the close could not confirm everything gone: ``failed``
+        and where to look. A cloud whose pool registers more says where that is too."""
+        return (
+            f"sky.{type(self.config).__name__} could not confirm every {self.thing} of this "
+            f"pool {self.ending[2]}; these may still bill: {failed}. Check {self.cloud}'s "
+            f"console for {self.thing}s named {self._prefix}*"
+        )
 
     async def _reach(self, machine_id: str) -> tuple[str, int, str]:
         """Wait until the machine is up: where its sshd answers (host and port), and its

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -387,13 +387,3 @@ class TensorDockCluster(RentedCluster[TensorDock, _Instance]):
     async def _listed(self) -> list[_Instance]:
         found = (_instance(i) for i in await self._api.instances())
         return [i for i in found if i is not None]
-
-    def _releases(self) -> Sequence[tuple[str, Callable[[], Awaitable[None]]]]:
-        return ()  # the key travels in each create: the pool registers nothing else
-
-    def _left_behind(self, failed: str) -> str:
-        return (
-            "sky.TensorDock could not confirm every VM of this pool deleted; these may "
-            f"still bill: {failed}. Check TensorDock's console for VMs named "
-            f"{self._prefix}*"
-        )
