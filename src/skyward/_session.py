@@ -28,9 +28,10 @@ class Session:
     or when the ``with`` block ends, whichever comes first.
 
     Leaving the block closes every pool still open, the last opened first, and raises what
-    a teardown raised (several: in an ``ExceptionGroup``) unless the block itself raised. A
-    pool's failure to come up raises from ``compute()`` and leaves the session and its
-    other pools as they were.
+    a teardown raised (several: in an ``ExceptionGroup``); when the block itself raised,
+    that error goes on with what the teardowns raised as its notes. A pool's failure to
+    come up raises from ``compute()`` and leaves the session and its other pools as they
+    were.
     """
 
     def __init__(self) -> None:
@@ -57,7 +58,10 @@ class Session:
                 compute.__exit__(None, None, None)
             except Exception as exc:
                 errors.append(exc)
-        if exc_info[0] is None and errors:
+        if exc_info[1] is not None:  # the block's own error goes on, carrying the teardowns'
+            for error in errors:
+                exc_info[1].add_note(f"Skyward, closing a pool of the session: {error}")
+        elif errors:
             if len(errors) == 1:
                 raise errors[0]
             raise ExceptionGroup("pools of the session failed to close", errors)

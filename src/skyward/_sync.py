@@ -520,7 +520,13 @@ class Compute:
             if hooks is not None:
                 hooks.__exit__(*exc_info)  # what it returns cannot hide the block's error
         finally:
-            self._close()
+            try:
+                self._close()
+            except skyward_trio.TeardownError as left:
+                if exc_info[1] is None:
+                    raise
+                # The block's own error goes on, carrying what may still bill.
+                exc_info[1].add_note(f"Skyward, closing the pool: {left}")
 
     def _close(self) -> None:
         assert self._portal is not None

@@ -30,7 +30,7 @@ import trio
 from . import _console, _health, _logging, _offers, _serial, _transport, config
 from ._aws import volume_keys
 from ._checks import check_specs
-from ._errors import ProvisionError
+from ._errors import ProvisionError, TeardownError
 from ._events import (
     ClusterRequested,
     Error,
@@ -262,6 +262,8 @@ async def _open_pool(
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
         supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins, mounts)
         failure: BaseException | None = None
+        teardown_error: TeardownError | None = None
+        close_error: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 try:
@@ -277,11 +279,33 @@ async def _open_pool(
                     nursery.cancel_scope.cancel(reason="pool closed")
         finally:
             with trio.CancelScope(shield=True):
-                await cluster.aclose()
+                try:
+                    await cluster.aclose()
+                except Exception as exc:  # what the cloud could not confirm ended
+                    close_error = exc
+    left = _left_behind(cluster.name, teardown_error, close_error)
     if failure is not None:
+        if left is not None:  # the caller's own exception, and what may still bill
+            failure.add_note(f"Skyward, closing the pool: {left}")
         raise failure
-    if teardown_error is not None:
-        raise teardown_error
+    if left is not None:
+        raise left
+
+
+def _left_behind(
+    provider: str, teardown: TeardownError | None, close: Exception | None
+) -> TeardownError | None:
+    """What a pool's close could not confirm ended, as one error: the instances it could not
+    confirm terminated (``teardown``), and what the provider's own close could not end or
+    remove (``close``: a machine whose launch answer never came, the pool's SSH key)."""
+    if close is None:
+        return teardown
+    said = f"{provider} could not end everything this pool started: {close}"
+    if teardown is None:
+        return TeardownError(said, provider=provider, instance_ids=())
+    return TeardownError(
+        f"{teardown}; and {said}", provider=provider, instance_ids=teardown.instance_ids
+    )
 
 
 async def _volume_mounts(spec: Spec) -> tuple[Mount, ...]:

@@ -60,7 +60,8 @@ class Session:
     session.close(pool)``, or when the ``async with`` block ends, whichever comes first.
 
     Leaving the block closes every pool still open, at once, and raises what a teardown
-    raised (several: in an ``ExceptionGroup``) unless the block itself raised. A pool's
+    raised (several: in an ``ExceptionGroup``); when the block itself raised, that error
+    goes on with what the teardowns raised as its notes. A pool's
     failure to come up raises from ``compute()`` and leaves the session and its other
     pools as they were.
     """
@@ -90,7 +91,10 @@ class Session:
         # Not given the block's error: that one propagates as itself, ungrouped.
         await cm.__aexit__(None, None, None)
         errors = [h.error for h in held if h.error is not None]
-        if exc_info[0] is None and errors:
+        if exc_info[1] is not None:  # the block's own error goes on, carrying the teardowns'
+            for error in errors:
+                exc_info[1].add_note(f"Skyward, closing a pool of the session: {error}")
+        elif errors:
             if len(errors) == 1:
                 raise errors[0]
             raise BaseExceptionGroup("pools of the session failed to close", errors)

@@ -16,12 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
 from fake_cloud import _pod_processes
 from fake_novita import FakeNovita
 from waiting import wait_until
 
 import skyward as sky
+import skyward_trio
 from skyward_trio import _novita
 
 QUIET = sky.Options(console="silent")
@@ -311,3 +313,99 @@ def _container(instance: Any) -> set[int]:
         if pid == instance.machine.pid or command.startswith(_CONTAINER):
             found.add(pid)
     return found
+
+
+class _Mine(Exception):
+    """An error of the caller's own, raised in the pool's block."""
+
+
+def _revoke_key(api: FakeNovita, before: set[str], made: list[str], raising: bool) -> None:
+    """In the pool's block: note its instance, revoke the key, and raise if asked to."""
+    (instance,) = _live(api) - before
+    made.append(instance)
+    api.api_key = "sk_revoked"
+    if raising:
+        raise _Mine("the caller's own")
+
+
+@pytest.mark.parametrize("raising", [False, True], ids=["closing", "raising"])
+def test_a_close_that_cannot_delete_its_instance_says_it_may_still_bill(
+    fake_novita: FakeNovita, raising: bool
+) -> None:
+    """The key stops working mid-pool (revoked in the console): the close cannot delete the
+    instance, and raises ``TeardownError`` saying which, that it may still bill, and where
+    to look; or, when the block raised, the caller's exception comes out with that as its
+    note."""
+    api = fake_novita
+    key, before, made = api.api_key, _live(api), []
+    try:
+        with (
+            pytest.raises(_Mine if raising else sky.TeardownError) as raised,
+            sky.Compute(provider=provider(api), accelerator=A.RTX_4090(), options=QUIET),
+        ):
+            _revoke_key(api, before, made, raising)
+    finally:
+        api.api_key = key
+    (instance,) = made
+    said = "\n".join(raised.value.__notes__) if raising else str(raised.value)
+    try:
+        if not raising:
+            assert isinstance(raised.value, sky.TeardownError)
+            assert raised.value.instance_ids == (instance,)
+        assert instance in said
+        assert "may still bill" in said
+        assert "Check Novita's console for instances named skyward-" in said
+        assert "Novita refused the API key" in said
+    finally:
+        httpx.post(
+            f"{api.api_url}/gpu/instance/delete",
+            json={"instanceId": instance},
+            headers={"Authorization": f"Bearer {key}"},
+        ).raise_for_status()
+    wait_until(lambda: instance not in _live(api), "the instance deleted", timeout=30, every=0.2)
+
+
+@pytest.mark.parametrize("face", ["session", "trio"])
+def test_a_blocks_own_error_carries_what_its_pools_close_left(
+    fake_novita: FakeNovita, face: str
+) -> None:
+    """``sky.Session`` and the trio face keep the block's own error, as ``sky.Compute``
+    does, and never drop what may still bill: it is the error's note."""
+    api = fake_novita
+    key, before, made = api.api_key, _live(api), []
+    spec = {"provider": provider(api), "accelerator": A.RTX_4090(), "options": QUIET}
+    try:
+        with pytest.raises(_Mine) as raised:
+            _IN[face](api, spec, before, made)
+    finally:
+        api.api_key = key
+    (instance,) = made
+    said = "\n".join(raised.value.__notes__)
+    try:
+        assert instance in said
+        assert "may still bill" in said
+        assert "Check Novita's console for instances named skyward-" in said
+    finally:
+        httpx.post(
+            f"{api.api_url}/gpu/instance/delete",
+            json={"instanceId": instance},
+            headers={"Authorization": f"Bearer {key}"},
+        ).raise_for_status()
+    wait_until(lambda: instance not in _live(api), "the instance deleted", timeout=30, every=0.2)
+
+
+def _in_a_session(api: FakeNovita, spec: dict[str, Any], before: set[str], made: list[str]) -> None:
+    with sky.Session() as session:
+        session.compute(**spec)
+        _revoke_key(api, before, made, raising=True)
+
+
+def _in_trio(api: FakeNovita, spec: dict[str, Any], before: set[str], made: list[str]) -> None:
+    async def main() -> None:
+        async with skyward_trio.Compute(**spec):
+            _revoke_key(api, before, made, raising=True)
+
+    trio.run(main)
+
+
+_IN = {"session": _in_a_session, "trio": _in_trio}
