@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from . import _serial
-from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consistency
+from ._collections import Collections
 from ._errors import ServerError
 from ._events import Event
 from ._function import (
@@ -471,7 +471,7 @@ class _ServerStore:
         return store_value(response.content)
 
 
-class Client:
+class Client(Collections):
     """A pool the server holds (``sky compute create NAME``), reached from trio by its name.
 
     ``async with skyward_trio.Client(name) as pool:`` then ``await (f(x) >> pool)``,
@@ -490,6 +490,9 @@ class Client:
         ServerError: No server runs (at construction), or it holds no pool ``name`` (on
             entering the block).
     """
+
+    _collections_of = "client"
+    _store: _ServerStore
 
     def __init__(self, name: str, *, url: str | None = None) -> None:
         self._state = client_state(name, url, "skyward_trio.Client")
@@ -929,35 +932,3 @@ class Client:
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
         return feed_answer(response, path)
-
-    # -- the pool's collections (``dict`` and ``set`` close the class: named after builtins,
-    # they would shadow them in the annotations that follow) -----------------------------------
-
-    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
-        """The pool's counter ``name``, as ``sky.counter(name)`` in a function running on
-        it (``await c.increment_async()``, ``await c.value_async()``)."""
-        check_consistency("client.counter", name, consistency)
-        return Counter(self._store, name)
-
-    def queue(self, name: str) -> Queue:
-        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
-        return Queue(self._store, name)
-
-    def barrier(self, name: str, n: int) -> Barrier:
-        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
-        return Barrier(self._store, name, n)
-
-    def lock(self, name: str, timeout: float | None = 30) -> Lock:
-        """The pool's lock ``name`` (``async with client.lock(name): ...``)."""
-        return Lock(self._store, name, timeout)
-
-    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
-        """The pool's dict ``name``, as ``sky.dict(name)`` in a function running on it
-        (``await d.get_async(k)``, ``await d.setitem_async(k, v)``, ...)."""
-        check_consistency("client.dict", name, consistency)
-        return Dict(self._store, name)
-
-    def set(self, name: str, *, consistency: str | None = None) -> Set:
-        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
-        check_consistency("client.set", name, consistency)
-        return Set(self._store, name)

@@ -44,6 +44,7 @@ __all__ = [
     "ROLE",
     "Backend",
     "Barrier",
+    "Collections",
     "Counter",
     "Dict",
     "Lock",
@@ -447,6 +448,51 @@ async def in_thread(fn: Callable[[], Any]) -> Any:
     import asyncio
 
     return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+class Collections:
+    """The pool's collections, reached from the client: ``pool.counter(name)`` (and
+    ``queue``, ``barrier``, ``lock``, ``dict``, ``set``) is the proxy ``sky.counter(name)``
+    gives a function running on the pool; their ``_async`` methods are awaited here.
+
+    For a class that sets ``_store`` (where the proxies' requests go) and
+    ``_collections_of`` (``"pool"``, ``"client"``: how messages name it).
+    """
+
+    _store: Backend
+    _collections_of: ClassVar[str]
+
+    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
+        """The pool's counter ``name`` (``await c.increment_async()``, ``await
+        c.value_async()``)."""
+        check_consistency(f"{self._collections_of}.counter", name, consistency)
+        return Counter(self._store, name)
+
+    def queue(self, name: str) -> Queue:
+        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
+        return Queue(self._store, name)
+
+    def barrier(self, name: str, n: int) -> Barrier:
+        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
+        return Barrier(self._store, name, n)
+
+    def lock(self, name: str, timeout: float | None = 30) -> Lock:
+        """The pool's lock ``name`` (``async with pool.lock(name): ...``)."""
+        return Lock(self._store, name, timeout)
+
+    # ``dict`` and ``set`` close the class: named after builtins, they would shadow them in
+    # the annotations that follow.
+
+    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
+        """The pool's dict ``name`` (``await d.get_async(k)``, ``await d.setitem_async(k,
+        v)``, ...)."""
+        check_consistency(f"{self._collections_of}.dict", name, consistency)
+        return Dict(self._store, name)
+
+    def set(self, name: str, *, consistency: str | None = None) -> Set:
+        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
+        check_consistency(f"{self._collections_of}.set", name, consistency)
+        return Set(self._store, name)
 
 
 class _Reply:

@@ -33,7 +33,7 @@ import trio
 
 from . import _logging, _serial, _transport
 from ._autoscale import Load
-from ._collections import Barrier, Counter, Dict, Lock, Queue, Set, check_consistency
+from ._collections import Collections
 from ._connection import WorkerConnection
 from ._envcheck import compare, module_versions, referenced_modules
 from ._errors import (
@@ -952,8 +952,11 @@ class ResultStream:
         await self.aclose()
 
 
-class Pool:
+class Pool(Collections):
     """A running pool. Get one from ``async with skyward_trio.Compute(...) as pool``."""
+
+    _collections_of = "pool"
+    _store: ClientStore  # the collections store, on node 0 (see _collections)
 
     def __init__(self, spec: Spec, options: Options, nodes: Nodes, *, job_id: str) -> None:
         self.spec = spec
@@ -977,7 +980,7 @@ class Pool:
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
         self._events = EventBus(job_id)
         self._log = _logging.PoolLog(job_id, enabled=False)  # Options(logging=...) opens it
-        self._store = ClientStore()  # the collections store, on node 0 (see _collections)
+        self._store = ClientStore()
 
     @property
     def _live(self) -> int:
@@ -1067,26 +1070,6 @@ class Pool:
 
     # Distributed collections from the client. ``dict`` and ``set`` close the class:
     # named after builtins, they would shadow them in the annotations that follow.
-
-    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
-        """The pool's counter ``name``, as ``sky.counter(name)`` in a running function.
-
-        Its methods' ``_async`` variants are awaited here (``await c.increment_async()``).
-        """
-        check_consistency("pool.counter", name, consistency)
-        return Counter(self._store, name)
-
-    def queue(self, name: str) -> Queue:
-        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
-        return Queue(self._store, name)
-
-    def barrier(self, name: str, n: int) -> Barrier:
-        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
-        return Barrier(self._store, name, n)
-
-    def lock(self, name: str, timeout: float | None = 30) -> Lock:
-        """The pool's lock ``name`` (``async with pool.lock(name): ...``)."""
-        return Lock(self._store, name, timeout)
 
     # -- building blocks (also used by the sync face) -------------------------------------
 
@@ -1702,17 +1685,6 @@ class Pool:
         if self._work is None:
             raise RuntimeError("the pool is not running")
         return self._work
-
-    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
-        """The pool's dict ``name``, as ``sky.dict(name)`` in a running function
-        (``await d.get_async(k)``, ``await d.setitem_async(k, v)``, ...)."""
-        check_consistency("pool.dict", name, consistency)
-        return Dict(self._store, name)
-
-    def set(self, name: str, *, consistency: str | None = None) -> Set:
-        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
-        check_consistency("pool.set", name, consistency)
-        return Set(self._store, name)
 
 
 def _resize_target(current: Nodes, nodes: int | Nodes) -> Nodes:
