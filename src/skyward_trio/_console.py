@@ -78,7 +78,10 @@ _OUTPUT_LINES: Final = 8  # remote output lines the rich layout keeps in view
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
 _PHASES: Final = {"ssh": "connecting", "bootstrap": "bootstrapping", "worker": "starting worker"}
 # Who reclaims an instance after an InstanceInterrupting, by provider (ClusterRequested's).
-_RECLAIMERS: Final = {"aws": "AWS reclaims spot instance"}
+_RECLAIMERS: Final = {
+    "aws": "AWS reclaims spot instance",
+    "gcp": "Compute Engine preempts spot VM",
+}
 
 
 def resolve(console: bool | ConsoleMode) -> ConsoleMode:

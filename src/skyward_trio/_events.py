@@ -5,8 +5,8 @@ happened). Lifecycle events follow a pool from ``ClusterRequested`` to
 ``ClusterDestroyed``; a node goes ``InstanceProvisioned`` → ``BootstrapProgress`` (each
 phase) → ``InstanceBootstrapped``, and when lost ``InstancePreempted`` →
 ``InstanceReplaced`` (or only ``InstanceDestroyed`` when it is not replaced). A node whose
-provider warned that it will reclaim the machine (AWS spot) is ``InstanceInterrupting``
-before it is lost.
+provider warned that it will reclaim the machine (AWS or Compute Engine spot) is
+``InstanceInterrupting`` before it is lost.
 
 Layer 1: stdlib and attrs only.
 """
@@ -117,13 +117,15 @@ class ClusterScaled(Event):
 class InstanceInterrupting(Event):
     """Node ``node``'s provider will reclaim its instance at ``at`` (seconds since the
     epoch) by ``action`` (``"terminate"``, ``"stop"`` or ``"hibernate"``): an AWS spot
-    interruption notice, about two minutes ahead.
+    interruption notice, about two minutes ahead, or a Compute Engine spot VM's
+    preemption notice (``"terminate"``: the VM is deleted), about 30 seconds ahead.
 
     The node is drained: it takes no new calls (they go to other nodes, or wait for its
     replacement); its calls in flight keep running, and one the machine takes with it is
-    sent again (``Options.retry_on_interruption``). Once idle it is retired, and replaced,
-    without waiting for the machine to go (except node 0 while it holds the pool's
-    collections store). ``InstancePreempted`` follows either way.
+    sent again (``Options.retry_on_interruption``; with Compute Engine's 30 seconds, most
+    calls in flight are). Once idle it is retired, and replaced, without waiting for the
+    machine to go (except node 0 while it holds the pool's collections store).
+    ``InstancePreempted`` follows either way.
     """
 
     node: int

@@ -29,6 +29,11 @@ also deletes every VM labelled with the job (``aggregated/instances``), one whos
 answer never came included. Unlike the other rented clouds, a GCE VM can end itself: the
 worker's lease-expiry command asks the metadata server for the VM's own service account
 token and deletes the VM through the API, so a VM whose client died does not bill on.
+
+A spot VM (``provisioningModel: SPOT``, ``instanceTerminationAction: DELETE``) is watched
+for Compute Engine's preemption notice by its worker (``interruption_notices="gcp"``,
+``_notices.ComputeMetadata``): about 30 s ahead, the node is drained and its replacement
+launched.
 """
 
 from __future__ import annotations
@@ -698,4 +703,7 @@ class GCPCluster(RentedCluster[GCP, _VM]):
             instance,
             on_lease_expiry=self_delete_command(self.config.api_url),
             hourly_price=price,
+            # Compute Engine warns a spot VM about 30 s before it preempts it (worker.py
+            # watches the metadata server's instance/preempted).
+            interruption_notices="gcp" if self._choice.spot else None,
         )

@@ -1,4 +1,5 @@
-"""A worker's watch for its machine's interruption notice (an AWS spot instance's).
+"""A worker's watch for its machine's interruption notice (an AWS spot instance's, or a
+Compute Engine spot VM's preemption).
 
 EC2 warns two minutes before it reclaims a spot instance: the instance metadata service
 (IMDS) answers ``GET /latest/meta-data/spot/instance-action`` with 404 until then, and
@@ -13,6 +14,19 @@ The service is at ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` when that is set (botoco
 for it), else at ``http://169.254.169.254``. Where it cannot be reached at all (not EC2,
 or IMDS turned off) the worker's log says so once and the watch ends: no notice will come.
 Once it answered, a failed read is noted once and the watch goes on.
+
+Compute Engine warns a spot VM it preempts about 30 seconds ahead (the ACPI soft-off it
+sends; the VM is stopped, here deleted, 30 s later): its metadata server answers ``GET
+/computeMetadata/v1/instance/preempted`` (header ``Metadata-Flavor: Google``, which the
+answers carry too) ``FALSE`` until then and ``TRUE`` from then on. The worker reads it once,
+then holds a read open with ``wait_for_change=true&last_etag=<the ETag it got>`` (Google's
+own client libraries watch values that way): the server answers as soon as the value
+differs from that version, so a change between two reads is not missed, and after
+``timeout_sec`` (``WAIT``) at the latest, so a cancelled watch's request ends soon. A
+server that sends no ETag is polled instead. The server is at ``GCE_METADATA_HOST``
+(host[:port], the name Google's client libraries read) when that is set, else at
+``metadata.google.internal``. As with IMDS: not reachable at first, the log says so once
+and the watch ends; a read failing after it answered is noted once and the watch goes on.
 
 Only the stdlib speaks HTTP here (urllib, in a thread, through no proxy), imported when
 a watch starts: the worker must import fast.
@@ -29,7 +43,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -38,12 +52,18 @@ __all__ = [
     "ACTIONS",
     "DEFAULT_ENDPOINT",
     "ENDPOINT_ENV",
+    "GCE_DEFAULT_HOST",
+    "GCE_HOST_ENV",
     "POLL_INTERVAL",
+    "ComputeMetadata",
     "MetadataError",
     "MetadataService",
     "Notice",
+    "NoticeSource",
     "endpoint",
+    "gce_host",
     "parse",
+    "source",
     "watch",
 ]
 
@@ -57,6 +77,16 @@ TOKEN_PATH: Final = "/latest/api/token"
 ACTION_PATH: Final = "/latest/meta-data/spot/instance-action"
 _BODY_LIMIT = 65536
 
+GCE_HOST_ENV: Final = "GCE_METADATA_HOST"
+GCE_DEFAULT_HOST: Final = "metadata.google.internal"
+PREEMPTED_PATH: Final = "/computeMetadata/v1/instance/preempted"
+WAIT: Final = 30  # timeout_sec of a wait_for_change read: how long one is held at most
+GCE_NOTICE: Final = 30.0  # seconds from the preemption notice to the VM's hard stop
+# Between two reads of instance/preempted: a wait_for_change read waited already (and
+# last_etag catches a change made meanwhile); this only keeps a server that answers at
+# once, or a polled one that sends no ETag, from being asked in a tight loop.
+GCE_PAUSE: Final = 2.0
+
 
 @attrs.frozen(kw_only=True)
 class Notice:
@@ -64,6 +94,27 @@ class Notice:
 
     action: str
     at: float
+
+
+class NoticeSource(Protocol):
+    """Where a machine's interruption notice is read (a cloud's metadata service).
+
+    ``cloud`` names who reclaims the machine, ``service`` the service and ``notices``
+    what it tells, for the worker's log; ``interval`` is the watch's pause between reads.
+    """
+
+    cloud: str
+    service: str
+    notices: str
+    interval: float
+
+    def instance_action(self) -> Notice | None:
+        """The notice, or None while there is none. Blocking: call it in a thread.
+
+        Raises:
+            MetadataError: No answer, or one that is not about a notice.
+        """
+        ...
 
 
 class MetadataError(Exception):
@@ -101,6 +152,11 @@ def parse(body: bytes) -> Notice:
 
 class MetadataService:
     """IMDS at ``base``, IMDSv2-style. Blocking: call it in a thread, one call at a time."""
+
+    cloud = "AWS"
+    service = "the instance metadata service"
+    notices = "spot interruption notice"
+    interval = POLL_INTERVAL
 
     def __init__(self, base: str, *, timeout: float = TIMEOUT) -> None:
         import urllib.request  # here, not at import: the worker imports this module
@@ -165,18 +221,108 @@ class MetadataService:
             raise MetadataError(f"{method} {self.base}{path}: {reason}", reached=False) from None
 
 
+def gce_host(environ: Mapping[str, str] = os.environ) -> str:
+    """Where Compute Engine's metadata server is: ``GCE_METADATA_HOST`` (host[:port]),
+    else ``metadata.google.internal``."""
+    return environ.get(GCE_HOST_ENV) or GCE_DEFAULT_HOST
+
+
+class ComputeMetadata:
+    """Compute Engine's metadata server at ``host`` (host[:port]), for a spot VM's
+    ``instance/preempted``. Blocking: call it in a thread, one call at a time.
+
+    The first read answers at once; each later one, once the server gave an ETag, is a
+    ``wait_for_change`` read held up to ``wait`` seconds (``timeout_sec``).
+    """
+
+    cloud = "Compute Engine"
+    service = "the metadata server"
+    notices = "preemption notice"
+    interval = GCE_PAUSE
+
+    def __init__(self, host: str, *, wait: int = WAIT, timeout: float = TIMEOUT) -> None:
+        import urllib.request  # here, not at import: the worker imports this module
+
+        self.base = f"http://{host}"
+        self._wait = wait
+        self._timeout = timeout
+        # The metadata server is link-local (or, in tests, loopback): never through a proxy.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._etag: str | None = None
+
+    def instance_action(self) -> Notice | None:
+        """A notice once the VM is being preempted (``TRUE``), else None (``FALSE``).
+
+        Raises:
+            MetadataError: No answer, or one that is neither ``TRUE`` nor ``FALSE`` from
+                Compute Engine's metadata server.
+        """
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        path, timeout = PREEMPTED_PATH, self._timeout
+        if self._etag is not None:
+            query = {"wait_for_change": "true", "last_etag": self._etag}
+            path += "?" + urllib.parse.urlencode({**query, "timeout_sec": str(self._wait)})
+            timeout += self._wait  # the server holds it that long
+        request = urllib.request.Request(self.base + path, headers={"Metadata-Flavor": "Google"})
+        try:
+            with self._opener.open(request, timeout=timeout) as answer:
+                status, headers = int(answer.status), answer.headers
+                body = bytes(answer.read(_BODY_LIMIT))
+        except urllib.error.HTTPError as exc:
+            with exc:
+                body = bytes(exc.read(_BODY_LIMIT))
+            raise MetadataError(
+                f"GET {path} answered {exc.code}: {body[:200]!r}", reached=True
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:  # refused, timed out, reset
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise MetadataError(f"GET {self.base}{path}: {reason}", reached=False) from None
+        if headers.get("Metadata-Flavor") != "Google":
+            raise MetadataError(
+                f"GET {path} answered {status} without Metadata-Flavor: Google (not "
+                "Compute Engine's metadata server)",
+                reached=True,
+            )
+        value = body.strip()
+        if value not in (b"TRUE", b"FALSE"):
+            raise MetadataError(
+                f"GET {path}: expected TRUE or FALSE, got {body[:200]!r}", reached=True
+            )
+        self._etag = headers.get("ETag") or None
+        if value == b"FALSE":
+            return None
+        # A spot VM's termination action here is DELETE: the machine is gone, as EC2's
+        # "terminate" leaves it.
+        return Notice(action="terminate", at=time.time() + GCE_NOTICE)
+
+
+def source(kind: str, environ: Mapping[str, str] = os.environ) -> NoticeSource:
+    """The notice source for a worker config's ``interruption_notices`` (``"aws"`` or
+    ``"gcp"``); ValueError for another."""
+    if kind == "aws":
+        return MetadataService(endpoint(environ))
+    if kind == "gcp":
+        return ComputeMetadata(gce_host(environ))
+    raise ValueError(f"interruption_notices: expected 'aws' or 'gcp', got {kind!r}")
+
+
 def _say(text: str) -> None:
     print(f"skyward worker: {text}", file=sys.stderr, flush=True)
 
 
-async def watch(service: MetadataService, *, interval: float = POLL_INTERVAL) -> Notice | None:
-    """Read the notice every ``interval`` seconds until there is one, and return it.
+async def watch(service: NoticeSource, *, interval: float | None = None) -> Notice | None:
+    """Read the notice every ``interval`` seconds (the service's own by default) until
+    there is one, and return it.
 
-    Returns None, having said why in the worker's log, when IMDS cannot be reached at all
-    (before it ever answered). A read that fails after it did answer is noted once (until
-    one works again) and the watch goes on. Cancellable: a request in flight is left to
-    its thread, which its own timeout ends.
+    Returns None, having said why in the worker's log, when the service cannot be reached
+    at all (before it ever answered). A read that fails after it did answer is noted once
+    (until one works again) and the watch goes on. Cancellable: a request in flight is
+    left to its thread, which its own timeout ends.
     """
+    pause = service.interval if interval is None else interval
     answered = False
     failing = False
     while True:
@@ -185,17 +331,17 @@ async def watch(service: MetadataService, *, interval: float = POLL_INTERVAL) ->
         except MetadataError as exc:
             if not answered and not exc.reached:
                 _say(
-                    f"the instance metadata service does not answer ({exc}); this machine's "
-                    "spot interruption notices are not watched"
+                    f"{service.service} does not answer ({exc}); this machine's "
+                    f"{service.notices}s are not watched"
                 )
                 return None
             answered = answered or exc.reached
             if not failing:
                 failing = True
-                _say(f"could not read the spot interruption notice ({exc}); trying on")
+                _say(f"could not read the {service.notices} ({exc}); trying on")
         else:
             answered = True
             failing = False
             if notice is not None:
                 return notice
-        await trio.sleep(interval)
+        await trio.sleep(pause)

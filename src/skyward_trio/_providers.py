@@ -111,7 +111,9 @@ class Instance:
     # to stop the machine itself (a cloud pod deletes itself); None: the worker only exits.
     on_lease_expiry: str | None = None
     # Whose interruption notices the worker watches for: "aws" (a spot instance: EC2's
-    # metadata service warns two minutes ahead); None: the provider gives none.
+    # metadata service warns two minutes ahead), "gcp" (a spot VM: Compute Engine's
+    # metadata server says it is preempted, about 30 s ahead); None: the provider gives
+    # none.
     interruption_notices: str | None = None
 
 

@@ -128,8 +128,8 @@ class Worker:
         # Image(metrics=None) writes no collectors: nothing is sampled at all.
         collectors = config.get("metrics")
         self._sampler = Sampler(from_config(collectors)) if collectors else None
-        # The provider's interruption notice (AWS spot), once seen: every control channel
-        # opened from then on tells its client (_tell_notice).
+        # The provider's interruption notice (AWS or Compute Engine spot), once seen: every
+        # control channel opened from then on tells its client (_tell_notice).
         self._notice: _notices.Notice | None = None
         self._noticed = trio.Event()
 
@@ -149,8 +149,9 @@ class Worker:
                 await nursery.start(self._store.listen, self.config["store_host"])
             if self._sampler is not None:
                 nursery.start_soon(self._sampler.run)
-            if self.config.get("interruption_notices") == "aws":
-                nursery.start_soon(self._watch_notices)
+            notices = self.config.get("interruption_notices")
+            if notices in ("aws", "gcp"):
+                nursery.start_soon(self._watch_notices, str(notices))
             if self._plugins is not None:
                 self._plugins.start_app(from_dict(self.config["info"]))
             (self.directory / "worker.ready").write_text(str(os.getpid()))
@@ -210,16 +211,18 @@ class Worker:
                 self._shutdown.set()
                 return
 
-    async def _watch_notices(self) -> None:
-        """Watch IMDS for the machine's spot interruption notice (``_notices``); once it
-        comes, every client's control channel is told (``_tell_notice``)."""
-        service = _notices.MetadataService(_notices.endpoint())
+    async def _watch_notices(self, kind: str) -> None:
+        """Watch the cloud's metadata service (``kind``: ``"aws"``, ``"gcp"``) for the
+        machine's interruption notice (``_notices``); once it comes, every client's control
+        channel is told (``_tell_notice``)."""
+        service = _notices.source(kind)
         notice = await _notices.watch(service)
         if notice is None:
             return
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(notice.at))
         print(
-            f"skyward worker: AWS reclaims this machine at {when} ({notice.action}); "
+            f"skyward worker: {service.cloud} reclaims this machine at {when} "
+            f"({notice.action}); "
             "telling the client",
             file=sys.stderr,
             flush=True,

@@ -24,7 +24,12 @@ has its own metadata server on its address (a free port), given to its sessions 
 ``GCE_METADATA_HOST`` (the name Google's client libraries read): ``Metadata-Flavor:
 Google`` required; ``instance/name``, ``instance/zone``, ``project/project-id`` and, when
 the VM was given a service account with the compute (or cloud-platform) scope,
-``instance/service-accounts/default/token``: a token the API accepts for the project.
+``instance/service-accounts/default/token``: a token the API accepts for the project;
+``instance/preempted``: ``FALSE`` until ``FakeGCP.preempt_notice``, then ``TRUE``, as
+Compute Engine answers once it starts preempting a spot VM, with an ETag per value; a read
+with ``wait_for_change=true`` (and ``last_etag``, ``timeout_sec``) is held until the value
+differs from that ETag's or ``timeout_sec`` runs out, and answers at once when it differs
+already. The VM's metadata reads are kept in ``FakeVM.metadata_requests``.
 Deleting or killing a VM ends every process of it, by pid: those whose environment holds
 ``FAKE_GCP_MACHINE=<its directory under root (named by its id)>``, a marker no other fake
 can share.
@@ -40,6 +45,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import hashlib
 import json
 import re
 import secrets
@@ -69,6 +75,7 @@ from fake_cloud import (
 from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.8.B.10
+_HELD_AT_MOST = 300.0  # seconds a wait_for_change read without timeout_sec is held, at most
 PROJECT = "skyward-fake-123"
 _PROJECT_NUMBER = "123456789012"
 _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -270,6 +277,10 @@ class FakeVM:
     deleted: bool = False
     running: bool = False
     self_deleted: bool = False  # deleted with its own metadata token
+    preempted: bool = False  # instance/preempted answers TRUE
+    held: int = 0  # wait_for_change reads of instance/preempted held now
+    # Each metadata read: its key, its query and the status answered.
+    metadata_requests: list[tuple[str, dict[str, str], int]] = attrs.Factory(list)
 
     def shown_status(self) -> str:
         if self.status == "PROVISIONING" and time.monotonic() >= self.ready_at:
@@ -337,6 +348,9 @@ class FakeGCP(MachineCloud[tuple[str, str], FakeVM]):
         self.exhausted: set[tuple[str, str]] = set()
         self._quota_failures = 0
         self._addresses = SshAddresses(f"127.8.{_BLOCKS.take()}", FIRST_ADDRESS)
+        # Notified when a VM's instance/preempted changes or its metadata server stops.
+        self._metadata_changed = threading.Condition(self._lock)
+        self._preemptions: list[threading.Thread] = []  # each ends its VM after the notice
 
     # -- what tests do to it --------------------------------------------------------------------
 
@@ -361,6 +375,38 @@ class FakeGCP(MachineCloud[tuple[str, str], FakeVM]):
         """The VM's host dies: every process killed, and the VM shown TERMINATED."""
         self._kill((zone, name), _terminated)
 
+    def preempt_notice(self, zone: str, name: str, seconds: float = 30.0) -> None:
+        """Preempt the spot VM as Compute Engine does: its metadata server's
+        ``instance/preempted`` answers ``TRUE`` from now on (a held ``wait_for_change``
+        read answers at once), and ``seconds`` later (Google's 30 s from the ACPI soft-off
+        to the hard stop) every process of it is killed and it is deleted, as its
+        ``instanceTerminationAction: DELETE`` says (GET answers 404)."""
+        with self._lock:
+            vm = self.vms[(zone, name)]
+            if not vm.running:
+                raise ValueError(f"VM {name} in {zone} is not running")
+            if (vm.body.get("scheduling") or {}).get("provisioningModel") != "SPOT":
+                raise ValueError(f"VM {name} in {zone} is not a spot VM: it is not preempted")
+            vm.preempted = True
+            self._metadata_changed.notify_all()
+            ending = threading.Thread(
+                target=self._preempt, args=((zone, name), seconds), name=f"preempt-{name}"
+            )
+            self._preemptions.append(ending)
+        ending.start()
+
+    def _preempt(self, key: tuple[str, str], seconds: float) -> None:
+        if self._stopping.wait(seconds):
+            return  # the fake is left: it ends every VM itself
+
+        def deleted() -> FakeVM:
+            vm = self.vms[key]
+            if not vm.deleted:  # the pool may have deleted it first
+                vm.status, vm.deleted = "TERMINATED", True
+            return vm
+
+        self._end_now(deleted, abrupt=True)
+
     # -- MachineCloud ---------------------------------------------------------------------------
 
     def _records(self) -> Mapping[tuple[str, str], FakeVM]:
@@ -372,6 +418,10 @@ class FakeGCP(MachineCloud[tuple[str, str], FakeVM]):
         self._stop_metadata(record)
 
     def _end_all(self) -> None:
+        with self._lock:
+            preemptions = list(self._preemptions)
+        for thread in preemptions:  # told to stop by now (_stopping)
+            thread.join()
         super()._end_all()
         with self._lock:
             vms = list(self.vms.values())
@@ -379,7 +429,9 @@ class FakeGCP(MachineCloud[tuple[str, str], FakeVM]):
             self._stop_metadata(vm)
 
     def _stop_metadata(self, vm: FakeVM) -> None:
-        server, vm.metadata = vm.metadata, None
+        with self._lock:
+            server, vm.metadata = vm.metadata, None
+            self._metadata_changed.notify_all()  # a held read ends
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -693,30 +745,64 @@ class FakeGCP(MachineCloud[tuple[str, str], FakeVM]):
         vm.running, vm.ready_at = True, time.monotonic() + self.start_delay
 
     def _metadata_answer(
-        self, vm: FakeVM, path: str, headers: Mapping[str, str]
-    ) -> tuple[int, str]:
-        """A VM's metadata server (``Metadata-Flavor: Google`` required)."""
-        if headers.get("Metadata-Flavor") != "Google":
-            return 403, "Missing Metadata-Flavor:Google header."
+        self, vm: FakeVM, path: str, query: dict[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, str, str | None]:
+        """A VM's metadata server (``Metadata-Flavor: Google`` required): the status, the
+        text and the ETag of an answer."""
         key = path.removeprefix("/computeMetadata/v1/")
+        status, text, etag = self._metadata_value(vm, key, query, headers)
+        with self._lock:
+            vm.metadata_requests.append((key, dict(query), status))
+        return status, text, etag
+
+    def _metadata_value(
+        self, vm: FakeVM, key: str, query: dict[str, str], headers: Mapping[str, str]
+    ) -> tuple[int, str, str | None]:
+        if headers.get("Metadata-Flavor") != "Google":
+            return 403, "Missing Metadata-Flavor:Google header.", None
+        unknown = sorted(
+            set(query) - {"alt", "recursive", "wait_for_change", "last_etag", "timeout_sec"}
+        )
+        if unknown:
+            return 400, f"unknown query parameter {unknown[0]}", None
+        wait = query.get("wait_for_change", "false")
+        timeout = query.get("timeout_sec", "")
+        if wait not in ("true", "false") or not (timeout == "" or timeout.isdigit()):
+            return 400, "wait_for_change: true or false; timeout_sec: a whole number", None
+        if key == "instance/preempted":
+            with self._lock:
+                if wait == "true":
+                    # Held until the value differs from last_etag's (at once when it does
+                    # already; without one, from the value now), or timeout_sec.
+                    last = query.get("last_etag") or _etag(vm.preempted)
+                    vm.held += 1
+                    self._metadata_changed.wait_for(
+                        lambda: _etag(vm.preempted) != last or vm.metadata is None,
+                        timeout=float(timeout or _HELD_AT_MOST),
+                    )
+                    vm.held -= 1
+                value = vm.preempted
+            return 200, "TRUE" if value else "FALSE", _etag(value)
         if key == "instance/name":
-            return 200, vm.name
+            return 200, vm.name, None
         if key == "instance/zone":
-            return 200, f"projects/{_PROJECT_NUMBER}/zones/{vm.zone}"
+            return 200, f"projects/{_PROJECT_NUMBER}/zones/{vm.zone}", None
         if key == "project/project-id":
-            return 200, self.project
+            return 200, self.project, None
         if key == "instance/service-accounts/default/token":
             accounts = vm.body.get("serviceAccounts") or []
             scopes = {s for a in accounts for s in a.get("scopes", [])}
             if not scopes & set(_SCOPES):
-                return 404, "no service account with a compute scope"
+                return 404, "no service account with a compute scope", None
             token = "ya29.vm-" + secrets.token_urlsafe(24)
             with self._lock:
                 self.vm_tokens[token] = vm.name
-            return 200, json.dumps(
-                {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+            return (
+                200,
+                json.dumps({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}),
+                None,
             )
-        return 404, "not found"
+        return 404, "not found", None
 
     def _json(self, vm: FakeVM) -> dict[str, Any]:
         """Under the lock: the VM as GET shows it (its external address once RUNNING)."""
@@ -776,11 +862,14 @@ class _MetadataHandler(BaseHTTPRequestHandler):
     server: _MetadataServer
 
     def do_GET(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        status, text = self.server.answer(path, self.headers)
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        status, text, etag = self.server.answer(url.path, query, self.headers)
         data = text.encode()
         self.send_response(status)
         self.send_header("Metadata-Flavor", "Google")
+        if etag is not None:
+            self.send_header("ETag", etag)
         self.send_header(
             "Content-Type", "application/json" if text.startswith("{") else "application/text"
         )
@@ -896,6 +985,11 @@ def _unb64(text: str) -> bytes:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime())
+
+
+def _etag(preempted: bool) -> str:
+    """The ETag of an ``instance/preempted`` value (a hash of it, as Google's are)."""
+    return hashlib.sha256(b"TRUE" if preempted else b"FALSE").hexdigest()[:16]
 
 
 def _terminated(vm: FakeVM) -> None:

@@ -4,12 +4,14 @@ way Google documents, tested without the provider."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
 from fake_gcp import FakeGCP, service_account_key
+from waiting import wait_until
 
 from skyward_trio._gcp import signed_jwt
 
@@ -139,3 +141,53 @@ def test_a_vm_metadata_server_gives_its_own_token_that_deletes_only_it(
     assert deleted.status_code == 200
     assert vm.deleted
     assert vm.self_deleted
+
+
+def test_a_spot_vm_preempt_notice_sets_preempted_then_the_vm_is_deleted(
+    fake_gcp: FakeGCP,
+) -> None:
+    api = fake_gcp
+    headers = _headers(api)
+    base = f"{api.api_url}/projects/{api.project}/zones/us-central1-a"
+    spot = {"onHostMaintenance": "TERMINATE", "provisioningModel": "SPOT"}
+    made = httpx.post(f"{base}/instances", json=_body("spot-1", scheduling=spot), headers=headers)
+    assert made.status_code == 200, made.text
+    plain = httpx.post(f"{base}/instances", json=_body("plain-1"), headers=headers)
+    assert plain.status_code == 200, plain.text
+    with pytest.raises(ValueError, match="not a spot VM"):
+        api.preempt_notice("us-central1-a", "plain-1")
+    vm = api.vms[("us-central1-a", "spot-1")]
+    assert vm.metadata is not None
+    host, port = vm.metadata.server_address[:2]
+    url = f"http://{host}:{port}/computeMetadata/v1/instance/preempted"
+    flavor = {"Metadata-Flavor": "Google"}
+    assert httpx.get(url).status_code == 403  # no Metadata-Flavor
+    first = httpx.get(url, headers=flavor)
+    assert (first.status_code, first.text) == (200, "FALSE")
+    assert first.headers["Metadata-Flavor"] == "Google"
+    etag = first.headers["ETag"]
+    # Held until timeout_sec with nothing changed: the same value and ETag.
+    held = {"wait_for_change": "true", "last_etag": etag, "timeout_sec": "1"}
+    same = httpx.get(url, headers=flavor, params=held)
+    assert (same.text, same.headers["ETag"]) == ("FALSE", etag)
+    assert httpx.get(url, headers=flavor, params={"wait": "1"}).status_code == 400
+    # A held read answers when the VM is preempted.
+    answers: list[httpx.Response] = []
+    waiting = {**held, "timeout_sec": "60"}
+    reader = threading.Thread(
+        target=lambda: answers.append(httpx.get(url, headers=flavor, params=waiting, timeout=90))
+    )
+    reader.start()
+    wait_until(lambda: vm.held == 1, "the read held", timeout=30, every=0.01)
+    api.preempt_notice("us-central1-a", "spot-1", seconds=1)
+    reader.join(timeout=30)
+    (changed,) = answers
+    assert changed.text == "TRUE"
+    assert changed.headers["ETag"] != etag
+    # A read from the old ETag answers at once: it differs already.
+    assert httpx.get(url, headers=flavor, params=waiting).text == "TRUE"
+    wait_until(lambda: vm.deleted, "the preempted VM deleted", timeout=30, every=0.05)
+    assert vm.status == "TERMINATED"
+    assert not vm.running
+    assert httpx.get(f"{base}/instances/spot-1", headers=headers).status_code == 404
+    httpx.delete(f"{base}/instances/plain-1", headers=headers)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
-from fake_gcp import FakeGCP, service_account_key
+from fake_gcp import FakeGCP, FakeVM, service_account_key
 from waiting import wait_until
 
 import skyward as sky
@@ -290,3 +292,108 @@ def test_the_vm_of_a_client_that_died_deletes_itself(fake_gcp: FakeGCP, tmp_path
     wait_until(lambda: vm.deleted, "the VM deleted itself", timeout=120, every=0.5)
     assert vm.self_deleted
     assert vm not in api.live()
+
+
+@sky.function
+def _held(gate: str, runs: str) -> dict[str, Any]:
+    """Note where it runs (a line in ``runs``), wait for ``gate`` to exist, say where it ran.
+
+    The fake's machines are processes of this host: they see the test's files."""
+    where = os.environ["FAKE_GCP_MACHINE"].rsplit("/", 1)[-1]
+    with open(runs, "a") as file:
+        file.write(f"{where}\n")
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+    return {"node": sky.instance_info().node, "vm": where}
+
+
+def _runs_of(runs: Path) -> list[str]:
+    return runs.read_text().splitlines() if runs.exists() else []
+
+
+class _Seen:
+    """A pool's events, read as they come by a thread of their own."""
+
+    def __init__(self, pool: sky.Pool) -> None:
+        self.events: list[sky.Event] = []
+        self._stream = pool.events()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for event in self._stream:
+            self.events.append(event)
+
+    def of(self, kind: type[Any], node: int) -> list[Any]:
+        return [e for e in list(self.events) if isinstance(e, kind) and e.node == node]
+
+    def first(self, kind: type[Any], node: int) -> Any:
+        wait_until(
+            lambda: self.of(kind, node), f"{kind.__name__} of node {node}", timeout=60, every=0.05
+        )
+        return self.of(kind, node)[0]
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def test_a_preemption_notice_drains_the_vm_and_its_call_is_sent_again_once_it_goes(
+    fake_gcp: FakeGCP, tmp_path: Path
+) -> None:
+    """Compute Engine says a spot VM is preempted 30 s ahead (here 8): the node is drained
+    at once and its replacement launched; the call pinned to it does not finish in time,
+    and is sent again, once, to the replacement when the VM goes."""
+    api = fake_gcp
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    with sky.Compute(
+        provider=provider(api, tmp_path),
+        accelerator=A.T4(),
+        nodes=2,
+        allocation="spot",
+        options=sky.Options(console="silent", worker=sky.Worker(concurrency=4)),
+    ) as pool:
+        seen = _Seen(pool)
+        placed = {r["node"]: r["vm"] for r in _where() @ pool}
+        vms = {vm.directory.name: vm for vm in api.live()}
+        long = pool.run_async(_held(str(gate), str(runs)), target=1)
+        wait_until(lambda: _runs_of(runs), "the long call to start", timeout=60, every=0.05)
+        doomed: FakeVM = vms[placed[1]]
+        api.preempt_notice(doomed.zone, doomed.name, seconds=8)
+        notice = seen.first(sky.InstanceInterrupting, 1)
+        assert (notice.instance_id, notice.action) == (doomed.name, "terminate")
+        assert notice.time < notice.at <= notice.time + 30  # 30 s ahead, at most
+        # Node 1 has three free slots, but new calls all go to node 0.
+        assert {(_where() >> pool)["vm"] for _ in range(6)} == {placed[0]}
+        # The VM goes with the call unfinished: it is sent again, to node 1's replacement
+        # (launched at the notice).
+        wait_until(
+            lambda: len(_runs_of(runs)) == 2, "the call to run again", timeout=90, every=0.05
+        )
+        assert doomed.deleted
+        assert doomed.status == "TERMINATED"
+        gate.touch()
+        result = long.result()
+        lost = seen.first(sky.InstancePreempted, 1)
+        assert lost.instance_id == doomed.name
+        replaced = seen.first(sky.InstanceReplaced, 1)
+        assert replaced.old_instance_id == doomed.name
+        assert result["node"] == 1
+        assert result["vm"] not in (placed[0], placed[1])
+        assert pool.run(_where(), target=1) == result  # the replacement runs calls
+        assert sorted(_square(x) >> pool for x in range(4)) == [0, 1, 4, 9]
+        seen.close()
+    assert _runs_of(runs) == [placed[1], result["vm"]]  # once where it died, once to the end
+    assert len(seen.of(sky.InstanceInterrupting, 1)) == 1
+    assert not seen.of(sky.InstanceInterrupting, 0)
+    assert not [e for e in seen.events if isinstance(e, sky.Error)]
+    assert not api.live()
+    # The worker read instance/preempted once, then held reads from its ETag, which the
+    # preemption answered; every read carried Metadata-Flavor (none refused).
+    reads = [
+        (q, status) for key, q, status in doomed.metadata_requests if key.endswith("preempted")
+    ]
+    assert reads[0] == ({}, 200)
+    held = [q for q, _ in reads[1:]]
+    assert held
+    assert all(q["wait_for_change"] == "true" and q["last_etag"] and q["timeout_sec"] for q in held)
+    assert all(status == 200 for _, status in reads)

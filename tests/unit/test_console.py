@@ -286,11 +286,11 @@ def test_the_log_console_prints_when_and_how_a_node_is_reclaimed(
     assert (tally.nodes[0].state, tally.nodes[1].state, tally.ready) == ("ready", "draining", 1)
 
 
-def test_a_notice_names_no_cloud_but_aws_and_spares_a_replaced_instance() -> None:
+def test_a_notice_names_no_cloud_but_aws_and_gcp_and_spares_a_replaced_instance() -> None:
     tally = Tally()
     _feed(
         tally,
-        st.ClusterRequested(job_id=JOB, time=0.0, provider="gcp", nodes=st.Nodes(desired=1)),
+        st.ClusterRequested(job_id=JOB, time=0.0, provider="ssh", nodes=st.Nodes(desired=1)),
         st.InstanceProvisioned(job_id=JOB, time=1.0, node=0, instance_id="new", hourly_price=0),
         st.InstanceBootstrapped(job_id=JOB, time=1.0, node=0, instance_id="new", seconds=1.0),
     )
@@ -307,6 +307,19 @@ def test_a_notice_names_no_cloud_but_aws_and_spares_a_replaced_instance() -> Non
         )
     ]
     assert tally.nodes[0].state == "draining"
+    gcp = Tally()
+    _feed(
+        gcp,
+        st.ClusterRequested(job_id=JOB, time=0.0, provider="gcp", nodes=st.Nodes(desired=1)),
+        st.InstanceProvisioned(job_id=JOB, time=1.0, node=0, instance_id="vm", hourly_price=0),
+    )
+    preempted = attrs.evolve(notice, instance_id="vm", action="terminate", at=32.0)
+    assert _feed(gcp, preempted) == [
+        (
+            "node 0",
+            f"Compute Engine preempts spot VM vm at {_console._stamp(32.0)} (terminate); draining",
+        )
+    ]
 
 
 def test_rich_shows_a_draining_node_and_minimal_prints_the_notice() -> None:

@@ -12,6 +12,8 @@ import datetime
 import secrets
 import socket
 import threading
+import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,7 +23,14 @@ import trio
 import trio.testing
 
 from skyward_trio import _notices
-from skyward_trio._notices import MetadataService, Notice, endpoint, parse, watch
+from skyward_trio._notices import (
+    ComputeMetadata,
+    MetadataService,
+    Notice,
+    endpoint,
+    parse,
+    watch,
+)
 
 ACTION = "/latest/meta-data/spot/instance-action"
 
@@ -187,3 +196,229 @@ def test_the_endpoint_comes_from_botocores_variable_else_ec2s_address() -> None:
     assert endpoint({"AWS_EC2_METADATA_SERVICE_ENDPOINT": ""}) == "http://169.254.169.254"
     variable = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.9:8123/"}
     assert endpoint(variable) == "http://127.0.0.9:8123"
+
+
+# -- Compute Engine: instance/preempted -------------------------------------------------------
+
+PREEMPTED = "/computeMetadata/v1/instance/preempted"
+
+
+class _GCE(ThreadingHTTPServer):
+    """Compute Engine's metadata server for ``instance/preempted``: ``Metadata-Flavor:
+    Google`` required (403 without, in Google's words) and sent back; ``FALSE`` until
+    ``preempt()``, then ``TRUE``, with an ETag per value (none when ``etags`` is False).
+    ``wait_for_change=true`` holds a read whose ``last_etag`` is the current one until the
+    value changes or ``timeout_sec`` passes. ``refusing`` answers 403 as to a read without
+    the header; ``flavorless`` leaves the header out of the answers."""
+
+    daemon_threads = True
+
+    def __init__(self, *, etags: bool = True) -> None:
+        super().__init__(("127.0.0.1", 0), _GCEHandler)
+        self.etags = etags
+        self.value = "FALSE"
+        self.refusing = False
+        self.flavorless = False
+        self.answers = 0  # reads answered with the value
+        self.preempt_after: int | None = None  # preempted once this many were answered
+        self.changed = threading.Condition()
+        self.waiting = 0
+        # Each read: its query, its status, and whether a held read ran out its timeout_sec.
+        self.seen: list[tuple[dict[str, str], int, bool]] = []
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def etag(self) -> str:
+        return f"etag-{self.value.lower()}"
+
+    def preempt(self) -> None:
+        with self.changed:
+            self.value = "TRUE"
+            self.changed.notify_all()
+
+    def until_waiting(self) -> None:
+        """Block until a ``wait_for_change`` read is held."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.waiting > 0, timeout=30)
+
+    def answer(self, path: str, query: dict[str, str], headers: Any) -> tuple[int, bytes, bool]:
+        if headers.get("Metadata-Flavor") != "Google" or self.refusing:
+            return 403, b"Missing Metadata-Flavor:Google header.", False
+        if path != PREEMPTED:
+            return 404, b"not found", False
+        timed_out = False
+        with self.changed:
+            if query.get("wait_for_change") == "true" and query.get("last_etag") == self.etag():
+                self.waiting += 1
+                self.changed.notify_all()
+                before = self.value
+                timed_out = not self.changed.wait_for(
+                    lambda: self.value != before, timeout=float(query["timeout_sec"])
+                )
+                self.waiting -= 1
+            self.answers += 1
+            if self.preempt_after is not None and self.answers > self.preempt_after:
+                self.value = "TRUE"
+            return 200, self.value.encode(), timed_out
+
+
+class _GCEHandler(BaseHTTPRequestHandler):
+    server: _GCE
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        status, body, timed_out = self.server.answer(url.path, query, self.headers)
+        with self.server.changed:
+            self.server.seen.append((query, status, timed_out))
+            etag = self.server.etag() if self.server.etags and status == 200 else None
+        self.send_response(status)
+        if not self.server.flavorless:
+            self.send_header("Metadata-Flavor", "Google")
+        if etag is not None:
+            self.send_header("ETag", etag)
+        self.send_header("Content-Type", "application/text")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@contextlib.contextmanager
+def _gce(**options: Any) -> Iterator[_GCE]:
+    server = _GCE(**options)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.preempt()  # a held read ends
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def test_gce_false_then_a_held_read_that_returns_at_once_on_true(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with _gce() as gce:
+        start = trio.current_time()
+        found: list[Notice | None] = []
+
+        async def watching() -> None:
+            found.append(await watch(ComputeMetadata(gce.host, wait=45)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watching)
+            await trio.to_thread.run_sync(gce.until_waiting)
+            before = time.time()
+            gce.preempt()
+        (notice,) = found
+        assert notice is not None
+        assert notice.action == "terminate"
+        assert before + _notices.GCE_NOTICE <= notice.at <= time.time() + _notices.GCE_NOTICE
+        # One plain read (FALSE), one pause, then one read held until the value changed.
+        assert trio.current_time() - start == _notices.GCE_PAUSE
+        assert gce.seen == [
+            ({}, 200, False),
+            (
+                {"wait_for_change": "true", "last_etag": "etag-false", "timeout_sec": "45"},
+                200,
+                False,
+            ),
+        ]
+
+
+async def test_gce_a_held_read_ends_at_its_timeout_sec_and_the_watch_holds_another(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with _gce() as gce:
+        gce.preempt_after = 2  # the plain read and a held one; the next one ends on TRUE
+        start = trio.current_time()
+        notice = await watch(ComputeMetadata(gce.host, wait=1))
+        assert notice is not None
+        assert trio.current_time() - start == 2 * _notices.GCE_PAUSE
+        held = {"wait_for_change": "true", "last_etag": "etag-false", "timeout_sec": "1"}
+        assert gce.seen == [
+            ({}, 200, False),
+            (held, 200, True),
+            (held, 200, True),
+        ]
+
+
+async def test_gce_with_no_etag_the_value_is_polled(autojump_clock: trio.testing.MockClock) -> None:
+    with _gce(etags=False) as gce:
+        gce.preempt_after = 2
+        start = trio.current_time()
+        notice = await watch(ComputeMetadata(gce.host))
+        assert notice is not None
+        assert notice.action == "terminate"
+        assert trio.current_time() - start == 2 * _notices.GCE_PAUSE
+        assert gce.seen == [({}, 200, False)] * 3  # never held: nothing to wait from
+
+
+async def test_gce_a_refused_read_is_noted_once_and_the_watch_goes_on(
+    autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _gce(etags=False) as gce:
+        gce.refusing = True
+        found: list[Notice | None] = []
+
+        async def watching() -> None:
+            found.append(await watch(ComputeMetadata(gce.host)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watching)
+            await _read_on_until(lambda: len(gce.seen) >= 3)
+            gce.refusing = False
+            gce.flavorless = True
+            await _read_on_until(lambda: len(gce.seen) >= 5)
+            gce.flavorless = False
+            gce.preempt()
+        assert found[0] is not None
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "skyward worker: could not read the preemption notice (GET "
+        f"{PREEMPTED} answered 403: b'Missing Metadata-Flavor:Google header.'); trying on"
+    ]
+    assert [status for _, status, _ in gce.seen][:3] == [403, 403, 403]
+
+
+async def _read_on_until(done: Any) -> None:
+    """Let the watch read on (each of its pauses a jump of the mock clock) until ``done()``."""
+    while not done():
+        await trio.sleep(_notices.GCE_PAUSE / 4)
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+
+
+async def test_gce_unreachable_is_said_once_and_the_watch_ends(
+    autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = f"127.0.0.1:{_closed_port()}"
+    start = trio.current_time()
+    assert await watch(ComputeMetadata(host, timeout=1.0)) is None
+    assert trio.current_time() == start
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"skyward worker: the metadata server does not answer (GET http://{host}{PREEMPTED}: "
+    )
+    assert lines[0].endswith("this machine's preemption notices are not watched")
+
+
+def test_gce_host_comes_from_gce_metadata_host_else_googles_name() -> None:
+    assert _notices.gce_host({}) == "metadata.google.internal"
+    assert _notices.gce_host({"GCE_METADATA_HOST": ""}) == "metadata.google.internal"
+    assert _notices.gce_host({"GCE_METADATA_HOST": "127.0.0.9:8123"}) == "127.0.0.9:8123"
+    service = _notices.source("gcp", {"GCE_METADATA_HOST": "127.0.0.9:8123"})
+    assert isinstance(service, ComputeMetadata)
+    assert service.base == "http://127.0.0.9:8123"
+    aws = _notices.source("aws", {})
+    assert isinstance(aws, MetadataService)
+    assert aws.base == "http://169.254.169.254"
+    with pytest.raises(ValueError, match="expected 'aws' or 'gcp', got 'azure'"):
+        _notices.source("azure", {})
