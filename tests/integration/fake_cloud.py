@@ -25,6 +25,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -170,6 +171,26 @@ class Refused(Exception):
         self.message, self.code, self.status = message, code, status
 
 
+class Failures:
+    """The refusals a test plans for a fake's next creates (its ``fail_creates``, or
+    ``fail_launches``...): each create, under the fake's lock, takes the next plan and
+    raises it; a plan of None lets that create through."""
+
+    def __init__(self) -> None:
+        self._planned: list[Refused | None] = []
+
+    def plan(self, n: int, refused: Refused, *, after: int = 0) -> None:
+        """Under the fake's lock: after ``after`` more creates, the next ``n`` raise
+        ``refused``."""
+        self._planned.extend([None] * after + [refused] * n)
+
+    def check(self) -> None:
+        """Under the fake's lock, for a create: raise its planned refusal, if any."""
+        planned = self._planned.pop(0) if self._planned else None
+        if planned is not None:
+            raise planned
+
+
 class MachineRecord(Protocol):
     """What ``MachineCloud`` needs of a fake's record of one machine.
 
@@ -189,6 +210,61 @@ class MachineRecord(Protocol):
 
 K = TypeVar("K")
 R = TypeVar("R", bound=MachineRecord)
+
+
+class StagedRecord:
+    """A machine record whose status its fake's API shows in stages: ``STARTING`` until
+    ``ready_at``, then ``RUNNING`` (unless something set another ``status`` first, as a kill
+    does), and once it is deleted (``ended_at``) ``ENDING`` for a while, then gone. For the
+    fakes whose API keeps showing a deleted machine a moment (Novita, TensorDock,
+    JarvisLabs); each names the stages as its API does."""
+
+    __slots__ = ()
+
+    STARTING: ClassVar[str]
+    RUNNING: ClassVar[str]
+    ENDING: ClassVar[str]
+
+    status: str
+    ready_at: float  # time.monotonic() after which a starting one runs
+    ended_at: float | None  # time.monotonic() of its delete
+
+    def shown_status(self, ending_for: float) -> str | None:
+        """Under the fake's lock: its status now; None once it is gone, ``ending_for``
+        seconds after its delete."""
+        if self.ended_at is not None:
+            return self.ENDING if time.monotonic() < self.ended_at + ending_for else None
+        if self.status == self.STARTING and time.monotonic() >= self.ready_at:
+            self.status = self.RUNNING
+        return self.status
+
+
+S = TypeVar("S", bound=StagedRecord)
+
+
+def end_staged(
+    records: Mapping[K, S],
+    machine_id: K,
+    ending_for: float,
+    gone: Refused,
+    first: Callable[[S], None] | None = None,
+) -> Callable[[], S]:
+    """A delete's ``find`` for ``MachineCloud._end_now``: the record of ``machine_id``,
+    marked deleted now (a delete again while it shows ``ENDING`` finds it as it is), or
+    ``gone`` (the fake's 404) for one never made or gone. ``first`` runs on its first
+    delete only (to give back what it held)."""
+
+    def find() -> S:
+        record = records.get(machine_id)
+        if record is None or record.shown_status(ending_for) is None:
+            raise gone
+        if record.ended_at is None:
+            record.ended_at = time.monotonic()
+            if first is not None:
+                first(record)
+        return record
+
+    return find
 
 
 class MachineCloud(FakeCloud, Generic[K, R], abc.ABC):
@@ -430,6 +506,26 @@ def check_body(
         check, expected = fields[field]
         if not check(value):
             raise refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
+
+
+def check_query(
+    query: Mapping[str, Sequence[str]],
+    known: set[str],
+    *,
+    title: str,
+    refused: Callable[[str], Refused],
+) -> None:
+    """Refuse a query (``refused``: the fake's 400) naming its first parameter ``title``
+    (the fake) does not know on this path (``known``)."""
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise refused(f"{unknown[0]}: not a query parameter {title} knows here")
+
+
+def fake_uuid() -> str:
+    """A random id in the 8-4-4-4-12 hex form the APIs that use UUIDs give."""
+    raw = secrets.token_hex(16)
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
 # -- starting a machine ---------------------------------------------------------------------------

@@ -62,6 +62,7 @@ import sshd
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
@@ -176,7 +177,7 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
         self.start_delay = start_delay
         self.remove_delay = remove_delay
         self.instances: dict[str, FakeInstance] = {}
-        self._failures: list[Refused | None] = []  # None: that launch succeeds
+        self._failures = Failures()
         #: Products whose last capacity someone else takes just before the next launch.
         self.taken: set[str] = set()
         self._addresses = SshAddresses(f"127.12.{_BLOCKS.take()}", FIRST_ADDRESS)
@@ -201,7 +202,7 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
     def fail_launches(self, n: int, message: str, *, status: int = 400, after: int = 0) -> None:
         """After ``after`` more launches, the next ``n`` are refused with ``message``."""
         with self._lock:
-            self._failures.extend([None] * after + [Refused(message, "", status)] * n)
+            self._failures.plan(n, Refused(message, "", status), after=after)
 
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Massed Compute then
@@ -275,9 +276,7 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
     def _launch(self, body: Any) -> _Answer:
         check_body(body, _LAUNCH_FIELDS, _LAUNCH_REQUIRED, title=self.title, refused=Refused)
         with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                raise failure
+            self._failures.check()
             entry = self._product(body["productName"])
             if entry is None:
                 raise Refused("Failed to launch instance")  # as Massed Compute words it
