@@ -29,6 +29,8 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -635,6 +637,76 @@ def start_machine(
         )
     except pytest.fail.Exception as error:
         raise RuntimeError(str(error)) from None
+
+
+def run_startup_command(
+    root: Path,
+    directory: Path,
+    address: str,
+    command: str,
+    *,
+    marker_env: Mapping[str, str],
+    home: str,
+    log: str,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    stand_ins: Mapping[str, str] | None = None,
+) -> tuple[Machine, subprocess.Popen[bytes]]:
+    """A machine that its own startup command sets up, as the image's first boot runs it
+    (Novita's container command, Massed Compute's launch command): ``command`` runs for
+    real, with ``sh -c``, its output in ``directory / log``, with ``env`` and a short
+    ``HOME`` of its own (``$TMPDIR/<home>*``, as ``/root`` is), and a PATH whose ``sshd``
+    is a stand-in for the image's: the real sshd with ``directory / "sshd_config"``, which
+    listens on ``address`` (and ``port``, where given) and gives sessions the environment
+    every fake machine has. The fake installs no host key and no authorized keys: a command
+    that does not set them up right leaves a machine nobody can log in to. ``stand_ins``:
+    more scripts of the image, by name. The machine (its pid the command's, ended through
+    ``sshd.stop``) and the command's process, for the caller to wait on sshd."""
+    directory.mkdir(parents=True)
+    made = Path(tempfile.mkdtemp(prefix=home))
+    python_dir = os.path.dirname(sys._base_executable)  # this Python is "installed"
+    settings = sshd.set_env(
+        made, python_dir, root / "uv-cache", sshd.offline_apt(root), extra_env=marker_env
+    )
+    config = directory / "sshd_config"
+    # No HostKey or AuthorizedKeysFile (nor Port, without ``port``): the command's to give.
+    config.write_text(
+        ("" if port is None else f"Port {port}\n")
+        + f"ListenAddress {address}\nPidFile none\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n"
+        f"PermitUserEnvironment no\nSetEnv {settings}\n"
+    )
+    image_bin = directory / "bin"
+    image_bin.mkdir()
+    scripts = {"sshd": f'#!/bin/sh\nexec {sshd.SSHD} -f {config} "$@"\n', **(stand_ins or {})}
+    for name, text in scripts.items():
+        (image_bin / name).write_text(text)
+        (image_bin / name).chmod(0o755)
+    environment = {
+        **(env or {}),
+        "HOME": str(made),
+        "PATH": f"{image_bin}:/usr/local/bin:/usr/bin:/bin",
+        **marker_env,
+    }
+    with open(directory / log, "wb") as out:
+        proc = subprocess.Popen(
+            ["sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=environment,
+            cwd=made,
+        )
+    sshd.RUNNING[proc.pid] = proc  # ended through sshd.stop, as every fake machine
+    machine = Machine(
+        addr=address,
+        port=22 if port is None else port,
+        home=made,
+        host_key=directory / "none",
+        pid=proc.pid,
+    )
+    return machine, proc
 
 
 def _write_secret(path: Path, text: str) -> None:

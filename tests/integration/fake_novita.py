@@ -41,11 +41,7 @@ field, so that a misspelt field fails here instead of being ignored there.
 from __future__ import annotations
 
 import copy
-import os
 import secrets
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -68,6 +64,7 @@ from fake_cloud import (
     check_body,
     check_query,
     end_staged,
+    run_startup_command,
 )
 from sshd import Machine
 
@@ -334,52 +331,19 @@ class FakeNovita(MachineCloud[str, FakeInstance]):
         """Run the instance's command as its container would, with a stand-in ``sshd``
         that listens on the instance's public address and port."""
         address = self._addresses.take()
-        port = sshd.free_port(address)
-        directory = instance.directory
-        directory.mkdir(parents=True)
-        home = Path(tempfile.mkdtemp(prefix="novita-"))
-        python_dir = os.path.dirname(sys._base_executable)  # this Python is "installed"
-        settings = sshd.set_env(
-            home,
-            python_dir,
-            self.root / "uv-cache",
-            sshd.offline_apt(self.root),
-            extra_env=self._marker_env(instance.id),
-        )
-        config = directory / "sshd_config"
-        # No HostKey and no AuthorizedKeysFile: those are the command's to give.
-        config.write_text(
-            f"Port {port}\nListenAddress {address}\nPidFile none\nPubkeyAuthentication yes\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            "StrictModes no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n"
-            f"PermitUserEnvironment no\nSetEnv {settings}\n"
-        )
-        image_bin = directory / "bin"
-        image_bin.mkdir()
-        stand_in = image_bin / "sshd"
-        stand_in.write_text(f'#!/bin/sh\nexec {sshd.SSHD} -f {config} "$@"\n')
-        stand_in.chmod(0o755)
-        environment = {e["key"]: e["value"] for e in instance.body.get("envs", [])}
-        environment |= {
-            "HOME": str(home),
-            "PATH": f"{image_bin}:/usr/local/bin:/usr/bin:/bin",
-            **self._marker_env(instance.id),
-        }
-        log = directory / "container.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["sh", "-c", instance.body.get("command", "")],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=environment,
-                cwd=home,
-            )
-        sshd.RUNNING[proc.pid] = proc  # ended through sshd.stop, as every fake machine
-        instance.machine = Machine(
-            addr=address, port=port, home=home, host_key=directory / "none", pid=proc.pid
+        instance.machine, proc = run_startup_command(
+            self.root,
+            instance.directory,
+            address,
+            instance.body.get("command", ""),
+            marker_env=self._marker_env(instance.id),
+            home="novita-",
+            log="container.log",
+            port=sshd.free_port(address),
+            env={e["key"]: e["value"] for e in instance.body.get("envs", [])},
         )
         instance.running = True
+        log = instance.directory / "container.log"
         deadline = time.monotonic() + 20
         while b"Server listening" not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
