@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, run_sky
+from cloud_checks import refuses_bad_settings
 from fake_massedcompute import FakeMassedCompute, need_fake_massedcompute
 
 import skyward as sky
@@ -189,25 +190,16 @@ def test_bad_settings_and_a_wrong_key_fail_before_anything_is_launched(
 ) -> None:
     api = fake_mc
     since = len(api.requests)
-    with pytest.raises(ValueError, match="Massed Compute rents whole GPUs"):
-        sky.Compute(provider=provider(api), accelerator=A.L40S(count=0.5), options=QUIET)
-    with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(api), options=QUIET)
     monkeypatch.delenv("MASSED_COMPUTE_API_KEY", raising=False)
-    keyless = sky.MassedCompute(api_url=api.api_url)
-    with (
-        pytest.raises(ValueError, match="export MASSED_COMPUTE_API_KEY"),
-        sky.Compute(provider=keyless, accelerator=A.L40S(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with no key")
-    wrong = sky.MassedCompute(api_key="mc_WRONGKEY", api_url=api.api_url)
-    with (
-        pytest.raises(sky.NoOfferError, match="Massed Compute refused the API key") as raised,
-        sky.Compute(provider=wrong, accelerator=A.L40S(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with a wrong key")
-    assert "check MASSED_COMPUTE_API_KEY" in str(raised.value)
-    assert "WRONGKEY" not in str(raised.value)
+    refuses_bad_settings(
+        provider(api),
+        A.L40S,
+        cloud="Massed Compute",
+        keyless=sky.MassedCompute(api_url=api.api_url),
+        key_env="MASSED_COMPUTE_API_KEY",
+        wrong=sky.MassedCompute(api_key="mc_WRONGKEY", api_url=api.api_url),
+        secret="WRONGKEY",
+    )
     assert not _launches(api, since)
 
 
