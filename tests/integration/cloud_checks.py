@@ -1,6 +1,8 @@
 """What the tests of the one-key clouds (against their fakes, ``fake_cloud``) check alike.
 
-``call``: one request to a fake's API, answered as its tests read it. ``refuses_bad_settings``:
+``call``: one request to a fake's API, answered as its tests read it. ``posted``: the
+creates a fake received. ``debug_logged``: the options of a pool whose log a test reads.
+``refuses_bad_settings``:
 what every GPU cloud's provider refuses before it asks its API for anything (a fraction of a
 GPU, no accelerator, no key) and how it words a wrong key; each test then checks, in its own
 fake's requests, that nothing was rented.
@@ -8,11 +10,13 @@ fake's requests, that nothing was rented.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fake_cloud import Recorded
 
 import skyward as sky
 
@@ -31,6 +35,20 @@ def call(
     the JSON answered (None for an empty body)."""
     response = httpx.request(method, api_url + path, json=body, headers=dict(headers))
     return response.status_code, response.json() if response.content else None
+
+
+def posted(requests: Iterable[Recorded], ending: str) -> list[Recorded]:
+    """The POSTs among a fake's ``requests`` whose path ends with ``ending``: its creates
+    (or launches), in the order they arrived."""
+    return [r for r in requests if r.method == "POST" and r.path.endswith(ending)]
+
+
+def debug_logged(log: Path) -> sky.Options:
+    """Options for a pool that prints nothing and logs everything (DEBUG) to ``log``: for a
+    test that reads the log (that it keeps the key out, say)."""
+    return sky.Options(
+        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
+    )
 
 
 def refuses_bad_settings(

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_hyperstack import IMAGE, FakeHyperstack
 from waiting import wait_until
@@ -46,11 +46,7 @@ def _live(api: FakeHyperstack) -> set[int]:
 
 
 def _creates(api: FakeHyperstack, since: int) -> list[Any]:
-    return [
-        r.body
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/core/virtual-machines")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/core/virtual-machines")]
 
 
 def _keys(api: FakeHyperstack) -> set[str]:
@@ -79,9 +75,7 @@ def test_a_pool_of_two_vms_runs_and_everything_is_deleted(
     fake_hyperstack: FakeHyperstack, tmp_path: Path
 ) -> None:
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(fake_hyperstack.requests)
     with sky.Compute(
         provider=provider(fake_hyperstack), accelerator=A.H100(), nodes=2, options=options

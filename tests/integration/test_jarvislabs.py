@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_jarvislabs import FakeJarvisLabs
 from waiting import wait_until
 
@@ -54,11 +54,7 @@ def _listed(api: FakeJarvisLabs) -> list[dict[str, Any]]:
 
 def _creates(api: FakeJarvisLabs, since: int) -> list[tuple[str, dict[str, Any]]]:
     """The template and body of each create sent since ``since``."""
-    return [
-        (r.path.split("/")[2], r.body)
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/create")
-    ]
+    return [(r.path.split("/")[2], r.body) for r in posted(api.requests[since:], "/create")]
 
 
 def test_a_pool_of_two_instances_runs_and_nothing_is_left(
@@ -66,9 +62,7 @@ def test_a_pool_of_two_instances_runs_and_nothing_is_left(
 ) -> None:
     api = fake_jarvislabs
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     with sky.Compute(provider=provider(api), accelerator=A.L4(), nodes=2, options=options) as pool:
         per_node = _where() @ pool

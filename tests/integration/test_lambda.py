@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_lambda import FakeLambda
 from waiting import wait_until
@@ -44,20 +44,14 @@ def _live(api: FakeLambda) -> set[str]:
 
 
 def _launches(api: FakeLambda, since: int) -> list[Any]:
-    return [
-        r.body
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/instance-operations/launch")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/instance-operations/launch")]
 
 
 def test_a_pool_of_two_instances_runs_and_everything_is_terminated(
     fake_lambda: FakeLambda, tmp_path: Path
 ) -> None:
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(fake_lambda.requests)
     with sky.Compute(
         provider=provider(fake_lambda), accelerator=A.H100(), nodes=2, options=options

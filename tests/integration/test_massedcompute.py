@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_massedcompute import FakeMassedCompute, need_fake_massedcompute
 
 import skyward as sky
@@ -66,11 +66,7 @@ def _live(api: FakeMassedCompute) -> set[str]:
 
 def _launches(api: FakeMassedCompute, since: int) -> list[dict[str, Any]]:
     """The body of each launch sent since ``since``."""
-    return [
-        r.body
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/instance/launch")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/instance/launch")]
 
 
 def test_a_pool_of_two_instances_runs_and_nothing_is_left(
@@ -78,9 +74,7 @@ def test_a_pool_of_two_instances_runs_and_nothing_is_left(
 ) -> None:
     api = fake_mc
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     spec = {"accelerator": A.L40S(), "nodes": 2, "options": options}
     with sky.Compute(provider=provider(api), **spec) as pool:

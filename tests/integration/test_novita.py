@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_novita import FakeNovita
 from waiting import wait_until
@@ -50,11 +50,7 @@ def _live(api: FakeNovita) -> set[str]:
 
 def _creates(api: FakeNovita, since: int) -> list[dict[str, Any]]:
     """The body of each create sent since ``since``."""
-    return [
-        r.body
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/gpu/instance/create")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/gpu/instance/create")]
 
 
 @pytest.fixture
@@ -71,9 +67,7 @@ def test_a_pool_of_two_instances_runs_and_nothing_is_left(
 ) -> None:
     api = fake_novita
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     spec = {"accelerator": A.RTX_4090(), "nodes": 2, "options": options}
     with sky.Compute(provider=provider(api), **spec) as pool:

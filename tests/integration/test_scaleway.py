@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_scaleway import FakeScaleway
 from waiting import wait_until
@@ -51,11 +51,7 @@ def _live(api: FakeScaleway) -> set[str]:
 
 def _creates(api: FakeScaleway, since: int) -> list[tuple[str, dict[str, Any]]]:
     """(zone, body) of each create sent since ``since``."""
-    return [
-        (r.path.split("/")[4], r.body)
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/servers")
-    ]
+    return [(r.path.split("/")[4], r.body) for r in posted(api.requests[since:], "/servers")]
 
 
 def _headers(api: FakeScaleway) -> dict[str, str]:
@@ -80,9 +76,7 @@ def test_a_pool_of_two_instances_runs_and_nothing_is_left(
 ) -> None:
     api = fake_scaleway
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     with sky.Compute(provider=provider(api), accelerator=A.L4(), nodes=2, options=options) as pool:
         per_node = _where() @ pool

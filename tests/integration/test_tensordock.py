@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_tensordock import FakeTensorDock
 
 import skyward as sky
@@ -46,11 +46,7 @@ def _live(api: FakeTensorDock) -> set[str]:
 
 def _creates(api: FakeTensorDock, since: int) -> list[dict[str, Any]]:
     """The attributes of each create sent since ``since``."""
-    return [
-        r.body["data"]["attributes"]
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/instances")
-    ]
+    return [r.body["data"]["attributes"] for r in posted(api.requests[since:], "/instances")]
 
 
 @pytest.fixture
@@ -68,9 +64,7 @@ def test_a_pool_of_two_vms_runs_and_nothing_is_left(
 ) -> None:
     api = fake_tensordock
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     with sky.Compute(
         provider=provider(api), accelerator=A.RTX_4090(), nodes=2, options=options

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_verda import IMAGE, FakeVerda
 from waiting import wait_until
@@ -89,9 +89,7 @@ def test_a_pool_of_two_instances_runs_and_everything_is_deleted(
     # with the image's own: the client waits for the key it made before it logs in.
     verda.script_delay = 1.0
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since, tokens = len(verda.requests), verda.tokens_given
     with sky.Compute(provider=provider(verda), accelerator=A.H100(), nodes=2, options=options) as (
         pool

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
-from cloud_checks import refuses_bad_settings
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_vultr import FakeVultr
 from waiting import wait_until
@@ -48,9 +48,7 @@ def _live(api: FakeVultr) -> set[str]:
 
 
 def _creates(api: FakeVultr, since: int) -> list[Any]:
-    return [
-        r.body for r in api.requests[since:] if r.method == "POST" and r.path.endswith("/instances")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/instances")]
 
 
 @pytest.fixture
@@ -69,9 +67,7 @@ def test_a_pool_of_two_instances_runs_and_everything_is_deleted(
     fake_vultr: FakeVultr, tmp_path: Path
 ) -> None:
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(fake_vultr.requests)
     with sky.Compute(
         provider=provider(fake_vultr), accelerator=A.A16(), nodes=2, options=options
