@@ -214,22 +214,27 @@ K = TypeVar("K")
 R = TypeVar("R", bound=MachineRecord)
 
 
+@attrs.define
 class StagedRecord:
-    """A machine record whose status its fake's API shows in stages: ``STARTING`` until
-    ``ready_at``, then ``RUNNING`` (unless something set another ``status`` first, as a kill
-    does), and once it is deleted (``ended_at``) ``ENDING`` for a while, then gone. For the
-    fakes whose API keeps showing a deleted machine a moment (Novita, TensorDock,
-    JarvisLabs); each names the stages as its API does."""
-
-    __slots__ = ()
+    """The part of a machine record whose status its fake's API shows in stages:
+    ``STARTING`` until ``ready_at``, then ``RUNNING`` (unless something set another
+    ``status`` first, as a kill does), and once it is deleted (``ended_at``) ``ENDING`` for
+    a while, then gone; with ``machine`` and ``running``, a ``MachineRecord``. For the fakes
+    whose API keeps showing a deleted machine a moment (Novita, TensorDock, JarvisLabs):
+    each names the stages as its API does, and its record's own fields come first (these
+    are keyword-only)."""
 
     STARTING: ClassVar[str]
     RUNNING: ClassVar[str]
     ENDING: ClassVar[str]
 
-    status: str
-    ready_at: float  # time.monotonic() after which a starting one runs
-    ended_at: float | None  # time.monotonic() of its delete
+    machine: Machine | None = attrs.field(default=None, kw_only=True)
+    status: str = attrs.field(
+        default=attrs.Factory(lambda self: self.STARTING, takes_self=True), kw_only=True
+    )
+    ready_at: float = attrs.field(default=0.0, kw_only=True)  # when a starting one runs
+    ended_at: float | None = attrs.field(default=None, kw_only=True)  # when it was deleted
+    running: bool = attrs.field(default=False, kw_only=True)
 
     def shown_status(self, ending_for: float) -> str | None:
         """Under the fake's lock: its status now; None once it is gone, ``ending_for``

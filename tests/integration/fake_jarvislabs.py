@@ -64,7 +64,7 @@ from fake_cloud import (
     need_root_machines,
     start_machine,
 )
-from sshd import Machine, free_port
+from sshd import free_port
 
 FIRST_ADDRESS = 10  # 127.11.B.10
 REGIONS = ("india-01", "india-noida-01", "europe-01")
@@ -121,9 +121,10 @@ def need_fake_jarvislabs() -> None:
 
 @attrs.define
 class FakeInstance(StagedRecord):
-    """An instance the fake created: its create's JSON, its state and its machine;
-    ``ended_at`` is when it was destroyed (``Destroying`` until ``destroy_delay`` later,
-    then gone)."""
+    """An instance the fake created: its create's JSON, its template and when it was
+    created, and its state and machine (``StagedRecord``): ``Creating``, ``Running`` once
+    ``ready_at`` passed (``Failed`` once killed), ``Destroying`` from its destroy until
+    ``destroy_delay`` later, then gone."""
 
     STARTING = "Creating"
     RUNNING = "Running"
@@ -132,12 +133,7 @@ class FakeInstance(StagedRecord):
     id: int
     body: dict[str, Any]
     template: str
-    machine: Machine | None = None
-    status: str = STARTING  # Running once ready_at passed; Failed once killed
     created_at: float = 0.0
-    ready_at: float = 0.0
-    ended_at: float | None = None
-    running: bool = False
 
     @property
     def name(self) -> str:

@@ -66,7 +66,6 @@ from fake_cloud import (
     end_staged,
     run_startup_command,
 )
-from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.9.B.10
 BASE = "/gpu-instance/openapi/v1"
@@ -144,9 +143,10 @@ def need_fake_novita() -> None:
 
 @attrs.define
 class FakeInstance(StagedRecord):
-    """An instance the fake created: its create's JSON, its state and its machine (a
-    ``fake_cloud.MachineRecord``); ``ended_at`` is when it was deleted (it is ``removing``
-    until ``remove_delay`` later, then gone)."""
+    """An instance the fake created: its create's JSON and its cluster, and its state and
+    machine (``StagedRecord``): ``creating``, ``running`` once ``ready_at`` passed (``exited``
+    once killed, or when its command failed), ``removing`` from its delete until
+    ``remove_delay`` later, then gone."""
 
     STARTING = "creating"
     RUNNING = "running"
@@ -156,11 +156,6 @@ class FakeInstance(StagedRecord):
     body: dict[str, Any]
     directory: Path
     cluster: str
-    machine: Machine | None = None
-    status: str = STARTING  # running once ready_at passed; exited once killed
-    ready_at: float = 0.0
-    ended_at: float | None = None
-    running: bool = False
 
     @property
     def name(self) -> str:

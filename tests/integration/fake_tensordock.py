@@ -62,7 +62,6 @@ from fake_cloud import (
     need_root_machines,
     start_machine,
 )
-from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.10.B.10
 BASE = "/api/v2"
@@ -141,9 +140,10 @@ def need_fake_tensordock() -> None:
 
 @attrs.define
 class FakeVM(StagedRecord):
-    """A VM the fake created: its create's attributes, its state and its machine (a
-    ``fake_cloud.MachineRecord``); ``ended_at`` is when it was deleted (it is ``deleting``
-    until ``delete_delay`` later, then gone)."""
+    """A VM the fake created: its create's attributes and its price, and its state and
+    machine (``StagedRecord``): ``starting``, ``running`` once ``ready_at`` passed
+    (``stopped`` once killed), ``deleting`` from its delete until ``delete_delay`` later,
+    then gone."""
 
     STARTING = "starting"
     RUNNING = "running"
@@ -153,11 +153,6 @@ class FakeVM(StagedRecord):
     attributes: dict[str, Any]
     directory: Path
     price: float
-    machine: Machine | None = None
-    status: str = STARTING  # running once ready_at passed; stopped once killed
-    ready_at: float = 0.0
-    ended_at: float | None = None
-    running: bool = False
 
     @property
     def name(self) -> str:
