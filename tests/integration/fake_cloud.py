@@ -6,16 +6,20 @@ the requests being answered, ends every machine still running (by pid), keeps ea
 machine's home under ``root`` for a look after the test, and raises if anything failed
 inside the fake (a failure is answered 500 and kept in ``errors``), so that it cannot pass
 unseen. The fakes (``fake_runpod``, ``fake_vastai``, ``fake_aws``, ``fake_lambda``,
-``fake_hyperstack``, ``fake_vultr``, ``fake_verda``) say only what is theirs: how they answer,
-which machines are running, how one ends.
+``fake_hyperstack``, ``fake_vultr``, ``fake_verda``, ``fake_scaleway``, ``fake_novita``,
+``fake_tensordock``, ``fake_massedcompute``, ``fake_jarvislabs``...) say only what is theirs:
+how they answer, which machines are running, how one ends.
 
 ``MachineCloud`` is the part that all but ``fake_aws`` share on top: a record per machine in
 a dict, each machine's processes marked by a variable of its environment, requests recorded
-and answered with refusals (``Refused``) in the fake's own shape.
+and answered with refusals (``Refused``) in the fake's own shape, the refusals a test plans
+for the next creates (``Failures``). ``StagedRecord`` is the record of a machine whose API
+shows it a while after its delete (Novita, TensorDock, JarvisLabs; ``end_staged`` deletes it).
 
 Below the classes, what their servers share (reading a request, replying, checking JSON
-values and bodies), how a machine starts (its loopback address, what cloud-init does with its
-user data, its sshd) and how it ends: every process of it, by pid, never by name.
+values, bodies and queries), how a machine starts (its loopback address, what cloud-init does
+with its user data, its sshd; or its own startup command, ``run_startup_command``) and how it
+ends: every process of it, by pid, never by name.
 """
 
 from __future__ import annotations
