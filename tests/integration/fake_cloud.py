@@ -6,16 +6,20 @@ the requests being answered, ends every machine still running (by pid), keeps ea
 machine's home under ``root`` for a look after the test, and raises if anything failed
 inside the fake (a failure is answered 500 and kept in ``errors``), so that it cannot pass
 unseen. The fakes (``fake_runpod``, ``fake_vastai``, ``fake_aws``, ``fake_lambda``,
-``fake_hyperstack``, ``fake_vultr``, ``fake_verda``) say only what is theirs: how they answer,
-which machines are running, how one ends.
+``fake_hyperstack``, ``fake_vultr``, ``fake_verda``, ``fake_scaleway``, ``fake_novita``,
+``fake_tensordock``, ``fake_massedcompute``, ``fake_jarvislabs``...) say only what is theirs:
+how they answer, which machines are running, how one ends.
 
 ``MachineCloud`` is the part that all but ``fake_aws`` share on top: a record per machine in
 a dict, each machine's processes marked by a variable of its environment, requests recorded
-and answered with refusals (``Refused``) in the fake's own shape.
+and answered with refusals (``Refused``) in the fake's own shape, the refusals a test plans
+for the next creates (``Failures``). ``StagedRecord`` is the record of a machine whose API
+shows it a while after its delete (Novita, TensorDock, JarvisLabs; ``end_staged`` deletes it).
 
 Below the classes, what their servers share (reading a request, replying, checking JSON
-values and bodies), how a machine starts (its loopback address, what cloud-init does with its
-user data, its sshd) and how it ends: every process of it, by pid, never by name.
+values, bodies and queries), how a machine starts (its loopback address, what cloud-init does
+with its user data, its sshd; or its own startup command, ``run_startup_command``) and how it
+ends: every process of it, by pid, never by name.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -170,6 +177,26 @@ class Refused(Exception):
         self.message, self.code, self.status = message, code, status
 
 
+class Failures:
+    """The refusals a test plans for a fake's next creates (its ``fail_creates``, or
+    ``fail_launches``...): each create, under the fake's lock, takes the next plan and
+    raises it; a plan of None lets that create through."""
+
+    def __init__(self) -> None:
+        self._planned: list[Refused | None] = []
+
+    def plan(self, n: int, refused: Refused, *, after: int = 0) -> None:
+        """Under the fake's lock: after ``after`` more creates, the next ``n`` raise
+        ``refused``."""
+        self._planned.extend([None] * after + [refused] * n)
+
+    def check(self) -> None:
+        """Under the fake's lock, for a create: raise its planned refusal, if any."""
+        planned = self._planned.pop(0) if self._planned else None
+        if planned is not None:
+            raise planned
+
+
 class MachineRecord(Protocol):
     """What ``MachineCloud`` needs of a fake's record of one machine.
 
@@ -189,6 +216,66 @@ class MachineRecord(Protocol):
 
 K = TypeVar("K")
 R = TypeVar("R", bound=MachineRecord)
+
+
+@attrs.define
+class StagedRecord:
+    """The part of a machine record whose status its fake's API shows in stages:
+    ``STARTING`` until ``ready_at``, then ``RUNNING`` (unless something set another
+    ``status`` first, as a kill does), and once it is deleted (``ended_at``) ``ENDING`` for
+    a while, then gone; with ``machine`` and ``running``, a ``MachineRecord``. For the fakes
+    whose API keeps showing a deleted machine a moment (Novita, TensorDock, JarvisLabs):
+    each names the stages as its API does, and its record's own fields come first (these
+    are keyword-only)."""
+
+    STARTING: ClassVar[str]
+    RUNNING: ClassVar[str]
+    ENDING: ClassVar[str]
+
+    machine: Machine | None = attrs.field(default=None, kw_only=True)
+    status: str = attrs.field(
+        default=attrs.Factory(lambda self: self.STARTING, takes_self=True), kw_only=True
+    )
+    ready_at: float = attrs.field(default=0.0, kw_only=True)  # when a starting one runs
+    ended_at: float | None = attrs.field(default=None, kw_only=True)  # when it was deleted
+    running: bool = attrs.field(default=False, kw_only=True)
+
+    def shown_status(self, ending_for: float) -> str | None:
+        """Under the fake's lock: its status now; None once it is gone, ``ending_for``
+        seconds after its delete."""
+        if self.ended_at is not None:
+            return self.ENDING if time.monotonic() < self.ended_at + ending_for else None
+        if self.status == self.STARTING and time.monotonic() >= self.ready_at:
+            self.status = self.RUNNING
+        return self.status
+
+
+S = TypeVar("S", bound=StagedRecord)
+
+
+def end_staged(
+    records: Mapping[K, S],
+    machine_id: K,
+    ending_for: float,
+    gone: Refused,
+    first: Callable[[S], None] | None = None,
+) -> Callable[[], S]:
+    """A delete's ``find`` for ``MachineCloud._end_now``: the record of ``machine_id``,
+    marked deleted now (a delete again while it shows ``ENDING`` finds it as it is), or
+    ``gone`` (the fake's 404) for one never made or gone. ``first`` runs on its first
+    delete only (to give back what it held)."""
+
+    def find() -> S:
+        record = records.get(machine_id)
+        if record is None or record.shown_status(ending_for) is None:
+            raise gone
+        if record.ended_at is None:
+            record.ended_at = time.monotonic()
+            if first is not None:
+                first(record)
+        return record
+
+    return find
 
 
 class MachineCloud(FakeCloud, Generic[K, R], abc.ABC):
@@ -432,6 +519,26 @@ def check_body(
             raise refused(f"{field}: expected {expected}, got {json.dumps(value)[:80]}")
 
 
+def check_query(
+    query: Mapping[str, Sequence[str]],
+    known: set[str],
+    *,
+    title: str,
+    refused: Callable[[str], Refused],
+) -> None:
+    """Refuse a query (``refused``: the fake's 400) naming its first parameter ``title``
+    (the fake) does not know on this path (``known``)."""
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise refused(f"{unknown[0]}: not a query parameter {title} knows here")
+
+
+def fake_uuid() -> str:
+    """A random id in the 8-4-4-4-12 hex form the APIs that use UUIDs give."""
+    raw = secrets.token_hex(16)
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+
+
 # -- starting a machine ---------------------------------------------------------------------------
 
 
@@ -539,6 +646,76 @@ def start_machine(
         )
     except pytest.fail.Exception as error:
         raise RuntimeError(str(error)) from None
+
+
+def run_startup_command(
+    root: Path,
+    directory: Path,
+    address: str,
+    command: str,
+    *,
+    marker_env: Mapping[str, str],
+    home: str,
+    log: str,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    stand_ins: Mapping[str, str] | None = None,
+) -> tuple[Machine, subprocess.Popen[bytes]]:
+    """A machine that its own startup command sets up, as the image's first boot runs it
+    (Novita's container command, Massed Compute's launch command): ``command`` runs for
+    real, with ``sh -c``, its output in ``directory / log``, with ``env`` and a short
+    ``HOME`` of its own (``$TMPDIR/<home>*``, as ``/root`` is), and a PATH whose ``sshd``
+    is a stand-in for the image's: the real sshd with ``directory / "sshd_config"``, which
+    listens on ``address`` (and ``port``, where given) and gives sessions the environment
+    every fake machine has. The fake installs no host key and no authorized keys: a command
+    that does not set them up right leaves a machine nobody can log in to. ``stand_ins``:
+    more scripts of the image, by name. The machine (its pid the command's, ended through
+    ``sshd.stop``) and the command's process, for the caller to wait on sshd."""
+    directory.mkdir(parents=True)
+    made = Path(tempfile.mkdtemp(prefix=home))
+    python_dir = os.path.dirname(sys._base_executable)  # this Python is "installed"
+    settings = sshd.set_env(
+        made, python_dir, root / "uv-cache", sshd.offline_apt(root), extra_env=marker_env
+    )
+    config = directory / "sshd_config"
+    # No HostKey or AuthorizedKeysFile (nor Port, without ``port``): the command's to give.
+    config.write_text(
+        ("" if port is None else f"Port {port}\n")
+        + f"ListenAddress {address}\nPidFile none\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n"
+        f"PermitUserEnvironment no\nSetEnv {settings}\n"
+    )
+    image_bin = directory / "bin"
+    image_bin.mkdir()
+    scripts = {"sshd": f'#!/bin/sh\nexec {sshd.SSHD} -f {config} "$@"\n', **(stand_ins or {})}
+    for name, text in scripts.items():
+        (image_bin / name).write_text(text)
+        (image_bin / name).chmod(0o755)
+    environment = {
+        **(env or {}),
+        "HOME": str(made),
+        "PATH": f"{image_bin}:/usr/local/bin:/usr/bin:/bin",
+        **marker_env,
+    }
+    with open(directory / log, "wb") as out:
+        proc = subprocess.Popen(
+            ["sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=environment,
+            cwd=made,
+        )
+    sshd.RUNNING[proc.pid] = proc  # ended through sshd.stop, as every fake machine
+    machine = Machine(
+        addr=address,
+        port=22 if port is None else port,
+        home=made,
+        host_key=directory / "none",
+        pid=proc.pid,
+    )
+    return machine, proc
 
 
 def _write_secret(path: Path, text: str) -> None:

@@ -44,6 +44,7 @@ import attrs
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
@@ -204,7 +205,7 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
         #: (flavor, region): the next create of it is refused for stock, and the flavor is
         #: listed out of stock there from then on (someone took the last one meanwhile).
         self.sell_out: set[tuple[str, str]] = set()
-        self._failures: list[tuple[int, str, str] | None] = []  # None: that create succeeds
+        self._failures = Failures()
         self._block = _BLOCKS.take()
         self._next_address = FIRST_ADDRESS
         # Ids of its own too: a VM's processes are found (and ended) by their id.
@@ -230,7 +231,7 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
     ) -> None:
         """After ``after`` more creates, the next ``n`` with a valid body are refused."""
         with self._lock:
-            self._failures.extend([None] * after + [(status, reason, message)] * n)
+            self._failures.plan(n, _Refused(message, reason, status), after=after)
 
     def kill(self, vm_id: int) -> None:
         """The VM's machine dies at once (every process killed); Hyperstack then shows it
@@ -425,10 +426,7 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
                     "not_found",
                     404,
                 )
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                status, reason, message = failure
-                raise _Refused(message, reason, status)
+            self._failures.check()
             if (body["flavor_name"], region) in self.sell_out:
                 self.sell_out.discard((body["flavor_name"], region))
                 listed["stock_available"] = False

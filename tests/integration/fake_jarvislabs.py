@@ -49,18 +49,22 @@ import attrs
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
     SshAddresses,
+    StagedRecord,
     _Answer,
     _is_int,
     _is_text,
     check_body,
+    check_query,
+    end_staged,
     need_root_machines,
     start_machine,
 )
-from sshd import Machine, free_port
+from sshd import free_port
 
 FIRST_ADDRESS = 10  # 127.11.B.10
 REGIONS = ("india-01", "india-noida-01", "europe-01")
@@ -116,34 +120,24 @@ def need_fake_jarvislabs() -> None:
 
 
 @attrs.define
-class FakeInstance:
-    """An instance the fake created: its create's JSON, its state and its machine;
-    ``destroyed_at`` is when it was destroyed (``Destroying`` until ``destroy_delay``
-    later, then gone)."""
+class FakeInstance(StagedRecord):
+    """An instance the fake created: its create's JSON, its template and when it was
+    created, and its state and machine (``StagedRecord``): ``Creating``, ``Running`` once
+    ``ready_at`` passed (``Failed`` once killed), ``Destroying`` from its destroy until
+    ``destroy_delay`` later, then gone."""
+
+    STARTING = "Creating"
+    RUNNING = "Running"
+    ENDING = "Destroying"
 
     id: int
     body: dict[str, Any]
     template: str
-    machine: Machine | None = None
-    status: str = "Creating"  # Running once ready_at passed; Failed once killed
     created_at: float = 0.0
-    ready_at: float = 0.0
-    destroyed_at: float | None = None
-    running: bool = False
 
     @property
     def name(self) -> str:
         return str(self.body.get("name", ""))
-
-    def shown_status(self, destroy_delay: float) -> str | None:
-        """Its status now; None once it is gone."""
-        if self.destroyed_at is not None:
-            if time.monotonic() < self.destroyed_at + destroy_delay:
-                return "Destroying"
-            return None
-        if self.status == "Creating" and time.monotonic() >= self.ready_at:
-            self.status = "Running"
-        return self.status
 
 
 class FakeJarvisLabs(MachineCloud[int, FakeInstance]):
@@ -177,7 +171,7 @@ class FakeJarvisLabs(MachineCloud[int, FakeInstance]):
         self.unlisted_for = unlisted_for
         self.instances: dict[int, FakeInstance] = {}
         self._next_id = 360_000 + secrets.randbelow(1000) * 100
-        self._failures: list[Refused | None] = []  # None: that create succeeds
+        self._failures = Failures()
         self._addresses = SshAddresses(f"127.11.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-jarvislabs")
 
@@ -187,12 +181,12 @@ class FakeJarvisLabs(MachineCloud[int, FakeInstance]):
         """Instances not destroyed (failed ones included: JarvisLabs keeps them), in create
         order."""
         with self._lock:
-            return [i for i in self.instances.values() if i.destroyed_at is None]
+            return [i for i in self.instances.values() if i.ended_at is None]
 
     def fail_creates(self, n: int, message: str, *, status: int = 400, after: int = 0) -> None:
         """After ``after`` more creates, the next ``n`` are refused with ``message``."""
         with self._lock:
-            self._failures.extend([None] * after + [Refused(message, "", status)] * n)
+            self._failures.plan(n, Refused(message, "", status), after=after)
 
     def free(self, gpu_type: str, region: str, count: int) -> None:
         """Set how many GPUs of a type a region has free."""
@@ -288,9 +282,7 @@ class FakeJarvisLabs(MachineCloud[int, FakeInstance]):
         if not 1 <= gpus <= 8 or body["hdd"] < 20:
             raise Refused("num_gpus: 1 to 8; hdd: 20 GB at least", "", 422)
         with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                raise failure
+            self._failures.check()
             row = next(
                 (
                     g
@@ -339,20 +331,16 @@ class FakeJarvisLabs(MachineCloud[int, FakeInstance]):
         instance.running = True
 
     def _destroy(self, machine_id: int) -> _Answer:
-        def destroyed() -> FakeInstance:
-            instance = self.instances.get(machine_id)
-            if instance is None or instance.shown_status(self.destroy_delay) is None:
-                raise Refused("Instance not found", "", 404)
-            if instance.destroyed_at is None:
-                instance.destroyed_at = time.monotonic()
-                for row in self.gpus:
-                    key = (row["gpu_type"], row["region"])
-                    if key == (instance.body["gpu_type"], instance.body["region"]):
-                        row["num_free_devices"] += instance.body["num_gpus"]
-                        row["effective_num_free_devices"] = row["num_free_devices"]
-                        break
-            return instance
+        def give_back(instance: FakeInstance) -> None:
+            for row in self.gpus:
+                key = (row["gpu_type"], row["region"])
+                if key == (instance.body["gpu_type"], instance.body["region"]):
+                    row["num_free_devices"] += instance.body["num_gpus"]
+                    row["effective_num_free_devices"] = row["num_free_devices"]
+                    break
 
+        gone = Refused("Instance not found", "", 404)
+        destroyed = end_staged(self.instances, machine_id, self.destroy_delay, gone, give_back)
         self._end_now(destroyed, abrupt=False)
         return _Answer(200, {"success": True})
 
@@ -421,6 +409,4 @@ def _refused(message: str, status: int = 422) -> Refused:
 
 
 def _known(query: dict[str, list[str]], known: set[str]) -> None:
-    unknown = sorted(set(query) - known)
-    if unknown:
-        raise Refused(f"{unknown[0]}: not a query parameter the fake JarvisLabs knows here")
+    check_query(query, known, title=FakeJarvisLabs.title, refused=Refused)

@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 from fake_cloud import (
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
@@ -146,7 +147,7 @@ class FakeLambda(MachineCloud[str, FakeInstance]):
         self.ssh_keys: dict[str, dict[str, str]] = {}  # by id
         self.full: set[tuple[str, str]] = set()  # (type, region): launches refused there
         self.file_systems: list[dict[str, Any]] = []  # what GET /file-systems lists
-        self._failures: list[tuple[int, str] | None] = []  # None: that launch succeeds
+        self._failures = Failures()
         self._addresses = SshAddresses("127.3.0", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-lambda") + "/api/v1"
 
@@ -180,7 +181,7 @@ class FakeLambda(MachineCloud[str, FakeInstance]):
         """After ``after`` more launches, the next ``n`` with a valid body are refused with
         ``code``."""
         with self._lock:
-            self._failures.extend([None] * after + [(status, code)] * n)
+            self._failures.plan(n, _Refused(_MESSAGES.get(code, code), code, status), after=after)
 
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Lambda then shows it
@@ -285,10 +286,7 @@ class FakeLambda(MachineCloud[str, FakeInstance]):
             keys = [k for k in self.ssh_keys.values() if k["name"] == body["ssh_key_names"][0]]
             if not keys:
                 raise _Refused(f"ssh_key_names: no SSH key named {body['ssh_key_names'][0]!r}")
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                status, code = failure
-                raise _Refused(_MESSAGES.get(code, code), code, status)
+            self._failures.check()
             names = body.get("file_system_names", [])
             if len(names) > 1:
                 raise _Refused("file_system_names: at most one file system may be specified")

@@ -43,13 +43,9 @@ naming the field, so that a misspelt field fails here instead of being ignored t
 from __future__ import annotations
 
 import copy
-import os
 import secrets
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -58,10 +54,10 @@ from typing import Any
 
 import attrs
 import procs
-import sshd
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
@@ -74,6 +70,7 @@ from fake_cloud import (
     _signal,
     check_body,
     need_root_machines,
+    run_startup_command,
 )
 from sshd import Machine
 
@@ -176,7 +173,7 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
         self.start_delay = start_delay
         self.remove_delay = remove_delay
         self.instances: dict[str, FakeInstance] = {}
-        self._failures: list[Refused | None] = []  # None: that launch succeeds
+        self._failures = Failures()
         #: Products whose last capacity someone else takes just before the next launch.
         self.taken: set[str] = set()
         self._addresses = SshAddresses(f"127.12.{_BLOCKS.take()}", FIRST_ADDRESS)
@@ -201,7 +198,7 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
     def fail_launches(self, n: int, message: str, *, status: int = 400, after: int = 0) -> None:
         """After ``after`` more launches, the next ``n`` are refused with ``message``."""
         with self._lock:
-            self._failures.extend([None] * after + [Refused(message, "", status)] * n)
+            self._failures.plan(n, Refused(message, "", status), after=after)
 
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Massed Compute then
@@ -275,9 +272,7 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
     def _launch(self, body: Any) -> _Answer:
         check_body(body, _LAUNCH_FIELDS, _LAUNCH_REQUIRED, title=self.title, refused=Refused)
         with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                raise failure
+            self._failures.check()
             entry = self._product(body["productName"])
             if entry is None:
                 raise Refused("Failed to launch instance")  # as Massed Compute words it
@@ -307,53 +302,19 @@ class FakeMassedCompute(MachineCloud[str, FakeInstance]):
 
     def _start(self, instance: FakeInstance) -> None:
         """Run the instance's command as its VM would at boot, with stand-ins for the
-        image's ``sshd`` (on the instance's address) and ``systemctl``."""
+        image's ``sshd`` (on the instance's address) and ``systemctl`` (which only records
+        what it was asked)."""
         address = self._addresses.take()
-        directory = instance.directory
-        directory.mkdir(parents=True)
-        home = Path(tempfile.mkdtemp(prefix="massed-"))
-        python_dir = os.path.dirname(sys._base_executable)  # this Python is "installed"
-        settings = sshd.set_env(
-            home,
-            python_dir,
-            self.root / "uv-cache",
-            sshd.offline_apt(self.root),
-            extra_env=self._marker_env(instance.id),
-        )
-        config = directory / "sshd_config"
-        # No Port, HostKey or AuthorizedKeysFile: those are the command's to give.
-        config.write_text(
-            f"ListenAddress {address}\nPidFile none\nPubkeyAuthentication yes\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            "StrictModes no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n"
-            f"PermitUserEnvironment no\nSetEnv {settings}\n"
-        )
-        image_bin = directory / "bin"
-        image_bin.mkdir()
-        (image_bin / "sshd").write_text(f'#!/bin/sh\nexec {sshd.SSHD} -f {config} "$@"\n')
-        (image_bin / "systemctl").write_text(
-            f'#!/bin/sh\necho "$@" >> {directory / "systemctl.log"}\n'
-        )
-        for stand_in in ("sshd", "systemctl"):
-            (image_bin / stand_in).chmod(0o755)
-        environment = {
-            "HOME": str(home),
-            "PATH": f"{image_bin}:/usr/local/bin:/usr/bin:/bin",
-            **self._marker_env(instance.id),
-        }
-        log = directory / "boot.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["sh", "-c", instance.body.get("command", "")],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=environment,
-                cwd=home,
-            )
-        sshd.RUNNING[proc.pid] = proc  # ended through sshd.stop, as every fake machine
-        instance.machine = Machine(
-            addr=address, port=22, home=home, host_key=directory / "none", pid=proc.pid
+        systemctl_log = instance.directory / "systemctl.log"
+        instance.machine, proc = run_startup_command(
+            self.root,
+            instance.directory,
+            address,
+            instance.body.get("command", ""),
+            marker_env=self._marker_env(instance.id),
+            home="massed-",
+            log="boot.log",
+            stand_ins={"systemctl": f'#!/bin/sh\necho "$@" >> {systemctl_log}\n'},
         )
         instance.running = True
         deadline = time.monotonic() + 20

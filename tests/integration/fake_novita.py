@@ -41,11 +41,7 @@ field, so that a misspelt field fails here instead of being ignored there.
 from __future__ import annotations
 
 import copy
-import os
 import secrets
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -56,16 +52,20 @@ import sshd
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
     SshAddresses,
+    StagedRecord,
     _Answer,
     _is_int,
     _is_text,
     check_body,
+    check_query,
+    end_staged,
+    run_startup_command,
 )
-from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.9.B.10
 BASE = "/gpu-instance/openapi/v1"
@@ -142,32 +142,24 @@ def need_fake_novita() -> None:
 
 
 @attrs.define
-class FakeInstance:
-    """An instance the fake created: its create's JSON, its state and its machine (a
-    ``fake_cloud.MachineRecord``); ``deleted_at`` is when it was deleted (it is
-    ``removing`` until ``remove_delay`` later, then gone)."""
+class FakeInstance(StagedRecord):
+    """An instance the fake created: its create's JSON and its cluster, and its state and
+    machine (``StagedRecord``): ``creating``, ``running`` once ``ready_at`` passed (``exited``
+    once killed, or when its command failed), ``removing`` from its delete until
+    ``remove_delay`` later, then gone."""
+
+    STARTING = "creating"
+    RUNNING = "running"
+    ENDING = "removing"
 
     id: str
     body: dict[str, Any]
     directory: Path
     cluster: str
-    machine: Machine | None = None
-    status: str = "creating"  # running once ready_at passed; exited once killed
-    ready_at: float = 0.0
-    deleted_at: float | None = None
-    running: bool = False
 
     @property
     def name(self) -> str:
         return str(self.body.get("name", ""))
-
-    def shown_status(self, remove_delay: float) -> str | None:
-        """Its status now; None once it is gone."""
-        if self.deleted_at is not None:
-            return "removing" if time.monotonic() < self.deleted_at + remove_delay else None
-        if self.status == "creating" and time.monotonic() >= self.ready_at:
-            self.status = "running"
-        return self.status
 
 
 class _Refused(Refused):
@@ -210,7 +202,7 @@ class FakeNovita(MachineCloud[str, FakeInstance]):
         self.remove_delay = remove_delay
         self.page_max = page_max
         self.instances: dict[str, FakeInstance] = {}
-        self._failures: list[_Refused | None] = []  # None: that create succeeds
+        self._failures = Failures()
         self._addresses = SshAddresses(f"127.9.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-novita") + BASE
 
@@ -220,14 +212,14 @@ class FakeNovita(MachineCloud[str, FakeInstance]):
         """Instances not deleted (exited ones included: Novita keeps them, and their
         storage bills), in create order."""
         with self._lock:
-            return [i for i in self.instances.values() if i.deleted_at is None]
+            return [i for i in self.instances.values() if i.ended_at is None]
 
     def fail_creates(
         self, n: int, message: str, *, status: int = 400, reason: str = "FAILED", after: int = 0
     ) -> None:
         """After ``after`` more creates, the next ``n`` are refused with ``message``."""
         with self._lock:
-            self._failures.extend([None] * after + [_Refused(message, status, reason)] * n)
+            self._failures.plan(n, _Refused(message, status, reason), after=after)
 
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Novita then shows
@@ -304,9 +296,7 @@ class FakeNovita(MachineCloud[str, FakeInstance]):
             if not all(isinstance(v, str) for v in env.values()):
                 raise _Refused("envs: keys and values are strings")
         with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                raise failure
+            self._failures.check()
             listed = next((p for p in self.products if p["id"] == body["productId"]), None)
             if listed is None:
                 raise _Refused(f"productId: no product {body['productId']!r}", 404, "NOT_FOUND")
@@ -336,52 +326,19 @@ class FakeNovita(MachineCloud[str, FakeInstance]):
         """Run the instance's command as its container would, with a stand-in ``sshd``
         that listens on the instance's public address and port."""
         address = self._addresses.take()
-        port = sshd.free_port(address)
-        directory = instance.directory
-        directory.mkdir(parents=True)
-        home = Path(tempfile.mkdtemp(prefix="novita-"))
-        python_dir = os.path.dirname(sys._base_executable)  # this Python is "installed"
-        settings = sshd.set_env(
-            home,
-            python_dir,
-            self.root / "uv-cache",
-            sshd.offline_apt(self.root),
-            extra_env=self._marker_env(instance.id),
-        )
-        config = directory / "sshd_config"
-        # No HostKey and no AuthorizedKeysFile: those are the command's to give.
-        config.write_text(
-            f"Port {port}\nListenAddress {address}\nPidFile none\nPubkeyAuthentication yes\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            "StrictModes no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n"
-            f"PermitUserEnvironment no\nSetEnv {settings}\n"
-        )
-        image_bin = directory / "bin"
-        image_bin.mkdir()
-        stand_in = image_bin / "sshd"
-        stand_in.write_text(f'#!/bin/sh\nexec {sshd.SSHD} -f {config} "$@"\n')
-        stand_in.chmod(0o755)
-        environment = {e["key"]: e["value"] for e in instance.body.get("envs", [])}
-        environment |= {
-            "HOME": str(home),
-            "PATH": f"{image_bin}:/usr/local/bin:/usr/bin:/bin",
-            **self._marker_env(instance.id),
-        }
-        log = directory / "container.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["sh", "-c", instance.body.get("command", "")],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=environment,
-                cwd=home,
-            )
-        sshd.RUNNING[proc.pid] = proc  # ended through sshd.stop, as every fake machine
-        instance.machine = Machine(
-            addr=address, port=port, home=home, host_key=directory / "none", pid=proc.pid
+        instance.machine, proc = run_startup_command(
+            self.root,
+            instance.directory,
+            address,
+            instance.body.get("command", ""),
+            marker_env=self._marker_env(instance.id),
+            home="novita-",
+            log="container.log",
+            port=sshd.free_port(address),
+            env={e["key"]: e["value"] for e in instance.body.get("envs", [])},
         )
         instance.running = True
+        log = instance.directory / "container.log"
         deadline = time.monotonic() + 20
         while b"Server listening" not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -416,14 +373,8 @@ class FakeNovita(MachineCloud[str, FakeInstance]):
         )
 
     def _delete(self, instance_id: str) -> _Answer:
-        def deleted() -> FakeInstance:
-            instance = self.instances.get(instance_id)
-            if instance is None or instance.shown_status(self.remove_delay) is None:
-                raise _Refused("instance not found", 404, "INSTANCE_NOT_FOUND")
-            if instance.deleted_at is None:
-                instance.deleted_at = time.monotonic()
-            return instance
-
+        gone = _Refused("instance not found", 404, "INSTANCE_NOT_FOUND")
+        deleted = end_staged(self.instances, instance_id, self.remove_delay, gone)
         self._end_now(deleted, abrupt=False)
         return _Answer(200, {})
 
@@ -493,9 +444,7 @@ def _check(body: Any, fields: Checks, required: Sequence[str]) -> None:
 
 
 def _known(query: dict[str, list[str]], known: set[str]) -> None:
-    unknown = sorted(set(query) - known)
-    if unknown:
-        raise _Refused(f"{unknown[0]}: not a query parameter the fake Novita knows here")
+    check_query(query, known, title=FakeNovita.title, refused=_Refused)
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:

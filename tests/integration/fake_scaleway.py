@@ -47,6 +47,7 @@ import attrs
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
@@ -56,6 +57,7 @@ from fake_cloud import (
     _is_text,
     check_body,
     cloud_init,
+    fake_uuid,
     need_root_machines,
     start_machine,
 )
@@ -207,9 +209,9 @@ class FakeScaleway(MachineCloud[str, FakeServer]):
         ``start_delay``: seconds after a power-on during which the Instance is starting.
         ``per_page_max``: the most a page holds, whatever ``per_page`` asks."""
         super().__init__(root)
-        self.secret_key = _uuid()
-        self.project_id = _uuid()
-        self.organization_id = _uuid()
+        self.secret_key = fake_uuid()
+        self.project_id = fake_uuid()
+        self.organization_id = fake_uuid()
         self.types: dict[str, dict[str, dict[str, Any]]] = {
             z: {n: copy.deepcopy(dict(t)) for n, t in listed.items()} for z, listed in types.items()
         }
@@ -222,7 +224,7 @@ class FakeScaleway(MachineCloud[str, FakeServer]):
         #: (type, zone): the next power-on of it is out of stock, and the zone's
         #: availability says ``shortage`` from then on (someone took the last one).
         self.sell_out: set[tuple[str, str]] = set()
-        self._failures: list[_Refused | None] = []  # None: that power-on succeeds
+        self._failures = Failures()  # for power-ons
         self._addresses = SshAddresses(f"127.7.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-scaleway")
 
@@ -245,7 +247,7 @@ class FakeScaleway(MachineCloud[str, FakeServer]):
     ) -> None:
         """After ``after`` more power-ons, the next ``n`` are refused with ``message``."""
         with self._lock:
-            self._failures.extend([None] * after + [_Refused(message, status, kind)] * n)
+            self._failures.plan(n, _Refused(message, status, kind), after=after)
 
     def kill(self, server_id: str) -> None:
         """The Instance's machine dies at once (every process killed); Scaleway then shows
@@ -348,8 +350,8 @@ class FakeScaleway(MachineCloud[str, FakeServer]):
                 raise _Refused(
                     f"commercial_type: {body['commercial_type']!r} is not sold in {zone}"
                 )
-            server_id = _uuid()
-            volume_id = _uuid()
+            server_id = fake_uuid()
+            volume_id = fake_uuid()
             directory = self.root / server_id
             directory.mkdir(parents=True)
             self.volumes[volume_id] = {
@@ -438,9 +440,7 @@ class FakeScaleway(MachineCloud[str, FakeServer]):
             raise _Refused(
                 f"Instance is {state}: poweron needs it stopped", 400, "invalid_request_error"
             )
-        failure = self._failures.pop(0) if self._failures else None
-        if failure is not None:
-            raise failure
+        self._failures.check()
         kind, zone = server.body["commercial_type"], server.zone
         if (kind, zone) in self.sell_out:  # the last one went since the listing
             self.sell_out.discard((kind, zone))
@@ -543,7 +543,7 @@ class FakeScaleway(MachineCloud[str, FakeServer]):
             with self._lock:
                 if body["project_id"] != self.project_id:
                     raise _Refused("action not allowed on this project", 403, "permissions_denied")
-                key_id = _uuid()
+                key_id = fake_uuid()
                 key = {
                     "id": key_id,
                     "name": body["name"],
@@ -663,7 +663,7 @@ def _paging(query: dict[str, list[str]], size_name: str, most: int) -> tuple[int
 
 def _task(kind: str, server: FakeServer) -> dict[str, Any]:
     return {
-        "id": _uuid(),
+        "id": fake_uuid(),
         "description": kind,
         "status": "pending",
         "href_from": f"/servers/{server.id}/action",
@@ -673,11 +673,6 @@ def _task(kind: str, server: FakeServer) -> dict[str, Any]:
         "progress": 0,
         "zone": server.zone,
     }
-
-
-def _uuid() -> str:
-    raw = secrets.token_hex(16)
-    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
 def _uuid_of(text: str) -> str:

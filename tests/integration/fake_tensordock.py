@@ -46,19 +46,22 @@ import attrs
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
     SshAddresses,
+    StagedRecord,
     _Answer,
     _is_int,
     _is_text,
     check_body,
     cloud_init,
+    end_staged,
+    fake_uuid,
     need_root_machines,
     start_machine,
 )
-from sshd import Machine
 
 FIRST_ADDRESS = 10  # 127.10.B.10
 BASE = "/api/v2"
@@ -136,31 +139,24 @@ def need_fake_tensordock() -> None:
 
 
 @attrs.define
-class FakeVM:
-    """A VM the fake created: its create's attributes, its state and its machine (a
-    ``fake_cloud.MachineRecord``)."""
+class FakeVM(StagedRecord):
+    """A VM the fake created: its create's attributes and its price, and its state and
+    machine (``StagedRecord``): ``starting``, ``running`` once ``ready_at`` passed
+    (``stopped`` once killed), ``deleting`` from its delete until ``delete_delay`` later,
+    then gone."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    ENDING = "deleting"
 
     id: str
     attributes: dict[str, Any]
     directory: Path
     price: float
-    machine: Machine | None = None
-    status: str = "starting"  # running once ready_at passed; stopped once killed
-    ready_at: float = 0.0
-    deleted_at: float | None = None
-    running: bool = False
 
     @property
     def name(self) -> str:
         return str(self.attributes.get("name", ""))
-
-    def shown_status(self, delete_delay: float) -> str | None:
-        """Its status now; None once it is gone."""
-        if self.deleted_at is not None:
-            return "deleting" if time.monotonic() < self.deleted_at + delete_delay else None
-        if self.status == "starting" and time.monotonic() >= self.ready_at:
-            self.status = "running"
-        return self.status
 
 
 class _Refused(Refused):
@@ -200,7 +196,7 @@ class FakeTensorDock(MachineCloud[str, FakeVM]):
         self.start_delay = start_delay
         self.delete_delay = delete_delay
         self.vms: dict[str, FakeVM] = {}
-        self._failures: list[_Refused | None] = []  # None: that create succeeds
+        self._failures = Failures()
         self._addresses = SshAddresses(f"127.10.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-tensordock") + BASE
 
@@ -210,14 +206,14 @@ class FakeTensorDock(MachineCloud[str, FakeVM]):
         """VMs not deleted (stopped ones included: TensorDock bills their storage), in
         create order."""
         with self._lock:
-            return [v for v in self.vms.values() if v.deleted_at is None]
+            return [v for v in self.vms.values() if v.ended_at is None]
 
     def fail_creates(
         self, n: int, message: str, *, status: int = 400, title: str = "Bad Request", after: int = 0
     ) -> None:
         """After ``after`` more creates, the next ``n`` are refused with ``message``."""
         with self._lock:
-            self._failures.extend([None] * after + [_Refused(message, status, title)] * n)
+            self._failures.plan(n, _Refused(message, status, title), after=after)
 
     def kill(self, vm_id: str) -> None:
         """The VM's machine dies at once (every process killed); TensorDock then shows it
@@ -298,9 +294,7 @@ class FakeTensorDock(MachineCloud[str, FakeVM]):
             raise _Refused('gpus: expected {"<v0Name>": {"count": n}}')
         location_id = attributes["location_id"]
         with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                raise failure
+            self._failures.check()
             where = next((loc for loc in self.locations if loc["id"] == location_id), None)
             if where is None:
                 raise _Refused(f"location_id: no location {location_id!r}", 404, "Not Found")
@@ -323,7 +317,7 @@ class FakeTensorDock(MachineCloud[str, FakeVM]):
                 + resources["ram_gb"] * pricing["per_gb_ram_hr"]
                 + resources["storage_gb"] * pricing["per_gb_storage_hr"]
             )
-            vm_id = _uuid()
+            vm_id = fake_uuid()
             vm = FakeVM(
                 id=vm_id,
                 attributes=copy.deepcopy(attributes),
@@ -365,15 +359,8 @@ class FakeTensorDock(MachineCloud[str, FakeVM]):
         vm.ready_at = time.monotonic() + self.start_delay
 
     def _delete(self, vm_id: str) -> _Answer:
-        def deleted() -> FakeVM:
-            vm = self.vms.get(vm_id)
-            if vm is None or vm.shown_status(self.delete_delay) is None:
-                raise _Refused("instance not found", 404, "Not Found")
-            if vm.deleted_at is None:
-                vm.deleted_at = time.monotonic()
-            return vm
-
-        self._end_now(deleted, abrupt=False)
+        gone = _Refused("instance not found", 404, "Not Found")
+        self._end_now(end_staged(self.vms, vm_id, self.delete_delay, gone), abrupt=False)
         return _Answer(200, {"data": {"type": "success", "message": "Instance deleted"}})
 
     def _json(self, vm: FakeVM) -> dict[str, Any] | None:
@@ -431,11 +418,6 @@ _RESOURCE_FIELDS: Checks = {
 
 def _stopped(vm: FakeVM) -> None:
     """``kill``'s mark: TensorDock shows a VM whose machine died stopped."""
-    if vm.deleted_at is not None:
+    if vm.ended_at is not None:
         raise ValueError(f"VM {vm.id} was deleted")
     vm.status = "stopped"
-
-
-def _uuid() -> str:
-    raw = secrets.token_hex(16)
-    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"

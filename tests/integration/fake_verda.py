@@ -49,6 +49,7 @@ import attrs
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
@@ -181,7 +182,7 @@ class FakeVerda(MachineCloud[str, FakeInstance]):
         self.instances: dict[str, FakeInstance] = {}
         #: (type, location): creates of it there are refused for capacity, though listed.
         self.full: set[tuple[str, str]] = set()
-        self._failures: list[tuple[int, str, str] | None] = []  # None: that create succeeds
+        self._failures = Failures()
         self._addresses = SshAddresses(f"127.5.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-verda") + "/v1"
         self._threads.append(
@@ -206,7 +207,7 @@ class FakeVerda(MachineCloud[str, FakeInstance]):
     ) -> None:
         """After ``after`` more creates, the next ``n`` with a valid body are refused."""
         with self._lock:
-            self._failures.extend([None] * after + [(status, code, message)] * n)
+            self._failures.plan(n, _Refused(message, code, status), after=after)
 
     def expire_tokens(self) -> None:
         """Every token given so far is refused from now on (401), as once it expires."""
@@ -348,10 +349,7 @@ class FakeVerda(MachineCloud[str, FakeInstance]):
                 script = self.scripts.get(body["startup_script_id"])
                 if script is None:
                     raise _Refused("startup_script_id: no such startup script")
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                status, code, message = failure
-                raise _Refused(message, code, status)
+            self._failures.check()
             if kind not in self.availability.get(location, ()) or (kind, location) in self.full:
                 raise _Refused(NO_CAPACITY, "service_unavailable", 503)
             instance = self._start(

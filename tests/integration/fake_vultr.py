@@ -38,6 +38,7 @@ import attrs
 from fake_cloud import (
     AddressBlocks,
     Checks,
+    Failures,
     MachineCloud,
     Recorded,
     Refused,
@@ -48,6 +49,7 @@ from fake_cloud import (
     _is_text,
     check_body,
     cloud_init,
+    fake_uuid,
     need_root_machines,
     start_machine,
 )
@@ -176,7 +178,7 @@ class FakeVultr(MachineCloud[str, FakeInstance]):
         #: (plan, region): the next create of it is refused, and the region's availability
         #: stops listing the plan from then on (someone took the last one meanwhile).
         self.sell_out: set[tuple[str, str]] = set()
-        self._failures: list[tuple[int, str] | None] = []  # None: that create succeeds
+        self._failures = Failures()
         self._addresses = SshAddresses(f"127.6.{_BLOCKS.take()}", FIRST_ADDRESS)
         self.api_url = self._listen(self._serve, "fake-vultr") + "/v2"
 
@@ -192,7 +194,7 @@ class FakeVultr(MachineCloud[str, FakeInstance]):
         """After ``after`` more creates, the next ``n`` with a valid body are refused with
         ``message``."""
         with self._lock:
-            self._failures.extend([None] * after + [(status, message)] * n)
+            self._failures.plan(n, _Refused(message, status), after=after)
 
     def kill(self, instance_id: str) -> None:
         """The instance's machine dies at once (every process killed); Vultr then shows it
@@ -295,7 +297,7 @@ class FakeVultr(MachineCloud[str, FakeInstance]):
     def _add_key(self, body: Any) -> _Answer:
         _check(body, _KEY_FIELDS, required=("name", "ssh_key"))
         with self._lock:
-            key_id = _uuid()
+            key_id = fake_uuid()
             key = {
                 "id": key_id,
                 "date_created": _now(),
@@ -329,9 +331,7 @@ class FakeVultr(MachineCloud[str, FakeInstance]):
                 if key_id not in self.ssh_keys:
                     raise _Refused(f"Invalid SSH key: {key_id}")
                 keys.append(self.ssh_keys[key_id]["ssh_key"])
-            failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                raise _Refused(failure[1], failure[0])
+            self._failures.check()
             if (plan_id, region) in self.sell_out:
                 self.sell_out.discard((plan_id, region))
                 listed = self.availability[region]
@@ -349,7 +349,7 @@ class FakeVultr(MachineCloud[str, FakeInstance]):
 
     def _start(self, body: dict[str, Any], keys: list[str], user_data: str) -> FakeInstance:
         address = self._addresses.take()
-        instance_id = _uuid()
+        instance_id = fake_uuid()
         directory = self.root / instance_id
         directory.mkdir(parents=True)
         authorized = cloud_init(directory, user_data, keys)
@@ -462,11 +462,6 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
     if values is not None and len(values) != 1:
         raise _Refused(f"{name}: given more than once")
     return values[0] if values else None
-
-
-def _uuid() -> str:
-    raw = secrets.token_hex(16)
-    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
 def _now() -> str:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncssh
-import httpx
 import pytest
 import sshd
 from clients import printed_over_ssh
+from cloud_checks import call
 from fake_hyperstack import IMAGE, NO_STOCK, FakeHyperstack, need_fake_hyperstack
 
 from skyward_trio import _transport
@@ -28,10 +28,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHyperstack]:
 def _call(
     fake: FakeHyperstack, method: str, path: str, body: Any = None, key: str = ""
 ) -> tuple[int, Any]:
-    response = httpx.request(
-        method, fake.api_url + path, json=body, headers={"api_key": key or fake.api_key}
-    )
-    return response.status_code, response.json()
+    return call(fake.api_url, method, path, body, headers={"api_key": key or fake.api_key})
 
 
 def _home(fake: FakeHyperstack, name: str, region: str = "CANADA-1") -> asyncssh.SSHKey:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncssh
-import httpx
 import pytest
 from clients import asyncio_run
+from cloud_checks import bearer, call
 from fake_jarvislabs import FakeJarvisLabs, need_fake_jarvislabs
 from waiting import wait_until
 
@@ -27,13 +27,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeJarvisLabs]:
 
 
 def _call(fake: FakeJarvisLabs, method: str, path: str, body: Any = None, key: str = "") -> Any:
-    response = httpx.request(
-        method,
-        fake.api_url + path,
-        json=body,
-        headers={"Authorization": f"Bearer {key or fake.api_key}"},
-    )
-    return response.status_code, response.json() if response.content else None
+    return call(fake.api_url, method, path, body, headers=bearer(key or fake.api_key))
 
 
 def _create(name: str, **more: Any) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncssh
-import httpx
 import pytest
 import sshd
 from clients import printed_over_ssh
+from cloud_checks import bearer, call
 from fake_lambda import NO_CAPACITY, FakeLambda, need_fake_lambda
 
 from skyward_trio import _transport
@@ -27,13 +27,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeLambda]:
 
 
 def _call(fake: FakeLambda, method: str, path: str, body: Any = None, key: str = "") -> Any:
-    response = httpx.request(
-        method,
-        fake.api_url + path,
-        json=body,
-        headers={"Authorization": f"Bearer {key or fake.api_key}"},
-    )
-    return response.status_code, response.json()
+    return call(fake.api_url, method, path, body, headers=bearer(key or fake.api_key))
 
 
 def _key(fake: FakeLambda, name: str) -> tuple[asyncssh.SSHKey, str]:

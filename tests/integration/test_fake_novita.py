@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncssh
-import httpx
 import pytest
 from clients import asyncio_run
+from cloud_checks import bearer, call
 from fake_novita import FakeNovita, need_fake_novita
 from waiting import wait_until
 
@@ -29,13 +29,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeNovita]:
 
 
 def _call(fake: FakeNovita, method: str, path: str, body: Any = None, key: str = "") -> Any:
-    response = httpx.request(
-        method,
-        fake.api_url + path,
-        json=body,
-        headers={"Authorization": f"Bearer {key or fake.api_key}"},
-    )
-    return response.status_code, response.json() if response.content else None
+    return call(fake.api_url, method, path, body, headers=bearer(key or fake.api_key))
 
 
 def _create(name: str, client: _transport.SSHKey, host: _transport.SSHKey, **more: Any) -> Any:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import sshd
 from clients import printed_over_ssh
+from cloud_checks import call
 from fake_scaleway import FakeScaleway, need_fake_scaleway
 
 from skyward_trio import _transport
@@ -31,10 +32,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeScaleway]:
 def _call(
     fake: FakeScaleway, method: str, path: str, body: Any = None, key: str = ""
 ) -> tuple[int, Any]:
-    response = httpx.request(
-        method, fake.api_url + path, json=body, headers={"X-Auth-Token": key or fake.secret_key}
-    )
-    return response.status_code, response.json() if response.content else None
+    return call(fake.api_url, method, path, body, headers={"X-Auth-Token": key or fake.secret_key})
 
 
 def _create(fake: FakeScaleway, **fields: Any) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import sshd
 from clients import printed_over_ssh
+from cloud_checks import bearer, call
 from fake_tensordock import NO_CAPACITY, FakeTensorDock, need_fake_tensordock
 
 from skyward_trio import _transport
@@ -29,13 +29,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeTensorDock]:
 def _call(
     fake: FakeTensorDock, method: str, path: str, body: Any = None, token: str = ""
 ) -> tuple[int, Any]:
-    response = httpx.request(
-        method,
-        fake.api_url + path,
-        json=body,
-        headers={"Authorization": f"Bearer {token or fake.api_token}"},
-    )
-    return response.status_code, response.json() if response.content else None
+    return call(fake.api_url, method, path, body, headers=bearer(token or fake.api_token))
 
 
 def _create(key: str, **fields: Any) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncssh
-import httpx
 import pytest
 import sshd
 from clients import printed_over_ssh
+from cloud_checks import bearer, call
 from fake_vultr import NOT_AVAILABLE, FakeVultr, need_fake_vultr
 
 from skyward_trio import _transport
@@ -28,13 +28,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVultr]:
 
 
 def _call(fake: FakeVultr, method: str, path: str, body: Any = None, key: str = "") -> Any:
-    response = httpx.request(
-        method,
-        fake.api_url + path,
-        json=body,
-        headers={"Authorization": f"Bearer {key or fake.api_key}"},
-    )
-    return response.status_code, response.json() if response.content else None
+    return call(fake.api_url, method, path, body, headers=bearer(key or fake.api_key))
 
 
 def _key(fake: FakeVultr, name: str) -> tuple[asyncssh.SSHKey, str]:

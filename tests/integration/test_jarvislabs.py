@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, run_sky
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_jarvislabs import FakeJarvisLabs
 from waiting import wait_until
 
@@ -53,11 +54,7 @@ def _listed(api: FakeJarvisLabs) -> list[dict[str, Any]]:
 
 def _creates(api: FakeJarvisLabs, since: int) -> list[tuple[str, dict[str, Any]]]:
     """The template and body of each create sent since ``since``."""
-    return [
-        (r.path.split("/")[2], r.body)
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/create")
-    ]
+    return [(r.path.split("/")[2], r.body) for r in posted(api.requests[since:], "/create")]
 
 
 def test_a_pool_of_two_instances_runs_and_nothing_is_left(
@@ -65,9 +62,7 @@ def test_a_pool_of_two_instances_runs_and_nothing_is_left(
 ) -> None:
     api = fake_jarvislabs
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     with sky.Compute(provider=provider(api), accelerator=A.L4(), nodes=2, options=options) as pool:
         per_node = _where() @ pool
@@ -154,25 +149,16 @@ def test_refusals_say_the_fix_and_leave_nothing(
 ) -> None:
     api = fake_jarvislabs
     since = len(api.requests)
-    with pytest.raises(ValueError, match="JarvisLabs rents whole GPUs"):
-        sky.Compute(provider=provider(api), accelerator=A.L4(count=0.5), options=QUIET)
-    with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(api), options=QUIET)
     monkeypatch.delenv("JL_API_KEY", raising=False)
-    keyless = sky.JarvisLabs(api_url=api.api_url)
-    with (
-        pytest.raises(ValueError, match="export JL_API_KEY"),
-        sky.Compute(provider=keyless, accelerator=A.L4(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with no key")
-    wrong = sky.JarvisLabs(api_key="jl_WRONGKEY", api_url=api.api_url)
-    with (
-        pytest.raises(sky.NoOfferError, match="JarvisLabs refused the API key") as raised,
-        sky.Compute(provider=wrong, accelerator=A.L4(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with a wrong key")
-    assert "check JL_API_KEY" in str(raised.value)
-    assert "WRONGKEY" not in str(raised.value)
+    refuses_bad_settings(
+        provider(api),
+        A.L4,
+        cloud="JarvisLabs",
+        keyless=sky.JarvisLabs(api_url=api.api_url),
+        key_env="JL_API_KEY",
+        wrong=sky.JarvisLabs(api_key="jl_WRONGKEY", api_url=api.api_url),
+        secret="WRONGKEY",
+    )
     assert not _creates(api, since)
     # An account short of balance (a 403 that is not about the key): the fix, nothing left.
     api.fail_creates(1, "Insufficient balance. Please recharge", status=403)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_lambda import FakeLambda
 from waiting import wait_until
@@ -43,20 +44,14 @@ def _live(api: FakeLambda) -> set[str]:
 
 
 def _launches(api: FakeLambda, since: int) -> list[Any]:
-    return [
-        r.body
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/instance-operations/launch")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/instance-operations/launch")]
 
 
 def test_a_pool_of_two_instances_runs_and_everything_is_terminated(
     fake_lambda: FakeLambda, tmp_path: Path
 ) -> None:
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(fake_lambda.requests)
     with sky.Compute(
         provider=provider(fake_lambda), accelerator=A.H100(), nodes=2, options=options
@@ -128,24 +123,16 @@ def test_bad_settings_fail_before_anything_is_launched(
     fake_lambda: FakeLambda, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     since = len(fake_lambda.requests)
-    with pytest.raises(ValueError, match="Lambda rents whole GPUs"):
-        sky.Compute(provider=provider(fake_lambda), accelerator=A.A10(count=0.5), options=QUIET)
-    with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(fake_lambda), options=QUIET)
     monkeypatch.delenv("LAMBDA_API_KEY", raising=False)
-    keyless = sky.Lambda(api_url=fake_lambda.api_url)
-    with (
-        pytest.raises(ValueError, match="export LAMBDA_API_KEY"),
-        sky.Compute(provider=keyless, accelerator=A.A10(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with no key")
-    wrong = sky.Lambda(api_key="secret_wrong", api_url=fake_lambda.api_url)
-    with (
-        pytest.raises(sky.NoOfferError, match="Lambda refused the API key") as raised,
-        sky.Compute(provider=wrong, accelerator=A.A10(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with a wrong key")
-    assert "secret_wrong" not in str(raised.value)
+    refuses_bad_settings(
+        provider(fake_lambda),
+        A.A10,
+        cloud="Lambda",
+        keyless=sky.Lambda(api_url=fake_lambda.api_url),
+        key_env="LAMBDA_API_KEY",
+        wrong=sky.Lambda(api_key="secret_wrong", api_url=fake_lambda.api_url),
+        secret="secret_wrong",
+    )
     assert not _launches(fake_lambda, since)
 
 

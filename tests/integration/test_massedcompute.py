@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, run_sky
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_massedcompute import FakeMassedCompute, need_fake_massedcompute
 
 import skyward as sky
@@ -65,11 +66,7 @@ def _live(api: FakeMassedCompute) -> set[str]:
 
 def _launches(api: FakeMassedCompute, since: int) -> list[dict[str, Any]]:
     """The body of each launch sent since ``since``."""
-    return [
-        r.body
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/instance/launch")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/instance/launch")]
 
 
 def test_a_pool_of_two_instances_runs_and_nothing_is_left(
@@ -77,9 +74,7 @@ def test_a_pool_of_two_instances_runs_and_nothing_is_left(
 ) -> None:
     api = fake_mc
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     spec = {"accelerator": A.L40S(), "nodes": 2, "options": options}
     with sky.Compute(provider=provider(api), **spec) as pool:
@@ -189,25 +184,16 @@ def test_bad_settings_and_a_wrong_key_fail_before_anything_is_launched(
 ) -> None:
     api = fake_mc
     since = len(api.requests)
-    with pytest.raises(ValueError, match="Massed Compute rents whole GPUs"):
-        sky.Compute(provider=provider(api), accelerator=A.L40S(count=0.5), options=QUIET)
-    with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(api), options=QUIET)
     monkeypatch.delenv("MASSED_COMPUTE_API_KEY", raising=False)
-    keyless = sky.MassedCompute(api_url=api.api_url)
-    with (
-        pytest.raises(ValueError, match="export MASSED_COMPUTE_API_KEY"),
-        sky.Compute(provider=keyless, accelerator=A.L40S(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with no key")
-    wrong = sky.MassedCompute(api_key="mc_WRONGKEY", api_url=api.api_url)
-    with (
-        pytest.raises(sky.NoOfferError, match="Massed Compute refused the API key") as raised,
-        sky.Compute(provider=wrong, accelerator=A.L40S(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with a wrong key")
-    assert "check MASSED_COMPUTE_API_KEY" in str(raised.value)
-    assert "WRONGKEY" not in str(raised.value)
+    refuses_bad_settings(
+        provider(api),
+        A.L40S,
+        cloud="Massed Compute",
+        keyless=sky.MassedCompute(api_url=api.api_url),
+        key_env="MASSED_COMPUTE_API_KEY",
+        wrong=sky.MassedCompute(api_key="mc_WRONGKEY", api_url=api.api_url),
+        secret="WRONGKEY",
+    )
     assert not _launches(api, since)
 
 

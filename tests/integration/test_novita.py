@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trio
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_novita import FakeNovita
 from waiting import wait_until
@@ -51,11 +52,7 @@ def _live(api: FakeNovita) -> set[str]:
 
 def _creates(api: FakeNovita, since: int) -> list[dict[str, Any]]:
     """The body of each create sent since ``since``."""
-    return [
-        r.body
-        for r in api.requests[since:]
-        if r.method == "POST" and r.path.endswith("/gpu/instance/create")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/gpu/instance/create")]
 
 
 @pytest.fixture
@@ -72,9 +69,7 @@ def test_a_pool_of_two_instances_runs_and_nothing_is_left(
 ) -> None:
     api = fake_novita
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(api.requests)
     spec = {"accelerator": A.RTX_4090(), "nodes": 2, "options": options}
     with sky.Compute(provider=provider(api), **spec) as pool:
@@ -188,25 +183,16 @@ def test_bad_settings_and_a_wrong_key_fail_before_anything_is_created(
 ) -> None:
     api = fake_novita
     since = len(api.requests)
-    with pytest.raises(ValueError, match="Novita rents whole GPUs"):
-        sky.Compute(provider=provider(api), accelerator=A.L40S(count=0.5), options=QUIET)
-    with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(api), options=QUIET)
     monkeypatch.delenv("NOVITA_API_KEY", raising=False)
-    keyless = sky.Novita(api_url=api.api_url)
-    with (
-        pytest.raises(ValueError, match="export NOVITA_API_KEY"),
-        sky.Compute(provider=keyless, accelerator=A.L40S(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with no key")
-    wrong = sky.Novita(api_key="sk_WRONGKEY", api_url=api.api_url)
-    with (
-        pytest.raises(sky.NoOfferError, match="Novita refused the API key") as raised,
-        sky.Compute(provider=wrong, accelerator=A.L40S(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with a wrong key")
-    assert "check NOVITA_API_KEY" in str(raised.value)
-    assert "WRONGKEY" not in str(raised.value)
+    refuses_bad_settings(
+        provider(api),
+        A.L40S,
+        cloud="Novita",
+        keyless=sky.Novita(api_url=api.api_url),
+        key_env="NOVITA_API_KEY",
+        wrong=sky.Novita(api_key="sk_WRONGKEY", api_url=api.api_url),
+        secret="WRONGKEY",
+    )
     with (
         pytest.raises(sky.NoOfferError, match="instances carry at most 8 GPUs, and 16 were"),
         sky.Compute(provider=provider(api), accelerator=A.L40S(count=16), options=QUIET),

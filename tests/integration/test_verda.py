@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from cloud_checks import debug_logged, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_verda import IMAGE, FakeVerda
 from waiting import wait_until
@@ -88,9 +89,7 @@ def test_a_pool_of_two_instances_runs_and_everything_is_deleted(
     # with the image's own: the client waits for the key it made before it logs in.
     verda.script_delay = 1.0
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since, tokens = len(verda.requests), verda.tokens_given
     with sky.Compute(provider=provider(verda), accelerator=A.H100(), nodes=2, options=options) as (
         pool
@@ -229,28 +228,21 @@ def test_bad_settings_fail_before_anything_is_created(
     fake_verda: FakeVerda, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     since = len(fake_verda.requests)
-    with pytest.raises(ValueError, match="Verda rents whole GPUs"):
-        sky.Compute(provider=provider(fake_verda), accelerator=A.H100(count=0.5), options=QUIET)
-    with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(fake_verda), options=QUIET)
-    nameless = sky.Verda(client_secret=fake_verda.client_secret, api_url=fake_verda.api_url)
-    with (
-        pytest.raises(ValueError, match="export VERDA_CLIENT_ID"),
-        sky.Compute(provider=nameless, accelerator=A.H100(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with no client id")
-    wrong = sky.Verda(
-        client_id=fake_verda.client_id, client_secret="wrong-secret", api_url=fake_verda.api_url
-    )
-    with (
-        pytest.raises(sky.NoOfferError, match="Verda refused the API client's credentials") as (
-            raised
+    refuses_bad_settings(
+        provider(fake_verda),
+        A.H100,
+        cloud="Verda",
+        keyless=sky.Verda(client_secret=fake_verda.client_secret, api_url=fake_verda.api_url),
+        key_env="VERDA_CLIENT_ID",
+        wrong=sky.Verda(
+            client_id=fake_verda.client_id,
+            client_secret="wrong-secret",
+            api_url=fake_verda.api_url,
         ),
-        sky.Compute(provider=wrong, accelerator=A.H100(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with a wrong secret")
-    assert "check VERDA_CLIENT_ID and VERDA_CLIENT_SECRET" in str(raised.value)
-    assert "wrong-secret" not in str(raised.value)
+        secret="wrong-secret",
+        refused="the API client's credentials",
+        hint="check VERDA_CLIENT_ID and VERDA_CLIENT_SECRET",
+    )
     assert not _creates(fake_verda, since)
     assert not fake_verda.ssh_keys
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_vultr import FakeVultr
 from waiting import wait_until
@@ -47,9 +48,7 @@ def _live(api: FakeVultr) -> set[str]:
 
 
 def _creates(api: FakeVultr, since: int) -> list[Any]:
-    return [
-        r.body for r in api.requests[since:] if r.method == "POST" and r.path.endswith("/instances")
-    ]
+    return [r.body for r in posted(api.requests[since:], "/instances")]
 
 
 @pytest.fixture
@@ -68,9 +67,7 @@ def test_a_pool_of_two_instances_runs_and_everything_is_deleted(
     fake_vultr: FakeVultr, tmp_path: Path
 ) -> None:
     log = tmp_path / "pool.log"
-    options = sky.Options(
-        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
-    )
+    options = debug_logged(log)
     since = len(fake_vultr.requests)
     with sky.Compute(
         provider=provider(fake_vultr), accelerator=A.A16(), nodes=2, options=options
@@ -188,25 +185,17 @@ def test_bad_settings_fail_before_anything_is_created(
     fake_vultr: FakeVultr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     since = len(fake_vultr.requests)
-    with pytest.raises(ValueError, match="rents whole GPUs"):
-        sky.Compute(provider=provider(fake_vultr), accelerator=A.A16(count=0.5), options=QUIET)
-    with pytest.raises(ValueError, match="asks for no accelerator"):
-        sky.Compute(provider=provider(fake_vultr), options=QUIET)
     monkeypatch.delenv("VULTR_API_KEY", raising=False)
-    keyless = sky.Vultr(api_url=fake_vultr.api_url)
-    with (
-        pytest.raises(ValueError, match="export VULTR_API_KEY"),
-        sky.Compute(provider=keyless, accelerator=A.A16(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with no key")
-    wrong = sky.Vultr(api_key="WRONGKEY", api_url=fake_vultr.api_url)
-    with (
-        pytest.raises(sky.NoOfferError, match="Vultr refused the API key") as raised,
-        sky.Compute(provider=wrong, accelerator=A.A16(), options=QUIET),
-    ):
-        pytest.fail("a pool came up with a wrong key")
-    assert "check VULTR_API_KEY" in str(raised.value)
-    assert "WRONGKEY" not in str(raised.value)
+    refuses_bad_settings(
+        provider(fake_vultr),
+        A.A16,
+        cloud="Vultr",
+        whole=r"sky\.Vultr\(\) rents whole GPUs",
+        keyless=sky.Vultr(api_url=fake_vultr.api_url),
+        key_env="VULTR_API_KEY",
+        wrong=sky.Vultr(api_key="WRONGKEY", api_url=fake_vultr.api_url),
+        secret="WRONGKEY",
+    )
     assert not _creates(fake_vultr, since)
 
 
