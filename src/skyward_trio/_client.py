@@ -40,7 +40,6 @@ from ._pool import (
     CancelledCallError,
     Future,
     PreparedCall,
-    RelayedInput,
     _Functions,
     _rebuild_error,
     _take_payloads,
@@ -876,7 +875,9 @@ class Client(Collections):
             with scope:
                 async with trio.open_nursery() as nursery:
                     for slot, iterable in enumerate(call.inputs):
-                        assert not isinstance(iterable, RelayedInput)  # the server's kind
+                        # The caller's own: RelayedInput is the server's kind, and the
+                        # readers of a broadcast's iterator a pool's own.
+                        assert isinstance(iterable, Iterable)
                         nursery.start_soon(self._feed_one, feed_id, slot, iterable, feeding)
 
         self._nursery.start_soon(feeders)

@@ -85,8 +85,9 @@ class PreparedCall:
     timeout: float | None
     stream: bool = False  # a generator function: its items stream back as they come
     # Iterables of the Iterator[T] arguments, by slot: their items follow the call (or,
-    # relayed by the server, batches of a client's items pickled already).
-    inputs: tuple[Iterable[Any] | RelayedInput, ...] = ()
+    # relayed by the server, batches of a client's items pickled already; or, for one node
+    # of a broadcast, its reader of an iterator every node reads whole).
+    inputs: tuple[Iterable[Any] | RelayedInput | _SharedReader, ...] = ()
 
     def refuse_stream(self, how: str) -> None:
         if self.stream:
@@ -433,11 +434,19 @@ _INPUT_WINDOW = 256  # Iterator[T] items sent ahead of what the node has read
 _INPUT_CHUNK = 128  # most items taken from the caller's iterable per trip to a thread
 
 
-async def _feed_one(inflight: Inflight, slot: int, iterable: Iterable[Any]) -> None:
+async def _feed_one(inflight: Inflight, slot: int, iterable: Iterable[Any] | _SharedReader) -> None:
     conn = inflight.node.conn
     task_id = inflight.task_id
     credits = conn.input_credits(task_id, slot, _INPUT_WINDOW)
-    iterator = iter(iterable)
+    shared = isinstance(iterable, _SharedReader)
+    # A broadcast's reader takes items pickled once for every node; a reader waiting for
+    # the slowest node may be left to its thread when its call ends (it stops once it
+    # leaves, below).
+    take: Callable[[int], list[_serial.Payload]] = (
+        iterable.take
+        if isinstance(iterable, _SharedReader)
+        else functools.partial(_take_payloads, iter(iterable))
+    )
     chunk = 1
     try:
         while True:
@@ -446,7 +455,7 @@ async def _feed_one(inflight: Inflight, slot: int, iterable: Iterable[Any]) -> N
             # loop. A slow source goes one item per trip, so each is sent as soon as it
             # exists; a fast one in growing chunks, so the trips do not dominate.
             started = trio.current_time()
-            payloads = await trio.to_thread.run_sync(_take_payloads, iterator, room)
+            payloads = await trio.to_thread.run_sync(take, room, abandon_on_cancel=shared)
             elapsed = trio.current_time() - started
             if payloads:
                 conn.send_input(task_id, slot, payloads)
@@ -456,10 +465,138 @@ async def _feed_one(inflight: Inflight, slot: int, iterable: Iterable[Any]) -> N
             chunk = min(chunk * 2, _INPUT_CHUNK) if elapsed < 0.005 else 1
     finally:
         conn.drop_input_credits(task_id, slot)
+        if isinstance(iterable, _SharedReader):
+            iterable.leave()
 
 
 def _take_payloads(iterator: Iterator[Any], count: int) -> list[_serial.Payload]:
     return [_serial.dumps(item) for item in itertools.islice(iterator, count)]
+
+
+class _Shared:
+    """An ``Iterator[T]`` argument of a broadcast that can be read only once (a generator,
+    an open file): every node gets all of its items, read from it once.
+
+    Each node's feeder reads through its own :class:`_SharedReader`. An item is pickled once
+    and kept until every reader still reading has taken it; a reader more than ``lead``
+    items ahead of the slowest waits for it, so at most ``lead`` items are held. What the
+    source raises, every reader raises. Blocking: readers run in threads.
+    """
+
+    def __init__(self, source: Iterator[Any], readers: int, lead: int = _INPUT_WINDOW) -> None:
+        self._source = source
+        self._lead = lead
+        self._changed = threading.Condition()
+        self._held: collections.deque[_serial.Payload] = collections.deque()
+        self._first = 0  # the index of the first item held
+        self._next = dict.fromkeys(range(readers), 0)  # each reader's next item's index
+        self._reading = False  # a reader is reading the source (outside the lock)
+        self._ended = False
+        self._error: BaseException | None = None
+
+    def reader(self, index: int) -> _SharedReader:
+        return _SharedReader(self, index)
+
+    def take(self, index: int, count: int) -> list[_serial.Payload]:
+        """Up to ``count`` items for reader ``index``: fewer only at the end."""
+        taken: list[_serial.Payload] = []
+        while len(taken) < count:
+            payload = self._take_one(index)
+            if payload is None:
+                break
+            taken.append(payload)
+        return taken
+
+    def leave(self, index: int) -> None:
+        """Reader ``index`` reads no more: the others do not wait for it."""
+        with self._changed:
+            self._next.pop(index, None)
+            self._trim()
+            self._changed.notify_all()
+
+    def _take_one(self, index: int) -> _serial.Payload | None:
+        with self._changed:
+            while True:
+                at = self._next.get(index)
+                if at is None:  # left (its call ended): no more
+                    return None
+                if at < self._first + len(self._held):
+                    self._next[index] = at + 1
+                    payload = self._held[at - self._first]
+                    self._trim()
+                    self._changed.notify_all()
+                    return payload
+                if self._error is not None:
+                    raise self._error
+                if self._ended:
+                    return None
+                if not self._reading and at - min(self._next.values()) < self._lead:
+                    self._reading = True
+                    break
+                self._changed.wait()
+        try:  # outside the lock: the source may block
+            payload = _serial.dumps(next(self._source))
+        except StopIteration:
+            with self._changed:
+                self._ended, self._reading = True, False
+                self._changed.notify_all()
+            return None
+        except BaseException as exc:
+            with self._changed:
+                self._error, self._reading = exc, False
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            self._held.append(payload)
+            self._reading = False
+            if index in self._next:
+                self._next[index] += 1
+            self._trim()
+            self._changed.notify_all()
+        return payload
+
+    def _trim(self) -> None:
+        """Drop the items every reader still reading has taken (called locked)."""
+        lowest = min(self._next.values(), default=self._first + len(self._held))
+        while self._first < lowest and self._held:
+            self._held.popleft()
+            self._first += 1
+
+
+@attrs.frozen(eq=False)
+class _SharedReader:
+    """One node's way into a :class:`_Shared` iterable (a broadcast's ``Iterator[T]``)."""
+
+    shared: _Shared
+    index: int
+
+    def take(self, count: int) -> list[_serial.Payload]:
+        return self.shared.take(self.index, count)
+
+    def leave(self) -> None:
+        self.shared.leave(self.index)
+
+
+def _every_node_reads_all(call: PreparedCall, nodes: int) -> list[PreparedCall]:
+    """``call`` for each of a broadcast's ``nodes``, each reading every item of its
+    ``Iterator[T]`` arguments: one that can be iterated again (a list, a range) as it is,
+    one that can be read only once (an iterator: a generator, a file) through a
+    :class:`_Shared` of its own."""
+    shared: list[_Shared | None] = []
+    for given in call.inputs:
+        shared.append(_Shared(given, nodes) if isinstance(given, Iterator) else None)
+    if not any(shared):
+        return [call] * nodes
+    return [
+        attrs.evolve(
+            call,
+            inputs=tuple(
+                one.reader(node) if one is not None else given
+                for given, one in zip(call.inputs, shared, strict=True)
+            ),
+        )
+        for node in range(nodes)
+    ]
 
 
 class RelayedInputError(SkywardError):
@@ -1232,10 +1369,12 @@ class Pool(Collections):
                     exc.exceptions[0], Exception
                 ):
                     exc = exc.exceptions[0]
-                exc.add_note(
+                note = (
                     f"[skyward] raised by an iterable passed to {inflight.call.name}() "
                     "for an Iterator[...] parameter; the call was cancelled"
                 )
+                if note not in getattr(exc, "__notes__", ()):  # a broadcast's, once
+                    exc.add_note(note)
                 inflight.cancel(exc)
 
     def start_prepared(self, call: PreparedCall, *, target: int | None = None) -> Future:
@@ -1267,8 +1406,12 @@ class Pool(Collections):
 
     async def broadcast_prepared(self, call: PreparedCall) -> list[Any]:
         indices = await self._broadcast_to()
+        calls = _every_node_reads_all(call, len(indices))
         return await _run_all(
-            [functools.partial(self.run_prepared, call, target=i) for i in indices]
+            [
+                functools.partial(self.run_prepared, each, target=i)
+                for each, i in zip(calls, indices, strict=True)
+            ]
         )
 
     async def broadcast_raw(

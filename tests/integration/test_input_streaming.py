@@ -121,3 +121,81 @@ def test_a_non_iterable_is_refused_before_sending(pool: sky.Pool) -> None:
 async def test_trio_face_streams_inputs_too() -> None:
     async with skyward_trio.Compute(provider=skyward_trio.Local(), options=QUIET) as pool:
         assert await (_total(range(1000), scale=2) >> pool) == 2 * sum(range(1000))
+
+
+# -- `@`: every node reads the whole input -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two() -> Iterator[sky.Pool]:
+    with sky.Compute(provider=sky.Local(), nodes=2, options=QUIET) as pool:
+        yield pool
+
+
+@sky.function
+def _count_and_sum(xs: Iterator[int]) -> tuple[int, int]:
+    n = total = 0
+    for x in xs:
+        n, total = n + 1, total + x
+    return n, total
+
+
+def test_broadcast_gives_every_node_the_whole_of_a_one_shot_iterable(
+    two: sky.Pool, tmp_path: Path
+) -> None:
+    """A generator or an open file can be read once: read here once, every node gets
+    all of it (not a share of it), as a list is read by each node anew."""
+    read: list[int] = []
+
+    def source() -> Iterator[int]:
+        for x in range(5_000):
+            read.append(x)
+            yield x
+
+    whole = (5_000, sum(range(5_000)))
+    assert _count_and_sum(source()) @ two == [whole, whole]
+    assert read == list(range(5_000))  # read once, not once per node
+    assert _count_and_sum(list(range(5_000))) @ two == [whole, whole]
+
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text("".join(f"{x}\n" for x in range(300)))
+    with numbers.open() as lines:
+        assert _count_lines(lines) @ two == [300, 300]
+
+
+@sky.function
+def _count_lines(lines: Iterator[str]) -> int:
+    return sum(1 for _ in lines)
+
+
+def test_a_node_that_stops_reading_does_not_hold_the_others_back(two: sky.Pool) -> None:
+    """One node reads one item and returns; the other reads far past the window the
+    shared input holds for the slowest reader."""
+    assert sorted(_first_or_all(iter(range(20_000))) @ two) == [0, sum(range(20_000))]
+
+
+@sky.function
+def _first_or_all(xs: Iterator[int]) -> int:
+    if sky.instance_info().node == 0:
+        return next(xs)
+    return sum(xs)
+
+
+def test_a_failing_one_shot_source_fails_the_broadcast_with_its_own_exception(
+    two: sky.Pool,
+) -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        raise LookupError("the source broke")
+
+    with pytest.raises(LookupError, match="the source broke") as info:
+        _count_and_sum(broken()) @ two
+    notes = [n for n in info.value.__notes__ if "Iterator[...] parameter" in n]
+    assert len(notes) == 1  # said once, though every node's call failed with it
+    assert _count_and_sum([2]) @ two == [(1, 2), (1, 2)]  # the pool is fine
+
+
+async def test_trio_face_broadcasts_a_one_shot_iterable_whole() -> None:
+    async with skyward_trio.Compute(provider=skyward_trio.Local(), nodes=2, options=QUIET) as pool:
+        got = await (_count_and_sum(iter(range(1000))) @ pool)
+    assert got == [(1000, sum(range(1000)))] * 2
