@@ -167,17 +167,11 @@ def prepare(
     """``pending`` pickled for the server; what it cannot relay is refused, saying so.
 
     ``how`` names the operation when it is not ``>>``: a generator function streams its
-    items with ``>>`` only; and ``@`` does not stream ``Iterator[...]`` arguments.
+    items with ``>>`` only.
     """
     call = functions.prepare(pending)
     if how is not None:
         call.refuse_stream(how)
-    if call.inputs and how == BROADCAST:
-        raise TypeError(
-            f"{call.name}() takes Iterator[...] arguments: a Client streams them to one "
-            "node (`>>`, `>`, groups), not to every node with `@`; pass a list, or use a "
-            "pool of your own (Compute)"
-        )
     return call
 
 

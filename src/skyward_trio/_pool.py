@@ -24,7 +24,7 @@ import threading
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -577,22 +577,33 @@ class _SharedReader:
         self.shared.leave(self.index)
 
 
-def _every_node_reads_all(call: PreparedCall, nodes: int) -> list[PreparedCall]:
+def _every_node_reads_all(
+    call: PreparedCall, nodes: int, nursery: trio.Nursery
+) -> list[PreparedCall]:
     """``call`` for each of a broadcast's ``nodes``, each reading every item of its
     ``Iterator[T]`` arguments: one that can be iterated again (a list, a range) as it is,
     one that can be read only once (an iterator: a generator, a file) through a
-    :class:`_Shared` of its own."""
-    shared: list[_Shared | None] = []
+    :class:`_Shared` of its own, and a client's, relayed, through a copy of its own that
+    ``nursery`` fills (``_fan_batches``)."""
+    per_node: list[Sequence[Iterable[Any] | RelayedInput | _SharedReader] | None] = []
     for given in call.inputs:
-        shared.append(_Shared(given, nodes) if isinstance(given, Iterator) else None)
-    if not any(shared):
+        if isinstance(given, RelayedInput):  # a sky.Client's, relayed by the server
+            copies = [RelayedInput() for _ in range(nodes)]
+            nursery.start_soon(_fan_batches, given, copies)
+            per_node.append(copies)
+        elif isinstance(given, Iterator):
+            shared = _Shared(given, nodes)
+            per_node.append([shared.reader(node) for node in range(nodes)])
+        else:
+            per_node.append(None)
+    if not any(per_node):
         return [call] * nodes
     return [
         attrs.evolve(
             call,
             inputs=tuple(
-                one.reader(node) if one is not None else given
-                for given, one in zip(call.inputs, shared, strict=True)
+                given if each is None else each[node]
+                for given, each in zip(call.inputs, per_node, strict=True)
             ),
         )
         for node in range(nodes)
@@ -658,6 +669,33 @@ class RelayedInput:
                 pass  # the call ended before taking it
             nursery.cancel_scope.cancel()
         return batch.room
+
+
+async def _fan_batches(source: RelayedInput, copies: list[RelayedInput]) -> None:
+    """Give each batch put to ``source`` (a client's ``Iterator[T]`` argument of a
+    broadcast, relayed) to every node's copy still reading: the client's items are sent
+    once, and the room it hears is the least any node has (the slowest holds it back)."""
+    batch: _Batch | None = None
+    try:
+        async for batch in source._receive:
+            rooms: list[int | None] = [None] * len(copies)
+            async with trio.open_nursery() as nursery:
+                for i, copy in enumerate(copies):
+                    if not copy.ended:
+                        nursery.start_soon(_put_copy, rooms, i, copy, batch)
+            reading = [room for room in rooms if room is not None]
+            batch.room = min(reading) if reading else None
+            batch.done.set()
+            if not reading or batch.payloads is None or batch.failed is not None:
+                return
+    finally:
+        source.end()
+        if batch is not None:
+            batch.done.set()  # its sender hears the room, or None: no node reads more
+
+
+async def _put_copy(rooms: list[int | None], i: int, copy: RelayedInput, batch: _Batch) -> None:
+    rooms[i] = await copy.put(batch.payloads, failed=batch.failed)
 
 
 async def _relay_one(inflight: Inflight, slot: int, source: RelayedInput) -> None:
@@ -1406,7 +1444,7 @@ class Pool(Collections):
 
     async def broadcast_prepared(self, call: PreparedCall) -> list[Any]:
         indices = await self._broadcast_to()
-        calls = _every_node_reads_all(call, len(indices))
+        calls = _every_node_reads_all(call, len(indices), self._work_nursery())
         return await _run_all(
             [
                 functools.partial(self.run_prepared, each, target=i)
@@ -1419,8 +1457,12 @@ class Pool(Collections):
     ) -> list[tuple[tuple[Any, ...], int]]:
         """``broadcast_prepared``, each node's RESULT message undecoded (``run_raw``)."""
         indices = await self._broadcast_to()
+        calls = _every_node_reads_all(call, len(indices), self._work_nursery())
         return await _run_all(
-            [functools.partial(self.run_raw, call, target=i, on_output=on_output) for i in indices]
+            [
+                functools.partial(self.run_raw, each, target=i, on_output=on_output)
+                for each, i in zip(calls, indices, strict=True)
+            ]
         )
 
     async def _broadcast_to(self) -> list[int]:

@@ -15,7 +15,8 @@ neither (so a client's modules need not import here). It does unpickle the specs
 A call's ``Iterator[T]`` arguments are fed by the client while it runs, a batch of
 pickled items per request to the call's feed; a request is answered once the node has
 room for its items, so the client reads its iterable a window ahead of the node, as a
-pool of one's own does.
+pool of one's own does. A broadcast's feed is given to every node (``_pool._fan_batches``):
+a request is answered once each node still reading has room.
 
 A client that hangs up cancels its call (the node is told). Each ``Client`` also keeps
 one request open for as long as it lives (its session, ``POST /pools/NAME/session``,
@@ -706,10 +707,6 @@ class Server:
         if calling and method == "POST":
             held = self._ready(parts[1])
             call, target = self._parse_call(held, request.body)
-            if call.inputs and parts[2] == "broadcast":
-                raise _BadRequest(
-                    400, f"{call.name}() streams Iterator[...] arguments: not with `@` here"
-                )
             return _Calling(held, parts[2], call, target, self._session(request, held.name))
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "session" and method == "POST":
             return _Present(self._ready(parts[1]), self._open_session(request, parts[1]))

@@ -178,10 +178,12 @@ with sky.Client("p") as pool:
         total(5) >> pool
     except TypeError as exc:
         out["not iterable"] = str(exc)
-    try:
-        total([1]) @ pool
-    except TypeError as exc:
-        out["broadcast"] = str(exc)
+    # `@`: the client's items are sent once; every node of the pool (two) gets them all.
+    out["broadcast"] = total(i for i in range(10_000)) @ pool
+    stopping = Counted()
+    out["broadcast first"] = first(stopping) @ pool  # both nodes read one item, then return
+    until(lambda: not feeders(), "the feeders of a broadcast that ended to stop")
+    out["taken by broadcast first"] = settled(stopping)
 
     endless = Counted()
     out["first"] = first(endless) >> pool
@@ -233,7 +235,9 @@ def test_a_client_streams_iterator_arguments_to_the_node(server: Server) -> None
     assert any("Iterator[...] parameter" in note for note in notes), kind
     assert out["after broken"] == 1
     assert "argument 'xs' of total() is annotated Iterator" in out["not iterable"]
-    assert "not to every node with `@`" in out["broadcast"]
+    assert out["broadcast"] == [sum(range(10_000))] * 2
+    assert out["broadcast first"] == [0, 0]
+    assert out["taken by broadcast first"] <= 256 + 128 + 1
     # A call that returned before reading all, or was abandoned, stops its feed.
     assert out["first"] == 0
     assert out["taken by first"] <= 256 + 128 + 1
@@ -282,6 +286,7 @@ async def main():
         except LookupError as exc:
             out["broken"] = [str(exc), exc.__notes__]
         out["after broken"] = await (total([1]) >> pool)
+        out["broadcast"] = await (pair(range(100), iter("abc")) @ pool)
 
         endless = Counted()
         with trio.move_on_after(2) as abandoned:
@@ -312,6 +317,7 @@ def test_a_trio_client_streams_iterator_arguments_too(server: Server) -> None:
         "lazy": ["first", "second"],
         "in and out": [x * 10 for x in range(200)],
         "after broken": 1,
+        "broadcast": [[sum(range(100)), "abc"]] * 2,
         "abandoned": True,
         "after abandoned": 6,
     }
