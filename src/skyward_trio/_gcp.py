@@ -55,7 +55,7 @@ import trio
 from . import _transport, accelerators
 from ._aws import user_data
 from ._model import GCP
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import (
     Instance,
     TokenAPI,
@@ -64,7 +64,7 @@ from ._providers import (
     response_object,
     said,
 )
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_TYPES", "GCPCluster", "GCPError", "catalog", "self_delete_command"]
@@ -432,25 +432,15 @@ async def _offers(api: _API, config: GCP) -> list[Offer]:
     return [_offer(s, m, zones, prices) for s, (m, zones) in found.items()]
 
 
-async def catalog(
-    config: GCP, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """Compute Engine's GPU shapes with ``gpus`` of ``accelerator``'s model, each an offer;
-    with ``everything`` and no accelerator, every GPU shape Skyward names.
-
-    Raises:
-        ValueError: No key or project is set (a setting to fix, not a spec to skip).
-    """
-    return await gpu_catalog(
-        "sky.GCP() rents GPU VMs",
-        config.resolved_credentials,
-        functools.partial(_API, config),
-        lambda api, wanted: _offers(api, config),
-        error=GCPError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Compute Engine's GPU shapes with ``gpus`` of ``accelerator``'s model, each an offer;
+#: with ``everything`` and no accelerator, every GPU shape Skyward names.
+catalog = GPUCatalog(
+    "sky.GCP() rents GPU VMs",
+    GCP.resolved_credentials,
+    _API,
+    lambda api, config, wanted: _offers(api, config),
+    GCPError,
+)
 
 
 @attrs.frozen

@@ -32,7 +32,6 @@ which never holds it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,9 +42,9 @@ import trio
 from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Hyperstack
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import KeyedAPI, failure_words, response_json, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "HyperstackCluster", "HyperstackError", "catalog"]
@@ -212,30 +211,20 @@ def offers_of(
     return tuple(found)
 
 
-async def catalog(
-    config: Hyperstack, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """Hyperstack's flavors with ``gpus`` of ``accelerator``'s model, each an offer; with
-    ``everything`` and no accelerator, every flavor with GPUs Skyward names.
+async def _listed(api: _API, config: Hyperstack, wanted: int) -> tuple[Offer, ...]:
+    flavors = await api.flavors(config.region)
+    return offers_of(config, flavors, await api.prices())
 
-    Raises:
-        ValueError: No API key is set (a setting to fix, not a spec to skip).
-    """
 
-    async def listed(api: _API, wanted: int) -> tuple[Offer, ...]:
-        flavors = await api.flavors(config.region)
-        return offers_of(config, flavors, await api.prices())
-
-    return await gpu_catalog(
-        "sky.Hyperstack() rents GPU virtual machines",
-        config.resolved_api_key,
-        functools.partial(_API, config),
-        listed,
-        error=HyperstackError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Hyperstack's flavors with ``gpus`` of ``accelerator``'s model, each an offer; with
+#: ``everything`` and no accelerator, every flavor with GPUs Skyward names.
+catalog = GPUCatalog(
+    "sky.Hyperstack() rents GPU virtual machines",
+    Hyperstack.resolved_api_key,
+    _API,
+    _listed,
+    HyperstackError,
+)
 
 
 @attrs.frozen

@@ -48,7 +48,7 @@ import trio
 
 from . import _transport, accelerators
 from ._model import JARVISLABS_REGIONS, JarvisLabs
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import (
     KeyedAPI,
     failure_words,
@@ -57,7 +57,7 @@ from ._providers import (
     response_object,
     said,
 )
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_TYPES", "JarvisLabsCluster", "JarvisLabsError", "catalog", "ssh_endpoint"]
@@ -230,29 +230,19 @@ def _offer(row: Mapping[str, Any], gpus: int, region: str | None) -> Offer | Non
     )
 
 
-async def catalog(
-    config: JarvisLabs, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """JarvisLabs' GPU types with ``gpus`` of ``accelerator``'s model free, each region an
-    offer; with ``everything`` and no accelerator, every one Skyward names.
+async def _listed(api: _API, config: JarvisLabs, wanted: int) -> list[Offer | None]:
+    return [_offer(row, wanted, config.region) for row in await api.server_meta()]
 
-    Raises:
-        ValueError: No API key is set (a setting to fix, not a spec to skip).
-    """
 
-    async def listed(api: _API, wanted: int) -> list[Offer | None]:
-        return [_offer(row, wanted, config.region) for row in await api.server_meta()]
-
-    return await gpu_catalog(
-        "sky.JarvisLabs() rents GPU instances",
-        config.resolved_api_key,
-        functools.partial(_API, config),
-        listed,
-        error=JarvisLabsError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: JarvisLabs' GPU types with ``gpus`` of ``accelerator``'s model free, each region an
+#: offer; with ``everything`` and no accelerator, every one Skyward names.
+catalog = GPUCatalog(
+    "sky.JarvisLabs() rents GPU instances",
+    JarvisLabs.resolved_api_key,
+    _API,
+    _listed,
+    JarvisLabsError,
+)
 
 
 def ssh_endpoint(command: object) -> tuple[str, int] | None:

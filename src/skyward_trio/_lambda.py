@@ -38,9 +38,9 @@ import trio
 from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Lambda
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import KeyedAPI, failure_words, response_json, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "LambdaCluster", "LambdaError", "catalog"]
@@ -181,29 +181,15 @@ def _offer(config: Lambda, entry: Mapping[str, Any]) -> Offer | None:
     )
 
 
-async def catalog(
-    config: Lambda, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """Lambda's instance types with ``gpus`` of ``accelerator``'s model, each an offer;
-    with ``everything`` and no accelerator, every type with GPUs Skyward names.
+async def _listed(api: _API, config: Lambda, wanted: int) -> list[Offer | None]:
+    return [_offer(config, entry) for entry in await api.instance_types()]
 
-    Raises:
-        ValueError: No API key is set (a setting to fix, not a spec to skip).
-    """
 
-    async def listed(api: _API, wanted: int) -> list[Offer | None]:
-        return [_offer(config, entry) for entry in await api.instance_types()]
-
-    return await gpu_catalog(
-        "sky.Lambda() rents GPU instances",
-        config.resolved_api_key,
-        functools.partial(_API, config),
-        listed,
-        error=LambdaError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Lambda's instance types with ``gpus`` of ``accelerator``'s model, each an offer; with
+#: ``everything`` and no accelerator, every type with GPUs Skyward names.
+catalog = GPUCatalog(
+    "sky.Lambda() rents GPU instances", Lambda.resolved_api_key, _API, _listed, LambdaError
+)
 
 
 @attrs.frozen

@@ -47,9 +47,9 @@ import trio
 
 from . import _transport, accelerators
 from ._model import MassedCompute
-from ._offers import Catalog, Offer
+from ._offers import Offer
 from ._providers import KeyedAPI, failure_words, poll_delays, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "STARTUP", "MassedComputeCluster", "MassedComputeError", "catalog"]
@@ -208,33 +208,19 @@ def _offer(entry: Mapping[str, Any], region: str | None) -> Offer | None:
     )
 
 
-async def catalog(
-    config: MassedCompute,
-    *,
-    accelerator: Accelerator | None,
-    gpus: float,
-    everything: bool = False,
-) -> Catalog:
-    """Massed Compute's GPU products with ``gpus`` of ``accelerator``'s model and capacity,
-    each an offer; with ``everything`` and no accelerator, every such product Skyward names.
+async def _listed(api: _API, config: MassedCompute, wanted: int) -> list[Offer | None]:
+    return [_offer(e, config.region) for e in (await api.inventory()).values()]
 
-    Raises:
-        ValueError: No API key is set (a setting to fix, not a spec to skip).
-    """
 
-    async def listed(api: _API, wanted: int) -> list[Offer | None]:
-        return [_offer(e, config.region) for e in (await api.inventory()).values()]
-
-    return await gpu_catalog(
-        "sky.MassedCompute() rents GPU instances",
-        config.resolved_api_key,
-        functools.partial(_API, config),
-        listed,
-        error=MassedComputeError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Massed Compute's GPU products with ``gpus`` of ``accelerator``'s model and capacity,
+#: each an offer; with ``everything`` and no accelerator, every such product Skyward names.
+catalog = GPUCatalog(
+    "sky.MassedCompute() rents GPU instances",
+    MassedCompute.resolved_api_key,
+    _API,
+    _listed,
+    MassedComputeError,
+)
 
 
 @attrs.frozen

@@ -46,14 +46,14 @@ import httpx
 
 from . import _transport, accelerators
 from ._model import Novita
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import (
     KeyedAPI,
     failure_words,
     response_object,
     said,
 )
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from ._version import PYTHON_VERSION
 from .accelerators import Accelerator
 
@@ -221,34 +221,20 @@ def _offer(product: Mapping[str, Any], gpus: int) -> Offer | None:
     )
 
 
-async def catalog(
-    config: Novita, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """Novita's GPU products with ``gpus`` of ``accelerator``'s model, each an offer; with
-    ``everything`` and no accelerator, every product Skyward names.
+async def _listed(api: _API, config: Novita, wanted: int) -> list[Offer | None]:
+    if wanted > MOST_GPUS:  # before any request: no product has more
+        raise NovitaError(
+            f"sky.Novita() instances carry at most {MOST_GPUS} GPUs, and {wanted} were "
+            f"asked for each node; ask for {MOST_GPUS} or fewer, and more nodes"
+        )
+    return [_offer(p, wanted) for p in await api.products(config.cluster_id)]
 
-    Raises:
-        ValueError: No API key is set (a setting to fix, not a spec to skip).
-    """
 
-    async def listed(api: _API, wanted: int) -> list[Offer | None]:
-        if wanted > MOST_GPUS:  # before any request: no product has more
-            raise NovitaError(
-                f"sky.Novita() instances carry at most {MOST_GPUS} GPUs, and {wanted} were "
-                f"asked for each node; ask for {MOST_GPUS} or fewer, and more nodes"
-            )
-        return [_offer(p, wanted) for p in await api.products(config.cluster_id)]
-
-    return await gpu_catalog(
-        "sky.Novita() rents GPU instances",
-        config.resolved_api_key,
-        functools.partial(_API, config),
-        listed,
-        error=NovitaError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Novita's GPU products with ``gpus`` of ``accelerator``'s model, each an offer; with
+#: ``everything`` and no accelerator, every product Skyward names.
+catalog = GPUCatalog(
+    "sky.Novita() rents GPU instances", Novita.resolved_api_key, _API, _listed, NovitaError
+)
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@ ended by a request and confirmed gone by polling again; the pool's close ends ev
 of the job the cloud still lists (one whose launch answer never came included) and removes
 what the pool registered (its SSH key). :class:`RentedCluster` is that life; a subclass says
 how its cloud launches, describes, ends and lists a machine, and words what only it can
-say. Their listings share :func:`gpu_catalog`: credentials checked first, a spec without a
+say. Their listings are each a :class:`GPUCatalog`: credentials checked first, a spec without a
 GPU refused, the cloud's offers of that many whole GPUs.
 
 None of these clouds but GCP gives a machine a credential of its own, so none can end a
@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import ClassVar, Generic, Protocol, TypeVar
 
+import attrs
 import trio
 
 from . import _transport
@@ -36,7 +37,7 @@ from ._providers import (
 )
 from .accelerators import Accelerator
 
-__all__ = ["Machine", "RentedCluster", "gpu_catalog", "positive_number", "whole_gpus"]
+__all__ = ["GPUCatalog", "Machine", "RentedCluster", "positive_number", "whole_gpus"]
 
 
 class Machine(Protocol):
@@ -63,6 +64,7 @@ class _Closable(Protocol):
 
 M = TypeVar("M", bound=Machine)
 A = TypeVar("A", bound=_Closable)
+C = TypeVar("C")
 Config = TypeVar("Config", bound=_Config)
 
 
@@ -85,48 +87,50 @@ def whole_gpus(count: float) -> int:
     return max(1, math.ceil(count))
 
 
-async def gpu_catalog(
-    rents: str,
-    credentials: Callable[[], object],
-    api: Callable[[], A],
-    listed: Callable[[A, int], Awaitable[Iterable[Offer | None]]],
-    *,
-    error: type[Exception],
-    accelerator: Accelerator | None,
-    gpus: float,
-    everything: bool,
-) -> Catalog:
-    """A GPU cloud's listing (its ``catalog``): the offers ``listed`` gives, through the
-    client ``api()`` makes, of machines with ``gpus`` whole GPUs (every offer with GPUs when
-    no accelerator is asked for). The model is judged with the rest of the spec
-    (``_offers``), which says what the cloud has instead.
+@attrs.frozen
+class GPUCatalog(Generic[C, A]):
+    """A GPU cloud's listing, as its module's ``catalog(config, *, accelerator, gpus,
+    everything=False)``: the offers ``listed(client, config, wanted)`` gives, through the
+    client ``api(config)`` makes, of machines with ``gpus`` whole GPUs (``wanted``); every
+    offer with GPUs when no accelerator is asked for. The model is judged with the rest of
+    the spec (``_offers``), which says what the cloud has instead.
 
-    ``credentials()`` runs first, before any request: a missing key is a setting the user
-    must fix, raised (``ValueError``), not a cloud to skip. A spec with no accelerator gets
-    no offer, saying what the cloud rents (``rents``: ``"sky.Lambda() rents GPU
+    ``credentials(config)`` runs first, before any request: a missing key is a setting the
+    user must fix, raised (``ValueError``), not a cloud to skip. A spec with no accelerator
+    gets no offer, saying what the cloud rents (``rents``: ``"sky.Lambda() rents GPU
     instances"``), unless ``everything`` is asked for (``sky offers``). The cloud's
     ``error`` becomes the catalog's; the client is closed either way.
     """
-    credentials()
-    if accelerator is None and not everything:
-        return Catalog(error=f"{rents}: pass an accelerator")
-    wanted = whole_gpus(gpus)
-    client = api()
-    try:
-        offers = await listed(client, wanted)
-    except error as exc:
-        return Catalog(error=str(exc))
-    finally:
-        await client.aclose()
-    return Catalog(
-        offers=tuple(
-            o
-            for o in offers
-            if o is not None
-            and o.accelerator is not None
-            and (accelerator is None or o.accelerator.count == wanted)
+
+    rents: str
+    credentials: Callable[[C], object]
+    api: Callable[[C], A]
+    listed: Callable[[A, C, int], Awaitable[Iterable[Offer | None]]]
+    error: type[Exception]
+
+    async def __call__(
+        self, config: C, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
+    ) -> Catalog:
+        self.credentials(config)
+        if accelerator is None and not everything:
+            return Catalog(error=f"{self.rents}: pass an accelerator")
+        wanted = whole_gpus(gpus)
+        client = self.api(config)
+        try:
+            offers = await self.listed(client, config, wanted)
+        except self.error as exc:
+            return Catalog(error=str(exc))
+        finally:
+            await client.aclose()
+        return Catalog(
+            offers=tuple(
+                o
+                for o in offers
+                if o is not None
+                and o.accelerator is not None
+                and (accelerator is None or o.accelerator.count == wanted)
+            )
         )
-    )
 
 
 class RentedCluster(ABC, Generic[Config, M]):

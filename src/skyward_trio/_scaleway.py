@@ -50,9 +50,9 @@ import trio
 from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Scaleway
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import KeyedAPI, failure_words, poll_delays, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_FAMILIES", "GPU_ZONES", "ScalewayCluster", "ScalewayError", "catalog"]
@@ -239,25 +239,15 @@ async def _offers(api: _API, config: Scaleway) -> list[Offer]:
     return [o for o in found if o is not None]
 
 
-async def catalog(
-    config: Scaleway, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """Scaleway's GPU types with ``gpus`` of ``accelerator``'s model, each an offer; with
-    ``everything`` and no accelerator, every GPU type Skyward names.
-
-    Raises:
-        ValueError: No secret key or Project is set (a setting to fix, not a spec to skip).
-    """
-    return await gpu_catalog(
-        "sky.Scaleway() rents GPU Instances",
-        config.resolved_credentials,
-        functools.partial(_API, config),
-        lambda api, wanted: _offers(api, config),
-        error=ScalewayError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Scaleway's GPU types with ``gpus`` of ``accelerator``'s model, each an offer; with
+#: ``everything`` and no accelerator, every GPU type Skyward names.
+catalog = GPUCatalog(
+    "sky.Scaleway() rents GPU Instances",
+    Scaleway.resolved_credentials,
+    _API,
+    lambda api, config, wanted: _offers(api, config),
+    ScalewayError,
+)
 
 
 @attrs.frozen

@@ -42,9 +42,9 @@ import httpx
 from . import _transport, accelerators
 from ._aws import user_data
 from ._model import TensorDock
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import KeyedAPI, failure_words, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "TensorDockCluster", "TensorDockError", "catalog"]
@@ -186,37 +186,23 @@ def _offer(
     )
 
 
-async def catalog(
-    config: TensorDock, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """TensorDock's locations' GPUs with ``gpus`` of ``accelerator``'s model (in
-    ``config.location`` when it is set), each an offer; with ``everything`` and no
-    accelerator, every one Skyward names.
+async def _listed(api: _API, config: TensorDock, wanted: int) -> list[Offer | None]:
+    found: list[Offer | None] = []
+    for location in await api.locations():
+        if config.location not in (None, location.get("id")):
+            continue
+        gpus_there = location.get("gpus")
+        for gpu in gpus_there if isinstance(gpus_there, list) else ():
+            found.append(_offer(config, location, gpu, wanted))
+    return found
 
-    Raises:
-        ValueError: No API token is set (a setting to fix, not a spec to skip).
-    """
 
-    async def listed(api: _API, wanted: int) -> list[Offer | None]:
-        found: list[Offer | None] = []
-        for location in await api.locations():
-            if config.location not in (None, location.get("id")):
-                continue
-            gpus_there = location.get("gpus")
-            for gpu in gpus_there if isinstance(gpus_there, list) else ():
-                found.append(_offer(config, location, gpu, wanted))
-        return found
-
-    return await gpu_catalog(
-        "sky.TensorDock() rents GPU VMs",
-        config.resolved_api_key,
-        functools.partial(_API, config),
-        listed,
-        error=TensorDockError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: TensorDock's locations' GPUs with ``gpus`` of ``accelerator``'s model (in
+#: ``config.location`` when it is set), each an offer; with ``everything`` and no
+#: accelerator, every one Skyward names.
+catalog = GPUCatalog(
+    "sky.TensorDock() rents GPU VMs", TensorDock.resolved_api_key, _API, _listed, TensorDockError
+)
 
 
 @attrs.frozen

@@ -47,7 +47,7 @@ import trio
 
 from . import _transport, accelerators
 from ._model import Verda
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import (
     TokenAPI,
     failure_words,
@@ -56,7 +56,7 @@ from ._providers import (
     response_object,
     said,
 )
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_MODELS", "VerdaCluster", "VerdaError", "catalog", "startup_script"]
@@ -250,30 +250,16 @@ def offers_of(
     return tuple(found)
 
 
-async def catalog(
-    config: Verda, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """Verda's instance types with ``gpus`` of ``accelerator``'s model, each an offer; with
-    ``everything`` and no accelerator, every type with GPUs Skyward names.
+async def _listed(api: _API, config: Verda, wanted: int) -> tuple[Offer, ...]:
+    types = await api.listed("/instance-types", "its instance types")
+    return offers_of(config, types, await api.availability())
 
-    Raises:
-        ValueError: No client id or secret is set (a setting to fix, not a spec to skip).
-    """
 
-    async def listed(api: _API, wanted: int) -> tuple[Offer, ...]:
-        types = await api.listed("/instance-types", "its instance types")
-        return offers_of(config, types, await api.availability())
-
-    return await gpu_catalog(
-        "sky.Verda() rents GPU instances",
-        config.resolved_credentials,
-        functools.partial(_API, config),
-        listed,
-        error=VerdaError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Verda's instance types with ``gpus`` of ``accelerator``'s model, each an offer; with
+#: ``everything`` and no accelerator, every type with GPUs Skyward names.
+catalog = GPUCatalog(
+    "sky.Verda() rents GPU instances", Verda.resolved_credentials, _API, _listed, VerdaError
+)
 
 
 def startup_script(host_key: _transport.SSHKey) -> str:

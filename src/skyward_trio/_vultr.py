@@ -42,9 +42,9 @@ import trio
 from . import _transport, accelerators
 from ._aws import user_data
 from ._model import Vultr
-from ._offers import Catalog, Choice, Offer
+from ._offers import Choice, Offer
 from ._providers import KeyedAPI, failure_words, response_json, response_object, said
-from ._rented import RentedCluster, gpu_catalog, positive_number
+from ._rented import GPUCatalog, RentedCluster, positive_number
 from .accelerators import Accelerator
 
 __all__ = ["GPU_TYPES", "VultrCluster", "VultrError", "catalog"]
@@ -186,25 +186,15 @@ async def _offers(api: _API, config: Vultr) -> list[Offer]:
     return found
 
 
-async def catalog(
-    config: Vultr, *, accelerator: Accelerator | None, gpus: float, everything: bool = False
-) -> Catalog:
-    """Vultr's Cloud GPU plans with ``gpus`` of ``accelerator``'s model, each an offer; with
-    ``everything`` and no accelerator, every whole-GPU plan Skyward names.
-
-    Raises:
-        ValueError: No API key is set (a setting to fix, not a spec to skip).
-    """
-    return await gpu_catalog(
-        "sky.Vultr() rents Cloud GPU instances",
-        config.resolved_api_key,
-        functools.partial(_API, config),
-        lambda api, wanted: _offers(api, config),
-        error=VultrError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+#: Vultr's Cloud GPU plans with ``gpus`` of ``accelerator``'s model, each an offer; with
+#: ``everything`` and no accelerator, every whole-GPU plan Skyward names.
+catalog = GPUCatalog(
+    "sky.Vultr() rents Cloud GPU instances",
+    Vultr.resolved_api_key,
+    _API,
+    lambda api, config, wanted: _offers(api, config),
+    VultrError,
+)
 
 
 @attrs.frozen

@@ -1,14 +1,16 @@
-"""The listing every GPU-only cloud shares (``skyward_trio._rented.gpu_catalog``): what it
+"""The listing every GPU-only cloud shares (``skyward_trio._rented.GPUCatalog``): what it
 checks before any request, what it keeps of a cloud's offers, and that the cloud's client
 is closed whatever happens."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from skyward_trio import accelerators as A
 from skyward_trio._offers import Catalog, Offer
-from skyward_trio._rented import gpu_catalog
+from skyward_trio._rented import GPUCatalog
 
 
 class CloudError(Exception):
@@ -24,7 +26,7 @@ class Client:
         self.asked: list[int] = []
         self.closed = False
 
-    async def listed(self, wanted: int) -> list[Offer | None]:
+    async def listed(self, config: str, wanted: int) -> list[Offer | None]:
         self.asked.append(wanted)
         if self.fails:
             raise CloudError("the cloud answered 503: try again later")
@@ -50,6 +52,16 @@ OFFERS: list[Offer | None] = [
 TWO_L4 = A.L4(count=2)
 
 
+def cloud(
+    client: Client,
+    credentials: Callable[[str], object] = str.upper,
+    listed: Callable[[Client, str, int], Awaitable[list[Offer | None]]] = Client.listed,
+) -> GPUCatalog[str, Client]:
+    return GPUCatalog(
+        "sky.Cloud() rents GPU machines", credentials, lambda _: client, listed, CloudError
+    )
+
+
 async def listing(
     client: Client,
     *,
@@ -57,16 +69,7 @@ async def listing(
     gpus: float = 2,
     everything: bool = False,
 ) -> Catalog:
-    return await gpu_catalog(
-        "sky.Cloud() rents GPU machines",
-        lambda: "key",
-        lambda: client,
-        Client.listed,
-        error=CloudError,
-        accelerator=accelerator,
-        gpus=gpus,
-        everything=everything,
-    )
+    return await cloud(client)("config", accelerator=accelerator, gpus=gpus, everything=everything)
 
 
 async def test_keeps_the_offers_of_that_many_gpus_and_leaves_the_model_to_the_spec() -> None:
@@ -102,20 +105,11 @@ async def test_a_spec_without_a_gpu_is_told_what_the_cloud_rents_and_nothing_is_
 async def test_missing_credentials_raise_before_anything_is_asked() -> None:
     client = Client(OFFERS)
 
-    def no_key() -> str:
+    def no_key(config: str) -> str:
         raise ValueError("sky.Cloud(): no API key: export CLOUD_API_KEY")
 
     with pytest.raises(ValueError, match="export CLOUD_API_KEY"):
-        await gpu_catalog(
-            "sky.Cloud() rents GPU machines",
-            no_key,
-            lambda: client,
-            Client.listed,
-            error=CloudError,
-            accelerator=A.L4(),
-            gpus=1,
-            everything=False,
-        )
+        await cloud(client, credentials=no_key)("config", accelerator=TWO_L4, gpus=2)
     assert client.asked == []
 
 
@@ -129,18 +123,9 @@ async def test_the_clouds_error_becomes_the_catalogs_and_the_client_is_closed() 
 async def test_another_error_goes_through_and_the_client_is_still_closed() -> None:
     client = Client(OFFERS)
 
-    async def broken(api: Client, wanted: int) -> list[Offer | None]:
+    async def broken(api: Client, config: str, wanted: int) -> list[Offer | None]:
         raise KeyError("price")
 
     with pytest.raises(KeyError):
-        await gpu_catalog(
-            "sky.Cloud() rents GPU machines",
-            lambda: "key",
-            lambda: client,
-            broken,
-            error=CloudError,
-            accelerator=A.L4(),
-            gpus=1,
-            everything=False,
-        )
+        await cloud(client, listed=broken)("config", accelerator=TWO_L4, gpus=2)
     assert client.closed
