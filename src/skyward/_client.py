@@ -72,16 +72,7 @@ from skyward_trio._client import (
     take_payloads,
 )
 from skyward_trio._client import alive as _alive
-from skyward_trio._collections import (
-    Barrier,
-    Counter,
-    Dict,
-    Lock,
-    Queue,
-    Set,
-    check_consistency,
-    in_thread,
-)
+from skyward_trio._collections import Collections, in_thread
 from skyward_trio._function import active_pool
 from skyward_trio._pool import PreparedCall, RelayedInput
 from skyward_trio._server import (
@@ -271,7 +262,7 @@ def request(method: str, path: str) -> Any:
     return _request(state, method, path, read_timeout=None).json()
 
 
-class Client:
+class Client(Collections):
     """A pool the server holds (``sky compute create NAME``), reached by its name.
 
     Use it as a pool: ``f(x) >> client``, ``f(x) @ client``, ``f(x) > client``,
@@ -289,6 +280,9 @@ class Client:
     Raises:
         ServerError: No server runs, or it holds no pool ``name``.
     """
+
+    _collections_of = "client"
+    _store: _ServerStore
 
     def __init__(self, name: str, *, url: str | None = None) -> None:
         self._state = client_state(name, url, "sky.Client")
@@ -665,36 +659,6 @@ class Client:
                 return None
             raise
         return feed_answer(response, path)
-
-    # -- the pool's collections (``dict`` and ``set`` close the class: named after builtins,
-    # they would shadow them in the annotations that follow) -----------------------------------
-
-    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
-        """The pool's counter ``name``, as ``sky.counter(name)`` in a function running on it."""
-        check_consistency("client.counter", name, consistency)
-        return Counter(self._store, name)
-
-    def queue(self, name: str) -> Queue:
-        """The pool's FIFO queue ``name``, as ``sky.queue(name)`` in a function running on it."""
-        return Queue(self._store, name)
-
-    def barrier(self, name: str, n: int) -> Barrier:
-        """The pool's barrier ``name`` for ``n`` participants."""
-        return Barrier(self._store, name, n)
-
-    def lock(self, name: str, timeout: float | None = 30) -> Lock:
-        """The pool's lock ``name``, as ``sky.lock(name)`` in a function running on it."""
-        return Lock(self._store, name, timeout)
-
-    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
-        """The pool's dict ``name``, as ``sky.dict(name)`` in a function running on it."""
-        check_consistency("client.dict", name, consistency)
-        return Dict(self._store, name)
-
-    def set(self, name: str, *, consistency: str | None = None) -> Set:
-        """The pool's set ``name``, as ``sky.set(name)`` in a function running on it."""
-        check_consistency("client.set", name, consistency)
-        return Set(self._store, name)
 
 
 class _ServerStore:

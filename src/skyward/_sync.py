@@ -22,16 +22,7 @@ import trio
 
 import skyward_trio
 from skyward_trio import PendingFunction, PendingFunctionGroup, Spec, _serial
-from skyward_trio._collections import (
-    Barrier,
-    Counter,
-    Dict,
-    Lock,
-    Queue,
-    Set,
-    check_consistency,
-    in_thread,
-)
+from skyward_trio._collections import Collections, in_thread
 from skyward_trio._events import Event
 from skyward_trio._function import active_pool
 from skyward_trio._model import Nodes, Options
@@ -90,12 +81,16 @@ class EventIterator(Iterator[Event]):
                 self._portal.run_sync_soon(self._stream.detach)
 
 
-class Pool:
+class Pool(Collections):
     """A running pool (sync face). Get one from ``with sky.Compute(...) as pool``."""
+
+    _collections_of = "pool"
+    _store: _PortalStore
 
     def __init__(self, core: skyward_trio.Pool, portal: Portal) -> None:
         self._core = core
         self._portal = portal
+        self._store = _PortalStore(core._store, portal)  # the collections, from this thread
 
     @property
     def job_id(self) -> str:
@@ -207,36 +202,6 @@ class Pool:
 
     # Distributed collections from the client. ``dict`` and ``set`` close the class:
     # named after builtins, they would shadow them in the annotations that follow.
-
-    def counter(self, name: str, *, consistency: str | None = None) -> Counter:
-        """The pool's counter ``name``, as ``sky.counter(name)`` in a running function."""
-        check_consistency("pool.counter", name, consistency)
-        return Counter(self._collections(), name)
-
-    def queue(self, name: str) -> Queue:
-        """The pool's FIFO queue ``name``, as ``sky.queue(name)`` in a running function."""
-        return Queue(self._collections(), name)
-
-    def barrier(self, name: str, n: int) -> Barrier:
-        """The pool's barrier ``name`` for ``n`` participants."""
-        return Barrier(self._collections(), name, n)
-
-    def lock(self, name: str, timeout: float | None = 30) -> Lock:
-        """The pool's lock ``name``, as ``sky.lock(name)`` in a running function."""
-        return Lock(self._collections(), name, timeout)
-
-    def _collections(self) -> _PortalStore:
-        return _PortalStore(self._core._store, self._portal)
-
-    def dict(self, name: str, *, consistency: str | None = None) -> Dict:
-        """The pool's dict ``name``, as ``sky.dict(name)`` in a running function."""
-        check_consistency("pool.dict", name, consistency)
-        return Dict(self._collections(), name)
-
-    def set(self, name: str, *, consistency: str | None = None) -> Set:
-        """The pool's set ``name``, as ``sky.set(name)`` in a running function."""
-        check_consistency("pool.set", name, consistency)
-        return Set(self._collections(), name)
 
 
 class _PortalStore:

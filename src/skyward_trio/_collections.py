@@ -453,7 +453,8 @@ async def in_thread(fn: Callable[[], Any]) -> Any:
 class Collections:
     """The pool's collections, reached from the client: ``pool.counter(name)`` (and
     ``queue``, ``barrier``, ``lock``, ``dict``, ``set``) is the proxy ``sky.counter(name)``
-    gives a function running on the pool; their ``_async`` methods are awaited here.
+    gives a function running on the pool. In the sync face its methods are called as
+    they are; in trio, their ``_async`` variants are awaited.
 
     For a class that sets ``_store`` (where the proxies' requests go) and
     ``_collections_of`` (``"pool"``, ``"client"``: how messages name it).
@@ -463,34 +464,33 @@ class Collections:
     _collections_of: ClassVar[str]
 
     def counter(self, name: str, *, consistency: str | None = None) -> Counter:
-        """The pool's counter ``name`` (``await c.increment_async()``, ``await
-        c.value_async()``)."""
+        """The pool's counter ``name`` (``c.increment()``, ``c.value()``)."""
         check_consistency(f"{self._collections_of}.counter", name, consistency)
         return Counter(self._store, name)
 
     def queue(self, name: str) -> Queue:
-        """The pool's FIFO queue ``name`` (``await q.put_async(v)``, ``await q.get_async()``)."""
+        """The pool's FIFO queue ``name`` (``q.put(v)``, ``q.get()``)."""
         return Queue(self._store, name)
 
     def barrier(self, name: str, n: int) -> Barrier:
-        """The pool's barrier ``name`` for ``n`` participants (``await b.wait_async()``)."""
+        """The pool's barrier ``name`` for ``n`` participants (``b.wait()``)."""
         return Barrier(self._store, name, n)
 
     def lock(self, name: str, timeout: float | None = 30) -> Lock:
-        """The pool's lock ``name`` (``async with pool.lock(name): ...``)."""
+        """The pool's lock ``name`` (``with pool.lock(name): ...``; in trio, ``async
+        with``)."""
         return Lock(self._store, name, timeout)
 
     # ``dict`` and ``set`` close the class: named after builtins, they would shadow them in
     # the annotations that follow.
 
     def dict(self, name: str, *, consistency: str | None = None) -> Dict:
-        """The pool's dict ``name`` (``await d.get_async(k)``, ``await d.setitem_async(k,
-        v)``, ...)."""
+        """The pool's dict ``name`` (``d[k]``, ``d[k] = v``, ``d.get(k)``, ...)."""
         check_consistency(f"{self._collections_of}.dict", name, consistency)
         return Dict(self._store, name)
 
     def set(self, name: str, *, consistency: str | None = None) -> Set:
-        """The pool's set ``name`` (``await s.add_async(v)``, ``await s.len_async()``)."""
+        """The pool's set ``name`` (``s.add(v)``, ``v in s``, ``len(s)``)."""
         check_consistency(f"{self._collections_of}.set", name, consistency)
         return Set(self._store, name)
 
