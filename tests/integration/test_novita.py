@@ -305,6 +305,16 @@ class _Mine(Exception):
     """An error of the caller's own, raised in the pool's block."""
 
 
+def _delete_left(api: FakeNovita, key: str, instance: str) -> None:
+    """Delete, with the key that works, the instance a pool's close could not."""
+    httpx.post(
+        f"{api.api_url}/gpu/instance/delete",
+        json={"instanceId": instance},
+        headers={"Authorization": f"Bearer {key}"},
+    ).raise_for_status()
+    wait_until(lambda: instance not in _live(api), "the instance deleted", timeout=30, every=0.2)
+
+
 def _revoke_key(api: FakeNovita, before: set[str], made: list[str], raising: bool) -> None:
     """In the pool's block: note its instance, revoke the key, and raise if asked to."""
     (instance,) = _live(api) - before
@@ -343,12 +353,7 @@ def test_a_close_that_cannot_delete_its_instance_says_it_may_still_bill(
         assert "Check Novita's console for instances named skyward-" in said
         assert "Novita refused the API key" in said
     finally:
-        httpx.post(
-            f"{api.api_url}/gpu/instance/delete",
-            json={"instanceId": instance},
-            headers={"Authorization": f"Bearer {key}"},
-        ).raise_for_status()
-    wait_until(lambda: instance not in _live(api), "the instance deleted", timeout=30, every=0.2)
+        _delete_left(api, key, instance)
 
 
 @pytest.mark.parametrize("face", ["session", "trio"])
@@ -372,12 +377,7 @@ def test_a_blocks_own_error_carries_what_its_pools_close_left(
         assert "may still bill" in said
         assert "Check Novita's console for instances named skyward-" in said
     finally:
-        httpx.post(
-            f"{api.api_url}/gpu/instance/delete",
-            json={"instanceId": instance},
-            headers={"Authorization": f"Bearer {key}"},
-        ).raise_for_status()
-    wait_until(lambda: instance not in _live(api), "the instance deleted", timeout=30, every=0.2)
+        _delete_left(api, key, instance)
 
 
 def _in_a_session(api: FakeNovita, spec: dict[str, Any], before: set[str], made: list[str]) -> None:
