@@ -674,24 +674,36 @@ class RelayedInput:
 async def _fan_batches(source: RelayedInput, copies: list[RelayedInput]) -> None:
     """Give each batch put to ``source`` (a client's ``Iterator[T]`` argument of a
     broadcast, relayed) to every node's copy still reading: the client's items are sent
-    once, and the room it hears is the least any node has (the slowest holds it back)."""
+    once, and the room it hears is the least any node has (the slowest holds it back).
+    Ends when the items do, when no node reads more, or when ``source`` is ended (the
+    call is over): then every copy is ended too."""
     batch: _Batch | None = None
     try:
-        async for batch in source._receive:
-            rooms: list[int | None] = [None] * len(copies)
-            async with trio.open_nursery() as nursery:
-                for i, copy in enumerate(copies):
-                    if not copy.ended:
-                        nursery.start_soon(_put_copy, rooms, i, copy, batch)
-            reading = [room for room in rooms if room is not None]
-            batch.room = min(reading) if reading else None
-            batch.done.set()
-            if not reading or batch.payloads is None or batch.failed is not None:
-                return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_ended, source, nursery.cancel_scope)
+            async for batch in source._receive:
+                rooms: list[int | None] = [None] * len(copies)
+                async with trio.open_nursery() as putting:
+                    for i, copy in enumerate(copies):
+                        if not copy.ended:
+                            putting.start_soon(_put_copy, rooms, i, copy, batch)
+                reading = [room for room in rooms if room is not None]
+                batch.room = min(reading) if reading else None
+                batch.done.set()
+                if not reading or batch.payloads is None or batch.failed is not None:
+                    break
+            nursery.cancel_scope.cancel()
     finally:
         source.end()
+        for copy in copies:
+            copy.end()
         if batch is not None:
             batch.done.set()  # its sender hears the room, or None: no node reads more
+
+
+async def _cancel_when_ended(source: RelayedInput, scope: trio.CancelScope) -> None:
+    await source._ended.wait()
+    scope.cancel()
 
 
 async def _put_copy(rooms: list[int | None], i: int, copy: RelayedInput, batch: _Batch) -> None:
