@@ -200,9 +200,6 @@ class Pool(Collections):
 
         self._portal.call(resize)
 
-    # Distributed collections from the client. ``dict`` and ``set`` close the class:
-    # named after builtins, they would shadow them in the annotations that follow.
-
 
 class _PortalStore:
     """Collections from the user's thread: each operation runs on the portal's trio loop;

@@ -1255,9 +1255,6 @@ class Pool(Collections):
             )
         self._supervisor.resize(_resize_target(self.nodes, nodes))
 
-    # Distributed collections from the client. ``dict`` and ``set`` close the class:
-    # named after builtins, they would shadow them in the annotations that follow.
-
     # -- building blocks (also used by the sync face) -------------------------------------
 
     def prepare(self, pending: PendingFunction[Any]) -> PreparedCall:
