@@ -305,7 +305,14 @@ def _compute(args: argparse.Namespace) -> int:
     if args.command == "get":
         print(json.dumps(_client.request("GET", f"/pools/{args.name}"), indent=2))
         return 0
-    _client.request("DELETE", f"/pools/{args.name}")
+    left = _client.request("DELETE", f"/pools/{args.name}").get("left")
+    if left is not None:
+        print(
+            f"sky: pool {args.name} closed, but not everything it started could be confirmed "
+            f"ended: {left}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"pool {args.name} closed; its machines are terminated")
     return 0
 

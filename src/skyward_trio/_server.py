@@ -502,6 +502,7 @@ class _Held:
     began: bool = False  # its holding task ran (so it unregisters itself when done)
     calls: int = 0  # in flight
     used: float = attrs.Factory(trio.current_time)  # when the last call ended (trio's clock)
+    left: str | None = None  # what its close could not confirm ended (a TeardownError's words)
 
     def idle(self) -> float:
         """Seconds since the last call ended; 0 while one runs."""
@@ -696,7 +697,8 @@ class Server:
                 return _json(200, held.summary())
             if method == "DELETE":
                 await self._close(held)
-                return _json(200, {"deleted": held.name})
+                closed = {"deleted": held.name}
+                return _json(200, closed if held.left is None else {**closed, "left": held.left})
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "events" and method == "GET":
             return _Events(self._pool(parts[1]))
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "stream" and method == "POST":
@@ -1003,6 +1005,7 @@ class Server:
         except Exception as exc:
             if not started:
                 raise
+            held.left = str(exc)  # `sky compute delete` says it, and exits with 1
             print(f"pool {held.name}: closed with an error: {exc!r}", file=sys.stderr, flush=True)
         finally:
             if self.pools.get(held.name) is held:

@@ -395,3 +395,41 @@ def _in_trio(api: FakeNovita, spec: dict[str, Any], before: set[str], made: list
 
 
 _IN = {"session": _in_a_session, "trio": _in_trio}
+
+
+def test_sky_compute_delete_says_what_may_still_bill(
+    fake_novita: FakeNovita, tmp_path: Path
+) -> None:
+    """A pool the server holds, its key revoked: `sky compute delete` says the instance
+    may still bill and exits with 1, rather than that its machines are terminated."""
+    api = fake_novita
+    (tmp_path / "home").mkdir()
+    (tmp_path / "skyward.toml").write_text(
+        f'[providers.nv]\ntype = "novita"\napi_url = "{api.api_url}"\n\n'
+        '[pools.g]\nprovider = "nv"\naccelerator = "RTX 4090"\n'
+    )
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "NOVITA_API_KEY": api.api_key}
+    key, before = api.api_key, _live(api)
+    started = run_sky(tmp_path, env, "server", "start")
+    assert started.returncode == 0, started.stderr
+    try:
+        made = run_sky(tmp_path, env, "compute", "create", "g", timeout=180)
+        assert made.returncode == 0, made.stderr
+        (instance,) = _live(api) - before
+        api.api_key = "sk_revoked"
+        try:
+            deleted = run_sky(tmp_path, env, "compute", "delete", "g", timeout=180)
+        finally:
+            api.api_key = key
+        assert deleted.returncode == 1, (deleted.stdout, deleted.stderr)
+        assert "its machines are terminated" not in deleted.stdout
+        assert "could be confirmed ended" in deleted.stderr
+        assert instance in deleted.stderr
+        assert "may still bill" in deleted.stderr
+        assert key not in deleted.stdout + deleted.stderr
+    finally:
+        stopped = run_sky(tmp_path, env, "server", "stop", timeout=180)
+        if instance_left := _live(api) - before:
+            for left in instance_left:
+                _delete_left(api, key, left)
+    assert stopped.returncode == 0, stopped.stderr
