@@ -24,7 +24,7 @@ import threading
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=BaseException | None)
+_T = TypeVar("_T")
 
 _BIG_RESULT = 4 * 1024 * 1024
 
@@ -704,6 +705,22 @@ async def _fan_batches(source: RelayedInput, copies: list[RelayedInput]) -> None
 async def _cancel_when_ended(source: RelayedInput, scope: trio.CancelScope) -> None:
     await source._ended.wait()
     scope.cancel()
+
+
+async def _releasing(
+    call: PreparedCall, run: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any
+) -> _T:
+    """``run(*args, **kwargs)`` for one node of a broadcast; then, however it ended (also
+    before its feeder started: the node lost, the broadcast cancelled), its share of the
+    inputs every node reads is given up, so the other nodes do not wait for it."""
+    try:
+        return await run(*args, **kwargs)
+    finally:
+        for given in call.inputs:
+            if isinstance(given, _SharedReader):
+                given.leave()
+            elif isinstance(given, RelayedInput):
+                given.end()
 
 
 async def _put_copy(rooms: list[int | None], i: int, copy: RelayedInput, batch: _Batch) -> None:
@@ -1456,7 +1473,7 @@ class Pool(Collections):
         calls = _every_node_reads_all(call, len(indices), self._work_nursery())
         return await _run_all(
             [
-                functools.partial(self.run_prepared, each, target=i)
+                functools.partial(_releasing, each, self.run_prepared, each, target=i)
                 for each, i in zip(calls, indices, strict=True)
             ]
         )
@@ -1469,7 +1486,9 @@ class Pool(Collections):
         calls = _every_node_reads_all(call, len(indices), self._work_nursery())
         return await _run_all(
             [
-                functools.partial(self.run_raw, each, target=i, on_output=on_output)
+                functools.partial(
+                    _releasing, each, self.run_raw, each, target=i, on_output=on_output
+                )
                 for each, i in zip(calls, indices, strict=True)
             ]
         )

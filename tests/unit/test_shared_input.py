@@ -9,9 +9,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import trio
 
 from skyward_trio import _serial
-from skyward_trio._pool import _Shared
+from skyward_trio._pool import PreparedCall, _releasing, _Shared
 
 
 def values(payloads: list[_serial.Payload]) -> list[object]:
@@ -86,3 +87,19 @@ def test_readers_in_threads_each_get_everything_in_order() -> None:
         t.join(30)
     assert all(got[r] == list(range(3_000)) for r in range(4))
     assert read == list(range(3_000))
+
+
+async def test_a_node_whose_call_ends_before_it_reads_holds_no_one_back() -> None:
+    """A broadcast's node whose call failed (or was cancelled) before its feeder started
+    gives up its share of the input all the same: the others read on past the window."""
+    shared = _Shared(iter(range(100)), readers=2, lead=4)
+    call = PreparedCall("k", b"f", b"a", "f", None, inputs=(shared.reader(1),))
+
+    async def lost(target: int) -> None:
+        raise RuntimeError(f"node {target} was lost before the call was sent")
+
+    with pytest.raises(RuntimeError, match="node 1 was lost"):
+        await _releasing(call, lost, target=1)
+    with trio.fail_after(5):  # it would wait for reader 1 for ever, 4 items in
+        got = await trio.to_thread.run_sync(shared.take, 0, 100, abandon_on_cancel=True)
+    assert values(got) == list(range(100))
