@@ -264,7 +264,19 @@ def _server(args: argparse.Namespace) -> int:
     )
     for pool in status["pools"]:
         print(f"  {_pool_line(pool)}")
+    _say_left(status.get("left", {}))
     return 0
+
+
+def _say_left(left: dict[str, str]) -> None:
+    """Say (on stderr) which pools the server closed by itself (their idle timeout)
+    without confirming everything they started ended, and what their close said."""
+    for name, said in sorted(left.items()):
+        print(
+            f"sky: pool {name} was closed by the server, but not everything it started could "
+            f"be confirmed ended: {said}",
+            file=sys.stderr,
+        )
 
 
 def _compute(args: argparse.Namespace) -> int:
@@ -297,6 +309,7 @@ def _compute(args: argparse.Namespace) -> int:
         print(f"{'NAME':<16} {'STATE':<9} {'PROVIDER':<10} {'NODES':<13} {'COST':<8} AGE")
         for pool in pools:
             print(_pool_line(pool))
+        _say_left(_client.request("GET", "/status").get("left", {}))
         return 0
     if args.command == "view":
         return _view(args.name)

@@ -587,6 +587,7 @@ class Server:
         self.pools: dict[str, _Held] = {}
         self.feeds: dict[str, _Feed] = {}
         self.sessions: dict[str, _Session] = {}
+        self.left_behind: dict[str, str] = {}  # pool -> what its close could not end
         self.started = time.time()
         self.stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -697,6 +698,7 @@ class Server:
                 return _json(200, held.summary())
             if method == "DELETE":
                 await self._close(held)
+                self.left_behind.pop(held.name, None)  # said in the answer instead
                 closed = {"deleted": held.name}
                 return _json(200, closed if held.left is None else {**closed, "left": held.left})
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "events" and method == "GET":
@@ -742,6 +744,9 @@ class Server:
             "pid": os.getpid(),
             "started": self.started,
             "pools": [h.summary() for h in self.pools.values()],
+            # Pools it closed by itself (idle timeout) whose close could not confirm
+            # everything ended, with what their close said.
+            "left": dict(self.left_behind),
         }
 
     def _held(self, name: str) -> _Held:
@@ -1006,6 +1011,7 @@ class Server:
             if not started:
                 raise
             held.left = str(exc)  # `sky compute delete` says it, and exits with 1
+            self.left_behind[held.name] = held.left  # `sky server status` says it
             print(f"pool {held.name}: closed with an error: {exc!r}", file=sys.stderr, flush=True)
         finally:
             if self.pools.get(held.name) is held:

@@ -401,7 +401,8 @@ def test_sky_compute_delete_says_what_may_still_bill(
     fake_novita: FakeNovita, tmp_path: Path
 ) -> None:
     """A pool the server holds, its key revoked: `sky compute delete` says the instance
-    may still bill and exits with 1, rather than that its machines are terminated."""
+    may still bill and exits with 1, rather than that its machines are terminated; one the
+    server closes by its idle timeout is named by `sky compute list` and `server status`."""
     api = fake_novita
     (tmp_path / "home").mkdir()
     (tmp_path / "skyward.toml").write_text(
@@ -410,6 +411,7 @@ def test_sky_compute_delete_says_what_may_still_bill(
     )
     env = {**os.environ, "HOME": str(tmp_path / "home"), "NOVITA_API_KEY": api.api_key}
     key, before = api.api_key, _live(api)
+    first = before
     started = run_sky(tmp_path, env, "server", "start")
     assert started.returncode == 0, started.stderr
     try:
@@ -427,9 +429,32 @@ def test_sky_compute_delete_says_what_may_still_bill(
         assert instance in deleted.stderr
         assert "may still bill" in deleted.stderr
         assert key not in deleted.stdout + deleted.stderr
+
+        # Closed by the server itself (its idle timeout): `sky compute list` and `sky
+        # server status` say what may still bill.
+        before = _live(api)
+        made = run_sky(tmp_path, env, "compute", "create", "g", "--idle-timeout", "3s")
+        assert made.returncode == 0, made.stderr
+        (idle,) = _live(api) - before
+        api.api_key = "sk_revoked"
+        try:
+            wait_until(
+                lambda: (
+                    "pool g was closed by the server"
+                    in run_sky(tmp_path, env, "compute", "list").stderr
+                ),
+                "the idle pool's close to fail",
+                timeout=120,
+                every=1,
+            )
+        finally:
+            api.api_key = key
+        status = run_sky(tmp_path, env, "server", "status")
+        assert status.returncode == 0, status.stderr
+        assert "not everything it started could be confirmed ended" in status.stderr
+        assert idle in status.stderr
     finally:
         stopped = run_sky(tmp_path, env, "server", "stop", timeout=180)
-        if instance_left := _live(api) - before:
-            for left in instance_left:
-                _delete_left(api, key, left)
+        for left in _live(api) - first:
+            _delete_left(api, key, left)
     assert stopped.returncode == 0, stopped.stderr
