@@ -243,15 +243,17 @@ def _server(args: argparse.Namespace) -> int:
     from . import _client
 
     if args.command == "start":
+        _say_left(_client.left_by_stopped())  # a server stopped by a signal said it only here
         new = _client.start_server(port=args.port)
         print(
             f"skyward server started: {new['url']} (pid {new['pid']}); its log: {_client.LOG_FILE}"
         )
         return 0
     if args.command == "stop":
-        closed = _client.stop_server()
+        closed, left = _client.stop_server()
         print("skyward server stopped" + (f"; closed {', '.join(closed)}" if closed else ""))
-        return 0
+        _say_left(left)
+        return 1 if left else 0
     state = _client.server_state()
     if state is None:
         print("skyward server: not running (start it with `sky server start`)")
@@ -268,15 +270,17 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_left(left: dict[str, str]) -> None:
-    """Say (on stderr) which pools the server closed by itself (their idle timeout)
-    without confirming everything they started ended, and what their close said."""
-    for name, said in sorted(left.items()):
-        print(
-            f"sky: pool {name} was closed by the server, but not everything it started could "
-            f"be confirmed ended: {said}",
-            file=sys.stderr,
-        )
+def _say_left(left: dict[str, list[str]]) -> None:
+    """Say (on stderr) which pools the server closed by itself (their idle timeout, or
+    stopping) without confirming everything they started ended, and what each close
+    said."""
+    for name, closes in sorted(left.items()):
+        for said in closes:
+            print(
+                f"sky: pool {name} was closed by the server, but not everything it started "
+                f"could be confirmed ended: {said}",
+                file=sys.stderr,
+            )
 
 
 def _compute(args: argparse.Namespace) -> int:

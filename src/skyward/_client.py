@@ -80,6 +80,7 @@ from skyward_trio._server import (
     event_from_fields,
     event_from_json,
     frame,
+    left_path,
     state_path,
     store_request,
     store_value,
@@ -89,6 +90,7 @@ __all__ = [
     "LOG_FILE",
     "Client",
     "ServerError",
+    "left_by_stopped",
     "request",
     "request_create",
     "running_state",
@@ -149,10 +151,12 @@ def start_server(*, port: int = 0, timeout: float = 30.0) -> dict[str, Any]:
     )
 
 
-def stop_server(*, timeout: float = 600.0) -> list[str]:
+def stop_server(*, timeout: float = 600.0) -> tuple[list[str], dict[str, list[str]]]:
     """Stop the server: it closes every pool (terminating its machines) and exits.
 
-    Returns the names of the pools it closed.
+    Returns the names of the pools it closed, and the pools whose close could not
+    confirm everything ended (this stop's, or an idle timeout's earlier), each with what
+    its closes said.
 
     Raises:
         ServerError: None runs, or it did not exit within ``timeout`` seconds.
@@ -168,7 +172,25 @@ def stop_server(*, timeout: float = 600.0) -> list[str]:
             f"the Skyward server (pid {state['pid']}) is still closing its pools after "
             f"{timeout:g} s; see {LOG_FILE}"
         )
-    return pools
+    return pools, left_by_stopped(state["pid"])
+
+
+def left_by_stopped(pid: int | None = None) -> dict[str, list[str]]:
+    """What a server that stopped (``pid``; None: whichever stopped last) wrote of its
+    pools' closes that could not confirm everything ended (``left_path``), by pool; the
+    file is removed once read."""
+    path = left_path(state_path())
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if pid is not None and written.get("pid") != pid:
+        return {}  # another server's
+    path.unlink(missing_ok=True)
+    left = written.get("left")
+    if not isinstance(left, dict):
+        return {}
+    return {str(name): [str(s) for s in said] for name, said in left.items()}
 
 
 def _request(

@@ -74,6 +74,7 @@ __all__ = [
     "event_json",
     "frame",
     "join_payload",
+    "left_path",
     "main",
     "pack",
     "split_payload",
@@ -308,6 +309,12 @@ def event_from_fields(data: dict[str, Any]) -> Event:
 
 def state_path() -> Path:
     return Path(os.path.expanduser(STATE_FILE))
+
+
+def left_path(state: Path) -> Path:
+    """Where a server that stopped writes what its pools' closes could not confirm ended
+    (``server-left.json`` beside the state file), for ``sky server stop`` to say."""
+    return state.with_name("server-left.json")
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -587,7 +594,8 @@ class Server:
         self.pools: dict[str, _Held] = {}
         self.feeds: dict[str, _Feed] = {}
         self.sessions: dict[str, _Session] = {}
-        self.left_behind: dict[str, str] = {}  # pool -> what its close could not end
+        # Pool name -> what each of its closes could not confirm ended.
+        self.left_behind: dict[str, list[str]] = {}
         self.started = time.time()
         self.stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -698,7 +706,10 @@ class Server:
                 return _json(200, held.summary())
             if method == "DELETE":
                 await self._close(held)
-                self.left_behind.pop(held.name, None)  # said in the answer instead
+                if held.left is not None:  # said in the answer instead
+                    self.left_behind[held.name].remove(held.left)
+                    if not self.left_behind[held.name]:
+                        del self.left_behind[held.name]
                 closed = {"deleted": held.name}
                 return _json(200, closed if held.left is None else {**closed, "left": held.left})
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "events" and method == "GET":
@@ -745,8 +756,8 @@ class Server:
             "started": self.started,
             "pools": [h.summary() for h in self.pools.values()],
             # Pools it closed by itself (idle timeout) whose close could not confirm
-            # everything ended, with what their close said.
-            "left": dict(self.left_behind),
+            # everything ended, with what each close said.
+            "left": {name: list(said) for name, said in self.left_behind.items()},
         }
 
     def _held(self, name: str) -> _Held:
@@ -1011,7 +1022,8 @@ class Server:
             if not started:
                 raise
             held.left = str(exc)  # `sky compute delete` says it, and exits with 1
-            self.left_behind[held.name] = held.left  # `sky server status` says it
+            # `sky server status` says it (every close of that name, oldest first).
+            self.left_behind.setdefault(held.name, []).append(held.left)
             print(f"pool {held.name}: closed with an error: {exc!r}", file=sys.stderr, flush=True)
         finally:
             if self.pools.get(held.name) is held:
@@ -1372,7 +1384,16 @@ async def _serve(port: int, state: Path, log: tuple[Path, int, int] | None = Non
                 nursery.cancel_scope.cancel()
         finally:
             _forget_state(state)
-    print("skyward server: stopped; every pool closed", flush=True)
+            if server.left_behind:  # for `sky server stop` to say, once this process is gone
+                _write_state(left_path(state), {"pid": os.getpid(), "left": server.left_behind})
+    if server.left_behind:
+        print(
+            "skyward server: stopped; these pools' closes could not confirm everything "
+            f"ended: {', '.join(sorted(server.left_behind))}",
+            flush=True,
+        )
+    else:
+        print("skyward server: stopped; every pool closed", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

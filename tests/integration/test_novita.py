@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from clients import across_a_preemption, cancel_once, killed_client, lease_clien
 from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_novita import FakeNovita
+from procs import is_running
 from waiting import wait_until
 
 import skyward as sky
@@ -402,7 +404,9 @@ def test_sky_compute_delete_says_what_may_still_bill(
 ) -> None:
     """A pool the server holds, its key revoked: `sky compute delete` says the instance
     may still bill and exits with 1, rather than that its machines are terminated; one the
-    server closes by its idle timeout is named by `sky compute list` and `server status`."""
+    server closes by its idle timeout is named by `sky compute list` and `server status`;
+    `sky server stop` says what its closes left, once the server is gone, and exits with 1;
+    after a server stopped by a signal, the next `sky server start` says it."""
     api = fake_novita
     (tmp_path / "home").mkdir()
     (tmp_path / "skyward.toml").write_text(
@@ -453,8 +457,39 @@ def test_sky_compute_delete_says_what_may_still_bill(
         assert status.returncode == 0, status.stderr
         assert "not everything it started could be confirmed ended" in status.stderr
         assert idle in status.stderr
+
+        # Closed by `sky server stop`: it says so once the server is gone, and exits with 1.
+        before = _live(api)
+        made = run_sky(tmp_path, env, "compute", "create", "g")
+        assert made.returncode == 0, made.stderr
+        (held,) = _live(api) - before
+        api.api_key = "sk_revoked"
+        try:
+            stopped = run_sky(tmp_path, env, "server", "stop", timeout=180)
+        finally:
+            api.api_key = key
+        assert stopped.returncode == 1, (stopped.stdout, stopped.stderr)
+        assert "skyward server stopped; closed g" in stopped.stdout
+        assert held in stopped.stderr
+        assert idle in stopped.stderr  # the idle timeout's, said again
+
+        # Stopped by a signal: the next `sky server start` says what its closes left.
+        assert run_sky(tmp_path, env, "server", "start").returncode == 0
+        before = _live(api)
+        assert run_sky(tmp_path, env, "compute", "create", "g").returncode == 0
+        (signalled,) = _live(api) - before
+        pid = json.loads((tmp_path / "home" / ".skyward" / "server.json").read_text())["pid"]
+        api.api_key = "sk_revoked"
+        try:
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not is_running(pid), "the server to stop", timeout=120, every=0.2)
+        finally:
+            api.api_key = key
+        again = run_sky(tmp_path, env, "server", "start")
+        assert again.returncode == 0, again.stderr
+        assert signalled in again.stderr
     finally:
-        stopped = run_sky(tmp_path, env, "server", "stop", timeout=180)
+        if run_sky(tmp_path, env, "server", "status").returncode == 0:  # still running
+            run_sky(tmp_path, env, "server", "stop", timeout=180)
         for left in _live(api) - first:
             _delete_left(api, key, left)
-    assert stopped.returncode == 0, stopped.stderr
