@@ -1,8 +1,8 @@
 """What the providers' tests do alike: a client process that dies outright (for what the
 lease cleans up), a pool cancelled while its machines start, a call sent across a
-preemption, an asyncio coroutine (an asyncssh session) run from a test, and a command run
-on a fake cloud's machine with its host key pinned; and the ``sky`` command run as users
-run it."""
+preemption, a pool's events read as they come (``Seen``), an asyncio coroutine (an
+asyncssh session) run from a test, and a command run on a fake cloud's machine with its
+host key pinned; and the ``sky`` command run as users run it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,3 +162,29 @@ def printed_over_ssh(
             return str(done.stdout)
 
     return asyncio_run(login)
+
+
+class Seen:
+    """A pool's events, read as they come by a thread of their own."""
+
+    def __init__(self, pool: sky.Pool) -> None:
+        self.events: list[sky.Event] = []
+        self._stream = pool.events()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for event in self._stream:
+            self.events.append(event)
+
+    def of(self, kind: type[Any], node: int) -> list[Any]:
+        return [e for e in list(self.events) if isinstance(e, kind) and e.node == node]
+
+    def first(self, kind: type[Any], node: int) -> Any:
+        wait_until(
+            lambda: self.of(kind, node), f"{kind.__name__} of node {node}", timeout=60, every=0.05
+        )
+        return self.of(kind, node)[0]
+
+    def close(self) -> None:
+        self._stream.close()

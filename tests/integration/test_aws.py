@@ -14,13 +14,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from clients import across_a_preemption, cancel_once, killed_client, lease_client
+from clients import Seen, across_a_preemption, cancel_once, killed_client, lease_client
 from fake_aws import FAKE_CREDENTIALS, FakeAWS
 from waiting import wait_until
 
@@ -336,32 +335,6 @@ def _held(gate: str, runs: str) -> dict[str, Any]:
     return {"node": sky.instance_info().node, "instance": where}
 
 
-class _Seen:
-    """A pool's events, read as they come by a thread of their own."""
-
-    def __init__(self, pool: sky.Pool) -> None:
-        self.events: list[sky.Event] = []
-        self._stream = pool.events()
-        self._reader = threading.Thread(target=self._read, args=(self._stream,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: Iterator[sky.Event]) -> None:
-        for event in stream:
-            self.events.append(event)
-
-    def of(self, kind: type[Any], node: int) -> list[Any]:
-        return [e for e in list(self.events) if isinstance(e, kind) and e.node == node]
-
-    def first(self, kind: type[Any], node: int) -> Any:
-        wait_until(
-            lambda: self.of(kind, node), f"{kind.__name__} of node {node}", timeout=60, every=0.05
-        )
-        return self.of(kind, node)[0]
-
-    def close(self) -> None:
-        self._stream.close()
-
-
 def _spot_pair(aws: FakeAWS) -> sky.Compute:
     """Two spot nodes with four slots each: a busy node still has room for more calls."""
     return sky.Compute(
@@ -392,7 +365,7 @@ def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
 ) -> None:
     gate, runs = tmp_path / "gate", tmp_path / "runs"
     with _spot_pair(aws) as pool:
-        seen = _Seen(pool)
+        seen = Seen(pool)
         placed, long = _long_call(pool, gate, runs, target=1)
         aws.warn(placed[1])
         notice = seen.first(sky.InstanceInterrupting, 1)
@@ -466,7 +439,7 @@ def test_a_replacement_launched_ahead_that_no_node_takes_up_is_terminated(
     machine launched to replace it (its environment built) is terminated with the others,
     and counted."""
     with _spot_pair(aws) as pool:
-        seen = _Seen(pool)
+        seen = Seen(pool)
         placed = {r["node"]: r["instance"] for r in _where() @ pool}
         aws.warn(placed[0])
         ahead = _launched_ahead(aws, placed)
@@ -500,7 +473,7 @@ def test_a_call_the_reclaimed_machine_takes_with_it_is_sent_again_once(
 ) -> None:
     gate, runs = tmp_path / "gate", tmp_path / "runs"
     with _spot_pair(aws) as pool:
-        seen = _Seen(pool)
+        seen = Seen(pool)
         placed, long = _long_call(pool, gate, runs, target=None)
         (first,) = _runs_of(runs)
         node = next(k for k, instance in placed.items() if instance == first)
@@ -528,7 +501,7 @@ def test_node_0_holding_the_store_is_drained_but_serves_until_its_machine_goes(
     """Functions on other nodes may be using the collections store on node 0: it is not
     retired early, only drained, until its machine goes."""
     with _spot_pair(aws) as pool:
-        seen = _Seen(pool)
+        seen = Seen(pool)
         placed = {r["node"]: r["instance"] for r in _where() @ pool}
         aws.warn(placed[0])
         seen.first(sky.InstanceInterrupting, 0)
@@ -571,7 +544,7 @@ def test_a_notice_that_came_before_the_client_connected_reaches_it(aws: FakeAWS)
     warner.start()
     with _spot_pair(aws) as pool:
         warner.join()
-        seen = _Seen(pool)
+        seen = Seen(pool)
         notice = seen.first(sky.InstanceInterrupting, 1)
         assert notice.instance_id == warned[0]
         # Idle from the start: retired and replaced at once.

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from clients import Seen, across_a_preemption, cancel_once, killed_client, lease_client, run_sky
 from fake_gcp import FakeGCP, FakeVM, service_account_key
 from waiting import wait_until
 
@@ -311,32 +310,6 @@ def _runs_of(runs: Path) -> list[str]:
     return runs.read_text().splitlines() if runs.exists() else []
 
 
-class _Seen:
-    """A pool's events, read as they come by a thread of their own."""
-
-    def __init__(self, pool: sky.Pool) -> None:
-        self.events: list[sky.Event] = []
-        self._stream = pool.events()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for event in self._stream:
-            self.events.append(event)
-
-    def of(self, kind: type[Any], node: int) -> list[Any]:
-        return [e for e in list(self.events) if isinstance(e, kind) and e.node == node]
-
-    def first(self, kind: type[Any], node: int) -> Any:
-        wait_until(
-            lambda: self.of(kind, node), f"{kind.__name__} of node {node}", timeout=60, every=0.05
-        )
-        return self.of(kind, node)[0]
-
-    def close(self) -> None:
-        self._stream.close()
-
-
 def test_a_preemption_notice_drains_the_vm_and_its_call_is_sent_again_once_it_goes(
     fake_gcp: FakeGCP, tmp_path: Path
 ) -> None:
@@ -352,7 +325,7 @@ def test_a_preemption_notice_drains_the_vm_and_its_call_is_sent_again_once_it_go
         allocation="spot",
         options=sky.Options(console="silent", worker=sky.Worker(concurrency=4)),
     ) as pool:
-        seen = _Seen(pool)
+        seen = Seen(pool)
         placed = {r["node"]: r["vm"] for r in _where() @ pool}
         vms = {vm.directory.name: vm for vm in api.live()}
         long = pool.run_async(_held(str(gate), str(runs)), target=1)
