@@ -168,7 +168,8 @@ def test_a_spot_vm_preempt_notice_sets_preempted_then_the_vm_is_deleted(
     etag = first.headers["ETag"]
     # Held until timeout_sec with nothing changed: the same value and ETag.
     held = {"wait_for_change": "true", "last_etag": etag, "timeout_sec": "1"}
-    same = httpx.get(url, headers=flavor, params=held)
+    # (A generous timeout: the fake's lock may be busy starting plain-1's machine.)
+    same = httpx.get(url, headers=flavor, params=held, timeout=60)
     assert (same.text, same.headers["ETag"]) == ("FALSE", etag)
     assert httpx.get(url, headers=flavor, params={"wait": "1"}).status_code == 400
     # A held read answers when the VM is preempted.
@@ -185,7 +186,7 @@ def test_a_spot_vm_preempt_notice_sets_preempted_then_the_vm_is_deleted(
     assert changed.text == "TRUE"
     assert changed.headers["ETag"] != etag
     # A read from the old ETag answers at once: it differs already.
-    assert httpx.get(url, headers=flavor, params=waiting).text == "TRUE"
+    assert httpx.get(url, headers=flavor, params=waiting, timeout=60).text == "TRUE"
     wait_until(lambda: vm.deleted, "the preempted VM deleted", timeout=30, every=0.05)
     assert vm.status == "TERMINATED"
     assert not vm.running
