@@ -277,8 +277,11 @@ class Supervisor:
                 pass
         finally:
             self._running.discard(i)
-            ahead = self._ahead.pop(i, None)
-            if ahead is not None:  # the node left for good: its replacement is not needed
+            # The node left for good: its replacement launched ahead is not needed. While
+            # the pool closes, shutdown takes it over instead (ends it, says so and counts
+            # a failure to): ended here, it could end after the pool's last event.
+            ahead = None if self.pool._closing else self._ahead.pop(i, None)
+            if ahead is not None:
                 with trio.CancelScope(shield=True):
                     await self._drop_ahead(ahead)
 
