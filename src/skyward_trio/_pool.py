@@ -439,10 +439,10 @@ async def _feed_one(inflight: Inflight, slot: int, iterable: Iterable[Any] | _Sh
     conn = inflight.node.conn
     task_id = inflight.task_id
     credits = conn.input_credits(task_id, slot, _INPUT_WINDOW)
-    shared = isinstance(iterable, _SharedReader)
     # A broadcast's reader takes items pickled once for every node; a reader waiting for
-    # the slowest node may be left to its thread when its call ends (it stops once it
-    # leaves, below).
+    # the slowest node may be left to its thread when its call ends (it stops once the
+    # call's end gives up its share: _releasing).
+    shared = isinstance(iterable, _SharedReader)
     take: Callable[[int], list[_serial.Payload]] = (
         iterable.take
         if isinstance(iterable, _SharedReader)
@@ -466,8 +466,6 @@ async def _feed_one(inflight: Inflight, slot: int, iterable: Iterable[Any] | _Sh
             chunk = min(chunk * 2, _INPUT_CHUNK) if elapsed < 0.005 else 1
     finally:
         conn.drop_input_credits(task_id, slot)
-        if isinstance(iterable, _SharedReader):
-            iterable.leave()
 
 
 def _take_payloads(iterator: Iterator[Any], count: int) -> list[_serial.Payload]:
