@@ -137,12 +137,28 @@ def check_container(spec: Spec) -> None:
     engine_path(spec.provider)
 
 
-async def _engine(binary: str, *args: str, limit: float | None = 120) -> tuple[int, str, str]:
-    """Run ``binary args``: its exit status, stdout and stderr (the process is killed if
-    cancelled). ``limit`` None: no bound of its own (a ``run`` that pulls an image)."""
-    with trio.fail_after(limit) if limit is not None else contextlib.nullcontext():
+async def _engine(
+    binary: str, *args: str, limit: float | None = 120, settle: bool = False
+) -> tuple[int, str, str]:
+    """Run ``binary args``: its exit status, stdout and stderr. ``limit`` None: no bound of
+    its own (a ``pull``).
+
+    It runs in a session of its own, so a Ctrl-C at the terminal does not reach it. A
+    cancelled read is killed; a command that changes the engine's state (``settle``:
+    ``run``, ``rm``, ``network create`` / ``rm``) runs to its end first, within ``limit``.
+    Cut short, podman's network helper (netavark) can leave a port-forwarding rule that no
+    ``rm`` removes: 127.0.0.1:<port> then reaches nothing, for every program here.
+    """
+    with (
+        trio.CancelScope(shield=settle),
+        trio.fail_after(limit) if limit is not None else contextlib.nullcontext(),
+    ):
         done = await trio.run_process(
-            [binary, *args], capture_stdout=True, capture_stderr=True, check=False
+            [binary, *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            start_new_session=True,
         )
     return (
         done.returncode,
@@ -191,6 +207,8 @@ class ContainerCluster:
         ]
         self._network_lock = trio.Lock()
         self._network_made = False
+        self._image_lock = trio.Lock()
+        self._image_here = False
         self._touched = False  # whether anything may have been created (aclose looks)
         self._serial = 0
 
@@ -244,7 +262,7 @@ class ContainerCluster:
             host, _, pid = client.rpartition(":")
             if host != socket.gethostname() or not pid.isdigit() or _running(int(pid)):
                 continue
-            rc, _, _ = await _engine(self._binary, "network", "rm", name)
+            rc, _, _ = await _engine(self._binary, "network", "rm", name, settle=True)
             if rc == 0:
                 removed.append(name)
         return removed
@@ -255,7 +273,7 @@ class ContainerCluster:
                 return
             self._touched = True
             rc, _, err = await _engine(
-                self._binary, "network", "create", *self._labels, self.network
+                self._binary, "network", "create", *self._labels, self.network, settle=True
             )
             if rc != 0:
                 raise RuntimeError(
@@ -271,6 +289,7 @@ class ContainerCluster:
             RuntimeError: The engine could not start the container (a missing image: its
                 error, with a hint), or its entry command failed (why, from its output).
         """
+        await self._ensure_image()
         await self._ensure_network()
         self._serial += 1
         name = f"skyward-{self.job_id}-{node}-{self._serial}"
@@ -301,16 +320,10 @@ class ContainerCluster:
             self.image,
             "-c",
             _ENTRY,
-            limit=None,  # it may pull the image first; the pool bounds provisioning
+            settle=True,  # the image is here: it starts in seconds
         )
         if rc != 0:
-            binary = shlex.quote(self.config.binary)
-            raise RuntimeError(
-                f"{self.config.binary} could not start a container from image "
-                f"{self.image!r}: {_last_line(err)}. If the image is missing, pull it "
-                f"({binary} pull {shlex.quote(self.image)}) or build it, or pass "
-                "Container(image=...) one you have"
-            )
+            raise self._cannot_start(f"{_last_line(err)}. If the image is missing, pull it")
         home = await self._wait_ready(name)
         port = await self._published_port(name)
         rc, host_key, err = await _engine(self._binary, "exec", name, "cat", f"{_HOST_KEY}.pub")
@@ -337,6 +350,31 @@ class ContainerCluster:
             public_ip=None,
             python=None,
             workdir=workdir,
+        )
+
+    async def _ensure_image(self) -> None:
+        """Pull the image once, if the engine does not have it yet. A pull may take
+        minutes, so it is apart from the ``run``: a cancel cuts it short, where the run
+        that follows is let finish (see ``_engine``)."""
+        async with self._image_lock:
+            if self._image_here:
+                return
+            rc, _, _ = await _engine(self._binary, "image", "inspect", self.image)
+            if rc != 0:
+                rc, _, err = await _engine(self._binary, "pull", self.image, limit=None)
+                if rc != 0:
+                    raise self._cannot_start(
+                        f"it is not here, and {self.config.binary} pull failed: "
+                        f"{_last_line(err)}. Pull it"
+                    )
+            self._image_here = True
+
+    def _cannot_start(self, why: str) -> RuntimeError:
+        binary = shlex.quote(self.config.binary)
+        return RuntimeError(
+            f"{self.config.binary} could not start a container from image {self.image!r}: "
+            f"{why} ({binary} pull {shlex.quote(self.image)}) or build it, or pass "
+            "Container(image=...) one you have"
         )
 
     async def _wait_ready(self, name: str) -> str:
@@ -396,7 +434,7 @@ class ContainerCluster:
 
     async def terminate(self, instance: Instance) -> None:
         """Remove the container; confirm it is gone or raise."""
-        _, _, err = await _engine(self._binary, "rm", "--force", instance.id)
+        _, _, err = await _engine(self._binary, "rm", "--force", instance.id, settle=True)
         left = await self._remaining("container", f"skyward.instance={instance.id}")
         if left:
             raise RuntimeError(f"could not remove container {instance.id}: {_last_line(err)}")
@@ -410,11 +448,11 @@ class ContainerCluster:
         containers = await self._remaining("container", label)
         errors: list[str] = []
         if containers:
-            rc, _, err = await _engine(self._binary, "rm", "--force", *containers)
+            rc, _, err = await _engine(self._binary, "rm", "--force", *containers, settle=True)
             if rc != 0:
                 errors.append(_last_line(err))
         for network in await self._remaining("network", label):
-            rc, _, err = await _engine(self._binary, "network", "rm", network)
+            rc, _, err = await _engine(self._binary, "network", "rm", network, settle=True)
             if rc != 0:
                 errors.append(_last_line(err))
         left = await self._remaining("container", label) + await self._remaining("network", label)

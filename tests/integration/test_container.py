@@ -19,7 +19,9 @@ import functools
 import hashlib
 import os
 import pwd
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +43,7 @@ from skyward_trio._container import ContainerCluster
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "container"
 QUIET = sky.Options(console="silent")
-NEEDED = ("podman", "runc", "debootstrap")
+NEEDED = ("podman", "runc", "debootstrap", "iptables")
 REPOSITORY = "localhost/skyward-test-node"
 
 
@@ -60,7 +62,7 @@ def _need_tools() -> None:
     missing = [tool for tool in NEEDED if shutil.which(tool) is None]
     if not missing and os.getuid() == 0:
         return
-    message = f"{', '.join(missing)} missing (apt-get install -y podman runc debootstrap)"
+    message = f"{', '.join(missing)} missing (apt-get install -y {' '.join(NEEDED)})"
     if not missing:  # debootstrap and chroot build the image; podman runs rootful
         message = "the sky.Container tests build their image and run podman as root"
     unavailable(message, suite="sky.Container")
@@ -143,8 +145,22 @@ def _labelled(kind: str) -> set[str]:
     return {line for line in out.split() if line}
 
 
+def _forwarded() -> set[str]:
+    """The ports podman forwards from 127.0.0.1 to a pool's containers, each as
+    ``"<network> <port>"``: netavark's DNAT rules, which name the network. One left after
+    its container is gone makes 127.0.0.1:<port> reach nothing, for every program here."""
+    rules = subprocess.run(
+        ["iptables", "-t", "nat", "-S", "NETAVARK-HOSTPORT-DNAT"],
+        capture_output=True,
+        text=True,
+        check=False,  # no such chain before netavark's first forward on this machine
+    ).stdout
+    found = re.findall(r"--dport (\d+) .*dnat name: (skyward-\S+)", rules)
+    return {f"{network} {port}" for port, network in found}
+
+
 def _everything() -> set[str]:
-    return _labelled("container") | _labelled("network")
+    return _labelled("container") | _labelled("network") | _forwarded()
 
 
 @sky.function
@@ -282,6 +298,97 @@ async def test_cancelling_a_pool_while_it_starts_leaves_nothing(podman: Podman) 
                 pytest.fail("the pool came up with a bootstrap that never ends")
     assert scope.cancelled_caught
     assert await trio.to_thread.run_sync(_everything) == before
+
+
+#: podman whose ``run`` starts two seconds late, marking when it started and when it ended:
+#: a cancel or a Ctrl-C comes while a container is on its way up.
+_SLOW_RUN = """#!/bin/sh
+if [ "$1" = run ]; then
+  touch {marks}/started
+  sleep 2
+  {podman} "$@"
+  rc=$?
+  touch {marks}/finished
+  exit $rc
+fi
+exec {podman} "$@"
+"""
+
+
+def _slow_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A podman of ``_SLOW_RUN`` (named podman, in a directory of its own) and where it
+    marks its run."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wrapper = tmp_path / "bin" / "podman"
+    wrapper.parent.mkdir()
+    podman = shutil.which("podman")
+    assert podman is not None
+    wrapper.write_text(_SLOW_RUN.format(marks=marks, podman=podman))
+    wrapper.chmod(0o755)
+    return wrapper, marks
+
+
+async def test_a_cancel_lets_a_starting_container_finish_starting_then_removes_it(
+    podman: Podman, tmp_path: Path
+) -> None:
+    # Killed half-way, podman run can leave a port forward that no rm removes.
+    before = await trio.to_thread.run_sync(_everything)
+    wrapper, marks = _slow_run(tmp_path)
+    provider = sky.Container(image=podman.image, binary=str(wrapper))
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_running() -> None:
+                while True:
+                    if (marks / "started").exists():
+                        break
+                    await trio.sleep(0.05)
+                scope.cancel()
+
+            nursery.start_soon(cancel_once_running)
+            async with skyward_trio.Compute(provider=provider, options=QUIET):
+                pytest.fail("the pool came up although it was cancelled while starting")
+    assert scope.cancelled_caught
+    assert (marks / "finished").exists()  # the run was let finish, not killed
+    assert await trio.to_thread.run_sync(_everything) == before
+
+
+_INTERRUPTED = """
+import sys
+import skyward as sky
+provider = sky.Container(image=sys.argv[1], binary=sys.argv[2])
+try:
+    with sky.Compute(provider=provider, options=sky.Options(console="silent")):
+        print("the pool came up", flush=True)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_at_the_terminal_does_not_reach_a_starting_container(
+    podman: Podman, tmp_path: Path
+) -> None:
+    before = _everything()
+    wrapper, marks = _slow_run(tmp_path)
+    with subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED, podman.image, str(wrapper)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's job is
+    ) as client:
+        try:
+            wait_until(
+                lambda: (marks / "started").exists(), "podman run to start", timeout=120, every=0.05
+            )
+            os.killpg(client.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
+            out, _ = client.communicate(timeout=120)
+        finally:
+            if client.poll() is None:
+                client.kill()
+    assert client.returncode == 130, out
+    assert (marks / "finished").exists()  # the engine did not get the Ctrl-C
+    assert _everything() == before
 
 
 _CLIENT = """
