@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-import trio_asyncio
+
+from skyward_trio._aio import trio_asyncio
 
 __all__ = ["Job", "Portal", "get_portal"]
 

@@ -20,7 +20,8 @@ enforces it):
    (a worker's watch for its machine's spot interruption notice), ``_pluginrun``
    (the plugins' hooks on a node) (only trio +
    layers 1-2: imported on remote machines)
-4. transport and providers: ``_transport`` (the one asyncssh/trio-asyncio module), ``_sshtrim``,
+4. transport and providers: ``_transport`` (the one asyncssh module), ``_aio``
+   (trio-asyncio, imported so that it leaves the process's own asyncio alone), ``_sshtrim``,
    ``_providers`` (``Local`` and ``SSH``), ``_container`` (``sky.Container``), ``_runpod``
    (``sky.RunPod``), ``_aws`` (``sky.AWS``: boto3, imported when a pool uses it),
    ``_vastai`` (``sky.VastAI``), ``_rented`` (what the clouds below share),

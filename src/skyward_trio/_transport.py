@@ -30,10 +30,10 @@ from typing import Any, TypeAlias, cast
 import asyncssh
 import attrs
 import trio
-import trio_asyncio
 from asyncssh.config import SSHClientConfig
 from asyncssh.encryption import get_default_encryption_algs
 
+from ._aio import trio_asyncio
 from ._sshtrim import trim
 
 __all__ = [
