@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import json
 import os
 import subprocess
@@ -72,7 +71,7 @@ from skyward_trio._client import (
     take_payloads,
 )
 from skyward_trio._client import alive as _alive
-from skyward_trio._collections import Collections, in_thread
+from skyward_trio._collections import Collections
 from skyward_trio._function import active_pool
 from skyward_trio._pool import PreparedCall, RelayedInput
 from skyward_trio._server import (
@@ -686,31 +685,43 @@ class Client(Collections):
 class _ServerStore:
     """A Client's way to the pool's collections store: each operation a request to the
     server, which passes it on (keys and values pickled here, unpickled by the store or
-    the reader); an ``_async`` variant runs that blocking request off the caller's own
-    event loop. A request given up while it waits (Ctrl-C in ``queue.get()``) hangs
-    up, and the server cancels the wait."""
+    the reader). A request given up while it waits (Ctrl-C in ``queue.get()``, a timeout
+    around ``await queue.get_async()``) hangs up, and the server cancels the wait; the
+    ``_async`` variants make their request on the caller's own event loop (asyncio or
+    trio) for that, where a thread would go on waiting and take the item or the lock for
+    nobody."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def call(self, op: int, name: str, *args: Any) -> Any:
+    def _request(self, op: int, name: str, args: tuple[Any, ...]) -> dict[str, Any]:
         client = self._client
-        path = store_path(client.name)
-        try:
-            response = client._http.post(
-                client._state["url"] + path,
-                content=store_request(op, name, args),
-                headers=headers(client._state, framed=True, client=client._id),
-                timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
-            )
-        except httpx.TransportError as exc:
-            raise server_silent(client._state["url"], exc) from exc
+        return {
+            "url": client._state["url"] + store_path(client.name),
+            "content": store_request(op, name, args),
+            "headers": headers(client._state, framed=True, client=client._id),
+            "timeout": httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        }
+
+    def _value(self, response: httpx.Response) -> Any:
         if response.status_code != 200:
-            raise request_refused("POST", path, response)
+            raise request_refused("POST", store_path(self._client.name), response)
         return store_value(response.content)
 
+    def call(self, op: int, name: str, *args: Any) -> Any:
+        try:
+            response = self._client._http.post(**self._request(op, name, args))
+        except httpx.TransportError as exc:
+            raise server_silent(self._client._state["url"], exc) from exc
+        return self._value(response)
+
     async def call_async(self, op: int, name: str, *args: Any) -> Any:
-        return await in_thread(functools.partial(self.call, op, name, *args))
+        try:
+            async with httpx.AsyncClient() as http:
+                response = await http.post(**self._request(op, name, args))
+        except httpx.TransportError as exc:
+            raise server_silent(self._client._state["url"], exc) from exc
+        return self._value(response)
 
 
 def _streamed(futures: list[concurrent.futures.Future[Any]], ordered: bool) -> Iterator[Any]:

@@ -22,7 +22,7 @@ import trio
 
 import skyward_trio
 from skyward_trio import PendingFunction, PendingFunctionGroup, Spec, _serial
-from skyward_trio._collections import Collections, in_thread
+from skyward_trio._collections import Collections, give_back, in_thread
 from skyward_trio._events import Event
 from skyward_trio._function import active_pool
 from skyward_trio._model import Nodes, Options
@@ -213,7 +213,27 @@ class _PortalStore:
         return self._portal.call(lambda: self._store.call_async(op, name, *args))
 
     async def call_async(self, op: int, name: str, *args: Any) -> Any:
-        return await in_thread(functools.partial(self.call, op, name, *args))
+        job = self._portal.submit(lambda: self._store.call_async(op, name, *args))
+        try:
+            return await in_thread(job.future.result)
+        except BaseException:
+            # Given up (a timeout, a cancel): cancelled, the store's call withdraws its
+            # wait; what it was granted all the same is given back.
+            self._portal.cancel(job)
+            job.future.add_done_callback(functools.partial(self._give_back, op, name, args))
+            raise
+
+    def _give_back(
+        self, op: int, name: str, args: tuple[Any, ...], future: concurrent.futures.Future[Any]
+    ) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        undo = give_back(op, name, args, future.result())
+        if undo is not None:
+            request, undo_args = undo
+            returned = functools.partial(self._store.call_async, request, name, *undo_args)
+            # This runs on whichever thread finished the job: the portal's loop, often.
+            self._portal.run_sync_soon(lambda: self._portal.spawn(returned))
 
 
 class _SyncCall:

@@ -23,7 +23,6 @@ Layer 3: imported inside running functions on nodes, so stdlib, ``_wire``, ``_se
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -53,6 +52,7 @@ __all__ = [
     "Set",
     "check_consistency",
     "eventual_backend",
+    "give_back",
     "in_thread",
     "node_backend",
     "raise_failure",
@@ -495,6 +495,19 @@ class Collections:
         return Set(self._store, name)
 
 
+def give_back(
+    op: int, name: str, args: tuple[Any, ...], value: Any
+) -> tuple[int, tuple[Any, ...]] | None:
+    """What returns what a wait given up was granted as it gave up (``op`` asked with
+    ``args``, answered ``value``): the item put back at the queue's head, the lock
+    released; None for what has nothing to return."""
+    if op == Q_GET:
+        return Q_RETURN, (value,)
+    if op == L_ACQUIRE:
+        return L_RELEASE, (args[0],)
+    return None
+
+
 class _Reply:
     __slots__ = ("done", "message")
 
@@ -507,7 +520,10 @@ class _Connection:
     """One process's connection to the store, shared by its threads.
 
     A daemon thread reads replies and wakes the thread that waits for each; a thread
-    blocked in ``queue.get`` or ``lock.acquire`` so never holds up the others.
+    blocked in ``queue.get`` or ``lock.acquire`` so never holds up the others. An awaited
+    wait (``get_async``, ``acquire_async``) that is given up (a timeout, a cancel) tells
+    the store to stop waiting, and an item or a lock granted to it at that instant is
+    given back: a thread left waiting would take them for nobody.
     """
 
     def __init__(self, sock: socket.socket, decoder: _wire.FrameDecoder, where: str) -> None:
@@ -516,32 +532,82 @@ class _Connection:
         self._where = where
         self._ids = itertools.count(1)
         self._pending: dict[int, _Reply] = {}
+        # Waits given up whose answer may still come: what they asked (to undo it then),
+        # and each CANCEL sent -> the wait it withdraws.
+        self._abandoned: dict[int, tuple[int, str, tuple[Any, ...]]] = {}
+        self._cancels: dict[int, int] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self.broken: str | None = None
         threading.Thread(target=self._read, name="skyward-store-reader", daemon=True).start()
 
     def call(self, op: int, name: str, args: tuple[Any, ...]) -> Any:
+        reply = self._start(op, name, args)[1]
+        reply.done.wait()
+        return self._value(reply)
+
+    async def call_async(self, op: int, name: str, args: tuple[Any, ...]) -> Any:
+        request, reply = self._start(op, name, args)
+        try:
+            await in_thread(reply.done.wait)
+        except BaseException:
+            self._give_up(request, reply, op, name, args)
+            raise
+        return self._value(reply)
+
+    def _start(self, op: int, name: str, args: tuple[Any, ...]) -> tuple[int, _Reply]:
         reply = _Reply()
         with self._lock:
             if self.broken is not None:
                 raise self._lost()
             request = next(self._ids)
             self._pending[request] = reply
-        frame = _wire.encode((request, op, name, *args))
-        try:
-            with self._send_lock:
-                for chunk in frame:
-                    self._sock.sendall(chunk)
-        except OSError as exc:
-            self._break(f"sending failed: {exc}")
-        reply.done.wait()
+        self._send((request, op, name, *args))
+        return request, reply
+
+    def _value(self, reply: _Reply) -> Any:
         if reply.message is None:
             raise self._lost()
         _, ok, value = reply.message
         if not ok:
             raise_failure(value)
         return value
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                for chunk in _wire.encode(message):
+                    self._sock.sendall(chunk)
+        except OSError as exc:
+            self._break(f"sending failed: {exc}")
+
+    def _give_up(
+        self, request: int, reply: _Reply, op: int, name: str, args: tuple[Any, ...]
+    ) -> None:
+        """The caller of ``request`` is gone: withdraw its wait, or undo its answer."""
+        with self._lock:
+            waiting = self._pending.pop(request, None) is not None and self.broken is None
+            if waiting:
+                if op in (Q_GET, L_ACQUIRE):
+                    self._abandoned[request] = (op, name, args)
+                cancel = next(self._ids)
+                self._cancels[cancel] = request
+        if waiting:
+            self._send((cancel, CANCEL, name, request))
+        elif reply.message is not None:  # answered as it was given up
+            self._give_back(reply.message, op, name, args)
+        reply.done.set()  # the thread that waited for it ends
+
+    def _give_back(
+        self, message: tuple[Any, ...], op: int, name: str, args: tuple[Any, ...]
+    ) -> None:
+        """A wait given up was answered anyway: return what it was given. (If the
+        connection breaks first, the store frees the lock itself; the item is lost with
+        it, as with any reader that vanished holding one.)"""
+        _, ok, value = message
+        undo = give_back(op, name, args, value) if ok else None
+        if undo is not None:
+            self._send((next(self._ids), undo[0], name, *undo[1]))
 
     def _lost(self) -> ConnectionLostError:
         return ConnectionLostError(
@@ -557,9 +623,16 @@ class _Connection:
             for message in messages:
                 with self._lock:
                     reply = self._pending.pop(message[0], None)
+                    if reply is not None:
+                        reply.message = message  # under the lock: see _give_up
+                    abandoned = self._abandoned.pop(message[0], None)
+                    cancelled = self._cancels.pop(message[0], None)
+                    if cancelled is not None and message[1] and message[2]:
+                        self._abandoned.pop(cancelled, None)  # withdrawn: no answer comes
                 if reply is not None:
-                    reply.message = message
                     reply.done.set()
+                elif abandoned is not None:
+                    self._give_back(message, *abandoned)
             try:
                 data = self._sock.recv(1 << 20)
             except OSError as exc:
@@ -599,7 +672,8 @@ class NodeBackend:
         return self._connection().call(op, name, args)
 
     async def call_async(self, op: int, name: str, *args: Any) -> Any:
-        return await in_thread(functools.partial(self.call, op, name, *args))
+        connection = await in_thread(self._connection)
+        return await connection.call_async(op, name, args)
 
     def _connection(self) -> _Connection:
         with self._lock:

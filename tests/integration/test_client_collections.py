@@ -290,6 +290,53 @@ def test_a_client_killed_holding_a_lock_frees_it(server: Server, face: str) -> N
     assert out["closed: free after"] < 5
 
 
+_GIVES_UP = """
+import asyncio
+import time
+
+import trio
+
+PREFIX = "given-up-"
+out = {"gave up": []}
+with sky.Client("p") as pool:
+    holder = pool.lock(PREFIX + "lock")
+    holder.acquire()
+    jobs = pool.queue(PREFIX + "jobs")
+
+    async def under_asyncio():
+        for wait in (jobs.get_async(), pool.lock(PREFIX + "lock").acquire_async()):
+            try:
+                await asyncio.wait_for(wait, 0.3)
+            except TimeoutError:
+                out["gave up"].append("asyncio")
+
+    async def under_trio():
+        with trio.move_on_after(0.3) as scope:
+            await jobs.get_async()
+        with trio.move_on_after(0.3) as other:
+            await pool.lock(PREFIX + "lock").acquire_async()
+        out["gave up"].extend("trio" for s in (scope, other) if s.cancelled_caught)
+
+    asyncio.run(under_asyncio())
+    trio.run(under_trio)
+    time.sleep(1)  # a guard: the server has seen the hang-ups
+    jobs.put("kept")
+    holder.release()
+    out["got"] = jobs.get(timeout=10)  # not handed to a get given up
+    taker = pool.lock(PREFIX + "lock", timeout=10)
+    taker.acquire()  # not granted to an acquire given up
+    taker.release()
+print(json.dumps(out))
+"""
+
+
+def test_a_clients_async_waits_given_up_take_nothing(server: Server) -> None:
+    # Made in a thread, a request given up went on waiting: asyncio.run() waited for it
+    # for ever, and it would have taken the item or the lock for nobody.
+    out = server.script(_FUNCTIONS + _GIVES_UP)
+    assert out == {"gave up": ["asyncio", "asyncio", "trio", "trio"], "got": "kept"}
+
+
 _TRIO_CLOSES = """
 import trio
 import skyward_trio as st

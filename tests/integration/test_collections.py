@@ -21,6 +21,7 @@ import trio
 import skyward as sky
 import skyward_trio
 from skyward import testing
+from skyward_trio._collections import Lock
 
 SILENT = sky.Options(console="silent")
 # Hang guards only: nothing here is expected to take more than a few seconds.
@@ -279,6 +280,94 @@ def with_event_loops(name: str) -> tuple[int, int]:
 
 def test_async_variants_inside_a_running_function(pool: sky.Pool) -> None:
     assert pool.run(with_event_loops(_name())) == (2, 42)
+
+
+@sky.function
+def give_up_waits(name: str) -> list[str]:
+    """A queue get and a lock acquire, awaited under asyncio and under trio, each given up
+    while it waits (the client holds the lock, and the queue is empty)."""
+    gave_up: list[str] = []
+
+    async def under_asyncio() -> None:
+        waits = (sky.queue(name).get_async(), sky.lock(name, timeout=None).acquire_async())
+        for wait in waits:
+            try:
+                await asyncio.wait_for(wait, 0.3)
+            except TimeoutError:
+                gave_up.append("asyncio")
+
+    async def under_trio() -> None:
+        with trio.move_on_after(0.3) as scope:
+            await sky.queue(name).get_async()
+        with trio.move_on_after(0.3) as other:
+            await sky.lock(name, timeout=None).acquire_async()
+        gave_up.extend("trio" for s in (scope, other) if s.cancelled_caught)
+
+    asyncio.run(under_asyncio())
+    trio.run(under_trio)
+    return gave_up
+
+
+def _nothing_was_taken(pool: sky.Pool, name: str, holder: Lock) -> None:
+    """Once the waits above were given up, the item put next and the lock released next
+    go to whoever asks next, not to a wait given up."""
+    pool.queue(name).put("kept")
+    holder.release()
+    assert pool.queue(name).get(timeout=10) == "kept"
+    taker = pool.lock(name, timeout=10)
+    taker.acquire()
+    taker.release()
+
+
+def test_a_wait_given_up_on_a_node_takes_nothing(pool: sky.Pool) -> None:
+    name = _name()
+    holder = pool.lock(name)
+    holder.acquire()
+    future = give_up_waits(name) > pool
+    try:
+        # A wait given up used to leave its thread waiting, and asyncio.run() waits for
+        # that thread as it ends: the call never came back.
+        assert future.result(timeout=GUARD) == ["asyncio", "asyncio", "trio", "trio"]
+    except BaseException:
+        holder.release()
+        raise
+    _nothing_was_taken(pool, name, holder)
+
+
+def test_a_wait_given_up_in_the_client_takes_nothing(pool: sky.Pool) -> None:
+    name = _name()
+    holder = pool.lock(name)
+    holder.acquire()
+    gave_up: list[str] = []
+
+    def give_up() -> None:
+        async def under_asyncio() -> None:
+            for wait in (pool.queue(name).get_async(), pool.lock(name).acquire_async()):
+                try:
+                    await asyncio.wait_for(wait, 0.3)
+                except TimeoutError:
+                    gave_up.append("asyncio")
+
+        async def under_trio() -> None:
+            with trio.move_on_after(0.3) as scope:
+                await pool.queue(name).get_async()
+            with trio.move_on_after(0.3) as other:
+                await pool.lock(name).acquire_async()
+            gave_up.extend("trio" for s in (scope, other) if s.cancelled_caught)
+
+        asyncio.run(under_asyncio())
+        trio.run(under_trio)
+
+    # In a thread of its own: asyncio.run() used to wait for ever for the thread a wait
+    # given up left behind.
+    thread = threading.Thread(target=give_up, daemon=True)
+    thread.start()
+    thread.join(GUARD)
+    if thread.is_alive():
+        holder.release()
+    assert not thread.is_alive()
+    assert gave_up == ["asyncio", "asyncio", "trio", "trio"]
+    _nothing_was_taken(pool, name, holder)
 
 
 def test_collections_outside_a_running_function_need_a_pool() -> None:
