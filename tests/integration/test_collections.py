@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -282,15 +282,13 @@ def test_async_variants_inside_a_running_function(pool: sky.Pool) -> None:
     assert pool.run(with_event_loops(_name())) == (2, 42)
 
 
-@sky.function
-def give_up_waits(name: str) -> list[str]:
-    """A queue get and a lock acquire, awaited under asyncio and under trio, each given up
-    while it waits (the client holds the lock, and the queue is empty)."""
+def _give_up(queue: Any, lock: Callable[[], Lock]) -> list[str]:
+    """``queue.get_async()`` and ``lock().acquire_async()``, awaited under asyncio and under
+    trio, each given up while it waits (the queue is empty, and the lock held)."""
     gave_up: list[str] = []
 
     async def under_asyncio() -> None:
-        waits = (sky.queue(name).get_async(), sky.lock(name, timeout=None).acquire_async())
-        for wait in waits:
+        for wait in (queue.get_async(), lock().acquire_async()):
             try:
                 await asyncio.wait_for(wait, 0.3)
             except TimeoutError:
@@ -298,14 +296,19 @@ def give_up_waits(name: str) -> list[str]:
 
     async def under_trio() -> None:
         with trio.move_on_after(0.3) as scope:
-            await sky.queue(name).get_async()
+            await queue.get_async()
         with trio.move_on_after(0.3) as other:
-            await sky.lock(name, timeout=None).acquire_async()
+            await lock().acquire_async()
         gave_up.extend("trio" for s in (scope, other) if s.cancelled_caught)
 
     asyncio.run(under_asyncio())
     trio.run(under_trio)
     return gave_up
+
+
+@sky.function
+def give_up_waits(name: str) -> list[str]:
+    return _give_up(sky.queue(name), lambda: sky.lock(name, timeout=None))
 
 
 def _nothing_was_taken(pool: sky.Pool, name: str, holder: Lock) -> None:
@@ -341,22 +344,7 @@ def test_a_wait_given_up_in_the_client_takes_nothing(pool: sky.Pool) -> None:
     gave_up: list[str] = []
 
     def give_up() -> None:
-        async def under_asyncio() -> None:
-            for wait in (pool.queue(name).get_async(), pool.lock(name).acquire_async()):
-                try:
-                    await asyncio.wait_for(wait, 0.3)
-                except TimeoutError:
-                    gave_up.append("asyncio")
-
-        async def under_trio() -> None:
-            with trio.move_on_after(0.3) as scope:
-                await pool.queue(name).get_async()
-            with trio.move_on_after(0.3) as other:
-                await pool.lock(name).acquire_async()
-            gave_up.extend("trio" for s in (scope, other) if s.cancelled_caught)
-
-        asyncio.run(under_asyncio())
-        trio.run(under_trio)
+        gave_up.extend(_give_up(pool.queue(name), lambda: pool.lock(name)))
 
     # In a thread of its own: asyncio.run() used to wait for ever for the thread a wait
     # given up left behind.
