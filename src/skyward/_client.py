@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from skyward_trio._client import (
     Feeding,
     FrameReader,
     SourceFailed,
+    abandon_path,
     call_request,
     check_target,
     client_closed,
@@ -67,6 +68,7 @@ from skyward_trio._client import (
     server_state,
     session_path,
     store_path,
+    store_ticket,
     stream_cut,
     take_payloads,
 )
@@ -694,13 +696,26 @@ class _ServerStore:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def _request(self, op: int, name: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    def _request(
+        self, op: int, name: str, args: tuple[Any, ...], ticket: str | None
+    ) -> dict[str, Any]:
         client = self._client
         return {
             "url": client._state["url"] + store_path(client.name),
-            "content": store_request(op, name, args),
+            "content": store_request(op, name, args, ticket),
             "headers": headers(client._state, framed=True, client=client._id),
             "timeout": httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        }
+
+    def _abandon(self, ticket: str) -> dict[str, Any]:
+        """A wait given up: what the server may have granted it as it was given up is
+        given back (see ``abandon_path``)."""
+        client = self._client
+        return {
+            "url": client._state["url"] + abandon_path(client.name),
+            "json": {"ticket": ticket},
+            "headers": headers(client._state, client=client._id),
+            "timeout": CONNECT_TIMEOUT,
         }
 
     def _value(self, response: httpx.Response) -> Any:
@@ -709,19 +724,46 @@ class _ServerStore:
         return store_value(response.content)
 
     def call(self, op: int, name: str, *args: Any) -> Any:
+        ticket = store_ticket(op)
         try:
-            response = self._client._http.post(**self._request(op, name, args))
+            response = self._client._http.post(**self._request(op, name, args, ticket))
         except httpx.TransportError as exc:
             raise server_silent(self._client._state["url"], exc) from exc
+        except BaseException:  # Ctrl-C
+            if ticket is not None:
+                with contextlib.suppress(Exception):
+                    self._client._http.post(**self._abandon(ticket))
+            raise
         return self._value(response)
 
     async def call_async(self, op: int, name: str, *args: Any) -> Any:
-        try:
-            async with httpx.AsyncClient() as http:
-                response = await http.post(**self._request(op, name, args))
-        except httpx.TransportError as exc:
-            raise server_silent(self._client._state["url"], exc) from exc
+        ticket = store_ticket(op)
+        async with httpx.AsyncClient() as http:
+            try:
+                response = await http.post(**self._request(op, name, args, ticket))
+            except httpx.TransportError as exc:
+                raise server_silent(self._client._state["url"], exc) from exc
+            except BaseException:  # given up: a timeout, a cancel
+                if ticket is not None:
+                    with contextlib.suppress(Exception):
+                        await _shielded(http.post(**self._abandon(ticket)))
+                raise
         return self._value(response)
+
+
+async def _shielded(request: Awaitable[Any]) -> None:
+    """Await ``request`` even while the caller's task is being cancelled (asyncio or trio)."""
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        with trio.CancelScope(shield=True):
+            await request
+    else:
+        import asyncio
+
+        await asyncio.shield(request)
 
 
 def _streamed(futures: list[concurrent.futures.Future[Any]], ordered: bool) -> Iterator[Any]:

@@ -49,6 +49,7 @@ from ._server import (
     CLIENT_HEADER,
     FRAME,
     STATE_FILE,
+    TICKETED,
     event_from_json,
     frame,
     join_payload,
@@ -197,6 +198,17 @@ def next_chunk(chunk: int, elapsed: float, room: int) -> tuple[int, int]:
 def store_path(pool: str) -> str:
     """Where a client sends its pool's collection operations (one request each)."""
     return f"/pools/{pool}/store"
+
+
+def abandon_path(pool: str) -> str:
+    """Where a client gives up a wait (``{"ticket": ...}``) whose answer may not have
+    reached it: what the server had granted it is given back."""
+    return f"/pools/{pool}/store/abandon"
+
+
+def store_ticket(op: int) -> str | None:
+    """A new ticket for a wait the server may answer as the client gives it up."""
+    return secrets.token_hex(8) if op in TICKETED else None
 
 
 def session_path(pool: str) -> str:
@@ -458,9 +470,21 @@ class _ServerStore:
 
     async def call_async(self, op: int, name: str, *args: Any) -> Any:
         client = self._client
-        response = await client._request(
-            "POST", store_path(client.name), store_request(op, name, args), tied=True
-        )
+        ticket = store_ticket(op)
+        try:
+            response = await client._request(
+                "POST", store_path(client.name), store_request(op, name, args, ticket), tied=True
+            )
+        except BaseException:
+            if ticket is not None:  # given up (a cancel): what it may have been granted
+                body = json.dumps({"ticket": ticket}).encode()
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(CONNECT_TIMEOUT),
+                    contextlib.suppress(Exception),  # the server gone: nothing to return
+                ):
+                    await client._request("POST", abandon_path(client.name), body, tied=True)
+            raise
         return store_value(response.content)
 
 

@@ -220,11 +220,17 @@ def _tree(header: dict[str, Any], key: str, blobs: list[bytes]) -> Any:
     return value
 
 
-def store_request(op: int, name: str, args: tuple[Any, ...]) -> bytes:
+def store_request(op: int, name: str, args: tuple[Any, ...], ticket: str | None = None) -> bytes:
     """The body of a collection operation sent to the server (keys and values pickled
-    by the client: the server passes them on as they are)."""
+    by the client: the server passes them on as they are). ``ticket``: a wait's name of
+    the client's choosing, by which it gives the wait up (``abandon_path``)."""
     blobs: list[Any] = []
-    return frame({"op": op, "name": name, "args": _to_tree(args, blobs)}, blobs)
+    header = {"op": op, "name": name, "args": _to_tree(args, blobs)}
+    return frame(header if ticket is None else {**header, "ticket": ticket}, blobs)
+
+
+#: The waits a client names with a ticket, to give them up if their answer does not reach it.
+TICKETED = frozenset({ops.Q_GET, ops.L_ACQUIRE})
 
 
 def store_value(body: bytes) -> Any:
@@ -254,7 +260,7 @@ _STORE_OPS = frozenset(
 )  # fmt: skip
 
 
-def _parse_store(body: bytearray) -> tuple[int, str, tuple[Any, ...]]:
+def _parse_store(body: bytearray) -> tuple[int, str, tuple[Any, ...], str | None]:
     try:
         header, blobs = unpack(body)
         op, name, args = header["op"], header["name"], _tree(header, "args", blobs)
@@ -262,7 +268,20 @@ def _parse_store(body: bytearray) -> tuple[int, str, tuple[Any, ...]]:
         raise _BadRequest(400, f"not a collection operation: {exc}") from None
     if op not in _STORE_OPS or not isinstance(name, str) or not isinstance(args, tuple):
         raise _BadRequest(400, f"not a collection operation: op {op!r} on {name!r}")
-    return op, name, args
+    ticket = header.get("ticket")
+    if ticket is not None and not (isinstance(ticket, str) and 0 < len(ticket) <= 64):
+        raise _BadRequest(400, f"a ticket is a short string, got {ticket!r}")
+    return op, name, args, ticket
+
+
+def _parse_ticket(body: bytearray) -> str:
+    try:
+        ticket = json.loads(body)["ticket"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _BadRequest(400, f"not a wait given up ({{'ticket': ...}}): {exc}") from None
+    if not (isinstance(ticket, str) and 0 < len(ticket) <= 64):
+        raise _BadRequest(400, f"a ticket is a short string, got {ticket!r}")
+    return ticket
 
 
 def _store_answer(value: Any = None, error: Exception | None = None) -> tuple[int, str, list[Any]]:
@@ -560,6 +579,16 @@ class _Session:
     locks: set[tuple[str, str]] = attrs.Factory(set)
     calls: set[trio.CancelScope] = attrs.Factory(set)
     ended: bool = False
+    # Ticketed waits answered lately: ticket -> (when, what returns what it was given), in
+    # case the answer did not reach the client; and tickets given up before any answer.
+    answered: dict[str, tuple[float, tuple[int, str, tuple[Any, ...]]]] = attrs.Factory(dict)
+    abandoned: dict[str, float] = attrs.Factory(dict)
+
+    def forget_old(self) -> None:
+        """Tickets are kept ``_TICKET_KEPT`` seconds: a client gives a wait up at once."""
+        old = time.monotonic() - _TICKET_KEPT
+        self.answered = {t: kept for t, kept in self.answered.items() if kept[0] >= old}
+        self.abandoned = {t: when for t, when in self.abandoned.items() if when >= old}
 
     @contextlib.contextmanager
     def call(self) -> Iterator[trio.CancelScope]:
@@ -572,6 +601,9 @@ class _Session:
         finally:
             self.calls.discard(scope)
 
+
+#: How long a session keeps a ticketed wait's answer (or a ticket given up unanswered).
+_TICKET_KEPT = 60.0
 
 #: The most ``Iterator[T]`` arguments one call may stream (a function has that few).
 _MAX_INPUTS = 64
@@ -727,7 +759,7 @@ class Server:
             return _Present(self._ready(parts[1]), self._open_session(request, parts[1]))
         if len(parts) == 3 and parts[0] == "pools" and parts[2] == "store" and method == "POST":
             store = self._pool(parts[1])._store
-            op, name, args = _parse_store(request.body)
+            op, name, args, ticket = _parse_store(request.body)
             session = self._session(request, parts[1])
             try:
                 value = await _while_connected(stream, lambda: store.call_async(op, name, *args))
@@ -741,7 +773,29 @@ class Server:
                     await self._release_locks(parts[1], session)
             elif session is not None and op == ops.L_RELEASE:
                 session.locks.discard((name, str(args[0])))
+            if session is not None and ticket is not None and op in TICKETED:
+                undo = ops.give_back(op, name, args, value)
+                assert undo is not None
+                session.forget_old()
+                if session.abandoned.pop(ticket, None) is not None:
+                    await self._give_back(parts[1], session, (undo[0], name, undo[1]))
+                else:
+                    session.answered[ticket] = (time.monotonic(), (undo[0], name, undo[1]))
             return _store_answer(value)
+        abandon = parts[2:] == ["store", "abandon"]
+        if len(parts) == 4 and parts[0] == "pools" and abandon and method == "POST":
+            store = self._pool(parts[1])._store
+            session = self._session(request, parts[1])
+            ticket = _parse_ticket(request.body)
+            if session is None:
+                raise _BadRequest(400, f"giving a wait up needs a client id ({CLIENT_HEADER})")
+            session.forget_old()
+            kept = session.answered.pop(ticket, None)
+            if kept is None:  # not answered (yet): an answer that comes is given back
+                session.abandoned[ticket] = time.monotonic()
+                return _json(200, {"given_back": False})
+            await self._give_back(parts[1], session, kept[1])
+            return _json(200, {"given_back": True})
         if len(parts) == 5 and parts[0] == "pools" and parts[2] == "feed" and method == "POST":
             source = self._feed_slot(parts[1], parts[3], parts[4])
             payloads, failed = _parse_batch(request.body)
@@ -826,6 +880,25 @@ class Server:
                 for scope in session.calls:
                     scope.cancel(reason=f"client {session.id} went away")
                 await self._release_locks(held.name, session)
+
+    async def _give_back(
+        self, pool: str, session: _Session, undo: tuple[int, str, tuple[Any, ...]]
+    ) -> None:
+        """Return what a wait given up was granted: the item to its queue's head, the lock
+        released (shielded: the client asked once, and is not waiting for it)."""
+        op, name, args = undo
+        if op == ops.L_RELEASE:
+            session.locks.discard((name, str(args[0])))
+        with trio.CancelScope(shield=True):
+            try:
+                await self._pool(pool)._store.call_async(op, name, *args)
+            except (PoolClosedError, ConnectionLostError, RuntimeError) as exc:
+                print(
+                    f"pool {pool}: what client {session.id} gave up on {name!r} was not "
+                    f"given back: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     async def _release_locks(self, pool: str, session: _Session) -> None:
         """Release the locks a gone client held (shielded, bounded: it is teardown)."""

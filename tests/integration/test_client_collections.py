@@ -337,6 +337,88 @@ def test_a_clients_async_waits_given_up_take_nothing(server: Server) -> None:
     assert out == {"gave up": ["asyncio", "asyncio", "trio", "trio"], "got": "kept"}
 
 
+_ANSWERED_AS_GIVEN_UP = """
+import select
+import socket
+import time
+import urllib.parse
+import uuid
+
+import httpx
+
+from skyward_trio import _collections as ops
+from skyward_trio._client import abandon_path, headers, running_state, session_path, store_path
+from skyward_trio._server import store_request
+
+state = running_state()
+where = urllib.parse.urlsplit(state["url"])
+me = uuid.uuid4().hex  # a client of its own, speaking the protocol by hand
+out = {}
+
+
+def unread(op, name, args, ticket):
+    # A store request whose answer is never read: a client that gave the wait up just as
+    # the server answered it.
+    body = store_request(op, name, args, ticket)
+    lines = [f"POST {store_path('p')} HTTP/1.1", f"host: {where.netloc}"]
+    lines += [f"{k}: {v}" for k, v in headers(state, framed=True, client=me).items()]
+    lines += [f"content-length: {len(body)}", "", ""]
+    sock = socket.create_connection((where.hostname, where.port))
+    sock.sendall("\\r\\n".join(lines).encode() + body)
+    return sock
+
+
+with httpx.Client() as http, sky.Client("p") as pool:
+    session = http.send(
+        http.build_request(
+            "POST",
+            state["url"] + session_path("p"),
+            headers=headers(state, client=me),
+            timeout=httpx.Timeout(10, read=None),
+        ),
+        stream=True,
+    )
+    holder = pool.lock("answered-lock")
+    holder.acquire()
+    waits = [
+        unread(ops.Q_GET, "answered-jobs", (None,), "ticket-get"),
+        unread(ops.L_ACQUIRE, "answered-lock", ("token-1", None), "ticket-lock"),
+    ]
+    time.sleep(1)  # a guard: both wait on the server
+    pool.queue("answered-jobs").put("job")
+    holder.release()
+    for sock in waits:
+        out.setdefault("answered", []).append(bool(select.select([sock], [], [], 30)[0]))
+        sock.close()  # unread
+    for ticket in ("ticket-get", "ticket-lock", "ticket-never"):
+        given_up = http.post(
+            state["url"] + abandon_path("p"),
+            json={"ticket": ticket},
+            headers=headers(state, client=me),
+        )
+        out[ticket] = given_up.json()
+    out["got"] = pool.queue("answered-jobs").get(timeout=10)
+    taker = pool.lock("answered-lock", timeout=10)
+    taker.acquire()
+    taker.release()
+    session.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_wait_answered_as_it_is_given_up_gives_back_what_it_got(server: Server) -> None:
+    # The answers were sent and never read: once the client gives the waits up by their
+    # tickets, the item is back at the queue's head and the lock is free.
+    out = server.script(_FUNCTIONS + _ANSWERED_AS_GIVEN_UP)
+    assert out == {
+        "answered": [True, True],
+        "ticket-get": {"given_back": True},
+        "ticket-lock": {"given_back": True},
+        "ticket-never": {"given_back": False},
+        "got": "job",
+    }
+
+
 _TRIO_CLOSES = """
 import trio
 import skyward_trio as st

@@ -24,7 +24,10 @@ def _answer(value: object = None, error: Exception | None = None) -> bytes:
 def test_an_operation_travels_with_its_payloads_untouched() -> None:
     key, value = _serial.dumps("k"), _serial.dumps(np.arange(50_000, dtype=np.float64))
     pairs = [(_serial.dumps(1), _serial.dumps("one"))]
-    op, name, args = _parse_store(bytearray(store_request(11, "d", (key, value, pairs, None))))
+    op, name, args, ticket = _parse_store(
+        bytearray(store_request(11, "d", (key, value, pairs, None)))
+    )
+    assert ticket is None
     assert (op, name) == (11, "d")
     got_key, got_value, got_pairs, nothing = args
     assert _serial.loads(got_key) == "k"
