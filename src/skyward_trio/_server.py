@@ -885,11 +885,11 @@ class Server:
         self, pool: str, session: _Session, undo: tuple[int, str, tuple[Any, ...]]
     ) -> None:
         """Return what a wait given up was granted: the item to its queue's head, the lock
-        released (shielded: the client asked once, and is not waiting for it)."""
+        released (shielded and bounded, as a gone client's locks are released)."""
         op, name, args = undo
         if op == ops.L_RELEASE:
             session.locks.discard((name, str(args[0])))
-        with trio.CancelScope(shield=True):
+        with trio.move_on_after(_RELEASE_GRACE, shield=True):
             try:
                 await self._pool(pool)._store.call_async(op, name, *args)
             except (PoolClosedError, ConnectionLostError, RuntimeError) as exc:
