@@ -889,16 +889,18 @@ class Server:
         op, name, args = undo
         if op == ops.L_RELEASE:
             session.locks.discard((name, str(args[0])))
+        why = f"the store did not answer within {_RELEASE_GRACE:g} s"
         with trio.move_on_after(_RELEASE_GRACE, shield=True):
             try:
                 await self._pool(pool)._store.call_async(op, name, *args)
+                return
             except (PoolClosedError, ConnectionLostError, RuntimeError) as exc:
-                print(
-                    f"pool {pool}: what client {session.id} gave up on {name!r} was not "
-                    f"given back: {exc}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                why = str(exc)
+        print(
+            f"pool {pool}: what client {session.id} gave up on {name!r} was not given back: {why}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def _release_locks(self, pool: str, session: _Session) -> None:
         """Release the locks a gone client held (shielded, bounded: it is teardown)."""
