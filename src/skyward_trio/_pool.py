@@ -646,6 +646,12 @@ class RelayedInput:
         self._send.close()
         self._receive.close()
 
+    async def cancel_when_ended(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` once the call reads no more (a task to start beside the work
+        that ``scope`` holds)."""
+        await self._ended.wait()
+        scope.cancel()
+
     async def put(
         self, payloads: list[_serial.Payload] | None, *, failed: str | None = None
     ) -> int | None:
@@ -655,12 +661,7 @@ class RelayedInput:
         taken is sent whole all the same, while the call runs."""
         batch = _Batch(payloads, failed)
         async with trio.open_nursery() as nursery:
-
-            async def unless_ended() -> None:
-                await self._ended.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(unless_ended)
+            nursery.start_soon(self.cancel_when_ended, nursery.cancel_scope)
             try:
                 await self._send.send(batch)
                 await batch.done.wait()
@@ -679,7 +680,7 @@ async def _fan_batches(source: RelayedInput, copies: list[RelayedInput]) -> None
     batch: _Batch | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when_ended, source, nursery.cancel_scope)
+            nursery.start_soon(source.cancel_when_ended, nursery.cancel_scope)
             async for batch in source._receive:
                 rooms: list[int | None] = [None] * len(copies)
                 async with trio.open_nursery() as putting:
@@ -698,11 +699,6 @@ async def _fan_batches(source: RelayedInput, copies: list[RelayedInput]) -> None
             copy.end()
         if batch is not None:
             batch.done.set()  # its sender hears the room, or None: no node reads more
-
-
-async def _cancel_when_ended(source: RelayedInput, scope: trio.CancelScope) -> None:
-    await source._ended.wait()
-    scope.cancel()
 
 
 async def _releasing(
