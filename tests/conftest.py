@@ -8,6 +8,8 @@ session (session-scoped fixtures such as a shared pool start with a clean enviro
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +84,27 @@ def bare_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     return home
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Name the ports netavark (podman's network helper) still forwards from 127.0.0.1 to
+    a pool's network: a forward left behind (a ``podman run`` killed half-way) makes its
+    port reach nothing, so a test server that lands on it is refused (docs/providers.md,
+    ``sky.Container``). Before the tests start, no pool should have any."""
+    try:
+        rules = subprocess.run(
+            ["iptables", "-t", "nat", "-S", "NETAVARK-HOSTPORT-DNAT"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # no iptables (or not root): nothing to say
+    left = sorted(set(re.findall(r"--dport (\d+) .*dnat name: skyward-", rules)), key=int)
+    if not left:
+        return None
+    return (
+        f"WARNING: podman forwards 127.0.0.1 ports {', '.join(left)} to sky.Container networks "
+        "left behind: a test server on one of them is refused (iptables -t nat -S "
+        "NETAVARK-HOSTPORT-DNAT lists them)"
+    )
