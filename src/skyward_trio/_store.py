@@ -533,12 +533,10 @@ class LocalClient:
             self._pending.pop(request, None)
             if slot.message is None:
                 self._store._apply(self._conn, (0, ops.CANCEL, name, request), self._nursery)
-            elif slot.message[1] and op == ops.Q_GET:
-                self._store._apply(
-                    self._conn, (0, ops.Q_RETURN, name, slot.message[2]), self._nursery
-                )
-            elif slot.message[1] and op == ops.L_ACQUIRE:
-                self._store._apply(self._conn, (0, ops.L_RELEASE, name, args[0]), self._nursery)
+            elif slot.message[1]:
+                undo = ops.give_back(op, name, args, slot.message[2])
+                if undo is not None:
+                    self._store._apply(self._conn, (0, undo[0], name, *undo[1]), self._nursery)
             raise
         if slot.message is None:
             raise RuntimeError("the pool's collections store is closed")

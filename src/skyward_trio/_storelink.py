@@ -100,11 +100,10 @@ class StoreLink:
             return
         # If the link breaks meanwhile, the store frees the lock itself (the item is lost
         # with the link, as with any reader that vanished holding it).
-        with contextlib.suppress(ConnectionLostError):
-            if op == ops.Q_GET:
-                self._write((next(self._ids), ops.Q_RETURN, name, value))
-            elif op == ops.L_ACQUIRE:
-                self._write((next(self._ids), ops.L_RELEASE, name, args[0]))
+        undo = ops.give_back(op, name, args, value)
+        if undo is not None:
+            with contextlib.suppress(ConnectionLostError):
+                self._write((next(self._ids), undo[0], name, *undo[1]))
 
     def _on_close(self, reason: str) -> None:
         self.close_reason = reason
