@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from . import _serial
-from ._collections import Collections
+from ._collections import GRANTING, Collections
 from ._errors import ServerError
 from ._events import Event
 from ._function import (
@@ -49,7 +49,6 @@ from ._server import (
     CLIENT_HEADER,
     FRAME,
     STATE_FILE,
-    TICKETED,
     event_from_json,
     frame,
     join_payload,
@@ -208,7 +207,7 @@ def abandon_path(pool: str) -> str:
 
 def store_ticket(op: int) -> str | None:
     """A new ticket for a wait the server may answer as the client gives it up."""
-    return secrets.token_hex(8) if op in TICKETED else None
+    return secrets.token_hex(8) if op in GRANTING else None
 
 
 def session_path(pool: str) -> str:
@@ -477,13 +476,14 @@ class _ServerStore:
             )
         except BaseException:
             if ticket is not None:  # given up (a cancel): what it may have been granted
-                body = json.dumps({"ticket": ticket}).encode()
                 with (
                     trio.CancelScope(shield=True),
                     trio.move_on_after(CONNECT_TIMEOUT),
                     contextlib.suppress(Exception),  # the server gone: nothing to return
                 ):
-                    await client._request("POST", abandon_path(client.name), body, tied=True)
+                    await client._request(
+                        "POST", abandon_path(client.name), json={"ticket": ticket}, tied=True
+                    )
             raise
         return store_value(response.content)
 
@@ -589,9 +589,16 @@ class Client(Collections):
         return self._http
 
     async def _request(
-        self, method: str, path: str, content: bytes | None = None, *, tied: bool = False
+        self,
+        method: str,
+        path: str,
+        content: bytes | None = None,
+        *,
+        tied: bool = False,
+        json: Any = None,
     ) -> Any:
-        """One request; ``tied`` ties it to this client's session (its id sent)."""
+        """One request (``content``: a frame; ``json``: a JSON body); ``tied`` ties it to
+        this client's session (its id sent)."""
         import httpx
 
         try:
@@ -599,6 +606,7 @@ class Client(Collections):
                 method,
                 self._state["url"] + path,
                 content=content,
+                json=json,
                 headers=headers(
                     self._state, framed=content is not None, client=self._id if tied else None
                 ),

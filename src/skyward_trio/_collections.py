@@ -40,6 +40,7 @@ from ._errors import ConnectionLostError, NoActivePoolError, SerializationError
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = [
+    "GRANTING",
     "ROLE",
     "Backend",
     "Barrier",
@@ -495,12 +496,17 @@ class Collections:
         return Set(self._store, name)
 
 
+#: The waits whose answer grants something (an item, the lock): given up as they are
+#: answered, what they were granted must be given back (``give_back``).
+GRANTING = frozenset({Q_GET, L_ACQUIRE})
+
+
 def give_back(
     op: int, name: str, args: tuple[Any, ...], value: Any
 ) -> tuple[int, tuple[Any, ...]] | None:
     """What returns what a wait given up was granted as it gave up (``op`` asked with
     ``args``, answered ``value``): the item put back at the queue's head, the lock
-    released; None for what has nothing to return."""
+    released; None for what has nothing to return (an op not in ``GRANTING``)."""
     if op == Q_GET:
         return Q_RETURN, (value,)
     if op == L_ACQUIRE:
@@ -588,7 +594,7 @@ class _Connection:
         with self._lock:
             waiting = self._pending.pop(request, None) is not None and self.broken is None
             if waiting:
-                if op in (Q_GET, L_ACQUIRE):
+                if op in GRANTING:
                     self._abandoned[request] = (op, name, args)
                 cancel = next(self._ids)
                 self._cancels[cancel] = request

@@ -229,10 +229,6 @@ def store_request(op: int, name: str, args: tuple[Any, ...], ticket: str | None 
     return frame(header if ticket is None else {**header, "ticket": ticket}, blobs)
 
 
-#: The waits a client names with a ticket, to give them up if their answer does not reach it.
-TICKETED = frozenset({ops.Q_GET, ops.L_ACQUIRE})
-
-
 def store_value(body: bytes) -> Any:
     """The value a collection operation's answer carries; raises its error (a builtin
     as itself, the pool closed or its store lost as Skyward's errors)."""
@@ -773,18 +769,18 @@ class Server:
                     await self._release_locks(parts[1], session)
             elif session is not None and op == ops.L_RELEASE:
                 session.locks.discard((name, str(args[0])))
-            if session is not None and ticket is not None and op in TICKETED:
-                undo = ops.give_back(op, name, args, value)
-                assert undo is not None
+            undo = ops.give_back(op, name, args, value) if ticket is not None else None
+            if session is not None and ticket is not None and undo is not None:
+                returned = (undo[0], name, undo[1])
                 session.forget_old()
                 if session.abandoned.pop(ticket, None) is not None:
-                    await self._give_back(parts[1], session, (undo[0], name, undo[1]))
+                    await self._give_back(parts[1], session, returned)
                 else:
-                    session.answered[ticket] = (time.monotonic(), (undo[0], name, undo[1]))
+                    session.answered[ticket] = (time.monotonic(), returned)
             return _store_answer(value)
         abandon = parts[2:] == ["store", "abandon"]
         if len(parts) == 4 and parts[0] == "pools" and abandon and method == "POST":
-            store = self._pool(parts[1])._store
+            self._pool(parts[1])  # one the server holds (else 404)
             session = self._session(request, parts[1])
             ticket = _parse_ticket(request.body)
             if session is None:

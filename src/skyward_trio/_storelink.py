@@ -128,7 +128,7 @@ class StoreLink:
             await slot.done.wait()
         except BaseException:
             if self._pending.pop(request, None) is not None and not self.closed.is_set():
-                if op in (ops.Q_GET, ops.L_ACQUIRE):
+                if op in ops.GRANTING:
                     self._abandoned[request] = (op, name, args)
                 cancel = next(self._ids)
                 self._cancels[cancel] = request
