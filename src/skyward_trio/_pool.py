@@ -646,6 +646,14 @@ class RelayedInput:
         self._send.close()
         self._receive.close()
 
+    async def next_batch(self) -> _Batch | None:
+        """The next batch put; None once the call reads no more (``end``, which also wakes
+        a reader waiting here) or the channel ended."""
+        try:
+            return await self._receive.receive()
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            return None
+
     async def cancel_when_ended(self, scope: trio.CancelScope) -> None:
         """Cancel ``scope`` once the call reads no more (a task to start beside the work
         that ``scope`` holds)."""
@@ -681,7 +689,9 @@ async def _fan_batches(source: RelayedInput, copies: list[RelayedInput]) -> None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(source.cancel_when_ended, nursery.cancel_scope)
-            async for batch in source._receive:
+            # Not ``async for`` over the channel: ended (the call over) while this waits
+            # for the client's next batch, it raised ClosedResourceError into the pool.
+            while (batch := await source.next_batch()) is not None:
                 rooms: list[int | None] = [None] * len(copies)
                 async with trio.open_nursery() as putting:
                     for i, copy in enumerate(copies):
@@ -728,7 +738,7 @@ async def _relay_one(inflight: Inflight, slot: int, source: RelayedInput) -> Non
     credits = conn.input_credits(task_id, slot, _INPUT_WINDOW)
     batch: _Batch | None = None
     try:
-        async for batch in source._receive:
+        while (batch := await source.next_batch()) is not None:
             if batch.failed is not None:
                 raise RelayedInputError(batch.failed)
             if batch.payloads is None:

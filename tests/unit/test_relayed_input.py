@@ -14,7 +14,7 @@ import trio.testing
 from skyward_trio import _serial
 from skyward_trio._client import feed_end, feed_failed, feed_items, next_chunk
 from skyward_trio._connection import Credits
-from skyward_trio._pool import RelayedInput, RelayedInputError, _relay_one
+from skyward_trio._pool import RelayedInput, RelayedInputError, _fan_batches, _relay_one
 from skyward_trio._server import _BadRequest, _parse_batch
 
 
@@ -145,3 +145,26 @@ async def test_a_failed_source_fails_the_feeder_with_what_it_raised() -> None:
             await _relay_one(_Inflight(conn), 0, source)
     assert answered == [None]
     assert conn.ended == []
+
+
+async def test_a_source_ended_before_its_relay_reads_ends_the_relay_quietly() -> None:
+    # The call ended (end() closes the channel) before the relay asked for a batch: the
+    # channel's ClosedResourceError used to escape into the pool.
+    conn = _Conn()
+    source = RelayedInput()
+    source.end()
+    await _relay_one(_Inflight(conn), 0, source)
+    assert conn.sent == []
+    assert conn.ended == []  # not the items' end: the call is over
+
+
+async def test_a_broadcast_source_ended_before_its_fan_out_reads_ends_every_copy() -> None:
+    # A broadcast through the server whose calls ended (as `first(xs) @ pool` does) just
+    # before the fan-out asked for the client's next batch: the channel's
+    # ClosedResourceError used to escape into the pool, which then closed (a CI flake of
+    # test_client_inputs.py).
+    source = RelayedInput()
+    copies = [RelayedInput(), RelayedInput()]
+    source.end()
+    await _fan_batches(source, copies)
+    assert all(copy.ended for copy in copies)
