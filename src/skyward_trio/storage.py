@@ -22,12 +22,13 @@ import datetime
 import hashlib
 import hmac
 import inspect
+import itertools
 import os
 import tempfile
 import types
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -44,6 +45,7 @@ __all__ = [
     "Backblaze",
     "Credential",
     "EnvKey",
+    "Progress",
     "Storage",
     "StorageClient",
     "StorageError",
@@ -53,8 +55,15 @@ __all__ = [
 #: A key, or a function that returns one (awaitable for ``async with`` only).
 Credential: TypeAlias = "str | Callable[[], str | Awaitable[str]]"
 
-#: Files larger than this go up in parts of this size (S3 takes 5 MiB .. 5 GiB per part).
+#: Called as a transfer goes with ``(bytes done, bytes in all)``: ``(0, total)`` first and
+#: ``(total, total)`` once all are there.
+Progress: TypeAlias = "Callable[[int, int], object]"
+
+#: Files larger than this go up (and objects larger than this come down) in parts of this
+#: size (S3 takes 5 MiB .. 5 GiB per part).
 PART_SIZE = 64 * 1024 * 1024
+#: Parts of one upload or download in flight at once. An upload holds each in memory.
+PARTS_IN_FLIGHT = 4
 _PAGE = 1000  # keys per ListObjectsV2 page, S3's own most
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -278,6 +287,9 @@ class _Request:
     body: bytes = b""
 
 
+_Answer: TypeAlias = "httpx.Response"
+
+
 def _quote(text: str, *, keep_slash: bool) -> str:
     return urllib.parse.quote(text, safe="/~" if keep_slash else "~")
 
@@ -425,10 +437,10 @@ def _complete_body(etags: list[str]) -> bytes:
     return f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
 
 
-def _chunks(path: Path, size: int) -> Iterator[bytes]:
+def _read_part(path: Path, offset: int, size: int) -> bytes:
     with path.open("rb") as file:
-        while chunk := file.read(size):
-            yield chunk
+        file.seek(offset)
+        return file.read(size)
 
 
 def _source(local_path: str | os.PathLike[str], key: str | None) -> tuple[Path, str]:
@@ -440,29 +452,143 @@ def _source(local_path: str | os.PathLike[str], key: str | None) -> tuple[Path, 
     return path, key if key is not None else path.name
 
 
+def _check_progress(method: str, progress: object) -> None:
+    if progress is not None and not callable(progress):
+        raise TypeError(
+            f"{method}(progress={progress!r}): progress is a function called with (bytes done, "
+            "bytes in all) as the transfer goes, or None"
+        )
+
+
+class _Meter:
+    """Tells a :data:`Progress` function how far a transfer is: ``(0, total)`` at once,
+    then after each part or chunk."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self._progress = progress
+        self.total = total
+        self.done = 0
+        if progress is not None:
+            progress(0, total)
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self._progress is not None and count:
+            self._progress(self.done, self.total)
+
+    def finish(self) -> None:
+        """Report the whole, if the last step did not (a one-request upload)."""
+        if self.done < self.total:
+            self.add(self.total - self.done)
+
+
+def _part_bounds(total: int, part_size: int, index: int) -> tuple[int, int]:
+    """``(offset, length)`` of part ``index`` (from 0) of ``total`` bytes."""
+    offset = index * part_size
+    return offset, min(part_size, total - offset)
+
+
+def _part_count(total: int, part_size: int) -> int:
+    return -(-total // part_size)
+
+
+@attrs.frozen
+class _Parts:
+    """A step of an operation that is many requests: the client sends ``count`` of them,
+    :data:`PARTS_IN_FLIGHT` at a time, and answers with ``result`` of each, in order.
+
+    Attributes:
+        count: How many parts.
+        build: The signed request of part ``index`` (from 0); reads the part's bytes, so
+            the client calls it off the trio thread.
+        size: The bytes of part ``index``, for progress.
+        result: What the operation wants of each answer.
+        what: The operation, for errors.
+        ok: The statuses a part's answer may have.
+    """
+
+    count: int
+    build: Callable[[int], _Request]
+    size: Callable[[int], int]
+    result: Callable[[_Answer], Any]
+    what: str
+    ok: tuple[int, ...] = (200,)
+
+
+def _range_request(
+    r: _Requests, bucket: str, key: str, offset: int, length: int, etag: str
+) -> _Request:
+    """A GET of ``length`` bytes from ``offset``, refused (412) if the object is no longer
+    the one whose ETag is ``etag``: the parts of a download all come from one version."""
+    request = r.request("GET", bucket, key)
+    headers = {**request.headers, "range": f"bytes={offset}-{offset + length - 1}"}
+    if etag:
+        headers["if-match"] = etag
+    return attrs.evolve(request, headers=headers)
+
+
+def _unanswered(what: str, exc: Exception) -> StorageError:
+    """The error of a request that got no answer (the connection failed, or timed out)."""
+    return StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
+
+
+def _range_failure(answer: _Answer, what: str) -> StorageError:
+    if answer.status_code == 412:
+        return StorageError(
+            f"{what} failed: the object changed while it came down; download it again",
+            status=412,
+            code="PreconditionFailed",
+        )
+    if answer.status_code == 200:
+        return StorageError(f"{what} failed: the store sent the whole object for a byte range")
+    return _failure(answer, what)
+
+
+def _short_part(what: str, offset: int, got: int, length: int) -> StorageError:
+    return StorageError(
+        f"{what} failed: the part at byte {offset} ended after {got} of its {length} bytes"
+    )
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 # --- operations (sans I/O) ------------------------------------------------------------------
 #
 # Each operation is a generator: it yields the requests to send, each with the statuses it
 # accepts, is sent back the answer, and returns the result. The blocking and the trio
 # client only drive them (downloads, which stream into a file, excepted).
 
-_Answer: TypeAlias = "httpx.Response"
-_Operation: TypeAlias = "Generator[tuple[_Request, str, tuple[int, ...]], _Answer, Any]"
+_Operation: TypeAlias = "Generator[tuple[_Request, str, tuple[int, ...]] | _Parts, Any, Any]"
 
 
-def _upload(r: _Requests, bucket: str, path: Path, key: str, part_size: int) -> _Operation:
+def _upload(
+    r: _Requests, bucket: str, path: Path, key: str, part_size: int, total: int
+) -> _Operation:
     what = f"upload of {path} to {bucket}/{key}"
-    if path.stat().st_size <= part_size:
+    if total <= part_size:
         yield r.request("PUT", bucket, key, body=path.read_bytes()), what, (200,)
         return key
     started = yield r.request("POST", bucket, key, query={"uploads": ""}), what, (200,)
     upload = _upload_id(started.content)
     try:
-        etags = []
-        for number, chunk in enumerate(_chunks(path, part_size), 1):
-            query = {"partNumber": str(number), "uploadId": upload}
-            part = yield r.request("PUT", bucket, key, query=query, body=chunk), what, (200,)
-            etags.append(part.headers.get("etag", ""))
+
+        def part(index: int) -> _Request:
+            query = {"partNumber": str(index + 1), "uploadId": upload}
+            body = _read_part(path, *_part_bounds(total, part_size, index))
+            return r.request("PUT", bucket, key, query=query, body=body)
+
+        etags = yield _Parts(
+            count=_part_count(total, part_size),
+            build=part,
+            size=lambda index: _part_bounds(total, part_size, index)[1],
+            result=lambda answer: answer.headers.get("etag", ""),
+            what=what,
+        )
         body = _complete_body(etags)
         yield r.request("POST", bucket, key, query={"uploadId": upload}, body=body), what, (200,)
     except BaseException:
@@ -537,9 +663,16 @@ _CLOSED = "this storage client is closed: use it inside `with storage:` (or `asy
 class StorageClient:
     """A blocking client of one :class:`Storage`, from ``with storage as s3``."""
 
-    def __init__(self, storage: Storage, keys: tuple[str, str], part_size: int = PART_SIZE) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        keys: tuple[str, str],
+        part_size: int = PART_SIZE,
+        in_flight: int = PARTS_IN_FLIGHT,
+    ) -> None:
         self._requests = _Requests(storage, keys)
         self._part_size = part_size
+        self._in_flight = in_flight
         self._http: httpx.Client | None = None
 
     def _open(self) -> None:
@@ -552,68 +685,216 @@ class StorageClient:
             self._http.close()
             self._http = None
 
-    def _run(self, operation: _Operation) -> Any:
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            raise RuntimeError(_CLOSED)
+        return self._http
+
+    def _send(self, request: _Request, what: str, ok: tuple[int, ...]) -> _Answer:
         import httpx
 
+        try:
+            answer = self._client().request(
+                request.method, request.url, headers=dict(request.headers), content=request.body
+            )
+        except httpx.HTTPError as exc:
+            raise _unanswered(what, exc) from exc
+        if answer.status_code not in ok:
+            raise _failure(answer, what)
+        return answer
+
+    def _run(self, operation: _Operation, meter: _Meter | None = None) -> Any:
         answer: Any = None
         failure: BaseException | None = None
         while True:
             finished, step = _step(operation, answer, failure)
             if finished:
                 return step
-            request, what, ok = step
             answer, failure = None, None
-            if self._http is None:
-                failure = RuntimeError(_CLOSED)
-                continue
             try:
-                answer = self._http.request(
-                    request.method, request.url, headers=dict(request.headers), content=request.body
-                )
-            except httpx.HTTPError as exc:
-                failure = StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
-                failure.__cause__ = exc
-                continue
-            if answer.status_code not in ok:
-                failure = _failure(answer, what)
+                if isinstance(step, _Parts):
+                    answer = self._in_parallel(
+                        step.count, self._part_sender(step), step.size, meter
+                    )
+                else:
+                    answer = self._send(*step)
+            except (StorageError, RuntimeError) as exc:
+                failure = exc
+            except BaseException as exc:  # Ctrl-C amid the parts: the operation cleans up
+                if not isinstance(step, _Parts):
+                    raise
+                failure = exc
+
+    def _part_sender(self, parts: _Parts) -> Callable[[int], Any]:
+        def send(index: int) -> Any:
+            return parts.result(self._send(parts.build(index), parts.what, parts.ok))
+
+        return send
+
+    def _in_parallel(
+        self,
+        count: int,
+        work: Callable[[int], Any],
+        size: Callable[[int], int],
+        meter: _Meter | None,
+    ) -> list[Any]:
+        """``[work(0), ..., work(count - 1)]``, run in threads, ``in_flight`` at a time; the
+        first failure raises once the parts being sent have ended (none more start)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        results: list[Any] = [None] * count
+        indexes = iter(range(count))
+        with ThreadPoolExecutor(min(self._in_flight, count), "skyward-storage") as threads:
+            # Only in_flight at once: an upload's part is read as it starts, and held.
+            first = itertools.islice(indexes, self._in_flight)
+            running = {threads.submit(work, index): index for index in first}
+            try:
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index = running.pop(future)
+                        results[index] = future.result()
+                        if meter is not None:
+                            meter.add(size(index))
+                        for following in itertools.islice(indexes, 1):
+                            running[threads.submit(work, following)] = following
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+        return results
 
     def upload(
-        self, bucket: str, local_path: str | os.PathLike[str], *, key: str | None = None
+        self,
+        bucket: str,
+        local_path: str | os.PathLike[str],
+        *,
+        key: str | None = None,
+        progress: Progress | None = None,
     ) -> str:
-        """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key."""
+        """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key.
+
+        ``progress``, if given, is called with ``(bytes sent, bytes in all)`` as parts go up."""
         path, key = _source(local_path, key)
         _check_names(bucket, key)
-        return str(self._run(_upload(self._requests, bucket, path, key, self._part_size)))
+        _check_progress("upload", progress)
+        total = path.stat().st_size
+        meter = _Meter(progress, total)
+        operation = _upload(self._requests, bucket, path, key, self._part_size, total)
+        done = str(self._run(operation, meter))
+        meter.finish()
+        return done
 
-    def download(self, bucket: str, key: str, local_path: str | os.PathLike[str]) -> Path:
-        """Download ``key`` to ``local_path`` (its folder is made); returns the path."""
+    def _head(self, bucket: str, key: str, what: str) -> tuple[int, str] | None:
+        """The object's ``(size, etag)``, or None if HEAD does not say (the GET that
+        follows then gives the store's reason)."""
+        import httpx
+
+        request = self._requests.request("HEAD", bucket, key)
+        try:
+            answer = self._client().head(request.url, headers=dict(request.headers))
+        except httpx.HTTPError as exc:
+            raise _unanswered(what, exc) from exc
+        return _sized(answer)
+
+    def download(
+        self,
+        bucket: str,
+        key: str,
+        local_path: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download ``key`` to ``local_path`` (its folder is made); returns the path.
+
+        An object larger than a part comes down in parts, several at once. ``progress``,
+        if given, is called with ``(bytes received, bytes in all)`` as they arrive."""
         import httpx
 
         _check_names(bucket, key)
-        if self._http is None:
-            raise RuntimeError(_CLOSED)
+        _check_progress("download", progress)
+        self._client()
         target = Path(local_path).expanduser()
-        request = self._requests.request("GET", bucket, key)
         what = f"download of {bucket}/{key}"
+        head = self._head(bucket, key, what)
         partial = _partial(target)
         try:
-            with (
-                open(partial, "wb") as file,
-                self._http.stream("GET", request.url, headers=dict(request.headers)) as answer,
-            ):
-                if answer.status_code != 200:
-                    answer.read()
-                    raise _failure(answer, what)
-                for chunk in answer.iter_bytes(1 << 20):
-                    file.write(chunk)
+            if head is not None and head[0] > self._part_size:
+                self._download_parts(bucket, key, partial, head, what, progress)
+            else:
+                self._download_whole(bucket, key, partial, head, what, progress)
             os.replace(partial, target)
         except httpx.HTTPError as exc:
             os.unlink(partial)
-            raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            raise _unanswered(what, exc) from exc
         except BaseException:
             os.unlink(partial)
             raise
         return target
+
+    def _download_whole(
+        self,
+        bucket: str,
+        key: str,
+        partial: str,
+        head: tuple[int, str] | None,
+        what: str,
+        progress: Progress | None,
+    ) -> None:
+        request = self._requests.request("GET", bucket, key)
+        with (
+            open(partial, "wb") as file,
+            self._client().stream("GET", request.url, headers=dict(request.headers)) as answer,
+        ):
+            if answer.status_code != 200:
+                answer.read()
+                raise _failure(answer, what)
+            meter = _Meter(progress, _total(head, answer))
+            for chunk in answer.iter_bytes(1 << 20):
+                file.write(chunk)
+                meter.add(len(chunk))
+
+    def _download_parts(
+        self,
+        bucket: str,
+        key: str,
+        partial: str,
+        head: tuple[int, str],
+        what: str,
+        progress: Progress | None,
+    ) -> None:
+        import httpx
+
+        total, etag = head
+
+        def fetch(index: int) -> None:
+            offset, length = _part_bounds(total, self._part_size, index)
+            request = _range_request(self._requests, bucket, key, offset, length, etag)
+            got = 0
+            try:
+                with self._client().stream(
+                    "GET", request.url, headers=dict(request.headers)
+                ) as answer:
+                    if answer.status_code != 206:
+                        answer.read()
+                        raise _range_failure(answer, what)
+                    for chunk in answer.iter_bytes(1 << 20):
+                        _write_at(fd, chunk, offset + got)
+                        got += len(chunk)
+            except httpx.HTTPError as exc:
+                raise _unanswered(what, exc) from exc
+            if got != length:
+                raise _short_part(what, offset, got, length)
+
+        fd = os.open(partial, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, total)
+            meter = _Meter(progress, total)
+            count = _part_count(total, self._part_size)
+            sizes = [_part_bounds(total, self._part_size, i)[1] for i in range(count)]
+            self._in_parallel(count, fetch, sizes.__getitem__, meter)
+        finally:
+            os.close(fd)
 
     def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""
@@ -631,14 +912,41 @@ class StorageClient:
         self._run(_rm(self._requests, bucket, key))
 
 
+def _sized(answer: _Answer) -> tuple[int, str] | None:
+    if answer.status_code != 200:
+        return None
+    try:
+        size = int(answer.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+    return size, answer.headers.get("etag", "")
+
+
+def _total(head: tuple[int, str] | None, answer: _Answer) -> int:
+    """The size a whole GET brings: as HEAD said, else as its own answer says."""
+    if head is not None:
+        return head[0]
+    try:
+        return int(answer.headers.get("content-length", "0"))
+    except ValueError:
+        return 0
+
+
 class AsyncStorageClient:
     """A trio client of one :class:`Storage`, from ``async with storage as s3``: the
     methods of :class:`StorageClient`, awaited. Files are read and written in trio's
-    worker threads."""
+    worker threads; ``progress`` functions are called on the trio thread."""
 
-    def __init__(self, storage: Storage, keys: tuple[str, str], part_size: int = PART_SIZE) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        keys: tuple[str, str],
+        part_size: int = PART_SIZE,
+        in_flight: int = PARTS_IN_FLIGHT,
+    ) -> None:
         self._requests = _Requests(storage, keys)
         self._part_size = part_size
+        self._in_flight = in_flight
         self._http: httpx.AsyncClient | None = None
 
     def _open(self) -> None:
@@ -651,8 +959,25 @@ class AsyncStorageClient:
             await self._http.aclose()
             self._http = None
 
-    async def _run(self, operation: _Operation) -> Any:
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError(_CLOSED)
+        return self._http
+
+    async def _send(self, request: _Request, what: str, ok: tuple[int, ...]) -> _Answer:
         import httpx
+
+        try:
+            answer = await self._client().request(
+                request.method, request.url, headers=dict(request.headers), content=request.body
+            )
+        except httpx.HTTPError as exc:
+            raise _unanswered(what, exc) from exc
+        if answer.status_code not in ok:
+            raise _failure(answer, what)
+        return answer
+
+    async def _run(self, operation: _Operation, meter: _Meter | None = None) -> Any:
         import trio
 
         answer: Any = None
@@ -666,67 +991,191 @@ class AsyncStorageClient:
                 finished, step = await trio.to_thread.run_sync(_step, operation, answer, failure)
             if finished:
                 return step
-            request, what, ok = step
             answer, failure = None, None
-            if self._http is None:
-                failure = RuntimeError(_CLOSED)
-                continue
             try:
                 with trio.CancelScope(shield=shielded):
-                    answer = await self._http.request(
-                        request.method,
-                        request.url,
-                        headers=dict(request.headers),
-                        content=request.body,
-                    )
-            except httpx.HTTPError as exc:
-                failure = StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
-                failure.__cause__ = exc
-                continue
+                    if isinstance(step, _Parts):
+                        answer = await self._in_parallel(
+                            step.count, self._part_sender(step), step.size, meter
+                        )
+                    else:
+                        answer = await self._send(*step)
+            except (StorageError, RuntimeError) as exc:
+                failure = exc
             except BaseException as exc:  # cancelled: raised in the operation, which cleans up
                 failure, shielded = exc, True
-                continue
-            if answer.status_code not in ok:
-                failure = _failure(answer, what)
+
+    def _part_sender(self, parts: _Parts) -> Callable[[int], Awaitable[Any]]:
+        import trio
+
+        async def send(index: int) -> Any:
+            request = await trio.to_thread.run_sync(parts.build, index)
+            return parts.result(await self._send(request, parts.what, parts.ok))
+
+        return send
+
+    async def _in_parallel(
+        self,
+        count: int,
+        work: Callable[[int], Awaitable[Any]],
+        size: Callable[[int], int],
+        meter: _Meter | None,
+    ) -> list[Any]:
+        """``[await work(0), ..., await work(count - 1)]``, ``in_flight`` at a time; the
+        first failure cancels the others and raises."""
+        import trio
+
+        results: list[Any] = [None] * count
+        indexes = iter(range(count))
+        failed: list[Exception] = []
+
+        async def sender(nursery: trio.Nursery) -> None:
+            for index in indexes:  # shared: each part is taken by one sender
+                try:
+                    results[index] = await work(index)
+                    if meter is not None:
+                        meter.add(size(index))
+                except Exception as exc:
+                    failed.append(exc)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(self._in_flight, count)):
+                nursery.start_soon(sender, nursery)
+        if failed:
+            raise failed[0]
+        return results
 
     async def upload(
-        self, bucket: str, local_path: str | os.PathLike[str], *, key: str | None = None
+        self,
+        bucket: str,
+        local_path: str | os.PathLike[str],
+        *,
+        key: str | None = None,
+        progress: Progress | None = None,
     ) -> str:
-        """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key."""
+        """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key.
+
+        ``progress``, if given, is called with ``(bytes sent, bytes in all)`` as parts go up."""
+        import trio
+
         path, key = _source(local_path, key)
         _check_names(bucket, key)
-        return str(await self._run(_upload(self._requests, bucket, path, key, self._part_size)))
+        _check_progress("upload", progress)
+        total = (await trio.Path(path).stat()).st_size
+        meter = _Meter(progress, total)
+        operation = _upload(self._requests, bucket, path, key, self._part_size, total)
+        done = str(await self._run(operation, meter))
+        meter.finish()
+        return done
 
-    async def download(self, bucket: str, key: str, local_path: str | os.PathLike[str]) -> Path:
-        """Download ``key`` to ``local_path`` (its folder is made); returns the path."""
+    async def download(
+        self,
+        bucket: str,
+        key: str,
+        local_path: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download ``key`` to ``local_path`` (its folder is made); returns the path.
+
+        An object larger than a part comes down in parts, several at once. ``progress``,
+        if given, is called with ``(bytes received, bytes in all)`` as they arrive."""
         import httpx
         import trio
 
         _check_names(bucket, key)
-        if self._http is None:
-            raise RuntimeError(_CLOSED)
+        _check_progress("download", progress)
+        self._client()
         target = Path(await trio.Path(local_path).expanduser())
-        request = self._requests.request("GET", bucket, key)
         what = f"download of {bucket}/{key}"
+        request = self._requests.request("HEAD", bucket, key)
+        try:
+            head = _sized(await self._client().head(request.url, headers=dict(request.headers)))
+        except httpx.HTTPError as exc:
+            raise _unanswered(what, exc) from exc
         partial = await trio.to_thread.run_sync(_partial, target)
         try:
-            async with (
-                await trio.open_file(partial, "wb") as file,
-                self._http.stream("GET", request.url, headers=dict(request.headers)) as answer,
-            ):
-                if answer.status_code != 200:
-                    await answer.aread()
-                    raise _failure(answer, what)
-                async for chunk in answer.aiter_bytes(1 << 20):
-                    await file.write(chunk)
+            if head is not None and head[0] > self._part_size:
+                await self._download_parts(bucket, key, partial, head, what, progress)
+            else:
+                await self._download_whole(bucket, key, partial, head, what, progress)
             os.replace(partial, target)
         except httpx.HTTPError as exc:
             os.unlink(partial)
-            raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            raise _unanswered(what, exc) from exc
         except BaseException:
             os.unlink(partial)
             raise
         return target
+
+    async def _download_whole(
+        self,
+        bucket: str,
+        key: str,
+        partial: str,
+        head: tuple[int, str] | None,
+        what: str,
+        progress: Progress | None,
+    ) -> None:
+        import trio
+
+        request = self._requests.request("GET", bucket, key)
+        async with (
+            await trio.open_file(partial, "wb") as file,
+            self._client().stream("GET", request.url, headers=dict(request.headers)) as answer,
+        ):
+            if answer.status_code != 200:
+                await answer.aread()
+                raise _failure(answer, what)
+            meter = _Meter(progress, _total(head, answer))
+            async for chunk in answer.aiter_bytes(1 << 20):
+                await file.write(chunk)
+                meter.add(len(chunk))
+
+    async def _download_parts(
+        self,
+        bucket: str,
+        key: str,
+        partial: str,
+        head: tuple[int, str],
+        what: str,
+        progress: Progress | None,
+    ) -> None:
+        import httpx
+        import trio
+
+        total, etag = head
+
+        async def fetch(index: int) -> None:
+            offset, length = _part_bounds(total, self._part_size, index)
+            request = _range_request(self._requests, bucket, key, offset, length, etag)
+            got = 0
+            try:
+                async with self._client().stream(
+                    "GET", request.url, headers=dict(request.headers)
+                ) as answer:
+                    if answer.status_code != 206:
+                        await answer.aread()
+                        raise _range_failure(answer, what)
+                    async for chunk in answer.aiter_bytes(1 << 20):
+                        await trio.to_thread.run_sync(_write_at, fd, chunk, offset + got)
+                        got += len(chunk)
+            except httpx.HTTPError as exc:
+                raise _unanswered(what, exc) from exc
+            if got != length:
+                raise _short_part(what, offset, got, length)
+
+        fd = await trio.to_thread.run_sync(os.open, partial, os.O_WRONLY)
+        try:
+            await trio.to_thread.run_sync(os.ftruncate, fd, total)
+            meter = _Meter(progress, total)
+            count = _part_count(total, self._part_size)
+            sizes = [_part_bounds(total, self._part_size, i)[1] for i in range(count)]
+            await self._in_parallel(count, fetch, sizes.__getitem__, meter)
+        finally:
+            os.close(fd)
 
     async def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""

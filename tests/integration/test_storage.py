@@ -187,3 +187,232 @@ async def test_a_failed_trio_multipart_upload_is_aborted(
     finally:
         await client.aclose()
     assert boto_s3(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+MIB = 1024 * 1024
+
+
+class _Overlap:
+    """Counts the part requests in flight at once (each held a little, so they overlap)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    def enter(self) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+    def leave(self) -> None:
+        self.now -= 1
+
+
+def _climbs(calls: list[tuple[int, int]], total: int) -> bool:
+    done = [d for d, _ in calls]
+    return (
+        calls[0] == (0, total)
+        and calls[-1] == (total, total)
+        and all(t == total for _, t in calls)
+        and done == sorted(done)
+    )
+
+
+def test_parts_go_up_and_come_down_several_at_once_with_progress(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    data = tmp_path / "ckpt.bin"
+    data.write_bytes(os.urandom(17 * MIB))  # four parts of 5 MiB, the last 2 MiB
+    client = StorageClient(_store(endpoint), ("testing", "testing"), part_size=5 * MIB)
+    client._open()
+    http = client._http
+    assert http is not None
+    overlap, lock, ranges = _Overlap(), threading.Lock(), []
+    send, stream = http.request, http.stream
+
+    def request(method: str, url: str, **kwargs: object) -> object:
+        part = "partNumber=" in url
+        if part:
+            with lock:
+                overlap.enter()
+            time.sleep(0.3)
+        try:
+            return send(method, url, **kwargs)  # type: ignore[arg-type]
+        finally:
+            if part:
+                with lock:
+                    overlap.leave()
+
+    def streamed(method: str, url: str, *, headers: dict[str, str]) -> object:
+        ranges.append(headers.get("range"))
+        return stream(method, url, headers=headers)
+
+    http.request = request  # type: ignore[method-assign]
+    http.stream = streamed  # type: ignore[method-assign,assignment]
+    up: list[tuple[int, int]] = []
+    down: list[tuple[int, int]] = []
+    try:
+        client.upload(bucket, data, progress=lambda done, total: up.append((done, total)))
+        assert overlap.most >= 2
+        back = client.download(
+            bucket, "ckpt.bin", tmp_path / "back.bin", progress=lambda d, t: down.append((d, t))
+        )
+    finally:
+        client.close()
+    assert back.read_bytes() == data.read_bytes()
+    assert boto_s3(endpoint).head_object(Bucket=bucket, Key="ckpt.bin")["ETag"].endswith('-4"')
+    assert sorted(ranges) == sorted(
+        f"bytes={n * 5 * MIB}-{min((n + 1) * 5 * MIB, 17 * MIB) - 1}" for n in range(4)
+    )
+    total = 17 * MIB
+    assert _climbs(up, total)
+    assert len(up) == 5
+    assert _climbs(down, total)
+    assert len(down) == 5
+
+
+async def test_the_trio_client_moves_parts_several_at_once_with_progress(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    import trio
+
+    data = tmp_path / "ckpt.bin"
+    data.write_bytes(os.urandom(12 * MIB))
+    client = AsyncStorageClient(_store(endpoint), ("testing", "testing"), part_size=5 * MIB)
+    client._open()
+    http = client._http
+    assert http is not None
+    overlap, ranges = _Overlap(), []
+    send, stream = http.request, http.stream
+
+    async def request(method: str, url: str, **kwargs: object) -> object:
+        part = "partNumber=" in url
+        if part:
+            overlap.enter()
+            await trio.sleep(0.3)
+        try:
+            return await send(method, url, **kwargs)  # type: ignore[arg-type]
+        finally:
+            if part:
+                overlap.leave()
+
+    def streamed(method: str, url: str, *, headers: dict[str, str]) -> object:
+        ranges.append(headers.get("range"))
+        return stream(method, url, headers=headers)
+
+    http.request = request  # type: ignore[method-assign,assignment]
+    http.stream = streamed  # type: ignore[method-assign,assignment]
+    up: list[tuple[int, int]] = []
+    down: list[tuple[int, int]] = []
+    try:
+        await client.upload(bucket, data, progress=lambda d, t: up.append((d, t)))
+        assert overlap.most >= 2
+        back = await client.download(
+            bucket, "ckpt.bin", tmp_path / "back.bin", progress=lambda d, t: down.append((d, t))
+        )
+        # A small object comes down in one request, reported as its chunks arrive.
+        small = tmp_path / "small.bin"
+        small.write_bytes(b"x" * 1000)
+        await client.upload(bucket, small, progress=lambda d, t: up.append((d, t)))
+        assert up[-2:] == [(0, 1000), (1000, 1000)]
+        ranges.clear()
+        one: list[tuple[int, int]] = []
+        await client.download(
+            bucket, "small.bin", tmp_path / "s.bin", progress=lambda d, t: one.append((d, t))
+        )
+        assert ranges == [None]
+        assert one == [(0, 1000), (1000, 1000)]
+    finally:
+        await client.aclose()
+    assert back.read_bytes() == data.read_bytes()
+    assert _climbs(up[:4], 12 * MIB)
+    assert len(up) == 6
+    assert _climbs(down, 12 * MIB)
+    assert len(down) == 4
+
+
+def test_an_object_that_changes_while_it_comes_down_is_refused(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    boto = boto_s3(endpoint)
+    boto.put_object(Bucket=bucket, Key="data.bin", Body=os.urandom(11 * MIB))
+    client = StorageClient(_store(endpoint), ("testing", "testing"), part_size=5 * MIB)
+    client._open()
+    http = client._http
+    assert http is not None
+    stream = http.stream
+    replaced = []
+
+    def streamed(method: str, url: str, *, headers: dict[str, str]) -> object:
+        if not replaced:  # a new version lands after HEAD, before the parts
+            replaced.append(boto.put_object(Bucket=bucket, Key="data.bin", Body=b"v2" * MIB))
+        return stream(method, url, headers=headers)
+
+    http.stream = streamed  # type: ignore[method-assign,assignment]
+    try:
+        with pytest.raises(sky.storage.StorageError, match="changed while it came down") as info:
+            client.download(bucket, "data.bin", tmp_path / "data.bin")
+    finally:
+        client.close()
+    assert info.value.status == 412
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its partial
+
+
+def test_a_progress_function_that_raises_aborts_the_upload(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(11 * MIB))
+    client = StorageClient(_store(endpoint), ("testing", "testing"), part_size=5 * MIB)
+    client._open()
+
+    def progress(done: int, total: int) -> None:
+        if done:
+            raise KeyError("stop here")
+
+    try:
+        with pytest.raises(KeyError, match="stop here"):
+            client.upload(bucket, data, progress=progress)
+        with pytest.raises(TypeError, match=r"upload\(progress=3\): progress is a function"):
+            client.upload(bucket, data, progress=3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"download\(progress='x'\)"):
+            client.download(bucket, "d.bin", tmp_path / "x", progress="x")  # type: ignore[arg-type]
+    finally:
+        client.close()
+    boto = boto_s3(endpoint)
+    assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert boto.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
+async def test_a_trio_upload_cancelled_amid_its_parts_is_aborted(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    import trio
+
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(16 * MIB))
+    client = AsyncStorageClient(_store(endpoint), ("testing", "testing"), part_size=5 * MIB)
+    client._open()
+    http = client._http
+    assert http is not None
+    send, started = http.request, trio.Event()
+
+    async def request(method: str, url: str, **kwargs: object) -> object:
+        if "partNumber=" in url:
+            started.set()
+            await trio.sleep(30)  # parts that would take long
+        return await send(method, url, **kwargs)  # type: ignore[arg-type]
+
+    http.request = request  # type: ignore[method-assign,assignment]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.upload, bucket, data)
+            await started.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+    boto = boto_s3(endpoint)
+    assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert boto.list_objects_v2(Bucket=bucket).get("Contents", []) == []
