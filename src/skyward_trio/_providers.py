@@ -287,9 +287,9 @@ async def _measure(target: SSHTarget) -> Offer:
         RuntimeError: The host did not say (not Linux, say), naming it.
     """
     where = f"{target.user}@{target.host}:{target.port}"
-    host_key = await verified_host_key(target.host, target.port)
+    host_key, login = await target.verified()
     ssh = await _transport.connect(
-        target.host, target.port, username=target.user, login=target.login, host_key=host_key
+        target.host, target.port, username=target.user, login=login, host_key=host_key
     )
     try:
         rc, out, err = await ssh.run(_MEASURE)
@@ -574,12 +574,32 @@ class HostKeyError(Exception):
 
 @attrs.frozen(kw_only=True)
 class SSHTarget:
-    """One host of ``sky.SSH``, resolved: where to connect, as whom, and with what."""
+    """One host of ``sky.SSH``, resolved: where to connect, as whom, with what, and
+    through which machines first (``ProxyJump``, each resolved the same way)."""
 
     host: str
     port: int
     user: str
     login: _transport.Login
+    jumps: tuple[SSHTarget, ...] = ()
+
+    async def verified(self) -> tuple[str, _transport.Login]:
+        """The host's key, verified as :func:`verified_host_key` does, and the login
+        that reaches it: through each jump host, whose keys are verified on the way."""
+        through: list[_transport.Jump] = []
+        for hop in self.jumps:
+            key = await verified_host_key(hop.host, hop.port, through=tuple(through))
+            through.append(
+                _transport.Jump(
+                    host=hop.host, port=hop.port, username=hop.user, login=hop.login, host_key=key
+                )
+            )
+        key = await verified_host_key(self.host, self.port, through=tuple(through))
+        return key, attrs.evolve(self.login, through=tuple(through))
+
+
+#: The most machines one host may be reached through (a ProxyJump that names itself loops).
+_MOST_JUMPS = 8
 
 
 def ssh_targets(config: SSH) -> list[SSHTarget]:
@@ -598,29 +618,78 @@ def ssh_targets(config: SSH) -> list[SSHTarget]:
     config_file = _config_file(config)
     passphrase = _passphrase(config)
     keys: dict[str, _transport.SSHKey] = {}
-    targets = []
-    for entry in config.hosts:
-        user = entry.user or config.user
-        port = entry.port or config.port
-        said = _transport.HostConfig(host=entry.host)
+
+    def resolve(name: str, user: str | None, port: int | None, chain: tuple[str, ...]) -> SSHTarget:
+        said = _transport.HostConfig(host=name)
         if config_file is not None:
             try:
-                said = _transport.host_config(config_file, entry.host, user=user, port=port)
+                said = _transport.host_config(config_file, name, user=user, port=port)
             except ValueError as exc:
                 raise ValueError(
                     f"SSH(ssh_config={config.ssh_config!r}): {exc}. Fix the file, or pass "
                     "ssh_config=None to read none"
                 ) from exc
-        login = _login(config, said.identity_files, passphrase, keys)
-        targets.append(
-            SSHTarget(
-                host=said.host,
-                port=port or said.port or 22,
-                user=user or said.user or _username(),
-                login=login,
-            )
+        jumps: list[SSHTarget] = []
+        for spec in _jump_specs(said.proxy_jump, name, config.ssh_config):
+            if len(chain) >= _MOST_JUMPS:
+                raise ValueError(
+                    f"SSH(ssh_config={config.ssh_config!r}): reaching {chain[0]} goes through "
+                    f"more than {_MOST_JUMPS} jump hosts ({' -> '.join(chain)} -> ...); a "
+                    "ProxyJump probably names a host whose own ProxyJump leads back to it. "
+                    "Fix the file"
+                )
+            hop_user, hop_host, hop_port = spec
+            hop = resolve(hop_host, hop_user, hop_port, (*chain, hop_host))
+            jumps += [*hop.jumps, attrs.evolve(hop, jumps=())]
+        return SSHTarget(
+            host=said.host,
+            port=port or said.port or 22,
+            user=user or said.user or _username(),
+            login=_login(config, said.identity_files, passphrase, keys),
+            jumps=tuple(jumps),
         )
-    return targets
+
+    return [
+        resolve(entry.host, entry.user or config.user, entry.port or config.port, (entry.host,))
+        for entry in config.hosts
+    ]
+
+
+def _jump_specs(
+    proxy_jump: str | None, host: str, ssh_config: str | None
+) -> list[tuple[str | None, str, int | None]]:
+    """``ProxyJump``'s hosts, in order, each as ``(user, host, port)`` (None: not said):
+    ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``, comma-separated.
+
+    Raises:
+        ValueError: A part that is none of those, naming the host and the fix.
+    """
+    if proxy_jump is None:
+        return []
+    specs = []
+    for part in proxy_jump.split(","):
+        text = part.strip().removeprefix("ssh://")
+        user, _, rest = text.rpartition("@")
+        port: int | None = None
+        if rest.startswith("["):  # [v6 address]:port
+            address, _, after = rest[1:].partition("]")
+            rest_port = after.removeprefix(":") if after.startswith(":") else None
+            ok = bool(address) and (after == "" or rest_port is not None)
+            name = address
+        else:
+            name, colon, rest_port = rest.partition(":")
+            rest_port = rest_port if colon else None
+            ok = bool(name)
+        if rest_port is not None:
+            ok = ok and rest_port.isdigit() and 0 < int(rest_port) < 65536
+            port = int(rest_port) if ok else None
+        if not ok or " " in text:
+            raise ValueError(
+                f"SSH(ssh_config={ssh_config!r}): the ProxyJump of {host} ({proxy_jump!r}) has "
+                f"{part.strip()!r}, which is not [user@]host[:port]. Fix the file"
+            )
+        specs.append((user or None, name, port))
+    return specs
 
 
 def _passphrase(config: SSH) -> str | None:
@@ -752,12 +821,15 @@ def _known_hosts_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-async def verified_host_key(host: str, port: int) -> str:
+async def verified_host_key(
+    host: str, port: int, *, through: tuple[_transport.Jump, ...] = ()
+) -> str:
     """The host key of ``host:port``, verified, or pinned if the machine is new to us.
 
     ``~/.ssh/known_hosts`` (what ``ssh`` trusts) is consulted first, then Skyward's own
     ``~/.skyward/known_hosts``; a machine in neither is pinned in the latter on first use.
     A key neither file trusts is never accepted: there is no switch to turn this off.
+    ``through``: the jump hosts it is reached through (their keys verified already).
 
     Raises:
         HostKeyError: The machine's key is not the trusted one, naming file and line.
@@ -766,7 +838,9 @@ async def verified_host_key(host: str, port: int) -> str:
         known = _transport.known_host_keys(path, host, port)
         if not known:
             continue
-        offered = await _transport.fetch_host_key(host, port, like=[k for _, k in known])
+        offered = await _transport.fetch_host_key(
+            host, port, like=[k for _, k in known], through=through
+        )
         if offered is not None and offered in {k for _, k in known}:
             return offered
         lines = ", ".join(str(n) for n, _ in known)
@@ -782,7 +856,7 @@ async def verified_host_key(host: str, port: int) -> str:
             f"machine was reinstalled and you trust its new key, delete line {lines} of "
             f"{path} (ssh-keygen -R {shlex.quote(name)} -f {path}) and connect again."
         )
-    offered = await _transport.fetch_host_key(host, port, like=[])
+    offered = await _transport.fetch_host_key(host, port, like=[], through=through)
     assert offered is not None
     _pin(host, port, offered)
     return offered
@@ -1156,12 +1230,12 @@ class SSHCluster:
         """Verify the host's key, log in once to learn its home directory."""
         target = self._target(node)
         host, port, user = target.host, target.port, target.user
-        host_key = await verified_host_key(host, port)
+        host_key, login = await target.verified()
         workdir = await remote_workdir(
             host,
             port,
             user=user,
-            login=target.login,
+            login=login,
             host_key=host_key,
             name=f"{self.job_id}-{node}",
         )
@@ -1177,7 +1251,7 @@ class SSHCluster:
             public_ip=host,
             python=None,
             workdir=workdir,
-            login=target.login,
+            login=login,
         )
         self._live[instance.id] = instance
         return instance

@@ -40,6 +40,7 @@ __all__ = [
     "ChannelStream",
     "EncryptedKeyError",
     "HostConfig",
+    "Jump",
     "Login",
     "SSHConnection",
     "SSHError",
@@ -90,11 +91,32 @@ class Login:
         agent: The SSH agent's socket, whose keys are offered before ``keys``; None: no
             agent. Pool-internal logins (a pool's own key) never have one.
         tried: What this login offers, in words, for the error a refusing machine gets.
+        through: The machines the connection goes through first, in order (OpenSSH's
+            ``ProxyJump``); empty: it goes straight to the machine.
     """
 
     keys: tuple[asyncssh.SSHKey, ...] = attrs.field(default=(), repr=False)
     agent: str | None = None
     tried: str = ""
+    through: tuple[Jump, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Jump:
+    """A machine that a connection goes through to reach its own (OpenSSH's ``ProxyJump``):
+    the client logs in to it, and it opens the TCP connection onward.
+
+    Attributes:
+        host, port, username: Where, and as whom, the client logs in to it.
+        login: With what (its ``through`` is empty: a chain is the target's ``through``).
+        host_key: Its public key in OpenSSH form, the only one accepted.
+    """
+
+    host: str
+    port: int
+    username: str
+    login: Login
+    host_key: str
 
 
 @attrs.frozen(kw_only=True)
@@ -106,20 +128,23 @@ class HostConfig:
         port: ``Port``.
         user: ``User``.
         identity_files: ``IdentityFile`` entries, ``~`` expanded, in order.
+        proxy_jump: ``ProxyJump``, as written (``"bastion"``, ``"me@gw:2222,inner"``);
+            None when it names none (or says ``none``).
     """
 
     host: str
     port: int | None = None
     user: str | None = None
     identity_files: tuple[str, ...] = ()
+    proxy_jump: str | None = None
 
 
 def host_config(path: str, host: str, *, user: str | None, port: int | None) -> HostConfig:
     """Read the OpenSSH client config ``path`` for ``host`` (a name or an alias).
 
     ``user`` and ``port``, when given, win over the file (and ``Match user`` sees them),
-    as ``ssh -l user -p port`` would. Only ``HostName``, ``Port``, ``User`` and
-    ``IdentityFile`` are taken from it.
+    as ``ssh -l user -p port`` would. Only ``HostName``, ``Port``, ``User``,
+    ``IdentityFile`` and ``ProxyJump`` are taken from it.
 
     Raises:
         ValueError: The file does not parse, naming file and line.
@@ -138,11 +163,13 @@ def host_config(path: str, host: str, *, user: str | None, port: int | None) -> 
     said_port = config.get("Port")
     said_user = config.get("User")
     files = cast("list[str]", config.get("IdentityFile", []))
+    jump = config.get("ProxyJump")
     return HostConfig(
         host=str(config.get("Hostname", host)),
         port=int(cast(int, said_port)) if said_port is not None else None,
         user=str(said_user) if said_user is not None else None,
         identity_files=tuple(str(Path(f).expanduser()) for f in files),
+        proxy_jump=str(jump) if jump and str(jump).lower() != "none" else None,
     )
 
 
@@ -222,34 +249,107 @@ def known_host_keys(path: str, host: str, port: int) -> list[tuple[int, str]]:
     return found
 
 
-async def fetch_host_key(host: str, port: int, *, like: list[str]) -> str | None:
+async def fetch_host_key(
+    host: str, port: int, *, like: list[str], through: tuple[Jump, ...] = ()
+) -> str | None:
     """The host key ``host:port`` presents, before any authentication.
 
     With ``like`` (public keys in OpenSSH form), the server is asked for a key of one of
     their types, so it is compared with a key of the same kind. None: it has none of them.
-    The caller owns the deadline.
+    ``through``: the machines to reach it through (logged in to, and closed after). The
+    caller owns the deadline.
 
     Raises:
-        SSHError: No SSH server answered there.
+        SSHError: No SSH server answered there (or a machine on the way refused).
     """
     algorithms: list[str] = []
     for text in like:
         for alg in asyncssh.import_public_key(text).sig_algorithms:
             if alg.decode() not in algorithms:
                 algorithms.append(alg.decode())
+    jumps = await _open_jumps(through, host, port)
     try:
         key = await trio_asyncio.aio_as_trio(asyncssh.get_server_host_key)(
-            host, port, server_host_key_algs=algorithms or (), config=[]
+            host,
+            port,
+            server_host_key_algs=algorithms or (),
+            config=[],
+            tunnel=jumps[-1] if jumps else (),
         )
     except asyncssh.KeyExchangeFailed as exc:
         if algorithms:
             return None
         raise SSHError(f"no key exchange with the SSH server at {host}:{port}: {exc}") from exc
+    except asyncssh.ChannelOpenError as exc:
+        if not through:
+            raise SSHError(f"no SSH server answered at {host}:{port}: {exc}") from exc
+        raise _not_onward(exc, host, port, through) from exc
     except (asyncssh.Error, OSError) as exc:
-        raise SSHError(f"no SSH server answered at {host}:{port}: {exc}") from exc
+        raise SSHError(f"no SSH server answered at {host}:{port}{_via(through)}: {exc}") from exc
+    finally:
+        await _close_jumps(jumps)
     if key is None:
         raise SSHError(f"the SSH server at {host}:{port} presented no host key")
     return public_openssh(key)
+
+
+def _via(through: tuple[Jump, ...]) -> str:
+    """`` (through a:22, b:22)``: the ``ProxyJump`` chain, for errors; "" without one."""
+    if not through:
+        return ""
+    return " (through " + ", ".join(f"{hop.host}:{hop.port}" for hop in through) + ")"
+
+
+def _not_onward(
+    exc: asyncssh.ChannelOpenError, host: str, port: int, through: tuple[Jump, ...]
+) -> SSHError:
+    """The error of a jump host that would not open the connection onward."""
+    last = through[-1]
+    return SSHError(
+        f"the jump host {last.host}:{last.port} would not open a connection to {host}:{port}"
+        f"{_via(through)}: {exc.reason or 'refused'}. Its sshd must allow forwarding "
+        "(AllowTcpForwarding), and reach that address"
+    )
+
+
+async def _open_jumps(
+    through: tuple[Jump, ...], host: str, port: int
+) -> list[asyncssh.SSHClientConnection]:
+    """Log in to each machine of ``through`` in turn, each through the one before: the
+    last one is the tunnel to ``host:port``. All are closed again if one fails."""
+    opened: list[asyncssh.SSHClientConnection] = []
+    try:
+        for number, hop in enumerate(through, 1):
+            try:
+                opened.append(
+                    await _log_in(
+                        hop.host,
+                        hop.port,
+                        username=hop.username,
+                        login=hop.login,
+                        host_key=hop.host_key,
+                        tunnel=opened[-1] if opened else _TrioTCP(),
+                    )
+                )
+            except SSHError as exc:
+                raise SSHError(
+                    f"{exc} (jump host {number} of {len(through)} on the way to {host}:{port}, "
+                    "from ProxyJump)"
+                ) from exc
+    except BaseException:
+        await _close_jumps(opened)
+        raise
+    return opened
+
+
+async def _close_jumps(jumps: list[asyncssh.SSHClientConnection]) -> None:
+    """Close the machines a connection went through, the nearest to it first."""
+    for conn in reversed(jumps):
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(2):
+                conn.close()
+                await trio_asyncio.aio_as_trio(conn.wait_closed)()
+            conn.abort()
 
 
 def _ciphers() -> list[str]:
@@ -286,8 +386,15 @@ async def _read_lines(proc: Any, on_line: Callable[[bytes], None]) -> tuple[byte
 class SSHConnection:
     """An authenticated SSH connection to one node."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, host: str, port: int) -> None:
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        host: str,
+        port: int,
+        jumps: list[asyncssh.SSHClientConnection] | None = None,
+    ) -> None:
         self._conn = conn
+        self._jumps = jumps or []  # what it goes through (ProxyJump): closed with it
         trim(conn)
         self.host = host
         self.port = port
@@ -355,7 +462,8 @@ class SSHConnection:
         Both ends see the connection end; no SSH goodbye is sent. Thread-safe (one system
         call on the socket), so the fault kit may call it from any thread.
         """
-        sock = self._conn.get_extra_info("socket")
+        # Through a jump host, the socket is the first jump's: breaking it cuts them all.
+        sock = (self._jumps[0] if self._jumps else self._conn).get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # already gone: the fault happened anyway
                 sock.shutdown(socket.SHUT_RDWR)
@@ -393,6 +501,7 @@ class SSHConnection:
                 self._conn.close()
                 await trio_asyncio.aio_as_trio(self._conn.wait_closed)()
             self._conn.abort()  # nothing left to do once closed; else, close the socket now
+        await _close_jumps(self._jumps)
 
 
 async def connect(
@@ -408,8 +517,46 @@ async def connect(
     ``host_key`` is the node's public key in OpenSSH form; any other key is refused.
     asyncssh reads no config file and no agent of its own here (``config=[]``,
     ``agent_path=None``): the agent's keys are fetched only for a login that names an
-    agent, and offered with the login's own keys. The caller owns the deadline.
+    agent, and offered with the login's own keys. A login ``through`` jump hosts logs in
+    to each first; they close with the connection. The caller owns the deadline.
     """
+    jumps = await _open_jumps(login.through, host, port)
+    try:
+        conn = await _log_in(
+            host,
+            port,
+            username=username,
+            login=login,
+            host_key=host_key,
+            tunnel=jumps[-1] if jumps else _TrioTCP(),
+        )
+    except asyncssh.ChannelOpenError as exc:
+        await _close_jumps(jumps)
+        if not jumps:
+            raise SSHError(f"SSH connect to {host}:{port} failed: {exc}") from exc
+        raise _not_onward(exc, host, port, login.through) from exc
+    except SSHError as exc:
+        await _close_jumps(jumps)
+        if jumps:
+            raise SSHError(f"{exc}{_via(login.through)}") from exc
+        raise
+    except BaseException:
+        await _close_jumps(jumps)
+        raise
+    return SSHConnection(conn, host, port, jumps)
+
+
+async def _log_in(
+    host: str,
+    port: int,
+    *,
+    username: str,
+    login: Login,
+    host_key: str,
+    tunnel: Any,
+) -> asyncssh.SSHClientConnection:
+    """One SSH connection, authenticated, over ``tunnel`` (a TCP connection of trio's,
+    or a jump host's connection)."""
     trusted = asyncssh.import_public_key(host_key)
     agent: asyncssh.SSHAgentClient | None = None
     keys: list[asyncssh.SSHKey | asyncssh.SSHKeyPair] = list(login.keys)
@@ -424,7 +571,7 @@ async def connect(
                 f"{said} and no key file could be used (offered: {login.tried}). ssh-add "
                 "your key, or pass SSH(key=...)"
             )
-        conn = await trio_asyncio.aio_as_trio(asyncssh.connect)(
+        conn: asyncssh.SSHClientConnection = await trio_asyncio.aio_as_trio(asyncssh.connect)(
             host,
             port,
             username=username,
@@ -435,8 +582,10 @@ async def connect(
             config=[],
             keepalive_interval=_KEEPALIVE_INTERVAL,
             keepalive_count_max=_KEEPALIVE_COUNT,
-            tunnel=_TrioTCP(),
+            tunnel=tunnel,
         )
+    except asyncssh.ChannelOpenError:
+        raise  # a jump host would not open the way here: connect() says so
     except asyncssh.PermissionDenied as exc:
         tried = f" (offered: {login.tried})" if login.tried else ""
         raise SSHError(
@@ -447,7 +596,7 @@ async def connect(
     finally:
         if agent is not None:  # its keys sign during authentication only
             agent.close()
-    return SSHConnection(conn, host, port)
+    return conn
 
 
 async def _agent_keys(

@@ -71,6 +71,7 @@ def start_sshd(
     path_prefix: Sequence[str] = (),
     home: Path | None = None,
     own_mounts: bool = False,
+    extra_config: str = "",
 ) -> Machine:
     """A private sshd (no system config touched) that runs until stopped by its pid.
 
@@ -79,6 +80,7 @@ def start_sshd(
     it, so it must stay short (a unix socket's path holds at most 107 bytes).
     ``own_mounts`` runs it in a mount namespace of its own (``unshare``): what it mounts
     (``sky.Volume``) only it sees, as on a machine of its own, and nothing outlives it.
+    ``extra_config`` goes first in its config, so it wins (sshd keeps a keyword's first value).
     """
     directory = root / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,7 @@ def start_sshd(
     )
     config = directory / "sshd_config"
     config.write_text(
-        f"Port {port}\nListenAddress {addr}\nHostKey {host_key}\n"
+        extra_config + f"Port {port}\nListenAddress {addr}\nHostKey {host_key}\n"
         f"AuthorizedKeysFile {authorized}\nPidFile none\nPubkeyAuthentication yes\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"

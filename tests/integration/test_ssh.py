@@ -33,6 +33,7 @@ from sshd import keygen, need_sshd, start_sshd, stop
 from waiting import wait_until
 
 import skyward as sky
+from skyward_trio.testing import _core, _ready_node
 
 if TYPE_CHECKING:
     from conftest import Machines, Processes
@@ -590,6 +591,67 @@ def test_ssh_config_aliases_resolve_and_explicit_arguments_win(
     # A pool's connections to its own nodes read no config: Local nodes ignore "Port 1".
     with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
         assert _square(2) >> pool == 4
+
+
+def test_a_host_behind_a_proxy_jump_is_reached_through_it(
+    machines: Machines, bare_home: Path
+) -> None:
+    me = getpass.getuser()
+    authorized = machines.root / "authorized_keys"
+    # A bastion on 127.0.0.4 that logs each forwarding it opens (debug1).
+    gate = start_sshd(
+        machines.root, "gate", "127.0.0.4", authorized, extra_config="LogLevel DEBUG1\n"
+    )
+    # One that forwards nothing, as a locked-down bastion would.
+    shut = start_sshd(
+        machines.root, "shut", "127.0.0.5", authorized, extra_config="AllowTcpForwarding no\n"
+    )
+    try:
+        (bare_home / ".ssh" / "config").write_text(
+            f"Host behind\n"
+            f"  HostName {machines.b.addr}\n"
+            f"  Port {machines.b.port}\n"
+            f"  ProxyJump bastion\n"
+            f"Host walled\n"
+            f"  HostName {machines.b.addr}\n"
+            f"  Port {machines.b.port}\n"
+            f"  ProxyJump {me}@127.0.0.5:{shut.port}\n"
+            f"Host bastion\n"
+            f"  HostName 127.0.0.4\n"
+            f"  Port {gate.port}\n"
+            f"Host *\n"
+            f"  User {me}\n"
+            f"  IdentityFile {machines.key}\n"
+        )
+        with sky.Compute(provider=sky.SSH(hosts=["behind"]), nodes=1, options=QUIET) as pool:
+            assert _homes(pool) == [str(machines.b.home)]
+            gate_log = machines.root / "gate" / "sshd.log"
+            onward = f"target {machines.b.addr} port {machines.b.port}"
+            before = gate_log.read_text().count(onward)
+            assert before  # it went through the bastion
+            # Cut the connection at the bastion (the fault kit's drop_connection, which is
+            # for Local pools): the pool reconnects through it, and the call still returns.
+            _ready_node(_core(pool), 0).ssh.break_connection()
+            assert _square(9) >> pool == 81
+            assert gate_log.read_text().count(onward) > before
+        # Both machines' keys are pinned, each under its own address.
+        pinned = (bare_home / ".skyward" / "known_hosts").read_text()
+        assert f"[127.0.0.4]:{gate.port} " in pinned
+        assert f"[{machines.b.addr}]:{machines.b.port} " in pinned
+        options = sky.Options(console="silent", max_provision_attempts=1)
+        walled = sky.SSH(hosts=["walled"])
+        refusal = (
+            rf"the jump host 127\.0\.0\.5:{shut.port} would not open a connection to "
+            rf"{machines.b.addr}:{machines.b.port} .*Its sshd must allow forwarding"
+        )
+        with (
+            pytest.raises(sky.ProvisionError, match=refusal),
+            sky.Compute(provider=walled, nodes=1, options=options),
+        ):
+            pytest.fail("the pool came up through a bastion that forwards nothing")
+    finally:
+        stop(gate)
+        stop(shut)
 
 
 def test_a_passphrase_protected_key_logs_in_with_its_passphrase(

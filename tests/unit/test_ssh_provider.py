@@ -222,6 +222,64 @@ def test_ssh_config_resolves_aliases_and_explicit_arguments_win(bare_home: Path)
         sky.Compute(provider=sky.SSH(hosts=["x"], ssh_config=str(broken)), nodes=1)
 
 
+def test_proxy_jump_resolves_each_jump_host_through_the_config(bare_home: Path) -> None:
+    gate = _keygen(bare_home / ".ssh" / "gate_key")
+    _keygen(bare_home / ".ssh" / "id_ed25519")
+    (bare_home / ".ssh" / "config").write_text(
+        "Host inner\n"
+        "  HostName 10.0.0.7\n"
+        "  ProxyJump gate,ops@[fd00::5]:2200\n"
+        "Host gate\n"
+        "  HostName gw.example.org\n"
+        "  Port 2222\n"
+        "  User carol\n"
+        "  IdentityFile ~/.ssh/gate_key\n"
+        "Host deep\n"
+        "  HostName 10.0.0.8\n"
+        "  ProxyJump ssh://inner\n"
+        "Host direct\n"
+        "  ProxyJump none\n"
+        "Host *\n"
+        "  User dave\n"
+    )
+    inner, deep, direct = ssh_targets(sky.SSH(hosts=["inner", "deep", "direct"]))
+    assert (inner.host, inner.port, inner.user) == ("10.0.0.7", 22, "dave")
+    first, second = inner.jumps
+    assert (first.host, first.port, first.user) == ("gw.example.org", 2222, "carol")
+    assert first.login.tried == str(gate)  # the jump host's own IdentityFile
+    assert (second.host, second.port, second.user) == ("fd00::5", 2200, "ops")
+    assert second.login.tried == str(bare_home / ".ssh" / "id_ed25519")
+    # A jump host reached through jump hosts of its own: theirs come first.
+    assert [(h.host, h.port) for h in deep.jumps] == [
+        ("gw.example.org", 2222),
+        ("fd00::5", 2200),
+        ("10.0.0.7", 22),
+    ]
+    assert direct.jumps == ()
+    (unread,) = ssh_targets(sky.SSH(hosts=["inner"], ssh_config=None))
+    assert unread.jumps == ()
+
+
+@pytest.mark.parametrize(
+    ("jump", "message"),
+    [
+        ("gate:notaport", r"has 'gate:notaport', which is not \[user@\]host\[:port\]"),
+        ("gate,", r"has '', which is not"),
+        ("me@:22", r"has 'me@:22', which is not"),
+        ("loop", r"more than 8 jump hosts \(h -> loop -> loop .*\); a ProxyJump probably"),
+    ],
+)
+def test_a_proxy_jump_that_cannot_be_followed_is_refused_naming_the_host(
+    bare_home: Path, jump: str, message: str
+) -> None:
+    _keygen(bare_home / ".ssh" / "id_ed25519")
+    (bare_home / ".ssh" / "config").write_text(
+        f"Host h\n  ProxyJump {jump}\nHost loop\n  ProxyJump loop\n"
+    )
+    with pytest.raises(ValueError, match=message):
+        sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
+
+
 def test_known_hosts_lines_match_plain_bracketed_and_hashed_names(tmp_path: Path) -> None:
     one = _transport.public_openssh(_transport.generate_key())
     two = _transport.public_openssh(_transport.generate_key())
