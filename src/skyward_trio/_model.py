@@ -457,6 +457,28 @@ def _parse_port(text: str, port: str) -> int:
     return int(port)
 
 
+def jump_hosts(text: str, *, where: str, fix: str) -> tuple[SSHHost, ...]:
+    """The jump hosts of a ``ProxyJump`` (or ``ssh -J``) value, in order: each
+    ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``, comma-separated; ``none``
+    is none.
+
+    Raises:
+        ValueError: A part that is none of those, after ``where`` and before ``fix``.
+    """
+    if text.strip().lower() == "none":
+        return ()
+    hops = []
+    for part in text.split(","):
+        spec = part.strip()
+        try:
+            hops.append(SSHHost.parse(spec.removeprefix("ssh://")))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where} has {spec!r}, which is not [user@]host[:port]. {fix}"
+            ) from None
+    return tuple(hops)
+
+
 def _host_tuple(value: Iterable[str | SSHHost]) -> tuple[SSHHost, ...]:
     converted = _as_tuple(value)
     if not isinstance(converted, tuple):
@@ -482,11 +504,15 @@ class SSH(ProviderConfig):
             (``SSH_AUTH_SOCK``), then the config's ``IdentityFile`` for the host, else the
             first of ``~/.ssh/id_ed25519``, ``~/.ssh/id_ecdsa`` and ``~/.ssh/id_rsa``
             that exist.
-        ssh_config: The OpenSSH client config read for ``HostName``, ``User``, ``Port``
-            and ``IdentityFile``; None reads none.
+        ssh_config: The OpenSSH client config read for ``HostName``, ``User``, ``Port``,
+            ``IdentityFile`` and ``ProxyJump``; None reads none.
         passphrase_env: The name of an environment variable holding the passphrase of
             your passphrase-protected key (the name, never the passphrase: it stays out
             of reprs, configs and logs); None: such a key is left to the SSH agent.
+        proxy_jump: The jump hosts every host is reached through, as ``ssh -J`` takes
+            them (``"bastion"``, ``"alice@gw:2222,inner-gw"``; each may be an alias of
+            ``ssh_config``); wins over the config's ``ProxyJump``, and ``"none"`` goes
+            straight there. None: the config's ``ProxyJump``, if any.
     """
 
     hosts: tuple[SSHHost, ...] = attrs.field(converter=_host_tuple)
@@ -497,6 +523,7 @@ class SSH(ProviderConfig):
         default=DEFAULT_SSH_CONFIG, converter=attrs.converters.optional(_path)
     )
     passphrase_env: str | None = None
+    proxy_jump: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.hosts, str):
@@ -527,6 +554,10 @@ class SSH(ProviderConfig):
                 "digits and _). Pass the variable's name, e.g. "
                 'passphrase_env="SKYWARD_KEY_PASSPHRASE", never the passphrase itself.'
             )
+        if self.proxy_jump is not None:
+            fix = 'Pass e.g. proxy_jump="alice@bastion:2222", or None.'
+            _check_str("SSH", "proxy_jump", self.proxy_jump, fix=fix)
+            jump_hosts(self.proxy_jump, where=f"SSH(proxy_jump={self.proxy_jump!r})", fix=fix)
 
 
 #: ``sky.Container``'s image: the client's Python, on Debian (the engine pulls it).

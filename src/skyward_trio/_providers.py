@@ -49,6 +49,7 @@ from ._model import (
     VastAI,
     Verda,
     Vultr,
+    jump_hosts,
 )
 from ._offers import Catalog, Choice, Offer
 from ._volumes import UNMOUNT_SH
@@ -630,7 +631,17 @@ def ssh_targets(config: SSH) -> list[SSHTarget]:
                     "ssh_config=None to read none"
                 ) from exc
         jumps: list[SSHTarget] = []
-        for spec in _jump_specs(said.proxy_jump, name, config.ssh_config):
+        # SSH(proxy_jump=...) is for the hosts, as ssh -J: their jump hosts follow their own.
+        given = config.proxy_jump if len(chain) == 1 else None
+        where = (
+            f"SSH(proxy_jump={given!r})"
+            if given is not None
+            else f"SSH(ssh_config={config.ssh_config!r}): the ProxyJump of {name} "
+            f"({said.proxy_jump!r})"
+        )
+        proxy = given if given is not None else said.proxy_jump
+        hops = jump_hosts(proxy, where=where, fix="Fix it") if proxy is not None else ()
+        for hop_spec in hops:
             if len(chain) >= _MOST_JUMPS:
                 raise ValueError(
                     f"SSH(ssh_config={config.ssh_config!r}): reaching {chain[0]} goes through "
@@ -638,8 +649,8 @@ def ssh_targets(config: SSH) -> list[SSHTarget]:
                     "ProxyJump probably names a host whose own ProxyJump leads back to it. "
                     "Fix the file"
                 )
-            hop_user, hop_host, hop_port = spec
-            hop = resolve(hop_host, hop_user, hop_port, (*chain, hop_host))
+            hop_host = hop_spec.host
+            hop = resolve(hop_host, hop_spec.user, hop_spec.port, (*chain, hop_host))
             jumps += [*hop.jumps, attrs.evolve(hop, jumps=())]
         return SSHTarget(
             host=said.host,
@@ -653,43 +664,6 @@ def ssh_targets(config: SSH) -> list[SSHTarget]:
         resolve(entry.host, entry.user or config.user, entry.port or config.port, (entry.host,))
         for entry in config.hosts
     ]
-
-
-def _jump_specs(
-    proxy_jump: str | None, host: str, ssh_config: str | None
-) -> list[tuple[str | None, str, int | None]]:
-    """``ProxyJump``'s hosts, in order, each as ``(user, host, port)`` (None: not said):
-    ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``, comma-separated.
-
-    Raises:
-        ValueError: A part that is none of those, naming the host and the fix.
-    """
-    if proxy_jump is None:
-        return []
-    specs = []
-    for part in proxy_jump.split(","):
-        text = part.strip().removeprefix("ssh://")
-        user, _, rest = text.rpartition("@")
-        port: int | None = None
-        if rest.startswith("["):  # [v6 address]:port
-            address, _, after = rest[1:].partition("]")
-            rest_port = after.removeprefix(":") if after.startswith(":") else None
-            ok = bool(address) and (after == "" or rest_port is not None)
-            name = address
-        else:
-            name, colon, rest_port = rest.partition(":")
-            rest_port = rest_port if colon else None
-            ok = bool(name)
-        if rest_port is not None:
-            ok = ok and rest_port.isdigit() and 0 < int(rest_port) < 65536
-            port = int(rest_port) if ok else None
-        if not ok or " " in text:
-            raise ValueError(
-                f"SSH(ssh_config={ssh_config!r}): the ProxyJump of {host} ({proxy_jump!r}) has "
-                f"{part.strip()!r}, which is not [user@]host[:port]. Fix the file"
-            )
-        specs.append((user or None, name, port))
-    return specs
 
 
 def _passphrase(config: SSH) -> str | None:

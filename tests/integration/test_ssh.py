@@ -634,6 +634,16 @@ def test_a_host_behind_a_proxy_jump_is_reached_through_it(
             _ready_node(_core(pool), 0).ssh.break_connection()
             assert _square(9) >> pool == 81
             assert gate_log.read_text().count(onward) > before
+        # The same bastion given to SSH(proxy_jump=...), as ssh -J, with no alias at all.
+        behind = sky.SSH(
+            hosts=[f"{machines.b.addr}:{machines.b.port}"],
+            key=str(machines.key),
+            proxy_jump=f"{me}@127.0.0.4:{gate.port}",
+        )
+        seen = gate_log.read_text().count(onward)
+        with sky.Compute(provider=behind, nodes=1, options=QUIET) as pool:
+            assert _square(4) >> pool == 16
+        assert gate_log.read_text().count(onward) > seen
         # Both machines' keys are pinned, each under its own address.
         pinned = (bare_home / ".skyward" / "known_hosts").read_text()
         assert f"[127.0.0.4]:{gate.port} " in pinned

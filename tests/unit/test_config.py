@@ -348,6 +348,7 @@ def test_providers_are_built_and_named_by_pools(project: Path) -> None:
         hosts = ["gpu1", "alice@gpu2:2222", { host = "gpu3", port = 2200 }]
         user = "bob"
         ssh_config = false
+        proxy_jump = "bob@bastion:2222"
 
         [pools.train]
         provider = "lab"
@@ -363,6 +364,7 @@ def test_providers_are_built_and_named_by_pools(project: Path) -> None:
         hosts=["gpu1", "alice@gpu2:2222", sky.SSHHost(host="gpu3", port=2200)],
         user="bob",
         ssh_config=None,
+        proxy_jump="bob@bastion:2222",
     )
     assert loaded.pools["train"].specs[0].provider is lab
     assert loaded.pools["here"].specs[0].provider == sky.Local()

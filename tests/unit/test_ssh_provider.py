@@ -258,6 +258,20 @@ def test_proxy_jump_resolves_each_jump_host_through_the_config(bare_home: Path) 
     assert direct.jumps == ()
     (unread,) = ssh_targets(sky.SSH(hosts=["inner"], ssh_config=None))
     assert unread.jumps == ()
+    # SSH(proxy_jump=...) wins over the config's, as ssh -J does; "none" goes straight there.
+    (given,) = ssh_targets(sky.SSH(hosts=["inner"], proxy_jump="gate"))
+    assert [(h.host, h.port, h.user) for h in given.jumps] == [("gw.example.org", 2222, "carol")]
+    (straight,) = ssh_targets(sky.SSH(hosts=["inner"], proxy_jump="none"))
+    assert straight.jumps == ()
+    # A jump host given there follows its own ProxyJump first.
+    (deeper,) = ssh_targets(sky.SSH(hosts=["x"], proxy_jump="deep"))
+    assert [h.host for h in deeper.jumps] == ["gw.example.org", "fd00::5", "10.0.0.7", "10.0.0.8"]
+
+
+@pytest.mark.parametrize("jump", ["gw:notaport", "a,,b", "bad host", 3])
+def test_a_proxy_jump_argument_that_is_not_hosts_is_refused_at_once(jump: object) -> None:
+    with pytest.raises((TypeError, ValueError), match=r"SSH\(proxy_jump="):
+        sky.SSH(hosts=["h"], proxy_jump=jump)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
