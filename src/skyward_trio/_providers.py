@@ -656,7 +656,7 @@ def ssh_targets(config: SSH) -> list[SSHTarget]:
             host=said.host,
             port=port or said.port or 22,
             user=user or said.user or _username(),
-            login=_login(config, said.identity_files, passphrase, keys),
+            login=_login(config, said, passphrase, keys),
             jumps=tuple(jumps),
         )
 
@@ -719,11 +719,24 @@ _PASSPHRASE_FIX = (
 
 def _login(
     config: SSH,
-    identity_files: tuple[str, ...],
+    said: _transport.HostConfig,
     passphrase: str | None,
     keys: dict[str, _transport.SSHKey],
 ) -> _transport.Login:
-    """What to log in with: ``key`` alone, else the agent and the identity files."""
+    """What to log in with: ``key`` alone, else the agent and the identity files; each
+    key file with its certificates (``path-cert.pub``, the config's ``CertificateFile``)."""
+    identity_files = said.identity_files
+
+    def offered(paths: list[str]) -> tuple[tuple[Any, ...], list[str]]:
+        """The keys of ``paths`` with their certificates, and what they are, in words."""
+        entries: list[Any] = []
+        words = []
+        for path in paths:
+            pairs, certificates = _transport.certified(keys[path], path, said.certificate_files)
+            entries += pairs
+            with_them = f" (with the certificate {', '.join(certificates)})" if certificates else ""
+            words.append(f"{path}{with_them}")
+        return tuple(entries), words
 
     def load(path: str) -> _transport.SSHKey:
         if path not in keys:
@@ -749,7 +762,7 @@ def _login(
                 "your SSH agent and ~/.ssh."
             )
         try:
-            return _transport.Login(keys=(load(path),), tried=f"the key {path}")
+            load(path)
         except _transport.EncryptedKeyError:
             raise ValueError(
                 f"SSH(key={config.key!r}): {path} is passphrase-protected and no passphrase "
@@ -757,6 +770,8 @@ def _login(
                 "that holds its passphrase, or ssh-add it to your SSH agent and leave key "
                 "unset."
             ) from None
+        entries, (what,) = offered([path])
+        return _transport.Login(keys=entries, tried=f"the key {what}")
     agent = _agent_socket()
     named = identity_files or tuple(os.path.expanduser(k) for k in _DEFAULT_KEYS)
     used: list[str] = []
@@ -783,11 +798,10 @@ def _login(
             "an agent and ssh-add your key, or create one with ssh-keygen -t ed25519 and add "
             "its .pub to each host's ~/.ssh/authorized_keys."
         )
-    tried = ([f"the SSH agent's keys ({agent})"] if agent else []) + used
+    entries, words = offered(used)
+    tried = ([f"the SSH agent's keys ({agent})"] if agent else []) + words
     tried += [f"not {path} (passphrase-protected: {_PASSPHRASE_FIX})" for path in skipped]
-    return _transport.Login(
-        keys=tuple(keys[path] for path in used), agent=agent, tried=", ".join(tried)
-    )
+    return _transport.Login(keys=entries, agent=agent, tried=", ".join(tried))
 
 
 def _known_hosts_name(host: str, port: int) -> str:

@@ -21,6 +21,7 @@ import getpass
 import ipaddress
 import itertools
 import math
+import os
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,7 @@ __all__ = [
     "SSHKey",
     "WorkerLink",
     "asyncio_loop",
+    "certified",
     "connect",
     "fetch_host_key",
     "fingerprint",
@@ -87,7 +89,9 @@ class Login:
     """How the client proves who it is to a machine.
 
     Attributes:
-        keys: Private keys, already decrypted; never shown (``repr`` leaves them out).
+        keys: Private keys, already decrypted, each paired with its certificate where it
+            has one (offered with it first, then alone); never shown (``repr`` leaves
+            them out).
         agent: The SSH agent's socket, whose keys are offered before ``keys``; None: no
             agent. Pool-internal logins (a pool's own key) never have one.
         tried: What this login offers, in words, for the error a refusing machine gets.
@@ -95,7 +99,7 @@ class Login:
             ``ProxyJump``); empty: it goes straight to the machine.
     """
 
-    keys: tuple[asyncssh.SSHKey, ...] = attrs.field(default=(), repr=False)
+    keys: tuple[asyncssh.SSHKey | asyncssh.SSHKeyPair, ...] = attrs.field(default=(), repr=False)
     agent: str | None = None
     tried: str = ""
     through: tuple[Jump, ...] = ()
@@ -128,6 +132,7 @@ class HostConfig:
         port: ``Port``.
         user: ``User``.
         identity_files: ``IdentityFile`` entries, ``~`` expanded, in order.
+        certificate_files: ``CertificateFile`` entries, ``~`` expanded, in order.
         proxy_jump: ``ProxyJump``, as written (``"bastion"``, ``"me@gw:2222,inner"``);
             None when it names none (or says ``none``).
     """
@@ -136,6 +141,7 @@ class HostConfig:
     port: int | None = None
     user: str | None = None
     identity_files: tuple[str, ...] = ()
+    certificate_files: tuple[str, ...] = ()
     proxy_jump: str | None = None
 
 
@@ -144,7 +150,7 @@ def host_config(path: str, host: str, *, user: str | None, port: int | None) -> 
 
     ``user`` and ``port``, when given, win over the file (and ``Match user`` sees them),
     as ``ssh -l user -p port`` would. Only ``HostName``, ``Port``, ``User``,
-    ``IdentityFile`` and ``ProxyJump`` are taken from it.
+    ``IdentityFile``, ``CertificateFile`` and ``ProxyJump`` are taken from it.
 
     Raises:
         ValueError: The file does not parse, naming file and line.
@@ -163,12 +169,14 @@ def host_config(path: str, host: str, *, user: str | None, port: int | None) -> 
     said_port = config.get("Port")
     said_user = config.get("User")
     files = cast("list[str]", config.get("IdentityFile", []))
+    certificates = cast("list[str]", config.get("CertificateFile", []))
     jump = config.get("ProxyJump")
     return HostConfig(
         host=str(config.get("Hostname", host)),
         port=int(cast(int, said_port)) if said_port is not None else None,
         user=str(said_user) if said_user is not None else None,
         identity_files=tuple(str(Path(f).expanduser()) for f in files),
+        certificate_files=tuple(str(Path(f).expanduser()) for f in certificates),
         proxy_jump=str(jump) if jump and str(jump).lower() != "none" else None,
     )
 
@@ -214,6 +222,36 @@ def read_key(path: str, passphrase: str | None = None) -> asyncssh.SSHKey:
         raise SSHError(f"could not load the SSH private key {path}: {exc}") from exc
     except OSError as exc:
         raise SSHError(f"could not load the SSH private key {path}: {exc}") from exc
+
+
+def certified(
+    key: asyncssh.SSHKey, path: str, certificate_files: tuple[str, ...] = ()
+) -> tuple[tuple[asyncssh.SSHKey | asyncssh.SSHKeyPair, ...], tuple[str, ...]]:
+    """``key`` (read from ``path``) as a login offers it, and the certificates it goes
+    with: each of ``certificate_files`` and ``path-cert.pub`` (as ``ssh`` looks for it)
+    that certifies this key, offered with the key first, then the key alone.
+
+    Raises:
+        SSHError: A file of ``certificate_files`` that cannot be read as a certificate.
+    """
+    found: list[tuple[str, asyncssh.SSHCertificate]] = []
+    implicit = path + "-cert.pub"
+    for candidate in (*certificate_files, implicit):
+        if candidate == implicit and not os.path.isfile(candidate):
+            continue
+        try:
+            certificate = asyncssh.read_certificate(candidate)
+        except (asyncssh.KeyImportError, OSError) as exc:
+            if candidate == implicit:
+                continue  # not one: ssh ignores it too
+            raise SSHError(f"could not read the SSH certificate {candidate}: {exc}") from exc
+        if certificate.key.public_data == key.public_data and candidate not in dict(found):
+            found.append((candidate, certificate))
+    if not found:
+        return (key,), ()
+    pairs = asyncssh.load_keypairs([(key, certificate) for _, certificate in found])
+    with_certificates = [pair for pair in pairs if pair.has_cert]
+    return (*with_certificates, key), tuple(name for name, _ in found)
 
 
 def known_host_keys(path: str, host: str, port: int) -> list[tuple[int, str]]:

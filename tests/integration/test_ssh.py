@@ -664,6 +664,49 @@ def test_a_host_behind_a_proxy_jump_is_reached_through_it(
         stop(shut)
 
 
+def test_a_key_certified_by_the_machines_ca_logs_in_with_its_certificate(
+    machines: Machines, bare_home: Path
+) -> None:
+    me = getpass.getuser()
+    ca = machines.root / "user_ca"
+    if not ca.exists():
+        keygen(ca)
+    nobody = machines.root / "no_authorized_keys"
+    nobody.write_text("")
+    # A machine that trusts certificates its CA signed, and no key by itself.
+    certs = start_sshd(
+        machines.root, "certs", "127.0.0.6", nobody, extra_config=f"TrustedUserCAKeys {ca}.pub\n"
+    )
+    try:
+        key = bare_home / ".ssh" / "id_ed25519"
+        keygen(key)
+        host = f"127.0.0.6:{certs.port}"
+        options = sky.Options(console="silent", max_provision_attempts=1)
+        with (
+            pytest.raises(sky.ProvisionError, match=rf"was refused \(offered: the key {key}\)"),
+            sky.Compute(provider=sky.SSH(hosts=[host], key=str(key)), nodes=1, options=options),
+        ):
+            pytest.fail("a key no machine authorizes logged in without a certificate")
+        signed = ["ssh-keygen", "-q", "-s", str(ca), "-I", "skyward-test", "-n", me, "-V", "+1h"]
+        subprocess.run([*signed, f"{key}.pub"], check=True)  # writes id_ed25519-cert.pub
+        # Found beside the key, where ssh looks for it.
+        with sky.Compute(
+            provider=sky.SSH(hosts=[host], key=str(key)), nodes=1, options=QUIET
+        ) as pool:
+            assert _homes(pool) == [str(certs.home)]
+        # Named by the config's CertificateFile, anywhere.
+        elsewhere = bare_home / "issued-cert.pub"
+        os.rename(f"{key}-cert.pub", elsewhere)
+        (bare_home / ".ssh" / "config").write_text(
+            f"Host certified\n  HostName 127.0.0.6\n  Port {certs.port}\n  User {me}\n"
+            f"  IdentityFile {key}\n  CertificateFile {elsewhere}\n"
+        )
+        with sky.Compute(provider=sky.SSH(hosts=["certified"]), nodes=1, options=QUIET) as pool:
+            assert _square(5) >> pool == 25
+    finally:
+        stop(certs)
+
+
 def test_a_passphrase_protected_key_logs_in_with_its_passphrase(
     machines: Machines, bare_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

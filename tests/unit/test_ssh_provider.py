@@ -294,6 +294,39 @@ def test_a_proxy_jump_that_cannot_be_followed_is_refused_naming_the_host(
         sky.Compute(provider=sky.SSH(hosts=["h"]), nodes=1)
 
 
+def test_a_key_goes_with_the_certificates_that_certify_it(bare_home: Path) -> None:
+    ca = _keygen(bare_home / "ca")
+    key = _keygen(bare_home / ".ssh" / "id_ed25519")
+    other = _keygen(bare_home / "other")
+
+    def sign(public: Path, to: Path) -> Path:
+        subprocess.run(
+            ["ssh-keygen", "-q", "-s", str(ca), "-I", "t", "-n", "u", str(public)], check=True
+        )
+        public.with_name(public.name.removesuffix(".pub") + "-cert.pub").rename(to)
+        return to
+
+    plain = _only(sky.SSH(hosts=["h"], key=str(key)))
+    assert len(plain.keys) == 1
+    beside = sign(Path(f"{key}.pub"), Path(f"{key}-cert.pub"))  # where ssh looks for it
+    login = _only(sky.SSH(hosts=["h"], key=str(key)))
+    assert [getattr(k, "has_cert", False) for k in login.keys] == [True, False]
+    assert login.tried == f"the key {key} (with the certificate {beside})"
+    # One that certifies another key is not this key's: left out, as ssh does.
+    sign(Path(f"{other}.pub"), beside)
+    assert len(_only(sky.SSH(hosts=["h"], key=str(key))).keys) == 1
+    # The config's CertificateFile, for the host's keys; one that cannot be read says so.
+    named = sign(Path(f"{key}.pub"), bare_home / "issued-cert.pub")
+    (bare_home / ".ssh" / "config").write_text(
+        f"Host h\n  CertificateFile {named}\nHost broken\n  CertificateFile /nope-cert.pub\n"
+    )
+    login = _only(sky.SSH(hosts=["h"]))
+    assert [getattr(k, "has_cert", False) for k in login.keys] == [True, False]
+    assert f"with the certificate {named}" in login.tried
+    with pytest.raises(_transport.SSHError, match="could not read the SSH certificate /nope"):
+        ssh_targets(sky.SSH(hosts=["broken"]))
+
+
 def test_known_hosts_lines_match_plain_bracketed_and_hashed_names(tmp_path: Path) -> None:
     one = _transport.public_openssh(_transport.generate_key())
     two = _transport.public_openssh(_transport.generate_key())
