@@ -772,7 +772,7 @@ def _login(
             ) from None
         entries, (what,) = offered([path])
         return _transport.Login(keys=entries, tried=f"the key {what}")
-    agent = _agent_socket()
+    agent = _identity_agent(said.identity_agent)
     named = identity_files or tuple(os.path.expanduser(k) for k in _DEFAULT_KEYS)
     used: list[str] = []
     skipped: list[str] = []
@@ -799,9 +799,42 @@ def _login(
             "its .pub to each host's ~/.ssh/authorized_keys."
         )
     entries, words = offered(used)
-    tried = ([f"the SSH agent's keys ({agent})"] if agent else []) + words
+    only: frozenset[bytes] | None = None
+    agent_words = f"the SSH agent's keys ({agent})"
+    if said.identities_only and agent is not None:
+        only = _identity_public_keys([*used, *skipped], keys)
+        agent_words = f"the SSH agent's keys that the identity files name ({agent})"
+    tried = ([agent_words] if agent else []) + words
     tried += [f"not {path} (passphrase-protected: {_PASSPHRASE_FIX})" for path in skipped]
-    return _transport.Login(keys=entries, agent=agent, tried=", ".join(tried))
+    return _transport.Login(keys=entries, agent=agent, agent_only=only, tried=", ".join(tried))
+
+
+def _identity_agent(said: str | None) -> str | None:
+    """The agent's socket that a host's ``IdentityAgent`` names (None: ``SSH_AUTH_SOCK``),
+    if an agent runs there; ``none``: no agent."""
+    if said is None or said == "SSH_AUTH_SOCK":
+        return _agent_socket()
+    if said.lower() == "none":
+        return None
+    path = os.environ.get(said[1:], "") if said.startswith("$") else os.path.expanduser(said)
+    try:
+        return path if path and stat.S_ISSOCK(os.stat(path).st_mode) else None
+    except OSError:
+        return None  # no agent runs there: the key files may still do
+
+
+def _identity_public_keys(paths: list[str], keys: dict[str, _transport.SSHKey]) -> frozenset[bytes]:
+    """The public keys of the identity files ``paths`` (from the key, or from its ``.pub``
+    beside a protected one), as the agent's keys are told apart."""
+    found = set()
+    for path in paths:
+        if path in keys:
+            found.add(keys[path].public_data)
+            continue
+        public = _transport.read_public_key(path + ".pub")
+        if public is not None:
+            found.add(public)
+    return frozenset(found)
 
 
 def _known_hosts_name(host: str, port: int) -> str:

@@ -56,6 +56,7 @@ __all__ = [
     "host_config",
     "known_host_keys",
     "read_key",
+    "read_public_key",
 ]
 
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
@@ -94,6 +95,8 @@ class Login:
             them out).
         agent: The SSH agent's socket, whose keys are offered before ``keys``; None: no
             agent. Pool-internal logins (a pool's own key) never have one.
+        agent_only: The public keys (their wire form) of the agent's keys that may be
+            offered (OpenSSH's ``IdentitiesOnly``); None: all it holds.
         tried: What this login offers, in words, for the error a refusing machine gets.
         through: The machines the connection goes through first, in order (OpenSSH's
             ``ProxyJump``); empty: it goes straight to the machine.
@@ -101,6 +104,7 @@ class Login:
 
     keys: tuple[asyncssh.SSHKey | asyncssh.SSHKeyPair, ...] = attrs.field(default=(), repr=False)
     agent: str | None = None
+    agent_only: frozenset[bytes] | None = None
     tried: str = ""
     through: tuple[Jump, ...] = ()
 
@@ -133,6 +137,9 @@ class HostConfig:
         user: ``User``.
         identity_files: ``IdentityFile`` entries, ``~`` expanded, in order.
         certificate_files: ``CertificateFile`` entries, ``~`` expanded, in order.
+        identity_agent: ``IdentityAgent``, as written (a socket's path, ``SSH_AUTH_SOCK``,
+            ``$VARIABLE`` or ``none``); None when it names none.
+        identities_only: ``IdentitiesOnly yes``.
         proxy_jump: ``ProxyJump``, as written (``"bastion"``, ``"me@gw:2222,inner"``);
             None when it names none (or says ``none``).
     """
@@ -142,6 +149,8 @@ class HostConfig:
     user: str | None = None
     identity_files: tuple[str, ...] = ()
     certificate_files: tuple[str, ...] = ()
+    identity_agent: str | None = None
+    identities_only: bool = False
     proxy_jump: str | None = None
 
 
@@ -150,7 +159,8 @@ def host_config(path: str, host: str, *, user: str | None, port: int | None) -> 
 
     ``user`` and ``port``, when given, win over the file (and ``Match user`` sees them),
     as ``ssh -l user -p port`` would. Only ``HostName``, ``Port``, ``User``,
-    ``IdentityFile``, ``CertificateFile`` and ``ProxyJump`` are taken from it.
+    ``IdentityFile``, ``CertificateFile``, ``IdentityAgent``, ``IdentitiesOnly`` and
+    ``ProxyJump`` are taken from it.
 
     Raises:
         ValueError: The file does not parse, naming file and line.
@@ -171,12 +181,16 @@ def host_config(path: str, host: str, *, user: str | None, port: int | None) -> 
     files = cast("list[str]", config.get("IdentityFile", []))
     certificates = cast("list[str]", config.get("CertificateFile", []))
     jump = config.get("ProxyJump")
+    absent = object()
+    agent = config.get("IdentityAgent", absent)  # present and None: "IdentityAgent none"
     return HostConfig(
         host=str(config.get("Hostname", host)),
         port=int(cast(int, said_port)) if said_port is not None else None,
         user=str(said_user) if said_user is not None else None,
         identity_files=tuple(str(Path(f).expanduser()) for f in files),
         certificate_files=tuple(str(Path(f).expanduser()) for f in certificates),
+        identity_agent=None if agent is absent else "none" if agent is None else str(agent),
+        identities_only=bool(config.get("IdentitiesOnly", False)),
         proxy_jump=str(jump) if jump and str(jump).lower() != "none" else None,
     )
 
@@ -222,6 +236,14 @@ def read_key(path: str, passphrase: str | None = None) -> asyncssh.SSHKey:
         raise SSHError(f"could not load the SSH private key {path}: {exc}") from exc
     except OSError as exc:
         raise SSHError(f"could not load the SSH private key {path}: {exc}") from exc
+
+
+def read_public_key(path: str) -> bytes | None:
+    """The public key in the file ``path`` (its wire form), or None if there is none."""
+    try:
+        return bytes(asyncssh.read_public_key(path).public_data)
+    except (asyncssh.KeyImportError, OSError):
+        return None
 
 
 def certified(
@@ -601,6 +623,8 @@ async def _log_in(
     try:
         if login.agent is not None:
             agent, held = await _agent_keys(login.agent)
+            if login.agent_only is not None:  # IdentitiesOnly: the identity files' keys only
+                held = [k for k in held if k.key_public_data in login.agent_only]
             keys[:0] = held
         if not keys:
             said = "holds no key" if agent is not None else "did not answer"
@@ -630,7 +654,14 @@ async def _log_in(
             f"SSH connect to {host}:{port} failed: {username} was refused{tried}: {exc}"
         ) from exc
     except (asyncssh.Error, OSError) as exc:
-        raise SSHError(f"SSH connect to {host}:{port} failed: {exc}") from exc
+        hint = ""
+        if "too many authentication failures" in str(exc).lower() and agent is not None:
+            hint = (
+                f" (the SSH agent offered its {len(keys) - len(login.keys)} key(s) first, and "
+                "sshd stops at MaxAuthTries: add IdentitiesOnly yes for this host to "
+                "~/.ssh/config, or pass SSH(key=...))"
+            )
+        raise SSHError(f"SSH connect to {host}:{port} failed: {exc}{hint}") from exc
     finally:
         if agent is not None:  # its keys sign during authentication only
             agent.close()

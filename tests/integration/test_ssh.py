@@ -707,6 +707,56 @@ def test_a_key_certified_by_the_machines_ca_logs_in_with_its_certificate(
         stop(certs)
 
 
+def test_identity_agent_and_identities_only_choose_what_is_offered(
+    machines: Machines, bare_home: Path, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = getpass.getuser()
+    host = f"{machines.a.addr}:{machines.a.port}"
+    options = sky.Options(console="silent", max_provision_attempts=1)
+
+    def ssh_add(*keys: Path) -> None:
+        env = {**os.environ, "SSH_AUTH_SOCK": agent}
+        subprocess.run(["ssh-add", "-q", *map(str, keys)], env=env, check=True, capture_output=True)
+
+    # IdentityAgent names the agent: SSH_AUTH_SOCK is not needed.
+    ssh_add(machines.key)
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    config = bare_home / ".ssh" / "config"
+    config.write_text(f"Host *\n  User {me}\n  IdentityAgent {agent}\n")
+    with sky.Compute(provider=sky.SSH(hosts=[host]), nodes=1, options=QUIET) as pool:
+        assert _homes(pool) == [str(machines.a.home)]
+    # An agent full of other keys: sshd gives up (MaxAuthTries 6) before the file's key,
+    # unless IdentitiesOnly keeps the agent's other keys out.
+    subprocess.run(["ssh-add", "-q", "-D"], env={**os.environ, "SSH_AUTH_SOCK": agent}, check=True)
+    strangers = [bare_home / f"stranger{n}" for n in range(7)]
+    for stranger in strangers:
+        keygen(stranger)
+    ssh_add(*strangers)
+    config.write_text(
+        f"Host *\n  User {me}\n  IdentityAgent {agent}\n  IdentityFile {machines.key}\n"
+    )
+    with (
+        pytest.raises(
+            sky.ProvisionError,
+            match=r"Too many authentication failures \(the SSH agent offered its 7 key\(s\) "
+            r"first, .*add IdentitiesOnly yes",
+        ),
+        sky.Compute(provider=sky.SSH(hosts=[host]), nodes=1, options=options),
+    ):
+        pytest.fail("sshd let seven wrong keys go by")
+    config.write_text(
+        f"Host *\n  User {me}\n  IdentityAgent {agent}\n  IdentityFile {machines.key}\n"
+        "  IdentitiesOnly yes\n"
+    )
+    with sky.Compute(provider=sky.SSH(hosts=[host]), nodes=1, options=QUIET) as pool:
+        assert _homes(pool) == [str(machines.a.home)]
+    # IdentityAgent none: no agent, even with SSH_AUTH_SOCK set.
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent)
+    config.write_text(f"Host *\n  User {me}\n  IdentityAgent none\n")
+    with pytest.raises(FileNotFoundError, match="no SSH agent running"):
+        sky.Compute(provider=sky.SSH(hosts=[host]), nodes=1, options=options)
+
+
 def test_a_passphrase_protected_key_logs_in_with_its_passphrase(
     machines: Machines, bare_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -327,6 +327,39 @@ def test_a_key_goes_with_the_certificates_that_certify_it(bare_home: Path) -> No
         ssh_targets(sky.SSH(hosts=["broken"]))
 
 
+def test_identity_agent_names_the_agent_and_identities_only_narrows_its_keys(
+    bare_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(bare_home / "agent.sock"))  # an agent's socket, as far as a path goes
+    try:
+        key = _keygen(bare_home / ".ssh" / "work")
+        locked = _keygen(bare_home / ".ssh" / "locked", passphrase="p4ss")
+        (bare_home / ".ssh" / "config").write_text(
+            "Host tilde\n  IdentityAgent ~/agent.sock\n"
+            "Host variable\n  IdentityAgent $MY_AGENT\n"
+            "Host narrow\n  IdentityAgent ~/agent.sock\n  IdentitiesOnly yes\n"
+            f"  IdentityFile {key}\n  IdentityFile {locked}\n"
+            "Host gone\n  IdentityAgent ~/no-agent-here.sock\n"
+            f"Host *\n  IdentityFile {key}\n"
+        )
+        monkeypatch.setenv("MY_AGENT", str(bare_home / "agent.sock"))
+        tilde, variable, narrow, gone = ssh_targets(
+            sky.SSH(hosts=["tilde", "variable", "narrow", "gone"])
+        )
+        assert tilde.login.agent == variable.login.agent == str(bare_home / "agent.sock")
+        assert tilde.login.agent_only is None  # every key the agent holds
+        # IdentitiesOnly: the agent's keys that the identity files are (a protected one
+        # known by its .pub), and no other.
+        public = {_transport.read_public_key(f"{path}.pub") for path in (key, locked)}
+        assert narrow.login.agent_only == frozenset(public)
+        assert "the SSH agent's keys that the identity files name" in narrow.login.tried
+        assert gone.login.agent is None  # nothing runs there: the key files still do
+        assert gone.login.tried == str(key)
+    finally:
+        sock.close()
+
+
 def test_known_hosts_lines_match_plain_bracketed_and_hashed_names(tmp_path: Path) -> None:
     one = _transport.public_openssh(_transport.generate_key())
     two = _transport.public_openssh(_transport.generate_key())
