@@ -634,6 +634,9 @@ def test_a_host_behind_a_proxy_jump_is_reached_through_it(
             _ready_node(_core(pool), 0).ssh.break_connection()
             assert _square(9) >> pool == 81
             assert gate_log.read_text().count(onward) > before
+            # The collections store (in the client) is reached through the bastion too.
+            assert _count("behind-hits", 5) >> pool == 0
+            assert pool.counter("behind-hits").value == 5
         # The same bastion given to SSH(proxy_jump=...), as ssh -J, with no alias at all.
         behind = sky.SSH(
             hosts=[f"{machines.b.addr}:{machines.b.port}"],
