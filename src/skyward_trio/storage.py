@@ -411,10 +411,14 @@ def _failure(response: httpx.Response, what: str) -> StorageError:
     )
 
 
-def _listed(content: bytes) -> tuple[list[str], str | None]:
+def _listed(content: bytes) -> tuple[list[tuple[str, int]], str | None]:
+    """One page of a listing: ``(key, size)`` of each object, and the next page's token."""
     root = ElementTree.fromstring(content)
     ns = _S3_NS if root.tag.startswith(_S3_NS) else ""
-    keys = [item.findtext(f"{ns}Key") or "" for item in root.findall(f"{ns}Contents")]
+    keys = [
+        (item.findtext(f"{ns}Key") or "", int(item.findtext(f"{ns}Size") or 0))
+        for item in root.findall(f"{ns}Contents")
+    ]
     truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
     token = root.findtext(f"{ns}NextContinuationToken") if truncated else None
     return keys, token
@@ -452,6 +456,61 @@ def _source(local_path: str | os.PathLike[str], key: str | None) -> tuple[Path, 
     return path, key if key is not None else path.name
 
 
+def _folder_prefix(folder: Path, key: str | None) -> str:
+    """The key prefix a folder's files go up under: ``key`` (default: the folder's name),
+    ending in ``/``."""
+    prefix = folder.resolve().name if key is None else key
+    if not isinstance(prefix, str) or not prefix.strip("/"):
+        raise ValueError(
+            f"upload(key={key!r}): a folder goes up under a prefix; pass e.g. "
+            "key='checkpoints/step-1000/', or leave it out for the folder's name"
+        )
+    return prefix.rstrip("/") + "/"
+
+
+def _tree(folder: Path) -> list[tuple[Path, str, int]]:
+    """Every file under ``folder`` (a symlinked file as its target's bytes; symlinked
+    folders are not entered), as ``(path, relative key, size)``, in key order."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders.sort()
+        for name in files:
+            path = Path(root, name)
+            if path.is_file():
+                found.append((path, path.relative_to(folder).as_posix(), path.stat().st_size))
+    return sorted(found, key=lambda item: item[1])
+
+
+def _folder_plan(
+    bucket: str, prefix: str, listed: list[tuple[str, int]], folder: Path
+) -> list[tuple[str, int, Path]]:
+    """What a folder's download brings: ``(key, size, local path)`` of each object under
+    ``prefix``. Keys ending in ``/`` (folder markers) are skipped.
+
+    Raises:
+        StorageError: Nothing is under ``prefix``, or a key would land outside ``folder``.
+    """
+    plan = []
+    for key, size in listed:
+        relative = key[len(prefix) :]
+        if not relative or key.endswith("/"):
+            continue
+        parts = relative.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise StorageError(
+                f"download of {bucket}/{prefix} failed: the key {key!r} does not name a file "
+                f"under {folder} (an empty, '.' or '..' part); download it by itself"
+            )
+        plan.append((key, size, folder.joinpath(*parts)))
+    if not plan:
+        raise StorageError(
+            f"download of {bucket}/{prefix} failed: no object's key starts with {prefix!r}",
+            status=404,
+            code="NoSuchKey",
+        )
+    return plan
+
+
 def _check_progress(method: str, progress: object) -> None:
     if progress is not None and not callable(progress):
         raise TypeError(
@@ -476,10 +535,10 @@ class _Meter:
         if self._progress is not None and count:
             self._progress(self.done, self.total)
 
-    def finish(self) -> None:
-        """Report the whole, if the last step did not (a one-request upload)."""
-        if self.done < self.total:
-            self.add(self.total - self.done)
+    def settle(self, before: int, size: int) -> None:
+        """Count what is left of a ``size``-byte file whose parts, if any, were counted
+        since ``done`` was ``before`` (a file sent in one request counts once it is up)."""
+        self.add(size - (self.done - before))
 
 
 def _part_bounds(total: int, part_size: int, index: int) -> tuple[int, int]:
@@ -603,7 +662,8 @@ def _upload(
 
 
 def _ls(r: _Requests, bucket: str, prefix: str) -> _Operation:
-    keys: list[str] = []
+    """Every ``(key, size)`` under ``prefix``, following the pages."""
+    keys: list[tuple[str, int]] = []
     token: str | None = None
     while True:
         query = {"list-type": "2", "prefix": prefix, "max-keys": str(_PAGE)}
@@ -774,15 +834,29 @@ class StorageClient:
     ) -> str:
         """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key.
 
-        ``progress``, if given, is called with ``(bytes sent, bytes in all)`` as parts go up."""
+        A folder goes up file by file under the prefix ``key`` (default: the folder's
+        name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
+        called with ``(bytes sent, bytes in all)`` as parts go up."""
+        _check_progress("upload", progress)
+        folder = Path(local_path).expanduser()
+        if folder.is_dir():
+            prefix = _folder_prefix(folder, key)
+            _check_names(bucket, prefix)
+            files = _tree(folder)
+            meter = _Meter(progress, sum(size for _, _, size in files))
+            for path, relative, size in files:
+                self._upload_one(bucket, path, prefix + relative, size, meter)
+            return prefix
         path, key = _source(local_path, key)
         _check_names(bucket, key)
-        _check_progress("upload", progress)
         total = path.stat().st_size
-        meter = _Meter(progress, total)
-        operation = _upload(self._requests, bucket, path, key, self._part_size, total)
+        return self._upload_one(bucket, path, key, total, _Meter(progress, total))
+
+    def _upload_one(self, bucket: str, path: Path, key: str, size: int, meter: _Meter) -> str:
+        before = meter.done
+        operation = _upload(self._requests, bucket, path, key, self._part_size, size)
         done = str(self._run(operation, meter))
-        meter.finish()
+        meter.settle(before, size)
         return done
 
     def _head(self, bucket: str, key: str, what: str) -> tuple[int, str] | None:
@@ -807,22 +881,36 @@ class StorageClient:
     ) -> Path:
         """Download ``key`` to ``local_path`` (its folder is made); returns the path.
 
-        An object larger than a part comes down in parts, several at once. ``progress``,
-        if given, is called with ``(bytes received, bytes in all)`` as they arrive."""
-        import httpx
-
+        A ``key`` ending in ``/`` is a folder: every object under it comes down to the
+        same path under the folder ``local_path``. An object larger than a part comes
+        down in parts, several at once. ``progress``, if given, is called with ``(bytes
+        received, bytes in all)`` as they arrive."""
         _check_names(bucket, key)
         _check_progress("download", progress)
         self._client()
         target = Path(local_path).expanduser()
+        if key.endswith("/"):
+            plan = _folder_plan(bucket, key, self._run(_ls(self._requests, bucket, key)), target)
+            meter = _Meter(progress, sum(size for _, size, _ in plan))
+            for object_key, _, path in plan:
+                self._fetch(bucket, object_key, path, lambda _: meter)
+            return target
+        return self._fetch(bucket, key, target, lambda total: _Meter(progress, total))
+
+    def _fetch(
+        self, bucket: str, key: str, target: Path, meter_for: Callable[[int], _Meter]
+    ) -> Path:
+        """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
+        import httpx
+
         what = f"download of {bucket}/{key}"
         head = self._head(bucket, key, what)
         partial = _partial(target)
         try:
             if head is not None and head[0] > self._part_size:
-                self._download_parts(bucket, key, partial, head, what, progress)
+                self._download_parts(bucket, key, partial, head, what, meter_for(head[0]))
             else:
-                self._download_whole(bucket, key, partial, head, what, progress)
+                self._download_whole(bucket, key, partial, head, what, meter_for)
             os.replace(partial, target)
         except httpx.HTTPError as exc:
             os.unlink(partial)
@@ -839,7 +927,7 @@ class StorageClient:
         partial: str,
         head: tuple[int, str] | None,
         what: str,
-        progress: Progress | None,
+        meter_for: Callable[[int], _Meter],
     ) -> None:
         request = self._requests.request("GET", bucket, key)
         with (
@@ -849,7 +937,7 @@ class StorageClient:
             if answer.status_code != 200:
                 answer.read()
                 raise _failure(answer, what)
-            meter = _Meter(progress, _total(head, answer))
+            meter = meter_for(_total(head, answer))
             for chunk in answer.iter_bytes(1 << 20):
                 file.write(chunk)
                 meter.add(len(chunk))
@@ -861,7 +949,7 @@ class StorageClient:
         partial: str,
         head: tuple[int, str],
         what: str,
-        progress: Progress | None,
+        meter: _Meter,
     ) -> None:
         import httpx
 
@@ -889,7 +977,6 @@ class StorageClient:
         fd = os.open(partial, os.O_WRONLY)
         try:
             os.ftruncate(fd, total)
-            meter = _Meter(progress, total)
             count = _part_count(total, self._part_size)
             sizes = [_part_bounds(total, self._part_size, i)[1] for i in range(count)]
             self._in_parallel(count, fetch, sizes.__getitem__, meter)
@@ -899,7 +986,7 @@ class StorageClient:
     def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""
         _check_names(bucket)
-        return list(self._run(_ls(self._requests, bucket, prefix)))
+        return [key for key, _ in self._run(_ls(self._requests, bucket, prefix))]
 
     def exists(self, bucket: str, key: str) -> bool:
         """Whether ``key`` is in ``bucket`` (a missing bucket is a StorageError)."""
@@ -1057,17 +1144,31 @@ class AsyncStorageClient:
     ) -> str:
         """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key.
 
-        ``progress``, if given, is called with ``(bytes sent, bytes in all)`` as parts go up."""
+        A folder goes up file by file under the prefix ``key`` (default: the folder's
+        name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
+        called with ``(bytes sent, bytes in all)`` as parts go up."""
         import trio
 
+        _check_progress("upload", progress)
+        folder = Path(await trio.Path(local_path).expanduser())
+        if await trio.Path(folder).is_dir():
+            prefix = _folder_prefix(folder, key)
+            _check_names(bucket, prefix)
+            files = await trio.to_thread.run_sync(_tree, folder)
+            meter = _Meter(progress, sum(size for _, _, size in files))
+            for path, relative, size in files:
+                await self._upload_one(bucket, path, prefix + relative, size, meter)
+            return prefix
         path, key = _source(local_path, key)
         _check_names(bucket, key)
-        _check_progress("upload", progress)
         total = (await trio.Path(path).stat()).st_size
-        meter = _Meter(progress, total)
-        operation = _upload(self._requests, bucket, path, key, self._part_size, total)
+        return await self._upload_one(bucket, path, key, total, _Meter(progress, total))
+
+    async def _upload_one(self, bucket: str, path: Path, key: str, size: int, meter: _Meter) -> str:
+        before = meter.done
+        operation = _upload(self._requests, bucket, path, key, self._part_size, size)
         done = str(await self._run(operation, meter))
-        meter.finish()
+        meter.settle(before, size)
         return done
 
     async def download(
@@ -1080,15 +1181,32 @@ class AsyncStorageClient:
     ) -> Path:
         """Download ``key`` to ``local_path`` (its folder is made); returns the path.
 
-        An object larger than a part comes down in parts, several at once. ``progress``,
-        if given, is called with ``(bytes received, bytes in all)`` as they arrive."""
-        import httpx
+        A ``key`` ending in ``/`` is a folder: every object under it comes down to the
+        same path under the folder ``local_path``. An object larger than a part comes
+        down in parts, several at once. ``progress``, if given, is called with ``(bytes
+        received, bytes in all)`` as they arrive."""
         import trio
 
         _check_names(bucket, key)
         _check_progress("download", progress)
         self._client()
         target = Path(await trio.Path(local_path).expanduser())
+        if key.endswith("/"):
+            listed = await self._run(_ls(self._requests, bucket, key))
+            plan = _folder_plan(bucket, key, listed, target)
+            meter = _Meter(progress, sum(size for _, size, _ in plan))
+            for object_key, _, path in plan:
+                await self._fetch(bucket, object_key, path, lambda _: meter)
+            return target
+        return await self._fetch(bucket, key, target, lambda total: _Meter(progress, total))
+
+    async def _fetch(
+        self, bucket: str, key: str, target: Path, meter_for: Callable[[int], _Meter]
+    ) -> Path:
+        """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
+        import httpx
+        import trio
+
         what = f"download of {bucket}/{key}"
         request = self._requests.request("HEAD", bucket, key)
         try:
@@ -1098,9 +1216,9 @@ class AsyncStorageClient:
         partial = await trio.to_thread.run_sync(_partial, target)
         try:
             if head is not None and head[0] > self._part_size:
-                await self._download_parts(bucket, key, partial, head, what, progress)
+                await self._download_parts(bucket, key, partial, head, what, meter_for(head[0]))
             else:
-                await self._download_whole(bucket, key, partial, head, what, progress)
+                await self._download_whole(bucket, key, partial, head, what, meter_for)
             os.replace(partial, target)
         except httpx.HTTPError as exc:
             os.unlink(partial)
@@ -1117,7 +1235,7 @@ class AsyncStorageClient:
         partial: str,
         head: tuple[int, str] | None,
         what: str,
-        progress: Progress | None,
+        meter_for: Callable[[int], _Meter],
     ) -> None:
         import trio
 
@@ -1129,7 +1247,7 @@ class AsyncStorageClient:
             if answer.status_code != 200:
                 await answer.aread()
                 raise _failure(answer, what)
-            meter = _Meter(progress, _total(head, answer))
+            meter = meter_for(_total(head, answer))
             async for chunk in answer.aiter_bytes(1 << 20):
                 await file.write(chunk)
                 meter.add(len(chunk))
@@ -1141,7 +1259,7 @@ class AsyncStorageClient:
         partial: str,
         head: tuple[int, str],
         what: str,
-        progress: Progress | None,
+        meter: _Meter,
     ) -> None:
         import httpx
         import trio
@@ -1170,7 +1288,6 @@ class AsyncStorageClient:
         fd = await trio.to_thread.run_sync(os.open, partial, os.O_WRONLY)
         try:
             await trio.to_thread.run_sync(os.ftruncate, fd, total)
-            meter = _Meter(progress, total)
             count = _part_count(total, self._part_size)
             sizes = [_part_bounds(total, self._part_size, i)[1] for i in range(count)]
             await self._in_parallel(count, fetch, sizes.__getitem__, meter)
@@ -1180,7 +1297,7 @@ class AsyncStorageClient:
     async def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""
         _check_names(bucket)
-        return list(await self._run(_ls(self._requests, bucket, prefix)))
+        return [key for key, _ in await self._run(_ls(self._requests, bucket, prefix))]
 
     async def exists(self, bucket: str, key: str) -> bool:
         """Whether ``key`` is in ``bucket`` (a missing bucket is a StorageError)."""

@@ -416,3 +416,75 @@ async def test_a_trio_upload_cancelled_amid_its_parts_is_aborted(
     boto = boto_s3(endpoint)
     assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert boto.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
+def _checkpoint_folder(root: Path) -> dict[str, bytes]:
+    """A folder as save_pretrained writes one: a config, weights in shards, a nested file."""
+    files = {
+        "config.json": b'{"hidden": 8}',
+        "model-00001-of-00002.safetensors": os.urandom(6 * MIB),
+        "model-00002-of-00002.safetensors": os.urandom(1000),
+        "tokenizer/vocab.txt": "ü\n".encode(),
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+def _read_tree(root: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_a_folder_goes_up_and_comes_down_by_its_prefix(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "step-100"
+    files = _checkpoint_folder(ckpt)
+    total = sum(map(len, files.values()))
+    client = StorageClient(_store(endpoint), ("testing", "testing"), part_size=5 * MIB)
+    client._open()
+    up: list[tuple[int, int]] = []
+    down: list[tuple[int, int]] = []
+    try:
+        # By default under the folder's name; a key names the prefix.
+        assert client.upload(bucket, ckpt) == "step-100/"
+        prefix = client.upload(bucket, ckpt, key="runs/7/", progress=lambda d, t: up.append((d, t)))
+        assert prefix == "runs/7/"
+        assert client.ls(bucket, prefix="runs/7/") == [f"runs/7/{name}" for name in sorted(files)]
+        # The big shard went up in parts.
+        head = boto_s3(endpoint).head_object(Bucket=bucket, Key="runs/7/" + sorted(files)[1])
+        assert head["ETag"].endswith('-2"')
+        back = client.download(
+            bucket, "runs/7/", tmp_path / "back", progress=lambda d, t: down.append((d, t))
+        )
+        assert back == tmp_path / "back"
+        assert _read_tree(back) == files
+        with pytest.raises(sky.storage.StorageError, match="no object's key starts with 'nope/'"):
+            client.download(bucket, "nope/", tmp_path / "nope")
+        assert not (tmp_path / "nope").exists()
+        # A key that would land outside the folder is refused before anything comes down.
+        boto_s3(endpoint).put_object(Bucket=bucket, Key="evil/../../escape", Body=b"x")
+        with pytest.raises(sky.storage.StorageError, match="does not name a file under"):
+            client.download(bucket, "evil/", tmp_path / "evil")
+        with pytest.raises(ValueError, match="a folder goes up under a prefix"):
+            client.upload(bucket, ckpt, key="/")
+    finally:
+        client.close()
+    assert _climbs(up, total)
+    assert _climbs(down, total)
+
+
+async def test_the_trio_client_moves_folders_too(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    files = _checkpoint_folder(ckpt)
+    async with _store(endpoint) as s3:
+        assert await s3.upload(bucket, ckpt, key="a") == "a/"
+        back = await s3.download(bucket, "a/", tmp_path / "back")
+    assert _read_tree(back) == files
