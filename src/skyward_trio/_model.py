@@ -505,8 +505,8 @@ class SSH(ProviderConfig):
             first of ``~/.ssh/id_ed25519``, ``~/.ssh/id_ecdsa`` and ``~/.ssh/id_rsa``
             that exist.
         ssh_config: The OpenSSH client config read for ``HostName``, ``User``, ``Port``,
-            ``IdentityFile``, ``CertificateFile``, ``IdentityAgent``, ``IdentitiesOnly`` and
-            ``ProxyJump``; None reads none.
+            ``IdentityFile``, ``CertificateFile``, ``IdentityAgent``, ``IdentitiesOnly``,
+            ``ProxyJump`` and ``ProxyCommand``; None reads none.
         passphrase_env: The name of an environment variable holding the passphrase of
             your passphrase-protected key (the name, never the passphrase: it stays out
             of reprs, configs and logs); None: such a key is left to the SSH agent.

@@ -589,13 +589,19 @@ class SSHTarget:
         that reaches it: through each jump host, whose keys are verified on the way."""
         through: list[_transport.Jump] = []
         for hop in self.jumps:
-            key = await verified_host_key(hop.host, hop.port, through=tuple(through))
+            command = None if through else hop.login.proxy_command  # the first one's only
+            key = await verified_host_key(
+                hop.host, hop.port, through=tuple(through), proxy_command=command
+            )
             through.append(
                 _transport.Jump(
                     host=hop.host, port=hop.port, username=hop.user, login=hop.login, host_key=key
                 )
             )
-        key = await verified_host_key(self.host, self.port, through=tuple(through))
+        command = None if through else self.login.proxy_command
+        key = await verified_host_key(
+            self.host, self.port, through=tuple(through), proxy_command=command
+        )
         return key, attrs.evolve(self.login, through=tuple(through))
 
 
@@ -652,11 +658,29 @@ def ssh_targets(config: SSH) -> list[SSHTarget]:
             hop_host = hop_spec.host
             hop = resolve(hop_host, hop_spec.user, hop_spec.port, (*chain, hop_host))
             jumps += [*hop.jumps, attrs.evolve(hop, jumps=())]
+        for later in jumps[1:]:
+            if later.login.proxy_command:
+                raise ValueError(
+                    f"SSH(ssh_config={config.ssh_config!r}): the jump host {later.host} (on the "
+                    f"way to {chain[0]}) has a ProxyCommand, which only the first machine of a "
+                    "chain can have (the others are reached through the one before). Fix the file"
+                )
+        # ProxyJump and ProxyCommand are two ways to the host: the config may name one
+        # (SSH(proxy_jump=...) wins over both, as ssh -J does).
+        command = said.proxy_command if given is None else None
+        if command and said.proxy_jump:
+            raise ValueError(
+                f"SSH(ssh_config={config.ssh_config!r}): {name} has both a ProxyJump "
+                f"({said.proxy_jump!r}) and a ProxyCommand ({command!r}); keep one. Fix the file"
+            )
+        login = _login(config, said, passphrase, keys)
+        if command:
+            login = attrs.evolve(login, proxy_command=command)
         return SSHTarget(
             host=said.host,
             port=port or said.port or 22,
             user=user or said.user or _username(),
-            login=_login(config, said, passphrase, keys),
+            login=login,
             jumps=tuple(jumps),
         )
 
@@ -843,14 +867,19 @@ def _known_hosts_name(host: str, port: int) -> str:
 
 
 async def verified_host_key(
-    host: str, port: int, *, through: tuple[_transport.Jump, ...] = ()
+    host: str,
+    port: int,
+    *,
+    through: tuple[_transport.Jump, ...] = (),
+    proxy_command: str | None = None,
 ) -> str:
     """The host key of ``host:port``, verified, or pinned if the machine is new to us.
 
     ``~/.ssh/known_hosts`` (what ``ssh`` trusts) is consulted first, then Skyward's own
     ``~/.skyward/known_hosts``; a machine in neither is pinned in the latter on first use.
     A key neither file trusts is never accepted: there is no switch to turn this off.
-    ``through``: the jump hosts it is reached through (their keys verified already).
+    ``through``: the jump hosts it is reached through (their keys verified already);
+    ``proxy_command``: the command it is reached through.
 
     Raises:
         HostKeyError: The machine's key is not the trusted one, naming file and line.
@@ -860,7 +889,7 @@ async def verified_host_key(
         if not known:
             continue
         offered = await _transport.fetch_host_key(
-            host, port, like=[k for _, k in known], through=through
+            host, port, like=[k for _, k in known], through=through, proxy_command=proxy_command
         )
         if offered is not None and offered in {k for _, k in known}:
             return offered
@@ -877,7 +906,9 @@ async def verified_host_key(
             f"machine was reinstalled and you trust its new key, delete line {lines} of "
             f"{path} (ssh-keygen -R {shlex.quote(name)} -f {path}) and connect again."
         )
-    offered = await _transport.fetch_host_key(host, port, like=[], through=through)
+    offered = await _transport.fetch_host_key(
+        host, port, like=[], through=through, proxy_command=proxy_command
+    )
     assert offered is not None
     _pin(host, port, offered)
     return offered

@@ -23,10 +23,11 @@ import itertools
 import math
 import os
 import socket
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import IO, Any, TypeAlias, cast
 
 import asyncssh
 import attrs
@@ -100,6 +101,8 @@ class Login:
         tried: What this login offers, in words, for the error a refusing machine gets.
         through: The machines the connection goes through first, in order (OpenSSH's
             ``ProxyJump``); empty: it goes straight to the machine.
+        proxy_command: A shell command whose stdin and stdout are the connection to
+            the machine (OpenSSH's ``ProxyCommand``, tokens expanded); None: TCP.
     """
 
     keys: tuple[asyncssh.SSHKey | asyncssh.SSHKeyPair, ...] = attrs.field(default=(), repr=False)
@@ -107,6 +110,7 @@ class Login:
     agent_only: frozenset[bytes] | None = None
     tried: str = ""
     through: tuple[Jump, ...] = ()
+    proxy_command: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +144,8 @@ class HostConfig:
         identity_agent: ``IdentityAgent``, as written (a socket's path, ``SSH_AUTH_SOCK``,
             ``$VARIABLE`` or ``none``); None when it names none.
         identities_only: ``IdentitiesOnly yes``.
+        proxy_command: ``ProxyCommand``, its ``%h``, ``%p`` and ``%r`` expanded; None
+            when it names none (or says ``none``).
         proxy_jump: ``ProxyJump``, as written (``"bastion"``, ``"me@gw:2222,inner"``);
             None when it names none (or says ``none``).
     """
@@ -152,6 +158,7 @@ class HostConfig:
     identity_agent: str | None = None
     identities_only: bool = False
     proxy_jump: str | None = None
+    proxy_command: str | None = None
 
 
 def host_config(path: str, host: str, *, user: str | None, port: int | None) -> HostConfig:
@@ -159,8 +166,8 @@ def host_config(path: str, host: str, *, user: str | None, port: int | None) -> 
 
     ``user`` and ``port``, when given, win over the file (and ``Match user`` sees them),
     as ``ssh -l user -p port`` would. Only ``HostName``, ``Port``, ``User``,
-    ``IdentityFile``, ``CertificateFile``, ``IdentityAgent``, ``IdentitiesOnly`` and
-    ``ProxyJump`` are taken from it.
+    ``IdentityFile``, ``CertificateFile``, ``IdentityAgent``, ``IdentitiesOnly``,
+    ``ProxyJump`` and ``ProxyCommand`` are taken from it.
 
     Raises:
         ValueError: The file does not parse, naming file and line.
@@ -192,6 +199,7 @@ def host_config(path: str, host: str, *, user: str | None, port: int | None) -> 
         identity_agent=None if agent is absent else "none" if agent is None else str(agent),
         identities_only=bool(config.get("IdentitiesOnly", False)),
         proxy_jump=str(jump) if jump and str(jump).lower() != "none" else None,
+        proxy_command=str(command) if (command := config.get("ProxyCommand")) else None,
     )
 
 
@@ -310,13 +318,19 @@ def known_host_keys(path: str, host: str, port: int) -> list[tuple[int, str]]:
 
 
 async def fetch_host_key(
-    host: str, port: int, *, like: list[str], through: tuple[Jump, ...] = ()
+    host: str,
+    port: int,
+    *,
+    like: list[str],
+    through: tuple[Jump, ...] = (),
+    proxy_command: str | None = None,
 ) -> str | None:
     """The host key ``host:port`` presents, before any authentication.
 
     With ``like`` (public keys in OpenSSH form), the server is asked for a key of one of
     their types, so it is compared with a key of the same kind. None: it has none of them.
-    ``through``: the machines to reach it through (logged in to, and closed after). The
+    ``through``: the machines to reach it through (logged in to, and closed after);
+    ``proxy_command``: the command the first connection goes through (ProxyCommand). The
     caller owns the deadline.
 
     Raises:
@@ -327,14 +341,19 @@ async def fetch_host_key(
         for alg in asyncssh.import_public_key(text).sig_algorithms:
             if alg.decode() not in algorithms:
                 algorithms.append(alg.decode())
-    jumps = await _open_jumps(through, host, port)
+    first = _first_tunnel(proxy_command)
+    try:
+        jumps = await _open_jumps(through, host, port, first)
+    except BaseException:
+        await _end(first)
+        raise
     try:
         key = await trio_asyncio.aio_as_trio(asyncssh.get_server_host_key)(
             host,
             port,
             server_host_key_algs=algorithms or (),
             config=[],
-            tunnel=jumps[-1] if jumps else (),
+            tunnel=jumps[-1] if jumps else first if proxy_command else (),
         )
     except asyncssh.KeyExchangeFailed as exc:
         if algorithms:
@@ -345,9 +364,13 @@ async def fetch_host_key(
             raise SSHError(f"no SSH server answered at {host}:{port}: {exc}") from exc
         raise _not_onward(exc, host, port, through) from exc
     except (asyncssh.Error, OSError) as exc:
-        raise SSHError(f"no SSH server answered at {host}:{port}{_via(through)}: {exc}") from exc
+        said = _command_said(first)
+        raise SSHError(
+            f"no SSH server answered at {host}:{port}{_via(through)}: {exc}{said}"
+        ) from exc
     finally:
         await _close_jumps(jumps)
+        await _end(first)
     if key is None:
         raise SSHError(f"the SSH server at {host}:{port} presented no host key")
     return public_openssh(key)
@@ -373,10 +396,11 @@ def _not_onward(
 
 
 async def _open_jumps(
-    through: tuple[Jump, ...], host: str, port: int
+    through: tuple[Jump, ...], host: str, port: int, first: Any
 ) -> list[asyncssh.SSHClientConnection]:
-    """Log in to each machine of ``through`` in turn, each through the one before: the
-    last one is the tunnel to ``host:port``. All are closed again if one fails."""
+    """Log in to each machine of ``through`` in turn, the first over ``first`` (a TCP
+    connection, or a ProxyCommand), each other through the one before: the last one is
+    the tunnel to ``host:port``. All are closed again if one fails."""
     opened: list[asyncssh.SSHClientConnection] = []
     try:
         for number, hop in enumerate(through, 1):
@@ -388,13 +412,13 @@ async def _open_jumps(
                         username=hop.username,
                         login=hop.login,
                         host_key=hop.host_key,
-                        tunnel=opened[-1] if opened else _TrioTCP(),
+                        tunnel=opened[-1] if opened else first,
                     )
                 )
             except SSHError as exc:
                 raise SSHError(
                     f"{exc} (jump host {number} of {len(through)} on the way to {host}:{port}, "
-                    "from ProxyJump)"
+                    f"from ProxyJump){_command_said(first) if number == 1 else ''}"
                 ) from exc
     except BaseException:
         await _close_jumps(opened)
@@ -452,9 +476,11 @@ class SSHConnection:
         host: str,
         port: int,
         jumps: list[asyncssh.SSHClientConnection] | None = None,
+        command: _CommandTunnel | None = None,
     ) -> None:
         self._conn = conn
         self._jumps = jumps or []  # what it goes through (ProxyJump): closed with it
+        self._command = command  # the ProxyCommand it goes through: ended with it
         trim(conn)
         self.host = host
         self.port = port
@@ -562,6 +588,7 @@ class SSHConnection:
                 await trio_asyncio.aio_as_trio(self._conn.wait_closed)()
             self._conn.abort()  # nothing left to do once closed; else, close the socket now
         await _close_jumps(self._jumps)
+        await _end(self._command)
 
 
 async def connect(
@@ -580,7 +607,15 @@ async def connect(
     agent, and offered with the login's own keys. A login ``through`` jump hosts logs in
     to each first; they close with the connection. The caller owns the deadline.
     """
-    jumps = await _open_jumps(login.through, host, port)
+    # The first connection goes over TCP, or through the first machine's ProxyCommand.
+    first = _first_tunnel(
+        login.through[0].login.proxy_command if login.through else login.proxy_command
+    )
+    try:
+        jumps = await _open_jumps(login.through, host, port, first)
+    except BaseException:
+        await _end(first)
+        raise
     try:
         conn = await _log_in(
             host,
@@ -588,22 +623,29 @@ async def connect(
             username=username,
             login=login,
             host_key=host_key,
-            tunnel=jumps[-1] if jumps else _TrioTCP(),
+            tunnel=jumps[-1] if jumps else first,
         )
     except asyncssh.ChannelOpenError as exc:
         await _close_jumps(jumps)
+        await _end(first)
         if not jumps:
             raise SSHError(f"SSH connect to {host}:{port} failed: {exc}") from exc
         raise _not_onward(exc, host, port, login.through) from exc
     except SSHError as exc:
         await _close_jumps(jumps)
+        await _end(first)
         if jumps:
             raise SSHError(f"{exc}{_via(login.through)}") from exc
+        said = _command_said(first)
+        if said:
+            raise SSHError(f"{exc}{said}") from exc
         raise
     except BaseException:
         await _close_jumps(jumps)
+        await _end(first)
         raise
-    return SSHConnection(conn, host, port, jumps)
+    command = first if isinstance(first, _CommandTunnel) else None
+    return SSHConnection(conn, host, port, jumps, command)
 
 
 async def _log_in(
@@ -998,6 +1040,90 @@ class _TrioTCP:
             raise
         transport.start()
         return transport, protocol
+
+
+class _CommandTunnel:
+    """asyncssh's ``tunnel`` for a ``ProxyCommand``: the command runs in a shell (in a
+    session of its own, ``exec``'d, as ``ssh`` runs it), its stdin and stdout one end of a
+    socket pair whose other end the SSH connection reads and writes like a TCP socket.
+    Its stderr is kept, for the error of a connection that fails."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self._process: trio.Process | None = None
+        self._stderr: IO[bytes] | None = None
+
+    async def create_connection(
+        self, factory: Any, host: str, port: int
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        ours = await trio_asyncio.trio_as_aio(self._start)()
+        try:
+            protocol = factory()
+            transport = _SocketTransport(ours, protocol)
+        except BaseException:
+            ours.close()
+            raise
+        transport.start()
+        return transport, protocol
+
+    async def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        try:
+            # Closed by end(), however the connection ends.
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
+            self._process = await trio.lowlevel.open_process(
+                ["/bin/sh", "-c", f"exec {self.command}"],
+                stdin=theirs,
+                stdout=theirs,
+                stderr=self._stderr,
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the command's now
+        ours.setblocking(False)
+        return ours
+
+    def said(self) -> str:
+        """The last of what the command wrote to stderr."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace").strip()[-500:]
+
+    async def end(self) -> None:
+        """Stop the command (it ends by itself once its connection closes: wait a little
+        for that first), and forget its stderr. Safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(2):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+
+def _first_tunnel(proxy_command: str | None) -> _TrioTCP | _CommandTunnel:
+    return _CommandTunnel(proxy_command) if proxy_command else _TrioTCP()
+
+
+async def _end(tunnel: Any) -> None:
+    if isinstance(tunnel, _CommandTunnel):
+        await tunnel.end()
+
+
+def _command_said(tunnel: Any) -> str:
+    """`` (ProxyCommand 'cmd' said: ...)``, for the error of a connection through it."""
+    if not isinstance(tunnel, _CommandTunnel):
+        return ""
+    said = tunnel.said()
+    return f" (through ProxyCommand {tunnel.command!r}{': ' + said if said else ''})"
 
 
 async def _open(host: str, port: int) -> socket.socket:

@@ -667,6 +667,46 @@ def test_a_host_behind_a_proxy_jump_is_reached_through_it(
         stop(shut)
 
 
+def test_a_host_behind_a_proxy_command_is_reached_through_it(
+    machines: Machines, bare_home: Path
+) -> None:
+    me = getpass.getuser()
+    authorized = machines.root / "authorized_keys"
+    gate = start_sshd(
+        machines.root, "cmdgate", "127.0.0.7", authorized, extra_config="LogLevel DEBUG1\n"
+    )
+    try:
+        # OpenSSH's own client as the command, as ProxyCommand ssh -W is written.
+        command = (
+            f"ssh -F /dev/null -q -i {machines.key} -o BatchMode=yes "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            f"-p {gate.port} -W %h:%p {me}@127.0.0.7"
+        )
+        (bare_home / ".ssh" / "config").write_text(
+            f"Host viacommand\n  HostName {machines.b.addr}\n  Port {machines.b.port}\n"
+            f"  ProxyCommand {command}\n"
+            f"Host refused\n  HostName {machines.b.addr}\n  Port {machines.b.port}\n"
+            "  ProxyCommand sh -c 'echo the bastion says no >&2; exit 3'\n"
+            f"Host *\n  User {me}\n  IdentityFile {machines.key}\n"
+        )
+        with sky.Compute(provider=sky.SSH(hosts=["viacommand"]), nodes=1, options=QUIET) as pool:
+            assert _homes(pool) == [str(machines.b.home)]
+            assert _count("via-command", 3) >> pool == 0
+            assert pool.counter("via-command").value == 3
+        log = (machines.root / "cmdgate" / "sshd.log").read_text()
+        assert f"target {machines.b.addr} port {machines.b.port}" in log  # it went through
+        running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert f"-p {gate.port} -W" not in running  # every command ended with its connection
+        options = sky.Options(console="silent", max_provision_attempts=1)
+        with (
+            pytest.raises(sky.ProvisionError, match=r"ProxyCommand .*: the bastion says no"),
+            sky.Compute(provider=sky.SSH(hosts=["refused"]), nodes=1, options=options),
+        ):
+            pytest.fail("a ProxyCommand that exits at once gave a connection")
+    finally:
+        stop(gate)
+
+
 def test_a_key_certified_by_the_machines_ca_logs_in_with_its_certificate(
     machines: Machines, bare_home: Path
 ) -> None:

@@ -360,6 +360,31 @@ def test_identity_agent_names_the_agent_and_identities_only_narrows_its_keys(
         sock.close()
 
 
+def test_proxy_command_is_the_way_to_a_host_or_to_its_first_jump_host(bare_home: Path) -> None:
+    _keygen(bare_home / ".ssh" / "id_ed25519")
+    (bare_home / ".ssh" / "config").write_text(
+        "Host tunnelled\n  HostName 10.0.0.9\n  Port 2200\n  User ann\n"
+        "  ProxyCommand cloudflared access ssh --hostname %h:%p --user %r\n"
+        "Host behind\n  ProxyJump tunnelled\n"
+        "Host both\n  ProxyJump tunnelled\n  ProxyCommand nc %h %p\n"
+        "Host deeper\n  ProxyJump other,tunnelled\n"
+    )
+    tunnelled, behind = ssh_targets(sky.SSH(hosts=["tunnelled", "behind"]))
+    assert tunnelled.login.proxy_command == (
+        "cloudflared access ssh --hostname 10.0.0.9:2200 --user ann"  # tokens expanded
+    )
+    assert behind.login.proxy_command is None
+    assert behind.jumps[0].login.proxy_command == tunnelled.login.proxy_command
+    # SSH(proxy_jump=...) is the way there instead, as ssh -J is.
+    (given,) = ssh_targets(sky.SSH(hosts=["tunnelled"], proxy_jump="gw"))
+    assert given.login.proxy_command is None
+    assert [h.host for h in given.jumps] == ["gw"]
+    with pytest.raises(ValueError, match=r"both has both a ProxyJump .* and a ProxyCommand"):
+        ssh_targets(sky.SSH(hosts=["both"]))
+    with pytest.raises(ValueError, match=r"the jump host 10\.0\.0\.9 .* has a ProxyCommand, which"):
+        ssh_targets(sky.SSH(hosts=["deeper"]))
+
+
 def test_known_hosts_lines_match_plain_bracketed_and_hashed_names(tmp_path: Path) -> None:
     one = _transport.public_openssh(_transport.generate_key())
     two = _transport.public_openssh(_transport.generate_key())
