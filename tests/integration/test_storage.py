@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -488,3 +489,40 @@ async def test_the_trio_client_moves_folders_too(
         assert await s3.upload(bucket, ckpt, key="a") == "a/"
         back = await s3.download(bucket, "a/", tmp_path / "back")
     assert _read_tree(back) == files
+
+
+async def test_a_trio_download_cancelled_amid_its_parts_leaves_no_file(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    import trio
+
+    boto_s3(endpoint).put_object(Bucket=bucket, Key="big.bin", Body=os.urandom(11 * MIB))
+    client = AsyncStorageClient(_store(endpoint), ("testing", "testing"), part_size=5 * MIB)
+    client._open()
+    http = client._http
+    assert http is not None
+    stream, started = http.stream, trio.Event()
+
+    def streamed(method: str, url: str, *, headers: dict[str, str]) -> object:
+        started.set()
+        return _Stalled(stream(method, url, headers=headers))
+
+    class _Stalled:  # a part whose bytes never come
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __aenter__(self) -> Any:
+            await trio.sleep_forever()
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+    http.stream = streamed  # type: ignore[method-assign,assignment]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.download, bucket, "big.bin", tmp_path / "out" / "big.bin")
+            await started.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+    assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its partial
