@@ -40,7 +40,8 @@ enforces it):
    ``Compute`` refuses before provisioning); ``_pool`` (``Pool``,
    scheduler); ``_supervisor`` (brings nodes up, replaces lost ones, tears down);
    ``_compute`` (``Compute``: opens and closes a pool); ``_session`` (``Session``: pools
-   opened and closed at any point); ``_health`` (health checks);
+   opened and closed at any point); ``_reaper`` (ends a dead client's machines on the
+   clouds whose machines cannot end themselves); ``_health`` (health checks);
    ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 6. the pool server: ``_server`` (``sky server start``: holds pools by name, relays
    clients' calls), ``_client`` (``Client``: a pool the server holds, from trio; what

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import _console, _health, _logging, _offers, _serial, _transport, config
+from . import _console, _health, _logging, _offers, _reaper, _serial, _transport, config
 from ._aws import volume_keys
 from ._checks import check_specs
 from ._errors import ProvisionError, TeardownError
@@ -259,6 +259,7 @@ async def _open_pool(
         )
         for note in notes:  # what happened to the specs tried or skipped before this one
             pool._events.emit(Error(job_id=job_id, message=note))
+        reaper = _start_reaper(pool, cluster, choice)
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
         supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins, mounts)
         failure: BaseException | None = None
@@ -283,6 +284,10 @@ async def _open_pool(
                     await cluster.aclose()
                 except Exception as exc:  # what the cloud could not confirm ended
                     close_error = exc
+                if reaper is not None and teardown_error is None and close_error is None:
+                    reaper.closed()
+                elif reaper is not None:
+                    reaper.left()  # it tries again once this process ends
     left = _left_behind(cluster.name, teardown_error, close_error)
     if failure is not None:
         if left is not None:  # the caller's own exception, and what may still bill
@@ -290,6 +295,25 @@ async def _open_pool(
         raise failure
     if left is not None:
         raise left
+
+
+def _start_reaper(pool: Pool, cluster: Any, choice: _offers.Choice) -> _reaper.Reaper | None:
+    """The reaper of a pool whose machines cannot end themselves when its client dies
+    (``_reaper``); None for the others. One that cannot start is said, not hidden."""
+    if not getattr(cluster, "needs_reaper", False):
+        return None
+    try:
+        return _reaper.start(pool.spec.provider, pool.job_id, choice, pool.spec.ttl)
+    except Exception as exc:
+        pool._events.emit(
+            Error(
+                job_id=pool.job_id,
+                message=f"no reaper for this pool ({type(exc).__name__}: {exc}): if this "
+                f"process dies, its {cluster.name} machines keep billing until you end them "
+                f"(named skyward-{pool.job_id}-*)",
+            )
+        )
+        return None
 
 
 def _left_behind(

@@ -500,6 +500,8 @@ def _quota_fix(code: str, message: str) -> str:
 class GCPCluster(RentedCluster[GCP, _VM]):
     """One pool's VMs on Compute Engine (see the module)."""
 
+    needs_reaper = False  # its VMs delete themselves at the end of their lease
+
     name = "gcp"
     cloud = "Compute Engine"
     error = GCPError

@@ -474,6 +474,9 @@ class JarvisLabsCluster(RentedCluster[JarvisLabs, _Instance]):
                 self._region.setdefault(machine.id, machine.region)
         return [i for i in found if i.name.startswith(self._prefix)]
 
+    def reaping(self) -> None:
+        self._key_added = True  # the dead client's pool may have added it: look for it
+
     def _releases(self) -> Sequence[tuple[str, Callable[[], Awaitable[None]]]]:
         if not self._key_added:
             return ()

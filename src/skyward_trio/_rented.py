@@ -12,8 +12,9 @@ say. Their listings are each a :class:`GPUCatalog`: credentials checked first, a
 GPU refused, the cloud's offers of that many whole GPUs.
 
 None of these clouds but GCP gives a machine a credential of its own, so none can end a
-machine whose client died: it bills until it is ended (each module and the docs say so).
-``_gcp`` adds a lease-expiry command through which a GCE VM deletes itself.
+machine whose client died: a pool on them starts a reaper beside its client (``_reaper``),
+which ends them when the client process dies. ``_gcp`` adds a lease-expiry command through
+which a GCE VM deletes itself.
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ class RentedCluster(ABC, Generic[Config, M]):
     ending: ClassVar[tuple[str, str, str]] = ("delete", "deleting", "deleted")
     #: How long an ended machine may stay listed before that is an error.
     end_wait: ClassVar[float] = 60.0
+    #: Whether a pool on this cloud starts a reaper (``_reaper``): its machines cannot end
+    #: themselves when their client dies. GCP's can (with their own service account).
+    needs_reaper: ClassVar[bool] = True
 
     _api: _Closable  # the cloud's API client, set by the subclass
 
@@ -219,6 +223,10 @@ class RentedCluster(ABC, Generic[Config, M]):
         as (what it is, for a message; how to remove it). None here: a cloud whose pool
         registers something (an SSH key) says what."""
         return ()
+
+    def reaping(self) -> None:
+        """This object ends the pool of a client that died (``_reaper``), knowing nothing of
+        what that pool did: a cloud that removes only what it registered assumes all was."""
 
     def _left_behind(self, failed: str) -> str:
         """The error's message when the close could not confirm everything gone: ``failed``

@@ -1,8 +1,8 @@
 """What the providers' tests do alike: a client process that dies outright (for what the
-lease cleans up), a pool cancelled while its machines start, a call sent across a
-preemption, a pool's events read as they come (``Seen``), an asyncio coroutine (an
-asyncssh session) run from a test, and a command run on a fake cloud's machine with its
-host key pinned; and the ``sky`` command run as users run it."""
+lease, or the pool's reaper, cleans up), a pool cancelled while its machines start, a call
+sent across a preemption, a pool's events read as they come (``Seen``), an asyncio
+coroutine (an asyncssh session) run from a test, and a command run on a fake cloud's
+machine with its host key pinned; and the ``sky`` command run as users run it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,6 +57,41 @@ def killed_client(script: str, *args: str) -> Iterator[str]:
             yield job
         finally:
             client.send_signal(signal.SIGKILL)
+
+
+def reaper_running(job: str) -> bool:
+    """Whether the reaper of the pool ``job`` (``python -m skyward_trio._reaper JOB``) runs."""
+    listed = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return f"skyward_trio._reaper {job}" in listed
+
+
+def ended_by_its_reaper(job: str, gone: Callable[[], bool]) -> str:
+    """Wait for the reaper of the dead client's pool ``job`` to end its machines
+    (``gone()``) and exit; its log, which says so."""
+    wait_until(gone, "the pool's reaper ended its machines", timeout=120, every=0.5)
+    wait_until(lambda: not reaper_running(job), "the reaper to exit", timeout=60, every=0.2)
+    log = (Path.home() / ".skyward" / "logs" / f"reaper-{job}.log").read_text()
+    assert "ended without closing it" in log
+    assert "every machine the cloud listed for it is ended" in log
+    return log
+
+
+def reaped(
+    script: str,
+    args: Sequence[str],
+    live: Callable[[], set[Any]],
+    up: Callable[[Any], None] = lambda machine: None,
+) -> tuple[str, Any]:
+    """Run ``script`` (``lease_client``'s) with ``args`` in a client process, kill it, and
+    wait for its pool's reaper to end the one machine it started (``live()``: the cloud's
+    machine ids; ``up(machine)`` runs while the client is alive). The job and machine."""
+    before = live()
+    with killed_client(script, *args) as job:
+        (machine,) = live() - before
+        assert reaper_running(job)
+        up(machine)
+    ended_by_its_reaper(job, lambda: machine not in live())
+    return job, machine
 
 
 def across_a_preemption(

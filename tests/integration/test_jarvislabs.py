@@ -14,7 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import across_a_preemption, run_sky
+from clients import (
+    across_a_preemption,
+    lease_client,
+    reaped,
+    run_sky,
+)
 from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_jarvislabs import FakeJarvisLabs
 from waiting import wait_until
@@ -213,3 +218,20 @@ def test_a_failed_instance_is_replaced_and_its_call_sent_again(
     assert second["instance"] != first["instance"]
     assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
     assert not api.live()  # the failed one was destroyed too
+
+
+_CLIENT = lease_client(
+    "sky.JarvisLabs(api_key=sys.argv[1], api_url=sys.argv[2])",
+    "sky.accelerators.L4()",
+)
+
+
+def test_the_instance_of_a_client_that_died_is_destroyed_by_its_reaper(
+    fake_jarvislabs: FakeJarvisLabs,
+) -> None:
+    """Nothing on the instance can end it (JarvisLabs gives it no credential), so the pool's
+    reaper, a process beside the client, ends it once the client is gone."""
+    api = fake_jarvislabs
+    job, _ = reaped(_CLIENT, (api.api_key, api.api_url), lambda: _live(api))
+    # The account's SSH key the pool added is removed too, as the pool's close would.
+    assert all(f"skyward-{job}" not in str(key) for key in api.ssh_keys.values())

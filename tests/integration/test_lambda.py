@@ -13,9 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import across_a_preemption, cancel_once, killed_client, lease_client
+from clients import (
+    across_a_preemption,
+    cancel_once,
+    lease_client,
+    reaped,
+    reaper_running,
+)
 from cloud_checks import debug_logged, posted, refuses_bad_settings
-from fake_cloud import _pod_processes
 from fake_lambda import FakeLambda
 from waiting import wait_until
 
@@ -188,29 +193,22 @@ _CLIENT = lease_client(
 )
 
 
-def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
+def test_the_instance_of_a_client_that_died_is_terminated_by_its_reaper(
     fake_lambda: FakeLambda,
 ) -> None:
-    """The documented limit: the worker exits when its lease runs out, but nothing on the
-    instance can terminate it, so Lambda still lists it (and bills it) until someone does."""
-    before = _live(fake_lambda)
-    with killed_client(_CLIENT, fake_lambda.api_key, fake_lambda.api_url):
-        (instance_id,) = _live(fake_lambda) - before
-    marker = f"FAKE_LAMBDA_INSTANCE_ID={instance_id}".encode()
-    wait_until(
-        lambda: not _pod_processes(0, marker),
-        "the worker exited at the end of its lease",
-        timeout=120,
-        every=0.5,
-    )
-    assert instance_id in _live(fake_lambda)
-    assert fake_lambda.instances[instance_id].shown_status() == "active"
-    terminated = httpx.post(
-        f"{fake_lambda.api_url}/instance-operations/terminate",
-        json={"instance_ids": [instance_id]},
-        headers={"Authorization": f"Bearer {fake_lambda.api_key}"},
-    )
-    assert terminated.status_code == 200
+    """Nothing on the instance can terminate it (Lambda gives it no credential), so the
+    pool's reaper, a process beside the client, terminates it once the client is gone."""
+    api = fake_lambda
+    job, _ = reaped(_CLIENT, (api.api_key, api.api_url), lambda: _live(api))
+    # The pool's SSH key is deleted too, as the pool's own close would.
+    assert all(key["name"] != f"skyward-{job}" for key in fake_lambda.ssh_keys.values())
+
+
+def test_a_pool_that_closes_stops_its_reaper(fake_lambda: FakeLambda) -> None:
+    with sky.Compute(provider=provider(fake_lambda), accelerator=A.A10(), options=QUIET) as pool:
+        assert reaper_running(pool.job_id)
+    wait_until(lambda: not reaper_running(pool.job_id), "the reaper to exit", timeout=30, every=0.1)
+    assert not fake_lambda.live()
 
 
 def test_a_file_system_is_attached_to_every_instance_in_its_region(

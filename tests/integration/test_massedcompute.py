@@ -16,7 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import across_a_preemption, run_sky
+from clients import (
+    across_a_preemption,
+    lease_client,
+    reaped,
+    run_sky,
+)
 from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_massedcompute import FakeMassedCompute, need_fake_massedcompute
 
@@ -226,3 +231,18 @@ def test_a_killed_instance_is_replaced_and_its_call_sent_again(fake_mc: FakeMass
     assert second["instance"] != first["instance"]
     assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
     assert not fake_mc.live()  # the dead one was terminated too
+
+
+_CLIENT = lease_client(
+    "sky.MassedCompute(api_key=sys.argv[1], api_url=sys.argv[2])",
+    "sky.accelerators.L40S()",
+)
+
+
+def test_the_instance_of_a_client_that_died_is_terminated_by_its_reaper(
+    fake_mc: FakeMassedCompute,
+) -> None:
+    """Nothing on the instance can end it (Massed Compute gives it no credential), so the pool's
+    reaper, a process beside the client, ends it once the client is gone."""
+    api = fake_mc
+    reaped(_CLIENT, (api.api_key, api.api_url), lambda: _live(api))

@@ -18,7 +18,13 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from clients import (
+    across_a_preemption,
+    cancel_once,
+    lease_client,
+    reaped,
+    run_sky,
+)
 from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_cloud import _pod_processes
 from fake_novita import FakeNovita
@@ -256,32 +262,13 @@ _CLIENT = lease_client(
 )
 
 
-def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
+def test_the_instance_of_a_client_that_died_is_deleted_by_its_reaper(
     fake_novita: FakeNovita,
 ) -> None:
-    """The documented limit: the worker exits when its lease runs out, but nothing on the
-    instance can end it, so Novita still runs it (and bills it) until someone deletes it."""
+    """Nothing on the instance can end it (Novita gives it no credential), so the pool's
+    reaper, a process beside the client, deletes it once the client is gone."""
     api = fake_novita
-    before = _live(api)
-    with killed_client(_CLIENT, api.api_key, api.api_url):
-        (instance_id,) = _live(api) - before
-    instance = api.instances[instance_id]
-    marker = f"FAKE_NOVITA_MACHINE={instance.directory}".encode()
-    assert instance.machine is not None
-    wait_until(
-        lambda: not _pod_processes(0, marker) - _container(instance),
-        "the worker exited at the end of its lease",
-        timeout=120,
-        every=0.5,
-    )
-    assert instance_id in _live(api)
-    assert instance.shown_status(api.remove_delay) == "running"
-    ended = httpx.post(
-        f"{api.api_url}/gpu/instance/delete",
-        json={"instanceId": instance_id},
-        headers={"Authorization": f"Bearer {api.api_key}"},
-    )
-    assert ended.status_code == 200
+    reaped(_CLIENT, (api.api_key, api.api_url), lambda: _live(api))
     assert not api.live()
 
 

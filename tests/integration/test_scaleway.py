@@ -16,11 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import across_a_preemption, cancel_once, killed_client, lease_client, run_sky
+from clients import (
+    across_a_preemption,
+    cancel_once,
+    lease_client,
+    reaped,
+    run_sky,
+)
 from cloud_checks import debug_logged, posted, refuses_bad_settings
-from fake_cloud import _pod_processes
 from fake_scaleway import FakeScaleway
-from waiting import wait_until
 
 import skyward as sky
 
@@ -300,34 +304,18 @@ _CLIENT = lease_client(
 )
 
 
-def test_the_instance_of_a_client_that_died_stops_working_but_still_bills(
+def test_the_instance_of_a_client_that_died_is_terminated_by_its_reaper(
     fake_scaleway: FakeScaleway,
 ) -> None:
-    """The documented limit: the worker exits when its lease runs out, but nothing on the
-    Instance can end it, so Scaleway still runs it (and bills it) until someone does."""
+    """Nothing on the Instance can end it (Scaleway gives it no credential), so the pool's
+    reaper, a process beside the client, terminates it once the client is gone, and
+    deletes the Block Storage volume it leaves, as the pool's close would."""
     api = fake_scaleway
-    before = _live(api)
-    with killed_client(_CLIENT, api.secret_key, api.project_id, api.api_url):
-        (server_id,) = _live(api) - before
-    server = api.servers[server_id]
-    marker = f"FAKE_SCALEWAY_MACHINE={server.directory}".encode()
-    wait_until(
-        lambda: not _pod_processes(0, marker),
-        "the worker exited at the end of its lease",
-        timeout=120,
-        every=0.5,
+    volumes: list[str] = []
+    reaped(
+        _CLIENT,
+        (api.secret_key, api.project_id, api.api_url),
+        lambda: _live(api),
+        lambda server: volumes.append(api.servers[server].volume_id),
     )
-    assert server_id in _live(api)
-    assert server.shown_state() == "running"
-    ended = httpx.post(
-        f"{api.api_url}/instance/v1/zones/{server.zone}/servers/{server_id}/action",
-        json={"action": "terminate"},
-        headers=_headers(api),
-    )
-    assert ended.status_code == 202
-    assert server.volume_id in api.volumes  # terminate leaves the Block Storage volume
-    deleted = httpx.delete(
-        f"{api.api_url}/block/v1alpha1/zones/{server.zone}/volumes/{server.volume_id}",
-        headers=_headers(api),
-    )
-    assert deleted.status_code == 204
+    assert volumes[0] not in api.volumes

@@ -15,7 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import across_a_preemption, run_sky
+from clients import (
+    across_a_preemption,
+    lease_client,
+    reaped,
+    run_sky,
+)
 from cloud_checks import debug_logged, posted, refuses_bad_settings
 from fake_tensordock import FakeTensorDock
 
@@ -238,3 +243,18 @@ def test_a_killed_vm_is_replaced_and_its_call_sent_again(
     assert second["vm"] != first["vm"]
     assert "InstancePreempted" in kinds or "InstanceDestroyed" in kinds, kinds
     assert not api.live()  # the stopped one was deleted too
+
+
+_CLIENT = lease_client(
+    "sky.TensorDock(api_key=sys.argv[1], api_url=sys.argv[2], username='root')",
+    "sky.accelerators.RTX_4090()",
+)
+
+
+def test_the_vm_of_a_client_that_died_is_deleted_by_its_reaper(
+    fake_tensordock: FakeTensorDock,
+) -> None:
+    """Nothing on the VM can end it (TensorDock gives it no credential), so the pool's
+    reaper, a process beside the client, ends it once the client is gone."""
+    api = fake_tensordock
+    reaped(_CLIENT, (api.api_token, api.api_url), lambda: _live(api))

@@ -80,6 +80,7 @@ LAYERS = {
     "_pool": 5,
     "_supervisor": 5,
     "_compute": 5,
+    "_reaper": 5,
     "testing": 5,
     "_eventbus": 5,
     "_console": 5,
