@@ -6,7 +6,7 @@ enforces it):
 1. records and pure decisions: ``_errors``, ``_version``, ``_model``, ``accelerators``, ``time``,
    ``metrics`` (the collectors of ``Image(metrics=...)``), ``_info``, ``_runtime``, ``_shard``,
    ``_function``, ``_bootstrap``, ``_volumes`` (the s3fs mounts of ``sky.Volume``), ``_capture``,
-   ``_output``, ``_autoscale``, ``_cost``,
+   ``_output``, ``_autoscale``, ``_cost``, ``_pids`` (whether a process runs),
    ``_heartbeat`` (when the other end of a session went silent), ``_offers`` (offers
    against specs, and which spec to try first), ``containers`` (image references for
    ``sky.Container`` and the clouds), ``_plugin`` (the ``Plugin`` record and its client

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,6 +33,7 @@ from ._function import (
     function,
     mappable,
 )
+from ._pids import alive
 from ._pool import (
     _INPUT_CHUNK,
     CancelledCallError,
@@ -109,23 +108,6 @@ def server_state() -> dict[str, Any] | None:
     if not isinstance(state, dict) or not alive(state.get("pid")):
         return None
     return state
-
-
-def alive(pid: object) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc here: kill(0) is all there is
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def running_state() -> dict[str, Any]:

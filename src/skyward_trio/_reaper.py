@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ._pids import alive
+
 __all__ = ["Reaper", "main", "start"]
 
 CLOSED = b"closed\n"
@@ -128,16 +130,6 @@ def _read_exactly(stream: IO[bytes], count: int) -> bytes:
     return data
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     """The reaper process (see the module)."""
     args = sys.argv[1:] if argv is None else argv
@@ -157,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     said = stdin.readline()
     if said.startswith(CLOSED):
         return 0
-    while _alive(parent):  # a fork of the client may have held the pipe
+    while alive(parent):  # a fork of the client may have held the pipe (a zombie is gone)
         time.sleep(1)
     if said.startswith(LEFT):
         _say(

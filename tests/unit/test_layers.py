@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "skyward_trio"
 
 LAYERS = {
     "_errors": 1,
+    "_pids": 1,
     "_version": 1,
     "_model": 1,
     "accelerators": 1,

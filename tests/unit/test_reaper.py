@@ -20,11 +20,14 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, said: bytes, ttl: float) -> tuple[int, list[str]]:
+def _run(
+    monkeypatch: pytest.MonkeyPatch, said: bytes, ttl: float, pid: int | None = None
+) -> tuple[int, list[str]]:
     """``main`` with a client (already gone) that sent its header, then ``said``: its exit
     status, and what it did (slept, reaped)."""
     blob = b"the pickled config"
-    data = f"{_dead_pid()} {ttl!r}\n".encode() + struct.pack(">Q", len(blob)) + blob + said
+    pid = _dead_pid() if pid is None else pid
+    data = f"{pid} {ttl!r}\n".encode() + struct.pack(">Q", len(blob)) + blob + said
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     done: list[str] = []
     monkeypatch.setattr(_reaper.time, "sleep", lambda seconds: done.append(f"sleep {seconds:g}"))
@@ -69,3 +72,16 @@ def test_what_went_wrong_is_said_through_exception_groups() -> None:
         "outer", [ValueError("no answer"), ExceptionGroup("in", [KeyError("k")])]
     )
     assert _reaper._words(group) == "no answer; 'k'"
+
+
+def test_a_client_killed_but_not_yet_waited_for_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A zombie: its parent (this test) has not reaped it, as a careless supervisor might not.
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie.kill()
+    try:
+        with open(f"/proc/{zombie.pid}/stat") as stat:
+            while stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                stat.seek(0)
+        assert _run(monkeypatch, b"", 0, pid=zombie.pid) == (0, ["sleep 0", "reap j0b"])
+    finally:
+        zombie.wait()
