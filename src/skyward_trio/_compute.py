@@ -259,7 +259,7 @@ async def _open_pool(
         )
         for note in notes:  # what happened to the specs tried or skipped before this one
             pool._events.emit(Error(job_id=job_id, message=note))
-        reaper = _start_reaper(pool, cluster, choice)
+        reaper = await _start_reaper(pool, cluster, choice)
         pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
         supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins, mounts)
         failure: BaseException | None = None
@@ -297,13 +297,20 @@ async def _open_pool(
         raise left
 
 
-def _start_reaper(pool: Pool, cluster: Any, choice: _offers.Choice) -> _reaper.Reaper | None:
+async def _start_reaper(pool: Pool, cluster: Any, choice: _offers.Choice) -> _reaper.Reaper | None:
     """The reaper of a pool whose machines cannot end themselves when its client dies
-    (``_reaper``); None for the others. One that cannot start is said, not hidden."""
+    (``_reaper``); None for the others. One that cannot start is said, not hidden. It is
+    started in a thread: its first process takes a moment to fork the reaper away."""
     if not getattr(cluster, "needs_reaper", False):
         return None
     try:
-        return _reaper.start(pool.spec.provider, pool.job_id, choice, pool.spec.ttl)
+        # Shielded (it is brief): a reaper started and then lost to a cancel would never
+        # be told that its pool closed.
+        with trio.CancelScope(shield=True):
+            reaper = await trio.to_thread.run_sync(
+                _reaper.start, pool.spec.provider, pool.job_id, choice, pool.spec.ttl
+            )
+        return reaper
     except Exception as exc:
         pool._events.emit(
             Error(
