@@ -511,6 +511,8 @@ class WorkerConnection:
         callback: Callback,
         on_item: Callable[[_serial.Payload], None] | None = None,
         on_output: Callable[[str, str], None] | None = None,
+        *,
+        every: bool = False,
     ) -> int:
         """Send one task; ``callback`` gets its RESULT message. Returns the task id.
 
@@ -520,11 +522,13 @@ class WorkerConnection:
         Synchronous (no task is spawned and nothing awaits), so the sync face can start a
         call straight from the portal's callback. Use ``forget`` to give up on it. With
         ``on_item`` the call streams: each item a generator yields is passed to it (grant
-        more with ``credit``), and the RESULT ends the stream.
+        more with ``credit``), and the RESULT ends the stream. With ``every`` (a broadcast)
+        the task runs on each of the node's workers at once (``_plugin.workers_per_node``);
+        its RESULT is the node's.
         """
         task_id = next(_ids)
         part = self._function_part(fn_key, fn_payload)
-        message = (_wire.RUN, task_id, fn_key, part, args_payload, on_item is not None)
+        message = (_wire.RUN, task_id, fn_key, part, args_payload, on_item is not None, every)
         self._pending[task_id] = callback
         if on_item is not None:
             self._items[task_id] = on_item

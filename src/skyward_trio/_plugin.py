@@ -37,6 +37,7 @@ __all__ = [
     "collective",
     "launch_command",
     "transformed",
+    "workers_per_node",
 ]
 
 
@@ -69,6 +70,11 @@ class Cluster:
     def accelerator(self) -> Accelerator | None:
         """The accelerator each node has, or None."""
         return self.spec.accelerator
+
+    @property
+    def workers_per_node(self) -> int:
+        """How many workers (ranks) each node runs: see :func:`workers_per_node`."""
+        return workers_per_node(self.spec.plugins, self.worker)
 
     @property
     def provider(self) -> ProviderConfig:
@@ -127,6 +133,11 @@ class Plugin:
         collective: The nodes join one group whose size is fixed when they join (a
             ``torch.distributed`` or ``jax.distributed`` world): such a pool cannot grow
             or shrink, so elastic ``nodes=`` and ``pool.resize`` are refused.
+        per_process: Under ``Worker(executor="process", concurrency=N)`` each of a node's
+            N subprocesses is a worker of its own (a rank), not a slot tasks share:
+            ``InstanceInfo.worker`` is its slot and ``workers_per_node`` is N, and a
+            broadcast (``@``) runs on all N of every node at once. See
+            :func:`workers_per_node`.
     """
 
     name: str = attrs.field()
@@ -152,6 +163,7 @@ class Plugin:
         default=None, validator=_hook, kw_only=True
     )
     collective: bool = attrs.field(default=False, kw_only=True)
+    per_process: bool = attrs.field(default=False, kw_only=True)
 
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: object) -> None:
@@ -162,11 +174,14 @@ class Plugin:
             )
 
     @classmethod
-    def create(cls, name: str, *, collective: bool = False) -> Plugin:
-        """A plugin called ``name`` with no hooks yet (see ``collective`` above)."""
+    def create(cls, name: str, *, collective: bool = False, per_process: bool = False) -> Plugin:
+        """A plugin called ``name`` with no hooks yet (see ``collective`` and
+        ``per_process`` above)."""
         if not isinstance(collective, bool):
             raise TypeError(f"Plugin.create({name!r}, collective={collective!r}): True or False")
-        return cls(name, collective=collective)
+        if not isinstance(per_process, bool):
+            raise TypeError(f"Plugin.create({name!r}, per_process={per_process!r}): True or False")
+        return cls(name, collective=collective, per_process=per_process)
 
     def with_image_transform(self, fn: Callable[[Image, Cluster], Image]) -> Plugin:
         """Set ``transform``: ``(Image, Cluster) -> Image``."""
@@ -283,6 +298,17 @@ class LaunchContext:
 def collective(spec: Spec) -> Plugin | None:
     """The first of ``spec``'s plugins that fixes the pool's size, or None."""
     return next((plugin for plugin in spec.plugins if plugin.collective), None)
+
+
+def workers_per_node(plugins: Sequence[Plugin], worker: Worker | None) -> int:
+    """How many workers each node has: the process executor's concurrency when a plugin
+    makes each of its subprocesses a worker (``per_process``: torch, accelerate, mig),
+    else 1 (the node is one worker, whatever runs its tasks)."""
+    if worker is None or worker.resolved_executor != "process":
+        return 1
+    if not any(plugin.per_process for plugin in plugins):
+        return 1
+    return worker.concurrency
 
 
 def transformed(spec: Spec, worker: Worker | None = None) -> Spec:

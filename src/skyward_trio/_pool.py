@@ -52,7 +52,7 @@ from ._events import TaskCompleted, TaskStarted, WorkSubmitted
 from ._execute import StreamedInput
 from ._function import PendingFunction, PendingFunctionGroup, mappable
 from ._model import Nodes, Options, Spec, Worker
-from ._plugin import collective
+from ._plugin import collective, workers_per_node
 from ._providers import Instance
 from ._storelink import ClientStore
 
@@ -89,6 +89,8 @@ class PreparedCall:
     # relayed by the server, batches of a client's items pickled already; or, for one node
     # of a broadcast, its reader of an iterator every node reads whole).
     inputs: tuple[Iterable[Any] | RelayedInput | _SharedReader, ...] = ()
+    # One node's share of a broadcast: it runs on each of the node's workers at once.
+    every_worker: bool = False
 
     def refuse_stream(self, how: str) -> None:
         if self.stream:
@@ -929,6 +931,7 @@ class Inflight:
                 self.call.args_payload,
                 self._reply,
                 on_output=self._output_sink(),
+                every=self.call.every_worker,
             )
         except ConnectionLostError as exc:
             self._reply(None, exc)
@@ -1408,6 +1411,7 @@ class Pool(Collections):
                 inflight._reply,
                 on_item,
                 on_output=inflight._output_sink(),
+                every=call.every_worker,
             )
         except BaseException:
             self._release(node)
@@ -1472,7 +1476,28 @@ class Pool(Collections):
         self._work_nursery().start_soon(runner)
         return future
 
+    @property
+    def workers_per_node(self) -> int:
+        """How many workers (ranks) each node runs: a broadcast runs on all of them."""
+        return workers_per_node(self.spec.plugins, self.worker_config)
+
+    def _for_every_worker(self, call: PreparedCall) -> PreparedCall:
+        """``call`` as a broadcast sends it: to each of a node's workers when it has
+        several (``_plugin.workers_per_node``)."""
+        ranks = self.workers_per_node
+        if ranks == 1:
+            return call
+        if call.inputs:
+            raise TypeError(
+                f"{call.name}() has an Iterator[...] parameter, whose items stream to the "
+                f"node as the call runs; a broadcast to this pool runs on each node's "
+                f"{ranks} workers at once, which cannot share those items. Annotate the "
+                "parameter as a list (every worker gets all of it), or broadcast without it"
+            )
+        return attrs.evolve(call, every_worker=True)
+
     async def broadcast_prepared(self, call: PreparedCall) -> list[Any]:
+        call = self._for_every_worker(call)
         indices = await self._broadcast_to()
         calls = _every_node_reads_all(call, len(indices), self._work_nursery())
         return await _run_all(
@@ -1486,6 +1511,7 @@ class Pool(Collections):
         self, call: PreparedCall, *, on_output: OutputSink | None = None
     ) -> list[tuple[tuple[Any, ...], int]]:
         """``broadcast_prepared``, each node's RESULT message undecoded (``run_raw``)."""
+        call = self._for_every_worker(call)
         indices = await self._broadcast_to()
         calls = _every_node_reads_all(call, len(indices), self._work_nursery())
         return await _run_all(

@@ -24,7 +24,7 @@ The child exits when the socket reaches EOF, after one task when ``one_shot``, a
 the worker dies (see ``_watch_parent``).
 
 Layer 3: stdlib, ``_wire``, ``_serial``, ``_execute``, ``_runtime``, ``_info``, ``_capture``,
-``_pluginrun``; never trio.
+``_pluginrun`` (and attrs); never trio.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import attrs
 
 from . import _capture, _execute, _runtime, _serial, _wire
 from ._info import from_dict
@@ -86,8 +88,12 @@ def main(argv: list[str] | None = None) -> None:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     info = from_dict(config["info"])
+    slot = config.get("slot")
+    if info.workers_per_node > 1 and slot is not None:
+        # Each subprocess is a worker of its own, a rank (_plugin.workers_per_node).
+        info = attrs.evolve(info, worker=slot)
     _runtime.set_instance_info(info)
-    _runtime.set_process_slot(config.get("slot"), config.get("slots"))
+    _runtime.set_process_slot(slot, config.get("slots"))
     plugins = NodePlugins.unpack(config.get("plugins"))
     with contextlib.ExitStack() as stack:
         wrap = None

@@ -30,6 +30,7 @@ nodes.
 from __future__ import annotations
 
 import codecs
+import collections
 import os
 import pickle
 import select
@@ -54,6 +55,7 @@ __all__ = [
     "InputPayloads",
     "OutputCallback",
     "ProcessExecutor",
+    "RankOutcome",
     "TaskKilled",
 ]
 
@@ -173,16 +175,38 @@ class ChildStatus:
 
 _CANCELLED = "the task was cancelled"
 _CLOSING = "the worker is shutting down"
+_PEER_FAILED = "another worker of the broadcast failed first"
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """How one worker's share of :meth:`ProcessExecutor.run_every` ended.
+
+    Attributes:
+        slot: The worker's slot (its ``InstanceInfo.worker``).
+        result: ``(ok, payload)`` as ``_execute.run_one`` returned it, if the child replied.
+        died: Why it has no result: its child died, or was stopped (``TaskKilled``)
+            because another worker failed first.
+    """
+
+    slot: int
+    result: tuple[bool, Any] | None
+    died: ChildDied | None = None
 
 
 class _Run:
-    """One call of ``run``, registered from entry so that ``cancel`` reaches it anywhere."""
+    """One call of ``run`` (or ``run_every``), registered from entry so that ``cancel``
+    reaches it anywhere."""
 
-    __slots__ = ("child", "kill_reason")
+    __slots__ = ("child", "gang", "kill_reason")
 
     def __init__(self) -> None:
         self.child: _Child | None = None
+        self.gang: list[_Child] = []  # run_every's children, one per slot
         self.kill_reason: str | None = None
+
+    def children(self) -> list[_Child]:
+        return [self.child] if self.child is not None else list(self.gang)
 
 
 class ProcessExecutor:
@@ -200,7 +224,9 @@ class ProcessExecutor:
         env: Variables added to each child's environment (set before the interpreter
             starts, so they also reach the task's own subprocesses).
         info: The node's ``InstanceInfo`` in ``_info.to_dict`` form, installed in each
-            child so ``sky.instance_info()`` works there.
+            child so ``sky.instance_info()`` works there. With ``workers_per_node`` above
+            1 each child is a worker of its own (its slot is its ``worker``), and
+            :meth:`run_every` runs a task on all of them at once.
         plugins: The plugins' node hooks (``_pluginrun.pack``), or None.
     """
 
@@ -235,6 +261,13 @@ class ProcessExecutor:
         # its index among the children alive at once (``process_slot()`` in it).
         self._free_slots = set(range(size))
         self._closed = False
+        # run_every calls waiting for every child, first come first served; run() waits
+        # behind them, so that tasks coming and going cannot starve them.
+        self._gangs: collections.deque[_Run] = collections.deque()
+        # Raised when a child dies or is killed mid-task. When the children are ranks of
+        # one process group (a broadcast's workers), a group that lost a member is broken:
+        # run_every starts fresh children in place of those from an older generation.
+        self._generation = 0
 
     # --- public ------------------------------------------------------------------------
 
@@ -302,12 +335,120 @@ class ProcessExecutor:
             with self._cond:
                 del self._runs[task_id]
                 self._leave(child)
+                self._generation += 1
                 self._cond.notify_all()
             child.kill()
             child.reap()
             child.close_fds()
             raise
         return self._finish(task_id, entry, child, replied, result)
+
+    def run_every(
+        self,
+        task_id: Hashable,
+        fn_key: str,
+        fn_payload: _serial.Payload,
+        args_payload: _serial.Payload,
+        outputs: list[OutputCallback],
+    ) -> tuple[list[RankOutcome], int | None]:
+        """Run one RUN task in every child at once, each a worker (rank) of the node.
+
+        Waits until no child is busy (calls of ``run_every`` in the order they came,
+        ahead of ``run``'s), then takes one child per slot, starting those missing and
+        fresh ones in place of any from before a child was lost (a process group that
+        lost a rank cannot meet again). Each child runs in a thread of its own, slot 0
+        in the calling one. The first child to fail (its function raised, or it died)
+        stops those still running: their ranks would otherwise wait for it in their
+        next collective, forever.
+
+        Args:
+            task_id: As for ``run``; ``cancel(task_id)`` kills every child of the task.
+            fn_key: The function's cache key.
+            fn_payload: The pickled function.
+            args_payload: ``(args, kwargs)``, the same for every child.
+            outputs: One output callback per slot (``size`` of them), each called from
+                its child's thread.
+
+        Returns:
+            Each slot's :class:`RankOutcome`, by slot; and the slot that failed first,
+            or None if every one returned.
+
+        Raises:
+            TaskKilled: ``cancel(task_id)`` or ``close()`` was called during this run.
+            ExecutorClosed: ``close()`` was called before this run.
+            OSError: A child could not be started.
+            ValueError: ``task_id`` is already running, or ``outputs`` is not one per slot.
+        """
+        if len(outputs) != self._size:
+            raise ValueError(f"run_every needs {self._size} output callbacks; got {len(outputs)}")
+        entry = self._enter(task_id)
+        try:
+            gang = self._acquire_gang(entry)
+        except BaseException:
+            with self._cond:
+                del self._runs[task_id]
+                self._cond.notify_all()
+            raise
+        replies: list[tuple[bool, Any]] = [(False, None)] * len(gang)
+        lock = threading.Lock()
+        finished: set[int] = set()
+        stopped: set[int] = set()
+        failed: list[int] = []
+
+        def one(slot: int) -> None:
+            child = gang[slot]
+            try:
+                reply = child.execute(
+                    _wire.RUN, fn_key, fn_payload, args_payload, outputs[slot], None, None
+                )
+            except BaseException:
+                # A callback raised, or a protocol error: the child is mid-task, so it goes.
+                child.kill()
+                reply = (False, None)
+            replies[slot] = reply
+            with lock:
+                finished.add(slot)
+                if reply[0] and reply[1][0]:
+                    return
+                failed.append(slot)
+                if len(failed) > 1:
+                    return
+                running = [other for other in gang if other.slot not in finished]
+                stopped.update(other.slot for other in running)
+            for other in running:
+                other.kill()
+
+        threads = [
+            threading.Thread(target=one, args=(slot,), name=f"skyward-rank-{slot}", daemon=True)
+            for slot in range(1, len(gang))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            one(0)
+        finally:
+            for thread in threads:
+                thread.join()
+        with self._cond:
+            del self._runs[task_id]
+            reason = entry.kill_reason
+        kept = [replied and reason is None for replied, _ in replies]
+        self._settle(gang, kept)
+        if reason is not None:
+            child = next((c for c, keep in zip(gang, kept, strict=True) if not keep), gang[0])
+            raise TaskKilled(*_how(child), child.pid, reason)
+        outcomes = []
+        for child, (replied, result) in zip(gang, replies, strict=True):
+            died: ChildDied | None = None
+            if not replied:
+                code, signum = _how(child)
+                died = (
+                    TaskKilled(code, signum, child.pid, _PEER_FAILED)
+                    if child.slot in stopped
+                    else ChildDied(code, signum, child.pid)
+                )
+            outcomes.append(RankOutcome(child.slot, result if replied else None, died))
+        return outcomes, (failed[0] if failed else None)
 
     def cancel(self, task_id: Hashable) -> bool:
         """Kill (SIGKILL) the child running ``task_id``; its ``run`` raises TaskKilled.
@@ -321,9 +462,10 @@ class ProcessExecutor:
             if entry is None or entry.kill_reason is not None:
                 return False
             entry.kill_reason = _CANCELLED
-            if entry.child is not None:
-                entry.child.kill()
-            else:
+            children = entry.children()
+            for child in children:
+                child.kill()
+            if not children:
                 self._cond.notify_all()  # it may be waiting for a child
             return True
 
@@ -349,9 +491,9 @@ class ProcessExecutor:
             for entry in self._runs.values():
                 if entry.kill_reason is None:
                     entry.kill_reason = _CLOSING
-                if entry.child is not None:
-                    entry.child.kill()
-                    busy.append(entry.child)
+                for child in entry.children():
+                    child.kill()
+                    busy.append(child)
             self._cond.notify_all()
         gentle = idle + retiring
         for child in idle:
@@ -378,7 +520,7 @@ class ProcessExecutor:
     def children(self) -> list[ChildStatus]:
         """A snapshot of the live children, busy first."""
         with self._cond:
-            busy = [(e.child, task_id) for task_id, e in self._runs.items() if e.child]
+            busy = [(c, task_id) for task_id, e in self._runs.items() for c in e.children()]
             idle = [(c, None) for c in self._idle]
         return [
             ChildStatus(pid=c.pid, task_id=task_id, functions=c.functions, tasks=c.tasks)
@@ -413,6 +555,9 @@ class ProcessExecutor:
                         raise ExecutorClosed(
                             "the process executor is closed: the worker is shutting down"
                         )
+                    if self._gangs:
+                        self._cond.wait()  # a run_every call waits for every child
+                        continue
                     child = self._take_idle(fn_key, dead)
                     if child is not None:
                         entry.child = child
@@ -464,12 +609,26 @@ class ProcessExecutor:
     def _finish(
         self, task_id: Hashable, entry: _Run, child: _Child, replied: bool, result: Any
     ) -> Any:
-        spare = False
         with self._cond:
             del self._runs[task_id]
             reason = entry.kill_reason
-            if replied and reason is None:
-                if self._reuse:
+        if self._settle([child], [replied and reason is None]):
+            return result
+        if reason is not None:
+            raise TaskKilled(*_how(child), child.pid, reason)
+        raise ChildDied(*_how(child), child.pid)
+
+    def _settle(self, children: list[_Child], kept: list[bool]) -> bool:
+        """Children whose task ended: those ``kept`` (they replied, and nobody killed
+        their task) go back to the idle ones (or retire, one-shot, a spare taking their
+        place); the others are reaped and leave. True if every one was kept."""
+        spares = 0
+        with self._cond:
+            for child, keep in zip(children, kept, strict=True):
+                if not keep:
+                    self._leave(child)
+                    self._generation += 1
+                elif self._reuse:
                     self._idle.append(child)
                 else:
                     child.close_channel()  # it exits by itself after its one reply
@@ -480,23 +639,94 @@ class ProcessExecutor:
                     self._leave(child)
                     if not self._closed and self._count < self._size:
                         self._count += 1
-                        spare = True
+                        spares += 1
+            self._cond.notify_all()
+        for _ in range(spares):
+            self._start_spare()
+        for child, keep in zip(children, kept, strict=True):
+            if not keep:
+                child.reap()
+                child.close_fds()
+        return all(kept)
+
+    def _acquire_gang(self, entry: _Run) -> list[_Child]:
+        """One child per slot for ``entry`` (a ``run_every``), by slot: see there."""
+        exited: list[_Child] = []
+        try:
+            return self._take_gang(entry, exited)
+        finally:
+            for child in exited:
+                child.drain(_to_node_log)
+                child.close_fds()
+
+    def _take_gang(self, entry: _Run, exited: list[_Child]) -> list[_Child]:
+        with self._cond:
+            self._gangs.append(entry)
+            try:
+                while True:
+                    if entry.kill_reason is not None:
+                        raise TaskKilled(reason=entry.kill_reason)
+                    if self._closed:
+                        raise ExecutorClosed(
+                            "the process executor is closed: the worker is shutting down"
+                        )
+                    # No child busy or being started: every counted one is idle.
+                    if self._gangs[0] is entry and self._count == len(self._idle):
+                        exited.extend(self._collect_retired())
+                        if not self._retiring:
+                            break
+                        # One-shot children of the last group are still exiting: the new
+                        # group's would meet their port and memory (a GPU's) still held.
+                        self._cond.wait(0.05)
+                        continue
+                    self._cond.wait()
+            finally:
+                self._gangs.remove(entry)
                 self._cond.notify_all()
-            else:
+            idle, self._idle = self._idle, []
+            stale = [
+                c for c in idle if c.generation != self._generation or c.proc.poll() is not None
+            ]
+            for child in stale:
                 self._leave(child)
-                self._cond.notify_all()
-        if replied and reason is None:
-            if spare:
-                self._start_spare()
-            return result
-        child.reap()
-        child.close_fds()
-        code = child.proc.returncode
-        exit_code = code if code is not None and code >= 0 else None
-        signum = -code if code is not None and code < 0 else None
-        if reason is not None:
-            raise TaskKilled(exit_code, signum, child.pid, reason)
-        raise ChildDied(exit_code, signum, child.pid)
+            gang = [c for c in idle if c not in stale]
+            missing = self._size - len(gang)
+            self._count += missing
+            entry.gang = gang
+        for child in stale:
+            child.kill()
+            child.reap()
+            child.close_fds()
+        try:
+            for _ in range(missing):
+                child = self._start()
+                with self._cond:
+                    gang.append(child)  # entry.gang: cancel() reaches it from now on
+                missing -= 1
+        except BaseException:
+            with self._cond:
+                self._count -= missing
+            self._drop_gang(entry)
+            raise
+        with self._cond:
+            reason = entry.kill_reason or (_CLOSING if self._closed else None)
+            if reason is None:
+                gang.sort(key=lambda c: c.slot)
+                return gang
+        self._drop_gang(entry)
+        raise TaskKilled(reason=reason)
+
+    def _drop_gang(self, entry: _Run) -> None:
+        """The children taken for ``entry`` leave (killed): it will not run."""
+        with self._cond:
+            gang, entry.gang = entry.gang, []
+            for child in gang:
+                self._leave(child)
+            self._cond.notify_all()
+        for child in gang:
+            child.kill()
+            child.reap()
+            child.close_fds()
 
     def _start_spare(self) -> None:
         try:
@@ -576,6 +806,7 @@ class ProcessExecutor:
         finally:
             child_end.close()
         child = _Child(proc, parent_end, slot)
+        child.generation = self._generation
         kind, config = self._init
         try:
             # Sent now, read by the child once its imports are done: starting is not waited for.
@@ -604,6 +835,7 @@ class _Child:
         self.functions = 0
         self.tasks = 0
         self.retired_at: float | None = None
+        self.generation = 0  # the executor's generation when it started
         self._decoder = _wire.FrameDecoder(expect_hello=False)
         self._pending: list[tuple[Any, ...]] = []
         self._names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
@@ -805,6 +1037,14 @@ class _Child:
         self.proc.stderr.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
+
+
+def _how(child: _Child) -> tuple[int | None, int | None]:
+    """How a reaped child ended: ``(exit code, None)`` or ``(None, signal)``."""
+    code = child.proc.returncode
+    if code is None:
+        return None, None
+    return (code, None) if code >= 0 else (None, -code)
 
 
 def _pidfd_open(pid: int) -> int | None:

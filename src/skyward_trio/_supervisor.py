@@ -61,7 +61,7 @@ from ._events import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import Nodes, Options
 from ._plugin import Cluster as PluginCluster
-from ._plugin import LaunchCommand, LaunchContext, launch_command
+from ._plugin import LaunchCommand, LaunchContext, launch_command, workers_per_node
 from ._pool import Pool, _Node
 from ._providers import Cluster, Instance
 from ._sampler import to_config
@@ -1037,7 +1037,7 @@ class Supervisor:
             node=instance.node,
             worker=0,
             total_nodes=len(pool._wanted),
-            workers_per_node=1,
+            workers_per_node=workers_per_node(pool.spec.plugins, pool.worker_config),
             accelerators=float(accel.count) if accel else 0.0,
             total_accelerators=float(accel.count) * len(pool._wanted) if accel else 0.0,
             head_addr=head.private_ip,

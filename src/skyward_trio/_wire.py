@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 # Client -> worker.
-RUN = 1  # (RUN, task_id, fn_key, fn_payload | None, args_payload, stream: bool)
+# every: a broadcast's, run on each of the node's workers (ranks) at once, one RESULT.
+RUN = 1  # (RUN, task_id, fn_key, fn_payload | None, args_payload, stream: bool, every: bool)
 BATCH = 2  # (BATCH, batch_id, fn_key, fn_payload | None, items_payload)
 CANCEL = 3  # (CANCEL, task_id)
 SHUTDOWN = 4  # (SHUTDOWN,)

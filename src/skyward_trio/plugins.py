@@ -117,10 +117,17 @@ def torch(
 ) -> Plugin:
     """PyTorch on every node, and ``torch.distributed``'s environment for multi-node runs.
 
-    Each worker gets ``MASTER_ADDR``/``MASTER_PORT`` (the head node's address and
-    ``InstanceInfo.head_port``), ``WORLD_SIZE`` (nodes), ``RANK`` and ``NODE_RANK`` (this
-    node), ``LOCAL_RANK`` 0 and ``LOCAL_WORLD_SIZE`` 1, so a function broadcast with ``@``
-    calls ``dist.init_process_group(backend)`` with nothing else (the ``env://`` method).
+    Each worker is one rank and gets ``MASTER_ADDR``/``MASTER_PORT`` (the head node's
+    address and ``InstanceInfo.head_port``), ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+    ``LOCAL_WORLD_SIZE`` and ``NODE_RANK``, so a function broadcast with ``@`` calls
+    ``dist.init_process_group(backend)`` with nothing else (the ``env://`` method).
+
+    By default a node is one rank (``LOCAL_RANK`` 0). Under
+    ``Worker(executor="process", concurrency=N)`` each of a node's N subprocesses is a
+    rank, as ``torchrun --nproc-per-node N`` would start them: ``WORLD_SIZE`` is nodes
+    times N, ``LOCAL_RANK`` the subprocess's slot, and ``@`` runs the function in all N
+    at once (the node's result is its local rank 0's). Each rank sees all the node's GPUs:
+    call ``torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))`` before using one.
 
     Args:
         backend: The backend the functions use (``"nccl"``, ``"gloo"`` or ``"mpi"``);
@@ -168,7 +175,7 @@ def torch(
 
     setup = _torch_setup if backend is None else _torch_setup_checked(backend)
     return (
-        Plugin.create("torch", collective=True)
+        Plugin.create("torch", collective=True, per_process=True)
         .with_image_transform(transform)
         .with_around_app(setup)
         .with_around_process(setup)
@@ -176,15 +183,16 @@ def torch(
 
 
 def torch_environment(info: InstanceInfo) -> dict[str, str]:
-    """The variables ``torch.distributed``'s ``env://`` rendezvous reads, for this node."""
+    """The variables ``torch.distributed``'s ``env://`` rendezvous reads, for this worker
+    (one rank: ``info.global_worker_index`` of ``info.total_workers``)."""
     return {
         "MASTER_ADDR": info.head_addr,
         "MASTER_PORT": str(info.head_port),
-        "WORLD_SIZE": str(info.total_nodes),
-        "RANK": str(info.node),
+        "WORLD_SIZE": str(info.total_workers),
+        "RANK": str(info.global_worker_index),
         "NODE_RANK": str(info.node),
-        "LOCAL_RANK": "0",
-        "LOCAL_WORLD_SIZE": "1",
+        "LOCAL_RANK": str(info.worker),
+        "LOCAL_WORLD_SIZE": str(info.workers_per_node),
     }
 
 
@@ -360,16 +368,22 @@ def accelerate(
     ``accelerate launch`` starts a script once per rank and exits when it returns; a
     Skyward worker is one long-lived process per node that runs many functions, so it
     cannot be wrapped by it. Instead each worker gets the environment ``accelerate
-    launch`` would give the process it starts for that node's rank, worked out on the
+    launch`` would give the process it starts for that rank, worked out on the
     node by accelerate's own launcher code from ``config`` (as ``accelerate launch
     --config_file F --num_machines N --machine_rank R --main_process_ip HEAD
     --main_process_port P --num_processes N`` would), plus ``torch.distributed``'s
     rendezvous variables (see :func:`torch_environment`). So ``Accelerator()`` in a
-    function broadcast with ``@`` joins one process group across the nodes: one rank per
-    node (``num_processes`` is the node count), the backend accelerate picks for the
-    node (gloo on CPU nodes). The process group and accelerate's state then live as long
-    as the worker: later functions' ``Accelerator()`` reuse them (so they cannot ask for
-    other settings, such as another ``mixed_precision``, than the first one's).
+    function broadcast with ``@`` joins one process group across the nodes, with the
+    backend accelerate picks for the node (gloo on CPU nodes). The process group and
+    accelerate's state then live as long as the worker: later functions'
+    ``Accelerator()`` reuse them (so they cannot ask for other settings, such as another
+    ``mixed_precision``, than the first one's).
+
+    A node is one rank by default (``num_processes`` is the node count). Under
+    ``Worker(executor="process", concurrency=N)`` each of its N subprocesses is a rank
+    (``num_processes`` is nodes times N; each rank takes the GPU at its
+    ``LOCAL_RANK``), and ``@`` runs the function in all N at once; the node's result is
+    its local rank 0's.
 
     With no ``distributed_type`` in ``config`` a pool of several nodes gets
     ``"MULTI_GPU"`` on nodes with a GPU and ``"MULTI_CPU"`` (with ``use_cpu``) on
@@ -385,7 +399,8 @@ def accelerate(
         config: The settings ``accelerate config`` writes, as a dict (its YAML file,
             loaded): ``distributed_type``, ``mixed_precision``, ``fsdp_config``,
             ``deepspeed_config``, ``dynamo_config``, ... ``num_processes``, if given,
-            must be the pool's node count. ``num_machines``, ``machine_rank``,
+            must be the pool's rank count (its nodes, times N under the process
+            executor). ``num_machines``, ``machine_rank``,
             ``main_process_ip`` and ``main_process_port`` are set from the pool and
             refused here. None: accelerate's defaults, as above.
         version: ``"latest"``, a version (``"1.15.0"``) or a specifier (``">=1.10"``) of
@@ -401,12 +416,27 @@ def accelerate(
 
     def transform(image: Image, cluster: Cluster) -> Image:
         nodes = cluster.nodes.desired
-        if processes is not None and processes != nodes:
+        ranks = cluster.workers_per_node
+        if processes is not None and processes != nodes * ranks:
+            where = f"sky.plugins.accelerate(config={{'num_processes': {processes!r}, ...}})"
+            plural = "s" if nodes != 1 else ""
+            if ranks > 1:
+                raise ValueError(
+                    f"{where}: the pool has {nodes} node{plural} of {ranks} ranks each "
+                    f"(Worker(executor='process', concurrency={ranks})), so num_processes is "
+                    f"{nodes * ranks}. Leave num_processes out, or change nodes= or the "
+                    "concurrency."
+                )
+            hint = (
+                f"pass nodes={processes} to Compute"
+                if processes % nodes
+                else f"pass nodes={processes} to Compute, or run {processes // nodes} ranks "
+                f"per node with options=sky.Options(worker=sky.Worker(executor='process', "
+                f"concurrency={processes // nodes}))"
+            )
             raise ValueError(
-                f"sky.plugins.accelerate(config={{'num_processes': {processes!r}, ...}}): the "
-                f"pool has {nodes} node{'s' if nodes != 1 else ''}, and Skyward runs one rank "
-                f"per node, so num_processes is {nodes}. Leave num_processes out, or pass "
-                f"nodes={processes} to Compute."
+                f"{where}: the pool has {nodes} node{plural}, one rank each, so num_processes "
+                f"is {nodes}. Leave num_processes out, or {hint}."
             )
         if not packages:
             return image
@@ -414,7 +444,7 @@ def accelerate(
 
     setup = _accelerate_setup(settings)
     return (
-        Plugin.create("accelerate", collective=True)
+        Plugin.create("accelerate", collective=True, per_process=True)
         .with_image_transform(transform)
         .with_around_app(setup)
         .with_around_process(setup)
@@ -480,8 +510,9 @@ def _accelerate_refusals(settings: dict[str, Any]) -> None:
     if settings.get("mpirun_config"):
         raise ValueError(
             f"{where(key='mpirun_config', value=settings['mpirun_config'])}: Skyward starts "
-            "the ranks itself, one per node, so accelerate's mpirun launcher has nothing to "
-            "start; leave mpirun_config out."
+            "the ranks itself (one per node, or Worker(executor='process', concurrency=N) "
+            "per node), so accelerate's mpirun launcher has nothing to start; leave "
+            "mpirun_config out."
         )
     if "gradient_accumulation_steps" in settings:
         steps = settings["gradient_accumulation_steps"]
@@ -542,6 +573,8 @@ def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dic
             node does not have.
     """
     where = f"sky.plugins.accelerate(config=...) on node {info.node}"
+    if info.workers_per_node > 1:
+        where += f" (rank {info.global_worker_index})"
     try:
         import accelerate as accelerate_module
         from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -554,7 +587,7 @@ def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dic
         ) from exc
     found = accelerate_module.__version__
     settings = dict(config)
-    several = info.total_nodes > 1
+    several = info.total_workers > 1
     device = several and _accelerate_device()
     if "distributed_type" not in settings:
         settings["distributed_type"] = ("MULTI_GPU" if device else "MULTI_CPU") if several else "NO"
@@ -569,6 +602,13 @@ def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dic
         )
     if kind == "MULTI_CPU":
         settings.setdefault("use_cpu", True)  # as `accelerate config` writes it
+    # The launcher checks that the port is free on machine 0, once, before it starts the
+    # machine's ranks. Every rank comes here, so the head's other local ranks pass as
+    # machine 1 (which skips the check: they could find the port held by their own
+    # group's store); the machine rank changes nothing else in the environment.
+    machine_rank = info.node
+    if machine_rank == 0 and info.worker > 0 and info.total_nodes > 1:
+        machine_rank = 1
     try:
         with tempfile.TemporaryDirectory(prefix="skyward-accelerate-") as folder:
             path = os.path.join(folder, "accelerate_config.json")
@@ -578,10 +618,10 @@ def accelerate_environment(config: Mapping[str, Any], info: InstanceInfo) -> dic
                 [
                     *("--config_file", path),
                     *("--num_machines", str(info.total_nodes)),
-                    *("--machine_rank", str(info.node)),
+                    *("--machine_rank", str(machine_rank)),
                     *("--main_process_ip", info.head_addr),
                     *("--main_process_port", str(info.head_port)),
-                    *("--num_processes", str(info.total_nodes)),
+                    *("--num_processes", str(info.total_workers)),
                     "skyward-function",  # the script argument: never run
                 ]
             )
@@ -964,7 +1004,8 @@ def mig(profile: str) -> Plugin:
     MIG mode and makes N GPU instances of ``profile`` (each with its compute instance),
     unless exactly those are there; each subprocess then sees only its slice
     (``CUDA_VISIBLE_DEVICES`` is the slice's ``MIG-`` UUID) and is a worker of its own:
-    ``sky.instance_info()`` says ``workers_per_node=N`` and ``worker`` = its slice.
+    ``sky.instance_info()`` says ``workers_per_node=N`` and ``worker`` = its slice, and a
+    broadcast (``@``) runs on every slice at once (the node's result is slice 0's).
 
     Turning MIG mode on needs root on the machine itself: providers that run nodes in
     containers (RunPod, Vast.ai) cannot, and some GPUs need a reset first; the node fails
@@ -1014,7 +1055,7 @@ def mig(profile: str) -> Plugin:
         yield
 
     return (
-        Plugin.create("mig")
+        Plugin.create("mig", per_process=True)
         .with_image_transform(transform)
         .with_bootstrap(bootstrap)
         .with_around_process(process)
@@ -1073,7 +1114,6 @@ def _mig_pin(info: InstanceInfo) -> None:
             f"subprocesses, one to a slice; nvidia-smi -L says:\n{listing.stdout.strip()}"
         )
     os.environ["CUDA_VISIBLE_DEVICES"] = uuids[index]
-    _runtime.set_instance_info(attrs.evolve(info, worker=index, workers_per_node=slices))
 
 
 def cuml(*, cuda: str = "cu12") -> Plugin:

@@ -35,7 +35,7 @@ from . import _capture, _collections, _heartbeat, _notices, _runtime, _serial, _
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
 from ._pluginrun import NodePlugins
-from ._procpool import ProcessExecutor
+from ._procpool import ProcessExecutor, TaskKilled
 from ._sampler import Sampler, from_config
 from ._store import Store, receive_hello
 from ._version import PYTHON_VERSION, __version__
@@ -118,6 +118,10 @@ class Worker:
                 info=config["info"],
                 plugins=config.get("plugins"),
             )
+        # Workers (ranks) on this node: each subprocess is one when there are several
+        # (_plugin.workers_per_node), and a broadcast's task runs on all of them.
+        ranks = int(config["info"].get("workers_per_node", 1))
+        self.workers_per_node = ranks if self._executor is not None else 1
         self._sessions: dict[str, _Session] = {}
         self._last_client: float | None = None
         self._shutdown = trio.Event()
@@ -452,6 +456,7 @@ class _Task:
         "args",
         "cancelled",
         "credits",
+        "every",
         "fn_key",
         "granted",
         "kind",
@@ -468,6 +473,7 @@ class _Task:
         self.cancelled = False
         self.running = False
         self.stream = False
+        self.every = False  # a broadcast's: run on each of the node's workers at once
         # Streamed items the client still has room for; it grants more as it reads them.
         self.credits = threading.Semaphore(_STREAM_WINDOW)
         self.granted = 0  # items the client said it has read (its CREDITs are totals)
@@ -741,6 +747,7 @@ class _Session:
                 return
             task = _Task(kind, task_id, fn_key, args_payload)
             task.stream = kind == _wire.RUN and bool(msg[5])
+            task.every = kind == _wire.RUN and bool(msg[6])
             self._live[task_id] = task
             self._queue.append(task)
         elif kind == _wire.CANCEL:
@@ -789,6 +796,8 @@ class _Session:
         try:
             if self._worker._plugins is not None:
                 self._worker._plugins.wait_app()
+            if task.every and self._worker.workers_per_node > 1:
+                return self._execute_everywhere(task, output, fn_payload, t0)
             if task.kind == _wire.RUN:
                 inputs = functools.partial(self._input_payloads, task)
                 ok, payload = executor.run(
@@ -814,6 +823,47 @@ class _Session:
                 return (_wire.RESULT, task.task_id, False, info, time.perf_counter() - t0)
             failed = _serial.dumps([(False, info)])
             return (_wire.BATCH_RESULT, task.task_id, failed, time.perf_counter() - t0)
+
+    def _execute_everywhere(
+        self, task: _Task, output: _TaskOutput, fn_payload: _serial.Payload, t0: float
+    ) -> tuple[Any, ...]:
+        """A broadcast's task on every worker (rank) of the node at once: the node's
+        RESULT is local rank 0's, or the failure of the first rank that failed (raises
+        what ``executor.run_every`` raises)."""
+        executor = self._worker._executor
+        assert executor is not None
+        ranks = self._worker.workers_per_node
+        # Each rank's output is cut into lines of its own (theirs would interleave).
+        outputs = [output] + [_TaskOutput(self, task) for _ in range(ranks - 1)]
+        try:
+            outcomes, first = executor.run_every(
+                task, task.fn_key, fn_payload, task.args, [each.write for each in outputs]
+            )
+        finally:
+            for each in outputs[1:]:
+                each.flush()
+        if first is None:
+            result = outcomes[0].result
+            assert result is not None
+            return (_wire.RESULT, task.task_id, *result, time.perf_counter() - t0)
+        failed = outcomes[first]
+        if failed.result is not None:
+            dumped = failed.result[1]
+        else:
+            assert failed.died is not None
+            dumped = _serial.dump_exception(failed.died)
+        payload, name, text, tb = dumped
+        node, nodes = self._worker.node, int(self._worker.config["info"]["total_nodes"])
+        stopped = [o.slot for o in outcomes if isinstance(o.died, TaskKilled)]
+        where = (
+            f"[skyward] on worker {first} of node {node} (rank {node * ranks + first} of "
+            f"{nodes * ranks})"
+        )
+        if stopped:
+            named = f"worker{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))}"
+            where += f"; stopped with it on that node: {named}"
+        dumped = (payload, name, text, f"{tb.rstrip()}\n{where}\n")
+        return (_wire.RESULT, task.task_id, False, dumped, time.perf_counter() - t0)
 
     def _input_payloads(self, task: _Task, slot: int) -> Iterator[Any]:
         return self.input_queue(task.task_id, slot).iterate(task, raw=True)

@@ -173,6 +173,8 @@ def test_mig_cuts_the_gpu_and_gives_each_subprocess_its_slice(tmp_path: Path) ->
     )
     with compute as pool:
         results = sky.gather(_on_a_slice(), _on_a_slice()) >> pool
+        # A broadcast runs on every slice at once; the node's result is slice 0's.
+        everywhere = _on_a_slice() @ pool
     state = mig_state(env)
     assert state["mode"] == "Enabled"
     assert [profile for profile, _ in state["slices"]] == ["3g.40gb", "3g.40gb"]
@@ -183,6 +185,7 @@ def test_mig_cuts_the_gpu_and_gives_each_subprocess_its_slice(tmp_path: Path) ->
         {"worker": 0, "workers_per_node": 2, "global": 0, "device": uuids[0]},
         {"worker": 1, "workers_per_node": 2, "global": 1, "device": uuids[1]},
     ]
+    assert everywhere == [{"worker": 0, "workers_per_node": 2, "global": 0, "device": uuids[0]}]
     # A second pool (or a restarted worker) finds the slices made and keeps them.
     calls = len(state["calls"])
     with compute as pool:

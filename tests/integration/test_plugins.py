@@ -352,6 +352,116 @@ def test_accelerate_runs_under_the_process_executor() -> None:
     ]
 
 
+# --- several workers (ranks) per node ---------------------------------------------------
+
+RANKS = sky.Options(console="silent", worker=sky.Worker(executor="process", concurrency=2))
+
+
+@sky.function
+def _rank_here(folder: str) -> dict[str, int]:
+    info = sky.instance_info()
+    Path(folder).mkdir(exist_ok=True)
+    Path(folder, f"{info.node}-{info.worker}").write_text(str(os.getpid()))
+    return {
+        "node": info.node,
+        "worker": info.worker,
+        "global": info.global_worker_index,
+        "total": info.total_workers,
+    }
+
+
+@sky.function
+def _sum_items(items: Iterator[int]) -> int:
+    return sum(items)
+
+
+def test_a_per_process_plugin_makes_each_subprocess_a_worker_that_broadcasts_reach(
+    tmp_path: Path,
+) -> None:
+    ranks = Plugin.create("ranks", per_process=True)
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[ranks], options=RANKS) as pool:
+        results = _rank_here(str(tmp_path / "ranks")) @ pool
+        with pytest.raises(TypeError, match=r"_sum_items\(\) has an Iterator\[\.\.\.\] param"):
+            _sum_items(iter([1, 2])) @ pool
+        assert _sum_items(iter([1, 2])) >> pool == 3  # a single call streams as ever
+    # One result per node (its worker 0's), and every worker of every node ran it.
+    assert results == [
+        {"node": 0, "worker": 0, "global": 0, "total": 4},
+        {"node": 1, "worker": 0, "global": 2, "total": 4},
+    ]
+    ran = sorted(path.name for path in (tmp_path / "ranks").iterdir())
+    assert ran == ["0-0", "0-1", "1-0", "1-1"]
+    # Without such a plugin the subprocesses are slots that tasks share: one node, one run.
+    with sky.Compute(provider=sky.Local(), nodes=2, options=RANKS) as pool:
+        results = _rank_here(str(tmp_path / "slots")) @ pool
+    assert [r["total"] for r in results] == [2, 2]
+    assert sorted(path.name for path in (tmp_path / "slots").iterdir()) == ["0-0", "1-0"]
+
+
+@sky.function
+def _all_reduce_ranks(fail_rank: int | None = None) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    env = {key: int(os.environ[key]) for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    if env["RANK"] == fail_rank:
+        raise ValueError(f"rank {fail_rank} has no data")
+    dist.init_process_group(backend="gloo")  # the others wait here for the one that failed
+    tensor = torch.tensor([float(env["RANK"] + 1)])
+    dist.all_reduce(tensor)
+    return {**env, "sum": tensor.item(), "pid": os.getpid()}
+
+
+def test_torch_runs_a_rank_in_each_subprocess_and_a_failed_rank_stops_them_all() -> None:
+    _need("torch", "torch==2.13.0")
+    torch = sky.plugins.torch(version=None, backend="gloo")
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[torch], options=RANKS) as pool:
+        with pytest.raises(ValueError, match="rank 3 has no data") as caught:
+            _all_reduce_ranks(3) @ pool  # without the stop, the others wait for 30 min
+        results = _all_reduce_ranks() @ pool
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "on worker 1 of node 1 (rank 3 of 4)" in notes
+    # A group that lost a rank cannot meet again; the next broadcast's ranks are new ones.
+    assert [{k: r[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "sum")} for r in results] == [
+        {"RANK": 0, "LOCAL_RANK": 0, "WORLD_SIZE": 4, "sum": 10.0},
+        {"RANK": 2, "LOCAL_RANK": 0, "WORLD_SIZE": 4, "sum": 10.0},
+    ]
+
+
+@sky.function
+def _accelerated_rank() -> dict[str, Any]:
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    rank = sky.instance_info().global_worker_index
+    return {
+        "num_processes": accelerator.num_processes,
+        "process_index": accelerator.process_index,
+        "local_process_index": accelerator.local_process_index,
+        "distributed_type": accelerator.distributed_type.value,
+        "gathered": accelerator.gather(torch.tensor([rank + 1.0])).tolist(),
+    }
+
+
+def test_accelerate_runs_a_rank_in_each_subprocess() -> None:
+    _need("torch", "torch==2.13.0")
+    _need("accelerate", "accelerate==1.15.0")
+    accelerate = sky.plugins.accelerate({"num_processes": 4}, version=None)
+    with sky.Compute(provider=sky.Local(), nodes=2, plugins=[accelerate], options=RANKS) as pool:
+        results = _accelerated_rank() @ pool
+    assert results == [
+        {
+            "num_processes": 4,
+            "process_index": process,
+            "local_process_index": 0,
+            "distributed_type": "MULTI_CPU",
+            "gathered": [1.0, 2.0, 3.0, 4.0],
+        }
+        for process in (0, 2)
+    ]
+
+
 @sky.function
 def _train_one_step() -> dict[str, Any]:
     import torch
@@ -443,6 +553,22 @@ def test_the_torch_ddp_example_trains_two_ranks_to_the_same_weights() -> None:
     assert len(ranks) == 2, done.stdout
     weights = {line.split("weights ")[1] for line in ranks}
     assert weights == {"[2.000, -3.000]"}  # DDP kept them equal, and they learned the truth
+
+
+def test_the_ranks_example_trains_four_ranks_on_two_nodes_to_the_same_weights() -> None:
+    _need("torch", "torch==2.13.0")
+    example = Path(__file__).resolve().parents[2] / "examples" / "torch_ranks.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    nodes = [line for line in done.stdout.splitlines() if line.startswith("node ")]
+    assert [line.split(":")[0] for line in nodes] == [
+        "node 0 (rank 0 of 4)",
+        "node 1 (rank 2 of 4)",
+    ], done.stdout
+    weights = {line.split("weights ")[1] for line in nodes}
+    assert weights == {"[2.000, -3.000]"}
 
 
 async def test_a_failed_around_client_tears_the_trio_pool_down() -> None:

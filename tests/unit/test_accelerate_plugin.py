@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+import attrs
 import pytest
 from test_plugin_hooks import _info
 
@@ -71,15 +72,32 @@ def test_it_is_collective_and_sets_each_worker_and_subprocess_up() -> None:
         sky.Compute(provider=sky.Local(), nodes=sky.Nodes(desired=2, max=4), plugins=[plugin])
 
 
-def test_num_processes_must_be_the_node_count() -> None:
+def test_num_processes_must_be_the_rank_count() -> None:
     with pytest.raises(
         ValueError,
         match=r"accelerate\(config=\{'num_processes': 4, \.\.\.\}\): the pool has 2 nodes, "
-        r"and Skyward runs one rank per node, so num_processes is 2\. Leave num_processes "
-        r"out, or pass nodes=4",
+        r"one rank each, so num_processes is 2\. Leave num_processes out, or pass nodes=4 to "
+        r"Compute, or run 2 ranks per node with options=sky\.Options\(worker=sky\.Worker\("
+        r"executor='process', concurrency=2\)\)",
     ):
         sky.Compute(provider=sky.Local(), nodes=2, plugins=[accelerate({"num_processes": 4})])
+    with pytest.raises(ValueError, match=r"has 2 nodes, one rank each, .* or pass nodes=3 to"):
+        sky.Compute(provider=sky.Local(), nodes=2, plugins=[accelerate({"num_processes": 3})])
     assert _transform(accelerate({"num_processes": 2}, version=None), nodes=2) == sky.Image()
+    ranks = sky.Options(worker=sky.Worker(executor="process", concurrency=2))
+    with pytest.raises(
+        ValueError,
+        match=r"the pool has 2 nodes of 2 ranks each \(Worker\(executor='process', "
+        r"concurrency=2\)\), so num_processes is 4\.",
+    ):
+        sky.Compute(
+            provider=sky.Local(),
+            nodes=2,
+            plugins=[accelerate({"num_processes": 2})],
+            options=ranks,
+        )
+    four = accelerate({"num_processes": 4}, version=None)
+    sky.Compute(provider=sky.Local(), nodes=2, plugins=[four], options=ranks)  # accepted
 
 
 @pytest.mark.parametrize(
@@ -183,6 +201,14 @@ def test_cpu_nodes_get_multi_cpu_from_accelerates_simple_launcher() -> None:
     alone = accelerate_environment({}, _info(0, 1))
     assert alone["ACCELERATE_USE_CPU"] == "False"
     assert "MASTER_ADDR" not in alone
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_two_ranks_on_one_node_are_a_distributed_run() -> None:
+    two = attrs.evolve(_info(0, 1), workers_per_node=2, worker=1)
+    env = accelerate_environment({}, two)
+    assert env["ACCELERATE_USE_CPU"] == "True"  # MULTI_CPU, not "NO" as for one rank
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("10.0.0.1", "29500")
 
 
 @pytest.mark.usefixtures("clean_env")

@@ -6,13 +6,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 
 import skyward as sky
 from skyward.plugins import Cluster, Plugin
 from skyward_trio._bootstrap import worker_bootstrap
 from skyward_trio._info import InstanceInfo, PeerInfo
-from skyward_trio._plugin import bootstrap_ops, transformed
+from skyward_trio._plugin import bootstrap_ops, transformed, workers_per_node
 from skyward_trio._pluginrun import NodePlugins, pack
 from skyward_trio.plugins import torch_environment
 
@@ -161,6 +162,32 @@ def test_torch_environment_is_the_env_rendezvous() -> None:
         "LOCAL_RANK": "0",
         "LOCAL_WORLD_SIZE": "1",
     }
+    # Worker 2 of node 1, with 4 workers (ranks) per node: rank 6 of 12.
+    ranked = attrs.evolve(_info(1, 3), workers_per_node=4, worker=2)
+    assert torch_environment(ranked) == {
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29500",
+        "WORLD_SIZE": "12",
+        "RANK": "6",
+        "NODE_RANK": "1",
+        "LOCAL_RANK": "2",
+        "LOCAL_WORLD_SIZE": "4",
+    }
+
+
+def test_a_node_has_a_worker_per_subprocess_only_with_a_per_process_plugin() -> None:
+    process = sky.Worker(executor="process", concurrency=4)
+    ranks = Plugin.create("ranks", per_process=True)
+    assert workers_per_node([ranks], process) == 4
+    assert workers_per_node([sky.plugins.joblib()], process) == 1  # slots tasks share
+    assert workers_per_node([ranks], sky.Worker(concurrency=4)) == 1  # threads: one process
+    assert workers_per_node([ranks], None) == 1
+    for plugin in (sky.plugins.torch(), sky.plugins.accelerate(), sky.plugins.mig("1g.10gb")):
+        assert plugin.per_process, plugin.name
+    for plugin in (sky.plugins.jax(), sky.plugins.mps(), sky.plugins.joblib()):
+        assert not plugin.per_process, plugin.name
+    with pytest.raises(TypeError, match="per_process=1"):
+        Plugin.create("p", per_process=1)  # type: ignore[arg-type]
 
 
 def _transform(plugin: Plugin, image: sky.Image | None = None, **spec: Any) -> sky.Image:
