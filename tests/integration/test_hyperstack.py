@@ -289,6 +289,17 @@ def test_the_vm_of_a_client_that_died_is_deleted_by_its_reaper(
     fake_hyperstack: FakeHyperstack,
 ) -> None:
     """Nothing on the VM can delete it (Hyperstack gives it no credential), so the pool's
-    reaper, a process beside the client, deletes it once the client is gone."""
+    reaper, a process beside the client, deletes it once the client is gone, and the pool's
+    keypair, as the pool's close would."""
     api = fake_hyperstack
-    reaped(_CLIENT, (api.api_key, api.api_url), lambda: _live(api))
+    keypairs: list[int] = []
+
+    def up(vm: int) -> None:
+        key = api.vms[vm].keypair
+        assert key["id"] in api.keypairs
+        keypairs.append(key["id"])
+
+    job, _ = reaped(_CLIENT, (api.api_key, api.api_url), lambda: _live(api), up)
+    (key_id,) = keypairs
+    assert key_id not in api.keypairs, "the pool's keypair outlived it"
+    assert not any(name.startswith(f"skyward-{job}") for name in _keys(api))

@@ -312,6 +312,21 @@ def test_the_instance_of_a_client_that_died_is_deleted_by_its_reaper(
     fake_verda: FakeVerda,
 ) -> None:
     """Nothing on the instance can delete it (Verda gives it no credential), so the pool's
-    reaper, a process beside the client, deletes it once the client is gone."""
+    reaper, a process beside the client, deletes it once the client is gone, and the
+    instance's startup script and the pool's SSH key, as the pool's close would."""
     api = fake_verda
-    reaped(_CLIENT, (api.client_id, api.client_secret, api.api_url), lambda: _live(api))
+    made: list[dict[str, Any]] = []
+
+    def up(instance: str) -> None:
+        body = api.instances[instance].body
+        assert body["startup_script_id"] in api.scripts
+        assert all(key in api.ssh_keys for key in body["ssh_key_ids"])
+        made.append(body)
+
+    job, _ = reaped(
+        _CLIENT, (api.client_id, api.client_secret, api.api_url), lambda: _live(api), up
+    )
+    (body,) = made
+    assert body["startup_script_id"] not in api.scripts, "the startup script outlived the pool"
+    assert not any(s["name"].startswith(f"skyward-{job}") for s in api.scripts.values())
+    assert not set(body["ssh_key_ids"]) & set(api.ssh_keys), "the SSH key outlived the pool"
