@@ -35,6 +35,7 @@ from ._events import (
     ClusterRequested,
     Error,
     Event,
+    InstanceAtRisk,
     InstanceInterrupting,
     InstancePreempted,
     Log,
@@ -436,7 +437,7 @@ def _log_event(log: _logging.PoolLog, event: Event) -> None:
         level = _logging.TRACE
     elif isinstance(event, TaskStarted | TaskCompleted):
         level = logging.DEBUG
-    elif isinstance(event, Error | InstanceInterrupting | InstancePreempted):
+    elif isinstance(event, Error | InstanceAtRisk | InstanceInterrupting | InstancePreempted):
         level = logging.WARNING
     else:
         level = logging.INFO

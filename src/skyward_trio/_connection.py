@@ -143,8 +143,10 @@ class WorkerConnection:
         self._on_metrics: MetricsCallback | None = None
         #: The provider's interruption notice the worker passed on (``_wire.NOTICE``):
         #: ``(action, at)``, the first one; the worker sends it on every control channel.
+        #: Action ``"rebalance"`` is EC2's rebalance recommendation, which the interruption
+        #: notice itself may follow (and then replace).
         self.notice: tuple[str, float] | None = None
-        #: Called once, when ``notice`` is first set.
+        #: Called when ``notice`` is set: once, or twice (a recommendation, then a notice).
         self.on_notice: Callable[[], None] | None = None
 
     @property
@@ -293,7 +295,7 @@ class WorkerConnection:
                 slot(msg, None)
         elif msg[0] == _wire.METRICS and self._on_metrics is not None:
             self._on_metrics(self.node, msg[1], msg[2])
-        elif msg[0] == _wire.NOTICE and self.notice is None:
+        elif msg[0] == _wire.NOTICE and _supersedes(str(msg[1]), self.notice):
             self.notice = (str(msg[1]), float(msg[2]))
             if self.on_notice is not None:
                 self.on_notice()
@@ -684,3 +686,11 @@ class _Frame:
         self.seq = seq
         self.chunks = chunks
         self.fn_key = fn_key
+
+
+def _supersedes(action: str, notice: tuple[str, float] | None) -> bool:
+    """Whether a NOTICE of ``action`` replaces the one held: the first of each kind, and an
+    interruption notice after a rebalance recommendation (never the other way round)."""
+    if notice is None:
+        return True
+    return notice[0] == _wire.REBALANCE and action != _wire.REBALANCE

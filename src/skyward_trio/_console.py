@@ -51,6 +51,7 @@ from ._events import (
     ClusterScaled,
     Error,
     Event,
+    InstanceAtRisk,
     InstanceBootstrapped,
     InstanceDestroyed,
     InstanceInterrupting,
@@ -76,6 +77,8 @@ _REDRAW: Final = 0.25  # seconds between live redraws, at most
 _IDLE_REDRAW: Final = 1.0  # redraw this often anyway: clocks, rates and ETA move
 _OUTPUT_LINES: Final = 8  # remote output lines the rich layout keeps in view
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+# Node states that take calls: ready, or at risk of interruption (not drained yet).
+_SERVING: Final = ("ready", "at risk")
 _PHASES: Final = {"ssh": "connecting", "bootstrap": "bootstrapping", "worker": "starting worker"}
 # Who reclaims an instance after an InstanceInterrupting, by provider (ClusterRequested's).
 _RECLAIMERS: Final = {
@@ -184,7 +187,7 @@ class Tally:
 
     @property
     def ready(self) -> int:
-        return sum(1 for view in self.nodes.values() if view.state == "ready")
+        return sum(1 for view in self.nodes.values() if view.state in _SERVING)
 
     @property
     def in_flight(self) -> int:
@@ -256,6 +259,9 @@ class Tally:
         elif isinstance(event, InstanceInterrupting):
             if self._node(event.node, event.time).instance_id == event.instance_id:
                 self._enter(event.node, "draining", event.time)
+        elif isinstance(event, InstanceAtRisk):
+            if self._node(event.node, event.time).instance_id == event.instance_id:
+                self._enter(event.node, "at risk", event.time)
         elif isinstance(event, InstancePreempted):
             self._enter(event.node, "lost", event.time)
             self.metrics.pop(event.node, None)
@@ -266,7 +272,7 @@ class Tally:
                 self._enter(event.node, "terminated", event.time)
                 self.metrics.pop(event.node, None)
         elif isinstance(event, Error):
-            if event.node is not None and self._node(event.node, event.time).state != "ready":
+            if event.node is not None and self._node(event.node, event.time).state not in _SERVING:
                 self._enter(event.node, "failed", event.time)
         elif isinstance(event, ClusterScaled):
             self.target = event.target
@@ -385,6 +391,20 @@ def describe(event: Event, tally: Tally) -> list[tuple[str, str]]:
         return [(f"node {event.node}", f"ready ({event.seconds:.1f} s)")]
     if isinstance(event, ClusterReady):
         return [("pool", f"ready: {event.nodes} node(s)")]
+    if isinstance(event, InstanceAtRisk):
+        then = (
+            "replacing it: the node is handed over once its replacement is ready"
+            if event.replaced
+            else "kept until a notice comes: this node cannot be handed over (a collective "
+            "pool's, or node 0 holding the collections)"
+        )
+        return [
+            (
+                f"node {event.node}",
+                f"EC2 recommends replacing spot instance {event.instance_id} (high risk of "
+                f"interruption); {then}",
+            )
+        ]
     if isinstance(event, InstanceInterrupting):
         who = _RECLAIMERS.get(tally.provider, "the provider reclaims instance")
         when = f"at {_stamp(event.at)} ({event.action})"
@@ -525,6 +545,7 @@ class LogConsole:
 # Events a live console also prints above its display, as they are worth keeping.
 _NOTICES = (
     Error,
+    InstanceAtRisk,
     InstanceInterrupting,
     InstancePreempted,
     InstanceReplaced,
@@ -534,6 +555,7 @@ _NOTICES = (
 )
 _STATE_STYLES: Final = {
     "ready": "green",
+    "at risk": "yellow",
     "draining": "bold magenta",
     "lost": "bold red",
     "failed": "bold red",

@@ -6,7 +6,8 @@ happened). Lifecycle events follow a pool from ``ClusterRequested`` to
 phase) → ``InstanceBootstrapped``, and when lost ``InstancePreempted`` →
 ``InstanceReplaced`` (or only ``InstanceDestroyed`` when it is not replaced). A node whose
 provider warned that it will reclaim the machine (AWS or Compute Engine spot) is
-``InstanceInterrupting`` before it is lost.
+``InstanceInterrupting`` before it is lost; one EC2 recommends replacing (a rebalance
+recommendation) is ``InstanceAtRisk`` first.
 
 Layer 1: stdlib and attrs only.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "ClusterScaled",
     "Error",
     "Event",
+    "InstanceAtRisk",
     "InstanceBootstrapped",
     "InstanceDestroyed",
     "InstanceInterrupting",
@@ -132,6 +134,27 @@ class InstanceInterrupting(Event):
     instance_id: str
     action: str
     at: float
+
+
+@attrs.frozen(kw_only=True)
+class InstanceAtRisk(Event):
+    """EC2 recommended at ``at`` (seconds since the epoch) that node ``node``'s spot
+    instance be replaced: a rebalance recommendation, sent when its risk of interruption
+    is high, often minutes before the two-minute interruption notice (which may never
+    come).
+
+    With ``replaced`` the node is handed over: its replacement's machine is launched and
+    its environment built now, and only then is the node drained (no new calls; those in
+    flight finish), retired once idle, and replaced, so the pool never runs short of it.
+    Without (a collective pool, whose group a new node cannot join; or node 0 holding the
+    pool's collections store) nothing changes until an interruption notice comes, if it
+    does.
+    """
+
+    node: int
+    instance_id: str
+    at: float
+    replaced: bool
 
 
 @attrs.frozen(kw_only=True)

@@ -4,11 +4,16 @@ Compute Engine spot VM's preemption).
 EC2 warns two minutes before it reclaims a spot instance: the instance metadata service
 (IMDS) answers ``GET /latest/meta-data/spot/instance-action`` with 404 until then, and
 with ``{"action": "terminate" | "stop" | "hibernate", "time": "2026-11-30T08:22:00Z"}``
-once the interruption is scheduled. The worker asks every ``POLL_INTERVAL`` seconds, the
-IMDSv2 way (a session token from ``PUT /latest/api/token``, sent with each read). That
-works whether the instance requires tokens or not (``sky.AWS`` leaves EC2's
-``MetadataOptions`` at the image's defaults), and takes one network hop (the worker runs
-on the instance, not in a container), within EC2's default hop limit.
+once the interruption is scheduled. Before that, EC2 may recommend rebalancing a spot
+instance at elevated risk of interruption: ``GET
+/latest/meta-data/events/recommendations/rebalance`` answers 404 until then, and
+``{"noticeTime": "2026-11-30T08:22:00Z"}`` from then on (a ``Notice`` with action
+``"rebalance"``; the watch then goes on for the interruption notice itself). The worker
+asks every ``POLL_INTERVAL`` seconds (as AWS advises for both), the IMDSv2 way (a session
+token from ``PUT /latest/api/token``, sent with each read). That works whether the
+instance requires tokens or not (``sky.AWS`` leaves EC2's ``MetadataOptions`` at the
+image's defaults), and takes one network hop (the worker runs on the instance, not in a
+container), within EC2's default hop limit.
 
 The service is at ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` when that is set (botocore's name
 for it), else at ``http://169.254.169.254``. Where it cannot be reached at all (not EC2,
@@ -31,7 +36,7 @@ and the watch ends; a read failing after it answered is noted once and the watch
 Only the stdlib speaks HTTP here (urllib, in a thread, through no proxy), imported when
 a watch starts: the worker must import fast.
 
-Layer 3 (trio, attrs and the stdlib): imported on the workers.
+Layer 3 (trio, attrs, the stdlib and ``_wire``): imported on the workers.
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
 import trio
+
+from . import _wire
 
 __all__ = [
     "ACTIONS",
@@ -55,6 +62,7 @@ __all__ = [
     "GCE_DEFAULT_HOST",
     "GCE_HOST_ENV",
     "POLL_INTERVAL",
+    "REBALANCE",
     "ComputeMetadata",
     "MetadataError",
     "MetadataService",
@@ -75,6 +83,9 @@ DEFAULT_ENDPOINT: Final = "http://169.254.169.254"
 ACTIONS: Final = ("terminate", "stop", "hibernate")
 TOKEN_PATH: Final = "/latest/api/token"
 ACTION_PATH: Final = "/latest/meta-data/spot/instance-action"
+REBALANCE_PATH: Final = "/latest/meta-data/events/recommendations/rebalance"
+#: ``Notice.action`` of an EC2 rebalance recommendation: not a reclaim, a risk of one.
+REBALANCE: Final = _wire.REBALANCE
 _BODY_LIMIT = 65536
 
 GCE_HOST_ENV: Final = "GCE_METADATA_HOST"
@@ -90,10 +101,18 @@ GCE_PAUSE: Final = 2.0
 
 @attrs.frozen(kw_only=True)
 class Notice:
-    """The provider reclaims the machine: ``action`` at ``at`` (seconds since the epoch)."""
+    """The provider reclaims the machine: ``action`` at ``at`` (seconds since the epoch);
+    or, with ``action`` ``"rebalance"`` (``REBALANCE``), EC2 recommended at ``at`` that
+    the spot instance be replaced: it is at elevated risk of interruption."""
 
     action: str
     at: float
+
+    @property
+    def final(self) -> bool:
+        """Whether no other notice can follow (a rebalance recommendation may be followed
+        by the interruption notice)."""
+        return self.action != REBALANCE
 
 
 class NoticeSource(Protocol):
@@ -150,6 +169,24 @@ def parse(body: bytes) -> Notice:
     return Notice(action=action, at=moment.replace(tzinfo=datetime.UTC).timestamp())
 
 
+def parse_rebalance(body: bytes) -> Notice:
+    """The recommendation in an ``events/recommendations/rebalance`` answer (``REBALANCE``
+    at its ``noticeTime``); ValueError saying what is wrong."""
+    where = "events/recommendations/rebalance"
+    try:
+        data: Any = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"{where} is not JSON ({exc}): {body[:200]!r}") from None
+    when = data.get("noticeTime") if isinstance(data, dict) else None
+    try:
+        moment = datetime.datetime.strptime(str(when), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise ValueError(
+            f'{where}: expected {{"noticeTime": "2026-11-30T08:22:00Z"}}, got {data!r}'
+        ) from None
+    return Notice(action=REBALANCE, at=moment.replace(tzinfo=datetime.UTC).timestamp())
+
+
 class MetadataService:
     """IMDS at ``base``, IMDSv2-style. Blocking: call it in a thread, one call at a time."""
 
@@ -167,31 +204,39 @@ class MetadataService:
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._token: str | None = None
         self._token_until = 0.0
+        self._recommended = False  # a rebalance recommendation was returned already
 
     def instance_action(self) -> Notice | None:
-        """The interruption notice, or None while there is none (404).
+        """The interruption notice; else, once, the rebalance recommendation; else None
+        while there is neither (404).
 
         Raises:
             MetadataError: No answer, or one that is neither a notice nor a 404.
         """
-        status, body = self._read_action()
+        notice = self._notice(ACTION_PATH, parse)
+        if notice is not None or self._recommended:
+            return notice
+        recommendation = self._notice(REBALANCE_PATH, parse_rebalance)
+        self._recommended = recommendation is not None
+        return recommendation
+
+    def _notice(self, path: str, parser: Callable[[bytes], Notice]) -> Notice | None:
+        status, body = self._read(path)
         if status == 401:  # the token expired or was revoked: one fresh try
             self._token = None
-            status, body = self._read_action()
+            status, body = self._read(path)
         if status == 404:
             return None
         if status != 200:
-            raise MetadataError(
-                f"GET {ACTION_PATH} answered {status}: {body[:200]!r}", reached=True
-            )
+            raise MetadataError(f"GET {path} answered {status}: {body[:200]!r}", reached=True)
         try:
-            return parse(body)
+            return parser(body)
         except ValueError as exc:
             raise MetadataError(str(exc), reached=True) from None
 
-    def _read_action(self) -> tuple[int, bytes]:
+    def _read(self, path: str) -> tuple[int, bytes]:
         headers = {"X-aws-ec2-metadata-token": self._session_token()}
-        return self._request("GET", ACTION_PATH, headers)
+        return self._request("GET", path, headers)
 
     def _session_token(self) -> str:
         if self._token is None or time.monotonic() >= self._token_until:
@@ -313,17 +358,20 @@ def _say(text: str) -> None:
     print(f"skyward worker: {text}", file=sys.stderr, flush=True)
 
 
-async def watch(service: NoticeSource, *, interval: float | None = None) -> Notice | None:
+async def watch(
+    service: NoticeSource, *, interval: float | None = None, answered: bool = False
+) -> Notice | None:
     """Read the notice every ``interval`` seconds (the service's own by default) until
-    there is one, and return it.
+    there is one, and return it. (After a rebalance recommendation, call it again, with
+    ``answered``, for the interruption notice.)
 
     Returns None, having said why in the worker's log, when the service cannot be reached
-    at all (before it ever answered). A read that fails after it did answer is noted once
-    (until one works again) and the watch goes on. Cancellable: a request in flight is
+    at all (before it ever answered: ``answered`` says it did, in an earlier watch). A
+    read that fails after it did answer is noted once (until one works again) and the
+    watch goes on. Cancellable: a request in flight is
     left to its thread, which its own timeout ends.
     """
     pause = service.interval if interval is None else interval
-    answered = False
     failing = False
     while True:
         try:

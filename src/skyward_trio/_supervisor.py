@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import _health, _logging, _serial, _transport, metrics
+from . import _health, _logging, _serial, _transport, _wire, metrics
 from ._autoscale import Autoscaler
 from ._bootstrap import (
     FAILED_MARK,
@@ -49,6 +49,7 @@ from ._events import (
     ClusterScaled,
     Error,
     Event,
+    InstanceAtRisk,
     InstanceBootstrapped,
     InstanceDestroyed,
     InstanceInterrupting,
@@ -61,7 +62,7 @@ from ._events import (
 from ._info import AcceleratorInfo, InstanceInfo, PeerInfo, to_dict
 from ._model import Nodes, Options
 from ._plugin import Cluster as PluginCluster
-from ._plugin import LaunchCommand, LaunchContext, launch_command, workers_per_node
+from ._plugin import LaunchCommand, LaunchContext, collective, launch_command, workers_per_node
 from ._pool import Pool, _Node
 from ._providers import Cluster, Instance
 from ._sampler import to_config
@@ -170,7 +171,8 @@ class NodePluginPlan:
 
 @attrs.define
 class _Ahead:
-    """A node's replacement, launched at the node's interruption notice."""
+    """A node's replacement, launched at the node's interruption notice (or its rebalance
+    recommendation)."""
 
     done: trio.Event = attrs.Factory(trio.Event)  # set once launched, or failed
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
@@ -219,6 +221,7 @@ class Supervisor:
         self._running: set[int] = set()  # indices with a live _keep task
         self._draining: dict[int, _Node] = {}  # scaled down, finishing their calls
         self._warned: set[str] = set()  # instances whose interruption notice was emitted
+        self._at_risk_seen: set[str] = set()  # ... and whose rebalance recommendation was
         # Replacements launched at their node's interruption notice, by index: taken up
         # when the node is lost (_provision), retired if it never is.
         self._ahead: dict[int, _Ahead] = {}
@@ -341,7 +344,7 @@ class Supervisor:
         if lost is not None:
             self._emit(InstanceReplaced, node=i, old_instance_id=lost, instance_id=instance.id)
         if conn.notice is not None:  # it came while the worker's session opened
-            self._reclaim(node, *conn.notice)
+            self._noticed(node, *conn.notice)
         pool._notify()
         node = await self._serve(node)
         if i == 0 and self.store is None:
@@ -617,7 +620,7 @@ class Supervisor:
             restarted.reclaimed.set()
         pool._ready[i] = restarted
         if conn.notice is not None:
-            self._reclaim(restarted, *conn.notice)
+            self._noticed(restarted, *conn.notice)
         pool._notify()
         return restarted
 
@@ -643,7 +646,14 @@ class Supervisor:
         """
         node = self.pool._ready.get(i)
         if node is not None and node.conn is conn and conn.notice is not None:
-            self._reclaim(node, *conn.notice)
+            self._noticed(node, *conn.notice)
+
+    def _noticed(self, node: _Node, action: str, at: float) -> None:
+        """``node``'s worker passed on a notice: an interruption's, or a recommendation."""
+        if action == _wire.REBALANCE:
+            self._at_risk(node, at)
+        else:
+            self._reclaim(node, action, at)
 
     def _reclaim(self, node: _Node, action: str, at: float) -> None:
         """The provider reclaims ``node``'s machine at ``at``: drain it (no call starts
@@ -654,9 +664,6 @@ class Supervisor:
         its worker's config, the peers' list). The node is retired once idle
         (``_retire_reclaimed``), without waiting for the machine to go.
         """
-        if node.reclaimed.is_set():
-            return
-        node.reclaimed.set()
         if node.instance.id not in self._warned:
             self._warned.add(node.instance.id)
             self._emit(
@@ -666,11 +673,60 @@ class Supervisor:
                 action=action,
                 at=at,
             )
+        self._withdraw(node)
+
+    def _withdraw(self, node: _Node) -> None:
+        """No call starts on ``node`` any more (those in flight go on); it is retired once
+        idle (``_retire_reclaimed``) and replaced by a machine launched now."""
+        if node.reclaimed.is_set():
+            return
+        node.reclaimed.set()
         self.pool._notify()  # nothing new goes there; waiters look again
         if node.index not in self._ahead and not self.pool._closing:
             assert self._nursery is not None
             ahead = self._ahead[node.index] = _Ahead()
             self._nursery.start_soon(self._launch_ahead, node.index, ahead)
+
+    def _at_risk(self, node: _Node, at: float) -> None:
+        """EC2 recommends replacing ``node``'s spot instance (at elevated risk of
+        interruption): launch its replacement and build its environment now, and drain the
+        node once that is done, so it is handed over with no time short of a node. A
+        collective pool's node (its group cannot take a newcomer) and node 0 holding the
+        collections store (its store would be lost) are left as they are."""
+        instance = node.instance
+        if instance.id in self._at_risk_seen or node.reclaimed.is_set():
+            return
+        self._at_risk_seen.add(instance.id)
+        pool = self.pool
+        replaced = (
+            collective(pool.spec) is None
+            and not (node.index == 0 and self.store is None)
+            and not pool._closing
+        )
+        self._emit(
+            InstanceAtRisk, node=node.index, instance_id=instance.id, at=at, replaced=replaced
+        )
+        if not replaced:
+            return
+        assert self._nursery is not None
+        ahead = self._ahead.get(node.index)
+        if ahead is None:
+            ahead = self._ahead[node.index] = _Ahead()
+            self._nursery.start_soon(self._launch_ahead, node.index, ahead)
+        self._nursery.start_soon(self._hand_over, node, ahead)
+
+    async def _hand_over(self, node: _Node, ahead: _Ahead) -> None:
+        """Drain ``node`` once its replacement launched ahead is ready (machine up,
+        environment built); if it could not be launched, the node serves on (and a later
+        interruption notice launches one again)."""
+        await ahead.done.wait()
+        if ahead.instance is None:
+            if self._ahead.get(node.index) is ahead:
+                del self._ahead[node.index]
+            return
+        current = self.pool._ready.get(node.index)  # a worker restart makes a new _Node
+        if current is not None and current.instance.id == node.instance.id:
+            self._withdraw(current)
 
     async def _retire_reclaimed(self, node: _Node) -> None:
         """Once a reclaimed node is idle, end its session: it is lost now rather than when
@@ -684,6 +740,13 @@ class Supervisor:
         if self.pool._closing or node.conn.closed.is_set():
             return
         notice = node.conn.notice
+        if notice is not None and notice[0] == _wire.REBALANCE:
+            node.conn.close(
+                f"{self.cluster.name} recommended replacing spot instance {node.instance.id} "
+                "(a rebalance recommendation); handed over to its replacement once its calls "
+                "were done"
+            )
+            return
         when = ""
         if notice is not None:
             at = time.strftime("%H:%M:%S UTC", time.gmtime(notice[1]))

@@ -42,6 +42,7 @@ __all__ = [
     "OUTPUT",
     "PROBE",
     "PROBE_RESULT",
+    "REBALANCE",
     "RESULT",
     "RUN",
     "SHUTDOWN",
@@ -78,7 +79,10 @@ METRICS = 31  # (METRICS, [(name, value, unit, gpu index | None, time), ...], [p
 # The provider will reclaim the machine (an AWS spot interruption notice), on the control
 # channel: sent on every control channel opened once the worker has seen it, so a client
 # that was away when it came hears it on its return (the client keeps the first).
-NOTICE = 40  # (NOTICE, action: "terminate" | "stop" | "hibernate", at: seconds since the epoch)
+# action "rebalance" (REBALANCE): EC2's rebalance recommendation, which the interruption
+# notice itself may follow on the same channel.
+NOTICE = 40  # (NOTICE, action: "terminate" | "stop" | "hibernate" | "rebalance", at: epoch s)
+REBALANCE = "rebalance"
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")

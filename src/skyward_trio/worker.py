@@ -132,8 +132,9 @@ class Worker:
         # Image(metrics=None) writes no collectors: nothing is sampled at all.
         collectors = config.get("metrics")
         self._sampler = Sampler(from_config(collectors)) if collectors else None
-        # The provider's interruption notice (AWS or Compute Engine spot), once seen: every
-        # control channel opened from then on tells its client (_tell_notice).
+        # The provider's interruption notice (AWS or Compute Engine spot), once seen, or
+        # EC2's rebalance recommendation before it: every control channel tells its client
+        # the latest (_tell_notice); _noticed is set, and replaced, when it changes.
         self._notice: _notices.Notice | None = None
         self._noticed = trio.Event()
 
@@ -220,27 +221,40 @@ class Worker:
         machine's interruption notice (``_notices``); once it comes, every client's control
         channel is told (``_tell_notice``)."""
         service = _notices.source(kind)
-        notice = await _notices.watch(service)
-        if notice is None:
-            return
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(notice.at))
-        print(
-            f"skyward worker: {service.cloud} reclaims this machine at {when} "
-            f"({notice.action}); "
-            "telling the client",
-            file=sys.stderr,
-            flush=True,
-        )
-        self._notice = notice
-        self._noticed.set()
+        answered = False
+        while True:
+            notice = await _notices.watch(service, answered=answered)
+            if notice is None:
+                return
+            answered = True
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(notice.at))
+            what = (
+                f"{service.cloud} reclaims this machine at {when} ({notice.action})"
+                if notice.final
+                else f"{service.cloud} recommended at {when} that this spot instance be "
+                "replaced (a rebalance recommendation: its risk of interruption is high)"
+            )
+            print(f"skyward worker: {what}; telling the client", file=sys.stderr, flush=True)
+            self._notice = notice
+            noticed, self._noticed = self._noticed, trio.Event()
+            noticed.set()
+            if notice.final:
+                return
 
     async def _tell_notice(self, reply: Callable[[tuple[Any, ...]], Awaitable[None]]) -> None:
-        """Send the interruption notice on one control channel, once it is known. Each
-        new channel sends it again: a client that was away when it came hears it when it
-        comes back (it keeps the first)."""
-        await self._noticed.wait()
-        assert self._notice is not None
-        await reply((_wire.NOTICE, self._notice.action, self._notice.at))
+        """Send the interruption notice on one control channel, once it is known (and a
+        rebalance recommendation before it, if one came first). Each new channel sends
+        the latest again: a client that was away when it came hears it when it comes back
+        (it keeps the first of each kind)."""
+        told: _notices.Notice | None = None
+        while told is None or not told.final:
+            noticed = self._noticed
+            notice = self._notice
+            if notice is not None and notice is not told:
+                await reply((_wire.NOTICE, notice.action, notice.at))
+                told = notice
+                continue
+            await noticed.wait()
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -33,7 +33,9 @@ IMDSv2 with tokens required: ``PUT /latest/api/token`` (with
 ``X-aws-ec2-metadata-token`` is answered 401. It answers ``meta-data/instance-id`` and
 ``meta-data/spot/instance-action``: 404 until ``FakeAWS.warn`` schedules the instance's
 interruption, then ``{"action": ..., "time": ...}``, as EC2 does two minutes before it
-reclaims a spot instance. Nothing here ever contacts EC2's real IMDS (169.254.169.254).
+reclaims a spot instance; and ``meta-data/events/recommendations/rebalance``: 404 until
+``FakeAWS.recommend_rebalance``, then ``{"noticeTime": ...}``. Nothing here ever contacts
+EC2's real IMDS (169.254.169.254).
 
 moto's state is one per process: the first fake entered resets it; a fake entered while
 another runs shares it (each hypervisor watches only its own VPC).
@@ -307,6 +309,8 @@ class FakeAWS(FakeCloud):
         self._metadata: dict[str, _MetadataServer] = {}  # each machine's IMDS
         # spot/instance-action of the instances FakeAWS.warn was told of
         self._notices: dict[str, dict[str, str]] = {}
+        # events/recommendations/rebalance of those FakeAWS.recommend_rebalance was told of
+        self._rebalances: dict[str, dict[str, str]] = {}
         #: IMDS requests answered, per instance: (method, path, status).
         self.metadata_requests: dict[str, list[tuple[str, str, int]]] = {}
 
@@ -430,6 +434,16 @@ class FakeAWS(FakeCloud):
             if instance_id not in self.machines:
                 raise ValueError(f"instance {instance_id} has no machine: it is not running")
             self._notices[instance_id] = {"action": action, "time": when}
+
+    def recommend_rebalance(self, instance_id: str) -> None:
+        """Recommend rebalancing the instance, as EC2 does for a spot instance at elevated
+        risk of interruption: from now on its machine's IMDS answers
+        ``events/recommendations/rebalance`` with the time of the recommendation."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._lock:
+            if instance_id not in self.machines:
+                raise ValueError(f"instance {instance_id} has no machine: it is not running")
+            self._rebalances[instance_id] = {"noticeTime": when}
 
     def preempt(self, instance_id: str) -> None:
         """Interrupt the instance as AWS interrupts a spot instance, with no notice: it is
@@ -810,6 +824,7 @@ class FakeAWS(FakeCloud):
         with self._lock:
             server = self._metadata.get(instance_id)
             notice = self._notices.get(instance_id)
+            rebalance = self._rebalances.get(instance_id)
         if server is None:  # stopping
             return _Reply(503, b"")
         if path == "/latest/api/token":
@@ -829,6 +844,8 @@ class FakeAWS(FakeCloud):
             return _Reply(200, instance_id.encode(), (("Content-Type", "text/plain"),))
         if path == "/latest/meta-data/spot/instance-action" and notice is not None:
             return _Reply(200, json.dumps(notice).encode(), (("Content-Type", "text/plain"),))
+        if path == "/latest/meta-data/events/recommendations/rebalance" and rebalance is not None:
+            return _Reply(200, json.dumps(rebalance).encode(), (("Content-Type", "text/plain"),))
         return _Reply(404, b"")
 
     def _cloud_config(self, instance_id: str) -> tuple[dict[str, Any], str]:

@@ -24,6 +24,7 @@ from fake_aws import FAKE_CREDENTIALS, FakeAWS
 from waiting import wait_until
 
 import skyward as sky
+from skyward.plugins import Plugin
 from skyward_trio import _transport
 from skyward_trio._aws import DEFAULT_AMI_PARAMETERS, AWSCluster, catalog
 from skyward_trio._model import Spec
@@ -404,6 +405,90 @@ def test_a_spot_notice_drains_the_node_and_it_is_replaced_once_idle(
     assert ("GET", 404) in statuses
     assert ("GET", 200) in statuses
     assert all(status in (200, 404) for _, status in statuses)
+
+
+def test_a_rebalance_recommendation_hands_the_node_over_once_its_replacement_is_ready(
+    aws: FakeAWS, tmp_path: Path
+) -> None:
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    with _spot_pair(aws) as pool:
+        seen = Seen(pool)
+        placed, long = _long_call(pool, gate, runs, target=1)
+        aws.recommend_rebalance(placed[1])
+        risk = seen.first(sky.InstanceAtRisk, 1)
+        assert (risk.instance_id, risk.replaced) == (placed[1], True)
+        assert risk.at <= risk.time  # when EC2 recommended it: just now
+        # Its replacement's machine is launched now, and its environment built there...
+        ahead = _launched_ahead(aws, placed)
+        assert _node_of(aws, ahead) == 1
+        built = _environment_built(aws, ahead)
+        when = built.stat().st_mtime_ns
+        # ...and only then is node 1 drained: new calls all go to node 0, and its long
+        # call goes on there.
+        wait_until(
+            lambda: {(_where() >> pool)["instance"] for _ in range(4)} == {placed[0]},
+            "node 1 to take no new calls",
+            timeout=60,
+            every=0.1,
+        )
+        assert not seen.of(sky.InstancePreempted, 1)
+        gate.touch()
+        assert long.result() == {"node": 1, "instance": placed[1]}
+        # Idle, it is handed over to the machine launched for it.
+        lost = seen.first(sky.InstancePreempted, 1)
+        assert lost.instance_id == placed[1]
+        assert "a rebalance recommendation" in lost.reason
+        replaced = seen.first(sky.InstanceReplaced, 1)
+        assert (replaced.old_instance_id, replaced.instance_id) == (placed[1], ahead)
+        assert built.stat().st_mtime_ns == when  # taking over found it built
+        assert pool.run(_where(), target=1)["instance"] == ahead
+        assert not [e for e in seen.events if isinstance(e, sky.Error)]
+        assert not seen.of(sky.InstanceInterrupting, 1)  # no interruption came
+        wait_until(
+            lambda: placed[1] not in aws.live(), "the old machine to end", timeout=60, every=0.1
+        )
+        seen.close()
+    assert _runs_of(runs) == [placed[1]]  # the long call ran once
+    assert not aws.live()
+    reads = [(path, status) for _, path, status in aws.metadata_requests[placed[1]]]
+    assert ("/latest/meta-data/events/recommendations/rebalance", 200) in reads
+
+
+def test_a_collective_pool_s_node_is_kept_at_a_recommendation_and_drained_at_its_notice(
+    aws: FakeAWS,
+) -> None:
+    """A node of a collective pool cannot be handed over (its group does not take a
+    newcomer): the recommendation changes nothing, and the interruption notice that may
+    follow it still drains the node."""
+    group = Plugin.create("group", collective=True)
+    compute = sky.Compute(
+        provider=provider(aws),
+        accelerator=A.T4(),
+        nodes=2,
+        allocation="spot",
+        plugins=[group],
+        options=sky.Options(console="silent", worker=sky.Worker(concurrency=4)),
+    )
+    with compute as pool:
+        seen = Seen(pool)
+        placed = {r["node"]: r["instance"] for r in _where() @ pool}
+        before = set(aws.live())  # with an earlier test's, maybe still ending
+        aws.recommend_rebalance(placed[1])
+        risk = seen.first(sky.InstanceAtRisk, 1)
+        assert (risk.instance_id, risk.replaced) == (placed[1], False)
+        # Node 1 still takes calls, and nothing was launched for it.
+        assert {(_where() >> pool)["instance"] for _ in range(8)} == set(placed.values())
+        assert set(aws.live()) <= before
+        aws.warn(placed[1])
+        notice = seen.first(sky.InstanceInterrupting, 1)
+        assert (notice.instance_id, notice.action) == (placed[1], "terminate")
+        assert {(_where() >> pool)["instance"] for _ in range(6)} == {placed[0]}
+        ahead = _launched_ahead(aws, placed)
+        replaced = seen.first(sky.InstanceReplaced, 1)
+        assert (replaced.old_instance_id, replaced.instance_id) == (placed[1], ahead)
+        seen.close()
+    assert len(seen.of(sky.InstanceAtRisk, 1)) == 1
+    assert not aws.live()
 
 
 def _launched_ahead(aws: FakeAWS, placed: dict[int, str]) -> str:

@@ -286,6 +286,32 @@ def test_the_log_console_prints_when_and_how_a_node_is_reclaimed(
     assert (tally.nodes[0].state, tally.nodes[1].state, tally.ready) == ("ready", "draining", 1)
 
 
+def test_the_log_console_says_what_a_rebalance_recommendation_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = _console.LogConsole(interval=30.0, defaulted_to_local=False)
+    for event in RECLAIMED[:-1]:
+        log.on_event(event)
+    risk = st.InstanceAtRisk(
+        job_id=JOB, time=3.0, node=1, instance_id="i-1b", at=2.5, replaced=True
+    )
+    log.on_event(risk)
+    log.on_event(st.Error(job_id=JOB, time=4.0, message="not launched ahead", node=1))
+    lines = capsys.readouterr().err.splitlines()
+    stamp = _console._stamp
+    assert lines[-2] == (
+        f"{stamp(3.0)}  node 1  EC2 recommends replacing spot instance i-1b (high risk of "
+        "interruption); replacing it: the node is handed over once its replacement is ready"
+    )
+    # An at-risk node still serves: it counts as ready, and an error does not fail it.
+    assert (log.tally.nodes[1].state, log.tally.ready) == ("at risk", 2)
+    kept = attrs.evolve(risk, replaced=False)
+    assert _console.describe(kept, log.tally)[0][1].endswith(
+        "kept until a notice comes: this node cannot be handed over (a collective pool's, "
+        "or node 0 holding the collections)"
+    )
+
+
 def test_a_notice_names_no_cloud_but_aws_and_gcp_and_spares_a_replaced_instance() -> None:
     tally = Tally()
     _feed(

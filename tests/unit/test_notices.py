@@ -29,21 +29,25 @@ from skyward_trio._notices import (
     Notice,
     endpoint,
     parse,
+    parse_rebalance,
     watch,
 )
 
 ACTION = "/latest/meta-data/spot/instance-action"
+REBALANCE = "/latest/meta-data/events/recommendations/rebalance"
 
 
 class _IMDS(ThreadingHTTPServer):
     """Answers ``spot/instance-action`` from ``answers`` in turn (the last one repeats):
-    ``(status, body)``. ``revoke()`` makes the tokens given so far invalid."""
+    ``(status, body)``, and ``events/recommendations/rebalance`` with ``rebalance`` (404
+    until a test sets it). ``revoke()`` makes the tokens given so far invalid."""
 
     daemon_threads = True
 
     def __init__(self, answers: list[tuple[int, bytes]]) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.answers = answers
+        self.rebalance: tuple[int, bytes] = (404, b"")
         self.tokens: set[str] = set()
         self.seen: list[tuple[str, str, int]] = []  # method, path, status
         self.lock = threading.Lock()
@@ -67,6 +71,8 @@ class _IMDS(ThreadingHTTPServer):
                 return 200, token.encode()
             if headers.get("X-aws-ec2-metadata-token") not in self.tokens:
                 return 401, b""
+            if method == "GET" and path == REBALANCE:
+                return self.rebalance
             if method != "GET" or path != ACTION:
                 return 404, b""
             return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
@@ -120,12 +126,15 @@ async def test_no_notice_until_one_appears_then_it_is_returned_once(
         start = trio.current_time()
         notice = await watch(MetadataService(imds.url))
         assert notice == Notice(action="terminate", at=AT)
-        # Read at 0, 5 and 10 s; one token serves every read.
+        # Read at 0, 5 and 10 s (no notice: no rebalance recommendation either); one
+        # token serves every read.
         assert trio.current_time() - start == 2 * _notices.POLL_INTERVAL
         assert imds.seen == [
             ("PUT", "/latest/api/token", 200),
             ("GET", ACTION, 404),
+            ("GET", REBALANCE, 404),
             ("GET", ACTION, 404),
+            ("GET", REBALANCE, 404),
             ("GET", ACTION, 200),
         ]
 
@@ -139,7 +148,7 @@ async def test_an_expired_token_is_replaced_once(autojump_clock: trio.testing.Mo
         assert await trio.to_thread.run_sync(service.instance_action) == Notice(
             action="stop", at=AT
         )
-        assert [status for _, _, status in imds.seen] == [200, 404, 401, 200, 200]
+        assert [status for _, _, status in imds.seen] == [200, 404, 404, 401, 200, 200]
 
 
 def _closed_port() -> int:
@@ -175,6 +184,52 @@ async def test_failed_reads_after_it_answered_are_noted_once_and_the_watch_goes_
         "skyward worker: could not read the spot interruption notice "
         "(GET /latest/meta-data/spot/instance-action answered 500: b'oops'); trying on"
     ]
+
+
+async def test_a_rebalance_recommendation_comes_once_then_the_watch_goes_on_for_the_notice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with _serving([(404, b"")]) as imds:
+        service = MetadataService(imds.url)
+        start = trio.current_time()
+        imds.rebalance = (200, b'{"noticeTime": "2026-11-30T08:22:00Z"}')
+        recommended = await watch(service)
+        assert recommended == Notice(action="rebalance", at=AT)
+        assert not recommended.final
+        assert trio.current_time() == start
+        # Read again for the interruption notice itself: the recommendation, still there,
+        # is not returned again (nor read).
+        imds.answers[:] = [(404, b""), (200, NOTICE_BODY)]
+        notice = await watch(service, answered=True)
+        assert notice == Notice(action="terminate", at=AT)
+        assert notice.final
+        assert trio.current_time() - start == _notices.POLL_INTERVAL
+        assert [(path, status) for _, path, status in imds.seen] == [
+            ("/latest/api/token", 200),
+            (ACTION, 404),
+            (REBALANCE, 200),
+            (ACTION, 404),
+            (ACTION, 200),
+        ]
+
+
+async def test_an_interruption_notice_with_its_recommendation_is_the_notice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """EC2 may send the recommendation along with the notice: the notice is what counts."""
+    with _serving([(200, NOTICE_BODY)]) as imds:
+        imds.rebalance = (200, b'{"noticeTime": "2026-11-30T08:20:00Z"}')
+        assert await watch(MetadataService(imds.url)) == Notice(action="terminate", at=AT)
+
+
+def test_parse_rebalance_reads_the_notice_time_and_says_what_is_wrong() -> None:
+    assert parse_rebalance(b'{"noticeTime": "2026-11-30T08:22:00Z"}') == Notice(
+        action="rebalance", at=AT
+    )
+    with pytest.raises(ValueError, match=r"rebalance: expected \{\"noticeTime\": .*got \{\}"):
+        parse_rebalance(b"{}")
+    with pytest.raises(ValueError, match="is not JSON"):
+        parse_rebalance(b"<html>")
 
 
 def test_parse_reads_the_action_and_time_and_says_what_is_wrong() -> None:

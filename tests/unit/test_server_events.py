@@ -20,6 +20,7 @@ EVENTS = [
     st.InstanceInterrupting(
         job_id="j", time=7.0, node=1, instance_id="i-0abc", action="terminate", at=127.0
     ),
+    st.InstanceAtRisk(job_id="j", time=8.0, node=0, instance_id="i-0abc", at=7.5, replaced=True),
 ]
 
 
