@@ -6,7 +6,9 @@ trio, whose methods are awaited. Both have ``upload``, ``download``, ``ls``, ``e
 ``rm``. Requests are signed with AWS Signature Version 4 (which S3, R2, GCS's XML API,
 Wasabi and Backblaze B2 all take); files larger than one part go up as a multipart upload
 that is aborted if it fails, and downloads land in a temporary file renamed into place,
-so a failed one leaves nothing half-written.
+so a failed one leaves nothing half-written. A request that fails the way stores expect
+clients to retry (HTTP 429, 500, 502, 503, 504, or a dropped connection) is sent again,
+after a pause that grows, up to :data:`RETRY_ATTEMPTS` times in all.
 
 It works the same on your machine and inside a function on a node, where the presets
 read their keys from the node's environment (``Image(env=...)``).
@@ -24,13 +26,16 @@ import hmac
 import inspect
 import itertools
 import os
+import random
 import tempfile
+import threading
+import time
 import types
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Container, Generator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import attrs
 
@@ -64,6 +69,19 @@ Progress: TypeAlias = "Callable[[int, int], object]"
 PART_SIZE = 64 * 1024 * 1024
 #: Parts of one upload or download in flight at once. An upload holds each in memory.
 PARTS_IN_FLIGHT = 4
+#: How many times a request is sent before its failure is final, the first time included.
+RETRY_ATTEMPTS = 5
+#: Seconds: the pause before the second attempt is a random one up to this, and each
+#: later pause may be twice as long as the one before ("full jitter"), up to
+#: :data:`RETRY_MAX_DELAY`.
+RETRY_BASE_DELAY = 0.5
+#: Seconds: the longest pause between two attempts, one a ``Retry-After`` header asks included.
+RETRY_MAX_DELAY = 20.0
+# The answers a store gives when trying again later may work: throttled (429, S3's
+# SlowDown is a 503), or failed on its side (InternalError is a 500, 502, 504).
+_TRANSIENT = frozenset({429, 500, 502, 503, 504})
+# Every other answer: what a request accepts when any answer but a transient one will do.
+_FINAL = frozenset(range(100, 600)) - _TRANSIENT
 _PAGE = 1000  # keys per ListObjectsV2 page, S3's own most
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -386,6 +404,21 @@ class _Requests:
         headers.pop("host")  # httpx sends it, from the URL
         return _Request(method, url, headers, body)
 
+    def resigned(self, request: _Request) -> _Request:
+        """``request`` signed again now, its other headers kept: a retry's signature is as
+        fresh as a first attempt's (a store refuses one older than 15 minutes)."""
+        headers = sign(
+            request.method,
+            request.url,
+            body=request.body,
+            access_key=self._access,
+            secret_key=self._secret,
+            region=self.storage.region,
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        headers.pop("host")
+        return attrs.evolve(request, headers={**request.headers, **headers})
+
 
 def _check_names(bucket: object, key: object = "x") -> None:
     if not isinstance(bucket, str) or not bucket or "/" in bucket:
@@ -394,7 +427,12 @@ def _check_names(bucket: object, key: object = "x") -> None:
         raise ValueError(f"key={key!r}: pass an object's key, e.g. 'checkpoints/model.pt'")
 
 
-def _failure(response: httpx.Response, what: str) -> StorageError:
+def _failed(what: str, attempts: int) -> str:
+    """``"<what> failed"``, and how many times it was tried when that was more than once."""
+    return f"{what} failed after {attempts} attempts" if attempts > 1 else f"{what} failed"
+
+
+def _failure(response: httpx.Response, what: str, attempts: int = 1) -> StorageError:
     code, message = "", ""
     if response.content:
         try:
@@ -405,7 +443,7 @@ def _failure(response: httpx.Response, what: str) -> StorageError:
             message = response.text[:200]
     detail = f"{code}: {message}" if code else message or response.reason_phrase
     return StorageError(
-        f"{what} failed: HTTP {response.status_code} {detail}".rstrip(),
+        f"{_failed(what, attempts)}: HTTP {response.status_code} {detail}".rstrip(),
         status=response.status_code,
         code=code,
     )
@@ -586,12 +624,13 @@ def _range_request(
     return attrs.evolve(request, headers=headers)
 
 
-def _unanswered(what: str, exc: Exception) -> StorageError:
+def _unanswered(what: str, exc: Exception, attempts: int = 1) -> StorageError:
     """The error of a request that got no answer (the connection failed, or timed out)."""
-    return StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
+    return StorageError(f"{_failed(what, attempts)}: {type(exc).__name__}: {exc}")
 
 
-def _range_failure(answer: _Answer, what: str) -> StorageError:
+def _download_failure(answer: _Answer, what: str, attempts: int = 1) -> StorageError:
+    """The error of a GET that did not bring the object's bytes (a whole object, or a range)."""
     if answer.status_code == 412:
         return StorageError(
             f"{what} failed: the object changed while it came down; download it again",
@@ -600,13 +639,192 @@ def _range_failure(answer: _Answer, what: str) -> StorageError:
         )
     if answer.status_code == 200:
         return StorageError(f"{what} failed: the store sent the whole object for a byte range")
-    return _failure(answer, what)
+    return _failure(answer, what, attempts)
 
 
-def _short_part(what: str, offset: int, got: int, length: int) -> StorageError:
-    return StorageError(
-        f"{what} failed: the part at byte {offset} ended after {got} of its {length} bytes"
-    )
+# --- retries (sans I/O) ---------------------------------------------------------------------
+
+
+def _nothing_sent(exc: Exception) -> bool:
+    """Whether ``exc`` failed a request before any of it reached the store."""
+    import httpx
+
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def _transport_failure(exc: Exception) -> bool:
+    """Whether ``exc`` is the network's failure (a connection refused, reset or dropped, a
+    timeout, a garbled answer), which the next attempt may not meet: not a request this
+    client could not build, nor a proxy that refused it."""
+    import httpx
+
+    return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+
+
+def _error_in_body(method: str, answer: _Answer) -> bool:
+    """Whether ``answer``, a 2xx to a POST, is an ``<Error>`` all the same: S3 may answer
+    a CompleteMultipartUpload that failed after it began with 200 and an InternalError
+    (its headers go out before the work is done), and the upload is then not complete."""
+    if method != "POST" or not 200 <= answer.status_code < 300 or not answer.content:
+        return False
+    try:
+        root = ElementTree.fromstring(answer.content)
+    except ElementTree.ParseError:
+        return False
+    return root.tag.rsplit("}", 1)[-1] == "Error"
+
+
+def _retry_after(answer: _Answer) -> float | None:
+    """The seconds a ``Retry-After`` header asks to wait, if it gives seconds."""
+    value = answer.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _backoff(attempt: int) -> float:
+    """The pause after failed attempt ``attempt`` (from 1): a random one ("full jitter",
+    so clients that failed together do not come back together) up to
+    :data:`RETRY_BASE_DELAY` doubled at each attempt, at most :data:`RETRY_MAX_DELAY`."""
+    return random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempt - 1)))
+
+
+class _Retry:
+    """Whether, and after how long, one request is sent again: the decisions both clients
+    share; they only send, wait and sign the request again.
+
+    A request is sent again, up to :data:`RETRY_ATTEMPTS` times in all, when its answer is
+    HTTP 429, 500, 502, 503 or 504 (S3's SlowDown, InternalError, ...), or a POST's 200
+    that holds an error (:func:`_error_in_body`), or when it got no answer for the
+    network's reason (:func:`_transport_failure`). GET, HEAD, PUT and DELETE do the same
+    however many times they are sent, so any such failure is retried. A POST (starting or
+    completing a multipart upload) is not: it is sent again only when nothing of it went
+    out (:func:`_nothing_sent`). Once it did, the store may have done it and its answer
+    been lost: a second CreateMultipartUpload would start a second upload and leave the
+    first one's parts billed, never aborted; a second CompleteMultipartUpload of an upload
+    that did complete answers NoSuchUpload, failing an upload that worked. Any other
+    answer is final (NoSuchKey, AccessDenied, a 412 from If-Match).
+
+    Each method that gives a pause raises, instead, the StorageError to report when the
+    failure is final; it names the attempts made and the last one's reason.
+
+    Args:
+        request: The request's first attempt.
+        what: The operation, for errors.
+        describe: Builds the error of an answer, from ``(answer, what, attempts)``.
+    """
+
+    def __init__(
+        self,
+        request: _Request,
+        what: str,
+        describe: Callable[[_Answer, str, int], StorageError] = _failure,
+    ) -> None:
+        self._method = request.method
+        self._what = what
+        self._describe = describe
+        self._attempt = 1
+        self._last: StorageError | None = None
+
+    def answered(self, answer: _Answer, ok: Container[int]) -> float | None:
+        """None when ``answer`` (read) is one the request accepts, else the seconds to
+        wait before the next attempt."""
+        if answer.status_code in ok and not _error_in_body(self._method, answer):
+            return None
+        return self.refused(answer)
+
+    def refused(self, answer: _Answer) -> float:
+        """The seconds to wait before the next attempt, after ``answer`` (read), which is
+        not one the request accepts."""
+        self._last = self._describe(answer, self._what, self._attempt)
+        transient = answer.status_code in _TRANSIENT or _error_in_body(self._method, answer)
+        if not transient or self._attempt >= RETRY_ATTEMPTS:
+            raise self._last
+        return self._next(_retry_after(answer))
+
+    def failed(self, exc: Exception) -> float:
+        """The seconds to wait before the next attempt, after ``exc`` (an httpx error)
+        ended this one."""
+        self._last = _unanswered(self._what, exc, self._attempt)
+        if self._method != "POST":
+            again = _transport_failure(exc)
+        elif _nothing_sent(exc):
+            again = True
+        else:
+            again = False
+            if _transport_failure(exc):
+                self._last = StorageError(
+                    f"{self._last} (a POST is not sent again once it went out: the store "
+                    "may have done it; see whether the object is there before uploading "
+                    "it again)"
+                )
+        if not again or self._attempt >= RETRY_ATTEMPTS:
+            raise self._last from exc
+        return self._next(None)
+
+    def give_up(self) -> NoReturn:
+        """Raise the last attempt's error: no other attempt is to be made (another part of
+        the same transfer failed, and it is ending)."""
+        assert self._last is not None, "give_up() follows a failed attempt"
+        raise self._last
+
+    def _next(self, asked: float | None) -> float:
+        pause = _backoff(self._attempt) if asked is None else min(asked, RETRY_MAX_DELAY)
+        self._attempt += 1
+        return pause
+
+
+class _WholeDownload:
+    """A download in one GET, across its attempts; both clients stream it.
+
+    An attempt that fails starts again from the first byte (the file is emptied), and
+    asks (If-Match) for the version the first answer brought, so the bytes are all of one
+    version; a 412 then says the object changed. ``reached`` counts the bytes on the meter
+    once: an attempt's bytes count only past the furthest an earlier attempt got.
+    """
+
+    def __init__(
+        self,
+        r: _Requests,
+        bucket: str,
+        key: str,
+        head: tuple[int, str] | None,
+        what: str,
+        meter_for: Callable[[int], _Meter],
+    ) -> None:
+        self._requests = r
+        self.request = r.request("GET", bucket, key)
+        self.retry = _Retry(self.request, what, _download_failure)
+        self._head = head
+        self._etag = head[1] if head is not None else ""
+        self._meter_for = meter_for
+        self._meter: _Meter | None = None
+        self._counted = 0
+
+    def started(self, answer: _Answer) -> None:
+        """An attempt's answer is a 200: its bytes follow."""
+        if self._meter is None:
+            self._meter = self._meter_for(_total(self._head, answer))
+        self._etag = answer.headers.get("etag", self._etag)
+
+    def reached(self, got: int) -> None:
+        """The attempt has brought ``got`` bytes so far."""
+        if self._meter is not None and got > self._counted:
+            self._meter.add(got - self._counted)
+            self._counted = got
+
+    def again(self) -> None:
+        """Make ``request`` the next attempt's: signed now, pinned to the version."""
+        request = self._requests.resigned(self.request)
+        if self._etag:
+            request = attrs.evolve(request, headers={**request.headers, "if-match": self._etag})
+        self.request = request
+
+
+def _check_part(what: str, offset: int, got: int, length: int) -> None:
+    """Raise if a byte range's answer, ended without an error, did not bring its bytes."""
+    if got != length:
+        raise StorageError(
+            f"{what} failed: the part at byte {offset} ended after {got} of its {length} bytes"
+        )
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> None:
@@ -720,6 +938,20 @@ _CLOSED = "this storage client is closed: use it inside `with storage:` (or `asy
 # --- clients --------------------------------------------------------------------------------
 
 
+def _part_what(what: str, index: int, count: int) -> str:
+    """The operation ``what``, naming its part ``index`` (from 0) of ``count``, for errors."""
+    return f"{what} (part {index + 1} of {count})"
+
+
+def _pause(retry: _Retry, seconds: float, stop: threading.Event | None) -> None:
+    """The blocking client's wait before an attempt: ``time.sleep`` on your thread (Ctrl-C
+    ends it), or, on a part's thread, until ``stop`` is set, and then ``retry`` gives up."""
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        retry.give_up()
+
+
 class StorageClient:
     """A blocking client of one :class:`Storage`, from ``with storage as s3``."""
 
@@ -750,18 +982,36 @@ class StorageClient:
             raise RuntimeError(_CLOSED)
         return self._http
 
-    def _send(self, request: _Request, what: str, ok: tuple[int, ...]) -> _Answer:
+    def _send(
+        self,
+        request: _Request,
+        what: str,
+        ok: Container[int],
+        stop: threading.Event | None = None,
+    ) -> _Answer:
+        """Send ``request`` until its answer's status is in ``ok``, retrying as
+        :class:`_Retry` says. Sent from a part's thread, it gives up as soon as ``stop``
+        is set; from yours, its pauses are ``time.sleep`` (Ctrl-C ends them)."""
         import httpx
 
-        try:
-            answer = self._client().request(
-                request.method, request.url, headers=dict(request.headers), content=request.body
-            )
-        except httpx.HTTPError as exc:
-            raise _unanswered(what, exc) from exc
-        if answer.status_code not in ok:
-            raise _failure(answer, what)
-        return answer
+        retry = _Retry(request, what)
+        while True:
+            try:
+                answer = self._client().request(
+                    request.method,
+                    request.url,
+                    headers=dict(request.headers),
+                    content=request.body,
+                )
+            except httpx.HTTPError as exc:
+                pause = retry.failed(exc)
+            else:
+                ready = retry.answered(answer, ok)
+                if ready is None:
+                    return answer
+                pause = ready
+            _pause(retry, pause, stop)
+            request = self._requests.resigned(request)
 
     def _run(self, operation: _Operation, meter: _Meter | None = None) -> Any:
         answer: Any = None
@@ -778,36 +1028,37 @@ class StorageClient:
                     )
                 else:
                     answer = self._send(*step)
-            except (StorageError, RuntimeError) as exc:
-                failure = exc
-            except BaseException as exc:  # Ctrl-C amid the parts: the operation cleans up
-                if not isinstance(step, _Parts):
-                    raise
+            except BaseException as exc:
+                # A refusal, or Ctrl-C (amid the parts, or in a pause before a retry): raised
+                # in the operation, which cleans up (an upload is aborted).
                 failure = exc
 
-    def _part_sender(self, parts: _Parts) -> Callable[[int], Any]:
-        def send(index: int) -> Any:
-            return parts.result(self._send(parts.build(index), parts.what, parts.ok))
+    def _part_sender(self, parts: _Parts) -> Callable[[int, threading.Event], Any]:
+        def send(index: int, stop: threading.Event) -> Any:
+            what = _part_what(parts.what, index, parts.count)
+            return parts.result(self._send(parts.build(index), what, parts.ok, stop))
 
         return send
 
     def _in_parallel(
         self,
         count: int,
-        work: Callable[[int], Any],
+        work: Callable[[int, threading.Event], Any],
         size: Callable[[int], int],
         meter: _Meter | None,
     ) -> list[Any]:
-        """``[work(0), ..., work(count - 1)]``, run in threads, ``in_flight`` at a time; the
-        first failure raises once the parts being sent have ended (none more start)."""
+        """``[work(0, stop), ..., work(count - 1, stop)]``, run in threads, ``in_flight``
+        at a time; the first failure sets ``stop`` (a part waiting to be retried gives up)
+        and raises once the parts being sent have ended (none more start)."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         results: list[Any] = [None] * count
         indexes = iter(range(count))
+        stop = threading.Event()
         with ThreadPoolExecutor(min(self._in_flight, count), "skyward-storage") as threads:
             # Only in_flight at once: an upload's part is read as it starts, and held.
             first = itertools.islice(indexes, self._in_flight)
-            running = {threads.submit(work, index): index for index in first}
+            running = {threads.submit(work, index, stop): index for index in first}
             try:
                 while running:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -817,8 +1068,9 @@ class StorageClient:
                         if meter is not None:
                             meter.add(size(index))
                         for following in itertools.islice(indexes, 1):
-                            running[threads.submit(work, following)] = following
+                            running[threads.submit(work, following, stop)] = following
             except BaseException:
+                stop.set()
                 for future in running:
                     future.cancel()
                 raise
@@ -862,14 +1114,7 @@ class StorageClient:
     def _head(self, bucket: str, key: str, what: str) -> tuple[int, str] | None:
         """The object's ``(size, etag)``, or None if HEAD does not say (the GET that
         follows then gives the store's reason)."""
-        import httpx
-
-        request = self._requests.request("HEAD", bucket, key)
-        try:
-            answer = self._client().head(request.url, headers=dict(request.headers))
-        except httpx.HTTPError as exc:
-            raise _unanswered(what, exc) from exc
-        return _sized(answer)
+        return _sized(self._send(self._requests.request("HEAD", bucket, key), what, _FINAL))
 
     def download(
         self,
@@ -901,8 +1146,6 @@ class StorageClient:
         self, bucket: str, key: str, target: Path, meter_for: Callable[[int], _Meter]
     ) -> Path:
         """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
-        import httpx
-
         what = f"download of {bucket}/{key}"
         head = self._head(bucket, key, what)
         partial = _partial(target)
@@ -912,9 +1155,6 @@ class StorageClient:
             else:
                 self._download_whole(bucket, key, partial, head, what, meter_for)
             os.replace(partial, target)
-        except httpx.HTTPError as exc:
-            os.unlink(partial)
-            raise _unanswered(what, exc) from exc
         except BaseException:
             os.unlink(partial)
             raise
@@ -929,18 +1169,32 @@ class StorageClient:
         what: str,
         meter_for: Callable[[int], _Meter],
     ) -> None:
-        request = self._requests.request("GET", bucket, key)
-        with (
-            open(partial, "wb") as file,
-            self._client().stream("GET", request.url, headers=dict(request.headers)) as answer,
-        ):
-            if answer.status_code != 200:
-                answer.read()
-                raise _failure(answer, what)
-            meter = meter_for(_total(head, answer))
-            for chunk in answer.iter_bytes(1 << 20):
-                file.write(chunk)
-                meter.add(len(chunk))
+        import httpx
+
+        whole = _WholeDownload(self._requests, bucket, key, head, what, meter_for)
+        with open(partial, "wb") as file:
+            while True:
+                file.seek(0)
+                file.truncate()
+                try:
+                    request = whole.request
+                    with self._client().stream(
+                        "GET", request.url, headers=dict(request.headers)
+                    ) as answer:
+                        if answer.status_code == 200:
+                            whole.started(answer)
+                            got = 0
+                            for chunk in answer.iter_bytes(1 << 20):
+                                file.write(chunk)
+                                got += len(chunk)
+                                whole.reached(got)
+                            return
+                        answer.read()
+                        pause = whole.retry.refused(answer)
+                except httpx.HTTPError as exc:
+                    pause = whole.retry.failed(exc)
+                time.sleep(pause)
+                whole.again()
 
     def _download_parts(
         self,
@@ -955,29 +1209,35 @@ class StorageClient:
 
         total, etag = head
 
-        def fetch(index: int) -> None:
+        count = _part_count(total, self._part_size)
+
+        def fetch(index: int, stop: threading.Event) -> None:
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
-            got = 0
-            try:
-                with self._client().stream(
-                    "GET", request.url, headers=dict(request.headers)
-                ) as answer:
-                    if answer.status_code != 206:
+            part = _part_what(what, index, count)
+            retry = _Retry(request, part, _download_failure)
+            while True:  # an attempt that fails writes its bytes again, where they go
+                got = 0
+                try:
+                    with self._client().stream(
+                        "GET", request.url, headers=dict(request.headers)
+                    ) as answer:
+                        if answer.status_code == 206:
+                            for chunk in answer.iter_bytes(1 << 20):
+                                _write_at(fd, chunk, offset + got)
+                                got += len(chunk)
+                            _check_part(part, offset, got, length)
+                            return
                         answer.read()
-                        raise _range_failure(answer, what)
-                    for chunk in answer.iter_bytes(1 << 20):
-                        _write_at(fd, chunk, offset + got)
-                        got += len(chunk)
-            except httpx.HTTPError as exc:
-                raise _unanswered(what, exc) from exc
-            if got != length:
-                raise _short_part(what, offset, got, length)
+                        pause = retry.refused(answer)
+                except httpx.HTTPError as exc:
+                    pause = retry.failed(exc)
+                _pause(retry, pause, stop)
+                request = self._requests.resigned(request)
 
         fd = os.open(partial, os.O_WRONLY)
         try:
             os.ftruncate(fd, total)
-            count = _part_count(total, self._part_size)
             sizes = [_part_bounds(total, self._part_size, i)[1] for i in range(count)]
             self._in_parallel(count, fetch, sizes.__getitem__, meter)
         finally:
@@ -1051,18 +1311,31 @@ class AsyncStorageClient:
             raise RuntimeError(_CLOSED)
         return self._http
 
-    async def _send(self, request: _Request, what: str, ok: tuple[int, ...]) -> _Answer:
+    async def _send(self, request: _Request, what: str, ok: Container[int]) -> _Answer:
+        """Send ``request`` until its answer's status is in ``ok``, retrying as
+        :class:`_Retry` says; the pauses are ``trio.sleep`` (a cancel ends them)."""
         import httpx
+        import trio
 
-        try:
-            answer = await self._client().request(
-                request.method, request.url, headers=dict(request.headers), content=request.body
-            )
-        except httpx.HTTPError as exc:
-            raise _unanswered(what, exc) from exc
-        if answer.status_code not in ok:
-            raise _failure(answer, what)
-        return answer
+        retry = _Retry(request, what)
+        while True:
+            try:
+                answer = await self._client().request(
+                    request.method,
+                    request.url,
+                    headers=dict(request.headers),
+                    content=request.body,
+                )
+            except httpx.HTTPError as exc:
+                pause = retry.failed(exc)
+            else:
+                ready = retry.answered(answer, ok)
+                if ready is None:
+                    return answer
+                pause = ready
+            await trio.sleep(pause)
+            # Signing hashes the body (a part's 64 MiB): off the trio thread.
+            request = await trio.to_thread.run_sync(self._requests.resigned, request)
 
     async def _run(self, operation: _Operation, meter: _Meter | None = None) -> Any:
         import trio
@@ -1097,7 +1370,8 @@ class AsyncStorageClient:
 
         async def send(index: int) -> Any:
             request = await trio.to_thread.run_sync(parts.build, index)
-            return parts.result(await self._send(request, parts.what, parts.ok))
+            what = _part_what(parts.what, index, parts.count)
+            return parts.result(await self._send(request, what, parts.ok))
 
         return send
 
@@ -1204,15 +1478,11 @@ class AsyncStorageClient:
         self, bucket: str, key: str, target: Path, meter_for: Callable[[int], _Meter]
     ) -> Path:
         """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
-        import httpx
         import trio
 
         what = f"download of {bucket}/{key}"
         request = self._requests.request("HEAD", bucket, key)
-        try:
-            head = _sized(await self._client().head(request.url, headers=dict(request.headers)))
-        except httpx.HTTPError as exc:
-            raise _unanswered(what, exc) from exc
+        head = _sized(await self._send(request, what, _FINAL))
         partial = await trio.to_thread.run_sync(_partial, target)
         try:
             if head is not None and head[0] > self._part_size:
@@ -1220,9 +1490,6 @@ class AsyncStorageClient:
             else:
                 await self._download_whole(bucket, key, partial, head, what, meter_for)
             os.replace(partial, target)
-        except httpx.HTTPError as exc:
-            os.unlink(partial)
-            raise _unanswered(what, exc) from exc
         except BaseException:
             os.unlink(partial)
             raise
@@ -1237,20 +1504,33 @@ class AsyncStorageClient:
         what: str,
         meter_for: Callable[[int], _Meter],
     ) -> None:
+        import httpx
         import trio
 
-        request = self._requests.request("GET", bucket, key)
-        async with (
-            await trio.open_file(partial, "wb") as file,
-            self._client().stream("GET", request.url, headers=dict(request.headers)) as answer,
-        ):
-            if answer.status_code != 200:
-                await answer.aread()
-                raise _failure(answer, what)
-            meter = meter_for(_total(head, answer))
-            async for chunk in answer.aiter_bytes(1 << 20):
-                await file.write(chunk)
-                meter.add(len(chunk))
+        whole = _WholeDownload(self._requests, bucket, key, head, what, meter_for)
+        async with await trio.open_file(partial, "wb") as file:
+            while True:
+                await file.seek(0)
+                await file.truncate()
+                try:
+                    request = whole.request
+                    async with self._client().stream(
+                        "GET", request.url, headers=dict(request.headers)
+                    ) as answer:
+                        if answer.status_code == 200:
+                            whole.started(answer)
+                            got = 0
+                            async for chunk in answer.aiter_bytes(1 << 20):
+                                await file.write(chunk)
+                                got += len(chunk)
+                                whole.reached(got)
+                            return
+                        await answer.aread()
+                        pause = whole.retry.refused(answer)
+                except httpx.HTTPError as exc:
+                    pause = whole.retry.failed(exc)
+                await trio.sleep(pause)
+                whole.again()
 
     async def _download_parts(
         self,
@@ -1265,30 +1545,35 @@ class AsyncStorageClient:
         import trio
 
         total, etag = head
+        count = _part_count(total, self._part_size)
 
         async def fetch(index: int) -> None:
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
-            got = 0
-            try:
-                async with self._client().stream(
-                    "GET", request.url, headers=dict(request.headers)
-                ) as answer:
-                    if answer.status_code != 206:
+            part = _part_what(what, index, count)
+            retry = _Retry(request, part, _download_failure)
+            while True:  # an attempt that fails writes its bytes again, where they go
+                got = 0
+                try:
+                    async with self._client().stream(
+                        "GET", request.url, headers=dict(request.headers)
+                    ) as answer:
+                        if answer.status_code == 206:
+                            async for chunk in answer.aiter_bytes(1 << 20):
+                                await trio.to_thread.run_sync(_write_at, fd, chunk, offset + got)
+                                got += len(chunk)
+                            _check_part(part, offset, got, length)
+                            return
                         await answer.aread()
-                        raise _range_failure(answer, what)
-                    async for chunk in answer.aiter_bytes(1 << 20):
-                        await trio.to_thread.run_sync(_write_at, fd, chunk, offset + got)
-                        got += len(chunk)
-            except httpx.HTTPError as exc:
-                raise _unanswered(what, exc) from exc
-            if got != length:
-                raise _short_part(what, offset, got, length)
+                        pause = retry.refused(answer)
+                except httpx.HTTPError as exc:
+                    pause = retry.failed(exc)
+                await trio.sleep(pause)
+                request = self._requests.resigned(request)
 
         fd = await trio.to_thread.run_sync(os.open, partial, os.O_WRONLY)
         try:
             await trio.to_thread.run_sync(os.ftruncate, fd, total)
-            count = _part_count(total, self._part_size)
             sizes = [_part_bounds(total, self._part_size, i)[1] for i in range(count)]
             await self._in_parallel(count, fetch, sizes.__getitem__, meter)
         finally:

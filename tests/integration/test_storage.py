@@ -1,16 +1,22 @@
 """``sky.storage`` against moto's S3 server on loopback: both clients, multipart uploads,
-paging, errors, and a function on a node writing a checkpoint."""
+paging, errors, retries (through a flaky proxy), and a function on a node writing a
+checkpoint."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trio
+from flaky_proxy import FlakyProxy
 
 import skyward as sky
 from conftest import boto_s3
+from skyward_trio import storage
 from skyward_trio.storage import AsyncStorageClient, StorageClient
 
 KEYS = {"access_key": "testing", "secret_key": "testing"}
@@ -92,7 +98,9 @@ def test_errors_name_the_object_and_the_stores_reason(
         s3.ls(bucket)
 
 
-def test_a_store_that_does_not_answer_is_a_storage_error(tmp_path: Path) -> None:
+def test_a_store_that_does_not_answer_is_a_storage_error(
+    tmp_path: Path, quick_retries: None
+) -> None:
     import socket
 
     with socket.socket() as sock:
@@ -100,9 +108,13 @@ def test_a_store_that_does_not_answer_is_a_storage_error(tmp_path: Path) -> None
         port = sock.getsockname()[1]  # nothing listens here once it closes
     with (
         sky.storage.S3(endpoint=f"http://127.0.0.1:{port}", **KEYS) as s3,
-        pytest.raises(sky.storage.StorageError, match=r"listing of .* failed: ConnectError"),
+        pytest.raises(
+            sky.storage.StorageError,
+            match=r"listing of data/ failed after 5 attempts: ConnectError",
+        ) as info,
     ):
         s3.ls("data")
+    assert info.value.status is None
 
 
 async def test_the_trio_client_does_the_same(endpoint: str, bucket: str, tmp_path: Path) -> None:
@@ -345,10 +357,12 @@ def test_an_object_that_changes_while_it_comes_down_is_refused(
     assert http is not None
     stream = http.stream
     replaced = []
+    streams = []
 
     def streamed(method: str, url: str, *, headers: dict[str, str]) -> object:
         if not replaced:  # a new version lands after HEAD, before the parts
             replaced.append(boto.put_object(Bucket=bucket, Key="data.bin", Body=b"v2" * MIB))
+        streams.append(headers.get("range"))
         return stream(method, url, headers=headers)
 
     http.stream = streamed  # type: ignore[method-assign,assignment]
@@ -358,6 +372,7 @@ def test_an_object_that_changes_while_it_comes_down_is_refused(
     finally:
         client.close()
     assert info.value.status == 412
+    assert len(streams) == len(set(streams)) <= 3  # no range asked twice: a 412 is final
     assert list(tmp_path.iterdir()) == []  # neither the file nor its partial
 
 
@@ -526,3 +541,352 @@ async def test_a_trio_download_cancelled_amid_its_parts_leaves_no_file(
     finally:
         await client.aclose()
     assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its partial
+
+
+# --- retries ----------------------------------------------------------------------------------
+#
+# Between the client and moto, a FlakyProxy fails the requests a test scripts. The pauses
+# between attempts are made tiny: no test waits for a real backoff, nor times one.
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "RETRY_BASE_DELAY", 0.001)
+
+
+@pytest.fixture
+def proxy(endpoint: str, quick_retries: None) -> Iterator[FlakyProxy]:
+    with FlakyProxy(endpoint) as flaky:
+        yield flaky
+
+
+FACES = ["blocking", "trio"]
+
+
+def _call(
+    face: str, endpoint: str, method: str, *args: Any, in_flight: int = 4, **kwargs: Any
+) -> Any:
+    """``client.method(*args, **kwargs)`` with a client of ``face`` (blocking, or trio's,
+    run in a trio of its own) of the store at ``endpoint``, in 5 MiB parts, ``in_flight``
+    at a time."""
+    keys = ("testing", "testing")
+    if face == "blocking":
+        client = StorageClient(_store(endpoint), keys, 5 * MIB, in_flight)
+        client._open()
+        try:
+            return getattr(client, method)(*args, **kwargs)
+        finally:
+            client.close()
+
+    async def main() -> Any:
+        client = AsyncStorageClient(_store(endpoint), keys, 5 * MIB, in_flight)
+        client._open()
+        try:
+            return await getattr(client, method)(*args, **kwargs)
+        finally:
+            await client.aclose()
+
+    return trio.run(main)
+
+
+def _exact(calls: list[tuple[int, int]], total: int) -> bool:
+    """Progress that climbs to ``total`` and reports it once: no byte counted twice."""
+    return _climbs(calls, total) and [done for done, _ in calls].count(total) == 1
+
+
+def _uploads_left(endpoint: str, bucket: str) -> list[Any]:
+    return list(boto_s3(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_part_answered_slow_down_is_sent_again(
+    face: str, endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "ckpt.bin"
+    data.write_bytes(os.urandom(11 * MIB))  # three parts
+    proxy.fail("PUT", "partNumber=2", "slow_down")
+    up: list[tuple[int, int]] = []
+    _call(face, proxy.endpoint, "upload", bucket, data, progress=lambda d, t: up.append((d, t)))
+    assert proxy.count("PUT", "partNumber=2") == 2
+    assert proxy.count("PUT", "partNumber=1") == proxy.count("PUT", "partNumber=3") == 1
+    got = boto_s3(endpoint).get_object(Bucket=bucket, Key="ckpt.bin")
+    assert got["ETag"].endswith('-3"')
+    assert got["Body"].read() == data.read_bytes()
+    assert _exact(up, 11 * MIB)
+    assert len(up) == 4  # (0, total), then each part once
+    assert _uploads_left(endpoint, bucket) == []
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_ranged_get_cut_mid_body_is_fetched_again(
+    face: str, endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = os.urandom(11 * MIB)
+    boto_s3(endpoint).put_object(Bucket=bucket, Key="big.bin", Body=data)
+    proxy.fail("GET", "/big.bin", "cut", skip=1)  # the second of the ranged GETs
+    down: list[tuple[int, int]] = []
+    back = _call(
+        face,
+        proxy.endpoint,
+        "download",
+        bucket,
+        "big.bin",
+        tmp_path / "back.bin",
+        progress=lambda d, t: down.append((d, t)),
+    )
+    assert proxy.count("HEAD", "/big.bin") == 1
+    assert proxy.count("GET", "/big.bin") == 4  # three ranges, one twice
+    assert back.read_bytes() == data
+    assert _exact(down, 11 * MIB)
+    assert len(down) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.bin"]  # no partial left
+
+
+async def test_a_whole_get_cut_mid_body_starts_again_and_counts_once(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * MIB + 1234)  # under a part: one GET, reported as MiBs arrive
+    boto_s3(endpoint).put_object(Bucket=bucket, Key="small.bin", Body=data)
+    proxy.fail("GET", "/small.bin", "cut")
+    proxy.fail("GET", "/small.bin", "slow_down")  # and the second attempt is turned away
+    down: list[tuple[int, int]] = []
+    async with _store(proxy.endpoint) as s3:
+        back = await s3.download(
+            bucket, "small.bin", tmp_path / "s.bin", progress=lambda d, t: down.append((d, t))
+        )
+    assert proxy.count("GET", "/small.bin") == 3
+    assert back.read_bytes() == data
+    assert _exact(down, len(data))
+
+
+async def test_a_create_multipart_upload_answered_500_is_sent_again(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(6 * MIB))
+    proxy.fail("POST", "uploads=", "internal_error")
+    client = AsyncStorageClient(_store(proxy.endpoint), ("testing", "testing"), 5 * MIB)
+    client._open()
+    try:
+        assert await client.upload(bucket, data) == "d.bin"
+    finally:
+        await client.aclose()
+    assert proxy.count("POST", "uploads=") == 2
+    got = boto_s3(endpoint).get_object(Bucket=bucket, Key="d.bin")
+    assert got["Body"].read() == data.read_bytes()
+    assert _uploads_left(endpoint, bucket) == []
+
+
+def test_a_complete_answered_200_with_an_error_is_sent_again(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(6 * MIB))
+    # S3 may answer a CompleteMultipartUpload 200 and then fail it: not an upload done.
+    proxy.fail("POST", "uploadId=", "internal_error_200")
+    assert _call("blocking", proxy.endpoint, "upload", bucket, data) == "d.bin"
+    assert proxy.count("POST", "uploadId=") == 2
+    got = boto_s3(endpoint).get_object(Bucket=bucket, Key="d.bin")
+    assert got["Body"].read() == data.read_bytes()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_part_that_always_fails_fails_the_upload_which_is_aborted(
+    face: str, endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(11 * MIB))
+    proxy.fail("PUT", "partNumber=2", "slow_down", times=None)
+    with pytest.raises(sky.storage.StorageError) as info:
+        # One part at a time: no part is cut off on its way when part 2 fails the upload
+        # (httpx leaves a request cancelled amid its body to the garbage collector).
+        _call(face, proxy.endpoint, "upload", bucket, data, in_flight=1)
+    assert str(info.value) == (
+        f"upload of {data} to {bucket}/d.bin (part 2 of 3) failed after 5 attempts: "
+        "HTTP 503 SlowDown: Please reduce your request rate."
+    )
+    assert (info.value.status, info.value.code) == (503, "SlowDown")
+    assert proxy.count("PUT", "partNumber=2") == 5
+    assert proxy.count("PUT", "partNumber=3") == 0  # none started once the upload failed
+    assert proxy.count("DELETE", "uploadId=") == 1
+    assert _uploads_left(endpoint, bucket) == []
+    assert boto_s3(endpoint).list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
+def test_a_part_waiting_to_retry_gives_up_when_another_fails(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(11 * MIB))
+    # Part 2 is told to wait 30 s; part 1 is refused for good meanwhile. Part 2 does not
+    # wait (nor retry) for an upload that has failed: it gives up, and the upload is
+    # aborted at once. (Were it to wait, this test would take 2 minutes, then fail.)
+    monkeypatch.setattr(storage, "RETRY_MAX_DELAY", 30.0)
+    proxy.fail("PUT", "partNumber=2", "slow_down", times=None, retry_after=30)
+    proxy.fail("PUT", "partNumber=1", "access_denied")
+    with pytest.raises(sky.storage.StorageError, match=r"\(part 1 of 3\) failed: HTTP 403"):
+        _call("blocking", proxy.endpoint, "upload", bucket, data)
+    assert proxy.count("PUT", "partNumber=2") == 1
+    assert proxy.count("DELETE", "uploadId=") == 1
+    assert _uploads_left(endpoint, bucket) == []
+
+
+def test_answers_that_retrying_cannot_change_are_not_retried(
+    proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    with _store(proxy.endpoint) as s3:
+        with pytest.raises(sky.storage.StorageError, match="HTTP 404 NoSuchKey") as missing:
+            s3.download(bucket, "nope.pt", tmp_path / "nope.pt")
+        assert "attempts" not in str(missing.value)
+        assert not s3.exists(bucket, "nope.pt")
+        proxy.fail("GET", "list-type=2", "access_denied")
+        with pytest.raises(sky.storage.StorageError, match="HTTP 403 AccessDenied") as denied:
+            s3.ls(bucket)
+        assert denied.value.code == "AccessDenied"
+    assert proxy.count("HEAD", "/nope.pt") == 2  # the download's, then exists'
+    assert proxy.count("GET", "/nope.pt") == 1
+    assert proxy.count("GET", "list-type=2") == 1
+
+
+def test_a_post_whose_answer_is_lost_is_not_sent_again(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(6 * MIB))
+    # The store completes the upload; its answer never comes back.
+    proxy.fail("POST", "uploadId=", "drop_after")
+    with pytest.raises(sky.storage.StorageError, match="a POST is not sent again") as info:
+        _call("blocking", proxy.endpoint, "upload", bucket, data)
+    assert "RemoteProtocolError" in str(info.value)
+    assert "attempts" not in str(info.value)
+    assert proxy.count("POST", "uploadId=") == 1
+    # Sent again, it would have failed an upload that worked (NoSuchUpload): it is there.
+    got = boto_s3(endpoint).get_object(Bucket=bucket, Key="d.bin")
+    assert got["Body"].read() == data.read_bytes()
+
+
+def test_a_get_whose_connection_drops_every_time_says_so(
+    proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    proxy.fail("GET", "list-type=2", "drop", times=None)
+    with (
+        _store(proxy.endpoint) as s3,
+        pytest.raises(
+            sky.storage.StorageError,
+            match=f"listing of {bucket}/ failed after 5 attempts: RemoteProtocolError",
+        ),
+    ):
+        s3.ls(bucket)
+    assert proxy.count("GET", "list-type=2") == 5
+
+
+def test_ctrl_c_while_waiting_to_retry_aborts_the_upload(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(6 * MIB))
+    proxy.fail("POST", "uploadId=", "slow_down", times=None, retry_after=3600)
+    monkeypatch.setattr(storage, "RETRY_MAX_DELAY", 3600.0)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # Ctrl-C, while the client waits as it was asked
+        waits.append(seconds)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, "time", types.SimpleNamespace(sleep=sleep))
+    with pytest.raises(KeyboardInterrupt):
+        _call("blocking", proxy.endpoint, "upload", bucket, data)
+    assert waits == [3600.0]  # the Retry-After
+    assert proxy.count("DELETE", "uploadId=") == 1
+    assert _uploads_left(endpoint, bucket) == []
+
+
+async def test_a_trio_upload_cancelled_while_waiting_to_retry_is_aborted(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "d.bin"
+    data.write_bytes(os.urandom(11 * MIB))
+    proxy.fail("PUT", "partNumber=2", "slow_down", times=None, retry_after=3600)
+    monkeypatch.setattr(storage, "RETRY_MAX_DELAY", 3600.0)
+    sleep, waiting = trio.sleep, trio.Event()
+
+    async def watched(seconds: float) -> None:
+        if seconds == 3600:
+            waiting.set()
+        await sleep(seconds)
+
+    monkeypatch.setattr(trio, "sleep", watched)
+    # One part at a time: when part 2 waits, no other is on its way, and the cancel lands
+    # in the wait itself.
+    client = AsyncStorageClient(
+        _store(proxy.endpoint), ("testing", "testing"), 5 * MIB, in_flight=1
+    )
+    client._open()
+    try:
+        with trio.fail_after(60):  # the abort does not wait out the hour
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.upload, bucket, data)
+                await waiting.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+    assert proxy.count("PUT", "partNumber=2") == 1
+    assert proxy.count("PUT", "partNumber=3") == 0
+    assert proxy.count("DELETE", "uploadId=") == 1
+    assert _uploads_left(endpoint, bucket) == []
+
+
+def test_the_retry_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which failures are retried, for which methods, and the pauses (no store needed)."""
+    requests = storage._Requests(_store("http://127.0.0.1:9"), ("a", "b"))
+
+    def retry(method: str) -> storage._Retry:
+        return storage._Retry(requests.request(method, "b", "k"), "test")
+
+    def answer(status: int, **headers: str) -> httpx.Response:
+        return httpx.Response(status, headers=headers, content=b"<Error><Code>X</Code></Error>")
+
+    url = httpx.Request("GET", "http://127.0.0.1:9/")
+    # Failures once the request went out, and failures before any of it did.
+    sent: list[Exception] = [
+        httpx.ReadError("reset", request=url),
+        httpx.ReadTimeout("slow", request=url),
+        httpx.WriteError("broken pipe", request=url),
+        httpx.WriteTimeout("slow", request=url),
+        httpx.RemoteProtocolError("gone", request=url),
+    ]
+    unsent: list[Exception] = [
+        httpx.ConnectError("refused", request=url),
+        httpx.ConnectTimeout("slow", request=url),
+        httpx.PoolTimeout("busy", request=url),
+    ]
+    for method in ("GET", "HEAD", "PUT", "DELETE"):
+        for exc in sent + unsent:
+            assert 0 <= retry(method).failed(exc) <= storage.RETRY_BASE_DELAY
+    for exc in unsent:
+        assert 0 <= retry("POST").failed(exc) <= storage.RETRY_BASE_DELAY
+    for exc in sent:
+        with pytest.raises(sky.storage.StorageError, match="a POST is not sent again"):
+            retry("POST").failed(exc)
+    with pytest.raises(sky.storage.StorageError, match="UnsupportedProtocol"):
+        retry("GET").failed(httpx.UnsupportedProtocol("ftp?", request=url))
+    for method in ("GET", "HEAD", "PUT", "DELETE", "POST"):
+        for status in (429, 500, 502, 503, 504):
+            assert 0 <= retry(method).refused(answer(status)) <= storage.RETRY_BASE_DELAY
+        for status in (400, 403, 404, 409, 412, 501):
+            with pytest.raises(sky.storage.StorageError, match=f"HTTP {status} X"):
+                retry(method).refused(answer(status))
+    # Retry-After, in seconds, is honoured, up to RETRY_MAX_DELAY.
+    assert retry("GET").refused(answer(503, **{"retry-after": "7"})) == 7.0
+    assert retry("GET").refused(answer(503, **{"retry-after": "86400"})) == storage.RETRY_MAX_DELAY
+    # Full jitter, doubling: attempt n's pause is up to base * 2**(n-1), capped.
+    monkeypatch.setattr(storage.random, "uniform", lambda low, high: high)
+    attempts = retry("GET")
+    pauses = [attempts.refused(answer(500)) for _ in range(storage.RETRY_ATTEMPTS - 1)]
+    assert pauses == [0.5, 1.0, 2.0, 4.0]
+    with pytest.raises(sky.storage.StorageError, match="test failed after 5 attempts: HTTP 500"):
+        attempts.refused(answer(500))
+    monkeypatch.setattr(storage, "RETRY_MAX_DELAY", 3.0)
+    assert [storage._backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
