@@ -41,7 +41,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import _transport, accelerators
+from . import _logging, _transport, accelerators
 from ._model import AWS
 from ._offers import Catalog, Choice, Offer
 from ._providers import Instance, ended_on_failure, given_host_key, poll_delays, remote_workdir
@@ -503,6 +503,7 @@ class _Network:
     security_group_id: str
     ami: str
     root_device: str | None  # the image's root device, to size its volume
+    placement_group: str | None = None  # the group every instance launches into
 
 
 class AWSCluster:
@@ -538,6 +539,7 @@ class AWSCluster:
         self._ready = trio.Lock()
         self._serial = 0
         self._live: set[str] = set()  # instance ids launched and not confirmed ending
+        self._made_group: str | None = None  # the placement group made for this pool
 
     async def _prepared(self) -> tuple[_API, _Network]:
         """The API clients, the subnet, group and image: looked up once, by the first
@@ -570,7 +572,78 @@ class AWSCluster:
         if not images.get("Images"):
             raise AWSError(f"no image {ami} in {self.region}; pass sky.AWS(ami=...) one there")
         root = images["Images"][0].get("RootDeviceName")
-        return _Network(config.subnet_id, group, ami, root if isinstance(root, str) else None)
+        subnet, placement = config.subnet_id, config.placement_group
+        if placement is not None:
+            await self._check_group(api, placement)
+        elif config.placement is not None:
+            if config.placement == "cluster" and subnet is None:
+                # A cluster group lives in one zone: every launch must go to the same one,
+                # also those made at once, before EC2 has placed any.
+                subnet = await self._zone_subnet(api, vpc_id)
+            placement = await self._make_group(api, config.placement)
+        return _Network(subnet, group, ami, root if isinstance(root, str) else None, placement)
+
+    async def _check_group(self, api: _API, name: str) -> None:
+        """Refuse, before any launch, a placement group of yours that is not there."""
+        try:
+            await api.call(api.ec2, "describe_placement_groups", GroupNames=[name])
+        except AWSError as exc:
+            if exc.code != "InvalidPlacementGroup.Unknown":
+                raise
+            raise AWSError(
+                f"there is no placement group {name!r} in {self.region}: create it (EC2 "
+                "console, or aws ec2 create-placement-group), or pass sky.AWS(placement="
+                "'cluster') to have Skyward make one for the pool",
+                exc.code,
+            ) from None
+
+    async def _make_group(self, api: _API, strategy: str) -> str:
+        """The pool's own placement group, of ``strategy``: made now, deleted by aclose."""
+        name = f"skyward-{self.job_id}"
+        await api.call(
+            api.ec2,
+            "create_placement_group",
+            GroupName=name,
+            Strategy=strategy,
+            TagSpecifications=[
+                {
+                    "ResourceType": "placement-group",
+                    "Tags": [{"Key": "skyward:job", "Value": self.job_id}],
+                }
+            ],
+        )
+        self._made_group = name
+        return name
+
+    async def _zone_subnet(self, api: _API, vpc_id: str) -> str:
+        """The default VPC's subnet in the first zone (by name) that offers the chosen
+        instance type, for a cluster placement group's launches."""
+        kind = self._choice.offer.name
+        offered = await api.call(
+            api.ec2,
+            "describe_instance_type_offerings",
+            LocationType="availability-zone",
+            Filters=[{"Name": "instance-type", "Values": [kind]}],
+        )
+        zones = {str(o["Location"]) for o in offered.get("InstanceTypeOfferings", [])}
+        subnets = await api.call(
+            api.ec2,
+            "describe_subnets",
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]},
+                {"Name": "default-for-az", "Values": ["true"]},
+            ],
+        )
+        by_zone = {str(n["AvailabilityZone"]): str(n["SubnetId"]) for n in subnets["Subnets"]}
+        for zone in sorted(by_zone):
+            if zone in zones:
+                return by_zone[zone]
+        raise AWSError(
+            f"no zone of {self.region}'s default VPC offers {kind} (zones with a default "
+            f"subnet: {', '.join(sorted(by_zone)) or 'none'}); a cluster placement group "
+            "keeps the pool in one zone: pass sky.AWS(subnet_id=...) with a subnet in a zone "
+            "that has it, or another region"
+        )
 
     async def _default_ami(self, api: _API) -> str:
         offer = self._choice.offer
@@ -647,6 +720,8 @@ class AWSCluster:
         }
         if network.subnet_id is not None:
             params["SubnetId"] = network.subnet_id
+        if network.placement_group is not None:
+            params["Placement"] = {"GroupName": network.placement_group}
         if self._choice.spot:
             spot: dict[str, str] = {
                 "SpotInstanceType": "one-time",
@@ -833,6 +908,8 @@ class AWSCluster:
                         await self._terminate_all(api, sorted(self._live))
                     except AWSError as exc:
                         failed.append(str(exc))
+                if self._made_group is not None and not failed:
+                    await self._delete_group(api, self._made_group)
             if scope.cancelled_caught:
                 failed.append("no answer from AWS within 120 s")
         finally:
@@ -842,6 +919,33 @@ class AWSCluster:
                 "sky.AWS could not confirm every instance of this pool terminated; these "
                 f"may still bill: {'; '.join(failed)}. Check the EC2 console in "
                 f"{self.region} for instances tagged skyward:job={self.job_id}"
+            )
+
+    async def _delete_group(self, api: _API, name: str) -> None:
+        """Delete the pool's placement group once its instances are gone (EC2 refuses
+        while one is still shutting down). A group costs nothing: one left (no answer in
+        time) is said in the log, not raised."""
+        delays = poll_delays()
+        with trio.move_on_after(90):
+            while True:
+                try:
+                    await api.call(api.ec2, "delete_placement_group", GroupName=name)
+                except AWSError as exc:
+                    if exc.code == "InvalidPlacementGroup.Unknown":  # gone already
+                        self._made_group = None
+                        return
+                    if exc.code != "InvalidPlacementGroup.InUse":
+                        _logging.log.warning("placement group %s was not deleted: %s", name, exc)
+                        return
+                    await trio.sleep(next(delays))
+                    continue
+                self._made_group = None
+                return
+        if self._made_group is not None:
+            _logging.log.warning(
+                "placement group %s was not deleted within 90 s (its instances still shutting "
+                "down); it costs nothing: delete it in the EC2 console",
+                name,
             )
 
     async def _find_strays(self, api: _API) -> str | None:

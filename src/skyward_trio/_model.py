@@ -1698,6 +1698,13 @@ class AWS(ProviderConfig):
         profile: A named profile of ``~/.aws/config``; None: boto3's default chain.
         endpoint_url: Where AWS's APIs are reached; None: AWS itself (a VPC endpoint or
             an emulator otherwise).
+        placement: ``"cluster"``: the pool's instances launch into a cluster placement
+            group Skyward makes for it (``skyward-<job>``, deleted when the pool closes):
+            close together in one availability zone, for the low latency and high
+            bandwidth multi-node training wants. ``"spread"``: on distinct hardware each
+            (at most 7 per zone). None: where EC2 puts them.
+        placement_group: A placement group of yours to launch into (kept when the pool
+            closes); instead of ``placement``.
     """
 
     region: str = "us-east-1"
@@ -1709,6 +1716,8 @@ class AWS(ProviderConfig):
     instance_profile: str | None = None
     profile: str | None = None
     endpoint_url: str | None = None
+    placement: Literal["cluster", "spread"] | None = None
+    placement_group: str | None = None
 
     def __attrs_post_init__(self) -> None:
         _check_str("AWS", "region", self.region, fix="Pass e.g. region='us-east-1'.")
@@ -1742,6 +1751,21 @@ class AWS(ProviderConfig):
         if self.endpoint_url is not None:
             fix = "Pass the API's URL, e.g. endpoint_url='https://ec2.us-east-1.amazonaws.com'."
             _check_url("AWS", "endpoint_url", self.endpoint_url, fix=fix)
+        if self.placement not in (None, "cluster", "spread"):
+            raise ValueError(
+                f"AWS(placement={self.placement!r}): placement must be 'cluster' (close "
+                "together, for multi-node training), 'spread' (distinct hardware) or None. "
+                "Pass e.g. placement='cluster'."
+            )
+        if self.placement_group is not None:
+            fix = "Pass a placement group's name, e.g. placement_group='training'."
+            _check_str("AWS", "placement_group", self.placement_group, fix=fix)
+            if self.placement is not None:
+                raise ValueError(
+                    f"AWS(placement={self.placement!r}, placement_group="
+                    f"{self.placement_group!r}): pass one of them: placement to have Skyward "
+                    "make a group for the pool, placement_group to use one of yours."
+                )
 
 
 #: Where ``sky.TensorDock`` reads its API token when none is passed.

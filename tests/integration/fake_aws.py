@@ -52,6 +52,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import sys
@@ -311,6 +312,11 @@ class FakeAWS(FakeCloud):
         self._notices: dict[str, dict[str, str]] = {}
         # events/recommendations/rebalance of those FakeAWS.recommend_rebalance was told of
         self._rebalances: dict[str, dict[str, str]] = {}
+        #: Placement groups (moto has none): name -> strategy, and the instances launched
+        #: into each. EC2 refuses a launch into an unknown group, and deleting a group
+        #: while an instance in it is not terminated.
+        self.placement_groups: dict[str, str] = {}
+        self.placement_members: dict[str, list[str]] = {}
         #: IMDS requests answered, per instance: (method, path, status).
         self.metadata_requests: dict[str, list[tuple[str, str, int]]] = {}
 
@@ -498,7 +504,61 @@ class FakeAWS(FakeCloud):
             return self._get_parameters(handler, params)
         if action == "RunInstances" and params.get("InstanceType") in self.refused:
             return self._refusal(params, self.refused[params["InstanceType"]])
+        if action in _PLACEMENT_ACTIONS:
+            return self._placement(action, params)
+        group = params.get("Placement.GroupName") if action == "RunInstances" else None
+        if group is not None:
+            with self._lock:
+                known = group in self.placement_groups
+            if not known:
+                return _unknown_group(group)
+            reply = self._forward(handler, raw)
+            launched = re.findall(r"<instanceId>(i-[0-9a-f]+)</instanceId>", reply.body.decode())
+            with self._lock:
+                self.placement_members[group].extend(launched)
+            return reply
         return self._forward(handler, raw)
+
+    def _placement(self, action: str, params: dict[str, Any]) -> _Reply:
+        """CreatePlacementGroup, DescribePlacementGroups and DeletePlacementGroup, as EC2
+        answers them (moto has no placement groups)."""
+        name = params.get("GroupName") or params.get("GroupName.1", "")
+        with self._lock:
+            if action == "CreatePlacementGroup":
+                strategy = params.get("Strategy", "")
+                if strategy not in ("cluster", "spread", "partition"):
+                    return _ec2_error(400, "InvalidParameterValue", f"bad Strategy {strategy!r}")
+                if name in self.placement_groups:
+                    message = f"The Placement Group '{name}' already exists."
+                    return _ec2_error(400, "InvalidPlacementGroup.Duplicate", message)
+                self.placement_groups[name] = strategy
+                self.placement_members[name] = []
+                return _ec2_reply("CreatePlacementGroupResponse", "<return>true</return>")
+            if name and name not in self.placement_groups:
+                return _unknown_group(name)
+            if action == "DescribePlacementGroups":
+                names = [name] if name else sorted(self.placement_groups)
+                items = "".join(
+                    f"<item><groupName>{n}</groupName><strategy>{self.placement_groups[n]}"
+                    "</strategy><state>available</state></item>"
+                    for n in names
+                )
+                inner = f"<placementGroupSet>{items}</placementGroupSet>"
+                return _ec2_reply("DescribePlacementGroupsResponse", inner)
+            members = list(self.placement_members[name])
+        states = {i: self._state_of(i) for i in members}
+        if any(state != "terminated" for state in states.values()):
+            return _ec2_error(
+                400, "InvalidPlacementGroup.InUse", f"The placement group '{name}' is in use."
+            )
+        with self._lock:
+            self.placement_groups.pop(name, None)
+            self.placement_members.pop(name, None)
+        return _ec2_reply("DeletePlacementGroupResponse", "<return>true</return>")
+
+    def _state_of(self, instance_id: str) -> str:
+        answer = self._moto.describe_instances(InstanceIds=[instance_id])
+        return str(answer["Reservations"][0]["Instances"][0]["State"]["Name"])
 
     def _forward(self, handler: FakeHandler, raw: bytes) -> _Reply:
         """The request, sent to moto as it came (``raw`` may be a rewritten body)."""
@@ -953,6 +1013,37 @@ def _send(handler: BaseHTTPRequestHandler, reply: _Reply) -> None:
 def _json_reply(status: int, payload: object, *, then: Callable[[], None] | None = None) -> _Reply:
     content_type = (("Content-Type", "application/x-amz-json-1.1"),)
     return _Reply(status, json.dumps(payload).encode(), content_type, then=then)
+
+
+_PLACEMENT_ACTIONS = frozenset(
+    {"CreatePlacementGroup", "DescribePlacementGroups", "DeletePlacementGroup"}
+)
+
+
+def _ec2_reply(root: str, inner: str) -> _Reply:
+    """An EC2 query API answer: ``<root>`` holding ``inner``."""
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><{root} '
+        'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        f"<requestId>{uuid.uuid4()}</requestId>{inner}</{root}>"
+    )
+    return _Reply(200, body.encode(), (("Content-Type", "text/xml;charset=UTF-8"),))
+
+
+def _unknown_group(name: str) -> _Reply:
+    return _ec2_error(
+        400, "InvalidPlacementGroup.Unknown", f"The Placement Group '{name}' is unknown."
+    )
+
+
+def _ec2_error(status: int, code: str, message: str) -> _Reply:
+    """An error as EC2's query API sends it (boto3 raises ClientError with ``code``)."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+        f"<Code>{code}</Code><Message>{message}</Message>"
+        f"</Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+    )
+    return _Reply(status, body.encode(), (("Content-Type", "text/xml;charset=UTF-8"),))
 
 
 def _aws_error(status: int, code: str, message: str) -> _Reply:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from clients import Seen, across_a_preemption, cancel_once, killed_client, lease_client
@@ -264,9 +265,81 @@ def test_a_pool_cancelled_while_instances_start_leaves_none(aws: FakeAWS) -> Non
     assert not aws.live()
 
 
-async def _cluster(aws: FakeAWS, job_id: str) -> AWSCluster:
+def test_placement_cluster_puts_the_pool_in_a_group_of_its_own_deleted_at_close(
+    aws: FakeAWS,
+) -> None:
+    since = len(aws.requests)
+    compute = sky.Compute(
+        provider=provider(aws, placement="cluster"), accelerator=A.T4(), nodes=2, options=QUIET
+    )
+    with compute as pool:
+        group = f"skyward-{pool.job_id}"
+        assert aws.placement_groups.get(group) == "cluster"
+        assert len(_where() @ pool) == 2
+        members = list(aws.placement_members[group])
+    launches = _runs(aws, since)
+    assert [r.get("Placement.GroupName") for r in launches] == [group, group]
+    assert len(members) == 2
+    assert group not in aws.placement_groups  # deleted once its instances were gone
+    assert not aws.live()
+
+
+def test_a_placement_group_of_yours_is_used_and_kept_and_a_missing_one_refused(
+    aws: FakeAWS,
+) -> None:
+    aws.placement_groups["mine"] = "spread"  # made in the EC2 console, say
+    aws.placement_members["mine"] = []
+    since = len(aws.requests)
+    with sky.Compute(
+        provider=provider(aws, placement_group="mine"), accelerator=A.T4(), options=QUIET
+    ) as pool:
+        assert (_where() >> pool)["node"] == 0
+    assert [r.get("Placement.GroupName") for r in _runs(aws, since)] == ["mine"]
+    assert aws.placement_groups.get("mine") == "spread"  # yours: kept
+    since = len(aws.requests)
+    missing = sky.Compute(
+        provider=provider(aws, placement_group="nope"), accelerator=A.T4(), options=QUIET
+    )
+    refused = pytest.raises(sky.ProvisionError, match=r"there is no placement group 'nope' in ")
+    with refused, missing:
+        pytest.fail("the block must not run")
+    assert not _runs(aws, since)  # refused before any launch
+    assert not aws.live()
+
+
+def test_a_cluster_group_in_the_default_vpc_launches_in_one_zone_that_has_the_type(
+    aws: FakeAWS,
+) -> None:
+    """Without a subnet, a cluster group's launches all go to the default subnet of one
+    zone that offers the type (EC2 would otherwise pick zones per launch). Planned only:
+    a default VPC's instances would get addresses beyond loopback."""
+
+    async def main() -> tuple[str | None, str | None]:
+        async with asyncio_loop():
+            config = attrs.evolve(provider(aws), subnet_id=None, placement="cluster")
+            cluster = await _cluster(aws, "c1a5e000", config)
+            try:
+                _, network = await cluster._prepared()
+            finally:
+                await cluster.aclose()
+            return network.subnet_id, network.placement_group
+
+    subnet, group = trio.run(main)
+    ec2 = aws.ec2()
+    offered = ec2.describe_instance_type_offerings(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": ["g4dn.xlarge"]}],
+    )["InstanceTypeOfferings"]
+    zones = {o["Location"] for o in offered}
+    (chosen,) = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"]
+    assert chosen["DefaultForAz"]
+    assert chosen["AvailabilityZone"] in zones
+    assert group == "skyward-c1a5e000"
+
+
+async def _cluster(aws: FakeAWS, job_id: str, config: sky.AWS | None = None) -> AWSCluster:
     """A cluster planned on the fake's T4 type, as Compute would open it."""
-    config = provider(aws)
+    config = config or provider(aws)
     spec = Spec(provider=config, accelerator=A.T4())
     offers = (await catalog(config, accelerator=A.T4())).offers
     offer = next(o for o in offers if o.name == "g4dn.xlarge")

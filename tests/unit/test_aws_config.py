@@ -45,6 +45,13 @@ A = sky.accelerators
         ({"ssh_cidr": "anywhere"}, ValueError, "ssh_cidr='203.0.113.7/32'"),
         ({"endpoint_url": "ec2.amazonaws.com"}, ValueError, "not an http"),
         ({"profile": ""}, ValueError, "profile must not be empty"),
+        ({"placement": "close"}, ValueError, r"placement must be 'cluster' .* placement='cluster'"),
+        ({"placement_group": ""}, ValueError, "placement_group must not be empty"),
+        (
+            {"placement": "cluster", "placement_group": "mine"},
+            ValueError,
+            "pass one of them: placement to have Skyward make a group",
+        ),
     ],
 )
 def test_bad_fields_are_refused_naming_the_fix(
@@ -65,8 +72,11 @@ def test_good_fields_are_kept() -> None:
         instance_profile="arn:aws:iam::123456789012:instance-profile/ml",
         profile="work",
         endpoint_url="http://127.0.0.1:5000",
+        placement="cluster",
     )
     assert aws.region == "eu-west-1"
+    assert aws.placement == "cluster"
+    assert sky.AWS(placement_group="training").placement_group == "training"
     assert aws.username == "ec2-user"
 
 
