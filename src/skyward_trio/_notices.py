@@ -151,40 +151,46 @@ def endpoint(environ: Mapping[str, str] = os.environ) -> str:
 
 def parse(body: bytes) -> Notice:
     """The notice in a ``spot/instance-action`` answer; ValueError saying what is wrong."""
-    try:
-        data: Any = json.loads(body)
-    except ValueError as exc:
-        raise ValueError(f"spot/instance-action is not JSON ({exc}): {body[:200]!r}") from None
+    where = "spot/instance-action"
+    data = _json(body, where)
     if not isinstance(data, dict):
-        raise ValueError(f"spot/instance-action: expected a JSON object, got {data!r}")
+        raise ValueError(f"{where}: expected a JSON object, got {data!r}")
     action, when = data.get("action"), data.get("time")
     if action not in ACTIONS:
-        raise ValueError(f"spot/instance-action: expected an action in {ACTIONS}, got {action!r}")
-    try:
-        moment = datetime.datetime.strptime(str(when), "%Y-%m-%dT%H:%M:%SZ")
-    except ValueError:
-        raise ValueError(
-            f"spot/instance-action: expected a time like 2026-11-30T08:22:00Z, got {when!r}"
-        ) from None
-    return Notice(action=action, at=moment.replace(tzinfo=datetime.UTC).timestamp())
+        raise ValueError(f"{where}: expected an action in {ACTIONS}, got {action!r}")
+    at = _utc(when)
+    if at is None:
+        raise ValueError(f"{where}: expected a time like 2026-11-30T08:22:00Z, got {when!r}")
+    return Notice(action=action, at=at)
 
 
 def parse_rebalance(body: bytes) -> Notice:
     """The recommendation in an ``events/recommendations/rebalance`` answer (``REBALANCE``
     at its ``noticeTime``); ValueError saying what is wrong."""
     where = "events/recommendations/rebalance"
+    data = _json(body, where)
+    at = _utc(data.get("noticeTime") if isinstance(data, dict) else None)
+    if at is None:
+        raise ValueError(
+            f'{where}: expected {{"noticeTime": "2026-11-30T08:22:00Z"}}, got {data!r}'
+        )
+    return Notice(action=REBALANCE, at=at)
+
+
+def _json(body: bytes, where: str) -> Any:
     try:
-        data: Any = json.loads(body)
+        return json.loads(body)
     except ValueError as exc:
         raise ValueError(f"{where} is not JSON ({exc}): {body[:200]!r}") from None
-    when = data.get("noticeTime") if isinstance(data, dict) else None
+
+
+def _utc(when: object) -> float | None:
+    """IMDS's ``2026-11-30T08:22:00Z`` as seconds since the epoch; None if it is not one."""
     try:
         moment = datetime.datetime.strptime(str(when), "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
-        raise ValueError(
-            f'{where}: expected {{"noticeTime": "2026-11-30T08:22:00Z"}}, got {data!r}'
-        ) from None
-    return Notice(action=REBALANCE, at=moment.replace(tzinfo=datetime.UTC).timestamp())
+        return None
+    return moment.replace(tzinfo=datetime.UTC).timestamp()
 
 
 class MetadataService:

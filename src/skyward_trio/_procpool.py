@@ -543,18 +543,21 @@ class ProcessExecutor:
             child.close_fds()
         return entry
 
+    def _check_wanted(self, entry: _Run) -> None:
+        """While ``entry`` waits for children (under the lock): raise if it was cancelled,
+        or the executor closed."""
+        if entry.kill_reason is not None:
+            raise TaskKilled(reason=entry.kill_reason)
+        if self._closed:
+            raise ExecutorClosed("the process executor is closed: the worker is shutting down")
+
     def _acquire(self, entry: _Run, fn_key: str) -> _Child:
         """Give ``entry`` a child: an idle one, a new one, or the first to come free."""
         dead: list[_Child] = []
         try:
             with self._cond:
                 while True:
-                    if entry.kill_reason is not None:
-                        raise TaskKilled(reason=entry.kill_reason)
-                    if self._closed:
-                        raise ExecutorClosed(
-                            "the process executor is closed: the worker is shutting down"
-                        )
+                    self._check_wanted(entry)
                     if self._gangs:
                         self._cond.wait()  # a run_every call waits for every child
                         continue
@@ -664,12 +667,7 @@ class ProcessExecutor:
             self._gangs.append(entry)
             try:
                 while True:
-                    if entry.kill_reason is not None:
-                        raise TaskKilled(reason=entry.kill_reason)
-                    if self._closed:
-                        raise ExecutorClosed(
-                            "the process executor is closed: the worker is shutting down"
-                        )
+                    self._check_wanted(entry)
                     # No child busy or being started: every counted one is idle.
                     if self._gangs[0] is entry and self._count == len(self._idle):
                         exited.extend(self._collect_retired())
