@@ -1051,7 +1051,7 @@ def mig(profile: str) -> Plugin:
 
     @contextmanager
     def process(info: InstanceInfo) -> Iterator[None]:
-        _mig_pin(info)
+        _mig_pin()
         yield
 
     return (
@@ -1088,7 +1088,7 @@ else
 fi"""
 
 
-def _mig_pin(info: InstanceInfo) -> None:
+def _mig_pin() -> None:
     """Give this subprocess its slice: the MIG device at its slot."""
     from . import _runtime
 

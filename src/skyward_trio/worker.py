@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from . import _capture, _collections, _heartbeat, _notices, _runtime, _serial, _wire
@@ -867,11 +868,11 @@ class _Session:
             assert failed.died is not None
             dumped = _serial.dump_exception(failed.died)
         payload, name, text, tb = dumped
-        node, nodes = self._worker.node, int(self._worker.config["info"]["total_nodes"])
+        rank = attrs.evolve(from_dict(self._worker.config["info"]), worker=first)
         stopped = [o.slot for o in outcomes if isinstance(o.died, TaskKilled)]
         where = (
-            f"[skyward] on worker {first} of node {node} (rank {node * ranks + first} of "
-            f"{nodes * ranks})"
+            f"[skyward] on worker {first} of node {rank.node} (rank "
+            f"{rank.global_worker_index} of {rank.total_workers})"
         )
         if stopped:
             named = f"worker{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))}"
