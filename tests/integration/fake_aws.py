@@ -834,7 +834,7 @@ class FakeAWS(FakeCloud):
                     "FAKE_EC2_INSTANCE_ID": instance_id,
                     "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata,
                 },
-                path_prefix=[str(bin_dir)],
+                path_prefix=[str(bin_dir), sshd.image_tools(self.root)],
                 home=home,
             )
         except BaseException:

@@ -626,7 +626,8 @@ def start_machine(
     """A fake's machine: a private sshd (``sshd.start_sshd``) whose sessions have ``env``,
     with a short home of its own, ``$TMPDIR/<home>*`` (as ``/root`` or ``/home/ubuntu``: a
     worker's socket lives under it, and a unix socket's path holds 107 bytes, which a home
-    under a test's directory would exceed).
+    under a test's directory would exceed). Its image has uv on ``PATH``
+    (``sshd.image_tools``), after ``path_prefix``.
 
     Raises:
         RuntimeError: sshd did not start (``pytest.fail``'s BaseException, made an
@@ -641,7 +642,7 @@ def start_machine(
             authorized,
             port=port,
             extra_env=env,
-            path_prefix=path_prefix,
+            path_prefix=[*path_prefix, sshd.image_tools(root)],
             home=made,
         )
     except pytest.fail.Exception as error:
@@ -664,18 +665,25 @@ def run_startup_command(
     """A machine that its own startup command sets up, as the image's first boot runs it
     (Novita's container command, Massed Compute's launch command): ``command`` runs for
     real, with ``sh -c``, its output in ``directory / log``, with ``env`` and a short
-    ``HOME`` of its own (``$TMPDIR/<home>*``, as ``/root`` is), and a PATH whose ``sshd``
-    is a stand-in for the image's: the real sshd with ``directory / "sshd_config"``, which
-    listens on ``address`` (and ``port``, where given) and gives sessions the environment
-    every fake machine has. The fake installs no host key and no authorized keys: a command
-    that does not set them up right leaves a machine nobody can log in to. ``stand_ins``:
-    more scripts of the image, by name. The machine (its pid the command's, ended through
-    ``sshd.stop``) and the command's process, for the caller to wait on sshd."""
+    ``HOME`` of its own (``$TMPDIR/<home>*``, as ``/root`` is), and a PATH with uv
+    (``sshd.image_tools``) and an ``sshd`` that stands in for the image's: the real sshd
+    with ``directory / "sshd_config"``, which listens on ``address`` (and ``port``, where
+    given) and gives sessions the environment every fake machine has. The fake installs no
+    host key and no authorized keys: a command that does not set them up right leaves a
+    machine nobody can log in to. ``stand_ins``: more scripts of the image, by name. The
+    machine (its pid the command's, ended through ``sshd.stop``) and the command's process,
+    for the caller to wait on sshd."""
     directory.mkdir(parents=True)
     made = Path(tempfile.mkdtemp(prefix=home))
     python_dir = os.path.dirname(sys._base_executable)  # this Python is "installed"
+    tools = sshd.image_tools(root)
     settings = sshd.set_env(
-        made, python_dir, root / "uv-cache", sshd.offline_apt(root), extra_env=marker_env
+        made,
+        python_dir,
+        root / "uv-cache",
+        sshd.offline_apt(root),
+        extra_env=marker_env,
+        path_prefix=[tools],
     )
     config = directory / "sshd_config"
     # No HostKey or AuthorizedKeysFile (nor Port, without ``port``): the command's to give.
@@ -695,7 +703,7 @@ def run_startup_command(
     environment = {
         **(env or {}),
         "HOME": str(made),
-        "PATH": f"{image_bin}:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{image_bin}:{tools}:/usr/local/bin:/usr/bin:/bin",
         **marker_env,
     }
     with open(directory / log, "wb") as out:

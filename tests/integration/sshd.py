@@ -129,6 +129,23 @@ def start_sshd(
 
 RUNNING: dict[int, subprocess.Popen[bytes]] = {}
 
+
+def image_tools(root: Path) -> str:
+    """A folder for a fake cloud's machines' ``PATH``: what their image comes with beyond
+    Python, which is ``uv`` (this environment's, from the ``test`` extra), as the ML images
+    of RunPod, Lambda and others often do. Their bootstrap then finds uv rather than
+    installing it with pip, some 3 CPU-seconds a machine, most of a machine's start here;
+    the ``sky.SSH`` tests' hosts have no uv, and test_ssh.py checks that it is installed."""
+    tools = root / "image-tools"
+    uv = Path(sys.executable).parent / "uv"
+    if not uv.is_file():
+        raise RuntimeError(f"no uv beside {sys.executable}: pip install -e '.[test]'")
+    if not (tools / "uv").exists():
+        tools.mkdir(parents=True, exist_ok=True)
+        (tools / "uv").symlink_to(uv)
+    return str(tools)
+
+
 # How this client reaches the package index (a proxy's CA, a mirror): the machines reach it
 # the same way, as a lab's machines would be set up for their network.
 INDEX_SETTINGS = (

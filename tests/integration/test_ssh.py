@@ -97,6 +97,8 @@ def test_each_host_is_a_node_with_the_image_built_there(
         assert result["home"] == str(machine.home)  # it ran on that machine
         envs = machine.home / ".skyward" / "envs"
         assert Path(result["python"]).is_relative_to(envs)  # the venv built there
+        # The host had no uv: the bootstrap installed it, with pip, for the user.
+        assert (machine.home / ".skyward" / "tools" / "uv" / "bin" / "uv").is_file()
         assert result["version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
         assert result["six"] == "1.16.0"
         assert result["greeting"] == "hi"
