@@ -9,9 +9,12 @@ else ``"pypi"``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,9 +111,76 @@ def _tree_stamp(project: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
 
 
+WHEEL_CACHE = "~/.skyward/wheels"
+_WHEELS_KEPT = 4
+
+
 @functools.lru_cache(maxsize=4)
 def _build_wheel(project: Path, stamp: tuple[tuple[str, int, int], ...]) -> tuple[str, bytes]:
-    """Build the project's wheel with pip (once per process while the sources are unchanged)."""
+    """The project's wheel: built with pip once per process while the sources' names, sizes
+    and times are unchanged, and once per content of the sources across processes (the
+    cache, ``WHEEL_CACHE``, keeps the latest ``_WHEELS_KEPT``): a script run again on a
+    development install starts its nodes without the builder's seconds."""
+    folder = Path(os.path.expanduser(WHEEL_CACHE)) / _content_key(project)
+    cached = _cached_wheel(folder)
+    if cached is not None:
+        return cached
+    name, data = _run_builder(project)
+    _keep_wheel(folder, name, data)
+    return name, data
+
+
+def _content_key(project: Path) -> str:
+    """A digest of what goes into the wheel: ``pyproject.toml``, the README and every file
+    under ``src`` (bytecode caches aside)."""
+    digest = hashlib.sha256()
+    files = [project / "pyproject.toml", project / "README.md"]
+    files += sorted(
+        p for p in (project / "src").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    for path in files:
+        if path.is_file():
+            digest.update(str(path.relative_to(project)).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:32]
+
+
+def _cached_wheel(folder: Path) -> tuple[str, bytes] | None:
+    """The wheel kept in ``folder``, if one is there whole (one being written is not)."""
+    try:
+        found = [(path.name, path.read_bytes()) for path in folder.glob(f"{_DIST}-*.whl")]
+    except OSError:  # pruned by another process as it was read: build it again
+        return None
+    if not found:
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(folder)  # recently used: the last to be pruned
+    return found[0]
+
+
+def _keep_wheel(folder: Path, name: str, data: bytes) -> None:
+    """Keep the wheel in ``folder`` (written aside, then renamed into place, so a reader
+    never sees part of it) and prune the cache to its latest ``_WHEELS_KEPT``. A cache that
+    cannot be written (a read-only home) only means the next process builds again."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=".partial-", dir=folder)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(partial, folder / name)
+        kept = sorted(
+            (p for p in folder.parent.iterdir() if p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+    except OSError:
+        return
+    for old in kept[_WHEELS_KEPT:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _run_builder(project: Path) -> tuple[str, bytes]:
+    """Build the project's wheel with ``pip wheel``."""
     with tempfile.TemporaryDirectory(prefix="skyward-wheel-") as out:
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", out]
         done = subprocess.run([*command, str(project)], capture_output=True, text=True, check=False)

@@ -495,6 +495,68 @@ def test_skyward_source_pins_the_exact_version_or_ships_this_checkout() -> None:
         _source.skyward_package("github")
 
 
+def test_the_wheel_of_this_checkout_is_built_once_for_its_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    built: list[Path] = []
+    builder = _source._run_builder
+
+    def counted(project: Path) -> tuple[str, bytes]:
+        built.append(project)
+        return builder(project)
+
+    monkeypatch.setattr(_source, "_run_builder", counted)
+    project = _source.project_dir()
+    assert project is not None
+    build = _source._build_wheel.__wrapped__  # as a new process would: no in-process cache
+    name, data = build(project, ())
+    assert name.startswith(f"skyward-{sky.__version__}-")
+    assert name.endswith(".whl")
+    (kept,) = (tmp_path / ".skyward" / "wheels").glob("*/skyward-*.whl")
+    assert kept.read_bytes() == data
+    assert build(project, ()) == (name, data)  # the next process reads it
+    assert built == [project]
+    # A kept wheel being written (a partial file) is not one.
+    (kept.parent / kept.name).unlink()
+    (kept.parent / ".partial-x").write_bytes(data[:10])
+    assert build(project, ()) == (name, data)
+    assert built == [project, project]
+
+
+def test_the_wheel_cache_follows_the_sources_content_and_keeps_the_latest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / "src" / "pkg" / "__pycache__").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    source = project / "src" / "pkg" / "a.py"
+    source.write_text("A = 1\n")
+    key = _source._content_key(project)
+    os.utime(source, (1, 1))  # touched: the same content
+    (project / "src" / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"x")
+    assert _source._content_key(project) == key
+    source.write_text("A = 2\n")
+    assert _source._content_key(project) != key
+    (project / "src" / "pkg" / "data.json").write_text("{}")  # data files go in the wheel
+    changed = _source._content_key(project)
+    (project / "README.md").write_text("hi")
+    assert _source._content_key(project) != changed
+
+    # Past _WHEELS_KEPT, the least recently used go.
+    cache = tmp_path / "wheels"
+    for age in range(6):
+        folder = cache / f"old{age}"
+        folder.mkdir(parents=True)
+        (folder / "skyward-0-py3-none-any.whl").write_bytes(b"w")
+        os.utime(folder, (1000 - age, 1000 - age))
+    assert _source._cached_wheel(cache / "old5") == ("skyward-0-py3-none-any.whl", b"w")
+    _source._keep_wheel(cache / "new", "skyward-1-py3-none-any.whl", b"new")
+    assert sorted(p.name for p in cache.iterdir()) == ["new", "old0", "old1", "old5"]
+    assert _source._cached_wheel(cache / "new") == ("skyward-1-py3-none-any.whl", b"new")
+    assert _source._cached_wheel(cache / "missing") is None
+
+
 def test_local_without_a_development_install_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_source, "project_dir", lambda: None)
     with pytest.raises(ValueError, match=r"not a development install .* skyward_source='pypi'"):
