@@ -134,28 +134,25 @@ def _content_key(project: Path) -> str:
     """A digest of what goes into the wheel: ``pyproject.toml``, the README and every file
     under ``src`` (bytecode caches aside)."""
     digest = hashlib.sha256()
-    files = [project / "pyproject.toml", project / "README.md"]
-    files += sorted(
-        p for p in (project / "src").rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
-    for path in files:
-        if path.is_file():
-            digest.update(str(path.relative_to(project)).encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    files = [project / "pyproject.toml", project / "README.md", *(project / "src").rglob("*")]
+    for path in sorted(p for p in files if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(project)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:32]
 
 
 def _cached_wheel(folder: Path) -> tuple[str, bytes] | None:
     """The wheel kept in ``folder``, if one is there whole (one being written is not)."""
     try:
-        found = [(path.name, path.read_bytes()) for path in folder.glob(f"{_DIST}-*.whl")]
+        path = next(folder.glob(f"{_DIST}-*.whl"), None)
+        data = b"" if path is None else path.read_bytes()
     except OSError:  # pruned by another process as it was read: build it again
         return None
-    if not found:
+    if path is None:
         return None
     with contextlib.suppress(OSError):
         os.utime(folder)  # recently used: the last to be pruned
-    return found[0]
+    return path.name, data
 
 
 def _keep_wheel(folder: Path, name: str, data: bytes) -> None:

@@ -132,8 +132,8 @@ RUNNING: dict[int, subprocess.Popen[bytes]] = {}
 
 def image_tools(root: Path) -> str:
     """A folder for a fake cloud's machines' ``PATH``: what their image comes with beyond
-    Python, which is ``uv`` (this environment's, from the ``test`` extra), as the ML images
-    of RunPod, Lambda and others often do. Their bootstrap then finds uv rather than
+    Python, which is ``uv`` (this environment's, from the ``test`` extra), as an image
+    made for the purpose may carry it. Their bootstrap then finds uv rather than
     installing it with pip, some 3 CPU-seconds a machine, most of a machine's start here;
     the ``sky.SSH`` tests' hosts have no uv, and test_ssh.py checks that it is installed."""
     tools = root / "image-tools"
