@@ -5,6 +5,7 @@ checkpoint."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -358,10 +359,13 @@ def test_an_object_that_changes_while_it_comes_down_is_refused(
     stream = http.stream
     replaced = []
     streams = []
+    once = threading.Lock()  # the parts come down in threads: the first replaces it, once
 
     def streamed(method: str, url: str, *, headers: dict[str, str]) -> object:
-        if not replaced:  # a new version lands after HEAD, before the parts
-            replaced.append(boto.put_object(Bucket=bucket, Key="data.bin", Body=b"v2" * MIB))
+        with once:
+            if not replaced:  # a new version lands after HEAD, before the parts
+                put = boto.put_object(Bucket=bucket, Key="data.bin", Body=b"v2" * MIB)
+                replaced.append(put)
         streams.append(headers.get("range"))
         return stream(method, url, headers=headers)
 
