@@ -303,13 +303,14 @@ class FakeJarvisLabs(MachineCloud[int, FakeInstance]):
                 id=self._next_id,
                 body=copy.deepcopy(body),
                 template=template,
-                created_at=time.monotonic(),
                 ready_at=time.monotonic() + self.start_delay,
             )
             self.instances[instance.id] = instance
             # Under the lock, the machine's start included: leaving the fake then waits
             # for a create in flight, and no machine starts after the fake ended them all.
             self._start(instance)
+            # Unlisted for a while from the answer on, however long the machine took.
+            instance.created_at = time.monotonic()
         return _Answer(200, {"success": True, "machine_id": instance.id})
 
     def _start(self, instance: FakeInstance) -> None:

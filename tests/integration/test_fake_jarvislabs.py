@@ -66,11 +66,15 @@ def test_an_instance_authorizes_the_account_keys_and_is_reached_at_its_ssh_str(
         200,
         {"success": True},
     )
-    status, made = _call(fake, "POST", "/templates/pytorch/create", _create("skyward-t-0-1"))
-    assert status == 200, made
-    machine_id = made["machine_id"]
-    # Not listed for a moment, as the SDK allows for; then Running with its ssh_str.
-    assert _call(fake, "GET", f"/users/fetch/{machine_id}")[0] == 404
+    fake.unlisted_for = 3.0  # a window that a loaded machine's next request cannot miss
+    try:
+        status, made = _call(fake, "POST", "/templates/pytorch/create", _create("skyward-t-0-1"))
+        assert status == 200, made
+        machine_id = made["machine_id"]
+        # Not listed for a moment, as the SDK allows for; then Running with its ssh_str.
+        assert _call(fake, "GET", f"/users/fetch/{machine_id}")[0] == 404
+    finally:
+        fake.unlisted_for = 0.3
     wait_until(
         lambda: _call(fake, "GET", f"/users/fetch/{machine_id}")[0] == 200,
         "the instance listed",

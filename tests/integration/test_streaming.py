@@ -68,7 +68,9 @@ def _counted_forever(counter: str) -> Iterator[int]:
     i = 0
     while True:
         i += 1
-        Path(counter).write_text(str(i))
+        # Written whole and then renamed, so a reader never sees the file empty.
+        Path(f"{counter}.new").write_text(str(i))
+        os.replace(f"{counter}.new", counter)
         yield i
 
 
