@@ -7,6 +7,7 @@ session (session-scoped fixtures such as a shared pool start with a clean enviro
 
 from __future__ import annotations
 
+import compileall
 import os
 import re
 import subprocess
@@ -47,6 +48,18 @@ CREDENTIAL_NAMES = ("KUBECONFIG", "HUGGINGFACE_TOKEN")
 def _is_credential(name: str) -> bool:
     upper = name.upper()
     return upper in CREDENTIAL_NAMES or upper.startswith(CREDENTIAL_PREFIXES)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile ``src`` and ``tests`` to bytecode once, before any test (the xdist controller
+    only). Every Local node's SSH server, worker, ``sky`` run and client script imports the
+    package afresh, and with ``PYTHONDONTWRITEBYTECODE`` set (as on these machines) each
+    compiled it from source again: about a fifth of a two-node pool's CPU time."""
+    if hasattr(config, "workerinput"):
+        return
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("src", "tests"):
+        compileall.compile_dir(root / folder, quiet=1)
 
 
 @pytest.fixture(scope="session", autouse=True)
