@@ -66,7 +66,8 @@ def test_an_instance_authorizes_the_account_keys_and_is_reached_at_its_ssh_str(
         200,
         {"success": True},
     )
-    fake.unlisted_for = 3.0  # a window that a loaded machine's next request cannot miss
+    # A window that a loaded machine's next request cannot miss.
+    unlisted_for, fake.unlisted_for = fake.unlisted_for, 3.0
     try:
         status, made = _call(fake, "POST", "/templates/pytorch/create", _create("skyward-t-0-1"))
         assert status == 200, made
@@ -74,7 +75,7 @@ def test_an_instance_authorizes_the_account_keys_and_is_reached_at_its_ssh_str(
         # Not listed for a moment, as the SDK allows for; then Running with its ssh_str.
         assert _call(fake, "GET", f"/users/fetch/{machine_id}")[0] == 404
     finally:
-        fake.unlisted_for = 0.3
+        fake.unlisted_for = unlisted_for
     wait_until(
         lambda: _call(fake, "GET", f"/users/fetch/{machine_id}")[0] == 200,
         "the instance listed",
@@ -100,7 +101,8 @@ def test_an_instance_authorizes_the_account_keys_and_is_reached_at_its_ssh_str(
     # Its free GPUs were taken; a destroy gives them back, shows Destroying, then 404.
     (l4,) = [g for g in fake.gpus if (g["gpu_type"], g["region"]) == ("L4", "india-01")]
     assert l4["num_free_devices"] == 7
-    fake.destroy_delay = 3.0  # longer than ending the machine's processes takes
+    # Longer than ending the machine's processes takes.
+    destroy_delay, fake.destroy_delay = fake.destroy_delay, 3.0
     try:
         assert _call(fake, "POST", f"/misc/destroy?machine_id={machine_id}") == (
             200,
@@ -110,7 +112,7 @@ def test_an_instance_authorizes_the_account_keys_and_is_reached_at_its_ssh_str(
             "Destroying"
         )
     finally:
-        fake.destroy_delay = 0.5
+        fake.destroy_delay = destroy_delay
     wait_until(
         lambda: _call(fake, "GET", f"/users/fetch/{machine_id}")[0] == 404,
         "gone",
