@@ -49,7 +49,7 @@ def provider(aws: FakeAWS, **fields: Any) -> sky.AWS:
     )
 
 
-pytestmark = pytest.mark.usefixtures("aws_credentials")
+pytestmark = [pytest.mark.clouds, pytest.mark.usefixtures("aws_credentials")]
 
 
 @sky.function

@@ -16,6 +16,8 @@ from waiting import wait_until
 
 import skyward as sky
 
+pytestmark = pytest.mark.clouds
+
 #: USD per hour: a dollar every 10 seconds.
 PRICE = 360.0
 DEAR = {**DEFAULT_GPU_TYPES[0], "securePrice": PRICE, "secureSpotPrice": PRICE}

@@ -38,7 +38,7 @@ LINUX = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("aws_credentials")
+pytestmark = [pytest.mark.clouds, pytest.mark.usefixtures("aws_credentials")]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from waiting import wait_until
 
 from skyward_trio._gcp import signed_jwt
 
+pytestmark = pytest.mark.clouds
+
 _GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 

@@ -17,6 +17,8 @@ from fake_hyperstack import IMAGE, NO_STOCK, FakeHyperstack, need_fake_hyperstac
 from skyward_trio import _transport
 from skyward_trio._aws import user_data
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHyperstack]:

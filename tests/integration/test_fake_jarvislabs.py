@@ -18,6 +18,8 @@ from waiting import wait_until
 
 from skyward_trio import _jarvislabs, _transport
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeJarvisLabs]:

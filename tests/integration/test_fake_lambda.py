@@ -18,6 +18,8 @@ from fake_lambda import NO_CAPACITY, FakeLambda, need_fake_lambda
 from skyward_trio import _transport
 from skyward_trio._aws import user_data
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeLambda]:

@@ -19,6 +19,8 @@ from fake_massedcompute import NO_CAPACITY, FakeMassedCompute, listeners, need_f
 
 from skyward_trio import _massedcompute, _transport
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeMassedCompute]:

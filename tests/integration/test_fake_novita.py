@@ -20,6 +20,8 @@ from waiting import wait_until
 
 from skyward_trio import _novita, _transport
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeNovita]:

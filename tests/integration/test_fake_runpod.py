@@ -21,6 +21,8 @@ import sshd
 from fake_runpod import NO_INSTANCES, FakeRunPod
 from waiting import wait_until
 
+pytestmark = pytest.mark.clouds
+
 if TYPE_CHECKING:
     from conftest import Processes
 

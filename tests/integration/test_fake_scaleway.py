@@ -19,6 +19,8 @@ from fake_scaleway import FakeScaleway, need_fake_scaleway
 from skyward_trio import _transport
 from skyward_trio._aws import user_data
 
+pytestmark = pytest.mark.clouds
+
 ZONE = "/instance/v1/zones/fr-par-2"
 
 

@@ -18,6 +18,8 @@ from fake_tensordock import NO_CAPACITY, FakeTensorDock, need_fake_tensordock
 from skyward_trio import _transport
 from skyward_trio._aws import user_data
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeTensorDock]:

@@ -20,6 +20,8 @@ from clients import asyncio_run
 from fake_vastai import DEFAULT_MARKET, NO_SUCH_ASK, FakeVastAI, need_fake_vastai
 from waiting import wait_until
 
+pytestmark = pytest.mark.clouds
+
 if TYPE_CHECKING:
     from conftest import Processes
 

@@ -19,6 +19,8 @@ from fake_verda import IMAGE, FakeVerda, need_fake_verda
 from skyward_trio import _transport
 from skyward_trio._verda import startup_script
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[FakeVerda]:

@@ -19,6 +19,8 @@ from fake_vultr import NOT_AVAILABLE, FakeVultr, need_fake_vultr
 from skyward_trio import _transport
 from skyward_trio._aws import user_data
 
+pytestmark = pytest.mark.clouds
+
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeVultr]:

@@ -27,6 +27,8 @@ from fake_hyperstack import IMAGE, FakeHyperstack
 
 import skyward as sky
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 

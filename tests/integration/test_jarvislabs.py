@@ -26,6 +26,8 @@ from waiting import wait_until
 
 import skyward as sky
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 

@@ -19,6 +19,8 @@ from fake_vastai import FakeVastAI
 import skyward as sky
 import skyward_trio
 
+pytestmark = pytest.mark.clouds
+
 A = sky.accelerators
 
 

@@ -27,6 +27,8 @@ from fake_massedcompute import FakeMassedCompute, need_fake_massedcompute
 
 import skyward as sky
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 

@@ -35,6 +35,8 @@ import skyward as sky
 import skyward_trio
 from skyward_trio import _novita
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 

@@ -29,6 +29,8 @@ from skyward_trio._offers import Choice
 from skyward_trio._runpod import RunPodCluster, catalog
 from skyward_trio._transport import asyncio_loop, generate_key
 
+pytestmark = pytest.mark.clouds
+
 A = sky.accelerators
 QUIET = sky.Options(console="silent")
 

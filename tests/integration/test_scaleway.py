@@ -28,6 +28,8 @@ from fake_scaleway import FakeScaleway
 
 import skyward as sky
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 

@@ -26,6 +26,8 @@ from fake_tensordock import FakeTensorDock
 
 import skyward as sky
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 

@@ -24,6 +24,8 @@ from skyward_trio._offers import Choice
 from skyward_trio._transport import asyncio_loop, generate_key
 from skyward_trio._vastai import VastAICluster, catalog
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 

@@ -28,6 +28,8 @@ from fake_vultr import FakeVultr
 
 import skyward as sky
 
+pytestmark = pytest.mark.clouds
+
 QUIET = sky.Options(console="silent")
 A = sky.accelerators
 
