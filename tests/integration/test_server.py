@@ -1,7 +1,8 @@
 """The pool server, run as users run it: ``sky server start`` (a detached process),
 ``sky compute create`` of a Local pool from skyward.toml, and ``sky.Client`` in scripts
-of their own (so their functions are ``__main__``'s, pickled by value). Each test has its
-own home, so its own state file, log and server; each server is stopped at the end."""
+of their own (so their functions are ``__main__``'s, pickled by value). Each test that
+changes its server or pool has its own home, so its own state file, log and server; those
+that only use pool ``p`` share one (``held``). Each server is stopped at the end."""
 
 from __future__ import annotations
 
@@ -96,24 +97,44 @@ class Home:
         return (self.home / ".skyward" / "logs" / "server.log").read_text()
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Home]:
-    made = Home(tmp_path)
-    yield made
-    if made.state_file.exists():
-        pid = made.state()["pid"]
+def _stopped(home: Home) -> None:
+    """Stop the home's server, if it runs: by ``sky server stop``, else by SIGKILL."""
+    if home.state_file.exists():
+        pid = home.state()["pid"]
         if is_running(pid):
-            made.sky("server", "stop")
+            home.sky("server", "stop")
         if is_running(pid):
             os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
-def pool(home: Home) -> Home:
-    """A running server holding pool ``p``."""
+def home(tmp_path: Path) -> Iterator[Home]:
+    made = Home(tmp_path)
+    yield made
+    _stopped(made)
+
+
+def _holding_p(home: Home) -> Home:
     home.ok("server", "start")
     assert "pool p ready: 2 node(s) on Local" in home.ok("compute", "create", "p")
     return home
+
+
+@pytest.fixture
+def pool(home: Home) -> Home:
+    """A running server holding pool ``p``, for a test that changes it or the server."""
+    return _holding_p(home)
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+    """A running server holding pool ``p``, shared by the tests that only use it (a server
+    and its pool take some ten seconds to come up)."""
+    made = Home(tmp_path_factory.mktemp("held"))
+    try:
+        yield _holding_p(made)
+    finally:
+        _stopped(made)
 
 
 def test_the_server_starts_holds_a_pool_and_stops(home: Home) -> None:
@@ -279,8 +300,8 @@ print(json.dumps(out))
 )
 
 
-def test_a_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
-    done = pool.script(_CLIENT_SCRIPT)
+def test_a_client_runs_calls_on_the_pool_the_server_holds(held: Home) -> None:
+    done = held.script(_CLIENT_SCRIPT)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["run"] == 49
@@ -308,8 +329,8 @@ def test_a_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
     assert "its items stream back with `>>`" in out["broadcast items"]
 
 
-def test_arrays_travel_both_ways(pool: Home) -> None:
-    done = pool.script(
+def test_arrays_travel_both_ways(held: Home) -> None:
+    done = held.script(
         """
         import numpy as np
         import skyward as sky
@@ -328,14 +349,14 @@ def test_arrays_travel_both_ways(pool: Home) -> None:
     assert done.stdout == "True float64 (2000000,)\n"
 
 
-def test_a_client_for_a_pool_the_server_lacks_is_told_which_it_has(pool: Home) -> None:
-    said = pool.client_refusal("other")
+def test_a_client_for_a_pool_the_server_lacks_is_told_which_it_has(held: Home) -> None:
+    said = held.client_refusal("other")
     assert "no pool 'other' (it holds: p)" in said
     assert "sky compute create other" in said
 
 
-def test_requests_without_the_token_are_refused(pool: Home) -> None:
-    url = pool.state()["url"]
+def test_requests_without_the_token_are_refused(held: Home) -> None:
+    url = held.state()["url"]
     for headers in ({}, {"authorization": "Bearer not-the-token"}):
         answer = httpx.get(f"{url}/pools", headers=headers)
         assert answer.status_code == 401
@@ -343,12 +364,12 @@ def test_requests_without_the_token_are_refused(pool: Home) -> None:
     garbage = httpx.post(
         f"{url}/pools/p/run",
         content=b"\x00\x00\x00\x05nope!",
-        headers={"authorization": f"Bearer {pool.state()['token']}"},
+        headers={"authorization": f"Bearer {held.state()['token']}"},
     )
     assert garbage.status_code == 400
     assert "not a call" in garbage.json()["error"]
     # The server carries on.
-    assert json.loads(pool.ok("compute", "get", "p"))["state"] == "ready"
+    assert json.loads(held.ok("compute", "get", "p"))["state"] == "ready"
 
 
 def _slow_caller(started: Path, call: str) -> str:
@@ -579,8 +600,8 @@ trio.run(main)
 )
 
 
-def test_a_trio_client_runs_calls_on_the_pool_the_server_holds(pool: Home) -> None:
-    done = pool.script(_TRIO_CLIENT_SCRIPT)
+def test_a_trio_client_runs_calls_on_the_pool_the_server_holds(held: Home) -> None:
+    done = held.script(_TRIO_CLIENT_SCRIPT)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out.pop("head") in (0, 1)
@@ -747,41 +768,41 @@ sys.exit(int(sys.argv[1]) if sys.argv[1:] else 0)
 """
 
 
-def test_compute_run_runs_a_script_whose_calls_reach_the_pool(pool: Home) -> None:
-    folder = pool.project / "job"
+def test_compute_run_runs_a_script_whose_calls_reach_the_pool(held: Home) -> None:
+    folder = held.project / "job"
     folder.mkdir()
     (folder / "fit.py").write_text(_RUN_SCRIPT)
-    done = pool.sky("compute", "run", "p", "job/fit.py", "3")
+    done = held.sky("compute", "run", "p", "job/fit.py", "3")
     assert done.returncode == 3, done.stderr  # the script's own exit status
     lines = done.stdout.splitlines()
     assert lines[0] == "argv ['3']"
     assert lines[1] in ("one (0, 42)", "one (1, 42)")
     assert lines[2] == "all [(0, 2), (1, 2)]"
-    failed = pool.sky("compute", "run", "p", "job/fit.py", "fail")
+    failed = held.sky("compute", "run", "p", "job/fit.py", "fail")
     assert failed.returncode == 1
     assert "LookupError: from the script" in failed.stderr
     assert 'fit.py", line' in failed.stderr  # the script's traceback
-    (pool.project / "fitmod.py").write_text(_RUN_SCRIPT)
-    as_module = pool.sky("compute", "run", "p", "-m", "fitmod")  # from the project's folder
+    (held.project / "fitmod.py").write_text(_RUN_SCRIPT)
+    as_module = held.sky("compute", "run", "p", "-m", "fitmod")  # from the project's folder
     assert as_module.returncode == 0, as_module.stderr
     assert as_module.stdout.splitlines()[2] == "all [(0, 2), (1, 2)]"
 
 
-def test_compute_run_says_what_it_needs(pool: Home) -> None:
-    missing = pool.sky("compute", "run", "other", "x.py")
+def test_compute_run_says_what_it_needs(held: Home) -> None:
+    missing = held.sky("compute", "run", "other", "x.py")
     assert missing.returncode == 2
     assert "no script 'x.py' here" in missing.stderr
-    (pool.project / "x.py").write_text("")
-    missing = pool.sky("compute", "run", "other", "x.py")
+    (held.project / "x.py").write_text("")
+    missing = held.sky("compute", "run", "other", "x.py")
     assert missing.returncode == 1
     assert "no pool 'other' (it holds: p)" in missing.stderr
-    bare = pool.sky("compute", "run", "p")
+    bare = held.sky("compute", "run", "p")
     assert bare.returncode == 2
     assert "name a script to run: `sky compute run p train.py [ARGS...]`" in bare.stderr
 
 
-def test_a_clients_calls_print_their_output_where_it_runs(pool: Home) -> None:
-    done = pool.script(
+def test_a_clients_calls_print_their_output_where_it_runs(held: Home) -> None:
+    done = held.script(
         """
         import sys
         import skyward as sky
@@ -815,8 +836,8 @@ def test_a_clients_calls_print_their_output_where_it_runs(pool: Home) -> None:
     assert done.stderr.count("all on stderr") == 2
 
 
-def test_a_trio_clients_calls_print_their_output_too(pool: Home) -> None:
-    done = pool.script(
+def test_a_trio_clients_calls_print_their_output_too(held: Home) -> None:
+    done = held.script(
         """
         import trio
         import skyward_trio as st
