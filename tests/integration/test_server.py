@@ -129,7 +129,7 @@ def pool(home: Home) -> Home:
 @pytest.fixture(scope="module")
 def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
     """A running server holding pool ``p``, shared by the tests that only use it (a server
-    and its pool take some ten seconds to come up)."""
+    and its pool take a few seconds to come up, some ten on a loaded machine)."""
     made = Home(tmp_path_factory.mktemp("held"))
     try:
         yield _holding_p(made)
