@@ -1196,7 +1196,8 @@ class Supervisor:
             for i, ssh in self.connections.items():
                 if i in self.instances:
                     nursery.start_soon(_fetch_worker_log, pool._log, self.instances[i], ssh)
-        for ssh in self.connections.values():
+        # A copy: a node's task may still drop its connection while these close.
+        for ssh in list(self.connections.values()):
             await ssh.aclose()
         failed: list[str] = []
 

@@ -369,3 +369,22 @@ def test_a_call_pinned_to_a_node_gone_for_good_does_not_blame_the_retry_limit(
     assert "more than Options(retry_on_interruption" not in message
     assert message.startswith("nap() was interrupted 1 time and could not be sent again: ")
     assert "node 1 is gone for good" in message
+
+
+@sky.function
+def _which_node() -> int:
+    return sky.instance_info().node
+
+
+def test_closing_a_pool_while_a_lost_node_is_being_replaced_tears_down_cleanly() -> None:
+    """Teardown closed the pool's SSH connections while iterating over them, and a
+    replacement still starting drops its own: "dictionary changed size during iteration"
+    out of ``Compute.__exit__``."""
+    from skyward import testing
+
+    for _ in range(3):
+        with sky.Compute(provider=sky.Local(), nodes=2, options=QUIET) as pool:
+            testing.preempt(pool, 0)
+            testing.preempt(pool, 1)
+            assert _which_node() >> pool in (0, 1)  # on the first replacement up
+        # leaving the block while the other replacement may still be coming up
