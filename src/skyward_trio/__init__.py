@@ -34,7 +34,9 @@ enforces it):
    ``_massedcompute`` (``sky.MassedCompute``),
    ``_jarvislabs`` (``sky.JarvisLabs``),
    ``_market`` (``offers()``: the providers' listings, cached), ``_source`` (where remote
-   nodes get Skyward), ``_localnode`` (a Local node's SSH server process), ``_connection``,
+   nodes get Skyward), ``_localnode`` (a Local node's SSH server process, forked by the
+   fork server it also runs), ``_nodeforks`` (the client's side of that fork server),
+   ``_connection``,
    ``_storelink`` (the client's link to the store)
 5. config and supervision: ``config`` (``skyward.toml``: named pools); ``_checks`` (what
    ``Compute`` refuses before provisioning); ``_pool`` (``Pool``,

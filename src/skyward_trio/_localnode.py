@@ -1,15 +1,24 @@
 """One ``sky.Local`` node: an SSH server process on its own loopback address.
 
-Run as ``python -m skyward_trio._localnode --addr 127.0.0.N --dir NODE_DIR``. It reads its
-host key and the pool's authorized client key from NODE_DIR, listens on a free port of
-that address only, prints ``READY <port>`` and then serves real SSH: commands run in
-``bash -c`` in NODE_DIR, and direct-streamlocal channels reach unix sockets (that is how
-the client talks to the worker). It is a plain asyncio program: it is the "machine", not
-part of the client.
+A node reads its host key and the pool's authorized client key from its directory
+(NODE_DIR), prints ``PID <pid>``, listens on a free port of its address only, prints
+``READY <port>`` and then serves real SSH: commands run in ``bash -c`` in NODE_DIR, and
+direct-streamlocal channels reach unix sockets (that is how the client talks to the
+worker). It is a plain asyncio program: it is the "machine", not part of the client.
 
-It stops when told (SIGTERM), and also when its parent (the client) dies, so a killed
-client does not leave local nodes behind. Either way it first kills the worker daemon
-and every command it started.
+Nodes are forked, not started afresh: importing asyncssh and this package takes half a
+second of CPU, more than the rest of a node's short life. A client runs one fork server,
+``python -m skyward_trio._localnode --forker --socket FD`` (``_nodeforks`` starts it),
+which imports everything once and then forks a node for each request that arrives on
+its socket: a JSON object (address, directory, the client's environment) with the
+write end of a pipe, which becomes the node's stdout (its stderr is
+``sshd.log`` in its directory). A node names itself
+``skyward_trio._localnode node --addr 127.0.0.N --dir NODE_DIR`` in ``ps`` (setproctitle).
+
+A node stops when told (SIGTERM), and also when its parent, the fork server, dies; the
+fork server ends when the client closes its socket or dies. So a killed client does not
+leave local nodes behind. Either way a node first kills the worker daemon and every
+command it started.
 """
 
 from __future__ import annotations
@@ -17,11 +26,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import socket
+import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import asyncssh
+import setproctitle
 
 from skyward_trio._sshtrim import trim
 
@@ -138,6 +153,7 @@ def _kill_group(pgid: int, sig: int = signal.SIGTERM) -> None:
 
 
 async def _serve(addr: str, directory: Path, *, hang_commands: bool) -> None:
+    print(f"PID {os.getpid()}", flush=True)
     node = _Node(directory, hang_commands=hang_commands)
     parent = os.getppid()
     loop = asyncio.get_running_loop()
@@ -177,17 +193,86 @@ def _default_ciphers() -> list[str]:
     ]
 
 
+def node_title(addr: str, directory: str, *, hang_commands: bool) -> str:
+    """What a node shows in ``ps`` (and ``/proc/PID/cmdline``): its address and directory."""
+    title = f"skyward_trio._localnode node --addr {addr} --dir {directory}"
+    return title + (" --hang-commands" if hang_commands else "")
+
+
+def _serve_forks(sock: socket.socket) -> None:
+    """The fork server's loop: a node for each request, until the client goes away."""
+    parent = os.getppid()
+    # The kernel reaps the nodes (the client watches them through pidfds); Ctrl-C in
+    # the client's terminal is the client's to act on, and its nodes get it as before.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _default_ciphers()  # asyncssh's lazy imports, done once here rather than in each node
+    sock.settimeout(0.5)
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 1)
+        except TimeoutError:
+            if os.getppid() != parent:
+                return  # the client died, and something else holds its end of the socket
+            continue
+        if not message:
+            return  # the client closed its end, or died
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        (stdout,) = fds
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.write(stdout, f"ERROR the fork server could not fork: {exc}\n".encode())
+            os.close(stdout)
+            continue
+        if pid == 0:
+            sock.close()
+            _forked_node(json.loads(message), stdout)
+        os.close(stdout)
+
+
+def _forked_node(request: dict[str, Any], stdout: int) -> None:
+    """A node, in a child of the fork server: its stdout (the client's pipe), stderr
+    (``sshd.log``), environment (the client's) and title set, then served; never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        directory = Path(request["dir"])
+        log = os.open(directory / "sshd.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(stdout, 1)
+        os.dup2(log, 2)
+        os.close(stdout)
+        os.close(log)
+        hang = bool(request["hang_commands"])
+        setproctitle.setproctitle(node_title(request["addr"], str(directory), hang_commands=hang))
+        asyncio.run(_serve(request["addr"], directory, hang_commands=hang))
+        code = 0
+    except BaseException:  # a child of the fork server never returns into its loop
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m skyward_trio._localnode")
-    parser.add_argument("--addr", required=True)
-    parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument(
-        "--hang-commands",
-        action="store_true",
-        help="never run commands nor answer them (sky.testing.hang_bootstrap)",
+        "--forker", action="store_true", required=True, help="serve fork requests for nodes"
     )
+    parser.add_argument("--socket", type=int, required=True, help="its socket's file descriptor")
     args = parser.parse_args()
-    asyncio.run(_serve(args.addr, args.dir, hang_commands=args.hang_commands))
+    setproctitle.setproctitle(f"{sys.executable} -m skyward_trio._localnode --forker")
+    _serve_forks(socket.socket(fileno=args.socket))
 
 
 if __name__ == "__main__":

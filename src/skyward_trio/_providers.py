@@ -17,7 +17,6 @@ import shlex
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +50,7 @@ from ._model import (
     Vultr,
     jump_hosts,
 )
+from ._nodeforks import FORKER, ForkedNode
 from ._offers import Catalog, Choice, Offer
 from ._volumes import UNMOUNT_SH
 from .accelerators import Accelerator
@@ -379,7 +379,7 @@ class LocalCluster:
         self.job_id = job_id
         self._client_public_key = client_public_key
         self.root = Path(tempfile.mkdtemp(prefix=f"skyward-{job_id}-"))
-        self._procs: dict[str, trio.Process] = {}
+        self._procs: dict[str, ForkedNode] = {}
         self._faults = list(ARMED_FAULTS)
         self._stalls: dict[str, threading.Timer] = {}  # by instance id: pending SIGCONTs
         # Local nodes share loopback; the fault kit can make them pass for standalone ones.
@@ -411,23 +411,19 @@ class LocalCluster:
         os.chmod(directory / "host_key", 0o600)
         (directory / "authorized_keys").write_text(self._client_public_key + "\n")
         addr = f"127.0.0.{2 + node % 250}"
-        command = [sys.executable, "-m", "skyward_trio._localnode", "--addr", addr]
-        command += ["--dir", str(directory)]
-        if self._fault("bootstrap", node):
-            command.append("--hang-commands")
-        log = _open_log(directory / "sshd.log")
+        # The node is forked by this process's fork server (_nodeforks): it says its pid,
+        # then its port once it listens.
+        hang = self._fault("bootstrap", node)
+        stdout = FORKER.request({"addr": addr, "dir": str(directory), "hang_commands": hang})
+        said = _NodeSays(stdout, directory)
         try:
-            proc = await trio.lowlevel.open_process(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            log.close()
+            proc = ForkedNode(int(await said.line("PID")), stdout)
+        except BaseException:
+            await stdout.aclose()
+            raise
         instance_id = f"local-{self.job_id}-{node}-{proc.pid}"
         self._procs[instance_id] = proc
-        port = await _read_ready(proc, directory)
+        port = int(await said.line("READY"))
         return Instance(
             id=instance_id,
             node=node,
@@ -445,7 +441,7 @@ class LocalCluster:
     async def alive(self, instance: Instance) -> bool:
         """Whether the node's process runs (a frozen one does: it is stalled, not gone)."""
         proc = self._procs.get(instance.id)
-        return proc is not None and proc.returncode is None
+        return proc is not None and proc.running
 
     def stall(self, instance: Instance, seconds: float) -> None:
         """Freeze the node's SSH server (SIGSTOP) and thaw it ``seconds`` later (SIGCONT).
@@ -454,7 +450,7 @@ class LocalCluster:
         sent on it; the worker keeps running behind the frozen server.
         """
         proc = self._procs.get(instance.id)
-        if proc is None or proc.returncode is not None:
+        if proc is None or not proc.running:
             raise ValueError(f"instance {instance.id} is not running")
         timer = threading.Timer(seconds, self._thaw, (instance.id, proc.pid))
         timer.daemon = True
@@ -474,19 +470,21 @@ class LocalCluster:
         proc = self._procs.get(instance.id)
         if proc is None:
             return
-        if proc.returncode is None:
+        if proc.running:
             proc.send_signal(signal.SIGTERM)
             self._thaw(instance.id, proc.pid)  # a frozen process does not act on SIGTERM
             with trio.move_on_after(5):
                 await proc.wait()
-            if proc.returncode is None:
+            if proc.running:
                 proc.kill()
                 with trio.move_on_after(2):
                     await proc.wait()
         _kill_worker(Path(instance.workdir))
-        if proc.returncode is None:
+        if proc.running:
             raise RuntimeError(f"local node process {proc.pid} did not exit")
-        self._procs.pop(instance.id, None)  # terminate may run twice at once (retire, teardown)
+        # terminate may run twice at once (retire, teardown): the second finds it gone.
+        if self._procs.pop(instance.id, None) is not None:
+            await proc.aclose()
 
     async def aclose(self) -> None:
         """Kill what is left (a node still being provisioned when the pool closed), then
@@ -495,19 +493,22 @@ class LocalCluster:
             timer.cancel()
         self._stalls.clear()
         for proc in list(self._procs.values()):
-            if proc.returncode is None:
+            if proc.running:
                 # SIGTERM first: the node kills the commands it started (a bootstrap
                 # still running would otherwise go on writing in the directory).
                 proc.send_signal(signal.SIGTERM)
                 with trio.move_on_after(2):
                     await proc.wait()
-            if proc.returncode is None:
+            if proc.running:
                 proc.kill()
                 with trio.move_on_after(2):
                     await proc.wait()
         for worker_ready in self.root.glob("node-*/work/worker.ready"):
             _kill_worker(worker_ready.parent)
+        procs = list(self._procs.values())
         self._procs.clear()
+        for proc in procs:
+            await proc.aclose()
         for _ in range(20):  # a process on its way out may still write a file there
             shutil.rmtree(self.root, ignore_errors=True)
             if not self.root.exists():
@@ -529,31 +530,38 @@ def _kill_worker(workdir: Path) -> None:
             pass
 
 
-async def _read_ready(proc: trio.Process, directory: Path) -> int:
-    assert proc.stdout is not None
-    buf = b""
-    with trio.move_on_after(30):
-        while b"\n" not in buf:
-            chunk = await proc.stdout.receive_some(256)
-            if not chunk:
-                break
-            buf += chunk
-    line = buf.split(b"\n", 1)[0].decode(errors="replace")
-    if not line.startswith("READY "):
-        log = (directory / "sshd.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"local node server did not start (said {line!r}); its log:\n{log}")
-    return int(line.split()[1])
+class _NodeSays:
+    """The lines a Local node writes on its stdout while it starts (``PID n``, ``READY
+    port``), or why it did not start: what the fork server said, or the node's log."""
+
+    def __init__(self, stdout: trio.lowlevel.FdStream, directory: Path) -> None:
+        self._stdout = stdout
+        self._directory = directory
+        self._buffer = b""
+
+    async def line(self, word: str) -> str:
+        """The rest of the next line, which must start with ``word``."""
+        with trio.move_on_after(30):
+            while b"\n" not in self._buffer:
+                chunk = await self._stdout.receive_some(256)
+                if not chunk:
+                    break
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        text = line.decode(errors="replace")
+        if not text.startswith(f"{word} "):
+            try:
+                log = (self._directory / "sshd.log").read_text(errors="replace")[-2000:]
+            except OSError:
+                log = "(none)"
+            raise RuntimeError(f"local node server did not start (said {text!r}); its log:\n{log}")
+        return text.split(" ", 1)[1]
 
 
 def _client_sys_path() -> tuple[str, ...]:
     """This process's import path, with "" (the current directory) made absolute."""
     cwd = os.getcwd()
     return tuple(cwd if entry == "" else entry for entry in sys.path)
-
-
-def _open_log(path: Path) -> Any:
-    """A log file handed to the node process as its stderr (closed here once it has it)."""
-    return open(path, "wb")
 
 
 def _username() -> str:

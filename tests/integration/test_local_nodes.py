@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio_asyncio
+from waiting import wait_until
 
 import skyward as sky
 import skyward_trio
@@ -100,13 +101,94 @@ def test_nodes_go_away_when_the_client_is_killed(tmp_path: Path, processes) -> N
         assert proc.stdout is not None
         job_id = proc.stdout.readline().strip()
         assert len(processes.of_job(job_id)) == 4  # two SSH servers, two workers
+        forkers = [
+            pid
+            for pid in processes.mentioning("skyward_trio._localnode --forker")
+            if _parent(pid) == proc.pid
+        ]
+        assert len(forkers) == 1  # the client's fork server, the nodes' parent
         proc.send_signal(signal.SIGKILL)  # no teardown runs in the client
         proc.wait()
     assert not processes.wait_until_gone(processes.of_job(job_id), limit=15)
+    assert not processes.wait_until_gone(forkers, limit=5)
     assert processes.of_job(job_id) == {}
     # The client died before its teardown could remove the pool's directory.
     for leftover in Path(tempfile.gettempdir()).glob(f"skyward-{job_id}-*"):
         shutil.rmtree(leftover)
+
+
+def _fork_server() -> int:
+    """This process's fork server for Local nodes (_nodeforks), started by a pool."""
+    from skyward_trio._nodeforks import FORKER
+
+    assert FORKER._proc is not None
+    return FORKER._proc.pid
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _servers(processes, job_id: str) -> list[int]:
+    return [pid for pid, cmd in processes.of_job(job_id).items() if "_localnode node" in cmd]
+
+
+@sky.function
+def _mark() -> str | None:
+    return os.environ.get("SKYWARD_TEST_MARK")
+
+
+def test_nodes_are_forked_by_one_server_and_take_the_clients_environment_of_the_moment(
+    processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as first:
+        server = _fork_server()
+        assert _parent(server) == os.getpid()
+        assert [_parent(pid) for pid in _servers(processes, first.job_id)] == [server]
+        # Set after the fork server started: the next nodes have it all the same.
+        monkeypatch.setenv("SKYWARD_TEST_MARK", "set after the fork server started")
+        with sky.Compute(provider=sky.Local(), nodes=2, options=QUIET) as second:
+            assert _fork_server() == server  # one per client process
+            nodes = {
+                pid: cmd for pid, cmd in processes.of_job(second.job_id).items() if pid != server
+            }
+            servers = _servers(processes, second.job_id)
+            assert len(servers) == 2
+            assert {_parent(pid) for pid in servers} == {server}
+            for pid in servers:  # ps names each node's address and directory
+                assert nodes[pid].startswith("skyward_trio._localnode node --addr 127.0.0.")
+                assert nodes[pid].rstrip().endswith(tuple(f"/node-{i}" for i in (0, 1)))
+            assert _mark() @ second == ["set after the fork server started"] * 2
+        assert _mark() >> first is None
+
+
+def test_a_killed_fork_server_takes_its_nodes_and_the_pool_replaces_them(processes) -> None:
+    with sky.Compute(provider=sky.Local(), nodes=2, options=QUIET) as pool:
+        server = _fork_server()
+        nodes = _servers(processes, pool.job_id)
+        assert len(nodes) == 2
+        os.kill(server, signal.SIGKILL)
+        # Each node sees its parent go and stops, with its worker, as on a dead client.
+        assert not processes.wait_until_gone(nodes, limit=10)
+        # The pool replaces both, from a new fork server.
+        wait_until(
+            lambda: (
+                pool.current_nodes() == 2
+                and set(_servers(processes, pool.job_id)).isdisjoint(nodes)
+            ),
+            "two new nodes",
+            timeout=30,
+            every=0.05,
+        )
+        assert sorted(_node_index_sync() @ pool) == [0, 1]
+        assert _fork_server() != server
+    assert not processes.wait_until_gone(processes.of_job(pool.job_id), limit=10)
+
+
+@sky.function
+def _node_index_sync() -> int:
+    return sky.instance_info().node
 
 
 def test_sync_face_inside_a_running_asyncio_loop() -> None:
@@ -228,3 +310,18 @@ async def test_closing_the_cluster_stops_a_node_mid_command_and_removes_its_dire
     assert not processes.wait_until_gone(processes.mentioning(str(root)))
     await trio.sleep(0.2)  # anything left would have written again by now
     assert not root.exists()
+
+
+async def test_a_node_that_cannot_start_says_why_with_its_log(tmp_path: Path) -> None:
+    from skyward_trio._nodeforks import FORKER
+    from skyward_trio._providers import _NodeSays
+
+    # A node directory without its host key: the node starts, then cannot listen.
+    stdout = FORKER.request({"addr": "127.0.0.2", "dir": str(tmp_path), "hang_commands": False})
+    said = _NodeSays(stdout, tmp_path)
+    try:
+        assert int(await said.line("PID")) > 0
+        with pytest.raises(RuntimeError, match=r"(?s)did not start \(said ''\).*host_key"):
+            await said.line("READY")
+    finally:
+        await stdout.aclose()

@@ -74,6 +74,7 @@ LAYERS = {
     "_market": 4,
     "_source": 4,
     "_localnode": 4,
+    "_nodeforks": 4,
     "_connection": 4,
     "config": 5,
     "_checks": 5,
