@@ -171,12 +171,14 @@ def test_a_killed_fork_server_takes_its_nodes_and_the_pool_replaces_them(process
         os.kill(server, signal.SIGKILL)
         # Each node sees its parent go and stops, with its worker, as on a dead client.
         assert not processes.wait_until_gone(nodes, limit=10)
+
         # The pool replaces both, from a new fork server.
+        def replaced() -> bool:
+            servers = set(_servers(processes, pool.job_id))
+            return len(servers) == 2 and servers.isdisjoint(nodes) and pool.current_nodes() == 2
+
         wait_until(
-            lambda: (
-                pool.current_nodes() == 2
-                and set(_servers(processes, pool.job_id)).isdisjoint(nodes)
-            ),
+            replaced,
             "two new nodes",
             timeout=30,
             every=0.05,

@@ -365,6 +365,21 @@ def test_rich_shows_a_draining_node_and_minimal_prints_the_notice() -> None:
     assert "1/2 nodes ready" in text
 
 
+def test_rich_shows_a_lost_node_until_its_replacement_is_provisioned() -> None:
+    # On Local the replacement comes within milliseconds, too soon for a redraw: here the
+    # drawing itself is checked.
+    def lost(tally: Tally) -> None:
+        _feed(
+            tally,
+            *RECLAIMED[:5],
+            st.InstancePreempted(job_id=JOB, time=3.0, node=1, instance_id="i-1b", reason="gone"),
+        )
+
+    rich = _drawn("rich", lost)
+    assert re.search(r"│ +1 +i-1b +lost +", rich)
+    assert "1/2 nodes ready" in rich
+
+
 def test_a_replacement_launched_ahead_bills_at_once_and_shows_when_it_takes_over() -> None:
     tally = Tally()
     _feed(tally, *RECLAIMED)
