@@ -532,16 +532,18 @@ def _kill_worker(workdir: Path) -> None:
 
 class _NodeSays:
     """The lines a Local node writes on its stdout while it starts (``PID n``, ``READY
-    port``), or why it did not start: what the fork server said, or the node's log."""
+    port``), or why it did not start: what the fork server said, or the node's log. Both
+    lines come within 30 s of the request."""
 
     def __init__(self, stdout: trio.lowlevel.FdStream, directory: Path) -> None:
         self._stdout = stdout
         self._directory = directory
         self._buffer = b""
+        self._deadline = trio.current_time() + 30
 
     async def line(self, word: str) -> str:
         """The rest of the next line, which must start with ``word``."""
-        with trio.move_on_after(30):
+        with trio.move_on_at(self._deadline):
             while b"\n" not in self._buffer:
                 chunk = await self._stdout.receive_some(256)
                 if not chunk:
