@@ -1218,10 +1218,20 @@ if [ -f "$d/worker.ready" ]; then
   pid=$(cat "$d/worker.ready")
   mine() {{ tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q -- "--dir $d"; }}
   if mine; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    # The worker alone first: it ends its plugins' around_app (whose teardown may run
+    # commands in its process group: the MPS daemon's quit) and its executor. That takes
+    # it at most about 10 s (stop_app's bound).
+    kill -TERM "$pid" 2>/dev/null || true
     i=0
-    while mine && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-    if mine; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+    while mine && [ $i -lt 120 ]; do sleep 0.1; i=$((i+1)); done
+    if mine; then kill -KILL "$pid" 2>/dev/null || true; fi
+    # Then what is left in its process group (a PID in use as a group is not reused).
+    if kill -0 -- "-$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null
+      i=0
+      while kill -0 -- "-$pid" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
   fi
 fi
 # sky.Volume mounts the worker did not get to unmount (it was killed): unmounted now,

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +147,25 @@ class Worker:
         os.chmod(sock_path, 0o600)
         sock.listen(64)
         listener = trio.SocketListener(sock)
+        # SIGTERM or SIGINT start the shutdown, and once it has started they no longer end
+        # the worker: the plugins' teardown runs to its end (stop_app is bounded; the
+        # provider kills a worker that overstays). Held until serve returns; main() keeps
+        # them harmless after that.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            if _STOP_ASKED.is_set():  # one came before the worker could listen for it
+                self._shutdown.set()
+            async with listener:
+                await self._serve(listener, signals, task_status)
+        sock_path.unlink(missing_ok=True)
+
+    async def _serve(
+        self,
+        listener: trio.SocketListener,
+        signals: AsyncIterator[int],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+            nursery.start_soon(self._watch_signals, signals)
             nursery.start_soon(self._watchdog)
             nursery.start_soon(self._accept_loop, listener, nursery)
             if self._store is not None:
@@ -168,7 +185,6 @@ class Worker:
             session.close()
         if self._plugins is not None:
             await trio.to_thread.run_sync(self._plugins.stop_app)
-        sock_path.unlink(missing_ok=True)
 
     async def _watchdog(self) -> None:
         """End the worker when its machine is gone or its client stopped coming back.
@@ -257,11 +273,10 @@ class Worker:
                 continue
             await noticed.wait()
 
-    async def _watch_signals(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                self._shutdown.set()
-                return
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            self._shutdown.set()
+            return
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
@@ -1037,6 +1052,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[_collections.WORKER_DIR_ENV] = str(directory.resolve())
     _capture.install()
     os.chdir(directory)
+    # Outside serve() (before it listens, after it returns) a SIGTERM or SIGINT is noted,
+    # not fatal: serve() shuts down at once for one that came early, and one that comes
+    # while the executor and the volumes are closed waits for them.
+    for asked in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(asked, _note_stop)
     worker = Worker(directory, config, secret)
     try:
         trio.run(worker.serve)
@@ -1044,6 +1064,13 @@ def main(argv: list[str] | None = None) -> None:
         if worker._executor is not None:
             worker._executor.close()
         _unmount_volumes(directory)
+
+
+_STOP_ASKED = threading.Event()
+
+
+def _note_stop(signum: int, frame: Any) -> None:
+    _STOP_ASKED.set()
 
 
 def _unmount_volumes(directory: Path) -> None:

@@ -70,7 +70,7 @@ save()
 """
 
 MPS_CONTROL = r"""#!{python}
-import os, signal, subprocess, sys
+import os, signal, subprocess, sys, time
 from pathlib import Path
 
 pipe = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
@@ -109,6 +109,7 @@ else:
         sys.exit(1)
     note(command)
     if command == "quit":
+        time.sleep(float(os.environ.get("FAKE_MPS_QUIT_SECONDS", "0")))  # a slow goodbye
         os.kill(pid, signal.SIGTERM)
         pidfile.unlink()
 """

@@ -88,9 +88,11 @@ def test_mps_stops_the_daemon_it_started_when_the_pool_ends(
 ) -> None:
     """On a machine of your own (sky.SSH) the daemon must not outlive the pool. (A Local
     node's worker is killed with its node, as a cloud machine is terminated, and what it
-    started is gone with the machine.)"""
+    started is gone with the machine.) Its quit takes a while here: the node's cleanup
+    must let the worker's teardown finish, not kill the command it runs."""
     env = install(tmp_path / "bin")
     env |= {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path), "CUDA_MPS_LOG_DIRECTORY": str(tmp_path)}
+    env["FAKE_MPS_QUIT_SECONDS"] = "2"
     daemon = 0
     try:
         with sky.Compute(

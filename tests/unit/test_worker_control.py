@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
+import pytest
 import trio
 
 from skyward_trio import _wire
+from skyward_trio import worker as worker_module
 from skyward_trio.worker import Worker
 
 
@@ -26,3 +29,18 @@ async def test_a_client_that_leaves_with_beats_unread_ends_only_its_channel(
             await trio.lowlevel.wait_readable(ours)  # a beat arrived, and stays unread
             ours.close()
     await stream.aclose()
+
+
+async def test_a_sigterm_that_came_before_the_worker_listened_shuts_it_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # main() notes a SIGTERM or SIGINT that comes before serve() listens for them (and
+    # after it returns, while the executor and volumes close) instead of dying of it;
+    # serve() then shuts down at once.
+    asked = threading.Event()
+    asked.set()
+    monkeypatch.setattr(worker_module, "_STOP_ASKED", asked)
+    with trio.fail_after(10):
+        await Worker(tmp_path, {"info": {"node": 0}}, b"secret").serve()
+    assert (tmp_path / "worker.ready").exists()
+    assert not (tmp_path / "worker.sock").exists()
