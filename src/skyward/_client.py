@@ -333,11 +333,18 @@ class Client(Collections):
         """Open this client's session: a request held open while the client lives (no
         thread reads it). Its end, however this process ends, tells the server to cancel
         this client's calls and free its locks."""
-        path = session_path(self.name)
+        return self._post_held(session_path(self.name), headers(self._state, client=self._id))
+
+    def _post_held(
+        self, path: str, sent_headers: dict[str, str], content: bytes | None = None
+    ) -> httpx.Response:
+        """POST to ``path`` and keep the response open to read as it comes (no read
+        timeout); raise if the server is silent or refuses."""
         request = self._http.build_request(
             "POST",
             self._state["url"] + path,
-            headers=headers(self._state, client=self._id),
+            content=content,
+            headers=sent_headers,
             timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
         )
         try:
@@ -515,22 +522,11 @@ class Client(Collections):
     def _items(self, call: PreparedCall, target: int | str | None) -> Iterator[Any]:
         """Start a generator function's call; an iterator of its items as the node yields
         them. Closing it (or leaving its ``for``) stops the generator on the node."""
-        path = f"/pools/{self.name}/stream"
-        request = self._http.build_request(
-            "POST",
-            self._state["url"] + path,
-            content=call_request(self._functions, call, target),
-            headers=headers(self._state, framed=True),
-            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        response = self._post_held(
+            f"/pools/{self.name}/stream",
+            headers(self._state, framed=True),
+            call_request(self._functions, call, target),
         )
-        try:
-            response = self._http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise server_silent(self._state["url"], exc) from exc
-        if response.status_code != 200:
-            response.read()
-            response.close()
-            raise request_refused("POST", path, response)
         return self._read_items(response, call)
 
     def _read_items(self, response: httpx.Response, call: PreparedCall) -> Iterator[Any]:

@@ -544,17 +544,25 @@ class Client(Collections):
 
     async def _open_session(self) -> Any:
         """Open this client's session: a request held open while the client lives."""
+        return await self._post_held(session_path(self.name), headers(self._state, client=self._id))
+
+    async def _post_held(
+        self, path: str, sent_headers: dict[str, str], content: bytes | None = None
+    ) -> Any:
+        """POST to ``path`` and keep the response open to read as it comes (no read
+        timeout); raise if the server is silent or refuses."""
         import httpx
 
-        path = session_path(self.name)
-        request = self._http.build_request(
+        client = self._open()
+        request = client.build_request(
             "POST",
             self._state["url"] + path,
-            headers=headers(self._state, client=self._id),
+            content=content,
+            headers=sent_headers,
             timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
         )
         try:
-            response = await self._http.send(request, stream=True)
+            response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
             raise server_silent(self._state["url"], exc) from exc
         if response.status_code != 200:
@@ -640,25 +648,11 @@ class Client(Collections):
     async def _items(self, call: PreparedCall, target: int | str | None) -> AsyncIterator[Any]:
         """Start a generator function's call; an async iterator of its items as the node
         yields them. ``aclose()`` stops the generator on the node."""
-        import httpx
-
-        path = f"/pools/{self.name}/stream"
-        client = self._open()
-        request = client.build_request(
-            "POST",
-            self._state["url"] + path,
-            content=call_request(self._functions, call, target),
-            headers=headers(self._state, framed=True),
-            timeout=httpx.Timeout(CONNECT_TIMEOUT, read=None),
+        response = await self._post_held(
+            f"/pools/{self.name}/stream",
+            headers(self._state, framed=True),
+            call_request(self._functions, call, target),
         )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise server_silent(self._state["url"], exc) from exc
-        if response.status_code != 200:
-            await response.aread()
-            await response.aclose()
-            raise request_refused("POST", path, response)
         return self._read_items(response, call)
 
     async def _read_items(self, response: Any, call: PreparedCall) -> AsyncIterator[Any]:
