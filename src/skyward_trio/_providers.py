@@ -470,15 +470,7 @@ class LocalCluster:
         proc = self._procs.get(instance.id)
         if proc is None:
             return
-        if proc.running:
-            proc.send_signal(signal.SIGTERM)
-            self._thaw(instance.id, proc.pid)  # a frozen process does not act on SIGTERM
-            with trio.move_on_after(5):
-                await proc.wait()
-            if proc.running:
-                proc.kill()
-                with trio.move_on_after(2):
-                    await proc.wait()
+        await self._stop(instance.id, proc, grace=5)
         _kill_worker(Path(instance.workdir))
         if proc.running:
             raise RuntimeError(f"local node process {proc.pid} did not exit")
@@ -486,23 +478,27 @@ class LocalCluster:
         if self._procs.pop(instance.id, None) is not None:
             await proc.aclose()
 
+    async def _stop(self, instance_id: str, proc: ForkedNode, *, grace: float) -> None:
+        """SIGTERM first (the node kills the commands it started: a bootstrap still running
+        would otherwise go on writing in its directory), ``grace`` s to exit, then SIGKILL."""
+        if proc.running:
+            proc.send_signal(signal.SIGTERM)
+            self._thaw(instance_id, proc.pid)  # a frozen process does not act on SIGTERM
+            with trio.move_on_after(grace):
+                await proc.wait()
+        if proc.running:
+            proc.kill()
+            with trio.move_on_after(2):
+                await proc.wait()
+
     async def aclose(self) -> None:
         """Kill what is left (a node still being provisioned when the pool closed), then
         remove the pool's directory."""
         for timer in list(self._stalls.values()):
             timer.cancel()
         self._stalls.clear()
-        for proc in list(self._procs.values()):
-            if proc.running:
-                # SIGTERM first: the node kills the commands it started (a bootstrap
-                # still running would otherwise go on writing in the directory).
-                proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(2):
-                    await proc.wait()
-            if proc.running:
-                proc.kill()
-                with trio.move_on_after(2):
-                    await proc.wait()
+        for instance_id, proc in list(self._procs.items()):
+            await self._stop(instance_id, proc, grace=2)
         for worker_ready in self.root.glob("node-*/work/worker.ready"):
             _kill_worker(worker_ready.parent)
         procs = list(self._procs.values())
