@@ -70,7 +70,7 @@ class Forker:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._owner = 0
+        self._owner = os.getpid()
 
     def request(self, spec: dict[str, object]) -> trio.lowlevel.FdStream:
         """Ask for a node (``spec``: addr, dir, hang_commands); returns the read end of
@@ -104,12 +104,7 @@ class Forker:
 
     def _server(self) -> socket.socket:
         if self._owner != os.getpid():
-            # A forked copy of this process: that server is not ours (and our copy of its
-            # socket must not keep it running once our parent has gone).
-            if self._sock is not None:
-                self._sock.close()
-            self._sock = None
-            self._proc = None
+            self._drop_parents()  # forked without os.fork's hooks
         if self._proc is not None and self._proc.poll() is not None:
             self._forget()
         if self._sock is None:
@@ -123,8 +118,22 @@ class Forker:
                     pass_fds=[theirs.fileno()],
                 )
             self._sock = ours
-            self._owner = os.getpid()
         return self._sock
+
+    def after_fork(self) -> None:
+        """In a forked copy of this process (``os.register_at_fork``)."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._drop_parents()
+
+    def _drop_parents(self) -> None:
+        """The server is the parent's. The copy of its socket is closed (it would keep the
+        server, and so the nodes, running once the parent has gone); a request starts a
+        server of this process's own."""
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._proc = None
+        self._owner = os.getpid()
 
     def close(self) -> None:
         """End the fork server (its nodes see it go and stop); at exit, or to start afresh."""
@@ -146,3 +155,4 @@ class Forker:
 #: This process's fork server.
 FORKER = Forker()
 atexit.register(FORKER.close)
+os.register_at_fork(after_in_child=FORKER.after_fork)

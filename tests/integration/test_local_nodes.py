@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,27 @@ def _fork_server() -> int:
 
     assert FORKER._proc is not None
     return FORKER._proc.pid
+
+
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # 3.12+: threads here
+def test_a_forked_copy_of_the_client_does_not_keep_its_fork_server(processes) -> None:
+    # A copy made by os.fork (multiprocessing's fork start method, say) closes its copy of
+    # the fork server's socket: the server ends when this process closes it, copy or not.
+    from skyward_trio._nodeforks import FORKER
+
+    with sky.Compute(provider=sky.Local(), nodes=1, options=QUIET) as pool:
+        server = _fork_server()
+        assert _node_index_sync() >> pool == 0
+    child = os.fork()
+    if child == 0:  # the copy: it lives on while its parent closes the server
+        time.sleep(60)
+        os._exit(0)
+    try:
+        FORKER.close()
+        assert not processes.wait_until_gone([server], limit=5)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
 
 
 def _parent(pid: int) -> int:
