@@ -17,6 +17,7 @@ import getpass
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -498,12 +499,22 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     path = str(tmp_path / "agent.sock")
     proc = subprocess.Popen(["ssh-agent", "-D", "-a", path], stdout=subprocess.DEVNULL)
     try:
-        wait_until(lambda: os.path.exists(path), "ssh-agent to listen", timeout=30, every=0.02)
+        # The socket's file exists from its bind, a moment before the agent listens on it.
+        wait_until(lambda: _answers(path), "ssh-agent to listen", timeout=30, every=0.02)
         monkeypatch.setenv("SSH_AUTH_SOCK", path)
         yield path
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _homes(pool: sky.Pool) -> list[str]:
