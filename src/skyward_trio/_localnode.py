@@ -17,8 +17,8 @@ write end of a pipe, which becomes the node's stdout (its stderr is
 
 A node stops when told (SIGTERM), and also when its parent, the fork server, dies; the
 fork server ends when the client closes its socket or dies. So a killed client does not
-leave local nodes behind. Either way a node first kills the worker daemon and every
-command it started.
+leave local nodes behind. Either way a node first ends the worker daemon (SIGTERM, and up
+to 12 s for its plugins' teardown, as on sky.SSH) and then kills every command it started.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ import setproctitle
 from skyward_trio._sshtrim import trim
 
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+# How long a stopping node waits for its worker's own teardown: stop_app's bound (10 s)
+# and a little more, as sky.SSH's cleanup does.
+_WORKER_GRACE = 12.0
 
 
 class _Server(asyncssh.SSHServer):
@@ -124,16 +128,64 @@ class _Node:
             self.groups.discard(proc.pid)
         process.exit(rc if rc >= 0 else 128 - rc)
 
-    def kill_everything(self) -> None:
-        # Workers are started detached (their own session), so they are not in the
-        # process groups below: find each by the pid file it writes in its directory.
-        for ready in self.directory.glob("**/worker.ready"):
+    def _ready_files(self) -> list[Path]:
+        return list(self.directory.glob("**/worker.ready"))
+
+    def workers(self) -> list[int]:
+        """The node's running workers. They are started detached (their own session), so
+        they are not in ``groups``: each is found by the pid file it writes in its
+        directory."""
+        found = []
+        for ready in self._ready_files():
             try:
                 pid = int(ready.read_text().strip())
             except (OSError, ValueError):
                 continue
             if _is_worker_of(pid, ready.parent):
-                _kill_group(pid, signal.SIGKILL)
+                found.append(pid)
+        return found
+
+    async def end_workers(self, grace: float = _WORKER_GRACE) -> None:
+        """Ask each worker to stop (SIGTERM) and give it up to ``grace`` s: it ends its
+        plugins' around_app, whose teardown may run commands (the MPS daemon's quit), and
+        this is the user's own machine. Then what the workers started and left, running
+        or long gone, gets SIGTERM, up to 2 s, and SIGKILL: what is left of a running
+        worker's process group, and every process that carries a worker's directory in
+        its environment (a task's subprocess, a daemon). As sky.SSH's cleanup does."""
+        directories = {str(ready.parent.resolve()) for ready in self._ready_files()}
+        workers = self.workers()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.workers() and loop.time() < deadline:  # noqa: ASYNC110 (processes)
+            await asyncio.sleep(0.05)
+        for pid in self.workers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+        def left() -> tuple[list[int], list[int]]:
+            groups = [pgid for pgid in workers if _group_alive(pgid)]
+            return groups, _started_by(directories)
+
+        groups, started = left()
+        deadline = loop.time() + 2
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pgid in groups:
+                _kill_group(pgid, sig)
+            for pid in started:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            while (groups or started) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+                groups, started = left()
+
+    def kill_everything(self) -> None:
+        """SIGKILL to the workers' process groups (a PID in use as a group is not reused)
+        and to the commands the node started."""
+        for pid in self.workers():
+            _kill_group(pid, signal.SIGKILL)
         for pgid in list(self.groups):
             _kill_group(pgid, signal.SIGKILL)
 
@@ -150,6 +202,42 @@ def _is_worker_of(pid: int, directory: Path) -> bool:
 def _kill_group(pgid: int, sig: int = signal.SIGTERM) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _started_by(directories: set[str]) -> list[int]:
+    """The live processes that carry one of these worker directories in their environment
+    (``SKYWARD_WORKER_DIR``, ``_collections.WORKER_DIR_ENV``: the worker sets it, so
+    whatever it starts inherits it). A zombie's environment reads empty."""
+    wanted = {f"SKYWARD_WORKER_DIR={directory}".encode() for directory in directories}
+    if not wanted:
+        return []
+    return [pid for pid, env in _each_process("environ") if wanted.intersection(env.split(b"\0"))]
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Not ``killpg(pgid, 0)``: a leader
+    that exited counts there until it is reaped, and a worker's, left to init with
+    threads still being torn down, can take seconds."""
+    for _pid, stat in _each_process("stat"):
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split(b" ", 3)[:3]
+        if int(pgrp) == pgid and state != b"Z":
+            return True
+    return False
+
+
+def _each_process(name: str) -> Iterator[tuple[int, bytes]]:
+    """``/proc/PID/<name>`` of each process that can be read."""
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/{name}", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            yield int(entry.name), data
 
 
 async def _serve(addr: str, directory: Path, *, hang_commands: bool) -> None:
@@ -181,8 +269,11 @@ async def _serve(addr: str, directory: Path, *, hang_commands: bool) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(node.stopping.wait(), timeout=0.5)
     finally:
-        node.kill_everything()
         server.close()
+        try:
+            await node.end_workers()
+        finally:
+            node.kill_everything()
 
 
 def _default_ciphers() -> list[str]:

@@ -470,7 +470,8 @@ class LocalCluster:
         proc = self._procs.get(instance.id)
         if proc is None:
             return
-        await self._stop(instance.id, proc, grace=5)
+        # The node gives its worker up to 12 s to end its plugins' teardown (_localnode).
+        await self._stop(instance.id, proc, grace=16)
         _kill_worker(Path(instance.workdir))
         if proc.running:
             raise RuntimeError(f"local node process {proc.pid} did not exit")
@@ -1221,14 +1222,38 @@ if [ -f "$d/worker.ready" ]; then
     i=0
     while mine && [ $i -lt 120 ]; do sleep 0.1; i=$((i+1)); done
     if mine; then kill -KILL "$pid" 2>/dev/null || true; fi
-    # Then what is left in its process group (a PID in use as a group is not reused).
-    if kill -0 -- "-$pid" 2>/dev/null; then
+    # Then what is left in its process group (a PID in use as a group is not reused). Not
+    # kill -0 -- -PID: the worker, exited but not yet reaped, counts there for seconds.
+    runs() {{
+      for s in /proc/[0-9]*/stat; do
+        read -r l < "$s" 2>/dev/null || continue
+        set -- ${{l##*) }}  # state ppid pgrp ...
+        [ "$3" = "$pid" ] && [ "$1" != Z ] && return 0
+      done
+      return 1
+    }}
+    if runs; then
       kill -TERM -- "-$pid" 2>/dev/null
       i=0
-      while kill -0 -- "-$pid" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+      while runs && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
       kill -KILL -- "-$pid" 2>/dev/null || true
     fi
   fi
+fi
+# What a worker started and left, in its process group or not (a task's subprocess, a
+# daemon), the worker running or long gone: each carries the worker's directory in its
+# environment (SKYWARD_WORKER_DIR, as realpath gives it).
+real=$(cd "$d" 2>/dev/null && pwd -P) || real=$d
+started() {{
+  grep -lzxF "SKYWARD_WORKER_DIR=$real" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3
+}}
+left=$(started)
+if [ -n "$left" ]; then
+  kill -TERM $left 2>/dev/null
+  i=0
+  while [ -n "$(started)" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+  left=$(started)
+  if [ -n "$left" ]; then kill -KILL $left 2>/dev/null; fi
 fi
 # sky.Volume mounts the worker did not get to unmount (it was killed): unmounted now,
 # before their directory goes.

@@ -172,6 +172,11 @@ class Processes:
             survivors = {pid for pid in survivors if self.is_running(pid)}
         return survivors
 
+    @staticmethod
+    def in_group(pgid: int) -> list[int]:
+        """The live processes of process group ``pgid``."""
+        return procs.in_group(pgid)
+
     def of_job(self, job_id: str) -> dict[int, str]:
         """Live processes whose command line names this job's node directories: pid -> cmdline.
 

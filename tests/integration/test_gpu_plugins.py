@@ -83,20 +83,21 @@ def test_mps_runs_the_daemon_while_the_pool_is_open_and_its_tasks_are_clients(
             os.kill(daemon, 9)
 
 
+@pytest.mark.parametrize("where", ["ssh", "local"])
 def test_mps_stops_the_daemon_it_started_when_the_pool_ends(
-    machines: Machines, tmp_path: Path
+    where: str, machines: Machines, tmp_path: Path
 ) -> None:
-    """On a machine of your own (sky.SSH) the daemon must not outlive the pool. (A Local
-    node's worker is killed with its node, as a cloud machine is terminated, and what it
-    started is gone with the machine.) Its quit takes a while here: the node's cleanup
-    must let the worker's teardown finish, not kill the command it runs."""
+    """On a machine of your own (sky.SSH, or this one with sky.Local) the daemon must not
+    outlive the pool. Its quit takes a while here: the node's end must let the worker's
+    teardown finish, not kill the command it runs."""
+    provider = machines.provider(machines.a) if where == "ssh" else sky.Local()
     env = install(tmp_path / "bin")
     env |= {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path), "CUDA_MPS_LOG_DIRECTORY": str(tmp_path)}
     env["FAKE_MPS_QUIT_SECONDS"] = "2"
     daemon = 0
     try:
         with sky.Compute(
-            provider=machines.provider(machines.a), image=sky.Image(env=env),
+            provider=provider, image=sky.Image(env=env),
             plugins=[sky.plugins.mps()], options=sky.Options(console="silent"),
         ) as pool:  # fmt: skip
             assert (_as_an_mps_client() >> pool)["daemon"] == 0

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import procs
 import pytest
 import trio
 import trio_asyncio
@@ -349,3 +350,59 @@ async def test_a_node_that_cannot_start_says_why_with_its_log(tmp_path: Path) ->
             await said.line("READY")
     finally:
         await stdout.aclose()
+
+
+_STAND_IN_WORKER = """
+import os, signal, subprocess, sys, time
+from pathlib import Path
+work = Path(sys.argv[2])
+if sys.argv[3] == "overstays":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    def bye(signum, frame):
+        time.sleep(0.5)  # a teardown that takes a while
+        (work / "bye").write_text("done")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, bye)
+subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                  "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+(work / "worker.ready").write_text(str(os.getpid()))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("worker", ["ends", "overstays"])
+def test_a_stopping_node_lets_its_worker_end_then_kills_what_is_left(
+    tmp_path: Path, worker: str, processes
+) -> None:
+    """The node's end (SIGTERM, its parent gone) asks the worker to stop and waits for its
+    teardown (a plugin's around_app exit); one that overstays is killed, and so is what
+    is left of its process group, a child that ignores SIGTERM included."""
+    from skyward_trio._localnode import _Node
+
+    work = tmp_path / "node" / "work"
+    work.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STAND_IN_WORKER, "--dir", str(work), worker],
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: (work / "worker.ready").exists(), "the pid file", timeout=30, every=0.05)
+        in_group = lambda: len(processes.in_group(proc.pid)) == 2  # noqa: E731
+        wait_until(in_group, "the worker's child", timeout=30, every=0.05)
+        node = _Node(tmp_path / "node")
+        assert node.workers() == [proc.pid]
+        asyncio.run(node.end_workers(grace=1.0))
+        assert proc.wait(timeout=5) == (0 if worker == "ends" else -signal.SIGKILL)
+        assert (work / "bye").exists() == (worker == "ends")
+        assert processes.in_group(proc.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_pool_ends_what_a_task_left_running_on_this_machine(processes) -> None:
+    with sky.Compute(provider=sky.Local(), options=sky.Options(console="silent")) as pool:
+        pids = sky.function(procs.leave_stubborn_processes)() >> pool
+        assert all(processes.is_running(pid) for pid in pids)
+    assert not processes.wait_until_gone(pids)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy
+import procs
 import pytest
 import sshd
 from sshd import keygen, need_sshd, start_sshd, stop
@@ -300,6 +301,16 @@ def test_teardown_leaves_no_process_and_no_work_directory(
         assert not processes.mentioning(str(workdir))
     for machine in (machines.a, machines.b):
         assert processes.is_running(machine.pid)  # the machine (its sshd) is left running
+
+
+def test_teardown_ends_what_a_task_left_running_on_the_host(
+    machines: Machines, processes: Processes
+) -> None:
+    image = sky.Image(includes=[procs.__file__])  # the task's module, on the node
+    with sky.Compute(provider=machines.provider(machines.a), image=image, options=QUIET) as pool:
+        pids = sky.function(procs.leave_stubborn_processes)() >> pool
+        assert all(processes.is_running(pid) for pid in pids)
+    assert not processes.wait_until_gone(pids)
 
 
 def test_a_killed_worker_is_restarted_on_its_host_and_no_call_is_lost(
