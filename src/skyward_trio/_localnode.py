@@ -32,13 +32,13 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import setproctitle
 
+from skyward_trio._pids import group_alive, started_by
 from skyward_trio._sshtrim import trim
 
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
@@ -166,17 +166,17 @@ class _Node:
                 os.kill(pid, signal.SIGKILL)
 
         def left() -> tuple[list[int], list[int]]:
-            groups = [pgid for pgid in workers if _group_alive(pgid)]
-            return groups, _started_by(directories)
+            groups = [pgid for pgid in workers if group_alive(pgid)]
+            return groups, started_by(directories)
 
         groups, started = left()
-        deadline = loop.time() + 2
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 1)):
             for pgid in groups:
                 _kill_group(pgid, sig)
             for pid in started:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
+            deadline = loop.time() + wait
             while (groups or started) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
                 groups, started = left()
@@ -202,42 +202,6 @@ def _is_worker_of(pid: int, directory: Path) -> bool:
 def _kill_group(pgid: int, sig: int = signal.SIGTERM) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _started_by(directories: set[str]) -> list[int]:
-    """The live processes that carry one of these worker directories in their environment
-    (``SKYWARD_WORKER_DIR``, ``_collections.WORKER_DIR_ENV``: the worker sets it, so
-    whatever it starts inherits it). A zombie's environment reads empty."""
-    wanted = {f"SKYWARD_WORKER_DIR={directory}".encode() for directory in directories}
-    if not wanted:
-        return []
-    return [pid for pid, env in _each_process("environ") if wanted.intersection(env.split(b"\0"))]
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs. Not ``killpg(pgid, 0)``: a leader
-    that exited counts there until it is reaped, and a worker's, left to init with
-    threads still being torn down, can take seconds."""
-    for _pid, stat in _each_process("stat"):
-        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
-        state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split(b" ", 3)[:3]
-        if int(pgrp) == pgid and state != b"Z":
-            return True
-    return False
-
-
-def _each_process(name: str) -> Iterator[tuple[int, bytes]]:
-    """``/proc/PID/<name>`` of each process that can be read."""
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/{name}", "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            yield int(entry.name), data
 
 
 async def _serve(addr: str, directory: Path, *, hang_commands: bool) -> None:

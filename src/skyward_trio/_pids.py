@@ -1,5 +1,6 @@
-"""Whether a process runs, by pid: one answer for the client's pool server and a pool's
-reaper.
+"""Processes by pid: whether one runs (one answer for the client's pool server and a
+pool's reaper), whether a process group has live members, and which processes a worker
+started (for ending a node on a machine of the user's: ``_localnode``, ``LocalCluster``).
 
 Layer 1: stdlib only.
 """
@@ -7,9 +8,10 @@ Layer 1: stdlib only.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["alive"]
+__all__ = ["alive", "each_process", "group_alive", "started_by"]
 
 
 def alive(pid: object) -> bool:
@@ -27,3 +29,39 @@ def alive(pid: object) -> bool:
     except OSError:
         return True  # no /proc here: kill(0) is all there is
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def started_by(directories: set[str]) -> list[int]:
+    """The live processes that carry one of these worker directories in their environment
+    (``SKYWARD_WORKER_DIR``, ``_collections.WORKER_DIR_ENV``: the worker sets it, so
+    whatever it starts inherits it). A zombie's environment reads empty."""
+    wanted = {f"SKYWARD_WORKER_DIR={directory}".encode() for directory in directories}
+    if not wanted:
+        return []
+    return [pid for pid, env in each_process("environ") if wanted.intersection(env.split(b"\0"))]
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Not ``killpg(pgid, 0)``: a leader
+    that exited counts there until it is reaped, and a worker's, left to init with
+    threads still being torn down, can take seconds."""
+    for _pid, stat in each_process("stat"):
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split(b" ", 3)[:3]
+        if int(pgrp) == pgid and state != b"Z":
+            return True
+    return False
+
+
+def each_process(name: str) -> Iterator[tuple[int, bytes]]:
+    """``/proc/PID/<name>`` of each process that can be read."""
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/{name}", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            yield int(entry.name), data

@@ -52,6 +52,7 @@ from ._model import (
 )
 from ._nodeforks import FORKER, ForkedNode
 from ._offers import Catalog, Choice, Offer
+from ._pids import started_by
 from ._volumes import UNMOUNT_SH
 from .accelerators import Accelerator
 
@@ -514,17 +515,20 @@ class LocalCluster:
 
 
 def _kill_worker(workdir: Path) -> None:
-    """The node process kills its worker on exit; this covers a node that was SIGKILLed."""
+    """The node process ends its worker and what the worker left on exit; this covers a
+    node that was SIGKILLed (``sky.testing.preempt``, the OOM killer): SIGKILL to both."""
     try:
         pid = int((workdir / "worker.ready").read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return
-    if str(workdir).encode() in cmdline:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        pid = 0
+    else:
+        if str(workdir).encode() not in cmdline:
+            pid = 0
+    pids = started_by({str(workdir.resolve())})
+    for victim in ([pid] if pid else []) + pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
 
 
 class _NodeSays:

@@ -392,7 +392,7 @@ def test_a_stopping_node_lets_its_worker_end_then_kills_what_is_left(
         wait_until(in_group, "the worker's child", timeout=30, every=0.05)
         node = _Node(tmp_path / "node")
         assert node.workers() == [proc.pid]
-        asyncio.run(node.end_workers(grace=1.0))
+        asyncio.run(node.end_workers(grace=30.0 if worker == "ends" else 1.0))
         assert proc.wait(timeout=5) == (0 if worker == "ends" else -signal.SIGKILL)
         assert (work / "bye").exists() == (worker == "ends")
         assert processes.in_group(proc.pid) == []
@@ -406,3 +406,16 @@ def test_a_pool_ends_what_a_task_left_running_on_this_machine(processes) -> None
         pids = sky.function(procs.leave_stubborn_processes)() >> pool
         assert all(processes.is_running(pid) for pid in pids)
     assert not processes.wait_until_gone(pids)
+
+
+def test_a_preempted_nodes_leftovers_are_ended_when_the_pool_lets_it_go(processes) -> None:
+    """sky.testing.preempt SIGKILLs the node and its worker, as a reclaimed machine goes;
+    on this machine what the node's tasks started would run on, so the pool's terminate
+    of the lost node ends it."""
+    leave = sky.function(procs.leave_stubborn_processes)
+    with sky.Compute(provider=sky.Local(), nodes=2, options=sky.Options(console="silent")) as pool:
+        first, second = leave() @ pool
+        sky.testing.preempt(pool, 0)
+        assert not processes.wait_until_gone(first, limit=60)
+        assert all(processes.is_running(pid) for pid in second)  # node 1's: it runs on
+    assert not processes.wait_until_gone(second)
