@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import procs
 import pytest
 import trio
 from waiting import wait_until
@@ -276,17 +277,18 @@ FROZEN_CLIENT = textwrap.dedent(
     """
     import os
     import time
+    import procs
     import skyward as sky
 
     @sky.function
     def where():
-        return int(os.environ["SKYWARD_NODE_PID"]), os.getpid()
+        left = procs.leave_stubborn_processes()
+        return int(os.environ["SKYWARD_NODE_PID"]), os.getpid(), *left
 
     # ttl=0 and a 0.5 s reconnect window: a detached worker waits 5.5 s for its client.
     options = sky.Options(console="silent", ssh_timeout=0.5)
     with sky.Compute(provider=sky.Local(), nodes=1, ttl=0, options=options) as pool:
-        node, worker = where() >> pool
-        print(pool.job_id, node, worker, flush=True)
+        print(pool.job_id, *(where() >> pool), flush=True)
         time.sleep(600)
     """
 )
@@ -295,18 +297,27 @@ FROZEN_CLIENT = textwrap.dedent(
 def test_a_worker_whose_client_went_silent_ends_with_its_lease(
     tmp_path: Path, processes: Processes
 ) -> None:
+    """... and so does what its task left running (the frozen node cannot end it)."""
     script = tmp_path / "client.py"
     script.write_text(FROZEN_CLIENT)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    here = str(Path(procs.__file__).parent)  # the client imports procs from there
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout is not None
-    job, node, worker = proc.stdout.readline().split()
-    ssh_server, worker_pid = int(node), int(worker)
+    job, *pids = proc.stdout.readline().split()
+    ssh_server, worker_pid, *left = map(int, pids)
     try:
         # The client and the node's SSH server freeze: the worker's socket to the server
         # stays open and nothing says the client is gone. Only its silence does.
         os.kill(ssh_server, signal.SIGSTOP)
         os.kill(proc.pid, signal.SIGSTOP)
         assert not processes.wait_until_gone([worker_pid], limit=60)
+        assert not processes.wait_until_gone(left)
         # It went by itself: both are still frozen.
         assert processes.state(ssh_server) == "T"
         assert processes.state(proc.pid) == "T"
