@@ -38,7 +38,7 @@ from typing import Any
 import asyncssh
 import setproctitle
 
-from skyward_trio._pids import group_alive, started_by
+from skyward_trio._pids import end, in_groups, started_by
 from skyward_trio._sshtrim import trim
 
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
@@ -165,21 +165,10 @@ class _Node:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-        def left() -> tuple[list[int], list[int]]:
-            groups = [pgid for pgid in workers if group_alive(pgid)]
-            return groups, started_by(directories)
+        def left() -> list[int]:
+            return sorted({*in_groups(workers), *started_by(directories)})
 
-        groups, started = left()
-        for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 1)):
-            for pgid in groups:
-                _kill_group(pgid, sig)
-            for pid in started:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-            deadline = loop.time() + wait
-            while (groups or started) and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-                groups, started = left()
+        await loop.run_in_executor(None, end, left)
 
     def kill_everything(self) -> None:
         """SIGKILL to the workers' process groups (a PID in use as a group is not reused)

@@ -1,17 +1,21 @@
 """Processes by pid: whether one runs (one answer for the client's pool server and a
-pool's reaper), whether a process group has live members, and which processes a worker
-started (for ending a node on a machine of the user's: ``_localnode``, ``LocalCluster``).
+pool's reaper), the live members of process groups, which processes a worker started, and
+ending processes (for ending a node on a machine of the user's: ``_localnode``,
+``LocalCluster``, the worker).
 
 Layer 1: stdlib only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
-__all__ = ["alive", "each_process", "group_alive", "started_by"]
+__all__ = ["alive", "each_process", "end", "in_groups", "started_by"]
 
 
 def alive(pid: object) -> bool:
@@ -41,16 +45,33 @@ def started_by(directories: set[str]) -> list[int]:
     return [pid for pid, env in each_process("environ") if wanted.intersection(env.split(b"\0"))]
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs. Not ``killpg(pgid, 0)``: a leader
-    that exited counts there until it is reaped, and a worker's, left to init with
-    threads still being torn down, can take seconds."""
-    for _pid, stat in each_process("stat"):
+def in_groups(pgids: Collection[int]) -> list[int]:
+    """The live processes of these process groups. Not ``killpg(pgid, 0)``: a leader that
+    exited counts there until it is reaped, and a worker's, left to init with threads
+    still being torn down, can take seconds."""
+    found = []
+    for pid, stat in each_process("stat"):
         # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
         state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split(b" ", 3)[:3]
-        if int(pgrp) == pgid and state != b"Z":
-            return True
-    return False
+        if int(pgrp) in pgids and state != b"Z":
+            found.append(pid)
+    return found
+
+
+def end(find: Callable[[], list[int]], *, grace: float = 2.0) -> list[int]:
+    """SIGTERM to the processes ``find`` gives, up to ``grace`` s for them to go, then
+    SIGKILL to those still there and up to 1 s more. Returns those left even so."""
+    left: list[int] = []
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        left = find()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = find()
+    return left
 
 
 def each_process(name: str) -> Iterator[tuple[int, bytes]]:

@@ -35,7 +35,7 @@ import trio
 from . import _capture, _collections, _heartbeat, _notices, _runtime, _serial, _wire
 from ._execute import FunctionCache, run_batch, run_one
 from ._info import from_dict
-from ._pids import started_by
+from ._pids import end, started_by
 from ._pluginrun import NodePlugins
 from ._procpool import ProcessExecutor, TaskKilled
 from ._sampler import Sampler, from_config
@@ -1080,19 +1080,10 @@ def _end_what_tasks_left(directory: Path) -> None:
     each carries the worker's directory in its environment. SIGTERM, up to 2 s, SIGKILL.
     Whatever ends the worker (its pool's end, its lease, a SIGTERM), nothing of its keeps
     running on the machine; a node's end does it again for a worker that was killed."""
-    mine = {str(directory.resolve())}
-    deadline = time.monotonic() + 2
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        left = [pid for pid in started_by(mine) if pid != os.getpid()]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = [pid for pid in started_by(mine) if pid != os.getpid()]
-        if left and sig == signal.SIGKILL:
-            print(f"skyward worker: processes {left} outlived SIGKILL", file=sys.stderr)
-        deadline = time.monotonic() + 1
+    mine, me = {str(directory.resolve())}, os.getpid()
+    left = end(lambda: [pid for pid in started_by(mine) if pid != me])
+    if left:
+        print(f"skyward worker: processes {left} outlived SIGKILL", file=sys.stderr)
 
 
 def _unmount_volumes(directory: Path) -> None:
