@@ -140,6 +140,11 @@ class Worker:
         self._notice: _notices.Notice | None = None
         self._noticed = trio.Event()
 
+    def close_executor(self) -> None:
+        """End the process executor's children, if it has any (see ProcessExecutor.close)."""
+        if self._executor is not None:
+            self._executor.close()
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = self.directory / "worker.sock"
         sock_path.unlink(missing_ok=True)
@@ -1058,14 +1063,14 @@ def main(argv: list[str] | None = None) -> None:
     # while the executor and the volumes are closed waits for them.
     for asked in (signal.SIGTERM, signal.SIGINT):
         signal.signal(asked, _note_stop)
-    worker = Worker(directory, config, secret)
-    try:
+    # Each step of the way out runs even if one after it (they run last to first)
+    # raised: a child of the executor outliving SIGKILL must not leave volumes mounted.
+    with contextlib.ExitStack() as way_out:
+        way_out.callback(_unmount_volumes, directory)
+        way_out.callback(_end_what_tasks_left, directory)
+        worker = Worker(directory, config, secret)
+        way_out.callback(worker.close_executor)
         trio.run(worker.serve)
-    finally:
-        if worker._executor is not None:
-            worker._executor.close()
-        _end_what_tasks_left(directory)
-        _unmount_volumes(directory)
 
 
 _STOP_ASKED = threading.Event()

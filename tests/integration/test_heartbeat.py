@@ -276,28 +276,61 @@ def test_a_worker_detaches_a_silent_client_which_resumes_with_its_result(
 FROZEN_CLIENT = textwrap.dedent(
     """
     import os
+    import sys
     import time
+    import attrs
     import procs
     import skyward as sky
+    from skyward.plugins import Plugin
+
+    EXECUTOR = sys.argv[1]
 
     @sky.function
     def where():
         left = procs.leave_stubborn_processes()
-        return int(os.environ["SKYWARD_NODE_PID"]), os.getpid(), *left
+        worker = os.getpid() if EXECUTOR == "thread" else os.getppid()
+        return int(os.environ["SKYWARD_NODE_PID"]), worker, *left
 
+    # The worker's process executor fails to close, as when one of its children outlives
+    # SIGKILL: the rest of the worker's way out must still be taken. The worker's Python
+    # imports this sitecustomize, which makes it so.
+    patch = os.path.join(os.path.dirname(os.path.abspath(__file__)), "patch")
+    os.makedirs(patch, exist_ok=True)
+    with open(os.path.join(patch, "sitecustomize.py"), "w") as file:
+        file.write(
+            "from skyward_trio import _procpool\\n"
+            "closes = _procpool.ProcessExecutor.close\\n"
+            "def close(self):\\n"
+            "    closes(self)\\n"
+            "    raise RuntimeError('a child outlived SIGKILL (the test says so)')\\n"
+            "_procpool.ProcessExecutor.close = close\\n"
+        )
+
+    def close_fails(command, context):
+        path = os.pathsep.join([patch, os.environ["PYTHONPATH"]])
+        return attrs.evolve(command, env={**command.env, "PYTHONPATH": path})
+
+    plugins = []
+    if EXECUTOR == "process":
+        plugins = [Plugin.create("close-fails").with_launcher(close_fails)]
     # ttl=0 and a 0.5 s reconnect window: a detached worker waits 5.5 s for its client.
-    options = sky.Options(console="silent", ssh_timeout=0.5)
-    with sky.Compute(provider=sky.Local(), nodes=1, ttl=0, options=options) as pool:
+    options = sky.Options(
+        console="silent", ssh_timeout=0.5, worker=sky.Worker(executor=EXECUTOR)
+    )
+    spec = dict(nodes=1, ttl=0, plugins=plugins, options=options)
+    with sky.Compute(provider=sky.Local(), **spec) as pool:
         print(pool.job_id, *(where() >> pool), flush=True)
         time.sleep(600)
     """
 )
 
 
+@pytest.mark.parametrize("executor", ["thread", "process"])
 def test_a_worker_whose_client_went_silent_ends_with_its_lease(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, executor: str
 ) -> None:
-    """... and so does what its task left running (the frozen node cannot end it)."""
+    """... and so does what its task left running (the frozen node cannot end it), even
+    when its process executor fails to close on the way out."""
     script = tmp_path / "client.py"
     script.write_text(FROZEN_CLIENT)
     here = str(Path(procs.__file__).parent)  # the client imports procs from there
@@ -306,7 +339,7 @@ def test_a_worker_whose_client_went_silent_ends_with_its_lease(
         "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
     }
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, str(script), executor], stdout=subprocess.PIPE, text=True, env=env
     )
     assert proc.stdout is not None
     job, *pids = proc.stdout.readline().split()
