@@ -149,7 +149,7 @@ def _volumes(spec: Spec) -> None:
             raise ValueError(
                 f"{volume!r}: storage=None mounts the provider's own object store, and "
                 f"{type(provider).__name__} has none; pass storage=sky.storage.R2(...) (or "
-                "S3, GCS, Wasabi, Backblaze)"
+                "S3, GCS, Wasabi, Backblaze, Hyperstack)"
             )
         if _BLANK.search(volume.mount) or _BLANK.search(volume.bucket + volume.prefix):
             raise ValueError(

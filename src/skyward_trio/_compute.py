@@ -65,7 +65,7 @@ from ._pool import Pool
 from ._providers import offers, open_cluster
 from ._supervisor import NodePluginPlan, Supervisor
 from ._volumes import Mount
-from .storage import Storage, resolved_keys
+from .storage import IssuedKey, KeyIssuer, Storage, StorageError, resolved_keys
 
 __all__ = ["Compute"]
 
@@ -247,55 +247,75 @@ async def _open_pool(
         on_pool(pool)
     client_key = _transport.generate_key()
     secret = secrets.token_urlsafe(32)
-    mounts = await _volume_mounts(spec)
-    async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(_pool_log(pool, secret))
-        stack.enter_context(_logging.hiding(k for m in mounts if m.keys for k in m.keys))
-        await stack.enter_async_context(
-            _console.shown(options.console, pool._events, defaulted_to_local=defaulted)
-        )
-        await stack.enter_async_context(_transport.asyncio_loop())
-        cluster = await open_cluster(
-            spec.provider, job_id=job_id, client_key=client_key, choice=choice
-        )
-        for note in notes:  # what happened to the specs tried or skipped before this one
-            pool._events.emit(Error(job_id=job_id, message=note))
-        reaper = await _start_reaper(pool, cluster, choice)
-        pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
-        supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins, mounts)
-        failure: BaseException | None = None
-        teardown_error: TeardownError | None = None
-        close_error: Exception | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    await supervisor.start(nursery)
-                    yield pool
-                except BaseException as exc:
-                    # Re-raised below, outside the nursery, so the caller sees its own
-                    # exception and not an ExceptionGroup around it.
-                    failure = exc
-                finally:
-                    with trio.CancelScope(shield=True):
-                        teardown_error = await supervisor.shutdown()
-                    nursery.cancel_scope.cancel(reason="pool closed")
-        finally:
+    # Keys made for the volumes (sky.storage.Hyperstack): deleted once the machines that
+    # mount them are gone, or at once if the pool fails before it has any.
+    issued: list[tuple[KeyIssuer, IssuedKey]] = []
+    unrevoked: StorageError | None = None
+    try:
+        mounts = await _volume_mounts(spec, issued)
+        hidden = [k for m in mounts if m.keys for k in m.keys]
+        hidden += [s for issuer, _ in issued for s in issuer.secrets()]
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(_pool_log(pool, secret))
+            stack.enter_context(_logging.hiding(hidden))
+            await stack.enter_async_context(
+                _console.shown(options.console, pool._events, defaulted_to_local=defaulted)
+            )
+            await stack.enter_async_context(_transport.asyncio_loop())
+            cluster = await open_cluster(
+                spec.provider, job_id=job_id, client_key=client_key, choice=choice
+            )
+            for note in notes:  # what happened to the specs tried or skipped before this one
+                pool._events.emit(Error(job_id=job_id, message=note))
+            reaper = await _start_reaper(pool, cluster, choice)
+            pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
+            supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins, mounts)
+            failure: BaseException | None = None
+            teardown_error: TeardownError | None = None
+            close_error: Exception | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        await supervisor.start(nursery)
+                        yield pool
+                    except BaseException as exc:
+                        # Re-raised below, outside the nursery, so the caller sees its own
+                        # exception and not an ExceptionGroup around it.
+                        failure = exc
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            teardown_error = await supervisor.shutdown()
+                        nursery.cancel_scope.cancel(reason="pool closed")
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await cluster.aclose()
+                    except Exception as exc:  # what the cloud could not confirm ended
+                        close_error = exc
+                    if reaper is not None and teardown_error is None and close_error is None:
+                        reaper.closed()
+                    elif reaper is not None:
+                        reaper.left()  # it tries again once this process ends
+                    unrevoked = await _revoke(issued)  # the machines using them are gone
+        left = _left_behind(cluster.name, teardown_error, close_error)
+        if failure is not None:
+            for problem in (left, unrevoked):  # what may still bill, a key left standing
+                if problem is not None:
+                    failure.add_note(f"Skyward, closing the pool: {problem}")
+            raise failure
+        if left is not None:
+            if unrevoked is not None:
+                left.add_note(f"Skyward, closing the pool: {unrevoked}")
+            raise left
+        if unrevoked is not None:
+            raise unrevoked
+    except BaseException as exc:
+        if issued:  # the pool failed before its machines were let go
             with trio.CancelScope(shield=True):
-                try:
-                    await cluster.aclose()
-                except Exception as exc:  # what the cloud could not confirm ended
-                    close_error = exc
-                if reaper is not None and teardown_error is None and close_error is None:
-                    reaper.closed()
-                elif reaper is not None:
-                    reaper.left()  # it tries again once this process ends
-    left = _left_behind(cluster.name, teardown_error, close_error)
-    if failure is not None:
-        if left is not None:  # the caller's own exception, and what may still bill
-            failure.add_note(f"Skyward, closing the pool: {left}")
-        raise failure
-    if left is not None:
-        raise left
+                unrevoked = await _revoke(issued)
+            if unrevoked is not None:
+                exc.add_note(f"Skyward, closing the pool: {unrevoked}")
+        raise
 
 
 async def _start_reaper(pool: Pool, cluster: Any, choice: _offers.Choice) -> _reaper.Reaper | None:
@@ -340,19 +360,46 @@ def _left_behind(
     )
 
 
-async def _volume_mounts(spec: Spec) -> tuple[Mount, ...]:
+async def _revoke(issued: list[tuple[KeyIssuer, IssuedKey]]) -> StorageError | None:
+    """Delete the keys made for a pool's volumes (each is taken off ``issued``); what could
+    not be deleted, as one error."""
+    problems = []
+    while issued:
+        issuer, key = issued.pop()
+        try:
+            await trio.to_thread.run_sync(issuer.revoke, key)
+        except StorageError as exc:
+            problems.append(str(exc))
+    return StorageError("; ".join(problems)) if problems else None
+
+
+async def _volume_mounts(
+    spec: Spec, issued: list[tuple[KeyIssuer, IssuedKey]]
+) -> tuple[Mount, ...]:
     """``spec.volumes`` as the nodes mount them, keys resolved here (a function that
     returns one is called now, on this client: the node gets the key, never the function).
+    A storage that makes keys for each use (``key_issuer``) makes one for the pool, added
+    to ``issued`` (the pool deletes it when it closes); volumes on it share that key.
 
     ``storage=None`` on ``sky.AWS``: S3 in the provider's region, signed with the nodes'
     instance profile when they have one, else with this client's boto3 keys.
     """
     mounts = []
+    made: dict[int, tuple[str, str]] = {}  # by id() of the storage with a key_issuer
     for volume in spec.volumes:
         storage = volume.storage
         if isinstance(storage, Storage):
             url, path_style, region = storage.endpoint, storage.path_style, storage.region
-            keys: tuple[str, str] | None = await resolved_keys(storage)
+            keys: tuple[str, str] | None
+            issuer = storage.key_issuer
+            if issuer is None:
+                keys = await resolved_keys(storage)
+            elif id(storage) in made:
+                keys = made[id(storage)]
+            else:
+                key = await trio.to_thread.run_sync(issuer.issue)
+                issued.append((issuer, key))
+                keys = made[id(storage)] = (key.access_key, key.secret_key)
         else:
             provider = spec.provider
             assert isinstance(provider, AWS)  # _checks refuses the rest

@@ -901,6 +901,8 @@ class _Reader:
         make, fields = found
         kind, name = make.__name__, next(k for k, v in PRESETS.items() if v is make)
         parameters = inspect.signature(make).parameters
+        if "api_key" in parameters:  # it makes its keys, with an API key (Hyperstack)
+            return self.api_key_storage(at, make, fields)
         # The preset's two key arguments (Backblaze calls them key_id and app_key).
         key_args = [arg for arg in parameters if arg in _KEY_ARGS]
         held = [arg for arg in key_args if arg in fields]
@@ -935,6 +937,33 @@ class _Reader:
         for i, env_key in enumerate(env_keys):
             if env_key in named:
                 fields[key_args[i]] = EnvKey(named[env_key])
+        return self.build(at, make, fields)
+
+    def api_key_storage(self, at: _Key, make: Callable[..., Any], fields: dict[str, Any]) -> Any:
+        """A preset that makes its keys through its cloud's API: the API key by the
+        variable ``api_key_env`` names (else the preset's own default variable)."""
+        from .storage import EnvKey
+
+        if "api_key" in fields:
+            self.problem(
+                (*at, "api_key"),
+                "a file should not hold keys: name the variable that holds it, "
+                f'api_key_env = "..." (or pass storage=sky.storage.{make.__name__}(...) '
+                "to Compute in Python)",
+            )
+            return _FAILED
+        args = [arg for arg in inspect.signature(make).parameters if arg != "api_key"]
+        if not self.keys(at, fields, [*args, "api_key_env"]):
+            return _FAILED
+        if "api_key_env" in fields:
+            variable = fields.pop("api_key_env")
+            if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
+                self.problem(
+                    (*at, "api_key_env"),
+                    f"expected the name of an environment variable, got {variable!r}",
+                )
+                return _FAILED
+            fields["api_key"] = EnvKey(variable)
         return self.build(at, make, fields)
 
     def logging(self, at: _Key, value: object) -> Any:

@@ -35,7 +35,7 @@ import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Awaitable, Callable, Container, Generator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
@@ -50,6 +50,10 @@ __all__ = [
     "Backblaze",
     "Credential",
     "EnvKey",
+    "Hyperstack",
+    "HyperstackKeys",
+    "IssuedKey",
+    "KeyIssuer",
     "Progress",
     "Storage",
     "StorageClient",
@@ -121,6 +125,9 @@ class Storage:
         path_style: Address buckets as ``endpoint/bucket/key`` rather than
             ``bucket.endpoint/key`` (needed by most stores that are not AWS itself).
         region: The region requests are signed for (``"auto"`` for R2 and GCS).
+        key_issuer: Where a key pair is made for each use and deleted after it (a
+            :class:`KeyIssuer`, e.g. ``sky.storage.Hyperstack``'s), in place of
+            ``access_key`` and ``secret_key``.
     """
 
     endpoint: str
@@ -128,6 +135,7 @@ class Storage:
     secret_key: Credential | None = attrs.field(default=None, repr=False)
     path_style: bool = False
     region: str = "us-east-1"
+    key_issuer: KeyIssuer | None = None
 
     def __attrs_post_init__(self) -> None:
         parsed = urllib.parse.urlsplit(self.endpoint) if isinstance(self.endpoint, str) else None
@@ -144,24 +152,64 @@ class Storage:
             raise ValueError(
                 f'Storage(region={self.region!r}): pass the signing region, e.g. "us-east-1"'
             )
+        if self.key_issuer is not None and not isinstance(self.key_issuer, KeyIssuer):
+            raise TypeError(
+                f"Storage(key_issuer={self.key_issuer!r}): a key issuer has issue(), "
+                "revoke(key) and secrets() (see sky.storage.KeyIssuer)"
+            )
+        if self.key_issuer is not None and (
+            self.access_key is not None or self.secret_key is not None
+        ):
+            raise ValueError(
+                "Storage(key_issuer=...) makes the keys: pass no access_key or secret_key"
+            )
 
     def __enter__(self) -> StorageClient:
-        client = StorageClient(self, _keys(self, awaitable=False))
+        issued = None
+        if self.key_issuer is not None:
+            issued = self.key_issuer.issue()
+            keys = (issued.access_key, issued.secret_key)
+        else:
+            keys = _keys(self, awaitable=False)
+        client = StorageClient(self, keys)
         client._open()
-        _push(self, client)
+        _push(self, (client, issued))
         return client
 
     def __exit__(self, *exc: object) -> None:
-        _pop(self).close()
+        client, issued = _pop(self)
+        try:
+            client.close()
+        finally:
+            if issued is not None:
+                assert self.key_issuer is not None
+                self.key_issuer.revoke(issued)
 
     async def __aenter__(self) -> AsyncStorageClient:
-        client = AsyncStorageClient(self, await resolved_keys(self))
+        import trio
+
+        issued = None
+        if self.key_issuer is not None:
+            issued = await trio.to_thread.run_sync(self.key_issuer.issue)
+            keys = (issued.access_key, issued.secret_key)
+        else:
+            keys = await resolved_keys(self)
+        client = AsyncStorageClient(self, keys)
         client._open()
-        _push(self, client)
+        _push(self, (client, issued))
         return client
 
     async def __aexit__(self, *exc: object) -> None:
-        await _pop(self).aclose()
+        import trio
+
+        client, issued = _pop(self)
+        try:
+            await client.aclose()
+        finally:
+            if issued is not None:
+                assert self.key_issuer is not None
+                with trio.CancelScope(shield=True):  # a key left behind is a credential
+                    await trio.to_thread.run_sync(self.key_issuer.revoke, issued)
 
 
 # A frozen record holds no state: the clients `with storage` opened are kept by record, per
@@ -189,7 +237,9 @@ def _pop(storage: Storage) -> Any:
 
 async def resolved_keys(storage: Storage) -> tuple[str, str]:
     """``(access key, secret key)`` of ``storage``: given, returned by its functions
-    (awaited when they return an awaitable), or read from the environment."""
+    (awaited when they return an awaitable), or read from the environment. Not for a
+    storage with a ``key_issuer`` (its keys are made for each use)."""
+    assert storage.key_issuer is None
     keys = _keys(storage, awaitable=True)
     access, secret = [await k if inspect.isawaitable(k) else k for k in keys]
     return str(access), str(secret)
@@ -279,6 +329,42 @@ def Backblaze(*, region: str, key_id: Credential, app_key: Credential) -> Storag
     return _path_style(f"https://s3.{region}.backblazeb2.com", key_id, app_key, region)
 
 
+#: The S3 endpoints of Hyperstack's object storage, by region, that Skyward knows.
+HYPERSTACK_ENDPOINTS: Mapping[str, str] = types.MappingProxyType(
+    {"CANADA-1": "https://ca1.obj.nexgencloud.io"}
+)
+HYPERSTACK_API_URL = "https://infrahub-api.nexgencloud.com/v1"
+_HYPERSTACK_KEY_ENV = "HYPERSTACK_API_KEY"  # as sky.Hyperstack reads it
+
+
+def Hyperstack(
+    *,
+    region: str,
+    api_key: Credential | None = None,
+    endpoint: str | None = None,
+    api_url: str = HYPERSTACK_API_URL,
+) -> Storage:
+    """Hyperstack's object storage in ``region`` (``"CANADA-1"``), through your Hyperstack
+    API key (None reads ``HYPERSTACK_API_KEY``): each use gets an access key of its own,
+    made through Hyperstack's API and deleted after it (a ``with`` block; a pool's
+    volumes, until the pool closes). ``endpoint`` is the store's S3 URL, for a region
+    Skyward does not know; ``api_url`` is Hyperstack's API."""
+    _check_credential("Hyperstack", "api_key", api_key)
+    if not isinstance(region, str) or not region:
+        raise ValueError(f'Hyperstack(region={region!r}): pass a region, e.g. "CANADA-1"')
+    if endpoint is None:
+        endpoint = HYPERSTACK_ENDPOINTS.get(region)
+        if endpoint is None:
+            known = ", ".join(repr(r) for r in HYPERSTACK_ENDPOINTS)
+            raise ValueError(
+                f"Hyperstack(region={region!r}): Skyward knows the S3 endpoint of {known} "
+                "only; pass endpoint=... (the region's URL in Hyperstack's console, Object "
+                "Storage) for another"
+            )
+    issuer = HyperstackKeys(api_key=api_key, region=region, api_url=api_url.rstrip("/"))
+    return Storage(endpoint=endpoint, path_style=True, region=region, key_issuer=issuer)
+
+
 def _path_style(
     endpoint: str,
     access_key: Credential | None,
@@ -291,6 +377,147 @@ def _path_style(
         secret_key=secret_key,
         path_style=True,
         region=region,
+    )
+
+
+# --- keys made for each use -----------------------------------------------------------------
+
+
+@attrs.frozen
+class IssuedKey:
+    """A key pair a :class:`KeyIssuer` made; ``key_id`` is how it deletes it."""
+
+    key_id: str
+    access_key: str
+    secret_key: str = attrs.field(repr=False)
+
+
+@runtime_checkable
+class KeyIssuer(Protocol):
+    """Makes a store's key pair for one use, and deletes it after (blocking calls)."""
+
+    def issue(self) -> IssuedKey:
+        """A new key pair (raises StorageError when the store's API refuses)."""
+        ...
+
+    def revoke(self, key: IssuedKey) -> None:
+        """Delete ``key`` (raises StorageError when that cannot be confirmed)."""
+        ...
+
+    def secrets(self) -> list[str]:
+        """The secrets it holds (an API key), for logs to hide."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class HyperstackKeys:
+    """Access keys to Hyperstack's object storage in ``region``, made and deleted through
+    Hyperstack's API (``POST`` and ``DELETE /object-storage/access-keys``)."""
+
+    api_key: Credential | None = attrs.field(repr=False)
+    region: str
+    api_url: str = HYPERSTACK_API_URL
+
+    def _key(self) -> str:
+        given: Any = self.api_key() if callable(self.api_key) else self.api_key
+        if inspect.isawaitable(given):
+            if inspect.iscoroutine(given):
+                given.close()
+            raise TypeError(
+                "sky.storage.Hyperstack(api_key=...): its function returned an awaitable; "
+                "pass a function that returns the key"
+            )
+        if given is None:
+            given = os.environ.get(_HYPERSTACK_KEY_ENV)
+        if not given:
+            raise ValueError(
+                f"sky.storage.Hyperstack(api_key=None) and {_HYPERSTACK_KEY_ENV} is not set: "
+                f"pass api_key=..., or set {_HYPERSTACK_KEY_ENV} (on a node: Image(env=...))"
+            )
+        return str(given)
+
+    def secrets(self) -> list[str]:
+        try:
+            return [self._key()]
+        except (ValueError, TypeError):
+            return []
+
+    def _call(self, method: str, path: str, what: str, body: Any = None) -> dict[str, Any]:
+        """One request to Hyperstack's API; its JSON body when it succeeds. A DELETE is
+        sent again (up to :data:`RETRY_ATTEMPTS` times in all) when it fails the way that
+        may pass; a POST only when it surely made nothing (throttled, or never sent), so
+        no key is made twice."""
+        import httpx
+
+        again = _TRANSIENT if method == "DELETE" else frozenset({429})
+        headers = {"api_key": self._key(), "Accept": "application/json"}
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            last = attempt == RETRY_ATTEMPTS
+            try:
+                with httpx.Client(timeout=httpx.Timeout(30, connect=10)) as http:
+                    answer = http.request(method, self.api_url + path, headers=headers, json=body)
+            except httpx.HTTPError as exc:
+                if last or not (method == "DELETE" or _nothing_sent(exc)):
+                    tries = f" ({attempt} attempts)" if attempt > 1 else ""
+                    raise StorageError(
+                        f"Hyperstack's API did not answer when asked to {what}{tries}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+            else:
+                if answer.status_code not in again or last:
+                    return _hyperstack_answer(answer, what)
+            time.sleep(_backoff(attempt))
+        raise AssertionError("the last attempt returns or raises")
+
+    def issue(self) -> IssuedKey:
+        made = self._call(
+            "POST", "/object-storage/access-keys", "make an access key", {"region": self.region}
+        )
+        # The key's fields, at the top of the answer or as its "access_key" object.
+        record = made["access_key"] if isinstance(made.get("access_key"), dict) else made
+        key_id, access, secret = (record.get(k) for k in ("id", "access_key", "secret_key"))
+        if (
+            key_id is None
+            or not (isinstance(access, str) and isinstance(secret, str))
+            or not (access and secret)
+        ):
+            shown = sorted(k for k in record if k != "secret_key")
+            raise StorageError(
+                "Hyperstack made an access key but its answer lacks id, access_key or "
+                f"secret_key (it has {', '.join(shown) or 'nothing'}); delete the key in "
+                "Hyperstack's console (Object Storage, Access Keys)"
+            )
+        return IssuedKey(key_id=str(key_id), access_key=access, secret_key=secret)
+
+    def revoke(self, key: IssuedKey) -> None:
+        path = f"/object-storage/access-keys/{urllib.parse.quote(key.key_id, safe='')}"
+        try:
+            self._call("DELETE", path, f"delete access key {key.key_id} ({key.access_key})")
+        except StorageError as exc:
+            if exc.status == 404:  # gone already
+                return
+            raise StorageError(
+                f"{exc}; it is a standing credential to your buckets: delete it in "
+                "Hyperstack's console (Object Storage, Access Keys)",
+                status=exc.status,
+                code=exc.code,
+            ) from exc
+
+
+def _hyperstack_answer(answer: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    said = body.get("message") if isinstance(body, dict) else None
+    if answer.is_success and isinstance(body, dict) and body.get("status") is not False:
+        return body
+    words = said if isinstance(said, str) and said else answer.text[:200] or "no reason given"
+    fix = " (check HYPERSTACK_API_KEY or api_key=...)" if answer.status_code in (401, 403) else ""
+    raise StorageError(
+        f"Hyperstack did not {what}: HTTP {answer.status_code}: {words}{fix}",
+        status=answer.status_code,
+        code=str(body.get("error_reason") or "") if isinstance(body, dict) else "",
     )
 
 
@@ -1602,4 +1829,5 @@ PRESETS: dict[str, Callable[..., Storage]] = {
     "gcs": GCS,
     "wasabi": Wasabi,
     "backblaze": Backblaze,
+    "hyperstack": Hyperstack,
 }

@@ -4,7 +4,8 @@
 local HTTP server that answers the subset of Hyperstack's API (``/v1``) the provider uses,
 the way Hyperstack documents it: list flavors (per region, with stock) and the pricebook;
 list and create environments; list, import and delete keypairs; create, list, get and
-delete virtual machines. Every request carries the key in the ``api_key`` header; answers
+delete virtual machines; make, list and delete object storage access keys (whose S3
+store is a test's moto server). Every request carries the key in the ``api_key`` header; answers
 carry the envelope ``{"status": true, "message": ..., <payload>}`` (the pricebook a bare
 list), errors ``{"status": false, "message": ..., "error_reason": ...}``.
 
@@ -26,7 +27,10 @@ instead of being ignored there. Where the documentation is silent, the fake deci
 docs/providers.md lists each such decision as something to verify: a create Hyperstack
 cannot fill for stock is a 400 (``error_reason`` ``bad_request``) and the flavor is listed
 out of stock from then on; a VM gets an address only with ``assign_floating_ip``; a
-deleted VM shows ``DELETING`` for ``delete_delay`` seconds, then is not found.
+deleted VM shows ``DELETING`` for ``delete_delay`` seconds, then is not found; an access
+key's create answers its ``id``, ``access_key`` and ``secret_key`` in the envelope itself
+(as the Hyperstack client Skyward's API reference follows reads them), and only CANADA-1
+has object storage.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from sshd import Machine
 FIRST_ADDRESS = 10  # 127.4.N.10
 FIRST_VM_ID = 4100
 REGIONS = ("CANADA-1", "NORWAY-1", "US-1")
+STORAGE_REGIONS = ("CANADA-1",)
 IMAGE = "Ubuntu Server 22.04 LTS R535 CUDA 12.2"
 NO_STOCK = "Not enough stock available for the requested flavor in this region."
 
@@ -202,6 +207,11 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
         self.environments: dict[str, dict[str, Any]] = {}  # by name
         self.keypairs: dict[int, dict[str, Any]] = {}  # by id
         self.vms: dict[int, FakeVM] = {}
+        #: Object storage access keys, by id (their secret included), and how many were
+        #: ever made.
+        self.access_keys: dict[int, dict[str, Any]] = {}
+        self.access_keys_made = 0
+        self._key_delete_failures = Failures()
         #: (flavor, region): the next create of it is refused for stock, and the flavor is
         #: listed out of stock there from then on (someone took the last one meanwhile).
         self.sell_out: set[tuple[str, str]] = set()
@@ -232,6 +242,13 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
         """After ``after`` more creates, the next ``n`` with a valid body are refused."""
         with self._lock:
             self._failures.plan(n, _Refused(message, reason, status), after=after)
+
+    def fail_key_deletes(self, n: int, *, status: int = 500) -> None:
+        """The next ``n`` deletes of an access key are refused with ``status``."""
+        with self._lock:
+            self._key_delete_failures.plan(
+                n, _Refused("Object storage is unavailable", "internal_error", status)
+            )
 
     def kill(self, vm_id: int) -> None:
         """The VM's machine dies at once (every process killed); Hyperstack then shows it
@@ -300,7 +317,49 @@ class FakeHyperstack(MachineCloud[int, FakeVM]):
                 return _ok("Success", instance=self._json(vm))
         if len(rest) == 3 and rest[:2] == ["core", "virtual-machines"] and method == "DELETE":
             return self._delete(rest[2])
+        if rest == ["object-storage", "access-keys"] and method == "POST":
+            return self._make_access_key(body)
+        if rest == ["object-storage", "access-keys"] and method == "GET":
+            with self._lock:
+                shown = [
+                    {k: v for k, v in key.items() if k != "secret_key"}
+                    for key in self.access_keys.values()
+                ]
+            return _ok("Success", access_keys=shown)
+        if len(rest) == 3 and rest[:2] == ["object-storage", "access-keys"] and method == "DELETE":
+            return self._delete_access_key(rest[2])
         raise _Refused(f"not found: {method} /v1/{'/'.join(rest)}", "not_found", 404)
+
+    # -- object storage --------------------------------------------------------------------------
+
+    def _make_access_key(self, body: Any) -> _Answer:
+        _check(body, _ACCESS_KEY_FIELDS, required=("region",))
+        if body["region"] not in STORAGE_REGIONS:
+            raise _Refused(
+                f"region: no object storage in {body['region']!r} "
+                f"(one of {', '.join(STORAGE_REGIONS)})"
+            )
+        with self._lock:
+            self.access_keys_made += 1
+            key_id = 9000 + self.access_keys_made
+            key = {
+                "id": key_id,
+                "user_id": 27,
+                "access_key": "HSAK" + secrets.token_hex(8).upper(),
+                "secret_key": secrets.token_urlsafe(30),
+                "region": body["region"],
+                "description": body.get("description"),
+                "created_at": _now(),
+            }
+            self.access_keys[key_id] = key
+        return _ok("Access key created successfully", **copy.deepcopy(key))
+
+    def _delete_access_key(self, given: str) -> _Answer:
+        with self._lock:
+            self._key_delete_failures.check()
+            if not given.isdigit() or self.access_keys.pop(int(given), None) is None:
+                raise _Refused(f"no access key {given}", "not_found", 404)
+        return _ok("Access key deleted successfully")
 
     # -- flavors ---------------------------------------------------------------------------------
 
@@ -576,6 +635,12 @@ _RULE_FIELDS: Checks = {
     "remote_ip_prefix": (_is_network, "a network such as 0.0.0.0/0"),
     "port_range_min": (_is_port, "a port from 1 to 65535"),
     "port_range_max": (_is_port, "a port from 1 to 65535"),
+}
+
+
+_ACCESS_KEY_FIELDS: Checks = {
+    "region": (_is_text, "a region name"),
+    "description": (_is_text, "text"),
 }
 
 

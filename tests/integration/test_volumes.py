@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_hyperstack import FakeHyperstack
 from needs import unavailable
 
 import skyward as sky
@@ -127,6 +128,62 @@ def test_two_nodes_read_and_write_through_their_mounts_and_leave_nothing_behind(
     text = log.read_text()
     assert "volumes" in text  # the bootstrap phase is in the log
     assert SECRET not in text
+
+
+@pytest.fixture(scope="module")
+def hyperstack_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHyperstack]:
+    """A fake of Hyperstack's API, for its object storage keys only (no VM is made)."""
+    with FakeHyperstack(root=tmp_path_factory.mktemp("hyperstack")) as api:
+        yield api
+
+
+def _hyperstack(api: FakeHyperstack, endpoint: str) -> sky.storage.Storage:
+    return sky.storage.Hyperstack(
+        region="CANADA-1", api_key=api.api_key, endpoint=endpoint, api_url=api.api_url
+    )
+
+
+def test_a_hyperstack_store_makes_one_key_for_the_pool_and_deletes_it_when_the_pool_closes(
+    hosts: Machines, endpoint: str, tmp_path: Path, hyperstack_api: FakeHyperstack
+) -> None:
+    boto = boto_s3(endpoint)
+    for name in ("hs-data", "hs-out"):
+        boto.create_bucket(Bucket=name)
+    boto.put_object(Bucket="hs-data", Key="a.txt", Body=b"from Hyperstack's store")
+    made = hyperstack_api.access_keys_made
+    data, out = tmp_path / "mnt" / "data", tmp_path / "mnt" / "out"
+    log = tmp_path / "pool.log"
+    options = sky.Options(
+        console="silent", logging=sky.LogConfig(file=str(log), level="DEBUG", console=False)
+    )
+    store = _hyperstack(hyperstack_api, endpoint)
+    volumes = [
+        sky.Volume(bucket="hs-data", mount=str(data), storage=store),
+        sky.Volume(bucket="hs-out", mount=str(out), read_only=False, storage=store),
+    ]
+    with sky.Compute(provider=hosts.provider(), nodes=2, volumes=volumes, options=options) as pool:
+        [key] = hyperstack_api.access_keys.values()  # one for both volumes, both nodes
+        assert sky.function(read)(f"{data}/a.txt") @ pool == ["from Hyperstack's store"] * 2
+        sky.function(write)(f"{out}/r.txt", "written") >> pool
+    assert boto.get_object(Bucket="hs-out", Key="r.txt")["Body"].read() == b"written"
+    assert hyperstack_api.access_keys == {}
+    assert hyperstack_api.access_keys_made == made + 1
+    assert _mounts(hosts.a.pid) == _mounts(hosts.b.pid) == []
+    text = log.read_text()
+    assert key["secret_key"] not in text
+    assert hyperstack_api.api_key not in text
+
+
+def test_a_pool_that_fails_deletes_the_key_it_made(
+    hosts: Machines, endpoint: str, tmp_path: Path, hyperstack_api: FakeHyperstack
+) -> None:
+    made = hyperstack_api.access_keys_made
+    store = _hyperstack(hyperstack_api, endpoint)
+    volume = sky.Volume(bucket="no-such-bucket", mount=str(tmp_path / "m"), storage=store)
+    with pytest.raises(sky.ProvisionError, match="s3fs could not mount it"):
+        sky.Compute(provider=hosts.provider(hosts.a), volumes=[volume], options=QUIET).__enter__()
+    assert hyperstack_api.access_keys_made == made + 1
+    assert hyperstack_api.access_keys == {}
 
 
 def test_a_wrong_bucket_fails_the_bootstrap_naming_the_volume(

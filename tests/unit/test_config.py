@@ -253,6 +253,18 @@ def test_unknown_keys_are_errors_with_a_suggestion(project: Path) -> None:
             "expected the name of an environment variable, got '1A'",
         ),
         (
+            'volumes = [{ bucket = "b", mount = "/d", storage = { kind = "hyperstack", '
+            'region = "CANADA-1", api_key = "hs_live_123" } }]',
+            "pools.train.volumes[0].storage.api_key",
+            'name the variable that holds it, api_key_env = "..."',
+        ),
+        (
+            'volumes = [{ bucket = "b", mount = "/d", storage = { kind = "hyperstack", '
+            'region = "CANADA-1", access_key_env = "A" } }]',
+            "pools.train.volumes[0].storage.access_key_env",
+            "unknown key 'access_key_env'; did you mean 'api_key_env'?",
+        ),
+        (
             'volumes = [{ bucket = "b", mount = "/d", storage = { kind = "minio" } }]',
             "pools.train.volumes[0].storage",
             "unknown storage 'minio'",
@@ -601,9 +613,26 @@ secret_key_env = "B2_KEY" }
         bucket = "d"
         mount = "/s3"
         storage = { kind = "s3", region = "eu-west-1" }
+
+        [[pools.data.volumes]]
+        bucket = "e"
+        mount = "/hs"
+        storage = { kind = "hyperstack", region = "CANADA-1", api_key_env = "MY_HS_KEY" }
+
+        [[pools.data.volumes]]
+        bucket = "f"
+        mount = "/hs2"
+        storage = { kind = "hyperstack", region = "CANADA-1" }
         """,
     )
-    r2, b2, s3 = (volume.storage for volume in loaded.pools["data"].specs[0].volumes)
+    r2, b2, s3, hs, hs2 = (volume.storage for volume in loaded.pools["data"].specs[0].volumes)
+    assert hs == attrs.evolve(
+        sky.storage.Hyperstack(region="CANADA-1"),
+        key_issuer=sky.storage.HyperstackKeys(
+            api_key=sky.storage.EnvKey("MY_HS_KEY"), region="CANADA-1"
+        ),
+    )
+    assert hs2 == sky.storage.Hyperstack(region="CANADA-1")  # its key: HYPERSTACK_API_KEY
     assert r2 == attrs.evolve(
         sky.storage.R2(account_id="acct", access_key="x", secret_key="y"),
         access_key=sky.storage.EnvKey("MY_R2_KEY"),

@@ -85,7 +85,7 @@ def test_aws_mounts_s3_in_its_region_with_the_profile_or_this_clients_keys(
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     volume = sky.Volume(bucket="b", mount="/data")
     spec = sky.Spec(provider=sky.AWS(region="eu-west-1"), volumes=[volume])
-    (mount,) = trio.run(_volume_mounts, spec)
+    (mount,) = trio.run(_volume_mounts, spec, [])
     assert (mount.url, mount.region, mount.path_style) == (
         "https://s3.eu-west-1.amazonaws.com",
         "eu-west-1",
@@ -93,10 +93,10 @@ def test_aws_mounts_s3_in_its_region_with_the_profile_or_this_clients_keys(
     )
     assert mount.keys == ("AKIACLIENT", KEY)
     profiled = attrs.evolve(spec, provider=sky.AWS(region="eu-west-1", instance_profile="ml"))
-    assert trio.run(_volume_mounts, profiled)[0].keys is None
+    assert trio.run(_volume_mounts, profiled, [])[0].keys is None
     monkeypatch.setenv("AWS_SESSION_TOKEN", "tok")
     with pytest.raises(ValueError, match="temporary"):
-        trio.run(_volume_mounts, spec)
+        trio.run(_volume_mounts, spec, [])
 
 
 def test_a_storages_key_functions_are_called_on_the_client() -> None:
@@ -105,7 +105,7 @@ def test_a_storages_key_functions_are_called_on_the_client() -> None:
         provider=sky.SSH(hosts=["127.0.0.9"]),
         volumes=[sky.Volume(bucket="b", mount="/data", storage=store)],
     )
-    (mount,) = trio.run(_volume_mounts, spec)
+    (mount,) = trio.run(_volume_mounts, spec, [])
     assert mount.keys == ("id", KEY)
     assert mount.path_style == store.path_style
     assert mount.url == store.endpoint.rstrip("/")
