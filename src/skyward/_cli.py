@@ -442,11 +442,20 @@ def _keyed(spec: Any) -> Any:
 
 
 def _volume_keyed(volume: Any) -> Any:
-    from skyward_trio.storage import EnvKey
+    from skyward_trio.storage import EnvKey, HyperstackKeys
 
     storage = volume.storage
     if storage is None:
         return volume
+    issuer = storage.key_issuer
+    if isinstance(issuer, HyperstackKeys):  # its API key: named, or HYPERSTACK_API_KEY
+        given = issuer.api_key
+        name = given.name if isinstance(given, EnvKey) else None
+        name = "HYPERSTACK_API_KEY" if given is None else name
+        if name is None or name not in os.environ:
+            return volume
+        issuer = attrs.evolve(issuer, api_key=os.environ[name])
+        return attrs.evolve(volume, storage=attrs.evolve(storage, key_issuer=issuer))
     read = {}
     for field in ("access_key", "secret_key"):
         key = getattr(storage, field)

@@ -996,3 +996,30 @@ def test_sky_compute_create_reads_the_named_keys_in_its_own_shell(
     assert keyed.storage.secret_key == sky.storage.EnvKey("K2")  # left to the server's shell
     monkeypatch.delenv("K1")
     assert _keyed(spec) is spec  # nothing to read here
+
+
+def test_the_cli_sends_a_hyperstack_stores_api_key_from_its_own_shell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``sky compute create`` reads the variable a hyperstack store names (or
+    HYPERSTACK_API_KEY) where it runs, for a server started elsewhere."""
+    from skyward import _cli
+
+    def spec(api_key: object) -> sky.Spec:
+        store = sky.storage.Hyperstack(region="CANADA-1", api_key=api_key)  # type: ignore[arg-type]
+        volume = sky.Volume(bucket="b", mount="/d", storage=store)
+        return sky.Spec(provider=sky.SSH(hosts=["h"]), volumes=[volume])
+
+    def sent(given: sky.Spec) -> object:
+        (volume,) = _cli._keyed(given).volumes
+        assert volume.storage is not None
+        assert volume.storage.key_issuer is not None
+        return volume.storage.key_issuer.api_key  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("MY_HS", "named-here")
+    monkeypatch.setenv("HYPERSTACK_API_KEY", "default-here")
+    assert sent(spec(sky.storage.EnvKey("MY_HS"))) == "named-here"
+    assert sent(spec(None)) == "default-here"
+    assert sent(spec("from-python")) == "from-python"
+    monkeypatch.delenv("MY_HS")
+    assert sent(spec(sky.storage.EnvKey("MY_HS"))) == sky.storage.EnvKey("MY_HS")
