@@ -145,7 +145,7 @@ def _volumes(spec: Spec) -> None:
                 "machine's own credentials, which Skyward does on AWS only; for a Cloud "
                 "Storage bucket pass storage=sky.storage.GCS(...) with an HMAC key"
             )
-        if volume.storage is None and not isinstance(provider, AWS):
+        if volume.storage is None and not isinstance(provider, (AWS, Hyperstack)):
             raise ValueError(
                 f"{volume!r}: storage=None mounts the provider's own object store, and "
                 f"{type(provider).__name__} has none; pass storage=sky.storage.R2(...) (or "

@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from . import _console, _health, _logging, _offers, _reaper, _serial, _transport, config
+from . import storage as storage_presets
 from ._aws import volume_keys
 from ._checks import check_specs
 from ._errors import ProvisionError, TeardownError
@@ -50,6 +51,7 @@ from ._model import (
     SCW_SECRET_KEY_ENV,
     SSH,
     VERDA_CLIENT_SECRET_ENV,
+    Hyperstack,
     LogConfig,
     OneAPIKey,
     Options,
@@ -65,7 +67,14 @@ from ._pool import Pool
 from ._providers import offers, open_cluster
 from ._supervisor import NodePluginPlan, Supervisor
 from ._volumes import Mount
-from .storage import IssuedKey, KeyIssuer, Storage, StorageError, resolved_keys
+from .storage import (
+    HYPERSTACK_STORAGE_REGION,
+    IssuedKey,
+    KeyIssuer,
+    Storage,
+    StorageError,
+    resolved_keys,
+)
 
 __all__ = ["Compute"]
 
@@ -373,6 +382,19 @@ async def _revoke(issued: list[tuple[KeyIssuer, IssuedKey]]) -> StorageError | N
     return StorageError("; ".join(problems)) if problems else None
 
 
+def _own_store(provider: ProviderConfig) -> Storage | None:
+    """The object store of the provider's own that ``Volume(storage=None)`` mounts, when
+    it is reached with a key like any store's (sky.Hyperstack's: a key made with its API
+    key, in the one region Skyward knows the store's address of); None for the others."""
+    if not isinstance(provider, Hyperstack):
+        return None
+    return storage_presets.Hyperstack(
+        region=HYPERSTACK_STORAGE_REGION,
+        api_key=provider.resolved_api_key(),
+        api_url=provider.api_url,
+    )
+
+
 async def _volume_mounts(
     spec: Spec, issued: list[tuple[KeyIssuer, IssuedKey]]
 ) -> tuple[Mount, ...]:
@@ -382,12 +404,14 @@ async def _volume_mounts(
     to ``issued`` (the pool deletes it when it closes); volumes on it share that key.
 
     ``storage=None`` on ``sky.AWS``: S3 in the provider's region, signed with the nodes'
-    instance profile when they have one, else with this client's boto3 keys.
+    instance profile when they have one, else with this client's boto3 keys. On
+    ``sky.Hyperstack``: its object storage, with a key made with the provider's API key.
     """
     mounts = []
     made: dict[int, tuple[str, str]] = {}  # by id() of the storage with a key_issuer
+    own = _own_store(spec.provider)
     for volume in spec.volumes:
-        storage = volume.storage
+        storage = own if volume.storage is None and own is not None else volume.storage
         if isinstance(storage, Storage):
             url, path_style, region = storage.endpoint, storage.path_style, storage.region
             keys: tuple[str, str] | None

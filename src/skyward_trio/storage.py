@@ -333,6 +333,8 @@ def Backblaze(*, region: str, key_id: Credential, app_key: Credential) -> Storag
 HYPERSTACK_ENDPOINTS: Mapping[str, str] = types.MappingProxyType(
     {"CANADA-1": "https://ca1.obj.nexgencloud.io"}
 )
+#: The region ``Volume(storage=None)`` on ``sky.Hyperstack`` mounts a bucket of.
+HYPERSTACK_STORAGE_REGION = "CANADA-1"
 HYPERSTACK_API_URL = "https://infrahub-api.nexgencloud.com/v1"
 _HYPERSTACK_KEY_ENV = "HYPERSTACK_API_KEY"  # as sky.Hyperstack reads it
 

@@ -13,6 +13,8 @@ from fake_hyperstack import FakeHyperstack
 
 import skyward as sky
 from skyward_trio import storage as _storage
+from skyward_trio._checks import check_spec
+from skyward_trio._compute import _revoke, _volume_mounts
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +136,28 @@ def test_regions_and_what_is_refused_before_any_request() -> None:
         sky.storage.Storage(endpoint="https://x.example", access_key="a", key_issuer=issuer)
     with pytest.raises(TypeError, match="a key issuer has issue"):
         sky.storage.Storage(endpoint="https://x.example", key_issuer="not one")  # type: ignore[arg-type]
+
+
+def test_a_volume_without_storage_on_sky_hyperstack_is_hyperstacks_own_store(
+    fake: FakeHyperstack,
+) -> None:
+    provider = sky.Hyperstack(api_key=fake.api_key, api_url=fake.api_url)
+    volumes = [
+        sky.Volume(bucket="data", mount="/data"),
+        sky.Volume(bucket="out", mount="/out", read_only=False),
+    ]
+    spec = sky.Spec(provider=provider, accelerator=sky.accelerators.A100(), volumes=volumes)
+    check_spec(spec)  # accepted, as on sky.AWS
+    issued: list[tuple[_storage.KeyIssuer, _storage.IssuedKey]] = []
+    data, out = trio.run(_volume_mounts, spec, issued)
+    [key] = fake.access_keys.values()  # one for the pool's volumes
+    assert key["region"] == "CANADA-1"
+    assert (data.url, data.region, data.path_style) == (
+        "https://ca1.obj.nexgencloud.io",
+        "CANADA-1",
+        True,
+    )
+    assert data.keys == out.keys == (key["access_key"], key["secret_key"])
+    assert trio.run(_revoke, issued) is None
+    assert fake.access_keys == {}
+    assert issued == []
