@@ -276,7 +276,7 @@ async def _open_pool(
             )
             for note in notes:  # what happened to the specs tried or skipped before this one
                 pool._events.emit(Error(job_id=job_id, message=note))
-            reaper = await _start_reaper(pool, cluster, choice)
+            reaper = await _start_reaper(pool, cluster, choice, issued)
             pool._events.emit(ClusterRequested(job_id=job_id, provider=cluster.name, nodes=nodes))
             supervisor = Supervisor(pool, cluster, client_key, probe, secret, plugins, mounts)
             failure: BaseException | None = None
@@ -301,11 +301,15 @@ async def _open_pool(
                         await cluster.aclose()
                     except Exception as exc:  # what the cloud could not confirm ended
                         close_error = exc
-                    if reaper is not None and teardown_error is None and close_error is None:
+                    unrevoked = await _revoke(issued)  # the machines using them are gone
+                    if reaper is not None and (teardown_error, close_error, unrevoked) == (
+                        None,
+                        None,
+                        None,
+                    ):
                         reaper.closed()
                     elif reaper is not None:
                         reaper.left()  # it tries again once this process ends
-                    unrevoked = await _revoke(issued)  # the machines using them are gone
         left = _left_behind(cluster.name, teardown_error, close_error)
         if failure is not None:
             for problem in (left, unrevoked):  # what may still bill, a key left standing
@@ -327,27 +331,41 @@ async def _open_pool(
         raise
 
 
-async def _start_reaper(pool: Pool, cluster: Any, choice: _offers.Choice) -> _reaper.Reaper | None:
-    """The reaper of a pool whose machines cannot end themselves when its client dies
-    (``_reaper``); None for the others. One that cannot start is said, not hidden. It is
-    started in a thread: its first process takes a moment to fork the reaper away."""
-    if not getattr(cluster, "needs_reaper", False):
+async def _start_reaper(
+    pool: Pool, cluster: Any, choice: _offers.Choice, issued: list[tuple[KeyIssuer, IssuedKey]]
+) -> _reaper.Reaper | None:
+    """The reaper of a pool whose machines cannot end themselves when its client dies, or
+    that made keys for its volumes (``_reaper``); None for the others. One that cannot
+    start is said, not hidden. It is started in a thread: its first process takes a
+    moment to fork the reaper away."""
+    machines = bool(getattr(cluster, "needs_reaper", False))
+    if not machines and not issued:
         return None
     try:
         # Shielded (it is brief): a reaper started and then lost to a cancel would never
         # be told that its pool closed.
         with trio.CancelScope(shield=True):
+            config = pool.spec.provider if machines else None
+            keys = list(issued)
             reaper = await trio.to_thread.run_sync(
-                _reaper.start, pool.spec.provider, pool.job_id, choice, pool.spec.ttl
+                lambda: _reaper.start(config, pool.job_id, choice, pool.spec.ttl, keys=keys)
             )
         return reaper
     except Exception as exc:
+        left = []
+        if machines:
+            left.append(
+                f"its {cluster.name} machines keep billing until you end them "
+                f"(named skyward-{pool.job_id}-*)"
+            )
+        if issued:
+            made = ", ".join(f"{key.key_id} ({key.access_key})" for _, key in issued)
+            left.append(f"the access keys made for its volumes ({made}) stay until you delete them")
         pool._events.emit(
             Error(
                 job_id=pool.job_id,
                 message=f"no reaper for this pool ({type(exc).__name__}: {exc}): if this "
-                f"process dies, its {cluster.name} machines keep billing until you end them "
-                f"(named skyward-{pool.job_id}-*)",
+                f"process dies, {' and '.join(left)}",
             )
         )
         return None

@@ -1,5 +1,6 @@
 """A pool's reaper: ends the machines of a pool whose client died, on the clouds whose
-machines cannot end themselves.
+machines cannot end themselves, and deletes the keys made for its volumes
+(``sky.storage.Hyperstack``) on any provider.
 
 Lambda, Hyperstack, Vultr, Verda, Scaleway, Novita, TensorDock, Massed Compute and
 JarvisLabs give a machine no credential of its own, and stopping its OS does not stop its
@@ -10,8 +11,9 @@ client's process group does not reach it). The client holds the write end of its
 
 - the first line is ``PID TTL LOG``: the client's pid, the pool's ``Spec.ttl`` and the log
   file the reaper writes; then the length-prefixed cloudpickle of ``(provider config,
-  job id, choice)``, unpickled only if the reaper has to act (its start stays a bare
-  interpreter's);
+  job id, choice, keys)``, unpickled only if the reaper has to act (its start stays a bare
+  interpreter's); the config is None when only keys are to be deleted, ``keys`` the
+  ``(KeyIssuer, IssuedKey)`` pairs made for the pool's volumes;
 - when the pool has closed and its cloud confirmed every machine ended, the client writes
   ``closed`` and the reaper exits; when its close could not confirm that, ``left``: the
   reaper tries again, at once, when the client's process ends;
@@ -19,7 +21,8 @@ client's process group does not reach it). The client holds the write end of its
   closed its end), the reaper waits for the client's pid to be gone too (a fork may have
   held the pipe), then ``ttl`` seconds, as the workers' lease does, then closes the cluster
   as the pool's close would: every machine the cloud lists under the job's name prefix is
-  ended and confirmed gone, and what the pool registered (its SSH key) removed. What it
+  ended and confirmed gone, what the pool registered (its SSH key) removed, and the keys
+  made for its volumes deleted (by then the workers have ended with their lease). What it
   could not end is written to the log, naming it.
 
 It does not help when the client's machine itself is gone (powered off, or cut from the
@@ -36,6 +39,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -83,8 +87,9 @@ class Reaper:
             pass  # it is gone already
 
 
-def start(config: Any, job_id: str, choice: Any, ttl: float) -> Reaper:
-    """Start the reaper of the pool ``job_id`` on the provider ``config``: a process of
+def start(config: Any, job_id: str, choice: Any, ttl: float, *, keys: Sequence[Any] = ()) -> Reaper:
+    """Start the reaper of the pool ``job_id`` on the provider ``config`` (None: it ends
+    no machines), deleting ``keys`` too (``(KeyIssuer, IssuedKey)`` pairs): a process of
     its own session that leaves its parent at once (so no child is left to this one),
     reading the pipe this keeps.
 
@@ -94,7 +99,7 @@ def start(config: Any, job_id: str, choice: Any, ttl: float) -> Reaper:
     """
     import cloudpickle
 
-    blob = cloudpickle.dumps((config, job_id, choice))
+    blob = cloudpickle.dumps((config, job_id, choice, list(keys)))
     log = Path(os.path.expanduser(LOG_DIR)) / f"reaper-{job_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -153,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1)
     if said.startswith(LEFT):
         _say(
-            f"pool {job}: its close could not confirm every machine ended, and its client "
-            f"(pid {parent}) has ended; ending them now"
+            f"pool {job}: its close could not confirm every machine ended (or key "
+            f"deleted), and its client (pid {parent}) has ended; ending them now"
         )
     else:
         _say(
-            f"pool {job}: its client (pid {parent}) ended without closing it; ending its "
-            f"machines in {ttl:g} s (the pool's ttl)"
+            f"pool {job}: its client (pid {parent}) ended without closing it; ending what "
+            f"it left in {ttl:g} s (the pool's ttl)"
         )
         time.sleep(ttl)
     return _reap(job, blob)
@@ -172,7 +177,7 @@ def _reap(job: str, blob: bytes) -> int:
     from . import _transport
     from ._providers import open_cluster
 
-    config, job_id, choice = cloudpickle.loads(blob)
+    config, job_id, choice, keys = cloudpickle.loads(blob)
 
     async def reap() -> None:
         async with _transport.asyncio_loop():
@@ -182,13 +187,24 @@ def _reap(job: str, blob: bytes) -> int:
             cluster.reaping()  # type: ignore[attr-defined]  # a RentedCluster: needs_reaper
             await cluster.aclose()
 
-    try:
-        trio.run(reap)
-    except Exception as exc:
-        _say(f"pool {job}: could not end everything: {_words(exc)}")
-        return 1
-    _say(f"pool {job}: every machine the cloud listed for it is ended")
-    return 0
+    failed = 0
+    if config is not None:
+        try:
+            trio.run(reap)
+        except Exception as exc:
+            _say(f"pool {job}: could not end everything: {_words(exc)}")
+            failed = 1
+        else:
+            _say(f"pool {job}: every machine the cloud listed for it is ended")
+    for issuer, key in keys:
+        try:
+            issuer.revoke(key)
+        except Exception as exc:
+            _say(f"pool {job}: could not delete access key {key.key_id}: {_words(exc)}")
+            failed = 1
+        else:
+            _say(f"pool {job}: access key {key.key_id} ({key.access_key}) deleted")
+    return failed
 
 
 def _words(exc: BaseException) -> str:

@@ -13,9 +13,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloudpickle
 import pytest
+from clients import killed_client, reaper_running
 from fake_hyperstack import FakeHyperstack
 from needs import unavailable
+from waiting import wait_until
 
 import skyward as sky
 from conftest import Machines, boto_s3, two_machines
@@ -184,6 +187,44 @@ def test_a_pool_that_fails_deletes_the_key_it_made(
         sky.Compute(provider=hosts.provider(hosts.a), volumes=[volume], options=QUIET).__enter__()
     assert hyperstack_api.access_keys_made == made + 1
     assert hyperstack_api.access_keys == {}
+
+
+_KEYED_CLIENT = """
+import sys, time
+import cloudpickle
+import skyward as sky
+provider = cloudpickle.loads(bytes.fromhex(sys.argv[1]))
+api_key, api_url, endpoint, bucket, mount = sys.argv[2:]
+store = sky.storage.Hyperstack(
+    region="CANADA-1", api_key=api_key, api_url=api_url, endpoint=endpoint
+)
+volume = sky.Volume(bucket=bucket, mount=mount, storage=store)
+options = sky.Options(console="silent", ssh_timeout=2)  # a short reconnect window
+with sky.Compute(provider=provider, volumes=[volume], ttl=0, options=options) as pool:
+    print(pool.job_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_key_of_a_client_that_died_is_deleted_by_its_reaper(
+    hosts: Machines, endpoint: str, bucket: str, tmp_path: Path, hyperstack_api: FakeHyperstack
+) -> None:
+    """On any provider: the pool's reaper, a process beside the client, deletes the key
+    made for its volumes once the client is gone (and the ttl, as the workers' lease)."""
+    api = hyperstack_api
+    provider = cloudpickle.dumps(hosts.provider(hosts.a)).hex()
+    args = (provider, api.api_key, api.api_url, endpoint, bucket, str(tmp_path / "m"))
+    with killed_client(_KEYED_CLIENT, *args) as job:
+        [key] = api.access_keys.values()
+        assert reaper_running(job)
+        assert len(_mounts(hosts.a.pid)) == 1
+    wait_until(lambda: not api.access_keys, "the reaper to delete the key", timeout=60, every=0.2)
+    wait_until(lambda: not reaper_running(job), "the reaper to exit", timeout=60, every=0.2)
+    log = (Path.home() / ".skyward" / "logs" / f"reaper-{job}.log").read_text()
+    assert f"access key {key['id']} ({key['access_key']}) deleted" in log
+    assert key["secret_key"] not in log
+    # The worker, its lease over, unmounted the volume.
+    wait_until(lambda: not _mounts(hosts.a.pid), "the volume unmounted", timeout=60, every=0.2)
 
 
 def test_a_wrong_bucket_fails_the_bootstrap_naming_the_volume(
