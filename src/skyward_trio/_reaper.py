@@ -34,12 +34,13 @@ client side only starts the process and writes to it.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -187,23 +188,27 @@ def _reap(job: str, blob: bytes) -> int:
             cluster.reaping()  # type: ignore[attr-defined]  # a RentedCluster: needs_reaper
             await cluster.aclose()
 
-    failed = 0
+    # Each step: what it does, what the log says once it did, and when it could not.
+    steps: list[tuple[Callable[[], object], str, str]] = [
+        (
+            functools.partial(issuer.revoke, key),
+            f"access key {key.key_id} ({key.access_key}) deleted",
+            f"could not delete access key {key.key_id}",
+        )
+        for issuer, key in keys
+    ]
     if config is not None:
+        ended = "every machine the cloud listed for it is ended"
+        steps.insert(0, (lambda: trio.run(reap), ended, "could not end everything"))
+    failed = 0
+    for step, done, failure in steps:
         try:
-            trio.run(reap)
+            step()
         except Exception as exc:
-            _say(f"pool {job}: could not end everything: {_words(exc)}")
+            _say(f"pool {job}: {failure}: {_words(exc)}")
             failed = 1
         else:
-            _say(f"pool {job}: every machine the cloud listed for it is ended")
-    for issuer, key in keys:
-        try:
-            issuer.revoke(key)
-        except Exception as exc:
-            _say(f"pool {job}: could not delete access key {key.key_id}: {_words(exc)}")
-            failed = 1
-        else:
-            _say(f"pool {job}: access key {key.key_id} ({key.access_key}) deleted")
+            _say(f"pool {job}: {done}")
     return failed
 
 
