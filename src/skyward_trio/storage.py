@@ -364,7 +364,9 @@ def Hyperstack(
                 "Storage) for another"
             )
     issuer = HyperstackKeys(api_key=api_key, region=region, api_url=api_url.rstrip("/"))
-    return Storage(endpoint=endpoint, path_style=True, region=region, key_issuer=issuer)
+    # Requests are signed for us-east-1, as S3 clients do by default (and as clients
+    # known to work with Hyperstack's store do); the key itself is scoped to ``region``.
+    return Storage(endpoint=endpoint, path_style=True, key_issuer=issuer)
 
 
 def _path_style(
