@@ -8,7 +8,8 @@ Wasabi and Backblaze B2 all take); files larger than one part go up as a multipa
 that is aborted if it fails, and downloads land in a temporary file renamed into place,
 so a failed one leaves nothing half-written. A request that fails the way stores expect
 clients to retry (HTTP 429, 500, 502, 503, 504, or a dropped connection) is sent again,
-after a pause that grows, up to :data:`RETRY_ATTEMPTS` times in all.
+after a pause that grows, up to ``Storage.attempts`` times in all (:data:`RETRY_ATTEMPTS`
+unless ``tuned``).
 
 It works the same on your machine and inside a function on a node, where the presets
 read their keys from the node's environment (``Image(env=...)``).
@@ -68,8 +69,8 @@ Credential: TypeAlias = "str | Callable[[], str | Awaitable[str]]"
 #: ``(total, total)`` once all are there.
 Progress: TypeAlias = "Callable[[int, int], object]"
 
-#: Files larger than this go up (and objects larger than this come down) in parts of this
-#: size (S3 takes 5 MiB .. 5 GiB per part).
+#: The default ``Storage.part_size``: files larger than this go up (and objects larger
+#: than this come down) in parts of this size (S3 takes 5 MiB .. 5 GiB per part).
 PART_SIZE = 64 * 1024 * 1024
 #: Parts of one upload or download in flight at once. An upload holds each in memory.
 PARTS_IN_FLIGHT = 4
@@ -88,6 +89,15 @@ _TRANSIENT = frozenset({429, 500, 502, 503, 504})
 _FINAL = frozenset(range(100, 600)) - _TRANSIENT
 _PAGE = 1000  # keys per ListObjectsV2 page, S3's own most
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+_MIB = 1024 * 1024
+# The transfer settings a Storage takes: (field, least, most, an example).
+_TUNINGS = (
+    ("part_size", 5 * _MIB, 5 * 1024 * _MIB, "256 * 1024 * 1024"),
+    ("parts_in_flight", 1, 64, "16"),
+    ("attempts", 1, 20, "10"),
+)
 
 
 class StorageError(RuntimeError):
@@ -128,6 +138,12 @@ class Storage:
         key_issuer: Where a key pair is made for each use and deleted after it (a
             :class:`KeyIssuer`, e.g. ``sky.storage.Hyperstack``'s), in place of
             ``access_key`` and ``secret_key``.
+        part_size: Bytes: files larger than this go up, and objects larger than this come
+            down, in parts of this size (5 MiB to 5 GiB, as S3 takes).
+        parts_in_flight: Parts of one transfer moving at once (1 to 64); an upload holds
+            each in memory.
+        attempts: How many times a request is sent before its failure is final, the
+            first time included (1 to 20).
     """
 
     endpoint: str
@@ -136,6 +152,9 @@ class Storage:
     path_style: bool = False
     region: str = "us-east-1"
     key_issuer: KeyIssuer | None = None
+    part_size: int = PART_SIZE
+    parts_in_flight: int = PARTS_IN_FLIGHT
+    attempts: int = RETRY_ATTEMPTS
 
     def __attrs_post_init__(self) -> None:
         parsed = urllib.parse.urlsplit(self.endpoint) if isinstance(self.endpoint, str) else None
@@ -152,6 +171,13 @@ class Storage:
             raise ValueError(
                 f'Storage(region={self.region!r}): pass the signing region, e.g. "us-east-1"'
             )
+        for name, low, high, example in _TUNINGS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"Storage({name}={value!r}): {name} is a whole number from {low} to "
+                    f"{high}, e.g. {example}"
+                )
         if self.key_issuer is not None and not isinstance(self.key_issuer, KeyIssuer):
             raise TypeError(
                 f"Storage(key_issuer={self.key_issuer!r}): a key issuer has issue(), "
@@ -163,6 +189,22 @@ class Storage:
             raise ValueError(
                 "Storage(key_issuer=...) makes the keys: pass no access_key or secret_key"
             )
+
+    def tuned(
+        self,
+        *,
+        part_size: int | None = None,
+        parts_in_flight: int | None = None,
+        attempts: int | None = None,
+    ) -> Storage:
+        """This store with other transfer settings (those not given stay as they are):
+        ``sky.storage.S3(region="us-east-1").tuned(parts_in_flight=16)``."""
+        return attrs.evolve(
+            self,
+            part_size=self.part_size if part_size is None else part_size,
+            parts_in_flight=self.parts_in_flight if parts_in_flight is None else parts_in_flight,
+            attempts=self.attempts if attempts is None else attempts,
+        )
 
     def __enter__(self) -> StorageClient:
         issued = None
@@ -595,6 +637,7 @@ class _Requests:
 
     def __init__(self, storage: Storage, keys: tuple[str, str]) -> None:
         self.storage = storage
+        self.attempts = storage.attempts
         self._access, self._secret = keys
 
     def url(self, bucket: str, key: str = "", query: Mapping[str, str] | None = None) -> str:
@@ -941,6 +984,7 @@ class _Retry:
         request: The request's first attempt.
         what: The operation, for errors.
         describe: Builds the error of an answer, from ``(answer, what, attempts)``.
+        attempts: How many times it may be sent in all (``Storage.attempts``).
     """
 
     def __init__(
@@ -948,7 +992,10 @@ class _Retry:
         request: _Request,
         what: str,
         describe: Callable[[_Answer, str, int], StorageError] = _failure,
+        *,
+        attempts: int = RETRY_ATTEMPTS,
     ) -> None:
+        self._attempts = attempts
         self._method = request.method
         self._what = what
         self._describe = describe
@@ -967,7 +1014,7 @@ class _Retry:
         not one the request accepts."""
         self._last = self._describe(answer, self._what, self._attempt)
         transient = answer.status_code in _TRANSIENT or _error_in_body(self._method, answer)
-        if not transient or self._attempt >= RETRY_ATTEMPTS:
+        if not transient or self._attempt >= self._attempts:
             raise self._last
         return self._next(_retry_after(answer))
 
@@ -987,7 +1034,7 @@ class _Retry:
                     "may have done it; see whether the object is there before uploading "
                     "it again)"
                 )
-        if not again or self._attempt >= RETRY_ATTEMPTS:
+        if not again or self._attempt >= self._attempts:
             raise self._last from exc
         return self._next(None)
 
@@ -1023,7 +1070,7 @@ class _WholeDownload:
     ) -> None:
         self._requests = r
         self.request = r.request("GET", bucket, key)
-        self.retry = _Retry(self.request, what, _download_failure)
+        self.retry = _Retry(self.request, what, _download_failure, attempts=r.attempts)
         self._head = head
         self._etag = head[1] if head is not None else ""
         self._meter_for = meter_for
@@ -1190,12 +1237,12 @@ class StorageClient:
         self,
         storage: Storage,
         keys: tuple[str, str],
-        part_size: int = PART_SIZE,
-        in_flight: int = PARTS_IN_FLIGHT,
+        part_size: int | None = None,
+        in_flight: int | None = None,
     ) -> None:
         self._requests = _Requests(storage, keys)
-        self._part_size = part_size
-        self._in_flight = in_flight
+        self._part_size = storage.part_size if part_size is None else part_size
+        self._in_flight = storage.parts_in_flight if in_flight is None else in_flight
         self._http: httpx.Client | None = None
 
     def _open(self) -> None:
@@ -1225,7 +1272,7 @@ class StorageClient:
         is set; from yours, its pauses are ``time.sleep`` (Ctrl-C ends them)."""
         import httpx
 
-        retry = _Retry(request, what)
+        retry = _Retry(request, what, attempts=self._requests.attempts)
         while True:
             try:
                 answer = self._client().request(
@@ -1446,7 +1493,7 @@ class StorageClient:
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
             part = _part_what(what, index, count)
-            retry = _Retry(request, part, _download_failure)
+            retry = _Retry(request, part, _download_failure, attempts=self._requests.attempts)
             while True:  # an attempt that fails writes its bytes again, where they go
                 got = 0
                 try:
@@ -1519,12 +1566,12 @@ class AsyncStorageClient:
         self,
         storage: Storage,
         keys: tuple[str, str],
-        part_size: int = PART_SIZE,
-        in_flight: int = PARTS_IN_FLIGHT,
+        part_size: int | None = None,
+        in_flight: int | None = None,
     ) -> None:
         self._requests = _Requests(storage, keys)
-        self._part_size = part_size
-        self._in_flight = in_flight
+        self._part_size = storage.part_size if part_size is None else part_size
+        self._in_flight = storage.parts_in_flight if in_flight is None else in_flight
         self._http: httpx.AsyncClient | None = None
 
     def _open(self) -> None:
@@ -1548,7 +1595,7 @@ class AsyncStorageClient:
         import httpx
         import trio
 
-        retry = _Retry(request, what)
+        retry = _Retry(request, what, attempts=self._requests.attempts)
         while True:
             try:
                 answer = await self._client().request(
@@ -1782,7 +1829,7 @@ class AsyncStorageClient:
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
             part = _part_what(what, index, count)
-            retry = _Retry(request, part, _download_failure)
+            retry = _Retry(request, part, _download_failure, attempts=self._requests.attempts)
             while True:  # an attempt that fails writes its bytes again, where they go
                 got = 0
                 try:

@@ -49,20 +49,18 @@ def test_upload_ls_exists_download_rm(endpoint: str, bucket: str, tmp_path: Path
     assert body == "ü".encode()
 
 
-def test_a_large_file_goes_up_in_parts(endpoint: str, bucket: str, tmp_path: Path) -> None:
+def test_a_large_file_goes_up_in_parts_of_the_size_asked(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(11 * 1024 * 1024))
-    storage = _store(endpoint)
-    client = StorageClient(storage, ("testing", "testing"), part_size=5 * 1024 * 1024)
-    client._open()
-    try:
-        client.upload(bucket, big)
-    finally:
-        client.close()
+    storage = _store(endpoint).tuned(part_size=5 * 1024 * 1024, parts_in_flight=2)
+    with storage as s3:
+        s3.upload(bucket, big)
     head = boto_s3(endpoint).head_object(Bucket=bucket, Key="big.bin")
     assert head["ContentLength"] == big.stat().st_size
     assert head["ETag"].strip('"').endswith("-3")  # three parts
-    with storage as s3:
+    with _store(endpoint) as s3:  # 64 MiB parts: it comes down whole
         assert s3.download(bucket, "big.bin", tmp_path / "back.bin").read_bytes() == (
             big.read_bytes()
         )
@@ -116,6 +114,12 @@ def test_a_store_that_does_not_answer_is_a_storage_error(
     ):
         s3.ls("data")
     assert info.value.status is None
+    store = sky.storage.S3(endpoint=f"http://127.0.0.1:{port}", **KEYS).tuned(attempts=2)
+    with (
+        store as s3,
+        pytest.raises(sky.storage.StorageError, match=r"failed after 2 attempts: ConnectError"),
+    ):
+        s3.ls("data")
 
 
 async def test_the_trio_client_does_the_same(endpoint: str, bucket: str, tmp_path: Path) -> None:

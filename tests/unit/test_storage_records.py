@@ -92,6 +92,21 @@ def test_presets_point_at_their_services_and_hide_their_keys() -> None:
         assert "s3cr3t" not in repr(storage)
 
 
+def test_transfer_settings_are_tuned_within_what_stores_take() -> None:
+    store = sky.storage.R2(account_id="a", access_key="k", secret_key="s")
+    assert (store.part_size, store.parts_in_flight, store.attempts) == (64 * 2**20, 4, 5)
+    tuned = store.tuned(parts_in_flight=16)
+    assert (tuned.part_size, tuned.parts_in_flight, tuned.attempts) == (64 * 2**20, 16, 5)
+    assert tuned.tuned(attempts=9, part_size=8 * 2**20).attempts == 9
+    assert tuned.endpoint == store.endpoint
+    with pytest.raises(ValueError, match=r"Storage\(part_size=1048576\): part_size is a whole"):
+        store.tuned(part_size=2**20)  # S3 takes parts of 5 MiB at least
+    with pytest.raises(ValueError, match=r"parts_in_flight is a whole number from 1 to 64"):
+        store.tuned(parts_in_flight=0)
+    with pytest.raises(ValueError, match=r"attempts is a whole number from 1 to 20, e.g. 10"):
+        store.tuned(attempts=2.5)  # type: ignore[arg-type]
+
+
 def test_bad_records_are_refused() -> None:
     with pytest.raises(ValueError, match="endpoint must be an http"):
         sky.storage.Storage(endpoint="s3.amazonaws.com")
