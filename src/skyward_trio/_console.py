@@ -359,7 +359,8 @@ def describe(event: Event, tally: Tally) -> list[tuple[str, str]]:
         if event.ok:
             return []
         what = f"a map batch of {event.count} item(s)" if event.task == "map" else event.task + "()"
-        return [(f"node {event.node}", f"{what} failed after {event.seconds:.2f} s")]
+        how = event.failure or "failed"
+        return [(f"node {event.node}", f"{what} {how} after {event.seconds:.2f} s")]
     if isinstance(event, ClusterRequested):
         nodes = event.nodes
         upto = f", up to {nodes.max}" if nodes.max is not None and nodes.max > nodes.desired else ""

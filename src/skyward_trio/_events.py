@@ -204,7 +204,8 @@ class TaskStarted(Event):
 
 @attrs.frozen(kw_only=True)
 class TaskCompleted(Event):
-    """That call ended: ``ok`` unless it raised, timed out or was cancelled."""
+    """That call ended: ``ok`` unless it raised, timed out or was cancelled; ``failure``
+    says which (``"failed"``, ``"timed out"``, ``"cancelled"``; ``""`` when ``ok``)."""
 
     node: int
     task: str
@@ -212,6 +213,7 @@ class TaskCompleted(Event):
     ok: bool
     seconds: float
     count: int = 1
+    failure: str = ""
 
 
 @attrs.frozen(kw_only=True)

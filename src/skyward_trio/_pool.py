@@ -320,6 +320,16 @@ def _rebuild_error(info: Any, node: int, task: str) -> BaseException:
 _task_ids = itertools.count(1)  # TaskStarted/TaskCompleted pair up by these
 
 
+def _failure_of(error: BaseException | None) -> str:
+    """``TaskCompleted.failure`` of a call that did not succeed with ``error`` (None: its
+    function raised on the node)."""
+    if isinstance(error, CancelledCallError):
+        return "cancelled"
+    if isinstance(error, TaskTimeoutError):
+        return "timed out"
+    return "failed"
+
+
 @attrs.frozen
 class _BatchEvents:
     started: TaskStarted
@@ -828,14 +838,16 @@ class Inflight:
         outcome = (message, node, self.pool._stopped_instead(error))
         events = self.pool._events
         if events.watched and self.started:
+            ok = error is None and message is not None and bool(message[2])
             events.emit(
                 TaskCompleted(
                     job_id=self.pool.job_id,
                     node=node,
                     task=self.call.name,
                     task_id=self.event_id,
-                    ok=error is None and message is not None and bool(message[2]),
+                    ok=ok,
                     seconds=trio.current_time() - self.started,
+                    failure="" if ok else _failure_of(error),
                 )
             )
         if self.feeders is not None:

@@ -28,6 +28,11 @@ def _boom() -> None:
     raise ValueError("boom")
 
 
+@sky.function
+def _nap(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def _double(x: int) -> int:
     return 2 * x
 
@@ -88,12 +93,21 @@ async def test_trio_face_events_follow_the_pool_from_request_to_destroyed() -> N
         assert await pool.run(_shout("hello there")) == "hello there"
         with pytest.raises(ValueError, match="boom"):
             await pool.run(_boom())
+        with pytest.raises(skyward_trio.TaskTimeoutError):
+            await pool.run(_nap(5).with_timeout(0.3))
+        with trio.move_on_after(0.3):
+            await pool.run(_nap(5))
         assert await pool.map(_double, range(500)) == [2 * x for x in range(500)]
         await trio.sleep(0.1)
         during = seen[mark:]
         # The reader ends by itself once the pool is gone.
     tasks = [e for e in during if isinstance(e, skyward_trio.TaskCompleted)]
-    assert [(e.task, e.ok) for e in tasks[:2]] == [("_shout", True), ("_boom", False)]
+    assert [(e.task, e.ok, e.failure) for e in tasks[:4]] == [
+        ("_shout", True, ""),
+        ("_boom", False, "failed"),
+        ("_nap", False, "timed out"),
+        ("_nap", False, "cancelled"),
+    ]
     assert sum(e.count for e in tasks if e.task == "map") == 500
     assert all(e.ok for e in tasks if e.task == "map")
     submitted = [e for e in during if isinstance(e, skyward_trio.WorkSubmitted)]

@@ -112,6 +112,16 @@ def test_lines_for_failures_scaling_errors_and_the_close() -> None:
         st.TaskCompleted(
             job_id=JOB, time=1.0, node=2, task="train", task_id=9, ok=False, seconds=0.5
         ),
+        st.TaskCompleted(
+            job_id=JOB,
+            time=1.0,
+            node=1,
+            task="train",
+            task_id=10,
+            ok=False,
+            seconds=2.0,
+            failure="cancelled",
+        ),
         st.ClusterScaled(job_id=JOB, time=1.0, previous=1, target=3, reason="4 call(s) waiting"),
         st.Error(job_id=JOB, time=1.0, message="node 2 failed during ssh: refused", node=2),
         st.Error(job_id=JOB, time=1.0, message="a reader fell behind"),
@@ -121,6 +131,7 @@ def test_lines_for_failures_scaling_errors_and_the_close() -> None:
     ) == [
         ("node 0", "a map batch of 250 item(s) failed after 1.00 s"),
         ("node 2", "train() failed after 0.50 s"),
+        ("node 1", "train() cancelled after 2.00 s"),
         ("pool", "scaling from 1 to 3 node(s): 4 call(s) waiting"),
         ("node 2", "node 2 failed during ssh: refused"),
         ("pool", "a reader fell behind"),
