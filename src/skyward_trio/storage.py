@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import functools
 import hashlib
 import hmac
 import inspect
 import itertools
+import json
 import os
 import random
 import tempfile
@@ -1199,6 +1201,73 @@ def _partial(target: Path) -> str:
     return partial
 
 
+class _Resumable:
+    """A download in parts that ``resume=True`` lets a later download continue: its
+    partial file beside the target, ``.NAME.skyward-partial``, and a record of the parts
+    in it, ``.NAME.skyward-partial.json`` (the object's ETag and size, the part size and
+    the parts done), written as each part lands (its bytes synced first), so a download
+    cut short in any way (an error, Ctrl-C, a killed process) keeps what it got. A record
+    of another version of the object, or another part size, is not used: it starts again.
+    Blocking: the trio client calls it in threads."""
+
+    def __init__(self, target: Path, head: tuple[int, str], part_size: int) -> None:
+        self.partial = target.parent / f".{target.name}.skyward-partial"
+        self._record = target.parent / f".{target.name}.skyward-partial.json"
+        self._target = target
+        self._want = {"etag": head[1], "size": head[0], "part_size": part_size}
+        self.done: set[int] = set()
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Take up the parts a download of this version left, or start afresh."""
+        self._target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            kept = json.loads(self._record.read_text())
+            same = {k: kept.get(k) for k in self._want} == self._want
+            if same and self.partial.stat().st_size == self._want["size"]:
+                self.done = {int(i) for i in kept.get("done", [])}
+                return
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        self._record.unlink(missing_ok=True)
+        self.partial.write_bytes(b"")
+
+    def landed(self, index: int, fd: int) -> None:
+        """Part ``index`` is written through ``fd``: sync it, and record it."""
+        os.fdatasync(fd)
+        with self._lock:
+            self.done.add(index)
+            record = {**self._want, "done": sorted(self.done)}
+            fresh = self._record.with_name(self._record.name + ".new")
+            fresh.write_text(json.dumps(record))
+            os.replace(fresh, self._record)
+
+    def complete(self) -> None:
+        os.replace(self.partial, self._target)
+        self._record.unlink(missing_ok=True)
+
+    def kept(self, count: int) -> str:
+        return (
+            f"{len(self.done)} of its {count} parts are kept in {self.partial}: "
+            "download(..., resume=True) again continues from them"
+        )
+
+
+def _resumable(
+    resume: bool, target: Path, head: tuple[int, str] | None, part_size: int
+) -> _Resumable | None:
+    """The resumable state of a download (``resume=True``) of an object in parts whose
+    version HEAD named; None for the others (they come down afresh each time)."""
+    if not resume or head is None or not head[1] or head[0] <= part_size:
+        return None
+    return _Resumable(target, head, part_size)
+
+
+def _check_resume(resume: object) -> None:
+    if not isinstance(resume, bool):
+        raise TypeError(f"download(resume={resume!r}): resume is True or False")
+
+
 def _step(operation: _Operation, answer: Any, failure: BaseException | None) -> tuple[bool, Any]:
     """Advance ``operation`` with an answer (or the failure to raise in it): ``(True,
     result)`` once it returns, else ``(False, (request, what, ok))``. The generator's end
@@ -1401,31 +1470,51 @@ class StorageClient:
         local_path: str | os.PathLike[str],
         *,
         progress: Progress | None = None,
+        resume: bool = False,
     ) -> Path:
         """Download ``key`` to ``local_path`` (its folder is made); returns the path.
 
         A ``key`` ending in ``/`` is a folder: every object under it comes down to the
         same path under the folder ``local_path``. An object larger than a part comes
         down in parts, several at once. ``progress``, if given, is called with ``(bytes
-        received, bytes in all)`` as they arrive."""
+        received, bytes in all)`` as they arrive. ``resume=True`` keeps the parts of a
+        download cut short, and continues from those a download of the same version of
+        the object kept (see :class:`_Resumable`)."""
         _check_names(bucket, key)
         _check_progress("download", progress)
+        _check_resume(resume)
         self._client()
         target = Path(local_path).expanduser()
         if key.endswith("/"):
             plan = _folder_plan(bucket, key, self._run(_ls(self._requests, bucket, key)), target)
             meter = _Meter(progress, sum(size for _, size, _ in plan))
             for object_key, _, path in plan:
-                self._fetch(bucket, object_key, path, lambda _: meter)
+                self._fetch(bucket, object_key, path, lambda _: meter, resume)
             return target
-        return self._fetch(bucket, key, target, lambda total: _Meter(progress, total))
+        return self._fetch(bucket, key, target, lambda total: _Meter(progress, total), resume)
 
     def _fetch(
-        self, bucket: str, key: str, target: Path, meter_for: Callable[[int], _Meter]
+        self,
+        bucket: str,
+        key: str,
+        target: Path,
+        meter_for: Callable[[int], _Meter],
+        resume: bool = False,
     ) -> Path:
         """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
         what = f"download of {bucket}/{key}"
         head = self._head(bucket, key, what)
+        kept = _resumable(resume, target, head, self._part_size)
+        if kept is not None and head is not None:
+            kept.open()
+            try:
+                meter = meter_for(head[0])
+                self._download_parts(bucket, key, str(kept.partial), head, what, meter, kept)
+            except BaseException as exc:
+                exc.add_note(kept.kept(_part_count(head[0], self._part_size)))
+                raise
+            kept.complete()
+            return target
         partial = _partial(target)
         try:
             if head is not None and head[0] > self._part_size:
@@ -1482,6 +1571,7 @@ class StorageClient:
         head: tuple[int, str],
         what: str,
         meter: _Meter,
+        kept: _Resumable | None = None,
     ) -> None:
         import httpx
 
@@ -1490,6 +1580,8 @@ class StorageClient:
         count = _part_count(total, self._part_size)
 
         def fetch(index: int, stop: threading.Event) -> None:
+            if kept is not None and index in kept.done:
+                return  # a download before this one got it
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
             part = _part_what(what, index, count)
@@ -1505,6 +1597,8 @@ class StorageClient:
                                 _write_at(fd, chunk, offset + got)
                                 got += len(chunk)
                             _check_part(part, offset, got, length)
+                            if kept is not None:
+                                kept.landed(index, fd)
                             return
                         answer.read()
                         pause = retry.refused(answer)
@@ -1730,17 +1824,21 @@ class AsyncStorageClient:
         local_path: str | os.PathLike[str],
         *,
         progress: Progress | None = None,
+        resume: bool = False,
     ) -> Path:
         """Download ``key`` to ``local_path`` (its folder is made); returns the path.
 
         A ``key`` ending in ``/`` is a folder: every object under it comes down to the
         same path under the folder ``local_path``. An object larger than a part comes
         down in parts, several at once. ``progress``, if given, is called with ``(bytes
-        received, bytes in all)`` as they arrive."""
+        received, bytes in all)`` as they arrive. ``resume=True`` keeps the parts of a
+        download cut short, and continues from those a download of the same version of
+        the object kept."""
         import trio
 
         _check_names(bucket, key)
         _check_progress("download", progress)
+        _check_resume(resume)
         self._client()
         target = Path(await trio.Path(local_path).expanduser())
         if key.endswith("/"):
@@ -1748,12 +1846,18 @@ class AsyncStorageClient:
             plan = _folder_plan(bucket, key, listed, target)
             meter = _Meter(progress, sum(size for _, size, _ in plan))
             for object_key, _, path in plan:
-                await self._fetch(bucket, object_key, path, lambda _: meter)
+                await self._fetch(bucket, object_key, path, lambda _: meter, resume)
             return target
-        return await self._fetch(bucket, key, target, lambda total: _Meter(progress, total))
+        meter_for = functools.partial(_Meter, progress)
+        return await self._fetch(bucket, key, target, meter_for, resume)
 
     async def _fetch(
-        self, bucket: str, key: str, target: Path, meter_for: Callable[[int], _Meter]
+        self,
+        bucket: str,
+        key: str,
+        target: Path,
+        meter_for: Callable[[int], _Meter],
+        resume: bool = False,
     ) -> Path:
         """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
         import trio
@@ -1761,6 +1865,18 @@ class AsyncStorageClient:
         what = f"download of {bucket}/{key}"
         request = self._requests.request("HEAD", bucket, key)
         head = _sized(await self._send(request, what, _FINAL))
+        kept = _resumable(resume, target, head, self._part_size)
+        if kept is not None and head is not None:
+            await trio.to_thread.run_sync(kept.open)
+            try:
+                meter = meter_for(head[0])
+                partial_path = str(kept.partial)
+                await self._download_parts(bucket, key, partial_path, head, what, meter, kept)
+            except BaseException as exc:
+                exc.add_note(kept.kept(_part_count(head[0], self._part_size)))
+                raise
+            await trio.to_thread.run_sync(kept.complete)
+            return target
         partial = await trio.to_thread.run_sync(_partial, target)
         try:
             if head is not None and head[0] > self._part_size:
@@ -1818,6 +1934,7 @@ class AsyncStorageClient:
         head: tuple[int, str],
         what: str,
         meter: _Meter,
+        kept: _Resumable | None = None,
     ) -> None:
         import httpx
         import trio
@@ -1826,6 +1943,8 @@ class AsyncStorageClient:
         count = _part_count(total, self._part_size)
 
         async def fetch(index: int) -> None:
+            if kept is not None and index in kept.done:
+                return  # a download before this one got it
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
             part = _part_what(what, index, count)
@@ -1841,6 +1960,8 @@ class AsyncStorageClient:
                                 await trio.to_thread.run_sync(_write_at, fd, chunk, offset + got)
                                 got += len(chunk)
                             _check_part(part, offset, got, length)
+                            if kept is not None:
+                                await trio.to_thread.run_sync(kept.landed, index, fd)
                             return
                         await answer.aread()
                         pause = retry.refused(answer)

@@ -4,6 +4,7 @@ checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -898,3 +899,82 @@ def test_the_retry_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
         attempts.refused(answer(500))
     monkeypatch.setattr(storage, "RETRY_MAX_DELAY", 3.0)
     assert [storage._backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_download_cut_short_keeps_its_parts_and_resume_continues_from_them(
+    face: str, endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = os.urandom(11 * MIB)  # three parts of 5 MiB
+    boto_s3(endpoint).put_object(Bucket=bucket, Key="ckpt.bin", Body=data)
+    target = tmp_path / "ckpt.bin"
+    # The first part comes down; the second fails every attempt: the download fails.
+    proxy.fail("GET", "/ckpt.bin", "slow_down", skip=1, times=storage.RETRY_ATTEMPTS)
+    with pytest.raises(sky.storage.StorageError, match="part 2 of 3") as failed:
+        _call(
+            face, proxy.endpoint, "download", bucket, "ckpt.bin", target, in_flight=1, resume=True
+        )
+    partial = tmp_path / ".ckpt.bin.skyward-partial"
+    assert f"1 of its 3 parts are kept in {partial}" in "\n".join(failed.value.__notes__)
+    record = json.loads((tmp_path / ".ckpt.bin.skyward-partial.json").read_text())
+    assert (record["done"], record["size"], record["part_size"]) == ([0], 11 * MIB, 5 * MIB)
+    assert not target.exists()
+    # Again: only the two parts it lacks come down, and the file is whole.
+    before = proxy.count("GET", "/ckpt.bin")
+    down: list[tuple[int, int]] = []
+    back = _call(
+        face,
+        proxy.endpoint,
+        "download",
+        bucket,
+        "ckpt.bin",
+        target,
+        resume=True,
+        progress=lambda d, t: down.append((d, t)),
+    )
+    assert proxy.count("GET", "/ckpt.bin") - before == 2
+    assert back.read_bytes() == data
+    assert _exact(down, 11 * MIB)  # the part it had counts as done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]
+
+
+def test_resume_starts_again_when_the_object_changed_and_without_it_nothing_is_kept(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    boto = boto_s3(endpoint)
+    boto.put_object(Bucket=bucket, Key="ckpt.bin", Body=os.urandom(11 * MIB))
+    target = tmp_path / "ckpt.bin"
+    proxy.fail("GET", "/ckpt.bin", "slow_down", skip=1, times=storage.RETRY_ATTEMPTS)
+    with pytest.raises(sky.storage.StorageError):
+        _call(
+            "blocking",
+            proxy.endpoint,
+            "download",
+            bucket,
+            "ckpt.bin",
+            target,
+            in_flight=1,
+            resume=True,
+        )
+    newer = os.urandom(11 * MIB)
+    boto.put_object(Bucket=bucket, Key="ckpt.bin", Body=newer)  # another version
+    before = proxy.count("GET", "/ckpt.bin")
+    back = _call("blocking", proxy.endpoint, "download", bucket, "ckpt.bin", target, resume=True)
+    assert proxy.count("GET", "/ckpt.bin") - before == 3  # every part, of the new version
+    assert back.read_bytes() == newer
+    # Without resume a failed download leaves nothing behind, as before.
+    proxy.fail("GET", "/ckpt.bin", "slow_down", skip=1, times=storage.RETRY_ATTEMPTS)
+    with pytest.raises(sky.storage.StorageError) as failed:
+        _call(
+            "blocking",
+            proxy.endpoint,
+            "download",
+            bucket,
+            "ckpt.bin",
+            tmp_path / "b.bin",
+            in_flight=1,
+        )
+    assert not getattr(failed.value, "__notes__", [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]
+    with pytest.raises(TypeError, match=r"download\(resume='yes'\): resume is True or False"):
+        _call("blocking", endpoint, "download", bucket, "ckpt.bin", target, resume="yes")
