@@ -181,11 +181,17 @@ def _need_accelerate() -> None:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No accelerate or rendezvous variable of this machine leaks into the result."""
+    """No accelerate or rendezvous variable of this machine leaks into the result; and
+    the head's port (29500 in ``_info``) counts as free, as on a head node: on this
+    machine another test's ranks may hold it meanwhile, and accelerate's launcher checks
+    it on the machine it runs on (a warning these tests would raise, or a refusal)."""
     _need_accelerate()
     for key in list(os.environ):
         if key.startswith(("ACCELERATE_", "FSDP_", "MASTER_", "KMP_")) or key == "OMP_NUM_THREADS":
             monkeypatch.delenv(key)
+    from accelerate.utils import launch
+
+    monkeypatch.setattr(launch, "is_port_in_use", lambda port: False)
 
 
 @pytest.mark.usefixtures("clean_env")
