@@ -442,6 +442,7 @@ def _keyed(spec: Any) -> Any:
 
 
 def _volume_keyed(volume: Any) -> Any:
+    from skyward_trio._model import HYPERSTACK_API_KEY_ENV
     from skyward_trio.storage import EnvKey, HyperstackKeys
 
     storage = volume.storage
@@ -451,7 +452,7 @@ def _volume_keyed(volume: Any) -> Any:
     if isinstance(issuer, HyperstackKeys):  # its API key: named, or HYPERSTACK_API_KEY
         given = issuer.api_key
         name = given.name if isinstance(given, EnvKey) else None
-        name = "HYPERSTACK_API_KEY" if given is None else name
+        name = HYPERSTACK_API_KEY_ENV if given is None else name
         if name is None or name not in os.environ:
             return volume
         issuer = attrs.evolve(issuer, api_key=os.environ[name])

@@ -302,11 +302,8 @@ async def _open_pool(
                     except Exception as exc:  # what the cloud could not confirm ended
                         close_error = exc
                     unrevoked = await _revoke(issued)  # the machines using them are gone
-                    if reaper is not None and (teardown_error, close_error, unrevoked) == (
-                        None,
-                        None,
-                        None,
-                    ):
+                    ended = (teardown_error, close_error, unrevoked) == (None, None, None)
+                    if reaper is not None and ended:
                         reaper.closed()
                     elif reaper is not None:
                         reaper.left()  # it tries again once this process ends

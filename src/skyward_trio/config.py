@@ -920,11 +920,7 @@ class _Reader:
             return _FAILED
         named = {key: fields.pop(key) for key in env_keys if key in fields}
         for key, variable in named.items():
-            if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
-                self.problem(
-                    (*at, key),
-                    f"expected the name of an environment variable, got {variable!r}",
-                )
+            if not self.variable_name((*at, key), variable):
                 return _FAILED
         keyless = all(parameters[arg].default is None for arg in key_args)  # S3: AWS_* vars
         if len(named) == 1 or (not named and not keyless):
@@ -957,14 +953,17 @@ class _Reader:
             return _FAILED
         if "api_key_env" in fields:
             variable = fields.pop("api_key_env")
-            if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
-                self.problem(
-                    (*at, "api_key_env"),
-                    f"expected the name of an environment variable, got {variable!r}",
-                )
+            if not self.variable_name((*at, "api_key_env"), variable):
                 return _FAILED
             fields["api_key"] = EnvKey(variable)
         return self.build(at, make, fields)
+
+    def variable_name(self, at: _Key, value: object) -> bool:
+        """Whether ``value`` names an environment variable; reported at ``at`` if not."""
+        if isinstance(value, str) and _ENV_NAME.fullmatch(value):
+            return True
+        self.problem(at, f"expected the name of an environment variable, got {value!r}")
+        return False
 
     def logging(self, at: _Key, value: object) -> Any:
         if isinstance(value, bool):

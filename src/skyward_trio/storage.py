@@ -295,23 +295,35 @@ def _keys(storage: Storage, *, awaitable: bool) -> tuple[Any, Any]:
         ("access_key", storage.access_key, "AWS_ACCESS_KEY_ID"),
         ("secret_key", storage.secret_key, "AWS_SECRET_ACCESS_KEY"),
     ):
-        value: Any = given() if callable(given) else given
-        if value is None:
-            value = os.environ.get(env)
+        value = _credential(given, env)
         if value is None:
             raise ValueError(
                 f"Storage({arg}=None) and {env} is not set: pass {arg}=..., or set {env} "
                 "(on a node: Image(env=...))"
             )
-        if inspect.isawaitable(value) and not awaitable:
-            if inspect.iscoroutine(value):
-                value.close()  # never to be awaited: say so to Python, not just to the user
-            raise TypeError(
+        if not awaitable:
+            _no_awaitable(
+                value,
                 f"Storage({arg}=...): its function returned an awaitable; use `async with` "
-                "(trio), or pass a function that returns the key"
+                "(trio), or pass a function that returns the key",
             )
         found.append(value)
     return found[0], found[1]
+
+
+def _credential(given: Credential | None, env: str) -> Any:
+    """A key as given, or as its function returns it (maybe an awaitable), or, for None,
+    the variable ``env``; None when there is none."""
+    value: Any = given() if callable(given) else given
+    return os.environ.get(env) if value is None else value
+
+
+def _no_awaitable(value: Any, refusal: str) -> None:
+    """Raise TypeError(``refusal``) if ``value`` is an awaitable (a coroutine is closed)."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # never to be awaited: say so to Python, not just to the user
+        raise TypeError(refusal)
 
 
 @attrs.frozen
@@ -467,16 +479,12 @@ class HyperstackKeys:
     api_url: str = HYPERSTACK_API_URL
 
     def _key(self) -> str:
-        given: Any = self.api_key() if callable(self.api_key) else self.api_key
-        if inspect.isawaitable(given):
-            if inspect.iscoroutine(given):
-                given.close()
-            raise TypeError(
-                "sky.storage.Hyperstack(api_key=...): its function returned an awaitable; "
-                "pass a function that returns the key"
-            )
-        if given is None:
-            given = os.environ.get(_HYPERSTACK_KEY_ENV)
+        given = _credential(self.api_key, _HYPERSTACK_KEY_ENV)
+        _no_awaitable(
+            given,
+            "sky.storage.Hyperstack(api_key=...): its function returned an awaitable; "
+            "pass a function that returns the key",
+        )
         if not given:
             raise ValueError(
                 f"sky.storage.Hyperstack(api_key=None) and {_HYPERSTACK_KEY_ENV} is not set: "
@@ -639,8 +647,17 @@ class _Requests:
 
     def __init__(self, storage: Storage, keys: tuple[str, str]) -> None:
         self.storage = storage
-        self.attempts = storage.attempts
         self._access, self._secret = keys
+
+    def retry(
+        self,
+        request: _Request,
+        what: str,
+        describe: Callable[[_Answer, str, int], StorageError] | None = None,
+    ) -> _Retry:
+        """The retries of ``request`` (see :class:`_Retry`): up to the store's ``attempts``."""
+        attempts = self.storage.attempts
+        return _Retry(request, what, describe or _failure, attempts=attempts)
 
     def url(self, bucket: str, key: str = "", query: Mapping[str, str] | None = None) -> str:
         base = urllib.parse.urlsplit(self.storage.endpoint)
@@ -1072,7 +1089,7 @@ class _WholeDownload:
     ) -> None:
         self._requests = r
         self.request = r.request("GET", bucket, key)
-        self.retry = _Retry(self.request, what, _download_failure, attempts=r.attempts)
+        self.retry = r.retry(self.request, what, _download_failure)
         self._head = head
         self._etag = head[1] if head is not None else ""
         self._meter_for = meter_for
@@ -1341,7 +1358,7 @@ class StorageClient:
         is set; from yours, its pauses are ``time.sleep`` (Ctrl-C ends them)."""
         import httpx
 
-        retry = _Retry(request, what, attempts=self._requests.attempts)
+        retry = self._requests.retry(request, what)
         while True:
             try:
                 answer = self._client().request(
@@ -1585,7 +1602,7 @@ class StorageClient:
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
             part = _part_what(what, index, count)
-            retry = _Retry(request, part, _download_failure, attempts=self._requests.attempts)
+            retry = self._requests.retry(request, part, _download_failure)
             while True:  # an attempt that fails writes its bytes again, where they go
                 got = 0
                 try:
@@ -1689,7 +1706,7 @@ class AsyncStorageClient:
         import httpx
         import trio
 
-        retry = _Retry(request, what, attempts=self._requests.attempts)
+        retry = self._requests.retry(request, what)
         while True:
             try:
                 answer = await self._client().request(
@@ -1948,7 +1965,7 @@ class AsyncStorageClient:
             offset, length = _part_bounds(total, self._part_size, index)
             request = _range_request(self._requests, bucket, key, offset, length, etag)
             part = _part_what(what, index, count)
-            retry = _Retry(request, part, _download_failure, attempts=self._requests.attempts)
+            retry = self._requests.retry(request, part, _download_failure)
             while True:  # an attempt that fails writes its bytes again, where they go
                 got = 0
                 try:
