@@ -2,14 +2,14 @@
 
 A :class:`Storage` is a frozen record of where a bucket store is and how to sign for it.
 ``with storage as s3`` opens a blocking client; ``async with storage as s3`` opens one for
-trio, whose methods are awaited. Both have ``upload``, ``download``, ``ls``, ``exists`` and
-``rm``. Requests are signed with AWS Signature Version 4 (which S3, R2, GCS's XML API,
+trio, whose methods are awaited. Both have ``upload``, ``download``, ``ls``, ``exists``
+and ``rm``. Requests are signed with AWS Signature Version 4 (which S3, R2, GCS's XML API,
 Wasabi and Backblaze B2 all take); files larger than one part go up as a multipart upload
-that is aborted if it fails, and downloads land in a temporary file renamed into place,
-so a failed one leaves nothing half-written. A request that fails the way stores expect
-clients to retry (HTTP 429, 500, 502, 503, 504, or a dropped connection) is sent again,
-after a pause that grows, up to ``Storage.attempts`` times in all (:data:`RETRY_ATTEMPTS`
-unless ``tuned``).
+that is aborted if it fails (``resume=True`` keeps it, to be continued), and downloads
+land in a temporary file renamed into place, so a failed one leaves nothing half-written.
+A request that fails the way stores expect clients to retry (HTTP 429, 500, 502, 503, 504,
+or a dropped connection) is sent again, after a pause that grows, up to
+``Storage.attempts`` times in all (:data:`RETRY_ATTEMPTS` unless ``tuned``).
 
 It works the same on your machine and inside a function on a node, where the presets
 read their keys from the node's environment (``Image(env=...)``).
@@ -89,7 +89,10 @@ RETRY_MAX_DELAY = 20.0
 _TRANSIENT = frozenset({429, 500, 502, 503, 504})
 # Every other answer: what a request accepts when any answer but a transient one will do.
 _FINAL = frozenset(range(100, 600)) - _TRANSIENT
-_PAGE = 1000  # keys per ListObjectsV2 page, S3's own most
+_PAGE = 1000  # keys per ListObjectsV2 page (and parts per ListParts page), S3's own most
+#: Where ``upload(..., resume=True)`` records the multipart uploads it keeps: one file
+#: for each store, bucket and key (see :class:`_KeptUpload`).
+UPLOAD_RECORDS = "~/.skyward/uploads"
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
@@ -772,6 +775,26 @@ def _complete_body(etags: list[str]) -> bytes:
     return f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
 
 
+def _parts_listed(content: bytes) -> tuple[dict[int, tuple[str, int]], str | None]:
+    """One page of a ListParts answer: ``{part number: (etag, size)}``, and the marker of
+    the next page."""
+    root = ElementTree.fromstring(content)
+    ns = _S3_NS if root.tag.startswith(_S3_NS) else ""
+    parts: dict[int, tuple[str, int]] = {}
+    for item in root.findall(f"{ns}Part"):
+        try:
+            number, size = (
+                int(item.findtext(f"{ns}PartNumber") or ""),
+                int(item.findtext(f"{ns}Size") or ""),
+            )
+        except ValueError:
+            continue
+        parts[number] = (item.findtext(f"{ns}ETag") or "", size)
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
+    marker = root.findtext(f"{ns}NextPartNumberMarker") if truncated else None
+    return parts, marker or None
+
+
 def _read_part(path: Path, offset: int, size: int) -> bytes:
     with path.open("rb") as file:
         file.seek(offset)
@@ -892,17 +915,20 @@ class _Parts:
         build: The signed request of part ``index`` (from 0); reads the part's bytes, so
             the client calls it off the trio thread.
         size: The bytes of part ``index``, for progress.
-        result: What the operation wants of each answer.
+        result: What the operation wants of part ``index``'s answer.
         what: The operation, for errors.
         ok: The statuses a part's answer may have.
+        kept: The results of parts an earlier attempt sent (a resumed upload's): not
+            sent again, counted as done.
     """
 
     count: int
     build: Callable[[int], _Request]
     size: Callable[[int], int]
-    result: Callable[[_Answer], Any]
+    result: Callable[[int, _Answer], Any]
     what: str
     ok: tuple[int, ...] = (200,)
+    kept: Mapping[int, Any] = attrs.field(factory=dict)
 
 
 def _range_request(
@@ -1140,15 +1166,123 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
 _Operation: TypeAlias = "Generator[tuple[_Request, str, tuple[int, ...]] | _Parts, Any, Any]"
 
 
+class _KeptUpload:
+    """The record of a multipart upload that ``upload(..., resume=True)`` keeps if it is
+    cut short, so that a later one of the same file continues it:
+    ``~/.skyward/uploads/<hash>.json`` (:data:`UPLOAD_RECORDS`) for the store's endpoint,
+    the bucket and the key, naming the upload's id, the file it sends (its path, size and
+    modification time) and the part size. Written before the first part goes up (so a
+    killed process leaves it too), removed once the upload is complete or aborted.
+    Blocking: the trio client runs operations in threads."""
+
+    def __init__(self, endpoint: str, bucket: str, key: str) -> None:
+        name = hashlib.sha256(f"{endpoint}\n{bucket}\n{key}".encode()).hexdigest()[:40]
+        self.path = Path(UPLOAD_RECORDS).expanduser() / f"{name}.json"
+        self._where = {"endpoint": endpoint, "bucket": bucket, "key": key}
+
+    def read(self) -> dict[str, Any] | None:
+        """The record, or None if there is none (or none that can be read)."""
+        try:
+            kept = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(kept, dict) or not isinstance(kept.get("upload_id"), str):
+            return None
+        if any(kept.get(name) != value for name, value in self._where.items()):
+            return None
+        return kept
+
+    def write(self, upload: str, sent: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = self.path.with_name(self.path.name + ".new")
+        fresh.write_text(json.dumps({**self._where, "upload_id": upload, **sent}))
+        os.replace(fresh, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _sent_file(path: Path, total: int, part_size: int) -> dict[str, Any]:
+    """What a kept upload must have been sending for a later one to continue it: the same
+    file, unchanged since (its size and modification time), in parts of the same size."""
+    return {
+        "source": str(path.resolve()),
+        "size": total,
+        "mtime_ns": path.stat().st_mtime_ns,
+        "part_size": part_size,
+    }
+
+
+def _parts_up(r: _Requests, bucket: str, key: str, upload: str, what: str) -> _Operation:
+    """``{part number: (etag, size)}`` of the parts of multipart upload ``upload`` that
+    the store holds, following the pages; None if it holds no such upload (it was
+    completed or aborted since, or the store let it expire)."""
+    parts: dict[int, tuple[str, int]] = {}
+    marker: str | None = None
+    while True:
+        query = {"uploadId": upload, "max-parts": str(_PAGE)}
+        if marker is not None:
+            query["part-number-marker"] = marker
+        answer = yield (
+            r.request("GET", bucket, key, query=query),
+            f"listing of the parts kept by an earlier {what}",
+            (200, 404),
+        )
+        if answer.status_code == 404:
+            return None
+        page, marker = _parts_listed(answer.content)
+        parts.update(page)
+        if marker is None:
+            return parts
+
+
 def _upload(
-    r: _Requests, bucket: str, path: Path, key: str, part_size: int, total: int
+    r: _Requests,
+    bucket: str,
+    path: Path,
+    key: str,
+    part_size: int,
+    total: int,
+    resume: bool = False,
 ) -> _Operation:
     what = f"upload of {path} to {bucket}/{key}"
+    count = _part_count(total, part_size)
+    record = _KeptUpload(r.storage.endpoint, bucket, key)
+    sending = _sent_file(path, total, part_size)
+    upload: str | None = None
+    kept: dict[int, str] = {}
+    earlier = record.read()
+    if earlier is not None:
+        same = {name: earlier.get(name) for name in sending} == sending
+        if resume and total > part_size and same:
+            listed = yield from _parts_up(r, bucket, key, earlier["upload_id"], what)
+            if listed is not None:
+                upload = earlier["upload_id"]
+                kept = {
+                    number - 1: etag
+                    for number, (etag, size) in listed.items()
+                    if 0 < number <= count and size == _part_bounds(total, part_size, number - 1)[1]
+                }
+        if upload is None:
+            # An upload of this key kept by an earlier one, of another file (or without
+            # resume): its parts are billed until it is aborted, and this one replaces it.
+            abandoned = r.request("DELETE", bucket, key, query={"uploadId": earlier["upload_id"]})
+            yield (
+                abandoned,
+                f"abort of the upload to {bucket}/{key} kept by an earlier "
+                f"upload(..., resume=True) (upload id {earlier['upload_id']})",
+                (200, 204, 404),
+            )
+            record.remove()
     if total <= part_size:
         yield r.request("PUT", bucket, key, body=path.read_bytes()), what, (200,)
         return key
-    started = yield r.request("POST", bucket, key, query={"uploads": ""}), what, (200,)
-    upload = _upload_id(started.content)
+    if upload is None:
+        started = yield r.request("POST", bucket, key, query={"uploads": ""}), what, (200,)
+        upload = _upload_id(started.content)
+        if resume:
+            record.write(upload, sending)
+    sent: dict[int, str] = {}
     try:
 
         def part(index: int) -> _Request:
@@ -1156,16 +1290,30 @@ def _upload(
             body = _read_part(path, *_part_bounds(total, part_size, index))
             return r.request("PUT", bucket, key, query=query, body=body)
 
+        def etag(index: int, answer: _Answer) -> str:
+            sent[index] = answer.headers.get("etag", "")
+            return sent[index]
+
         etags = yield _Parts(
-            count=_part_count(total, part_size),
+            count=count,
             build=part,
             size=lambda index: _part_bounds(total, part_size, index)[1],
-            result=lambda answer: answer.headers.get("etag", ""),
+            result=etag,
             what=what,
+            kept=kept,
         )
         body = _complete_body(etags)
         yield r.request("POST", bucket, key, query={"uploadId": upload}, body=body), what, (200,)
-    except BaseException:
+    except BaseException as exc:
+        if resume:
+            exc.add_note(
+                f"{len(kept) + len(sent)} of its {count} parts are kept in multipart upload "
+                f"{upload} of {bucket}/{key} (recorded in {record.path}): "
+                "upload(..., resume=True) of the same file again sends only the others. "
+                f"The store bills the parts until then; another upload to {bucket}/{key} "
+                "aborts them"
+            )
+            raise
         # The parts sent so far are billed until the upload is aborted.
         abort = r.request("DELETE", bucket, key, query={"uploadId": upload})
         try:
@@ -1173,6 +1321,7 @@ def _upload(
         except StorageError:
             pass  # the first error is the one to see
         raise
+    record.remove()
     return key
 
 
@@ -1280,9 +1429,9 @@ def _resumable(
     return _Resumable(target, head, part_size)
 
 
-def _check_resume(resume: object) -> None:
+def _check_resume(method: str, resume: object) -> None:
     if not isinstance(resume, bool):
-        raise TypeError(f"download(resume={resume!r}): resume is True or False")
+        raise TypeError(f"{method}(resume={resume!r}): resume is True or False")
 
 
 def _step(operation: _Operation, answer: Any, failure: BaseException | None) -> tuple[bool, Any]:
@@ -1399,8 +1548,10 @@ class StorageClient:
 
     def _part_sender(self, parts: _Parts) -> Callable[[int, threading.Event], Any]:
         def send(index: int, stop: threading.Event) -> Any:
+            if index in parts.kept:
+                return parts.kept[index]
             what = _part_what(parts.what, index, parts.count)
-            return parts.result(self._send(parts.build(index), what, parts.ok, stop))
+            return parts.result(index, self._send(parts.build(index), what, parts.ok, stop))
 
         return send
 
@@ -1447,13 +1598,17 @@ class StorageClient:
         *,
         key: str | None = None,
         progress: Progress | None = None,
+        resume: bool = False,
     ) -> str:
         """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key.
 
         A folder goes up file by file under the prefix ``key`` (default: the folder's
         name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
-        called with ``(bytes sent, bytes in all)`` as parts go up."""
+        called with ``(bytes sent, bytes in all)`` as parts go up. ``resume=True`` keeps
+        the parts of a multipart upload cut short (rather than aborting it), and continues
+        one that an upload of the same file kept (see :class:`_KeptUpload`)."""
         _check_progress("upload", progress)
+        _check_resume("upload", resume)
         folder = Path(local_path).expanduser()
         if folder.is_dir():
             prefix = _folder_prefix(folder, key)
@@ -1461,16 +1616,18 @@ class StorageClient:
             files = _tree(folder)
             meter = _Meter(progress, sum(size for _, _, size in files))
             for path, relative, size in files:
-                self._upload_one(bucket, path, prefix + relative, size, meter)
+                self._upload_one(bucket, path, prefix + relative, size, meter, resume)
             return prefix
         path, key = _source(local_path, key)
         _check_names(bucket, key)
         total = path.stat().st_size
-        return self._upload_one(bucket, path, key, total, _Meter(progress, total))
+        return self._upload_one(bucket, path, key, total, _Meter(progress, total), resume)
 
-    def _upload_one(self, bucket: str, path: Path, key: str, size: int, meter: _Meter) -> str:
+    def _upload_one(
+        self, bucket: str, path: Path, key: str, size: int, meter: _Meter, resume: bool
+    ) -> str:
         before = meter.done
-        operation = _upload(self._requests, bucket, path, key, self._part_size, size)
+        operation = _upload(self._requests, bucket, path, key, self._part_size, size, resume)
         done = str(self._run(operation, meter))
         meter.settle(before, size)
         return done
@@ -1499,7 +1656,7 @@ class StorageClient:
         the object kept (see :class:`_Resumable`)."""
         _check_names(bucket, key)
         _check_progress("download", progress)
-        _check_resume(resume)
+        _check_resume("download", resume)
         self._client()
         target = Path(local_path).expanduser()
         if key.endswith("/"):
@@ -1758,9 +1915,11 @@ class AsyncStorageClient:
         import trio
 
         async def send(index: int) -> Any:
+            if index in parts.kept:
+                return parts.kept[index]
             request = await trio.to_thread.run_sync(parts.build, index)
             what = _part_what(parts.what, index, parts.count)
-            return parts.result(await self._send(request, what, parts.ok))
+            return parts.result(index, await self._send(request, what, parts.ok))
 
         return send
 
@@ -1804,15 +1963,19 @@ class AsyncStorageClient:
         *,
         key: str | None = None,
         progress: Progress | None = None,
+        resume: bool = False,
     ) -> str:
         """Upload the file ``local_path`` as ``key`` (default: the file's name); returns the key.
 
         A folder goes up file by file under the prefix ``key`` (default: the folder's
         name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
-        called with ``(bytes sent, bytes in all)`` as parts go up."""
+        called with ``(bytes sent, bytes in all)`` as parts go up. ``resume=True`` keeps
+        the parts of a multipart upload cut short (rather than aborting it), and continues
+        one that an upload of the same file kept (see :class:`_KeptUpload`)."""
         import trio
 
         _check_progress("upload", progress)
+        _check_resume("upload", resume)
         folder = Path(await trio.Path(local_path).expanduser())
         if await trio.Path(folder).is_dir():
             prefix = _folder_prefix(folder, key)
@@ -1820,16 +1983,18 @@ class AsyncStorageClient:
             files = await trio.to_thread.run_sync(_tree, folder)
             meter = _Meter(progress, sum(size for _, _, size in files))
             for path, relative, size in files:
-                await self._upload_one(bucket, path, prefix + relative, size, meter)
+                await self._upload_one(bucket, path, prefix + relative, size, meter, resume)
             return prefix
         path, key = _source(local_path, key)
         _check_names(bucket, key)
         total = (await trio.Path(path).stat()).st_size
-        return await self._upload_one(bucket, path, key, total, _Meter(progress, total))
+        return await self._upload_one(bucket, path, key, total, _Meter(progress, total), resume)
 
-    async def _upload_one(self, bucket: str, path: Path, key: str, size: int, meter: _Meter) -> str:
+    async def _upload_one(
+        self, bucket: str, path: Path, key: str, size: int, meter: _Meter, resume: bool
+    ) -> str:
         before = meter.done
-        operation = _upload(self._requests, bucket, path, key, self._part_size, size)
+        operation = _upload(self._requests, bucket, path, key, self._part_size, size, resume)
         done = str(await self._run(operation, meter))
         meter.settle(before, size)
         return done
@@ -1855,7 +2020,7 @@ class AsyncStorageClient:
 
         _check_names(bucket, key)
         _check_progress("download", progress)
-        _check_resume(resume)
+        _check_resume("download", resume)
         self._client()
         target = Path(await trio.Path(local_path).expanduser())
         if key.endswith("/"):

@@ -4,8 +4,11 @@ checkpoint."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import httpx
 import pytest
 import trio
 from flaky_proxy import FlakyProxy
+from waiting import wait_until
 
 import skyward as sky
 from conftest import boto_s3
@@ -978,3 +982,177 @@ def test_resume_starts_again_when_the_object_changed_and_without_it_nothing_is_k
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]
     with pytest.raises(TypeError, match=r"download\(resume='yes'\): resume is True or False"):
         _call("blocking", endpoint, "download", bucket, "ckpt.bin", target, resume="yes")
+
+
+def _kept_record(endpoint: str, bucket: str, key: str) -> Path:
+    return storage._KeptUpload(endpoint, bucket, key).path
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_an_upload_cut_short_keeps_its_parts_and_resume_sends_only_the_others(
+    face: str, endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "ckpt.bin"
+    content = os.urandom(11 * MIB)  # three parts of 5 MiB
+    data.write_bytes(content)
+    # The first part goes up; the second fails every attempt: the upload fails.
+    proxy.fail("PUT", "partNumber=2", "slow_down", times=storage.RETRY_ATTEMPTS)
+    with pytest.raises(sky.storage.StorageError, match="part 2 of 3") as failed:
+        _call(face, proxy.endpoint, "upload", bucket, data, in_flight=1, resume=True)
+    (kept,) = _uploads_left(endpoint, bucket)  # not aborted
+    assert proxy.count("DELETE", "uploadId=") == 0
+    record = _kept_record(proxy.endpoint, bucket, "ckpt.bin")
+    assert json.loads(record.read_text())["upload_id"] == kept["UploadId"]
+    assert (
+        f"1 of its 3 parts are kept in multipart upload {kept['UploadId']} of "
+        f"{bucket}/ckpt.bin (recorded in {record})"
+    ) in "\n".join(failed.value.__notes__)
+    # Again: parts 2 and 3 go up, into the same upload, which completes.
+    up: list[tuple[int, int]] = []
+    key = _call(
+        face,
+        proxy.endpoint,
+        "upload",
+        bucket,
+        data,
+        resume=True,
+        progress=lambda d, t: up.append((d, t)),
+    )
+    assert key == "ckpt.bin"
+    assert proxy.count("PUT", "partNumber=1") == 1
+    assert proxy.count("PUT", "partNumber=3") == 1
+    assert proxy.count("POST", "uploads") == 1  # no second upload was started
+    assert _exact(up, 11 * MIB)  # the part it had counts as done
+    got = boto_s3(endpoint).get_object(Bucket=bucket, Key="ckpt.bin")["Body"].read()
+    assert got == content
+    assert _uploads_left(endpoint, bucket) == []
+    assert not record.exists()
+
+
+_KILLED_UPLOAD = """
+import sys
+import skyward as sky
+
+store = sky.storage.S3(endpoint=sys.argv[1], access_key="testing", secret_key="testing")
+with store.tuned(part_size=5 * 1024 * 1024, parts_in_flight=1) as s3:
+    s3.upload(sys.argv[2], sys.argv[3], resume=True)
+"""
+
+
+def test_an_upload_whose_process_is_killed_is_continued_by_the_next(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "ckpt.bin"
+    content = os.urandom(11 * MIB)
+    data.write_bytes(content)
+    # Part 2 is asked to wait (an hour: 20 s, the most it waits): the process is killed
+    # meanwhile, by its PID.
+    proxy.fail("PUT", "partNumber=2", "slow_down", retry_after=3600)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_UPLOAD, proxy.endpoint, bucket, str(data)]
+    )
+    try:
+        wait_until(
+            lambda: proxy.count("PUT", "partNumber=2") or child.poll() is not None,
+            "the upload to reach its second part",
+            timeout=60,
+            every=0.05,
+        )
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+    assert len(_uploads_left(endpoint, bucket)) == 1
+    before = proxy.count("PUT", "partNumber=")
+    _call("blocking", proxy.endpoint, "upload", bucket, data, resume=True)
+    assert proxy.count("PUT", "partNumber=") - before == 2  # parts 2 and 3
+    assert proxy.count("PUT", "partNumber=1") == 1
+    assert boto_s3(endpoint).get_object(Bucket=bucket, Key="ckpt.bin")["Body"].read() == content
+    assert _uploads_left(endpoint, bucket) == []
+
+
+def test_a_kept_upload_of_another_file_or_gone_from_the_store_is_not_continued(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "ckpt.bin"
+
+    def cut_short(content: bytes) -> str:
+        """An upload of ``content`` that keeps its first part; its upload id."""
+        data.write_bytes(content)
+        proxy.fail("PUT", "partNumber=2", "slow_down", times=storage.RETRY_ATTEMPTS)
+        with pytest.raises(sky.storage.StorageError):
+            _call("blocking", proxy.endpoint, "upload", bucket, data, in_flight=1, resume=True)
+        (kept,) = _uploads_left(endpoint, bucket)
+        return str(kept["UploadId"])
+
+    # The file changed since (same size, another modification time): the kept upload is
+    # aborted and every part goes up again, into a new one.
+    first = cut_short(os.urandom(11 * MIB))
+    newer = os.urandom(11 * MIB)
+    data.write_bytes(newer)
+    os.utime(data, ns=(0, 10**9))
+    parts_before = proxy.count("PUT", "partNumber=")
+    _call("blocking", proxy.endpoint, "upload", bucket, data, resume=True)
+    assert proxy.count("DELETE", f"uploadId={first}") == 1
+    assert proxy.count("PUT", "partNumber=") - parts_before == 3
+    assert boto_s3(endpoint).get_object(Bucket=bucket, Key="ckpt.bin")["Body"].read() == newer
+    assert _uploads_left(endpoint, bucket) == []
+
+    # An upload without resume replaces what one kept: it aborts it too.
+    second = cut_short(os.urandom(11 * MIB))
+    _call("blocking", proxy.endpoint, "upload", bucket, data)
+    assert proxy.count("DELETE", f"uploadId={second}") == 1
+    assert _uploads_left(endpoint, bucket) == []
+    assert not _kept_record(proxy.endpoint, bucket, "ckpt.bin").exists()
+
+    # A kept upload the store no longer has (aborted elsewhere, or expired): a new one.
+    third = cut_short(os.urandom(11 * MIB))
+    boto_s3(endpoint).abort_multipart_upload(Bucket=bucket, Key="ckpt.bin", UploadId=third)
+    parts_before = proxy.count("PUT", "partNumber=")
+    _call("blocking", proxy.endpoint, "upload", bucket, data, resume=True)
+    assert proxy.count("PUT", "partNumber=") - parts_before == 3
+    assert proxy.count("GET", f"uploadId={third}") == 1  # its parts were asked for
+    assert boto_s3(endpoint).get_object(Bucket=bucket, Key="ckpt.bin")["Body"].read() == (
+        data.read_bytes()
+    )
+    assert _uploads_left(endpoint, bucket) == []
+    with pytest.raises(TypeError, match=r"upload\(resume=1\): resume is True or False"):
+        _call("blocking", endpoint, "upload", bucket, data, resume=1)
+
+
+async def test_a_trio_upload_cancelled_with_resume_keeps_its_parts(
+    endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "d.bin"
+    content = os.urandom(16 * MIB)  # four parts
+    data.write_bytes(content)
+    client = AsyncStorageClient(_store(endpoint), ("testing", "testing"), 5 * MIB, in_flight=1)
+    client._open()
+    http = client._http
+    assert http is not None
+    send, waiting, sent = http.request, trio.Event(), []
+
+    async def request(method: str, url: str, **kwargs: object) -> object:
+        sent.append(f"{method} {url}")
+        if "partNumber=3" in url and not waiting.is_set():
+            waiting.set()
+            await trio.sleep(30)  # a part that would take long
+        return await send(method, url, **kwargs)  # type: ignore[arg-type]
+
+    http.request = request  # type: ignore[method-assign,assignment]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(client.upload, bucket, data, resume=True))
+            await waiting.wait()
+            nursery.cancel_scope.cancel()
+        assert len(_uploads_left(endpoint, bucket)) == 1  # not aborted
+        del sent[:]
+        assert await client.upload(bucket, data, resume=True) == "d.bin"
+    finally:
+        await client.aclose()
+    assert [line.split("&")[0].split("?")[1] for line in sent if "partNumber=" in line] == [
+        "partNumber=3",
+        "partNumber=4",
+    ]
+    assert boto_s3(endpoint).get_object(Bucket=bucket, Key="d.bin")["Body"].read() == content
+    assert _uploads_left(endpoint, bucket) == []

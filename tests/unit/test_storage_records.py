@@ -7,10 +7,11 @@ import datetime
 import botocore.auth as botocore_auth
 import botocore.awsrequest as botocore_awsrequest
 import botocore.credentials as botocore_credentials
+import httpx
 import pytest
 
 import skyward as sky
-from skyward_trio.storage import _Requests, sign
+from skyward_trio.storage import _parts_up, _Requests, sign
 
 NOW = datetime.datetime(2026, 11, 29, 12, 30, 5, tzinfo=datetime.UTC)
 
@@ -118,3 +119,43 @@ def test_missing_keys_say_where_they_come_from(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     with pytest.raises(ValueError, match="AWS_ACCESS_KEY_ID is not set"), sky.storage.S3():
         pass
+
+
+def _parts_page(numbers: range, next_marker: int | None) -> httpx.Response:
+    parts = "".join(
+        f'<Part><PartNumber>{n}</PartNumber><ETag>"e{n}"</ETag><Size>{n * 10}</Size></Part>'
+        for n in numbers
+    )
+    more = (
+        f"<IsTruncated>true</IsTruncated><NextPartNumberMarker>{next_marker}</NextPartNumberMarker>"
+        if next_marker
+        else "<IsTruncated>false</IsTruncated>"
+    )
+    body = (
+        '<ListPartsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"{parts}{more}</ListPartsResult>"
+    )
+    return httpx.Response(200, content=body.encode())
+
+
+def test_the_parts_of_a_kept_upload_are_listed_page_by_page() -> None:
+    """``_parts_up`` follows ListParts' pages by their marker, and says None when the
+    store has no such upload (404)."""
+    requests = _Requests(
+        sky.storage.S3(region="us-east-1", access_key="a", secret_key="s"), ("a", "s")
+    )
+    listing = _parts_up(requests, "b", "k", "UP1", "upload of f to b/k")
+    request, what, ok = next(listing)
+    assert "uploadId=UP1" in request.url
+    assert "part-number-marker" not in request.url
+    assert (what, ok) == ("listing of the parts kept by an earlier upload of f to b/k", (200, 404))
+    request, _, _ = listing.send(_parts_page(range(1, 3), next_marker=2))
+    assert "part-number-marker=2" in request.url
+    with pytest.raises(StopIteration) as done:
+        listing.send(_parts_page(range(3, 4), next_marker=None))
+    assert done.value.value == {1: ('"e1"', 10), 2: ('"e2"', 20), 3: ('"e3"', 30)}
+    gone = _parts_up(requests, "b", "k", "UP2", "upload of f to b/k")
+    next(gone)
+    with pytest.raises(StopIteration) as done:
+        gone.send(httpx.Response(404, content=b"<Error><Code>NoSuchUpload</Code></Error>"))
+    assert done.value.value is None
