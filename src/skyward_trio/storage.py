@@ -38,7 +38,7 @@ import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Awaitable, Callable, Container, Generator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import attrs
 
@@ -63,6 +63,8 @@ __all__ = [
     "StorageError",
     "Wasabi",
 ]
+
+_T = TypeVar("_T")
 
 #: A key, or a function that returns one (awaitable for ``async with`` only).
 Credential: TypeAlias = "str | Callable[[], str | Awaitable[str]]"
@@ -745,12 +747,30 @@ def _failure(response: httpx.Response, what: str, attempts: int = 1) -> StorageE
     )
 
 
-def _listed(content: bytes) -> tuple[list[tuple[str, int]], str | None]:
-    """One page of a listing: ``(key, size)`` of each object, and the next page's token."""
+@attrs.frozen
+class _Object:
+    """An object as a listing names it."""
+
+    key: str
+    size: int
+    etag: str
+
+    @property
+    def head(self) -> tuple[int, str] | None:
+        """What a HEAD of it would say, ``(size, etag)``; None without an ETag."""
+        return (self.size, self.etag) if self.etag else None
+
+
+def _listed(content: bytes) -> tuple[list[_Object], str | None]:
+    """One page of a listing: each object, and the next page's token."""
     root = ElementTree.fromstring(content)
     ns = _S3_NS if root.tag.startswith(_S3_NS) else ""
     keys = [
-        (item.findtext(f"{ns}Key") or "", int(item.findtext(f"{ns}Size") or 0))
+        _Object(
+            item.findtext(f"{ns}Key") or "",
+            int(item.findtext(f"{ns}Size") or 0),
+            item.findtext(f"{ns}ETag") or "",
+        )
         for item in root.findall(f"{ns}Contents")
     ]
     truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
@@ -836,16 +856,17 @@ def _tree(folder: Path) -> list[tuple[Path, str, int]]:
 
 
 def _folder_plan(
-    bucket: str, prefix: str, listed: list[tuple[str, int]], folder: Path
-) -> list[tuple[str, int, Path]]:
-    """What a folder's download brings: ``(key, size, local path)`` of each object under
-    ``prefix``. Keys ending in ``/`` (folder markers) are skipped.
+    bucket: str, prefix: str, listed: list[_Object], folder: Path
+) -> list[tuple[_Object, Path]]:
+    """What a folder's download brings: each object under ``prefix``, and its local path.
+    Keys ending in ``/`` (folder markers) are skipped.
 
     Raises:
         StorageError: Nothing is under ``prefix``, or a key would land outside ``folder``.
     """
     plan = []
-    for key, size in listed:
+    for listing in listed:
+        key = listing.key
         relative = key[len(prefix) :]
         if not relative or key.endswith("/"):
             continue
@@ -855,7 +876,7 @@ def _folder_plan(
                 f"download of {bucket}/{prefix} failed: the key {key!r} does not name a file "
                 f"under {folder} (an empty, '.' or '..' part); download it by itself"
             )
-        plan.append((key, size, folder.joinpath(*parts)))
+        plan.append((listing, folder.joinpath(*parts)))
     if not plan:
         raise StorageError(
             f"download of {bucket}/{prefix} failed: no object's key starts with {prefix!r}",
@@ -863,6 +884,16 @@ def _folder_plan(
             code="NoSuchKey",
         )
     return plan
+
+
+def _one_part(
+    items: list[_T], size: Callable[[_T], int], part_size: int
+) -> tuple[list[_T], list[_T]]:
+    """A folder's files (or objects) split in two: those of one part, which move several at
+    once (each in one request), and the larger ones, which move one at a time (each in
+    parts, several at once)."""
+    small = [item for item in items if size(item) <= part_size]
+    return small, [item for item in items if size(item) > part_size]
 
 
 def _check_progress(method: str, progress: object) -> None:
@@ -893,6 +924,11 @@ class _Meter:
         """Count what is left of a ``size``-byte file whose parts, if any, were counted
         since ``done`` was ``before`` (a file sent in one request counts once it is up)."""
         self.add(size - (self.done - before))
+
+
+def _uncounted(total: int) -> _Meter:
+    """The meter of an object whose bytes its folder's meter counts once it is whole."""
+    return _Meter(None, total)
 
 
 def _part_bounds(total: int, part_size: int, index: int) -> tuple[int, int]:
@@ -1326,8 +1362,8 @@ def _upload(
 
 
 def _ls(r: _Requests, bucket: str, prefix: str) -> _Operation:
-    """Every ``(key, size)`` under ``prefix``, following the pages."""
-    keys: list[tuple[str, int]] = []
+    """Every object under ``prefix``, following the pages."""
+    keys: list[_Object] = []
     token: str | None = None
     while True:
         query = {"list-type": "2", "prefix": prefix, "max-keys": str(_PAGE)}
@@ -1526,7 +1562,14 @@ class StorageClient:
             _pause(retry, pause, stop)
             request = self._requests.resigned(request)
 
-    def _run(self, operation: _Operation, meter: _Meter | None = None) -> Any:
+    def _run(
+        self,
+        operation: _Operation,
+        meter: _Meter | None = None,
+        stop: threading.Event | None = None,
+    ) -> Any:
+        """Run ``operation`` to its end. On a folder's thread (``stop`` given), a retry's
+        pause gives up once ``stop`` is set."""
         answer: Any = None
         failure: BaseException | None = None
         while True:
@@ -1540,7 +1583,8 @@ class StorageClient:
                         step.count, self._part_sender(step), step.size, meter
                     )
                 else:
-                    answer = self._send(*step)
+                    request, what, ok = step
+                    answer = self._send(request, what, ok, stop)
             except BaseException as exc:
                 # A refusal, or Ctrl-C (amid the parts, or in a pause before a retry): raised
                 # in the operation, which cleans up (an upload is aborted).
@@ -1615,7 +1659,17 @@ class StorageClient:
             _check_names(bucket, prefix)
             files = _tree(folder)
             meter = _Meter(progress, sum(size for _, _, size in files))
-            for path, relative, size in files:
+            small, large = _one_part(files, lambda file: file[2], self._part_size)
+
+            def one(index: int, stop: threading.Event) -> None:
+                path, relative, size = small[index]
+                part_size = self._part_size
+                upload = _upload(self._requests, bucket, path, prefix + relative, part_size, size)
+                self._run(upload, stop=stop)
+
+            if small:
+                self._in_parallel(len(small), one, lambda index: small[index][2], meter)
+            for path, relative, size in large:
                 self._upload_one(bucket, path, prefix + relative, size, meter, resume)
             return prefix
         path, key = _source(local_path, key)
@@ -1632,10 +1686,13 @@ class StorageClient:
         meter.settle(before, size)
         return done
 
-    def _head(self, bucket: str, key: str, what: str) -> tuple[int, str] | None:
+    def _head(
+        self, bucket: str, key: str, what: str, stop: threading.Event | None = None
+    ) -> tuple[int, str] | None:
         """The object's ``(size, etag)``, or None if HEAD does not say (the GET that
         follows then gives the store's reason)."""
-        return _sized(self._send(self._requests.request("HEAD", bucket, key), what, _FINAL))
+        head = self._requests.request("HEAD", bucket, key)
+        return _sized(self._send(head, what, _FINAL, stop))
 
     def download(
         self,
@@ -1661,9 +1718,18 @@ class StorageClient:
         target = Path(local_path).expanduser()
         if key.endswith("/"):
             plan = _folder_plan(bucket, key, self._run(_ls(self._requests, bucket, key)), target)
-            meter = _Meter(progress, sum(size for _, size, _ in plan))
-            for object_key, _, path in plan:
-                self._fetch(bucket, object_key, path, lambda _: meter, resume)
+            meter = _Meter(progress, sum(listed.size for listed, _ in plan))
+            small, large = _one_part(plan, lambda item: item[0].size, self._part_size)
+
+            def one(index: int, stop: threading.Event) -> None:
+                listed, path = small[index]
+                # Counted once whole, on your thread (by _in_parallel), not as it comes.
+                self._fetch(bucket, listed.key, path, _uncounted, False, stop, listed.head)
+
+            if small:
+                self._in_parallel(len(small), one, lambda index: small[index][0].size, meter)
+            for listed, path in large:
+                self._fetch(bucket, listed.key, path, lambda _: meter, resume, None, listed.head)
             return target
         return self._fetch(bucket, key, target, lambda total: _Meter(progress, total), resume)
 
@@ -1674,10 +1740,14 @@ class StorageClient:
         target: Path,
         meter_for: Callable[[int], _Meter],
         resume: bool = False,
+        stop: threading.Event | None = None,
+        listed: tuple[int, str] | None = None,
     ) -> Path:
-        """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
+        """Download one object to ``target``; ``meter_for(size)`` counts its bytes. On a
+        folder's thread (``stop`` given), a retry's pause gives up once ``stop`` is set.
+        ``listed``: its ``(size, etag)`` as a listing gave them (no HEAD is sent then)."""
         what = f"download of {bucket}/{key}"
-        head = self._head(bucket, key, what)
+        head = listed if listed is not None else self._head(bucket, key, what, stop)
         kept = _resumable(resume, target, head, self._part_size)
         if kept is not None and head is not None:
             kept.open()
@@ -1694,7 +1764,7 @@ class StorageClient:
             if head is not None and head[0] > self._part_size:
                 self._download_parts(bucket, key, partial, head, what, meter_for(head[0]))
             else:
-                self._download_whole(bucket, key, partial, head, what, meter_for)
+                self._download_whole(bucket, key, partial, head, what, meter_for, stop)
             os.replace(partial, target)
         except BaseException:
             os.unlink(partial)
@@ -1709,6 +1779,7 @@ class StorageClient:
         head: tuple[int, str] | None,
         what: str,
         meter_for: Callable[[int], _Meter],
+        stop: threading.Event | None = None,
     ) -> None:
         import httpx
 
@@ -1734,7 +1805,7 @@ class StorageClient:
                         pause = whole.retry.refused(answer)
                 except httpx.HTTPError as exc:
                     pause = whole.retry.failed(exc)
-                time.sleep(pause)
+                _pause(whole.retry, pause, stop)
                 whole.again()
 
     def _download_parts(
@@ -1792,7 +1863,7 @@ class StorageClient:
     def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""
         _check_names(bucket)
-        return [key for key, _ in self._run(_ls(self._requests, bucket, prefix))]
+        return [listed.key for listed in self._run(_ls(self._requests, bucket, prefix))]
 
     def exists(self, bucket: str, key: str) -> bool:
         """Whether ``key`` is in ``bucket`` (a missing bucket is a StorageError)."""
@@ -1982,7 +2053,18 @@ class AsyncStorageClient:
             _check_names(bucket, prefix)
             files = await trio.to_thread.run_sync(_tree, folder)
             meter = _Meter(progress, sum(size for _, _, size in files))
-            for path, relative, size in files:
+            small, large = _one_part(files, lambda file: file[2], self._part_size)
+
+            async def one(index: int) -> None:
+                path, relative, size = small[index]
+                part_size = self._part_size
+                await self._run(
+                    _upload(self._requests, bucket, path, prefix + relative, part_size, size)
+                )
+
+            if small:
+                await self._in_parallel(len(small), one, lambda index: small[index][2], meter)
+            for path, relative, size in large:
                 await self._upload_one(bucket, path, prefix + relative, size, meter, resume)
             return prefix
         path, key = _source(local_path, key)
@@ -2026,9 +2108,18 @@ class AsyncStorageClient:
         if key.endswith("/"):
             listed = await self._run(_ls(self._requests, bucket, key))
             plan = _folder_plan(bucket, key, listed, target)
-            meter = _Meter(progress, sum(size for _, size, _ in plan))
-            for object_key, _, path in plan:
-                await self._fetch(bucket, object_key, path, lambda _: meter, resume)
+            meter = _Meter(progress, sum(listed.size for listed, _ in plan))
+            small, large = _one_part(plan, lambda item: item[0].size, self._part_size)
+
+            async def one(index: int) -> None:
+                listed, path = small[index]
+                # Counted once whole (by _in_parallel), not as it comes.
+                await self._fetch(bucket, listed.key, path, _uncounted, False, listed.head)
+
+            if small:
+                await self._in_parallel(len(small), one, lambda index: small[index][0].size, meter)
+            for listed, path in large:
+                await self._fetch(bucket, listed.key, path, lambda _: meter, resume, listed.head)
             return target
         meter_for = functools.partial(_Meter, progress)
         return await self._fetch(bucket, key, target, meter_for, resume)
@@ -2040,13 +2131,17 @@ class AsyncStorageClient:
         target: Path,
         meter_for: Callable[[int], _Meter],
         resume: bool = False,
+        listed: tuple[int, str] | None = None,
     ) -> Path:
-        """Download one object to ``target``; ``meter_for(size)`` counts its bytes."""
+        """Download one object to ``target``; ``meter_for(size)`` counts its bytes.
+        ``listed``: its ``(size, etag)`` as a listing gave them (no HEAD is sent then)."""
         import trio
 
         what = f"download of {bucket}/{key}"
-        request = self._requests.request("HEAD", bucket, key)
-        head = _sized(await self._send(request, what, _FINAL))
+        head = listed
+        if head is None:
+            request = self._requests.request("HEAD", bucket, key)
+            head = _sized(await self._send(request, what, _FINAL))
         kept = _resumable(resume, target, head, self._part_size)
         if kept is not None and head is not None:
             await trio.to_thread.run_sync(kept.open)
@@ -2163,7 +2258,7 @@ class AsyncStorageClient:
     async def ls(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in ``bucket`` that starts with ``prefix``, in the store's order."""
         _check_names(bucket)
-        return [key for key, _ in await self._run(_ls(self._requests, bucket, prefix))]
+        return [listed.key for listed in await self._run(_ls(self._requests, bucket, prefix))]
 
     async def exists(self, bucket: str, key: str) -> bool:
         """Whether ``key`` is in ``bucket`` (a missing bucket is a StorageError)."""

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -1156,3 +1157,132 @@ async def test_a_trio_upload_cancelled_with_resume_keeps_its_parts(
     ]
     assert boto_s3(endpoint).get_object(Bucket=bucket, Key="d.bin")["Body"].read() == content
     assert _uploads_left(endpoint, bucket) == []
+
+
+def _small_files(root: Path, count: int) -> dict[str, bytes]:
+    """A folder of ``count`` small files (a dataset of images, say) and one of two parts."""
+    files = {f"shard/{n:03}.jpg": os.urandom(2000 + n) for n in range(count)}
+    files["weights.bin"] = os.urandom(6 * MIB)
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_folders_small_files_move_several_at_once(
+    face: str, endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    """Files of one part go up, and come down, ``parts_in_flight`` at a time (each held
+    0.2 s here, so they overlap); progress counts each once it is whole, on the caller's
+    thread (the blocking client's) and climbs to the total exactly."""
+    files = _small_files(tmp_path / "data", 12)
+    total = sum(map(len, files.values()))
+    overlap, lock, threads = _Overlap(), threading.Lock(), set()
+    up: list[tuple[int, int]] = []
+    down: list[tuple[int, int]] = []
+
+    def up_progress(done: int, all_: int) -> None:
+        threads.add(threading.get_ident())
+        up.append((done, all_))
+
+    def down_progress(done: int, all_: int) -> None:
+        threads.add(threading.get_ident())
+        down.append((done, all_))
+
+    def small(request: httpx.Request) -> bool:
+        return "/shard/" in request.url.path and request.method in ("PUT", "GET")
+
+    if face == "blocking":
+        client = StorageClient(_store(endpoint), ("testing", "testing"), 5 * MIB, 4)
+        client._open()
+        http = client._http
+        assert http is not None
+        send = http.send
+
+        def held(request: httpx.Request, **kwargs: Any) -> httpx.Response:
+            if not small(request):
+                return send(request, **kwargs)
+            with lock:
+                overlap.enter()
+            time.sleep(0.2)
+            try:
+                return send(request, **kwargs)
+            finally:
+                with lock:
+                    overlap.leave()
+
+        http.send = held  # type: ignore[method-assign]
+        try:
+            assert client.upload(bucket, tmp_path / "data", progress=up_progress) == "data/"
+            most_up, overlap.most = overlap.most, 0
+            client.download(bucket, "data/", tmp_path / "back", progress=down_progress)
+        finally:
+            client.close()
+        assert threads == {threading.get_ident()}
+    else:
+
+        async def main() -> int:
+            client = AsyncStorageClient(_store(endpoint), ("testing", "testing"), 5 * MIB, 4)
+            client._open()
+            http = client._http
+            assert http is not None
+            send = http.send
+
+            async def held(request: httpx.Request, **kwargs: Any) -> httpx.Response:
+                if not small(request):
+                    return await send(request, **kwargs)
+                overlap.enter()
+                await trio.sleep(0.2)
+                try:
+                    return await send(request, **kwargs)
+                finally:
+                    overlap.leave()
+
+            http.send = held  # type: ignore[method-assign]
+            try:
+                assert await client.upload(bucket, tmp_path / "data", progress=up_progress) == (
+                    "data/"
+                )
+                most = overlap.most
+                overlap.most = 0
+                await client.download(bucket, "data/", tmp_path / "back", progress=down_progress)
+            finally:
+                await client.aclose()
+            return most
+
+        most_up = trio.run(main)
+    assert most_up == 4
+    assert overlap.most == 4
+    assert _read_tree(tmp_path / "back") == files
+    assert _exact(up, total)
+    assert _exact(down, total)
+    head = boto_s3(endpoint).head_object(Bucket=bucket, Key="data/weights.bin")
+    assert head["ETag"].endswith('-2"')  # the large file went up in parts
+
+
+def test_a_folder_file_waiting_to_retry_gives_up_when_another_fails(
+    endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two small files in flight at once: b.txt is told to wait 30 s, a.txt is refused for
+    good meanwhile. b.txt gives up at once rather than wait (and retry) for a transfer that
+    has failed, on the way up and on the way down. (Were it to wait, this test would take
+    2 minutes, then fail.)"""
+    monkeypatch.setattr(storage, "RETRY_MAX_DELAY", 30.0)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"a")
+    (folder / "b.txt").write_bytes(b"b")
+    proxy.fail("PUT", "/f/b.txt", "slow_down", times=None, retry_after=30)
+    proxy.fail("PUT", "/f/a.txt", "access_denied")
+    with pytest.raises(sky.storage.StorageError, match=r"a\.txt failed: HTTP 403"):
+        _call("blocking", proxy.endpoint, "upload", bucket, folder)
+    assert proxy.count("PUT", "/f/b.txt") == 1
+    for name in ("a.txt", "b.txt"):
+        boto_s3(endpoint).put_object(Bucket=bucket, Key=f"g/{name}", Body=b"x")
+    proxy.fail("GET", "/g/b.txt", "slow_down", times=None, retry_after=30)
+    proxy.fail("GET", "/g/a.txt", "access_denied")
+    with pytest.raises(sky.storage.StorageError, match=r"g/a\.txt failed: HTTP 403"):
+        _call("blocking", proxy.endpoint, "download", bucket, "g/", tmp_path / "g")
+    assert proxy.count("GET", "/g/b.txt") == 1
+    assert proxy.count("HEAD", "/g/") == 0  # the listing gave each one's size and ETag
