@@ -1729,7 +1729,8 @@ class StorageClient:
             if small:
                 self._in_parallel(len(small), one, lambda index: small[index][0].size, meter)
             for listed, path in large:
-                self._fetch(bucket, listed.key, path, lambda _: meter, resume, None, listed.head)
+                # A HEAD first, as for one object: its parts ask for the version it names.
+                self._fetch(bucket, listed.key, path, lambda _: meter, resume)
             return target
         return self._fetch(bucket, key, target, lambda total: _Meter(progress, total), resume)
 
@@ -2119,7 +2120,8 @@ class AsyncStorageClient:
             if small:
                 await self._in_parallel(len(small), one, lambda index: small[index][0].size, meter)
             for listed, path in large:
-                await self._fetch(bucket, listed.key, path, lambda _: meter, resume, listed.head)
+                # A HEAD first, as for one object: its parts ask for the version it names.
+                await self._fetch(bucket, listed.key, path, lambda _: meter, resume)
             return target
         meter_for = functools.partial(_Meter, progress)
         return await self._fetch(bucket, key, target, meter_for, resume)
