@@ -1265,24 +1265,29 @@ def test_a_folder_file_waiting_to_retry_gives_up_when_another_fails(
     endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two small files in flight at once: b.txt is told to wait 30 s, a.txt is refused for
-    good meanwhile. b.txt gives up at once rather than wait (and retry) for a transfer that
-    has failed, on the way up and on the way down. (Were it to wait, this test would take
-    2 minutes, then fail.)"""
+    good meanwhile (after a wait of 1 s of its own, so that b.txt's request is surely
+    sent). b.txt gives up at once rather than wait (and retry) for a transfer that has
+    failed, on the way up and on the way down. (Were it to wait, this test would take 2
+    minutes, then fail.)"""
     monkeypatch.setattr(storage, "RETRY_MAX_DELAY", 30.0)
     folder = tmp_path / "f"
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"a")
     (folder / "b.txt").write_bytes(b"b")
     proxy.fail("PUT", "/f/b.txt", "slow_down", times=None, retry_after=30)
+    proxy.fail("PUT", "/f/a.txt", "slow_down", retry_after=1)
     proxy.fail("PUT", "/f/a.txt", "access_denied")
-    with pytest.raises(sky.storage.StorageError, match=r"a\.txt failed: HTTP 403"):
+    with pytest.raises(sky.storage.StorageError, match=r"a\.txt failed after 2 attempts: HTTP 403"):
         _call("blocking", proxy.endpoint, "upload", bucket, folder)
     assert proxy.count("PUT", "/f/b.txt") == 1
     for name in ("a.txt", "b.txt"):
         boto_s3(endpoint).put_object(Bucket=bucket, Key=f"g/{name}", Body=b"x")
     proxy.fail("GET", "/g/b.txt", "slow_down", times=None, retry_after=30)
+    proxy.fail("GET", "/g/a.txt", "slow_down", retry_after=1)
     proxy.fail("GET", "/g/a.txt", "access_denied")
-    with pytest.raises(sky.storage.StorageError, match=r"g/a\.txt failed: HTTP 403"):
+    with pytest.raises(
+        sky.storage.StorageError, match=r"g/a\.txt failed after 2 attempts: HTTP 403"
+    ):
         _call("blocking", proxy.endpoint, "download", bucket, "g/", tmp_path / "g")
     assert proxy.count("GET", "/g/b.txt") == 1
     assert proxy.count("HEAD", "/g/") == 0  # the listing gave each one's size and ETag
