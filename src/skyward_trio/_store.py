@@ -23,6 +23,7 @@ import collections
 import itertools
 import math
 import pickle
+import secrets
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,7 @@ import trio
 from . import _collections as ops
 from . import _serial, _wire
 
-__all__ = ["LocalClient", "Store", "hello_problem", "receive_hello"]
+__all__ = ["LocalClient", "Replica", "Store", "hello_problem", "receive_hello"]
 
 # A node that vanishes without closing its connection (a reclaimed machine sends no FIN)
 # is noticed by TCP keepalive after about IDLE + INTERVAL * COUNT seconds.
@@ -130,6 +131,15 @@ class Store:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self.address: tuple[str, int] | None = None
+        # Replication to the client (see Replica): this store's identity, how many effects
+        # it has applied, and those since the replica last synced (None until one asks,
+        # or once too many piled up: its next sync then takes a snapshot).
+        self.epoch = secrets.token_hex(8)
+        self._seq = 0
+        self._log: list[tuple[int, str, tuple[Any, ...]]] | None = None
+        self._log_from = 0
+        self._changed = trio.Event()
+        self._restored = False
         self._dicts: collections.defaultdict[str, dict[Any, _serial.Payload]] = (
             collections.defaultdict(dict)
         )
@@ -250,41 +260,27 @@ class Store:
             conn.reply(request, wait is not None)
         elif op == ops.BATCH:
             self._batch(conn, request, args[0], nursery)
+        elif op == ops.SYNC:
+            nursery.start_soon(self._sync, conn, request, str(args[0]), int(args[1]))
+        elif op == ops.RESTORE:
+            fresh = self._seq == 0 and not self._restored
+            if fresh:
+                self._restore(args[0])
+            conn.reply(request, fresh)
+        elif op in _REPLAYED:
+            conn.reply(request, self._write(op, name, args))
+            self._effect(op, name, tuple(args))
         elif op == ops.D_GET:
             found = self._dicts[name].get(_key(args[0], name))
             conn.reply(request, (found is not None, found))
-        elif op == ops.D_SET:
-            self._dicts[name][_key(args[0], name)] = _rewrap(args[1])
-            conn.reply(request, None)
-        elif op == ops.D_DEL:
-            conn.reply(request, self._dicts[name].pop(_key(args[0], name), None) is not None)
         elif op == ops.D_HAS:
             conn.reply(request, _key(args[0], name) in self._dicts[name])
-        elif op == ops.D_UPDATE:
-            target = self._dicts[name]
-            target.update((_key(k, name), _rewrap(v)) for k, v in args[0])
-            conn.reply(request, None)
-        elif op == ops.D_POP:
-            found = self._dicts[name].pop(_key(args[0], name), None)
-            conn.reply(request, (found is not None, found))
-        elif op == ops.S_ADD:
-            self._sets[name].add(_key(args[0], name))
-            conn.reply(request, None)
-        elif op == ops.S_DISCARD:
-            self._sets[name].discard(_key(args[0], name))
-            conn.reply(request, None)
         elif op == ops.S_HAS:
             conn.reply(request, _key(args[0], name) in self._sets[name])
         elif op == ops.S_LEN:
             conn.reply(request, len(self._sets[name]))
         elif op == ops.C_GET:
             conn.reply(request, self._counters[name])
-        elif op == ops.C_ADD:
-            self._counters[name] += int(args[0])
-            conn.reply(request, self._counters[name])
-        elif op == ops.C_SET:
-            self._counters[name] = int(args[0])
-            conn.reply(request, None)
         elif op == ops.Q_PUT:
             self._put(name, _rewrap(args[0]))
             conn.reply(request, None)
@@ -303,6 +299,91 @@ class Store:
             self._release(conn, request, name, str(args[0]))
         else:
             raise _Refused("ValueError", f"unknown collections operation {op!r}")
+
+    def _write(self, op: int, name: str, args: list[Any] | tuple[Any, ...]) -> Any:
+        """Apply a write a replica repeats the same way (one of ``_REPLAYED``); its answer."""
+        if op == ops.D_SET:
+            self._dicts[name][_key(args[0], name)] = _rewrap(args[1])
+            return None
+        if op == ops.D_DEL:
+            return self._dicts[name].pop(_key(args[0], name), None) is not None
+        if op == ops.D_UPDATE:
+            target = self._dicts[name]
+            target.update((_key(k, name), _rewrap(v)) for k, v in args[0])
+            return None
+        if op == ops.D_POP:
+            found = self._dicts[name].pop(_key(args[0], name), None)
+            return (found is not None, found)
+        if op == ops.S_ADD:
+            self._sets[name].add(_key(args[0], name))
+            return None
+        if op == ops.S_DISCARD:
+            self._sets[name].discard(_key(args[0], name))
+            return None
+        if op == ops.C_ADD:
+            self._counters[name] += int(args[0])
+            return self._counters[name]
+        if op == ops.C_SET:
+            self._counters[name] = int(args[0])
+            return None
+        raise _Refused("ValueError", f"unknown collections write {op!r}")
+
+    # -- replication to the client ------------------------------------------------------
+
+    def _effect(self, op: int, name: str, args: tuple[Any, ...]) -> None:
+        """Note a change of the state for the replica: a replayed write, or a queue's item
+        added (``Q_PUT``, ``Q_RETURN``) or taken (``_TAKEN``)."""
+        self._seq += 1
+        if self._log is not None:
+            self._log.append((op, name, args))
+            if len(self._log) > _LOG_MOST:
+                self._log = None  # the replica is far behind: its next sync takes a snapshot
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _sync(self, conn: _Conn, request: int, epoch: str, since: int) -> None:
+        """Answer a replica that holds this store's state up to effect ``since``: the
+        effects after it once there are some (or none after :data:`_SYNC_WAIT` s), or the
+        whole state when it follows another store or is too far behind."""
+        if epoch == self.epoch and self._log is not None and since == self._log_from:
+            with trio.move_on_after(_SYNC_WAIT):
+                while self._seq == since:
+                    await self._changed.wait()
+            if self._log is not None and since == self._log_from:
+                conn.reply(request, ("delta", self._seq, self._log))
+                self._log, self._log_from = [], self._seq
+                return
+        conn.reply(request, ("snapshot", self.epoch, self._seq, self.snapshot()))
+        self._log, self._log_from = [], self._seq
+
+    def snapshot(self) -> dict[str, Any]:
+        """The collections' contents (not their locks, barriers or waits), keys as payloads."""
+        return {
+            "dicts": {
+                name: [(_serial.dumps(k), v) for k, v in d.items()]
+                for name, d in self._dicts.items()
+                if d
+            },
+            "sets": {name: [_serial.dumps(m) for m in s] for name, s in self._sets.items() if s},
+            "counters": {name: value for name, value in self._counters.items() if value},
+            "queues": {name: list(q.items) for name, q in self._queues.items() if q.items},
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Take up the contents a replica kept of another store (this one is new): all of
+        them, or none if a key cannot be unpickled here (``_Refused``)."""
+        dicts = {
+            name: {_key(k, name): _rewrap(v) for k, v in items}
+            for name, items in state["dicts"].items()
+        }
+        sets = {name: {_key(m, name) for m in members} for name, members in state["sets"].items()}
+        self._restored = True
+        self._dicts.update(dicts)
+        self._sets.update(sets)
+        for name, value in state["counters"].items():
+            self._counters[name] = int(value)
+        for name, items in state["queues"].items():
+            self._queues[name].items.extend(_rewrap(v) for v in items)
 
     def _batch(
         self,
@@ -369,6 +450,7 @@ class Store:
             queue.items.appendleft(value)
         else:
             queue.items.append(value)
+        self._effect(ops.Q_RETURN if front else ops.Q_PUT, name, (value,))
 
     def _get(
         self, conn: _Conn, request: int, name: str, timeout: float | None, nursery: trio.Nursery
@@ -376,6 +458,7 @@ class Store:
         queue = self._queues[name]
         if queue.items:
             conn.reply(request, queue.items.popleft())
+            self._effect(_TAKEN, name, ())
             return
         why = f"sky.queue({name!r}).get(timeout={timeout}) found no item in time"
         queue.getters.append(self._park(conn, request, timeout, nursery, why))
@@ -443,6 +526,68 @@ class Store:
                 return
 
 
+class Replica:
+    """The client's copy of the contents of the store on node 0, so that node 0's loss
+    does not lose them: the client asks the store for what changed (``SYNC``: the
+    effects since its last sync, sent as soon as there are some, or the whole state when
+    it is new or too far behind) and applies it here, and gives what it holds to the
+    store a replacement node 0 starts (``RESTORE``), before any node is told where that
+    store listens. Locks, barriers and waits are not kept (their holders' connections end
+    with the store). What a task wrote in the moment before node 0 was lost may not have
+    reached the client, and is lost with it.
+    """
+
+    def __init__(self) -> None:
+        self.store = Store(b"")
+        self.epoch = ""  # the store followed ("": none yet)
+        self.seq = 0  # its effects applied here
+        self.unkept: dict[str, str] = {}  # dicts and sets whose keys cannot load here: why
+
+    def take(self, answer: tuple[Any, ...]) -> None:
+        """Apply a ``SYNC`` answer."""
+        if answer[0] == "snapshot":
+            _, epoch, seq, state = answer
+            self.store, self.unkept = Store(b""), {}
+            self._load(state)
+            self.epoch, self.seq = str(epoch), int(seq)
+            return
+        _, seq, effects = answer
+        for op, name, args in effects:
+            try:
+                if op == _TAKEN:
+                    items = self.store._queues[name].items
+                    if items:
+                        items.popleft()
+                elif op == ops.Q_PUT:
+                    self.store._queues[name].items.append(args[0])
+                elif op == ops.Q_RETURN:
+                    self.store._queues[name].items.appendleft(args[0])
+                else:
+                    self.store._write(op, name, args)
+            except _Refused as refused:
+                self.unkept.setdefault(name, str(refused))
+        self.seq = int(seq)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        for kind in ("dicts", "sets"):
+            for name, items in state[kind].items():
+                try:
+                    self.store._restore({**_EMPTY, kind: {name: items}})
+                except _Refused as refused:
+                    self.unkept.setdefault(name, str(refused))
+        self.store._restore({**_EMPTY, "counters": state["counters"], "queues": state["queues"]})
+
+    def state(self) -> dict[str, Any] | None:
+        """What a new store takes up, or None when there is nothing to give it."""
+        state = self.store.snapshot()
+        for kind in ("dicts", "sets"):
+            state[kind] = {n: v for n, v in state[kind].items() if n not in self.unkept}
+        return state if any(state.values()) else None
+
+
+_EMPTY: dict[str, Any] = {"dicts": {}, "sets": {}, "counters": {}, "queues": {}}
+
+
 class _Refused(Exception):
     """An operation the store answers with an error, raised again in the caller."""
 
@@ -450,6 +595,25 @@ class _Refused(Exception):
         super().__init__(message)
         self.kind = kind
 
+
+# Writes a replica repeats by applying them as the store did (Store._write).
+_REPLAYED = frozenset(
+    {
+        ops.D_SET,
+        ops.D_DEL,
+        ops.D_UPDATE,
+        ops.D_POP,
+        ops.S_ADD,
+        ops.S_DISCARD,
+        ops.C_ADD,
+        ops.C_SET,
+    }
+)
+_TAKEN = -1  # an effect: a queue's first item was taken
+# Effects kept for a replica between two syncs; past this, its next sync takes a snapshot.
+_LOG_MOST = 100_000
+# Seconds a sync waits for an effect before answering that there was none.
+_SYNC_WAIT = 30.0
 
 # Writes that answer nothing the writer waits for: what an eventual collection batches.
 _BATCHABLE = frozenset(

@@ -18,6 +18,7 @@ import trio
 from . import _collections as ops
 from . import _transport, _wire
 from ._errors import ConnectionLostError, PoolClosedError
+from ._store import Replica
 from ._version import PYTHON_VERSION, __version__
 
 __all__ = ["ClientStore", "StoreLink"]
@@ -153,7 +154,7 @@ class StoreLink:
         return ConnectionLostError(
             "the client's link to the pool's collections store (on node 0) was lost "
             f"({self.close_reason or 'not open'}); the operation may or may not have been "
-            "applied, and the store's state is lost with its node",
+            "applied",
             node=0,
         )
 
@@ -187,6 +188,8 @@ class ClientStore:
         self.link: _Link | None = None
         # Where node 0's store listens (None when the store runs in the client).
         self.endpoint: tuple[str, int] | None = None
+        # The contents of node 0's store, kept here for its replacement (see Replica).
+        self.replica = Replica()
         self._changed = trio.Event()
         self._closed = False
 

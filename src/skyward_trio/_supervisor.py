@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 
+from . import _collections as collections_ops
 from . import _health, _logging, _serial, _transport, _wire, metrics
 from ._autoscale import Autoscaler
 from ._bootstrap import (
@@ -87,6 +88,9 @@ _RESUME_MARGIN = 5.0
 # Reconnections in a row that may fail to reach the collections store before the node
 # counts as lost (each drops the link and tries again).
 _STORE_TRIES = 3
+# Seconds between two syncs of the client's copy of node 0's store: what changes meanwhile
+# comes in one answer.
+_REPLICATE_PAUSE = 0.2
 
 
 def reconnect_window(options: Options) -> float:
@@ -1024,9 +1028,10 @@ class Supervisor:
     async def _reach_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:
         """Before node ``i`` takes calls, tell it where the collections store listens.
 
-        Node 0 runs the store: the client opens its link to it there and tells every node
-        already up (a replaced node 0 has a new, empty store at a new port). Other nodes
-        are told when they come up, or by node 0 when it does.
+        Node 0 runs the store: the client opens its link to it there, gives a new store
+        (a replaced node 0's, at a new port) the copy it kept of the last one, starts
+        keeping a copy of this one, and tells every node already up. Other nodes are told
+        when they come up, or by node 0 when it does.
         """
         if self.store is not None:
             await self._serve_store(i, instance, ssh)
@@ -1036,11 +1041,55 @@ class Supervisor:
             link = StoreLink()
             with trio.fail_after(30):
                 endpoint = await link.open(ssh, f"{instance.workdir}/worker.sock", self.secret)
+            await self._restore_store(link)
             store.attach(link, endpoint)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._replicate, link)
             for node in list(self.pool._ready.values()):
                 await self._tell_store(node.instance, node.ssh, endpoint)
         if store.endpoint is not None:
             await self._tell_store(instance, ssh, store.endpoint)
+
+    async def _restore_store(self, link: StoreLink) -> None:
+        """Give node 0's store what the client kept of the last one: a replacement's (or a
+        restarted worker's) new store takes it up; a store reached again after a
+        reconnection, written to since, refuses. Not bounded by a deadline: the contents
+        may be large, and a link that breaks ends the call."""
+        kept = self.pool._store.replica.state()
+        if kept is None:
+            return
+        try:
+            taken = await link.call(collections_ops.RESTORE, "", kept)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # Node 0 comes up regardless, with an empty store, as it did before the copy.
+            self.pool._log.log(
+                logging.WARNING,
+                "node 0's new collections store could not take up the last one's contents "
+                "(%s): it starts empty",
+                exc,
+            )
+            return
+        if taken:
+            self.pool._log.info("node 0's new collections store took up the last one's contents")
+
+    async def _replicate(self, link: StoreLink) -> None:
+        """Keep the client's copy of node 0's store (``ClientStore.replica``) up to date
+        while ``link`` is up: each sync answers once something changed; a short pause
+        between two gathers what changes meanwhile into one answer."""
+        replica = self.pool._store.replica
+        warned: set[str] = set()
+        with contextlib.suppress(ConnectionLostError):
+            while not link.closed.is_set():
+                replica.take(await link.call(collections_ops.SYNC, "", replica.epoch, replica.seq))
+                for name in replica.unkept.keys() - warned:
+                    warned.add(name)
+                    self.pool._log.log(
+                        logging.WARNING,
+                        "the collection %r is not kept in the client for node 0's loss: %s",
+                        name,
+                        replica.unkept[name],
+                    )
+                await trio.sleep(_REPLICATE_PAUSE)
 
     async def _serve_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:
         """The store runs here: listen on a unix socket on node ``i`` through its SSH

@@ -395,13 +395,77 @@ def test_a_lock_held_on_a_node_that_died_is_released_and_node_0_loss(placement: 
         testing.preempt(pool, 1)
         assert pool.run(take_lock(name), target=0) == 0
         assert held.result(timeout=GUARD) == "sent again"
-        # On node 0, the store is lost with it, then a new, empty one runs on its
-        # replacement, which the client and the other nodes find. In the client, it stays.
+        # On node 0, the store is lost with it; a new one runs on its replacement, which
+        # takes up what the client kept of the last, and which the client and the other
+        # nodes find. In the client, it stays. (What was written in the moment before the
+        # loss may not have reached the client yet: wait until it has.)
+        if placement == "head":
+            kept = pool._core._store.replica.store
+            deadline = time.monotonic() + GUARD
+            while kept._counters.get(f"{name}-runs") != 2:
+                assert time.monotonic() < deadline, "the client's copy never caught up"
+                time.sleep(0.02)
         testing.preempt(pool, 0)
         assert pool.run(bump(name, 2), target=0) == (0, [1, 2])  # waits for the new node 0
         assert pool.run(bump(name, 3), target=1) == (1, [3, 4, 5])
         assert pool.counter(name).value == 5
-        assert pool.dict(name).get("holder") == (None if placement == "head" else 1)
+        assert pool.dict(name).get("holder") == 1
+        assert pool.counter(f"{name}-runs").value == 2
+
+
+@sky.function
+def fill_every_kind(name: str) -> None:
+    d, members, queue = sky.dict(name), sky.set(name), sky.queue(name)
+    d[("step", 1)] = {"loss": 0.5}
+    d["gone"] = 0
+    d.pop("gone")
+    members.add("x")
+    members.add(3)
+    sky.counter(name).increment(7)
+    sky.counter(name, consistency="eventual").increment(2)
+    for item in range(5):
+        queue.put(item)
+    assert queue.get() == 0
+
+
+@sky.function
+def read_every_kind(name: str) -> tuple[Any, ...]:
+    d, members, queue = sky.dict(name), sky.set(name), sky.queue(name)
+    items = [queue.get(timeout=5) for _ in range(len(queue))]
+    return (
+        d.get(("step", 1)),
+        "gone" in d,
+        len(members),
+        3 in members,
+        sky.counter(name).value,
+        items,
+    )
+
+
+def test_node_0_loss_keeps_the_collections_contents() -> None:
+    """The store on node 0 is lost with it; the client's copy of its contents (kept as
+    they change) is taken up by the store its replacement starts, before any node is told
+    where that store is."""
+    name = _name()
+    with sky.Compute(nodes=2, options=SILENT) as pool:
+        pool.run(fill_every_kind(name), target=1)
+        kept = pool._core._store.replica.store
+        deadline = time.monotonic() + GUARD
+        while kept._counters.get(name) != 9 or len(kept._queues[name].items) != 4:
+            assert time.monotonic() < deadline, "the client's copy never caught up"
+            time.sleep(0.02)
+        before = pool._core._ready[0].instance.id
+        testing.preempt(pool, 0)
+        assert pool.run(read_every_kind(name), target=0) == (
+            {"loss": 0.5},
+            False,
+            2,
+            True,
+            9,
+            [1, 2, 3, 4],
+        )
+        assert pool._core._ready[0].instance.id != before  # a new node 0, a new store
+        assert pool.counter(name).value == 9
 
 
 @pytest.mark.parametrize("placement", ["head", "client"])

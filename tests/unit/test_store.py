@@ -53,23 +53,24 @@ class Peer:
         return request in self._replies
 
 
+def _serving(store: Store, nursery: trio.Nursery) -> Peer:
+    """A connection to ``store``, served in ``nursery``."""
+    client, server = trio.testing.memory_stream_pair()
+    scope = trio.CancelScope()
+
+    async def serve() -> None:
+        with scope:
+            await store.serve(server, _wire.FrameDecoder(expect_hello=False), "peer")
+
+    nursery.start_soon(serve)
+    return Peer(client, scope)
+
+
 @pytest.fixture
 async def connect() -> AsyncIterator[Callable[[], Peer]]:
     store = Store(b"secret")
     async with trio.open_nursery() as nursery:
-
-        def connect() -> Peer:
-            client, server = trio.testing.memory_stream_pair()
-            scope = trio.CancelScope()
-
-            async def serve() -> None:
-                with scope:
-                    await store.serve(server, _wire.FrameDecoder(expect_hello=False), "peer")
-
-            nursery.start_soon(serve)
-            return Peer(client, scope)
-
-        yield connect
+        yield lambda: _serving(store, nursery)
         nursery.cancel_scope.cancel()
 
 
@@ -251,3 +252,102 @@ async def test_the_clients_own_connection_when_it_runs_the_store(
         local.close()  # the pool closes: the client's lock is released
         nursery.cancel_scope.cancel()
     assert store._locks["l"].owner is None
+
+
+async def test_a_replica_follows_the_store_and_a_new_store_takes_up_its_contents(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from skyward_trio._store import _SYNC_WAIT, Replica
+
+    first, replica = Store(b"secret"), Replica()
+    async with trio.open_nursery() as nursery:
+        peer = _serving(first, nursery)
+        await peer.call(ops.D_SET, "d", key((1, "a")), _serial.dumps([1, 2]))
+        await peer.call(ops.D_SET, "d", key("gone"), _serial.dumps(0))
+        await peer.call(ops.S_ADD, "s", key("x"))
+        await peer.call(ops.C_ADD, "c", 5)
+        for item in range(3):
+            await peer.call(ops.Q_PUT, "q", _serial.dumps(item))
+        await peer.call(ops.Q_GET, "q", None)  # takes 0
+        # The first sync brings the whole state; the next ones what changed since.
+        answer = await peer.call(ops.SYNC, "", replica.epoch, replica.seq)
+        assert answer[0] == "snapshot"
+        replica.take(answer)
+        await peer.call(ops.D_POP, "d", key("gone"))
+        await peer.call(ops.BATCH, "", [(ops.S_ADD, "s", (key(7),)), (ops.C_ADD, "c", (2,))])
+        await peer.call(ops.Q_PUT, "q", _serial.dumps(3))
+        await peer.call(ops.Q_GET, "q", None)  # takes 1
+        await peer.call(ops.Q_RETURN, "q", _serial.dumps("back"))  # a cancelled get's item
+        answer = await peer.call(ops.SYNC, "", replica.epoch, replica.seq)
+        assert answer[0] == "delta"
+        assert len(answer[2]) == 6
+        replica.take(answer)
+        # A sync waits for a change: with none, it answers an empty delta after a while.
+        before = trio.current_time()
+        answer = await peer.call(ops.SYNC, "", replica.epoch, replica.seq)
+        assert (answer[0], answer[2]) == ("delta", [])
+        assert trio.current_time() - before == _SYNC_WAIT
+        state = replica.state()
+        assert state is not None
+
+        # A new store takes the contents up once, before anything is written to it.
+        second = Store(b"secret")
+        fresh = _serving(second, nursery)
+        assert await fresh.call(ops.RESTORE, "", state) is True
+        assert await fresh.call(ops.RESTORE, "", state) is False
+        found, value = await fresh.call(ops.D_GET, "d", key((1, "a")))
+        assert found
+        assert _serial.loads(value) == [1, 2]
+        assert await fresh.call(ops.D_HAS, "d", key("gone")) is False
+        assert await fresh.call(ops.S_HAS, "s", key(7)) is True
+        assert await fresh.call(ops.S_LEN, "s") == 2
+        assert await fresh.call(ops.C_GET, "c") == 7
+        items = [_serial.loads(await fresh.call(ops.Q_GET, "q", None)) for _ in range(3)]
+        assert items == ["back", 2, 3]
+        assert await fresh.call(ops.Q_LEN, "q") == 0
+        # A store written to refuses: it is not new (a reconnection reached it again).
+        assert await peer.call(ops.RESTORE, "", state) is False
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replica_too_far_behind_is_sent_the_whole_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from skyward_trio import _store
+    from skyward_trio._store import Replica
+
+    monkeypatch.setattr(_store, "_LOG_MOST", 3)
+    store, replica = Store(b"secret"), Replica()
+    async with trio.open_nursery() as nursery:
+        peer = _serving(store, nursery)
+        replica.take(await peer.call(ops.SYNC, "", replica.epoch, replica.seq))
+        for n in range(5):
+            await peer.call(ops.C_ADD, "c", 1)
+            await peer.call(ops.Q_PUT, "q", _serial.dumps(n))
+        answer = await peer.call(ops.SYNC, "", replica.epoch, replica.seq)
+        assert answer[0] == "snapshot"
+        replica.take(answer)
+        assert replica.store._counters["c"] == 5
+        assert len(replica.store._queues["q"].items) == 5
+        # A replica of another store (its epoch) is sent the whole state too.
+        answer = await peer.call(ops.SYNC, "", "another", replica.seq)
+        assert answer[0] == "snapshot"
+        nursery.cancel_scope.cancel()
+    assert Replica().state() is None  # nothing to give a new store
+
+
+async def test_a_state_with_a_key_that_cannot_load_is_taken_up_not_at_all() -> None:
+    store = Store(b"secret")
+    junk: _serial.Payload = (b"not a pickle", False, [], [])
+    state = {
+        "dicts": {"d": [(junk, _serial.dumps(1))]},
+        "sets": {},
+        "counters": {"c": 3},
+        "queues": {},
+    }
+    async with trio.open_nursery() as nursery:
+        peer = _serving(store, nursery)
+        with pytest.raises(TypeError, match="could not be unpickled on the head node"):
+            await peer.call(ops.RESTORE, "", state)
+        assert await peer.call(ops.C_GET, "c") == 0  # nothing of it was taken
+        nursery.cancel_scope.cancel()
