@@ -400,11 +400,7 @@ def test_a_lock_held_on_a_node_that_died_is_released_and_node_0_loss(placement: 
         # nodes find. In the client, it stays. (What was written in the moment before the
         # loss may not have reached the client yet: wait until it has.)
         if placement == "head":
-            kept = pool._core._store.replica.store
-            deadline = time.monotonic() + GUARD
-            while kept._counters.get(f"{name}-runs") != 2:
-                assert time.monotonic() < deadline, "the client's copy never caught up"
-                time.sleep(0.02)
+            _caught_up(pool, f"{name}-runs", 2, 0)
         testing.preempt(pool, 0)
         assert pool.run(bump(name, 2), target=0) == (0, [1, 2])  # waits for the new node 0
         assert pool.run(bump(name, 3), target=1) == (1, [3, 4, 5])
@@ -442,20 +438,27 @@ def read_every_kind(name: str) -> tuple[Any, ...]:
     )
 
 
-def test_node_0_loss_keeps_the_collections_contents() -> None:
-    """The store on node 0 is lost with it; the client's copy of its contents (kept as
-    they change) is taken up by the store its replacement starts, before any node is told
-    where that store is."""
+def _caught_up(pool: sky.Pool, name: str, count: int, items: int) -> None:
+    """Wait until the client's copy of node 0's store holds the counter ``name`` at
+    ``count`` and ``items`` items in the queue ``name``."""
+    kept = pool._core._store.replica.store
+    deadline = time.monotonic() + GUARD
+    while kept._counters.get(name) != count or len(kept._queues[name].items) != items:
+        assert time.monotonic() < deadline, "the client's copy never caught up"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("fault", ["preempt", "kill_worker"])
+def test_node_0_loss_keeps_the_collections_contents(fault: str) -> None:
+    """The store on node 0 is lost with it (its machine, or its worker, which is
+    restarted in place); the client's copy of its contents (kept as they change) is taken
+    up by the store the new worker starts, before any node is told where that store is."""
     name = _name()
     with sky.Compute(nodes=2, options=SILENT) as pool:
         pool.run(fill_every_kind(name), target=1)
-        kept = pool._core._store.replica.store
-        deadline = time.monotonic() + GUARD
-        while kept._counters.get(name) != 9 or len(kept._queues[name].items) != 4:
-            assert time.monotonic() < deadline, "the client's copy never caught up"
-            time.sleep(0.02)
-        before = pool._core._ready[0].instance.id
-        testing.preempt(pool, 0)
+        _caught_up(pool, name, 9, 4)
+        before = pool._core._ready[0].conn
+        getattr(testing, fault)(pool, 0)
         assert pool.run(read_every_kind(name), target=0) == (
             {"loss": 0.5},
             False,
@@ -464,7 +467,7 @@ def test_node_0_loss_keeps_the_collections_contents() -> None:
             9,
             [1, 2, 3, 4],
         )
-        assert pool._core._ready[0].instance.id != before  # a new node 0, a new store
+        assert pool._core._ready[0].conn is not before  # a new worker, with a new store
         assert pool.counter(name).value == 9
 
 
