@@ -896,6 +896,51 @@ def _one_part(
     return small, [item for item in items if size(item) > part_size]
 
 
+def _local_etag(path: Path, size: int, part_size: int) -> str:
+    """The ETag a store gives ``path`` as this client uploads it: the MD5 of its bytes
+    (one request), or the MD5 of its parts' MD5s and their count (a multipart upload in
+    ``part_size`` parts)."""
+    count = _part_count(size, part_size)
+    digests = []
+    with path.open("rb") as file:
+        for index in range(max(count, 1)):
+            digest = hashlib.md5(usedforsecurity=False)
+            left = _part_bounds(size, part_size, index)[1] if count else 0
+            while left > 0:
+                chunk = file.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            digests.append(digest)
+    if size <= part_size:
+        return digests[0].hexdigest()
+    joined = hashlib.md5(b"".join(d.digest() for d in digests), usedforsecurity=False)
+    return f"{joined.hexdigest()}-{count}"
+
+
+def _not_up(
+    files: list[tuple[Path, str, int]], there: list[_Object], prefix: str, part_size: int
+) -> tuple[list[tuple[Path, str, int]], int]:
+    """A resumed folder upload's files that are not up yet, and the bytes of those that
+    are: an object under the file's key of its size whose ETag is the one this client's
+    upload of it gives (another ETag, a store's own kind or another part size, sends it
+    again). Reads each file that may be up, so the trio client calls it in a thread."""
+    listed = {item.key: item for item in there}
+    left, up = [], 0
+    for path, relative, size in files:
+        item = listed.get(prefix + relative)
+        if (
+            item is not None
+            and item.size == size
+            and item.etag.strip('"') == _local_etag(path, size, part_size)
+        ):
+            up += size
+        else:
+            left.append((path, relative, size))
+    return left, up
+
+
 def _check_progress(method: str, progress: object) -> None:
     if progress is not None and not callable(progress):
         raise TypeError(
@@ -1650,7 +1695,8 @@ class StorageClient:
         name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
         called with ``(bytes sent, bytes in all)`` as parts go up. ``resume=True`` keeps
         the parts of a multipart upload cut short (rather than aborting it), and continues
-        one that an upload of the same file kept (see :class:`_KeptUpload`)."""
+        one that an upload of the same file kept (see :class:`_KeptUpload`); in a folder,
+        it also skips the files already up (see :func:`_not_up`)."""
         _check_progress("upload", progress)
         _check_resume("upload", resume)
         folder = Path(local_path).expanduser()
@@ -1659,6 +1705,10 @@ class StorageClient:
             _check_names(bucket, prefix)
             files = _tree(folder)
             meter = _Meter(progress, sum(size for _, _, size in files))
+            if resume:
+                there = self._run(_ls(self._requests, bucket, prefix))
+                files, up = _not_up(files, there, prefix, self._part_size)
+                meter.add(up)
             small, large = _one_part(files, lambda file: file[2], self._part_size)
 
             def one(index: int, stop: threading.Event) -> None:
@@ -2043,7 +2093,8 @@ class AsyncStorageClient:
         name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
         called with ``(bytes sent, bytes in all)`` as parts go up. ``resume=True`` keeps
         the parts of a multipart upload cut short (rather than aborting it), and continues
-        one that an upload of the same file kept (see :class:`_KeptUpload`)."""
+        one that an upload of the same file kept (see :class:`_KeptUpload`); in a folder,
+        it also skips the files already up (see :func:`_not_up`)."""
         import trio
 
         _check_progress("upload", progress)
@@ -2054,6 +2105,11 @@ class AsyncStorageClient:
             _check_names(bucket, prefix)
             files = await trio.to_thread.run_sync(_tree, folder)
             meter = _Meter(progress, sum(size for _, _, size in files))
+            if resume:
+                there = await self._run(_ls(self._requests, bucket, prefix))
+                part_size = self._part_size
+                files, up = await trio.to_thread.run_sync(_not_up, files, there, prefix, part_size)
+                meter.add(up)
             small, large = _one_part(files, lambda file: file[2], self._part_size)
 
             async def one(index: int) -> None:

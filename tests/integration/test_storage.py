@@ -1291,3 +1291,43 @@ def test_a_folder_file_waiting_to_retry_gives_up_when_another_fails(
         _call("blocking", proxy.endpoint, "download", bucket, "g/", tmp_path / "g")
     assert proxy.count("GET", "/g/b.txt") == 1
     assert proxy.count("HEAD", "/g/") == 0  # the listing gave each one's size and ETag
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_resumed_folder_upload_skips_the_files_already_up(
+    face: str, endpoint: str, proxy: FlakyProxy, bucket: str, tmp_path: Path
+) -> None:
+    """A folder upload that failed at one file: ``resume=True`` sends that file and those
+    after it, not those already up (their key holds an object of their size and the ETag
+    this client's upload of them gives: an MD5, or for a multipart one the MD5 of its
+    parts' MD5s); a file changed since is sent again."""
+    folder = tmp_path / "data"
+    files = _small_files(folder, 6)  # six small files and one of two parts
+    total = sum(map(len, files.values()))
+    proxy.fail("PUT", "/data/shard/003.jpg", "access_denied")
+    with pytest.raises(sky.storage.StorageError, match=r"003\.jpg"):
+        _call(face, proxy.endpoint, "upload", bucket, folder, in_flight=1, resume=True)
+    sent = proxy.count("PUT", "/data/")
+    up: list[tuple[int, int]] = []
+    _call(
+        face,
+        proxy.endpoint,
+        "upload",
+        bucket,
+        folder,
+        resume=True,
+        progress=lambda d, t: up.append((d, t)),
+    )
+    assert proxy.count("PUT", "/data/shard/003.jpg") == 2
+    assert proxy.count("PUT", "/data/shard/000.jpg") == 1  # up before: not sent again
+    assert proxy.count("PUT", "/data/weights.bin?partNumber=") == 2  # its two parts, once
+    assert proxy.count("PUT", "/data/") - sent == 3 + 2  # 003, 004, 005 and two parts
+    assert _exact(up, total)
+    # Everything up: nothing is sent; a file changed since (same size) is sent again.
+    (folder / "shard" / "001.jpg").write_bytes(os.urandom(len(files["shard/001.jpg"])))
+    before = proxy.count("PUT", "/data/")
+    _call(face, proxy.endpoint, "upload", bucket, folder, resume=True)
+    assert proxy.count("PUT", "/data/") - before == 1
+    assert proxy.count("PUT", "/data/shard/001.jpg") == 2
+    back = _call(face, endpoint, "download", bucket, "data/", tmp_path / "back")
+    assert _read_tree(back) == _read_tree(folder)
