@@ -1244,7 +1244,7 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
 # accepts, is sent back the answer, and returns the result. The blocking and the trio
 # client only drive them (downloads, which stream into a file, excepted).
 
-_Operation: TypeAlias = "Generator[tuple[_Request, str, tuple[int, ...]] | _Parts, Any, Any]"
+_Operation: TypeAlias = "Generator[tuple[_Request, str, Container[int]] | _Parts, Any, Any]"
 
 
 class _KeptUpload:
@@ -1355,6 +1355,17 @@ def _upload(
                 (200, 204, 404),
             )
             record.remove()
+    if resume and upload is None:
+        # Up whole already (an upload that completed): nothing to send. The file is read
+        # for its ETag only when an object of its size is there.
+        answer = yield r.request("HEAD", bucket, key), f"check of {bucket}/{key}", _FINAL
+        head = _sized(answer)
+        if (
+            head is not None
+            and head[0] == total
+            and head[1].strip('"') == _local_etag(path, total, part_size)
+        ):
+            return key
     if total <= part_size:
         yield r.request("PUT", bucket, key, body=path.read_bytes()), what, (200,)
         return key
@@ -1694,9 +1705,10 @@ class StorageClient:
         A folder goes up file by file under the prefix ``key`` (default: the folder's
         name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
         called with ``(bytes sent, bytes in all)`` as parts go up. ``resume=True`` keeps
-        the parts of a multipart upload cut short (rather than aborting it), and continues
-        one that an upload of the same file kept (see :class:`_KeptUpload`); in a folder,
-        it also skips the files already up (see :func:`_not_up`)."""
+        the parts of a multipart upload cut short (rather than aborting it), continues one
+        that an upload of the same file kept (see :class:`_KeptUpload`), and sends no file
+        already up (its key holds an object of its size with the ETag this client's upload
+        of it gives: see :func:`_not_up`)."""
         _check_progress("upload", progress)
         _check_resume("upload", resume)
         folder = Path(local_path).expanduser()
@@ -2092,9 +2104,10 @@ class AsyncStorageClient:
         A folder goes up file by file under the prefix ``key`` (default: the folder's
         name), and the prefix, ending in ``/``, is returned. ``progress``, if given, is
         called with ``(bytes sent, bytes in all)`` as parts go up. ``resume=True`` keeps
-        the parts of a multipart upload cut short (rather than aborting it), and continues
-        one that an upload of the same file kept (see :class:`_KeptUpload`); in a folder,
-        it also skips the files already up (see :func:`_not_up`)."""
+        the parts of a multipart upload cut short (rather than aborting it), continues one
+        that an upload of the same file kept (see :class:`_KeptUpload`), and sends no file
+        already up (its key holds an object of its size with the ETag this client's upload
+        of it gives: see :func:`_not_up`)."""
         import trio
 
         _check_progress("upload", progress)

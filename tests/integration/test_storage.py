@@ -1070,6 +1070,16 @@ def test_an_upload_whose_process_is_killed_is_continued_by_the_next(
     assert proxy.count("PUT", "partNumber=1") == 1
     assert boto_s3(endpoint).get_object(Bucket=bucket, Key="ckpt.bin")["Body"].read() == content
     assert _uploads_left(endpoint, bucket) == []
+    # Up whole now: again, nothing is sent (a HEAD finds its size and ETag the same).
+    requests = len(proxy.seen)
+    assert _call("blocking", proxy.endpoint, "upload", bucket, data, resume=True) == "ckpt.bin"
+    assert [method for method, _ in proxy.seen[requests:]] == ["HEAD"]
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"abc")
+    _call("blocking", proxy.endpoint, "upload", bucket, small, resume=True)
+    requests = len(proxy.seen)
+    _call("blocking", proxy.endpoint, "upload", bucket, small, resume=True)
+    assert [method for method, _ in proxy.seen[requests:]] == ["HEAD"]
 
 
 def test_a_kept_upload_of_another_file_or_gone_from_the_store_is_not_continued(
