@@ -41,6 +41,13 @@ _KEEPALIVE_IDLE = 10
 _KEEPALIVE_INTERVAL = 5
 _KEEPALIVE_COUNT = 3
 
+# The effects that bring a value (a payload, the last argument; D_UPDATE: pairs).
+_VALUED = frozenset({ops.D_SET, ops.D_UPDATE, ops.Q_PUT, ops.Q_RETURN})
+#: Bytes of values the client's copy of node 0's store holds at most (Replica.most).
+REPLICA_MOST = 1 << 30
+# Bytes of values added to the copy after which it measures what it holds again.
+_MEASURE_AFTER = 64 << 20
+
 
 def hello_problem(hello: Any, secret: bytes) -> str | None:
     """Why a connection to the store is refused, or None."""
@@ -535,24 +542,36 @@ class Replica:
     store listens. Locks, barriers and waits are not kept (their holders' connections end
     with the store). What a task wrote in the moment before node 0 was lost may not have
     reached the client, and is lost with it.
+
+    The copy is held in the client's memory: once the values it holds pass ``most``
+    bytes, it is dropped and no longer kept (``stopped`` says why), rather than fill it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, most: int = REPLICA_MOST) -> None:
         self.store = Store(b"")
         self.epoch = ""  # the store followed ("": none yet)
         self.seq = 0  # its effects applied here
         self.unkept: dict[str, str] = {}  # dicts and sets whose keys cannot load here: why
+        self.most = most
+        self.stopped = ""  # why the copy is no longer kept ("": it is)
+        self._added = 0  # bytes of values added since the copy was last measured
 
     def take(self, answer: tuple[Any, ...]) -> None:
         """Apply a ``SYNC`` answer."""
+        if self.stopped:
+            return
         if answer[0] == "snapshot":
             _, epoch, seq, state = answer
             self.store, self.unkept = Store(b""), {}
             self._load(state)
             self.epoch, self.seq = str(epoch), int(seq)
+            self._measure()
             return
         _, seq, effects = answer
         for op, name, args in effects:
+            if op in _VALUED:
+                values = [v for _, v in args[0]] if op == ops.D_UPDATE else [args[-1]]
+                self._added += sum(_serial.payload_size(v) for v in values)
             try:
                 if op == _TAKEN:
                     items = self.store._queues[name].items
@@ -567,6 +586,21 @@ class Replica:
             except _Refused as refused:
                 self.unkept.setdefault(name, str(refused))
         self.seq = int(seq)
+        if self._added > _MEASURE_AFTER:
+            self._measure()
+
+    def _measure(self) -> None:
+        """Drop the copy if its values pass ``most`` bytes."""
+        self._added = 0
+        store = self.store
+        held = sum(_serial.payload_size(v) for d in store._dicts.values() for v in d.values())
+        held += sum(_serial.payload_size(v) for q in store._queues.values() for v in q.items)
+        if held > self.most:
+            self.store = Store(b"")
+            self.stopped = (
+                f"the collections' values passed {self.most / 2**30:g} GiB "
+                f"({held / 2**30:.1f} GiB), more than the client keeps a copy of"
+            )
 
     def _load(self, state: dict[str, Any]) -> None:
         for kind in ("dicts", "sets"):
@@ -579,6 +613,8 @@ class Replica:
 
     def state(self) -> dict[str, Any] | None:
         """What a new store takes up, or None when there is nothing to give it."""
+        if self.stopped:
+            return None
         state = self.store.snapshot()
         for kind in ("dicts", "sets"):
             state[kind] = {n: v for n, v in state[kind].items() if n not in self.unkept}

@@ -1079,8 +1079,14 @@ class Supervisor:
         replica = self.pool._store.replica
         warned: set[str] = set()
         with contextlib.suppress(ConnectionLostError):
-            while not link.closed.is_set():
+            while not link.closed.is_set() and not replica.stopped:
                 replica.take(await link.call(collections_ops.SYNC, "", replica.epoch, replica.seq))
+                if replica.stopped:
+                    self.pool._log.log(
+                        logging.WARNING,
+                        "%s: node 0's loss would lose them (its store is no longer copied)",
+                        replica.stopped,
+                    )
                 for name in replica.unkept.keys() - warned:
                     warned.add(name)
                     self.pool._log.log(

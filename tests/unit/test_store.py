@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -350,4 +351,26 @@ async def test_a_state_with_a_key_that_cannot_load_is_taken_up_not_at_all() -> N
         with pytest.raises(TypeError, match="could not be unpickled on the head node"):
             await peer.call(ops.RESTORE, "", state)
         assert await peer.call(ops.C_GET, "c") == 0  # nothing of it was taken
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replica_past_its_size_is_dropped_and_no_longer_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from skyward_trio import _store
+    from skyward_trio._store import Replica
+
+    monkeypatch.setattr(_store, "_MEASURE_AFTER", 0)  # measured after every sync here
+    store, replica = Store(b"secret"), Replica(most=4096)
+    async with trio.open_nursery() as nursery:
+        peer = _serving(store, nursery)
+        await peer.call(ops.D_SET, "d", key("small"), _serial.dumps(b"x" * 100))
+        replica.take(await peer.call(ops.SYNC, "", replica.epoch, replica.seq))
+        assert (replica.stopped, replica.state() is not None) == ("", True)
+        await peer.call(ops.Q_PUT, "q", _serial.dumps(os.urandom(8192)))  # incompressible
+        replica.take(await peer.call(ops.SYNC, "", replica.epoch, replica.seq))
+        assert "more than the client keeps a copy of" in replica.stopped
+        assert replica.state() is None  # a new store would start empty, as before copies
+        replica.take(await peer.call(ops.SYNC, "", "", 0))  # ignored from now on
+        assert replica.state() is None
         nursery.cancel_scope.cancel()
