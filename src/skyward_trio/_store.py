@@ -49,6 +49,14 @@ REPLICA_MOST = 1 << 30
 _MEASURE_AFTER = 64 << 20
 
 
+def _valued_bytes(op: int, args: tuple[Any, ...]) -> int:
+    """Bytes of the values an effect brings (none for most)."""
+    if op not in _VALUED:
+        return 0
+    values = [v for _, v in args[0]] if op == ops.D_UPDATE else [args[-1]]
+    return sum(_serial.payload_size(v) for v in values)
+
+
 def hello_problem(hello: Any, secret: bytes) -> str | None:
     """Why a connection to the store is refused, or None."""
     return _wire.hello_problem(hello, secret, they="the peer", we="the store")
@@ -145,6 +153,7 @@ class Store:
         self._seq = 0
         self._log: list[tuple[int, str, tuple[Any, ...]]] | None = None
         self._log_from = 0
+        self._log_bytes = 0  # of the values in _log
         self._changed = trio.Event()
         self._restored = False
         self._dicts: collections.defaultdict[str, dict[Any, _serial.Payload]] = (
@@ -343,8 +352,11 @@ class Store:
         self._seq += 1
         if self._log is not None:
             self._log.append((op, name, args))
-            if len(self._log) > _LOG_MOST:
-                self._log = None  # the replica is far behind: its next sync takes a snapshot
+            self._log_bytes += _valued_bytes(op, args)
+            if len(self._log) > _LOG_MOST or self._log_bytes > _LOG_BYTES_MOST:
+                # The replica is far behind (or gone): its next sync, if one comes, takes a
+                # snapshot. The log would keep overwritten values alive meanwhile.
+                self._log, self._log_bytes = None, 0
         self._changed.set()
         self._changed = trio.Event()
 
@@ -358,10 +370,10 @@ class Store:
                     await self._changed.wait()
             if self._log is not None and since == self._log_from:
                 conn.reply(request, ("delta", self._seq, self._log))
-                self._log, self._log_from = [], self._seq
+                self._log, self._log_from, self._log_bytes = [], self._seq, 0
                 return
         conn.reply(request, ("snapshot", self.epoch, self._seq, self.snapshot()))
-        self._log, self._log_from = [], self._seq
+        self._log, self._log_from, self._log_bytes = [], self._seq, 0
 
     def snapshot(self) -> dict[str, Any]:
         """The collections' contents (not their locks, barriers or waits), keys as payloads."""
@@ -569,9 +581,7 @@ class Replica:
             return
         _, seq, effects = answer
         for op, name, args in effects:
-            if op in _VALUED:
-                values = [v for _, v in args[0]] if op == ops.D_UPDATE else [args[-1]]
-                self._added += sum(_serial.payload_size(v) for v in values)
+            self._added += _valued_bytes(op, args)
             try:
                 if op == _TAKEN:
                     items = self.store._queues[name].items
@@ -648,6 +658,8 @@ _REPLAYED = frozenset(
 _TAKEN = -1  # an effect: a queue's first item was taken
 # Effects kept for a replica between two syncs; past this, its next sync takes a snapshot.
 _LOG_MOST = 100_000
+# Bytes of values (Store._log_bytes) past which the log is dropped the same way.
+_LOG_BYTES_MOST = 256 << 20
 # Seconds a sync waits for an effect before answering that there was none.
 _SYNC_WAIT = 30.0
 

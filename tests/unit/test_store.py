@@ -333,6 +333,14 @@ async def test_a_replica_too_far_behind_is_sent_the_whole_state(
         # A replica of another store (its epoch) is sent the whole state too.
         answer = await peer.call(ops.SYNC, "", "another", replica.seq)
         assert answer[0] == "snapshot"
+        replica.take(answer)
+        # So is one whose log's values passed their bound: the log, which would keep
+        # overwritten values alive, is dropped at once.
+        monkeypatch.setattr(_store, "_LOG_BYTES_MOST", 4096)
+        await peer.call(ops.D_SET, "d", key("k"), _serial.dumps(os.urandom(8192)))
+        assert store._log is None
+        answer = await peer.call(ops.SYNC, "", replica.epoch, replica.seq)
+        assert answer[0] == "snapshot"
         nursery.cancel_scope.cancel()
     assert Replica().state() is None  # nothing to give a new store
 
