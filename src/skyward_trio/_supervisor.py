@@ -508,7 +508,7 @@ class Supervisor:
             if why_lost is None:
                 try:
                     # The store's links through the old SSH connection went with it.
-                    await self._reach_store(node.index, node.instance, node.ssh)
+                    await self._reach_store(node.index, node.instance, node.ssh, new=False)
                 except (_transport.SSHError, ConnectionLostError, trio.TooSlowError) as exc:
                     # Dropped again, or the pool closing: round again, where either is
                     # seen. A link that stays up but cannot reach the store is dropped, to
@@ -578,7 +578,7 @@ class Supervisor:
             conn.on_notice = functools.partial(self._on_notice, i, conn)
             with trio.fail_after(30):
                 await conn.open(self.secret)
-            await self._reach_store(i, instance, ssh)
+            await self._reach_store(i, instance, ssh, new=True)
         except Exception as exc:
             if isinstance(exc, ProvisionError):
                 raise
@@ -1025,13 +1025,16 @@ class Supervisor:
             apt_wait=math.ceil(self.pool.options.bootstrap_timeout or image.bootstrap_timeout),
         )
 
-    async def _reach_store(self, i: int, instance: Instance, ssh: _transport.SSHConnection) -> None:
+    async def _reach_store(
+        self, i: int, instance: Instance, ssh: _transport.SSHConnection, *, new: bool
+    ) -> None:
         """Before node ``i`` takes calls, tell it where the collections store listens.
 
-        Node 0 runs the store: the client opens its link to it there, gives a new store
-        (a replaced node 0's, at a new port) the copy it kept of the last one, starts
-        keeping a copy of this one, and tells every node already up. Other nodes are told
-        when they come up, or by node 0 when it does.
+        Node 0 runs the store: the client opens its link to it there, gives a ``new``
+        worker's store (a replaced node 0's, at a new port, or a restarted worker's) the
+        copy it kept of the last one, starts keeping a copy of this one, and tells every
+        node already up. Other nodes are told when they come up, or by node 0 when it
+        does. A worker reached again after a reconnection (``new`` False) kept its store.
         """
         if self.store is not None:
             await self._serve_store(i, instance, ssh)
@@ -1041,7 +1044,8 @@ class Supervisor:
             link = StoreLink()
             with trio.fail_after(30):
                 endpoint = await link.open(ssh, f"{instance.workdir}/worker.sock", self.secret)
-            await self._restore_store(link)
+            if new:
+                await self._restore_store(link)
             store.attach(link, endpoint)
             assert self._nursery is not None
             self._nursery.start_soon(self._replicate, link)
@@ -1051,10 +1055,9 @@ class Supervisor:
             await self._tell_store(instance, ssh, store.endpoint)
 
     async def _restore_store(self, link: StoreLink) -> None:
-        """Give node 0's store what the client kept of the last one: a replacement's (or a
-        restarted worker's) new store takes it up; a store reached again after a
-        reconnection, written to since, refuses. Not bounded by a deadline: the contents
-        may be large, and a link that breaks ends the call."""
+        """Give node 0's new store what the client kept of the last one (a store that was
+        written to already refuses it). Not bounded by a deadline: the contents may be
+        large, and a link that breaks ends the call."""
         kept = self.pool._store.replica.state()
         if kept is None:
             return
