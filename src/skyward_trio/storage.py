@@ -896,27 +896,30 @@ def _one_part(
     return small, [item for item in items if size(item) > part_size]
 
 
+def _md5(file: Any, length: int) -> Any:
+    """The MD5 of the next ``length`` bytes of ``file`` (fewer at its end), read in MiBs."""
+    digest = hashlib.md5(usedforsecurity=False)
+    while length > 0:
+        chunk = file.read(min(length, 1 << 20))
+        if not chunk:
+            break
+        digest.update(chunk)
+        length -= len(chunk)
+    return digest
+
+
 def _local_etag(path: Path, size: int, part_size: int) -> str:
     """The ETag a store gives ``path`` as this client uploads it: the MD5 of its bytes
     (one request), or the MD5 of its parts' MD5s and their count (a multipart upload in
     ``part_size`` parts)."""
-    count = _part_count(size, part_size)
-    digests = []
     with path.open("rb") as file:
-        for index in range(max(count, 1)):
-            digest = hashlib.md5(usedforsecurity=False)
-            left = _part_bounds(size, part_size, index)[1] if count else 0
-            while left > 0:
-                chunk = file.read(min(left, 1 << 20))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                left -= len(chunk)
-            digests.append(digest)
-    if size <= part_size:
-        return digests[0].hexdigest()
-    joined = hashlib.md5(b"".join(d.digest() for d in digests), usedforsecurity=False)
-    return f"{joined.hexdigest()}-{count}"
+        if size <= part_size:
+            return str(_md5(file, size).hexdigest())
+        count = _part_count(size, part_size)
+        parts = b"".join(
+            _md5(file, _part_bounds(size, part_size, index)[1]).digest() for index in range(count)
+        )
+    return f"{hashlib.md5(parts, usedforsecurity=False).hexdigest()}-{count}"
 
 
 def _not_up(
