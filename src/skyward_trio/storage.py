@@ -1328,7 +1328,12 @@ def _upload(
     part_size: int,
     total: int,
     resume: bool = False,
+    checked: bool = False,
 ) -> _Operation:
+    """Upload ``path`` as ``key``. With ``resume``, a kept upload of the same file is
+    continued, and none is sent if ``key`` holds it already (a HEAD, then the file's ETag
+    when the sizes match), unless ``checked``: the caller found from a listing that it
+    does not (a resumed folder upload, :func:`_not_up`)."""
     what = f"upload of {path} to {bucket}/{key}"
     count = _part_count(total, part_size)
     record = _KeptUpload(r.storage.endpoint, bucket, key)
@@ -1358,7 +1363,7 @@ def _upload(
                 (200, 204, 404),
             )
             record.remove()
-    if resume and upload is None:
+    if resume and upload is None and not checked:
         # Up whole already (an upload that completed): nothing to send. The file is read
         # for its ETag only when an object of its size is there.
         answer = yield r.request("HEAD", bucket, key), f"check of {bucket}/{key}", _FINAL
@@ -1735,7 +1740,9 @@ class StorageClient:
             if small:
                 self._in_parallel(len(small), one, lambda index: small[index][2], meter)
             for path, relative, size in large:
-                self._upload_one(bucket, path, prefix + relative, size, meter, resume)
+                self._upload_one(
+                    bucket, path, prefix + relative, size, meter, resume, checked=resume
+                )
             return prefix
         path, key = _source(local_path, key)
         _check_names(bucket, key)
@@ -1743,10 +1750,18 @@ class StorageClient:
         return self._upload_one(bucket, path, key, total, _Meter(progress, total), resume)
 
     def _upload_one(
-        self, bucket: str, path: Path, key: str, size: int, meter: _Meter, resume: bool
+        self,
+        bucket: str,
+        path: Path,
+        key: str,
+        size: int,
+        meter: _Meter,
+        resume: bool,
+        checked: bool = False,
     ) -> str:
         before = meter.done
-        operation = _upload(self._requests, bucket, path, key, self._part_size, size, resume)
+        r, part_size = self._requests, self._part_size
+        operation = _upload(r, bucket, path, key, part_size, size, resume, checked)
         done = str(self._run(operation, meter))
         meter.settle(before, size)
         return done
@@ -2138,7 +2153,9 @@ class AsyncStorageClient:
             if small:
                 await self._in_parallel(len(small), one, lambda index: small[index][2], meter)
             for path, relative, size in large:
-                await self._upload_one(bucket, path, prefix + relative, size, meter, resume)
+                await self._upload_one(
+                    bucket, path, prefix + relative, size, meter, resume, checked=resume
+                )
             return prefix
         path, key = _source(local_path, key)
         _check_names(bucket, key)
@@ -2146,10 +2163,18 @@ class AsyncStorageClient:
         return await self._upload_one(bucket, path, key, total, _Meter(progress, total), resume)
 
     async def _upload_one(
-        self, bucket: str, path: Path, key: str, size: int, meter: _Meter, resume: bool
+        self,
+        bucket: str,
+        path: Path,
+        key: str,
+        size: int,
+        meter: _Meter,
+        resume: bool,
+        checked: bool = False,
     ) -> str:
         before = meter.done
-        operation = _upload(self._requests, bucket, path, key, self._part_size, size, resume)
+        r, part_size = self._requests, self._part_size
+        operation = _upload(r, bucket, path, key, part_size, size, resume, checked)
         done = str(await self._run(operation, meter))
         meter.settle(before, size)
         return done

@@ -1339,5 +1339,14 @@ def test_a_resumed_folder_upload_skips_the_files_already_up(
     _call(face, proxy.endpoint, "upload", bucket, folder, resume=True)
     assert proxy.count("PUT", "/data/") - before == 1
     assert proxy.count("PUT", "/data/shard/001.jpg") == 2
+    # A large file changed since, at the same size (a checkpoint written again): sent
+    # again, with no HEAD of its own (the listing said it is not up: its file is read for
+    # an ETag once, not twice).
+    (folder / "weights.bin").write_bytes(os.urandom(len(files["weights.bin"])))
+    heads = proxy.count("HEAD", "/data/weights.bin")
+    parts = proxy.count("PUT", "/data/weights.bin?partNumber=")
+    _call(face, proxy.endpoint, "upload", bucket, folder, resume=True)
+    assert proxy.count("HEAD", "/data/weights.bin") == heads
+    assert proxy.count("PUT", "/data/weights.bin?partNumber=") - parts == 2
     back = _call(face, endpoint, "download", bucket, "data/", tmp_path / "back")
     assert _read_tree(back) == _read_tree(folder)
