@@ -6,7 +6,6 @@ and its end, every process of it gone."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,7 @@ def test_no_capacity_and_a_region_without_it_are_refused(fake: FakeMassedCompute
 
 
 def test_an_instance_runs_its_command_and_terminating_ends_every_process(
-    fake: FakeMassedCompute, tmp_path: Path
+    fake: FakeMassedCompute, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool_key = _transport.generate_key()
     host_key = _transport.generate_key()
@@ -121,6 +120,8 @@ def test_an_instance_runs_its_command_and_terminating_ends_every_process(
     assert (written / "host_key").stat().st_mode & 0o777 == 0o600  # its half, presented above
     marker = f"FAKE_MASSEDCOMPUTE_MACHINE={instance.directory}".encode()
     (listener,) = listeners(instance.directory / "sshd_config")
+    # Shown terminating however long the checks below take on a loaded machine.
+    monkeypatch.setattr(fake, "remove_delay", 600.0)
     ended = _call(fake, "POST", "/instance/terminate", json={"instanceUuids": [listed["uuid"]]})
     assert ended.status_code == 200, ended.text
     assert not _pod_processes(0, marker)
@@ -128,6 +129,6 @@ def test_an_instance_runs_its_command_and_terminating_ends_every_process(
     assert not listeners(instance.directory / "sshd_config")
     shown = _call(fake, "GET", f"/instance/{listed['uuid']}").json()["runningInstance"]
     assert (shown["status"], shown["active"]) == ("terminating", 0)
-    time.sleep(fake.remove_delay)
+    fake.remove_delay = 0.0  # the termination is done
     assert _call(fake, "GET", "/instance").json() == {"runningInstances": []}
     assert not fake.live()

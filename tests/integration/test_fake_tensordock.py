@@ -72,7 +72,9 @@ def test_a_bad_token_or_body_is_refused_in_tensordocks_shape(fake: FakeTensorDoc
     assert not fake.live()
 
 
-def test_a_vm_is_a_machine_with_the_keys_it_was_given(fake: FakeTensorDock) -> None:
+def test_a_vm_is_a_machine_with_the_keys_it_was_given(
+    fake: FakeTensorDock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     status, answer = _call(fake, "GET", "/locations")
     assert status == 200
     assert [loc["id"] for loc in answer["data"]["locations"]] == ["loc-austin", "loc-chicago"]
@@ -101,6 +103,8 @@ def test_a_vm_is_a_machine_with_the_keys_it_was_given(fake: FakeTensorDock) -> N
         attributes["ipAddress"], client, host_key, 'printf %s "$FAKE_TENSORDOCK_MACHINE"'
     )
     assert printed == str(fake.vms[vm_id].directory)
+    # Shown deleting however long the delete takes on a loaded machine.
+    monkeypatch.setattr(fake, "delete_delay", 600.0)
     assert _call(fake, "DELETE", f"/instances/{vm_id}")[0] == 200
     assert not fake.live()
     assert _call(fake, "GET", f"/instances/{vm_id}")[1]["data"]["attributes"]["status"] == (
