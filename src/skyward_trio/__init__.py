@@ -49,8 +49,10 @@ enforces it):
    clients' calls), ``_client`` (``Client``: a pool the server holds, from trio; what
    both faces' clients share)
 
-The package imports layers 1-2 eagerly and the rest on first use, so a worker that runs a
-function referring to ``skyward_trio`` (or ``skyward``) never loads asyncssh.
+The package imports nothing of its own but ``_version`` until a name is first used
+(``__getattr__`` below): a worker (``python -m skyward_trio.worker``) loads only the modules
+it runs on, not the client's records and decisions, and a function that refers to
+``skyward_trio`` (or ``skyward``) loads what it uses and never asyncssh.
 """
 
 from __future__ import annotations
@@ -58,95 +60,96 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import accelerators, containers, metrics, plugins, storage, time
-from ._errors import (
-    BudgetExceededError,
-    ConfigError,
-    ConnectionLostError,
-    NoActivePoolError,
-    NoOfferError,
-    PoolClosedError,
-    ProvisionError,
-    RemoteError,
-    SerializationError,
-    ServerError,
-    SkywardError,
-    TaskTimeoutError,
-    TeardownError,
-    VersionMismatchError,
-    VersionMismatchWarning,
-)
-from ._events import (
-    BootstrapProgress,
-    ClusterDestroyed,
-    ClusterProvisioned,
-    ClusterReady,
-    ClusterRequested,
-    ClusterScaled,
-    Error,
-    Event,
-    InstanceAtRisk,
-    InstanceBootstrapped,
-    InstanceDestroyed,
-    InstanceInterrupting,
-    InstancePreempted,
-    InstanceProvisioned,
-    InstanceReplaced,
-    Log,
-    Metric,
-    TaskCompleted,
-    TaskStarted,
-    WorkSubmitted,
-)
-from ._function import Function, PendingFunction, PendingFunctionGroup, function, gather
-from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
-from ._model import (
-    AWS,
-    DEFAULT_IMAGE,
-    GCP,
-    SSH,
-    Container,
-    HealthChecker,
-    Hyperstack,
-    Image,
-    JarvisLabs,
-    Lambda,
-    Local,
-    LogConfig,
-    MassedCompute,
-    Nodes,
-    Novita,
-    Options,
-    PipIndex,
-    ProviderConfig,
-    RunPod,
-    Scaleway,
-    Spec,
-    SSHHost,
-    TensorDock,
-    VastAI,
-    Verda,
-    Volume,
-    Vultr,
-    Worker,
-)
-from ._offers import Offer, Offers
-from ._output import CallbackWriter, redirect_output, silent, stderr, stdout
-from ._runtime import instance_info, is_head
-from ._shard import shard
-from ._shared import barrier, counter, dict, lock, queue, set
 from ._version import __version__
-from .containers import DockerImage
 
 if TYPE_CHECKING:
-    from . import config
+    from collections.abc import Mapping
+
+    from . import accelerators, config, containers, metrics, plugins, storage, time
     from ._client import Client
     from ._compute import Compute
+    from ._errors import (
+        BudgetExceededError,
+        ConfigError,
+        ConnectionLostError,
+        NoActivePoolError,
+        NoOfferError,
+        PoolClosedError,
+        ProvisionError,
+        RemoteError,
+        SerializationError,
+        ServerError,
+        SkywardError,
+        TaskTimeoutError,
+        TeardownError,
+        VersionMismatchError,
+        VersionMismatchWarning,
+    )
     from ._eventbus import EventStream
+    from ._events import (
+        BootstrapProgress,
+        ClusterDestroyed,
+        ClusterProvisioned,
+        ClusterReady,
+        ClusterRequested,
+        ClusterScaled,
+        Error,
+        Event,
+        InstanceAtRisk,
+        InstanceBootstrapped,
+        InstanceDestroyed,
+        InstanceInterrupting,
+        InstancePreempted,
+        InstanceProvisioned,
+        InstanceReplaced,
+        Log,
+        Metric,
+        TaskCompleted,
+        TaskStarted,
+        WorkSubmitted,
+    )
+    from ._function import Function, PendingFunction, PendingFunctionGroup, function, gather
+    from ._info import AcceleratorInfo, InstanceInfo, NetworkInfo, PeerInfo
     from ._market import offers
+    from ._model import (
+        AWS,
+        DEFAULT_IMAGE,
+        GCP,
+        SSH,
+        Container,
+        HealthChecker,
+        Hyperstack,
+        Image,
+        JarvisLabs,
+        Lambda,
+        Local,
+        LogConfig,
+        MassedCompute,
+        Nodes,
+        Novita,
+        Options,
+        PipIndex,
+        ProviderConfig,
+        RunPod,
+        Scaleway,
+        Spec,
+        SSHHost,
+        TensorDock,
+        VastAI,
+        Verda,
+        Volume,
+        Vultr,
+        Worker,
+    )
+    from ._offers import Offer, Offers
+    from ._output import CallbackWriter, redirect_output, silent, stderr, stdout
     from ._pool import CancelledCallError, Future, ItemStream, Pool, ResultStream
     from ._procpool import ChildDied
+    from ._runtime import instance_info, is_head
     from ._session import Session
+    from ._shard import shard
+    from ._shared import barrier, counter, dict, lock, queue, set
+    from .containers import DockerImage
 
 __all__ = [
     "AWS",
@@ -259,30 +262,109 @@ __all__ = [
     "time",
 ]
 
-#: Names loaded on first use (see above), and the module each comes from.
-_LAZY = {
-    "CancelledCallError": "_pool",
-    "Future": "_pool",
-    "ItemStream": "_pool",
-    "Pool": "_pool",
-    "ResultStream": "_pool",
-    "Compute": "_compute",
-    "Session": "_session",
-    "Client": "_client",
-    "EventStream": "_eventbus",
-    "offers": "_market",
+#: The module each public name comes from, imported when the name is first used (above).
+_HOMES: Mapping[str, tuple[str, ...]] = {
+    "_errors": (
+        "BudgetExceededError",
+        "ConfigError",
+        "ConnectionLostError",
+        "NoActivePoolError",
+        "NoOfferError",
+        "PoolClosedError",
+        "ProvisionError",
+        "RemoteError",
+        "SerializationError",
+        "ServerError",
+        "SkywardError",
+        "TaskTimeoutError",
+        "TeardownError",
+        "VersionMismatchError",
+        "VersionMismatchWarning",
+    ),
+    "_events": (
+        "BootstrapProgress",
+        "ClusterDestroyed",
+        "ClusterProvisioned",
+        "ClusterReady",
+        "ClusterRequested",
+        "ClusterScaled",
+        "Error",
+        "Event",
+        "InstanceAtRisk",
+        "InstanceBootstrapped",
+        "InstanceDestroyed",
+        "InstanceInterrupting",
+        "InstancePreempted",
+        "InstanceProvisioned",
+        "InstanceReplaced",
+        "Log",
+        "Metric",
+        "TaskCompleted",
+        "TaskStarted",
+        "WorkSubmitted",
+    ),
+    "_function": ("Function", "PendingFunction", "PendingFunctionGroup", "function", "gather"),
+    "_info": ("AcceleratorInfo", "InstanceInfo", "NetworkInfo", "PeerInfo"),
+    "_model": (
+        "AWS",
+        "DEFAULT_IMAGE",
+        "GCP",
+        "SSH",
+        "Container",
+        "HealthChecker",
+        "Hyperstack",
+        "Image",
+        "JarvisLabs",
+        "Lambda",
+        "Local",
+        "LogConfig",
+        "MassedCompute",
+        "Nodes",
+        "Novita",
+        "Options",
+        "PipIndex",
+        "ProviderConfig",
+        "RunPod",
+        "Scaleway",
+        "Spec",
+        "SSHHost",
+        "TensorDock",
+        "VastAI",
+        "Verda",
+        "Volume",
+        "Vultr",
+        "Worker",
+    ),
+    "_offers": ("Offer", "Offers"),
+    "_output": ("CallbackWriter", "redirect_output", "silent", "stderr", "stdout"),
+    "_runtime": ("instance_info", "is_head"),
+    "_shard": ("shard",),
+    "_shared": ("barrier", "counter", "dict", "lock", "queue", "set"),
+    "containers": ("DockerImage",),
+    "_pool": ("CancelledCallError", "Future", "ItemStream", "Pool", "ResultStream"),
+    "_compute": ("Compute",),
+    "_session": ("Session",),
+    "_client": ("Client",),
+    "_eventbus": ("EventStream",),
+    "_market": ("offers",),
+    "_procpool": ("ChildDied",),
 }
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+_SUBMODULES = frozenset(
+    {"accelerators", "config", "containers", "metrics", "plugins", "storage", "time"}
+)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ChildDied":
-        from ._procpool import ChildDied
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skyward_trio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return ChildDied
-    if name == "config":
-        # Not `from . import config`: that asks this __getattr__ for it again, endlessly.
-        return importlib.import_module(".config", __name__)
-    module = _LAZY.get(name)
-    if module is not None:
-        return getattr(importlib.import_module(f".{module}", __name__), name)
-    raise AttributeError(f"module 'skyward_trio' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

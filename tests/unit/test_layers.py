@@ -129,17 +129,40 @@ def test_only_transport_and_localnode_import_asyncssh() -> None:
         assert "import trio_asyncio" not in text, path.name  # only through _aio
 
 
+def _printed(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (nothing imported yet)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 @pytest.mark.parametrize(
     "statement",
     ["import skyward_trio.worker", "import skyward; skyward.instance_info; skyward.shard"],
 )
 def test_worker_import_path_is_light(statement: str) -> None:
+    heavy = "{'asyncssh', 'trio_asyncio', 'httpx', 'rich', 'cattrs'}"
+    assert _printed(f"{statement}\nimport sys\nprint(sorted({heavy} & set(sys.modules)))") == "[]"
+
+
+@pytest.mark.parametrize("module", ["skyward_trio.worker", "skyward_trio._procchild"])
+def test_a_worker_loads_none_of_the_clients_records(module: str) -> None:
+    # The package's names load on first use: a worker (or a process executor's child),
+    # started on every node of every pool, does not pay for the client's records, events
+    # and decisions.
+    client_side = ["_model", "_events", "_function", "_offers", "storage", "plugins", "_plugin"]
     code = (
-        f"{statement}\nimport sys\n"
-        "heavy = {'asyncssh', 'trio_asyncio', 'httpx', 'rich', 'cattrs'} & set(sys.modules)\n"
-        "print(sorted(heavy))"
+        f"import sys, {module}\n"
+        f"print(sorted(m for m in {client_side!r} if 'skyward_trio.' + m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
+    assert _printed(code) == "[]"
+
+
+def test_the_package_names_load_on_first_use_and_are_all_there() -> None:
+    code = (
+        "import sys, skyward_trio\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('skyward_trio.'))\n"
+        "missing = [n for n in skyward_trio.__all__ if not hasattr(skyward_trio, n)]\n"
+        "print(loaded, missing, set(skyward_trio.__all__) <= set(dir(skyward_trio)))"
+    )
+    assert _printed(code) == "['skyward_trio._version'] [] True"
