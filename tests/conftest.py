@@ -60,6 +60,45 @@ def pytest_configure(config: pytest.Config) -> None:
     root = Path(__file__).resolve().parent.parent
     for folder in ("src", "tests"):
         compileall.compile_dir(root / folder, quiet=1)
+    if config.getoption("numprocesses", None):
+        _rewrite_test_modules_once(config)
+
+
+def _rewrite_test_modules_once(config: pytest.Config) -> None:
+    """Rewrite the asserts of the test modules this run collects, once, into pytest's cache.
+
+    Each xdist worker collects every test module, and pytest rewrites a module's asserts
+    as it imports it: about 7 s of CPU for this suite. It keeps what it rewrote in
+    ``__pycache__``, but not where ``PYTHONDONTWRITEBYTECODE`` is set (as on these
+    machines), so four workers rewrote the suite four times over. The controller writes the
+    cache here (pytest's own functions, which it also uses to read it); the workers find
+    it. On a pytest whose internals differ, nothing is written and the workers rewrite as
+    before."""
+    try:
+        from _pytest.assertion import rewrite
+
+        state = config.stash[rewrite.assertstate_key]
+        tail, cache_dir_of = rewrite.PYC_TAIL, rewrite.get_cache_dir
+        read, rewritten, write = rewrite._read_pyc, rewrite._rewrite_test, rewrite._write_pyc
+    except (ImportError, AttributeError, KeyError):  # another pytest, or --assert=plain
+        return
+    modules: set[Path] = set()
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::", 1)[0])
+        if path.is_dir():
+            modules.update(path.rglob("test_*.py"))
+        elif path.name.startswith("test_") and path.suffix == ".py":
+            modules.add(path)
+    for module in sorted(modules):
+        cache_dir = cache_dir_of(module)
+        pyc = cache_dir / (module.name[:-3] + tail)
+        if read(module, pyc) is not None or not rewrite.try_makedirs(cache_dir):
+            continue
+        try:
+            source, code = rewritten(module, config)
+        except SyntaxError:  # the workers' collection reports it
+            continue
+        write(state, code, source, pyc)
 
 
 @pytest.fixture(scope="session", autouse=True)
