@@ -76,7 +76,7 @@ from skyward_trio._client import alive as _alive
 from skyward_trio._collections import Collections
 from skyward_trio._function import active_pool
 from skyward_trio._pool import PreparedCall, RelayedInput
-from skyward_trio._server import (
+from skyward_trio._serverwire import (
     LOG_FILE,
     event_from_fields,
     event_from_json,

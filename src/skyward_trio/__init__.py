@@ -46,8 +46,9 @@ enforces it):
    clouds whose machines cannot end themselves); ``_health`` (health checks);
    ``testing`` (the fault kit); ``_eventbus`` (events); ``_console`` (the consoles)
 6. the pool server: ``_server`` (``sky server start``: holds pools by name, relays
-   clients' calls), ``_client`` (``Client``: a pool the server holds, from trio; what
-   both faces' clients share)
+   clients' calls), ``_serverwire`` (its frames, event lines and state file, which its
+   clients share without importing the server), ``_client`` (``Client``: a pool the server
+   holds, from trio; what both faces' clients share)
 
 The package imports nothing of its own but ``_version`` until a name is first used
 (``__getattr__`` below): a worker (``python -m skyward_trio.worker``) loads only the modules

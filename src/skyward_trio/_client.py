@@ -43,7 +43,7 @@ from ._pool import (
     _rebuild_error,
     _take_payloads,
 )
-from ._server import (
+from ._serverwire import (
     CLIENT_CLOSED,
     CLIENT_HEADER,
     FRAME,

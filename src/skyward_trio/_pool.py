@@ -31,10 +31,9 @@ import attrs
 import cloudpickle
 import trio
 
-from . import _logging, _serial, _transport
+from . import _logging, _serial
 from ._autoscale import Load
 from ._collections import Collections
-from ._connection import WorkerConnection
 from ._envcheck import compare, module_versions, referenced_modules
 from ._errors import (
     BudgetExceededError,
@@ -53,10 +52,12 @@ from ._execute import StreamedInput
 from ._function import PendingFunction, PendingFunctionGroup, mappable
 from ._model import Nodes, Options, Spec, Worker
 from ._plugin import collective, workers_per_node
-from ._providers import Instance
-from ._storelink import ClientStore
 
 if TYPE_CHECKING:
+    from . import _transport
+    from ._connection import WorkerConnection
+    from ._providers import Instance
+    from ._storelink import ClientStore
     from ._supervisor import Supervisor
 
 __all__ = [
@@ -1203,6 +1204,10 @@ class Pool(Collections):
         self._waiting_for: dict[int, collections.deque[_Waiter]] = {}
         self._events = EventBus(job_id)
         self._log = _logging.PoolLog(job_id, enabled=False)  # Options(logging=...) opens it
+        # Imported here: it brings asyncssh, which a server's clients (they import this
+        # module for the calls they prepare) never need.
+        from ._storelink import ClientStore
+
         self._store = ClientStore()
 
     @property

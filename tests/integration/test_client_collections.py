@@ -15,7 +15,7 @@ import httpx
 import pytest
 from served import Server
 
-from skyward_trio._server import frame
+from skyward_trio._serverwire import frame
 
 _FUNCTIONS = """
 import json
@@ -348,7 +348,7 @@ import httpx
 
 from skyward_trio import _collections as ops
 from skyward_trio._client import abandon_path, headers, running_state, session_path, store_path
-from skyward_trio._server import store_request
+from skyward_trio._serverwire import store_request
 
 state = running_state()
 where = urllib.parse.urlsplit(state["url"])

@@ -647,7 +647,8 @@ def test_a_pool_that_fails_to_come_up_is_reported_with_its_events(tmp_path: Path
     import trio
 
     import skyward as sky
-    from skyward_trio._server import Server, frame
+    from skyward_trio._server import Server
+    from skyward_trio._serverwire import frame
     from skyward_trio._transport import asyncio_loop
 
     async def main() -> tuple[list[dict[str, Any]], list[str]]:

@@ -88,6 +88,7 @@ LAYERS = {
     "_console": 5,
     "_session": 5,
     "_server": 6,
+    "_serverwire": 6,
     "_client": 6,
 }
 
@@ -166,3 +167,15 @@ def test_the_package_names_load_on_first_use_and_are_all_there() -> None:
         "print(loaded, missing, set(skyward_trio.__all__) <= set(dir(skyward_trio)))"
     )
     assert _printed(code) == "['skyward_trio._version'] [] True"
+
+
+def test_a_servers_client_and_the_sky_command_load_no_ssh() -> None:
+    # A client sends its calls to the server over HTTP; `sky server status` or `sky
+    # compute list` only ask the server: none of them holds a pool, so none pays for
+    # asyncssh (about a third of a second at each start) or the server's own modules.
+    code = (
+        "import sys, skyward._cli, skyward._client, skyward_trio._client\n"
+        "held = {'asyncssh', 'trio_asyncio', 'skyward_trio._server', 'skyward_trio._compute'}\n"
+        "print(sorted(held & set(sys.modules)))"
+    )
+    assert _printed(code) == "[]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import skyward_trio as st
-from skyward_trio._server import event_from_json, event_json
+from skyward_trio._serverwire import event_from_json, event_json
 
 EVENTS = [
     st.ClusterRequested(job_id="j", time=1.5, provider="local", nodes=st.Nodes(desired=2, max=4)),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from skyward_trio import CancelledCallError, _serial
-from skyward_trio._server import frame, join_payload, split_payload, unpack
+from skyward_trio._serverwire import frame, join_payload, split_payload, unpack
 
 
 def test_a_frame_carries_its_header_and_blobs() -> None:

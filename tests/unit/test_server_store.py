@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 
 from skyward_trio import PoolClosedError, _serial
-from skyward_trio._server import (
-    _BadRequest,
-    _parse_store,
-    _store_answer,
-    store_request,
-    store_value,
-)
+from skyward_trio._server import _BadRequest, _parse_store, _store_answer
+from skyward_trio._serverwire import store_request, store_value
 
 
 def _answer(value: object = None, error: Exception | None = None) -> bytes:
