@@ -42,7 +42,7 @@ def tests(session: nox.Session) -> None:
     # The clouds' tests (marked ``clouds``: each provider's calls against a fake of its
     # API, and those fakes' own tests) are some 40% of the run and exercise HTTP code that
     # does not vary with the interpreter: they run on 3.11 only, to keep the three runs short
-    # on two cores (24 to 29 minutes measured, 36 to 38 on slower machines: README). Every
+    # on two cores (23 to 29 minutes measured, 36 to 38 on slower machines: README). Every
     # other test runs on all three (the core, the worker, SSH, the faces, the server).
     # `nox -s tests-3.12 -- -m ""` runs them all.
     chosen = () if session.python == "3.11" else ("-m", "not clouds")
