@@ -179,7 +179,15 @@ def open_log(config: LogConfig, job_id: str = "") -> Iterator[PoolLog]:
     if path in _files:
         handler, jobs = _files[path]
     else:
-        handler, jobs = _file_handler(path, config), _Jobs()
+        try:
+            handler = _file_handler(path, config)
+        except OSError as exc:
+            raise ValueError(
+                f"LogConfig(file={config.file!r}): cannot write the log file there "
+                f"({exc.strerror or exc}: {exc.filename or path}). Pass a file path in a "
+                "directory you can write to, or logging=False for no file log."
+            ) from exc
+        jobs = _Jobs()
         handler.addFilter(jobs)
         _files[path] = (handler, jobs)
         log.addHandler(handler)

@@ -13,6 +13,7 @@ This module is imported on remote workers: it may use only the standard library 
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import math
 import os
@@ -2164,6 +2165,17 @@ class Volume:
 
     def __attrs_post_init__(self) -> None:
         _check_str("Volume", "bucket", self.bucket, fix='Pass e.g. bucket="my-data".')
+        _, found, rest = self.bucket.partition("://")
+        name, slash, folder = (rest if found else self.bucket).partition("/")
+        if found or slash:
+            # "s3://my-data/train" for bucket="my-data", prefix="train": a bucket name
+            # holds neither a scheme nor a "/".
+            split = f'bucket="{name}"' + (f', prefix="{folder}"' if folder.strip("/") else "")
+            raise ValueError(
+                f"Volume(bucket={self.bucket!r}): bucket is the bucket's bare name, without "
+                f"{'a scheme' if found else 'a folder'}. Pass {split}"
+                + (" (the storage= you pass says which service it is on)." if found else ".")
+            )
         fix = 'Pass an absolute path of its own, e.g. mount="/data".'
         _check_str("Volume", "mount", self.mount, fix=fix)
         if not posixpath.isabs(self.mount):
@@ -2290,7 +2302,7 @@ def parse_rotation(text: str) -> tuple[Literal["size", "age"], int]:
         amount = float(number)
     except ValueError:
         amount = -1.0
-    if amount > 0:
+    if 0 < amount < math.inf:
         if unit.upper() in _SIZES:
             return "size", int(amount * _SIZES[unit.upper()])
         age = unit.lower().removesuffix("s")
@@ -2333,6 +2345,21 @@ class HealthChecker:
                 f"arguments, got {_describe(self.probe)}. Pass e.g. "
                 "probe=lambda: torch.cuda.is_available()."
             )
+        try:
+            signature = inspect.signature(self.probe)
+        except (TypeError, ValueError):  # none to read (some builtins): the node tells
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind()
+            except TypeError as exc:
+                # Each node would fail every probe, and be replaced over and over.
+                name = getattr(self.probe, "__qualname__", self.probe)
+                raise TypeError(
+                    f"HealthChecker(probe={name}{signature}): probe is called "
+                    f"with no arguments, and this one cannot be ({exc}). Pass a callable "
+                    "taking none, e.g. probe=lambda: torch.cuda.is_available()."
+                ) from None
         _check_seconds("HealthChecker", "interval", self.interval)
         _check_int(
             "HealthChecker",
@@ -2475,9 +2502,14 @@ class Options:
 
 def _accelerator_hint(name: str) -> str:
     factory = accelerators.by_name(name)
-    if factory is None:
-        return f'sky.accelerators.Custom("{name}")'
-    return f"sky.accelerators.{factory.__name__}()"
+    if factory is not None:
+        return f"accelerator=sky.accelerators.{factory.__name__}()"
+    close = accelerators.close_to(name)
+    custom = f'accelerator=sky.accelerators.Custom("{name}")'
+    if not close:
+        return custom
+    meant = " or ".join(f"sky.accelerators.{c}()" for c in close)
+    return f"accelerator={meant}, or {custom} for a model not in the catalog"
 
 
 @attrs.frozen(kw_only=True)
@@ -2591,7 +2623,7 @@ class Spec:
             raise TypeError(
                 f"Spec(accelerator={accelerator!r}): accelerator must be an Accelerator object; "
                 "a string is accepted only in skyward.toml. "
-                f"Pass accelerator={_accelerator_hint(accelerator)}."
+                f"Pass {_accelerator_hint(accelerator)}."
             )
         name = getattr(accelerator, "__name__", None)
         if callable(accelerator) and isinstance(name, str) and accelerators.by_name(name):

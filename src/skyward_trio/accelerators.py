@@ -385,3 +385,29 @@ def by_name(name: str) -> Callable[..., Accelerator] | None:
         (:func:`Custom` is never returned: it takes any name).
     """
     return _CATALOG.get(_key(name))
+
+
+def close_to(name: str) -> tuple[str, ...]:
+    """The catalog's factory names nearest to ``name`` (a misspelled model), best first;
+    empty when none is near."""
+    import difflib  # only on this error path: workers import this module
+
+    # Compared with look-alikes folded (O and 0, I and 1), which typing slips between:
+    # "A1OO" is A100 before it is A10.
+    folded = {key.translate(_LOOKALIKES): key for key in _CATALOG}
+    keys = difflib.get_close_matches(_key(name).translate(_LOOKALIKES), folded, n=3, cutoff=0.5)
+    return tuple(_CATALOG[folded[key]].__name__ for key in keys)
+
+
+_LOOKALIKES = str.maketrans("OI", "01")
+
+
+def __getattr__(name: str) -> object:
+    # `sky.accelerators.A1OO`: say which model was meant, not only that it is missing.
+    close = close_to(name) if not name.startswith("__") else ()
+    hint = (
+        f"; did you mean {' or '.join(f'sky.accelerators.{c}' for c in close)}?"
+        if close
+        else ('; for a model not in the catalog use sky.accelerators.Custom("NAME")')
+    )
+    raise AttributeError(f"module {__name__!r} has no accelerator {name!r}{hint}")

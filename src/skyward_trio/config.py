@@ -1002,7 +1002,7 @@ def _required(make: Callable[..., Any], key: str) -> bool:
 
 
 def _unknown_accelerator(name: str) -> str:
-    close = difflib.get_close_matches(name.upper(), _ACCELERATORS, n=3, cutoff=0.5)
+    close = accelerators.close_to(name)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     return (
         f"{name!r} is not in the accelerator catalog; {hint}the names are "

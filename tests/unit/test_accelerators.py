@@ -219,3 +219,23 @@ def test_by_name_ignores_case_and_separators(query: str, expected: str) -> None:
 @pytest.mark.parametrize("query", ["", "A1000", "Custom", "custom", "Accelerator", "by_name"])
 def test_by_name_returns_none_outside_the_catalog(query: str) -> None:
     assert accelerators.by_name(query) is None
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("A1OO", "A100"), ("H10", "H100"), ("rtx 4O90", "RTX_4090"), ("MI3OOX", "MI300X")],
+)
+def test_close_to_puts_the_model_meant_first(typed: str, meant: str) -> None:
+    assert accelerators.close_to(typed)[0] == meant
+
+
+def test_close_to_is_empty_far_from_every_model() -> None:
+    assert accelerators.close_to("Quantum") == ()
+
+
+def test_a_misspelled_factory_says_which_was_meant() -> None:
+    with pytest.raises(AttributeError, match=r"no accelerator 'A1OO'; did you mean sky\.acc"):
+        accelerators.A1OO  # noqa: B018
+    with pytest.raises(AttributeError, match=r"Custom\(\"NAME\"\)"):
+        accelerators.Quantum  # noqa: B018
+    assert not hasattr(accelerators, "A1OO")

@@ -127,7 +127,10 @@ def test_rotation_forms(text: str, parsed: tuple[str, int]) -> None:
     assert parse_rotation(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["50MB", "fast", "0 MB", "-1 day", "3 fortnights", "MB 5"])
+@pytest.mark.parametrize(
+    "text",
+    ["50MB", "fast", "0 MB", "-1 day", "3 fortnights", "MB 5", "inf MB", "1e400 MB", "nan day"],
+)
 def test_bad_rotation_is_refused_at_construction(text: str) -> None:
     with pytest.raises(ValueError, match=r"rotation must be a size such as '50 MB'"):
         LogConfig(rotation=text)
@@ -150,3 +153,14 @@ def test_a_pool_records_reach_only_its_own_file(tmp_path: Path) -> None:
         PoolLog("job-c", enabled=True).info("for a pool without a log")
     assert [line.split("  ")[-1].strip() for line in _lines(tmp_path / "a.log")] == ["for a"]
     assert [line.split("  ")[-1].strip() for line in _lines(tmp_path / "b.log")] == ["for b"]
+
+
+def test_a_log_file_that_cannot_be_written_names_the_setting(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "plain"
+    not_a_folder.write_text("")
+    for file, why in [(not_a_folder / "x.log", "File exists"), (tmp_path, "Is a directory")]:
+        with (
+            pytest.raises(ValueError, match=rf"LogConfig\(file='{file}'\): cannot write.*{why}"),
+            open_log(LogConfig(file=str(file))),
+        ):
+            pass

@@ -374,6 +374,18 @@ def test_volume_refuses_the_workers_own_directories(mount: str) -> None:
             r"Volume\(bucket=''\): bucket must not be empty",
         ),
         ({"bucket": None, "mount": "/data"}, TypeError, r"bucket must be a str, got NoneType"),
+        (
+            {"bucket": "s3://my-data/train/", "mount": "/data"},
+            ValueError,
+            r"bucket='s3://my-data/train/'\): bucket is the bucket's bare name, without a "
+            r"scheme\. Pass bucket=\"my-data\", prefix=\"train/\" \(the storage=",
+        ),
+        (
+            {"bucket": "my-data/train", "mount": "/data"},
+            ValueError,
+            r"without a folder\. Pass bucket=\"my-data\", prefix=\"train\"\.$",
+        ),
+        ({"bucket": "gs://my-data", "mount": "/data"}, ValueError, r"Pass bucket=\"my-data\" \("),
         ({"bucket": "b", "mount": "/data", "prefix": 3}, TypeError, r"prefix must be a str"),
         (
             {"bucket": "b", "mount": "/data", "read_only": "yes"},
@@ -611,6 +623,12 @@ def test_health_checker_defaults_and_options() -> None:
             ValueError,
             r"HealthChecker\(interval=0\): interval must be > 0 seconds.*interval=",
         ),
+        (
+            {"probe": lambda node: True},
+            TypeError,
+            r"HealthChecker\(probe=.*<lambda>\(node\)\): probe is called with no arguments, "
+            r"and this one cannot be \(missing a required argument: 'node'\)",
+        ),
         ({"interval": "30"}, TypeError, r"interval must be a number of seconds > 0, got str"),
         (
             {"failures": 0},
@@ -725,6 +743,12 @@ def test_spec_provider_given_as_class_says_to_call_it() -> None:
         ("h100", "sky.accelerators.H100()"),
         ("rtx-4090", "sky.accelerators.RTX_4090()"),
         ("My-GPU", 'sky.accelerators.Custom("My-GPU")'),
+        # A misspelled model: the models it is nearest, the look-alike O/0 folded.
+        (
+            "A1OO",
+            "sky.accelerators.A100() or sky.accelerators.A10() or sky.accelerators.V100(), "
+            'or accelerator=sky.accelerators.Custom("A1OO") for a model not in the catalog',
+        ),
     ],
 )
 def test_spec_string_accelerator_fails_with_the_factory_to_use(given: str, suggestion: str) -> None:
