@@ -48,9 +48,40 @@ active_pool: ContextVar[Dispatcher | None] = ContextVar("skyward_active_pool", d
 def _check_timeout(value: float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {value!r}")
+    # `not value > 0` also refuses NaN, which compares false with everything.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(
+            f"timeout={value!r}: a timeout must be a positive number of seconds or None, "
+            "e.g. timeout=sky.time.minutes(10)"
+        )
     return float(value)
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """``fn``'s own signature, to check calls against before they travel; None when it
+    has none to read (some builtins). A wrapper's own, not what it wraps: a decorator may
+    take other arguments than the function it wraps."""
+    try:
+        return inspect.signature(fn, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_arguments(
+    fn: Callable[..., Any], signature: inspect.Signature | None, args: Any, kwargs: Any
+) -> None:
+    """Refuse here, before anything is sent, a call ``fn`` could not take."""
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(f"{name}{signature}: {exc}") from None
+
+
+#: Where the two faces' ``Compute`` live (not imported here: this module is below them).
+_COMPUTES = ("skyward._sync", "skyward_trio._compute")
 
 
 def _resolve(target: Any) -> Dispatcher:
@@ -66,6 +97,12 @@ def _resolve(target: Any) -> Dispatcher:
                 "dispatch inside `with sky.Compute(...) as pool:` or use `>> pool`"
             )
         return pool
+    if type(target).__module__ in _COMPUTES and type(target).__name__ == "Compute":
+        raise TypeError(
+            "cannot dispatch to a Compute: it is what opens a pool, not the pool. Open it "
+            "with `with sky.Compute(...) as pool:` (`async with` in trio) and dispatch to "
+            "`pool` inside that block"
+        )
     if not all(hasattr(target, m) for m in ("run", "run_async", "broadcast", "run_parallel")):
         raise TypeError(
             f"cannot dispatch to {type(target).__qualname__}; the right-hand side of "
@@ -105,10 +142,25 @@ class PendingFunction(Generic[T]):
         return _resolve(target).run_async(self)
 
     def __and__(self, other: PendingFunction[Any] | PendingFunctionGroup) -> PendingFunctionGroup:
+        if not isinstance(other, PendingFunction | PendingFunctionGroup):
+            raise _not_pending(self.name, other)
         return PendingFunctionGroup(items=(self,)) & other
 
     def __repr__(self) -> str:
         return f"<PendingFunction {self.name}>"
+
+
+def _not_pending(left: str, other: object) -> TypeError:
+    """The error for ``left & other`` where ``other`` is no pending call: most often
+    ``a() & b() >> pool``, which Python reads as ``a() & (b() >> pool)``, so ``b`` has
+    run on its own already and its result is on the right."""
+    return TypeError(
+        f"cannot group {left} with a value of type {type(other).__qualname__}: `&` joins "
+        "pending calls. "
+        "`>>` binds tighter than `&`, so `a() & b() >> pool` runs b() on its own first and "
+        "then tries `a() & <its result>`; write `(a() & b()) >> pool` or "
+        "`sky.gather(a(), b()) >> pool`"
+    )
 
 
 def _pendings(items: Sequence[Any]) -> tuple[PendingFunction[Any], ...]:
@@ -140,7 +192,7 @@ class PendingFunctionGroup:
             return attrs.evolve(self, items=self.items + other.items)
         if isinstance(other, PendingFunction):
             return attrs.evolve(self, items=(*self.items, other))
-        return NotImplemented
+        raise _not_pending("a group", other)
 
     def __rshift__(self, target: Any) -> Any:
         return _resolve(target).run_parallel(self)
@@ -172,10 +224,38 @@ class Function(Generic[T]):
             raise TypeError(f"@sky.function needs a callable, got {type(fn).__qualname__}")
         self.fn = fn
         self.timeout = _check_timeout(timeout)
+        self._signature = _signature(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> PendingFunction[T]:
+        """The pending call ``fn(*args, **kwargs)``.
+
+        Raises:
+            TypeError: ``fn`` cannot take these arguments (checked here, as Python would,
+                not on a node once the call has travelled).
+        """
+        _check_arguments(self.fn, self._signature, args, kwargs)
         return PendingFunction(fn=self.fn, args=args, kwargs=kwargs, timeout=self.timeout)
+
+    # `f >> pool` for `f(x) >> pool`: the function itself, not a call of it.
+    def __rshift__(self, target: Any) -> Any:
+        raise self._uncalled(">>")
+
+    def __matmul__(self, target: Any) -> Any:
+        raise self._uncalled("@")
+
+    def __gt__(self, target: Any) -> Any:
+        raise self._uncalled(">")
+
+    def __and__(self, other: Any) -> Any:
+        raise self._uncalled("&")
+
+    def _uncalled(self, operator: str) -> TypeError:
+        name = getattr(self.fn, "__name__", "f")
+        return TypeError(
+            f"`{name} {operator} ...` dispatches the function itself; call it first to make "
+            f"the pending call: `{name}(...) {operator} ...`"
+        )
 
     def __repr__(self) -> str:
         return f"<sky.function {getattr(self.fn, '__qualname__', self.fn)!r}>"
@@ -211,4 +291,14 @@ def mappable(fn: Callable[..., Any]) -> tuple[Callable[..., Any], float | None]:
             f"map() needs a function that returns a value; {fn.__qualname__}() is a "
             "generator function (dispatch it with `>>` to stream its items)"
         )
+    signature = _signature(fn)
+    if signature is not None:
+        try:
+            signature.bind(None)
+        except TypeError as exc:
+            name = getattr(fn, "__qualname__", None) or repr(fn)
+            raise TypeError(
+                f"map() calls {name}(item) once per item, with the item as its one "
+                f"argument; {name}{signature} cannot be called so: {exc}"
+            ) from None
     return fn, timeout

@@ -19,7 +19,9 @@ import functools
 import heapq
 import inspect
 import itertools
+import linecache
 import math
+import re
 import threading
 import types
 import typing
@@ -301,8 +303,29 @@ def _find_unpicklable(pending: PendingFunction[Any]) -> str:
     return "an argument"
 
 
+#: A frame's line in a formatted traceback.
+_FRAME = re.compile(r'  File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def with_sources(traceback_text: str) -> str:
+    """A remote traceback with the source line under each frame the node could not show,
+    from the file here: the user's own files are on this machine, seldom on the node."""
+    lines = traceback_text.splitlines()
+    shown: list[str] = []
+    for i, line in enumerate(lines):
+        shown.append(line)
+        frame = _FRAME.match(line)
+        if frame is None or (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
+            continue  # not a frame, or one the node showed the source of
+        source = linecache.getline(frame["file"], int(frame["line"])).strip()
+        if source:
+            shown.append(f"    {source}")
+    return "\n".join(shown)
+
+
 def _rebuild_error(info: Any, node: int, task: str) -> BaseException:
     payload, type_name, message, tb = info
+    tb = with_sources(tb)
     exc: BaseException | None = None
     if payload is not None:
         try:
@@ -1194,6 +1217,7 @@ class Pool(Collections):
         self._rr = 0
         self._work: trio.Nursery | None = None
         self._closing = False
+        self._closed = False  # its teardown is over: the block that opened it has ended
         # Why the pool stopped before its block ended (Options.max_cost reached), if it did.
         self._stopped: BudgetExceededError | None = None
         self._deadlines = _Deadlines()
@@ -1299,10 +1323,18 @@ class Pool(Collections):
     # -- building blocks (also used by the sync face) -------------------------------------
 
     def prepare(self, pending: PendingFunction[Any]) -> PreparedCall:
-        """Serialize a call (thread-safe; the sync face calls it in the user's thread)."""
+        """Serialize a call (thread-safe; the sync face calls it in the user's thread).
+
+        Raises:
+            PoolClosedError: The pool is closed or closing (every dispatch comes here first).
+        """
+        if self._closing:
+            self._check_open()
         return self._functions.prepare(pending)
 
     def prepare_map(self, fn: Callable[..., Any]) -> tuple[str, _serial.Payload, float | None]:
+        if self._closing:
+            self._check_open()
         fn, timeout = mappable(fn)
         entry = self._functions.get(fn)
         return entry.key, entry.payload, timeout
@@ -1798,6 +1830,14 @@ class Pool(Collections):
             raise PoolClosedError(
                 f"node {target} left the pool (it was scaled down); pin calls to one of "
                 f"nodes {_spans(self._wanted)} or leave target=None"
+            )
+        if self._closed:
+            raise self._stopped_instead(
+                PoolClosedError(
+                    "this pool is closed: the `with sky.Compute(...) as pool:` block that "
+                    "opened it has ended and its machines are gone. Make calls inside the "
+                    "block, or open a new pool"
+                )
             )
         if self._closing:
             raise self._stopped_instead(

@@ -10,8 +10,13 @@ about 2 ms per MB of CPU on both ends.
 
 from __future__ import annotations
 
+import functools
+import io
 import pickle
 import traceback
+import types
+from collections import ChainMap
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -38,10 +43,34 @@ def _maybe_compress(data: memoryview) -> bytes | None:
     return packed if len(packed) < 0.9 * data.nbytes else None
 
 
+def _code_keeping_file(reduce_code: Callable[[types.CodeType], Any], code: types.CodeType) -> Any:
+    """cloudpickle's reduction of ``code``, with the file it was defined in put back:
+    cloudpickle writes ``<dynamic-code>`` in its place, and a remote traceback through the
+    user's function would then name no file."""
+    rebuild, args = reduce_code(code)
+    return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
+def _dispatch_table() -> ChainMap[Any, Any] | None:
+    """cloudpickle's reducers with code objects reduced by ``_code_keeping_file``; None if
+    this cloudpickle keeps them otherwise."""
+    table = getattr(cloudpickle.Pickler, "dispatch_table", None)
+    if not isinstance(table, ChainMap) or types.CodeType not in table.maps[0]:
+        return None
+    keep = functools.partial(_code_keeping_file, table.maps[0][types.CodeType])
+    return ChainMap({**table.maps[0], types.CodeType: keep}, *table.maps[1:])
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no types
+    dispatch_table = _dispatch_table() or cloudpickle.Pickler.dispatch_table
+
+
 def dumps(obj: Any) -> Payload:
     """Serialize ``obj`` for the wire. Raises whatever pickling raises."""
     raw: list[pickle.PickleBuffer] = []
-    head = cloudpickle.dumps(obj, protocol=5, buffer_callback=raw.append)
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=5, buffer_callback=raw.append).dump(obj)
+        head = file.getvalue()
     head_z = False
     if len(head) >= _HEAD_MIN:
         packed = lz4.block.compress(head, store_size=True)

@@ -1230,6 +1230,7 @@ class Supervisor:
         try:
             self._teardown_error = await self._shutdown()
         finally:
+            self.pool._closed = True
             self._shut.set()
         return self._teardown_error
 

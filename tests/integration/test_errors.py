@@ -130,6 +130,9 @@ def test_remote_value_error_reraises_with_its_traceback(sync_pool: sky.Pool) -> 
     assert "raise_value_error" in notes
     assert "Traceback" in notes
     assert "ValueError: x" in notes
+    # The remote frame names this file and shows its line, as a local traceback would.
+    assert f'File "{__file__}"' in notes
+    assert 'raise ValueError("x")' in notes
 
 
 def test_remote_custom_exception_reraises_with_its_type(sync_pool: sky.Pool) -> None:
@@ -366,3 +369,54 @@ def test_run_needs_a_pending_call(sync_pool: sky.Pool) -> None:
     with pytest.raises(TypeError, match="cannot dispatch to int"):
         node_index() >> 42
     assert node_index() @ sync_pool == [0, 1]
+
+
+def test_a_call_with_the_wrong_arguments_fails_locally(sync_pool: sky.Pool) -> None:
+    with pytest.raises(TypeError, match=r"takes_two\(value: .*: too many positional arguments"):
+        takes_two(1, 2, 3)
+    with pytest.raises(TypeError, match=r"takes_two\(.*: missing a required argument: 'value'"):
+        takes_two()
+
+
+def test_dispatching_the_function_itself_says_to_call_it(sync_pool: sky.Pool) -> None:
+    with pytest.raises(TypeError, match=r"dispatches the function itself; call it first"):
+        node_index >> sync_pool  # type: ignore[operator]
+    with pytest.raises(TypeError, match=r"call it first"):
+        node_index @ sync_pool  # type: ignore[operator]
+
+
+def test_dispatching_to_an_unentered_compute_says_to_enter_it() -> None:
+    with pytest.raises(TypeError, match=r"cannot dispatch to a Compute: it is what opens a pool"):
+        node_index() >> sky.Compute(nodes=1, options=SILENT)
+
+
+def test_a_group_with_a_dispatched_call_explains_precedence(sync_pool: sky.Pool) -> None:
+    with pytest.raises(TypeError, match=r"`>>` binds tighter than `&`"):
+        node_index() & 5  # type: ignore[operator]
+    with pytest.raises(TypeError, match=r"`>>` binds tighter than `&`"):
+        node_index() & node_index() & 5  # type: ignore[operator]
+
+
+def test_a_nan_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"timeout=nan: a timeout must be a positive number"):
+        sky.function(timeout=float("nan"))(lambda: None)
+    with pytest.raises(ValueError, match=r"timeout=nan"):
+        node_index().with_timeout(float("nan"))
+
+
+def test_a_pool_used_after_its_block_ended_says_it_is_closed() -> None:
+    with sky.Compute(nodes=1, options=SILENT) as pool:
+        assert node_index() >> pool == 0
+    closed = pytest.raises(sky.PoolClosedError, match=r"this pool is closed")
+    with closed:
+        node_index() >> pool
+    with closed:
+        node_index() @ pool
+    with closed:
+        _ = node_index() > pool
+    with closed:
+        pool.map(takes_two, [1])
+    with closed:
+        list(sky.gather(node_index(), stream=True) >> pool)
+    with closed:
+        pool.run_async(node_index())

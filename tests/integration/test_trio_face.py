@@ -308,3 +308,14 @@ async def test_trio_run_parallel_refuses_a_single_call() -> None:
         with pytest.raises(TypeError, match="needs a group"):
             await pool.run_parallel(double(1))  # type: ignore[arg-type]
         assert await (double(1) >> pool) == 2
+
+
+async def test_trio_pool_used_after_its_block_ended_says_it_is_closed() -> None:
+    async with skyward_trio.Compute(nodes=1, options=SILENT) as pool:
+        assert await (double(1) >> pool) == 2
+    with pytest.raises(skyward_trio.PoolClosedError, match="this pool is closed"):
+        await (double(1) >> pool)
+    with pytest.raises(skyward_trio.PoolClosedError, match="this pool is closed"):
+        await (double(1) @ pool)
+    with pytest.raises(skyward_trio.PoolClosedError, match="this pool is closed"):
+        await pool.map(triple, [1])

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 
 from skyward_trio import ConnectionLostError, _serial, _wire
+from skyward_trio._pool import with_sources
 
 
 def _roundtrip_through_wire(payload: _serial.Payload) -> _serial.Payload:
@@ -81,3 +82,37 @@ def test_connection_lost_error_keeps_its_type_and_node_through_pickling() -> Non
     error = _serial.loads(_serial.dumps(ConnectionLostError("store gone", node=0)))
     assert type(error) is ConnectionLostError
     assert (str(error), error.node) == ("store gone", 0)
+
+
+def _fails(key: str) -> object:
+    lookup = lambda k: {}[k]  # noqa: E731
+    return lookup(key)
+
+
+def test_functions_keep_the_file_they_were_defined_in() -> None:
+    # cloudpickle writes "<dynamic-code>" there; a remote traceback would name no file.
+    rebuilt = _serial.loads(_serial.dumps(_fails))
+    assert rebuilt.__code__.co_filename == __file__
+    (inner,) = [c for c in rebuilt.__code__.co_consts if hasattr(c, "co_filename")]
+    assert inner.co_filename == __file__
+
+
+def test_a_remote_traceback_gets_the_source_lines_the_node_could_not_show() -> None:
+    line = _fails.__code__.co_firstlineno + 2
+    remote = (
+        "Traceback (most recent call last):\n"
+        '  File "/opt/skyward/worker.py", line 9, in run\n'
+        f'  File "{__file__}", line {line}, in _fails\n'
+        f'  File "{__file__}", line {line - 1}, in <lambda>\n'
+        "    lookup = lambda k: {}[k]  # shown by the node\n"
+        "KeyError: 'x'"
+    )
+    assert with_sources(remote).splitlines() == [
+        "Traceback (most recent call last):",
+        '  File "/opt/skyward/worker.py", line 9, in run',  # no such file here either
+        f'  File "{__file__}", line {line}, in _fails',
+        "    return lookup(key)",
+        f'  File "{__file__}", line {line - 1}, in <lambda>',
+        "    lookup = lambda k: {}[k]  # shown by the node",
+        "KeyError: 'x'",
+    ]
