@@ -69,7 +69,7 @@ def test_a_module_missing_on_the_nodes_is_refused_with_the_fix(fake_module: Any)
             _uses_it() >> pool
         with pytest.raises(sky.VersionMismatchError, match=expected):
             (_uses_it() > pool).result(timeout=30)
-        assert pool.map(_uses_it.fn, []) == []  # nothing to map: nothing sent or refused
+        assert pool.map(_add_value, []) == []  # nothing to map: nothing sent or refused
         with pytest.raises(sky.VersionMismatchError, match=r"fakemod_7f3a 1\.2\.0 here, not"):
             pool.map(_add_value, range(10))
         assert pool.map(_plain.fn, range(5)) == [1, 2, 3, 4, 5]  # other functions still run
