@@ -74,7 +74,7 @@ from skyward_trio._client import (
 )
 from skyward_trio._client import alive as _alive
 from skyward_trio._collections import Collections
-from skyward_trio._function import active_pool
+from skyward_trio._function import active_pool, map_items
 from skyward_trio._pool import PreparedCall, RelayedInput
 from skyward_trio._serverwire import (
     LOG_FILE,
@@ -474,7 +474,7 @@ class Client(Collections):
         up to ``MAP_CONCURRENCY`` at once. ``fn`` need not be decorated. The first call
         that fails raises, and those not yet sent are not sent."""
         wrapped = mapped(fn)
-        source = enumerate(items)
+        source = enumerate(map_items(items))
         lock = threading.Lock()  # the senders take items in turn
         results: dict[int, Any] = {}
         failed = threading.Event()

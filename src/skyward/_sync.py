@@ -24,7 +24,7 @@ import skyward_trio
 from skyward_trio import PendingFunction, PendingFunctionGroup, Spec, _serial
 from skyward_trio._collections import Collections, give_back, in_thread
 from skyward_trio._events import Event
-from skyward_trio._function import active_pool
+from skyward_trio._function import active_pool, map_items
 from skyward_trio._model import Nodes, Options
 from skyward_trio._plugin import client_hooks
 from skyward_trio._pool import _CREDIT_BATCH, Inflight, Outcome, PreparedCall
@@ -163,8 +163,8 @@ class Pool(Collections):
         ``fn`` need not be decorated.
         """
         key, payload, timeout = self._core.prepare_map(fn)
+        iterator = map_items(items)
         total = len(items) if isinstance(items, Sized) else None
-        iterator = iter(items)
         return self._portal.call(  # type: ignore[no-any-return]
             lambda: self._core.map_prepared(key, payload, timeout, iterator, total)
         )

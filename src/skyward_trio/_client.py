@@ -31,6 +31,7 @@ from ._function import (
     PendingFunctionGroup,
     active_pool,
     function,
+    map_items,
     mappable,
 )
 from ._pids import alive
@@ -748,7 +749,7 @@ class Client(Collections):
         that fails raises, and the rest are cancelled."""
         wrapped = mapped(fn)
         results: dict[int, Any] = {}
-        source = enumerate(items)  # shared by the senders: trio switches only at awaits
+        source = enumerate(map_items(items))  # shared by the senders: trio switches only at awaits
 
         async def sender() -> None:
             for index, item in source:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -26,6 +26,7 @@ __all__ = [
     "active_pool",
     "function",
     "gather",
+    "map_items",
     "mappable",
 ]
 
@@ -187,6 +188,9 @@ class PendingFunctionGroup:
     stream: bool = False
     ordered: bool = True
 
+    def __attrs_post_init__(self) -> None:
+        _check_flags("PendingFunctionGroup(...", self.stream, self.ordered)
+
     def __and__(self, other: PendingFunction[Any] | PendingFunctionGroup) -> PendingFunctionGroup:
         if isinstance(other, PendingFunctionGroup):
             return attrs.evolve(self, items=self.items + other.items)
@@ -207,12 +211,34 @@ class PendingFunctionGroup:
         return len(self.items)
 
 
+def _check_flags(call: str, stream: object, ordered: object) -> None:
+    # stream="no" is truthy: unchecked, it would stream, and ordered="no" would keep order.
+    fixes = {
+        "stream": "Pass stream=True for the results as they complete, or stream=False "
+        "(the default) for a tuple of them all",
+        "ordered": "Pass ordered=True (the default) for streamed results in submission "
+        "order, or ordered=False for them as they complete",
+    }
+    for arg, value in (("stream", stream), ("ordered", ordered)):
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"{call}, {arg}={value!r}): {arg} must be True or False, got "
+                f"{type(value).__qualname__}. {fixes[arg]}."
+            )
+
+
 def gather(
     *pendings: PendingFunction[Any], stream: bool = False, ordered: bool = True
 ) -> PendingFunctionGroup:
-    """Group calls to run in parallel; with ``stream=True``, ``>>`` yields as they complete."""
+    """Group calls to run in parallel; with ``stream=True``, ``>>`` yields as they complete.
+
+    Raises:
+        TypeError: No calls, an item that is not a pending call, or a ``stream`` or
+            ``ordered`` that is not a bool.
+    """
     if not pendings:
         raise TypeError("gather() needs at least one pending call")
+    _check_flags("sky.gather(...", stream, ordered)
     return PendingFunctionGroup(items=pendings, stream=stream, ordered=ordered)
 
 
@@ -271,6 +297,28 @@ def function(fn: Callable[..., T] | None = None, *, timeout: float | None = None
         checked = _check_timeout(timeout)
         return lambda f: Function(f, checked)
     return Function(fn, timeout)
+
+
+def map_items(items: Any) -> Iterator[Any]:
+    """``iter(items)`` for ``map(fn, items)``.
+
+    Raises:
+        TypeError: ``items`` is not iterable (said with the fix, not Python's bare
+            "'int' object is not iterable").
+    """
+    try:
+        return iter(items)
+    except TypeError:
+        if hasattr(type(items), "__iter__") or hasattr(type(items), "__getitem__"):
+            raise  # raised by the iterable's own __iter__: its error, as it is
+    hint = ""
+    if isinstance(items, int) and not isinstance(items, bool) and items > 0:
+        hint = f", or pool.map(fn, range({items})) for fn(0) .. fn({items - 1})"
+    raise TypeError(
+        f"map(fn, items={items!r}): items must be an iterable (a list, a range, a "
+        f"generator...), got {type(items).__qualname__}. Pass e.g. pool.map(fn, [1, 2, 3])"
+        f"{hint}."
+    ) from None
 
 
 def mappable(fn: Callable[..., Any]) -> tuple[Callable[..., Any], float | None]:

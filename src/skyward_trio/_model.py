@@ -426,6 +426,11 @@ class SSHHost:
             raise ValueError(
                 f"SSHHost(host={self.host!r}): not a host name or address. {_HOST_FIX}"
             )
+        if ":" in self.host and not _is_ipv6(self.host):
+            raise ValueError(
+                f"SSHHost(host={self.host!r}): a host name has no ':' (only an IPv6 address "
+                'does). Pass the port apart, e.g. sky.SSHHost(host="gpu1", port=2222).'
+            )
         if self.user is not None:
             _check_str("SSHHost", "user", self.user, fix='Pass e.g. user="alice", or None.')
         if self.port is not None:
@@ -433,20 +438,53 @@ class SSHHost:
 
     @classmethod
     def parse(cls, text: str) -> SSHHost:
-        """``host``, ``user@host``, ``host:port`` or ``user@[v6addr]:port`` as a record."""
+        """``host``, ``user@host``, ``host:port`` or ``user@[v6addr]:port`` as a record.
+
+        Raises:
+            ValueError: ``text`` is none of those (``"h:22:extra"``, ``"@h"``, ``"[::1"``).
+        """
         _check_str("SSH", "hosts", text, fix=_HOST_FIX)
-        user, _, rest = text.rpartition("@")
+        user, at, rest = text.rpartition("@")
+        if at and not user:
+            raise _bad_host(text, "the user before '@' is empty")
         port: int | None = None
         if rest.startswith("["):  # an IPv6 address, bracketed to carry a port
-            host, _, tail = rest[1:].partition("]")
+            host, bracket, tail = rest[1:].partition("]")
+            if not bracket:
+                raise _bad_host(text, "the '[' of an IPv6 address has no ']'")
             if tail:
-                port = _parse_port(text, tail.removeprefix(":"))
+                if not tail.startswith(":"):
+                    raise _bad_host(text, f"{tail!r} follows ']' where ':port' goes")
+                port = _parse_port(text, tail[1:])
         elif rest.count(":") == 1:
             host, _, tail = rest.partition(":")
             port = _parse_port(text, tail)
         else:
             host = rest
+            if ":" in host and not _is_ipv6(host):
+                # "h:22:extra" would otherwise be taken whole as a host name, and fail
+                # only when the pool opens, as a failed DNS lookup.
+                raise _bad_host(
+                    text,
+                    "it has more than one ':' and is no IPv6 address (an IPv6 address "
+                    "with a port goes in brackets: 'user@[v6addr]:port')",
+                )
         return cls(host=host, user=user or None, port=port)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)  # a scope, "fe80::1%eth0", included
+    except ValueError:
+        return False
+    return True
+
+
+def _bad_host(text: str, why: str) -> ValueError:
+    return ValueError(
+        f"SSH(hosts=[{text!r}]): not a host: {why}. Hosts are 'host', 'user@host', "
+        f"'host:port', 'user@host:port' or 'user@[v6addr]:port'. {_HOST_FIX}"
+    )
 
 
 def _parse_port(text: str, port: str) -> int:

@@ -18,6 +18,7 @@ import inspect
 import io
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Literal, TypeVar
 
 from . import _capture, _runtime
@@ -117,6 +118,7 @@ class CallbackWriter(io.TextIOBase):
     """
 
     def __init__(self, callback: Callable[[str], Any]) -> None:
+        _check_callback("sky.CallbackWriter", callback)
         self._callback = callback
         self._partial = ""
 
@@ -136,15 +138,43 @@ class CallbackWriter(io.TextIOBase):
         return True
 
 
-@contextlib.contextmanager
+def _check_callback(where: str, callback: object) -> None:
+    # Unchecked, a callback that cannot be called fails at the first print in the block,
+    # as Python's bare "'int' object is not callable" from inside print().
+    if callable(callback):
+        return
+    if hasattr(callback, "write"):  # a file or stream: it takes text, not lines
+        fix = (
+            f"For a file or stream, pass a function that writes each line, e.g. "
+            f'{where}(lambda line: f.write(line + "\\n"))'
+        )
+    else:
+        fix = f"Pass e.g. {where}(lines.append)"
+    raise TypeError(
+        f"{where}(callback={callback!r}): callback must be a function called with each line "
+        f"(a str, without its newline), got {type(callback).__qualname__}. {fix}."
+    )
+
+
 def redirect_output(
     callback: Callable[[str], Any],
-) -> Iterator[tuple[CallbackWriter, CallbackWriter]]:
+) -> AbstractContextManager[tuple[CallbackWriter, CallbackWriter]]:
     """Route this thread's stdout and stderr to ``callback``, a line at a time.
 
     Yields the ``(stdout, stderr)`` writers. On a worker it routes only the calling task's
     output (other tasks running at the same time are not affected).
+
+    Raises:
+        TypeError: ``callback`` is not callable (refused here, not at the first print).
     """
+    _check_callback("sky.redirect_output", callback)
+    return _redirected(callback)
+
+
+@contextlib.contextmanager
+def _redirected(
+    callback: Callable[[str], Any],
+) -> Iterator[tuple[CallbackWriter, CallbackWriter]]:
     out, err = CallbackWriter(callback), CallbackWriter(callback)
     if _capture.installed():
 

@@ -51,7 +51,7 @@ from ._errors import (
 from ._eventbus import EventBus, EventStream
 from ._events import TaskCompleted, TaskStarted, WorkSubmitted
 from ._execute import StreamedInput
-from ._function import PendingFunction, PendingFunctionGroup, mappable
+from ._function import PendingFunction, PendingFunctionGroup, map_items, mappable
 from ._model import Nodes, Options, Spec, Worker
 from ._plugin import collective, workers_per_node
 
@@ -888,7 +888,12 @@ class Inflight:
         if isinstance(error, ConnectionLostError) and self._retryable():
             self._requeue(error)
             return
-        if isinstance(error, ConnectionLostError):
+        if isinstance(error, ConnectionLostError) and self.pool._closing:
+            # The pool's own stop cut the link: that, not a lost node, is why.
+            closed = PoolClosedError(f"the pool closed before {self.call.name}() finished")
+            closed.__cause__ = error
+            error = closed
+        elif isinstance(error, ConnectionLostError):
             error = self._interrupted(error)
         self._end((message, self.node.index, error))
 
@@ -952,8 +957,11 @@ class Inflight:
             return
         except BaseException:  # cancelled: the pool is closing; the caller must hear of it
             if not self.finished:
-                closed = PoolClosedError("the pool closed while the call waited for a node")
-                self._end((None, self.node.index, self._interrupted(closed)))
+                closed = PoolClosedError(
+                    f"the pool closed while {self.call.name}() waited for a node to be "
+                    f"sent again to ({'; '.join(self.attempts)})"
+                )
+                self._end((None, self.node.index, closed))
             raise
         if self.finished:  # cancelled or expired while it waited
             self.pool._release(node)
@@ -1288,8 +1296,9 @@ class Pool(Collections):
         sent, not all up front; tiny tasks travel thousands per message.
         """
         key, fn_payload, task_timeout = self.prepare_map(fn)
+        iterator = map_items(items)
         total = len(items) if isinstance(items, collections.abc.Sized) else None
-        return await self.map_prepared(key, fn_payload, task_timeout, iter(items), total)
+        return await self.map_prepared(key, fn_payload, task_timeout, iterator, total)
 
     def current_nodes(self) -> int:
         """How many nodes are ready right now (nodes being scaled down do not count)."""
@@ -1655,7 +1664,15 @@ class Pool(Collections):
                     self._release(node)
                     attempts.append(f"node {node.index}: {exc}")
                     retries = self.options.retry_on_interruption
-                    if len(attempts) > retries or self._closing:
+                    if self._closing:
+                        closed = PoolClosedError(
+                            f"the pool closed before map items {start}..{start + count - 1} "
+                            "finished"
+                        )
+                        closed.__cause__ = exc
+                        fail(closed)
+                        return
+                    if len(attempts) > retries:
                         fail(
                             ConnectionLostError(
                                 f"map items {start}..{start + count - 1} were interrupted "
@@ -1696,7 +1713,11 @@ class Pool(Collections):
         start = 0
         async with trio.open_nursery() as nursery:
             while True:
-                node = await self._acquire(None)
+                try:
+                    node = await self._acquire(None)
+                except PoolClosedError as closed:
+                    fail(closed)  # raised below as itself, not in the nursery's group
+                    break
                 size = _batch_size(per_item, bytes_per_item)
                 try:
                     # The caller's iterable may block (files, queues, generators doing
@@ -1841,7 +1862,10 @@ class Pool(Collections):
             )
         if self._closing:
             raise self._stopped_instead(
-                PoolClosedError("the pool is shutting down; no new calls are accepted")
+                PoolClosedError(
+                    "the pool is shutting down (the block that opened it is ending): calls "
+                    "not yet on a node are not run, and new ones are refused"
+                )
             )
         if not self._ready and self._live == 0:
             raise PoolClosedError(

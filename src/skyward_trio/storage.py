@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -197,6 +198,23 @@ class Storage:
                 "Storage(key_issuer=...) makes the keys: pass no access_key or secret_key"
             )
 
+    if not TYPE_CHECKING:  # kept from mypy, which would otherwise allow any attribute
+
+        def __getattr__(self, name: str) -> NoReturn:
+            # Only for names no attribute has: `storage.upload(...)` without `with`.
+            if name in _CLIENT_METHODS:
+                raise AttributeError(
+                    f"Storage has no {name}(): a Storage says where a store is; its client "
+                    f"has {name}(). Open the client with `with`: "
+                    f'`with sky.storage.S3(region="us-east-1") as s3: s3.{name}(...)` '
+                    f"(in trio, `async with ... as s3: await s3.{name}(...)`).",
+                    name=name,
+                    obj=self,
+                )
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
+            )
+
     def tuned(
         self,
         *,
@@ -350,6 +368,44 @@ class EnvKey:
 
 # --- presets --------------------------------------------------------------------------------
 
+# An AWS region: "us-east-1", "eu-west-2", "ap-southeast-1", "us-gov-west-1", "cn-north-1".
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+# One label of a host name: a preset puts the region (or R2's account id) in its URL.
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
+
+
+def _check_label(preset: str, arg: str, value: object, *, example: str, what: str) -> None:
+    """Refuse a ``value`` the preset could not put in its endpoint's host name: one that
+    is not a str, or not one label (``"us east"``, ``"https://..."``, ``""``)."""
+    _check_type(preset, arg, value, example=example)
+    assert isinstance(value, str)
+    if not _LABEL.fullmatch(value):
+        raise ValueError(
+            f"{preset}({arg}={value!r}): {arg} must be {what}: letters, digits and '-', as "
+            f'it goes in the store\'s host name. Pass e.g. {arg}="{example}".'
+        )
+
+
+def _check_type(preset: str, arg: str, value: object, *, example: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{preset}({arg}={value!r}): {arg} must be a str, got {type(value).__qualname__}. "
+            f'Pass e.g. {arg}="{example}".'
+        )
+
+
+def _check_aws_region(region: str) -> None:
+    if _AWS_REGION.fullmatch(region):
+        return
+    fix = 'Pass e.g. region="us-east-1"'
+    if _AWS_REGION.fullmatch(region.lower()):
+        fix = f'Pass region="{region.lower()}"'
+    raise ValueError(
+        f'S3(region={region!r}): not an AWS region; they read like "us-east-1", '
+        f'"eu-west-2" or "ap-southeast-1". {fix}, or for another S3-compatible store its '
+        "URL as endpoint= (the region is then any name the store signs for)."
+    )
+
 
 def S3(
     *,
@@ -360,8 +416,11 @@ def S3(
 ) -> Storage:
     """Amazon S3 in ``region``; keys from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
     unless given. ``endpoint`` points it elsewhere (an S3-compatible store, path style)."""
+    _check_type("S3", "region", region, example="us-east-1")
     if endpoint is not None:
+        # Another store's regions are its own ("garage", "fr-par"): only a str is asked.
         return _path_style(endpoint, access_key, secret_key, region)
+    _check_aws_region(region)
     return Storage(
         endpoint=f"https://s3.{region}.amazonaws.com",
         access_key=access_key,
@@ -371,7 +430,14 @@ def S3(
 
 
 def R2(*, account_id: str, access_key: Credential, secret_key: Credential) -> Storage:
-    """Cloudflare R2 of ``account_id``."""
+    """Cloudflare R2 of ``account_id`` (the 32-character hex id on Cloudflare's dashboard)."""
+    _check_label(
+        "R2",
+        "account_id",
+        account_id,
+        example="0123456789abcdef0123456789abcdef",
+        what="the account id on Cloudflare's dashboard, not a URL",
+    )
     return _path_style(f"https://{account_id}.r2.cloudflarestorage.com", access_key, secret_key)
 
 
@@ -382,11 +448,13 @@ def GCS(*, access_key: Credential, secret_key: Credential) -> Storage:
 
 def Wasabi(*, region: str, access_key: Credential, secret_key: Credential) -> Storage:
     """Wasabi in ``region``."""
+    _check_label("Wasabi", "region", region, example="eu-central-1", what="a Wasabi region")
     return _path_style(f"https://s3.{region}.wasabisys.com", access_key, secret_key, region)
 
 
 def Backblaze(*, region: str, key_id: Credential, app_key: Credential) -> Storage:
     """Backblaze B2's S3-compatible API in ``region`` (e.g. ``"us-west-004"``)."""
+    _check_label("Backblaze", "region", region, example="us-west-004", what="a B2 region")
     return _path_style(f"https://s3.{region}.backblazeb2.com", key_id, app_key, region)
 
 
@@ -1545,6 +1613,8 @@ def _step(operation: _Operation, answer: Any, failure: BaseException | None) -> 
     return False, step
 
 
+# What `with storage as s3` gives that the Storage itself has not.
+_CLIENT_METHODS = frozenset({"upload", "download", "ls", "exists", "rm", "close", "aclose"})
 _CLOSED = "this storage client is closed: use it inside `with storage:` (or `async with`)"
 
 

@@ -89,6 +89,16 @@ def held(path: str) -> str:
 
 
 @sky.function
+def started_then_held(started: str, path: str) -> str:
+    Path(started).touch()
+    return _wait_for(path)
+
+
+def map_held(path: str) -> str:
+    return _wait_for(path)
+
+
+@sky.function
 def node_index() -> int:
     return sky.instance_info().node
 
@@ -378,6 +388,21 @@ def test_a_call_with_the_wrong_arguments_fails_locally(sync_pool: sky.Pool) -> N
         takes_two()
 
 
+def test_map_over_something_not_iterable_says_what_to_pass(sync_pool: sky.Pool) -> None:
+    with pytest.raises(TypeError, match=r"items must be an iterable .* range\(4\)\) for fn\(0\)"):
+        sync_pool.map(fail_on_three, 4)  # type: ignore[arg-type]
+    assert sync_pool.map(fail_on_three, range(2)) == [0, 1]  # nothing was sent
+
+
+async def test_map_over_something_not_iterable_says_what_to_pass_on_the_trio_face() -> None:
+    options = skyward_trio.Options(console="silent")
+    async with skyward_trio.Compute(
+        provider=skyward_trio.Local(), nodes=1, options=options
+    ) as pool:
+        with pytest.raises(TypeError, match=r"items must be an iterable .* got NoneType"):
+            await pool.map(fail_on_three, None)  # type: ignore[arg-type]
+
+
 def test_dispatching_the_function_itself_says_to_call_it(sync_pool: sky.Pool) -> None:
     with pytest.raises(TypeError, match=r"dispatches the function itself; call it first"):
         node_index >> sync_pool  # type: ignore[operator]
@@ -420,3 +445,28 @@ def test_a_pool_used_after_its_block_ended_says_it_is_closed() -> None:
         list(sky.gather(node_index(), stream=True) >> pool)
     with closed:
         pool.run_async(node_index())
+
+
+def test_calls_cut_off_by_the_end_of_the_block_raise_pool_closed(
+    tmp_path: Path, release: Path
+) -> None:
+    started = tmp_path / "started"
+    outcome: dict[str, BaseException | object] = {}
+
+    def map_in_a_thread(pool: sky.Pool) -> None:
+        try:
+            outcome["map"] = pool.map(map_held, [str(release)] * 4)
+        except BaseException as exc:  # the test looks at what it was
+            outcome["map"] = exc
+
+    with sky.Compute(nodes=1, options=SILENT) as pool:
+        future = started_then_held(str(started), str(release)) > pool
+        thread = threading.Thread(target=map_in_a_thread, args=(pool,))
+        thread.start()
+        _wait_for(str(started))
+    thread.join(timeout=30)
+    # The call on the node when the pool closed, and the map (on the node or waiting for
+    # one), say the pool closed: not a lost connection, and not wrapped in a group.
+    with pytest.raises(sky.PoolClosedError, match=r"closed before started_then_held\(\)"):
+        future.result(timeout=30)
+    assert type(outcome["map"]) is sky.PoolClosedError, outcome["map"]

@@ -47,9 +47,25 @@ def test_hosts_parse_from_strings_and_records() -> None:
         sky.SSHHost(host="::1", port=23),
         sky.SSHHost(host="gpu3", port=7),
     )
+    # An IPv6 address (a scope included) with no brackets has no port: it is all host.
+    v6 = sky.SSH(hosts=["fe80::1:22", "bob@fe80::1%eth0", "[gpu4]"]).hosts
+    assert v6 == (
+        sky.SSHHost(host="fe80::1:22"),
+        sky.SSHHost(host="fe80::1%eth0", user="bob"),
+        sky.SSHHost(host="gpu4"),
+    )
     assert (ssh.port, ssh.user, ssh.key, ssh.passphrase_env) == (None, None, None, None)
     assert ssh.ssh_config == "~/.ssh/config"
     assert (skyward_trio.SSH, skyward_trio.SSHHost) == (sky.SSH, sky.SSHHost)
+
+
+def test_a_host_record_with_a_port_in_its_name_says_to_pass_it_apart() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^SSHHost\(host='gpu1:2222'\): a host name has no ':' \(only an IPv6 address "
+        r'does\)\. Pass the port apart, e\.g\. sky\.SSHHost\(host="gpu1", port=2222\)\.$',
+    ):
+        sky.SSHHost(host="gpu1:2222")
 
 
 @pytest.mark.parametrize(
@@ -62,6 +78,17 @@ def test_hosts_parse_from_strings_and_records() -> None:
             r"hosts is a list, one host per node. Pass hosts=\['gpu1'\]",
         ),
         ({"hosts": ["gpu1:ssh"]}, ValueError, r"'ssh' is not a port number"),
+        (
+            {"hosts": ["h:22:extra"]},
+            ValueError,
+            r"^SSH\(hosts=\['h:22:extra'\]\): not a host: it has more than one ':' and is no "
+            r"IPv6 address \(an IPv6 address with a port goes in brackets: "
+            r"'user@\[v6addr\]:port'\)\. Hosts are 'host', 'user@host', 'host:port', "
+            r"'user@host:port' or 'user@\[v6addr\]:port'\. Pass e\.g\. hosts=",
+        ),
+        ({"hosts": ["[::1:22"]}, ValueError, r"not a host: the '\[' of an IPv6 address has no"),
+        ({"hosts": ["[::1]22"]}, ValueError, r"not a host: '22' follows '\]' where ':port' goes"),
+        ({"hosts": ["@gpu1"]}, ValueError, r"\['@gpu1'\]\): not a host: the user before '@'"),
         ({"hosts": ["gpu 1"]}, ValueError, r"SSHHost\(host='gpu 1'\): not a host name"),
         ({"hosts": ["gpu1"], "port": 70000}, ValueError, r"a port is at most 65535"),
         ({"hosts": ["gpu1"], "user": ""}, ValueError, r"SSH\(user=''\): user must not be empty"),

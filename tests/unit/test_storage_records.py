@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 import botocore.auth as botocore_auth
 import botocore.awsrequest as botocore_awsrequest
@@ -113,6 +114,92 @@ def test_bad_records_are_refused() -> None:
         sky.storage.Storage(endpoint="s3.amazonaws.com")
     with pytest.raises(TypeError, match="a key is a str or a function"):
         sky.storage.Storage(endpoint="https://x", access_key=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (
+            lambda: sky.storage.S3(region="moon"),
+            ValueError,
+            r"^S3\(region='moon'\): not an AWS region; they read like \"us-east-1\", "
+            r"\"eu-west-2\" or \"ap-southeast-1\"\. Pass e\.g\. region=\"us-east-1\", or for "
+            r"another S3-compatible store its URL as endpoint=",
+        ),
+        (
+            lambda: sky.storage.S3(region="EU-WEST-2"),
+            ValueError,
+            r"not an AWS region; .* Pass region=\"eu-west-2\", or",
+        ),
+        (
+            lambda: sky.storage.S3(region=5),
+            TypeError,
+            r"^S3\(region=5\): region must be a str, got int\. Pass e\.g\. region=\"us-east-1\"\.$",
+        ),
+        (
+            lambda: sky.storage.S3(region=None, endpoint="http://127.0.0.1:9000"),
+            TypeError,
+            r"^S3\(region=None\): region must be a str, got NoneType",
+        ),
+        (
+            lambda: sky.storage.R2(account_id=5, access_key="a", secret_key="b"),
+            TypeError,
+            r"^R2\(account_id=5\): account_id must be a str, got int\. Pass e\.g\. "
+            r"account_id=\"0123456789abcdef0123456789abcdef\"\.$",
+        ),
+        (
+            lambda: sky.storage.R2(
+                account_id="https://acct.r2.cloudflarestorage.com", access_key="a", secret_key="b"
+            ),
+            ValueError,
+            r"account_id must be the account id on Cloudflare's dashboard, not a URL: letters, "
+            r"digits and '-', as it goes in the store's host name",
+        ),
+        (
+            lambda: sky.storage.Wasabi(region="eu central 1", access_key="a", secret_key="b"),
+            ValueError,
+            r"^Wasabi\(region='eu central 1'\): region must be a Wasabi region: ",
+        ),
+        (
+            lambda: sky.storage.Backblaze(region=4, key_id="a", app_key="b"),
+            TypeError,
+            r"^Backblaze\(region=4\): region must be a str, got int",
+        ),
+    ],
+)
+def test_presets_refuse_what_cannot_name_their_store(
+    make: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_aws_regions_of_every_shape_are_taken_and_other_stores_name_their_own() -> None:
+    for region in ("us-east-1", "eu-west-2", "ap-southeast-1", "us-gov-west-1", "il-central-1"):
+        assert sky.storage.S3(region=region).region == region
+    # With an endpoint the store is not AWS, and the region is whatever it signs for.
+    local = sky.storage.S3(region="garage", endpoint="http://127.0.0.1:3900")
+    assert (local.endpoint, local.region, local.path_style) == (
+        "http://127.0.0.1:3900",
+        "garage",
+        True,
+    )
+
+
+@pytest.mark.parametrize("method", ["upload", "download", "ls", "exists", "rm"])
+def test_a_storage_used_as_a_client_says_to_open_one_with_with(method: str) -> None:
+    storage = sky.storage.S3(region="us-east-1", access_key="a", secret_key="b")
+    with pytest.raises(
+        AttributeError,
+        match=rf"^Storage has no {method}\(\): a Storage says where a store is; its client has "
+        rf"{method}\(\)\. Open the client with `with`: `with sky\.storage\.S3\("
+        rf'region="us-east-1"\) as s3: s3\.{method}\(\.\.\.\)` \(in trio, `async with '
+        rf"\.\.\. as s3: await s3\.{method}\(\.\.\.\)`\)\.$",
+    ):
+        getattr(storage, method)
+    with pytest.raises(AttributeError, match=r"^'Storage' object has no attribute 'uplaod'$"):
+        storage.uplaod  # type: ignore[attr-defined]  # noqa: B018
+    assert not hasattr(storage, method)
 
 
 def test_missing_keys_say_where_they_come_from(monkeypatch: pytest.MonkeyPatch) -> None:
