@@ -209,6 +209,11 @@ class _PortalStore:
         self._store = store
         self._portal = portal
 
+    @property
+    def off(self) -> bool:
+        """The pool was opened with ``Options(cluster=False)``: it has no collections."""
+        return self._store.off
+
     def call(self, op: int, name: str, *args: Any) -> Any:
         return self._portal.call(lambda: self._store.call_async(op, name, *args))
 

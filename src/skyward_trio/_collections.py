@@ -55,6 +55,7 @@ __all__ = [
     "eventual_backend",
     "give_back",
     "in_thread",
+    "no_cluster_message",
     "node_backend",
     "raise_failure",
 ]
@@ -466,22 +467,32 @@ class Collections:
     _store: Backend
     _collections_of: ClassVar[str]
 
+    def _check_cluster(self, kind: str, name: str) -> None:
+        """Refuse a collection of a pool opened with ``Options(cluster=False)``."""
+        if getattr(self._store, "off", False):
+            what = f"{self._collections_of}.{kind}({name!r})"
+            raise NoActivePoolError(no_cluster_message(what))
+
     def counter(self, name: str, *, consistency: str | None = None) -> Counter:
         """The pool's counter ``name`` (``c.increment()``, ``c.value()``)."""
         check_consistency(f"{self._collections_of}.counter", name, consistency)
+        self._check_cluster("counter", name)
         return Counter(self._store, name)
 
     def queue(self, name: str) -> Queue:
         """The pool's FIFO queue ``name`` (``q.put(v)``, ``q.get()``)."""
+        self._check_cluster("queue", name)
         return Queue(self._store, name)
 
     def barrier(self, name: str, n: int) -> Barrier:
         """The pool's barrier ``name`` for ``n`` participants (``b.wait()``)."""
+        self._check_cluster("barrier", name)
         return Barrier(self._store, name, n)
 
     def lock(self, name: str, timeout: float | None = 30) -> Lock:
         """The pool's lock ``name`` (``with pool.lock(name): ...``; in trio, ``async
         with``)."""
+        self._check_cluster("lock", name)
         return Lock(self._store, name, timeout)
 
     # ``dict`` and ``set`` close the class: named after builtins, they would shadow them in
@@ -490,11 +501,13 @@ class Collections:
     def dict(self, name: str, *, consistency: str | None = None) -> Dict:
         """The pool's dict ``name`` (``d[k]``, ``d[k] = v``, ``d.get(k)``, ...)."""
         check_consistency(f"{self._collections_of}.dict", name, consistency)
+        self._check_cluster("dict", name)
         return Dict(self._store, name)
 
     def set(self, name: str, *, consistency: str | None = None) -> Set:
         """The pool's set ``name`` (``s.add(v)``, ``v in s``, ``len(s)``)."""
         check_consistency(f"{self._collections_of}.set", name, consistency)
+        self._check_cluster("set", name)
         return Set(self._store, name)
 
 
@@ -772,8 +785,29 @@ def node_backend(factory: str, name: str) -> NodeBackend:
         )
     with _backend_lock:
         if _backend is None:
+            _refuse_if_no_cluster(Path(directory), factory, name)
             _backend = NodeBackend(Path(directory))
         return _backend
+
+
+def _refuse_if_no_cluster(directory: Path, factory: str, name: str) -> None:
+    """Raise ``NoActivePoolError`` if the client told this node its pool has no
+    collections (``Options(cluster=False)``: it writes ``{"off": ...}`` for the address)."""
+    try:
+        endpoint = json.loads((directory / ENDPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return  # not told yet: NodeBackend waits for the address
+    if isinstance(endpoint, dict) and "off" in endpoint:
+        raise NoActivePoolError(no_cluster_message(f"{factory}({name!r})"))
+
+
+def no_cluster_message(what: str) -> str:
+    """What ``what`` (a collection) says on a pool opened with ``Options(cluster=False)``."""
+    return (
+        f"{what}: this pool was opened with Options(cluster=False), so its "
+        "nodes run independently and it has no collections. Open it with cluster=None "
+        "(the default) or cluster=True to use sky.dict, sky.counter and the others"
+    )
 
 
 _eventual: Backend | None = None

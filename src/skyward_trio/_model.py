@@ -2436,8 +2436,9 @@ class Options:
             ``"silent"``; True picks ``"rich"`` on a terminal or in Jupyter and ``"log"``
             when stderr is a pipe or a file; False is ``"silent"``.
         logging: True (a default :class:`LogConfig`), False (off) or a :class:`LogConfig`.
-        cluster: Whether nodes form a cluster (needed by distributed collections); None
-            decides from the pool.
+        cluster: False: nodes run independently, with no collections store (``sky.dict``
+            and the others raise ``NoActivePoolError`` on this pool); None (the default)
+            or True: the pool runs a store for its distributed collections.
         retry_on_interruption: Retries per task when its node is preempted, >= 0.
         health_checker: A :class:`HealthChecker`: a periodic probe run on each node; nodes
             that keep failing it are replaced. None disables health checks.

@@ -17,7 +17,7 @@ import trio
 
 from . import _collections as ops
 from . import _transport, _wire
-from ._errors import ConnectionLostError, PoolClosedError
+from ._errors import ConnectionLostError, NoActivePoolError, PoolClosedError
 from ._store import Replica
 from ._version import PYTHON_VERSION, __version__
 
@@ -192,6 +192,8 @@ class ClientStore:
         self.replica = Replica()
         self._changed = trio.Event()
         self._closed = False
+        # Options(cluster=False): the pool has no store; its collections are refused.
+        self.off = False
 
     def attach(self, link: _Link, endpoint: tuple[str, int] | None) -> None:
         """The store is up: node 0's (again, after a replacement: a new, empty one), or
@@ -222,6 +224,8 @@ class ClientStore:
         )
 
     async def call_async(self, op: int, name: str, *args: Any) -> Any:
+        if self.off:
+            raise NoActivePoolError(ops.no_cluster_message(f"the collection {name!r}"))
         with trio.move_on_after(_WAIT_FOR_STORE):
             while self.link is None or self.link.closed.is_set():
                 if self._closed:

@@ -218,8 +218,12 @@ class Supervisor:
         self._teardown_error: TeardownError | None = None
         self._lost: dict[int, str] = {}  # index -> the lost instance a new one replaces
         self._includes: bytes | None = None  # Image.includes, packed
-        # The collections store runs on node 0 when nodes reach each other, else here.
-        self.store = None if cluster.peers_reachable else Store(secret.encode())
+        # The collections store runs on node 0 when nodes reach each other, else here;
+        # a pool opened with Options(cluster=False) has none (its nodes run independently).
+        self.no_cluster = pool.options.cluster is False
+        self.store = None if cluster.peers_reachable or self.no_cluster else Store(secret.encode())
+        pool._store.off = self.no_cluster
+        self.store_on_node_0 = self.store is None and not self.no_cluster
         self._skyward: SkywardPackage | None = None  # what remote nodes install Skyward from
         self._initial = range(pool.nodes.desired)
         self._running: set[int] = set()  # indices with a live _keep task
@@ -351,7 +355,7 @@ class Supervisor:
             self._noticed(node, *conn.notice)
         pool._notify()
         node = await self._serve(node)
-        if i == 0 and self.store is None:
+        if i == 0 and self.store_on_node_0:
             pool._store.detach("node 0 was lost")  # its replacement runs a new store
         # The node is lost, closed by the pool, or drained after a scale-down. Only a lost
         # node is replaced (its calls were sent again elsewhere: Inflight._requeue).
@@ -500,7 +504,7 @@ class Supervisor:
                 if not conn.closed.is_set():
                     conn.lose("the pool closed" if pool._closing else "the node left the pool")
                 return node
-            if node.index == 0 and self.store is None:
+            if node.index == 0 and self.store_on_node_0:
                 # The client's link to the store went with the connection: new operations
                 # wait for the link the reconnection (or a new node 0) brings.
                 pool._store.detach(f"node 0's connection dropped ({conn.down_reason})")
@@ -704,7 +708,7 @@ class Supervisor:
         pool = self.pool
         replaced = (
             collective(pool.spec) is None
-            and not (node.index == 0 and self.store is None)
+            and not (node.index == 0 and self.store_on_node_0)
             and not pool._closing
         )
         self._emit(
@@ -738,7 +742,7 @@ class Supervisor:
         else meanwhile). Node 0 holding the pool's collections store serves on until its
         machine goes: functions on other nodes may still be using the store."""
         await node.reclaimed.wait()
-        if node.index == 0 and self.store is None:
+        if node.index == 0 and self.store_on_node_0:
             return
         await node.until_idle()
         if self.pool._closing or node.conn.closed.is_set():
@@ -1035,7 +1039,12 @@ class Supervisor:
         copy it kept of the last one, starts keeping a copy of this one, and tells every
         node already up. Other nodes are told when they come up, or by node 0 when it
         does. A worker reached again after a reconnection (``new`` False) kept its store.
+        With ``Options(cluster=False)`` there is none: each node is told so, and its
+        collections refuse with the fix.
         """
+        if self.no_cluster:
+            await self._tell_store(instance, ssh, {"off": "Options(cluster=False)"})
+            return
         if self.store is not None:
             await self._serve_store(i, instance, ssh)
             return
@@ -1179,7 +1188,7 @@ class Supervisor:
             "info": to_dict(info),
             # The collections store runs on the head node, on its private address.
             "store_host": (
-                instance.private_ip if instance.node == 0 and self.store is None else None
+                instance.private_ip if instance.node == 0 and self.store_on_node_0 else None
             ),
             "concurrency": pool.worker_config.concurrency,
             "executor": pool.worker_config.resolved_executor,

@@ -589,3 +589,41 @@ async def test_trio_face_collections_are_awaited() -> None:
         assert await queue.len_async() == 1
         with pytest.raises(RuntimeError, match="await its _async variant"):
             counter.value  # noqa: B018 - the blocking read refuses on the trio loop
+
+
+@sky.function
+def independent() -> int:
+    return sky.instance_info().node
+
+
+@sky.function
+def uses_a_dict(name: str) -> None:
+    sky.dict(name)["k"] = 1
+
+
+@pytest.mark.parametrize("placement", ["head", "client"])
+def test_a_pool_without_a_cluster_has_no_collections(placement: str) -> None:
+    options = sky.Options(console="silent", cluster=False)
+    with _placed(placement), sky.Compute(nodes=2, options=options) as pool:
+        supervisor = pool._core._supervisor
+        assert supervisor is not None
+        assert supervisor.store is None  # no store anywhere: not in the client either
+        assert not supervisor.store_on_node_0
+        assert sorted(independent() @ pool) == [0, 1]
+        fix = r"was opened with Options\(cluster=False\), so its nodes run independently.*None"
+        for node in (0, 1):
+            with pytest.raises(sky.NoActivePoolError, match=r"^sky.dict\('d'\): this pool " + fix):
+                pool.run(uses_a_dict("d"), target=node)
+        with pytest.raises(sky.NoActivePoolError, match=r"^pool.counter\('c'\): this pool"):
+            pool.counter("c")
+        with pytest.raises(sky.NoActivePoolError, match=r"^pool.lock\('l'\): this pool"):
+            pool.lock("l")
+
+
+async def test_a_pool_without_a_cluster_has_no_collections_on_the_trio_face() -> None:
+    options = skyward_trio.Options(console="silent", cluster=False)
+    async with skyward_trio.Compute(nodes=1, options=options) as pool:
+        with pytest.raises(skyward_trio.NoActivePoolError, match=r"^pool.dict\('d'\): this"):
+            pool.dict("d")
+        with pytest.raises(skyward_trio.NoActivePoolError, match=r"^sky.dict\('d'\): this"):
+            await (uses_a_dict("d") >> pool)
