@@ -289,7 +289,14 @@ def _forked_node(request: dict[str, Any], stdout: int) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         directory = Path(request["dir"])
-        log = os.open(directory / "sshd.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            log = os.open(directory / "sshd.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:
+            if not directory.exists():
+                # The client gave this node up (a cancelled start) and removed its
+                # directory before it started: nobody to serve, nothing to report.
+                return
+            raise
         os.dup2(stdout, 1)
         os.dup2(log, 2)
         os.close(stdout)

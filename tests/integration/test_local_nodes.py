@@ -119,6 +119,33 @@ def test_nodes_go_away_when_the_client_is_killed(tmp_path: Path, processes) -> N
         shutil.rmtree(leftover)
 
 
+CANCELLED_STARTS = """
+import trio
+import skyward_trio
+
+async def start_then_cancel(seconds):
+    with trio.move_on_after(seconds):
+        options = skyward_trio.Options(console="silent")
+        async with skyward_trio.Compute(nodes=4, options=options):
+            await trio.sleep(30)
+
+for seconds in (0.02, 0.05, 0.1, 0.2):
+    trio.run(start_then_cancel, seconds)
+print("done")
+"""
+
+
+def test_a_start_cancelled_while_nodes_fork_prints_nothing(tmp_path: Path) -> None:
+    # Nodes whose directory the cancelled pool removed before they started end quietly
+    # (they used to print a FileNotFoundError traceback each on the client's stderr).
+    script = tmp_path / "cancelled.py"
+    script.write_text(CANCELLED_STARTS)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "done\n", "")
+
+
 def _fork_server() -> int:
     """This process's fork server for Local nodes (_nodeforks), started by a pool."""
     from skyward_trio._nodeforks import FORKER
