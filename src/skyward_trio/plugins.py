@@ -549,9 +549,15 @@ def _accelerate_plain(value: object, where: str) -> Any:
 
 
 def _accelerate_setup(config: dict[str, Any]) -> Callable[[InstanceInfo], Any]:
+    # One rank with no distributed_type is accelerate's "NO": `accelerate launch` gives
+    # its one process no rendezvous variables, and with LOCAL_RANK set accelerate would
+    # take a GPU node for MULTI_GPU (a process group and DDP around the model, for one).
+    alone = config.get("distributed_type", "NO") == "NO"
+
     @contextmanager
     def setup(info: InstanceInfo) -> Iterator[None]:
-        os.environ.update(torch_environment(info))
+        if info.total_workers > 1 or not alone:
+            os.environ.update(torch_environment(info))
         os.environ.update(accelerate_environment(config, info))
         yield
 

@@ -352,6 +352,33 @@ def test_accelerate_runs_under_the_process_executor() -> None:
     ]
 
 
+@sky.function
+def _accelerated_alone() -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    rendezvous = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR")
+    return {
+        "distributed_type": accelerator.distributed_type.value,
+        "num_processes": accelerator.num_processes,
+        "rendezvous": [name for name in rendezvous if name in os.environ],
+    }
+
+
+def test_accelerate_on_one_node_is_not_distributed() -> None:
+    # As `accelerate launch` with one process: no rendezvous variables, which would make
+    # accelerate take a GPU node for MULTI_GPU with one rank (seen on an H200).
+    _need("torch", "torch==2.13.0")
+    _need("accelerate", "accelerate==1.15.0")
+    accelerate = sky.plugins.accelerate(version=None)
+    with sky.Compute(provider=sky.Local(), nodes=1, plugins=[accelerate], options=QUIET) as pool:
+        assert _accelerated_alone() >> pool == {
+            "distributed_type": "NO",
+            "num_processes": 1,
+            "rendezvous": [],
+        }
+
+
 # --- several workers (ranks) per node ---------------------------------------------------
 
 RANKS = sky.Options(console="silent", worker=sky.Worker(executor="process", concurrency=2))
