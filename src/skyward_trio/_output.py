@@ -118,9 +118,10 @@ class CallbackWriter(io.TextIOBase):
     """
 
     def __init__(self, callback: Callable[[str], Any]) -> None:
-        _check_callback("sky.CallbackWriter", callback)
-        self._callback = callback
+        # Set before the check: a refused writer is still closed (flushed) when collected.
         self._partial = ""
+        self._callback = callback
+        _check_callback("sky.CallbackWriter", callback)
 
     def write(self, text: str) -> int:
         data = self._partial + text
