@@ -205,7 +205,8 @@ class TaskStarted(Event):
 @attrs.frozen(kw_only=True)
 class TaskCompleted(Event):
     """That call ended: ``ok`` unless it raised, timed out or was cancelled; ``failure``
-    says which (``"failed"``, ``"timed out"``, ``"cancelled"``; ``""`` when ``ok``)."""
+    says which (``"failed"``, ``"timed out"``, ``"cancelled"``, or ``"cut off"``: the
+    pool closed before it finished; ``""`` when ``ok``)."""
 
     node: int
     task: str

@@ -351,6 +351,8 @@ def _failure_of(error: BaseException | None) -> str:
         return "cancelled"
     if isinstance(error, TaskTimeoutError):
         return "timed out"
+    if isinstance(error, PoolClosedError):
+        return "cut off"  # by the pool's close (its block ended, or Options.max_cost)
     return "failed"
 
 

@@ -460,11 +460,14 @@ def test_calls_cut_off_by_the_end_of_the_block_raise_pool_closed(
             outcome["map"] = exc
 
     with sky.Compute(nodes=1, options=SILENT) as pool:
+        events = pool.events()
         future = started_then_held(str(started), str(release)) > pool
         thread = threading.Thread(target=map_in_a_thread, args=(pool,))
         thread.start()
         _wait_for(str(started))
     thread.join(timeout=30)
+    ended = {e.task: e.failure for e in events if isinstance(e, sky.TaskCompleted)}
+    assert ended["started_then_held"] == "cut off"  # not "failed": it did not raise
     # The call on the node when the pool closed, and the map (on the node or waiting for
     # one), say the pool closed: not a lost connection, and not wrapped in a group.
     with pytest.raises(sky.PoolClosedError, match=r"closed before started_then_held\(\)"):
