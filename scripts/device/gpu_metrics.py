@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from _verdict import verdict
+
 import skyward as sky
 
 
@@ -88,10 +90,7 @@ def main() -> int:
             problems.append(f"GPU {gpu}: memory used {used} of {total}")
         if temp is not None and not 0 < temp.value < 120:
             problems.append(f"GPU {gpu}: temperature {temp}")
-    for problem in problems:
-        print("MISMATCH", problem)
-    print("ok" if not problems else f"{len(problems)} mismatches")
-    return 1 if problems else 0
+    return verdict(problems)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from _verdict import verdict
+
 import skyward as sky
 
 
@@ -80,10 +82,7 @@ def main() -> int:
             problems.append(f"accelerate: one node is not distributed, got {step}")
         if not step["loss_finite"]:
             problems.append(f"accelerate: the loss is not finite: {step}")
-    for problem in problems:
-        print("MISMATCH", problem)
-    print("ok" if not problems else f"{len(problems)} mismatches")
-    return 1 if problems else 0
+    return verdict(problems)
 
 
 if __name__ == "__main__":

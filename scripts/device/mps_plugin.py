@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _verdict import verdict
+
 import skyward as sky
 
 
@@ -113,10 +115,7 @@ def main() -> int:
     control_log = logs / "control.log"
     if control_log.exists():
         print("control.log:", control_log.read_text()[-600:])
-    for problem in problems:
-        print("MISMATCH", problem)
-    print("ok" if not problems else f"{len(problems)} mismatches")
-    return 1 if problems else 0
+    return verdict(problems)
 
 
 if __name__ == "__main__":

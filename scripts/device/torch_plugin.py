@@ -21,6 +21,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from _verdict import verdict
+
 import skyward as sky
 
 
@@ -81,10 +83,7 @@ def main() -> int:
         (1, 2, 3.0, True),
     ]:
         problems.append(f"gloo: two ranks all-reducing 1 and 2 should give 3.0, got {ranks}")
-    for problem in problems:
-        print("MISMATCH", problem)
-    print("ok" if not problems else f"{len(problems)} mismatches")
-    return 1 if problems else 0
+    return verdict(problems)
 
 
 if __name__ == "__main__":
